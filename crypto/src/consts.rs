@@ -1,0 +1,54 @@
+//! Every limit of the crypto layer in one place, with the reason for its value.
+
+/// The one record format version this build writes and reads. A record with any other
+/// version is refused with [`crate::DecodeError::UnknownVersion`].
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Longest device name, in bytes of UTF-8. Names are shown in device lists; a few words suffice.
+pub const MAX_DEVICE_NAME_LEN: usize = 64;
+
+/// Most entries (active and revoked) in one device list. Revoked devices stay listed forever, so
+/// this bounds a user's lifetime device count; 256 is far beyond what a person links.
+pub const MAX_DEVICE_LIST_ENTRIES: usize = 256;
+
+/// Most one-time keys in one published prekey bundle. vodozemac keeps at most 100 unpublished
+/// one-time keys per account; publishing more at once would make it forget private halves.
+pub const MAX_ONE_TIME_KEYS_PER_BUNDLE: usize = 50;
+
+/// Archived sessions kept per remote device besides the current one (Sesame). A session race or
+/// a peer that restarted adds one; five covers repeated races without unbounded growth.
+pub const MAX_ARCHIVED_SESSIONS: usize = 5;
+
+/// Digests of recently decrypted pairwise messages kept per remote device, so a redelivered
+/// copy is reported as a duplicate rather than as a decryption failure.
+pub const PAIRWISE_DUPLICATE_WINDOW: usize = 128;
+
+/// Largest pairwise plaintext accepted for encryption (the node's message size limit sits
+/// below this; history chunks and sync copies need room).
+pub const MAX_PAIRWISE_PLAINTEXT: usize = 256 * 1024;
+
+/// Largest group plaintext accepted for encryption.
+pub const MAX_GROUP_PLAINTEXT: usize = 256 * 1024;
+
+/// Default rotation of an outbound sender key: after this many messages.
+pub const DEFAULT_ROTATION_MESSAGES: u32 = 100;
+
+/// Default rotation of an outbound sender key: after this many seconds (7 days).
+pub const DEFAULT_ROTATION_SECS: u64 = 7 * 24 * 60 * 60;
+
+/// How far behind the newest message index an inbound sender key keeps the ability to decrypt.
+/// Older ratchet state is discarded for forward secrecy; a message that arrives later than this
+/// many messages behind the newest one cannot be decrypted any more.
+pub const MEGOLM_RETAIN_WINDOW: u32 = 1024;
+
+/// Plaintext bytes per media chunk. 64 KiB keeps per-chunk overhead (16-byte tag) at 0.02 %
+/// while a resumable upload loses little on a broken connection.
+pub const MEDIA_CHUNK_SIZE: usize = 64 * 1024;
+
+/// Largest media chunk size a header may announce; decoders refuse more so a hostile header
+/// cannot make the reader allocate without bound.
+pub const MAX_MEDIA_CHUNK_SIZE: usize = 1024 * 1024;
+
+/// SHA-512 iterations for each half of a safety number (as Signal does), so that finding a
+/// second identity key with the same digits costs real work per try.
+pub const SAFETY_NUMBER_ITERATIONS: u32 = 5200;
