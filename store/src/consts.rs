@@ -1,0 +1,74 @@
+//! Every limit and tunable of the store, in one place.
+
+use std::time::Duration;
+
+/// Length in bytes of a storage key (SQLCipher raw key: 256 bits).
+pub const KEY_LEN: usize = 32;
+
+/// Length in bytes of the per-file salt. SQLCipher keeps it in plaintext as the first 16 bytes
+/// of the database file, and the passphrase KDF uses the same salt, so no side file is needed.
+pub const SALT_LEN: usize = 16;
+
+/// Argon2id memory cost in KiB for passphrase-derived keys (64 MiB).
+///
+/// Changing any of the three Argon2id defaults makes existing databases unopenable with the new
+/// defaults: a change needs a rekey step, never a silent edit.
+pub const ARGON2_MEMORY_KIB: u32 = 64 * 1024;
+
+/// Argon2id passes for passphrase-derived keys.
+pub const ARGON2_ITERATIONS: u32 = 3;
+
+/// Argon2id lanes for passphrase-derived keys.
+pub const ARGON2_LANES: u32 = 1;
+
+/// How long a connection waits for another connection's write lock before reporting "busy".
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Messages per history page when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+/// Largest history, conversation-list or search page the store hands out in one call.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// Search hits per page when the caller does not say.
+pub const DEFAULT_SEARCH_PAGE_SIZE: u32 = 20;
+
+/// Longest search query accepted, in bytes.
+pub const MAX_SEARCH_QUERY_BYTES: usize = 512;
+
+/// Most whitespace-separated terms in one search query.
+pub const MAX_SEARCH_TERMS: usize = 16;
+
+/// Shortest term (in characters) the trigram index can answer; shorter terms fall back to a
+/// scan with `LIKE`.
+pub const MIN_INDEXED_TERM_CHARS: usize = 3;
+
+/// Tokens of context on each side of a hit in a search snippet.
+pub const SNIPPET_TOKENS: u32 = 12;
+
+/// Characters of message text kept in a conversation-list preview.
+pub const PREVIEW_CHARS: usize = 120;
+
+/// Archived pairwise sessions kept per remote device, beyond the current one.
+pub const MAX_ARCHIVED_SESSIONS: u32 = 10;
+
+/// Longest message text accepted, in bytes (the wire format caps frames well below this).
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// Longest opaque blob (pickle, sealed key, structured body, outbox payload) accepted, in bytes.
+pub const MAX_BLOB_BYTES: usize = 1024 * 1024;
+
+/// Size of a keyfile: magic, version byte, key.
+pub const KEYFILE_LEN: usize = KEYFILE_MAGIC.len() + 1 + KEY_LEN;
+
+/// First bytes of a keyfile.
+pub const KEYFILE_MAGIC: &[u8; 7] = b"TERNKEY";
+
+/// Keyfile format version written by this code.
+pub const KEYFILE_VERSION: u8 = 1;
+
+/// `PRAGMA application_id` of a Tern store ("TERN").
+pub const APPLICATION_ID: i32 = 0x5445_524e;
+
+/// SQLCipher's page size: an encrypted file is always a whole number of these.
+pub const CIPHER_PAGE_SIZE: u64 = 4096;

@@ -1,0 +1,193 @@
+//! The two atomic steps of messaging, and the outbox they feed.
+//!
+//! Receiving: the message, the session state that decrypted it and the unread count, in one
+//! transaction. Sending: the message, the ratchet state that encrypted it and one outbox row
+//! per recipient device, in one transaction, committed before anything goes on the wire. A
+//! crash before the commit leaves none of it; after, all of it.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::consts::{MAX_BLOB_BYTES, MAX_PAGE_SIZE};
+use crate::error::{Context, ReadError, WriteError};
+use crate::messages::{check_len, message_id};
+use crate::sessions::CryptoUpdate;
+use crate::store::{Store, Tx};
+use crate::types::{Delivery, Inserted, Message, MessageId, OutboxEntry, Status};
+
+impl Tx<'_> {
+    /// Records a decrypted incoming message with the crypto state it moved.
+    ///
+    /// A message id already stored changes neither the message nor the unread count and
+    /// reports [`Inserted::Duplicate`]; the crypto updates are written all the same, because
+    /// the decryption already moved the in-memory ratchet and the stored state must follow it.
+    pub fn record_incoming(
+        &mut self,
+        message: &Message,
+        updates: &[CryptoUpdate<'_>],
+    ) -> Result<Inserted, WriteError> {
+        const OP: &str = "record incoming message";
+        let inserted = self.insert_message_row(OP, message)?;
+        if let Some((conv, _)) = inserted
+            && !message.own
+            && message.status == Status::Received
+        {
+            self.bump_unread(OP, conv)?;
+        }
+        self.apply_crypto(updates, message.received_at_ms)?;
+        Ok(if inserted.is_some() {
+            Inserted::New
+        } else {
+            Inserted::Duplicate
+        })
+    }
+
+    /// Records an outgoing message with the ratchet state that encrypted it and one outbox
+    /// row per recipient device, due at `first_attempt_ms`.
+    ///
+    /// A repeated id reports [`Inserted::Duplicate`] and adds no outbox rows; the crypto
+    /// updates are still written, so a ratchet that moved is never stored behind.
+    pub fn record_outgoing(
+        &mut self,
+        message: &Message,
+        updates: &[CryptoUpdate<'_>],
+        deliveries: &[Delivery],
+        first_attempt_ms: i64,
+    ) -> Result<Inserted, WriteError> {
+        const OP: &str = "record outgoing message";
+        let inserted = self.insert_message_row(OP, message)?;
+        self.apply_crypto(updates, message.received_at_ms)?;
+        let Some((_, rowid)) = inserted else {
+            return Ok(Inserted::Duplicate);
+        };
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO outbox (message, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            )
+            .write_ctx(OP)?;
+        for d in deliveries {
+            check_len(OP, "outbox payload", d.payload.len(), MAX_BLOB_BYTES)?;
+            stmt.execute(params![
+                rowid,
+                d.recipient_device,
+                d.recipient_user,
+                d.payload,
+                first_attempt_ms,
+                message.received_at_ms
+            ])
+            .write_ctx(OP)?;
+        }
+        Ok(Inserted::New)
+    }
+
+    /// Removes an acknowledged outbox row. When the last row of a pending message goes, the
+    /// message becomes [`Status::Sent`]. Returns the rows still waiting for that message.
+    pub fn ack_delivery(
+        &mut self,
+        id: MessageId,
+        recipient_device: &str,
+    ) -> Result<u64, WriteError> {
+        const OP: &str = "acknowledge delivery";
+        let rowid = self.message_rowid(OP, id)?;
+        self.tx
+            .prepare_cached("DELETE FROM outbox WHERE message = ?1 AND recipient_device = ?2")
+            .and_then(|mut s| s.execute(params![rowid, recipient_device]))
+            .write_ctx(OP)?;
+        let remaining: i64 = self
+            .tx
+            .prepare_cached("SELECT count(*) FROM outbox WHERE message = ?1")
+            .and_then(|mut s| s.query_row([rowid], |r| r.get(0)))
+            .write_ctx(OP)?;
+        if remaining == 0 {
+            self.advance_status(id, Status::Sent)?;
+        }
+        Ok(u64::try_from(remaining).unwrap_or(0))
+    }
+
+    /// Counts an attempt on an outbox row and sets when it is due next.
+    pub fn reschedule_delivery(
+        &mut self,
+        id: MessageId,
+        recipient_device: &str,
+        next_attempt_ms: i64,
+    ) -> Result<(), WriteError> {
+        const OP: &str = "reschedule delivery";
+        let rowid = self.message_rowid(OP, id)?;
+        self.tx
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?3 WHERE message = ?1 AND recipient_device = ?2",
+            )
+            .and_then(|mut s| s.execute(params![rowid, recipient_device, next_attempt_ms]))
+            .write_ctx(OP)?;
+        Ok(())
+    }
+
+    fn message_rowid(&self, op: &'static str, id: MessageId) -> Result<i64, WriteError> {
+        self.tx
+            .prepare_cached("SELECT rowid FROM messages WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.0.as_slice()], |r| r.get(0)).optional())
+            .write_ctx(op)?
+            .ok_or_else(|| WriteError::UnknownMessage {
+                op,
+                message: id.to_string(),
+            })
+    }
+}
+
+impl Store {
+    /// [`Tx::record_incoming`] in a transaction of its own.
+    pub fn record_incoming(
+        &mut self,
+        message: &Message,
+        updates: &[CryptoUpdate<'_>],
+    ) -> Result<Inserted, WriteError> {
+        self.transaction(|tx| tx.record_incoming(message, updates))
+    }
+
+    /// [`Tx::record_outgoing`] in a transaction of its own.
+    pub fn record_outgoing(
+        &mut self,
+        message: &Message,
+        updates: &[CryptoUpdate<'_>],
+        deliveries: &[Delivery],
+        first_attempt_ms: i64,
+    ) -> Result<Inserted, WriteError> {
+        self.transaction(|tx| tx.record_outgoing(message, updates, deliveries, first_attempt_ms))
+    }
+
+    /// Outbox rows due at `now_ms`, earliest first, at most `limit` (capped at [`MAX_PAGE_SIZE`]).
+    pub fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEntry>, ReadError> {
+        const OP: &str = "read due deliveries";
+        let rows: Vec<(Vec<u8>, String, String, Vec<u8>, i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT m.id, o.recipient_user, o.recipient_device, o.payload, o.attempts, o.next_attempt_ms \
+                 FROM outbox o JOIN messages m ON m.rowid = o.message WHERE o.next_attempt_ms <= ?1 \
+                 ORDER BY o.next_attempt_ms, o.rowid LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![now_ms, limit.clamp(1, MAX_PAGE_SIZE)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })?
+                .collect()
+            })
+            .read_ctx(OP)?;
+        rows.into_iter()
+            .map(
+                |(id, recipient_user, recipient_device, payload, attempts, next_attempt_ms)| {
+                    Ok(OutboxEntry {
+                        message_id: message_id(OP, &id)?,
+                        delivery: Delivery {
+                            recipient_user,
+                            recipient_device,
+                            payload,
+                        },
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        next_attempt_ms,
+                    })
+                },
+            )
+            .collect()
+    }
+}

@@ -1,0 +1,238 @@
+//! Schema migrations: versioned, forward-only, each step in its own transaction.
+//!
+//! The schema version is `PRAGMA user_version` (0 = empty file). Step `i` in [`MIGRATIONS`]
+//! takes the file from version `i` to `i + 1`, and sets the new version in the same
+//! transaction, so a crash mid-step leaves the file at the old version, intact. A step once
+//! released is never edited: changes go into a new step.
+
+use rusqlite::Connection;
+
+use crate::consts::APPLICATION_ID;
+use crate::error::Fault;
+
+/// The schema version this code writes and understands.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// The migration steps, oldest first.
+pub(crate) const MIGRATIONS: &[&str] = &[V1_CORE, V2_SEARCH, V3_LEDGER_AND_BLOBS];
+
+/// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
+const V1_CORE: &str = r#"
+CREATE TABLE own_identity (
+    singleton     INTEGER PRIMARY KEY CHECK (singleton = 1),
+    user_id       TEXT NOT NULL,
+    identity_key  BLOB NOT NULL,            -- sealed by tern-crypto, opaque here
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE own_device (
+    singleton     INTEGER PRIMARY KEY CHECK (singleton = 1),
+    device_id     TEXT NOT NULL,
+    device_key    BLOB NOT NULL,            -- sealed libp2p key
+    account       BLOB NOT NULL,            -- vodozemac account pickle
+    certificate   BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE own_device_list (
+    singleton     INTEGER PRIMARY KEY CHECK (singleton = 1),
+    version       INTEGER NOT NULL,
+    signed        BLOB NOT NULL
+);
+CREATE TABLE contacts (
+    user_id             TEXT PRIMARY KEY,
+    display_name        TEXT NOT NULL,
+    verified            INTEGER NOT NULL DEFAULT 0,
+    identity_key        BLOB NOT NULL,
+    device_list         BLOB,
+    device_list_version INTEGER NOT NULL DEFAULT 0,
+    added_at_ms         INTEGER NOT NULL,
+    updated_at_ms       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE contact_relays (
+    user_id  TEXT NOT NULL REFERENCES contacts(user_id) ON DELETE CASCADE,
+    address  TEXT NOT NULL,
+    PRIMARY KEY (user_id, address)
+) WITHOUT ROWID;
+CREATE TABLE sessions (
+    peer_device   TEXT NOT NULL,
+    session_id    TEXT NOT NULL,
+    pickle        BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    used_at_ms    INTEGER NOT NULL,
+    current       INTEGER NOT NULL,
+    PRIMARY KEY (peer_device, session_id)
+);
+CREATE UNIQUE INDEX sessions_one_current ON sessions(peer_device) WHERE current = 1;
+CREATE TABLE groups (
+    group_id      TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE group_members (
+    group_id    TEXT NOT NULL REFERENCES groups(group_id) ON DELETE CASCADE,
+    user_id     TEXT NOT NULL,
+    role        INTEGER NOT NULL,
+    added_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE TABLE outbound_group_sessions (
+    group_id      TEXT PRIMARY KEY,
+    session_id    TEXT NOT NULL,
+    pickle        BLOB NOT NULL,
+    message_count INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE inbound_group_sessions (
+    session_id     TEXT PRIMARY KEY,
+    group_id       TEXT NOT NULL,
+    sender_user    TEXT NOT NULL,
+    sender_device  TEXT NOT NULL,
+    pickle         BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+CREATE INDEX inbound_group_sessions_group ON inbound_group_sessions(group_id);
+CREATE TABLE conversations (
+    rowid            INTEGER PRIMARY KEY,
+    conversation_id  TEXT NOT NULL UNIQUE,
+    kind             INTEGER NOT NULL,
+    title            TEXT,
+    last_message     INTEGER,              -- messages.rowid of the newest in display order
+    last_activity_ms INTEGER NOT NULL,
+    unread_count     INTEGER NOT NULL DEFAULT 0,
+    created_at_ms    INTEGER NOT NULL
+);
+CREATE INDEX conversations_activity ON conversations(last_activity_ms, rowid);
+CREATE TABLE messages (
+    rowid          INTEGER PRIMARY KEY,
+    id             BLOB NOT NULL UNIQUE,
+    conversation   INTEGER NOT NULL REFERENCES conversations(rowid),
+    sender_user    TEXT NOT NULL,
+    sender_device  TEXT NOT NULL,
+    lamport        INTEGER NOT NULL,
+    seq            INTEGER NOT NULL,
+    sent_at_ms     INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    own            INTEGER NOT NULL,
+    status         INTEGER NOT NULL,
+    body_kind      INTEGER NOT NULL,
+    body_text      TEXT,
+    body_data      BLOB,
+    edited_at_ms   INTEGER
+);
+-- The display order, with the id as the last tie-breaker so keyset paging is total.
+CREATE INDEX messages_order ON messages(conversation, lamport, sender_user, sender_device, seq, id);
+CREATE TABLE outbox (
+    message          INTEGER NOT NULL REFERENCES messages(rowid) ON DELETE CASCADE,
+    recipient_device TEXT NOT NULL,
+    recipient_user   TEXT NOT NULL,
+    payload          BLOB NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms  INTEGER NOT NULL,
+    created_at_ms    INTEGER NOT NULL,
+    PRIMARY KEY (message, recipient_device)
+);
+CREATE INDEX outbox_due ON outbox(next_attempt_ms);
+"#;
+
+/// Version 2: full-text search (FTS5, trigram tokenizer) over message text, kept in step by
+/// triggers, and filled from the messages already stored.
+const V2_SEARCH: &str = r#"
+CREATE VIRTUAL TABLE message_search USING fts5(
+    body_text,
+    content = 'messages',
+    content_rowid = 'rowid',
+    tokenize = 'trigram remove_diacritics 1'
+);
+CREATE TRIGGER message_search_insert AFTER INSERT ON messages
+WHEN new.body_text IS NOT NULL BEGIN
+    INSERT INTO message_search(rowid, body_text) VALUES (new.rowid, new.body_text);
+END;
+CREATE TRIGGER message_search_delete AFTER DELETE ON messages
+WHEN old.body_text IS NOT NULL BEGIN
+    INSERT INTO message_search(message_search, rowid, body_text) VALUES ('delete', old.rowid, old.body_text);
+END;
+CREATE TRIGGER message_search_update_old AFTER UPDATE OF body_text ON messages
+WHEN old.body_text IS NOT NULL BEGIN
+    INSERT INTO message_search(message_search, rowid, body_text) VALUES ('delete', old.rowid, old.body_text);
+END;
+CREATE TRIGGER message_search_update_new AFTER UPDATE OF body_text ON messages
+WHEN new.body_text IS NOT NULL BEGIN
+    INSERT INTO message_search(rowid, body_text) VALUES (new.rowid, new.body_text);
+END;
+INSERT INTO message_search(message_search) VALUES ('rebuild');
+"#;
+
+/// Version 3: the Megolm replay ledger and media blob metadata.
+const V3_LEDGER_AND_BLOBS: &str = r#"
+CREATE TABLE replay_ledger (
+    session_id    TEXT NOT NULL,
+    message_index INTEGER NOT NULL,
+    PRIMARY KEY (session_id, message_index)
+) WITHOUT ROWID;
+CREATE TABLE blobs (
+    blob_id       TEXT PRIMARY KEY,
+    message       BLOB,                  -- messages.id that references it, if any
+    mime          TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    chunk_size    INTEGER NOT NULL,
+    file_key      BLOB NOT NULL,         -- the media key; the database encryption seals it
+    digest        BLOB NOT NULL,
+    local_path    TEXT,
+    thumbnail     BLOB,
+    state         INTEGER NOT NULL,
+    bytes_done    INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX blobs_message ON blobs(message);
+"#;
+
+/// Reads `PRAGMA user_version`.
+pub(crate) fn version(conn: &Connection) -> Result<u32, rusqlite::Error> {
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    Ok(u32::try_from(v).unwrap_or(u32::MAX))
+}
+
+/// Reads `PRAGMA application_id`.
+pub(crate) fn application_id(conn: &Connection) -> Result<i32, rusqlite::Error> {
+    conn.query_row("PRAGMA application_id", [], |r| r.get(0))
+}
+
+/// Number of schema objects in the file (0 for a file nobody has written to).
+pub(crate) fn object_count(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+}
+
+/// A failed step: the version it started from and the error.
+#[derive(Debug)]
+pub(crate) struct StepFailed {
+    pub(crate) from: u32,
+    pub(crate) source: Fault,
+}
+
+/// Applies the steps from the file's version up to `target`, one transaction each.
+pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<(), StepFailed> {
+    let fail = |from| {
+        move |e: rusqlite::Error| StepFailed {
+            from,
+            source: e.into(),
+        }
+    };
+    let mut current = version(conn).map_err(fail(0))?;
+    while current < target {
+        let Some(step) = MIGRATIONS.get(current as usize) else {
+            break;
+        };
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(fail(current))?;
+        if current == 0 {
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(fail(current))?;
+        }
+        tx.execute_batch(step).map_err(fail(current))?;
+        tx.pragma_update(None, "user_version", current + 1)
+            .map_err(fail(current))?;
+        tx.commit().map_err(fail(current))?;
+        current += 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! Opening a store, and the write transaction every change goes through.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::consts::{APPLICATION_ID, CIPHER_PAGE_SIZE, DEFAULT_BUSY_TIMEOUT, SALT_LEN};
+use crate::error::{Context, OpenError, WriteError};
+use crate::key::{StorageKey, Unlock};
+use crate::schema::{self, SCHEMA_VERSION};
+
+/// The first 16 bytes of every unencrypted SQLite file.
+const SQLITE_PLAIN_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long to wait for another connection's lock before a typed "busy" error.
+    /// Default: [`DEFAULT_BUSY_TIMEOUT`].
+    pub busy_timeout: Duration,
+    /// Cap on the file's size in pages of 4 KiB (`PRAGMA max_page_count`); a write beyond it
+    /// fails as "full" and is rolled back. Default: none (the disk is the limit).
+    pub max_page_count: Option<u32>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            max_page_count: None,
+        }
+    }
+}
+
+impl Options {
+    /// Sets the busy timeout.
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+    /// Sets the page cap.
+    pub fn with_max_page_count(mut self, pages: u32) -> Self {
+        self.max_page_count = Some(pages);
+        self
+    }
+}
+
+/// A device's store: one encrypted SQLite file.
+///
+/// Reads take `&self`; every change goes through [`Store::transaction`] (or a convenience
+/// method that wraps one), so it is all-or-nothing.
+#[derive(Debug)]
+pub struct Store {
+    /// The one connection; the node owns the store from one task (`spawn_blocking` for calls).
+    pub(crate) conn: Connection,
+    /// For error messages.
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store at `path` with default options.
+    pub fn open(path: &Path, unlock: Unlock<'_>) -> Result<Store, OpenError> {
+        Self::open_with(path, unlock, &Options::default())
+    }
+
+    /// Opens (creating if needed) and migrates the store at `path`.
+    pub fn open_with(
+        path: &Path,
+        unlock: Unlock<'_>,
+        options: &Options,
+    ) -> Result<Store, OpenError> {
+        let mut conn = open_connection(path, unlock, options)?;
+        schema::migrate_to(&mut conn, SCHEMA_VERSION).map_err(|e| OpenError::Migrate {
+            path: path.to_owned(),
+            from: e.from,
+            to: e.from + 1,
+            source: e.source,
+        })?;
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one write transaction: committed if `f` returns `Ok`, rolled back otherwise
+    /// (and if the process dies before the commit).
+    pub fn transaction<T, E>(&mut self, f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<WriteError>,
+    {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .write_ctx("begin transaction")?;
+        let mut tx = Tx { tx };
+        let out = f(&mut tx)?;
+        tx.tx.commit().write_ctx("commit transaction")?;
+        Ok(out)
+    }
+
+    /// The schema version of the open file.
+    pub fn schema_version(&self) -> Result<u32, crate::ReadError> {
+        schema::version(&self.conn).read_ctx("read schema version")
+    }
+}
+
+/// An open write transaction. Dropping it without [`Store::transaction`] finishing rolls back.
+#[derive(Debug)]
+pub struct Tx<'a> {
+    pub(crate) tx: rusqlite::Transaction<'a>,
+}
+
+/// Keys and configures a connection and checks that the file is a Tern store this code can
+/// read; does not migrate.
+pub(crate) fn open_connection(
+    path: &Path,
+    unlock: Unlock<'_>,
+    options: &Options,
+) -> Result<Connection, OpenError> {
+    let io = |source| OpenError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let foreign = |reason: &str| OpenError::Foreign {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let storage = |e: rusqlite::Error| OpenError::Storage {
+        path: path.to_owned(),
+        source: e.into(),
+    };
+
+    let existing_len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io(e)),
+    };
+    let header = if existing_len > 0 {
+        let mut header = [0u8; SALT_LEN];
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        if existing_len < SALT_LEN as u64 {
+            return Err(foreign("shorter than a database header"));
+        }
+        std::io::Read::read_exact(&mut file, &mut header).map_err(io)?;
+        Some(header)
+    } else {
+        None
+    };
+    let plaintext = matches!(header, Some(h) if &h == SQLITE_PLAIN_HEADER);
+
+    let key_literal = match unlock {
+        #[cfg(feature = "insecure-plaintext")]
+        Unlock::InsecurePlaintext => {
+            if header.is_some() && !plaintext {
+                return Err(foreign("not a plain SQLite file"));
+            }
+            None
+        }
+        Unlock::Key(key) => {
+            check_encrypted_shape(path, plaintext, existing_len)?;
+            let salt = match header {
+                Some(h) => h,
+                None => random_salt(path)?,
+            };
+            Some(key.sqlcipher_literal(&salt))
+        }
+        Unlock::Passphrase { passphrase, params } => {
+            check_encrypted_shape(path, plaintext, existing_len)?;
+            let salt = match header {
+                Some(h) => h,
+                None => random_salt(path)?,
+            };
+            let key = StorageKey::derive(passphrase, &salt, &params).map_err(|source| {
+                OpenError::Key {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+            Some(key.sqlcipher_literal(&salt))
+        }
+    };
+
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(storage)?;
+    // SQLCipher logs its own failures (a wrong key among them) to stderr unless told not to;
+    // our typed errors say it all, and nothing about keys belongs in a log.
+    conn.execute_batch("PRAGMA cipher_log_level = NONE;")
+        .map_err(storage)?;
+    if let Some(literal) = key_literal {
+        conn.pragma_update(None, "key", &*literal)
+            .map_err(storage)?;
+    }
+    // The first read of page 1 is where a wrong key shows.
+    let objects = match schema::object_count(&conn) {
+        Ok(n) => n,
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
+            return Err(OpenError::WrongKey {
+                path: path.to_owned(),
+            });
+        }
+        Err(e) => return Err(storage(e)),
+    };
+    conn.busy_timeout(options.busy_timeout).map_err(storage)?;
+    let _mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(storage)?;
+    // FULL: a committed message survives power loss, which the "never lose a message"
+    // promise needs (the node acknowledges to the relay after the commit).
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;",
+    )
+    .map_err(storage)?;
+    if let Some(pages) = options.max_page_count {
+        let _: i64 = conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })
+            .map_err(storage)?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+
+    let version = schema::version(&conn).map_err(storage)?;
+    if version > SCHEMA_VERSION {
+        return Err(OpenError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version == 0 && objects > 0 {
+        return Err(foreign("it has tables but no Tern schema version"));
+    }
+    if version > 0 {
+        let app = schema::application_id(&conn).map_err(storage)?;
+        if app != APPLICATION_ID {
+            return Err(foreign("its application id is not Tern's"));
+        }
+    }
+    Ok(conn)
+}
+
+fn check_encrypted_shape(path: &Path, plaintext: bool, len: u64) -> Result<(), OpenError> {
+    if plaintext {
+        return Err(OpenError::NotEncrypted {
+            path: path.to_owned(),
+        });
+    }
+    if len % CIPHER_PAGE_SIZE != 0 {
+        return Err(OpenError::Foreign {
+            path: path.to_owned(),
+            reason: "its size is not a whole number of database pages".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn random_salt(path: &Path) -> Result<[u8; SALT_LEN], OpenError> {
+    let mut salt = [0u8; SALT_LEN];
+    getrandom::fill(&mut salt).map_err(|e| OpenError::Key {
+        path: path.to_owned(),
+        source: crate::KeyError::Random(e),
+    })?;
+    Ok(salt)
+}
