@@ -1,1 +1,346 @@
-//! (in progress)
+//! Pairwise sessions with one remote device, managed the way Signal's Sesame does.
+//!
+//! [`PeerSessions`] holds, for one remote device, the *current* Olm session (the one new
+//! messages are encrypted with) and up to [`MAX_ARCHIVED_SESSIONS`] archived ones.
+//!
+//! - A message is tried on the current session, then on each archived one; the session that
+//!   decrypts it becomes current. When both devices start a session at the same moment (a
+//!   session race), each ends up holding both sessions, every message decrypts on one of them,
+//!   and both settle on whichever session last carried a message.
+//! - A prekey message that no held session can decrypt starts a new inbound session, which
+//!   becomes current; the previous current one is archived, never dropped outright.
+//! - A copy of a message already decrypted is reported as [`SessionError::Duplicate`]; a message
+//!   no session can decrypt as [`SessionError::CannotDecrypt`], after which the caller should
+//!   start a fresh session and tell the user (nothing is lost silently).
+//! - A failed decryption changes nothing: vodozemac commits ratchet state only after a message
+//!   authenticates, and this type only changes which session is current after a success.
+//!
+//! All sessions use vodozemac's Olm version 2 configuration (full-length MACs); see
+//! `docs/decisions.md`.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use vodozemac::Curve25519PublicKey;
+use vodozemac::olm::{OlmMessage, Session, SessionConfig, SessionPickle};
+use zeroize::Zeroizing;
+
+use crate::codec::{self, DecodeError, EncodeError, Kind};
+use crate::consts::{MAX_ARCHIVED_SESSIONS, MAX_PAIRWISE_PLAINTEXT, PAIRWISE_DUPLICATE_WINDOW};
+use crate::device::{DeviceId, DeviceKeys};
+use crate::prekey::VerifiedPrekey;
+
+/// The Olm configuration of every Tern session: version 2, full-length MACs.
+pub const OLM_CONFIG: SessionConfig = SessionConfig::version_2();
+
+/// Why a pairwise operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The bytes are not a pairwise message, or the pickle is not a sessions record.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// Encoding failed.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// There is no session with the device yet; claim a prekey and call [`PeerSessions::start`].
+    #[error("no session with device {0:?}; a prekey must be claimed first")]
+    NoSession(DeviceId),
+    /// The plaintext is larger than [`MAX_PAIRWISE_PLAINTEXT`].
+    #[error("plaintext is {0} bytes, over the {MAX_PAIRWISE_PLAINTEXT}-byte limit")]
+    PlaintextTooLong(usize),
+    /// The prekey belongs to another device than this session set.
+    #[error("prekey is for device {found:?}, not {expected:?}")]
+    WrongDevice {
+        /// The device of this session set.
+        expected: DeviceId,
+        /// The device the prekey is for.
+        found: DeviceId,
+    },
+    /// This exact message was already decrypted. Acknowledge it and drop it.
+    #[error("duplicate message from device {0:?}")]
+    Duplicate(DeviceId),
+    /// A held session knows this message's chain but its key was used or discarded: a copy
+    /// older than the duplicate window, or a message delayed past the skipped-key limit.
+    #[error("message key from device {0:?} was already used or discarded")]
+    MessageKeyGone(DeviceId),
+    /// No held session decrypts the message and it cannot start a new one.
+    #[error("no session with device {device:?} decrypts this message (tried {tried})")]
+    CannotDecrypt {
+        /// The remote device.
+        device: DeviceId,
+        /// How many sessions were tried.
+        tried: usize,
+    },
+    /// A prekey message did not yield a new inbound session (unknown one-time key, wrong
+    /// identity key, wrong configuration).
+    #[error("could not start an inbound session with device {device:?}: {reason}")]
+    SessionCreation {
+        /// The remote device.
+        device: DeviceId,
+        /// vodozemac's reason.
+        reason: String,
+    },
+    /// vodozemac refused to encrypt.
+    #[error("encryption failed: {0}")]
+    Encrypt(String),
+}
+
+/// The plaintext of a decrypted pairwise message. Wiped on drop.
+#[derive(Debug)]
+pub struct Decrypted {
+    /// The plaintext.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// Whether the message started a new inbound session (the remote device began afresh).
+    pub new_session: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MessageWire {
+    message_type: u8,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+}
+
+/// Encodes an Olm message as a Tern pairwise record.
+fn encode_message(message: &OlmMessage) -> Result<Vec<u8>, EncodeError> {
+    let (message_type, body) = message.to_parts();
+    codec::encode(
+        Kind::PairwiseMessage,
+        &MessageWire {
+            message_type: message_type as u8,
+            body,
+        },
+    )
+}
+
+fn decode_message(bytes: &[u8]) -> Result<OlmMessage, DecodeError> {
+    let wire: MessageWire = codec::decode(Kind::PairwiseMessage, bytes)?;
+    OlmMessage::from_parts(usize::from(wire.message_type), &wire.body)
+        .map_err(|e| codec::malformed(Kind::PairwiseMessage, e))
+}
+
+/// The pairwise sessions with one remote device.
+pub struct PeerSessions {
+    remote_device: DeviceId,
+    remote_curve: Curve25519PublicKey,
+    current: Option<Session>,
+    /// Most recently demoted first.
+    archived: VecDeque<Session>,
+    /// Digests of recently decrypted messages, newest last.
+    recent: VecDeque<[u8; 16]>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerSessionsRecord {
+    remote_device: DeviceId,
+    #[serde(with = "serde_bytes")]
+    remote_curve: [u8; 32],
+    current: Option<SessionPickle>,
+    archived: Vec<SessionPickle>,
+    recent: Vec<serde_bytes::ByteArray<16>>,
+}
+
+impl PeerSessions {
+    /// An empty session set for a remote device whose certificate names `remote_curve25519`.
+    pub fn new(remote_device: DeviceId, remote_curve25519: [u8; 32]) -> Self {
+        PeerSessions {
+            remote_device,
+            remote_curve: Curve25519PublicKey::from_bytes(remote_curve25519),
+            current: None,
+            archived: VecDeque::new(),
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// The remote device.
+    pub const fn remote_device(&self) -> DeviceId {
+        self.remote_device
+    }
+
+    /// Whether a session exists to encrypt with.
+    pub const fn has_session(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Number of archived sessions held.
+    pub fn archived_count(&self) -> usize {
+        self.archived.len()
+    }
+
+    /// The id of the current session, if any (equal on both ends of a session).
+    pub fn current_session_id(&self) -> Option<String> {
+        self.current.as_ref().map(Session::session_id)
+    }
+
+    /// Starts an outbound session from a verified prekey; it becomes current and any previous
+    /// current session is archived.
+    pub fn start(&mut self, local: &DeviceKeys, prekey: &VerifiedPrekey) -> Result<(), SessionError> {
+        if prekey.device_id != self.remote_device {
+            return Err(SessionError::WrongDevice {
+                expected: self.remote_device,
+                found: prekey.device_id,
+            });
+        }
+        let session = local
+            .account()
+            .create_outbound_session(
+                OLM_CONFIG,
+                Curve25519PublicKey::from_bytes(prekey.curve25519),
+                Curve25519PublicKey::from_bytes(prekey.one_time_key),
+            )
+            .map_err(|e| SessionError::SessionCreation {
+                device: self.remote_device,
+                reason: e.to_string(),
+            })?;
+        self.install(session);
+        Ok(())
+    }
+
+    fn install(&mut self, session: Session) {
+        if let Some(old) = self.current.replace(session) {
+            self.archived.push_front(old);
+            self.archived.truncate(MAX_ARCHIVED_SESSIONS);
+        }
+    }
+
+    /// Encrypts `plaintext` with the current session.
+    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
+        if plaintext.len() > MAX_PAIRWISE_PLAINTEXT {
+            return Err(SessionError::PlaintextTooLong(plaintext.len()));
+        }
+        let session = self
+            .current
+            .as_mut()
+            .ok_or(SessionError::NoSession(self.remote_device))?;
+        let message = session
+            .encrypt(plaintext)
+            .map_err(|e| SessionError::Encrypt(e.to_string()))?;
+        Ok(encode_message(&message)?)
+    }
+
+    /// Decrypts a pairwise message from the remote device (see the module documentation for
+    /// the order sessions are tried in). `local` is needed when the message starts a new
+    /// session: it consumes the one-time key it was made with, so persist `local` together
+    /// with these sessions.
+    pub fn decrypt(&mut self, local: &mut DeviceKeys, bytes: &[u8]) -> Result<Decrypted, SessionError> {
+        let message = decode_message(bytes)?;
+        let digest = digest(bytes);
+        if self.recent.contains(&digest) {
+            return Err(SessionError::Duplicate(self.remote_device));
+        }
+
+        let mut key_gone = false;
+        let mut tried = 0;
+        if let Some(session) = self.current.as_mut() {
+            tried += 1;
+            match session.decrypt(&message) {
+                Ok(plaintext) => return Ok(self.accepted(digest, plaintext, false)),
+                Err(vodozemac::olm::DecryptionError::MissingMessageKey(_)) => key_gone = true,
+                Err(_) => {}
+            }
+        }
+        for i in 0..self.archived.len() {
+            tried += 1;
+            match self.archived[i].decrypt(&message) {
+                Ok(plaintext) => {
+                    // The remote device is using this session: make it current again.
+                    if let Some(session) = self.archived.remove(i) {
+                        self.install(session);
+                    }
+                    return Ok(self.accepted(digest, plaintext, false));
+                }
+                Err(vodozemac::olm::DecryptionError::MissingMessageKey(_)) => key_gone = true,
+                Err(_) => {}
+            }
+        }
+
+        if let OlmMessage::PreKey(prekey_message) = &message {
+            let session_id = prekey_message.session_id();
+            let known = self
+                .current
+                .iter()
+                .chain(self.archived.iter())
+                .any(|s| s.session_id() == session_id);
+            if !known {
+                let created = local
+                    .account_mut()
+                    .create_inbound_session(OLM_CONFIG, self.remote_curve, prekey_message)
+                    .map_err(|e| SessionError::SessionCreation {
+                        device: self.remote_device,
+                        reason: e.to_string(),
+                    })?;
+                self.install(created.session);
+                return Ok(self.accepted(digest, created.plaintext, true));
+            }
+        }
+
+        if key_gone {
+            Err(SessionError::MessageKeyGone(self.remote_device))
+        } else {
+            Err(SessionError::CannotDecrypt {
+                device: self.remote_device,
+                tried,
+            })
+        }
+    }
+
+    fn accepted(&mut self, digest: [u8; 16], plaintext: Vec<u8>, new_session: bool) -> Decrypted {
+        self.recent.push_back(digest);
+        if self.recent.len() > PAIRWISE_DUPLICATE_WINDOW {
+            self.recent.pop_front();
+        }
+        Decrypted {
+            plaintext: Zeroizing::new(plaintext),
+            new_session,
+        }
+    }
+
+    /// Serializes the sessions for storage. Contains secrets; the buffer is wiped on drop.
+    pub fn pickle(&self) -> Result<Zeroizing<Vec<u8>>, SessionError> {
+        let record = PeerSessionsRecord {
+            remote_device: self.remote_device,
+            remote_curve: self.remote_curve.to_bytes(),
+            current: self.current.as_ref().map(Session::pickle),
+            archived: self.archived.iter().map(Session::pickle).collect(),
+            recent: self.recent.iter().map(|d| serde_bytes::ByteArray::new(*d)).collect(),
+        };
+        Ok(codec::encode_secret(Kind::PeerSessions, &record)?)
+    }
+
+    /// Restores sessions from [`PeerSessions::pickle`].
+    pub fn from_pickle(bytes: &[u8]) -> Result<Self, SessionError> {
+        let record: PeerSessionsRecord = codec::decode(Kind::PeerSessions, bytes)?;
+        if record.archived.len() > MAX_ARCHIVED_SESSIONS
+            || record.recent.len() > PAIRWISE_DUPLICATE_WINDOW
+        {
+            return Err(codec::malformed(Kind::PeerSessions, "over the session limits").into());
+        }
+        Ok(PeerSessions {
+            remote_device: record.remote_device,
+            remote_curve: Curve25519PublicKey::from_bytes(record.remote_curve),
+            current: record.current.map(Session::from_pickle),
+            archived: record.archived.into_iter().map(Session::from_pickle).collect(),
+            recent: record.recent.into_iter().map(|d| d.into_array()).collect(),
+        })
+    }
+}
+
+impl std::fmt::Debug for PeerSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSessions")
+            .field("remote_device", &self.remote_device)
+            .field("current", &self.current_session_id())
+            .field("archived", &self.archived.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 16] {
+    let full = Sha256::digest(bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
