@@ -43,8 +43,9 @@ pub const MAX_SEARCH_TERMS: usize = 16;
 /// scan with `LIKE`.
 pub const MIN_INDEXED_TERM_CHARS: usize = 3;
 
-/// Tokens of context on each side of a hit in a search snippet.
-pub const SNIPPET_TOKENS: u32 = 12;
+/// Tokens in a search snippet. With the trigram tokenizer a token is one character position,
+/// so this is about the snippet's length in characters; 64 is FTS5's maximum.
+pub const SNIPPET_TOKENS: u32 = 64;
 
 /// Characters of message text kept in a conversation-list preview.
 pub const PREVIEW_CHARS: usize = 120;

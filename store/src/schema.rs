@@ -150,13 +150,12 @@ CREATE TRIGGER message_search_delete AFTER DELETE ON messages
 WHEN old.body_text IS NOT NULL BEGIN
     INSERT INTO message_search(message_search, rowid, body_text) VALUES ('delete', old.rowid, old.body_text);
 END;
-CREATE TRIGGER message_search_update_old AFTER UPDATE OF body_text ON messages
-WHEN old.body_text IS NOT NULL BEGIN
-    INSERT INTO message_search(message_search, rowid, body_text) VALUES ('delete', old.rowid, old.body_text);
-END;
-CREATE TRIGGER message_search_update_new AFTER UPDATE OF body_text ON messages
-WHEN new.body_text IS NOT NULL BEGIN
-    INSERT INTO message_search(rowid, body_text) VALUES (new.rowid, new.body_text);
+-- One trigger with the two statements in order: SQLite fires separate triggers newest first.
+CREATE TRIGGER message_search_update AFTER UPDATE OF body_text ON messages BEGIN
+    INSERT INTO message_search(message_search, rowid, body_text)
+        SELECT 'delete', old.rowid, old.body_text WHERE old.body_text IS NOT NULL;
+    INSERT INTO message_search(rowid, body_text)
+        SELECT new.rowid, new.body_text WHERE new.body_text IS NOT NULL;
 END;
 INSERT INTO message_search(message_search) VALUES ('rebuild');
 "#;
