@@ -135,6 +135,9 @@ impl Tx<'_> {
     }
 }
 
+/// An outbox row as read: message id, recipient user and device, payload, attempts, due time.
+type RawOutbox = (Vec<u8>, String, String, Vec<u8>, i64, i64);
+
 impl Store {
     /// [`Tx::record_incoming`] in a transaction of its own.
     pub fn record_incoming(
@@ -159,7 +162,7 @@ impl Store {
     /// Outbox rows due at `now_ms`, earliest first, at most `limit` (capped at [`MAX_PAGE_SIZE`]).
     pub fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEntry>, ReadError> {
         const OP: &str = "read due deliveries";
-        let rows: Vec<(Vec<u8>, String, String, Vec<u8>, i64, i64)> = self
+        let rows: Vec<RawOutbox> = self
             .conn
             .prepare_cached(
                 "SELECT m.id, o.recipient_user, o.recipient_device, o.payload, o.attempts, o.next_attempt_ms \

@@ -338,3 +338,126 @@ impl ReplayLedger for Tx<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryStore, StorageKey, Store, Unlock};
+
+    /// The behaviour every implementation must share, run against SQLite and memory alike.
+    fn contract<S>(s: &mut S)
+    where
+        S: SessionStore
+            + SenderKeyStore<Error = <S as SessionStore>::Error>
+            + ReplayLedger<Error = <S as SessionStore>::Error>,
+        <S as SessionStore>::Error: std::fmt::Debug,
+    {
+        assert!(s.current_session("d").unwrap().is_none());
+        s.save_session("d", "s1", b"p1", 10).unwrap();
+        s.save_session("d", "s1", b"p1b", 11).unwrap();
+        let cur = s.current_session("d").unwrap().unwrap();
+        assert_eq!(
+            (
+                cur.session_id.as_str(),
+                cur.pickle.as_slice(),
+                cur.created_at_ms,
+                cur.used_at_ms
+            ),
+            ("s1", &b"p1b"[..], 10, 11)
+        );
+        assert!(s.archived_sessions("d").unwrap().is_empty());
+        // A second session (a race, or a fresh one) becomes current; the first is archived.
+        s.save_session("d", "s2", b"p2", 12).unwrap();
+        assert_eq!(s.current_session("d").unwrap().unwrap().session_id, "s2");
+        let archived: Vec<String> = s
+            .archived_sessions("d")
+            .unwrap()
+            .into_iter()
+            .map(|x| x.session_id)
+            .collect();
+        assert_eq!(archived, ["s1"]);
+        // Using the archived one makes it current again (Sesame).
+        s.save_session("d", "s1", b"p1c", 13).unwrap();
+        assert_eq!(s.current_session("d").unwrap().unwrap().pickle, b"p1c");
+        // The archive is bounded, oldest dropped first.
+        for i in 0..(MAX_ARCHIVED_SESSIONS + 5) {
+            s.save_session("d", &format!("n{i}"), b"x", 100 + i64::from(i))
+                .unwrap();
+        }
+        let archived = s.archived_sessions("d").unwrap();
+        assert_eq!(archived.len(), MAX_ARCHIVED_SESSIONS as usize);
+        assert_eq!(
+            archived[0].session_id,
+            format!("n{}", MAX_ARCHIVED_SESSIONS + 3)
+        );
+        assert!(s.current_session("other").unwrap().is_none());
+
+        let out = OutboundGroupSession {
+            group_id: "g".into(),
+            session_id: "o1".into(),
+            pickle: b"op".to_vec(),
+            message_count: 3,
+            created_at_ms: 5,
+        };
+        s.save_outbound_group_session(&out).unwrap();
+        assert_eq!(s.outbound_group_session("g").unwrap(), Some(out.clone()));
+        let rotated = OutboundGroupSession {
+            session_id: "o2".into(),
+            message_count: 0,
+            ..out
+        };
+        s.save_outbound_group_session(&rotated).unwrap();
+        assert_eq!(s.outbound_group_session("g").unwrap(), Some(rotated));
+        let inb = InboundGroupSession {
+            session_id: "i1".into(),
+            group_id: "g".into(),
+            sender_user: "bob".into(),
+            sender_device: "b1".into(),
+            pickle: b"ip".to_vec(),
+            received_at_ms: 9,
+        };
+        s.save_inbound_group_session(&inb).unwrap();
+        assert_eq!(s.inbound_group_session("i1").unwrap(), Some(inb));
+        assert!(s.inbound_group_session("nope").unwrap().is_none());
+
+        assert!(!s.is_replay("i1", 0).unwrap());
+        s.record("i1", 0).unwrap();
+        s.record("i1", 0).unwrap();
+        assert!(s.is_replay("i1", 0).unwrap());
+        assert!(!s.is_replay("i1", 1).unwrap());
+        assert!(!s.is_replay("i2", 0).unwrap());
+    }
+
+    #[test]
+    fn memory_store_meets_the_contract() {
+        contract(&mut MemoryStore::new());
+    }
+
+    #[test]
+    fn sqlite_store_meets_the_contract_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tern.db");
+        let mut k = [3u8; 32];
+        let key = StorageKey::from_bytes(&mut k);
+        let mut store = Store::open(&path, Unlock::Key(&key)).unwrap();
+        store
+            .transaction(|tx| {
+                contract(tx);
+                Ok::<_, WriteError>(())
+            })
+            .unwrap();
+        drop(store);
+        let mut store = Store::open(&path, Unlock::Key(&key)).unwrap();
+        store
+            .transaction(|tx| {
+                assert!(tx.is_replay("i1", 0)?);
+                assert_eq!(
+                    tx.archived_sessions("d")?.len(),
+                    MAX_ARCHIVED_SESSIONS as usize
+                );
+                assert!(tx.outbound_group_session("g")?.is_some());
+                Ok::<_, WriteError>(())
+            })
+            .unwrap();
+    }
+}

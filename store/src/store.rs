@@ -255,7 +255,7 @@ fn check_encrypted_shape(path: &Path, plaintext: bool, len: u64) -> Result<(), O
             path: path.to_owned(),
         });
     }
-    if len % CIPHER_PAGE_SIZE != 0 {
+    if !len.is_multiple_of(CIPHER_PAGE_SIZE) {
         return Err(OpenError::Foreign {
             path: path.to_owned(),
             reason: "its size is not a whole number of database pages".to_owned(),

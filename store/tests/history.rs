@@ -32,7 +32,10 @@ fn duplicate_id_is_a_reported_no_op() {
     let mut again = first.clone();
     again.body = Body::Text("tampered".into());
     again.lamport = 99;
-    assert_eq!(store.record_incoming(&again, &[]).unwrap(), Inserted::Duplicate);
+    assert_eq!(
+        store.record_incoming(&again, &[]).unwrap(),
+        Inserted::Duplicate
+    );
     assert_eq!(
         store.transaction(|tx| tx.insert_message(&again)).unwrap(),
         Inserted::Duplicate
@@ -41,7 +44,13 @@ fn duplicate_id_is_a_reported_no_op() {
     assert_eq!(stored, first, "the first copy stays");
     let summary = store.conversation(&conv("alice")).unwrap().unwrap();
     assert_eq!(summary.unread_count, 1, "a duplicate is not unread twice");
-    assert_eq!(store.history(&conv("alice"), Page::Latest, None).unwrap().len(), 1);
+    assert_eq!(
+        store
+            .history(&conv("alice"), Page::Latest, None)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -51,7 +60,10 @@ fn unknown_conversation_is_an_error() {
     let err = store
         .record_incoming(&incoming(1, "nobody", 1, "x"), &[])
         .unwrap_err();
-    assert!(matches!(err, WriteError::UnknownConversation { .. }), "{err:?}");
+    assert!(
+        matches!(err, WriteError::UnknownConversation { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -83,7 +95,17 @@ fn display_order_is_lamport_then_sender_then_seq() {
         .into_iter()
         .map(|m| m.body.text().unwrap().to_owned())
         .collect();
-    assert_eq!(got, ["carolc11", "alicea18", "alicea19", "alicea27", "bobb11", "alicea110"]);
+    assert_eq!(
+        got,
+        [
+            "carolc11",
+            "alicea18",
+            "alicea19",
+            "alicea27",
+            "bobb11",
+            "alicea110"
+        ]
+    );
 }
 
 #[test]
@@ -93,7 +115,9 @@ fn keyset_paging_walks_the_whole_history_both_ways() {
     ensure(&mut store, "alice", ConversationKind::Direct);
     ensure(&mut store, "other", ConversationKind::Direct);
     let msgs = fill(&mut store, "alice", 230);
-    store.record_incoming(&incoming(10_000, "other", 5, "elsewhere"), &[]).unwrap();
+    store
+        .record_incoming(&incoming(10_000, "other", 5, "elsewhere"), &[])
+        .unwrap();
 
     let latest = store.history(&conv("alice"), Page::Latest, None).unwrap();
     assert_eq!(latest.len(), 50, "default page size");
@@ -103,7 +127,9 @@ fn keyset_paging_walks_the_whole_history_both_ways() {
     let mut walked = latest.clone();
     loop {
         let first = walked[0].id;
-        let page = store.history(&conv("alice"), Page::Before(first), Some(40)).unwrap();
+        let page = store
+            .history(&conv("alice"), Page::Before(first), Some(40))
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -113,11 +139,15 @@ fn keyset_paging_walks_the_whole_history_both_ways() {
     assert_eq!(ids(&walked), ids(&msgs));
 
     // Forwards from the start.
-    let mut fwd = store.history(&conv("alice"), Page::After(msgs[0].id), Some(64)).unwrap();
+    let mut fwd = store
+        .history(&conv("alice"), Page::After(msgs[0].id), Some(64))
+        .unwrap();
     assert_eq!(fwd[0].id, msgs[1].id);
     loop {
         let last = fwd[fwd.len() - 1].id;
-        let page = store.history(&conv("alice"), Page::After(last), Some(64)).unwrap();
+        let page = store
+            .history(&conv("alice"), Page::After(last), Some(64))
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -127,10 +157,19 @@ fn keyset_paging_walks_the_whole_history_both_ways() {
 
     // A message of another conversation is not an anchor here.
     let err = store
-        .history(&conv("alice"), Page::Before(tern_store::MessageId(id(10_000).0)), None)
+        .history(
+            &conv("alice"),
+            Page::Before(tern_store::MessageId(id(10_000).0)),
+            None,
+        )
         .unwrap_err();
     assert!(matches!(err, ReadError::UnknownAnchor { .. }), "{err:?}");
-    assert!(store.history(&conv("nobody"), Page::Latest, None).unwrap().is_empty());
+    assert!(
+        store
+            .history(&conv("nobody"), Page::Latest, None)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -152,9 +191,18 @@ fn unread_counts_and_mark_read() {
     store
         .transaction(|tx| tx.insert_message(&incoming(60, "alice", 0, "old history")))
         .unwrap();
-    assert_eq!(store.conversation(&conv("alice")).unwrap().unwrap().unread_count, 3);
+    assert_eq!(
+        store
+            .conversation(&conv("alice"))
+            .unwrap()
+            .unwrap()
+            .unread_count,
+        3
+    );
 
-    let changed = store.transaction(|tx| tx.mark_read(&conv("alice"))).unwrap();
+    let changed = store
+        .transaction(|tx| tx.mark_read(&conv("alice")))
+        .unwrap();
     assert_eq!(changed, 4, "three unread plus the copied history");
     let s = store.conversation(&conv("alice")).unwrap().unwrap();
     assert_eq!(s.unread_count, 0);
@@ -165,12 +213,28 @@ fn unread_counts_and_mark_read() {
             .iter()
             .all(|m| m.status != Status::Received)
     );
-    store.record_incoming(&incoming(4, "alice", 12, "new"), &[]).unwrap();
-    assert_eq!(store.conversation(&conv("alice")).unwrap().unwrap().unread_count, 1);
+    store
+        .record_incoming(&incoming(4, "alice", 12, "new"), &[])
+        .unwrap();
+    assert_eq!(
+        store
+            .conversation(&conv("alice"))
+            .unwrap()
+            .unwrap()
+            .unread_count,
+        1
+    );
     // Counts survive reopening.
     drop(store);
     let store = open(&env.path);
-    assert_eq!(store.conversation(&conv("alice")).unwrap().unwrap().unread_count, 1);
+    assert_eq!(
+        store
+            .conversation(&conv("alice"))
+            .unwrap()
+            .unwrap()
+            .unread_count,
+        1
+    );
 }
 
 #[test]
@@ -198,7 +262,10 @@ fn conversation_list_by_activity_with_preview() {
     let order: Vec<&str> = page.conversations.iter().map(|c| c.id.0.as_str()).collect();
     assert_eq!(order, ["b", "a", "c"]);
     let b = &page.conversations[0];
-    assert_eq!(b.last_message.as_ref().unwrap().text.as_deref(), Some("b first"));
+    assert_eq!(
+        b.last_message.as_ref().unwrap().text.as_deref(),
+        Some("b first")
+    );
     assert_eq!(b.unread_count, 2);
     let c = &page.conversations[2];
     let preview = c.last_message.as_ref().unwrap().text.as_ref().unwrap();
@@ -226,22 +293,50 @@ fn edit_delete_and_status() {
     let m = store.message(out.id).unwrap().unwrap();
     assert_eq!((m.body.text(), m.edited_at_ms), (Some("fixed"), Some(77)));
 
-    assert!(store.transaction(|tx| tx.advance_status(out.id, Status::Delivered)).unwrap());
-    assert!(!store.transaction(|tx| tx.advance_status(out.id, Status::Sent)).unwrap(), "never backwards");
-    assert_eq!(store.message(out.id).unwrap().unwrap().status, Status::Delivered);
-
-    store.record_outgoing(&outgoing(2, "alice", 2, "second"), &[], &[], 0).unwrap();
+    assert!(
+        store
+            .transaction(|tx| tx.advance_status(out.id, Status::Delivered))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .transaction(|tx| tx.advance_status(out.id, Status::Sent))
+            .unwrap(),
+        "never backwards"
+    );
     assert_eq!(
-        store.conversation(&conv("alice")).unwrap().unwrap().last_message.unwrap().id,
+        store.message(out.id).unwrap().unwrap().status,
+        Status::Delivered
+    );
+
+    store
+        .record_outgoing(&outgoing(2, "alice", 2, "second"), &[], &[], 0)
+        .unwrap();
+    assert_eq!(
+        store
+            .conversation(&conv("alice"))
+            .unwrap()
+            .unwrap()
+            .last_message
+            .unwrap()
+            .id,
         id(2)
     );
     assert!(store.transaction(|tx| tx.delete_message(id(2))).unwrap());
     assert!(!store.transaction(|tx| tx.delete_message(id(2))).unwrap());
     assert_eq!(
-        store.conversation(&conv("alice")).unwrap().unwrap().last_message.unwrap().id,
+        store
+            .conversation(&conv("alice"))
+            .unwrap()
+            .unwrap()
+            .last_message
+            .unwrap()
+            .id,
         out.id,
         "the preview falls back to the newest remaining message"
     );
-    let err = store.transaction(|tx| tx.edit_text(id(2), "x", 1)).unwrap_err();
+    let err = store
+        .transaction(|tx| tx.edit_text(id(2), "x", 1))
+        .unwrap_err();
     assert!(matches!(err, WriteError::UnknownMessage { .. }));
 }

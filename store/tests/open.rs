@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use tern_store::{
-    Body, ConversationKind, CryptoUpdate, FaultKind, KdfParams, OpenError, Page, ReadError, SCHEMA_VERSION,
-    StorageKey, Store, Unlock,
+    Body, ConversationKind, CryptoUpdate, FaultKind, KdfParams, OpenError, Page, ReadError,
+    SCHEMA_VERSION, StorageKey, Store, Unlock,
 };
 
 const MARKER: &str = "PLAINTEXT-MARKER-7f3a9c";
@@ -41,14 +41,25 @@ fn file_holds_no_plaintext_or_key() {
         .unwrap();
     for n in 2..200 {
         store
-            .record_incoming(&incoming(n, "alice", n, &format!("message {n} {MARKER}")), &[])
+            .record_incoming(
+                &incoming(n, "alice", n, &format!("message {n} {MARKER}")),
+                &[],
+            )
             .unwrap();
     }
     let wal = env.path.with_extension("db-wal");
     // While open (WAL holds recent pages) and after close (checkpointed into the main file).
     for path in [&env.path, &wal] {
-        assert!(!file_contains(path, MARKER.as_bytes()), "{} leaks the marker", path.display());
-        assert!(!file_contains(path, &KEY_BYTES), "{} leaks the key", path.display());
+        assert!(
+            !file_contains(path, MARKER.as_bytes()),
+            "{} leaks the marker",
+            path.display()
+        );
+        assert!(
+            !file_contains(path, &KEY_BYTES),
+            "{} leaks the key",
+            path.display()
+        );
     }
     assert!(std::fs::metadata(&env.path).unwrap().len() > 0);
     drop(store);
@@ -56,7 +67,10 @@ fn file_holds_no_plaintext_or_key() {
     assert!(!file_contains(&env.path, b"SQLite format 3"));
     // The marker is really in there, for whoever holds the key.
     let store = open(&env.path);
-    assert_eq!(store.search(MARKER, None, Some(500)).unwrap().hits.len(), 199);
+    assert_eq!(
+        store.search(MARKER, None, Some(500)).unwrap().hits.len(),
+        199
+    );
 }
 
 #[test]
@@ -64,7 +78,9 @@ fn wrong_key_is_a_clear_error_and_changes_nothing() {
     let env = env();
     let mut store = open(&env.path);
     ensure(&mut store, "alice", ConversationKind::Direct);
-    store.record_incoming(&incoming(1, "alice", 1, "kept"), &[]).unwrap();
+    store
+        .record_incoming(&incoming(1, "alice", 1, "kept"), &[])
+        .unwrap();
     drop(store);
     let before = std::fs::read(&env.path).unwrap();
     let mut other = [0x17u8; 32];
@@ -72,9 +88,19 @@ fn wrong_key_is_a_clear_error_and_changes_nothing() {
     let err = Store::open(&env.path, Unlock::Key(&wrong)).unwrap_err();
     assert!(matches!(err, OpenError::WrongKey { .. }), "{err:?}");
     assert!(err.to_string().contains("wrong storage key"), "{err}");
-    assert_eq!(std::fs::read(&env.path).unwrap(), before, "a failed open writes nothing");
+    assert_eq!(
+        std::fs::read(&env.path).unwrap(),
+        before,
+        "a failed open writes nothing"
+    );
     let store = open(&env.path);
-    assert_eq!(store.history(&conv("alice"), Page::Latest, None).unwrap().len(), 1);
+    assert_eq!(
+        store
+            .history(&conv("alice"), Page::Latest, None)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -135,7 +161,8 @@ fn keyfile_unlocks_an_unattended_node() {
 fn plain_sqlite_file_is_refused() {
     let env = env();
     let conn = rusqlite::Connection::open(&env.path).unwrap();
-    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
     drop(conn);
     let err = Store::open(&env.path, Unlock::Key(&key())).unwrap_err();
     assert!(matches!(err, OpenError::NotEncrypted { .. }), "{err:?}");
@@ -150,7 +177,9 @@ fn garbage_files_are_refused() {
     assert_eq!(std::fs::read(&env.path).unwrap(), b"not a database at all");
 
     // Page-aligned random bytes look like an encrypted file: they fail to decrypt.
-    let noise: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&env.path, &noise).unwrap();
     let err = Store::open(&env.path, Unlock::Key(&key())).unwrap_err();
     assert!(matches!(err, OpenError::WrongKey { .. }), "{err:?}");
@@ -173,7 +202,9 @@ fn another_apps_encrypted_database_is_foreign() {
     let err = Store::open(&env.path, Unlock::Key(&key())).unwrap_err();
     assert!(matches!(err, OpenError::Foreign { .. }), "{err:?}");
     let conn = raw_connection(&env.path);
-    let body: String = conn.query_row("SELECT body FROM notes", [], |r| r.get(0)).unwrap();
+    let body: String = conn
+        .query_row("SELECT body FROM notes", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(body, "theirs", "their data is untouched");
 }
 
@@ -182,15 +213,20 @@ fn newer_schema_is_refused_without_harm() {
     let env = env();
     let mut store = open(&env.path);
     ensure(&mut store, "alice", ConversationKind::Direct);
-    store.record_incoming(&incoming(1, "alice", 1, "kept"), &[]).unwrap();
+    store
+        .record_incoming(&incoming(1, "alice", 1, "kept"), &[])
+        .unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     drop(store);
     let conn = raw_connection(&env.path);
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 5).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 5)
+        .unwrap();
     drop(conn);
     let err = Store::open(&env.path, Unlock::Key(&key())).unwrap_err();
     match &err {
-        OpenError::NewerSchema { found, supported, .. } => {
+        OpenError::NewerSchema {
+            found, supported, ..
+        } => {
             assert_eq!((*found, *supported), (SCHEMA_VERSION + 5, SCHEMA_VERSION));
         }
         other => panic!("expected NewerSchema, got {other:?}"),
@@ -198,10 +234,17 @@ fn newer_schema_is_refused_without_harm() {
     assert!(err.to_string().contains("upgrade Tern"), "{err}");
     // Put the version back (as the newer Tern would have left the data) and all is there.
     let conn = raw_connection(&env.path);
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .unwrap();
     drop(conn);
     let store = open(&env.path);
-    assert_eq!(store.history(&conv("alice"), Page::Latest, None).unwrap().len(), 1);
+    assert_eq!(
+        store
+            .history(&conv("alice"), Page::Latest, None)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -212,7 +255,12 @@ fn damaged_pages_give_a_typed_corrupt_error() {
     store
         .transaction(|tx| {
             for n in 0..2_000 {
-                tx.insert_message(&incoming(n, "alice", n, &format!("message number {n} with some text")))?;
+                tx.insert_message(&incoming(
+                    n,
+                    "alice",
+                    n,
+                    &format!("message number {n} with some text"),
+                ))?;
             }
             Ok::<_, tern_store::WriteError>(())
         })
@@ -234,9 +282,12 @@ fn damaged_pages_give_a_typed_corrupt_error() {
         }
         Err(other) => panic!("unexpected open error {other:?}"),
         Ok(store) => {
-            let err = store.history(&conv("alice"), Page::Latest, None).unwrap_err();
+            let err = store
+                .history(&conv("alice"), Page::Latest, None)
+                .unwrap_err();
             assert!(
-                matches!(&err, ReadError::Storage { .. }) && err.fault_kind() == Some(FaultKind::Corrupt),
+                matches!(&err, ReadError::Storage { .. })
+                    && err.fault_kind() == Some(FaultKind::Corrupt),
                 "{err:?}"
             );
         }

@@ -57,9 +57,17 @@ fn word_prefix_and_substring() {
     let (_env, store) = setup();
     assert_eq!(found(&store, "weather"), [id(3)], "word");
     assert_eq!(found(&store, "WEATHER"), [id(3)], "case-insensitive");
-    assert_eq!(found(&store, "deploy"), [id(9), id(2)], "prefix, newest first");
+    assert_eq!(
+        found(&store, "deploy"),
+        [id(9), id(2)],
+        "prefix, newest first"
+    );
     assert_eq!(found(&store, "believ"), [id(3)], "inside a word");
-    assert_eq!(found(&store, "deploy noon"), [id(9)], "all terms must match");
+    assert_eq!(
+        found(&store, "deploy noon"),
+        [id(9)],
+        "all terms must match"
+    );
     assert!(found(&store, "deploy banana").is_empty());
     assert!(found(&store, "zebra").is_empty());
 }
@@ -69,11 +77,23 @@ fn non_ascii_text() {
     let (_env, store) = setup();
     assert_eq!(found(&store, "Müller"), [id(1)]);
     assert_eq!(found(&store, "cafe"), [id(1)], "diacritics ignored");
-    assert_eq!(found(&store, "größe"), [id(4)], "lower-case query, capitalised text");
+    assert_eq!(
+        found(&store, "größe"),
+        [id(4)],
+        "lower-case query, capitalised text"
+    );
     assert_eq!(found(&store, "änderung"), [id(4)]);
     assert_eq!(found(&store, "привет"), [id(6)], "Cyrillic case folding");
-    assert_eq!(found(&store, "会いましょう"), [id(5)], "Japanese, no spaces");
-    assert_eq!(found(&store, "明日"), [id(5)], "two-character CJK word (short-term path)");
+    assert_eq!(
+        found(&store, "会いましょう"),
+        [id(5)],
+        "Japanese, no spaces"
+    );
+    assert_eq!(
+        found(&store, "明日"),
+        [id(5)],
+        "two-character CJK word (short-term path)"
+    );
     assert_eq!(found(&store, "🍕"), [id(7)], "emoji");
 }
 
@@ -82,7 +102,11 @@ fn short_terms_fall_back_to_a_scan() {
     let (_env, store) = setup();
     assert_eq!(found(&store, "ok"), [id(8)]);
     assert_eq!(found(&store, "OK"), [id(8)]);
-    assert_eq!(found(&store, "at noon"), [id(9)], "mixed short and indexed terms");
+    assert_eq!(
+        found(&store, "at noon"),
+        [id(9)],
+        "mixed short and indexed terms"
+    );
     let hits = store.search("ok", None, None).unwrap().hits;
     assert_eq!(marked(&hits[0]), "ok");
 }
@@ -123,7 +147,11 @@ fn paging_newest_first() {
     store
         .transaction(|tx| {
             for n in 0..95u64 {
-                let text = if n % 2 == 0 { format!("needle {n}") } else { format!("hay {n}") };
+                let text = if n % 2 == 0 {
+                    format!("needle {n}")
+                } else {
+                    format!("hay {n}")
+                };
                 tx.record_incoming(&incoming(n, "alice", n, &text), &[])?;
             }
             Ok::<_, WriteError>(())
@@ -147,14 +175,25 @@ fn paging_newest_first() {
 #[test]
 fn bad_queries_are_typed_errors() {
     let (_env, store) = setup();
-    assert!(matches!(store.search("  ", None, None), Err(SearchError::EmptyQuery)));
+    assert!(matches!(
+        store.search("  ", None, None),
+        Err(SearchError::EmptyQuery)
+    ));
     let long = "x".repeat(tern_store::consts::MAX_SEARCH_QUERY_BYTES + 1);
     assert!(matches!(
         store.search(&long, None, None),
         Err(SearchError::QueryTooLong { .. })
     ));
     // FTS5 syntax in user input is matched literally, never an error.
-    for q in ["\"unbalanced", "a OR b", "NEAR(x y)", "col:thing", "*", "-(", "100%"] {
+    for q in [
+        "\"unbalanced",
+        "a OR b",
+        "NEAR(x y)",
+        "col:thing",
+        "*",
+        "-(",
+        "100%",
+    ] {
         store.search(q, None, None).unwrap();
     }
     assert_eq!(found(&store, "notes:"), [id(9)]);

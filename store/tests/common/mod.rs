@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use tern_store::{
-    Body, ConversationId, ConversationKind, Message, MessageId, Options, Status, StorageKey, Store, Unlock,
+    Body, ConversationId, ConversationKind, Message, MessageId, Options, Status, StorageKey, Store,
+    Unlock,
 };
 
 /// The raw key every test store uses, so a test can also open the file with plain rusqlite.
@@ -37,9 +38,11 @@ pub fn open_with(path: &Path, options: &Options) -> Store {
 /// A plain rusqlite connection keyed like the store, to reach under the API.
 pub fn raw_connection(path: &Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(path).expect("open raw");
-    conn.execute_batch("PRAGMA cipher_log_level = NONE;").expect("log level");
+    conn.execute_batch("PRAGMA cipher_log_level = NONE;")
+        .expect("log level");
     let hex: String = KEY_BYTES.iter().map(|b| format!("{b:02x}")).collect();
-    conn.pragma_update(None, "key", format!("x'{hex}'")).expect("key");
+    conn.pragma_update(None, "key", format!("x'{hex}'"))
+        .expect("key");
     conn
 }
 
