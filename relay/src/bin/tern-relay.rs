@@ -1,0 +1,101 @@
+//! `tern-relay`: the Tern relay server.
+
+use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use tern_relay::server::{self, Announcement, Config};
+
+/// Tern relay: mailboxes, presence, push wake-ups and circuit relay for Tern devices.
+///
+/// Prints each listen address (with /p2p/<peer id>) on its own line on stdout as soon as
+/// it is bound, and "metrics http://ADDR" for the metrics endpoint. Logs go to stderr
+/// (RUST_LOG controls the level). SIGINT or SIGTERM stop it gracefully.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Opts {
+    /// TOML configuration file (see relay.toml for every field and default).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (identity key and database); overrides the config file.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Multiaddr to listen on; repeatable; replaces the config file's list.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Address for the HTTP metrics and health endpoint (e.g. 127.0.0.1:9101).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern-relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let opts = Opts::parse();
+    let mut config = match &opts.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = opts.data {
+        config.data_dir = d;
+    }
+    if !opts.listen.is_empty() {
+        config.listen = opts.listen;
+    }
+    if opts.metrics.is_some() {
+        config.metrics = opts.metrics;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let announce = |a: Announcement| {
+            let mut out = std::io::stdout().lock();
+            let _ = match a {
+                Announcement::Listening(addr) => writeln!(out, "{addr}"),
+                Announcement::Metrics(addr) => writeln!(out, "metrics http://{addr}"),
+                _ => Ok(()),
+            };
+            let _ = out.flush();
+        };
+        server::run(config, announce, shutdown_signal()).await
+    })?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,442 @@
+//! The relay's configuration: a TOML file, overridden by command-line flags.
+//!
+//! Every limit is a field here with its default in [`Default`]; `relay/relay.toml` lists
+//! them all. Durations are whole seconds or milliseconds, as the field name says.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+use crate::wire::mailbox;
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("cannot parse config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// An address is not a valid multiaddr.
+    #[error("invalid multiaddr {addr:?} in {field}: {message}")]
+    Multiaddr {
+        /// Which field.
+        field: &'static str,
+        /// The text.
+        addr: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid value for {field}: {message}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The whole relay configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the relay keeps its identity key and database. Default `./tern-relay-data`.
+    pub data_dir: PathBuf,
+    /// Multiaddrs to listen on. Default TCP and QUIC on port 4001, all IPv4 interfaces.
+    pub listen: Vec<String>,
+    /// Addresses under which others reach this relay (e.g. behind port forwarding). They are
+    /// announced to peers and in circuit reservations. Empty (default): the listen
+    /// addresses are announced.
+    pub public_addresses: Vec<String>,
+    /// Where to serve `/metrics` and `/health` over HTTP; none by default.
+    pub metrics: Option<SocketAddr>,
+    /// Mailbox limits.
+    pub mailbox: MailboxConfig,
+    /// Rate limits per peer.
+    pub rate: RateConfig,
+    /// Presence timings.
+    pub presence: PresenceConfig,
+    /// Push wake-ups.
+    pub push: PushConfig,
+    /// Circuit relay v2 limits.
+    pub circuit: CircuitConfig,
+    /// Connection limits.
+    pub connections: ConnectionConfig,
+    /// Storage tuning.
+    pub storage: StorageConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("tern-relay-data"),
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001".into(),
+                "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+            ],
+            public_addresses: Vec::new(),
+            metrics: None,
+            mailbox: MailboxConfig::default(),
+            rate: RateConfig::default(),
+            presence: PresenceConfig::default(),
+            push: PushConfig::default(),
+            circuit: CircuitConfig::default(),
+            connections: ConnectionConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+/// Mailbox limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// Largest ciphertext accepted, bytes. Default 64 KiB (at most 128 KiB, the wire cap).
+    pub max_ciphertext_bytes: usize,
+    /// Most recipients in one deposit. Default 2048 (the wire cap).
+    pub max_recipients: usize,
+    /// Most messages waiting in one mailbox. Default 10,000.
+    pub max_messages: u64,
+    /// Most ciphertext bytes waiting in one mailbox. Default 64 MiB.
+    pub max_bytes: u64,
+    /// How long an unacknowledged message is kept, seconds. Default 14 days.
+    pub ttl_secs: u64,
+    /// How often expired messages are deleted, seconds. Default 60.
+    pub expiry_sweep_secs: u64,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            max_ciphertext_bytes: 64 * 1024,
+            max_recipients: mailbox::MAX_RECIPIENTS,
+            max_messages: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            ttl_secs: 14 * 24 * 3600,
+            expiry_sweep_secs: 60,
+        }
+    }
+}
+
+/// Token-bucket rate limits, per authenticated peer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateConfig {
+    /// Sustained requests per second per peer, all protocols together. Default 200.
+    pub requests_per_sec: f64,
+    /// Burst of requests per peer. Default 400.
+    pub requests_burst: f64,
+    /// Sustained deposits per second per sender (each recipient counts). Default 100.
+    pub deposits_per_sec: f64,
+    /// Burst of deposits per sender. Default 1000 (one 500-member group message with two
+    /// devices per member).
+    pub deposits_burst: f64,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_sec: 200.0,
+            requests_burst: 400.0,
+            deposits_per_sec: 100.0,
+            deposits_burst: 1000.0,
+        }
+    }
+}
+
+/// Presence timings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// A device silent for this long is offline, seconds. Default 30.
+    pub heartbeat_ttl_secs: u64,
+    /// Changes are sent to subscribers at most this often, milliseconds. Default 2000.
+    pub coalesce_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ttl_secs: 30,
+            coalesce_ms: 2000,
+        }
+    }
+}
+
+/// Push wake-ups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// URL prefixes a push endpoint must start with; empty (default) disables push.
+    /// Example: `["https://push.example.org/"]`. Prefixes should end with `/` so a prefix
+    /// cannot be extended to another host.
+    pub allowed_prefixes: Vec<String>,
+    /// At most one wake-up per device per this many seconds. Default 10.
+    pub debounce_secs: u64,
+    /// Timeout of one POST, seconds. Default 10.
+    pub timeout_secs: u64,
+    /// Most POSTs in flight at once. Default 16.
+    pub max_in_flight: usize,
+    /// Longest back-off after repeated failures, seconds. Default 600.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            allowed_prefixes: Vec::new(),
+            debounce_secs: 10,
+            timeout_secs: 10,
+            max_in_flight: 16,
+            max_backoff_secs: 600,
+        }
+    }
+}
+
+/// Circuit relay v2 limits (see libp2p's `relay::Config`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitConfig {
+    /// Most reservations at once. Default 512.
+    pub max_reservations: usize,
+    /// Most reservations per peer. Default 4.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts, seconds. Default 3600.
+    pub reservation_duration_secs: u64,
+    /// Most relayed circuits at once. Default 64.
+    pub max_circuits: usize,
+    /// Most circuits per peer. Default 8.
+    pub max_circuits_per_peer: usize,
+    /// Longest life of a circuit, seconds. Default 120 (long enough to hole-punch).
+    pub max_circuit_duration_secs: u64,
+    /// Most bytes relayed per circuit in each direction. Default 1 MiB.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self {
+            max_reservations: 512,
+            max_reservations_per_peer: 4,
+            reservation_duration_secs: 3600,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_duration_secs: 120,
+            max_circuit_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Connection limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Most established connections. Default 10,000.
+    pub max_established: u32,
+    /// Most connections per peer. Default 4.
+    pub max_per_peer: u32,
+    /// Most connections being set up at once. Default 256.
+    pub max_pending_incoming: u32,
+    /// A connection with no open stream closes after this many seconds. Default 300; a
+    /// client's heartbeats keep it open.
+    pub idle_timeout_secs: u64,
+    /// Most concurrent request streams per connection and protocol. Default 64.
+    pub max_concurrent_streams: usize,
+    /// A request not answered within this many seconds fails. Default 30.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max_established: 10_000,
+            max_per_peer: 4,
+            max_pending_incoming: 256,
+            idle_timeout_secs: 300,
+            max_concurrent_streams: 64,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Most operations committed in one transaction (group commit). Default 1024.
+    pub max_batch: usize,
+    /// Most operations waiting for the writer; beyond it requests get `Unavailable`.
+    /// Default 16,384.
+    pub queue_depth: usize,
+    /// Largest database size in bytes; deposits beyond it fail with `StorageFull`.
+    /// 0 (default): no limit but the disk.
+    pub max_database_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 1024,
+            queue_depth: 16_384,
+            max_database_bytes: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; fields it omits keep their defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The listen addresses, parsed.
+    pub fn listen_addrs(&self) -> Result<Vec<Multiaddr>, ConfigError> {
+        parse_addrs("listen", &self.listen)
+    }
+
+    /// The public addresses, parsed.
+    pub fn public_addrs(&self) -> Result<Vec<Multiaddr>, ConfigError> {
+        parse_addrs("public_addresses", &self.public_addresses)
+    }
+
+    /// Checks ranges that the types do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        self.listen_addrs()?;
+        self.public_addrs()?;
+        if self.listen.is_empty() {
+            return invalid("listen", "at least one address is needed");
+        }
+        if self.mailbox.max_ciphertext_bytes == 0
+            || self.mailbox.max_ciphertext_bytes > mailbox::MAX_CIPHERTEXT_BYTES
+        {
+            return invalid("mailbox.max_ciphertext_bytes", "must be 1..=131072");
+        }
+        if self.mailbox.max_recipients == 0 || self.mailbox.max_recipients > mailbox::MAX_RECIPIENTS
+        {
+            return invalid("mailbox.max_recipients", "must be 1..=2048");
+        }
+        if self.mailbox.ttl_secs == 0 || self.mailbox.expiry_sweep_secs == 0 {
+            return invalid(
+                "mailbox.ttl_secs",
+                "ttl and sweep interval must be positive",
+            );
+        }
+        for (field, v) in [
+            ("rate.requests_per_sec", self.rate.requests_per_sec),
+            ("rate.requests_burst", self.rate.requests_burst),
+            ("rate.deposits_per_sec", self.rate.deposits_per_sec),
+            ("rate.deposits_burst", self.rate.deposits_burst),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return invalid(field, "must be a positive number");
+            }
+        }
+        if self.presence.heartbeat_ttl_secs == 0 || self.presence.coalesce_ms == 0 {
+            return invalid(
+                "presence",
+                "heartbeat_ttl_secs and coalesce_ms must be positive",
+            );
+        }
+        for p in &self.push.allowed_prefixes {
+            if !(p.starts_with("http://") || p.starts_with("https://")) {
+                return invalid(
+                    "push.allowed_prefixes",
+                    "every prefix must start with http:// or https://",
+                );
+            }
+        }
+        if self.push.max_in_flight == 0 || self.push.timeout_secs == 0 {
+            return invalid("push", "max_in_flight and timeout_secs must be positive");
+        }
+        if self.storage.max_batch == 0 || self.storage.queue_depth == 0 {
+            return invalid("storage", "max_batch and queue_depth must be positive");
+        }
+        if self.connections.max_concurrent_streams == 0 {
+            return invalid("connections.max_concurrent_streams", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+fn parse_addrs(field: &'static str, addrs: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|e: libp2p::multiaddr::Error| ConfigError::Multiaddr {
+                    field,
+                    addr: a.clone(),
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let text = include_str!("../../relay.toml");
+        let parsed = Config::from_toml(text).unwrap();
+        parsed.validate().unwrap();
+        let d = Config::default();
+        assert_eq!(parsed.listen, d.listen);
+        assert_eq!(parsed.mailbox.max_messages, d.mailbox.max_messages);
+        assert_eq!(parsed.mailbox.ttl_secs, d.mailbox.ttl_secs);
+        assert_eq!(
+            parsed.presence.heartbeat_ttl_secs,
+            d.presence.heartbeat_ttl_secs
+        );
+        assert_eq!(parsed.push.debounce_secs, d.push.debounce_secs);
+        assert_eq!(parsed.circuit.max_circuits, d.circuit.max_circuits);
+        assert_eq!(parsed.storage.max_batch, d.storage.max_batch);
+        assert_eq!(parsed.rate.deposits_burst, d.rate.deposits_burst);
+        assert_eq!(parsed.connections.max_per_peer, d.connections.max_per_peer);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_values() {
+        assert!(Config::from_toml("nonsense = 1").is_err());
+        let mut c = Config::default();
+        c.push.allowed_prefixes = vec!["file:///etc/".into()];
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.listen = vec!["not an addr".into()];
+        assert!(c.validate().is_err());
+    }
+}

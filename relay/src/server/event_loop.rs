@@ -1,0 +1,781 @@
+//! The event loop that owns the swarm: it answers requests, hands durable work to the
+//! storage writer and completes requests as the writer replies.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use futures::{StreamExt, stream::FuturesUnordered};
+use libp2p::{
+    PeerId, Swarm, identify,
+    multiaddr::Protocol,
+    relay,
+    request_response::{self, Message, ResponseChannel},
+    swarm::SwarmEvent,
+};
+use tokio::sync::oneshot;
+
+use super::{
+    Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE, config::Config, metrics::Metrics,
+    presence::Presence, push, ratelimit::Limiter, storage,
+};
+use crate::wire::{
+    ErrorCode, Frame, Rejection,
+    mailbox::{self, Envelope},
+    presence as pw,
+};
+
+/// How often heartbeat TTLs are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often idle rate-limit buckets are forgotten.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
+
+/// Which request/response behaviour a channel belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Proto {
+    Mailbox,
+    Presence,
+}
+
+/// A storage reply, with what is needed to answer the request it belongs to.
+enum Completion {
+    Deposit {
+        channel: ResponseChannel<Frame>,
+        sender: PeerId,
+        size: usize,
+        /// The ciphertext again, kept only if a recipient was listening at submit time.
+        live_copy: Option<Vec<u8>>,
+        now_ms: u64,
+        result: Result<storage::Deposited, storage::OpError>,
+    },
+    Fetch {
+        channel: ResponseChannel<Frame>,
+        result: Result<storage::Page, storage::OpError>,
+    },
+    Ack {
+        channel: ResponseChannel<Frame>,
+        result: Result<u32, storage::OpError>,
+    },
+    SetPush {
+        channel: ResponseChannel<Frame>,
+        peer: PeerId,
+        url: Option<String>,
+        result: Result<(), storage::OpError>,
+    },
+    SetAllow {
+        channel: ResponseChannel<Frame>,
+        peer: PeerId,
+        viewers: Vec<PeerId>,
+        result: Result<(), storage::OpError>,
+    },
+    Expired(Result<u64, storage::OpError>),
+}
+
+fn await_reply<T: Send + 'static>(
+    rx: oneshot::Receiver<Result<T, storage::OpError>>,
+) -> impl Future<Output = Result<T, storage::OpError>> + Send {
+    async move { rx.await.unwrap_or(Err(storage::OpError::Closed)) }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    storage: storage::StorageHandle,
+    push: push::Handle,
+    /// Devices with a registered push endpoint (mirrors the push task, to skip the queue
+    /// for everyone else).
+    push_registered: HashSet<PeerId>,
+    presence: Presence,
+    requests: Limiter<PeerId>,
+    deposits: Limiter<PeerId>,
+    /// Open connections per peer.
+    connections: HashMap<PeerId, usize>,
+    /// Peers that asked for live delivery, while connected.
+    listening: HashSet<PeerId>,
+    pending: FuturesUnordered<Pending>,
+    announce: Box<dyn FnMut(Announcement) + Send>,
+    shutting_down: bool,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        cfg: Config,
+        metrics: Arc<Metrics>,
+        storage: storage::StorageHandle,
+        push: push::Handle,
+        loaded: storage::Loaded,
+        announce: Box<dyn FnMut(Announcement) + Send>,
+    ) -> Self {
+        let mut presence = Presence::new(Duration::from_secs(cfg.presence.heartbeat_ttl_secs));
+        presence.load(loaded.last_seen, loaded.allow);
+        Self {
+            requests: Limiter::new(cfg.rate.requests_per_sec, cfg.rate.requests_burst),
+            deposits: Limiter::new(cfg.rate.deposits_per_sec, cfg.rate.deposits_burst),
+            push_registered: loaded.push.iter().map(|(p, _)| *p).collect(),
+            swarm,
+            cfg,
+            metrics,
+            storage,
+            push,
+            presence,
+            connections: HashMap::new(),
+            listening: HashSet::new(),
+            pending: FuturesUnordered::new(),
+            announce,
+            shutting_down: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        let mut coalesce =
+            tokio::time::interval(Duration::from_millis(self.cfg.presence.coalesce_ms));
+        let mut expire =
+            tokio::time::interval(Duration::from_secs(self.cfg.mailbox.expiry_sweep_secs));
+        for t in [&mut sweep, &mut prune, &mut coalesce, &mut expire] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if self.shutting_down && self.pending.is_empty() {
+                break;
+            }
+            let grace = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => self.on_completion(done),
+                _ = sweep.tick() => self.on_sweep(),
+                _ = prune.tick() => {
+                    let now = Instant::now();
+                    self.requests.prune(now);
+                    self.deposits.prune(now);
+                }
+                _ = coalesce.tick() => self.flush_presence(),
+                _ = expire.tick() => self.start_expiry(),
+                _ = &mut shutdown, if !self.shutting_down => {
+                    tracing::info!(in_flight = self.pending.len(), "shutting down");
+                    self.shutting_down = true;
+                    deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                }
+                _ = grace => {
+                    tracing::warn!(in_flight = self.pending.len(), "shutdown grace period over");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if self.cfg.public_addresses.is_empty() {
+                    // With no configured public address, announce what we listen on, so
+                    // circuit reservations carry a usable address.
+                    self.swarm.add_external_address(address.clone());
+                }
+                let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                tracing::info!(addr = %full, "listening");
+                (self.announce)(Announcement::Listening(full));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                *self.connections.entry(peer_id).or_default() += 1;
+                self.metrics.connections.fetch_add(1, Relaxed);
+                self.metrics.connections_total.fetch_add(1, Relaxed);
+                self.presence.connected(peer_id, Instant::now(), now_ms());
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                self.metrics.connections.fetch_sub(1, Relaxed);
+                if num_established == 0 {
+                    self.connections.remove(&peer_id);
+                    self.listening.remove(&peer_id);
+                } else if let Some(n) = self.connections.get_mut(&peer_id) {
+                    *n = n.saturating_sub(1);
+                }
+                if let Some(ms) = self.presence.disconnected(peer_id, now_ms()) {
+                    self.persist_last_seen(peer_id, ms);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mailbox(ev)) => {
+                self.on_rr_event(Proto::Mailbox, ev)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Presence(ev)) => {
+                self.on_rr_event(Proto::Presence, ev)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => match ev {
+                relay::Event::ReservationReqAccepted { .. } => {
+                    self.metrics.reservations.fetch_add(1, Relaxed);
+                }
+                relay::Event::CircuitReqAccepted { .. } => {
+                    self.metrics.circuits.fetch_add(1, Relaxed);
+                }
+                other => tracing::debug!(event = ?other, "relay event"),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                tracing::debug!(%peer_id, agent = %info.agent_version, "identified");
+            }
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_rr_event(&mut self, proto: Proto, ev: request_response::Event<Frame, Frame>) {
+        match ev {
+            request_response::Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_request(proto, peer, request, channel),
+            request_response::Event::Message {
+                message: Message::Response { .. },
+                ..
+            } => {}
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "relay-initiated request failed");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn respond_bytes(&mut self, proto: Proto, channel: ResponseChannel<Frame>, bytes: Vec<u8>) {
+        let b = self.swarm.behaviour_mut();
+        let r = match proto {
+            Proto::Mailbox => b.mailbox.send_response(channel, Frame::Data(bytes)),
+            Proto::Presence => b.presence.send_response(channel, Frame::Data(bytes)),
+        };
+        if r.is_err() {
+            tracing::debug!("peer went away before its response");
+        }
+    }
+
+    fn respond_mailbox(&mut self, channel: ResponseChannel<Frame>, resp: mailbox::Response) {
+        match resp.encode() {
+            Ok(bytes) => self.respond_bytes(Proto::Mailbox, channel, bytes),
+            Err(e) => tracing::error!(error = %e, "cannot encode mailbox response"),
+        }
+    }
+
+    fn respond_presence(&mut self, channel: ResponseChannel<Frame>, resp: pw::Response) {
+        match resp.encode() {
+            Ok(bytes) => self.respond_bytes(Proto::Presence, channel, bytes),
+            Err(e) => tracing::error!(error = %e, "cannot encode presence response"),
+        }
+    }
+
+    fn reject(&mut self, proto: Proto, channel: ResponseChannel<Frame>, rejection: Rejection) {
+        self.metrics.reject(rejection.code);
+        match proto {
+            Proto::Mailbox => self.respond_mailbox(channel, mailbox::Response::Error(rejection)),
+            Proto::Presence => self.respond_presence(channel, pw::Response::Error(rejection)),
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        proto: Proto,
+        peer: PeerId,
+        frame: Frame,
+        channel: ResponseChannel<Frame>,
+    ) {
+        if self.shutting_down {
+            return self.reject(
+                proto,
+                channel,
+                Rejection {
+                    code: ErrorCode::Unavailable,
+                    retry_after_ms: Some(SHUTDOWN_GRACE.as_millis() as u64),
+                },
+            );
+        }
+        if let Err(wait) = self.requests.take(&peer, 1.0, Instant::now()) {
+            return self.reject(
+                proto,
+                channel,
+                Rejection {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms: Some(wait.as_millis() as u64 + 1),
+                },
+            );
+        }
+        // Any request is a sign of life for presence.
+        self.presence.touch(peer, Instant::now(), now_ms());
+        match proto {
+            Proto::Mailbox => match mailbox::Request::from_frame(&frame) {
+                Ok(req) => self.on_mailbox(peer, req, channel),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "bad mailbox frame");
+                    self.reject(
+                        proto,
+                        channel,
+                        Rejection::new(ErrorCode::for_decode_error(&e)),
+                    );
+                }
+            },
+            Proto::Presence => match pw::Request::from_frame(&frame) {
+                Ok(req) => self.on_presence(peer, req, channel),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "bad presence frame");
+                    self.reject(
+                        proto,
+                        channel,
+                        Rejection::new(ErrorCode::for_decode_error(&e)),
+                    );
+                }
+            },
+        }
+    }
+
+    fn on_mailbox(&mut self, peer: PeerId, req: mailbox::Request, channel: ResponseChannel<Frame>) {
+        let m = &self.cfg.mailbox;
+        match req {
+            mailbox::Request::Deposit {
+                recipients,
+                ttl_secs,
+                ciphertext,
+            } => {
+                if ciphertext.len() > m.max_ciphertext_bytes {
+                    return self.reject(
+                        Proto::Mailbox,
+                        channel,
+                        Rejection::new(ErrorCode::TooLarge),
+                    );
+                }
+                let mut seen = HashSet::with_capacity(recipients.len());
+                let recipients: Vec<PeerId> =
+                    recipients.into_iter().filter(|r| seen.insert(*r)).collect();
+                if recipients.is_empty() || recipients.len() > m.max_recipients {
+                    return self.reject(
+                        Proto::Mailbox,
+                        channel,
+                        Rejection::new(ErrorCode::BadRequest),
+                    );
+                }
+                if let Err(wait) =
+                    self.deposits
+                        .take(&peer, recipients.len() as f64, Instant::now())
+                {
+                    return self.reject(
+                        Proto::Mailbox,
+                        channel,
+                        Rejection {
+                            code: ErrorCode::RateLimited,
+                            retry_after_ms: Some(wait.as_millis() as u64 + 1),
+                        },
+                    );
+                }
+                let ttl = ttl_secs
+                    .map_or(m.ttl_secs, |t| u64::from(t).min(m.ttl_secs))
+                    .max(1);
+                let now = now_ms();
+                let ciphertext = ciphertext.into_vec();
+                let size = ciphertext.len();
+                let live_copy = recipients
+                    .iter()
+                    .any(|r| self.listening.contains(r))
+                    .then(|| ciphertext.clone());
+                let (reply, rx) = oneshot::channel();
+                let op = storage::Op::Deposit {
+                    sender: peer,
+                    recipients,
+                    ciphertext,
+                    now_ms: now,
+                    expires_ms: now.saturating_add(ttl.saturating_mul(1000)),
+                    reply,
+                };
+                if let Err(e) = self.storage.submit(op) {
+                    return self.reject(Proto::Mailbox, channel, busy(e));
+                }
+                self.pending.push(Box::pin(async move {
+                    Completion::Deposit {
+                        channel,
+                        sender: peer,
+                        size,
+                        live_copy,
+                        now_ms: now,
+                        result: await_reply(rx).await,
+                    }
+                }));
+            }
+            mailbox::Request::Fetch { after, limit } => {
+                let (reply, rx) = oneshot::channel();
+                let op = storage::Op::Fetch {
+                    owner: peer,
+                    after,
+                    limit: limit.clamp(1, mailbox::MAX_FETCH_MESSAGES),
+                    max_bytes: mailbox::MAX_PAGE_BYTES,
+                    now_ms: now_ms(),
+                    reply,
+                };
+                if let Err(e) = self.storage.submit(op) {
+                    return self.reject(Proto::Mailbox, channel, busy(e));
+                }
+                self.pending.push(Box::pin(async move {
+                    Completion::Fetch {
+                        channel,
+                        result: await_reply(rx).await,
+                    }
+                }));
+            }
+            mailbox::Request::Ack { ids } => {
+                if ids.len() > mailbox::MAX_ACK_IDS {
+                    return self.reject(
+                        Proto::Mailbox,
+                        channel,
+                        Rejection::new(ErrorCode::BadRequest),
+                    );
+                }
+                let (reply, rx) = oneshot::channel();
+                if let Err(e) = self.storage.submit(storage::Op::Ack {
+                    owner: peer,
+                    ids,
+                    reply,
+                }) {
+                    return self.reject(Proto::Mailbox, channel, busy(e));
+                }
+                self.pending.push(Box::pin(async move {
+                    Completion::Ack {
+                        channel,
+                        result: await_reply(rx).await,
+                    }
+                }));
+            }
+            mailbox::Request::Listen { enabled } => {
+                if enabled && self.connections.contains_key(&peer) {
+                    self.listening.insert(peer);
+                } else {
+                    self.listening.remove(&peer);
+                }
+                self.respond_mailbox(channel, mailbox::Response::Ok);
+            }
+            mailbox::Request::RegisterPush { url } => {
+                if let Some(u) = &url
+                    && let Err(e) = push::check_url(u, &self.cfg.push.allowed_prefixes)
+                {
+                    tracing::debug!(%peer, error = %e, "push endpoint refused");
+                    let code = match e {
+                        push::UrlError::TooLong => ErrorCode::TooLarge,
+                        _ => ErrorCode::NotAllowed,
+                    };
+                    return self.reject(Proto::Mailbox, channel, Rejection::new(code));
+                }
+                let (reply, rx) = oneshot::channel();
+                let op = storage::Op::SetPush {
+                    owner: peer,
+                    url: url.clone(),
+                    reply,
+                };
+                if let Err(e) = self.storage.submit(op) {
+                    return self.reject(Proto::Mailbox, channel, busy(e));
+                }
+                self.pending.push(Box::pin(async move {
+                    Completion::SetPush {
+                        channel,
+                        peer,
+                        url,
+                        result: await_reply(rx).await,
+                    }
+                }));
+            }
+            // Only the relay sends deliveries.
+            mailbox::Request::Deliver { .. } => {
+                self.reject(
+                    Proto::Mailbox,
+                    channel,
+                    Rejection::new(ErrorCode::BadRequest),
+                );
+            }
+        }
+    }
+
+    fn on_presence(&mut self, peer: PeerId, req: pw::Request, channel: ResponseChannel<Frame>) {
+        match req {
+            pw::Request::Heartbeat { status } => {
+                self.presence
+                    .heartbeat(peer, status, Instant::now(), now_ms());
+                self.respond_presence(channel, pw::Response::Ok);
+            }
+            pw::Request::SetAllowList { peers } => {
+                if peers.len() > pw::MAX_PEERS {
+                    return self.reject(
+                        Proto::Presence,
+                        channel,
+                        Rejection::new(ErrorCode::BadRequest),
+                    );
+                }
+                let (reply, rx) = oneshot::channel();
+                let op = storage::Op::SetAllowList {
+                    owner: peer,
+                    viewers: peers.clone(),
+                    reply,
+                };
+                if let Err(e) = self.storage.submit(op) {
+                    return self.reject(Proto::Presence, channel, busy(e));
+                }
+                self.pending.push(Box::pin(async move {
+                    Completion::SetAllow {
+                        channel,
+                        peer,
+                        viewers: peers,
+                        result: await_reply(rx).await,
+                    }
+                }));
+            }
+            pw::Request::Query { peers } => {
+                if peers.len() > pw::MAX_PEERS {
+                    return self.reject(
+                        Proto::Presence,
+                        channel,
+                        Rejection::new(ErrorCode::BadRequest),
+                    );
+                }
+                let entries = self.presence.query(&peer, &peers);
+                self.respond_presence(channel, pw::Response::Presence { entries });
+            }
+            pw::Request::Subscribe { peers } => {
+                if peers.len() > pw::MAX_PEERS {
+                    return self.reject(
+                        Proto::Presence,
+                        channel,
+                        Rejection::new(ErrorCode::BadRequest),
+                    );
+                }
+                let entries = self.presence.subscribe(peer, &peers);
+                self.respond_presence(channel, pw::Response::Presence { entries });
+            }
+            // Only the relay sends updates.
+            pw::Request::Update { .. } => {
+                self.reject(
+                    Proto::Presence,
+                    channel,
+                    Rejection::new(ErrorCode::BadRequest),
+                );
+            }
+        }
+    }
+
+    fn on_completion(&mut self, done: Completion) {
+        match done {
+            Completion::Deposit {
+                channel,
+                sender,
+                size,
+                live_copy,
+                now_ms,
+                result,
+            } => match result {
+                Ok(d) => {
+                    self.metrics.deposits.fetch_add(1, Relaxed);
+                    self.metrics
+                        .deposit_recipients
+                        .fetch_add(d.stored.len() as u64, Relaxed);
+                    self.metrics.deposit_bytes.fetch_add(size as u64, Relaxed);
+                    self.respond_mailbox(
+                        channel,
+                        mailbox::Response::Deposited {
+                            message: d.message,
+                            recipients: d.stored.len() as u32,
+                            over_quota: d.over_quota,
+                        },
+                    );
+                    for (recipient, id, unread) in d.stored {
+                        if self.listening.contains(&recipient) {
+                            if let Some(ct) = &live_copy {
+                                self.deliver(recipient, id, sender, now_ms, ct);
+                            }
+                        } else if self.push_registered.contains(&recipient) {
+                            self.push.send(push::Command::Mail {
+                                peer: recipient,
+                                unread,
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "deposit failed");
+                    self.reject(Proto::Mailbox, channel, busy(e));
+                }
+            },
+            Completion::Fetch { channel, result } => match result {
+                Ok(page) => self.respond_mailbox(
+                    channel,
+                    mailbox::Response::Messages {
+                        messages: page.messages,
+                        more: page.more,
+                    },
+                ),
+                Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
+            },
+            Completion::Ack { channel, result } => match result {
+                Ok(removed) => {
+                    self.metrics.acked.fetch_add(u64::from(removed), Relaxed);
+                    self.respond_mailbox(channel, mailbox::Response::Acked { removed });
+                }
+                Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
+            },
+            Completion::SetPush {
+                channel,
+                peer,
+                url,
+                result,
+            } => match result {
+                Ok(()) => {
+                    if url.is_some() {
+                        self.push_registered.insert(peer);
+                    } else {
+                        self.push_registered.remove(&peer);
+                    }
+                    self.push.send(push::Command::Register { peer, url });
+                    self.respond_mailbox(channel, mailbox::Response::Ok);
+                }
+                Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
+            },
+            Completion::SetAllow {
+                channel,
+                peer,
+                viewers,
+                result,
+            } => match result {
+                Ok(()) => {
+                    self.presence.set_allow(peer, &viewers);
+                    self.respond_presence(channel, pw::Response::Ok);
+                }
+                Err(e) => self.reject(Proto::Presence, channel, busy(e)),
+            },
+            Completion::Expired(result) => match result {
+                Ok(n) => {
+                    self.metrics.expired.fetch_add(n, Relaxed);
+                    if n > 0 {
+                        tracing::debug!(expired = n, "expired mailbox entries");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+            },
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        recipient: PeerId,
+        id: u64,
+        sender: PeerId,
+        deposited_ms: u64,
+        ciphertext: &[u8],
+    ) {
+        let req = mailbox::Request::Deliver {
+            messages: vec![Envelope {
+                id,
+                sender,
+                deposited_ms,
+                ciphertext: serde_bytes::ByteBuf::from(ciphertext.to_vec()),
+            }],
+        };
+        match req.encode() {
+            Ok(bytes) => {
+                self.swarm
+                    .behaviour_mut()
+                    .mailbox
+                    .send_request(&recipient, Frame::Data(bytes));
+                self.metrics.live_deliveries.fetch_add(1, Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode delivery"),
+        }
+    }
+
+    fn on_sweep(&mut self) {
+        for (peer, ms) in self.presence.sweep(Instant::now()) {
+            self.persist_last_seen(peer, ms);
+        }
+    }
+
+    fn persist_last_seen(&mut self, peer: PeerId, ms: u64) {
+        if self
+            .storage
+            .submit(storage::Op::SetLastSeen { peer, ms })
+            .is_err()
+        {
+            tracing::debug!("storage busy; last-seen time kept in memory only");
+        }
+    }
+
+    fn flush_presence(&mut self) {
+        for (subscriber, entries) in self.presence.flush() {
+            for chunk in entries.chunks(pw::MAX_PEERS) {
+                let req = pw::Request::Update {
+                    entries: chunk.to_vec(),
+                };
+                match req.encode() {
+                    Ok(bytes) => {
+                        self.swarm
+                            .behaviour_mut()
+                            .presence
+                            .send_request(&subscriber, Frame::Data(bytes));
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot encode presence update"),
+                }
+            }
+        }
+    }
+
+    fn start_expiry(&mut self) {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .storage
+            .submit(storage::Op::Expire {
+                now_ms: now_ms(),
+                reply,
+            })
+            .is_ok()
+        {
+            self.pending.push(Box::pin(async move {
+                Completion::Expired(await_reply(rx).await)
+            }));
+        }
+    }
+}
+
+/// A storage failure as a rejection; transient ones carry a retry hint.
+fn busy(e: storage::OpError) -> Rejection {
+    let code = e.code();
+    Rejection {
+        code,
+        retry_after_ms: matches!(code, ErrorCode::Unavailable).then_some(100),
+    }
+}

@@ -1,0 +1,239 @@
+//! The relay server (feature `server`): one event loop owns the libp2p swarm; a writer
+//! thread owns the database; a push task owns outgoing wake-ups; an HTTP task serves
+//! metrics and health.
+
+pub mod config;
+mod event_loop;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod presence;
+pub mod push;
+pub mod ratelimit;
+pub mod storage;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, SwarmBuilder, connection_limits, identify,
+    identity::Keypair, noise, ping, relay, request_response, swarm::NetworkBehaviour, tcp, yamux,
+};
+
+pub use config::Config;
+
+use crate::wire::{mailbox, presence as presence_wire};
+
+/// How long shutdown waits for in-flight requests to be answered.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The identify protocol version string the relay announces.
+pub const IDENTIFY_PROTOCOL: &str = "/tern/relay/1";
+
+/// Something the running relay tells its host (the binary prints these).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Announcement {
+    /// The relay listens on this full address (ending in `/p2p/<peer id>`).
+    Listening(Multiaddr),
+    /// The metrics and health endpoint is bound here.
+    Metrics(SocketAddr),
+}
+
+/// Why the relay could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The identity key could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Storage(#[from] storage::OpenError),
+    /// The libp2p transport could not be built.
+    #[error("cannot build transport: {0}")]
+    Transport(String),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {message}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// What libp2p said.
+        message: String,
+    },
+    /// The metrics endpoint could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] http::BindError),
+}
+
+/// The relay's composed libp2p behaviour.
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+pub(crate) struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    relay: relay::Behaviour,
+    mailbox: request_response::Behaviour<crate::wire::FrameCodec>,
+    presence: request_response::Behaviour<crate::wire::FrameCodec>,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Behaviour(..)")
+    }
+}
+
+fn relay_config(c: &config::CircuitConfig) -> relay::Config {
+    relay::Config {
+        max_reservations: c.max_reservations,
+        max_reservations_per_peer: c.max_reservations_per_peer,
+        reservation_duration: Duration::from_secs(c.reservation_duration_secs),
+        max_circuits: c.max_circuits,
+        max_circuits_per_peer: c.max_circuits_per_peer,
+        max_circuit_duration: Duration::from_secs(c.max_circuit_duration_secs),
+        max_circuit_bytes: c.max_circuit_bytes,
+        ..relay::Config::default()
+    }
+}
+
+fn rr(
+    protocol: StreamProtocol,
+    codec: crate::wire::FrameCodec,
+    cfg: &config::ConnectionConfig,
+) -> request_response::Behaviour<crate::wire::FrameCodec> {
+    request_response::Behaviour::with_codec(
+        codec,
+        [(protocol, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(cfg.request_timeout_secs))
+            .with_max_concurrent_streams(cfg.max_concurrent_streams),
+    )
+}
+
+fn build_swarm(key: Keypair, cfg: &Config) -> Result<libp2p::Swarm<Behaviour>, RunError> {
+    let conn = cfg.connections.clone();
+    let circuit = cfg.circuit.clone();
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| RunError::Transport(e.to_string()))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(conn.max_established))
+                        .with_max_established_per_peer(Some(conn.max_per_peer))
+                        .with_max_pending_incoming(Some(conn.max_pending_incoming)),
+                ),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version(format!("tern-relay/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::default(),
+                relay: relay::Behaviour::new(peer_id, relay_config(&circuit)),
+                mailbox: rr(mailbox::PROTOCOL, mailbox::codec(), &conn),
+                presence: rr(presence_wire::PROTOCOL, presence_wire::codec(), &conn),
+            }
+        })
+        .map_err(|e| RunError::Transport(e.to_string()))?
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(conn.idle_timeout_secs))
+        })
+        .build();
+    Ok(swarm)
+}
+
+/// Runs the relay until `shutdown` completes, then stops accepting work, answers what is
+/// in flight (bounded by [`SHUTDOWN_GRACE`]), commits the storage queue and returns.
+///
+/// `announce` is called with each listen address (and the metrics address) as soon as it
+/// is bound.
+pub async fn run(
+    config: Config,
+    announce: impl FnMut(Announcement) + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| RunError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let key = identity::load_or_create(&config.data_dir)?;
+    let local_peer_id = key.public().to_peer_id();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (storage, loaded) = storage::Storage::open(
+        &config.data_dir,
+        storage::Settings {
+            max_batch: config.storage.max_batch,
+            queue_depth: config.storage.queue_depth,
+            max_database_bytes: config.storage.max_database_bytes,
+            quota: storage::Quota {
+                max_messages: config.mailbox.max_messages,
+                max_bytes: config.mailbox.max_bytes,
+            },
+        },
+        metrics.clone(),
+    )?;
+    let mut swarm = build_swarm(key, &config)?;
+    // Offer the hop protocol from the start: a relay's reachability is its operator's
+    // promise, not something to wait for AutoNAT to confirm.
+    swarm
+        .behaviour_mut()
+        .relay
+        .set_status(Some(relay::Status::Enable));
+    for addr in config.public_addrs()? {
+        swarm.add_external_address(addr);
+    }
+    for addr in config.listen_addrs()? {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| RunError::Listen {
+                addr,
+                message: e.to_string(),
+            })?;
+    }
+    let (http_stop, http_stop_rx) = tokio::sync::watch::channel(false);
+    let mut announce = announce;
+    if let Some(addr) = config.metrics {
+        let bound = http::serve(addr, metrics.clone(), storage.handle(), http_stop_rx).await?;
+        announce(Announcement::Metrics(bound));
+    }
+    let push = push::spawn(config.push.clone(), loaded.push.clone(), metrics.clone());
+    tracing::info!(peer_id = %local_peer_id, "relay starting");
+    let el = event_loop::EventLoop::new(
+        swarm,
+        config,
+        metrics,
+        storage.handle(),
+        push,
+        loaded,
+        Box::new(announce),
+    );
+    el.run(shutdown).await;
+    let _ = http_stop.send(true);
+    storage.close().await;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+/// The peer id the relay in `data_dir` has (or will have).
+pub fn peer_id(data_dir: &std::path::Path) -> Result<PeerId, identity::IdentityError> {
+    Ok(identity::load_or_create(data_dir)?.public().to_peer_id())
+}

@@ -1,0 +1,352 @@
+//! Push wake-ups: a content-free JSON POST to a device's registered endpoint when mail
+//! lands while it is offline, debounced per device and backed off on failure. Runs as
+//! its own task so a slow endpoint never holds up mail.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures::{StreamExt, stream::FuturesUnordered};
+use http_body_util::Full;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+
+use super::{config::PushConfig, metrics::Metrics};
+use crate::wire::mailbox::MAX_PUSH_URL_BYTES;
+
+/// Capacity of the queue from the event loop to the push task; when it is full a
+/// wake-up is dropped (and counted), never waited for.
+pub const QUEUE_DEPTH: usize = 4096;
+/// First back-off after a failed POST; doubles per failure up to `max_backoff_secs`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why a push URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// Push is disabled on this relay (no allowed prefixes).
+    #[error("push is disabled on this relay")]
+    Disabled,
+    /// The URL is longer than [`MAX_PUSH_URL_BYTES`].
+    #[error("push URL too long")]
+    TooLong,
+    /// The URL is not under an allowed prefix, or is not a plain http(s) URL.
+    #[error("push URL not allowed")]
+    NotAllowed,
+}
+
+/// Checks a push URL against the operator's allow-list (the defence against the relay
+/// being used to send requests to arbitrary hosts).
+pub fn check_url(url: &str, allowed_prefixes: &[String]) -> Result<(), UrlError> {
+    if allowed_prefixes.is_empty() {
+        return Err(UrlError::Disabled);
+    }
+    if url.len() > MAX_PUSH_URL_BYTES {
+        return Err(UrlError::TooLong);
+    }
+    if url
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\' || c == '#')
+    {
+        return Err(UrlError::NotAllowed);
+    }
+    if !allowed_prefixes.iter().any(|p| url.starts_with(p.as_str())) {
+        return Err(UrlError::NotAllowed);
+    }
+    if url.parse::<hyper::Uri>().is_err() || url.contains("/../") || url.ends_with("/..") {
+        return Err(UrlError::NotAllowed);
+    }
+    Ok(())
+}
+
+/// A message to the push task.
+#[derive(Debug)]
+pub enum Command {
+    /// Set or clear a device's endpoint (already checked and stored).
+    Register {
+        /// The device.
+        peer: PeerId,
+        /// Its endpoint.
+        url: Option<String>,
+    },
+    /// Mail landed for an offline device; its mailbox now holds `unread` messages.
+    Mail {
+        /// The device.
+        peer: PeerId,
+        /// Unread count to report.
+        unread: u64,
+    },
+}
+
+/// Sender side of the push task's queue.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
+}
+
+impl Handle {
+    /// Queues a command; drops it (counted) if the queue is full.
+    pub fn send(&self, cmd: Command) {
+        if self.tx.try_send(cmd).is_err() {
+            self.metrics
+                .push_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Per-device debounce and back-off state.
+#[derive(Debug, Default)]
+struct Device {
+    url: Option<String>,
+    last_sent: Option<Instant>,
+    pending: Option<u64>,
+    not_before: Option<Instant>,
+    failures: u32,
+    in_flight: bool,
+}
+
+/// Starts the push task. It ends when every [`Handle`] is dropped.
+pub fn spawn(cfg: PushConfig, endpoints: Vec<(PeerId, String)>, metrics: Arc<Metrics>) -> Handle {
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let devices = endpoints
+        .into_iter()
+        .map(|(p, url)| {
+            (
+                p,
+                Device {
+                    url: Some(url),
+                    ..Device::default()
+                },
+            )
+        })
+        .collect();
+    let task = Task {
+        cfg,
+        devices,
+        waiting: HashSet::new(),
+        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(task.run(rx));
+    Handle { tx, metrics }
+}
+
+struct Task {
+    cfg: PushConfig,
+    devices: HashMap<PeerId, Device>,
+    /// Devices with a pending wake-up.
+    waiting: HashSet<PeerId>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            let now = Instant::now();
+            // Send everything due, within the in-flight cap.
+            let due: Vec<PeerId> = self
+                .waiting
+                .iter()
+                .filter(|p| self.due_at(p).is_some_and(|t| t <= now))
+                .copied()
+                .collect();
+            for p in due {
+                if in_flight.len() >= self.cfg.max_in_flight {
+                    break;
+                }
+                let Some(d) = self.devices.get_mut(&p) else {
+                    continue;
+                };
+                let (Some(url), Some(unread)) = (d.url.clone(), d.pending.take()) else {
+                    self.waiting.remove(&p);
+                    continue;
+                };
+                self.waiting.remove(&p);
+                d.in_flight = true;
+                d.last_sent = Some(now);
+                in_flight.push(post(
+                    self.client.clone(),
+                    url,
+                    unread,
+                    Duration::from_secs(self.cfg.timeout_secs),
+                    p,
+                ));
+            }
+            let next = self.waiting.iter().filter_map(|p| self.due_at(p)).min();
+            let sleep = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                Some((peer, ok)) = in_flight.next(), if !in_flight.is_empty() => self.finished(peer, ok),
+                _ = sleep => {}
+            }
+        }
+        // Let wake-ups already on the wire finish (each is bounded by its timeout).
+        while let Some((peer, ok)) = in_flight.next().await {
+            self.finished(peer, ok);
+        }
+    }
+
+    /// When the device's pending wake-up may go out, if it has one and nothing is in flight.
+    fn due_at(&self, p: &PeerId) -> Option<Instant> {
+        let d = self.devices.get(p)?;
+        if d.pending.is_none() || d.in_flight || d.url.is_none() {
+            return None;
+        }
+        let debounce = Duration::from_secs(self.cfg.debounce_secs);
+        let after_debounce = d.last_sent.map(|t| t + debounce);
+        Some(match (after_debounce, d.not_before) {
+            (Some(a), Some(b)) => a.max(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => Instant::now(),
+        })
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Register { peer, url } => match url {
+                Some(url) => {
+                    let d = self.devices.entry(peer).or_default();
+                    d.url = Some(url);
+                    d.failures = 0;
+                    d.not_before = None;
+                }
+                None => {
+                    self.devices.remove(&peer);
+                    self.waiting.remove(&peer);
+                }
+            },
+            Command::Mail { peer, unread } => {
+                if let Some(d) = self.devices.get_mut(&peer)
+                    && d.url.is_some()
+                {
+                    d.pending = Some(unread);
+                    self.waiting.insert(peer);
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, peer: PeerId, ok: bool) {
+        let max_backoff = Duration::from_secs(self.cfg.max_backoff_secs);
+        let Some(d) = self.devices.get_mut(&peer) else {
+            return;
+        };
+        d.in_flight = false;
+        if ok {
+            d.failures = 0;
+            d.not_before = None;
+            self.metrics
+                .push_sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            d.failures = d.failures.saturating_add(1);
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1u32 << d.failures.saturating_sub(1).min(16))
+                .min(max_backoff);
+            d.not_before = Some(Instant::now() + backoff);
+            self.metrics
+                .push_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if d.pending.is_some() {
+            self.waiting.insert(peer);
+        }
+    }
+}
+
+/// The wake-up body: a version, a type and the unread count. Nothing about senders or
+/// content.
+fn body(unread: u64) -> String {
+    format!("{{\"v\":1,\"type\":\"wakeup\",\"unread\":{unread}}}")
+}
+
+async fn post(
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: String,
+    unread: u64,
+    timeout: Duration,
+    peer: PeerId,
+) -> (PeerId, bool) {
+    let req = match hyper::Request::post(url.as_str())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body(unread))))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build push request");
+            return (peer, false);
+        }
+    };
+    let ok = match tokio::time::timeout(timeout, client.request(req)).await {
+        Ok(Ok(resp)) => resp.status().is_success(),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "push POST failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!("push POST timed out");
+            false
+        }
+    };
+    (peer, ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_allow_list() {
+        let allowed = vec!["http://127.0.0.1:8080/push/".to_string()];
+        assert_eq!(
+            check_url("http://127.0.0.1:8080/push/abc", &allowed),
+            Ok(())
+        );
+        assert_eq!(
+            check_url("http://127.0.0.1:8080/other", &allowed),
+            Err(UrlError::NotAllowed)
+        );
+        assert_eq!(
+            check_url("http://169.254.169.254/", &allowed),
+            Err(UrlError::NotAllowed)
+        );
+        assert_eq!(
+            check_url("http://127.0.0.1:8080/push/../admin", &allowed),
+            Err(UrlError::NotAllowed)
+        );
+        assert_eq!(
+            check_url("http://127.0.0.1:8080/push/a b", &allowed),
+            Err(UrlError::NotAllowed)
+        );
+        assert_eq!(
+            check_url("http://127.0.0.1:8080/push/a", &[]),
+            Err(UrlError::Disabled)
+        );
+        let long = format!(
+            "http://127.0.0.1:8080/push/{}",
+            "a".repeat(MAX_PUSH_URL_BYTES)
+        );
+        assert_eq!(check_url(&long, &allowed), Err(UrlError::TooLong));
+        assert_eq!(body(3), r#"{"v":1,"type":"wakeup","unread":3}"#);
+    }
+}

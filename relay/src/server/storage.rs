@@ -1,0 +1,1034 @@
+//! The relay's own storage: one SQLite database (WAL, `synchronous=FULL`) owned by one
+//! writer thread that commits queued operations in batches (group commit).
+//!
+//! Every operation carries a oneshot reply that is sent only after the transaction holding
+//! it has committed, so an acknowledged deposit is on disk. Each operation runs inside its
+//! own savepoint, so one that fails (a full disk, say) is rolled back alone while the rest
+//! of the batch commits.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use libp2p::PeerId;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::metrics::Metrics;
+use crate::wire::{ErrorCode, mailbox::Envelope};
+
+/// The database file name inside the data directory.
+pub const DB_FILE: &str = "relay.sqlite3";
+/// The schema version this build writes (`PRAGMA user_version`); stored records are
+/// versioned by it.
+pub const SCHEMA_VERSION: i64 = 1;
+/// SQLite page size assumed when turning `max_database_bytes` into `max_page_count`.
+const PAGE_SIZE: u64 = 4096;
+/// Most expired entries deleted in one sweep operation, so a sweep never stalls deposits.
+const MAX_EXPIRE_PER_SWEEP: i64 = 50_000;
+
+/// Why the storage could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// SQLite failed while opening or migrating.
+    #[error("cannot open database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer relay.
+    #[error("database {path} has schema version {found}; this relay knows up to {SCHEMA_VERSION}")]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start storage thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Why one operation failed. The operation had no effect.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpError {
+    /// The database (or its configured size limit) is full.
+    #[error("storage full")]
+    Full,
+    /// Every recipient's mailbox is over its quota.
+    #[error("mailbox quota exceeded ({0:?})")]
+    Quota(ErrorCode),
+    /// SQLite failed otherwise.
+    #[error("storage failure: {0}")]
+    Internal(String),
+    /// The writer is gone (shutting down).
+    #[error("storage closed")]
+    Closed,
+    /// The writer's queue is full.
+    #[error("storage busy")]
+    Busy,
+}
+
+impl OpError {
+    /// The wire error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            OpError::Full => ErrorCode::StorageFull,
+            OpError::Quota(c) => *c,
+            OpError::Internal(_) => ErrorCode::Internal,
+            OpError::Closed | OpError::Busy => ErrorCode::Unavailable,
+        }
+    }
+}
+
+fn sql_err(e: rusqlite::Error) -> OpError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => OpError::Full,
+        _ => OpError::Internal(e.to_string()),
+    }
+}
+
+/// Per-mailbox quota limits, checked by the writer so they hold across a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Most messages per mailbox.
+    pub max_messages: u64,
+    /// Most bytes per mailbox.
+    pub max_bytes: u64,
+}
+
+/// The result of a durable deposit.
+#[derive(Debug, Clone)]
+pub struct Deposited {
+    /// Relay-wide message id.
+    pub message: u64,
+    /// Each mailbox the message now sits in: recipient, its mailbox id, and how many
+    /// messages that mailbox now holds.
+    pub stored: Vec<(PeerId, u64, u64)>,
+    /// Recipients skipped because their mailbox is over quota.
+    pub over_quota: Vec<PeerId>,
+}
+
+/// A page of a mailbox.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Oldest first.
+    pub messages: Vec<Envelope>,
+    /// More follow.
+    pub more: bool,
+}
+
+/// State loaded at start-up for the in-memory parts of the relay.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Registered push endpoints.
+    pub push: Vec<(PeerId, String)>,
+    /// Last-seen times (ms since the epoch).
+    pub last_seen: Vec<(PeerId, u64)>,
+    /// Presence allow-lists: owner → allowed viewers.
+    pub allow: Vec<(PeerId, Vec<PeerId>)>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, OpError>>;
+
+/// An operation for the writer thread.
+#[derive(Debug)]
+pub enum Op {
+    /// Store a ciphertext for recipients.
+    Deposit {
+        /// The authenticated sender.
+        sender: PeerId,
+        /// Deduplicated recipients.
+        recipients: Vec<PeerId>,
+        /// The payload.
+        ciphertext: Vec<u8>,
+        /// Now (ms since the epoch).
+        now_ms: u64,
+        /// Expiry (ms since the epoch).
+        expires_ms: u64,
+        /// Answer.
+        reply: Reply<Deposited>,
+    },
+    /// Read a mailbox page.
+    Fetch {
+        /// The authenticated owner.
+        owner: PeerId,
+        /// Cursor.
+        after: u64,
+        /// Most messages.
+        limit: u32,
+        /// Most ciphertext bytes (at least one message is returned).
+        max_bytes: usize,
+        /// Now, to hide expired entries not yet swept.
+        now_ms: u64,
+        /// Answer.
+        reply: Reply<Page>,
+    },
+    /// Delete acknowledged messages from a mailbox.
+    Ack {
+        /// The authenticated owner.
+        owner: PeerId,
+        /// Mailbox ids.
+        ids: Vec<u64>,
+        /// Answer: how many were removed.
+        reply: Reply<u32>,
+    },
+    /// Delete expired entries.
+    Expire {
+        /// Now (ms since the epoch).
+        now_ms: u64,
+        /// Answer: how many mailbox entries were removed.
+        reply: Reply<u64>,
+    },
+    /// Set or clear a push endpoint.
+    SetPush {
+        /// The device.
+        owner: PeerId,
+        /// The URL, or `None` to remove.
+        url: Option<String>,
+        /// Answer.
+        reply: Reply<()>,
+    },
+    /// Record when a device was last online.
+    SetLastSeen {
+        /// The device.
+        peer: PeerId,
+        /// Ms since the epoch.
+        ms: u64,
+    },
+    /// Replace a presence allow-list.
+    SetAllowList {
+        /// The device.
+        owner: PeerId,
+        /// Allowed viewers.
+        viewers: Vec<PeerId>,
+        /// Answer.
+        reply: Reply<()>,
+    },
+    /// A no-op that proves the writer commits (health check).
+    Ping {
+        /// Answer.
+        reply: Reply<()>,
+    },
+    /// Commit what came before and stop; later operations are answered `Closed`.
+    Shutdown,
+}
+
+/// Mailbox fill level.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    messages: u64,
+    bytes: u64,
+}
+
+/// Handle to the writer thread. Dropping every handle lets the thread finish the queue,
+/// commit and exit; [`Storage::close`] waits for that.
+#[derive(Debug)]
+pub struct Storage {
+    tx: mpsc::Sender<Op>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A cheap cloneable sender of operations.
+#[derive(Debug, Clone)]
+pub struct StorageHandle {
+    tx: mpsc::Sender<Op>,
+}
+
+impl StorageHandle {
+    /// Queues an operation without waiting; a full queue is [`OpError::Busy`].
+    pub fn submit(&self, op: Op) -> Result<(), OpError> {
+        self.tx.try_send(op).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => OpError::Busy,
+            mpsc::error::TrySendError::Closed(_) => OpError::Closed,
+        })
+    }
+
+    /// Queues an operation, waiting for room.
+    pub async fn submit_wait(&self, op: Op) -> Result<(), OpError> {
+        self.tx.send(op).await.map_err(|_| OpError::Closed)
+    }
+}
+
+/// Settings for the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Most operations per transaction.
+    pub max_batch: usize,
+    /// Queue capacity.
+    pub queue_depth: usize,
+    /// Size limit of the database in bytes (0: none).
+    pub max_database_bytes: u64,
+    /// Mailbox quotas.
+    pub quota: Quota,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the database in `dir` and starts the writer thread.
+    pub fn open(
+        dir: &Path,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Loaded), OpenError> {
+        let path = dir.join(DB_FILE);
+        let wrap = |source| OpenError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(wrap)?;
+        init(&conn, settings.max_database_bytes).map_err(wrap)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(wrap)?;
+        match version {
+            0 => migrate_v1(&conn).map_err(wrap)?,
+            SCHEMA_VERSION => {}
+            found => return Err(OpenError::Schema { path, found }),
+        }
+        let usage = load_usage(&conn).map_err(wrap)?;
+        let loaded = load_state(&conn).map_err(wrap)?;
+        let (total_messages, total_bytes) = usage
+            .values()
+            .fold((0, 0), |(m, b), u| (m + u.messages, b + u.bytes));
+        metrics.set_mailbox_totals(total_messages, total_bytes);
+        let (tx, rx) = mpsc::channel(settings.queue_depth);
+        let writer = Writer {
+            conn,
+            usage,
+            settings,
+            metrics,
+        };
+        let thread = std::thread::Builder::new()
+            .name("tern-relay-storage".into())
+            .spawn(move || writer.run(rx))
+            .map_err(OpenError::Thread)?;
+        Ok((
+            Self {
+                tx,
+                thread: Some(thread),
+            },
+            loaded,
+        ))
+    }
+
+    /// A sender of operations.
+    pub fn handle(&self) -> StorageHandle {
+        StorageHandle {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Lets the writer commit everything queued before this call, then stops it and waits
+    /// for it to exit. Operations sent later are answered [`OpError::Closed`].
+    pub async fn close(mut self) {
+        if self.tx.send(Op::Shutdown).await.is_err() {
+            tracing::error!("storage writer already gone");
+        }
+        if let Some(t) = self.thread.take() {
+            match tokio::task::spawn_blocking(move || t.join()).await {
+                Ok(Ok(())) => {}
+                _ => tracing::error!("storage thread panicked"),
+            }
+        }
+    }
+}
+
+fn init(conn: &Connection, max_database_bytes: u64) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    if max_database_bytes > 0 {
+        let pages = (max_database_bytes / PAGE_SIZE).max(16);
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+    }
+    Ok(())
+}
+
+fn migrate_v1(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE message (
+             id INTEGER PRIMARY KEY,
+             sender BLOB NOT NULL,
+             created_ms INTEGER NOT NULL,
+             expires_ms INTEGER NOT NULL,
+             refs INTEGER NOT NULL,
+             body BLOB NOT NULL
+         );
+         CREATE INDEX message_expiry ON message(expires_ms);
+         CREATE TABLE mailbox (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             owner BLOB NOT NULL,
+             message INTEGER NOT NULL,
+             size INTEGER NOT NULL,
+             expires_ms INTEGER NOT NULL
+         );
+         CREATE INDEX mailbox_owner ON mailbox(owner, seq);
+         CREATE INDEX mailbox_expiry ON mailbox(expires_ms);
+         CREATE TABLE push_endpoint (owner BLOB PRIMARY KEY, url TEXT NOT NULL);
+         CREATE TABLE last_seen (peer BLOB PRIMARY KEY, ms INTEGER NOT NULL);
+         CREATE TABLE presence_allow (
+             owner BLOB NOT NULL,
+             viewer BLOB NOT NULL,
+             PRIMARY KEY (owner, viewer)
+         ) WITHOUT ROWID;
+         PRAGMA user_version = 1;
+         COMMIT;",
+    )
+}
+
+fn peer(bytes: &[u8]) -> Option<PeerId> {
+    PeerId::from_bytes(bytes).ok()
+}
+
+fn load_usage(conn: &Connection) -> rusqlite::Result<HashMap<Vec<u8>, Usage>> {
+    let mut stmt = conn.prepare("SELECT owner, COUNT(*), SUM(size) FROM mailbox GROUP BY owner")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            Usage {
+                messages: r.get::<_, i64>(1)?.max(0) as u64,
+                bytes: r.get::<_, i64>(2)?.max(0) as u64,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+fn load_state(conn: &Connection) -> rusqlite::Result<Loaded> {
+    let mut loaded = Loaded::default();
+    let mut stmt = conn.prepare("SELECT owner, url FROM push_endpoint")?;
+    for row in stmt.query_map([], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+    })? {
+        let (o, url) = row?;
+        if let Some(p) = peer(&o) {
+            loaded.push.push((p, url));
+        }
+    }
+    let mut stmt = conn.prepare("SELECT peer, ms FROM last_seen")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))? {
+        let (o, ms) = row?;
+        if let Some(p) = peer(&o) {
+            loaded.last_seen.push((p, ms.max(0) as u64));
+        }
+    }
+    let mut stmt = conn.prepare("SELECT owner, viewer FROM presence_allow ORDER BY owner")?;
+    let mut allow: HashMap<PeerId, Vec<PeerId>> = HashMap::new();
+    for row in stmt.query_map([], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })? {
+        let (o, v) = row?;
+        if let (Some(o), Some(v)) = (peer(&o), peer(&v)) {
+            allow.entry(o).or_default().push(v);
+        }
+    }
+    loaded.allow = allow.into_iter().collect();
+    Ok(loaded)
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    /// Committed fill level of every non-empty mailbox, keyed by owner bytes.
+    usage: HashMap<Vec<u8>, Usage>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+}
+
+/// Signed change to one mailbox's usage.
+type Delta = HashMap<Vec<u8>, (i64, i64)>;
+
+/// An applied operation waiting for the commit to send its reply.
+enum Done {
+    Deposit(Reply<Deposited>, Result<Deposited, OpError>),
+    Fetch(Reply<Page>, Result<Page, OpError>),
+    Count(Reply<u32>, Result<u32, OpError>),
+    Expired(Reply<u64>, Result<u64, OpError>),
+    Unit(Reply<()>, Result<(), OpError>),
+    None,
+}
+
+impl Done {
+    fn send(self, commit_error: Option<&OpError>) {
+        fn go<T>(reply: Reply<T>, result: Result<T, OpError>, commit_error: Option<&OpError>) {
+            let r = match commit_error {
+                Some(e) => Err(e.clone()),
+                None => result,
+            };
+            // The requester may have given up (connection closed); nothing to do then.
+            let _ = reply.send(r);
+        }
+        match self {
+            Done::Deposit(r, v) => go(r, v, commit_error),
+            Done::Fetch(r, v) => go(r, v, commit_error),
+            Done::Count(r, v) => go(r, v, commit_error),
+            Done::Expired(r, v) => go(r, v, commit_error),
+            Done::Unit(r, v) => go(r, v, commit_error),
+            Done::None => {}
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut batch = Vec::with_capacity(self.settings.max_batch);
+        let mut stop = false;
+        while let Some(op) = rx.blocking_recv() {
+            batch.push(op);
+            while batch.len() < self.settings.max_batch {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            if let Some(i) = batch.iter().position(|op| matches!(op, Op::Shutdown)) {
+                for later in batch.drain(i..) {
+                    fail(later, &OpError::Closed);
+                }
+                stop = true;
+            }
+            if !batch.is_empty() {
+                self.process(&mut batch);
+            }
+            if stop {
+                break;
+            }
+        }
+        rx.close();
+        while let Ok(op) = rx.try_recv() {
+            fail(op, &OpError::Closed);
+        }
+        tracing::debug!("storage writer finished its queue");
+    }
+
+    fn process(&mut self, batch: &mut Vec<Op>) {
+        let started = Instant::now();
+        let n = batch.len();
+        let mut done = Vec::with_capacity(n);
+        let mut delta = Delta::new();
+        let mut tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = sql_err(e);
+                for op in batch.drain(..) {
+                    fail(op, &err);
+                }
+                return;
+            }
+        };
+        for op in batch.drain(..) {
+            done.push(apply_in_savepoint(
+                &mut tx,
+                op,
+                &self.usage,
+                &mut delta,
+                self.settings.quota,
+            ));
+        }
+        let commit = tx.commit().map_err(sql_err);
+        match &commit {
+            Ok(()) => {
+                let (mut dm, mut db) = (0i64, 0i64);
+                for (owner, (m, b)) in delta {
+                    dm += m;
+                    db += b;
+                    let u = self.usage.entry(owner.clone()).or_default();
+                    u.messages = (u.messages as i64 + m).max(0) as u64;
+                    u.bytes = (u.bytes as i64 + b).max(0) as u64;
+                    if u.messages == 0 {
+                        self.usage.remove(&owner);
+                    }
+                }
+                self.metrics.add_mailbox_totals(dm, db);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage commit failed; batch rolled back");
+                if let Ok(u) = load_usage(&self.conn) {
+                    self.usage = u;
+                }
+            }
+        }
+        self.metrics.observe_commit(started.elapsed(), n);
+        let err = commit.err();
+        for d in done {
+            d.send(err.as_ref());
+        }
+    }
+}
+
+fn fail(op: Op, err: &OpError) {
+    let d = match op {
+        Op::Deposit { reply, .. } => Done::Deposit(reply, Err(err.clone())),
+        Op::Fetch { reply, .. } => Done::Fetch(reply, Err(err.clone())),
+        Op::Ack { reply, .. } => Done::Count(reply, Err(err.clone())),
+        Op::Expire { reply, .. } => Done::Expired(reply, Err(err.clone())),
+        Op::SetPush { reply, .. } | Op::SetAllowList { reply, .. } | Op::Ping { reply } => {
+            Done::Unit(reply, Err(err.clone()))
+        }
+        Op::SetLastSeen { .. } | Op::Shutdown => Done::None,
+    };
+    d.send(None);
+}
+
+/// Runs one operation in a savepoint; on failure the savepoint (and the operation's usage
+/// delta) is discarded and the error becomes the reply.
+fn apply_in_savepoint(
+    tx: &mut Transaction<'_>,
+    op: Op,
+    usage: &HashMap<Vec<u8>, Usage>,
+    delta: &mut Delta,
+    quota: Quota,
+) -> Done {
+    let mut local = Delta::new();
+    let sp = match tx.savepoint() {
+        Ok(sp) => sp,
+        Err(e) => {
+            fail(op, &sql_err(e));
+            return Done::None;
+        }
+    };
+    let (done, ok) = match op {
+        Op::Deposit {
+            sender,
+            recipients,
+            ciphertext,
+            now_ms,
+            expires_ms,
+            reply,
+        } => {
+            let r = deposit(
+                &sp,
+                sender,
+                &recipients,
+                &ciphertext,
+                now_ms,
+                expires_ms,
+                usage,
+                delta,
+                &mut local,
+                quota,
+            );
+            let ok = r.is_ok();
+            (Done::Deposit(reply, r), ok)
+        }
+        Op::Fetch {
+            owner,
+            after,
+            limit,
+            max_bytes,
+            now_ms,
+            reply,
+        } => {
+            let r = fetch(&sp, owner, after, limit, max_bytes, now_ms);
+            let ok = r.is_ok();
+            (Done::Fetch(reply, r), ok)
+        }
+        Op::Ack { owner, ids, reply } => {
+            let r = ack(&sp, owner, &ids, &mut local);
+            let ok = r.is_ok();
+            (Done::Count(reply, r), ok)
+        }
+        Op::Expire { now_ms, reply } => {
+            let r = expire(&sp, now_ms, &mut local);
+            let ok = r.is_ok();
+            (Done::Expired(reply, r), ok)
+        }
+        Op::SetPush { owner, url, reply } => {
+            let r = match url {
+                Some(u) => sp.execute(
+                    "INSERT INTO push_endpoint(owner, url) VALUES (?1, ?2)
+                     ON CONFLICT(owner) DO UPDATE SET url = excluded.url",
+                    params![owner.to_bytes(), u],
+                ),
+                None => sp.execute(
+                    "DELETE FROM push_endpoint WHERE owner = ?1",
+                    params![owner.to_bytes()],
+                ),
+            }
+            .map(|_| ())
+            .map_err(sql_err);
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        Op::SetLastSeen { peer, ms } => {
+            let r = sp.execute(
+                "INSERT INTO last_seen(peer, ms) VALUES (?1, ?2)
+                 ON CONFLICT(peer) DO UPDATE SET ms = MAX(ms, excluded.ms)",
+                params![peer.to_bytes(), ms as i64],
+            );
+            if let Err(e) = &r {
+                tracing::warn!(error = %e, "cannot record last-seen time");
+            }
+            (Done::None, r.is_ok())
+        }
+        Op::SetAllowList {
+            owner,
+            viewers,
+            reply,
+        } => {
+            let r = set_allow(&sp, owner, &viewers);
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        Op::Ping { reply } => (Done::Unit(reply, Ok(())), true),
+        Op::Shutdown => (Done::None, true),
+    };
+    if ok {
+        match sp.commit() {
+            Ok(()) => {
+                for (k, (m, b)) in local {
+                    let e = delta.entry(k).or_default();
+                    e.0 += m;
+                    e.1 += b;
+                }
+                done
+            }
+            Err(e) => {
+                let err = sql_err(e);
+                match done {
+                    Done::Deposit(r, _) => Done::Deposit(r, Err(err)),
+                    Done::Fetch(r, _) => Done::Fetch(r, Err(err)),
+                    Done::Count(r, _) => Done::Count(r, Err(err)),
+                    Done::Expired(r, _) => Done::Expired(r, Err(err)),
+                    Done::Unit(r, _) => Done::Unit(r, Err(err)),
+                    Done::None => Done::None,
+                }
+            }
+        }
+    } else {
+        // Dropping the savepoint rolls it back.
+        drop(sp);
+        done
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deposit(
+    sp: &Connection,
+    sender: PeerId,
+    recipients: &[PeerId],
+    ciphertext: &[u8],
+    now_ms: u64,
+    expires_ms: u64,
+    usage: &HashMap<Vec<u8>, Usage>,
+    batch: &Delta,
+    local: &mut Delta,
+    quota: Quota,
+) -> Result<Deposited, OpError> {
+    let size = ciphertext.len() as u64;
+    let mut accepted = Vec::with_capacity(recipients.len());
+    let mut over_quota = Vec::new();
+    let mut last_reason = ErrorCode::QuotaCount;
+    for r in recipients {
+        let key = r.to_bytes();
+        let base = usage.get(&key).copied().unwrap_or_default();
+        let (dm, db) = batch.get(&key).copied().unwrap_or_default();
+        let messages = (base.messages as i64 + dm).max(0) as u64;
+        let bytes = (base.bytes as i64 + db).max(0) as u64;
+        if messages + 1 > quota.max_messages {
+            last_reason = ErrorCode::QuotaCount;
+            over_quota.push(*r);
+        } else if bytes + size > quota.max_bytes {
+            last_reason = ErrorCode::QuotaBytes;
+            over_quota.push(*r);
+        } else {
+            accepted.push((*r, key, messages + 1));
+        }
+    }
+    if accepted.is_empty() {
+        return Err(OpError::Quota(last_reason));
+    }
+    sp.execute(
+        "INSERT INTO message(sender, created_ms, expires_ms, refs, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![sender.to_bytes(), now_ms as i64, expires_ms as i64, accepted.len() as i64, ciphertext],
+    )
+    .map_err(sql_err)?;
+    let message = sp.last_insert_rowid();
+    let mut stmt = sp
+        .prepare_cached(
+            "INSERT INTO mailbox(owner, message, size, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(sql_err)?;
+    let mut stored = Vec::with_capacity(accepted.len());
+    for (peer, key, depth) in accepted {
+        stmt.execute(params![key, message, size as i64, expires_ms as i64])
+            .map_err(sql_err)?;
+        let seq = sp.last_insert_rowid();
+        let e = local.entry(key).or_default();
+        e.0 += 1;
+        e.1 += size as i64;
+        stored.push((peer, seq as u64, depth));
+    }
+    Ok(Deposited {
+        message: message as u64,
+        stored,
+        over_quota,
+    })
+}
+
+fn fetch(
+    sp: &Connection,
+    owner: PeerId,
+    after: u64,
+    limit: u32,
+    max_bytes: usize,
+    now_ms: u64,
+) -> Result<Page, OpError> {
+    let mut stmt = sp
+        .prepare_cached(
+            "SELECT m.seq, g.sender, g.created_ms, g.body FROM mailbox m JOIN message g ON g.id = m.message
+             WHERE m.owner = ?1 AND m.seq > ?2 AND m.expires_ms > ?3 ORDER BY m.seq LIMIT ?4",
+        )
+        .map_err(sql_err)?;
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut rows = stmt
+        .query(params![
+            owner.to_bytes(),
+            after,
+            now_ms as i64,
+            i64::from(limit) + 1
+        ])
+        .map_err(sql_err)?;
+    let mut messages = Vec::new();
+    let mut bytes = 0usize;
+    let mut more = false;
+    while let Some(row) = rows.next().map_err(sql_err)? {
+        let body: Vec<u8> = row.get(3).map_err(sql_err)?;
+        if messages.len() as u32 >= limit
+            || (!messages.is_empty() && bytes + body.len() > max_bytes)
+        {
+            more = true;
+            break;
+        }
+        let sender: Vec<u8> = row.get(1).map_err(sql_err)?;
+        let Some(sender) = peer(&sender) else {
+            return Err(OpError::Internal("stored sender is not a peer id".into()));
+        };
+        bytes += body.len();
+        messages.push(Envelope {
+            id: row.get::<_, i64>(0).map_err(sql_err)? as u64,
+            sender,
+            deposited_ms: row.get::<_, i64>(2).map_err(sql_err)?.max(0) as u64,
+            ciphertext: serde_bytes::ByteBuf::from(body),
+        });
+    }
+    Ok(Page { messages, more })
+}
+
+fn remove_entry(sp: &Connection, message: i64) -> Result<(), OpError> {
+    sp.prepare_cached("UPDATE message SET refs = refs - 1 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![message]))
+        .map_err(sql_err)?;
+    sp.prepare_cached("DELETE FROM message WHERE id = ?1 AND refs <= 0")
+        .and_then(|mut s| s.execute(params![message]))
+        .map_err(sql_err)?;
+    Ok(())
+}
+
+fn ack(sp: &Connection, owner: PeerId, ids: &[u64], local: &mut Delta) -> Result<u32, OpError> {
+    let key = owner.to_bytes();
+    let mut removed = 0u32;
+    for &id in ids {
+        let Ok(id) = i64::try_from(id) else { continue };
+        let row: Option<(i64, i64)> = sp
+            .prepare_cached(
+                "DELETE FROM mailbox WHERE seq = ?1 AND owner = ?2 RETURNING message, size",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![id, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(sql_err)?;
+        if let Some((message, size)) = row {
+            remove_entry(sp, message)?;
+            let e = local.entry(key.clone()).or_default();
+            e.0 -= 1;
+            e.1 -= size;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn expire(sp: &Connection, now_ms: u64, local: &mut Delta) -> Result<u64, OpError> {
+    let mut stmt = sp
+        .prepare_cached(
+            "DELETE FROM mailbox WHERE seq IN
+               (SELECT seq FROM mailbox WHERE expires_ms <= ?1 LIMIT ?2)
+             RETURNING owner, message, size",
+        )
+        .map_err(sql_err)?;
+    let rows: Vec<(Vec<u8>, i64, i64)> = stmt
+        .query_map(params![now_ms as i64, MAX_EXPIRE_PER_SWEEP], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(sql_err)?;
+    for (owner, message, size) in &rows {
+        remove_entry(sp, *message)?;
+        let e = local.entry(owner.clone()).or_default();
+        e.0 -= 1;
+        e.1 -= size;
+    }
+    Ok(rows.len() as u64)
+}
+
+fn set_allow(sp: &Connection, owner: PeerId, viewers: &[PeerId]) -> Result<(), OpError> {
+    let key = owner.to_bytes();
+    sp.execute("DELETE FROM presence_allow WHERE owner = ?1", params![key])
+        .map_err(sql_err)?;
+    let mut stmt = sp
+        .prepare_cached("INSERT OR IGNORE INTO presence_allow(owner, viewer) VALUES (?1, ?2)")
+        .map_err(sql_err)?;
+    for v in viewers {
+        stmt.execute(params![key, v.to_bytes()]).map_err(sql_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(max_messages: u64) -> Settings {
+        Settings {
+            max_batch: 64,
+            queue_depth: 64,
+            max_database_bytes: 0,
+            quota: Quota {
+                max_messages,
+                max_bytes: 1 << 20,
+            },
+        }
+    }
+
+    async fn deposit(
+        h: &StorageHandle,
+        sender: PeerId,
+        to: Vec<PeerId>,
+        body: &[u8],
+    ) -> Result<Deposited, OpError> {
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Deposit {
+            sender,
+            recipients: to,
+            ciphertext: body.to_vec(),
+            now_ms: 1000,
+            expires_ms: 5000,
+            reply,
+        })
+        .await
+        .unwrap();
+        rx.await.unwrap()
+    }
+
+    async fn fetch(h: &StorageHandle, owner: PeerId, now_ms: u64) -> Page {
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Fetch {
+            owner,
+            after: 0,
+            limit: 100,
+            max_bytes: 1 << 20,
+            now_ms,
+            reply,
+        })
+        .await
+        .unwrap();
+        rx.await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn fan_out_is_stored_once_and_refcounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (storage, _) = Storage::open(dir.path(), settings(10), metrics).unwrap();
+        let h = storage.handle();
+        let (s, a, b) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let d = deposit(&h, s, vec![a, b], b"hello").await.unwrap();
+        assert_eq!(d.stored.len(), 2);
+        let pa = fetch(&h, a, 1000).await;
+        let pb = fetch(&h, b, 1000).await;
+        assert_eq!(pa.messages.len(), 1);
+        assert_eq!(pb.messages[0].ciphertext.as_ref(), b"hello");
+        // Only the owner's ack removes the owner's entry.
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Ack {
+            owner: b,
+            ids: vec![pa.messages[0].id],
+            reply,
+        })
+        .await
+        .unwrap();
+        assert_eq!(rx.await.unwrap().unwrap(), 0);
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Ack {
+            owner: a,
+            ids: vec![pa.messages[0].id],
+            reply,
+        })
+        .await
+        .unwrap();
+        assert_eq!(rx.await.unwrap().unwrap(), 1);
+        assert!(fetch(&h, a, 1000).await.messages.is_empty());
+        assert_eq!(fetch(&h, b, 1000).await.messages.len(), 1);
+        // Expired entries are hidden, then swept, and the message row goes with them.
+        assert!(fetch(&h, b, 6000).await.messages.is_empty());
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Expire {
+            now_ms: 6000,
+            reply,
+        })
+        .await
+        .unwrap();
+        assert_eq!(rx.await.unwrap().unwrap(), 1);
+        storage.close().await;
+        drop(h);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM message", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn quota_counts_within_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _) =
+            Storage::open(dir.path(), settings(3), Arc::new(Metrics::default())).unwrap();
+        let h = storage.handle();
+        let (s, a) = (PeerId::random(), PeerId::random());
+        let mut rxs = Vec::new();
+        for _ in 0..5 {
+            let (reply, rx) = oneshot::channel();
+            h.submit_wait(Op::Deposit {
+                sender: s,
+                recipients: vec![a],
+                ciphertext: vec![1; 10],
+                now_ms: 0,
+                expires_ms: u64::MAX / 2,
+                reply,
+            })
+            .await
+            .unwrap();
+            rxs.push(rx);
+        }
+        let mut ok = 0;
+        for rx in rxs {
+            match rx.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(e) => assert_eq!(e.code(), ErrorCode::QuotaCount),
+            }
+        }
+        assert_eq!(ok, 3);
+    }
+}

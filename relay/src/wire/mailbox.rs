@@ -1,0 +1,252 @@
+//! `/tern/mailbox/1`: deposit ciphertext for devices, fetch, acknowledge, live delivery
+//! and push-endpoint registration.
+//!
+//! Client → relay: [`Request::Deposit`], [`Request::Fetch`], [`Request::Ack`],
+//! [`Request::Listen`], [`Request::RegisterPush`]. Relay → client: [`Request::Deliver`]
+//! (answered with [`Response::Ok`]). The relay answers anything it cannot serve with
+//! [`Response::Error`].
+
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::{DecodeError, EncodeError, Rejection, peer_serde};
+
+/// The protocol id.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/tern/mailbox/1");
+
+/// Largest ciphertext the wire format carries (a relay may configure less).
+pub const MAX_CIPHERTEXT_BYTES: usize = 128 * 1024;
+/// Most recipient devices in one deposit (500 group members with a few devices each).
+pub const MAX_RECIPIENTS: usize = 2048;
+/// Most message ids in one `Ack`.
+pub const MAX_ACK_IDS: usize = 1024;
+/// Most messages one `Fetch` may ask for.
+pub const MAX_FETCH_MESSAGES: u32 = 256;
+/// Longest push endpoint URL.
+pub const MAX_PUSH_URL_BYTES: usize = 2048;
+/// Longest request frame: a maximal ciphertext plus a maximal recipient list (≤ 42 bytes
+/// per peer id), with room for CBOR overhead.
+pub const MAX_REQUEST_BYTES: usize = MAX_CIPHERTEXT_BYTES + MAX_RECIPIENTS * 48 + 4096;
+/// Longest response frame (a `Messages` page; the relay keeps pages under
+/// [`MAX_PAGE_BYTES`]).
+pub const MAX_RESPONSE_BYTES: usize = MAX_PAGE_BYTES + MAX_CIPHERTEXT_BYTES + 64 * 1024;
+/// The relay stops adding messages to a page once it holds this many ciphertext bytes.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
+/// A request on `/tern/mailbox/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// Store `ciphertext` once and reference it from each recipient's mailbox.
+    Deposit {
+        /// Recipient devices (PeerIds); duplicates are ignored.
+        #[serde(with = "peer_serde::many")]
+        recipients: Vec<PeerId>,
+        /// Requested lifetime in seconds; the relay caps it at its configured TTL.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u32>,
+        /// The opaque end-to-end encrypted payload.
+        ciphertext: ByteBuf,
+    },
+    /// Read the caller's own mailbox: messages with id greater than `after`, oldest first.
+    Fetch {
+        /// Cursor: the last id already seen (0 to start).
+        after: u64,
+        /// Most messages to return (capped at [`MAX_FETCH_MESSAGES`]).
+        limit: u32,
+    },
+    /// Delete messages from the caller's own mailbox after it has stored them.
+    Ack {
+        /// Message ids from `Messages` or `Deliver`.
+        ids: Vec<u64>,
+    },
+    /// Ask the relay to push new mail on this connection as it lands (or stop).
+    Listen {
+        /// `true` to receive `Deliver` requests, `false` to stop.
+        enabled: bool,
+    },
+    /// Register (or with `None` remove) the URL the relay POSTs wake-ups to while the
+    /// caller is offline.
+    RegisterPush {
+        /// An `http(s)://` URL under one of the relay's allowed prefixes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
+    /// Relay → client: new mail for the client's mailbox. Still needs an `Ack`.
+    Deliver {
+        /// The new messages.
+        messages: Vec<Envelope>,
+    },
+}
+
+/// A message as a recipient sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Mailbox-local id: increases with every deposit, never reused; the fetch cursor.
+    pub id: u64,
+    /// The depositing device, as authenticated by the Noise handshake.
+    #[serde(with = "peer_serde::one")]
+    pub sender: PeerId,
+    /// When the relay stored it (milliseconds since the Unix epoch).
+    pub deposited_ms: u64,
+    /// The ciphertext as deposited.
+    pub ciphertext: ByteBuf,
+}
+
+/// A response on `/tern/mailbox/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    /// The deposit is durable (committed with `synchronous=FULL`).
+    Deposited {
+        /// Relay-wide id of the stored ciphertext (for logs; recipients see their own ids).
+        message: u64,
+        /// How many mailboxes reference it.
+        recipients: u32,
+        /// Recipients whose mailbox is over quota and did not get it (the deposit fails
+        /// with `QuotaCount`/`QuotaBytes` only when this would be every recipient).
+        #[serde(
+            default,
+            with = "peer_serde::many",
+            skip_serializing_if = "Vec::is_empty"
+        )]
+        over_quota: Vec<PeerId>,
+    },
+    /// A page of the caller's mailbox.
+    Messages {
+        /// Oldest first.
+        messages: Vec<Envelope>,
+        /// More messages follow the last one.
+        more: bool,
+    },
+    /// How many of the acknowledged ids were removed (ids not in the caller's mailbox
+    /// count as nothing, and say nothing).
+    Acked {
+        /// Number removed.
+        removed: u32,
+    },
+    /// The request succeeded and has nothing to return.
+    Ok,
+    /// The request failed.
+    Error(Rejection),
+}
+
+const WHAT_REQ: &str = "mailbox request";
+const WHAT_RESP: &str = "mailbox response";
+
+impl Request {
+    /// Encodes the request as a frame.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        super::encode(WHAT_REQ, self, MAX_REQUEST_BYTES)
+    }
+
+    /// Decodes a request frame.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        super::decode(WHAT_REQ, bytes, MAX_REQUEST_BYTES)
+    }
+
+    /// Decodes a request from a codec frame.
+    pub fn from_frame(frame: &super::Frame) -> Result<Self, DecodeError> {
+        frame.decode(WHAT_REQ, MAX_REQUEST_BYTES)
+    }
+}
+
+impl Response {
+    /// Encodes the response as a frame.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        super::encode(WHAT_RESP, self, MAX_RESPONSE_BYTES)
+    }
+
+    /// Decodes a response frame.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        super::decode(WHAT_RESP, bytes, MAX_RESPONSE_BYTES)
+    }
+
+    /// Decodes a response from a codec frame.
+    pub fn from_frame(frame: &super::Frame) -> Result<Self, DecodeError> {
+        frame.decode(WHAT_RESP, MAX_RESPONSE_BYTES)
+    }
+}
+
+/// The codec caps for this protocol.
+pub fn codec() -> super::FrameCodec {
+    super::FrameCodec::new(MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let p = PeerId::random();
+        let reqs = [
+            Request::Deposit {
+                recipients: vec![p, PeerId::random()],
+                ttl_secs: Some(60),
+                ciphertext: ByteBuf::from(vec![7; 100]),
+            },
+            Request::Fetch {
+                after: 5,
+                limit: 10,
+            },
+            Request::Ack { ids: vec![1, 2] },
+            Request::Listen { enabled: true },
+            Request::RegisterPush {
+                url: Some("http://127.0.0.1/x".into()),
+            },
+            Request::Deliver {
+                messages: vec![Envelope {
+                    id: 1,
+                    sender: p,
+                    deposited_ms: 9,
+                    ciphertext: ByteBuf::from(vec![1]),
+                }],
+            },
+        ];
+        for r in reqs {
+            assert_eq!(Request::decode(&r.encode().unwrap()).unwrap(), r);
+        }
+        let resp = Response::Error(Rejection {
+            code: super::super::ErrorCode::RateLimited,
+            retry_after_ms: Some(10),
+        });
+        assert_eq!(Response::decode(&resp.encode().unwrap()).unwrap(), resp);
+    }
+
+    #[test]
+    fn max_deposit_fits() {
+        let r = Request::Deposit {
+            recipients: (0..MAX_RECIPIENTS).map(|_| PeerId::random()).collect(),
+            ttl_secs: Some(u32::MAX),
+            ciphertext: ByteBuf::from(vec![0xff; MAX_CIPHERTEXT_BYTES]),
+        };
+        assert!(r.encode().is_ok());
+    }
+
+    #[test]
+    fn bad_peer_id_is_typed_error() {
+        // A Deposit whose recipient is not a valid multihash.
+        #[derive(Serialize)]
+        enum Fake {
+            Deposit {
+                recipients: Vec<ByteBuf>,
+                ciphertext: ByteBuf,
+            },
+        }
+        let bytes = super::super::encode(
+            "t",
+            &Fake::Deposit {
+                recipients: vec![ByteBuf::from(vec![1, 2, 3])],
+                ciphertext: ByteBuf::new(),
+            },
+            1 << 20,
+        )
+        .unwrap();
+        assert!(matches!(
+            Request::decode(&bytes),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+}
