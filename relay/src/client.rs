@@ -1,1 +1,532 @@
-//! Client side (placeholder replaced below).
+//! A client for one relay: connects, then offers typed calls for every protocol and a
+//! stream of [`Event`]s (live mail, presence updates).
+//!
+//! The shape follows rust-libp2p's file-sharing example: [`Client`] is a cheap cloneable
+//! handle that sends commands to a task owning the swarm, each command carrying a oneshot
+//! for its answer. Dropping every handle ends the task and closes the connection. A node
+//! that runs its own swarm can instead compose [`Behaviour`] (or the codecs in
+//! [`crate::wire`]) into it.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, identify,
+    multiaddr::Protocol,
+    noise, ping,
+    request_response::{self, Message, OutboundRequestId, ProtocolSupport},
+    swarm::{NetworkBehaviour, SwarmEvent},
+    tcp, yamux,
+};
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::wire::{
+    DecodeError, EncodeError, Frame, FrameCodec, Rejection,
+    mailbox::{self, Envelope},
+    presence,
+};
+
+/// Capacity of the command queue from handles to the client task.
+const COMMAND_QUEUE: usize = 256;
+/// Capacity of the event queue to the application; when full, events are dropped (mail
+/// stays in the mailbox and can be fetched).
+const EVENT_QUEUE: usize = 1024;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long to wait for the connection. Default 10 s.
+    pub connect_timeout: Duration,
+    /// How long to wait for each answer. Default 30 s.
+    pub request_timeout: Duration,
+    /// Close the connection after this long without any stream. Default 300 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Something the relay sent on its own initiative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// New mail (after [`Client::listen`]); still to be acknowledged.
+    Delivered(Vec<Envelope>),
+    /// Changes of subscribed peers (after [`Client::subscribe`]).
+    Presence(Vec<presence::Entry>),
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The address has no `/p2p/<peer id>` suffix.
+    #[error("relay address {0} does not end in /p2p/<peer id>")]
+    NoPeerId(Multiaddr),
+    /// The transport could not be built.
+    #[error("cannot build transport: {0}")]
+    Transport(String),
+    /// Dialling failed.
+    #[error("cannot connect to {addr}: {message}")]
+    Dial {
+        /// The address.
+        addr: Multiaddr,
+        /// What libp2p said.
+        message: String,
+    },
+    /// No connection within the timeout.
+    #[error("timed out connecting to {0}")]
+    Timeout(Multiaddr),
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The client task has stopped.
+    #[error("client closed")]
+    Closed,
+    /// The request could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The stream failed (connection lost, timeout, protocol not supported).
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// The answer could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The relay refused the request.
+    #[error("relay refused: {:?} (retry after {:?} ms)", .0.code, .0.retry_after_ms)]
+    Rejected(Rejection),
+    /// The relay answered with a response of the wrong kind.
+    #[error("unexpected response: {0}")]
+    Unexpected(String),
+}
+
+/// Which relay protocol a raw request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// `/tern/mailbox/1`.
+    Mailbox,
+    /// `/tern/presence/1`.
+    Presence,
+}
+
+pub use behaviour::{Behaviour, BehaviourEvent};
+pub use libp2p::identity::Keypair;
+
+/// The composed behaviour; a module of its own because the derive generates an event enum
+/// without docs.
+#[allow(missing_docs)]
+mod behaviour {
+    use super::*;
+
+    /// The libp2p behaviour a client runs: identify, ping and the relay protocols.
+    #[derive(NetworkBehaviour)]
+    #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+    pub struct Behaviour {
+        /// Identify, so the relay learns our listen addresses and agent.
+        pub identify: identify::Behaviour,
+        /// Ping, for liveness.
+        pub ping: ping::Behaviour,
+        /// `/tern/mailbox/1`.
+        pub mailbox: request_response::Behaviour<FrameCodec>,
+        /// `/tern/presence/1`.
+        pub presence: request_response::Behaviour<FrameCodec>,
+    }
+
+    impl std::fmt::Debug for Behaviour {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client::Behaviour(..)")
+        }
+    }
+
+    impl Behaviour {
+        /// The behaviour for a device with this public key.
+        pub fn new(key: &Keypair, request_timeout: Duration) -> Self {
+            let rr = |p: StreamProtocol, c: FrameCodec| {
+                request_response::Behaviour::with_codec(
+                    c,
+                    [(p, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(request_timeout),
+                )
+            };
+            Self {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/tern/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                mailbox: rr(mailbox::PROTOCOL, mailbox::codec()),
+                presence: rr(presence::PROTOCOL, presence::codec()),
+            }
+        }
+    }
+}
+
+struct Command {
+    proto: Proto,
+    frame: Vec<u8>,
+    reply: oneshot::Sender<Result<Frame, RequestError>>,
+}
+
+/// A handle to a connected relay client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    cmd: mpsc::Sender<Command>,
+    local: PeerId,
+    relay: PeerId,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Command")
+            .field("proto", &self.proto)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the relay at `addr` (which must end in `/p2p/<peer id>`) as `key`.
+    pub async fn connect(
+        key: Keypair,
+        addr: Multiaddr,
+        config: Config,
+    ) -> Result<(Self, mpsc::Receiver<Event>), ConnectError> {
+        let Some(Protocol::P2p(relay)) = addr.iter().last() else {
+            return Err(ConnectError::NoPeerId(addr));
+        };
+        let local = key.public().to_peer_id();
+        let timeout = config.request_timeout;
+        let mut swarm: Swarm<Behaviour> = SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| ConnectError::Transport(e.to_string()))?
+            .with_quic()
+            .with_behaviour(|key| Behaviour::new(key, timeout))
+            .map_err(|e| ConnectError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+            .build();
+        swarm.dial(addr.clone()).map_err(|e| ConnectError::Dial {
+            addr: addr.clone(),
+            message: e.to_string(),
+        })?;
+        let established = tokio::time::timeout(config.connect_timeout, async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == relay => {
+                        return Ok(());
+                    }
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        return Err(ConnectError::Dial {
+                            addr: addr.clone(),
+                            message: error.to_string(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        match established {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ConnectError::Timeout(addr)),
+        }
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(run(swarm, relay, cmd_rx, ev_tx));
+        Ok((
+            Self {
+                cmd: cmd_tx,
+                local,
+                relay,
+            },
+            ev_rx,
+        ))
+    }
+
+    /// This device's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// The relay's peer id.
+    pub fn relay_peer_id(&self) -> PeerId {
+        self.relay
+    }
+
+    /// Sends raw frame bytes and returns the raw answer (for tests and tools).
+    pub async fn raw(&self, proto: Proto, frame: Vec<u8>) -> Result<Frame, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command {
+                proto,
+                frame,
+                reply,
+            })
+            .await
+            .map_err(|_| RequestError::Closed)?;
+        rx.await.map_err(|_| RequestError::Closed)?
+    }
+
+    async fn mailbox(&self, req: mailbox::Request) -> Result<mailbox::Response, RequestError> {
+        let frame = self.raw(Proto::Mailbox, req.encode()?).await?;
+        match mailbox::Response::from_frame(&frame)? {
+            mailbox::Response::Error(r) => Err(RequestError::Rejected(r)),
+            other => Ok(other),
+        }
+    }
+
+    async fn presence(&self, req: presence::Request) -> Result<presence::Response, RequestError> {
+        let frame = self.raw(Proto::Presence, req.encode()?).await?;
+        match presence::Response::from_frame(&frame)? {
+            presence::Response::Error(r) => Err(RequestError::Rejected(r)),
+            other => Ok(other),
+        }
+    }
+
+    /// Deposits `ciphertext` for `recipients`; returns once the relay has made it durable.
+    /// Returns the relay's message id and the recipients skipped for being over quota.
+    pub async fn deposit(
+        &self,
+        recipients: Vec<PeerId>,
+        ttl_secs: Option<u32>,
+        ciphertext: Vec<u8>,
+    ) -> Result<(u64, Vec<PeerId>), RequestError> {
+        match self
+            .mailbox(mailbox::Request::Deposit {
+                recipients,
+                ttl_secs,
+                ciphertext: ByteBuf::from(ciphertext),
+            })
+            .await?
+        {
+            mailbox::Response::Deposited {
+                message,
+                over_quota,
+                ..
+            } => Ok((message, over_quota)),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Fetches up to `limit` messages after the cursor `after`; says whether more follow.
+    pub async fn fetch(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<Envelope>, bool), RequestError> {
+        match self
+            .mailbox(mailbox::Request::Fetch { after, limit })
+            .await?
+        {
+            mailbox::Response::Messages { messages, more } => Ok((messages, more)),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Acknowledges (deletes) messages; returns how many were removed.
+    pub async fn ack(&self, ids: Vec<u64>) -> Result<u32, RequestError> {
+        match self.mailbox(mailbox::Request::Ack { ids }).await? {
+            mailbox::Response::Acked { removed } => Ok(removed),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    async fn expect_ok_mailbox(&self, req: mailbox::Request) -> Result<(), RequestError> {
+        match self.mailbox(req).await? {
+            mailbox::Response::Ok => Ok(()),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Starts (or stops) live delivery of new mail as [`Event::Delivered`].
+    pub async fn listen(&self, enabled: bool) -> Result<(), RequestError> {
+        self.expect_ok_mailbox(mailbox::Request::Listen { enabled })
+            .await
+    }
+
+    /// Registers (or with `None` removes) a push endpoint.
+    pub async fn register_push(&self, url: Option<String>) -> Result<(), RequestError> {
+        self.expect_ok_mailbox(mailbox::Request::RegisterPush { url })
+            .await
+    }
+
+    /// Sends a heartbeat with a status.
+    pub async fn heartbeat(&self, status: presence::Status) -> Result<(), RequestError> {
+        match self
+            .presence(presence::Request::Heartbeat { status })
+            .await?
+        {
+            presence::Response::Ok => Ok(()),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Replaces the list of peers allowed to see this device's presence.
+    pub async fn set_allow_list(&self, peers: Vec<PeerId>) -> Result<(), RequestError> {
+        match self
+            .presence(presence::Request::SetAllowList { peers })
+            .await?
+        {
+            presence::Response::Ok => Ok(()),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Asks for the presence of `peers`.
+    pub async fn query(&self, peers: Vec<PeerId>) -> Result<Vec<presence::Entry>, RequestError> {
+        match self.presence(presence::Request::Query { peers }).await? {
+            presence::Response::Presence { entries } => Ok(entries),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Subscribes to changes of `peers` (replacing any earlier subscription); returns their
+    /// current presence.
+    pub async fn subscribe(
+        &self,
+        peers: Vec<PeerId>,
+    ) -> Result<Vec<presence::Entry>, RequestError> {
+        match self
+            .presence(presence::Request::Subscribe { peers })
+            .await?
+        {
+            presence::Response::Presence { entries } => Ok(entries),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+async fn run(
+    mut swarm: Swarm<Behaviour>,
+    relay: PeerId,
+    mut cmds: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Frame, RequestError>>> =
+        HashMap::new();
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => {
+                let Some(Command { proto, frame, reply }) = cmd else { break };
+                let b = swarm.behaviour_mut();
+                let id = match proto {
+                    Proto::Mailbox => b.mailbox.send_request(&relay, Frame::Data(frame)),
+                    Proto::Presence => b.presence.send_request(&relay, Frame::Data(frame)),
+                };
+                pending.insert(id, reply);
+            }
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Mailbox(ev)) => {
+                    on_rr(&mut swarm, Proto::Mailbox, relay, ev, &mut pending, &events);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Presence(ev)) => {
+                    on_rr(&mut swarm, Proto::Presence, relay, ev, &mut pending, &events);
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == relay => {
+                    tracing::debug!("relay connection closed");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn on_rr(
+    swarm: &mut Swarm<Behaviour>,
+    proto: Proto,
+    relay: PeerId,
+    ev: request_response::Event<Frame, Frame>,
+    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<Frame, RequestError>>>,
+    events: &mpsc::Sender<Event>,
+) {
+    match ev {
+        request_response::Event::Message {
+            message:
+                Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => {
+            if let Some(tx) = pending.remove(&request_id) {
+                let _ = tx.send(Ok(response));
+            }
+        }
+        request_response::Event::OutboundFailure {
+            request_id, error, ..
+        } => {
+            if let Some(tx) = pending.remove(&request_id) {
+                let _ = tx.send(Err(RequestError::Transport(error.to_string())));
+            }
+        }
+        request_response::Event::Message {
+            peer,
+            message: Message::Request {
+                request, channel, ..
+            },
+            ..
+        } => {
+            // Only the relay may push to us.
+            if peer != relay {
+                return;
+            }
+            let (event, answer) = match proto {
+                Proto::Mailbox => match mailbox::Request::from_frame(&request) {
+                    Ok(mailbox::Request::Deliver { messages }) => (
+                        Some(Event::Delivered(messages)),
+                        mailbox::Response::Ok.encode(),
+                    ),
+                    _ => (
+                        None,
+                        mailbox::Response::Error(Rejection::new(
+                            crate::wire::ErrorCode::BadRequest,
+                        ))
+                        .encode(),
+                    ),
+                },
+                Proto::Presence => match presence::Request::from_frame(&request) {
+                    Ok(presence::Request::Update { entries }) => (
+                        Some(Event::Presence(entries)),
+                        presence::Response::Ok.encode(),
+                    ),
+                    _ => (
+                        None,
+                        presence::Response::Error(Rejection::new(
+                            crate::wire::ErrorCode::BadRequest,
+                        ))
+                        .encode(),
+                    ),
+                },
+            };
+            if let Some(ev) = event
+                && events.try_send(ev).is_err()
+            {
+                tracing::warn!("client event queue full; dropping a relay event");
+            }
+            if let Ok(bytes) = answer {
+                let b = swarm.behaviour_mut();
+                let _ = match proto {
+                    Proto::Mailbox => b.mailbox.send_response(channel, Frame::Data(bytes)),
+                    Proto::Presence => b.presence.send_response(channel, Frame::Data(bytes)),
+                };
+            }
+        }
+        request_response::Event::InboundFailure { .. }
+        | request_response::Event::ResponseSent { .. } => {}
+    }
+}

@@ -18,4 +18,4 @@ pub mod client;
 pub mod server;
 pub mod wire;
 
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{self, Multiaddr, PeerId};

@@ -274,6 +274,8 @@ mod tests {
         );
         // Silence past the TTL makes alice offline with her last heartbeat as last seen.
         assert!(p.sweep(t0 + Duration::from_secs(20)).is_empty());
+        p.heartbeat(bob, Status::Online, t0 + Duration::from_secs(20), 21_000);
+        p.touch(eve, t0 + Duration::from_secs(20), 21_000);
         assert_eq!(p.sweep(t0 + Duration::from_secs(32)), vec![(alice, 2_000)]);
         let f = p.flush();
         assert_eq!(f[0].1[0].state, State::Offline);

@@ -18,8 +18,9 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/tern/presence/1");
 pub const MAX_PEERS: usize = 4096;
 /// Longest request frame.
 pub const MAX_REQUEST_BYTES: usize = MAX_PEERS * 48 + 1024;
-/// Longest response frame (entries carry a timestamp and a state on top of a peer id).
-pub const MAX_RESPONSE_BYTES: usize = MAX_PEERS * 64 + 1024;
+/// Longest response frame (an entry is a CBOR map: peer id, state and timestamp with
+/// their field names, under 96 bytes).
+pub const MAX_RESPONSE_BYTES: usize = MAX_PEERS * 96 + 1024;
 
 /// What a device says about itself in a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
