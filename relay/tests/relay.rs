@@ -373,3 +373,360 @@ async fn malformed_frames_get_error_replies() {
         3.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_keeps_every_acknowledged_deposit() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path(), "");
+    let bob_key = libp2p_key();
+    let bob_id = bob_key.public().to_peer_id();
+    let acked = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let mut senders = Vec::new();
+    for s in 0..4u32 {
+        let (c, _) = connect(&relay.tcp).await;
+        let acked = acked.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0..1000u32 {
+                let body = format!("sender {s} message {i}").into_bytes();
+                match c.deposit(vec![bob_id], None, body.clone()).await {
+                    Ok(_) => acked.lock().unwrap().push(body),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Kill the relay while deposits are in flight, right after 300 were acknowledged.
+    eventually("300 acknowledged deposits", || async {
+        (acked.lock().unwrap().len() >= 300).then_some(())
+    })
+    .await;
+    relay.kill9();
+    for s in senders {
+        tokio::time::timeout(WAIT, s).await.unwrap().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 300);
+
+    let relay = Relay::start(dir.path(), "");
+    let (bob, _) = Client::connect(bob_key, relay.tcp.clone(), client::Config::default())
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<Vec<u8>> = fetch_all(&bob)
+        .await
+        .into_iter()
+        .map(|e| e.ciphertext.into_vec())
+        .collect();
+    let lost: Vec<_> = acked.iter().filter(|b| !stored.contains(*b)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged deposits lost",
+        lost.len(),
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_identity_mail_allow_lists_and_last_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path(), "");
+    let relay_id = relay.tcp.iter().last().map(|p| p.to_string());
+    let (bob_key, alice_key) = (libp2p_key(), libp2p_key());
+    let (alice, _) = Client::connect(
+        alice_key.clone(),
+        relay.tcp.clone(),
+        client::Config::default(),
+    )
+    .await
+    .unwrap();
+    let (bob, _) = Client::connect(
+        bob_key.clone(),
+        relay.tcp.clone(),
+        client::Config::default(),
+    )
+    .await
+    .unwrap();
+    alice
+        .set_allow_list(vec![bob.local_peer_id()])
+        .await
+        .unwrap();
+    alice
+        .deposit(vec![bob.local_peer_id()], None, b"kept".to_vec())
+        .await
+        .unwrap();
+    let (status, body) = relay.http_get("/health").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert!(relay.terminate().success(), "SIGTERM exits cleanly");
+    drop((alice, bob));
+
+    let relay = Relay::start(dir.path(), "");
+    assert_eq!(
+        relay.tcp.iter().last().map(|p| p.to_string()),
+        relay_id,
+        "same peer id after restart"
+    );
+    let (bob, _) = Client::connect(bob_key, relay.tcp.clone(), client::Config::default())
+        .await
+        .unwrap();
+    let page = bob.fetch(0, 10).await.unwrap().0;
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].ciphertext.as_ref(), b"kept");
+    let seen = bob
+        .query(vec![alice_key.public().to_peer_id()])
+        .await
+        .unwrap();
+    assert_eq!(
+        seen[0].state,
+        State::Offline,
+        "allow-list and last seen survived"
+    );
+    assert!(seen[0].last_seen_ms.is_some());
+    assert_eq!(relay.metric("tern_relay_mailbox_messages").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_storage_fails_deposits_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path(), "[storage]\nmax_database_bytes = 524288\n");
+    let (alice, _) = connect(&relay.tcp).await;
+    let bob_key = libp2p_key();
+    let bob_id = bob_key.public().to_peer_id();
+    let mut acked = Vec::new();
+    let mut full = false;
+    for i in 0..200u32 {
+        let mut body = vec![0u8; 16 * 1024];
+        body[..4].copy_from_slice(&i.to_be_bytes());
+        match alice.deposit(vec![bob_id], None, body.clone()).await {
+            Ok(_) => acked.push(body),
+            Err(e) => {
+                assert_eq!(rejected(e), ErrorCode::StorageFull);
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "the size limit was reached");
+    assert!(acked.len() >= 5);
+    relay.kill9();
+    let relay = Relay::start(dir.path(), "[storage]\nmax_database_bytes = 524288\n");
+    let (bob, _) = Client::connect(bob_key, relay.tcp.clone(), client::Config::default())
+        .await
+        .unwrap();
+    let stored: Vec<Vec<u8>> = fetch_all(&bob)
+        .await
+        .into_iter()
+        .map(|e| e.ciphertext.into_vec())
+        .collect();
+    assert_eq!(stored, acked);
+}
+
+/// A local HTTP receiver standing in for a push gateway: records each POST.
+async fn push_receiver() -> (
+    u16,
+    mpsc::UnboundedReceiver<(std::time::Instant, String, String)>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let _ = tx.send((
+                                std::time::Instant::now(),
+                                path,
+                                String::from_utf8_lossy(&body).into_owned(),
+                            ));
+                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::new(),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_is_allow_listed_content_free_and_debounced() {
+    let (port, mut posts) = push_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        &format!(
+            "[push]\nallowed_prefixes = [\"http://127.0.0.1:{port}/push/\"]\ndebounce_secs = 2\n"
+        ),
+    );
+    let (alice, _) = connect(&relay.tcp).await;
+    let (bob, _) = connect(&relay.tcp).await;
+    let b = bob.local_peer_id();
+    for bad in [
+        format!("http://127.0.0.1:{port}/admin"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        format!("http://127.0.0.1:{}/push/x", port + 1),
+    ] {
+        assert_eq!(
+            rejected(bob.register_push(Some(bad)).await.unwrap_err()),
+            ErrorCode::NotAllowed
+        );
+    }
+    bob.register_push(Some(format!("http://127.0.0.1:{port}/push/bob")))
+        .await
+        .unwrap();
+    drop(bob);
+    eventually("bob offline", || async {
+        (relay.metric("tern_relay_connections").await == 1.0).then_some(())
+    })
+    .await;
+
+    for i in 0..5u8 {
+        alice.deposit(vec![b], None, vec![i; 100]).await.unwrap();
+    }
+    let (t1, path, body) = tokio::time::timeout(WAIT, posts.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(path, "/push/bob");
+    let first: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(first["v"], 1);
+    assert_eq!(first["type"], "wakeup");
+    assert!(first["unread"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        first.as_object().unwrap().len(),
+        3,
+        "nothing but version, type and count"
+    );
+    // The rest of the burst is coalesced into one trailing wake-up with the final count,
+    // no sooner than the debounce interval.
+    let (t2, _, body) = tokio::time::timeout(WAIT, posts.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let second: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(second["unread"], 5);
+    assert!(
+        t2 - t1 >= std::time::Duration::from_millis(1900),
+        "{:?}",
+        t2 - t1
+    );
+    assert!(posts.try_recv().is_err());
+    assert_eq!(relay.metric("tern_relay_push_sent_total").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_relay_reservation_and_relayed_connection() {
+    use tern_relay::libp2p::{
+        self, StreamProtocol, SwarmBuilder, futures::StreamExt, identify, multiaddr::Protocol,
+        noise, ping, relay as circuit, swarm::NetworkBehaviour, swarm::SwarmEvent, tcp, yamux,
+    };
+    #[derive(NetworkBehaviour)]
+    #[behaviour(prelude = "tern_relay::libp2p::swarm::derive_prelude")]
+    struct Node {
+        relay: circuit::client::Behaviour,
+        identify: identify::Behaviour,
+        ping: ping::Behaviour,
+    }
+    fn node() -> libp2p::Swarm<Node> {
+        SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|key, relay| Node {
+                relay,
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/test/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(std::time::Duration::from_millis(200)),
+                ),
+            })
+            .unwrap()
+            .build()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), "");
+    let hop = StreamProtocol::new("/libp2p/circuit/relay/0.2.0/hop");
+
+    // The listener reserves a slot; the relay must offer hop without any external
+    // address confirmation.
+    let mut listener = node();
+    let listener_id = *listener.local_peer_id();
+    listener
+        .listen_on(relay.tcp.clone().with(Protocol::P2pCircuit))
+        .unwrap();
+    let (mut reserved, mut saw_hop) = (false, false);
+    tokio::time::timeout(WAIT, async {
+        while !(reserved && saw_hop) {
+            match listener.select_next_some().await {
+                SwarmEvent::Behaviour(NodeEvent::Relay(
+                    circuit::client::Event::ReservationReqAccepted { .. },
+                )) => reserved = true,
+                SwarmEvent::Behaviour(NodeEvent::Identify(identify::Event::Received {
+                    info,
+                    ..
+                })) => {
+                    saw_hop |= info.protocols.contains(&hop);
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("reservation accepted and hop advertised");
+    let listener_task = tokio::spawn(async move {
+        loop {
+            listener.select_next_some().await;
+        }
+    });
+
+    // Another node reaches it through the relay and pings it.
+    let mut dialer = node();
+    dialer
+        .dial(
+            relay
+                .tcp
+                .clone()
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(listener_id)),
+        )
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::Behaviour(NodeEvent::Ping(ping::Event {
+                peer,
+                result: Ok(_),
+                ..
+            })) = dialer.select_next_some().await
+                && peer == listener_id
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("ping through the relay circuit");
+    listener_task.abort();
+    assert!(relay.metric("tern_relay_circuits_total").await >= 1.0);
+}

@@ -435,8 +435,10 @@ mod tests {
         let mut c = Config::default();
         c.push.allowed_prefixes = vec!["file:///etc/".into()];
         assert!(c.validate().is_err());
-        let mut c = Config::default();
-        c.listen = vec!["not an addr".into()];
+        let c = Config {
+            listen: vec!["not an addr".into()],
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
     }
 }

@@ -77,10 +77,10 @@ enum Completion {
     Expired(Result<u64, storage::OpError>),
 }
 
-fn await_reply<T: Send + 'static>(
+async fn await_reply<T: Send + 'static>(
     rx: oneshot::Receiver<Result<T, storage::OpError>>,
-) -> impl Future<Output = Result<T, storage::OpError>> + Send {
-    async move { rx.await.unwrap_or(Err(storage::OpError::Closed)) }
+) -> Result<T, storage::OpError> {
+    rx.await.unwrap_or(Err(storage::OpError::Closed))
 }
 
 fn now_ms() -> u64 {
@@ -178,6 +178,11 @@ impl EventLoop {
                     tracing::info!(in_flight = self.pending.len(), "shutting down");
                     self.shutting_down = true;
                     deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                    // Whoever is online now was last seen now.
+                    let now = now_ms();
+                    for peer in self.presence.online_peers() {
+                        self.persist_last_seen(peer, now);
+                    }
                 }
                 _ = grace => {
                     tracing::warn!(in_flight = self.pending.len(), "shutdown grace period over");

@@ -133,6 +133,15 @@ impl Presence {
         out
     }
 
+    /// Devices currently connected and not silent.
+    pub fn online_peers(&self) -> Vec<PeerId> {
+        self.live
+            .iter()
+            .filter(|(_, e)| !e.silent)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// Whether the device is connected and not silent.
     pub fn is_online(&self, peer: &PeerId) -> bool {
         self.live.get(peer).is_some_and(|e| !e.silent)

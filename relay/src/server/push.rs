@@ -158,7 +158,7 @@ impl Task {
             let due: Vec<PeerId> = self
                 .waiting
                 .iter()
-                .filter(|p| self.due_at(p).is_some_and(|t| t <= now))
+                .filter(|p| self.due_at(p, now).is_some_and(|t| t <= now))
                 .copied()
                 .collect();
             for p in due {
@@ -183,7 +183,15 @@ impl Task {
                     p,
                 ));
             }
-            let next = self.waiting.iter().filter_map(|p| self.due_at(p)).min();
+            // At the in-flight cap, only a finished POST (or a command) can make progress.
+            let next = if in_flight.len() >= self.cfg.max_in_flight {
+                None
+            } else {
+                self.waiting
+                    .iter()
+                    .filter_map(|p| self.due_at(p, now))
+                    .min()
+            };
             let sleep = async {
                 match next {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -206,7 +214,7 @@ impl Task {
     }
 
     /// When the device's pending wake-up may go out, if it has one and nothing is in flight.
-    fn due_at(&self, p: &PeerId) -> Option<Instant> {
+    fn due_at(&self, p: &PeerId, now: Instant) -> Option<Instant> {
         let d = self.devices.get(p)?;
         if d.pending.is_none() || d.in_flight || d.url.is_none() {
             return None;
@@ -217,7 +225,7 @@ impl Task {
             (Some(a), Some(b)) => a.max(b),
             (Some(a), None) => a,
             (None, Some(b)) => b,
-            (None, None) => Instant::now(),
+            (None, None) => now,
         })
     }
 

@@ -459,6 +459,17 @@ enum Done {
 }
 
 impl Done {
+    /// The error this operation ended with, if any.
+    fn error(&self) -> Option<OpError> {
+        match self {
+            Done::Deposit(_, Err(e)) | Done::Fetch(_, Err(e)) => Some(e.clone()),
+            Done::Count(_, Err(e)) | Done::Expired(_, Err(e)) | Done::Unit(_, Err(e)) => {
+                Some(e.clone())
+            }
+            _ => None,
+        }
+    }
+
     fn send(self, commit_error: Option<&OpError>) {
         fn go<T>(reply: Reply<T>, result: Result<T, OpError>, commit_error: Option<&OpError>) {
             let r = match commit_error {
@@ -511,31 +522,53 @@ impl Writer {
         tracing::debug!("storage writer finished its queue");
     }
 
+    /// Commits `batch` in as few transactions as possible. SQLite rolls a whole
+    /// transaction back by itself on some errors (a full disk among them); then the
+    /// operations applied so far are answered with the error and the rest go on in a
+    /// fresh transaction, so acks that free space still work on a full disk.
     fn process(&mut self, batch: &mut Vec<Op>) {
+        let mut queue: std::collections::VecDeque<Op> = batch.drain(..).collect();
+        while !queue.is_empty() {
+            self.process_some(&mut queue);
+        }
+    }
+
+    fn process_some(&mut self, queue: &mut std::collections::VecDeque<Op>) {
         let started = Instant::now();
-        let n = batch.len();
-        let mut done = Vec::with_capacity(n);
+        let mut done = Vec::with_capacity(queue.len());
         let mut delta = Delta::new();
         let mut tx = match self.conn.transaction() {
             Ok(tx) => tx,
             Err(e) => {
                 let err = sql_err(e);
-                for op in batch.drain(..) {
+                for op in queue.drain(..) {
                     fail(op, &err);
                 }
                 return;
             }
         };
-        for op in batch.drain(..) {
-            done.push(apply_in_savepoint(
-                &mut tx,
-                op,
-                &self.usage,
-                &mut delta,
-                self.settings.quota,
-            ));
+        let mut aborted = None;
+        while let Some(op) = queue.pop_front() {
+            let d = apply_in_savepoint(&mut tx, op, &self.usage, &mut delta, self.settings.quota);
+            if tx.is_autocommit() {
+                // SQLite rolled the transaction back: nothing in it will be committed.
+                aborted = Some(
+                    d.error()
+                        .unwrap_or(OpError::Internal("transaction rolled back".into())),
+                );
+                done.push(d);
+                break;
+            }
+            done.push(d);
         }
-        let commit = tx.commit().map_err(sql_err);
+        let n = done.len();
+        let commit = match aborted {
+            Some(e) => {
+                drop(tx);
+                Err(e)
+            }
+            None => tx.commit().map_err(sql_err),
+        };
         match &commit {
             Ok(()) => {
                 let (mut dm, mut db) = (0i64, 0i64);
@@ -552,7 +585,7 @@ impl Writer {
                 self.metrics.add_mailbox_totals(dm, db);
             }
             Err(e) => {
-                tracing::error!(error = %e, "storage commit failed; batch rolled back");
+                tracing::error!(error = %e, ops = n, "storage transaction failed; rolled back");
                 if let Ok(u) = load_usage(&self.conn) {
                     self.usage = u;
                 }

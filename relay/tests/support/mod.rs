@@ -42,7 +42,10 @@ impl Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
             .arg("--config")
             .arg(&cfg)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TERN_RELAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
