@@ -73,3 +73,7 @@ pub const APPLICATION_ID: i32 = 0x5445_524e;
 
 /// SQLCipher's page size: an encrypted file is always a whole number of these.
 pub const CIPHER_PAGE_SIZE: u64 = 4096;
+
+/// Times a connection is keyed afresh after SQLCipher's provider fails to key it (a rare,
+/// transient failure of the bundled libtomcrypt provider; see `store.rs`).
+pub const KEYING_ATTEMPTS: u32 = 3;

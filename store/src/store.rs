@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use crate::consts::{APPLICATION_ID, CIPHER_PAGE_SIZE, DEFAULT_BUSY_TIMEOUT, SALT_LEN};
+use crate::consts::{
+    APPLICATION_ID, CIPHER_PAGE_SIZE, DEFAULT_BUSY_TIMEOUT, KEYING_ATTEMPTS, SALT_LEN,
+};
 use crate::error::{Context, OpenError, WriteError};
 use crate::key::{StorageKey, Unlock};
 use crate::schema::{self, SCHEMA_VERSION};
@@ -186,28 +188,7 @@ pub(crate) fn open_connection(
         }
     };
 
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(storage)?;
-    // SQLCipher logs its own failures (a wrong key among them) to stderr unless told not to;
-    // our typed errors say it all, and nothing about keys belongs in a log.
-    conn.execute_batch("PRAGMA cipher_log_level = NONE;")
-        .map_err(storage)?;
-    if let Some(literal) = key_literal {
-        conn.pragma_update(None, "key", &*literal)
-            .map_err(storage)?;
-    }
-    // The first read of page 1 is where a wrong key shows.
-    let objects = match schema::object_count(&conn) {
-        Ok(n) => n,
-        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
-            return Err(OpenError::WrongKey {
-                path: path.to_owned(),
-            });
-        }
-        Err(e) => return Err(storage(e)),
-    };
+    let (conn, objects) = key_connection(path, key_literal.as_deref().map(String::as_str))?;
     conn.busy_timeout(options.busy_timeout).map_err(storage)?;
     let _mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -247,6 +228,56 @@ pub(crate) fn open_connection(
         }
     }
     Ok(conn)
+}
+
+/// Serialises the opening and keying of connections in this process. SQLCipher's libtomcrypt
+/// provider (the one rusqlite's bundled build uses) starts and stops its shared random
+/// generator as codecs come and go; under concurrent opens, keying has been seen to fail about
+/// once in a few thousand opens. Opening is rare and cheap, so we take it one at a time.
+static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Opens a connection, keys it and reads page 1. Returns the connection and the number of
+/// schema objects in the file.
+fn key_connection(path: &Path, key_literal: Option<&str>) -> Result<(Connection, i64), OpenError> {
+    let storage = |e: rusqlite::Error| OpenError::Storage {
+        path: path.to_owned(),
+        source: e.into(),
+    };
+    // A poisoned lock only means another open panicked; the lock guards no data.
+    let _guard = KEYING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut attempt = 1;
+    loop {
+        let conn = Connection::open_with_flags(path, flags).map_err(storage)?;
+        // SQLCipher logs its own failures (a wrong key among them) to stderr unless told not
+        // to; our typed errors say it all, and nothing about keys belongs in a log.
+        conn.execute_batch("PRAGMA cipher_log_level = NONE;")
+            .map_err(storage)?;
+        if let Some(literal) = key_literal
+            && let Err(e) = conn.pragma_update(None, "key", literal)
+        {
+            // The provider's transient failure (see KEYING): a fresh connection keys fine.
+            if attempt < KEYING_ATTEMPTS {
+                attempt += 1;
+                continue;
+            }
+            return Err(storage(e));
+        }
+        // The first read of page 1 is where a wrong key shows.
+        return match schema::object_count(&conn) {
+            Ok(n) => Ok((conn, n)),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
+                Err(OpenError::WrongKey {
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) => Err(storage(e)),
+        };
+    }
 }
 
 fn check_encrypted_shape(path: &Path, plaintext: bool, len: u64) -> Result<(), OpenError> {
