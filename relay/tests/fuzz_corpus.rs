@@ -1,0 +1,295 @@
+//! Replays the committed fuzz corpus (`relay/fuzz/corpus/<target>/*`) through every
+//! decoder on stable Rust, with the same checks as the fuzz targets, so CI exercises
+//! what fuzzing found. `cargo test -p tern-relay --features server --test fuzz_corpus --
+//! --ignored` rewrites the hand-made seeds.
+
+use std::path::{Path, PathBuf};
+
+use serde_bytes::ByteBuf;
+use tern_relay::{
+    PeerId,
+    server::Config,
+    wire::{ErrorCode, Rejection, mailbox, presence},
+};
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join("corpus")
+}
+
+/// The decoder and property check for each fuzz target, by target name.
+fn check(target: &str, data: &[u8]) {
+    macro_rules! round_trip {
+        ($ty:ty) => {
+            if let Ok(v) = <$ty>::decode(data)
+                && let Ok(bytes) = v.encode()
+            {
+                assert_eq!(<$ty>::decode(&bytes).unwrap(), v);
+            }
+        };
+    }
+    match target {
+        "mailbox_request" => round_trip!(mailbox::Request),
+        "mailbox_response" => round_trip!(mailbox::Response),
+        "presence_request" => round_trip!(presence::Request),
+        "presence_response" => round_trip!(presence::Response),
+        "config_toml" => {
+            if let Ok(text) = std::str::from_utf8(data)
+                && let Ok(cfg) = Config::from_toml(text)
+            {
+                let _ = cfg.validate();
+            }
+        }
+        other => panic!("corpus directory {other} has no decoder; add it here and in fuzz/"),
+    }
+}
+
+const TARGETS: [&str; 5] = [
+    "mailbox_request",
+    "mailbox_response",
+    "presence_request",
+    "presence_response",
+    "config_toml",
+];
+
+#[test]
+fn corpus_replays_through_every_decoder() {
+    for target in TARGETS {
+        let dir = corpus_dir().join(target);
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            check(target, &data);
+            n += 1;
+        }
+        assert!(n > 0, "empty corpus for {target}");
+    }
+}
+
+#[test]
+fn seeds_decode_as_expected() {
+    // The valid seeds really are valid (so the corpus reaches past the version check).
+    for (target, name) in [
+        ("mailbox_request", "deposit"),
+        ("mailbox_response", "messages"),
+        ("presence_request", "subscribe"),
+        ("presence_response", "presence"),
+    ] {
+        let data = std::fs::read(corpus_dir().join(target).join(name)).unwrap();
+        match target {
+            "mailbox_request" => assert!(mailbox::Request::decode(&data).is_ok()),
+            "mailbox_response" => assert!(mailbox::Response::decode(&data).is_ok()),
+            "presence_request" => assert!(presence::Request::decode(&data).is_ok()),
+            _ => assert!(presence::Response::decode(&data).is_ok()),
+        }
+    }
+}
+
+fn invalid_variants(valid: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let mut v2 = valid.to_vec();
+    v2[0] = 2;
+    let mut trailing = valid.to_vec();
+    trailing.push(0);
+    vec![
+        ("empty", vec![]),
+        ("version-only", vec![1]),
+        ("version-2", v2),
+        ("truncated", valid[..valid.len() / 2].to_vec()),
+        ("trailing", trailing),
+        (
+            "deep-nesting",
+            std::iter::once(1)
+                .chain(std::iter::repeat_n(0x81, 2000))
+                .collect(),
+        ),
+        (
+            "huge-length",
+            vec![1, 0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        ),
+    ]
+}
+
+#[test]
+#[ignore = "rewrites the hand-made seed corpus"]
+fn regenerate_seeds() {
+    let p = PeerId::random();
+    let env = mailbox::Envelope {
+        id: 7,
+        sender: p,
+        deposited_ms: 1_700_000_000_000,
+        ciphertext: ByteBuf::from(vec![0x42; 64]),
+    };
+    let entry = presence::Entry {
+        peer: p,
+        state: presence::State::Offline,
+        last_seen_ms: Some(1_700_000_000_000),
+    };
+    let sets: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+        (
+            "mailbox_request",
+            vec![
+                (
+                    "deposit",
+                    mailbox::Request::Deposit {
+                        recipients: vec![p, PeerId::random()],
+                        ttl_secs: Some(60),
+                        ciphertext: ByteBuf::from(vec![1; 32]),
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "fetch",
+                    mailbox::Request::Fetch {
+                        after: 3,
+                        limit: 50,
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "ack",
+                    mailbox::Request::Ack { ids: vec![1, 2, 3] }
+                        .encode()
+                        .unwrap(),
+                ),
+                (
+                    "listen",
+                    mailbox::Request::Listen { enabled: true }.encode().unwrap(),
+                ),
+                (
+                    "register-push",
+                    mailbox::Request::RegisterPush {
+                        url: Some("http://127.0.0.1:9/push/x".into()),
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "deliver",
+                    mailbox::Request::Deliver {
+                        messages: vec![env.clone()],
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+            ],
+        ),
+        (
+            "mailbox_response",
+            vec![
+                (
+                    "messages",
+                    mailbox::Response::Messages {
+                        messages: vec![env],
+                        more: true,
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "deposited",
+                    mailbox::Response::Deposited {
+                        message: 9,
+                        recipients: 2,
+                        over_quota: vec![p],
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "acked",
+                    mailbox::Response::Acked { removed: 2 }.encode().unwrap(),
+                ),
+                (
+                    "error",
+                    mailbox::Response::Error(Rejection {
+                        code: ErrorCode::RateLimited,
+                        retry_after_ms: Some(250),
+                    })
+                    .encode()
+                    .unwrap(),
+                ),
+            ],
+        ),
+        (
+            "presence_request",
+            vec![
+                (
+                    "subscribe",
+                    presence::Request::Subscribe {
+                        peers: vec![p, PeerId::random()],
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "heartbeat",
+                    presence::Request::Heartbeat {
+                        status: presence::Status::Away,
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "allow",
+                    presence::Request::SetAllowList { peers: vec![p] }
+                        .encode()
+                        .unwrap(),
+                ),
+                (
+                    "query",
+                    presence::Request::Query { peers: vec![p] }
+                        .encode()
+                        .unwrap(),
+                ),
+                (
+                    "update",
+                    presence::Request::Update {
+                        entries: vec![entry.clone()],
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+            ],
+        ),
+        (
+            "presence_response",
+            vec![
+                (
+                    "presence",
+                    presence::Response::Presence {
+                        entries: vec![entry],
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                ("ok", presence::Response::Ok.encode().unwrap()),
+            ],
+        ),
+    ];
+    for (target, seeds) in sets {
+        let dir = corpus_dir().join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = seeds[0].1.clone();
+        for (name, bytes) in seeds.into_iter().chain(invalid_variants(&first)) {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+    let dir = corpus_dir().join("config_toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("relay.toml"),
+        dir.join("example"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("bad-prefix"),
+        "[push]\nallowed_prefixes = [\"file:///\"]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("unknown-field"), "[mailbox]\nmax_mesages = 3\n").unwrap();
+    std::fs::write(dir.join("nan"), "[rate]\nrequests_per_sec = nan\n").unwrap();
+}
