@@ -115,7 +115,9 @@ pub enum DecodeError {
         len: usize,
     },
     /// The record was written by a format version this build does not know.
-    #[error("record format version {0} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "record format version {0} is not supported (this build reads version {FORMAT_VERSION})"
+    )]
     UnknownVersion(u8),
     /// The record is of another kind than the one expected.
     #[error("expected a {expected:?} record, found kind {found}")]
@@ -241,6 +243,24 @@ pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, Decode
     Ok(value)
 }
 
+/// Decodes like [`decode`], then refuses any encoding but the one this build writes.
+///
+/// CBOR and the protobuf-style Olm and Megolm encodings admit several byte strings for one
+/// value (a text key sent as a byte string, a field under another tag). For messages that are
+/// deduplicated by their bytes, every accepted message must have exactly one encoding, so an
+/// altered copy is refused instead of decrypting as a second "different" message.
+pub fn decode_canonical<T: Serialize + DeserializeOwned>(
+    kind: Kind,
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    let value: T = decode(kind, bytes)?;
+    let again = encode(kind, &value).map_err(|e| malformed(kind, e))?;
+    if again != bytes {
+        return Err(malformed(kind, "non-canonical encoding"));
+    }
+    Ok(value)
+}
+
 /// Builds a [`DecodeError::Malformed`] from anything displayable.
 pub(crate) fn malformed(kind: Kind, reason: impl std::fmt::Display) -> DecodeError {
     DecodeError::Malformed {
@@ -261,10 +281,16 @@ mod tests {
 
     #[test]
     fn round_trip_and_header_checks() {
-        let s = Sample { a: 7, b: "x".into() };
+        let s = Sample {
+            a: 7,
+            b: "x".into(),
+        };
         let bytes = encode(Kind::DeviceCertificate, &s).unwrap();
         assert_eq!(bytes[0], FORMAT_VERSION);
-        assert_eq!(decode::<Sample>(Kind::DeviceCertificate, &bytes).unwrap(), s);
+        assert_eq!(
+            decode::<Sample>(Kind::DeviceCertificate, &bytes).unwrap(),
+            s
+        );
 
         let mut v2 = bytes.clone();
         v2[0] = 2;

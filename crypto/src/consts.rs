@@ -41,6 +41,10 @@ pub const DEFAULT_ROTATION_SECS: u64 = 7 * 24 * 60 * 60;
 /// many messages behind the newest one cannot be decrypted any more.
 pub const MEGOLM_RETAIN_WINDOW: u32 = 1024;
 
+/// Old inbound ratchet state is discarded once it is this many messages beyond the retain
+/// window, so the work of discarding is done once per step rather than once per message.
+pub const MEGOLM_DISCARD_STEP: u32 = 64;
+
 /// Plaintext bytes per media chunk. 64 KiB keeps per-chunk overhead (16-byte tag) at 0.02 %
 /// while a resumable upload loses little on a broken connection.
 pub const MEDIA_CHUNK_SIZE: usize = 64 * 1024;

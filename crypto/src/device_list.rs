@@ -384,7 +384,10 @@ mod tests {
         list.check_successor(&v2).unwrap();
         assert!(matches!(
             v2.check_successor(&list),
-            Err(DeviceListError::Stale { current: 2, offered: 1 })
+            Err(DeviceListError::Stale {
+                current: 2,
+                offered: 1
+            })
         ));
         assert!(matches!(
             v2.check_successor(&v2),

@@ -21,7 +21,7 @@
 //! Rotation: a new outbound key on every membership change (the caller makes it), and when
 //! [`OutboundSenderKey::rotation_due`] says so (message count or age, [`RotationPolicy`]).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -34,7 +34,8 @@ use zeroize::Zeroizing;
 
 use crate::codec::{self, DecodeError, EncodeError, Kind};
 use crate::consts::{
-    DEFAULT_ROTATION_MESSAGES, DEFAULT_ROTATION_SECS, MAX_GROUP_PLAINTEXT, MEGOLM_RETAIN_WINDOW,
+    DEFAULT_ROTATION_MESSAGES, DEFAULT_ROTATION_SECS, MAX_GROUP_PLAINTEXT, MEGOLM_DISCARD_STEP,
+    MEGOLM_RETAIN_WINDOW,
 };
 use crate::device::{DeviceId, decode_body, encode_body};
 use crate::identity::{UserId, hex_array, write_hex};
@@ -172,26 +173,43 @@ pub trait ReplayLedger {
     }
 }
 
-/// An in-memory ledger, for tests and benchmarks.
+/// An in-memory ledger, for tests and benchmarks. Per session it holds at most the indices an
+/// inbound key can still decrypt, because [`InboundSenderKey::decrypt`] calls
+/// [`ReplayLedger::forget_below`] as it discards old ratchet state.
 #[derive(Debug, Default)]
 pub struct MemoryReplayLedger {
-    seen: HashSet<(String, u32)>,
+    seen: HashMap<String, BTreeSet<u32>>,
 }
 
 impl ReplayLedger for MemoryReplayLedger {
     type Error = std::convert::Infallible;
 
     fn is_replay(&self, session_id: &str, index: u32) -> Result<bool, Self::Error> {
-        Ok(self.seen.contains(&(session_id.to_owned(), index)))
+        Ok(self
+            .seen
+            .get(session_id)
+            .is_some_and(|set| set.contains(&index)))
     }
 
     fn record(&mut self, session_id: &str, index: u32) -> Result<(), Self::Error> {
-        self.seen.insert((session_id.to_owned(), index));
+        match self.seen.get_mut(session_id) {
+            Some(set) => {
+                set.insert(index);
+            }
+            None => {
+                self.seen
+                    .insert(session_id.to_owned(), BTreeSet::from([index]));
+            }
+        }
         Ok(())
     }
 
     fn forget_below(&mut self, session_id: &str, index: u32) -> Result<(), Self::Error> {
-        self.seen.retain(|(s, i)| s != session_id || *i >= index);
+        if let Some(set) = self.seen.get_mut(session_id) {
+            while set.first().is_some_and(|first| *first < index) {
+                set.pop_first();
+            }
+        }
         Ok(())
     }
 }
@@ -235,9 +253,14 @@ pub struct GroupMessage {
 impl GroupMessage {
     /// Decodes a group message.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, GroupError> {
-        let wire: MessageWire = codec::decode(Kind::GroupMessage, bytes)?;
+        let wire: MessageWire = codec::decode_canonical(Kind::GroupMessage, bytes)?;
         let megolm = MegolmMessage::from_bytes(&wire.megolm)
             .map_err(|e| codec::malformed(Kind::GroupMessage, e))?;
+        if megolm.to_bytes() != wire.megolm {
+            return Err(
+                codec::malformed(Kind::GroupMessage, "non-canonical Megolm encoding").into(),
+            );
+        }
         Ok(GroupMessage {
             sender_device: wire.sender_device,
             session_id: wire.session_id,
@@ -556,7 +579,9 @@ impl InboundSenderKey {
         let highest = self.highest_index.map_or(index, |h| h.max(index));
         self.highest_index = Some(highest);
         let keep_from = highest.saturating_sub(MEGOLM_RETAIN_WINDOW);
-        if keep_from > self.session.first_known_index() {
+        // Discard in steps rather than on every message: the same forward secrecy within a
+        // step of messages, at a fraction of the ratchet work.
+        if keep_from >= self.session.first_known_index() + MEGOLM_DISCARD_STEP {
             self.session.advance_to(keep_from);
             ledger
                 .forget_below(&session_id, keep_from)

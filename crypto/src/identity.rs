@@ -191,7 +191,12 @@ mod tests {
         assert_eq!(back.user_id(), id.user_id());
         let dbg = format!("{id:?}");
         assert!(dbg.ends_with(", ..)"), "{dbg}");
-        let secret_hex: String = id.signing.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let secret_hex: String = id
+            .signing
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert!(!dbg.contains(&secret_hex[..8]));
     }
 
@@ -207,8 +212,20 @@ mod tests {
     fn signatures_are_domain_separated() {
         let id = IdentityKey::generate().unwrap();
         let sig = id.sign(Purpose::DeviceList, b"hello");
-        assert!(id.public().verify(Purpose::DeviceList, b"hello", &sig).is_ok());
-        assert!(id.public().verify(Purpose::DeviceCertificate, b"hello", &sig).is_err());
-        assert!(id.public().verify(Purpose::DeviceList, b"hellp", &sig).is_err());
+        assert!(
+            id.public()
+                .verify(Purpose::DeviceList, b"hello", &sig)
+                .is_ok()
+        );
+        assert!(
+            id.public()
+                .verify(Purpose::DeviceCertificate, b"hello", &sig)
+                .is_err()
+        );
+        assert!(
+            id.public()
+                .verify(Purpose::DeviceList, b"hellp", &sig)
+                .is_err()
+        );
     }
 }

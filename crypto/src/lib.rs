@@ -11,7 +11,10 @@
 //!
 //! Choices and their reasons are written down in `docs/decisions.md`; formats in `docs/crypto.md`.
 #![deny(missing_docs)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod codec;
 pub mod consts;

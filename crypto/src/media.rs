@@ -128,7 +128,10 @@ impl MediaCipher {
     }
 
     /// The cipher for an existing file, from its header.
-    pub fn from_header(key: &MediaKey, header: &[u8; MEDIA_HEADER_LEN]) -> Result<Self, MediaError> {
+    pub fn from_header(
+        key: &MediaKey,
+        header: &[u8; MEDIA_HEADER_LEN],
+    ) -> Result<Self, MediaError> {
         if header[0] != MEDIA_VERSION {
             return Err(MediaError::UnknownVersion(header[0]));
         }
@@ -162,7 +165,12 @@ impl MediaCipher {
 
     /// Encrypts one chunk in place: `buf` holds at most `chunk_size` plaintext bytes and ends up
     /// holding the ciphertext followed by the tag.
-    pub fn encrypt_chunk(&self, index: u64, last: bool, buf: &mut Vec<u8>) -> Result<(), MediaError> {
+    pub fn encrypt_chunk(
+        &self,
+        index: u64,
+        last: bool,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), MediaError> {
         if buf.len() > self.chunk_size {
             return Err(MediaError::BadChunkSize(
                 u32::try_from(buf.len()).unwrap_or(u32::MAX),
@@ -179,7 +187,12 @@ impl MediaCipher {
 
     /// Decrypts one chunk in place: `buf` holds ciphertext and tag and ends up holding the
     /// plaintext.
-    pub fn decrypt_chunk(&self, index: u64, last: bool, buf: &mut Vec<u8>) -> Result<(), MediaError> {
+    pub fn decrypt_chunk(
+        &self,
+        index: u64,
+        last: bool,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), MediaError> {
         if buf.len() < MEDIA_TAG_LEN || buf.len() > self.chunk_size + MEDIA_TAG_LEN {
             return Err(MediaError::Tampered(index));
         }
@@ -195,7 +208,8 @@ impl MediaCipher {
 
 /// Reads until `buf` holds `want` bytes or the input ends; returns the bytes read.
 fn fill<R: Read>(reader: &mut R, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
-    buf.clear();
+    // Old contents are overwritten by the reads; resizing without clearing first avoids
+    // zeroing a whole chunk on every call.
     buf.resize(want, 0);
     let mut got = 0;
     while got < want {

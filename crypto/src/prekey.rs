@@ -196,7 +196,10 @@ impl PrekeyBundle {
     }
 }
 
-fn check_listed(certificate: &SignedDeviceCertificate, list: &DeviceList) -> Result<(), PrekeyError> {
+fn check_listed(
+    certificate: &SignedDeviceCertificate,
+    list: &DeviceList,
+) -> Result<(), PrekeyError> {
     let device = certificate.certificate().device_id;
     let listed = list
         .active_certificate(&device)
@@ -315,7 +318,12 @@ mod tests {
         let v = claim.verify(&list).unwrap();
         assert_eq!(v.device_id(), dev.device_id());
         assert!(!v.is_fallback());
-        assert!(back.claim(back.fallback).verify(&list).unwrap().is_fallback());
+        assert!(
+            back.claim(back.fallback)
+                .verify(&list)
+                .unwrap()
+                .is_fallback()
+        );
     }
 
     #[test]

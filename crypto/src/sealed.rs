@@ -102,7 +102,10 @@ pub fn seal(key: &StorageKey, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8
             },
         )
         .map_err(|_| SealError::Open)?;
-    Ok(codec::encode(Kind::Sealed, &SealedRecord { nonce, ciphertext })?)
+    Ok(codec::encode(
+        Kind::Sealed,
+        &SealedRecord { nonce, ciphertext },
+    )?)
 }
 
 /// Opens a record made by [`seal`] with the same key and context. The plaintext is wiped on drop.
@@ -133,7 +136,10 @@ mod tests {
     fn seal_open_and_failures() {
         let key = StorageKey::random().unwrap();
         let sealed = seal(&key, b"identity", b"secret stuff").unwrap();
-        assert_eq!(&**open(&key, b"identity", &sealed).unwrap(), b"secret stuff");
+        assert_eq!(
+            &**open(&key, b"identity", &sealed).unwrap(),
+            b"secret stuff"
+        );
         assert_eq!(open(&key, b"device", &sealed), Err(SealError::Open));
         let other = StorageKey::random().unwrap();
         assert_eq!(open(&other, b"identity", &sealed), Err(SealError::Open));

@@ -117,20 +117,112 @@ fn encode_message(message: &OlmMessage) -> Result<Vec<u8>, EncodeError> {
 }
 
 fn decode_message(bytes: &[u8]) -> Result<OlmMessage, DecodeError> {
-    let wire: MessageWire = codec::decode(Kind::PairwiseMessage, bytes)?;
-    OlmMessage::from_parts(usize::from(wire.message_type), &wire.body)
-        .map_err(|e| codec::malformed(Kind::PairwiseMessage, e))
+    let wire: MessageWire = codec::decode_canonical(Kind::PairwiseMessage, bytes)?;
+    let message = OlmMessage::from_parts(usize::from(wire.message_type), &wire.body)
+        .map_err(|e| codec::malformed(Kind::PairwiseMessage, e))?;
+    if message.to_parts().1 != wire.body {
+        return Err(codec::malformed(
+            Kind::PairwiseMessage,
+            "non-canonical Olm encoding",
+        ));
+    }
+    Ok(message)
 }
 
 /// The pairwise sessions with one remote device.
 pub struct PeerSessions {
     remote_device: DeviceId,
     remote_curve: Curve25519PublicKey,
-    current: Option<Session>,
+    current: Option<Held>,
     /// Most recently demoted first.
-    archived: VecDeque<Session>,
+    archived: VecDeque<Held>,
     /// Digests of recently decrypted messages, newest last.
     recent: VecDeque<[u8; 16]>,
+}
+
+/// vodozemac keeps this many receiving chains per session (its `MAX_RECEIVING_CHAINS`).
+const RECEIVING_CHAINS: usize = 5;
+
+/// A session and the ratchet keys of its receiving chains, in the order vodozemac created them.
+///
+/// The mirror tells, before decrypting, whether a message continues a known chain (vodozemac
+/// then changes nothing unless it succeeds) or opens a new one (the one path where vodozemac
+/// may change state on failure, so a snapshot is taken first). Keeping it exact makes the
+/// common case free of snapshot costs.
+struct Held {
+    session: Session,
+    chains: VecDeque<[u8; 32]>,
+}
+
+impl Held {
+    fn new(session: Session, first_chain: Option<[u8; 32]>) -> Self {
+        Held {
+            session,
+            chains: first_chain.into_iter().collect(),
+        }
+    }
+
+    fn session_id(&self) -> String {
+        self.session.session_id()
+    }
+
+    /// Decrypts, leaving the session exactly as it was if decryption fails.
+    fn decrypt(
+        &mut self,
+        message: &OlmMessage,
+    ) -> Result<Vec<u8>, vodozemac::olm::DecryptionError> {
+        let ratchet_key = match message {
+            OlmMessage::Normal(m) => m.ratchet_key(),
+            OlmMessage::PreKey(p) => p.message().ratchet_key(),
+        }
+        .to_bytes();
+        if self.chains.contains(&ratchet_key) {
+            return self.session.decrypt(message);
+        }
+        let snapshot = self.session.pickle();
+        let result = self.session.decrypt(message);
+        if result.is_ok() {
+            self.chains.push_back(ratchet_key);
+            if self.chains.len() > RECEIVING_CHAINS {
+                self.chains.pop_front();
+            }
+        } else {
+            self.session = Session::from_pickle(snapshot);
+        }
+        result
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeldRecord {
+    session: SessionPickle,
+    chains: Vec<serde_bytes::ByteArray<32>>,
+}
+
+impl HeldRecord {
+    fn from_held(held: &Held) -> Self {
+        HeldRecord {
+            session: held.session.pickle(),
+            chains: held
+                .chains
+                .iter()
+                .map(|c| serde_bytes::ByteArray::new(*c))
+                .collect(),
+        }
+    }
+
+    fn into_held(self) -> Result<Held, DecodeError> {
+        if self.chains.len() > RECEIVING_CHAINS {
+            return Err(codec::malformed(
+                Kind::PeerSessions,
+                "too many receiving chains",
+            ));
+        }
+        Ok(Held {
+            session: Session::from_pickle(self.session),
+            chains: self.chains.into_iter().map(|c| c.into_array()).collect(),
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -138,8 +230,8 @@ struct PeerSessionsRecord {
     remote_device: DeviceId,
     #[serde(with = "serde_bytes")]
     remote_curve: [u8; 32],
-    current: Option<SessionPickle>,
-    archived: Vec<SessionPickle>,
+    current: Option<HeldRecord>,
+    archived: Vec<HeldRecord>,
     recent: Vec<serde_bytes::ByteArray<16>>,
 }
 
@@ -172,12 +264,16 @@ impl PeerSessions {
 
     /// The id of the current session, if any (equal on both ends of a session).
     pub fn current_session_id(&self) -> Option<String> {
-        self.current.as_ref().map(Session::session_id)
+        self.current.as_ref().map(Held::session_id)
     }
 
     /// Starts an outbound session from a verified prekey; it becomes current and any previous
     /// current session is archived.
-    pub fn start(&mut self, local: &DeviceKeys, prekey: &VerifiedPrekey) -> Result<(), SessionError> {
+    pub fn start(
+        &mut self,
+        local: &DeviceKeys,
+        prekey: &VerifiedPrekey,
+    ) -> Result<(), SessionError> {
         if prekey.device_id != self.remote_device {
             return Err(SessionError::WrongDevice {
                 expected: self.remote_device,
@@ -195,12 +291,12 @@ impl PeerSessions {
                 device: self.remote_device,
                 reason: e.to_string(),
             })?;
-        self.install(session);
+        self.install(Held::new(session, None));
         Ok(())
     }
 
-    fn install(&mut self, session: Session) {
-        if let Some(old) = self.current.replace(session) {
+    fn install(&mut self, held: Held) {
+        if let Some(old) = self.current.replace(held) {
             self.archived.push_front(old);
             self.archived.truncate(MAX_ARCHIVED_SESSIONS);
         }
@@ -216,6 +312,7 @@ impl PeerSessions {
             .as_mut()
             .ok_or(SessionError::NoSession(self.remote_device))?;
         let message = session
+            .session
             .encrypt(plaintext)
             .map_err(|e| SessionError::Encrypt(e.to_string()))?;
         Ok(encode_message(&message)?)
@@ -225,16 +322,33 @@ impl PeerSessions {
     /// the order sessions are tried in). `local` is needed when the message starts a new
     /// session: it consumes the one-time key it was made with, so persist `local` together
     /// with these sessions.
-    pub fn decrypt(&mut self, local: &mut DeviceKeys, bytes: &[u8]) -> Result<Decrypted, SessionError> {
+    pub fn decrypt(
+        &mut self,
+        local: &mut DeviceKeys,
+        bytes: &[u8],
+    ) -> Result<Decrypted, SessionError> {
         let message = decode_message(bytes)?;
         let digest = digest(bytes);
         if self.recent.contains(&digest) {
             return Err(SessionError::Duplicate(self.remote_device));
         }
 
+        // A prekey message names its session (a hash of the keys that made it). Only that
+        // session may decrypt it: otherwise an altered copy whose outer keys were changed would
+        // still decrypt through an existing session.
+        let prekey_session = match &message {
+            OlmMessage::PreKey(p) => Some(p.session_id()),
+            OlmMessage::Normal(_) => None,
+        };
+        let fits = |s: &Held| {
+            prekey_session
+                .as_ref()
+                .is_none_or(|id| &s.session_id() == id)
+        };
+
         let mut key_gone = false;
         let mut tried = 0;
-        if let Some(session) = self.current.as_mut() {
+        if let Some(session) = self.current.as_mut().filter(|s| fits(s)) {
             tried += 1;
             match session.decrypt(&message) {
                 Ok(plaintext) => return Ok(self.accepted(digest, plaintext, false)),
@@ -243,6 +357,9 @@ impl PeerSessions {
             }
         }
         for i in 0..self.archived.len() {
+            if !fits(&self.archived[i]) {
+                continue;
+            }
             tried += 1;
             match self.archived[i].decrypt(&message) {
                 Ok(plaintext) => {
@@ -272,7 +389,8 @@ impl PeerSessions {
                         device: self.remote_device,
                         reason: e.to_string(),
                     })?;
-                self.install(created.session);
+                let first_chain = prekey_message.message().ratchet_key().to_bytes();
+                self.install(Held::new(created.session, Some(first_chain)));
                 return Ok(self.accepted(digest, created.plaintext, true));
             }
         }
@@ -303,9 +421,13 @@ impl PeerSessions {
         let record = PeerSessionsRecord {
             remote_device: self.remote_device,
             remote_curve: self.remote_curve.to_bytes(),
-            current: self.current.as_ref().map(Session::pickle),
-            archived: self.archived.iter().map(Session::pickle).collect(),
-            recent: self.recent.iter().map(|d| serde_bytes::ByteArray::new(*d)).collect(),
+            current: self.current.as_ref().map(HeldRecord::from_held),
+            archived: self.archived.iter().map(HeldRecord::from_held).collect(),
+            recent: self
+                .recent
+                .iter()
+                .map(|d| serde_bytes::ByteArray::new(*d))
+                .collect(),
         };
         Ok(codec::encode_secret(Kind::PeerSessions, &record)?)
     }
@@ -321,8 +443,12 @@ impl PeerSessions {
         Ok(PeerSessions {
             remote_device: record.remote_device,
             remote_curve: Curve25519PublicKey::from_bytes(record.remote_curve),
-            current: record.current.map(Session::from_pickle),
-            archived: record.archived.into_iter().map(Session::from_pickle).collect(),
+            current: record.current.map(HeldRecord::into_held).transpose()?,
+            archived: record
+                .archived
+                .into_iter()
+                .map(HeldRecord::into_held)
+                .collect::<Result<_, _>>()?,
             recent: record.recent.into_iter().map(|d| d.into_array()).collect(),
         })
     }
