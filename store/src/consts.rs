@@ -24,6 +24,11 @@ pub const ARGON2_LANES: u32 = 1;
 /// How long a connection waits for another connection's write lock before reporting "busy".
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// SQLite page cache per connection, in KiB. Every page read from outside this cache costs a
+/// decryption (AES-256-CBC + HMAC-SHA512 in software with the bundled provider), so the cache
+/// is larger than SQLite's 2 MiB default.
+pub const DEFAULT_CACHE_KIB: u32 = 32 * 1024;
+
 /// Messages per history page when the caller does not say.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 

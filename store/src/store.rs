@@ -6,7 +6,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::consts::{
-    APPLICATION_ID, CIPHER_PAGE_SIZE, DEFAULT_BUSY_TIMEOUT, KEYING_ATTEMPTS, SALT_LEN,
+    APPLICATION_ID, CIPHER_PAGE_SIZE, DEFAULT_BUSY_TIMEOUT, DEFAULT_CACHE_KIB, KEYING_ATTEMPTS,
+    SALT_LEN,
 };
 use crate::error::{Context, OpenError, WriteError};
 use crate::key::{StorageKey, Unlock};
@@ -24,6 +25,8 @@ pub struct Options {
     /// Cap on the file's size in pages of 4 KiB (`PRAGMA max_page_count`); a write beyond it
     /// fails as "full" and is rolled back. Default: none (the disk is the limit).
     pub max_page_count: Option<u32>,
+    /// Page cache size in KiB. Default: [`DEFAULT_CACHE_KIB`].
+    pub cache_kib: u32,
 }
 
 impl Default for Options {
@@ -31,6 +34,7 @@ impl Default for Options {
         Options {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             max_page_count: None,
+            cache_kib: DEFAULT_CACHE_KIB,
         }
     }
 }
@@ -39,6 +43,11 @@ impl Options {
     /// Sets the busy timeout.
     pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
+        self
+    }
+    /// Sets the page cache size.
+    pub fn with_cache_kib(mut self, kib: u32) -> Self {
+        self.cache_kib = kib;
         self
     }
     /// Sets the page cap.
@@ -201,6 +210,9 @@ pub(crate) fn open_connection(
          PRAGMA temp_store = MEMORY;",
     )
     .map_err(storage)?;
+    // Negative: a size in KiB rather than in pages.
+    conn.pragma_update(None, "cache_size", -i64::from(options.cache_kib))
+        .map_err(storage)?;
     if let Some(pages) = options.max_page_count {
         let _: i64 = conn
             .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
