@@ -22,7 +22,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::wire::{
-    DecodeError, EncodeError, Frame, FrameCodec, Rejection,
+    DecodeError, EncodeError, Frame, FrameCodec, Rejection, directory,
     mailbox::{self, Envelope},
     presence,
 };
@@ -118,6 +118,8 @@ pub enum Proto {
     Mailbox,
     /// `/tern/presence/1`.
     Presence,
+    /// `/tern/directory/1`.
+    Directory,
 }
 
 pub use behaviour::{Behaviour, BehaviourEvent};
@@ -141,6 +143,8 @@ mod behaviour {
         pub mailbox: request_response::Behaviour<FrameCodec>,
         /// `/tern/presence/1`.
         pub presence: request_response::Behaviour<FrameCodec>,
+        /// `/tern/directory/1` (outbound only).
+        pub directory: request_response::Behaviour<FrameCodec>,
     }
 
     impl std::fmt::Debug for Behaviour {
@@ -167,6 +171,11 @@ mod behaviour {
                 ping: ping::Behaviour::default(),
                 mailbox: rr(mailbox::PROTOCOL, mailbox::codec()),
                 presence: rr(presence::PROTOCOL, presence::codec()),
+                directory: request_response::Behaviour::with_codec(
+                    directory::codec(),
+                    [(directory::PROTOCOL, ProtocolSupport::Outbound)],
+                    request_response::Config::default().with_request_timeout(request_timeout),
+                ),
             }
         }
     }
@@ -295,6 +304,79 @@ impl Client {
         match presence::Response::from_frame(&frame)? {
             presence::Response::Error(r) => Err(RequestError::Rejected(r)),
             other => Ok(other),
+        }
+    }
+
+    async fn directory(
+        &self,
+        req: directory::Request,
+    ) -> Result<directory::Response, RequestError> {
+        let frame = self.raw(Proto::Directory, req.encode()?).await?;
+        match directory::Response::from_frame(&frame)? {
+            directory::Response::Error(r) => Err(RequestError::Rejected(r)),
+            other => Ok(other),
+        }
+    }
+
+    /// Publishes a signed device list (`tern_crypto::SignedDeviceList` bytes); this device
+    /// must be active in it.
+    pub async fn publish_device_list(&self, list: Vec<u8>) -> Result<(), RequestError> {
+        match self
+            .directory(directory::Request::PublishDeviceList {
+                list: ByteBuf::from(list),
+            })
+            .await?
+        {
+            directory::Response::Ok => Ok(()),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Fetches a user's signed device list bytes (verify them with `tern-crypto`).
+    pub async fn fetch_device_list(
+        &self,
+        user: [u8; directory::USER_ID_BYTES],
+    ) -> Result<Vec<u8>, RequestError> {
+        match self
+            .directory(directory::Request::FetchDeviceList {
+                user: ByteBuf::from(user.to_vec()),
+            })
+            .await?
+        {
+            directory::Response::DeviceList { list } => Ok(list.into_vec()),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Publishes this device's prekey bundle; returns how many one-time keys the relay holds.
+    pub async fn publish_prekeys(&self, bundle: Vec<u8>) -> Result<u32, RequestError> {
+        match self
+            .directory(directory::Request::PublishPrekeys {
+                bundle: ByteBuf::from(bundle),
+            })
+            .await?
+        {
+            directory::Response::Published { one_time_keys } => Ok(one_time_keys),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Claims one prekey of `device` (`tern_crypto::prekey::ClaimedPrekey` bytes, to verify
+    /// against the user's device list) and whether it is the fallback key.
+    pub async fn claim_prekey(
+        &self,
+        user: [u8; directory::USER_ID_BYTES],
+        device: PeerId,
+    ) -> Result<(Vec<u8>, bool), RequestError> {
+        match self
+            .directory(directory::Request::ClaimPrekey {
+                user: ByteBuf::from(user.to_vec()),
+                device,
+            })
+            .await?
+        {
+            directory::Response::Prekey { claim, fallback } => Ok((claim.into_vec(), fallback)),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
         }
     }
 
@@ -427,6 +509,7 @@ async fn run(
                 let id = match proto {
                     Proto::Mailbox => b.mailbox.send_request(&relay, Frame::Data(frame)),
                     Proto::Presence => b.presence.send_request(&relay, Frame::Data(frame)),
+                    Proto::Directory => b.directory.send_request(&relay, Frame::Data(frame)),
                 };
                 pending.insert(id, reply);
             }
@@ -436,6 +519,9 @@ async fn run(
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Presence(ev)) => {
                     on_rr(&mut swarm, Proto::Presence, relay, ev, &mut pending, &events);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Directory(ev)) => {
+                    on_rr(&mut swarm, Proto::Directory, relay, ev, &mut pending, &events);
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == relay => {
                     tracing::debug!("relay connection closed");
@@ -499,6 +585,12 @@ fn on_rr(
                         .encode(),
                     ),
                 },
+                // Outbound-only protocol: never asked.
+                Proto::Directory => (
+                    None,
+                    directory::Response::Error(Rejection::new(crate::wire::ErrorCode::BadRequest))
+                        .encode(),
+                ),
                 Proto::Presence => match presence::Request::from_frame(&request) {
                     Ok(presence::Request::Update { entries }) => (
                         Some(Event::Presence(entries)),
@@ -523,6 +615,7 @@ fn on_rr(
                 let _ = match proto {
                     Proto::Mailbox => b.mailbox.send_response(channel, Frame::Data(bytes)),
                     Proto::Presence => b.presence.send_response(channel, Frame::Data(bytes)),
+                    Proto::Directory => b.directory.send_response(channel, Frame::Data(bytes)),
                 };
             }
         }

@@ -9,7 +9,7 @@ use serde_bytes::ByteBuf;
 use tern_relay::{
     PeerId,
     server::Config,
-    wire::{ErrorCode, Rejection, mailbox, presence},
+    wire::{ErrorCode, Rejection, directory, mailbox, presence},
 };
 
 fn corpus_dir() -> PathBuf {
@@ -34,6 +34,8 @@ fn check(target: &str, data: &[u8]) {
         "mailbox_response" => round_trip!(mailbox::Response),
         "presence_request" => round_trip!(presence::Request),
         "presence_response" => round_trip!(presence::Response),
+        "directory_request" => round_trip!(directory::Request),
+        "directory_response" => round_trip!(directory::Response),
         "config_toml" => {
             if let Ok(text) = std::str::from_utf8(data)
                 && let Ok(cfg) = Config::from_toml(text)
@@ -45,7 +47,9 @@ fn check(target: &str, data: &[u8]) {
     }
 }
 
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 7] = [
+    "directory_request",
+    "directory_response",
     "mailbox_request",
     "mailbox_response",
     "presence_request",
@@ -76,12 +80,16 @@ fn seeds_decode_as_expected() {
         ("mailbox_response", "messages"),
         ("presence_request", "subscribe"),
         ("presence_response", "presence"),
+        ("directory_request", "claim"),
+        ("directory_response", "prekey"),
     ] {
         let data = std::fs::read(corpus_dir().join(target).join(name)).unwrap();
         match target {
             "mailbox_request" => assert!(mailbox::Request::decode(&data).is_ok()),
             "mailbox_response" => assert!(mailbox::Response::decode(&data).is_ok()),
             "presence_request" => assert!(presence::Request::decode(&data).is_ok()),
+            "directory_request" => assert!(directory::Request::decode(&data).is_ok()),
+            "directory_response" => assert!(directory::Response::decode(&data).is_ok()),
             _ => assert!(presence::Response::decode(&data).is_ok()),
         }
     }
@@ -270,6 +278,74 @@ fn regenerate_seeds() {
             ],
         ),
     ];
+    let sets = sets.into_iter().chain([
+        (
+            "directory_request",
+            vec![
+                (
+                    "claim",
+                    directory::Request::ClaimPrekey {
+                        user: ByteBuf::from(vec![7; 16]),
+                        device: p,
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "fetch",
+                    directory::Request::FetchDeviceList {
+                        user: ByteBuf::from(vec![7; 16]),
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "publish-list",
+                    directory::Request::PublishDeviceList {
+                        list: ByteBuf::from(vec![1; 40]),
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "publish-prekeys",
+                    directory::Request::PublishPrekeys {
+                        bundle: ByteBuf::from(vec![2; 40]),
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+            ],
+        ),
+        (
+            "directory_response",
+            vec![
+                (
+                    "prekey",
+                    directory::Response::Prekey {
+                        claim: ByteBuf::from(vec![3; 40]),
+                        fallback: true,
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+                (
+                    "published",
+                    directory::Response::Published { one_time_keys: 3 }
+                        .encode()
+                        .unwrap(),
+                ),
+                (
+                    "list",
+                    directory::Response::DeviceList {
+                        list: ByteBuf::from(vec![4; 40]),
+                    }
+                    .encode()
+                    .unwrap(),
+                ),
+            ],
+        ),
+    ]);
     for (target, seeds) in sets {
         let dir = corpus_dir().join(target);
         std::fs::create_dir_all(&dir).unwrap();

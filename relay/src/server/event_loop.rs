@@ -24,7 +24,7 @@ use super::{
     presence::Presence, push, ratelimit::Limiter, storage,
 };
 use crate::wire::{
-    ErrorCode, Frame, Rejection,
+    ErrorCode, Frame, Rejection, directory as dw,
     mailbox::{self, Envelope},
     presence as pw,
 };
@@ -41,6 +41,7 @@ type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
 enum Proto {
     Mailbox,
     Presence,
+    Directory,
 }
 
 /// A storage reply, with what is needed to answer the request it belongs to.
@@ -75,6 +76,10 @@ enum Completion {
         result: Result<(), storage::OpError>,
     },
     Expired(Result<u64, storage::OpError>),
+    Directory {
+        channel: ResponseChannel<Frame>,
+        response: dw::Response,
+    },
 }
 
 async fn await_reply<T: Send + 'static>(
@@ -232,6 +237,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Presence(ev)) => {
                 self.on_rr_event(Proto::Presence, ev)
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Directory(ev)) => {
+                self.on_rr_event(Proto::Directory, ev)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => match ev {
                 relay::Event::ReservationReqAccepted { .. } => {
                     self.metrics.reservations.fetch_add(1, Relaxed);
@@ -285,6 +293,7 @@ impl EventLoop {
         let r = match proto {
             Proto::Mailbox => b.mailbox.send_response(channel, Frame::Data(bytes)),
             Proto::Presence => b.presence.send_response(channel, Frame::Data(bytes)),
+            Proto::Directory => b.directory.send_response(channel, Frame::Data(bytes)),
         };
         if r.is_err() {
             tracing::debug!("peer went away before its response");
@@ -305,11 +314,36 @@ impl EventLoop {
         }
     }
 
+    fn respond_directory(&mut self, channel: ResponseChannel<Frame>, resp: dw::Response) {
+        if let dw::Response::Error(r) = &resp {
+            self.metrics.reject(r.code);
+        }
+        match resp.encode() {
+            Ok(bytes) => self.respond_bytes(Proto::Directory, channel, bytes),
+            Err(e) => tracing::error!(error = %e, "cannot encode directory response"),
+        }
+    }
+
+    fn respond_bytes_directory_error(
+        &mut self,
+        channel: ResponseChannel<Frame>,
+        rejection: Rejection,
+    ) {
+        match dw::Response::Error(rejection).encode() {
+            Ok(bytes) => self.respond_bytes(Proto::Directory, channel, bytes),
+            Err(e) => tracing::error!(error = %e, "cannot encode directory response"),
+        }
+    }
+
     fn reject(&mut self, proto: Proto, channel: ResponseChannel<Frame>, rejection: Rejection) {
         self.metrics.reject(rejection.code);
         match proto {
             Proto::Mailbox => self.respond_mailbox(channel, mailbox::Response::Error(rejection)),
             Proto::Presence => self.respond_presence(channel, pw::Response::Error(rejection)),
+            Proto::Directory => {
+                // Counted above; respond_directory would count it again.
+                self.respond_bytes_directory_error(channel, rejection)
+            }
         }
     }
 
@@ -347,6 +381,23 @@ impl EventLoop {
                 Ok(req) => self.on_mailbox(peer, req, channel),
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "bad mailbox frame");
+                    self.reject(
+                        proto,
+                        channel,
+                        Rejection::new(ErrorCode::for_decode_error(&e)),
+                    );
+                }
+            },
+            Proto::Directory => match dw::Request::from_frame(&frame) {
+                Ok(req) => {
+                    let storage = self.storage.clone();
+                    self.pending.push(Box::pin(async move {
+                        let response = directory_request(storage, peer, req).await;
+                        Completion::Directory { channel, response }
+                    }));
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "bad directory frame");
                     self.reject(
                         proto,
                         channel,
@@ -684,6 +735,9 @@ impl EventLoop {
                 }
                 Err(e) => self.reject(Proto::Presence, channel, busy(e)),
             },
+            Completion::Directory { channel, response } => {
+                self.respond_directory(channel, response)
+            }
             Completion::Expired(result) => match result {
                 Ok(n) => {
                     self.metrics.expired.fetch_add(n, Relaxed);
@@ -772,6 +826,125 @@ impl EventLoop {
             self.pending.push(Box::pin(async move {
                 Completion::Expired(await_reply(rx).await)
             }));
+        }
+    }
+}
+
+fn dir_error(code: ErrorCode) -> dw::Response {
+    dw::Response::Error(Rejection::new(code))
+}
+
+/// Runs `f` on the blocking pool (signature checks), mapping a lost task to `Internal`.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ErrorCode> + Send + 'static,
+) -> Result<T, ErrorCode> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(ErrorCode::Internal))
+}
+
+/// Serves one directory request: checks signatures off the event loop, then asks the
+/// writer, which re-checks against stored state inside its transaction.
+async fn directory_request(
+    storage: storage::StorageHandle,
+    peer: PeerId,
+    req: dw::Request,
+) -> dw::Response {
+    use super::directory::{build_claim, verify_bundle, verify_list};
+    let submit = |op| {
+        let storage = storage.clone();
+        async move { storage.submit_wait(op).await }
+    };
+    match req {
+        dw::Request::PublishDeviceList { list } => {
+            let v = match blocking(move || verify_list(list.into_vec(), peer)).await {
+                Ok(v) => v,
+                Err(code) => return dir_error(code),
+            };
+            let (reply, rx) = oneshot::channel();
+            let op = storage::Op::PublishList {
+                user: v.user,
+                body: v.body,
+                check: v.check,
+                reply,
+            };
+            if let Err(e) = submit(op).await {
+                return dir_error(e.code());
+            }
+            match await_reply(rx).await {
+                Ok(()) => dw::Response::Ok,
+                Err(e) => dir_error(e.code()),
+            }
+        }
+        dw::Request::FetchDeviceList { user } => {
+            if user.len() != dw::USER_ID_BYTES {
+                return dir_error(ErrorCode::BadRequest);
+            }
+            let (reply, rx) = oneshot::channel();
+            if let Err(e) = submit(storage::Op::FetchList {
+                user: user.into_vec(),
+                reply,
+            })
+            .await
+            {
+                return dir_error(e.code());
+            }
+            match await_reply(rx).await {
+                Ok(Some(list)) => dw::Response::DeviceList {
+                    list: serde_bytes::ByteBuf::from(list),
+                },
+                Ok(None) => dir_error(ErrorCode::NotFound),
+                Err(e) => dir_error(e.code()),
+            }
+        }
+        dw::Request::PublishPrekeys { bundle } => {
+            let v = match blocking(move || verify_bundle(&bundle, peer)).await {
+                Ok(v) => v,
+                Err(code) => return dir_error(code),
+            };
+            let (reply, rx) = oneshot::channel();
+            let op = storage::Op::PublishPrekeys {
+                device: v.device,
+                user: v.user,
+                bundle: v.bundle,
+                one_time: v.one_time,
+                check: v.check,
+                reply,
+            };
+            if let Err(e) = submit(op).await {
+                return dir_error(e.code());
+            }
+            match await_reply(rx).await {
+                Ok(n) => dw::Response::Published { one_time_keys: n },
+                Err(e) => dir_error(e.code()),
+            }
+        }
+        dw::Request::ClaimPrekey { user, device } => {
+            if user.len() != dw::USER_ID_BYTES {
+                return dir_error(ErrorCode::BadRequest);
+            }
+            let (reply, rx) = oneshot::channel();
+            let op = storage::Op::Claim {
+                device: device.to_bytes(),
+                user: user.into_vec(),
+                reply,
+            };
+            if let Err(e) = submit(op).await {
+                return dir_error(e.code());
+            }
+            match await_reply(rx).await {
+                Ok(Some((bundle, key))) => {
+                    match blocking(move || build_claim(&bundle, key.as_deref())).await {
+                        Ok((claim, fallback)) => dw::Response::Prekey {
+                            claim: serde_bytes::ByteBuf::from(claim),
+                            fallback,
+                        },
+                        Err(code) => dir_error(code),
+                    }
+                }
+                Ok(None) => dir_error(ErrorCode::NotFound),
+                Err(e) => dir_error(e.code()),
+            }
         }
     }
 }

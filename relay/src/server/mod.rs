@@ -3,6 +3,7 @@
 //! metrics and health.
 
 pub mod config;
+pub mod directory;
 mod event_loop;
 pub mod http;
 pub mod identity;
@@ -21,7 +22,7 @@ use libp2p::{
 
 pub use config::Config;
 
-use crate::wire::{mailbox, presence as presence_wire};
+use crate::wire::{directory as directory_wire, mailbox, presence as presence_wire};
 
 /// How long shutdown waits for in-flight requests to be answered.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -86,6 +87,7 @@ pub(crate) struct Behaviour {
     relay: relay::Behaviour,
     mailbox: request_response::Behaviour<crate::wire::FrameCodec>,
     presence: request_response::Behaviour<crate::wire::FrameCodec>,
+    directory: request_response::Behaviour<crate::wire::FrameCodec>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -150,6 +152,7 @@ fn build_swarm(key: Keypair, cfg: &Config) -> Result<libp2p::Swarm<Behaviour>, R
                 relay: relay::Behaviour::new(peer_id, relay_config(&circuit)),
                 mailbox: rr(mailbox::PROTOCOL, mailbox::codec(), &conn),
                 presence: rr(presence_wire::PROTOCOL, presence_wire::codec(), &conn),
+                directory: rr(directory_wire::PROTOCOL, directory_wire::codec(), &conn),
             }
         })
         .map_err(|e| RunError::Transport(e.to_string()))?

@@ -25,7 +25,7 @@ use crate::wire::{ErrorCode, mailbox::Envelope};
 pub const DB_FILE: &str = "relay.sqlite3";
 /// The schema version this build writes (`PRAGMA user_version`); stored records are
 /// versioned by it.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// SQLite page size assumed when turning `max_database_bytes` into `max_page_count`.
 const PAGE_SIZE: u64 = 4096;
 /// Most expired entries deleted in one sweep operation, so a sweep never stalls deposits.
@@ -75,6 +75,9 @@ pub enum OpError {
     /// The writer's queue is full.
     #[error("storage busy")]
     Busy,
+    /// A check refused the operation.
+    #[error("refused ({0:?})")]
+    Refused(ErrorCode),
 }
 
 impl OpError {
@@ -82,7 +85,7 @@ impl OpError {
     pub fn code(&self) -> ErrorCode {
         match self {
             OpError::Full => ErrorCode::StorageFull,
-            OpError::Quota(c) => *c,
+            OpError::Quota(c) | OpError::Refused(c) => *c,
             OpError::Internal(_) => ErrorCode::Internal,
             OpError::Closed | OpError::Busy => ErrorCode::Unavailable,
         }
@@ -95,6 +98,23 @@ fn sql_err(e: rusqlite::Error) -> OpError {
         _ => OpError::Internal(e.to_string()),
     }
 }
+
+/// Most one-time keys the relay keeps for one device.
+pub const MAX_STORED_ONE_TIME_KEYS: i64 = 500;
+
+/// Decides, from the stored signed device list of a user (if any), whether a directory
+/// write may go ahead. Runs on the writer thread, inside the transaction, so the decision
+/// and the write are atomic.
+pub struct ListCheck(pub Box<dyn FnOnce(Option<&[u8]>) -> Result<(), ErrorCode> + Send>);
+
+impl std::fmt::Debug for ListCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListCheck(..)")
+    }
+}
+
+/// A stored bundle and, if one was left, the one-time key just removed for a claimer.
+pub type Claimed = (Vec<u8>, Option<Vec<u8>>);
 
 /// Per-mailbox quota limits, checked by the writer so they hold across a batch.
 #[derive(Debug, Clone, Copy)]
@@ -218,6 +238,49 @@ pub enum Op {
         /// Answer.
         reply: Reply<()>,
     },
+    /// Store a user's signed device list if `check` allows it given the stored one.
+    PublishList {
+        /// The user id.
+        user: Vec<u8>,
+        /// The signed list.
+        body: Vec<u8>,
+        /// Successor check.
+        check: ListCheck,
+        /// Answer.
+        reply: Reply<()>,
+    },
+    /// Read a user's signed device list.
+    FetchList {
+        /// The user id.
+        user: Vec<u8>,
+        /// Answer.
+        reply: Reply<Option<Vec<u8>>>,
+    },
+    /// Store a device's bundle (without one-time keys) and add its one-time keys, if
+    /// `check` accepts the user's stored device list.
+    PublishPrekeys {
+        /// The device (peer id bytes).
+        device: Vec<u8>,
+        /// Its user.
+        user: Vec<u8>,
+        /// The bundle without one-time keys.
+        bundle: Vec<u8>,
+        /// One-time keys, each an encoded record.
+        one_time: Vec<Vec<u8>>,
+        /// Listing check.
+        check: ListCheck,
+        /// Answer: one-time keys now held.
+        reply: Reply<u32>,
+    },
+    /// Take one prekey of a device: its bundle and a one-time key, removed atomically.
+    Claim {
+        /// The device (peer id bytes).
+        device: Vec<u8>,
+        /// The user it must belong to.
+        user: Vec<u8>,
+        /// Answer: `None` if the relay holds no bundle for that device and user.
+        reply: Reply<Option<Claimed>>,
+    },
     /// Commit what came before and stop; later operations are answered `Closed`.
     Shutdown,
 }
@@ -289,7 +352,11 @@ impl Storage {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(wrap)?;
         match version {
-            0 => migrate_v1(&conn).map_err(wrap)?,
+            0 => {
+                migrate_v1(&conn).map_err(wrap)?;
+                migrate_v2(&conn).map_err(wrap)?;
+            }
+            1 => migrate_v2(&conn).map_err(wrap)?,
             SCHEMA_VERSION => {}
             found => return Err(OpenError::Schema { path, found }),
         }
@@ -386,6 +453,24 @@ fn migrate_v1(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Version 2 adds the directory: signed device lists, prekey bundles (without their
+/// one-time keys) and the one-time keys, one row each so a claim removes exactly one.
+fn migrate_v2(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE device_list (user BLOB PRIMARY KEY, body BLOB NOT NULL);
+         CREATE TABLE prekey_bundle (device BLOB PRIMARY KEY, user BLOB NOT NULL, bundle BLOB NOT NULL);
+         CREATE TABLE one_time_key (
+             id INTEGER PRIMARY KEY,
+             device BLOB NOT NULL,
+             key BLOB NOT NULL,
+             UNIQUE (device, key)
+         );
+         PRAGMA user_version = 2;
+         COMMIT;",
+    )
+}
+
 fn peer(bytes: &[u8]) -> Option<PeerId> {
     PeerId::from_bytes(bytes).ok()
 }
@@ -455,6 +540,8 @@ enum Done {
     Count(Reply<u32>, Result<u32, OpError>),
     Expired(Reply<u64>, Result<u64, OpError>),
     Unit(Reply<()>, Result<(), OpError>),
+    Bytes(Reply<Option<Vec<u8>>>, Result<Option<Vec<u8>>, OpError>),
+    Claim(Reply<Option<Claimed>>, Result<Option<Claimed>, OpError>),
     None,
 }
 
@@ -485,6 +572,8 @@ impl Done {
             Done::Count(r, v) => go(r, v, commit_error),
             Done::Expired(r, v) => go(r, v, commit_error),
             Done::Unit(r, v) => go(r, v, commit_error),
+            Done::Bytes(r, v) => go(r, v, commit_error),
+            Done::Claim(r, v) => go(r, v, commit_error),
             Done::None => {}
         }
     }
@@ -603,7 +692,12 @@ fn fail(op: Op, err: &OpError) {
     let d = match op {
         Op::Deposit { reply, .. } => Done::Deposit(reply, Err(err.clone())),
         Op::Fetch { reply, .. } => Done::Fetch(reply, Err(err.clone())),
-        Op::Ack { reply, .. } => Done::Count(reply, Err(err.clone())),
+        Op::Ack { reply, .. } | Op::PublishPrekeys { reply, .. } => {
+            Done::Count(reply, Err(err.clone()))
+        }
+        Op::PublishList { reply, .. } => Done::Unit(reply, Err(err.clone())),
+        Op::FetchList { reply, .. } => Done::Bytes(reply, Err(err.clone())),
+        Op::Claim { reply, .. } => Done::Claim(reply, Err(err.clone())),
         Op::Expire { reply, .. } => Done::Expired(reply, Err(err.clone())),
         Op::SetPush { reply, .. } | Op::SetAllowList { reply, .. } | Op::Ping { reply } => {
             Done::Unit(reply, Err(err.clone()))
@@ -714,6 +808,42 @@ fn apply_in_savepoint(
             (Done::Unit(reply, r), ok)
         }
         Op::Ping { reply } => (Done::Unit(reply, Ok(())), true),
+        Op::PublishList {
+            user,
+            body,
+            check,
+            reply,
+        } => {
+            let r = publish_list(&sp, &user, &body, check);
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        Op::FetchList { user, reply } => {
+            let r = stored_list(&sp, &user);
+            let ok = r.is_ok();
+            (Done::Bytes(reply, r), ok)
+        }
+        Op::PublishPrekeys {
+            device,
+            user,
+            bundle,
+            one_time,
+            check,
+            reply,
+        } => {
+            let r = publish_prekeys(&sp, &device, &user, &bundle, &one_time, check);
+            let ok = r.is_ok();
+            (Done::Count(reply, r), ok)
+        }
+        Op::Claim {
+            device,
+            user,
+            reply,
+        } => {
+            let r = claim(&sp, &device, &user);
+            let ok = r.is_ok();
+            (Done::Claim(reply, r), ok)
+        }
         Op::Shutdown => (Done::None, true),
     };
     if ok {
@@ -734,6 +864,8 @@ fn apply_in_savepoint(
                     Done::Count(r, _) => Done::Count(r, Err(err)),
                     Done::Expired(r, _) => Done::Expired(r, Err(err)),
                     Done::Unit(r, _) => Done::Unit(r, Err(err)),
+                    Done::Bytes(r, _) => Done::Bytes(r, Err(err)),
+                    Done::Claim(r, _) => Done::Claim(r, Err(err)),
                     Done::None => Done::None,
                 }
             }
@@ -927,6 +1059,93 @@ fn set_allow(sp: &Connection, owner: PeerId, viewers: &[PeerId]) -> Result<(), O
         stmt.execute(params![key, v.to_bytes()]).map_err(sql_err)?;
     }
     Ok(())
+}
+
+fn stored_list(sp: &Connection, user: &[u8]) -> Result<Option<Vec<u8>>, OpError> {
+    sp.prepare_cached("SELECT body FROM device_list WHERE user = ?1")
+        .and_then(|mut s| s.query_row(params![user], |r| r.get(0)).optional())
+        .map_err(sql_err)
+}
+
+fn publish_list(
+    sp: &Connection,
+    user: &[u8],
+    body: &[u8],
+    check: ListCheck,
+) -> Result<(), OpError> {
+    let stored = stored_list(sp, user)?;
+    (check.0)(stored.as_deref()).map_err(OpError::Refused)?;
+    sp.execute(
+        "INSERT INTO device_list(user, body) VALUES (?1, ?2)
+         ON CONFLICT(user) DO UPDATE SET body = excluded.body",
+        params![user, body],
+    )
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+fn publish_prekeys(
+    sp: &Connection,
+    device: &[u8],
+    user: &[u8],
+    bundle: &[u8],
+    one_time: &[Vec<u8>],
+    check: ListCheck,
+) -> Result<u32, OpError> {
+    let stored = stored_list(sp, user)?;
+    (check.0)(stored.as_deref()).map_err(OpError::Refused)?;
+    sp.execute(
+        "INSERT INTO prekey_bundle(device, user, bundle) VALUES (?1, ?2, ?3)
+         ON CONFLICT(device) DO UPDATE SET user = excluded.user, bundle = excluded.bundle",
+        params![device, user, bundle],
+    )
+    .map_err(sql_err)?;
+    let count = |sp: &Connection| -> Result<i64, OpError> {
+        sp.query_row(
+            "SELECT COUNT(*) FROM one_time_key WHERE device = ?1",
+            params![device],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)
+    };
+    if count(sp)? + one_time.len() as i64 > MAX_STORED_ONE_TIME_KEYS {
+        return Err(OpError::Refused(ErrorCode::QuotaCount));
+    }
+    let mut stmt = sp
+        .prepare_cached("INSERT OR IGNORE INTO one_time_key(device, key) VALUES (?1, ?2)")
+        .map_err(sql_err)?;
+    for k in one_time {
+        stmt.execute(params![device, k]).map_err(sql_err)?;
+    }
+    Ok(count(sp)?.max(0) as u32)
+}
+
+fn claim(sp: &Connection, device: &[u8], user: &[u8]) -> Result<Option<Claimed>, OpError> {
+    let row: Option<(Vec<u8>, Vec<u8>)> = sp
+        .query_row(
+            "SELECT user, bundle FROM prekey_bundle WHERE device = ?1",
+            params![device],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sql_err)?;
+    let Some((owner, bundle)) = row else {
+        return Ok(None);
+    };
+    if owner != user {
+        return Ok(None);
+    }
+    let key: Option<Vec<u8>> = sp
+        .query_row(
+            "DELETE FROM one_time_key WHERE id =
+               (SELECT id FROM one_time_key WHERE device = ?1 ORDER BY id LIMIT 1)
+             RETURNING key",
+            params![device],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql_err)?;
+    Ok(Some((bundle, key)))
 }
 
 #[cfg(test)]

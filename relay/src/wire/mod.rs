@@ -6,6 +6,7 @@
 //! every failure is a [`DecodeError`].
 
 pub mod codec;
+pub mod directory;
 pub mod mailbox;
 mod peer_serde;
 pub mod presence;
