@@ -11,7 +11,8 @@
 //!   the crypto state it moved together, so a crash can neither lose a message nor make a
 //!   message key be used twice.
 //! - The crypto layer sees only small traits ([`SessionStore`], [`SenderKeyStore`],
-//!   [`ReplayLedger`]), implemented by [`Tx`] and, for unit tests, [`MemoryStore`].
+//!   [`ReplayLedger`], which is tern-crypto's own trait), implemented by [`Tx`] and, for unit
+//!   tests, `MemoryStore` (feature `memory`).
 
 #![deny(missing_docs)]
 #![cfg_attr(

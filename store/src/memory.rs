@@ -119,4 +119,9 @@ impl ReplayLedger for MemoryStore {
         self.ledger.insert((session_id.to_owned(), index));
         Ok(())
     }
+
+    fn forget_below(&mut self, session_id: &str, index: u32) -> Result<(), Infallible> {
+        self.ledger.retain(|(s, i)| s != session_id || *i >= index);
+        Ok(())
+    }
 }

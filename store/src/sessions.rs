@@ -9,6 +9,7 @@ use crate::consts::{MAX_ARCHIVED_SESSIONS, MAX_BLOB_BYTES};
 use crate::error::{Context, WriteError};
 use crate::messages::{check_len, to_i64};
 use crate::store::Tx;
+pub use tern_crypto::group::ReplayLedger;
 
 /// A pairwise (Olm) session with one remote device.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -100,17 +101,6 @@ pub trait SenderKeyStore {
         &mut self,
         session: &InboundGroupSession,
     ) -> Result<(), Self::Error>;
-}
-
-/// The (session id, message index) pairs of group messages already accepted; a second
-/// arrival of the same pair is a replay.
-pub trait ReplayLedger {
-    /// The error of this store.
-    type Error;
-    /// Whether this pair was recorded before.
-    fn is_replay(&self, session_id: &str, index: u32) -> Result<bool, Self::Error>;
-    /// Records the pair (recording it twice is harmless).
-    fn record(&mut self, session_id: &str, index: u32) -> Result<(), Self::Error>;
 }
 
 /// One crypto-state change to write in the same transaction as a message.
@@ -337,6 +327,16 @@ impl ReplayLedger for Tx<'_> {
             .write_ctx("record in replay ledger")?;
         Ok(())
     }
+
+    fn forget_below(&mut self, session_id: &str, index: u32) -> Result<(), WriteError> {
+        self.tx
+            .prepare_cached(
+                "DELETE FROM replay_ledger WHERE session_id = ?1 AND message_index < ?2",
+            )
+            .and_then(|mut s| s.execute(params![session_id, index]))
+            .write_ctx("prune replay ledger")?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -426,6 +426,12 @@ mod tests {
         assert!(s.is_replay("i1", 0).unwrap());
         assert!(!s.is_replay("i1", 1).unwrap());
         assert!(!s.is_replay("i2", 0).unwrap());
+        s.record("i1", 5).unwrap();
+        s.record("i2", 0).unwrap();
+        s.forget_below("i1", 5).unwrap();
+        assert!(!s.is_replay("i1", 0).unwrap(), "forgotten");
+        assert!(s.is_replay("i1", 5).unwrap(), "kept");
+        assert!(s.is_replay("i2", 0).unwrap(), "other sessions untouched");
     }
 
     #[test]
@@ -450,7 +456,8 @@ mod tests {
         let mut store = Store::open(&path, Unlock::Key(&key)).unwrap();
         store
             .transaction(|tx| {
-                assert!(tx.is_replay("i1", 0)?);
+                assert!(tx.is_replay("i1", 5)?);
+                assert!(!tx.is_replay("i1", 0)?);
                 assert_eq!(
                     tx.archived_sessions("d")?.len(),
                     MAX_ARCHIVED_SESSIONS as usize
