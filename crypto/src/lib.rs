@@ -20,6 +20,8 @@ pub mod codec;
 pub mod consts;
 pub mod device;
 pub mod device_list;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod group;
 pub mod identity;
 pub mod media;

@@ -116,7 +116,7 @@ fn encode_message(message: &OlmMessage) -> Result<Vec<u8>, EncodeError> {
     )
 }
 
-fn decode_message(bytes: &[u8]) -> Result<OlmMessage, DecodeError> {
+pub(crate) fn decode_message(bytes: &[u8]) -> Result<OlmMessage, DecodeError> {
     let wire: MessageWire = codec::decode_canonical(Kind::PairwiseMessage, bytes)?;
     let message = OlmMessage::from_parts(usize::from(wire.message_type), &wire.body)
         .map_err(|e| codec::malformed(Kind::PairwiseMessage, e))?;
