@@ -18,8 +18,11 @@ use crate::session::{self, PeerSessions};
 /// A fixed key for the fuzz targets that need one (sealed records, media).
 pub const FUZZ_KEY: [u8; 32] = [7; 32];
 
-/// Every target: its name (the fuzz binary and corpus directory) and its entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: its name (the fuzz binary and corpus directory) and its entry point.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: &[Target] = &[
     ("device_certificate", device_certificate),
     ("device_list", device_list),
     ("prekey_bundle", prekey_bundle),
