@@ -1,6 +1,6 @@
 //! What the crypto layer keeps: pairwise sessions, sender-key (group) sessions, the replay
 //! ledger. One small trait per record kind, in the manner of libsignal's storage traits, so
-//! tern-crypto's code can be written against them and tested with [`crate::MemoryStore`].
+//! tern-crypto's code can be written against them and tested with `MemoryStore` (feature `memory`).
 //! Pickles are opaque, versioned byte blobs from tern-crypto: the store never looks inside.
 
 use rusqlite::{OptionalExtension, params};
