@@ -1,0 +1,55 @@
+//! `tern-bench --quick` runs each suite on tiny sizes and emits well-formed JSON rows, so the
+//! harness cannot rot between benchmark runs. The figures themselves are not checked here:
+//! timings belong to the benchmark, not to pass/fail tests.
+
+use std::process::Command;
+
+fn run_quick(suite: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern-bench"))
+        .args([suite, "--quick", "--json"])
+        .output()
+        .expect("tern-bench starts");
+    assert!(
+        out.status.success(),
+        "tern-bench {suite} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8 output")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn crypto_suite_reports_every_figure_with_its_baseline() {
+    let rows = run_quick("crypto");
+    for name in [
+        "crypto.session_roundtrip",
+        "crypto.group_encrypt",
+        "crypto.group_decrypt",
+        "crypto.media_encrypt",
+        "crypto.media_decrypt",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["bench"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {rows:?}"));
+        for field in ["value", "baseline_value", "ratio"] {
+            let v = row[field].as_f64().unwrap_or_else(|| panic!("{name}.{field} not a number"));
+            assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
+        }
+        assert!(row["unit"].is_string() && row["baseline"].is_string());
+    }
+}
+
+#[test]
+fn unknown_suite_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern-bench"))
+        .arg("no-such-suite")
+        .output()
+        .expect("tern-bench starts");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown suite") && err.contains("crypto"), "{err}");
+}
