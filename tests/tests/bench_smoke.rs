@@ -36,7 +36,9 @@ fn crypto_suite_reports_every_figure_with_its_baseline() {
             .find(|r| r["bench"] == name)
             .unwrap_or_else(|| panic!("{name} missing from {rows:?}"));
         for field in ["value", "baseline_value", "ratio"] {
-            let v = row[field].as_f64().unwrap_or_else(|| panic!("{name}.{field} not a number"));
+            let v = row[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}.{field} not a number"));
             assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
         }
         assert!(row["unit"].is_string() && row["baseline"].is_string());
@@ -51,5 +53,8 @@ fn unknown_suite_is_a_clear_error() {
         .expect("tern-bench starts");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown suite") && err.contains("crypto"), "{err}");
+    assert!(
+        err.contains("unknown suite") && err.contains("crypto"),
+        "{err}"
+    );
 }
