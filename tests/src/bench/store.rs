@@ -377,7 +377,7 @@ impl Generator {
         self.lamport[c] += 1;
         self.next += 1;
         let own = self.rng.below(10) < 3;
-        let group = c % GROUP_EVERY == 0;
+        let group = c.is_multiple_of(GROUP_EVERY);
         let sender_user = if own {
             "me".to_owned()
         } else if group {
@@ -521,7 +521,7 @@ pub fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     for subject in [&mut enc, &mut plain] {
         subject.store.transaction(|tx| {
             for c in 0..conversations {
-                let kind = if c % GROUP_EVERY == 0 {
+                let kind = if c.is_multiple_of(GROUP_EVERY) {
                     ConversationKind::Group
                 } else {
                     ConversationKind::Direct
