@@ -25,7 +25,7 @@ pub const ARGON2_LANES: u32 = 1;
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite page cache per connection, in KiB. Every page read from outside this cache costs a
-/// decryption (AES-256-CBC + HMAC-SHA512 in software with the bundled provider), so the cache
+/// decryption (AES-256-CBC + HMAC-SHA512), so the cache
 /// is larger than SQLite's 2 MiB default.
 pub const DEFAULT_CACHE_KIB: u32 = 32 * 1024;
 
@@ -79,6 +79,6 @@ pub const APPLICATION_ID: i32 = 0x5445_524e;
 /// SQLCipher's page size: an encrypted file is always a whole number of these.
 pub const CIPHER_PAGE_SIZE: u64 = 4096;
 
-/// Times a connection is keyed afresh after SQLCipher's provider fails to key it (a rare,
-/// transient failure of the bundled libtomcrypt provider; see `store.rs`).
+/// Times a connection is keyed afresh after SQLCipher fails to key it (a rare, transient
+/// failure under concurrent opens; see `KEYING` in `store.rs`).
 pub const KEYING_ATTEMPTS: u32 = 3;

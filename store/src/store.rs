@@ -242,10 +242,11 @@ pub(crate) fn open_connection(
     Ok(conn)
 }
 
-/// Serialises the opening and keying of connections in this process. SQLCipher's libtomcrypt
-/// provider (the one rusqlite's bundled build uses) starts and stops its shared random
-/// generator as codecs come and go; under concurrent opens, keying has been seen to fail about
-/// once in a few thousand opens. Opening is rare and cheap, so we take it one at a time.
+/// Serialises the opening and keying of connections in this process. Under concurrent opens
+/// and closes in one process, `PRAGMA key` on a fresh connection was seen to fail about once
+/// in a few thousand opens ("An error occurred with PRAGMA key or rekey"), apparently in
+/// SQLCipher's reference-counted crypto-provider activation; the root cause is not pinned down.
+/// Opening is rare and cheap, so we take it one at a time and retry a failed keying.
 static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Opens a connection, keys it and reads page 1. Returns the connection and the number of
@@ -272,7 +273,7 @@ fn key_connection(path: &Path, key_literal: Option<&str>) -> Result<(Connection,
         if let Some(literal) = key_literal
             && let Err(e) = conn.pragma_update(None, "key", literal)
         {
-            // The provider's transient failure (see KEYING): a fresh connection keys fine.
+            // The transient keying failure (see KEYING): a fresh connection keys fine.
             if attempt < KEYING_ATTEMPTS {
                 attempt += 1;
                 continue;
