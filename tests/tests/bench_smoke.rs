@@ -58,3 +58,31 @@ fn unknown_suite_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn store_suite_reports_every_figure_with_its_baseline() {
+    let rows = run_quick("store");
+    for name in [
+        "store.insert",
+        "store.latest50_p50",
+        "store.latest50_p99",
+        "store.search_p50",
+        "store.search_p95",
+        "store.bytes_per_message",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["bench"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {rows:?}"));
+        assert!(
+            row["value"]
+                .as_f64()
+                .is_some_and(|v| v.is_finite() && v > 0.0),
+            "{name}: {row}"
+        );
+        assert!(
+            row["baseline_value"].as_f64().is_some(),
+            "{name} has no baseline: {row}"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub mod crypto;
+pub mod store;
 
 /// Options every suite receives.
 #[derive(Clone, Copy, Debug)]
@@ -184,4 +185,4 @@ pub fn per_sec(ops: usize, d: Duration) -> f64 {
 pub type Suite = (&'static str, fn(&Opts, &mut Report) -> anyhow::Result<()>);
 
 /// Every suite, in the order `all` runs them.
-pub const SUITES: &[Suite] = &[("crypto", crypto::run)];
+pub const SUITES: &[Suite] = &[("crypto", crypto::run), ("store", store::run)];
