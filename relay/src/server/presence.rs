@@ -93,8 +93,13 @@ impl Presence {
         let seen = if e.silent { e.heartbeat_ms } else { now_ms };
         self.live.remove(&peer);
         self.unsubscribe(peer);
-        self.last_seen.insert(peer, seen);
         self.dirty.insert(peer);
+        // Last seen matters only to peers allowed to see it; keeping it for everyone else
+        // would let fresh peer ids grow this table without bound.
+        if !self.allow.contains_key(&peer) {
+            return None;
+        }
+        self.last_seen.insert(peer, seen);
         Some(seen)
     }
 
@@ -125,9 +130,11 @@ impl Presence {
         for (p, e) in self.live.iter_mut() {
             if !e.silent && now.saturating_duration_since(e.heartbeat) > self.ttl {
                 e.silent = true;
-                self.last_seen.insert(*p, e.heartbeat_ms);
                 self.dirty.insert(*p);
-                out.push((*p, e.heartbeat_ms));
+                if self.allow.contains_key(p) {
+                    self.last_seen.insert(*p, e.heartbeat_ms);
+                    out.push((*p, e.heartbeat_ms));
+                }
             }
         }
         out
