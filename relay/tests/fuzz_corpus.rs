@@ -95,7 +95,10 @@ fn seeds_decode_as_expected() {
     }
 }
 
-fn invalid_variants(valid: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+/// A named seed file.
+type Seed = (&'static str, Vec<u8>);
+
+fn invalid_variants(valid: &[u8]) -> Vec<Seed> {
     let mut v2 = valid.to_vec();
     v2[0] = 2;
     let mut trailing = valid.to_vec();
@@ -134,7 +137,7 @@ fn regenerate_seeds() {
         state: presence::State::Offline,
         last_seen_ms: Some(1_700_000_000_000),
     };
-    let sets: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let sets: Vec<(&str, Vec<Seed>)> = vec![
         (
             "mailbox_request",
             vec![

@@ -105,7 +105,10 @@ pub const MAX_STORED_ONE_TIME_KEYS: i64 = 500;
 /// Decides, from the stored signed device list of a user (if any), whether a directory
 /// write may go ahead. Runs on the writer thread, inside the transaction, so the decision
 /// and the write are atomic.
-pub struct ListCheck(pub Box<dyn FnOnce(Option<&[u8]>) -> Result<(), ErrorCode> + Send>);
+pub struct ListCheck(pub Box<CheckFn>);
+
+/// The function inside a [`ListCheck`]: given the stored signed list, allow or refuse.
+pub type CheckFn = dyn FnOnce(Option<&[u8]>) -> Result<(), ErrorCode> + Send;
 
 impl std::fmt::Debug for ListCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
