@@ -13,7 +13,9 @@
 //!   same rate.
 //! - `relay.idle_connection_bytes`: growth of the relay's resident memory per idle
 //!   connection with thousands of clients connected.
-//! - `relay.mosquitto_*`: skipped; see [`mosquitto`].
+//! - `relay.*_vs_mosquitto`: the same deposit load and paced live delivery against a
+//!   Mosquitto broker (QoS 1, persistence on) when `mosquitto` is installed; reported as
+//!   skipped otherwise. See [`mosquitto`].
 //!
 //! The relay binary is found through `TERN_RELAY_BIN` or next to `tern-bench`: build both,
 //! `cargo build --release -p tern-relay --features server -p tern-tests`.
@@ -157,8 +159,17 @@ async fn run_async(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let fresh = RelayProcess::start()?;
     let per_conn = idle_connection_bytes(&fresh, idle).await?;
     report.value("relay.idle_connection_bytes", per_conn, "bytes");
+    drop(fresh);
 
-    mosquitto(report);
+    mosquitto(
+        report,
+        deposits,
+        push_messages,
+        relay_rate,
+        &mut relay_lat,
+        &mut push_lat,
+    )
+    .await?;
     Ok(())
 }
 
@@ -166,25 +177,332 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The Mosquitto anchor (QoS 1, persistence on) is not implemented yet: it needs an MQTT
-/// client in this harness. It is reported as skipped, saying whether the broker is there.
-fn mosquitto(report: &mut Report) {
-    let installed = Command::new("mosquitto")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if installed {
+/// The Mosquitto anchor, when the broker is installed: the same deposit load as QoS 1
+/// publishes to 100 offline persistent subscribers (so the broker stores every message, as
+/// the relay stores mail), and the same paced live delivery to a connected QoS 1
+/// subscriber. Mosquitto's persistence writes its store periodically, so its PUBACK is not
+/// a durable acknowledgement: it is the faster kind of anchor.
+async fn mosquitto(
+    report: &mut Report,
+    deposits: usize,
+    push_messages: usize,
+    relay_rate: f64,
+    relay_ack: &mut [Duration],
+    relay_push: &mut [Duration],
+) -> anyhow::Result<()> {
+    let Some(broker) = mqtt::Broker::start()? else {
         report.skipped(
-            "relay.mosquitto_qos1",
-            "mosquitto is installed but this harness has no MQTT client yet",
-        );
-    } else {
-        report.skipped(
-            "relay.mosquitto_qos1",
+            "relay.vs_mosquitto",
             "mosquitto not installed (Debian package mosquitto)",
         );
+        return Ok(());
+    };
+    let (time, mut lat) = mqtt::publish_load(broker.port, deposits).await?;
+    report.compare(
+        "relay.deposit_vs_mosquitto",
+        relay_rate,
+        "msg/s",
+        "mosquitto QoS1 persistent",
+        per_sec(deposits, time),
+    );
+    report.compare(
+        "relay.deposit_ack_p99_vs_mosquitto",
+        ms(quantile(relay_ack, 0.99)),
+        "ms",
+        "mosquitto QoS1 PUBACK",
+        ms(quantile(&mut lat, 0.99)),
+    );
+    let mut live = mqtt::paced_delivery(broker.port, push_messages).await?;
+    for (name, q) in [
+        ("relay.push_p50_vs_mosquitto", 0.5),
+        ("relay.push_p99_vs_mosquitto", 0.99),
+    ] {
+        report.compare(
+            name,
+            ms(quantile(relay_push, q)),
+            "ms",
+            "mosquitto QoS1 live",
+            ms(quantile(&mut live, q)),
+        );
+    }
+    Ok(())
+}
+
+/// Just enough MQTT 3.1.1 to drive a broker: CONNECT, SUBSCRIBE, QoS 1 PUBLISH and PUBACK.
+mod mqtt {
+    use std::{
+        process::{Child, Command, Stdio},
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    use anyhow::{Context, bail};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+
+    use super::{CIPHERTEXT, IN_FLIGHT, MAILBOXES, PUSH_RATE, SENDERS, START_TIMEOUT};
+
+    /// A mosquitto child process on 127.0.0.1 with persistence on; killed on drop.
+    pub(super) struct Broker {
+        child: Child,
+        pub(super) port: u16,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Broker {
+        /// Starts the broker, or `None` if mosquitto is not installed.
+        pub(super) fn start() -> anyhow::Result<Option<Self>> {
+            let dir = tempfile::tempdir()?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                     persistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n",
+                    dir.path().display()
+                ),
+            )?;
+            let child = match Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e).context("start mosquitto"),
+            };
+            let broker = Broker {
+                child,
+                port,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + START_TIMEOUT;
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if Instant::now() > deadline {
+                    bail!("mosquitto did not listen within {START_TIMEOUT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(Some(broker))
+        }
+    }
+
+    impl Drop for Broker {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if n == 0 {
+                return;
+            }
+        }
+    }
+
+    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        remaining_length(body.len(), &mut out);
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn string(s: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn publish(topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
+        let mut body = Vec::with_capacity(topic.len() + payload.len() + 4);
+        string(topic, &mut body);
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(payload);
+        packet(0x32, &body)
+    }
+
+    /// Reads one packet: (first byte, body).
+    async fn read_packet(s: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
+        let first = s.read_u8().await?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = s.read_u8().await?;
+            len |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 21 {
+                bail!("bad MQTT remaining length");
+            }
+        }
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).await?;
+        Ok((first, body))
+    }
+
+    async fn connect(port: u16, client_id: &str, clean: bool) -> anyhow::Result<TcpStream> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.set_nodelay(true)?;
+        let mut body = Vec::new();
+        string("MQTT", &mut body);
+        body.push(4);
+        body.push(if clean { 0x02 } else { 0x00 });
+        body.extend_from_slice(&60u16.to_be_bytes());
+        string(client_id, &mut body);
+        s.write_all(&packet(0x10, &body)).await?;
+        let (first, ack) = read_packet(&mut s).await?;
+        if first != 0x20 || ack.get(1) != Some(&0) {
+            bail!("mosquitto refused the connection");
+        }
+        Ok(s)
+    }
+
+    async fn subscribe(s: &mut TcpStream, topic: &str) -> anyhow::Result<()> {
+        let mut body = 1u16.to_be_bytes().to_vec();
+        string(topic, &mut body);
+        body.push(1);
+        s.write_all(&packet(0x82, &body)).await?;
+        let (first, _) = read_packet(s).await?;
+        if first != 0x90 {
+            bail!("no SUBACK");
+        }
+        Ok(())
+    }
+
+    /// [`SENDERS`] connections × [`IN_FLIGHT`] QoS 1 publishes of [`CIPHERTEXT`] bytes to
+    /// [`MAILBOXES`] offline persistent subscribers. Wall time and PUBACK latencies.
+    pub(super) async fn publish_load(
+        port: u16,
+        total: usize,
+    ) -> anyhow::Result<(Duration, Vec<Duration>)> {
+        for m in 0..MAILBOXES {
+            let mut s = connect(port, &format!("mailbox-{m}"), false).await?;
+            subscribe(&mut s, &format!("mbox/{m}")).await?;
+            s.write_all(&[0xe0, 0x00]).await?;
+        }
+        let next = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..SENDERS {
+            let mut s = connect(port, &format!("sender-{c}"), true).await?;
+            let next = next.clone();
+            tasks.push(tokio::spawn(async move {
+                let payload = vec![0x5a; CIPHERTEXT];
+                let mut sent: std::collections::HashMap<u16, Instant> =
+                    std::collections::HashMap::new();
+                let mut lat = Vec::new();
+                let mut id: u16 = 0;
+                let mut done = false;
+                loop {
+                    while !done && sent.len() < IN_FLIGHT {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            done = true;
+                            break;
+                        }
+                        id = id.wrapping_add(1).max(1);
+                        sent.insert(id, Instant::now());
+                        s.write_all(&publish(&format!("mbox/{}", i % MAILBOXES), id, &payload))
+                            .await?;
+                    }
+                    if sent.is_empty() {
+                        return Ok::<_, anyhow::Error>(lat);
+                    }
+                    let (first, body) = read_packet(&mut s).await?;
+                    if first == 0x40 && body.len() >= 2 {
+                        let acked = u16::from_be_bytes([body[0], body[1]]);
+                        if let Some(t) = sent.remove(&acked) {
+                            lat.push(t.elapsed());
+                        }
+                    }
+                }
+            }));
+        }
+        let mut all = Vec::with_capacity(total);
+        for t in tasks {
+            all.extend(t.await.context("publish task")??);
+        }
+        Ok((start.elapsed(), all))
+    }
+
+    /// QoS 1 publishes at [`PUSH_RATE`] per second to a connected subscriber; send →
+    /// receive latencies.
+    pub(super) async fn paced_delivery(port: u16, n: usize) -> anyhow::Result<Vec<Duration>> {
+        let mut sub = connect(port, "live-subscriber", true).await?;
+        subscribe(&mut sub, "live/1").await?;
+        let base = Instant::now();
+        let receiver = tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(n);
+            while lat.len() < n {
+                let (first, body) = tokio::time::timeout(START_TIMEOUT, read_packet(&mut sub))
+                    .await
+                    .context("deliveries stopped")??;
+                if first & 0xf0 != 0x30 || body.len() < 2 {
+                    continue;
+                }
+                let now = base.elapsed();
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let id_at = 2 + topic_len;
+                let payload_at = id_at + if first & 0x06 != 0 { 2 } else { 0 };
+                if first & 0x06 != 0 && body.len() >= id_at + 2 {
+                    sub.write_all(&[0x40, 0x02, body[id_at], body[id_at + 1]])
+                        .await?;
+                }
+                let Some(stamp) = body.get(payload_at..payload_at + 8) else {
+                    continue;
+                };
+                let mut sent = [0u8; 8];
+                sent.copy_from_slice(stamp);
+                lat.push(now.saturating_sub(Duration::from_nanos(u64::from_le_bytes(sent))));
+            }
+            Ok::<_, anyhow::Error>(lat)
+        });
+        let mut publisher = connect(port, "live-publisher", true).await?;
+        let (mut rd, mut wr) = publisher.split();
+        let drain = async {
+            // PUBACKs to the publisher; read and drop them so its socket never fills.
+            let mut buf = [0u8; 4096];
+            loop {
+                if rd.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            }
+        };
+        let send = async {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / PUSH_RATE));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for i in 0..n {
+                tick.tick().await;
+                let mut payload = vec![0x5a; CIPHERTEXT];
+                payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+                wr.write_all(&publish("live/1", (i % 60_000 + 1) as u16, &payload))
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        tokio::select! {
+            r = send => r?,
+            _ = drain => bail!("mosquitto closed the publisher"),
+        }
+        receiver.await.context("receiver")?
     }
 }
 
