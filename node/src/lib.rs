@@ -1,3 +1,270 @@
-//! Tern's device engine.
+//! # tern-node
 //!
-//! Not built yet: this crate is a placeholder in the workspace layout. Nothing here works.
+//! Tern's device engine: the libp2p swarm ([`net`]), the engine that owns the store and
+//! the keys and turns commands into encrypted deliveries and received ciphertexts into
+//! stored messages, and the local API ([`api`]) that the `tern` CLI and UIs use.
+//!
+//! ```text
+//!  API clients ──JSON-RPC/WebSocket──▶ api::server ──▶ Node (handle) ──cmd──▶ Engine ─┐
+//!                                                      ▲  events (broadcast)          │ store,
+//!                                                      └──────────────────────────────┤ crypto
+//!                                   net::Client ◀──cmd── Engine ──events◀── net::EventLoop (Swarm)
+//! ```
+//!
+//! Formats: the plaintext [`envelope`], [`link`]s, `/tern/direct/1` ([`net::direct`]);
+//! `docs/api.md` documents the API and `docs/node.md` the node.
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod api;
+pub mod consts;
+mod engine;
+pub mod envelope;
+pub mod error;
+pub mod home;
+pub mod link;
+pub mod net;
+pub mod types;
+
+use std::collections::{HashMap, HashSet};
+
+use libp2p::{Multiaddr, identity::Keypair};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use error::NodeError;
+pub use home::Home;
+pub use libp2p;
+use engine::Command;
+use types::*;
+
+/// How to start a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The home directory (must hold an identity: see [`Home::init`]).
+    pub home: Home,
+    /// Home relays (each ending in `/p2p/<peer id>`); at least one.
+    pub relays: Vec<Multiaddr>,
+    /// Addresses for the swarm to listen on.
+    pub listen: Vec<Multiaddr>,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The home could not be opened.
+    #[error(transparent)]
+    Home(#[from] home::HomeError),
+    /// The network could not start.
+    #[error(transparent)]
+    Net(#[from] net::StartError),
+    /// Something else failed while loading.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// No relay was given.
+    #[error("a node needs at least one relay")]
+    NoRelay,
+}
+
+/// A handle to a running node. Cheap to clone; the node stops when every handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Node {
+    cmd: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Node {
+    /// Opens the home, starts the network and the engine.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        if config.relays.is_empty() {
+            return Err(StartError::NoRelay);
+        }
+        let (store, keys) = config.home.open()?;
+        let node_config = config.home.config()?;
+        let keypair = Keypair::ed25519_from_bytes(*keys.device.network_secret())
+            .map_err(|e| NodeError::Crypto(e.to_string()))?;
+        let (net, net_events, event_loop) = net::new(
+            keypair.clone(),
+            net::Config {
+                listen: config.listen.clone(),
+            },
+        )?;
+        tokio::spawn(event_loop.run());
+        let (events, _) = broadcast::channel(consts::EVENT_BROADCAST);
+        let (cmd_tx, cmd_rx) = mpsc::channel(consts::COMMAND_QUEUE);
+        let (internal_tx, internal_rx) = mpsc::channel(consts::NETWORK_EVENT_QUEUE);
+        let contacts = engine::contacts_load(&store)?;
+        let device_created_ms = store
+            .own_device()
+            .map_err(NodeError::from)?
+            .map_or(0, |d| d.created_at_ms);
+        let user = keys.identity.user_id();
+        let mut engine = engine::Engine {
+            home: config.home.clone(),
+            store,
+            user,
+            user_hex: user.to_string(),
+            device_hex: keys.device.device_id().to_peer_id_string(),
+            keys,
+            config: node_config,
+            keypair,
+            net,
+            home_relays: config.relays.clone(),
+            relay_up: HashSet::new(),
+            contacts,
+            device_owner: HashMap::new(),
+            pending_identity: HashMap::new(),
+            lamport: HashMap::new(),
+            seq: HashMap::new(),
+            events: events.clone(),
+            internal: internal_tx,
+            in_flight: HashSet::new(),
+            away: false,
+            presence: HashMap::new(),
+            inbound_sessions: 0,
+            topup_due: false,
+            device_created_ms,
+            listen: Vec::new(),
+        };
+        engine.load_pending_identity();
+        engine.rebuild_device_owner();
+        tokio::spawn(engine.run(cmd_rx, net_events, internal_rx));
+        Ok(Node {
+            cmd: cmd_tx,
+            events,
+        })
+    }
+
+    /// Subscribes to node events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// This user and device.
+    pub async fn id(&self) -> Result<IdInfo, NodeError> {
+        self.call(Command::Id).await
+    }
+
+    /// A signed contact link for this user.
+    pub async fn contact_link(&self) -> Result<LinkInfo, NodeError> {
+        self.call(Command::Link).await
+    }
+
+    /// Adds (or updates) a contact from a link. A link with a different identity key for a
+    /// known contact is refused with [`NodeError::IdentityChanged`] unless `accept_new_key`.
+    pub async fn add_contact(
+        &self,
+        link: String,
+        name: Option<String>,
+        accept_new_key: bool,
+    ) -> Result<AddedContact, NodeError> {
+        self.call(|reply| Command::AddContact {
+            link,
+            name,
+            accept_new_key,
+            reply,
+        })
+        .await
+    }
+
+    /// Accepts a pending identity key change for a contact.
+    pub async fn accept_identity(&self, contact: String) -> Result<AddedContact, NodeError> {
+        self.call(|reply| Command::AcceptIdentity { contact, reply })
+            .await
+    }
+
+    /// The contacts.
+    pub async fn contacts(&self) -> Result<Vec<ContactInfo>, NodeError> {
+        self.call(Command::Contacts).await
+    }
+
+    /// Sends a text to a contact (name or user id).
+    pub async fn send(&self, contact: String, text: String) -> Result<MessageInfo, NodeError> {
+        self.call(|reply| Command::Send {
+            contact,
+            text,
+            reply,
+        })
+        .await
+    }
+
+    /// A page of a conversation in display order; `mark_read` marks it read and sends read
+    /// receipts.
+    pub async fn history(
+        &self,
+        contact: String,
+        limit: Option<u32>,
+        before: Option<String>,
+        mark_read: bool,
+    ) -> Result<Vec<MessageInfo>, NodeError> {
+        self.call(|reply| Command::History {
+            contact,
+            limit,
+            before,
+            mark_read,
+            reply,
+        })
+        .await
+    }
+
+    /// The conversation list.
+    pub async fn conversations(&self) -> Result<Vec<ConversationInfo>, NodeError> {
+        self.call(Command::Conversations).await
+    }
+
+    /// Contacts' presence (one or all), asked from their relays.
+    pub async fn presence(&self, contact: Option<String>) -> Result<Vec<PresenceInfo>, NodeError> {
+        self.call(|reply| Command::Presence { contact, reply })
+            .await
+    }
+
+    /// Sets this device online or away.
+    pub async fn set_status(&self, away: bool) -> Result<(), NodeError> {
+        self.call(|reply| Command::SetStatus { away, reply }).await
+    }
+
+    /// The node's state.
+    pub async fn status(&self) -> Result<StatusInfo, NodeError> {
+        self.call(Command::Status).await
+    }
+
+    /// Full-text search over all conversations.
+    pub async fn search(&self, query: String) -> Result<Vec<SearchHitInfo>, NodeError> {
+        self.call(|reply| Command::Search { query, reply }).await
+    }
+
+    /// The safety number with a contact.
+    pub async fn safety_number(&self, contact: String) -> Result<SafetyInfo, NodeError> {
+        self.call(|reply| Command::Safety { contact, reply }).await
+    }
+
+    /// Marks a contact verified (after comparing safety numbers; `scanned` is the other
+    /// side's QR payload in hex, checked if given).
+    pub async fn verify(
+        &self,
+        contact: String,
+        scanned: Option<String>,
+    ) -> Result<ContactInfo, NodeError> {
+        self.call(|reply| Command::Verify {
+            contact,
+            scanned,
+            reply,
+        })
+        .await
+    }
+}

@@ -1,0 +1,297 @@
+//! The API server.
+//!
+//! Every connection must present `Authorization: Bearer <token>` (compared in constant
+//! time), a `Host` that is this loopback address (`127.0.0.1:PORT` or `localhost:PORT`), and,
+//! if it sends an `Origin` (browsers do), one of `http://127.0.0.1:PORT` /
+//! `http://localhost:PORT`: a web page elsewhere cannot reach the API through DNS rebinding
+//! or a cross-origin WebSocket.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc},
+    task::JoinHandle,
+};
+use tokio_tungstenite::tungstenite::{
+    Message,
+    handshake::server::{ErrorResponse, Request, Response},
+    http::StatusCode,
+    protocol::WebSocketConfig,
+};
+
+use crate::{
+    Node, NodeError,
+    consts::{MAX_API_CONNECTIONS, MAX_API_MESSAGE_BYTES},
+    types::Event,
+};
+
+/// Queue of outgoing frames per connection.
+const OUTGOING_QUEUE: usize = 256;
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Only loopback addresses are allowed.
+    #[error("the API listens on loopback only, not {0}")]
+    NotLoopback(SocketAddr),
+    /// Binding failed.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves the API for `node` on `addr` (port 0 picks one). Returns the bound address and
+/// the accept task.
+pub async fn serve(
+    node: Node,
+    addr: SocketAddr,
+    token: String,
+) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
+    if !addr.ip().is_loopback() {
+        return Err(ServeError::NotLoopback(addr));
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let token = Arc::new(token);
+    let slots = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let node = node.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                if let Err(e) = connection(stream, node, &token, bound).await {
+                    tracing::debug!("API connection ended: {e}");
+                }
+                drop(permit);
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+fn reject(status: StatusCode, why: &str) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(why.to_owned()));
+    *r.status_mut() = status;
+    r
+}
+
+/// Checks token, Host and Origin of the upgrade request.
+fn check_request(req: &Request, token: &str, bound: SocketAddr) -> Result<(), ErrorResponse> {
+    let port = bound.port();
+    let hosts = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !hosts.iter().any(|h| h == host) {
+        return Err(reject(StatusCode::FORBIDDEN, "bad Host header"));
+    }
+    if let Some(origin) = req.headers().get("origin") {
+        let origin = origin.to_str().unwrap_or("");
+        if !hosts.iter().any(|h| origin == format!("http://{h}")) {
+            return Err(reject(StatusCode::FORBIDDEN, "cross-origin request refused"));
+        }
+    }
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok: bool = presented.as_bytes().ct_eq(token.as_bytes()).into();
+    if !ok {
+        return Err(reject(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+    }
+    Ok(())
+}
+
+async fn connection(
+    stream: TcpStream,
+    node: Node,
+    token: &str,
+    bound: SocketAddr,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_API_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_API_MESSAGE_BYTES));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        |req: &Request, resp: Response| check_request(req, token, bound).map(|()| resp),
+        Some(config),
+    )
+    .await?;
+    let (mut sink, mut source) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<String>(OUTGOING_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(text) = out_rx.recv().await {
+            if sink.send(Message::text(text)).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut subscribed = false;
+    while let Some(msg) = source.next().await {
+        let text = match msg? {
+            Message::Text(t) => t.to_string(),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let req: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = out_tx
+                    .send(error_response(Value::Null, -32700, "parse error"))
+                    .await;
+                continue;
+            }
+        };
+        let id = req.get("id").cloned().unwrap_or(Value::Null);
+        let Some(method) = req.get("method").and_then(Value::as_str).map(str::to_owned) else {
+            let _ = out_tx
+                .send(error_response(id, -32600, "invalid request"))
+                .await;
+            continue;
+        };
+        let params = req.get("params").cloned().unwrap_or(json!({}));
+        if method == "subscribe" {
+            if !subscribed {
+                subscribed = true;
+                spawn_events(node.clone(), out_tx.clone());
+            }
+            let _ = out_tx.send(result_response(id, json!(true))).await;
+            continue;
+        }
+        let node = node.clone();
+        let out = out_tx.clone();
+        tokio::spawn(async move {
+            let reply = match dispatch(&node, &method, &params).await {
+                Ok(v) => result_response(id, v),
+                Err(e) => error_response(id, e.code(), &e.to_string()),
+            };
+            let _ = out.send(reply).await;
+        });
+    }
+    drop(out_tx);
+    let _ = writer.await;
+    Ok(())
+}
+
+fn spawn_events(node: Node, out: mpsc::Sender<String>) {
+    let mut rx = node.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::Lagged { missed: n },
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let note = json!({"jsonrpc": "2.0", "method": "event", "params": ev});
+            if out.send(note.to_string()).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn result_response(id: Value, result: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string()
+}
+
+fn error_response(id: Value, code: i64, message: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}).to_string()
+}
+
+fn str_param(params: &Value, name: &str) -> Result<String, NodeError> {
+    params
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| NodeError::BadRequest(format!("missing string parameter {name:?}")))
+}
+
+fn opt_str(params: &Value, name: &str) -> Option<String> {
+    params.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Result<Value, NodeError> {
+    serde_json::to_value(v).map_err(|e| NodeError::BadRequest(e.to_string()))
+}
+
+async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeError> {
+    match method {
+        "id.show" => to_value(node.id().await?),
+        "contact.link" => to_value(node.contact_link().await?),
+        "contact.add" => to_value(
+            node.add_contact(
+                str_param(p, "link")?,
+                opt_str(p, "name"),
+                p.get("accept_new_key")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            )
+            .await?,
+        ),
+        "contact.accept" => to_value(node.accept_identity(str_param(p, "contact")?).await?),
+        "contact.list" => to_value(node.contacts().await?),
+        "send" => to_value(
+            node.send(str_param(p, "contact")?, str_param(p, "text")?)
+                .await?,
+        ),
+        "history" => to_value(
+            node.history(
+                str_param(p, "contact")?,
+                p.get("limit")
+                    .and_then(Value::as_u64)
+                    .map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+                opt_str(p, "before"),
+                p.get("mark_read").and_then(Value::as_bool).unwrap_or(false),
+            )
+            .await?,
+        ),
+        "conversations" => to_value(node.conversations().await?),
+        "presence" => to_value(node.presence(opt_str(p, "contact")).await?),
+        "status.set" => {
+            let away = match str_param(p, "status")?.as_str() {
+                "away" => true,
+                "online" => false,
+                other => {
+                    return Err(NodeError::BadRequest(format!(
+                        "status must be online or away, not {other:?}"
+                    )));
+                }
+            };
+            node.set_status(away).await?;
+            Ok(json!(true))
+        }
+        "status" => to_value(node.status().await?),
+        "search" => to_value(node.search(str_param(p, "query")?).await?),
+        "safety_number" => to_value(node.safety_number(str_param(p, "contact")?).await?),
+        "verify" => to_value(
+            node.verify(str_param(p, "contact")?, opt_str(p, "scanned"))
+                .await?,
+        ),
+        other => Err(NodeError::BadRequest(format!("unknown method {other:?}"))),
+    }
+}

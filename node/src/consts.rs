@@ -1,0 +1,110 @@
+//! Every limit and timing of the node, with the reason for its value.
+
+use std::time::Duration;
+
+/// Longest message text accepted by `send`, in bytes of UTF-8. The relay's default
+/// ciphertext cap is 64 KiB; Olm, the envelope and base64-free CBOR add a few hundred bytes,
+/// so 32 KiB leaves ample room and is far beyond a chat message.
+pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+
+/// Largest plaintext envelope the node decodes (a text at the limit plus headers and ids).
+pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// Most message ids carried in one receipt.
+pub const MAX_RECEIPT_IDS: usize = 512;
+
+/// Longest contact link accepted, in characters (a link with a few relays is ~1 KiB).
+pub const MAX_LINK_CHARS: usize = 8 * 1024;
+
+/// Most relay addresses in a contact link.
+pub const MAX_LINK_RELAYS: usize = 8;
+
+/// Longest display name for a contact or device, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// Capacity of the command queue from [`crate::Node`] handles to the engine.
+pub const COMMAND_QUEUE: usize = 256;
+
+/// Capacity of the command queue from the engine to the network event loop.
+pub const NETWORK_COMMAND_QUEUE: usize = 1024;
+
+/// Capacity of the network event queue to the engine. When it is full, mail events are
+/// dropped (the mail stays in the relay mailbox and is fetched again) and inbound direct
+/// messages are refused (the sender falls back to the mailbox).
+pub const NETWORK_EVENT_QUEUE: usize = 4096;
+
+/// Capacity of the broadcast channel of node events to API subscribers; a subscriber that
+/// falls further behind loses the oldest events and is told how many.
+pub const EVENT_BROADCAST: usize = 1024;
+
+/// One-time keys published per batch (vodozemac keeps at most 100 unpublished private
+/// halves, so the relay is never given more than the account remembers).
+pub const ONE_TIME_KEYS_BATCH: usize = 50;
+
+/// When the relay holds fewer one-time keys than this, a new batch is published.
+pub const ONE_TIME_KEYS_LOW: u32 = 20;
+
+/// New inbound sessions (each consumes a one-time key) between two checks of the count.
+pub const INBOUND_SESSIONS_PER_TOPUP_CHECK: u32 = 10;
+
+/// How often the outbox is scanned for due deliveries.
+pub const OUTBOX_TICK: Duration = Duration::from_millis(250);
+
+/// Most outbox rows read per scan.
+pub const OUTBOX_BATCH: u32 = 200;
+
+/// Most deliveries in flight at once.
+pub const MAX_DELIVERIES_IN_FLIGHT: usize = 64;
+
+/// First retry delay of a failed delivery; doubles per attempt up to [`RETRY_MAX`].
+pub const RETRY_BASE: Duration = Duration::from_millis(500);
+
+/// Longest retry delay.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How long a direct delivery may take before the mailbox is used instead.
+pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Timeout of one request to a relay.
+pub const RELAY_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First delay before redialling a lost relay; doubles up to [`REDIAL_MAX`].
+pub const REDIAL_BASE: Duration = Duration::from_millis(250);
+
+/// Longest delay between relay redials.
+pub const REDIAL_MAX: Duration = Duration::from_secs(10);
+
+/// Close a connection after this long without streams (the relay connection is kept by
+/// the circuit reservation and the heartbeat).
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Presence heartbeat interval (the relay's default TTL is 30 s).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Safety net: the mailbox is fetched this often even when live delivery is on, so mail
+/// whose push was dropped under load is not left waiting for a reconnect.
+pub const MAILBOX_POLL: Duration = Duration::from_secs(15);
+
+/// Messages asked for per mailbox fetch.
+pub const FETCH_PAGE: u32 = 256;
+
+/// Attempts to deliver a receipt (receipts are not kept in the outbox).
+pub const RECEIPT_ATTEMPTS: u32 = 5;
+
+/// History messages scanned back to find this device's last sequence number in a
+/// conversation (once per conversation per run).
+pub const SEQ_SCAN_LIMIT: u32 = 500;
+
+/// Most concurrent API connections.
+pub const MAX_API_CONNECTIONS: usize = 64;
+
+/// Largest JSON-RPC request accepted on the API, bytes.
+pub const MAX_API_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Length of the API bearer token in random bytes (hex-encoded in the token file).
+pub const API_TOKEN_BYTES: usize = 32;
+
+/// Messages per page of `history` by default, and at most.
+pub const HISTORY_DEFAULT: u32 = 50;
+/// See [`HISTORY_DEFAULT`].
+pub const HISTORY_MAX: u32 = 500;

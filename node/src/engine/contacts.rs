@@ -1,0 +1,509 @@
+//! Contacts, links, safety numbers, presence.
+
+use std::collections::{HashMap, HashSet};
+
+use libp2p::PeerId;
+use tern_crypto::{IdentityPublicKey, SignedDeviceList, UserId, safety::SafetyNumber};
+use tern_relay::wire::presence::{self, State};
+use tern_store::{Contact, ContactSaved};
+
+use super::{ContactState, Engine, Internal, device_peer, relay_peer};
+use crate::{
+    consts::MAX_NAME_BYTES, error::NodeError, home::now_ms, link::ContactLink, net::rpc,
+    types::*,
+};
+
+const PENDING_FILE: &str = "identity-changes.json";
+
+/// Loads every contact from the store.
+pub(crate) fn load_contacts(
+    store: &tern_store::Store,
+) -> Result<HashMap<String, ContactState>, NodeError> {
+    let mut out = HashMap::new();
+    for id in store.contact_ids()? {
+        if let Some(c) = store.contact(&id)? {
+            let list = c
+                .device_list
+                .as_deref()
+                .and_then(|b| SignedDeviceList::from_bytes(b).ok());
+            let relays = c.relays.iter().filter_map(|r| r.parse().ok()).collect();
+            out.insert(
+                id,
+                ContactState {
+                    contact: c,
+                    list,
+                    relays,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn state_rank(s: State) -> u8 {
+    match s {
+        State::Online => 3,
+        State::Away => 2,
+        State::Offline => 1,
+        State::Unknown => 0,
+    }
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Online => "online",
+        State::Away => "away",
+        State::Offline => "offline",
+        State::Unknown => "unknown",
+    }
+}
+
+impl Engine {
+    pub(crate) fn load_pending_identity(&mut self) {
+        let path = self.home.dir().join(PENDING_FILE);
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(map) = serde_json::from_slice(&bytes)
+        {
+            self.pending_identity = map;
+        }
+    }
+
+    fn save_pending_identity(&self) -> Result<(), NodeError> {
+        let bytes = serde_json::to_vec(&self.pending_identity)
+            .map_err(|e| NodeError::Store(e.to_string()))?;
+        crate::home::write_atomic(&self.home.dir().join(PENDING_FILE), &bytes, true)?;
+        Ok(())
+    }
+
+    /// Finds a contact by user id or name.
+    pub(crate) fn resolve(&self, contact: &str) -> Result<String, NodeError> {
+        if self.contacts.contains_key(contact) {
+            return Ok(contact.to_owned());
+        }
+        let lower = contact.to_lowercase();
+        let matches: Vec<&String> = self
+            .contacts
+            .iter()
+            .filter(|(_, c)| c.contact.display_name.to_lowercase() == lower)
+            .map(|(id, _)| id)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(NodeError::UnknownContact(contact.to_owned())),
+            _ => Err(NodeError::AmbiguousContact(contact.to_owned())),
+        }
+    }
+
+    pub(crate) fn rebuild_device_owner(&mut self) {
+        self.device_owner.clear();
+        for (id, c) in &self.contacts {
+            for (dev, _) in c.devices() {
+                if let Some(p) = device_peer(&dev) {
+                    self.device_owner.insert(p, id.clone());
+                }
+            }
+        }
+    }
+
+    fn contact_info(&self, id: &str) -> Option<ContactInfo> {
+        self.contacts.get(id).map(|c| ContactInfo {
+            user_id: id.to_owned(),
+            name: c.contact.display_name.clone(),
+            verified: c.contact.verified,
+            identity_change_pending: self.pending_identity.contains_key(id),
+            devices: c.devices().len(),
+            relays: c.contact.relays.clone(),
+        })
+    }
+
+    pub(crate) fn contact_list(&self) -> Vec<ContactInfo> {
+        let mut out: Vec<ContactInfo> = self
+            .contacts
+            .keys()
+            .filter_map(|id| self.contact_info(id))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.user_id.cmp(&b.user_id)));
+        out
+    }
+
+    pub(crate) fn contact_link(&self) -> Result<LinkInfo, NodeError> {
+        let link = ContactLink::create(
+            &self.keypair,
+            &self.config.name,
+            &self.home_relays,
+            &self.keys.device_list,
+        )?;
+        Ok(LinkInfo { link })
+    }
+
+    pub(crate) async fn add_contact(
+        &mut self,
+        link: &str,
+        name: Option<String>,
+        accept_new_key: bool,
+    ) -> Result<AddedContact, NodeError> {
+        let parsed = ContactLink::parse(link)?;
+        if parsed.user_id == self.user {
+            return Err(NodeError::OwnLink);
+        }
+        if let Some(n) = &name
+            && (n.is_empty() || n.len() > MAX_NAME_BYTES)
+        {
+            return Err(NodeError::BadRequest(format!(
+                "name must be 1 to {MAX_NAME_BYTES} bytes"
+            )));
+        }
+        let id = parsed.user_id.to_string();
+        if let Some(existing) = self.contacts.get(&id)
+            && existing.contact.identity_key != parsed.identity_key.as_bytes().to_vec()
+            && !accept_new_key
+        {
+            tracing::warn!(contact = %id, "identity key changed; sending blocked until accepted");
+            self.pending_identity.insert(id.clone(), link.trim().to_owned());
+            self.save_pending_identity()?;
+            self.emit(Event::IdentityChanged {
+                user_id: id.clone(),
+            });
+            return Err(NodeError::IdentityChanged(
+                existing.contact.display_name.clone(),
+            ));
+        }
+        let previous = self.contacts.get(&id).map(|c| c.contact.clone());
+        let display_name = name
+            .or_else(|| previous.as_ref().map(|p| p.display_name.clone()))
+            .unwrap_or_else(|| parsed.name.clone());
+        let display_name = if display_name.is_empty() {
+            id[..8].to_owned()
+        } else {
+            display_name
+        };
+        // Keep a newer stored list if the link carries an older one.
+        let (list_bytes, version) = match previous.as_ref().and_then(|p| {
+            p.device_list
+                .clone()
+                .filter(|_| p.identity_key == parsed.identity_key.as_bytes().to_vec())
+                .map(|b| (b, p.device_list_version))
+        }) {
+            Some((b, v)) if v >= parsed.device_list.list().version => (b, v),
+            _ => (
+                parsed.device_list.as_bytes().to_vec(),
+                parsed.device_list.list().version,
+            ),
+        };
+        let contact = Contact {
+            user_id: id.clone(),
+            display_name: display_name.clone(),
+            verified: previous.as_ref().is_some_and(|p| p.verified),
+            identity_key: parsed.identity_key.as_bytes().to_vec(),
+            device_list: Some(list_bytes.clone()),
+            device_list_version: version,
+            relays: parsed.relays.iter().map(ToString::to_string).collect(),
+        };
+        let now = now_ms();
+        let saved = self.store.transaction(|tx| -> Result<_, NodeError> {
+            let saved = tx.save_contact(&contact, now)?;
+            tx.ensure_conversation(
+                &tern_store::ConversationId(id.clone()),
+                tern_store::ConversationKind::Direct,
+                Some(&display_name),
+                now,
+            )?;
+            Ok(saved)
+        })?;
+        if saved == ContactSaved::IdentityChanged {
+            tracing::warn!(contact = %id, "accepted a new identity key; verification cleared");
+        }
+        self.pending_identity.remove(&id);
+        self.save_pending_identity()?;
+        let stored = self
+            .store
+            .contact(&id)?
+            .ok_or_else(|| NodeError::Store("contact vanished".into()))?;
+        self.contacts.insert(
+            id.clone(),
+            ContactState {
+                list: SignedDeviceList::from_bytes(&list_bytes).ok(),
+                relays: parsed.relays.clone(),
+                contact: stored,
+            },
+        );
+        self.rebuild_device_owner();
+        for addr in &parsed.relays {
+            let _ = self.net.add_relay(addr.clone(), false).await;
+        }
+        self.push_allow_list();
+        for relay in self.relay_up.clone() {
+            self.subscribe_presence(relay);
+        }
+        // Mail from this contact may have been waiting for us to know them.
+        for relay in self.home_relays.iter().filter_map(relay_peer) {
+            if self.relay_up.contains(&relay) {
+                self.fetch_mailbox(relay);
+            }
+        }
+        let outcome = match saved {
+            ContactSaved::Added => "added",
+            ContactSaved::Updated => "updated",
+            ContactSaved::IdentityChanged => "identity_changed",
+        };
+        Ok(AddedContact {
+            contact: self
+                .contact_info(&id)
+                .ok_or_else(|| NodeError::UnknownContact(id.clone()))?,
+            outcome: outcome.into(),
+        })
+    }
+
+    pub(crate) async fn accept_identity(
+        &mut self,
+        contact: &str,
+    ) -> Result<AddedContact, NodeError> {
+        let id = self.resolve(contact)?;
+        let link = self.pending_identity.get(&id).cloned().ok_or_else(|| {
+            NodeError::BadRequest(format!("no identity change is pending for {contact}"))
+        })?;
+        if link.is_empty() {
+            return Err(NodeError::BadRequest(
+                "the new key was seen at a relay; add the contact's new link with \
+                 `tern contact add LINK --accept-new-key`"
+                    .into(),
+            ));
+        }
+        self.add_contact(&link, None, true).await
+    }
+
+    fn contact_keys(&self, id: &str) -> Result<(UserId, IdentityPublicKey), NodeError> {
+        let c = self
+            .contacts
+            .get(id)
+            .ok_or_else(|| NodeError::UnknownContact(id.to_owned()))?;
+        let user = UserId::from_hex(id).ok_or_else(|| NodeError::UnknownContact(id.to_owned()))?;
+        let key: [u8; 32] = c
+            .contact
+            .identity_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| NodeError::Crypto("stored identity key has the wrong length".into()))?;
+        Ok((user, IdentityPublicKey::from_bytes(key)))
+    }
+
+    fn safety_number(&self, id: &str) -> Result<SafetyNumber, NodeError> {
+        let (user, key) = self.contact_keys(id)?;
+        Ok(SafetyNumber::compute(
+            &self.user,
+            &self.keys.identity.public(),
+            &user,
+            &key,
+        ))
+    }
+
+    pub(crate) fn safety(&self, contact: &str) -> Result<SafetyInfo, NodeError> {
+        let id = self.resolve(contact)?;
+        let sn = self.safety_number(&id)?;
+        let c = &self.contacts[&id];
+        Ok(SafetyInfo {
+            user_id: id.clone(),
+            name: c.contact.display_name.clone(),
+            digits: sn.display(),
+            qr: sn.qr_payload().iter().map(|b| format!("{b:02x}")).collect(),
+            verified: c.contact.verified,
+        })
+    }
+
+    pub(crate) fn verify(
+        &mut self,
+        contact: &str,
+        scanned: Option<&str>,
+    ) -> Result<ContactInfo, NodeError> {
+        let id = self.resolve(contact)?;
+        if self.pending_identity.contains_key(&id) {
+            return Err(NodeError::IdentityChanged(
+                self.contacts[&id].contact.display_name.clone(),
+            ));
+        }
+        if let Some(hex) = scanned {
+            let bytes = decode_hex(hex)
+                .ok_or_else(|| NodeError::BadRequest("scanned payload is not hex".into()))?;
+            let sn = self.safety_number(&id)?;
+            if !sn
+                .matches_scanned(&bytes)
+                .map_err(|e| NodeError::BadRequest(e.to_string()))?
+            {
+                return Err(NodeError::SafetyMismatch);
+            }
+        }
+        let mut c = self.contacts[&id].contact.clone();
+        c.verified = true;
+        let now = now_ms();
+        self.store.transaction(|tx| tx.save_contact(&c, now))?;
+        if let Some(state) = self.contacts.get_mut(&id) {
+            state.contact.verified = true;
+        }
+        self.contact_info(&id)
+            .ok_or_else(|| NodeError::UnknownContact(id.clone()))
+    }
+
+    /// Tells the home relays which devices may see this device's presence: every active
+    /// device of every contact.
+    pub(crate) fn push_allow_list(&self) {
+        let peers: Vec<PeerId> = self.device_owner.keys().copied().collect();
+        for relay in self.home_relays.iter().filter_map(relay_peer) {
+            if !self.relay_up.contains(&relay) {
+                continue;
+            }
+            let net = self.net.clone();
+            let peers = peers.clone();
+            tokio::spawn(async move {
+                if let Err(e) = rpc::set_allow_list(&net, relay, peers).await {
+                    tracing::debug!(%relay, "setting the presence allow-list failed: {e}");
+                }
+            });
+        }
+    }
+
+    fn devices_at(&self, relay: PeerId) -> Vec<PeerId> {
+        let mut peers = HashSet::new();
+        for c in self.contacts.values() {
+            if c.relay_peers().contains(&relay) {
+                for (d, _) in c.devices() {
+                    if let Some(p) = device_peer(&d) {
+                        peers.insert(p);
+                    }
+                }
+            }
+        }
+        peers.into_iter().collect()
+    }
+
+    /// Subscribes at `relay` to the presence of the contact devices homed there.
+    pub(crate) fn subscribe_presence(&self, relay: PeerId) {
+        let peers = self.devices_at(relay);
+        if peers.is_empty() {
+            return;
+        }
+        let net = self.net.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            match rpc::subscribe(&net, relay, peers).await {
+                Ok(entries) => {
+                    let _ = tx.send(Internal::Presence(entries)).await;
+                }
+                Err(e) => tracing::debug!(%relay, "presence subscription failed: {e}"),
+            }
+        });
+    }
+
+    /// Fetches contacts' device lists from `relay` and adopts valid successors; a list under
+    /// another identity key is a loud warning and blocks sending.
+    pub(crate) fn refresh_device_lists(&self, _relay: PeerId) {
+        // Device lists arrive with contact links; fetching successors from relays comes
+        // with multi-device support (a later issue). Nothing to do yet.
+    }
+
+    fn presence_of(&self, id: &str) -> PresenceInfo {
+        let c = &self.contacts[id];
+        let mut best: Option<&presence::Entry> = None;
+        for (d, _) in c.devices() {
+            if let Some(e) = device_peer(&d).and_then(|p| self.presence.get(&p)) {
+                let better = match best {
+                    None => true,
+                    Some(b) => {
+                        state_rank(e.state) > state_rank(b.state)
+                            || (e.state == b.state && e.last_seen_ms > b.last_seen_ms)
+                    }
+                };
+                if better {
+                    best = Some(e);
+                }
+            }
+        }
+        PresenceInfo {
+            user_id: id.to_owned(),
+            name: c.contact.display_name.clone(),
+            state: state_name(best.map_or(State::Unknown, |e| e.state)).into(),
+            last_seen: best.and_then(|e| e.last_seen_ms),
+        }
+    }
+
+    pub(crate) fn on_presence(&mut self, entries: Vec<presence::Entry>) {
+        let mut changed = HashSet::new();
+        for e in entries {
+            if let Some(user) = self.device_owner.get(&e.peer) {
+                changed.insert(user.clone());
+                if matches!(e.state, State::Online | State::Away) {
+                    self.maybe_dial(e.peer, user.clone());
+                }
+            }
+            self.presence.insert(e.peer, e);
+        }
+        for user in changed {
+            let presence = self.presence_of(&user);
+            self.emit(Event::Presence { presence });
+        }
+    }
+
+    /// An online contact device we have no connection to: dial it through its relay so
+    /// messages can go direct (DCUtR upgrades the circuit where NAT allows).
+    fn maybe_dial(&self, peer: PeerId, user: String) {
+        let Some(relay) = self.contacts.get(&user).and_then(|c| c.relays.first().cloned()) else {
+            return;
+        };
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            if !net.is_connected(peer).await {
+                let _ = net.dial_via(peer, relay).await;
+            }
+        });
+    }
+
+    pub(crate) async fn query_presence(
+        &mut self,
+        contact: Option<&str>,
+    ) -> Result<Vec<PresenceInfo>, NodeError> {
+        let ids: Vec<String> = match contact {
+            Some(c) => vec![self.resolve(c)?],
+            None => {
+                let mut ids: Vec<String> = self.contacts.keys().cloned().collect();
+                ids.sort();
+                ids
+            }
+        };
+        let mut by_relay: HashMap<PeerId, Vec<PeerId>> = HashMap::new();
+        for id in &ids {
+            let c = &self.contacts[id];
+            for relay in c.relay_peers() {
+                for (d, _) in c.devices() {
+                    if let Some(p) = device_peer(&d) {
+                        by_relay.entry(relay).or_default().push(p);
+                    }
+                }
+            }
+        }
+        for (relay, peers) in by_relay {
+            match rpc::query(&self.net, relay, peers).await {
+                Ok(entries) => {
+                    for e in entries {
+                        self.presence.insert(e.peer, e);
+                    }
+                }
+                Err(e) => tracing::debug!(%relay, "presence query failed: {e}"),
+            }
+        }
+        Ok(ids.iter().map(|id| self.presence_of(id)).collect())
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim().as_bytes();
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    s.chunks_exact(2)
+        .map(|p| {
+            let hi = (p[0] as char).to_digit(16)?;
+            let lo = (p[1] as char).to_digit(16)?;
+            u8::try_from(hi * 16 + lo).ok()
+        })
+        .collect()
+}
+

@@ -1,0 +1,637 @@
+//! The engine: one task that owns the store and the keys, takes commands from [`crate::Node`]
+//! handles, handles network events, and drives the outbox.
+//!
+//! Store calls are synchronous (SQLCipher); they run inline on this task, which is not the
+//! swarm's task, so the network keeps moving while a transaction commits.
+
+mod contacts;
+mod receive;
+mod send;
+
+pub(crate) use contacts::load_contacts as contacts_load;
+
+use std::collections::{HashMap, HashSet};
+
+use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
+use tern_crypto::{DeviceId, SignedDeviceList, UserId};
+use tern_relay::wire::presence;
+use tern_store::{Contact, MessageId, Status, Store};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::{
+    consts::{HEARTBEAT_INTERVAL, MAILBOX_POLL, OUTBOX_TICK},
+    error::NodeError,
+    home::{self, Home, Keys},
+    net::{self, NetError, rpc},
+    types::*,
+};
+
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+/// A command from a [`crate::Node`] handle.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Id(Reply<IdInfo>),
+    Link(Reply<LinkInfo>),
+    AddContact {
+        link: String,
+        name: Option<String>,
+        accept_new_key: bool,
+        reply: Reply<AddedContact>,
+    },
+    AcceptIdentity {
+        contact: String,
+        reply: Reply<AddedContact>,
+    },
+    Contacts(Reply<Vec<ContactInfo>>),
+    Send {
+        contact: String,
+        text: String,
+        reply: Reply<MessageInfo>,
+    },
+    History {
+        contact: String,
+        limit: Option<u32>,
+        before: Option<String>,
+        mark_read: bool,
+        reply: Reply<Vec<MessageInfo>>,
+    },
+    Conversations(Reply<Vec<ConversationInfo>>),
+    Presence {
+        contact: Option<String>,
+        reply: Reply<Vec<PresenceInfo>>,
+    },
+    SetStatus {
+        away: bool,
+        reply: Reply<()>,
+    },
+    Status(Reply<StatusInfo>),
+    Search {
+        query: String,
+        reply: Reply<Vec<SearchHitInfo>>,
+    },
+    Safety {
+        contact: String,
+        reply: Reply<SafetyInfo>,
+    },
+    Verify {
+        contact: String,
+        scanned: Option<String>,
+        reply: Reply<ContactInfo>,
+    },
+}
+
+/// Results of work the engine spawned.
+#[derive(Debug)]
+pub(crate) enum Internal {
+    /// A delivery attempt of an outbox row finished.
+    Delivered {
+        id: MessageId,
+        device: String,
+        attempts: u32,
+        result: Result<(), NetError>,
+    },
+    /// A page of mail fetched from a relay.
+    Fetched {
+        relay: PeerId,
+        envelopes: Vec<tern_relay::wire::mailbox::Envelope>,
+    },
+    /// Current presence fetched by a subscription.
+    Presence(Vec<presence::Entry>),
+}
+
+/// What the engine knows about a contact.
+#[derive(Debug, Clone)]
+pub(crate) struct ContactState {
+    pub contact: Contact,
+    pub list: Option<SignedDeviceList>,
+    pub relays: Vec<Multiaddr>,
+}
+
+impl ContactState {
+    fn relay_peers(&self) -> Vec<PeerId> {
+        self.relays.iter().filter_map(relay_peer).collect()
+    }
+    fn devices(&self) -> Vec<(DeviceId, [u8; 32])> {
+        self.list
+            .as_ref()
+            .map(|l| {
+                l.list()
+                    .active()
+                    .map(|e| (e.device_id(), e.certificate.certificate().curve25519))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) fn relay_peer(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
+pub(crate) fn device_peer(d: &DeviceId) -> Option<PeerId> {
+    PeerId::from_bytes(&d.to_peer_id_bytes()).ok()
+}
+
+pub(crate) fn peer_device(p: &PeerId) -> Option<DeviceId> {
+    DeviceId::from_peer_id_bytes(&p.to_bytes())
+}
+
+/// The engine state.
+pub(crate) struct Engine {
+    pub home: Home,
+    pub store: Store,
+    pub keys: Keys,
+    pub config: home::Config,
+    pub keypair: Keypair,
+    pub user: UserId,
+    pub user_hex: String,
+    pub device_hex: String,
+    pub net: net::Client,
+    pub home_relays: Vec<Multiaddr>,
+    pub relay_up: HashSet<PeerId>,
+    pub contacts: HashMap<String, ContactState>,
+    pub device_owner: HashMap<PeerId, String>,
+    /// Contacts with an offered, not yet accepted identity key: user → link ("" when the
+    /// change was seen in a relay's device list rather than a link).
+    pub pending_identity: HashMap<String, String>,
+    pub lamport: HashMap<String, u64>,
+    pub seq: HashMap<String, u64>,
+    pub events: broadcast::Sender<Event>,
+    pub internal: mpsc::Sender<Internal>,
+    pub in_flight: HashSet<(MessageId, String)>,
+    pub away: bool,
+    pub presence: HashMap<PeerId, presence::Entry>,
+    pub inbound_sessions: u32,
+    /// One-time keys may be running low: check at the next tick.
+    pub topup_due: bool,
+    pub device_created_ms: i64,
+    pub listen: Vec<Multiaddr>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("user", &self.user_hex)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Pending => "pending",
+        Status::Sent => "sent",
+        Status::Delivered => "delivered",
+        Status::Read => "read",
+        Status::Failed => "failed",
+        Status::Received => "received",
+    }
+}
+
+pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
+    MessageInfo {
+        id: m.id.to_string(),
+        conversation: m.conversation.0.clone(),
+        sender: m.sender_user.clone(),
+        sender_device: m.sender_device.clone(),
+        own: m.own,
+        text: m.body.text().unwrap_or_default().to_owned(),
+        sent_at: m.sent_at_ms,
+        received_at: m.received_at_ms,
+        status: status_name(m.status).to_owned(),
+        lamport: m.lamport,
+        seq: m.seq,
+    }
+}
+
+pub(crate) fn parse_message_id(s: &str) -> Option<MessageId> {
+    let s = s.as_bytes();
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(MessageId(out))
+}
+
+impl Engine {
+    pub(crate) fn emit(&self, ev: Event) {
+        let _ = self.events.send(ev);
+    }
+
+    fn home_relay_peers(&self) -> Vec<PeerId> {
+        self.home_relays.iter().filter_map(relay_peer).collect()
+    }
+
+    /// Runs the engine until every handle is dropped.
+    pub(crate) async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Command>,
+        mut net_events: mpsc::Receiver<net::Event>,
+        mut internal: mpsc::Receiver<Internal>,
+    ) {
+        for addr in self.home_relays.clone() {
+            let _ = self.net.add_relay(addr, true).await;
+        }
+        let contact_relays: Vec<Multiaddr> = self
+            .contacts
+            .values()
+            .flat_map(|c| c.relays.clone())
+            .collect();
+        for addr in contact_relays {
+            let _ = self.net.add_relay(addr, false).await;
+        }
+        let mut outbox = tokio::time::interval(OUTBOX_TICK);
+        outbox.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(MAILBOX_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => break,
+                },
+                Some(ev) = net_events.recv() => self.on_net(ev).await,
+                Some(msg) = internal.recv() => self.on_internal(msg),
+                _ = outbox.tick() => {
+                    self.dispatch_due(false);
+                    if self.topup_due {
+                        self.topup_due = false;
+                        for relay in self.home_relay_peers() {
+                            if self.relay_up.contains(&relay)
+                                && let Err(e) = self.top_up_prekeys(relay, true).await
+                            {
+                                tracing::warn!(%relay, "topping up prekeys failed: {e}");
+                            }
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => self.heartbeat(),
+                _ = poll.tick() => {
+                    for relay in self.home_relay_peers() {
+                        if self.relay_up.contains(&relay) {
+                            self.fetch_mailbox(relay);
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!("engine stopped");
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Id(r) => {
+                let _ = r.send(Ok(self.id_info()));
+            }
+            Command::Link(r) => {
+                let _ = r.send(self.contact_link());
+            }
+            Command::AddContact {
+                link,
+                name,
+                accept_new_key,
+                reply,
+            } => {
+                let out = self.add_contact(&link, name, accept_new_key).await;
+                let _ = reply.send(out);
+            }
+            Command::AcceptIdentity { contact, reply } => {
+                let out = self.accept_identity(&contact).await;
+                let _ = reply.send(out);
+            }
+            Command::Contacts(r) => {
+                let _ = r.send(Ok(self.contact_list()));
+            }
+            Command::Send {
+                contact,
+                text,
+                reply,
+            } => {
+                let out = self.send_text(&contact, text).await;
+                let _ = reply.send(out);
+            }
+            Command::History {
+                contact,
+                limit,
+                before,
+                mark_read,
+                reply,
+            } => {
+                let out = self.history(&contact, limit, before.as_deref(), mark_read);
+                let _ = reply.send(out);
+            }
+            Command::Conversations(r) => {
+                let _ = r.send(self.conversations());
+            }
+            Command::Presence { contact, reply } => {
+                let out = self.query_presence(contact.as_deref()).await;
+                let _ = reply.send(out);
+            }
+            Command::SetStatus { away, reply } => {
+                self.away = away;
+                self.heartbeat();
+                let _ = reply.send(Ok(()));
+            }
+            Command::Status(r) => {
+                let _ = r.send(self.status_info());
+            }
+            Command::Search { query, reply } => {
+                let _ = reply.send(self.search(&query));
+            }
+            Command::Safety { contact, reply } => {
+                let _ = reply.send(self.safety(&contact));
+            }
+            Command::Verify {
+                contact,
+                scanned,
+                reply,
+            } => {
+                let _ = reply.send(self.verify(&contact, scanned.as_deref()));
+            }
+        }
+    }
+
+    async fn on_net(&mut self, ev: net::Event) {
+        match ev {
+            net::Event::RelayUp(relay) => {
+                self.relay_up.insert(relay);
+                self.emit(Event::Connection {
+                    relay: relay.to_string(),
+                    connected: true,
+                });
+                if self.home_relay_peers().contains(&relay) {
+                    self.on_home_relay_up(relay).await;
+                }
+                self.subscribe_presence(relay);
+                self.refresh_device_lists(relay);
+                // Anything waiting in the outbox goes now, backoff or not.
+                self.dispatch_due(true);
+            }
+            net::Event::RelayDown(relay) => {
+                self.relay_up.remove(&relay);
+                self.emit(Event::Connection {
+                    relay: relay.to_string(),
+                    connected: false,
+                });
+            }
+            net::Event::Mail { relay, envelopes } => {
+                self.on_mail(relay, envelopes);
+            }
+            net::Event::MailDropped(relay) => self.fetch_mailbox(relay),
+            net::Event::Presence(entries) => self.on_presence(entries),
+            net::Event::Direct {
+                peer,
+                id,
+                ciphertext,
+            } => self.on_direct(peer, id, ciphertext),
+            net::Event::PeerUp { peer, relayed } => {
+                if let Some(user) = self.device_owner.get(&peer) {
+                    self.emit(Event::Peer {
+                        user_id: user.clone(),
+                        device_id: peer.to_string(),
+                        relayed,
+                    });
+                    // A contact's device is reachable: deliver what waits for it now.
+                    self.dispatch_due(true);
+                }
+            }
+            net::Event::Listening(addr) => {
+                tracing::info!(%addr, "listening");
+                self.listen.push(addr);
+            }
+            net::Event::Reservation(relay) => {
+                tracing::info!(%relay, "circuit reservation accepted");
+            }
+            net::Event::HolePunch { peer, ok } => {
+                tracing::info!(%peer, ok, "hole punch finished");
+            }
+        }
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Delivered {
+                id,
+                device,
+                attempts,
+                result,
+            } => self.on_delivered(id, device, attempts, result),
+            Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
+            Internal::Presence(entries) => self.on_presence(entries),
+        }
+    }
+
+    /// Publishes the device list and prekeys, turns live delivery on, tells the relay who
+    /// may see our presence, and drains the mailbox.
+    async fn on_home_relay_up(&mut self, relay: PeerId) {
+        if let Err(e) =
+            rpc::publish_device_list(&self.net, relay, self.keys.device_list.as_bytes().to_vec())
+                .await
+        {
+            tracing::warn!(%relay, "publishing the device list failed: {e}");
+        }
+        if let Err(e) = self.top_up_prekeys(relay, true).await {
+            tracing::warn!(%relay, "publishing prekeys failed: {e}");
+        }
+        if let Err(e) = rpc::listen(&self.net, relay).await {
+            tracing::warn!(%relay, "turning on live delivery failed: {e}");
+        }
+        self.push_allow_list();
+        self.heartbeat();
+        self.fetch_mailbox(relay);
+    }
+
+    /// Publishes prekeys: a bundle with no new one-time keys to learn how many the relay
+    /// holds (and refresh the fallback key), and a full batch when it runs low.
+    pub(crate) async fn top_up_prekeys(
+        &mut self,
+        relay: PeerId,
+        refresh: bool,
+    ) -> Result<(), NodeError> {
+        use tern_crypto::prekey::PrekeyBundle;
+        let mut count = if refresh { 0 } else { u32::MAX };
+        if refresh {
+            let bundle =
+                PrekeyBundle::generate(&mut self.keys.device, self.keys.certificate.clone(), 0)?;
+            self.save_device()?;
+            count = rpc::publish_prekeys(&self.net, relay, bundle.to_bytes()?).await?;
+        }
+        if count < crate::consts::ONE_TIME_KEYS_LOW || !refresh {
+            let bundle = PrekeyBundle::generate(
+                &mut self.keys.device,
+                self.keys.certificate.clone(),
+                crate::consts::ONE_TIME_KEYS_BATCH,
+            )?;
+            self.save_device()?;
+            let held = rpc::publish_prekeys(&self.net, relay, bundle.to_bytes()?).await?;
+            tracing::debug!(held, "published one-time keys");
+        }
+        Ok(())
+    }
+
+    /// Persists the device keys (the Olm account changes as one-time keys are made or used).
+    pub(crate) fn save_device(&mut self) -> Result<(), NodeError> {
+        let record = self.keys.own_device_record(self.device_created_ms)?;
+        self.store
+            .transaction(|tx| tx.save_own_device(&record))
+            .map_err(NodeError::from)
+    }
+
+    /// Reloads the device keys from the store (after a failed transaction, so memory never
+    /// runs ahead of the disk).
+    pub(crate) fn reload_device(&mut self) {
+        match self.home.open() {
+            Ok((_, keys)) => self.keys.device = keys.device,
+            Err(e) => tracing::error!("cannot reload device keys: {e}"),
+        }
+    }
+
+    pub(crate) fn fetch_mailbox(&self, relay: PeerId) {
+        let net = self.net.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let mut after = 0;
+            loop {
+                match rpc::fetch(&net, relay, after, crate::consts::FETCH_PAGE).await {
+                    Ok((envelopes, more)) => {
+                        if let Some(last) = envelopes.last() {
+                            after = last.id;
+                        }
+                        let empty = envelopes.is_empty();
+                        if !empty && tx.send(Internal::Fetched { relay, envelopes }).await.is_err()
+                        {
+                            return;
+                        }
+                        if !more || empty {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%relay, "mailbox fetch failed: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn heartbeat(&self) {
+        let status = if self.away {
+            presence::Status::Away
+        } else {
+            presence::Status::Online
+        };
+        for relay in self.home_relay_peers() {
+            if !self.relay_up.contains(&relay) {
+                continue;
+            }
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                if let Err(e) = rpc::heartbeat(&net, relay, status).await {
+                    tracing::debug!(%relay, "heartbeat failed: {e}");
+                }
+            });
+        }
+    }
+
+    fn id_info(&self) -> IdInfo {
+        let key = self.keys.identity.public();
+        let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let fingerprint = hex
+            .as_bytes()
+            .chunks(8)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        IdInfo {
+            user_id: self.user_hex.clone(),
+            device_id: self.device_hex.clone(),
+            name: self.config.name.clone(),
+            fingerprint,
+        }
+    }
+
+    fn status_info(&self) -> Result<StatusInfo, NodeError> {
+        let outbox = self.store.due_deliveries(i64::MAX, 500)?.len();
+        let home = self.home_relay_peers();
+        let mut relays: Vec<RelayInfo> = self
+            .home_relays
+            .iter()
+            .map(|a| RelayInfo {
+                addr: a.to_string(),
+                connected: relay_peer(a).is_some_and(|p| self.relay_up.contains(&p)),
+                home: true,
+            })
+            .collect();
+        let mut seen: HashSet<PeerId> = home.into_iter().collect();
+        for c in self.contacts.values() {
+            for a in &c.relays {
+                if let Some(p) = relay_peer(a)
+                    && seen.insert(p)
+                {
+                    relays.push(RelayInfo {
+                        addr: a.to_string(),
+                        connected: self.relay_up.contains(&p),
+                        home: false,
+                    });
+                }
+            }
+        }
+        Ok(StatusInfo {
+            user_id: self.user_hex.clone(),
+            device_id: self.device_hex.clone(),
+            status: if self.away { "away" } else { "online" }.into(),
+            relays,
+            listen: self.listen.iter().map(ToString::to_string).collect(),
+            outbox,
+        })
+    }
+
+    fn search(&self, query: &str) -> Result<Vec<SearchHitInfo>, NodeError> {
+        let results = self.store.search(query, None, None)?;
+        Ok(results
+            .hits
+            .into_iter()
+            .map(|h| SearchHitInfo {
+                conversation: h.conversation.0,
+                id: h.message_id.to_string(),
+                snippet: h
+                    .snippet
+                    .iter()
+                    .map(|p| {
+                        if p.highlighted {
+                            format!("[{}]", p.text)
+                        } else {
+                            p.text.clone()
+                        }
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    fn conversations(&self) -> Result<Vec<ConversationInfo>, NodeError> {
+        let page = self.store.conversations(None, crate::consts::HISTORY_MAX)?;
+        Ok(page
+            .conversations
+            .into_iter()
+            .map(|c| ConversationInfo {
+                id: c.id.0,
+                title: c.title,
+                last_text: c.last_message.and_then(|m| m.text),
+                last_activity: c.last_activity_ms,
+                unread: c.unread_count,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,260 @@
+//! Receiving: decrypt, check, store in one transaction, acknowledge, emit, send receipts.
+
+use std::collections::HashMap;
+
+use libp2p::PeerId;
+use tern_crypto::session::SessionError;
+use tern_relay::wire::{ErrorCode, mailbox};
+use tern_store::{
+    Body as StoreBody, ConversationId, ConversationKind, CryptoUpdate, Inserted, Message,
+    MessageId, Status,
+};
+
+use super::{Engine, message_info, peer_device, status_name};
+use crate::{
+    consts::INBOUND_SESSIONS_PER_TOPUP_CHECK,
+    envelope::{Body, Conversation, Envelope, ReceiptKind},
+    error::NodeError,
+    home::now_ms,
+    net::rpc,
+    types::Event,
+};
+
+/// What to do with a ciphertext after processing it.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Stored (or a duplicate, or undecryptable and reported): acknowledge it.
+    Ack,
+    /// Not handled now (unknown sender, storage failure): leave it in the mailbox.
+    Keep,
+}
+
+impl Engine {
+    pub(crate) fn on_mail(&mut self, relay: PeerId, envelopes: Vec<mailbox::Envelope>) {
+        let mut acks = Vec::new();
+        let mut receipts: HashMap<String, Vec<MessageId>> = HashMap::new();
+        for env in envelopes {
+            if self.process(env.sender, &env.ciphertext, &mut receipts) == Outcome::Ack {
+                acks.push(env.id);
+            }
+        }
+        for (user, ids) in receipts {
+            self.send_receipt(&user, ReceiptKind::Delivered, ids);
+        }
+        if !acks.is_empty() {
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                for chunk in acks.chunks(mailbox::MAX_ACK_IDS) {
+                    if let Err(e) = rpc::ack(&net, relay, chunk.to_vec()).await {
+                        tracing::debug!(%relay, "mailbox ack failed (mail will come again): {e}");
+                    }
+                }
+            });
+        }
+        self.maybe_top_up();
+    }
+
+    pub(crate) fn on_direct(&mut self, peer: PeerId, id: u64, ciphertext: Vec<u8>) {
+        let mut receipts = HashMap::new();
+        let outcome = self.process(peer, &ciphertext, &mut receipts);
+        for (user, ids) in receipts {
+            self.send_receipt(&user, ReceiptKind::Delivered, ids);
+        }
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let refused = match outcome {
+                Outcome::Ack => None,
+                Outcome::Keep => Some(ErrorCode::Unavailable),
+            };
+            net.respond_direct(id, refused).await;
+        });
+        self.maybe_top_up();
+    }
+
+    fn maybe_top_up(&mut self) {
+        if self.inbound_sessions < INBOUND_SESSIONS_PER_TOPUP_CHECK {
+            return;
+        }
+        self.inbound_sessions = 0;
+        // Publishing needs the engine's keys, so it runs on the next outbox tick of the
+        // engine rather than in a task; here we only note it.
+        self.topup_due = true;
+    }
+
+    fn process(
+        &mut self,
+        sender: PeerId,
+        ciphertext: &[u8],
+        receipts: &mut HashMap<String, Vec<MessageId>>,
+    ) -> Outcome {
+        let Some(user) = self.device_owner.get(&sender).cloned() else {
+            tracing::info!(%sender, "mail from a device of no known contact; kept until they are added");
+            return Outcome::Keep;
+        };
+        match self.process_from(&user, sender, ciphertext, receipts) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(contact = %user, "storing a received message failed: {e}");
+                self.reload_device();
+                Outcome::Keep
+            }
+        }
+    }
+
+    fn process_from(
+        &mut self,
+        user: &str,
+        sender: PeerId,
+        ciphertext: &[u8],
+        receipts: &mut HashMap<String, Vec<MessageId>>,
+    ) -> Result<Outcome, NodeError> {
+        let Some(device) = peer_device(&sender) else {
+            return Ok(Outcome::Ack);
+        };
+        let Some(curve) = self.contacts.get(user).and_then(|c| {
+            c.devices()
+                .into_iter()
+                .find(|(d, _)| *d == device)
+                .map(|(_, c)| c)
+        }) else {
+            tracing::warn!(contact = %user, "message from a device that is not active; dropped");
+            return Ok(Outcome::Ack);
+        };
+        let mut sessions = self.load_sessions(&device, curve)?;
+        let decrypted = match sessions.decrypt(&mut self.keys.device, ciphertext) {
+            Ok(d) => d,
+            Err(SessionError::Duplicate(_) | SessionError::MessageKeyGone(_)) => {
+                return Ok(Outcome::Ack);
+            }
+            Err(e) => {
+                tracing::warn!(contact = %user, "undecryptable message: {e}");
+                self.emit(Event::Undecryptable {
+                    user_id: user.to_owned(),
+                    device_id: sender.to_string(),
+                });
+                return Ok(Outcome::Ack);
+            }
+        };
+        if decrypted.new_session {
+            self.inbound_sessions += 1;
+        }
+        let device_key = device.to_peer_id_string();
+        let sid = sessions.current_session_id().unwrap_or_default();
+        let pickle = sessions.pickle()?;
+        let own_device = if decrypted.new_session {
+            Some(self.keys.own_device_record(self.device_created_ms)?)
+        } else {
+            None
+        };
+        let now = now_ms();
+        let update = [CryptoUpdate::Session {
+            peer_device: &device_key,
+            session_id: &sid,
+            pickle: &pickle,
+        }];
+        let env = match Envelope::decode(&decrypted.plaintext) {
+            Ok(env)
+                if env.sender_user.as_slice() == hex_bytes(user).as_slice()
+                    && env.sender_device.as_slice() == device.as_bytes()
+                    && matches!(&env.conversation, Conversation::Direct { to } if to.as_slice() == self.user.as_bytes()) =>
+            {
+                env
+            }
+            other => {
+                tracing::warn!(contact = %user, "dropping a message with a bad envelope: {:?}", other.err());
+                self.store.transaction(|tx| -> Result<(), NodeError> {
+                    tx.apply_crypto(&update, now)?;
+                    if let Some(d) = &own_device {
+                        tx.save_own_device(d)?;
+                    }
+                    Ok(())
+                })?;
+                return Ok(Outcome::Ack);
+            }
+        };
+        let conv = ConversationId(user.to_owned());
+        match env.body {
+            Body::Text { text } => {
+                let message = Message {
+                    id: MessageId(env.id.into_array()),
+                    conversation: conv.clone(),
+                    sender_user: user.to_owned(),
+                    sender_device: device_key.clone(),
+                    lamport: env.lamport,
+                    seq: env.seq,
+                    sent_at_ms: env.sent_at_ms,
+                    received_at_ms: now,
+                    own: false,
+                    status: Status::Received,
+                    body: StoreBody::Text(text),
+                    edited_at_ms: None,
+                };
+                let title = self.contacts[user].contact.display_name.clone();
+                let inserted = self.store.transaction(|tx| -> Result<_, NodeError> {
+                    tx.ensure_conversation(&conv, ConversationKind::Direct, Some(&title), now)?;
+                    let inserted = tx.record_incoming(&message, &update)?;
+                    if let Some(d) = &own_device {
+                        tx.save_own_device(d)?;
+                    }
+                    Ok(inserted)
+                })?;
+                receipts
+                    .entry(user.to_owned())
+                    .or_default()
+                    .push(message.id);
+                if inserted == Inserted::New {
+                    self.observe_lamport(user, env.lamport)?;
+                    self.emit(Event::Message {
+                        message: message_info(&message),
+                    });
+                }
+            }
+            Body::Receipt { kind, ids } => {
+                let to = match kind {
+                    ReceiptKind::Delivered => Status::Delivered,
+                    ReceiptKind::Read => Status::Read,
+                };
+                // Only our own messages in the conversation with this contact.
+                let valid: Vec<MessageId> = ids
+                    .into_iter()
+                    .map(|id| MessageId(id.into_array()))
+                    .filter(|id| {
+                        matches!(self.store.message(*id), Ok(Some(m)) if m.own && m.conversation == conv)
+                    })
+                    .collect();
+                let moved = self.store.transaction(|tx| -> Result<_, NodeError> {
+                    tx.apply_crypto(&update, now)?;
+                    if let Some(d) = &own_device {
+                        tx.save_own_device(d)?;
+                    }
+                    let mut moved = Vec::new();
+                    for id in valid {
+                        if tx.advance_status(id, to)? {
+                            moved.push(id.to_string());
+                        }
+                    }
+                    Ok(moved)
+                })?;
+                if !moved.is_empty() {
+                    self.emit(Event::Receipt {
+                        conversation: user.to_owned(),
+                        ids: moved,
+                        status: status_name(to).into(),
+                    });
+                }
+            }
+        }
+        Ok(Outcome::Ack)
+    }
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    s.as_bytes()
+        .chunks(2)
+        .filter_map(|p| {
+            let hi = (*p.first()? as char).to_digit(16)?;
+            let lo = (*p.get(1)? as char).to_digit(16)?;
+            u8::try_from(hi * 16 + lo).ok()
+        })
+        .collect()
+}

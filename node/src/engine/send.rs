@@ -1,0 +1,484 @@
+//! Sending: sessions, encryption per device, the outbox and its deliveries, receipts,
+//! history and read marks.
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+use serde_bytes::ByteArray;
+use tern_crypto::{
+    DeviceId,
+    prekey::ClaimedPrekey,
+    session::PeerSessions,
+};
+use tern_store::{
+    Body as StoreBody, ConversationId, ConversationKind, CryptoUpdate, Delivery, Message,
+    MessageId, OutboxEntry, Page, SessionStore, Status,
+};
+
+use super::{Engine, Internal, device_peer, message_info, parse_message_id};
+use crate::{
+    consts::{
+        HISTORY_DEFAULT, HISTORY_MAX, MAX_DELIVERIES_IN_FLIGHT, MAX_RECEIPT_IDS, MAX_TEXT_BYTES,
+        OUTBOX_BATCH, RECEIPT_ATTEMPTS, RETRY_BASE, RETRY_MAX, SEQ_SCAN_LIMIT,
+    },
+    envelope::{Body, Conversation, Envelope, ReceiptKind},
+    error::NodeError,
+    home::now_ms,
+    net::{self, NetError, rpc},
+    types::*,
+};
+
+/// Backoff before the next attempt after `attempts` failures.
+pub(crate) fn backoff(attempts: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempts.min(16)).unwrap_or(u32::MAX);
+    RETRY_BASE.saturating_mul(factor).min(RETRY_MAX)
+}
+
+fn random_id() -> Result<[u8; 16], NodeError> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| NodeError::Crypto(e.to_string()))?;
+    Ok(id)
+}
+
+/// Delivers one ciphertext: directly when a connection to the device is open, else into
+/// its mailbox at one of the contact's relays.
+pub(crate) async fn deliver(
+    net: &net::Client,
+    peer: PeerId,
+    relays: &[PeerId],
+    payload: Vec<u8>,
+) -> Result<(), NetError> {
+    if net.is_connected(peer).await {
+        match net.direct(peer, payload.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::debug!(%peer, "direct delivery failed, using the mailbox: {e}"),
+        }
+    }
+    let mut last = NetError::Transport("the contact has no relay".into());
+    for relay in relays {
+        match rpc::deposit(net, *relay, peer, payload.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+impl Engine {
+    fn conv_state(&mut self, conv: &str) -> Result<(u64, u64), NodeError> {
+        if let (Some(l), Some(s)) = (self.lamport.get(conv), self.seq.get(conv)) {
+            return Ok((*l, *s));
+        }
+        let id = ConversationId(conv.to_owned());
+        let page = self.store.history(&id, Page::Latest, Some(SEQ_SCAN_LIMIT))?;
+        let lamport = page.iter().map(|m| m.lamport).max().unwrap_or(0);
+        let seq = page
+            .iter()
+            .filter(|m| m.sender_device == self.device_hex)
+            .map(|m| m.seq)
+            .max()
+            .unwrap_or(0);
+        let lamport = *self.lamport.entry(conv.to_owned()).or_insert(lamport);
+        let seq = *self.seq.entry(conv.to_owned()).or_insert(seq);
+        Ok((lamport, seq))
+    }
+
+    /// Moves the conversation's Lamport clock past a received value.
+    pub(crate) fn observe_lamport(&mut self, conv: &str, lamport: u64) -> Result<(), NodeError> {
+        let (current, _) = self.conv_state(conv)?;
+        self.lamport.insert(conv.to_owned(), current.max(lamport));
+        Ok(())
+    }
+
+    /// The sessions with a device, from the store (or a fresh, empty set).
+    pub(crate) fn load_sessions(
+        &mut self,
+        device: &DeviceId,
+        curve: [u8; 32],
+    ) -> Result<PeerSessions, NodeError> {
+        let key = device.to_peer_id_string();
+        let stored = self
+            .store
+            .transaction(|tx| tx.current_session(&key))
+            .map_err(NodeError::from)?;
+        match stored {
+            Some(s) => Ok(PeerSessions::from_pickle(&s.pickle)?),
+            None => Ok(PeerSessions::new(*device, curve)),
+        }
+    }
+
+    /// Makes sure a session with each device exists, claiming prekeys where needed.
+    async fn sessions_for(&mut self, user: &str) -> Result<Vec<(DeviceId, PeerSessions)>, NodeError> {
+        let state = self
+            .contacts
+            .get(user)
+            .cloned()
+            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+        let list = state.list.clone().ok_or_else(|| {
+            NodeError::Crypto(format!("no device list for {user}; add their contact link again"))
+        })?;
+        let user_bytes = *list.list().user_id.as_bytes();
+        let mut out = Vec::new();
+        for (device, curve) in state.devices() {
+            let mut sessions = self.load_sessions(&device, curve)?;
+            if !sessions.has_session() {
+                let peer = device_peer(&device)
+                    .ok_or_else(|| NodeError::Crypto("device id is not a PeerId".into()))?;
+                let mut claim = Err(NodeError::Network(format!(
+                    "cannot reach any relay of {} to set up a session",
+                    state.contact.display_name
+                )));
+                for relay in state.relay_peers() {
+                    match rpc::claim_prekey(&self.net, relay, user_bytes, peer).await {
+                        Ok(bytes) => {
+                            claim = Ok(bytes);
+                            break;
+                        }
+                        Err(e) => {
+                            claim = Err(NodeError::Network(format!(
+                                "cannot claim a prekey of {} from its relay: {e}",
+                                state.contact.display_name
+                            )))
+                        }
+                    }
+                }
+                let claimed = ClaimedPrekey::from_bytes(&claim?)?;
+                let verified = claimed.verify(list.list())?;
+                sessions.start(&self.keys.device, &verified)?;
+            }
+            out.push((device, sessions));
+        }
+        if out.is_empty() {
+            return Err(NodeError::Crypto(format!("{user} has no active device")));
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn send_text(
+        &mut self,
+        contact: &str,
+        text: String,
+    ) -> Result<MessageInfo, NodeError> {
+        let user = self.resolve(contact)?;
+        if self.pending_identity.contains_key(&user) {
+            return Err(NodeError::IdentityChanged(
+                self.contacts[&user].contact.display_name.clone(),
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err(NodeError::EmptyText);
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(NodeError::TextTooLong {
+                len: text.len(),
+                max: MAX_TEXT_BYTES,
+            });
+        }
+        let mut sessions = self.sessions_for(&user).await?;
+        let (lamport, seq) = self.conv_state(&user)?;
+        let (lamport, seq) = (lamport + 1, seq + 1);
+        let id = random_id()?;
+        let to = tern_crypto::UserId::from_hex(&user)
+            .ok_or_else(|| NodeError::UnknownContact(user.clone()))?;
+        let now = now_ms();
+        let env = Envelope {
+            id: ByteArray::new(id),
+            conversation: Conversation::Direct {
+                to: ByteArray::new(*to.as_bytes()),
+            },
+            sender_user: ByteArray::new(*self.user.as_bytes()),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lamport,
+            seq,
+            sent_at_ms: now,
+            body: Body::Text { text: text.clone() },
+        };
+        let plain = zeroize::Zeroizing::new(env.encode()?);
+        let mut deliveries = Vec::new();
+        let mut pickles = Vec::new();
+        for (device, s) in sessions.iter_mut() {
+            let ct = s.encrypt(&plain)?;
+            deliveries.push(Delivery {
+                recipient_user: user.clone(),
+                recipient_device: device.to_peer_id_string(),
+                payload: ct,
+            });
+            pickles.push((
+                device.to_peer_id_string(),
+                s.current_session_id().unwrap_or_default(),
+                s.pickle()?,
+            ));
+        }
+        let updates: Vec<CryptoUpdate<'_>> = pickles
+            .iter()
+            .map(|(d, sid, p)| CryptoUpdate::Session {
+                peer_device: d,
+                session_id: sid,
+                pickle: p,
+            })
+            .collect();
+        let message = Message {
+            id: MessageId(id),
+            conversation: ConversationId(user.clone()),
+            sender_user: self.user_hex.clone(),
+            sender_device: self.device_hex.clone(),
+            lamport,
+            seq,
+            sent_at_ms: now,
+            received_at_ms: now,
+            own: true,
+            status: Status::Pending,
+            body: StoreBody::Text(text),
+            edited_at_ms: None,
+        };
+        let title = self.contacts[&user].contact.display_name.clone();
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            tx.ensure_conversation(
+                &message.conversation,
+                ConversationKind::Direct,
+                Some(&title),
+                now,
+            )?;
+            tx.record_outgoing(&message, &updates, &deliveries, now)?;
+            Ok(())
+        })?;
+        self.lamport.insert(user.clone(), lamport);
+        self.seq.insert(user.clone(), seq);
+        let info = message_info(&message);
+        self.emit(Event::Message {
+            message: info.clone(),
+        });
+        for d in deliveries {
+            self.start_delivery(OutboxEntry {
+                message_id: message.id,
+                delivery: d,
+                attempts: 0,
+                next_attempt_ms: now,
+            });
+        }
+        Ok(info)
+    }
+
+    fn start_delivery(&mut self, entry: OutboxEntry) {
+        let key = (entry.message_id, entry.delivery.recipient_device.clone());
+        if self.in_flight.len() >= MAX_DELIVERIES_IN_FLIGHT || !self.in_flight.insert(key) {
+            return;
+        }
+        let Some(peer) = DeviceId::from_peer_id_string(&entry.delivery.recipient_device)
+            .and_then(|d| device_peer(&d))
+        else {
+            return;
+        };
+        let relays = self
+            .contacts
+            .get(&entry.delivery.recipient_user)
+            .map(|c| c.relay_peers())
+            .unwrap_or_default();
+        let net = self.net.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let result = deliver(&net, peer, &relays, entry.delivery.payload).await;
+            let _ = tx
+                .send(Internal::Delivered {
+                    id: entry.message_id,
+                    device: entry.delivery.recipient_device,
+                    attempts: entry.attempts,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    /// Starts deliveries of due outbox rows (`all`: every row, backoff or not).
+    pub(crate) fn dispatch_due(&mut self, all: bool) {
+        if self.in_flight.len() >= MAX_DELIVERIES_IN_FLIGHT {
+            return;
+        }
+        let now = if all { i64::MAX } else { now_ms() };
+        let due = match self.store.due_deliveries(now, OUTBOX_BATCH) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("reading the outbox failed: {e}");
+                return;
+            }
+        };
+        for entry in due {
+            if self.in_flight.len() >= MAX_DELIVERIES_IN_FLIGHT {
+                break;
+            }
+            self.start_delivery(entry);
+        }
+    }
+
+    pub(crate) fn on_delivered(
+        &mut self,
+        id: MessageId,
+        device: String,
+        attempts: u32,
+        result: Result<(), NetError>,
+    ) {
+        self.in_flight.remove(&(id, device.clone()));
+        match result {
+            Ok(()) => {
+                let out = self.store.transaction(|tx| -> Result<_, NodeError> {
+                    let remaining = tx.ack_delivery(id, &device)?;
+                    Ok(remaining)
+                });
+                match out {
+                    Ok(0) => {
+                        if let Ok(Some(m)) = self.store.message(id)
+                            && m.status == Status::Sent
+                        {
+                            self.emit(Event::Receipt {
+                                conversation: m.conversation.0,
+                                ids: vec![id.to_string()],
+                                status: "sent".into(),
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("recording a delivery failed: {e}"),
+                }
+                // Keep the pipe full.
+                self.dispatch_due(false);
+            }
+            Err(e) => {
+                let wait = rpc::retry_after(&e)
+                    .unwrap_or_else(|| backoff(attempts))
+                    .min(RETRY_MAX);
+                tracing::debug!(message = %id, "delivery failed ({e}); retrying in {wait:?}");
+                let next = now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0));
+                if let Err(e) = self
+                    .store
+                    .transaction(|tx| tx.reschedule_delivery(id, &device, next))
+                {
+                    tracing::error!("rescheduling a delivery failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Sends a receipt to every device of `user` we hold a session with. Receipts are not
+    /// kept in the outbox (it holds messages); they are retried a few times in memory, and
+    /// the ratchet state is stored before anything is sent.
+    pub(crate) fn send_receipt(&mut self, user: &str, kind: ReceiptKind, ids: Vec<MessageId>) {
+        for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+            if let Err(e) = self.send_receipt_chunk(user, kind, chunk) {
+                tracing::warn!(contact = %user, "sending a receipt failed: {e}");
+            }
+        }
+    }
+
+    fn send_receipt_chunk(
+        &mut self,
+        user: &str,
+        kind: ReceiptKind,
+        ids: &[MessageId],
+    ) -> Result<(), NodeError> {
+        let Some(state) = self.contacts.get(user).cloned() else {
+            return Ok(());
+        };
+        let to = tern_crypto::UserId::from_hex(user)
+            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+        let (lamport, _) = self.conv_state(user)?;
+        let env = Envelope {
+            id: ByteArray::new(random_id()?),
+            conversation: Conversation::Direct {
+                to: ByteArray::new(*to.as_bytes()),
+            },
+            sender_user: ByteArray::new(*self.user.as_bytes()),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lamport,
+            seq: 0,
+            sent_at_ms: now_ms(),
+            body: Body::Receipt {
+                kind,
+                ids: ids.iter().map(|i| ByteArray::new(i.0)).collect(),
+            },
+        };
+        let plain = zeroize::Zeroizing::new(env.encode()?);
+        let relays = state.relay_peers();
+        for (device, curve) in state.devices() {
+            let mut sessions = self.load_sessions(&device, curve)?;
+            if !sessions.has_session() {
+                continue;
+            }
+            let ct = sessions.encrypt(&plain)?;
+            let pickle = sessions.pickle()?;
+            let key = device.to_peer_id_string();
+            let sid = sessions.current_session_id().unwrap_or_default();
+            let now = now_ms();
+            self.store.transaction(|tx| {
+                tx.apply_crypto(
+                    &[CryptoUpdate::Session {
+                        peer_device: &key,
+                        session_id: &sid,
+                        pickle: &pickle,
+                    }],
+                    now,
+                )
+            })?;
+            let Some(peer) = device_peer(&device) else {
+                continue;
+            };
+            let net = self.net.clone();
+            let relays = relays.clone();
+            tokio::spawn(async move {
+                for attempt in 0..RECEIPT_ATTEMPTS {
+                    match deliver(&net, peer, &relays, ct.clone()).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::debug!(%peer, "receipt delivery failed: {e}");
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn history(
+        &mut self,
+        contact: &str,
+        limit: Option<u32>,
+        before: Option<&str>,
+        mark_read: bool,
+    ) -> Result<Vec<MessageInfo>, NodeError> {
+        let user = self.resolve(contact)?;
+        let conv = ConversationId(user.clone());
+        let page = match before {
+            Some(b) => Page::Before(
+                parse_message_id(b).ok_or_else(|| NodeError::UnknownMessage(b.to_owned()))?,
+            ),
+            None => Page::Latest,
+        };
+        let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX);
+        let messages = self.store.history(&conv, page, Some(limit))?;
+        if mark_read {
+            self.mark_read(&user)?;
+        }
+        Ok(messages.iter().map(message_info).collect())
+    }
+
+    /// Marks the conversation read and sends read receipts for what was unread.
+    pub(crate) fn mark_read(&mut self, user: &str) -> Result<(), NodeError> {
+        let conv = ConversationId(user.to_owned());
+        let unread: Vec<MessageId> = self
+            .store
+            .history(&conv, Page::Latest, Some(HISTORY_MAX))?
+            .into_iter()
+            .filter(|m| !m.own && m.status == Status::Received)
+            .map(|m| m.id)
+            .collect();
+        if unread.is_empty() {
+            return Ok(());
+        }
+        match self.store.transaction(|tx| tx.mark_read(&conv)) {
+            Ok(_) | Err(tern_store::WriteError::UnknownConversation { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.send_receipt(user, ReceiptKind::Read, unread);
+        Ok(())
+    }
+}

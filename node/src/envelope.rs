@@ -1,0 +1,201 @@
+//! The plaintext envelope inside every pairwise ciphertext.
+//!
+//! ```text
+//! version u8 (= 1) | CBOR map {id, conversation, sender_user, sender_device,
+//!                              lamport, seq, sent_at_ms, body}
+//! ```
+//!
+//! The relay never sees any of this: it is what the Olm session encrypts. The receiver checks
+//! that `sender_user`/`sender_device` are the user and device the ciphertext came from (the
+//! device authenticated by the session, the user by the device list), so a contact cannot
+//! pass a message off as someone else's. Unknown versions, unknown body kinds, trailing bytes
+//! and oversize envelopes are typed errors.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteArray;
+
+use crate::consts::{MAX_ENVELOPE_BYTES, MAX_RECEIPT_IDS};
+
+/// The envelope format version this build writes and reads.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// Which conversation a message belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Conversation {
+    /// A one-to-one conversation; `to` is the user the sender addressed (the receiver checks
+    /// it is itself).
+    Direct {
+        /// The addressed user id.
+        to: ByteArray<16>,
+    },
+}
+
+/// Which receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReceiptKind {
+    /// The messages were stored by a device of the recipient.
+    Delivered,
+    /// The recipient read the messages.
+    Read,
+}
+
+/// What a message carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// A text message.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// A delivery or read receipt for earlier messages of the same conversation.
+    Receipt {
+        /// Delivered or read.
+        kind: ReceiptKind,
+        /// The messages it covers (at most [`MAX_RECEIPT_IDS`]).
+        ids: Vec<ByteArray<16>>,
+    },
+}
+
+/// A plaintext envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Random 128-bit message id chosen by the sender.
+    pub id: ByteArray<16>,
+    /// The conversation.
+    pub conversation: Conversation,
+    /// The sending user id.
+    pub sender_user: ByteArray<16>,
+    /// The sending device id (its network public key).
+    pub sender_device: ByteArray<32>,
+    /// The conversation's Lamport clock at sending.
+    pub lamport: u64,
+    /// The sending device's sequence number in this conversation.
+    pub seq: u64,
+    /// The sender's clock at sending, ms since the Unix epoch.
+    pub sent_at_ms: i64,
+    /// The content.
+    pub body: Body,
+}
+
+/// Why an envelope could not be decoded or encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// No bytes.
+    #[error("empty envelope")]
+    Empty,
+    /// Over [`MAX_ENVELOPE_BYTES`].
+    #[error("envelope of {0} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// A version this build does not read.
+    #[error("envelope version {0} is not supported (this build reads {ENVELOPE_VERSION})")]
+    UnsupportedVersion(u8),
+    /// Not a valid envelope.
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+}
+
+impl Envelope {
+    /// Encodes the envelope.
+    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        self.check()?;
+        let mut out = vec![ENVELOPE_VERSION];
+        ciborium::into_writer(self, &mut out)
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if out.len() > MAX_ENVELOPE_BYTES {
+            return Err(EnvelopeError::TooLarge(out.len()));
+        }
+        Ok(out)
+    }
+
+    /// Decodes an envelope, checking version, size and trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(EnvelopeError::TooLarge(bytes.len()));
+        }
+        let (&version, mut body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+        if version != ENVELOPE_VERSION {
+            return Err(EnvelopeError::UnsupportedVersion(version));
+        }
+        let env: Envelope = ciborium::from_reader(&mut body)
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if !body.is_empty() {
+            return Err(EnvelopeError::Malformed(format!(
+                "{} trailing bytes",
+                body.len()
+            )));
+        }
+        env.check()?;
+        Ok(env)
+    }
+
+    fn check(&self) -> Result<(), EnvelopeError> {
+        if let Body::Receipt { ids, .. } = &self.body
+            && (ids.is_empty() || ids.len() > MAX_RECEIPT_IDS)
+        {
+            return Err(EnvelopeError::Malformed(format!(
+                "receipt with {} ids (1 to {MAX_RECEIPT_IDS} allowed)",
+                ids.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            id: ByteArray::new([1; 16]),
+            conversation: Conversation::Direct {
+                to: ByteArray::new([2; 16]),
+            },
+            sender_user: ByteArray::new([3; 16]),
+            sender_device: ByteArray::new([4; 32]),
+            lamport: 7,
+            seq: 3,
+            sent_at_ms: 1_700_000_000_000,
+            body: Body::Text {
+                text: "hello".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip_and_errors() {
+        let e = sample();
+        let bytes = e.encode().unwrap();
+        assert_eq!(bytes[0], ENVELOPE_VERSION);
+        assert_eq!(Envelope::decode(&bytes).unwrap(), e);
+        assert_eq!(Envelope::decode(&[]), Err(EnvelopeError::Empty));
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert_eq!(
+            Envelope::decode(&v2),
+            Err(EnvelopeError::UnsupportedVersion(2))
+        );
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(
+            Envelope::decode(&trailing),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        assert!(matches!(
+            Envelope::decode(&bytes[..bytes.len() - 3]),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        let big = vec![ENVELOPE_VERSION; MAX_ENVELOPE_BYTES + 1];
+        assert!(matches!(
+            Envelope::decode(&big),
+            Err(EnvelopeError::TooLarge(_))
+        ));
+        let mut empty_receipt = sample();
+        empty_receipt.body = Body::Receipt {
+            kind: ReceiptKind::Read,
+            ids: vec![],
+        };
+        assert!(empty_receipt.encode().is_err());
+    }
+}

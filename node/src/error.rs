@@ -1,0 +1,104 @@
+//! The node's error type, with a stable code per kind for the API and the CLI's exit codes.
+
+use crate::link::LinkError;
+
+/// Why a node operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// No contact matches.
+    #[error("unknown contact {0:?} (see `tern contact list`)")]
+    UnknownContact(String),
+    /// Several contacts have that name.
+    #[error("{0:?} names more than one contact; use the user id")]
+    AmbiguousContact(String),
+    /// The text is empty.
+    #[error("message text is empty")]
+    EmptyText,
+    /// The text is over the limit.
+    #[error("message text is {len} bytes, over the {max}-byte limit")]
+    TextTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The contact's identity key changed and was not accepted.
+    #[error(
+        "WARNING: the identity key of {0} has changed. This can mean a reinstall or an attack. \
+         Sending is blocked: compare safety numbers, then accept with `tern contact accept`"
+    )]
+    IdentityChanged(String),
+    /// A contact link was refused.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// A link names this user.
+    #[error("that contact link is your own")]
+    OwnLink,
+    /// Something is wrong with the request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A message id is unknown.
+    #[error("no such message {0}")]
+    UnknownMessage(String),
+    /// The store failed.
+    #[error("storage: {0}")]
+    Store(String),
+    /// Crypto failed.
+    #[error("crypto: {0}")]
+    Crypto(String),
+    /// The network could not do it (relay unreachable, ...).
+    #[error("network: {0}")]
+    Network(String),
+    /// The scanned safety number does not match.
+    #[error("the scanned safety number does not match: do not trust this contact")]
+    SafetyMismatch,
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+impl NodeError {
+    /// A stable numeric code (JSON-RPC error `code`; see `docs/api.md`).
+    pub fn code(&self) -> i64 {
+        match self {
+            NodeError::UnknownContact(_) => 1001,
+            NodeError::AmbiguousContact(_) => 1002,
+            NodeError::EmptyText | NodeError::TextTooLong { .. } => 1003,
+            NodeError::IdentityChanged(_) => 1004,
+            NodeError::Link(_) | NodeError::OwnLink => 1005,
+            NodeError::BadRequest(_) => -32602,
+            NodeError::UnknownMessage(_) => 1006,
+            NodeError::Store(_) => 1007,
+            NodeError::Crypto(_) => 1008,
+            NodeError::Network(_) => 1009,
+            NodeError::SafetyMismatch => 1010,
+            NodeError::Stopped => 1011,
+        }
+    }
+}
+
+macro_rules! from_display {
+    ($variant:ident, $($t:ty),*) => {
+        $(impl From<$t> for NodeError {
+            fn from(e: $t) -> Self {
+                NodeError::$variant(e.to_string())
+            }
+        })*
+    };
+}
+from_display!(
+    Store,
+    tern_store::WriteError,
+    tern_store::ReadError,
+    tern_store::SearchError,
+    crate::home::HomeError
+);
+from_display!(
+    Crypto,
+    tern_crypto::session::SessionError,
+    tern_crypto::prekey::PrekeyError,
+    tern_crypto::DeviceListError,
+    crate::envelope::EnvelopeError
+);
+from_display!(Network, crate::net::NetError);

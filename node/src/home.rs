@@ -1,0 +1,458 @@
+//! The node's home directory: what lives where, creating an identity, and opening it.
+//!
+//! ```text
+//! HOME/
+//!   tern.db       SQLCipher store (keys sealed inside, sessions, contacts, history, outbox)
+//!   store.key     0600 random key of tern.db (tern-store keyfile)
+//!   seal.key      0600 key that seals identity and device secrets inside tern.db
+//!   config.json   user name, relays, listen addresses, embedded relay settings
+//!   api.token     0600 bearer token of the local API (rewritten by every `tern up`)
+//!   node.json     written by a running node: API address and pid (removed on clean stop)
+//!   relay/        data of the embedded relay, when `tern up` runs one
+//! ```
+
+use std::{
+    io::{Read, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tern_crypto::{
+    DeviceKeys, DeviceList, IdentityKey, SignedDeviceCertificate, SignedDeviceList,
+    sealed::{self, Secret32},
+    time::UnixSecs,
+};
+use tern_store::{OwnDevice, OwnIdentity, Store, StorageKey, Unlock};
+use zeroize::Zeroizing;
+
+use crate::consts::MAX_NAME_BYTES;
+
+const SEAL_MAGIC: &[u8; 8] = b"TERNSEAL";
+const SEAL_VERSION: u8 = 1;
+const SEAL_FILE_LEN: usize = SEAL_MAGIC.len() + 1 + 32;
+/// Associated data binding each sealed secret to its purpose.
+const SEAL_IDENTITY: &[u8] = b"tern/node/identity-secret/v1";
+const SEAL_DEVICE: &[u8] = b"tern/node/device-secret/v1";
+
+/// Why a home could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HomeError {
+    /// `init` found an existing identity.
+    #[error("{path} already holds a Tern identity; refusing to overwrite it")]
+    AlreadyInitialised {
+        /// The home.
+        path: PathBuf,
+    },
+    /// No identity yet.
+    #[error("no Tern identity in {path}; create one with `tern init`")]
+    NotInitialised {
+        /// The home.
+        path: PathBuf,
+    },
+    /// A name is too long or empty.
+    #[error("name must be 1 to {MAX_NAME_BYTES} bytes")]
+    BadName,
+    /// A file could not be read or written.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key file is malformed or readable by others.
+    #[error("key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The store key file could not be used.
+    #[error(transparent)]
+    StoreKey(#[from] tern_store::KeyError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Open(#[from] tern_store::OpenError),
+    /// The store could not be read.
+    #[error(transparent)]
+    Read(#[from] tern_store::ReadError),
+    /// The store could not be written.
+    #[error(transparent)]
+    Write(#[from] tern_store::WriteError),
+    /// The store lacks a record it must have.
+    #[error("the store is missing its {0}")]
+    Missing(&'static str),
+    /// Key material did not decode or verify.
+    #[error("key material is unusable: {0}")]
+    Crypto(String),
+    /// The configuration file is malformed.
+    #[error("config file {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn crypto_err(e: impl std::fmt::Display) -> HomeError {
+    HomeError::Crypto(e.to_string())
+}
+
+/// The node's settings kept in `config.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Config {
+    /// The user's display name (offered in contact links).
+    pub name: String,
+    /// Home relays (multiaddrs ending in `/p2p/<peer id>`). Empty: `tern up` runs an
+    /// embedded relay.
+    pub relays: Vec<String>,
+    /// The embedded relay's TCP port once chosen, so its address stays the same across runs
+    /// (contacts keep it from the contact link).
+    pub embedded_relay_port: Option<u16>,
+}
+
+/// A node home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+/// Everything secret or signed that the node loads from its home.
+pub struct Keys {
+    /// The user's identity key.
+    pub identity: IdentityKey,
+    /// This device's keys (network key and Olm account).
+    pub device: DeviceKeys,
+    /// This device's certificate.
+    pub certificate: SignedDeviceCertificate,
+    /// The user's signed device list.
+    pub device_list: SignedDeviceList,
+    /// The key that seals secrets inside the store.
+    pub seal: Secret32,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("identity", &self.identity)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// The own-device record for the store, with the current (sealed) device secrets. Saved
+    /// again whenever the Olm account changes (one-time keys used or generated).
+    pub fn own_device_record(&self, created_at_ms: i64) -> Result<OwnDevice, HomeError> {
+        let secret = self.device.to_secret_bytes().map_err(crypto_err)?;
+        let sealed = sealed::seal(&self.seal, SEAL_DEVICE, &secret).map_err(crypto_err)?;
+        Ok(OwnDevice {
+            device_id: self.device.device_id().to_peer_id_string(),
+            sealed_device_key: sealed,
+            // The account is inside the sealed device secret (tern-crypto keeps network key
+            // and account in one record); this column holds a marker, not a second copy.
+            account_pickle: b"in-sealed-device-key".to_vec(),
+            certificate: self.certificate.to_bytes().map_err(crypto_err)?,
+            created_at_ms,
+        })
+    }
+}
+
+/// What `init` created.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The user id (hex).
+    pub user_id: String,
+    /// The device id (PeerId string).
+    pub device_id: String,
+}
+
+fn now_secs() -> UnixSecs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Home {
+    /// A home at `dir` (nothing is touched yet).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Home { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The store file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("tern.db")
+    }
+    /// The store key file.
+    pub fn store_key_path(&self) -> PathBuf {
+        self.dir.join("store.key")
+    }
+    /// The seal key file.
+    pub fn seal_key_path(&self) -> PathBuf {
+        self.dir.join("seal.key")
+    }
+    /// The configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    /// The API token file.
+    pub fn token_path(&self) -> PathBuf {
+        self.dir.join("api.token")
+    }
+    /// The running node's address file.
+    pub fn node_file_path(&self) -> PathBuf {
+        self.dir.join("node.json")
+    }
+    /// The embedded relay's data directory.
+    pub fn relay_dir(&self) -> PathBuf {
+        self.dir.join("relay")
+    }
+
+    /// Whether an identity exists here.
+    pub fn is_initialised(&self) -> bool {
+        self.db_path().exists() || self.store_key_path().exists()
+    }
+
+    /// Creates a new identity and first device. Refuses to overwrite an existing one.
+    pub fn init(&self, name: &str, device_name: &str) -> Result<Created, HomeError> {
+        if name.is_empty() || name.len() > MAX_NAME_BYTES || device_name.len() > MAX_NAME_BYTES
+        {
+            return Err(HomeError::BadName);
+        }
+        if self.is_initialised() {
+            return Err(HomeError::AlreadyInitialised {
+                path: self.dir.clone(),
+            });
+        }
+        create_private_dir(&self.dir)?;
+        let seal = Secret32::random().map_err(crypto_err)?;
+        write_new_private(
+            &self.seal_key_path(),
+            &Zeroizing::new([SEAL_MAGIC.as_slice(), &[SEAL_VERSION], seal.expose()].concat()),
+        )?;
+        let store_key = StorageKey::generate()?;
+        store_key.write_new_keyfile(&self.store_key_path())?;
+        let identity = IdentityKey::generate().map_err(crypto_err)?;
+        let device = DeviceKeys::generate().map_err(crypto_err)?;
+        let now = now_secs();
+        let certificate = device
+            .certify(&identity, device_name, now)
+            .map_err(crypto_err)?;
+        let list = DeviceList::first(&identity, certificate.clone(), now);
+        let signed = list.sign(&identity).map_err(crypto_err)?;
+        let keys = Keys {
+            identity,
+            device,
+            certificate,
+            device_list: signed,
+            seal,
+        };
+        let mut store = Store::open(&self.db_path(), Unlock::Key(&store_key))?;
+        let id_secret = keys.identity.to_secret_bytes().map_err(crypto_err)?;
+        let sealed_id = sealed::seal(&keys.seal, SEAL_IDENTITY, &id_secret).map_err(crypto_err)?;
+        let created_ms = now_ms();
+        let user_id = keys.identity.user_id().to_string();
+        store.transaction(|tx| -> Result<(), HomeError> {
+            tx.save_own_identity(&OwnIdentity {
+                user_id: user_id.clone(),
+                sealed_identity_key: sealed_id,
+                created_at_ms: created_ms,
+            })?;
+            tx.save_own_device(&keys.own_device_record(created_ms)?)?;
+            tx.save_own_device_list(1, keys.device_list.as_bytes())?;
+            Ok(())
+        })?;
+        self.save_config(&Config {
+            name: name.to_owned(),
+            ..Config::default()
+        })?;
+        Ok(Created {
+            user_id,
+            device_id: keys.device.device_id().to_peer_id_string(),
+        })
+    }
+
+    /// Opens the store and loads the keys.
+    pub fn open(&self) -> Result<(Store, Keys), HomeError> {
+        if !self.db_path().exists() {
+            return Err(HomeError::NotInitialised {
+                path: self.dir.clone(),
+            });
+        }
+        let store_key = StorageKey::read_keyfile(&self.store_key_path())?;
+        let seal = self.read_seal_key()?;
+        let store = Store::open(&self.db_path(), Unlock::Key(&store_key))?;
+        let own = store.own_identity()?.ok_or(HomeError::Missing("identity"))?;
+        let dev = store.own_device()?.ok_or(HomeError::Missing("device"))?;
+        let (_, list) = store
+            .own_device_list()?
+            .ok_or(HomeError::Missing("device list"))?;
+        let id_secret =
+            sealed::open(&seal, SEAL_IDENTITY, &own.sealed_identity_key).map_err(crypto_err)?;
+        let identity = IdentityKey::from_secret_bytes(&id_secret).map_err(crypto_err)?;
+        let dev_secret =
+            sealed::open(&seal, SEAL_DEVICE, &dev.sealed_device_key).map_err(crypto_err)?;
+        let device = DeviceKeys::from_secret_bytes(&dev_secret).map_err(crypto_err)?;
+        let certificate =
+            SignedDeviceCertificate::from_bytes(&dev.certificate).map_err(crypto_err)?;
+        let device_list = SignedDeviceList::from_bytes(&list).map_err(crypto_err)?;
+        device_list
+            .check_identity(&identity.public())
+            .map_err(crypto_err)?;
+        Ok((
+            store,
+            Keys {
+                identity,
+                device,
+                certificate,
+                device_list,
+                seal,
+            },
+        ))
+    }
+
+    fn read_seal_key(&self) -> Result<Secret32, HomeError> {
+        let path = self.seal_key_path();
+        let bytes = read_private(&path, SEAL_FILE_LEN)?;
+        if bytes.len() != SEAL_FILE_LEN
+            || &bytes[..SEAL_MAGIC.len()] != SEAL_MAGIC
+            || bytes[SEAL_MAGIC.len()] != SEAL_VERSION
+        {
+            return Err(HomeError::KeyFile {
+                path,
+                reason: "not a Tern seal key",
+            });
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&bytes[SEAL_MAGIC.len() + 1..]);
+        let secret = Secret32::new(key);
+        zeroize::Zeroize::zeroize(&mut key);
+        Ok(secret)
+    }
+
+    /// Reads `config.json` (defaults when absent).
+    pub fn config(&self) -> Result<Config, HomeError> {
+        let path = self.config_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| HomeError::Config {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(HomeError::Io {
+                op: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Writes `config.json` atomically.
+    pub fn save_config(&self, config: &Config) -> Result<(), HomeError> {
+        let text = serde_json::to_vec_pretty(config).map_err(|e| HomeError::Config {
+            path: self.config_path(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&self.config_path(), &text, false)
+    }
+}
+
+/// Creates `dir` (and parents) with mode 0700 for the last component.
+pub fn create_private_dir(dir: &Path) -> Result<(), HomeError> {
+    let io = |source| HomeError::Io {
+        op: "create directory",
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
+    let io = |source| HomeError::Io {
+        op: "write",
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Writes a file through a temporary and a rename; `private` makes it 0600.
+pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), HomeError> {
+    let tmp = path.with_extension("tmp");
+    let io = |source| HomeError::Io {
+        op: "write",
+        path: path.to_owned(),
+        source,
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    let mut f = options.open(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Reads a small private file, refusing one that group or others can read.
+pub fn read_private(path: &Path, max: usize) -> Result<Zeroizing<Vec<u8>>, HomeError> {
+    let io = |source| HomeError::Io {
+        op: "read",
+        path: path.to_owned(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = f.metadata().map_err(io)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(HomeError::KeyFile {
+                path: path.to_owned(),
+                reason: "readable by group or others (must be 0600)",
+            });
+        }
+    }
+    let mut buf = Zeroizing::new(Vec::new());
+    f.take(max as u64 + 1).read_to_end(&mut buf).map_err(io)?;
+    Ok(buf)
+}

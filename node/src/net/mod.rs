@@ -1,0 +1,1029 @@
+//! The network: one event loop owns the libp2p swarm; a cloneable [`Client`] sends it
+//! commands (each with a oneshot for the answer) and the loop sends [`Event`]s back.
+//! This is the shape of rust-libp2p's file-sharing example.
+//!
+//! The swarm runs TCP and QUIC with Noise and Yamux; identify and ping and the relay's
+//! mailbox, presence and directory protocols (composed from `tern_relay::client::Behaviour`);
+//! the circuit relay v2 client (a reservation at each home relay, so contacts can reach this
+//! device through it) and DCUtR (to upgrade a relayed connection to a direct one); and
+//! `/tern/direct/1` for device-to-device messages.
+
+pub mod direct;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, dcutr, identify,
+    identity::Keypair,
+    multiaddr::Protocol,
+    noise, relay,
+    request_response::{self, Message, OutboundRequestId, ProtocolSupport, ResponseChannel},
+    swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
+    tcp, yamux,
+};
+use tern_relay::{
+    client::{self as relay_client, Proto},
+    wire::{ErrorCode, Frame, FrameCodec, Rejection, mailbox, presence},
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::consts::{
+    IDLE_CONNECTION_TIMEOUT, NETWORK_COMMAND_QUEUE, NETWORK_EVENT_QUEUE, REDIAL_BASE, REDIAL_MAX,
+    RELAY_REQUEST_TIMEOUT,
+};
+
+/// Why a network request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The event loop has stopped.
+    #[error("network stopped")]
+    Closed,
+    /// The stream failed (no connection, timeout, protocol not supported).
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// The frame could not be encoded or decoded.
+    #[error("bad frame: {0}")]
+    Frame(String),
+    /// The peer refused.
+    #[error("refused: {} (retry after {:?} ms)", .0.code.label(), .0.retry_after_ms)]
+    Rejected(Rejection),
+    /// The peer answered with the wrong kind of response.
+    #[error("unexpected response")]
+    Unexpected,
+}
+
+impl NetError {
+    /// The rejection code, if the peer refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            NetError::Rejected(r) => Some(r.code),
+            _ => None,
+        }
+    }
+}
+
+/// Something the network tells the engine.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection to a relay came up (first connection).
+    RelayUp(PeerId),
+    /// The last connection to a relay closed.
+    RelayDown(PeerId),
+    /// Mail pushed by a relay (still to be acknowledged there).
+    Mail {
+        /// The relay.
+        relay: PeerId,
+        /// The messages.
+        envelopes: Vec<mailbox::Envelope>,
+    },
+    /// A mail push had to be dropped (queue full): fetch the mailbox.
+    MailDropped(PeerId),
+    /// Presence changes pushed by a relay.
+    Presence(Vec<presence::Entry>),
+    /// A device sent a message directly; answer with [`Client::respond_direct`].
+    Direct {
+        /// The sending device.
+        peer: PeerId,
+        /// The id to answer under.
+        id: u64,
+        /// The ciphertext.
+        ciphertext: Vec<u8>,
+    },
+    /// A connection to a (non-relay) peer came up.
+    PeerUp {
+        /// The peer.
+        peer: PeerId,
+        /// Whether the connection goes through a relay circuit.
+        relayed: bool,
+    },
+    /// The circuit reservation at a home relay was accepted.
+    Reservation(PeerId),
+    /// A DCUtR hole punch finished.
+    HolePunch {
+        /// The peer.
+        peer: PeerId,
+        /// Whether a direct connection resulted.
+        ok: bool,
+    },
+    /// The swarm listens on an address.
+    Listening(Multiaddr),
+}
+
+#[allow(missing_docs)]
+mod behaviour {
+    use super::*;
+
+    /// The node's composed behaviour.
+    #[derive(NetworkBehaviour)]
+    #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+    pub struct Behaviour {
+        /// Identify, ping and the relay protocols.
+        pub relay_proto: relay_client::Behaviour,
+        /// Circuit relay v2 client: reservations and relayed dials.
+        pub circuit: relay::client::Behaviour,
+        /// Hole punching over relayed connections.
+        pub dcutr: dcutr::Behaviour,
+        /// `/tern/direct/1`.
+        pub direct: request_response::Behaviour<FrameCodec>,
+    }
+}
+use behaviour::{Behaviour, BehaviourEvent};
+
+type Reply = oneshot::Sender<Result<Frame, NetError>>;
+
+enum Command {
+    Request {
+        peer: PeerId,
+        proto: Proto,
+        frame: Vec<u8>,
+        reply: Reply,
+    },
+    Direct {
+        peer: PeerId,
+        frame: Vec<u8>,
+        reply: Reply,
+    },
+    RespondDirect {
+        id: u64,
+        frame: Vec<u8>,
+    },
+    AddRelay {
+        addr: Multiaddr,
+        home: bool,
+    },
+    DialVia {
+        peer: PeerId,
+        relay: Multiaddr,
+    },
+    Connected {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// A handle to the network event loop.
+#[derive(Clone, Debug)]
+pub struct Client {
+    cmd: mpsc::Sender<Command>,
+    local: PeerId,
+}
+
+/// Network settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+}
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The transport could not be built.
+    #[error("cannot build the libp2p transport: {0}")]
+    Transport(String),
+    /// A listen address could not be used.
+    #[error("cannot listen on {addr}: {message}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// What libp2p said.
+        message: String,
+    },
+}
+
+/// Builds the swarm and returns the handle, the event stream and the loop to spawn.
+pub fn new(
+    key: Keypair,
+    config: Config,
+) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), StartError> {
+    let local = key.public().to_peer_id();
+    let mut swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_behaviour(|key, circuit| Behaviour {
+            relay_proto: relay_client::Behaviour::new(key, RELAY_REQUEST_TIMEOUT),
+            circuit,
+            dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+            direct: request_response::Behaviour::with_codec(
+                direct::codec(),
+                [(direct::PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(crate::consts::DIRECT_TIMEOUT),
+            ),
+        })
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    for addr in config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| StartError::Listen {
+                addr,
+                message: e.to_string(),
+            })?;
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(NETWORK_COMMAND_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(NETWORK_EVENT_QUEUE);
+    Ok((
+        Client { cmd: cmd_tx, local },
+        ev_rx,
+        EventLoop {
+            swarm,
+            cmds: cmd_rx,
+            events: ev_tx,
+            pending: HashMap::new(),
+            inbound: HashMap::new(),
+            next_inbound: 0,
+            relays: HashMap::new(),
+            direct_conns: HashMap::new(),
+            dialed_direct: HashSet::new(),
+        },
+    ))
+}
+
+impl Client {
+    /// This device's PeerId.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), NetError> {
+        self.cmd.send(cmd).await.map_err(|_| NetError::Closed)
+    }
+
+    /// Sends a raw frame on a relay protocol to `peer` and returns the answer frame.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        proto: Proto,
+        frame: Vec<u8>,
+    ) -> Result<Frame, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request {
+            peer,
+            proto,
+            frame,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| NetError::Closed)?
+    }
+
+    /// Sends a direct message to a device over an existing connection (or one libp2p can
+    /// open from known addresses).
+    pub async fn direct(&self, peer: PeerId, ciphertext: Vec<u8>) -> Result<(), NetError> {
+        let frame = direct::Request::Message {
+            ciphertext: serde_bytes::ByteBuf::from(ciphertext),
+        }
+        .encode()
+        .map_err(|e| NetError::Frame(e.to_string()))?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Direct { peer, frame, reply }).await?;
+        let frame = rx.await.map_err(|_| NetError::Closed)??;
+        match direct::Response::from_frame(&frame).map_err(|e| NetError::Frame(e.to_string()))? {
+            direct::Response::Stored => Ok(()),
+            direct::Response::Error(r) => Err(NetError::Rejected(r)),
+        }
+    }
+
+    /// Answers a direct message: stored (`None`) or refused.
+    pub async fn respond_direct(&self, id: u64, refused: Option<ErrorCode>) {
+        let resp = match refused {
+            None => direct::Response::Stored,
+            Some(code) => direct::Response::Error(Rejection::new(code)),
+        };
+        if let Ok(frame) = resp.encode() {
+            let _ = self.send(Command::RespondDirect { id, frame }).await;
+        }
+    }
+
+    /// Adds a relay (address ending in `/p2p/<id>`) and keeps a connection to it; a home
+    /// relay also gets a circuit reservation.
+    pub async fn add_relay(&self, addr: Multiaddr, home: bool) -> Result<(), NetError> {
+        self.send(Command::AddRelay { addr, home }).await
+    }
+
+    /// Dials a device through a relay circuit (DCUtR may then upgrade it).
+    pub async fn dial_via(&self, peer: PeerId, relay: Multiaddr) -> Result<(), NetError> {
+        self.send(Command::DialVia { peer, relay }).await
+    }
+
+    /// Whether a connection to `peer` is open.
+    pub async fn is_connected(&self, peer: PeerId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Connected { peer, reply }).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+struct RelayState {
+    addr: Multiaddr,
+    home: bool,
+    connected: bool,
+    /// When to dial again, while disconnected.
+    redial_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// The loop that owns the swarm. Run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    cmds: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    /// Outbound requests waiting for an answer.
+    pending: HashMap<OutboundRequestId, Reply>,
+    /// Inbound direct messages waiting for the engine's answer.
+    inbound: HashMap<u64, ResponseChannel<Frame>>,
+    next_inbound: u64,
+    relays: HashMap<PeerId, RelayState>,
+    /// Non-relay peers: (direct connections, relayed connections).
+    direct_conns: HashMap<PeerId, (u32, u32)>,
+    /// Peers we already tried to dial directly after learning their addresses.
+    dialed_direct: HashSet<PeerId>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop").finish_non_exhaustive()
+    }
+}
+
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
+impl EventLoop {
+    /// Runs until every [`Client`] is dropped.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(REDIAL_BASE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = self.cmds.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                _ = tick.tick() => self.redial_due(),
+            }
+        }
+    }
+
+    fn emit(&self, ev: Event) -> bool {
+        match self.events.try_send(ev) {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!("network event queue full; dropping an event");
+                false
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Request {
+                peer,
+                proto,
+                frame,
+                reply,
+            } => {
+                let b = &mut self.swarm.behaviour_mut().relay_proto;
+                let id = match proto {
+                    Proto::Mailbox => b.mailbox.send_request(&peer, Frame::Data(frame)),
+                    Proto::Presence => b.presence.send_request(&peer, Frame::Data(frame)),
+                    Proto::Directory => b.directory.send_request(&peer, Frame::Data(frame)),
+                };
+                self.pending.insert(id, reply);
+            }
+            Command::Direct { peer, frame, reply } => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err(NetError::Transport("not connected".into())));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .direct
+                    .send_request(&peer, Frame::Data(frame));
+                self.pending.insert(id, reply);
+            }
+            Command::RespondDirect { id, frame } => {
+                if let Some(ch) = self.inbound.remove(&id) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .direct
+                        .send_response(ch, Frame::Data(frame));
+                }
+            }
+            Command::AddRelay { addr, home } => {
+                let Some(peer) = peer_of(&addr) else { return };
+                self.swarm.add_peer_address(peer, addr.clone());
+                let entry = self.relays.entry(peer).or_insert(RelayState {
+                    addr: addr.clone(),
+                    home,
+                    connected: false,
+                    redial_at: Some(Instant::now()),
+                    backoff: REDIAL_BASE,
+                });
+                entry.home |= home;
+                if self.swarm.is_connected(&peer) {
+                    if !entry.connected {
+                        entry.connected = true;
+                        entry.redial_at = None;
+                        let home = entry.home;
+                        self.emit(Event::RelayUp(peer));
+                        if home {
+                            self.reserve(peer);
+                        }
+                    }
+                } else {
+                    self.redial_due();
+                }
+            }
+            Command::DialVia { peer, relay } => {
+                if self.swarm.is_connected(&peer) {
+                    return;
+                }
+                let addr = relay
+                    .with(Protocol::P2pCircuit)
+                    .with(Protocol::P2p(peer));
+                if let Err(e) = self.swarm.dial(addr) {
+                    tracing::debug!(%peer, "relayed dial failed: {e}");
+                }
+            }
+            Command::Connected { peer, reply } => {
+                let _ = reply.send(self.swarm.is_connected(&peer));
+            }
+        }
+    }
+
+    fn reserve(&mut self, relay: PeerId) {
+        let Some(state) = self.relays.get(&relay) else {
+            return;
+        };
+        let addr = state.addr.clone().with(Protocol::P2pCircuit);
+        if let Err(e) = self.swarm.listen_on(addr) {
+            tracing::warn!(%relay, "cannot request a circuit reservation: {e}");
+        }
+    }
+
+    fn redial_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(PeerId, Multiaddr)> = self
+            .relays
+            .iter_mut()
+            .filter(|(_, s)| !s.connected && s.redial_at.is_some_and(|t| t <= now))
+            .map(|(p, s)| {
+                s.redial_at = Some(now + s.backoff);
+                s.backoff = (s.backoff * 2).min(REDIAL_MAX);
+                (*p, s.addr.clone())
+            })
+            .collect();
+        for (peer, addr) in due {
+            let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, "relay dial not started: {e}");
+            }
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::Behaviour(BehaviourEvent::RelayProto(ev)) => self.on_relay_proto(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(ev)) => self.on_direct(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Circuit(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                self.emit(Event::Reservation(relay_peer_id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => {
+                self.emit(Event::HolePunch {
+                    peer: remote_peer_id,
+                    ok: result.is_ok(),
+                });
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                self.emit(Event::Listening(address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let Some(state) = self.relays.get_mut(&peer_id) {
+                    if !state.connected {
+                        state.connected = true;
+                        state.redial_at = None;
+                        state.backoff = REDIAL_BASE;
+                        let home = state.home;
+                        self.emit(Event::RelayUp(peer_id));
+                        if home {
+                            self.reserve(peer_id);
+                        }
+                    }
+                    return;
+                }
+                let relayed = is_relayed(endpoint.get_remote_address());
+                let e = self.direct_conns.entry(peer_id).or_insert((0, 0));
+                if relayed {
+                    e.1 += 1;
+                } else {
+                    e.0 += 1;
+                }
+                if num_established.get() == 1 || !relayed {
+                    self.emit(Event::PeerUp {
+                        peer: peer_id,
+                        relayed,
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let Some(state) = self.relays.get_mut(&peer_id) {
+                    if num_established == 0 && state.connected {
+                        state.connected = false;
+                        state.redial_at = Some(Instant::now() + REDIAL_BASE);
+                        state.backoff = REDIAL_BASE;
+                        self.emit(Event::RelayDown(peer_id));
+                    }
+                    return;
+                }
+                if let Some(e) = self.direct_conns.get_mut(&peer_id) {
+                    if is_relayed(endpoint.get_remote_address()) {
+                        e.1 = e.1.saturating_sub(1);
+                    } else {
+                        e.0 = e.0.saturating_sub(1);
+                    }
+                }
+                if num_established == 0 {
+                    self.direct_conns.remove(&peer_id);
+                    self.dialed_direct.remove(&peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, "dial failed: {error}");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_relay_proto(&mut self, ev: relay_client::BehaviourEvent) {
+        match ev {
+            relay_client::BehaviourEvent::Mailbox(ev) => self.on_rr(Proto::Mailbox, ev),
+            relay_client::BehaviourEvent::Presence(ev) => self.on_rr(Proto::Presence, ev),
+            relay_client::BehaviourEvent::Directory(ev) => self.on_rr(Proto::Directory, ev),
+            relay_client::BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            }) => self.on_identify(peer_id, info),
+            _ => {}
+        }
+    }
+
+    /// A contact's device told us its listen addresses: remember them and, if we only
+    /// reach it through a relay circuit, try a direct connection (DCUtR handles the NAT case).
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        if self.relays.contains_key(&peer) {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = info
+            .listen_addrs
+            .into_iter()
+            .filter(|a| !is_relayed(a))
+            .collect();
+        for a in &addrs {
+            self.swarm.add_peer_address(peer, a.clone());
+        }
+        let only_relayed = self
+            .direct_conns
+            .get(&peer)
+            .is_some_and(|(d, r)| *d == 0 && *r > 0);
+        if only_relayed && !addrs.is_empty() && self.dialed_direct.insert(peer) {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::NotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, "direct dial not started: {e}");
+            }
+        }
+    }
+
+    fn complete(&mut self, id: OutboundRequestId, result: Result<Frame, NetError>) {
+        if let Some(tx) = self.pending.remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn on_rr(&mut self, proto: Proto, ev: request_response::Event<Frame, Frame>) {
+        match ev {
+            request_response::Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.complete(request_id, Ok(response)),
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => self.complete(request_id, Err(NetError::Transport(error.to_string()))),
+            request_response::Event::Message {
+                peer,
+                message: Message::Request {
+                    request, channel, ..
+                },
+                ..
+            } => {
+                // Only relays we chose may push to us.
+                if !self.relays.contains_key(&peer) {
+                    return;
+                }
+                let b = &mut self.swarm.behaviour_mut().relay_proto;
+                match proto {
+                    Proto::Mailbox => {
+                        let (event, answer) = match mailbox::Request::from_frame(&request) {
+                            Ok(mailbox::Request::Deliver { messages }) => (
+                                Some(Event::Mail {
+                                    relay: peer,
+                                    envelopes: messages,
+                                }),
+                                mailbox::Response::Ok,
+                            ),
+                            _ => (
+                                None,
+                                mailbox::Response::Error(Rejection::new(ErrorCode::BadRequest)),
+                            ),
+                        };
+                        if let Ok(bytes) = answer.encode() {
+                            let _ = b.mailbox.send_response(channel, Frame::Data(bytes));
+                        }
+                        if let Some(ev) = event
+                            && !self.emit(ev)
+                        {
+                            // The mail stays in the mailbox; have the engine fetch it.
+                            let _ = self.events.try_send(Event::MailDropped(peer));
+                        }
+                    }
+                    Proto::Presence => {
+                        let (event, answer) = match presence::Request::from_frame(&request) {
+                            Ok(presence::Request::Update { entries }) => {
+                                (Some(Event::Presence(entries)), presence::Response::Ok)
+                            }
+                            _ => (
+                                None,
+                                presence::Response::Error(Rejection::new(ErrorCode::BadRequest)),
+                            ),
+                        };
+                        if let Ok(bytes) = answer.encode() {
+                            let _ = b.presence.send_response(channel, Frame::Data(bytes));
+                        }
+                        if let Some(ev) = event {
+                            self.emit(ev);
+                        }
+                    }
+                    Proto::Directory => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_direct(&mut self, ev: request_response::Event<Frame, Frame>) {
+        match ev {
+            request_response::Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.complete(request_id, Ok(response)),
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => self.complete(request_id, Err(NetError::Transport(error.to_string()))),
+            request_response::Event::Message {
+                peer,
+                message: Message::Request {
+                    request, channel, ..
+                },
+                ..
+            } => {
+                let refuse = |code| direct::Response::Error(Rejection::new(code)).encode();
+                let ciphertext = match direct::Request::from_frame(&request) {
+                    Ok(direct::Request::Message { ciphertext }) => ciphertext.into_vec(),
+                    Err(_) => {
+                        if let Ok(bytes) = refuse(ErrorCode::Malformed) {
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .direct
+                                .send_response(channel, Frame::Data(bytes));
+                        }
+                        return;
+                    }
+                };
+                let id = self.next_inbound;
+                self.next_inbound += 1;
+                if self.emit(Event::Direct {
+                    peer,
+                    id,
+                    ciphertext,
+                }) {
+                    self.inbound.insert(id, channel);
+                } else if let Ok(bytes) = refuse(ErrorCode::Unavailable) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .direct
+                        .send_response(channel, Frame::Data(bytes));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Builds a mailbox/presence/directory request frame and decodes the typed answer.
+pub mod rpc {
+    use super::*;
+    use serde_bytes::ByteBuf;
+    use tern_relay::wire::directory;
+
+    async fn mailbox(
+        net: &Client,
+        relay: PeerId,
+        req: mailbox::Request,
+    ) -> Result<mailbox::Response, NetError> {
+        let frame = req.encode().map_err(|e| NetError::Frame(e.to_string()))?;
+        let answer = net.request(relay, Proto::Mailbox, frame).await?;
+        match mailbox::Response::from_frame(&answer).map_err(|e| NetError::Frame(e.to_string()))? {
+            mailbox::Response::Error(r) => Err(NetError::Rejected(r)),
+            other => Ok(other),
+        }
+    }
+
+    async fn presence_req(
+        net: &Client,
+        relay: PeerId,
+        req: presence::Request,
+    ) -> Result<presence::Response, NetError> {
+        let frame = req.encode().map_err(|e| NetError::Frame(e.to_string()))?;
+        let answer = net.request(relay, Proto::Presence, frame).await?;
+        match presence::Response::from_frame(&answer)
+            .map_err(|e| NetError::Frame(e.to_string()))?
+        {
+            presence::Response::Error(r) => Err(NetError::Rejected(r)),
+            other => Ok(other),
+        }
+    }
+
+    async fn directory_req(
+        net: &Client,
+        relay: PeerId,
+        req: directory::Request,
+    ) -> Result<directory::Response, NetError> {
+        let frame = req.encode().map_err(|e| NetError::Frame(e.to_string()))?;
+        let answer = net.request(relay, Proto::Directory, frame).await?;
+        match directory::Response::from_frame(&answer)
+            .map_err(|e| NetError::Frame(e.to_string()))?
+        {
+            directory::Response::Error(r) => Err(NetError::Rejected(r)),
+            other => Ok(other),
+        }
+    }
+
+    /// Deposits a ciphertext for one device; returns once durable at the relay.
+    pub async fn deposit(
+        net: &Client,
+        relay: PeerId,
+        recipient: PeerId,
+        ciphertext: Vec<u8>,
+    ) -> Result<(), NetError> {
+        match mailbox(
+            net,
+            relay,
+            mailbox::Request::Deposit {
+                recipients: vec![recipient],
+                ttl_secs: None,
+                ciphertext: ByteBuf::from(ciphertext),
+            },
+        )
+        .await?
+        {
+            mailbox::Response::Deposited { over_quota, .. } if over_quota.is_empty() => Ok(()),
+            mailbox::Response::Deposited { .. } => {
+                Err(NetError::Rejected(Rejection::new(ErrorCode::QuotaCount)))
+            }
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Fetches a page of the own mailbox.
+    pub async fn fetch(
+        net: &Client,
+        relay: PeerId,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<mailbox::Envelope>, bool), NetError> {
+        match mailbox(net, relay, mailbox::Request::Fetch { after, limit }).await? {
+            mailbox::Response::Messages { messages, more } => Ok((messages, more)),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Acknowledges (deletes) mailbox messages.
+    pub async fn ack(net: &Client, relay: PeerId, ids: Vec<u64>) -> Result<u32, NetError> {
+        match mailbox(net, relay, mailbox::Request::Ack { ids }).await? {
+            mailbox::Response::Acked { removed } => Ok(removed),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Turns live delivery on.
+    pub async fn listen(net: &Client, relay: PeerId) -> Result<(), NetError> {
+        match mailbox(net, relay, mailbox::Request::Listen { enabled: true }).await? {
+            mailbox::Response::Ok => Ok(()),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Publishes the signed device list (a stale list is not an error: it is already there).
+    pub async fn publish_device_list(
+        net: &Client,
+        relay: PeerId,
+        list: Vec<u8>,
+    ) -> Result<(), NetError> {
+        match directory_req(
+            net,
+            relay,
+            directory::Request::PublishDeviceList {
+                list: ByteBuf::from(list),
+            },
+        )
+        .await
+        {
+            Ok(directory::Response::Ok) => Ok(()),
+            Err(NetError::Rejected(r)) if r.code == ErrorCode::Stale => Ok(()),
+            Ok(_) => Err(NetError::Unexpected),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches a user's signed device list bytes.
+    pub async fn fetch_device_list(
+        net: &Client,
+        relay: PeerId,
+        user: [u8; 16],
+    ) -> Result<Vec<u8>, NetError> {
+        match directory_req(
+            net,
+            relay,
+            directory::Request::FetchDeviceList {
+                user: ByteBuf::from(user.to_vec()),
+            },
+        )
+        .await?
+        {
+            directory::Response::DeviceList { list } => Ok(list.into_vec()),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Publishes a prekey bundle; returns the one-time keys the relay holds.
+    pub async fn publish_prekeys(
+        net: &Client,
+        relay: PeerId,
+        bundle: Vec<u8>,
+    ) -> Result<u32, NetError> {
+        match directory_req(
+            net,
+            relay,
+            directory::Request::PublishPrekeys {
+                bundle: ByteBuf::from(bundle),
+            },
+        )
+        .await?
+        {
+            directory::Response::Published { one_time_keys } => Ok(one_time_keys),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Claims one prekey of a device.
+    pub async fn claim_prekey(
+        net: &Client,
+        relay: PeerId,
+        user: [u8; 16],
+        device: PeerId,
+    ) -> Result<Vec<u8>, NetError> {
+        match directory_req(
+            net,
+            relay,
+            directory::Request::ClaimPrekey {
+                user: ByteBuf::from(user.to_vec()),
+                device,
+            },
+        )
+        .await?
+        {
+            directory::Response::Prekey { claim, .. } => Ok(claim.into_vec()),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Sends a heartbeat.
+    pub async fn heartbeat(
+        net: &Client,
+        relay: PeerId,
+        status: presence::Status,
+    ) -> Result<(), NetError> {
+        match presence_req(net, relay, presence::Request::Heartbeat { status }).await? {
+            presence::Response::Ok => Ok(()),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Replaces who may see this device's presence.
+    pub async fn set_allow_list(
+        net: &Client,
+        relay: PeerId,
+        peers: Vec<PeerId>,
+    ) -> Result<(), NetError> {
+        match presence_req(net, relay, presence::Request::SetAllowList { peers }).await? {
+            presence::Response::Ok => Ok(()),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Asks for presence once.
+    pub async fn query(
+        net: &Client,
+        relay: PeerId,
+        peers: Vec<PeerId>,
+    ) -> Result<Vec<presence::Entry>, NetError> {
+        match presence_req(net, relay, presence::Request::Query { peers }).await? {
+            presence::Response::Presence { entries } => Ok(entries),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Subscribes to presence changes; returns the current state.
+    pub async fn subscribe(
+        net: &Client,
+        relay: PeerId,
+        peers: Vec<PeerId>,
+    ) -> Result<Vec<presence::Entry>, NetError> {
+        match presence_req(net, relay, presence::Request::Subscribe { peers }).await? {
+            presence::Response::Presence { entries } => Ok(entries),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// Whether a wire error is worth retrying soon rather than after a full backoff.
+    pub fn retry_after(e: &NetError) -> Option<Duration> {
+        match e {
+            NetError::Rejected(r) => r.retry_after_ms.map(Duration::from_millis),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! What the node reports: the values its methods return and the events it pushes. They are
+//! serialized as-is on the local API (see `docs/api.md`).
+
+use serde::{Deserialize, Serialize};
+
+/// This device and user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdInfo {
+    /// User id (32 hex digits).
+    pub user_id: String,
+    /// Device id (libp2p PeerId).
+    pub device_id: String,
+    /// The user's display name.
+    pub name: String,
+    /// Identity key fingerprint (hex of the Ed25519 public key, in groups).
+    pub fingerprint: String,
+}
+
+/// A contact.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContactInfo {
+    /// User id.
+    pub user_id: String,
+    /// Name shown.
+    pub name: String,
+    /// Whether the safety number was verified.
+    pub verified: bool,
+    /// A new identity key was offered for this contact and not yet accepted: sending is
+    /// blocked until it is.
+    pub identity_change_pending: bool,
+    /// Active devices known.
+    pub devices: usize,
+    /// Their relays.
+    pub relays: Vec<String>,
+}
+
+/// A message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// Message id (32 hex digits).
+    pub id: String,
+    /// Conversation id (the contact's user id for a direct chat).
+    pub conversation: String,
+    /// Sender user id.
+    pub sender: String,
+    /// Sender device id.
+    pub sender_device: String,
+    /// Sent by this user.
+    pub own: bool,
+    /// The text.
+    pub text: String,
+    /// Sender's clock at sending, ms since the Unix epoch.
+    pub sent_at: i64,
+    /// This device's clock when stored, ms.
+    pub received_at: i64,
+    /// pending, sent, delivered, read, failed, received.
+    pub status: String,
+    /// Lamport clock (display order key).
+    pub lamport: u64,
+    /// Per-sender sequence number.
+    pub seq: u64,
+}
+
+/// A conversation in the list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConversationInfo {
+    /// Conversation id.
+    pub id: String,
+    /// Title (the contact's name).
+    pub title: Option<String>,
+    /// Preview of the newest message.
+    pub last_text: Option<String>,
+    /// Last activity, ms (this device's clock).
+    pub last_activity: i64,
+    /// Unread messages.
+    pub unread: u64,
+}
+
+/// A contact's presence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresenceInfo {
+    /// User id.
+    pub user_id: String,
+    /// Name.
+    pub name: String,
+    /// online, away, offline or unknown (the best of their devices).
+    pub state: String,
+    /// For offline: when last seen, ms.
+    pub last_seen: Option<u64>,
+}
+
+/// A relay connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayInfo {
+    /// Its address.
+    pub addr: String,
+    /// Whether connected.
+    pub connected: bool,
+    /// Whether it is a home relay (else a contact's).
+    pub home: bool,
+}
+
+/// The node's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// User id.
+    pub user_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// online or away.
+    pub status: String,
+    /// Relays.
+    pub relays: Vec<RelayInfo>,
+    /// Addresses the node listens on.
+    pub listen: Vec<String>,
+    /// Outbox rows waiting for delivery.
+    pub outbox: usize,
+}
+
+/// A search hit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SearchHitInfo {
+    /// Conversation.
+    pub conversation: String,
+    /// Message id.
+    pub id: String,
+    /// Snippet with matches in `[` `]`.
+    pub snippet: String,
+}
+
+/// A safety number.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SafetyInfo {
+    /// Contact user id.
+    pub user_id: String,
+    /// Name.
+    pub name: String,
+    /// Sixty digits in groups of five.
+    pub digits: String,
+    /// The QR payload (hex) for the other side to scan.
+    pub qr: String,
+    /// Whether verified.
+    pub verified: bool,
+}
+
+/// A contact link with a display form.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The link text.
+    pub link: String,
+}
+
+/// What adding a contact did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddedContact {
+    /// The contact.
+    pub contact: ContactInfo,
+    /// added, updated, or identity_changed (accepted a new key: warn loudly).
+    pub outcome: String,
+}
+
+/// Something that happened, pushed to API subscribers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A message was stored (sent here or received).
+    Message {
+        /// The message.
+        message: MessageInfo,
+    },
+    /// Own messages changed status.
+    Receipt {
+        /// Conversation.
+        conversation: String,
+        /// Message ids.
+        ids: Vec<String>,
+        /// The new status.
+        status: String,
+    },
+    /// A contact's presence changed.
+    Presence {
+        /// The presence.
+        presence: PresenceInfo,
+    },
+    /// A relay connection came up or went down.
+    Connection {
+        /// Relay address.
+        relay: String,
+        /// Whether connected now.
+        connected: bool,
+    },
+    /// A direct connection to a contact's device came up.
+    Peer {
+        /// Contact user id.
+        user_id: String,
+        /// Device.
+        device_id: String,
+        /// Whether through a relay circuit.
+        relayed: bool,
+    },
+    /// A contact's identity key changed: sending is blocked until the user accepts it.
+    IdentityChanged {
+        /// Contact user id.
+        user_id: String,
+    },
+    /// A message from a contact could not be decrypted (nothing was silently lost: the
+    /// user is told).
+    Undecryptable {
+        /// Contact user id.
+        user_id: String,
+        /// Device.
+        device_id: String,
+    },
+    /// Events were dropped because this subscriber fell behind.
+    Lagged {
+        /// How many.
+        missed: u64,
+    },
+}
