@@ -48,11 +48,7 @@ enum Proto {
 enum Completion {
     Deposit {
         channel: ResponseChannel<Frame>,
-        sender: PeerId,
         size: usize,
-        /// The ciphertext again, kept only if a recipient was listening at submit time.
-        live_copy: Option<Vec<u8>>,
-        now_ms: u64,
         result: Result<storage::Deposited, storage::OpError>,
     },
     Fetch {
@@ -80,6 +76,15 @@ enum Completion {
         channel: ResponseChannel<Frame>,
         response: dw::Response,
     },
+    /// A deposit was applied (not yet committed) and some recipient was listening.
+    Early {
+        sender: PeerId,
+        now_ms: u64,
+        ciphertext: Vec<u8>,
+        stored: Vec<(PeerId, u64)>,
+    },
+    /// Nothing to do (an early notice that never came because the deposit failed).
+    Nothing,
 }
 
 async fn await_reply<T: Send + 'static>(
@@ -467,6 +472,15 @@ impl EventLoop {
                     .iter()
                     .any(|r| self.listening.contains(r))
                     .then(|| ciphertext.clone());
+                // Listening recipients get the message as soon as it is applied, before the
+                // commit: the sender is still only acknowledged after the commit.
+                let (early, early_rx) = match live_copy {
+                    Some(ct) => {
+                        let (tx, rx) = oneshot::channel();
+                        (Some(tx), Some((rx, ct)))
+                    }
+                    None => (None, None),
+                };
                 let (reply, rx) = oneshot::channel();
                 let op = storage::Op::Deposit {
                     sender: peer,
@@ -474,18 +488,29 @@ impl EventLoop {
                     ciphertext,
                     now_ms: now,
                     expires_ms: now.saturating_add(ttl.saturating_mul(1000)),
+                    early,
                     reply,
                 };
                 if let Err(e) = self.storage.submit(op) {
                     return self.reject(Proto::Mailbox, channel, busy(e));
                 }
+                if let Some((early_rx, ciphertext)) = early_rx {
+                    self.pending.push(Box::pin(async move {
+                        match early_rx.await {
+                            Ok(stored) => Completion::Early {
+                                sender: peer,
+                                now_ms: now,
+                                ciphertext,
+                                stored,
+                            },
+                            Err(_) => Completion::Nothing,
+                        }
+                    }));
+                }
                 self.pending.push(Box::pin(async move {
                     Completion::Deposit {
                         channel,
-                        sender: peer,
                         size,
-                        live_copy,
-                        now_ms: now,
                         result: await_reply(rx).await,
                     }
                 }));
@@ -649,12 +674,22 @@ impl EventLoop {
 
     fn on_completion(&mut self, done: Completion) {
         match done {
+            Completion::Early {
+                sender,
+                now_ms,
+                ciphertext,
+                stored,
+            } => {
+                for (recipient, id) in stored {
+                    if self.listening.contains(&recipient) {
+                        self.deliver(recipient, id, sender, now_ms, &ciphertext);
+                    }
+                }
+            }
+            Completion::Nothing => {}
             Completion::Deposit {
                 channel,
-                sender,
                 size,
-                live_copy,
-                now_ms,
                 result,
             } => match result {
                 Ok(d) => {
@@ -671,12 +706,11 @@ impl EventLoop {
                             over_quota: d.over_quota,
                         },
                     );
-                    for (recipient, id, unread) in d.stored {
-                        if self.listening.contains(&recipient) {
-                            if let Some(ct) = &live_copy {
-                                self.deliver(recipient, id, sender, now_ms, ct);
-                            }
-                        } else if self.push_registered.contains(&recipient) {
+                    // Listening recipients were served by the early notice.
+                    for (recipient, _, unread) in d.stored {
+                        if !self.listening.contains(&recipient)
+                            && self.push_registered.contains(&recipient)
+                        {
                             self.push.send(push::Command::Mail {
                                 peer: recipient,
                                 unread,

@@ -177,6 +177,9 @@ pub enum Op {
         now_ms: u64,
         /// Expiry (ms since the epoch).
         expires_ms: u64,
+        /// Told the mailbox ids as soon as the deposit is applied, before its transaction
+        /// commits, so live delivery does not wait for the disk (see `docs/protocol.md`).
+        early: Option<oneshot::Sender<Vec<(PeerId, u64)>>>,
         /// Answer.
         reply: Reply<Deposited>,
     },
@@ -415,6 +418,9 @@ fn init(conn: &Connection, max_database_bytes: u64) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Every operation runs in a savepoint; keep its sub-journal in memory rather than in a
+    // temporary file (it is only needed until the transaction ends).
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     if max_database_bytes > 0 {
         let pages = (max_database_bytes / PAGE_SIZE).max(16);
@@ -727,6 +733,7 @@ fn apply_in_savepoint(
             return Done::None;
         }
     };
+    let mut early_notice = None;
     let (done, ok) = match op {
         Op::Deposit {
             sender,
@@ -734,6 +741,7 @@ fn apply_in_savepoint(
             ciphertext,
             now_ms,
             expires_ms,
+            early,
             reply,
         } => {
             let r = deposit(
@@ -748,6 +756,15 @@ fn apply_in_savepoint(
                 &mut local,
                 quota,
             );
+            if let (Some(tx), Ok(d)) = (early, &r) {
+                early_notice = Some((
+                    tx,
+                    d.stored
+                        .iter()
+                        .map(|(p, id, _)| (*p, *id))
+                        .collect::<Vec<_>>(),
+                ));
+            }
             let ok = r.is_ok();
             (Done::Deposit(reply, r), ok)
         }
@@ -852,6 +869,9 @@ fn apply_in_savepoint(
     if ok {
         match sp.commit() {
             Ok(()) => {
+                if let Some((tx, stored)) = early_notice {
+                    let _ = tx.send(stored);
+                }
                 for (k, (m, b)) in local {
                     let e = delta.entry(k).or_default();
                     e.0 += m;
@@ -916,10 +936,18 @@ fn deposit(
     if accepted.is_empty() {
         return Err(OpError::Quota(last_reason));
     }
-    sp.execute(
+    sp.prepare_cached(
         "INSERT INTO message(sender, created_ms, expires_ms, refs, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![sender.to_bytes(), now_ms as i64, expires_ms as i64, accepted.len() as i64, ciphertext],
     )
+    .and_then(|mut st| {
+        st.execute(params![
+            sender.to_bytes(),
+            now_ms as i64,
+            expires_ms as i64,
+            accepted.len() as i64,
+            ciphertext
+        ])
+    })
     .map_err(sql_err)?;
     let message = sp.last_insert_rowid();
     let mut stmt = sp
@@ -1180,6 +1208,7 @@ mod tests {
             ciphertext: body.to_vec(),
             now_ms: 1000,
             expires_ms: 5000,
+            early: None,
             reply,
         })
         .await
@@ -1271,6 +1300,7 @@ mod tests {
                 ciphertext: vec![1; 10],
                 now_ms: 0,
                 expires_ms: u64::MAX / 2,
+                early: None,
                 reply,
             })
             .await
