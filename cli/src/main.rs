@@ -1,1 +1,545 @@
-fn main() {}
+//! `tern`: the Tern command line, a thin front over tern-node and its local API.
+//!
+//! Exit codes (also in `tern --help`):
+//!
+//! | code | meaning |
+//! | ---: | --- |
+//! | 0 | success |
+//! | 1 | any other failure |
+//! | 2 | bad command-line usage |
+//! | 3 | no node is running for this home (start one with `tern up`) |
+//! | 4 | unknown or ambiguous contact, or unknown message |
+//! | 5 | bad input: malformed or tampered contact link, empty or oversize text |
+//! | 6 | the contact's identity key changed: sending is blocked until accepted |
+//! | 7 | network: relay unreachable (for a first message to a contact) |
+//! | 8 | home: no identity yet (`tern init`), or one exists already |
+
+mod up;
+
+use std::{io::Read, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tern_node::{
+    Home,
+    api::client::{ApiClient, ClientError},
+};
+
+/// Tern: peer-to-peer, end-to-end encrypted messaging.
+///
+/// Exit codes: 0 ok, 1 failure, 2 usage, 3 no node running, 4 unknown contact or message,
+/// 5 bad input (link, text), 6 contact's identity key changed, 7 network, 8 home not
+/// initialised or already initialised.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Opts {
+    /// The node's home directory (default: TERN_HOME, else the per-user data dir + /tern).
+    #[arg(long, env = "TERN_HOME", global = true)]
+    home: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create an identity and this first device; refuses to overwrite an existing one.
+    Init {
+        /// Your display name (offered to contacts in your link).
+        #[arg(long, default_value = "me")]
+        name: String,
+        /// This device's name.
+        #[arg(long, default_value = "device")]
+        device_name: String,
+    },
+    /// Run the node in the foreground (Ctrl-C stops it). Without --relay (and none saved),
+    /// an embedded relay runs on loopback.
+    Up {
+        /// Home relay multiaddr ending in /p2p/<peer id>; repeatable; saved for next time.
+        #[arg(long)]
+        relay: Vec<String>,
+        /// Multiaddr to listen on for direct connections; repeatable.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Address of the local API (loopback only).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        api: std::net::SocketAddr,
+    },
+    /// Identity commands.
+    Id {
+        #[command(subcommand)]
+        cmd: IdCmd,
+    },
+    /// Contact commands.
+    Contact {
+        #[command(subcommand)]
+        cmd: ContactCmd,
+    },
+    /// Send a text (TEXT `-` reads standard input); prints the message id.
+    Send {
+        /// Contact name or user id.
+        contact: String,
+        /// The text, or `-` for standard input.
+        text: String,
+    },
+    /// Show a conversation in display order (marks it read).
+    History {
+        /// Contact name or user id.
+        contact: String,
+        /// Most messages to show.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Show messages before this message id.
+        #[arg(long)]
+        before: Option<String>,
+        /// Do not mark the conversation read.
+        #[arg(long)]
+        no_mark_read: bool,
+    },
+    /// List conversations, most recent first.
+    Conversations,
+    /// Show contacts' presence.
+    Presence {
+        /// One contact (default: all).
+        contact: Option<String>,
+    },
+    /// Show the node's status, or set it to away/online.
+    Status {
+        /// `away` or `online`.
+        set: Option<String>,
+    },
+    /// Search all conversations.
+    Search {
+        /// Words to find.
+        query: String,
+    },
+    /// Show the safety number with a contact (digits and QR code).
+    SafetyNumber {
+        /// Contact name or user id.
+        contact: String,
+    },
+    /// Mark a contact verified after comparing safety numbers.
+    Verify {
+        /// Contact name or user id.
+        contact: String,
+        /// The contact's QR payload (hex) as scanned; checked if given.
+        #[arg(long)]
+        scanned: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdCmd {
+    /// Show user id, device id and fingerprint.
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactCmd {
+    /// Print your contact link and its QR code.
+    Link {
+        /// Print the link only, without the QR code.
+        #[arg(long)]
+        no_qr: bool,
+    },
+    /// Add a contact from their link.
+    Add {
+        /// The `tern:` link.
+        link: String,
+        /// The name to show for them.
+        #[arg(long)]
+        name: Option<String>,
+        /// Accept a changed identity key for a known contact (after verifying it!).
+        #[arg(long)]
+        accept_new_key: bool,
+    },
+    /// Accept the pending new identity key of a contact.
+    Accept {
+        /// Contact name or user id.
+        contact: String,
+    },
+    /// List contacts.
+    List,
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::NotRunning { .. } => 3,
+            ClientError::Rpc { code, .. } => match code {
+                1001 | 1002 | 1006 => 4,
+                1003 | 1005 | -32602 => 5,
+                1004 | 1010 => 6,
+                1009 => 7,
+                _ => 1,
+            },
+            _ => 1,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::new(1, format!("{e:#}"))
+    }
+}
+
+fn default_home() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("tern")
+}
+
+fn main() -> ExitCode {
+    let opts = Opts::parse();
+    // Logs go to stderr; TERN_LOG overrides the level. Nothing logged carries plaintext,
+    // keys or tokens.
+    let default = if matches!(opts.cmd, Cmd::Up { .. }) {
+        "warn,tern_node=info,tern_cli=info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .init();
+    let home = Home::new(opts.home.clone().unwrap_or_else(default_home));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tern: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(opts, home)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("tern: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn client(home: &Home) -> Result<ApiClient, Failure> {
+    Ok(ApiClient::for_home(home).await?)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn qr(text: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
+async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
+    let json = opts.json;
+    match opts.cmd {
+        Cmd::Init { name, device_name } => {
+            let created = home.init(&name, &device_name).map_err(|e| match e {
+                tern_node::home::HomeError::AlreadyInitialised { .. } => {
+                    Failure::new(8, e.to_string())
+                }
+                tern_node::home::HomeError::BadName => Failure::new(5, e.to_string()),
+                other => Failure::new(1, other.to_string()),
+            })?;
+            if json {
+                print_json(&json!({"user_id": created.user_id, "device_id": created.device_id, "home": home.dir()}));
+            } else {
+                println!("created identity in {}", home.dir().display());
+                println!("user id   {}", created.user_id);
+                println!("device id {}", created.device_id);
+                println!("next: tern --home {} up", home.dir().display());
+            }
+            Ok(())
+        }
+        Cmd::Up { relay, listen, api } => up::run(home, relay, listen, api).await,
+        Cmd::Id { cmd: IdCmd::Show } => {
+            let v = client(&home).await?.call("id.show", json!({})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("name        {}", s(&v, "name"));
+                println!("user id     {}", s(&v, "user_id"));
+                println!("device id   {}", s(&v, "device_id"));
+                println!("fingerprint {}", s(&v, "fingerprint"));
+            }
+            Ok(())
+        }
+        Cmd::Contact { cmd } => contact(&home, json, cmd).await,
+        Cmd::Send { contact, text } => {
+            let text = if text == "-" {
+                let mut buf = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut buf)
+                    .map_err(|e| Failure::new(5, format!("reading standard input: {e}")))?;
+                buf.trim_end_matches('\n').to_owned()
+            } else {
+                text
+            };
+            let v = client(&home)
+                .await?
+                .call("send", json!({"contact": contact, "text": text}))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v, "id"));
+            }
+            Ok(())
+        }
+        Cmd::History {
+            contact,
+            limit,
+            before,
+            no_mark_read,
+        } => {
+            let v = client(&home)
+                .await?
+                .call(
+                    "history",
+                    json!({"contact": contact, "limit": limit, "before": before, "mark_read": !no_mark_read}),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                for m in v.as_array().into_iter().flatten() {
+                    let who = if m.get("own").and_then(Value::as_bool) == Some(true) {
+                        "me".to_owned()
+                    } else {
+                        s(m, "sender").chars().take(8).collect()
+                    };
+                    println!(
+                        "{} {:>8}: {}  ({})",
+                        s(m, "id").chars().take(8).collect::<String>(),
+                        who,
+                        s(m, "text"),
+                        s(m, "status")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Conversations => {
+            let v = client(&home).await?.call("conversations", json!({})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                for c in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<20} unread {:>4}  {}",
+                        c.get("title").and_then(Value::as_str).unwrap_or(s(c, "id")),
+                        c.get("unread").and_then(Value::as_u64).unwrap_or(0),
+                        c.get("last_text").and_then(Value::as_str).unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Presence { contact } => {
+            let v = client(&home)
+                .await?
+                .call("presence", json!({"contact": contact}))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                for p in v.as_array().into_iter().flatten() {
+                    let seen = p
+                        .get("last_seen")
+                        .and_then(Value::as_u64)
+                        .map(|ms| format!(" (last seen {}s ago)", ago_secs(ms)))
+                        .unwrap_or_default();
+                    println!("{:<20} {}{}", s(p, "name"), s(p, "state"), seen);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Status { set } => {
+            let mut c = client(&home).await?;
+            if let Some(status) = set {
+                c.call("status.set", json!({"status": status})).await?;
+            }
+            let v = c.call("status", json!({})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("status  {}", s(&v, "status"));
+                println!("user id {}", s(&v, "user_id"));
+                println!("outbox  {}", v.get("outbox").and_then(Value::as_u64).unwrap_or(0));
+                for r in v.get("relays").and_then(Value::as_array).into_iter().flatten() {
+                    println!(
+                        "relay   {} {}",
+                        s(r, "addr"),
+                        if r.get("connected").and_then(Value::as_bool) == Some(true) {
+                            "connected"
+                        } else {
+                            "disconnected"
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Search { query } => {
+            let v = client(&home)
+                .await?
+                .call("search", json!({"query": query}))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                for h in v.as_array().into_iter().flatten() {
+                    println!("{} {}", s(h, "id").chars().take(8).collect::<String>(), s(h, "snippet"));
+                }
+            }
+            Ok(())
+        }
+        Cmd::SafetyNumber { contact } => {
+            let v = client(&home)
+                .await?
+                .call("safety_number", json!({"contact": contact}))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("safety number with {}:", s(&v, "name"));
+                println!("{}", s(&v, "digits"));
+                if let Some(code) = qr(s(&v, "qr")) {
+                    println!("{code}");
+                }
+                println!(
+                    "{}",
+                    if v.get("verified").and_then(Value::as_bool) == Some(true) {
+                        "verified"
+                    } else {
+                        "not verified: compare with your contact, then `tern verify`"
+                    }
+                );
+            }
+            Ok(())
+        }
+        Cmd::Verify { contact, scanned } => {
+            let v = client(&home)
+                .await?
+                .call("verify", json!({"contact": contact, "scanned": scanned}))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{} is verified", s(&v, "name"));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn ago_secs(ms: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now.saturating_sub(ms) / 1000
+}
+
+async fn contact(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), Failure> {
+    let mut c = client(home).await?;
+    match cmd {
+        ContactCmd::Link { no_qr } => {
+            let v = c.call("contact.link", json!({})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v, "link"));
+                if !no_qr && let Some(code) = qr(s(&v, "link")) {
+                    println!("{code}");
+                }
+            }
+        }
+        ContactCmd::Add {
+            link,
+            name,
+            accept_new_key,
+        } => {
+            let v = c
+                .call(
+                    "contact.add",
+                    json!({"link": link, "name": name, "accept_new_key": accept_new_key}),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                let contact = v.get("contact").cloned().unwrap_or(Value::Null);
+                match s(&v, "outcome") {
+                    "identity_changed" => eprintln!(
+                        "WARNING: accepted a NEW identity key for {}; verify the safety number again",
+                        s(&contact, "name")
+                    ),
+                    outcome => println!("{} {} ({})", outcome, s(&contact, "name"), s(&contact, "user_id")),
+                }
+            }
+        }
+        ContactCmd::Accept { contact } => {
+            let v = c.call("contact.accept", json!({"contact": contact})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                eprintln!(
+                    "WARNING: accepted a NEW identity key for {}; verify the safety number again",
+                    s(v.get("contact").unwrap_or(&Value::Null), "name")
+                );
+            }
+        }
+        ContactCmd::List => {
+            let v = c.call("contact.list", json!({})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                for ct in v.as_array().into_iter().flatten() {
+                    let mut flags = Vec::new();
+                    if ct.get("verified").and_then(Value::as_bool) == Some(true) {
+                        flags.push("verified");
+                    }
+                    if ct.get("identity_change_pending").and_then(Value::as_bool) == Some(true) {
+                        flags.push("IDENTITY CHANGED");
+                    }
+                    println!("{:<20} {} {}", s(ct, "name"), s(ct, "user_id"), flags.join(" "));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -365,13 +365,14 @@ impl Engine {
         match ev {
             net::Event::RelayUp(relay) => {
                 self.relay_up.insert(relay);
+                // For a home relay the event says "ready": published and listening.
+                if self.home_relay_peers().contains(&relay) {
+                    self.on_home_relay_up(relay).await;
+                }
                 self.emit(Event::Connection {
                     relay: relay.to_string(),
                     connected: true,
                 });
-                if self.home_relay_peers().contains(&relay) {
-                    self.on_home_relay_up(relay).await;
-                }
                 self.subscribe_presence(relay);
                 self.refresh_device_lists(relay);
                 // Anything waiting in the outbox goes now, backoff or not.

@@ -1,3 +1,0 @@
-//! The `tern` command line.
-//!
-//! Not built yet: the `tern` binary arrives with the node. Nothing here works.
