@@ -1,0 +1,396 @@
+//! Helpers that start real `tern-relay` and `tern up` processes on 127.0.0.1 with temporary
+//! homes, wait for them with bounded waits, and kill them on drop.
+//!
+//! The binaries are taken from the target directory this test binary runs from
+//! (`target/<profile>/tern`, `target/<profile>/tern-relay`); `cargo test --workspace
+//! --all-features` builds both before any test runs. When one is missing (a lone
+//! `cargo test -p tern-tests`), it is built once with `cargo build`.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Once, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, anyhow, bail};
+use tern_node::{Home, api::client::ApiClient};
+
+/// Longest wait for a process to start and print its ready line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a condition in a test.
+pub const WAIT: Duration = Duration::from_secs(20);
+/// How often a condition is re-checked while waiting.
+pub const POLL: Duration = Duration::from_millis(25);
+
+static BUILD: Once = Once::new();
+
+/// The path of a workspace binary next to the running test binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    if !path.exists() {
+        BUILD.call_once(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let release = dir.ends_with("release");
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "-p",
+                "tern-cli",
+                "-p",
+                "tern-relay",
+                "--features",
+                "tern-relay/server",
+            ]);
+            if release {
+                cmd.arg("--release");
+            }
+            let _ = cmd.status();
+        });
+    }
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; another process could take it in
+/// between, which on a test machine does not happen in practice).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Waits until `f` returns `Some`, re-checking every [`POLL`], at most `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn spawn_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+fn terminate(child: &mut Child) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()?;
+    if !status.success() {
+        bail!("kill -TERM failed");
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("process {} did not exit after SIGTERM", child.id());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A running `tern-relay`; killed on drop.
+#[derive(Debug)]
+pub struct Relay {
+    child: Option<Child>,
+    /// Its TCP address with `/p2p/<id>`.
+    pub addr: String,
+    /// The data directory.
+    pub data: PathBuf,
+    port: u16,
+}
+
+impl Relay {
+    /// Starts a relay with its data in `data` on a free loopback port; `extra` is appended
+    /// to its TOML config.
+    pub fn start(data: &Path, extra: &str) -> anyhow::Result<Relay> {
+        Self::start_on(data, free_port(), extra)
+    }
+
+    fn start_on(data: &Path, port: u16, extra: &str) -> anyhow::Result<Relay> {
+        std::fs::create_dir_all(data)?;
+        let cfg = data.join("relay.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n{extra}\n",
+                data.join("db").display().to_string()
+            ),
+        )?;
+        let mut child = Command::new(bin("tern-relay"))
+            .arg("--config")
+            .arg(&cfg)
+            .env(
+                "RUST_LOG",
+                std::env::var("TERN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawn tern-relay")?;
+        let lines = spawn_lines(&mut child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .map_err(|_| anyhow!("relay printed no address in time"))?;
+            if line.starts_with("/ip4/") && line.contains("/tcp/") {
+                break line;
+            }
+        };
+        Ok(Relay {
+            child: Some(child),
+            addr,
+            data: data.to_owned(),
+            port,
+        })
+    }
+
+    /// SIGKILL, then start again on the same port with the same data.
+    pub fn restart_after_kill9(&mut self, extra: &str) -> anyhow::Result<()> {
+        self.kill9();
+        let fresh = Self::start_on(&self.data, self.port, extra)?;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the `tern` CLI once for a home.
+pub fn tern(home: &Path, args: &[&str]) -> Output {
+    Command::new(bin("tern"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("TERN_HOME")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run tern: {e}"))
+}
+
+/// Runs the `tern` CLI and returns stdout, failing unless it exits 0.
+pub fn tern_ok(home: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = tern(home, args);
+    if !out.status.success() {
+        bail!(
+            "tern {args:?} exited {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs the `tern` CLI with `--json` and parses stdout.
+pub fn tern_json(home: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = tern_ok(home, &all)?;
+    serde_json::from_str(&out).with_context(|| format!("JSON from tern {args:?}: {out}"))
+}
+
+/// A `tern up` process; killed on drop.
+#[derive(Debug)]
+pub struct Node {
+    child: Option<Child>,
+    /// The home directory.
+    pub home: PathBuf,
+    /// The local API address.
+    pub api: SocketAddr,
+    /// User id.
+    pub user: String,
+    /// Device id.
+    pub device: String,
+    relay: Option<String>,
+}
+
+impl Node {
+    /// Creates a home with `name` under `dir` and starts `tern up` against `relay`.
+    pub fn init_and_start(dir: &Path, name: &str, relay: Option<&str>) -> anyhow::Result<Node> {
+        let home = dir.join(name);
+        tern_ok(&home, &["init", "--name", name])?;
+        Self::start(&home, relay)
+    }
+
+    /// Starts `tern up` for an existing home (`relay`: None runs the embedded relay).
+    pub fn start(home: &Path, relay: Option<&str>) -> anyhow::Result<Node> {
+        let mut cmd = Command::new(bin("tern"));
+        cmd.arg("--home")
+            .arg(home)
+            .args(["up", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env_remove("TERN_HOME")
+            .env(
+                "TERN_LOG",
+                std::env::var("TERN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(r) = relay {
+            cmd.args(["--relay", r]);
+        }
+        let mut child = cmd.spawn().context("spawn tern up")?;
+        let lines = spawn_lines(&mut child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let line = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .map_err(|_| anyhow!("tern up printed no ready line in time"))?;
+            if line.starts_with("ready ") {
+                break line;
+            }
+        };
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("ready line lacks {k}: {line}"))
+        };
+        Ok(Node {
+            child: Some(child),
+            home: home.to_owned(),
+            api: field("api")?.parse()?,
+            user: field("user")?,
+            device: field("device")?,
+            relay: relay.map(str::to_owned),
+        })
+    }
+
+    /// Runs the CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        tern(&self.home, args)
+    }
+
+    /// Runs the CLI and returns stdout (exit 0 required).
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        tern_ok(&self.home, args)
+    }
+
+    /// Runs the CLI with `--json`.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        tern_json(&self.home, args)
+    }
+
+    /// This node's contact link.
+    pub fn link(&self) -> anyhow::Result<String> {
+        Ok(self.json(&["contact", "link"])?["link"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// A connected API client.
+    pub async fn api(&self) -> anyhow::Result<ApiClient> {
+        Ok(ApiClient::for_home(&Home::new(&self.home)).await?)
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        match self.child.take() {
+            Some(mut c) => terminate(&mut c),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the node again (after [`Node::stop`] or [`Node::kill9`]).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        let fresh = Node::start(&self.home, self.relay.as_deref())?;
+        *self = fresh;
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Makes two nodes contacts of each other (each adds the other's link).
+pub fn link_pair(a: &Node, b: &Node, a_name: &str, b_name: &str) -> anyhow::Result<()> {
+    let la = a.link()?;
+    let lb = b.link()?;
+    a.ok(&["contact", "add", &lb, "--name", b_name])?;
+    b.ok(&["contact", "add", &la, "--name", a_name])?;
+    Ok(())
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}

@@ -1,0 +1,194 @@
+//! End to end over real processes on 127.0.0.1: a `tern-relay` and two `tern up` nodes with
+//! temporary homes, driven through the `tern` CLI and the local API.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tern_tests::support::{Node, Relay, WAIT, files_containing, link_pair, wait_for};
+
+fn history(node: &Node, contact: &str) -> Vec<Value> {
+    node.json(&["history", contact, "--limit", "500", "--no-mark-read"])
+        .map(|v| v.as_array().cloned().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+fn texts(h: &[Value]) -> Vec<String> {
+    h.iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn ids(h: &[Value]) -> Vec<String> {
+    h.iter()
+        .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Waits until `node`'s history with `contact` satisfies `ok`.
+fn wait_history(
+    node: &Node,
+    contact: &str,
+    what: &str,
+    ok: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    wait_for(what, WAIT, || {
+        let h = history(node, contact);
+        ok(&h).then_some(h)
+    })
+    .unwrap_or_else(|e| panic!("{e}; last history: {:#?}", texts(&history(node, contact))))
+}
+
+fn own_statuses_are(h: &[Value], status: &str) -> bool {
+    h.iter()
+        .filter(|m| m["own"] == Value::Bool(true))
+        .all(|m| m["status"] == status)
+}
+
+#[test]
+fn messages_both_ways_in_order_with_receipts_and_no_plaintext_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let mut a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let mut b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    const MARKER: &str = "zebra-marker-5e1f";
+
+    a.ok(&["send", "Bob", &format!("a1 {MARKER}")]).unwrap();
+    wait_history(&b, "Alice", "a1 at bob", |h| h.len() == 1);
+    b.ok(&["send", "Alice", &format!("b1 {MARKER}")]).unwrap();
+    wait_history(&a, "Bob", "b1 at alice", |h| h.len() == 2);
+    a.ok(&["send", "Bob", &format!("a2 {MARKER}")]).unwrap();
+    a.ok(&["send", "Bob", &format!("a3 {MARKER}")]).unwrap();
+    b.ok(&["send", "Alice", &format!("b2 {MARKER}")]).unwrap();
+
+    let ha = wait_history(&a, "Bob", "5 messages at alice", |h| h.len() == 5);
+    let hb = wait_history(&b, "Alice", "5 messages at bob", |h| h.len() == 5);
+    // Both sides show the same order, and it respects causality.
+    assert_eq!(ids(&ha), ids(&hb));
+    let order = texts(&ha);
+    let pos = |p: &str| order.iter().position(|t| t.starts_with(p)).unwrap();
+    assert!(pos("a1") < pos("b1") && pos("b1") < pos("a2") && pos("a2") < pos("a3"));
+    assert!(pos("b1") < pos("b2"));
+
+    // Delivered receipts come back before anyone reads.
+    wait_history(&a, "Bob", "alice's messages delivered", |h| {
+        own_statuses_are(h, "delivered")
+    });
+    wait_history(&b, "Alice", "bob's messages delivered", |h| {
+        own_statuses_are(h, "delivered")
+    });
+    let convs = b.json(&["conversations"]).unwrap();
+    assert_eq!(convs[0]["unread"], 3, "{convs}");
+
+    // Reading (history marks read) sends read receipts.
+    b.ok(&["history", "Alice"]).unwrap();
+    wait_history(&a, "Bob", "alice's messages read", |h| {
+        own_statuses_are(h, "read")
+    });
+    let convs = b.json(&["conversations"]).unwrap();
+    assert_eq!(convs[0]["unread"], 0, "{convs}");
+
+    let hits = b.json(&["search", MARKER]).unwrap();
+    assert_eq!(hits.as_array().unwrap().len(), 5, "{hits}");
+
+    // Nothing that was sent is readable at rest: relay data, node databases, WALs, keys.
+    a.stop().unwrap();
+    b.stop().unwrap();
+    relay.kill9();
+    let leaks = files_containing(dir.path(), MARKER.as_bytes());
+    assert!(leaks.is_empty(), "plaintext marker found in {leaks:?}");
+}
+
+#[test]
+fn offline_recipient_relay_restart_and_unreachable_relay_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let mut b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    // A session exists before Bob goes offline (the first message sets it up).
+    a.ok(&["send", "Bob", "m0"]).unwrap();
+    wait_history(&b, "Alice", "m0 at bob", |h| h.len() == 1);
+
+    b.stop().unwrap();
+    for i in 1..=3 {
+        a.ok(&["send", "Bob", &format!("m{i}")]).unwrap();
+    }
+    // Deposited at the relay: sent, not delivered.
+    wait_history(&a, "Bob", "m1..m3 deposited", |h| {
+        h.len() == 4 && h[1..].iter().all(|m| m["status"] == "sent")
+    });
+
+    // The relay dies (kill -9) and comes back on the same address: its mail survives.
+    relay.restart_after_kill9("").unwrap();
+    a.ok(&["send", "Bob", "m4"]).unwrap();
+
+    // Relay unreachable: the message stays pending, and goes out when it returns.
+    relay.kill9();
+    a.ok(&["send", "Bob", "m5"]).unwrap();
+    let h = history(&a, "Bob");
+    assert_eq!(h.last().unwrap()["status"], "pending", "{h:#?}");
+    relay.restart_after_kill9("").unwrap();
+    wait_history(&a, "Bob", "m5 deposited after the relay returned", |h| {
+        h.len() == 6 && h.iter().all(|m| m["status"] != "pending")
+    });
+
+    b.restart().unwrap();
+    let hb = wait_history(&b, "Alice", "all six at bob", |h| h.len() == 6);
+    assert_eq!(texts(&hb), ["m0", "m1", "m2", "m3", "m4", "m5"]);
+    wait_history(&a, "Bob", "all delivered", |h| own_statuses_are(h, "delivered"));
+}
+
+#[test]
+fn a_thousand_messages_arrive_complete_in_order_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    const N: usize = 1000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut api = a.api().await.unwrap();
+        for i in 0..N {
+            api.call(
+                "send",
+                serde_json::json!({"contact": "Bob", "text": format!("n{i}")}),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    let sent = started.elapsed();
+    let got = wait_for("1000 messages at bob", Duration::from_secs(60), || {
+        let h = b
+            .json(&["history", "Alice", "--limit", "500", "--no-mark-read"])
+            .ok()?;
+        let older = b
+            .json(&[
+                "history",
+                "Alice",
+                "--limit",
+                "500",
+                "--no-mark-read",
+                "--before",
+                h[0]["id"].as_str()?,
+            ])
+            .ok()?;
+        let mut all: Vec<Value> = older.as_array()?.clone();
+        all.extend(h.as_array()?.iter().cloned());
+        (all.len() == N).then_some(all)
+    })
+    .unwrap();
+    let expected: Vec<String> = (0..N).map(|i| format!("n{i}")).collect();
+    assert_eq!(texts(&got), expected);
+    let mut unique = ids(&got);
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), N);
+    eprintln!(
+        "1000 messages: sent in {sent:?}, all stored at the recipient after {:?}",
+        started.elapsed()
+    );
+}
