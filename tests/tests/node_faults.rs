@@ -1,0 +1,206 @@
+//! Bad input and faults over real processes: unknown contact, malformed and tampered links,
+//! oversize text, a changed identity key, a node killed in the middle of sending, and
+//! presence moving online → away → offline with last seen.
+
+use serde::Serialize;
+use serde_json::Value;
+use tern_crypto::{DeviceKeys, DeviceList, IdentityKey};
+use tern_node::{
+    libp2p::{Multiaddr, identity::Keypair},
+    link::ContactLink,
+};
+use tern_tests::support::{Node, Relay, WAIT, link_pair, wait_for};
+
+fn code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// An identity key that claims `user_id` (someone else's): what an attacker, or a
+/// reinstall, would present.
+fn identity_with_user_id(user_id: [u8; 16]) -> IdentityKey {
+    #[derive(Serialize)]
+    struct Record {
+        user_id: serde_bytes::ByteArray<16>,
+        secret: serde_bytes::ByteArray<32>,
+    }
+    let mut bytes = vec![1u8, 11];
+    ciborium::into_writer(
+        &Record {
+            user_id: serde_bytes::ByteArray::new(user_id),
+            secret: serde_bytes::ByteArray::new([7u8; 32]),
+        },
+        &mut bytes,
+    )
+    .unwrap();
+    IdentityKey::from_secret_bytes(&bytes).unwrap()
+}
+
+fn hex16(s: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, c) in s.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(c).unwrap(), 16).unwrap();
+    }
+    out
+}
+
+#[test]
+fn bad_input_is_refused_with_clear_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+
+    // Unknown contact.
+    let out = a.cli(&["send", "Mallory", "hi"]);
+    assert_eq!(code(&out), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown contact"));
+
+    // Malformed and tampered links.
+    let out = a.cli(&["contact", "add", "not-a-link"]);
+    assert_eq!(code(&out), Some(5), "{}", stderr(&out));
+    let link = b.link().unwrap();
+    let mut chars: Vec<char> = link.chars().collect();
+    let i = chars.len() / 2;
+    chars[i] = if chars[i] == 'a' { 'b' } else { 'a' };
+    let tampered: String = chars.into_iter().collect();
+    let out = a.cli(&["contact", "add", &tampered]);
+    assert_eq!(code(&out), Some(5), "{}", stderr(&out));
+    let own = a.link().unwrap();
+    assert_eq!(code(&a.cli(&["contact", "add", &own])), Some(5));
+
+    // Text over the limit, and empty text.
+    let big = "x".repeat(tern_node::consts::MAX_TEXT_BYTES + 1);
+    let out = a.cli(&["send", "Bob", &big]);
+    assert_eq!(code(&out), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("limit"));
+    assert_eq!(code(&a.cli(&["send", "Bob", "  "])), Some(5));
+
+    // A link for Bob's user id under another identity key: loud warning, sending blocked.
+    let fake = identity_with_user_id(hex16(&b.user));
+    let dev = DeviceKeys::generate().unwrap();
+    let cert = dev.certify(&fake, "phone", 1).unwrap();
+    let list = DeviceList::first(&fake, cert, 1).sign(&fake).unwrap();
+    let kp = Keypair::ed25519_from_bytes(*dev.network_secret()).unwrap();
+    let relay_addr: Multiaddr = relay.addr.parse().unwrap();
+    let forged = ContactLink::create(&kp, "Bob", &[relay_addr], &list).unwrap();
+    let out = a.cli(&["contact", "add", &forged]);
+    assert_eq!(code(&out), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("WARNING"), "{}", stderr(&out));
+    let out = a.cli(&["send", "Bob", "still there?"]);
+    assert_eq!(code(&out), Some(6), "{}", stderr(&out));
+    let contacts = a.json(&["contact", "list"]).unwrap();
+    assert_eq!(contacts[0]["identity_change_pending"], true, "{contacts}");
+    // Accepting the key lifts the block (and clears verification).
+    let accepted = a.json(&["contact", "accept", "Bob"]).unwrap();
+    assert_eq!(accepted["outcome"], "identity_changed", "{accepted}");
+    let contacts = a.json(&["contact", "list"]).unwrap();
+    assert_eq!(contacts[0]["identity_change_pending"], false);
+    assert_eq!(contacts[0]["verified"], false);
+}
+
+#[test]
+fn safety_numbers_match_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let sa = a.json(&["safety-number", "Bob"]).unwrap();
+    let sb = b.json(&["safety-number", "Alice"]).unwrap();
+    assert_eq!(sa["digits"], sb["digits"]);
+    assert_eq!(sa["verified"], false);
+    // Alice scans Bob's QR code: it matches, Bob is verified.
+    let v = a
+        .json(&["verify", "Bob", "--scanned", sb["qr"].as_str().unwrap()])
+        .unwrap();
+    assert_eq!(v["verified"], true);
+    // A wrong scan is refused.
+    let out = b.cli(&["verify", "Alice", "--scanned", sb["qr"].as_str().unwrap()]);
+    assert_eq!(code(&out), Some(6), "{}", stderr(&out));
+}
+
+#[test]
+fn node_killed_mid_send_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let mut a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let home = a.home.clone();
+    // Send from another thread while the node is killed under it.
+    let sender = std::thread::spawn(move || {
+        let mut ok = 0;
+        for i in 0..40 {
+            let out = tern_tests::support::tern(&home, &["send", "Bob", &format!("k{i}")]);
+            if out.status.success() {
+                ok += 1;
+            } else {
+                break;
+            }
+        }
+        ok
+    });
+    wait_for("a few messages sent", WAIT, || {
+        let h = a
+            .json(&["history", "Bob", "--no-mark-read"])
+            .ok()?;
+        (h.as_array()?.len() >= 10).then_some(())
+    })
+    .unwrap();
+    a.kill9();
+    let acknowledged = sender.join().unwrap();
+    a.restart().unwrap();
+    // Every message the node stored before dying (at least those the CLI saw succeed)...
+    let stored: Vec<String> = a
+        .json(&["history", "Bob", "--limit", "500", "--no-mark-read"])
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(stored.len() >= acknowledged, "{} < {acknowledged}", stored.len());
+    // ...reaches Bob exactly once, in order.
+    let got = wait_for("everything stored reaches bob", WAIT, || {
+        let h: Vec<String> = b
+            .json(&["history", "Alice", "--limit", "500", "--no-mark-read"])
+            .ok()?
+            .as_array()?
+            .iter()
+            .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (h.len() >= stored.len()).then_some(h)
+    })
+    .unwrap();
+    assert_eq!(got, stored);
+}
+
+#[test]
+fn presence_moves_online_away_offline_with_last_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let mut b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let state = |n: &Node| -> Option<Value> {
+        let v = n.json(&["presence", "Bob"]).ok()?;
+        Some(v[0].clone())
+    };
+    wait_for("bob online", WAIT, || {
+        state(&a).filter(|p| p["state"] == "online")
+    })
+    .unwrap();
+    b.ok(&["status", "away"]).unwrap();
+    wait_for("bob away", WAIT, || state(&a).filter(|p| p["state"] == "away")).unwrap();
+    b.stop().unwrap();
+    let p = wait_for("bob offline", WAIT, || {
+        state(&a).filter(|p| p["state"] == "offline")
+    })
+    .unwrap();
+    assert!(p["last_seen"].as_u64().is_some_and(|t| t > 0), "{p}");
+}
