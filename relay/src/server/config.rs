@@ -194,6 +194,9 @@ pub struct PushConfig {
     pub max_in_flight: usize,
     /// Longest back-off after repeated failures, seconds. Default 600.
     pub max_backoff_secs: u64,
+    /// A PEM file of extra root certificates trusted for `https://` endpoints (a private
+    /// push gateway's CA), on top of the system's roots. None by default.
+    pub extra_root_certs: Option<PathBuf>,
 }
 
 impl Default for PushConfig {
@@ -204,6 +207,7 @@ impl Default for PushConfig {
             timeout_secs: 10,
             max_in_flight: 16,
             max_backoff_secs: 600,
+            extra_root_certs: None,
         }
     }
 }

@@ -75,6 +75,9 @@ pub enum RunError {
     /// The metrics endpoint could not be bound.
     #[error(transparent)]
     Metrics(#[from] http::BindError),
+    /// The push client could not be set up.
+    #[error(transparent)]
+    Push(#[from] push::SetupError),
 }
 
 /// The relay's composed libp2p behaviour.
@@ -218,7 +221,7 @@ pub async fn run(
         let bound = http::serve(addr, metrics.clone(), storage.handle(), http_stop_rx).await?;
         announce(Announcement::Metrics(bound));
     }
-    let push = push::spawn(config.push.clone(), loaded.push.clone(), metrics.clone());
+    let push = push::spawn(config.push.clone(), loaded.push.clone(), metrics.clone())?;
     tracing::info!(peer_id = %local_peer_id, "relay starting");
     let el = event_loop::EventLoop::new(
         swarm,

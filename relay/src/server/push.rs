@@ -11,11 +11,13 @@ use std::{
 use bytes::Bytes;
 use futures::{StreamExt, stream::FuturesUnordered};
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
 use libp2p::PeerId;
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio::sync::mpsc;
 
 use super::{config::PushConfig, metrics::Metrics};
@@ -26,6 +28,61 @@ use crate::wire::mailbox::MAX_PUSH_URL_BYTES;
 pub const QUEUE_DEPTH: usize = 4096;
 /// First back-off after a failed POST; doubles per failure up to `max_backoff_secs`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The HTTP(S) client wake-ups are sent with.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Why the push client could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The extra root certificates could not be read.
+    #[error("cannot read root certificates from {path}: {reason}")]
+    Roots {
+        /// The PEM file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the TLS configuration.
+    #[error("cannot configure TLS for push: {0}")]
+    Tls(String),
+}
+
+/// Builds the client: HTTPS with the system's roots plus `extra_root_certs`, or plain HTTP.
+fn build_client(cfg: &PushConfig) -> Result<HttpClient, SetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "cannot load a system root certificate");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "system root certificates for push");
+    if let Some(path) = &cfg.extra_root_certs {
+        let roots_error = |reason: String| SetupError::Roots {
+            path: path.clone(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| roots_error(e.to_string()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| roots_error(e.to_string()))?;
+            roots.add(cert).map_err(|e| roots_error(e.to_string()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| SetupError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
 
 /// Why a push URL is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,7 +172,12 @@ struct Device {
 }
 
 /// Starts the push task. It ends when every [`Handle`] is dropped.
-pub fn spawn(cfg: PushConfig, endpoints: Vec<(PeerId, String)>, metrics: Arc<Metrics>) -> Handle {
+pub fn spawn(
+    cfg: PushConfig,
+    endpoints: Vec<(PeerId, String)>,
+    metrics: Arc<Metrics>,
+) -> Result<Handle, SetupError> {
+    let client = build_client(&cfg)?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let devices = endpoints
         .into_iter()
@@ -133,11 +195,11 @@ pub fn spawn(cfg: PushConfig, endpoints: Vec<(PeerId, String)>, metrics: Arc<Met
         cfg,
         devices,
         waiting: HashSet::new(),
-        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        client,
         metrics: metrics.clone(),
     };
     tokio::spawn(task.run(rx));
-    Handle { tx, metrics }
+    Ok(Handle { tx, metrics })
 }
 
 struct Task {
@@ -145,7 +207,7 @@ struct Task {
     devices: HashMap<PeerId, Device>,
     /// Devices with a pending wake-up.
     waiting: HashSet<PeerId>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     metrics: Arc<Metrics>,
 }
 
@@ -289,7 +351,7 @@ fn body(unread: u64) -> String {
 }
 
 async fn post(
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     url: String,
     unread: u64,
     timeout: Duration,
