@@ -226,7 +226,10 @@ fn main() -> ExitCode {
         )
         .init();
     let home = Home::new(opts.home.clone().unwrap_or_else(default_home));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tern: cannot start the runtime: {e}");
@@ -275,7 +278,9 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                 other => Failure::new(1, other.to_string()),
             })?;
             if json {
-                print_json(&json!({"user_id": created.user_id, "device_id": created.device_id, "home": home.dir()}));
+                print_json(
+                    &json!({"user_id": created.user_id, "device_id": created.device_id, "home": home.dir()}),
+                );
             } else {
                 println!("created identity in {}", home.dir().display());
                 println!("user id   {}", created.user_id);
@@ -353,7 +358,10 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Conversations => {
-            let v = client(&home).await?.call("conversations", json!({})).await?;
+            let v = client(&home)
+                .await?
+                .call("conversations", json!({}))
+                .await?;
             if json {
                 print_json(&v);
             } else {
@@ -398,8 +406,16 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             } else {
                 println!("status  {}", s(&v, "status"));
                 println!("user id {}", s(&v, "user_id"));
-                println!("outbox  {}", v.get("outbox").and_then(Value::as_u64).unwrap_or(0));
-                for r in v.get("relays").and_then(Value::as_array).into_iter().flatten() {
+                println!(
+                    "outbox  {}",
+                    v.get("outbox").and_then(Value::as_u64).unwrap_or(0)
+                );
+                for r in v
+                    .get("relays")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     println!(
                         "relay   {} {}",
                         s(r, "addr"),
@@ -422,7 +438,11 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                 print_json(&v);
             } else {
                 for h in v.as_array().into_iter().flatten() {
-                    println!("{} {}", s(h, "id").chars().take(8).collect::<String>(), s(h, "snippet"));
+                    println!(
+                        "{} {}",
+                        s(h, "id").chars().take(8).collect::<String>(),
+                        s(h, "snippet")
+                    );
                 }
             }
             Ok(())
@@ -508,12 +528,19 @@ async fn contact(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), Failure
                         "WARNING: accepted a NEW identity key for {}; verify the safety number again",
                         s(&contact, "name")
                     ),
-                    outcome => println!("{} {} ({})", outcome, s(&contact, "name"), s(&contact, "user_id")),
+                    outcome => println!(
+                        "{} {} ({})",
+                        outcome,
+                        s(&contact, "name"),
+                        s(&contact, "user_id")
+                    ),
                 }
             }
         }
         ContactCmd::Accept { contact } => {
-            let v = c.call("contact.accept", json!({"contact": contact})).await?;
+            let v = c
+                .call("contact.accept", json!({"contact": contact}))
+                .await?;
             if json {
                 print_json(&v);
             } else {
@@ -536,7 +563,12 @@ async fn contact(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), Failure
                     if ct.get("identity_change_pending").and_then(Value::as_bool) == Some(true) {
                         flags.push("IDENTITY CHANGED");
                     }
-                    println!("{:<20} {} {}", s(ct, "name"), s(ct, "user_id"), flags.join(" "));
+                    println!(
+                        "{:<20} {} {}",
+                        s(ct, "name"),
+                        s(ct, "user_id"),
+                        flags.join(" ")
+                    );
                 }
             }
         }

@@ -100,7 +100,10 @@ pub(crate) async fn run(
     if !relays.is_empty() {
         for r in &relays {
             if !matches!(r.iter().last(), Some(Protocol::P2p(_))) {
-                return Err(Failure::new(2, format!("relay address {r} lacks /p2p/<peer id>")));
+                return Err(Failure::new(
+                    2,
+                    format!("relay address {r} lacks /p2p/<peer id>"),
+                ));
             }
         }
         config.relays = relay.clone();
@@ -123,7 +126,9 @@ pub(crate) async fn run(
     }
     let listen: Vec<Multiaddr> = if listen.is_empty() {
         vec![
-            "/ip4/0.0.0.0/tcp/0".parse().map_err(|_| Failure::new(1, "listen address"))?,
+            "/ip4/0.0.0.0/tcp/0"
+                .parse()
+                .map_err(|_| Failure::new(1, "listen address"))?,
         ]
     } else {
         listen.iter().map(parse).collect::<Result<_, _>>()?
@@ -163,7 +168,10 @@ pub(crate) async fn run(
     })
     .await
     .unwrap_or(false);
-    let id = node.id().await.map_err(|e| Failure::new(1, e.to_string()))?;
+    let id = node
+        .id()
+        .await
+        .map_err(|e| Failure::new(1, e.to_string()))?;
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(

@@ -22,7 +22,7 @@ use tern_crypto::{
     sealed::{self, Secret32},
     time::UnixSecs,
 };
-use tern_store::{OwnDevice, OwnIdentity, Store, StorageKey, Unlock};
+use tern_store::{OwnDevice, OwnIdentity, StorageKey, Store, Unlock};
 use zeroize::Zeroizing;
 
 use crate::consts::MAX_NAME_BYTES;
@@ -235,8 +235,7 @@ impl Home {
 
     /// Creates a new identity and first device. Refuses to overwrite an existing one.
     pub fn init(&self, name: &str, device_name: &str) -> Result<Created, HomeError> {
-        if name.is_empty() || name.len() > MAX_NAME_BYTES || device_name.len() > MAX_NAME_BYTES
-        {
+        if name.is_empty() || name.len() > MAX_NAME_BYTES || device_name.len() > MAX_NAME_BYTES {
             return Err(HomeError::BadName);
         }
         if self.is_initialised() {
@@ -302,7 +301,9 @@ impl Home {
         let store_key = StorageKey::read_keyfile(&self.store_key_path())?;
         let seal = self.read_seal_key()?;
         let store = Store::open(&self.db_path(), Unlock::Key(&store_key))?;
-        let own = store.own_identity()?.ok_or(HomeError::Missing("identity"))?;
+        let own = store
+            .own_identity()?
+            .ok_or(HomeError::Missing("identity"))?;
         let dev = store.own_device()?.ok_or(HomeError::Missing("device"))?;
         let (_, list) = store
             .own_device_list()?

@@ -34,10 +34,10 @@ use std::collections::{HashMap, HashSet};
 use libp2p::{Multiaddr, identity::Keypair};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use engine::Command;
 pub use error::NodeError;
 pub use home::Home;
 pub use libp2p;
-use engine::Command;
 use types::*;
 
 /// How to start a node.

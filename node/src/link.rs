@@ -199,6 +199,16 @@ impl ContactLink {
     }
 }
 
+impl PartialEq for ContactLink {
+    fn eq(&self, other: &Self) -> bool {
+        self.user_id == other.user_id
+            && self.identity_key == other.identity_key
+            && self.name == other.name
+            && self.relays == other.relays
+            && self.device_list.as_bytes() == other.device_list.as_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,15 +262,5 @@ mod tests {
             ContactLink::parse(&"x".repeat(MAX_LINK_CHARS + 1)),
             Err(LinkError::TooLong)
         );
-    }
-}
-
-impl PartialEq for ContactLink {
-    fn eq(&self, other: &Self) -> bool {
-        self.user_id == other.user_id
-            && self.identity_key == other.identity_key
-            && self.name == other.name
-            && self.relays == other.relays
-            && self.device_list.as_bytes() == other.device_list.as_bytes()
     }
 }

@@ -115,6 +115,21 @@ pub struct StatusInfo {
     pub listen: Vec<String>,
     /// Outbox rows waiting for delivery.
     pub outbox: usize,
+    /// Open connections to contacts' devices.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// Connections to one contact device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Contact user id ("" if the device is no contact's).
+    pub user_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// Direct connections.
+    pub direct: u32,
+    /// Relayed (circuit) connections.
+    pub relayed: u32,
 }
 
 /// A search hit.

@@ -136,7 +136,9 @@ fn offline_recipient_relay_restart_and_unreachable_relay_lose_nothing() {
     b.restart().unwrap();
     let hb = wait_history(&b, "Alice", "all six at bob", |h| h.len() == 6);
     assert_eq!(texts(&hb), ["m0", "m1", "m2", "m3", "m4", "m5"]);
-    wait_history(&a, "Bob", "all delivered", |h| own_statuses_are(h, "delivered"));
+    wait_history(&a, "Bob", "all delivered", |h| {
+        own_statuses_are(h, "delivered")
+    });
 }
 
 #[test]
@@ -191,4 +193,35 @@ fn a_thousand_messages_arrive_complete_in_order_without_duplicates() {
         "1000 messages: sent in {sent:?}, all stored at the recipient after {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn online_contacts_connect_directly_and_messages_flow_without_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    // Presence tells each node the other is online; it dials through the relay circuit,
+    // and identify/DCUtR upgrade that to a direct connection.
+    wait_for("a direct connection alice → bob", WAIT, || {
+        let s = a.json(&["status"]).ok()?;
+        s["peers"]
+            .as_array()?
+            .iter()
+            .any(|p| p["user_id"] == b.user.as_str() && p["direct"].as_u64() > Some(0))
+            .then_some(())
+    })
+    .unwrap();
+    // Sessions first (prekeys come from the relay), then the relay goes away.
+    a.ok(&["send", "Bob", "via anything"]).unwrap();
+    wait_history(&b, "Alice", "first message", |h| h.len() == 1);
+    relay.kill9();
+    a.ok(&["send", "Bob", "direct only"]).unwrap();
+    b.ok(&["send", "Alice", "direct back"]).unwrap();
+    let hb = wait_history(&b, "Alice", "direct messages at bob", |h| h.len() == 3);
+    assert_eq!(texts(&hb)[1], "direct only");
+    wait_history(&a, "Bob", "delivered over the direct path", |h| {
+        h.len() == 3 && own_statuses_are(h, "delivered")
+    });
 }

@@ -146,9 +146,7 @@ fn node_killed_mid_send_loses_and_doubles_nothing() {
         ok
     });
     wait_for("a few messages sent", WAIT, || {
-        let h = a
-            .json(&["history", "Bob", "--no-mark-read"])
-            .ok()?;
+        let h = a.json(&["history", "Bob", "--no-mark-read"]).ok()?;
         (h.as_array()?.len() >= 10).then_some(())
     })
     .unwrap();
@@ -164,7 +162,11 @@ fn node_killed_mid_send_loses_and_doubles_nothing() {
         .iter()
         .map(|m| m["text"].as_str().unwrap().to_owned())
         .collect();
-    assert!(stored.len() >= acknowledged, "{} < {acknowledged}", stored.len());
+    assert!(
+        stored.len() >= acknowledged,
+        "{} < {acknowledged}",
+        stored.len()
+    );
     // ...reaches Bob exactly once, in order.
     let got = wait_for("everything stored reaches bob", WAIT, || {
         let h: Vec<String> = b
@@ -196,7 +198,10 @@ fn presence_moves_online_away_offline_with_last_seen() {
     })
     .unwrap();
     b.ok(&["status", "away"]).unwrap();
-    wait_for("bob away", WAIT, || state(&a).filter(|p| p["state"] == "away")).unwrap();
+    wait_for("bob away", WAIT, || {
+        state(&a).filter(|p| p["state"] == "away")
+    })
+    .unwrap();
     b.stop().unwrap();
     let p = wait_for("bob offline", WAIT, || {
         state(&a).filter(|p| p["state"] == "offline")

@@ -95,7 +95,9 @@ fn reject(status: StatusCode, why: &str) -> ErrorResponse {
     r
 }
 
-/// Checks token, Host and Origin of the upgrade request.
+/// Checks token, Host and Origin of the upgrade request. (The error type is tungstenite's
+/// handshake callback type; its size is not ours to choose.)
+#[allow(clippy::result_large_err)]
 fn check_request(req: &Request, token: &str, bound: SocketAddr) -> Result<(), ErrorResponse> {
     let port = bound.port();
     let hosts = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
@@ -110,7 +112,10 @@ fn check_request(req: &Request, token: &str, bound: SocketAddr) -> Result<(), Er
     if let Some(origin) = req.headers().get("origin") {
         let origin = origin.to_str().unwrap_or("");
         if !hosts.iter().any(|h| origin == format!("http://{h}")) {
-            return Err(reject(StatusCode::FORBIDDEN, "cross-origin request refused"));
+            return Err(reject(
+                StatusCode::FORBIDDEN,
+                "cross-origin request refused",
+            ));
         }
     }
     let presented = req
@@ -121,7 +126,10 @@ fn check_request(req: &Request, token: &str, bound: SocketAddr) -> Result<(), Er
         .unwrap_or("");
     let ok: bool = presented.as_bytes().ct_eq(token.as_bytes()).into();
     if !ok {
-        return Err(reject(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+        return Err(reject(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ));
     }
     Ok(())
 }
@@ -135,6 +143,7 @@ async fn connection(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_API_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_API_MESSAGE_BYTES));
+    #[allow(clippy::result_large_err)]
     let ws = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         |req: &Request, resp: Response| check_request(req, token, bound).map(|()| resp),
@@ -204,7 +213,9 @@ fn spawn_events(node: Node, out: mpsc::Sender<String>) {
         loop {
             let ev = match rx.recv().await {
                 Ok(ev) => ev,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::Lagged { missed: n },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    Event::Lagged { missed: n }
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             let note = json!({"jsonrpc": "2.0", "method": "event", "params": ev});

@@ -9,8 +9,7 @@ use tern_store::{Contact, ContactSaved};
 
 use super::{ContactState, Engine, Internal, device_peer, relay_peer};
 use crate::{
-    consts::MAX_NAME_BYTES, error::NodeError, home::now_ms, link::ContactLink, net::rpc,
-    types::*,
+    consts::MAX_NAME_BYTES, error::NodeError, home::now_ms, link::ContactLink, net::rpc, types::*,
 };
 
 const PENDING_FILE: &str = "identity-changes.json";
@@ -159,7 +158,8 @@ impl Engine {
             && !accept_new_key
         {
             tracing::warn!(contact = %id, "identity key changed; sending blocked until accepted");
-            self.pending_identity.insert(id.clone(), link.trim().to_owned());
+            self.pending_identity
+                .insert(id.clone(), link.trim().to_owned());
             self.save_pending_identity()?;
             self.emit(Event::IdentityChanged {
                 user_id: id.clone(),
@@ -278,12 +278,10 @@ impl Engine {
             .get(id)
             .ok_or_else(|| NodeError::UnknownContact(id.to_owned()))?;
         let user = UserId::from_hex(id).ok_or_else(|| NodeError::UnknownContact(id.to_owned()))?;
-        let key: [u8; 32] = c
-            .contact
-            .identity_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| NodeError::Crypto("stored identity key has the wrong length".into()))?;
+        let key: [u8; 32] =
+            c.contact.identity_key.as_slice().try_into().map_err(|_| {
+                NodeError::Crypto("stored identity key has the wrong length".into())
+            })?;
         Ok((user, IdentityPublicKey::from_bytes(key)))
     }
 
@@ -445,7 +443,11 @@ impl Engine {
     /// An online contact device we have no connection to: dial it through its relay so
     /// messages can go direct (DCUtR upgrades the circuit where NAT allows).
     fn maybe_dial(&self, peer: PeerId, user: String) {
-        let Some(relay) = self.contacts.get(&user).and_then(|c| c.relays.first().cloned()) else {
+        let Some(relay) = self
+            .contacts
+            .get(&user)
+            .and_then(|c| c.relays.first().cloned())
+        else {
             return;
         };
         let net = self.net.clone();
@@ -495,7 +497,7 @@ impl Engine {
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim().as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.chunks_exact(2)
@@ -506,4 +508,3 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         })
         .collect()
 }
-

@@ -343,7 +343,8 @@ impl Engine {
                 let _ = reply.send(Ok(()));
             }
             Command::Status(r) => {
-                let _ = r.send(self.status_info());
+                let peers = self.net.peers().await;
+                let _ = r.send(self.status_info(peers));
             }
             Command::Search { query, reply } => {
                 let _ = reply.send(self.search(&query));
@@ -509,7 +510,11 @@ impl Engine {
                             after = last.id;
                         }
                         let empty = envelopes.is_empty();
-                        if !empty && tx.send(Internal::Fetched { relay, envelopes }).await.is_err()
+                        if !empty
+                            && tx
+                                .send(Internal::Fetched { relay, envelopes })
+                                .await
+                                .is_err()
                         {
                             return;
                         }
@@ -562,7 +567,7 @@ impl Engine {
         }
     }
 
-    fn status_info(&self) -> Result<StatusInfo, NodeError> {
+    fn status_info(&self, peers: Vec<net::PeerConnections>) -> Result<StatusInfo, NodeError> {
         let outbox = self.store.due_deliveries(i64::MAX, 500)?.len();
         let home = self.home_relay_peers();
         let mut relays: Vec<RelayInfo> = self
@@ -595,6 +600,15 @@ impl Engine {
             relays,
             listen: self.listen.iter().map(ToString::to_string).collect(),
             outbox,
+            peers: peers
+                .into_iter()
+                .map(|p| PeerInfo {
+                    user_id: self.device_owner.get(&p.peer).cloned().unwrap_or_default(),
+                    device_id: p.peer.to_string(),
+                    direct: p.direct,
+                    relayed: p.relayed,
+                })
+                .collect(),
         })
     }
 

@@ -5,11 +5,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use serde_bytes::ByteArray;
-use tern_crypto::{
-    DeviceId,
-    prekey::ClaimedPrekey,
-    session::PeerSessions,
-};
+use tern_crypto::{DeviceId, prekey::ClaimedPrekey, session::PeerSessions};
 use tern_store::{
     Body as StoreBody, ConversationId, ConversationKind, CryptoUpdate, Delivery, Message,
     MessageId, OutboxEntry, Page, SessionStore, Status,
@@ -70,7 +66,9 @@ impl Engine {
             return Ok((*l, *s));
         }
         let id = ConversationId(conv.to_owned());
-        let page = self.store.history(&id, Page::Latest, Some(SEQ_SCAN_LIMIT))?;
+        let page = self
+            .store
+            .history(&id, Page::Latest, Some(SEQ_SCAN_LIMIT))?;
         let lamport = page.iter().map(|m| m.lamport).max().unwrap_or(0);
         let seq = page
             .iter()
@@ -108,14 +106,19 @@ impl Engine {
     }
 
     /// Makes sure a session with each device exists, claiming prekeys where needed.
-    async fn sessions_for(&mut self, user: &str) -> Result<Vec<(DeviceId, PeerSessions)>, NodeError> {
+    async fn sessions_for(
+        &mut self,
+        user: &str,
+    ) -> Result<Vec<(DeviceId, PeerSessions)>, NodeError> {
         let state = self
             .contacts
             .get(user)
             .cloned()
             .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
         let list = state.list.clone().ok_or_else(|| {
-            NodeError::Crypto(format!("no device list for {user}; add their contact link again"))
+            NodeError::Crypto(format!(
+                "no device list for {user}; add their contact link again"
+            ))
         })?;
         let user_bytes = *list.list().user_id.as_bytes();
         let mut out = Vec::new();

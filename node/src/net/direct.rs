@@ -80,10 +80,7 @@ mod tests {
             ciphertext: ByteBuf::from(vec![1, 2, 3]),
         };
         let bytes = req.encode().unwrap();
-        assert_eq!(
-            Request::from_frame(&wire::Frame::Data(bytes)).unwrap(),
-            req
-        );
+        assert_eq!(Request::from_frame(&wire::Frame::Data(bytes)).unwrap(), req);
         let big = Request::Message {
             ciphertext: ByteBuf::from(vec![0; MAX_REQUEST_BYTES]),
         };

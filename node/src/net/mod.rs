@@ -166,6 +166,20 @@ enum Command {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerConnections>>,
+    },
+}
+
+/// Open connections to one (non-relay) peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerConnections {
+    /// The peer.
+    pub peer: PeerId,
+    /// Direct connections (TCP or QUIC, possibly after a hole punch).
+    pub direct: u32,
+    /// Connections through a relay circuit.
+    pub relayed: u32,
 }
 
 /// A handle to the network event loop.
@@ -324,6 +338,15 @@ impl Client {
         self.send(Command::DialVia { peer, relay }).await
     }
 
+    /// The open connections to non-relay peers.
+    pub async fn peers(&self) -> Vec<PeerConnections> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Peers { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// Whether a connection to `peer` is open.
     pub async fn is_connected(&self, peer: PeerId) -> bool {
         let (reply, rx) = oneshot::channel();
@@ -470,15 +493,25 @@ impl EventLoop {
                 if self.swarm.is_connected(&peer) {
                     return;
                 }
-                let addr = relay
-                    .with(Protocol::P2pCircuit)
-                    .with(Protocol::P2p(peer));
+                let addr = relay.with(Protocol::P2pCircuit).with(Protocol::P2p(peer));
                 if let Err(e) = self.swarm.dial(addr) {
                     tracing::debug!(%peer, "relayed dial failed: {e}");
                 }
             }
             Command::Connected { peer, reply } => {
                 let _ = reply.send(self.swarm.is_connected(&peer));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(
+                    self.direct_conns
+                        .iter()
+                        .map(|(peer, (direct, relayed))| PeerConnections {
+                            peer: *peer,
+                            direct: *direct,
+                            relayed: *relayed,
+                        })
+                        .collect(),
+                );
             }
         }
     }
@@ -669,9 +702,10 @@ impl EventLoop {
             } => self.complete(request_id, Err(NetError::Transport(error.to_string()))),
             request_response::Event::Message {
                 peer,
-                message: Message::Request {
-                    request, channel, ..
-                },
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
                 ..
             } => {
                 // Only relays we chose may push to us.
@@ -743,9 +777,10 @@ impl EventLoop {
             } => self.complete(request_id, Err(NetError::Transport(error.to_string()))),
             request_response::Event::Message {
                 peer,
-                message: Message::Request {
-                    request, channel, ..
-                },
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
                 ..
             } => {
                 let refuse = |code| direct::Response::Error(Rejection::new(code)).encode();
@@ -809,9 +844,7 @@ pub mod rpc {
     ) -> Result<presence::Response, NetError> {
         let frame = req.encode().map_err(|e| NetError::Frame(e.to_string()))?;
         let answer = net.request(relay, Proto::Presence, frame).await?;
-        match presence::Response::from_frame(&answer)
-            .map_err(|e| NetError::Frame(e.to_string()))?
-        {
+        match presence::Response::from_frame(&answer).map_err(|e| NetError::Frame(e.to_string()))? {
             presence::Response::Error(r) => Err(NetError::Rejected(r)),
             other => Ok(other),
         }
