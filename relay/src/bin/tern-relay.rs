@@ -60,9 +60,18 @@ fn real_main() -> anyhow::Result<()> {
     if opts.metrics.is_some() {
         config.metrics = opts.metrics;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // One thread (the default) runs the swarm and every connection without cross-thread
+    // hand-offs; measured on 2 cores it gives higher deposit throughput and a much lower
+    // delivery tail than a multi-threaded runtime. The storage writer has its own thread.
+    let runtime = match config.worker_threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async move {
         let announce = |a: Announcement| {
             let mut out = std::io::stdout().lock();

@@ -65,6 +65,9 @@ pub struct Config {
     pub public_addresses: Vec<String>,
     /// Where to serve `/metrics` and `/health` over HTTP; none by default.
     pub metrics: Option<SocketAddr>,
+    /// Threads of the async runtime (the binary reads this). 1 (default): one thread runs
+    /// the network; the storage writer always has its own.
+    pub worker_threads: usize,
     /// Mailbox limits.
     pub mailbox: MailboxConfig,
     /// Rate limits per peer.
@@ -91,6 +94,7 @@ impl Default for Config {
             ],
             public_addresses: Vec::new(),
             metrics: None,
+            worker_threads: 1,
             mailbox: MailboxConfig::default(),
             rate: RateConfig::default(),
             presence: PresenceConfig::default(),
@@ -340,6 +344,9 @@ impl Config {
         };
         self.listen_addrs()?;
         self.public_addrs()?;
+        if self.worker_threads == 0 || self.worker_threads > 256 {
+            return invalid("worker_threads", "must be 1..=256");
+        }
         if self.listen.is_empty() {
             return invalid("listen", "at least one address is needed");
         }
