@@ -66,6 +66,10 @@ enum Cmd {
         /// Address of the local API (loopback only).
         #[arg(long, default_value = "127.0.0.1:0")]
         api: std::net::SocketAddr,
+        /// Never connect to contacts directly: all messages go through relay mailboxes and
+        /// contacts do not learn this device's addresses.
+        #[arg(long)]
+        no_direct: bool,
     },
     /// Identity commands.
     Id {
@@ -289,7 +293,12 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Up { relay, listen, api } => up::run(home, relay, listen, api).await,
+        Cmd::Up {
+            relay,
+            listen,
+            api,
+            no_direct,
+        } => up::run(home, relay, listen, api, !no_direct).await,
         Cmd::Id { cmd: IdCmd::Show } => {
             let v = client(&home).await?.call("id.show", json!({})).await?;
             if json {

@@ -80,6 +80,7 @@ pub(crate) async fn run(
     relay: Vec<String>,
     listen: Vec<String>,
     api_addr: SocketAddr,
+    direct: bool,
 ) -> Result<(), Failure> {
     if !home.is_initialised() {
         return Err(Failure::new(
@@ -137,6 +138,7 @@ pub(crate) async fn run(
         home: home.clone(),
         relays: relays.clone(),
         listen,
+        direct,
     })
     .await
     .map_err(|e| Failure::new(1, e.to_string()))?;

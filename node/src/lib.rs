@@ -49,6 +49,10 @@ pub struct Config {
     pub relays: Vec<Multiaddr>,
     /// Addresses for the swarm to listen on.
     pub listen: Vec<Multiaddr>,
+    /// Connect to contacts' devices directly (through relay circuits upgraded by DCUtR)
+    /// and deliver over `/tern/direct/1`. `false`: everything goes through mailboxes, and
+    /// contacts never learn this device's addresses.
+    pub direct: bool,
 }
 
 /// Why a node could not start.
@@ -128,6 +132,7 @@ impl Node {
             topup_due: false,
             device_created_ms,
             listen: Vec::new(),
+            direct: config.direct,
         };
         engine.load_pending_identity();
         engine.rebuild_device_owner();

@@ -443,6 +443,9 @@ impl Engine {
     /// An online contact device we have no connection to: dial it through its relay so
     /// messages can go direct (DCUtR upgrades the circuit where NAT allows).
     fn maybe_dial(&self, peer: PeerId, user: String) {
+        if !self.direct {
+            return;
+        }
         let Some(relay) = self
             .contacts
             .get(&user)

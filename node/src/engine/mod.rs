@@ -170,6 +170,8 @@ pub(crate) struct Engine {
     pub topup_due: bool,
     pub device_created_ms: i64,
     pub listen: Vec<Multiaddr>,
+    /// Whether direct connections to contacts are made and used.
+    pub direct: bool,
 }
 
 impl std::fmt::Debug for Engine {

@@ -43,8 +43,9 @@ pub(crate) async fn deliver(
     peer: PeerId,
     relays: &[PeerId],
     payload: Vec<u8>,
+    direct: bool,
 ) -> Result<(), NetError> {
-    if net.is_connected(peer).await {
+    if direct && net.is_connected(peer).await {
         match net.direct(peer, payload.clone()).await {
             Ok(()) => return Ok(()),
             Err(e) => tracing::debug!(%peer, "direct delivery failed, using the mailbox: {e}"),
@@ -279,8 +280,9 @@ impl Engine {
             .unwrap_or_default();
         let net = self.net.clone();
         let tx = self.internal.clone();
+        let direct = self.direct;
         tokio::spawn(async move {
-            let result = deliver(&net, peer, &relays, entry.delivery.payload).await;
+            let result = deliver(&net, peer, &relays, entry.delivery.payload, direct).await;
             let _ = tx
                 .send(Internal::Delivered {
                     id: entry.message_id,
@@ -426,9 +428,10 @@ impl Engine {
             };
             let net = self.net.clone();
             let relays = relays.clone();
+            let direct = self.direct;
             tokio::spawn(async move {
                 for attempt in 0..RECEIPT_ATTEMPTS {
-                    match deliver(&net, peer, &relays, ct.clone()).await {
+                    match deliver(&net, peer, &relays, ct.clone(), direct).await {
                         Ok(()) => return,
                         Err(e) => {
                             tracing::debug!(%peer, "receipt delivery failed: {e}");

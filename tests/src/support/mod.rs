@@ -30,12 +30,12 @@ static BUILD: Once = Once::new();
 /// The path of a workspace binary next to the running test binary.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    // target/<profile>/deps/<test> (a test) or target/<profile>/<bin> (tern-bench)
+    // → target/<profile>/<name>
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
     let path = dir.join(name);
     if !path.exists() {
         BUILD.call_once(|| {
@@ -251,18 +251,34 @@ pub struct Node {
     /// Device id.
     pub device: String,
     relay: Option<String>,
+    extra: Vec<String>,
 }
 
 impl Node {
     /// Creates a home with `name` under `dir` and starts `tern up` against `relay`.
     pub fn init_and_start(dir: &Path, name: &str, relay: Option<&str>) -> anyhow::Result<Node> {
+        Self::init_and_start_with(dir, name, relay, &[])
+    }
+
+    /// Like [`Node::init_and_start`] with extra `tern up` arguments.
+    pub fn init_and_start_with(
+        dir: &Path,
+        name: &str,
+        relay: Option<&str>,
+        extra: &[&str],
+    ) -> anyhow::Result<Node> {
         let home = dir.join(name);
         tern_ok(&home, &["init", "--name", name])?;
-        Self::start(&home, relay)
+        Self::start_with(&home, relay, extra)
     }
 
     /// Starts `tern up` for an existing home (`relay`: None runs the embedded relay).
     pub fn start(home: &Path, relay: Option<&str>) -> anyhow::Result<Node> {
+        Self::start_with(home, relay, &[])
+    }
+
+    /// Like [`Node::start`] with extra `tern up` arguments (e.g. `--no-direct`).
+    pub fn start_with(home: &Path, relay: Option<&str>, extra: &[&str]) -> anyhow::Result<Node> {
         let mut cmd = Command::new(bin("tern"));
         cmd.arg("--home")
             .arg(home)
@@ -277,6 +293,7 @@ impl Node {
         if let Some(r) = relay {
             cmd.args(["--relay", r]);
         }
+        cmd.args(extra);
         let mut child = cmd.spawn().context("spawn tern up")?;
         let lines = spawn_lines(&mut child);
         let deadline = Instant::now() + START_TIMEOUT;
@@ -302,6 +319,7 @@ impl Node {
             user: field("user")?,
             device: field("device")?,
             relay: relay.map(str::to_owned),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         })
     }
 
@@ -352,7 +370,8 @@ impl Node {
     /// Starts the node again (after [`Node::stop`] or [`Node::kill9`]).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();
-        let fresh = Node::start(&self.home, self.relay.as_deref())?;
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let fresh = Node::start_with(&self.home, self.relay.as_deref(), &extra)?;
         *self = fresh;
         Ok(())
     }

@@ -1,0 +1,195 @@
+//! The `delivery` suite: Tern messages between two real `tern up` nodes on loopback.
+//!
+//! - `delivery.direct_p50` / `_p99`: ms from calling `send` on the sender's API to the
+//!   recipient's `message` event, at a steady rate, over a direct connection.
+//! - `delivery.mailbox_p50` / `_p99`: the same with both nodes run `--no-direct`, so every
+//!   message is deposited at the relay and pushed to the recipient.
+//! - `delivery.throughput_direct` / `_mailbox`: messages per second, sent back to back, until
+//!   the recipient has stored the last one.
+//!
+//! Baseline in the same run: the raw relay path — one `tern-relay` client deposits, another
+//! listening client receives the push (no encryption, no node, no store) — at the same rate,
+//! and its deposit throughput with one request in flight.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tern_node::{api::client::ApiClient, types::Event};
+use tern_relay::client::{Client, Config, Event as RelayEvent, Keypair};
+
+use super::{Opts, Report, per_sec, quantile};
+use crate::support::{Node, Relay, WAIT, link_pair, wait_for};
+
+/// Relay config for the bench: rate limits far above anything it sends.
+const UNLIMITED: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n";
+
+/// Messages per second in the latency runs.
+const RATE: u64 = 50;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    let latency_n = opts.size(1_000, 20);
+    let burst_n = opts.size(2_000, 30);
+    let dir = tempfile::tempdir()?;
+    // Rate limits raised far above the load so they measure the path, not the limiter.
+    let relay = Relay::start(&dir.path().join("relay"), UNLIMITED)?;
+    let rt = tokio::runtime::Runtime::new()?;
+
+    let (mut base_lat, base_rate) = rt.block_on(raw_relay(&relay.addr, latency_n, burst_n))?;
+
+    let mut results = Vec::new();
+    for (label, extra) in [("direct", &[][..]), ("mailbox", &["--no-direct"][..])] {
+        let sub = dir.path().join(label);
+        std::fs::create_dir_all(&sub)?;
+        let a = Node::init_and_start_with(&sub, "alice", Some(&relay.addr), extra)?;
+        let b = Node::init_and_start_with(&sub, "bob", Some(&relay.addr), extra)?;
+        link_pair(&a, &b, "Alice", "Bob")?;
+        if label == "direct" {
+            wait_for("a direct connection", WAIT, || {
+                let s = a.json(&["status"]).ok()?;
+                s["peers"]
+                    .as_array()?
+                    .iter()
+                    .any(|p| p["direct"].as_u64() > Some(0))
+                    .then_some(())
+            })?;
+        }
+        let (lat, rate) = rt.block_on(node_path(&a, &b, latency_n, burst_n))?;
+        results.push((label, lat, rate));
+    }
+    let base_p50 = ms(quantile(&mut base_lat, 0.5));
+    let base_p99 = ms(quantile(&mut base_lat, 0.99));
+    for (label, mut lat, rate) in results {
+        report.compare(
+            &format!("delivery.{label}_p50"),
+            ms(quantile(&mut lat, 0.5)),
+            "ms",
+            "relay deposit->push p50",
+            base_p50,
+        );
+        report.compare(
+            &format!("delivery.{label}_p99"),
+            ms(quantile(&mut lat, 0.99)),
+            "ms",
+            "relay deposit->push p99",
+            base_p99,
+        );
+        report.compare(
+            &format!("delivery.throughput_{label}"),
+            rate,
+            "msg/s",
+            "relay deposits, 1 in flight",
+            base_rate,
+        );
+    }
+    Ok(())
+}
+
+/// Latencies at a steady rate, then back-to-back throughput, from A's API to B's events.
+async fn node_path(
+    a: &Node,
+    b: &Node,
+    n: usize,
+    burst: usize,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
+    let mut sender = a.api().await?;
+    let mut receiver = b.api().await?;
+    receiver.subscribe().await?;
+    // Warm up: the first message sets up the session.
+    sender
+        .call("send", json!({"contact": "Bob", "text": "warm-up"}))
+        .await?;
+    wait_message(&mut receiver, "warm-up").await?;
+
+    let mut lat = Vec::with_capacity(n);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    for i in 0..n {
+        tick.tick().await;
+        let text = format!("lat-{i}");
+        let t = Instant::now();
+        sender
+            .call("send", json!({"contact": "Bob", "text": text}))
+            .await?;
+        wait_message(&mut receiver, &text).await?;
+        lat.push(t.elapsed());
+    }
+
+    let start = Instant::now();
+    let last = format!("burst-{}", burst - 1);
+    let send_all = async {
+        for i in 0..burst {
+            sender
+                .call(
+                    "send",
+                    json!({"contact": "Bob", "text": format!("burst-{i}")}),
+                )
+                .await?;
+        }
+        anyhow::Ok(())
+    };
+    let (sent, got) = tokio::join!(send_all, wait_message_long(&mut receiver, &last));
+    sent?;
+    got?;
+    Ok((lat, per_sec(burst, start.elapsed())))
+}
+
+async fn wait_message(api: &mut ApiClient, text: &str) -> anyhow::Result<()> {
+    wait_text(api, text, WAIT).await
+}
+
+async fn wait_message_long(api: &mut ApiClient, text: &str) -> anyhow::Result<()> {
+    wait_text(api, text, Duration::from_secs(300)).await
+}
+
+async fn wait_text(api: &mut ApiClient, text: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            anyhow::bail!("no message {text:?} within {timeout:?}");
+        }
+        if let Event::Message { message } = api.next_event(left).await?
+            && message.text == text
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// The raw relay path: deposit → push latency at [`RATE`], and deposits/s one at a time.
+async fn raw_relay(addr: &str, n: usize, burst: usize) -> anyhow::Result<(Vec<Duration>, f64)> {
+    let addr: tern_relay::Multiaddr = addr.parse()?;
+    let (sender, _) =
+        Client::connect(Keypair::generate_ed25519(), addr.clone(), Config::default()).await?;
+    let (receiver, mut events) =
+        Client::connect(Keypair::generate_ed25519(), addr, Config::default()).await?;
+    receiver.listen(true).await?;
+    let to = receiver.local_peer_id();
+    let mut lat = Vec::with_capacity(n);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    for _ in 0..n {
+        tick.tick().await;
+        let t = Instant::now();
+        sender.deposit(vec![to], None, vec![7u8; 200]).await?;
+        loop {
+            match tokio::time::timeout(WAIT, events.recv()).await {
+                Ok(Some(RelayEvent::Delivered(msgs))) => {
+                    let ids: Vec<u64> = msgs.iter().map(|m| m.id).collect();
+                    lat.push(t.elapsed());
+                    receiver.ack(ids).await?;
+                    break;
+                }
+                Ok(Some(_)) => {}
+                _ => anyhow::bail!("no push from the relay"),
+            }
+        }
+    }
+    let start = Instant::now();
+    for _ in 0..burst {
+        sender.deposit(vec![to], None, vec![7u8; 200]).await?;
+    }
+    Ok((lat, per_sec(burst, start.elapsed())))
+}
