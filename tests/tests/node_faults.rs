@@ -209,3 +209,100 @@ fn presence_moves_online_away_offline_with_last_seen() {
     .unwrap();
     assert!(p["last_seen"].as_u64().is_some_and(|t| t > 0), "{p}");
 }
+
+#[test]
+fn api_requires_the_token_a_loopback_host_and_no_foreign_origin() {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(a.home.join("api.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "api.token must be 0600");
+    }
+    let token = std::fs::read_to_string(a.home.join("api.token")).unwrap();
+    let port = a.api.port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let attempt = |headers: Vec<(&'static str, String)>| async move {
+            let mut req = format!("ws://127.0.0.1:{port}/")
+                .into_client_request()
+                .unwrap();
+            for (k, v) in headers {
+                req.headers_mut()
+                    .insert(k, HeaderValue::from_str(&v).unwrap());
+            }
+            tokio_tungstenite::connect_async(req).await.map(|_| ())
+        };
+        let bearer = format!("Bearer {}", token.trim());
+        assert!(attempt(vec![]).await.is_err(), "no token accepted");
+        assert!(
+            attempt(vec![("authorization", "Bearer 00".into())])
+                .await
+                .is_err(),
+            "wrong token accepted"
+        );
+        assert!(
+            attempt(vec![
+                ("authorization", bearer.clone()),
+                ("host", format!("evil.example:{port}"))
+            ])
+            .await
+            .is_err(),
+            "foreign Host accepted (DNS rebinding)"
+        );
+        assert!(
+            attempt(vec![
+                ("authorization", bearer.clone()),
+                ("origin", "http://evil.example".into())
+            ])
+            .await
+            .is_err(),
+            "foreign Origin accepted"
+        );
+        attempt(vec![
+            ("authorization", bearer.clone()),
+            ("origin", format!("http://127.0.0.1:{port}")),
+        ])
+        .await
+        .expect("same-origin request with the token");
+        let mut api = tern_node::api::client::ApiClient::connect(a.api, token.trim())
+            .await
+            .unwrap();
+        let status = api.call("status", serde_json::json!({})).await.unwrap();
+        assert_eq!(status["user_id"], a.user.as_str());
+        let err = api
+            .call("no.such.method", serde_json::json!({}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown method"), "{err}");
+    });
+}
+
+#[test]
+fn embedded_relays_work_and_keep_their_address_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Node::init_and_start(dir.path(), "alice", None).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", None).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    a.ok(&["send", "Bob", "over bob's embedded relay"]).unwrap();
+    wait_for("message at bob", WAIT, || {
+        let h = b.json(&["history", "Alice", "--no-mark-read"]).ok()?;
+        (h.as_array()?.len() == 1).then_some(())
+    })
+    .unwrap();
+    // Alice restarts: her embedded relay comes back on the address her link gave Bob.
+    a.restart().unwrap();
+    b.ok(&["send", "Alice", "back over alice's relay"]).unwrap();
+    let h = wait_for("reply at alice", WAIT, || {
+        let h = a.json(&["history", "Bob", "--no-mark-read"]).ok()?;
+        (h.as_array()?.len() == 2).then_some(h)
+    })
+    .unwrap();
+    assert_eq!(h[1]["text"], "back over alice's relay");
+}
