@@ -71,6 +71,7 @@ deposits_per_sec = 1000000000.0
 deposits_burst = 1000000000.0
 [connections]
 max_established = 20000
+max_concurrent_streams = 1024
 ";
 
 /// Runs the suite.
@@ -635,7 +636,7 @@ async fn push_latency(
         }));
     }
     for s in sends {
-        s.await??;
+        s.await?.context("deposit in the push-latency run")?;
     }
     let push = receiver.await??;
 
@@ -795,7 +796,8 @@ impl Drop for RelayProcess {
 
 /// The transport ceiling: a libp2p request/response server on the same transport (TCP,
 /// Noise, Yamux) and protocol id as the relay's mailbox, answering every request at once
-/// with `Ok`, on its own thread and runtime as the relay has its own process.
+/// with `Ok`, on its own thread and single-threaded runtime as the relay has its own
+/// process and (by default) one network thread.
 struct EchoServer {
     addr: Multiaddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -807,8 +809,8 @@ impl EchoServer {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, mut stop_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // Single-threaded, like the relay's default runtime.
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             else {
