@@ -10,6 +10,8 @@ pub mod directory;
 pub mod mailbox;
 mod peer_serde;
 pub mod presence;
+#[cfg(test)]
+mod proptests;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
