@@ -161,7 +161,14 @@ impl Engine {
                 env
             }
             other => {
-                tracing::warn!(contact = %user, "dropping a message with a bad envelope: {:?}", other.err());
+                // Only the kind of failure is logged: a decoder's message could quote plaintext.
+                let why = match other {
+                    Ok(_) => "sender or addressee does not match",
+                    Err(crate::envelope::EnvelopeError::UnsupportedVersion(_)) => "unknown version",
+                    Err(crate::envelope::EnvelopeError::TooLarge(_)) => "too large",
+                    Err(_) => "malformed",
+                };
+                tracing::warn!(contact = %user, why, "dropping a message with a bad envelope");
                 self.store.transaction(|tx| -> Result<(), NodeError> {
                     tx.apply_crypto(&update, now)?;
                     if let Some(d) = &own_device {

@@ -4,6 +4,8 @@
 //!   recipient's `message` event, at a steady rate, over a direct connection.
 //! - `delivery.mailbox_p50` / `_p99`: the same with both nodes run `--no-direct`, so every
 //!   message is deposited at the relay and pushed to the recipient.
+//! - `delivery.direct_send_call_p50` / `mailbox_…`: of that, the `send` call itself (the
+//!   sender encrypts, commits message, ratchet and outbox, and answers).
 //! - `delivery.throughput_direct` / `_mailbox`: messages per second, sent back to back, until
 //!   the recipient has stored the last one.
 //!
@@ -57,12 +59,18 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
                     .then_some(())
             })?;
         }
-        let (lat, rate) = rt.block_on(node_path(&a, &b, latency_n, burst_n))?;
-        results.push((label, lat, rate));
+        let (lat, calls, rate) = rt.block_on(node_path(&a, &b, latency_n, burst_n))?;
+        results.push((label, lat, calls, rate));
     }
     let base_p50 = ms(quantile(&mut base_lat, 0.5));
     let base_p99 = ms(quantile(&mut base_lat, 0.99));
-    for (label, mut lat, rate) in results {
+    for (label, mut lat, mut calls, rate) in results {
+        // How much of the latency is the sender's own work (encrypt, commit, API answer).
+        report.value(
+            &format!("delivery.{label}_send_call_p50"),
+            ms(quantile(&mut calls, 0.5)),
+            "ms",
+        );
         report.compare(
             &format!("delivery.{label}_p50"),
             ms(quantile(&mut lat, 0.5)),
@@ -94,7 +102,7 @@ async fn node_path(
     b: &Node,
     n: usize,
     burst: usize,
-) -> anyhow::Result<(Vec<Duration>, f64)> {
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, f64)> {
     let mut sender = a.api().await?;
     let mut receiver = b.api().await?;
     receiver.subscribe().await?;
@@ -105,6 +113,7 @@ async fn node_path(
     wait_message(&mut receiver, "warm-up").await?;
 
     let mut lat = Vec::with_capacity(n);
+    let mut calls = Vec::with_capacity(n);
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
     for i in 0..n {
         tick.tick().await;
@@ -113,6 +122,7 @@ async fn node_path(
         sender
             .call("send", json!({"contact": "Bob", "text": text}))
             .await?;
+        calls.push(t.elapsed());
         wait_message(&mut receiver, &text).await?;
         lat.push(t.elapsed());
     }
@@ -133,7 +143,7 @@ async fn node_path(
     let (sent, got) = tokio::join!(send_all, wait_message_long(&mut receiver, &last));
     sent?;
     got?;
-    Ok((lat, per_sec(burst, start.elapsed())))
+    Ok((lat, calls, per_sec(burst, start.elapsed())))
 }
 
 async fn wait_message(api: &mut ApiClient, text: &str) -> anyhow::Result<()> {
