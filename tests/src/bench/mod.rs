@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub mod crypto;
+pub mod delivery;
+pub mod relay;
 pub mod store;
 
 /// Options every suite receives.
@@ -185,4 +187,9 @@ pub fn per_sec(ops: usize, d: Duration) -> f64 {
 pub type Suite = (&'static str, fn(&Opts, &mut Report) -> anyhow::Result<()>);
 
 /// Every suite, in the order `all` runs them.
-pub const SUITES: &[Suite] = &[("crypto", crypto::run), ("store", store::run)];
+pub const SUITES: &[Suite] = &[
+    ("crypto", crypto::run),
+    ("store", store::run),
+    ("relay", relay::run),
+    ("delivery", delivery::run),
+];
