@@ -164,31 +164,24 @@ pub enum EncodeError {
 /// Encodes `body` as a record of `kind`.
 pub fn encode<T: Serialize>(kind: Kind, body: &T) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(128);
-    out.push(FORMAT_VERSION);
-    out.push(kind as u8);
-    ciborium::into_writer(body, &mut out).map_err(|e| EncodeError::Serializer {
-        kind,
-        reason: e.to_string(),
-    })?;
-    if out.len() > kind.max_len() {
-        return Err(EncodeError::TooLong {
-            kind,
-            len: out.len(),
-            max: kind.max_len(),
-        });
-    }
+    encode_into(kind, body, &mut out)?;
     Ok(out)
 }
 
 /// Encodes a record that contains secrets into a buffer that is wiped when dropped.
 ///
-/// The intermediate buffer is grown in place: to keep stale copies from being left behind by
-/// reallocation, it is sized for the kind's cap up front.
+/// The buffer is sized for the kind's cap up front, so growing it never leaves a stale copy
+/// behind in a reallocation.
 pub fn encode_secret<T: Serialize>(
     kind: Kind,
     body: &T,
 ) -> Result<Zeroizing<Vec<u8>>, EncodeError> {
     let mut out = Zeroizing::new(Vec::with_capacity(kind.max_len()));
+    encode_into(kind, body, &mut out)?;
+    Ok(out)
+}
+
+fn encode_into<T: Serialize>(kind: Kind, body: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     out.push(FORMAT_VERSION);
     out.push(kind as u8);
     ciborium::into_writer(body, &mut *out).map_err(|e| EncodeError::Serializer {
@@ -202,7 +195,7 @@ pub fn encode_secret<T: Serialize>(
             max: kind.max_len(),
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Checks the header of `bytes` against `kind` and returns the body.

@@ -10,7 +10,7 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::{DecodeError, EncodeError, Rejection, peer_serde};
+use super::{Rejection, peer_serde};
 
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/tern/mailbox/1");
@@ -132,42 +132,8 @@ pub enum Response {
     Error(Rejection),
 }
 
-const WHAT_REQ: &str = "mailbox request";
-const WHAT_RESP: &str = "mailbox response";
-
-impl Request {
-    /// Encodes the request as a frame.
-    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        super::encode(WHAT_REQ, self, MAX_REQUEST_BYTES)
-    }
-
-    /// Decodes a request frame.
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        super::decode(WHAT_REQ, bytes, MAX_REQUEST_BYTES)
-    }
-
-    /// Decodes a request from a codec frame.
-    pub fn from_frame(frame: &super::Frame) -> Result<Self, DecodeError> {
-        frame.decode(WHAT_REQ, MAX_REQUEST_BYTES)
-    }
-}
-
-impl Response {
-    /// Encodes the response as a frame.
-    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        super::encode(WHAT_RESP, self, MAX_RESPONSE_BYTES)
-    }
-
-    /// Decodes a response frame.
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        super::decode(WHAT_RESP, bytes, MAX_RESPONSE_BYTES)
-    }
-
-    /// Decodes a response from a codec frame.
-    pub fn from_frame(frame: &super::Frame) -> Result<Self, DecodeError> {
-        frame.decode(WHAT_RESP, MAX_RESPONSE_BYTES)
-    }
-}
+framed!(Request, "mailbox request", MAX_REQUEST_BYTES);
+framed!(Response, "mailbox response", MAX_RESPONSE_BYTES);
 
 /// The codec caps for this protocol.
 pub fn codec() -> super::FrameCodec {
@@ -177,6 +143,7 @@ pub fn codec() -> super::FrameCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::DecodeError;
 
     #[test]
     fn round_trips() {

@@ -5,6 +5,31 @@
 //! length; readers stop after a per-protocol cap (see [`codec`]). Decoding never panics:
 //! every failure is a [`DecodeError`].
 
+/// Gives a protocol's request or response type its `encode`, `decode` and `from_frame`,
+/// bounded by the protocol's cap, so every protocol frames its messages the same way.
+macro_rules! framed {
+    ($ty:ident, $what:expr, $max:expr) => {
+        impl $ty {
+            /// Encodes the message as a frame.
+            pub fn encode(&self) -> Result<Vec<u8>, $crate::wire::EncodeError> {
+                $crate::wire::encode($what, self, $max)
+            }
+
+            /// Decodes a frame.
+            pub fn decode(bytes: &[u8]) -> Result<Self, $crate::wire::DecodeError> {
+                $crate::wire::decode($what, bytes, $max)
+            }
+
+            /// Decodes a message from a codec frame.
+            pub fn from_frame(
+                frame: &$crate::wire::Frame,
+            ) -> Result<Self, $crate::wire::DecodeError> {
+                frame.decode($what, $max)
+            }
+        }
+    };
+}
+
 pub mod codec;
 pub mod directory;
 pub mod mailbox;
