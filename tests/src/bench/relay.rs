@@ -229,9 +229,11 @@ async fn mosquitto(
     Ok(())
 }
 
-/// Just enough MQTT 3.1.1 to drive a broker: CONNECT, SUBSCRIBE, QoS 1 PUBLISH and PUBACK.
+/// The MQTT side of the Mosquitto anchor: a broker child process, and `rumqttc` clients
+/// (MQTT 3.1.1 over plain TCP) for the QoS 1 publish load and the paced live delivery.
 mod mqtt {
     use std::{
+        collections::{HashMap, VecDeque},
         process::{Child, Command, Stdio},
         sync::{
             Arc,
@@ -241,12 +243,14 @@ mod mqtt {
     };
 
     use anyhow::{Context, bail};
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::TcpStream,
-    };
+    use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 
     use super::{CIPHERTEXT, IN_FLIGHT, MAILBOXES, PUSH_RATE, SENDERS, START_TIMEOUT};
+
+    /// Requests a client can queue for its event loop; a sender queues at most
+    /// [`IN_FLIGHT`], so its `try_publish` never finds the queue full.
+    const REQUESTS: usize = 64;
+    const _: () = assert!(REQUESTS >= IN_FLIGHT);
 
     /// A mosquitto child process on 127.0.0.1 with persistence on; killed on drop.
     pub(super) struct Broker {
@@ -305,87 +309,52 @@ mod mqtt {
         }
     }
 
-    fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    /// Connects `client_id` to the broker on 127.0.0.1:`port` (TCP_NODELAY, 60 s keep-alive,
+    /// `clean` session or a persistent one) and waits for its CONNACK. `inflight` is the most
+    /// unacknowledged QoS 1 publishes the client lets out before it stops taking requests.
+    /// The event loop must be polled for anything to move.
+    async fn connect(
+        port: u16,
+        client_id: &str,
+        clean: bool,
+        inflight: u16,
+    ) -> anyhow::Result<(AsyncClient, EventLoop)> {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(60))
+            .set_clean_session(clean)
+            .set_inflight(inflight);
+        let (client, mut events) = AsyncClient::new(options, REQUESTS);
+        events.network_options.set_tcp_nodelay(true);
+        match events
+            .poll()
+            .await
+            .with_context(|| format!("connect {client_id} to mosquitto"))?
+        {
+            Event::Incoming(Packet::ConnAck(_)) => Ok((client, events)),
+            other => bail!("mosquitto answered {client_id}'s CONNECT with {other:?}"),
+        }
+    }
+
+    /// Subscribes to `topic` at QoS 1 and waits for the SUBACK.
+    async fn subscribe(
+        client: &AsyncClient,
+        events: &mut EventLoop,
+        topic: &str,
+    ) -> anyhow::Result<()> {
+        client.subscribe(topic, QoS::AtLeastOnce).await?;
         loop {
-            let mut b = (n % 128) as u8;
-            n /= 128;
-            if n > 0 {
-                b |= 0x80;
-            }
-            out.push(b);
-            if n == 0 {
-                return;
-            }
-        }
-    }
-
-    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![first];
-        remaining_length(body.len(), &mut out);
-        out.extend_from_slice(body);
-        out
-    }
-
-    fn string(s: &str, out: &mut Vec<u8>) {
-        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    fn publish(topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
-        let mut body = Vec::with_capacity(topic.len() + payload.len() + 4);
-        string(topic, &mut body);
-        body.extend_from_slice(&id.to_be_bytes());
-        body.extend_from_slice(payload);
-        packet(0x32, &body)
-    }
-
-    /// Reads one packet: (first byte, body).
-    async fn read_packet(s: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
-        let first = s.read_u8().await?;
-        let (mut len, mut shift) = (0usize, 0);
-        loop {
-            let b = s.read_u8().await?;
-            len |= usize::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 21 {
-                bail!("bad MQTT remaining length");
+            if let Event::Incoming(Packet::SubAck(ack)) = events.poll().await? {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    bail!("mosquitto refused the subscription to {topic}");
+                }
+                return Ok(());
             }
         }
-        let mut body = vec![0; len];
-        s.read_exact(&mut body).await?;
-        Ok((first, body))
-    }
-
-    async fn connect(port: u16, client_id: &str, clean: bool) -> anyhow::Result<TcpStream> {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-        s.set_nodelay(true)?;
-        let mut body = Vec::new();
-        string("MQTT", &mut body);
-        body.push(4);
-        body.push(if clean { 0x02 } else { 0x00 });
-        body.extend_from_slice(&60u16.to_be_bytes());
-        string(client_id, &mut body);
-        s.write_all(&packet(0x10, &body)).await?;
-        let (first, ack) = read_packet(&mut s).await?;
-        if first != 0x20 || ack.get(1) != Some(&0) {
-            bail!("mosquitto refused the connection");
-        }
-        Ok(s)
-    }
-
-    async fn subscribe(s: &mut TcpStream, topic: &str) -> anyhow::Result<()> {
-        let mut body = 1u16.to_be_bytes().to_vec();
-        string(topic, &mut body);
-        body.push(1);
-        s.write_all(&packet(0x82, &body)).await?;
-        let (first, _) = read_packet(s).await?;
-        if first != 0x90 {
-            bail!("no SUBACK");
-        }
-        Ok(())
     }
 
     /// [`SENDERS`] connections × [`IN_FLIGHT`] QoS 1 publishes of [`CIPHERTEXT`] bytes to
@@ -394,45 +363,61 @@ mod mqtt {
         port: u16,
         total: usize,
     ) -> anyhow::Result<(Duration, Vec<Duration>)> {
+        // Persistent sessions (clean_session=false) subscribed at QoS 1 and then gone: the
+        // broker queues every publish for them.
         for m in 0..MAILBOXES {
-            let mut s = connect(port, &format!("mailbox-{m}"), false).await?;
-            subscribe(&mut s, &format!("mbox/{m}")).await?;
-            s.write_all(&[0xe0, 0x00]).await?;
+            let (client, mut events) = connect(port, &format!("mailbox-{m}"), false, 1).await?;
+            subscribe(&client, &mut events, &format!("mbox/{m}")).await?;
+            client.disconnect().await?;
+            while events.poll().await? != Event::Outgoing(Outgoing::Disconnect) {}
         }
         let next = Arc::new(AtomicUsize::new(0));
         let start = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..SENDERS {
-            let mut s = connect(port, &format!("sender-{c}"), true).await?;
+            let (client, mut events) =
+                connect(port, &format!("sender-{c}"), true, IN_FLIGHT as u16).await?;
             let next = next.clone();
             tasks.push(tokio::spawn(async move {
                 let payload = vec![0x5a; CIPHERTEXT];
-                let mut sent: std::collections::HashMap<u16, Instant> =
-                    std::collections::HashMap::new();
+                // Queued publishes' send times, in order, until the event loop writes them
+                // and so gives them packet ids; then by packet id until their PUBACK.
+                let mut queued = VecDeque::with_capacity(IN_FLIGHT);
+                let mut sent: HashMap<u16, Instant> = HashMap::with_capacity(IN_FLIGHT);
+                let mut outstanding = 0;
                 let mut lat = Vec::new();
-                let mut id: u16 = 0;
                 let mut done = false;
                 loop {
-                    while !done && sent.len() < IN_FLIGHT {
+                    while !done && outstanding < IN_FLIGHT {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= total {
                             done = true;
                             break;
                         }
-                        id = id.wrapping_add(1).max(1);
-                        sent.insert(id, Instant::now());
-                        s.write_all(&publish(&format!("mbox/{}", i % MAILBOXES), id, &payload))
-                            .await?;
+                        queued.push_back(Instant::now());
+                        client.try_publish(
+                            format!("mbox/{}", i % MAILBOXES),
+                            QoS::AtLeastOnce,
+                            false,
+                            payload.clone(),
+                        )?;
+                        outstanding += 1;
                     }
-                    if sent.is_empty() {
+                    if outstanding == 0 {
                         return Ok::<_, anyhow::Error>(lat);
                     }
-                    let (first, body) = read_packet(&mut s).await?;
-                    if first == 0x40 && body.len() >= 2 {
-                        let acked = u16::from_be_bytes([body[0], body[1]]);
-                        if let Some(t) = sent.remove(&acked) {
-                            lat.push(t.elapsed());
+                    match events.poll().await? {
+                        Event::Outgoing(Outgoing::Publish(pkid)) => {
+                            let t = queued.pop_front().context("unrequested PUBLISH")?;
+                            sent.insert(pkid, t);
                         }
+                        Event::Incoming(Packet::PubAck(ack)) => {
+                            if let Some(t) = sent.remove(&ack.pkid) {
+                                lat.push(t.elapsed());
+                                outstanding -= 1;
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }));
@@ -447,27 +432,22 @@ mod mqtt {
     /// QoS 1 publishes at [`PUSH_RATE`] per second to a connected subscriber; send →
     /// receive latencies.
     pub(super) async fn paced_delivery(port: u16, n: usize) -> anyhow::Result<Vec<Duration>> {
-        let mut sub = connect(port, "live-subscriber", true).await?;
-        subscribe(&mut sub, "live/1").await?;
+        let (subscriber, mut sub_events) = connect(port, "live-subscriber", true, 1).await?;
+        subscribe(&subscriber, &mut sub_events, "live/1").await?;
         let base = Instant::now();
         let receiver = tokio::spawn(async move {
+            // Held so the subscriber's session stays open; its event loop PUBACKs each delivery.
+            let _subscriber = subscriber;
             let mut lat = Vec::with_capacity(n);
             while lat.len() < n {
-                let (first, body) = tokio::time::timeout(START_TIMEOUT, read_packet(&mut sub))
+                let event = tokio::time::timeout(START_TIMEOUT, sub_events.poll())
                     .await
                     .context("deliveries stopped")??;
-                if first & 0xf0 != 0x30 || body.len() < 2 {
+                let Event::Incoming(Packet::Publish(publish)) = event else {
                     continue;
-                }
+                };
                 let now = base.elapsed();
-                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-                let id_at = 2 + topic_len;
-                let payload_at = id_at + if first & 0x06 != 0 { 2 } else { 0 };
-                if first & 0x06 != 0 && body.len() >= id_at + 2 {
-                    sub.write_all(&[0x40, 0x02, body[id_at], body[id_at + 1]])
-                        .await?;
-                }
-                let Some(stamp) = body.get(payload_at..payload_at + 8) else {
+                let Some(stamp) = publish.payload.get(..8) else {
                     continue;
                 };
                 let mut sent = [0u8; 8];
@@ -476,34 +456,35 @@ mod mqtt {
             }
             Ok::<_, anyhow::Error>(lat)
         });
-        let mut publisher = connect(port, "live-publisher", true).await?;
-        let (mut rd, mut wr) = publisher.split();
-        let drain = async {
-            // PUBACKs to the publisher; read and drop them so its socket never fills.
-            let mut buf = [0u8; 4096];
+        // No client-side window for the publisher: it publishes on every tick, as fast as
+        // the broker acknowledges or not.
+        let (publisher, mut pub_events) = connect(port, "live-publisher", true, u16::MAX).await?;
+        // The publisher's event loop writes the publishes and reads (and drops) their PUBACKs;
+        // it runs until every delivery has arrived.
+        let drive = async {
             loop {
-                if rd.read(&mut buf).await.unwrap_or(0) == 0 {
-                    return;
+                if let Err(e) = pub_events.poll().await {
+                    return e;
                 }
             }
         };
-        let send = async {
+        let send_and_receive = async {
             let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / PUSH_RATE));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            for i in 0..n {
+            for _ in 0..n {
                 tick.tick().await;
                 let mut payload = vec![0x5a; CIPHERTEXT];
                 payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
-                wr.write_all(&publish("live/1", (i % 60_000 + 1) as u16, &payload))
+                publisher
+                    .publish("live/1", QoS::AtLeastOnce, false, payload)
                     .await?;
             }
-            Ok::<_, anyhow::Error>(())
+            receiver.await.context("receiver")?
         };
         tokio::select! {
-            r = send => r?,
-            _ = drain => bail!("mosquitto closed the publisher"),
+            r = send_and_receive => r,
+            e = drive => bail!("mosquitto closed the publisher: {e}"),
         }
-        receiver.await.context("receiver")?
     }
 }
 
