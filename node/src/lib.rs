@@ -133,6 +133,8 @@ impl Node {
             device_created_ms,
             listen: Vec::new(),
             direct: config.direct,
+            receipts_in_flight: Default::default(),
+            setup_pending: HashSet::new(),
         };
         engine.load_pending_identity();
         engine.rebuild_device_owner();

@@ -172,6 +172,10 @@ pub(crate) struct Engine {
     pub listen: Vec<Multiaddr>,
     /// Whether direct connections to contacts are made and used.
     pub direct: bool,
+    /// Receipts being delivered (bounded by `MAX_RECEIPTS_IN_FLIGHT`).
+    pub receipts_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Home relays whose connection routine did not complete (retried every heartbeat).
+    pub setup_pending: HashSet<PeerId>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -277,7 +281,14 @@ impl Engine {
                         }
                     }
                 }
-                _ = heartbeat.tick() => self.heartbeat(),
+                _ = heartbeat.tick() => {
+                    self.heartbeat();
+                    for relay in self.setup_pending.clone() {
+                        if self.relay_up.contains(&relay) {
+                            self.on_home_relay_up(relay).await;
+                        }
+                    }
+                }
                 _ = poll.tick() => {
                     for relay in self.home_relay_peers() {
                         if self.relay_up.contains(&relay) {
@@ -437,18 +448,29 @@ impl Engine {
 
     /// Publishes the device list and prekeys, turns live delivery on, tells the relay who
     /// may see our presence, and drains the mailbox.
+    /// A step that fails (the connection dropped in between) is retried on a later tick
+    /// while the relay is connected, so live delivery is never left off.
     async fn on_home_relay_up(&mut self, relay: PeerId) {
+        let mut ok = true;
         if let Err(e) =
             rpc::publish_device_list(&self.net, relay, self.keys.device_list.as_bytes().to_vec())
                 .await
         {
             tracing::warn!(%relay, "publishing the device list failed: {e}");
+            ok = false;
         }
         if let Err(e) = self.top_up_prekeys(relay, true).await {
             tracing::warn!(%relay, "publishing prekeys failed: {e}");
+            ok = false;
         }
         if let Err(e) = rpc::listen(&self.net, relay).await {
             tracing::warn!(%relay, "turning on live delivery failed: {e}");
+            ok = false;
+        }
+        if ok {
+            self.setup_pending.remove(&relay);
+        } else {
+            self.setup_pending.insert(relay);
         }
         self.push_allow_list();
         self.heartbeat();

@@ -1,7 +1,7 @@
 //! Sending: sessions, encryption per device, the outbox and its deliveries, receipts,
 //! history and read marks.
 
-use std::time::Duration;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use libp2p::PeerId;
 use serde_bytes::ByteArray;
@@ -14,8 +14,9 @@ use tern_store::{
 use super::{Engine, Internal, device_peer, message_info, parse_message_id};
 use crate::{
     consts::{
-        HISTORY_DEFAULT, HISTORY_MAX, MAX_DELIVERIES_IN_FLIGHT, MAX_RECEIPT_IDS, MAX_TEXT_BYTES,
-        OUTBOX_BATCH, RECEIPT_ATTEMPTS, RETRY_BASE, RETRY_MAX, SEQ_SCAN_LIMIT,
+        HISTORY_DEFAULT, HISTORY_MAX, MAX_DELIVERIES_IN_FLIGHT, MAX_RECEIPT_IDS,
+        MAX_RECEIPTS_IN_FLIGHT, MAX_TEXT_BYTES, OUTBOX_BATCH, RETRY_BASE, RETRY_MAX,
+        SEQ_SCAN_LIMIT,
     },
     envelope::{Body, Conversation, Envelope, ReceiptKind},
     error::NodeError,
@@ -364,7 +365,7 @@ impl Engine {
     }
 
     /// Sends a receipt to every device of `user` we hold a session with. Receipts are not
-    /// kept in the outbox (it holds messages); they are retried a few times in memory, and
+    /// kept in the outbox (it holds messages); they are retried in memory with backoff until they go through, and
     /// the ratchet state is stored before anything is sent.
     pub(crate) fn send_receipt(&mut self, user: &str, kind: ReceiptKind, ids: Vec<MessageId>) {
         for chunk in ids.chunks(MAX_RECEIPT_IDS) {
@@ -426,19 +427,26 @@ impl Engine {
             let Some(peer) = device_peer(&device) else {
                 continue;
             };
+            if self.receipts_in_flight.load(Ordering::Relaxed) >= MAX_RECEIPTS_IN_FLIGHT {
+                tracing::warn!(%peer, "too many receipts in flight; dropping one");
+                continue;
+            }
+            self.receipts_in_flight.fetch_add(1, Ordering::Relaxed);
+            let counter = self.receipts_in_flight.clone();
             let net = self.net.clone();
             let relays = relays.clone();
             let direct = self.direct;
             tokio::spawn(async move {
-                for attempt in 0..RECEIPT_ATTEMPTS {
-                    match deliver(&net, peer, &relays, ct.clone(), direct).await {
-                        Ok(()) => return,
-                        Err(e) => {
-                            tracing::debug!(%peer, "receipt delivery failed: {e}");
-                            tokio::time::sleep(backoff(attempt)).await;
-                        }
+                let mut attempt = 0;
+                while let Err(e) = deliver(&net, peer, &relays, ct.clone(), direct).await {
+                    if net.is_closed() {
+                        break;
                     }
+                    tracing::debug!(%peer, "receipt delivery failed, retrying: {e}");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
                 }
+                counter.fetch_sub(1, Ordering::Relaxed);
             });
         }
         Ok(())

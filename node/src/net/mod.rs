@@ -347,6 +347,11 @@ impl Client {
         rx.await.unwrap_or_default()
     }
 
+    /// Whether the event loop has stopped (the node is shutting down).
+    pub fn is_closed(&self) -> bool {
+        self.cmd.is_closed()
+    }
+
     /// Whether a connection to `peer` is open.
     pub async fn is_connected(&self, peer: PeerId) -> bool {
         let (reply, rx) = oneshot::channel();
