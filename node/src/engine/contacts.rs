@@ -391,13 +391,6 @@ impl Engine {
         });
     }
 
-    /// Fetches contacts' device lists from `relay` and adopts valid successors; a list under
-    /// another identity key is a loud warning and blocks sending.
-    pub(crate) fn refresh_device_lists(&self, _relay: PeerId) {
-        // Device lists arrive with contact links; fetching successors from relays comes
-        // with multi-device support (a later issue). Nothing to do yet.
-    }
-
     fn presence_of(&self, id: &str) -> PresenceInfo {
         let c = &self.contacts[id];
         let mut best: Option<&presence::Entry> = None;

@@ -388,7 +388,6 @@ impl Engine {
                     connected: true,
                 });
                 self.subscribe_presence(relay);
-                self.refresh_device_lists(relay);
                 // Anything waiting in the outbox goes now, backoff or not.
                 self.dispatch_due(true);
             }
