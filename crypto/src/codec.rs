@@ -163,7 +163,8 @@ pub enum EncodeError {
 
 /// Encodes `body` as a record of `kind`.
 pub fn encode<T: Serialize>(kind: Kind, body: &T) -> Result<Vec<u8>, EncodeError> {
-    let mut out = Vec::with_capacity(128);
+    // Most records are a few hundred bytes: one allocation instead of several regrowths.
+    let mut out = Vec::with_capacity(512);
     encode_into(kind, body, &mut out)?;
     Ok(out)
 }

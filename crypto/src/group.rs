@@ -37,7 +37,7 @@ use crate::consts::{
     DEFAULT_ROTATION_MESSAGES, DEFAULT_ROTATION_SECS, MAX_GROUP_PLAINTEXT, MEGOLM_DISCARD_STEP,
     MEGOLM_RETAIN_WINDOW,
 };
-use crate::device::{DeviceId, decode_body, encode_body};
+use crate::device::DeviceId;
 use crate::identity::{UserId, hex_array, write_hex};
 use crate::random::{self, RandomError};
 use crate::time::UnixSecs;
@@ -222,20 +222,17 @@ struct MessageWire {
     megolm: Vec<u8>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct InnerWire<'a> {
-    group_id: GroupId,
-    sender_device: DeviceId,
-    #[serde(with = "serde_bytes")]
-    body: &'a [u8],
-}
+/// The encrypted inner payload: `group id (16) || sending device (32) || body`. A fixed layout
+/// rather than CBOR: it is never seen outside this module, and its version is the outer
+/// record's.
+const INNER_HEADER: usize = 16 + 32;
 
-#[derive(Deserialize)]
-struct InnerOwned {
-    group_id: GroupId,
-    sender_device: DeviceId,
-    #[serde(with = "serde_bytes")]
-    body: Vec<u8>,
+fn inner_payload(group_id: &GroupId, sender: &DeviceId, body: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut inner = Zeroizing::new(Vec::with_capacity(INNER_HEADER + body.len()));
+    inner.extend_from_slice(group_id.as_bytes());
+    inner.extend_from_slice(sender.as_bytes());
+    inner.extend_from_slice(body);
+    inner
 }
 
 /// A group message as it travels: sending device, session id, Megolm ciphertext. The group id
@@ -279,6 +276,8 @@ pub struct OutboundSenderKey {
     group_id: GroupId,
     sender_device: DeviceId,
     session: GroupSession,
+    /// vodozemac computes the id (base64 of a public key) on every call; it never changes.
+    session_id: String,
     created_at: UnixSecs,
 }
 
@@ -293,10 +292,12 @@ struct OutboundRecord {
 impl OutboundSenderKey {
     /// A fresh key for `group_id`, sent from `sender_device`.
     pub fn new(group_id: GroupId, sender_device: DeviceId, now: UnixSecs) -> Self {
+        let session = GroupSession::new(MEGOLM_CONFIG);
         OutboundSenderKey {
             group_id,
             sender_device,
-            session: GroupSession::new(MEGOLM_CONFIG),
+            session_id: session.session_id(),
+            session,
             created_at: now,
         }
     }
@@ -308,7 +309,7 @@ impl OutboundSenderKey {
 
     /// The Megolm session id.
     pub fn session_id(&self) -> String {
-        self.session.session_id()
+        self.session_id.clone()
     }
 
     /// How many messages this key has encrypted.
@@ -344,20 +345,13 @@ impl OutboundSenderKey {
         if body.len() > MAX_GROUP_PLAINTEXT {
             return Err(GroupError::PlaintextTooLong(body.len()));
         }
-        let inner = Zeroizing::new(encode_body(
-            Kind::GroupMessage,
-            &InnerWire {
-                group_id: self.group_id,
-                sender_device: self.sender_device,
-                body,
-            },
-        )?);
+        let inner = inner_payload(&self.group_id, &self.sender_device, body);
         let megolm = self.session.encrypt(&*inner);
         Ok(codec::encode(
             Kind::GroupMessage,
             &MessageWire {
                 sender_device: self.sender_device,
-                session_id: self.session.session_id(),
+                session_id: self.session_id.clone(),
                 megolm: megolm.to_bytes(),
             },
         )?)
@@ -379,10 +373,12 @@ impl OutboundSenderKey {
     /// Restores a key from [`OutboundSenderKey::pickle`].
     pub fn from_pickle(bytes: &[u8]) -> Result<Self, GroupError> {
         let r: OutboundRecord = codec::decode(Kind::OutboundSenderKey, bytes)?;
+        let session = GroupSession::from_pickle(r.session);
         Ok(OutboundSenderKey {
             group_id: r.group_id,
             sender_device: r.sender_device,
-            session: GroupSession::from_pickle(r.session),
+            session_id: session.session_id(),
+            session,
             created_at: r.created_at,
         })
     }
@@ -486,6 +482,8 @@ pub struct InboundSenderKey {
     sender_user: UserId,
     sender_device: DeviceId,
     session: InboundGroupSession,
+    /// Cached: vodozemac computes it on every call.
+    session_id: String,
     highest_index: Option<u32>,
 }
 
@@ -511,7 +509,8 @@ impl InboundSenderKey {
         let key = SessionKey::from_bytes(&distribution.session_key)
             .map_err(|e| GroupError::InvalidKey(e.to_string()))?;
         let session = InboundGroupSession::new(&key, MEGOLM_CONFIG);
-        if session.session_id() != distribution.session_id {
+        let session_id = session.session_id();
+        if session_id != distribution.session_id {
             return Err(GroupError::BindingMismatch);
         }
         Ok(InboundSenderKey {
@@ -519,6 +518,7 @@ impl InboundSenderKey {
             sender_user: distribution.sender_user,
             sender_device: distribution.sender_device,
             session,
+            session_id,
             highest_index: None,
         })
     }
@@ -535,7 +535,7 @@ impl InboundSenderKey {
 
     /// The Megolm session id.
     pub fn session_id(&self) -> String {
-        self.session.session_id()
+        self.session_id.clone()
     }
 
     /// The first message index this key can still decrypt.
@@ -550,16 +550,19 @@ impl InboundSenderKey {
         message: &GroupMessage,
         ledger: &mut L,
     ) -> Result<GroupDecrypted, GroupError> {
-        let session_id = self.session.session_id();
+        let session_id = self.session_id.as_str();
         if message.sender_device != self.sender_device || message.session_id != session_id {
             return Err(GroupError::BindingMismatch);
         }
         let index = message.index();
         if ledger
-            .is_replay(&session_id, index)
+            .is_replay(session_id, index)
             .map_err(|e| GroupError::Ledger(Box::new(e)))?
         {
-            return Err(GroupError::Replay { session_id, index });
+            return Err(GroupError::Replay {
+                session_id: session_id.to_owned(),
+                index,
+            });
         }
         let decrypted = self.session.decrypt(&message.megolm).map_err(|e| match e {
             vodozemac::megolm::DecryptionError::UnknownMessageIndex(first_known, index) => {
@@ -568,13 +571,15 @@ impl InboundSenderKey {
             other => GroupError::Decryption(other.to_string()),
         })?;
         let plaintext = Zeroizing::new(decrypted.plaintext);
-        let mut inner: InnerOwned = decode_body(Kind::GroupMessage, &plaintext)?;
-        let body = Zeroizing::new(std::mem::take(&mut inner.body));
-        if inner.group_id != self.group_id || inner.sender_device != self.sender_device {
+        if plaintext.len() < INNER_HEADER
+            || plaintext[..16] != self.group_id.as_bytes()[..]
+            || plaintext[16..INNER_HEADER] != self.sender_device.as_bytes()[..]
+        {
             return Err(GroupError::BindingMismatch);
         }
+        let body = Zeroizing::new(plaintext[INNER_HEADER..].to_vec());
         ledger
-            .record(&session_id, index)
+            .record(session_id, index)
             .map_err(|e| GroupError::Ledger(Box::new(e)))?;
         let highest = self.highest_index.map_or(index, |h| h.max(index));
         self.highest_index = Some(highest);
@@ -584,7 +589,7 @@ impl InboundSenderKey {
         if keep_from >= self.session.first_known_index() + MEGOLM_DISCARD_STEP {
             self.session.advance_to(keep_from);
             ledger
-                .forget_below(&session_id, keep_from)
+                .forget_below(session_id, keep_from)
                 .map_err(|e| GroupError::Ledger(Box::new(e)))?;
         }
         Ok(GroupDecrypted {
@@ -613,11 +618,13 @@ impl InboundSenderKey {
     /// Restores a key from [`InboundSenderKey::pickle`].
     pub fn from_pickle(bytes: &[u8]) -> Result<Self, GroupError> {
         let r: InboundRecord = codec::decode(Kind::InboundSenderKey, bytes)?;
+        let session = InboundGroupSession::from_pickle(r.session);
         Ok(InboundSenderKey {
             group_id: r.group_id,
             sender_user: r.sender_user,
             sender_device: r.sender_device,
-            session: InboundGroupSession::from_pickle(r.session),
+            session_id: session.session_id(),
+            session,
             highest_index: r.highest_index,
         })
     }
