@@ -57,7 +57,7 @@ enum Cmd {
     /// Run the node in the foreground (Ctrl-C stops it). Without --relay (and none saved),
     /// an embedded relay runs on loopback.
     Up {
-        /// Home relay multiaddr ending in /p2p/<peer id>; repeatable; saved for next time.
+        /// Home relay multiaddr ending in `/p2p/<peer id>`; repeatable; saved for next time.
         #[arg(long)]
         relay: Vec<String>,
         /// Multiaddr to listen on for direct connections; repeatable.
