@@ -54,7 +54,8 @@ enum Cmd {
         #[arg(long, default_value = "device")]
         device_name: String,
     },
-    /// Run the node in the foreground (Ctrl-C stops it). Without --relay (and none saved),
+    /// Run the node in the foreground (Ctrl-C stops it). On a home with no identity yet, first
+    /// creates one as `tern init` would (name from $USER). Without --relay (and none saved),
     /// an embedded relay runs on loopback.
     Up {
         /// Home relay multiaddr ending in `/p2p/<peer id>`; repeatable; saved for next time.

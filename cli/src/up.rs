@@ -13,6 +13,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Failure;
 
+/// The display name a first `tern up` uses when `$USER` is not set.
+const DEFAULT_NAME: &str = "me";
+/// The device name a first `tern up` gives this device.
+const DEFAULT_DEVICE_NAME: &str = "device";
 /// How long `up` waits for the home relay before printing the ready line anyway.
 const RELAY_READY_WAIT: Duration = Duration::from_secs(10);
 /// How long the embedded relay may take to bind.
@@ -83,14 +87,19 @@ pub(crate) async fn run(
     direct: bool,
 ) -> Result<(), Failure> {
     if !home.is_initialised() {
-        return Err(Failure::new(
-            8,
-            format!(
-                "no Tern identity in {}; create one with `tern --home {} init`",
-                home.dir().display(),
-                home.dir().display()
-            ),
-        ));
+        // A first `tern up` should just work: create the identity `tern init` would have.
+        let name = std::env::var("USER")
+            .ok()
+            .filter(|n| !n.is_empty() && n.len() <= tern_node::consts::MAX_NAME_BYTES)
+            .unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        let created = home
+            .init(&name, DEFAULT_DEVICE_NAME)
+            .map_err(|e| Failure::new(1, e.to_string()))?;
+        eprintln!(
+            "tern: created a new identity in {} (user id {}, name {name:?}); keep this directory safe",
+            home.dir().display(),
+            created.user_id
+        );
     }
     let mut config = home.config().map_err(|e| Failure::new(1, e.to_string()))?;
     let parse = |s: &String| -> Result<Multiaddr, Failure> {

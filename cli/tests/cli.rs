@@ -50,11 +50,65 @@ fn init_refuses_to_overwrite_and_commands_say_no_node_runs() {
         "{err}"
     );
 
-    let empty = dir.path().join("empty");
-    let up = tern(&empty, &["up"]);
-    assert_eq!(up.status.code(), Some(8));
-    assert!(String::from_utf8_lossy(&up.stderr).contains("tern --home"));
-
     let usage = tern(&home, &["frobnicate"]);
     assert_eq!(usage.status.code(), Some(2));
+}
+
+/// On a fresh home, `tern up` creates the identity itself and comes up (with its embedded
+/// relay), so the README's one command runs Tern on a new machine.
+#[test]
+fn first_up_creates_an_identity_and_comes_up() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("fresh");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("--home")
+        .arg(&home)
+        .args([
+            "up",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .env_remove("TERN_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tern up starts");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut child = Kill(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("tern up printed its ready line within 60 s");
+        if line.starts_with("ready ") {
+            break line;
+        }
+    };
+    assert!(ready.contains("api=127.0.0.1:"), "{ready}");
+    assert!(ready.contains("relay_connected=true"), "{ready}");
+    // The identity exists now: init refuses to overwrite it, and a second up reuses it.
+    let again = tern(&home, &["init"]);
+    assert_eq!(again.status.code(), Some(8));
+    let _ = child.0.kill();
 }
