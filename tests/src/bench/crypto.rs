@@ -29,6 +29,8 @@ use super::{Opts, Report, alternate, per_sec, time};
 const BODY_LEN: usize = 200;
 /// Messages one way before the other side answers once (a ratchet turn), in both layers alike.
 const BURST: usize = 10;
+// Many short alternating rounds (rather than a few long ones) so the medians are stable on a
+// shared machine: each round is a few hundred milliseconds.
 
 pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     session(opts, report)?;
@@ -38,8 +40,8 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
 }
 
 fn session(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
-    let n = opts.size(20_000, 50);
-    let rounds = opts.size(7, 1);
+    let n = opts.size(5_000, 50);
+    let rounds = opts.size(21, 1);
     let body = vec![b'x'; BODY_LEN];
 
     // Raw vodozemac: two accounts, one session each way of the same pair.
@@ -138,8 +140,8 @@ fn tern_exchange(
 }
 
 fn group(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
-    let n = opts.size(20_000, 50);
-    let rounds = opts.size(7, 1);
+    let n = opts.size(5_000, 50);
+    let rounds = opts.size(21, 1);
     let body = vec![b'g'; BODY_LEN];
     let config = vodozemac::megolm::SessionConfig::version_2();
     let sender = DeviceKeys::generate()?.device_id();
