@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub mod crypto;
-pub mod delivery;
-pub mod relay;
-pub mod store;
+mod crypto;
+mod delivery;
+mod relay;
+mod store;
 
 /// Options every suite receives.
 #[derive(Clone, Copy, Debug)]
