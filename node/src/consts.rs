@@ -109,3 +109,9 @@ pub const API_TOKEN_BYTES: usize = 32;
 pub const HISTORY_DEFAULT: u32 = 50;
 /// See [`HISTORY_DEFAULT`].
 pub const HISTORY_MAX: u32 = 500;
+
+/// How long a received message whose per-sender predecessor is missing is held back (kept
+/// out of history and events) waiting for the gap to fill, before it is shown with the gap
+/// marked. Olm delivers out of order only when paths race (direct vs mailbox) or a relay
+/// redelivers, which settles within a second or so on any working network.
+pub const HOLD_BACK: Duration = Duration::from_secs(2);

@@ -130,6 +130,7 @@ impl Node {
             presence: HashMap::new(),
             inbound_sessions: 0,
             topup_due: false,
+            hold: engine::hold::HoldBack::default(),
             device_created_ms,
             listen: Vec::new(),
             direct: config.direct,

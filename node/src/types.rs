@@ -59,6 +59,10 @@ pub struct MessageInfo {
     pub lamport: u64,
     /// Per-sender sequence number.
     pub seq: u64,
+    /// The sender's previous message (sequence number `seq - 1`) has not arrived: shown
+    /// after being held back for a while, with the gap marked.
+    #[serde(default)]
+    pub gap_before: bool,
 }
 
 /// A conversation in the list.

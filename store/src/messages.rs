@@ -411,6 +411,31 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the conversation holds a message from `sender_device` with sequence number
+    /// `seq` (the node asks for a message's per-sender predecessor).
+    pub fn has_sequence(
+        &self,
+        conversation: &ConversationId,
+        sender_device: &str,
+        seq: u64,
+    ) -> Result<bool, ReadError> {
+        const OP: &str = "look up a sequence number";
+        let Ok(seq) = i64::try_from(seq) else {
+            return Ok(false);
+        };
+        let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
+            return Ok(false);
+        };
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM messages WHERE conversation = ?1 AND sender_device = ?2 AND seq = ?3 LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row(params![conv, sender_device, seq], |r| r.get(0)).optional())
+            .read_ctx(OP)?;
+        Ok(found.is_some())
+    }
+
     fn query(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<Vec<RawMessage>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(p, raw)?;

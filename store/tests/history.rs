@@ -340,3 +340,20 @@ fn edit_delete_and_status() {
         .unwrap_err();
     assert!(matches!(err, WriteError::UnknownMessage { .. }));
 }
+
+#[test]
+fn has_sequence_finds_a_sender_devices_message_in_its_conversation_only() {
+    let env = env();
+    let mut store = open(&env.path);
+    ensure(&mut store, "alice", ConversationKind::Direct);
+    ensure(&mut store, "bob", ConversationKind::Direct);
+    assert!(!store.has_sequence(&conv("alice"), "a1", 3).unwrap());
+    store
+        .record_incoming(&incoming(3, "alice", 3, "three"), &[])
+        .unwrap();
+    assert!(store.has_sequence(&conv("alice"), "a1", 3).unwrap());
+    assert!(!store.has_sequence(&conv("alice"), "a1", 2).unwrap());
+    assert!(!store.has_sequence(&conv("alice"), "a2", 3).unwrap());
+    assert!(!store.has_sequence(&conv("bob"), "a1", 3).unwrap());
+    assert!(!store.has_sequence(&conv("nobody"), "a1", 3).unwrap());
+}

@@ -5,6 +5,7 @@
 //! swarm's task, so the network keeps moving while a transaction commits.
 
 mod contacts;
+pub(crate) mod hold;
 mod receive;
 mod send;
 
@@ -168,6 +169,8 @@ pub(crate) struct Engine {
     pub inbound_sessions: u32,
     /// One-time keys may be running low: check at the next tick.
     pub topup_due: bool,
+    /// Received messages held back for a missing per-sender predecessor.
+    pub hold: hold::HoldBack,
     pub device_created_ms: i64,
     pub listen: Vec<Multiaddr>,
     /// Whether direct connections to contacts are made and used.
@@ -210,6 +213,7 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
         status: status_name(m.status).to_owned(),
         lamport: m.lamport,
         seq: m.seq,
+        gap_before: false,
     }
 }
 
@@ -270,6 +274,9 @@ impl Engine {
                 Some(msg) = internal.recv() => self.on_internal(msg),
                 _ = outbox.tick() => {
                     self.dispatch_due(false);
+                    for message in self.hold.expired(std::time::Instant::now()) {
+                        self.emit(Event::Message { message });
+                    }
                     if self.topup_due {
                         self.topup_due = false;
                         for relay in self.home_relay_peers() {

@@ -10,7 +10,7 @@ use tern_store::{
     MessageId, Status,
 };
 
-use super::{Engine, message_info, peer_device, status_name};
+use super::{Engine, peer_device, status_name};
 use crate::{
     consts::INBOUND_SESSIONS_PER_TOPUP_CHECK,
     envelope::{Body, Conversation, Envelope, ReceiptKind},
@@ -211,9 +211,12 @@ impl Engine {
                     .push(message.id);
                 if inserted == Inserted::New {
                     self.observe_lamport(user, env.lamport)?;
-                    self.emit(Event::Message {
-                        message: message_info(&message),
-                    });
+                    let shown =
+                        self.hold
+                            .arrived(&self.store, message, std::time::Instant::now())?;
+                    for message in shown {
+                        self.emit(Event::Message { message });
+                    }
                 }
             }
             Body::Receipt { kind, ids } => {

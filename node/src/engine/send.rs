@@ -472,7 +472,12 @@ impl Engine {
         if mark_read {
             self.mark_read(&user)?;
         }
-        Ok(messages.iter().map(message_info).collect())
+        Ok(super::hold::visible(
+            &self.store,
+            &self.hold,
+            &messages,
+            now_ms(),
+        )?)
     }
 
     /// Marks the conversation read and sends read receipts for what was unread.
