@@ -131,6 +131,8 @@ impl Node {
             inbound_sessions: 0,
             topup_due: false,
             hold: engine::hold::HoldBack::default(),
+            encrypt_pending: true,
+            encrypt_retry: HashMap::new(),
             device_created_ms,
             listen: Vec::new(),
             direct: config.direct,

@@ -9,7 +9,7 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::consts::{MAX_BLOB_BYTES, MAX_PAGE_SIZE};
 use crate::error::{Context, ReadError, WriteError};
-use crate::messages::{check_len, message_id};
+use crate::messages::{MESSAGE_COLUMNS, RawMessage, check_len, decode, message_id, raw};
 use crate::sessions::CryptoUpdate;
 use crate::store::{Store, Tx};
 use crate::types::{Delivery, Inserted, Message, MessageId, OutboxEntry, Status};
@@ -123,6 +123,55 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Encrypts later: gives a message stored [`Status::Pending`] with no outbox rows (stored
+    /// before it could be encrypted, see [`Store::awaiting_encryption`]) its ratchet state
+    /// and one outbox row per recipient device, in this transaction.
+    ///
+    /// Returns `false`, writing nothing, when the message is not awaiting encryption any
+    /// more (it already has outbox rows or moved past pending): the caller must then drop
+    /// the ciphertexts and the ratchet state that made them, so nothing is encrypted twice.
+    pub fn add_deliveries(
+        &mut self,
+        id: MessageId,
+        updates: &[CryptoUpdate<'_>],
+        deliveries: &[Delivery],
+        first_attempt_ms: i64,
+    ) -> Result<bool, WriteError> {
+        const OP: &str = "add deliveries";
+        let rowid = self.message_rowid(OP, id)?;
+        let waiting: bool = self
+            .tx
+            .prepare_cached(
+                "SELECT own = 1 AND status = ?2 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = ?1) \
+                 FROM messages WHERE rowid = ?1",
+            )
+            .and_then(|mut s| s.query_row(params![rowid, Status::Pending.code()], |r| r.get(0)))
+            .write_ctx(OP)?;
+        if !waiting {
+            return Ok(false);
+        }
+        self.apply_crypto(updates, first_attempt_ms)?;
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO outbox (message, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT DO NOTHING",
+            )
+            .write_ctx(OP)?;
+        for d in deliveries {
+            check_len(OP, "outbox payload", d.payload.len(), MAX_BLOB_BYTES)?;
+            stmt.execute(params![
+                rowid,
+                d.recipient_device,
+                d.recipient_user,
+                d.payload,
+                first_attempt_ms
+            ])
+            .write_ctx(OP)?;
+        }
+        Ok(true)
+    }
+
     fn message_rowid(&self, op: &'static str, id: MessageId) -> Result<i64, WriteError> {
         self.tx
             .prepare_cached("SELECT rowid FROM messages WHERE id = ?1")
@@ -157,6 +206,40 @@ impl Store {
         first_attempt_ms: i64,
     ) -> Result<Inserted, WriteError> {
         self.transaction(|tx| tx.record_outgoing(message, updates, deliveries, first_attempt_ms))
+    }
+
+    /// Own messages from `sender_device` stored [`Status::Pending`] without any outbox row:
+    /// stored before they could be encrypted (no session with the recipient yet and its
+    /// relay unreachable). Oldest first in display order, at most `limit` (capped at
+    /// [`MAX_PAGE_SIZE`]). [`Tx::add_deliveries`] takes them out of this list.
+    pub fn awaiting_encryption(
+        &self,
+        sender_device: &str,
+        limit: u32,
+    ) -> Result<Vec<Message>, ReadError> {
+        const OP: &str = "read messages awaiting encryption";
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
+             WHERE m.own = 1 AND m.status = ?1 AND m.sender_device = ?2 \
+             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid) \
+             ORDER BY m.lamport, m.seq, m.rowid LIMIT ?3"
+        );
+        let rows: Vec<RawMessage> = self
+            .conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(
+                    params![
+                        Status::Pending.code(),
+                        sender_device,
+                        limit.clamp(1, MAX_PAGE_SIZE)
+                    ],
+                    raw,
+                )?
+                .collect()
+            })
+            .read_ctx(OP)?;
+        rows.into_iter().map(|r| decode(OP, r)).collect()
     }
 
     /// Outbox rows due at `now_ms`, earliest first, at most `limit` (capped at [`MAX_PAGE_SIZE`]).

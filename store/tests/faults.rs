@@ -361,3 +361,69 @@ fn locked_database_is_a_typed_busy_error() {
         2
     );
 }
+
+#[test]
+fn a_message_stored_before_encryption_gets_its_deliveries_exactly_once() {
+    let env = env();
+    let mut store = open(&env.path);
+    ensure(&mut store, "bob", ConversationKind::Direct);
+    // Stored pending with no session and no outbox rows (the recipient's relay was down).
+    let first = outgoing(1, "bob", 1, "first");
+    let second = outgoing(2, "bob", 2, "second");
+    for m in [&second, &first] {
+        store.record_outgoing(m, &[], &[], 100).unwrap();
+    }
+    let waiting = store.awaiting_encryption("me1", 10).unwrap();
+    assert_eq!(ids(&waiting), [first.id, second.id], "display order");
+    assert!(store.awaiting_encryption("other", 10).unwrap().is_empty());
+    assert!(store.due_deliveries(i64::MAX, 10).unwrap().is_empty());
+
+    // Encrypted later: ratchet and outbox rows in one transaction.
+    let added = store
+        .transaction(|tx| {
+            tx.add_deliveries(first.id, &session(b"ratchet-1"), &deliveries("c1"), 500)
+        })
+        .unwrap();
+    assert!(added);
+    assert_eq!(
+        current_pickle(&mut store).as_deref(),
+        Some(&b"ratchet-1"[..])
+    );
+    assert_eq!(store.due_deliveries(500, 10).unwrap().len(), 2);
+    assert_eq!(
+        ids(&store.awaiting_encryption("me1", 10).unwrap()),
+        [second.id]
+    );
+
+    // A second attempt for the same message writes nothing: no second ciphertext, no
+    // ratchet state from it.
+    let again = store
+        .transaction(|tx| {
+            tx.add_deliveries(first.id, &session(b"ratchet-2"), &deliveries("c2"), 500)
+        })
+        .unwrap();
+    assert!(!again);
+    assert_eq!(
+        current_pickle(&mut store).as_deref(),
+        Some(&b"ratchet-1"[..])
+    );
+    let due = store.due_deliveries(i64::MAX, 10).unwrap();
+    assert_eq!(due.len(), 2);
+    assert!(due.iter().all(|e| e.delivery.payload.starts_with(b"c1")));
+
+    // Once delivered it is not pending any more and still not awaiting encryption.
+    store
+        .transaction(|tx| {
+            tx.ack_delivery(first.id, "bob1")?;
+            tx.ack_delivery(first.id, "bob2")
+        })
+        .unwrap();
+    assert_eq!(
+        store.message(first.id).unwrap().unwrap().status,
+        Status::Sent
+    );
+    assert_eq!(
+        ids(&store.awaiting_encryption("me1", 10).unwrap()),
+        [second.id]
+    );
+}

@@ -225,3 +225,35 @@ fn online_contacts_connect_directly_and_messages_flow_without_the_relay() {
         h.len() == 3 && own_statuses_are(h, "delivered")
     });
 }
+
+#[test]
+fn first_message_waits_for_an_unreachable_relay_then_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    // No session yet, and Bob's relay (which holds his prekeys) is gone.
+    relay.kill9();
+    let out = a.cli(&["send", "Bob", "first words"]);
+    assert!(
+        out.status.success(),
+        "send must succeed and wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(id.len(), 32, "prints the message id: {id:?}");
+    a.ok(&["send", "Bob", "second words"]).unwrap();
+    let h = history(&a, "Bob");
+    assert_eq!(texts(&h), ["first words", "second words"]);
+    assert_eq!(h[0]["id"], id.as_str());
+    assert!(h.iter().all(|m| m["status"] == "pending"), "{h:#?}");
+
+    relay.restart_after_kill9("").unwrap();
+    let hb = wait_history(&b, "Alice", "both at bob", |h| h.len() == 2);
+    assert_eq!(texts(&hb), ["first words", "second words"]);
+    assert_eq!(hb[0]["id"], id.as_str());
+    wait_history(&a, "Bob", "both delivered", |h| {
+        own_statuses_are(h, "delivered")
+    });
+}

@@ -169,6 +169,10 @@ pub(crate) struct Engine {
     pub inbound_sessions: u32,
     /// One-time keys may be running low: check at the next tick.
     pub topup_due: bool,
+    /// Own messages may be waiting for a session (stored before a prekey could be claimed).
+    pub encrypt_pending: bool,
+    /// Per contact with messages waiting for a session: failed attempts, next attempt.
+    pub encrypt_retry: HashMap<String, (u32, std::time::Instant)>,
     /// Received messages held back for a missing per-sender predecessor.
     pub hold: hold::HoldBack,
     pub device_created_ms: i64,
@@ -273,6 +277,7 @@ impl Engine {
                 Some(ev) = net_events.recv() => self.on_net(ev).await,
                 Some(msg) = internal.recv() => self.on_internal(msg),
                 _ = outbox.tick() => {
+                    self.encrypt_waiting(false).await;
                     self.dispatch_due(false);
                     for message in self.hold.expired(std::time::Instant::now()) {
                         self.emit(Event::Message { message });
@@ -395,7 +400,9 @@ impl Engine {
                     connected: true,
                 });
                 self.subscribe_presence(relay);
-                // Anything waiting in the outbox goes now, backoff or not.
+                // Anything waiting in the outbox goes now, backoff or not, and messages
+                // waiting for a session try again.
+                self.encrypt_waiting(true).await;
                 self.dispatch_due(true);
             }
             net::Event::RelayDown(relay) => {

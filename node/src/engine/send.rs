@@ -25,6 +25,20 @@ use crate::{
     types::*,
 };
 
+/// A device's ratchet state after encrypting: device, session id, pickle.
+type Pickled = (String, String, zeroize::Zeroizing<Vec<u8>>);
+
+fn crypto_updates(pickles: &[Pickled]) -> Vec<CryptoUpdate<'_>> {
+    pickles
+        .iter()
+        .map(|(d, sid, p)| CryptoUpdate::Session {
+            peer_device: d,
+            session_id: sid,
+            pickle: p,
+        })
+        .collect()
+}
+
 /// Backoff before the next attempt after `attempts` failures.
 pub(crate) fn backoff(attempts: u32) -> Duration {
     let factor = 1u32.checked_shl(attempts.min(16)).unwrap_or(u32::MAX);
@@ -179,49 +193,30 @@ impl Engine {
                 max: MAX_TEXT_BYTES,
             });
         }
-        let mut sessions = self.sessions_for(&user).await?;
+        // Messages waiting for a session go first, so this one waits behind them.
+        let waiting = self
+            .store
+            .awaiting_encryption(&self.device_hex, OUTBOX_BATCH)?
+            .iter()
+            .any(|m| m.conversation.0 == user);
+        let mut sessions = if waiting {
+            None
+        } else {
+            match self.sessions_for(&user).await {
+                Ok(s) => Some(s),
+                Err(NodeError::Network(why)) => {
+                    tracing::info!(contact = %user, "no session yet and no prekey to be had ({why}); the message waits");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let (lamport, seq) = self.conv_state(&user)?;
         let (lamport, seq) = (lamport + 1, seq + 1);
         let id = random_id()?;
         let to = tern_crypto::UserId::from_hex(&user)
             .ok_or_else(|| NodeError::UnknownContact(user.clone()))?;
         let now = now_ms();
-        let env = Envelope {
-            id: ByteArray::new(id),
-            conversation: Conversation::Direct {
-                to: ByteArray::new(*to.as_bytes()),
-            },
-            sender_user: ByteArray::new(*self.user.as_bytes()),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
-            lamport,
-            seq,
-            sent_at_ms: now,
-            body: Body::Text { text: text.clone() },
-        };
-        let plain = zeroize::Zeroizing::new(env.encode()?);
-        let mut deliveries = Vec::new();
-        let mut pickles = Vec::new();
-        for (device, s) in sessions.iter_mut() {
-            let ct = s.encrypt(&plain)?;
-            deliveries.push(Delivery {
-                recipient_user: user.clone(),
-                recipient_device: device.to_peer_id_string(),
-                payload: ct,
-            });
-            pickles.push((
-                device.to_peer_id_string(),
-                s.current_session_id().unwrap_or_default(),
-                s.pickle()?,
-            ));
-        }
-        let updates: Vec<CryptoUpdate<'_>> = pickles
-            .iter()
-            .map(|(d, sid, p)| CryptoUpdate::Session {
-                peer_device: d,
-                session_id: sid,
-                pickle: p,
-            })
-            .collect();
         let message = Message {
             id: MessageId(id),
             conversation: ConversationId(user.clone()),
@@ -236,6 +231,11 @@ impl Engine {
             body: StoreBody::Text(text),
             edited_at_ms: None,
         };
+        let (deliveries, pickles) = match sessions.as_mut() {
+            Some(s) => self.encrypt_text(&to, &message, s)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let updates = crypto_updates(&pickles);
         let title = self.contacts[&user].contact.display_name.clone();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.ensure_conversation(
@@ -249,6 +249,12 @@ impl Engine {
         })?;
         self.lamport.insert(user.clone(), lamport);
         self.seq.insert(user.clone(), seq);
+        if sessions.is_none() {
+            self.encrypt_pending = true;
+            self.encrypt_retry
+                .entry(user.clone())
+                .or_insert((0, std::time::Instant::now() + backoff(0)));
+        }
         let info = message_info(&message);
         self.emit(Event::Message {
             message: info.clone(),
@@ -262,6 +268,132 @@ impl Engine {
             });
         }
         Ok(info)
+    }
+
+    /// The text envelope of a stored own message, encrypted once per device: the outbox
+    /// rows and each device's ratchet state (device, session id, pickle) after it.
+    fn encrypt_text(
+        &self,
+        to: &tern_crypto::UserId,
+        message: &Message,
+        sessions: &mut [(DeviceId, PeerSessions)],
+    ) -> Result<(Vec<Delivery>, Vec<Pickled>), NodeError> {
+        let env = Envelope {
+            id: ByteArray::new(message.id.0),
+            conversation: Conversation::Direct {
+                to: ByteArray::new(*to.as_bytes()),
+            },
+            sender_user: ByteArray::new(*self.user.as_bytes()),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lamport: message.lamport,
+            seq: message.seq,
+            sent_at_ms: message.sent_at_ms,
+            body: Body::Text {
+                text: message.body.text().unwrap_or_default().to_owned(),
+            },
+        };
+        let plain = zeroize::Zeroizing::new(env.encode()?);
+        let mut deliveries = Vec::new();
+        let mut pickles = Vec::new();
+        for (device, s) in sessions.iter_mut() {
+            let ct = s.encrypt(&plain)?;
+            deliveries.push(Delivery {
+                recipient_user: message.conversation.0.clone(),
+                recipient_device: device.to_peer_id_string(),
+                payload: ct,
+            });
+            pickles.push((
+                device.to_peer_id_string(),
+                s.current_session_id().unwrap_or_default(),
+                s.pickle()?,
+            ));
+        }
+        Ok((deliveries, pickles))
+    }
+
+    /// Encrypts own messages stored before a session could be set up (the contact's relay
+    /// was unreachable), oldest first, once a prekey can be claimed: per contact, retried
+    /// with the outbox backoff (`force`: now, backoff or not). Each message gets its ratchet
+    /// state and outbox rows in one transaction ([`tern_store::Tx::add_deliveries`], which
+    /// refuses a message that already has them, so nothing is encrypted twice).
+    pub(crate) async fn encrypt_waiting(&mut self, force: bool) {
+        if !self.encrypt_pending {
+            return;
+        }
+        let waiting = match self
+            .store
+            .awaiting_encryption(&self.device_hex, OUTBOX_BATCH)
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!("reading messages awaiting encryption failed: {e}");
+                return;
+            }
+        };
+        if waiting.is_empty() {
+            self.encrypt_pending = false;
+            self.encrypt_retry.clear();
+            return;
+        }
+        let mut users: Vec<String> = Vec::new();
+        for m in &waiting {
+            if !users.contains(&m.conversation.0) {
+                users.push(m.conversation.0.clone());
+            }
+        }
+        for user in users {
+            let now = std::time::Instant::now();
+            let (attempts, due) = self.encrypt_retry.get(&user).copied().unwrap_or((0, now));
+            if (!force && due > now) || self.pending_identity.contains_key(&user) {
+                continue;
+            }
+            let Some(to) = tern_crypto::UserId::from_hex(&user) else {
+                continue;
+            };
+            let mut sessions = match self.sessions_for(&user).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let attempts = attempts.saturating_add(1);
+                    let wait = backoff(attempts);
+                    tracing::debug!(contact = %user, "still no session ({e}); retrying in {wait:?}");
+                    self.encrypt_retry
+                        .insert(user.clone(), (attempts, std::time::Instant::now() + wait));
+                    continue;
+                }
+            };
+            self.encrypt_retry.remove(&user);
+            for m in waiting.iter().filter(|m| m.conversation.0 == user) {
+                let now = now_ms();
+                let encrypted =
+                    self.encrypt_text(&to, m, &mut sessions)
+                        .and_then(|(deliveries, pickles)| {
+                            let updates = crypto_updates(&pickles);
+                            let added = self.store.transaction(|tx| {
+                                tx.add_deliveries(m.id, &updates, &deliveries, now)
+                            })?;
+                            Ok((added, deliveries))
+                        });
+                match encrypted {
+                    Ok((true, deliveries)) => {
+                        for d in deliveries {
+                            self.start_delivery(OutboxEntry {
+                                message_id: m.id,
+                                delivery: d,
+                                attempts: 0,
+                                next_attempt_ms: now,
+                            });
+                        }
+                    }
+                    // Someone else encrypted it: the sessions in memory ran ahead of the
+                    // store and are dropped; the rest waits for the next round.
+                    Ok((false, _)) => break,
+                    Err(e) => {
+                        tracing::error!(contact = %user, "encrypting a waiting message failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     fn start_delivery(&mut self, entry: OutboxEntry) {
