@@ -88,8 +88,8 @@ pub const MAILBOX_POLL: Duration = Duration::from_secs(15);
 /// Messages asked for per mailbox fetch.
 pub const FETCH_PAGE: u32 = 256;
 
-/// Receipts being delivered at once (each retries with backoff until it goes through;
-/// receipts are not kept in the outbox). Past this, new receipts are dropped with a warning.
+/// Receipt copies being delivered at once (each retries with backoff until it goes through).
+/// Past this, a receipt waits, owed in the store, for a later round (relay up, heartbeat).
 pub const MAX_RECEIPTS_IN_FLIGHT: usize = 1024;
 
 /// History messages scanned back to find this device's last sequence number in a

@@ -137,6 +137,7 @@ impl Node {
             listen: Vec::new(),
             direct: config.direct,
             receipts_in_flight: Default::default(),
+            receipts_sending: HashSet::new(),
             setup_pending: HashSet::new(),
         };
         engine.load_pending_identity();

@@ -50,6 +50,6 @@ pub use sessions::{
 pub use store::{Options, Store, Tx};
 pub use types::{
     Body, ConversationCursor, ConversationId, ConversationKind, ConversationPage,
-    ConversationSummary, Delivery, Inserted, Message, MessageId, OutboxEntry, Page, Preview,
-    SearchCursor, SearchHit, SearchResults, SnippetPart, Status,
+    ConversationSummary, Delivery, DueReceipt, Inserted, Message, MessageId, OutboxEntry, Page,
+    Preview, ReceiptKind, SearchCursor, SearchHit, SearchResults, SnippetPart, Status,
 };

@@ -12,7 +12,9 @@ use crate::error::{Context, ReadError, WriteError};
 use crate::messages::{MESSAGE_COLUMNS, RawMessage, check_len, decode, message_id, raw};
 use crate::sessions::CryptoUpdate;
 use crate::store::{Store, Tx};
-use crate::types::{Delivery, Inserted, Message, MessageId, OutboxEntry, Status};
+use crate::types::{
+    Delivery, DueReceipt, Inserted, Message, MessageId, OutboxEntry, ReceiptKind, Status,
+};
 
 impl Tx<'_> {
     /// Records a decrypted incoming message with the crypto state it moved.
@@ -172,6 +174,54 @@ impl Tx<'_> {
         Ok(true)
     }
 
+    /// Records that `recipient_user` is owed a receipt of `kind` for each message in `ids`
+    /// (in the transaction that stores or reads them, so a crash cannot lose it). Already
+    /// owed is a no-op. [`Tx::receipts_delivered`] settles them.
+    pub fn owe_receipts(
+        &mut self,
+        recipient_user: &str,
+        kind: ReceiptKind,
+        ids: &[MessageId],
+        now_ms: i64,
+    ) -> Result<(), WriteError> {
+        const OP: &str = "owe receipts";
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO receipts_due (message_id, kind, recipient_user, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )
+            .write_ctx(OP)?;
+        for id in ids {
+            stmt.execute(params![
+                id.0.as_slice(),
+                kind.code(),
+                recipient_user,
+                now_ms
+            ])
+            .write_ctx(OP)?;
+        }
+        Ok(())
+    }
+
+    /// Settles owed receipts once they have been delivered.
+    pub fn receipts_delivered(
+        &mut self,
+        kind: ReceiptKind,
+        ids: &[MessageId],
+    ) -> Result<(), WriteError> {
+        const OP: &str = "settle receipts";
+        let mut stmt = self
+            .tx
+            .prepare_cached("DELETE FROM receipts_due WHERE message_id = ?1 AND kind = ?2")
+            .write_ctx(OP)?;
+        for id in ids {
+            stmt.execute(params![id.0.as_slice(), kind.code()])
+                .write_ctx(OP)?;
+        }
+        Ok(())
+    }
+
     fn message_rowid(&self, op: &'static str, id: MessageId) -> Result<i64, WriteError> {
         self.tx
             .prepare_cached("SELECT rowid FROM messages WHERE id = ?1")
@@ -240,6 +290,38 @@ impl Store {
             })
             .read_ctx(OP)?;
         rows.into_iter().map(|r| decode(OP, r)).collect()
+    }
+
+    /// Receipts owed and not yet delivered, oldest first, at most `limit` (capped at
+    /// [`MAX_PAGE_SIZE`]).
+    pub fn due_receipts(&self, limit: u32) -> Result<Vec<DueReceipt>, ReadError> {
+        const OP: &str = "read owed receipts";
+        let rows: Vec<(Vec<u8>, i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT message_id, kind, recipient_user FROM receipts_due \
+                 ORDER BY created_at_ms, recipient_user, kind LIMIT ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([limit.clamp(1, MAX_PAGE_SIZE)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect()
+            })
+            .read_ctx(OP)?;
+        rows.into_iter()
+            .map(|(id, kind, recipient_user)| {
+                Ok(DueReceipt {
+                    recipient_user,
+                    kind: ReceiptKind::from_code(kind).ok_or_else(|| ReadError::Invalid {
+                        op: OP,
+                        what: "receipt kind",
+                        reason: kind.to_string(),
+                    })?,
+                    message_id: message_id(OP, &id)?,
+                })
+            })
+            .collect()
     }
 
     /// Outbox rows due at `now_ms`, earliest first, at most `limit` (capped at [`MAX_PAGE_SIZE`]).

@@ -14,7 +14,7 @@ use crate::error::Fault;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// The migration steps, oldest first.
-pub(crate) const MIGRATIONS: &[&str] = &[V1_CORE, V2_SEARCH, V3_LEDGER_AND_BLOBS];
+pub(crate) const MIGRATIONS: &[&str] = &[V1_CORE, V2_SEARCH, V3_LEDGER_AND_BLOBS, V4_RECEIPTS_DUE];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
 const V1_CORE: &str = r#"
@@ -184,6 +184,18 @@ CREATE TABLE blobs (
 CREATE INDEX blobs_message ON blobs(message);
 "#;
 
+/// Version 4: receipts owed to senders, kept until they are delivered, so a crash of the
+/// receiver between storing a message and delivering its receipt does not lose the receipt.
+const V4_RECEIPTS_DUE: &str = r#"
+CREATE TABLE receipts_due (
+    message_id     BLOB NOT NULL,        -- messages.id the receipt is about
+    kind           INTEGER NOT NULL,     -- 0 delivered, 1 read
+    recipient_user TEXT NOT NULL,        -- the sender of that message, who gets the receipt
+    created_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (message_id, kind)
+) WITHOUT ROWID;
+"#;
+
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection) -> Result<u32, rusqlite::Error> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -240,7 +252,9 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<(), StepF
 mod tests {
     use super::*;
     use crate::store::{Options, open_connection};
-    use crate::{ConversationId, OpenError, Page, ReplayLedger, StorageKey, Store, Unlock};
+    use crate::{
+        ConversationId, MessageId, OpenError, Page, ReplayLedger, StorageKey, Store, Unlock,
+    };
 
     fn key() -> StorageKey {
         let mut k = [9u8; 32];
@@ -296,6 +310,12 @@ mod tests {
             }
             let replayed = store.transaction(|tx| tx.is_replay("g1", 7)).unwrap();
             assert_eq!(replayed, from >= 3, "from {from}");
+            // Receipts can be owed after the last step, whatever the file started at.
+            let owed = [MessageId([1; 16])];
+            store
+                .transaction(|tx| tx.owe_receipts("alice", crate::ReceiptKind::Read, &owed, 9))
+                .unwrap();
+            assert_eq!(store.due_receipts(10).unwrap().len(), 1, "from {from}");
             drop(store);
             // Opening again is a no-op.
             let store = Store::open(&path, Unlock::Key(&key())).unwrap();

@@ -256,6 +256,42 @@ pub struct OutboxEntry {
     pub next_attempt_ms: i64,
 }
 
+/// Which receipt is owed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ReceiptKind {
+    /// The message was stored here.
+    Delivered,
+    /// The message was read here.
+    Read,
+}
+
+impl ReceiptKind {
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            ReceiptKind::Delivered => 0,
+            ReceiptKind::Read => 1,
+        }
+    }
+    pub(crate) fn from_code(code: i64) -> Option<Self> {
+        match code {
+            0 => Some(ReceiptKind::Delivered),
+            1 => Some(ReceiptKind::Read),
+            _ => None,
+        }
+    }
+}
+
+/// A receipt owed to a sender and not yet delivered.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DueReceipt {
+    /// Who gets it (the sender of the message).
+    pub recipient_user: String,
+    /// Delivered or read.
+    pub kind: ReceiptKind,
+    /// The message it is about.
+    pub message_id: MessageId,
+}
+
 /// A part of a search snippet.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SnippetPart {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use tern_store::{
-    ConversationKind, CryptoUpdate, Delivery, FaultKind, Inserted, Options, Page, SessionStore,
-    Status, Store, WriteError,
+    ConversationKind, CryptoUpdate, Delivery, FaultKind, Inserted, Options, Page, ReceiptKind,
+    SessionStore, Status, Store, WriteError,
 };
 
 fn deliveries(payload: &str) -> Vec<Delivery> {
@@ -426,4 +426,43 @@ fn a_message_stored_before_encryption_gets_its_deliveries_exactly_once() {
         ids(&store.awaiting_encryption("me1", 10).unwrap()),
         [second.id]
     );
+}
+
+#[test]
+fn owed_receipts_survive_a_reopen_until_settled() {
+    let env = env();
+    {
+        let mut store = open(&env.path);
+        ensure(&mut store, "alice", ConversationKind::Direct);
+        let m = incoming(1, "alice", 1, "hello");
+        // Stored together with the receipt it is owed.
+        store
+            .transaction(|tx| {
+                tx.record_incoming(&m, &[])?;
+                tx.owe_receipts("alice", ReceiptKind::Delivered, &[m.id], 10)?;
+                // Owing again changes nothing.
+                tx.owe_receipts("alice", ReceiptKind::Delivered, &[m.id], 11)
+            })
+            .unwrap();
+        store
+            .transaction(|tx| tx.owe_receipts("alice", ReceiptKind::Read, &[m.id], 12))
+            .unwrap();
+    }
+    // A crash and a restart later, both are still owed.
+    let mut store = open(&env.path);
+    let due = store.due_receipts(10).unwrap();
+    assert_eq!(
+        due.iter().map(|r| r.kind).collect::<Vec<_>>(),
+        [ReceiptKind::Delivered, ReceiptKind::Read]
+    );
+    assert!(
+        due.iter()
+            .all(|r| r.recipient_user == "alice" && r.message_id == id(1))
+    );
+    store
+        .transaction(|tx| tx.receipts_delivered(ReceiptKind::Delivered, &[id(1)]))
+        .unwrap();
+    let due = store.due_receipts(10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].kind, ReceiptKind::Read);
 }

@@ -306,3 +306,56 @@ fn embedded_relays_work_and_keep_their_address_across_restarts() {
     .unwrap();
     assert_eq!(h[1]["text"], "back over alice's relay");
 }
+
+/// History of `node` with `contact` (empty while the node does not answer).
+fn history_of(node: &Node, contact: &str) -> Vec<Value> {
+    node.json(&["history", contact, "--limit", "500", "--no-mark-read"])
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_receipt_owed_by_a_receiver_killed_before_sending_it_goes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each has a home relay of their own, and no direct path: Bob's receipt can only reach
+    // Alice through her relay.
+    let mut alice_relay = Relay::start(&dir.path().join("relay-a"), "").unwrap();
+    let bob_relay = Relay::start(&dir.path().join("relay-b"), "").unwrap();
+    let a = Node::init_and_start_with(
+        dir.path(),
+        "alice",
+        Some(&alice_relay.addr),
+        &["--no-direct"],
+    )
+    .unwrap();
+    let mut b =
+        Node::init_and_start_with(dir.path(), "bob", Some(&bob_relay.addr), &["--no-direct"])
+            .unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+
+    // Alice's relay is gone: her message still reaches Bob's mailbox at his relay, but
+    // Bob's delivered receipt cannot reach her.
+    alice_relay.kill9();
+    a.ok(&["send", "Bob", "receipt please"]).unwrap();
+    wait_for("stored at bob", WAIT, || {
+        let h = history_of(&b, "Alice");
+        (h.len() == 1).then_some(())
+    })
+    .unwrap();
+    let h = history_of(&a, "Bob");
+    assert_eq!(
+        h[0]["status"], "sent",
+        "no receipt can have arrived: {h:#?}"
+    );
+
+    // Bob dies with the receipt undelivered; then Alice's relay comes back.
+    b.kill9();
+    alice_relay.restart_after_kill9("").unwrap();
+    b.restart().unwrap();
+    wait_for("the receipt reaches alice after bob restarts", WAIT, || {
+        let h = history_of(&a, "Bob");
+        (h.len() == 1 && h[0]["status"] == "delivered").then_some(())
+    })
+    .unwrap();
+}

@@ -97,6 +97,12 @@ pub(crate) enum Internal {
         relay: PeerId,
         envelopes: Vec<tern_relay::wire::mailbox::Envelope>,
     },
+    /// A receipt task finished (`delivered`: every copy went through).
+    ReceiptsDelivered {
+        kind: tern_store::ReceiptKind,
+        ids: Vec<MessageId>,
+        delivered: bool,
+    },
     /// Current presence fetched by a subscription.
     Presence(Vec<presence::Entry>),
 }
@@ -181,6 +187,8 @@ pub(crate) struct Engine {
     pub direct: bool,
     /// Receipts being delivered (bounded by `MAX_RECEIPTS_IN_FLIGHT`).
     pub receipts_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Owed receipts a task is delivering now: (message, kind).
+    pub receipts_sending: HashSet<(MessageId, tern_store::ReceiptKind)>,
     /// Home relays whose connection routine did not complete (retried every heartbeat).
     pub setup_pending: HashSet<PeerId>,
 }
@@ -295,6 +303,7 @@ impl Engine {
                 }
                 _ = heartbeat.tick() => {
                     self.heartbeat();
+                    self.send_owed_receipts();
                     for relay in self.setup_pending.clone() {
                         if self.relay_up.contains(&relay) {
                             self.on_home_relay_up(relay).await;
@@ -404,6 +413,7 @@ impl Engine {
                 // waiting for a session try again.
                 self.encrypt_waiting(true).await;
                 self.dispatch_due(true);
+                self.send_owed_receipts();
             }
             net::Event::RelayDown(relay) => {
                 self.relay_up.remove(&relay);
@@ -456,6 +466,11 @@ impl Engine {
             } => self.on_delivered(id, device, attempts, result),
             Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
             Internal::Presence(entries) => self.on_presence(entries),
+            Internal::ReceiptsDelivered {
+                kind,
+                ids,
+                delivered,
+            } => self.on_receipts_delivered(kind, ids, delivered),
         }
     }
 

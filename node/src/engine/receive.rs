@@ -200,6 +200,8 @@ impl Engine {
                 let inserted = self.store.transaction(|tx| -> Result<_, NodeError> {
                     tx.ensure_conversation(&conv, ConversationKind::Direct, Some(&title), now)?;
                     let inserted = tx.record_incoming(&message, &update)?;
+                    // Owed until delivered: a crash before then does not lose the receipt.
+                    tx.owe_receipts(user, tern_store::ReceiptKind::Delivered, &[message.id], now)?;
                     if let Some(d) = &own_device {
                         tx.save_own_device(d)?;
                     }

@@ -39,6 +39,14 @@ fn crypto_updates(pickles: &[Pickled]) -> Vec<CryptoUpdate<'_>> {
         .collect()
 }
 
+/// The store's name for a receipt kind.
+pub(crate) fn store_receipt_kind(kind: ReceiptKind) -> tern_store::ReceiptKind {
+    match kind {
+        ReceiptKind::Delivered => tern_store::ReceiptKind::Delivered,
+        ReceiptKind::Read => tern_store::ReceiptKind::Read,
+    }
+}
+
 /// Backoff before the next attempt after `attempts` failures.
 pub(crate) fn backoff(attempts: u32) -> Duration {
     let factor = 1u32.checked_shl(attempts.min(16)).unwrap_or(u32::MAX);
@@ -496,9 +504,11 @@ impl Engine {
         }
     }
 
-    /// Sends a receipt to every device of `user` we hold a session with. Receipts are not
-    /// kept in the outbox (it holds messages); they are retried in memory with backoff until they go through, and
-    /// the ratchet state is stored before anything is sent.
+    /// Sends a receipt to every device of `user` we hold a session with. The receipts are
+    /// owed in the store (`receipts_due`, written with the message or the read mark) until
+    /// every copy is delivered; a task retries with backoff meanwhile, and what a crash
+    /// interrupts goes again after the restart ([`Engine::send_owed_receipts`]). The ratchet
+    /// state is stored before anything is sent.
     pub(crate) fn send_receipt(&mut self, user: &str, kind: ReceiptKind, ids: Vec<MessageId>) {
         for chunk in ids.chunks(MAX_RECEIPT_IDS) {
             if let Err(e) = self.send_receipt_chunk(user, kind, chunk) {
@@ -536,7 +546,18 @@ impl Engine {
         };
         let plain = zeroize::Zeroizing::new(env.encode()?);
         let relays = state.relay_peers();
+        let mut copies = Vec::new();
         for (device, curve) in state.devices() {
+            let Some(peer) = device_peer(&device) else {
+                continue;
+            };
+            if self.receipts_in_flight.load(Ordering::Relaxed) + copies.len()
+                >= MAX_RECEIPTS_IN_FLIGHT
+            {
+                // Still owed in the store: a later round sends it.
+                tracing::warn!(%peer, "too many receipts in flight; this one waits");
+                return Ok(());
+            }
             let mut sessions = self.load_sessions(&device, curve)?;
             if !sessions.has_session() {
                 continue;
@@ -556,32 +577,98 @@ impl Engine {
                     now,
                 )
             })?;
-            let Some(peer) = device_peer(&device) else {
-                continue;
-            };
-            if self.receipts_in_flight.load(Ordering::Relaxed) >= MAX_RECEIPTS_IN_FLIGHT {
-                tracing::warn!(%peer, "too many receipts in flight; dropping one");
-                continue;
-            }
-            self.receipts_in_flight.fetch_add(1, Ordering::Relaxed);
-            let counter = self.receipts_in_flight.clone();
-            let net = self.net.clone();
-            let relays = relays.clone();
-            let direct = self.direct;
-            tokio::spawn(async move {
+            copies.push((peer, ct));
+        }
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let store_kind = store_receipt_kind(kind);
+        for id in ids {
+            self.receipts_sending.insert((*id, store_kind));
+        }
+        let in_flight = copies.len();
+        self.receipts_in_flight
+            .fetch_add(in_flight, Ordering::Relaxed);
+        let counter = self.receipts_in_flight.clone();
+        let net = self.net.clone();
+        let direct = self.direct;
+        let internal = self.internal.clone();
+        let ids = ids.to_vec();
+        tokio::spawn(async move {
+            let mut all = true;
+            for (peer, ct) in copies {
                 let mut attempt = 0;
                 while let Err(e) = deliver(&net, peer, &relays, ct.clone(), direct).await {
                     if net.is_closed() {
+                        all = false;
                         break;
                     }
                     tracing::debug!(%peer, "receipt delivery failed, retrying: {e}");
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
-                counter.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
+            }
+            counter.fetch_sub(in_flight, Ordering::Relaxed);
+            let _ = internal
+                .send(Internal::ReceiptsDelivered {
+                    kind: store_kind,
+                    ids,
+                    delivered: all,
+                })
+                .await;
+        });
         Ok(())
+    }
+
+    /// A receipt task finished: settle the owed receipts it delivered.
+    pub(crate) fn on_receipts_delivered(
+        &mut self,
+        kind: tern_store::ReceiptKind,
+        ids: Vec<MessageId>,
+        delivered: bool,
+    ) {
+        for id in &ids {
+            self.receipts_sending.remove(&(*id, kind));
+        }
+        if delivered
+            && let Err(e) = self
+                .store
+                .transaction(|tx| tx.receipts_delivered(kind, &ids))
+        {
+            tracing::error!("settling delivered receipts failed (they will go again): {e}");
+        }
+    }
+
+    /// Sends the receipts owed in the store that no task is delivering: after a restart,
+    /// and for any that could not be sent before.
+    pub(crate) fn send_owed_receipts(&mut self) {
+        let due = match self.store.due_receipts(OUTBOX_BATCH) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("reading owed receipts failed: {e}");
+                return;
+            }
+        };
+        let mut groups: Vec<(String, tern_store::ReceiptKind, Vec<MessageId>)> = Vec::new();
+        for r in due {
+            if self.receipts_sending.contains(&(r.message_id, r.kind)) {
+                continue;
+            }
+            match groups
+                .iter_mut()
+                .find(|(u, k, _)| *u == r.recipient_user && *k == r.kind)
+            {
+                Some((_, _, ids)) => ids.push(r.message_id),
+                None => groups.push((r.recipient_user, r.kind, vec![r.message_id])),
+            }
+        }
+        for (user, kind, ids) in groups {
+            let kind = match kind {
+                tern_store::ReceiptKind::Delivered => ReceiptKind::Delivered,
+                tern_store::ReceiptKind::Read => ReceiptKind::Read,
+            };
+            self.send_receipt(&user, kind, ids);
+        }
     }
 
     pub(crate) fn history(
@@ -625,10 +712,16 @@ impl Engine {
         if unread.is_empty() {
             return Ok(());
         }
-        match self.store.transaction(|tx| tx.mark_read(&conv)) {
-            Ok(_) | Err(tern_store::WriteError::UnknownConversation { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let now = now_ms();
+        self.store
+            .transaction(|tx| -> Result<(), tern_store::WriteError> {
+                match tx.mark_read(&conv) {
+                    Ok(_) | Err(tern_store::WriteError::UnknownConversation { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                // Owed until delivered, so a crash before that does not lose them.
+                tx.owe_receipts(user, tern_store::ReceiptKind::Read, &unread, now)
+            })?;
         self.send_receipt(user, ReceiptKind::Read, unread);
         Ok(())
     }
