@@ -1,7 +1,7 @@
 //! Every node decoder (plaintext envelope, contact link, `/tern/direct/1` frames) under
 //! random mutations of valid input and random bytes: each returns a typed error or a value,
-//! never panics, and a mutated link never verifies with different content. (A cargo-fuzz workspace for these is
-//! still to be added next to crypto/fuzz and relay/fuzz.)
+//! never panics, and a mutated link never verifies with different content. The same decoders
+//! are cargo-fuzz targets in `node/fuzz/`.
 
 use serde_bytes::{ByteArray, ByteBuf};
 use tern_crypto::{DeviceKeys, DeviceList, IdentityKey};
