@@ -19,6 +19,8 @@ const DEFAULT_NAME: &str = "me";
 const DEFAULT_DEVICE_NAME: &str = "device";
 /// How long `up` waits for the home relay before printing the ready line anyway.
 const RELAY_READY_WAIT: Duration = Duration::from_secs(10);
+/// Listen addresses of the embedded relay queued for `up` (it uses the first).
+const EMBEDDED_ADDR_QUEUE: usize = 8;
 /// How long the embedded relay may take to bind.
 const EMBEDDED_START_WAIT: Duration = Duration::from_secs(10);
 
@@ -48,12 +50,13 @@ async fn embedded_relay(
         ..server::Config::default()
     };
     config.metrics = None;
-    let (addr_tx, mut addr_rx) = mpsc::unbounded_channel();
+    // Only the first address is used; a few slots cover every listener the relay announces.
+    let (addr_tx, mut addr_rx) = mpsc::channel(EMBEDDED_ADDR_QUEUE);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let announce = move |a: Announcement| {
             if let Announcement::Listening(addr) = a {
-                let _ = addr_tx.send(addr);
+                let _ = addr_tx.try_send(addr);
             }
         };
         if let Err(e) = server::run(config, announce, async {

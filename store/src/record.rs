@@ -61,25 +61,13 @@ impl Tx<'_> {
         let Some((_, rowid)) = inserted else {
             return Ok(Inserted::Duplicate);
         };
-        let mut stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO outbox (message, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-            )
-            .write_ctx(OP)?;
-        for d in deliveries {
-            check_len(OP, "outbox payload", d.payload.len(), MAX_BLOB_BYTES)?;
-            stmt.execute(params![
-                rowid,
-                d.recipient_device,
-                d.recipient_user,
-                d.payload,
-                first_attempt_ms,
-                message.received_at_ms
-            ])
-            .write_ctx(OP)?;
-        }
+        self.insert_outbox_rows(
+            OP,
+            rowid,
+            deliveries,
+            first_attempt_ms,
+            message.received_at_ms,
+        )?;
         Ok(Inserted::New)
     }
 
@@ -153,24 +141,7 @@ impl Tx<'_> {
             return Ok(false);
         }
         self.apply_crypto(updates, first_attempt_ms)?;
-        let mut stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO outbox (message, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT DO NOTHING",
-            )
-            .write_ctx(OP)?;
-        for d in deliveries {
-            check_len(OP, "outbox payload", d.payload.len(), MAX_BLOB_BYTES)?;
-            stmt.execute(params![
-                rowid,
-                d.recipient_device,
-                d.recipient_user,
-                d.payload,
-                first_attempt_ms
-            ])
-            .write_ctx(OP)?;
-        }
+        self.insert_outbox_rows(OP, rowid, deliveries, first_attempt_ms, first_attempt_ms)?;
         Ok(true)
     }
 
@@ -218,6 +189,38 @@ impl Tx<'_> {
         for id in ids {
             stmt.execute(params![id.0.as_slice(), kind.code()])
                 .write_ctx(OP)?;
+        }
+        Ok(())
+    }
+
+    /// One outbox row per delivery of the message at `rowid` (a row already there for the
+    /// same recipient device is left as it is).
+    fn insert_outbox_rows(
+        &mut self,
+        op: &'static str,
+        rowid: i64,
+        deliveries: &[Delivery],
+        next_attempt_ms: i64,
+        created_at_ms: i64,
+    ) -> Result<(), WriteError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO outbox (message, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            )
+            .write_ctx(op)?;
+        for d in deliveries {
+            check_len(op, "outbox payload", d.payload.len(), MAX_BLOB_BYTES)?;
+            stmt.execute(params![
+                rowid,
+                d.recipient_device,
+                d.recipient_user,
+                d.payload,
+                next_attempt_ms,
+                created_at_ms
+            ])
+            .write_ctx(op)?;
         }
         Ok(())
     }
