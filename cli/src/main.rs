@@ -8,11 +8,12 @@
 //! | 1 | any other failure |
 //! | 2 | bad command-line usage |
 //! | 3 | no node is running for this home (start one with `tern up`) |
-//! | 4 | unknown or ambiguous contact, or unknown message |
+//! | 4 | unknown or ambiguous contact or group, or unknown message |
 //! | 5 | bad input: malformed or tampered contact link, empty or oversize text |
 //! | 6 | the contact's identity key changed: sending is blocked until accepted |
 //! | 7 | network: relay unreachable (for a first message to a contact) |
 //! | 8 | home: no identity yet (`tern init`), or one exists already |
+//! | 9 | group: not an admin, not (or no longer) a member, or the group would be over its size limit |
 
 mod up;
 
@@ -27,9 +28,9 @@ use tern_node::{
 
 /// Tern: peer-to-peer, end-to-end encrypted messaging.
 ///
-/// Exit codes: 0 ok, 1 failure, 2 usage, 3 no node running, 4 unknown contact or message,
-/// 5 bad input (link, text), 6 contact's identity key changed, 7 network, 8 home not
-/// initialised or already initialised.
+/// Exit codes: 0 ok, 1 failure, 2 usage, 3 no node running, 4 unknown contact, group or
+/// message, 5 bad input (link, text), 6 contact's identity key changed, 7 network, 8 home not
+/// initialised or already initialised, 9 group refused it (not an admin, not a member, full).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Opts {
@@ -133,6 +134,71 @@ enum Cmd {
         #[arg(long)]
         scanned: Option<String>,
     },
+    /// Group commands (GROUP is a group id or a unique title; MEMBER a contact name or user id).
+    Group {
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCmd {
+    /// Create a group with you as admin; prints its id.
+    Create {
+        /// The group's title.
+        title: String,
+        /// Contacts to add (names or user ids).
+        members: Vec<String>,
+    },
+    /// Add contacts to a group (admins only).
+    Add {
+        /// Group id or title.
+        group: String,
+        /// Contacts to add (names or user ids).
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Remove members from a group (admins only); the group's keys are rotated.
+    Remove {
+        /// Group id or title.
+        group: String,
+        /// Members to remove (names or user ids).
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Leave a group.
+    Leave {
+        /// Group id or title.
+        group: String,
+    },
+    /// Show a group: title, id, members, your role.
+    Info {
+        /// Group id or title.
+        group: String,
+    },
+    /// List the groups you know.
+    List,
+    /// Send a text to a group (TEXT `-` reads standard input); prints the message id.
+    Send {
+        /// Group id or title.
+        group: String,
+        /// The text, or `-` for standard input.
+        text: String,
+    },
+    /// Show a group's conversation in display order (marks it read).
+    History {
+        /// Group id or title.
+        group: String,
+        /// Most messages to show.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Show messages before this message id.
+        #[arg(long)]
+        before: Option<String>,
+        /// Do not mark the conversation read.
+        #[arg(long)]
+        no_mark_read: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,10 +256,11 @@ impl From<ClientError> for Failure {
         let code = match &e {
             ClientError::NotRunning { .. } => 3,
             ClientError::Rpc { code, .. } => match code {
-                1001 | 1002 | 1006 => 4,
+                1001 | 1002 | 1006 | 1012 | 1013 => 4,
                 1003 | 1005 | -32602 => 5,
                 1004 | 1010 => 6,
                 1009 => 7,
+                1014..=1016 => 9,
                 _ => 1,
             },
             _ => 1,
@@ -314,15 +381,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
         }
         Cmd::Contact { cmd } => contact(&home, json, cmd).await,
         Cmd::Send { contact, text } => {
-            let text = if text == "-" {
-                let mut buf = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut buf)
-                    .map_err(|e| Failure::new(5, format!("reading standard input: {e}")))?;
-                buf.trim_end_matches('\n').to_owned()
-            } else {
-                text
-            };
+            let text = text_arg(text)?;
             let v = client(&home)
                 .await?
                 .call("send", json!({"contact": contact, "text": text}))
@@ -347,24 +406,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                     json!({"contact": contact, "limit": limit, "before": before, "mark_read": !no_mark_read}),
                 )
                 .await?;
-            if json {
-                print_json(&v);
-            } else {
-                for m in v.as_array().into_iter().flatten() {
-                    let who = if m.get("own").and_then(Value::as_bool) == Some(true) {
-                        "me".to_owned()
-                    } else {
-                        s(m, "sender").chars().take(8).collect()
-                    };
-                    println!(
-                        "{} {:>8}: {}  ({})",
-                        s(m, "id").chars().take(8).collect::<String>(),
-                        who,
-                        s(m, "text"),
-                        s(m, "status")
-                    );
-                }
-            }
+            print_history(&v, json);
             Ok(())
         }
         Cmd::Conversations => {
@@ -493,7 +535,199 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Cmd::Group { cmd } => group(&home, json, cmd).await,
     }
+}
+
+/// A TEXT argument: `-` reads standard input (without its trailing newlines).
+fn text_arg(text: String) -> Result<String, Failure> {
+    if text != "-" {
+        return Ok(text);
+    }
+    let mut buf = String::new();
+    std::io::stdin()
+        .read_to_string(&mut buf)
+        .map_err(|e| Failure::new(5, format!("reading standard input: {e}")))?;
+    Ok(buf.trim_end_matches('\n').to_owned())
+}
+
+/// Prints a history page (`[Message]`): as JSON, or one line per message.
+fn print_history(v: &Value, json: bool) {
+    if json {
+        print_json(v);
+        return;
+    }
+    for m in v.as_array().into_iter().flatten() {
+        let short_id = s(m, "id").chars().take(8).collect::<String>();
+        let who = if m.get("own").and_then(Value::as_bool) == Some(true) {
+            "me".to_owned()
+        } else {
+            s(m, "sender").chars().take(8).collect()
+        };
+        if s(m, "kind") == "membership" {
+            println!("{short_id} {:>8}  * {}", who, s(m, "text"));
+        } else {
+            println!(
+                "{short_id} {:>8}: {}  ({})",
+                who,
+                s(m, "text"),
+                s(m, "status")
+            );
+        }
+    }
+}
+
+/// Prints a `GroupInfo` as text: title, id, epoch, role, members.
+fn print_group(g: &Value) {
+    let flag = |k: &str| g.get(k).and_then(Value::as_bool) == Some(true);
+    let members = g.get("members").and_then(Value::as_array);
+    println!("{}", s(g, "title"));
+    println!("id      {}", s(g, "id"));
+    println!(
+        "epoch   {}",
+        g.get("epoch").and_then(Value::as_u64).unwrap_or(0)
+    );
+    println!(
+        "you     {}",
+        if !flag("member") {
+            "not a member"
+        } else if flag("admin") {
+            "admin"
+        } else {
+            "member"
+        }
+    );
+    println!(
+        "unread  {}",
+        g.get("unread").and_then(Value::as_u64).unwrap_or(0)
+    );
+    println!("members {}", members.map_or(0, Vec::len));
+    for m in members.into_iter().flatten() {
+        let admin = if m.get("admin").and_then(Value::as_bool) == Some(true) {
+            " (admin)"
+        } else {
+            ""
+        };
+        println!("  {:<20} {}{admin}", s(m, "name"), s(m, "user_id"));
+    }
+}
+
+/// After a membership change: the group as JSON, or a one-line summary.
+fn print_membership(g: &Value, json: bool) {
+    if json {
+        print_json(g);
+    } else {
+        println!(
+            "{}: {} members (epoch {})",
+            s(g, "title"),
+            g.get("members")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len),
+            g.get("epoch").and_then(Value::as_u64).unwrap_or(0)
+        );
+    }
+}
+
+async fn group(home: &Home, json: bool, cmd: GroupCmd) -> Result<(), Failure> {
+    // Read standard input before connecting, so a slow writer does not hold a connection.
+    let cmd = match cmd {
+        GroupCmd::Send { group, text } => GroupCmd::Send {
+            group,
+            text: text_arg(text)?,
+        },
+        other => other,
+    };
+    let mut c = client(home).await?;
+    match cmd {
+        GroupCmd::Create { title, members } => {
+            let v = c
+                .call("group_create", json!({"title": title, "members": members}))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v, "id"));
+            }
+        }
+        GroupCmd::Add { group, members } => {
+            let v = c
+                .call("group_add", json!({"group": group, "members": members}))
+                .await?;
+            print_membership(&v, json);
+        }
+        GroupCmd::Remove { group, members } => {
+            let v = c
+                .call("group_remove", json!({"group": group, "members": members}))
+                .await?;
+            print_membership(&v, json);
+        }
+        GroupCmd::Leave { group } => {
+            let v = c.call("group_leave", json!({"group": group})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("left {}", s(&v, "title"));
+            }
+        }
+        GroupCmd::Info { group } => {
+            let v = c.call("group_info", json!({"group": group})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                print_group(&v);
+            }
+        }
+        GroupCmd::List => {
+            let v = c.call("group_list", json!({})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                for g in v.as_array().into_iter().flatten() {
+                    let members = g
+                        .get("members")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len);
+                    let left = if g.get("member").and_then(Value::as_bool) == Some(false) {
+                        "  (not a member)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{} {:<20} members {:>3}  unread {:>4}{left}",
+                        s(g, "id"),
+                        s(g, "title"),
+                        members,
+                        g.get("unread").and_then(Value::as_u64).unwrap_or(0)
+                    );
+                }
+            }
+        }
+        GroupCmd::Send { group, text } => {
+            let v = c
+                .call("group_send", json!({"group": group, "text": text}))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v, "id"));
+            }
+        }
+        GroupCmd::History {
+            group,
+            limit,
+            before,
+            no_mark_read,
+        } => {
+            let v = c
+                .call(
+                    "group_history",
+                    json!({"group": group, "limit": limit, "before": before, "mark_read": !no_mark_read}),
+                )
+                .await?;
+            print_history(&v, json);
+        }
+    }
+    Ok(())
 }
 
 fn ago_secs(ms: u64) -> u64 {
@@ -584,4 +818,85 @@ async fn contact(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), Failure
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cmd, GroupCmd, Opts};
+
+    fn parse(args: &[&str]) -> Result<Opts, clap::Error> {
+        Opts::try_parse_from(std::iter::once("tern").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Opts::command().debug_assert();
+    }
+
+    #[test]
+    fn group_commands_parse() {
+        let o = parse(&["group", "create", "Team", "Bob", "Carol"]).unwrap();
+        match o.cmd {
+            Cmd::Group {
+                cmd: GroupCmd::Create { title, members },
+            } => {
+                assert_eq!(title, "Team");
+                assert_eq!(members, ["Bob", "Carol"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A group of one (the creator) is allowed.
+        assert!(parse(&["group", "create", "Solo"]).is_ok());
+        let o = parse(&[
+            "--json", "group", "history", "Team", "--limit", "5", "--before", "ab",
+        ])
+        .unwrap();
+        assert!(o.json);
+        match o.cmd {
+            Cmd::Group {
+                cmd:
+                    GroupCmd::History {
+                        group,
+                        limit,
+                        before,
+                        no_mark_read,
+                    },
+            } => {
+                assert_eq!(group, "Team");
+                assert_eq!(limit, Some(5));
+                assert_eq!(before.as_deref(), Some("ab"));
+                assert!(!no_mark_read);
+            }
+            other => panic!("{other:?}"),
+        }
+        // --json is global: it may follow the subcommand.
+        assert!(parse(&["group", "list", "--json"]).unwrap().json);
+        assert!(parse(&["group", "info", "Team", "--json"]).unwrap().json);
+        assert!(matches!(
+            parse(&["group", "send", "Team", "-"]).unwrap().cmd,
+            Cmd::Group {
+                cmd: GroupCmd::Send { ref text, .. }
+            } if text == "-"
+        ));
+    }
+
+    #[test]
+    fn group_commands_refuse_missing_arguments() {
+        for args in [
+            &["group"][..],
+            &["group", "create"],
+            &["group", "add", "Team"],
+            &["group", "remove", "Team"],
+            &["group", "leave"],
+            &["group", "info"],
+            &["group", "send", "Team"],
+            &["group", "history"],
+            &["group", "history", "Team", "--limit", "many"],
+            &["group", "frobnicate"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} parsed");
+        }
+    }
 }

@@ -112,3 +112,38 @@ fn first_up_creates_an_identity_and_comes_up() {
     assert_eq!(again.status.code(), Some(8));
     let _ = child.0.kill();
 }
+
+/// Group commands: usage errors exit 2 before anything runs; well-formed ones say no node runs
+/// (exit 3) rather than failing later.
+#[test]
+fn group_commands_check_their_arguments_and_need_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    assert!(tern(&home, &["init", "--name", "Ada"]).status.success());
+    for args in [
+        &["group"][..],
+        &["group", "create"],
+        &["group", "add", "Team"],
+        &["group", "remove", "Team"],
+        &["group", "send", "Team"],
+        &["group", "history", "Team", "--limit", "x"],
+    ] {
+        let out = tern(&home, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    for args in [
+        &["group", "create", "Team", "Bob"][..],
+        &["group", "list", "--json"],
+        &["group", "info", "Team"],
+        &["group", "send", "Team", "hi"],
+        &["group", "history", "Team", "--limit", "5"],
+    ] {
+        let out = tern(&home, args);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -246,6 +246,79 @@ fn opt_str(params: &Value, name: &str) -> Option<String> {
     params.get(name).and_then(Value::as_str).map(str::to_owned)
 }
 
+/// An optional parameter that, when present, must be a string.
+fn opt_str_strict(params: &Value, name: &str) -> Result<Option<String>, NodeError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(NodeError::BadRequest(format!(
+            "parameter {name:?} must be a string"
+        ))),
+    }
+}
+
+/// An optional parameter that, when present, must be a boolean.
+fn opt_bool(params: &Value, name: &str) -> Result<Option<bool>, NodeError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(NodeError::BadRequest(format!(
+            "parameter {name:?} must be true or false"
+        ))),
+    }
+}
+
+/// An optional parameter that, when present, must be a whole number that fits a `u32`.
+fn opt_u32(params: &Value, name: &str) -> Result<Option<u32>, NodeError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                NodeError::BadRequest(format!(
+                    "parameter {name:?} must be a whole number from 0 to {}",
+                    u32::MAX
+                ))
+            }),
+    }
+}
+
+/// A list of member names or user ids: an array of strings. `required`: it must be present
+/// and hold at least one name.
+fn members_param(params: &Value, name: &str, required: bool) -> Result<Vec<String>, NodeError> {
+    let list = match params.get(name) {
+        None | Some(Value::Null) if !required => return Ok(Vec::new()),
+        None | Some(Value::Null) => {
+            return Err(NodeError::BadRequest(format!(
+                "missing parameter {name:?} (an array of contact names or user ids)"
+            )));
+        }
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(NodeError::BadRequest(format!(
+                "parameter {name:?} must be an array of contact names or user ids"
+            )));
+        }
+    };
+    let members = list
+        .iter()
+        .map(|m| match m {
+            Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+            _ => Err(NodeError::BadRequest(format!(
+                "every entry of {name:?} must be a non-empty string (a contact name or user id)"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if required && members.is_empty() {
+        return Err(NodeError::BadRequest(format!(
+            "parameter {name:?} must name at least one member"
+        )));
+    }
+    Ok(members)
+}
+
 fn to_value<T: serde::Serialize>(v: T) -> Result<Value, NodeError> {
     serde_json::to_value(v).map_err(|e| NodeError::BadRequest(e.to_string()))
 }
@@ -303,6 +376,74 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
             node.verify(str_param(p, "contact")?, opt_str(p, "scanned"))
                 .await?,
         ),
+        "group_create" => to_value(
+            node.group_create(str_param(p, "title")?, members_param(p, "members", false)?)
+                .await?,
+        ),
+        "group_add" => to_value(
+            node.group_add(str_param(p, "group")?, members_param(p, "members", true)?)
+                .await?,
+        ),
+        "group_remove" => to_value(
+            node.group_remove(str_param(p, "group")?, members_param(p, "members", true)?)
+                .await?,
+        ),
+        "group_leave" => to_value(node.group_leave(str_param(p, "group")?).await?),
+        "group_info" => to_value(node.group_info(str_param(p, "group")?).await?),
+        "group_list" => to_value(node.groups().await?),
+        "group_send" => to_value(
+            node.group_send(str_param(p, "group")?, str_param(p, "text")?)
+                .await?,
+        ),
+        "group_history" => to_value(
+            node.group_history(
+                str_param(p, "group")?,
+                opt_u32(p, "limit")?,
+                opt_str_strict(p, "before")?,
+                opt_bool(p, "mark_read")?.unwrap_or(false),
+            )
+            .await?,
+        ),
         other => Err(NodeError::BadRequest(format!("unknown method {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_lists_are_checked() {
+        let p = json!({"members": ["Bob", "0123456789abcdef0123456789abcdef"]});
+        assert_eq!(members_param(&p, "members", true).unwrap().len(), 2);
+        assert!(
+            members_param(&json!({}), "members", false)
+                .unwrap()
+                .is_empty()
+        );
+        for bad in [
+            json!({}),
+            json!({"members": []}),
+            json!({"members": "Bob"}),
+            json!({"members": ["Bob", 7]}),
+            json!({"members": [""]}),
+        ] {
+            let e = members_param(&bad, "members", true).unwrap_err();
+            assert_eq!(e.code(), -32602, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn optional_parameters_have_types() {
+        let p = json!({"limit": 20, "before": "ab", "mark_read": true});
+        assert_eq!(opt_u32(&p, "limit").unwrap(), Some(20));
+        assert_eq!(opt_str_strict(&p, "before").unwrap().as_deref(), Some("ab"));
+        assert_eq!(opt_bool(&p, "mark_read").unwrap(), Some(true));
+        assert_eq!(opt_u32(&json!({}), "limit").unwrap(), None);
+        assert!(opt_u32(&json!({"limit": -1}), "limit").is_err());
+        assert!(opt_u32(&json!({"limit": "5"}), "limit").is_err());
+        assert!(opt_u32(&json!({"limit": 5_000_000_000u64}), "limit").is_err());
+        assert!(opt_bool(&json!({"mark_read": "yes"}), "mark_read").is_err());
+        assert!(opt_str_strict(&json!({"before": 3}), "before").is_err());
     }
 }
