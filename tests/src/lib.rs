@@ -5,4 +5,5 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod sim;
 pub mod support;
