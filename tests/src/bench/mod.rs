@@ -11,6 +11,7 @@ use serde::Serialize;
 
 mod crypto;
 mod delivery;
+mod group;
 mod relay;
 mod store;
 
@@ -192,4 +193,5 @@ pub const SUITES: &[Suite] = &[
     ("store", store::run),
     ("relay", relay::run),
     ("delivery", delivery::run),
+    ("group", group::run),
 ];

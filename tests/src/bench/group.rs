@@ -1,0 +1,262 @@
+//! The `group` suite: one real `tern up` node sends to a group of 500 — itself and 499
+//! simulated member devices ([`crate::sim`]), each on its own connection to a real
+//! `tern-relay` on loopback, decrypting for real.
+//!
+//! - `group.last_recipient_p50` / `_p99`: ms from calling `group_send` on the node's API until
+//!   the *last* of the members has decrypted the message, over a steady series (one message
+//!   every [`GROUP_INTERVAL`], each awaited before the next).
+//! - `group.sender_cpu_per_message`: the `tern` process's CPU time (user + system, from
+//!   `/proc/<pid>/stat`) over the series, per message.
+//! - `group.relay_bytes_per_message`: ciphertext bytes the relay stored per message (its
+//!   `tern_relay_deposit_bytes_total` counter; a group message is stored once and referenced
+//!   from every member's mailbox).
+//! - `group.send_call_p50`: of the latency, the `group_send` call itself.
+//!
+//! Baseline in the same run, on the same node, relay and members: the naive client — the
+//! same text sent pairwise to each member with the API `send` (one call per contact, one Olm
+//! ciphertext and one deposit per member device), measured the same three ways per logical
+//! message. Both runs start after the sessions and the sender key are in place (the group's
+//! creation and a warm-up message), so they measure steady state.
+//!
+//! `--quick` uses 20 members and a handful of messages.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use serde_json::json;
+use tern_node::{
+    Home,
+    api::{client::ApiClient, read_node_file},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Opts, Report, quantile};
+use crate::{
+    sim::SimFleet,
+    support::{Node, Relay, free_port},
+};
+
+/// Time between the starts of two group messages in the series.
+const GROUP_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest wait for one message to reach every member.
+const REACH_ALL: Duration = Duration::from_secs(120);
+/// Longest wait for one API call that touches every member (creating the group).
+const BIG_CALL: Duration = Duration::from_secs(600);
+
+fn relay_config(metrics_port: u16) -> String {
+    format!(
+        "metrics = \"127.0.0.1:{metrics_port}\"\n\
+         [rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\n\
+         deposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n\
+         [mailbox]\nmax_messages = 1000000\n"
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// What one series measured.
+struct Series {
+    /// Call → last member decrypted, per message.
+    last: Vec<Duration>,
+    /// The API call(s) for one logical message.
+    calls: Vec<Duration>,
+    /// Sender CPU per message, ms.
+    cpu_ms: f64,
+    /// Relay ciphertext bytes stored per message.
+    relay_bytes: f64,
+}
+
+pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    let members = opts.size(499, 20);
+    let group_n = opts.size(100, 5);
+    let pairwise_n = opts.size(20, 2);
+    let dir = tempfile::tempdir()?;
+    let metrics_port = free_port();
+    let relay = Relay::start(&dir.path().join("relay"), &relay_config(metrics_port))?;
+    let node = Node::init_and_start(dir.path(), "sender", Some(&relay.addr))?;
+    let link = node.link()?;
+    let pid = read_node_file(&Home::new(&node.home).node_file_path())
+        .context("the node's node.json")?
+        .pid;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let fleet = SimFleet::start(&relay.addr, members, "member").await?;
+        fleet.trust(&link)?;
+        let mut api = node.api().await?;
+        for (i, l) in fleet.links().iter().enumerate() {
+            api.call(
+                "contact.add",
+                json!({"link": l, "name": format!("member{i}")}),
+            )
+            .await?;
+        }
+        let users: Vec<String> = fleet.sims.iter().map(|s| s.user.to_string()).collect();
+        let info = tokio::time::timeout(
+            BIG_CALL,
+            api.call("group_create", json!({"title": "Bench", "members": users})),
+        )
+        .await
+        .map_err(|_| anyhow!("group_create did not answer in time"))??;
+        let group = info["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("group_create returned no id: {info}"))?
+            .to_owned();
+        // Warm-up: the sender key goes out with this one (pairwise, to every member).
+        api.call("group_send", json!({"group": group, "text": "warm-up"}))
+            .await?;
+        fleet.tally.wait("warm-up", members, BIG_CALL).await?;
+
+        let group_series = series(&mut api, &fleet, pid, metrics_port, group_n, |i| {
+            let text = format!("group-{i}");
+            vec![("group_send", json!({"group": group, "text": text}))]
+        })
+        .await?;
+        let pairwise_series = series(&mut api, &fleet, pid, metrics_port, pairwise_n, |i| {
+            let text = format!("pairwise-{i}");
+            (0..members)
+                .map(|m| {
+                    (
+                        "send",
+                        json!({"contact": format!("member{m}"), "text": text}),
+                    )
+                })
+                .collect()
+        })
+        .await?;
+        let stats = fleet.stats();
+        if stats.failures > 0 {
+            anyhow::bail!("members failed to decrypt {} ciphertexts", stats.failures);
+        }
+        report_rows(report, members, group_series, pairwise_series);
+        anyhow::Ok(())
+    })
+}
+
+fn report_rows(report: &mut Report, members: usize, mut g: Series, mut p: Series) {
+    report.value("group.members", (members + 1) as f64, "members");
+    report.value("group.send_call_p50", ms(quantile(&mut g.calls, 0.5)), "ms");
+    report.compare(
+        "group.last_recipient_p50",
+        ms(quantile(&mut g.last, 0.5)),
+        "ms",
+        "pairwise to each, last p50",
+        ms(quantile(&mut p.last, 0.5)),
+    );
+    report.compare(
+        "group.last_recipient_p99",
+        ms(quantile(&mut g.last, 0.99)),
+        "ms",
+        "pairwise to each, last p99",
+        ms(quantile(&mut p.last, 0.99)),
+    );
+    report.compare(
+        "group.sender_cpu_per_message",
+        g.cpu_ms,
+        "ms",
+        "pairwise to each member",
+        p.cpu_ms,
+    );
+    report.compare(
+        "group.relay_bytes_per_message",
+        g.relay_bytes,
+        "bytes",
+        "pairwise to each member",
+        p.relay_bytes,
+    );
+}
+
+/// Sends `n` logical messages (each the API calls `calls(i)` make, all carrying the text of
+/// message `i`), each awaited until every member has decrypted it, and measures them.
+async fn series<F>(
+    api: &mut ApiClient,
+    fleet: &SimFleet,
+    pid: u32,
+    metrics_port: u16,
+    n: usize,
+    calls: F,
+) -> anyhow::Result<Series>
+where
+    F: Fn(usize) -> Vec<(&'static str, serde_json::Value)>,
+{
+    let members = fleet.sims.len();
+    let mut last = Vec::with_capacity(n);
+    let mut call_times = Vec::with_capacity(n);
+    let mut tick = tokio::time::interval(GROUP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let bytes_before = relay_deposit_bytes(metrics_port).await?;
+    let cpu_before = cpu_ticks(pid)?;
+    for i in 0..n {
+        tick.tick().await;
+        let requests = calls(i);
+        let text = requests
+            .first()
+            .and_then(|(_, p)| p["text"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let start = Instant::now();
+        for (method, params) in requests {
+            api.call(method, params).await?;
+        }
+        call_times.push(start.elapsed());
+        let at = fleet.tally.wait(&text, members, REACH_ALL).await?;
+        let latest = at.iter().max().copied().unwrap_or(start);
+        last.push(latest.saturating_duration_since(start));
+        fleet.tally.forget(&text);
+    }
+    let cpu_after = cpu_ticks(pid)?;
+    let bytes_after = relay_deposit_bytes(metrics_port).await?;
+    let per_tick_ms = 1000.0 / clock_ticks_per_sec();
+    Ok(Series {
+        last,
+        calls: call_times,
+        cpu_ms: (cpu_after.saturating_sub(cpu_before)) as f64 * per_tick_ms / n as f64,
+        relay_bytes: bytes_after.saturating_sub(bytes_before) as f64 / n as f64,
+    })
+}
+
+/// utime + stime of a process, in clock ticks (every thread).
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("malformed /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux if that fails).
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The relay's `tern_relay_deposit_bytes_total` from its metrics endpoint.
+async fn relay_deposit_bytes(port: u16) -> anyhow::Result<u64> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body))
+        .await
+        .map_err(|_| anyhow!("the relay's metrics endpoint did not answer"))??;
+    body.lines()
+        .find_map(|l| l.strip_prefix("tern_relay_deposit_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no tern_relay_deposit_bytes_total in the relay's metrics"))
+}
