@@ -78,6 +78,15 @@ impl IdentityPublicKey {
         s
     }
 
+    /// Verifies a signature made with [`IdentityKey::sign_group_operation`].
+    pub fn verify_group_operation(
+        &self,
+        message: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<(), BadSignature> {
+        self.verify(Purpose::GroupOperation, message, signature)
+    }
+
     pub(crate) fn verify(
         &self,
         purpose: Purpose,
@@ -130,6 +139,12 @@ impl IdentityKey {
 
     pub(crate) fn sign(&self, purpose: Purpose, message: &[u8]) -> [u8; 64] {
         sig::sign(&self.signing, purpose, message)
+    }
+
+    /// Signs a group membership operation (its own signature domain, so such a signature
+    /// can never pass for a device certificate, a device list or a prekey).
+    pub fn sign_group_operation(&self, message: &[u8]) -> [u8; 64] {
+        self.sign(Purpose::GroupOperation, message)
     }
 
     /// Serializes the secret (for a sealed store or a backup). The buffer is wiped on drop.

@@ -38,3 +38,4 @@ pub use device::{DeviceCertificate, DeviceId, DeviceKeys, SignedDeviceCertificat
 pub use device_list::{DeviceEntry, DeviceList, DeviceListError, DeviceState, SignedDeviceList};
 pub use identity::{IdentityKey, IdentityPublicKey, UserId};
 pub use random::RandomError;
+pub use sig::BadSignature;

@@ -17,6 +17,7 @@ pub(crate) enum Purpose {
     DeviceCertificate,
     DeviceList,
     Prekey,
+    GroupOperation,
 }
 
 impl Purpose {
@@ -25,6 +26,7 @@ impl Purpose {
             Purpose::DeviceCertificate => b"tern/device-certificate/v1\0",
             Purpose::DeviceList => b"tern/device-list/v1\0",
             Purpose::Prekey => b"tern/prekey/v1\0",
+            Purpose::GroupOperation => b"tern/group-operation/v1\0",
         }
     }
 
@@ -33,6 +35,7 @@ impl Purpose {
             Purpose::DeviceCertificate => "device certificate",
             Purpose::DeviceList => "device list",
             Purpose::Prekey => "prekey",
+            Purpose::GroupOperation => "group operation",
         }
     }
 }

@@ -115,3 +115,19 @@ pub const HISTORY_MAX: u32 = 500;
 /// marked. Olm delivers out of order only when paths race (direct vs mailbox) or a relay
 /// redelivers, which settles within a second or so on any working network.
 pub const HOLD_BACK: Duration = Duration::from_secs(2);
+
+/// Most members in a group (DESIGN.md: groups of up to 500).
+pub const MAX_GROUP_MEMBERS: usize = 500;
+
+/// Most members one membership operation adds (a bigger change is split into several, so
+/// each operation fits one envelope).
+pub const MAX_MEMBERS_PER_OP: usize = 64;
+
+/// Longest group title, in bytes.
+pub const MAX_GROUP_TITLE_BYTES: usize = 128;
+
+/// Group notifications are batched: at most one per conversation per this interval.
+pub const NOTIFY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most group ciphertexts kept while waiting for their sender key or group (oldest go first).
+pub const MAX_GROUP_STASH: u32 = 10_000;

@@ -1,18 +1,20 @@
-//! The plaintext envelope inside every pairwise ciphertext.
+//! The plaintext envelope inside every pairwise (Olm) and group (Megolm) ciphertext.
 //!
 //! ```text
 //! version u8 (= 1) | CBOR map {id, conversation, sender_user, sender_device,
 //!                              lamport, seq, sent_at_ms, body}
 //! ```
 //!
-//! The relay never sees any of this: it is what the Olm session encrypts. The receiver checks
+//! The relay never sees any of this: it is what the Olm session or the sender key encrypts.
+//! A mailbox payload is a tern-crypto record whose kind byte says which: an Olm message
+//! (pairwise) or a group message (Megolm, encrypted once for every member device). The receiver checks
 //! that `sender_user`/`sender_device` are the user and device the ciphertext came from (the
 //! device authenticated by the session, the user by the device list), so a contact cannot
 //! pass a message off as someone else's. Unknown versions, unknown body kinds, trailing bytes
 //! and oversize envelopes are typed errors.
 
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteArray;
+use serde_bytes::{ByteArray, ByteBuf};
 
 use crate::consts::{MAX_ENVELOPE_BYTES, MAX_RECEIPT_IDS};
 
@@ -27,6 +29,11 @@ pub enum Conversation {
     Direct {
         /// The addressed user id.
         to: ByteArray<16>,
+    },
+    /// A group conversation.
+    Group {
+        /// The group id.
+        id: ByteArray<16>,
     },
 }
 
@@ -53,6 +60,21 @@ pub enum Body {
         kind: ReceiptKind,
         /// The messages it covers (at most [`MAX_RECEIPT_IDS`]).
         ids: Vec<ByteArray<16>>,
+    },
+    /// A signed group membership operation (pairwise only; see [`crate::group`]).
+    GroupOp {
+        /// The signed operation as [`crate::group::SignedOp::to_bytes`] writes it.
+        op: ByteBuf,
+    },
+    /// The sender's current sender key for a group, with the group message it opens
+    /// (pairwise only). A member device that lacks the key gets this instead of the bare
+    /// group message, so the key can never arrive after the message it is needed for.
+    SenderKey {
+        /// A `tern_crypto::group::SenderKeyDistribution` record.
+        distribution: ByteBuf,
+        /// The group message (a `tern_crypto::group::GroupMessage` record), if one goes
+        /// with it.
+        message: Option<ByteBuf>,
     },
 }
 

@@ -56,6 +56,30 @@ pub enum NodeError {
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// No group matches.
+    #[error("unknown group {0:?} (see `tern group list`)")]
+    UnknownGroup(String),
+    /// Several groups have that title.
+    #[error("{0:?} names more than one group; use the group id")]
+    AmbiguousGroup(String),
+    /// The change would take the group over its size limit.
+    #[error("a group has at most {max} members; {group} has {members} and this adds {adding}")]
+    GroupFull {
+        /// The group's title.
+        group: String,
+        /// Members now.
+        members: usize,
+        /// Members the change adds.
+        adding: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Only admins may change membership.
+    #[error("only an admin of {0} can do that")]
+    NotAdmin(String),
+    /// This user is not (or no longer) a member.
+    #[error("you are not a member of {0}")]
+    NotMember(String),
 }
 
 impl NodeError {
@@ -74,6 +98,11 @@ impl NodeError {
             NodeError::Network(_) => 1009,
             NodeError::SafetyMismatch => 1010,
             NodeError::Stopped => 1011,
+            NodeError::UnknownGroup(_) => 1012,
+            NodeError::AmbiguousGroup(_) => 1013,
+            NodeError::GroupFull { .. } => 1014,
+            NodeError::NotAdmin(_) => 1015,
+            NodeError::NotMember(_) => 1016,
         }
     }
 }
@@ -99,6 +128,7 @@ from_display!(
     tern_crypto::session::SessionError,
     tern_crypto::prekey::PrekeyError,
     tern_crypto::DeviceListError,
+    tern_crypto::group::GroupError,
     crate::envelope::EnvelopeError
 );
 from_display!(Network, crate::net::NetError);

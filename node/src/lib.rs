@@ -24,6 +24,7 @@ pub mod consts;
 mod engine;
 pub mod envelope;
 pub mod error;
+pub mod group;
 pub mod home;
 pub mod link;
 pub mod net;
@@ -34,7 +35,7 @@ use std::collections::{HashMap, HashSet};
 use libp2p::{Multiaddr, identity::Keypair};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use engine::Command;
+use engine::{Command, GroupCommand};
 pub use error::NodeError;
 pub use home::Home;
 pub use libp2p;
@@ -139,8 +140,15 @@ impl Node {
             receipts_in_flight: Default::default(),
             receipts_sending: HashSet::new(),
             setup_pending: HashSet::new(),
+            groups: HashMap::new(),
+            peers: HashMap::new(),
+            peers_due: false,
+            notify: HashMap::new(),
+            reissue: Vec::new(),
+            fan_in_flight: HashSet::new(),
         };
         engine.load_pending_identity();
+        engine.load_groups()?;
         engine.rebuild_device_owner();
         tokio::spawn(engine.run(cmd_rx, net_events, internal_rx));
         Ok(Node {
@@ -275,6 +283,101 @@ impl Node {
             contact,
             scanned,
             reply,
+        })
+        .await
+    }
+
+    /// Creates a group with this user as admin and the given contacts (names or user ids)
+    /// as members.
+    pub async fn group_create(
+        &self,
+        title: String,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, NodeError> {
+        self.call(|reply| {
+            Command::Group(GroupCommand::Create {
+                title,
+                members,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Adds contacts to a group (admins only; at most
+    /// [`consts::MAX_GROUP_MEMBERS`] members in all).
+    pub async fn group_add(
+        &self,
+        group: String,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, NodeError> {
+        self.call(|reply| {
+            Command::Group(GroupCommand::Add {
+                group,
+                members,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Removes members (names or user ids) from a group (admins only).
+    pub async fn group_remove(
+        &self,
+        group: String,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, NodeError> {
+        self.call(|reply| {
+            Command::Group(GroupCommand::Remove {
+                group,
+                members,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Leaves a group.
+    pub async fn group_leave(&self, group: String) -> Result<GroupInfo, NodeError> {
+        self.call(|reply| Command::Group(GroupCommand::Leave { group, reply }))
+            .await
+    }
+
+    /// A group (by id or title).
+    pub async fn group_info(&self, group: String) -> Result<GroupInfo, NodeError> {
+        self.call(|reply| Command::Group(GroupCommand::Info { group, reply }))
+            .await
+    }
+
+    /// The groups this device knows.
+    pub async fn groups(&self) -> Result<Vec<GroupInfo>, NodeError> {
+        self.call(|reply| Command::Group(GroupCommand::List(reply)))
+            .await
+    }
+
+    /// Sends a text to a group: encrypted once with this device's sender key.
+    pub async fn group_send(&self, group: String, text: String) -> Result<MessageInfo, NodeError> {
+        self.call(|reply| Command::Group(GroupCommand::Send { group, text, reply }))
+            .await
+    }
+
+    /// A page of a group's history in display order (the same order on every member
+    /// device); `mark_read` marks it read.
+    pub async fn group_history(
+        &self,
+        group: String,
+        limit: Option<u32>,
+        before: Option<String>,
+        mark_read: bool,
+    ) -> Result<Vec<MessageInfo>, NodeError> {
+        self.call(|reply| {
+            Command::Group(GroupCommand::History {
+                group,
+                limit,
+                before,
+                mark_read,
+                reply,
+            })
         })
         .await
     }

@@ -63,6 +63,43 @@ pub struct MessageInfo {
     /// after being held back for a while, with the gap marked.
     #[serde(default)]
     pub gap_before: bool,
+    /// `text`, or `membership` for a group membership change (its `text` describes it).
+    #[serde(default = "text_kind")]
+    pub kind: String,
+}
+
+fn text_kind() -> String {
+    "text".into()
+}
+
+/// A group member.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupMemberInfo {
+    /// User id.
+    pub user_id: String,
+    /// Name (the contact's name if they are a contact, else the name the adder gave).
+    pub name: String,
+    /// Whether an admin (admins change membership).
+    pub admin: bool,
+}
+
+/// A group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Group id (32 hex digits); also its conversation id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Members, by user id.
+    pub members: Vec<GroupMemberInfo>,
+    /// The membership version: how many changes were applied.
+    pub epoch: u64,
+    /// Whether this user is a member (false after leaving or being removed).
+    pub member: bool,
+    /// Whether this user is an admin.
+    pub admin: bool,
+    /// Unread messages.
+    pub unread: u64,
 }
 
 /// A conversation in the list.
@@ -230,6 +267,23 @@ pub enum Event {
         user_id: String,
         /// Device.
         device_id: String,
+    },
+    /// A group's membership or title changed (or this user joined it).
+    Group {
+        /// The group as it is now.
+        group: GroupInfo,
+    },
+    /// New messages arrived in a conversation: batched, at most one per conversation per
+    /// [`crate::consts::NOTIFY_INTERVAL`] ("7 new messages in Team").
+    Notification {
+        /// Conversation (group id).
+        conversation: String,
+        /// Its title.
+        title: String,
+        /// Unread messages now.
+        unread: u64,
+        /// What to show.
+        text: String,
     },
     /// Events were dropped because this subscriber fell behind.
     Lagged {

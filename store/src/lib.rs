@@ -23,6 +23,7 @@
 pub mod consts;
 mod conversations;
 mod error;
+mod group_state;
 mod groups;
 mod identity;
 mod key;
@@ -37,6 +38,7 @@ mod store;
 mod types;
 
 pub use error::{Fault, FaultKind, KeyError, OpenError, ReadError, SearchError, WriteError};
+pub use group_state::Stashed;
 pub use groups::{BlobRecord, BlobState, Member};
 pub use identity::{Contact, ContactSaved, OwnDevice, OwnIdentity};
 pub use key::{KdfParams, StorageKey, Unlock};

@@ -71,6 +71,55 @@ impl Tx<'_> {
         Ok(Inserted::New)
     }
 
+    /// Records an outgoing message that fans out: like [`Tx::record_outgoing`], plus one
+    /// `shared` payload stored once for all of `shared_recipients` (user, device), whose
+    /// outbox rows refer to it. [`Store::due_deliveries`] returns each of those rows with the
+    /// shared payload.
+    pub fn record_outgoing_fanout(
+        &mut self,
+        message: &Message,
+        updates: &[CryptoUpdate<'_>],
+        deliveries: &[Delivery],
+        shared: &[u8],
+        shared_recipients: &[(String, String)],
+        first_attempt_ms: i64,
+    ) -> Result<Inserted, WriteError> {
+        const OP: &str = "record outgoing group message";
+        let inserted = self.record_outgoing(message, updates, deliveries, first_attempt_ms)?;
+        if inserted == Inserted::Duplicate || shared_recipients.is_empty() {
+            return Ok(inserted);
+        }
+        check_len(OP, "shared payload", shared.len(), MAX_BLOB_BYTES)?;
+        let rowid = self.message_rowid(OP, message.id)?;
+        self.tx
+            .prepare_cached("INSERT INTO outbox_shared (message, payload) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![rowid, shared]))
+            .write_ctx(OP)?;
+        let rows: Vec<Delivery> = shared_recipients
+            .iter()
+            .map(|(user, device)| Delivery {
+                recipient_user: user.clone(),
+                recipient_device: device.clone(),
+                payload: Vec::new(),
+            })
+            .collect();
+        self.insert_outbox_rows(OP, rowid, &rows, first_attempt_ms, message.received_at_ms)?;
+        Ok(Inserted::New)
+    }
+
+    /// Adds outbox rows to a message already stored (a membership operation that is also
+    /// sent to members who join later). Rows already there stay as they are.
+    pub fn add_outbox_rows(
+        &mut self,
+        id: MessageId,
+        deliveries: &[Delivery],
+        first_attempt_ms: i64,
+    ) -> Result<(), WriteError> {
+        const OP: &str = "add outbox rows";
+        let rowid = self.message_rowid(OP, id)?;
+        self.insert_outbox_rows(OP, rowid, deliveries, first_attempt_ms, first_attempt_ms)
+    }
+
     /// Removes an acknowledged outbox row. When the last row of a pending message goes, the
     /// message becomes [`Status::Sent`]. Returns the rows still waiting for that message.
     pub fn ack_delivery(
@@ -333,8 +382,11 @@ impl Store {
         let rows: Vec<RawOutbox> = self
             .conn
             .prepare_cached(
-                "SELECT m.id, o.recipient_user, o.recipient_device, o.payload, o.attempts, o.next_attempt_ms \
-                 FROM outbox o JOIN messages m ON m.rowid = o.message WHERE o.next_attempt_ms <= ?1 \
+                "SELECT m.id, o.recipient_user, o.recipient_device, \
+                 CASE WHEN length(o.payload) = 0 THEN coalesce(s.payload, o.payload) ELSE o.payload END, \
+                 o.attempts, o.next_attempt_ms \
+                 FROM outbox o JOIN messages m ON m.rowid = o.message \
+                 LEFT JOIN outbox_shared s ON s.message = o.message WHERE o.next_attempt_ms <= ?1 \
                  ORDER BY o.next_attempt_ms, o.rowid LIMIT ?2",
             )
             .and_then(|mut s| {

@@ -14,7 +14,13 @@ use crate::error::Fault;
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// The migration steps, oldest first.
-pub(crate) const MIGRATIONS: &[&str] = &[V1_CORE, V2_SEARCH, V3_LEDGER_AND_BLOBS, V4_RECEIPTS_DUE];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    V1_CORE,
+    V2_SEARCH,
+    V3_LEDGER_AND_BLOBS,
+    V4_RECEIPTS_DUE,
+    V5_GROUPS,
+];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
 const V1_CORE: &str = r#"
@@ -194,6 +200,44 @@ CREATE TABLE receipts_due (
     created_at_ms  INTEGER NOT NULL,
     PRIMARY KEY (message_id, kind)
 ) WITHOUT ROWID;
+"#;
+
+/// Version 5: groups as the node runs them. Signed membership operations (the state is
+/// derived from them), which sender key this device uses for a group and who has it, group
+/// ciphertexts waiting for their key or group, device lists of group members who are not
+/// contacts, and one shared payload per fanned-out message instead of a copy per device.
+const V5_GROUPS: &str = r#"
+CREATE TABLE group_ops (
+    group_id       TEXT NOT NULL,
+    hash           BLOB NOT NULL,
+    op             BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, hash)
+) WITHOUT ROWID;
+CREATE TABLE group_sender_keys (
+    group_id   TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    epoch      INTEGER NOT NULL          -- the membership version it was made for
+) WITHOUT ROWID;
+CREATE TABLE group_key_shares (
+    session_id TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    PRIMARY KEY (session_id, device)
+) WITHOUT ROWID;
+CREATE TABLE group_stash (
+    id             INTEGER PRIMARY KEY,
+    sender_device  TEXT NOT NULL,
+    payload        BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+CREATE TABLE group_peers (
+    user_id     TEXT PRIMARY KEY,
+    device_list BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE outbox_shared (
+    message INTEGER PRIMARY KEY REFERENCES messages(rowid) ON DELETE CASCADE,
+    payload BLOB NOT NULL
+);
 "#;
 
 /// Reads `PRAGMA user_version`.

@@ -95,7 +95,7 @@ impl Engine {
 
     pub(crate) fn rebuild_device_owner(&mut self) {
         self.device_owner.clear();
-        for (id, c) in &self.contacts {
+        for (id, c) in self.contacts.iter().chain(self.peers.iter()) {
             for (dev, _) in c.devices() {
                 if let Some(p) = device_peer(&dev) {
                     self.device_owner.insert(p, id.clone());
@@ -344,7 +344,13 @@ impl Engine {
     /// Tells the home relays which devices may see this device's presence: every active
     /// device of every contact.
     pub(crate) fn push_allow_list(&self) {
-        let peers: Vec<PeerId> = self.device_owner.keys().copied().collect();
+        // Contacts only: group members who are not contacts do not see presence.
+        let peers: Vec<PeerId> = self
+            .contacts
+            .values()
+            .flat_map(|c| c.devices())
+            .filter_map(|(d, _)| device_peer(&d))
+            .collect();
         for relay in self.home_relays.iter().filter_map(relay_peer) {
             if !self.relay_up.contains(&relay) {
                 continue;

@@ -5,6 +5,7 @@
 //! swarm's task, so the network keeps moving while a transaction commits.
 
 mod contacts;
+pub(crate) mod group;
 pub(crate) mod hold;
 mod receive;
 mod send;
@@ -80,6 +81,48 @@ pub(crate) enum Command {
         scanned: Option<String>,
         reply: Reply<ContactInfo>,
     },
+    Group(GroupCommand),
+}
+
+/// A group command.
+#[derive(Debug)]
+pub(crate) enum GroupCommand {
+    Create {
+        title: String,
+        members: Vec<String>,
+        reply: Reply<GroupInfo>,
+    },
+    Add {
+        group: String,
+        members: Vec<String>,
+        reply: Reply<GroupInfo>,
+    },
+    Remove {
+        group: String,
+        members: Vec<String>,
+        reply: Reply<GroupInfo>,
+    },
+    Leave {
+        group: String,
+        reply: Reply<GroupInfo>,
+    },
+    Info {
+        group: String,
+        reply: Reply<GroupInfo>,
+    },
+    List(Reply<Vec<GroupInfo>>),
+    Send {
+        group: String,
+        text: String,
+        reply: Reply<MessageInfo>,
+    },
+    History {
+        group: String,
+        limit: Option<u32>,
+        before: Option<String>,
+        mark_read: bool,
+        reply: Reply<Vec<MessageInfo>>,
+    },
 }
 
 /// Results of work the engine spawned.
@@ -105,6 +148,12 @@ pub(crate) enum Internal {
     },
     /// Current presence fetched by a subscription.
     Presence(Vec<presence::Entry>),
+    /// A group fan-out finished: per recipient device, whether its copy went.
+    FannedOut {
+        id: MessageId,
+        attempts: u32,
+        results: Vec<(String, Result<(), NetError>)>,
+    },
 }
 
 /// What the engine knows about a contact.
@@ -191,6 +240,18 @@ pub(crate) struct Engine {
     pub receipts_sending: HashSet<(MessageId, tern_store::ReceiptKind)>,
     /// Home relays whose connection routine did not complete (retried every heartbeat).
     pub setup_pending: HashSet<PeerId>,
+    /// Groups by id (hex).
+    pub groups: HashMap<String, group::GroupCtx>,
+    /// Members of shared groups who are not contacts, by user id.
+    pub peers: HashMap<String, ContactState>,
+    /// Some group member's device list is still to be fetched.
+    pub peers_due: bool,
+    /// Batched group notifications by conversation.
+    pub notify: HashMap<String, group::Notify>,
+    /// Own membership changes that lost a fork, to issue again.
+    pub reissue: Vec<(String, crate::group::Action)>,
+    /// Group fan-out rows being delivered: (message, device).
+    pub fan_in_flight: HashSet<(MessageId, String)>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -226,6 +287,11 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
         lamport: m.lamport,
         seq: m.seq,
         gap_before: false,
+        kind: match m.body {
+            tern_store::Body::Structured { .. } => "membership",
+            tern_store::Body::Text(_) => "text",
+        }
+        .to_owned(),
     }
 }
 
@@ -285,6 +351,9 @@ impl Engine {
                 Some(ev) = net_events.recv() => self.on_net(ev).await,
                 Some(msg) = internal.recv() => self.on_internal(msg),
                 _ = outbox.tick() => {
+                    self.fetch_missing_peers().await;
+                    self.reissue_due().await;
+                    self.flush_notifications();
                     self.encrypt_waiting(false).await;
                     self.dispatch_due(false);
                     for message in self.hold.expired(std::time::Instant::now()) {
@@ -393,6 +462,7 @@ impl Engine {
             } => {
                 let _ = reply.send(self.verify(&contact, scanned.as_deref()));
             }
+            Command::Group(cmd) => self.on_group_command(cmd).await,
         }
     }
 
@@ -471,6 +541,11 @@ impl Engine {
                 ids,
                 delivered,
             } => self.on_receipts_delivered(kind, ids, delivered),
+            Internal::FannedOut {
+                id,
+                attempts,
+                results,
+            } => self.on_fanned_out(id, attempts, results),
         }
     }
 

@@ -87,6 +87,11 @@ impl Engine {
         ciphertext: &[u8],
         receipts: &mut HashMap<String, Vec<MessageId>>,
     ) -> Outcome {
+        if super::group::is_group_payload(ciphertext) {
+            // Kept in the stash when it cannot be read yet, so it is acknowledged either way.
+            self.on_group_message(sender, ciphertext);
+            return Outcome::Ack;
+        }
         let Some(user) = self.device_owner.get(&sender).cloned() else {
             tracing::info!(%sender, "mail from a device of no known contact; kept until they are added");
             return Outcome::Keep;
@@ -111,7 +116,7 @@ impl Engine {
         let Some(device) = peer_device(&sender) else {
             return Ok(Outcome::Ack);
         };
-        let Some(curve) = self.contacts.get(user).and_then(|c| {
+        let Some(curve) = self.known(user).and_then(|c| {
             c.devices()
                 .into_iter()
                 .find(|(d, _)| *d == device)
@@ -152,11 +157,21 @@ impl Engine {
             session_id: &sid,
             pickle: &pickle,
         }];
+        let is_contact = self.contacts.contains_key(user);
         let env = match Envelope::decode(&decrypted.plaintext) {
             Ok(env)
                 if env.sender_user.as_slice() == hex_bytes(user).as_slice()
                     && env.sender_device.as_slice() == device.as_bytes()
-                    && matches!(&env.conversation, Conversation::Direct { to } if to.as_slice() == self.user.as_bytes()) =>
+                    && match &env.conversation {
+                        // Direct messages only from contacts; group members who are not
+                        // contacts reach this device through their groups only.
+                        Conversation::Direct { to } => {
+                            is_contact && to.as_slice() == self.user.as_bytes()
+                        }
+                        Conversation::Group { .. } => {
+                            matches!(env.body, Body::GroupOp { .. } | Body::SenderKey { .. })
+                        }
+                    } =>
             {
                 env
             }
@@ -253,6 +268,46 @@ impl Engine {
                         ids: moved,
                         status: status_name(to).into(),
                     });
+                }
+            }
+            Body::GroupOp { ref op } => {
+                self.store.transaction(|tx| -> Result<(), NodeError> {
+                    tx.apply_crypto(&update, now)?;
+                    if let Some(d) = &own_device {
+                        tx.save_own_device(d)?;
+                    }
+                    Ok(())
+                })?;
+                let op = op.to_vec();
+                self.on_group_op(user, &device_key, &env, &op)?;
+            }
+            Body::SenderKey {
+                ref distribution,
+                ref message,
+            } => {
+                let inbound = match self.on_sender_key(user, device, &env, distribution) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!(contact = %user, "bad sender key dropped: {e}");
+                        None
+                    }
+                };
+                self.store.transaction(|tx| -> Result<(), NodeError> {
+                    let mut updates = update.to_vec();
+                    if let Some(k) = &inbound {
+                        updates.push(CryptoUpdate::InboundGroup(k));
+                    }
+                    tx.apply_crypto(&updates, now)?;
+                    if let Some(d) = &own_device {
+                        tx.save_own_device(d)?;
+                    }
+                    Ok(())
+                })?;
+                if let Some(m) = message {
+                    self.on_group_message(sender, m);
+                }
+                if inbound.is_some() {
+                    self.retry_stash();
                 }
             }
         }

@@ -25,10 +25,14 @@ use crate::{
     types::*,
 };
 
+/// Due outbox rows of one message that share a payload: message, payload, (user, device)
+/// recipients, most attempts so far.
+type Fan = (MessageId, Vec<u8>, Vec<(String, String)>, u32);
+
 /// A device's ratchet state after encrypting: device, session id, pickle.
 type Pickled = (String, String, zeroize::Zeroizing<Vec<u8>>);
 
-fn crypto_updates(pickles: &[Pickled]) -> Vec<CryptoUpdate<'_>> {
+pub(crate) fn crypto_updates(pickles: &[Pickled]) -> Vec<CryptoUpdate<'_>> {
     pickles
         .iter()
         .map(|(d, sid, p)| CryptoUpdate::Session {
@@ -53,7 +57,7 @@ pub(crate) fn backoff(attempts: u32) -> Duration {
     RETRY_BASE.saturating_mul(factor).min(RETRY_MAX)
 }
 
-fn random_id() -> Result<[u8; 16], NodeError> {
+pub(crate) fn random_id() -> Result<[u8; 16], NodeError> {
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| NodeError::Crypto(e.to_string()))?;
     Ok(id)
@@ -85,7 +89,7 @@ pub(crate) async fn deliver(
 }
 
 impl Engine {
-    fn conv_state(&mut self, conv: &str) -> Result<(u64, u64), NodeError> {
+    pub(crate) fn conv_state(&mut self, conv: &str) -> Result<(u64, u64), NodeError> {
         if let (Some(l), Some(s)) = (self.lamport.get(conv), self.seq.get(conv)) {
             return Ok((*l, *s));
         }
@@ -130,13 +134,12 @@ impl Engine {
     }
 
     /// Makes sure a session with each device exists, claiming prekeys where needed.
-    async fn sessions_for(
+    pub(crate) async fn sessions_for(
         &mut self,
         user: &str,
     ) -> Result<Vec<(DeviceId, PeerSessions)>, NodeError> {
         let state = self
-            .contacts
-            .get(user)
+            .known(user)
             .cloned()
             .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
         let list = state.list.clone().ok_or_else(|| {
@@ -404,7 +407,7 @@ impl Engine {
         }
     }
 
-    fn start_delivery(&mut self, entry: OutboxEntry) {
+    pub(crate) fn start_delivery(&mut self, entry: OutboxEntry) {
         let key = (entry.message_id, entry.delivery.recipient_device.clone());
         if self.in_flight.len() >= MAX_DELIVERIES_IN_FLIGHT || !self.in_flight.insert(key) {
             return;
@@ -415,8 +418,7 @@ impl Engine {
             return;
         };
         let relays = self
-            .contacts
-            .get(&entry.delivery.recipient_user)
+            .known(&entry.delivery.recipient_user)
             .map(|c| c.relay_peers())
             .unwrap_or_default();
         let net = self.net.clone();
@@ -448,7 +450,37 @@ impl Engine {
                 return;
             }
         };
+        // Rows of one message that share a payload (a group message) go as one fan-out.
+        let mut fan: Vec<Fan> = Vec::new();
+        let mut single = Vec::new();
         for entry in due {
+            let shared = fan
+                .iter_mut()
+                .find(|(id, p, _, _)| *id == entry.message_id && *p == entry.delivery.payload);
+            match shared {
+                Some((_, _, to, attempts)) => {
+                    to.push((
+                        entry.delivery.recipient_user,
+                        entry.delivery.recipient_device,
+                    ));
+                    *attempts = (*attempts).max(entry.attempts);
+                }
+                None if super::group::is_group_payload(&entry.delivery.payload) => fan.push((
+                    entry.message_id,
+                    entry.delivery.payload,
+                    vec![(
+                        entry.delivery.recipient_user,
+                        entry.delivery.recipient_device,
+                    )],
+                    entry.attempts,
+                )),
+                None => single.push(entry),
+            }
+        }
+        for (id, payload, to, attempts) in fan {
+            self.start_fanout(id, payload, to, attempts);
+        }
+        for entry in single {
             if self.in_flight.len() >= MAX_DELIVERIES_IN_FLIGHT {
                 break;
             }

@@ -896,6 +896,30 @@ pub mod rpc {
         }
     }
 
+    /// Deposits one ciphertext for many devices in one request (the relay stores it once);
+    /// returns the recipients refused for being over their quota.
+    pub async fn deposit_many(
+        net: &Client,
+        relay: PeerId,
+        recipients: Vec<PeerId>,
+        ciphertext: Vec<u8>,
+    ) -> Result<Vec<PeerId>, NetError> {
+        match mailbox(
+            net,
+            relay,
+            mailbox::Request::Deposit {
+                recipients,
+                ttl_secs: None,
+                ciphertext: ByteBuf::from(ciphertext),
+            },
+        )
+        .await?
+        {
+            mailbox::Response::Deposited { over_quota, .. } => Ok(over_quota),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
     /// Fetches a page of the own mailbox.
     pub async fn fetch(
         net: &Client,

@@ -1,0 +1,1586 @@
+//! Groups: membership operations, sender keys, fan-out, and receiving group messages.
+//!
+//! - Membership is the chain of signed operations of [`crate::group`]. Each operation is
+//!   stored as a `membership` message in the group's conversation (its id is the first 16
+//!   bytes of the operation's hash, so every member stores the same message) and sent to
+//!   every member device over its pairwise session; a new member is also sent the chain
+//!   before it.
+//! - A group text is encrypted once with this device's sender key (Megolm). Member devices
+//!   that already have that key get the one ciphertext, stored once in the outbox and
+//!   deposited once per relay for all of them; a device that lacks it gets, over Olm, the
+//!   key together with the message. The key is replaced whenever the membership changes
+//!   (and by [`tern_crypto::group::RotationPolicy`]), and a new key goes only to the member
+//!   devices of the moment: a removed member cannot read what is sent after its removal.
+//! - A group message whose key or group is not known yet is kept (the stash) and read as
+//!   soon as they are; messages from users who are not members are refused.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use libp2p::PeerId;
+use serde_bytes::{ByteArray, ByteBuf};
+use tern_crypto::{
+    DeviceId, Kind, SignedDeviceList, UserId,
+    group::{
+        GroupError, GroupId, GroupMessage, InboundSenderKey, OutboundSenderKey, RotationPolicy,
+        SenderKeyDistribution,
+    },
+};
+use tern_store::{
+    Body as StoreBody, Contact, ConversationId, ConversationKind, CryptoUpdate, Delivery,
+    InboundGroupSession, Inserted, Message, MessageId, OutboundGroupSession, Page, SenderKeyStore,
+    Status,
+};
+
+use super::{ContactState, Engine, GroupCommand, Internal, device_peer};
+use crate::{
+    consts::{
+        HISTORY_DEFAULT, HISTORY_MAX, MAX_GROUP_MEMBERS, MAX_GROUP_STASH, MAX_GROUP_TITLE_BYTES,
+        MAX_MEMBERS_PER_OP, MAX_TEXT_BYTES, NOTIFY_INTERVAL,
+    },
+    envelope::{Body, Conversation, Envelope},
+    error::NodeError,
+    group::{Action, GroupState, MemberEntry, Op, Resolved, SignedOp, resolve},
+    home::now_ms,
+    net::{NetError, rpc},
+    types::*,
+};
+
+/// A stashed group message older than this is given up (and reported).
+const STASH_MAX_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// One device of a fan-out: device id, its PeerId, its user's relays.
+type FanTarget = (String, PeerId, Vec<PeerId>);
+
+/// What the engine holds for one group.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCtx {
+    /// Every operation received or made.
+    pub ops: Vec<SignedOp>,
+    /// The agreed chain, once the creation is held.
+    pub resolved: Option<Resolved>,
+}
+
+/// Batched notifications of one conversation.
+#[derive(Debug)]
+pub(crate) struct Notify {
+    pub pending: u64,
+    pub last: Option<Instant>,
+}
+
+/// What happened to a group ciphertext.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum GroupOutcome {
+    /// Stored, a duplicate, or refused for good.
+    Done,
+    /// Its key or group is not known yet.
+    Wait,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn user_bytes(hex_id: &str) -> Option<[u8; 16]> {
+    UserId::from_hex(hex_id).map(|u| *u.as_bytes())
+}
+
+/// The message id of a membership operation: the first 16 bytes of its hash.
+fn op_message_id(op: &SignedOp) -> MessageId {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&op.hash[..16]);
+    MessageId(id)
+}
+
+/// Whether a mailbox payload is a group (Megolm) message rather than a pairwise one.
+pub(crate) fn is_group_payload(payload: &[u8]) -> bool {
+    payload.get(1) == Some(&(Kind::GroupMessage as u8))
+}
+
+impl Engine {
+    /// A user this device can reach: a contact, or a member of a shared group.
+    pub(crate) fn known(&self, user: &str) -> Option<&ContactState> {
+        self.contacts.get(user).or_else(|| self.peers.get(user))
+    }
+
+    /// Loads groups and group peers from the store (at start).
+    pub(crate) fn load_groups(&mut self) -> Result<(), NodeError> {
+        for (group, bytes) in self.store.group_ops()? {
+            match SignedOp::from_bytes(&bytes) {
+                Ok(op) => self.groups.entry(group).or_default().ops.push(op),
+                Err(e) => tracing::error!(%group, "a stored group operation is unreadable: {e}"),
+            }
+        }
+        for ctx in self.groups.values_mut() {
+            ctx.resolved = resolve(&ctx.ops);
+        }
+        for (user, list) in self.store.group_peers()? {
+            if self.contacts.contains_key(&user) {
+                continue;
+            }
+            if let Some(state) = self.peer_state(&user, &list) {
+                self.peers.insert(user, state);
+            }
+        }
+        self.peers_due = true;
+        Ok(())
+    }
+
+    /// A group member who is not a contact, from the group state and their device list.
+    fn peer_state(&self, user: &str, list_bytes: &[u8]) -> Option<ContactState> {
+        let ub = user_bytes(user)?;
+        let member = self
+            .groups
+            .values()
+            .filter_map(|g| g.resolved.as_ref())
+            .find_map(|r| r.state.members.get(&ub))?;
+        let list = SignedDeviceList::from_bytes(list_bytes).ok()?;
+        let key = tern_crypto::IdentityPublicKey::from_bytes(member.identity_key);
+        list.check_identity(&key).ok()?;
+        if list.list().user_id.as_bytes() != &ub {
+            return None;
+        }
+        Some(ContactState {
+            contact: Contact {
+                user_id: user.to_owned(),
+                display_name: member.name.clone(),
+                verified: false,
+                identity_key: member.identity_key.to_vec(),
+                device_list: Some(list_bytes.to_vec()),
+                device_list_version: list.list().version,
+                relays: member.relays.clone(),
+            },
+            list: Some(list),
+            relays: member
+                .relays
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
+        })
+    }
+
+    pub(crate) async fn on_group_command(&mut self, cmd: GroupCommand) {
+        match cmd {
+            GroupCommand::Create {
+                title,
+                members,
+                reply,
+            } => {
+                let _ = reply.send(self.group_create(title, members).await);
+            }
+            GroupCommand::Add {
+                group,
+                members,
+                reply,
+            } => {
+                let _ = reply.send(self.group_add(&group, members).await);
+            }
+            GroupCommand::Remove {
+                group,
+                members,
+                reply,
+            } => {
+                let _ = reply.send(self.group_remove(&group, members).await);
+            }
+            GroupCommand::Leave { group, reply } => {
+                let _ = reply.send(self.group_leave(&group).await);
+            }
+            GroupCommand::Info { group, reply } => {
+                let out = self.resolve_group(&group).and_then(|g| self.group_info(&g));
+                let _ = reply.send(out);
+            }
+            GroupCommand::List(reply) => {
+                let mut ids: Vec<String> = self
+                    .groups
+                    .iter()
+                    .filter(|(_, g)| g.resolved.is_some())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.sort();
+                let out = ids.iter().map(|g| self.group_info(g)).collect();
+                let _ = reply.send(out);
+            }
+            GroupCommand::Send { group, text, reply } => {
+                let _ = reply.send(self.group_send(&group, text).await);
+            }
+            GroupCommand::History {
+                group,
+                limit,
+                before,
+                mark_read,
+                reply,
+            } => {
+                let out = self.group_history(&group, limit, before.as_deref(), mark_read);
+                let _ = reply.send(out);
+            }
+        }
+    }
+
+    fn state(&self, group: &str) -> Result<&GroupState, NodeError> {
+        self.groups
+            .get(group)
+            .and_then(|g| g.resolved.as_ref())
+            .map(|r| &r.state)
+            .ok_or_else(|| NodeError::UnknownGroup(group.to_owned()))
+    }
+
+    /// A group by id or (unique, case-insensitive) title.
+    fn resolve_group(&self, name: &str) -> Result<String, NodeError> {
+        let lower = name.to_lowercase();
+        if self.state(&lower).is_ok() {
+            return Ok(lower);
+        }
+        let matches: Vec<&String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| {
+                g.resolved
+                    .as_ref()
+                    .is_some_and(|r| r.state.title.to_lowercase() == lower)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(NodeError::UnknownGroup(name.to_owned())),
+            _ => Err(NodeError::AmbiguousGroup(name.to_owned())),
+        }
+    }
+
+    fn group_info(&self, group: &str) -> Result<GroupInfo, NodeError> {
+        let state = self.state(group)?;
+        let me = *self.user.as_bytes();
+        let mut members: Vec<GroupMemberInfo> = state
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let user_id = hex(id);
+                let name = if id == &me {
+                    self.config.name.clone()
+                } else {
+                    self.contacts
+                        .get(&user_id)
+                        .map_or_else(|| m.name.clone(), |c| c.contact.display_name.clone())
+                };
+                GroupMemberInfo {
+                    user_id,
+                    name,
+                    admin: m.admin,
+                }
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name).then(a.user_id.cmp(&b.user_id)));
+        let unread = self
+            .store
+            .conversation(&ConversationId(group.to_owned()))?
+            .map_or(0, |c| c.unread_count);
+        Ok(GroupInfo {
+            id: group.to_owned(),
+            title: state.title.clone(),
+            members,
+            epoch: state.epoch,
+            member: state.is_member(&me),
+            admin: state.is_admin(&me),
+            unread,
+        })
+    }
+
+    fn own_entry(&self) -> MemberEntry {
+        MemberEntry {
+            user: ByteArray::new(*self.user.as_bytes()),
+            identity_key: ByteArray::new(*self.keys.identity.public().as_bytes()),
+            name: self.config.name.clone(),
+            relays: self.home_relays.iter().map(ToString::to_string).collect(),
+            admin: true,
+        }
+    }
+
+    /// Member entries for contacts (names or user ids), refusing unknown contacts, this user
+    /// and contacts with an unaccepted identity change.
+    fn contact_entries(&self, members: &[String]) -> Result<Vec<MemberEntry>, NodeError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for m in members {
+            let user = self.resolve(m)?;
+            if user == self.user_hex {
+                return Err(NodeError::BadRequest("you cannot add yourself".into()));
+            }
+            if self.pending_identity.contains_key(&user) {
+                return Err(NodeError::IdentityChanged(
+                    self.contacts[&user].contact.display_name.clone(),
+                ));
+            }
+            if !seen.insert(user.clone()) {
+                continue;
+            }
+            let c = &self.contacts[&user];
+            let key: [u8; 32] = c.contact.identity_key.as_slice().try_into().map_err(|_| {
+                NodeError::Crypto("stored identity key has the wrong length".into())
+            })?;
+            out.push(MemberEntry {
+                user: ByteArray::new(
+                    user_bytes(&user).ok_or_else(|| NodeError::UnknownContact(user.clone()))?,
+                ),
+                identity_key: ByteArray::new(key),
+                name: c.contact.display_name.clone(),
+                relays: c.contact.relays.clone(),
+                admin: false,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn group_create(
+        &mut self,
+        title: String,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, NodeError> {
+        let title = title.trim().to_owned();
+        if title.is_empty() || title.len() > MAX_GROUP_TITLE_BYTES {
+            return Err(NodeError::BadRequest(format!(
+                "a group title is 1 to {MAX_GROUP_TITLE_BYTES} bytes"
+            )));
+        }
+        let entries = self.contact_entries(&members)?;
+        if entries.len() + 1 > MAX_GROUP_MEMBERS {
+            return Err(NodeError::GroupFull {
+                group: title,
+                members: 1,
+                adding: entries.len(),
+                max: MAX_GROUP_MEMBERS,
+            });
+        }
+        let id = GroupId::random().map_err(|e| NodeError::Crypto(e.to_string()))?;
+        let group = hex(id.as_bytes());
+        let mut first = vec![self.own_entry()];
+        let split = entries.len().min(MAX_MEMBERS_PER_OP - 1);
+        first.extend_from_slice(&entries[..split]);
+        let create = SignedOp::sign(
+            Op {
+                group: ByteArray::new(*id.as_bytes()),
+                epoch: 0,
+                parent: ByteArray::new([0; 32]),
+                author: ByteArray::new(*self.user.as_bytes()),
+                at_ms: now_ms(),
+                action: Action::Create {
+                    title,
+                    members: first,
+                },
+            },
+            &self.keys.identity,
+        )
+        .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        self.commit_op(&group, create).await?;
+        for chunk in entries[split..].chunks(MAX_MEMBERS_PER_OP) {
+            self.issue(
+                &group,
+                Action::Add {
+                    members: chunk.to_vec(),
+                },
+            )
+            .await?;
+        }
+        self.group_info(&group)
+    }
+
+    fn require_admin(&self, group: &str) -> Result<(), NodeError> {
+        let state = self.state(group)?;
+        let me = self.user.as_bytes();
+        if !state.is_member(me) {
+            return Err(NodeError::NotMember(state.title.clone()));
+        }
+        if !state.is_admin(me) {
+            return Err(NodeError::NotAdmin(state.title.clone()));
+        }
+        Ok(())
+    }
+
+    async fn group_add(
+        &mut self,
+        group: &str,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, NodeError> {
+        let group = self.resolve_group(group)?;
+        self.require_admin(&group)?;
+        if members.is_empty() {
+            return Err(NodeError::BadRequest(
+                "name at least one member to add".into(),
+            ));
+        }
+        let state = self.state(&group)?;
+        let entries: Vec<MemberEntry> = self
+            .contact_entries(&members)?
+            .into_iter()
+            .filter(|e| !state.is_member(&e.user.into_array()))
+            .collect();
+        if entries.is_empty() {
+            return Err(NodeError::BadRequest("they are members already".into()));
+        }
+        if state.members.len() + entries.len() > MAX_GROUP_MEMBERS {
+            return Err(NodeError::GroupFull {
+                group: state.title.clone(),
+                members: state.members.len(),
+                adding: entries.len(),
+                max: MAX_GROUP_MEMBERS,
+            });
+        }
+        for chunk in entries.chunks(MAX_MEMBERS_PER_OP) {
+            self.issue(
+                &group,
+                Action::Add {
+                    members: chunk.to_vec(),
+                },
+            )
+            .await?;
+        }
+        self.group_info(&group)
+    }
+
+    async fn group_remove(
+        &mut self,
+        group: &str,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, NodeError> {
+        let group = self.resolve_group(group)?;
+        self.require_admin(&group)?;
+        let state = self.state(&group)?;
+        let mut users = Vec::new();
+        for m in &members {
+            // A member who is no contact can be named by user id or by the group's name.
+            let id = match self.resolve(m) {
+                Ok(u) => u,
+                Err(e) => state
+                    .members
+                    .iter()
+                    .find(|(id, mm)| hex(*id) == m.to_lowercase() || mm.name == *m)
+                    .map(|(id, _)| hex(id))
+                    .ok_or(e)?,
+            };
+            let b = user_bytes(&id).ok_or_else(|| NodeError::UnknownContact(m.clone()))?;
+            if b == *self.user.as_bytes() {
+                return Err(NodeError::BadRequest(
+                    "to leave a group use `tern group leave`".into(),
+                ));
+            }
+            if !state.is_member(&b) {
+                return Err(NodeError::BadRequest(format!("{m} is not a member")));
+            }
+            if !users.contains(&ByteArray::new(b)) {
+                users.push(ByteArray::new(b));
+            }
+        }
+        if users.is_empty() {
+            return Err(NodeError::BadRequest(
+                "name at least one member to remove".into(),
+            ));
+        }
+        self.issue(&group, Action::Remove { users }).await?;
+        self.group_info(&group)
+    }
+
+    async fn group_leave(&mut self, group: &str) -> Result<GroupInfo, NodeError> {
+        let group = self.resolve_group(group)?;
+        let state = self.state(&group)?;
+        if !state.is_member(self.user.as_bytes()) {
+            return Err(NodeError::NotMember(state.title.clone()));
+        }
+        self.issue(&group, Action::Leave).await?;
+        self.group_info(&group)
+    }
+
+    /// Signs an operation on the current head and commits it.
+    async fn issue(&mut self, group: &str, action: Action) -> Result<(), NodeError> {
+        let state = self.state(group)?;
+        let op = SignedOp::sign(
+            Op {
+                group: ByteArray::new(state.id),
+                epoch: state.epoch + 1,
+                parent: ByteArray::new(state.head),
+                author: ByteArray::new(*self.user.as_bytes()),
+                at_ms: now_ms(),
+                action,
+            },
+            &self.keys.identity,
+        )
+        .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        // Check it applies before anything is stored or sent.
+        let mut next = state.clone();
+        next.apply(&op).map_err(|e| match e {
+            crate::group::OpError::Full { would, max } => NodeError::GroupFull {
+                group: state.title.clone(),
+                members: state.members.len(),
+                adding: would - state.members.len(),
+                max,
+            },
+            other => NodeError::BadRequest(other.to_string()),
+        })?;
+        self.commit_op(group, op).await
+    }
+
+    /// Stores an own operation, applies it, records it in the timeline and sends it to
+    /// every member device (new members also get the chain before it).
+    async fn commit_op(&mut self, group: &str, op: SignedOp) -> Result<(), NodeError> {
+        let before: HashSet<[u8; 16]> = self
+            .state(group)
+            .map(|s| s.members.keys().copied().collect())
+            .unwrap_or_default();
+        let now = now_ms();
+        self.store
+            .transaction(|tx| tx.save_group_op(group, &op.hash, op.to_bytes(), now))?;
+        let ctx = self.groups.entry(group.to_owned()).or_default();
+        ctx.ops.push(op.clone());
+        ctx.resolved = resolve(&ctx.ops);
+        let state = self.state(group)?.clone();
+        let (lamport, _) = self.conv_state(group)?;
+        let lamport = lamport + 1;
+        self.lamport.insert(group.to_owned(), lamport);
+        self.store_op_message(
+            group,
+            &op,
+            &self.user_hex.clone(),
+            &self.device_hex.clone(),
+            lamport,
+            true,
+        )?;
+        // Who hears of it: the members after it, and those it removed.
+        let mut to: Vec<[u8; 16]> = state.members.keys().copied().collect();
+        to.extend(before.iter().filter(|u| !state.is_member(u)));
+        let me = *self.user.as_bytes();
+        to.retain(|u| *u != me);
+        self.send_op(group, &op, lamport, &to).await;
+        // New members get the chain before this operation too.
+        let newcomers: Vec<[u8; 16]> = state
+            .members
+            .keys()
+            .filter(|u| !before.contains(*u) && **u != me)
+            .copied()
+            .collect();
+        if !before.is_empty() && !newcomers.is_empty() {
+            let chain = self.groups[group]
+                .resolved
+                .as_ref()
+                .map(|r| r.chain.clone())
+                .unwrap_or_default();
+            for hash in chain.iter().take(chain.len().saturating_sub(1)) {
+                let Some(prior) = self.groups[group]
+                    .ops
+                    .iter()
+                    .find(|o| o.hash == *hash)
+                    .cloned()
+                else {
+                    continue;
+                };
+                let lamport = self
+                    .store
+                    .message(op_message_id(&prior))?
+                    .map_or(0, |m| m.lamport);
+                self.send_op(group, &prior, lamport, &newcomers).await;
+            }
+        }
+        self.after_membership_change(group);
+        Ok(())
+    }
+
+    /// Stores a membership operation as a message of the group's conversation.
+    fn store_op_message(
+        &mut self,
+        group: &str,
+        op: &SignedOp,
+        sender_user: &str,
+        sender_device: &str,
+        lamport: u64,
+        own: bool,
+    ) -> Result<Inserted, NodeError> {
+        let title = self.state(group).map(|s| s.title.clone()).ok();
+        let text = self.describe(op);
+        let now = now_ms();
+        let message = Message {
+            id: op_message_id(op),
+            conversation: ConversationId(group.to_owned()),
+            sender_user: sender_user.to_owned(),
+            sender_device: sender_device.to_owned(),
+            lamport,
+            seq: 0,
+            sent_at_ms: op.op.at_ms,
+            received_at_ms: now,
+            own,
+            status: if own { Status::Sent } else { Status::Read },
+            body: StoreBody::Structured {
+                data: op.to_bytes().to_vec(),
+                text: Some(text),
+            },
+            edited_at_ms: None,
+        };
+        let inserted = self.store.transaction(|tx| -> Result<_, NodeError> {
+            tx.ensure_conversation(
+                &message.conversation,
+                ConversationKind::Group,
+                title.as_deref(),
+                now,
+            )?;
+            if let Some(t) = &title {
+                tx.set_title(&message.conversation, Some(t))?;
+            }
+            Ok(tx.record_incoming(&message, &[])?)
+        })?;
+        if inserted == Inserted::New {
+            self.emit(Event::Message {
+                message: super::message_info(&message),
+            });
+        }
+        Ok(inserted)
+    }
+
+    fn name_of(&self, user: &[u8; 16]) -> String {
+        if user == self.user.as_bytes() {
+            return self.config.name.clone();
+        }
+        let id = hex(user);
+        if let Some(c) = self.contacts.get(&id) {
+            return c.contact.display_name.clone();
+        }
+        self.groups
+            .values()
+            .filter_map(|g| g.resolved.as_ref())
+            .find_map(|r| r.state.members.get(user).map(|m| m.name.clone()))
+            .unwrap_or_else(|| id[..8].to_owned())
+    }
+
+    /// A line for the timeline: "Ana added Ben, Cy".
+    fn describe(&self, op: &SignedOp) -> String {
+        let by = self.name_of(&op.op.author.into_array());
+        let names = |users: &mut dyn Iterator<Item = [u8; 16]>| {
+            users
+                .map(|u| self.name_of(&u))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &op.op.action {
+            Action::Create { title, .. } => format!("{by} created the group {title}"),
+            Action::Add { members } => {
+                format!(
+                    "{by} added {}",
+                    names(&mut members.iter().map(|m| m.user.into_array()))
+                )
+            }
+            Action::Remove { users } => {
+                format!(
+                    "{by} removed {}",
+                    names(&mut users.iter().map(|u| u.into_array()))
+                )
+            }
+            Action::Leave => format!("{by} left"),
+        }
+    }
+
+    /// Sends an operation over pairwise sessions to every device of `users`.
+    async fn send_op(&mut self, group: &str, op: &SignedOp, lamport: u64, users: &[[u8; 16]]) {
+        let Some(gid) = user_bytes(group) else {
+            return;
+        };
+        let env = Envelope {
+            id: ByteArray::new(op_message_id(op).0),
+            conversation: Conversation::Group {
+                id: ByteArray::new(gid),
+            },
+            sender_user: ByteArray::new(*self.user.as_bytes()),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lamport,
+            seq: 0,
+            sent_at_ms: op.op.at_ms,
+            body: Body::GroupOp {
+                op: ByteBuf::from(op.to_bytes().to_vec()),
+            },
+        };
+        let plain = match env.encode() {
+            Ok(p) => zeroize::Zeroizing::new(p),
+            Err(e) => {
+                tracing::error!(%group, "encoding a group operation failed: {e}");
+                return;
+            }
+        };
+        let id = op_message_id(op);
+        for user in users {
+            let user = hex(user);
+            if let Err(e) = self.send_pairwise(&user, id, &plain).await {
+                tracing::warn!(%group, member = %user, "sending a group operation failed: {e}");
+            }
+        }
+    }
+
+    /// Encrypts `plain` for every device of `user` and queues it as outbox rows of the
+    /// stored message `id`.
+    async fn send_pairwise(
+        &mut self,
+        user: &str,
+        id: MessageId,
+        plain: &[u8],
+    ) -> Result<(), NodeError> {
+        self.ensure_peer(user).await?;
+        let mut sessions = self.sessions_for(user).await?;
+        let mut deliveries = Vec::new();
+        let mut pickles = Vec::new();
+        for (device, s) in sessions.iter_mut() {
+            let ct = s.encrypt(plain)?;
+            deliveries.push(Delivery {
+                recipient_user: user.to_owned(),
+                recipient_device: device.to_peer_id_string(),
+                payload: ct,
+            });
+            pickles.push((
+                device.to_peer_id_string(),
+                s.current_session_id().unwrap_or_default(),
+                s.pickle()?,
+            ));
+        }
+        let updates = super::send::crypto_updates(&pickles);
+        let now = now_ms();
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            tx.apply_crypto(&updates, now)?;
+            tx.add_outbox_rows(id, &deliveries, now)?;
+            Ok(())
+        })?;
+        for d in deliveries {
+            self.start_delivery(tern_store::OutboxEntry {
+                message_id: id,
+                delivery: d,
+                attempts: 0,
+                next_attempt_ms: now,
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes sure a group member's device list is known (fetched from their relays and
+    /// checked against the identity key the group vouches for).
+    pub(crate) async fn ensure_peer(&mut self, user: &str) -> Result<(), NodeError> {
+        if self.known(user).is_some_and(|c| c.list.is_some()) {
+            return Ok(());
+        }
+        let ub = user_bytes(user).ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+        let member = self
+            .groups
+            .values()
+            .filter_map(|g| g.resolved.as_ref())
+            .find_map(|r| r.state.members.get(&ub).cloned())
+            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+        let mut last = NodeError::Network(format!("{} has no relay", member.name));
+        for addr in &member.relays {
+            let Some(relay) = addr.parse().ok().as_ref().and_then(super::relay_peer) else {
+                continue;
+            };
+            if let Ok(a) = addr.parse() {
+                let _ = self.net.add_relay(a, false).await;
+            }
+            match rpc::fetch_device_list(&self.net, relay, ub).await {
+                Ok(bytes) => match self.peer_state(user, &bytes) {
+                    Some(state) => {
+                        self.store
+                            .transaction(|tx| tx.save_group_peer(user, &bytes))?;
+                        self.peers.insert(user.to_owned(), state);
+                        self.rebuild_device_owner();
+                        return Ok(());
+                    }
+                    None => {
+                        last = NodeError::Crypto(format!(
+                            "the device list of {} does not match the key the group gave",
+                            member.name
+                        ))
+                    }
+                },
+                Err(e) => {
+                    last = NodeError::Network(format!(
+                        "cannot fetch the device list of {}: {e}",
+                        member.name
+                    ))
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Fetches the device lists of group members not known yet (on a tick); mail kept for
+    /// them is fetched again afterwards.
+    pub(crate) async fn fetch_missing_peers(&mut self) {
+        if !self.peers_due {
+            return;
+        }
+        self.peers_due = false;
+        let me = *self.user.as_bytes();
+        let missing: Vec<String> = self
+            .groups
+            .values()
+            .filter_map(|g| g.resolved.as_ref())
+            .flat_map(|r| r.state.members.keys().copied())
+            .filter(|u| *u != me)
+            .map(|u| hex(&u))
+            .filter(|u| self.known(u).is_none_or(|c| c.list.is_none()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut learned = false;
+        for user in missing {
+            match self.ensure_peer(&user).await {
+                Ok(()) => learned = true,
+                Err(e) => {
+                    tracing::debug!(member = %user, "group member not reachable yet: {e}");
+                    self.peers_due = true;
+                }
+            }
+        }
+        if learned {
+            for relay in self
+                .home_relays
+                .iter()
+                .filter_map(super::relay_peer)
+                .collect::<Vec<_>>()
+            {
+                if self.relay_up.contains(&relay) {
+                    self.fetch_mailbox(relay);
+                }
+            }
+            self.retry_stash();
+        }
+    }
+
+    /// After the membership of `group` changed: members to look up, kept messages to retry,
+    /// and an event.
+    fn after_membership_change(&mut self, group: &str) {
+        self.peers_due = true;
+        self.retry_stash();
+        if let Ok(info) = self.group_info(group) {
+            self.emit(Event::Group { group: info });
+        }
+    }
+
+    /// A membership operation received over a pairwise session from `user`.
+    pub(crate) fn on_group_op(
+        &mut self,
+        user: &str,
+        device: &str,
+        env: &Envelope,
+        op_bytes: &[u8],
+    ) -> Result<(), NodeError> {
+        let Conversation::Group { id } = &env.conversation else {
+            return Ok(());
+        };
+        let group = hex(id.as_slice());
+        let op = match SignedOp::from_bytes(op_bytes) {
+            Ok(op) if op.op.group == *id => op,
+            Ok(_) => {
+                tracing::warn!(contact = %user, "group operation names another group; dropped");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(contact = %user, "bad group operation dropped: {e}");
+                return Ok(());
+            }
+        };
+        let now = now_ms();
+        let new = self
+            .store
+            .transaction(|tx| tx.save_group_op(&group, &op.hash, op.to_bytes(), now))?;
+        if !new {
+            return Ok(());
+        }
+        let before_chain = self
+            .groups
+            .get(&group)
+            .and_then(|g| g.resolved.as_ref())
+            .map(|r| r.chain.clone());
+        let ctx = self.groups.entry(group.clone()).or_default();
+        ctx.ops.push(op.clone());
+        ctx.resolved = resolve(&ctx.ops);
+        self.observe_lamport(&group, env.lamport)?;
+        let after_chain = self.groups[&group]
+            .resolved
+            .as_ref()
+            .map(|r| r.chain.clone());
+        if after_chain == before_chain {
+            return Ok(());
+        }
+        // Store the chain's operations in the timeline (those already there are duplicates).
+        let chain = after_chain.unwrap_or_default();
+        for hash in &chain {
+            let Some(o) = self.groups[&group]
+                .ops
+                .iter()
+                .find(|o| o.hash == *hash)
+                .cloned()
+            else {
+                continue;
+            };
+            if self.store.message(op_message_id(&o))?.is_some() {
+                continue;
+            }
+            let (lamport, author_device) = if o.hash == op.hash {
+                (env.lamport, device.to_owned())
+            } else {
+                (env.lamport.saturating_sub(1), String::new())
+            };
+            let author = hex(o.op.author.as_slice());
+            let own = author == self.user_hex;
+            self.store_op_message(&group, &o, &author, &author_device, lamport, own)?;
+        }
+        self.reissue_lost(&group);
+        self.after_membership_change(&group);
+        Ok(())
+    }
+
+    /// Own operations that lost a fork are issued again on the agreed head (once a tick
+    /// runs: signing and sending need the async context), while they still change something.
+    fn reissue_lost(&mut self, group: &str) {
+        let Some(ctx) = self.groups.get(group) else {
+            return;
+        };
+        let Some(r) = &ctx.resolved else {
+            return;
+        };
+        let me = ByteArray::new(*self.user.as_bytes());
+        for op in &ctx.ops {
+            if op.op.author != me || r.chain.contains(&op.hash) || op.op.epoch > r.state.epoch {
+                continue;
+            }
+            let still = match &op.op.action {
+                Action::Add { members } => {
+                    let m: Vec<MemberEntry> = members
+                        .iter()
+                        .filter(|e| !r.state.is_member(&e.user.into_array()))
+                        .cloned()
+                        .collect();
+                    (!m.is_empty()).then_some(Action::Add { members: m })
+                }
+                Action::Remove { users } => {
+                    let u: Vec<ByteArray<16>> = users
+                        .iter()
+                        .filter(|u| r.state.is_member(&u.into_array()))
+                        .copied()
+                        .collect();
+                    (!u.is_empty()).then_some(Action::Remove { users: u })
+                }
+                Action::Leave => r.state.is_member(&me.into_array()).then_some(Action::Leave),
+                Action::Create { .. } => None,
+            };
+            if let Some(action) = still
+                && r.state.is_admin(&me.into_array()) | matches!(action, Action::Leave)
+            {
+                self.reissue.push((group.to_owned(), action));
+            }
+        }
+    }
+
+    /// Issues the operations [`Engine::reissue_lost`] queued.
+    pub(crate) async fn reissue_due(&mut self) {
+        let due = std::mem::take(&mut self.reissue);
+        let mut seen = HashSet::new();
+        for (group, action) in due {
+            if !seen.insert(group.clone()) {
+                continue;
+            }
+            if let Err(e) = self.issue(&group, action).await {
+                tracing::warn!(%group, "re-issuing a membership change failed: {e}");
+            }
+        }
+    }
+
+    /// A sender key received over a pairwise session from `user`'s `device`.
+    pub(crate) fn on_sender_key(
+        &mut self,
+        user: &str,
+        device: DeviceId,
+        env: &Envelope,
+        distribution: &[u8],
+    ) -> Result<Option<InboundGroupSession>, NodeError> {
+        let Conversation::Group { id } = &env.conversation else {
+            return Ok(None);
+        };
+        let dist = SenderKeyDistribution::from_bytes(distribution)?;
+        if dist.group_id.as_bytes() != id.as_ref() || hex(dist.sender_user.as_bytes()) != user {
+            tracing::warn!(contact = %user, "sender key for another group or user; dropped");
+            return Ok(None);
+        }
+        let key = InboundSenderKey::from_distribution(&dist, &device)?;
+        let pickle = key.pickle()?;
+        Ok(Some(InboundGroupSession {
+            session_id: key.session_id(),
+            group_id: hex(id.as_slice()),
+            sender_user: user.to_owned(),
+            sender_device: device.to_peer_id_string(),
+            pickle: pickle.to_vec(),
+            received_at_ms: now_ms(),
+        }))
+    }
+
+    /// A group ciphertext from `sender` (mailbox depositor). Kept in the stash when its key
+    /// or group is not known yet.
+    pub(crate) fn on_group_message(&mut self, sender: PeerId, payload: &[u8]) {
+        match self.process_group(&sender.to_string(), payload) {
+            Ok(GroupOutcome::Done) => {}
+            Ok(GroupOutcome::Wait) => {
+                let now = now_ms();
+                if let Err(e) = self.store.transaction(|tx| {
+                    tx.stash_group_message(&sender.to_string(), payload, now, MAX_GROUP_STASH)
+                }) {
+                    tracing::error!("keeping a group message for later failed: {e}");
+                }
+            }
+            Err(e) => tracing::error!("storing a group message failed: {e}"),
+        }
+    }
+
+    /// Decrypts, checks and stores one group message.
+    fn process_group(&mut self, sender: &str, payload: &[u8]) -> Result<GroupOutcome, NodeError> {
+        let msg = match GroupMessage::from_bytes(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%sender, "malformed group message dropped: {e}");
+                return Ok(GroupOutcome::Done);
+            }
+        };
+        if msg.sender_device.to_peer_id_string() != sender {
+            tracing::warn!(%sender, "group message deposited by another device than its sender; dropped");
+            return Ok(GroupOutcome::Done);
+        }
+        let Some(stored) = self
+            .store
+            .transaction(|tx| tx.inbound_group_session(&msg.session_id))?
+        else {
+            return Ok(GroupOutcome::Wait);
+        };
+        let group = stored.group_id.clone();
+        let Ok(state) = self.state(&group) else {
+            return Ok(GroupOutcome::Wait);
+        };
+        let Some(sender_user) = user_bytes(&stored.sender_user) else {
+            return Ok(GroupOutcome::Done);
+        };
+        if !state.is_member(&sender_user) {
+            tracing::warn!(%group, sender = %stored.sender_user, "group message from a non-member refused");
+            return Ok(GroupOutcome::Done);
+        }
+        let title = state.title.clone();
+        let mut key = InboundSenderKey::from_pickle(&stored.pickle)?;
+        let now = now_ms();
+        let device_key = stored.sender_device.clone();
+        let result = self.store.transaction(|tx| -> Result<Option<Message>, NodeError> {
+            let d = match key.decrypt(&msg, tx) {
+                Ok(d) => d,
+                Err(GroupError::Replay { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let env = Envelope::decode(&d.body)?;
+            let bound = matches!(&env.conversation, Conversation::Group { id } if hex(id.as_slice()) == group)
+                && env.sender_user.as_slice() == d.sender_user.as_bytes()
+                && env.sender_device.as_slice() == d.sender_device.as_bytes();
+            let Body::Text { text } = env.body else {
+                return Err(NodeError::Crypto("a group message carries only text".into()));
+            };
+            if !bound {
+                return Err(NodeError::Crypto("group message envelope does not match its key".into()));
+            }
+            let message = Message {
+                id: MessageId(env.id.into_array()),
+                conversation: ConversationId(group.clone()),
+                sender_user: stored.sender_user.clone(),
+                sender_device: device_key.clone(),
+                lamport: env.lamport,
+                seq: env.seq,
+                sent_at_ms: env.sent_at_ms,
+                received_at_ms: now,
+                own: false,
+                status: Status::Received,
+                body: StoreBody::Text(text),
+                edited_at_ms: None,
+            };
+            let pickle = key.pickle()?;
+            let updated = InboundGroupSession {
+                pickle: pickle.to_vec(),
+                ..stored.clone()
+            };
+            tx.ensure_conversation(&message.conversation, ConversationKind::Group, Some(&title), now)?;
+            let inserted = tx.record_incoming(&message, &[CryptoUpdate::InboundGroup(&updated)])?;
+            Ok((inserted == Inserted::New).then_some(message))
+        });
+        let message = match result {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(GroupOutcome::Done),
+            Err(e @ NodeError::Store(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(%group, "undecryptable group message: {e}");
+                self.emit(Event::Undecryptable {
+                    user_id: stored.sender_user.clone(),
+                    device_id: device_key,
+                });
+                return Ok(GroupOutcome::Done);
+            }
+        };
+        self.observe_lamport(&group, message.lamport)?;
+        let shown = self.hold.arrived(&self.store, message, Instant::now())?;
+        if !shown.is_empty() {
+            self.notify
+                .entry(group.clone())
+                .or_insert(Notify {
+                    pending: 0,
+                    last: None,
+                })
+                .pending += shown.len() as u64;
+        }
+        for message in shown {
+            self.emit(Event::Message { message });
+        }
+        Ok(GroupOutcome::Done)
+    }
+
+    /// Retries stashed group messages (a key or a membership change arrived).
+    pub(crate) fn retry_stash(&mut self) {
+        let stashed = match self.store.stashed_group_messages(MAX_GROUP_STASH) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("reading stashed group messages failed: {e}");
+                return;
+            }
+        };
+        let now = now_ms();
+        for s in stashed {
+            let done = match self.process_group(&s.sender_device, &s.payload) {
+                Ok(GroupOutcome::Done) => true,
+                Ok(GroupOutcome::Wait) if now - s.received_at_ms > STASH_MAX_AGE_MS => {
+                    let owner = s
+                        .sender_device
+                        .parse::<PeerId>()
+                        .ok()
+                        .and_then(|p| self.device_owner.get(&p).cloned());
+                    self.emit(Event::Undecryptable {
+                        user_id: owner.unwrap_or_default(),
+                        device_id: s.sender_device.clone(),
+                    });
+                    true
+                }
+                Ok(GroupOutcome::Wait) => false,
+                Err(e) => {
+                    tracing::error!("retrying a stashed group message failed: {e}");
+                    false
+                }
+            };
+            if done && let Err(e) = self.store.transaction(|tx| tx.unstash_group_message(s.id)) {
+                tracing::error!("removing a stashed group message failed: {e}");
+            }
+        }
+    }
+
+    /// Emits batched group notifications that are due.
+    pub(crate) fn flush_notifications(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .notify
+            .iter()
+            .filter(|(_, n)| {
+                n.pending > 0
+                    && n.last
+                        .is_none_or(|l| now.duration_since(l) >= NOTIFY_INTERVAL)
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in due {
+            let Ok(info) = self.group_info(&group) else {
+                continue;
+            };
+            if let Some(n) = self.notify.get_mut(&group) {
+                n.pending = 0;
+                n.last = Some(now);
+            }
+            if info.unread == 0 {
+                continue;
+            }
+            let text = if info.unread == 1 {
+                format!("1 new message in {}", info.title)
+            } else {
+                format!("{} new messages in {}", info.unread, info.title)
+            };
+            self.emit(Event::Notification {
+                conversation: group,
+                title: info.title,
+                unread: info.unread,
+                text,
+            });
+        }
+    }
+
+    /// The outbound sender key for a group: the stored one while it fits the membership and
+    /// the rotation policy, else a new one.
+    fn outbound_key(
+        &mut self,
+        group: &str,
+        gid: GroupId,
+        epoch: u64,
+    ) -> Result<(OutboundSenderKey, bool), NodeError> {
+        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        if let Some((sid, key_epoch)) = self.store.group_sender_key(group)?
+            && key_epoch == epoch
+            && let Some(stored) = self
+                .store
+                .transaction(|tx| tx.outbound_group_session(group))?
+            && stored.session_id == sid
+        {
+            let key = OutboundSenderKey::from_pickle(&stored.pickle)?;
+            if key
+                .rotation_due(&RotationPolicy::default(), now_secs)
+                .is_none()
+            {
+                return Ok((key, false));
+            }
+        }
+        Ok((
+            OutboundSenderKey::new(gid, self.keys.device.device_id(), now_secs),
+            true,
+        ))
+    }
+
+    async fn group_send(&mut self, group: &str, text: String) -> Result<MessageInfo, NodeError> {
+        let group = self.resolve_group(group)?;
+        let state = self.state(&group)?.clone();
+        let me = *self.user.as_bytes();
+        if !state.is_member(&me) {
+            return Err(NodeError::NotMember(state.title));
+        }
+        if text.trim().is_empty() {
+            return Err(NodeError::EmptyText);
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(NodeError::TextTooLong {
+                len: text.len(),
+                max: MAX_TEXT_BYTES,
+            });
+        }
+        // Every member's devices must be known to address them.
+        let users: Vec<String> = state
+            .members
+            .keys()
+            .filter(|u| **u != me)
+            .map(|u| hex(u))
+            .collect();
+        for u in &users {
+            if let Err(e) = self.ensure_peer(u).await {
+                tracing::warn!(%group, member = %u, "member unreachable; they miss this message: {e}");
+            }
+        }
+        let gid = GroupId::from_bytes(state.id);
+        let (mut key, fresh) = self.outbound_key(&group, gid, state.epoch)?;
+        let sid = key.session_id();
+        let shared: HashSet<String> = if fresh {
+            HashSet::new()
+        } else {
+            self.store.sender_key_shares(&sid)?.into_iter().collect()
+        };
+        let (lamport, seq) = self.conv_state(&group)?;
+        let (lamport, seq) = (lamport + 1, seq + 1);
+        let now = now_ms();
+        let id = MessageId(super::send::random_id()?);
+        let env = Envelope {
+            id: ByteArray::new(id.0),
+            conversation: Conversation::Group {
+                id: ByteArray::new(state.id),
+            },
+            sender_user: ByteArray::new(me),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lamport,
+            seq,
+            sent_at_ms: now,
+            body: Body::Text { text: text.clone() },
+        };
+        let plain = zeroize::Zeroizing::new(env.encode()?);
+        let distribution = key.distribution(self.user).to_bytes()?;
+        let ciphertext = key.encrypt(&plain)?;
+        // Devices that have the key share one ciphertext; the others get it with the key.
+        let mut fan: Vec<(String, String)> = Vec::new();
+        let mut need: Vec<String> = Vec::new();
+        for u in &users {
+            let Some(c) = self.known(u) else { continue };
+            let devices = c.devices();
+            let mut missing = false;
+            for (d, _) in devices {
+                let dev = d.to_peer_id_string();
+                if shared.contains(&dev) {
+                    fan.push((u.clone(), dev));
+                } else {
+                    missing = true;
+                }
+            }
+            if missing {
+                need.push(u.clone());
+            }
+        }
+        let key_env = Envelope {
+            body: Body::SenderKey {
+                distribution: ByteBuf::from(distribution.to_vec()),
+                message: Some(ByteBuf::from(ciphertext.clone())),
+            },
+            ..env.clone()
+        };
+        let key_plain = zeroize::Zeroizing::new(key_env.encode()?);
+        if let Body::SenderKey { distribution, .. } = key_env.body {
+            zeroize::Zeroize::zeroize(&mut distribution.into_vec());
+        }
+        let mut deliveries = Vec::new();
+        let mut pickles = Vec::new();
+        let mut newly: Vec<String> = Vec::new();
+        for u in &need {
+            let mut sessions = match self.sessions_for(u).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%group, member = %u, "no session; they miss this message: {e}");
+                    continue;
+                }
+            };
+            for (device, s) in sessions.iter_mut() {
+                let dev = device.to_peer_id_string();
+                if shared.contains(&dev) {
+                    continue;
+                }
+                let ct = s.encrypt(&key_plain)?;
+                deliveries.push(Delivery {
+                    recipient_user: u.clone(),
+                    recipient_device: dev.clone(),
+                    payload: ct,
+                });
+                pickles.push((
+                    dev.clone(),
+                    s.current_session_id().unwrap_or_default(),
+                    s.pickle()?,
+                ));
+                newly.push(dev);
+            }
+        }
+        let message = Message {
+            id,
+            conversation: ConversationId(group.clone()),
+            sender_user: self.user_hex.clone(),
+            sender_device: self.device_hex.clone(),
+            lamport,
+            seq,
+            sent_at_ms: now,
+            received_at_ms: now,
+            own: true,
+            status: Status::Pending,
+            body: StoreBody::Text(text),
+            edited_at_ms: None,
+        };
+        let key_pickle = key.pickle()?;
+        let outbound = OutboundGroupSession {
+            group_id: group.clone(),
+            session_id: sid.clone(),
+            pickle: key_pickle.to_vec(),
+            message_count: u64::from(key.message_index()),
+            created_at_ms: now,
+        };
+        let mut updates = super::send::crypto_updates(&pickles);
+        updates.push(CryptoUpdate::OutboundGroup(&outbound));
+        let title = state.title.clone();
+        let epoch = state.epoch;
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            tx.ensure_conversation(
+                &message.conversation,
+                ConversationKind::Group,
+                Some(&title),
+                now,
+            )?;
+            tx.record_outgoing_fanout(&message, &updates, &deliveries, &ciphertext, &fan, now)?;
+            tx.set_group_sender_key(&group, &sid, epoch)?;
+            tx.share_sender_key(&sid, &newly)?;
+            Ok(())
+        })?;
+        self.lamport.insert(group.clone(), lamport);
+        self.seq.insert(group.clone(), seq);
+        let info = super::message_info(&message);
+        self.emit(Event::Message {
+            message: info.clone(),
+        });
+        // A message with no other member device is sent at once.
+        if deliveries.is_empty() && fan.is_empty() {
+            self.store
+                .transaction(|tx| tx.advance_status(id, Status::Sent))?;
+        }
+        for d in deliveries {
+            self.start_delivery(tern_store::OutboxEntry {
+                message_id: id,
+                delivery: d,
+                attempts: 0,
+                next_attempt_ms: now,
+            });
+        }
+        self.start_fanout(id, ciphertext, fan, 0);
+        Ok(info)
+    }
+
+    /// Deposits one ciphertext for many devices: one request per relay.
+    pub(crate) fn start_fanout(
+        &mut self,
+        id: MessageId,
+        payload: Vec<u8>,
+        recipients: Vec<(String, String)>,
+        attempts: u32,
+    ) {
+        let recipients: Vec<(String, String)> = recipients
+            .into_iter()
+            .filter(|(_, d)| self.fan_in_flight.insert((id, d.clone())))
+            .collect();
+        if recipients.is_empty() {
+            return;
+        }
+        let mut by_relay: HashMap<Option<PeerId>, Vec<FanTarget>> = HashMap::new();
+        for (user, dev) in recipients {
+            let Some(peer) = DeviceId::from_peer_id_string(&dev).and_then(|d| device_peer(&d))
+            else {
+                continue;
+            };
+            let relays = self
+                .known(&user)
+                .map(|c| c.relay_peers())
+                .unwrap_or_default();
+            by_relay
+                .entry(relays.first().copied())
+                .or_default()
+                .push((dev, peer, relays));
+        }
+        for (relay, group) in by_relay {
+            let net = self.net.clone();
+            let tx = self.internal.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::with_capacity(group.len());
+                let peers: Vec<PeerId> = group.iter().map(|(_, p, _)| *p).collect();
+                let outcome = match relay {
+                    Some(r) => rpc::deposit_many(&net, r, peers, payload.clone()).await,
+                    None => Err(NetError::Transport("the member has no relay".into())),
+                };
+                match outcome {
+                    Ok(over_quota) => {
+                        for (dev, peer, _) in group {
+                            let r = if over_quota.contains(&peer) {
+                                Err(NetError::Rejected(tern_relay::wire::Rejection::new(
+                                    tern_relay::wire::ErrorCode::QuotaCount,
+                                )))
+                            } else {
+                                Ok(())
+                            };
+                            results.push((dev, r));
+                        }
+                    }
+                    Err(e) => {
+                        // The first relay failed: each device tries its other relays.
+                        for (dev, peer, relays) in group {
+                            let r = super::send::deliver(
+                                &net,
+                                peer,
+                                &relays[1.min(relays.len())..],
+                                payload.clone(),
+                                false,
+                            )
+                            .await
+                            .map_err(|_| e.clone());
+                            results.push((dev, r));
+                        }
+                    }
+                }
+                let _ = tx
+                    .send(Internal::FannedOut {
+                        id,
+                        attempts,
+                        results,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// A fan-out finished: acknowledge what went, reschedule what did not, in one
+    /// transaction.
+    pub(crate) fn on_fanned_out(
+        &mut self,
+        id: MessageId,
+        attempts: u32,
+        results: Vec<(String, Result<(), NetError>)>,
+    ) {
+        let now = now_ms();
+        let mut remaining = None;
+        let out = self.store.transaction(|tx| -> Result<(), NodeError> {
+            for (dev, r) in &results {
+                match r {
+                    Ok(()) => remaining = Some(tx.ack_delivery(id, dev)?),
+                    Err(e) => {
+                        let wait = rpc::retry_after(e)
+                            .unwrap_or_else(|| super::send::backoff(attempts))
+                            .min(crate::consts::RETRY_MAX);
+                        let next = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0));
+                        tx.reschedule_delivery(id, dev, next)?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        for (dev, _) in &results {
+            self.fan_in_flight.remove(&(id, dev.clone()));
+        }
+        if let Err(e) = out {
+            tracing::error!("recording a group delivery failed: {e}");
+            return;
+        }
+        if remaining == Some(0)
+            && let Ok(Some(m)) = self.store.message(id)
+            && m.status == Status::Sent
+        {
+            self.emit(Event::Receipt {
+                conversation: m.conversation.0,
+                ids: vec![id.to_string()],
+                status: "sent".into(),
+            });
+        }
+    }
+
+    fn group_history(
+        &mut self,
+        group: &str,
+        limit: Option<u32>,
+        before: Option<&str>,
+        mark_read: bool,
+    ) -> Result<Vec<MessageInfo>, NodeError> {
+        let group = self.resolve_group(group)?;
+        let conv = ConversationId(group.clone());
+        let page = match before {
+            Some(b) => Page::Before(
+                super::parse_message_id(b)
+                    .ok_or_else(|| NodeError::UnknownMessage(b.to_owned()))?,
+            ),
+            None => Page::Latest,
+        };
+        let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX);
+        let messages = self.store.history(&conv, page, Some(limit))?;
+        if mark_read {
+            self.store
+                .transaction(|tx| -> Result<(), tern_store::WriteError> {
+                    match tx.mark_read(&conv) {
+                        Ok(_) | Err(tern_store::WriteError::UnknownConversation { .. }) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                })?;
+        }
+        Ok(super::hold::visible(
+            &self.store,
+            &self.hold,
+            &messages,
+            now_ms(),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_payloads_are_told_apart_from_pairwise() {
+        assert!(is_group_payload(&[1, Kind::GroupMessage as u8, 0]));
+        assert!(!is_group_payload(&[1, Kind::PairwiseMessage as u8, 0]));
+        assert!(!is_group_payload(&[]));
+    }
+}

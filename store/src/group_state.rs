@@ -1,0 +1,193 @@
+//! What the node keeps to run groups: signed membership operations, this device's sender
+//! key per group and the devices that have it, group ciphertexts waiting for their key,
+//! and device lists of group members who are not contacts.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::consts::MAX_BLOB_BYTES;
+use crate::error::{Context, ReadError, WriteError};
+use crate::messages::check_len;
+use crate::store::{Store, Tx};
+
+/// A group ciphertext kept until its sender key or its group is known.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Stashed {
+    /// Row id (to remove it).
+    pub id: i64,
+    /// The device that sent it.
+    pub sender_device: String,
+    /// The ciphertext.
+    pub payload: Vec<u8>,
+    /// When it arrived (this device's clock).
+    pub received_at_ms: i64,
+}
+
+impl Tx<'_> {
+    /// Stores a signed membership operation; returns whether it is new.
+    pub fn save_group_op(
+        &mut self,
+        group_id: &str,
+        hash: &[u8],
+        op: &[u8],
+        now_ms: i64,
+    ) -> Result<bool, WriteError> {
+        const OP: &str = "save group operation";
+        check_len(OP, "group operation", op.len(), MAX_BLOB_BYTES)?;
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO group_ops (group_id, hash, op, received_at_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![group_id, hash, op, now_ms]))
+            .write_ctx(OP)?;
+        Ok(n > 0)
+    }
+
+    /// Records which sender key this device uses for a group and the membership version
+    /// it was made for.
+    pub fn set_group_sender_key(
+        &mut self,
+        group_id: &str,
+        session_id: &str,
+        epoch: u64,
+    ) -> Result<(), WriteError> {
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        self.tx
+            .prepare_cached(
+                "INSERT INTO group_sender_keys (group_id, session_id, epoch) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (group_id) DO UPDATE SET session_id = excluded.session_id, epoch = excluded.epoch",
+            )
+            .and_then(|mut s| s.execute(params![group_id, session_id, epoch]))
+            .write_ctx("set group sender key")?;
+        Ok(())
+    }
+
+    /// Records that `devices` were sent the sender key `session_id`.
+    pub fn share_sender_key(
+        &mut self,
+        session_id: &str,
+        devices: &[String],
+    ) -> Result<(), WriteError> {
+        const OP: &str = "record sender key shares";
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO group_key_shares (session_id, device) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
+            .write_ctx(OP)?;
+        for d in devices {
+            stmt.execute(params![session_id, d]).write_ctx(OP)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a group ciphertext for later; the oldest go once more than `max` are kept.
+    pub fn stash_group_message(
+        &mut self,
+        sender_device: &str,
+        payload: &[u8],
+        now_ms: i64,
+        max: u32,
+    ) -> Result<(), WriteError> {
+        const OP: &str = "stash group message";
+        check_len(OP, "group message", payload.len(), MAX_BLOB_BYTES)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO group_stash (sender_device, payload, received_at_ms) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![sender_device, payload, now_ms]))
+            .write_ctx(OP)?;
+        self.tx
+            .prepare_cached(
+                "DELETE FROM group_stash WHERE id <= (SELECT max(id) FROM group_stash) - ?1",
+            )
+            .and_then(|mut s| s.execute([max]))
+            .write_ctx(OP)?;
+        Ok(())
+    }
+
+    /// Removes a stashed ciphertext (processed, or given up).
+    pub fn unstash_group_message(&mut self, id: i64) -> Result<(), WriteError> {
+        self.tx
+            .prepare_cached("DELETE FROM group_stash WHERE id = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .write_ctx("unstash group message")?;
+        Ok(())
+    }
+
+    /// Saves the signed device list of a group member who is not a contact.
+    pub fn save_group_peer(&mut self, user_id: &str, device_list: &[u8]) -> Result<(), WriteError> {
+        const OP: &str = "save group peer";
+        check_len(OP, "device list", device_list.len(), MAX_BLOB_BYTES)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO group_peers (user_id, device_list) VALUES (?1, ?2) \
+                 ON CONFLICT (user_id) DO UPDATE SET device_list = excluded.device_list",
+            )
+            .and_then(|mut s| s.execute(params![user_id, device_list]))
+            .write_ctx(OP)?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Every stored membership operation: (group id, operation bytes), in arrival order.
+    pub fn group_ops(&self) -> Result<Vec<(String, Vec<u8>)>, ReadError> {
+        self.conn
+            .prepare_cached("SELECT group_id, op FROM group_ops ORDER BY received_at_ms, hash")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .read_ctx("read group operations")
+    }
+
+    /// This device's sender key for a group: (session id, membership version it was made
+    /// for).
+    pub fn group_sender_key(&self, group_id: &str) -> Result<Option<(String, u64)>, ReadError> {
+        self.conn
+            .prepare_cached("SELECT session_id, epoch FROM group_sender_keys WHERE group_id = ?1")
+            .and_then(|mut s| {
+                s.query_row([group_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()
+            })
+            .map(|o| o.map(|(s, e)| (s, u64::try_from(e).unwrap_or(0))))
+            .read_ctx("read group sender key")
+    }
+
+    /// The devices that were sent the sender key `session_id`.
+    pub fn sender_key_shares(&self, session_id: &str) -> Result<Vec<String>, ReadError> {
+        self.conn
+            .prepare_cached("SELECT device FROM group_key_shares WHERE session_id = ?1")
+            .and_then(|mut s| s.query_map([session_id], |r| r.get(0))?.collect())
+            .read_ctx("read sender key shares")
+    }
+
+    /// Stashed group ciphertexts, oldest first, at most `limit`.
+    pub fn stashed_group_messages(&self, limit: u32) -> Result<Vec<Stashed>, ReadError> {
+        self.conn
+            .prepare_cached(
+                "SELECT id, sender_device, payload, received_at_ms FROM group_stash ORDER BY id LIMIT ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([limit], |r| {
+                    Ok(Stashed {
+                        id: r.get(0)?,
+                        sender_device: r.get(1)?,
+                        payload: r.get(2)?,
+                        received_at_ms: r.get(3)?,
+                    })
+                })?
+                .collect()
+            })
+            .read_ctx("read stashed group messages")
+    }
+
+    /// Device lists of group members who are not contacts: (user id, signed list).
+    pub fn group_peers(&self) -> Result<Vec<(String, Vec<u8>)>, ReadError> {
+        self.conn
+            .prepare_cached("SELECT user_id, device_list FROM group_peers")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .read_ctx("read group peers")
+    }
+}
