@@ -86,3 +86,32 @@ fn store_suite_reports_every_figure_with_its_baseline() {
         );
     }
 }
+
+#[test]
+fn group_suite_reports_every_figure_with_its_baseline() {
+    let rows = run_quick("group");
+    for name in [
+        "group.last_recipient_p50",
+        "group.last_recipient_p99",
+        "group.sender_cpu_per_message",
+        "group.relay_bytes_per_message",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["bench"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {rows:?}"));
+        for field in ["value", "baseline_value"] {
+            // CPU time is counted in clock ticks: a quick run may legitimately measure 0.
+            let v = row[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}.{field} not a number"));
+            assert!(v.is_finite() && v >= 0.0, "{name}.{field} = {v}");
+        }
+        assert!(row["unit"].is_string() && row["baseline"].is_string());
+    }
+    let bytes = rows
+        .iter()
+        .find(|r| r["bench"] == "group.relay_bytes_per_message")
+        .and_then(|r| r["value"].as_f64());
+    assert!(bytes.is_some_and(|b| b > 0.0), "{rows:?}");
+}

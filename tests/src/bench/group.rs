@@ -11,6 +11,8 @@
 //!   `tern_relay_deposit_bytes_total` counter; a group message is stored once and referenced
 //!   from every member's mailbox).
 //! - `group.send_call_p50`: of the latency, the `group_send` call itself.
+//! - `group.first_message_last_recipient`: ms until the last member decrypted the group's
+//!   first message, which carries the sender key to each member over Olm (no baseline).
 //!
 //! Baseline in the same run, on the same node, relay and members: the naive client — the
 //! same text sent pairwise to each member with the API `send` (one call per contact, one Olm
@@ -107,9 +109,14 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow!("group_create returned no id: {info}"))?
             .to_owned();
         // Warm-up: the sender key goes out with this one (pairwise, to every member).
+        let start = Instant::now();
         api.call("group_send", json!({"group": group, "text": "warm-up"}))
             .await?;
-        fleet.tally.wait("warm-up", members, BIG_CALL).await?;
+        let at = fleet.tally.wait("warm-up", members, BIG_CALL).await?;
+        let first = at
+            .iter()
+            .max()
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(start));
 
         let group_series = series(&mut api, &fleet, pid, metrics_port, group_n, |i| {
             let text = format!("group-{i}");
@@ -132,6 +139,7 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         if stats.failures > 0 {
             anyhow::bail!("members failed to decrypt {} ciphertexts", stats.failures);
         }
+        report.value("group.first_message_last_recipient", ms(first), "ms");
         report_rows(report, members, group_series, pairwise_series);
         anyhow::Ok(())
     })
