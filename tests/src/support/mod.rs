@@ -413,3 +413,68 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     }
     hits
 }
+
+/// Runs the `tern` CLI once for a home with `input` on its standard input.
+pub fn tern_with_stdin(home: &Path, args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("tern"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("TERN_HOME")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run tern: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        // A failed write shows as the command's own failure below.
+        let _ = stdin.write_all(input);
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("cannot wait for tern: {e}"))
+}
+
+/// Starts one node per name under `dir` against `relay`, all at once (each `tern init` +
+/// `tern up`), in the order of `names`.
+pub fn start_nodes(dir: &Path, names: &[&str], relay: &str) -> anyhow::Result<Vec<Node>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|name| s.spawn(move || Node::init_and_start(dir, name, Some(relay))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow!("a node start panicked"))
+                    .and_then(|r| r)
+            })
+            .collect()
+    })
+}
+
+/// Every ciphertext a relay holds in its mailboxes right now, read from its SQLite database
+/// (in `data`, as [`Relay::data`]) through a read-only connection while it runs. What is
+/// there is exactly what the relay (and anyone with its disk) can see.
+pub fn relay_ciphertexts(data: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    use rusqlite::{Connection, OpenFlags};
+    let db_dir = data.join("db");
+    let db = std::fs::read_dir(&db_dir)
+        .with_context(|| format!("relay data dir {}", db_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sqlite3"))
+        .ok_or_else(|| anyhow!("no relay database in {}", db_dir.display()))?;
+    let conn = Connection::open_with_flags(
+        &db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(WAIT)?;
+    let mut st = conn.prepare(
+        "SELECT body FROM message WHERE id IN (SELECT message FROM mailbox) ORDER BY id",
+    )?;
+    let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}

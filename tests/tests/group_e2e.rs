@@ -1,0 +1,598 @@
+//! Groups end to end over real processes on 127.0.0.1: a `tern-relay` and several `tern up`
+//! nodes, driven through the `tern` CLI and the local API.
+//!
+//! - every member shows the same order, which respects causality, including a member that
+//!   was offline while the others sent concurrently;
+//! - an added member reads what is sent after it joined and nothing before; a removed member
+//!   is cut off at the ciphertext level (no sender key it holds opens what follows), checked
+//!   against the relay's stored ciphertext with a positive control;
+//! - bad input is refused with the documented codes.
+
+use std::{collections::HashSet, path::Path, time::Duration};
+
+use serde_json::{Value, json};
+use tern_crypto::group::{GroupMessage, InboundSenderKey, MemoryReplayLedger};
+use tern_node::{Home, api::client::ClientError};
+use tern_store::SenderKeyStore;
+use tern_tests::support::{
+    Node, Relay, WAIT, link_pair, relay_ciphertexts, start_nodes, tern_with_stdin, wait_for,
+};
+
+/// Longest wait for a group to converge after an offline member returns.
+const CONVERGE: Duration = Duration::from_secs(90);
+
+fn code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A node's group history (up to 500 messages, not marked read); empty if it cannot be read.
+fn history(node: &Node, group: &str) -> Vec<Value> {
+    node.json(&[
+        "group",
+        "history",
+        group,
+        "--limit",
+        "500",
+        "--no-mark-read",
+    ])
+    .map(|v| v.as_array().cloned().unwrap_or_default())
+    .unwrap_or_default()
+}
+
+fn ids(h: &[Value]) -> Vec<String> {
+    h.iter()
+        .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The texts of the `text` messages, in display order.
+fn texts(h: &[Value]) -> Vec<String> {
+    h.iter()
+        .filter(|m| m["kind"] == "text")
+        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Waits until `node`'s history of `group` satisfies `ok`.
+fn wait_history(
+    node: &Node,
+    group: &str,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    wait_for(what, timeout, || {
+        let h = history(node, group);
+        ok(&h).then_some(h)
+    })
+    .unwrap_or_else(|e| panic!("{e}; last texts: {:?}", texts(&history(node, group))))
+}
+
+fn has_text(h: &[Value], text: &str) -> bool {
+    h.iter().any(|m| m["kind"] == "text" && m["text"] == text)
+}
+
+/// Waits until `node` knows `group` with exactly the members `users` (and itself a member
+/// or not, as `member` says).
+fn wait_members(node: &Node, group: &str, users: &[&str], member: bool) -> Value {
+    let want: HashSet<&str> = users.iter().copied().collect();
+    wait_for(
+        &format!("{} to see the members of {group}", node.user),
+        WAIT,
+        || {
+            let g = node.json(&["group", "info", group]).ok()?;
+            let have: HashSet<&str> = g["members"]
+                .as_array()?
+                .iter()
+                .filter_map(|m| m["user_id"].as_str())
+                .collect();
+            (have == want && g["member"] == member).then_some(g.clone())
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; last info: {:?}",
+            node.json(&["group", "info", group]).ok()
+        )
+    })
+}
+
+/// Relay, then nodes named `names`; the first is linked with every other one.
+fn star(dir: &Path, names: &[&str]) -> (Relay, Vec<Node>) {
+    let relay = Relay::start(&dir.join("relay"), "").unwrap();
+    let nodes = start_nodes(dir, names, &relay.addr).unwrap();
+    for (node, name) in nodes.iter().zip(names).skip(1) {
+        link_pair(&nodes[0], node, &capitalised(names[0]), &capitalised(name)).unwrap();
+    }
+    (relay, nodes)
+}
+
+fn capitalised(name: &str) -> String {
+    let mut c = name.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// Sends `texts` in order to `group` through `node`'s API; returns their ids.
+async fn send_all(node: &Node, group: &str, texts: Vec<String>) -> Vec<String> {
+    let mut api = node.api().await.unwrap();
+    let mut ids = Vec::new();
+    for text in texts {
+        let m = api
+            .call("group_send", json!({"group": group, "text": text}))
+            .await
+            .unwrap_or_else(|e| panic!("{} sending {text:?}: {e}", node.user));
+        ids.push(m["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+#[test]
+fn concurrent_senders_and_an_offline_member_converge_to_one_causal_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = star(dir.path(), &["alice", "bob", "carol", "dave", "erin"]);
+    let users: Vec<String> = nodes.iter().map(|n| n.user.clone()).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+
+    // Alice creates the group; her members are her contacts, not each other's.
+    let g = nodes[0]
+        .json(&["group", "create", "Team", "Bob", "Carol", "Dave", "Erin"])
+        .unwrap();
+    let group = g["id"].as_str().unwrap().to_owned();
+    assert_eq!(group.len(), 32, "{g}");
+    assert_eq!(g["admin"], true, "{g}");
+    assert_eq!(g["members"].as_array().unwrap().len(), 5, "{g}");
+    for n in &nodes {
+        wait_members(n, &group, &users, true);
+    }
+
+    // Erin goes offline; the others talk at once.
+    nodes[4].stop().unwrap();
+    let (a, b, c, d) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+    a.ok(&["group", "send", &group, "a-first"]).unwrap();
+    wait_history(b, &group, "a-first at bob", WAIT, |h| {
+        has_text(h, "a-first")
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let batch = |p: &str| -> Vec<String> { (1..=4).map(|i| format!("{p}{i}")).collect() };
+    rt.block_on(async {
+        // Bob has seen a-first: his reply must come after it everywhere.
+        let mut bob = vec!["b-after-a".to_owned()];
+        bob.extend(batch("b"));
+        tokio::join!(
+            send_all(a, &group, batch("a")),
+            send_all(b, &group, bob),
+            send_all(c, &group, batch("c")),
+            send_all(d, &group, batch("d")),
+        );
+    });
+    // Carol answers Bob once his reply reached her.
+    wait_history(c, &group, "b-after-a at carol", WAIT, |h| {
+        has_text(h, "b-after-a")
+    });
+    c.ok(&["group", "send", &group, "c-after-b"]).unwrap();
+
+    let mut expected: Vec<String> = ["a-first", "b-after-a", "c-after-b"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    for p in ["a", "b", "c", "d"] {
+        expected.extend(batch(p));
+    }
+    expected.sort();
+
+    // Erin comes back and catches up.
+    nodes[4].restart().unwrap();
+    let complete = |h: &[Value]| {
+        let mut t = texts(h);
+        t.sort();
+        t == expected
+    };
+    let mut histories = Vec::new();
+    for n in &nodes {
+        histories.push(wait_history(
+            n,
+            &group,
+            &format!("all {} texts at {}", expected.len(), n.user),
+            CONVERGE,
+            complete,
+        ));
+    }
+    // The same messages in the same order everywhere (membership entries included). A
+    // membership entry can trail the texts by a moment; the texts are all there already.
+    let reference = ids(&histories[0]);
+    for (i, n) in nodes.iter().enumerate().skip(1) {
+        let same = wait_for(
+            &format!("{}'s order to equal alice's", n.user),
+            WAIT,
+            || {
+                let h = history(n, &group);
+                (ids(&h) == reference).then_some(h)
+            },
+        );
+        match same {
+            Ok(h) => histories[i] = h,
+            Err(e) => panic!(
+                "{e}\nalice: {:?}\n{}: {:?}",
+                order_view(&histories[0]),
+                n.user,
+                order_view(&history(n, &group))
+            ),
+        }
+    }
+    let unique: HashSet<&String> = reference.iter().collect();
+    assert_eq!(unique.len(), reference.len(), "duplicates: {reference:?}");
+
+    // Causality and per-sender order, on every node.
+    for (n, h) in nodes.iter().zip(&histories) {
+        let order = texts(h);
+        let pos = |t: &str| {
+            order
+                .iter()
+                .position(|x| x == t)
+                .unwrap_or_else(|| panic!("{t} missing at {}", n.user))
+        };
+        assert!(pos("a-first") < pos("b-after-a"), "{}: {order:?}", n.user);
+        assert!(pos("b-after-a") < pos("c-after-b"), "{}: {order:?}", n.user);
+        assert!(pos("b-after-a") < pos("b1"), "{}: {order:?}", n.user);
+        assert!(pos("a-first") < pos("a1"), "{}: {order:?}", n.user);
+        for p in ["a", "b", "c", "d"] {
+            for i in 1..4 {
+                assert!(
+                    pos(&format!("{p}{i}")) < pos(&format!("{p}{}", i + 1)),
+                    "{}: {order:?}",
+                    n.user
+                );
+            }
+        }
+        // The membership entry for the creation comes before everything said in the group.
+        let first_text = h.iter().position(|m| m["kind"] == "text").unwrap();
+        assert!(
+            h[..first_text].iter().any(|m| m["kind"] == "membership"),
+            "{}: no membership entry before the first text: {:?}",
+            n.user,
+            order_view(h)
+        );
+    }
+}
+
+/// `(kind, text, lamport, sender)` per message, for failure messages.
+fn order_view(h: &[Value]) -> Vec<String> {
+    h.iter()
+        .map(|m| {
+            format!(
+                "{} {:?} L{} {}",
+                m["kind"].as_str().unwrap_or(""),
+                m["text"].as_str().unwrap_or(""),
+                m["lamport"],
+                &m["sender"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(6)
+                    .collect::<String>()
+            )
+        })
+        .collect()
+}
+
+/// Every inbound sender key in a stopped node's store, as (session id, pickle).
+///
+/// The session ids are listed with a read-only query on the SQLCipher file, keyed from the
+/// home's key file and the salt in the file's header (the store's own key format); each key
+/// is then loaded through `tern_store` itself, so the pickles are what the node would use.
+fn inbound_sender_keys(home: &Path) -> Vec<(String, InboundSenderKey)> {
+    use tern_store::consts::{KEY_LEN, KEYFILE_LEN, KEYFILE_MAGIC, SALT_LEN};
+    let home = Home::new(home);
+    let keyfile = std::fs::read(home.store_key_path()).unwrap();
+    assert_eq!(keyfile.len(), KEYFILE_LEN);
+    assert_eq!(&keyfile[..KEYFILE_MAGIC.len()], KEYFILE_MAGIC);
+    let key = &keyfile[KEYFILE_LEN - KEY_LEN..];
+    let db = std::fs::read(home.db_path()).unwrap();
+    let salt = &db[..SALT_LEN];
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let conn = rusqlite::Connection::open_with_flags(
+        home.db_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.pragma_update(None, "key", format!("x'{}{}'", hex(key), hex(salt)))
+        .unwrap();
+    let ids: Vec<String> = conn
+        .prepare("SELECT session_id FROM inbound_group_sessions ORDER BY session_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    drop(conn);
+
+    let (mut store, _keys) = home.open().unwrap();
+    store
+        .transaction(|tx| {
+            ids.iter()
+                .map(|id| {
+                    let s = tx.inbound_group_session(id)?.unwrap();
+                    let key = InboundSenderKey::from_pickle(&s.pickle).unwrap();
+                    assert_eq!(&key.session_id(), id);
+                    Ok((id.clone(), key))
+                })
+                .collect::<Result<Vec<_>, tern_store::WriteError>>()
+        })
+        .unwrap()
+}
+
+/// Which of `keys` opens `message`, with the plaintext.
+fn opens(keys: &mut [(String, InboundSenderKey)], message: &[u8]) -> Option<Vec<u8>> {
+    let message = GroupMessage::from_bytes(message).ok()?;
+    keys.iter_mut().find_map(|(_, key)| {
+        key.decrypt(&message, &mut MemoryReplayLedger::default())
+            .ok()
+            .map(|d| d.body.to_vec())
+    })
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn an_added_member_reads_only_what_follows_and_a_removed_one_cannot_decrypt_anything_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, mut nodes) = star(dir.path(), &["alice", "bob", "carol", "dave", "frank"]);
+    let user = |i: usize| nodes[i].user.clone();
+    let (ua, ub, uc, ud, uf) = (user(0), user(1), user(2), user(3), user(4));
+
+    let g = nodes[0]
+        .json(&["group", "create", "Crew", "Bob", "Carol", "Dave"])
+        .unwrap();
+    let group = g["id"].as_str().unwrap().to_owned();
+    for n in &nodes[..4] {
+        wait_members(n, &group, &[&ua, &ub, &uc, &ud], true);
+    }
+    nodes[0]
+        .ok(&["group", "send", &group, "before-frank"])
+        .unwrap();
+    for n in &nodes[1..4] {
+        wait_history(n, &group, "before-frank", WAIT, |h| {
+            has_text(h, "before-frank")
+        });
+    }
+
+    // Frank joins: he sees what follows, not what came before.
+    let g = nodes[0].json(&["group", "add", &group, "Frank"]).unwrap();
+    assert_eq!(g["members"].as_array().unwrap().len(), 5, "{g}");
+    for n in &nodes {
+        wait_members(n, &group, &[&ua, &ub, &uc, &ud, &uf], true);
+    }
+    nodes[1]
+        .ok(&["group", "send", &group, "after-frank"])
+        .unwrap();
+    for n in [&nodes[0], &nodes[2], &nodes[3], &nodes[4]] {
+        wait_history(n, &group, "after-frank", WAIT, |h| {
+            has_text(h, "after-frank")
+        });
+    }
+    let hf = history(&nodes[4], &group);
+    assert_eq!(texts(&hf), ["after-frank"], "{:?}", order_view(&hf));
+
+    // Dave goes offline so the next messages wait in his mailbox, where the relay holds
+    // them; then Alice removes Carol.
+    nodes[3].stop().unwrap();
+    let g = nodes[0]
+        .json(&["group", "remove", &group, "Carol"])
+        .unwrap();
+    assert_eq!(g["members"].as_array().unwrap().len(), 4, "{g}");
+    for i in [0, 1, 4] {
+        wait_members(&nodes[i], &group, &[&ua, &ub, &ud, &uf], true);
+    }
+    let gc = wait_members(&nodes[2], &group, &[&ua, &ub, &ud, &uf], false);
+    assert_eq!(gc["admin"], false, "{gc}");
+    const AFTER: [&str; 3] = ["after-removal-a1", "after-removal-a2", "after-removal-b"];
+    nodes[0].ok(&["group", "send", &group, AFTER[0]]).unwrap();
+    nodes[0].ok(&["group", "send", &group, AFTER[1]]).unwrap();
+    nodes[1].ok(&["group", "send", &group, AFTER[2]]).unwrap();
+    for i in [0, 1, 4] {
+        wait_history(&nodes[i], &group, "the post-removal texts", WAIT, |h| {
+            AFTER.iter().all(|t| has_text(h, t))
+        });
+    }
+    // Every copy is out of the senders' outboxes (Dave's in his mailbox at the relay).
+    for i in [0, 1] {
+        wait_history(&nodes[i], &group, "own messages sent", WAIT, |h| {
+            h.iter()
+                .filter(|m| m["own"] == true)
+                .all(|m| m["status"] != "pending")
+        });
+    }
+    let held = relay_ciphertexts(&relay.data).unwrap();
+    let group_messages: Vec<Vec<u8>> = held
+        .into_iter()
+        .filter(|b| GroupMessage::from_bytes(b).is_ok())
+        .collect();
+    assert!(
+        !group_messages.is_empty(),
+        "the relay holds no group message for offline Dave"
+    );
+
+    // Dave returns and gets everything; Carol got nothing after her removal.
+    nodes[3].restart().unwrap();
+    wait_history(&nodes[3], &group, "post-removal texts at dave", WAIT, |h| {
+        AFTER.iter().all(|t| has_text(h, t))
+    });
+    let hc = history(&nodes[2], &group);
+    assert!(
+        AFTER.iter().all(|t| !has_text(&hc, t)),
+        "carol got a post-removal message: {:?}",
+        order_view(&hc)
+    );
+    assert!(has_text(&hc, "after-frank"), "{:?}", order_view(&hc));
+    let out = nodes[2].cli(&["group", "send", &group, "still here?"]);
+    assert_eq!(code(&out), Some(9), "{}", stderr(&out));
+
+    // At the ciphertext level: stop everyone, open the stores.
+    for n in &mut nodes {
+        n.stop().unwrap();
+    }
+    let mut carol = inbound_sender_keys(&nodes[2].home);
+    assert!(!carol.is_empty(), "carol holds no sender key at all");
+    let mut remaining: Vec<(String, InboundSenderKey)> = [1, 3, 4]
+        .iter()
+        .flat_map(|&i| inbound_sender_keys(&nodes[i].home))
+        .collect();
+    let mut post_removal = 0;
+    for m in &group_messages {
+        // Positive control: a remaining member's key opens it (and tells us what it is).
+        let plain = opens(&mut remaining, m).unwrap_or_else(|| {
+            panic!("no remaining member's key opens a group message held for Dave")
+        });
+        if !AFTER.iter().any(|t| contains(&plain, t)) {
+            continue;
+        }
+        post_removal += 1;
+        let parsed = GroupMessage::from_bytes(m).unwrap();
+        assert!(
+            carol.iter().all(|(id, _)| *id != parsed.session_id),
+            "carol holds the sender key of a post-removal message"
+        );
+        assert!(
+            opens(&mut carol, m).is_none(),
+            "one of carol's sender keys opens a post-removal message"
+        );
+    }
+    assert!(
+        post_removal > 0,
+        "none of the {} group messages at the relay is a post-removal one",
+        group_messages.len()
+    );
+}
+
+#[test]
+fn bad_group_input_is_refused_with_clear_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = star(dir.path(), &["alice", "bob", "carol"]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    link_pair(b, c, "Bob", "Carol").unwrap();
+    let group = a.ok(&["group", "create", "Team", "Bob"]).unwrap();
+    let group = group.trim().to_owned();
+    assert_eq!(group.len(), 32, "prints the group id: {group:?}");
+    wait_members(b, &group, &[&a.user, &b.user], true);
+
+    // Unknown group, by title and by id.
+    let out = a.cli(&["group", "send", "Nope", "hi"]);
+    assert_eq!(code(&out), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown group"), "{}", stderr(&out));
+    let out = a.cli(&["group", "info", &"0".repeat(32)]);
+    assert_eq!(code(&out), Some(4), "{}", stderr(&out));
+    // Two groups with one title: the title is ambiguous, the id is not.
+    let second = a.ok(&["group", "create", "Team"]).unwrap();
+    let out = a.cli(&["group", "info", "Team"]);
+    assert_eq!(code(&out), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("more than one group"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        a.json(&["group", "info", second.trim()]).unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A member who is no admin can neither add nor remove.
+    let out = b.cli(&["group", "add", &group, "Carol"]);
+    assert_eq!(code(&out), Some(9), "{}", stderr(&out));
+    assert!(stderr(&out).contains("admin"), "{}", stderr(&out));
+    let out = b.cli(&["group", "remove", &group, "Alice"]);
+    assert_eq!(code(&out), Some(9), "{}", stderr(&out));
+    wait_members(a, &group, &[&a.user, &b.user], true);
+
+    // Empty and oversize text.
+    assert_eq!(code(&a.cli(&["group", "send", &group, ""])), Some(5));
+    let big = "x".repeat(tern_node::consts::MAX_TEXT_BYTES + 1);
+    let out = a.cli(&["group", "send", &group, &big]);
+    assert_eq!(code(&out), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("limit"), "{}", stderr(&out));
+
+    // `-` reads the text from standard input and prints the message id.
+    let out = tern_with_stdin(&b.home, &["group", "send", &group, "-"], b"from stdin\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let h = wait_history(a, &group, "the stdin text at alice", WAIT, |h| {
+        has_text(h, "from stdin")
+    });
+    assert_eq!(h.last().unwrap()["id"], id.as_str());
+
+    // Bob leaves: he can no longer send, and the group shows it.
+    let g = b.json(&["group", "leave", &group]).unwrap();
+    assert_eq!(g["member"], false, "{g}");
+    let out = b.cli(&["group", "send", &group, "hello?"]);
+    assert_eq!(code(&out), Some(9), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a member"), "{}", stderr(&out));
+    wait_members(a, &group, &[&a.user], true);
+    let listed = b.json(&["group", "list"]).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == group.as_str() && g["member"] == false),
+        "{listed}"
+    );
+
+    // Malformed API parameters are -32602 with the parameter named.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut api = a.api().await.unwrap();
+        for (method, params, name) in [
+            ("group_add", json!({"group": group}), "members"),
+            (
+                "group_add",
+                json!({"group": group, "members": "Bob"}),
+                "members",
+            ),
+            (
+                "group_remove",
+                json!({"group": group, "members": []}),
+                "members",
+            ),
+            (
+                "group_history",
+                json!({"group": group, "limit": "ten"}),
+                "limit",
+            ),
+            (
+                "group_history",
+                json!({"group": group, "mark_read": 1}),
+                "mark_read",
+            ),
+            ("group_send", json!({"group": group}), "text"),
+            ("group_info", json!({}), "group"),
+        ] {
+            match api.call(method, params.clone()).await {
+                Err(ClientError::Rpc { code, message }) => {
+                    assert_eq!(code, -32602, "{method} {params}: {message}");
+                    assert!(message.contains(name), "{method} {params}: {message}");
+                }
+                other => panic!("{method} {params}: {other:?}"),
+            }
+        }
+        match api
+            .call("group_info", json!({"group": "Nope"}))
+            .await
+            .unwrap_err()
+        {
+            ClientError::Rpc { code, .. } => assert_eq!(code, 1012),
+            other => panic!("{other:?}"),
+        }
+    });
+}
