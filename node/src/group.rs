@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! signed op = version u8 (= 1) | CBOR {body: bytes, signature: bytes(64)}
-//! body      = CBOR Op {group, epoch, parent, author, at_ms, action}
+//! body      = CBOR Op {group, epoch, parent, author, at_ms, lamport, action}
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -87,6 +87,9 @@ pub struct Op {
     pub author: ByteArray<16>,
     /// The author's clock, ms.
     pub at_ms: i64,
+    /// The group conversation's Lamport clock at the author when issued: every member
+    /// shows the change at the same place in the timeline.
+    pub lamport: u64,
     /// What it does.
     pub action: Action,
 }
@@ -467,6 +470,7 @@ mod tests {
                     parent: ByteArray::new(parent.head),
                     author: self.id(),
                     at_ms: 0,
+                    lamport: 0,
                     action,
                 },
                 &self.key,
@@ -485,6 +489,7 @@ mod tests {
                 parent: ByteArray::new([0; 32]),
                 author: admin.id(),
                 at_ms: 0,
+                lamport: 0,
                 action: Action::Create {
                     title: "Team".into(),
                     members,

@@ -143,6 +143,7 @@ impl Node {
             groups: HashMap::new(),
             peers: HashMap::new(),
             peers_due: false,
+            peers_retry: (0, std::time::Instant::now()),
             notify: HashMap::new(),
             reissue: Vec::new(),
             fan_in_flight: HashSet::new(),

@@ -362,6 +362,7 @@ impl Engine {
                 parent: ByteArray::new([0; 32]),
                 author: ByteArray::new(*self.user.as_bytes()),
                 at_ms: now_ms(),
+                lamport: 1,
                 action: Action::Create {
                     title,
                     members: first,
@@ -490,6 +491,7 @@ impl Engine {
 
     /// Signs an operation on the current head and commits it.
     async fn issue(&mut self, group: &str, action: Action) -> Result<(), NodeError> {
+        let (lamport, _) = self.conv_state(group)?;
         let state = self.state(group)?;
         let op = SignedOp::sign(
             Op {
@@ -498,6 +500,7 @@ impl Engine {
                 parent: ByteArray::new(state.head),
                 author: ByteArray::new(*self.user.as_bytes()),
                 at_ms: now_ms(),
+                lamport: lamport + 1,
                 action,
             },
             &self.keys.identity,
@@ -531,23 +534,15 @@ impl Engine {
         ctx.ops.push(op.clone());
         ctx.resolved = resolve(&ctx.ops);
         let state = self.state(group)?.clone();
-        let (lamport, _) = self.conv_state(group)?;
-        let lamport = lamport + 1;
-        self.lamport.insert(group.to_owned(), lamport);
-        self.store_op_message(
-            group,
-            &op,
-            &self.user_hex.clone(),
-            &self.device_hex.clone(),
-            lamport,
-            true,
-        )?;
+        let lamport = op.op.lamport;
+        self.observe_lamport(group, lamport)?;
+        self.store_op_message(group, &op)?;
         // Who hears of it: the members after it, and those it removed.
         let mut to: Vec<[u8; 16]> = state.members.keys().copied().collect();
         to.extend(before.iter().filter(|u| !state.is_member(u)));
         let me = *self.user.as_bytes();
         to.retain(|u| *u != me);
-        self.send_op(group, &op, lamport, &to).await;
+        self.send_op(group, &op, &to).await;
         // New members get the chain before this operation too.
         let newcomers: Vec<[u8; 16]> = state
             .members
@@ -570,35 +565,28 @@ impl Engine {
                 else {
                     continue;
                 };
-                let lamport = self
-                    .store
-                    .message(op_message_id(&prior))?
-                    .map_or(0, |m| m.lamport);
-                self.send_op(group, &prior, lamport, &newcomers).await;
+                self.send_op(group, &prior, &newcomers).await;
             }
         }
         self.after_membership_change(group);
         Ok(())
     }
 
-    /// Stores a membership operation as a message of the group's conversation.
-    fn store_op_message(
-        &mut self,
-        group: &str,
-        op: &SignedOp,
-        sender_user: &str,
-        sender_device: &str,
-        lamport: u64,
-        own: bool,
-    ) -> Result<Inserted, NodeError> {
+    /// Stores a membership operation as a message of the group's conversation: from its
+    /// author (no device: the same row on every member), at its Lamport clock.
+    fn store_op_message(&mut self, group: &str, op: &SignedOp) -> Result<Inserted, NodeError> {
+        let sender_user = hex(op.op.author.as_slice());
+        let own = sender_user == self.user_hex;
+        let lamport = op.op.lamport;
+        self.observe_lamport(group, lamport)?;
         let title = self.state(group).map(|s| s.title.clone()).ok();
         let text = self.describe(op);
         let now = now_ms();
         let message = Message {
             id: op_message_id(op),
             conversation: ConversationId(group.to_owned()),
-            sender_user: sender_user.to_owned(),
-            sender_device: sender_device.to_owned(),
+            sender_user,
+            sender_device: String::new(),
             lamport,
             seq: 0,
             sent_at_ms: op.op.at_ms,
@@ -639,11 +627,18 @@ impl Engine {
         if let Some(c) = self.contacts.get(&id) {
             return c.contact.display_name.clone();
         }
-        self.groups
-            .values()
-            .filter_map(|g| g.resolved.as_ref())
-            .find_map(|r| r.state.members.get(user).map(|m| m.name.clone()))
-            .unwrap_or_else(|| id[..8].to_owned())
+        // Members who left or were removed are named by the operation that added them.
+        let mut entries =
+            self.groups
+                .values()
+                .flat_map(|g| &g.ops)
+                .flat_map(|o| match &o.op.action {
+                    Action::Create { members, .. } | Action::Add { members } => members.as_slice(),
+                    _ => &[],
+                });
+        entries
+            .find(|m| m.user.into_array() == *user)
+            .map_or_else(|| id[..8].to_owned(), |m| m.name.clone())
     }
 
     /// A line for the timeline: "Ana added Ben, Cy".
@@ -674,7 +669,7 @@ impl Engine {
     }
 
     /// Sends an operation over pairwise sessions to every device of `users`.
-    async fn send_op(&mut self, group: &str, op: &SignedOp, lamport: u64, users: &[[u8; 16]]) {
+    async fn send_op(&mut self, group: &str, op: &SignedOp, users: &[[u8; 16]]) {
         let Some(gid) = user_bytes(group) else {
             return;
         };
@@ -685,7 +680,7 @@ impl Engine {
             },
             sender_user: ByteArray::new(*self.user.as_bytes()),
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
-            lamport,
+            lamport: op.op.lamport,
             seq: 0,
             sent_at_ms: op.op.at_ms,
             body: Body::GroupOp {
@@ -772,6 +767,12 @@ impl Engine {
             if let Ok(a) = addr.parse() {
                 let _ = self.net.add_relay(a, false).await;
             }
+            // Only connected relays are asked, so an unreachable one never stalls the engine;
+            // the lookup runs again when it comes up.
+            if !self.relay_up.contains(&relay) {
+                last = NodeError::Network(format!("no connection to a relay of {}", member.name));
+                continue;
+            }
             match rpc::fetch_device_list(&self.net, relay, ub).await {
                 Ok(bytes) => match self.peer_state(user, &bytes) {
                     Some(state) => {
@@ -802,7 +803,7 @@ impl Engine {
     /// Fetches the device lists of group members not known yet (on a tick); mail kept for
     /// them is fetched again afterwards.
     pub(crate) async fn fetch_missing_peers(&mut self) {
-        if !self.peers_due {
+        if !self.peers_due || self.peers_retry.1 > Instant::now() {
             return;
         }
         self.peers_due = false;
@@ -828,6 +829,13 @@ impl Engine {
                 }
             }
         }
+        // Failures are retried with backoff (and at once when a relay comes up).
+        self.peers_retry = if self.peers_due {
+            let attempts = self.peers_retry.0.saturating_add(1);
+            (attempts, Instant::now() + super::send::backoff(attempts))
+        } else {
+            (0, Instant::now())
+        };
         if learned {
             for relay in self
                 .home_relays
@@ -857,7 +865,6 @@ impl Engine {
     pub(crate) fn on_group_op(
         &mut self,
         user: &str,
-        device: &str,
         env: &Envelope,
         op_bytes: &[u8],
     ) -> Result<(), NodeError> {
@@ -891,7 +898,6 @@ impl Engine {
         let ctx = self.groups.entry(group.clone()).or_default();
         ctx.ops.push(op.clone());
         ctx.resolved = resolve(&ctx.ops);
-        self.observe_lamport(&group, env.lamport)?;
         let after_chain = self.groups[&group]
             .resolved
             .as_ref()
@@ -910,17 +916,7 @@ impl Engine {
             else {
                 continue;
             };
-            if self.store.message(op_message_id(&o))?.is_some() {
-                continue;
-            }
-            let (lamport, author_device) = if o.hash == op.hash {
-                (env.lamport, device.to_owned())
-            } else {
-                (env.lamport.saturating_sub(1), String::new())
-            };
-            let author = hex(o.op.author.as_slice());
-            let own = author == self.user_hex;
-            self.store_op_message(&group, &o, &author, &author_device, lamport, own)?;
+            self.store_op_message(&group, &o)?;
         }
         self.reissue_lost(&group);
         self.after_membership_change(&group);

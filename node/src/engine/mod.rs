@@ -246,6 +246,8 @@ pub(crate) struct Engine {
     pub peers: HashMap<String, ContactState>,
     /// Some group member's device list is still to be fetched.
     pub peers_due: bool,
+    /// Failed member lookups in a row, and when to try again.
+    pub peers_retry: (u32, std::time::Instant),
     /// Batched group notifications by conversation.
     pub notify: HashMap<String, group::Notify>,
     /// Own membership changes that lost a fork, to issue again.
@@ -470,6 +472,9 @@ impl Engine {
         match ev {
             net::Event::RelayUp(relay) => {
                 self.relay_up.insert(relay);
+                // Group members homed there can be looked up now.
+                self.peers_due = true;
+                self.peers_retry = (0, std::time::Instant::now());
                 // For a home relay the event says "ready": published and listening.
                 if self.home_relay_peers().contains(&relay) {
                     self.on_home_relay_up(relay).await;

@@ -279,7 +279,7 @@ impl Engine {
                     Ok(())
                 })?;
                 let op = op.to_vec();
-                self.on_group_op(user, &device_key, &env, &op)?;
+                self.on_group_op(user, &env, &op)?;
             }
             Body::SenderKey {
                 ref distribution,
