@@ -377,7 +377,9 @@ pub struct EventLoop {
     cmds: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     /// Outbound requests waiting for an answer.
-    pending: HashMap<OutboundRequestId, Reply>,
+    /// Replies owed to callers, by behaviour and request id: each request/response
+    /// behaviour numbers its requests itself, so ids repeat across protocols.
+    pending: HashMap<(Channel, OutboundRequestId), Reply>,
     /// Inbound direct messages waiting for the engine's answer.
     inbound: HashMap<u64, ResponseChannel<Frame>>,
     next_inbound: u64,
@@ -396,6 +398,25 @@ impl std::fmt::Debug for EventLoop {
 
 fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// Which request/response behaviour a request went out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Channel {
+    Mailbox,
+    Presence,
+    Directory,
+    Direct,
+}
+
+impl Channel {
+    fn of(proto: Proto) -> Self {
+        match proto {
+            Proto::Mailbox => Channel::Mailbox,
+            Proto::Presence => Channel::Presence,
+            Proto::Directory => Channel::Directory,
+        }
+    }
 }
 
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
@@ -446,7 +467,7 @@ impl EventLoop {
                     Proto::Presence => b.presence.send_request(&peer, Frame::Data(frame)),
                     Proto::Directory => b.directory.send_request(&peer, Frame::Data(frame)),
                 };
-                self.pending.insert(id, reply);
+                self.pending.insert((Channel::of(proto), id), reply);
             }
             Command::Direct { peer, frame, reply } => {
                 if !self.swarm.is_connected(&peer) {
@@ -458,7 +479,7 @@ impl EventLoop {
                     .behaviour_mut()
                     .direct
                     .send_request(&peer, Frame::Data(frame));
-                self.pending.insert(id, reply);
+                self.pending.insert((Channel::Direct, id), reply);
             }
             Command::RespondDirect { id, frame } => {
                 if let Some(ch) = self.inbound.remove(&id) {
@@ -686,8 +707,13 @@ impl EventLoop {
         }
     }
 
-    fn complete(&mut self, id: OutboundRequestId, result: Result<Frame, NetError>) {
-        if let Some(tx) = self.pending.remove(&id) {
+    fn complete(
+        &mut self,
+        channel: Channel,
+        id: OutboundRequestId,
+        result: Result<Frame, NetError>,
+    ) {
+        if let Some(tx) = self.pending.remove(&(channel, id)) {
             let _ = tx.send(result);
         }
     }
@@ -701,10 +727,14 @@ impl EventLoop {
                         response,
                     },
                 ..
-            } => self.complete(request_id, Ok(response)),
+            } => self.complete(Channel::of(proto), request_id, Ok(response)),
             request_response::Event::OutboundFailure {
                 request_id, error, ..
-            } => self.complete(request_id, Err(NetError::Transport(error.to_string()))),
+            } => self.complete(
+                Channel::of(proto),
+                request_id,
+                Err(NetError::Transport(error.to_string())),
+            ),
             request_response::Event::Message {
                 peer,
                 message:
@@ -776,10 +806,14 @@ impl EventLoop {
                         response,
                     },
                 ..
-            } => self.complete(request_id, Ok(response)),
+            } => self.complete(Channel::Direct, request_id, Ok(response)),
             request_response::Event::OutboundFailure {
                 request_id, error, ..
-            } => self.complete(request_id, Err(NetError::Transport(error.to_string()))),
+            } => self.complete(
+                Channel::Direct,
+                request_id,
+                Err(NetError::Transport(error.to_string())),
+            ),
             request_response::Event::Message {
                 peer,
                 message:
