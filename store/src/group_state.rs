@@ -8,6 +8,7 @@ use crate::consts::MAX_BLOB_BYTES;
 use crate::error::{Context, ReadError, WriteError};
 use crate::messages::check_len;
 use crate::store::{Store, Tx};
+use crate::types::MessageId;
 
 /// A group ciphertext kept until its sender key or its group is known.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -22,7 +23,69 @@ pub struct Stashed {
     pub received_at_ms: i64,
 }
 
+/// An owed row: message id, user, distribution, ciphertext.
+type OwedRow = (Vec<u8>, String, Vec<u8>, Vec<u8>);
+
+/// A group message owed to a member who could not be reached when it was sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OwedGroupMessage {
+    /// The message.
+    pub message_id: MessageId,
+    /// The member.
+    pub user_id: String,
+    /// The sender key as of that message (secret).
+    pub distribution: zeroize::Zeroizing<Vec<u8>>,
+    /// The group ciphertext.
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for OwedGroupMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwedGroupMessage")
+            .field("message_id", &self.message_id)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Tx<'_> {
+    /// Records that the group message `id` is owed to `user_id`, with the sender key as of
+    /// that message and its ciphertext.
+    pub fn owe_group_message(
+        &mut self,
+        id: MessageId,
+        user_id: &str,
+        distribution: &[u8],
+        ciphertext: &[u8],
+        now_ms: i64,
+    ) -> Result<(), WriteError> {
+        const OP: &str = "owe group message";
+        check_len(OP, "group message", ciphertext.len(), MAX_BLOB_BYTES)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO group_owed (message, user_id, distribution, ciphertext, created_at_ms) \
+                 SELECT rowid, ?2, ?3, ?4, ?5 FROM messages WHERE id = ?1 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![id.0.as_slice(), user_id, distribution, ciphertext, now_ms]))
+            .write_ctx(OP)?;
+        Ok(())
+    }
+
+    /// Settles an owed group message (it is in the outbox now).
+    pub fn settle_owed_group_message(
+        &mut self,
+        id: MessageId,
+        user_id: &str,
+    ) -> Result<(), WriteError> {
+        self.tx
+            .prepare_cached(
+                "DELETE FROM group_owed WHERE user_id = ?2 AND message = (SELECT rowid FROM messages WHERE id = ?1)",
+            )
+            .and_then(|mut s| s.execute(params![id.0.as_slice(), user_id]))
+            .write_ctx("settle owed group message")?;
+        Ok(())
+    }
+
     /// Stores a signed membership operation; returns whether it is new.
     pub fn save_group_op(
         &mut self,
@@ -181,6 +244,32 @@ impl Store {
                 .collect()
             })
             .read_ctx("read stashed group messages")
+    }
+
+    /// Owed group messages, oldest first, at most `limit`.
+    pub fn owed_group_messages(&self, limit: u32) -> Result<Vec<OwedGroupMessage>, ReadError> {
+        const OP: &str = "read owed group messages";
+        let rows: Vec<OwedRow> = self
+            .conn
+            .prepare_cached(
+                "SELECT m.id, o.user_id, o.distribution, o.ciphertext FROM group_owed o \
+                 JOIN messages m ON m.rowid = o.message ORDER BY o.created_at_ms, o.message LIMIT ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect()
+            })
+            .read_ctx(OP)?;
+        rows.into_iter()
+            .map(|(id, user_id, distribution, ciphertext)| {
+                Ok(OwedGroupMessage {
+                    message_id: crate::messages::message_id(OP, &id)?,
+                    user_id,
+                    distribution: zeroize::Zeroizing::new(distribution),
+                    ciphertext,
+                })
+            })
+            .collect()
     }
 
     /// Device lists of group members who are not contacts: (user id, signed list).

@@ -38,7 +38,7 @@ mod store;
 mod types;
 
 pub use error::{Fault, FaultKind, KeyError, OpenError, ReadError, SearchError, WriteError};
-pub use group_state::Stashed;
+pub use group_state::{OwedGroupMessage, Stashed};
 pub use groups::{BlobRecord, BlobState, Member};
 pub use identity::{Contact, ContactSaved, OwnDevice, OwnIdentity};
 pub use key::{KdfParams, StorageKey, Unlock};

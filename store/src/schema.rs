@@ -205,7 +205,8 @@ CREATE TABLE receipts_due (
 /// Version 5: groups as the node runs them. Signed membership operations (the state is
 /// derived from them), which sender key this device uses for a group and who has it, group
 /// ciphertexts waiting for their key or group, device lists of group members who are not
-/// contacts, and one shared payload per fanned-out message instead of a copy per device.
+/// contacts, one shared payload per fanned-out message instead of a copy per device, and
+/// group messages owed to members who could not be reached when they were sent.
 const V5_GROUPS: &str = r#"
 CREATE TABLE group_ops (
     group_id       TEXT NOT NULL,
@@ -237,6 +238,16 @@ CREATE TABLE group_peers (
 CREATE TABLE outbox_shared (
     message INTEGER PRIMARY KEY REFERENCES messages(rowid) ON DELETE CASCADE,
     payload BLOB NOT NULL
+);
+-- Group messages owed to a member who could not be reached when they were sent: the sender
+-- key as of that message (a secret, inside the encrypted database) and the ciphertext.
+CREATE TABLE group_owed (
+    message       INTEGER NOT NULL REFERENCES messages(rowid) ON DELETE CASCADE,
+    user_id       TEXT NOT NULL,
+    distribution  BLOB NOT NULL,
+    ciphertext    BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (message, user_id)
 );
 "#;
 

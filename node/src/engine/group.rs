@@ -837,6 +837,7 @@ impl Engine {
             (0, Instant::now())
         };
         if learned {
+            self.owed_due = true;
             for relay in self
                 .home_relays
                 .iter()
@@ -1255,9 +1256,12 @@ impl Engine {
             .filter(|u| **u != me)
             .map(|u| hex(u))
             .collect();
+        // Members who cannot be reached now are owed the message (with the key as of it).
+        let mut owed: Vec<String> = Vec::new();
         for u in &users {
             if let Err(e) = self.ensure_peer(u).await {
-                tracing::warn!(%group, member = %u, "member unreachable; they miss this message: {e}");
+                tracing::info!(%group, member = %u, "member not reachable now; the message waits for them: {e}");
+                owed.push(u.clone());
             }
         }
         let gid = GroupId::from_bytes(state.id);
@@ -1292,6 +1296,9 @@ impl Engine {
         let mut need: Vec<String> = Vec::new();
         for u in &users {
             let Some(c) = self.known(u) else { continue };
+            if owed.contains(u) {
+                continue;
+            }
             let devices = c.devices();
             let mut missing = false;
             for (d, _) in devices {
@@ -1324,7 +1331,8 @@ impl Engine {
             let mut sessions = match self.sessions_for(u).await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(%group, member = %u, "no session; they miss this message: {e}");
+                    tracing::info!(%group, member = %u, "no session now; the message waits for them: {e}");
+                    owed.push(u.clone());
                     continue;
                 }
             };
@@ -1383,8 +1391,14 @@ impl Engine {
             tx.record_outgoing_fanout(&message, &updates, &deliveries, &ciphertext, &fan, now)?;
             tx.set_group_sender_key(&group, &sid, epoch)?;
             tx.share_sender_key(&sid, &newly)?;
+            for u in &owed {
+                tx.owe_group_message(id, u, &distribution, &ciphertext, now)?;
+            }
             Ok(())
         })?;
+        if !owed.is_empty() {
+            self.owed_due = true;
+        }
         self.lamport.insert(group.clone(), lamport);
         self.seq.insert(group.clone(), seq);
         let info = super::message_info(&message);
@@ -1392,7 +1406,7 @@ impl Engine {
             message: info.clone(),
         });
         // A message with no other member device is sent at once.
-        if deliveries.is_empty() && fan.is_empty() {
+        if deliveries.is_empty() && fan.is_empty() && owed.is_empty() {
             self.store
                 .transaction(|tx| tx.advance_status(id, Status::Sent))?;
         }
@@ -1406,6 +1420,104 @@ impl Engine {
         }
         self.start_fanout(id, ciphertext, fan, 0);
         Ok(info)
+    }
+
+    /// Sends owed group messages to members who can be reached now: over Olm, with the
+    /// sender key as of each message, queued in the outbox.
+    pub(crate) async fn deliver_owed(&mut self) {
+        if !self.owed_due {
+            return;
+        }
+        // What cannot go now is tried again at the next heartbeat or member lookup.
+        self.owed_due = false;
+        let owed = match self.store.owed_group_messages(crate::consts::OUTBOX_BATCH) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("reading owed group messages failed: {e}");
+                return;
+            }
+        };
+        let mut unreachable: HashSet<String> = HashSet::new();
+        for o in owed {
+            if unreachable.contains(&o.user_id) {
+                continue;
+            }
+            if let Err(e) = self.deliver_owed_one(&o).await {
+                tracing::debug!(member = %o.user_id, "owed group message still waits: {e}");
+                unreachable.insert(o.user_id.clone());
+            }
+        }
+    }
+
+    async fn deliver_owed_one(
+        &mut self,
+        o: &tern_store::OwedGroupMessage,
+    ) -> Result<(), NodeError> {
+        let Some(m) = self.store.message(o.message_id)? else {
+            return Ok(());
+        };
+        let gid = user_bytes(&m.conversation.0)
+            .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
+        // A member removed meanwhile is owed nothing any more.
+        if !self.state(&m.conversation.0)?.is_member(
+            &user_bytes(&o.user_id).ok_or_else(|| NodeError::UnknownContact(o.user_id.clone()))?,
+        ) {
+            self.store
+                .transaction(|tx| tx.settle_owed_group_message(o.message_id, &o.user_id))?;
+            return Ok(());
+        }
+        self.ensure_peer(&o.user_id).await?;
+        let env = Envelope {
+            id: ByteArray::new(m.id.0),
+            conversation: Conversation::Group {
+                id: ByteArray::new(gid),
+            },
+            sender_user: ByteArray::new(*self.user.as_bytes()),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lamport: m.lamport,
+            seq: m.seq,
+            sent_at_ms: m.sent_at_ms,
+            body: Body::SenderKey {
+                distribution: ByteBuf::from(o.distribution.to_vec()),
+                message: Some(ByteBuf::from(o.ciphertext.clone())),
+            },
+        };
+        let plain = zeroize::Zeroizing::new(env.encode()?);
+        if let Body::SenderKey { distribution, .. } = env.body {
+            zeroize::Zeroize::zeroize(&mut distribution.into_vec());
+        }
+        let mut sessions = self.sessions_for(&o.user_id).await?;
+        let mut deliveries = Vec::new();
+        let mut pickles = Vec::new();
+        for (device, s) in sessions.iter_mut() {
+            deliveries.push(Delivery {
+                recipient_user: o.user_id.clone(),
+                recipient_device: device.to_peer_id_string(),
+                payload: s.encrypt(&plain)?,
+            });
+            pickles.push((
+                device.to_peer_id_string(),
+                s.current_session_id().unwrap_or_default(),
+                s.pickle()?,
+            ));
+        }
+        let updates = super::send::crypto_updates(&pickles);
+        let now = now_ms();
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            tx.apply_crypto(&updates, now)?;
+            tx.add_outbox_rows(o.message_id, &deliveries, now)?;
+            tx.settle_owed_group_message(o.message_id, &o.user_id)?;
+            Ok(())
+        })?;
+        for d in deliveries {
+            self.start_delivery(tern_store::OutboxEntry {
+                message_id: o.message_id,
+                delivery: d,
+                attempts: 0,
+                next_attempt_ms: now,
+            });
+        }
+        Ok(())
     }
 
     /// Deposits one ciphertext for many devices: one request per relay.

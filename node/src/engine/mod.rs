@@ -246,6 +246,8 @@ pub(crate) struct Engine {
     pub peers: HashMap<String, ContactState>,
     /// Some group member's device list is still to be fetched.
     pub peers_due: bool,
+    /// Group messages may be owed to members who were unreachable when they were sent.
+    pub owed_due: bool,
     /// Failed member lookups in a row, and when to try again.
     pub peers_retry: (u32, std::time::Instant),
     /// Batched group notifications by conversation.
@@ -355,6 +357,7 @@ impl Engine {
                 _ = outbox.tick() => {
                     self.fetch_missing_peers().await;
                     self.reissue_due().await;
+                    self.deliver_owed().await;
                     self.flush_notifications();
                     self.encrypt_waiting(false).await;
                     self.dispatch_due(false);
@@ -374,6 +377,8 @@ impl Engine {
                 }
                 _ = heartbeat.tick() => {
                     self.heartbeat();
+                    self.owed_due = true;
+                    self.deliver_owed().await;
                     self.send_owed_receipts();
                     for relay in self.setup_pending.clone() {
                         if self.relay_up.contains(&relay) {
