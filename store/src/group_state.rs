@@ -26,16 +26,17 @@ pub struct Stashed {
 /// An owed row: message id, user, distribution, ciphertext.
 type OwedRow = (Vec<u8>, String, Vec<u8>, Vec<u8>);
 
-/// A group message owed to a member who could not be reached when it was sent.
+/// A group message (or membership change) owed to a member who could not be reached when it
+/// was sent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OwedGroupMessage {
     /// The message.
     pub message_id: MessageId,
     /// The member.
     pub user_id: String,
-    /// The sender key as of that message (secret).
+    /// The sender key as of that message (secret); empty for a membership change.
     pub distribution: zeroize::Zeroizing<Vec<u8>>,
-    /// The group ciphertext.
+    /// The group ciphertext, or the signed membership operation.
     pub ciphertext: Vec<u8>,
 }
 

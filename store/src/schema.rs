@@ -239,8 +239,9 @@ CREATE TABLE outbox_shared (
     message INTEGER PRIMARY KEY REFERENCES messages(rowid) ON DELETE CASCADE,
     payload BLOB NOT NULL
 );
--- Group messages owed to a member who could not be reached when they were sent: the sender
--- key as of that message (a secret, inside the encrypted database) and the ciphertext.
+-- Group messages and membership changes owed to a member who could not be reached when they
+-- were sent: for a message, the sender key as of it (a secret, inside the encrypted database)
+-- and its ciphertext; for a membership change, an empty key and the signed operation.
 CREATE TABLE group_owed (
     message       INTEGER NOT NULL REFERENCES messages(rowid) ON DELETE CASCADE,
     user_id       TEXT NOT NULL,

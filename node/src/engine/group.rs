@@ -698,7 +698,18 @@ impl Engine {
         for user in users {
             let user = hex(user);
             if let Err(e) = self.send_pairwise(&user, id, &plain).await {
-                tracing::warn!(%group, member = %user, "sending a group operation failed: {e}");
+                // Owed (an empty key marks an operation), and sent once they can be reached.
+                tracing::info!(%group, member = %user, "member not reachable now; the membership change waits for them: {e}");
+                let now = now_ms();
+                match self
+                    .store
+                    .transaction(|tx| tx.owe_group_message(id, &user, &[], op.to_bytes(), now))
+                {
+                    Ok(()) => self.owed_due = true,
+                    Err(e) => {
+                        tracing::error!(%group, "recording an owed membership change failed: {e}")
+                    }
+                }
             }
         }
     }
@@ -1458,10 +1469,15 @@ impl Engine {
         };
         let gid = user_bytes(&m.conversation.0)
             .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
-        // A member removed meanwhile is owed nothing any more.
-        if !self.state(&m.conversation.0)?.is_member(
-            &user_bytes(&o.user_id).ok_or_else(|| NodeError::UnknownContact(o.user_id.clone()))?,
-        ) {
+        // An operation: sent as it is (a removed member is told of its removal).
+        let is_op = o.distribution.is_empty();
+        // A member removed meanwhile is owed no message any more.
+        if !is_op
+            && !self.state(&m.conversation.0)?.is_member(
+                &user_bytes(&o.user_id)
+                    .ok_or_else(|| NodeError::UnknownContact(o.user_id.clone()))?,
+            )
+        {
             self.store
                 .transaction(|tx| tx.settle_owed_group_message(o.message_id, &o.user_id))?;
             return Ok(());
@@ -1477,9 +1493,15 @@ impl Engine {
             lamport: m.lamport,
             seq: m.seq,
             sent_at_ms: m.sent_at_ms,
-            body: Body::SenderKey {
-                distribution: ByteBuf::from(o.distribution.to_vec()),
-                message: Some(ByteBuf::from(o.ciphertext.clone())),
+            body: if is_op {
+                Body::GroupOp {
+                    op: ByteBuf::from(o.ciphertext.clone()),
+                }
+            } else {
+                Body::SenderKey {
+                    distribution: ByteBuf::from(o.distribution.to_vec()),
+                    message: Some(ByteBuf::from(o.ciphertext.clone())),
+                }
             },
         };
         let plain = zeroize::Zeroizing::new(env.encode()?);

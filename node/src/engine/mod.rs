@@ -477,8 +477,10 @@ impl Engine {
         match ev {
             net::Event::RelayUp(relay) => {
                 self.relay_up.insert(relay);
-                // Group members homed there can be looked up now.
+                // Group members homed there can be looked up now, and be sent what they
+                // are owed.
                 self.peers_due = true;
+                self.owed_due = true;
                 self.peers_retry = (0, std::time::Instant::now());
                 // For a home relay the event says "ready": published and listening.
                 if self.home_relay_peers().contains(&relay) {
