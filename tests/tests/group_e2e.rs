@@ -467,6 +467,12 @@ fn an_added_member_reads_only_what_follows_and_a_removed_one_cannot_decrypt_anyt
             "one of carol's sender keys opens a post-removal message"
         );
     }
+    eprintln!(
+        "relay held {} group ciphertexts for offline dave, {post_removal} sent after the \
+         removal; carol holds {} sender keys, none opens them",
+        group_messages.len(),
+        carol.len()
+    );
     assert!(
         post_removal > 0,
         "none of the {} group messages at the relay is a post-removal one",
