@@ -6,13 +6,14 @@
 //! - an added member reads what is sent after it joined and nothing before; a removed member
 //!   is cut off at the ciphertext level (no sender key it holds opens what follows), checked
 //!   against the relay's stored ciphertext with a positive control;
-//! - bad input is refused with the documented codes.
+//! - bad input is refused with the documented codes;
+//! - API subscribers hear of a group they joined, its messages and batched notifications.
 
 use std::{collections::HashSet, path::Path, time::Duration};
 
 use serde_json::{Value, json};
 use tern_crypto::group::{GroupMessage, InboundSenderKey, MemoryReplayLedger};
-use tern_node::{Home, api::client::ClientError};
+use tern_node::{Home, api::client::ClientError, types::Event};
 use tern_store::SenderKeyStore;
 use tern_tests::support::{
     Node, Relay, WAIT, link_pair, relay_ciphertexts, start_nodes, tern_with_stdin, wait_for,
@@ -600,5 +601,93 @@ fn bad_group_input_is_refused_with_clear_codes() {
             ClientError::Rpc { code, .. } => assert_eq!(code, 1012),
             other => panic!("{other:?}"),
         }
+    });
+}
+
+/// Reads events from `api` until `pick` returns `Some`, at most [`WAIT`] in all.
+async fn wait_event<T>(
+    api: &mut tern_node::api::client::ApiClient,
+    what: &str,
+    mut pick: impl FnMut(Event) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ev = api
+            .next_event(left)
+            .await
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+        if let Some(v) = pick(ev) {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn subscribers_hear_of_groups_their_messages_and_batched_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = star(dir.path(), &["alice", "bob"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut bob = b.api().await.unwrap();
+        bob.subscribe().await.unwrap();
+        let mut alice = a.api().await.unwrap();
+        let g = alice
+            .call("group_create", json!({"title": "News", "members": ["Bob"]}))
+            .await
+            .unwrap();
+        let group = g["id"].as_str().unwrap().to_owned();
+        let joined = wait_event(&mut bob, "bob joining News", |ev| match ev {
+            Event::Group { group: info } if info.id == group => Some(info),
+            _ => None,
+        })
+        .await;
+        assert!(joined.member && !joined.admin, "{joined:?}");
+        assert_eq!(joined.title, "News");
+        assert_eq!(joined.members.len(), 2, "{joined:?}");
+
+        let sent = send_all(a, &group, vec!["n1".into(), "n2".into(), "n3".into()]).await;
+        let mut seen = Vec::new();
+        while seen.len() < sent.len() {
+            let m = wait_event(&mut bob, "alice's messages at bob", |ev| match ev {
+                Event::Message { message } if message.kind == "text" => Some(message),
+                _ => None,
+            })
+            .await;
+            assert_eq!(m.conversation, group);
+            seen.push(m.id);
+        }
+        // (Event order is arrival order; the display order is checked on the history.)
+        let (mut seen, mut sent) = (seen, sent);
+        seen.sort();
+        sent.sort();
+        assert_eq!(seen, sent);
+        let (unread, text) = wait_event(&mut bob, "a notification for News", |ev| match ev {
+            Event::Notification {
+                conversation,
+                title,
+                unread,
+                text,
+            } if conversation == group => {
+                assert_eq!(title, "News");
+                Some((unread, text))
+            }
+            _ => None,
+        })
+        .await;
+        assert!((1..=3).contains(&unread), "{unread}: {text}");
+        assert!(text.contains("News"), "{text}");
+        // Reading the group clears its unread count.
+        let page = bob
+            .call("group_history", json!({"group": group, "mark_read": true}))
+            .await
+            .unwrap();
+        assert_eq!(texts(page.as_array().unwrap()), ["n1", "n2", "n3"]);
+        let info = bob
+            .call("group_info", json!({"group": "news"}))
+            .await
+            .unwrap();
+        assert_eq!(info["unread"], 0, "{info}");
     });
 }
