@@ -1,0 +1,138 @@
+//! What the node keeps to run groups: operations, sender-key shares, the stash, owed
+//! messages, and fanned-out outbox rows that share one payload.
+
+mod common;
+
+use common::*;
+use tern_store::{ConversationKind, Delivery, Inserted, Status};
+
+fn row(user: &str, device: &str, payload: &[u8]) -> Delivery {
+    Delivery {
+        recipient_user: user.into(),
+        recipient_device: device.into(),
+        payload: payload.to_vec(),
+    }
+}
+
+#[test]
+fn a_fanned_out_message_stores_its_payload_once_and_every_row_reads_it() {
+    let env = env();
+    let mut store = open(&env.path);
+    ensure(&mut store, "g", ConversationKind::Group);
+    let m = outgoing(1, "g", 1, "hello group");
+    let shared: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("u{i}"), format!("d{i}")))
+        .collect();
+    let one = [row("new", "dnew", b"pairwise with key")];
+    let inserted = store
+        .transaction(|tx| {
+            tx.record_outgoing_fanout(&m, &[], &one, b"megolm ciphertext", &shared, 10)
+        })
+        .unwrap();
+    assert_eq!(inserted, Inserted::New);
+    // Stored once: the payload appears in one row of outbox_shared, not in 300 outbox rows.
+    let conn = raw_connection(&env.path);
+    let copies: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE length(payload) > 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(copies, 1, "only the pairwise row has its own payload");
+    let due = store.due_deliveries(i64::MAX, 500).unwrap();
+    assert_eq!(due.len(), 301);
+    for d in &due {
+        let want: &[u8] = if d.delivery.recipient_device == "dnew" {
+            b"pairwise with key"
+        } else {
+            b"megolm ciphertext"
+        };
+        assert_eq!(d.delivery.payload, want);
+    }
+    // A repeated id adds nothing.
+    let again = store
+        .transaction(|tx| tx.record_outgoing_fanout(&m, &[], &one, b"other", &shared, 10))
+        .unwrap();
+    assert_eq!(again, Inserted::Duplicate);
+    assert_eq!(store.due_deliveries(i64::MAX, 500).unwrap().len(), 301);
+    // Acknowledging every row makes the message sent.
+    store
+        .transaction(|tx| -> Result<(), tern_store::WriteError> {
+            for d in &due {
+                tx.ack_delivery(m.id, &d.delivery.recipient_device)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(store.message(m.id).unwrap().unwrap().status, Status::Sent);
+}
+
+#[test]
+fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
+    let env = env();
+    let mut store = open(&env.path);
+    ensure(&mut store, "g", ConversationKind::Group);
+    let m = outgoing(7, "g", 3, "for a member offline");
+    store
+        .transaction(|tx| -> Result<(), tern_store::WriteError> {
+            tx.record_outgoing(&m, &[], &[], 1)?;
+            assert!(tx.save_group_op("g", b"hash-1", b"op one", 1)?);
+            assert!(
+                !tx.save_group_op("g", b"hash-1", b"op one", 2)?,
+                "a repeat is not new"
+            );
+            tx.set_group_sender_key("g", "session-a", 4)?;
+            tx.share_sender_key("session-a", &["d1".into(), "d2".into(), "d1".into()])?;
+            tx.save_group_peer("u9", b"signed list")?;
+            tx.owe_group_message(m.id, "u9", b"key as of m", b"ciphertext of m", 5)?;
+            for i in 0..5u8 {
+                tx.stash_group_message("dev", &[i], 10 + i64::from(i), 3)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    drop(store);
+    let mut store = open(&env.path);
+    assert_eq!(
+        store.group_ops().unwrap(),
+        vec![("g".into(), b"op one".to_vec())]
+    );
+    assert_eq!(
+        store.group_sender_key("g").unwrap(),
+        Some(("session-a".into(), 4))
+    );
+    let mut shares = store.sender_key_shares("session-a").unwrap();
+    shares.sort();
+    assert_eq!(shares, vec!["d1".to_owned(), "d2".to_owned()]);
+    assert_eq!(
+        store.group_peers().unwrap(),
+        vec![("u9".into(), b"signed list".to_vec())]
+    );
+    // The stash keeps the newest 3.
+    let stashed = store.stashed_group_messages(100).unwrap();
+    let payloads: Vec<Vec<u8>> = stashed.iter().map(|s| s.payload.clone()).collect();
+    assert_eq!(payloads, vec![vec![2], vec![3], vec![4]]);
+    let owed = store.owed_group_messages(10).unwrap();
+    assert_eq!(owed.len(), 1);
+    assert_eq!(owed[0].message_id, m.id);
+    assert_eq!(owed[0].distribution.as_slice(), b"key as of m");
+    assert!(
+        !format!("{:?}", owed[0]).contains("key as of"),
+        "Debug hides the key"
+    );
+    store
+        .transaction(|tx| -> Result<(), tern_store::WriteError> {
+            tx.settle_owed_group_message(m.id, "u9")?;
+            tx.unstash_group_message(stashed[0].id)
+        })
+        .unwrap();
+    assert!(store.owed_group_messages(10).unwrap().is_empty());
+    assert_eq!(store.stashed_group_messages(100).unwrap().len(), 2);
+    // Deleting the message drops what it owed.
+    store
+        .transaction(|tx| tx.owe_group_message(m.id, "u8", b"k", b"c", 6))
+        .unwrap();
+    store.transaction(|tx| tx.delete_message(m.id)).unwrap();
+    assert!(store.owed_group_messages(10).unwrap().is_empty());
+}
