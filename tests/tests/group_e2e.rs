@@ -22,6 +22,9 @@ use tern_tests::support::{
 /// Longest wait for a group to converge after an offline member returns.
 const CONVERGE: Duration = Duration::from_secs(90);
 
+/// Messages each member sends in the concurrent burst.
+const PER_SENDER: usize = 8;
+
 fn code(out: &std::process::Output) -> Option<i32> {
     out.status.code()
 }
@@ -160,7 +163,7 @@ fn concurrent_senders_and_an_offline_member_converge_to_one_causal_order() {
         has_text(h, "a-first")
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let batch = |p: &str| -> Vec<String> { (1..=4).map(|i| format!("{p}{i}")).collect() };
+    let batch = |p: &str| -> Vec<String> { (1..=PER_SENDER).map(|i| format!("{p}{i}")).collect() };
     rt.block_on(async {
         // Bob has seen a-first: his reply must come after it everywhere.
         let mut bob = vec!["b-after-a".to_owned()];
@@ -226,6 +229,11 @@ fn concurrent_senders_and_an_offline_member_converge_to_one_causal_order() {
             ),
         }
     }
+    eprintln!(
+        "one order on all five nodes ({} entries): {:?}",
+        reference.len(),
+        texts(&histories[0])
+    );
     let unique: HashSet<&String> = reference.iter().collect();
     assert_eq!(unique.len(), reference.len(), "duplicates: {reference:?}");
 
@@ -243,7 +251,7 @@ fn concurrent_senders_and_an_offline_member_converge_to_one_causal_order() {
         assert!(pos("b-after-a") < pos("b1"), "{}: {order:?}", n.user);
         assert!(pos("a-first") < pos("a1"), "{}: {order:?}", n.user);
         for p in ["a", "b", "c", "d"] {
-            for i in 1..4 {
+            for i in 1..PER_SENDER {
                 assert!(
                     pos(&format!("{p}{i}")) < pos(&format!("{p}{}", i + 1)),
                     "{}: {order:?}",
@@ -690,4 +698,47 @@ fn subscribers_hear_of_groups_their_messages_and_batched_notifications() {
             .unwrap();
         assert_eq!(info["unread"], 0, "{info}");
     });
+
+    // Paging through the CLI: the newest two, then what came before them.
+    let last = b
+        .json(&["group", "history", "News", "--limit", "2"])
+        .unwrap();
+    let last = last.as_array().unwrap();
+    assert_eq!(texts(last), ["n2", "n3"]);
+    let before = b
+        .json(&[
+            "group",
+            "history",
+            "News",
+            "--before",
+            last[0]["id"].as_str().unwrap(),
+        ])
+        .unwrap();
+    let before = before.as_array().unwrap();
+    assert_eq!(texts(before), ["n1"]);
+    assert!(
+        before.iter().any(|m| m["kind"] == "membership"),
+        "{before:?}"
+    );
+}
+
+/// `before` naming no message of the group is "unknown message" (1006, exit 4), as
+/// docs/api.md has it, not a storage failure.
+#[test]
+fn paging_before_an_unknown_message_says_unknown_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = star(dir.path(), &["alice"]);
+    let a = &nodes[0];
+    a.ok(&["group", "create", "Solo"]).unwrap();
+    let sent = a.ok(&["group", "send", "Solo", "s1"]).unwrap();
+    let sent = sent.trim();
+    let page = a
+        .json(&["group", "history", "Solo", "--before", sent])
+        .unwrap();
+    assert_eq!(texts(page.as_array().unwrap()), Vec::<String>::new());
+    for before in ["f".repeat(32), "not-an-id".to_owned()] {
+        let out = a.cli(&["group", "history", "Solo", "--before", &before]);
+        assert_eq!(code(&out), Some(4), "{before}: {}", stderr(&out));
+        assert!(stderr(&out).contains("no such message"), "{}", stderr(&out));
+    }
 }
