@@ -436,6 +436,30 @@ impl Store {
         Ok(found.is_some())
     }
 
+    /// Whether the conversation holds any message from `sender_device` with a sequence
+    /// number below `seq` (a group member who joined late has none of a sender's earlier
+    /// messages, so their first one is no gap).
+    pub fn has_sequence_below(
+        &self,
+        conversation: &ConversationId,
+        sender_device: &str,
+        seq: u64,
+    ) -> Result<bool, ReadError> {
+        const OP: &str = "look up earlier sequence numbers";
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
+            return Ok(false);
+        };
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM messages WHERE conversation = ?1 AND sender_device = ?2 AND seq > 0 AND seq < ?3 LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row(params![conv, sender_device, seq], |r| r.get(0)).optional())
+            .read_ctx(OP)?;
+        Ok(found.is_some())
+    }
+
     fn query(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<Vec<RawMessage>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(p, raw)?;

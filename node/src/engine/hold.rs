@@ -32,12 +32,17 @@ pub(crate) struct HoldBack {
     held: Vec<Held>,
 }
 
-/// Whether `m` needs no predecessor or its predecessor is stored.
+/// Whether `m` needs no predecessor or its predecessor is stored. In a group, a sender's
+/// first message this device holds needs none: a member who joined late never gets what was
+/// sent before.
 fn predecessor_stored(store: &Store, m: &Message) -> Result<bool, ReadError> {
-    if m.own || m.seq <= 1 {
+    if m.own || m.seq <= 1 || store.has_sequence(&m.conversation, &m.sender_device, m.seq - 1)? {
         return Ok(true);
     }
-    store.has_sequence(&m.conversation, &m.sender_device, m.seq - 1)
+    let group = store
+        .conversation(&m.conversation)?
+        .is_some_and(|c| c.kind == tern_store::ConversationKind::Group);
+    Ok(group && !store.has_sequence_below(&m.conversation, &m.sender_device, m.seq)?)
 }
 
 fn same_sender(a: &Message, b: &Message) -> bool {
@@ -199,6 +204,48 @@ mod tests {
             return Vec::new();
         }
         shown(hold.arrived(store, m, now).unwrap())
+    }
+
+    /// Like [`receive`] in a group conversation.
+    fn receive_in_group(
+        store: &mut Store,
+        hold: &mut HoldBack,
+        m: Message,
+        now: Instant,
+    ) -> Vec<(u64, bool)> {
+        store
+            .transaction(|tx| -> Result<_, tern_store::WriteError> {
+                tx.ensure_conversation(&m.conversation, ConversationKind::Group, None, 0)?;
+                tx.record_incoming(&m, &[])
+            })
+            .unwrap();
+        shown(hold.arrived(store, m, now).unwrap())
+    }
+
+    #[test]
+    fn in_a_group_a_senders_first_message_here_is_no_gap_but_later_gaps_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let mut hold = HoldBack::default();
+        let t0 = Instant::now();
+        // Joined late: the sender's 41 earlier messages were never meant for this device.
+        assert_eq!(
+            receive_in_group(&mut store, &mut hold, message(42, T0_MS), t0),
+            [(42, false)]
+        );
+        // 44 without 43 is a gap and waits.
+        assert!(receive_in_group(&mut store, &mut hold, message(44, T0_MS + 10), t0).is_empty());
+        assert_eq!(
+            receive_in_group(&mut store, &mut hold, message(43, T0_MS + 20), t0),
+            [(43, false), (44, false)]
+        );
+        let page = store
+            .history(&ConversationId(ALICE.into()), Page::Latest, None)
+            .unwrap();
+        assert_eq!(
+            shown(visible(&store, &hold, &page, T0_MS + 30).unwrap()),
+            [(42, false), (43, false), (44, false)]
+        );
     }
 
     fn shown(infos: Vec<MessageInfo>) -> Vec<(u64, bool)> {
