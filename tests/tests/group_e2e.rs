@@ -7,7 +7,8 @@
 //!   is cut off at the ciphertext level (no sender key it holds opens what follows), checked
 //!   against the relay's stored ciphertext with a positive control;
 //! - bad input is refused with the documented codes;
-//! - API subscribers hear of a group they joined, its messages and batched notifications.
+//! - API subscribers hear of a group they joined, its messages and batched notifications;
+//! - members offline through the creation or their own removal catch up on return.
 
 use std::{collections::HashSet, path::Path, time::Duration};
 
@@ -740,5 +741,80 @@ fn paging_before_an_unknown_message_says_unknown_message() {
         let out = a.cli(&["group", "history", "Solo", "--before", &before]);
         assert_eq!(code(&out), Some(4), "{before}: {}", stderr(&out));
         assert!(stderr(&out).contains("no such message"), "{}", stderr(&out));
+    }
+}
+
+/// A member offline when the group is made catches up when it returns; a member removed
+/// while offline learns of it on return, and nothing it sends from its stale state shows up
+/// at the others.
+#[test]
+fn members_offline_through_creation_or_removal_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = star(dir.path(), &["alice", "bob", "carol", "dave"]);
+    let users: Vec<String> = nodes.iter().map(|n| n.user.clone()).collect();
+    let (ua, ub, uc, ud) = (&users[0], &users[1], &users[2], &users[3]);
+    nodes[3].stop().unwrap();
+    let group = nodes[0]
+        .ok(&["group", "create", "Late", "Bob", "Carol", "Dave"])
+        .unwrap()
+        .trim()
+        .to_owned();
+    for n in &nodes[..3] {
+        wait_members(n, &group, &[ua, ub, uc, ud], true);
+    }
+    nodes[0].ok(&["group", "send", &group, "m1"]).unwrap();
+    wait_history(&nodes[1], &group, "m1 at bob", WAIT, |h| has_text(h, "m1"));
+    nodes[1].ok(&["group", "send", &group, "m2"]).unwrap();
+    wait_history(&nodes[0], &group, "m2 at alice", WAIT, |h| {
+        has_text(h, "m2")
+    });
+
+    // Carol is removed while offline.
+    nodes[2].stop().unwrap();
+    nodes[0].ok(&["group", "remove", &group, "Carol"]).unwrap();
+    nodes[0].ok(&["group", "send", &group, "m3"]).unwrap();
+    wait_history(&nodes[1], &group, "m3 at bob", WAIT, |h| has_text(h, "m3"));
+
+    // Dave never saw the group: he gets it, its members and all three texts.
+    nodes[3].restart().unwrap();
+    wait_members(&nodes[3], &group, &[ua, ub, ud], true);
+    wait_history(&nodes[3], &group, "m1..m3 at dave", WAIT, |h| {
+        texts(h) == ["m1", "m2", "m3"]
+    });
+
+    // Carol returns and at once tries to send: refused if she already knows, else sent from
+    // her stale state; either way no one else shows it, and she learns she is out.
+    nodes[2].restart().unwrap();
+    let out = nodes[2].cli(&["group", "send", &group, "stale"]);
+    assert!(
+        out.status.success() || code(&out) == Some(9),
+        "{}",
+        stderr(&out)
+    );
+    let gc = wait_members(&nodes[2], &group, &[ua, ub, ud], false);
+    assert_eq!(gc["member"], false);
+    let hc = history(&nodes[2], &group);
+    assert!(!has_text(&hc, "m3"), "{:?}", order_view(&hc));
+    // Her outbox drains (what she sent is with the relay or the recipients), then a later
+    // message from Alice reaching Bob and Dave marks the point by which they saw it.
+    wait_for("carol's outbox to drain", WAIT, || {
+        let s = nodes[2].json(&["status"]).ok()?;
+        (s["outbox"] == 0).then_some(())
+    })
+    .unwrap();
+    nodes[0].ok(&["group", "send", &group, "m4"]).unwrap();
+    for i in [0, 1, 3] {
+        let h = wait_history(&nodes[i], &group, "m4", WAIT, |h| has_text(h, "m4"));
+        assert_eq!(
+            texts(&h),
+            ["m1", "m2", "m3", "m4"],
+            "{}: {:?}",
+            nodes[i].user,
+            order_view(&h)
+        );
+    }
+    let ids0 = ids(&history(&nodes[0], &group));
+    for i in [1, 3] {
+        assert_eq!(ids(&history(&nodes[i], &group)), ids0, "{}", nodes[i].user);
     }
 }
