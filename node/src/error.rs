@@ -119,10 +119,21 @@ macro_rules! from_display {
 from_display!(
     Store,
     tern_store::WriteError,
-    tern_store::ReadError,
     tern_store::SearchError,
     crate::home::HomeError
 );
+
+impl From<tern_store::ReadError> for NodeError {
+    fn from(e: tern_store::ReadError) -> Self {
+        match e {
+            // A history page anchored on a message the conversation does not hold.
+            tern_store::ReadError::UnknownAnchor { message, .. } => {
+                NodeError::UnknownMessage(message)
+            }
+            other => NodeError::Store(other.to_string()),
+        }
+    }
+}
 from_display!(
     Crypto,
     tern_crypto::session::SessionError,
