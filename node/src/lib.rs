@@ -151,6 +151,7 @@ impl Node {
         };
         engine.load_pending_identity();
         engine.load_groups()?;
+        engine.restore_hold()?;
         engine.rebuild_device_owner();
         tokio::spawn(engine.run(cmd_rx, net_events, internal_rx));
         Ok(Node {

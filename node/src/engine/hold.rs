@@ -86,6 +86,32 @@ impl HoldBack {
         Ok(out)
     }
 
+    /// After a restart: holds again the messages stored within the last [`HOLD_BACK`] whose
+    /// predecessor is still missing, for what remains of their hold, so their release
+    /// emits an event as it would have without the restart. `recent` is the newest page of
+    /// each recently active conversation.
+    pub(crate) fn restore(
+        &mut self,
+        store: &Store,
+        recent: Vec<Message>,
+        now_ms: i64,
+        now: Instant,
+    ) -> Result<(), ReadError> {
+        let hold_ms = i64::try_from(HOLD_BACK.as_millis()).unwrap_or(i64::MAX);
+        for m in recent {
+            let age = now_ms.saturating_sub(m.received_at_ms);
+            if m.own || age >= hold_ms || self.is_held(m.id) || predecessor_stored(store, &m)? {
+                continue;
+            }
+            let left = u64::try_from(hold_ms - age).unwrap_or(0);
+            self.held.push(Held {
+                message: m,
+                until: now + std::time::Duration::from_millis(left),
+            });
+        }
+        Ok(())
+    }
+
     /// Releases the held messages whose hold has ended (with the gap marked), each followed
     /// by the held successors it unblocks.
     pub(crate) fn expired(&mut self, now: Instant) -> Vec<MessageInfo> {
@@ -246,6 +272,30 @@ mod tests {
             shown(visible(&store, &hold, &page, T0_MS + 30).unwrap()),
             [(42, false), (43, false), (44, false)]
         );
+    }
+
+    #[test]
+    fn a_hold_cut_short_by_a_restart_still_ends_with_an_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let mut hold = HoldBack::default();
+        let t0 = Instant::now();
+        receive(&mut store, &mut hold, message(1, T0_MS), t0);
+        assert!(receive(&mut store, &mut hold, message(3, T0_MS + 500), t0).is_empty());
+        // Restart 1 s after 3 arrived: a fresh hold learns of it from the store.
+        drop(hold);
+        let mut hold = HoldBack::default();
+        let page = store
+            .history(&ConversationId(ALICE.into()), Page::Latest, None)
+            .unwrap();
+        let t1 = Instant::now();
+        hold.restore(&store, page, T0_MS + 1500, t1).unwrap();
+        assert!(hold.is_held(message(3, 0).id));
+        assert!(
+            hold.expired(t1 + HOLD_BACK / 4).is_empty(),
+            "not before its hold ends"
+        );
+        assert_eq!(shown(hold.expired(t1 + HOLD_BACK)), [(3, true)]);
     }
 
     fn shown(infos: Vec<MessageInfo>) -> Vec<(u64, bool)> {

@@ -314,6 +314,28 @@ pub(crate) fn parse_message_id(s: &str) -> Option<MessageId> {
 }
 
 impl Engine {
+    /// After a restart, holds again the received messages whose hold was still running.
+    pub(crate) fn restore_hold(&mut self) -> Result<(), NodeError> {
+        let now = crate::home::now_ms();
+        let since =
+            now.saturating_sub(i64::try_from(crate::consts::HOLD_BACK.as_millis()).unwrap_or(0));
+        let page = self.store.conversations(None, crate::consts::HISTORY_MAX)?;
+        for c in page
+            .conversations
+            .iter()
+            .filter(|c| c.last_activity_ms >= since)
+        {
+            let recent = self.store.history(
+                &c.id,
+                tern_store::Page::Latest,
+                Some(crate::consts::HISTORY_DEFAULT),
+            )?;
+            self.hold
+                .restore(&self.store, recent, now, std::time::Instant::now())?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn emit(&self, ev: Event) {
         let _ = self.events.send(ev);
     }
@@ -776,16 +798,31 @@ impl Engine {
 
     fn conversations(&self) -> Result<Vec<ConversationInfo>, NodeError> {
         let page = self.store.conversations(None, crate::consts::HISTORY_MAX)?;
-        Ok(page
-            .conversations
+        let now = crate::home::now_ms();
+        let hold_ms = i64::try_from(crate::consts::HOLD_BACK.as_millis()).unwrap_or(0);
+        page.conversations
             .into_iter()
-            .map(|c| ConversationInfo {
-                id: c.id.0,
-                title: c.title,
-                last_text: c.last_message.and_then(|m| m.text),
-                last_activity: c.last_activity_ms,
-                unread: c.unread_count,
+            .map(|c| {
+                // The preview never shows a message held back for a missing predecessor:
+                // for a conversation active within the hold, it is the newest shown one.
+                let last_text = if now.saturating_sub(c.last_activity_ms) < hold_ms {
+                    let recent = self
+                        .store
+                        .history(&c.id, tern_store::Page::Latest, Some(20))?;
+                    hold::visible(&self.store, &self.hold, &recent, now)?
+                        .pop()
+                        .map(|m| m.text)
+                } else {
+                    c.last_message.and_then(|m| m.text)
+                };
+                Ok(ConversationInfo {
+                    id: c.id.0,
+                    title: c.title,
+                    last_text,
+                    last_activity: c.last_activity_ms,
+                    unread: c.unread_count,
+                })
             })
-            .collect())
+            .collect()
     }
 }
