@@ -8,7 +8,8 @@
 //!   against the relay's stored ciphertext with a positive control;
 //! - bad input is refused with the documented codes;
 //! - API subscribers hear of a group they joined, its messages and batched notifications;
-//! - members offline through the creation or their own removal catch up on return.
+//! - members offline through the creation or their own removal catch up on return, and a
+//!   member added mid-burst sees a suffix of the same order.
 
 use std::{collections::HashSet, path::Path, time::Duration};
 
@@ -524,6 +525,19 @@ fn bad_group_input_is_refused_with_clear_codes() {
         1
     );
 
+    // Titles are 1 to 128 bytes; members must be contacts.
+    for title in [
+        "",
+        "  ",
+        &"t".repeat(tern_node::consts::MAX_GROUP_TITLE_BYTES + 1),
+    ] {
+        let out = a.cli(&["group", "create", title, "Bob"]);
+        assert_eq!(code(&out), Some(5), "{title:?}: {}", stderr(&out));
+    }
+    let out = a.cli(&["group", "create", "Ghosts", "Mallory"]);
+    assert_eq!(code(&out), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown contact"), "{}", stderr(&out));
+
     // A member who is no admin can neither add nor remove.
     let out = b.cli(&["group", "add", &group, "Carol"]);
     assert_eq!(code(&out), Some(9), "{}", stderr(&out));
@@ -817,4 +831,111 @@ fn members_offline_through_creation_or_removal_catch_up() {
     for i in [1, 3] {
         assert_eq!(ids(&history(&nodes[i], &group)), ids0, "{}", nodes[i].user);
     }
+}
+
+/// A member added while the others are sending sees a suffix of the conversation: in the
+/// same order as everyone else, with nothing sent before it joined.
+#[test]
+fn a_member_added_mid_burst_sees_a_consistent_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = star(dir.path(), &["alice", "bob", "carol", "frank"]);
+    let users: Vec<String> = nodes.iter().map(|n| n.user.clone()).collect();
+    let (ua, ub, uc, uf) = (&users[0], &users[1], &users[2], &users[3]);
+    let group = nodes[0]
+        .ok(&["group", "create", "Burst", "Bob", "Carol"])
+        .unwrap()
+        .trim()
+        .to_owned();
+    for n in &nodes[..3] {
+        wait_members(n, &group, &[ua, ub, uc], true);
+    }
+    let burst = |p: &str| -> Vec<String> { (1..=PER_SENDER).map(|i| format!("{p}{i}")).collect() };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let add = async {
+            let mut api = nodes[0].api().await.unwrap();
+            api.call("group_add", json!({"group": group, "members": ["Frank"]}))
+                .await
+                .unwrap()
+        };
+        tokio::join!(
+            send_all(&nodes[1], &group, burst("b")),
+            send_all(&nodes[2], &group, burst("c")),
+            add,
+        );
+    });
+    for n in &nodes {
+        wait_members(n, &group, &[ua, ub, uc, uf], true);
+    }
+    // A closing message from each sender, sent once it knows Frank is in.
+    nodes[1].ok(&["group", "send", &group, "b-end"]).unwrap();
+    nodes[2].ok(&["group", "send", &group, "c-end"]).unwrap();
+    let mut all = burst("b");
+    all.extend(burst("c"));
+    all.extend(["b-end".to_owned(), "c-end".to_owned()]);
+    all.sort();
+    let members_full: Vec<Vec<Value>> = nodes[..3]
+        .iter()
+        .map(|n| {
+            wait_history(n, &group, "every text", WAIT, |h| {
+                let mut t = texts(h);
+                t.sort();
+                t == all
+            })
+        })
+        .collect();
+    let reference = ids(&members_full[0]);
+    for (n, h) in nodes[1..3].iter().zip(&members_full[1..]) {
+        let h = if ids(h) == reference {
+            h.clone()
+        } else {
+            wait_history(n, &group, "alice's order", WAIT, |h| ids(h) == reference)
+        };
+        assert_eq!(ids(&h), reference);
+    }
+    let hf = wait_history(&nodes[3], &group, "the closing texts at frank", WAIT, |h| {
+        has_text(h, "b-end") && has_text(h, "c-end")
+    });
+    // Frank's view: every entry is in Alice's, in the same relative order, and it holds no
+    // text from before the entry that added him.
+    let pos: Vec<usize> = ids(&hf)
+        .iter()
+        .map(|id| {
+            reference.iter().position(|r| r == id).unwrap_or_else(|| {
+                panic!(
+                    "frank holds {id} that alice lacks\nalice: {:?}\nfrank: {:?}",
+                    order_view(&members_full[0]),
+                    order_view(&hf)
+                )
+            })
+        })
+        .collect();
+    assert!(
+        pos.windows(2).all(|w| w[0] < w[1]),
+        "frank's order differs\nalice: {:?}\nfrank: {:?}",
+        order_view(&members_full[0]),
+        order_view(&hf)
+    );
+    let added_at = members_full[0]
+        .iter()
+        .position(|m| {
+            m["kind"] == "membership" && m["text"].as_str().unwrap_or("").contains("added")
+        })
+        .unwrap();
+    for (p, m) in pos.iter().zip(&hf) {
+        if m["kind"] == "text" {
+            assert!(
+                *p > added_at,
+                "frank holds {} from before he joined\nalice: {:?}",
+                m["text"],
+                order_view(&members_full[0])
+            );
+        }
+    }
+    eprintln!(
+        "frank holds {} of {} entries: {:?}",
+        hf.len(),
+        reference.len(),
+        texts(&hf)
+    );
 }
