@@ -52,6 +52,9 @@ pub enum Kind {
     DeviceSecret = 12,
     /// A record sealed under a storage key.
     Sealed = 13,
+    /// What a device sends a newly linked device of the same user (identity secret,
+    /// contacts, groups), sealed to that device's one-time provisioning key.
+    Provisioning = 14,
 }
 
 impl Kind {
@@ -71,6 +74,7 @@ impl Kind {
             Kind::IdentitySecret => 1024,
             Kind::DeviceSecret => 64 * 1024,
             Kind::Sealed => 512 * 1024,
+            Kind::Provisioning => 120 * 1024,
         }
     }
 
@@ -89,6 +93,7 @@ impl Kind {
             11 => Kind::IdentitySecret,
             12 => Kind::DeviceSecret,
             13 => Kind::Sealed,
+            14 => Kind::Provisioning,
             _ => return None,
         })
     }

@@ -26,6 +26,7 @@ pub mod group;
 pub mod identity;
 pub mod media;
 pub mod prekey;
+pub mod provision;
 mod random;
 pub mod safety;
 pub mod sealed;

@@ -17,6 +17,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use tern_crypto::{
     DeviceKeys, DeviceList, IdentityKey, SignedDeviceCertificate, SignedDeviceList,
     sealed::{self, Secret32},
@@ -284,6 +285,109 @@ impl Home {
         self.save_config(&Config {
             name: name.to_owned(),
             ..Config::default()
+        })?;
+        Ok(Created {
+            user_id,
+            device_id: keys.device.device_id().to_peer_id_string(),
+        })
+    }
+
+    /// Creates this home as a newly linked device of an existing user, from the
+    /// provisioning bundle another device of the user sent (see [`crate::device_link`]) and
+    /// the device keys made here. Refuses to overwrite an existing identity.
+    pub fn init_linked(
+        &self,
+        device: DeviceKeys,
+        bundle: &crate::device_link::Bundle,
+    ) -> Result<Created, HomeError> {
+        if self.is_initialised() {
+            return Err(HomeError::AlreadyInitialised {
+                path: self.dir.clone(),
+            });
+        }
+        let identity = IdentityKey::from_secret_bytes(&bundle.identity).map_err(crypto_err)?;
+        let certificate =
+            SignedDeviceCertificate::from_bytes(&bundle.certificate).map_err(crypto_err)?;
+        certificate
+            .check_identity(&identity.public())
+            .map_err(crypto_err)?;
+        if certificate.certificate().device_id != device.device_id()
+            || certificate.certificate().curve25519 != device.curve25519()
+        {
+            return Err(HomeError::Crypto(
+                "the certificate is for another device".into(),
+            ));
+        }
+        let device_list = SignedDeviceList::from_bytes(&bundle.device_list).map_err(crypto_err)?;
+        device_list
+            .check_identity(&identity.public())
+            .map_err(crypto_err)?;
+        if device_list
+            .list()
+            .active_certificate(&device.device_id())
+            .is_none()
+        {
+            return Err(HomeError::Crypto(
+                "the device list does not hold this device".into(),
+            ));
+        }
+        create_private_dir(&self.dir)?;
+        let seal = Secret32::random().map_err(crypto_err)?;
+        write_new_private(
+            &self.seal_key_path(),
+            &Zeroizing::new([SEAL_MAGIC.as_slice(), &[SEAL_VERSION], seal.expose()].concat()),
+        )?;
+        let store_key = StorageKey::generate()?;
+        store_key.write_new_keyfile(&self.store_key_path())?;
+        let version = device_list.list().version;
+        let keys = Keys {
+            identity,
+            device,
+            certificate,
+            device_list,
+            seal,
+        };
+        let mut store = Store::open(&self.db_path(), Unlock::Key(&store_key))?;
+        let id_secret = keys.identity.to_secret_bytes().map_err(crypto_err)?;
+        let sealed_id = sealed::seal(&keys.seal, SEAL_IDENTITY, &id_secret).map_err(crypto_err)?;
+        let created_ms = now_ms();
+        let user_id = keys.identity.user_id().to_string();
+        store.transaction(|tx| -> Result<(), HomeError> {
+            tx.save_own_identity(&OwnIdentity {
+                user_id: user_id.clone(),
+                sealed_identity_key: sealed_id,
+                created_at_ms: created_ms,
+            })?;
+            tx.save_own_device(&keys.own_device_record(created_ms)?)?;
+            tx.save_own_device_list(version, keys.device_list.as_bytes())?;
+            for c in &bundle.contacts {
+                let list = c
+                    .device_list
+                    .as_ref()
+                    .and_then(|b| SignedDeviceList::from_bytes(b).ok());
+                tx.save_contact(
+                    &tern_store::Contact {
+                        user_id: c.user_id.clone(),
+                        display_name: c.name.clone(),
+                        verified: c.verified,
+                        identity_key: c.identity_key.to_vec(),
+                        device_list_version: list.as_ref().map_or(0, |l| l.list().version),
+                        device_list: c.device_list.as_ref().map(|b| b.to_vec()),
+                        relays: c.relays.clone(),
+                    },
+                    created_ms,
+                )?;
+            }
+            for (group, op) in &bundle.group_ops {
+                let hash: [u8; 32] = sha2::Sha256::digest(op).into();
+                tx.save_group_op(group, &hash, op, created_ms)?;
+            }
+            Ok(())
+        })?;
+        self.save_config(&Config {
+            name: bundle.name.clone(),
+            relays: bundle.relays.clone(),
+            embedded_relay_port: None,
         })?;
         Ok(Created {
             user_id,

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod consts;
+pub mod device_link;
 mod engine;
 pub mod envelope;
 pub mod error;
@@ -148,8 +149,12 @@ impl Node {
             notify: HashMap::new(),
             reissue: Vec::new(),
             fan_in_flight: HashSet::new(),
+            lists_due: true,
+            lists_fetched: None,
+            heartbeats: 0,
         };
         engine.load_pending_identity();
+        engine.refresh_me();
         engine.load_groups()?;
         engine.restore_hold()?;
         engine.rebuild_device_owner();
@@ -290,6 +295,16 @@ impl Node {
         .await
     }
 
+    /// Links a new device of this user from the code it shows (`tern device link`).
+    pub async fn device_add(&self, code: String) -> Result<DeviceInfo, NodeError> {
+        self.call(|reply| Command::DeviceAdd { code, reply }).await
+    }
+
+    /// This user's devices.
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>, NodeError> {
+        self.call(Command::Devices).await
+    }
+
     /// Creates a group with this user as admin and the given contacts (names or user ids)
     /// as members.
     pub async fn group_create(
@@ -384,4 +399,94 @@ impl Node {
         })
         .await
     }
+}
+
+/// Links this home as a new device of an existing user (see [`device_link`]): makes the
+/// device keys and a one-time provisioning key, connects to `relay`, hands the link code to
+/// `show_code` (to print), waits up to `timeout` for the provisioning record another device
+/// of the user deposits (`tern device add CODE` there), and writes the home from it. The node
+/// is not started; `tern up` runs it afterwards.
+pub async fn link_new_device(
+    home: &Home,
+    relay: Multiaddr,
+    device_name: &str,
+    show_code: impl FnOnce(&str),
+    timeout: std::time::Duration,
+) -> Result<home::Created, NodeError> {
+    use tern_crypto::{DeviceKeys, provision::ProvisionKey};
+    if home.is_initialised() {
+        return Err(NodeError::BadRequest(format!(
+            "{} already holds a Tern identity; link a new device into an empty home",
+            home.dir().display()
+        )));
+    }
+    if device_name.len() > consts::MAX_NAME_BYTES {
+        return Err(NodeError::BadRequest("device name too long".into()));
+    }
+    let relay_peer = engine::relay_peer(&relay)
+        .ok_or_else(|| NodeError::BadRequest("the relay address must end in /p2p/<id>".into()))?;
+    let device = DeviceKeys::generate().map_err(|e| NodeError::Crypto(e.to_string()))?;
+    let provision = ProvisionKey::generate().map_err(|e| NodeError::Crypto(e.to_string()))?;
+    let keypair = Keypair::ed25519_from_bytes(*device.network_secret())
+        .map_err(|e| NodeError::Crypto(e.to_string()))?;
+    let (net, mut events, event_loop) = net::new(keypair, net::Config { listen: Vec::new() })
+        .map_err(|e| NodeError::Network(e.to_string()))?;
+    let task = tokio::spawn(event_loop.run());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let result = async {
+        net.add_relay(relay.clone(), false).await?;
+        // Wait for the relay connection, then ask for live delivery and look at what waits.
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(net::Event::RelayUp(p))) if p == relay_peer => break,
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(NodeError::Stopped),
+                Err(_) => {
+                    return Err(NodeError::Network(format!("cannot reach the relay {relay}")));
+                }
+            }
+        }
+        net::rpc::listen(&net, relay_peer).await?;
+        let request = device_link::Request {
+            v: device_link::LINK_VERSION,
+            device: serde_bytes::ByteArray::new(*device.device_id().as_bytes()),
+            curve25519: serde_bytes::ByteArray::new(device.curve25519()),
+            ed25519: serde_bytes::ByteArray::new(device.ed25519()),
+            provision: serde_bytes::ByteArray::new(provision.public()),
+            relays: vec![relay.to_string()],
+            name: device_name.to_owned(),
+        };
+        show_code(&request.encode().map_err(|e| NodeError::BadRequest(e.to_string()))?);
+        let (waiting, _) = net::rpc::fetch(&net, relay_peer, 0, consts::FETCH_PAGE).await?;
+        let mut batch = waiting;
+        loop {
+            for env in batch.drain(..) {
+                // Anything else in this fresh mailbox is not for us; only the record that
+                // opens with the one-time key counts.
+                let Ok(plain) = provision.open(&env.ciphertext) else {
+                    continue;
+                };
+                let bundle = device_link::Bundle::decode(&plain)
+                    .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+                let created = home.init_linked(device, &bundle)?;
+                let _ = net::rpc::ack(&net, relay_peer, vec![env.id]).await;
+                return Ok(created);
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(net::Event::Mail { envelopes, .. })) => batch = envelopes,
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(NodeError::Stopped),
+                Err(_) => {
+                    return Err(NodeError::Network(
+                        "no device added this one in time (run `tern device add CODE` on a linked device)"
+                            .into(),
+                    ));
+                }
+            }
+        }
+    }
+    .await;
+    drop(net);
+    task.abort();
+    result
 }

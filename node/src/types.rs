@@ -72,6 +72,19 @@ fn text_kind() -> String {
     "text".into()
 }
 
+/// One of this user's devices.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device id (libp2p PeerId).
+    pub device_id: String,
+    /// Its name.
+    pub name: String,
+    /// Whether it is the device answering.
+    pub this_device: bool,
+    /// When it was certified, seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
 /// A group member.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GroupMemberInfo {

@@ -541,7 +541,9 @@ impl Engine {
         let mut to: Vec<[u8; 16]> = state.members.keys().copied().collect();
         to.extend(before.iter().filter(|u| !state.is_member(u)));
         let me = *self.user.as_bytes();
-        to.retain(|u| *u != me);
+        if !self.own_other_devices() {
+            to.retain(|u| *u != me);
+        }
         self.send_op(group, &op, &to).await;
         // New members get the chain before this operation too.
         let newcomers: Vec<[u8; 16]> = state
@@ -1086,6 +1088,7 @@ impl Engine {
             if !bound {
                 return Err(NodeError::Crypto("group message envelope does not match its key".into()));
             }
+            let own = stored.sender_user == self.user_hex;
             let message = Message {
                 id: MessageId(env.id.into_array()),
                 conversation: ConversationId(group.clone()),
@@ -1095,8 +1098,9 @@ impl Engine {
                 seq: env.seq,
                 sent_at_ms: env.sent_at_ms,
                 received_at_ms: now,
-                own: false,
-                status: Status::Received,
+                // Sent from this user's other device.
+                own,
+                status: if own { Status::Sent } else { Status::Received },
                 body: StoreBody::Text(text),
                 edited_at_ms: None,
             };
@@ -1261,12 +1265,16 @@ impl Engine {
             });
         }
         // Every member's devices must be known to address them.
-        let users: Vec<String> = state
+        let mut users: Vec<String> = state
             .members
             .keys()
             .filter(|u| **u != me)
             .map(|u| hex(u))
             .collect();
+        // This user's other devices get the message too.
+        if self.own_other_devices() {
+            users.push(self.user_hex.clone());
+        }
         // Members who cannot be reached now are owed the message (with the key as of it).
         let mut owed: Vec<String> = Vec::new();
         for u in &users {
@@ -1312,7 +1320,8 @@ impl Engine {
             }
             let devices = c.devices();
             let mut missing = false;
-            for (d, _) in devices {
+            let own_device = self.keys.device.device_id();
+            for (d, _) in devices.into_iter().filter(|(d, _)| *d != own_device) {
                 let dev = d.to_peer_id_string();
                 if shared.contains(&dev) {
                     fan.push((u.clone(), dev));

@@ -5,6 +5,7 @@
 //! swarm's task, so the network keeps moving while a transaction commits.
 
 mod contacts;
+mod devices;
 pub(crate) mod group;
 pub(crate) mod hold;
 mod receive;
@@ -82,6 +83,11 @@ pub(crate) enum Command {
         reply: Reply<ContactInfo>,
     },
     Group(GroupCommand),
+    DeviceAdd {
+        code: String,
+        reply: Reply<DeviceInfo>,
+    },
+    Devices(Reply<Vec<DeviceInfo>>),
 }
 
 /// A group command.
@@ -254,6 +260,12 @@ pub(crate) struct Engine {
     pub notify: HashMap<String, group::Notify>,
     /// Own membership changes that lost a fork, to issue again.
     pub reissue: Vec<(String, crate::group::Action)>,
+    /// Device lists are to be fetched again.
+    pub lists_due: bool,
+    /// When device lists were last fetched.
+    pub lists_fetched: Option<std::time::Instant>,
+    /// Heartbeats so far (device lists are refreshed every sixth).
+    pub heartbeats: u64,
     /// Group fan-out rows being delivered: (message, device).
     pub fan_in_flight: HashSet<(MessageId, String)>,
 }
@@ -377,6 +389,7 @@ impl Engine {
                 Some(ev) = net_events.recv() => self.on_net(ev).await,
                 Some(msg) = internal.recv() => self.on_internal(msg),
                 _ = outbox.tick() => {
+                    self.refresh_device_lists().await;
                     self.fetch_missing_peers().await;
                     self.reissue_due().await;
                     self.deliver_owed().await;
@@ -398,6 +411,10 @@ impl Engine {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    self.heartbeats += 1;
+                    if self.heartbeats.is_multiple_of(6) {
+                        self.lists_due = true;
+                    }
                     self.heartbeat();
                     self.owed_due = true;
                     self.deliver_owed().await;
@@ -492,6 +509,12 @@ impl Engine {
                 let _ = reply.send(self.verify(&contact, scanned.as_deref()));
             }
             Command::Group(cmd) => self.on_group_command(cmd).await,
+            Command::DeviceAdd { code, reply } => {
+                let _ = reply.send(self.device_add(&code).await);
+            }
+            Command::Devices(reply) => {
+                let _ = reply.send(Ok(self.devices()));
+            }
         }
     }
 
@@ -506,6 +529,7 @@ impl Engine {
                 self.peers_retry = (0, std::time::Instant::now());
                 // For a home relay the event says "ready": published and listening.
                 if self.home_relay_peers().contains(&relay) {
+                    self.lists_due = true;
                     self.on_home_relay_up(relay).await;
                 }
                 self.emit(Event::Connection {

@@ -93,6 +93,8 @@ impl Engine {
             return Outcome::Ack;
         }
         let Some(user) = self.device_owner.get(&sender).cloned() else {
+            // Perhaps a contact linked a new device: look at device lists again soon.
+            self.want_device_lists();
             tracing::info!(%sender, "mail from a device of no known contact; kept until they are added");
             return Outcome::Keep;
         };
@@ -166,7 +168,9 @@ impl Engine {
                         // Direct messages only from contacts; group members who are not
                         // contacts reach this device through their groups only.
                         Conversation::Direct { to } => {
-                            is_contact && to.as_slice() == self.user.as_bytes()
+                            (is_contact && to.as_slice() == self.user.as_bytes())
+                                // A sync copy from one of this user's other devices.
+                                || (user == self.user_hex && to.as_slice() != self.user.as_bytes())
                         }
                         Conversation::Group { .. } => {
                             matches!(env.body, Body::GroupOp { .. } | Body::SenderKey { .. })
@@ -195,6 +199,20 @@ impl Engine {
             }
         };
         let conv = ConversationId(user.to_owned());
+        if user == self.user_hex
+            && let (Conversation::Direct { to }, Body::Text { text }) =
+                (&env.conversation, &env.body)
+        {
+            self.store_sync_copy(
+                &env,
+                &hex_of(to.as_slice()),
+                text,
+                &device_key,
+                &update,
+                own_device.as_ref(),
+            )?;
+            return Ok(Outcome::Ack);
+        }
         match env.body {
             Body::Text { text } => {
                 let message = Message {
@@ -312,6 +330,61 @@ impl Engine {
             }
         }
         Ok(Outcome::Ack)
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Engine {
+    /// A copy of a text this user sent from another device: stored as an own, sent message
+    /// of the conversation with the addressee.
+    fn store_sync_copy(
+        &mut self,
+        env: &Envelope,
+        contact: &str,
+        text: &str,
+        device_key: &str,
+        update: &[CryptoUpdate<'_>],
+        own_device: Option<&tern_store::OwnDevice>,
+    ) -> Result<(), NodeError> {
+        let now = now_ms();
+        let conv = ConversationId(contact.to_owned());
+        let message = Message {
+            id: MessageId(env.id.into_array()),
+            conversation: conv.clone(),
+            sender_user: self.user_hex.clone(),
+            sender_device: device_key.to_owned(),
+            lamport: env.lamport,
+            seq: env.seq,
+            sent_at_ms: env.sent_at_ms,
+            received_at_ms: now,
+            own: true,
+            status: Status::Sent,
+            body: StoreBody::Text(text.to_owned()),
+            edited_at_ms: None,
+        };
+        let title = self
+            .contacts
+            .get(contact)
+            .map(|c| c.contact.display_name.clone());
+        let inserted = self.store.transaction(|tx| -> Result<_, NodeError> {
+            tx.ensure_conversation(&conv, ConversationKind::Direct, title.as_deref(), now)?;
+            let inserted = tx.record_incoming(&message, update)?;
+            if let Some(d) = own_device {
+                tx.save_own_device(d)?;
+            }
+            Ok(inserted)
+        })?;
+        if inserted == Inserted::New {
+            self.observe_lamport(contact, env.lamport)?;
+            // The other device's own sequence runs in the same conversation.
+            self.emit(Event::Message {
+                message: super::message_info(&message),
+            });
+        }
+        Ok(())
     }
 }
 

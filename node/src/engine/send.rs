@@ -149,7 +149,11 @@ impl Engine {
         })?;
         let user_bytes = *list.list().user_id.as_bytes();
         let mut out = Vec::new();
+        let own_device = self.keys.device.device_id();
         for (device, curve) in state.devices() {
+            if device == own_device {
+                continue;
+            }
             let mut sessions = self.load_sessions(&device, curve)?;
             if !sessions.has_session() {
                 let peer = device_peer(&device)
@@ -222,6 +226,9 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         };
+        if let Some(s) = sessions.as_mut() {
+            self.add_sync_sessions(s).await;
+        }
         let (lamport, seq) = self.conv_state(&user)?;
         let (lamport, seq) = (lamport + 1, seq + 1);
         let id = random_id()?;
@@ -281,6 +288,22 @@ impl Engine {
         Ok(info)
     }
 
+    /// Adds sessions with this user's other devices, for sync copies. Without them (their
+    /// relay unreachable) the message still goes to the contact; the other devices miss the
+    /// copy.
+    pub(crate) async fn add_sync_sessions(&mut self, sessions: &mut Vec<(DeviceId, PeerSessions)>) {
+        if !self.own_other_devices() {
+            return;
+        }
+        let me = self.user_hex.clone();
+        match self.sessions_for(&me).await {
+            Ok(own) => sessions.extend(own),
+            Err(e) => {
+                tracing::warn!("no session with this user's other devices; no sync copy: {e}")
+            }
+        }
+    }
+
     /// The text envelope of a stored own message, encrypted once per device: the outbox
     /// rows and each device's ratchet state (device, session id, pickle) after it.
     fn encrypt_text(
@@ -306,10 +329,17 @@ impl Engine {
         let plain = zeroize::Zeroizing::new(env.encode()?);
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
+        let own_list = self.keys.device_list.list();
         for (device, s) in sessions.iter_mut() {
             let ct = s.encrypt(&plain)?;
+            // A sync copy for one of this user's other devices, else the contact's.
+            let recipient_user = if own_list.entry(device).is_some() {
+                self.user_hex.clone()
+            } else {
+                message.conversation.0.clone()
+            };
             deliveries.push(Delivery {
-                recipient_user: message.conversation.0.clone(),
+                recipient_user,
                 recipient_device: device.to_peer_id_string(),
                 payload: ct,
             });
@@ -373,6 +403,7 @@ impl Engine {
                 }
             };
             self.encrypt_retry.remove(&user);
+            self.add_sync_sessions(&mut sessions).await;
             for m in waiting.iter().filter(|m| m.conversation.0 == user) {
                 let now = now_ms();
                 let encrypted =

@@ -1,0 +1,245 @@
+//! Linking a second device to a user.
+//!
+//! 1. The new device (`tern device link --relay ADDR`) makes its device keys and a one-time
+//!    provisioning key, connects to the relay with its device network key, and shows a
+//!    **link code**: its device id, its Olm keys, the provisioning key's public half, the
+//!    relay and a name; a checksum catches typing mistakes.
+//! 2. An existing device (`tern device add CODE`) certifies the new device under the identity
+//!    key, publishes the user's next device list (this device's contacts learn it from the
+//!    relay), and deposits the **provisioning record** in the new device's mailbox at that
+//!    relay, sealed to the provisioning key (`tern_crypto::provision`): the identity secret,
+//!    the name and home relays, the certificate and device list, the contacts, and the
+//!    groups' membership operations.
+//! 3. The new device opens it, writes its home and stops; `tern up` then runs it as a full
+//!    device of the user.
+//!
+//! ```text
+//! code   = "tern-device:" base58( CBOR Request | checksum: first 4 bytes of SHA-256 )
+//! record = tern_crypto::provision record over CBOR Bundle
+//! ```
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+use serde_bytes::{ByteArray, ByteBuf};
+use sha2::{Digest, Sha256};
+use tern_crypto::DeviceId;
+
+use crate::consts::{MAX_LINK_CHARS, MAX_LINK_RELAYS, MAX_NAME_BYTES};
+
+/// What a link code starts with.
+pub const CODE_PREFIX: &str = "tern-device:";
+
+/// The format version of link codes and provisioning bundles.
+pub const LINK_VERSION: u8 = 1;
+
+/// Why a link code or a provisioning bundle was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceLinkError {
+    /// Not a link code.
+    #[error("not a device link code (it starts with {CODE_PREFIX})")]
+    NotACode,
+    /// The checksum does not match: a typing or copying mistake.
+    #[error("the device link code is damaged (checksum mismatch); copy it again")]
+    Checksum,
+    /// Not a valid code or bundle.
+    #[error("malformed device link data: {0}")]
+    Malformed(String),
+    /// A version this build does not read.
+    #[error("device link version {0} is not supported")]
+    UnsupportedVersion(u8),
+}
+
+/// What the new device shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Format version.
+    pub v: u8,
+    /// The new device's id (its network public key).
+    pub device: ByteArray<32>,
+    /// Its Olm Curve25519 key.
+    pub curve25519: ByteArray<32>,
+    /// Its Olm Ed25519 key.
+    pub ed25519: ByteArray<32>,
+    /// The public half of its one-time provisioning key.
+    pub provision: ByteArray<32>,
+    /// Where it waits for the provisioning record.
+    pub relays: Vec<String>,
+    /// The device's name.
+    pub name: String,
+}
+
+impl Request {
+    /// The device id.
+    pub fn device_id(&self) -> DeviceId {
+        DeviceId::from_bytes(self.device.into_array())
+    }
+
+    /// The relays, parsed.
+    pub fn relay_addrs(&self) -> Vec<Multiaddr> {
+        self.relays.iter().filter_map(|r| r.parse().ok()).collect()
+    }
+
+    /// The code text.
+    pub fn encode(&self) -> Result<String, DeviceLinkError> {
+        let mut body = Vec::new();
+        ciborium::into_writer(self, &mut body)
+            .map_err(|e| DeviceLinkError::Malformed(e.to_string()))?;
+        let sum = Sha256::digest(&body);
+        body.extend_from_slice(&sum[..4]);
+        Ok(format!("{CODE_PREFIX}{}", bs58::encode(body).into_string()))
+    }
+
+    /// Parses and checks a code.
+    pub fn parse(text: &str) -> Result<Self, DeviceLinkError> {
+        let text = text.trim();
+        if text.len() > MAX_LINK_CHARS {
+            return Err(DeviceLinkError::Malformed("too long".into()));
+        }
+        let rest = text
+            .strip_prefix(CODE_PREFIX)
+            .ok_or(DeviceLinkError::NotACode)?;
+        let bytes = bs58::decode(rest)
+            .into_vec()
+            .map_err(|e| DeviceLinkError::Malformed(e.to_string()))?;
+        if bytes.len() < 5 {
+            return Err(DeviceLinkError::Malformed("too short".into()));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 4);
+        if Sha256::digest(body)[..4] != *sum {
+            return Err(DeviceLinkError::Checksum);
+        }
+        let r: Request =
+            ciborium::from_reader(body).map_err(|e| DeviceLinkError::Malformed(e.to_string()))?;
+        if r.v != LINK_VERSION {
+            return Err(DeviceLinkError::UnsupportedVersion(r.v));
+        }
+        if r.relays.is_empty() || r.relays.len() > MAX_LINK_RELAYS {
+            return Err(DeviceLinkError::Malformed("1 to 8 relays".into()));
+        }
+        if r.relay_addrs().len() != r.relays.len() {
+            return Err(DeviceLinkError::Malformed(
+                "a relay address does not parse".into(),
+            ));
+        }
+        if r.name.len() > MAX_NAME_BYTES {
+            return Err(DeviceLinkError::Malformed("device name too long".into()));
+        }
+        Ok(r)
+    }
+}
+
+/// A contact as the provisioning bundle carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleContact {
+    /// User id (hex).
+    pub user_id: String,
+    /// Name shown.
+    pub name: String,
+    /// Verified safety number.
+    pub verified: bool,
+    /// Identity key.
+    pub identity_key: ByteBuf,
+    /// Signed device list, if known.
+    pub device_list: Option<ByteBuf>,
+    /// Relays.
+    pub relays: Vec<String>,
+}
+
+/// What the existing device sends (sealed) to the new one. Contains the identity secret.
+#[derive(Serialize, Deserialize)]
+pub struct Bundle {
+    /// Format version.
+    pub v: u8,
+    /// The identity secret record (`IdentityKey::to_secret_bytes`).
+    pub identity: ByteBuf,
+    /// The user's display name.
+    pub name: String,
+    /// Home relays.
+    pub relays: Vec<String>,
+    /// The new device's certificate.
+    pub certificate: ByteBuf,
+    /// The user's signed device list that holds the new device.
+    pub device_list: ByteBuf,
+    /// Contacts.
+    pub contacts: Vec<BundleContact>,
+    /// Groups' signed membership operations: (group id, operation).
+    pub group_ops: Vec<(String, ByteBuf)>,
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self.identity.as_mut_slice());
+    }
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("name", &self.name)
+            .field("contacts", &self.contacts.len())
+            .field("group_ops", &self.group_ops.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bundle {
+    /// Encodes the bundle (wiped on drop).
+    pub fn encode(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, DeviceLinkError> {
+        let mut out = zeroize::Zeroizing::new(Vec::new());
+        ciborium::into_writer(self, &mut *out)
+            .map_err(|e| DeviceLinkError::Malformed(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Decodes a bundle.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DeviceLinkError> {
+        let b: Bundle =
+            ciborium::from_reader(bytes).map_err(|e| DeviceLinkError::Malformed(e.to_string()))?;
+        if b.v != LINK_VERSION {
+            return Err(DeviceLinkError::UnsupportedVersion(b.v));
+        }
+        Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Request {
+        Request {
+            v: LINK_VERSION,
+            device: ByteArray::new([1; 32]),
+            curve25519: ByteArray::new([2; 32]),
+            ed25519: ByteArray::new([3; 32]),
+            provision: ByteArray::new([4; 32]),
+            relays: vec![
+                "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLU1A7KakL9eRpfFpnSE4bZJ1LscLoTXP3tP3FazR4xtd"
+                    .into(),
+            ],
+            name: "laptop".into(),
+        }
+    }
+
+    #[test]
+    fn codes_round_trip_and_damage_is_caught() {
+        let r = sample();
+        let code = r.encode().unwrap();
+        assert!(code.starts_with(CODE_PREFIX));
+        assert_eq!(Request::parse(&code).unwrap(), r);
+        assert_eq!(Request::parse("tern:abc"), Err(DeviceLinkError::NotACode));
+        // Change one character in the middle.
+        let mut chars: Vec<char> = code.chars().collect();
+        let i = CODE_PREFIX.len() + 20;
+        chars[i] = if chars[i] == '2' { '3' } else { '2' };
+        let damaged: String = chars.into_iter().collect();
+        assert!(Request::parse(&damaged).is_err());
+        let mut bad = sample();
+        bad.relays = vec!["not an address".into()];
+        assert!(matches!(
+            Request::parse(&bad.encode().unwrap()),
+            Err(DeviceLinkError::Malformed(_))
+        ));
+    }
+}

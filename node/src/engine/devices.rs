@@ -1,0 +1,326 @@
+//! This user's devices: linking a new one, the own device list, and keeping every known
+//! user's device list current from their relays.
+
+use libp2p::PeerId;
+use serde_bytes::ByteBuf;
+use tern_crypto::{DeviceCertificate, SignedDeviceCertificate, SignedDeviceList, provision};
+use tern_store::Contact;
+
+use super::{ContactState, Engine, device_peer, relay_peer};
+use crate::{
+    device_link::{Bundle, BundleContact, LINK_VERSION, Request},
+    error::NodeError,
+    home::now_ms,
+    net::rpc,
+    types::DeviceInfo,
+};
+
+/// The provisioning record must fit one mailbox message (with room for its envelope).
+const MAX_BUNDLE_BYTES: usize = 110 * 1024;
+
+/// Device lists are fetched again at most this often when mail from an unknown device
+/// asks for it.
+const REFRESH_MIN_GAP: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Engine {
+    /// Whether this user has other active devices.
+    pub(crate) fn own_other_devices(&self) -> bool {
+        let me = self.keys.device.device_id();
+        self.keys
+            .device_list
+            .list()
+            .active()
+            .any(|e| e.device_id() != me)
+    }
+
+    /// Makes this user reachable like any other known user (own other devices get sync
+    /// copies through the same paths as contacts' devices).
+    pub(crate) fn refresh_me(&mut self) {
+        let list = self.keys.device_list.clone();
+        let state = ContactState {
+            contact: Contact {
+                user_id: self.user_hex.clone(),
+                display_name: self.config.name.clone(),
+                verified: true,
+                identity_key: self.keys.identity.public().as_bytes().to_vec(),
+                device_list: Some(list.as_bytes().to_vec()),
+                device_list_version: list.list().version,
+                relays: self.home_relays.iter().map(ToString::to_string).collect(),
+            },
+            list: Some(list),
+            relays: self.home_relays.clone(),
+        };
+        self.peers.insert(self.user_hex.clone(), state);
+        self.rebuild_device_owner();
+    }
+
+    /// The user's devices.
+    pub(crate) fn devices(&self) -> Vec<DeviceInfo> {
+        let me = self.keys.device.device_id();
+        self.keys
+            .device_list
+            .list()
+            .active()
+            .map(|e| {
+                let c = e.certificate.certificate();
+                DeviceInfo {
+                    device_id: e.device_id().to_peer_id_string(),
+                    name: c.name.clone(),
+                    this_device: e.device_id() == me,
+                    created_at: c.created_at,
+                }
+            })
+            .collect()
+    }
+
+    /// Links a new device from the code it shows: certifies it, publishes the next device
+    /// list, and deposits the provisioning record (identity, contacts, groups) for it.
+    pub(crate) async fn device_add(&mut self, code: &str) -> Result<DeviceInfo, NodeError> {
+        let req = Request::parse(code).map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let id = req.device_id();
+        let peer = device_peer(&id)
+            .ok_or_else(|| NodeError::BadRequest("the code's device id is not a key".into()))?;
+        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let list = self.keys.device_list.list().clone();
+        let certificate = match list.entry(&id) {
+            // Added before (the record may not have arrived): send it again.
+            Some(e) if e.is_active() => e.certificate.clone(),
+            Some(_) => {
+                return Err(NodeError::BadRequest(
+                    "that device was removed from this user; a removed device cannot come back"
+                        .into(),
+                ));
+            }
+            None => {
+                let certificate = SignedDeviceCertificate::sign(
+                    &self.keys.identity,
+                    DeviceCertificate {
+                        user_id: self.user,
+                        identity_key: self.keys.identity.public(),
+                        device_id: id,
+                        curve25519: req.curve25519.into_array(),
+                        ed25519: req.ed25519.into_array(),
+                        name: req.name.clone(),
+                        created_at: now_secs,
+                    },
+                )
+                .map_err(|e| NodeError::Crypto(e.to_string()))?;
+                let next = list.with_device(certificate.clone(), now_secs)?;
+                let signed = next.sign(&self.keys.identity)?;
+                // The list is stored before anything leaves: a crash after the deposit can
+                // never leave a device this one does not list.
+                self.store
+                    .transaction(|tx| tx.save_own_device_list(next.version, signed.as_bytes()))?;
+                self.keys.device_list = signed;
+                self.refresh_me();
+                for relay in self
+                    .home_relays
+                    .iter()
+                    .filter_map(relay_peer)
+                    .collect::<Vec<_>>()
+                {
+                    if let Err(e) = rpc::publish_device_list(
+                        &self.net,
+                        relay,
+                        self.keys.device_list.as_bytes().to_vec(),
+                    )
+                    .await
+                    {
+                        tracing::warn!(%relay, "publishing the device list failed (retried when the relay comes up): {e}");
+                        self.setup_pending.insert(relay);
+                    }
+                }
+                certificate
+            }
+        };
+        let mut bundle = Bundle {
+            v: LINK_VERSION,
+            identity: ByteBuf::from(
+                self.keys
+                    .identity
+                    .to_secret_bytes()
+                    .map_err(|e| NodeError::Crypto(e.to_string()))?
+                    .to_vec(),
+            ),
+            name: self.config.name.clone(),
+            relays: self.home_relays.iter().map(ToString::to_string).collect(),
+            certificate: ByteBuf::from(
+                certificate
+                    .to_bytes()
+                    .map_err(|e| NodeError::Crypto(e.to_string()))?,
+            ),
+            device_list: ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
+            contacts: self
+                .contacts
+                .values()
+                .map(|c| BundleContact {
+                    user_id: c.contact.user_id.clone(),
+                    name: c.contact.display_name.clone(),
+                    verified: c.contact.verified,
+                    identity_key: ByteBuf::from(c.contact.identity_key.clone()),
+                    device_list: c.contact.device_list.clone().map(ByteBuf::from),
+                    relays: c.contact.relays.clone(),
+                })
+                .collect(),
+            group_ops: self
+                .store
+                .group_ops()?
+                .into_iter()
+                .map(|(g, op)| (g, ByteBuf::from(op)))
+                .collect(),
+        };
+        let mut plain = bundle
+            .encode()
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        if plain.len() > MAX_BUNDLE_BYTES {
+            tracing::warn!(
+                "groups do not fit the provisioning record; the new device learns them as members write"
+            );
+            bundle.group_ops.clear();
+            plain = bundle
+                .encode()
+                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        }
+        if plain.len() > MAX_BUNDLE_BYTES {
+            return Err(NodeError::BadRequest(format!(
+                "the contacts take {} bytes, over the {MAX_BUNDLE_BYTES}-byte provisioning limit",
+                plain.len()
+            )));
+        }
+        let sealed = provision::seal_to(&req.provision.into_array(), &plain)
+            .map_err(|e| NodeError::Crypto(e.to_string()))?;
+        let mut last = NodeError::Network("the code names no relay".into());
+        let mut sent = false;
+        for addr in req.relay_addrs() {
+            let Some(relay) = relay_peer(&addr) else {
+                continue;
+            };
+            let _ = self.net.add_relay(addr.clone(), false).await;
+            match rpc::deposit(&self.net, relay, peer, sealed.clone()).await {
+                Ok(()) => {
+                    sent = true;
+                    break;
+                }
+                Err(e) => {
+                    last = NodeError::Network(format!("cannot reach the new device's relay: {e}"))
+                }
+            }
+        }
+        if !sent {
+            return Err(last);
+        }
+        Ok(DeviceInfo {
+            device_id: id.to_peer_id_string(),
+            name: certificate.certificate().name.clone(),
+            this_device: false,
+            created_at: certificate.certificate().created_at,
+        })
+    }
+
+    /// Asks for device lists to be fetched again soon (mail from an unknown device).
+    pub(crate) fn want_device_lists(&mut self) {
+        let now = std::time::Instant::now();
+        if self
+            .lists_fetched
+            .is_none_or(|t| now.duration_since(t) >= REFRESH_MIN_GAP)
+        {
+            self.lists_due = true;
+        }
+    }
+
+    /// Fetches the device list of every known user (contacts, group members, this user)
+    /// from a connected relay of theirs, and takes each valid successor: a newly linked
+    /// device is then addressed, a removed one no more. Mail kept for unknown devices is
+    /// fetched again afterwards.
+    pub(crate) async fn refresh_device_lists(&mut self) {
+        if !self.lists_due {
+            return;
+        }
+        self.lists_due = false;
+        self.lists_fetched = Some(std::time::Instant::now());
+        let users: Vec<String> = self
+            .contacts
+            .keys()
+            .chain(self.peers.keys())
+            .cloned()
+            .collect();
+        let mut changed = false;
+        for user in users {
+            match self.refresh_one(&user).await {
+                Ok(c) => changed |= c,
+                Err(e) => tracing::debug!(%user, "device list not refreshed: {e}"),
+            }
+        }
+        if changed {
+            self.rebuild_device_owner();
+            self.push_allow_list();
+            for relay in self
+                .home_relays
+                .iter()
+                .filter_map(relay_peer)
+                .collect::<Vec<PeerId>>()
+            {
+                if self.relay_up.contains(&relay) {
+                    self.fetch_mailbox(relay);
+                }
+            }
+        }
+    }
+
+    async fn refresh_one(&mut self, user: &str) -> Result<bool, NodeError> {
+        let Some(state) = self.known(user).cloned() else {
+            return Ok(false);
+        };
+        let Some(ub) = tern_crypto::UserId::from_hex(user) else {
+            return Ok(false);
+        };
+        let Some(relay) = state
+            .relay_peers()
+            .into_iter()
+            .find(|r| self.relay_up.contains(r))
+        else {
+            return Ok(false);
+        };
+        let bytes = rpc::fetch_device_list(&self.net, relay, *ub.as_bytes()).await?;
+        let next = SignedDeviceList::from_bytes(&bytes)?;
+        let key: [u8; 32] = state
+            .contact
+            .identity_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| NodeError::Crypto("stored identity key has the wrong length".into()))?;
+        next.check_identity(&tern_crypto::IdentityPublicKey::from_bytes(key))?;
+        if let Some(current) = &state.list {
+            if next.list().version <= current.list().version {
+                return Ok(false);
+            }
+            current.list().check_successor(next.list())?;
+        }
+        if user == self.user_hex {
+            self.store
+                .transaction(|tx| tx.save_own_device_list(next.list().version, next.as_bytes()))?;
+            self.keys.device_list = next;
+            self.refresh_me();
+            return Ok(true);
+        }
+        let mut contact = state.contact.clone();
+        contact.device_list = Some(bytes.clone());
+        contact.device_list_version = next.list().version;
+        let new_state = ContactState {
+            contact: contact.clone(),
+            list: Some(next),
+            relays: state.relays.clone(),
+        };
+        if self.contacts.contains_key(user) {
+            let now = now_ms();
+            self.store
+                .transaction(|tx| tx.save_contact(&contact, now))?;
+            self.contacts.insert(user.to_owned(), new_state);
+        } else {
+            self.store
+                .transaction(|tx| tx.save_group_peer(user, &bytes))?;
+            self.peers.insert(user.to_owned(), new_state);
+        }
+        Ok(true)
+    }
+}
