@@ -66,6 +66,8 @@ pub struct Received {
     pub text: String,
     /// When it was decrypted here.
     pub at: Instant,
+    /// When the relay stored the ciphertext (the relay's clock, ms since the Unix epoch).
+    pub deposited_ms: u64,
 }
 
 /// Counts decrypted texts across many sims, so a test can wait until `n` of them have one.
@@ -77,7 +79,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn record(&self, text: &str, at: Instant) {
+    /// Records that one more sim (or any receiver) got `text` at `at`.
+    pub fn record(&self, text: &str, at: Instant) {
         if let Ok(mut seen) = self.seen.lock() {
             seen.entry(text.to_owned()).or_default().push(at);
         }
@@ -182,8 +185,10 @@ struct Inner {
     /// Inbound sender keys by Megolm session id.
     sender_keys: HashMap<String, InboundSenderKey>,
     ledger: MemoryReplayLedger,
-    /// Group messages that arrived before their sender key: (sender, ciphertext).
-    stash: Vec<(PeerId, Vec<u8>)>,
+    /// Group messages that arrived before their sender key: (sender, deposited, ciphertext).
+    stash: Vec<(PeerId, u64, Vec<u8>)>,
+    /// When the relay stored the mail being processed.
+    deposited_ms: u64,
     /// Envelope ids already recorded (a redelivered message is not counted twice).
     seen_ids: HashSet<[u8; 16]>,
     trusted: Arc<Trusted>,
@@ -272,6 +277,7 @@ impl SimDevice {
             sender_keys: HashMap::new(),
             ledger: MemoryReplayLedger::default(),
             stash: Vec::new(),
+            deposited_ms: 0,
             seen_ids: HashSet::new(),
             trusted,
             tally,
@@ -323,19 +329,16 @@ async fn run(mut inner: Inner, client: Client, mut events: tokio::sync::mpsc::Re
                 None => return,
             },
             _ = poll.tick() => {
+                // A failed fetch is tried again at the next tick.
                 let mut after = 0;
-                loop {
-                    match client.fetch(after, mailbox::MAX_FETCH_MESSAGES).await {
-                        Ok((envelopes, more)) => {
-                            let Some(last) = envelopes.last().map(|e| e.id) else { break };
-                            after = last;
-                            inner.handle(&client, envelopes);
-                            if !more {
-                                break;
-                            }
-                        }
-                        // The next tick tries again.
-                        Err(_) => break,
+                while let Ok((envelopes, more)) =
+                    client.fetch(after, mailbox::MAX_FETCH_MESSAGES).await
+                {
+                    let Some(last) = envelopes.last().map(|e| e.id) else { break };
+                    after = last;
+                    inner.handle(&client, envelopes);
+                    if !more {
+                        break;
                     }
                 }
             }
@@ -359,6 +362,7 @@ impl Inner {
     fn handle(&mut self, client: &Client, envelopes: Vec<mailbox::Envelope>) {
         let mut acks = Vec::with_capacity(envelopes.len());
         for env in envelopes {
+            self.deposited_ms = env.deposited_ms;
             match self.process(env.sender, &env.ciphertext) {
                 Outcome::Ack => acks.push(env.id),
                 Outcome::Keep => self.count(|s| s.kept += 1),
@@ -385,7 +389,8 @@ impl Inner {
                     if self.stash.len() >= MAX_STASH {
                         self.stash.remove(0);
                     }
-                    self.stash.push((sender, ciphertext.to_vec()));
+                    self.stash
+                        .push((sender, self.deposited_ms, ciphertext.to_vec()));
                 }
                 Outcome::Ack
             }
@@ -516,11 +521,14 @@ impl Inner {
             return;
         }
         let stash = std::mem::take(&mut self.stash);
-        for (sender, ciphertext) in stash {
+        let current = self.deposited_ms;
+        for (sender, deposited, ciphertext) in stash {
+            self.deposited_ms = deposited;
             if !self.group(sender, &ciphertext) {
-                self.stash.push((sender, ciphertext));
+                self.stash.push((sender, deposited, ciphertext));
             }
         }
+        self.deposited_ms = current;
     }
 
     fn record(&mut self, id: [u8; 16], group: Option<String>, sender: PeerId, text: String) {
@@ -535,6 +543,7 @@ impl Inner {
                 sender_device: sender,
                 text,
                 at,
+                deposited_ms: self.deposited_ms,
             });
         }
     }

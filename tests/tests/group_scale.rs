@@ -25,7 +25,7 @@ const MAX_MEMBERS: usize = 500;
 /// The node's API error code for a full group.
 const GROUP_FULL: i64 = 1014;
 /// Longest wait for a group message to reach every sim (a debug build on a small machine).
-const REACH_ALL: Duration = Duration::from_secs(180);
+const REACH_ALL: Duration = Duration::from_secs(300);
 /// Longest wait for one API call that touches every member (creating the group).
 const BIG_CALL: Duration = Duration::from_secs(300);
 

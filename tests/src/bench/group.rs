@@ -14,6 +14,11 @@
 //! - `group.first_message_last_recipient`: ms until the last member decrypted the group's
 //!   first message, which carries the sender key to each member over Olm (no baseline).
 //!
+//! - `group.raw_relay_fanout_last_p50` / `_p99`: the floor under the latency — bare relay
+//!   clients, one per member, listening on the same relay (alongside the members): one
+//!   client deposits a ciphertext of the group message's size for all of them and the time
+//!   until the last one has it pushed is taken. No encryption, no node, no store.
+//!
 //! Baseline in the same run, on the same node, relay and members: the naive client — the
 //! same text sent pairwise to each member with the API `send` (one call per contact, one Olm
 //! ciphertext and one deposit per member device), measured the same three ways per logical
@@ -22,7 +27,10 @@
 //!
 //! `--quick` uses 20 members and a handful of messages.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, anyhow};
 use serde_json::json;
@@ -30,16 +38,23 @@ use tern_node::{
     Home,
     api::{client::ApiClient, read_node_file},
 };
+use tern_relay::{
+    client::{Client, Config, Event, Keypair},
+    libp2p::futures::future::join_all,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Opts, Report, quantile};
 use crate::{
-    sim::SimFleet,
+    sim::{SimFleet, Tally},
     support::{Node, Relay, free_port},
 };
 
 /// Time between the starts of two group messages in the series.
 const GROUP_INTERVAL: Duration = Duration::from_millis(200);
+/// Size of a group text message's ciphertext as the relay stores it (a short text), for the
+/// raw fan-out floor.
+const GROUP_CIPHERTEXT_BYTES: usize = 475;
 /// Longest wait for one message to reach every member.
 const REACH_ALL: Duration = Duration::from_secs(120);
 /// Longest wait for one API call that touches every member (creating the group).
@@ -135,11 +150,22 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
                 .collect()
         })
         .await?;
+        let mut floor = raw_fanout(&relay.addr, members, group_n).await?;
         let stats = fleet.stats();
         if stats.failures > 0 {
             anyhow::bail!("members failed to decrypt {} ciphertexts", stats.failures);
         }
         report.value("group.first_message_last_recipient", ms(first), "ms");
+        report.value(
+            "group.raw_relay_fanout_last_p50",
+            ms(quantile(&mut floor, 0.5)),
+            "ms",
+        );
+        report.value(
+            "group.raw_relay_fanout_last_p99",
+            ms(quantile(&mut floor, 0.99)),
+            "ms",
+        );
         report_rows(report, members, group_series, pairwise_series);
         anyhow::Ok(())
     })
@@ -267,4 +293,61 @@ async fn relay_deposit_bytes(port: u16) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("tern_relay_deposit_bytes_total "))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| anyhow!("no tern_relay_deposit_bytes_total in the relay's metrics"))
+}
+
+/// The relay's fan-out floor: `members` bare clients listen, one deposit names them all, and
+/// the time until the last has it pushed, `n` times at [`GROUP_INTERVAL`].
+async fn raw_fanout(relay: &str, members: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let addr: tern_relay::Multiaddr = relay.parse()?;
+    let tally = Arc::new(Tally::default());
+    let mut receivers = Vec::with_capacity(members);
+    let mut tasks = Vec::with_capacity(members);
+    for start in (0..members).step_by(32) {
+        let batch = (start..members.min(start + 32))
+            .map(|_| Client::connect(Keypair::generate_ed25519(), addr.clone(), Config::default()));
+        for r in join_all(batch).await {
+            let (client, mut events) = r?;
+            client.listen(true).await?;
+            let (c, tally) = (client.clone(), tally.clone());
+            tasks.push(tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    if let Event::Delivered(mail) = ev {
+                        let at = Instant::now();
+                        let ids = mail.iter().map(|m| m.id).collect();
+                        for m in &mail {
+                            tally.record(&String::from_utf8_lossy(&m.ciphertext[..16]), at);
+                        }
+                        let _ = c.ack(ids).await;
+                    }
+                }
+            }));
+            receivers.push(client);
+        }
+    }
+    let peers: Vec<_> = receivers.iter().map(Client::local_peer_id).collect();
+    let (sender, _) = Client::connect(Keypair::generate_ed25519(), addr, Config::default()).await?;
+    let mut tick = tokio::time::interval(GROUP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        tick.tick().await;
+        let tag = format!("raw-fanout-{i:06}");
+        let mut body = tag.clone().into_bytes();
+        body.resize(16, b' ');
+        let tag = String::from_utf8_lossy(&body).into_owned();
+        body.resize(GROUP_CIPHERTEXT_BYTES, 0x5a);
+        let start = Instant::now();
+        sender.deposit(peers.clone(), None, body).await?;
+        let at = tally.wait(&tag, members, REACH_ALL).await?;
+        lat.push(
+            at.iter()
+                .max()
+                .map_or(Duration::ZERO, |t| t.saturating_duration_since(start)),
+        );
+        tally.forget(&tag);
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(lat)
 }
