@@ -134,6 +134,11 @@ enum Cmd {
         #[arg(long)]
         scanned: Option<String>,
     },
+    /// This user's devices: link a new one, list them.
+    Device {
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+    },
     /// Group commands (GROUP is a group id or a unique title; MEMBER a contact name or user id).
     Group {
         #[command(subcommand)]
@@ -199,6 +204,34 @@ enum GroupCmd {
         #[arg(long)]
         no_mark_read: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCmd {
+    /// Make this (empty) home a new device of an existing user: prints a link code (and its
+    /// QR code) to enter with `tern device add` on a device of that user, waits for it, and
+    /// sets the home up. Then run `tern up`.
+    Link {
+        /// A relay the other device can reach (its `tern status` lists its relays).
+        #[arg(long)]
+        relay: String,
+        /// This device's name.
+        #[arg(long, default_value = "device")]
+        name: String,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Print the code only, without the QR code.
+        #[arg(long)]
+        no_qr: bool,
+    },
+    /// Link a new device from the code it shows (`tern device link` there).
+    Add {
+        /// The `tern-device:` code.
+        code: String,
+    },
+    /// List this user's devices.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -367,6 +400,89 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             api,
             no_direct,
         } => up::run(home, relay, listen, api, !no_direct).await,
+        Cmd::Device {
+            cmd:
+                DeviceCmd::Link {
+                    relay,
+                    name,
+                    timeout,
+                    no_qr,
+                },
+        } => {
+            let relay: tern_node::libp2p::Multiaddr = relay
+                .parse()
+                .map_err(|e| Failure::new(5, format!("bad relay address {relay}: {e}")))?;
+            let created = tern_node::link_new_device(
+                &home,
+                relay,
+                &name,
+                |code| {
+                    if json {
+                        print_json(&json!({"code": code}));
+                    } else {
+                        println!("link code: {code}");
+                        if !no_qr && let Some(q) = qr(code) {
+                            println!("{q}");
+                        }
+                        println!("on a linked device run: tern device add <code>   (waiting...)");
+                    }
+                },
+                std::time::Duration::from_secs(timeout),
+            )
+            .await
+            .map_err(|e| {
+                let code = match e.code() {
+                    1009 => 7,
+                    -32602 | 1005 => 5,
+                    _ => 1,
+                };
+                Failure::new(code, e.to_string())
+            })?;
+            if json {
+                print_json(
+                    &json!({"user_id": created.user_id, "device_id": created.device_id, "home": home.dir()}),
+                );
+            } else {
+                println!(
+                    "linked: user id {}, device id {}",
+                    created.user_id, created.device_id
+                );
+                println!("next: tern --home {} up", home.dir().display());
+            }
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Add { code },
+        } => {
+            let v = client(&home)
+                .await?
+                .call("device.add", json!({"code": code}))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("linked device {} ({})", s(&v, "device_id"), s(&v, "name"));
+            }
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::List,
+        } => {
+            let v = client(&home).await?.call("device.list", json!({})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                for d in v.as_array().cloned().unwrap_or_default() {
+                    let this = if d.get("this_device").and_then(Value::as_bool) == Some(true) {
+                        "  (this device)"
+                    } else {
+                        ""
+                    };
+                    println!("{}  {}{this}", s(&d, "device_id"), s(&d, "name"));
+                }
+            }
+            Ok(())
+        }
         Cmd::Id { cmd: IdCmd::Show } => {
             let v = client(&home).await?.call("id.show", json!({})).await?;
             if json {

@@ -146,6 +146,37 @@ pub struct BundleContact {
     pub relays: Vec<String>,
 }
 
+/// A message of recent history as the provisioning bundle carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleMessage {
+    /// Message id.
+    pub id: ByteArray<16>,
+    /// Conversation id.
+    pub conversation: String,
+    /// Whether the conversation is a group.
+    pub group: bool,
+    /// The conversation's title.
+    pub title: Option<String>,
+    /// Sender user id.
+    pub sender_user: String,
+    /// Sender device id.
+    pub sender_device: String,
+    /// Lamport clock.
+    pub lamport: u64,
+    /// Per-sender sequence number.
+    pub seq: u64,
+    /// Sender's clock, ms.
+    pub sent_at_ms: i64,
+    /// Sent by this user.
+    pub own: bool,
+    /// Status: pending, sent, delivered, read, failed or received.
+    pub status: String,
+    /// The text.
+    pub text: Option<String>,
+    /// For a membership change, the signed operation.
+    pub data: Option<ByteBuf>,
+}
+
 /// What the existing device sends (sealed) to the new one. Contains the identity secret.
 #[derive(Serialize, Deserialize)]
 pub struct Bundle {
@@ -165,6 +196,8 @@ pub struct Bundle {
     pub contacts: Vec<BundleContact>,
     /// Groups' signed membership operations: (group id, operation).
     pub group_ops: Vec<(String, ByteBuf)>,
+    /// Recent history (the newest messages of the most recently active conversations).
+    pub history: Vec<BundleMessage>,
 }
 
 impl Drop for Bundle {
@@ -179,6 +212,7 @@ impl std::fmt::Debug for Bundle {
             .field("name", &self.name)
             .field("contacts", &self.contacts.len())
             .field("group_ops", &self.group_ops.len())
+            .field("history", &self.history.len())
             .finish_non_exhaustive()
     }
 }

@@ -101,6 +101,48 @@ pub enum HomeError {
     },
 }
 
+/// A message of moved history, its conversation made if needed. It arrives read.
+fn moved_message(
+    m: &crate::device_link::BundleMessage,
+    now_ms: i64,
+    tx: &mut tern_store::Tx<'_>,
+) -> Result<tern_store::Message, HomeError> {
+    let conv = tern_store::ConversationId(m.conversation.clone());
+    let kind = if m.group {
+        tern_store::ConversationKind::Group
+    } else {
+        tern_store::ConversationKind::Direct
+    };
+    tx.ensure_conversation(&conv, kind, m.title.as_deref(), now_ms)?;
+    let body = match &m.data {
+        Some(d) => tern_store::Body::Structured {
+            data: d.to_vec(),
+            text: m.text.clone(),
+        },
+        None => tern_store::Body::Text(m.text.clone().unwrap_or_default()),
+    };
+    Ok(tern_store::Message {
+        id: tern_store::MessageId(m.id.into_array()),
+        conversation: conv,
+        sender_user: m.sender_user.clone(),
+        sender_device: m.sender_device.clone(),
+        lamport: m.lamport,
+        seq: m.seq,
+        sent_at_ms: m.sent_at_ms,
+        received_at_ms: now_ms,
+        own: m.own,
+        status: match m.status.as_str() {
+            // Never encrypted here: shown as not sent rather than waiting forever.
+            "pending" | "failed" => tern_store::Status::Failed,
+            "sent" => tern_store::Status::Sent,
+            "delivered" => tern_store::Status::Delivered,
+            _ => tern_store::Status::Read,
+        },
+        body,
+        edited_at_ms: None,
+    })
+}
+
 fn crypto_err(e: impl std::fmt::Display) -> HomeError {
     HomeError::Crypto(e.to_string())
 }
@@ -381,6 +423,10 @@ impl Home {
             for (group, op) in &bundle.group_ops {
                 let hash: [u8; 32] = sha2::Sha256::digest(op).into();
                 tx.save_group_op(group, &hash, op, created_ms)?;
+            }
+            for m in &bundle.history {
+                let message = moved_message(m, created_ms, tx)?;
+                tx.record_incoming(&message, &[])?;
             }
             Ok(())
         })?;

@@ -339,6 +339,8 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         ),
         "contact.accept" => to_value(node.accept_identity(str_param(p, "contact")?).await?),
         "contact.list" => to_value(node.contacts().await?),
+        "device.add" => to_value(node.device_add(str_param(p, "code")?).await?),
+        "device.list" => to_value(node.devices().await?),
         "send" => to_value(
             node.send(str_param(p, "contact")?, str_param(p, "text")?)
                 .await?,

@@ -8,12 +8,17 @@ use tern_store::Contact;
 
 use super::{ContactState, Engine, device_peer, relay_peer};
 use crate::{
-    device_link::{Bundle, BundleContact, LINK_VERSION, Request},
+    device_link::{Bundle, BundleContact, BundleMessage, LINK_VERSION, Request},
     error::NodeError,
     home::now_ms,
     net::rpc,
     types::DeviceInfo,
 };
+
+/// Recent history moved to a newly linked device: this many conversations...
+const HISTORY_CONVERSATIONS: u32 = 50;
+/// ...and this many newest messages of each (fewer when they do not fit the record).
+const HISTORY_PER_CONVERSATION: u32 = 100;
 
 /// The provisioning record must fit one mailbox message (with room for its envelope).
 const MAX_BUNDLE_BYTES: usize = 110 * 1024;
@@ -168,18 +173,23 @@ impl Engine {
                 .into_iter()
                 .map(|(g, op)| (g, ByteBuf::from(op)))
                 .collect(),
+            history: Vec::new(),
         };
-        let mut plain = bundle
-            .encode()
-            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        bundle.history = self.recent_history()?;
+        let encode = |b: &Bundle| b.encode().map_err(|e| NodeError::BadRequest(e.to_string()));
+        let mut plain = encode(&bundle)?;
+        // Too big: less history first (the oldest go), then no groups.
+        while plain.len() > MAX_BUNDLE_BYTES && !bundle.history.is_empty() {
+            let drop = bundle.history.len() - bundle.history.len() / 2;
+            bundle.history.drain(..drop);
+            plain = encode(&bundle)?;
+        }
         if plain.len() > MAX_BUNDLE_BYTES {
             tracing::warn!(
                 "groups do not fit the provisioning record; the new device learns them as members write"
             );
             bundle.group_ops.clear();
-            plain = bundle
-                .encode()
-                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+            plain = encode(&bundle)?;
         }
         if plain.len() > MAX_BUNDLE_BYTES {
             return Err(NodeError::BadRequest(format!(
@@ -215,6 +225,44 @@ impl Engine {
             this_device: false,
             created_at: certificate.certificate().created_at,
         })
+    }
+
+    /// The newest messages of the most recently active conversations, oldest first, for a
+    /// newly linked device.
+    fn recent_history(&self) -> Result<Vec<BundleMessage>, NodeError> {
+        let page = self.store.conversations(None, HISTORY_CONVERSATIONS)?;
+        let mut out = Vec::new();
+        for c in page.conversations.iter().rev() {
+            let group = c.kind == tern_store::ConversationKind::Group;
+            for m in self.store.history(
+                &c.id,
+                tern_store::Page::Latest,
+                Some(HISTORY_PER_CONVERSATION),
+            )? {
+                let (text, data) = match &m.body {
+                    tern_store::Body::Text(t) => (Some(t.clone()), None),
+                    tern_store::Body::Structured { data, text } => {
+                        (text.clone(), Some(ByteBuf::from(data.clone())))
+                    }
+                };
+                out.push(BundleMessage {
+                    id: serde_bytes::ByteArray::new(m.id.0),
+                    conversation: c.id.0.clone(),
+                    group,
+                    title: c.title.clone(),
+                    sender_user: m.sender_user.clone(),
+                    sender_device: m.sender_device.clone(),
+                    lamport: m.lamport,
+                    seq: m.seq,
+                    sent_at_ms: m.sent_at_ms,
+                    own: m.own,
+                    status: super::status_name(m.status).to_owned(),
+                    text,
+                    data,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Asks for device lists to be fetched again soon (mail from an unknown device).

@@ -1,0 +1,162 @@
+//! A second device for a user, over real processes on 127.0.0.1: `tern device link` on an
+//! empty home shows a code, `tern device add CODE` on the first device provisions it (identity,
+//! contacts, recent history, groups), and from then on both devices send and receive: each
+//! gets sync copies of what the other sends, a contact's messages reach both, and a group
+//! reaches both.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tern_tests::support::{Node, Relay, bin, link_pair, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn texts(node: &Node, args: &[&str]) -> Vec<(String, bool)> {
+    node.json(args)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            (
+                m["text"].as_str().unwrap_or_default().to_owned(),
+                m["own"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+fn has(node: &Node, args: &[&str], text: &str) -> Option<bool> {
+    texts(node, args)
+        .into_iter()
+        .find(|(t, _)| t == text)
+        .map(|(_, own)| own)
+}
+
+fn ids(node: &Node, args: &[&str]) -> Vec<String> {
+    node.json(args)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_linked_second_device_sends_receives_and_gets_sync_copies() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = Relay::start(&dir.path().join("relay"), "")?;
+    let ana = Node::init_and_start(dir.path(), "ana", Some(&relay.addr))?;
+    let ben = Node::init_and_start(dir.path(), "ben", Some(&relay.addr))?;
+    link_pair(&ana, &ben, "ana", "ben")?;
+    ana.ok(&["send", "ben", "before linking"])?;
+    wait_for("ben to get the first message", WAIT, || {
+        has(&ben, &["history", "ana"], "before linking")
+    })?;
+
+    // The new device shows a code and waits; the first device adds it.
+    let laptop_home = dir.path().join("ana-laptop");
+    let mut link = Command::new(bin("tern"))
+        .arg("--home")
+        .arg(&laptop_home)
+        .args(["device", "link", "--relay", &relay.addr, "--name", "laptop"])
+        .args(["--no-qr", "--timeout", "60"])
+        .env_remove("TERN_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let out = link.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let code = loop {
+        let line = rx.recv_timeout(WAIT)?;
+        if let Some(code) = line.strip_prefix("link code: ") {
+            break code.to_owned();
+        }
+    };
+    // A damaged code is refused with a clear error, before anything changes.
+    let mut damaged = code.clone();
+    damaged.insert(20, 'x');
+    let bad = ana.cli(&["device", "add", &damaged]);
+    assert_eq!(bad.status.code(), Some(5), "{bad:?}");
+    let added = ana.json(&["device", "add", &code])?;
+    assert_eq!(added["name"], "laptop");
+    let status = wait_for("the new device to be provisioned", WAIT, || {
+        link.try_wait().ok().flatten()
+    })?;
+    assert!(status.success(), "tern device link exited {status:?}");
+    let devices = ana.json(&["device", "list"])?;
+    assert_eq!(devices.as_array().map(Vec::len), Some(2));
+
+    let laptop = Node::start(&laptop_home, Some(&relay.addr))?;
+    assert_eq!(laptop.user, ana.user, "same user on both devices");
+    assert_ne!(laptop.device, ana.device);
+    // Contacts and recent history came along.
+    let contacts = laptop.json(&["contact", "list"])?;
+    assert_eq!(contacts[0]["name"], "ben");
+    assert_eq!(
+        has(&laptop, &["history", "ben"], "before linking"),
+        Some(true)
+    );
+
+    // The laptop writes: Ben gets it (learning the new device from the relay), and the phone
+    // shows it as its own.
+    laptop.ok(&["send", "ben", "from the laptop"])?;
+    wait_for("ben to get the laptop's message", WAIT, || {
+        has(&ben, &["history", "ana"], "from the laptop")
+    })?;
+    let own = wait_for("the phone's sync copy", WAIT, || {
+        has(&ana, &["history", "ben"], "from the laptop")
+    })?;
+    assert!(own, "a sync copy is an own message");
+    // The phone writes: the laptop shows it as its own.
+    ana.ok(&["send", "ben", "from the phone"])?;
+    assert!(wait_for("the laptop's sync copy", WAIT, || {
+        has(&laptop, &["history", "ben"], "from the phone")
+    })?);
+    // Ben's message reaches both devices.
+    ben.ok(&["send", "ana", "to both devices"])?;
+    for device in [&ana, &laptop] {
+        let own = wait_for("ben's message on each device", WAIT, || {
+            has(device, &["history", "ben"], "to both devices")
+        })?;
+        assert!(!own);
+    }
+    let on_phone = ids(&ana, &["history", "ben"]);
+    let on_laptop = ids(&laptop, &["history", "ben"]);
+    assert_eq!(on_phone, on_laptop, "both devices show one conversation");
+
+    // A group Ben makes with Ana reaches both of Ana's devices, and either can write to it.
+    let group = ben.json(&["group", "create", "Duo", "ana"])?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ben.ok(&["group", "send", &group, "hello both"])?;
+    for device in [&ana, &laptop] {
+        wait_for("the group message on each device", WAIT, || {
+            has(device, &["group", "history", &group], "hello both")
+        })?;
+    }
+    laptop.ok(&["group", "send", &group, "laptop in the group"])?;
+    wait_for("ben to get the laptop's group message", WAIT, || {
+        has(&ben, &["group", "history", &group], "laptop in the group")
+    })?;
+    assert!(wait_for("the phone's group sync copy", WAIT, || {
+        has(&ana, &["group", "history", &group], "laptop in the group")
+    })?);
+    let info: Value = laptop.json(&["group", "info", &group])?;
+    assert_eq!(info["member"], true);
+    Ok(())
+}
