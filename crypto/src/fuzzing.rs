@@ -34,6 +34,7 @@ pub const TARGETS: &[Target] = &[
     ("sealed", sealed_record),
     ("media", media_stream),
     ("safety_qr", safety_qr),
+    ("provisioning", provisioning),
 ];
 
 /// Runs the target called `name` on `data`; `false` if there is no such target.
@@ -44,6 +45,12 @@ pub fn run(name: &str, data: &[u8]) -> bool {
             true
         }
         None => false,
+    }
+}
+
+fn provisioning(data: &[u8]) {
+    if let Ok(key) = crate::provision::ProvisionKey::generate() {
+        let _ = key.open(data);
     }
 }
 

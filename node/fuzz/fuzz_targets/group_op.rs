@@ -1,0 +1,7 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Ok(op) = tern_node::group::SignedOp::from_bytes(data) {
+        let _ = tern_node::group::GroupState::genesis(&op);
+    }
+});
