@@ -697,49 +697,67 @@ impl Engine {
             }
         };
         let id = op_message_id(op);
-        for user in users {
-            let user = hex(user);
-            if let Err(e) = self.send_pairwise(&user, id, &plain).await {
-                // Owed (an empty key marks an operation), and sent once they can be reached.
-                tracing::info!(%group, member = %user, "member not reachable now; the membership change waits for them: {e}");
-                let now = now_ms();
-                match self
-                    .store
-                    .transaction(|tx| tx.owe_group_message(id, &user, &[], op.to_bytes(), now))
-                {
-                    Ok(()) => self.owed_due = true,
-                    Err(e) => {
-                        tracing::error!(%group, "recording an owed membership change failed: {e}")
-                    }
+        let users: Vec<String> = users.iter().map(|u| hex(u)).collect();
+        let failed = match self.send_pairwise(&users, id, &plain).await {
+            Ok(failed) => failed,
+            Err(e) => {
+                tracing::error!(%group, "queueing a group operation failed: {e}");
+                return;
+            }
+        };
+        for (user, e) in failed {
+            // Owed (an empty key marks an operation), and sent once they can be reached.
+            tracing::info!(%group, member = %user, "member not reachable now; the membership change waits for them: {e}");
+            let now = now_ms();
+            match self
+                .store
+                .transaction(|tx| tx.owe_group_message(id, &user, &[], op.to_bytes(), now))
+            {
+                Ok(()) => self.owed_due = true,
+                Err(e) => {
+                    tracing::error!(%group, "recording an owed membership change failed: {e}")
                 }
             }
         }
     }
 
-    /// Encrypts `plain` for every device of `user` and queues it as outbox rows of the
-    /// stored message `id`.
+    /// Encrypts `plain` for every device of each of `users` and queues it as outbox rows of
+    /// the stored message `id`, with every ratchet state, in one transaction. Returns the
+    /// users who could not be reached (no device list or no session to be had).
     async fn send_pairwise(
         &mut self,
-        user: &str,
+        users: &[String],
         id: MessageId,
         plain: &[u8],
-    ) -> Result<(), NodeError> {
-        self.ensure_peer(user).await?;
-        let mut sessions = self.sessions_for(user).await?;
+    ) -> Result<Vec<(String, NodeError)>, NodeError> {
+        let mut failed = Vec::new();
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
-        for (device, s) in sessions.iter_mut() {
-            let ct = s.encrypt(plain)?;
-            deliveries.push(Delivery {
-                recipient_user: user.to_owned(),
-                recipient_device: device.to_peer_id_string(),
-                payload: ct,
-            });
-            pickles.push((
-                device.to_peer_id_string(),
-                s.current_session_id().unwrap_or_default(),
-                s.pickle()?,
-            ));
+        for user in users {
+            if let Err(e) = self.ensure_peer(user).await {
+                failed.push((user.clone(), e));
+                continue;
+            }
+            let mut sessions = match self.sessions_for(user).await {
+                Ok(s) => s,
+                Err(e) => {
+                    failed.push((user.clone(), e));
+                    continue;
+                }
+            };
+            for (device, s) in sessions.iter_mut() {
+                let ct = s.encrypt(plain)?;
+                deliveries.push(Delivery {
+                    recipient_user: user.clone(),
+                    recipient_device: device.to_peer_id_string(),
+                    payload: ct,
+                });
+                pickles.push((
+                    device.to_peer_id_string(),
+                    s.current_session_id().unwrap_or_default(),
+                    s.pickle()?,
+                ));
+            }
         }
         let updates = super::send::crypto_updates(&pickles);
         let now = now_ms();
@@ -756,7 +774,7 @@ impl Engine {
                 next_attempt_ms: now,
             });
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Makes sure a group member's device list is known (fetched from their relays and

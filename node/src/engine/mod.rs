@@ -387,7 +387,18 @@ impl Engine {
                     None => break,
                 },
                 Some(ev) = net_events.recv() => self.on_net(ev).await,
-                Some(msg) = internal.recv() => self.on_internal(msg),
+                Some(msg) = internal.recv() => {
+                    // Take what else is ready: successful deliveries are acknowledged in
+                    // one transaction.
+                    let mut batch = vec![msg];
+                    while batch.len() < crate::consts::OUTBOX_BATCH as usize {
+                        match internal.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    self.on_internal_batch(batch);
+                }
                 _ = outbox.tick() => {
                     self.refresh_device_lists().await;
                     self.fetch_missing_peers().await;
@@ -581,6 +592,24 @@ impl Engine {
             net::Event::HolePunch { peer, ok } => {
                 tracing::info!(%peer, ok, "hole punch finished");
             }
+        }
+    }
+
+    fn on_internal_batch(&mut self, batch: Vec<Internal>) {
+        let mut delivered = Vec::new();
+        for msg in batch {
+            match msg {
+                Internal::Delivered {
+                    id,
+                    device,
+                    result: Ok(()),
+                    ..
+                } => delivered.push((id, device)),
+                other => self.on_internal(other),
+            }
+        }
+        if !delivered.is_empty() {
+            self.on_delivered_many(delivered);
         }
     }
 

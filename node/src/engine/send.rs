@@ -519,6 +519,41 @@ impl Engine {
         }
     }
 
+    /// Successful deliveries: acknowledged in one transaction; messages whose last row went
+    /// become `sent`.
+    pub(crate) fn on_delivered_many(&mut self, delivered: Vec<(MessageId, String)>) {
+        for key in &delivered {
+            self.in_flight.remove(key);
+        }
+        let out = self.store.transaction(|tx| -> Result<_, NodeError> {
+            let mut done = Vec::new();
+            for (id, device) in &delivered {
+                if tx.ack_delivery(*id, device)? == 0 && !done.contains(id) {
+                    done.push(*id);
+                }
+            }
+            Ok(done)
+        });
+        match out {
+            Ok(done) => {
+                for id in done {
+                    if let Ok(Some(m)) = self.store.message(id)
+                        && m.status == Status::Sent
+                    {
+                        self.emit(Event::Receipt {
+                            conversation: m.conversation.0,
+                            ids: vec![id.to_string()],
+                            status: "sent".into(),
+                        });
+                    }
+                }
+            }
+            Err(e) => tracing::error!("recording deliveries failed (they go again): {e}"),
+        }
+        // Keep the pipe full.
+        self.dispatch_due(false);
+    }
+
     pub(crate) fn on_delivered(
         &mut self,
         id: MessageId,
