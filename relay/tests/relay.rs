@@ -144,6 +144,34 @@ async fn fan_out_is_stored_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_costs_one_token_plus_a_fiftieth_per_further_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        "[rate]\ndeposits_per_sec = 0.001\ndeposits_burst = 20.0\n",
+    );
+    let (alice, _) = connect(&relay.tcp).await;
+    // 201 mailboxes cost 1 + 200/50 = 5 tokens: four such deposits fit a burst of 20, where
+    // counting every mailbox as one would refuse the first.
+    let members: Vec<PeerId> = (0..201).map(|_| PeerId::random()).collect();
+    for _ in 0..4 {
+        alice
+            .deposit(members.clone(), None, vec![1; 100])
+            .await
+            .unwrap();
+    }
+    let e = alice
+        .deposit(members.clone(), None, vec![1; 100])
+        .await
+        .unwrap_err();
+    assert_eq!(rejected(e), ErrorCode::RateLimited);
+    assert_eq!(
+        relay.metric("tern_relay_deposit_recipients_total").await,
+        4.0 * 201.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_size_and_rate_limits() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(

@@ -451,7 +451,7 @@ impl EventLoop {
                 }
                 if let Err(wait) =
                     self.deposits
-                        .take(&peer, recipients.len() as f64, Instant::now())
+                        .take(&peer, deposit_cost(recipients.len()), Instant::now())
                 {
                     return self.reject(
                         Proto::Mailbox,
@@ -991,3 +991,14 @@ fn busy(e: storage::OpError) -> Rejection {
         retry_after_ms: matches!(code, ErrorCode::Unavailable).then_some(100),
     }
 }
+
+/// Deposit tokens a deposit for `recipients` mailboxes costs: one for the stored message and
+/// a fiftieth for each further mailbox that refers to it. A group message to 500 members
+/// costs about 11, not 500: the relay stores it once, and every mailbox it lands in still has
+/// its own quota.
+pub(crate) fn deposit_cost(recipients: usize) -> f64 {
+    1.0 + recipients.saturating_sub(1) as f64 / FANOUT_REFERENCES_PER_TOKEN
+}
+
+/// Further mailboxes of one deposit that cost one deposit token.
+const FANOUT_REFERENCES_PER_TOKEN: f64 = 50.0;
