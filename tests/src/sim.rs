@@ -536,16 +536,17 @@ impl Inner {
             return;
         }
         let at = Instant::now();
-        self.tally.record(&text, at);
+        // Into this sim's own list first: whoever the tally wakes must find it there.
         if let Ok(mut r) = self.received.lock() {
             r.push(Received {
                 group,
                 sender_device: sender,
-                text,
+                text: text.clone(),
                 at,
                 deposited_ms: self.deposited_ms,
             });
         }
+        self.tally.record(&text, at);
     }
 }
 
