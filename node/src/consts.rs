@@ -131,3 +131,6 @@ pub const NOTIFY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most group ciphertexts kept while waiting for their sender key or group (oldest go first).
 pub const MAX_GROUP_STASH: u32 = 10_000;
+
+/// Most membership operations one envelope may carry (more are ignored).
+pub const MAX_OPS_PER_ENVELOPE: usize = 64;

@@ -66,6 +66,12 @@ pub enum Body {
         /// The signed operation as [`crate::group::SignedOp::to_bytes`] writes it.
         op: ByteBuf,
     },
+    /// Several signed membership operations of one group, in chain order (pairwise only):
+    /// a group's creation with its first members, or the chain a new member needs.
+    GroupOps {
+        /// The signed operations.
+        ops: Vec<ByteBuf>,
+    },
     /// The sender's current sender key for a group, with the group message it opens
     /// (pairwise only). A member device that lacks the key gets this instead of the bare
     /// group message, so the key can never arrive after the message it is needed for.

@@ -46,6 +46,10 @@ use crate::{
     types::*,
 };
 
+/// Membership operations sent together in one pairwise envelope: at most this many bytes
+/// of them (the envelope holds 64 KiB).
+const OPS_PER_ENVELOPE_BYTES: usize = 48 * 1024;
+
 /// A stashed group message older than this is given up (and reported).
 const STASH_MAX_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -371,16 +375,32 @@ impl Engine {
             &self.keys.identity,
         )
         .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-        self.commit_op(&group, create).await?;
-        for chunk in entries[split..].chunks(MAX_MEMBERS_PER_OP) {
-            self.issue(
-                &group,
-                Action::Add {
-                    members: chunk.to_vec(),
+        // The rest joins in operations of at most 64, all committed and sent together.
+        let mut state =
+            GroupState::genesis(&create).map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let mut ops = vec![create];
+        for (n, chunk) in entries[split..].chunks(MAX_MEMBERS_PER_OP).enumerate() {
+            let op = SignedOp::sign(
+                Op {
+                    group: ByteArray::new(*id.as_bytes()),
+                    epoch: state.epoch + 1,
+                    parent: ByteArray::new(state.head),
+                    author: ByteArray::new(*self.user.as_bytes()),
+                    at_ms: now_ms(),
+                    lamport: 2 + n as u64,
+                    action: Action::Add {
+                        members: chunk.to_vec(),
+                    },
                 },
+                &self.keys.identity,
             )
-            .await?;
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+            state
+                .apply(&op)
+                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+            ops.push(op);
         }
+        self.commit_ops(&group, ops).await?;
         self.group_info(&group)
     }
 
@@ -425,15 +445,13 @@ impl Engine {
                 max: MAX_GROUP_MEMBERS,
             });
         }
-        for chunk in entries.chunks(MAX_MEMBERS_PER_OP) {
-            self.issue(
-                &group,
-                Action::Add {
-                    members: chunk.to_vec(),
-                },
-            )
-            .await?;
-        }
+        let adds = entries
+            .chunks(MAX_MEMBERS_PER_OP)
+            .map(|chunk| Action::Add {
+                members: chunk.to_vec(),
+            })
+            .collect();
+        self.issue_many(&group, adds).await?;
         self.group_info(&group)
     }
 
@@ -491,61 +509,77 @@ impl Engine {
 
     /// Signs an operation on the current head and commits it.
     async fn issue(&mut self, group: &str, action: Action) -> Result<(), NodeError> {
-        let (lamport, _) = self.conv_state(group)?;
-        let state = self.state(group)?;
-        let op = SignedOp::sign(
-            Op {
-                group: ByteArray::new(state.id),
-                epoch: state.epoch + 1,
-                parent: ByteArray::new(state.head),
-                author: ByteArray::new(*self.user.as_bytes()),
-                at_ms: now_ms(),
-                lamport: lamport + 1,
-                action,
-            },
-            &self.keys.identity,
-        )
-        .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-        // Check it applies before anything is stored or sent.
-        let mut next = state.clone();
-        next.apply(&op).map_err(|e| match e {
-            crate::group::OpError::Full { would, max } => NodeError::GroupFull {
-                group: state.title.clone(),
-                members: state.members.len(),
-                adding: would - state.members.len(),
-                max,
-            },
-            other => NodeError::BadRequest(other.to_string()),
-        })?;
-        self.commit_op(group, op).await
+        self.issue_many(group, vec![action]).await
     }
 
-    /// Stores an own operation, applies it, records it in the timeline and sends it to
-    /// every member device (new members also get the chain before it).
-    async fn commit_op(&mut self, group: &str, op: SignedOp) -> Result<(), NodeError> {
+    /// Signs operations one on top of the other from the current head, checking each
+    /// applies, then commits them together.
+    async fn issue_many(&mut self, group: &str, actions: Vec<Action>) -> Result<(), NodeError> {
+        let (mut lamport, _) = self.conv_state(group)?;
+        let mut state = self.state(group)?.clone();
+        let mut ops = Vec::with_capacity(actions.len());
+        for action in actions {
+            lamport += 1;
+            let op = SignedOp::sign(
+                Op {
+                    group: ByteArray::new(state.id),
+                    epoch: state.epoch + 1,
+                    parent: ByteArray::new(state.head),
+                    author: ByteArray::new(*self.user.as_bytes()),
+                    at_ms: now_ms(),
+                    lamport,
+                    action,
+                },
+                &self.keys.identity,
+            )
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+            // Check it applies before anything is stored or sent.
+            let before = state.members.len();
+            state.apply(&op).map_err(|e| match e {
+                crate::group::OpError::Full { would, max } => NodeError::GroupFull {
+                    group: state.title.clone(),
+                    members: before,
+                    adding: would - before,
+                    max,
+                },
+                other => NodeError::BadRequest(other.to_string()),
+            })?;
+            ops.push(op);
+        }
+        self.commit_ops(group, ops).await
+    }
+
+    /// Stores own operations (a chain on the current head, or a creation and what follows
+    /// it), applies them, records them in the timeline and sends them to every member device
+    /// in as few pairwise messages as fit; new members also get the chain before them.
+    async fn commit_ops(&mut self, group: &str, ops: Vec<SignedOp>) -> Result<(), NodeError> {
         let before: HashSet<[u8; 16]> = self
             .state(group)
             .map(|s| s.members.keys().copied().collect())
             .unwrap_or_default();
         let now = now_ms();
-        self.store
-            .transaction(|tx| tx.save_group_op(group, &op.hash, op.to_bytes(), now))?;
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            for op in &ops {
+                tx.save_group_op(group, &op.hash, op.to_bytes(), now)?;
+            }
+            Ok(())
+        })?;
         let ctx = self.groups.entry(group.to_owned()).or_default();
-        ctx.ops.push(op.clone());
+        ctx.ops.extend(ops.iter().cloned());
         ctx.resolved = resolve(&ctx.ops);
         let state = self.state(group)?.clone();
-        let lamport = op.op.lamport;
-        self.observe_lamport(group, lamport)?;
-        self.store_op_message(group, &op)?;
-        // Who hears of it: the members after it, and those it removed.
+        for op in &ops {
+            self.store_op_message(group, op)?;
+        }
+        // Who hears of them: the members after them, and those they removed.
         let mut to: Vec<[u8; 16]> = state.members.keys().copied().collect();
         to.extend(before.iter().filter(|u| !state.is_member(u)));
         let me = *self.user.as_bytes();
         if !self.own_other_devices() {
             to.retain(|u| *u != me);
         }
-        self.send_op(group, &op, &to).await;
-        // New members get the chain before this operation too.
+        self.send_ops(group, &ops, &to).await;
+        // New members get the chain before these operations too.
         let newcomers: Vec<[u8; 16]> = state
             .members
             .keys()
@@ -553,22 +587,23 @@ impl Engine {
             .copied()
             .collect();
         if !before.is_empty() && !newcomers.is_empty() {
-            let chain = self.groups[group]
+            let fresh: HashSet<[u8; 32]> = ops.iter().map(|o| o.hash).collect();
+            let prior: Vec<SignedOp> = self.groups[group]
                 .resolved
                 .as_ref()
                 .map(|r| r.chain.clone())
-                .unwrap_or_default();
-            for hash in chain.iter().take(chain.len().saturating_sub(1)) {
-                let Some(prior) = self.groups[group]
-                    .ops
-                    .iter()
-                    .find(|o| o.hash == *hash)
-                    .cloned()
-                else {
-                    continue;
-                };
-                self.send_op(group, &prior, &newcomers).await;
-            }
+                .unwrap_or_default()
+                .iter()
+                .filter(|h| !fresh.contains(*h))
+                .filter_map(|h| {
+                    self.groups[group]
+                        .ops
+                        .iter()
+                        .find(|o| o.hash == *h)
+                        .cloned()
+                })
+                .collect();
+            self.send_ops(group, &prior, &newcomers).await;
         }
         self.after_membership_change(group);
         Ok(())
@@ -670,52 +705,84 @@ impl Engine {
         }
     }
 
-    /// Sends an operation over pairwise sessions to every device of `users`.
-    async fn send_op(&mut self, group: &str, op: &SignedOp, users: &[[u8; 16]]) {
+    /// Sends operations over pairwise sessions to every device of `users`, packed into as
+    /// few envelopes as fit; who cannot be reached now is owed each operation.
+    async fn send_ops(&mut self, group: &str, ops: &[SignedOp], users: &[[u8; 16]]) {
         let Some(gid) = user_bytes(group) else {
             return;
         };
-        let env = Envelope {
-            id: ByteArray::new(op_message_id(op).0),
-            conversation: Conversation::Group {
-                id: ByteArray::new(gid),
-            },
-            sender_user: ByteArray::new(*self.user.as_bytes()),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
-            lamport: op.op.lamport,
-            seq: 0,
-            sent_at_ms: op.op.at_ms,
-            body: Body::GroupOp {
-                op: ByteBuf::from(op.to_bytes().to_vec()),
-            },
-        };
-        let plain = match env.encode() {
-            Ok(p) => zeroize::Zeroizing::new(p),
-            Err(e) => {
-                tracing::error!(%group, "encoding a group operation failed: {e}");
-                return;
-            }
-        };
-        let id = op_message_id(op);
+        if users.is_empty() {
+            return;
+        }
         let users: Vec<String> = users.iter().map(|u| hex(u)).collect();
-        let failed = match self.send_pairwise(&users, id, &plain).await {
-            Ok(failed) => failed,
-            Err(e) => {
-                tracing::error!(%group, "queueing a group operation failed: {e}");
-                return;
+        let mut packs: Vec<Vec<&SignedOp>> = Vec::new();
+        let mut size = 0;
+        for op in ops {
+            let len = op.to_bytes().len();
+            match packs.last_mut() {
+                Some(pack) if size + len <= OPS_PER_ENVELOPE_BYTES => {
+                    pack.push(op);
+                    size += len;
+                }
+                _ => {
+                    packs.push(vec![op]);
+                    size = len;
+                }
             }
-        };
-        for (user, e) in failed {
-            // Owed (an empty key marks an operation), and sent once they can be reached.
-            tracing::info!(%group, member = %user, "member not reachable now; the membership change waits for them: {e}");
-            let now = now_ms();
-            match self
-                .store
-                .transaction(|tx| tx.owe_group_message(id, &user, &[], op.to_bytes(), now))
-            {
-                Ok(()) => self.owed_due = true,
+        }
+        for pack in packs {
+            let id = op_message_id(pack[0]);
+            let env = Envelope {
+                id: ByteArray::new(id.0),
+                conversation: Conversation::Group {
+                    id: ByteArray::new(gid),
+                },
+                sender_user: ByteArray::new(*self.user.as_bytes()),
+                sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+                lamport: pack.iter().map(|o| o.op.lamport).max().unwrap_or(0),
+                seq: 0,
+                sent_at_ms: pack[0].op.at_ms,
+                body: match pack.as_slice() {
+                    [one] => Body::GroupOp {
+                        op: ByteBuf::from(one.to_bytes().to_vec()),
+                    },
+                    many => Body::GroupOps {
+                        ops: many
+                            .iter()
+                            .map(|o| ByteBuf::from(o.to_bytes().to_vec()))
+                            .collect(),
+                    },
+                },
+            };
+            let plain = match env.encode() {
+                Ok(p) => zeroize::Zeroizing::new(p),
                 Err(e) => {
-                    tracing::error!(%group, "recording an owed membership change failed: {e}")
+                    tracing::error!(%group, "encoding group operations failed: {e}");
+                    continue;
+                }
+            };
+            let failed = match self.send_pairwise(&users, id, &plain).await {
+                Ok(failed) => failed,
+                Err(e) => {
+                    tracing::error!(%group, "queueing group operations failed: {e}");
+                    continue;
+                }
+            };
+            for (user, e) in failed {
+                // Owed (an empty key marks an operation), and sent once they can be reached.
+                tracing::info!(%group, member = %user, "member not reachable now; the membership change waits for them: {e}");
+                let now = now_ms();
+                let owed = self.store.transaction(|tx| -> Result<(), NodeError> {
+                    for op in &pack {
+                        tx.owe_group_message(op_message_id(op), &user, &[], op.to_bytes(), now)?;
+                    }
+                    Ok(())
+                });
+                match owed {
+                    Ok(()) => self.owed_due = true,
+                    Err(e) => {
+                        tracing::error!(%group, "recording an owed membership change failed: {e}")
+                    }
                 }
             }
         }

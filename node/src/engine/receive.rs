@@ -173,7 +173,12 @@ impl Engine {
                                 || (user == self.user_hex && to.as_slice() != self.user.as_bytes())
                         }
                         Conversation::Group { .. } => {
-                            matches!(env.body, Body::GroupOp { .. } | Body::SenderKey { .. })
+                            matches!(
+                                env.body,
+                                Body::GroupOp { .. }
+                                    | Body::GroupOps { .. }
+                                    | Body::SenderKey { .. }
+                            )
                         }
                     } =>
             {
@@ -288,7 +293,7 @@ impl Engine {
                     });
                 }
             }
-            Body::GroupOp { ref op } => {
+            Body::GroupOp { .. } | Body::GroupOps { .. } => {
                 self.store.transaction(|tx| -> Result<(), NodeError> {
                     tx.apply_crypto(&update, now)?;
                     if let Some(d) = &own_device {
@@ -296,8 +301,18 @@ impl Engine {
                     }
                     Ok(())
                 })?;
-                let op = op.to_vec();
-                self.on_group_op(user, &env, &op)?;
+                let ops: Vec<Vec<u8>> = match &env.body {
+                    Body::GroupOp { op } => vec![op.to_vec()],
+                    Body::GroupOps { ops } => ops
+                        .iter()
+                        .take(crate::consts::MAX_OPS_PER_ENVELOPE)
+                        .map(|o| o.to_vec())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for op in ops {
+                    self.on_group_op(user, &env, &op)?;
+                }
             }
             Body::SenderKey {
                 ref distribution,
