@@ -86,3 +86,69 @@ fn a_member_behind_a_dead_relay_gets_what_it_missed() -> anyhow::Result<()> {
     assert!(cy_history.len() >= 3);
     Ok(())
 }
+
+/// The relay's (message id, mailbox references) for every message held, read-only while it
+/// runs.
+fn relay_holdings(relay: &Relay) -> anyhow::Result<Vec<(i64, i64)>> {
+    let db = relay.data.join("db").join("relay.sqlite3");
+    let conn = rusqlite::Connection::open_with_flags(
+        &db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let mut st =
+        conn.prepare("SELECT message, COUNT(*) FROM mailbox GROUP BY message ORDER BY message")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+#[test]
+fn a_group_message_is_one_deposit_stored_once_for_every_member_device() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = Relay::start(&dir.path().join("relay"), "")?;
+    let ana = Node::init_and_start(dir.path(), "ana", Some(&relay.addr))?;
+    let mut members = Vec::new();
+    for name in ["ben", "cy", "dee"] {
+        let m = Node::init_and_start(dir.path(), name, Some(&relay.addr))?;
+        link_pair(&ana, &m, "ana", name)?;
+        members.push(m);
+    }
+    let group = ana.json(&["group", "create", "Trio", "ben", "cy", "dee"])?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // The first message carries the sender key to each device over its pairwise session.
+    ana.ok(&["group", "send", &group, "first"])?;
+    for m in &members {
+        wait_for("the first message", CONVERGE, || {
+            texts(&history(m, &group))
+                .contains(&"first".to_owned())
+                .then_some(())
+        })?;
+    }
+    // With every member offline, the next one stays at the relay: one stored message
+    // referenced from three mailboxes.
+    for m in &mut members {
+        m.stop()?;
+    }
+    wait_for("earlier mail to be acknowledged", CONVERGE, || {
+        relay_holdings(&relay).ok().filter(Vec::is_empty)
+    })?;
+    ana.ok(&["group", "send", &group, "second"])?;
+    let held = wait_for("the second message at the relay", CONVERGE, || {
+        relay_holdings(&relay).ok().filter(|h| !h.is_empty())
+    })?;
+    assert_eq!(held.len(), 1, "one stored message: {held:?}");
+    assert_eq!(held[0].1, 3, "referenced from each member device's mailbox");
+    for m in &mut members {
+        m.restart()?;
+    }
+    for m in &members {
+        wait_for("the second message after coming back", CONVERGE, || {
+            texts(&history(m, &group))
+                .contains(&"second".to_owned())
+                .then_some(())
+        })?;
+    }
+    Ok(())
+}
