@@ -11,19 +11,28 @@
 //!   `tern_relay_deposit_bytes_total` counter; a group message is stored once and referenced
 //!   from every member's mailbox).
 //! - `group.send_call_p50`: of the latency, the `group_send` call itself.
+//! - `group.sender_idle_cpu_per_sec`: the node's CPU time per second while nothing is sent
+//!   (heartbeats, presence, polls), which the CPU figures include over their series.
 //! - `group.first_message_last_recipient`: ms until the last member decrypted the group's
 //!   first message, which carries the sender key to each member over Olm (no baseline).
 //!
+//! - `group.first_recipient_p50`: ms until the *first* member has decrypted it.
 //! - `group.raw_relay_fanout_last_p50` / `_p99`: the floor under the latency — bare relay
 //!   clients, one per member, listening on the same relay (alongside the members): one
 //!   client deposits a ciphertext of the group message's size for all of them and the time
-//!   until the last one has it pushed is taken. No encryption, no node, no store.
+//!   until the last one has it pushed is taken. No encryption, no node, no store. With it,
+//!   `group.raw_relay_deposit_ack_p50` (until the deposit is durable) and
+//!   `group.raw_relay_fanout_first_p50` (until the first recipient has it).
 //!
 //! Baseline in the same run, on the same node, relay and members: the naive client — the
 //! same text sent pairwise to each member with the API `send` (one call per contact, one Olm
 //! ciphertext and one deposit per member device), measured the same three ways per logical
 //! message. Both runs start after the sessions and the sender key are in place (the group's
 //! creation and a warm-up message), so they measure steady state.
+//!
+//! The group series is 100 messages after a warm-up, so it includes exactly one sender-key
+//! rotation (every 100 messages, tern-crypto's default): one message of the series goes
+//! pairwise to every member with the new key, as it does once per 100 in steady use.
 //!
 //! `--quick` uses 20 members and a handful of messages.
 
@@ -75,6 +84,8 @@ fn ms(d: Duration) -> f64 {
 
 /// What one series measured.
 struct Series {
+    /// Call → first member decrypted, per message.
+    first: Vec<Duration>,
     /// Call → last member decrypted, per message.
     last: Vec<Duration>,
     /// The API call(s) for one logical message.
@@ -133,6 +144,14 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             .max()
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(start));
 
+        // The node's background work (heartbeats, presence, mailbox polls) over a quiet
+        // spell, to read the per-message CPU figures against.
+        let quiet = Duration::from_secs(opts.size(5, 1) as u64);
+        let idle_before = cpu_ticks(pid)?;
+        tokio::time::sleep(quiet).await;
+        let idle_ms = cpu_ticks(pid)?.saturating_sub(idle_before) as f64 * 1000.0
+            / clock_ticks_per_sec()
+            / quiet.as_secs_f64();
         let group_series = series(&mut api, &fleet, pid, metrics_port, group_n, |i| {
             let text = format!("group-{i}");
             vec![("group_send", json!({"group": group, "text": text}))]
@@ -156,15 +175,33 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             anyhow::bail!("members failed to decrypt {} ciphertexts", stats.failures);
         }
         report.value("group.first_message_last_recipient", ms(first), "ms");
-        report.value(
-            "group.raw_relay_fanout_last_p50",
-            ms(quantile(&mut floor, 0.5)),
-            "ms",
+        report.value("group.sender_idle_cpu_per_sec", idle_ms, "ms");
+        let q = |name: &str, samples: &mut Vec<Duration>, q: f64, report: &mut Report| {
+            report.value(name, ms(quantile(samples, q)), "ms");
+        };
+        q(
+            "group.raw_relay_deposit_ack_p50",
+            &mut floor.ack,
+            0.5,
+            report,
         );
-        report.value(
+        q(
+            "group.raw_relay_fanout_first_p50",
+            &mut floor.first,
+            0.5,
+            report,
+        );
+        q(
+            "group.raw_relay_fanout_last_p50",
+            &mut floor.last,
+            0.5,
+            report,
+        );
+        q(
             "group.raw_relay_fanout_last_p99",
-            ms(quantile(&mut floor, 0.99)),
-            "ms",
+            &mut floor.last,
+            0.99,
+            report,
         );
         report_rows(report, members, group_series, pairwise_series);
         anyhow::Ok(())
@@ -174,6 +211,11 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
 fn report_rows(report: &mut Report, members: usize, mut g: Series, mut p: Series) {
     report.value("group.members", (members + 1) as f64, "members");
     report.value("group.send_call_p50", ms(quantile(&mut g.calls, 0.5)), "ms");
+    report.value(
+        "group.first_recipient_p50",
+        ms(quantile(&mut g.first, 0.5)),
+        "ms",
+    );
     report.compare(
         "group.last_recipient_p50",
         ms(quantile(&mut g.last, 0.5)),
@@ -219,6 +261,7 @@ where
 {
     let members = fleet.sims.len();
     let mut last = Vec::with_capacity(n);
+    let mut first = Vec::with_capacity(n);
     let mut call_times = Vec::with_capacity(n);
     let mut tick = tokio::time::interval(GROUP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -239,13 +282,16 @@ where
         call_times.push(start.elapsed());
         let at = fleet.tally.wait(&text, members, REACH_ALL).await?;
         let latest = at.iter().max().copied().unwrap_or(start);
+        let earliest = at.iter().min().copied().unwrap_or(start);
         last.push(latest.saturating_duration_since(start));
+        first.push(earliest.saturating_duration_since(start));
         fleet.tally.forget(&text);
     }
     let cpu_after = cpu_ticks(pid)?;
     let bytes_after = relay_deposit_bytes(metrics_port).await?;
     let per_tick_ms = 1000.0 / clock_ticks_per_sec();
     Ok(Series {
+        first,
         last,
         calls: call_times,
         cpu_ms: (cpu_after.saturating_sub(cpu_before)) as f64 * per_tick_ms / n as f64,
@@ -297,7 +343,7 @@ async fn relay_deposit_bytes(port: u16) -> anyhow::Result<u64> {
 
 /// The relay's fan-out floor: `members` bare clients listen, one deposit names them all, and
 /// the time until the last has it pushed, `n` times at [`GROUP_INTERVAL`].
-async fn raw_fanout(relay: &str, members: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
+async fn raw_fanout(relay: &str, members: usize, n: usize) -> anyhow::Result<RawFanout> {
     let addr: tern_relay::Multiaddr = relay.parse()?;
     let tally = Arc::new(Tally::default());
     let mut receivers = Vec::with_capacity(members);
@@ -328,7 +374,7 @@ async fn raw_fanout(relay: &str, members: usize, n: usize) -> anyhow::Result<Vec
     let (sender, _) = Client::connect(Keypair::generate_ed25519(), addr, Config::default()).await?;
     let mut tick = tokio::time::interval(GROUP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lat = Vec::with_capacity(n);
+    let mut out = RawFanout::default();
     for i in 0..n {
         tick.tick().await;
         let tag = format!("raw-fanout-{i:06}");
@@ -338,16 +384,27 @@ async fn raw_fanout(relay: &str, members: usize, n: usize) -> anyhow::Result<Vec
         body.resize(GROUP_CIPHERTEXT_BYTES, 0x5a);
         let start = Instant::now();
         sender.deposit(peers.clone(), None, body).await?;
+        out.ack.push(start.elapsed());
         let at = tally.wait(&tag, members, REACH_ALL).await?;
-        lat.push(
-            at.iter()
-                .max()
-                .map_or(Duration::ZERO, |t| t.saturating_duration_since(start)),
-        );
+        let since =
+            |t: Option<&Instant>| t.map_or(Duration::ZERO, |t| t.saturating_duration_since(start));
+        out.first.push(since(at.iter().min()));
+        out.last.push(since(at.iter().max()));
         tally.forget(&tag);
     }
     for t in tasks {
         t.abort();
     }
-    Ok(lat)
+    Ok(out)
+}
+
+/// What the raw fan-out measured, per message.
+#[derive(Default)]
+struct RawFanout {
+    /// Deposit call → durable acknowledgement.
+    ack: Vec<Duration>,
+    /// Deposit call → first recipient has it.
+    first: Vec<Duration>,
+    /// Deposit call → last recipient has it.
+    last: Vec<Duration>,
 }
