@@ -144,6 +144,36 @@ impl Tx<'_> {
         Ok(u64::try_from(remaining).unwrap_or(0))
     }
 
+    /// Removes the acknowledged outbox rows of one message for several devices (a group
+    /// fan-out); like [`Tx::ack_delivery`], the last row going makes the message
+    /// [`Status::Sent`]. Returns the rows still waiting for that message.
+    pub fn ack_deliveries(
+        &mut self,
+        id: MessageId,
+        recipient_devices: &[String],
+    ) -> Result<u64, WriteError> {
+        const OP: &str = "acknowledge deliveries";
+        let rowid = self.message_rowid(OP, id)?;
+        {
+            let mut stmt = self
+                .tx
+                .prepare_cached("DELETE FROM outbox WHERE message = ?1 AND recipient_device = ?2")
+                .write_ctx(OP)?;
+            for device in recipient_devices {
+                stmt.execute(params![rowid, device]).write_ctx(OP)?;
+            }
+        }
+        let remaining: i64 = self
+            .tx
+            .prepare_cached("SELECT count(*) FROM outbox WHERE message = ?1")
+            .and_then(|mut s| s.query_row([rowid], |r| r.get(0)))
+            .write_ctx(OP)?;
+        if remaining == 0 {
+            self.advance_status(id, Status::Sent)?;
+        }
+        Ok(u64::try_from(remaining).unwrap_or(0))
+    }
+
     /// Counts an attempt on an outbox row and sets when it is due next.
     pub fn reschedule_delivery(
         &mut self,

@@ -1727,10 +1727,18 @@ impl Engine {
     ) {
         let now = now_ms();
         let mut remaining = None;
+        let went: Vec<String> = results
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(d, _)| d.clone())
+            .collect();
         let out = self.store.transaction(|tx| -> Result<(), NodeError> {
+            if !went.is_empty() {
+                remaining = Some(tx.ack_deliveries(id, &went)?);
+            }
             for (dev, r) in &results {
                 match r {
-                    Ok(()) => remaining = Some(tx.ack_delivery(id, dev)?),
+                    Ok(()) => {}
                     Err(e) => {
                         let wait = rpc::retry_after(e)
                             .unwrap_or_else(|| super::send::backoff(attempts))
