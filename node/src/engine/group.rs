@@ -1083,10 +1083,10 @@ impl Engine {
         &mut self,
         user: &str,
         device: DeviceId,
-        env: &Envelope,
+        conversation: &Conversation,
         distribution: &[u8],
     ) -> Result<Option<InboundGroupSession>, NodeError> {
-        let Conversation::Group { id } = &env.conversation else {
+        let Conversation::Group { id } = conversation else {
             return Ok(None);
         };
         let dist = SenderKeyDistribution::from_bytes(distribution)?;

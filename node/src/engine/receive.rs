@@ -315,10 +315,13 @@ impl Engine {
                 }
             }
             Body::SenderKey {
-                ref distribution,
-                ref message,
+                mut distribution,
+                message,
             } => {
-                let inbound = match self.on_sender_key(user, device, &env, distribution) {
+                let key = self.on_sender_key(user, device, &env.conversation, &distribution);
+                // The key's bytes are a secret: wiped as soon as they are read.
+                zeroize::Zeroize::zeroize(distribution.as_mut_slice());
+                let inbound = match key {
                     Ok(k) => k,
                     Err(e) => {
                         tracing::warn!(contact = %user, "bad sender key dropped: {e}");
@@ -337,7 +340,7 @@ impl Engine {
                     Ok(())
                 })?;
                 if let Some(m) = message {
-                    self.on_group_message(sender, m);
+                    self.on_group_message(sender, &m);
                 }
                 if inbound.is_some() {
                     self.retry_stash();
