@@ -286,6 +286,39 @@ impl Home {
                 path: self.dir.clone(),
             });
         }
+        let identity = IdentityKey::generate().map_err(crypto_err)?;
+        let device = DeviceKeys::generate().map_err(crypto_err)?;
+        let now = now_secs();
+        let certificate = device
+            .certify(&identity, device_name, now)
+            .map_err(crypto_err)?;
+        let list = DeviceList::first(&identity, certificate.clone(), now);
+        let device_list = list.sign(&identity).map_err(crypto_err)?;
+        self.create(
+            identity,
+            device,
+            certificate,
+            device_list,
+            &Config {
+                name: name.to_owned(),
+                ..Config::default()
+            },
+            |_| Ok(()),
+        )
+    }
+
+    /// Writes a new home: the seal and store key files, the store with the identity, this
+    /// device and the device list (plus what `more` adds in the same transaction), and the
+    /// configuration.
+    fn create(
+        &self,
+        identity: IdentityKey,
+        device: DeviceKeys,
+        certificate: SignedDeviceCertificate,
+        device_list: SignedDeviceList,
+        config: &Config,
+        more: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), HomeError>,
+    ) -> Result<Created, HomeError> {
         create_private_dir(&self.dir)?;
         let seal = Secret32::random().map_err(crypto_err)?;
         write_new_private(
@@ -294,19 +327,12 @@ impl Home {
         )?;
         let store_key = StorageKey::generate()?;
         store_key.write_new_keyfile(&self.store_key_path())?;
-        let identity = IdentityKey::generate().map_err(crypto_err)?;
-        let device = DeviceKeys::generate().map_err(crypto_err)?;
-        let now = now_secs();
-        let certificate = device
-            .certify(&identity, device_name, now)
-            .map_err(crypto_err)?;
-        let list = DeviceList::first(&identity, certificate.clone(), now);
-        let signed = list.sign(&identity).map_err(crypto_err)?;
+        let version = device_list.list().version;
         let keys = Keys {
             identity,
             device,
             certificate,
-            device_list: signed,
+            device_list,
             seal,
         };
         let mut store = Store::open(&self.db_path(), Unlock::Key(&store_key))?;
@@ -321,13 +347,10 @@ impl Home {
                 created_at_ms: created_ms,
             })?;
             tx.save_own_device(&keys.own_device_record(created_ms)?)?;
-            tx.save_own_device_list(1, keys.device_list.as_bytes())?;
-            Ok(())
+            tx.save_own_device_list(version, keys.device_list.as_bytes())?;
+            more(tx)
         })?;
-        self.save_config(&Config {
-            name: name.to_owned(),
-            ..Config::default()
-        })?;
+        self.save_config(config)?;
         Ok(Created {
             user_id,
             device_id: keys.device.device_id().to_peer_id_string(),
@@ -373,72 +396,47 @@ impl Home {
                 "the device list does not hold this device".into(),
             ));
         }
-        create_private_dir(&self.dir)?;
-        let seal = Secret32::random().map_err(crypto_err)?;
-        write_new_private(
-            &self.seal_key_path(),
-            &Zeroizing::new([SEAL_MAGIC.as_slice(), &[SEAL_VERSION], seal.expose()].concat()),
-        )?;
-        let store_key = StorageKey::generate()?;
-        store_key.write_new_keyfile(&self.store_key_path())?;
-        let version = device_list.list().version;
-        let keys = Keys {
+        let created_ms = now_ms();
+        self.create(
             identity,
             device,
             certificate,
             device_list,
-            seal,
-        };
-        let mut store = Store::open(&self.db_path(), Unlock::Key(&store_key))?;
-        let id_secret = keys.identity.to_secret_bytes().map_err(crypto_err)?;
-        let sealed_id = sealed::seal(&keys.seal, SEAL_IDENTITY, &id_secret).map_err(crypto_err)?;
-        let created_ms = now_ms();
-        let user_id = keys.identity.user_id().to_string();
-        store.transaction(|tx| -> Result<(), HomeError> {
-            tx.save_own_identity(&OwnIdentity {
-                user_id: user_id.clone(),
-                sealed_identity_key: sealed_id,
-                created_at_ms: created_ms,
-            })?;
-            tx.save_own_device(&keys.own_device_record(created_ms)?)?;
-            tx.save_own_device_list(version, keys.device_list.as_bytes())?;
-            for c in &bundle.contacts {
-                let list = c
-                    .device_list
-                    .as_ref()
-                    .and_then(|b| SignedDeviceList::from_bytes(b).ok());
-                tx.save_contact(
-                    &tern_store::Contact {
-                        user_id: c.user_id.clone(),
-                        display_name: c.name.clone(),
-                        verified: c.verified,
-                        identity_key: c.identity_key.to_vec(),
-                        device_list_version: list.as_ref().map_or(0, |l| l.list().version),
-                        device_list: c.device_list.as_ref().map(|b| b.to_vec()),
-                        relays: c.relays.clone(),
-                    },
-                    created_ms,
-                )?;
-            }
-            for (group, op) in &bundle.group_ops {
-                let hash: [u8; 32] = sha2::Sha256::digest(op).into();
-                tx.save_group_op(group, &hash, op, created_ms)?;
-            }
-            for m in &bundle.history {
-                let message = moved_message(m, created_ms, tx)?;
-                tx.record_incoming(&message, &[])?;
-            }
-            Ok(())
-        })?;
-        self.save_config(&Config {
-            name: bundle.name.clone(),
-            relays: bundle.relays.clone(),
-            embedded_relay_port: None,
-        })?;
-        Ok(Created {
-            user_id,
-            device_id: keys.device.device_id().to_peer_id_string(),
-        })
+            &Config {
+                name: bundle.name.clone(),
+                relays: bundle.relays.clone(),
+                embedded_relay_port: None,
+            },
+            |tx| {
+                for c in &bundle.contacts {
+                    let list = c
+                        .device_list
+                        .as_ref()
+                        .and_then(|b| SignedDeviceList::from_bytes(b).ok());
+                    tx.save_contact(
+                        &tern_store::Contact {
+                            user_id: c.user_id.clone(),
+                            display_name: c.name.clone(),
+                            verified: c.verified,
+                            identity_key: c.identity_key.to_vec(),
+                            device_list_version: list.as_ref().map_or(0, |l| l.list().version),
+                            device_list: c.device_list.as_ref().map(|b| b.to_vec()),
+                            relays: c.relays.clone(),
+                        },
+                        created_ms,
+                    )?;
+                }
+                for (group, op) in &bundle.group_ops {
+                    let hash: [u8; 32] = sha2::Sha256::digest(op).into();
+                    tx.save_group_op(group, &hash, op, created_ms)?;
+                }
+                for m in &bundle.history {
+                    let message = moved_message(m, created_ms, tx)?;
+                    tx.record_incoming(&message, &[])?;
+                }
+                Ok(())
+            },
+        )
     }
 
     /// Opens the store and loads the keys.

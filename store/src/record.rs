@@ -127,21 +127,7 @@ impl Tx<'_> {
         id: MessageId,
         recipient_device: &str,
     ) -> Result<u64, WriteError> {
-        const OP: &str = "acknowledge delivery";
-        let rowid = self.message_rowid(OP, id)?;
-        self.tx
-            .prepare_cached("DELETE FROM outbox WHERE message = ?1 AND recipient_device = ?2")
-            .and_then(|mut s| s.execute(params![rowid, recipient_device]))
-            .write_ctx(OP)?;
-        let remaining: i64 = self
-            .tx
-            .prepare_cached("SELECT count(*) FROM outbox WHERE message = ?1")
-            .and_then(|mut s| s.query_row([rowid], |r| r.get(0)))
-            .write_ctx(OP)?;
-        if remaining == 0 {
-            self.advance_status(id, Status::Sent)?;
-        }
-        Ok(u64::try_from(remaining).unwrap_or(0))
+        self.ack_deliveries(id, &[recipient_device.to_owned()])
     }
 
     /// Removes the acknowledged outbox rows of one message for several devices (a group

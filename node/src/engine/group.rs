@@ -1460,20 +1460,7 @@ impl Engine {
                 newly.push(dev);
             }
         }
-        let message = Message {
-            id,
-            conversation: ConversationId(group.clone()),
-            sender_user: self.user_hex.clone(),
-            sender_device: self.device_hex.clone(),
-            lamport,
-            seq,
-            sent_at_ms: now,
-            received_at_ms: now,
-            own: true,
-            status: Status::Pending,
-            body: StoreBody::Text(text),
-            edited_at_ms: None,
-        };
+        let message = self.own_text(id, &group, (lamport, seq), now, text);
         let key_pickle = key.pickle()?;
         let outbound = OutboundGroupSession {
             group_id: group.clone(),
@@ -1602,37 +1589,17 @@ impl Engine {
         if let Body::SenderKey { distribution, .. } = env.body {
             zeroize::Zeroize::zeroize(&mut distribution.into_vec());
         }
-        let mut sessions = self.sessions_for(&o.user_id).await?;
-        let mut deliveries = Vec::new();
-        let mut pickles = Vec::new();
-        for (device, s) in sessions.iter_mut() {
-            deliveries.push(Delivery {
-                recipient_user: o.user_id.clone(),
-                recipient_device: device.to_peer_id_string(),
-                payload: s.encrypt(&plain)?,
-            });
-            pickles.push((
-                device.to_peer_id_string(),
-                s.current_session_id().unwrap_or_default(),
-                s.pickle()?,
-            ));
+        let user = o.user_id.clone();
+        if let Some((_, e)) = self
+            .send_pairwise(std::slice::from_ref(&user), o.message_id, &plain)
+            .await?
+            .pop()
+        {
+            return Err(e);
         }
-        let updates = super::send::crypto_updates(&pickles);
-        let now = now_ms();
-        self.store.transaction(|tx| -> Result<(), NodeError> {
-            tx.apply_crypto(&updates, now)?;
-            tx.add_outbox_rows(o.message_id, &deliveries, now)?;
-            tx.settle_owed_group_message(o.message_id, &o.user_id)?;
-            Ok(())
-        })?;
-        for d in deliveries {
-            self.start_delivery(tern_store::OutboxEntry {
-                message_id: o.message_id,
-                delivery: d,
-                attempts: 0,
-                next_attempt_ms: now,
-            });
-        }
+        // Queued: settled. (A crash in between sends it again; the member drops the copy.)
+        self.store
+            .transaction(|tx| tx.settle_owed_group_message(o.message_id, &o.user_id))?;
         Ok(())
     }
 

@@ -348,6 +348,31 @@ impl Engine {
         Ok(())
     }
 
+    /// A text this device sends now, as stored before it is encrypted (`pending`).
+    pub(crate) fn own_text(
+        &self,
+        id: MessageId,
+        conversation: &str,
+        (lamport, seq): (u64, u64),
+        now: i64,
+        text: String,
+    ) -> tern_store::Message {
+        tern_store::Message {
+            id,
+            conversation: tern_store::ConversationId(conversation.to_owned()),
+            sender_user: self.user_hex.clone(),
+            sender_device: self.device_hex.clone(),
+            lamport,
+            seq,
+            sent_at_ms: now,
+            received_at_ms: now,
+            own: true,
+            status: Status::Pending,
+            body: tern_store::Body::Text(text),
+            edited_at_ms: None,
+        }
+    }
+
     pub(crate) fn emit(&self, ev: Event) {
         let _ = self.events.send(ev);
     }

@@ -7,8 +7,8 @@ use libp2p::PeerId;
 use serde_bytes::ByteArray;
 use tern_crypto::{DeviceId, prekey::ClaimedPrekey, session::PeerSessions};
 use tern_store::{
-    Body as StoreBody, ConversationId, ConversationKind, CryptoUpdate, Delivery, Message,
-    MessageId, OutboxEntry, Page, SessionStore, Status,
+    ConversationId, ConversationKind, CryptoUpdate, Delivery, Message, MessageId, OutboxEntry,
+    Page, SessionStore, Status,
 };
 
 use super::{Engine, Internal, device_peer, message_info, parse_message_id};
@@ -235,20 +235,7 @@ impl Engine {
         let to = tern_crypto::UserId::from_hex(&user)
             .ok_or_else(|| NodeError::UnknownContact(user.clone()))?;
         let now = now_ms();
-        let message = Message {
-            id: MessageId(id),
-            conversation: ConversationId(user.clone()),
-            sender_user: self.user_hex.clone(),
-            sender_device: self.device_hex.clone(),
-            lamport,
-            seq,
-            sent_at_ms: now,
-            received_at_ms: now,
-            own: true,
-            status: Status::Pending,
-            body: StoreBody::Text(text),
-            edited_at_ms: None,
-        };
+        let message = self.own_text(MessageId(id), &user, (lamport, seq), now, text);
         let (deliveries, pickles) = match sessions.as_mut() {
             Some(s) => self.encrypt_text(&to, &message, s)?,
             None => (Vec::new(), Vec::new()),
@@ -561,32 +548,10 @@ impl Engine {
         attempts: u32,
         result: Result<(), NetError>,
     ) {
-        self.in_flight.remove(&(id, device.clone()));
         match result {
-            Ok(()) => {
-                let out = self.store.transaction(|tx| -> Result<_, NodeError> {
-                    let remaining = tx.ack_delivery(id, &device)?;
-                    Ok(remaining)
-                });
-                match out {
-                    Ok(0) => {
-                        if let Ok(Some(m)) = self.store.message(id)
-                            && m.status == Status::Sent
-                        {
-                            self.emit(Event::Receipt {
-                                conversation: m.conversation.0,
-                                ids: vec![id.to_string()],
-                                status: "sent".into(),
-                            });
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!("recording a delivery failed: {e}"),
-                }
-                // Keep the pipe full.
-                self.dispatch_due(false);
-            }
+            Ok(()) => self.on_delivered_many(vec![(id, device)]),
             Err(e) => {
+                self.in_flight.remove(&(id, device.clone()));
                 let wait = rpc::retry_after(&e)
                     .unwrap_or_else(|| backoff(attempts))
                     .min(RETRY_MAX);
