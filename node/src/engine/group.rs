@@ -28,15 +28,15 @@ use tern_crypto::{
 };
 use tern_store::{
     Body as StoreBody, Contact, ConversationId, ConversationKind, CryptoUpdate, Delivery,
-    InboundGroupSession, Inserted, Message, MessageId, OutboundGroupSession, Page, SenderKeyStore,
+    InboundGroupSession, Inserted, Message, MessageId, OutboundGroupSession, SenderKeyStore,
     Status,
 };
 
 use super::{ContactState, Engine, GroupCommand, Internal, device_peer};
 use crate::{
     consts::{
-        HISTORY_DEFAULT, HISTORY_MAX, MAX_GROUP_MEMBERS, MAX_GROUP_STASH, MAX_GROUP_TITLE_BYTES,
-        MAX_MEMBERS_PER_OP, MAX_TEXT_BYTES, NOTIFY_INTERVAL,
+        MAX_GROUP_MEMBERS, MAX_GROUP_STASH, MAX_GROUP_TITLE_BYTES, MAX_MEMBERS_PER_OP,
+        MAX_TEXT_BYTES, NOTIFY_INTERVAL,
     },
     envelope::{Body, Conversation, Envelope},
     error::NodeError,
@@ -1745,16 +1745,9 @@ impl Engine {
     ) -> Result<Vec<MessageInfo>, NodeError> {
         let group = self.resolve_group(group)?;
         let conv = ConversationId(group.clone());
-        let page = match before {
-            Some(b) => Page::Before(
-                super::parse_message_id(b)
-                    .ok_or_else(|| NodeError::UnknownMessage(b.to_owned()))?,
-            ),
-            None => Page::Latest,
-        };
-        let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX);
-        let messages = self.store.history(&conv, page, Some(limit))?;
+        let page = self.page(&conv, limit, before)?;
         if mark_read {
+            // Group messages get no read receipts; the mark clears the unread count.
             self.store
                 .transaction(|tx| -> Result<(), tern_store::WriteError> {
                     match tx.mark_read(&conv) {
@@ -1763,12 +1756,7 @@ impl Engine {
                     }
                 })?;
         }
-        Ok(super::hold::visible(
-            &self.store,
-            &self.hold,
-            &messages,
-            now_ms(),
-        )?)
+        Ok(page)
     }
 }
 

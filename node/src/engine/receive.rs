@@ -193,13 +193,7 @@ impl Engine {
                     Err(_) => "malformed",
                 };
                 tracing::warn!(contact = %user, why, "dropping a message with a bad envelope");
-                self.store.transaction(|tx| -> Result<(), NodeError> {
-                    tx.apply_crypto(&update, now)?;
-                    if let Some(d) = &own_device {
-                        tx.save_own_device(d)?;
-                    }
-                    Ok(())
-                })?;
+                self.save_crypto(&update, own_device.as_ref(), now)?;
                 return Ok(Outcome::Ack);
             }
         };
@@ -294,13 +288,7 @@ impl Engine {
                 }
             }
             Body::GroupOp { .. } | Body::GroupOps { .. } => {
-                self.store.transaction(|tx| -> Result<(), NodeError> {
-                    tx.apply_crypto(&update, now)?;
-                    if let Some(d) = &own_device {
-                        tx.save_own_device(d)?;
-                    }
-                    Ok(())
-                })?;
+                self.save_crypto(&update, own_device.as_ref(), now)?;
                 let ops: Vec<Vec<u8>> = match &env.body {
                     Body::GroupOp { op } => vec![op.to_vec()],
                     Body::GroupOps { ops } => ops
@@ -348,6 +336,25 @@ impl Engine {
             }
         }
         Ok(Outcome::Ack)
+    }
+}
+
+impl Engine {
+    /// Saves the session state a message moved (and the Olm account when it opened a new
+    /// session) when nothing else is stored with it.
+    fn save_crypto(
+        &mut self,
+        update: &[CryptoUpdate<'_>],
+        own_device: Option<&tern_store::OwnDevice>,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            tx.apply_crypto(update, now)?;
+            if let Some(d) = own_device {
+                tx.save_own_device(d)?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -742,7 +742,21 @@ impl Engine {
         mark_read: bool,
     ) -> Result<Vec<MessageInfo>, NodeError> {
         let user = self.resolve(contact)?;
-        let conv = ConversationId(user.clone());
+        let page = self.page(&ConversationId(user.clone()), limit, before)?;
+        if mark_read {
+            self.mark_read(&user)?;
+        }
+        Ok(page)
+    }
+
+    /// A page of a conversation as shown (held messages left out, gaps marked): the newest
+    /// `limit` (default 50, at most 500), or those before the message `before`.
+    pub(crate) fn page(
+        &self,
+        conv: &ConversationId,
+        limit: Option<u32>,
+        before: Option<&str>,
+    ) -> Result<Vec<MessageInfo>, NodeError> {
         let page = match before {
             Some(b) => Page::Before(
                 parse_message_id(b).ok_or_else(|| NodeError::UnknownMessage(b.to_owned()))?,
@@ -750,10 +764,7 @@ impl Engine {
             None => Page::Latest,
         };
         let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX);
-        let messages = self.store.history(&conv, page, Some(limit))?;
-        if mark_read {
-            self.mark_read(&user)?;
-        }
+        let messages = self.store.history(conv, page, Some(limit))?;
         Ok(super::hold::visible(
             &self.store,
             &self.hold,
