@@ -18,7 +18,8 @@ use tern_crypto::group::{GroupMessage, InboundSenderKey, MemoryReplayLedger};
 use tern_node::{Home, api::client::ClientError, types::Event};
 use tern_store::SenderKeyStore;
 use tern_tests::support::{
-    Node, Relay, WAIT, link_pair, relay_ciphertexts, start_nodes, tern_with_stdin, wait_for,
+    Node, Relay, WAIT, group_history, link_pair, message_ids, message_texts, relay_ciphertexts,
+    start_nodes, tern_with_stdin, wait_for,
 };
 
 /// Longest wait for a group to converge after an offline member returns.
@@ -35,34 +36,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A node's group history (up to 500 messages, not marked read); empty if it cannot be read.
-fn history(node: &Node, group: &str) -> Vec<Value> {
-    node.json(&[
-        "group",
-        "history",
-        group,
-        "--limit",
-        "500",
-        "--no-mark-read",
-    ])
-    .map(|v| v.as_array().cloned().unwrap_or_default())
-    .unwrap_or_default()
-}
-
-fn ids(h: &[Value]) -> Vec<String> {
-    h.iter()
-        .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-/// The texts of the `text` messages, in display order.
-fn texts(h: &[Value]) -> Vec<String> {
-    h.iter()
-        .filter(|m| m["kind"] == "text")
-        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
 /// Waits until `node`'s history of `group` satisfies `ok`.
 fn wait_history(
     node: &Node,
@@ -72,10 +45,15 @@ fn wait_history(
     ok: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
     wait_for(what, timeout, || {
-        let h = history(node, group);
+        let h = group_history(node, group);
         ok(&h).then_some(h)
     })
-    .unwrap_or_else(|e| panic!("{e}; last texts: {:?}", texts(&history(node, group))))
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; last texts: {:?}",
+            message_texts(&group_history(node, group))
+        )
+    })
 }
 
 fn has_text(h: &[Value], text: &str) -> bool {
@@ -195,7 +173,7 @@ fn concurrent_senders_and_an_offline_member_converge_to_one_causal_order() {
     // Erin comes back and catches up.
     nodes[4].restart().unwrap();
     let complete = |h: &[Value]| {
-        let mut t = texts(h);
+        let mut t = message_texts(h);
         t.sort();
         t == expected
     };
@@ -211,14 +189,14 @@ fn concurrent_senders_and_an_offline_member_converge_to_one_causal_order() {
     }
     // The same messages in the same order everywhere (membership entries included). A
     // membership entry can trail the texts by a moment; the texts are all there already.
-    let reference = ids(&histories[0]);
+    let reference = message_ids(&histories[0]);
     for (i, n) in nodes.iter().enumerate().skip(1) {
         let same = wait_for(
             &format!("{}'s order to equal alice's", n.user),
             WAIT,
             || {
-                let h = history(n, &group);
-                (ids(&h) == reference).then_some(h)
+                let h = group_history(n, &group);
+                (message_ids(&h) == reference).then_some(h)
             },
         );
         match same {
@@ -227,21 +205,21 @@ fn concurrent_senders_and_an_offline_member_converge_to_one_causal_order() {
                 "{e}\nalice: {:?}\n{}: {:?}",
                 order_view(&histories[0]),
                 n.user,
-                order_view(&history(n, &group))
+                order_view(&group_history(n, &group))
             ),
         }
     }
     eprintln!(
         "one order on all five nodes ({} entries): {:?}",
         reference.len(),
-        texts(&histories[0])
+        message_texts(&histories[0])
     );
     let unique: HashSet<&String> = reference.iter().collect();
     assert_eq!(unique.len(), reference.len(), "duplicates: {reference:?}");
 
     // Causality and per-sender order, on every node.
     for (n, h) in nodes.iter().zip(&histories) {
-        let order = texts(h);
+        let order = message_texts(h);
         let pos = |t: &str| {
             order
                 .iter()
@@ -391,8 +369,8 @@ fn an_added_member_reads_only_what_follows_and_a_removed_one_cannot_decrypt_anyt
             has_text(h, "after-frank")
         });
     }
-    let hf = history(&nodes[4], &group);
-    assert_eq!(texts(&hf), ["after-frank"], "{:?}", order_view(&hf));
+    let hf = group_history(&nodes[4], &group);
+    assert_eq!(message_texts(&hf), ["after-frank"], "{:?}", order_view(&hf));
 
     // Dave goes offline so the next messages wait in his mailbox, where the relay holds
     // them; then Alice removes Carol.
@@ -438,7 +416,7 @@ fn an_added_member_reads_only_what_follows_and_a_removed_one_cannot_decrypt_anyt
     wait_history(&nodes[3], &group, "post-removal texts at dave", WAIT, |h| {
         AFTER.iter().all(|t| has_text(h, t))
     });
-    let hc = history(&nodes[2], &group);
+    let hc = group_history(&nodes[2], &group);
     assert!(
         AFTER.iter().all(|t| !has_text(&hc, t)),
         "carol got a post-removal message: {:?}",
@@ -706,7 +684,7 @@ fn subscribers_hear_of_groups_their_messages_and_batched_notifications() {
             .call("group_history", json!({"group": group, "mark_read": true}))
             .await
             .unwrap();
-        assert_eq!(texts(page.as_array().unwrap()), ["n1", "n2", "n3"]);
+        assert_eq!(message_texts(page.as_array().unwrap()), ["n1", "n2", "n3"]);
         let info = bob
             .call("group_info", json!({"group": "news"}))
             .await
@@ -719,7 +697,7 @@ fn subscribers_hear_of_groups_their_messages_and_batched_notifications() {
         .json(&["group", "history", "News", "--limit", "2"])
         .unwrap();
     let last = last.as_array().unwrap();
-    assert_eq!(texts(last), ["n2", "n3"]);
+    assert_eq!(message_texts(last), ["n2", "n3"]);
     let before = b
         .json(&[
             "group",
@@ -730,7 +708,7 @@ fn subscribers_hear_of_groups_their_messages_and_batched_notifications() {
         ])
         .unwrap();
     let before = before.as_array().unwrap();
-    assert_eq!(texts(before), ["n1"]);
+    assert_eq!(message_texts(before), ["n1"]);
     assert!(
         before.iter().any(|m| m["kind"] == "membership"),
         "{before:?}"
@@ -750,7 +728,10 @@ fn paging_before_an_unknown_message_says_unknown_message() {
     let page = a
         .json(&["group", "history", "Solo", "--before", sent])
         .unwrap();
-    assert_eq!(texts(page.as_array().unwrap()), Vec::<String>::new());
+    assert_eq!(
+        message_texts(page.as_array().unwrap()),
+        Vec::<String>::new()
+    );
     for before in ["f".repeat(32), "not-an-id".to_owned()] {
         let out = a.cli(&["group", "history", "Solo", "--before", &before]);
         assert_eq!(code(&out), Some(4), "{before}: {}", stderr(&out));
@@ -793,7 +774,7 @@ fn members_offline_through_creation_or_removal_catch_up() {
     nodes[3].restart().unwrap();
     wait_members(&nodes[3], &group, &[ua, ub, ud], true);
     wait_history(&nodes[3], &group, "m1..m3 at dave", WAIT, |h| {
-        texts(h) == ["m1", "m2", "m3"]
+        message_texts(h) == ["m1", "m2", "m3"]
     });
 
     // Carol returns and at once tries to send: refused if she already knows, else sent from
@@ -807,7 +788,7 @@ fn members_offline_through_creation_or_removal_catch_up() {
     );
     let gc = wait_members(&nodes[2], &group, &[ua, ub, ud], false);
     assert_eq!(gc["member"], false);
-    let hc = history(&nodes[2], &group);
+    let hc = group_history(&nodes[2], &group);
     assert!(!has_text(&hc, "m3"), "{:?}", order_view(&hc));
     // Her outbox drains (what she sent is with the relay or the recipients), then a later
     // message from Alice reaching Bob and Dave marks the point by which they saw it.
@@ -820,16 +801,21 @@ fn members_offline_through_creation_or_removal_catch_up() {
     for i in [0, 1, 3] {
         let h = wait_history(&nodes[i], &group, "m4", WAIT, |h| has_text(h, "m4"));
         assert_eq!(
-            texts(&h),
+            message_texts(&h),
             ["m1", "m2", "m3", "m4"],
             "{}: {:?}",
             nodes[i].user,
             order_view(&h)
         );
     }
-    let ids0 = ids(&history(&nodes[0], &group));
+    let ids0 = message_ids(&group_history(&nodes[0], &group));
     for i in [1, 3] {
-        assert_eq!(ids(&history(&nodes[i], &group)), ids0, "{}", nodes[i].user);
+        assert_eq!(
+            message_ids(&group_history(&nodes[i], &group)),
+            ids0,
+            "{}",
+            nodes[i].user
+        );
     }
 }
 
@@ -878,27 +864,29 @@ fn a_member_added_mid_burst_sees_a_consistent_suffix() {
         .iter()
         .map(|n| {
             wait_history(n, &group, "every text", WAIT, |h| {
-                let mut t = texts(h);
+                let mut t = message_texts(h);
                 t.sort();
                 t == all
             })
         })
         .collect();
-    let reference = ids(&members_full[0]);
+    let reference = message_ids(&members_full[0]);
     for (n, h) in nodes[1..3].iter().zip(&members_full[1..]) {
-        let h = if ids(h) == reference {
+        let h = if message_ids(h) == reference {
             h.clone()
         } else {
-            wait_history(n, &group, "alice's order", WAIT, |h| ids(h) == reference)
+            wait_history(n, &group, "alice's order", WAIT, |h| {
+                message_ids(h) == reference
+            })
         };
-        assert_eq!(ids(&h), reference);
+        assert_eq!(message_ids(&h), reference);
     }
     let hf = wait_history(&nodes[3], &group, "the closing texts at frank", WAIT, |h| {
         has_text(h, "b-end") && has_text(h, "c-end")
     });
     // Frank's view: every entry is in Alice's, in the same relative order, and it holds no
     // text from before the entry that added him.
-    let pos: Vec<usize> = ids(&hf)
+    let pos: Vec<usize> = message_ids(&hf)
         .iter()
         .map(|id| {
             reference.iter().position(|r| r == id).unwrap_or_else(|| {
@@ -936,6 +924,6 @@ fn a_member_added_mid_burst_sees_a_consistent_suffix() {
         "frank holds {} of {} entries: {:?}",
         hf.len(),
         reference.len(),
-        texts(&hf)
+        message_texts(&hf)
     );
 }

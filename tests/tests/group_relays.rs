@@ -5,29 +5,11 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use tern_tests::support::{Node, Relay, link_pair, wait_for};
+use tern_tests::support::{
+    Node, Relay, group_history, link_pair, message_ids, message_texts, wait_for,
+};
 
 const CONVERGE: Duration = Duration::from_secs(90);
-
-fn history(node: &Node, group: &str) -> Vec<Value> {
-    node.json(&["group", "history", group, "--limit", "500"])
-        .map(|v| v.as_array().cloned().unwrap_or_default())
-        .unwrap_or_default()
-}
-
-fn ids(h: &[Value]) -> Vec<String> {
-    h.iter()
-        .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-fn texts(h: &[Value]) -> Vec<String> {
-    h.iter()
-        .filter(|m| m["kind"] == "text")
-        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
 
 #[test]
 fn a_member_behind_a_dead_relay_gets_what_it_missed() -> anyhow::Result<()> {
@@ -59,8 +41,8 @@ fn a_member_behind_a_dead_relay_gets_what_it_missed() -> anyhow::Result<()> {
     r2.restart_after_kill9("")?;
     let want = ["from ana during the outage", "from ben during the outage"];
     let cy_history = wait_for("cy to get what it missed", CONVERGE, || {
-        let h = history(&cy, &group);
-        let t = texts(&h);
+        let h = group_history(&cy, &group);
+        let t = message_texts(&h);
         want.iter().all(|w| t.iter().any(|x| x == w)).then_some(h)
     })?;
     let info = cy.json(&["group", "info", &group])?;
@@ -72,16 +54,16 @@ fn a_member_behind_a_dead_relay_gets_what_it_missed() -> anyhow::Result<()> {
     let mut last = Vec::new();
     for node in [&ana, &ben, &cy] {
         let h = wait_for("the reply everywhere", CONVERGE, || {
-            let h = history(node, &group);
-            texts(&h)
+            let h = group_history(node, &group);
+            message_texts(&h)
                 .iter()
                 .any(|t| t == "from cy after the outage")
                 .then_some(h)
         })?;
         if !last.is_empty() {
-            assert_eq!(ids(&h), last, "members show different orders");
+            assert_eq!(message_ids(&h), last, "members show different orders");
         }
-        last = ids(&h);
+        last = message_ids(&h);
     }
     assert!(cy_history.len() >= 3);
     Ok(())
@@ -121,7 +103,7 @@ fn a_group_message_is_one_deposit_stored_once_for_every_member_device() -> anyho
     ana.ok(&["group", "send", &group, "first"])?;
     for m in &members {
         wait_for("the first message", CONVERGE, || {
-            texts(&history(m, &group))
+            message_texts(&group_history(m, &group))
                 .contains(&"first".to_owned())
                 .then_some(())
         })?;
@@ -145,7 +127,7 @@ fn a_group_message_is_one_deposit_stored_once_for_every_member_device() -> anyho
     }
     for m in &members {
         wait_for("the second message after coming back", CONVERGE, || {
-            texts(&history(m, &group))
+            message_texts(&group_history(m, &group))
                 .contains(&"second".to_owned())
                 .then_some(())
         })?;

@@ -478,3 +478,32 @@ pub fn relay_ciphertexts(data: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+
+/// A node's group history (up to 500 messages, not marked read); empty if it cannot be read.
+pub fn group_history(node: &Node, group: &str) -> Vec<serde_json::Value> {
+    node.json(&[
+        "group",
+        "history",
+        group,
+        "--limit",
+        "500",
+        "--no-mark-read",
+    ])
+    .map(|v| v.as_array().cloned().unwrap_or_default())
+    .unwrap_or_default()
+}
+
+/// The ids of a history, in display order.
+pub fn message_ids(h: &[serde_json::Value]) -> Vec<String> {
+    h.iter()
+        .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The texts of the `text` messages of a history, in display order.
+pub fn message_texts(h: &[serde_json::Value]) -> Vec<String> {
+    h.iter()
+        .filter(|m| m["kind"] == "text")
+        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
