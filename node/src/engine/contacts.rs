@@ -67,7 +67,7 @@ impl Engine {
         }
     }
 
-    fn save_pending_identity(&self) -> Result<(), NodeError> {
+    pub(crate) fn save_pending_identity(&self) -> Result<(), NodeError> {
         let bytes = serde_json::to_vec(&self.pending_identity)
             .map_err(|e| NodeError::Store(e.to_string()))?;
         crate::home::write_atomic(&self.home.dir().join(PENDING_FILE), &bytes, true)?;

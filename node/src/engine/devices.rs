@@ -6,7 +6,7 @@ use serde_bytes::ByteBuf;
 use tern_crypto::{DeviceCertificate, SignedDeviceCertificate, SignedDeviceList, provision};
 use tern_store::Contact;
 
-use super::{ContactState, Engine, device_peer, relay_peer};
+use super::{ContactState, Engine, Internal, device_peer, relay_peer};
 use crate::{
     device_link::{Bundle, BundleContact, BundleMessage, LINK_VERSION, Request},
     error::NodeError,
@@ -22,6 +22,9 @@ const HISTORY_PER_CONVERSATION: u32 = 100;
 
 /// The provisioning record must fit one mailbox message (with room for its envelope).
 const MAX_BUNDLE_BYTES: usize = 110 * 1024;
+
+/// Device lists fetched at the same time.
+const LIST_FETCHES_AT_ONCE: usize = 16;
 
 /// Device lists are fetched again at most this often when mail from an unknown device
 /// asks for it.
@@ -280,23 +283,64 @@ impl Engine {
     /// from a connected relay of theirs, and takes each valid successor: a newly linked
     /// device is then addressed, a removed one no more. Mail kept for unknown devices is
     /// fetched again afterwards.
-    pub(crate) async fn refresh_device_lists(&mut self) {
+    pub(crate) fn refresh_device_lists(&mut self) {
         if !self.lists_due {
             return;
         }
         self.lists_due = false;
         self.lists_fetched = Some(std::time::Instant::now());
-        let users: Vec<String> = self
+        // Fetched in a task, a few at a time, so a big group never stalls the engine; the
+        // results come back as `Internal::DeviceLists`.
+        let targets: Vec<(String, PeerId, [u8; 16])> = self
             .contacts
-            .keys()
-            .chain(self.peers.keys())
-            .cloned()
+            .iter()
+            .chain(self.peers.iter())
+            .filter_map(|(user, state)| {
+                let ub = tern_crypto::UserId::from_hex(user)?;
+                let relay = state
+                    .relay_peers()
+                    .into_iter()
+                    .find(|r| self.relay_up.contains(r))?;
+                Some((user.clone(), relay, *ub.as_bytes()))
+            })
             .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let net = self.net.clone();
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            let mut lists = Vec::new();
+            for chunk in targets.chunks(LIST_FETCHES_AT_ONCE) {
+                let fetched = futures::future::join_all(chunk.iter().map(|(user, relay, ub)| {
+                    let net = net.clone();
+                    async move {
+                        (
+                            user.clone(),
+                            rpc::fetch_device_list(&net, *relay, *ub).await,
+                        )
+                    }
+                }))
+                .await;
+                for (user, r) in fetched {
+                    match r {
+                        Ok(bytes) => lists.push((user, bytes)),
+                        Err(e) => tracing::debug!(%user, "device list not fetched: {e}"),
+                    }
+                }
+            }
+            let _ = internal.send(Internal::DeviceLists(lists)).await;
+        });
+    }
+
+    /// Device lists fetched by [`Engine::refresh_device_lists`]: each valid successor is
+    /// taken.
+    pub(crate) fn on_device_lists(&mut self, lists: Vec<(String, Vec<u8>)>) {
         let mut changed = false;
-        for user in users {
-            match self.refresh_one(&user).await {
+        for (user, bytes) in lists {
+            match self.take_list(&user, bytes) {
                 Ok(c) => changed |= c,
-                Err(e) => tracing::debug!(%user, "device list not refreshed: {e}"),
+                Err(e) => tracing::warn!(%user, "fetched device list refused: {e}"),
             }
         }
         if changed {
@@ -315,21 +359,12 @@ impl Engine {
         }
     }
 
-    async fn refresh_one(&mut self, user: &str) -> Result<bool, NodeError> {
+    /// Takes a fetched device list of `user` if the pinned identity key signed it and it is
+    /// a valid successor of the one held; returns whether it was taken.
+    fn take_list(&mut self, user: &str, bytes: Vec<u8>) -> Result<bool, NodeError> {
         let Some(state) = self.known(user).cloned() else {
             return Ok(false);
         };
-        let Some(ub) = tern_crypto::UserId::from_hex(user) else {
-            return Ok(false);
-        };
-        let Some(relay) = state
-            .relay_peers()
-            .into_iter()
-            .find(|r| self.relay_up.contains(r))
-        else {
-            return Ok(false);
-        };
-        let bytes = rpc::fetch_device_list(&self.net, relay, *ub.as_bytes()).await?;
         let next = SignedDeviceList::from_bytes(&bytes)?;
         let key: [u8; 32] = state
             .contact
@@ -337,7 +372,22 @@ impl Engine {
             .as_slice()
             .try_into()
             .map_err(|_| NodeError::Crypto("stored identity key has the wrong length".into()))?;
-        next.check_identity(&tern_crypto::IdentityPublicKey::from_bytes(key))?;
+        if next
+            .check_identity(&tern_crypto::IdentityPublicKey::from_bytes(key))
+            .is_err()
+        {
+            // Signed by another identity key: a reinstall, or someone posing as the contact.
+            // Never taken silently: sending is blocked until the user accepts a new link.
+            if self.contacts.contains_key(user) && !self.pending_identity.contains_key(user) {
+                tracing::warn!(%user, "a relay holds a device list under a different identity key");
+                self.pending_identity.insert(user.to_owned(), String::new());
+                self.save_pending_identity()?;
+                self.emit(crate::types::Event::IdentityChanged {
+                    user_id: user.to_owned(),
+                });
+            }
+            return Ok(false);
+        }
         if let Some(current) = &state.list {
             if next.list().version <= current.list().version {
                 return Ok(false);

@@ -154,6 +154,8 @@ pub(crate) enum Internal {
     },
     /// Current presence fetched by a subscription.
     Presence(Vec<presence::Entry>),
+    /// Device lists fetched from relays: (user, signed list).
+    DeviceLists(Vec<(String, Vec<u8>)>),
     /// A group fan-out finished: per recipient device, whether its copy went.
     FannedOut {
         id: MessageId,
@@ -425,7 +427,7 @@ impl Engine {
                     self.on_internal_batch(batch);
                 }
                 _ = outbox.tick() => {
-                    self.refresh_device_lists().await;
+                    self.refresh_device_lists();
                     self.fetch_missing_peers().await;
                     self.reissue_due().await;
                     self.deliver_owed().await;
@@ -658,6 +660,7 @@ impl Engine {
                 attempts,
                 results,
             } => self.on_fanned_out(id, attempts, results),
+            Internal::DeviceLists(lists) => self.on_device_lists(lists),
         }
     }
 
