@@ -160,3 +160,79 @@ fn a_linked_second_device_sends_receives_and_gets_sync_copies() -> anyhow::Resul
     assert_eq!(info["member"], true);
     Ok(())
 }
+
+/// An identity secret record for `user_id` with a fresh key: what someone posing as that user
+/// would hold (tern-crypto's `IdentityKey::to_secret_bytes` layout).
+fn identity_posing_as(user_id: &str) -> anyhow::Result<tern_crypto::IdentityKey> {
+    #[derive(serde::Serialize)]
+    struct Record {
+        #[serde(with = "serde_bytes")]
+        user_id: [u8; 16],
+        #[serde(with = "serde_bytes")]
+        secret: [u8; 32],
+    }
+    let user = tern_crypto::UserId::from_hex(user_id).ok_or_else(|| anyhow::anyhow!("user id"))?;
+    let secret = *tern_crypto::IdentityKey::generate()?
+        .to_secret_bytes()?
+        .last_chunk::<32>()
+        .ok_or_else(|| anyhow::anyhow!("secret"))?;
+    let mut bytes = vec![1, tern_crypto::Kind::IdentitySecret as u8];
+    ciborium::into_writer(
+        &Record {
+            user_id: *user.as_bytes(),
+            secret,
+        },
+        &mut bytes,
+    )?;
+    Ok(tern_crypto::IdentityKey::from_secret_bytes(&bytes)?)
+}
+
+#[test]
+fn a_contacts_device_list_under_another_identity_key_blocks_sending() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut relay = Relay::start(&dir.path().join("relay"), "")?;
+    let ana = Node::init_and_start(dir.path(), "ana", Some(&relay.addr))?;
+    let mut ben = Node::init_and_start(dir.path(), "ben", Some(&relay.addr))?;
+    link_pair(&ana, &ben, "ana", "ben")?;
+    ana.ok(&["send", "ben", "hello"])?;
+    // The relay loses its database (same identity and port), and someone else publishes a
+    // device list for Ben's user id under their own identity key.
+    ben.kill9();
+    relay.kill9();
+    for f in ["relay.sqlite3", "relay.sqlite3-wal", "relay.sqlite3-shm"] {
+        let _ = std::fs::remove_file(relay.data.join("db").join(f));
+    }
+    relay.restart_after_kill9("")?;
+    let forger = identity_posing_as(&ben.user)?;
+    let device = tern_crypto::DeviceKeys::generate()?;
+    let certificate = device.certify(&forger, "forged", 1)?;
+    let list = tern_crypto::DeviceList::first(&forger, certificate, 1).sign(&forger)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let key = tern_relay::client::Keypair::ed25519_from_bytes(*device.network_secret())?;
+        let (client, _events) = tern_relay::client::Client::connect(
+            key,
+            relay.addr.parse()?,
+            tern_relay::client::Config::default(),
+        )
+        .await?;
+        client.publish_device_list(list.as_bytes().to_vec()).await?;
+        // Mail from a device Ana does not know makes her look at device lists again.
+        let ana_device: tern_relay::PeerId = ana.device.parse()?;
+        client
+            .deposit(vec![ana_device], None, vec![1, 2, 3])
+            .await?;
+        anyhow::Ok(())
+    })?;
+    let contacts = wait_for("Ana to see Ben's key change", WAIT, || {
+        ana.json(&["contact", "list"])
+            .ok()
+            .filter(|c| c[0]["identity_change_pending"] == true)
+    })?;
+    assert_eq!(contacts[0]["name"], "ben");
+    let refused = ana.cli(&["send", "ben", "to a forger?"]);
+    assert_eq!(refused.status.code(), Some(6), "{refused:?}");
+    Ok(())
+}

@@ -268,15 +268,10 @@ impl Engine {
         Ok(out)
     }
 
-    /// Asks for device lists to be fetched again soon (mail from an unknown device).
+    /// Asks for device lists to be fetched again soon (mail from an unknown device): at
+    /// most every [`REFRESH_MIN_GAP`].
     pub(crate) fn want_device_lists(&mut self) {
-        let now = std::time::Instant::now();
-        if self
-            .lists_fetched
-            .is_none_or(|t| now.duration_since(t) >= REFRESH_MIN_GAP)
-        {
-            self.lists_due = true;
-        }
+        self.lists_due = true;
     }
 
     /// Fetches the device list of every known user (contacts, group members, this user)
@@ -284,7 +279,11 @@ impl Engine {
     /// device is then addressed, a removed one no more. Mail kept for unknown devices is
     /// fetched again afterwards.
     pub(crate) fn refresh_device_lists(&mut self) {
-        if !self.lists_due {
+        if !self.lists_due
+            || self
+                .lists_fetched
+                .is_some_and(|t| t.elapsed() < REFRESH_MIN_GAP)
+        {
             return;
         }
         self.lists_due = false;
