@@ -123,6 +123,19 @@ pub enum EnvelopeError {
     Malformed(String),
 }
 
+impl EnvelopeError {
+    /// What went wrong, without the decoder's message (which could quote plaintext): the
+    /// form to log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EnvelopeError::Empty => "empty",
+            EnvelopeError::TooLarge(_) => "too large",
+            EnvelopeError::UnsupportedVersion(_) => "unknown version",
+            EnvelopeError::Malformed(_) => "malformed",
+        }
+    }
+}
+
 impl Envelope {
     /// Encodes the envelope.
     pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {

@@ -185,13 +185,14 @@ impl SignedOp {
         if version != OP_VERSION {
             return Err(OpError::UnsupportedVersion(version));
         }
-        let wire: Wire =
-            ciborium::from_reader(&mut rest).map_err(|e| OpError::Malformed(e.to_string()))?;
+        // The decoder's own message is not kept: it could quote names from the operation.
+        let wire: Wire = ciborium::from_reader(&mut rest)
+            .map_err(|_| OpError::Malformed("not a signed operation".into()))?;
         if !rest.is_empty() {
             return Err(OpError::Malformed("trailing bytes".into()));
         }
         let op: Op = ciborium::from_reader(wire.body.as_slice())
-            .map_err(|e| OpError::Malformed(e.to_string()))?;
+            .map_err(|_| OpError::Malformed("not an operation".into()))?;
         // One encoding per operation, so its hash names it.
         let mut again = Vec::new();
         ciborium::into_writer(&op, &mut again).map_err(|e| OpError::Malformed(e.to_string()))?;

@@ -36,7 +36,8 @@ pub struct OwedGroupMessage {
     pub user_id: String,
     /// The sender key as of that message (secret); empty for a membership change.
     pub distribution: zeroize::Zeroizing<Vec<u8>>,
-    /// The group ciphertext, or the signed membership operation.
+    /// The group ciphertext; empty for a membership change (the operation is the stored
+    /// message's body).
     pub ciphertext: Vec<u8>,
 }
 

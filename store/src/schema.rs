@@ -239,9 +239,9 @@ CREATE TABLE outbox_shared (
     message INTEGER PRIMARY KEY REFERENCES messages(rowid) ON DELETE CASCADE,
     payload BLOB NOT NULL
 );
--- Group messages and membership changes owed to a member who could not be reached when they
--- were sent: for a message, the sender key as of it (a secret, inside the encrypted database)
--- and its ciphertext; for a membership change, an empty key and the signed operation.
+-- Group messages and membership changes owed to a member until they are queued for them: for a
+-- message, the sender key as of it (a secret, inside the encrypted database) and its
+-- ciphertext; for a membership change, both empty (the operation is the message's body).
 CREATE TABLE group_owed (
     message       INTEGER NOT NULL REFERENCES messages(rowid) ON DELETE CASCADE,
     user_id       TEXT NOT NULL,

@@ -557,10 +557,10 @@ impl Engine {
             .state(group)
             .map(|s| s.members.keys().copied().collect())
             .unwrap_or_default();
-        let now = now_ms();
+        let saved = now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             for op in &ops {
-                tx.save_group_op(group, &op.hash, op.to_bytes(), now)?;
+                tx.save_group_op(group, &op.hash, op.to_bytes(), saved)?;
             }
             Ok(())
         })?;
@@ -578,7 +578,6 @@ impl Engine {
         if !self.own_other_devices() {
             to.retain(|u| *u != me);
         }
-        self.send_ops(group, &ops, &to).await;
         // New members get the chain before these operations too.
         let newcomers: Vec<[u8; 16]> = state
             .members
@@ -586,25 +585,40 @@ impl Engine {
             .filter(|u| !before.contains(*u) && **u != me)
             .copied()
             .collect();
-        if !before.is_empty() && !newcomers.is_empty() {
+        let prior: Vec<SignedOp> = if before.is_empty() || newcomers.is_empty() {
+            Vec::new()
+        } else {
             let fresh: HashSet<[u8; 32]> = ops.iter().map(|o| o.hash).collect();
-            let prior: Vec<SignedOp> = self.groups[group]
-                .resolved
+            let ctx = &self.groups[group];
+            ctx.resolved
                 .as_ref()
                 .map(|r| r.chain.clone())
                 .unwrap_or_default()
                 .iter()
                 .filter(|h| !fresh.contains(*h))
-                .filter_map(|h| {
-                    self.groups[group]
-                        .ops
-                        .iter()
-                        .find(|o| o.hash == *h)
-                        .cloned()
-                })
-                .collect();
-            self.send_ops(group, &prior, &newcomers).await;
+                .filter_map(|h| ctx.ops.iter().find(|o| o.hash == *h).cloned())
+                .collect()
+        };
+        // The chain is in the timeline (a linked device may hold operations without their
+        // messages), so it can be owed and queued.
+        for op in &prior {
+            self.store_op_message(group, op)?;
         }
+        // Everything is owed to its recipients first, in one transaction, and settled as it
+        // is queued: a crash while sessions are being set up loses no membership change.
+        let now = now_ms();
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            for (list, users) in [(&ops, &to), (&prior, &newcomers)] {
+                for op in list.iter() {
+                    for u in users.iter() {
+                        tx.owe_group_message(op_message_id(op), &hex(u), &[], &[], now)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        self.send_ops(group, &ops, &to).await;
+        self.send_ops(group, &prior, &newcomers).await;
         self.after_membership_change(group);
         Ok(())
     }
@@ -643,9 +657,6 @@ impl Engine {
                 title.as_deref(),
                 now,
             )?;
-            if let Some(t) = &title {
-                tx.set_title(&message.conversation, Some(t))?;
-            }
             Ok(tx.record_incoming(&message, &[])?)
         })?;
         if inserted == Inserted::New {
@@ -706,7 +717,8 @@ impl Engine {
     }
 
     /// Sends operations over pairwise sessions to every device of `users`, packed into as
-    /// few envelopes as fit; who cannot be reached now is owed each operation.
+    /// few envelopes as fit. They are owed to each user already ([`Engine::commit_ops`]);
+    /// queueing settles that, and who cannot be reached now stays owed.
     async fn send_ops(&mut self, group: &str, ops: &[SignedOp], users: &[[u8; 16]]) {
         let Some(gid) = user_bytes(group) else {
             return;
@@ -761,41 +773,34 @@ impl Engine {
                     continue;
                 }
             };
-            let failed = match self.send_pairwise(&users, id, &plain).await {
-                Ok(failed) => failed,
-                Err(e) => {
-                    tracing::error!(%group, "queueing group operations failed: {e}");
-                    continue;
+            let settle: Vec<MessageId> = pack.iter().map(|o| op_message_id(o)).collect();
+            match self.send_pairwise(&users, id, &plain, &settle).await {
+                Ok(failed) => {
+                    for (user, e) in &failed {
+                        tracing::info!(%group, member = %user, "member not reachable now; the membership change waits for them: {e}");
+                    }
+                    if !failed.is_empty() {
+                        self.owed_due = true;
+                    }
                 }
-            };
-            for (user, e) in failed {
-                // Owed (an empty key marks an operation), and sent once they can be reached.
-                tracing::info!(%group, member = %user, "member not reachable now; the membership change waits for them: {e}");
-                let now = now_ms();
-                let owed = self.store.transaction(|tx| -> Result<(), NodeError> {
-                    for op in &pack {
-                        tx.owe_group_message(op_message_id(op), &user, &[], op.to_bytes(), now)?;
-                    }
-                    Ok(())
-                });
-                match owed {
-                    Ok(()) => self.owed_due = true,
-                    Err(e) => {
-                        tracing::error!(%group, "recording an owed membership change failed: {e}")
-                    }
+                Err(e) => {
+                    tracing::error!(%group, "queueing group operations failed; they stay owed: {e}");
+                    self.owed_due = true;
                 }
             }
         }
     }
 
     /// Encrypts `plain` for every device of each of `users` and queues it as outbox rows of
-    /// the stored message `id`, with every ratchet state, in one transaction. Returns the
-    /// users who could not be reached (no device list or no session to be had).
+    /// the stored message `id`, with every ratchet state, in one transaction that also
+    /// settles what was owed to them (`settle`). Returns the users who could not be reached
+    /// (no device list or no session to be had).
     async fn send_pairwise(
         &mut self,
         users: &[String],
         id: MessageId,
         plain: &[u8],
+        settle: &[MessageId],
     ) -> Result<Vec<(String, NodeError)>, NodeError> {
         let mut failed = Vec::new();
         let mut deliveries = Vec::new();
@@ -828,9 +833,18 @@ impl Engine {
         }
         let updates = super::send::crypto_updates(&pickles);
         let now = now_ms();
+        let queued: Vec<&String> = users
+            .iter()
+            .filter(|u| !failed.iter().any(|(f, _)| f == *u))
+            .collect();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.apply_crypto(&updates, now)?;
             tx.add_outbox_rows(id, &deliveries, now)?;
+            for user in &queued {
+                for owed in settle {
+                    tx.settle_owed_group_message(*owed, user)?;
+                }
+            }
             Ok(())
         })?;
         for d in deliveries {
@@ -1004,9 +1018,10 @@ impl Engine {
         if after_chain == before_chain {
             return Ok(());
         }
-        // Store the chain's operations in the timeline (those already there are duplicates).
+        // Store the operations new to the chain in the timeline.
         let chain = after_chain.unwrap_or_default();
-        for hash in &chain {
+        let had: HashSet<[u8; 32]> = before_chain.unwrap_or_default().into_iter().collect();
+        for hash in chain.iter().filter(|h| !had.contains(*h)) {
             let Some(o) = self.groups[&group]
                 .ops
                 .iter()
@@ -1107,19 +1122,24 @@ impl Engine {
     }
 
     /// A group ciphertext from `sender` (mailbox depositor). Kept in the stash when its key
-    /// or group is not known yet.
-    pub(crate) fn on_group_message(&mut self, sender: PeerId, payload: &[u8]) {
+    /// or group is not known yet, or when storing it failed (it is tried again from there).
+    /// Returns whether it is durably handled: `false` only when even the stash could not
+    /// take it, so the mail must stay in the mailbox.
+    pub(crate) fn on_group_message(&mut self, sender: PeerId, payload: &[u8]) -> bool {
         match self.process_group(&sender.to_string(), payload) {
-            Ok(GroupOutcome::Done) => {}
-            Ok(GroupOutcome::Wait) => {
-                let now = now_ms();
-                if let Err(e) = self.store.transaction(|tx| {
-                    tx.stash_group_message(&sender.to_string(), payload, now, MAX_GROUP_STASH)
-                }) {
-                    tracing::error!("keeping a group message for later failed: {e}");
-                }
+            Ok(GroupOutcome::Done) => return true,
+            Ok(GroupOutcome::Wait) => {}
+            Err(e) => tracing::error!("storing a group message failed; it is kept to retry: {e}"),
+        }
+        let now = now_ms();
+        match self.store.transaction(|tx| {
+            tx.stash_group_message(&sender.to_string(), payload, now, MAX_GROUP_STASH)
+        }) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("keeping a group message for later failed: {e}");
+                false
             }
-            Err(e) => tracing::error!("storing a group message failed: {e}"),
         }
     }
 
@@ -1163,7 +1183,9 @@ impl Engine {
                 Err(GroupError::Replay { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-            let env = Envelope::decode(&d.body)?;
+            // Only the kind of a decoding failure travels on: it is logged below.
+            let env = Envelope::decode(&d.body)
+                .map_err(|e| NodeError::Crypto(format!("{} envelope", e.kind())))?;
             let bound = matches!(&env.conversation, Conversation::Group { id } if hex(id.as_slice()) == group)
                 && env.sender_user.as_slice() == d.sender_user.as_bytes()
                 && env.sender_device.as_slice() == d.sender_device.as_bytes();
@@ -1575,8 +1597,12 @@ impl Engine {
             seq: m.seq,
             sent_at_ms: m.sent_at_ms,
             body: if is_op {
+                // The operation is the stored membership message itself.
+                let StoreBody::Structured { data, .. } = &m.body else {
+                    return Err(NodeError::Store("an owed operation is not stored".into()));
+                };
                 Body::GroupOp {
-                    op: ByteBuf::from(o.ciphertext.clone()),
+                    op: ByteBuf::from(data.clone()),
                 }
             } else {
                 Body::SenderKey {
@@ -1590,17 +1616,19 @@ impl Engine {
             zeroize::Zeroize::zeroize(&mut distribution.into_vec());
         }
         let user = o.user_id.clone();
-        if let Some((_, e)) = self
-            .send_pairwise(std::slice::from_ref(&user), o.message_id, &plain)
+        match self
+            .send_pairwise(
+                std::slice::from_ref(&user),
+                o.message_id,
+                &plain,
+                &[o.message_id],
+            )
             .await?
             .pop()
         {
-            return Err(e);
+            Some((_, e)) => Err(e),
+            None => Ok(()),
         }
-        // Queued: settled. (A crash in between sends it again; the member drops the copy.)
-        self.store
-            .transaction(|tx| tx.settle_owed_group_message(o.message_id, &o.user_id))?;
-        Ok(())
     }
 
     /// Deposits one ciphertext for many devices: one request per relay.

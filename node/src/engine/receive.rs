@@ -88,9 +88,13 @@ impl Engine {
         receipts: &mut HashMap<String, Vec<MessageId>>,
     ) -> Outcome {
         if super::group::is_group_payload(ciphertext) {
-            // Kept in the stash when it cannot be read yet, so it is acknowledged either way.
-            self.on_group_message(sender, ciphertext);
-            return Outcome::Ack;
+            // Stored, or kept in the stash when it cannot be read yet: acknowledged either
+            // way, unless the store could take neither.
+            return if self.on_group_message(sender, ciphertext) {
+                Outcome::Ack
+            } else {
+                Outcome::Keep
+            };
         }
         let Some(user) = self.device_owner.get(&sender).cloned() else {
             // Perhaps a contact linked a new device: look at device lists again soon.
@@ -188,9 +192,7 @@ impl Engine {
                 // Only the kind of failure is logged: a decoder's message could quote plaintext.
                 let why = match other {
                     Ok(_) => "sender or addressee does not match",
-                    Err(crate::envelope::EnvelopeError::UnsupportedVersion(_)) => "unknown version",
-                    Err(crate::envelope::EnvelopeError::TooLarge(_)) => "too large",
-                    Err(_) => "malformed",
+                    Err(e) => e.kind(),
                 };
                 tracing::warn!(contact = %user, why, "dropping a message with a bad envelope");
                 self.save_crypto(&update, own_device.as_ref(), now)?;
@@ -328,7 +330,11 @@ impl Engine {
                     Ok(())
                 })?;
                 if let Some(m) = message {
-                    self.on_group_message(sender, &m);
+                    // The Olm message cannot be read twice: what the store cannot take
+                    // now is lost with it, and said so.
+                    if !self.on_group_message(sender, &m) {
+                        tracing::error!(contact = %user, "a group message that came with its key could not be kept");
+                    }
                 }
                 if inbound.is_some() {
                     self.retry_stash();
