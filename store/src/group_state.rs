@@ -228,14 +228,20 @@ impl Store {
             .read_ctx("read sender key shares")
     }
 
-    /// Stashed group ciphertexts, oldest first, at most `limit`.
-    pub fn stashed_group_messages(&self, limit: u32) -> Result<Vec<Stashed>, ReadError> {
+    /// Stashed group ciphertexts (from `sender_device` only, if given), oldest first, at
+    /// most `limit`.
+    pub fn stashed_group_messages(
+        &self,
+        sender_device: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Stashed>, ReadError> {
         self.conn
             .prepare_cached(
-                "SELECT id, sender_device, payload, received_at_ms FROM group_stash ORDER BY id LIMIT ?1",
+                "SELECT id, sender_device, payload, received_at_ms FROM group_stash \
+                 WHERE ?1 IS NULL OR sender_device = ?1 ORDER BY id LIMIT ?2",
             )
             .and_then(|mut s| {
-                s.query_map([limit], |r| {
+                s.query_map(params![sender_device, limit], |r| {
                     Ok(Stashed {
                         id: r.get(0)?,
                         sender_device: r.get(1)?,

@@ -120,7 +120,20 @@ fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
         vec![("u9".into(), b"signed list".to_vec())]
     );
     // The stash keeps the newest 3.
-    let stashed = store.stashed_group_messages(100).unwrap();
+    let stashed = store.stashed_group_messages(None, 100).unwrap();
+    assert!(
+        store
+            .stashed_group_messages(Some("other"), 100)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .stashed_group_messages(Some("dev"), 100)
+            .unwrap()
+            .len(),
+        3
+    );
     let payloads: Vec<Vec<u8>> = stashed.iter().map(|s| s.payload.clone()).collect();
     assert_eq!(payloads, vec![vec![2], vec![3], vec![4]]);
     let owed = store.owed_group_messages(10).unwrap();
@@ -138,7 +151,7 @@ fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
         })
         .unwrap();
     assert!(store.owed_group_messages(10).unwrap().is_empty());
-    assert_eq!(store.stashed_group_messages(100).unwrap().len(), 2);
+    assert_eq!(store.stashed_group_messages(None, 100).unwrap().len(), 2);
     // Deleting the message drops what it owed.
     store
         .transaction(|tx| tx.owe_group_message(m.id, "u8", b"k", b"c", 6))

@@ -27,7 +27,7 @@ use tern_crypto::{
     },
 };
 use tern_store::{
-    Body as StoreBody, Contact, ConversationId, ConversationKind, CryptoUpdate, Delivery,
+    Body as StoreBody, Contact, ConversationId, ConversationKind, CryptoUpdate,
     InboundGroupSession, Inserted, Message, MessageId, OutboundGroupSession, SenderKeyStore,
     Status,
 };
@@ -817,19 +817,13 @@ impl Engine {
                     continue;
                 }
             };
-            for (device, s) in sessions.iter_mut() {
-                let ct = s.encrypt(plain)?;
-                deliveries.push(Delivery {
-                    recipient_user: user.clone(),
-                    recipient_device: device.to_peer_id_string(),
-                    payload: ct,
-                });
-                pickles.push((
-                    device.to_peer_id_string(),
-                    s.current_session_id().unwrap_or_default(),
-                    s.pickle()?,
-                ));
-            }
+            super::send::encrypt_each(
+                &mut sessions,
+                plain,
+                |_| user.clone(),
+                &mut deliveries,
+                &mut pickles,
+            )?;
         }
         let updates = super::send::crypto_updates(&pickles);
         let now = now_ms();
@@ -960,7 +954,7 @@ impl Engine {
                     self.fetch_mailbox(relay);
                 }
             }
-            self.retry_stash();
+            self.retry_stash(None);
         }
     }
 
@@ -968,7 +962,7 @@ impl Engine {
     /// and an event.
     fn after_membership_change(&mut self, group: &str) {
         self.peers_due = true;
-        self.retry_stash();
+        self.retry_stash(None);
         if let Ok(info) = self.group_info(group) {
             self.emit(Event::Group { group: info });
         }
@@ -1250,9 +1244,10 @@ impl Engine {
         Ok(GroupOutcome::Done)
     }
 
-    /// Retries stashed group messages (a key or a membership change arrived).
-    pub(crate) fn retry_stash(&mut self) {
-        let stashed = match self.store.stashed_group_messages(MAX_GROUP_STASH) {
+    /// Retries stashed group messages: those of `from` when that device's key arrived, or
+    /// all of them when the membership changed or members were looked up.
+    pub(crate) fn retry_stash(&mut self, from: Option<&str>) {
+        let stashed = match self.store.stashed_group_messages(from, MAX_GROUP_STASH) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("reading stashed group messages failed: {e}");
@@ -1463,24 +1458,20 @@ impl Engine {
                     continue;
                 }
             };
-            for (device, s) in sessions.iter_mut() {
-                let dev = device.to_peer_id_string();
-                if shared.contains(&dev) {
-                    continue;
-                }
-                let ct = s.encrypt(&key_plain)?;
-                deliveries.push(Delivery {
-                    recipient_user: u.clone(),
-                    recipient_device: dev.clone(),
-                    payload: ct,
-                });
-                pickles.push((
-                    dev.clone(),
-                    s.current_session_id().unwrap_or_default(),
-                    s.pickle()?,
-                ));
-                newly.push(dev);
-            }
+            sessions.retain(|(d, _)| !shared.contains(&d.to_peer_id_string()));
+            let first = deliveries.len();
+            super::send::encrypt_each(
+                &mut sessions,
+                &key_plain,
+                |_| u.clone(),
+                &mut deliveries,
+                &mut pickles,
+            )?;
+            newly.extend(
+                deliveries[first..]
+                    .iter()
+                    .map(|d| d.recipient_device.clone()),
+            );
         }
         let message = self.own_text(id, &group, (lamport, seq), now, text);
         let key_pickle = key.pickle()?;

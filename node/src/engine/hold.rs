@@ -220,16 +220,7 @@ mod tests {
         m: Message,
         now: Instant,
     ) -> Vec<(u64, bool)> {
-        let inserted = store
-            .transaction(|tx| -> Result<_, tern_store::WriteError> {
-                tx.ensure_conversation(&m.conversation, ConversationKind::Direct, None, 0)?;
-                tx.record_incoming(&m, &[])
-            })
-            .unwrap();
-        if inserted == Inserted::Duplicate {
-            return Vec::new();
-        }
-        shown(hold.arrived(store, m, now).unwrap())
+        receive_in(ConversationKind::Direct, store, hold, m, now)
     }
 
     /// Like [`receive`] in a group conversation.
@@ -239,12 +230,25 @@ mod tests {
         m: Message,
         now: Instant,
     ) -> Vec<(u64, bool)> {
-        store
+        receive_in(ConversationKind::Group, store, hold, m, now)
+    }
+
+    fn receive_in(
+        kind: ConversationKind,
+        store: &mut Store,
+        hold: &mut HoldBack,
+        m: Message,
+        now: Instant,
+    ) -> Vec<(u64, bool)> {
+        let inserted = store
             .transaction(|tx| -> Result<_, tern_store::WriteError> {
-                tx.ensure_conversation(&m.conversation, ConversationKind::Group, None, 0)?;
+                tx.ensure_conversation(&m.conversation, kind, None, 0)?;
                 tx.record_incoming(&m, &[])
             })
             .unwrap();
+        if inserted == Inserted::Duplicate {
+            return Vec::new();
+        }
         shown(hold.arrived(store, m, now).unwrap())
     }
 

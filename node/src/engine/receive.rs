@@ -337,7 +337,7 @@ impl Engine {
                     }
                 }
                 if inbound.is_some() {
-                    self.retry_stash();
+                    self.retry_stash(Some(&device_key));
                 }
             }
         }

@@ -30,7 +30,7 @@ use crate::{
 type Fan = (MessageId, Vec<u8>, Vec<(String, String)>, u32);
 
 /// A device's ratchet state after encrypting: device, session id, pickle.
-type Pickled = (String, String, zeroize::Zeroizing<Vec<u8>>);
+pub(crate) type Pickled = (String, String, zeroize::Zeroizing<Vec<u8>>);
 
 pub(crate) fn crypto_updates(pickles: &[Pickled]) -> Vec<CryptoUpdate<'_>> {
     pickles
@@ -41,6 +41,28 @@ pub(crate) fn crypto_updates(pickles: &[Pickled]) -> Vec<CryptoUpdate<'_>> {
             pickle: p,
         })
         .collect()
+}
+
+/// Encrypts `plain` once for each session: an outbox row per device (for the user
+/// `user_of` names) and the device's ratchet state after it.
+pub(crate) fn encrypt_each(
+    sessions: &mut [(DeviceId, PeerSessions)],
+    plain: &[u8],
+    user_of: impl Fn(&DeviceId) -> String,
+    deliveries: &mut Vec<Delivery>,
+    pickles: &mut Vec<Pickled>,
+) -> Result<(), NodeError> {
+    for (device, s) in sessions.iter_mut() {
+        let ct = s.encrypt(plain)?;
+        let id = device.to_peer_id_string();
+        deliveries.push(Delivery {
+            recipient_user: user_of(device),
+            recipient_device: id.clone(),
+            payload: ct,
+        });
+        pickles.push((id, s.current_session_id().unwrap_or_default(), s.pickle()?));
+    }
+    Ok(())
 }
 
 /// The store's name for a receipt kind.
@@ -317,25 +339,20 @@ impl Engine {
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         let own_list = self.keys.device_list.list();
-        for (device, s) in sessions.iter_mut() {
-            let ct = s.encrypt(&plain)?;
-            // A sync copy for one of this user's other devices, else the contact's.
-            let recipient_user = if own_list.entry(device).is_some() {
-                self.user_hex.clone()
-            } else {
-                message.conversation.0.clone()
-            };
-            deliveries.push(Delivery {
-                recipient_user,
-                recipient_device: device.to_peer_id_string(),
-                payload: ct,
-            });
-            pickles.push((
-                device.to_peer_id_string(),
-                s.current_session_id().unwrap_or_default(),
-                s.pickle()?,
-            ));
-        }
+        // A sync copy for one of this user's other devices, else the contact's.
+        encrypt_each(
+            sessions,
+            &plain,
+            |device| {
+                if own_list.entry(device).is_some() {
+                    self.user_hex.clone()
+                } else {
+                    message.conversation.0.clone()
+                }
+            },
+            &mut deliveries,
+            &mut pickles,
+        )?;
         Ok((deliveries, pickles))
     }
 
