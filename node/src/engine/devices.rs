@@ -23,6 +23,10 @@ const HISTORY_PER_CONVERSATION: u32 = 100;
 /// The provisioning record must fit one mailbox message (with room for its envelope).
 const MAX_BUNDLE_BYTES: usize = 110 * 1024;
 
+/// Makes the engine's message from fetched lists (user, signed list) and whether any
+/// fetch failed.
+type ListsDone = fn(Vec<(String, Vec<u8>)>, bool) -> Internal;
+
 /// Device lists fetched at the same time.
 const LIST_FETCHES_AT_ONCE: usize = 16;
 
@@ -306,10 +310,18 @@ impl Engine {
         if targets.is_empty() {
             return;
         }
+        self.fetch_lists(targets, |lists, _| Internal::DeviceLists(lists));
+    }
+
+    /// Fetches the signed device lists of `targets` (user, a connected relay of theirs, user
+    /// id) in a task, [`LIST_FETCHES_AT_ONCE`] at a time, and hands the engine what came back
+    /// with whether any fetch failed (`done` makes the message).
+    pub(crate) fn fetch_lists(&self, targets: Vec<(String, PeerId, [u8; 16])>, done: ListsDone) {
         let net = self.net.clone();
         let internal = self.internal.clone();
         tokio::spawn(async move {
             let mut lists = Vec::new();
+            let mut failed = false;
             for chunk in targets.chunks(LIST_FETCHES_AT_ONCE) {
                 let fetched = futures::future::join_all(chunk.iter().map(|(user, relay, ub)| {
                     let net = net.clone();
@@ -324,11 +336,14 @@ impl Engine {
                 for (user, r) in fetched {
                     match r {
                         Ok(bytes) => lists.push((user, bytes)),
-                        Err(e) => tracing::debug!(%user, "device list not fetched: {e}"),
+                        Err(e) => {
+                            failed = true;
+                            tracing::debug!(%user, "device list not fetched: {e}");
+                        }
                     }
                 }
             }
-            let _ = internal.send(Internal::DeviceLists(lists)).await;
+            let _ = internal.send(done(lists, failed)).await;
         });
     }
 

@@ -852,6 +852,18 @@ impl Engine {
         Ok(failed)
     }
 
+    /// Keeps a group member's device list if the identity key the group gave for them
+    /// signed it; returns whether it was kept.
+    fn keep_peer(&mut self, user: &str, bytes: &[u8]) -> Result<bool, NodeError> {
+        let Some(state) = self.peer_state(user, bytes) else {
+            return Ok(false);
+        };
+        self.store
+            .transaction(|tx| tx.save_group_peer(user, bytes))?;
+        self.peers.insert(user.to_owned(), state);
+        Ok(true)
+    }
+
     /// Makes sure a group member's device list is known (fetched from their relays and
     /// checked against the identity key the group vouches for).
     pub(crate) async fn ensure_peer(&mut self, user: &str) -> Result<(), NodeError> {
@@ -880,21 +892,16 @@ impl Engine {
                 continue;
             }
             match rpc::fetch_device_list(&self.net, relay, ub).await {
-                Ok(bytes) => match self.peer_state(user, &bytes) {
-                    Some(state) => {
-                        self.store
-                            .transaction(|tx| tx.save_group_peer(user, &bytes))?;
-                        self.peers.insert(user.to_owned(), state);
+                Ok(bytes) => {
+                    if self.keep_peer(user, &bytes)? {
                         self.rebuild_device_owner();
                         return Ok(());
                     }
-                    None => {
-                        last = NodeError::Crypto(format!(
-                            "the device list of {} does not match the key the group gave",
-                            member.name
-                        ))
-                    }
-                },
+                    last = NodeError::Crypto(format!(
+                        "the device list of {} does not match the key the group gave",
+                        member.name
+                    ));
+                }
                 Err(e) => {
                     last = NodeError::Network(format!(
                         "cannot fetch the device list of {}: {e}",
@@ -906,36 +913,77 @@ impl Engine {
         Err(last)
     }
 
-    /// Fetches the device lists of group members not known yet (on a tick); mail kept for
+    /// Fetches the device lists of group members not known yet (on a tick), in a task so a
+    /// big group never stalls the engine; [`Engine::on_peer_lists`] takes them. Mail kept for
     /// them is fetched again afterwards.
     pub(crate) async fn fetch_missing_peers(&mut self) {
-        if !self.peers_due || self.peers_retry.1 > Instant::now() {
+        if !self.peers_due || self.peers_fetching || self.peers_retry.1 > Instant::now() {
             return;
         }
         self.peers_due = false;
         let me = *self.user.as_bytes();
-        let missing: Vec<String> = self
-            .groups
-            .values()
-            .filter_map(|g| g.resolved.as_ref())
-            .flat_map(|r| r.state.members.keys().copied())
-            .filter(|u| *u != me)
-            .map(|u| hex(&u))
-            .filter(|u| self.known(u).is_none_or(|c| c.list.is_none()))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let mut missing: HashMap<[u8; 16], Vec<String>> = HashMap::new();
+        for r in self.groups.values().filter_map(|g| g.resolved.as_ref()) {
+            for (u, m) in &r.state.members {
+                if *u != me && self.known(&hex(u)).is_none_or(|c| c.list.is_none()) {
+                    missing.entry(*u).or_insert_with(|| m.relays.clone());
+                }
+            }
+        }
+        let mut targets = Vec::new();
+        for (user, relays) in missing {
+            let addrs: Vec<libp2p::Multiaddr> =
+                relays.iter().filter_map(|r| r.parse().ok()).collect();
+            for a in &addrs {
+                let _ = self.net.add_relay(a.clone(), false).await;
+            }
+            // Only connected relays are asked; the others are tried when they come up.
+            match addrs
+                .iter()
+                .filter_map(super::relay_peer)
+                .find(|r| self.relay_up.contains(r))
+            {
+                Some(relay) => targets.push((hex(&user), relay, user)),
+                None => self.peers_due = true,
+            }
+        }
+        if targets.is_empty() {
+            self.peers_looked_up(false);
+            return;
+        }
+        self.peers_fetching = true;
+        self.fetch_lists(targets, |lists, failed| Internal::PeerLists {
+            lists,
+            failed,
+        });
+    }
+
+    /// Device lists of group members fetched by [`Engine::fetch_missing_peers`]: each one
+    /// the group's identity key for that member signed is kept.
+    pub(crate) fn on_peer_lists(&mut self, lists: Vec<(String, Vec<u8>)>, failed: bool) {
+        self.peers_fetching = false;
         let mut learned = false;
-        for user in missing {
-            match self.ensure_peer(&user).await {
-                Ok(()) => learned = true,
+        for (user, bytes) in lists {
+            match self.keep_peer(&user, &bytes) {
+                Ok(true) => learned = true,
+                Ok(false) => {
+                    tracing::warn!(member = %user, "a member's device list does not match the key the group gave");
+                }
                 Err(e) => {
-                    tracing::debug!(member = %user, "group member not reachable yet: {e}");
+                    tracing::error!(member = %user, "saving a member's device list failed: {e}");
                     self.peers_due = true;
                 }
             }
         }
-        // Failures are retried with backoff (and at once when a relay comes up).
+        if failed {
+            self.peers_due = true;
+        }
+        self.peers_looked_up(learned);
+    }
+
+    /// After a round of member lookups: failures are retried with backoff (and at once when a
+    /// relay comes up); what was learned gets its kept mail and owed messages.
+    fn peers_looked_up(&mut self, learned: bool) {
         self.peers_retry = if self.peers_due {
             let attempts = self.peers_retry.0.saturating_add(1);
             (attempts, Instant::now() + super::send::backoff(attempts))
@@ -943,6 +991,7 @@ impl Engine {
             (0, Instant::now())
         };
         if learned {
+            self.rebuild_device_owner();
             self.owed_due = true;
             for relay in self
                 .home_relays

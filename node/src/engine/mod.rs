@@ -156,6 +156,11 @@ pub(crate) enum Internal {
     Presence(Vec<presence::Entry>),
     /// Device lists fetched from relays: (user, signed list).
     DeviceLists(Vec<(String, Vec<u8>)>),
+    /// Device lists of group members not known before, and whether some fetch failed.
+    PeerLists {
+        lists: Vec<(String, Vec<u8>)>,
+        failed: bool,
+    },
     /// A group fan-out finished: per recipient device, whether its copy went.
     FannedOut {
         id: MessageId,
@@ -256,6 +261,8 @@ pub(crate) struct Engine {
     pub peers_due: bool,
     /// Group messages may be owed to members who were unreachable when they were sent.
     pub owed_due: bool,
+    /// Member lookups are running in a task.
+    pub peers_fetching: bool,
     /// Failed member lookups in a row, and when to try again.
     pub peers_retry: (u32, std::time::Instant),
     /// Batched group notifications by conversation.
@@ -661,6 +668,7 @@ impl Engine {
                 results,
             } => self.on_fanned_out(id, attempts, results),
             Internal::DeviceLists(lists) => self.on_device_lists(lists),
+            Internal::PeerLists { lists, failed } => self.on_peer_lists(lists, failed),
         }
     }
 
