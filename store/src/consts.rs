@@ -80,5 +80,9 @@ pub const APPLICATION_ID: i32 = 0x5445_524e;
 pub const CIPHER_PAGE_SIZE: u64 = 4096;
 
 /// Times a connection is keyed afresh after SQLCipher fails to key it (a rare, transient
-/// failure under concurrent opens; see `KEYING` in `store.rs`).
-pub const KEYING_ATTEMPTS: u32 = 3;
+/// failure; see `KEYING` in `store.rs`).
+pub const KEYING_ATTEMPTS: u32 = 8;
+
+/// The wait before the second keying attempt; it doubles for each further one, so all
+/// attempts together wait at most about 0.6 s.
+pub const KEYING_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::consts::{
     APPLICATION_ID, CIPHER_PAGE_SIZE, DEFAULT_BUSY_TIMEOUT, DEFAULT_CACHE_KIB, KEYING_ATTEMPTS,
-    SALT_LEN,
+    KEYING_FIRST_BACKOFF, SALT_LEN,
 };
 use crate::error::{Context, OpenError, WriteError};
 use crate::key::{StorageKey, Unlock};
@@ -242,11 +242,19 @@ pub(crate) fn open_connection(
     Ok(conn)
 }
 
-/// Serialises the opening and keying of connections in this process. Under concurrent opens
-/// and closes in one process, `PRAGMA key` on a fresh connection was seen to fail about once
-/// in a few thousand opens ("An error occurred with PRAGMA key or rekey"), apparently in
-/// SQLCipher's reference-counted crypto-provider activation; the root cause is not pinned down.
-/// Opening is rare and cheap, so we take it one at a time and retry a failed keying.
+/// Serialises the opening and keying of connections in this process.
+///
+/// `PRAGMA key` on a fresh connection has been seen to fail now and then ("An error occurred
+/// with PRAGMA key or rekey"): about once in a few thousand opens under concurrent opens and
+/// closes, and once at the first open of a test process on a loaded machine, where three
+/// immediate retries failed too. SQLCipher refuses a key only when it is not initialised or
+/// cannot allocate its codec context. Its initialisation cannot race with a concurrent open:
+/// opening a connection loads auto-extensions under the same static mutex that SQLCipher's
+/// initialisation holds (checked by slowing OpenSSL's `RAND_bytes` by 20 ms in a preloaded
+/// library: 20 fresh processes each opening 8 stores at once, no failure). The root cause is
+/// not pinned down, so opening takes one connection at a time and a failed keying is retried
+/// on a fresh connection with a doubling wait ([`KEYING_ATTEMPTS`], starting at
+/// [`KEYING_FIRST_BACKOFF`]). Opening is rare, so the wait costs nothing in normal use.
 static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Opens a connection, keys it and reads page 1. Returns the connection and the number of
@@ -273,8 +281,11 @@ fn key_connection(path: &Path, key_literal: Option<&str>) -> Result<(Connection,
         if let Some(literal) = key_literal
             && let Err(e) = conn.pragma_update(None, "key", literal)
         {
-            // The transient keying failure (see KEYING): a fresh connection keys fine.
+            // The transient keying failure (see KEYING): a fresh connection, a little later,
+            // keys fine.
             if attempt < KEYING_ATTEMPTS {
+                drop(conn);
+                std::thread::sleep(KEYING_FIRST_BACKOFF * 2u32.pow(attempt - 1));
                 attempt += 1;
                 continue;
             }
