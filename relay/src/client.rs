@@ -7,7 +7,7 @@
 //! that runs its own swarm can instead compose [`Behaviour`] (or the codecs in
 //! [`crate::wire`]) into it.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use libp2p::{
@@ -145,6 +145,8 @@ mod behaviour {
         pub presence: request_response::Behaviour<FrameCodec>,
         /// `/tern/directory/1` (outbound only).
         pub directory: request_response::Behaviour<FrameCodec>,
+        /// `/tern/live/1` (opened by us after `Listen`).
+        pub live: crate::live::Behaviour,
     }
 
     impl std::fmt::Debug for Behaviour {
@@ -176,16 +178,24 @@ mod behaviour {
                     [(directory::PROTOCOL, ProtocolSupport::Outbound)],
                     request_response::Config::default().with_request_timeout(request_timeout),
                 ),
+                live: crate::live::Behaviour::client(),
             }
         }
     }
 }
 
-struct Command {
-    proto: Proto,
-    frame: Vec<u8>,
-    reply: oneshot::Sender<Result<Frame, RequestError>>,
+enum Command {
+    Request {
+        proto: Proto,
+        frame: Vec<u8>,
+        reply: oneshot::Sender<Result<Frame, RequestError>>,
+    },
+    /// Open the live stream (after `Listen`).
+    OpenLive,
 }
+
+/// The live stream's acknowledgement queue, while one is open.
+type LiveSlot = Arc<std::sync::Mutex<Option<mpsc::Sender<Vec<u64>>>>>;
 
 /// A handle to a connected relay client.
 #[derive(Debug, Clone)]
@@ -193,13 +203,18 @@ pub struct Client {
     cmd: mpsc::Sender<Command>,
     local: PeerId,
     relay: PeerId,
+    live: LiveSlot,
 }
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Command")
-            .field("proto", &self.proto)
-            .finish_non_exhaustive()
+        match self {
+            Command::Request { proto, .. } => f
+                .debug_struct("Request")
+                .field("proto", proto)
+                .finish_non_exhaustive(),
+            Command::OpenLive => f.write_str("OpenLive"),
+        }
     }
 }
 
@@ -256,12 +271,14 @@ impl Client {
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-        tokio::spawn(run(swarm, relay, cmd_rx, ev_tx));
+        let live = LiveSlot::default();
+        tokio::spawn(run(swarm, relay, cmd_rx, ev_tx, live.clone()));
         Ok((
             Self {
                 cmd: cmd_tx,
                 local,
                 relay,
+                live,
             },
             ev_rx,
         ))
@@ -281,7 +298,7 @@ impl Client {
     pub async fn raw(&self, proto: Proto, frame: Vec<u8>) -> Result<Frame, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.cmd
-            .send(Command {
+            .send(Command::Request {
                 proto,
                 frame,
                 reply,
@@ -420,6 +437,33 @@ impl Client {
         }
     }
 
+    /// Acknowledges pushed messages on the live stream when one is open (no answer comes:
+    /// a lost acknowledgement leaves the message in the mailbox), else like [`Client::ack`].
+    pub async fn ack_pushed(&self, ids: Vec<u64>) -> Result<(), RequestError> {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let ids = match live {
+            Some(tx) => match tx.try_send(ids) {
+                Ok(()) => return Ok(()),
+                Err(e) => e.into_inner(),
+            },
+            None => ids,
+        };
+        self.ack(ids).await.map(drop)
+    }
+
+    /// Whether a live stream to the relay is open now.
+    pub fn live_stream_open(&self) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|tx| !tx.is_closed())
+    }
+
     /// Acknowledges (deletes) messages; returns how many were removed.
     pub async fn ack(&self, ids: Vec<u64>) -> Result<u32, RequestError> {
         match self.mailbox(mailbox::Request::Ack { ids }).await? {
@@ -435,10 +479,19 @@ impl Client {
         }
     }
 
-    /// Starts (or stops) live delivery of new mail as [`Event::Delivered`].
+    /// Starts (or stops) live delivery of new mail as [`Event::Delivered`]. Starting also
+    /// opens the live stream (`/tern/live/1`) if none is open; until it is (or with a relay
+    /// without it), mail comes as `Deliver` requests.
     pub async fn listen(&self, enabled: bool) -> Result<(), RequestError> {
         self.expect_ok_mailbox(mailbox::Request::Listen { enabled })
-            .await
+            .await?;
+        if enabled && !self.live_stream_open() {
+            self.cmd
+                .send(Command::OpenLive)
+                .await
+                .map_err(|_| RequestError::Closed)?;
+        }
+        Ok(())
     }
 
     /// Registers (or with `None` removes) a push endpoint.
@@ -498,13 +551,21 @@ async fn run(
     relay: PeerId,
     mut cmds: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
+    live: LiveSlot,
 ) {
     let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Frame, RequestError>>> =
         HashMap::new();
     loop {
         tokio::select! {
             cmd = cmds.recv() => {
-                let Some(Command { proto, frame, reply }) = cmd else { break };
+                let (proto, frame, reply) = match cmd {
+                    Some(Command::Request { proto, frame, reply }) => (proto, frame, reply),
+                    Some(Command::OpenLive) => {
+                        swarm.behaviour_mut().live.open(relay);
+                        continue;
+                    }
+                    None => break,
+                };
                 let b = swarm.behaviour_mut();
                 let id = match proto {
                     Proto::Mailbox => b.mailbox.send_request(&relay, Frame::Data(frame)),
@@ -523,6 +584,22 @@ async fn run(
                 SwarmEvent::Behaviour(BehaviourEvent::Directory(ev)) => {
                     on_rr(&mut swarm, Proto::Directory, relay, ev, &mut pending, &events);
                 }
+                SwarmEvent::Behaviour(BehaviourEvent::Live(ev)) => match ev {
+                    crate::live::Event::Outbound { peer, stream } if peer == relay => {
+                        let (tx, rx) = mpsc::channel(crate::live::CLIENT_QUEUE);
+                        *live.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+                        tokio::spawn(crate::live::client_end(
+                            stream,
+                            events.clone(),
+                            Event::Delivered,
+                            rx,
+                        ));
+                    }
+                    crate::live::Event::OpenFailed { error, .. } => {
+                        tracing::debug!(%error, "live stream not opened; pushes come as requests");
+                    }
+                    _ => {}
+                },
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == relay => {
                     tracing::debug!("relay connection closed");
                 }

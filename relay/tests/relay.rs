@@ -103,6 +103,82 @@ async fn deposit_fetch_ack_live_push_and_ownership() {
     assert_eq!(p2[0].ciphertext.as_ref(), &[2u8; 10]);
 }
 
+/// Pushes to a client with a live stream go on it, and so do its acknowledgements; a client
+/// without one (it asked to listen with a bare request) gets `Deliver` requests as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_stream_carries_pushes_and_acks_and_requests_remain_the_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), "");
+    let (alice, _) = connect(&relay.tcp).await;
+    let (bob, mut bob_events) = connect(&relay.tcp).await;
+    let (carol, mut carol_events) = connect(&relay.quic).await;
+    bob.listen(true).await.unwrap();
+    eventually("bob's live stream", || async {
+        bob.live_stream_open().then_some(())
+    })
+    .await;
+    // Carol listens without opening a live stream.
+    let listen = mailbox::Request::Listen { enabled: true }.encode().unwrap();
+    let answer = carol.raw(Proto::Mailbox, listen).await.unwrap();
+    assert_eq!(
+        mailbox::Response::from_frame(&answer).unwrap(),
+        mailbox::Response::Ok
+    );
+    assert!(!carol.live_stream_open());
+
+    for i in 0..3u8 {
+        alice
+            .deposit(
+                vec![bob.local_peer_id(), carol.local_peer_id()],
+                None,
+                vec![i; 100],
+            )
+            .await
+            .unwrap();
+    }
+    let mut bob_got = Vec::new();
+    while bob_got.len() < 3 {
+        let Event::Delivered(mail) = next_event(&mut bob_events).await else {
+            continue;
+        };
+        bob_got.extend(mail);
+    }
+    let mut carol_got = Vec::new();
+    while carol_got.len() < 3 {
+        let Event::Delivered(mail) = next_event(&mut carol_events).await else {
+            continue;
+        };
+        carol_got.extend(mail);
+    }
+    let bodies = |m: &[Envelope]| m.iter().map(|e| e.ciphertext[0]).collect::<Vec<_>>();
+    assert_eq!(bodies(&bob_got), [0, 1, 2], "in deposit order");
+    assert_eq!(bodies(&carol_got), [0, 1, 2]);
+    assert_eq!(relay.metric("tern_relay_live_deliveries_total").await, 6.0);
+    assert_eq!(
+        relay.metric("tern_relay_live_stream_pushes_total").await,
+        3.0,
+        "bob's three on the stream, carol's three as requests"
+    );
+
+    // Bob acknowledges on the stream: no answer comes, the mail goes all the same.
+    bob.ack_pushed(bob_got.iter().map(|e| e.id).collect())
+        .await
+        .unwrap();
+    eventually("bob's acknowledgement applied", || async {
+        fetch_all(&bob).await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(relay.metric("tern_relay_live_stream_acks_total").await, 1.0);
+    // Carol's falls back to a request, and only her mail goes.
+    carol
+        .ack_pushed(carol_got.iter().map(|e| e.id).collect())
+        .await
+        .unwrap();
+    assert!(fetch_all(&carol).await.is_empty());
+    assert_eq!(relay.metric("tern_relay_live_stream_acks_total").await, 1.0);
+    assert_eq!(relay.metric("tern_relay_acked_total").await, 6.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();

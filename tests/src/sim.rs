@@ -376,7 +376,7 @@ impl Inner {
         tokio::spawn(async move {
             for chunk in acks.chunks(mailbox::MAX_ACK_IDS) {
                 // A failed ack only means the mail comes again (and is recognised).
-                let _ = client.ack(chunk.to_vec()).await;
+                let _ = client.ack_pushed(chunk.to_vec()).await;
             }
         });
     }

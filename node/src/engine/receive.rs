@@ -45,7 +45,7 @@ impl Engine {
             let net = self.net.clone();
             tokio::spawn(async move {
                 for chunk in acks.chunks(mailbox::MAX_ACK_IDS) {
-                    if let Err(e) = rpc::ack(&net, relay, chunk.to_vec()).await {
+                    if let Err(e) = rpc::ack_mail(&net, relay, chunk.to_vec()).await {
                         tracing::debug!(%relay, "mailbox ack failed (mail will come again): {e}");
                     }
                 }

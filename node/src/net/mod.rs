@@ -166,6 +166,16 @@ enum Command {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
+    /// Open the live stream to a relay (after `Listen`), unless one is open.
+    OpenLive {
+        relay: PeerId,
+    },
+    /// Acknowledge on the relay's live stream; answers whether it could.
+    LiveAck {
+        relay: PeerId,
+        ids: Vec<u64>,
+        reply: oneshot::Sender<Result<(), Vec<u64>>>,
+    },
     Peers {
         reply: oneshot::Sender<Vec<PeerConnections>>,
     },
@@ -265,6 +275,7 @@ pub fn new(
             inbound: HashMap::new(),
             next_inbound: 0,
             relays: HashMap::new(),
+            live: HashMap::new(),
             direct_conns: HashMap::new(),
             dialed_direct: HashSet::new(),
         },
@@ -347,6 +358,25 @@ impl Client {
         rx.await.unwrap_or_default()
     }
 
+    /// Opens the live stream (`/tern/live/1`) to a relay we listen at, unless one is open;
+    /// until it is, pushes come as `Deliver` requests.
+    pub async fn open_live(&self, relay: PeerId) -> Result<(), NetError> {
+        self.send(Command::OpenLive { relay }).await
+    }
+
+    /// Queues an acknowledgement on the relay's live stream; gives the ids back when there is
+    /// no open stream with room.
+    pub async fn live_ack(&self, relay: PeerId, ids: Vec<u64>) -> Result<(), Vec<u64>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.cmd.send(Command::LiveAck { relay, ids, reply }).await {
+            let Command::LiveAck { ids, .. } = e.0 else {
+                unreachable!("the command sent comes back")
+            };
+            return Err(ids);
+        }
+        rx.await.unwrap_or_else(|_| Err(Vec::new()))
+    }
+
     /// Whether the event loop has stopped (the node is shutting down).
     pub fn is_closed(&self) -> bool {
         self.cmd.is_closed()
@@ -384,6 +414,8 @@ pub struct EventLoop {
     inbound: HashMap<u64, ResponseChannel<Frame>>,
     next_inbound: u64,
     relays: HashMap<PeerId, RelayState>,
+    /// Acknowledgement queues of the open live streams, by relay.
+    live: HashMap<PeerId, mpsc::Sender<Vec<u64>>>,
     /// Non-relay peers: (direct connections, relayed connections).
     direct_conns: HashMap<PeerId, (u32, u32)>,
     /// Peers we already tried to dial directly after learning their addresses.
@@ -523,6 +555,28 @@ impl EventLoop {
                 if let Err(e) = self.swarm.dial(addr) {
                     tracing::debug!(%peer, "relayed dial failed: {e}");
                 }
+            }
+            Command::OpenLive { relay } => {
+                let open = self.live.get(&relay).is_some_and(|tx| !tx.is_closed());
+                if !open && self.relays.contains_key(&relay) {
+                    self.swarm.behaviour_mut().relay_proto.live.open(relay);
+                }
+            }
+            Command::LiveAck { relay, ids, reply } => {
+                let result = match self.live.get(&relay) {
+                    Some(tx) => tx.try_send(ids).map_err(|e| e.into_inner()),
+                    None => Err(ids),
+                };
+                // The stream died with one of several connections to the relay (mail came as
+                // requests meanwhile): open another on one that is left.
+                if result.is_err()
+                    && self.live.get(&relay).is_some_and(mpsc::Sender::is_closed)
+                    && self.swarm.is_connected(&relay)
+                {
+                    self.live.remove(&relay);
+                    self.swarm.behaviour_mut().relay_proto.live.open(relay);
+                }
+                let _ = reply.send(result);
             }
             Command::Connected { peer, reply } => {
                 let _ = reply.send(self.swarm.is_connected(&peer));
@@ -664,11 +718,38 @@ impl EventLoop {
         }
     }
 
+    /// The live stream to a relay opened: its pushes become [`Event::Mail`] like `Deliver`
+    /// requests, and acknowledgements go back on it.
+    fn on_live(&mut self, ev: tern_relay::live::Event) {
+        match ev {
+            tern_relay::live::Event::Outbound { peer, stream }
+                if self.relays.contains_key(&peer) =>
+            {
+                let (tx, rx) = mpsc::channel(tern_relay::live::CLIENT_QUEUE);
+                self.live.insert(peer, tx);
+                tokio::spawn(tern_relay::live::client_end(
+                    stream,
+                    self.events.clone(),
+                    move |envelopes| Event::Mail {
+                        relay: peer,
+                        envelopes,
+                    },
+                    rx,
+                ));
+            }
+            tern_relay::live::Event::OpenFailed { peer, error } => {
+                tracing::debug!(%peer, %error, "live stream not opened; pushes come as requests");
+            }
+            _ => {}
+        }
+    }
+
     fn on_relay_proto(&mut self, ev: relay_client::BehaviourEvent) {
         match ev {
             relay_client::BehaviourEvent::Mailbox(ev) => self.on_rr(Proto::Mailbox, ev),
             relay_client::BehaviourEvent::Presence(ev) => self.on_rr(Proto::Presence, ev),
             relay_client::BehaviourEvent::Directory(ev) => self.on_rr(Proto::Directory, ev),
+            relay_client::BehaviourEvent::Live(ev) => self.on_live(ev),
             relay_client::BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -975,10 +1056,20 @@ pub mod rpc {
         }
     }
 
-    /// Turns live delivery on.
+    /// Acknowledges mail on the relay's live stream when one is open (no answer comes; a
+    /// lost acknowledgement leaves the mail to be fetched again), else as an `Ack` request.
+    pub async fn ack_mail(net: &Client, relay: PeerId, ids: Vec<u64>) -> Result<(), NetError> {
+        match net.live_ack(relay, ids).await {
+            Ok(()) => Ok(()),
+            Err(ids) if ids.is_empty() => Err(NetError::Closed),
+            Err(ids) => ack(net, relay, ids).await.map(drop),
+        }
+    }
+
+    /// Turns live delivery on, and opens the live stream for it.
     pub async fn listen(net: &Client, relay: PeerId) -> Result<(), NetError> {
         match mailbox(net, relay, mailbox::Request::Listen { enabled: true }).await? {
-            mailbox::Response::Ok => Ok(()),
+            mailbox::Response::Ok => net.open_live(relay).await,
             _ => Err(NetError::Unexpected),
         }
     }

@@ -17,7 +17,7 @@ use libp2p::{
     request_response::{self, Message, ResponseChannel},
     swarm::SwarmEvent,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE, config::Config, metrics::Metrics,
@@ -85,6 +85,27 @@ enum Completion {
     },
     /// Nothing to do (an early notice that never came because the deposit failed).
     Nothing,
+    /// Acknowledgements that came on a live stream (no one waits for the answer).
+    LiveAcked(Result<u32, storage::OpError>),
+}
+
+/// Frames queued for one client's live stream; when full, pushes fall back to `Deliver`
+/// requests.
+const LIVE_QUEUE: usize = 64;
+/// Acknowledgement frames from all live streams waiting for the event loop.
+const LIVE_ACK_QUEUE: usize = 1024;
+
+/// One client's live stream, as the event loop sees it.
+struct LiveEnd {
+    /// Tells this stream from a later one of the same peer.
+    generation: u64,
+    frames: mpsc::Sender<Vec<u8>>,
+}
+
+/// What the live-stream tasks tell the event loop.
+enum LiveNote {
+    Acks { peer: PeerId, ids: Vec<u64> },
+    Closed { peer: PeerId, generation: u64 },
 }
 
 async fn await_reply<T: Send + 'static>(
@@ -116,6 +137,11 @@ pub(crate) struct EventLoop {
     connections: HashMap<PeerId, usize>,
     /// Peers that asked for live delivery, while connected.
     listening: HashSet<PeerId>,
+    /// Open live streams (`/tern/live/1`), by peer.
+    live: HashMap<PeerId, LiveEnd>,
+    live_generation: u64,
+    live_notes: mpsc::Sender<LiveNote>,
+    live_notes_rx: mpsc::Receiver<LiveNote>,
     pending: FuturesUnordered<Pending>,
     announce: Box<dyn FnMut(Announcement) + Send>,
     shutting_down: bool,
@@ -132,6 +158,7 @@ impl EventLoop {
         announce: Box<dyn FnMut(Announcement) + Send>,
     ) -> Self {
         let mut presence = Presence::new(Duration::from_secs(cfg.presence.heartbeat_ttl_secs));
+        let (live_notes, live_notes_rx) = mpsc::channel(LIVE_ACK_QUEUE);
         presence.load(loaded.last_seen, loaded.allow);
         Self {
             requests: Limiter::new(cfg.rate.requests_per_sec, cfg.rate.requests_burst),
@@ -145,6 +172,10 @@ impl EventLoop {
             presence,
             connections: HashMap::new(),
             listening: HashSet::new(),
+            live: HashMap::new(),
+            live_generation: 0,
+            live_notes,
+            live_notes_rx,
             pending: FuturesUnordered::new(),
             announce,
             shutting_down: false,
@@ -176,6 +207,7 @@ impl EventLoop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => self.on_completion(done),
+                Some(note) = self.live_notes_rx.recv() => self.on_live_note(note),
                 _ = sweep.tick() => self.on_sweep(),
                 _ = prune.tick() => {
                     let now = Instant::now();
@@ -229,6 +261,8 @@ impl EventLoop {
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
                     self.listening.remove(&peer_id);
+                    // Dropping the queue ends the stream's task.
+                    self.live.remove(&peer_id);
                 } else if let Some(n) = self.connections.get_mut(&peer_id) {
                     *n = n.saturating_sub(1);
                 }
@@ -245,6 +279,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Directory(ev)) => {
                 self.on_rr_event(Proto::Directory, ev)
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Live(ev)) => self.on_live_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => match ev {
                 relay::Event::ReservationReqAccepted { .. } => {
                     self.metrics.reservations.fetch_add(1, Relaxed);
@@ -733,6 +768,12 @@ impl EventLoop {
                 ),
                 Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
             },
+            Completion::LiveAcked(result) => match result {
+                Ok(removed) => {
+                    self.metrics.acked.fetch_add(u64::from(removed), Relaxed);
+                }
+                Err(e) => tracing::debug!(error = %e, "live acknowledgement failed"),
+            },
             Completion::Ack { channel, result } => match result {
                 Ok(removed) => {
                     self.metrics.acked.fetch_add(u64::from(removed), Relaxed);
@@ -784,6 +825,65 @@ impl EventLoop {
         }
     }
 
+    /// A client opened a live stream: later pushes to it go there.
+    fn on_live_event(&mut self, ev: crate::live::Event) {
+        let crate::live::Event::Inbound { peer, stream } = ev else {
+            return;
+        };
+        if !self.connections.contains_key(&peer) || self.shutting_down {
+            return;
+        }
+        self.live_generation += 1;
+        let generation = self.live_generation;
+        let (frames, frames_rx) = mpsc::channel(LIVE_QUEUE);
+        // A stream this replaces ends when its queue is dropped here.
+        self.live.insert(peer, LiveEnd { generation, frames });
+        let notes = self.live_notes.clone();
+        tokio::spawn(async move {
+            crate::live::server_end(stream, frames_rx, notes.clone(), |ids| LiveNote::Acks {
+                peer,
+                ids,
+            })
+            .await;
+            let _ = notes.send(LiveNote::Closed { peer, generation }).await;
+        });
+    }
+
+    fn on_live_note(&mut self, note: LiveNote) {
+        match note {
+            LiveNote::Closed { peer, generation } => {
+                if self
+                    .live
+                    .get(&peer)
+                    .is_some_and(|l| l.generation == generation)
+                {
+                    self.live.remove(&peer);
+                }
+            }
+            LiveNote::Acks { peer, ids } => {
+                self.metrics.live_stream_acks.fetch_add(1, Relaxed);
+                // Counted like an `Ack` request; over the limit, the acknowledgement is
+                // dropped and the messages stay in the mailbox until fetched again.
+                if self.requests.take(&peer, 1.0, Instant::now()).is_err() {
+                    self.metrics.reject(ErrorCode::RateLimited);
+                    return;
+                }
+                let (reply, rx) = oneshot::channel();
+                if let Err(e) = self.storage.submit(storage::Op::Ack {
+                    owner: peer,
+                    ids,
+                    reply,
+                }) {
+                    tracing::debug!(error = %e, "storage busy; live acknowledgement dropped");
+                    return;
+                }
+                self.pending.push(Box::pin(async move {
+                    Completion::LiveAcked(await_reply(rx).await)
+                }));
+            }
+        }
+    }
+
     fn deliver(
         &mut self,
         recipient: PeerId,
@@ -802,6 +902,22 @@ impl EventLoop {
         };
         match req.encode() {
             Ok(bytes) => {
+                let bytes = match self.live.get(&recipient) {
+                    Some(live) => match live.frames.try_send(bytes) {
+                        Ok(()) => {
+                            self.metrics.live_deliveries.fetch_add(1, Relaxed);
+                            self.metrics.live_stream_pushes.fetch_add(1, Relaxed);
+                            return;
+                        }
+                        // Backed up: this one goes as a request, the stream stays.
+                        Err(mpsc::error::TrySendError::Full(bytes)) => bytes,
+                        Err(mpsc::error::TrySendError::Closed(bytes)) => {
+                            self.live.remove(&recipient);
+                            bytes
+                        }
+                    },
+                    None => bytes,
+                };
                 self.swarm
                     .behaviour_mut()
                     .mailbox

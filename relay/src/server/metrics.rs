@@ -28,6 +28,10 @@ pub struct Metrics {
     pub deposit_bytes: AtomicU64,
     /// Messages delivered live to a connected recipient.
     pub live_deliveries: AtomicU64,
+    /// Of those, the ones sent on a live stream (`/tern/live/1`), not as a request.
+    pub live_stream_pushes: AtomicU64,
+    /// Acknowledgement frames that came on live streams.
+    pub live_stream_acks: AtomicU64,
     /// Messages acknowledged (deleted) by recipients.
     pub acked: AtomicU64,
     /// Mailbox entries deleted by TTL expiry.
@@ -137,6 +141,18 @@ impl Metrics {
             "Messages pushed to connected recipients.",
             "counter",
             g(&self.live_deliveries),
+        );
+        counter(
+            "tern_relay_live_stream_pushes_total",
+            "Of the messages pushed, those sent on a live stream.",
+            "counter",
+            g(&self.live_stream_pushes),
+        );
+        counter(
+            "tern_relay_live_stream_acks_total",
+            "Acknowledgement frames received on live streams.",
+            "counter",
+            g(&self.live_stream_acks),
         );
         counter(
             "tern_relay_acked_total",

@@ -91,6 +91,7 @@ pub(crate) struct Behaviour {
     mailbox: request_response::Behaviour<crate::wire::FrameCodec>,
     presence: request_response::Behaviour<crate::wire::FrameCodec>,
     directory: request_response::Behaviour<crate::wire::FrameCodec>,
+    live: crate::live::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -156,6 +157,7 @@ fn build_swarm(key: Keypair, cfg: &Config) -> Result<libp2p::Swarm<Behaviour>, R
                 mailbox: rr(mailbox::PROTOCOL, mailbox::codec(), &conn),
                 presence: rr(presence_wire::PROTOCOL, presence_wire::codec(), &conn),
                 directory: rr(directory_wire::PROTOCOL, directory_wire::codec(), &conn),
+                live: crate::live::Behaviour::server(),
             }
         })
         .map_err(|e| RunError::Transport(e.to_string()))?

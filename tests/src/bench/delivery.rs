@@ -189,7 +189,7 @@ async fn raw_relay(addr: &str, n: usize, burst: usize) -> anyhow::Result<(Vec<Du
                 Ok(Some(RelayEvent::Delivered(msgs))) => {
                     let ids: Vec<u64> = msgs.iter().map(|m| m.id).collect();
                     lat.push(t.elapsed());
-                    receiver.ack(ids).await?;
+                    receiver.ack_pushed(ids).await?;
                     break;
                 }
                 Ok(Some(_)) => {}

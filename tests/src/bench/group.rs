@@ -22,7 +22,14 @@
 //!   client deposits a ciphertext of the group message's size for all of them and the time
 //!   until the last one has it pushed is taken. No encryption, no node, no store. With it,
 //!   `group.raw_relay_deposit_ack_p50` (until the deposit is durable) and
-//!   `group.raw_relay_fanout_first_p50` (until the first recipient has it).
+//!   `group.raw_relay_fanout_first_p50` (until the first recipient has it). The clients get
+//!   their pushes and acknowledge them on live streams (`/tern/live/1`), as members do.
+//! - `group.raw_relay_cpu_per_message`: the relay process's CPU time per message of that
+//!   fan-out, acknowledgements included.
+//!
+//!   Baseline for these two, in the same run on the same relay: another 499 bare clients
+//!   that listen without a live stream, so every push is a `Deliver` request and every
+//!   acknowledgement an `Ack` request (what every client did before live streams).
 //!
 //! Baseline in the same run, on the same node, relay and members: the naive client — the
 //! same text sent pairwise to each member with the API `send` (one call per contact, one Olm
@@ -48,8 +55,9 @@ use tern_node::{
     api::{client::ApiClient, read_node_file},
 };
 use tern_relay::{
-    client::{Client, Config, Event, Keypair},
+    client::{Client, Config, Event, Keypair, Proto},
     libp2p::futures::future::join_all,
+    wire::mailbox,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -169,7 +177,19 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
                 .collect()
         })
         .await?;
-        let mut floor = raw_fanout(&relay.addr, members, group_n).await?;
+        let relay_pid = relay
+            .pid()
+            .ok_or_else(|| anyhow!("the relay is not running"))?;
+        let mut floor = raw_fanout(
+            &relay.addr,
+            relay_pid,
+            members,
+            group_n,
+            PushPath::LiveStream,
+        )
+        .await?;
+        let mut floor_requests =
+            raw_fanout(&relay.addr, relay_pid, members, group_n, PushPath::Requests).await?;
         let stats = fleet.stats();
         if stats.failures > 0 {
             anyhow::bail!("members failed to decrypt {} ciphertexts", stats.failures);
@@ -191,17 +211,24 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             0.5,
             report,
         );
-        q(
-            "group.raw_relay_fanout_last_p50",
-            &mut floor.last,
-            0.5,
-            report,
-        );
-        q(
-            "group.raw_relay_fanout_last_p99",
-            &mut floor.last,
-            0.99,
-            report,
+        for (name, q) in [
+            ("group.raw_relay_fanout_last_p50", 0.5),
+            ("group.raw_relay_fanout_last_p99", 0.99),
+        ] {
+            report.compare(
+                name,
+                ms(quantile(&mut floor.last, q)),
+                "ms",
+                "pushes and acks as requests",
+                ms(quantile(&mut floor_requests.last, q)),
+            );
+        }
+        report.compare(
+            "group.raw_relay_cpu_per_message",
+            floor.relay_cpu_ms,
+            "ms",
+            "pushes and acks as requests",
+            floor_requests.relay_cpu_ms,
         );
         report_rows(report, members, group_series, pairwise_series);
         anyhow::Ok(())
@@ -341,9 +368,26 @@ async fn relay_deposit_bytes(port: u16) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("no tern_relay_deposit_bytes_total in the relay's metrics"))
 }
 
+/// How the bare clients of [`raw_fanout`] get their pushes and acknowledge them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PushPath {
+    /// On the live stream (`/tern/live/1`), as the node and the simulated members do.
+    LiveStream,
+    /// As `Deliver` requests, acknowledged with `Ack` requests: the clients listen with a
+    /// bare `Listen` request and never open a live stream.
+    Requests,
+}
+
 /// The relay's fan-out floor: `members` bare clients listen, one deposit names them all, and
-/// the time until the last has it pushed, `n` times at [`GROUP_INTERVAL`].
-async fn raw_fanout(relay: &str, members: usize, n: usize) -> anyhow::Result<RawFanout> {
+/// the time until the last has it pushed, `n` times at [`GROUP_INTERVAL`]; with the relay
+/// process's CPU time per message.
+async fn raw_fanout(
+    relay: &str,
+    relay_pid: u32,
+    members: usize,
+    n: usize,
+    path: PushPath,
+) -> anyhow::Result<RawFanout> {
     let addr: tern_relay::Multiaddr = relay.parse()?;
     let tally = Arc::new(Tally::default());
     let mut receivers = Vec::with_capacity(members);
@@ -353,7 +397,13 @@ async fn raw_fanout(relay: &str, members: usize, n: usize) -> anyhow::Result<Raw
             .map(|_| Client::connect(Keypair::generate_ed25519(), addr.clone(), Config::default()));
         for r in join_all(batch).await {
             let (client, mut events) = r?;
-            client.listen(true).await?;
+            match path {
+                PushPath::LiveStream => client.listen(true).await?,
+                PushPath::Requests => {
+                    let listen = mailbox::Request::Listen { enabled: true }.encode()?;
+                    client.raw(Proto::Mailbox, listen).await?;
+                }
+            }
             let (c, tally) = (client.clone(), tally.clone());
             tasks.push(tokio::spawn(async move {
                 while let Some(ev) = events.recv().await {
@@ -363,7 +413,10 @@ async fn raw_fanout(relay: &str, members: usize, n: usize) -> anyhow::Result<Raw
                         for m in &mail {
                             tally.record(&String::from_utf8_lossy(&m.ciphertext[..16]), at);
                         }
-                        let _ = c.ack(ids).await;
+                        let _ = match path {
+                            PushPath::LiveStream => c.ack_pushed(ids).await,
+                            PushPath::Requests => c.ack(ids).await.map(drop),
+                        };
                     }
                 }
             }));
@@ -375,6 +428,7 @@ async fn raw_fanout(relay: &str, members: usize, n: usize) -> anyhow::Result<Raw
     let mut tick = tokio::time::interval(GROUP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = RawFanout::default();
+    let cpu_before = cpu_ticks(relay_pid)?;
     for i in 0..n {
         tick.tick().await;
         let tag = format!("raw-fanout-{i:06}");
@@ -392,6 +446,9 @@ async fn raw_fanout(relay: &str, members: usize, n: usize) -> anyhow::Result<Raw
         out.last.push(since(at.iter().max()));
         tally.forget(&tag);
     }
+    out.relay_cpu_ms = cpu_ticks(relay_pid)?.saturating_sub(cpu_before) as f64 * 1000.0
+        / clock_ticks_per_sec()
+        / n as f64;
     for t in tasks {
         t.abort();
     }
@@ -407,4 +464,6 @@ struct RawFanout {
     first: Vec<Duration>,
     /// Deposit call → last recipient has it.
     last: Vec<Duration>,
+    /// The relay process's CPU time per message (pushes and acknowledgements included).
+    relay_cpu_ms: f64,
 }

@@ -136,6 +136,11 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// The relay process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts a relay with its data in `data` on a free loopback port; `extra` is appended
     /// to its TOML config.
     pub fn start(data: &Path, extra: &str) -> anyhow::Result<Relay> {
