@@ -96,51 +96,20 @@ pub async fn client_end<E>(
     stream: Stream,
     deliveries: mpsc::Sender<E>,
     wrap: impl Fn(Vec<Envelope>) -> E,
-    mut acks: mpsc::Receiver<Vec<u64>>,
+    acks: mpsc::Receiver<Vec<u64>>,
 ) {
-    let (mut r, mut w) = stream.split();
-    let reading = async {
-        loop {
-            let frame = match read_frame(&mut r, MAX_FRAME_BYTES).await {
-                Ok(Some(f)) => f,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "live stream read failed");
-                    return;
-                }
-            };
-            match mailbox::Request::decode(&frame) {
-                Ok(mailbox::Request::Deliver { messages }) => {
-                    if deliveries.send(wrap(messages)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) | Err(_) => {
-                    tracing::debug!("live stream: not a delivery frame; closing");
-                    return;
-                }
-            }
+    let take = |req| match req {
+        mailbox::Request::Deliver { messages } => Some(wrap(messages)),
+        _ => None,
+    };
+    let encode = |ids| match (mailbox::Request::Ack { ids }).encode() {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot encode a live ack");
+            None
         }
     };
-    let writing = async {
-        while let Some(ids) = acks.recv().await {
-            let frame = match (mailbox::Request::Ack { ids }).encode() {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot encode a live ack");
-                    continue;
-                }
-            };
-            if let Err(e) = write_frame(&mut w, &frame).await {
-                tracing::debug!(error = %e, "live stream write failed");
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        () = reading => {}
-        () = writing => {}
-    }
+    run_end(stream, MAX_FRAME_BYTES, take, deliveries, acks, encode).await;
 }
 
 /// The relay's end: each frame from `frames` (an encoded `Deliver`) is written to the client,
@@ -148,14 +117,33 @@ pub async fn client_end<E>(
 /// Returns when either side closes or breaks the stream, or a frame does not decode.
 pub async fn server_end<E>(
     stream: Stream,
-    mut frames: mpsc::Receiver<Vec<u8>>,
+    frames: mpsc::Receiver<Vec<u8>>,
     acks: mpsc::Sender<E>,
     wrap: impl Fn(Vec<u64>) -> E,
+) {
+    let take = |req| match req {
+        mailbox::Request::Ack { ids } if ids.len() <= mailbox::MAX_ACK_IDS => Some(wrap(ids)),
+        _ => None,
+    };
+    run_end(stream, MAX_ACK_FRAME_BYTES, take, acks, frames, Some).await;
+}
+
+/// Both ends: reads frames of at most `max_in` bytes and passes what `take` makes of each to
+/// `incoming` (waiting for room), until `take` refuses one (`None`); writes `encode(item)` for
+/// each item of `out`. Returns when either direction ends. When `out` closes (its owner
+/// dropped it) the stream is closed too.
+async fn run_end<T, E>(
+    stream: Stream,
+    max_in: usize,
+    take: impl Fn(mailbox::Request) -> Option<E>,
+    incoming: mpsc::Sender<E>,
+    mut out: mpsc::Receiver<T>,
+    encode: impl Fn(T) -> Option<Vec<u8>>,
 ) {
     let (mut r, mut w) = stream.split();
     let reading = async {
         loop {
-            let frame = match read_frame(&mut r, MAX_ACK_FRAME_BYTES).await {
+            let frame = match read_frame(&mut r, max_in).await {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
                 Err(e) => {
@@ -163,27 +151,23 @@ pub async fn server_end<E>(
                     return;
                 }
             };
-            match mailbox::Request::decode(&frame) {
-                Ok(mailbox::Request::Ack { ids }) if ids.len() <= mailbox::MAX_ACK_IDS => {
-                    if acks.send(wrap(ids)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) | Err(_) => {
-                    tracing::debug!("live stream: not an acknowledgement frame; closing");
-                    return;
-                }
+            let Some(item) = mailbox::Request::decode(&frame).ok().and_then(&take) else {
+                tracing::debug!("live stream: unexpected or undecodable frame; closing");
+                return;
+            };
+            if incoming.send(item).await.is_err() {
+                return;
             }
         }
     };
     let writing = async {
-        while let Some(frame) = frames.recv().await {
+        while let Some(item) = out.recv().await {
+            let Some(frame) = encode(item) else { continue };
             if let Err(e) = write_frame(&mut w, &frame).await {
                 tracing::debug!(error = %e, "live stream write failed");
                 return;
             }
         }
-        // The relay dropped the queue (a newer stream, or the peer is gone): close ours.
         let _ = w.close().await;
     };
     tokio::select! {
