@@ -87,7 +87,7 @@ fn wait_members(node: &Node, group: &str, users: &[&str], member: bool) -> Value
 
 /// Relay, then nodes named `names`; the first is linked with every other one.
 fn star(dir: &Path, names: &[&str]) -> (Relay, Vec<Node>) {
-    let relay = Relay::start(&dir.join("relay"), "").unwrap();
+    let relay = Relay::start_with_metrics(&dir.join("relay"), "").unwrap();
     let nodes = start_nodes(dir, names, &relay.addr).unwrap();
     for (node, name) in nodes.iter().zip(names).skip(1) {
         link_pair(&nodes[0], node, &capitalised(names[0]), &capitalised(name)).unwrap();
@@ -119,7 +119,7 @@ async fn send_all(node: &Node, group: &str, texts: Vec<String>) -> Vec<String> {
 #[test]
 fn concurrent_senders_and_an_offline_member_converge_to_one_causal_order() {
     let dir = tempfile::tempdir().unwrap();
-    let (_relay, mut nodes) = star(dir.path(), &["alice", "bob", "carol", "dave", "erin"]);
+    let (relay, mut nodes) = star(dir.path(), &["alice", "bob", "carol", "dave", "erin"]);
     let users: Vec<String> = nodes.iter().map(|n| n.user.clone()).collect();
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
 
@@ -248,6 +248,16 @@ fn concurrent_senders_and_an_offline_member_converge_to_one_causal_order() {
             order_view(h)
         );
     }
+    // The online members had the burst pushed on their live streams (`/tern/live/1`) and
+    // acknowledged it there, not with a request per message.
+    let metric = |name: &str| relay.metric(name).unwrap();
+    let on_stream = metric("tern_relay_live_stream_pushes_total");
+    let pushed = metric("tern_relay_live_deliveries_total");
+    assert!(
+        on_stream > 0.0 && on_stream >= pushed / 2.0,
+        "{on_stream} of {pushed} pushes on live streams"
+    );
+    assert!(metric("tern_relay_live_stream_acks_total") > 0.0);
 }
 
 /// `(kind, text, lamport, sender)` per message, for failure messages.

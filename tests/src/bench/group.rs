@@ -59,12 +59,11 @@ use tern_relay::{
     libp2p::futures::future::join_all,
     wire::mailbox,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Opts, Report, quantile};
 use crate::{
     sim::{SimFleet, Tally},
-    support::{Node, Relay, free_port},
+    support::{Node, Relay, free_port, relay_metric},
 };
 
 /// Time between the starts of two group messages in the series.
@@ -292,7 +291,7 @@ where
     let mut call_times = Vec::with_capacity(n);
     let mut tick = tokio::time::interval(GROUP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let bytes_before = relay_deposit_bytes(metrics_port).await?;
+    let bytes_before = relay_deposit_bytes(metrics_port)?;
     let cpu_before = cpu_ticks(pid)?;
     for i in 0..n {
         tick.tick().await;
@@ -315,7 +314,7 @@ where
         fleet.tally.forget(&text);
     }
     let cpu_after = cpu_ticks(pid)?;
-    let bytes_after = relay_deposit_bytes(metrics_port).await?;
+    let bytes_after = relay_deposit_bytes(metrics_port)?;
     let per_tick_ms = 1000.0 / clock_ticks_per_sec();
     Ok(Series {
         first,
@@ -353,19 +352,8 @@ fn clock_ticks_per_sec() -> f64 {
 }
 
 /// The relay's `tern_relay_deposit_bytes_total` from its metrics endpoint.
-async fn relay_deposit_bytes(port: u16) -> anyhow::Result<u64> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body))
-        .await
-        .map_err(|_| anyhow!("the relay's metrics endpoint did not answer"))??;
-    body.lines()
-        .find_map(|l| l.strip_prefix("tern_relay_deposit_bytes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| anyhow!("no tern_relay_deposit_bytes_total in the relay's metrics"))
+fn relay_deposit_bytes(port: u16) -> anyhow::Result<u64> {
+    Ok(relay_metric(port, "tern_relay_deposit_bytes_total")? as u64)
 }
 
 /// How the bare clients of [`raw_fanout`] get their pushes and acknowledge them.

@@ -133,6 +133,8 @@ pub struct Relay {
     /// The data directory.
     pub data: PathBuf,
     port: u16,
+    /// The metrics endpoint's port, when started with [`Relay::start_with_metrics`].
+    metrics: Option<u16>,
 }
 
 impl Relay {
@@ -145,6 +147,23 @@ impl Relay {
     /// to its TOML config.
     pub fn start(data: &Path, extra: &str) -> anyhow::Result<Relay> {
         Self::start_on(data, free_port(), extra)
+    }
+
+    /// Like [`Relay::start`], with the metrics endpoint on a free loopback port, read with
+    /// [`Relay::metric`].
+    pub fn start_with_metrics(data: &Path, extra: &str) -> anyhow::Result<Relay> {
+        let metrics = free_port();
+        let mut relay = Self::start(data, &format!("metrics = \"127.0.0.1:{metrics}\"\n{extra}"))?;
+        relay.metrics = Some(metrics);
+        Ok(relay)
+    }
+
+    /// One counter or gauge from the relay's metrics endpoint.
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let port = self
+            .metrics
+            .ok_or_else(|| anyhow!("the relay was started without metrics"))?;
+        relay_metric(port, name)
     }
 
     fn start_on(data: &Path, port: u16, extra: &str) -> anyhow::Result<Relay> {
@@ -184,6 +203,7 @@ impl Relay {
             addr,
             data: data.to_owned(),
             port,
+            metrics: None,
         })
     }
 
@@ -202,6 +222,21 @@ impl Relay {
             let _ = c.wait();
         }
     }
+}
+
+/// One counter or gauge (the line `name value`) from the metrics endpoint of a relay on
+/// 127.0.0.1:`port`.
+pub fn relay_metric(port: u16, name: &str) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {name} in the relay's metrics"))
 }
 
 impl Drop for Relay {
