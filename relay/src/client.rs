@@ -112,7 +112,7 @@ pub enum RequestError {
 }
 
 /// Which relay protocol a raw request uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
     /// `/tern/mailbox/1`.
     Mailbox,
@@ -194,8 +194,11 @@ enum Command {
     OpenLive,
 }
 
-/// The live stream's acknowledgement queue, while one is open.
-type LiveSlot = Arc<std::sync::Mutex<Option<mpsc::Sender<Vec<u64>>>>>;
+/// Callers waiting for an answer, by protocol and request id.
+type Pending = HashMap<(Proto, OutboundRequestId), oneshot::Sender<Result<Frame, RequestError>>>;
+
+/// The live stream's acknowledgement queue, once one was opened.
+type LiveSlot = Arc<std::sync::Mutex<Option<crate::live::AckQueue>>>;
 
 /// A handle to a connected relay client.
 #[derive(Debug, Clone)]
@@ -446,9 +449,9 @@ impl Client {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let ids = match live {
-            Some(tx) => match tx.try_send(ids) {
+            Some(acks) => match acks.try_ack(ids) {
                 Ok(()) => return Ok(()),
-                Err(e) => e.into_inner(),
+                Err(ids) => ids,
             },
             None => ids,
         };
@@ -461,7 +464,7 @@ impl Client {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
-            .is_some_and(|tx| !tx.is_closed())
+            .is_some_and(crate::live::AckQueue::is_open)
     }
 
     /// Acknowledges (deletes) messages; returns how many were removed.
@@ -553,8 +556,9 @@ async fn run(
     events: mpsc::Sender<Event>,
     live: LiveSlot,
 ) {
-    let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Frame, RequestError>>> =
-        HashMap::new();
+    // Each request/response behaviour numbers its requests itself, so ids repeat across
+    // protocols: replies are owed by (protocol, id).
+    let mut pending: Pending = HashMap::new();
     loop {
         tokio::select! {
             cmd = cmds.recv() => {
@@ -572,7 +576,7 @@ async fn run(
                     Proto::Presence => b.presence.send_request(&relay, Frame::Data(frame)),
                     Proto::Directory => b.directory.send_request(&relay, Frame::Data(frame)),
                 };
-                pending.insert(id, reply);
+                pending.insert((proto, id), reply);
             }
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::Behaviour(BehaviourEvent::Mailbox(ev)) => {
@@ -586,14 +590,8 @@ async fn run(
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Live(ev)) => match ev {
                     crate::live::Event::Outbound { peer, stream } if peer == relay => {
-                        let (tx, rx) = mpsc::channel(crate::live::CLIENT_QUEUE);
-                        *live.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
-                        tokio::spawn(crate::live::client_end(
-                            stream,
-                            events.clone(),
-                            Event::Delivered,
-                            rx,
-                        ));
+                        let acks = crate::live::spawn_client_end(stream, events.clone(), Event::Delivered);
+                        *live.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(acks);
                     }
                     crate::live::Event::OpenFailed { error, .. } => {
                         tracing::debug!(%error, "live stream not opened; pushes come as requests");
@@ -614,7 +612,7 @@ fn on_rr(
     proto: Proto,
     relay: PeerId,
     ev: request_response::Event<Frame, Frame>,
-    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<Frame, RequestError>>>,
+    pending: &mut Pending,
     events: &mpsc::Sender<Event>,
 ) {
     match ev {
@@ -626,14 +624,14 @@ fn on_rr(
                 },
             ..
         } => {
-            if let Some(tx) = pending.remove(&request_id) {
+            if let Some(tx) = pending.remove(&(proto, request_id)) {
                 let _ = tx.send(Ok(response));
             }
         }
         request_response::Event::OutboundFailure {
             request_id, error, ..
         } => {
-            if let Some(tx) = pending.remove(&request_id) {
+            if let Some(tx) = pending.remove(&(proto, request_id)) {
                 let _ = tx.send(Err(RequestError::Transport(error.to_string())));
             }
         }

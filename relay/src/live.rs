@@ -87,11 +87,41 @@ pub async fn write_frame<S: futures::AsyncWrite + Unpin>(
     io.flush().await
 }
 
+/// A client's hold on its live stream: where its acknowledgements go.
+#[derive(Debug, Clone)]
+pub struct AckQueue(mpsc::Sender<Vec<u64>>);
+
+impl AckQueue {
+    /// Whether the stream is still open.
+    pub fn is_open(&self) -> bool {
+        !self.0.is_closed()
+    }
+
+    /// Queues an acknowledgement; gives the ids back when the stream is closed or backed up
+    /// (then acknowledge with an `Ack` request).
+    pub fn try_ack(&self, ids: Vec<u64>) -> Result<(), Vec<u64>> {
+        self.0.try_send(ids).map_err(|e| e.into_inner())
+    }
+}
+
+/// Runs the client's end of a live stream in a task of its own and returns its
+/// acknowledgement queue (of [`CLIENT_QUEUE`] frames). `Deliver` frames from the relay become
+/// `wrap(envelopes)` on `deliveries`, waiting for room.
+pub fn spawn_client_end<E: Send + 'static>(
+    stream: Stream,
+    deliveries: mpsc::Sender<E>,
+    wrap: impl Fn(Vec<Envelope>) -> E + Send + Sync + 'static,
+) -> AckQueue {
+    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+    tokio::spawn(client_end(stream, deliveries, wrap, rx));
+    AckQueue(tx)
+}
+
 /// The client's end: `Deliver` frames from the relay become `wrap(envelopes)` on `deliveries`
 /// (waiting for room, so a slow reader slows the relay's writes, not the other way round), and
 /// each id list from `acks` goes to the relay as an `Ack` frame. Returns when either side
 /// closes or breaks the stream, or a frame does not decode.
-pub async fn client_end<E>(
+async fn client_end<E>(
     stream: Stream,
     deliveries: mpsc::Sender<E>,
     wrap: impl Fn(Vec<Envelope>) -> E,

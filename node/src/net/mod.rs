@@ -174,7 +174,7 @@ enum Command {
     LiveAck {
         relay: PeerId,
         ids: Vec<u64>,
-        reply: oneshot::Sender<Result<(), Vec<u64>>>,
+        reply: oneshot::Sender<bool>,
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerConnections>>,
@@ -364,17 +364,18 @@ impl Client {
         self.send(Command::OpenLive { relay }).await
     }
 
-    /// Queues an acknowledgement on the relay's live stream; gives the ids back when there is
-    /// no open stream with room.
-    pub async fn live_ack(&self, relay: PeerId, ids: Vec<u64>) -> Result<(), Vec<u64>> {
+    /// Queues an acknowledgement on the relay's live stream; `false` when there is no open
+    /// stream with room.
+    pub async fn live_ack(&self, relay: PeerId, ids: Vec<u64>) -> bool {
         let (reply, rx) = oneshot::channel();
-        if let Err(e) = self.cmd.send(Command::LiveAck { relay, ids, reply }).await {
-            let Command::LiveAck { ids, .. } = e.0 else {
-                unreachable!("the command sent comes back")
-            };
-            return Err(ids);
+        if self
+            .send(Command::LiveAck { relay, ids, reply })
+            .await
+            .is_err()
+        {
+            return false;
         }
-        rx.await.unwrap_or_else(|_| Err(Vec::new()))
+        rx.await.unwrap_or(false)
     }
 
     /// Whether the event loop has stopped (the node is shutting down).
@@ -414,8 +415,8 @@ pub struct EventLoop {
     inbound: HashMap<u64, ResponseChannel<Frame>>,
     next_inbound: u64,
     relays: HashMap<PeerId, RelayState>,
-    /// Acknowledgement queues of the open live streams, by relay.
-    live: HashMap<PeerId, mpsc::Sender<Vec<u64>>>,
+    /// Acknowledgement queues of the live streams, by relay.
+    live: HashMap<PeerId, tern_relay::live::AckQueue>,
     /// Non-relay peers: (direct connections, relayed connections).
     direct_conns: HashMap<PeerId, (u32, u32)>,
     /// Peers we already tried to dial directly after learning their addresses.
@@ -557,26 +558,29 @@ impl EventLoop {
                 }
             }
             Command::OpenLive { relay } => {
-                let open = self.live.get(&relay).is_some_and(|tx| !tx.is_closed());
+                let open = self
+                    .live
+                    .get(&relay)
+                    .is_some_and(tern_relay::live::AckQueue::is_open);
                 if !open && self.relays.contains_key(&relay) {
                     self.swarm.behaviour_mut().relay_proto.live.open(relay);
                 }
             }
             Command::LiveAck { relay, ids, reply } => {
-                let result = match self.live.get(&relay) {
-                    Some(tx) => tx.try_send(ids).map_err(|e| e.into_inner()),
-                    None => Err(ids),
-                };
+                let queued = self
+                    .live
+                    .get(&relay)
+                    .is_some_and(|acks| acks.try_ack(ids).is_ok());
                 // The stream died with one of several connections to the relay (mail came as
                 // requests meanwhile): open another on one that is left.
-                if result.is_err()
-                    && self.live.get(&relay).is_some_and(mpsc::Sender::is_closed)
+                if !queued
+                    && self.live.get(&relay).is_some_and(|acks| !acks.is_open())
                     && self.swarm.is_connected(&relay)
                 {
                     self.live.remove(&relay);
                     self.swarm.behaviour_mut().relay_proto.live.open(relay);
                 }
-                let _ = reply.send(result);
+                let _ = reply.send(queued);
             }
             Command::Connected { peer, reply } => {
                 let _ = reply.send(self.swarm.is_connected(&peer));
@@ -725,17 +729,15 @@ impl EventLoop {
             tern_relay::live::Event::Outbound { peer, stream }
                 if self.relays.contains_key(&peer) =>
             {
-                let (tx, rx) = mpsc::channel(tern_relay::live::CLIENT_QUEUE);
-                self.live.insert(peer, tx);
-                tokio::spawn(tern_relay::live::client_end(
+                let acks = tern_relay::live::spawn_client_end(
                     stream,
                     self.events.clone(),
                     move |envelopes| Event::Mail {
                         relay: peer,
                         envelopes,
                     },
-                    rx,
-                ));
+                );
+                self.live.insert(peer, acks);
             }
             tern_relay::live::Event::OpenFailed { peer, error } => {
                 tracing::debug!(%peer, %error, "live stream not opened; pushes come as requests");
@@ -1059,11 +1061,10 @@ pub mod rpc {
     /// Acknowledges mail on the relay's live stream when one is open (no answer comes; a
     /// lost acknowledgement leaves the mail to be fetched again), else as an `Ack` request.
     pub async fn ack_mail(net: &Client, relay: PeerId, ids: Vec<u64>) -> Result<(), NetError> {
-        match net.live_ack(relay, ids).await {
-            Ok(()) => Ok(()),
-            Err(ids) if ids.is_empty() => Err(NetError::Closed),
-            Err(ids) => ack(net, relay, ids).await.map(drop),
+        if net.live_ack(relay, ids.clone()).await {
+            return Ok(());
         }
+        ack(net, relay, ids).await.map(drop)
     }
 
     /// Turns live delivery on, and opens the live stream for it.

@@ -55,8 +55,10 @@ enum Completion {
         channel: ResponseChannel<Frame>,
         result: Result<storage::Page, storage::OpError>,
     },
+    /// Acknowledgements applied: answered when they came as a request, not when they came
+    /// on a live stream.
     Ack {
-        channel: ResponseChannel<Frame>,
+        channel: Option<ResponseChannel<Frame>>,
         result: Result<u32, storage::OpError>,
     },
     SetPush {
@@ -85,8 +87,6 @@ enum Completion {
     },
     /// Nothing to do (an early notice that never came because the deposit failed).
     Nothing,
-    /// Acknowledgements that came on a live stream (no one waits for the answer).
-    LiveAcked(Result<u32, storage::OpError>),
 }
 
 /// Frames queued for one client's live stream; when full, pushes fall back to `Deliver`
@@ -578,20 +578,7 @@ impl EventLoop {
                         Rejection::new(ErrorCode::BadRequest),
                     );
                 }
-                let (reply, rx) = oneshot::channel();
-                if let Err(e) = self.storage.submit(storage::Op::Ack {
-                    owner: peer,
-                    ids,
-                    reply,
-                }) {
-                    return self.reject(Proto::Mailbox, channel, busy(e));
-                }
-                self.pending.push(Box::pin(async move {
-                    Completion::Ack {
-                        channel,
-                        result: await_reply(rx).await,
-                    }
-                }));
+                self.submit_ack(peer, ids, Some(channel));
             }
             mailbox::Request::Listen { enabled } => {
                 if enabled && self.connections.contains_key(&peer) {
@@ -768,18 +755,15 @@ impl EventLoop {
                 ),
                 Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
             },
-            Completion::LiveAcked(result) => match result {
-                Ok(removed) => {
+            Completion::Ack { channel, result } => match (result, channel) {
+                (Ok(removed), channel) => {
                     self.metrics.acked.fetch_add(u64::from(removed), Relaxed);
+                    if let Some(channel) = channel {
+                        self.respond_mailbox(channel, mailbox::Response::Acked { removed });
+                    }
                 }
-                Err(e) => tracing::debug!(error = %e, "live acknowledgement failed"),
-            },
-            Completion::Ack { channel, result } => match result {
-                Ok(removed) => {
-                    self.metrics.acked.fetch_add(u64::from(removed), Relaxed);
-                    self.respond_mailbox(channel, mailbox::Response::Acked { removed });
-                }
-                Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
+                (Err(e), Some(channel)) => self.reject(Proto::Mailbox, channel, busy(e)),
+                (Err(e), None) => tracing::debug!(error = %e, "live acknowledgement failed"),
             },
             Completion::SetPush {
                 channel,
@@ -868,20 +852,33 @@ impl EventLoop {
                     self.metrics.reject(ErrorCode::RateLimited);
                     return;
                 }
-                let (reply, rx) = oneshot::channel();
-                if let Err(e) = self.storage.submit(storage::Op::Ack {
-                    owner: peer,
-                    ids,
-                    reply,
-                }) {
-                    tracing::debug!(error = %e, "storage busy; live acknowledgement dropped");
-                    return;
-                }
-                self.pending.push(Box::pin(async move {
-                    Completion::LiveAcked(await_reply(rx).await)
-                }));
+                self.submit_ack(peer, ids, None);
             }
         }
+    }
+
+    /// Deletes `peer`'s acknowledged mailbox entries; a request (`channel`) is answered when
+    /// that is done, an acknowledgement from a live stream is not (if it is lost, the message
+    /// stays in the mailbox and comes again).
+    fn submit_ack(&mut self, peer: PeerId, ids: Vec<u64>, channel: Option<ResponseChannel<Frame>>) {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.storage.submit(storage::Op::Ack {
+            owner: peer,
+            ids,
+            reply,
+        }) {
+            match channel {
+                Some(channel) => self.reject(Proto::Mailbox, channel, busy(e)),
+                None => tracing::debug!(error = %e, "storage busy; live acknowledgement dropped"),
+            }
+            return;
+        }
+        self.pending.push(Box::pin(async move {
+            Completion::Ack {
+                channel,
+                result: await_reply(rx).await,
+            }
+        }));
     }
 
     fn deliver(
