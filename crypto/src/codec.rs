@@ -74,7 +74,7 @@ impl Kind {
             Kind::IdentitySecret => 1024,
             Kind::DeviceSecret => 64 * 1024,
             Kind::Sealed => 512 * 1024,
-            Kind::Provisioning => 120 * 1024,
+            Kind::Provisioning => 64 * 1024,
         }
     }
 

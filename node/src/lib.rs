@@ -144,6 +144,7 @@ impl Node {
             groups: HashMap::new(),
             peers: HashMap::new(),
             peers_due: false,
+            linked: HashMap::new(),
             peers_fetching: false,
             owed_due: true,
             peers_retry: (0, std::time::Instant::now()),

@@ -99,6 +99,13 @@ fn a_linked_second_device_sends_receives_and_gets_sync_copies() -> anyhow::Resul
     assert!(status.success(), "tern device link exited {status:?}");
     let devices = ana.json(&["device", "list"])?;
     assert_eq!(devices.as_array().map(Vec::len), Some(2));
+    // A code naming the laptop with another provisioning key would get the identity secret
+    // without any device being added: refused, and nothing changes.
+    let mut forged = tern_node::device_link::Request::parse(&code)?;
+    forged.provision = serde_bytes::ByteArray::new([7u8; 32]);
+    let refused = ana.cli(&["device", "add", &forged.encode()?]);
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
+    assert_eq!(ana.json(&["device", "list"])?, devices);
 
     let laptop = Node::start(&laptop_home, Some(&relay.addr))?;
     assert_eq!(laptop.user, ana.user, "same user on both devices");

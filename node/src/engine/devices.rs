@@ -20,8 +20,9 @@ const HISTORY_CONVERSATIONS: u32 = 50;
 /// ...and this many newest messages of each (fewer when they do not fit the record).
 const HISTORY_PER_CONVERSATION: u32 = 100;
 
-/// The provisioning record must fit one mailbox message (with room for its envelope).
-const MAX_BUNDLE_BYTES: usize = 110 * 1024;
+/// The provisioning record must fit one mailbox message: a relay's default ciphertext cap is
+/// 64 KiB, and sealing adds under 100 bytes (key, nonce, tag, header).
+const MAX_BUNDLE_BYTES: usize = 60 * 1024;
 
 /// Makes the engine's message from fetched lists (user, signed list) and whether any
 /// fetch failed.
@@ -94,9 +95,24 @@ impl Engine {
             .ok_or_else(|| NodeError::BadRequest("the code's device id is not a key".into()))?;
         let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
         let list = self.keys.device_list.list().clone();
+        let provision_key = req.provision.into_array();
+        if id == self.keys.device.device_id() {
+            return Err(NodeError::BadRequest(
+                "that code names this device itself".into(),
+            ));
+        }
         let certificate = match list.entry(&id) {
-            // Added before (the record may not have arrived): send it again.
-            Some(e) if e.is_active() => e.certificate.clone(),
+            // Added by this run from the same code (the record may not have arrived): send it
+            // again. Any other code naming a listed device is refused: it would get the
+            // identity secret without a device being added.
+            Some(e) if e.is_active() => {
+                if self.linked.get(&peer.to_string()) != Some(&provision_key) {
+                    return Err(NodeError::BadRequest(
+                        "that device is already linked; to link a device again, run `tern device link` on it for a new code".into(),
+                    ));
+                }
+                e.certificate.clone()
+            }
             Some(_) => {
                 return Err(NodeError::BadRequest(
                     "that device was removed from this user; a removed device cannot come back"
@@ -185,7 +201,8 @@ impl Engine {
         bundle.history = self.recent_history()?;
         let encode = |b: &Bundle| b.encode().map_err(|e| NodeError::BadRequest(e.to_string()));
         let mut plain = encode(&bundle)?;
-        // Too big: less history first (the oldest go), then no groups.
+        // Too big: less history first (the least recently active conversations go), then
+        // no groups.
         while plain.len() > MAX_BUNDLE_BYTES && !bundle.history.is_empty() {
             let drop = bundle.history.len() - bundle.history.len() / 2;
             bundle.history.drain(..drop);
@@ -204,7 +221,8 @@ impl Engine {
                 plain.len()
             )));
         }
-        let sealed = provision::seal_to(&req.provision.into_array(), &plain)
+        self.linked.insert(peer.to_string(), provision_key);
+        let sealed = provision::seal_to(&provision_key, &plain)
             .map_err(|e| NodeError::Crypto(e.to_string()))?;
         let mut last = NodeError::Network("the code names no relay".into());
         let mut sent = false;

@@ -269,6 +269,9 @@ pub(crate) struct Engine {
     pub notify: HashMap<String, group::Notify>,
     /// Own membership changes that lost a fork, to issue again.
     pub reissue: Vec<(String, crate::group::Action)>,
+    /// Devices linked by this run, with the provisioning key their record was sealed to: only
+    /// the same code may have the record sent again.
+    pub linked: HashMap<String, [u8; 32]>,
     /// Device lists are to be fetched again.
     pub lists_due: bool,
     /// When device lists were last fetched.
