@@ -59,6 +59,9 @@ pub enum Action {
         title: String,
         /// The first members (at most [`MAX_MEMBERS_PER_OP`]).
         members: Vec<MemberEntry>,
+        /// Random; with the creator's user id and identity key it makes the group id
+        /// ([`group_id`]), so nobody else can sign a creation for the same group.
+        salt: ByteArray<16>,
     },
     /// Adds members (admins only).
     Add {
@@ -278,10 +281,31 @@ fn member_of(e: &MemberEntry) -> Member {
     }
 }
 
+/// The id of a group created by `author` (user id and identity key) with `salt`: the first 16
+/// bytes of SHA-256 over a domain label, the three of them. A creation whose group id is not
+/// this is refused, so a member cannot take a group over by signing another creation for its
+/// id (the lowest-hash valid creation would win).
+pub fn group_id(author: &[u8; 16], identity_key: &[u8; 32], salt: &[u8; 16]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"tern/group-id/v1");
+    h.update(author);
+    h.update(identity_key);
+    h.update(salt);
+    let digest = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
+
 impl GroupState {
     /// The state a creation operation makes, after checking it.
     pub fn genesis(op: &SignedOp) -> Result<Self, OpError> {
-        let Action::Create { title, members } = &op.op.action else {
+        let Action::Create {
+            title,
+            members,
+            salt,
+        } = &op.op.action
+        else {
             return Err(OpError::OutOfOrder);
         };
         if op.op.epoch != 0 || op.op.parent.into_array() != [0; 32] {
@@ -296,6 +320,16 @@ impl GroupState {
             .find(|m| m.user == op.op.author && m.admin)
             .ok_or(OpError::NotAllowed("the creator must be an admin member"))?;
         op.verify(&author.identity_key.into_array())?;
+        let id = group_id(
+            &author.user.into_array(),
+            &author.identity_key.into_array(),
+            &salt.into_array(),
+        );
+        if op.op.group.into_array() != id {
+            return Err(OpError::NotAllowed(
+                "the group id does not belong to the group's creator",
+            ));
+        }
         let mut map = BTreeMap::new();
         for m in members {
             if map.insert(m.user.into_array(), member_of(m)).is_some() {
@@ -483,9 +517,15 @@ mod tests {
     fn create(admin: &User, others: &[&User]) -> SignedOp {
         let mut members = vec![admin.entry(true)];
         members.extend(others.iter().map(|u| u.entry(false)));
+        let salt = [7; 16];
+        let group = group_id(
+            &members[0].user.into_array(),
+            &members[0].identity_key.into_array(),
+            &salt,
+        );
         SignedOp::sign(
             Op {
-                group: ByteArray::new([7; 16]),
+                group: ByteArray::new(group),
                 epoch: 0,
                 parent: ByteArray::new([0; 32]),
                 author: admin.id(),
@@ -494,11 +534,35 @@ mod tests {
                 action: Action::Create {
                     title: "Team".into(),
                     members,
+                    salt: ByteArray::new(salt),
                 },
             },
             &admin.key,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn nobody_but_the_creator_can_sign_a_creation_for_a_group_id() {
+        let (a, b) = (User::new(), User::new());
+        let real = create(&a, &[&b]);
+        let s = GroupState::genesis(&real).unwrap();
+        // Bob signs his own creation for Alice's group id, as its admin: refused, whatever
+        // its hash, so it can never win the lowest-hash choice.
+        let mut forged = create(&b, &[&a]).op;
+        forged.group = ByteArray::new(s.id);
+        let forged = SignedOp::sign(forged, &b.key).unwrap();
+        assert_eq!(
+            GroupState::genesis(&forged),
+            Err(OpError::NotAllowed(
+                "the group id does not belong to the group's creator"
+            ))
+        );
+        // Nor can Alice's own creation be moved to another id.
+        let mut moved = real.op.clone();
+        moved.group = ByteArray::new([9; 16]);
+        let moved = SignedOp::sign(moved, &a.key).unwrap();
+        assert!(GroupState::genesis(&moved).is_err());
     }
 
     #[test]

@@ -354,7 +354,14 @@ impl Engine {
                 max: MAX_GROUP_MEMBERS,
             });
         }
-        let id = GroupId::random().map_err(|e| NodeError::Crypto(e.to_string()))?;
+        let salt = *GroupId::random()
+            .map_err(|e| NodeError::Crypto(e.to_string()))?
+            .as_bytes();
+        let id = GroupId::from_bytes(crate::group::group_id(
+            self.user.as_bytes(),
+            self.keys.identity.public().as_bytes(),
+            &salt,
+        ));
         let group = hex(id.as_bytes());
         let mut first = vec![self.own_entry()];
         let split = entries.len().min(MAX_MEMBERS_PER_OP - 1);
@@ -370,6 +377,7 @@ impl Engine {
                 action: Action::Create {
                     title,
                     members: first,
+                    salt: ByteArray::new(salt),
                 },
             },
             &self.keys.identity,
