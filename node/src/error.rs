@@ -139,7 +139,17 @@ from_display!(
     tern_crypto::session::SessionError,
     tern_crypto::prekey::PrekeyError,
     tern_crypto::DeviceListError,
-    tern_crypto::group::GroupError,
     crate::envelope::EnvelopeError
 );
+
+impl From<tern_crypto::group::GroupError> for NodeError {
+    fn from(e: tern_crypto::group::GroupError) -> Self {
+        match e {
+            // The replay ledger is the store: its failure is a storage fault (the message is
+            // kept to retry), not a message that does not decrypt.
+            tern_crypto::group::GroupError::Ledger(_) => NodeError::Store(e.to_string()),
+            other => NodeError::Crypto(other.to_string()),
+        }
+    }
+}
 from_display!(Network, crate::net::NetError);

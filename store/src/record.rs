@@ -155,6 +155,11 @@ impl Tx<'_> {
             .and_then(|mut s| s.query_row([rowid], |r| r.get(0)))
             .write_ctx(OP)?;
         if remaining == 0 {
+            // No row is left to send a shared payload: it goes with the last one.
+            self.tx
+                .prepare_cached("DELETE FROM outbox_shared WHERE message = ?1")
+                .and_then(|mut s| s.execute([rowid]))
+                .write_ctx(OP)?;
             self.advance_status(id, Status::Sent)?;
         }
         Ok(u64::try_from(remaining).unwrap_or(0))

@@ -76,6 +76,11 @@ fn a_fanned_out_message_stores_its_payload_once_and_every_row_reads_it() {
         .unwrap();
     assert_eq!(left, 0);
     assert_eq!(store.message(m.id).unwrap().unwrap().status, Status::Sent);
+    // With no row left to send it, the shared payload is gone too.
+    let shared_left: i64 = conn
+        .query_row("SELECT count(*) FROM outbox_shared", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(shared_left, 0);
 }
 
 #[test]

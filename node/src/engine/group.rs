@@ -1221,6 +1221,19 @@ impl Engine {
             return Ok(GroupOutcome::Done);
         };
         if !state.is_member(&sender_user) {
+            let ever_added = self.groups.get(&group).is_some_and(|g| {
+                g.ops.iter().any(|o| match &o.op.action {
+                    Action::Create { members, .. } | Action::Add { members } => {
+                        members.iter().any(|m| m.user.into_array() == sender_user)
+                    }
+                    _ => false,
+                })
+            });
+            if !ever_added {
+                // Added by an operation that has not reached this device yet (it comes from
+                // an admin, the message from the new member): kept until it does.
+                return Ok(GroupOutcome::Wait);
+            }
             tracing::warn!(%group, sender = %stored.sender_user, "group message from a non-member refused");
             return Ok(GroupOutcome::Done);
         }
