@@ -132,5 +132,9 @@ pub const NOTIFY_INTERVAL: Duration = Duration::from_secs(1);
 /// Most group ciphertexts kept while waiting for their sender key or group (oldest go first).
 pub const MAX_GROUP_STASH: u32 = 10_000;
 
+/// Most of those from one device: the mail of a device past it stays in the relay's mailbox
+/// (under the relay's quota) and is fetched again later, so no sender can push out the rest.
+pub const MAX_GROUP_STASH_PER_DEVICE: u32 = 500;
+
 /// Most membership operations one envelope may carry (more are ignored).
 pub const MAX_OPS_PER_ENVELOPE: usize = 64;

@@ -147,16 +147,27 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Keeps a group ciphertext for later; the oldest go once more than `max` are kept.
+    /// Keeps a group ciphertext for later; the oldest go once more than `max` are kept. A
+    /// device that already has `max_per_sender` kept gets no more (`false`: the caller leaves
+    /// the mail where it came from), so one sender cannot push everyone else's out.
     pub fn stash_group_message(
         &mut self,
         sender_device: &str,
         payload: &[u8],
         now_ms: i64,
         max: u32,
-    ) -> Result<(), WriteError> {
+        max_per_sender: u32,
+    ) -> Result<bool, WriteError> {
         const OP: &str = "stash group message";
         check_len(OP, "group message", payload.len(), MAX_BLOB_BYTES)?;
+        let kept: i64 = self
+            .tx
+            .prepare_cached("SELECT count(*) FROM group_stash WHERE sender_device = ?1")
+            .and_then(|mut s| s.query_row([sender_device], |r| r.get(0)))
+            .write_ctx(OP)?;
+        if kept >= i64::from(max_per_sender) {
+            return Ok(false);
+        }
         self.tx
             .prepare_cached(
                 "INSERT INTO group_stash (sender_device, payload, received_at_ms) VALUES (?1, ?2, ?3)",
@@ -169,7 +180,7 @@ impl Tx<'_> {
             )
             .and_then(|mut s| s.execute([max]))
             .write_ctx(OP)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Removes a stashed ciphertext (processed, or given up).

@@ -231,6 +231,7 @@ CREATE TABLE group_stash (
     payload        BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL
 );
+CREATE INDEX group_stash_sender ON group_stash (sender_device, id);
 CREATE TABLE group_peers (
     user_id     TEXT PRIMARY KEY,
     device_list BLOB NOT NULL

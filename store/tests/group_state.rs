@@ -102,7 +102,7 @@ fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
             tx.save_group_peer("u9", b"signed list")?;
             tx.owe_group_message(m.id, "u9", b"key as of m", b"ciphertext of m", 5)?;
             for i in 0..5u8 {
-                tx.stash_group_message("dev", &[i], 10 + i64::from(i), 3)?;
+                assert!(tx.stash_group_message("dev", &[i], 10 + i64::from(i), 3, 100)?);
             }
             Ok(())
         })
@@ -163,4 +163,28 @@ fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
         .unwrap();
     store.transaction(|tx| tx.delete_message(m.id)).unwrap();
     assert!(store.owed_group_messages(10).unwrap().is_empty());
+}
+
+#[test]
+fn one_device_cannot_fill_the_stash() {
+    let env = env();
+    let mut store = open(&env.path);
+    let kept = store
+        .transaction(|tx| {
+            let mut kept = Vec::new();
+            for (device, payload) in [("loud", 1u8), ("loud", 2), ("loud", 3), ("quiet", 4)] {
+                kept.push(tx.stash_group_message(device, &[payload], 10, 100, 2)?);
+            }
+            Ok::<_, tern_store::WriteError>(kept)
+        })
+        .unwrap();
+    // Past its own cap a device gets nothing kept (its mail stays at the relay); others do.
+    assert_eq!(kept, [true, true, false, true]);
+    let payloads: Vec<Vec<u8>> = store
+        .stashed_group_messages(None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.payload)
+        .collect();
+    assert_eq!(payloads, vec![vec![1], vec![2], vec![4]]);
 }

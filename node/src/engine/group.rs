@@ -35,8 +35,8 @@ use tern_store::{
 use super::{ContactState, Engine, GroupCommand, Internal, device_peer};
 use crate::{
     consts::{
-        MAX_GROUP_MEMBERS, MAX_GROUP_STASH, MAX_GROUP_TITLE_BYTES, MAX_MEMBERS_PER_OP,
-        MAX_TEXT_BYTES, NOTIFY_INTERVAL,
+        MAX_GROUP_MEMBERS, MAX_GROUP_STASH, MAX_GROUP_STASH_PER_DEVICE, MAX_GROUP_TITLE_BYTES,
+        MAX_MEMBERS_PER_OP, MAX_TEXT_BYTES, NOTIFY_INTERVAL,
     },
     envelope::{Body, Conversation, Envelope},
     error::NodeError,
@@ -1184,9 +1184,15 @@ impl Engine {
         }
         let now = now_ms();
         match self.store.transaction(|tx| {
-            tx.stash_group_message(&sender.to_string(), payload, now, MAX_GROUP_STASH)
+            tx.stash_group_message(
+                &sender.to_string(),
+                payload,
+                now,
+                MAX_GROUP_STASH,
+                MAX_GROUP_STASH_PER_DEVICE,
+            )
         }) {
-            Ok(()) => true,
+            Ok(kept) => kept,
             Err(e) => {
                 tracing::error!("keeping a group message for later failed: {e}");
                 false
