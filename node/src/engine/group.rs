@@ -1025,35 +1025,32 @@ impl Engine {
         }
     }
 
-    /// A membership operation received over a pairwise session from `user`.
-    pub(crate) fn on_group_op(
-        &mut self,
+    /// A membership operation from `user`'s envelope (received over a pairwise session), if it is one for the envelope's group
+    /// (anything else is logged by kind and dropped): the group (hex) and the operation.
+    pub(crate) fn parse_group_op(
         user: &str,
         env: &Envelope,
         op_bytes: &[u8],
-    ) -> Result<(), NodeError> {
+    ) -> Option<(String, SignedOp)> {
         let Conversation::Group { id } = &env.conversation else {
-            return Ok(());
+            return None;
         };
-        let group = hex(id.as_slice());
-        let op = match SignedOp::from_bytes(op_bytes) {
-            Ok(op) if op.op.group == *id => op,
+        match SignedOp::from_bytes(op_bytes) {
+            Ok(op) if op.op.group == *id => Some((hex(id.as_slice()), op)),
             Ok(_) => {
                 tracing::warn!(contact = %user, "group operation names another group; dropped");
-                return Ok(());
+                None
             }
             Err(e) => {
                 tracing::warn!(contact = %user, "bad group operation dropped: {e}");
-                return Ok(());
+                None
             }
-        };
-        let now = now_ms();
-        let new = self
-            .store
-            .transaction(|tx| tx.save_group_op(&group, &op.hash, op.to_bytes(), now))?;
-        if !new {
-            return Ok(());
         }
+    }
+
+    /// Takes in a membership operation already stored (new to this device): resolves the
+    /// chain again and, when it changed, writes the timeline, keys and what is owed.
+    pub(crate) fn apply_group_op(&mut self, group: String, op: SignedOp) -> Result<(), NodeError> {
         let before_chain = self
             .groups
             .get(&group)

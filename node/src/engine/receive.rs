@@ -290,18 +290,38 @@ impl Engine {
                 }
             }
             Body::GroupOp { .. } | Body::GroupOps { .. } => {
-                self.save_crypto(&update, own_device.as_ref(), now)?;
-                let ops: Vec<Vec<u8>> = match &env.body {
-                    Body::GroupOp { op } => vec![op.to_vec()],
+                let raw: Vec<&[u8]> = match &env.body {
+                    Body::GroupOp { op } => vec![op.as_slice()],
                     Body::GroupOps { ops } => ops
                         .iter()
                         .take(crate::consts::MAX_OPS_PER_ENVELOPE)
-                        .map(|o| o.to_vec())
+                        .map(|o| o.as_slice())
                         .collect(),
                     _ => Vec::new(),
                 };
-                for op in ops {
-                    self.on_group_op(user, &env, &op)?;
+                let ops: Vec<(String, crate::group::SignedOp)> = raw
+                    .into_iter()
+                    .filter_map(|b| Self::parse_group_op(user, &env, b))
+                    .collect();
+                // The Olm message cannot be read twice: the operations are stored in the
+                // transaction that advances the session, then taken in.
+                let new = self
+                    .store
+                    .transaction(|tx| -> Result<Vec<bool>, NodeError> {
+                        tx.apply_crypto(&update, now)?;
+                        if let Some(d) = &own_device {
+                            tx.save_own_device(d)?;
+                        }
+                        let mut new = Vec::with_capacity(ops.len());
+                        for (group, op) in &ops {
+                            new.push(tx.save_group_op(group, &op.hash, op.to_bytes(), now)?);
+                        }
+                        Ok(new)
+                    })?;
+                for ((group, op), new) in ops.into_iter().zip(new) {
+                    if new {
+                        self.apply_group_op(group, op)?;
+                    }
                 }
             }
             Body::SenderKey {
@@ -318,6 +338,9 @@ impl Engine {
                         None
                     }
                 };
+                // The Olm message cannot be read twice: the group message it carries is kept
+                // in the transaction that advances the session, then read from the stash
+                // (which its sender's cap does not limit: it is already decrypted mail).
                 self.store.transaction(|tx| -> Result<(), NodeError> {
                     let mut updates = update.to_vec();
                     if let Some(k) = &inbound {
@@ -327,16 +350,18 @@ impl Engine {
                     if let Some(d) = &own_device {
                         tx.save_own_device(d)?;
                     }
+                    if let Some(m) = &message {
+                        tx.stash_group_message(
+                            &device_key,
+                            m,
+                            now,
+                            crate::consts::MAX_GROUP_STASH,
+                            crate::consts::MAX_GROUP_STASH,
+                        )?;
+                    }
                     Ok(())
                 })?;
-                if let Some(m) = message {
-                    // The Olm message cannot be read twice: what the store cannot take
-                    // now is lost with it, and said so.
-                    if !self.on_group_message(sender, &m) {
-                        tracing::error!(contact = %user, "a group message that came with its key could not be kept");
-                    }
-                }
-                if inbound.is_some() {
+                if inbound.is_some() || message.is_some() {
                     self.retry_stash(Some(&device_key));
                 }
             }
