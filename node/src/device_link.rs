@@ -129,6 +129,32 @@ impl Request {
     }
 }
 
+/// What a bundle buffer starts with: more than any record a node sends (60 KiB) needs.
+const BUNDLE_CAPACITY: usize = 64 * 1024;
+
+/// A buffer that never leaves a copy behind: when it must grow it moves into a new one and
+/// wipes the old (a `Vec` growing by itself would give back memory holding the identity
+/// secret, written first, without wiping it).
+struct WipingWriter(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::io::Write for WipingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let need = self.0.len() + buf.len();
+        if need > self.0.capacity() {
+            let mut bigger = Vec::with_capacity(need.max(2 * self.0.capacity()));
+            bigger.extend_from_slice(&self.0);
+            // The old buffer is wiped as it is dropped here.
+            self.0 = zeroize::Zeroizing::new(bigger);
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A contact as the provisioning bundle carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleContact {
@@ -220,10 +246,10 @@ impl std::fmt::Debug for Bundle {
 impl Bundle {
     /// Encodes the bundle (wiped on drop).
     pub fn encode(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, DeviceLinkError> {
-        let mut out = zeroize::Zeroizing::new(Vec::new());
-        ciborium::into_writer(self, &mut *out)
+        let mut out = WipingWriter(zeroize::Zeroizing::new(Vec::with_capacity(BUNDLE_CAPACITY)));
+        ciborium::into_writer(self, &mut out)
             .map_err(|e| DeviceLinkError::Malformed(e.to_string()))?;
-        Ok(out)
+        Ok(out.0)
     }
 
     /// Decodes a bundle.
@@ -240,6 +266,17 @@ impl Bundle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wiping_writer_grows_and_keeps_every_byte() {
+        use std::io::Write;
+        let mut w = WipingWriter(zeroize::Zeroizing::new(Vec::with_capacity(4)));
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        for chunk in data.chunks(37) {
+            w.write_all(chunk).unwrap();
+        }
+        assert_eq!(w.0.as_slice(), data.as_slice());
+    }
 
     fn sample() -> Request {
         Request {

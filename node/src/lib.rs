@@ -434,7 +434,9 @@ pub async fn link_new_device(
     let (net, mut events, event_loop) = net::new(keypair, net::Config { listen: Vec::new() })
         .map_err(|e| NodeError::Network(e.to_string()))?;
     let task = tokio::spawn(event_loop.run());
-    let deadline = tokio::time::Instant::now() + timeout;
+    // A timeout too long to add (`--timeout` is any u64) waits as long as a year would.
+    let deadline =
+        tokio::time::Instant::now() + timeout.min(std::time::Duration::from_secs(365 * 24 * 3600));
     let result = async {
         net.add_relay(relay.clone(), false).await?;
         // Wait for the relay connection, then ask for live delivery and look at what waits.

@@ -36,7 +36,7 @@ use super::{ContactState, Engine, GroupCommand, Internal, device_peer};
 use crate::{
     consts::{
         MAX_GROUP_MEMBERS, MAX_GROUP_STASH, MAX_GROUP_STASH_PER_DEVICE, MAX_GROUP_TITLE_BYTES,
-        MAX_MEMBERS_PER_OP, MAX_TEXT_BYTES, NOTIFY_INTERVAL,
+        MAX_MEMBERS_PER_OP, NOTIFY_INTERVAL,
     },
     envelope::{Body, Conversation, Envelope},
     error::NodeError,
@@ -1430,15 +1430,7 @@ impl Engine {
         if !state.is_member(&me) {
             return Err(NodeError::NotMember(state.title));
         }
-        if text.trim().is_empty() {
-            return Err(NodeError::EmptyText);
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(NodeError::TextTooLong {
-                len: text.len(),
-                max: MAX_TEXT_BYTES,
-            });
-        }
+        super::send::check_text(&text)?;
         // Every member's devices must be known to address them.
         let mut users: Vec<String> = state
             .members

@@ -221,15 +221,7 @@ impl Engine {
                 self.contacts[&user].contact.display_name.clone(),
             ));
         }
-        if text.trim().is_empty() {
-            return Err(NodeError::EmptyText);
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(NodeError::TextTooLong {
-                len: text.len(),
-                max: MAX_TEXT_BYTES,
-            });
-        }
+        check_text(&text)?;
         // Messages waiting for a session go first, so this one waits behind them.
         let waiting = self
             .store
@@ -816,4 +808,18 @@ impl Engine {
         self.send_receipt(user, ReceiptKind::Read, unread);
         Ok(())
     }
+}
+
+/// A text a user may send: not blank, at most [`MAX_TEXT_BYTES`].
+pub(crate) fn check_text(text: &str) -> Result<(), NodeError> {
+    if text.trim().is_empty() {
+        return Err(NodeError::EmptyText);
+    }
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(NodeError::TextTooLong {
+            len: text.len(),
+            max: MAX_TEXT_BYTES,
+        });
+    }
+    Ok(())
 }
