@@ -143,22 +143,55 @@ pub struct PeerSessions {
 /// vodozemac keeps this many receiving chains per session (its `MAX_RECEIVING_CHAINS`).
 const RECEIVING_CHAINS: usize = 5;
 
-/// A session and the ratchet keys of its receiving chains, in the order vodozemac created them.
+/// A session and the ratchet keys of its receiving chains, in the order vodozemac created them,
+/// each with the chain index it expects next.
 ///
 /// The mirror tells, before decrypting, whether a message continues a known chain (vodozemac
 /// then changes nothing unless it succeeds) or opens a new one (the one path where vodozemac
 /// may change state on failure, so a snapshot is taken first). Keeping it exact makes the
-/// common case free of snapshot costs.
+/// common case free of snapshot costs. The next index tells how far ahead a message is
+/// ([`PeerSessions::skip_ahead`]): vodozemac keeps only [`OLM_SKIPPED_KEYS`] keys of
+/// the messages a jump passes over.
 struct Held {
     session: Session,
-    chains: VecDeque<[u8; 32]>,
+    chains: VecDeque<Chain>,
+}
+
+/// A receiving chain of a held session.
+#[derive(Clone, Copy)]
+struct Chain {
+    ratchet_key: [u8; 32],
+    /// The lowest chain index not decrypted yet past the highest one decrypted (`None` for
+    /// sessions stored before indexes were kept: unknown until the next message).
+    next: Option<u64>,
+}
+
+/// How many skipped message keys vodozemac keeps per receiving chain (its
+/// `MAX_MESSAGE_KEYS`): a message that jumps further ahead than this loses the keys of the
+/// earliest messages it passes over.
+pub const OLM_SKIPPED_KEYS: u64 = 40;
+
+fn ratchet_and_index(message: &OlmMessage) -> ([u8; 32], u64) {
+    match message {
+        OlmMessage::Normal(m) => (m.ratchet_key().to_bytes(), m.chain_index()),
+        OlmMessage::PreKey(p) => (
+            p.message().ratchet_key().to_bytes(),
+            p.message().chain_index(),
+        ),
+    }
 }
 
 impl Held {
-    fn new(session: Session, first_chain: Option<[u8; 32]>) -> Self {
+    fn new(session: Session, first: Option<([u8; 32], u64)>) -> Self {
         Held {
             session,
-            chains: first_chain.into_iter().collect(),
+            chains: first
+                .map(|(ratchet_key, index)| Chain {
+                    ratchet_key,
+                    next: Some(index + 1),
+                })
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -166,23 +199,33 @@ impl Held {
         self.session.session_id()
     }
 
+    fn chain(&self, ratchet_key: &[u8; 32]) -> Option<&Chain> {
+        self.chains.iter().find(|c| &c.ratchet_key == ratchet_key)
+    }
+
     /// Decrypts, leaving the session exactly as it was if decryption fails.
     fn decrypt(
         &mut self,
         message: &OlmMessage,
     ) -> Result<Vec<u8>, vodozemac::olm::DecryptionError> {
-        let ratchet_key = match message {
-            OlmMessage::Normal(m) => m.ratchet_key(),
-            OlmMessage::PreKey(p) => p.message().ratchet_key(),
-        }
-        .to_bytes();
-        if self.chains.contains(&ratchet_key) {
-            return self.session.decrypt(message);
+        let (ratchet_key, index) = ratchet_and_index(message);
+        if let Some(pos) = self
+            .chains
+            .iter()
+            .position(|c| c.ratchet_key == ratchet_key)
+        {
+            let plaintext = self.session.decrypt(message)?;
+            let chain = &mut self.chains[pos];
+            chain.next = Some(chain.next.map_or(index + 1, |n| n.max(index + 1)));
+            return Ok(plaintext);
         }
         let snapshot = self.session.pickle();
         let result = self.session.decrypt(message);
         if result.is_ok() {
-            self.chains.push_back(ratchet_key);
+            self.chains.push_back(Chain {
+                ratchet_key,
+                next: Some(index + 1),
+            });
             if self.chains.len() > RECEIVING_CHAINS {
                 self.chains.pop_front();
             }
@@ -197,6 +240,9 @@ impl Held {
 struct HeldRecord {
     session: SessionPickle,
     chains: Vec<serde_bytes::ByteArray<32>>,
+    /// The next index of each chain, parallel to `chains` (absent in older records).
+    #[serde(default)]
+    next: Vec<Option<u64>>,
 }
 
 impl HeldRecord {
@@ -206,21 +252,31 @@ impl HeldRecord {
             chains: held
                 .chains
                 .iter()
-                .map(|c| serde_bytes::ByteArray::new(*c))
+                .map(|c| serde_bytes::ByteArray::new(c.ratchet_key))
                 .collect(),
+            next: held.chains.iter().map(|c| c.next).collect(),
         }
     }
 
     fn into_held(self) -> Result<Held, DecodeError> {
-        if self.chains.len() > RECEIVING_CHAINS {
+        if self.chains.len() > RECEIVING_CHAINS || self.next.len() > self.chains.len() {
             return Err(codec::malformed(
                 Kind::PeerSessions,
                 "too many receiving chains",
             ));
         }
+        let next = self.next;
         Ok(Held {
             session: Session::from_pickle(self.session),
-            chains: self.chains.into_iter().map(|c| c.into_array()).collect(),
+            chains: self
+                .chains
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Chain {
+                    ratchet_key: c.into_array(),
+                    next: next.get(i).copied().flatten(),
+                })
+                .collect(),
         })
     }
 }
@@ -389,8 +445,8 @@ impl PeerSessions {
                         device: self.remote_device,
                         reason: e.to_string(),
                     })?;
-                let first_chain = prekey_message.message().ratchet_key().to_bytes();
-                self.install(Held::new(created.session, Some(first_chain)));
+                let first = ratchet_and_index(&message);
+                self.install(Held::new(created.session, Some(first)));
                 return Ok(self.accepted(digest, created.plaintext, true));
             }
         }
@@ -403,6 +459,29 @@ impl PeerSessions {
                 tried,
             })
         }
+    }
+
+    /// How many messages of its chain a pairwise message would pass over if it were decrypted
+    /// now: 0 for the next message in order (or one delayed, or a chain whose position is not
+    /// known), `n` when `n` earlier messages of the chain have not arrived yet. A message on a
+    /// chain no held session knows counts from the chain's start. Changes nothing.
+    ///
+    /// vodozemac keeps the keys of at most [`OLM_SKIPPED_KEYS`] passed-over messages
+    /// per chain, so a receiver that lets a message jump far ahead loses the earlier ones for
+    /// good: it should wait for them first.
+    pub fn skip_ahead(&self, bytes: &[u8]) -> Result<u64, SessionError> {
+        let message = decode_message(bytes)?;
+        let (ratchet_key, index) = ratchet_and_index(&message);
+        let known = self
+            .current
+            .iter()
+            .chain(self.archived.iter())
+            .find_map(|s| s.chain(&ratchet_key));
+        Ok(match known {
+            Some(Chain { next: Some(n), .. }) => index.saturating_sub(*n),
+            Some(Chain { next: None, .. }) => 0,
+            None => index,
+        })
     }
 
     fn accepted(&mut self, digest: [u8; 16], plaintext: Vec<u8>, new_session: bool) -> Decrypted {
@@ -462,6 +541,13 @@ impl std::fmt::Debug for PeerSessions {
             .field("archived", &self.archived.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The digest a pairwise message is known by (the first 16 bytes of its SHA-256): what
+/// [`PeerSessions`] and a receiver's durable ledger of accepted messages compare to tell a
+/// copy of a message already read from one whose key is gone.
+pub fn message_digest(bytes: &[u8]) -> [u8; 16] {
+    digest(bytes)
 }
 
 fn digest(bytes: &[u8]) -> [u8; 16] {

@@ -53,8 +53,35 @@ pub const OUTBOX_TICK: Duration = Duration::from_millis(250);
 /// Most outbox rows read per scan.
 pub const OUTBOX_BATCH: u32 = 200;
 
-/// Most deliveries in flight at once.
-pub const MAX_DELIVERIES_IN_FLIGHT: usize = 64;
+/// Most device lanes being sent at once (each sends its rows one after another).
+pub const MAX_LANES_IN_FLIGHT: usize = 64;
+
+/// Most rows one lane task takes from its lane before handing back to the engine.
+pub const LANE_BATCH: u32 = 64;
+
+/// A pairwise message that would pass over more than this many earlier messages of its
+/// chain waits for them (left in the mailbox, or refused on the direct path so the sender
+/// uses the mailbox) instead of being decrypted: vodozemac keeps only 40 skipped keys per
+/// chain, and a jump past them loses the earliest ones.
+pub const MAX_SAFE_SKIP: u64 = 16;
+
+/// How long a pairwise message waits for the earlier messages of its chain before it is
+/// decrypted anyway (anything still missing then is asked for again with a resend request).
+pub const REORDER_WAIT: Duration = Duration::from_secs(10);
+
+/// Most pairwise messages remembered as waiting for their predecessors (past this, a
+/// message is decrypted at once).
+pub const MAX_REORDER_WAITING: usize = 65_536;
+
+/// At most one resend request per remote device in this interval.
+pub const RESEND_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most texts one resend request makes this device send again.
+pub const MAX_RESEND: u32 = 1_000;
+
+/// How long the digests of pairwise messages read are kept to tell copies from losses:
+/// longer than any relay keeps a message (14 days by default).
+pub const PAIRWISE_SEEN_KEEP: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// First retry delay of a failed delivery; doubles per attempt up to [`RETRY_MAX`].
 pub const RETRY_BASE: Duration = Duration::from_millis(500);
@@ -87,10 +114,6 @@ pub const MAILBOX_POLL: Duration = Duration::from_secs(15);
 
 /// Messages asked for per mailbox fetch.
 pub const FETCH_PAGE: u32 = 256;
-
-/// Receipt copies being delivered at once (each retries with backoff until it goes through).
-/// Past this, a receipt waits, owed in the store, for a later round (relay up, heartbeat).
-pub const MAX_RECEIPTS_IN_FLIGHT: usize = 1024;
 
 /// History messages scanned back to find this device's last sequence number in a
 /// conversation (once per conversation per run).

@@ -127,7 +127,12 @@ impl Node {
             seq: HashMap::new(),
             events: events.clone(),
             internal: internal_tx,
-            in_flight: HashSet::new(),
+            lanes_busy: HashSet::new(),
+            fetching: HashSet::new(),
+            refetch: HashSet::new(),
+            reorder: HashMap::new(),
+            resend_asked: HashMap::new(),
+            lost: HashSet::new(),
             away: false,
             presence: HashMap::new(),
             inbound_sessions: 0,
@@ -138,8 +143,6 @@ impl Node {
             device_created_ms,
             listen: Vec::new(),
             direct: config.direct,
-            receipts_in_flight: Default::default(),
-            receipts_sending: HashSet::new(),
             setup_pending: HashSet::new(),
             groups: HashMap::new(),
             peers: HashMap::new(),
@@ -184,6 +187,45 @@ impl Node {
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 
+    /// Queues a command now and returns its pending reply: commands queued one after another
+    /// reach the engine in that order, however long their replies take.
+    async fn queue<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Command,
+    ) -> Result<Pending<T>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        Ok(Pending(rx))
+    }
+
+    /// Queues a text to a contact and returns its pending reply (see [`Pending`]): texts
+    /// queued one after another are sent in that order. [`Node::send`] waits for it.
+    pub async fn queue_send(
+        &self,
+        contact: String,
+        text: String,
+    ) -> Result<Pending<MessageInfo>, NodeError> {
+        self.queue(|reply| Command::Send {
+            contact,
+            text,
+            reply,
+        })
+        .await
+    }
+
+    /// Queues a text to a group, like [`Node::queue_send`].
+    pub async fn queue_group_send(
+        &self,
+        group: String,
+        text: String,
+    ) -> Result<Pending<MessageInfo>, NodeError> {
+        self.queue(|reply| Command::Group(GroupCommand::Send { group, text, reply }))
+            .await
+    }
+
     /// This user and device.
     pub async fn id(&self) -> Result<IdInfo, NodeError> {
         self.call(Command::Id).await
@@ -224,12 +266,7 @@ impl Node {
 
     /// Sends a text to a contact (name or user id).
     pub async fn send(&self, contact: String, text: String) -> Result<MessageInfo, NodeError> {
-        self.call(|reply| Command::Send {
-            contact,
-            text,
-            reply,
-        })
-        .await
+        self.queue_send(contact, text).await?.wait().await
     }
 
     /// A page of a conversation in display order; `mark_read` marks it read and sends read
@@ -377,8 +414,7 @@ impl Node {
 
     /// Sends a text to a group: encrypted once with this device's sender key.
     pub async fn group_send(&self, group: String, text: String) -> Result<MessageInfo, NodeError> {
-        self.call(|reply| Command::Group(GroupCommand::Send { group, text, reply }))
-            .await
+        self.queue_group_send(group, text).await?.wait().await
     }
 
     /// A page of a group's history in display order (the same order on every member
@@ -501,4 +537,15 @@ pub async fn link_new_device(
     drop(net);
     task.abort();
     result
+}
+
+/// The reply to a command already queued at the engine ([`Node::queue_send`]).
+#[derive(Debug)]
+pub struct Pending<T>(oneshot::Receiver<Result<T, NodeError>>);
+
+impl<T> Pending<T> {
+    /// Waits for the engine's reply.
+    pub async fn wait(self) -> Result<T, NodeError> {
+        self.0.await.map_err(|_| NodeError::Stopped)?
+    }
 }

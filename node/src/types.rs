@@ -168,7 +168,7 @@ pub struct StatusInfo {
     /// Addresses the node listens on.
     pub listen: Vec<String>,
     /// Outbox rows waiting for delivery.
-    pub outbox: usize,
+    pub outbox: u64,
     /// Open connections to contacts' devices.
     pub peers: Vec<PeerInfo>,
 }
@@ -280,6 +280,11 @@ pub enum Event {
         user_id: String,
         /// Device.
         device_id: String,
+        /// Why: `message_key_gone` (it came after its key was discarded; the sender is asked
+        /// to send again), `cannot_decrypt` (no session reads it; the sender is asked to send
+        /// again), `group_message` (a group message that does not open), `group_key_missing`
+        /// (its sender key never came).
+        reason: String,
     },
     /// A group's membership or title changed (or this user joined it).
     Group {

@@ -460,6 +460,75 @@ impl Store {
         Ok(found.is_some())
     }
 
+    /// Own texts of `sender_device` in a conversation with a sequence number above
+    /// `after_seq` that are past pending and have no outbox row for `recipient_device`: what
+    /// a resend request from that device asks for. Lowest sequence first, at most `limit`
+    /// (capped at [`MAX_PAGE_SIZE`]).
+    pub fn resend_candidates(
+        &self,
+        conversation: &ConversationId,
+        sender_device: &str,
+        after_seq: u64,
+        recipient_device: &str,
+        limit: u32,
+    ) -> Result<Vec<Message>, ReadError> {
+        const OP: &str = "read texts to send again";
+        let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
+            return Ok(Vec::new());
+        };
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
+             WHERE m.conversation = ?1 AND m.sender_device = ?2 AND m.own = 1 AND m.seq > ?3 \
+             AND m.status != ?4 AND m.body_kind = ?5 \
+             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid AND o.recipient_device = ?6) \
+             ORDER BY m.seq LIMIT ?7"
+        );
+        let rows = self
+            .query(
+                &sql,
+                params![
+                    conv,
+                    sender_device,
+                    after,
+                    Status::Pending.code(),
+                    BODY_TEXT,
+                    recipient_device,
+                    limit.clamp(1, MAX_PAGE_SIZE)
+                ],
+            )
+            .read_ctx(OP)?;
+        rows.into_iter().map(|r| decode(OP, r)).collect()
+    }
+
+    /// The highest sequence number `s` such that the conversation holds every message
+    /// `1..=s` from `sender_device` (0 when it lacks the first): where a gap starts.
+    pub fn contiguous_sequence(
+        &self,
+        conversation: &ConversationId,
+        sender_device: &str,
+    ) -> Result<u64, ReadError> {
+        const OP: &str = "find the first missing sequence number";
+        let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
+            return Ok(0);
+        };
+        let seqs: Vec<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT seq FROM messages WHERE conversation = ?1 AND sender_device = ?2 AND seq > 0 ORDER BY seq",
+            )
+            .and_then(|mut s| s.query_map(params![conv, sender_device], |r| r.get(0))?.collect())
+            .read_ctx(OP)?;
+        let mut through = 0u64;
+        for seq in seqs {
+            if u64::try_from(seq).ok() != Some(through + 1) {
+                break;
+            }
+            through += 1;
+        }
+        Ok(through)
+    }
+
     fn query(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<Vec<RawMessage>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(p, raw)?;

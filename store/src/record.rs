@@ -434,4 +434,42 @@ impl Store {
             )
             .collect()
     }
+
+    /// Fan-out rows (those sharing one payload, [`Tx::record_outgoing_fanout`]) due at
+    /// `now_ms`, earliest first, at most `limit` (capped at [`MAX_PAGE_SIZE`]). Each comes
+    /// with the shared payload.
+    pub fn due_fanout(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEntry>, ReadError> {
+        const OP: &str = "read due fan-out rows";
+        let rows: Vec<RawOutbox> = self
+            .conn
+            .prepare_cached(
+                "SELECT m.id, o.recipient_user, o.recipient_device, s.payload, o.attempts, o.next_attempt_ms \
+                 FROM outbox o JOIN messages m ON m.rowid = o.message \
+                 JOIN outbox_shared s ON s.message = o.message WHERE length(o.payload) = 0 AND o.next_attempt_ms <= ?1 \
+                 ORDER BY o.next_attempt_ms, o.rowid LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![now_ms, limit.clamp(1, MAX_PAGE_SIZE)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })?
+                .collect()
+            })
+            .read_ctx(OP)?;
+        rows.into_iter()
+            .map(
+                |(id, recipient_user, recipient_device, payload, attempts, next_attempt_ms)| {
+                    Ok(OutboxEntry {
+                        message_id: message_id(OP, &id)?,
+                        delivery: Delivery {
+                            recipient_user,
+                            recipient_device,
+                            payload,
+                        },
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        next_attempt_ms,
+                    })
+                },
+            )
+            .collect()
+    }
 }

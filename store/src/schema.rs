@@ -20,6 +20,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V3_LEDGER_AND_BLOBS,
     V4_RECEIPTS_DUE,
     V5_GROUPS,
+    V6_LANES,
 ];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
@@ -253,6 +254,47 @@ CREATE TABLE group_owed (
 );
 "#;
 
+/// Version 6: the outbox as ordered lanes, and the ledger of pairwise messages read.
+///
+/// Rows get an id that only grows and is never reused (`AUTOINCREMENT`; an explicit integer
+/// key also survives `VACUUM`, which may renumber implicit rowids). For one recipient device,
+/// id order is the order its ciphertexts were encrypted in (each is inserted in the
+/// transaction that saves the ratchet state that made it), which is the order they must go
+/// on the wire. A row may belong to no message: a receipt or a resend request. The partial
+/// index serves the lanes (pairwise rows carry their own payload; fan-out rows share one).
+/// `pairwise_seen` keeps the digest of every pairwise message read, so a copy whose key is
+/// gone is told from a message that was lost. `messages_sender_seq` serves the per-sender
+/// sequence look-ups of hold-back and resend (they scanned the whole conversation).
+const V6_LANES: &str = r#"
+CREATE TABLE outbox_v6 (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    message          INTEGER REFERENCES messages(rowid) ON DELETE CASCADE,
+    recipient_device TEXT NOT NULL,
+    recipient_user   TEXT NOT NULL,
+    payload          BLOB NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms  INTEGER NOT NULL,
+    created_at_ms    INTEGER NOT NULL,
+    UNIQUE (message, recipient_device)
+);
+INSERT INTO outbox_v6 (message, recipient_device, recipient_user, payload, attempts, next_attempt_ms, created_at_ms)
+    SELECT message, recipient_device, recipient_user, payload, attempts, next_attempt_ms, created_at_ms
+    FROM outbox ORDER BY rowid;
+DROP TABLE outbox;
+ALTER TABLE outbox_v6 RENAME TO outbox;
+CREATE INDEX outbox_due ON outbox(next_attempt_ms);
+CREATE INDEX outbox_message ON outbox(message);
+CREATE INDEX outbox_lane ON outbox(recipient_device, id) WHERE length(payload) > 0;
+CREATE TABLE pairwise_seen (
+    peer_device TEXT NOT NULL,
+    digest      BLOB NOT NULL,
+    seen_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (peer_device, digest)
+) WITHOUT ROWID;
+CREATE INDEX pairwise_seen_age ON pairwise_seen(seen_at_ms);
+CREATE INDEX messages_sender_seq ON messages(conversation, sender_device, seq);
+"#;
+
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection) -> Result<u32, rusqlite::Error> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -331,7 +373,9 @@ mod tests {
                  VALUES (x'00000000000000000000000000000001', 1, 'alice', 'a1', 1, 1, 1, 2, 0, 5, 0, 'written before search existed'),
                         (x'00000000000000000000000000000002', 1, 'alice', 'a1', 2, 2, 3, 4, 0, 5, 0, 'zweite Nachricht');
                  INSERT INTO sessions (peer_device, session_id, pickle, created_at_ms, used_at_ms, current)
-                 VALUES ('a1', 's1', x'0102', 1, 1, 1);",
+                 VALUES ('a1', 's1', x'0102', 1, 1, 1);
+                 INSERT INTO outbox (message, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms)
+                 VALUES (2, 'b1', 'bob', x'0105', 0, 1), (1, 'b1', 'bob', x'0105', 0, 1);",
             )
             .unwrap();
         }
@@ -365,6 +409,18 @@ mod tests {
                 assert_eq!(hits.len(), 1, "from {from}");
                 assert_eq!(store.search("nachricht", None, None).unwrap().hits.len(), 1);
             }
+            // Outbox rows keep their order (the row inserted first stays first in its lane).
+            let lane = store.lane("b1", 10).unwrap();
+            let ids: Vec<_> = lane.iter().filter_map(|r| r.message).collect();
+            let expected: Vec<MessageId> = if from >= 1 {
+                vec![
+                    MessageId([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]),
+                    MessageId([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                ]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(ids, expected, "from {from}");
             let replayed = store.transaction(|tx| tx.is_replay("g1", 7)).unwrap();
             assert_eq!(replayed, from >= 3, "from {from}");
             // Receipts can be owed after the last step, whatever the file started at.

@@ -119,6 +119,14 @@ pub enum CryptoUpdate<'a> {
     OutboundGroup(&'a OutboundGroupSession),
     /// An inbound group session's new state.
     InboundGroup(&'a InboundGroupSession),
+    /// A pairwise message was read: its digest goes into the ledger that tells a later copy
+    /// (a duplicate) from a message whose key is gone (a loss).
+    PairwiseSeen {
+        /// The remote device.
+        peer_device: &'a str,
+        /// `tern_crypto::session::message_digest` of the ciphertext.
+        digest: &'a [u8; 16],
+    },
     /// A group message index to put in the replay ledger.
     Replay {
         /// Session id.
@@ -147,6 +155,10 @@ impl Tx<'_> {
                 CryptoUpdate::Replay { session_id, index } => {
                     ReplayLedger::record(self, session_id, index)?
                 }
+                CryptoUpdate::PairwiseSeen {
+                    peer_device,
+                    digest,
+                } => self.mark_pairwise_seen(peer_device, digest, now_ms)?,
             }
         }
         Ok(())

@@ -67,6 +67,8 @@ pub struct Store {
     pub(crate) conn: Connection,
     /// For error messages.
     path: PathBuf,
+    /// A batch is open ([`Store::begin_batch`]): transactions run as savepoints inside it.
+    batch: bool,
 }
 
 impl Store {
@@ -91,6 +93,7 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_owned(),
+            batch: false,
         })
     }
 
@@ -101,18 +104,65 @@ impl Store {
 
     /// Runs `f` in one write transaction: committed if `f` returns `Ok`, rolled back otherwise
     /// (and if the process dies before the commit).
+    ///
+    /// Inside a batch ([`Store::begin_batch`]) it is a savepoint: `f`'s changes are undone if
+    /// it fails, and made durable only when the batch commits.
     pub fn transaction<T, E>(&mut self, f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<WriteError>,
     {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .write_ctx("begin transaction")?;
+        let tx = if self.batch {
+            TxInner::Savepoint(self.conn.savepoint().write_ctx("begin savepoint")?)
+        } else {
+            TxInner::Tx(
+                self.conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .write_ctx("begin transaction")?,
+            )
+        };
         let mut tx = Tx { tx };
         let out = f(&mut tx)?;
         tx.tx.commit().write_ctx("commit transaction")?;
         Ok(out)
+    }
+
+    /// Opens a batch: the transactions that follow, until [`Store::end_batch`], commit
+    /// together, with one sync to disk instead of one each. Each still applies all or
+    /// nothing; a crash before the batch commits loses all of them, so nothing that depends
+    /// on them being durable (an acknowledgement, a ciphertext on the wire) may happen before.
+    /// Opening a batch while one is open is an error.
+    pub fn begin_batch(&mut self) -> Result<(), WriteError> {
+        if self.batch {
+            return Err(WriteError::OutOfRange {
+                op: "begin batch",
+                field: "batch",
+                reason: "a batch is already open",
+            });
+        }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .write_ctx("begin batch")?;
+        self.batch = true;
+        Ok(())
+    }
+
+    /// Commits the open batch (a no-op without one). On failure everything in it is rolled
+    /// back.
+    pub fn end_batch(&mut self) -> Result<(), WriteError> {
+        if !self.batch {
+            return Ok(());
+        }
+        self.batch = false;
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e).write_ctx("commit batch");
+        }
+        Ok(())
+    }
+
+    /// Whether a batch is open.
+    pub fn in_batch(&self) -> bool {
+        self.batch
     }
 
     /// The schema version of the open file.
@@ -124,7 +174,33 @@ impl Store {
 /// An open write transaction. Dropping it without [`Store::transaction`] finishing rolls back.
 #[derive(Debug)]
 pub struct Tx<'a> {
-    pub(crate) tx: rusqlite::Transaction<'a>,
+    pub(crate) tx: TxInner<'a>,
+}
+
+/// A transaction of its own, or a savepoint inside a batch.
+#[derive(Debug)]
+pub(crate) enum TxInner<'a> {
+    Tx(rusqlite::Transaction<'a>),
+    Savepoint(rusqlite::Savepoint<'a>),
+}
+
+impl TxInner<'_> {
+    fn commit(self) -> rusqlite::Result<()> {
+        match self {
+            TxInner::Tx(t) => t.commit(),
+            TxInner::Savepoint(s) => s.commit(),
+        }
+    }
+}
+
+impl std::ops::Deref for TxInner<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            TxInner::Tx(t) => t,
+            TxInner::Savepoint(s) => s,
+        }
+    }
 }
 
 /// Keys and configures a connection and checks that the file is a Tern store this code can
@@ -326,4 +402,64 @@ fn random_salt(path: &Path) -> Result<[u8; SALT_LEN], OpenError> {
         source: crate::KeyError::Random(e),
     })?;
     Ok(salt)
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use crate::{StorageKey, Store, Unlock, WriteError};
+
+    fn open(path: &std::path::Path) -> Store {
+        let mut k = [4u8; 32];
+        Store::open(path, Unlock::Key(&StorageKey::from_bytes(&mut k))).unwrap()
+    }
+
+    fn ledger(store: &mut Store, byte: u8) -> Result<(), WriteError> {
+        store.transaction(|tx| tx.mark_pairwise_seen("d", &[byte; 16], 1))
+    }
+
+    #[test]
+    fn a_batch_commits_once_and_a_failed_transaction_inside_it_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let mut store = open(&path);
+        store.begin_batch().unwrap();
+        assert!(store.in_batch());
+        assert!(store.begin_batch().is_err(), "batches do not nest");
+        ledger(&mut store, 1).unwrap();
+        let failed: Result<(), WriteError> = store.transaction(|tx| {
+            tx.mark_pairwise_seen("d", &[2; 16], 1)?;
+            Err(WriteError::OutOfRange {
+                op: "test",
+                field: "x",
+                reason: "fails on purpose",
+            })
+        });
+        assert!(failed.is_err());
+        // Reads inside the batch see what it wrote so far.
+        assert!(store.pairwise_seen("d", &[1; 16]).unwrap());
+        assert!(!store.pairwise_seen("d", &[2; 16]).unwrap());
+        store.end_batch().unwrap();
+        assert!(!store.in_batch());
+        drop(store);
+        let store = open(&path);
+        assert!(store.pairwise_seen("d", &[1; 16]).unwrap());
+        assert!(!store.pairwise_seen("d", &[2; 16]).unwrap());
+    }
+
+    #[test]
+    fn a_batch_never_committed_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let mut store = open(&path);
+        store.begin_batch().unwrap();
+        ledger(&mut store, 1).unwrap();
+        drop(store); // as a crash would
+        let mut store = open(&path);
+        assert!(!store.pairwise_seen("d", &[1; 16]).unwrap());
+        // Outside a batch a transaction is durable on its own.
+        ledger(&mut store, 3).unwrap();
+        store.end_batch().unwrap();
+        drop(store);
+        assert!(open(&path).pairwise_seen("d", &[3; 16]).unwrap());
+    }
 }

@@ -56,6 +56,21 @@ pub struct ApiClient {
     events: VecDeque<Event>,
 }
 
+/// The result or error a JSON-RPC response carries.
+fn reply(v: &Value) -> Result<Value, ClientError> {
+    match v.get("error") {
+        Some(err) => Err(ClientError::Rpc {
+            code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("error")
+                .to_owned(),
+        }),
+        None => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
+    }
+}
+
 impl ApiClient {
     /// Connects to the node running for `home` (from its `node.json` and `api.token`).
     pub async fn for_home(home: &Home) -> Result<Self, ClientError> {
@@ -106,18 +121,55 @@ impl ApiClient {
             if v.get("id").and_then(Value::as_u64) != Some(id) {
                 continue;
             }
-            if let Some(err) = v.get("error") {
-                return Err(ClientError::Rpc {
-                    code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
-                    message: err
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("error")
-                        .to_owned(),
-                });
-            }
-            return Ok(v.get("result").cloned().unwrap_or(Value::Null));
+            return reply(&v);
         }
+    }
+
+    /// Sends every call at once, without waiting between them (as a UI or a script
+    /// pipelines them on one connection), then collects the replies: one result per call,
+    /// in the order of `calls`.
+    pub async fn call_many(
+        &mut self,
+        calls: &[(&str, Value)],
+    ) -> Result<Vec<Result<Value, ClientError>>, ClientError> {
+        let first = self.next_id;
+        for (method, params) in calls {
+            let id = self.next_id;
+            self.next_id += 1;
+            let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+            self.ws
+                .feed(Message::text(req.to_string()))
+                .await
+                .map_err(|e| ClientError::Connection(e.to_string()))?;
+        }
+        self.ws
+            .flush()
+            .await
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        let mut out: Vec<Option<Result<Value, ClientError>>> =
+            std::iter::repeat_with(|| None).take(calls.len()).collect();
+        let mut left = calls.len();
+        while left > 0 {
+            let v = self.read().await?;
+            if v.get("method").and_then(Value::as_str) == Some("event") {
+                self.buffer(v);
+                continue;
+            }
+            let Some(slot) = v
+                .get("id")
+                .and_then(Value::as_u64)
+                .and_then(|id| id.checked_sub(first))
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| out.get_mut(i))
+            else {
+                continue;
+            };
+            if slot.is_none() {
+                left -= 1;
+            }
+            *slot = Some(reply(&v));
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     fn buffer(&mut self, v: Value) {

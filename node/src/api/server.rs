@@ -192,8 +192,25 @@ async fn connection(
             let _ = out_tx.send(result_response(id, json!(true))).await;
             continue;
         }
-        let node = node.clone();
         let out = out_tx.clone();
+        // Sends are queued at the engine here, in the order they came on this connection, so
+        // a client that pipelines texts has them sent (and numbered) in its order; only the
+        // wait for the reply runs apart.
+        if let Some(queued) = queue_ordered(&node, &method, &params).await {
+            tokio::spawn(async move {
+                let reply = match queued {
+                    Ok(pending) => pending.wait().await.and_then(to_value),
+                    Err(e) => Err(e),
+                };
+                let reply = match reply {
+                    Ok(v) => result_response(id, v),
+                    Err(e) => error_response(id, e.code(), &e.to_string()),
+                };
+                let _ = out.send(reply).await;
+            });
+            continue;
+        }
+        let node = node.clone();
         tokio::spawn(async move {
             let reply = match dispatch(&node, &method, &params).await {
                 Ok(v) => result_response(id, v),
@@ -323,6 +340,26 @@ fn to_value<T: serde::Serialize>(v: T) -> Result<Value, NodeError> {
     serde_json::to_value(v).map_err(|e| NodeError::BadRequest(e.to_string()))
 }
 
+/// Queues a method whose order matters (a text to a contact or a group) at the engine now;
+/// `None` for every other method.
+async fn queue_ordered(
+    node: &Node,
+    method: &str,
+    p: &Value,
+) -> Option<Result<crate::Pending<crate::types::MessageInfo>, NodeError>> {
+    Some(match method {
+        "send" => match (str_param(p, "contact"), str_param(p, "text")) {
+            (Ok(c), Ok(t)) => node.queue_send(c, t).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        "group_send" => match (str_param(p, "group"), str_param(p, "text")) {
+            (Ok(g), Ok(t)) => node.queue_group_send(g, t).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        _ => return None,
+    })
+}
+
 async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeError> {
     match method {
         "id.show" => to_value(node.id().await?),
@@ -341,10 +378,6 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         "contact.list" => to_value(node.contacts().await?),
         "device.add" => to_value(node.device_add(str_param(p, "code")?).await?),
         "device.list" => to_value(node.devices().await?),
-        "send" => to_value(
-            node.send(str_param(p, "contact")?, str_param(p, "text")?)
-                .await?,
-        ),
         "history" => to_value(
             node.history(
                 str_param(p, "contact")?,
@@ -393,10 +426,6 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         "group_leave" => to_value(node.group_leave(str_param(p, "group")?).await?),
         "group_info" => to_value(node.group_info(str_param(p, "group")?).await?),
         "group_list" => to_value(node.groups().await?),
-        "group_send" => to_value(
-            node.group_send(str_param(p, "group")?, str_param(p, "text")?)
-                .await?,
-        ),
         "group_history" => to_value(
             node.group_history(
                 str_param(p, "group")?,

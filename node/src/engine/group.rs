@@ -849,14 +849,11 @@ impl Engine {
             }
             Ok(())
         })?;
-        for d in deliveries {
-            self.start_delivery(tern_store::OutboxEntry {
-                message_id: id,
-                delivery: d,
-                attempts: 0,
-                next_attempt_ms: now,
-            });
-        }
+        self.kick_lanes(
+            deliveries
+                .iter()
+                .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
+        );
         Ok(failed)
     }
 
@@ -1296,6 +1293,7 @@ impl Engine {
                 self.emit(Event::Undecryptable {
                     user_id: stored.sender_user.clone(),
                     device_id: device_key,
+                    reason: "group_message".into(),
                 });
                 return Ok(GroupOutcome::Done);
             }
@@ -1340,6 +1338,7 @@ impl Engine {
                     self.emit(Event::Undecryptable {
                         user_id: owner.unwrap_or_default(),
                         device_id: s.sender_device.clone(),
+                        reason: "group_key_missing".into(),
                     });
                     true
                 }
@@ -1580,14 +1579,11 @@ impl Engine {
             self.store
                 .transaction(|tx| tx.advance_status(id, Status::Sent))?;
         }
-        for d in deliveries {
-            self.start_delivery(tern_store::OutboxEntry {
-                message_id: id,
-                delivery: d,
-                attempts: 0,
-                next_attempt_ms: now,
-            });
-        }
+        self.kick_lanes(
+            deliveries
+                .iter()
+                .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
+        );
         self.start_fanout(id, ciphertext, fan, 0);
         Ok(info)
     }
@@ -1695,6 +1691,11 @@ impl Engine {
         recipients: Vec<(String, String)>,
         attempts: u32,
     ) {
+        // Inside a store batch the rows are not durable yet: the batch's owner dispatches
+        // once it commits.
+        if self.store.in_batch() {
+            return;
+        }
         let recipients: Vec<(String, String)> = recipients
             .into_iter()
             .filter(|(_, d)| self.fan_in_flight.insert((id, d.clone())))
@@ -1744,7 +1745,7 @@ impl Engine {
                     Err(e) => {
                         // The first relay failed: each device tries its other relays.
                         for (dev, peer, relays) in group {
-                            let r = super::send::deliver(
+                            let r = super::lanes::deliver(
                                 &net,
                                 peer,
                                 &relays[1.min(relays.len())..],

@@ -8,7 +8,9 @@ mod contacts;
 mod devices;
 pub(crate) mod group;
 pub(crate) mod hold;
+mod lanes;
 mod receive;
+mod recover;
 mod send;
 
 pub(crate) use contacts::load_contacts as contacts_load;
@@ -134,23 +136,19 @@ pub(crate) enum GroupCommand {
 /// Results of work the engine spawned.
 #[derive(Debug)]
 pub(crate) enum Internal {
-    /// A delivery attempt of an outbox row finished.
-    Delivered {
-        id: MessageId,
+    /// A lane task finished: the rows it delivered, and the row it stopped at (with its
+    /// attempts so far and why).
+    LaneDone {
         device: String,
-        attempts: u32,
-        result: Result<(), NetError>,
+        acked: Vec<i64>,
+        failed: Option<(i64, u32, NetError)>,
     },
+    /// A mailbox drain of this relay finished.
+    FetchDone { relay: PeerId },
     /// A page of mail fetched from a relay.
     Fetched {
         relay: PeerId,
         envelopes: Vec<tern_relay::wire::mailbox::Envelope>,
-    },
-    /// A receipt task finished (`delivered`: every copy went through).
-    ReceiptsDelivered {
-        kind: tern_store::ReceiptKind,
-        ids: Vec<MessageId>,
-        delivered: bool,
     },
     /// Current presence fetched by a subscription.
     Presence(Vec<presence::Entry>),
@@ -231,7 +229,21 @@ pub(crate) struct Engine {
     pub seq: HashMap<String, u64>,
     pub events: broadcast::Sender<Event>,
     pub internal: mpsc::Sender<Internal>,
-    pub in_flight: HashSet<(MessageId, String)>,
+    /// Devices whose lane a task is sending now.
+    pub lanes_busy: HashSet<String>,
+    /// Relays whose mailbox a task is draining now (one drain per relay at a time, so mail
+    /// is taken in the relay's order).
+    pub fetching: HashSet<PeerId>,
+    /// Relays to drain again (mail was left waiting for its predecessors, or a drain was
+    /// asked for while one ran); done on the next outbox tick.
+    pub refetch: HashSet<PeerId>,
+    /// Pairwise messages waiting for earlier messages of their chain: digest → first seen.
+    pub reorder: HashMap<[u8; 16], std::time::Instant>,
+    /// When a resend was last asked of each remote device.
+    pub resend_asked: HashMap<String, std::time::Instant>,
+    /// (user, device) a message was lost from in the batch being processed: asked to send
+    /// again once the batch is done.
+    pub lost: HashSet<(String, String)>,
     pub away: bool,
     pub presence: HashMap<PeerId, presence::Entry>,
     pub inbound_sessions: u32,
@@ -247,10 +259,6 @@ pub(crate) struct Engine {
     pub listen: Vec<Multiaddr>,
     /// Whether direct connections to contacts are made and used.
     pub direct: bool,
-    /// Receipts being delivered (bounded by `MAX_RECEIPTS_IN_FLIGHT`).
-    pub receipts_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Owed receipts a task is delivering now: (message, kind).
-    pub receipts_sending: HashSet<(MessageId, tern_store::ReceiptKind)>,
     /// Home relays whose connection routine did not complete (retried every heartbeat).
     pub setup_pending: HashSet<PeerId>,
     /// Groups by id (hex).
@@ -444,6 +452,8 @@ impl Engine {
                     self.flush_notifications();
                     self.encrypt_waiting(false).await;
                     self.dispatch_due(false);
+                    self.refetch_due();
+                    self.prune_reorder();
                     for message in self.hold.expired(std::time::Instant::now()) {
                         self.emit(Event::Message { message });
                     }
@@ -467,6 +477,7 @@ impl Engine {
                     self.owed_due = true;
                     self.deliver_owed().await;
                     self.send_owed_receipts();
+                    self.prune_seen_ledger();
                     for relay in self.setup_pending.clone() {
                         if self.relay_up.contains(&relay) {
                             self.on_home_relay_up(relay).await;
@@ -633,38 +644,23 @@ impl Engine {
     }
 
     fn on_internal_batch(&mut self, batch: Vec<Internal>) {
-        let mut delivered = Vec::new();
         for msg in batch {
-            match msg {
-                Internal::Delivered {
-                    id,
-                    device,
-                    result: Ok(()),
-                    ..
-                } => delivered.push((id, device)),
-                other => self.on_internal(other),
-            }
-        }
-        if !delivered.is_empty() {
-            self.on_delivered_many(delivered);
+            self.on_internal(msg);
         }
     }
 
     fn on_internal(&mut self, msg: Internal) {
         match msg {
-            Internal::Delivered {
-                id,
+            Internal::LaneDone {
                 device,
-                attempts,
-                result,
-            } => self.on_delivered(id, device, attempts, result),
+                acked,
+                failed,
+            } => self.on_lane_done(device, acked, failed),
             Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
+            Internal::FetchDone { relay } => {
+                self.fetching.remove(&relay);
+            }
             Internal::Presence(entries) => self.on_presence(entries),
-            Internal::ReceiptsDelivered {
-                kind,
-                ids,
-                delivered,
-            } => self.on_receipts_delivered(kind, ids, delivered),
             Internal::FannedOut {
                 id,
                 attempts,
@@ -751,7 +747,13 @@ impl Engine {
         }
     }
 
-    pub(crate) fn fetch_mailbox(&self, relay: PeerId) {
+    /// Drains the mailbox at `relay` from its start, page by page, in the relay's order. One
+    /// drain per relay runs at a time; one asked for meanwhile runs on the next tick after it.
+    pub(crate) fn fetch_mailbox(&mut self, relay: PeerId) {
+        if !self.fetching.insert(relay) {
+            self.refetch.insert(relay);
+            return;
+        }
         let net = self.net.clone();
         let tx = self.internal.clone();
         tokio::spawn(async move {
@@ -772,16 +774,31 @@ impl Engine {
                             return;
                         }
                         if !more || empty {
-                            return;
+                            break;
                         }
                     }
                     Err(e) => {
                         tracing::debug!(%relay, "mailbox fetch failed: {e}");
-                        return;
+                        break;
                     }
                 }
             }
+            let _ = tx.send(Internal::FetchDone { relay }).await;
         });
+    }
+
+    /// Starts the drains asked for while others ran or for mail left waiting.
+    fn refetch_due(&mut self) {
+        let due: Vec<PeerId> = self
+            .refetch
+            .iter()
+            .filter(|r| !self.fetching.contains(*r) && self.relay_up.contains(*r))
+            .copied()
+            .collect();
+        for relay in due {
+            self.refetch.remove(&relay);
+            self.fetch_mailbox(relay);
+        }
     }
 
     fn heartbeat(&self) {
@@ -821,7 +838,7 @@ impl Engine {
     }
 
     fn status_info(&self, peers: Vec<net::PeerConnections>) -> Result<StatusInfo, NodeError> {
-        let outbox = self.store.due_deliveries(i64::MAX, 500)?.len();
+        let outbox = self.store.outbox_depth()?;
         let home = self.home_relay_peers();
         let mut relays: Vec<RelayInfo> = self
             .home_relays

@@ -27,20 +27,62 @@ enum Outcome {
     Ack,
     /// Not handled now (unknown sender, storage failure): leave it in the mailbox.
     Keep,
+    /// Ahead of its chain: earlier messages from its sender have not been read yet. Left in
+    /// the mailbox (drained again shortly) or refused on the direct path (the sender then
+    /// uses the mailbox), for at most [`crate::consts::REORDER_WAIT`].
+    Wait,
+    /// Storing it failed: left in the mailbox; the device keys are reloaded from the store
+    /// once the batch around it is settled, so memory never runs ahead of the disk.
+    Failed,
 }
 
 impl Engine {
+    /// A page of mail (fetched or pushed), in the relay's order. Its messages are stored in
+    /// one batch (one sync to disk for the page, each message still all or nothing with its
+    /// ratchet state); only after the batch commits is anything acknowledged, receipted or
+    /// sent.
     pub(crate) fn on_mail(&mut self, relay: PeerId, envelopes: Vec<mailbox::Envelope>) {
         let mut acks = Vec::new();
         let mut receipts: HashMap<String, Vec<MessageId>> = HashMap::new();
-        for env in envelopes {
-            if self.process(env.sender, &env.ciphertext, &mut receipts) == Outcome::Ack {
-                acks.push(env.id);
+        let batched = match self.store.begin_batch() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("cannot open a store batch, storing one by one: {e}");
+                false
             }
+        };
+        let mut failed = false;
+        for env in envelopes {
+            match self.process(env.sender, &env.ciphertext, &mut receipts) {
+                Outcome::Ack => acks.push(env.id),
+                Outcome::Wait => {
+                    self.refetch.insert(relay);
+                }
+                Outcome::Keep => {}
+                Outcome::Failed => {
+                    // The rest of the page stays at the relay and comes again.
+                    failed = true;
+                    self.refetch.insert(relay);
+                    break;
+                }
+            }
+        }
+        if batched && let Err(e) = self.store.end_batch() {
+            tracing::error!("storing a page of mail failed (it comes again): {e}");
+            acks.clear();
+            receipts.clear();
+            self.lost.clear();
+            self.lamport.clear();
+            failed = true;
+            self.refetch.insert(relay);
+        }
+        if failed {
+            self.reload_device();
         }
         for (user, ids) in receipts {
             self.send_receipt(&user, ReceiptKind::Delivered, ids);
         }
+        self.ask_resend();
         if !acks.is_empty() {
             let net = self.net.clone();
             tokio::spawn(async move {
@@ -52,19 +94,25 @@ impl Engine {
             });
         }
         self.maybe_top_up();
+        // Lanes and fan-outs asked for while the batch was open start now.
+        self.dispatch_due(false);
     }
 
     pub(crate) fn on_direct(&mut self, peer: PeerId, id: u64, ciphertext: Vec<u8>) {
         let mut receipts = HashMap::new();
         let outcome = self.process(peer, &ciphertext, &mut receipts);
+        if outcome == Outcome::Failed {
+            self.reload_device();
+        }
         for (user, ids) in receipts {
             self.send_receipt(&user, ReceiptKind::Delivered, ids);
         }
+        self.ask_resend();
         let net = self.net.clone();
         tokio::spawn(async move {
             let refused = match outcome {
                 Outcome::Ack => None,
-                Outcome::Keep => Some(ErrorCode::Unavailable),
+                Outcome::Keep | Outcome::Wait | Outcome::Failed => Some(ErrorCode::Unavailable),
             };
             net.respond_direct(id, refused).await;
         });
@@ -106,8 +154,7 @@ impl Engine {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(contact = %user, "storing a received message failed: {e}");
-                self.reload_device();
-                Outcome::Keep
+                Outcome::Failed
             }
         }
     }
@@ -132,24 +179,39 @@ impl Engine {
             return Ok(Outcome::Ack);
         };
         let mut sessions = self.load_sessions(&device, curve)?;
+        let device_key = device.to_peer_id_string();
+        let digest = tern_crypto::session::message_digest(ciphertext);
+        if self.store.pairwise_seen(&device_key, &digest)? {
+            // A copy of a message read before (a redelivery): acknowledged, nothing changes.
+            self.reorder.remove(&digest);
+            return Ok(Outcome::Ack);
+        }
+        if self.must_wait(&sessions, ciphertext, digest) {
+            return Ok(Outcome::Wait);
+        }
         let decrypted = match sessions.decrypt(&mut self.keys.device, ciphertext) {
             Ok(d) => d,
-            Err(SessionError::Duplicate(_) | SessionError::MessageKeyGone(_)) => {
-                return Ok(Outcome::Ack);
-            }
+            Err(SessionError::Duplicate(_)) => return Ok(Outcome::Ack),
             Err(e) => {
-                tracing::warn!(contact = %user, "undecryptable message: {e}");
+                // Not a copy of anything read here (the ledger says so): lost. The user is
+                // told, and the sender is asked to send its texts again.
+                let reason = match e {
+                    SessionError::MessageKeyGone(_) => "message_key_gone",
+                    _ => "cannot_decrypt",
+                };
+                tracing::warn!(contact = %user, reason, "undecryptable message: {e}");
                 self.emit(Event::Undecryptable {
                     user_id: user.to_owned(),
                     device_id: sender.to_string(),
+                    reason: reason.into(),
                 });
+                self.lost.insert((user.to_owned(), device_key));
                 return Ok(Outcome::Ack);
             }
         };
         if decrypted.new_session {
             self.inbound_sessions += 1;
         }
-        let device_key = device.to_peer_id_string();
         let sid = sessions.current_session_id().unwrap_or_default();
         let pickle = sessions.pickle()?;
         let own_device = if decrypted.new_session {
@@ -158,11 +220,17 @@ impl Engine {
             None
         };
         let now = now_ms();
-        let update = [CryptoUpdate::Session {
-            peer_device: &device_key,
-            session_id: &sid,
-            pickle: &pickle,
-        }];
+        let update = [
+            CryptoUpdate::Session {
+                peer_device: &device_key,
+                session_id: &sid,
+                pickle: &pickle,
+            },
+            CryptoUpdate::PairwiseSeen {
+                peer_device: &device_key,
+                digest: &digest,
+            },
+        ];
         let is_contact = self.contacts.contains_key(user);
         let env = match Envelope::decode(&decrypted.plaintext) {
             Ok(env)
@@ -287,6 +355,12 @@ impl Engine {
                         ids: moved,
                         status: status_name(to).into(),
                     });
+                }
+            }
+            Body::Resend { after_seq } => {
+                self.save_crypto(&update, own_device.as_ref(), now)?;
+                if let Err(e) = self.resend_to(user, device, after_seq) {
+                    tracing::warn!(contact = %user, "sending texts again failed: {e}");
                 }
             }
             Body::GroupOp { .. } | Body::GroupOps { .. } => {

@@ -1,27 +1,25 @@
 //! Sending: sessions, encryption per device, the outbox and its deliveries, receipts,
 //! history and read marks.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::time::Duration;
 
-use libp2p::PeerId;
 use serde_bytes::ByteArray;
 use tern_crypto::{DeviceId, prekey::ClaimedPrekey, session::PeerSessions};
 use tern_store::{
-    ConversationId, ConversationKind, CryptoUpdate, Delivery, Message, MessageId, OutboxEntry,
-    Page, SessionStore, Status,
+    ConversationId, ConversationKind, CryptoUpdate, Delivery, Message, MessageId, Page,
+    SessionStore, Status,
 };
 
-use super::{Engine, Internal, device_peer, message_info, parse_message_id};
+use super::{Engine, device_peer, message_info, parse_message_id};
 use crate::{
     consts::{
-        HISTORY_DEFAULT, HISTORY_MAX, MAX_DELIVERIES_IN_FLIGHT, MAX_RECEIPT_IDS,
-        MAX_RECEIPTS_IN_FLIGHT, MAX_TEXT_BYTES, OUTBOX_BATCH, RETRY_BASE, RETRY_MAX,
-        SEQ_SCAN_LIMIT,
+        HISTORY_DEFAULT, HISTORY_MAX, MAX_RECEIPT_IDS, MAX_TEXT_BYTES, OUTBOX_BATCH, RETRY_BASE,
+        RETRY_MAX, SEQ_SCAN_LIMIT,
     },
     envelope::{Body, Conversation, Envelope, ReceiptKind},
     error::NodeError,
     home::now_ms,
-    net::{self, NetError, rpc},
+    net::rpc,
     types::*,
 };
 
@@ -83,31 +81,6 @@ pub(crate) fn random_id() -> Result<[u8; 16], NodeError> {
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| NodeError::Crypto(e.to_string()))?;
     Ok(id)
-}
-
-/// Delivers one ciphertext: directly when a connection to the device is open, else into
-/// its mailbox at one of the contact's relays.
-pub(crate) async fn deliver(
-    net: &net::Client,
-    peer: PeerId,
-    relays: &[PeerId],
-    payload: Vec<u8>,
-    direct: bool,
-) -> Result<(), NetError> {
-    if direct && net.is_connected(peer).await {
-        match net.direct(peer, payload.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e) => tracing::debug!(%peer, "direct delivery failed, using the mailbox: {e}"),
-        }
-    }
-    let mut last = NetError::Transport("the contact has no relay".into());
-    for relay in relays {
-        match rpc::deposit(net, *relay, peer, payload.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 impl Engine {
@@ -278,14 +251,11 @@ impl Engine {
         self.emit(Event::Message {
             message: info.clone(),
         });
-        for d in deliveries {
-            self.start_delivery(OutboxEntry {
-                message_id: message.id,
-                delivery: d,
-                attempts: 0,
-                next_attempt_ms: now,
-            });
-        }
+        self.kick_lanes(
+            deliveries
+                .iter()
+                .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
+        );
         Ok(info)
     }
 
@@ -307,7 +277,7 @@ impl Engine {
 
     /// The text envelope of a stored own message, encrypted once per device: the outbox
     /// rows and each device's ratchet state (device, session id, pickle) after it.
-    fn encrypt_text(
+    pub(crate) fn encrypt_text(
         &self,
         to: &tern_crypto::UserId,
         message: &Message,
@@ -412,16 +382,11 @@ impl Engine {
                             Ok((added, deliveries))
                         });
                 match encrypted {
-                    Ok((true, deliveries)) => {
-                        for d in deliveries {
-                            self.start_delivery(OutboxEntry {
-                                message_id: m.id,
-                                delivery: d,
-                                attempts: 0,
-                                next_attempt_ms: now,
-                            });
-                        }
-                    }
+                    Ok((true, deliveries)) => self.kick_lanes(
+                        deliveries
+                            .iter()
+                            .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
+                    ),
                     // Someone else encrypted it: the sessions in memory ran ahead of the
                     // store and are dropped; the rest waits for the next round.
                     Ok((false, _)) => break,
@@ -434,57 +399,22 @@ impl Engine {
         }
     }
 
-    pub(crate) fn start_delivery(&mut self, entry: OutboxEntry) {
-        let key = (entry.message_id, entry.delivery.recipient_device.clone());
-        if self.in_flight.len() >= MAX_DELIVERIES_IN_FLIGHT || !self.in_flight.insert(key) {
-            return;
-        }
-        let Some(peer) = DeviceId::from_peer_id_string(&entry.delivery.recipient_device)
-            .and_then(|d| device_peer(&d))
-        else {
-            return;
-        };
-        let relays = self
-            .known(&entry.delivery.recipient_user)
-            .map(|c| c.relay_peers())
-            .unwrap_or_default();
-        let net = self.net.clone();
-        let tx = self.internal.clone();
-        let direct = self.direct;
-        tokio::spawn(async move {
-            let result = deliver(&net, peer, &relays, entry.delivery.payload, direct).await;
-            let _ = tx
-                .send(Internal::Delivered {
-                    id: entry.message_id,
-                    device: entry.delivery.recipient_device,
-                    attempts: entry.attempts,
-                    result,
-                })
-                .await;
-        });
-    }
-
-    /// Starts deliveries of due outbox rows (`all`: every row, backoff or not).
+    /// Starts what is due in the outbox (`all`: everything, backoff or not): the lanes of
+    /// pairwise rows ([`super::lanes`]) and group fan-outs (rows of one message that share a
+    /// payload, sent as one deposit per relay).
     pub(crate) fn dispatch_due(&mut self, all: bool) {
-        if self.in_flight.len() >= MAX_DELIVERIES_IN_FLIGHT {
-            return;
-        }
+        self.dispatch_lanes(all);
         let now = if all { i64::MAX } else { now_ms() };
-        let due = match self.store.due_deliveries(now, OUTBOX_BATCH) {
+        let due = match self.store.due_fanout(now, OUTBOX_BATCH) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("reading the outbox failed: {e}");
                 return;
             }
         };
-        // Rows of one message that share a payload (a group message) go as one fan-out.
         let mut fan: Vec<Fan> = Vec::new();
-        let mut single = Vec::new();
         for entry in due {
-            let shared = fan
-                .iter_mut()
-                .find(|(id, p, _, _)| *id == entry.message_id && *p == entry.delivery.payload);
-            match shared {
+            match fan.iter_mut().find(|(id, _, _, _)| *id == entry.message_id) {
                 Some((_, _, to, attempts)) => {
                     to.push((
                         entry.delivery.recipient_user,
@@ -492,7 +422,7 @@ impl Engine {
                     ));
                     *attempts = (*attempts).max(entry.attempts);
                 }
-                None if super::group::is_group_payload(&entry.delivery.payload) => fan.push((
+                None => fan.push((
                     entry.message_id,
                     entry.delivery.payload,
                     vec![(
@@ -501,86 +431,17 @@ impl Engine {
                     )],
                     entry.attempts,
                 )),
-                None => single.push(entry),
             }
         }
         for (id, payload, to, attempts) in fan {
             self.start_fanout(id, payload, to, attempts);
         }
-        for entry in single {
-            if self.in_flight.len() >= MAX_DELIVERIES_IN_FLIGHT {
-                break;
-            }
-            self.start_delivery(entry);
-        }
-    }
-
-    /// Successful deliveries: acknowledged in one transaction; messages whose last row went
-    /// become `sent`.
-    pub(crate) fn on_delivered_many(&mut self, delivered: Vec<(MessageId, String)>) {
-        for key in &delivered {
-            self.in_flight.remove(key);
-        }
-        let out = self.store.transaction(|tx| -> Result<_, NodeError> {
-            let mut done = Vec::new();
-            for (id, device) in &delivered {
-                if tx.ack_delivery(*id, device)? == 0 && !done.contains(id) {
-                    done.push(*id);
-                }
-            }
-            Ok(done)
-        });
-        match out {
-            Ok(done) => {
-                for id in done {
-                    if let Ok(Some(m)) = self.store.message(id)
-                        && m.status == Status::Sent
-                    {
-                        self.emit(Event::Receipt {
-                            conversation: m.conversation.0,
-                            ids: vec![id.to_string()],
-                            status: "sent".into(),
-                        });
-                    }
-                }
-            }
-            Err(e) => tracing::error!("recording deliveries failed (they go again): {e}"),
-        }
-        // Keep the pipe full.
-        self.dispatch_due(false);
-    }
-
-    pub(crate) fn on_delivered(
-        &mut self,
-        id: MessageId,
-        device: String,
-        attempts: u32,
-        result: Result<(), NetError>,
-    ) {
-        match result {
-            Ok(()) => self.on_delivered_many(vec![(id, device)]),
-            Err(e) => {
-                self.in_flight.remove(&(id, device.clone()));
-                let wait = rpc::retry_after(&e)
-                    .unwrap_or_else(|| backoff(attempts))
-                    .min(RETRY_MAX);
-                tracing::debug!(message = %id, "delivery failed ({e}); retrying in {wait:?}");
-                let next = now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0));
-                if let Err(e) = self
-                    .store
-                    .transaction(|tx| tx.reschedule_delivery(id, &device, next))
-                {
-                    tracing::error!("rescheduling a delivery failed: {e}");
-                }
-            }
-        }
     }
 
     /// Sends a receipt to every device of `user` we hold a session with. The receipts are
     /// owed in the store (`receipts_due`, written with the message or the read mark) until
-    /// every copy is delivered; a task retries with backoff meanwhile, and what a crash
-    /// interrupts goes again after the restart ([`Engine::send_owed_receipts`]). The ratchet
-    /// state is stored before anything is sent.
+    /// their ciphertexts are queued in the devices' lanes, in the transaction that saves the
+    /// ratchet state that made them; the lanes deliver them in order with everything else.
     pub(crate) fn send_receipt(&mut self, user: &str, kind: ReceiptKind, ids: Vec<MessageId>) {
         for chunk in ids.chunks(MAX_RECEIPT_IDS) {
             if let Err(e) = self.send_receipt_chunk(user, kind, chunk) {
@@ -594,6 +455,28 @@ impl Engine {
         user: &str,
         kind: ReceiptKind,
         ids: &[MessageId],
+    ) -> Result<(), NodeError> {
+        let body = Body::Receipt {
+            kind,
+            ids: ids.iter().map(|i| ByteArray::new(i.0)).collect(),
+        };
+        let store_kind = store_receipt_kind(kind);
+        self.send_control_to(user, None, body, |tx| {
+            tx.receipts_delivered(store_kind, ids)
+        })
+    }
+
+    /// Encrypts a control envelope (a receipt, a resend request) in the direct conversation
+    /// with `user` for every device of theirs we hold a session with (or only `only`), and
+    /// queues the copies at the end of those devices' lanes, with the ratchet states and
+    /// `also`, in one transaction. With no session to any device nothing is written (what is
+    /// owed stays owed).
+    pub(crate) fn send_control_to(
+        &mut self,
+        user: &str,
+        only: Option<DeviceId>,
+        body: Body,
+        also: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), tern_store::WriteError>,
     ) -> Result<(), NodeError> {
         let Some(state) = self.contacts.get(user).cloned() else {
             return Ok(());
@@ -611,108 +494,49 @@ impl Engine {
             lamport,
             seq: 0,
             sent_at_ms: now_ms(),
-            body: Body::Receipt {
-                kind,
-                ids: ids.iter().map(|i| ByteArray::new(i.0)).collect(),
-            },
+            body,
         };
         let plain = zeroize::Zeroizing::new(env.encode()?);
-        let relays = state.relay_peers();
-        let mut copies = Vec::new();
+        let mut sessions = Vec::new();
         for (device, curve) in state.devices() {
-            let Some(peer) = device_peer(&device) else {
-                continue;
-            };
-            if self.receipts_in_flight.load(Ordering::Relaxed) + copies.len()
-                >= MAX_RECEIPTS_IN_FLIGHT
-            {
-                // Still owed in the store: a later round sends it.
-                tracing::warn!(%peer, "too many receipts in flight; this one waits");
-                return Ok(());
-            }
-            let mut sessions = self.load_sessions(&device, curve)?;
-            if !sessions.has_session() {
+            if only.is_some_and(|o| o != device) {
                 continue;
             }
-            let ct = sessions.encrypt(&plain)?;
-            let pickle = sessions.pickle()?;
-            let key = device.to_peer_id_string();
-            let sid = sessions.current_session_id().unwrap_or_default();
-            let now = now_ms();
-            self.store.transaction(|tx| {
-                tx.apply_crypto(
-                    &[CryptoUpdate::Session {
-                        peer_device: &key,
-                        session_id: &sid,
-                        pickle: &pickle,
-                    }],
-                    now,
-                )
-            })?;
-            copies.push((peer, ct));
+            let s = self.load_sessions(&device, curve)?;
+            if s.has_session() {
+                sessions.push((device, s));
+            }
         }
-        if copies.is_empty() {
+        if sessions.is_empty() {
             return Ok(());
         }
-        let store_kind = store_receipt_kind(kind);
-        for id in ids {
-            self.receipts_sending.insert((*id, store_kind));
-        }
-        let in_flight = copies.len();
-        self.receipts_in_flight
-            .fetch_add(in_flight, Ordering::Relaxed);
-        let counter = self.receipts_in_flight.clone();
-        let net = self.net.clone();
-        let direct = self.direct;
-        let internal = self.internal.clone();
-        let ids = ids.to_vec();
-        tokio::spawn(async move {
-            let mut all = true;
-            for (peer, ct) in copies {
-                let mut attempt = 0;
-                while let Err(e) = deliver(&net, peer, &relays, ct.clone(), direct).await {
-                    if net.is_closed() {
-                        all = false;
-                        break;
-                    }
-                    tracing::debug!(%peer, "receipt delivery failed, retrying: {e}");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-            }
-            counter.fetch_sub(in_flight, Ordering::Relaxed);
-            let _ = internal
-                .send(Internal::ReceiptsDelivered {
-                    kind: store_kind,
-                    ids,
-                    delivered: all,
-                })
-                .await;
-        });
+        let mut deliveries = Vec::new();
+        let mut pickles = Vec::new();
+        encrypt_each(
+            &mut sessions,
+            &plain,
+            |_| user.to_owned(),
+            &mut deliveries,
+            &mut pickles,
+        )?;
+        let updates = crypto_updates(&pickles);
+        let now = now_ms();
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            tx.apply_crypto(&updates, now)?;
+            tx.queue_control(&deliveries, now)?;
+            also(tx)?;
+            Ok(())
+        })?;
+        self.kick_lanes(
+            deliveries
+                .iter()
+                .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
+        );
         Ok(())
     }
 
-    /// A receipt task finished: settle the owed receipts it delivered.
-    pub(crate) fn on_receipts_delivered(
-        &mut self,
-        kind: tern_store::ReceiptKind,
-        ids: Vec<MessageId>,
-        delivered: bool,
-    ) {
-        for id in &ids {
-            self.receipts_sending.remove(&(*id, kind));
-        }
-        if delivered
-            && let Err(e) = self
-                .store
-                .transaction(|tx| tx.receipts_delivered(kind, &ids))
-        {
-            tracing::error!("settling delivered receipts failed (they will go again): {e}");
-        }
-    }
-
-    /// Sends the receipts owed in the store that no task is delivering: after a restart,
-    /// and for any that could not be sent before.
+    /// Sends the receipts owed in the store: after a restart, and any that could not be
+    /// queued before (no session with the contact yet).
     pub(crate) fn send_owed_receipts(&mut self) {
         let due = match self.store.due_receipts(OUTBOX_BATCH) {
             Ok(d) => d,
@@ -723,9 +547,6 @@ impl Engine {
         };
         let mut groups: Vec<(String, tern_store::ReceiptKind, Vec<MessageId>)> = Vec::new();
         for r in due {
-            if self.receipts_sending.contains(&(r.message_id, r.kind)) {
-                continue;
-            }
             match groups
                 .iter_mut()
                 .find(|(u, k, _)| *u == r.recipient_user && *k == r.kind)

@@ -9,6 +9,13 @@
 //! - `delivery.throughput_direct` / `_mailbox`: messages per second, sent back to back, until
 //!   the recipient has stored the last one.
 //!
+//! - `delivery.burst_send_api`: texts per second a client gets accepted when it pipelines a
+//!   burst on one API connection (each one encrypted, committed with its ratchet state and
+//!   outbox row, and answered), against the relay's deposits with one in flight.
+//! - `delivery.catch_up`: a device that was offline while N texts (10,000 in a full run) were
+//!   sent to it: messages per second from starting `tern up` until all are stored, against
+//!   the relay's raw fetch rate of as many messages in the same run (paged, no decryption).
+//!
 //! Baseline in the same run: the raw relay path — one `tern-relay` client deposits, another
 //! listening client receives the push (no encryption, no node, no store) — at the same rate,
 //! and its deposit throughput with one request in flight.
@@ -35,12 +42,14 @@ fn ms(d: Duration) -> f64 {
 pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let latency_n = opts.size(1_000, 20);
     let burst_n = opts.size(2_000, 30);
+    let catch_up_n = opts.size(10_000, 200);
     let dir = tempfile::tempdir()?;
     // Rate limits raised far above the load so they measure the path, not the limiter.
     let relay = Relay::start(&dir.path().join("relay"), UNLIMITED)?;
     let rt = tokio::runtime::Runtime::new()?;
 
     let (mut base_lat, base_rate) = rt.block_on(raw_relay(&relay.addr, latency_n, burst_n))?;
+    let base_fetch = rt.block_on(raw_fetch(&relay.addr, catch_up_n))?;
 
     let mut results = Vec::new();
     for (label, extra) in [("direct", &[][..]), ("mailbox", &["--no-direct"][..])] {
@@ -62,6 +71,21 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         let (lat, calls, rate) = rt.block_on(node_path(&a, &b, latency_n, burst_n))?;
         results.push((label, lat, calls, rate));
     }
+    let (api_rate, catch_up) = catch_up(dir.path(), &relay.addr, &rt, catch_up_n)?;
+    report.compare(
+        "delivery.burst_send_api",
+        api_rate,
+        "msg/s",
+        "relay deposits, 1 in flight",
+        base_rate,
+    );
+    report.compare(
+        "delivery.catch_up",
+        catch_up,
+        "msg/s",
+        "relay fetch, paged",
+        base_fetch,
+    );
     let base_p50 = ms(quantile(&mut base_lat, 0.5));
     let base_p99 = ms(quantile(&mut base_lat, 0.99));
     for (label, mut lat, mut calls, rate) in results {
@@ -167,6 +191,76 @@ async fn wait_text(api: &mut ApiClient, text: &str, timeout: Duration) -> anyhow
             return Ok(());
         }
     }
+}
+
+/// Bob is offline while Alice pipelines `n` texts to him over her API (the first figure: how
+/// fast they are accepted); once her outbox has drained to the relay, Bob starts, and the
+/// second figure is how fast he stores them all, from `tern up` to the last one.
+fn catch_up(
+    dir: &std::path::Path,
+    relay: &str,
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let sub = dir.join("catch-up");
+    std::fs::create_dir_all(&sub)?;
+    let a = Node::init_and_start_with(&sub, "alice", Some(relay), &["--no-direct"])?;
+    let mut b = Node::init_and_start_with(&sub, "bob", Some(relay), &["--no-direct"])?;
+    link_pair(&a, &b, "Alice", "Bob")?;
+    b.stop()?;
+    let api_rate = rt.block_on(async {
+        let mut api = a.api().await?;
+        let texts: Vec<String> = (0..n).map(|i| format!("catch-up {i}")).collect();
+        let calls: Vec<(&str, serde_json::Value)> = texts
+            .iter()
+            .map(|t| ("send", json!({"contact": "Bob", "text": t})))
+            .collect();
+        let start = Instant::now();
+        for r in api.call_many(&calls).await? {
+            r?;
+        }
+        anyhow::Ok(per_sec(n, start.elapsed()))
+    })?;
+    wait_for("alice's outbox to drain", Duration::from_secs(600), || {
+        let s = a.json(&["status"]).ok()?;
+        (s["outbox"].as_u64()? == 0).then_some(())
+    })?;
+    let start = Instant::now();
+    b.restart()?;
+    wait_for("bob to store the backlog", Duration::from_secs(600), || {
+        let convs = b.json(&["conversations"]).ok()?;
+        let unread = convs.as_array()?.first()?["unread"].as_u64()?;
+        (unread as usize >= n).then_some(())
+    })?;
+    Ok((api_rate, per_sec(n, start.elapsed())))
+}
+
+/// The relay's raw fetch rate: `n` small messages deposited for a fresh client, then read
+/// back page by page as a node drains its mailbox (no decryption, no store).
+async fn raw_fetch(addr: &str, n: usize) -> anyhow::Result<f64> {
+    let addr: tern_relay::Multiaddr = addr.parse()?;
+    let (sender, _) =
+        Client::connect(Keypair::generate_ed25519(), addr.clone(), Config::default()).await?;
+    let (receiver, _) =
+        Client::connect(Keypair::generate_ed25519(), addr, Config::default()).await?;
+    let to = receiver.local_peer_id();
+    for _ in 0..n {
+        sender.deposit(vec![to], None, vec![7u8; 200]).await?;
+    }
+    let start = Instant::now();
+    let (mut after, mut got) = (0, 0);
+    loop {
+        let (page, more) = receiver.fetch(after, 256).await?;
+        got += page.len();
+        if let Some(last) = page.last() {
+            after = last.id;
+        }
+        if !more || page.is_empty() {
+            break;
+        }
+    }
+    anyhow::ensure!(got == n, "fetched {got} of {n}");
+    Ok(per_sec(n, start.elapsed()))
 }
 
 /// The raw relay path: deposit → push latency at [`RATE`], and deposits/s one at a time.

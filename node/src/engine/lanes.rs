@@ -1,0 +1,205 @@
+//! Ordered delivery: one lane per recipient device.
+//!
+//! Everything encrypted for one remote device over its pairwise session — texts, sync copies,
+//! receipts, membership operations, sender keys, resend requests — sits in that device's lane
+//! (`tern_store::Store::lane`) in the order it was encrypted, which is its ratchet order.
+//! A lane is sent by at most one task at a time, row after row, each only once the one before
+//! it was acknowledged (by the relay after its commit, or by the peer after storing it). When
+//! a row fails (network, rate limit, quota), the task stops there: that row is rescheduled
+//! and nothing behind it moves until it goes. So a later ciphertext never overtakes an
+//! earlier one for the same device, whatever the path, relay or retry: by construction, not
+//! by timing. Lanes of different devices run in parallel (up to [`MAX_LANES_IN_FLIGHT`]).
+
+use libp2p::PeerId;
+use tern_crypto::DeviceId;
+
+use super::{Engine, Internal, device_peer};
+use crate::{
+    consts::{LANE_BATCH, MAX_LANES_IN_FLIGHT, OUTBOX_BATCH, RETRY_MAX},
+    home::now_ms,
+    net::{NetError, rpc},
+    types::Event,
+};
+
+impl Engine {
+    /// Starts the lanes whose first row is due (`all`: every lane, backoff or not).
+    pub(crate) fn dispatch_lanes(&mut self, all: bool) {
+        if self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
+            return;
+        }
+        let now = if all { i64::MAX } else { now_ms() };
+        let due = match self.store.due_lanes(now, OUTBOX_BATCH) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("reading the outbox failed: {e}");
+                return;
+            }
+        };
+        for lane in due {
+            if self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
+                break;
+            }
+            self.start_lane(&lane.user, &lane.device);
+        }
+    }
+
+    /// Starts the lanes of these devices if they are idle: rows were just queued for them.
+    /// A lane whose first row waits for its backoff stays waiting (the new rows are behind it).
+    pub(crate) fn kick_lanes<'a>(&mut self, devices: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let now = now_ms();
+        for (user, device) in devices {
+            if self.lanes_busy.contains(device) || self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
+                continue;
+            }
+            match self.store.lane(device, 1) {
+                Ok(head) if head.first().is_some_and(|r| r.next_attempt_ms <= now) => {
+                    self.start_lane(user, device)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("reading a lane failed: {e}"),
+            }
+        }
+    }
+
+    fn start_lane(&mut self, user: &str, device: &str) {
+        // Inside a store batch the rows are not durable yet: nothing goes on the wire until
+        // it commits (the batch's owner dispatches then).
+        if self.lanes_busy.contains(device) || self.store.in_batch() {
+            return;
+        }
+        let Some(peer) = DeviceId::from_peer_id_string(device).and_then(|d| device_peer(&d)) else {
+            tracing::warn!(
+                device,
+                "an outbox row for something that is not a device id"
+            );
+            return;
+        };
+        let rows = match self.store.lane(device, LANE_BATCH) {
+            Ok(r) if !r.is_empty() => r,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!("reading a lane failed: {e}");
+                return;
+            }
+        };
+        let relays = self
+            .known(user)
+            .map(|c| c.relay_peers())
+            .unwrap_or_default();
+        self.lanes_busy.insert(device.to_owned());
+        let net = self.net.clone();
+        let tx = self.internal.clone();
+        let direct = self.direct;
+        let device = device.to_owned();
+        tokio::spawn(async move {
+            let mut acked = Vec::with_capacity(rows.len());
+            let mut failed = None;
+            for row in rows {
+                match deliver(&net, peer, &relays, row.delivery.payload, direct).await {
+                    Ok(()) => acked.push(row.row),
+                    Err(e) => {
+                        failed = Some((row.row, row.attempts, e));
+                        break;
+                    }
+                }
+            }
+            let _ = tx
+                .send(Internal::LaneDone {
+                    device,
+                    acked,
+                    failed,
+                })
+                .await;
+        });
+    }
+
+    /// A lane task finished: its delivered rows go (messages whose last row went become
+    /// `sent`), the row it stopped at waits for its backoff or the relay's `retry_after`, and
+    /// the lane goes on at once if it was not stopped.
+    pub(crate) fn on_lane_done(
+        &mut self,
+        device: String,
+        acked: Vec<i64>,
+        failed: Option<(i64, u32, NetError)>,
+    ) {
+        self.lanes_busy.remove(&device);
+        let retry = failed.as_ref().map(|(row, attempts, e)| {
+            let wait = rpc::retry_after(e)
+                .unwrap_or_else(|| super::send::backoff(*attempts))
+                .min(RETRY_MAX);
+            tracing::debug!(%device, "delivery failed ({e}); the lane waits {wait:?}");
+            (
+                *row,
+                now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0)),
+            )
+        });
+        let out = self
+            .store
+            .transaction(|tx| -> Result<_, tern_store::WriteError> {
+                let done = tx.ack_rows(&acked)?;
+                if let Some((row, next)) = retry {
+                    tx.reschedule_row(row, next)?;
+                }
+                Ok(done)
+            });
+        match out {
+            Ok(done) => {
+                for id in done {
+                    if let Ok(Some(m)) = self.store.message(id)
+                        && m.status == tern_store::Status::Sent
+                    {
+                        self.emit(Event::Receipt {
+                            conversation: m.conversation.0,
+                            ids: vec![id.to_string()],
+                            status: "sent".into(),
+                        });
+                    }
+                }
+            }
+            // The rows stay and go again: the receiver drops what it already has.
+            Err(e) => tracing::error!("recording deliveries failed (they go again): {e}"),
+        }
+        if failed.is_none() {
+            let user = self.lane_user(&device);
+            if let Some(user) = user {
+                self.start_lane(&user, &device);
+            }
+        }
+        // Keep the pipe full.
+        self.dispatch_lanes(false);
+    }
+
+    fn lane_user(&self, device: &str) -> Option<String> {
+        self.store
+            .lane(device, 1)
+            .ok()?
+            .into_iter()
+            .next()
+            .map(|r| r.delivery.recipient_user)
+    }
+}
+
+/// Delivers one ciphertext: directly when a connection to the device is open, else into
+/// its mailbox at the first of the contact's relays that takes it.
+pub(crate) async fn deliver(
+    net: &crate::net::Client,
+    peer: PeerId,
+    relays: &[PeerId],
+    payload: Vec<u8>,
+    direct: bool,
+) -> Result<(), NetError> {
+    if direct && net.is_connected(peer).await {
+        match net.direct(peer, payload.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::debug!(%peer, "direct delivery failed, using the mailbox: {e}"),
+        }
+    }
+    let mut last = NetError::Transport("the contact has no relay".into());
+    for relay in relays {
+        match rpc::deposit(net, *relay, peer, payload.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

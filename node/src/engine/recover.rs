@@ -1,0 +1,215 @@
+//! The receiver's side of ordered delivery: a pairwise message that arrives ahead of its
+//! chain waits for the earlier ones, and a message that arrived too late to be read is asked
+//! for again.
+//!
+//! Lanes ([`super::lanes`]) put every device's ciphertexts on the wire in ratchet order, and a
+//! relay keeps a mailbox in deposit order, so in the common case messages arrive in order.
+//! They can still arrive out of order across paths: a live push that overtakes a mailbox
+//! drain, a message sent directly while older ones wait at a relay, copies at two relays. So
+//! before decrypting, the receiver asks the session how far ahead of its chain the message is
+//! (`PeerSessions::skip_ahead`); past [`MAX_SAFE_SKIP`] it is not decrypted yet but left in the
+//! mailbox (drained again on the next tick) or refused on the direct path (the sender then
+//! deposits it), for at most [`REORDER_WAIT`]. vodozemac keeps 40 skipped keys per chain, so
+//! waiting is what keeps the earlier messages readable.
+//!
+//! When a message is undecryptable anyway (it came after its key was gone, or its predecessor
+//! never came within the wait), the durable ledger of messages read (`pairwise_seen`) tells
+//! it from a redelivered copy: a copy is acknowledged silently; a loss is reported as an
+//! `undecryptable` event with its reason, and the sender's device is sent a `Resend` request
+//! naming the last text it holds in order. The sender re-encrypts its own texts after that
+//! one in fresh ratchet steps ([`Engine::resend_to`]) and the receiver drops the ids it
+//! already has: at-least-once, with no visible duplicates.
+
+use std::time::Instant;
+
+use tern_crypto::{DeviceId, session::PeerSessions};
+use tern_store::{ConversationId, CryptoUpdate};
+
+use super::Engine;
+use crate::{
+    consts::{
+        MAX_REORDER_WAITING, MAX_RESEND, MAX_SAFE_SKIP, PAIRWISE_SEEN_KEEP, REORDER_WAIT,
+        RESEND_INTERVAL,
+    },
+    envelope::Body,
+    error::NodeError,
+    home::now_ms,
+};
+
+impl Engine {
+    /// Whether a pairwise message should wait for earlier messages of its chain before it is
+    /// decrypted (see the module documentation). A message stops waiting after
+    /// [`REORDER_WAIT`], or at once when too many are waiting.
+    pub(crate) fn must_wait(
+        &mut self,
+        sessions: &PeerSessions,
+        ciphertext: &[u8],
+        digest: [u8; 16],
+    ) -> bool {
+        let skip = match sessions.skip_ahead(ciphertext) {
+            Ok(s) => s,
+            // Not a pairwise message: decryption reports it.
+            Err(_) => return false,
+        };
+        if skip <= MAX_SAFE_SKIP {
+            self.reorder.remove(&digest);
+            return false;
+        }
+        let now = Instant::now();
+        let first = match self.reorder.get(&digest) {
+            Some(t) => *t,
+            None if self.reorder.len() >= MAX_REORDER_WAITING => {
+                tracing::warn!(
+                    skip,
+                    "too many messages waiting for earlier ones; reading this one now"
+                );
+                return false;
+            }
+            None => {
+                self.reorder.insert(digest, now);
+                now
+            }
+        };
+        if now.duration_since(first) < REORDER_WAIT {
+            tracing::debug!(
+                skip,
+                "a message ahead of its chain waits for the earlier ones"
+            );
+            return true;
+        }
+        tracing::info!(
+            skip,
+            "earlier messages did not come in time; reading this one (they will be asked for again)"
+        );
+        self.reorder.remove(&digest);
+        false
+    }
+
+    /// Forgets waiting messages that were not seen again long after their wait (their mail
+    /// went elsewhere) and resend requests past their interval.
+    pub(crate) fn prune_reorder(&mut self) {
+        let now = Instant::now();
+        self.reorder
+            .retain(|_, first| now.duration_since(*first) < REORDER_WAIT * 6);
+        self.resend_asked
+            .retain(|_, at| now.duration_since(*at) < RESEND_INTERVAL);
+    }
+
+    /// Forgets digests of messages read longer ago than [`PAIRWISE_SEEN_KEEP`]: no relay
+    /// still holds a copy of them.
+    pub(crate) fn prune_seen_ledger(&mut self) {
+        let keep = i64::try_from(PAIRWISE_SEEN_KEEP.as_millis()).unwrap_or(i64::MAX);
+        let before = now_ms().saturating_sub(keep);
+        match self.store.transaction(|tx| tx.prune_pairwise_seen(before)) {
+            Ok(n) if n > 0 => tracing::debug!(n, "forgot old digests of messages read"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("pruning the ledger of messages read failed: {e}"),
+        }
+    }
+
+    /// Sends a resend request to each device a message was lost from in the batch just
+    /// processed (at most one per device per [`RESEND_INTERVAL`]). The request names the
+    /// last text of that device this one holds in order, so everything after it comes again.
+    pub(crate) fn ask_resend(&mut self) {
+        let lost: Vec<(String, String)> = self.lost.drain().collect();
+        for (user, device) in lost {
+            let now = Instant::now();
+            if self
+                .resend_asked
+                .get(&device)
+                .is_some_and(|at| now.duration_since(*at) < RESEND_INTERVAL)
+            {
+                continue;
+            }
+            let Some(target) = DeviceId::from_peer_id_string(&device) else {
+                continue;
+            };
+            let after_seq = match self
+                .store
+                .contiguous_sequence(&ConversationId(user.clone()), &device)
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("finding what was lost failed: {e}");
+                    continue;
+                }
+            };
+            self.resend_asked.insert(device.clone(), now);
+            tracing::info!(contact = %user, after_seq, "asking the sender to send its texts again");
+            if let Err(e) =
+                self.send_control_to(&user, Some(target), Body::Resend { after_seq }, |_| Ok(()))
+            {
+                tracing::warn!(contact = %user, "sending a resend request failed: {e}");
+            }
+        }
+    }
+
+    /// Answers a resend request from `device` of contact `user`: this device's own texts in
+    /// the conversation with a sequence number above `after_seq` that are not queued for that
+    /// device (at most [`MAX_RESEND`]) are encrypted again for it, in fresh ratchet steps, and
+    /// queued at the end of its lane, with the ratchet state, in one transaction.
+    pub(crate) fn resend_to(
+        &mut self,
+        user: &str,
+        device: DeviceId,
+        after_seq: u64,
+    ) -> Result<(), NodeError> {
+        if user == self.user_hex || !self.contacts.contains_key(user) {
+            return Ok(());
+        }
+        let Some(curve) = self.known(user).and_then(|c| {
+            c.devices()
+                .into_iter()
+                .find(|(d, _)| *d == device)
+                .map(|(_, c)| c)
+        }) else {
+            return Ok(());
+        };
+        let device_key = device.to_peer_id_string();
+        let conv = ConversationId(user.to_owned());
+        let texts = self.store.resend_candidates(
+            &conv,
+            &self.device_hex,
+            after_seq,
+            &device_key,
+            MAX_RESEND,
+        )?;
+        if texts.is_empty() {
+            return Ok(());
+        }
+        let to = tern_crypto::UserId::from_hex(user)
+            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+        let mut sessions = vec![(device, self.load_sessions(&device, curve)?)];
+        if !sessions[0].1.has_session() {
+            return Ok(());
+        }
+        let mut queued = Vec::with_capacity(texts.len());
+        let mut last_pickle = None;
+        for m in &texts {
+            let (deliveries, mut pickles) = self.encrypt_text(&to, m, &mut sessions)?;
+            last_pickle = pickles.pop();
+            queued.push((m.id, deliveries));
+        }
+        let Some((peer_device, sid, pickle)) = last_pickle else {
+            return Ok(());
+        };
+        let now = now_ms();
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            tx.apply_crypto(
+                &[CryptoUpdate::Session {
+                    peer_device: &peer_device,
+                    session_id: &sid,
+                    pickle: &pickle,
+                }],
+                now,
+            )?;
+            for (id, deliveries) in &queued {
+                tx.add_outbox_rows(*id, deliveries, now)?;
+            }
+            Ok(())
+        })?;
+        tracing::info!(contact = %user, count = texts.len(), after_seq, "sending texts again on request");
+        self.kick_lanes([(user, device_key.as_str())]);
+        Ok(())
+    }
+}

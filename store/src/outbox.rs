@@ -1,0 +1,395 @@
+//! The outbox as ordered lanes, and the ledger of pairwise messages read.
+//!
+//! A **lane** is everything waiting for one recipient device over its pairwise session: the
+//! rows with a payload of their own, in id order. Ids only grow, and each row is inserted in
+//! the transaction that saves the ratchet state that encrypted it, so id order is ratchet
+//! order. The node sends a lane's rows strictly in that order and only the first row of a
+//! lane is ever rescheduled, so a later ciphertext never overtakes an earlier one for the same
+//! device. (Rows of a group fan-out share one payload in `outbox_shared` and are not part of
+//! any lane: a group message has its own ratchet with a wide window.)
+//!
+//! A row may belong to no message ([`Tx::queue_control`]): receipts and resend requests go in
+//! the same lane as the messages encrypted around them.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::consts::{MAX_BLOB_BYTES, MAX_PAGE_SIZE};
+use crate::error::{Context, ReadError, WriteError};
+use crate::messages::{check_len, message_id};
+use crate::store::{Store, Tx};
+use crate::types::{Delivery, MessageId, Status};
+
+/// One row of a lane, as read.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LaneRow {
+    /// The row's id: its place in the lane.
+    pub row: i64,
+    /// The message it carries, or `None` for a control row (a receipt, a resend request).
+    pub message: Option<MessageId>,
+    /// Recipient and ciphertext.
+    pub delivery: Delivery,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When it is due.
+    pub next_attempt_ms: i64,
+}
+
+/// A lane whose first row is due: the recipient user and device.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DueLane {
+    /// Recipient user.
+    pub user: String,
+    /// Recipient device.
+    pub device: String,
+}
+
+impl Store {
+    /// The lanes whose first row is due at `now_ms`, most overdue first, at most `limit`
+    /// (capped at [`MAX_PAGE_SIZE`]).
+    pub fn due_lanes(&self, now_ms: i64, limit: u32) -> Result<Vec<DueLane>, ReadError> {
+        const OP: &str = "read due lanes";
+        self.conn
+            .prepare_cached(
+                "SELECT o.recipient_user, o.recipient_device FROM outbox o \
+                 WHERE o.id IN (SELECT min(id) FROM outbox WHERE length(payload) > 0 GROUP BY recipient_device) \
+                 AND o.next_attempt_ms <= ?1 ORDER BY o.next_attempt_ms, o.id LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![now_ms, limit.clamp(1, MAX_PAGE_SIZE)], |r| {
+                    Ok(DueLane {
+                        user: r.get(0)?,
+                        device: r.get(1)?,
+                    })
+                })?
+                .collect()
+            })
+            .read_ctx(OP)
+    }
+
+    /// The first `limit` rows of a device's lane (capped at [`MAX_PAGE_SIZE`]), in the order
+    /// they must be sent.
+    pub fn lane(&self, device: &str, limit: u32) -> Result<Vec<LaneRow>, ReadError> {
+        const OP: &str = "read a lane";
+        type Raw = (i64, Option<Vec<u8>>, String, String, Vec<u8>, i64, i64);
+        let rows: Vec<Raw> = self
+            .conn
+            .prepare_cached(
+                "SELECT o.id, m.id, o.recipient_user, o.recipient_device, o.payload, o.attempts, o.next_attempt_ms \
+                 FROM outbox o LEFT JOIN messages m ON m.rowid = o.message \
+                 WHERE o.recipient_device = ?1 AND length(o.payload) > 0 ORDER BY o.id LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![device, limit.clamp(1, MAX_PAGE_SIZE)], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })?
+                .collect()
+            })
+            .read_ctx(OP)?;
+        rows.into_iter()
+            .map(
+                |(row, message, recipient_user, recipient_device, payload, attempts, next)| {
+                    Ok(LaneRow {
+                        row,
+                        message: message.map(|m| message_id(OP, &m)).transpose()?,
+                        delivery: Delivery {
+                            recipient_user,
+                            recipient_device,
+                            payload,
+                        },
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        next_attempt_ms: next,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// How many rows the outbox holds (lanes and fan-outs): what is not yet handed to a relay
+    /// or a peer.
+    pub fn outbox_depth(&self) -> Result<u64, ReadError> {
+        const OP: &str = "count the outbox";
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM outbox")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .read_ctx(OP)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Whether a pairwise message with this digest from `peer_device` was read before
+    /// ([`Tx::mark_pairwise_seen`]).
+    pub fn pairwise_seen(&self, peer_device: &str, digest: &[u8; 16]) -> Result<bool, ReadError> {
+        const OP: &str = "look up a pairwise message";
+        self.conn
+            .prepare_cached("SELECT 1 FROM pairwise_seen WHERE peer_device = ?1 AND digest = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![peer_device, digest.as_slice()], |_| Ok(()))
+                    .optional()
+            })
+            .map(|r| r.is_some())
+            .read_ctx(OP)
+    }
+}
+
+impl Tx<'_> {
+    /// Queues pairwise ciphertexts that belong to no message (receipts, resend requests) at
+    /// the end of their devices' lanes, due at `now_ms`.
+    pub fn queue_control(
+        &mut self,
+        deliveries: &[Delivery],
+        now_ms: i64,
+    ) -> Result<(), WriteError> {
+        const OP: &str = "queue control rows";
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO outbox (message, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms) \
+                 VALUES (NULL, ?1, ?2, ?3, ?4, ?4)",
+            )
+            .write_ctx(OP)?;
+        for d in deliveries {
+            if d.payload.is_empty() {
+                return Err(WriteError::OutOfRange {
+                    op: OP,
+                    field: "payload",
+                    reason: "a lane row needs a payload",
+                });
+            }
+            check_len(OP, "outbox payload", d.payload.len(), MAX_BLOB_BYTES)?;
+            stmt.execute(params![
+                d.recipient_device,
+                d.recipient_user,
+                d.payload,
+                now_ms
+            ])
+            .write_ctx(OP)?;
+        }
+        Ok(())
+    }
+
+    /// Removes delivered lane rows. Returns the messages whose last row went (they are
+    /// [`Status::Sent`] now).
+    pub fn ack_rows(&mut self, rows: &[i64]) -> Result<Vec<MessageId>, WriteError> {
+        const OP: &str = "acknowledge lane rows";
+        let mut done = Vec::new();
+        for row in rows {
+            let message: Option<Option<(i64, Vec<u8>)>> = self
+                .tx
+                .prepare_cached(
+                    "SELECT o.message, m.id FROM outbox o LEFT JOIN messages m ON m.rowid = o.message WHERE o.id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([row], |r| {
+                        let rowid: Option<i64> = r.get(0)?;
+                        let id: Option<Vec<u8>> = r.get(1)?;
+                        Ok(rowid.zip(id))
+                    })
+                    .optional()
+                })
+                .write_ctx(OP)?;
+            let Some(message) = message else {
+                continue; // already gone
+            };
+            self.tx
+                .prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                .and_then(|mut s| s.execute([row]))
+                .write_ctx(OP)?;
+            let Some((rowid, id)) = message else {
+                continue; // a control row
+            };
+            let remaining: i64 = self
+                .tx
+                .prepare_cached("SELECT count(*) FROM outbox WHERE message = ?1")
+                .and_then(|mut s| s.query_row([rowid], |r| r.get(0)))
+                .write_ctx(OP)?;
+            if remaining == 0 {
+                self.tx
+                    .prepare_cached("DELETE FROM outbox_shared WHERE message = ?1")
+                    .and_then(|mut s| s.execute([rowid]))
+                    .write_ctx(OP)?;
+                let id = message_id(OP, &id)?;
+                self.advance_status(id, Status::Sent)?;
+                if !done.contains(&id) {
+                    done.push(id);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Counts a failed attempt on a lane row and sets when it is due next.
+    pub fn reschedule_row(&mut self, row: i64, next_attempt_ms: i64) -> Result<(), WriteError> {
+        const OP: &str = "reschedule a lane row";
+        self.tx
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![row, next_attempt_ms]))
+            .write_ctx(OP)?;
+        Ok(())
+    }
+
+    /// Records that a pairwise message with this digest from `peer_device` was read (in the
+    /// transaction that saves the session state it moved).
+    pub fn mark_pairwise_seen(
+        &mut self,
+        peer_device: &str,
+        digest: &[u8; 16],
+        now_ms: i64,
+    ) -> Result<(), WriteError> {
+        const OP: &str = "record a pairwise message read";
+        self.tx
+            .prepare_cached(
+                "INSERT INTO pairwise_seen (peer_device, digest, seen_at_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![peer_device, digest.as_slice(), now_ms]))
+            .write_ctx(OP)?;
+        Ok(())
+    }
+
+    /// Forgets digests recorded before `before_ms` (older than any copy a relay still
+    /// keeps). Returns how many went.
+    pub fn prune_pairwise_seen(&mut self, before_ms: i64) -> Result<u64, WriteError> {
+        const OP: &str = "prune the pairwise ledger";
+        let n = self
+            .tx
+            .prepare_cached("DELETE FROM pairwise_seen WHERE seen_at_ms < ?1")
+            .and_then(|mut s| s.execute([before_ms]))
+            .write_ctx(OP)?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Body, ConversationId, ConversationKind, Message, StorageKey, Unlock};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut k = [3u8; 32];
+        let key = StorageKey::from_bytes(&mut k);
+        let store = Store::open(&dir.path().join("t.db"), Unlock::Key(&key)).unwrap();
+        (dir, store)
+    }
+
+    fn own(id: u8) -> Message {
+        Message {
+            id: MessageId([id; 16]),
+            conversation: ConversationId("bob".into()),
+            sender_user: "me".into(),
+            sender_device: "d0".into(),
+            lamport: u64::from(id),
+            seq: u64::from(id),
+            sent_at_ms: 1,
+            received_at_ms: 1,
+            own: true,
+            status: Status::Pending,
+            body: Body::Text(format!("m{id}")),
+            edited_at_ms: None,
+        }
+    }
+
+    fn to(device: &str, byte: u8) -> Delivery {
+        Delivery {
+            recipient_user: "bob".into(),
+            recipient_device: device.into(),
+            payload: vec![byte; 4],
+        }
+    }
+
+    #[test]
+    fn lanes_keep_encryption_order_and_only_their_head_is_due() {
+        let (_dir, mut store) = store();
+        let conv = ConversationId("bob".into());
+        store
+            .transaction(|tx| {
+                tx.ensure_conversation(&conv, ConversationKind::Direct, Some("Bob"), 1)?;
+                tx.record_outgoing(&own(1), &[], &[to("b1", 1), to("b2", 1)], 0)?;
+                tx.queue_control(&[to("b1", 9)], 0)?;
+                tx.record_outgoing(&own(2), &[], &[to("b1", 2)], 0)
+            })
+            .unwrap();
+        let lane = store.lane("b1", 10).unwrap();
+        let order: Vec<u8> = lane.iter().map(|r| r.delivery.payload[0]).collect();
+        assert_eq!(order, [1, 9, 2], "ratchet order, control row in its place");
+        assert_eq!(lane[1].message, None);
+        assert_eq!(store.due_lanes(0, 10).unwrap().len(), 2);
+        assert_eq!(store.outbox_depth().unwrap(), 4);
+        // A failed head holds its lane back; nothing behind it becomes due on its own.
+        store
+            .transaction(|tx| tx.reschedule_row(lane[0].row, 1_000))
+            .unwrap();
+        let due: Vec<String> = store
+            .due_lanes(10, 10)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.device)
+            .collect();
+        assert_eq!(due, ["b2"]);
+        assert_eq!(store.due_lanes(1_000, 10).unwrap().len(), 2);
+        // Acknowledging: a message is sent once its last row went; control rows just go.
+        let done = store
+            .transaction(|tx| tx.ack_rows(&[lane[0].row, lane[1].row]))
+            .unwrap();
+        assert!(done.is_empty(), "message 1 still waits for b2");
+        let b2 = store.lane("b2", 10).unwrap();
+        let done = store
+            .transaction(|tx| tx.ack_rows(&[b2[0].row, lane[2].row, lane[2].row]))
+            .unwrap();
+        assert_eq!(done, [MessageId([1; 16]), MessageId([2; 16])]);
+        assert_eq!(
+            store.message(MessageId([2; 16])).unwrap().unwrap().status,
+            Status::Sent
+        );
+        assert_eq!(store.outbox_depth().unwrap(), 0);
+        // Ids are not reused after the lane empties.
+        store
+            .transaction(|tx| tx.queue_control(&[to("b1", 7)], 0))
+            .unwrap();
+        assert!(store.lane("b1", 1).unwrap()[0].row > lane[2].row);
+        // Control rows need a payload.
+        let empty = Delivery {
+            payload: Vec::new(),
+            ..to("b1", 0)
+        };
+        assert!(
+            store
+                .transaction(|tx| tx.queue_control(&[empty], 0))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_pairwise_ledger_remembers_and_forgets_by_age() {
+        let (_dir, mut store) = store();
+        let d = [5u8; 16];
+        assert!(!store.pairwise_seen("b1", &d).unwrap());
+        store
+            .transaction(|tx| {
+                tx.mark_pairwise_seen("b1", &d, 10)?;
+                tx.mark_pairwise_seen("b1", &d, 20)
+            })
+            .unwrap();
+        assert!(store.pairwise_seen("b1", &d).unwrap());
+        assert!(!store.pairwise_seen("b2", &d).unwrap());
+        assert_eq!(
+            store.transaction(|tx| tx.prune_pairwise_seen(10)).unwrap(),
+            0
+        );
+        assert_eq!(
+            store.transaction(|tx| tx.prune_pairwise_seen(11)).unwrap(),
+            1
+        );
+        assert!(!store.pairwise_seen("b1", &d).unwrap());
+    }
+}
