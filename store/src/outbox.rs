@@ -17,7 +17,7 @@ use crate::consts::{MAX_BLOB_BYTES, MAX_PAGE_SIZE};
 use crate::error::{Context, ReadError, WriteError};
 use crate::messages::{check_len, message_id};
 use crate::store::{Store, Tx};
-use crate::types::{Delivery, MessageId, Status};
+use crate::types::{Delivery, MessageId};
 
 /// One row of a lane, as read.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -176,7 +176,7 @@ impl Tx<'_> {
     }
 
     /// Removes delivered lane rows. Returns the messages whose last row went (they are
-    /// [`Status::Sent`] now).
+    /// [`crate::Status::Sent`] now).
     pub fn ack_rows(&mut self, rows: &[i64]) -> Result<Vec<MessageId>, WriteError> {
         const OP: &str = "acknowledge lane rows";
         let mut done = Vec::new();
@@ -205,21 +205,9 @@ impl Tx<'_> {
             let Some((rowid, id)) = message else {
                 continue; // a control row
             };
-            let remaining: i64 = self
-                .tx
-                .prepare_cached("SELECT count(*) FROM outbox WHERE message = ?1")
-                .and_then(|mut s| s.query_row([rowid], |r| r.get(0)))
-                .write_ctx(OP)?;
-            if remaining == 0 {
-                self.tx
-                    .prepare_cached("DELETE FROM outbox_shared WHERE message = ?1")
-                    .and_then(|mut s| s.execute([rowid]))
-                    .write_ctx(OP)?;
-                let id = message_id(OP, &id)?;
-                self.advance_status(id, Status::Sent)?;
-                if !done.contains(&id) {
-                    done.push(id);
-                }
+            let id = message_id(OP, &id)?;
+            if self.settle_if_sent(OP, rowid, id)? == 0 && !done.contains(&id) {
+                done.push(id);
             }
         }
         Ok(done)
@@ -272,7 +260,7 @@ impl Tx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Body, ConversationId, ConversationKind, Message, StorageKey, Unlock};
+    use crate::{Body, ConversationId, ConversationKind, Message, Status, StorageKey, Unlock};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

@@ -149,17 +149,28 @@ impl Tx<'_> {
                 stmt.execute(params![rowid, device]).write_ctx(OP)?;
             }
         }
+        self.settle_if_sent(OP, rowid, id)
+    }
+
+    /// After rows of the message at `rowid` went: when none is left, its shared payload goes
+    /// and it becomes [`Status::Sent`]. Returns the rows still waiting.
+    pub(crate) fn settle_if_sent(
+        &mut self,
+        op: &'static str,
+        rowid: i64,
+        id: MessageId,
+    ) -> Result<u64, WriteError> {
         let remaining: i64 = self
             .tx
             .prepare_cached("SELECT count(*) FROM outbox WHERE message = ?1")
             .and_then(|mut s| s.query_row([rowid], |r| r.get(0)))
-            .write_ctx(OP)?;
+            .write_ctx(op)?;
         if remaining == 0 {
             // No row is left to send a shared payload: it goes with the last one.
             self.tx
                 .prepare_cached("DELETE FROM outbox_shared WHERE message = ?1")
                 .and_then(|mut s| s.execute([rowid]))
-                .write_ctx(OP)?;
+                .write_ctx(op)?;
             self.advance_status(id, Status::Sent)?;
         }
         Ok(u64::try_from(remaining).unwrap_or(0))
@@ -397,9 +408,26 @@ impl Store {
             .collect()
     }
 
-    /// Outbox rows due at `now_ms`, earliest first, at most `limit` (capped at [`MAX_PAGE_SIZE`]).
+    /// Outbox rows of messages due at `now_ms`, earliest first, at most `limit` (capped at
+    /// [`MAX_PAGE_SIZE`]); a fan-out row comes with its shared payload.
     pub fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEntry>, ReadError> {
-        const OP: &str = "read due deliveries";
+        self.due_rows("read due deliveries", now_ms, limit, false)
+    }
+
+    /// Fan-out rows (those sharing one payload, [`Tx::record_outgoing_fanout`]) due at
+    /// `now_ms`, earliest first, at most `limit` (capped at [`MAX_PAGE_SIZE`]). Each comes
+    /// with the shared payload.
+    pub fn due_fanout(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEntry>, ReadError> {
+        self.due_rows("read due fan-out rows", now_ms, limit, true)
+    }
+
+    fn due_rows(
+        &self,
+        op: &'static str,
+        now_ms: i64,
+        limit: u32,
+        fanout_only: bool,
+    ) -> Result<Vec<OutboxEntry>, ReadError> {
         let rows: Vec<RawOutbox> = self
             .conn
             .prepare_cached(
@@ -408,58 +436,22 @@ impl Store {
                  o.attempts, o.next_attempt_ms \
                  FROM outbox o JOIN messages m ON m.rowid = o.message \
                  LEFT JOIN outbox_shared s ON s.message = o.message WHERE o.next_attempt_ms <= ?1 \
+                 AND (?3 = 0 OR (length(o.payload) = 0 AND s.message IS NOT NULL)) \
                  ORDER BY o.next_attempt_ms, o.rowid LIMIT ?2",
             )
             .and_then(|mut s| {
-                s.query_map(params![now_ms, limit.clamp(1, MAX_PAGE_SIZE)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                })?
+                s.query_map(
+                    params![now_ms, limit.clamp(1, MAX_PAGE_SIZE), fanout_only],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )?
                 .collect()
             })
-            .read_ctx(OP)?;
+            .read_ctx(op)?;
         rows.into_iter()
             .map(
                 |(id, recipient_user, recipient_device, payload, attempts, next_attempt_ms)| {
                     Ok(OutboxEntry {
-                        message_id: message_id(OP, &id)?,
-                        delivery: Delivery {
-                            recipient_user,
-                            recipient_device,
-                            payload,
-                        },
-                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                        next_attempt_ms,
-                    })
-                },
-            )
-            .collect()
-    }
-
-    /// Fan-out rows (those sharing one payload, [`Tx::record_outgoing_fanout`]) due at
-    /// `now_ms`, earliest first, at most `limit` (capped at [`MAX_PAGE_SIZE`]). Each comes
-    /// with the shared payload.
-    pub fn due_fanout(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEntry>, ReadError> {
-        const OP: &str = "read due fan-out rows";
-        let rows: Vec<RawOutbox> = self
-            .conn
-            .prepare_cached(
-                "SELECT m.id, o.recipient_user, o.recipient_device, s.payload, o.attempts, o.next_attempt_ms \
-                 FROM outbox o JOIN messages m ON m.rowid = o.message \
-                 JOIN outbox_shared s ON s.message = o.message WHERE length(o.payload) = 0 AND o.next_attempt_ms <= ?1 \
-                 ORDER BY o.next_attempt_ms, o.rowid LIMIT ?2",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![now_ms, limit.clamp(1, MAX_PAGE_SIZE)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                })?
-                .collect()
-            })
-            .read_ctx(OP)?;
-        rows.into_iter()
-            .map(
-                |(id, recipient_user, recipient_device, payload, attempts, next_attempt_ms)| {
-                    Ok(OutboxEntry {
-                        message_id: message_id(OP, &id)?,
+                        message_id: message_id(op, &id)?,
                         delivery: Delivery {
                             recipient_user,
                             recipient_device,

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tern_tests::support::{Node, Relay, link_pair, wait_for};
+use tern_tests::support::{
+    Node, Relay, group_history, link_pair, message_texts, wait_direct, wait_for, wait_outbox_empty,
+};
 
 /// Longest a burst may take to drain or arrive (a 2-core CI machine, debug build).
 const BURST_WAIT: Duration = Duration::from_secs(240);
@@ -107,10 +109,7 @@ fn a_pipelined_burst_to_an_offline_contact_arrives_complete_and_in_order() {
 
     let sent = send_burst(&a, "Bob", 2_000, "burst");
     // The outbox drains to the relay (past its deposit burst, at its rate limit).
-    wait_for("alice's outbox to drain", BURST_WAIT, || {
-        (outbox(&a) == 0).then_some(())
-    })
-    .unwrap();
+    wait_outbox_empty(&a, BURST_WAIT).unwrap();
     b.restart().unwrap();
     assert_arrives_complete(&b, "Alice", &sent);
 }
@@ -134,10 +133,7 @@ fn a_burst_under_a_low_deposit_rate_limit_waits_and_keeps_order() {
     // While it drains, the outbox depth is visible in status and goes down.
     let depth = outbox(&a);
     assert!(depth > 0 && depth <= 400 + 4, "outbox depth {depth}");
-    wait_for("alice's outbox to drain", BURST_WAIT, || {
-        (outbox(&a) == 0).then_some(())
-    })
-    .unwrap();
+    wait_outbox_empty(&a, BURST_WAIT).unwrap();
     let refused = relay
         .metric("tern_relay_rejects_total{reason=\"rate_limited\"}")
         .unwrap_or(0.0);
@@ -162,10 +158,7 @@ fn a_relay_killed_mid_burst_loses_nothing() {
     })
     .unwrap();
     relay.restart_after_kill9("").unwrap();
-    wait_for("alice's outbox to drain", BURST_WAIT, || {
-        (outbox(&a) == 0).then_some(())
-    })
-    .unwrap();
+    wait_outbox_empty(&a, BURST_WAIT).unwrap();
     b.restart().unwrap();
     assert_arrives_complete(&b, "Alice", &sent);
 }
@@ -179,15 +172,7 @@ fn a_direct_connection_dropping_mid_burst_loses_nothing() {
     link_pair(&a, &b, "Alice", "Bob").unwrap();
     // A first message, so both hold a session and the direct path comes up.
     a.ok(&["send", "Bob", "hello"]).unwrap();
-    wait_for("a direct connection", BURST_WAIT, || {
-        let s = a.json(&["status"]).ok()?;
-        s["peers"]
-            .as_array()?
-            .iter()
-            .any(|p| p["user_id"] == b.user.as_str() && p["direct"].as_u64() > Some(0))
-            .then_some(())
-    })
-    .unwrap();
+    wait_direct(&a, &b, BURST_WAIT).unwrap();
 
     let sent = {
         let a_ref = &a;
@@ -202,12 +187,83 @@ fn a_direct_connection_dropping_mid_burst_loses_nothing() {
             sender.join().unwrap()
         })
     };
-    wait_for("alice's outbox to drain", BURST_WAIT, || {
-        (outbox(&a) == 0).then_some(())
-    })
-    .unwrap();
+    wait_outbox_empty(&a, BURST_WAIT).unwrap();
     b.restart().unwrap();
     let mut expected = vec!["hello".to_owned()];
     expected.extend(sent);
     assert_arrives_complete(&b, "Alice", &expected);
+}
+
+/// Pipelines `texts` to `group` on one API connection of `node`; every send must succeed.
+async fn group_burst(node: &Node, group: &str, texts: &[String]) {
+    let mut api = node.api().await.unwrap();
+    let calls: Vec<(&str, Value)> = texts
+        .iter()
+        .map(|t| ("group_send", json!({"group": group, "text": t})))
+        .collect();
+    for r in api.call_many(&calls).await.unwrap() {
+        r.expect("every pipelined group send is accepted");
+    }
+}
+
+#[test]
+fn group_bursts_from_two_senders_reach_an_offline_member_complete_and_in_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let nodes: Vec<Node> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| Node::init_and_start(dir.path(), n, Some(&relay.addr)).unwrap())
+        .collect();
+    let mut nodes = nodes;
+    link_pair(&nodes[0], &nodes[1], "Alice", "Bob").unwrap();
+    link_pair(&nodes[0], &nodes[2], "Alice", "Carol").unwrap();
+    let g = nodes[0]
+        .json(&["group", "create", "Burst", "Bob", "Carol"])
+        .unwrap();
+    let group = g["id"].as_str().unwrap().to_owned();
+    for n in &nodes {
+        wait_for("every member to know the group", BURST_WAIT, || {
+            let info = n.json(&["group", "info", &group]).ok()?;
+            (info["members"].as_array()?.len() == 3).then_some(())
+        })
+        .unwrap();
+    }
+    // Carol goes offline; Alice and Bob each pipeline 200 texts at once (two sender-key
+    // rotations each on the way: keys travel over the pairwise lanes).
+    nodes[2].stop().unwrap();
+    let per = 200;
+    let a_texts: Vec<String> = (0..per).map(|i| format!("a {i:04}")).collect();
+    let b_texts: Vec<String> = (0..per).map(|i| format!("b {i:04}")).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        tokio::join!(
+            group_burst(&nodes[0], &group, &a_texts),
+            group_burst(&nodes[1], &group, &b_texts),
+        );
+    });
+    nodes[2].restart().unwrap();
+    let texts_of = |n: &Node| -> Vec<String> { message_texts(&group_history(n, &group)) };
+    let mut orders = Vec::new();
+    for n in &nodes {
+        let got = wait_for("both bursts at every member", BURST_WAIT, || {
+            let t = texts_of(n);
+            (t.len() >= 2 * per).then_some(t)
+        })
+        .unwrap_or_else(|e| panic!("{e}: {} has {}", n.user, texts_of(n).len()));
+        assert_eq!(got.len(), 2 * per, "no duplicates at {}", n.user);
+        // Each sender's texts in the order sent.
+        for (prefix, sent) in [("a ", &a_texts), ("b ", &b_texts)] {
+            let theirs: Vec<&String> = got.iter().filter(|t| t.starts_with(prefix)).collect();
+            assert_eq!(theirs.len(), sent.len(), "{prefix} at {}", n.user);
+            assert!(
+                theirs.iter().zip(sent.iter()).all(|(g, s)| *g == s),
+                "{prefix}order at {}",
+                n.user
+            );
+        }
+        orders.push(got);
+    }
+    // Every member shows the same order.
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[0], orders[2]);
 }

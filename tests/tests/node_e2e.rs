@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tern_tests::support::{Node, Relay, WAIT, files_containing, link_pair, wait_for};
+use tern_tests::support::{Node, Relay, WAIT, files_containing, link_pair, wait_direct, wait_for};
 
 fn history(node: &Node, contact: &str) -> Vec<Value> {
     node.json(&["history", contact, "--limit", "500", "--no-mark-read"])
@@ -204,15 +204,7 @@ fn online_contacts_connect_directly_and_messages_flow_without_the_relay() {
     link_pair(&a, &b, "Alice", "Bob").unwrap();
     // Presence tells each node the other is online; it dials through the relay circuit,
     // and identify/DCUtR upgrade that to a direct connection.
-    wait_for("a direct connection alice → bob", WAIT, || {
-        let s = a.json(&["status"]).ok()?;
-        s["peers"]
-            .as_array()?
-            .iter()
-            .any(|p| p["user_id"] == b.user.as_str() && p["direct"].as_u64() > Some(0))
-            .then_some(())
-    })
-    .unwrap();
+    wait_direct(&a, &b, WAIT).unwrap();
     // Sessions first (prekeys come from the relay), then the relay goes away.
     a.ok(&["send", "Bob", "via anything"]).unwrap();
     wait_history(&b, "Alice", "first message", |h| h.len() == 1);

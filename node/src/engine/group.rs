@@ -849,11 +849,7 @@ impl Engine {
             }
             Ok(())
         })?;
-        self.kick_lanes(
-            deliveries
-                .iter()
-                .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
-        );
+        self.kick_lanes_for(&deliveries);
         Ok(failed)
     }
 
@@ -1579,11 +1575,7 @@ impl Engine {
             self.store
                 .transaction(|tx| tx.advance_status(id, Status::Sent))?;
         }
-        self.kick_lanes(
-            deliveries
-                .iter()
-                .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
-        );
+        self.kick_lanes_for(&deliveries);
         self.start_fanout(id, ciphertext, fan, 0);
         Ok(info)
     }

@@ -14,6 +14,10 @@ use libp2p::PeerId;
 use tern_crypto::DeviceId;
 
 use super::{Engine, Internal, device_peer};
+
+/// What a lane task reports: the device, the rows it delivered, and the row it stopped at
+/// (with its attempts so far and why).
+pub(crate) type LaneResult = (String, Vec<i64>, Option<(i64, u32, NetError)>);
 use crate::{
     consts::{LANE_BATCH, MAX_LANES_IN_FLIGHT, OUTBOX_BATCH, RETRY_MAX},
     home::now_ms,
@@ -59,6 +63,15 @@ impl Engine {
                 Err(e) => tracing::error!("reading a lane failed: {e}"),
             }
         }
+    }
+
+    /// [`Engine::kick_lanes`] for the devices of rows just queued.
+    pub(crate) fn kick_lanes_for(&mut self, deliveries: &[tern_store::Delivery]) {
+        self.kick_lanes(
+            deliveries
+                .iter()
+                .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
+        );
     }
 
     fn start_lane(&mut self, user: &str, device: &str) {
@@ -113,32 +126,36 @@ impl Engine {
         });
     }
 
-    /// A lane task finished: its delivered rows go (messages whose last row went become
-    /// `sent`), the row it stopped at waits for its backoff or the relay's `retry_after`, and
-    /// the lane goes on at once if it was not stopped.
-    pub(crate) fn on_lane_done(
-        &mut self,
-        device: String,
-        acked: Vec<i64>,
-        failed: Option<(i64, u32, NetError)>,
-    ) {
-        self.lanes_busy.remove(&device);
-        let retry = failed.as_ref().map(|(row, attempts, e)| {
-            let wait = rpc::retry_after(e)
-                .unwrap_or_else(|| super::send::backoff(*attempts))
-                .min(RETRY_MAX);
-            tracing::debug!(%device, "delivery failed ({e}); the lane waits {wait:?}");
-            (
-                *row,
-                now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0)),
-            )
-        });
+    /// Lane tasks finished (those whose results were ready together): their delivered rows
+    /// go (messages whose last row went become `sent`) and each row a lane stopped at waits
+    /// for its backoff or the relay's `retry_after`, all in one transaction; then the lanes
+    /// that were not stopped go on at once.
+    pub(crate) fn on_lanes_done(&mut self, results: Vec<LaneResult>) {
+        let now = now_ms();
+        let mut acked = Vec::new();
+        let mut retries = Vec::new();
+        let mut go_on = Vec::new();
+        for (device, rows, failed) in results {
+            self.lanes_busy.remove(&device);
+            acked.extend(rows);
+            match failed {
+                Some((row, attempts, e)) => {
+                    let wait = rpc::retry_after(&e)
+                        .unwrap_or_else(|| super::send::backoff(attempts))
+                        .min(RETRY_MAX);
+                    tracing::debug!(%device, "delivery failed ({e}); the lane waits {wait:?}");
+                    let next = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0));
+                    retries.push((row, next));
+                }
+                None => go_on.push(device),
+            }
+        }
         let out = self
             .store
             .transaction(|tx| -> Result<_, tern_store::WriteError> {
                 let done = tx.ack_rows(&acked)?;
-                if let Some((row, next)) = retry {
-                    tx.reschedule_row(row, next)?;
+                for (row, next) in &retries {
+                    tx.reschedule_row(*row, *next)?;
                 }
                 Ok(done)
             });
@@ -159,9 +176,8 @@ impl Engine {
             // The rows stay and go again: the receiver drops what it already has.
             Err(e) => tracing::error!("recording deliveries failed (they go again): {e}"),
         }
-        if failed.is_none() {
-            let user = self.lane_user(&device);
-            if let Some(user) = user {
+        for device in go_on {
+            if let Some(user) = self.lane_user(&device) {
                 self.start_lane(&user, &device);
             }
         }

@@ -179,6 +179,13 @@ impl ContactState {
     fn relay_peers(&self) -> Vec<PeerId> {
         self.relays.iter().filter_map(relay_peer).collect()
     }
+    /// The Curve25519 key of one of this user's active devices.
+    fn curve_of(&self, device: &DeviceId) -> Option<[u8; 32]> {
+        self.devices()
+            .into_iter()
+            .find(|(d, _)| d == device)
+            .map(|(_, c)| c)
+    }
     fn devices(&self) -> Vec<(DeviceId, [u8; 32])> {
         self.list
             .as_ref()
@@ -455,8 +462,19 @@ impl Engine {
                     self.refetch_due();
                     self.prune_reorder();
                     for message in self.hold.expired(std::time::Instant::now()) {
+                        // A direct text shown with a gap before it: what is missing was
+                        // lost on the way (a relay that lost it, say); ask for it again.
+                        if message.gap_before
+                            && !message.own
+                            && message.conversation == message.sender
+                            && self.contacts.contains_key(&message.sender)
+                        {
+                            self.lost
+                                .insert((message.sender.clone(), message.sender_device.clone()));
+                        }
                         self.emit(Event::Message { message });
                     }
+                    self.ask_resend();
                     if self.topup_due {
                         self.topup_due = false;
                         for relay in self.home_relay_peers() {
@@ -644,8 +662,20 @@ impl Engine {
     }
 
     fn on_internal_batch(&mut self, batch: Vec<Internal>) {
+        // Lane results that are ready together are settled in one transaction.
+        let mut lanes = Vec::new();
         for msg in batch {
-            self.on_internal(msg);
+            match msg {
+                Internal::LaneDone {
+                    device,
+                    acked,
+                    failed,
+                } => lanes.push((device, acked, failed)),
+                other => self.on_internal(other),
+            }
+        }
+        if !lanes.is_empty() {
+            self.on_lanes_done(lanes);
         }
     }
 
@@ -655,7 +685,7 @@ impl Engine {
                 device,
                 acked,
                 failed,
-            } => self.on_lane_done(device, acked, failed),
+            } => self.on_lanes_done(vec![(device, acked, failed)]),
             Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
             Internal::FetchDone { relay } => {
                 self.fetching.remove(&relay);

@@ -169,12 +169,7 @@ impl Engine {
         let Some(device) = peer_device(&sender) else {
             return Ok(Outcome::Ack);
         };
-        let Some(curve) = self.known(user).and_then(|c| {
-            c.devices()
-                .into_iter()
-                .find(|(d, _)| *d == device)
-                .map(|(_, c)| c)
-        }) else {
+        let Some(curve) = self.known(user).and_then(|c| c.curve_of(&device)) else {
             tracing::warn!(contact = %user, "message from a device that is not active; dropped");
             return Ok(Outcome::Ack);
         };

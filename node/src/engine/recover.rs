@@ -157,12 +157,7 @@ impl Engine {
         if user == self.user_hex || !self.contacts.contains_key(user) {
             return Ok(());
         }
-        let Some(curve) = self.known(user).and_then(|c| {
-            c.devices()
-                .into_iter()
-                .find(|(d, _)| *d == device)
-                .map(|(_, c)| c)
-        }) else {
+        let Some(curve) = self.known(user).and_then(|c| c.curve_of(&device)) else {
             return Ok(());
         };
         let device_key = device.to_peer_id_string();

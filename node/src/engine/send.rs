@@ -251,11 +251,7 @@ impl Engine {
         self.emit(Event::Message {
             message: info.clone(),
         });
-        self.kick_lanes(
-            deliveries
-                .iter()
-                .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
-        );
+        self.kick_lanes_for(&deliveries);
         Ok(info)
     }
 
@@ -382,11 +378,7 @@ impl Engine {
                             Ok((added, deliveries))
                         });
                 match encrypted {
-                    Ok((true, deliveries)) => self.kick_lanes(
-                        deliveries
-                            .iter()
-                            .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
-                    ),
+                    Ok((true, deliveries)) => self.kick_lanes_for(&deliveries),
                     // Someone else encrypted it: the sessions in memory ran ahead of the
                     // store and are dropped; the rest waits for the next round.
                     Ok((false, _)) => break,
@@ -527,11 +519,7 @@ impl Engine {
             also(tx)?;
             Ok(())
         })?;
-        self.kick_lanes(
-            deliveries
-                .iter()
-                .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
-        );
+        self.kick_lanes_for(&deliveries);
         Ok(())
     }
 

@@ -27,7 +27,7 @@ use tern_node::{api::client::ApiClient, types::Event};
 use tern_relay::client::{Client, Config, Event as RelayEvent, Keypair};
 
 use super::{Opts, Report, per_sec, quantile};
-use crate::support::{Node, Relay, WAIT, link_pair, wait_for};
+use crate::support::{Node, Relay, WAIT, link_pair, wait_direct, wait_for, wait_outbox_empty};
 
 /// Relay config for the bench: rate limits far above anything it sends.
 const UNLIMITED: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n";
@@ -59,14 +59,7 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         let b = Node::init_and_start_with(&sub, "bob", Some(&relay.addr), extra)?;
         link_pair(&a, &b, "Alice", "Bob")?;
         if label == "direct" {
-            wait_for("a direct connection", WAIT, || {
-                let s = a.json(&["status"]).ok()?;
-                s["peers"]
-                    .as_array()?
-                    .iter()
-                    .any(|p| p["direct"].as_u64() > Some(0))
-                    .then_some(())
-            })?;
+            wait_direct(&a, &b, WAIT)?;
         }
         let (lat, calls, rate) = rt.block_on(node_path(&a, &b, latency_n, burst_n))?;
         results.push((label, lat, calls, rate));
@@ -221,18 +214,20 @@ fn catch_up(
         }
         anyhow::Ok(per_sec(n, start.elapsed()))
     })?;
-    wait_for("alice's outbox to drain", Duration::from_secs(600), || {
-        let s = a.json(&["status"]).ok()?;
-        (s["outbox"].as_u64()? == 0).then_some(())
-    })?;
+    wait_outbox_empty(&a, Duration::from_secs(600))?;
     let start = Instant::now();
     b.restart()?;
-    wait_for("bob to store the backlog", Duration::from_secs(600), || {
+    let unread = wait_for("bob to store the backlog", Duration::from_secs(600), || {
         let convs = b.json(&["conversations"]).ok()?;
         let unread = convs.as_array()?.first()?["unread"].as_u64()?;
-        (unread as usize >= n).then_some(())
+        (unread as usize >= n).then_some(unread)
     })?;
-    Ok((api_rate, per_sec(n, start.elapsed())))
+    let rate = per_sec(n, start.elapsed());
+    anyhow::ensure!(
+        unread as usize == n,
+        "bob stored {unread} of {n}: duplicates"
+    );
+    Ok((api_rate, rate))
 }
 
 /// The relay's raw fetch rate: `n` small messages deposited for a fresh client, then read

@@ -423,6 +423,26 @@ impl Drop for Node {
     }
 }
 
+/// Waits until `a` holds a direct (not relayed) connection to `b`'s device.
+pub fn wait_direct(a: &Node, b: &Node, timeout: Duration) -> anyhow::Result<()> {
+    wait_for("a direct connection", timeout, || {
+        let s = a.json(&["status"]).ok()?;
+        s["peers"]
+            .as_array()?
+            .iter()
+            .any(|p| p["user_id"] == b.user.as_str() && p["direct"].as_u64() > Some(0))
+            .then_some(())
+    })
+}
+
+/// Waits until `node`'s outbox is empty: everything handed to a relay or a peer.
+pub fn wait_outbox_empty(node: &Node, timeout: Duration) -> anyhow::Result<()> {
+    wait_for("the outbox to drain", timeout, || {
+        let s = node.json(&["status"]).ok()?;
+        (s["outbox"].as_u64()? == 0).then_some(())
+    })
+}
+
 /// Makes two nodes contacts of each other (each adds the other's link).
 pub fn link_pair(a: &Node, b: &Node, a_name: &str, b_name: &str) -> anyhow::Result<()> {
     let la = a.link()?;
