@@ -578,6 +578,16 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                     "outbox  {}",
                     v.get("outbox").and_then(Value::as_u64).unwrap_or(0)
                 );
+                let r = &v["recovery"];
+                let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+                if n("undecryptable") + n("resends_asked") + n("texts_resent") > 0 {
+                    println!(
+                        "lost    {} undecryptable, {} resends asked, {} texts sent again",
+                        n("undecryptable"),
+                        n("resends_asked"),
+                        n("texts_resent")
+                    );
+                }
                 for r in v
                     .get("relays")
                     .and_then(Value::as_array)

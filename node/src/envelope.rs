@@ -90,6 +90,10 @@ pub enum Body {
     Resend {
         /// The asking device holds every text `1..=after_seq` of the sender's device.
         after_seq: u64,
+        /// Only texts up to this sequence number (a gap below a text that did arrive);
+        /// absent: everything after `after_seq` (a key was gone, which text is not known).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        up_to_seq: Option<u64>,
     },
 }
 

@@ -171,6 +171,22 @@ pub struct StatusInfo {
     pub outbox: u64,
     /// Open connections to contacts' devices.
     pub peers: Vec<PeerInfo>,
+    /// Losses and their repair since the node started.
+    pub recovery: RecoveryInfo,
+}
+
+/// What was lost on the way and asked for again, since the node started: all zero when
+/// every message arrived in order.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecoveryInfo {
+    /// Pairwise messages that could not be decrypted (each one an `undecryptable` event).
+    pub undecryptable: u64,
+    /// Pairwise messages read only after waiting for earlier ones of their chain.
+    pub waited: u64,
+    /// Resend requests this device sent.
+    pub resends_asked: u64,
+    /// Texts this device sent again because a contact's device asked.
+    pub texts_resent: u64,
 }
 
 /// Connections to one contact device.

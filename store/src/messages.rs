@@ -460,15 +460,15 @@ impl Store {
         Ok(found.is_some())
     }
 
-    /// Own texts of `sender_device` in a conversation with a sequence number above
-    /// `after_seq` that are past pending and have no outbox row for `recipient_device`: what
-    /// a resend request from that device asks for. Lowest sequence first, at most `limit`
-    /// (capped at [`MAX_PAGE_SIZE`]).
+    /// Own texts of `sender_device` in a conversation with a sequence number in
+    /// `after_seq + 1 ..= up_to_seq` that are encrypted (not waiting for a session) and have
+    /// no outbox row for `recipient_device`: what a resend request from that device asks for.
+    /// Lowest sequence first, at most `limit` (capped at [`MAX_PAGE_SIZE`]).
     pub fn resend_candidates(
         &self,
         conversation: &ConversationId,
         sender_device: &str,
-        after_seq: u64,
+        (after_seq, up_to_seq): (u64, u64),
         recipient_device: &str,
         limit: u32,
     ) -> Result<Vec<Message>, ReadError> {
@@ -477,10 +477,14 @@ impl Store {
             return Ok(Vec::new());
         };
         let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let up_to = i64::try_from(up_to_seq).unwrap_or(i64::MAX);
+        // A pending text with no outbox row at all waits for a session: it is encrypted for
+        // every device at once later (`awaiting_encryption`), so it is not sent again here.
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
-             WHERE m.conversation = ?1 AND m.sender_device = ?2 AND m.own = 1 AND m.seq > ?3 \
-             AND m.status != ?4 AND m.body_kind = ?5 \
+             WHERE m.conversation = ?1 AND m.sender_device = ?2 AND m.own = 1 AND m.seq > ?3 AND m.seq <= ?8 \
+             AND NOT (m.status = ?4 AND NOT EXISTS (SELECT 1 FROM outbox a WHERE a.message = m.rowid)) \
+             AND m.body_kind = ?5 \
              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid AND o.recipient_device = ?6) \
              ORDER BY m.seq LIMIT ?7"
         );
@@ -494,11 +498,32 @@ impl Store {
                     Status::Pending.code(),
                     BODY_TEXT,
                     recipient_device,
-                    limit.clamp(1, MAX_PAGE_SIZE)
+                    limit.clamp(1, MAX_PAGE_SIZE),
+                    up_to
                 ],
             )
             .read_ctx(OP)?;
         rows.into_iter().map(|r| decode(OP, r)).collect()
+    }
+
+    /// The highest sequence number of `sender_device` in a conversation (0 for none).
+    pub fn max_sequence(
+        &self,
+        conversation: &ConversationId,
+        sender_device: &str,
+    ) -> Result<u64, ReadError> {
+        const OP: &str = "find the highest sequence number";
+        let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
+            return Ok(0);
+        };
+        let max: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT max(seq) FROM messages WHERE conversation = ?1 AND sender_device = ?2",
+            )
+            .and_then(|mut s| s.query_row(params![conv, sender_device], |r| r.get(0)))
+            .read_ctx(OP)?;
+        Ok(max.and_then(|m| u64::try_from(m).ok()).unwrap_or(0))
     }
 
     /// The highest sequence number `s` such that the conversation holds every message

@@ -120,6 +120,40 @@ impl Tx<'_> {
         self.insert_outbox_rows(OP, rowid, deliveries, first_attempt_ms, first_attempt_ms)
     }
 
+    /// Like [`Tx::add_outbox_rows`], but a row already queued for the same message and
+    /// device is an error instead of being kept: the new ciphertext would be dropped while the
+    /// ratchet that made it moved on (the caller then sends it later, when that row went).
+    pub fn add_outbox_rows_new(
+        &mut self,
+        id: MessageId,
+        deliveries: &[Delivery],
+        first_attempt_ms: i64,
+    ) -> Result<(), WriteError> {
+        const OP: &str = "add new outbox rows";
+        let rowid = self.message_rowid(OP, id)?;
+        {
+            let mut stmt = self
+                .tx
+                .prepare_cached("SELECT 1 FROM outbox WHERE message = ?1 AND recipient_device = ?2")
+                .write_ctx(OP)?;
+            for d in deliveries {
+                if stmt
+                    .query_row(params![rowid, d.recipient_device], |_| Ok(()))
+                    .optional()
+                    .write_ctx(OP)?
+                    .is_some()
+                {
+                    return Err(WriteError::OutOfRange {
+                        op: OP,
+                        field: "recipient_device",
+                        reason: "a row of this message is still queued for that device",
+                    });
+                }
+            }
+        }
+        self.insert_outbox_rows(OP, rowid, deliveries, first_attempt_ms, first_attempt_ms)
+    }
+
     /// Removes an acknowledged outbox row. When the last row of a pending message goes, the
     /// message becomes [`Status::Sent`]. Returns the rows still waiting for that message.
     pub fn ack_delivery(

@@ -24,7 +24,10 @@ fn send_burst(node: &Node, contact: &str, n: usize, tag: &str) -> Vec<String> {
             .iter()
             .map(|t| ("send", json!({"contact": contact, "text": t})))
             .collect();
-        let replies = api.call_many(&calls).await.unwrap();
+        let replies = tokio::time::timeout(BURST_WAIT, api.call_many(&calls))
+            .await
+            .expect("the node answers every pipelined send in time")
+            .unwrap();
         assert_eq!(replies.len(), n);
         let mut seqs = Vec::with_capacity(n);
         for r in replies {
@@ -52,7 +55,10 @@ fn history(node: &Node, contact: &str) -> Vec<Value> {
             if let Some(b) = &before {
                 p["before"] = json!(b);
             }
-            let page = api.call("history", p).await.unwrap();
+            let page = tokio::time::timeout(BURST_WAIT, api.call("history", p))
+                .await
+                .expect("history answers in time")
+                .unwrap();
             let page = page.as_array().cloned().unwrap_or_default();
             if page.is_empty() {
                 break;
@@ -72,6 +78,20 @@ fn received_texts(node: &Node, contact: &str) -> Vec<String> {
         .filter(|m| m["own"] == json!(false))
         .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
         .collect()
+}
+
+/// A node's losses and repairs since it started (`status.recovery`).
+fn recovery(node: &Node) -> Value {
+    node.json(&["status"]).unwrap()["recovery"].clone()
+}
+
+/// Nothing was lost on the way, waited for past its chain, or asked for again: the wire
+/// kept the order, so no repair was needed.
+fn assert_nothing_repaired(receiver: &Node, sender: &Node) {
+    let r = recovery(receiver);
+    assert_eq!(r["undecryptable"], 0, "{r}");
+    assert_eq!(r["resends_asked"], 0, "{r}");
+    assert_eq!(recovery(sender)["texts_resent"], 0);
 }
 
 fn outbox(node: &Node) -> u64 {
@@ -112,6 +132,8 @@ fn a_pipelined_burst_to_an_offline_contact_arrives_complete_and_in_order() {
     wait_outbox_empty(&a, BURST_WAIT).unwrap();
     b.restart().unwrap();
     assert_arrives_complete(&b, "Alice", &sent);
+    assert_nothing_repaired(&b, &a);
+    assert_eq!(recovery(&b)["waited"], 0, "mail came in order");
 }
 
 #[test]
@@ -140,12 +162,15 @@ fn a_burst_under_a_low_deposit_rate_limit_waits_and_keeps_order() {
     assert!(refused > 0.0, "the rate limit was hit ({refused})");
     b.restart().unwrap();
     assert_arrives_complete(&b, "Alice", &sent);
+    assert_nothing_repaired(&b, &a);
 }
 
 #[test]
 fn a_relay_killed_mid_burst_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    // A deposit rate that stretches the burst over several seconds, so the kill lands in it.
+    let limits = "[rate]\ndeposits_per_sec = 150.0\ndeposits_burst = 50.0\n";
+    let mut relay = Relay::start(&dir.path().join("relay"), limits).unwrap();
     let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
     let mut b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
     link_pair(&a, &b, "Alice", "Bob").unwrap();
@@ -153,14 +178,17 @@ fn a_relay_killed_mid_burst_loses_nothing() {
 
     let sent = send_burst(&a, "Bob", 1_500, "kill");
     // Mid-burst: some deposited, some not.
-    wait_for("part of the burst at the relay", BURST_WAIT, || {
-        (outbox(&a) < 1_300).then_some(())
+    let left = wait_for("part of the burst at the relay", BURST_WAIT, || {
+        let left = outbox(&a);
+        (left < 1_300).then_some(left)
     })
     .unwrap();
-    relay.restart_after_kill9("").unwrap();
+    relay.restart_after_kill9(limits).unwrap();
+    assert!(left > 100, "the relay died mid-burst ({left} still to go)");
     wait_outbox_empty(&a, BURST_WAIT).unwrap();
     b.restart().unwrap();
     assert_arrives_complete(&b, "Alice", &sent);
+    assert_nothing_repaired(&b, &a);
 }
 
 #[test]
@@ -192,6 +220,7 @@ fn a_direct_connection_dropping_mid_burst_loses_nothing() {
     let mut expected = vec!["hello".to_owned()];
     expected.extend(sent);
     assert_arrives_complete(&b, "Alice", &expected);
+    assert_eq!(recovery(&b)["undecryptable"], 0);
 }
 
 /// Pipelines `texts` to `group` on one API connection of `node`; every send must succeed.
@@ -201,7 +230,11 @@ async fn group_burst(node: &Node, group: &str, texts: &[String]) {
         .iter()
         .map(|t| ("group_send", json!({"group": group, "text": t})))
         .collect();
-    for r in api.call_many(&calls).await.unwrap() {
+    let replies = tokio::time::timeout(BURST_WAIT, api.call_many(&calls))
+        .await
+        .expect("the node answers every pipelined send in time")
+        .unwrap();
+    for r in replies {
         r.expect("every pipelined group send is accepted");
     }
 }

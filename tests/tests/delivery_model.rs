@@ -297,7 +297,7 @@ impl World {
             .resend_candidates(
                 &ConversationId("bob".into()),
                 ALICE_DEV,
-                after,
+                (after, u64::MAX),
                 BOB_DEV,
                 1_000,
             )

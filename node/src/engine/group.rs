@@ -107,7 +107,8 @@ impl Engine {
         self.contacts.get(user).or_else(|| self.peers.get(user))
     }
 
-    /// Loads groups and group peers from the store (at start).
+    /// Loads groups and group peers from the store (at start, and after a rolled-back
+    /// batch, with `groups` cleared first).
     pub(crate) fn load_groups(&mut self) -> Result<(), NodeError> {
         for (group, bytes) in self.store.group_ops()? {
             match SignedOp::from_bytes(&bytes) {
@@ -839,9 +840,11 @@ impl Engine {
             .iter()
             .filter(|u| !failed.iter().any(|(f, _)| f == *u))
             .collect();
+        // A pack whose first operation is still queued for a device fails as a whole and
+        // stays owed (sent again later) rather than being dropped behind the queued one.
         self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.apply_crypto(&updates, now)?;
-            tx.add_outbox_rows(id, &deliveries, now)?;
+            tx.add_outbox_rows_new(id, &deliveries, now)?;
             for user in &queued {
                 for owed in settle {
                     tx.settle_owed_group_message(*owed, user)?;

@@ -12,6 +12,7 @@
 
 use libp2p::PeerId;
 use tern_crypto::DeviceId;
+use tern_relay::wire::ErrorCode;
 
 use super::{Engine, Internal, device_peer};
 
@@ -81,10 +82,17 @@ impl Engine {
             return;
         }
         let Some(peer) = DeviceId::from_peer_id_string(device).and_then(|d| device_peer(&d)) else {
-            tracing::warn!(
+            // Nothing can ever deliver it, and it would hold its lane's place for good.
+            tracing::error!(
                 device,
-                "an outbox row for something that is not a device id"
+                "dropping outbox rows for something that is not a device id"
             );
+            if let Ok(rows) = self.store.lane(device, LANE_BATCH) {
+                let ids: Vec<i64> = rows.iter().map(|r| r.row).collect();
+                if let Err(e) = self.store.transaction(|tx| tx.ack_rows(&ids)) {
+                    tracing::error!("dropping them failed: {e}");
+                }
+            }
             return;
         };
         let rows = match self.store.lane(device, LANE_BATCH) {
@@ -214,6 +222,16 @@ pub(crate) async fn deliver(
     for relay in relays {
         match rpc::deposit(net, *relay, peer, payload.clone()).await {
             Ok(()) => return Ok(()),
+            // The relay is up and said "not now" (rate limit) or "not here" (quota): the lane
+            // waits for it rather than spreading one device's rows over several relays.
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::RateLimited | ErrorCode::QuotaCount | ErrorCode::QuotaBytes)
+                ) =>
+            {
+                return Err(e);
+            }
             Err(e) => last = e,
         }
     }

@@ -248,9 +248,13 @@ pub(crate) struct Engine {
     pub reorder: HashMap<[u8; 16], std::time::Instant>,
     /// When a resend was last asked of each remote device.
     pub resend_asked: HashMap<String, std::time::Instant>,
-    /// (user, device) a message was lost from in the batch being processed: asked to send
-    /// again once the batch is done.
-    pub lost: HashSet<(String, String)>,
+    /// Losses and their repair since start (shown by `status`).
+    pub recovery: RecoveryInfo,
+    /// Delivered receipts owed per contact since the last outbox tick (sent on it).
+    pub delivered_due: HashMap<String, Vec<MessageId>>,
+    /// (user, device) texts were lost from, and up to which sequence number (`None`: not
+    /// known): asked to send again once the batch is done ([`Engine::ask_resend`]).
+    pub lost: HashMap<(String, String), Option<u64>>,
     pub away: bool,
     pub presence: HashMap<PeerId, presence::Entry>,
     pub inbound_sessions: u32,
@@ -458,6 +462,7 @@ impl Engine {
                     self.deliver_owed().await;
                     self.flush_notifications();
                     self.encrypt_waiting(false).await;
+                    self.flush_delivered();
                     self.dispatch_due(false);
                     self.refetch_due();
                     self.prune_reorder();
@@ -469,8 +474,8 @@ impl Engine {
                             && message.conversation == message.sender
                             && self.contacts.contains_key(&message.sender)
                         {
-                            self.lost
-                                .insert((message.sender.clone(), message.sender_device.clone()));
+                            let up_to = message.seq.saturating_sub(1);
+                            self.note_lost(&message.sender, &message.sender_device, Some(up_to));
                         }
                         self.emit(Event::Message { message });
                     }
@@ -900,6 +905,7 @@ impl Engine {
             relays,
             listen: self.listen.iter().map(ToString::to_string).collect(),
             outbox,
+            recovery: self.recovery,
             peers: peers
                 .into_iter()
                 .map(|p| PeerInfo {

@@ -78,10 +78,13 @@ impl Engine {
         }
         if failed {
             self.reload_device();
+            // Membership taken in during a rolled-back batch must not stay in memory only.
+            self.groups.clear();
+            if let Err(e) = self.load_groups() {
+                tracing::error!("reloading groups failed: {e}");
+            }
         }
-        for (user, ids) in receipts {
-            self.send_receipt(&user, ReceiptKind::Delivered, ids);
-        }
+        self.owe_delivered(receipts);
         self.ask_resend();
         if !acks.is_empty() {
             let net = self.net.clone();
@@ -104,9 +107,7 @@ impl Engine {
         if outcome == Outcome::Failed {
             self.reload_device();
         }
-        for (user, ids) in receipts {
-            self.send_receipt(&user, ReceiptKind::Delivered, ids);
-        }
+        self.owe_delivered(receipts);
         self.ask_resend();
         let net = self.net.clone();
         tokio::spawn(async move {
@@ -117,6 +118,23 @@ impl Engine {
             net.respond_direct(id, refused).await;
         });
         self.maybe_top_up();
+    }
+
+    /// Delivered receipts for what was just stored go on the next outbox tick, one per
+    /// contact for everything stored meanwhile (they are owed in the store already, so a
+    /// crash before then loses none): a burst of pushes costs a few receipts, not one each.
+    fn owe_delivered(&mut self, receipts: HashMap<String, Vec<MessageId>>) {
+        for (user, ids) in receipts {
+            self.delivered_due.entry(user).or_default().extend(ids);
+        }
+    }
+
+    /// Sends the delivered receipts gathered since the last tick.
+    pub(crate) fn flush_delivered(&mut self) {
+        let due = std::mem::take(&mut self.delivered_due);
+        for (user, ids) in due {
+            self.send_receipt(&user, ReceiptKind::Delivered, ids);
+        }
     }
 
     fn maybe_top_up(&mut self) {
@@ -189,18 +207,23 @@ impl Engine {
             Err(SessionError::Duplicate(_)) => return Ok(Outcome::Ack),
             Err(e) => {
                 // Not a copy of anything read here (the ledger says so): lost. The user is
-                // told, and the sender is asked to send its texts again.
+                // told.
                 let reason = match e {
                     SessionError::MessageKeyGone(_) => "message_key_gone",
                     _ => "cannot_decrypt",
                 };
                 tracing::warn!(contact = %user, reason, "undecryptable message: {e}");
+                self.recovery.undecryptable += 1;
                 self.emit(Event::Undecryptable {
                     user_id: user.to_owned(),
                     device_id: sender.to_string(),
                     reason: reason.into(),
                 });
-                self.lost.insert((user.to_owned(), device_key));
+                // Texts that came too late are asked for again. A message no session reads
+                // would fail the same way again: resending would loop.
+                if matches!(e, SessionError::MessageKeyGone(_)) {
+                    self.note_lost(user, &device_key, None);
+                }
                 return Ok(Outcome::Ack);
             }
         };
@@ -352,9 +375,16 @@ impl Engine {
                     });
                 }
             }
-            Body::Resend { after_seq } => {
+            Body::Resend {
+                after_seq,
+                up_to_seq,
+            } => {
                 self.save_crypto(&update, own_device.as_ref(), now)?;
-                if let Err(e) = self.resend_to(user, device, after_seq) {
+                // A failure to queue them is a storage fault: the request is stored as read,
+                // so the receiver asks again (its gap is still there).
+                if let Err(e) =
+                    self.resend_to(user, device, (after_seq, up_to_seq.unwrap_or(u64::MAX)))
+                {
                     tracing::warn!(contact = %user, "sending texts again failed: {e}");
                 }
             }

@@ -52,7 +52,9 @@ impl Engine {
             Err(_) => return false,
         };
         if skip <= MAX_SAFE_SKIP {
-            self.reorder.remove(&digest);
+            if self.reorder.remove(&digest).is_some() {
+                self.recovery.waited += 1;
+            }
             return false;
         }
         let now = Instant::now();
@@ -107,18 +109,36 @@ impl Engine {
         }
     }
 
-    /// Sends a resend request to each device a message was lost from in the batch just
-    /// processed (at most one per device per [`RESEND_INTERVAL`]). The request names the
-    /// last text of that device this one holds in order, so everything after it comes again.
+    /// Notes that texts from `device` of `user` were lost: up to `up_to` (a gap below a
+    /// text that arrived), or `None` when which one is not known (a key was gone).
+    pub(crate) fn note_lost(&mut self, user: &str, device: &str, up_to: Option<u64>) {
+        let entry = self
+            .lost
+            .entry((user.to_owned(), device.to_owned()))
+            .or_insert(up_to);
+        *entry = match (*entry, up_to) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+    }
+
+    /// Sends a resend request to each device texts were lost from (at most one per device
+    /// per [`RESEND_INTERVAL`]; what is noted meanwhile waits for the next one, unless the
+    /// gap filled by itself). The request names the last text of that device this one
+    /// holds in order, so what follows comes again.
     pub(crate) fn ask_resend(&mut self) {
-        let lost: Vec<(String, String)> = self.lost.drain().collect();
-        for (user, device) in lost {
+        if self.lost.is_empty() {
+            return;
+        }
+        let lost: Vec<((String, String), Option<u64>)> = self.lost.drain().collect();
+        for ((user, device), up_to) in lost {
             let now = Instant::now();
             if self
                 .resend_asked
                 .get(&device)
                 .is_some_and(|at| now.duration_since(*at) < RESEND_INTERVAL)
             {
+                self.note_lost(&user, &device, up_to);
                 continue;
             }
             let Some(target) = DeviceId::from_peer_id_string(&device) else {
@@ -131,28 +151,37 @@ impl Engine {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!("finding what was lost failed: {e}");
+                    self.note_lost(&user, &device, up_to);
                     continue;
                 }
             };
+            if up_to.is_some_and(|u| after_seq >= u) {
+                continue; // the gap filled meanwhile
+            }
             self.resend_asked.insert(device.clone(), now);
-            tracing::info!(contact = %user, after_seq, "asking the sender to send its texts again");
-            if let Err(e) =
-                self.send_control_to(&user, Some(target), Body::Resend { after_seq }, |_| Ok(()))
-            {
+            self.recovery.resends_asked += 1;
+            tracing::info!(contact = %user, after_seq, ?up_to, "asking the sender to send its texts again");
+            let body = Body::Resend {
+                after_seq,
+                up_to_seq: up_to,
+            };
+            if let Err(e) = self.send_control_to(&user, Some(target), body, |_| Ok(())) {
                 tracing::warn!(contact = %user, "sending a resend request failed: {e}");
+                self.note_lost(&user, &device, up_to);
             }
         }
     }
 
     /// Answers a resend request from `device` of contact `user`: this device's own texts in
-    /// the conversation with a sequence number above `after_seq` that are not queued for that
-    /// device (at most [`MAX_RESEND`]) are encrypted again for it, in fresh ratchet steps, and
-    /// queued at the end of its lane, with the ratchet state, in one transaction.
+    /// the conversation with a sequence number in `range` (after the first, up to the
+    /// second) that are not queued for that device (at most [`MAX_RESEND`]) are encrypted
+    /// again for it, in fresh ratchet steps, and queued at the end of its lane, with the
+    /// ratchet state, in one transaction.
     pub(crate) fn resend_to(
         &mut self,
         user: &str,
         device: DeviceId,
-        after_seq: u64,
+        range: (u64, u64),
     ) -> Result<(), NodeError> {
         if user == self.user_hex || !self.contacts.contains_key(user) {
             return Ok(());
@@ -165,7 +194,7 @@ impl Engine {
         let texts = self.store.resend_candidates(
             &conv,
             &self.device_hex,
-            after_seq,
+            range,
             &device_key,
             MAX_RESEND,
         )?;
@@ -203,7 +232,8 @@ impl Engine {
             }
             Ok(())
         })?;
-        tracing::info!(contact = %user, count = texts.len(), after_seq, "sending texts again on request");
+        tracing::info!(contact = %user, count = texts.len(), ?range, "sending texts again on request");
+        self.recovery.texts_resent += texts.len() as u64;
         self.kick_lanes([(user, device_key.as_str())]);
         Ok(())
     }

@@ -93,12 +93,8 @@ impl Engine {
             .store
             .history(&id, Page::Latest, Some(SEQ_SCAN_LIMIT))?;
         let lamport = page.iter().map(|m| m.lamport).max().unwrap_or(0);
-        let seq = page
-            .iter()
-            .filter(|m| m.sender_device == self.device_hex)
-            .map(|m| m.seq)
-            .max()
-            .unwrap_or(0);
+        // From the index, not the page: the newest messages may all be the contact's.
+        let seq = self.store.max_sequence(&id, &self.device_hex)?;
         let lamport = *self.lamport.entry(conv.to_owned()).or_insert(lamport);
         let seq = *self.seq.entry(conv.to_owned()).or_insert(seq);
         Ok((lamport, seq))
