@@ -86,3 +86,7 @@ pub const KEYING_ATTEMPTS: u32 = 8;
 /// The wait before the second keying attempt; it doubles for each further one, so all
 /// attempts together wait at most about 0.6 s.
 pub const KEYING_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// WAL pages (4 KiB each: 32 MiB) past which a commit checkpoints by itself; below that the
+/// owner checkpoints when idle ([`crate::Store::checkpoint`]).
+pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 8_192;

@@ -501,6 +501,10 @@ impl Engine {
                     self.deliver_owed().await;
                     self.send_owed_receipts();
                     self.prune_seen_ledger();
+                    // Between messages rather than inside one's commit.
+                    if let Err(e) = self.store.checkpoint() {
+                        tracing::warn!("checkpointing the store failed: {e}");
+                    }
                     for relay in self.setup_pending.clone() {
                         if self.relay_up.contains(&relay) {
                             self.on_home_relay_up(relay).await;
