@@ -82,11 +82,12 @@ pub enum Body {
         /// with it.
         message: Option<ByteBuf>,
     },
-    /// A request to send again what this device may have lost (pairwise, direct
-    /// conversation only): one of the sender's ciphertexts could not be read (its key was
-    /// gone), so the sender re-encrypts its own texts in this conversation with a sequence
-    /// number above `after_seq` that are not queued for the asking device any more, in fresh
-    /// ratchet steps. The asking device drops the ids it already has.
+    /// A request to send again what this device lost (pairwise, direct conversation only,
+    /// to the one device it was lost from): one of that device's ciphertexts came after its
+    /// key was gone, or a text shows a gap before it. The sender re-encrypts its own texts in
+    /// this conversation with a sequence number in `after_seq + 1 ..= up_to_seq` that are not
+    /// queued for the asking device any more, in fresh ratchet steps. The asking device
+    /// drops the ids it already has.
     Resend {
         /// The asking device holds every text `1..=after_seq` of the sender's device.
         after_seq: u64,

@@ -181,12 +181,7 @@ impl Node {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Command,
     ) -> Result<T, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(make(tx))
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        self.queue(make).await?.wait().await
     }
 
     /// Queues a command now and returns its pending reply: commands queued one after another

@@ -297,9 +297,9 @@ pub enum Event {
         /// Device.
         device_id: String,
         /// Why: `message_key_gone` (it came after its key was discarded; the sender is asked
-        /// to send again), `cannot_decrypt` (no session reads it; the sender is asked to send
-        /// again), `group_message` (a group message that does not open), `group_key_missing`
-        /// (its sender key never came).
+        /// to send its texts again), `cannot_decrypt` (no session reads it; it would fail
+        /// again, so nothing is asked for), `group_message` (a group message that does not
+        /// open), `group_key_missing` (its sender key never came).
         reason: String,
     },
     /// A group's membership or title changed (or this user joined it).

@@ -45,7 +45,7 @@ pub use identity::{Contact, ContactSaved, OwnDevice, OwnIdentity};
 pub use key::{KdfParams, StorageKey, Unlock};
 #[cfg(any(test, feature = "memory"))]
 pub use memory::MemoryStore;
-pub use outbox::{DueLane, LaneRow};
+pub use outbox::LaneRow;
 pub use schema::SCHEMA_VERSION;
 pub use sessions::{
     CryptoUpdate, InboundGroupSession, OutboundGroupSession, PairwiseSession, ReplayLedger,

@@ -537,21 +537,19 @@ impl Store {
         let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
             return Ok(0);
         };
-        let seqs: Vec<i64> = self
+        // The end of the run that starts at 1: the lowest held number whose successor is not
+        // held (each probe is one look-up in `messages_sender_seq`).
+        let through: Option<i64> = self
             .conn
             .prepare_cached(
-                "SELECT DISTINCT seq FROM messages WHERE conversation = ?1 AND sender_device = ?2 AND seq > 0 ORDER BY seq",
+                "SELECT min(m.seq) FROM messages m WHERE m.conversation = ?1 AND m.sender_device = ?2 \
+                 AND m.seq > 0 \
+                 AND EXISTS (SELECT 1 FROM messages f WHERE f.conversation = ?1 AND f.sender_device = ?2 AND f.seq = 1) \
+                 AND NOT EXISTS (SELECT 1 FROM messages n WHERE n.conversation = ?1 AND n.sender_device = ?2 AND n.seq = m.seq + 1)",
             )
-            .and_then(|mut s| s.query_map(params![conv, sender_device], |r| r.get(0))?.collect())
+            .and_then(|mut s| s.query_row(params![conv, sender_device], |r| r.get(0)))
             .read_ctx(OP)?;
-        let mut through = 0u64;
-        for seq in seqs {
-            if u64::try_from(seq).ok() != Some(through + 1) {
-                break;
-            }
-            through += 1;
-        }
-        Ok(through)
+        Ok(through.and_then(|t| u64::try_from(t).ok()).unwrap_or(0))
     }
 
     fn query(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<Vec<RawMessage>> {

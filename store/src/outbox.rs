@@ -13,9 +13,9 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use crate::consts::{MAX_BLOB_BYTES, MAX_PAGE_SIZE};
+use crate::consts::MAX_PAGE_SIZE;
 use crate::error::{Context, ReadError, WriteError};
-use crate::messages::{check_len, message_id};
+use crate::messages::message_id;
 use crate::store::{Store, Tx};
 use crate::types::{Delivery, MessageId};
 
@@ -34,34 +34,20 @@ pub struct LaneRow {
     pub next_attempt_ms: i64,
 }
 
-/// A lane whose first row is due: the recipient user and device.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct DueLane {
-    /// Recipient user.
-    pub user: String,
-    /// Recipient device.
-    pub device: String,
-}
-
 impl Store {
-    /// The lanes whose first row is due at `now_ms`, most overdue first, at most `limit`
-    /// (capped at [`MAX_PAGE_SIZE`]).
-    pub fn due_lanes(&self, now_ms: i64, limit: u32) -> Result<Vec<DueLane>, ReadError> {
+    /// The recipient devices whose lane's first row is due at `now_ms`, most overdue first,
+    /// at most `limit` (capped at [`MAX_PAGE_SIZE`]).
+    pub fn due_lanes(&self, now_ms: i64, limit: u32) -> Result<Vec<String>, ReadError> {
         const OP: &str = "read due lanes";
         self.conn
             .prepare_cached(
-                "SELECT o.recipient_user, o.recipient_device FROM outbox o \
+                "SELECT o.recipient_device FROM outbox o \
                  WHERE o.id IN (SELECT min(id) FROM outbox WHERE length(payload) > 0 GROUP BY recipient_device) \
                  AND o.next_attempt_ms <= ?1 ORDER BY o.next_attempt_ms, o.id LIMIT ?2",
             )
             .and_then(|mut s| {
-                s.query_map(params![now_ms, limit.clamp(1, MAX_PAGE_SIZE)], |r| {
-                    Ok(DueLane {
-                        user: r.get(0)?,
-                        device: r.get(1)?,
-                    })
-                })?
-                .collect()
+                s.query_map(params![now_ms, limit.clamp(1, MAX_PAGE_SIZE)], |r| r.get(0))?
+                    .collect()
             })
             .read_ctx(OP)
     }
@@ -148,30 +134,14 @@ impl Tx<'_> {
         now_ms: i64,
     ) -> Result<(), WriteError> {
         const OP: &str = "queue control rows";
-        let mut stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO outbox (message, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms) \
-                 VALUES (NULL, ?1, ?2, ?3, ?4, ?4)",
-            )
-            .write_ctx(OP)?;
-        for d in deliveries {
-            if d.payload.is_empty() {
-                return Err(WriteError::OutOfRange {
-                    op: OP,
-                    field: "payload",
-                    reason: "a lane row needs a payload",
-                });
-            }
-            check_len(OP, "outbox payload", d.payload.len(), MAX_BLOB_BYTES)?;
-            stmt.execute(params![
-                d.recipient_device,
-                d.recipient_user,
-                d.payload,
-                now_ms
-            ])
-            .write_ctx(OP)?;
+        if deliveries.iter().any(|d| d.payload.is_empty()) {
+            return Err(WriteError::OutOfRange {
+                op: OP,
+                field: "payload",
+                reason: "a lane row needs a payload",
+            });
         }
+        self.insert_outbox_rows(OP, None, deliveries, now_ms, now_ms)?;
         Ok(())
     }
 
@@ -317,13 +287,7 @@ mod tests {
         store
             .transaction(|tx| tx.reschedule_row(lane[0].row, 1_000))
             .unwrap();
-        let due: Vec<String> = store
-            .due_lanes(10, 10)
-            .unwrap()
-            .into_iter()
-            .map(|l| l.device)
-            .collect();
-        assert_eq!(due, ["b2"]);
+        assert_eq!(store.due_lanes(10, 10).unwrap(), ["b2"]);
         assert_eq!(store.due_lanes(1_000, 10).unwrap().len(), 2);
         // Acknowledging: a message is sent once its last row went; control rows just go.
         let done = store
@@ -355,6 +319,58 @@ mod tests {
                 .transaction(|tx| tx.queue_control(&[empty], 0))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn sequences_and_resend_candidates_follow_what_is_held_and_queued() {
+        let (_dir, mut store) = store();
+        let conv = ConversationId("bob".into());
+        let seqs = |store: &Store| {
+            (
+                store.contiguous_sequence(&conv, "d0").unwrap(),
+                store.max_sequence(&conv, "d0").unwrap(),
+            )
+        };
+        assert_eq!(seqs(&store), (0, 0));
+        store
+            .transaction(|tx| {
+                tx.ensure_conversation(&conv, ConversationKind::Direct, Some("Bob"), 1)?;
+                // 2 and 3 without 1: nothing is held in order yet.
+                tx.record_outgoing(&own(2), &[], &[to("b1", 2)], 0)?;
+                tx.record_outgoing(&own(3), &[], &[], 0)
+            })
+            .unwrap();
+        assert_eq!(seqs(&store), (0, 3));
+        store
+            .transaction(|tx| {
+                tx.record_outgoing(&own(1), &[], &[], 0)?;
+                tx.record_outgoing(&own(5), &[], &[], 0)
+            })
+            .unwrap();
+        assert_eq!(seqs(&store), (3, 5), "1..=3 held, 4 missing");
+        // 3 and 5 are pending with no row at all (waiting for a session) and 2 is still
+        // queued for b1: of 1..=5 only 1 goes again to b1 (it is sent: its rows went).
+        store
+            .transaction(|tx| tx.advance_status(MessageId([1; 16]), Status::Sent))
+            .unwrap();
+        let ids = |range| -> Vec<MessageId> {
+            store
+                .resend_candidates(&conv, "d0", range, "b1", 100)
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect()
+        };
+        assert_eq!(ids((0, u64::MAX)), [MessageId([1; 16])]);
+        assert!(ids((1, u64::MAX)).is_empty(), "after_seq is exclusive");
+        // For another device, 2 (pending but encrypted: it has a row) goes too.
+        let other: Vec<MessageId> = store
+            .resend_candidates(&conv, "d0", (0, 2), "b2", 100)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(other, [MessageId([1; 16]), MessageId([2; 16])]);
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Tx<'_> {
         };
         self.insert_outbox_rows(
             OP,
-            rowid,
+            Some(rowid),
             deliveries,
             first_attempt_ms,
             message.received_at_ms,
@@ -103,7 +103,13 @@ impl Tx<'_> {
                 payload: Vec::new(),
             })
             .collect();
-        self.insert_outbox_rows(OP, rowid, &rows, first_attempt_ms, message.received_at_ms)?;
+        self.insert_outbox_rows(
+            OP,
+            Some(rowid),
+            &rows,
+            first_attempt_ms,
+            message.received_at_ms,
+        )?;
         Ok(Inserted::New)
     }
 
@@ -117,7 +123,14 @@ impl Tx<'_> {
     ) -> Result<(), WriteError> {
         const OP: &str = "add outbox rows";
         let rowid = self.message_rowid(OP, id)?;
-        self.insert_outbox_rows(OP, rowid, deliveries, first_attempt_ms, first_attempt_ms)
+        self.insert_outbox_rows(
+            OP,
+            Some(rowid),
+            deliveries,
+            first_attempt_ms,
+            first_attempt_ms,
+        )?;
+        Ok(())
     }
 
     /// Like [`Tx::add_outbox_rows`], but a row already queued for the same message and
@@ -131,27 +144,22 @@ impl Tx<'_> {
     ) -> Result<(), WriteError> {
         const OP: &str = "add new outbox rows";
         let rowid = self.message_rowid(OP, id)?;
-        {
-            let mut stmt = self
-                .tx
-                .prepare_cached("SELECT 1 FROM outbox WHERE message = ?1 AND recipient_device = ?2")
-                .write_ctx(OP)?;
-            for d in deliveries {
-                if stmt
-                    .query_row(params![rowid, d.recipient_device], |_| Ok(()))
-                    .optional()
-                    .write_ctx(OP)?
-                    .is_some()
-                {
-                    return Err(WriteError::OutOfRange {
-                        op: OP,
-                        field: "recipient_device",
-                        reason: "a row of this message is still queued for that device",
-                    });
-                }
-            }
+        let kept = self.insert_outbox_rows(
+            OP,
+            Some(rowid),
+            deliveries,
+            first_attempt_ms,
+            first_attempt_ms,
+        )?;
+        if kept > 0 {
+            // The transaction rolls back: nothing of it, the ratchet state included, stays.
+            return Err(WriteError::OutOfRange {
+                op: OP,
+                field: "recipient_device",
+                reason: "a row of this message is still queued for that device",
+            });
         }
-        self.insert_outbox_rows(OP, rowid, deliveries, first_attempt_ms, first_attempt_ms)
+        Ok(())
     }
 
     /// Removes an acknowledged outbox row. When the last row of a pending message goes, the
@@ -256,7 +264,13 @@ impl Tx<'_> {
             return Ok(false);
         }
         self.apply_crypto(updates, first_attempt_ms)?;
-        self.insert_outbox_rows(OP, rowid, deliveries, first_attempt_ms, first_attempt_ms)?;
+        self.insert_outbox_rows(
+            OP,
+            Some(rowid),
+            deliveries,
+            first_attempt_ms,
+            first_attempt_ms,
+        )?;
         Ok(true)
     }
 
@@ -308,16 +322,17 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// One outbox row per delivery of the message at `rowid` (a row already there for the
-    /// same recipient device is left as it is).
-    fn insert_outbox_rows(
+    /// One outbox row per delivery of the message at `rowid` (`None`: a control row of no
+    /// message). A row already there for the same message and recipient device is left as it
+    /// is; returns how many were left so.
+    pub(crate) fn insert_outbox_rows(
         &mut self,
         op: &'static str,
-        rowid: i64,
+        rowid: Option<i64>,
         deliveries: &[Delivery],
         next_attempt_ms: i64,
         created_at_ms: i64,
-    ) -> Result<(), WriteError> {
+    ) -> Result<usize, WriteError> {
         let mut stmt = self
             .tx
             .prepare_cached(
@@ -325,19 +340,24 @@ impl Tx<'_> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             )
             .write_ctx(op)?;
+        let mut kept = 0;
         for d in deliveries {
             check_len(op, "outbox payload", d.payload.len(), MAX_BLOB_BYTES)?;
-            stmt.execute(params![
-                rowid,
-                d.recipient_device,
-                d.recipient_user,
-                d.payload,
-                next_attempt_ms,
-                created_at_ms
-            ])
-            .write_ctx(op)?;
+            let inserted = stmt
+                .execute(params![
+                    rowid,
+                    d.recipient_device,
+                    d.recipient_user,
+                    d.payload,
+                    next_attempt_ms,
+                    created_at_ms
+                ])
+                .write_ctx(op)?;
+            if inserted == 0 {
+                kept += 1;
+            }
         }
-        Ok(())
+        Ok(kept)
     }
 
     fn message_rowid(&self, op: &'static str, id: MessageId) -> Result<i64, WriteError> {

@@ -283,7 +283,6 @@ INSERT INTO outbox_v6 (message, recipient_device, recipient_user, payload, attem
 DROP TABLE outbox;
 ALTER TABLE outbox_v6 RENAME TO outbox;
 CREATE INDEX outbox_due ON outbox(next_attempt_ms);
-CREATE INDEX outbox_message ON outbox(message);
 CREATE INDEX outbox_lane ON outbox(recipient_device, id) WHERE length(payload) > 0;
 CREATE TABLE pairwise_seen (
     peer_device TEXT NOT NULL,

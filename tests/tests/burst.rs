@@ -13,33 +13,43 @@ use tern_tests::support::{
 /// Longest a burst may take to drain or arrive (a 2-core CI machine, debug build).
 const BURST_WAIT: Duration = Duration::from_secs(240);
 
+/// Pipelines `texts` as `method` calls (`{key: target, text}`) on one API connection of
+/// `node` and returns the replies in order; every call must be answered in time and succeed.
+async fn pipeline(
+    node: &Node,
+    method: &str,
+    key: &str,
+    target: &str,
+    texts: &[String],
+) -> Vec<Value> {
+    let mut api = node.api().await.unwrap();
+    let calls: Vec<(&str, Value)> = texts
+        .iter()
+        .map(|t| (method, json!({key: target, "text": t})))
+        .collect();
+    let replies = tokio::time::timeout(BURST_WAIT, api.call_many(&calls))
+        .await
+        .expect("the node answers every pipelined send in time")
+        .unwrap();
+    assert_eq!(replies.len(), texts.len());
+    replies
+        .into_iter()
+        .map(|r| r.expect("every pipelined send is accepted"))
+        .collect()
+}
+
 /// Sends `n` texts to `contact` pipelined on one API connection; returns their texts in
 /// the order sent. Every send must succeed.
 fn send_burst(node: &Node, contact: &str, n: usize, tag: &str) -> Vec<String> {
     let texts: Vec<String> = (0..n).map(|i| format!("{tag} {i:05}")).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut api = node.api().await.unwrap();
-        let calls: Vec<(&str, Value)> = texts
-            .iter()
-            .map(|t| ("send", json!({"contact": contact, "text": t})))
-            .collect();
-        let replies = tokio::time::timeout(BURST_WAIT, api.call_many(&calls))
-            .await
-            .expect("the node answers every pipelined send in time")
-            .unwrap();
-        assert_eq!(replies.len(), n);
-        let mut seqs = Vec::with_capacity(n);
-        for r in replies {
-            let m = r.expect("every pipelined send is accepted");
-            seqs.push(m["seq"].as_u64().unwrap());
-        }
-        // Numbered in the order they were pipelined.
-        assert!(
-            seqs.windows(2).all(|w| w[1] == w[0] + 1),
-            "sequence follows the pipeline"
-        );
-    });
+    let replies = rt.block_on(pipeline(node, "send", "contact", contact, &texts));
+    let seqs: Vec<u64> = replies.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    // Numbered in the order they were pipelined.
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "sequence follows the pipeline"
+    );
     texts
 }
 
@@ -223,22 +233,6 @@ fn a_direct_connection_dropping_mid_burst_loses_nothing() {
     assert_eq!(recovery(&b)["undecryptable"], 0);
 }
 
-/// Pipelines `texts` to `group` on one API connection of `node`; every send must succeed.
-async fn group_burst(node: &Node, group: &str, texts: &[String]) {
-    let mut api = node.api().await.unwrap();
-    let calls: Vec<(&str, Value)> = texts
-        .iter()
-        .map(|t| ("group_send", json!({"group": group, "text": t})))
-        .collect();
-    let replies = tokio::time::timeout(BURST_WAIT, api.call_many(&calls))
-        .await
-        .expect("the node answers every pipelined send in time")
-        .unwrap();
-    for r in replies {
-        r.expect("every pipelined group send is accepted");
-    }
-}
-
 #[test]
 fn group_bursts_from_two_senders_reach_an_offline_member_complete_and_in_one_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -270,8 +264,8 @@ fn group_bursts_from_two_senders_reach_an_offline_member_complete_and_in_one_ord
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         tokio::join!(
-            group_burst(&nodes[0], &group, &a_texts),
-            group_burst(&nodes[1], &group, &b_texts),
+            pipeline(&nodes[0], "group_send", "group", &group, &a_texts),
+            pipeline(&nodes[1], "group_send", "group", &group, &b_texts),
         );
     });
     nodes[2].restart().unwrap();

@@ -236,7 +236,7 @@ impl Engine {
             self.subscribe_presence(relay);
         }
         // Mail from this contact may have been waiting for us to know them.
-        for relay in self.home_relays.clone().iter().filter_map(relay_peer) {
+        for relay in self.home_relay_peers() {
             if self.relay_up.contains(&relay) {
                 self.fetch_mailbox(relay);
             }

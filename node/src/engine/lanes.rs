@@ -15,16 +15,23 @@ use tern_crypto::DeviceId;
 use tern_relay::wire::ErrorCode;
 
 use super::{Engine, Internal, device_peer};
-
-/// What a lane task reports: the device, the rows it delivered, and the row it stopped at
-/// (with its attempts so far and why).
-pub(crate) type LaneResult = (String, Vec<i64>, Option<(i64, u32, NetError)>);
 use crate::{
     consts::{LANE_BATCH, MAX_LANES_IN_FLIGHT, OUTBOX_BATCH, RETRY_MAX},
     home::now_ms,
     net::{NetError, rpc},
     types::Event,
 };
+
+/// What a lane task reports.
+#[derive(Debug)]
+pub(crate) struct LaneDone {
+    /// The recipient device.
+    device: String,
+    /// The rows it delivered, in order.
+    acked: Vec<i64>,
+    /// The row it stopped at, with its failed attempts before this one, and why.
+    failed: Option<(i64, u32, NetError)>,
+}
 
 impl Engine {
     /// Starts the lanes whose first row is due (`all`: every lane, backoff or not).
@@ -40,45 +47,45 @@ impl Engine {
                 return;
             }
         };
-        for lane in due {
+        for device in due {
             if self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
                 break;
             }
-            self.start_lane(&lane.user, &lane.device);
+            self.start_lane(&device, None);
         }
     }
 
-    /// Starts the lanes of these devices if they are idle: rows were just queued for them.
-    /// A lane whose first row waits for its backoff stays waiting (the new rows are behind it).
-    pub(crate) fn kick_lanes<'a>(&mut self, devices: impl IntoIterator<Item = (&'a str, &'a str)>) {
-        let now = now_ms();
-        for (user, device) in devices {
-            if self.lanes_busy.contains(device) || self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
-                continue;
-            }
-            match self.store.lane(device, 1) {
-                Ok(head) if head.first().is_some_and(|r| r.next_attempt_ms <= now) => {
-                    self.start_lane(user, device)
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!("reading a lane failed: {e}"),
-            }
-        }
-    }
-
-    /// [`Engine::kick_lanes`] for the devices of rows just queued.
+    /// Starts the lanes of the devices rows were just queued for, if they are idle. A lane
+    /// whose first row waits for its backoff stays waiting (the new rows are behind it).
     pub(crate) fn kick_lanes_for(&mut self, deliveries: &[tern_store::Delivery]) {
-        self.kick_lanes(
-            deliveries
-                .iter()
-                .map(|d| (d.recipient_user.as_str(), d.recipient_device.as_str())),
-        );
+        let now = now_ms();
+        for d in deliveries {
+            self.start_lane(&d.recipient_device, Some(now));
+        }
     }
 
-    fn start_lane(&mut self, user: &str, device: &str) {
+    /// Starts a task sending the first rows of `device`'s lane, unless one runs, a store
+    /// batch is open, or (with `due_at`) the first row is not due by then.
+    fn start_lane(&mut self, device: &str, due_at: Option<i64>) {
         // Inside a store batch the rows are not durable yet: nothing goes on the wire until
         // it commits (the batch's owner dispatches then).
-        if self.lanes_busy.contains(device) || self.store.in_batch() {
+        if self.lanes_busy.contains(device)
+            || self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT
+            || self.store.in_batch()
+        {
+            return;
+        }
+        let rows = match self.store.lane(device, LANE_BATCH) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("reading a lane failed: {e}");
+                return;
+            }
+        };
+        let Some(head) = rows.first() else {
+            return;
+        };
+        if due_at.is_some_and(|t| head.next_attempt_ms > t) {
             return;
         }
         let Some(peer) = DeviceId::from_peer_id_string(device).and_then(|d| device_peer(&d)) else {
@@ -87,24 +94,14 @@ impl Engine {
                 device,
                 "dropping outbox rows for something that is not a device id"
             );
-            if let Ok(rows) = self.store.lane(device, LANE_BATCH) {
-                let ids: Vec<i64> = rows.iter().map(|r| r.row).collect();
-                if let Err(e) = self.store.transaction(|tx| tx.ack_rows(&ids)) {
-                    tracing::error!("dropping them failed: {e}");
-                }
+            let ids: Vec<i64> = rows.iter().map(|r| r.row).collect();
+            if let Err(e) = self.store.transaction(|tx| tx.ack_rows(&ids)) {
+                tracing::error!("dropping them failed: {e}");
             }
             return;
         };
-        let rows = match self.store.lane(device, LANE_BATCH) {
-            Ok(r) if !r.is_empty() => r,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::error!("reading a lane failed: {e}");
-                return;
-            }
-        };
         let relays = self
-            .known(user)
+            .known(&head.delivery.recipient_user)
             .map(|c| c.relay_peers())
             .unwrap_or_default();
         self.lanes_busy.insert(device.to_owned());
@@ -125,11 +122,11 @@ impl Engine {
                 }
             }
             let _ = tx
-                .send(Internal::LaneDone {
+                .send(Internal::LaneDone(LaneDone {
                     device,
                     acked,
                     failed,
-                })
+                }))
                 .await;
         });
     }
@@ -138,12 +135,17 @@ impl Engine {
     /// go (messages whose last row went become `sent`) and each row a lane stopped at waits
     /// for its backoff or the relay's `retry_after`, all in one transaction; then the lanes
     /// that were not stopped go on at once.
-    pub(crate) fn on_lanes_done(&mut self, results: Vec<LaneResult>) {
+    pub(crate) fn on_lanes_done(&mut self, results: Vec<LaneDone>) {
         let now = now_ms();
         let mut acked = Vec::new();
         let mut retries = Vec::new();
         let mut go_on = Vec::new();
-        for (device, rows, failed) in results {
+        for LaneDone {
+            device,
+            acked: rows,
+            failed,
+        } in results
+        {
             self.lanes_busy.remove(&device);
             acked.extend(rows);
             match failed {
@@ -185,21 +187,10 @@ impl Engine {
             Err(e) => tracing::error!("recording deliveries failed (they go again): {e}"),
         }
         for device in go_on {
-            if let Some(user) = self.lane_user(&device) {
-                self.start_lane(&user, &device);
-            }
+            self.start_lane(&device, None);
         }
         // Keep the pipe full.
         self.dispatch_lanes(false);
-    }
-
-    fn lane_user(&self, device: &str) -> Option<String> {
-        self.store
-            .lane(device, 1)
-            .ok()?
-            .into_iter()
-            .next()
-            .map(|r| r.delivery.recipient_user)
     }
 }
 

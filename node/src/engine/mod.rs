@@ -136,13 +136,8 @@ pub(crate) enum GroupCommand {
 /// Results of work the engine spawned.
 #[derive(Debug)]
 pub(crate) enum Internal {
-    /// A lane task finished: the rows it delivered, and the row it stopped at (with its
-    /// attempts so far and why).
-    LaneDone {
-        device: String,
-        acked: Vec<i64>,
-        failed: Option<(i64, u32, NetError)>,
-    },
+    /// A lane task finished.
+    LaneDone(lanes::LaneDone),
     /// A mailbox drain of this relay finished.
     FetchDone { relay: PeerId },
     /// A page of mail fetched from a relay.
@@ -466,20 +461,7 @@ impl Engine {
                     self.dispatch_due(false);
                     self.refetch_due();
                     self.prune_reorder();
-                    for message in self.hold.expired(std::time::Instant::now()) {
-                        // A direct text shown with a gap before it: what is missing was
-                        // lost on the way (a relay that lost it, say); ask for it again.
-                        if message.gap_before
-                            && !message.own
-                            && message.conversation == message.sender
-                            && self.contacts.contains_key(&message.sender)
-                        {
-                            let up_to = message.seq.saturating_sub(1);
-                            self.note_lost(&message.sender, &message.sender_device, Some(up_to));
-                        }
-                        self.emit(Event::Message { message });
-                    }
-                    self.ask_resend();
+                    self.release_held();
                     if self.topup_due {
                         self.topup_due = false;
                         for relay in self.home_relay_peers() {
@@ -675,11 +657,7 @@ impl Engine {
         let mut lanes = Vec::new();
         for msg in batch {
             match msg {
-                Internal::LaneDone {
-                    device,
-                    acked,
-                    failed,
-                } => lanes.push((device, acked, failed)),
+                Internal::LaneDone(done) => lanes.push(done),
                 other => self.on_internal(other),
             }
         }
@@ -690,11 +668,7 @@ impl Engine {
 
     fn on_internal(&mut self, msg: Internal) {
         match msg {
-            Internal::LaneDone {
-                device,
-                acked,
-                failed,
-            } => self.on_lanes_done(vec![(device, acked, failed)]),
+            Internal::LaneDone(done) => self.on_lanes_done(vec![done]),
             Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
             Internal::FetchDone { relay } => {
                 self.fetching.remove(&relay);

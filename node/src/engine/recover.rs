@@ -109,6 +109,24 @@ impl Engine {
         }
     }
 
+    /// Shows the held messages whose hold ran out. A direct text shown with a gap before it
+    /// means what is missing was lost on the way (a relay that lost it, say): it is asked
+    /// for again, with whatever else was noted lost.
+    pub(crate) fn release_held(&mut self) {
+        for message in self.hold.expired(Instant::now()) {
+            if message.gap_before
+                && !message.own
+                && message.conversation == message.sender
+                && self.contacts.contains_key(&message.sender)
+            {
+                let up_to = message.seq.saturating_sub(1);
+                self.note_lost(&message.sender, &message.sender_device, Some(up_to));
+            }
+            self.emit(crate::types::Event::Message { message });
+        }
+        self.ask_resend();
+    }
+
     /// Notes that texts from `device` of `user` were lost: up to `up_to` (a gap below a
     /// text that arrived), or `None` when which one is not known (a key was gone).
     pub(crate) fn note_lost(&mut self, user: &str, device: &str, up_to: Option<u64>) {
@@ -234,7 +252,12 @@ impl Engine {
         })?;
         tracing::info!(contact = %user, count = texts.len(), ?range, "sending texts again on request");
         self.recovery.texts_resent += texts.len() as u64;
-        self.kick_lanes([(user, device_key.as_str())]);
+        // Every text went to the same device: one kick starts its lane.
+        let first = queued
+            .first()
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or_default();
+        self.kick_lanes_for(first);
         Ok(())
     }
 }

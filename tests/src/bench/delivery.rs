@@ -8,7 +8,6 @@
 //!   sender encrypts, commits message, ratchet and outbox, and answers).
 //! - `delivery.throughput_direct` / `_mailbox`: messages per second, sent back to back, until
 //!   the recipient has stored the last one.
-//!
 //! - `delivery.burst_send_api`: texts per second a client gets accepted when it pipelines a
 //!   burst on one API connection (each one encrypted, committed with its ratchet state and
 //!   outbox row, and answered), against the relay's deposits with one in flight.
