@@ -232,6 +232,12 @@ enum DeviceCmd {
     },
     /// List this user's devices.
     List,
+    /// Revoke another device of yours (a lost laptop): it is sent nothing from now on, its
+    /// messages are refused, and it stops sending once it learns of it.
+    Revoke {
+        /// The device id or name (`tern device list`).
+        device: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,6 +300,7 @@ impl From<ClientError> for Failure {
                 1004 | 1010 => 6,
                 1009 => 7,
                 1014..=1016 => 9,
+                1017 => 10,
                 _ => 1,
             },
             _ => 1,
@@ -462,6 +469,20 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                 print_json(&v);
             } else {
                 println!("linked device {} ({})", s(&v, "device_id"), s(&v, "name"));
+            }
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Revoke { device },
+        } => {
+            let v = client(&home)
+                .await?
+                .call("device.revoke", json!({"device": device}))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("revoked device {} ({})", s(&v, "device_id"), s(&v, "name"));
             }
             Ok(())
         }

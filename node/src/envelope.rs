@@ -96,6 +96,46 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         up_to_seq: Option<u64>,
     },
+    /// The sender user's current signed device list (pairwise, direct conversation only),
+    /// sent to every contact and group member when the list changes, and as the answer to a
+    /// message that was encrypted for an older version of it. `stale` names the messages of
+    /// the receiver that arrived encrypted for an older version: the receiver encrypts them
+    /// again for the devices it now learns of.
+    DeviceList {
+        /// A `tern_crypto::SignedDeviceList`.
+        list: ByteBuf,
+        /// The addressed user's own messages that were encrypted for an older list (at most
+        /// [`MAX_RECEIPT_IDS`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stale: Vec<ByteArray<16>>,
+        /// The devices of the list those messages missed (at most
+        /// `tern_crypto::consts::MAX_DEVICE_LIST_ENTRIES`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        missed: Vec<ByteArray<32>>,
+    },
+}
+
+/// The device-list versions a message was encrypted with, so a receiver can tell that the
+/// sender encrypted for an older list of its user (and answer with the current one) or holds
+/// an older list of the sender's (and fetch it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListVersions {
+    /// The addressed user's device list the message was encrypted for (absent in a group
+    /// message, which is encrypted once for every member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<ListMark>,
+    /// The sender user's own device list (what a sync copy was encrypted for).
+    pub from: ListMark,
+}
+
+/// A version of a device list, and how many entries it had. Lists only grow at the end, so
+/// the entries of a newer list past this many are the devices added since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListMark {
+    /// The list's version.
+    pub version: u64,
+    /// Its entries, active and revoked.
+    pub entries: u32,
 }
 
 /// A plaintext envelope.
@@ -117,6 +157,9 @@ pub struct Envelope {
     pub sent_at_ms: i64,
     /// The content.
     pub body: Body,
+    /// The device-list versions it was encrypted with (absent from older senders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lists: Option<ListVersions>,
 }
 
 /// Why an envelope could not be decoded or encoded.
@@ -193,6 +236,17 @@ impl Envelope {
                 ids.len()
             )));
         }
+        if let Body::DeviceList { stale, missed, .. } = &self.body
+            && (stale.len() > MAX_RECEIPT_IDS
+                || missed.len() > tern_crypto::consts::MAX_DEVICE_LIST_ENTRIES)
+        {
+            return Err(EnvelopeError::Malformed(format!(
+                "device-list answer naming {} messages and {} devices (at most {MAX_RECEIPT_IDS} and {})",
+                stale.len(),
+                missed.len(),
+                tern_crypto::consts::MAX_DEVICE_LIST_ENTRIES
+            )));
+        }
         Ok(())
     }
 }
@@ -215,7 +269,42 @@ mod tests {
             body: Body::Text {
                 text: "hello".into(),
             },
+            lists: None,
         }
+    }
+
+    #[test]
+    fn list_versions_and_device_list_answers_round_trip() {
+        let mut e = sample();
+        e.lists = Some(ListVersions {
+            to: Some(ListMark {
+                version: 3,
+                entries: 2,
+            }),
+            from: ListMark {
+                version: 5,
+                entries: 1,
+            },
+        });
+        let bytes = e.encode().unwrap();
+        assert_eq!(Envelope::decode(&bytes).unwrap(), e);
+        // A sender that writes no versions is read as such (older builds).
+        assert_eq!(
+            Envelope::decode(&sample().encode().unwrap()).unwrap().lists,
+            None
+        );
+        e.body = Body::DeviceList {
+            list: ByteBuf::from(vec![1, 2, 3]),
+            stale: vec![ByteArray::new([9; 16]); 2],
+            missed: vec![ByteArray::new([8; 32])],
+        };
+        assert_eq!(Envelope::decode(&e.encode().unwrap()).unwrap(), e);
+        e.body = Body::DeviceList {
+            list: ByteBuf::from(vec![1]),
+            stale: vec![ByteArray::new([9; 16]); MAX_RECEIPT_IDS + 1],
+            missed: Vec::new(),
+        };
+        assert!(matches!(e.encode(), Err(EnvelopeError::Malformed(_))));
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub enum NodeError {
     /// This user is not (or no longer) a member.
     #[error("you are not a member of {0}")]
     NotMember(String),
+    /// Another device of this user revoked this one.
+    #[error(
+        "this device was revoked by another device of yours: it can no longer send. \
+         To use it again, link it anew (`tern device link` on an empty home)"
+    )]
+    Revoked,
 }
 
 impl NodeError {
@@ -103,6 +109,7 @@ impl NodeError {
             NodeError::GroupFull { .. } => 1014,
             NodeError::NotAdmin(_) => 1015,
             NodeError::NotMember(_) => 1016,
+            NodeError::Revoked => 1017,
         }
     }
 }

@@ -89,6 +89,12 @@ impl Node {
             return Err(StartError::NoRelay);
         }
         let (store, keys) = config.home.open()?;
+        // A device whose own stored list revokes it stays revoked across restarts.
+        let revoked = !keys
+            .device_list
+            .list()
+            .active()
+            .any(|e| e.device_id() == keys.device.device_id());
         let node_config = config.home.config()?;
         let keypair = Keypair::ed25519_from_bytes(*keys.device.network_secret())
             .map_err(|e| NodeError::Crypto(e.to_string()))?;
@@ -156,6 +162,14 @@ impl Node {
             notify: HashMap::new(),
             reissue: Vec::new(),
             fan_in_flight: HashSet::new(),
+            list_answers: HashMap::new(),
+            list_answered: HashMap::new(),
+            list_wanted: HashMap::new(),
+            // Owed texts from before a restart are looked at once.
+            resync_due: true,
+            resync_attempts: 0,
+            resync_retry: None,
+            revoked,
             lists_due: true,
             lists_fetched: None,
             heartbeats: 0,
@@ -339,6 +353,13 @@ impl Node {
     /// This user's devices.
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, NodeError> {
         self.call(Command::Devices).await
+    }
+
+    /// Revokes another device of this user (by device id or name): it gets nothing sent
+    /// from now on, and its messages are refused.
+    pub async fn device_revoke(&self, device: String) -> Result<DeviceInfo, NodeError> {
+        self.call(|reply| Command::DeviceRevoke { device, reply })
+            .await
     }
 
     /// Creates a group with this user as admin and the given contacts (names or user ids)

@@ -319,6 +319,11 @@ pub enum Event {
         /// What to show.
         text: String,
     },
+    /// Another device of this user revoked this one: it no longer sends.
+    Revoked {
+        /// This device.
+        device_id: String,
+    },
     /// Events were dropped because this subscriber fell behind.
     Lagged {
         /// How many.

@@ -109,6 +109,20 @@ impl Tx<'_> {
         Ok(n > 0)
     }
 
+    /// Retires this device's sender keys in `groups`: the next message in each makes a new
+    /// key, shared only with the member devices listed then (a device was revoked).
+    pub fn retire_group_sender_keys(&mut self, groups: &[String]) -> Result<(), WriteError> {
+        const OP: &str = "retire sender keys";
+        let mut stmt = self
+            .tx
+            .prepare_cached("DELETE FROM group_sender_keys WHERE group_id = ?1")
+            .write_ctx(OP)?;
+        for g in groups {
+            stmt.execute([g]).write_ctx(OP)?;
+        }
+        Ok(())
+    }
+
     /// Records which sender key this device uses for a group and the membership version
     /// it was made for.
     pub fn set_group_sender_key(

@@ -183,6 +183,19 @@ impl Tx<'_> {
         Ok(done)
     }
 
+    /// Removes every row still queued for `device` (a revoked device: nothing more goes to
+    /// it), lane and fan-out rows alike. Returns the messages whose last row went (they are
+    /// [`crate::Status::Sent`] now, as if delivered: what is left of them went elsewhere).
+    pub fn drop_device_rows(&mut self, device: &str) -> Result<Vec<MessageId>, WriteError> {
+        const OP: &str = "drop a device's rows";
+        let rows: Vec<i64> = self
+            .tx
+            .prepare_cached("SELECT id FROM outbox WHERE recipient_device = ?1 ORDER BY id")
+            .and_then(|mut s| s.query_map([device], |r| r.get(0))?.collect())
+            .write_ctx(OP)?;
+        self.ack_rows(&rows)
+    }
+
     /// Counts a failed attempt on a lane row and sets when it is due next.
     pub fn reschedule_row(&mut self, row: i64, next_attempt_ms: i64) -> Result<(), WriteError> {
         const OP: &str = "reschedule a lane row";

@@ -21,6 +21,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V4_RECEIPTS_DUE,
     V5_GROUPS,
     V6_LANES,
+    V7_RESYNC,
 ];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
@@ -292,6 +293,18 @@ CREATE TABLE pairwise_seen (
 ) WITHOUT ROWID;
 CREATE INDEX pairwise_seen_age ON pairwise_seen(seen_at_ms);
 CREATE INDEX messages_sender_seq ON messages(conversation, sender_device, seq);
+"#;
+
+/// Version 7: own messages owed to devices that a device-list change showed were left out
+/// (a device of their user reported them encrypted for an older list; see `resync.rs`).
+const V7_RESYNC: &str = r#"
+CREATE TABLE resync_due (
+    message_id  BLOB NOT NULL,
+    device      TEXT NOT NULL,
+    user        TEXT NOT NULL,
+    owed_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (message_id, device)
+);
 "#;
 
 /// Reads `PRAGMA user_version`.

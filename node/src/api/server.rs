@@ -378,6 +378,7 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         "contact.list" => to_value(node.contacts().await?),
         "device.add" => to_value(node.device_add(str_param(p, "code")?).await?),
         "device.list" => to_value(node.devices().await?),
+        "device.revoke" => to_value(node.device_revoke(str_param(p, "device")?).await?),
         "history" => to_value(
             node.history(
                 str_param(p, "contact")?,

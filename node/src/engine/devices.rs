@@ -89,6 +89,7 @@ impl Engine {
     /// Links a new device from the code it shows: certifies it, publishes the next device
     /// list, and deposits the provisioning record (identity, contacts, groups) for it.
     pub(crate) async fn device_add(&mut self, code: &str) -> Result<DeviceInfo, NodeError> {
+        self.check_not_revoked()?;
         let req = Request::parse(code).map_err(|e| NodeError::BadRequest(e.to_string()))?;
         let id = req.device_id();
         let peer = device_peer(&id)
@@ -141,23 +142,8 @@ impl Engine {
                     .transaction(|tx| tx.save_own_device_list(next.version, signed.as_bytes()))?;
                 self.keys.device_list = signed;
                 self.refresh_me();
-                for relay in self
-                    .home_relays
-                    .iter()
-                    .filter_map(relay_peer)
-                    .collect::<Vec<_>>()
-                {
-                    if let Err(e) = rpc::publish_device_list(
-                        &self.net,
-                        relay,
-                        self.keys.device_list.as_bytes().to_vec(),
-                    )
-                    .await
-                    {
-                        tracing::warn!(%relay, "publishing the device list failed (retried when the relay comes up): {e}");
-                        self.setup_pending.insert(relay);
-                    }
-                }
+                self.publish_own_list().await;
+                self.announce_list();
                 certificate
             }
         };
@@ -376,24 +362,13 @@ impl Engine {
             }
         }
         if changed {
-            self.rebuild_device_owner();
-            self.push_allow_list();
-            for relay in self
-                .home_relays
-                .iter()
-                .filter_map(relay_peer)
-                .collect::<Vec<PeerId>>()
-            {
-                if self.relay_up.contains(&relay) {
-                    self.fetch_mailbox(relay);
-                }
-            }
+            self.lists_changed();
         }
     }
 
     /// Takes a fetched device list of `user` if the pinned identity key signed it and it is
     /// a valid successor of the one held; returns whether it was taken.
-    fn take_list(&mut self, user: &str, bytes: Vec<u8>) -> Result<bool, NodeError> {
+    pub(crate) fn take_list(&mut self, user: &str, bytes: Vec<u8>) -> Result<bool, NodeError> {
         let Some(state) = self.known(user).cloned() else {
             return Ok(false);
         };
@@ -426,11 +401,27 @@ impl Engine {
             }
             current.list().check_successor(next.list())?;
         }
+        // Devices active in the list held and revoked in this one.
+        let revoked: Vec<tern_crypto::DeviceId> = state
+            .list
+            .as_ref()
+            .map(|current| {
+                current
+                    .list()
+                    .active()
+                    .map(|e| e.device_id())
+                    .filter(|d| next.list().entry(d).is_some_and(|e| !e.is_active()))
+                    .collect()
+            })
+            .unwrap_or_default();
         if user == self.user_hex {
             self.store
                 .transaction(|tx| tx.save_own_device_list(next.list().version, next.as_bytes()))?;
             self.keys.device_list = next;
             self.refresh_me();
+            if !revoked.is_empty() {
+                self.on_devices_revoked(user, &revoked)?;
+            }
             return Ok(true);
         }
         let mut contact = state.contact.clone();
@@ -450,6 +441,9 @@ impl Engine {
             self.store
                 .transaction(|tx| tx.save_group_peer(user, &bytes))?;
             self.peers.insert(user.to_owned(), new_state);
+        }
+        if !revoked.is_empty() {
+            self.on_devices_revoked(user, &revoked)?;
         }
         Ok(true)
     }

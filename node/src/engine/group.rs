@@ -221,7 +221,7 @@ impl Engine {
         }
     }
 
-    fn state(&self, group: &str) -> Result<&GroupState, NodeError> {
+    pub(crate) fn state(&self, group: &str) -> Result<&GroupState, NodeError> {
         self.groups
             .get(group)
             .and_then(|g| g.resolved.as_ref())
@@ -340,6 +340,7 @@ impl Engine {
         title: String,
         members: Vec<String>,
     ) -> Result<GroupInfo, NodeError> {
+        self.check_not_revoked()?;
         let title = title.trim().to_owned();
         if title.is_empty() || title.len() > MAX_GROUP_TITLE_BYTES {
             return Err(NodeError::BadRequest(format!(
@@ -430,6 +431,7 @@ impl Engine {
         group: &str,
         members: Vec<String>,
     ) -> Result<GroupInfo, NodeError> {
+        self.check_not_revoked()?;
         let group = self.resolve_group(group)?;
         self.require_admin(&group)?;
         if members.is_empty() {
@@ -469,6 +471,7 @@ impl Engine {
         group: &str,
         members: Vec<String>,
     ) -> Result<GroupInfo, NodeError> {
+        self.check_not_revoked()?;
         let group = self.resolve_group(group)?;
         self.require_admin(&group)?;
         let state = self.state(&group)?;
@@ -507,6 +510,7 @@ impl Engine {
     }
 
     async fn group_leave(&mut self, group: &str) -> Result<GroupInfo, NodeError> {
+        self.check_not_revoked()?;
         let group = self.resolve_group(group)?;
         let state = self.state(&group)?;
         if !state.is_member(self.user.as_bytes()) {
@@ -760,6 +764,7 @@ impl Engine {
                 },
                 sender_user: ByteArray::new(*self.user.as_bytes()),
                 sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+                lists: self.list_versions(None),
                 lamport: pack.iter().map(|o| o.op.lamport).max().unwrap_or(0),
                 seq: 0,
                 sent_at_ms: pack[0].op.at_ms,
@@ -1236,6 +1241,13 @@ impl Engine {
             tracing::warn!(%group, sender = %stored.sender_user, "group message from a non-member refused");
             return Ok(GroupOutcome::Done);
         }
+        if DeviceId::from_peer_id_string(&stored.sender_device)
+            .and_then(|d| self.revoked_owner(&d))
+            .is_some()
+        {
+            tracing::warn!(%group, sender = %stored.sender_device, "group message from a revoked device refused");
+            return Ok(GroupOutcome::Done);
+        }
         let title = state.title.clone();
         let mut key = InboundSenderKey::from_pickle(&stored.pickle)?;
         let now = now_ms();
@@ -1422,6 +1434,7 @@ impl Engine {
     }
 
     async fn group_send(&mut self, group: &str, text: String) -> Result<MessageInfo, NodeError> {
+        self.check_not_revoked()?;
         let group = self.resolve_group(group)?;
         let state = self.state(&group)?.clone();
         let me = *self.user.as_bytes();
@@ -1467,6 +1480,7 @@ impl Engine {
             },
             sender_user: ByteArray::new(me),
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lists: self.list_versions(None),
             lamport,
             seq,
             sent_at_ms: now,
@@ -1640,6 +1654,7 @@ impl Engine {
             },
             sender_user: ByteArray::new(*self.user.as_bytes()),
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lists: self.list_versions(None),
             lamport: m.lamport,
             seq: m.seq,
             sent_at_ms: m.sent_at_ms,

@@ -9,8 +9,10 @@ mod devices;
 pub(crate) mod group;
 pub(crate) mod hold;
 mod lanes;
+mod listsync;
 mod receive;
 mod recover;
+mod revoke;
 mod send;
 
 pub(crate) use contacts::load_contacts as contacts_load;
@@ -90,6 +92,10 @@ pub(crate) enum Command {
         reply: Reply<DeviceInfo>,
     },
     Devices(Reply<Vec<DeviceInfo>>),
+    DeviceRevoke {
+        device: String,
+        reply: Reply<DeviceInfo>,
+    },
 }
 
 /// A group command.
@@ -294,6 +300,20 @@ pub(crate) struct Engine {
     pub heartbeats: u64,
     /// Group fan-out rows being delivered: (message, device).
     pub fan_in_flight: HashSet<(MessageId, String)>,
+    /// Answers owed to devices that encrypted for an older list of this user: (user,
+    /// device) → the texts to send again and the devices they missed (sent on the next tick).
+    pub list_answers: HashMap<(String, String), listsync::ListAnswer>,
+    /// The own list version each remote device was last told of (so it is told once).
+    pub list_answered: HashMap<String, u64>,
+    /// When each user's device list was last fetched because a message showed a newer one.
+    pub list_wanted: HashMap<String, std::time::Instant>,
+    /// Texts may be owed to devices linked since they were sent (`resync_due` in the store).
+    pub resync_due: bool,
+    /// Failed rounds of sending owed texts in a row, and when to try again.
+    pub resync_attempts: u32,
+    pub resync_retry: Option<std::time::Instant>,
+    /// This device was revoked by another device of the user: it sends nothing any more.
+    pub revoked: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -458,6 +478,8 @@ impl Engine {
                     self.flush_notifications();
                     self.encrypt_waiting(false).await;
                     self.flush_delivered();
+                    self.flush_list_answers();
+                    self.resync_owed().await;
                     self.dispatch_due(false);
                     self.refetch_due();
                     self.prune_reorder();
@@ -582,6 +604,9 @@ impl Engine {
             }
             Command::Devices(reply) => {
                 let _ = reply.send(Ok(self.devices()));
+            }
+            Command::DeviceRevoke { device, reply } => {
+                let _ = reply.send(self.device_revoke(&device).await);
             }
         }
     }

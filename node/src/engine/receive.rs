@@ -163,6 +163,10 @@ impl Engine {
             };
         }
         let Some(user) = self.device_owner.get(&sender).cloned() else {
+            if let Some(owner) = peer_device(&sender).and_then(|d| self.revoked_owner(&d)) {
+                tracing::warn!(contact = %owner, %sender, "message from a revoked device refused");
+                return Outcome::Ack;
+            }
             // Perhaps a contact linked a new device: look at device lists again soon.
             self.want_device_lists();
             tracing::info!(%sender, "mail from a device of no known contact; kept until they are added");
@@ -261,6 +265,9 @@ impl Engine {
                             (is_contact && to.as_slice() == self.user.as_bytes())
                                 // A sync copy from one of this user's other devices.
                                 || (user == self.user_hex && to.as_slice() != self.user.as_bytes())
+                                // A device list, from anyone this device addresses.
+                                || (matches!(env.body, Body::DeviceList { .. })
+                                    && to.as_slice() == self.user.as_bytes())
                         }
                         Conversation::Group { .. } => {
                             matches!(
@@ -285,6 +292,7 @@ impl Engine {
                 return Ok(Outcome::Ack);
             }
         };
+        self.check_list_marks(user, device, &env);
         let conv = ConversationId(user.to_owned());
         if user == self.user_hex
             && let (Conversation::Direct { to }, Body::Text { text }) =
@@ -387,6 +395,19 @@ impl Engine {
                 {
                     tracing::warn!(contact = %user, "sending texts again failed: {e}");
                 }
+            }
+            Body::DeviceList {
+                list,
+                stale,
+                missed,
+            } => {
+                self.on_device_list(user, &list, &stale, &missed, |tx| {
+                    tx.apply_crypto(&update, now)?;
+                    if let Some(d) = &own_device {
+                        tx.save_own_device(d)?;
+                    }
+                    Ok(())
+                })?;
             }
             Body::GroupOp { .. } | Body::GroupOps { .. } => {
                 let raw: Vec<&[u8]> = match &env.body {

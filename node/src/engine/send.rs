@@ -184,6 +184,7 @@ impl Engine {
         contact: &str,
         text: String,
     ) -> Result<MessageInfo, NodeError> {
+        self.check_not_revoked()?;
         let user = self.resolve(contact)?;
         if self.pending_identity.contains_key(&user) {
             return Err(NodeError::IdentityChanged(
@@ -282,6 +283,7 @@ impl Engine {
             },
             sender_user: ByteArray::new(*self.user.as_bytes()),
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lists: self.list_versions(Some(&message.conversation.0)),
             lamport: message.lamport,
             seq: message.seq,
             sent_at_ms: message.sent_at_ms,
@@ -391,6 +393,9 @@ impl Engine {
     /// pairwise rows ([`super::lanes`]) and group fan-outs (rows of one message that share a
     /// payload, sent as one deposit per relay).
     pub(crate) fn dispatch_due(&mut self, all: bool) {
+        if self.revoked {
+            return;
+        }
         self.dispatch_lanes(all);
         let now = if all { i64::MAX } else { now_ms() };
         let due = match self.store.due_fanout(now, OUTBOX_BATCH) {
@@ -466,9 +471,10 @@ impl Engine {
         body: Body,
         also: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), tern_store::WriteError>,
     ) -> Result<(), NodeError> {
-        let Some(state) = self.contacts.get(user).cloned() else {
+        let Some(state) = self.known(user).cloned() else {
             return Ok(());
         };
+        let own_device = self.keys.device.device_id();
         let to = tern_crypto::UserId::from_hex(user)
             .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
         let (lamport, _) = self.conv_state(user)?;
@@ -479,6 +485,7 @@ impl Engine {
             },
             sender_user: ByteArray::new(*self.user.as_bytes()),
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lists: self.list_versions(Some(user)),
             lamport,
             seq: 0,
             sent_at_ms: now_ms(),
@@ -486,8 +493,18 @@ impl Engine {
         };
         let plain = zeroize::Zeroizing::new(env.encode()?);
         let mut sessions = Vec::new();
-        for (device, curve) in state.devices() {
-            if only.is_some_and(|o| o != device) {
+        // One device named: whatever its state (a revoked device is told it was revoked).
+        let targets = match only {
+            Some(o) => state
+                .list
+                .as_ref()
+                .and_then(|l| l.list().entry(&o))
+                .map(|e| vec![(o, e.certificate.certificate().curve25519)])
+                .unwrap_or_default(),
+            None => state.devices(),
+        };
+        for (device, curve) in targets {
+            if device == own_device {
                 continue;
             }
             let s = self.load_sessions(&device, curve)?;

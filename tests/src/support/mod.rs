@@ -515,10 +515,8 @@ pub fn start_nodes(dir: &Path, names: &[&str], relay: &str) -> anyhow::Result<Ve
     })
 }
 
-/// Every ciphertext a relay holds in its mailboxes right now, read from its SQLite database
-/// (in `data`, as [`Relay::data`]) through a read-only connection while it runs. What is
-/// there is exactly what the relay (and anyone with its disk) can see.
-pub fn relay_ciphertexts(data: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+/// A read-only connection to a running relay's SQLite database (in `data`).
+fn relay_db(data: &Path) -> anyhow::Result<rusqlite::Connection> {
     use rusqlite::{Connection, OpenFlags};
     let db_dir = data.join("db");
     let db = std::fs::read_dir(&db_dir)
@@ -532,6 +530,14 @@ pub fn relay_ciphertexts(data: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(WAIT)?;
+    Ok(conn)
+}
+
+/// Every ciphertext a relay holds in its mailboxes right now, read from its SQLite database
+/// (in `data`, as [`Relay::data`]) through a read-only connection while it runs. What is
+/// there is exactly what the relay (and anyone with its disk) can see.
+pub fn relay_ciphertexts(data: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let conn = relay_db(data)?;
     let mut st = conn.prepare(
         "SELECT body FROM message WHERE id IN (SELECT message FROM mailbox) ORDER BY id",
     )?;
@@ -566,4 +572,82 @@ pub fn message_texts(h: &[serde_json::Value]) -> Vec<String> {
         .filter(|m| m["kind"] == "text")
         .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
         .collect()
+}
+
+/// Links a new device of `of`'s user in the empty home `home`: `tern device link` there (its
+/// relay: `relay`), `tern device add CODE` on `of`, and waits for the new home to be set up.
+/// Returns the new device's JSON from `device add`.
+pub fn link_device(
+    of: &Node,
+    home: &Path,
+    relay: &str,
+    name: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let mut link = Command::new(bin("tern"))
+        .arg("--home")
+        .arg(home)
+        .args(["device", "link", "--relay", relay, "--name", name])
+        .args(["--no-qr", "--timeout", "60"])
+        .env_remove("TERN_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("spawn tern device link")?;
+    let lines = spawn_lines(&mut link);
+    let deadline = Instant::now() + WAIT;
+    let code = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else {
+            let _ = link.kill();
+            let _ = link.wait();
+            return Err(anyhow!("tern device link printed no code in time"));
+        };
+        if let Some(code) = line.strip_prefix("link code: ") {
+            break code.to_owned();
+        }
+    };
+    let added = match of.json(&["device", "add", &code]) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = link.kill();
+            let _ = link.wait();
+            return Err(e);
+        }
+    };
+    let status = wait_for("the new device to be provisioned", WAIT, || {
+        link.try_wait().ok().flatten()
+    });
+    if status.is_err() {
+        let _ = link.kill();
+        let _ = link.wait();
+    }
+    let status = status?;
+    if !status.success() {
+        return Err(anyhow!("tern device link exited {status:?}"));
+    }
+    Ok(added)
+}
+
+/// The messages a relay's mailbox for `device` (a device id as `tern` prints it) holds right
+/// now, from `sender` only if given, read from its SQLite database (in `data`) while it runs:
+/// their ids.
+pub fn relay_mail_from(
+    data: &Path,
+    device: &str,
+    sender: Option<&str>,
+) -> anyhow::Result<Vec<i64>> {
+    let key = |d: &str| {
+        tern_crypto::DeviceId::from_peer_id_string(d)
+            .map(|d| d.to_peer_id_bytes())
+            .ok_or_else(|| anyhow!("{d} is not a device id"))
+    };
+    let owner = key(device)?;
+    let sender = sender.map(key).transpose()?;
+    let conn = relay_db(data)?;
+    let mut st = conn.prepare(
+        "SELECT m.id FROM mailbox b JOIN message m ON m.id = b.message \
+         WHERE b.owner = ?1 AND (?2 IS NULL OR m.sender = ?2) ORDER BY b.seq",
+    )?;
+    let rows = st.query_map(rusqlite::params![owner, sender], |r| r.get(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }

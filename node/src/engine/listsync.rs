@@ -1,0 +1,392 @@
+//! Device lists that converge at once: Signal's "mismatched devices" flow, end to end.
+//!
+//! Every pairwise message says which version of the addressed user's device list it was
+//! encrypted for, and how many entries that list had ([`ListVersions`]); lists only grow at
+//! the end, so the entries past that many are the devices the message missed. Then:
+//!
+//! - A device that receives a text encrypted for an older version of its own user's list
+//!   answers the sending device with the current signed list, the ids of such texts and the
+//!   devices they missed (`Body::DeviceList`, gathered per sending device and sent on the
+//!   next outbox tick). Any other message from an older version gets the list alone, once
+//!   per version.
+//! - The sender takes the list (checked against the pinned identity key, a valid successor)
+//!   and owes each named own text to each missed device that is active in it, in the store
+//!   in the transaction that reads the answer ([`tern_store::Tx::owe_resync`]). On the next
+//!   tick it sets up sessions with those devices (claiming prekeys), encrypts the texts again
+//!   for them and queues them in their lanes, settling the debt in the same transaction. The
+//!   new device's receiver drops ids it already has.
+//! - When this user's own list changes (a device linked or revoked), the device that made
+//!   the change tells every contact, every group member and this user's other devices, each
+//!   device it holds a session with ([`Engine::announce_list`]); the relays get it too.
+//! - A message whose sender's own list is newer than the one held here makes this device
+//!   fetch that list from the sender's relays ([`Engine::want_list_of`]).
+
+use std::time::{Duration, Instant};
+
+use serde_bytes::{ByteArray, ByteBuf};
+use tern_crypto::DeviceId;
+use tern_store::MessageId;
+
+use super::{Engine, Internal, relay_peer, send::crypto_updates};
+use crate::{
+    consts::{MAX_RECEIPT_IDS, OUTBOX_BATCH},
+    envelope::{Body, Conversation, Envelope, ListMark, ListVersions},
+    error::NodeError,
+    home::now_ms,
+};
+
+/// A user's device list is fetched for a newer `from` mark at most this often.
+const LIST_WANT_GAP: Duration = Duration::from_secs(5);
+
+/// Messages named in one device's pending answer; past this the answer goes at once.
+const MAX_STALE_PENDING: usize = 4 * MAX_RECEIPT_IDS;
+
+/// What this device owes one sending device: the current list, and the texts it sent for an
+/// older version with the devices they missed.
+#[derive(Debug, Default)]
+pub(crate) struct ListAnswer {
+    stale: Vec<MessageId>,
+    missed: Vec<DeviceId>,
+}
+
+fn mark(list: &tern_crypto::DeviceList) -> ListMark {
+    ListMark {
+        version: list.version,
+        entries: u32::try_from(list.devices.len()).unwrap_or(u32::MAX),
+    }
+}
+
+impl Engine {
+    /// The list marks a pairwise message to `to` is encrypted with (`None`: a message for
+    /// many users, such as a group message).
+    pub(crate) fn list_versions(&self, to: Option<&str>) -> Option<ListVersions> {
+        Some(ListVersions {
+            to: to
+                .and_then(|u| self.known(u))
+                .and_then(|s| s.list.as_ref())
+                .map(|l| mark(l.list())),
+            from: mark(self.keys.device_list.list()),
+        })
+    }
+
+    /// Looks at the list marks of a pairwise message from `device` of `user` (see the module
+    /// documentation): answers a sender that used an older list of this user, and fetches a
+    /// newer list of the sender's.
+    pub(crate) fn check_list_marks(&mut self, user: &str, device: DeviceId, env: &Envelope) {
+        let Some(marks) = env.lists else {
+            return;
+        };
+        let me = user == self.user_hex;
+        if self
+            .known(user)
+            .and_then(|s| s.list.as_ref())
+            .is_some_and(|l| marks.from.version > l.list().version)
+        {
+            self.want_list_of(user);
+        }
+        // What the sender took this user's list to be: its own list, when it is one of this
+        // user's devices.
+        let seen = if me { Some(marks.from) } else { marks.to };
+        let ours = self.keys.device_list.list();
+        let Some(seen) = seen.filter(|s| s.version < ours.version) else {
+            return;
+        };
+        let own_device = self.keys.device.device_id();
+        let missed: Vec<DeviceId> = ours
+            .devices
+            .iter()
+            .skip(usize::try_from(seen.entries).unwrap_or(usize::MAX))
+            .filter(|e| e.is_active())
+            .map(|e| e.device_id())
+            .filter(|d| *d != device && *d != own_device)
+            .collect();
+        let version = ours.version;
+        let text = matches!(
+            (&env.conversation, &env.body),
+            (Conversation::Direct { .. }, Body::Text { .. })
+        );
+        let key = (user.to_owned(), device.to_peer_id_string());
+        if !(text && !missed.is_empty())
+            && (self.list_answered.get(&key.1) == Some(&version)
+                || self.list_answers.contains_key(&key))
+        {
+            return;
+        }
+        let answer = self.list_answers.entry(key).or_default();
+        if text && !missed.is_empty() {
+            answer.stale.push(MessageId(env.id.into_array()));
+            for d in missed {
+                if !answer.missed.contains(&d) {
+                    answer.missed.push(d);
+                }
+            }
+        }
+        if answer.stale.len() >= MAX_STALE_PENDING {
+            self.flush_list_answers();
+        }
+    }
+
+    /// Sends the answers gathered since the last tick: to each sending device that used an
+    /// older list of this user, the current list with the texts it must send again.
+    pub(crate) fn flush_list_answers(&mut self) {
+        if self.list_answers.is_empty() {
+            return;
+        }
+        let due = std::mem::take(&mut self.list_answers);
+        let list = ByteBuf::from(self.keys.device_list.as_bytes().to_vec());
+        let version = self.keys.device_list.list().version;
+        for ((user, device), answer) in due {
+            let Some(target) = DeviceId::from_peer_id_string(&device) else {
+                continue;
+            };
+            let missed: Vec<ByteArray<32>> = answer
+                .missed
+                .iter()
+                .map(|d| ByteArray::new(*d.as_bytes()))
+                .collect();
+            let mut chunks: Vec<&[MessageId]> = answer.stale.chunks(MAX_RECEIPT_IDS).collect();
+            if chunks.is_empty() {
+                chunks.push(&[]);
+            }
+            for chunk in chunks {
+                let body = Body::DeviceList {
+                    list: list.clone(),
+                    stale: chunk.iter().map(|i| ByteArray::new(i.0)).collect(),
+                    missed: missed.clone(),
+                };
+                if let Err(e) = self.send_control_to(&user, Some(target), body, |_| Ok(())) {
+                    tracing::warn!(contact = %user, "answering with the device list failed: {e}");
+                }
+            }
+            tracing::info!(contact = %user, texts = answer.stale.len(), devices = answer.missed.len(), "told a sender of the current device list");
+            self.list_answered.insert(device, version);
+        }
+    }
+
+    /// Tells every contact, group member and this user's other devices (each device with a
+    /// session) of this user's current device list.
+    pub(crate) fn announce_list(&mut self) {
+        let list = ByteBuf::from(self.keys.device_list.as_bytes().to_vec());
+        let mut users: Vec<String> = self
+            .contacts
+            .keys()
+            .chain(self.peers.keys())
+            .cloned()
+            .collect();
+        users.sort();
+        users.dedup();
+        for user in users {
+            let body = Body::DeviceList {
+                list: list.clone(),
+                stale: Vec::new(),
+                missed: Vec::new(),
+            };
+            if let Err(e) = self.send_control_to(&user, None, body, |_| Ok(())) {
+                tracing::warn!(contact = %user, "announcing the device list failed: {e}");
+            }
+        }
+    }
+
+    /// A device list from `device` of `user` (pairwise): taken if it is a valid successor
+    /// signed by the pinned identity key; the texts it names are owed again to the devices
+    /// they missed, in one transaction with the session state (`save`).
+    pub(crate) fn on_device_list(
+        &mut self,
+        user: &str,
+        list: &[u8],
+        stale: &[ByteArray<16>],
+        missed: &[ByteArray<32>],
+        save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
+    ) -> Result<(), NodeError> {
+        let mut owed = Vec::new();
+        for id in stale {
+            let id = MessageId(id.into_array());
+            // Only own texts of a direct conversation with that user (or, from one of this
+            // user's devices, of any direct conversation: sync copies).
+            if let Some(m) = self.store.message(id)?
+                && m.own
+                && (user == self.user_hex || m.conversation.0 == user)
+                && matches!(m.body, tern_store::Body::Text(_))
+                && self.contacts.contains_key(&m.conversation.0)
+            {
+                owed.push(id);
+            }
+        }
+        let devices: Vec<String> = missed
+            .iter()
+            .map(|d| DeviceId::from_bytes(d.into_array()).to_peer_id_string())
+            .collect();
+        let now = now_ms();
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            save(tx)?;
+            if !owed.is_empty() && !devices.is_empty() {
+                tx.owe_resync(user, &devices, &owed, now)?;
+            }
+            Ok(())
+        })?;
+        if !owed.is_empty() && !devices.is_empty() {
+            self.resync_due = true;
+        }
+        match self.take_list(user, list.to_vec()) {
+            Ok(true) => self.lists_changed(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(contact = %user, "device list sent by the contact refused: {e}")
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches `user`'s device list from their relays soon (a message showed a newer one),
+    /// at most every [`LIST_WANT_GAP`] per user.
+    pub(crate) fn want_list_of(&mut self, user: &str) {
+        let now = Instant::now();
+        if self
+            .list_wanted
+            .get(user)
+            .is_some_and(|t| now.duration_since(*t) < LIST_WANT_GAP)
+        {
+            return;
+        }
+        let Some(state) = self.known(user) else {
+            return;
+        };
+        let Some(ub) = tern_crypto::UserId::from_hex(user) else {
+            return;
+        };
+        let relays = state.relays.iter().filter_map(relay_peer);
+        let up = relays.clone().find(|r| self.relay_up.contains(r));
+        let Some(relay) = up.or_else(|| relays.clone().next()) else {
+            return;
+        };
+        self.list_wanted.insert(user.to_owned(), now);
+        self.fetch_lists(
+            vec![(user.to_owned(), relay, *ub.as_bytes())],
+            |lists, _| Internal::DeviceLists(lists),
+        );
+    }
+
+    /// Encrypts the owed texts again for the devices that missed them and queues them in
+    /// those devices' lanes: per message, the ratchet states, the rows and the settled debt
+    /// in one transaction. A user whose devices cannot be reached now is tried again after a
+    /// backoff.
+    pub(crate) async fn resync_owed(&mut self) {
+        if !self.resync_due || self.resync_retry.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        let due = match self.store.due_resync(OUTBOX_BATCH) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("reading owed re-encryptions failed: {e}");
+                return;
+            }
+        };
+        if due.is_empty() {
+            self.resync_due = false;
+            self.resync_retry = None;
+            return;
+        }
+        let mut users: Vec<String> = due.iter().map(|o| o.user.clone()).collect();
+        users.sort();
+        users.dedup();
+        let mut failed = false;
+        for user in users {
+            if let Err(e) = self.resync_user(&user, &due).await {
+                tracing::info!(contact = %user, "cannot send texts to new devices yet: {e}");
+                failed = true;
+            }
+        }
+        if failed {
+            self.resync_attempts = self.resync_attempts.saturating_add(1);
+            self.resync_retry = Some(Instant::now() + super::send::backoff(self.resync_attempts));
+        } else {
+            self.resync_attempts = 0;
+            self.resync_retry = None;
+        }
+    }
+
+    async fn resync_user(
+        &mut self,
+        user: &str,
+        due: &[tern_store::OwedResync],
+    ) -> Result<(), NodeError> {
+        let rows: Vec<&tern_store::OwedResync> = due.iter().filter(|o| o.user == user).collect();
+        let active: Vec<DeviceId> = self
+            .known(user)
+            .map(|s| s.devices().into_iter().map(|(d, _)| d).collect())
+            .unwrap_or_default();
+        let mut sessions = if active.is_empty() {
+            Vec::new()
+        } else {
+            self.sessions_for(user).await?
+        };
+        let mut ids: Vec<MessageId> = rows.iter().map(|o| o.message_id).collect();
+        ids.dedup();
+        for id in ids {
+            let wanted: Vec<&str> = rows
+                .iter()
+                .filter(|o| o.message_id == id)
+                .map(|o| o.device.as_str())
+                .collect();
+            let message = self.store.message(id)?;
+            let queued = self.store.queued_devices(id)?;
+            let (mut chosen, rest): (Vec<_>, Vec<_>) = sessions.into_iter().partition(|(d, _)| {
+                let key = d.to_peer_id_string();
+                wanted.contains(&key.as_str()) && !queued.contains(&key)
+            });
+            let encrypted = match &message {
+                Some(m) if m.own && !chosen.is_empty() => {
+                    let to = tern_crypto::UserId::from_hex(&m.conversation.0)
+                        .ok_or_else(|| NodeError::UnknownContact(m.conversation.0.clone()));
+                    match to {
+                        Ok(to) => Some(self.encrypt_text(&to, m, &mut chosen)),
+                        Err(e) => Some(Err(e)),
+                    }
+                }
+                // Gone, not own, or no device left to send it to (revoked, already queued).
+                _ => None,
+            };
+            sessions = chosen.into_iter().chain(rest).collect();
+            let (deliveries, pickles) = match encrypted {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(e),
+                None => (Vec::new(), Vec::new()),
+            };
+            let updates = crypto_updates(&pickles);
+            let now = now_ms();
+            self.store.transaction(|tx| -> Result<(), NodeError> {
+                tx.apply_crypto(&updates, now)?;
+                if !deliveries.is_empty() {
+                    tx.add_outbox_rows(id, &deliveries, now)?;
+                }
+                for device in &wanted {
+                    tx.settle_resync(id, device)?;
+                }
+                Ok(())
+            })?;
+            if !deliveries.is_empty() {
+                tracing::info!(contact = %user, devices = deliveries.len(), "sent a text again to devices linked since");
+                self.recovery.texts_resent += 1;
+            }
+            self.kick_lanes_for(&deliveries);
+        }
+        Ok(())
+    }
+
+    /// After any user's device list changed: who owns which device, who may see presence,
+    /// and mail kept for devices not known before is read again.
+    pub(crate) fn lists_changed(&mut self) {
+        self.rebuild_device_owner();
+        self.push_allow_list();
+        for relay in self
+            .home_relays
+            .iter()
+            .filter_map(relay_peer)
+            .collect::<Vec<_>>()
+        {
+            if self.relay_up.contains(&relay) {
+                self.fetch_mailbox(relay);
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Revoking a device of this user, and what a revocation means wherever it is learned.
+//!
+//! `device.revoke` on any device of the user signs a new list with the device marked revoked
+//! (it stays listed, so it can never come back), stores it, drops every outbox row still
+//! queued for that device, retires this device's sender keys in every group (the next
+//! message makes a new key, shared only with the devices listed then), publishes the list
+//! at every home relay and tells every contact, group member and the user's other devices
+//! ([`Engine::announce_list`]).
+//!
+//! Any device that takes a list in which a device it addressed is now revoked
+//! ([`Engine::on_devices_revoked`]) does the same on its side: nothing more is queued for
+//! the revoked device, its sender keys in the groups shared with that user are retired, and
+//! messages from the revoked device are refused (pairwise and group). The revoked device
+//! itself learns it from its own list (fetched from its relays, or sent by another device of
+//! the user): it then refuses every command that would send, with a clear error, and stops
+//! delivering its outbox.
+
+use tern_crypto::DeviceId;
+
+use super::{Engine, relay_peer};
+use crate::{error::NodeError, home::now_ms, net::rpc, types::DeviceInfo};
+
+impl Engine {
+    /// Refuses work that would send from a revoked device.
+    pub(crate) fn check_not_revoked(&self) -> Result<(), NodeError> {
+        if self.revoked {
+            return Err(NodeError::Revoked);
+        }
+        Ok(())
+    }
+
+    /// Revokes one of this user's other devices, named by device id or by its (unique) name.
+    pub(crate) async fn device_revoke(&mut self, which: &str) -> Result<DeviceInfo, NodeError> {
+        self.check_not_revoked()?;
+        let list = self.keys.device_list.list().clone();
+        let by_id = list
+            .devices
+            .iter()
+            .find(|e| e.device_id().to_peer_id_string() == which);
+        let entry = match by_id {
+            Some(e) => e,
+            None => {
+                let named: Vec<_> = list
+                    .active()
+                    .filter(|e| e.certificate.certificate().name == which)
+                    .collect();
+                match named.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(NodeError::BadRequest(format!(
+                            "no device {which:?} in this user's list (see `tern device list`)"
+                        )));
+                    }
+                    _ => {
+                        return Err(NodeError::BadRequest(format!(
+                            "{which:?} names more than one device; use the device id"
+                        )));
+                    }
+                }
+            }
+        };
+        let id = entry.device_id();
+        if !entry.is_active() {
+            return Err(NodeError::BadRequest(format!(
+                "device {which} is already revoked"
+            )));
+        }
+        if id == self.keys.device.device_id() {
+            return Err(NodeError::BadRequest(
+                "that is this device; revoke it from another device of yours".into(),
+            ));
+        }
+        let info = DeviceInfo {
+            device_id: id.to_peer_id_string(),
+            name: entry.certificate.certificate().name.clone(),
+            this_device: false,
+            created_at: entry.certificate.certificate().created_at,
+        };
+        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let next = list.with_revoked(&id, now_secs)?;
+        let signed = next.sign(&self.keys.identity)?;
+        let groups: Vec<String> = self.groups.keys().cloned().collect();
+        let device_key = id.to_peer_id_string();
+        // One transaction: the list, nothing more queued for the device, new sender keys.
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            tx.save_own_device_list(next.version, signed.as_bytes())?;
+            tx.drop_device_rows(&device_key)?;
+            tx.retire_group_sender_keys(&groups)?;
+            Ok(())
+        })?;
+        tracing::info!(device = %device_key, "device revoked");
+        self.keys.device_list = signed;
+        self.refresh_me();
+        self.lists_changed();
+        self.publish_own_list().await;
+        self.announce_list();
+        // The revoked device is told too, so it stops at once if it still runs: the list is
+        // all it gets.
+        let me = self.user_hex.clone();
+        let body = crate::envelope::Body::DeviceList {
+            list: serde_bytes::ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
+            stale: Vec::new(),
+            missed: Vec::new(),
+        };
+        if let Err(e) = self.send_control_to(&me, Some(id), body, |_| Ok(())) {
+            tracing::warn!("telling the revoked device failed (it learns from its relays): {e}");
+        }
+        Ok(info)
+    }
+
+    /// Publishes this user's device list at every home relay (a relay that fails gets it
+    /// when it comes up again).
+    pub(crate) async fn publish_own_list(&mut self) {
+        for relay in self
+            .home_relays
+            .iter()
+            .filter_map(relay_peer)
+            .collect::<Vec<_>>()
+        {
+            if let Err(e) = rpc::publish_device_list(
+                &self.net,
+                relay,
+                self.keys.device_list.as_bytes().to_vec(),
+            )
+            .await
+            {
+                tracing::warn!(%relay, "publishing the device list failed (retried when the relay comes up): {e}");
+                self.setup_pending.insert(relay);
+            }
+        }
+    }
+
+    /// A list of `user` was taken in which `devices` are revoked that were active before:
+    /// nothing more goes to them, and this device's sender keys in the groups shared with
+    /// `user` are retired. If this device is one of them, it stops sending.
+    pub(crate) fn on_devices_revoked(
+        &mut self,
+        user: &str,
+        devices: &[DeviceId],
+    ) -> Result<(), NodeError> {
+        let me = self.keys.device.device_id();
+        if user == self.user_hex && devices.contains(&me) {
+            tracing::error!(
+                "this device was revoked by another device of this user: it no longer sends or receives; link it again with `tern device link` on an empty home"
+            );
+            self.revoked = true;
+            self.emit(crate::types::Event::Revoked {
+                device_id: self.device_hex.clone(),
+            });
+        }
+        let shared: Vec<String> = match tern_crypto::UserId::from_hex(user) {
+            Some(u) => self
+                .groups
+                .keys()
+                .filter(|g| self.state(g).is_ok_and(|s| s.is_member(u.as_bytes())))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let keys: Vec<String> = devices.iter().map(DeviceId::to_peer_id_string).collect();
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            for d in &keys {
+                tx.drop_device_rows(d)?;
+            }
+            tx.retire_group_sender_keys(&shared)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// The user whose list holds `device` as revoked, if any.
+    pub(crate) fn revoked_owner(&self, device: &DeviceId) -> Option<String> {
+        self.contacts
+            .iter()
+            .chain(self.peers.iter())
+            .find(|(_, s)| {
+                s.list
+                    .as_ref()
+                    .and_then(|l| l.list().entry(device))
+                    .is_some_and(|e| !e.is_active())
+            })
+            .map(|(u, _)| u.clone())
+    }
+}
