@@ -124,24 +124,49 @@ impl PrekeyBundle {
         certificate: SignedDeviceCertificate,
         count: usize,
     ) -> Result<Self, PrekeyError> {
+        Self::generate_keeping(device, certificate, count, None)
+    }
+
+    /// Like [`PrekeyBundle::generate`], but with `fallback` (this device's current signed
+    /// fallback key, from an earlier bundle) instead of a new one when given. A device with
+    /// several relays publishes one fallback key to all of them: the account keeps only the
+    /// current and the previous fallback key, so a new one per relay would leave a relay
+    /// serving a key the device has already discarded.
+    pub fn generate_keeping(
+        device: &mut DeviceKeys,
+        certificate: SignedDeviceCertificate,
+        count: usize,
+        fallback: Option<SignedPrekey>,
+    ) -> Result<Self, PrekeyError> {
         if count > MAX_ONE_TIME_KEYS_PER_BUNDLE {
             return Err(PrekeyError::TooManyKeys(count));
         }
+        if fallback.is_some_and(|f| !f.fallback) {
+            return Err(PrekeyError::WrongSlot);
+        }
         let account = device.account_mut();
         let created = account.generate_one_time_keys(count).created;
-        account.generate_fallback_key();
-        let fallback_key = account
-            .fallback_key()
-            .values()
-            .next()
-            .map(|k| k.to_bytes())
-            .ok_or(PrekeyError::WrongSlot)?;
+        let fallback_key = match fallback {
+            Some(f) => f.key,
+            None => {
+                account.generate_fallback_key();
+                account
+                    .fallback_key()
+                    .values()
+                    .next()
+                    .map(|k| k.to_bytes())
+                    .ok_or(PrekeyError::WrongSlot)?
+            }
+        };
         account.mark_keys_as_published();
         let one_time_keys = created
             .iter()
             .map(|k| SignedPrekey::sign(device, k.to_bytes(), false))
             .collect();
-        let fallback = SignedPrekey::sign(device, fallback_key, true);
+        let fallback = match fallback {
+            Some(f) => f,
+            None => SignedPrekey::sign(device, fallback_key, true),
+        };
         Ok(PrekeyBundle {
             certificate,
             one_time_keys,
@@ -303,6 +328,42 @@ mod tests {
         let list = DeviceList::first(&id, cert.clone(), 1);
         let bundle = PrekeyBundle::generate(&mut dev, cert, 5).unwrap();
         (id, dev, list, bundle)
+    }
+
+    /// With several relays, each gets a bundle: a fallback key kept across them stays usable
+    /// however many bundles follow, while a new one per bundle leaves the first relay serving
+    /// a key the account has discarded (the account keeps the current and the previous one).
+    #[test]
+    fn a_kept_fallback_key_stays_usable_across_bundles() {
+        use crate::session::PeerSessions;
+        let (_, mut bob, list, first) = setup();
+        let cert = first.certificate.clone();
+        for _ in 0..3 {
+            let next =
+                PrekeyBundle::generate_keeping(&mut bob, cert.clone(), 2, Some(first.fallback))
+                    .unwrap();
+            assert_eq!(next.fallback, first.fallback);
+        }
+        let session_from = |bundle: &PrekeyBundle, bob: &mut DeviceKeys| {
+            let alice = DeviceKeys::generate().unwrap();
+            let claim = bundle.claim(bundle.fallback).verify(&list).unwrap();
+            let mut out = PeerSessions::new(bob.device_id(), bob.curve25519());
+            out.start(&alice, &claim).unwrap();
+            let ct = out.encrypt(b"hello").unwrap();
+            let mut inbound = PeerSessions::new(alice.device_id(), alice.curve25519());
+            inbound.decrypt(bob, &ct).map(|d| d.plaintext.to_vec())
+        };
+        assert_eq!(session_from(&first, &mut bob).unwrap(), b"hello".to_vec());
+        // Control: new fallback keys in between discard the one the first relay serves.
+        for _ in 0..2 {
+            PrekeyBundle::generate(&mut bob, cert.clone(), 0).unwrap();
+        }
+        assert!(session_from(&first, &mut bob).is_err());
+        // A claimed one-time key is never a fallback key, so it cannot be kept.
+        assert!(
+            PrekeyBundle::generate_keeping(&mut bob, cert, 0, Some(first.one_time_keys[0]))
+                .is_err()
+        );
     }
 
     #[test]

@@ -170,6 +170,7 @@ impl Node {
             resync_attempts: 0,
             resync_retry: None,
             revoked,
+            fallback: None,
             lists_due: true,
             lists_fetched: None,
             heartbeats: 0,

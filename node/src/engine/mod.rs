@@ -314,6 +314,9 @@ pub(crate) struct Engine {
     pub resync_retry: Option<std::time::Instant>,
     /// This device was revoked by another device of the user: it sends nothing any more.
     pub revoked: bool,
+    /// The signed fallback key this run publishes at every home relay (made by the first
+    /// bundle of the run): one key for all relays, so none serves a discarded one.
+    pub fallback: Option<tern_crypto::prekey::SignedPrekey>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -750,18 +753,25 @@ impl Engine {
         use tern_crypto::prekey::PrekeyBundle;
         let mut count = if refresh { 0 } else { u32::MAX };
         if refresh {
-            let bundle =
-                PrekeyBundle::generate(&mut self.keys.device, self.keys.certificate.clone(), 0)?;
+            let bundle = PrekeyBundle::generate_keeping(
+                &mut self.keys.device,
+                self.keys.certificate.clone(),
+                0,
+                self.fallback,
+            )?;
             self.save_device()?;
+            self.fallback = Some(bundle.fallback);
             count = rpc::publish_prekeys(&self.net, relay, bundle.to_bytes()?).await?;
         }
         if count < crate::consts::ONE_TIME_KEYS_LOW || !refresh {
-            let bundle = PrekeyBundle::generate(
+            let bundle = PrekeyBundle::generate_keeping(
                 &mut self.keys.device,
                 self.keys.certificate.clone(),
                 crate::consts::ONE_TIME_KEYS_BATCH,
+                self.fallback,
             )?;
             self.save_device()?;
+            self.fallback = Some(bundle.fallback);
             let held = rpc::publish_prekeys(&self.net, relay, bundle.to_bytes()?).await?;
             tracing::debug!(held, "published one-time keys");
         }
