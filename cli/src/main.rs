@@ -609,6 +609,29 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                         n("texts_resent")
                     );
                 }
+                let h = &v["history"];
+                let hn = |k: &str| h.get(k).and_then(Value::as_u64).unwrap_or(0);
+                if hn("total") > 0 {
+                    println!(
+                        "history {} of {} messages received from the linking device",
+                        hn("received"),
+                        hn("total")
+                    );
+                }
+                for d in h
+                    .get("sending")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let dn = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    println!(
+                        "history {} of {} messages queued for device {}",
+                        dn("sent"),
+                        dn("total"),
+                        s(d, "device_id")
+                    );
+                }
                 for r in v
                     .get("relays")
                     .and_then(Value::as_array)

@@ -113,7 +113,21 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         missed: Vec<ByteArray<32>>,
     },
+    /// A chunk of this user's history, from one of the user's devices to a device it linked
+    /// (pairwise, direct conversation addressed to this user only), in the order the sender
+    /// stored it. The receiver stores each message it does not hold yet.
+    History {
+        /// The messages (at most [`MAX_HISTORY_CHUNK_MESSAGES`]).
+        messages: Vec<crate::device_link::BundleMessage>,
+        /// Messages sent so far, this chunk included.
+        sent: u64,
+        /// Messages in the whole history being moved.
+        total: u64,
+    },
 }
+
+/// Most messages one `History` chunk may carry.
+pub const MAX_HISTORY_CHUNK_MESSAGES: usize = 1_000;
 
 /// The device-list versions a message was encrypted with, so a receiver can tell that the
 /// sender encrypted for an older list of its user (and answer with the current one) or holds
@@ -234,6 +248,14 @@ impl Envelope {
             return Err(EnvelopeError::Malformed(format!(
                 "receipt with {} ids (1 to {MAX_RECEIPT_IDS} allowed)",
                 ids.len()
+            )));
+        }
+        if let Body::History { messages, .. } = &self.body
+            && messages.len() > MAX_HISTORY_CHUNK_MESSAGES
+        {
+            return Err(EnvelopeError::Malformed(format!(
+                "history chunk of {} messages (at most {MAX_HISTORY_CHUNK_MESSAGES})",
+                messages.len()
             )));
         }
         if let Body::DeviceList { stale, missed, .. } = &self.body

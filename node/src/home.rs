@@ -102,7 +102,7 @@ pub enum HomeError {
 }
 
 /// A message of moved history, its conversation made if needed. It arrives read.
-fn moved_message(
+pub(crate) fn moved_message(
     m: &crate::device_link::BundleMessage,
     now_ms: i64,
     tx: &mut tern_store::Tx<'_>,

@@ -171,6 +171,11 @@ impl Node {
             resync_retry: None,
             revoked,
             fallback: None,
+            // History owed from before a restart is looked at once.
+            history_due: true,
+            history_attempts: 0,
+            history_retry: None,
+            history_in: (0, 0),
             lists_due: true,
             lists_fetched: None,
             heartbeats: 0,

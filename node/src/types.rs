@@ -173,6 +173,31 @@ pub struct StatusInfo {
     pub peers: Vec<PeerInfo>,
     /// Losses and their repair since the node started.
     pub recovery: RecoveryInfo,
+    /// History moving between this user's devices.
+    pub history: HistoryInfo,
+}
+
+/// History moving to a newly linked device: what this device received (as a new device)
+/// and what it still sends (to devices it linked).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistoryInfo {
+    /// Messages of moved history received so far (as the last chunk counted them).
+    pub received: u64,
+    /// Messages in the history being received (0: none seen yet).
+    pub total: u64,
+    /// Histories this device is sending, one per device it linked.
+    pub sending: Vec<HistorySending>,
+}
+
+/// A history this device is sending to one it linked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistorySending {
+    /// The new device.
+    pub device_id: String,
+    /// Messages queued for it so far.
+    pub sent: u64,
+    /// Messages in all.
+    pub total: u64,
 }
 
 /// What was lost on the way and asked for again, since the node started: all zero when
@@ -318,6 +343,13 @@ pub enum Event {
         unread: u64,
         /// What to show.
         text: String,
+    },
+    /// A chunk of this user's history arrived from the device that linked this one.
+    History {
+        /// Messages received so far.
+        received: u64,
+        /// Messages in the whole history.
+        total: u64,
     },
     /// Another device of this user revoked this one: it no longer sends.
     Revoked {

@@ -63,6 +63,16 @@ fn envelopes_survive_mutation() {
             kind: ReceiptKind::Delivered,
             ids: vec![ByteArray::new([5; 16])],
         },
+        lists: Some(tern_node::envelope::ListVersions {
+            to: Some(tern_node::envelope::ListMark {
+                version: 2,
+                entries: 2,
+            }),
+            from: tern_node::envelope::ListMark {
+                version: 1,
+                entries: 1,
+            },
+        }),
     };
     let good = env.encode().unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);

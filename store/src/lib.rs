@@ -25,6 +25,7 @@ mod conversations;
 mod error;
 mod group_state;
 mod groups;
+mod history_owed;
 mod identity;
 mod key;
 #[cfg(any(test, feature = "memory"))]
@@ -42,6 +43,7 @@ mod types;
 pub use error::{Fault, FaultKind, KeyError, OpenError, ReadError, SearchError, WriteError};
 pub use group_state::{OwedGroupMessage, Stashed};
 pub use groups::{BlobRecord, BlobState, Member};
+pub use history_owed::HistoryOwed;
 pub use identity::{Contact, ContactSaved, OwnDevice, OwnIdentity};
 pub use key::{KdfParams, StorageKey, Unlock};
 #[cfg(any(test, feature = "memory"))]

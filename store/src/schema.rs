@@ -296,7 +296,8 @@ CREATE INDEX messages_sender_seq ON messages(conversation, sender_device, seq);
 "#;
 
 /// Version 7: own messages owed to devices that a device-list change showed were left out
-/// (a device of their user reported them encrypted for an older list; see `resync.rs`).
+/// (a device of their user reported them encrypted for an older list; see `resync.rs`), and
+/// the whole history owed to a newly linked device (`history_owed.rs`).
 const V7_RESYNC: &str = r#"
 CREATE TABLE resync_due (
     message_id  BLOB NOT NULL,
@@ -304,6 +305,14 @@ CREATE TABLE resync_due (
     user        TEXT NOT NULL,
     owed_at_ms  INTEGER NOT NULL,
     PRIMARY KEY (message_id, device)
+);
+CREATE TABLE history_owed (
+    device      TEXT PRIMARY KEY,
+    after_row   INTEGER NOT NULL,
+    last_row    INTEGER NOT NULL,
+    sent        INTEGER NOT NULL,
+    total       INTEGER NOT NULL,
+    owed_at_ms  INTEGER NOT NULL
 );
 "#;
 

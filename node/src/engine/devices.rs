@@ -230,6 +230,8 @@ impl Engine {
         if !sent {
             return Err(last);
         }
+        // The record carries the newest messages; everything else follows over the session.
+        self.owe_history(&id.to_peer_id_string())?;
         Ok(DeviceInfo {
             device_id: id.to_peer_id_string(),
             name: certificate.certificate().name.clone(),
@@ -244,33 +246,12 @@ impl Engine {
         let page = self.store.conversations(None, HISTORY_CONVERSATIONS)?;
         let mut out = Vec::new();
         for c in page.conversations.iter().rev() {
-            let group = c.kind == tern_store::ConversationKind::Group;
             for m in self.store.history(
                 &c.id,
                 tern_store::Page::Latest,
                 Some(HISTORY_PER_CONVERSATION),
             )? {
-                let (text, data) = match &m.body {
-                    tern_store::Body::Text(t) => (Some(t.clone()), None),
-                    tern_store::Body::Structured { data, text } => {
-                        (text.clone(), Some(ByteBuf::from(data.clone())))
-                    }
-                };
-                out.push(BundleMessage {
-                    id: serde_bytes::ByteArray::new(m.id.0),
-                    conversation: c.id.0.clone(),
-                    group,
-                    title: c.title.clone(),
-                    sender_user: m.sender_user.clone(),
-                    sender_device: m.sender_device.clone(),
-                    lamport: m.lamport,
-                    seq: m.seq,
-                    sent_at_ms: m.sent_at_ms,
-                    own: m.own,
-                    status: super::status_name(m.status).to_owned(),
-                    text,
-                    data,
-                });
+                out.push(super::history::bundle_message(&m, c.kind, c.title.clone()));
             }
         }
         Ok(out)

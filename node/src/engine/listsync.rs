@@ -106,14 +106,16 @@ impl Engine {
             (Conversation::Direct { .. }, Body::Text { .. })
         );
         let key = (user.to_owned(), device.to_peer_id_string());
-        if !(text && !missed.is_empty())
+        // Texts that missed a device are always named; anything else gets the list once.
+        let resend = text && !missed.is_empty();
+        if !resend
             && (self.list_answered.get(&key.1) == Some(&version)
                 || self.list_answers.contains_key(&key))
         {
             return;
         }
         let answer = self.list_answers.entry(key).or_default();
-        if text && !missed.is_empty() {
+        if resend {
             answer.stale.push(MessageId(env.id.into_array()));
             for d in missed {
                 if !answer.missed.contains(&d) {

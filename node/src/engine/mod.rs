@@ -7,6 +7,7 @@
 mod contacts;
 mod devices;
 pub(crate) mod group;
+mod history;
 pub(crate) mod hold;
 mod lanes;
 mod listsync;
@@ -317,6 +318,13 @@ pub(crate) struct Engine {
     /// The signed fallback key this run publishes at every home relay (made by the first
     /// bundle of the run): one key for all relays, so none serves a discarded one.
     pub fallback: Option<tern_crypto::prekey::SignedPrekey>,
+    /// History may be owed to a device this one linked (`history_owed` in the store).
+    pub history_due: bool,
+    /// Failed rounds of sending history in a row, and when to try again.
+    pub history_attempts: u32,
+    pub history_retry: Option<std::time::Instant>,
+    /// Moved history received as a new device: (messages so far, messages in all).
+    pub history_in: (u64, u64),
 }
 
 impl std::fmt::Debug for Engine {
@@ -483,6 +491,7 @@ impl Engine {
                     self.flush_delivered();
                     self.flush_list_answers();
                     self.resync_owed().await;
+                    self.export_history().await;
                     self.dispatch_due(false);
                     self.refetch_due();
                     self.prune_reorder();
@@ -919,6 +928,7 @@ impl Engine {
             listen: self.listen.iter().map(ToString::to_string).collect(),
             outbox,
             recovery: self.recovery,
+            history: self.history_info()?,
             peers: peers
                 .into_iter()
                 .map(|p| PeerInfo {

@@ -268,6 +268,10 @@ impl Engine {
                                 // A device list, from anyone this device addresses.
                                 || (matches!(env.body, Body::DeviceList { .. })
                                     && to.as_slice() == self.user.as_bytes())
+                                // History, from another device of this user.
+                                || (matches!(env.body, Body::History { .. })
+                                    && user == self.user_hex
+                                    && to.as_slice() == self.user.as_bytes())
                         }
                         Conversation::Group { .. } => {
                             matches!(
@@ -402,6 +406,19 @@ impl Engine {
                 missed,
             } => {
                 self.on_device_list(user, &list, &stale, &missed, |tx| {
+                    tx.apply_crypto(&update, now)?;
+                    if let Some(d) = &own_device {
+                        tx.save_own_device(d)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            Body::History {
+                messages,
+                sent,
+                total,
+            } => {
+                self.on_history(&messages, (sent, total), |tx| {
                     tx.apply_crypto(&update, now)?;
                     if let Some(d) = &own_device {
                         tx.save_own_device(d)?;
