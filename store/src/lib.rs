@@ -32,6 +32,7 @@ mod memory;
 mod messages;
 mod outbox;
 mod record;
+mod rekey;
 mod schema;
 mod search;
 mod sessions;
@@ -46,6 +47,7 @@ pub use key::{KdfParams, StorageKey, Unlock};
 #[cfg(any(test, feature = "memory"))]
 pub use memory::MemoryStore;
 pub use outbox::LaneRow;
+pub use rekey::RekeyError;
 pub use schema::SCHEMA_VERSION;
 pub use sessions::{
     CryptoUpdate, InboundGroupSession, OutboundGroupSession, PairwiseSession, ReplayLedger,
