@@ -310,6 +310,7 @@ impl Home {
     /// Writes a new home: the seal and store key files, the store with the identity, this
     /// device and the device list (plus what `more` adds in the same transaction), and the
     /// configuration.
+    /// A failure part way removes what was written, so the home is empty again.
     fn create(
         &self,
         identity: IdentityKey,
@@ -320,12 +321,49 @@ impl Home {
         more: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), HomeError>,
     ) -> Result<Created, HomeError> {
         create_private_dir(&self.dir)?;
+        // What is cleaned up on failure must be only what this call wrote.
+        if self.seal_key_path().exists() || self.is_initialised() {
+            return Err(HomeError::AlreadyInitialised {
+                path: self.dir.clone(),
+            });
+        }
+        let mut made = Vec::new();
+        let result = self.create_files(
+            identity,
+            device,
+            certificate,
+            device_list,
+            config,
+            more,
+            &mut made,
+        );
+        if result.is_err() {
+            for path in made.iter().rev() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_files(
+        &self,
+        identity: IdentityKey,
+        device: DeviceKeys,
+        certificate: SignedDeviceCertificate,
+        device_list: SignedDeviceList,
+        config: &Config,
+        more: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), HomeError>,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<Created, HomeError> {
         let seal = Secret32::random().map_err(crypto_err)?;
+        made.push(self.seal_key_path());
         write_new_private(
             &self.seal_key_path(),
             &Zeroizing::new([SEAL_MAGIC.as_slice(), &[SEAL_VERSION], seal.expose()].concat()),
         )?;
         let store_key = StorageKey::generate()?;
+        made.push(self.store_key_path());
         store_key.write_new_keyfile(&self.store_key_path())?;
         let version = device_list.list().version;
         let keys = Keys {
@@ -335,6 +373,12 @@ impl Home {
             device_list,
             seal,
         };
+        for suffix in ["", "-wal", "-shm"] {
+            made.push(PathBuf::from(format!(
+                "{}{suffix}",
+                self.db_path().display()
+            )));
+        }
         let mut store = Store::open(&self.db_path(), Unlock::Key(&store_key))?;
         let id_secret = keys.identity.to_secret_bytes().map_err(crypto_err)?;
         let sealed_id = sealed::seal(&keys.seal, SEAL_IDENTITY, &id_secret).map_err(crypto_err)?;
@@ -350,6 +394,10 @@ impl Home {
             tx.save_own_device_list(version, keys.device_list.as_bytes())?;
             more(tx)
         })?;
+        drop(store);
+        if !self.config_path().exists() {
+            made.push(self.config_path());
+        }
         self.save_config(config)?;
         Ok(Created {
             user_id,
@@ -396,6 +444,56 @@ impl Home {
                 "the device list does not hold this device".into(),
             ));
         }
+        self.create_from_bundle(identity, device, certificate, device_list, bundle, None)
+    }
+
+    /// Creates this home as a new device of the user whose identity backup `bundle` is (see
+    /// [`crate::backup`]): `device` is new, `certificate` and `device_list` were made for it
+    /// here under the restored identity key. Home relays are `relays` when given, else the
+    /// backup's. Refuses to overwrite an existing identity.
+    pub fn init_restored(
+        &self,
+        device: DeviceKeys,
+        certificate: SignedDeviceCertificate,
+        device_list: SignedDeviceList,
+        bundle: &crate::device_link::Bundle,
+        relays: Option<Vec<String>>,
+    ) -> Result<Created, HomeError> {
+        if self.is_initialised() {
+            return Err(HomeError::AlreadyInitialised {
+                path: self.dir.clone(),
+            });
+        }
+        let identity = IdentityKey::from_secret_bytes(&bundle.identity).map_err(crypto_err)?;
+        certificate
+            .check_identity(&identity.public())
+            .map_err(crypto_err)?;
+        device_list
+            .check_identity(&identity.public())
+            .map_err(crypto_err)?;
+        if certificate.certificate().device_id != device.device_id()
+            || device_list
+                .list()
+                .active_certificate(&device.device_id())
+                .is_none()
+        {
+            return Err(HomeError::Crypto(
+                "the certificate or device list is not for this device".into(),
+            ));
+        }
+        self.create_from_bundle(identity, device, certificate, device_list, bundle, relays)
+    }
+
+    /// Writes a home from a provisioning bundle: its contacts, groups and history.
+    fn create_from_bundle(
+        &self,
+        identity: IdentityKey,
+        device: DeviceKeys,
+        certificate: SignedDeviceCertificate,
+        device_list: SignedDeviceList,
+        bundle: &crate::device_link::Bundle,
+        relays: Option<Vec<String>>,
+    ) -> Result<Created, HomeError> {
         let created_ms = now_ms();
         self.create(
             identity,
@@ -404,7 +502,7 @@ impl Home {
             device_list,
             &Config {
                 name: bundle.name.clone(),
-                relays: bundle.relays.clone(),
+                relays: relays.unwrap_or_else(|| bundle.relays.clone()),
                 embedded_relay_port: None,
             },
             |tx| {
@@ -562,7 +660,18 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
 
 /// Writes a file through a temporary and a rename; `private` makes it 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), HomeError> {
-    let tmp = path.with_extension("tmp");
+    write_atomic_via(path, &path.with_extension("tmp"), bytes, private)
+}
+
+/// [`write_atomic`] through the temporary file `tmp` (beside `path`, so the rename stays on
+/// one file system); the directory is synced after the rename so the new name is durable.
+pub fn write_atomic_via(
+    path: &Path,
+    tmp: &Path,
+    bytes: &[u8],
+    private: bool,
+) -> Result<(), HomeError> {
+    let tmp = tmp.to_owned();
     let io = |source| HomeError::Io {
         op: "write",
         path: path.to_owned(),
@@ -579,7 +688,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), Home
     let mut f = options.open(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    sync_dir(path)
+}
+
+/// Syncs the directory holding `path`, so a rename or removal in it survives a crash.
+pub fn sync_dir(path: &Path) -> Result<(), HomeError> {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| HomeError::Io {
+                op: "sync directory of",
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Reads a small private file, refusing one that group or others can read.

@@ -90,6 +90,8 @@ pub(crate) enum Command {
         reply: Reply<DeviceInfo>,
     },
     Devices(Reply<Vec<DeviceInfo>>),
+    /// What an identity backup holds (sealed by the caller).
+    BackupBundle(Reply<crate::device_link::Bundle>),
 }
 
 /// A group command.
@@ -582,6 +584,9 @@ impl Engine {
             }
             Command::Devices(reply) => {
                 let _ = reply.send(Ok(self.devices()));
+            }
+            Command::BackupBundle(reply) => {
+                let _ = reply.send(self.backup_bundle());
             }
         }
     }
