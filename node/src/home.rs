@@ -91,6 +91,27 @@ pub enum HomeError {
     /// Key material did not decode or verify.
     #[error("key material is unusable: {0}")]
     Crypto(String),
+    /// The store is unlocked by a passphrase and none was given.
+    #[error(
+        "this home's store is locked with a passphrase: give it (--passphrase-file, or at the prompt)"
+    )]
+    PassphraseNeeded,
+    /// No passphrase file opens the store with the passphrase given.
+    #[error("{}", if *interrupted {
+        "wrong passphrase (a passphrase change was interrupted: if you had just chosen a new passphrase, give that one)"
+    } else {
+        "wrong passphrase for this home's store"
+    })]
+    WrongPassphrase {
+        /// A change to a passphrase was interrupted after its new file was written.
+        interrupted: bool,
+    },
+    /// A new passphrase does not meet the strength rule.
+    #[error("{0}")]
+    WeakPassphrase(String),
+    /// Changing the store's key failed; it is still under the old one.
+    #[error("changing the store's key failed (the old key still opens it): {0}")]
+    Rekey(String),
     /// The configuration file is malformed.
     #[error("config file {path}: {reason}")]
     Config {
@@ -165,6 +186,18 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Home {
     dir: PathBuf,
+    /// The store's passphrase, when it has one (see [`crate::unlock`]).
+    passphrase: Option<Passphrase>,
+}
+
+/// A passphrase kept for opening the store; wiped on drop, never printed.
+#[derive(Clone)]
+struct Passphrase(std::sync::Arc<Zeroizing<String>>);
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(..)")
+    }
 }
 
 /// Everything secret or signed that the node loads from its home.
@@ -235,7 +268,23 @@ pub fn now_ms() -> i64 {
 impl Home {
     /// A home at `dir` (nothing is touched yet).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Home { dir: dir.into() }
+        Home {
+            dir: dir.into(),
+            passphrase: None,
+        }
+    }
+
+    /// This home, opening its store with `passphrase` when a keyfile does not open it.
+    pub fn with_passphrase(mut self, passphrase: &str) -> Self {
+        self.passphrase = Some(Passphrase(std::sync::Arc::new(Zeroizing::new(
+            passphrase.to_owned(),
+        ))));
+        self
+    }
+
+    /// Opens the store alone (no keys), finishing an interrupted key change.
+    pub fn open_store(&self) -> Result<Store, HomeError> {
+        crate::unlock::open_store(self, self.passphrase.as_ref().map(|p| p.0.as_str()))
     }
 
     /// The directory.
@@ -544,9 +593,8 @@ impl Home {
                 path: self.dir.clone(),
             });
         }
-        let store_key = StorageKey::read_keyfile(&self.store_key_path())?;
         let seal = self.read_seal_key()?;
-        let store = Store::open(&self.db_path(), Unlock::Key(&store_key))?;
+        let store = self.open_store()?;
         let own = store
             .own_identity()?
             .ok_or(HomeError::Missing("identity"))?;

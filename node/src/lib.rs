@@ -31,6 +31,7 @@ pub mod home;
 pub mod link;
 pub mod net;
 pub mod types;
+pub mod unlock;
 
 use std::collections::{HashMap, HashSet};
 
