@@ -24,6 +24,11 @@ use tern_crypto::{
     passphrase::{self, KdfParams, WeakPassphrase},
 };
 
+pub use tern_crypto::passphrase::check_strength;
+
+/// Largest passphrase file read (`--passphrase-file`): the longest passphrase and a line end.
+pub const MAX_PASSPHRASE_FILE_BYTES: usize = tern_crypto::consts::MAX_PASSPHRASE_BYTES + 2;
+
 /// Why a backup could not be made or restored.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
