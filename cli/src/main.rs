@@ -14,10 +14,16 @@
 //! | 7 | network: relay unreachable (for a first message to a contact) |
 //! | 8 | home: no identity yet (`tern init`), or one exists already |
 //! | 9 | group: not an admin, not (or no longer) a member, or the group would be over its size limit |
+//! | 10 | passphrase or backup refused: wrong passphrase, or a backup file that is altered, truncated, not a backup or of an unknown version |
+//! | 11 | the node is running: stop it first (`tern id passphrase`) |
+//! | 12 | this device was revoked by another device of the user: it no longer sends |
 
 mod up;
 
 use std::{io::Read, path::PathBuf, process::ExitCode};
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
@@ -30,7 +36,9 @@ use tern_node::{
 ///
 /// Exit codes: 0 ok, 1 failure, 2 usage, 3 no node running, 4 unknown contact, group or
 /// message, 5 bad input (link, text), 6 contact's identity key changed, 7 network, 8 home not
-/// initialised or already initialised, 9 group refused it (not an admin, not a member, full).
+/// initialised or already initialised, 9 group refused it (not an admin, not a member, full),
+/// 10 wrong passphrase or damaged backup, 11 the node must be stopped first, 12 this device
+/// was revoked.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Opts {
@@ -72,6 +80,10 @@ enum Cmd {
         /// contacts do not learn this device's addresses.
         #[arg(long)]
         no_direct: bool,
+        /// File holding the store's passphrase (when `tern id passphrase` set one); without
+        /// it the passphrase is asked at the terminal.
+        #[arg(long, env = "TERN_PASSPHRASE_FILE")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Identity commands.
     Id {
@@ -244,6 +256,45 @@ enum DeviceCmd {
 enum IdCmd {
     /// Show user id, device id and fingerprint.
     Show,
+    /// Write an identity backup (identity secret, name, relays, contacts, groups, the device
+    /// list; no history) to FILE, sealed under a passphrase (asked twice, or
+    /// --passphrase-file). The node must be running. Passphrases need at least 12
+    /// characters, at least 6 of them different.
+    Backup {
+        /// The file to write (mode 0600, replaced atomically).
+        file: PathBuf,
+        /// Read the passphrase from this file (first line) instead of asking.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Restore an identity backup into this (empty) home as a new device of the user, then
+    /// run `tern up`. Nothing is written if the file does not open.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Home relay to use instead of the backup's (repeatable).
+        #[arg(long)]
+        relay: Vec<String>,
+        /// This new device's name.
+        #[arg(long, default_value = "device")]
+        name: String,
+        /// Read the passphrase from this file (first line) instead of asking.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Set or change the passphrase that encrypts this home's store (the node must be
+    /// stopped). With --keyfile, go back to a random key in store.key.
+    Passphrase {
+        /// The current passphrase, from this file (when the store has one).
+        #[arg(long, env = "TERN_PASSPHRASE_FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// The new passphrase, from this file, instead of asking twice.
+        #[arg(long, conflicts_with = "keyfile")]
+        new_passphrase_file: Option<PathBuf>,
+        /// Unlock the store with a new random keyfile instead of a passphrase.
+        #[arg(long)]
+        keyfile: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,7 +351,8 @@ impl From<ClientError> for Failure {
                 1004 | 1010 => 6,
                 1009 => 7,
                 1014..=1016 => 9,
-                1017 => 10,
+                1017 => 5,
+                1019 => 12,
                 _ => 1,
             },
             _ => 1,
@@ -406,7 +458,69 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             listen,
             api,
             no_direct,
-        } => up::run(home, relay, listen, api, !no_direct).await,
+            passphrase_file,
+        } => {
+            let home = if tern_node::unlock::uses_passphrase(&home) {
+                let p = passphrase(passphrase_file.as_deref(), "store passphrase: ")?;
+                home.with_passphrase(&p)
+            } else {
+                home
+            };
+            up::run(home, relay, listen, api, !no_direct).await
+        }
+        Cmd::Id {
+            cmd:
+                IdCmd::Backup {
+                    file,
+                    passphrase_file,
+                },
+        } => {
+            let file = std::env::current_dir()
+                .map_err(|e| Failure::new(1, format!("current directory: {e}")))?
+                .join(file);
+            let mut api = client(&home).await?;
+            let p = new_passphrase(passphrase_file.as_deref(), "backup passphrase")?;
+            let v = api
+                .call("id.backup", json!({"path": file, "passphrase": p.as_str()}))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "backup written to {} ({} contacts, {} groups); keep it and its passphrase apart",
+                    s(&v, "path"),
+                    v.get("contacts").and_then(Value::as_u64).unwrap_or(0),
+                    v.get("groups").and_then(Value::as_u64).unwrap_or(0)
+                );
+            }
+            Ok(())
+        }
+        Cmd::Id {
+            cmd:
+                IdCmd::Restore {
+                    file,
+                    relay,
+                    name,
+                    passphrase_file,
+                },
+        } => restore(&home, json, &file, relay, &name, passphrase_file.as_deref()),
+        Cmd::Id {
+            cmd:
+                IdCmd::Passphrase {
+                    passphrase_file,
+                    new_passphrase_file,
+                    keyfile,
+                },
+        } => {
+            change_passphrase(
+                &home,
+                json,
+                passphrase_file.as_deref(),
+                new_passphrase_file.as_deref(),
+                keyfile,
+            )
+            .await
+        }
         Cmd::Device {
             cmd:
                 DeviceCmd::Link {
@@ -710,6 +824,182 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
 }
 
 /// A TEXT argument: `-` reads standard input (without its trailing newlines).
+/// Reads a passphrase from the first line of `path` (a trailing newline is not part of it).
+fn read_passphrase_file(path: &std::path::Path) -> Result<Zeroizing<String>, Failure> {
+    let limit = tern_node::backup::MAX_PASSPHRASE_FILE_BYTES;
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| Failure::new(1, format!("passphrase file {}: {e}", path.display())))?;
+    if bytes.len() > limit {
+        return Err(Failure::new(
+            5,
+            format!("passphrase file {} is over {limit} bytes", path.display()),
+        ));
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        Failure::new(
+            5,
+            format!("passphrase file {} is not UTF-8", path.display()),
+        )
+    })?;
+    let line = text.strip_suffix('\n').unwrap_or(text);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    Ok(Zeroizing::new(line.to_owned()))
+}
+
+/// A passphrase from `file`, else asked at the terminal without echo.
+fn passphrase(file: Option<&std::path::Path>, prompt: &str) -> Result<Zeroizing<String>, Failure> {
+    match file {
+        Some(f) => read_passphrase_file(f),
+        None => rpassword::prompt_password(prompt)
+            .map(Zeroizing::new)
+            .map_err(|e| {
+                Failure::new(
+                    2,
+                    format!(
+                        "cannot read a passphrase at the terminal ({e}); use --passphrase-file"
+                    ),
+                )
+            }),
+    }
+}
+
+/// A new passphrase: from `file`, else asked twice; checked against the strength rule.
+fn new_passphrase(
+    file: Option<&std::path::Path>,
+    what: &str,
+) -> Result<Zeroizing<String>, Failure> {
+    let p = match file {
+        Some(f) => read_passphrase_file(f)?,
+        None => {
+            let first = passphrase(None, &format!("new {what}: "))?;
+            tern_crypto_check(&first)?;
+            let again = passphrase(None, &format!("new {what} again: "))?;
+            if !bool::from(first.as_bytes().ct_eq(again.as_bytes())) {
+                return Err(Failure::new(5, "the two passphrases differ"));
+            }
+            first
+        }
+    };
+    tern_crypto_check(&p)?;
+    Ok(p)
+}
+
+fn tern_crypto_check(p: &str) -> Result<(), Failure> {
+    tern_node::backup::check_strength(p).map_err(|e| Failure::new(5, e.to_string()))
+}
+
+fn restore(
+    home: &Home,
+    json: bool,
+    file: &std::path::Path,
+    relay: Vec<String>,
+    name: &str,
+    passphrase_file: Option<&std::path::Path>,
+) -> Result<(), Failure> {
+    use tern_node::backup::BackupError;
+    if home.is_initialised() {
+        return Err(Failure::new(
+            8,
+            format!(
+                "{} already holds a Tern identity; restore into an empty home",
+                home.dir().display()
+            ),
+        ));
+    }
+    let bytes = tern_node::backup::read_file(file).map_err(|e| Failure::new(1, e.to_string()))?;
+    let p = passphrase(passphrase_file, "backup passphrase: ")?;
+    let relays = if relay.is_empty() { None } else { Some(relay) };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let created = tern_node::backup::restore(home, &bytes, &p, relays, name, now).map_err(|e| {
+        let code = match &e {
+            BackupError::File(_) | BackupError::Contents(_) => 10,
+            BackupError::BadInput(_) | BackupError::Weak(_) => 5,
+            BackupError::Home(tern_node::home::HomeError::AlreadyInitialised { .. }) => 8,
+            _ => 1,
+        };
+        Failure::new(code, e.to_string())
+    })?;
+    if json {
+        print_json(
+            &json!({"user_id": created.user_id, "device_id": created.device_id, "home": home.dir()}),
+        );
+    } else {
+        println!(
+            "restored: user id {}, new device id {}",
+            created.user_id, created.device_id
+        );
+        println!("next: tern --home {} up", home.dir().display());
+    }
+    Ok(())
+}
+
+async fn change_passphrase(
+    home: &Home,
+    json: bool,
+    passphrase_file: Option<&std::path::Path>,
+    new_passphrase_file: Option<&std::path::Path>,
+    keyfile: bool,
+) -> Result<(), Failure> {
+    use tern_node::{home::HomeError, unlock};
+    if !home.is_initialised() {
+        return Err(Failure::new(
+            8,
+            format!("no Tern identity in {}", home.dir().display()),
+        ));
+    }
+    // Rekeying rewrites every page: a running node has the store open.
+    if ApiClient::for_home(home).await.is_ok() {
+        return Err(Failure::new(
+            11,
+            "the node is running for this home: stop it (Ctrl-C on `tern up`) and run this again",
+        ));
+    }
+    let home = if unlock::uses_passphrase(home) {
+        let p = passphrase(passphrase_file, "current store passphrase: ")?;
+        home.clone().with_passphrase(&p)
+    } else {
+        home.clone()
+    };
+    let home_err = |e: HomeError| {
+        let code = match &e {
+            HomeError::WrongPassphrase { .. } | HomeError::PassphraseNeeded => 10,
+            HomeError::WeakPassphrase(_) => 5,
+            _ => 1,
+        };
+        Failure::new(code, e.to_string())
+    };
+    let mut store = home.open_store().map_err(home_err)?;
+    let new = if keyfile {
+        None
+    } else {
+        Some(new_passphrase(new_passphrase_file, "store passphrase")?)
+    };
+    let target = match &new {
+        Some(p) => unlock::Target::Passphrase(p),
+        None => unlock::Target::Keyfile,
+    };
+    unlock::change(&home, &mut store, target).map_err(home_err)?;
+    let mode = if keyfile { "keyfile" } else { "passphrase" };
+    if json {
+        print_json(&json!({"unlock": mode}));
+    } else if keyfile {
+        println!(
+            "the store is now unlocked by a new random key in {}",
+            home.store_key_path().display()
+        );
+    } else {
+        println!(
+            "the store is now unlocked by the new passphrase; `tern up` asks for it (or --passphrase-file)"
+        );
+    }
+    Ok(())
+}
+
 fn text_arg(text: String) -> Result<String, Failure> {
     if text != "-" {
         return Ok(text);

@@ -56,3 +56,53 @@ pub const MAX_MEDIA_CHUNK_SIZE: usize = 1024 * 1024;
 /// SHA-512 iterations for each half of a safety number (as Signal does), so that finding a
 /// second identity key with the same digits costs real work per try.
 pub const SAFETY_NUMBER_ITERATIONS: u32 = 5200;
+
+/// Argon2id memory cost in KiB of a passphrase-derived store key (64 MiB, 3 passes, 1 lane:
+/// RFC 9106's second recommended option with one lane). Paid at every start of a node whose
+/// store is unlocked by a passphrase, so it stays under a second on a small machine.
+///
+/// The store keeps no copy of its costs inside the database: changing these defaults makes
+/// existing stores unopenable with the new ones, so a change needs a rekey step.
+pub const ARGON2_MEMORY_KIB: u32 = 64 * 1024;
+
+/// Argon2id passes of a passphrase-derived store key.
+pub const ARGON2_ITERATIONS: u32 = 3;
+
+/// Argon2id lanes of a passphrase-derived store key.
+pub const ARGON2_LANES: u32 = 1;
+
+/// Argon2id memory cost in KiB of a new identity backup (256 MiB). A backup is made and opened
+/// rarely, and the file may sit on a disk or a cloud drive where anyone can copy it and guess
+/// offline, so each guess is made four times dearer than the store's.
+pub const BACKUP_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+
+/// Argon2id passes of a new identity backup.
+pub const BACKUP_ARGON2_ITERATIONS: u32 = 3;
+
+/// Argon2id lanes of a new identity backup.
+pub const BACKUP_ARGON2_LANES: u32 = 1;
+
+/// Largest Argon2id memory cost a backup header may ask of a reader (1 GiB): the costs are
+/// read before the tag can be checked, so a damaged or hostile header must not make the reader
+/// allocate without bound.
+pub const BACKUP_MAX_ARGON2_MEMORY_KIB: u32 = 1024 * 1024;
+
+/// Most Argon2id passes a backup header may ask of a reader.
+pub const BACKUP_MAX_ARGON2_ITERATIONS: u32 = 16;
+
+/// Most Argon2id lanes a backup header may ask of a reader.
+pub const BACKUP_MAX_ARGON2_LANES: u32 = 16;
+
+/// Largest plaintext inside a backup (16 MiB): the identity, contacts with their device lists
+/// and the groups' operations; a backup carries no history.
+pub const MAX_BACKUP_PLAINTEXT: usize = 16 * 1024 * 1024;
+
+/// A new passphrase (backup or store) has at least this many characters.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
+/// ...and at least this many different characters, so `aaaaaaaaaaaa` or `abababababab` are
+/// refused.
+pub const MIN_PASSPHRASE_DISTINCT_CHARS: usize = 6;
+
+/// Longest passphrase accepted, in bytes of UTF-8.
+pub const MAX_PASSPHRASE_BYTES: usize = 1024;

@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod group;
 pub mod identity;
 pub mod media;
+pub mod passphrase;
 pub mod prekey;
 pub mod provision;
 mod random;

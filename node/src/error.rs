@@ -86,6 +86,12 @@ pub enum NodeError {
          To use it again, link it anew (`tern device link` on an empty home)"
     )]
     Revoked,
+    /// A new passphrase does not meet the strength rule.
+    #[error("{0}")]
+    WeakPassphrase(String),
+    /// A file (a backup) could not be written.
+    #[error("{0}")]
+    Io(String),
 }
 
 impl NodeError {
@@ -109,7 +115,9 @@ impl NodeError {
             NodeError::GroupFull { .. } => 1014,
             NodeError::NotAdmin(_) => 1015,
             NodeError::NotMember(_) => 1016,
-            NodeError::Revoked => 1017,
+            NodeError::Revoked => 1019,
+            NodeError::WeakPassphrase(_) => 1017,
+            NodeError::Io(_) => 1018,
         }
     }
 }
@@ -160,3 +168,14 @@ impl From<tern_crypto::group::GroupError> for NodeError {
     }
 }
 from_display!(Network, crate::net::NetError);
+
+impl From<crate::backup::BackupError> for NodeError {
+    fn from(e: crate::backup::BackupError) -> Self {
+        match e {
+            crate::backup::BackupError::Weak(w) => NodeError::WeakPassphrase(w.to_string()),
+            crate::backup::BackupError::Io { .. } => NodeError::Io(e.to_string()),
+            crate::backup::BackupError::BadInput(m) => NodeError::BadRequest(m),
+            other => NodeError::Crypto(other.to_string()),
+        }
+    }
+}

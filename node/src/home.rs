@@ -91,6 +91,27 @@ pub enum HomeError {
     /// Key material did not decode or verify.
     #[error("key material is unusable: {0}")]
     Crypto(String),
+    /// The store is unlocked by a passphrase and none was given.
+    #[error(
+        "this home's store is locked with a passphrase: give it (--passphrase-file, or at the prompt)"
+    )]
+    PassphraseNeeded,
+    /// No passphrase file opens the store with the passphrase given.
+    #[error("{}", if *interrupted {
+        "wrong passphrase (a passphrase change was interrupted: if you had just chosen a new passphrase, give that one)"
+    } else {
+        "wrong passphrase for this home's store"
+    })]
+    WrongPassphrase {
+        /// A change to a passphrase was interrupted after its new file was written.
+        interrupted: bool,
+    },
+    /// A new passphrase does not meet the strength rule.
+    #[error("{0}")]
+    WeakPassphrase(String),
+    /// Changing the store's key failed; it is still under the old one.
+    #[error("changing the store's key failed (the old key still opens it): {0}")]
+    Rekey(String),
     /// The configuration file is malformed.
     #[error("config file {path}: {reason}")]
     Config {
@@ -165,6 +186,18 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Home {
     dir: PathBuf,
+    /// The store's passphrase, when it has one (see [`crate::unlock`]).
+    passphrase: Option<Passphrase>,
+}
+
+/// A passphrase kept for opening the store; wiped on drop, never printed.
+#[derive(Clone)]
+struct Passphrase(std::sync::Arc<Zeroizing<String>>);
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(..)")
+    }
 }
 
 /// Everything secret or signed that the node loads from its home.
@@ -235,7 +268,23 @@ pub fn now_ms() -> i64 {
 impl Home {
     /// A home at `dir` (nothing is touched yet).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Home { dir: dir.into() }
+        Home {
+            dir: dir.into(),
+            passphrase: None,
+        }
+    }
+
+    /// This home, opening its store with `passphrase` when a keyfile does not open it.
+    pub fn with_passphrase(mut self, passphrase: &str) -> Self {
+        self.passphrase = Some(Passphrase(std::sync::Arc::new(Zeroizing::new(
+            passphrase.to_owned(),
+        ))));
+        self
+    }
+
+    /// Opens the store alone (no keys), finishing an interrupted key change.
+    pub fn open_store(&self) -> Result<Store, HomeError> {
+        crate::unlock::open_store(self, self.passphrase.as_ref().map(|p| p.0.as_str()))
     }
 
     /// The directory.
@@ -310,6 +359,7 @@ impl Home {
     /// Writes a new home: the seal and store key files, the store with the identity, this
     /// device and the device list (plus what `more` adds in the same transaction), and the
     /// configuration.
+    /// A failure part way removes what was written, so the home is empty again.
     fn create(
         &self,
         identity: IdentityKey,
@@ -320,12 +370,49 @@ impl Home {
         more: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), HomeError>,
     ) -> Result<Created, HomeError> {
         create_private_dir(&self.dir)?;
+        // What is cleaned up on failure must be only what this call wrote.
+        if self.seal_key_path().exists() || self.is_initialised() {
+            return Err(HomeError::AlreadyInitialised {
+                path: self.dir.clone(),
+            });
+        }
+        let mut made = Vec::new();
+        let result = self.create_files(
+            identity,
+            device,
+            certificate,
+            device_list,
+            config,
+            more,
+            &mut made,
+        );
+        if result.is_err() {
+            for path in made.iter().rev() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_files(
+        &self,
+        identity: IdentityKey,
+        device: DeviceKeys,
+        certificate: SignedDeviceCertificate,
+        device_list: SignedDeviceList,
+        config: &Config,
+        more: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), HomeError>,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<Created, HomeError> {
         let seal = Secret32::random().map_err(crypto_err)?;
+        made.push(self.seal_key_path());
         write_new_private(
             &self.seal_key_path(),
             &Zeroizing::new([SEAL_MAGIC.as_slice(), &[SEAL_VERSION], seal.expose()].concat()),
         )?;
         let store_key = StorageKey::generate()?;
+        made.push(self.store_key_path());
         store_key.write_new_keyfile(&self.store_key_path())?;
         let version = device_list.list().version;
         let keys = Keys {
@@ -335,6 +422,12 @@ impl Home {
             device_list,
             seal,
         };
+        for suffix in ["", "-wal", "-shm"] {
+            made.push(PathBuf::from(format!(
+                "{}{suffix}",
+                self.db_path().display()
+            )));
+        }
         let mut store = Store::open(&self.db_path(), Unlock::Key(&store_key))?;
         let id_secret = keys.identity.to_secret_bytes().map_err(crypto_err)?;
         let sealed_id = sealed::seal(&keys.seal, SEAL_IDENTITY, &id_secret).map_err(crypto_err)?;
@@ -350,6 +443,10 @@ impl Home {
             tx.save_own_device_list(version, keys.device_list.as_bytes())?;
             more(tx)
         })?;
+        drop(store);
+        if !self.config_path().exists() {
+            made.push(self.config_path());
+        }
         self.save_config(config)?;
         Ok(Created {
             user_id,
@@ -396,6 +493,56 @@ impl Home {
                 "the device list does not hold this device".into(),
             ));
         }
+        self.create_from_bundle(identity, device, certificate, device_list, bundle, None)
+    }
+
+    /// Creates this home as a new device of the user whose identity backup `bundle` is (see
+    /// [`crate::backup`]): `device` is new, `certificate` and `device_list` were made for it
+    /// here under the restored identity key. Home relays are `relays` when given, else the
+    /// backup's. Refuses to overwrite an existing identity.
+    pub fn init_restored(
+        &self,
+        device: DeviceKeys,
+        certificate: SignedDeviceCertificate,
+        device_list: SignedDeviceList,
+        bundle: &crate::device_link::Bundle,
+        relays: Option<Vec<String>>,
+    ) -> Result<Created, HomeError> {
+        if self.is_initialised() {
+            return Err(HomeError::AlreadyInitialised {
+                path: self.dir.clone(),
+            });
+        }
+        let identity = IdentityKey::from_secret_bytes(&bundle.identity).map_err(crypto_err)?;
+        certificate
+            .check_identity(&identity.public())
+            .map_err(crypto_err)?;
+        device_list
+            .check_identity(&identity.public())
+            .map_err(crypto_err)?;
+        if certificate.certificate().device_id != device.device_id()
+            || device_list
+                .list()
+                .active_certificate(&device.device_id())
+                .is_none()
+        {
+            return Err(HomeError::Crypto(
+                "the certificate or device list is not for this device".into(),
+            ));
+        }
+        self.create_from_bundle(identity, device, certificate, device_list, bundle, relays)
+    }
+
+    /// Writes a home from a provisioning bundle: its contacts, groups and history.
+    fn create_from_bundle(
+        &self,
+        identity: IdentityKey,
+        device: DeviceKeys,
+        certificate: SignedDeviceCertificate,
+        device_list: SignedDeviceList,
+        bundle: &crate::device_link::Bundle,
+        relays: Option<Vec<String>>,
+    ) -> Result<Created, HomeError> {
         let created_ms = now_ms();
         self.create(
             identity,
@@ -404,7 +551,7 @@ impl Home {
             device_list,
             &Config {
                 name: bundle.name.clone(),
-                relays: bundle.relays.clone(),
+                relays: relays.unwrap_or_else(|| bundle.relays.clone()),
                 embedded_relay_port: None,
             },
             |tx| {
@@ -446,9 +593,8 @@ impl Home {
                 path: self.dir.clone(),
             });
         }
-        let store_key = StorageKey::read_keyfile(&self.store_key_path())?;
         let seal = self.read_seal_key()?;
-        let store = Store::open(&self.db_path(), Unlock::Key(&store_key))?;
+        let store = self.open_store()?;
         let own = store
             .own_identity()?
             .ok_or(HomeError::Missing("identity"))?;
@@ -562,7 +708,18 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
 
 /// Writes a file through a temporary and a rename; `private` makes it 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), HomeError> {
-    let tmp = path.with_extension("tmp");
+    write_atomic_via(path, &path.with_extension("tmp"), bytes, private)
+}
+
+/// [`write_atomic`] through the temporary file `tmp` (beside `path`, so the rename stays on
+/// one file system); the directory is synced after the rename so the new name is durable.
+pub fn write_atomic_via(
+    path: &Path,
+    tmp: &Path,
+    bytes: &[u8],
+    private: bool,
+) -> Result<(), HomeError> {
+    let tmp = tmp.to_owned();
     let io = |source| HomeError::Io {
         op: "write",
         path: path.to_owned(),
@@ -579,7 +736,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), Home
     let mut f = options.open(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    sync_dir(path)
+}
+
+/// Syncs the directory holding `path`, so a rename or removal in it survives a crash.
+pub fn sync_dir(path: &Path) -> Result<(), HomeError> {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| HomeError::Io {
+                op: "sync directory of",
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Reads a small private file, refusing one that group or others can read.

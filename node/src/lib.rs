@@ -20,6 +20,7 @@
 )]
 
 pub mod api;
+pub mod backup;
 pub mod consts;
 pub mod device_link;
 mod engine;
@@ -30,6 +31,7 @@ pub mod home;
 pub mod link;
 pub mod net;
 pub mod types;
+pub mod unlock;
 
 use std::collections::{HashMap, HashSet};
 
@@ -354,6 +356,38 @@ impl Node {
     /// Links a new device of this user from the code it shows (`tern device link`).
     pub async fn device_add(&self, code: String) -> Result<DeviceInfo, NodeError> {
         self.call(|reply| Command::DeviceAdd { code, reply }).await
+    }
+
+    /// Writes an identity backup to `path` (absolute), sealed under `passphrase` (which
+    /// must meet [`tern_crypto::passphrase::check_strength`]). The engine only gathers the
+    /// record; Argon2id and the write run on a blocking thread, so the node keeps working.
+    pub async fn id_backup(
+        &self,
+        path: std::path::PathBuf,
+        passphrase: zeroize::Zeroizing<String>,
+    ) -> Result<types::BackupInfo, NodeError> {
+        if !path.is_absolute() {
+            return Err(NodeError::BadRequest(
+                "the backup path must be absolute".into(),
+            ));
+        }
+        tern_crypto::passphrase::check_strength(&passphrase)
+            .map_err(|e| NodeError::WeakPassphrase(e.to_string()))?;
+        let bundle = self.call(Command::BackupBundle).await?;
+        tokio::task::spawn_blocking(move || {
+            let sealed = backup::seal(&bundle, &passphrase)?;
+            backup::write_file(&path, &sealed)?;
+            let groups: std::collections::HashSet<&String> =
+                bundle.group_ops.iter().map(|(g, _)| g).collect();
+            Ok(types::BackupInfo {
+                path: path.display().to_string(),
+                bytes: sealed.len() as u64,
+                contacts: bundle.contacts.len(),
+                groups: groups.len(),
+            })
+        })
+        .await
+        .map_err(|e| NodeError::Io(format!("the backup task failed: {e}")))?
     }
 
     /// This user's devices.

@@ -85,6 +85,19 @@ pub struct DeviceInfo {
     pub created_at: u64,
 }
 
+/// An identity backup written by `id.backup`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// The file written.
+    pub path: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Contacts in it.
+    pub contacts: usize,
+    /// Groups in it.
+    pub groups: usize,
+}
+
 /// A group member.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GroupMemberInfo {

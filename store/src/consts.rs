@@ -9,17 +9,10 @@ pub const KEY_LEN: usize = 32;
 /// of the database file, and the passphrase KDF uses the same salt, so no side file is needed.
 pub const SALT_LEN: usize = 16;
 
-/// Argon2id memory cost in KiB for passphrase-derived keys (64 MiB).
-///
-/// Changing any of the three Argon2id defaults makes existing databases unopenable with the new
-/// defaults: a change needs a rekey step, never a silent edit.
-pub const ARGON2_MEMORY_KIB: u32 = 64 * 1024;
-
-/// Argon2id passes for passphrase-derived keys.
-pub const ARGON2_ITERATIONS: u32 = 3;
-
-/// Argon2id lanes for passphrase-derived keys.
-pub const ARGON2_LANES: u32 = 1;
+/// Argon2id costs of passphrase-derived keys: tern-crypto's, shared with identity backups.
+/// Changing them makes existing databases unopenable with the new defaults: a change needs a
+/// rekey step, never a silent edit.
+pub use tern_crypto::consts::{ARGON2_ITERATIONS, ARGON2_LANES, ARGON2_MEMORY_KIB};
 
 /// How long a connection waits for another connection's write lock before reporting "busy".
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);

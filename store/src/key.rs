@@ -10,10 +10,7 @@ use std::path::Path;
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::consts::{
-    ARGON2_ITERATIONS, ARGON2_LANES, ARGON2_MEMORY_KIB, KEY_LEN, KEYFILE_LEN, KEYFILE_MAGIC,
-    KEYFILE_VERSION, SALT_LEN,
-};
+use crate::consts::{KEY_LEN, KEYFILE_LEN, KEYFILE_MAGIC, KEYFILE_VERSION, SALT_LEN};
 use crate::error::KeyError;
 
 /// A 256-bit database key. Zeroized on drop; `Debug` never shows it.
@@ -41,33 +38,20 @@ impl StorageKey {
         StorageKey(key)
     }
 
-    /// Stretches a passphrase with Argon2id over `salt`.
+    /// Stretches a passphrase with Argon2id over `salt` (tern-crypto's derivation, the one
+    /// identity backups use too).
     pub fn derive(
         passphrase: &[u8],
         salt: &[u8; SALT_LEN],
         params: &KdfParams,
     ) -> Result<Self, KeyError> {
-        let argon_params = argon2::Params::new(
-            params.memory_kib,
-            params.iterations,
-            params.lanes,
-            Some(KEY_LEN),
-        )
-        .map_err(|e| KeyError::Kdf {
-            reason: e.to_string(),
-        })?;
-        let argon = argon2::Argon2::new(
-            argon2::Algorithm::Argon2id,
-            argon2::Version::V0x13,
-            argon_params,
-        );
-        let mut key = Box::new([0u8; KEY_LEN]);
-        argon
-            .hash_password_into(passphrase, salt, key.as_mut_slice())
-            .map_err(|e| KeyError::Kdf {
-                reason: e.to_string(),
+        let derived =
+            tern_crypto::passphrase::derive_key(passphrase, salt, params).map_err(|e| {
+                KeyError::Kdf {
+                    reason: e.to_string(),
+                }
             })?;
-        Ok(StorageKey(key))
+        Ok(StorageKey(Box::new(*derived.expose())))
     }
 
     /// Reads the key from `path`, or creates a new random one there (mode 0600) if there is
@@ -179,29 +163,10 @@ fn check_owner_only(_path: &Path, _file: &std::fs::File) -> Result<(), KeyError>
     Ok(())
 }
 
-/// Argon2id cost parameters for a passphrase-derived key.
-///
-/// The defaults are the constants in [`crate::consts`]; they are not stored in the file, so a
-/// database opened with other parameters than it was created with reports a wrong key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KdfParams {
-    /// Memory cost in KiB.
-    pub memory_kib: u32,
-    /// Number of passes.
-    pub iterations: u32,
-    /// Degree of parallelism.
-    pub lanes: u32,
-}
-
-impl Default for KdfParams {
-    fn default() -> Self {
-        KdfParams {
-            memory_kib: ARGON2_MEMORY_KIB,
-            iterations: ARGON2_ITERATIONS,
-            lanes: ARGON2_LANES,
-        }
-    }
-}
+/// Argon2id cost parameters for a passphrase-derived key (tern-crypto's). The defaults are
+/// not stored in the file, so a database opened with other parameters than it was created
+/// with reports a wrong key.
+pub use tern_crypto::passphrase::KdfParams;
 
 /// How to unlock a store.
 #[derive(Debug)]

@@ -34,6 +34,7 @@ mod messages;
 mod outbox;
 mod record;
 mod resync;
+mod rekey;
 mod schema;
 mod search;
 mod sessions;
@@ -50,6 +51,7 @@ pub use key::{KdfParams, StorageKey, Unlock};
 pub use memory::MemoryStore;
 pub use outbox::LaneRow;
 pub use resync::OwedResync;
+pub use rekey::RekeyError;
 pub use schema::SCHEMA_VERSION;
 pub use sessions::{
     CryptoUpdate, InboundGroupSession, OutboundGroupSession, PairwiseSession, ReplayLedger,

@@ -147,7 +147,7 @@ fn a_linked_device_gets_a_contacts_burst_at_once_and_a_revoked_one_gets_nothing(
             .filter(|d| d.as_array().map(Vec::len) == Some(1))
     })?;
     let refused = laptop.cli(&["send", "ben", "from a revoked laptop"]);
-    assert_eq!(refused.status.code(), Some(10), "{refused:?}");
+    assert_eq!(refused.status.code(), Some(12), "{refused:?}");
     assert!(has(&laptop, &["history", "ben"], "after revoking").is_none());
     assert!(
         has(

@@ -379,6 +379,13 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         "device.add" => to_value(node.device_add(str_param(p, "code")?).await?),
         "device.list" => to_value(node.devices().await?),
         "device.revoke" => to_value(node.device_revoke(str_param(p, "device")?).await?),
+        "id.backup" => to_value(
+            node.id_backup(
+                str_param(p, "path")?.into(),
+                zeroize::Zeroizing::new(str_param(p, "passphrase")?),
+            )
+            .await?,
+        ),
         "history" => to_value(
             node.history(
                 str_param(p, "contact")?,

@@ -147,43 +147,7 @@ impl Engine {
                 certificate
             }
         };
-        let mut bundle = Bundle {
-            v: LINK_VERSION,
-            identity: ByteBuf::from(
-                self.keys
-                    .identity
-                    .to_secret_bytes()
-                    .map_err(|e| NodeError::Crypto(e.to_string()))?
-                    .to_vec(),
-            ),
-            name: self.config.name.clone(),
-            relays: self.home_relays.iter().map(ToString::to_string).collect(),
-            certificate: ByteBuf::from(
-                certificate
-                    .to_bytes()
-                    .map_err(|e| NodeError::Crypto(e.to_string()))?,
-            ),
-            device_list: ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
-            contacts: self
-                .contacts
-                .values()
-                .map(|c| BundleContact {
-                    user_id: c.contact.user_id.clone(),
-                    name: c.contact.display_name.clone(),
-                    verified: c.contact.verified,
-                    identity_key: ByteBuf::from(c.contact.identity_key.clone()),
-                    device_list: c.contact.device_list.clone().map(ByteBuf::from),
-                    relays: c.contact.relays.clone(),
-                })
-                .collect(),
-            group_ops: self
-                .store
-                .group_ops()?
-                .into_iter()
-                .map(|(g, op)| (g, ByteBuf::from(op)))
-                .collect(),
-            history: Vec::new(),
-        };
+        let mut bundle = self.bundle(&certificate)?;
         bundle.history = self.recent_history()?;
         let encode = |b: &Bundle| b.encode().map_err(|e| NodeError::BadRequest(e.to_string()));
         let mut plain = encode(&bundle)?;
@@ -238,6 +202,59 @@ impl Engine {
             this_device: false,
             created_at: certificate.certificate().created_at,
         })
+    }
+
+    /// The provisioning record without history: the identity secret, name, home relays,
+    /// `certificate`, the own signed device list, the contacts and the groups' signed
+    /// membership operations. A linked device gets it with recent history added; an identity
+    /// backup is this with the certificate of the device that made it.
+    pub(crate) fn bundle(
+        &self,
+        certificate: &SignedDeviceCertificate,
+    ) -> Result<Bundle, NodeError> {
+        Ok(Bundle {
+            v: LINK_VERSION,
+            identity: ByteBuf::from(
+                self.keys
+                    .identity
+                    .to_secret_bytes()
+                    .map_err(|e| NodeError::Crypto(e.to_string()))?
+                    .to_vec(),
+            ),
+            name: self.config.name.clone(),
+            relays: self.home_relays.iter().map(ToString::to_string).collect(),
+            certificate: ByteBuf::from(
+                certificate
+                    .to_bytes()
+                    .map_err(|e| NodeError::Crypto(e.to_string()))?,
+            ),
+            device_list: ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
+            contacts: self
+                .contacts
+                .values()
+                .map(|c| BundleContact {
+                    user_id: c.contact.user_id.clone(),
+                    name: c.contact.display_name.clone(),
+                    verified: c.contact.verified,
+                    identity_key: ByteBuf::from(c.contact.identity_key.clone()),
+                    device_list: c.contact.device_list.clone().map(ByteBuf::from),
+                    relays: c.contact.relays.clone(),
+                })
+                .collect(),
+            group_ops: self
+                .store
+                .group_ops()?
+                .into_iter()
+                .map(|(g, op)| (g, ByteBuf::from(op)))
+                .collect(),
+            history: Vec::new(),
+        })
+    }
+
+    /// What an identity backup holds (see [`crate::backup`]): [`Engine::bundle`] with this
+    /// device's certificate. Sealing it (Argon2id) is left to the caller, off the engine.
+    pub(crate) fn backup_bundle(&self) -> Result<Bundle, NodeError> {
+        self.bundle(&self.keys.certificate)
     }
 
     /// The newest messages of the most recently active conversations, oldest first, for a

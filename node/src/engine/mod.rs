@@ -97,6 +97,8 @@ pub(crate) enum Command {
         device: String,
         reply: Reply<DeviceInfo>,
     },
+    /// What an identity backup holds (sealed by the caller).
+    BackupBundle(Reply<crate::device_link::Bundle>),
 }
 
 /// A group command.
@@ -619,6 +621,9 @@ impl Engine {
             }
             Command::DeviceRevoke { device, reply } => {
                 let _ = reply.send(self.device_revoke(&device).await);
+            }
+            Command::BackupBundle(reply) => {
+                let _ = reply.send(self.backup_bundle());
             }
         }
     }
