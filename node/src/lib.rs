@@ -178,6 +178,8 @@ impl Node {
             history_attempts: 0,
             history_retry: None,
             history_in: (0, 0),
+            setup_soon: false,
+            announce_own_due: false,
             lists_due: true,
             lists_fetched: None,
             heartbeats: 0,

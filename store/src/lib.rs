@@ -33,8 +33,8 @@ mod memory;
 mod messages;
 mod outbox;
 mod record;
-mod resync;
 mod rekey;
+mod resync;
 mod schema;
 mod search;
 mod sessions;
@@ -50,8 +50,8 @@ pub use key::{KdfParams, StorageKey, Unlock};
 #[cfg(any(test, feature = "memory"))]
 pub use memory::MemoryStore;
 pub use outbox::LaneRow;
-pub use resync::OwedResync;
 pub use rekey::RekeyError;
+pub use resync::OwedResync;
 pub use schema::SCHEMA_VERSION;
 pub use sessions::{
     CryptoUpdate, InboundGroupSession, OutboundGroupSession, PairwiseSession, ReplayLedger,

@@ -364,6 +364,60 @@ impl Engine {
         }
     }
 
+    /// This user's list as another device signed it, without this device: a restore from a
+    /// backup made before that list, or devices linked on two devices at once. This device
+    /// adds itself (and any device it lists that the other does not) on top of it, signs the
+    /// successor, publishes and announces it. Returns whether the own list changed.
+    fn rebase_own_list(&mut self, theirs: &SignedDeviceList) -> Result<bool, NodeError> {
+        if self.revoked {
+            return Ok(false);
+        }
+        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let mine = self.keys.device_list.list().clone();
+        let mut merged = theirs.list().clone();
+        for e in mine.active() {
+            if merged.entry(&e.device_id()).is_none() {
+                merged = merged.with_device(e.certificate.clone(), now_secs)?;
+            }
+        }
+        // Past both versions, so every holder of either takes it as a successor.
+        while merged.version <= mine.version {
+            merged.version += 1;
+        }
+        let signed = merged.sign(&self.keys.identity)?;
+        self.store
+            .transaction(|tx| tx.save_own_device_list(merged.version, signed.as_bytes()))?;
+        tracing::info!(
+            version = merged.version,
+            "this device was missing from this user's list at a relay; added itself on top of it"
+        );
+        self.keys.device_list = signed;
+        self.refresh_me();
+        let bytes = self.keys.device_list.as_bytes().to_vec();
+        for relay in self
+            .home_relays
+            .iter()
+            .filter_map(relay_peer)
+            .collect::<Vec<_>>()
+        {
+            let net = self.net.clone();
+            let bytes = bytes.clone();
+            tokio::spawn(async move {
+                if let Err(e) = rpc::publish_device_list(&net, relay, bytes).await {
+                    tracing::warn!(%relay, "publishing the device list failed: {e}");
+                }
+            });
+        }
+        self.announce_list();
+        // Relays that refused this device's prekeys (it was not in the list they held) take
+        // them now.
+        self.setup_pending
+            .extend(self.home_relays.iter().filter_map(relay_peer));
+        self.setup_soon = true;
+        self.announce_own_due = true;
+        Ok(true)
+    }
+
     /// Takes a fetched device list of `user` if the pinned identity key signed it and it is
     /// a valid successor of the one held; returns whether it was taken.
     pub(crate) fn take_list(&mut self, user: &str, bytes: Vec<u8>) -> Result<bool, NodeError> {
@@ -392,6 +446,9 @@ impl Engine {
                 });
             }
             return Ok(false);
+        }
+        if user == self.user_hex && next.list().entry(&self.keys.device.device_id()).is_none() {
+            return self.rebase_own_list(&next);
         }
         if let Some(current) = &state.list {
             if next.list().version <= current.list().version {

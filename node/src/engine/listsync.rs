@@ -189,6 +189,31 @@ impl Engine {
         }
     }
 
+    /// Tells this user's other devices of the own list, setting up sessions with them where
+    /// needed (after this device added itself to a list they made: they hold no session with
+    /// it yet, so [`Engine::announce_list`] alone would not reach them).
+    pub(crate) async fn announce_own(&mut self) {
+        if !std::mem::take(&mut self.announce_own_due) {
+            return;
+        }
+        let me = self.user_hex.clone();
+        let sessions = match self.sessions_reachable(&me).await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::debug!("no session with this user's other devices yet: {e}");
+                return;
+            }
+        };
+        let body = Body::DeviceList {
+            list: ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
+            stale: Vec::new(),
+            missed: Vec::new(),
+        };
+        if let Err(e) = self.send_control_with(&me, sessions, body, |_| Ok(())) {
+            tracing::warn!("telling this user's other devices of the list failed: {e}");
+        }
+    }
+
     /// A device list from `device` of `user` (pairwise): taken if it is a valid successor
     /// signed by the pinned identity key; the texts it names are owed again to the devices
     /// they missed, in one transaction with the session state (`save`).
@@ -317,11 +342,13 @@ impl Engine {
             .known(user)
             .map(|s| s.devices().into_iter().map(|(d, _)| d).collect())
             .unwrap_or_default();
-        let mut sessions = if active.is_empty() {
-            Vec::new()
+        let (mut sessions, missing) = if active.is_empty() {
+            (Vec::new(), Vec::new())
         } else {
-            self.sessions_for(user).await?
+            self.sessions_reachable(user).await?
         };
+        // Devices that cannot be had yet (no prekey: linked but not started) stay owed.
+        let unreachable: Vec<String> = missing.iter().map(|(d, _)| d.to_peer_id_string()).collect();
         let mut ids: Vec<MessageId> = rows.iter().map(|o| o.message_id).collect();
         ids.dedup();
         for id in ids {
@@ -361,7 +388,10 @@ impl Engine {
                 if !deliveries.is_empty() {
                     tx.add_outbox_rows(id, &deliveries, now)?;
                 }
-                for device in &wanted {
+                for device in wanted
+                    .iter()
+                    .filter(|d| !unreachable.iter().any(|u| u == *d))
+                {
                     tx.settle_resync(id, device)?;
                 }
                 Ok(())
@@ -372,7 +402,10 @@ impl Engine {
             }
             self.kick_lanes_for(&deliveries);
         }
-        Ok(())
+        match missing.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// After any user's device list changed: who owns which device, who may see presence,

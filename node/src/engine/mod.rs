@@ -327,6 +327,11 @@ pub(crate) struct Engine {
     pub history_retry: Option<std::time::Instant>,
     /// Moved history received as a new device: (messages so far, messages in all).
     pub history_in: (u64, u64),
+    /// Home relays' setup is to be retried on the next tick rather than the next heartbeat
+    /// (this device's list changed, so a relay that refused its prekeys now takes them).
+    pub setup_soon: bool,
+    /// This user's other devices are to be told of the own list, sessions set up as needed.
+    pub announce_own_due: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -494,6 +499,10 @@ impl Engine {
                     self.flush_list_answers();
                     self.resync_owed().await;
                     self.export_history().await;
+                    if std::mem::take(&mut self.setup_soon) {
+                        self.retry_setup().await;
+                    }
+                    self.announce_own().await;
                     self.dispatch_due(false);
                     self.refetch_due();
                     self.prune_reorder();
@@ -523,11 +532,7 @@ impl Engine {
                     if let Err(e) = self.store.checkpoint() {
                         tracing::warn!("checkpointing the store failed: {e}");
                     }
-                    for relay in self.setup_pending.clone() {
-                        if self.relay_up.contains(&relay) {
-                            self.on_home_relay_up(relay).await;
-                        }
-                    }
+                    self.retry_setup().await;
                 }
                 _ = poll.tick() => {
                     for relay in self.home_relay_peers() {
@@ -755,6 +760,15 @@ impl Engine {
         self.push_allow_list();
         self.heartbeat();
         self.fetch_mailbox(relay);
+    }
+
+    /// Runs the connection routine again for home relays where it did not complete.
+    async fn retry_setup(&mut self) {
+        for relay in self.setup_pending.clone() {
+            if self.relay_up.contains(&relay) {
+                self.on_home_relay_up(relay).await;
+            }
+        }
     }
 
     /// Publishes prekeys: a bundle with no new one-time keys to learn how many the relay

@@ -27,6 +27,9 @@ use crate::{
 /// recipients, most attempts so far.
 type Fan = (MessageId, Vec<u8>, Vec<(String, String)>, u32);
 
+/// Sessions with the devices of a user that could be had, and those that could not (why).
+pub(crate) type Reachable = (Vec<(DeviceId, PeerSessions)>, Vec<(DeviceId, NodeError)>);
+
 /// A device's ratchet state after encrypting: device, session id, pickle.
 pub(crate) type Pickled = (String, String, zeroize::Zeroizing<Vec<u8>>);
 
@@ -124,11 +127,23 @@ impl Engine {
         }
     }
 
-    /// Makes sure a session with each device exists, claiming prekeys where needed.
+    /// Makes sure a session with each device exists, claiming prekeys where needed; fails if
+    /// any device cannot be had.
     pub(crate) async fn sessions_for(
         &mut self,
         user: &str,
     ) -> Result<Vec<(DeviceId, PeerSessions)>, NodeError> {
+        let (sessions, missing) = self.sessions_reachable(user).await?;
+        match missing.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(sessions),
+        }
+    }
+
+    /// A session with each device of `user` that has one or whose prekey can be claimed now,
+    /// and the devices that could not be had, each with why (a device linked but never
+    /// started has no prekey yet). Fails if no device could be had.
+    pub(crate) async fn sessions_reachable(&mut self, user: &str) -> Result<Reachable, NodeError> {
         let state = self
             .known(user)
             .cloned()
@@ -140,6 +155,7 @@ impl Engine {
         })?;
         let user_bytes = *list.list().user_id.as_bytes();
         let mut out = Vec::new();
+        let mut missing = Vec::new();
         let own_device = self.keys.device.device_id();
         for (device, curve) in state.devices() {
             if device == own_device {
@@ -167,16 +183,26 @@ impl Engine {
                         }
                     }
                 }
-                let claimed = ClaimedPrekey::from_bytes(&claim?)?;
+                let bytes = match claim {
+                    Ok(b) => b,
+                    Err(e) => {
+                        missing.push((device, e));
+                        continue;
+                    }
+                };
+                let claimed = ClaimedPrekey::from_bytes(&bytes)?;
                 let verified = claimed.verify(list.list())?;
                 sessions.start(&self.keys.device, &verified)?;
             }
             out.push((device, sessions));
         }
         if out.is_empty() {
-            return Err(NodeError::Crypto(format!("{user} has no active device")));
+            return Err(missing.into_iter().next().map_or_else(
+                || NodeError::Crypto(format!("{user} has no active device")),
+                |(_, e)| e,
+            ));
         }
-        Ok(out)
+        Ok((out, missing))
     }
 
     pub(crate) async fn send_text(
@@ -198,11 +224,21 @@ impl Engine {
             .awaiting_encryption(&self.device_hex, OUTBOX_BATCH)?
             .iter()
             .any(|m| m.conversation.0 == user);
+        // Devices that cannot be had now (a device linked but never started has no prekey)
+        // are owed the message, and get it once they can be (`resync_due`).
+        let mut owed: Vec<(String, String)> = Vec::new();
         let mut sessions = if waiting {
             None
         } else {
-            match self.sessions_for(&user).await {
-                Ok(s) => Some(s),
+            match self.sessions_reachable(&user).await {
+                Ok((s, missing)) => {
+                    owed.extend(
+                        missing
+                            .into_iter()
+                            .map(|(d, _)| (user.clone(), d.to_peer_id_string())),
+                    );
+                    Some(s)
+                }
                 Err(NodeError::Network(why)) => {
                     tracing::info!(contact = %user, "no session yet and no prekey to be had ({why}); the message waits");
                     None
@@ -211,7 +247,7 @@ impl Engine {
             }
         };
         if let Some(s) = sessions.as_mut() {
-            self.add_sync_sessions(s).await;
+            owed.extend(self.add_sync_sessions(s).await);
         }
         let (lamport, seq) = self.conv_state(&user)?;
         let (lamport, seq) = (lamport + 1, seq + 1);
@@ -234,8 +270,14 @@ impl Engine {
                 now,
             )?;
             tx.record_outgoing(&message, &updates, &deliveries, now)?;
+            for (u, d) in &owed {
+                tx.owe_resync(u, std::slice::from_ref(d), &[message.id], now)?;
+            }
             Ok(())
         })?;
+        if !owed.is_empty() {
+            self.resync_due = true;
+        }
         self.lamport.insert(user.clone(), lamport);
         self.seq.insert(user.clone(), seq);
         if sessions.is_none() {
@@ -252,18 +294,39 @@ impl Engine {
         Ok(info)
     }
 
-    /// Adds sessions with this user's other devices, for sync copies. Without them (their
-    /// relay unreachable) the message still goes to the contact; the other devices miss the
-    /// copy.
-    pub(crate) async fn add_sync_sessions(&mut self, sessions: &mut Vec<(DeviceId, PeerSessions)>) {
+    /// Adds sessions with this user's other devices, for sync copies. Returns the (user,
+    /// device) pairs that could not be had now (their relay unreachable, no prekey yet): the
+    /// caller owes them the copy.
+    pub(crate) async fn add_sync_sessions(
+        &mut self,
+        sessions: &mut Vec<(DeviceId, PeerSessions)>,
+    ) -> Vec<(String, String)> {
         if !self.own_other_devices() {
-            return;
+            return Vec::new();
         }
         let me = self.user_hex.clone();
-        match self.sessions_for(&me).await {
-            Ok(own) => sessions.extend(own),
+        let own_other: Vec<String> = self
+            .keys
+            .device_list
+            .list()
+            .active()
+            .map(|e| e.device_id())
+            .filter(|d| *d != self.keys.device.device_id())
+            .map(|d| d.to_peer_id_string())
+            .collect();
+        match self.sessions_reachable(&me).await {
+            Ok((own, missing)) => {
+                sessions.extend(own);
+                missing
+                    .into_iter()
+                    .map(|(d, _)| (me.clone(), d.to_peer_id_string()))
+                    .collect()
+            }
             Err(e) => {
-                tracing::warn!("no session with this user's other devices; no sync copy: {e}")
+                tracing::info!(
+                    "no session with this user's other devices yet; the sync copy is owed: {e}"
+                );
+                own_other.into_iter().map(|d| (me.clone(), d)).collect()
             }
         }
     }
@@ -351,7 +414,7 @@ impl Engine {
             let Some(to) = tern_crypto::UserId::from_hex(&user) else {
                 continue;
             };
-            let mut sessions = match self.sessions_for(&user).await {
+            let (mut sessions, missing) = match self.sessions_reachable(&user).await {
                 Ok(s) => s,
                 Err(e) => {
                     let attempts = attempts.saturating_add(1);
@@ -363,7 +426,14 @@ impl Engine {
                 }
             };
             self.encrypt_retry.remove(&user);
-            self.add_sync_sessions(&mut sessions).await;
+            let mut owed: Vec<(String, String)> = missing
+                .into_iter()
+                .map(|(d, _)| (user.clone(), d.to_peer_id_string()))
+                .collect();
+            owed.extend(self.add_sync_sessions(&mut sessions).await);
+            if !owed.is_empty() {
+                self.resync_due = true;
+            }
             for m in waiting.iter().filter(|m| m.conversation.0 == user) {
                 let now = now_ms();
                 let encrypted =
@@ -371,7 +441,13 @@ impl Engine {
                         .and_then(|(deliveries, pickles)| {
                             let updates = crypto_updates(&pickles);
                             let added = self.store.transaction(|tx| {
-                                tx.add_deliveries(m.id, &updates, &deliveries, now)
+                                let added = tx.add_deliveries(m.id, &updates, &deliveries, now)?;
+                                if added {
+                                    for (u, d) in &owed {
+                                        tx.owe_resync(u, std::slice::from_ref(d), &[m.id], now)?;
+                                    }
+                                }
+                                Ok::<_, tern_store::WriteError>(added)
                             })?;
                             Ok((added, deliveries))
                         });
@@ -475,23 +551,6 @@ impl Engine {
             return Ok(());
         };
         let own_device = self.keys.device.device_id();
-        let to = tern_crypto::UserId::from_hex(user)
-            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
-        let (lamport, _) = self.conv_state(user)?;
-        let env = Envelope {
-            id: ByteArray::new(random_id()?),
-            conversation: Conversation::Direct {
-                to: ByteArray::new(*to.as_bytes()),
-            },
-            sender_user: ByteArray::new(*self.user.as_bytes()),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
-            lists: self.list_versions(Some(user)),
-            lamport,
-            seq: 0,
-            sent_at_ms: now_ms(),
-            body,
-        };
-        let plain = zeroize::Zeroizing::new(env.encode()?);
         let mut sessions = Vec::new();
         // One device named: whatever its state (a revoked device is told it was revoked).
         let targets = match only {
@@ -512,9 +571,39 @@ impl Engine {
                 sessions.push((device, s));
             }
         }
+        self.send_control_with(user, sessions, body, also)
+    }
+
+    /// Encrypts a control envelope in the direct conversation with `user` once per session
+    /// in `sessions` and queues the copies, with the ratchet states and `also`, in one
+    /// transaction (see [`Engine::send_control_to`]).
+    pub(crate) fn send_control_with(
+        &mut self,
+        user: &str,
+        mut sessions: Vec<(DeviceId, PeerSessions)>,
+        body: Body,
+        also: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), tern_store::WriteError>,
+    ) -> Result<(), NodeError> {
         if sessions.is_empty() {
             return Ok(());
         }
+        let to = tern_crypto::UserId::from_hex(user)
+            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+        let (lamport, _) = self.conv_state(user)?;
+        let env = Envelope {
+            id: ByteArray::new(random_id()?),
+            conversation: Conversation::Direct {
+                to: ByteArray::new(*to.as_bytes()),
+            },
+            sender_user: ByteArray::new(*self.user.as_bytes()),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lists: self.list_versions(Some(user)),
+            lamport,
+            seq: 0,
+            sent_at_ms: now_ms(),
+            body,
+        };
+        let plain = zeroize::Zeroizing::new(env.encode()?);
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         encrypt_each(
