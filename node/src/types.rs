@@ -231,8 +231,11 @@ pub struct SafetyInfo {
 /// A contact link with a display form.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LinkInfo {
-    /// The link text.
+    /// The long link (`tern:` + base58), carrying the signed device list.
     pub link: String,
+    /// The short link (`TERN:` + base32, ~250 characters) for a QR code: the identity key
+    /// and the first home relay; `None` when there is no home relay it can name.
+    pub short: Option<String>,
 }
 
 /// What adding a contact did.
