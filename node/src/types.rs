@@ -66,6 +66,14 @@ pub struct MessageInfo {
     /// `text`, or `membership` for a group membership change (its `text` describes it).
     #[serde(default = "text_kind")]
     pub kind: String,
+    /// The sender's name: the contact's display name, or this user's own name for `own`
+    /// messages; `None` for a sender who is not a contact (a group member only).
+    #[serde(default)]
+    pub sender_name: Option<String>,
+    /// The sending device's name, for an own message sent from another of this user's
+    /// devices (`None` from this device, and for contacts).
+    #[serde(default)]
+    pub sender_device_name: Option<String>,
 }
 
 fn text_kind() -> String {
@@ -120,8 +128,12 @@ pub struct GroupInfo {
 pub struct ConversationInfo {
     /// Conversation id.
     pub id: String,
-    /// Title (the contact's name).
+    /// Title (the contact's name when the conversation began, or the group's title).
     pub title: Option<String>,
+    /// The name to show: the contact's current display name for a direct conversation, else
+    /// `title`.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Preview of the newest message.
     pub last_text: Option<String>,
     /// Last activity, ms (this device's clock).

@@ -123,6 +123,54 @@ impl Engine {
         })
     }
 
+    /// Fills in the names of a message's sender (and of the sending device when it is
+    /// another of this user's devices), so that nothing shows hex ids.
+    pub(crate) fn name_message(&self, m: &mut MessageInfo) {
+        if m.own {
+            m.sender_name = Some(self.config.name.clone());
+            if m.sender_device != self.device_hex {
+                m.sender_device_name = self
+                    .keys
+                    .device_list
+                    .list()
+                    .devices
+                    .iter()
+                    .find(|e| e.device_id().to_string() == m.sender_device)
+                    .map(|e| e.certificate.certificate().name.clone());
+            }
+        } else {
+            m.sender_name = self
+                .contacts
+                .get(&m.sender)
+                .map(|c| c.contact.display_name.clone());
+        }
+    }
+
+    /// [`Engine::name_message`] over a page.
+    pub(crate) fn named(&self, mut page: Vec<MessageInfo>) -> Vec<MessageInfo> {
+        for m in &mut page {
+            self.name_message(m);
+        }
+        page
+    }
+
+    /// An event as sent to API clients: messages carry their sender's name.
+    pub(crate) fn named_event(&self, mut ev: Event) -> Event {
+        if let Event::Message { message } = &mut ev {
+            self.name_message(message);
+        }
+        ev
+    }
+
+    /// The name to show for a conversation: a direct one is named after the contact as
+    /// they are called now (the stored title is the name when it began).
+    pub(crate) fn conversation_name(&self, id: &str, title: Option<&str>) -> Option<String> {
+        self.contacts
+            .get(id)
+            .map(|c| c.contact.display_name.clone())
+            .or_else(|| title.map(str::to_owned))
+    }
+
     pub(crate) fn contact_list(&self) -> Vec<ContactInfo> {
         let mut out: Vec<ContactInfo> = self
             .contacts
