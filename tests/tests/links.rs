@@ -110,7 +110,7 @@ fn short_links_across_two_relays_carry_a_conversation_with_names() {
 fn short_links_to_the_wrong_list_no_list_or_no_relay_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let r1 = Relay::start(&dir.path().join("relay1"), "").unwrap();
-    let r2 = Relay::start(&dir.path().join("relay2"), "").unwrap();
+    let r2 = Relay::start_with_metrics(&dir.path().join("relay2"), "").unwrap();
     let a = Node::init_and_start(dir.path(), "alice", Some(&r1.addr)).unwrap();
     let b = Node::init_and_start(dir.path(), "bob", Some(&r2.addr)).unwrap();
     // Alice does not know bob: a link with bob's id and another key is no identity change
@@ -144,6 +144,12 @@ fn short_links_to_the_wrong_list_no_list_or_no_relay_are_refused() {
     let (code, err) = refused(&nobody);
     assert_eq!(code, Some(5), "{err}");
     assert!(err.contains("holds no device list"), "{err}");
+    // Refused links leave no connection behind: alice lets go of bob's relay again, and only
+    // bob is connected to it.
+    wait_for("alice to leave bob's relay", WAIT, || {
+        (r2.metric("tern_relay_connections").ok()? == 1.0).then_some(())
+    })
+    .unwrap();
 
     // A relay that is not there (a closed port, a peer id no one has): a network error.
     let nobody_there = tern_crypto::DeviceKeys::generate().unwrap().device_id();

@@ -243,7 +243,26 @@ impl Engine {
         // Only now the network: a short link's devices come from the relay it names.
         let parsed = match parsed {
             Link::Full(l) => *l,
-            Link::Short(s) => fetch_link_list(self.net.clone(), s).await?,
+            Link::Short(s) => {
+                let relay = s.relay_peer();
+                match fetch_link_list(self.net.clone(), s).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // A refused link leaves no relay connection behind, unless the relay
+                        // is one this node uses anyway.
+                        if let Some(relay) = relay
+                            && !self.home_relay_peers().contains(&relay)
+                            && !self
+                                .contacts
+                                .values()
+                                .any(|c| c.relay_peers().contains(&relay))
+                        {
+                            let _ = self.net.forget_relay(relay).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
         };
         let previous = self.contacts.get(&id).map(|c| c.contact.clone());
         let display_name = name

@@ -240,7 +240,9 @@ mod tests {
             assert!(link.len() <= 280, "{t}: {} characters", link.len());
             assert!(version <= 10, "{t}: QR version {version}");
             // The same bytes in base58 (byte mode) for the comparison in the decision record.
-            let bytes = BASE32_NOPAD.decode(&link.as_bytes()[SHORT_LINK_PREFIX.len()..]).unwrap();
+            let bytes = BASE32_NOPAD
+                .decode(&link.as_bytes()[SHORT_LINK_PREFIX.len()..])
+                .unwrap();
             let b58 = format!("tern:{}", bs58::encode(&bytes).into_string());
             println!(
                 "{t}: as base58 {} characters, QR version {}",
@@ -288,7 +290,9 @@ mod tests {
     fn every_single_byte_change_is_refused() {
         let id = IdentityKey::generate().unwrap();
         let link = ShortLink::create(&id, id.user_id(), &relay(RELAYS[0])).unwrap();
-        let raw = BASE32_NOPAD.decode(&link.as_bytes()[SHORT_LINK_PREFIX.len()..]).unwrap();
+        let raw = BASE32_NOPAD
+            .decode(&link.as_bytes()[SHORT_LINK_PREFIX.len()..])
+            .unwrap();
         for i in 0..raw.len() {
             for bit in [0x01, 0x80] {
                 let mut bad = raw.clone();
@@ -325,7 +329,9 @@ mod tests {
     fn wrong_version_and_garbage_are_typed_errors() {
         let id = IdentityKey::generate().unwrap();
         let link = ShortLink::create(&id, id.user_id(), &relay(RELAYS[0])).unwrap();
-        let mut raw = BASE32_NOPAD.decode(&link.as_bytes()[SHORT_LINK_PREFIX.len()..]).unwrap();
+        let mut raw = BASE32_NOPAD
+            .decode(&link.as_bytes()[SHORT_LINK_PREFIX.len()..])
+            .unwrap();
         raw[0] = 3;
         assert_eq!(
             Link::parse(&format!("TERN:{}", BASE32_NOPAD.encode(&raw))),
@@ -338,7 +344,9 @@ mod tests {
         assert_eq!(Link::parse("TERN:"), Err(LinkError::NotALink));
         let signed_by_other = {
             let other = IdentityKey::generate().unwrap();
-            let mut raw = BASE32_NOPAD.decode(&link.as_bytes()[SHORT_LINK_PREFIX.len()..]).unwrap();
+            let mut raw = BASE32_NOPAD
+                .decode(&link.as_bytes()[SHORT_LINK_PREFIX.len()..])
+                .unwrap();
             let end = raw.len() - SIGNATURE_BYTES;
             let sig = other.sign_contact_link(&raw[..end]);
             raw[end..].copy_from_slice(&sig);
