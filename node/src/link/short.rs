@@ -221,6 +221,11 @@ mod tests {
         "/dns4/relay.example.org/tcp/4001",
     ];
 
+    /// A phone reads a QR code up to version 10 (57×57 modules) off a screen at a glance.
+    const MAX_QR_VERSION: i16 = 10;
+    /// What a short link with an IPv4, IPv6 or DNS relay of ordinary length stays under.
+    const TYPICAL_MAX_CHARS: usize = 280;
+
     fn qr_version(text: &str) -> i16 {
         match qrcode::QrCode::new(text.as_bytes()).unwrap().version() {
             qrcode::Version::Normal(v) | qrcode::Version::Micro(v) => v,
@@ -237,8 +242,12 @@ mod tests {
             let link = ShortLink::create(&id, id.user_id(), &r).unwrap();
             let version = qr_version(&link);
             println!("{t}: {} characters, QR version {version}", link.len());
-            assert!(link.len() <= 280, "{t}: {} characters", link.len());
-            assert!(version <= 10, "{t}: QR version {version}");
+            assert!(
+                link.len() <= TYPICAL_MAX_CHARS,
+                "{t}: {} characters",
+                link.len()
+            );
+            assert!(version <= MAX_QR_VERSION, "{t}: QR version {version}");
             // The same bytes in base58 (byte mode) for the comparison in the decision record.
             let bytes = BASE32_NOPAD
                 .decode(&link.as_bytes()[SHORT_LINK_PREFIX.len()..])
