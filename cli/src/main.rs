@@ -299,15 +299,21 @@ enum IdCmd {
 
 #[derive(Debug, Subcommand)]
 enum ContactCmd {
-    /// Print your contact link and its QR code.
+    /// Print your short contact link (`TERN:...`, names your first relay) and its QR code.
+    /// With --json, both forms: `short` and `link` (the long one).
     Link {
         /// Print the link only, without the QR code.
         #[arg(long)]
         no_qr: bool,
+        /// Print the long link instead: it carries your device list, so adding it needs no
+        /// relay, but it is ~1,100 characters (too long for a phone to scan).
+        #[arg(long)]
+        long: bool,
     },
-    /// Add a contact from their link.
+    /// Add a contact from their link, short (`TERN:...`: their device list is fetched from
+    /// the relay it names) or long (`tern:...`).
     Add {
-        /// The `tern:` link.
+        /// The `TERN:` or `tern:` link.
         link: String,
         /// The name to show for them.
         #[arg(long)]
@@ -415,6 +421,16 @@ async fn client(home: &Home) -> Result<ApiClient, Failure> {
 
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Whether a contact was just added from a short link (which carries no name) without one.
+fn outcome_needs_name(link: &str, added: &Value) -> bool {
+    let link = link.trim();
+    let short = link.len() <= tern_node::consts::MAX_SHORT_LINK_CHARS
+        && link
+            .get(..tern_node::link::SHORT_LINK_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(tern_node::link::SHORT_LINK_PREFIX));
+    short && s(added, "outcome") == "added"
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -671,7 +687,10 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                 for c in v.as_array().into_iter().flatten() {
                     println!(
                         "{:<20} unread {:>4}  {}",
-                        c.get("title").and_then(Value::as_str).unwrap_or(s(c, "id")),
+                        c.get("name")
+                            .or_else(|| c.get("title"))
+                            .and_then(Value::as_str)
+                            .unwrap_or(s(c, "id")),
                         c.get("unread").and_then(Value::as_u64).unwrap_or(0),
                         c.get("last_text").and_then(Value::as_str).unwrap_or("")
                     );
@@ -1019,10 +1038,16 @@ fn print_history(v: &Value, json: bool) {
     }
     for m in v.as_array().into_iter().flatten() {
         let short_id = s(m, "id").chars().take(8).collect::<String>();
-        let who = if m.get("own").and_then(Value::as_bool) == Some(true) {
-            "me".to_owned()
-        } else {
-            s(m, "sender").chars().take(8).collect()
+        let who = match (
+            m.get("own").and_then(Value::as_bool) == Some(true),
+            s(m, "sender_name"),
+            s(m, "sender_device_name"),
+        ) {
+            // Sent by this user from another of their devices: which one.
+            (true, _, device) if !device.is_empty() => format!("me ({device})"),
+            (true, _, _) => "me".to_owned(),
+            (false, "", _) => s(m, "sender").chars().take(8).collect(),
+            (false, name, _) => name.to_owned(),
         };
         if s(m, "kind") == "membership" {
             println!("{short_id} {:>8}  * {}", who, s(m, "text"));
@@ -1201,13 +1226,18 @@ fn ago_secs(ms: u64) -> u64 {
 async fn contact(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), Failure> {
     let mut c = client(home).await?;
     match cmd {
-        ContactCmd::Link { no_qr } => {
+        ContactCmd::Link { no_qr, long } => {
             let v = c.call("contact.link", json!({})).await?;
             if json {
                 print_json(&v);
             } else {
-                println!("{}", s(&v, "link"));
-                if !no_qr && let Some(code) = qr(s(&v, "link")) {
+                // No short form when no home relay can be named in one: the long link then.
+                let link = match s(&v, "short") {
+                    short if !long && !short.is_empty() => short,
+                    _ => s(&v, "link"),
+                };
+                println!("{link}");
+                if !no_qr && let Some(code) = qr(link) {
                     println!("{code}");
                 }
             }
@@ -1238,6 +1268,11 @@ async fn contact(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), Failure
                         s(&contact, "name"),
                         s(&contact, "user_id")
                     ),
+                }
+                if name.is_none() && outcome_needs_name(&link, &v) {
+                    eprintln!(
+                        "a short link carries no name: add it again with --name NAME to name them"
+                    );
                 }
             }
         }

@@ -87,6 +87,15 @@ impl IdentityPublicKey {
         self.verify(Purpose::GroupOperation, message, signature)
     }
 
+    /// Verifies a signature made with [`IdentityKey::sign_contact_link`].
+    pub fn verify_contact_link(
+        &self,
+        message: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<(), BadSignature> {
+        self.verify(Purpose::ContactLink, message, signature)
+    }
+
     pub(crate) fn verify(
         &self,
         purpose: Purpose,
@@ -145,6 +154,12 @@ impl IdentityKey {
     /// can never pass for a device certificate, a device list or a prekey).
     pub fn sign_group_operation(&self, message: &[u8]) -> [u8; 64] {
         self.sign(Purpose::GroupOperation, message)
+    }
+
+    /// Signs the body of a contact link (its own signature domain: such a signature can never
+    /// pass for a device list, a certificate, a prekey or a group operation, nor they for it).
+    pub fn sign_contact_link(&self, message: &[u8]) -> [u8; 64] {
+        self.sign(Purpose::ContactLink, message)
     }
 
     /// Serializes the secret (for a sealed store or a backup). The buffer is wiped on drop.
@@ -242,5 +257,19 @@ mod tests {
                 .verify(Purpose::DeviceList, b"hellp", &sig)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn contact_link_signatures_have_their_own_domain() {
+        let id = IdentityKey::generate().unwrap();
+        let sig = id.sign_contact_link(b"body");
+        assert!(id.public().verify_contact_link(b"body", &sig).is_ok());
+        assert!(id.public().verify_contact_link(b"bodz", &sig).is_err());
+        // Neither way across domains: a device-list or group signature is no link signature.
+        let list_sig = id.sign(Purpose::DeviceList, b"body");
+        assert!(id.public().verify_contact_link(b"body", &list_sig).is_err());
+        assert!(id.public().verify_group_operation(b"body", &sig).is_err());
+        let other = IdentityKey::generate().unwrap();
+        assert!(other.public().verify_contact_link(b"body", &sig).is_err());
     }
 }

@@ -18,6 +18,7 @@ pub(crate) enum Purpose {
     DeviceList,
     Prekey,
     GroupOperation,
+    ContactLink,
 }
 
 impl Purpose {
@@ -27,6 +28,7 @@ impl Purpose {
             Purpose::DeviceList => b"tern/device-list/v1\0",
             Purpose::Prekey => b"tern/prekey/v1\0",
             Purpose::GroupOperation => b"tern/group-operation/v1\0",
+            Purpose::ContactLink => b"tern/contact-link/v1\0",
         }
     }
 
@@ -36,6 +38,7 @@ impl Purpose {
             Purpose::DeviceList => "device list",
             Purpose::Prekey => "prekey",
             Purpose::GroupOperation => "group operation",
+            Purpose::ContactLink => "contact link",
         }
     }
 }

@@ -19,6 +19,18 @@ pub const MAX_LINK_CHARS: usize = 8 * 1024;
 /// Most relay addresses in a contact link.
 pub const MAX_LINK_RELAYS: usize = 8;
 
+/// Longest relay transport address in a short contact link, in bytes (`Multiaddr::to_vec()`
+/// without the `/p2p/` part: 8 for IPv4 + TCP, 20 for IPv6, 21 + the name for DNS).
+pub const MAX_SHORT_LINK_RELAY_BYTES: usize = 96;
+
+/// Longest short contact link, in characters: the prefix and the base32 of a link whose relay
+/// address is at [`MAX_SHORT_LINK_RELAY_BYTES`] (a typical one is ~250).
+pub const MAX_SHORT_LINK_CHARS: usize = 400;
+
+/// How long adding a short contact link may wait for the relay it names to hand over the
+/// user's device list (the dial and the request together).
+pub const LINK_LIST_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Longest display name for a contact or device, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
 

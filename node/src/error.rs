@@ -102,6 +102,8 @@ impl NodeError {
             NodeError::AmbiguousContact(_) => 1002,
             NodeError::EmptyText | NodeError::TextTooLong { .. } => 1003,
             NodeError::IdentityChanged(_) => 1004,
+            // The link was fine; the relay it names could not be asked.
+            NodeError::Link(LinkError::RelayUnreachable { .. }) => 1009,
             NodeError::Link(_) | NodeError::OwnLink => 1005,
             NodeError::BadRequest(_) => -32602,
             NodeError::UnknownMessage(_) => 1006,

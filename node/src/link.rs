@@ -1,5 +1,13 @@
 //! Contact links: what one user gives another to start talking.
 //!
+//! Two forms are accepted. The **short** form ([`ShortLink`], `TERN:` + base32, ~250
+//! characters) fits a small QR code: it carries the identity key and one relay, and the node
+//! fetches the device list from that relay when the link is added. The **long** form
+//! ([`ContactLink`], below) carries the whole signed device list and needs no relay to add.
+//! [`Link::parse`] takes either.
+//!
+//! The long form:
+//!
 //! ```text
 //! tern:<base58( version u8 (= 1) | CBOR {body: bytes, signature: bytes[64]} )>
 //! body = CBOR {user_id, identity_key, name, relays: [multiaddr], device_list, signer}
@@ -18,6 +26,9 @@ use serde_bytes::{ByteArray, ByteBuf};
 use tern_crypto::{DeviceId, IdentityPublicKey, SignedDeviceList, UserId};
 
 use crate::consts::{MAX_LINK_CHARS, MAX_LINK_RELAYS, MAX_NAME_BYTES};
+
+mod short;
+pub use short::{SHORT_LINK_PREFIX, SHORT_LINK_VERSION, ShortLink};
 
 /// The scheme prefix of a link.
 pub const LINK_PREFIX: &str = "tern:";
@@ -44,6 +55,58 @@ pub enum LinkError {
     /// The signature or the device list does not verify, or they disagree.
     #[error("contact link does not verify: {0}")]
     BadSignature(String),
+    /// The relay a short link names could not be reached, or did not answer in time.
+    #[error("could not fetch the device list from the link's relay {relay}: {reason}")]
+    RelayUnreachable {
+        /// The relay address.
+        relay: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The relay a short link names holds no device list for the user.
+    #[error(
+        "the link's relay {relay} holds no device list for that user (ask them for a fresh link)"
+    )]
+    NoDeviceList {
+        /// The relay address.
+        relay: String,
+    },
+    /// The device list at the relay is not signed by the identity key in the link.
+    #[error(
+        "the device list at the link's relay is signed by another identity key than the link's: \
+         refused"
+    )]
+    ListFromAnotherKey,
+    /// The device list at the relay belongs to another user than the link names.
+    #[error("the device list at the link's relay belongs to another user: refused")]
+    ListOfAnotherUser,
+}
+
+/// A parsed contact link of either form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Link {
+    /// The long form, carrying the device list.
+    Full(Box<ContactLink>),
+    /// The short form: the device list is to be fetched from its relay.
+    Short(ShortLink),
+}
+
+impl Link {
+    /// Parses and verifies a link of either form (the signature of each is checked here; a
+    /// short link's device list is checked when it is fetched).
+    pub fn parse(text: &str) -> Result<Self, LinkError> {
+        let text = text.trim();
+        if text.len() > MAX_LINK_CHARS {
+            return Err(LinkError::TooLong);
+        }
+        let payload = short::strip_prefix(text)
+            .filter(|p| !p.is_empty())
+            .ok_or(LinkError::NotALink)?;
+        if ShortLink::looks_short(payload) {
+            return ShortLink::decode(payload).map(Link::Short);
+        }
+        ContactLink::parse(text).map(|l| Link::Full(Box::new(l)))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -210,9 +273,24 @@ impl PartialEq for ContactLink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tern_crypto::{DeviceKeys, DeviceList, IdentityKey};
+
+    /// A long link with one relay, for size comparisons.
+    pub(crate) fn long_link() -> String {
+        make().0
+    }
+
+    #[test]
+    fn old_long_links_still_parse_as_either() {
+        let (link, id) = make();
+        let Ok(Link::Full(parsed)) = Link::parse(&link) else {
+            panic!("long link not taken by Link::parse");
+        };
+        assert_eq!(parsed.identity_key, id.public());
+        assert_eq!(Some(*parsed), ContactLink::parse(&link).ok());
+    }
 
     fn make() -> (String, IdentityKey) {
         let id = IdentityKey::generate().unwrap();

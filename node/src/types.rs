@@ -66,6 +66,14 @@ pub struct MessageInfo {
     /// `text`, or `membership` for a group membership change (its `text` describes it).
     #[serde(default = "text_kind")]
     pub kind: String,
+    /// The sender's name: the contact's display name, or this user's own name for `own`
+    /// messages; `None` for a sender who is not a contact (a group member only).
+    #[serde(default)]
+    pub sender_name: Option<String>,
+    /// The sending device's name, for an own message sent from another of this user's
+    /// devices (`None` from this device, and for contacts).
+    #[serde(default)]
+    pub sender_device_name: Option<String>,
 }
 
 fn text_kind() -> String {
@@ -133,8 +141,12 @@ pub struct GroupInfo {
 pub struct ConversationInfo {
     /// Conversation id.
     pub id: String,
-    /// Title (the contact's name).
+    /// Title (the contact's name when the conversation began, or the group's title).
     pub title: Option<String>,
+    /// The name to show: the contact's current display name for a direct conversation, else
+    /// `title`.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Preview of the newest message.
     pub last_text: Option<String>,
     /// Last activity, ms (this device's clock).
@@ -269,8 +281,11 @@ pub struct SafetyInfo {
 /// A contact link with a display form.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LinkInfo {
-    /// The link text.
+    /// The long link (`tern:` + base58), carrying the signed device list.
     pub link: String,
+    /// The short link (`TERN:` + base32, ~250 characters) for a QR code: the identity key
+    /// and the first home relay; `None` when there is no home relay it can name.
+    pub short: Option<String>,
 }
 
 /// What adding a contact did.

@@ -128,6 +128,9 @@ fn a_linked_second_device_sends_receives_and_gets_sync_copies() -> anyhow::Resul
         has(&ana, &["history", "ben"], "from the laptop")
     })?;
     assert!(own, "a sync copy is an own message");
+    // ... and names the device it came from, not its id.
+    let shown = ana.ok(&["history", "ben", "--no-mark-read"])?;
+    assert!(shown.contains("me (laptop): from the laptop"), "{shown}");
     // The phone writes: the laptop shows it as its own.
     ana.ok(&["send", "ben", "from the phone"])?;
     assert!(wait_for("the laptop's sync copy", WAIT, || {

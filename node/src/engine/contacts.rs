@@ -4,12 +4,20 @@ use std::collections::{HashMap, HashSet};
 
 use libp2p::PeerId;
 use tern_crypto::{IdentityPublicKey, SignedDeviceList, UserId, safety::SafetyNumber};
-use tern_relay::wire::presence::{self, State};
+use tern_relay::wire::{
+    ErrorCode,
+    presence::{self, State},
+};
 use tern_store::{Contact, ContactSaved};
 
 use super::{ContactState, Engine, Internal, device_peer, relay_peer};
 use crate::{
-    consts::MAX_NAME_BYTES, error::NodeError, home::now_ms, link::ContactLink, net::rpc, types::*,
+    consts::{LINK_LIST_FETCH_TIMEOUT, MAX_NAME_BYTES},
+    error::NodeError,
+    home::now_ms,
+    link::{ContactLink, Link, LinkError, ShortLink},
+    net::rpc,
+    types::*,
 };
 
 const PENDING_FILE: &str = "identity-changes.json";
@@ -115,6 +123,54 @@ impl Engine {
         })
     }
 
+    /// Fills in the names of a message's sender (and of the sending device when it is
+    /// another of this user's devices), so that nothing shows hex ids.
+    pub(crate) fn name_message(&self, m: &mut MessageInfo) {
+        if m.own {
+            m.sender_name = Some(self.config.name.clone());
+            if m.sender_device != self.device_hex {
+                m.sender_device_name = self
+                    .keys
+                    .device_list
+                    .list()
+                    .devices
+                    .iter()
+                    .find(|e| e.device_id().to_string() == m.sender_device)
+                    .map(|e| e.certificate.certificate().name.clone());
+            }
+        } else {
+            m.sender_name = self
+                .contacts
+                .get(&m.sender)
+                .map(|c| c.contact.display_name.clone());
+        }
+    }
+
+    /// [`Engine::name_message`] over a page.
+    pub(crate) fn named(&self, mut page: Vec<MessageInfo>) -> Vec<MessageInfo> {
+        for m in &mut page {
+            self.name_message(m);
+        }
+        page
+    }
+
+    /// An event as sent to API clients: messages carry their sender's name.
+    pub(crate) fn named_event(&self, mut ev: Event) -> Event {
+        if let Event::Message { message } = &mut ev {
+            self.name_message(message);
+        }
+        ev
+    }
+
+    /// The name to show for a conversation: a direct one is named after the contact as
+    /// they are called now (the stored title is the name when it began).
+    pub(crate) fn conversation_name(&self, id: &str, title: Option<&str>) -> Option<String> {
+        self.contacts
+            .get(id)
+            .map(|c| c.contact.display_name.clone())
+            .or_else(|| title.map(str::to_owned))
+    }
+
     pub(crate) fn contact_list(&self) -> Vec<ContactInfo> {
         let mut out: Vec<ContactInfo> = self
             .contacts
@@ -132,7 +188,19 @@ impl Engine {
             &self.home_relays,
             &self.keys.device_list,
         )?;
-        Ok(LinkInfo { link })
+        // The short form names the first home relay: the one this device publishes its
+        // device list at first.
+        let short = match self.home_relays.first() {
+            Some(relay) => match ShortLink::create(&self.keys.identity, self.user, relay) {
+                Ok(short) => Some(short),
+                Err(e) => {
+                    tracing::warn!("no short contact link for relay {relay}: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(LinkInfo { link, short })
     }
 
     pub(crate) async fn add_contact(
@@ -141,8 +209,12 @@ impl Engine {
         name: Option<String>,
         accept_new_key: bool,
     ) -> Result<AddedContact, NodeError> {
-        let parsed = ContactLink::parse(link)?;
-        if parsed.user_id == self.user {
+        let parsed = Link::parse(link)?;
+        let (user_id, identity_key) = match &parsed {
+            Link::Full(l) => (l.user_id, l.identity_key),
+            Link::Short(s) => (s.user_id, s.identity_key),
+        };
+        if user_id == self.user {
             return Err(NodeError::OwnLink);
         }
         if let Some(n) = &name
@@ -152,9 +224,9 @@ impl Engine {
                 "name must be 1 to {MAX_NAME_BYTES} bytes"
             )));
         }
-        let id = parsed.user_id.to_string();
+        let id = user_id.to_string();
         if let Some(existing) = self.contacts.get(&id)
-            && existing.contact.identity_key != parsed.identity_key.as_bytes().to_vec()
+            && existing.contact.identity_key != identity_key.as_bytes().to_vec()
             && !accept_new_key
         {
             tracing::warn!(contact = %id, "identity key changed; sending blocked until accepted");
@@ -168,6 +240,30 @@ impl Engine {
                 existing.contact.display_name.clone(),
             ));
         }
+        // Only now the network: a short link's devices come from the relay it names.
+        let parsed = match parsed {
+            Link::Full(l) => *l,
+            Link::Short(s) => {
+                let relay = s.relay_peer();
+                match fetch_link_list(self.net.clone(), s).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // A refused link leaves no relay connection behind, unless the relay
+                        // is one this node uses anyway.
+                        if let Some(relay) = relay
+                            && !self.home_relay_peers().contains(&relay)
+                            && !self
+                                .contacts
+                                .values()
+                                .any(|c| c.relay_peers().contains(&relay))
+                        {
+                            let _ = self.net.forget_relay(relay).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
         let previous = self.contacts.get(&id).map(|c| c.contact.clone());
         let display_name = name
             .or_else(|| previous.as_ref().map(|p| p.display_name.clone()))
@@ -495,6 +591,53 @@ impl Engine {
         }
         Ok(ids.iter().map(|id| self.presence_of(id)).collect())
     }
+}
+
+/// Fetches the device list a short link points at, from the relay it names, and checks
+/// it against the link's identity key. Bounded by [`LINK_LIST_FETCH_TIMEOUT`]; the engine
+/// waits for it as it waits for the rest of `contact add`.
+async fn fetch_link_list(
+    net: crate::net::Client,
+    link: ShortLink,
+) -> Result<ContactLink, NodeError> {
+    let relay = link.relay.to_string();
+    let unreachable = |reason: String| LinkError::RelayUnreachable {
+        relay: relay.clone(),
+        reason,
+    };
+    let peer = link
+        .relay_peer()
+        .ok_or_else(|| unreachable("no peer id".into()))?;
+    net.add_relay(link.relay.clone(), false)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let fetched = tokio::time::timeout(
+        LINK_LIST_FETCH_TIMEOUT,
+        rpc::fetch_device_list(&net, peer, *link.user_id.as_bytes()),
+    )
+    .await;
+    let bytes = match fetched {
+        Err(_) => {
+            return Err(unreachable(format!(
+                "no answer within {} s",
+                LINK_LIST_FETCH_TIMEOUT.as_secs()
+            ))
+            .into());
+        }
+        Ok(Err(e)) if e.code() == Some(ErrorCode::NotFound) => {
+            return Err(LinkError::NoDeviceList { relay }.into());
+        }
+        Ok(Err(e)) => return Err(unreachable(e.to_string()).into()),
+        Ok(Ok(bytes)) => bytes,
+    };
+    let device_list = link.accept_list(&bytes)?;
+    Ok(ContactLink {
+        user_id: link.user_id,
+        identity_key: link.identity_key,
+        name: String::new(),
+        relays: vec![link.relay],
+        device_list,
+    })
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

@@ -1851,6 +1851,15 @@ impl Engine {
                     }
                 })?;
         }
+        // Members who are not contacts are named as the group names them.
+        let mut page = self.named(page);
+        if let Ok(state) = self.state(&group) {
+            for m in page.iter_mut().filter(|m| m.sender_name.is_none()) {
+                m.sender_name = UserId::from_hex(&m.sender)
+                    .and_then(|u| state.members.get(u.as_bytes()))
+                    .map(|member| member.name.clone());
+            }
+        }
         Ok(page)
     }
 }

@@ -367,6 +367,8 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
         lamport: m.lamport,
         seq: m.seq,
         gap_before: false,
+        sender_name: None,
+        sender_device_name: None,
         kind: match m.body {
             tern_store::Body::Structured { .. } => "membership",
             tern_store::Body::Text(_) => "text",
@@ -438,7 +440,7 @@ impl Engine {
     }
 
     pub(crate) fn emit(&self, ev: Event) {
-        let _ = self.events.send(ev);
+        let _ = self.events.send(self.named_event(ev));
     }
 
     fn home_relay_peers(&self) -> Vec<PeerId> {
@@ -1003,6 +1005,7 @@ impl Engine {
                     c.last_message.and_then(|m| m.text)
                 };
                 Ok(ConversationInfo {
+                    name: self.conversation_name(&c.id.0, c.title.as_deref()),
                     id: c.id.0,
                     title: c.title,
                     last_text,

@@ -666,7 +666,7 @@ impl Engine {
         if mark_read {
             self.mark_read(&user)?;
         }
-        Ok(page)
+        Ok(self.named(page))
     }
 
     /// A page of a conversation as shown (held messages left out, gaps marked): the newest

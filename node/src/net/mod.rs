@@ -158,6 +158,11 @@ enum Command {
         addr: Multiaddr,
         home: bool,
     },
+    /// Stop keeping a connection to a non-home relay (one named by a contact link that was
+    /// refused).
+    ForgetRelay {
+        peer: PeerId,
+    },
     DialVia {
         peer: PeerId,
         relay: Multiaddr,
@@ -342,6 +347,11 @@ impl Client {
     /// relay also gets a circuit reservation.
     pub async fn add_relay(&self, addr: Multiaddr, home: bool) -> Result<(), NetError> {
         self.send(Command::AddRelay { addr, home }).await
+    }
+
+    /// Stops keeping a connection to a relay added with `home: false` (a home relay stays).
+    pub async fn forget_relay(&self, peer: PeerId) -> Result<(), NetError> {
+        self.send(Command::ForgetRelay { peer }).await
     }
 
     /// Dials a device through a relay circuit (DCUtR may then upgrade it).
@@ -546,6 +556,15 @@ impl EventLoop {
                     }
                 } else {
                     self.redial_due();
+                }
+            }
+            Command::ForgetRelay { peer } => {
+                if self.relays.get(&peer).is_some_and(|r| !r.home)
+                    && let Some(state) = self.relays.remove(&peer)
+                    && state.connected
+                {
+                    self.emit(Event::RelayDown(peer));
+                    let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }
             Command::DialVia { peer, relay } => {
