@@ -115,3 +115,25 @@ fn group_suite_reports_every_figure_with_its_baseline() {
         .and_then(|r| r["value"].as_f64());
     assert!(bytes.is_some_and(|b| b > 0.0), "{rows:?}");
 }
+
+#[test]
+fn devices_suite_reports_every_figure_with_its_baseline() {
+    let rows = run_quick("devices");
+    for name in [
+        "devices.history_move",
+        "devices.first_encrypt_p50",
+        "devices.first_encrypt_p99",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["bench"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {rows:?}"));
+        for field in ["value", "baseline_value", "ratio"] {
+            let v = row[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}.{field} not a number"));
+            assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
+        }
+        assert!(row["unit"].is_string() && row["baseline"].is_string());
+    }
+}

@@ -3,58 +3,14 @@
 //! way and started again) ends with every one of them, once each, in the same order as the
 //! phone, while it can already be used.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use tern_node::Home;
-use tern_store::{ConversationId, ConversationKind, Message, MessageId, Page, Status, Store};
-use tern_tests::support::{Node, Relay, link_device, link_pair, wait_for};
+use tern_store::{ConversationId, MessageId, Page, Store};
+use tern_tests::support::{Node, Relay, link_device, link_pair, seed_history, wait_for};
 
 const WAIT: Duration = Duration::from_secs(120);
 const HISTORY: u32 = 20_000;
-
-/// Writes `n` messages of a conversation with `ben` into a stopped node's store, as if they
-/// had been exchanged: every third one Ana's own.
-fn seed(home: &Path, ben: &str, ben_device: &str, n: u32) -> anyhow::Result<()> {
-    let (mut store, keys) = Home::new(home).open()?;
-    let me = keys.identity.user_id().to_string();
-    let my_device = keys.device.device_id().to_peer_id_string();
-    let conv = ConversationId(ben.to_owned());
-    let pad = "x".repeat(300);
-    store.transaction(|tx| -> anyhow::Result<()> {
-        tx.ensure_conversation(&conv, ConversationKind::Direct, Some("ben"), 1)?;
-        let (mut own_seq, mut ben_seq) = (0u64, 0u64);
-        for i in 1..=n {
-            let own = i % 3 == 0;
-            // Each sender's sequence runs without gaps, as a real exchange's does.
-            let seq = if own { &mut own_seq } else { &mut ben_seq };
-            *seq += 1;
-            let seq = *seq;
-            let mut id = [0u8; 16];
-            id[..4].copy_from_slice(&i.to_be_bytes());
-            id[4] = 0x5e;
-            tx.insert_message(&Message {
-                id: MessageId(id),
-                conversation: conv.clone(),
-                sender_user: if own { me.clone() } else { ben.to_owned() },
-                sender_device: if own {
-                    my_device.clone()
-                } else {
-                    ben_device.to_owned()
-                },
-                lamport: u64::from(i),
-                seq,
-                sent_at_ms: 1_700_000_000_000 + i64::from(i),
-                received_at_ms: 1_700_000_000_000 + i64::from(i),
-                own,
-                status: if own { Status::Read } else { Status::Received },
-                body: tern_store::Body::Text(format!("old message {i} {pad}")),
-                edited_at_ms: None,
-            })?;
-        }
-        Ok(())
-    })?;
-    Ok(())
-}
 
 /// Every message id of the conversation, in display order.
 fn all_ids(store: &Store, conv: &ConversationId) -> anyhow::Result<Vec<MessageId>> {
@@ -83,7 +39,7 @@ fn a_linked_device_gets_the_whole_history_even_when_killed_half_way() -> anyhow:
     let ben = Node::init_and_start(dir.path(), "ben", Some(&relay.addr))?;
     link_pair(&ana, &ben, "ana", "ben")?;
     ana.stop()?;
-    seed(&ana.home, &ben.user, &ben.device, HISTORY)?;
+    seed_history(&ana.home, &ben.user, &ben.device, HISTORY)?;
     ana.restart()?;
 
     let laptop_home = dir.path().join("ana-laptop");

@@ -29,7 +29,7 @@ use super::{Opts, Report, per_sec, quantile};
 use crate::support::{Node, Relay, WAIT, link_pair, wait_direct, wait_for, wait_outbox_empty};
 
 /// Relay config for the bench: rate limits far above anything it sends.
-const UNLIMITED: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n";
+pub(crate) const UNLIMITED: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n";
 
 /// Messages per second in the latency runs.
 const RATE: u64 = 50;
@@ -231,7 +231,7 @@ fn catch_up(
 
 /// The relay's raw fetch rate: `n` small messages deposited for a fresh client, then read
 /// back page by page as a node drains its mailbox (no decryption, no store).
-async fn raw_fetch(addr: &str, n: usize) -> anyhow::Result<f64> {
+pub(crate) async fn raw_fetch(addr: &str, n: usize) -> anyhow::Result<f64> {
     let addr: tern_relay::Multiaddr = addr.parse()?;
     let (sender, _) =
         Client::connect(Keypair::generate_ed25519(), addr.clone(), Config::default()).await?;
@@ -258,7 +258,7 @@ async fn raw_fetch(addr: &str, n: usize) -> anyhow::Result<f64> {
 }
 
 /// The raw relay path: deposit → push latency at [`RATE`], and deposits/s one at a time.
-async fn raw_relay(addr: &str, n: usize, burst: usize) -> anyhow::Result<(Vec<Duration>, f64)> {
+pub(crate) async fn raw_relay(addr: &str, n: usize, burst: usize) -> anyhow::Result<(Vec<Duration>, f64)> {
     let addr: tern_relay::Multiaddr = addr.parse()?;
     let (sender, _) =
         Client::connect(Keypair::generate_ed25519(), addr.clone(), Config::default()).await?;

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 mod crypto;
 mod delivery;
+mod devices;
 mod group;
 mod relay;
 mod store;
@@ -194,4 +195,5 @@ pub const SUITES: &[Suite] = &[
     ("relay", relay::run),
     ("delivery", delivery::run),
     ("group", group::run),
+    ("devices", devices::run),
 ];

@@ -651,3 +651,50 @@ pub fn relay_mail_from(
     let rows = st.query_map(rusqlite::params![owner, sender], |r| r.get(0))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+
+/// Writes `n` messages of a conversation with `ben` (user and device id) into the store of
+/// the stopped node at `home`, as if they had been exchanged: every third one its own, each
+/// sender's sequence without gaps. For history tests and benches: 20,000 real sends would
+/// take minutes.
+pub fn seed_history(home: &Path, ben: &str, ben_device: &str, n: u32) -> anyhow::Result<()> {
+    let (mut store, keys) = tern_node::Home::new(home).open()?;
+    let me = keys.identity.user_id().to_string();
+    let my_device = keys.device.device_id().to_peer_id_string();
+    let conv = tern_store::ConversationId(ben.to_owned());
+    let pad = "x".repeat(300);
+    store.transaction(|tx| -> anyhow::Result<()> {
+        tx.ensure_conversation(&conv, tern_store::ConversationKind::Direct, Some("ben"), 1)?;
+        let (mut own_seq, mut ben_seq) = (0u64, 0u64);
+        for i in 1..=n {
+            let own = i % 3 == 0;
+            // Each sender's sequence runs without gaps, as a real exchange's does.
+            let seq = if own { &mut own_seq } else { &mut ben_seq };
+            *seq += 1;
+            let seq = *seq;
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id[4] = 0x5e;
+            tx.insert_message(&tern_store::Message {
+                id: tern_store::MessageId(id),
+                conversation: conv.clone(),
+                sender_user: if own { me.clone() } else { ben.to_owned() },
+                sender_device: if own {
+                    my_device.clone()
+                } else {
+                    ben_device.to_owned()
+                },
+                lamport: u64::from(i),
+                seq,
+                sent_at_ms: 1_700_000_000_000 + i64::from(i),
+                received_at_ms: 1_700_000_000_000 + i64::from(i),
+                own,
+                status: if own { tern_store::Status::Read } else { tern_store::Status::Received },
+                body: tern_store::Body::Text(format!("old message {i} {pad}")),
+                edited_at_ms: None,
+            })?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
