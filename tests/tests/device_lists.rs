@@ -100,6 +100,14 @@ fn a_linked_device_gets_a_contacts_burst_at_once_and_a_revoked_one_gets_nothing(
     }
     let laptop_status = laptop.json(&["status"])?;
     assert_eq!(laptop_status["recovery"]["undecryptable"], 0);
+    // The group reaches the laptop too: what Ben sends now, and what he sent shortly before
+    // the laptop was linked.
+    ben.ok(&["group", "send", &group, "group to both"])?;
+    for text in ["group before", "group to both"] {
+        wait_for(&format!("{text:?} on the laptop"), AT_ONCE, || {
+            has(&laptop, &["group", "history", &group], text)
+        })?;
+    }
 
     // Ana revokes the laptop from her phone while the laptop is stopped (its mail drained).
     wait_for("the laptop's mailbox to be drained", WAIT, || {

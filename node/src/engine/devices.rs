@@ -469,6 +469,19 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
+        // Devices active in this list that the list held did not have: what was sent to the
+        // user's groups since they were linked did not reach them.
+        let added: Vec<(tern_crypto::DeviceId, u64)> = state
+            .list
+            .as_ref()
+            .map(|current| {
+                next.list()
+                    .active()
+                    .filter(|e| current.list().entry(&e.device_id()).is_none())
+                    .map(|e| (e.device_id(), e.certificate.certificate().created_at))
+                    .collect()
+            })
+            .unwrap_or_default();
         if user == self.user_hex {
             self.store
                 .transaction(|tx| tx.save_own_device_list(next.list().version, next.as_bytes()))?;
@@ -477,6 +490,7 @@ impl Engine {
             if !revoked.is_empty() {
                 self.on_devices_revoked(user, &revoked)?;
             }
+            self.owe_group_copies(user, &added)?;
             return Ok(true);
         }
         let mut contact = state.contact.clone();
@@ -500,6 +514,7 @@ impl Engine {
         if !revoked.is_empty() {
             self.on_devices_revoked(user, &revoked)?;
         }
+        self.owe_group_copies(user, &added)?;
         Ok(true)
     }
 }

@@ -85,7 +85,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn user_bytes(hex_id: &str) -> Option<[u8; 16]> {
+pub(crate) fn user_bytes(hex_id: &str) -> Option<[u8; 16]> {
     UserId::from_hex(hex_id).map(|u| *u.as_bytes())
 }
 

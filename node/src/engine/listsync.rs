@@ -38,6 +38,10 @@ use crate::{
 /// A user's device list is fetched for a newer `from` mark at most this often.
 const LIST_WANT_GAP: Duration = Duration::from_secs(5);
 
+/// A group text sent this long before a device's certificate was made is still sent to it
+/// again when it is learned (the two users' clocks may differ).
+const GROUP_COPY_SKEW: Duration = Duration::from_secs(300);
+
 /// Messages named in one device's pending answer; past this the answer goes at once.
 const MAX_STALE_PENDING: usize = 4 * MAX_RECEIPT_IDS;
 
@@ -264,6 +268,70 @@ impl Engine {
         Ok(())
     }
 
+    /// Devices of `user` this device learns of only now (device, its certificate's creation
+    /// time): each is owed this device's own texts in the groups shared with `user` sent since
+    /// shortly before it was linked ([`GROUP_COPY_SKEW`]), as pairwise copies. A group message
+    /// is encrypted once for the member devices known when it is sent, and its sender key
+    /// cannot be given out as of an earlier message later, so the copy goes over the pairwise
+    /// session instead; the device drops ids it already has.
+    pub(crate) fn owe_group_copies(
+        &mut self,
+        user: &str,
+        added: &[(DeviceId, u64)],
+    ) -> Result<(), NodeError> {
+        let Some(u) = tern_crypto::UserId::from_hex(user) else {
+            return Ok(());
+        };
+        let me = *self.user.as_bytes();
+        let own_device = self.keys.device.device_id();
+        let groups: Vec<String> = self
+            .groups
+            .keys()
+            .filter(|g| {
+                self.state(g)
+                    .is_ok_and(|s| s.is_member(u.as_bytes()) && s.is_member(&me))
+            })
+            .cloned()
+            .collect();
+        let now = now_ms();
+        for (device, created_at) in added {
+            if *device == own_device {
+                continue;
+            }
+            let since = i64::try_from(created_at.saturating_sub(GROUP_COPY_SKEW.as_secs()))
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000);
+            let mut ids = Vec::new();
+            for g in &groups {
+                let recent = self.store.history(
+                    &tern_store::ConversationId(g.clone()),
+                    tern_store::Page::Latest,
+                    Some(crate::consts::HISTORY_MAX),
+                )?;
+                ids.extend(
+                    recent
+                        .iter()
+                        .filter(|m| {
+                            m.own
+                                && m.sender_device == self.device_hex
+                                && m.sent_at_ms >= since
+                                && matches!(m.body, tern_store::Body::Text(_))
+                        })
+                        .map(|m| m.id),
+                );
+            }
+            if ids.is_empty() {
+                continue;
+            }
+            let key = [device.to_peer_id_string()];
+            self.store
+                .transaction(|tx| tx.owe_resync(user, &key, &ids, now))?;
+            tracing::info!(contact = %user, count = ids.len(), "group texts owed to a device linked since they were sent");
+            self.resync_due = true;
+        }
+        Ok(())
+    }
+
     /// Fetches `user`'s device list from their relays soon (a message showed a newer one),
     /// at most every [`LIST_WANT_GAP`] per user.
     pub(crate) fn want_list_of(&mut self, user: &str) {
@@ -364,6 +432,13 @@ impl Engine {
                 wanted.contains(&key.as_str()) && !queued.contains(&key)
             });
             let encrypted = match &message {
+                Some(m)
+                    if m.own
+                        && !chosen.is_empty()
+                        && self.groups.contains_key(&m.conversation.0) =>
+                {
+                    Some(self.encrypt_group_copy(user, m, &mut chosen))
+                }
                 Some(m) if m.own && !chosen.is_empty() => {
                     let to = tern_crypto::UserId::from_hex(&m.conversation.0)
                         .ok_or_else(|| NodeError::UnknownContact(m.conversation.0.clone()));
@@ -406,6 +481,106 @@ impl Engine {
             Some((_, e)) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// An own group text as a pairwise copy for `user`'s devices in `sessions`: the group
+    /// envelope as it was sent, encrypted over each Olm session.
+    fn encrypt_group_copy(
+        &self,
+        user: &str,
+        m: &tern_store::Message,
+        sessions: &mut [(DeviceId, tern_crypto::session::PeerSessions)],
+    ) -> Result<(Vec<tern_store::Delivery>, Vec<super::send::Pickled>), NodeError> {
+        let gid = super::group::user_bytes(&m.conversation.0)
+            .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
+        let env = Envelope {
+            id: ByteArray::new(m.id.0),
+            conversation: Conversation::Group {
+                id: ByteArray::new(gid),
+            },
+            sender_user: ByteArray::new(*self.user.as_bytes()),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lists: self.list_versions(None),
+            lamport: m.lamport,
+            seq: m.seq,
+            sent_at_ms: m.sent_at_ms,
+            body: Body::Text {
+                text: m.body.text().unwrap_or_default().to_owned(),
+            },
+        };
+        let plain = zeroize::Zeroizing::new(env.encode()?);
+        let mut deliveries = Vec::new();
+        let mut pickles = Vec::new();
+        super::send::encrypt_each(
+            sessions,
+            &plain,
+            |_| user.to_owned(),
+            &mut deliveries,
+            &mut pickles,
+        )?;
+        Ok((deliveries, pickles))
+    }
+
+    /// A group text `user`'s `device` sent again over the pairwise session (this device was
+    /// linked after it was sent): stored like the group message it copies if `user` is a
+    /// member of the group, with the session state (`save`) in one transaction either way.
+    pub(crate) fn on_group_copy(
+        &mut self,
+        user: &str,
+        device_key: &str,
+        group: [u8; 16],
+        env: &Envelope,
+        text: &str,
+        save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
+    ) -> Result<(), NodeError> {
+        let gid: String = group.iter().map(|b| format!("{b:02x}")).collect();
+        let member = super::group::user_bytes(user)
+            .is_some_and(|u| self.state(&gid).is_ok_and(|s| s.is_member(&u)));
+        let title = self.state(&gid).map(|s| s.title.clone()).ok();
+        let now = now_ms();
+        let own = user == self.user_hex;
+        let message = tern_store::Message {
+            id: MessageId(env.id.into_array()),
+            conversation: tern_store::ConversationId(gid.clone()),
+            sender_user: user.to_owned(),
+            sender_device: device_key.to_owned(),
+            lamport: env.lamport,
+            seq: env.seq,
+            sent_at_ms: env.sent_at_ms,
+            received_at_ms: now,
+            own,
+            status: if own {
+                tern_store::Status::Sent
+            } else {
+                tern_store::Status::Received
+            },
+            body: tern_store::Body::Text(text.to_owned()),
+            edited_at_ms: None,
+        };
+        let inserted = self.store.transaction(|tx| -> Result<bool, NodeError> {
+            save(tx)?;
+            if !member {
+                return Ok(false);
+            }
+            tx.ensure_conversation(
+                &message.conversation,
+                tern_store::ConversationKind::Group,
+                title.as_deref(),
+                now,
+            )?;
+            Ok(tx.record_incoming(&message, &[])? == tern_store::Inserted::New)
+        })?;
+        if !member {
+            tracing::warn!(group = %gid, contact = %user, "a group copy from someone not a member here; dropped");
+            return Ok(());
+        }
+        if inserted {
+            self.observe_lamport(&gid, message.lamport)?;
+            for shown in self.hold.arrived(&self.store, message, Instant::now())? {
+                self.emit(crate::types::Event::Message { message: shown });
+            }
+        }
+        Ok(())
     }
 
     /// After any user's device list changed: who owns which device, who may see presence,

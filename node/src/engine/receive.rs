@@ -279,6 +279,8 @@ impl Engine {
                                 Body::GroupOp { .. }
                                     | Body::GroupOps { .. }
                                     | Body::SenderKey { .. }
+                                    // A group text sent again to a device linked since.
+                                    | Body::Text { .. }
                             )
                         }
                     } =>
@@ -297,6 +299,16 @@ impl Engine {
             }
         };
         self.check_list_marks(user, device, &env);
+        if let (Conversation::Group { id }, Body::Text { text }) = (&env.conversation, &env.body) {
+            self.on_group_copy(user, &device_key, id.into_array(), &env, text, |tx| {
+                tx.apply_crypto(&update, now)?;
+                if let Some(d) = &own_device {
+                    tx.save_own_device(d)?;
+                }
+                Ok(())
+            })?;
+            return Ok(Outcome::Ack);
+        }
         let conv = ConversationId(user.to_owned());
         if user == self.user_hex
             && let (Conversation::Direct { to }, Body::Text { text }) =

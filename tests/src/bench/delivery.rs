@@ -258,7 +258,11 @@ pub(crate) async fn raw_fetch(addr: &str, n: usize) -> anyhow::Result<f64> {
 }
 
 /// The raw relay path: deposit → push latency at [`RATE`], and deposits/s one at a time.
-pub(crate) async fn raw_relay(addr: &str, n: usize, burst: usize) -> anyhow::Result<(Vec<Duration>, f64)> {
+pub(crate) async fn raw_relay(
+    addr: &str,
+    n: usize,
+    burst: usize,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
     let addr: tern_relay::Multiaddr = addr.parse()?;
     let (sender, _) =
         Client::connect(Keypair::generate_ed25519(), addr.clone(), Config::default()).await?;

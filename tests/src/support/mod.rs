@@ -688,7 +688,11 @@ pub fn seed_history(home: &Path, ben: &str, ben_device: &str, n: u32) -> anyhow:
                 sent_at_ms: 1_700_000_000_000 + i64::from(i),
                 received_at_ms: 1_700_000_000_000 + i64::from(i),
                 own,
-                status: if own { tern_store::Status::Read } else { tern_store::Status::Received },
+                status: if own {
+                    tern_store::Status::Read
+                } else {
+                    tern_store::Status::Received
+                },
                 body: tern_store::Body::Text(format!("old message {i} {pad}")),
                 edited_at_ms: None,
             })?;
@@ -697,4 +701,3 @@ pub fn seed_history(home: &Path, ben: &str, ben_device: &str, n: u32) -> anyhow:
     })?;
     Ok(())
 }
-
