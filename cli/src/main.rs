@@ -575,17 +575,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                 };
                 Failure::new(code, e.to_string())
             })?;
-            if json {
-                print_json(
-                    &json!({"user_id": created.user_id, "device_id": created.device_id, "home": home.dir()}),
-                );
-            } else {
-                println!(
-                    "linked: user id {}, device id {}",
-                    created.user_id, created.device_id
-                );
-                println!("next: tern --home {} up", home.dir().display());
-            }
+            print_created(json, &home, &created, "linked", "device id");
             Ok(())
         }
         Cmd::Device {
@@ -943,18 +933,29 @@ fn restore(
         };
         Failure::new(code, e.to_string())
     })?;
+    print_created(json, home, &created, "restored", "new device id");
+    Ok(())
+}
+
+/// Reports a home set up as a device of an existing user (`verb`: linked or restored).
+fn print_created(
+    json: bool,
+    home: &Home,
+    created: &tern_node::home::Created,
+    verb: &str,
+    device_label: &str,
+) {
     if json {
         print_json(
             &json!({"user_id": created.user_id, "device_id": created.device_id, "home": home.dir()}),
         );
     } else {
         println!(
-            "restored: user id {}, new device id {}",
+            "{verb}: user id {}, {device_label} {}",
             created.user_id, created.device_id
         );
         println!("next: tern --home {} up", home.dir().display());
     }
-    Ok(())
 }
 
 async fn change_passphrase(

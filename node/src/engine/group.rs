@@ -1647,32 +1647,21 @@ impl Engine {
             return Ok(());
         }
         self.ensure_peer(&o.user_id).await?;
-        let env = Envelope {
-            id: ByteArray::new(m.id.0),
-            conversation: Conversation::Group {
-                id: ByteArray::new(gid),
-            },
-            sender_user: ByteArray::new(*self.user.as_bytes()),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
-            lists: self.list_versions(None),
-            lamport: m.lamport,
-            seq: m.seq,
-            sent_at_ms: m.sent_at_ms,
-            body: if is_op {
-                // The operation is the stored membership message itself.
-                let StoreBody::Structured { data, .. } = &m.body else {
-                    return Err(NodeError::Store("an owed operation is not stored".into()));
-                };
-                Body::GroupOp {
-                    op: ByteBuf::from(data.clone()),
-                }
-            } else {
-                Body::SenderKey {
-                    distribution: ByteBuf::from(o.distribution.to_vec()),
-                    message: Some(ByteBuf::from(o.ciphertext.clone())),
-                }
-            },
+        let body = if is_op {
+            // The operation is the stored membership message itself.
+            let StoreBody::Structured { data, .. } = &m.body else {
+                return Err(NodeError::Store("an owed operation is not stored".into()));
+            };
+            Body::GroupOp {
+                op: ByteBuf::from(data.clone()),
+            }
+        } else {
+            Body::SenderKey {
+                distribution: ByteBuf::from(o.distribution.to_vec()),
+                message: Some(ByteBuf::from(o.ciphertext.clone())),
+            }
         };
+        let env = self.own_group_envelope(gid, &m, body);
         let plain = zeroize::Zeroizing::new(env.encode()?);
         if let Body::SenderKey { distribution, .. } = env.body {
             zeroize::Zeroize::zeroize(&mut distribution.into_vec());
@@ -1690,6 +1679,23 @@ impl Engine {
         {
             Some((_, e)) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// The envelope of a stored own message of group `gid`, as it was sent, carrying `body`.
+    pub(crate) fn own_group_envelope(&self, gid: [u8; 16], m: &Message, body: Body) -> Envelope {
+        Envelope {
+            id: ByteArray::new(m.id.0),
+            conversation: Conversation::Group {
+                id: ByteArray::new(gid),
+            },
+            sender_user: ByteArray::new(*self.user.as_bytes()),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lists: self.list_versions(None),
+            lamport: m.lamport,
+            seq: m.seq,
+            sent_at_ms: m.sent_at_ms,
+            body,
         }
     }
 

@@ -493,21 +493,13 @@ impl Engine {
     ) -> Result<(Vec<tern_store::Delivery>, Vec<super::send::Pickled>), NodeError> {
         let gid = super::group::user_bytes(&m.conversation.0)
             .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
-        let env = Envelope {
-            id: ByteArray::new(m.id.0),
-            conversation: Conversation::Group {
-                id: ByteArray::new(gid),
-            },
-            sender_user: ByteArray::new(*self.user.as_bytes()),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
-            lists: self.list_versions(None),
-            lamport: m.lamport,
-            seq: m.seq,
-            sent_at_ms: m.sent_at_ms,
-            body: Body::Text {
+        let env = self.own_group_envelope(
+            gid,
+            m,
+            Body::Text {
                 text: m.body.text().unwrap_or_default().to_owned(),
             },
-        };
+        );
         let plain = zeroize::Zeroizing::new(env.encode()?);
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
