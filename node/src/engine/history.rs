@@ -131,9 +131,11 @@ impl Engine {
             return Ok(());
         }
         let me = self.user_hex.clone();
+        // Another own device without a prekey (never started) does not hold this one back.
         let mut sessions: Vec<_> = self
-            .sessions_for(&me)
+            .sessions_reachable(&me)
             .await?
+            .0
             .into_iter()
             .filter(|(d, _)| *d == target)
             .collect();

@@ -417,8 +417,13 @@ impl Engine {
         };
         // Devices that cannot be had yet (no prekey: linked but not started) stay owed.
         let unreachable: Vec<String> = missing.iter().map(|(d, _)| d.to_peer_id_string()).collect();
-        let mut ids: Vec<MessageId> = rows.iter().map(|o| o.message_id).collect();
-        ids.dedup();
+        // In the order they were owed, each once.
+        let mut ids: Vec<MessageId> = Vec::new();
+        for o in &rows {
+            if !ids.contains(&o.message_id) {
+                ids.push(o.message_id);
+            }
+        }
         for id in ids {
             let wanted: Vec<&str> = rows
                 .iter()
