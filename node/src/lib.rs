@@ -164,7 +164,9 @@ impl Node {
             notify: HashMap::new(),
             reissue: Vec::new(),
             fan_in_flight: HashSet::new(),
-            list_answers: HashMap::new(),
+            list_answers: HashSet::new(),
+            // Answers owed from before a restart are looked at once.
+            answers_due: true,
             list_answered: HashMap::new(),
             list_wanted: HashMap::new(),
             // Owed texts from before a restart are looked at once.

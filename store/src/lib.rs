@@ -51,7 +51,7 @@ pub use key::{KdfParams, StorageKey, Unlock};
 pub use memory::MemoryStore;
 pub use outbox::LaneRow;
 pub use rekey::RekeyError;
-pub use resync::OwedResync;
+pub use resync::{OwedListAnswer, OwedResync};
 pub use schema::SCHEMA_VERSION;
 pub use sessions::{
     CryptoUpdate, InboundGroupSession, OutboundGroupSession, PairwiseSession, ReplayLedger,

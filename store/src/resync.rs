@@ -27,7 +27,49 @@ pub struct OwedResync {
     pub device: String,
 }
 
+/// A received text that was encrypted for an older list of this device's own user: its
+/// sender's device is owed an answer naming it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OwedListAnswer {
+    /// The sender user.
+    pub user: String,
+    /// The sender device.
+    pub device: String,
+    /// The text.
+    pub message_id: MessageId,
+    /// How many entries the list it was encrypted for had.
+    pub seen_entries: u32,
+}
+
 impl Store {
+    /// Answers owed to senders, oldest first, at most `limit` (capped at [`MAX_PAGE_SIZE`]).
+    pub fn due_list_answers(&self, limit: u32) -> Result<Vec<OwedListAnswer>, ReadError> {
+        const OP: &str = "read owed list answers";
+        let rows: Vec<(String, String, Vec<u8>, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT sender_user, sender_device, message_id, seen_entries FROM list_answers_due \
+                 ORDER BY owed_at_ms, rowid LIMIT ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([limit.clamp(1, MAX_PAGE_SIZE)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
+            })
+            .read_ctx(OP)?;
+        rows.into_iter()
+            .map(|(user, device, id, entries)| {
+                Ok(OwedListAnswer {
+                    user,
+                    device,
+                    message_id: message_id(OP, &id)?,
+                    seen_entries: u32::try_from(entries).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
     /// Messages owed again, oldest first, at most `limit` (capped at [`MAX_PAGE_SIZE`]).
     pub fn due_resync(&self, limit: u32) -> Result<Vec<OwedResync>, ReadError> {
         const OP: &str = "read owed re-encryptions";
@@ -90,6 +132,52 @@ impl Tx<'_> {
                 stmt.execute(params![id.0.as_slice(), device, user, now_ms])
                     .write_ctx(OP)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Owes `device` of `user` an answer naming the text `id`, which was encrypted for a list
+    /// of `seen_entries` entries. Already owed is a no-op.
+    pub fn owe_list_answer(
+        &mut self,
+        answer: &OwedListAnswer,
+        now_ms: i64,
+    ) -> Result<(), WriteError> {
+        const OP: &str = "owe a list answer";
+        self.tx
+            .prepare_cached(
+                "INSERT INTO list_answers_due (sender_device, message_id, sender_user, seen_entries, owed_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    answer.device,
+                    answer.message_id.0.as_slice(),
+                    answer.user,
+                    answer.seen_entries,
+                    now_ms
+                ])
+            })
+            .write_ctx(OP)?;
+        Ok(())
+    }
+
+    /// Settles the answers owed to `device` for `ids` (queued in its lane).
+    pub fn settle_list_answers(
+        &mut self,
+        device: &str,
+        ids: &[MessageId],
+    ) -> Result<(), WriteError> {
+        const OP: &str = "settle list answers";
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM list_answers_due WHERE sender_device = ?1 AND message_id = ?2",
+            )
+            .write_ctx(OP)?;
+        for id in ids {
+            stmt.execute(params![device, id.0.as_slice()])
+                .write_ctx(OP)?;
         }
         Ok(())
     }
@@ -163,6 +251,33 @@ mod tests {
         // What another device is owed is separate.
         store.transaction(|tx| tx.settle_resync(a, "b3")).unwrap();
         assert_eq!(store.due_resync(10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn list_answers_are_owed_until_settled() {
+        let (_dir, mut store) = store();
+        let owed = |id: u8, device: &str| super::OwedListAnswer {
+            user: "bob".into(),
+            device: device.into(),
+            message_id: MessageId([id; 16]),
+            seen_entries: 1,
+        };
+        store
+            .transaction(|tx| {
+                tx.owe_list_answer(&owed(1, "b1"), 5)?;
+                tx.owe_list_answer(&owed(2, "b1"), 6)?;
+                tx.owe_list_answer(&owed(2, "b1"), 7)?;
+                tx.owe_list_answer(&owed(1, "b2"), 8)
+            })
+            .unwrap();
+        let due = store.due_list_answers(10).unwrap();
+        assert_eq!(due, vec![owed(1, "b1"), owed(2, "b1"), owed(1, "b2")]);
+        store
+            .transaction(|tx| {
+                tx.settle_list_answers("b1", &[MessageId([1; 16]), MessageId([2; 16])])
+            })
+            .unwrap();
+        assert_eq!(store.due_list_answers(10).unwrap(), vec![owed(1, "b2")]);
     }
 
     #[test]

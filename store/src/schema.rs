@@ -297,7 +297,9 @@ CREATE INDEX messages_sender_seq ON messages(conversation, sender_device, seq);
 
 /// Version 7: own messages owed to devices that a device-list change showed were left out
 /// (a device of their user reported them encrypted for an older list; see `resync.rs`), and
-/// the whole history owed to a newly linked device (`history_owed.rs`).
+/// the whole history owed to a newly linked device (`history_owed.rs`), and the answers this
+/// device owes to senders that encrypted a text for an older list of its own user
+/// (`list_answers_due`, see `resync.rs`).
 const V7_RESYNC: &str = r#"
 CREATE TABLE resync_due (
     message_id  BLOB NOT NULL,
@@ -305,6 +307,14 @@ CREATE TABLE resync_due (
     user        TEXT NOT NULL,
     owed_at_ms  INTEGER NOT NULL,
     PRIMARY KEY (message_id, device)
+);
+CREATE TABLE list_answers_due (
+    sender_device TEXT NOT NULL,
+    message_id    BLOB NOT NULL,
+    sender_user   TEXT NOT NULL,
+    seen_entries  INTEGER NOT NULL,
+    owed_at_ms    INTEGER NOT NULL,
+    PRIMARY KEY (sender_device, message_id)
 );
 CREATE TABLE history_owed (
     device      TEXT PRIMARY KEY,

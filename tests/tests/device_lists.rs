@@ -100,6 +100,14 @@ fn a_linked_device_gets_a_contacts_burst_at_once_and_a_revoked_one_gets_nothing(
     }
     let laptop_status = laptop.json(&["status"])?;
     assert_eq!(laptop_status["recovery"]["undecryptable"], 0);
+    // Cleo did encrypt for the old list, and sent those texts again for the laptop.
+    let cleo_status = cleo.json(&["status"])?;
+    assert!(
+        cleo_status["recovery"]["texts_resent"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{cleo_status}"
+    );
     // The group reaches the laptop too: what Ben sends now, and what he sent shortly before
     // the laptop was linked.
     ben.ok(&["group", "send", &group, "group to both"])?;

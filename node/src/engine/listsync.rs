@@ -42,16 +42,8 @@ const LIST_WANT_GAP: Duration = Duration::from_secs(5);
 /// again when it is learned (the two users' clocks may differ).
 const GROUP_COPY_SKEW: Duration = Duration::from_secs(300);
 
-/// Messages named in one device's pending answer; past this the answer goes at once.
+/// Owed answers read from the store per tick at most (the rest go on the next).
 const MAX_STALE_PENDING: usize = 4 * MAX_RECEIPT_IDS;
-
-/// What this device owes one sending device: the current list, and the texts it sent for an
-/// older version with the devices they missed.
-#[derive(Debug, Default)]
-pub(crate) struct ListAnswer {
-    stale: Vec<MessageId>,
-    missed: Vec<DeviceId>,
-}
 
 fn mark(list: &tern_crypto::DeviceList) -> ListMark {
     ListMark {
@@ -76,9 +68,14 @@ impl Engine {
     /// Looks at the list marks of a pairwise message from `device` of `user` (see the module
     /// documentation): answers a sender that used an older list of this user, and fetches a
     /// newer list of the sender's.
-    pub(crate) fn check_list_marks(&mut self, user: &str, device: DeviceId, env: &Envelope) {
+    pub(crate) fn check_list_marks(
+        &mut self,
+        user: &str,
+        device: DeviceId,
+        env: &Envelope,
+    ) -> Result<(), NodeError> {
         let Some(marks) = env.lists else {
-            return;
+            return Ok(());
         };
         let me = user == self.user_hex;
         if self
@@ -93,7 +90,7 @@ impl Engine {
         let seen = if me { Some(marks.from) } else { marks.to };
         let ours = self.keys.device_list.list();
         let Some(seen) = seen.filter(|s| s.version < ours.version) else {
-            return;
+            return Ok(());
         };
         let own_device = self.keys.device.device_id();
         let missed: Vec<DeviceId> = ours
@@ -110,62 +107,107 @@ impl Engine {
             (Conversation::Direct { .. }, Body::Text { .. })
         );
         let key = (user.to_owned(), device.to_peer_id_string());
-        // Texts that missed a device are always named; anything else gets the list once.
-        let resend = text && !missed.is_empty();
-        if !resend
-            && (self.list_answered.get(&key.1) == Some(&version)
-                || self.list_answers.contains_key(&key))
-        {
-            return;
+        // Texts that missed a device are always named, and owed in the store until the
+        // answer is queued (a crash before then must not lose the text for the new device);
+        // anything else gets the list once.
+        if text && !missed.is_empty() {
+            let owed = tern_store::OwedListAnswer {
+                user: user.to_owned(),
+                device: key.1.clone(),
+                message_id: MessageId(env.id.into_array()),
+                seen_entries: seen.entries,
+            };
+            let now = now_ms();
+            // A failure keeps the message to be read again (it is not stored yet).
+            self.store
+                .transaction(|tx| tx.owe_list_answer(&owed, now))?;
+            self.answers_due = true;
+            return Ok(());
         }
-        let answer = self.list_answers.entry(key).or_default();
-        if resend {
-            answer.stale.push(MessageId(env.id.into_array()));
-            for d in missed {
-                if !answer.missed.contains(&d) {
-                    answer.missed.push(d);
-                }
-            }
+        if self.list_answered.get(&key.1) != Some(&version) {
+            self.list_answers.insert(key);
         }
-        if answer.stale.len() >= MAX_STALE_PENDING {
-            self.flush_list_answers();
-        }
+        Ok(())
     }
 
-    /// Sends the answers gathered since the last tick: to each sending device that used an
-    /// older list of this user, the current list with the texts it must send again.
+    /// Sends the answers owed since the last tick: to each sending device that used an older
+    /// list of this user, the current list, with the texts it must send again and the devices
+    /// they missed (owed in the store), each chunk settled in the transaction that queues it.
     pub(crate) fn flush_list_answers(&mut self) {
-        if self.list_answers.is_empty() {
+        let owed = if std::mem::take(&mut self.answers_due) {
+            match self.store.due_list_answers(MAX_STALE_PENDING as u32) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!("reading owed device-list answers failed: {e}");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        if owed.len() >= MAX_STALE_PENDING {
+            // More than one round's worth: the rest goes on the next tick.
+            self.answers_due = true;
+        }
+        let mut targets: Vec<(String, String)> =
+            std::mem::take(&mut self.list_answers).into_iter().collect();
+        for o in &owed {
+            let key = (o.user.clone(), o.device.clone());
+            if !targets.contains(&key) {
+                targets.push(key);
+            }
+        }
+        if targets.is_empty() {
             return;
         }
-        let due = std::mem::take(&mut self.list_answers);
         let list = ByteBuf::from(self.keys.device_list.as_bytes().to_vec());
-        let version = self.keys.device_list.list().version;
-        for ((user, device), answer) in due {
+        let ours = self.keys.device_list.list().clone();
+        let own_device = self.keys.device.device_id();
+        for (user, device) in targets {
             let Some(target) = DeviceId::from_peer_id_string(&device) else {
                 continue;
             };
-            let missed: Vec<ByteArray<32>> = answer
-                .missed
+            let mine: Vec<&tern_store::OwedListAnswer> =
+                owed.iter().filter(|o| o.device == device).collect();
+            let seen = mine
                 .iter()
+                .map(|o| o.seen_entries)
+                .min()
+                .unwrap_or(u32::MAX);
+            let missed: Vec<ByteArray<32>> = ours
+                .devices
+                .iter()
+                .skip(usize::try_from(seen).unwrap_or(usize::MAX))
+                .filter(|e| e.is_active())
+                .map(|e| e.device_id())
+                .filter(|d| *d != target && *d != own_device)
                 .map(|d| ByteArray::new(*d.as_bytes()))
                 .collect();
-            let mut chunks: Vec<&[MessageId]> = answer.stale.chunks(MAX_RECEIPT_IDS).collect();
+            let ids: Vec<MessageId> = mine.iter().map(|o| o.message_id).collect();
+            let mut chunks: Vec<&[MessageId]> = ids.chunks(MAX_RECEIPT_IDS).collect();
             if chunks.is_empty() {
                 chunks.push(&[]);
             }
             for chunk in chunks {
                 let body = Body::DeviceList {
                     list: list.clone(),
-                    stale: chunk.iter().map(|i| ByteArray::new(i.0)).collect(),
+                    stale: if missed.is_empty() {
+                        Vec::new()
+                    } else {
+                        chunk.iter().map(|i| ByteArray::new(i.0)).collect()
+                    },
                     missed: missed.clone(),
                 };
-                if let Err(e) = self.send_control_to(&user, Some(target), body, |_| Ok(())) {
+                let device_key = device.clone();
+                if let Err(e) = self.send_control_to(&user, Some(target), body, |tx| {
+                    tx.settle_list_answers(&device_key, chunk)
+                }) {
                     tracing::warn!(contact = %user, "answering with the device list failed: {e}");
+                    self.answers_due = true;
                 }
             }
-            tracing::info!(contact = %user, texts = answer.stale.len(), devices = answer.missed.len(), "told a sender of the current device list");
-            self.list_answered.insert(device, version);
+            tracing::info!(contact = %user, texts = ids.len(), devices = missed.len(), "told a sender of the current device list");
+            self.list_answered.insert(device, ours.version);
         }
     }
 

@@ -303,9 +303,11 @@ pub(crate) struct Engine {
     pub heartbeats: u64,
     /// Group fan-out rows being delivered: (message, device).
     pub fan_in_flight: HashSet<(MessageId, String)>,
-    /// Answers owed to devices that encrypted for an older list of this user: (user,
-    /// device) → the texts to send again and the devices they missed (sent on the next tick).
-    pub list_answers: HashMap<(String, String), listsync::ListAnswer>,
+    /// Devices (user, device) that encrypted something other than a text for an older list of
+    /// this user: told of the current list on the next tick. (Texts are owed in the store.)
+    pub list_answers: HashSet<(String, String)>,
+    /// Answers naming texts may be owed in the store (`list_answers_due`).
+    pub answers_due: bool,
     /// The own list version each remote device was last told of (so it is told once).
     pub list_answered: HashMap<String, u64>,
     /// When each user's device list was last fetched because a message showed a newer one.

@@ -298,7 +298,7 @@ impl Engine {
                 return Ok(Outcome::Ack);
             }
         };
-        self.check_list_marks(user, device, &env);
+        self.check_list_marks(user, device, &env)?;
         if let (Conversation::Group { id }, Body::Text { text }) = (&env.conversation, &env.body) {
             self.on_group_copy(user, &device_key, id.into_array(), &env, text, |tx| {
                 tx.apply_crypto(&update, now)?;
