@@ -137,6 +137,17 @@ pub enum CryptoUpdate<'a> {
 }
 
 impl Tx<'_> {
+    /// Archives every session with `peer_device` (a revoked device): none is current, so
+    /// nothing is encrypted with them again; they are kept as archived ones are.
+    pub fn archive_sessions(&mut self, peer_device: &str) -> Result<(), WriteError> {
+        const OP: &str = "archive sessions";
+        self.tx
+            .prepare_cached("UPDATE sessions SET current = 0 WHERE peer_device = ?1")
+            .and_then(|mut s| s.execute([peer_device]))
+            .write_ctx(OP)?;
+        Ok(())
+    }
+
     /// Applies crypto-state changes; `now_ms` stamps session use.
     pub fn apply_crypto(
         &mut self,

@@ -5,7 +5,8 @@
 //! queued for that device, retires this device's sender keys in every group (the next
 //! message makes a new key, shared only with the devices listed then), publishes the list
 //! at every home relay and tells every contact, group member and the user's other devices
-//! ([`Engine::announce_list`]).
+//! ([`Engine::announce_list`]); the revoked device gets the list too, and then its sessions
+//! are archived.
 //!
 //! Any device that takes a list in which a device it addressed is now revoked
 //! ([`Engine::on_devices_revoked`]) does the same on its side: nothing more is queued for
@@ -102,8 +103,14 @@ impl Engine {
             stale: Vec::new(),
             missed: Vec::new(),
         };
-        if let Err(e) = self.send_control_to(&me, Some(id), body, |_| Ok(())) {
+        // Its sessions are archived with the notice queued: nothing else is encrypted for it.
+        let archive = device_key.clone();
+        if let Err(e) =
+            self.send_control_to(&me, Some(id), body, |tx| tx.archive_sessions(&archive))
+        {
             tracing::warn!("telling the revoked device failed (it learns from its relays): {e}");
+            self.store
+                .transaction(|tx| tx.archive_sessions(&device_key))?;
         }
         Ok(info)
     }
@@ -161,6 +168,7 @@ impl Engine {
         self.store.transaction(|tx| -> Result<(), NodeError> {
             for d in &keys {
                 tx.drop_device_rows(d)?;
+                tx.archive_sessions(d)?;
             }
             tx.retire_group_sender_keys(&shared)?;
             Ok(())
