@@ -130,6 +130,7 @@ impl Node {
             relay_up: HashSet::new(),
             contacts,
             device_owner: HashMap::new(),
+            revoked_devices: HashMap::new(),
             pending_identity: HashMap::new(),
             lamport: HashMap::new(),
             seq: HashMap::new(),

@@ -98,6 +98,19 @@ impl Store {
             .collect()
     }
 
+    /// How many rows wait in a device's lane (without reading them).
+    pub fn lane_depth(&self, device: &str) -> Result<u64, ReadError> {
+        const OP: &str = "count a lane";
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM outbox WHERE recipient_device = ?1 AND length(payload) > 0",
+            )
+            .and_then(|mut s| s.query_row([device], |r| r.get(0)))
+            .read_ctx(OP)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// How many rows the outbox holds (lanes and fan-outs): what is not yet handed to a relay
     /// or a peer.
     pub fn outbox_depth(&self) -> Result<u64, ReadError> {

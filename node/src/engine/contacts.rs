@@ -101,12 +101,19 @@ impl Engine {
         }
     }
 
+    /// Who owns each active device of every known user, and each revoked one.
     pub(crate) fn rebuild_device_owner(&mut self) {
         self.device_owner.clear();
+        self.revoked_devices.clear();
         for (id, c) in self.contacts.iter().chain(self.peers.iter()) {
             for (dev, _) in c.devices() {
                 if let Some(p) = device_peer(&dev) {
                     self.device_owner.insert(p, id.clone());
+                }
+            }
+            if let Some(list) = &c.list {
+                for e in list.list().devices.iter().filter(|e| !e.is_active()) {
+                    self.revoked_devices.insert(e.device_id(), id.clone());
                 }
             }
         }

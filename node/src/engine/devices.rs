@@ -381,9 +381,7 @@ impl Engine {
             }
         }
         // Past both versions, so every holder of either takes it as a successor.
-        while merged.version <= mine.version {
-            merged.version += 1;
-        }
+        merged.version = merged.version.max(mine.version.saturating_add(1));
         let signed = merged.sign(&self.keys.identity)?;
         self.store
             .transaction(|tx| tx.save_own_device_list(merged.version, signed.as_bytes()))?;

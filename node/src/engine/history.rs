@@ -126,19 +126,31 @@ impl Engine {
                 .transaction(|tx| tx.settle_history(&owed.device))?;
             return Ok(());
         }
-        let queued = self.store.lane(&owed.device, 64)?.len();
+        let queued = usize::try_from(self.store.lane_depth(&owed.device)?).unwrap_or(usize::MAX);
         if queued >= HISTORY_LANE_WINDOW {
             return Ok(());
         }
         let me = self.user_hex.clone();
-        // Another own device without a prekey (never started) does not hold this one back.
-        let mut sessions: Vec<_> = self
-            .sessions_reachable(&me)
-            .await?
-            .0
-            .into_iter()
-            .filter(|(d, _)| *d == target)
-            .collect();
+        // The session with the new device, set up (its prekey claimed) only the first time:
+        // other own devices are not asked for on every round.
+        let curve = self
+            .keys
+            .device_list
+            .list()
+            .active_certificate(&target)
+            .map(|c| c.curve25519)
+            .ok_or_else(|| NodeError::Crypto("the new device has no certificate".into()))?;
+        let held = self.load_sessions(&target, curve)?;
+        let mut sessions: Vec<_> = if held.has_session() {
+            vec![(target, held)]
+        } else {
+            self.sessions_reachable(&me)
+                .await?
+                .0
+                .into_iter()
+                .filter(|(d, _)| *d == target)
+                .collect()
+        };
         if sessions.is_empty() {
             return Err(NodeError::Network(
                 "no session with the new device yet".into(),
@@ -199,7 +211,7 @@ impl Engine {
                     sent,
                     total: owed.total,
                 },
-                lists: self.list_versions(Some(&me)),
+                lists: Some(self.list_versions(Some(&me))),
             };
             let plain = zeroize::Zeroizing::new(env.encode()?);
             let mut deliveries = Vec::new();

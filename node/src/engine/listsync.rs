@@ -53,16 +53,25 @@ fn mark(list: &tern_crypto::DeviceList) -> ListMark {
 }
 
 impl Engine {
-    /// The list marks a pairwise message to `to` is encrypted with (`None`: a message for
-    /// many users, such as a group message).
-    pub(crate) fn list_versions(&self, to: Option<&str>) -> Option<ListVersions> {
-        Some(ListVersions {
+    /// The list marks a message to `to` is encrypted with (`to`: `None` for a message to
+    /// many users, such as a group message, which then carries the sender's mark only).
+    pub(crate) fn list_versions(&self, to: Option<&str>) -> ListVersions {
+        ListVersions {
             to: to
                 .and_then(|u| self.known(u))
                 .and_then(|s| s.list.as_ref())
                 .map(|l| mark(l.list())),
             from: mark(self.keys.device_list.list()),
-        })
+        }
+    }
+
+    /// This user's current signed device list as a message body, naming no texts.
+    pub(crate) fn own_list_body(&self) -> Body {
+        Body::DeviceList {
+            list: ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
+            stale: Vec::new(),
+            missed: Vec::new(),
+        }
     }
 
     /// Looks at the list marks of a pairwise message from `device` of `user` (see the module
@@ -214,7 +223,6 @@ impl Engine {
     /// Tells every contact, group member and this user's other devices (each device with a
     /// session) of this user's current device list.
     pub(crate) fn announce_list(&mut self) {
-        let list = ByteBuf::from(self.keys.device_list.as_bytes().to_vec());
         let mut users: Vec<String> = self
             .contacts
             .keys()
@@ -224,11 +232,7 @@ impl Engine {
         users.sort();
         users.dedup();
         for user in users {
-            let body = Body::DeviceList {
-                list: list.clone(),
-                stale: Vec::new(),
-                missed: Vec::new(),
-            };
+            let body = self.own_list_body();
             if let Err(e) = self.send_control_to(&user, None, body, |_| Ok(())) {
                 tracing::warn!(contact = %user, "announcing the device list failed: {e}");
             }
@@ -250,11 +254,7 @@ impl Engine {
                 return;
             }
         };
-        let body = Body::DeviceList {
-            list: ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
-            stale: Vec::new(),
-            missed: Vec::new(),
-        };
+        let body = self.own_list_body();
         if let Err(e) = self.send_control_with(&me, sessions, body, |_| Ok(())) {
             tracing::warn!("telling this user's other devices of the list failed: {e}");
         }
@@ -335,33 +335,39 @@ impl Engine {
             })
             .cloned()
             .collect();
+        let added: Vec<&(DeviceId, u64)> = added.iter().filter(|(d, _)| *d != own_device).collect();
+        if added.is_empty() || groups.is_empty() {
+            return Ok(());
+        }
+        // This device's recent texts in those groups: (id, sent at), read once.
+        let mut sent: Vec<(MessageId, i64)> = Vec::new();
+        for g in &groups {
+            let recent = self.store.history(
+                &tern_store::ConversationId(g.clone()),
+                tern_store::Page::Latest,
+                Some(crate::consts::HISTORY_MAX),
+            )?;
+            sent.extend(
+                recent
+                    .iter()
+                    .filter(|m| {
+                        m.own
+                            && m.sender_device == self.device_hex
+                            && matches!(m.body, tern_store::Body::Text(_))
+                    })
+                    .map(|m| (m.id, m.sent_at_ms)),
+            );
+        }
         let now = now_ms();
         for (device, created_at) in added {
-            if *device == own_device {
-                continue;
-            }
             let since = i64::try_from(created_at.saturating_sub(GROUP_COPY_SKEW.as_secs()))
                 .unwrap_or(i64::MAX)
                 .saturating_mul(1000);
-            let mut ids = Vec::new();
-            for g in &groups {
-                let recent = self.store.history(
-                    &tern_store::ConversationId(g.clone()),
-                    tern_store::Page::Latest,
-                    Some(crate::consts::HISTORY_MAX),
-                )?;
-                ids.extend(
-                    recent
-                        .iter()
-                        .filter(|m| {
-                            m.own
-                                && m.sender_device == self.device_hex
-                                && m.sent_at_ms >= since
-                                && matches!(m.body, tern_store::Body::Text(_))
-                        })
-                        .map(|m| m.id),
-                );
-            }
+            let ids: Vec<MessageId> = sent
+                .iter()
+                .filter(|(_, at)| *at >= since)
+                .map(|(id, _)| *id)
+                .collect();
             if ids.is_empty() {
                 continue;
             }

@@ -233,6 +233,8 @@ pub(crate) struct Engine {
     pub relay_up: HashSet<PeerId>,
     pub contacts: HashMap<String, ContactState>,
     pub device_owner: HashMap<PeerId, String>,
+    /// Revoked devices of known users, and whose (their messages are refused).
+    pub revoked_devices: HashMap<DeviceId, String>,
     /// Contacts with an offered, not yet accepted identity key: user → link ("" when the
     /// change was seen in a relay's device list rather than a link).
     pub pending_identity: HashMap<String, String>,

@@ -98,11 +98,7 @@ impl Engine {
         // The revoked device is told too, so it stops at once if it still runs: the list is
         // all it gets.
         let me = self.user_hex.clone();
-        let body = crate::envelope::Body::DeviceList {
-            list: serde_bytes::ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
-            stale: Vec::new(),
-            missed: Vec::new(),
-        };
+        let body = self.own_list_body();
         // Its sessions are archived with the notice queued: nothing else is encrypted for it.
         let archive = device_key.clone();
         if let Err(e) =
@@ -176,17 +172,8 @@ impl Engine {
         Ok(())
     }
 
-    /// The user whose list holds `device` as revoked, if any.
+    /// The user whose list holds `device` as revoked, if any (kept with the device owners).
     pub(crate) fn revoked_owner(&self, device: &DeviceId) -> Option<String> {
-        self.contacts
-            .iter()
-            .chain(self.peers.iter())
-            .find(|(_, s)| {
-                s.list
-                    .as_ref()
-                    .and_then(|l| l.list().entry(device))
-                    .is_some_and(|e| !e.is_active())
-            })
-            .map(|(u, _)| u.clone())
+        self.revoked_devices.get(device).cloned()
     }
 }
