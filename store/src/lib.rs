@@ -39,11 +39,13 @@ mod schema;
 mod search;
 mod sessions;
 mod store;
+mod transfers;
 mod types;
 
 pub use error::{Fault, FaultKind, KeyError, OpenError, ReadError, SearchError, WriteError};
 pub use group_state::{OwedGroupMessage, Stashed};
-pub use groups::{BlobRecord, BlobState, Member};
+pub use groups::Member;
+pub use transfers::{Direction, Transfer, TransferState};
 pub use history_owed::HistoryOwed;
 pub use identity::{Contact, ContactSaved, OwnDevice, OwnIdentity};
 pub use key::{KdfParams, StorageKey, Unlock};

@@ -10,6 +10,7 @@ use crate::types::{Body, ConversationId, Inserted, Message, MessageId, Page, Sta
 /// `body_kind` codes.
 const BODY_TEXT: i64 = 0;
 const BODY_STRUCTURED: i64 = 1;
+const BODY_MEDIA: i64 = 2;
 
 /// Columns every message query selects, in the order [`decode`] reads them.
 pub(crate) const MESSAGE_COLUMNS: &str = "m.id, c.conversation_id, m.sender_user, m.sender_device, \
@@ -102,6 +103,10 @@ pub(crate) fn decode(op: &'static str, r: RawMessage) -> Result<Message, ReadErr
             data: r.body_data.unwrap_or_default(),
             text: r.body_text,
         },
+        BODY_MEDIA => Body::Media {
+            data: r.body_data.unwrap_or_default(),
+            text: r.body_text.unwrap_or_default(),
+        },
         other => return Err(invalid("body kind", other.to_string())),
     };
     let unsigned = |what, v: i64| u64::try_from(v).map_err(|_| invalid(what, v.to_string()));
@@ -169,6 +174,7 @@ impl Tx<'_> {
             Body::Structured { data, text } => {
                 (BODY_STRUCTURED, text.as_deref(), Some(data.as_slice()))
             }
+            Body::Media { data, text } => (BODY_MEDIA, Some(text.as_str()), Some(data.as_slice())),
         };
         check_len(op, "body text", text.map_or(0, str::len), MAX_TEXT_BYTES)?;
         check_len(op, "body data", data.map_or(0, <[u8]>::len), MAX_BLOB_BYTES)?;
@@ -484,7 +490,7 @@ impl Store {
             "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
              WHERE m.conversation = ?1 AND m.sender_device = ?2 AND m.own = 1 AND m.seq > ?3 AND m.seq <= ?8 \
              AND NOT (m.status = ?4 AND NOT EXISTS (SELECT 1 FROM outbox a WHERE a.message = m.rowid)) \
-             AND m.body_kind = ?5 \
+             AND m.body_kind IN (?5, ?9) \
              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid AND o.recipient_device = ?6) \
              ORDER BY m.seq LIMIT ?7"
         );
@@ -499,7 +505,8 @@ impl Store {
                     BODY_TEXT,
                     recipient_device,
                     limit.clamp(1, MAX_PAGE_SIZE),
-                    up_to
+                    up_to,
+                    BODY_MEDIA
                 ],
             )
             .read_ctx(OP)?;

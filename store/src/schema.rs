@@ -22,6 +22,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V5_GROUPS,
     V6_LANES,
     V7_RESYNC,
+    V8_TRANSFERS,
 ];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
@@ -323,6 +324,25 @@ CREATE TABLE history_owed (
     sent        INTEGER NOT NULL,
     total       INTEGER NOT NULL,
     owed_at_ms  INTEGER NOT NULL
+);
+"#;
+
+/// Version 8: media transfers, uploads and downloads of encrypted files (`transfers.rs`), each
+/// resumed after a restart from what it recorded. The never-used `blobs` table of version 3
+/// goes: a transfer row holds what it described.
+const V8_TRANSFERS: &str = r#"
+DROP INDEX blobs_message;
+DROP TABLE blobs;
+CREATE TABLE transfers (
+    id             BLOB PRIMARY KEY,
+    direction      INTEGER NOT NULL,
+    state          INTEGER NOT NULL,
+    data           BLOB NOT NULL,
+    bytes_done     INTEGER NOT NULL,
+    bytes_total    INTEGER NOT NULL,
+    error          TEXT,
+    created_at_ms  INTEGER NOT NULL,
+    updated_at_ms  INTEGER NOT NULL
 );
 "#;
 

@@ -119,8 +119,16 @@ impl Status {
 pub enum Body {
     /// Plain text; indexed for search.
     Text(String),
-    /// Anything else (media reference, reaction, ...), encoded by the node as an opaque,
-    /// versioned blob, with optional text (a caption) that is indexed for search.
+    /// A file or image (the node's encoding of its media reference and caption), with the
+    /// text that search indexes and previews show (the caption and the file name).
+    Media {
+        /// The node's encoding.
+        data: Vec<u8>,
+        /// Searchable, previewable text.
+        text: String,
+    },
+    /// Anything else (a membership change, ...), encoded by the node as an opaque,
+    /// versioned blob, with optional text that is indexed for search.
     Structured {
         /// The node's encoding.
         data: Vec<u8>,
@@ -133,9 +141,15 @@ impl Body {
     /// The searchable text, if any.
     pub fn text(&self) -> Option<&str> {
         match self {
-            Body::Text(t) => Some(t),
+            Body::Text(t) | Body::Media { text: t, .. } => Some(t),
             Body::Structured { text, .. } => text.as_deref(),
         }
+    }
+
+    /// Whether it is something a user wrote (a text, or a file with its caption), as opposed
+    /// to an entry the node records (a membership change).
+    pub fn is_user_content(&self) -> bool {
+        matches!(self, Body::Text(_) | Body::Media { .. })
     }
 }
 

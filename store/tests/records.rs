@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use tern_store::{
-    BlobRecord, BlobState, Contact, ContactSaved, Member, OwnDevice, OwnIdentity, WriteError,
+    Contact, ContactSaved, Member, OwnDevice, OwnIdentity, WriteError,
 };
 
 #[test]
@@ -182,45 +182,3 @@ fn groups_and_members() {
     assert_eq!(store.members("g1").unwrap().len(), 2);
 }
 
-#[test]
-fn blob_metadata_and_progress() {
-    let env = env();
-    let mut store = open(&env.path);
-    let blob = BlobRecord {
-        blob_id: "b1".into(),
-        message: Some(id(7)),
-        mime: "image/jpeg".into(),
-        size: 3_000_000,
-        chunk_size: 65_536,
-        file_key: vec![9; 32],
-        digest: vec![8; 32],
-        local_path: None,
-        thumbnail: Some(vec![1, 2, 3]),
-        state: BlobState::Downloading,
-        bytes_done: 0,
-        created_at_ms: 4,
-    };
-    store.transaction(|tx| tx.save_blob(&blob)).unwrap();
-    assert!(
-        !format!("{blob:?}").contains("[9, 9"),
-        "Debug hides the file key"
-    );
-    store
-        .transaction(|tx| tx.blob_progress("b1", BlobState::Downloading, 1_048_576))
-        .unwrap();
-    let got = store.blob("b1").unwrap().unwrap();
-    assert_eq!(got.bytes_done, 1_048_576);
-    assert_eq!(
-        BlobRecord {
-            bytes_done: 0,
-            ..got
-        },
-        blob
-    );
-    assert!(
-        store
-            .transaction(|tx| tx.blob_progress("nope", BlobState::Failed, 0))
-            .is_err()
-    );
-    assert!(store.blob("nope").unwrap().is_none());
-}
