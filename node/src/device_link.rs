@@ -199,8 +199,11 @@ pub struct BundleMessage {
     pub status: String,
     /// The text.
     pub text: Option<String>,
-    /// For a membership change, the signed operation.
+    /// For a membership change, the signed operation; for a file, its stored reference.
     pub data: Option<ByteBuf>,
+    /// Whether `data` is a file's reference (else a membership change).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub media: bool,
 }
 
 /// What the existing device sends (sealed) to the new one. Contains the identity secret.

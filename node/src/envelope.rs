@@ -49,10 +49,13 @@ pub enum ReceiptKind {
 /// What a message carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
-    /// A text message.
+    /// A text message, or a file or image with its caption.
     Text {
-        /// The text.
+        /// The text (a file's caption; may then be empty).
         text: String,
+        /// The file this message carries (see [`crate::media`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media: Option<Box<crate::media::MediaRef>>,
     },
     /// A delivery or read receipt for earlier messages of the same conversation.
     Receipt {
@@ -242,6 +245,13 @@ impl Envelope {
     }
 
     fn check(&self) -> Result<(), EnvelopeError> {
+        if let Body::Text {
+            media: Some(m), ..
+        } = &self.body
+        {
+            m.check()
+                .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        }
         if let Body::Receipt { ids, .. } = &self.body
             && (ids.is_empty() || ids.len() > MAX_RECEIPT_IDS)
         {
@@ -290,6 +300,7 @@ mod tests {
             sent_at_ms: 1_700_000_000_000,
             body: Body::Text {
                 text: "hello".into(),
+                media: None,
             },
             lists: None,
         }

@@ -136,6 +136,10 @@ pub(crate) fn moved_message(
     };
     tx.ensure_conversation(&conv, kind, m.title.as_deref(), now_ms)?;
     let body = match &m.data {
+        Some(d) if m.media => tern_store::Body::Media {
+            data: d.to_vec(),
+            text: m.text.clone().unwrap_or_default(),
+        },
         Some(d) => tern_store::Body::Structured {
             data: d.to_vec(),
             text: m.text.clone(),

@@ -206,7 +206,14 @@ impl Engine {
                 let _ = reply.send(out);
             }
             GroupCommand::Send { group, text, reply } => {
-                let _ = reply.send(self.group_send(&group, text).await);
+                let out = match super::send::check_text(&text) {
+                    Ok(()) => {
+                        self.group_send(&group, None, tern_store::Body::Text(text))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(out);
             }
             GroupCommand::History {
                 group,
@@ -1264,7 +1271,7 @@ impl Engine {
             let bound = matches!(&env.conversation, Conversation::Group { id } if hex(id.as_slice()) == group)
                 && env.sender_user.as_slice() == d.sender_user.as_bytes()
                 && env.sender_device.as_slice() == d.sender_device.as_bytes();
-            let Body::Text { text } = env.body else {
+            let Body::Text { text, media } = env.body else {
                 return Err(NodeError::Crypto("a group message carries only text".into()));
             };
             if !bound {
@@ -1283,7 +1290,7 @@ impl Engine {
                 // Sent from this user's other device.
                 own,
                 status: if own { Status::Sent } else { Status::Received },
-                body: StoreBody::Text(text),
+                body: crate::media::store_body(text, media)?,
                 edited_at_ms: None,
             };
             let pickle = key.pickle()?;
@@ -1433,7 +1440,14 @@ impl Engine {
         ))
     }
 
-    async fn group_send(&mut self, group: &str, text: String) -> Result<MessageInfo, NodeError> {
+    /// Sends a text or a file (its caption checked by the caller) to a group, under `id` when
+    /// one was chosen before.
+    pub(crate) async fn group_send(
+        &mut self,
+        group: &str,
+        id: Option<MessageId>,
+        body: tern_store::Body,
+    ) -> Result<MessageInfo, NodeError> {
         self.check_not_revoked()?;
         let group = self.resolve_group(group)?;
         let state = self.state(&group)?.clone();
@@ -1441,7 +1455,6 @@ impl Engine {
         if !state.is_member(&me) {
             return Err(NodeError::NotMember(state.title));
         }
-        super::send::check_text(&text)?;
         // Every member's devices must be known to address them.
         let mut users: Vec<String> = state
             .members
@@ -1472,7 +1485,10 @@ impl Engine {
         let (lamport, seq) = self.conv_state(&group)?;
         let (lamport, seq) = (lamport + 1, seq + 1);
         let now = now_ms();
-        let id = MessageId(super::send::random_id()?);
+        let id = match id {
+            Some(id) => id,
+            None => MessageId(super::send::random_id()?),
+        };
         let env = Envelope {
             id: ByteArray::new(id.0),
             conversation: Conversation::Group {
@@ -1484,7 +1500,7 @@ impl Engine {
             lamport,
             seq,
             sent_at_ms: now,
-            body: Body::Text { text: text.clone() },
+            body: crate::media::wire_body(&body)?,
         };
         let plain = zeroize::Zeroizing::new(env.encode()?);
         let distribution = key.distribution(self.user).to_bytes()?;
@@ -1550,7 +1566,7 @@ impl Engine {
                     .map(|d| d.recipient_device.clone()),
             );
         }
-        let message = self.own_text(id, &group, (lamport, seq), now, text);
+        let message = self.own_text(id, &group, (lamport, seq), now, body);
         let key_pickle = key.pickle()?;
         let outbound = OutboundGroupSession {
             group_id: group.clone(),

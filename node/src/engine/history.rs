@@ -42,8 +42,12 @@ pub(crate) fn bundle_message(
     kind: ConversationKind,
     title: Option<String>,
 ) -> BundleMessage {
+    let media = matches!(m.body, tern_store::Body::Media { .. });
     let (text, data) = match &m.body {
         tern_store::Body::Text(t) => (Some(t.clone()), None),
+        tern_store::Body::Media { data, text } => {
+            (Some(text.clone()), Some(ByteBuf::from(data.clone())))
+        }
         tern_store::Body::Structured { data, text } => {
             (text.clone(), Some(ByteBuf::from(data.clone())))
         }
@@ -62,6 +66,7 @@ pub(crate) fn bundle_message(
         status: super::status_name(m.status).to_owned(),
         text,
         data,
+        media,
     }
 }
 

@@ -279,7 +279,7 @@ impl Engine {
             if let Some(m) = self.store.message(id)?
                 && m.own
                 && (user == self.user_hex || m.conversation.0 == user)
-                && matches!(m.body, tern_store::Body::Text(_))
+                && m.body.is_user_content()
                 && self.contacts.contains_key(&m.conversation.0)
             {
                 owed.push(id);
@@ -353,7 +353,7 @@ impl Engine {
                     .filter(|m| {
                         m.own
                             && m.sender_device == self.device_hex
-                            && matches!(m.body, tern_store::Body::Text(_))
+                            && m.body.is_user_content()
                     })
                     .map(|m| (m.id, m.sent_at_ms)),
             );
@@ -549,9 +549,7 @@ impl Engine {
         let env = self.own_group_envelope(
             gid,
             m,
-            Body::Text {
-                text: m.body.text().unwrap_or_default().to_owned(),
-            },
+            crate::media::wire_body(&m.body)?,
         );
         let plain = zeroize::Zeroizing::new(env.encode()?);
         let mut deliveries = Vec::new();
@@ -575,7 +573,7 @@ impl Engine {
         device_key: &str,
         group: [u8; 16],
         env: &Envelope,
-        text: &str,
+        body: tern_store::Body,
         save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
     ) -> Result<(), NodeError> {
         let gid: String = group.iter().map(|b| format!("{b:02x}")).collect();
@@ -599,7 +597,7 @@ impl Engine {
             } else {
                 tern_store::Status::Received
             },
-            body: tern_store::Body::Text(text.to_owned()),
+            body,
             edited_at_ms: None,
         };
         let inserted = self.store.transaction(|tx| -> Result<bool, NodeError> {

@@ -376,6 +376,7 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
         kind: match m.body {
             tern_store::Body::Structured { .. } => "membership",
             tern_store::Body::Text(_) => "text",
+            tern_store::Body::Media { .. } => "file",
         }
         .to_owned(),
     }
@@ -418,14 +419,14 @@ impl Engine {
         Ok(())
     }
 
-    /// A text this device sends now, as stored before it is encrypted (`pending`).
+    /// A text (or file) this device sends now, as stored before it is encrypted (`pending`).
     pub(crate) fn own_text(
         &self,
         id: MessageId,
         conversation: &str,
         (lamport, seq): (u64, u64),
         now: i64,
-        text: String,
+        body: tern_store::Body,
     ) -> tern_store::Message {
         tern_store::Message {
             id,
@@ -438,7 +439,7 @@ impl Engine {
             received_at_ms: now,
             own: true,
             status: Status::Pending,
-            body: tern_store::Body::Text(text),
+            body,
             edited_at_ms: None,
         }
     }

@@ -299,8 +299,11 @@ impl Engine {
             }
         };
         self.check_list_marks(user, device, &env)?;
-        if let (Conversation::Group { id }, Body::Text { text }) = (&env.conversation, &env.body) {
-            self.on_group_copy(user, &device_key, id.into_array(), &env, text, |tx| {
+        if let (Conversation::Group { id }, Body::Text { text, media }) =
+            (&env.conversation, &env.body)
+        {
+            let body = crate::media::store_body(text.clone(), media.clone())?;
+            self.on_group_copy(user, &device_key, id.into_array(), &env, body, |tx| {
                 tx.apply_crypto(&update, now)?;
                 if let Some(d) = &own_device {
                     tx.save_own_device(d)?;
@@ -311,13 +314,14 @@ impl Engine {
         }
         let conv = ConversationId(user.to_owned());
         if user == self.user_hex
-            && let (Conversation::Direct { to }, Body::Text { text }) =
+            && let (Conversation::Direct { to }, Body::Text { text, media }) =
                 (&env.conversation, &env.body)
         {
+            let body = crate::media::store_body(text.clone(), media.clone())?;
             self.store_sync_copy(
                 &env,
                 &hex_of(to.as_slice()),
-                text,
+                body,
                 &device_key,
                 &update,
                 own_device.as_ref(),
@@ -325,7 +329,7 @@ impl Engine {
             return Ok(Outcome::Ack);
         }
         match env.body {
-            Body::Text { text } => {
+            Body::Text { text, media } => {
                 let message = Message {
                     id: MessageId(env.id.into_array()),
                     conversation: conv.clone(),
@@ -337,7 +341,7 @@ impl Engine {
                     received_at_ms: now,
                     own: false,
                     status: Status::Received,
-                    body: StoreBody::Text(text),
+                    body: crate::media::store_body(text, media)?,
                     edited_at_ms: None,
                 };
                 let title = self.contacts[user].contact.display_name.clone();
@@ -549,7 +553,7 @@ impl Engine {
         &mut self,
         env: &Envelope,
         contact: &str,
-        text: &str,
+        body: StoreBody,
         device_key: &str,
         update: &[CryptoUpdate<'_>],
         own_device: Option<&tern_store::OwnDevice>,
@@ -567,7 +571,7 @@ impl Engine {
             received_at_ms: now,
             own: true,
             status: Status::Sent,
-            body: StoreBody::Text(text.to_owned()),
+            body,
             edited_at_ms: None,
         };
         let title = self

@@ -210,6 +210,19 @@ impl Engine {
         contact: &str,
         text: String,
     ) -> Result<MessageInfo, NodeError> {
+        check_text(&text)?;
+        self.send_body(contact, None, tern_store::Body::Text(text))
+            .await
+    }
+
+    /// Sends a text or a file (its caption checked by the caller) to a contact, under `id`
+    /// when one was chosen before (a file's upload is keyed by its message's id).
+    pub(crate) async fn send_body(
+        &mut self,
+        contact: &str,
+        id: Option<MessageId>,
+        body: tern_store::Body,
+    ) -> Result<MessageInfo, NodeError> {
         self.check_not_revoked()?;
         let user = self.resolve(contact)?;
         if self.pending_identity.contains_key(&user) {
@@ -217,7 +230,6 @@ impl Engine {
                 self.contacts[&user].contact.display_name.clone(),
             ));
         }
-        check_text(&text)?;
         // Messages waiting for a session go first, so this one waits behind them.
         let waiting = self
             .store
@@ -251,11 +263,14 @@ impl Engine {
         }
         let (lamport, seq) = self.conv_state(&user)?;
         let (lamport, seq) = (lamport + 1, seq + 1);
-        let id = random_id()?;
+        let id = match id {
+            Some(id) => id,
+            None => MessageId(random_id()?),
+        };
         let to = tern_crypto::UserId::from_hex(&user)
             .ok_or_else(|| NodeError::UnknownContact(user.clone()))?;
         let now = now_ms();
-        let message = self.own_text(MessageId(id), &user, (lamport, seq), now, text);
+        let message = self.own_text(id, &user, (lamport, seq), now, body);
         let (deliveries, pickles) = match sessions.as_mut() {
             Some(s) => self.encrypt_text(&to, &message, s)?,
             None => (Vec::new(), Vec::new()),
@@ -350,9 +365,7 @@ impl Engine {
             lamport: message.lamport,
             seq: message.seq,
             sent_at_ms: message.sent_at_ms,
-            body: Body::Text {
-                text: message.body.text().unwrap_or_default().to_owned(),
-            },
+            body: crate::media::wire_body(&message.body)?,
         };
         let plain = zeroize::Zeroizing::new(env.encode()?);
         let mut deliveries = Vec::new();
