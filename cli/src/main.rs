@@ -18,6 +18,7 @@
 //! | 11 | the node is running: stop it first (`tern id passphrase`) |
 //! | 12 | this device was revoked by another device of the user: it no longer sends |
 
+mod file;
 mod up;
 
 use std::{io::Read, path::PathBuf, process::ExitCode};
@@ -101,6 +102,32 @@ enum Cmd {
         contact: String,
         /// The text, or `-` for standard input.
         text: String,
+    },
+    /// Send a file or an image (up to 100 MiB) to a contact or, with --group, to a group;
+    /// shows progress until the relay holds it, then prints the message id. An image is sent
+    /// without its metadata (EXIF, GPS), scaled to 2048 px unless --original.
+    #[command(name = "send-file")]
+    SendFile {
+        /// CONTACT PATH, or PATH with --group.
+        #[arg(required = true, num_args = 1..=2, value_names = ["CONTACT", "PATH"])]
+        args: Vec<String>,
+        /// Send to this group (id or title) instead of a contact.
+        #[arg(long)]
+        group: Option<String>,
+        /// A caption sent with the file.
+        #[arg(long)]
+        caption: Option<String>,
+        /// Send an image at its full size (still without metadata).
+        #[arg(long)]
+        original: bool,
+        /// Return once the file is queued, without waiting for the upload.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Files received and sent: save one, list transfers.
+    File {
+        #[command(subcommand)]
+        cmd: FileCmd,
     },
     /// Show a conversation in display order (marks it read).
     History {
@@ -219,6 +246,22 @@ enum GroupCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum FileCmd {
+    /// Save a message's file (downloading it first if needed; files over 25 MB are not
+    /// downloaded until asked for) and print where it went.
+    Get {
+        /// The message id (32 hex digits, as `tern history` shows for files).
+        message: String,
+        /// Where to write it (must not exist); default: the file's name in the current
+        /// directory.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Transfers in progress, and those finished in the last day.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 enum DeviceCmd {
     /// Make this (empty) home a new device of an existing user: prints a link code (and its
     /// QR code) to enter with `tern device add` on a device of that user, waits for it, and
@@ -333,13 +376,13 @@ enum ContactCmd {
 
 /// A failure with its exit code.
 #[derive(Debug)]
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
         Failure {
             code,
             message: message.into(),
@@ -359,6 +402,7 @@ impl From<ClientError> for Failure {
                 1014..=1016 => 9,
                 1017 => 5,
                 1019 => 12,
+                1020 => 13,
                 _ => 1,
             },
             _ => 1,
@@ -419,7 +463,7 @@ async fn client(home: &Home) -> Result<ApiClient, Failure> {
     Ok(ApiClient::for_home(home).await?)
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -665,6 +709,35 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                 .await?;
             print_history(&v, json);
             Ok(())
+        }
+        Cmd::SendFile {
+            mut args,
+            group,
+            caption,
+            original,
+            no_wait,
+        } => {
+            let path = PathBuf::from(args.pop().unwrap_or_default());
+            let contact = args.pop();
+            let target = match (contact, group) {
+                (Some(c), None) => (Some(c), None),
+                (None, Some(g)) => (None, Some(g)),
+                (Some(_), Some(_)) => {
+                    return Err(Failure::new(5, "give a contact or --group, not both"));
+                }
+                (None, None) => {
+                    return Err(Failure::new(5, "give a contact (or --group) and a file"));
+                }
+            };
+            let mut c = client(&home).await?;
+            file::send(&mut c, target, path, caption, original, !no_wait, json).await
+        }
+        Cmd::File { cmd } => {
+            let mut c = client(&home).await?;
+            match cmd {
+                FileCmd::Get { message, to } => file::get(&mut c, message, to, json).await,
+                FileCmd::List => file::list(&mut c, json).await,
+            }
         }
         Cmd::Conversations => {
             let v = client(&home)
@@ -1052,6 +1125,18 @@ fn print_history(v: &Value, json: bool) {
         };
         if s(m, "kind") == "membership" {
             println!("{short_id} {:>8}  * {}", who, s(m, "text"));
+        } else if let Some(f) = m.get("media") {
+            let caption = s(m, "text");
+            println!(
+                "{short_id} {:>8}: [file {} {} bytes, {}]{}{}  ({})",
+                who,
+                s(f, "name"),
+                f.get("size").and_then(Value::as_u64).unwrap_or(0),
+                s(m, "id"),
+                if caption.is_empty() { "" } else { " " },
+                caption,
+                s(m, "status")
+            );
         } else {
             println!(
                 "{short_id} {:>8}: {}  ({})",

@@ -173,3 +173,24 @@ pub const MAX_GROUP_STASH_PER_DEVICE: u32 = 500;
 
 /// Most membership operations one envelope may carry (more are ignored).
 pub const MAX_OPS_PER_ENVELOPE: usize = 64;
+
+/// Files up to this size are downloaded as soon as their message arrives; larger ones when
+/// asked for (`tern file get`).
+pub const AUTO_DOWNLOAD_BYTES: u64 = 25 * 1000 * 1000;
+
+/// Reports from file transfer tasks waiting for the engine at most (progress reports are
+/// dropped when it is full; the next one carries the total so far).
+pub const MEDIA_EVENT_QUEUE: usize = 256;
+
+/// At most this often a `transfer` progress event per transfer (plus the last).
+pub const MEDIA_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Peers downloading this device's own files at once, at most; more streams are refused.
+pub const MEDIA_SERVE_STREAMS: usize = 8;
+
+/// How long opening a `/tern/blob/1` stream (dial and protocol negotiation) may take.
+pub const MEDIA_STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Chunks of 256 KiB an upload keeps unacknowledged at most (8 MiB): the relay fsyncs and
+/// acknowledges in batches, and after a crash at most this much is sent again.
+pub const UPLOAD_WINDOW_CHUNKS: u32 = 32;

@@ -245,10 +245,7 @@ impl Envelope {
     }
 
     fn check(&self) -> Result<(), EnvelopeError> {
-        if let Body::Text {
-            media: Some(m), ..
-        } = &self.body
-        {
+        if let Body::Text { media: Some(m), .. } = &self.body {
             m.check()
                 .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         }

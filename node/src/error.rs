@@ -92,6 +92,15 @@ pub enum NodeError {
     /// A file (a backup) could not be written.
     #[error("{0}")]
     Io(String),
+    /// A file could not be sent or fetched: `code` says why (`too_large`, `not_a_file`,
+    /// `not_found`, `expired`, `hash`, `exists`, `over_quota`, ...).
+    #[error("{message}")]
+    Media {
+        /// Why, as a short code.
+        code: &'static str,
+        /// What to tell the user.
+        message: String,
+    },
 }
 
 impl NodeError {
@@ -120,6 +129,7 @@ impl NodeError {
             NodeError::Revoked => 1019,
             NodeError::WeakPassphrase(_) => 1017,
             NodeError::Io(_) => 1018,
+            NodeError::Media { .. } => 1020,
         }
     }
 }

@@ -174,6 +174,7 @@ impl Node {
             // Owed texts from before a restart are looked at once.
             resync_due: true,
             resync_attempts: 0,
+            media: engine::media::Media::new(config.home.dir()),
             resync_retry: None,
             revoked,
             fallback: None,
@@ -399,6 +400,45 @@ impl Node {
     /// This user's devices.
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, NodeError> {
         self.call(Command::Devices).await
+    }
+
+    /// Sends a file (an image is prepared first: metadata stripped, scaled unless
+    /// `original`) to a contact or a group; answers once it is staged for upload. `transfer`
+    /// events follow it; the message is sent once the relay holds the whole file.
+    pub async fn file_send(
+        &self,
+        contact: Option<String>,
+        group: Option<String>,
+        path: String,
+        caption: String,
+        original: bool,
+    ) -> Result<TransferInfo, NodeError> {
+        self.call(|reply| Command::FileSend {
+            contact,
+            group,
+            path,
+            caption,
+            original,
+            reply,
+        })
+        .await
+    }
+
+    /// Saves a message's file to `to` (which must not exist), downloading it first when this
+    /// device does not hold it yet (then the answer says `downloading` and a `transfer` event
+    /// says when it is saved). Without `to`, only makes sure the file is here.
+    pub async fn file_get(
+        &self,
+        message: String,
+        to: Option<String>,
+    ) -> Result<TransferInfo, NodeError> {
+        self.call(|reply| Command::FileGet { message, to, reply })
+            .await
+    }
+
+    /// File transfers not finished, and those finished in the last day.
+    pub async fn transfers(&self) -> Result<Vec<TransferInfo>, NodeError> {
+        self.call(Command::Transfers).await
     }
 
     /// Revokes another device of this user (by device id or name): it gets nothing sent

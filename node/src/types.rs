@@ -74,6 +74,60 @@ pub struct MessageInfo {
     /// devices (`None` from this device, and for contacts).
     #[serde(default)]
     pub sender_device_name: Option<String>,
+    /// For `kind` `file`: the file (its caption is `text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaInfo>,
+}
+
+/// A file or image a message carries, as the API shows it (never its key).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MediaInfo {
+    /// The file name (sanitised: safe to create).
+    pub name: String,
+    /// MIME type.
+    pub mime: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Image width and height, if an image.
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// Image height.
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// A small JPEG thumbnail, base64.
+    #[serde(default)]
+    pub thumbnail: Option<String>,
+    /// The placeholder hash (thumbhash), base64.
+    #[serde(default)]
+    pub thumbhash: Option<String>,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// When the relay drops the encrypted file (ms since the epoch): download before then.
+    pub expires_at: u64,
+}
+
+/// A file transfer (an upload of a file being sent, or a download of a received one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransferInfo {
+    /// The message it belongs to (for an upload, the message sent once it is done).
+    pub id: String,
+    /// `up` or `down`.
+    pub direction: String,
+    /// queued, preparing, uploading, downloading, verifying, paused, done, failed.
+    pub state: String,
+    /// Bytes the relay (or the peer) has acknowledged (up) or that arrived verified (down).
+    pub bytes: u64,
+    /// Bytes in all (the encrypted size).
+    pub total: u64,
+    /// The file name.
+    pub name: String,
+    /// For `failed` and `paused`: why (a code such as `too_large`, `over_quota`, `network`,
+    /// `hash`, `expired`).
+    #[serde(default)]
+    pub code: Option<String>,
+    /// Where the decrypted file was written, once it was.
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 fn text_kind() -> String {
@@ -383,6 +437,11 @@ pub enum Event {
     Revoked {
         /// This device.
         device_id: String,
+    },
+    /// A file transfer moved on (at most a few of these per second per transfer).
+    Transfer {
+        /// Where it stands.
+        transfer: TransferInfo,
     },
     /// Events were dropped because this subscriber fell behind.
     Lagged {

@@ -45,7 +45,6 @@ mod types;
 pub use error::{Fault, FaultKind, KeyError, OpenError, ReadError, SearchError, WriteError};
 pub use group_state::{OwedGroupMessage, Stashed};
 pub use groups::Member;
-pub use transfers::{Direction, Transfer, TransferState};
 pub use history_owed::HistoryOwed;
 pub use identity::{Contact, ContactSaved, OwnDevice, OwnIdentity};
 pub use key::{KdfParams, StorageKey, Unlock};
@@ -60,6 +59,7 @@ pub use sessions::{
     SenderKeyStore, SessionStore,
 };
 pub use store::{Options, Store, Tx};
+pub use transfers::{Direction, Transfer, TransferState};
 pub use types::{
     Body, ConversationCursor, ConversationId, ConversationKind, ConversationPage,
     ConversationSummary, Delivery, DueReceipt, Inserted, Message, MessageId, OutboxEntry, Page,

@@ -263,7 +263,12 @@ mod tests {
     fn store(dir: &tempfile::TempDir) -> Store {
         let mut k = [7u8; 32];
         let key = StorageKey::from_bytes(&mut k);
-        Store::open_with(&dir.path().join("s.db"), Unlock::Key(&key), &Options::default()).unwrap()
+        Store::open_with(
+            &dir.path().join("s.db"),
+            Unlock::Key(&key),
+            &Options::default(),
+        )
+        .unwrap()
     }
 
     fn transfer(n: u8, state: TransferState) -> Transfer {

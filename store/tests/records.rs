@@ -3,9 +3,7 @@
 mod common;
 
 use common::*;
-use tern_store::{
-    Contact, ContactSaved, Member, OwnDevice, OwnIdentity, WriteError,
-};
+use tern_store::{Contact, ContactSaved, Member, OwnDevice, OwnIdentity, WriteError};
 
 #[test]
 fn own_keys_and_device_list() {
@@ -181,4 +179,3 @@ fn groups_and_members() {
     );
     assert_eq!(store.members("g1").unwrap().len(), 2);
 }
-

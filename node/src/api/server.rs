@@ -379,6 +379,21 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         "device.add" => to_value(node.device_add(str_param(p, "code")?).await?),
         "device.list" => to_value(node.devices().await?),
         "device.revoke" => to_value(node.device_revoke(str_param(p, "device")?).await?),
+        "file.send" => to_value(
+            node.file_send(
+                opt_str_strict(p, "contact")?,
+                opt_str_strict(p, "group")?,
+                str_param(p, "path")?,
+                opt_str_strict(p, "caption")?.unwrap_or_default(),
+                opt_bool(p, "original")?.unwrap_or(false),
+            )
+            .await?,
+        ),
+        "file.get" => to_value(
+            node.file_get(str_param(p, "message")?, opt_str_strict(p, "to")?)
+                .await?,
+        ),
+        "file.transfers" => to_value(node.transfers().await?),
         "id.backup" => to_value(
             node.id_backup(
                 str_param(p, "path")?.into(),

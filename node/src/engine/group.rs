@@ -237,7 +237,7 @@ impl Engine {
     }
 
     /// A group by id or (unique, case-insensitive) title.
-    fn resolve_group(&self, name: &str) -> Result<String, NodeError> {
+    pub(crate) fn resolve_group(&self, name: &str) -> Result<String, NodeError> {
         let lower = name.to_lowercase();
         if self.state(&lower).is_ok() {
             return Ok(lower);
@@ -1317,6 +1317,7 @@ impl Engine {
             }
         };
         self.observe_lamport(&group, message.lamport)?;
+        self.on_media_message(&message);
         let shown = self.hold.arrived(&self.store, message, Instant::now())?;
         if !shown.is_empty() {
             self.notify

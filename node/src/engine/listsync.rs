@@ -351,9 +351,7 @@ impl Engine {
                 recent
                     .iter()
                     .filter(|m| {
-                        m.own
-                            && m.sender_device == self.device_hex
-                            && m.body.is_user_content()
+                        m.own && m.sender_device == self.device_hex && m.body.is_user_content()
                     })
                     .map(|m| (m.id, m.sent_at_ms)),
             );
@@ -546,11 +544,7 @@ impl Engine {
     ) -> Result<(Vec<tern_store::Delivery>, Vec<super::send::Pickled>), NodeError> {
         let gid = super::group::user_bytes(&m.conversation.0)
             .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
-        let env = self.own_group_envelope(
-            gid,
-            m,
-            crate::media::wire_body(&m.body)?,
-        );
+        let env = self.own_group_envelope(gid, m, crate::media::wire_body(&m.body)?);
         let plain = zeroize::Zeroizing::new(env.encode()?);
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
@@ -619,6 +613,7 @@ impl Engine {
         }
         if inserted {
             self.observe_lamport(&gid, message.lamport)?;
+            self.on_media_message(&message);
             for shown in self.hold.arrived(&self.store, message, Instant::now())? {
                 self.emit(crate::types::Event::Message { message: shown });
             }

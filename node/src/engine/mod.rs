@@ -11,6 +11,7 @@ mod history;
 pub(crate) mod hold;
 mod lanes;
 mod listsync;
+pub(crate) mod media;
 mod receive;
 mod recover;
 mod revoke;
@@ -93,6 +94,23 @@ pub(crate) enum Command {
         reply: Reply<DeviceInfo>,
     },
     Devices(Reply<Vec<DeviceInfo>>),
+    /// Send a file to a contact or a group.
+    FileSend {
+        contact: Option<String>,
+        group: Option<String>,
+        path: String,
+        caption: String,
+        original: bool,
+        reply: Reply<TransferInfo>,
+    },
+    /// Save a message's file (downloading it first if needed).
+    FileGet {
+        message: String,
+        to: Option<String>,
+        reply: Reply<TransferInfo>,
+    },
+    /// The transfers not finished, and those finished lately.
+    Transfers(Reply<Vec<TransferInfo>>),
     DeviceRevoke {
         device: String,
         reply: Reply<DeviceInfo>,
@@ -318,6 +336,8 @@ pub(crate) struct Engine {
     pub resync_due: bool,
     /// Failed rounds of sending owed texts in a row, and when to try again.
     pub resync_attempts: u32,
+    /// File transfers: their tasks, retries, and the files served to peers.
+    pub media: media::Media,
     pub resync_retry: Option<std::time::Instant>,
     /// This device was revoked by another device of the user: it sends nothing any more.
     pub revoked: bool,
@@ -364,7 +384,12 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
         sender: m.sender_user.clone(),
         sender_device: m.sender_device.clone(),
         own: m.own,
-        text: m.body.text().unwrap_or_default().to_owned(),
+        text: match &m.body {
+            tern_store::Body::Media { data, .. } => crate::media::StoredMedia::decode(data)
+                .map(|s| s.caption)
+                .unwrap_or_default(),
+            other => other.text().unwrap_or_default().to_owned(),
+        },
         sent_at: m.sent_at_ms,
         received_at: m.received_at_ms,
         status: status_name(m.status).to_owned(),
@@ -373,6 +398,12 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
         gap_before: false,
         sender_name: None,
         sender_device_name: None,
+        media: match &m.body {
+            tern_store::Body::Media { data, .. } => crate::media::StoredMedia::decode(data)
+                .ok()
+                .map(|s| crate::media::media_info(&s.media)),
+            _ => None,
+        },
         kind: match m.body {
             tern_store::Body::Structured { .. } => "membership",
             tern_store::Body::Text(_) => "text",
@@ -476,8 +507,14 @@ impl Engine {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(MAILBOX_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let Some(mut media_events) = self.media.take_events() else {
+            tracing::error!("the engine ran twice");
+            return;
+        };
+        self.media_start();
         loop {
             tokio::select! {
+                Some(ev) = media_events.recv() => self.on_media(ev).await,
                 cmd = cmds.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
                     None => break,
@@ -514,6 +551,7 @@ impl Engine {
                     self.refetch_due();
                     self.prune_reorder();
                     self.release_held();
+                    self.media_retry_due(false);
                     if self.topup_due {
                         self.topup_due = false;
                         for relay in self.home_relay_peers() {
@@ -631,6 +669,26 @@ impl Engine {
             Command::Devices(reply) => {
                 let _ = reply.send(Ok(self.devices()));
             }
+            Command::FileSend {
+                contact,
+                group,
+                path,
+                caption,
+                original,
+                reply,
+            } => {
+                let _ = reply.send(self.file_send(
+                    contact.as_deref(),
+                    group.as_deref(),
+                    &path,
+                    caption,
+                    original,
+                ));
+            }
+            Command::FileGet { message, to, reply } => self.file_get(&message, to, reply),
+            Command::Transfers(reply) => {
+                let _ = reply.send(self.transfers());
+            }
             Command::DeviceRevoke { device, reply } => {
                 let _ = reply.send(self.device_revoke(&device).await);
             }
@@ -644,6 +702,8 @@ impl Engine {
         match ev {
             net::Event::RelayUp(relay) => {
                 self.relay_up.insert(relay);
+                // Transfers paused by a network failure go on at once.
+                self.media_retry_due(true);
                 // Group members homed there can be looked up now, and be sent what they
                 // are owed.
                 self.peers_due = true;

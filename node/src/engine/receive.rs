@@ -361,6 +361,7 @@ impl Engine {
                     .push(message.id);
                 if inserted == Inserted::New {
                     self.observe_lamport(user, env.lamport)?;
+                    self.on_media_message(&message);
                     let shown =
                         self.hold
                             .arrived(&self.store, message, std::time::Instant::now())?;
@@ -588,6 +589,7 @@ impl Engine {
         })?;
         if inserted == Inserted::New {
             self.observe_lamport(contact, env.lamport)?;
+            self.on_media_message(&message);
             // The other device's own sequence runs in the same conversation.
             self.emit(Event::Message {
                 message: super::message_info(&message),

@@ -98,17 +98,18 @@ impl MediaRef {
         if !(16 * 1024..=4 * 1024 * 1024).contains(&chunk) {
             return Err(BadRef("chunk size out of range"));
         }
-        let expected = tern_crypto::media::ciphertext_len(
-            self.size,
-            tern_crypto::consts::MEDIA_CHUNK_SIZE,
-        );
+        let expected =
+            tern_crypto::media::ciphertext_len(self.size, tern_crypto::consts::MEDIA_CHUNK_SIZE);
         if self.blob_size != expected {
             return Err(BadRef("blob size does not match the file size"));
         }
         if self.name.len() > MAX_NAME_BYTES || self.mime.len() > MAX_MIME_BYTES {
             return Err(BadRef("name or type too long"));
         }
-        if self.thumbnail.as_ref().is_some_and(|t| t.len() > MAX_THUMBNAIL_BYTES)
+        if self
+            .thumbnail
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_THUMBNAIL_BYTES)
             || self
                 .thumbhash
                 .as_ref()
@@ -196,7 +197,9 @@ pub fn safe_name(name: &str) -> String {
 }
 
 /// The envelope body of a stored message a user wrote: a text, or a file with its caption.
-pub(crate) fn wire_body(body: &tern_store::Body) -> Result<crate::envelope::Body, crate::NodeError> {
+pub(crate) fn wire_body(
+    body: &tern_store::Body,
+) -> Result<crate::envelope::Body, crate::NodeError> {
     Ok(match body {
         tern_store::Body::Media { data, .. } => {
             let m = StoredMedia::decode(data)?;
@@ -225,6 +228,22 @@ pub(crate) fn store_body(
             caption: text,
         }
         .to_body(),
+    }
+}
+
+/// What the API shows of a reference (never the key or the read capability).
+pub(crate) fn media_info(m: &MediaRef) -> crate::types::MediaInfo {
+    use data_encoding::BASE64;
+    crate::types::MediaInfo {
+        name: safe_name(&m.name),
+        mime: m.mime.clone(),
+        size: m.size,
+        width: m.width,
+        height: m.height,
+        thumbnail: m.thumbnail.as_ref().map(|t| BASE64.encode(t)),
+        thumbhash: m.thumbhash.as_ref().map(|t| BASE64.encode(t)),
+        sha256: hex(m.sha256.as_slice()),
+        expires_at: m.expires_at_ms,
     }
 }
 
@@ -283,7 +302,10 @@ mod tests {
         let mut r = sample();
         r.relays.clear();
         assert!(r.check().is_err());
-        assert!(!format!("{:?}", sample()).contains("2, 2"), "Debug hides the key");
+        assert!(
+            !format!("{:?}", sample()).contains("2, 2"),
+            "Debug hides the key"
+        );
     }
 
     #[test]

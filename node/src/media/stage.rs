@@ -117,7 +117,10 @@ impl<R: Read> Read for Hashing<R> {
         self.hash.update(&buf[..n]);
         self.bytes += n as u64;
         if self.bytes > self.max {
-            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "over the limit"));
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "over the limit",
+            ));
         }
         Ok(n)
     }
@@ -150,7 +153,10 @@ fn create_private(path: &Path) -> io::Result<File> {
 
 /// A temporary name beside `path`.
 fn temp_beside(path: &Path) -> PathBuf {
-    let mut n = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut n = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let mut r = [0u8; 6];
     let _ = getrandom::fill(&mut r);
     n.push(format!(".{}.tmp", super::hex(&r)));
@@ -168,15 +174,14 @@ fn write_then_rename(
         return Err(StageError::Exists(to.to_owned()));
     }
     let tmp = temp_beside(to);
-    let out = create_private(&tmp).map_err(StageError::io(format!("creating {}", tmp.display())))?;
+    let out =
+        create_private(&tmp).map_err(StageError::io(format!("creating {}", tmp.display())))?;
     let mut w = BufWriter::with_capacity(256 * 1024, out);
     let done = write(&mut w).and_then(|()| {
-        let f = w
-            .into_inner()
-            .map_err(|e| StageError::Io {
-                what: "writing".into(),
-                source: e.into_error(),
-            })?;
+        let f = w.into_inner().map_err(|e| StageError::Io {
+            what: "writing".into(),
+            source: e.into_error(),
+        })?;
         f.sync_all().map_err(StageError::io("syncing"))
     });
     if let Err(e) = done {
@@ -236,7 +241,9 @@ pub fn encrypt_file(
         if s.size == summary.plaintext_len {
             Ok(s)
         } else {
-            Err(StageError::Cipher("plaintext length changed while reading".into()))
+            Err(StageError::Cipher(
+                "plaintext length changed while reading".into(),
+            ))
         }
     })
 }
@@ -249,10 +256,8 @@ fn decrypt_checked(
     sha256: &[u8; 32],
     size: u64,
 ) -> Result<(), StageError> {
-    let f = File::open(ciphertext).map_err(StageError::io(format!(
-        "opening {}",
-        ciphertext.display()
-    )))?;
+    let f = File::open(ciphertext)
+        .map_err(StageError::io(format!("opening {}", ciphertext.display())))?;
     let mut w = Hashing::new(out, u64::MAX);
     tern_crypto::media::decrypt_stream(key, BufReader::with_capacity(256 * 1024, f), &mut w)?;
     w.flush().map_err(StageError::io("writing"))?;
@@ -283,7 +288,9 @@ pub fn decrypt_to(
     sha256: &[u8; 32],
     size: u64,
 ) -> Result<(), StageError> {
-    write_then_rename(to, false, |w| decrypt_checked(key, ciphertext, w, sha256, size))
+    write_then_rename(to, false, |w| {
+        decrypt_checked(key, ciphertext, w, sha256, size)
+    })
 }
 
 #[cfg(test)]
@@ -333,9 +340,11 @@ mod tests {
             Err(StageError::Cipher(_))
         ));
         assert!(!other.exists());
-        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| {
-            !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")
-        }));
+        assert!(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .all(|e| { !e.unwrap().file_name().to_string_lossy().ends_with(".tmp") })
+        );
     }
 
     #[test]

@@ -132,6 +132,9 @@ mod behaviour {
         pub dcutr: dcutr::Behaviour,
         /// `/tern/direct/1`.
         pub direct: request_response::Behaviour<FrameCodec>,
+        /// `/tern/blob/1` streams: uploads to relays, downloads from relays and peers, and
+        /// serving this device's own files to peers (see [`crate::media`]).
+        pub blob: libp2p_stream::Behaviour,
     }
 }
 use behaviour::{Behaviour, BehaviourEvent};
@@ -198,10 +201,19 @@ pub struct PeerConnections {
 }
 
 /// A handle to the network event loop.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     cmd: mpsc::Sender<Command>,
     local: PeerId,
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Network settings.
@@ -255,6 +267,7 @@ pub fn new(
                 request_response::Config::default()
                     .with_request_timeout(crate::consts::DIRECT_TIMEOUT),
             ),
+            blob: libp2p_stream::Behaviour::new(),
         })
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
@@ -269,8 +282,13 @@ pub fn new(
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(NETWORK_COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(NETWORK_EVENT_QUEUE);
+    let streams = swarm.behaviour().blob.new_control();
     Ok((
-        Client { cmd: cmd_tx, local },
+        Client {
+            cmd: cmd_tx,
+            local,
+            streams,
+        },
         ev_rx,
         EventLoop {
             swarm,
@@ -291,6 +309,11 @@ impl Client {
     /// This device's PeerId.
     pub fn local_peer_id(&self) -> PeerId {
         self.local
+    }
+
+    /// A handle that opens and accepts `/tern/blob/1` streams, for tasks off the event loop.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     async fn send(&self, cmd: Command) -> Result<(), NetError> {
