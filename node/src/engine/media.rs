@@ -183,6 +183,9 @@ pub(crate) struct Media {
     retry: HashMap<MessageId, Instant>,
     /// Failures in a row, for the backoff (forgotten when the transfer finishes).
     attempts: HashMap<MessageId, u32>,
+    /// The latest progress of running transfers: state and bytes (kept in memory only; a
+    /// restart learns the real mark from the relay or the file on disk).
+    progress: HashMap<MessageId, (&'static str, u64)>,
     served: Served,
     auto_download: u64,
 }
@@ -198,6 +201,7 @@ impl Media {
             running: HashMap::new(),
             retry: HashMap::new(),
             attempts: HashMap::new(),
+            progress: HashMap::new(),
             served: Served::default(),
             auto_download: AUTO_DOWNLOAD_BYTES,
         }
@@ -1055,18 +1059,25 @@ impl Engine {
             })
             .filter_map(|t| {
                 let data = TransferData::decode(&t.data).ok()?;
+                let mut t = t.clone();
                 let state = if self.media.retry.contains_key(&t.id) {
                     "paused"
+                } else if let (TransferState::Active, Some((state, bytes))) =
+                    (t.state, self.media.progress.get(&t.id))
+                {
+                    t.bytes_done = *bytes;
+                    state
                 } else {
-                    state_name(t)
+                    state_name(&t)
                 };
-                Some(info(t, &data, state, t.error.clone()))
+                Some(info(&t, &data, state, t.error.clone()))
             })
             .collect())
     }
 
     fn transfer_failed(&mut self, id: MessageId, code: &'static str, message: &str, retry: bool) {
         self.media.running.remove(&id);
+        self.media.progress.remove(&id);
         let Ok(Some(t)) = self.store.transfer(&id) else {
             return;
         };
@@ -1132,6 +1143,7 @@ impl Engine {
                 bytes,
                 total,
             } => {
+                self.media.progress.insert(id, (state, bytes));
                 if let Ok(Some(t)) = self.store.transfer(&id) {
                     let t = Transfer {
                         bytes_done: bytes,
@@ -1184,6 +1196,7 @@ impl Engine {
             } => {
                 self.media.running.remove(&id);
                 self.media.attempts.remove(&id);
+                self.media.progress.remove(&id);
                 if let Err(e) = self.uploaded(id, relay, expires_at_ms).await {
                     self.transfer_failed(id, "send", &e.to_string(), false);
                 }
@@ -1191,6 +1204,7 @@ impl Engine {
             MediaEvent::Downloaded { id, saved } => {
                 self.media.running.remove(&id);
                 self.media.attempts.remove(&id);
+                self.media.progress.remove(&id);
                 let Ok(Some(t)) = self.store.transfer(&id) else {
                     return;
                 };
