@@ -29,6 +29,7 @@ pub mod error;
 pub mod group;
 pub mod home;
 pub mod link;
+pub mod media;
 pub mod net;
 pub mod types;
 pub mod unlock;

@@ -1,0 +1,3 @@
+//! Media attachments: preparing what is sent ([`image`]).
+
+pub mod image;
