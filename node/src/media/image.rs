@@ -330,21 +330,20 @@ fn prepare_gif(bytes: &[u8]) -> Result<Prepared, ImageError> {
     let (width, height) = decoder.dimensions();
     let canvas = u64::from(width) * u64::from(height);
     let mut first = None;
-    let mut count = 0usize;
-    for frame in decoder.into_frames() {
-        if count >= MAX_GIF_FRAMES {
+    // The iterator decodes a frame onto the whole canvas before handing it out, so the
+    // checks come after it; at most one frame over a limit is ever decoded.
+    for (index, frame) in decoder.into_frames().enumerate() {
+        let frame = frame.map_err(err)?;
+        if index >= MAX_GIF_FRAMES {
             return Err(ImageError::too_large(format!(
                 "more than {MAX_GIF_FRAMES} frames"
             )));
         }
-        // Checked before the frame is decoded: each one is drawn onto the whole canvas.
-        if canvas.saturating_mul(count as u64 + 1) > MAX_GIF_PIXELS {
+        if canvas.saturating_mul(index as u64 + 1) > MAX_GIF_PIXELS {
             return Err(ImageError::too_large(format!(
                 "more than {MAX_GIF_PIXELS} pixels over all frames"
             )));
         }
-        let frame = frame.map_err(err)?;
-        count += 1;
         if first.is_none() {
             first = Some(frame.into_buffer());
         }

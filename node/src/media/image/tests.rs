@@ -236,6 +236,29 @@ fn gif_keeps_its_frames_and_loses_its_metadata() {
     ));
 }
 
+#[test]
+fn gif_with_too_many_frames_is_too_large() {
+    let gif = |n: usize| {
+        let mut gif = Vec::new();
+        let mut encoder = GifEncoder::new(&mut gif);
+        let frames = (0..n).map(|i| {
+            let buf = RgbaImage::from_pixel(2, 2, Rgba([(i % 2) as u8 * 255, 0, 0, 255]));
+            Frame::from_parts(buf, 0, 0, Delay::from_numer_denom_ms(10, 1))
+        });
+        encoder.encode_frames(frames).unwrap();
+        drop(encoder);
+        gif
+    };
+    assert_eq!(
+        prepare(&gif(MAX_GIF_FRAMES), false).unwrap().mime,
+        "image/gif"
+    );
+    match prepare(&gif(MAX_GIF_FRAMES + 1), false) {
+        Err(ImageError::TooLarge { what }) => assert!(what.contains("frames"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A PNG chunk: length, type, data, CRC-32 of type and data.
 fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     let mut table = [0u32; 256];
