@@ -143,6 +143,21 @@ fn large_images_are_scaled_unless_original() {
 }
 
 #[test]
+fn extreme_shapes_prepare() {
+    for (w, h) in [(1, 1), (1, 10_000), (10_000, 1), (3, 2049)] {
+        let p = prepare(
+            &encode_png(&RgbaImage::from_pixel(w, h, Rgba([9, 9, 9, 255]))).unwrap(),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{w}×{h}: {e}"));
+        assert!(p.width.max(p.height) <= LONG_EDGE && p.width.min(p.height) >= 1);
+        let (tw, th) = check_thumbnail(&p.thumbnail).unwrap();
+        assert!(tw.max(th) <= THUMBNAIL_EDGE && tw.min(th) >= 1);
+        thumbhash::thumb_hash_to_rgba(&p.thumbhash).unwrap();
+    }
+}
+
+#[test]
 fn transparency_keeps_png_and_opaque_png_becomes_jpeg() {
     let alpha = RgbaImage::from_fn(50, 30, |x, _| {
         Rgba([200, 10, 10, if x < 25 { 0 } else { 255 }])
