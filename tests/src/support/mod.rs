@@ -6,6 +6,8 @@
 //! --all-features` builds both before any test runs. When one is missing (a lone
 //! `cargo test -p tern-tests`), it is built once with `cargo build`.
 
+pub mod media;
+
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener},
