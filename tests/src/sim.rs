@@ -432,7 +432,7 @@ impl Inner {
             }
         };
         match env.body {
-            Body::Text { text } => {
+            Body::Text { text, .. } => {
                 if matches!(&env.conversation, Conversation::Direct { to } if to.as_slice() == self.user.as_bytes())
                 {
                     self.record(env.id.into_array(), None, sender, text);
@@ -504,7 +504,7 @@ impl Inner {
                 id,
                 conversation: Conversation::Group { id: gid },
                 sender_device,
-                body: Body::Text { text },
+                body: Body::Text { text, .. },
                 ..
             }) if gid.as_slice() == group_id.as_bytes()
                 && sender_device.as_slice() == decrypted.sender_device.as_bytes() =>

@@ -660,12 +660,18 @@ async fn run_download(
             id,
             saved: save_to.map(|p| p.display().to_string()),
         },
-        Err((code, message, retry)) => MediaEvent::Failed {
-            id,
-            code,
-            message,
-            retry,
-        },
+        Err((code, message, retry)) => {
+            if !retry {
+                // Given up: no disk space stays taken by a file that will not complete.
+                let _ = tokio::fs::remove_file(path.with_extension("part")).await;
+            }
+            MediaEvent::Failed {
+                id,
+                code,
+                message,
+                retry,
+            }
+        }
     };
     let _ = tx.send(ev).await;
 }

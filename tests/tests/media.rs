@@ -1,0 +1,599 @@
+//! Files and images end to end, over real `tern` and `tern-relay` processes on 127.0.0.1: a
+//! 100 MiB file to an offline contact with both nodes killed -9 mid-transfer, the same
+//! between online peers with the sender killed mid-download, a photo whose GPS position must
+//! not arrive, one upload for a group of five, the relay's quota and expiry, a tampered blob,
+//! and the inputs that must be refused at once.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tern_tests::support::{
+    Node, Relay, link_pair, media as fixtures, start_nodes, wait_direct, wait_for,
+};
+
+/// Longest a 100 MiB transfer (or its resumption) may take on a 2-core machine, debug build.
+const BIG_WAIT: Duration = Duration::from_secs(300);
+/// Longest a small transfer or a message may take.
+const WAIT: Duration = Duration::from_secs(60);
+/// The largest file a user may send (the node's limit).
+const MAX_FILE: u64 = 100 * 1024 * 1024;
+
+/// Writes `len` pseudo-random bytes (seeded) to `path`; returns their SHA-256.
+fn random_file(path: &Path, len: u64, seed: u64) -> [u8; 32] {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut hash = Sha256::new();
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = usize::try_from(left.min(buf.len() as u64)).unwrap();
+        f.write_all(&buf[..n]).unwrap();
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    hash.finalize().into()
+}
+
+fn file_hash(path: &Path) -> [u8; 32] {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().into()
+}
+
+/// The node's transfer of message `id`, as `tern file list` shows it.
+fn transfer(node: &Node, id: &str) -> Option<Value> {
+    let list = node.json(&["file", "list"]).ok()?;
+    list.as_array()?.iter().find(|t| t["id"] == id).cloned()
+}
+
+/// Waits until the transfer of `id` is in `state` (failing fast if it failed instead).
+fn wait_transfer(node: &Node, id: &str, state: &str, timeout: Duration) -> Value {
+    wait_for(&format!("transfer {id} {state}"), timeout, || {
+        let t = transfer(node, id)?;
+        assert!(
+            state == "failed" || t["state"] != "failed",
+            "transfer failed: {t}"
+        );
+        (t["state"] == state).then_some(t)
+    })
+    .unwrap()
+}
+
+/// Waits until the transfer of `id` has moved more than `bytes`, and is still running.
+fn wait_past(node: &Node, id: &str, bytes: u64) -> Value {
+    wait_for(
+        &format!("transfer {id} past {bytes} bytes"),
+        BIG_WAIT,
+        || {
+            let t = transfer(node, id)?;
+            assert_ne!(
+                t["state"], "done",
+                "the transfer ended before it could be cut: {t}"
+            );
+            assert_ne!(t["state"], "failed", "transfer failed: {t}");
+            (t["bytes"].as_u64()? > bytes).then_some(t)
+        },
+    )
+    .unwrap()
+}
+
+/// Waits until `node` holds message `id` in its conversation with `contact`.
+fn wait_message(node: &Node, contact: &str, id: &str) -> Value {
+    wait_for(&format!("message {id}"), BIG_WAIT, || {
+        let h = node.json(&["history", contact, "--no-mark-read"]).ok()?;
+        h.as_array()?.iter().find(|m| m["id"] == id).cloned()
+    })
+    .unwrap()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Starts saving message `id`'s file to `to` over the API (returns at once while the file
+/// downloads).
+fn start_get(node: &Node, id: &str, to: &Path) -> Value {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut api = node.api().await.unwrap();
+        api.call(
+            "file.get",
+            json!({"message": id, "to": to.display().to_string()}),
+        )
+        .await
+        .unwrap()
+    })
+}
+
+fn blob_files(relay: &Relay) -> Vec<PathBuf> {
+    let dir = relay.data.join("db").join("blobs");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_100_mib_file_reaches_an_offline_contact_across_kills_of_both_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_metrics(&dir.path().join("relay"), "").unwrap();
+    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
+    let mut bob = nodes.pop().unwrap();
+    let mut alice = nodes.pop().unwrap();
+    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    bob.stop().unwrap();
+
+    let src = dir.path().join("big.bin");
+    let sha = random_file(&src, MAX_FILE, 7);
+    let id = alice
+        .ok(&[
+            "send-file",
+            "--no-wait",
+            "Bob",
+            src.to_str().unwrap(),
+            "--caption",
+            "the archive",
+        ])
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+
+    // Alice is killed a third of the way through the upload, and goes on after a restart.
+    let cut = wait_past(&alice, &id, MAX_FILE / 3);
+    alice.kill9();
+    alice.restart().unwrap();
+    let done = wait_transfer(&alice, &id, "done", BIG_WAIT);
+    let total = done["total"].as_u64().unwrap();
+    assert!(total > MAX_FILE, "the blob is the ciphertext: {done}");
+    // Resuming sent again at most one window (8 MiB) past what the relay had acknowledged.
+    let received = relay.metric("tern_relay_blob_upload_bytes_total").unwrap() as u64;
+    assert!(
+        received <= total + 8 * 1024 * 1024 + 256 * 1024,
+        "the relay received {received} bytes for a {total}-byte blob (cut at {cut})"
+    );
+    assert_eq!(relay.metric("tern_relay_blob_uploads_total").unwrap(), 1.0);
+
+    // Bob comes online: the message arrives; a file over 25 MB waits to be asked for.
+    bob.restart().unwrap();
+    let m = wait_message(&bob, "Alice", &id);
+    assert_eq!(m["kind"], "file", "{m}");
+    assert_eq!(m["text"], "the archive", "{m}");
+    assert_eq!(m["media"]["name"], "big.bin", "{m}");
+    assert_eq!(m["media"]["size"], MAX_FILE, "{m}");
+    assert_eq!(m["media"]["sha256"], hex(&sha), "{m}");
+    assert!(
+        transfer(&bob, &id).is_none(),
+        "not downloaded without asking"
+    );
+    // The file name is searchable.
+    let hits = bob.json(&["search", "big.bin"]).unwrap();
+    assert!(
+        hits.as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h.to_string().contains(&id)),
+        "{hits}"
+    );
+
+    // Bob asks for it, is killed a third of the way, and the download resumes on restart.
+    let out = dir.path().join("received.bin");
+    let started = start_get(&bob, &id, &out);
+    assert_eq!(started["state"], "downloading", "{started}");
+    wait_past(&bob, &id, MAX_FILE / 3);
+    bob.kill9();
+    assert!(!out.exists(), "no partial file under the asked-for name");
+    bob.restart().unwrap();
+    let got = wait_transfer(&bob, &id, "done", BIG_WAIT);
+    assert_eq!(got["path"], out.display().to_string(), "{got}");
+    assert_eq!(file_hash(&out), sha, "the bytes arrived unchanged");
+    // Nothing is left behind but the verified ciphertext.
+    let media = bob.home.join("media");
+    let leftovers: Vec<_> = std::fs::read_dir(&media)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_large_file_moves_directly_between_online_peers_and_goes_on_from_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_metrics(&dir.path().join("relay"), "").unwrap();
+    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
+    let bob = nodes.pop().unwrap();
+    let mut alice = nodes.pop().unwrap();
+    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    wait_direct(&bob, &alice, WAIT).unwrap();
+
+    let len = 60 * 1024 * 1024;
+    let src = dir.path().join("video.bin");
+    let sha = random_file(&src, len, 11);
+    let id = alice
+        .ok(&["send-file", "Bob", src.to_str().unwrap()])
+        .unwrap()
+        .trim()
+        .to_owned();
+    wait_message(&bob, "Alice", &id);
+
+    // Fetched from Alice directly: the relay serves nothing.
+    let out = dir.path().join("direct.bin");
+    bob.ok(&["file", "get", &id, "--to", out.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(file_hash(&out), sha);
+    assert_eq!(
+        relay.metric("tern_relay_blob_downloads_total").unwrap(),
+        0.0,
+        "the whole file came from the sender"
+    );
+
+    // A second copy on a fresh device of Bob's would be fetched again; here Bob's copy is
+    // removed and fetched again, with Alice killed a third of the way: the rest comes from
+    // the relay, and the bytes are the same.
+    std::fs::remove_dir_all(bob.home.join("media")).unwrap();
+    std::fs::create_dir(bob.home.join("media")).unwrap();
+    let again = dir.path().join("again.bin");
+    start_get(&bob, &id, &again);
+    wait_past(&bob, &id, len / 3);
+    alice.kill9();
+    let got = wait_transfer(&bob, &id, "done", BIG_WAIT);
+    assert_eq!(got["path"], again.display().to_string());
+    assert_eq!(file_hash(&again), sha);
+    assert_eq!(
+        relay.metric("tern_relay_blob_downloads_total").unwrap(),
+        1.0,
+        "the relay served the rest once"
+    );
+}
+
+#[test]
+fn a_photo_arrives_without_its_gps_position_and_with_a_thumbnail() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
+    let bob = nodes.pop().unwrap();
+    let alice = nodes.pop().unwrap();
+    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+
+    let photo = fixtures::jpeg_with_gps(3000, 2000);
+    assert!(fixtures::has_exif(&photo));
+    let src = dir.path().join("IMG_0001.jpeg");
+    std::fs::write(&src, &photo).unwrap();
+    let id = alice
+        .ok(&[
+            "send-file",
+            "Bob",
+            src.to_str().unwrap(),
+            "--caption",
+            "the view",
+        ])
+        .unwrap()
+        .trim()
+        .to_owned();
+    let m = wait_message(&bob, "Alice", &id);
+    assert_eq!(m["media"]["mime"], "image/jpeg", "{m}");
+    assert_eq!(m["media"]["name"], "IMG_0001.jpg", "{m}");
+    assert_eq!(
+        (m["media"]["width"].as_u64(), m["media"]["height"].as_u64()),
+        (Some(2048), Some(1365)),
+        "{m}"
+    );
+    let thumb = m["media"]["thumbnail"].as_str().expect("a thumbnail");
+    let thumb = data_encoding::BASE64.decode(thumb.as_bytes()).unwrap();
+    assert!(
+        thumb.len() <= 8 * 1024 && thumb.starts_with(&[0xff, 0xd8]),
+        "a small JPEG"
+    );
+    assert!(
+        m["media"]["thumbhash"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty())
+    );
+
+    // Small enough to download at once; the copy carries no EXIF and no GPS position.
+    wait_transfer(&bob, &id, "done", WAIT);
+    let out = dir.path().join("view.jpg");
+    bob.ok(&["file", "get", &id, "--to", out.to_str().unwrap()])
+        .unwrap();
+    let got = std::fs::read(&out).unwrap();
+    assert!(got.starts_with(&[0xff, 0xd8]));
+    assert!(!fixtures::has_exif(&got), "EXIF was stripped");
+    assert!(
+        !got.windows(fixtures::GPS_LATITUDE.len())
+            .any(|w| w == fixtures::GPS_LATITUDE),
+        "no GPS position"
+    );
+    // Nothing the relay holds carries the position either (it only ever sees ciphertext).
+    for f in tern_tests::support::files_containing(&relay.data, &fixtures::GPS_LATITUDE) {
+        panic!("{} holds the GPS position", f.display());
+    }
+    // Without --to, the file goes to the current directory under its own name.
+    let cwd = dir.path().join("downloads");
+    std::fs::create_dir(&cwd).unwrap();
+    let out = std::process::Command::new(tern_tests::support::bin("tern"))
+        .current_dir(&cwd)
+        .args(["--home", bob.home.to_str().unwrap(), "file", "get", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(cwd.join("IMG_0001.jpg").exists());
+}
+
+#[test]
+fn a_group_of_five_gets_one_file_from_one_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_metrics(&dir.path().join("relay"), "").unwrap();
+    let names = ["alice", "bob", "carol", "dave", "erin"];
+    let nodes = start_nodes(dir.path(), &names, &relay.addr).unwrap();
+    for (i, name) in ["Bob", "Carol", "Dave", "Erin"].iter().enumerate() {
+        link_pair(&nodes[0], &nodes[i + 1], "Alice", name).unwrap();
+    }
+    let g = nodes[0]
+        .json(&["group", "create", "Team", "Bob", "Carol", "Dave", "Erin"])
+        .unwrap();
+    let group = g["id"].as_str().unwrap().to_owned();
+    for n in &nodes[1..] {
+        wait_for("the group", WAIT, || {
+            let l = n.json(&["group", "list"]).ok()?;
+            l.as_array()?
+                .iter()
+                .any(|x| x["id"] == group.as_str())
+                .then_some(())
+        })
+        .unwrap();
+    }
+    let src = dir.path().join("minutes.pdf");
+    let sha = random_file(&src, 3 * 1024 * 1024 + 17, 3);
+    let id = nodes[0]
+        .ok(&["send-file", "--group", "Team", src.to_str().unwrap()])
+        .unwrap()
+        .trim()
+        .to_owned();
+    for (i, n) in nodes[1..].iter().enumerate() {
+        wait_transfer(n, &id, "done", WAIT);
+        let out = dir.path().join(format!("minutes-{i}.pdf"));
+        n.ok(&["file", "get", &id, "--to", out.to_str().unwrap()])
+            .unwrap();
+        assert_eq!(file_hash(&out), sha, "member {i}");
+    }
+    assert_eq!(
+        relay.metric("tern_relay_blob_uploads_total").unwrap(),
+        1.0,
+        "one upload"
+    );
+    assert_eq!(relay.metric("tern_relay_blobs").unwrap(), 1.0, "one blob");
+}
+
+#[test]
+fn over_large_files_bad_images_and_the_relay_quota_are_refused_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        &dir.path().join("relay"),
+        "[blobs]\nquota_bytes = 3000000\n",
+    )
+    .unwrap();
+    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
+    let bob = nodes.pop().unwrap();
+    let alice = nodes.pop().unwrap();
+    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+
+    // Over 100 MiB: refused at once, nothing staged.
+    let huge = dir.path().join("huge.bin");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(MAX_FILE + 1)
+        .unwrap();
+    let out = alice.cli(&["send-file", "Bob", huge.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at most"),
+        "{out:?}"
+    );
+    // Not a file, and no such file.
+    let out = alice.cli(&["send-file", "Bob", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    let out = alice.cli(&["send-file", "Bob", "/nonexistent/x.bin"]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+
+    // An image that claims to be enormous (a decompression bomb) is refused, not decoded.
+    let bomb = dir.path().join("bomb.png");
+    std::fs::write(&bomb, png_claiming(100_000, 100_000)).unwrap();
+    let out = alice.cli(&["send-file", "Bob", bomb.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad_image"),
+        "{out:?}"
+    );
+
+    // Over the relay's quota: refused before any byte moves, and said why.
+    let big = dir.path().join("big.bin");
+    random_file(&big, 4_000_000, 5);
+    let out = alice.cli(&["send-file", "Bob", big.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("over_quota"),
+        "{out:?}"
+    );
+    assert!(
+        blob_files(&relay)
+            .iter()
+            .all(|f| std::fs::metadata(f).unwrap().len() < 4096),
+        "no blob data stored"
+    );
+    // Nothing was sent to Bob, and under the quota a file goes.
+    let ok = dir.path().join("ok.bin");
+    random_file(&ok, 1_000_000, 6);
+    let id = alice
+        .ok(&["send-file", "Bob", ok.to_str().unwrap()])
+        .unwrap()
+        .trim()
+        .to_owned();
+    let m = wait_message(&bob, "Alice", &id);
+    let h = bob.json(&["history", "Alice"]).unwrap();
+    assert_eq!(
+        h.as_array().unwrap().len(),
+        1,
+        "only the file under the quota: {h} {m}"
+    );
+}
+
+#[test]
+fn a_tampered_blob_is_refused_and_nothing_of_it_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
+    let mut bob = nodes.pop().unwrap();
+    let alice = nodes.pop().unwrap();
+    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+
+    // Bob is offline while a byte of the blob is flipped at the relay.
+    bob.stop().unwrap();
+    let small = dir.path().join("small.bin");
+    random_file(&small, 1_000_000, 9);
+    let id = alice
+        .ok(&["send-file", "Bob", small.to_str().unwrap()])
+        .unwrap()
+        .trim()
+        .to_owned();
+    let data = blob_files(&relay)
+        .into_iter()
+        .max_by_key(|f| std::fs::metadata(f).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    assert!(bytes.len() > 900_000, "the blob's data file");
+    bytes[500_000] ^= 0x40;
+    std::fs::write(&data, &bytes).unwrap();
+    bob.restart().unwrap();
+    let failed = wait_transfer(&bob, &id, "failed", WAIT);
+    let code = failed["code"].as_str().unwrap_or_default();
+    assert!(
+        ["tampered", "hash_mismatch"].contains(&code),
+        "refused as tampered: {failed}"
+    );
+    let media = bob.home.join("media");
+    assert_eq!(
+        std::fs::read_dir(&media).unwrap().count(),
+        0,
+        "nothing kept of a file that does not verify"
+    );
+    let out = bob.cli(&[
+        "file",
+        "get",
+        &id,
+        "--to",
+        dir.path().join("x.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    assert!(!dir.path().join("x.bin").exists());
+}
+
+#[test]
+fn an_expired_file_is_reported_and_its_space_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Blobs live three seconds here, collected every second.
+    let relay = Relay::start_with_metrics(
+        &dir.path().join("relay"),
+        "[blobs]\nttl_secs = 3\ngc_secs = 1\n",
+    )
+    .unwrap();
+    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
+    let mut bob = nodes.pop().unwrap();
+    let alice = nodes.pop().unwrap();
+    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    bob.stop().unwrap();
+    let small = dir.path().join("small.bin");
+    random_file(&small, 1_000_000, 9);
+    let id = alice
+        .ok(&["send-file", "Bob", small.to_str().unwrap()])
+        .unwrap()
+        .trim()
+        .to_owned();
+    wait_for("the relay to collect the expired blob", WAIT, || {
+        (relay.metric("tern_relay_blobs_collected_total").ok()? >= 1.0).then_some(())
+    })
+    .unwrap();
+    assert_eq!(
+        relay.metric("tern_relay_blob_bytes").unwrap(),
+        0.0,
+        "disk space freed"
+    );
+    assert!(blob_files(&relay).is_empty(), "{:?}", blob_files(&relay));
+    bob.restart().unwrap();
+    let m = wait_message(&bob, "Alice", &id);
+    assert!(m["media"]["expires_at"].as_u64().unwrap() > 0, "{m}");
+    let out = bob.cli(&[
+        "file",
+        "get",
+        &id,
+        "--to",
+        dir.path().join("late.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expired"),
+        "{out:?}"
+    );
+}
+
+/// A PNG signature and IHDR declaring `w` × `h`, with a tiny IDAT: a decoder that trusted
+/// the header would allocate `w * h * 4` bytes.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc32(kind, data).to_be_bytes());
+    }
+    fn crc32(kind: &[u8], data: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in kind.iter().chain(data) {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    (c >> 1) ^ 0xedb8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    let mut out = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 6, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
