@@ -14,6 +14,7 @@
 )]
 #![deny(missing_docs)]
 
+pub mod blob;
 pub mod client;
 pub mod live;
 #[cfg(feature = "server")]

@@ -17,7 +17,6 @@
 
 use std::{
     collections::VecDeque,
-    io,
     task::{Context, Poll},
 };
 
@@ -49,43 +48,7 @@ pub const MAX_ACK_FRAME_BYTES: usize = 16 * 1024;
 /// Frames a client end buffers for writing (acknowledgements); beyond it, callers fall back.
 pub const CLIENT_QUEUE: usize = 64;
 
-/// Reads one length-prefixed frame. `Ok(None)` at a clean end of the stream.
-pub async fn read_frame<S: futures::AsyncRead + Unpin>(
-    io: &mut S,
-    max: usize,
-) -> io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    match io.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("live frame of {len} bytes is over the {max}-byte limit"),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(Some(buf))
-}
-
-/// Writes one length-prefixed frame and flushes it. Prefix and frame go in one write: on
-/// Yamux every write is a frame of its own, sealed and sent by itself.
-pub async fn write_frame<S: futures::AsyncWrite + Unpin>(
-    io: &mut S,
-    frame: &[u8],
-) -> io::Result<()> {
-    let len = u32::try_from(frame.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "live frame too long"))?;
-    let mut buf = Vec::with_capacity(4 + frame.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(frame);
-    io.write_all(&buf).await?;
-    io.flush().await
-}
+pub use crate::wire::stream::{read_frame, write_frame};
 
 /// A client's hold on its live stream: where its acknowledgements go.
 #[derive(Debug, Clone)]
@@ -410,6 +373,7 @@ impl ConnectionHandler for Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
 
     #[tokio::test]
     async fn frames_round_trip_and_oversize_is_refused() {

@@ -37,6 +37,7 @@ mod peer_serde;
 pub mod presence;
 #[cfg(test)]
 mod proptests;
+pub mod stream;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -201,6 +202,16 @@ pub enum ErrorCode {
     NotFound,
     /// 14: an internal error (storage failure); the request had no effect.
     Internal,
+    /// 15: the blob's time to live has passed (it is deleted at the next collection, after
+    /// which the answer is `NotFound`).
+    Expired,
+    /// 16: a blob chunk came out of order (the relay takes chunks in order from its mark),
+    /// or a range asked for lies outside the blob.
+    BadIndex,
+    /// 17: a blob chunk does not match its hash in the manifest; nothing of it was stored.
+    HashMismatch,
+    /// 18: the blob's upload has not finished, so it cannot be downloaded yet.
+    Incomplete,
     /// A code this build does not know.
     Other(u16),
 }
@@ -222,6 +233,10 @@ impl From<u16> for ErrorCode {
             12 => Self::Stale,
             13 => Self::NotFound,
             14 => Self::Internal,
+            15 => Self::Expired,
+            16 => Self::BadIndex,
+            17 => Self::HashMismatch,
+            18 => Self::Incomplete,
             other => Self::Other(other),
         }
     }
@@ -244,6 +259,10 @@ impl From<ErrorCode> for u16 {
             ErrorCode::Stale => 12,
             ErrorCode::NotFound => 13,
             ErrorCode::Internal => 14,
+            ErrorCode::Expired => 15,
+            ErrorCode::BadIndex => 16,
+            ErrorCode::HashMismatch => 17,
+            ErrorCode::Incomplete => 18,
             ErrorCode::Other(v) => v,
         }
     }
@@ -267,12 +286,16 @@ impl ErrorCode {
             Self::Stale => "stale",
             Self::NotFound => "not_found",
             Self::Internal => "internal",
+            Self::Expired => "expired",
+            Self::BadIndex => "bad_index",
+            Self::HashMismatch => "hash_mismatch",
+            Self::Incomplete => "incomplete",
             Self::Other(_) => "other",
         }
     }
 
     /// Every known code, for metrics that list rejects by reason.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::Malformed,
         Self::UnsupportedVersion,
         Self::TooLarge,
@@ -287,6 +310,10 @@ impl ErrorCode {
         Self::Stale,
         Self::NotFound,
         Self::Internal,
+        Self::Expired,
+        Self::BadIndex,
+        Self::HashMismatch,
+        Self::Incomplete,
     ];
 
     /// The code for a frame that failed to decode.

@@ -1,0 +1,3 @@
+//! Blob tests against the real relay (filled in below).
+
+mod support;
