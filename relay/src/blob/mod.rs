@@ -23,7 +23,7 @@
 //! The blob id is content-addressed ([`Manifest::id`]), and every chunk is checked against
 //! the manifest's SHA-256 on both ends, so neither a relay nor a network can substitute bytes.
 
-mod transfer;
+pub(crate) mod transfer;
 
 use std::{
     fs::File,
