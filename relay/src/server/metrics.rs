@@ -68,7 +68,7 @@ pub struct Metrics {
     pub blob_uploads: AtomicU64,
     /// Blob chunk bytes received and made durable.
     pub blob_upload_bytes: AtomicU64,
-    /// Blob downloads started (`Info` sent).
+    /// Blob downloads opened (a matching read capability for a complete blob).
     pub blob_downloads: AtomicU64,
     /// Blobs deleted because they expired or their upload was abandoned.
     pub blobs_collected: AtomicU64,
@@ -246,7 +246,7 @@ impl Metrics {
         );
         counter(
             "tern_relay_blob_downloads_total",
-            "Blob downloads started.",
+            "Blob downloads opened with a valid read capability.",
             "counter",
             g(&self.blob_downloads),
         );
