@@ -526,3 +526,71 @@ async fn deposits_are_answered_during_a_large_upload() {
         .unwrap();
     assert_eq!(acked.load(Ordering::SeqCst), m.size);
 }
+
+/// Blob streams beyond `max_streams` are refused with `Unavailable`, and blob operations
+/// beyond the per-peer rate with `RateLimited` and a retry hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_and_operations_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        "[blobs]\nreserve_bytes = 0\nmax_streams = 1\nops_burst = 3.0\nops_per_sec = 0.001\n",
+    );
+    let alice = registered(&relay.tcp).await;
+    let cap = [2u8; 32];
+    let (_, _, m) = blob_file(dir.path(), "ct", 5000, 10);
+    let mut held = Raw::open(&alice).await;
+    assert!(matches!(
+        held.create(&m, &cap).await,
+        Response::Created { .. }
+    ));
+    let mut second = Raw::open(&alice).await;
+    second
+        .send(Request::Get {
+            blob: m.id(),
+            read_cap: cap,
+            from: 0,
+            to: None,
+        })
+        .await;
+    match second.recv().await {
+        Response::Error {
+            code: ErrorCode::Unavailable,
+            retry_after_ms: Some(ms),
+            ..
+        } => assert!(ms > 0),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    drop(held);
+    // Two more operations fit the burst of three (a refused stream costs none)...
+    let mut f = tokio::fs::File::create(dir.path().join("x")).await.unwrap();
+    timed(async {
+        let mut ops = 0;
+        while ops < 2 {
+            match code(
+                alice
+                    .download_blob(&[0; 32], &cap, 0, None, &mut f, |_| {})
+                    .await
+                    .unwrap_err(),
+            ) {
+                ErrorCode::NotFound => ops += 1,
+                // The held stream's slot is freed as its task ends.
+                ErrorCode::Unavailable => tokio::task::yield_now().await,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    // ...and the next is over the rate, with a hint of when to retry.
+    match timed(alice.download_blob(&[0; 32], &cap, 0, None, &mut f, |_| {}))
+        .await
+        .unwrap_err()
+    {
+        BlobError::Rejected {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: Some(ms),
+            ..
+        } => assert!(ms > 1000, "{ms}"),
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+}
