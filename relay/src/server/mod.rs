@@ -1,6 +1,7 @@
 //! The relay server (feature `server`): one event loop owns the libp2p swarm; a writer
-//! thread owns the database; a push task owns outgoing wake-ups; an HTTP task serves
-//! metrics and health.
+//! thread owns the database; a push task owns outgoing wake-ups; a blob task accepts
+//! `/tern/blob/1` streams (each served by a task of its own) and collects expired blobs; an
+//! HTTP task serves metrics and health.
 
 pub mod blobs;
 pub mod config;
