@@ -21,6 +21,7 @@ use libp2p::{
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::blob::{self, BlobError};
 use crate::wire::{
     DecodeError, EncodeError, Frame, FrameCodec, Rejection, directory,
     mailbox::{self, Envelope},
@@ -147,6 +148,9 @@ mod behaviour {
         pub directory: request_response::Behaviour<FrameCodec>,
         /// `/tern/live/1` (opened by us after `Listen`).
         pub live: crate::live::Behaviour,
+        /// `/tern/blob/1`: a stream per blob transfer, opened through a
+        /// [`libp2p_stream::Control`].
+        pub blob: libp2p_stream::Behaviour,
     }
 
     impl std::fmt::Debug for Behaviour {
@@ -179,6 +183,7 @@ mod behaviour {
                     request_response::Config::default().with_request_timeout(request_timeout),
                 ),
                 live: crate::live::Behaviour::client(),
+                blob: libp2p_stream::Behaviour::new(),
             }
         }
     }
@@ -201,12 +206,23 @@ type Pending = HashMap<(Proto, OutboundRequestId), oneshot::Sender<Result<Frame,
 type LiveSlot = Arc<std::sync::Mutex<Option<crate::live::AckQueue>>>;
 
 /// A handle to a connected relay client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     cmd: mpsc::Sender<Command>,
     local: PeerId,
     relay: PeerId,
     live: LiveSlot,
+    /// Opens `/tern/blob/1` streams on the swarm the client task drives.
+    blob: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("local", &self.local)
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -275,6 +291,7 @@ impl Client {
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let live = LiveSlot::default();
+        let blob = swarm.behaviour().blob.new_control();
         tokio::spawn(run(swarm, relay, cmd_rx, ev_tx, live.clone()));
         Ok((
             Self {
@@ -282,6 +299,7 @@ impl Client {
                 local,
                 relay,
                 live,
+                blob,
             },
             ev_rx,
         ))
@@ -501,6 +519,62 @@ impl Client {
     pub async fn register_push(&self, url: Option<String>) -> Result<(), RequestError> {
         self.expect_ok_mailbox(mailbox::Request::RegisterPush { url })
             .await
+    }
+
+    /// Opens a `/tern/blob/1` stream to the relay.
+    pub async fn open_blob_stream(&self) -> Result<libp2p::Stream, BlobError> {
+        self.blob
+            .clone()
+            .open_stream(self.relay, blob::PROTOCOL)
+            .await
+            .map_err(|e| match e {
+                libp2p_stream::OpenStreamError::Io(e) => BlobError::Io(e),
+                other => BlobError::Protocol(other.to_string()),
+            })
+    }
+
+    /// Uploads (or resumes uploading) the ciphertext file `file` as a blob on a stream of
+    /// its own; see [`blob::upload`].
+    pub async fn upload_blob(
+        &self,
+        manifest: &blob::Manifest,
+        read_cap_hash: [u8; 32],
+        ttl_secs: Option<u32>,
+        file: &std::path::Path,
+        window: u32,
+        progress: impl FnMut(u64),
+    ) -> Result<blob::Uploaded, BlobError> {
+        let stream = self.open_blob_stream().await?;
+        blob::upload(
+            stream,
+            manifest,
+            read_cap_hash,
+            ttl_secs,
+            file,
+            window,
+            progress,
+        )
+        .await
+    }
+
+    /// Downloads chunks `[from, to)` of a blob into `out`; see [`blob::download`].
+    pub async fn download_blob(
+        &self,
+        id: &blob::BlobId,
+        read_cap: &[u8; 32],
+        from: u32,
+        to: Option<u32>,
+        out: &mut tokio::fs::File,
+        progress: impl FnMut(u64),
+    ) -> Result<blob::BlobInfo, BlobError> {
+        let stream = self.open_blob_stream().await?;
+        blob::download(stream, id, read_cap, from, to, out, progress).await
+    }
+
+    /// Deletes a blob this device uploaded.
+    pub async fn delete_blob(&self, id: &blob::BlobId) -> Result<(), BlobError> {
+        let stream = self.open_blob_stream().await?;
+        blob::delete(stream, id).await
     }
 
     /// Sends a heartbeat with a status.

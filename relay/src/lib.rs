@@ -4,9 +4,10 @@
 //! A relay keeps ciphertext for offline devices (`/tern/mailbox/1`) and pushes new mail to
 //! listening ones on a long-lived stream (`/tern/live/1`), tells authorised
 //! contacts who is online (`/tern/presence/1`), POSTs content-free wake-ups to push
-//! endpoints, and is a libp2p circuit relay v2 so devices behind NAT can be reached and
-//! hole-punch. It sees device ids, sizes and times, never plaintext. `docs/protocol.md`
-//! describes every frame; `docs/relay.md` is the operator guide.
+//! endpoints, keeps encrypted media as blobs (`/tern/blob/1`, [`blob`]), and is a libp2p
+//! circuit relay v2 so devices behind NAT can be reached and hole-punch. It sees device ids,
+//! sizes and times, never plaintext. `docs/protocol.md` describes every frame;
+//! `docs/relay.md` is the operator guide.
 
 #![cfg_attr(
     not(test),

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_bytes::ByteBuf;
 use tern_relay::{
-    PeerId,
+    PeerId, blob,
     server::Config,
-    wire::{ErrorCode, Rejection, directory, mailbox, presence},
+    wire::{ErrorCode, Rejection, directory, mailbox, presence, stream},
 };
 
 fn corpus_dir() -> PathBuf {
@@ -36,6 +36,33 @@ fn check(target: &str, data: &[u8]) {
         "presence_response" => round_trip!(presence::Response),
         "directory_request" => round_trip!(directory::Request),
         "directory_response" => round_trip!(directory::Response),
+        "blob_frame" => {
+            for max in [
+                blob::MAX_CONTROL_FRAME_BYTES,
+                blob::MAX_MANIFEST_FRAME_BYTES,
+                blob::MAX_FRAME_BYTES,
+            ] {
+                if let Ok(v) = blob::Request::decode(data, max)
+                    && let Ok(bytes) = v.encode()
+                {
+                    assert_eq!(blob::Request::decode(&bytes, max).unwrap(), v);
+                }
+                if let Ok(v) = blob::Response::decode(data, max)
+                    && let Ok(bytes) = v.encode()
+                {
+                    assert_eq!(blob::Response::decode(&bytes, max).unwrap(), v);
+                }
+            }
+            let mut r = futures::io::Cursor::new(data);
+            futures::executor::block_on(async {
+                while let Ok(Some(frame)) =
+                    stream::read_frame(&mut r, blob::MAX_CONTROL_FRAME_BYTES).await
+                {
+                    assert!(frame.len() <= blob::MAX_CONTROL_FRAME_BYTES);
+                    let _ = blob::Request::decode(&frame, blob::MAX_CONTROL_FRAME_BYTES);
+                }
+            });
+        }
         "config_toml" => {
             if let Ok(text) = std::str::from_utf8(data)
                 && let Ok(cfg) = Config::from_toml(text)
@@ -47,7 +74,8 @@ fn check(target: &str, data: &[u8]) {
     }
 }
 
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 8] = [
+    "blob_frame",
     "directory_request",
     "directory_response",
     "mailbox_request",
@@ -82,6 +110,8 @@ fn seeds_decode_as_expected() {
         ("presence_response", "presence"),
         ("directory_request", "claim"),
         ("directory_response", "prekey"),
+        ("blob_frame", "create"),
+        ("blob_frame", "info"),
     ] {
         let data = std::fs::read(corpus_dir().join(target).join(name)).unwrap();
         match target {
@@ -90,6 +120,12 @@ fn seeds_decode_as_expected() {
             "presence_request" => assert!(presence::Request::decode(&data).is_ok()),
             "directory_request" => assert!(directory::Request::decode(&data).is_ok()),
             "directory_response" => assert!(directory::Response::decode(&data).is_ok()),
+            "blob_frame" if name == "create" => {
+                assert!(blob::Request::decode(&data, blob::MAX_MANIFEST_FRAME_BYTES).is_ok())
+            }
+            "blob_frame" => {
+                assert!(blob::Response::decode(&data, blob::MAX_MANIFEST_FRAME_BYTES).is_ok())
+            }
             _ => assert!(presence::Response::decode(&data).is_ok()),
         }
     }
@@ -349,6 +385,67 @@ fn regenerate_seeds() {
             ],
         ),
     ]);
+    let manifest = blob::Manifest {
+        size: 5000,
+        chunk_size: 2048,
+        hashes: vec![[0x11; 32], [0x22; 32], [0x33; 32]],
+    };
+    let mut stream_of_frames = Vec::new();
+    for f in [
+        blob::Request::Get {
+            blob: manifest.id(),
+            read_cap: [5; 32],
+            from: 1,
+            to: Some(3),
+        }
+        .encode()
+        .unwrap(),
+        blob::Request::Delete { blob: [6; 32] }.encode().unwrap(),
+    ] {
+        stream_of_frames.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        stream_of_frames.extend_from_slice(&f);
+    }
+    stream_of_frames.extend_from_slice(&u32::MAX.to_be_bytes());
+    let sets = sets.chain([(
+        "blob_frame",
+        vec![
+            (
+                "create",
+                blob::Request::Create {
+                    manifest: manifest.clone(),
+                    read_cap_hash: blob::read_cap_hash(&[5; 32]),
+                    ttl_secs: Some(3600),
+                }
+                .encode()
+                .unwrap(),
+            ),
+            (
+                "info",
+                blob::Response::Info {
+                    manifest,
+                    expires_at_ms: 1_700_000_000_000,
+                }
+                .encode()
+                .unwrap(),
+            ),
+            (
+                "chunk",
+                blob::Request::Chunk {
+                    index: 2,
+                    data: ByteBuf::from(vec![9; 904]),
+                }
+                .encode()
+                .unwrap(),
+            ),
+            (
+                "error",
+                blob::Response::error(ErrorCode::HashMismatch, "chunk mismatch", None)
+                    .encode()
+                    .unwrap(),
+            ),
+            ("stream", stream_of_frames),
+        ],
+    )]);
     for (target, seeds) in sets {
         let dir = corpus_dir().join(target);
         std::fs::create_dir_all(&dir).unwrap();

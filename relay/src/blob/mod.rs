@@ -7,7 +7,7 @@
 //!
 //! Every operation opens a stream of its own. Frames are a `u32` big-endian length, then a
 //! frame in the wire format (version byte, CBOR), as on `/tern/live/1`; the reader applies the
-//! cap of the frame it expects next ([`wire::stream`](crate::wire::stream)).
+//! cap of the frame it expects next ([`crate::wire::stream`]).
 //!
 //! ```text
 //! upload:   → Create{manifest, read_cap_hash, ttl_secs}
@@ -23,7 +23,7 @@
 //! The blob id is content-addressed ([`Manifest::id`]), and every chunk is checked against
 //! the manifest's SHA-256 on both ends, so neither a relay nor a network can substitute bytes.
 
-mod transfer;
+pub(crate) mod transfer;
 
 use std::{
     fs::File,
@@ -297,14 +297,6 @@ impl BlobError {
         match self {
             BlobError::Rejected { code, .. } => Some(*code),
             _ => None,
-        }
-    }
-
-    pub(crate) fn rejected(code: ErrorCode, message: impl Into<String>) -> Self {
-        BlobError::Rejected {
-            code,
-            message: message.into(),
-            retry_after_ms: None,
         }
     }
 }

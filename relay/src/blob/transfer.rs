@@ -129,7 +129,7 @@ pub async fn upload<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Uploaded, BlobError> {
     manifest
         .check(u64::MAX)
-        .map_err(|e| BlobError::rejected(e.code(), e.to_string()))?;
+        .map_err(|e| BlobError::Io(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     let create = Request::Create {
         manifest: manifest.clone(),
         read_cap_hash,

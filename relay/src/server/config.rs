@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use libp2p::Multiaddr;
 use serde::Deserialize;
 
-use crate::wire::mailbox;
+use crate::{blob, wire::mailbox};
 
 /// Why a configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,8 @@ pub struct Config {
     pub connections: ConnectionConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
+    /// Blob (`/tern/blob/1`) limits.
+    pub blobs: BlobConfig,
 }
 
 impl Default for Config {
@@ -102,6 +104,7 @@ impl Default for Config {
             circuit: CircuitConfig::default(),
             connections: ConnectionConfig::default(),
             storage: StorageConfig::default(),
+            blobs: BlobConfig::default(),
         }
     }
 }
@@ -306,6 +309,54 @@ impl Default for StorageConfig {
     }
 }
 
+/// Blob (`/tern/blob/1`) limits. Blobs live as files under `<data_dir>/blobs/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobConfig {
+    /// Largest blob accepted, bytes; a `Create` over it is refused before any byte moves.
+    /// Default [`blob::DEFAULT_MAX_BLOB_BYTES`] (101 MiB: 100 MiB of media and its cipher's
+    /// overhead).
+    pub max_blob_bytes: u64,
+    /// Most blob bytes one user (by the user id its device registered under) may have
+    /// stored, counting unfinished uploads at their full size. Default 1 GiB.
+    pub quota_bytes: u64,
+    /// Disk space kept free: a `Create` or chunk that would leave less free space on the
+    /// data directory's file system than this is refused with `StorageFull`. Default 1 GiB.
+    pub reserve_bytes: u64,
+    /// Longest life of a blob, seconds (a client may ask for less). Default 7 days.
+    pub ttl_secs: u64,
+    /// An unfinished upload without progress for this many seconds is deleted. Default 24 h.
+    pub abandon_secs: u64,
+    /// How often expired and abandoned blobs are deleted, seconds. Default 60.
+    pub gc_secs: u64,
+    /// Most blob streams served at once; beyond it a stream is refused with `Unavailable`.
+    /// Default 64.
+    pub max_streams: usize,
+    /// A blob stream on which nothing arrives for this many seconds is closed. Default 60.
+    pub idle_secs: u64,
+    /// Blob operations (create, get, delete) per second per peer. Default 2.
+    pub ops_per_sec: f64,
+    /// Burst of blob operations per peer. Default 30.
+    pub ops_burst: f64,
+}
+
+impl Default for BlobConfig {
+    fn default() -> Self {
+        Self {
+            max_blob_bytes: blob::DEFAULT_MAX_BLOB_BYTES,
+            quota_bytes: 1 << 30,
+            reserve_bytes: 1 << 30,
+            ttl_secs: 7 * 24 * 3600,
+            abandon_secs: 24 * 3600,
+            gc_secs: 60,
+            max_streams: 64,
+            idle_secs: 60,
+            ops_per_sec: 2.0,
+            ops_burst: 30.0,
+        }
+    }
+}
+
 impl Config {
     /// Reads a TOML file; fields it omits keep their defaults.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
@@ -395,6 +446,22 @@ impl Config {
         if self.storage.max_batch == 0 || self.storage.queue_depth == 0 {
             return invalid("storage", "max_batch and queue_depth must be positive");
         }
+        let b = &self.blobs;
+        if b.ttl_secs == 0 || b.abandon_secs == 0 || b.gc_secs == 0 || b.idle_secs == 0 {
+            return invalid(
+                "blobs",
+                "ttl_secs, abandon_secs, gc_secs and idle_secs must be positive",
+            );
+        }
+        if b.max_streams == 0 {
+            return invalid("blobs.max_streams", "must be positive");
+        }
+        if !(b.ops_per_sec.is_finite() && b.ops_per_sec > 0.0 && b.ops_burst >= 1.0) {
+            return invalid(
+                "blobs.ops_per_sec",
+                "rate must be positive and burst at least 1",
+            );
+        }
         if self.connections.max_concurrent_streams == 0 {
             return invalid("connections.max_concurrent_streams", "must be positive");
         }
@@ -438,6 +505,10 @@ mod tests {
         assert_eq!(parsed.storage.max_batch, d.storage.max_batch);
         assert_eq!(parsed.rate.deposits_burst, d.rate.deposits_burst);
         assert_eq!(parsed.connections.max_per_peer, d.connections.max_per_peer);
+        assert_eq!(parsed.blobs.max_blob_bytes, d.blobs.max_blob_bytes);
+        assert_eq!(parsed.blobs.quota_bytes, d.blobs.quota_bytes);
+        assert_eq!(parsed.blobs.ttl_secs, d.blobs.ttl_secs);
+        assert_eq!(parsed.blobs.ops_burst, d.blobs.ops_burst);
     }
 
     #[test]

@@ -60,6 +60,18 @@ pub struct Metrics {
     pub reservations: AtomicU64,
     /// Relayed circuits opened.
     pub circuits: AtomicU64,
+    /// Blobs stored, complete or being uploaded.
+    pub blobs: AtomicI64,
+    /// Bytes of those blobs (an unfinished upload counts at its full size, as in quotas).
+    pub blob_bytes: AtomicI64,
+    /// Blob uploads completed.
+    pub blob_uploads: AtomicU64,
+    /// Blob chunk bytes received and made durable.
+    pub blob_upload_bytes: AtomicU64,
+    /// Blob downloads opened (a matching read capability for a complete blob).
+    pub blob_downloads: AtomicU64,
+    /// Blobs deleted because they expired or their upload was abandoned.
+    pub blobs_collected: AtomicU64,
 }
 
 impl Metrics {
@@ -207,6 +219,42 @@ impl Metrics {
             "Relayed circuits opened.",
             "counter",
             g(&self.circuits),
+        );
+        counter(
+            "tern_relay_blobs",
+            "Blobs stored, complete or being uploaded.",
+            "gauge",
+            self.blobs.load(Relaxed).to_string(),
+        );
+        counter(
+            "tern_relay_blob_bytes",
+            "Bytes of stored blobs (unfinished uploads at full size).",
+            "gauge",
+            self.blob_bytes.load(Relaxed).to_string(),
+        );
+        counter(
+            "tern_relay_blob_uploads_total",
+            "Blob uploads completed.",
+            "counter",
+            g(&self.blob_uploads),
+        );
+        counter(
+            "tern_relay_blob_upload_bytes_total",
+            "Blob bytes received and made durable.",
+            "counter",
+            g(&self.blob_upload_bytes),
+        );
+        counter(
+            "tern_relay_blob_downloads_total",
+            "Blob downloads opened with a valid read capability.",
+            "counter",
+            g(&self.blob_downloads),
+        );
+        counter(
+            "tern_relay_blobs_collected_total",
+            "Blobs deleted as expired or abandoned.",
+            "counter",
+            g(&self.blobs_collected),
         );
         let _ = writeln!(
             out,

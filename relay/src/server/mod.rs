@@ -1,7 +1,9 @@
 //! The relay server (feature `server`): one event loop owns the libp2p swarm; a writer
-//! thread owns the database; a push task owns outgoing wake-ups; an HTTP task serves
-//! metrics and health.
+//! thread owns the database; a push task owns outgoing wake-ups; a blob task accepts
+//! `/tern/blob/1` streams (each served by a task of its own) and collects expired blobs; an
+//! HTTP task serves metrics and health.
 
+pub mod blobs;
 pub mod config;
 pub mod directory;
 mod event_loop;
@@ -78,6 +80,9 @@ pub enum RunError {
     /// The push client could not be set up.
     #[error(transparent)]
     Push(#[from] push::SetupError),
+    /// The blob store could not be opened.
+    #[error("cannot open the blob store: {0}")]
+    Blobs(#[source] std::io::Error),
 }
 
 /// The relay's composed libp2p behaviour.
@@ -92,6 +97,7 @@ pub(crate) struct Behaviour {
     presence: request_response::Behaviour<crate::wire::FrameCodec>,
     directory: request_response::Behaviour<crate::wire::FrameCodec>,
     live: crate::live::Behaviour,
+    blob: libp2p_stream::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -158,6 +164,7 @@ fn build_swarm(key: Keypair, cfg: &Config) -> Result<libp2p::Swarm<Behaviour>, R
                 presence: rr(presence_wire::PROTOCOL, presence_wire::codec(), &conn),
                 directory: rr(directory_wire::PROTOCOL, directory_wire::codec(), &conn),
                 live: crate::live::Behaviour::server(),
+                blob: libp2p_stream::Behaviour::new(),
             }
         })
         .map_err(|e| RunError::Transport(e.to_string()))?
@@ -224,6 +231,23 @@ pub async fn run(
         announce(Announcement::Metrics(bound));
     }
     let push = push::spawn(config.push.clone(), loaded.push.clone(), metrics.clone())?;
+    // Blob streams are served by a task of their own, never by the event loop or the
+    // mailbox writer: a 100 MB upload must not stall deposits.
+    let incoming = swarm
+        .behaviour()
+        .blob
+        .new_control()
+        .accept(crate::blob::PROTOCOL)
+        .map_err(|e| RunError::Blobs(std::io::Error::other(e)))?;
+    let blob_task = blobs::spawn(
+        &config.data_dir,
+        config.blobs.clone(),
+        metrics.clone(),
+        storage::Reader::open(&config.data_dir)?,
+        incoming,
+        http_stop.subscribe(),
+    )
+    .map_err(RunError::Blobs)?;
     tracing::info!(peer_id = %local_peer_id, "relay starting");
     let el = event_loop::EventLoop::new(
         swarm,
@@ -236,6 +260,7 @@ pub async fn run(
     );
     el.run(shutdown).await;
     let _ = http_stop.send(true);
+    let _ = blob_task.await;
     storage.close().await;
     tracing::info!("relay stopped");
     Ok(())

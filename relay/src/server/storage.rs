@@ -414,6 +414,49 @@ impl Storage {
     }
 }
 
+/// A read-only connection for look-ups off the writer thread (WAL lets it read while the
+/// writer commits): blob uploads ask which user a device is registered under.
+#[derive(Debug)]
+pub struct Reader {
+    conn: std::sync::Mutex<Connection>,
+}
+
+impl Reader {
+    /// Opens the database in `dir` read-only; [`Storage::open`] must have created it.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| {
+            c.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(c)
+        })
+        .map_err(|source| OpenError::Sqlite { path, source })?;
+        Ok(Self {
+            conn: std::sync::Mutex::new(conn),
+        })
+    }
+
+    /// The user id `device` published its prekey bundle under, if it did: a device
+    /// registered at this relay through `/tern/directory/1` (its bundle verified against its
+    /// user's signed device list). Blocking; call from a blocking task.
+    pub fn device_user(&self, device: &PeerId) -> Result<Option<Vec<u8>>, OpError> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        conn.query_row(
+            "SELECT user FROM prekey_bundle WHERE device = ?1",
+            params![device.to_bytes()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql_err)
+    }
+}
+
 fn init(conn: &Connection, max_database_bytes: u64) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
