@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tern_tests::support::{
     Node, Relay, link_pair, media as fixtures, start_nodes, wait_direct, wait_for,
+    wait_outbox_empty,
 };
 
 /// Longest a 100 MiB transfer (or its resumption) may take on a 2-core machine, debug build.
@@ -468,10 +469,11 @@ fn a_tampered_blob_is_refused_and_nothing_of_it_is_kept() {
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
     let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
     let mut bob = nodes.pop().unwrap();
-    let alice = nodes.pop().unwrap();
+    let mut alice = nodes.pop().unwrap();
     link_pair(&alice, &bob, "Alice", "Bob").unwrap();
 
-    // Bob is offline while a byte of the blob is flipped at the relay.
+    // Bob is offline while a byte of the blob is flipped at the relay; Alice goes offline
+    // once it is sent, so the relay's copy is the only one.
     bob.stop().unwrap();
     let small = dir.path().join("small.bin");
     random_file(&small, 1_000_000, 9);
@@ -488,6 +490,8 @@ fn a_tampered_blob_is_refused_and_nothing_of_it_is_kept() {
     assert!(bytes.len() > 900_000, "the blob's data file");
     bytes[500_000] ^= 0x40;
     std::fs::write(&data, &bytes).unwrap();
+    wait_outbox_empty(&alice, WAIT).unwrap();
+    alice.stop().unwrap();
     bob.restart().unwrap();
     let failed = wait_transfer(&bob, &id, "failed", WAIT);
     let code = failed["code"].as_str().unwrap_or_default();
