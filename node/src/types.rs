@@ -76,7 +76,7 @@ pub struct MessageInfo {
     pub sender_device_name: Option<String>,
     /// For `kind` `file`: the file (its caption is `text`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media: Option<MediaInfo>,
+    pub media: Option<Box<MediaInfo>>,
 }
 
 /// A file or image a message carries, as the API shows it (never its key).

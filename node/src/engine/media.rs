@@ -111,7 +111,7 @@ pub(crate) enum MediaEvent {
     /// An upload's file is encrypted and staged (or could not be).
     Staged {
         id: MessageId,
-        result: Result<StagedUp, (&'static str, String)>,
+        result: Result<Box<StagedUp>, (&'static str, String)>,
     },
     /// Bytes moved.
     Progress {
@@ -767,7 +767,7 @@ impl Engine {
                 tokio::spawn(async move {
                     let source = PathBuf::from(source);
                     let result = tokio::task::spawn_blocking(move || {
-                        stage_blocking(&dir, &id, &source, original)
+                        stage_blocking(&dir, &id, &source, original).map(Box::new)
                     })
                     .await
                     .unwrap_or_else(|e| Err(("io", e.to_string())));
@@ -1173,7 +1173,7 @@ impl Engine {
                 let Ok(TransferData::Up(mut up)) = TransferData::decode(&t.data) else {
                     return;
                 };
-                up.staged = Some(staged);
+                up.staged = Some(*staged);
                 let data = TransferData::Up(up);
                 let Ok(bytes) = data.encode() else { return };
                 let t = Transfer {

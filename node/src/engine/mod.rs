@@ -401,7 +401,7 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
         media: match &m.body {
             tern_store::Body::Media { data, .. } => crate::media::StoredMedia::decode(data)
                 .ok()
-                .map(|s| crate::media::media_info(&s.media)),
+                .map(|s| Box::new(crate::media::media_info(&s.media))),
             _ => None,
         },
         kind: match m.body {
