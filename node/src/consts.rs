@@ -194,3 +194,12 @@ pub const MEDIA_STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Chunks of 256 KiB an upload keeps unacknowledged at most (8 MiB): the relay fsyncs and
 /// acknowledges in batches, and after a crash at most this much is sent again.
 pub const UPLOAD_WINDOW_CHUNKS: u32 = 32;
+
+/// A transfer that moves no byte for this long is stopped and retried (a peer that keeps the
+/// connection open but sends nothing).
+pub const MEDIA_STALL: Duration = Duration::from_secs(60);
+
+/// Longest a peer may take to download one of this device's files from it directly (a slow
+/// or stalled peer then falls back to the relay); with [`MEDIA_SERVE_STREAMS`] it bounds
+/// what peers can hold of this device.
+pub const MEDIA_SERVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);

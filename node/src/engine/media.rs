@@ -29,7 +29,8 @@ use super::{Engine, relay_peer};
 use crate::{
     consts::{
         AUTO_DOWNLOAD_BYTES, MAX_TEXT_BYTES, MEDIA_EVENT_QUEUE, MEDIA_PROGRESS_INTERVAL,
-        MEDIA_SERVE_STREAMS, MEDIA_STREAM_OPEN_TIMEOUT, RETRY_MAX, UPLOAD_WINDOW_CHUNKS,
+        MEDIA_SERVE_STREAMS, MEDIA_SERVE_TIMEOUT, MEDIA_STALL, MEDIA_STREAM_OPEN_TIMEOUT,
+        RETRY_MAX, UPLOAD_WINDOW_CHUNKS,
     },
     error::NodeError,
     home::now_ms,
@@ -410,6 +411,37 @@ impl Reporter {
     }
 }
 
+/// Milliseconds since the Unix epoch, for the stall guard.
+fn now_u64() -> u64 {
+    u64::try_from(now_ms()).unwrap_or(0)
+}
+
+/// Runs a transfer, failing it (as a network error, so it is retried) when `alive` (the
+/// time of its last progress, ms) stops moving for [`MEDIA_STALL`]: a peer that keeps the
+/// connection open but sends nothing must not hold a transfer forever.
+async fn unless_stalled<T>(
+    fut: impl std::future::Future<Output = Result<T, BlobError>>,
+    alive: &std::sync::atomic::AtomicU64,
+) -> Result<T, BlobError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    tokio::pin!(fut);
+    let mut check = tokio::time::interval(MEDIA_STALL / 4);
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = check.tick() => {
+                let idle = now_u64().saturating_sub(alive.load(Relaxed));
+                if idle > u64::try_from(MEDIA_STALL.as_millis()).unwrap_or(u64::MAX) {
+                    return Err(BlobError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no progress for {} s", MEDIA_STALL.as_secs()),
+                    )));
+                }
+            }
+        }
+    }
+}
+
 async fn open_stream(
     ctl: &mut libp2p_stream::Control,
     peer: PeerId,
@@ -449,14 +481,21 @@ async fn run_upload(
         let peer = relay_peer(&relay)
             .ok_or_else(|| BlobError::Protocol("relay address without a peer id".into()))?;
         let stream = open_stream(&mut ctl, peer).await?;
-        blob::upload(
-            stream,
-            &staged.manifest,
-            blob::read_cap_hash(staged.media.read_cap.as_ref()),
-            None,
-            &path,
-            UPLOAD_WINDOW_CHUNKS,
-            |acked| reporter.report(acked),
+        let alive = std::sync::atomic::AtomicU64::new(now_u64());
+        unless_stalled(
+            blob::upload(
+                stream,
+                &staged.manifest,
+                blob::read_cap_hash(staged.media.read_cap.as_ref()),
+                None,
+                &path,
+                UPLOAD_WINDOW_CHUNKS,
+                |acked| {
+                    alive.store(now_u64(), std::sync::atomic::Ordering::Relaxed);
+                    reporter.report(acked)
+                },
+            ),
+            &alive,
         )
         .await
     }
@@ -532,14 +571,21 @@ async fn fetch_blob(
         let _ = net.is_connected(*peer).await;
         let got = async {
             let stream = open_stream(ctl, *peer).await?;
-            blob::download(
-                stream,
-                &media.blob.into_array(),
-                media.read_cap.as_ref(),
-                have,
-                None,
-                &mut file,
-                |n| reporter.report(base + n),
+            let alive = std::sync::atomic::AtomicU64::new(now_u64());
+            unless_stalled(
+                blob::download(
+                    stream,
+                    &media.blob.into_array(),
+                    media.read_cap.as_ref(),
+                    have,
+                    None,
+                    &mut file,
+                    |n| {
+                        alive.store(now_u64(), std::sync::atomic::Ordering::Relaxed);
+                        reporter.report(base + n)
+                    },
+                ),
+                &alive,
             )
             .await
         }
@@ -693,8 +739,11 @@ async fn serve_peers(mut ctl: libp2p_stream::Control, served: Served) {
         };
         let served = served.clone();
         tokio::spawn(async move {
-            if let Err(e) = blob::serve_get(stream, &served).await {
-                tracing::debug!(%peer, "serving a file stopped: {e}");
+            match tokio::time::timeout(MEDIA_SERVE_TIMEOUT, blob::serve_get(stream, &served)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, "serving a file stopped: {e}"),
+                Err(_) => tracing::info!(%peer, "serving a file took too long; stopped"),
             }
             drop(permit);
         });
