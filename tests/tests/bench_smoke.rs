@@ -137,3 +137,57 @@ fn devices_suite_reports_every_figure_with_its_baseline() {
         assert!(row["unit"].is_string() && row["baseline"].is_string());
     }
 }
+
+#[test]
+fn media_suite_reports_every_figure_with_its_baseline() {
+    let rows = run_quick("media");
+    for name in [
+        "media.end_to_end",
+        "media.end_to_end_vs_tcp",
+        "media.end_to_end_vs_chacha",
+        "media.encrypt",
+        "media.manifest",
+        "media.upload",
+        "media.download",
+        "media.verify",
+        "media.decrypt",
+        "media.baseline_libp2p",
+        "media.resume_resent",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["bench"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {rows:?}"));
+        // A resumed upload may legitimately resend nothing.
+        let min = if name == "media.resume_resent" {
+            0.0
+        } else {
+            f64::MIN_POSITIVE
+        };
+        let v = row["value"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name}.value not a number"));
+        assert!(v.is_finite() && v >= min, "{name}.value = {v}");
+        let base = row["baseline_value"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} has no baseline: {row}"));
+        assert!(
+            base.is_finite() && base > 0.0,
+            "{name}.baseline_value = {base}"
+        );
+        assert!(
+            row["ratio"].as_f64().is_some(),
+            "{name} has no ratio: {row}"
+        );
+        assert!(row["unit"].is_string() && row["baseline"].is_string());
+    }
+    for row in rows
+        .iter()
+        .filter(|r| r["bench"].as_str().is_some_and(|b| b.starts_with("media.")))
+    {
+        assert!(
+            row["baseline"].is_string(),
+            "a media row without its baseline: {row}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ mod crypto;
 mod delivery;
 mod devices;
 mod group;
+mod media;
 mod relay;
 mod store;
 
@@ -196,4 +197,5 @@ pub const SUITES: &[Suite] = &[
     ("delivery", delivery::run),
     ("group", group::run),
     ("devices", devices::run),
+    ("media", media::run),
 ];
