@@ -16,7 +16,7 @@ use libp2p::{
     noise, ping,
     request_response::{self, Message, OutboundRequestId, ProtocolSupport},
     swarm::{NetworkBehaviour, SwarmEvent},
-    tcp, yamux,
+    tcp,
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
@@ -254,7 +254,7 @@ impl Client {
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 noise::Config::new,
-                yamux::Config::default,
+                crate::yamux_config,
             )
             .map_err(|e| ConnectError::Transport(e.to_string()))?
             .with_quic()

@@ -23,3 +23,12 @@ pub mod server;
 pub mod wire;
 
 pub use libp2p::{self, Multiaddr, PeerId};
+
+/// The yamux configuration of every Tern connection (node, relay, relay client): the
+/// default, whose stream windows start at 256 KiB and auto-tune up to the bandwidth-delay
+/// product, which a 100 MB file needs on any link with a real round trip. Do not add setters
+/// here without reading `tests/tests/yamux_window.rs`: `set_max_num_streams` alone can pin
+/// every window at 256 KiB (the connection's 1 GiB budget divided among the streams).
+pub fn yamux_config() -> libp2p::yamux::Config {
+    libp2p::yamux::Config::default()
+}

@@ -273,6 +273,37 @@ fn a_large_file_moves_directly_between_online_peers_and_goes_on_from_the_relay()
 }
 
 #[test]
+fn an_upload_goes_on_after_the_relay_is_killed_mid_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
+    let mut bob = nodes.pop().unwrap();
+    let alice = nodes.pop().unwrap();
+    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    bob.stop().unwrap();
+
+    let len = 40 * 1024 * 1024;
+    let src = dir.path().join("backup.tar");
+    let sha = random_file(&src, len, 13);
+    let id = alice
+        .ok(&["send-file", "--no-wait", "Bob", src.to_str().unwrap()])
+        .unwrap()
+        .trim()
+        .to_owned();
+    wait_past(&alice, &id, len / 3);
+    relay.restart_after_kill9("").unwrap();
+    // Paused while the relay is down, then on from the relay's durable mark.
+    wait_transfer(&alice, &id, "done", BIG_WAIT);
+    bob.restart().unwrap();
+    wait_message(&bob, "Alice", &id);
+    // Over 25 MB: fetched when asked for.
+    let out = dir.path().join("backup-received.tar");
+    bob.ok(&["file", "get", &id, "--to", out.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(file_hash(&out), sha);
+}
+
+#[test]
 fn a_photo_arrives_without_its_gps_position_and_with_a_thumbnail() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();

@@ -7,7 +7,7 @@
 //! leaves nothing (`set_max_num_streams(4096)`) silently pins every window at 256 KiB.
 //!
 //! The test: two in-process swarms with the transport the node and relay build (TCP + Noise +
-//! yamux, `yamux::Config::default()` as both call it inline), joined through a loopback proxy
+//! yamux, `tern_relay::yamux_config()` as both use it), joined through a loopback proxy
 //! that delays every byte by [`LINK_DELAY`] each way, so the round trip yamux measures is
 //! that of a real link and not loopback's microseconds (on loopback a window has no reason to
 //! grow, on the internet it must). The receiver reads [`WARM_UP`] bytes, then stops reading;
@@ -72,9 +72,9 @@ enum Outcome {
     Stalled { written: u64 },
 }
 
-/// The node's and relay's yamux configuration (both call `yamux::Config::default` inline).
+/// The node's and relay's yamux configuration: the one function every Tern connection uses.
 fn tern_yamux() -> yamux::Config {
-    yamux::Config::default()
+    tern_relay::yamux_config()
 }
 
 /// A configuration whose streams keep a fixed 256 KiB window: 4096 streams × 256 KiB use up

@@ -481,6 +481,7 @@ async fn run_upload(
         let peer = relay_peer(&relay)
             .ok_or_else(|| BlobError::Protocol("relay address without a peer id".into()))?;
         let stream = open_stream(&mut ctl, peer).await?;
+        tracing::debug!(transfer = %id, "upload stream open");
         let alive = std::sync::atomic::AtomicU64::new(now_u64());
         unless_stalled(
             blob::upload(
@@ -800,6 +801,7 @@ impl Engine {
 
     /// Starts (or restarts) the task a transfer needs next.
     fn start_transfer(&mut self, id: MessageId, data: TransferData) {
+        tracing::debug!(transfer = %id, "starting transfer");
         if let Some(h) = self.media.running.remove(&id) {
             h.abort();
         }

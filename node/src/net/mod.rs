@@ -23,7 +23,7 @@ use libp2p::{
     noise, relay,
     request_response::{self, Message, OutboundRequestId, ProtocolSupport, ResponseChannel},
     swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
-    tcp, yamux,
+    tcp,
 };
 use tern_relay::{
     client::{self as relay_client, Proto},
@@ -251,11 +251,11 @@ pub fn new(
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            tern_relay::yamux_config,
         )
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .with_relay_client(noise::Config::new, tern_relay::yamux_config)
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_behaviour(|key, circuit| Behaviour {
             relay_proto: relay_client::Behaviour::new(key, RELAY_REQUEST_TIMEOUT),

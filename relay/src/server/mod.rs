@@ -19,7 +19,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, SwarmBuilder, connection_limits, identify,
-    identity::Keypair, noise, ping, relay, request_response, swarm::NetworkBehaviour, tcp, yamux,
+    identity::Keypair, noise, ping, relay, request_response, swarm::NetworkBehaviour, tcp,
 };
 
 pub use config::Config;
@@ -141,7 +141,7 @@ fn build_swarm(key: Keypair, cfg: &Config) -> Result<libp2p::Swarm<Behaviour>, R
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            crate::yamux_config,
         )
         .map_err(|e| RunError::Transport(e.to_string()))?
         .with_quic()

@@ -286,7 +286,7 @@ fn raw_swarm() -> anyhow::Result<Swarm<libp2p_stream::Behaviour>> {
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            tern_relay::yamux_config,
         )?
         .with_behaviour(|_| libp2p_stream::Behaviour::new())?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
