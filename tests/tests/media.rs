@@ -125,6 +125,24 @@ fn start_get(node: &Node, id: &str, to: &Path) -> Value {
     })
 }
 
+/// Alice and Bob, contacts of each other, both homed on `relay`.
+fn alice_and_bob(dir: &Path, relay: &Relay) -> (Node, Node) {
+    let mut nodes = start_nodes(dir, &["alice", "bob"], &relay.addr).unwrap();
+    let bob = nodes.pop().unwrap();
+    let alice = nodes.pop().unwrap();
+    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    (alice, bob)
+}
+
+/// `tern send-file ARGS` on `node`; returns the message id it prints.
+fn send_file(node: &Node, args: &[&str]) -> String {
+    let mut all = vec!["send-file"];
+    all.extend_from_slice(args);
+    let id = node.ok(&all).unwrap().trim().to_owned();
+    assert_eq!(id.len(), 32, "a message id: {id}");
+    id
+}
+
 fn blob_files(relay: &Relay) -> Vec<PathBuf> {
     let dir = relay.data.join("db").join("blobs");
     std::fs::read_dir(dir)
@@ -141,26 +159,21 @@ fn blob_files(relay: &Relay) -> Vec<PathBuf> {
 fn a_100_mib_file_reaches_an_offline_contact_across_kills_of_both_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start_with_metrics(&dir.path().join("relay"), "").unwrap();
-    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
-    let mut bob = nodes.pop().unwrap();
-    let mut alice = nodes.pop().unwrap();
-    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    let (mut alice, mut bob) = alice_and_bob(dir.path(), &relay);
     bob.stop().unwrap();
 
     let src = dir.path().join("big.bin");
     let sha = random_file(&src, MAX_FILE, 7);
-    let id = alice
-        .ok(&[
-            "send-file",
+    let id = send_file(
+        &alice,
+        &[
             "--no-wait",
             "Bob",
             src.to_str().unwrap(),
             "--caption",
             "the archive",
-        ])
-        .unwrap()
-        .trim()
-        .to_owned();
+        ],
+    );
     assert_eq!(id.len(), 32, "{id}");
 
     // Alice is killed a third of the way through the upload, and goes on after a restart.
@@ -226,20 +239,13 @@ fn a_100_mib_file_reaches_an_offline_contact_across_kills_of_both_nodes() {
 fn a_large_file_moves_directly_between_online_peers_and_goes_on_from_the_relay() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start_with_metrics(&dir.path().join("relay"), "").unwrap();
-    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
-    let bob = nodes.pop().unwrap();
-    let mut alice = nodes.pop().unwrap();
-    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    let (mut alice, bob) = alice_and_bob(dir.path(), &relay);
     wait_direct(&bob, &alice, WAIT).unwrap();
 
     let len = 60 * 1024 * 1024;
     let src = dir.path().join("video.bin");
     let sha = random_file(&src, len, 11);
-    let id = alice
-        .ok(&["send-file", "Bob", src.to_str().unwrap()])
-        .unwrap()
-        .trim()
-        .to_owned();
+    let id = send_file(&alice, &["Bob", src.to_str().unwrap()]);
     wait_message(&bob, "Alice", &id);
 
     // Fetched from Alice directly: the relay serves nothing.
@@ -276,20 +282,13 @@ fn a_large_file_moves_directly_between_online_peers_and_goes_on_from_the_relay()
 fn an_upload_goes_on_after_the_relay_is_killed_mid_way() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = Relay::start(&dir.path().join("relay"), "").unwrap();
-    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
-    let mut bob = nodes.pop().unwrap();
-    let alice = nodes.pop().unwrap();
-    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    let (alice, mut bob) = alice_and_bob(dir.path(), &relay);
     bob.stop().unwrap();
 
     let len = 40 * 1024 * 1024;
     let src = dir.path().join("backup.tar");
     let sha = random_file(&src, len, 13);
-    let id = alice
-        .ok(&["send-file", "--no-wait", "Bob", src.to_str().unwrap()])
-        .unwrap()
-        .trim()
-        .to_owned();
+    let id = send_file(&alice, &["--no-wait", "Bob", src.to_str().unwrap()]);
     wait_past(&alice, &id, len / 3);
     relay.restart_after_kill9("").unwrap();
     // Paused while the relay is down, then on from the relay's durable mark.
@@ -307,26 +306,16 @@ fn an_upload_goes_on_after_the_relay_is_killed_mid_way() {
 fn a_photo_arrives_without_its_gps_position_and_with_a_thumbnail() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
-    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
-    let bob = nodes.pop().unwrap();
-    let alice = nodes.pop().unwrap();
-    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    let (alice, bob) = alice_and_bob(dir.path(), &relay);
 
     let photo = fixtures::jpeg_with_gps(3000, 2000);
     assert!(fixtures::has_exif(&photo));
     let src = dir.path().join("IMG_0001.jpeg");
     std::fs::write(&src, &photo).unwrap();
-    let id = alice
-        .ok(&[
-            "send-file",
-            "Bob",
-            src.to_str().unwrap(),
-            "--caption",
-            "the view",
-        ])
-        .unwrap()
-        .trim()
-        .to_owned();
+    let id = send_file(
+        &alice,
+        &["Bob", src.to_str().unwrap(), "--caption", "the view"],
+    );
     let m = wait_message(&bob, "Alice", &id);
     assert_eq!(m["media"]["mime"], "image/jpeg", "{m}");
     assert_eq!(m["media"]["name"], "IMG_0001.jpg", "{m}");
@@ -431,10 +420,7 @@ fn over_large_files_bad_images_and_the_relay_quota_are_refused_with_clear_errors
         "[blobs]\nquota_bytes = 3000000\n",
     )
     .unwrap();
-    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
-    let bob = nodes.pop().unwrap();
-    let alice = nodes.pop().unwrap();
-    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    let (alice, bob) = alice_and_bob(dir.path(), &relay);
 
     // Over 100 MiB: refused at once, nothing staged.
     let huge = dir.path().join("huge.bin");
@@ -482,11 +468,7 @@ fn over_large_files_bad_images_and_the_relay_quota_are_refused_with_clear_errors
     // Nothing was sent to Bob, and under the quota a file goes.
     let ok = dir.path().join("ok.bin");
     random_file(&ok, 1_000_000, 6);
-    let id = alice
-        .ok(&["send-file", "Bob", ok.to_str().unwrap()])
-        .unwrap()
-        .trim()
-        .to_owned();
+    let id = send_file(&alice, &["Bob", ok.to_str().unwrap()]);
     let m = wait_message(&bob, "Alice", &id);
     let h = bob.json(&["history", "Alice"]).unwrap();
     assert_eq!(
@@ -500,21 +482,14 @@ fn over_large_files_bad_images_and_the_relay_quota_are_refused_with_clear_errors
 fn a_tampered_blob_is_refused_and_nothing_of_it_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
-    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
-    let mut bob = nodes.pop().unwrap();
-    let mut alice = nodes.pop().unwrap();
-    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    let (mut alice, mut bob) = alice_and_bob(dir.path(), &relay);
 
     // Bob is offline while a byte of the blob is flipped at the relay; Alice goes offline
     // once it is sent, so the relay's copy is the only one.
     bob.stop().unwrap();
     let small = dir.path().join("small.bin");
     random_file(&small, 1_000_000, 9);
-    let id = alice
-        .ok(&["send-file", "Bob", small.to_str().unwrap()])
-        .unwrap()
-        .trim()
-        .to_owned();
+    let id = send_file(&alice, &["Bob", small.to_str().unwrap()]);
     let data = blob_files(&relay)
         .into_iter()
         .max_by_key(|f| std::fs::metadata(f).unwrap().len())
@@ -558,18 +533,11 @@ fn an_expired_file_is_reported_and_its_space_freed() {
         "[blobs]\nttl_secs = 3\ngc_secs = 1\n",
     )
     .unwrap();
-    let mut nodes = start_nodes(dir.path(), &["alice", "bob"], &relay.addr).unwrap();
-    let mut bob = nodes.pop().unwrap();
-    let alice = nodes.pop().unwrap();
-    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    let (alice, mut bob) = alice_and_bob(dir.path(), &relay);
     bob.stop().unwrap();
     let small = dir.path().join("small.bin");
     random_file(&small, 1_000_000, 9);
-    let id = alice
-        .ok(&["send-file", "Bob", small.to_str().unwrap()])
-        .unwrap()
-        .trim()
-        .to_owned();
+    let id = send_file(&alice, &["Bob", small.to_str().unwrap()]);
     wait_for("the relay to collect the expired blob", WAIT, || {
         (relay.metric("tern_relay_blobs_collected_total").ok()? >= 1.0).then_some(())
     })

@@ -53,7 +53,7 @@ use tern_relay::{
         multiaddr::Protocol,
         noise,
         swarm::SwarmEvent,
-        tcp, yamux,
+        tcp,
     },
 };
 use tokio::{
