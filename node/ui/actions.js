@@ -1,0 +1,506 @@
+// What the page does with the node: loading, sending, and applying events to the state.
+
+import { Client, RpcError, SessionExpired, authedFetch, sessionFromHash, storedToken } from './api.js';
+import { getState, setState, toast, errorText } from './store.js';
+import { TEMP_LAMPORT, applyReceipt, prependOlder, statusRank, unreadAnchor, upsert } from './timeline.js';
+import { notifyMessage } from './notify.js';
+
+/** Messages per history page. */
+export const PAGE = 50;
+/** Page size and page count when paging back to a search hit. */
+const JUMP_PAGE = 200;
+const JUMP_MAX_PAGES = 25;
+/** Marking an open chat read waits this long, so a burst costs one call. */
+const MARK_READ_DELAY_MS = 400;
+/** Re-fetching the lists after unknown conversations or lost events waits this long. */
+const REFRESH_DELAY_MS = 300;
+
+export let client = null;
+
+// ---------------------------------------------------------------- start
+
+export async function start() {
+  let token = null;
+  try {
+    token = await sessionFromHash();
+  } catch (e) {
+    if (e instanceof SessionExpired) return setState({ phase: 'expired' });
+    return setState({ phase: 'error', phaseError: errorText(e) });
+  }
+  token = token || storedToken();
+  if (!token) return setState({ phase: 'no-session' });
+  client = new Client(token, {
+    onState: (conn) => {
+      if (conn === 'expired') setState({ conn, phase: 'expired' });
+      else setState({ conn });
+    },
+    onOpen: () => refreshAll(),
+    onEvent: (ev) => onEvent(ev),
+    onResync: () => scheduleRefresh(true),
+  });
+  setState({ phase: 'ready' });
+  client.connect();
+  document.addEventListener('visibilitychange', () => {
+    const s = getState();
+    if (document.visibilityState === 'visible' && s.openId && (s.convs[s.openId]?.unread || 0) > 0) {
+      scheduleMarkRead(s.openId);
+    }
+  });
+}
+
+export function call(method, params) {
+  if (!client) return Promise.reject(new Error('not connected'));
+  return client.call(method, params);
+}
+
+export function fetchAuthed(url, init) {
+  return authedFetch(client, url, init);
+}
+
+// ---------------------------------------------------------------- lists
+
+let refreshTimer = null;
+let refreshDropsChats = false;
+
+/** Re-fetches lists soon; `dropChats` also reloads the open chat (events were lost). */
+export function scheduleRefresh(dropChats) {
+  refreshDropsChats = refreshDropsChats || !!dropChats;
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => {
+    const drop = refreshDropsChats;
+    refreshDropsChats = false;
+    if (drop) refreshAll();
+    else refreshLists();
+  }, REFRESH_DELAY_MS);
+}
+
+/** After every (re)connection or loss of events: lists, then the open chat from scratch. */
+export async function refreshAll() {
+  const s = getState();
+  // Cached chats may have missed events: keep only the open one, reloaded below.
+  const keep = {};
+  if (s.openId && s.chats[s.openId]) keep[s.openId] = s.chats[s.openId];
+  setState({ chats: keep });
+  await Promise.all([
+    call('id.show').then((me) => setState({ me }), ignore),
+    refreshLists(),
+    refreshPresence(),
+    call('file.transfers').then((list) => {
+      const transfers = {};
+      for (const t of list || []) transfers[t.id] = t;
+      setState((st) => ({ transfers: Object.assign({}, st.transfers, transfers) }));
+    }, ignore),
+  ]);
+  const open = getState().openId;
+  if (open) await loadLatest(open, { reload: true });
+}
+
+export async function refreshLists() {
+  try {
+    const [convList, groupList, contactList] = await Promise.all([
+      call('conversations'),
+      call('group_list'),
+      call('contact.list'),
+    ]);
+    const groups = {};
+    for (const g of groupList || []) groups[g.id] = g;
+    const contacts = {};
+    const identityPending = {};
+    for (const c of contactList || []) {
+      contacts[c.user_id] = c;
+      if (c.identity_change_pending) identityPending[c.user_id] = true;
+    }
+    const convs = {};
+    const openId = getState().openId;
+    for (const c of convList || []) {
+      convs[c.id] = Object.assign({}, c, { group: !!groups[c.id], unread: c.id === openId && visible() ? 0 : c.unread });
+    }
+    for (const g of Object.values(groups)) {
+      if (!convs[g.id]) {
+        convs[g.id] = { id: g.id, title: g.title, name: g.title, last_text: null, last_activity: 0, unread: g.unread || 0, group: true };
+      }
+    }
+    // A chat opened before it had a conversation (a new contact) stays listed.
+    const prev = getState().convs;
+    if (openId && !convs[openId] && prev[openId]) convs[openId] = prev[openId];
+    setState({ convs, groups, contacts, identityPending });
+  } catch (e) {
+    if (!(e instanceof SessionExpired)) toast('Could not load conversations: ' + errorText(e), 'error');
+  }
+}
+
+export async function refreshPresence(contact) {
+  try {
+    const list = await call('presence', contact ? { contact } : {});
+    setState((s) => {
+      const presence = Object.assign({}, s.presence);
+      for (const p of list || []) presence[p.user_id] = p;
+      return { presence };
+    });
+  } catch {
+    /* presence is a nicety: the relays may be unreachable */
+  }
+}
+
+export function convName(s, id) {
+  const c = s.convs[id];
+  return (
+    (c && (c.name || c.title)) ||
+    (s.groups[id] && s.groups[id].title) ||
+    (s.contacts[id] && s.contacts[id].name) ||
+    (id ? id.slice(0, 8) : '')
+  );
+}
+
+export function isGroup(s, id) {
+  return !!(s.groups[id] || (s.convs[id] && s.convs[id].group));
+}
+
+function target(s, id) {
+  return isGroup(s, id) ? { group: id } : { contact: id };
+}
+
+function visible() {
+  return document.visibilityState === 'visible';
+}
+
+function ignore() {}
+
+// ---------------------------------------------------------------- chats
+
+function newChat() {
+  return { messages: [], loaded: false, loading: false, hasMore: true, anchor: null, uploads: [], target: null, error: null, version: 0 };
+}
+
+function patchChat(id, fn) {
+  setState((s) => {
+    const old = s.chats[id] || newChat();
+    const next = fn(old);
+    if (next === old) return null;
+    return { chats: Object.assign({}, s.chats, { [id]: next }) };
+  });
+}
+
+function patchConv(id, fn) {
+  setState((s) => {
+    const old = s.convs[id];
+    const next = fn(old);
+    if (!next || next === old) return null;
+    return { convs: Object.assign({}, s.convs, { [id]: next }) };
+  });
+}
+
+/** Opens a conversation; `targetId` scrolls to (and loads back to) that message. */
+export function openConversation(id, targetId) {
+  const s = getState();
+  if (!s.convs[id]) {
+    // A contact with no messages yet: list it so it can be opened and written to.
+    const c = s.contacts[id];
+    patchConv(id, () => ({ id, title: null, name: c ? c.name : null, last_text: null, last_activity: 0, unread: 0, group: !!s.groups[id] }));
+  }
+  setState({ openId: id, modal: null });
+  try {
+    sessionStorage.setItem('tern.open', id);
+  } catch {
+    /* not kept across reloads then */
+  }
+  const chat = getState().chats[id];
+  if (targetId) patchChat(id, (c) => Object.assign({}, c, { target: targetId }));
+  if (!chat || !chat.loaded) loadLatest(id, { targetId });
+  else {
+    if (targetId) findMessage(id, targetId);
+    if ((getState().convs[id]?.unread || 0) > 0) scheduleMarkRead(id);
+  }
+  if (!isGroup(getState(), id)) refreshPresence(id);
+}
+
+/** Loads the newest page; with `reload`, replaces what was loaded (keeps unsent placeholders). */
+export async function loadLatest(id, opts = {}) {
+  const s = getState();
+  const unread = (s.convs[id] && s.convs[id].unread) || 0;
+  patchChat(id, (c) => Object.assign({}, c, { loading: true, error: null }));
+  const method = isGroup(s, id) ? 'group_history' : 'history';
+  try {
+    const page = await call(method, Object.assign(target(s, id), { limit: PAGE, mark_read: visible() }));
+    patchChat(id, (c) => {
+      const temps = c.messages.filter((m) => m.temp);
+      let messages = opts.reload || !c.loaded ? page : prependOlder(c.messages, page);
+      for (const t of temps) messages = upsert(messages, t);
+      return Object.assign({}, c, {
+        messages,
+        loaded: true,
+        loading: false,
+        hasMore: page.length >= PAGE,
+        anchor: c.loaded && !opts.reload ? c.anchor : unreadAnchor(page, unread),
+        version: c.version + 1,
+      });
+    });
+    if (visible()) patchConv(id, (c) => c && c.unread ? Object.assign({}, c, { unread: 0 }) : c);
+    if (opts.targetId) await findMessage(id, opts.targetId);
+  } catch (e) {
+    patchChat(id, (c) => Object.assign({}, c, { loading: false, error: errorText(e) }));
+  }
+}
+
+/** Loads the page before the oldest loaded message. */
+export async function loadOlder(id, limit = PAGE) {
+  const s = getState();
+  const chat = s.chats[id];
+  if (!chat || chat.loading || !chat.hasMore) return false;
+  const oldest = chat.messages.find((m) => !m.temp);
+  if (!oldest) return false;
+  patchChat(id, (c) => Object.assign({}, c, { loading: true }));
+  const method = isGroup(s, id) ? 'group_history' : 'history';
+  try {
+    const page = await call(method, Object.assign(target(s, id), { limit, before: oldest.id }));
+    patchChat(id, (c) => Object.assign({}, c, {
+      messages: prependOlder(c.messages, page),
+      loading: false,
+      hasMore: page.length >= limit,
+      version: c.version + 1,
+    }));
+    return page.length > 0;
+  } catch (e) {
+    patchChat(id, (c) => Object.assign({}, c, { loading: false, hasMore: !(e instanceof RpcError && e.code === 1006) }));
+    return false;
+  }
+}
+
+/** Pages back (bounded) until `msgId` is loaded, then marks it as the target to show. */
+export async function findMessage(id, msgId) {
+  for (let i = 0; i < JUMP_MAX_PAGES; i++) {
+    const chat = getState().chats[id];
+    if (!chat) return;
+    if (chat.messages.some((m) => m.id === msgId)) break;
+    if (!chat.hasMore) break;
+    if (chat.loading) await new Promise((r) => setTimeout(r, 50));
+    else if (!(await loadOlder(id, JUMP_PAGE))) break;
+  }
+  const chat = getState().chats[id];
+  if (chat && !chat.messages.some((m) => m.id === msgId)) toast('That message is too far back to show here.');
+  patchChat(id, (c) => Object.assign({}, c, { target: msgId, targetSeq: (c.targetSeq || 0) + 1 }));
+}
+
+let tempId = 0;
+
+/** Sends a text, shown at once as pending and replaced by the node's Message. */
+export async function sendText(id, text) {
+  const s = getState();
+  const temp = {
+    id: 'temp-' + ++tempId,
+    temp: true,
+    conversation: id,
+    sender: (s.me && s.me.user_id) || '',
+    sender_device: '',
+    own: true,
+    text,
+    sent_at: Date.now(),
+    received_at: Date.now(),
+    status: 'pending',
+    lamport: TEMP_LAMPORT,
+    seq: tempId,
+    gap_before: false,
+    kind: 'text',
+    sender_name: s.me ? s.me.name : null,
+  };
+  patchChat(id, (c) => Object.assign({}, c, { messages: upsert(c.messages, temp) }));
+  const group = isGroup(s, id);
+  try {
+    const m = await call(group ? 'group_send' : 'send', Object.assign(target(s, id), { text }));
+    patchChat(id, (c) => Object.assign({}, c, { messages: upsert(c.messages.filter((x) => x.id !== temp.id), withReceipts(m)) }));
+    noteInConv(m);
+  } catch (e) {
+    patchChat(id, (c) => Object.assign({}, c, {
+      messages: c.messages.map((x) => (x.id === temp.id ? Object.assign({}, x, { status: 'failed', error: errorText(e) }) : x)),
+    }));
+    toast('Not sent: ' + errorText(e), 'error');
+  }
+}
+
+/** Drops a failed placeholder (after retrying or dismissing it). */
+export function dropTemp(id, tempMsgId) {
+  patchChat(id, (c) => Object.assign({}, c, { messages: c.messages.filter((x) => x.id !== tempMsgId) }));
+}
+
+/** Uploads a file's bytes to the node, then asks it to send them. */
+export async function sendFile(id, file, caption) {
+  const s = getState();
+  const localId = 'upload-' + ++tempId;
+  const placeholder = { id: localId, direction: 'up', state: 'queued', bytes: 0, total: file.size, name: file.name, local: true };
+  setState((st) => ({ transfers: Object.assign({}, st.transfers, { [localId]: placeholder }) }));
+  patchChat(id, (c) => Object.assign({}, c, { uploads: c.uploads.concat([localId]) }));
+  // The message may already be here (its event came before the answer): then no row.
+  const swap = (tid) => patchChat(id, (c) => Object.assign({}, c, {
+    uploads: c.messages.some((m) => m.id === tid)
+      ? c.uploads.filter((u) => u !== localId)
+      : c.uploads.map((u) => (u === localId ? tid : u)),
+  }));
+  try {
+    const res = await fetchAuthed('/upload?name=' + encodeURIComponent(file.name), { method: 'POST', body: file });
+    if (!res.ok) throw new Error(`upload refused (HTTP ${res.status}${await res.text().then((t) => (t ? ': ' + t : ''), () => '')})`);
+    const { path } = await res.json();
+    const params = Object.assign(target(s, id), { path });
+    if (caption) params.caption = caption;
+    const t = await call('file.send', params);
+    setState((st) => {
+      const transfers = Object.assign({}, st.transfers);
+      delete transfers[localId];
+      // An event may already have moved it on.
+      if (!transfers[t.id]) transfers[t.id] = t;
+      return { transfers };
+    });
+    swap(t.id);
+  } catch (e) {
+    setState((st) => ({
+      transfers: Object.assign({}, st.transfers, { [localId]: Object.assign({}, placeholder, { state: 'failed', code: errorText(e) }) }),
+    }));
+    toast(`${file.name} not sent: ${errorText(e)}`, 'error');
+  }
+}
+
+export function dismissUpload(id, tid) {
+  patchChat(id, (c) => Object.assign({}, c, { uploads: c.uploads.filter((u) => u !== tid) }));
+}
+
+const markTimers = new Map();
+
+/** Marks an open conversation read (and sends read receipts) after a short pause. */
+export function scheduleMarkRead(id) {
+  patchConv(id, (c) => (c && c.unread ? Object.assign({}, c, { unread: 0 }) : c));
+  clearTimeout(markTimers.get(id));
+  markTimers.set(id, setTimeout(() => {
+    markTimers.delete(id);
+    const s = getState();
+    const method = isGroup(s, id) ? 'group_history' : 'history';
+    call(method, Object.assign(target(s, id), { limit: 1, mark_read: true })).catch(ignore);
+  }, MARK_READ_DELAY_MS));
+}
+
+// ---------------------------------------------------------------- events
+
+/** Receipts that came before their message: id → best status. */
+const earlyReceipts = new Map();
+const EARLY_RECEIPTS_MAX = 2000;
+
+function withReceipts(m) {
+  const r = earlyReceipts.get(m.id);
+  if (r && statusRank(r) > statusRank(m.status)) return Object.assign({}, m, { status: r });
+  return m;
+}
+
+function previewOf(m) {
+  if (m.kind === 'file') return '📎 ' + (m.text || (m.media && m.media.name) || 'file');
+  return m.text;
+}
+
+/** Updates the conversation list for a message (sent here, or received). */
+function noteInConv(m, fresh) {
+  const s = getState();
+  const id = m.conversation;
+  const openAndSeen = s.openId === id && visible();
+  const counts = fresh && !m.own && m.kind !== 'membership' && m.status !== 'read';
+  const time = Math.max(m.received_at || 0, m.sent_at || 0);
+  if (!s.convs[id]) scheduleRefresh(false);
+  patchConv(id, (c) => {
+    const base = c || { id, title: null, name: m.own ? null : m.sender_name, last_text: null, last_activity: 0, unread: 0, group: !!s.groups[id] };
+    return Object.assign({}, base, {
+      last_text: time >= base.last_activity || !base.last_text ? previewOf(m) : base.last_text,
+      last_activity: Math.max(base.last_activity, time),
+      unread: counts && !openAndSeen ? base.unread + 1 : base.unread,
+    });
+  });
+  if (counts && openAndSeen) scheduleMarkRead(id);
+}
+
+function onMessage(m) {
+  const s = getState();
+  const id = m.conversation;
+  const known = s.chats[id] && s.chats[id].messages.some((x) => x.id === m.id);
+  if (s.chats[id] && s.chats[id].loaded) {
+    patchChat(id, (c) => Object.assign({}, c, {
+      messages: upsert(c.messages, withReceipts(m)),
+      uploads: c.uploads.filter((u) => u !== m.id),
+    }));
+  } else if (s.chats[id]) {
+    patchChat(id, (c) => Object.assign({}, c, { uploads: c.uploads.filter((u) => u !== m.id) }));
+  }
+  noteInConv(m, !known);
+  if (!m.own && !known && m.kind !== 'membership') notifyMessage(m, getState(), openConversation);
+}
+
+function onEvent(ev) {
+  switch (ev.type) {
+    case 'message':
+      return onMessage(ev.message);
+    case 'receipt': {
+      for (const id of ev.ids || []) {
+        if (statusRank(ev.status) > statusRank(earlyReceipts.get(id))) earlyReceipts.set(id, ev.status);
+      }
+      while (earlyReceipts.size > EARLY_RECEIPTS_MAX) earlyReceipts.delete(earlyReceipts.keys().next().value);
+      if (getState().chats[ev.conversation]) {
+        patchChat(ev.conversation, (c) => {
+          const messages = applyReceipt(c.messages, ev.ids || [], ev.status);
+          return messages === c.messages ? c : Object.assign({}, c, { messages });
+        });
+      }
+      return;
+    }
+    case 'presence':
+      return setState((s) => ({ presence: Object.assign({}, s.presence, { [ev.presence.user_id]: ev.presence }) }));
+    case 'group': {
+      const g = ev.group;
+      setState((s) => ({ groups: Object.assign({}, s.groups, { [g.id]: g }) }));
+      patchConv(g.id, (c) => Object.assign({}, c || { id: g.id, last_text: null, last_activity: Date.now(), unread: 0 }, { title: g.title, name: g.title, group: true }));
+      return;
+    }
+    case 'notification': {
+      const s = getState();
+      if (s.openId === ev.conversation && visible()) return;
+      patchConv(ev.conversation, (c) => (c ? Object.assign({}, c, { unread: Math.max(c.unread, ev.unread || 0) }) : c));
+      return;
+    }
+    case 'transfer':
+      return setState((s) => ({ transfers: Object.assign({}, s.transfers, { [ev.transfer.id]: ev.transfer }) }));
+    case 'identity_changed': {
+      setState((s) => ({ identityPending: Object.assign({}, s.identityPending, { [ev.user_id]: true }) }));
+      const s = getState();
+      toast(`${convName(s, ev.user_id)}'s identity key changed: sending to them is blocked until you accept it.`, 'error');
+      scheduleRefresh(false);
+      return;
+    }
+    case 'revoked':
+      setState({ revoked: true });
+      return;
+    case 'undecryptable': {
+      const s = getState();
+      const who = convName(s, ev.user_id);
+      const why = ev.reason === 'message_key_gone' ? ' (asked them to send it again)' : '';
+      toast(`A message from ${who} could not be decrypted${why}.`, 'error');
+      return;
+    }
+    case 'peer':
+      if (ev.user_id) refreshPresence(ev.user_id);
+      return;
+    default:
+      return;
+  }
+}
+
+// ---------------------------------------------------------------- contacts
+
+/** Accepts a contact's new identity key. */
+export async function acceptIdentity(userId) {
+  const res = await call('contact.accept', { contact: userId });
+  setState((s) => {
+    const identityPending = Object.assign({}, s.identityPending);
+    delete identityPending[userId];
+    return { identityPending, contacts: Object.assign({}, s.contacts, { [res.contact.user_id]: res.contact }) };
+  });
+  return res;
+}
+
+/** Replaces a group in the state after a change the node answered with. */
+export function putGroup(g) {
+  setState((s) => ({ groups: Object.assign({}, s.groups, { [g.id]: g }) }));
+  patchConv(g.id, (c) => Object.assign({}, c || { id: g.id, last_text: null, last_activity: Date.now(), unread: 0 }, { title: g.title, name: g.title, group: true }));
+}

@@ -1,0 +1,101 @@
+// Tern web UI: the entry point. Starts the session, renders the shell, and owns the
+// page-wide keyboard shortcuts.
+
+import { html, render } from './vendor/preact-htm.js';
+import { useStore, getState, setState } from './store.js';
+import { start, openConversation } from './actions.js';
+import { Sidebar, sortedConvs } from './views/sidebar.js';
+import { Chat } from './views/chat.js';
+import { ModalHost } from './views/modal.js';
+
+function App() {
+  const phase = useStore((s) => s.phase);
+  if (phase === 'starting') return html`<p class="boot" role="status">Starting…</p>`;
+  if (phase === 'no-session') {
+    return html`<main class="screen" data-testid="no-session">
+      <h1>Tern</h1>
+      <p>Open Tern with <code>tern ui</code>.</p>
+      <p class="muted">For your safety this page only works when opened by the <code>tern ui</code> command on this computer.</p>
+    </main>`;
+  }
+  if (phase === 'expired') {
+    return html`<main class="screen" data-testid="session-expired" role="alert">
+      <h1>Tern</h1>
+      <p>This link was used or expired — run <code>tern ui</code> again.</p>
+    </main>`;
+  }
+  if (phase === 'error') {
+    return html`<main class="screen" data-testid="start-error" role="alert">
+      <h1>Tern</h1>
+      <p>Could not start: ${getState().phaseError}</p>
+      <p>Is the node running? Run <code>tern ui</code> again.</p>
+    </main>`;
+  }
+  return html`<div class="shell">
+    <${Banners} />
+    <div class="layout">
+      <${Sidebar} />
+      <${Chat} />
+    </div>
+    <${ModalHost} />
+    <${Toasts} />
+  </div>`;
+}
+
+function Banners() {
+  const conn = useStore((s) => s.conn);
+  const revoked = useStore((s) => s.revoked);
+  return html`${conn === 'offline' && html`<div class="banner offline" role="alert" data-testid="offline-banner">
+      Node offline — reconnecting…</div>`}
+    ${conn === 'connecting' && html`<div class="banner connecting" role="status" data-testid="connecting-banner">
+      Connecting to the node…</div>`}
+    ${revoked && html`<div class="banner danger" role="alert" data-testid="revoked-banner">
+      Another of your devices revoked this one: it can no longer send.</div>`}`;
+}
+
+function Toasts() {
+  const toasts = useStore((s) => s.toasts);
+  return html`<div class="toasts" aria-live="polite" data-testid="toasts">
+    ${toasts.map((t) => html`<div key=${t.id} class=${'toast ' + t.kind} role=${t.kind === 'error' ? 'alert' : 'status'}>${t.text}</div>`)}
+  </div>`;
+}
+
+/** Alt+↑ / Alt+↓: the conversation above or below the open one in the list. */
+function step(delta) {
+  const s = getState();
+  const list = sortedConvs(s);
+  if (!list.length) return;
+  const at = list.findIndex((c) => c.id === s.openId);
+  const next = at < 0 ? (delta > 0 ? 0 : list.length - 1) : Math.min(list.length - 1, Math.max(0, at + delta));
+  if (list[next] && list[next].id !== s.openId) openConversation(list[next].id);
+}
+
+document.addEventListener('keydown', (e) => {
+  if (getState().phase !== 'ready') return;
+  if ((e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey && (e.key === 'k' || e.key === 'K')) {
+    e.preventDefault();
+    setState({ modal: getState().modal && getState().modal.kind === 'switcher' ? null : { kind: 'switcher' } });
+  } else if (e.altKey && !e.ctrlKey && !e.metaKey && (e.key === 'ArrowUp' || e.key === 'ArrowDown')) {
+    if (getState().modal) return;
+    e.preventDefault();
+    step(e.key === 'ArrowUp' ? -1 : 1);
+  } else if (e.key === 'Escape' && getState().modal) {
+    setState({ modal: null });
+  }
+});
+
+// The chat open before a reload opens again.
+try {
+  const open = sessionStorage.getItem('tern.open');
+  if (open && /^[0-9a-f]{32}$/i.test(open)) setState({ openId: open });
+} catch {
+  /* storage disabled */
+}
+
+// A new `tern ui` link opened over this page (same document, new hash): start again with it.
+window.addEventListener('hashchange', () => {
+  if (/^#(.*&)?c=/.test(location.hash)) location.reload();
+});
+
+render(html`<${App} />`, document.getElementById('app'));
+start();
