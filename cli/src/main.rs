@@ -124,6 +124,13 @@ enum Cmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Open the web UI of the running node in the default browser (a one-time link, valid
+    /// 60 s, through a private local file, so the link never appears in a process list).
+    Ui {
+        /// Print the one-time URL instead of opening a browser.
+        #[arg(long)]
+        print: bool,
+    },
     /// Files received and sent: save one, list transfers.
     File {
         #[command(subcommand)]
@@ -731,6 +738,45 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             };
             let mut c = client(&home).await?;
             file::send(&mut c, target, path, caption, original, !no_wait, json).await
+        }
+        Cmd::Ui { print } => {
+            let mut c = client(&home).await?;
+            let v = c.call("ui.code", json!({})).await?;
+            let url = s(&v, "url").to_owned();
+            if print {
+                println!("{url}");
+                return Ok(());
+            }
+            // The code travels in the URL's fragment, which the browser never sends; the file
+            // that redirects to it is readable by this user only.
+            let page = home.dir().join("ui-open.html");
+            let html = format!(
+                "<!doctype html><meta charset=utf-8><meta name=referrer content=no-referrer>\
+                 <meta http-equiv=refresh content=\"0;url={url}\"><title>Tern</title>"
+            );
+            tern_node::home::write_atomic(&page, html.as_bytes(), true)
+                .map_err(|e| Failure::new(1, e.to_string()))?;
+            let opener = std::env::var("BROWSER").ok().unwrap_or_else(|| {
+                if cfg!(target_os = "macos") {
+                    "open"
+                } else {
+                    "xdg-open"
+                }
+                .to_owned()
+            });
+            match std::process::Command::new(&opener).arg(&page).status() {
+                Ok(st) if st.success() => {
+                    println!("opened the web UI ({})", page.display());
+                    Ok(())
+                }
+                _ => Err(Failure::new(
+                    1,
+                    format!(
+                        "could not start {opener}; open {} in a browser (valid 60 s), or run `tern ui --print`",
+                        page.display()
+                    ),
+                )),
+            }
         }
         Cmd::File { cmd } => {
             let mut c = client(&home).await?;

@@ -203,3 +203,7 @@ pub const MEDIA_STALL: Duration = Duration::from_secs(60);
 /// or stalled peer then falls back to the relay); with [`MEDIA_SERVE_STREAMS`] it bounds
 /// what peers can hold of this device.
 pub const MEDIA_SERVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long a client of the local API may take to send its request headers; a connection
+/// that sends nothing is closed then, so idle connections cannot hold the API's slots.
+pub const API_HEADER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod backup;
 pub mod consts;
+pub mod daemon;
 pub mod device_link;
 mod engine;
 pub mod envelope;
@@ -433,6 +434,13 @@ impl Node {
         to: Option<String>,
     ) -> Result<TransferInfo, NodeError> {
         self.call(|reply| Command::FileGet { message, to, reply })
+            .await
+    }
+
+    /// A message's file as this device holds it (encrypted), to decrypt on read: for the
+    /// web UI, which shows files from memory rather than from a path.
+    pub async fn file_open(&self, message: String) -> Result<media::LocalFile, NodeError> {
+        self.call(|reply| Command::FileOpen { message, reply })
             .await
     }
 

@@ -5,7 +5,9 @@
 //! `tern` CLI (and the tests) use.
 
 pub mod client;
+mod http;
 pub mod server;
+pub mod ui;
 
 use std::{net::SocketAddr, path::Path};
 

@@ -1,33 +1,23 @@
-//! The API server.
-//!
-//! Every connection must present `Authorization: Bearer <token>` (compared in constant
-//! time), a `Host` that is this loopback address (`127.0.0.1:PORT` or `localhost:PORT`), and,
-//! if it sends an `Origin` (browsers do), one of `http://127.0.0.1:PORT` /
-//! `http://localhost:PORT`: a web page elsewhere cannot reach the API through DNS rebinding
-//! or a cross-origin WebSocket.
+//! The API server: JSON-RPC 2.0 over WebSocket, behind the HTTP front in `http.rs` that
+//! checks `Host`, `Origin` and the credential (the API token, or a web UI session) before the
+//! upgrade, and also serves the web UI.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{Semaphore, mpsc},
     task::JoinHandle,
 };
-use tokio_tungstenite::tungstenite::{
-    Message,
-    handshake::server::{ErrorResponse, Request, Response},
-    http::StatusCode,
-    protocol::WebSocketConfig,
-};
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 
-use crate::{
-    Node, NodeError,
-    consts::{MAX_API_CONNECTIONS, MAX_API_MESSAGE_BYTES},
-    types::Event,
+use super::{
+    http::{Shared, serve_connection},
+    ui::Ui,
 };
+use crate::{Node, NodeError, consts::MAX_API_CONNECTIONS, types::Event};
 
 /// Queue of outgoing frames per connection.
 const OUTGOING_QUEUE: usize = 256;
@@ -50,12 +40,14 @@ pub enum ServeError {
     },
 }
 
-/// Serves the API for `node` on `addr` (port 0 picks one). Returns the bound address and
-/// the accept task.
+/// Serves the API and the web UI for `node` on `addr` (port 0 picks one); `home` is the
+/// node's home (uploads from the web UI wait under it). Returns the bound address and the
+/// accept task.
 pub async fn serve(
     node: Node,
     addr: SocketAddr,
     token: String,
+    home: &std::path::Path,
 ) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
     if !addr.ip().is_loopback() {
         return Err(ServeError::NotLoopback(addr));
@@ -66,7 +58,13 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let token = Arc::new(token);
+    let shared = Arc::new(Shared {
+        node,
+        token,
+        bound,
+        ui: Ui::new(),
+        uploads: home.join("uploads"),
+    });
     let slots = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));
     let task = tokio::spawn(async move {
         loop {
@@ -76,12 +74,9 @@ pub async fn serve(
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let node = node.clone();
-            let token = token.clone();
+            let shared = shared.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection(stream, node, &token, bound).await {
-                    tracing::debug!("API connection ended: {e}");
-                }
+                serve_connection(stream, shared).await;
                 drop(permit);
             });
         }
@@ -89,67 +84,15 @@ pub async fn serve(
     Ok((bound, task))
 }
 
-fn reject(status: StatusCode, why: &str) -> ErrorResponse {
-    let mut r = ErrorResponse::new(Some(why.to_owned()));
-    *r.status_mut() = status;
-    r
-}
-
-/// Checks token, Host and Origin of the upgrade request. (The error type is tungstenite's
-/// handshake callback type; its size is not ours to choose.)
-#[allow(clippy::result_large_err)]
-fn check_request(req: &Request, token: &str, bound: SocketAddr) -> Result<(), ErrorResponse> {
-    let port = bound.port();
-    let hosts = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
-    let host = req
-        .headers()
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    if !hosts.iter().any(|h| h == host) {
-        return Err(reject(StatusCode::FORBIDDEN, "bad Host header"));
-    }
-    if let Some(origin) = req.headers().get("origin") {
-        let origin = origin.to_str().unwrap_or("");
-        if !hosts.iter().any(|h| origin == format!("http://{h}")) {
-            return Err(reject(
-                StatusCode::FORBIDDEN,
-                "cross-origin request refused",
-            ));
-        }
-    }
-    let presented = req
-        .headers()
-        .get("authorization")
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let ok: bool = presented.as_bytes().ct_eq(token.as_bytes()).into();
-    if !ok {
-        return Err(reject(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        ));
-    }
-    Ok(())
-}
-
-async fn connection(
-    stream: TcpStream,
-    node: Node,
-    token: &str,
-    bound: SocketAddr,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_API_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_API_MESSAGE_BYTES));
-    #[allow(clippy::result_large_err)]
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        |req: &Request, resp: Response| check_request(req, token, bound).map(|()| resp),
-        Some(config),
-    )
-    .await?;
+/// One WebSocket connection of the JSON-RPC API, after the upgrade.
+pub(super) async fn rpc<S>(
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let node = shared.node.clone();
     let (mut sink, mut source) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<String>(OUTGOING_QUEUE);
     let writer = tokio::spawn(async move {
@@ -184,13 +127,43 @@ async fn connection(
             continue;
         };
         let params = req.get("params").cloned().unwrap_or(json!({}));
-        if method == "subscribe" {
-            if !subscribed {
-                subscribed = true;
-                spawn_events(node.clone(), out_tx.clone());
+        match method.as_str() {
+            "subscribe" => {
+                if !subscribed {
+                    subscribed = true;
+                    spawn_events(node.clone(), out_tx.clone());
+                }
+                let _ = out_tx.send(result_response(id, json!(true))).await;
+                continue;
             }
-            let _ = out_tx.send(result_response(id, json!(true))).await;
-            continue;
+            "ui.code" => {
+                let reply = match shared.ui.new_code() {
+                    Some(code) => result_response(
+                        id,
+                        json!({
+                            "code": code,
+                            "url": format!("http://{}/#c={code}", shared.bound),
+                            "expires_in": super::ui::CODE_TTL.as_secs(),
+                        }),
+                    ),
+                    None => error_response(id, 1007, "no randomness for a code"),
+                };
+                let _ = out_tx.send(reply).await;
+                continue;
+            }
+            "qr" => {
+                let reply = match str_param(&params, "text") {
+                    Ok(t) if t.len() <= 2048 => match super::ui::qr_svg(&t) {
+                        Ok(svg) => result_response(id, json!({"svg": svg})),
+                        Err(e) => error_response(id, -32602, &format!("cannot encode: {e}")),
+                    },
+                    Ok(_) => error_response(id, -32602, "text longer than 2048 bytes"),
+                    Err(e) => error_response(id, e.code(), &e.to_string()),
+                };
+                let _ = out_tx.send(reply).await;
+                continue;
+            }
+            _ => {}
         }
         let out = out_tx.clone();
         // Sends are queued at the engine here, in the order they came on this connection, so
@@ -227,6 +200,8 @@ async fn connection(
 fn spawn_events(node: Node, out: mpsc::Sender<String>) {
     let mut rx = node.subscribe();
     tokio::spawn(async move {
+        // Numbered per connection, so a client sees a gap (and fetches again).
+        let mut seq: u64 = 0;
         loop {
             let ev = match rx.recv().await {
                 Ok(ev) => ev,
@@ -235,7 +210,12 @@ fn spawn_events(node: Node, out: mpsc::Sender<String>) {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            let note = json!({"jsonrpc": "2.0", "method": "event", "params": ev});
+            seq += 1;
+            let mut params = serde_json::to_value(&ev).unwrap_or(Value::Null);
+            if let Value::Object(o) = &mut params {
+                o.insert("seq".into(), json!(seq));
+            }
+            let note = json!({"jsonrpc": "2.0", "method": "event", "params": params});
             if out.send(note.to_string()).await.is_err() {
                 return;
             }

@@ -1037,6 +1037,38 @@ impl Engine {
         let _ = reply.send(self.start_download(&m, media, to.map(|p| p.display().to_string())));
     }
 
+    /// `FileOpen`: the verified ciphertext of a message's file, if this device holds it.
+    pub(crate) fn file_open(&self, message: &str) -> Result<crate::media::LocalFile, NodeError> {
+        let id = super::parse_message_id(message)
+            .ok_or_else(|| NodeError::UnknownMessage(message.to_owned()))?;
+        let m = self
+            .store
+            .message(id)?
+            .ok_or_else(|| NodeError::UnknownMessage(message.to_owned()))?;
+        let tern_store::Body::Media { data, .. } = &m.body else {
+            return Err(NodeError::Media {
+                code: "not_a_file",
+                message: format!("message {message} carries no file"),
+            });
+        };
+        let media = StoredMedia::decode(data)?.media;
+        let path = self.media.blob_path(&media);
+        if !path.exists() {
+            return Err(NodeError::Media {
+                code: "not_here",
+                message: "the file is not on this device yet (file.get fetches it)".into(),
+            });
+        }
+        Ok(crate::media::LocalFile {
+            path,
+            key: MediaKey::from_bytes(media.key.into_array()),
+            sha256: media.sha256.into_array(),
+            size: media.size,
+            mime: media.mime.clone(),
+            name: safe_name(&media.name),
+        })
+    }
+
     /// Records and starts the download of a message's file.
     fn start_download(
         &mut self,
@@ -1211,6 +1243,13 @@ impl Engine {
                 }
             }
             MediaEvent::Staged { id, result } => {
+                // A file the web UI uploaded for sending is not needed once staged.
+                if let Ok(Some(t)) = self.store.transfer(&id)
+                    && let Ok(TransferData::Up(up)) = TransferData::decode(&t.data)
+                    && Path::new(&up.source).starts_with(self.home.dir().join("uploads"))
+                {
+                    let _ = std::fs::remove_file(&up.source);
+                }
                 let staged = match result {
                     Ok(s) => s,
                     Err((code, message)) => {

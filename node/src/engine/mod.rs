@@ -111,6 +111,11 @@ pub(crate) enum Command {
     },
     /// The transfers not finished, and those finished lately.
     Transfers(Reply<Vec<TransferInfo>>),
+    /// Where a message's file is on this device, to decrypt on read.
+    FileOpen {
+        message: String,
+        reply: Reply<crate::media::LocalFile>,
+    },
     DeviceRevoke {
         device: String,
         reply: Reply<DeviceInfo>,
@@ -688,6 +693,9 @@ impl Engine {
             Command::FileGet { message, to, reply } => self.file_get(&message, to, reply),
             Command::Transfers(reply) => {
                 let _ = reply.send(self.transfers());
+            }
+            Command::FileOpen { message, reply } => {
+                let _ = reply.send(self.file_open(&message));
             }
             Command::DeviceRevoke { device, reply } => {
                 let _ = reply.send(self.device_revoke(&device).await);

@@ -176,6 +176,32 @@ impl StoredMedia {
     }
 }
 
+/// A message's file as this device holds it: the verified ciphertext and what decrypts it.
+#[derive(Clone)]
+pub struct LocalFile {
+    /// The ciphertext under `<home>/media/`.
+    pub path: std::path::PathBuf,
+    /// The media key.
+    pub key: tern_crypto::media::MediaKey,
+    /// SHA-256 of the plaintext.
+    pub sha256: [u8; 32],
+    /// Plaintext bytes.
+    pub size: u64,
+    /// MIME type.
+    pub mime: String,
+    /// The (sanitised) file name.
+    pub name: String,
+}
+
+impl std::fmt::Debug for LocalFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalFile")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A file name safe to create: the last path component, without control characters,
 /// separators or a leading dot, at most [`MAX_NAME_BYTES`]; `file` if nothing is left.
 pub fn safe_name(name: &str) -> String {

@@ -248,8 +248,9 @@ pub fn encrypt_file(
     })
 }
 
-/// Decrypts `ciphertext` into `out`, checking the plaintext's hash and size at the end.
-fn decrypt_checked(
+/// Decrypts `ciphertext` into `out`, checking the plaintext's hash and size at the end (the
+/// output so far must then be discarded on an error).
+pub fn decrypt_into(
     key: &MediaKey,
     ciphertext: &Path,
     out: impl Write,
@@ -276,7 +277,7 @@ pub fn verify(
     sha256: &[u8; 32],
     size: u64,
 ) -> Result<(), StageError> {
-    decrypt_checked(key, ciphertext, io::sink(), sha256, size)
+    decrypt_into(key, ciphertext, io::sink(), sha256, size)
 }
 
 /// Decrypts a complete ciphertext to `to` (which must not exist), readable by this user only;
@@ -289,7 +290,7 @@ pub fn decrypt_to(
     size: u64,
 ) -> Result<(), StageError> {
     write_then_rename(to, false, |w| {
-        decrypt_checked(key, ciphertext, w, sha256, size)
+        decrypt_into(key, ciphertext, w, sha256, size)
     })
 }
 

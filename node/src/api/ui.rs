@@ -1,0 +1,213 @@
+//! The web UI's side of the API server: its files (embedded, or from `TERN_UI_DIR` while
+//! developing), the one-time codes `tern ui` hands out and the sessions they become.
+//!
+//! A page on localhost gets no ambient credential: `tern ui` asks the node (with the API
+//! token) for a code, single use and valid [`CODE_TTL`], and opens a 0600 local file that
+//! redirects the browser to `http://127.0.0.1:PORT/#c=CODE` (the fragment never reaches a
+//! server or a `Referer`). The page exchanges the code at `POST /session` for a session token
+//! kept in `sessionStorage`, and presents it as a WebSocket subprotocol
+//! (`tern.session.<token>`) or as `Authorization: Bearer` on uploads and file reads.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// How long a code from `tern ui` may wait to be exchanged.
+pub const CODE_TTL: Duration = Duration::from_secs(60);
+/// Codes outstanding at most (the oldest is dropped).
+const MAX_CODES: usize = 16;
+/// Sessions kept at most (the oldest is dropped: its page must run `tern ui` again).
+const MAX_SESSIONS: usize = 32;
+
+/// The UI's files, embedded at build time (`build.rs`): path under `ui/` and bytes.
+const EMBEDDED: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/ui_assets.rs"));
+
+/// One file of the UI, as served.
+#[derive(Debug, Clone)]
+pub struct Asset {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// Its `Content-Type`.
+    pub mime: &'static str,
+    /// Its ETag (quoted, from its SHA-256).
+    pub etag: String,
+}
+
+fn mime_of(path: &str) -> &'static str {
+    match path.rsplit_once('.').map(|(_, e)| e) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("ico") => "image/x-icon",
+        Some("json") => "application/json",
+        Some("woff2") => "font/woff2",
+        _ => "application/octet-stream",
+    }
+}
+
+fn asset(path: &str, bytes: Vec<u8>) -> Asset {
+    let hash = Sha256::digest(&bytes);
+    let etag = format!(
+        "\"{}\"",
+        hash[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    Asset {
+        bytes,
+        mime: mime_of(path),
+        etag,
+    }
+}
+
+/// The UI's state in the API server.
+#[derive(Debug)]
+pub struct Ui {
+    /// `TERN_UI_DIR`: serve files from here instead (development).
+    dir: Option<PathBuf>,
+    /// Embedded files, by path, with their ETags.
+    embedded: HashMap<&'static str, Asset>,
+    codes: Mutex<VecDeque<(String, Instant)>>,
+    sessions: Mutex<VecDeque<String>>,
+}
+
+pub(super) fn random_hex(n: usize) -> Option<String> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).ok()?;
+    Some(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+impl Ui {
+    /// The UI with its embedded files, or those under `TERN_UI_DIR` when that is set.
+    pub fn new() -> Self {
+        Ui {
+            dir: std::env::var_os("TERN_UI_DIR").map(PathBuf::from),
+            embedded: EMBEDDED
+                .iter()
+                .map(|(p, b)| (*p, asset(p, b.to_vec())))
+                .collect(),
+            codes: Mutex::new(VecDeque::new()),
+            sessions: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The file at `path` (relative to the UI's root; `index.html` for `/`).
+    pub fn file(&self, path: &str) -> Option<Asset> {
+        if path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return None;
+        }
+        match &self.dir {
+            Some(dir) => {
+                let bytes = std::fs::read(dir.join(path)).ok()?;
+                Some(asset(path, bytes))
+            }
+            None => self.embedded.get(path).cloned(),
+        }
+    }
+
+    /// A new one-time code for `tern ui`.
+    pub fn new_code(&self) -> Option<String> {
+        let code = random_hex(16)?;
+        let mut codes = self.codes.lock().ok()?;
+        codes.retain(|(_, at)| at.elapsed() < CODE_TTL);
+        if codes.len() >= MAX_CODES {
+            codes.pop_front();
+        }
+        codes.push_back((code.clone(), Instant::now()));
+        Some(code)
+    }
+
+    /// Exchanges a code (once, within [`CODE_TTL`]) for a new session token.
+    pub fn redeem(&self, code: &str) -> Option<String> {
+        let mut codes = self.codes.lock().ok()?;
+        let pos = codes.iter().position(|(c, at)| {
+            bool::from(c.as_bytes().ct_eq(code.as_bytes())) && at.elapsed() < CODE_TTL
+        })?;
+        codes.remove(pos);
+        drop(codes);
+        let token = random_hex(32)?;
+        let mut sessions = self.sessions.lock().ok()?;
+        if sessions.len() >= MAX_SESSIONS {
+            sessions.pop_front();
+        }
+        sessions.push_back(token.clone());
+        Some(token)
+    }
+
+    /// Whether `token` is a live session (compared in constant time with each).
+    pub fn session_valid(&self, token: &str) -> bool {
+        let Ok(sessions) = self.sessions.lock() else {
+            return false;
+        };
+        sessions.iter().fold(false, |found, s| {
+            found | bool::from(s.as_bytes().ct_eq(token.as_bytes()))
+        })
+    }
+}
+
+impl Default for Ui {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An SVG QR code of `text` (for the UI to show one's contact link).
+pub fn qr_svg(text: &str) -> Result<String, String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(240, 240)
+        .quiet_zone(true)
+        .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_is_good_once_and_sessions_are_checked() {
+        let ui = Ui::new();
+        let code = ui.new_code().unwrap();
+        assert!(ui.redeem("0000").is_none());
+        let token = ui.redeem(&code).unwrap();
+        assert!(ui.redeem(&code).is_none(), "single use");
+        assert!(ui.session_valid(&token));
+        assert!(!ui.session_valid("nope"));
+        assert!(!ui.session_valid(""));
+    }
+
+    #[test]
+    fn paths_cannot_leave_the_ui() {
+        let ui = Ui::new();
+        for bad in [
+            "../Cargo.toml",
+            "a/../../x",
+            "/etc/passwd",
+            "",
+            "a//b",
+            "./x",
+        ] {
+            assert!(ui.file(bad).is_none(), "{bad}");
+        }
+        assert_eq!(mime_of("app.js"), "text/javascript; charset=utf-8");
+    }
+
+    #[test]
+    fn qr_codes_are_svg() {
+        let svg = qr_svg("tern:hello").unwrap();
+        assert!(svg.starts_with("<?xml") && svg.contains("<svg"));
+    }
+}
