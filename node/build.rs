@@ -13,10 +13,10 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
     for p in entries {
         if p.is_dir() {
             walk(&p, root, out);
-        } else if p.extension().is_some_and(|e| e != "md" && e != "txt") {
-            if let Ok(rel) = p.strip_prefix(root) {
-                out.push(rel.to_string_lossy().replace('\\', "/"));
-            }
+        } else if p.extension().is_some_and(|e| e != "md" && e != "txt")
+            && let Ok(rel) = p.strip_prefix(root)
+        {
+            out.push(rel.to_string_lossy().replace('\\', "/"));
         }
     }
 }
