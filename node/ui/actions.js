@@ -389,7 +389,7 @@ function withReceipts(m) {
 }
 
 function previewOf(m) {
-  if (m.kind === 'file') return '📎 ' + (m.text || (m.media && m.media.name) || 'file');
+  if (m.kind === 'file') return 'File: ' + (m.text || (m.media && m.media.name) || 'file');
   return m.text;
 }
 
@@ -412,13 +412,26 @@ function noteInConv(m, fresh) {
   if (counts && openAndSeen) scheduleMarkRead(id);
 }
 
+/**
+ * An own text's event can come before the answer to `send`: the oldest placeholder with the
+ * same text stands for it, so the two are not both shown until the answer comes.
+ */
+function dropMatchingTemp(list, m) {
+  if (!m.own || m.kind !== 'text' || list.some((x) => x.id === m.id)) return list;
+  const at = list.findIndex((x) => x.temp && x.status === 'pending' && x.text === m.text);
+  if (at < 0) return list;
+  const out = list.slice();
+  out.splice(at, 1);
+  return out;
+}
+
 function onMessage(m) {
   const s = getState();
   const id = m.conversation;
   const known = s.chats[id] && s.chats[id].messages.some((x) => x.id === m.id);
   if (s.chats[id] && s.chats[id].loaded) {
     patchChat(id, (c) => Object.assign({}, c, {
-      messages: upsert(c.messages, withReceipts(m)),
+      messages: upsert(dropMatchingTemp(c.messages, m), withReceipts(m)),
       uploads: c.uploads.filter((u) => u !== m.id),
     }));
   } else if (s.chats[id]) {

@@ -70,7 +70,7 @@ export const STATUS_LABEL = {
 };
 
 export const STATUS_ICON = {
-  pending: '🕓',
+  pending: '○',
   sent: '✓',
   delivered: '✓✓',
   read: '✓✓',

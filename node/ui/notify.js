@@ -31,7 +31,7 @@ export function notifyMessage(m, s, open) {
   let body = 'New message';
   if (s.prefs.notify === 'content') {
     if (group) title = `${m.sender_name || 'Someone'} in ${chatName}`;
-    body = m.kind === 'file' ? '📎 ' + (m.text || (m.media && m.media.name) || 'file') : m.text;
+    body = m.kind === 'file' ? 'File: ' + (m.text || (m.media && m.media.name) || 'file') : m.text;
   }
   try {
     const n = new Notification(title, { body, tag: id });

@@ -95,7 +95,7 @@ function ChatHeader({ id, group }) {
         onClick=${() => setState({ modal: { kind: 'safety', id } })}>Safety number</button>`}
       <button type="button" data-testid="mute-button" aria-pressed=${muted ? 'true' : 'false'}
         aria-label=${muted ? 'Unmute notifications for this chat' : 'Mute notifications for this chat'}
-        onClick=${toggleMute}>${muted ? '🔕 Muted' : '🔔'}</button>
+        onClick=${toggleMute}><img src=${muted ? '/ui/icons/bell-off.svg' : '/ui/icons/bell.svg'} alt="" width="20" height="20" /></button>
     </div>
   </header>`;
 }
@@ -128,6 +128,8 @@ function Timeline({ id, group }) {
   const atBottom = useRef(true);
   const restore = useRef(null); // {id, top}: keep this row in place across a prepend
   const initialDone = useRef(false);
+  const lastId = useRef(null);
+  const uploadCount = useRef(0);
   const [flash, setFlash] = useState(null);
 
   const messages = chat ? chat.messages : [];
@@ -177,7 +179,22 @@ function Timeline({ id, group }) {
       restore.current = null;
     } else if (atBottom.current) {
       el.scrollTop = el.scrollHeight;
+    } else {
+      // What this person just sent is always shown.
+      const last = chat.messages[chat.messages.length - 1];
+      if (last && last.own && last.id !== lastId.current && last.temp) {
+        el.scrollTop = el.scrollHeight;
+        atBottom.current = true;
+      }
     }
+    const uploads = (chat.uploads || []).length;
+    if (uploads > uploadCount.current) {
+      el.scrollTop = el.scrollHeight;
+      atBottom.current = true;
+    }
+    uploadCount.current = uploads;
+    const tail = chat.messages[chat.messages.length - 1];
+    lastId.current = tail ? tail.id : null;
     // A first page shorter than the view gives no scroll to page back with.
     if (el.scrollHeight <= el.clientHeight && chat.hasMore && !chat.loading) older();
   }, [chat && chat.messages, chat && chat.loaded, chat && chat.uploads]);
@@ -306,7 +323,7 @@ function Composer({ id, group }) {
     <input type="file" ref=${fileInput} class="visually-hidden" tabindex="-1" aria-hidden="true"
       multiple data-testid="file-input" onChange=${onFiles} />
     <button type="button" class="icon" aria-label="Attach a file" title="Attach a file" data-testid="attach-button"
-      onClick=${() => fileInput.current && fileInput.current.click()}>📎</button>
+      onClick=${() => fileInput.current && fileInput.current.click()}><img src="/ui/icons/clip.svg" alt="" width="20" height="20" /></button>
     <textarea ref=${area} rows="1" data-testid="composer" aria-label="Message" placeholder="Message"
       value=${text} onInput=${(e) => update(e.target.value)} onKeyDown=${onKeyDown}></textarea>
     <button type="submit" class="primary" data-testid="send-button" aria-label="Send" disabled=${!text.trim()}>Send</button>

@@ -168,7 +168,7 @@ export function UploadRow({ tid, onDismiss }) {
   const label = t.local ? (t.state === 'failed' ? 'Failed' : 'Handing to the node…') : t.state;
   return html`<li role="listitem" class="msg own upload" data-testid=${'upload-' + tid} data-state=${t.state}>
     <div class="bubble">
-      <div class="file-info"><span class="file-name">📎 ${t.name}</span></div>
+      <div class="file-info"><span class="file-name">${t.name}</span></div>
       ${t.state !== 'failed' && html`<div class="progress-line">
         <progress max="100" value=${pct} aria-label=${'Sending ' + t.name}></progress>
         <span class="muted">${label}${t.state === 'uploading' ? ` ${pct}%` : ''}${t.state === 'paused' && t.code ? ` (${t.code})` : ''}</span>

@@ -33,7 +33,7 @@ export function Settings() {
       ${perm === 'default' && notify !== 'none' && html`<button type="button" onClick=${async () => setPerm(await askPermission())}>
         Allow notifications</button>`}
       ${perm === 'unsupported' && html`<p class="muted">This browser has no notifications.</p>`}
-      <p class="muted">Shown when this page is hidden or another chat is open. Mute a single chat with 🔔 in its header.</p>
+      <p class="muted">Shown when this page is hidden or another chat is open. Mute a single chat with the bell in its header.</p>
     </fieldset>
     ${me && html`<section class="stack">
       <h3>This device</h3>

@@ -20,13 +20,13 @@ export function Sidebar() {
       <div class="me" data-testid="me-name">${me ? me.name : ''}</div>
       <nav class="menu" aria-label="Menu">
         <button type="button" class="icon" data-testid="open-group-create" aria-label="New group" title="New group"
-          onClick=${() => open('group-create')}>👥＋</button>
+          onClick=${() => open('group-create')}><img src="/ui/icons/group-add.svg" alt="" width="20" height="20" /></button>
         <button type="button" class="icon" data-testid="open-contacts" aria-label="Contacts" title="Contacts"
-          onClick=${() => open('contacts')}>📇</button>
+          onClick=${() => open('contacts')}><img src="/ui/icons/contacts.svg" alt="" width="20" height="20" /></button>
         <button type="button" class="icon" data-testid="open-devices" aria-label="Devices" title="Devices"
-          onClick=${() => open('devices')}>💻</button>
+          onClick=${() => open('devices')}><img src="/ui/icons/devices.svg" alt="" width="20" height="20" /></button>
         <button type="button" class="icon" data-testid="open-settings" aria-label="Settings" title="Settings"
-          onClick=${() => open('settings')}>⚙</button>
+          onClick=${() => open('settings')}><img src="/ui/icons/settings.svg" alt="" width="20" height="20" /></button>
       </nav>
     </header>
     <div class="search-box" role="search">
@@ -45,7 +45,7 @@ function ConvList() {
   const muted = useStore((s) => s.prefs.muted);
   const list = useMemo(() => sortedConvs(getState()), [convs]);
   if (!list.length) {
-    return html`<p class="muted pad" data-testid="conv-empty">No conversations yet. Add a contact from 📇.</p>`;
+    return html`<p class="muted pad" data-testid="conv-empty">No conversations yet. Add a contact under Contacts (the person icon above).</p>`;
   }
   return html`<ul class="conv-list" role="list" aria-label="Conversations" data-testid="conv-list">
     ${list.map((c) => html`<${ConvItem} key=${c.id} c=${c} active=${c.id === openId}
@@ -73,7 +73,7 @@ class ConvItem extends Component {
         <span class="conv-main">
           <span class="conv-top">
             <span class="conv-name">${name}</span>
-            ${muted && html`<span class="muted" aria-hidden="true">🔕</span>`}
+            ${muted && html`<img class="inline-icon" src="/ui/icons/bell-off.svg" alt="muted" width="14" height="14" />`}
             <time class="conv-time muted">${listTime(c.last_activity)}</time>
           </span>
           <span class="conv-bottom">
