@@ -110,7 +110,6 @@ export class Client {
 
   connect() {
     if (this.stopped) return;
-    this.setState(this.state === 'open' ? 'offline' : this.state);
     let ws;
     try {
       ws = new WebSocket(`ws://${location.host}/api`, ['tern.v1', 'tern.session.' + this.token]);
