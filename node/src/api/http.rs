@@ -278,14 +278,18 @@ async fn upload(req: Request<Incoming>, s: &Shared) -> Response<Body> {
     let Some(id) = super::ui::random_hex(8) else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "no randomness");
     };
-    if let Err(e) = crate::home::create_private_dir(&s.uploads) {
+    // A directory per upload, so the file keeps the name the person chose.
+    let dir = s.uploads.join(id);
+    if let Err(e) = crate::home::create_private_dir(&s.uploads)
+        .and_then(|()| crate::home::create_private_dir(&dir))
+    {
         return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
     }
-    let path = s.uploads.join(format!("{id}-{name}"));
+    let path = dir.join(name);
     match receive_file(req.into_body(), &path).await {
         Ok(()) => json_response(StatusCode::OK, json!({"path": path.display().to_string()})),
         Err((status, why)) => {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(&dir);
             error(status, &why)
         }
     }

@@ -1249,6 +1249,9 @@ impl Engine {
                     && Path::new(&up.source).starts_with(self.home.dir().join("uploads"))
                 {
                     let _ = std::fs::remove_file(&up.source);
+                    if let Some(dir) = Path::new(&up.source).parent() {
+                        let _ = std::fs::remove_dir(dir);
+                    }
                 }
                 let staged = match result {
                     Ok(s) => s,

@@ -418,6 +418,16 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
     }
 }
 
+/// What the conversation list shows of a message: its text, or for a file its name (and
+/// caption).
+pub(crate) fn preview(m: &MessageInfo) -> String {
+    match &m.media {
+        Some(f) if m.text.is_empty() => format!("\u{1f4ce} {}", f.name),
+        Some(f) => format!("\u{1f4ce} {}: {}", f.name, m.text),
+        None => m.text.clone(),
+    }
+}
+
 pub(crate) fn parse_message_id(s: &str) -> Option<MessageId> {
     let s = s.as_bytes();
     if s.len() != 32 {
@@ -1073,9 +1083,15 @@ impl Engine {
                         .history(&c.id, tern_store::Page::Latest, Some(20))?;
                     hold::visible(&self.store, &self.hold, &recent, now)?
                         .pop()
-                        .map(|m| m.text)
+                        .map(|m| preview(&m))
                 } else {
-                    c.last_message.and_then(|m| m.text)
+                    match &c.last_message {
+                        Some(p) => self
+                            .store
+                            .message(p.id)?
+                            .map(|m| preview(&message_info(&m))),
+                        None => None,
+                    }
                 };
                 Ok(ConversationInfo {
                     name: self.conversation_name(&c.id.0, c.title.as_deref()),
