@@ -76,15 +76,7 @@ export const ids = {
 
 /** Every child this process started, killed on exit whatever happens. */
 const children = new Set();
-process.on('exit', () => {
-  for (const c of children) {
-    try {
-      c.kill('SIGKILL');
-    } catch {
-      // Already gone.
-    }
-  }
-});
+process.on('exit', () => killAll());
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.on(sig, () => process.exit(130));
 }
@@ -94,6 +86,20 @@ function childEnv(extra = {}) {
   const env = { ...process.env, ...extra };
   delete env.TERN_HOME;
   return env;
+}
+
+/**
+ * SIGKILLs every child this process started that is still running: the last line of each
+ * file's `after`, for whatever a failed or timed-out start left behind.
+ */
+export function killAll() {
+  for (const c of children) {
+    try {
+      c.kill('SIGKILL');
+    } catch {
+      // Already gone.
+    }
+  }
 }
 
 /** Resolves after `ms`. */

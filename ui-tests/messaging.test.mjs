@@ -6,10 +6,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { Env, WAIT, byId, ids, openChat, ready, row, screenshot, typeAndSend, waitFor } from './harness.mjs';
+import { byId, Env, ids, killAll, openChat, ready, row, screenshot, typeAndSend, WAIT, waitFor } from './harness.mjs';
 
 /** A word no other test sends. */
 const unique = (prefix) => `${prefix}-${randomBytes(4).toString('hex')}`;
+
+/** Every test's own bound (each wait inside is bounded too). */
+const T = { timeout: 120_000 };
 
 describe('messaging in the browser', () => {
   let env;
@@ -27,29 +30,33 @@ describe('messaging in the browser', () => {
     bobPage = await env.openUi(bob);
     await ready(alicePage);
     await ready(bobPage);
-  });
+  }, T);
 
-  after(async (t) => {
+  after(async () => {
     for (const [who, page] of [['Alice', alicePage], ['Bob', bobPage]]) {
       if (page?.consoleLines?.length) console.log(`# ${who}'s page console:\n# ${page.consoleLines.slice(-30).join('\n# ')}`);
     }
     await env?.close();
-  });
+    killAll();
+  }, T);
 
-  test('a message typed in Alice’s page appears in Bob’s without a reload, then shows read', async () => {
+  test('a message typed in Alice’s page appears in Bob’s without a reload, then shows read', T, async () => {
     const text = unique('hello Bob');
     await openChat(alicePage, bob.user);
     await typeAndSend(alicePage, text);
     const mine = row(alicePage, text);
     await mine.waitFor();
+    // Bob's node has it, but nobody has looked: delivered, not read.
+    await waitFor('Alice’s message to show delivered', async () => (await mine.getAttribute('data-status')) === 'delivered');
     // Bob's list learns of the conversation by an event; then he opens the chat.
     await byId(bobPage, ids.conversation(alice.user)).waitFor();
+    assert.equal(await mine.getAttribute('data-status'), 'delivered', 'not read before Bob opens the chat');
     await openChat(bobPage, alice.user);
     await row(bobPage, text).waitFor();
     await waitFor('Alice’s message to show read', async () => (await mine.getAttribute('data-status')) === 'read', WAIT);
   });
 
-  test('a group created in Alice’s page receives a message Bob sends with the CLI', async () => {
+  test('a group created in Alice’s page receives a message Bob sends with the CLI', T, async () => {
     const title = unique('Book club');
     await byId(alicePage, ids.newGroup).click();
     await byId(alicePage, ids.groupTitle).fill(title);
@@ -68,7 +75,7 @@ describe('messaging in the browser', () => {
     await row(alicePage, text).waitFor();
   });
 
-  test('search finds a message and the result opens it', async () => {
+  test('search finds a message and the result opens it', T, async () => {
     const word = unique('pineapple');
     await bob.cli(['send', 'Alice', `a ${word} upside-down cake`]);
     await waitFor('Alice’s node to hold the message', async () => (await alice.json(['search', word])).length > 0);
@@ -85,7 +92,7 @@ describe('messaging in the browser', () => {
     assert.ok(await byId(alicePage, `msg-${hit.id}`).isVisible(), 'the found message is on screen');
   });
 
-  test('hostile text from the CLI is shown as text, never run', async () => {
+  test('hostile text from the CLI is shown as text, never run', T, async () => {
     const payload = '<img src=x onerror=window.__pwned=1>';
     await bob.cli(['send', 'Alice', payload]);
     // A group title is shown in lists and headers: the same goes for it.
@@ -102,15 +109,17 @@ describe('messaging in the browser', () => {
     // The snippet of a search hit is rendered from marked text too.
     await byId(alicePage, ids.search).fill('onerror');
     await alicePage.locator('[data-testid^="search-hit-"]').first().waitFor();
-    const state = await alicePage.evaluate(() => ({
-      pwned: typeof window.__pwned,
-      imgs: document.querySelectorAll('img[src="x"]').length,
-    }));
+    const probe = () => ({ pwned: typeof window.__pwned, imgs: document.querySelectorAll('img[src="x"]').length });
+    const state = await alicePage.evaluate(probe);
     await byId(alicePage, ids.search).fill('');
-    assert.deepEqual(state, { pwned: 'undefined', imgs: 0 });
+    assert.deepEqual(state, { pwned: 'undefined', imgs: 0 }, 'Alice’s page');
+    // The sender's own page shows the same text.
+    await openChat(bobPage, alice.user);
+    await row(bobPage, payload).waitFor();
+    assert.deepEqual(await bobPage.evaluate(probe), { pwned: 'undefined', imgs: 0 }, 'Bob’s page');
   });
 
-  test('screenshots of the main views, light and dark', async () => {
+  test('screenshots of the main views, light and dark', T, async () => {
     const shoot = async (page, name, colorScheme) => {
       // Let transitions and the QR images settle.
       await page.waitForTimeout(300);
@@ -149,7 +158,7 @@ describe('messaging in the browser', () => {
   });
 
   // Last: it kills Alice's node.
-  test('the page rides out its node’s kill -9 and restart on the same port', async () => {
+  test('the page rides out its node’s kill -9 and restart on the same port', T, async () => {
     await openChat(alicePage, bob.user);
     await alice.kill9();
     await byId(alicePage, ids.offlineBanner).waitFor({ state: 'visible' });

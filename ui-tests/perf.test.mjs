@@ -5,7 +5,7 @@
 
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { Env, byId, ids, newPage, openChat, percentile, ready, sleep, waitFor, within } from './harness.mjs';
+import { byId, Env, ids, killAll, newPage, openChat, percentile, ready, sleep, waitFor, within } from './harness.mjs';
 
 /** Messages timed one after the other (after one warm-up). */
 const ROUNDS = 30;
@@ -61,7 +61,7 @@ describe('measurements (report only)', () => {
   before(async () => {
     env = await Env.start(['Alice', 'Bob', 'Carol']);
     ({ Alice: alice, Bob: bob, Carol: carol } = env.nodes);
-  });
+  }, { timeout: 180_000 });
 
   after(async () => {
     if (rows.length || singles.length) {
@@ -78,9 +78,10 @@ describe('measurements (report only)', () => {
       if (process.env.TERN_UI_REPORT) fs.writeFileSync(process.env.TERN_UI_REPORT, table.join('\n') + '\n');
     }
     await env?.close();
-  });
+    killAll();
+  }, { timeout: 120_000 });
 
-  test('send in Alice’s page → painted in Bob’s, against the API event', async () => {
+  test('send in Alice’s page → painted in Bob’s, against the API event', { timeout: 180_000 }, async () => {
     const alicePage = await env.openUi(alice);
     const bobPage = await env.openUi(bob);
     await ready(alicePage);

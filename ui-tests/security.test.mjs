@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Env, byId, ids, newPage, otherOrigin, rawRequest, ready, upgradeHeaders, waitFor, within } from './harness.mjs';
+import { byId, Env, ids, killAll, newPage, otherOrigin, rawRequest, ready, upgradeHeaders, waitFor, within } from './harness.mjs';
 
 /** `http://127.0.0.1:PORT/#c=CODE` → CODE. */
 const codeOf = (url) => new URL(url).hash.replace(/^#c=/, '');
@@ -45,6 +45,9 @@ async function tries({ api, token, code }) {
   return { socket, simple, session, upload };
 }
 
+/** Every test's own bound (each wait inside is bounded too). */
+const T = { timeout: 120_000 };
+
 describe('security', () => {
   let env;
   let alice;
@@ -56,11 +59,12 @@ describe('security', () => {
     alice = env.nodes.Alice;
     evil = await otherOrigin('<!doctype html><title>elsewhere</title><p>another origin</p>');
     env.defer(() => new Promise((r) => evil.server.close(r)));
-  });
+  }, T);
 
   after(async () => {
     await env?.close();
-  });
+    killAll();
+  }, T);
 
   /** POST /session with a code, from `origin`. */
   const exchange = (code, origin = alice.origin) =>
@@ -80,7 +84,7 @@ describe('security', () => {
     return token;
   }
 
-  test('a one-time code is exchanged once, then refused', async () => {
+  test('a one-time code is exchanged once, then refused', T, async () => {
     const code = codeOf(await alice.uiUrl());
     assert.equal((await exchange(code)).status, 200);
     const again = await exchange(code);
@@ -89,7 +93,7 @@ describe('security', () => {
     assert.ok(made.status >= 400 && made.status < 500, `a made-up code: HTTP ${made.status}`);
   });
 
-  test('a page opened with a used code gets no session', async () => {
+  test('a page opened with a used code gets no session', T, async () => {
     const url = await alice.uiUrl();
     const first = await newPage(env.browser);
     await first.goto(url);
@@ -107,7 +111,7 @@ describe('security', () => {
     await second.context().close();
   });
 
-  test('tern ui without --print opens the browser through a 0600 redirect page', async () => {
+  test('tern ui without --print opens the browser through a 0600 redirect page', T, async () => {
     // The "browser" is `true`: it is given the page's path and does nothing.
     await alice.cli(['ui'], { env: { BROWSER: 'true' } });
     const page = path.join(alice.home, 'ui-open.html');
@@ -118,7 +122,7 @@ describe('security', () => {
     assert.notEqual((await exchange(codeOf(url))).status, 200, 'and only once');
   });
 
-  test('responses carry CSP, Referrer-Policy and nosniff', async () => {
+  test('responses carry CSP, Referrer-Policy and nosniff', T, async () => {
     const index = await rawRequest(alice.port, { path: '/' });
     assert.equal(index.status, 200);
     const assets = [...index.body.matchAll(/(?:src|href)="(\/ui\/[^"]+)"/g)].map((m) => m[1]);
@@ -135,7 +139,7 @@ describe('security', () => {
     }
   });
 
-  test('a foreign Host header (DNS rebinding) is refused with 403 on every route', async () => {
+  test('a foreign Host header (DNS rebinding) is refused with 403 on every route', T, async () => {
     const token = await session();
     const evilHost = `evil.example:${alice.port}`;
     const auth = { Authorization: `Bearer ${token}` };
@@ -161,7 +165,7 @@ describe('security', () => {
     assert.equal(ok.status, 101, `GET /api with the right Host: HTTP ${ok.status}`);
   });
 
-  test('another origin cannot open the WebSocket (checked with raw requests)', async () => {
+  test('another origin cannot open the WebSocket (checked with raw requests)', T, async () => {
     const token = await session();
     const proto = { 'Sec-WebSocket-Protocol': `tern.v1, tern.session.${token}` };
     const right = await rawRequest(alice.port, { path: '/api', headers: upgradeHeaders({ ...proto, Origin: alice.origin }) });
@@ -183,7 +187,7 @@ describe('security', () => {
     assert.ok(wrong.status === 401 || wrong.status === 403, `a made-up session token: HTTP ${wrong.status}`);
   });
 
-  test('another origin cannot POST /session or /upload (checked with raw requests)', async () => {
+  test('another origin cannot POST /session or /upload (checked with raw requests)', T, async () => {
     const code = codeOf(await alice.uiUrl());
     const refused = await exchange(code, evil.origin);
     assert.equal(refused.status, 403, `POST /session from ${evil.origin}: HTTP ${refused.status} ${refused.body}`);
@@ -202,7 +206,7 @@ describe('security', () => {
     assert.ok(own.status >= 200 && own.status < 300, `POST /upload from the UI's origin: HTTP ${own.status} ${own.body}`);
   });
 
-  test('a page on another origin cannot use the socket or the POST routes', async () => {
+  test('a page on another origin cannot use the socket or the POST routes', T, async () => {
     const token = await session();
     const code = codeOf(await alice.uiUrl());
     const page = await newPage(env.browser);
