@@ -154,7 +154,8 @@ describe('measurements (report only)', () => {
       async () => ((await api.call('status', {})).outbox === 0 ? Date.now() - t0 : undefined),
       DRAIN_WAIT,
     ).catch(() => NaN);
-    single('seed: … until Alice’s outbox drained to the relay', drained);
+    // The relay takes 100 deposits a second from one sender (relay.toml [rate], burst 1,000).
+    single('seed: … until the outbox drained (relay: 100 deposits/s)', drained);
 
     const url = await alice.uiUrl();
     const page = await newPage(env.browser);
