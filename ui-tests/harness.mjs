@@ -213,6 +213,10 @@ export async function ternJson(home, args, opts) {
   return JSON.parse(out);
 }
 
+/** Relay config lifting the per-sender rate limits, for seeding thousands of messages. */
+export const UNLIMITED_RATE =
+  '[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n';
+
 /** A running `tern-relay`. */
 export class Relay {
   constructor(child, addr) {
@@ -221,11 +225,12 @@ export class Relay {
     this.addr = addr;
   }
 
-  static async start(dir) {
+  /** `extra` is appended to the relay's TOML config (e.g. `UNLIMITED_RATE`). */
+  static async start(dir, extra = '') {
     const data = path.join(dir, 'relay');
     fs.mkdirSync(data, { recursive: true });
     const cfg = path.join(data, 'relay.toml');
-    fs.writeFileSync(cfg, `data_dir = ${JSON.stringify(path.join(data, 'db'))}\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n`);
+    fs.writeFileSync(cfg, `data_dir = ${JSON.stringify(path.join(data, 'db'))}\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n${extra}`);
     const child = spawnTracked(TERN_RELAY, ['--config', cfg], path.join(dir, 'relay.log'), {
       RUST_LOG: process.env.TERN_TEST_LOG ?? 'warn',
     });
@@ -490,10 +495,10 @@ export class Env {
     this.closers = [];
   }
 
-  static async start(names, { browser = true } = {}) {
+  static async start(names, { browser = true, relayConfig = '' } = {}) {
     const env = new Env();
     try {
-      env.relay = await Relay.start(env.dir);
+      env.relay = await Relay.start(env.dir, relayConfig);
       const nodes = await Promise.all(names.map((n) => Node.create(env.dir, n, env.relay.addr)));
       for (const n of nodes) env.nodes[n.name] = n;
       for (let i = 0; i < nodes.length; i++) {

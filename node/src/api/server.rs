@@ -62,7 +62,7 @@ pub async fn serve(
         node,
         token,
         bound,
-        ui: Ui::new(),
+        ui: Ui::with_home(home),
         uploads: home.join("uploads"),
     });
     let slots = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));

@@ -24,6 +24,11 @@ pub const CODE_TTL: Duration = Duration::from_secs(60);
 const MAX_CODES: usize = 16;
 /// Sessions kept at most (the oldest is dropped: its page must run `tern ui` again).
 const MAX_SESSIONS: usize = 32;
+/// How long a session lasts (a page left open longer runs `tern ui` again).
+pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Where sessions survive a restart of the node: the SHA-256 of each token and when it was
+/// made, 0600 (a page left open rides out a restart; the file holds nothing that opens it).
+const SESSIONS_FILE: &str = "ui-sessions.json";
 
 /// The UI's files, embedded at build time (`build.rs`): path under `ui/` and bytes.
 const EMBEDDED: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/ui_assets.rs"));
@@ -77,7 +82,18 @@ pub struct Ui {
     /// Embedded files, by path, with their ETags.
     embedded: HashMap<&'static str, Asset>,
     codes: Mutex<VecDeque<(String, Instant)>>,
-    sessions: Mutex<VecDeque<String>>,
+    /// SHA-256 of each session token, with when it was made (ms since the epoch).
+    sessions: Mutex<VecDeque<([u8; 32], i64)>>,
+    /// The home's sessions file, if sessions are kept across restarts.
+    file: Option<PathBuf>,
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn live(made_ms: i64, now_ms: i64) -> bool {
+    now_ms.saturating_sub(made_ms) < i64::try_from(SESSION_TTL.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub(super) fn random_hex(n: usize) -> Option<String> {
@@ -87,7 +103,8 @@ pub(super) fn random_hex(n: usize) -> Option<String> {
 }
 
 impl Ui {
-    /// The UI with its embedded files, or those under `TERN_UI_DIR` when that is set.
+    /// The UI with its embedded files, or those under `TERN_UI_DIR` when that is set, and
+    /// no sessions kept across restarts.
     pub fn new() -> Self {
         Ui {
             dir: std::env::var_os("TERN_UI_DIR").map(PathBuf::from),
@@ -97,6 +114,45 @@ impl Ui {
                 .collect(),
             codes: Mutex::new(VecDeque::new()),
             sessions: Mutex::new(VecDeque::new()),
+            file: None,
+        }
+    }
+
+    /// Like [`Ui::new`], keeping sessions in `home` so a page left open rides out a restart
+    /// of the node.
+    pub fn with_home(home: &std::path::Path) -> Self {
+        let file = home.join(SESSIONS_FILE);
+        let now = crate::home::now_ms();
+        let stored: Vec<(String, i64)> = crate::home::read_private(&file, 64 * 1024)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let sessions = stored
+            .into_iter()
+            .filter(|(_, made)| live(*made, now))
+            .filter_map(|(h, made)| {
+                let bytes = data_encoding::HEXLOWER.decode(h.as_bytes()).ok()?;
+                Some((<[u8; 32]>::try_from(bytes).ok()?, made))
+            })
+            .collect();
+        Ui {
+            sessions: Mutex::new(sessions),
+            file: Some(file),
+            ..Ui::new()
+        }
+    }
+
+    fn save(&self, sessions: &VecDeque<([u8; 32], i64)>) {
+        let Some(file) = &self.file else { return };
+        let list: Vec<(String, i64)> = sessions
+            .iter()
+            .map(|(h, made)| (data_encoding::HEXLOWER.encode(h), *made))
+            .collect();
+        let saved = serde_json::to_vec(&list)
+            .map_err(|e| e.to_string())
+            .and_then(|b| crate::home::write_atomic(file, &b, true).map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            tracing::warn!("cannot keep the web UI's sessions: {e}");
         }
     }
 
@@ -139,10 +195,13 @@ impl Ui {
         drop(codes);
         let token = random_hex(32)?;
         let mut sessions = self.sessions.lock().ok()?;
+        let now = crate::home::now_ms();
+        sessions.retain(|(_, made)| live(*made, now));
         if sessions.len() >= MAX_SESSIONS {
             sessions.pop_front();
         }
-        sessions.push_back(token.clone());
+        sessions.push_back((token_hash(&token), now));
+        self.save(&sessions);
         Some(token)
     }
 
@@ -151,8 +210,10 @@ impl Ui {
         let Ok(sessions) = self.sessions.lock() else {
             return false;
         };
-        sessions.iter().fold(false, |found, s| {
-            found | bool::from(s.as_bytes().ct_eq(token.as_bytes()))
+        let hash = token_hash(token);
+        let now = crate::home::now_ms();
+        sessions.iter().fold(false, |found, (s, made)| {
+            found | (bool::from(s.ct_eq(&hash)) & live(*made, now))
         })
     }
 }
@@ -187,6 +248,18 @@ mod tests {
         assert!(ui.session_valid(&token));
         assert!(!ui.session_valid("nope"));
         assert!(!ui.session_valid(""));
+    }
+
+    #[test]
+    fn sessions_ride_out_a_restart_and_only_their_hashes_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let ui = Ui::with_home(dir.path());
+        let token = ui.redeem(&ui.new_code().unwrap()).unwrap();
+        let stored = std::fs::read_to_string(dir.path().join(SESSIONS_FILE)).unwrap();
+        assert!(!stored.contains(&token), "the token itself is not stored");
+        let again = Ui::with_home(dir.path());
+        assert!(again.session_valid(&token));
+        assert!(!again.session_valid("0123"));
     }
 
     #[test]
