@@ -214,6 +214,16 @@ export function openConversation(id, targetId) {
   if (!isGroup(getState(), id)) refreshPresence(id);
 }
 
+/** Closes the open chat (narrow windows show the list or a chat, not both). */
+export function closeConversation() {
+  setState({ openId: null });
+  try {
+    sessionStorage.removeItem('tern.open');
+  } catch {
+    /* storage disabled */
+  }
+}
+
 /** Loads the newest page; with `reload`, replaces what was loaded (keeps unsent placeholders). */
 export async function loadLatest(id, opts = {}) {
   const s = getState();

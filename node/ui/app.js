@@ -7,6 +7,7 @@ import { start, openConversation } from './actions.js';
 import { Sidebar, sortedConvs } from './views/sidebar.js';
 import { Chat } from './views/chat.js';
 import { ModalHost } from './views/modal.js';
+import { Toasts } from './views/toasts.js';
 
 function App() {
   const phase = useStore((s) => s.phase);
@@ -31,14 +32,23 @@ function App() {
       <p>Is the node running? Run <code>tern ui</code> again.</p>
     </main>`;
   }
+  return html`<${Shell} />`;
+}
+
+/** While a dialog is open, everything behind it is inert: no focus, no clicks, no reading. */
+function Shell() {
+  const modal = useStore((s) => !!s.modal);
+  const chatOpen = useStore((s) => !!s.openId);
   return html`<div class="shell">
-    <${Banners} />
-    <div class="layout">
-      <${Sidebar} />
-      <${Chat} />
+    <div class="behind" inert=${modal}>
+      <${Banners} />
+      <div class=${'layout' + (chatOpen ? ' chat-open' : '')}>
+        <${Sidebar} />
+        <${Chat} />
+      </div>
+      <${Toasts} />
     </div>
     <${ModalHost} />
-    <${Toasts} />
   </div>`;
 }
 
@@ -51,13 +61,6 @@ function Banners() {
       Connecting to the node…</div>`}
     ${revoked && html`<div class="banner danger" role="alert" data-testid="revoked-banner">
       Another of your devices revoked this one: it can no longer send.</div>`}`;
-}
-
-function Toasts() {
-  const toasts = useStore((s) => s.toasts);
-  return html`<div class="toasts" aria-live="polite" data-testid="toasts">
-    ${toasts.map((t) => html`<div key=${t.id} class=${'toast ' + t.kind} role=${t.kind === 'error' ? 'alert' : 'status'}>${t.text}</div>`)}
-  </div>`;
 }
 
 /** Alt+↑ / Alt+↓: the conversation above or below the open one in the list. */

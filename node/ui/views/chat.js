@@ -3,7 +3,7 @@
 import { html, useEffect, useLayoutEffect, useRef, useState } from '../vendor/preact-htm.js';
 import { useStore, setState, savePrefs, getState, toast, errorText } from '../store.js';
 import {
-  acceptIdentity, convName, dismissUpload, isGroup, loadLatest, loadOlder, sendFile, sendText,
+  acceptIdentity, closeConversation, convName, dismissUpload, isGroup, loadLatest, loadOlder, sendFile, sendText,
 } from '../actions.js';
 import { MessageRow, UploadRow } from './message.js';
 import { dayKey, dayLabel, msgTime, presenceText } from '../format.js';
@@ -82,10 +82,20 @@ function ChatHeader({ id, group }) {
     ? g ? `${g.members.length} member${g.members.length === 1 ? '' : 's'}${g.member ? '' : ' · you left'}` : ''
     : presenceText(presence);
 
+  const back = () => {
+    closeConversation();
+    setTimeout(() => {
+      const item = document.querySelector(`[data-testid="conv-${id}"]`);
+      if (item) item.focus();
+    }, 0);
+  };
+
   return html`<header class="chat-header">
+    <button type="button" class="icon back" aria-label="Back to conversations" title="Back to conversations"
+      data-testid="chat-back" onClick=${back}><span aria-hidden="true">←</span></button>
     ${!group && html`<span class=${'dot ' + ((presence && presence.state) || 'unknown')} aria-hidden="true"></span>`}
     <div class="chat-title">
-      <h2 data-testid="chat-title">${name}${verified ? html` <span class="verified" title="Verified" aria-label="verified">✔</span>` : ''}</h2>
+      <h2 data-testid="chat-title">${name}${verified ? html` <span class="verified" role="img" title="Verified" aria-label="verified">✔</span>` : ''}</h2>
       <div class="muted" data-testid="chat-subtitle">${sub}</div>
     </div>
     <div class="chat-actions">
@@ -207,6 +217,8 @@ function Timeline({ id, group }) {
       if (el && atBottom.current && !restore.current) el.scrollTop = el.scrollHeight;
     });
     ro.observe(list.current);
+    // The timeline gets shorter too (a notice under the layout, a taller composer).
+    if (scroller.current) ro.observe(scroller.current);
     return () => ro.disconnect();
   }, []);
 

@@ -84,13 +84,13 @@ function AddContact() {
 
   return html`<form class="stack" onSubmit=${submit} data-testid="contact-add-form">
     <h3>Add a contact</h3>
-    <label>Their link (<code>tern:</code> or <code>TERN:</code>)
+    <label><span>Their link (<code>tern:</code> or <code>TERN:</code>)</span>
       <textarea data-testid="contact-add-link" rows="3" required value=${link} onInput=${(e) => setLink(e.target.value)}></textarea></label>
-    <label>Name (optional)
+    <label><span>Name (optional)</span>
       <input type="text" data-testid="contact-add-name" value=${name} onInput=${(e) => setName(e.target.value)} /></label>
     ${error && html`<p class="error" role="alert" data-testid="contact-add-error">${error}</p>`}
     ${changed && html`<div class="warning" role="alert" data-testid="contact-identity-changed">
-      <strong>${changed.name}'s identity key is different from the one you had.</strong>
+      <strong>${changed.name}'s identity key is different from the one you had.</strong>${' '}
       This happens when they reinstall Tern — or when someone is impersonating them. Until you
       accept, nothing is sent to them. Compare safety numbers with them in person if you can.
       <div class="row-end"><button type="button" class="danger" data-testid="contact-accept" disabled=${busy} onClick=${accept}>
@@ -127,18 +127,17 @@ export function Contacts() {
   const list = Object.values(contacts).sort((a, b) => a.name.localeCompare(b.name));
   return html`<${Modal} title="Contacts" testid="contacts" wide=${true}>
     <div class="columns">
-      <div>
+      <${MyLink} />
+      <div class="stack">
         <${AddContact} />
-        <${MyLink} />
-      </div>
-      <section>
+        <section>
         <h3>Your contacts</h3>
         ${!list.length && html`<p class="muted">None yet.</p>`}
         <ul class="contacts" role="list" aria-label="Contacts" data-testid="contact-list">
           ${list.map((c) => html`<li role="listitem" key=${c.user_id} data-testid=${'contact-' + c.user_id}
               data-verified=${c.verified ? 'true' : 'false'}>
             <span class="contact-name">${c.name}
-              ${c.verified && html` <span class="verified" aria-label="verified" title="Verified">✔</span>`}
+              ${c.verified && html` <span class="verified" role="img" aria-label="verified" title="Verified">✔</span>`}
               ${pending[c.user_id] && html` <span class="tag danger">key changed</span>`}</span>
             <span class="contact-actions">
               <button type="button" data-testid=${'contact-message-' + c.user_id} onClick=${() => openConversation(c.user_id)}>Message</button>
@@ -147,7 +146,8 @@ export function Contacts() {
             </span>
           </li>`)}
         </ul>
-      </section>
+        </section>
+      </div>
     </div>
   <//>`;
 }
@@ -187,7 +187,7 @@ export function Safety({ id }) {
       <${Qr} text=${info.qr} label=${'QR code of the safety number with ' + name} testid="safety-qr" />
       ${pending && html`<p class="warning" role="alert">Their identity key changed and is not accepted yet.</p>`}
       ${info.verified
-        ? html`<p data-testid="safety-verified"><span class="verified">✔</span> Verified</p>`
+        ? html`<p data-testid="safety-verified"><span class="verified" aria-hidden="true">✔</span> Verified</p>`
         : html`<button type="button" class="primary" data-testid="safety-verify" disabled=${busy || pending} onClick=${verify}>
             The numbers match: mark verified</button>`}
     </div>`}

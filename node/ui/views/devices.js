@@ -67,8 +67,7 @@ export function Devices() {
     </ul>`}
     <form class="stack" onSubmit=${add} data-testid="device-add-form">
       <h3>Link a new device</h3>
-      <p class="muted">On the new device run <code>tern device link</code> and paste the
-        <code>tern-device:</code> code it shows.</p>
+      <p class="muted">On the new device run <code>tern device link</code> and paste the <code>tern-device:</code>${' '}code it shows.</p>
       <label>Code
         <input type="text" data-testid="device-add-code" value=${code} onInput=${(e) => setCode(e.target.value)} /></label>
       <div class="row-end"><button type="submit" class="primary" data-testid="device-add-submit" disabled=${busy || !code.trim()}>

@@ -93,7 +93,7 @@ export function GroupInfo({ id }) {
       ${g.members.map((m) => html`<li role="listitem" key=${m.user_id} data-testid=${'group-member-' + m.user_id}
           data-admin=${m.admin ? 'true' : 'false'}>
         <span>${m.name || m.user_id.slice(0, 8)}${m.user_id === myId ? ' (you)' : ''}</span>
-        ${m.admin && html`<span class="tag" aria-label="admin" title="Admin">★ admin</span>`}
+        ${m.admin && html`<span class="tag" title="Admin"><span aria-hidden="true">★</span> admin</span>`}
         ${g.admin && g.member && m.user_id !== myId && html`<button type="button" class="link danger" disabled=${busy}
           data-testid=${'group-remove-' + m.user_id} aria-label=${'Remove ' + (m.name || m.user_id)}
           onClick=${() => run('group_remove', { members: [m.user_id] }, () => toast('Member removed.'))}>Remove</button>`}

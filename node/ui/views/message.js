@@ -33,6 +33,7 @@ export class MessageRow extends Component {
           ${m.own && m.sender_device_name && html`<span class="muted">from ${m.sender_device_name} · </span>`}
           <time datetime=${new Date(msgTime(m)).toISOString()}>${clock(msgTime(m))}</time>
           ${m.own && html`<span class=${'status st-' + m.status} data-testid=${'status-' + m.id}
+            role="img"
             aria-label=${STATUS_LABEL[m.status] || m.status} title=${STATUS_LABEL[m.status] || m.status}>${STATUS_ICON[m.status] || ''}</span>`}
         </div>
         ${m.temp && m.status === 'failed' && html`<div class="failed-actions">
