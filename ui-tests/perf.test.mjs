@@ -165,6 +165,15 @@ describe('measurements (report only)', () => {
     single('load the UI (goto → conversation list shown)', Date.now() - loading);
     const last = `seed ${SEED} of ${SEED}`;
     await page.evaluate(installObserver);
+    // The baseline in the same page: opening a short chat (Bob's, a few dozen messages).
+    const [shortLast] = await api.call('history', { contact: 'Bob', limit: 1 });
+    const shortLen = (await api.call('history', { contact: 'Bob', limit: 500 })).length;
+    const shortClicked = await page.evaluate(() => performance.timeOrigin + performance.now());
+    await byId(page, ids.conversation(bob.user)).click();
+    const shortSeen = await waitFor('the newest message of the short chat to be painted', () =>
+      page.evaluate((t) => (window.__seen[t]?.paint ? window.__seen[t] : undefined), shortLast.text),
+    );
+    single(`open a ${shortLen}-message chat → newest row painted`, shortSeen.paint - shortClicked);
     const clicked = await page.evaluate(() => performance.timeOrigin + performance.now());
     await byId(page, ids.conversation(carol.user)).click();
     const seen = await waitFor('the newest seeded message to be painted', () =>
