@@ -5,11 +5,50 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import zlib from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
 import { byId, Env, ids, killAll, openChat, ready, row, screenshot, typeAndSend, WAIT, waitFor } from './harness.mjs';
 
 /** A word no other test sends. */
 const unique = (prefix) => `${prefix}-${randomBytes(4).toString('hex')}`;
+
+/** A `w` × `h` opaque RGB PNG (a gradient), made here so the test needs no fixture file. */
+function png(w, h) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const sum = Buffer.alloc(4);
+    sum.writeUInt32BE(crc(body));
+    return Buffer.concat([len, body, sum]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) raw.set([x % 256, y % 256, (x * y) % 256], y * (w * 3 + 1) + 1 + x * 3);
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', zlib.deflateSync(raw)),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
 
 /** Every test's own bound (each wait inside is bounded too). */
 const T = { timeout: 120_000 };
@@ -73,6 +112,33 @@ describe('messaging in the browser', () => {
       await openChat(alicePage, group.id);
     }
     await row(alicePage, text).waitFor();
+  });
+
+  test('a picture Alice attaches in her page shows in Bob’s, thumbnail first, then whole', T, async () => {
+    await openChat(alicePage, bob.user);
+    await openChat(bobPage, alice.user);
+    const before = await bobPage.locator('[data-testid^="msg-"][data-kind="file"]').count();
+    await alicePage.setInputFiles('[data-testid="file-input"]', {
+      name: 'garden.png',
+      mimeType: 'image/png',
+      buffer: png(320, 240),
+    });
+    // The upload goes through POST /upload and file.send; the message follows once the relay
+    // holds the file, and Bob's node fetches it (small: at once).
+    const file = bobPage.locator('[data-testid^="msg-"][data-kind="file"]');
+    await waitFor('the file message in Bob’s page', async () => (await file.count()) > before);
+    const id = (await file.last().getAttribute('data-testid')).slice('msg-'.length);
+    await byId(bobPage, `thumb-${id}`).or(byId(bobPage, `image-${id}`)).first().waitFor();
+    const image = byId(bobPage, `image-${id}`);
+    await image.waitFor({ timeout: WAIT });
+    await waitFor('the whole picture to be decoded', async () =>
+      image.evaluate((img) => img.complete && img.naturalWidth === 320 && img.src.startsWith('blob:')),
+    );
+    // The copy the page uploaded is gone once staged; only ciphertext stays under media/.
+    const uploads = path.join(alice.home, 'uploads');
+    await waitFor('the uploaded copy to be removed', async () =>
+      !fs.existsSync(uploads) || fs.readdirSync(uploads).length === 0,
+    );
   });
 
   test('search finds a message and the result opens it', T, async () => {
