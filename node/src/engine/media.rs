@@ -964,19 +964,8 @@ impl Engine {
         reply: tokio::sync::oneshot::Sender<Result<TransferInfo, NodeError>>,
     ) {
         let out = (|| {
-            let id = super::parse_message_id(message)
-                .ok_or_else(|| NodeError::UnknownMessage(message.to_owned()))?;
-            let m = self
-                .store
-                .message(id)?
-                .ok_or_else(|| NodeError::UnknownMessage(message.to_owned()))?;
-            let tern_store::Body::Media { data, .. } = &m.body else {
-                return Err(NodeError::Media {
-                    code: "not_a_file",
-                    message: format!("message {message} carries no file"),
-                });
-            };
-            let media = StoredMedia::decode(data)?.media;
+            let (m, media) = self.media_message(message)?;
+            let id = m.id;
             let to = match to {
                 Some(t) => {
                     let p = std::path::absolute(&t).map_err(|e| NodeError::Media {
@@ -1037,8 +1026,8 @@ impl Engine {
         let _ = reply.send(self.start_download(&m, media, to.map(|p| p.display().to_string())));
     }
 
-    /// `FileOpen`: the verified ciphertext of a message's file, if this device holds it.
-    pub(crate) fn file_open(&self, message: &str) -> Result<crate::media::LocalFile, NodeError> {
+    /// A stored message that carries a file, by id (32 hex digits), with its reference.
+    fn media_message(&self, message: &str) -> Result<(tern_store::Message, MediaRef), NodeError> {
         let id = super::parse_message_id(message)
             .ok_or_else(|| NodeError::UnknownMessage(message.to_owned()))?;
         let m = self
@@ -1052,6 +1041,12 @@ impl Engine {
             });
         };
         let media = StoredMedia::decode(data)?.media;
+        Ok((m, media))
+    }
+
+    /// `FileOpen`: the verified ciphertext of a message's file, if this device holds it.
+    pub(crate) fn file_open(&self, message: &str) -> Result<crate::media::LocalFile, NodeError> {
+        let (_, media) = self.media_message(message)?;
         let path = self.media.blob_path(&media);
         if !path.exists() {
             return Err(NodeError::Media {
