@@ -131,7 +131,8 @@ pub const FETCH_PAGE: u32 = 256;
 /// conversation (once per conversation per run).
 pub const SEQ_SCAN_LIMIT: u32 = 500;
 
-/// Most concurrent API connections.
+/// Most API sessions (authenticated WebSocket connections) at once; one more is refused
+/// with 503.
 pub const MAX_API_CONNECTIONS: usize = 64;
 
 /// Largest JSON-RPC request accepted on the API, bytes.
@@ -207,3 +208,8 @@ pub const MEDIA_SERVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long a client of the local API may take to send its request headers; a connection
 /// that sends nothing is closed then, so idle connections cannot hold the API's slots.
 pub const API_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections to the local API port that have not (yet) authenticated, at most: a new one
+/// over this is closed at once (the accept loop never waits), and each is closed after
+/// [`API_HEADER_TIMEOUT`] without a request.
+pub const MAX_HTTP_CONNECTIONS: usize = 1024;

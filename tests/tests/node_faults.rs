@@ -285,6 +285,30 @@ fn api_requires_the_token_a_loopback_host_and_no_foreign_origin() {
 }
 
 #[test]
+fn idle_connections_to_the_api_port_do_not_lock_the_cli_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    // 200 connections that send nothing (more than the 64 API sessions), held open.
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(a.api).unwrap())
+        .collect();
+    // The CLI still gets in at once, every time.
+    for _ in 0..3 {
+        let s = a.json(&["status"]).unwrap();
+        assert_eq!(s["user_id"], a.user.as_str());
+    }
+    // And the idle ones are closed by the node after the header timeout (10 s).
+    let mut first = idle.into_iter().next().unwrap();
+    first
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let n = std::io::Read::read(&mut first, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "an idle connection is closed by the node");
+}
+
+#[test]
 fn embedded_relays_work_and_keep_their_address_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Node::init_and_start(dir.path(), "alice", None).unwrap();

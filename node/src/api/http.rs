@@ -48,6 +48,8 @@ pub(super) struct Shared {
     pub(super) ui: Ui,
     /// Where files uploaded for sending wait until staged.
     pub(super) uploads: PathBuf,
+    /// Slots for authenticated WebSocket sessions.
+    pub(super) sessions: Arc<tokio::sync::Semaphore>,
 }
 
 /// Serves HTTP on one accepted connection until it ends (a WebSocket lives on after the
@@ -421,9 +423,16 @@ fn upgrade(mut req: Request<Incoming>, s: &Arc<Shared>) -> Response<Body> {
     if get(req.headers(), "sec-websocket-version") != Some("13") {
         return error(StatusCode::BAD_REQUEST, "WebSocket version 13 only");
     }
+    let Ok(slot) = s.sessions.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many API connections; close one and try again",
+        );
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let shared = s.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(up) => {
                 let config = WebSocketConfig::default()

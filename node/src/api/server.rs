@@ -17,7 +17,11 @@ use super::{
     http::{Shared, serve_connection},
     ui::Ui,
 };
-use crate::{Node, NodeError, consts::MAX_API_CONNECTIONS, types::Event};
+use crate::{
+    Node, NodeError,
+    consts::{MAX_API_CONNECTIONS, MAX_HTTP_CONNECTIONS},
+    types::Event,
+};
 
 /// Queue of outgoing frames per connection.
 const OUTGOING_QUEUE: usize = 256;
@@ -64,15 +68,22 @@ pub async fn serve(
         bound,
         ui: Ui::with_home(home),
         uploads: home.join("uploads"),
+        sessions: Arc::new(Semaphore::new(MAX_API_CONNECTIONS)),
     });
-    let slots = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));
+    // Connections not yet authenticated get a slot of their own, taken without waiting: the
+    // accept loop never blocks, a connection over the cap is closed at once, and one that
+    // sends no request within the header timeout is closed then. An API session (a
+    // WebSocket) takes one of `MAX_API_CONNECTIONS` only once its credential checked out, so
+    // idle strangers on the port cannot lock the CLI out.
+    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
             };
             let shared = shared.clone();
             tokio::spawn(async move {

@@ -433,10 +433,12 @@ impl Config {
             );
         }
         for p in &self.push.allowed_prefixes {
-            if !(p.starts_with("http://") || p.starts_with("https://")) {
+            if !super::push::valid_prefix(p) {
                 return invalid(
                     "push.allowed_prefixes",
-                    "every prefix must start with http:// or https://",
+                    "every prefix must be a plain http:// or https:// URL with a canonical \
+                     host (lower-case name or dotted IPv4), no user info, dot segments or \
+                     encoded dots",
                 );
             }
         }

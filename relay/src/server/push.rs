@@ -99,8 +99,99 @@ pub enum UrlError {
     NotAllowed,
 }
 
+/// A URL taken apart for comparison: scheme, host, effective port and path, each canonical.
+#[derive(Debug, PartialEq, Eq)]
+struct Parts {
+    https: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+/// Whether `host` is in canonical form: a dotted-quad IPv4 as Rust prints it, a bracketed
+/// IPv6, or a lower-case DNS name of letters, digits and hyphens without a trailing dot whose
+/// last label is not all digits (so `127.1`, `0x7f.0.0.1` and `2130706433` are refused).
+fn canonical_host(host: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    if let Ok(v4) = host.parse::<std::net::Ipv4Addr>() {
+        return v4.to_string() == host;
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    !host.is_empty()
+        && host.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        })
+        && labels
+            .last()
+            .is_some_and(|l| !l.bytes().all(|c| c.is_ascii_digit() || c == b'x'))
+}
+
+/// Takes an `http(s)` URL apart, refusing anything a string comparison could be fooled by:
+/// userinfo (`https://allowed@evil/`), a fragment, a non-canonical host, percent-encoded
+/// dots, slashes or backslashes, and dot segments.
+fn parts(url: &str) -> Option<Parts> {
+    if url
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\' || c == '#')
+    {
+        return None;
+    }
+    let uri: hyper::Uri = url.parse().ok()?;
+    let https = match uri.scheme_str()? {
+        "https" => true,
+        "http" => false,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let host = authority.host();
+    if !canonical_host(host) {
+        return None;
+    }
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = uri.path();
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
+        return None;
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return None;
+    }
+    Some(Parts {
+        https,
+        host: host.to_owned(),
+        port,
+        path: path.to_owned(),
+    })
+}
+
+/// Whether `url` falls under `prefix`: same scheme, host and port, and a path at or below
+/// the prefix's path, compared segment-wise (`/push` admits `/push` and `/push/x`, never
+/// `/pushy`).
+fn under(url: &Parts, prefix: &Parts) -> bool {
+    if url.https != prefix.https || url.host != prefix.host || url.port != prefix.port {
+        return false;
+    }
+    let base = prefix.path.trim_end_matches('/');
+    url.path == base || url.path.starts_with(&format!("{base}/"))
+}
+
 /// Checks a push URL against the operator's allow-list (the defence against the relay
-/// being used to send requests to arbitrary hosts).
+/// being used to send requests to arbitrary hosts). Both are parsed and compared by
+/// component, never as strings; the push client never follows redirects.
 pub fn check_url(url: &str, allowed_prefixes: &[String]) -> Result<(), UrlError> {
     if allowed_prefixes.is_empty() {
         return Err(UrlError::Disabled);
@@ -108,19 +199,21 @@ pub fn check_url(url: &str, allowed_prefixes: &[String]) -> Result<(), UrlError>
     if url.len() > MAX_PUSH_URL_BYTES {
         return Err(UrlError::TooLong);
     }
-    if url
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace() || c == '\\' || c == '#')
+    let url = parts(url).ok_or(UrlError::NotAllowed)?;
+    if allowed_prefixes
+        .iter()
+        .filter_map(|p| parts(p))
+        .any(|p| under(&url, &p))
     {
-        return Err(UrlError::NotAllowed);
+        Ok(())
+    } else {
+        Err(UrlError::NotAllowed)
     }
-    if !allowed_prefixes.iter().any(|p| url.starts_with(p.as_str())) {
-        return Err(UrlError::NotAllowed);
-    }
-    if url.parse::<hyper::Uri>().is_err() || url.contains("/../") || url.ends_with("/..") {
-        return Err(UrlError::NotAllowed);
-    }
-    Ok(())
+}
+
+/// Whether an operator's prefix is one [`check_url`] can use (a canonical http(s) URL).
+pub fn valid_prefix(prefix: &str) -> bool {
+    parts(prefix).is_some()
 }
 
 /// A message to the push task.
@@ -418,5 +511,60 @@ mod tests {
         );
         assert_eq!(check_url(&long, &allowed), Err(UrlError::TooLong));
         assert_eq!(body(3), r#"{"v":1,"type":"wakeup","unread":3}"#);
+    }
+
+    #[test]
+    fn prefix_tricks_are_refused() {
+        // An operator prefix without a trailing slash: still a host and a path, never a string.
+        let allowed = vec!["https://push.example.com".to_string()];
+        assert_eq!(
+            check_url("https://push.example.com/up/abc", &allowed),
+            Ok(())
+        );
+        assert_eq!(
+            check_url("https://push.example.com:443/up", &allowed),
+            Ok(())
+        );
+        for bad in [
+            "https://push.example.com.evil.org/up",
+            "https://push.example.com@evil.org/",
+            "https://user:pw@push.example.com/up",
+            "https://push.example.com:8443/up",
+            "http://push.example.com/up",
+            "https://PUSH.example.com/up",
+            "https://push.example.com./up",
+            "https://push.example.com/up/%2e%2e/admin",
+            "https://push.example.com/up/%2E%2E%2Fadmin",
+            "https://push.example.com/up/..",
+            "https://push.example.com/up/./x",
+            "https://push.example.com/up\\..\\admin",
+            "https://push.example.com/up#frag",
+            "ftp://push.example.com/up",
+        ] {
+            assert_eq!(check_url(bad, &allowed), Err(UrlError::NotAllowed), "{bad}");
+        }
+        // A path prefix matches whole segments only.
+        let allowed = vec!["https://push.example.com/push".to_string()];
+        assert_eq!(
+            check_url("https://push.example.com/push/x", &allowed),
+            Ok(())
+        );
+        assert_eq!(
+            check_url("https://push.example.com/pushy", &allowed),
+            Err(UrlError::NotAllowed)
+        );
+        // IP hosts only in canonical form.
+        let allowed = vec!["http://127.0.0.1:8080/".to_string()];
+        assert_eq!(check_url("http://127.0.0.1:8080/a", &allowed), Ok(()));
+        for bad in [
+            "http://127.1:8080/a",
+            "http://2130706433:8080/a",
+            "http://0x7f.0.0.1:8080/a",
+            "http://127.000.000.001:8080/a",
+        ] {
+            assert_eq!(check_url(bad, &allowed), Err(UrlError::NotAllowed), "{bad}");
+        }
+        assert!(valid_prefix("https://push.example.org/"));
+        assert!(!valid_prefix("https://push.example.org@x/"));
     }
 }
