@@ -1064,3 +1064,24 @@ async fn push_over_https_with_operator_root() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["unread"], 1);
 }
+
+/// The data directory holds who writes to whom, allow-lists, last-seen times and push URLs:
+/// only the relay's user may read it.
+#[cfg(unix)]
+#[test]
+fn the_data_directory_and_database_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(tmp.path(), "");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let data = relay.data.join("db");
+    assert_eq!(mode(&data), 0o700, "data directory");
+    let db = data.join(tern_relay::server::storage::DB_FILE);
+    assert_eq!(mode(&db), 0o600, "database");
+    for extra in ["sqlite3-wal", "sqlite3-shm"] {
+        let f = db.with_extension(extra);
+        if f.exists() {
+            assert_eq!(mode(&f), 0o600, "{extra}");
+        }
+    }
+}

@@ -31,6 +31,19 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The identify protocol version string the relay announces.
 pub const IDENTIFY_PROTOCOL: &str = "/tern/relay/1";
 
+/// Restricts `path` to the relay's user (`mode` 0700 for directories, 0600 for files): the
+/// data directory holds who writes to whom, allow-lists, last-seen times and push URLs.
+pub(crate) fn private(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
 /// Something the running relay tells its host (the binary prints these).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -186,10 +199,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     config.validate()?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| RunError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .and_then(|()| private(&config.data_dir, 0o700))
+        .map_err(|source| RunError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
     let key = identity::load_or_create(&config.data_dir)?;
     let local_peer_id = key.public().to_peer_id();
     let metrics = Arc::new(metrics::Metrics::default());

@@ -55,6 +55,15 @@ pub enum OpenError {
     /// The writer thread could not be started.
     #[error("cannot start storage thread")]
     Thread(#[source] std::io::Error),
+    /// The database's files could not be made private.
+    #[error("cannot restrict {path} to this user: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why one operation failed. The operation had no effect.
@@ -353,6 +362,20 @@ impl Storage {
             source,
         };
         let conn = Connection::open(&path).map_err(wrap)?;
+        // Before WAL mode creates its files: SQLite gives them the database file's mode.
+        let files = [
+            path.clone(),
+            path.with_extension("sqlite3-wal"),
+            path.with_extension("sqlite3-shm"),
+        ];
+        for f in files {
+            if f.exists() {
+                super::private(&f, 0o600).map_err(|source| OpenError::Io {
+                    path: f.clone(),
+                    source,
+                })?;
+            }
+        }
         init(&conn, settings.max_database_bytes).map_err(wrap)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
