@@ -161,9 +161,10 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Keeps a group ciphertext for later; the oldest go once more than `max` are kept. A
-    /// device that already has `max_per_sender` kept gets no more (`false`: the caller leaves
-    /// the mail where it came from), so one sender cannot push everyone else's out.
+    /// Keeps a group ciphertext for later. Nothing kept is ever pushed out: once `max` are
+    /// kept, or the sending device already has `max_per_sender`, the answer is `false` and the
+    /// caller leaves the mail where it came from (the relay keeps it and delivers it again),
+    /// so no sender can evict what another sent.
     pub fn stash_group_message(
         &mut self,
         sender_device: &str,
@@ -182,17 +183,19 @@ impl Tx<'_> {
         if kept >= i64::from(max_per_sender) {
             return Ok(false);
         }
+        let total: i64 = self
+            .tx
+            .prepare_cached("SELECT count(*) FROM group_stash")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .write_ctx(OP)?;
+        if total >= i64::from(max) {
+            return Ok(false);
+        }
         self.tx
             .prepare_cached(
                 "INSERT INTO group_stash (sender_device, payload, received_at_ms) VALUES (?1, ?2, ?3)",
             )
             .and_then(|mut s| s.execute(params![sender_device, payload, now_ms]))
-            .write_ctx(OP)?;
-        self.tx
-            .prepare_cached(
-                "DELETE FROM group_stash WHERE id <= (SELECT max(id) FROM group_stash) - ?1",
-            )
-            .and_then(|mut s| s.execute([max]))
             .write_ctx(OP)?;
         Ok(true)
     }

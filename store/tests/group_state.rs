@@ -102,7 +102,11 @@ fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
             tx.save_group_peer("u9", b"signed list")?;
             tx.owe_group_message(m.id, "u9", b"key as of m", b"ciphertext of m", 5)?;
             for i in 0..5u8 {
-                assert!(tx.stash_group_message("dev", &[i], 10 + i64::from(i), 3, 100)?);
+                // Full at 3: what comes later is refused (left at the relay), never evicting.
+                assert_eq!(
+                    tx.stash_group_message("dev", &[i], 10 + i64::from(i), 3, 100)?,
+                    i < 3
+                );
             }
             Ok(())
         })
@@ -124,7 +128,7 @@ fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
         store.group_peers().unwrap(),
         vec![("u9".into(), b"signed list".to_vec())]
     );
-    // The stash keeps the newest 3.
+    // The stash keeps the first 3.
     let stashed = store.stashed_group_messages(None, 100).unwrap();
     assert!(
         store
@@ -140,7 +144,7 @@ fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
         3
     );
     let payloads: Vec<Vec<u8>> = stashed.iter().map(|s| s.payload.clone()).collect();
-    assert_eq!(payloads, vec![vec![2], vec![3], vec![4]]);
+    assert_eq!(payloads, vec![vec![0], vec![1], vec![2]]);
     let owed = store.owed_group_messages(10).unwrap();
     assert_eq!(owed.len(), 1);
     assert_eq!(owed[0].message_id, m.id);

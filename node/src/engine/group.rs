@@ -1187,6 +1187,15 @@ impl Engine {
             Ok(GroupOutcome::Wait) => {}
             Err(e) => tracing::error!("storing a group message failed; it is kept to retry: {e}"),
         }
+        // Only a device of a known user (a contact, a group member, this user) is given room
+        // in the stash: anything else stays at the relay, which keeps it within that
+        // mailbox's quota, and is read once the device is learned (lists are fetched again).
+        // So a stranger can never fill the stash and keep a member's message out.
+        if !self.device_owner.contains_key(&sender) {
+            self.want_device_lists();
+            tracing::info!(%sender, "group message from a device of no known user; left at the relay");
+            return false;
+        }
         let now = now_ms();
         match self.store.transaction(|tx| {
             tx.stash_group_message(
