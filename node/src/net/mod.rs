@@ -301,6 +301,7 @@ pub fn new(
             live: HashMap::new(),
             direct_conns: HashMap::new(),
             dialed_direct: HashSet::new(),
+            relayed_conns: HashMap::new(),
         },
     ))
 }
@@ -454,6 +455,10 @@ pub struct EventLoop {
     direct_conns: HashMap<PeerId, (u32, u32)>,
     /// Peers we already tried to dial directly after learning their addresses.
     dialed_direct: HashSet<PeerId>,
+    /// Relayed connections to non-relay peers, closed once a direct one is up: a circuit is
+    /// limited in bytes and time, so a stream on it (a file from a peer) would be cut, and
+    /// it costs the relay bandwidth.
+    relayed_conns: HashMap<PeerId, Vec<libp2p::swarm::ConnectionId>>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -695,6 +700,7 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
@@ -719,6 +725,19 @@ impl EventLoop {
                 } else {
                     e.0 += 1;
                 }
+                let has_direct = e.0 > 0;
+                if relayed {
+                    self.relayed_conns
+                        .entry(peer_id)
+                        .or_default()
+                        .push(connection_id);
+                }
+                if has_direct {
+                    // A direct connection is up: the circuits to this peer are not needed.
+                    for id in self.relayed_conns.remove(&peer_id).unwrap_or_default() {
+                        self.swarm.close_connection(id);
+                    }
+                }
                 if num_established.get() == 1 || !relayed {
                     self.emit(Event::PeerUp {
                         peer: peer_id,
@@ -728,10 +747,14 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
+                if let Some(ids) = self.relayed_conns.get_mut(&peer_id) {
+                    ids.retain(|c| *c != connection_id);
+                }
                 if let Some(state) = self.relays.get_mut(&peer_id) {
                     if num_established == 0 && state.connected {
                         state.connected = false;
@@ -751,6 +774,7 @@ impl EventLoop {
                 if num_established == 0 {
                     self.direct_conns.remove(&peer_id);
                     self.dialed_direct.remove(&peer_id);
+                    self.relayed_conns.remove(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
