@@ -236,21 +236,16 @@ impl Store {
     /// Every transfer in one of `states`, oldest first.
     pub fn transfers(&self, states: &[TransferState]) -> Result<Vec<Transfer>, ReadError> {
         const OP: &str = "list transfers";
+        let codes: Vec<String> = states.iter().map(|s| s.code().to_string()).collect();
         let rows: Vec<Raw> = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM transfers ORDER BY created_at_ms, id"
+                "SELECT {COLUMNS} FROM transfers WHERE state IN ({}) ORDER BY created_at_ms, id",
+                codes.join(", ")
             ))
             .and_then(|mut s| s.query_map([], raw)?.collect())
             .read_ctx(OP)?;
-        let mut out = Vec::new();
-        for r in rows {
-            let t = decode(OP, r)?;
-            if states.contains(&t.state) {
-                out.push(t);
-            }
-        }
-        Ok(out)
+        rows.into_iter().map(|r| decode(OP, r)).collect()
     }
 }
 

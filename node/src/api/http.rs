@@ -229,42 +229,9 @@ async fn read_small(mut b: Incoming, max: usize) -> Option<Vec<u8>> {
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// `POST /upload?name=NAME` with the file's bytes → `{"path"}`, for `file.send`: the web UI
@@ -299,16 +266,7 @@ async fn upload(req: Request<Incoming>, s: &Shared) -> Response<Body> {
 
 async fn receive_file(mut b: Incoming, path: &std::path::Path) -> Result<(), (StatusCode, String)> {
     let internal = |e: std::io::Error| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let mut f = {
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(0o600);
-        }
-        o.open(path).map_err(internal)?
-    };
+    let mut f = crate::media::stage::create_private(path).map_err(internal)?;
     let mut total = 0u64;
     while let Some(frame) = b.frame().await {
         let frame = frame.map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
@@ -478,8 +436,14 @@ mod tests {
             query_param(Some("a=1&name=x+y"), "name").as_deref(),
             Some("x y")
         );
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(
+            query_param(Some("name=100%"), "name").as_deref(),
+            Some("100%")
+        );
+        assert_eq!(
+            query_param(Some("name=%zz"), "name").as_deref(),
+            Some("%zz")
+        );
         assert_eq!(query_param(None, "name"), None);
     }
 }

@@ -36,8 +36,8 @@ const EMBEDDED: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/ui_assets
 /// One file of the UI, as served.
 #[derive(Debug, Clone)]
 pub struct Asset {
-    /// Its bytes.
-    pub bytes: Vec<u8>,
+    /// Its bytes (embedded ones are not copied per request).
+    pub bytes: bytes::Bytes,
     /// Its `Content-Type`.
     pub mime: &'static str,
     /// Its ETag (quoted, from its SHA-256).
@@ -58,15 +58,9 @@ fn mime_of(path: &str) -> &'static str {
     }
 }
 
-fn asset(path: &str, bytes: Vec<u8>) -> Asset {
+fn asset(path: &str, bytes: bytes::Bytes) -> Asset {
     let hash = Sha256::digest(&bytes);
-    let etag = format!(
-        "\"{}\"",
-        hash[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let etag = format!("\"{}\"", data_encoding::HEXLOWER.encode(&hash[..12]));
     Asset {
         bytes,
         mime: mime_of(path),
@@ -99,7 +93,7 @@ fn live(made_ms: i64, now_ms: i64) -> bool {
 pub(super) fn random_hex(n: usize) -> Option<String> {
     let mut b = vec![0u8; n];
     getrandom::fill(&mut b).ok()?;
-    Some(b.iter().map(|x| format!("{x:02x}")).collect())
+    Some(data_encoding::HEXLOWER.encode(&b))
 }
 
 impl Ui {
@@ -110,7 +104,7 @@ impl Ui {
             dir: std::env::var_os("TERN_UI_DIR").map(PathBuf::from),
             embedded: EMBEDDED
                 .iter()
-                .map(|(p, b)| (*p, asset(p, b.to_vec())))
+                .map(|(p, b)| (*p, asset(p, bytes::Bytes::from_static(b))))
                 .collect(),
             codes: Mutex::new(VecDeque::new()),
             sessions: Mutex::new(VecDeque::new()),
@@ -167,7 +161,7 @@ impl Ui {
         match &self.dir {
             Some(dir) => {
                 let bytes = std::fs::read(dir.join(path)).ok()?;
-                Some(asset(path, bytes))
+                Some(asset(path, bytes.into()))
             }
             None => self.embedded.get(path).cloned(),
         }

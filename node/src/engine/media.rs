@@ -524,7 +524,6 @@ async fn run_upload(
 /// source after a failure, then verifies and moves it to `<blob>`.
 async fn fetch_blob(
     ctl: &mut libp2p_stream::Control,
-    net: &crate::net::Client,
     sources: &[PeerId],
     media: &MediaRef,
     path: &Path,
@@ -569,7 +568,6 @@ async fn fetch_blob(
             .map_err(io)?;
         let base = u64::from(have) * chunk;
         reporter.report(base);
-        let _ = net.is_connected(*peer).await;
         let got = async {
             let stream = open_stream(ctl, *peer).await?;
             let alive = std::sync::atomic::AtomicU64::new(now_u64());
@@ -692,7 +690,7 @@ async fn run_download(
                     sources.push(peer);
                 }
             }
-            fetch_blob(&mut ctl, &net, &sources, &media, &path, &mut reporter).await?;
+            fetch_blob(&mut ctl, &sources, &media, &path, &mut reporter).await?;
         }
         if let Some(to) = &save_to {
             save_copy(&media, &path, to)
@@ -1238,13 +1236,17 @@ impl Engine {
                 }
             }
             MediaEvent::Staged { id, result } => {
+                let Ok(Some(t)) = self.store.transfer(&id) else {
+                    return;
+                };
+                let Ok(TransferData::Up(mut up)) = TransferData::decode(&t.data) else {
+                    return;
+                };
                 // A file the web UI uploaded for sending is not needed once staged.
-                if let Ok(Some(t)) = self.store.transfer(&id)
-                    && let Ok(TransferData::Up(up)) = TransferData::decode(&t.data)
-                    && Path::new(&up.source).starts_with(self.home.dir().join("uploads"))
-                {
-                    let _ = std::fs::remove_file(&up.source);
-                    if let Some(dir) = Path::new(&up.source).parent() {
+                let source = Path::new(&up.source);
+                if source.starts_with(self.home.dir().join("uploads")) {
+                    let _ = std::fs::remove_file(source);
+                    if let Some(dir) = source.parent() {
                         let _ = std::fs::remove_dir(dir);
                     }
                 }
@@ -1254,12 +1256,6 @@ impl Engine {
                         self.transfer_failed(id, code, &message, false);
                         return;
                     }
-                };
-                let Ok(Some(t)) = self.store.transfer(&id) else {
-                    return;
-                };
-                let Ok(TransferData::Up(mut up)) = TransferData::decode(&t.data) else {
-                    return;
                 };
                 up.staged = Some(*staged);
                 let data = TransferData::Up(up);

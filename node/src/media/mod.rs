@@ -273,8 +273,9 @@ pub(crate) fn media_info(m: &MediaRef) -> crate::types::MediaInfo {
     }
 }
 
+/// Lower-case hex, as blob ids and hashes are shown and named.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(bytes)
 }
 
 #[cfg(test)]

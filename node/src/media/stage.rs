@@ -140,7 +140,7 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Creates a file only this user can read (0600 on Unix), failing if it exists.
-fn create_private(path: &Path) -> io::Result<File> {
+pub(crate) fn create_private(path: &Path) -> io::Result<File> {
     let mut o = OpenOptions::new();
     o.write(true).create_new(true);
     #[cfg(unix)]

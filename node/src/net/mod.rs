@@ -132,9 +132,6 @@ mod behaviour {
         pub dcutr: dcutr::Behaviour,
         /// `/tern/direct/1`.
         pub direct: request_response::Behaviour<FrameCodec>,
-        /// `/tern/blob/1` streams: uploads to relays, downloads from relays and peers, and
-        /// serving this device's own files to peers (see [`crate::media`]).
-        pub blob: libp2p_stream::Behaviour,
     }
 }
 use behaviour::{Behaviour, BehaviourEvent};
@@ -267,7 +264,6 @@ pub fn new(
                 request_response::Config::default()
                     .with_request_timeout(crate::consts::DIRECT_TIMEOUT),
             ),
-            blob: libp2p_stream::Behaviour::new(),
         })
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
@@ -282,7 +278,9 @@ pub fn new(
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(NETWORK_COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(NETWORK_EVENT_QUEUE);
-    let streams = swarm.behaviour().blob.new_control();
+    // `/tern/blob/1` streams (uploads, downloads, serving own files to peers) go through the
+    // relay client's stream behaviour, composed in `relay_proto`.
+    let streams = swarm.behaviour().relay_proto.blob.new_control();
     Ok((
         Client {
             cmd: cmd_tx,
