@@ -126,6 +126,21 @@ pub(crate) fn decode_message(bytes: &[u8]) -> Result<OlmMessage, DecodeError> {
             "non-canonical Olm encoding",
         ));
     }
+    // X25519 ignores the top bit of a public key, and a prekey message's keys are outside
+    // its MAC: a copy with that bit flipped would name another session yet open like the
+    // original. Keys as every implementation writes them have it clear; refuse the others.
+    if let OlmMessage::PreKey(p) = &message {
+        let keys = p.session_keys();
+        if [keys.identity_key, keys.base_key, keys.one_time_key]
+            .iter()
+            .any(|k| k.as_bytes()[31] & 0x80 != 0)
+        {
+            return Err(codec::malformed(
+                Kind::PairwiseMessage,
+                "non-canonical Curve25519 key in a prekey message",
+            ));
+        }
+    }
     Ok(message)
 }
 
