@@ -22,6 +22,7 @@ pub mod device;
 pub mod device_list;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grant;
 pub mod group;
 pub mod identity;
 pub mod media;

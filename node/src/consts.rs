@@ -213,3 +213,15 @@ pub const API_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// over this is closed at once (the accept loop never waits), and each is closed after
 /// [`API_HEADER_TIMEOUT`] without a request.
 pub const MAX_HTTP_CONNECTIONS: usize = 1024;
+
+/// Most messages kept in the quarantine (mail from devices of no known user, taken out of
+/// the relay's mailbox so it cannot pin it; read once the sender is known).
+pub const QUARANTINE_MAX_MESSAGES: u64 = 2_000;
+/// Most ciphertext bytes kept in the quarantine.
+pub const QUARANTINE_MAX_BYTES: u64 = 32 * 1024 * 1024;
+/// Most quarantined messages from one device (one stranger cannot take it all).
+pub const QUARANTINE_MAX_PER_SENDER: u64 = 200;
+/// How long quarantined mail is kept before it is dropped unread (7 days).
+pub const QUARANTINE_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Most quarantined messages read in one tick.
+pub const QUARANTINE_REPLAY_BATCH: usize = 200;

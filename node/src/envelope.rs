@@ -127,6 +127,9 @@ pub enum Body {
         /// Messages in the whole history being moved.
         total: u64,
     },
+    /// Nothing but the envelope's [`Envelope::grant`] (pairwise, direct conversation): the
+    /// answer to mail that reached the sender's mailbox without a grant. Not stored.
+    Grant {},
 }
 
 /// Most messages one `History` chunk may carry.
@@ -177,6 +180,11 @@ pub struct Envelope {
     /// The device-list versions it was encrypted with (absent from older senders).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lists: Option<ListVersions>,
+    /// The sending device's deposit grant for the receiving user (pairwise envelopes only;
+    /// see `tern_crypto::grant`): what the receiver shows to deposit into the sender's
+    /// mailboxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<ByteArray<32>>,
 }
 
 /// Why an envelope could not be decoded or encoded.
@@ -300,6 +308,7 @@ mod tests {
                 media: None,
             },
             lists: None,
+            grant: None,
         }
     }
 

@@ -118,7 +118,11 @@ impl Node {
             .map_err(NodeError::from)?
             .map_or(0, |d| d.created_at_ms);
         let user = keys.identity.user_id();
+        let grants = engine::grants::Grants::load(&keys.device, &store)?;
         let mut engine = engine::Engine {
+            grants,
+            // Quarantined mail from before a restart is looked at (and expired) once.
+            quarantine_due: true,
             home: config.home.clone(),
             store,
             user,

@@ -58,6 +58,7 @@ fn envelopes_survive_mutation() {
         sender_device: ByteArray::new([4; 32]),
         lamport: 9,
         seq: 4,
+        grant: Some(ByteArray::new([6; 32])),
         sent_at_ms: 1,
         body: Body::Receipt {
             kind: ReceiptKind::Delivered,

@@ -419,26 +419,65 @@ impl Client {
     }
 
     /// Deposits `ciphertext` for `recipients`; returns once the relay has made it durable.
-    /// Returns the relay's message id and the recipients skipped for being over quota.
+    /// Returns the relay's message id and the recipients it did not reach, with why.
     pub async fn deposit(
         &self,
         recipients: Vec<PeerId>,
         ttl_secs: Option<u32>,
         ciphertext: Vec<u8>,
-    ) -> Result<(u64, Vec<PeerId>), RequestError> {
+    ) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
+        self.deposit_with(recipients, Vec::new(), ttl_secs, ciphertext)
+            .await
+    }
+
+    /// [`Client::deposit`] showing a deposit token per recipient (in the order of
+    /// `recipients`; empty for none).
+    pub async fn deposit_with(
+        &self,
+        recipients: Vec<PeerId>,
+        tokens: Vec<Option<[u8; 32]>>,
+        ttl_secs: Option<u32>,
+        ciphertext: Vec<u8>,
+    ) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
         match self
             .mailbox(mailbox::Request::Deposit {
                 recipients,
                 ttl_secs,
                 ciphertext: ByteBuf::from(ciphertext),
+                tokens: tokens
+                    .into_iter()
+                    .map(|t| t.map(serde_bytes::ByteArray::new))
+                    .collect(),
             })
             .await?
         {
             mailbox::Response::Deposited {
-                message,
-                over_quota,
-                ..
-            } => Ok((message, over_quota)),
+                message, refused, ..
+            } => Ok((message, refused)),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Replaces the grants the caller's mailbox accepts deposits under (token hashes).
+    pub async fn set_grants(&self, hashes: Vec<[u8; 32]>) -> Result<(), RequestError> {
+        match self
+            .mailbox(mailbox::Request::SetGrants {
+                hashes: hashes
+                    .into_iter()
+                    .map(serde_bytes::ByteArray::new)
+                    .collect(),
+            })
+            .await?
+        {
+            mailbox::Response::Ok => Ok(()),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// How full the caller's mailbox is, and by whom.
+    pub async fn usage(&self) -> Result<mailbox::Usage, RequestError> {
+        match self.mailbox(mailbox::Request::Usage).await? {
+            mailbox::Response::Usage(u) => Ok(u),
             other => Err(RequestError::Unexpected(format!("{other:?}"))),
         }
     }

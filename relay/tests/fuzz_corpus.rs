@@ -167,6 +167,7 @@ fn regenerate_seeds() {
         sender: p,
         deposited_ms: 1_700_000_000_000,
         ciphertext: ByteBuf::from(vec![0x42; 64]),
+        intro: true,
     };
     let entry = presence::Entry {
         peer: p,
@@ -183,6 +184,7 @@ fn regenerate_seeds() {
                         recipients: vec![p, PeerId::random()],
                         ttl_secs: Some(60),
                         ciphertext: ByteBuf::from(vec![1; 32]),
+                        tokens: vec![Some(serde_bytes::ByteArray::new([2; 32])), None],
                     }
                     .encode()
                     .unwrap(),
@@ -241,7 +243,10 @@ fn regenerate_seeds() {
                     mailbox::Response::Deposited {
                         message: 9,
                         recipients: 2,
-                        over_quota: vec![p],
+                        refused: vec![mailbox::Refusal {
+                            peer: p,
+                            code: tern_relay::wire::ErrorCode::NoGrant,
+                        }],
                     }
                     .encode()
                     .unwrap(),

@@ -252,7 +252,7 @@ async fn quotas_size_and_rate_limits() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
         dir.path(),
-        "[mailbox]\nmax_messages = 3\nmax_bytes = 2000\nmax_ciphertext_bytes = 1024\n\
+        "[mailbox]\nmax_messages = 3\nmax_bytes = 2000\nmax_ciphertext_bytes = 1024\nshare_percent = 100\n\
          [rate]\ndeposits_per_sec = 0.5\ndeposits_burst = 12.0\nrequests_per_sec = 1.0\nrequests_burst = 40.0\n",
     );
     let (alice, _) = connect(&relay.tcp).await;
@@ -277,7 +277,8 @@ async fn quotas_size_and_rate_limits() {
         .deposit(vec![b, carol.local_peer_id()], None, vec![2; 10])
         .await
         .unwrap();
-    assert_eq!(over, vec![b]);
+    assert_eq!(over.iter().map(|r| r.peer).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(over[0].code, ErrorCode::QuotaCount);
     // Byte quota for Carol: 10 + 1000 fits, one more 1000 does not.
     alice
         .deposit(vec![carol.local_peer_id()], None, vec![3; 1000])

@@ -23,6 +23,7 @@
 pub mod consts;
 mod conversations;
 mod error;
+mod grants;
 mod group_state;
 mod groups;
 mod history_owed;
@@ -43,6 +44,7 @@ mod transfers;
 mod types;
 
 pub use error::{Fault, FaultKind, KeyError, OpenError, ReadError, SearchError, WriteError};
+pub use grants::Quarantined;
 pub use group_state::{OwedGroupMessage, Stashed};
 pub use groups::Member;
 pub use history_owed::HistoryOwed;

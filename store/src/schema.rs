@@ -23,6 +23,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V6_LANES,
     V7_RESYNC,
     V8_TRANSFERS,
+    V9_GRANTS,
 ];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
@@ -325,6 +326,27 @@ CREATE TABLE history_owed (
     total       INTEGER NOT NULL,
     owed_at_ms  INTEGER NOT NULL
 );
+"#;
+
+/// Version 9: deposit grants held from other devices and the revocation epochs of the
+/// grants this device issued, and mail from unknown senders kept apart (`grants.rs`).
+const V9_GRANTS: &str = r#"
+CREATE TABLE grants_held (
+    device        TEXT PRIMARY KEY,
+    grant         BLOB NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE grant_epochs (
+    user   TEXT PRIMARY KEY,
+    epoch  INTEGER NOT NULL
+);
+CREATE TABLE quarantine (
+    id          INTEGER PRIMARY KEY,
+    sender      TEXT NOT NULL,
+    kept_at_ms  INTEGER NOT NULL,
+    payload     BLOB NOT NULL
+);
+CREATE INDEX quarantine_sender ON quarantine(sender, id);
 "#;
 
 /// Version 8: media transfers, uploads and downloads of encrypted files (`transfers.rs`), each

@@ -103,6 +103,8 @@ impl Engine {
 
     /// Who owns each active device of every known user, and each revoked one.
     pub(crate) fn rebuild_device_owner(&mut self) {
+        // A sender of quarantined mail may be known now.
+        self.quarantine_due = true;
         self.device_owner.clear();
         self.revoked_devices.clear();
         for (id, c) in self.contacts.iter().chain(self.peers.iter()) {

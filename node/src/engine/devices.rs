@@ -181,7 +181,7 @@ impl Engine {
                 continue;
             };
             let _ = self.net.add_relay(addr.clone(), false).await;
-            match rpc::deposit(&self.net, relay, peer, sealed.clone()).await {
+            match rpc::deposit(&self.net, relay, peer, None, sealed.clone()).await {
                 Ok(()) => {
                     sent = true;
                     break;

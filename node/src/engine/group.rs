@@ -54,7 +54,13 @@ const OPS_PER_ENVELOPE_BYTES: usize = 48 * 1024;
 const STASH_MAX_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// One device of a fan-out: device id, its PeerId, its user's relays.
-type FanTarget = (String, PeerId, Vec<PeerId>);
+/// A fan-out recipient: its device id, peer id, relays and the grant it issued.
+type FanTarget = (
+    String,
+    PeerId,
+    Vec<PeerId>,
+    Option<tern_crypto::grant::Grant>,
+);
 
 /// What the engine holds for one group.
 #[derive(Debug, Default)]
@@ -772,6 +778,7 @@ impl Engine {
                 sender_user: ByteArray::new(*self.user.as_bytes()),
                 sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
                 lists: Some(self.list_versions(None)),
+                grant: None,
                 lamport: pack.iter().map(|o| o.op.lamport).max().unwrap_or(0),
                 seq: 0,
                 sent_at_ms: pack[0].op.at_ms,
@@ -787,15 +794,9 @@ impl Engine {
                     },
                 },
             };
-            let plain = match env.encode() {
-                Ok(p) => zeroize::Zeroizing::new(p),
-                Err(e) => {
-                    tracing::error!(%group, "encoding group operations failed: {e}");
-                    continue;
-                }
-            };
+            let mut env = env;
             let settle: Vec<MessageId> = pack.iter().map(|o| op_message_id(o)).collect();
-            match self.send_pairwise(&users, id, &plain, &settle).await {
+            match self.send_pairwise(&users, id, &mut env, &settle).await {
                 Ok(failed) => {
                     for (user, e) in &failed {
                         tracing::info!(%group, member = %user, "member not reachable now; the membership change waits for them: {e}");
@@ -812,7 +813,7 @@ impl Engine {
         }
     }
 
-    /// Encrypts `plain` for every device of each of `users` and queues it as outbox rows of
+    /// Encrypts `env` for every device of each of `users` and queues it as outbox rows of
     /// the stored message `id`, with every ratchet state, in one transaction that also
     /// settles what was owed to them (`settle`). Returns the users who could not be reached
     /// (no device list or no session to be had).
@@ -820,7 +821,7 @@ impl Engine {
         &mut self,
         users: &[String],
         id: MessageId,
-        plain: &[u8],
+        env: &mut Envelope,
         settle: &[MessageId],
     ) -> Result<Vec<(String, NodeError)>, NodeError> {
         let mut failed = Vec::new();
@@ -840,7 +841,8 @@ impl Engine {
             };
             super::send::encrypt_each(
                 &mut sessions,
-                plain,
+                env,
+                &self.grants,
                 |_| user.clone(),
                 &mut deliveries,
                 &mut pickles,
@@ -1507,6 +1509,7 @@ impl Engine {
             sender_user: ByteArray::new(me),
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(None)),
+            grant: None,
             lamport,
             seq,
             sent_at_ms: now,
@@ -1538,17 +1541,13 @@ impl Engine {
                 need.push(u.clone());
             }
         }
-        let key_env = Envelope {
+        let mut key_env = Envelope {
             body: Body::SenderKey {
                 distribution: ByteBuf::from(distribution.to_vec()),
                 message: Some(ByteBuf::from(ciphertext.clone())),
             },
             ..env.clone()
         };
-        let key_plain = zeroize::Zeroizing::new(key_env.encode()?);
-        if let Body::SenderKey { distribution, .. } = key_env.body {
-            zeroize::Zeroize::zeroize(&mut distribution.into_vec());
-        }
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         let mut newly: Vec<String> = Vec::new();
@@ -1565,7 +1564,8 @@ impl Engine {
             let first = deliveries.len();
             super::send::encrypt_each(
                 &mut sessions,
-                &key_plain,
+                &mut key_env,
+                &self.grants,
                 |_| u.clone(),
                 &mut deliveries,
                 &mut pickles,
@@ -1575,6 +1575,9 @@ impl Engine {
                     .iter()
                     .map(|d| d.recipient_device.clone()),
             );
+        }
+        if let Body::SenderKey { distribution, .. } = key_env.body {
+            zeroize::Zeroize::zeroize(&mut distribution.into_vec());
         }
         let message = self.own_text(id, &group, (lamport, seq), now, body);
         let key_pickle = key.pickle()?;
@@ -1687,22 +1690,20 @@ impl Engine {
                 message: Some(ByteBuf::from(o.ciphertext.clone())),
             }
         };
-        let env = self.own_group_envelope(gid, &m, body);
-        let plain = zeroize::Zeroizing::new(env.encode()?);
-        if let Body::SenderKey { distribution, .. } = env.body {
-            zeroize::Zeroize::zeroize(&mut distribution.into_vec());
-        }
+        let mut env = self.own_group_envelope(gid, &m, body);
         let user = o.user_id.clone();
-        match self
+        let sent = self
             .send_pairwise(
                 std::slice::from_ref(&user),
                 o.message_id,
-                &plain,
+                &mut env,
                 &[o.message_id],
             )
-            .await?
-            .pop()
-        {
+            .await;
+        if let Body::SenderKey { distribution, .. } = env.body {
+            zeroize::Zeroize::zeroize(&mut distribution.into_vec());
+        }
+        match sent?.pop() {
             Some((_, e)) => Err(e),
             None => Ok(()),
         }
@@ -1718,6 +1719,7 @@ impl Engine {
             sender_user: ByteArray::new(*self.user.as_bytes()),
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(None)),
+            grant: None,
             lamport: m.lamport,
             seq: m.seq,
             sent_at_ms: m.sent_at_ms,
@@ -1755,10 +1757,11 @@ impl Engine {
                 .known(&user)
                 .map(|c| c.relay_peers())
                 .unwrap_or_default();
+            let grant = self.grants.held(&dev);
             by_relay
                 .entry(relays.first().copied())
                 .or_default()
-                .push((dev, peer, relays));
+                .push((dev, peer, relays, grant));
         }
         for (relay, group) in by_relay {
             let net = self.net.clone();
@@ -1766,33 +1769,38 @@ impl Engine {
             let payload = payload.clone();
             tokio::spawn(async move {
                 let mut results = Vec::with_capacity(group.len());
-                let peers: Vec<PeerId> = group.iter().map(|(_, p, _)| *p).collect();
                 let outcome = match relay {
-                    Some(r) => rpc::deposit_many(&net, r, peers, payload.clone()).await,
+                    Some(r) => {
+                        let to = group
+                            .iter()
+                            .map(|(_, p, _, g)| (*p, super::grants::token(g.as_ref(), r)))
+                            .collect();
+                        rpc::deposit_many(&net, r, to, payload.clone()).await
+                    }
                     None => Err(NetError::Transport("the member has no relay".into())),
                 };
                 match outcome {
-                    Ok(over_quota) => {
-                        for (dev, peer, _) in group {
-                            let r = if over_quota.contains(&peer) {
-                                Err(NetError::Rejected(tern_relay::wire::Rejection::new(
-                                    tern_relay::wire::ErrorCode::QuotaCount,
-                                )))
-                            } else {
-                                Ok(())
+                    Ok(refused) => {
+                        for (dev, peer, _, _) in group {
+                            let r = match refused.iter().find(|r| r.peer == peer) {
+                                Some(r) => Err(NetError::Rejected(
+                                    tern_relay::wire::Rejection::new(r.code),
+                                )),
+                                None => Ok(()),
                             };
                             results.push((dev, r));
                         }
                     }
                     Err(e) => {
                         // The first relay failed: each device tries its other relays.
-                        for (dev, peer, relays) in group {
+                        for (dev, peer, relays, grant) in group {
                             let r = super::lanes::deliver(
                                 &net,
                                 peer,
                                 &relays[1.min(relays.len())..],
                                 payload.clone(),
                                 false,
+                                grant.as_ref(),
                             )
                             .await
                             .map_err(|_| e.clone());
@@ -1844,8 +1852,14 @@ impl Engine {
             }
             Ok(())
         });
-        for (dev, _) in &results {
+        for (dev, r) in &results {
             self.fan_in_flight.remove(&(id, dev.clone()));
+            if let Err(e) = r
+                && e.code() == Some(tern_relay::wire::ErrorCode::NoGrant)
+            {
+                // Revoked or stale: the next attempt goes as an introduction.
+                self.drop_grant(dev);
+            }
         }
         if let Err(e) = out {
             tracing::error!("recording a group delivery failed: {e}");

@@ -217,13 +217,15 @@ impl Engine {
                     total: owed.total,
                 },
                 lists: Some(self.list_versions(Some(&me))),
+                grant: None,
             };
-            let plain = zeroize::Zeroizing::new(env.encode()?);
+            let mut env = env;
             let mut deliveries = Vec::new();
             let mut pickles = Vec::new();
             super::send::encrypt_each(
                 &mut sessions,
-                &plain,
+                &mut env,
+                &self.grants,
                 |_| me.clone(),
                 &mut deliveries,
                 &mut pickles,

@@ -66,7 +66,7 @@ impl Engine {
 
     /// Starts a task sending the first rows of `device`'s lane, unless one runs, a store
     /// batch is open, or (with `due_at`) the first row is not due by then.
-    fn start_lane(&mut self, device: &str, due_at: Option<i64>) {
+    pub(crate) fn start_lane(&mut self, device: &str, due_at: Option<i64>) {
         // Inside a store batch the rows are not durable yet: nothing goes on the wire until
         // it commits (the batch's owner dispatches then).
         if self.lanes_busy.contains(device)
@@ -104,6 +104,7 @@ impl Engine {
             .known(&head.delivery.recipient_user)
             .map(|c| c.relay_peers())
             .unwrap_or_default();
+        let grant = self.grants.held(device);
         self.lanes_busy.insert(device.to_owned());
         let net = self.net.clone();
         let tx = self.internal.clone();
@@ -113,7 +114,8 @@ impl Engine {
             let mut acked = Vec::with_capacity(rows.len());
             let mut failed = None;
             for row in rows {
-                match deliver(&net, peer, &relays, row.delivery.payload, direct).await {
+                let payload = row.delivery.payload;
+                match deliver(&net, peer, &relays, payload, direct, grant.as_ref()).await {
                     Ok(()) => acked.push(row.row),
                     Err(e) => {
                         failed = Some((row.row, row.attempts, e));
@@ -150,6 +152,12 @@ impl Engine {
             acked.extend(rows);
             match failed {
                 Some((row, attempts, e)) => {
+                    if e.code() == Some(ErrorCode::NoGrant) {
+                        // Revoked or stale: the row goes again at once, as an introduction.
+                        self.drop_grant(&device);
+                        retries.push((row, now));
+                        continue;
+                    }
                     let wait = rpc::retry_after(&e)
                         .unwrap_or_else(|| super::send::backoff(attempts))
                         .min(RETRY_MAX);
@@ -195,13 +203,15 @@ impl Engine {
 }
 
 /// Delivers one ciphertext: directly when a connection to the device is open, else into
-/// its mailbox at the first of the contact's relays that takes it.
+/// its mailbox at the first of the contact's relays that takes it, showing the token of
+/// the grant the device issued (if one is held).
 pub(crate) async fn deliver(
     net: &crate::net::Client,
     peer: PeerId,
     relays: &[PeerId],
     payload: Vec<u8>,
     direct: bool,
+    grant: Option<&tern_crypto::grant::Grant>,
 ) -> Result<(), NetError> {
     if direct && net.is_connected(peer).await {
         match net.direct(peer, payload.clone()).await {
@@ -211,14 +221,23 @@ pub(crate) async fn deliver(
     }
     let mut last = NetError::Transport("the contact has no relay".into());
     for relay in relays {
-        match rpc::deposit(net, *relay, peer, payload.clone()).await {
+        let token = super::grants::token(grant, *relay);
+        match rpc::deposit(net, *relay, peer, token, payload.clone()).await {
             Ok(()) => return Ok(()),
-            // The relay is up and said "not now" (rate limit) or "not here" (quota): the lane
-            // waits for it rather than spreading one device's rows over several relays.
+            // The relay is up and said "not now" (rate limit) or "not here" (quota, a full
+            // share, a refused grant): the lane waits for it rather than spreading one
+            // device's rows over several relays.
             Err(e)
                 if matches!(
                     e.code(),
-                    Some(ErrorCode::RateLimited | ErrorCode::QuotaCount | ErrorCode::QuotaBytes)
+                    Some(
+                        ErrorCode::RateLimited
+                            | ErrorCode::QuotaCount
+                            | ErrorCode::QuotaBytes
+                            | ErrorCode::ShareFull
+                            | ErrorCode::IntroFull
+                            | ErrorCode::NoGrant
+                    )
                 ) =>
             {
                 return Err(e);

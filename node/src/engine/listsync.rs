@@ -544,13 +544,13 @@ impl Engine {
     ) -> Result<(Vec<tern_store::Delivery>, Vec<super::send::Pickled>), NodeError> {
         let gid = super::group::user_bytes(&m.conversation.0)
             .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
-        let env = self.own_group_envelope(gid, m, crate::media::wire_body(&m.body)?);
-        let plain = zeroize::Zeroizing::new(env.encode()?);
+        let mut env = self.own_group_envelope(gid, m, crate::media::wire_body(&m.body)?);
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         super::send::encrypt_each(
             sessions,
-            &plain,
+            &mut env,
+            &self.grants,
             |_| user.to_owned(),
             &mut deliveries,
             &mut pickles,

@@ -6,6 +6,7 @@
 
 mod contacts;
 mod devices;
+pub(crate) mod grants;
 pub(crate) mod group;
 mod history;
 pub(crate) mod hold;
@@ -170,6 +171,8 @@ pub(crate) enum GroupCommand {
 pub(crate) enum Internal {
     /// A lane task finished.
     LaneDone(lanes::LaneDone),
+    /// Registering deposit grants at this home relay failed (tried again on the next tick).
+    GrantsFailed(PeerId),
     /// A mailbox drain of this relay finished.
     FetchDone { relay: PeerId },
     /// A page of mail fetched from a relay.
@@ -361,6 +364,10 @@ pub(crate) struct Engine {
     pub setup_soon: bool,
     /// This user's other devices are to be told of the own list, sessions set up as needed.
     pub announce_own_due: bool,
+    /// Deposit grants issued and held.
+    pub grants: grants::Grants,
+    /// Quarantined mail may have a known sender now (read on the next tick).
+    pub quarantine_due: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -562,6 +569,8 @@ impl Engine {
                         self.retry_setup().await;
                     }
                     self.announce_own().await;
+                    self.push_grants(None);
+                    self.replay_quarantine();
                     self.dispatch_due(false);
                     self.refetch_due();
                     self.prune_reorder();
@@ -801,6 +810,7 @@ impl Engine {
     fn on_internal(&mut self, msg: Internal) {
         match msg {
             Internal::LaneDone(done) => self.on_lanes_done(vec![done]),
+            Internal::GrantsFailed(relay) => self.on_grants_failed(relay),
             Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
             Internal::FetchDone { relay } => {
                 self.fetching.remove(&relay);
@@ -843,6 +853,7 @@ impl Engine {
             self.setup_pending.insert(relay);
         }
         self.push_allow_list();
+        self.push_grants(Some(relay));
         self.heartbeat();
         self.fetch_mailbox(relay);
     }

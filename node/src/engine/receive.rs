@@ -12,7 +12,10 @@ use tern_store::{
 
 use super::{Engine, peer_device, status_name};
 use crate::{
-    consts::INBOUND_SESSIONS_PER_TOPUP_CHECK,
+    consts::{
+        INBOUND_SESSIONS_PER_TOPUP_CHECK, QUARANTINE_MAX_BYTES, QUARANTINE_MAX_MESSAGES,
+        QUARANTINE_MAX_PER_SENDER, QUARANTINE_REPLAY_BATCH, QUARANTINE_TTL_MS,
+    },
     envelope::{Body, Conversation, Envelope, ReceiptKind},
     error::NodeError,
     home::now_ms,
@@ -43,6 +46,8 @@ impl Engine {
     /// sent.
     pub(crate) fn on_mail(&mut self, relay: PeerId, envelopes: Vec<mailbox::Envelope>) {
         let mut acks = Vec::new();
+        // Known users whose mail came without a grant: offered one once the batch is done.
+        let mut offers = std::collections::BTreeSet::new();
         let mut receipts: HashMap<String, Vec<MessageId>> = HashMap::new();
         let batched = match self.store.begin_batch() {
             Ok(()) => true,
@@ -53,12 +58,25 @@ impl Engine {
         };
         let mut failed = false;
         for env in envelopes {
+            if env.intro
+                && let Some(user) = self.device_owner.get(&env.sender)
+            {
+                offers.insert(user.clone());
+            }
             match self.process(env.sender, &env.ciphertext, &mut receipts) {
                 Outcome::Ack => acks.push(env.id),
                 Outcome::Wait => {
                     self.refetch.insert(relay);
                 }
-                Outcome::Keep => {}
+                Outcome::Keep => {
+                    // From a device of no known user: kept here, not at the relay, where
+                    // it would pin the mailbox until its time to live runs out.
+                    if !super::group::is_group_payload(&env.ciphertext)
+                        && self.quarantine(env.sender, &env.ciphertext)
+                    {
+                        acks.push(env.id);
+                    }
+                }
                 Outcome::Failed => {
                     // The rest of the page stays at the relay and comes again.
                     failed = true;
@@ -86,6 +104,9 @@ impl Engine {
         }
         self.owe_delivered(receipts);
         self.ask_resend();
+        for user in offers {
+            self.offer_grant(&user);
+        }
         if !acks.is_empty() {
             let net = self.net.clone();
             tokio::spawn(async move {
@@ -266,7 +287,7 @@ impl Engine {
                                 // A sync copy from one of this user's other devices.
                                 || (user == self.user_hex && to.as_slice() != self.user.as_bytes())
                                 // A device list, from anyone this device addresses.
-                                || (matches!(env.body, Body::DeviceList { .. })
+                                || (matches!(env.body, Body::DeviceList { .. } | Body::Grant {})
                                     && to.as_slice() == self.user.as_bytes())
                                 // History, from another device of this user.
                                 || (matches!(env.body, Body::History { .. })
@@ -298,6 +319,9 @@ impl Engine {
                 return Ok(Outcome::Ack);
             }
         };
+        if let Some(g) = env.grant {
+            self.take_grant(&device_key, g.into_array());
+        }
         self.check_list_marks(user, device, &env)?;
         if let (Conversation::Group { id }, Body::Text { text, media }) =
             (&env.conversation, &env.body)
@@ -329,6 +353,10 @@ impl Engine {
             return Ok(Outcome::Ack);
         }
         match env.body {
+            // Its grant was taken above; nothing else to store.
+            Body::Grant {} => {
+                self.save_crypto(&update, own_device.as_ref(), now)?;
+            }
             Body::Text { text, media } => {
                 let message = Message {
                     id: MessageId(env.id.into_array()),
@@ -608,4 +636,112 @@ fn hex_bytes(s: &str) -> Vec<u8> {
             u8::try_from(hi * 16 + lo).ok()
         })
         .collect()
+}
+
+impl Engine {
+    /// Keeps mail from a device of no known user in the local quarantine, within its
+    /// bounds; whether it was kept (then the relay may delete it).
+    fn quarantine(&mut self, sender: PeerId, ciphertext: &[u8]) -> bool {
+        let sender = sender.to_string();
+        let fits = match self.store.quarantine_fill(&sender) {
+            Ok((rows, bytes, from_sender)) => {
+                rows < QUARANTINE_MAX_MESSAGES
+                    && bytes + ciphertext.len() as u64 <= QUARANTINE_MAX_BYTES
+                    && from_sender < QUARANTINE_MAX_PER_SENDER
+            }
+            Err(e) => {
+                tracing::warn!("reading the quarantine failed: {e}");
+                false
+            }
+        };
+        if !fits {
+            return false;
+        }
+        let now = now_ms();
+        match self
+            .store
+            .transaction(|tx| tx.quarantine(&sender, ciphertext, now))
+        {
+            Ok(()) => {
+                self.quarantine_due = true;
+                true
+            }
+            Err(e) => {
+                tracing::warn!("keeping mail in the quarantine failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Reads quarantined mail whose sender is known now (a contact was added, a device
+    /// list arrived), and drops what has waited longer than [`QUARANTINE_TTL_MS`].
+    pub(crate) fn replay_quarantine(&mut self) {
+        if !std::mem::take(&mut self.quarantine_due) {
+            return;
+        }
+        let cutoff = now_ms() - QUARANTINE_TTL_MS;
+        if let Err(e) = self.store.transaction(|tx| tx.expire_quarantine(cutoff)) {
+            tracing::warn!("expiring the quarantine failed: {e}");
+        }
+        let senders: Vec<String> = match self.store.quarantined_senders() {
+            Ok(s) => s
+                .into_iter()
+                .filter(|s| {
+                    s.parse::<PeerId>()
+                        .is_ok_and(|p| self.device_owner.contains_key(&p))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!("reading the quarantine failed: {e}");
+                return;
+            }
+        };
+        if senders.is_empty() {
+            return;
+        }
+        let rows = match self
+            .store
+            .quarantined_from(&senders, QUARANTINE_REPLAY_BATCH)
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("reading the quarantine failed: {e}");
+                return;
+            }
+        };
+        let mut receipts = HashMap::new();
+        let mut done = Vec::new();
+        let mut offers = std::collections::BTreeSet::new();
+        for q in &rows {
+            let Ok(peer) = q.sender.parse::<PeerId>() else {
+                done.push(q.id);
+                continue;
+            };
+            match self.process(peer, &q.payload, &mut receipts) {
+                Outcome::Ack => {
+                    done.push(q.id);
+                    if let Some(u) = self.device_owner.get(&peer) {
+                        offers.insert(u.clone());
+                    }
+                }
+                Outcome::Failed => {
+                    self.reload_device();
+                    break;
+                }
+                Outcome::Keep | Outcome::Wait => {}
+            }
+        }
+        if let Err(e) = self.store.transaction(|tx| tx.release_quarantined(&done)) {
+            tracing::warn!("releasing quarantined mail failed: {e}");
+        }
+        self.owe_delivered(receipts);
+        self.ask_resend();
+        // Whoever wrote first gets a grant, so what follows is not an introduction.
+        for user in offers {
+            self.offer_grant(&user);
+        }
+        if rows.len() == QUARANTINE_REPLAY_BATCH && done.len() == rows.len() {
+            self.quarantine_due = true;
+        }
+    }
 }

@@ -14,7 +14,8 @@
 //! messages from the revoked device are refused (pairwise and group). The revoked device
 //! itself learns it from its own list (fetched from its relays, or sent by another device of
 //! the user): it then refuses every command that would send, with a clear error, and stops
-//! delivering its outbox.
+//! delivering its outbox. The grant this device issued `user` is revoked too
+//! ([`Engine::revoke_grant`]): the revoked device cannot fill this device's mailbox under it.
 
 use tern_crypto::DeviceId;
 
@@ -169,6 +170,11 @@ impl Engine {
             tx.retire_group_sender_keys(&shared)?;
             Ok(())
         })?;
+        // The revoked device holds this device's grant for `user`: a new one replaces it
+        // at the relays, and the user's remaining devices get it with the next envelope.
+        if !self.revoked {
+            self.revoke_grant(user)?;
+        }
         Ok(())
     }
 

@@ -44,20 +44,34 @@ pub(crate) fn crypto_updates(pickles: &[Pickled]) -> Vec<CryptoUpdate<'_>> {
         .collect()
 }
 
-/// Encrypts `plain` once for each session: an outbox row per device (for the user
-/// `user_of` names) and the device's ratchet state after it.
+/// Encrypts `env` once for each session: an outbox row per device (for the user `user_of`
+/// names) and the device's ratchet state after it. Each user's copy carries this device's
+/// deposit grant for that user ([`Envelope::grant`]); `env` is left as it was.
 pub(crate) fn encrypt_each(
     sessions: &mut [(DeviceId, PeerSessions)],
-    plain: &[u8],
+    env: &mut Envelope,
+    grants: &super::grants::Grants,
     user_of: impl Fn(&DeviceId) -> String,
     deliveries: &mut Vec<Delivery>,
     pickles: &mut Vec<Pickled>,
 ) -> Result<(), NodeError> {
+    let mut plain: Option<(String, zeroize::Zeroizing<Vec<u8>>)> = None;
     for (device, s) in sessions.iter_mut() {
-        let ct = s.encrypt(plain)?;
+        let user = user_of(device);
+        let p = match plain.take() {
+            Some((u, p)) if u == user => p,
+            _ => {
+                env.grant = grants.issued(&user).map(|g| ByteArray::new(*g.to_bytes()));
+                let p = env.encode();
+                env.grant = None;
+                zeroize::Zeroizing::new(p?)
+            }
+        };
+        let ct = s.encrypt(&p)?;
+        plain = Some((user.clone(), p));
         let id = device.to_peer_id_string();
         deliveries.push(Delivery {
-            recipient_user: user_of(device),
+            recipient_user: user,
             recipient_device: id.clone(),
             payload: ct,
         });
@@ -362,19 +376,21 @@ impl Engine {
             sender_user: ByteArray::new(*self.user.as_bytes()),
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(Some(&message.conversation.0))),
+            grant: None,
             lamport: message.lamport,
             seq: message.seq,
             sent_at_ms: message.sent_at_ms,
             body: crate::media::wire_body(&message.body)?,
         };
-        let plain = zeroize::Zeroizing::new(env.encode()?);
+        let mut env = env;
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         let own_list = self.keys.device_list.list();
         // A sync copy for one of this user's other devices, else the contact's.
         encrypt_each(
             sessions,
-            &plain,
+            &mut env,
+            &self.grants,
             |device| {
                 if own_list.entry(device).is_some() {
                     self.user_hex.clone()
@@ -611,17 +627,19 @@ impl Engine {
             sender_user: ByteArray::new(*self.user.as_bytes()),
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(Some(user))),
+            grant: None,
             lamport,
             seq: 0,
             sent_at_ms: now_ms(),
             body,
         };
-        let plain = zeroize::Zeroizing::new(env.encode()?);
+        let mut env = env;
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         encrypt_each(
             &mut sessions,
-            &plain,
+            &mut env,
+            &self.grants,
             |_| user.to_owned(),
             &mut deliveries,
             &mut pickles,

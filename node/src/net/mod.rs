@@ -1051,52 +1051,75 @@ pub mod rpc {
         }
     }
 
-    /// Deposits a ciphertext for one device; returns once durable at the relay.
+    /// Deposits a ciphertext for one device, showing `token` (made from the grant the device
+    /// issued, for this relay; `None`: an introduction); returns once durable at the relay.
     pub async fn deposit(
         net: &Client,
         relay: PeerId,
         recipient: PeerId,
+        token: Option<[u8; 32]>,
         ciphertext: Vec<u8>,
     ) -> Result<(), NetError> {
+        let refused = deposit_many(net, relay, vec![(recipient, token)], ciphertext).await?;
+        match refused.first() {
+            None => Ok(()),
+            Some(r) => Err(NetError::Rejected(Rejection::new(r.code))),
+        }
+    }
+
+    /// Deposits one ciphertext for many devices in one request (the relay stores it once),
+    /// each with its token; returns the recipients refused, with why.
+    pub async fn deposit_many(
+        net: &Client,
+        relay: PeerId,
+        recipients: Vec<(PeerId, Option<[u8; 32]>)>,
+        ciphertext: Vec<u8>,
+    ) -> Result<Vec<mailbox::Refusal>, NetError> {
+        let tokens = if recipients.iter().any(|(_, t)| t.is_some()) {
+            recipients
+                .iter()
+                .map(|(_, t)| t.map(serde_bytes::ByteArray::new))
+                .collect()
+        } else {
+            Vec::new()
+        };
         match mailbox(
             net,
             relay,
             mailbox::Request::Deposit {
-                recipients: vec![recipient],
+                recipients: recipients.into_iter().map(|(p, _)| p).collect(),
                 ttl_secs: None,
                 ciphertext: ByteBuf::from(ciphertext),
+                tokens,
             },
         )
         .await?
         {
-            mailbox::Response::Deposited { over_quota, .. } if over_quota.is_empty() => Ok(()),
-            mailbox::Response::Deposited { .. } => {
-                Err(NetError::Rejected(Rejection::new(ErrorCode::QuotaCount)))
-            }
+            mailbox::Response::Deposited { refused, .. } => Ok(refused),
             _ => Err(NetError::Unexpected),
         }
     }
 
-    /// Deposits one ciphertext for many devices in one request (the relay stores it once);
-    /// returns the recipients refused for being over their quota.
-    pub async fn deposit_many(
+    /// Replaces the deposit grants (token hashes) this device's mailbox at `relay` takes.
+    pub async fn set_grants(
         net: &Client,
         relay: PeerId,
-        recipients: Vec<PeerId>,
-        ciphertext: Vec<u8>,
-    ) -> Result<Vec<PeerId>, NetError> {
-        match mailbox(
-            net,
-            relay,
-            mailbox::Request::Deposit {
-                recipients,
-                ttl_secs: None,
-                ciphertext: ByteBuf::from(ciphertext),
-            },
-        )
-        .await?
-        {
-            mailbox::Response::Deposited { over_quota, .. } => Ok(over_quota),
+        hashes: Vec<[u8; 32]>,
+    ) -> Result<(), NetError> {
+        let hashes = hashes
+            .into_iter()
+            .map(serde_bytes::ByteArray::new)
+            .collect();
+        match mailbox(net, relay, mailbox::Request::SetGrants { hashes }).await? {
+            mailbox::Response::Ok => Ok(()),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
+    /// How full this device's mailbox at `relay` is, and by whom.
+    pub async fn usage(net: &Client, relay: PeerId) -> Result<mailbox::Usage, NetError> {
+        match mailbox(net, relay, mailbox::Request::Usage).await? {
+            mailbox::Response::Usage(u) => Ok(u),
             _ => Err(NetError::Unexpected),
         }
     }

@@ -125,6 +125,22 @@ pub struct MailboxConfig {
     pub ttl_secs: u64,
     /// How often expired messages are deleted, seconds. Default 60.
     pub expiry_sweep_secs: u64,
+    /// Most of a mailbox one share may hold (one grant — every device of the granted user
+    /// together — or one sender to a mailbox without grants), percent. Default 25.
+    pub share_percent: u8,
+    /// Most messages in a mailbox's introductions share (deposits without a grant into a
+    /// mailbox with grants), all senders together. Default 1,000.
+    pub intro_max_messages: u64,
+    /// Most bytes in the introductions share. Default 8 MiB.
+    pub intro_max_bytes: u64,
+    /// Most messages one device may have in a mailbox's introductions share. Default 200
+    /// (a first burst to a new contact fits; many fresh identities share the 1,000).
+    pub intro_per_sender: u64,
+    /// How long an introduction is kept, seconds (at most `ttl_secs`). Default 3 days.
+    pub intro_ttl_secs: u64,
+    /// A mailbox's grants are deleted (the mailbox opens to sender shares again) when its
+    /// owner has not registered them for this long, seconds. Default 30 days.
+    pub grant_idle_secs: u64,
 }
 
 impl Default for MailboxConfig {
@@ -136,6 +152,12 @@ impl Default for MailboxConfig {
             max_bytes: 64 * 1024 * 1024,
             ttl_secs: 14 * 24 * 3600,
             expiry_sweep_secs: 60,
+            share_percent: 25,
+            intro_max_messages: 1_000,
+            intro_max_bytes: 8 * 1024 * 1024,
+            intro_per_sender: 200,
+            intro_ttl_secs: 3 * 24 * 3600,
+            grant_idle_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -414,6 +436,15 @@ impl Config {
             return invalid(
                 "mailbox.ttl_secs",
                 "ttl and sweep interval must be positive",
+            );
+        }
+        if !(1..=100).contains(&self.mailbox.share_percent) {
+            return invalid("mailbox.share_percent", "must be 1..=100");
+        }
+        if self.mailbox.intro_ttl_secs == 0 || self.mailbox.grant_idle_secs == 0 {
+            return invalid(
+                "mailbox.intro_ttl_secs",
+                "intro_ttl_secs and grant_idle_secs must be positive",
             );
         }
         for (field, v) in [

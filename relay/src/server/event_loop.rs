@@ -49,6 +49,8 @@ enum Completion {
     Deposit {
         channel: ResponseChannel<Frame>,
         size: usize,
+        /// Recipients refused before storage (a wrong grant).
+        refused: Vec<mailbox::Refusal>,
         result: Result<storage::Deposited, storage::OpError>,
     },
     Fetch {
@@ -67,6 +69,17 @@ enum Completion {
         url: Option<String>,
         result: Result<(), storage::OpError>,
     },
+    SetGrants {
+        channel: ResponseChannel<Frame>,
+        peer: PeerId,
+        hashes: Vec<[u8; 32]>,
+        now_ms: u64,
+        result: Result<(), storage::OpError>,
+    },
+    Usage {
+        channel: ResponseChannel<Frame>,
+        result: Result<mailbox::Usage, storage::OpError>,
+    },
     SetAllow {
         channel: ResponseChannel<Frame>,
         peer: PeerId,
@@ -83,7 +96,7 @@ enum Completion {
         sender: PeerId,
         now_ms: u64,
         ciphertext: Vec<u8>,
-        stored: Vec<(PeerId, u64)>,
+        stored: Vec<storage::Stored>,
     },
     /// Nothing to do (an early notice that never came because the deposit failed).
     Nothing,
@@ -131,6 +144,8 @@ pub(crate) struct EventLoop {
     /// for everyone else).
     push_registered: HashSet<PeerId>,
     presence: Presence,
+    /// Registered deposit grants of closed mailboxes.
+    grants: super::grants::Grants,
     requests: Limiter<PeerId>,
     deposits: Limiter<PeerId>,
     /// Open connections per peer.
@@ -161,6 +176,7 @@ impl EventLoop {
         let (live_notes, live_notes_rx) = mpsc::channel(LIVE_ACK_QUEUE);
         presence.load(loaded.last_seen, loaded.allow);
         Self {
+            grants: super::grants::Grants::load(loaded.grants),
             requests: Limiter::new(cfg.rate.requests_per_sec, cfg.rate.requests_burst),
             deposits: Limiter::new(cfg.rate.deposits_per_sec, cfg.rate.deposits_burst),
             push_registered: loaded.push.iter().map(|(p, _)| *p).collect(),
@@ -466,6 +482,7 @@ impl EventLoop {
                 recipients,
                 ttl_secs,
                 ciphertext,
+                tokens,
             } => {
                 if ciphertext.len() > m.max_ciphertext_bytes {
                     return self.reject(
@@ -474,16 +491,23 @@ impl EventLoop {
                         Rejection::new(ErrorCode::TooLarge),
                     );
                 }
-                let mut seen = HashSet::with_capacity(recipients.len());
-                let recipients: Vec<PeerId> =
-                    recipients.into_iter().filter(|r| seen.insert(*r)).collect();
-                if recipients.is_empty() || recipients.len() > m.max_recipients {
+                if recipients.is_empty()
+                    || recipients.len() > m.max_recipients
+                    || (!tokens.is_empty() && tokens.len() != recipients.len())
+                {
                     return self.reject(
                         Proto::Mailbox,
                         channel,
                         Rejection::new(ErrorCode::BadRequest),
                     );
                 }
+                let mut seen = HashSet::with_capacity(recipients.len());
+                let (recipients, tokens): (Vec<PeerId>, Vec<_>) = recipients
+                    .into_iter()
+                    .zip(tokens.into_iter().map(Some).chain(std::iter::repeat(None)))
+                    .filter(|(r, _)| seen.insert(*r))
+                    .map(|(r, t)| (r, t.flatten()))
+                    .unzip();
                 if let Err(wait) =
                     self.deposits
                         .take(&peer, deposit_cost(recipients.len()), Instant::now())
@@ -497,15 +521,38 @@ impl EventLoop {
                         },
                     );
                 }
+                let presence = &self.presence;
+                let admitted = match self
+                    .grants
+                    .admit(recipients, &tokens, |owner| presence.allows(owner, &peer))
+                {
+                    Ok(a) => a,
+                    Err(code) => {
+                        return self.reject(Proto::Mailbox, channel, Rejection::new(code));
+                    }
+                };
+                for r in &admitted.refused {
+                    self.metrics.reject(r.code);
+                }
+                if admitted.to.is_empty() {
+                    return self.reject(
+                        Proto::Mailbox,
+                        channel,
+                        Rejection::new(ErrorCode::NoGrant),
+                    );
+                }
+                let refused_early = admitted.refused;
+                let recipients = admitted.to;
                 let ttl = ttl_secs
                     .map_or(m.ttl_secs, |t| u64::from(t).min(m.ttl_secs))
                     .max(1);
+                let intro_ttl = ttl.min(m.intro_ttl_secs).max(1);
                 let now = now_ms();
                 let ciphertext = ciphertext.into_vec();
                 let size = ciphertext.len();
                 let live_copy = recipients
                     .iter()
-                    .any(|r| self.listening.contains(r))
+                    .any(|(r, _)| self.listening.contains(r))
                     .then(|| ciphertext.clone());
                 // Listening recipients get the message as soon as it is applied, before the
                 // commit: the sender is still only acknowledged after the commit.
@@ -523,6 +570,7 @@ impl EventLoop {
                     ciphertext,
                     now_ms: now,
                     expires_ms: now.saturating_add(ttl.saturating_mul(1000)),
+                    intro_expires_ms: now.saturating_add(intro_ttl.saturating_mul(1000)),
                     early,
                     reply,
                 };
@@ -546,6 +594,7 @@ impl EventLoop {
                     Completion::Deposit {
                         channel,
                         size,
+                        refused: refused_early,
                         result: await_reply(rx).await,
                     }
                 }));
@@ -613,6 +662,47 @@ impl EventLoop {
                         channel,
                         peer,
                         url,
+                        result: await_reply(rx).await,
+                    }
+                }));
+            }
+            mailbox::Request::SetGrants { hashes } => {
+                if let Err(code) = super::grants::check_set(&hashes) {
+                    return self.reject(Proto::Mailbox, channel, Rejection::new(code));
+                }
+                let hashes: Vec<[u8; 32]> = hashes.into_iter().map(|h| h.into_array()).collect();
+                let (reply, rx) = oneshot::channel();
+                let now = now_ms();
+                let op = storage::Op::SetGrants {
+                    owner: peer,
+                    hashes: hashes.clone(),
+                    now_ms: now,
+                    reply,
+                };
+                if let Err(e) = self.storage.submit(op) {
+                    return self.reject(Proto::Mailbox, channel, busy(e));
+                }
+                self.pending.push(Box::pin(async move {
+                    Completion::SetGrants {
+                        channel,
+                        peer,
+                        hashes,
+                        now_ms: now,
+                        result: await_reply(rx).await,
+                    }
+                }));
+            }
+            mailbox::Request::Usage => {
+                let (reply, rx) = oneshot::channel();
+                if let Err(e) = self
+                    .storage
+                    .submit(storage::Op::Usage { owner: peer, reply })
+                {
+                    return self.reject(Proto::Mailbox, channel, busy(e));
+                }
+                self.pending.push(Box::pin(async move {
+                    Completion::Usage {
+                        channel,
                         result: await_reply(rx).await,
                     }
                 }));
@@ -702,9 +792,9 @@ impl EventLoop {
                 ciphertext,
                 stored,
             } => {
-                for (recipient, id) in stored {
-                    if self.listening.contains(&recipient) {
-                        self.deliver(recipient, id, sender, now_ms, &ciphertext);
+                for st in stored {
+                    if self.listening.contains(&st.peer) {
+                        self.deliver(st.peer, st.id, sender, now_ms, &ciphertext, st.intro);
                     }
                 }
             }
@@ -712,6 +802,7 @@ impl EventLoop {
             Completion::Deposit {
                 channel,
                 size,
+                refused,
                 result,
             } => match result {
                 Ok(d) => {
@@ -725,17 +816,20 @@ impl EventLoop {
                         mailbox::Response::Deposited {
                             message: d.message,
                             recipients: d.stored.len() as u32,
-                            over_quota: d.over_quota,
+                            refused: refused.into_iter().chain(d.refused).collect(),
                         },
                     );
-                    // Listening recipients were served by the early notice.
-                    for (recipient, _, unread) in d.stored {
-                        if !self.listening.contains(&recipient)
-                            && self.push_registered.contains(&recipient)
+                    // Listening recipients were served by the early notice. Mail from
+                    // strangers (introductions) wakes nobody: it waits for the next time
+                    // the device is online anyway.
+                    for st in d.stored {
+                        if !st.intro
+                            && !self.listening.contains(&st.peer)
+                            && self.push_registered.contains(&st.peer)
                         {
                             self.push.send(push::Command::Mail {
-                                peer: recipient,
-                                unread,
+                                peer: st.peer,
+                                unread: st.depth,
                             });
                         }
                     }
@@ -797,6 +891,23 @@ impl EventLoop {
             Completion::Directory { channel, response } => {
                 self.respond_directory(channel, response)
             }
+            Completion::SetGrants {
+                channel,
+                peer,
+                hashes,
+                now_ms,
+                result,
+            } => match result {
+                Ok(()) => {
+                    self.grants.set(peer, hashes, now_ms);
+                    self.respond_mailbox(channel, mailbox::Response::Ok);
+                }
+                Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
+            },
+            Completion::Usage { channel, result } => match result {
+                Ok(u) => self.respond_mailbox(channel, mailbox::Response::Usage(u)),
+                Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
+            },
             Completion::Expired(result) => match result {
                 Ok(n) => {
                     self.metrics.expired.fetch_add(n, Relaxed);
@@ -888,6 +999,7 @@ impl EventLoop {
         sender: PeerId,
         deposited_ms: u64,
         ciphertext: &[u8],
+        intro: bool,
     ) {
         let req = mailbox::Request::Deliver {
             messages: vec![Envelope {
@@ -895,6 +1007,7 @@ impl EventLoop {
                 sender,
                 deposited_ms,
                 ciphertext: serde_bytes::ByteBuf::from(ciphertext.to_vec()),
+                intro,
             }],
         };
         match req.encode() {
@@ -961,6 +1074,8 @@ impl EventLoop {
     }
 
     fn start_expiry(&mut self) {
+        let idle_ms = self.cfg.mailbox.grant_idle_secs.saturating_mul(1000);
+        self.grants.expire(now_ms().saturating_sub(idle_ms));
         let (reply, rx) = oneshot::channel();
         if self
             .storage

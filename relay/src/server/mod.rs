@@ -7,11 +7,13 @@ pub mod blobs;
 pub mod config;
 pub mod directory;
 mod event_loop;
+pub mod grants;
 pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod presence;
 pub mod push;
+pub mod quota;
 pub mod ratelimit;
 pub mod storage;
 
@@ -214,10 +216,15 @@ pub async fn run(
             max_batch: config.storage.max_batch,
             queue_depth: config.storage.queue_depth,
             max_database_bytes: config.storage.max_database_bytes,
-            quota: storage::Quota {
-                max_messages: config.mailbox.max_messages,
-                max_bytes: config.mailbox.max_bytes,
-            },
+            quota: storage::Quota::new(
+                config.mailbox.max_messages,
+                config.mailbox.max_bytes,
+                config.mailbox.share_percent,
+                config.mailbox.intro_max_messages,
+                config.mailbox.intro_max_bytes,
+                config.mailbox.intro_per_sender,
+            ),
+            grant_idle_ms: config.mailbox.grant_idle_secs.saturating_mul(1000),
         },
         metrics.clone(),
     )?;

@@ -179,6 +179,12 @@ impl Presence {
         }
     }
 
+    /// Whether `owner` allowed `viewer` (its contacts' devices; also who may deposit to it
+    /// without a grant, see `grants.rs`).
+    pub fn allows(&self, owner: &PeerId, viewer: &PeerId) -> bool {
+        self.allow.get(owner).is_some_and(|v| v.contains(viewer))
+    }
+
     fn visible(&self, owner: &PeerId, viewer: &PeerId) -> bool {
         owner == viewer || self.allow.get(owner).is_some_and(|v| v.contains(viewer))
     }

@@ -19,13 +19,18 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::Metrics;
-use crate::wire::{ErrorCode, mailbox::Envelope};
+use super::quota::{self, Key, Tag, Usage};
+pub use super::quota::{Quota, Share};
+use crate::wire::{
+    ErrorCode,
+    mailbox::{self, Envelope, Fill, Refusal},
+};
 
 /// The database file name inside the data directory.
 pub const DB_FILE: &str = "relay.sqlite3";
 /// The schema version this build writes (`PRAGMA user_version`); stored records are
 /// versioned by it.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// SQLite page size assumed when turning `max_database_bytes` into `max_page_count`.
 const PAGE_SIZE: u64 = 4096;
 /// Most expired entries deleted in one sweep operation, so a sweep never stalls deposits.
@@ -128,25 +133,28 @@ impl std::fmt::Debug for ListCheck {
 /// A stored bundle and, if one was left, the one-time key just removed for a claimer.
 pub type Claimed = (Vec<u8>, Option<Vec<u8>>);
 
-/// Per-mailbox quota limits, checked by the writer so they hold across a batch.
-#[derive(Debug, Clone, Copy)]
-pub struct Quota {
-    /// Most messages per mailbox.
-    pub max_messages: u64,
-    /// Most bytes per mailbox.
-    pub max_bytes: u64,
-}
-
 /// The result of a durable deposit.
 #[derive(Debug, Clone)]
 pub struct Deposited {
     /// Relay-wide message id.
     pub message: u64,
-    /// Each mailbox the message now sits in: recipient, its mailbox id, and how many
-    /// messages that mailbox now holds.
-    pub stored: Vec<(PeerId, u64, u64)>,
-    /// Recipients skipped because their mailbox is over quota.
-    pub over_quota: Vec<PeerId>,
+    /// Each mailbox the message now sits in.
+    pub stored: Vec<Stored>,
+    /// Recipients skipped, and why (a full mailbox or share).
+    pub refused: Vec<Refusal>,
+}
+
+/// One mailbox a deposit now sits in.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    /// The recipient.
+    pub peer: PeerId,
+    /// Its mailbox id (the recipient's fetch cursor).
+    pub id: u64,
+    /// How many messages that mailbox now holds.
+    pub depth: u64,
+    /// In the introductions share.
+    pub intro: bool,
 }
 
 /// A page of a mailbox.
@@ -167,6 +175,8 @@ pub struct Loaded {
     pub last_seen: Vec<(PeerId, u64)>,
     /// Presence allow-lists: owner → allowed viewers.
     pub allow: Vec<(PeerId, Vec<PeerId>)>,
+    /// Deposit grants: owner → registered token hashes, and when it last registered them.
+    pub grants: Vec<(PeerId, Vec<[u8; 32]>, u64)>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, OpError>>;
@@ -178,17 +188,20 @@ pub enum Op {
     Deposit {
         /// The authenticated sender.
         sender: PeerId,
-        /// Deduplicated recipients.
-        recipients: Vec<PeerId>,
+        /// Deduplicated recipients, each with the share the deposit counts in.
+        recipients: Vec<(PeerId, Share)>,
         /// The payload.
         ciphertext: Vec<u8>,
         /// Now (ms since the epoch).
         now_ms: u64,
         /// Expiry (ms since the epoch).
         expires_ms: u64,
+        /// Expiry of an entry in an introductions share (ms since the epoch; at most
+        /// `expires_ms`).
+        intro_expires_ms: u64,
         /// Told the mailbox ids as soon as the deposit is applied, before its transaction
         /// commits, so live delivery does not wait for the disk (see `docs/protocol.md`).
-        early: Option<oneshot::Sender<Vec<(PeerId, u64)>>>,
+        early: Option<oneshot::Sender<Vec<Stored>>>,
         /// Answer.
         reply: Reply<Deposited>,
     },
@@ -248,6 +261,24 @@ pub enum Op {
         /// Answer.
         reply: Reply<()>,
     },
+    /// Replace the deposit grants of a mailbox (and mark it closed to deposits without one).
+    SetGrants {
+        /// The device.
+        owner: PeerId,
+        /// Token hashes.
+        hashes: Vec<[u8; 32]>,
+        /// Now (ms since the epoch): grants of an owner who stops refreshing them expire.
+        now_ms: u64,
+        /// Answer.
+        reply: Reply<()>,
+    },
+    /// How full a mailbox is, and by whom.
+    Usage {
+        /// The device.
+        owner: PeerId,
+        /// Answer.
+        reply: Reply<mailbox::Usage>,
+    },
     /// A no-op that proves the writer commits (health check).
     Ping {
         /// Answer.
@@ -300,13 +331,6 @@ pub enum Op {
     Shutdown,
 }
 
-/// Mailbox fill level.
-#[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    messages: u64,
-    bytes: u64,
-}
-
 /// Handle to the writer thread. Dropping every handle lets the thread finish the queue,
 /// commit and exit; [`Storage::close`] waits for that.
 #[derive(Debug)]
@@ -347,6 +371,9 @@ pub struct Settings {
     pub max_database_bytes: u64,
     /// Mailbox quotas.
     pub quota: Quota,
+    /// Grants of an owner that has not registered them again for this long are deleted
+    /// (ms).
+    pub grant_idle_ms: u64,
 }
 
 impl Storage {
@@ -384,16 +411,22 @@ impl Storage {
             0 => {
                 migrate_v1(&conn).map_err(wrap)?;
                 migrate_v2(&conn).map_err(wrap)?;
+                migrate_v3(&conn).map_err(wrap)?;
             }
-            1 => migrate_v2(&conn).map_err(wrap)?,
+            1 => {
+                migrate_v2(&conn).map_err(wrap)?;
+                migrate_v3(&conn).map_err(wrap)?;
+            }
+            2 => migrate_v3(&conn).map_err(wrap)?,
             SCHEMA_VERSION => {}
             found => return Err(OpenError::Schema { path, found }),
         }
         let usage = load_usage(&conn).map_err(wrap)?;
         let loaded = load_state(&conn).map_err(wrap)?;
         let (total_messages, total_bytes) = usage
-            .values()
-            .fold((0, 0), |(m, b), u| (m + u.messages, b + u.bytes));
+            .iter()
+            .filter(|((_, t), _)| *t == Tag::Total)
+            .fold((0, 0), |(m, b), (_, u)| (m + u.messages, b + u.bytes));
         metrics.set_mailbox_totals(total_messages, total_bytes);
         let (tx, rx) = mpsc::channel(settings.queue_depth);
         let writer = Writer {
@@ -546,22 +579,53 @@ fn migrate_v2(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Version 3 adds deposit grants: each mailbox entry records the share it counts in (a
+/// grant's token hash, or the depositing device) and whether it came as an introduction;
+/// `grant` holds the token hashes an owner registered, `grant_owner` when it last did.
+fn migrate_v3(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE mailbox ADD COLUMN share BLOB;
+         ALTER TABLE mailbox ADD COLUMN intro INTEGER NOT NULL DEFAULT 0;
+         CREATE TABLE deposit_grant (
+             owner BLOB NOT NULL,
+             hash BLOB NOT NULL,
+             PRIMARY KEY (owner, hash)
+         ) WITHOUT ROWID;
+         CREATE TABLE grant_owner (owner BLOB PRIMARY KEY, updated_ms INTEGER NOT NULL);
+         CREATE INDEX grant_owner_updated ON grant_owner(updated_ms);
+         PRAGMA user_version = 3;
+         COMMIT;",
+    )
+}
+
 fn peer(bytes: &[u8]) -> Option<PeerId> {
     PeerId::from_bytes(bytes).ok()
 }
 
-fn load_usage(conn: &Connection) -> rusqlite::Result<HashMap<Vec<u8>, Usage>> {
-    let mut stmt = conn.prepare("SELECT owner, COUNT(*), SUM(size) FROM mailbox GROUP BY owner")?;
+fn load_usage(conn: &Connection) -> rusqlite::Result<HashMap<Key, Usage>> {
+    let mut stmt = conn.prepare(
+        "SELECT owner, share, intro, COUNT(*), SUM(size) FROM mailbox GROUP BY owner, share, intro",
+    )?;
+    let mut usage: HashMap<Key, Usage> = HashMap::new();
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
-            Usage {
-                messages: r.get::<_, i64>(1)?.max(0) as u64,
-                bytes: r.get::<_, i64>(2)?.max(0) as u64,
-            },
+            r.get::<_, Option<Vec<u8>>>(1)?,
+            r.get::<_, i64>(2)? != 0,
+            r.get::<_, i64>(3)?.max(0) as u64,
+            r.get::<_, i64>(4)?.max(0) as u64,
         ))
     })?;
-    rows.collect()
+    for row in rows {
+        let (owner, share, intro, messages, bytes) = row?;
+        for k in quota::keys(&owner, share.as_deref(), intro) {
+            let u = usage.entry(k).or_default();
+            u.messages += messages;
+            u.bytes += bytes;
+        }
+    }
+    Ok(usage)
 }
 
 fn load_state(conn: &Connection) -> rusqlite::Result<Loaded> {
@@ -593,20 +657,43 @@ fn load_state(conn: &Connection) -> rusqlite::Result<Loaded> {
         }
     }
     loaded.allow = allow.into_iter().collect();
+    let mut stmt = conn.prepare(
+        "SELECT o.owner, o.updated_ms, g.hash FROM grant_owner o
+         LEFT JOIN deposit_grant g ON g.owner = o.owner ORDER BY o.owner",
+    )?;
+    let mut grants: HashMap<PeerId, (Vec<[u8; 32]>, u64)> = HashMap::new();
+    for row in stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<Vec<u8>>>(2)?,
+        ))
+    })? {
+        let (o, updated, hash) = row?;
+        if let Some(o) = peer(&o) {
+            let e = grants
+                .entry(o)
+                .or_insert_with(|| (Vec::new(), updated.max(0) as u64));
+            if let Some(h) = hash.and_then(|h| <[u8; 32]>::try_from(h).ok()) {
+                e.0.push(h);
+            }
+        }
+    }
+    loaded.grants = grants.into_iter().map(|(o, (h, t))| (o, h, t)).collect();
     Ok(loaded)
 }
 
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
-    /// Committed fill level of every non-empty mailbox, keyed by owner bytes.
-    usage: HashMap<Vec<u8>, Usage>,
+    /// Committed fill level of every non-empty mailbox and share in one.
+    usage: HashMap<Key, Usage>,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
 
-/// Signed change to one mailbox's usage.
-type Delta = HashMap<Vec<u8>, (i64, i64)>;
+/// Signed changes to usage counters.
+type Delta = HashMap<Key, (i64, i64)>;
 
 /// An applied operation waiting for the commit to send its reply.
 enum Done {
@@ -617,6 +704,7 @@ enum Done {
     Unit(Reply<()>, Result<(), OpError>),
     Bytes(Reply<Option<Vec<u8>>>, Result<Option<Vec<u8>>, OpError>),
     Claim(Reply<Option<Claimed>>, Result<Option<Claimed>, OpError>),
+    Usage(Reply<mailbox::Usage>, Result<mailbox::Usage, OpError>),
     None,
 }
 
@@ -649,6 +737,7 @@ impl Done {
             Done::Unit(r, v) => go(r, v, commit_error),
             Done::Bytes(r, v) => go(r, v, commit_error),
             Done::Claim(r, v) => go(r, v, commit_error),
+            Done::Usage(r, v) => go(r, v, commit_error),
             Done::None => {}
         }
     }
@@ -713,7 +802,7 @@ impl Writer {
         };
         let mut aborted = None;
         while let Some(op) = queue.pop_front() {
-            let d = apply_in_savepoint(&mut tx, op, &self.usage, &mut delta, self.settings.quota);
+            let d = apply_in_savepoint(&mut tx, op, &self.usage, &mut delta, &self.settings);
             if tx.is_autocommit() {
                 // SQLite rolled the transaction back: nothing in it will be committed.
                 aborted = Some(
@@ -736,14 +825,16 @@ impl Writer {
         match &commit {
             Ok(()) => {
                 let (mut dm, mut db) = (0i64, 0i64);
-                for (owner, (m, b)) in delta {
-                    dm += m;
-                    db += b;
-                    let u = self.usage.entry(owner.clone()).or_default();
+                for (key, (m, b)) in delta {
+                    if key.1 == Tag::Total {
+                        dm += m;
+                        db += b;
+                    }
+                    let u = self.usage.entry(key.clone()).or_default();
                     u.messages = (u.messages as i64 + m).max(0) as u64;
                     u.bytes = (u.bytes as i64 + b).max(0) as u64;
                     if u.messages == 0 {
-                        self.usage.remove(&owner);
+                        self.usage.remove(&key);
                     }
                 }
                 self.metrics.add_mailbox_totals(dm, db);
@@ -774,9 +865,11 @@ fn fail(op: Op, err: &OpError) {
         Op::FetchList { reply, .. } => Done::Bytes(reply, Err(err.clone())),
         Op::Claim { reply, .. } => Done::Claim(reply, Err(err.clone())),
         Op::Expire { reply, .. } => Done::Expired(reply, Err(err.clone())),
-        Op::SetPush { reply, .. } | Op::SetAllowList { reply, .. } | Op::Ping { reply } => {
-            Done::Unit(reply, Err(err.clone()))
-        }
+        Op::SetPush { reply, .. }
+        | Op::SetAllowList { reply, .. }
+        | Op::SetGrants { reply, .. }
+        | Op::Ping { reply } => Done::Unit(reply, Err(err.clone())),
+        Op::Usage { reply, .. } => Done::Usage(reply, Err(err.clone())),
         Op::SetLastSeen { .. } | Op::Shutdown => Done::None,
     };
     d.send(None);
@@ -787,9 +880,9 @@ fn fail(op: Op, err: &OpError) {
 fn apply_in_savepoint(
     tx: &mut Transaction<'_>,
     op: Op,
-    usage: &HashMap<Vec<u8>, Usage>,
+    usage: &HashMap<Key, Usage>,
     delta: &mut Delta,
-    quota: Quota,
+    settings: &Settings,
 ) -> Done {
     let mut local = Delta::new();
     let sp = match tx.savepoint() {
@@ -807,6 +900,7 @@ fn apply_in_savepoint(
             ciphertext,
             now_ms,
             expires_ms,
+            intro_expires_ms,
             early,
             reply,
         } => {
@@ -816,20 +910,14 @@ fn apply_in_savepoint(
                 &recipients,
                 &ciphertext,
                 now_ms,
-                expires_ms,
+                (expires_ms, intro_expires_ms.min(expires_ms)),
                 usage,
                 delta,
                 &mut local,
-                quota,
+                settings.quota,
             );
             if let (Some(tx), Ok(d)) = (early, &r) {
-                early_notice = Some((
-                    tx,
-                    d.stored
-                        .iter()
-                        .map(|(p, id, _)| (*p, *id))
-                        .collect::<Vec<_>>(),
-                ));
+                early_notice = Some((tx, d.stored.clone()));
             }
             let ok = r.is_ok();
             (Done::Deposit(reply, r), ok)
@@ -852,7 +940,10 @@ fn apply_in_savepoint(
             (Done::Count(reply, r), ok)
         }
         Op::Expire { now_ms, reply } => {
-            let r = expire(&sp, now_ms, &mut local);
+            let r = expire(&sp, now_ms, &mut local).and_then(|n| {
+                expire_grants(&sp, now_ms.saturating_sub(settings.grant_idle_ms))?;
+                Ok(n)
+            });
             let ok = r.is_ok();
             (Done::Expired(reply, r), ok)
         }
@@ -892,6 +983,21 @@ fn apply_in_savepoint(
             let r = set_allow(&sp, owner, &viewers);
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
+        }
+        Op::SetGrants {
+            owner,
+            hashes,
+            now_ms,
+            reply,
+        } => {
+            let r = set_grants(&sp, owner, &hashes, now_ms);
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        Op::Usage { owner, reply } => {
+            let r = usage_of(&sp, owner, &settings.quota);
+            let ok = r.is_ok();
+            (Done::Usage(reply, r), ok)
         }
         Op::Ping { reply } => (Done::Unit(reply, Ok(())), true),
         Op::PublishList {
@@ -955,6 +1061,7 @@ fn apply_in_savepoint(
                     Done::Unit(r, _) => Done::Unit(r, Err(err)),
                     Done::Bytes(r, _) => Done::Bytes(r, Err(err)),
                     Done::Claim(r, _) => Done::Claim(r, Err(err)),
+                    Done::Usage(r, _) => Done::Usage(r, Err(err)),
                     Done::None => Done::None,
                 }
             }
@@ -970,37 +1077,30 @@ fn apply_in_savepoint(
 fn deposit(
     sp: &Connection,
     sender: PeerId,
-    recipients: &[PeerId],
+    recipients: &[(PeerId, Share)],
     ciphertext: &[u8],
     now_ms: u64,
-    expires_ms: u64,
-    usage: &HashMap<Vec<u8>, Usage>,
+    (expires_ms, intro_expires_ms): (u64, u64),
+    usage: &HashMap<Key, Usage>,
     batch: &Delta,
     local: &mut Delta,
     quota: Quota,
 ) -> Result<Deposited, OpError> {
     let size = ciphertext.len() as u64;
     let mut accepted = Vec::with_capacity(recipients.len());
-    let mut over_quota = Vec::new();
-    let mut last_reason = ErrorCode::QuotaCount;
-    for r in recipients {
+    let mut refused = Vec::new();
+    for (r, share) in recipients {
         let key = r.to_bytes();
-        let base = usage.get(&key).copied().unwrap_or_default();
-        let (dm, db) = batch.get(&key).copied().unwrap_or_default();
-        let messages = (base.messages as i64 + dm).max(0) as u64;
-        let bytes = (base.bytes as i64 + db).max(0) as u64;
-        if messages + 1 > quota.max_messages {
-            last_reason = ErrorCode::QuotaCount;
-            over_quota.push(*r);
-        } else if bytes + size > quota.max_bytes {
-            last_reason = ErrorCode::QuotaBytes;
-            over_quota.push(*r);
-        } else {
-            accepted.push((*r, key, messages + 1));
+        let col = quota::share_column(share, &sender);
+        let intro = *share == Share::Intro;
+        match quota.check(&key, &col, intro, size, |k| quota::current(usage, batch, k)) {
+            Some(code) => refused.push(Refusal { peer: *r, code }),
+            None => accepted.push((*r, key, col, intro)),
         }
     }
     if accepted.is_empty() {
-        return Err(OpError::Quota(last_reason));
+        let code = refused.last().map_or(ErrorCode::BadRequest, |r| r.code);
+        return Err(OpError::Quota(code));
     }
     sp.prepare_cached(
         "INSERT INTO message(sender, created_ms, expires_ms, refs, body) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1018,24 +1118,47 @@ fn deposit(
     let message = sp.last_insert_rowid();
     let mut stmt = sp
         .prepare_cached(
-            "INSERT INTO mailbox(owner, message, size, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO mailbox(owner, message, size, expires_ms, share, intro)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .map_err(sql_err)?;
     let mut stored = Vec::with_capacity(accepted.len());
-    for (peer, key, depth) in accepted {
-        stmt.execute(params![key, message, size as i64, expires_ms as i64])
-            .map_err(sql_err)?;
+    for (peer, key, col, intro) in accepted {
+        let expires = if intro { intro_expires_ms } else { expires_ms };
+        stmt.execute(params![
+            key,
+            message,
+            size as i64,
+            expires as i64,
+            col,
+            intro
+        ])
+        .map_err(sql_err)?;
         let seq = sp.last_insert_rowid();
-        let e = local.entry(key).or_default();
-        e.0 += 1;
-        e.1 += size as i64;
-        stored.push((peer, seq as u64, depth));
+        // Recipients are distinct, so this deposit adds one to each mailbox.
+        let depth = quota::current(usage, batch, &(key.clone(), Tag::Total)).0 + 1;
+        count(local, &key, Some(&col), intro, 1, size as i64);
+        stored.push(Stored {
+            peer,
+            id: seq as u64,
+            depth,
+            intro,
+        });
     }
     Ok(Deposited {
         message: message as u64,
         stored,
-        over_quota,
+        refused,
     })
+}
+
+/// Adds one entry's change to every counter it counts in.
+fn count(local: &mut Delta, owner: &[u8], share: Option<&[u8]>, intro: bool, m: i64, b: i64) {
+    for k in quota::keys(owner, share, intro) {
+        let e = local.entry(k).or_default();
+        e.0 += m;
+        e.1 += b;
+    }
 }
 
 fn fetch(
@@ -1048,7 +1171,7 @@ fn fetch(
 ) -> Result<Page, OpError> {
     let mut stmt = sp
         .prepare_cached(
-            "SELECT m.seq, g.sender, g.created_ms, g.body FROM mailbox m JOIN message g ON g.id = m.message
+            "SELECT m.seq, g.sender, g.created_ms, g.body, m.intro FROM mailbox m JOIN message g ON g.id = m.message
              WHERE m.owner = ?1 AND m.seq > ?2 AND m.expires_ms > ?3 ORDER BY m.seq LIMIT ?4",
         )
         .map_err(sql_err)?;
@@ -1082,6 +1205,7 @@ fn fetch(
             sender,
             deposited_ms: row.get::<_, i64>(2).map_err(sql_err)?.max(0) as u64,
             ciphertext: serde_bytes::ByteBuf::from(body),
+            intro: row.get::<_, i64>(4).map_err(sql_err)? != 0,
         });
     }
     Ok(Page { messages, more })
@@ -1102,20 +1226,21 @@ fn ack(sp: &Connection, owner: PeerId, ids: &[u64], local: &mut Delta) -> Result
     let mut removed = 0u32;
     for &id in ids {
         let Ok(id) = i64::try_from(id) else { continue };
-        let row: Option<(i64, i64)> = sp
+        let row: Option<(i64, i64, Option<Vec<u8>>, bool)> = sp
             .prepare_cached(
-                "DELETE FROM mailbox WHERE seq = ?1 AND owner = ?2 RETURNING message, size",
+                "DELETE FROM mailbox WHERE seq = ?1 AND owner = ?2
+                 RETURNING message, size, share, intro",
             )
             .and_then(|mut s| {
-                s.query_row(params![id, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
+                s.query_row(params![id, key], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0))
+                })
+                .optional()
             })
             .map_err(sql_err)?;
-        if let Some((message, size)) = row {
+        if let Some((message, size, share, intro)) = row {
             remove_entry(sp, message)?;
-            let e = local.entry(key.clone()).or_default();
-            e.0 -= 1;
-            e.1 -= size;
+            count(local, &key, share.as_deref(), intro, -1, -size);
             removed += 1;
         }
     }
@@ -1127,22 +1252,140 @@ fn expire(sp: &Connection, now_ms: u64, local: &mut Delta) -> Result<u64, OpErro
         .prepare_cached(
             "DELETE FROM mailbox WHERE seq IN
                (SELECT seq FROM mailbox WHERE expires_ms <= ?1 LIMIT ?2)
-             RETURNING owner, message, size",
+             RETURNING owner, message, size, share, intro",
         )
         .map_err(sql_err)?;
-    let rows: Vec<(Vec<u8>, i64, i64)> = stmt
+    type Row = (Vec<u8>, i64, i64, Option<Vec<u8>>, bool);
+    let rows: Vec<Row> = stmt
         .query_map(params![now_ms as i64, MAX_EXPIRE_PER_SWEEP], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get::<_, i64>(4)? != 0,
+            ))
         })
         .and_then(|rows| rows.collect())
         .map_err(sql_err)?;
-    for (owner, message, size) in &rows {
+    for (owner, message, size, share, intro) in &rows {
         remove_entry(sp, *message)?;
-        let e = local.entry(owner.clone()).or_default();
-        e.0 -= 1;
-        e.1 -= size;
+        count(local, owner, share.as_deref(), *intro, -1, -size);
     }
     Ok(rows.len() as u64)
+}
+
+fn set_grants(
+    sp: &Connection,
+    owner: PeerId,
+    hashes: &[[u8; 32]],
+    now_ms: u64,
+) -> Result<(), OpError> {
+    let key = owner.to_bytes();
+    sp.execute("DELETE FROM deposit_grant WHERE owner = ?1", params![key])
+        .map_err(sql_err)?;
+    let mut stmt = sp
+        .prepare_cached("INSERT OR IGNORE INTO deposit_grant(owner, hash) VALUES (?1, ?2)")
+        .map_err(sql_err)?;
+    for h in hashes {
+        stmt.execute(params![key, h.as_slice()]).map_err(sql_err)?;
+    }
+    sp.execute(
+        "INSERT INTO grant_owner(owner, updated_ms) VALUES (?1, ?2)
+         ON CONFLICT(owner) DO UPDATE SET updated_ms = excluded.updated_ms",
+        params![key, now_ms as i64],
+    )
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+/// Deletes the grants of owners that last registered them before `before_ms`: their
+/// mailboxes open again (sender shares) until they come back and register.
+fn expire_grants(sp: &Connection, before_ms: u64) -> Result<(), OpError> {
+    sp.execute(
+        "DELETE FROM deposit_grant WHERE owner IN
+           (SELECT owner FROM grant_owner WHERE updated_ms < ?1)",
+        params![before_ms as i64],
+    )
+    .and_then(|_| {
+        sp.execute(
+            "DELETE FROM grant_owner WHERE updated_ms < ?1",
+            params![before_ms as i64],
+        )
+    })
+    .map(|_| ())
+    .map_err(sql_err)
+}
+
+/// Who fills `owner`'s mailbox: totals and the largest shares.
+fn usage_of(sp: &Connection, owner: PeerId, q: &Quota) -> Result<mailbox::Usage, OpError> {
+    let key = owner.to_bytes();
+    let mut stmt = sp
+        .prepare_cached(
+            "SELECT share, intro, COUNT(*), SUM(size) FROM mailbox WHERE owner = ?1
+             GROUP BY share, intro",
+        )
+        .map_err(sql_err)?;
+    let rows: Vec<(Option<Vec<u8>>, bool, i64, i64)> = stmt
+        .query_map(params![key], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?, r.get(3)?))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(sql_err)?;
+    let mut u = mailbox::Usage {
+        quota: Fill {
+            messages: q.max_messages,
+            bytes: q.max_bytes,
+        },
+        share_quota: Fill {
+            messages: q.share_messages,
+            bytes: q.share_bytes,
+        },
+        intro_quota: Fill {
+            messages: q.intro_messages,
+            bytes: q.intro_bytes,
+        },
+        ..mailbox::Usage::default()
+    };
+    let mut senders: HashMap<PeerId, Fill> = HashMap::new();
+    for (share, intro, m, b) in rows {
+        let f = Fill {
+            messages: m.max(0) as u64,
+            bytes: b.max(0) as u64,
+        };
+        u.total.messages += f.messages;
+        u.total.bytes += f.bytes;
+        if intro {
+            u.intro.messages += f.messages;
+            u.intro.bytes += f.bytes;
+        }
+        match share.as_deref() {
+            Some([b'g', h @ ..]) => {
+                if let Ok(h) = <[u8; 32]>::try_from(h) {
+                    u.grants.push((serde_bytes::ByteArray::new(h), f));
+                }
+            }
+            Some([b's', p @ ..]) => {
+                if let Some(p) = peer(p) {
+                    let e = senders.entry(p).or_default();
+                    e.messages += f.messages;
+                    e.bytes += f.bytes;
+                }
+            }
+            _ => {}
+        }
+    }
+    u.grants.sort_by_key(|g| std::cmp::Reverse(g.1.bytes));
+    u.grants.truncate(mailbox::MAX_USAGE_SHARES);
+    u.senders = senders.into_iter().collect();
+    u.senders.sort_by_key(|s| std::cmp::Reverse(s.1.bytes));
+    u.senders.truncate(mailbox::MAX_USAGE_SHARES);
+    u.registered = sp
+        .prepare_cached("SELECT COUNT(*) FROM deposit_grant WHERE owner = ?1")
+        .and_then(|mut s| s.query_row(params![key], |r| r.get::<_, i64>(0)))
+        .map_err(sql_err)?
+        .max(0) as u32;
+    Ok(u)
 }
 
 fn set_allow(sp: &Connection, owner: PeerId, viewers: &[PeerId]) -> Result<(), OpError> {
@@ -1254,10 +1497,8 @@ mod tests {
             max_batch: 64,
             queue_depth: 64,
             max_database_bytes: 0,
-            quota: Quota {
-                max_messages,
-                max_bytes: 1 << 20,
-            },
+            quota: Quota::new(max_messages, 1 << 20, 100, 4, 1 << 20, 2),
+            grant_idle_ms: 10_000,
         }
     }
 
@@ -1270,10 +1511,11 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         h.submit_wait(Op::Deposit {
             sender,
-            recipients: to,
+            recipients: to.into_iter().map(|p| (p, Share::Sender)).collect(),
             ciphertext: body.to_vec(),
             now_ms: 1000,
             expires_ms: 5000,
+            intro_expires_ms: 5000,
             early: None,
             reply,
         })
@@ -1362,10 +1604,11 @@ mod tests {
             let (reply, rx) = oneshot::channel();
             h.submit_wait(Op::Deposit {
                 sender: s,
-                recipients: vec![a],
+                recipients: vec![(a, Share::Sender)],
                 ciphertext: vec![1; 10],
                 now_ms: 0,
                 expires_ms: u64::MAX / 2,
+                intro_expires_ms: u64::MAX / 2,
                 early: None,
                 reply,
             })
@@ -1381,5 +1624,173 @@ mod tests {
             }
         }
         assert_eq!(ok, 3);
+    }
+
+    async fn deposit_as(
+        h: &StorageHandle,
+        sender: PeerId,
+        to: PeerId,
+        share: Share,
+        now_ms: u64,
+    ) -> Result<Deposited, OpError> {
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Deposit {
+            sender,
+            recipients: vec![(to, share)],
+            ciphertext: vec![1; 10],
+            now_ms,
+            expires_ms: now_ms + 100_000,
+            intro_expires_ms: now_ms + 1_000,
+            early: None,
+            reply,
+        })
+        .await
+        .unwrap();
+        rx.await.unwrap()
+    }
+
+    async fn usage(h: &StorageHandle, owner: PeerId) -> mailbox::Usage {
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Usage { owner, reply }).await.unwrap();
+        rx.await.unwrap().unwrap()
+    }
+
+    /// Shares survive a restart (they are counted again from the stored entries), an ack
+    /// frees the share it counted in, introductions expire sooner, and the owner's usage
+    /// view names each share.
+    #[tokio::test]
+    async fn shares_are_counted_freed_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = settings(8);
+        st.quota = Quota::new(8, 1 << 20, 50, 3, 1 << 20, 2);
+        let (storage, _) = Storage::open(dir.path(), st, Arc::new(Metrics::default())).unwrap();
+        let h = storage.handle();
+        let (owner, friend, stranger) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let g = Share::Grant([9; 32]);
+        for _ in 0..4 {
+            deposit_as(&h, friend, owner, g.clone(), 0).await.unwrap();
+        }
+        let e = deposit_as(&h, friend, owner, g.clone(), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ShareFull, "half of 8 is the share");
+        for _ in 0..2 {
+            deposit_as(&h, stranger, owner, Share::Intro, 0)
+                .await
+                .unwrap();
+        }
+        let e = deposit_as(&h, stranger, owner, Share::Intro, 0)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::IntroFull, "2 per stranger");
+        let u = usage(&h, owner).await;
+        assert_eq!(u.total.messages, 6);
+        assert_eq!(u.intro.messages, 2);
+        assert_eq!(
+            u.grants,
+            vec![(
+                serde_bytes::ByteArray::new([9; 32]),
+                Fill {
+                    messages: 4,
+                    bytes: 40
+                }
+            )]
+        );
+        assert_eq!(
+            u.senders,
+            vec![(
+                stranger,
+                Fill {
+                    messages: 2,
+                    bytes: 20
+                }
+            )]
+        );
+        storage.close().await;
+        drop(h);
+
+        // Reopened: the counts come back from the entries.
+        let (storage, _) = Storage::open(dir.path(), st, Arc::new(Metrics::default())).unwrap();
+        let h = storage.handle();
+        let e = deposit_as(&h, friend, owner, g.clone(), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ShareFull);
+        let page = fetch(&h, owner, 0).await;
+        assert_eq!(page.messages.iter().filter(|m| m.intro).count(), 2);
+        let first_granted = page.messages.iter().find(|m| !m.intro).unwrap().id;
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Ack {
+            owner,
+            ids: vec![first_granted],
+            reply,
+        })
+        .await
+        .unwrap();
+        assert_eq!(rx.await.unwrap().unwrap(), 1);
+        deposit_as(&h, friend, owner, g.clone(), 0).await.unwrap();
+        // The introductions expire at 1 s, the rest later; the stranger has room again.
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Expire {
+            now_ms: 2_000,
+            reply,
+        })
+        .await
+        .unwrap();
+        assert_eq!(rx.await.unwrap().unwrap(), 2);
+        deposit_as(&h, stranger, owner, Share::Intro, 2_000)
+            .await
+            .unwrap();
+        assert_eq!(usage(&h, owner).await.total.messages, 5);
+        storage.close().await;
+    }
+
+    #[tokio::test]
+    async fn grants_are_replaced_loaded_and_expire_when_not_refreshed() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(8);
+        let (storage, loaded) =
+            Storage::open(dir.path(), st, Arc::new(Metrics::default())).unwrap();
+        assert!(loaded.grants.is_empty());
+        let h = storage.handle();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        for (owner, hashes, now_ms) in [
+            (a, vec![[1; 32], [2; 32]], 1_000),
+            (a, vec![[3; 32]], 2_000),
+            (b, vec![], 50_000),
+        ] {
+            let (reply, rx) = oneshot::channel();
+            h.submit_wait(Op::SetGrants {
+                owner,
+                hashes,
+                now_ms,
+                reply,
+            })
+            .await
+            .unwrap();
+            rx.await.unwrap().unwrap();
+        }
+        storage.close().await;
+        drop(h);
+        let (storage, loaded) =
+            Storage::open(dir.path(), st, Arc::new(Metrics::default())).unwrap();
+        let mut g = loaded.grants.clone();
+        g.sort_by_key(|(_, _, t)| *t);
+        assert_eq!(g, vec![(a, vec![[3; 32]], 2_000), (b, vec![], 50_000)]);
+        // Idle for longer than 10 s: a's grants go, b's (refreshed at 50 s) stay.
+        let h = storage.handle();
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Expire {
+            now_ms: 55_000,
+            reply,
+        })
+        .await
+        .unwrap();
+        rx.await.unwrap().unwrap();
+        storage.close().await;
+        drop(h);
+        let (_storage, loaded) =
+            Storage::open(dir.path(), st, Arc::new(Metrics::default())).unwrap();
+        assert_eq!(loaded.grants, vec![(b, vec![], 50_000)]);
     }
 }

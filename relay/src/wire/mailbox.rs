@@ -2,15 +2,15 @@
 //! and push-endpoint registration.
 //!
 //! Client → relay: [`Request::Deposit`], [`Request::Fetch`], [`Request::Ack`],
-//! [`Request::Listen`], [`Request::RegisterPush`]. Relay → client: [`Request::Deliver`]
+//! [`Request::Listen`], [`Request::RegisterPush`], [`Request::SetGrants`], [`Request::Usage`]. Relay → client: [`Request::Deliver`]
 //! (answered with [`Response::Ok`]). The relay answers anything it cannot serve with
 //! [`Response::Error`].
 
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
+use serde_bytes::{ByteArray, ByteBuf};
 
-use super::{Rejection, peer_serde};
+use super::{ErrorCode, Rejection, peer_serde};
 
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/tern/mailbox/1");
@@ -25,9 +25,15 @@ pub const MAX_ACK_IDS: usize = 1024;
 pub const MAX_FETCH_MESSAGES: u32 = 256;
 /// Longest push endpoint URL.
 pub const MAX_PUSH_URL_BYTES: usize = 2048;
+/// Most grant token hashes one mailbox registers (contacts, members of shared groups and
+/// the owner's own user: one each).
+pub const MAX_GRANTS: usize = 8192;
+/// Most per-share rows a [`Usage`] answer lists (the largest first).
+pub const MAX_USAGE_SHARES: usize = 256;
 /// Longest request frame: a maximal ciphertext plus a maximal recipient list (≤ 42 bytes
-/// per peer id), with room for CBOR overhead.
-pub const MAX_REQUEST_BYTES: usize = MAX_CIPHERTEXT_BYTES + MAX_RECIPIENTS * 48 + 4096;
+/// per peer id) with a 32-byte token each, with room for CBOR overhead; or a full
+/// [`Request::SetGrants`].
+pub const MAX_REQUEST_BYTES: usize = MAX_CIPHERTEXT_BYTES + MAX_RECIPIENTS * (48 + 36) + 4096;
 /// Longest response frame (a `Messages` page; the relay keeps pages under
 /// [`MAX_PAGE_BYTES`]).
 pub const MAX_RESPONSE_BYTES: usize = MAX_PAGE_BYTES + MAX_CIPHERTEXT_BYTES + 64 * 1024;
@@ -48,6 +54,12 @@ pub enum Request {
         ttl_secs: Option<u32>,
         /// The opaque end-to-end encrypted payload.
         ciphertext: ByteBuf,
+        /// A deposit token per recipient, in the order of `recipients` (empty: none for any):
+        /// what the recipient granted the sender, made for this relay (see
+        /// `tern_crypto::grant`). A recipient whose owner registered grants takes a deposit
+        /// without one only into its small introductions share.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tokens: Vec<Option<ByteArray<32>>>,
     },
     /// Read the caller's own mailbox: messages with id greater than `after`, oldest first.
     Fetch {
@@ -73,6 +85,16 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         url: Option<String>,
     },
+    /// Replace the set of grants the caller's mailbox accepts deposits under: the hashes of
+    /// the tokens its senders show here (at most [`MAX_GRANTS`]). From the first of these on,
+    /// the mailbox is closed to deposits without a token except for its introductions share,
+    /// and a token whose hash is not in the set is refused with `NoGrant`.
+    SetGrants {
+        /// Token hashes (`tern_crypto::grant::token_hash`).
+        hashes: Vec<ByteArray<32>>,
+    },
+    /// How full the caller's mailbox is, and by whom.
+    Usage,
     /// Relay → client: new mail for the client's mailbox. Still needs an `Ack`.
     Deliver {
         /// The new messages.
@@ -92,6 +114,81 @@ pub struct Envelope {
     pub deposited_ms: u64,
     /// The ciphertext as deposited.
     pub ciphertext: ByteBuf,
+    /// Deposited without a grant, into the introductions share: the owner's node may want to
+    /// grant the sender (if it knows them) or keep it apart (if it does not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub intro: bool,
+}
+
+/// A recipient a deposit did not reach, and why (`QuotaCount`, `QuotaBytes`, `ShareFull`,
+/// `IntroFull`, `NoGrant`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The recipient.
+    #[serde(with = "peer_serde::one")]
+    pub peer: PeerId,
+    /// Why.
+    pub code: ErrorCode,
+}
+
+/// Messages and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fill {
+    /// Messages.
+    pub messages: u64,
+    /// Ciphertext bytes.
+    pub bytes: u64,
+}
+
+/// Who fills a mailbox: the answer to [`Request::Usage`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Everything in it.
+    pub total: Fill,
+    /// The mailbox's limits.
+    pub quota: Fill,
+    /// Most any one share may hold.
+    pub share_quota: Fill,
+    /// What arrived without a grant (introductions).
+    pub intro: Fill,
+    /// Most the introductions share may hold.
+    pub intro_quota: Fill,
+    /// Per grant (by token hash; deposits under the same grant from any of the sender's
+    /// devices), largest first, at most [`MAX_USAGE_SHARES`].
+    pub grants: Vec<(ByteArray<32>, Fill)>,
+    /// Per depositing device without a grant, largest first, at most
+    /// [`MAX_USAGE_SHARES`].
+    #[serde(with = "peer_fills")]
+    pub senders: Vec<(PeerId, Fill)>,
+    /// Grants registered.
+    pub registered: u32,
+}
+
+mod peer_fills {
+    use libp2p::PeerId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::ByteBuf;
+
+    use super::Fill;
+
+    pub fn serialize<S: Serializer>(v: &[(PeerId, Fill)], s: S) -> Result<S::Ok, S::Error> {
+        let raw: Vec<(ByteBuf, Fill)> = v
+            .iter()
+            .map(|(p, f)| (ByteBuf::from(p.to_bytes()), *f))
+            .collect();
+        raw.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(PeerId, Fill)>, D::Error> {
+        let raw: Vec<(ByteBuf, Fill)> = Vec::deserialize(d)?;
+        raw.into_iter()
+            .map(|(b, f)| {
+                PeerId::from_bytes(&b)
+                    .map(|p| (p, f))
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
 }
 
 /// A response on `/tern/mailbox/1`.
@@ -104,15 +201,13 @@ pub enum Response {
         message: u64,
         /// How many mailboxes reference it.
         recipients: u32,
-        /// Recipients whose mailbox is over quota and did not get it (the deposit fails
-        /// with `QuotaCount`/`QuotaBytes` only when this would be every recipient).
-        #[serde(
-            default,
-            with = "peer_serde::many",
-            skip_serializing_if = "Vec::is_empty"
-        )]
-        over_quota: Vec<PeerId>,
+        /// Recipients that did not get it, and why (the deposit fails with the last of
+        /// these codes only when this would be every recipient).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        refused: Vec<Refusal>,
     },
+    /// How full the caller's mailbox is.
+    Usage(Usage),
     /// A page of the caller's mailbox.
     Messages {
         /// Oldest first.
@@ -153,7 +248,12 @@ mod tests {
                 recipients: vec![p, PeerId::random()],
                 ttl_secs: Some(60),
                 ciphertext: ByteBuf::from(vec![7; 100]),
+                tokens: vec![Some(ByteArray::new([3; 32])), None],
             },
+            Request::SetGrants {
+                hashes: vec![ByteArray::new([4; 32])],
+            },
+            Request::Usage,
             Request::Fetch {
                 after: 5,
                 limit: 10,
@@ -169,6 +269,7 @@ mod tests {
                     sender: p,
                     deposited_ms: 9,
                     ciphertext: ByteBuf::from(vec![1]),
+                    intro: true,
                 }],
             },
         ];
@@ -180,6 +281,37 @@ mod tests {
             retry_after_ms: Some(10),
         });
         assert_eq!(Response::decode(&resp.encode().unwrap()).unwrap(), resp);
+        let resps = [
+            Response::Deposited {
+                message: 3,
+                recipients: 1,
+                refused: vec![Refusal {
+                    peer: p,
+                    code: ErrorCode::NoGrant,
+                }],
+            },
+            Response::Usage(Usage {
+                total: Fill {
+                    messages: 2,
+                    bytes: 9,
+                },
+                grants: vec![(ByteArray::new([1; 32]), Fill::default())],
+                senders: vec![(p, Fill::default())],
+                registered: 4,
+                ..Usage::default()
+            }),
+        ];
+        for r in resps {
+            assert_eq!(Response::decode(&r.encode().unwrap()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn max_grants_fit() {
+        let r = Request::SetGrants {
+            hashes: vec![ByteArray::new([0xff; 32]); MAX_GRANTS],
+        };
+        assert!(r.encode().is_ok());
     }
 
     #[test]
@@ -188,6 +320,7 @@ mod tests {
             recipients: (0..MAX_RECIPIENTS).map(|_| PeerId::random()).collect(),
             ttl_secs: Some(u32::MAX),
             ciphertext: ByteBuf::from(vec![0xff; MAX_CIPHERTEXT_BYTES]),
+            tokens: vec![Some(ByteArray::new([0xff; 32])); MAX_RECIPIENTS],
         };
         assert!(r.encode().is_ok());
     }

@@ -212,6 +212,14 @@ pub enum ErrorCode {
     HashMismatch,
     /// 18: the blob's upload has not finished, so it cannot be downloaded yet.
     Incomplete,
+    /// 19: the deposit grant shown for a mailbox is not (or no longer) one its owner
+    /// registered: the sender was never granted, or its grant was revoked.
+    NoGrant,
+    /// 20: a deposit without a grant, and the mailbox's introductions share (or this
+    /// sender's part of it) is full; retry later, or once the owner has granted the sender.
+    IntroFull,
+    /// 21: the sender's (or its grant's) share of the mailbox is full; retry later.
+    ShareFull,
     /// A code this build does not know.
     Other(u16),
 }
@@ -237,6 +245,9 @@ impl From<u16> for ErrorCode {
             16 => Self::BadIndex,
             17 => Self::HashMismatch,
             18 => Self::Incomplete,
+            19 => Self::NoGrant,
+            20 => Self::IntroFull,
+            21 => Self::ShareFull,
             other => Self::Other(other),
         }
     }
@@ -263,6 +274,9 @@ impl From<ErrorCode> for u16 {
             ErrorCode::BadIndex => 16,
             ErrorCode::HashMismatch => 17,
             ErrorCode::Incomplete => 18,
+            ErrorCode::NoGrant => 19,
+            ErrorCode::IntroFull => 20,
+            ErrorCode::ShareFull => 21,
             ErrorCode::Other(v) => v,
         }
     }
@@ -290,12 +304,15 @@ impl ErrorCode {
             Self::BadIndex => "bad_index",
             Self::HashMismatch => "hash_mismatch",
             Self::Incomplete => "incomplete",
+            Self::NoGrant => "no_grant",
+            Self::IntroFull => "intro_full",
+            Self::ShareFull => "share_full",
             Self::Other(_) => "other",
         }
     }
 
     /// Every known code, for metrics that list rejects by reason.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::Malformed,
         Self::UnsupportedVersion,
         Self::TooLarge,
@@ -314,6 +331,9 @@ impl ErrorCode {
         Self::BadIndex,
         Self::HashMismatch,
         Self::Incomplete,
+        Self::NoGrant,
+        Self::IntroFull,
+        Self::ShareFull,
     ];
 
     /// The code for a frame that failed to decode.

@@ -19,14 +19,22 @@ fn bytes(max: usize) -> impl Strategy<Value = ByteBuf> {
 }
 
 fn envelope() -> impl Strategy<Value = mailbox::Envelope> {
-    (any::<u64>(), peer(), any::<u64>(), bytes(256)).prop_map(
-        |(id, sender, deposited_ms, ciphertext)| mailbox::Envelope {
-            id,
-            sender,
-            deposited_ms,
-            ciphertext,
-        },
+    (
+        any::<u64>(),
+        peer(),
+        any::<u64>(),
+        bytes(256),
+        any::<bool>(),
     )
+        .prop_map(
+            |(id, sender, deposited_ms, ciphertext, intro)| mailbox::Envelope {
+                id,
+                sender,
+                deposited_ms,
+                ciphertext,
+                intro,
+            },
+        )
 }
 
 fn rejection() -> impl Strategy<Value = Rejection> {
@@ -41,15 +49,26 @@ fn mailbox_request() -> impl Strategy<Value = mailbox::Request> {
         (
             proptest::collection::vec(peer(), 0..8),
             proptest::option::of(any::<u32>()),
-            bytes(512)
+            bytes(512),
+            proptest::collection::vec(proptest::option::of(any::<[u8; 32]>()), 0..8)
         )
-            .prop_map(
-                |(recipients, ttl_secs, ciphertext)| mailbox::Request::Deposit {
+            .prop_map(|(recipients, ttl_secs, ciphertext, tokens)| {
+                mailbox::Request::Deposit {
                     recipients,
                     ttl_secs,
-                    ciphertext
+                    ciphertext,
+                    tokens: tokens
+                        .into_iter()
+                        .map(|t| t.map(serde_bytes::ByteArray::new))
+                        .collect(),
                 }
-            ),
+            }),
+        proptest::collection::vec(any::<[u8; 32]>(), 0..8).prop_map(|h| {
+            mailbox::Request::SetGrants {
+                hashes: h.into_iter().map(serde_bytes::ByteArray::new).collect(),
+            }
+        }),
+        Just(mailbox::Request::Usage),
         (any::<u64>(), any::<u32>())
             .prop_map(|(after, limit)| mailbox::Request::Fetch { after, limit }),
         proptest::collection::vec(any::<u64>(), 0..16)
@@ -66,15 +85,38 @@ fn mailbox_response() -> impl Strategy<Value = mailbox::Response> {
         (
             any::<u64>(),
             any::<u32>(),
-            proptest::collection::vec(peer(), 0..4)
+            proptest::collection::vec((peer(), any::<u16>()), 0..4)
         )
             .prop_map(
-                |(message, recipients, over_quota)| mailbox::Response::Deposited {
+                |(message, recipients, refused)| mailbox::Response::Deposited {
                     message,
                     recipients,
-                    over_quota
+                    refused: refused
+                        .into_iter()
+                        .map(|(peer, c)| mailbox::Refusal {
+                            peer,
+                            code: ErrorCode::from(c),
+                        })
+                        .collect(),
                 }
             ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            proptest::collection::vec(peer(), 0..3)
+        )
+            .prop_map(|(messages, bytes, registered, senders)| {
+                mailbox::Response::Usage(mailbox::Usage {
+                    total: mailbox::Fill { messages, bytes },
+                    senders: senders
+                        .into_iter()
+                        .map(|p| (p, mailbox::Fill::default()))
+                        .collect(),
+                    registered,
+                    ..mailbox::Usage::default()
+                })
+            }),
         (proptest::collection::vec(envelope(), 0..4), any::<bool>())
             .prop_map(|(messages, more)| mailbox::Response::Messages { messages, more }),
         any::<u32>().prop_map(|removed| mailbox::Response::Acked { removed }),

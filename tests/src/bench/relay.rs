@@ -97,6 +97,7 @@ async fn run_async(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         recipients: vec![PeerId::random()],
         ttl_secs: None,
         ciphertext: serde_bytes::ByteBuf::from(vec![0x5a; CIPHERTEXT]),
+        tokens: Vec::new(),
     }
     .encode()?;
     let (echo_time, mut echo_lat) = load(&echo.addr, deposits, move |c, _| {

@@ -1,0 +1,206 @@
+//! Deposit grants: who may leave mail in this device's mailboxes, and what this device
+//! shows to leave mail in others' (see `tern_crypto::grant` and `docs/protocol.md`).
+//!
+//! - **Issued.** Every user this device talks to — contacts, members of shared groups, its
+//!   own user — is granted. A grant goes to that user's devices on every pairwise envelope
+//!   this device encrypts for them ([`crate::envelope::Envelope::grant`]), and its token
+//!   hash is registered at every home relay. The registered set follows the known users: it
+//!   is sent again whenever it changes and whenever a home relay comes up.
+//! - **Held.** The grant each remote device issued this user, taken from the envelopes it
+//!   sends, is shown (as a token for the relay in question) with every deposit for it. A
+//!   relay that refuses it (`no_grant`: revoked) makes the engine forget it; the deposit goes
+//!   again as an introduction.
+//! - **Asked for.** Mail from a known user that came as an introduction (the sender held no
+//!   grant) is answered with a [`crate::envelope::Body::Grant`], at most once per
+//!   [`GRANT_OFFER_INTERVAL`] per user, so a contact never stays in the small introductions
+//!   share for long.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tern_crypto::grant::{Grant, GrantKey};
+use tern_crypto::{DeviceKeys, UserId};
+use tern_store::Store;
+
+use super::{Engine, relay_peer};
+use crate::{envelope::Body, error::NodeError, home::now_ms, net::rpc};
+
+/// Least time between two grants offered to the same user in answer to introductions.
+pub(crate) const GRANT_OFFER_INTERVAL: Duration = Duration::from_secs(60);
+
+/// This device's grants, issued and held.
+pub(crate) struct Grants {
+    key: GrantKey,
+    /// Revocation epochs of users whose grant was revoked (others are at 0).
+    epochs: HashMap<String, u32>,
+    /// Grants held, by the issuing device (peer id string).
+    held: HashMap<String, Grant>,
+    /// The users whose grants were last registered, per home relay.
+    registered: HashMap<PeerId, BTreeSet<String>>,
+    /// When a grant was last offered to a user in answer to an introduction.
+    offered: HashMap<String, Instant>,
+}
+
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grants")
+            .field("held", &self.held.len())
+            .field("revoked_users", &self.epochs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Grants {
+    /// This device's grants, from its keys and the store.
+    pub(crate) fn load(device: &DeviceKeys, store: &Store) -> Result<Self, NodeError> {
+        Ok(Grants {
+            key: GrantKey::of(device),
+            epochs: store.grant_epochs()?.into_iter().collect(),
+            held: store
+                .held_grants()?
+                .into_iter()
+                .map(|(d, g)| (d, Grant::from_bytes(g)))
+                .collect(),
+            registered: HashMap::new(),
+            offered: HashMap::new(),
+        })
+    }
+
+    /// The grant this device issued `user` (hex id), if it is a user id.
+    pub(crate) fn issued(&self, user: &str) -> Option<Grant> {
+        let id = UserId::from_hex(user)?;
+        Some(
+            self.key
+                .issue(&id, self.epochs.get(user).copied().unwrap_or(0)),
+        )
+    }
+
+    /// The grant `device` issued this user, if one arrived.
+    pub(crate) fn held(&self, device: &str) -> Option<Grant> {
+        self.held.get(device).cloned()
+    }
+
+    /// Whether `grant` from `device` is news (to be stored).
+    fn is_new(&self, device: &str, grant: &Grant) -> bool {
+        self.held.get(device) != Some(grant)
+    }
+}
+
+/// The token for `relay` of a held grant.
+pub(crate) fn token(grant: Option<&Grant>, relay: PeerId) -> Option<[u8; 32]> {
+    grant.map(|g| g.token(&relay.to_bytes()))
+}
+
+impl Engine {
+    /// Every user this device grants: contacts, members of shared groups, its own user.
+    fn granted_users(&self) -> BTreeSet<String> {
+        self.contacts
+            .keys()
+            .chain(self.peers.keys())
+            .cloned()
+            .chain(std::iter::once(self.user_hex.clone()))
+            .collect()
+    }
+
+    /// Registers the grants at every home relay that is up and whose registered set is not
+    /// the current one (`force`: at `only` whatever it holds).
+    pub(crate) fn push_grants(&mut self, only: Option<PeerId>) {
+        let users = self.granted_users();
+        for relay in self.home_relays.iter().filter_map(relay_peer) {
+            if !self.relay_up.contains(&relay) || only.is_some_and(|o| o != relay) {
+                continue;
+            }
+            if only.is_none() && self.grants.registered.get(&relay) == Some(&users) {
+                continue;
+            }
+            let rb = relay.to_bytes();
+            let hashes: Vec<[u8; 32]> = users
+                .iter()
+                .filter_map(|u| self.grants.issued(u))
+                .map(|g| g.token_hash(&rb))
+                .collect();
+            self.grants.registered.insert(relay, users.clone());
+            let net = self.net.clone();
+            let tx = self.internal.clone();
+            tokio::spawn(async move {
+                if let Err(e) = rpc::set_grants(&net, relay, hashes).await {
+                    tracing::debug!(%relay, "registering deposit grants failed: {e}");
+                    // Registered again on the next tick.
+                    let _ = tx.send(super::Internal::GrantsFailed(relay)).await;
+                }
+            });
+        }
+    }
+
+    /// Registering grants at `relay` failed: it is tried again on the next tick.
+    pub(crate) fn on_grants_failed(&mut self, relay: PeerId) {
+        self.grants.registered.remove(&relay);
+    }
+
+    /// A pairwise envelope from `device` carried its grant for this user.
+    pub(crate) fn take_grant(&mut self, device: &str, grant: [u8; 32]) {
+        let g = Grant::from_bytes(grant);
+        if !self.grants.is_new(device, &g) {
+            return;
+        }
+        let now = now_ms();
+        match self
+            .store
+            .transaction(|tx| tx.set_held_grant(device, &grant, now))
+        {
+            Ok(()) => {
+                self.grants.held.insert(device.to_owned(), g);
+                // A lane waiting because its deposits were refused goes on now.
+                self.start_lane(device, None);
+            }
+            Err(e) => tracing::warn!("storing a deposit grant failed: {e}"),
+        }
+    }
+
+    /// `device`'s relay refused the grant held from it: forget it, so the next deposit goes
+    /// as an introduction (and the device answers with its current grant).
+    pub(crate) fn drop_grant(&mut self, device: &str) {
+        if self.grants.held.remove(device).is_some()
+            && let Err(e) = self.store.transaction(|tx| tx.forget_held_grant(device))
+        {
+            tracing::warn!("forgetting a deposit grant failed: {e}");
+        }
+    }
+
+    /// Mail from `user` came as an introduction: it holds no grant of this device (or an
+    /// old one). Send it one, unless one went lately.
+    pub(crate) fn offer_grant(&mut self, user: &str) {
+        let now = Instant::now();
+        if self
+            .grants
+            .offered
+            .get(user)
+            .is_some_and(|t| now.duration_since(*t) < GRANT_OFFER_INTERVAL)
+        {
+            return;
+        }
+        self.grants.offered.insert(user.to_owned(), now);
+        if self.grants.offered.len() > 4096 {
+            self.grants
+                .offered
+                .retain(|_, t| now.duration_since(*t) < GRANT_OFFER_INTERVAL);
+        }
+        if let Err(e) = self.send_control_to(user, None, Body::Grant {}, |_| Ok(())) {
+            tracing::warn!(contact = %user, "offering a deposit grant failed: {e}");
+        }
+    }
+
+    /// Revokes `user`'s grant: a new one is derived and registered in its place, so the old
+    /// one is refused at every home relay; the user's devices get the new one with the next
+    /// envelope this device sends them (a removed user gets nothing more).
+    pub(crate) fn revoke_grant(&mut self, user: &str) -> Result<(), NodeError> {
+        let epoch = self.store.transaction(|tx| tx.bump_grant_epoch(user))?;
+        self.grants.epochs.insert(user.to_owned(), epoch);
+        self.grants.registered.clear();
+        self.push_grants(None);
+        // The user's other devices hear of the new grant at once.
+        self.offer_grant(user);
+        Ok(())
+    }
+}
