@@ -153,6 +153,12 @@ pub struct RateConfig {
     /// Burst of deposits per sender. Default 1000 (one 500-member group message with two
     /// devices per member).
     pub deposits_burst: f64,
+    /// Sustained requests per second from one IP address (an IPv6 /64), all its peers and
+    /// protocols together: PeerIds cost nothing to make, so one host with many of them
+    /// shares this one allowance. Default 2000 (ten times the per-peer rate).
+    pub ip_requests_per_sec: f64,
+    /// Burst of requests per IP address (IPv6 /64). Default 4000.
+    pub ip_requests_burst: f64,
 }
 
 impl Default for RateConfig {
@@ -162,6 +168,8 @@ impl Default for RateConfig {
             requests_burst: 400.0,
             deposits_per_sec: 100.0,
             deposits_burst: 1000.0,
+            ip_requests_per_sec: 2000.0,
+            ip_requests_burst: 4000.0,
         }
     }
 }
@@ -261,6 +269,12 @@ pub struct ConnectionConfig {
     pub max_established: u32,
     /// Most connections per peer. Default 4.
     pub max_per_peer: u32,
+    /// Most established inbound connections from one IPv4 address or one IPv6 /64 prefix
+    /// (a host or a home network is usually given a whole /64), whatever PeerIds they
+    /// present. Default 256: room for a household or office behind one NAT address. Relay
+    /// operators behind a reverse proxy that hides client addresses should raise it (every
+    /// connection then comes from the proxy). Loopback is not exempt.
+    pub max_per_ip: u32,
     /// Most connections being set up at once. Default 256.
     pub max_pending_incoming: u32,
     /// A connection with no open stream closes after this many seconds. Default 300; a
@@ -277,6 +291,7 @@ impl Default for ConnectionConfig {
         Self {
             max_established: 10_000,
             max_per_peer: 4,
+            max_per_ip: 256,
             max_pending_incoming: 256,
             idle_timeout_secs: 300,
             max_concurrent_streams: 64,
@@ -421,6 +436,8 @@ impl Config {
             ("rate.requests_burst", self.rate.requests_burst),
             ("rate.deposits_per_sec", self.rate.deposits_per_sec),
             ("rate.deposits_burst", self.rate.deposits_burst),
+            ("rate.ip_requests_per_sec", self.rate.ip_requests_per_sec),
+            ("rate.ip_requests_burst", self.rate.ip_requests_burst),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return invalid(field, "must be a positive number");
@@ -462,6 +479,13 @@ impl Config {
             return invalid(
                 "blobs.ops_per_sec",
                 "rate must be positive and burst at least 1",
+            );
+        }
+        let c = &self.connections;
+        if c.max_established == 0 || c.max_per_peer == 0 || c.max_per_ip == 0 {
+            return invalid(
+                "connections",
+                "max_established, max_per_peer and max_per_ip must be positive",
             );
         }
         if self.connections.max_concurrent_streams == 0 {
@@ -507,6 +531,9 @@ mod tests {
         assert_eq!(parsed.storage.max_batch, d.storage.max_batch);
         assert_eq!(parsed.rate.deposits_burst, d.rate.deposits_burst);
         assert_eq!(parsed.connections.max_per_peer, d.connections.max_per_peer);
+        assert_eq!(parsed.connections.max_per_ip, d.connections.max_per_ip);
+        assert_eq!(parsed.rate.ip_requests_per_sec, d.rate.ip_requests_per_sec);
+        assert_eq!(parsed.rate.ip_requests_burst, d.rate.ip_requests_burst);
         assert_eq!(parsed.blobs.max_blob_bytes, d.blobs.max_blob_bytes);
         assert_eq!(parsed.blobs.quota_bytes, d.blobs.quota_bytes);
         assert_eq!(parsed.blobs.ttl_secs, d.blobs.ttl_secs);

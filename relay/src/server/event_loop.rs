@@ -20,8 +20,8 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE, config::Config, metrics::Metrics,
-    presence::Presence, push, ratelimit::Limiter, storage,
+    Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE, config::Config, iplimit::IpKey,
+    metrics::Metrics, presence::Presence, push, ratelimit::Limiter, storage,
 };
 use crate::wire::{
     ErrorCode, Frame, Rejection, directory as dw,
@@ -133,6 +133,10 @@ pub(crate) struct EventLoop {
     presence: Presence,
     requests: Limiter<PeerId>,
     deposits: Limiter<PeerId>,
+    /// Requests per IP address (IPv6 /64), shared by every PeerId connecting from it.
+    ip_requests: Limiter<IpKey>,
+    /// The address (key) of each connected peer's latest inbound connection.
+    peer_ips: HashMap<PeerId, IpKey>,
     /// Open connections per peer.
     connections: HashMap<PeerId, usize>,
     /// Peers that asked for live delivery, while connected.
@@ -163,6 +167,8 @@ impl EventLoop {
         Self {
             requests: Limiter::new(cfg.rate.requests_per_sec, cfg.rate.requests_burst),
             deposits: Limiter::new(cfg.rate.deposits_per_sec, cfg.rate.deposits_burst),
+            ip_requests: Limiter::new(cfg.rate.ip_requests_per_sec, cfg.rate.ip_requests_burst),
+            peer_ips: HashMap::new(),
             push_registered: loaded.push.iter().map(|(p, _)| *p).collect(),
             swarm,
             cfg,
@@ -213,6 +219,7 @@ impl EventLoop {
                     let now = Instant::now();
                     self.requests.prune(now);
                     self.deposits.prune(now);
+                    self.ip_requests.prune(now);
                 }
                 _ = coalesce.tick() => self.flush_presence(),
                 _ = expire.tick() => self.start_expiry(),
@@ -246,7 +253,10 @@ impl EventLoop {
                 tracing::info!(addr = %full, "listening");
                 (self.announce)(Announcement::Listening(full));
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                self.note_ip(peer_id, &endpoint);
                 *self.connections.entry(peer_id).or_default() += 1;
                 self.metrics.connections.fetch_add(1, Relaxed);
                 self.metrics.connections_total.fetch_add(1, Relaxed);
@@ -260,6 +270,7 @@ impl EventLoop {
                 self.metrics.connections.fetch_sub(1, Relaxed);
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
+                    self.peer_ips.remove(&peer_id);
                     self.listening.remove(&peer_id);
                     // Dropping the queue ends the stream's task.
                     self.live.remove(&peer_id);
@@ -404,7 +415,7 @@ impl EventLoop {
                 },
             );
         }
-        if let Err(wait) = self.requests.take(&peer, 1.0, Instant::now()) {
+        if let Err(wait) = self.admit_request(peer) {
             return self.reject(
                 proto,
                 channel,
@@ -848,13 +859,37 @@ impl EventLoop {
                 self.metrics.live_stream_acks.fetch_add(1, Relaxed);
                 // Counted like an `Ack` request; over the limit, the acknowledgement is
                 // dropped and the messages stay in the mailbox until fetched again.
-                if self.requests.take(&peer, 1.0, Instant::now()).is_err() {
+                if self.admit_request(peer).is_err() {
                     self.metrics.reject(ErrorCode::RateLimited);
                     return;
                 }
                 self.submit_ack(peer, ids, None);
             }
         }
+    }
+
+    /// Remembers the IP address (IPv6 /64) an inbound connection came from, for the per-IP
+    /// request limit; the relay's own outbound connections and circuits have none.
+    fn note_ip(&mut self, peer: PeerId, endpoint: &libp2p::core::ConnectedPoint) {
+        if let libp2p::core::ConnectedPoint::Listener { send_back_addr, .. } = endpoint
+            && let Some(key) = IpKey::of_addr(send_back_addr)
+        {
+            self.peer_ips.insert(peer, key);
+        }
+    }
+
+    /// Takes one request token from `peer` and one from its IP address (IPv6 /64), or says
+    /// how long until both would be there.
+    fn admit_request(&mut self, peer: PeerId) -> Result<(), Duration> {
+        let now = Instant::now();
+        self.requests.take(&peer, 1.0, now)?;
+        if let Some(ip) = self.peer_ips.get(&peer)
+            && let Err(wait) = self.ip_requests.take(ip, 1.0, now)
+        {
+            self.metrics.rate_limited_by_ip.fetch_add(1, Relaxed);
+            return Err(wait);
+        }
+        Ok(())
     }
 
     /// Deletes `peer`'s acknowledged mailbox entries; a request (`channel`) is answered when
