@@ -84,6 +84,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Blob (`/tern/blob/1`) limits.
     pub blobs: BlobConfig,
+    /// Limits on handing out one-time prekeys.
+    pub prekeys: PrekeyConfig,
 }
 
 impl Default for Config {
@@ -105,6 +107,35 @@ impl Default for Config {
             connections: ConnectionConfig::default(),
             storage: StorageConfig::default(),
             blobs: BlobConfig::default(),
+            prekeys: PrekeyConfig::default(),
+        }
+    }
+}
+
+/// Limits on one-time prekeys handed out by `ClaimPrekey`. Anyone connected may claim, so
+/// without them one identity could empty a device's one-time keys; over a limit the claimer
+/// gets the device's fallback key instead (`fallback: true`), never an error, so a session
+/// can still be made. Each limit is a token bucket: up to the number at once, refilling
+/// that many per `claim_window_secs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrekeyConfig {
+    /// One-time keys one claimer (PeerId) gets of one device per window. Default 3: a
+    /// session and two retries.
+    pub one_time_per_claimer: u32,
+    /// One-time keys one device hands out per window, to all claimers together (this is
+    /// what bounds claimers with many PeerIds). Default 100.
+    pub one_time_per_device: u32,
+    /// The window, seconds. Default 3600.
+    pub claim_window_secs: u64,
+}
+
+impl Default for PrekeyConfig {
+    fn default() -> Self {
+        Self {
+            one_time_per_claimer: 3,
+            one_time_per_device: 100,
+            claim_window_secs: 3600,
         }
     }
 }
@@ -488,6 +519,9 @@ impl Config {
                 "max_established, max_per_peer and max_per_ip must be positive",
             );
         }
+        if self.prekeys.claim_window_secs == 0 {
+            return invalid("prekeys.claim_window_secs", "must be positive");
+        }
         if self.connections.max_concurrent_streams == 0 {
             return invalid("connections.max_concurrent_streams", "must be positive");
         }
@@ -538,6 +572,18 @@ mod tests {
         assert_eq!(parsed.blobs.quota_bytes, d.blobs.quota_bytes);
         assert_eq!(parsed.blobs.ttl_secs, d.blobs.ttl_secs);
         assert_eq!(parsed.blobs.ops_burst, d.blobs.ops_burst);
+        assert_eq!(
+            parsed.prekeys.one_time_per_claimer,
+            d.prekeys.one_time_per_claimer
+        );
+        assert_eq!(
+            parsed.prekeys.one_time_per_device,
+            d.prekeys.one_time_per_device
+        );
+        assert_eq!(
+            parsed.prekeys.claim_window_secs,
+            d.prekeys.claim_window_secs
+        );
     }
 
     #[test]

@@ -20,8 +20,8 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE, config::Config, iplimit::IpKey,
-    metrics::Metrics, presence::Presence, push, ratelimit::Limiter, storage,
+    Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE, claims::ClaimLimits, config::Config,
+    iplimit::IpKey, metrics::Metrics, presence::Presence, push, ratelimit::Limiter, storage,
 };
 use crate::wire::{
     ErrorCode, Frame, Rejection, directory as dw,
@@ -137,6 +137,8 @@ pub(crate) struct EventLoop {
     ip_requests: Limiter<IpKey>,
     /// The address (key) of each connected peer's latest inbound connection.
     peer_ips: HashMap<PeerId, IpKey>,
+    /// One-time prekeys handed out, per claimer and device and per device.
+    claims: ClaimLimits,
     /// Open connections per peer.
     connections: HashMap<PeerId, usize>,
     /// Peers that asked for live delivery, while connected.
@@ -169,6 +171,7 @@ impl EventLoop {
             deposits: Limiter::new(cfg.rate.deposits_per_sec, cfg.rate.deposits_burst),
             ip_requests: Limiter::new(cfg.rate.ip_requests_per_sec, cfg.rate.ip_requests_burst),
             peer_ips: HashMap::new(),
+            claims: ClaimLimits::new(&cfg.prekeys),
             push_registered: loaded.push.iter().map(|(p, _)| *p).collect(),
             swarm,
             cfg,
@@ -220,6 +223,7 @@ impl EventLoop {
                     self.requests.prune(now);
                     self.deposits.prune(now);
                     self.ip_requests.prune(now);
+                    self.claims.prune(now);
                 }
                 _ = coalesce.tick() => self.flush_presence(),
                 _ = expire.tick() => self.start_expiry(),
@@ -441,9 +445,10 @@ impl EventLoop {
             },
             Proto::Directory => match dw::Request::from_frame(&frame) {
                 Ok(req) => {
+                    let one_time = self.one_time_allowed(peer, &req);
                     let storage = self.storage.clone();
                     self.pending.push(Box::pin(async move {
-                        let response = directory_request(storage, peer, req).await;
+                        let response = directory_request(storage, peer, req, one_time).await;
                         Completion::Directory { channel, response }
                     }));
                 }
@@ -868,6 +873,19 @@ impl EventLoop {
         }
     }
 
+    /// Whether a prekey claim may take a one-time key (`[prekeys]` limits); over them the
+    /// claimer gets the fallback key. Other requests: true (unused).
+    fn one_time_allowed(&mut self, claimer: PeerId, req: &dw::Request) -> bool {
+        let dw::Request::ClaimPrekey { device, .. } = req else {
+            return true;
+        };
+        let allowed = self.claims.allow_one_time(claimer, *device, Instant::now());
+        if !allowed {
+            self.metrics.claims_limited.fetch_add(1, Relaxed);
+        }
+        allowed
+    }
+
     /// Remembers the IP address (IPv6 /64) an inbound connection came from, for the per-IP
     /// request limit; the relay's own outbound connections and circuits have none.
     fn note_ip(&mut self, peer: PeerId, endpoint: &libp2p::core::ConnectedPoint) {
@@ -1027,10 +1045,12 @@ async fn blocking<T: Send + 'static>(
 
 /// Serves one directory request: checks signatures off the event loop, then asks the
 /// writer, which re-checks against stored state inside its transaction.
+/// `one_time`: whether a claim may take a one-time key (else it gets the fallback key).
 async fn directory_request(
     storage: storage::StorageHandle,
     peer: PeerId,
     req: dw::Request,
+    one_time: bool,
 ) -> dw::Response {
     use super::directory::{build_claim, verify_bundle, verify_list};
     let submit = |op| {
@@ -1109,6 +1129,7 @@ async fn directory_request(
             let op = storage::Op::Claim {
                 device: device.to_bytes(),
                 user: user.into_vec(),
+                one_time,
                 reply,
             };
             if let Err(e) = submit(op).await {
@@ -1125,6 +1146,20 @@ async fn directory_request(
                     }
                 }
                 Ok(None) => dir_error(ErrorCode::NotFound),
+                Err(e) => dir_error(e.code()),
+            }
+        }
+        dw::Request::PrekeyCount => {
+            let (reply, rx) = oneshot::channel();
+            let op = storage::Op::PrekeyCount {
+                device: peer.to_bytes(),
+                reply,
+            };
+            if let Err(e) = submit(op).await {
+                return dir_error(e.code());
+            }
+            match await_reply(rx).await {
+                Ok(n) => dw::Response::Published { one_time_keys: n },
                 Err(e) => dir_error(e.code()),
             }
         }

@@ -77,6 +77,9 @@ pub struct Metrics {
     connections_refused: [AtomicU64; Refusal::ALL.len()],
     /// Requests refused by the per-IP (IPv6 /64) request limit.
     pub rate_limited_by_ip: AtomicU64,
+    /// Prekey claims answered with the fallback key because the claimer or the device was
+    /// over its one-time-key claim limit (while one-time keys may have been left).
+    pub claims_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -273,6 +276,12 @@ impl Metrics {
             "Requests refused by the per-IP (IPv6 /64) request limit.",
             "counter",
             g(&self.rate_limited_by_ip),
+        );
+        counter(
+            "tern_relay_prekey_claims_limited_total",
+            "Prekey claims given the fallback key by the claim limits.",
+            "counter",
+            g(&self.claims_limited),
         );
         let _ = writeln!(
             out,

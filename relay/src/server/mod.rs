@@ -4,6 +4,7 @@
 //! HTTP task serves metrics and health.
 
 pub mod blobs;
+pub mod claims;
 pub mod config;
 pub mod directory;
 mod event_loop;

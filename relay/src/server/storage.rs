@@ -293,8 +293,18 @@ pub enum Op {
         device: Vec<u8>,
         /// The user it must belong to.
         user: Vec<u8>,
+        /// Whether a one-time key may be taken; if not (the claim limits), the bundle is
+        /// answered without one and the claimer uses the fallback key.
+        one_time: bool,
         /// Answer: `None` if the relay holds no bundle for that device and user.
         reply: Reply<Option<Claimed>>,
+    },
+    /// How many one-time keys the relay holds for a device.
+    PrekeyCount {
+        /// The device (peer id bytes).
+        device: Vec<u8>,
+        /// Answer.
+        reply: Reply<u32>,
     },
     /// Commit what came before and stop; later operations are answered `Closed`.
     Shutdown,
@@ -773,6 +783,7 @@ fn fail(op: Op, err: &OpError) {
         Op::PublishList { reply, .. } => Done::Unit(reply, Err(err.clone())),
         Op::FetchList { reply, .. } => Done::Bytes(reply, Err(err.clone())),
         Op::Claim { reply, .. } => Done::Claim(reply, Err(err.clone())),
+        Op::PrekeyCount { reply, .. } => Done::Count(reply, Err(err.clone())),
         Op::Expire { reply, .. } => Done::Expired(reply, Err(err.clone())),
         Op::SetPush { reply, .. } | Op::SetAllowList { reply, .. } | Op::Ping { reply } => {
             Done::Unit(reply, Err(err.clone()))
@@ -924,11 +935,17 @@ fn apply_in_savepoint(
         Op::Claim {
             device,
             user,
+            one_time,
             reply,
         } => {
-            let r = claim(&sp, &device, &user);
+            let r = claim(&sp, &device, &user, one_time);
             let ok = r.is_ok();
             (Done::Claim(reply, r), ok)
+        }
+        Op::PrekeyCount { device, reply } => {
+            let r = one_time_count(&sp, &device);
+            let ok = r.is_ok();
+            (Done::Count(reply, r), ok)
         }
         Op::Shutdown => (Done::None, true),
     };
@@ -1217,7 +1234,22 @@ fn publish_prekeys(
     Ok(count(sp)?.max(0) as u32)
 }
 
-fn claim(sp: &Connection, device: &[u8], user: &[u8]) -> Result<Option<Claimed>, OpError> {
+fn one_time_count(sp: &Connection, device: &[u8]) -> Result<u32, OpError> {
+    sp.query_row(
+        "SELECT COUNT(*) FROM one_time_key WHERE device = ?1",
+        params![device],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u32)
+    .map_err(sql_err)
+}
+
+fn claim(
+    sp: &Connection,
+    device: &[u8],
+    user: &[u8],
+    one_time: bool,
+) -> Result<Option<Claimed>, OpError> {
     let row: Option<(Vec<u8>, Vec<u8>)> = sp
         .query_row(
             "SELECT user, bundle FROM prekey_bundle WHERE device = ?1",
@@ -1231,6 +1263,9 @@ fn claim(sp: &Connection, device: &[u8], user: &[u8]) -> Result<Option<Claimed>,
     };
     if owner != user {
         return Ok(None);
+    }
+    if !one_time {
+        return Ok(Some((bundle, None)));
     }
     let key: Option<Vec<u8>> = sp
         .query_row(
