@@ -56,6 +56,11 @@ pub const ONE_TIME_KEYS_BATCH: usize = 50;
 /// When the relay holds fewer one-time keys than this, a new batch is published.
 pub const ONE_TIME_KEYS_LOW: u32 = 20;
 
+/// Heartbeats between two checks of the one-time keys each home relay holds (with the
+/// 10 s heartbeat: every minute). Claims by others take keys without the device seeing any
+/// session, so the count is asked for on this timer too, not only after inbound sessions.
+pub const PREKEY_CHECK_HEARTBEATS: u64 = 6;
+
 /// New inbound sessions (each consumes a one-time key) between two checks of the count.
 pub const INBOUND_SESSIONS_PER_TOPUP_CHECK: u32 = 10;
 

@@ -399,6 +399,14 @@ impl Client {
         }
     }
 
+    /// How many one-time keys the relay holds for this device.
+    pub async fn prekey_count(&self) -> Result<u32, RequestError> {
+        match self.directory(directory::Request::PrekeyCount).await? {
+            directory::Response::Published { one_time_keys } => Ok(one_time_keys),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Claims one prekey of `device` (`tern_crypto::prekey::ClaimedPrekey` bytes, to verify
     /// against the user's device list) and whether it is the fallback key.
     pub async fn claim_prekey(

@@ -195,6 +195,8 @@ pub(crate) enum Internal {
         attempts: u32,
         results: Vec<(String, Result<(), NetError>)>,
     },
+    /// A home relay holds fewer one-time keys than `ONE_TIME_KEYS_LOW`: top up.
+    PrekeysLow,
 }
 
 /// What the engine knows about a contact.
@@ -592,6 +594,9 @@ impl Engine {
                     if self.heartbeats.is_multiple_of(6) {
                         self.lists_due = true;
                     }
+                    if self.heartbeats.is_multiple_of(crate::consts::PREKEY_CHECK_HEARTBEATS) {
+                        self.check_prekeys();
+                    }
                     self.heartbeat();
                     self.owed_due = true;
                     self.deliver_owed().await;
@@ -816,6 +821,7 @@ impl Engine {
                 self.fetching.remove(&relay);
             }
             Internal::Presence(entries) => self.on_presence(entries),
+            Internal::PrekeysLow => self.topup_due = true,
             Internal::FannedOut {
                 id,
                 attempts,
@@ -865,6 +871,35 @@ impl Engine {
                 self.on_home_relay_up(relay).await;
             }
         }
+    }
+
+    /// Asks each connected home relay, off the engine, how many one-time keys it still
+    /// holds; if one is low, the next outbox tick tops up. Others may have claimed keys
+    /// without any session reaching this device, so only asking tells.
+    fn check_prekeys(&self) {
+        let relays: Vec<PeerId> = self
+            .home_relay_peers()
+            .into_iter()
+            .filter(|r| self.relay_up.contains(r))
+            .collect();
+        if relays.is_empty() {
+            return;
+        }
+        let net = self.net.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            for relay in relays {
+                match rpc::prekey_count(&net, relay).await {
+                    Ok(n) if n < crate::consts::ONE_TIME_KEYS_LOW => {
+                        tracing::debug!(%relay, held = n, "one-time keys low");
+                        let _ = tx.send(Internal::PrekeysLow).await;
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(%relay, "counting one-time keys failed: {e}"),
+                }
+            }
+        });
     }
 
     /// Publishes prekeys: a bundle with no new one-time keys to learn how many the relay

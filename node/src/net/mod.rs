@@ -1224,6 +1224,15 @@ pub mod rpc {
         }
     }
 
+    /// How many one-time keys `relay` holds for this device (a relay from before the
+    /// request existed answers an error).
+    pub async fn prekey_count(net: &Client, relay: PeerId) -> Result<u32, NetError> {
+        match directory_req(net, relay, directory::Request::PrekeyCount).await? {
+            directory::Response::Published { one_time_keys } => Ok(one_time_keys),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
     /// Claims one prekey of a device.
     pub async fn claim_prekey(
         net: &Client,

@@ -25,6 +25,12 @@ struct Opts {
     /// Address for the HTTP metrics and health endpoint (e.g. 127.0.0.1:9101).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Most established connections ([connections] max_established).
+    #[arg(long)]
+    max_connections: Option<u32>,
+    /// Most inbound connections from one IPv4 address or IPv6 /64 ([connections] max_per_ip).
+    #[arg(long)]
+    max_connections_per_ip: Option<u32>,
     /// Largest blob accepted, bytes ([blobs] max_blob_bytes).
     #[arg(long)]
     max_blob_bytes: Option<u64>,
@@ -72,6 +78,9 @@ fn real_main() -> anyhow::Result<()> {
     if opts.metrics.is_some() {
         config.metrics = opts.metrics;
     }
+    let c = &mut config.connections;
+    c.max_established = opts.max_connections.unwrap_or(c.max_established);
+    c.max_per_ip = opts.max_connections_per_ip.unwrap_or(c.max_per_ip);
     let b = &mut config.blobs;
     b.max_blob_bytes = opts.max_blob_bytes.unwrap_or(b.max_blob_bytes);
     b.quota_bytes = opts.blob_quota_bytes.unwrap_or(b.quota_bytes);

@@ -84,6 +84,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Blob (`/tern/blob/1`) limits.
     pub blobs: BlobConfig,
+    /// Limits on handing out one-time prekeys.
+    pub prekeys: PrekeyConfig,
 }
 
 impl Default for Config {
@@ -105,6 +107,35 @@ impl Default for Config {
             connections: ConnectionConfig::default(),
             storage: StorageConfig::default(),
             blobs: BlobConfig::default(),
+            prekeys: PrekeyConfig::default(),
+        }
+    }
+}
+
+/// Limits on one-time prekeys handed out by `ClaimPrekey`. Anyone connected may claim, so
+/// without them one identity could empty a device's one-time keys; over a limit the claimer
+/// gets the device's fallback key instead (`fallback: true`), never an error, so a session
+/// can still be made. Each limit is a token bucket: up to the number at once, refilling
+/// that many per `claim_window_secs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrekeyConfig {
+    /// One-time keys one claimer (PeerId) gets of one device per window. Default 3: a
+    /// session and two retries.
+    pub one_time_per_claimer: u32,
+    /// One-time keys one device hands out per window, to all claimers together (this is
+    /// what bounds claimers with many PeerIds). Default 100.
+    pub one_time_per_device: u32,
+    /// The window, seconds. Default 3600.
+    pub claim_window_secs: u64,
+}
+
+impl Default for PrekeyConfig {
+    fn default() -> Self {
+        Self {
+            one_time_per_claimer: 3,
+            one_time_per_device: 100,
+            claim_window_secs: 3600,
         }
     }
 }
@@ -175,6 +206,12 @@ pub struct RateConfig {
     /// Burst of deposits per sender. Default 1000 (one 500-member group message with two
     /// devices per member).
     pub deposits_burst: f64,
+    /// Sustained requests per second from one IP address (an IPv6 /64), all its peers and
+    /// protocols together: PeerIds cost nothing to make, so one host with many of them
+    /// shares this one allowance. Default 2000 (ten times the per-peer rate).
+    pub ip_requests_per_sec: f64,
+    /// Burst of requests per IP address (IPv6 /64). Default 4000.
+    pub ip_requests_burst: f64,
 }
 
 impl Default for RateConfig {
@@ -184,6 +221,8 @@ impl Default for RateConfig {
             requests_burst: 400.0,
             deposits_per_sec: 100.0,
             deposits_burst: 1000.0,
+            ip_requests_per_sec: 2000.0,
+            ip_requests_burst: 4000.0,
         }
     }
 }
@@ -283,6 +322,12 @@ pub struct ConnectionConfig {
     pub max_established: u32,
     /// Most connections per peer. Default 4.
     pub max_per_peer: u32,
+    /// Most established inbound connections from one IPv4 address or one IPv6 /64 prefix
+    /// (a host or a home network is usually given a whole /64), whatever PeerIds they
+    /// present. Default 256: room for a household or office behind one NAT address. Relay
+    /// operators behind a reverse proxy that hides client addresses should raise it (every
+    /// connection then comes from the proxy). Loopback is not exempt.
+    pub max_per_ip: u32,
     /// Most connections being set up at once. Default 256.
     pub max_pending_incoming: u32,
     /// A connection with no open stream closes after this many seconds. Default 300; a
@@ -299,6 +344,7 @@ impl Default for ConnectionConfig {
         Self {
             max_established: 10_000,
             max_per_peer: 4,
+            max_per_ip: 256,
             max_pending_incoming: 256,
             idle_timeout_secs: 300,
             max_concurrent_streams: 64,
@@ -452,6 +498,8 @@ impl Config {
             ("rate.requests_burst", self.rate.requests_burst),
             ("rate.deposits_per_sec", self.rate.deposits_per_sec),
             ("rate.deposits_burst", self.rate.deposits_burst),
+            ("rate.ip_requests_per_sec", self.rate.ip_requests_per_sec),
+            ("rate.ip_requests_burst", self.rate.ip_requests_burst),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return invalid(field, "must be a positive number");
@@ -494,6 +542,16 @@ impl Config {
                 "blobs.ops_per_sec",
                 "rate must be positive and burst at least 1",
             );
+        }
+        let c = &self.connections;
+        if c.max_established == 0 || c.max_per_peer == 0 || c.max_per_ip == 0 {
+            return invalid(
+                "connections",
+                "max_established, max_per_peer and max_per_ip must be positive",
+            );
+        }
+        if self.prekeys.claim_window_secs == 0 {
+            return invalid("prekeys.claim_window_secs", "must be positive");
         }
         if self.connections.max_concurrent_streams == 0 {
             return invalid("connections.max_concurrent_streams", "must be positive");
@@ -538,10 +596,25 @@ mod tests {
         assert_eq!(parsed.storage.max_batch, d.storage.max_batch);
         assert_eq!(parsed.rate.deposits_burst, d.rate.deposits_burst);
         assert_eq!(parsed.connections.max_per_peer, d.connections.max_per_peer);
+        assert_eq!(parsed.connections.max_per_ip, d.connections.max_per_ip);
+        assert_eq!(parsed.rate.ip_requests_per_sec, d.rate.ip_requests_per_sec);
+        assert_eq!(parsed.rate.ip_requests_burst, d.rate.ip_requests_burst);
         assert_eq!(parsed.blobs.max_blob_bytes, d.blobs.max_blob_bytes);
         assert_eq!(parsed.blobs.quota_bytes, d.blobs.quota_bytes);
         assert_eq!(parsed.blobs.ttl_secs, d.blobs.ttl_secs);
         assert_eq!(parsed.blobs.ops_burst, d.blobs.ops_burst);
+        assert_eq!(
+            parsed.prekeys.one_time_per_claimer,
+            d.prekeys.one_time_per_claimer
+        );
+        assert_eq!(
+            parsed.prekeys.one_time_per_device,
+            d.prekeys.one_time_per_device
+        );
+        assert_eq!(
+            parsed.prekeys.claim_window_secs,
+            d.prekeys.claim_window_secs
+        );
     }
 
     #[test]

@@ -20,8 +20,8 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE, config::Config, metrics::Metrics,
-    presence::Presence, push, ratelimit::Limiter, storage,
+    Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE, claims::ClaimLimits, config::Config,
+    iplimit::IpKey, metrics::Metrics, presence::Presence, push, ratelimit::Limiter, storage,
 };
 use crate::wire::{
     ErrorCode, Frame, Rejection, directory as dw,
@@ -148,6 +148,12 @@ pub(crate) struct EventLoop {
     grants: super::grants::Grants,
     requests: Limiter<PeerId>,
     deposits: Limiter<PeerId>,
+    /// Requests per IP address (IPv6 /64), shared by every PeerId connecting from it.
+    ip_requests: Limiter<IpKey>,
+    /// The address (key) of each connected peer's latest inbound connection.
+    peer_ips: HashMap<PeerId, IpKey>,
+    /// One-time prekeys handed out, per claimer and device and per device.
+    claims: ClaimLimits,
     /// Open connections per peer.
     connections: HashMap<PeerId, usize>,
     /// Peers that asked for live delivery, while connected.
@@ -179,6 +185,9 @@ impl EventLoop {
             grants: super::grants::Grants::load(loaded.grants),
             requests: Limiter::new(cfg.rate.requests_per_sec, cfg.rate.requests_burst),
             deposits: Limiter::new(cfg.rate.deposits_per_sec, cfg.rate.deposits_burst),
+            ip_requests: Limiter::new(cfg.rate.ip_requests_per_sec, cfg.rate.ip_requests_burst),
+            peer_ips: HashMap::new(),
+            claims: ClaimLimits::new(&cfg.prekeys),
             push_registered: loaded.push.iter().map(|(p, _)| *p).collect(),
             swarm,
             cfg,
@@ -229,6 +238,8 @@ impl EventLoop {
                     let now = Instant::now();
                     self.requests.prune(now);
                     self.deposits.prune(now);
+                    self.ip_requests.prune(now);
+                    self.claims.prune(now);
                 }
                 _ = coalesce.tick() => self.flush_presence(),
                 _ = expire.tick() => self.start_expiry(),
@@ -262,7 +273,10 @@ impl EventLoop {
                 tracing::info!(addr = %full, "listening");
                 (self.announce)(Announcement::Listening(full));
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                self.note_ip(peer_id, &endpoint);
                 *self.connections.entry(peer_id).or_default() += 1;
                 self.metrics.connections.fetch_add(1, Relaxed);
                 self.metrics.connections_total.fetch_add(1, Relaxed);
@@ -276,6 +290,7 @@ impl EventLoop {
                 self.metrics.connections.fetch_sub(1, Relaxed);
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
+                    self.peer_ips.remove(&peer_id);
                     self.listening.remove(&peer_id);
                     // Dropping the queue ends the stream's task.
                     self.live.remove(&peer_id);
@@ -420,7 +435,7 @@ impl EventLoop {
                 },
             );
         }
-        if let Err(wait) = self.requests.take(&peer, 1.0, Instant::now()) {
+        if let Err(wait) = self.admit_request(peer) {
             return self.reject(
                 proto,
                 channel,
@@ -446,9 +461,10 @@ impl EventLoop {
             },
             Proto::Directory => match dw::Request::from_frame(&frame) {
                 Ok(req) => {
+                    let one_time = self.one_time_allowed(peer, &req);
                     let storage = self.storage.clone();
                     self.pending.push(Box::pin(async move {
-                        let response = directory_request(storage, peer, req).await;
+                        let response = directory_request(storage, peer, req, one_time).await;
                         Completion::Directory { channel, response }
                     }));
                 }
@@ -959,13 +975,50 @@ impl EventLoop {
                 self.metrics.live_stream_acks.fetch_add(1, Relaxed);
                 // Counted like an `Ack` request; over the limit, the acknowledgement is
                 // dropped and the messages stay in the mailbox until fetched again.
-                if self.requests.take(&peer, 1.0, Instant::now()).is_err() {
+                if self.admit_request(peer).is_err() {
                     self.metrics.reject(ErrorCode::RateLimited);
                     return;
                 }
                 self.submit_ack(peer, ids, None);
             }
         }
+    }
+
+    /// Whether a prekey claim may take a one-time key (`[prekeys]` limits); over them the
+    /// claimer gets the fallback key. Other requests: true (unused).
+    fn one_time_allowed(&mut self, claimer: PeerId, req: &dw::Request) -> bool {
+        let dw::Request::ClaimPrekey { device, .. } = req else {
+            return true;
+        };
+        let allowed = self.claims.allow_one_time(claimer, *device, Instant::now());
+        if !allowed {
+            self.metrics.claims_limited.fetch_add(1, Relaxed);
+        }
+        allowed
+    }
+
+    /// Remembers the IP address (IPv6 /64) an inbound connection came from, for the per-IP
+    /// request limit; the relay's own outbound connections and circuits have none.
+    fn note_ip(&mut self, peer: PeerId, endpoint: &libp2p::core::ConnectedPoint) {
+        if let libp2p::core::ConnectedPoint::Listener { send_back_addr, .. } = endpoint
+            && let Some(key) = IpKey::of_addr(send_back_addr)
+        {
+            self.peer_ips.insert(peer, key);
+        }
+    }
+
+    /// Takes one request token from `peer` and one from its IP address (IPv6 /64), or says
+    /// how long until both would be there.
+    fn admit_request(&mut self, peer: PeerId) -> Result<(), Duration> {
+        let now = Instant::now();
+        self.requests.take(&peer, 1.0, now)?;
+        if let Some(ip) = self.peer_ips.get(&peer)
+            && let Err(wait) = self.ip_requests.take(ip, 1.0, now)
+        {
+            self.metrics.rate_limited_by_ip.fetch_add(1, Relaxed);
+            return Err(wait);
+        }
+        Ok(())
     }
 
     /// Deletes `peer`'s acknowledged mailbox entries; a request (`channel`) is answered when
@@ -1107,10 +1160,12 @@ async fn blocking<T: Send + 'static>(
 
 /// Serves one directory request: checks signatures off the event loop, then asks the
 /// writer, which re-checks against stored state inside its transaction.
+/// `one_time`: whether a claim may take a one-time key (else it gets the fallback key).
 async fn directory_request(
     storage: storage::StorageHandle,
     peer: PeerId,
     req: dw::Request,
+    one_time: bool,
 ) -> dw::Response {
     use super::directory::{build_claim, verify_bundle, verify_list};
     let submit = |op| {
@@ -1189,6 +1244,7 @@ async fn directory_request(
             let op = storage::Op::Claim {
                 device: device.to_bytes(),
                 user: user.into_vec(),
+                one_time,
                 reply,
             };
             if let Err(e) = submit(op).await {
@@ -1205,6 +1261,20 @@ async fn directory_request(
                     }
                 }
                 Ok(None) => dir_error(ErrorCode::NotFound),
+                Err(e) => dir_error(e.code()),
+            }
+        }
+        dw::Request::PrekeyCount => {
+            let (reply, rx) = oneshot::channel();
+            let op = storage::Op::PrekeyCount {
+                device: peer.to_bytes(),
+                reply,
+            };
+            if let Err(e) = submit(op).await {
+                return dir_error(e.code());
+            }
+            match await_reply(rx).await {
+                Ok(n) => dw::Response::Published { one_time_keys: n },
                 Err(e) => dir_error(e.code()),
             }
         }

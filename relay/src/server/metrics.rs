@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use super::iplimit::Refusal;
 use crate::wire::ErrorCode;
 
 /// Upper bounds (seconds) of the commit-latency histogram buckets.
@@ -72,6 +73,13 @@ pub struct Metrics {
     pub blob_downloads: AtomicU64,
     /// Blobs deleted because they expired or their upload was abandoned.
     pub blobs_collected: AtomicU64,
+    /// Connections refused, by [`Refusal::ALL`] index.
+    connections_refused: [AtomicU64; Refusal::ALL.len()],
+    /// Requests refused by the per-IP (IPv6 /64) request limit.
+    pub rate_limited_by_ip: AtomicU64,
+    /// Prekey claims answered with the fallback key because the claimer or the device was
+    /// over its one-time-key claim limit (while one-time keys may have been left).
+    pub claims_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -79,6 +87,13 @@ impl Metrics {
     pub fn reject(&self, code: ErrorCode) {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.rejects[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts a refused connection.
+    pub fn refused(&self, reason: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|r| *r == reason) {
+            self.connections_refused[i].fetch_add(1, Relaxed);
         }
     }
 
@@ -256,6 +271,30 @@ impl Metrics {
             "counter",
             g(&self.blobs_collected),
         );
+        counter(
+            "tern_relay_rate_limited_by_ip_total",
+            "Requests refused by the per-IP (IPv6 /64) request limit.",
+            "counter",
+            g(&self.rate_limited_by_ip),
+        );
+        counter(
+            "tern_relay_prekey_claims_limited_total",
+            "Prekey claims given the fallback key by the claim limits.",
+            "counter",
+            g(&self.claims_limited),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tern_relay_connections_refused_total Connections refused, by limit.\n# TYPE tern_relay_connections_refused_total counter"
+        );
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tern_relay_connections_refused_total{{reason=\"{}\"}} {}",
+                r.label(),
+                self.connections_refused[i].load(Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP tern_relay_rejects_total Requests rejected, by reason.\n# TYPE tern_relay_rejects_total counter"
@@ -308,7 +347,12 @@ mod tests {
         let m = Metrics::default();
         m.observe_commit(Duration::from_micros(1500), 3);
         m.reject(ErrorCode::RateLimited);
+        m.refused(Refusal::PerIp);
+        m.refused(Refusal::PerIp);
         let text = m.render();
+        assert!(text.contains("tern_relay_connections_refused_total{reason=\"per_ip\"} 2"));
+        assert!(text.contains("tern_relay_connections_refused_total{reason=\"total\"} 0"));
+        assert!(text.contains("tern_relay_rate_limited_by_ip_total 0"));
         assert!(text.contains("tern_relay_commit_seconds_bucket{le=\"0.001\"} 0"));
         assert!(text.contains("tern_relay_commit_seconds_bucket{le=\"0.002\"} 1"));
         assert!(text.contains("tern_relay_rejects_total{reason=\"rate_limited\"} 1"));

@@ -4,12 +4,14 @@
 //! HTTP task serves metrics and health.
 
 pub mod blobs;
+pub mod claims;
 pub mod config;
 pub mod directory;
 mod event_loop;
 pub mod grants;
 pub mod http;
 pub mod identity;
+pub mod iplimit;
 pub mod metrics;
 pub mod presence;
 pub mod push;
@@ -20,8 +22,8 @@ pub mod storage;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, SwarmBuilder, connection_limits, identify,
-    identity::Keypair, noise, ping, relay, request_response, swarm::NetworkBehaviour, tcp,
+    Multiaddr, PeerId, StreamProtocol, SwarmBuilder, identify, identity::Keypair, noise, ping,
+    relay, request_response, swarm::NetworkBehaviour, tcp,
 };
 
 pub use config::Config;
@@ -104,7 +106,8 @@ pub enum RunError {
 #[derive(NetworkBehaviour)]
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 pub(crate) struct Behaviour {
-    limits: connection_limits::Behaviour,
+    /// First, so a refused connection reaches no other behaviour.
+    limits: iplimit::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     relay: relay::Behaviour,
@@ -148,7 +151,11 @@ fn rr(
     )
 }
 
-fn build_swarm(key: Keypair, cfg: &Config) -> Result<libp2p::Swarm<Behaviour>, RunError> {
+fn build_swarm(
+    key: Keypair,
+    cfg: &Config,
+    metrics: Arc<metrics::Metrics>,
+) -> Result<libp2p::Swarm<Behaviour>, RunError> {
     let conn = cfg.connections.clone();
     let circuit = cfg.circuit.clone();
     let swarm = SwarmBuilder::with_existing_identity(key)
@@ -163,11 +170,14 @@ fn build_swarm(key: Keypair, cfg: &Config) -> Result<libp2p::Swarm<Behaviour>, R
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
             Behaviour {
-                limits: connection_limits::Behaviour::new(
-                    connection_limits::ConnectionLimits::default()
-                        .with_max_established(Some(conn.max_established))
-                        .with_max_established_per_peer(Some(conn.max_per_peer))
-                        .with_max_pending_incoming(Some(conn.max_pending_incoming)),
+                limits: iplimit::Behaviour::new(
+                    iplimit::Limits {
+                        max_pending_incoming: conn.max_pending_incoming,
+                        max_established: conn.max_established,
+                        max_per_peer: conn.max_per_peer,
+                        max_per_ip: conn.max_per_ip,
+                    },
+                    metrics,
                 ),
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -228,7 +238,7 @@ pub async fn run(
         },
         metrics.clone(),
     )?;
-    let mut swarm = build_swarm(key, &config)?;
+    let mut swarm = build_swarm(key, &config, metrics.clone())?;
     // Offer the hop protocol from the start: a relay's reachability is its operator's
     // promise, not something to wait for AutoNAT to confirm.
     swarm

@@ -49,6 +49,22 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         }
     }
 
+    /// Whether `cost` tokens for `key` are there now, without taking them.
+    pub fn would_allow(&self, key: &K, cost: f64, now: Instant) -> bool {
+        match self.buckets.get(key) {
+            Some(b) => {
+                let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+                (b.tokens + elapsed * self.rate).min(self.burst) >= cost
+            }
+            None => self.burst >= cost,
+        }
+    }
+
+    /// Whether `key` has a bucket (is not full).
+    pub fn contains(&self, key: &K) -> bool {
+        self.buckets.contains_key(key)
+    }
+
     /// Forgets buckets that have refilled completely: they hold no information, so the
     /// map stays as small as the set of recently active peers.
     pub fn prune(&mut self, now: Instant) {

@@ -324,8 +324,18 @@ pub enum Op {
         device: Vec<u8>,
         /// The user it must belong to.
         user: Vec<u8>,
+        /// Whether a one-time key may be taken; if not (the claim limits), the bundle is
+        /// answered without one and the claimer uses the fallback key.
+        one_time: bool,
         /// Answer: `None` if the relay holds no bundle for that device and user.
         reply: Reply<Option<Claimed>>,
+    },
+    /// How many one-time keys the relay holds for a device.
+    PrekeyCount {
+        /// The device (peer id bytes).
+        device: Vec<u8>,
+        /// Answer.
+        reply: Reply<u32>,
     },
     /// Commit what came before and stop; later operations are answered `Closed`.
     Shutdown,
@@ -864,6 +874,7 @@ fn fail(op: Op, err: &OpError) {
         Op::PublishList { reply, .. } => Done::Unit(reply, Err(err.clone())),
         Op::FetchList { reply, .. } => Done::Bytes(reply, Err(err.clone())),
         Op::Claim { reply, .. } => Done::Claim(reply, Err(err.clone())),
+        Op::PrekeyCount { reply, .. } => Done::Count(reply, Err(err.clone())),
         Op::Expire { reply, .. } => Done::Expired(reply, Err(err.clone())),
         Op::SetPush { reply, .. }
         | Op::SetAllowList { reply, .. }
@@ -1030,11 +1041,17 @@ fn apply_in_savepoint(
         Op::Claim {
             device,
             user,
+            one_time,
             reply,
         } => {
-            let r = claim(&sp, &device, &user);
+            let r = claim(&sp, &device, &user, one_time);
             let ok = r.is_ok();
             (Done::Claim(reply, r), ok)
+        }
+        Op::PrekeyCount { device, reply } => {
+            let r = one_time_count(&sp, &device);
+            let ok = r.is_ok();
+            (Done::Count(reply, r), ok)
         }
         Op::Shutdown => (Done::None, true),
     };
@@ -1460,7 +1477,22 @@ fn publish_prekeys(
     Ok(count(sp)?.max(0) as u32)
 }
 
-fn claim(sp: &Connection, device: &[u8], user: &[u8]) -> Result<Option<Claimed>, OpError> {
+fn one_time_count(sp: &Connection, device: &[u8]) -> Result<u32, OpError> {
+    sp.query_row(
+        "SELECT COUNT(*) FROM one_time_key WHERE device = ?1",
+        params![device],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u32)
+    .map_err(sql_err)
+}
+
+fn claim(
+    sp: &Connection,
+    device: &[u8],
+    user: &[u8],
+    one_time: bool,
+) -> Result<Option<Claimed>, OpError> {
     let row: Option<(Vec<u8>, Vec<u8>)> = sp
         .query_row(
             "SELECT user, bundle FROM prekey_bundle WHERE device = ?1",
@@ -1474,6 +1506,9 @@ fn claim(sp: &Connection, device: &[u8], user: &[u8]) -> Result<Option<Claimed>,
     };
     if owner != user {
         return Ok(None);
+    }
+    if !one_time {
+        return Ok(Some((bundle, None)));
     }
     let key: Option<Vec<u8>> = sp
         .query_row(

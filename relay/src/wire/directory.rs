@@ -56,6 +56,9 @@ pub enum Request {
         #[serde(with = "peer_serde::one")]
         device: PeerId,
     },
+    /// How many one-time keys the relay holds for the caller's own device; answered
+    /// `Published`. Cheap, so a device can ask often and top up before it runs out.
+    PrekeyCount,
 }
 
 /// A response on `/tern/directory/1`.
@@ -73,10 +76,11 @@ pub enum Response {
     Prekey {
         /// `tern_crypto::prekey::ClaimedPrekey` bytes.
         claim: ByteBuf,
-        /// Whether it is the fallback key (no one-time key was left).
+        /// Whether it is the fallback key (no one-time key was left, or the relay's claim
+        /// limits held the one-time keys back from this claimer).
         fallback: bool,
     },
-    /// Prekeys stored.
+    /// Prekeys stored (or counted, for `PrekeyCount`).
     Published {
         /// One-time keys the relay now holds for the device.
         one_time_keys: u32,
@@ -110,6 +114,7 @@ mod tests {
                 user: ByteBuf::from(vec![2; USER_ID_BYTES]),
                 device: PeerId::random(),
             },
+            Request::PrekeyCount,
         ] {
             assert_eq!(Request::decode(&r.encode().unwrap()).unwrap(), r);
         }

@@ -163,6 +163,7 @@ fn directory_request() -> impl Strategy<Value = directory::Request> {
         bytes(512).prop_map(|bundle| directory::Request::PublishPrekeys { bundle }),
         (bytes(32), peer())
             .prop_map(|(user, device)| directory::Request::ClaimPrekey { user, device }),
+        Just(directory::Request::PrekeyCount),
     ]
 }
 

@@ -81,6 +81,8 @@ fn relay_config(metrics_port: u16) -> String {
         "metrics = \"127.0.0.1:{metrics_port}\"\n\
          [rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\n\
          deposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n\
+         ip_requests_per_sec = 1000000.0\nip_requests_burst = 1000000.0\n\
+         [connections]\nmax_per_ip = 10000\n\
          [mailbox]\nmax_messages = 1000000\n"
     )
 }

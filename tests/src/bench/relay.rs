@@ -69,8 +69,11 @@ requests_per_sec = 1000000000.0
 requests_burst = 1000000000.0
 deposits_per_sec = 1000000000.0
 deposits_burst = 1000000000.0
+ip_requests_per_sec = 1000000000.0
+ip_requests_burst = 1000000000.0
 [connections]
 max_established = 20000
+max_per_ip = 20000
 max_concurrent_streams = 1024
 ";
 
