@@ -889,6 +889,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                             "disconnected"
                         }
                     );
+                    print_mailbox(&r["mailbox"]);
                 }
             }
             Ok(())
@@ -1446,6 +1447,40 @@ async fn contact(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), Failure
     }
     Ok(())
 }
+
+/// How full this device's mailbox at one relay is, and the senders filling it most.
+fn print_mailbox(m: &Value) {
+    if m.is_null() {
+        return;
+    }
+    let n = |k: &str| m.get(k).and_then(Value::as_u64).unwrap_or(0);
+    println!(
+        "mailbox {} of {} messages waiting ({} from strangers, of {}), {} grants",
+        n("messages"),
+        n("max_messages"),
+        n("intro_messages"),
+        n("intro_max_messages"),
+        n("grants")
+    );
+    let senders = m.get("by_sender").and_then(Value::as_array);
+    for x in senders.into_iter().flatten().take(MAILBOX_SENDERS_SHOWN) {
+        let who = x
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| x.get("user_id").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| format!("unknown device {}", s(x, "device_id")));
+        println!(
+            "  from  {who}: {} messages, {} bytes (share limit {})",
+            x.get("messages").and_then(Value::as_u64).unwrap_or(0),
+            x.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+            n("share_messages")
+        );
+    }
+}
+
+/// Senders `status` lists per mailbox.
+const MAILBOX_SENDERS_SHOWN: usize = 5;
 
 #[cfg(test)]
 mod tests {

@@ -231,6 +231,56 @@ pub struct RelayInfo {
     pub connected: bool,
     /// Whether it is a home relay (else a contact's).
     pub home: bool,
+    /// How full this device's mailbox there is, and by whom (home relays; as last asked,
+    /// about once a minute while connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<MailboxInfo>,
+}
+
+/// A device's mailbox at one of its relays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MailboxInfo {
+    /// Messages waiting.
+    pub messages: u64,
+    /// Ciphertext bytes waiting.
+    pub bytes: u64,
+    /// The mailbox's limits (messages, bytes).
+    pub max_messages: u64,
+    /// Most bytes.
+    pub max_bytes: u64,
+    /// Most messages one sender (or grant) may take.
+    pub share_messages: u64,
+    /// Messages waiting in the introductions share (from senders without a grant).
+    pub intro_messages: u64,
+    /// Most messages the introductions share takes.
+    pub intro_max_messages: u64,
+    /// Grants registered there.
+    pub grants: u32,
+    /// Who fills it, largest first.
+    pub by_sender: Vec<MailboxSender>,
+    /// When the relay was asked (ms since the epoch).
+    pub at_ms: i64,
+}
+
+/// One sender's part of a mailbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MailboxSender {
+    /// `grant` (a granted user, any of its devices), `device` (one device without a grant:
+    /// a contact's by the allow-list, or a stranger's introductions).
+    pub kind: String,
+    /// The user, when known (user id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Their name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The depositing device, for `device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Messages waiting from them.
+    pub messages: u64,
+    /// Bytes waiting from them.
+    pub bytes: u64,
 }
 
 /// The node's state.

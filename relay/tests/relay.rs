@@ -1086,3 +1086,120 @@ fn the_data_directory_and_database_are_private() {
         }
     }
 }
+
+/// A mailbox closed by its owner's grants: a granted sender and an allow-listed contact get
+/// in, each in its own share; strangers only into the capped introductions share; a grant the
+/// owner rotated away (revoked) is refused with `NoGrant`, also after a restart; and the
+/// owner's `Usage` names who fills the mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_shares_and_introductions() {
+    use tern_crypto::grant::Grant;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[mailbox]\nmax_messages = 40\nshare_percent = 25\nintro_max_messages = 6\n\
+               intro_per_sender = 2\n";
+    let mut relay = Relay::start(dir.path(), cfg);
+    let (owner, _) = connect(&relay.tcp).await;
+    let (friend, _) = connect(&relay.tcp).await;
+    let (contact, _) = connect(&relay.tcp).await;
+    let o = owner.local_peer_id();
+    let Some(tern_relay::libp2p::multiaddr::Protocol::P2p(relay_peer)) = relay.tcp.iter().last()
+    else {
+        panic!("relay address without /p2p");
+    };
+    let rb = relay_peer.to_bytes();
+    let (old, new) = (Grant::from_bytes([1; 32]), Grant::from_bytes([2; 32]));
+    owner.set_grants(vec![old.token_hash(&rb)]).await.unwrap();
+    owner
+        .set_allow_list(vec![contact.local_peer_id()])
+        .await
+        .unwrap();
+
+    // The granted friend: its share is a quarter of 40.
+    for _ in 0..10 {
+        friend
+            .deposit_with(vec![o], vec![Some(old.token(&rb))], None, vec![1; 10])
+            .await
+            .unwrap();
+    }
+    let e = friend
+        .deposit_with(vec![o], vec![Some(old.token(&rb))], None, vec![1; 10])
+        .await
+        .unwrap_err();
+    assert_eq!(rejected(e), ErrorCode::ShareFull);
+    // The contact needs no token: the allow-list admits it, in its own share.
+    contact.deposit(vec![o], None, vec![2; 10]).await.unwrap();
+    // Strangers: two each, six in all.
+    let mut took = 0;
+    for _ in 0..5 {
+        let (stranger, _) = connect(&relay.tcp).await;
+        for _ in 0..3 {
+            match stranger.deposit(vec![o], None, vec![3; 10]).await {
+                Ok(_) => took += 1,
+                Err(e) => assert_eq!(rejected(e), ErrorCode::IntroFull),
+            }
+        }
+    }
+    assert_eq!(took, 6);
+    // A stranger with a made-up token is refused outright.
+    let (stranger, _) = connect(&relay.tcp).await;
+    let e = stranger
+        .deposit_with(vec![o], vec![Some([9; 32])], None, vec![3; 10])
+        .await
+        .unwrap_err();
+    assert_eq!(rejected(e), ErrorCode::NoGrant);
+
+    // What the owner sees: its mailbox by share, and which messages were introductions.
+    let u = owner.usage().await.unwrap();
+    assert_eq!(u.total.messages, 17);
+    assert_eq!(u.intro.messages, 6);
+    assert_eq!(u.registered, 1);
+    assert_eq!(u.grants.len(), 1);
+    assert_eq!(u.grants[0].1.messages, 10);
+    assert!(
+        u.senders
+            .iter()
+            .any(|(p, f)| *p == contact.local_peer_id() && f.messages == 1)
+    );
+    let mail = fetch_all(&owner).await;
+    assert_eq!(mail.iter().filter(|m| m.intro).count(), 6);
+
+    // The owner rotates the friend's grant (a revocation); it survives a restart.
+    owner.set_grants(vec![new.token_hash(&rb)]).await.unwrap();
+    drop((owner, friend, contact, stranger));
+    assert!(relay.terminate().success());
+    let relay = Relay::start(dir.path(), cfg);
+    let (friend, _) = connect(&relay.tcp).await;
+    let e = friend
+        .deposit_with(vec![o], vec![Some(old.token(&rb))], None, vec![1; 10])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected(e),
+        ErrorCode::NoGrant,
+        "a revoked grant is refused"
+    );
+    // A fan-out names the refused recipient and reaches the rest.
+    let (other, _) = connect(&relay.tcp).await;
+    let (_, refused) = friend
+        .deposit_with(
+            vec![o, other.local_peer_id()],
+            vec![Some(old.token(&rb)), None],
+            None,
+            vec![1; 10],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!((refused[0].peer, refused[0].code), (o, ErrorCode::NoGrant));
+    // The token made for another relay is worth nothing here.
+    let e = friend
+        .deposit_with(
+            vec![o],
+            vec![Some(new.token(b"another relay"))],
+            None,
+            vec![1; 10],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(rejected(e), ErrorCode::NoGrant);
+}

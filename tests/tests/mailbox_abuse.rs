@@ -158,6 +158,22 @@ fn strangers_flooding_a_mailbox_cannot_shut_out_a_contact() {
         (left == 0.0).then_some(())
     })
     .unwrap();
+    // Bob's status shows his mailbox at the relay with its limits.
+    let mailbox = wait_for("bob's mailbox in his status", WAIT, || {
+        let st = b.json(&["status"]).ok()?;
+        let m = st["relays"][0]["mailbox"].clone();
+        // Grants for Alice and for Bob's own user.
+        (m["grants"].as_u64() >= Some(2)).then_some(m)
+    })
+    .unwrap();
+    assert_eq!(mailbox["max_messages"], 2000, "{mailbox}");
+    assert_eq!(mailbox["intro_max_messages"], 300, "{mailbox}");
+    let text = b.ok(&["status"]).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mailbox ") && l.contains(" of 2000 messages")),
+        "{text}"
+    );
     // The junk is kept apart on Bob's node (bounded), not shown anywhere.
     let conversations = b.json(&["conversations"]).unwrap_or(Value::Null);
     assert_eq!(

@@ -24,7 +24,15 @@ use tern_crypto::{DeviceKeys, UserId};
 use tern_store::Store;
 
 use super::{Engine, relay_peer};
-use crate::{envelope::Body, error::NodeError, home::now_ms, net::rpc};
+use tern_relay::wire::mailbox;
+
+use crate::{
+    envelope::Body,
+    error::NodeError,
+    home::now_ms,
+    net::rpc,
+    types::{MailboxInfo, MailboxSender},
+};
 
 /// Least time between two grants offered to the same user in answer to introductions.
 pub(crate) const GRANT_OFFER_INTERVAL: Duration = Duration::from_secs(60);
@@ -40,6 +48,11 @@ pub(crate) struct Grants {
     registered: HashMap<PeerId, BTreeSet<String>>,
     /// When a grant was last offered to a user in answer to an introduction.
     offered: HashMap<String, Instant>,
+    /// Per home relay, the user each registered token hash stands for (to name the shares
+    /// of the mailbox's usage).
+    hashes: HashMap<PeerId, HashMap<[u8; 32], String>>,
+    /// The mailbox's usage at each home relay, and when it was asked (ms).
+    usage: HashMap<PeerId, (mailbox::Usage, i64)>,
 }
 
 impl std::fmt::Debug for Grants {
@@ -64,6 +77,8 @@ impl Grants {
                 .collect(),
             registered: HashMap::new(),
             offered: HashMap::new(),
+            hashes: HashMap::new(),
+            usage: HashMap::new(),
         })
     }
 
@@ -115,11 +130,16 @@ impl Engine {
                 continue;
             }
             let rb = relay.to_bytes();
-            let hashes: Vec<[u8; 32]> = users
+            let named: HashMap<[u8; 32], String> = users
                 .iter()
-                .filter_map(|u| self.grants.issued(u))
-                .map(|g| g.token_hash(&rb))
+                .filter_map(|u| {
+                    self.grants
+                        .issued(u)
+                        .map(|g| (g.token_hash(&rb), u.clone()))
+                })
                 .collect();
+            let hashes: Vec<[u8; 32]> = named.keys().copied().collect();
+            self.grants.hashes.insert(relay, named);
             self.grants.registered.insert(relay, users.clone());
             let net = self.net.clone();
             let tx = self.internal.clone();
@@ -131,6 +151,82 @@ impl Engine {
                 }
             });
         }
+    }
+
+    /// Asks every connected home relay how full this device's mailbox is (answered as
+    /// [`super::Internal::Usage`]).
+    pub(crate) fn ask_usage(&self) {
+        for relay in self.home_relays.iter().filter_map(relay_peer) {
+            if !self.relay_up.contains(&relay) {
+                continue;
+            }
+            let net = self.net.clone();
+            let tx = self.internal.clone();
+            tokio::spawn(async move {
+                match rpc::usage(&net, relay).await {
+                    Ok(u) => {
+                        let _ = tx.send(super::Internal::Usage(relay, u)).await;
+                    }
+                    Err(e) => tracing::debug!(%relay, "asking for mailbox usage failed: {e}"),
+                }
+            });
+        }
+    }
+
+    /// A home relay said how full this device's mailbox is.
+    pub(crate) fn on_usage(&mut self, relay: PeerId, usage: mailbox::Usage) {
+        self.grants.usage.insert(relay, (usage, now_ms()));
+    }
+
+    /// The mailbox at `relay` as `status` shows it: totals, limits, and who fills it by name
+    /// where this device knows them.
+    pub(crate) fn mailbox_info(&self, relay: PeerId) -> Option<MailboxInfo> {
+        let (u, at_ms) = self.grants.usage.get(&relay)?;
+        let names = self.grants.hashes.get(&relay);
+        let name_of = |user: &str| {
+            self.known(user)
+                .map(|c| c.contact.display_name.clone())
+                .or_else(|| (user == self.user_hex).then(|| "this user".to_owned()))
+        };
+        let mut by_sender: Vec<MailboxSender> = u
+            .grants
+            .iter()
+            .map(|(h, f)| {
+                let user = names.and_then(|n| n.get(h.as_ref())).cloned();
+                MailboxSender {
+                    kind: "grant".into(),
+                    name: user.as_deref().and_then(name_of),
+                    user_id: user,
+                    device_id: None,
+                    messages: f.messages,
+                    bytes: f.bytes,
+                }
+            })
+            .chain(u.senders.iter().map(|(p, f)| {
+                let user = self.device_owner.get(p).cloned();
+                MailboxSender {
+                    kind: "device".into(),
+                    name: user.as_deref().and_then(name_of),
+                    user_id: user,
+                    device_id: Some(p.to_string()),
+                    messages: f.messages,
+                    bytes: f.bytes,
+                }
+            }))
+            .collect();
+        by_sender.sort_by_key(|s| std::cmp::Reverse(s.bytes));
+        Some(MailboxInfo {
+            messages: u.total.messages,
+            bytes: u.total.bytes,
+            max_messages: u.quota.messages,
+            max_bytes: u.quota.bytes,
+            share_messages: u.share_quota.messages,
+            intro_messages: u.intro.messages,
+            intro_max_messages: u.intro_quota.messages,
+            grants: u.registered,
+            by_sender,
+            at_ms: *at_ms,
+        })
     }
 
     /// Registering grants at `relay` failed: it is tried again on the next tick.

@@ -173,6 +173,8 @@ pub(crate) enum Internal {
     LaneDone(lanes::LaneDone),
     /// Registering deposit grants at this home relay failed (tried again on the next tick).
     GrantsFailed(PeerId),
+    /// How full this device's mailbox at a home relay is.
+    Usage(PeerId, tern_relay::wire::mailbox::Usage),
     /// A mailbox drain of this relay finished.
     FetchDone { relay: PeerId },
     /// A page of mail fetched from a relay.
@@ -593,6 +595,7 @@ impl Engine {
                     self.heartbeats += 1;
                     if self.heartbeats.is_multiple_of(6) {
                         self.lists_due = true;
+                        self.ask_usage();
                     }
                     if self.heartbeats.is_multiple_of(crate::consts::PREKEY_CHECK_HEARTBEATS) {
                         self.check_prekeys();
@@ -677,6 +680,9 @@ impl Engine {
             Command::Status(r) => {
                 let peers = self.net.peers().await;
                 let _ = r.send(self.status_info(peers));
+                // The mailbox figures shown are the last asked for; the next status has
+                // fresh ones.
+                self.ask_usage();
             }
             Command::Search { query, reply } => {
                 let _ = reply.send(self.search(&query));
@@ -816,6 +822,7 @@ impl Engine {
         match msg {
             Internal::LaneDone(done) => self.on_lanes_done(vec![done]),
             Internal::GrantsFailed(relay) => self.on_grants_failed(relay),
+            Internal::Usage(relay, usage) => self.on_usage(relay, usage),
             Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
             Internal::FetchDone { relay } => {
                 self.fetching.remove(&relay);
@@ -860,6 +867,7 @@ impl Engine {
         }
         self.push_allow_list();
         self.push_grants(Some(relay));
+        self.ask_usage();
         self.heartbeat();
         self.fetch_mailbox(relay);
     }
@@ -1054,6 +1062,7 @@ impl Engine {
                 addr: a.to_string(),
                 connected: relay_peer(a).is_some_and(|p| self.relay_up.contains(&p)),
                 home: true,
+                mailbox: relay_peer(a).and_then(|p| self.mailbox_info(p)),
             })
             .collect();
         let mut seen: HashSet<PeerId> = home.into_iter().collect();
@@ -1066,6 +1075,7 @@ impl Engine {
                         addr: a.to_string(),
                         connected: self.relay_up.contains(&p),
                         home: false,
+                        mailbox: None,
                     });
                 }
             }
