@@ -1203,3 +1203,60 @@ async fn grants_shares_and_introductions() {
         .unwrap_err();
     assert_eq!(rejected(e), ErrorCode::NoGrant);
 }
+
+/// Below the disk reserve the relay takes nothing new (deposits, registrations) but still
+/// serves what it holds, so mailboxes drain; with room again it takes mail as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_disk_reserve_nothing_new_is_taken_and_mail_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let bob_key = libp2p_key();
+    let bob_of = |relay: &Relay| {
+        Client::connect(
+            bob_key.clone(),
+            relay.tcp.clone(),
+            client::Config::default(),
+        )
+    };
+    let mut relay = Relay::start(dir.path(), "");
+    let (alice, _) = connect(&relay.tcp).await;
+    let (bob, _) = bob_of(&relay).await.unwrap();
+    let b = bob.local_peer_id();
+    alice
+        .deposit(vec![b], None, b"before".to_vec())
+        .await
+        .unwrap();
+    drop((alice, bob));
+    assert!(relay.terminate().success());
+
+    // A reserve no disk has: every write that grows the database is refused.
+    let mut relay = Relay::start(
+        dir.path(),
+        "[storage]\nreserve_bytes = 18000000000000000000\n",
+    );
+    let (alice, _) = connect(&relay.tcp).await;
+    let (bob, _) = bob_of(&relay).await.unwrap();
+    let e = alice
+        .deposit(vec![b], None, b"refused".to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(rejected(e), ErrorCode::StorageFull);
+    let e = bob
+        .set_allow_list(vec![alice.local_peer_id()])
+        .await
+        .unwrap_err();
+    assert_eq!(rejected(e), ErrorCode::StorageFull);
+    // What is held still comes out and is acknowledged.
+    let mail = fetch_all(&bob).await;
+    assert_eq!(mail.len(), 1);
+    assert_eq!(mail[0].ciphertext.as_ref(), b"before");
+    assert_eq!(bob.ack(vec![mail[0].id]).await.unwrap(), 1);
+    drop((alice, bob));
+    assert!(relay.terminate().success());
+
+    let relay = Relay::start(dir.path(), "");
+    let (alice, _) = connect(&relay.tcp).await;
+    alice
+        .deposit(vec![b], None, b"after".to_vec())
+        .await
+        .unwrap();
+}

@@ -65,6 +65,8 @@ fn state_name(s: State) -> &'static str {
     }
 }
 
+/// Longest `contact add` waits for the home relays to take the new allow-list.
+const ALLOW_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 impl Engine {
     pub(crate) fn load_pending_identity(&mut self) {
         let path = self.home.dir().join(PENDING_FILE);
@@ -336,7 +338,10 @@ impl Engine {
         for addr in &parsed.relays {
             let _ = self.net.add_relay(addr.clone(), false).await;
         }
-        self.push_allow_list();
+        // Awaited (bounded): the new contact's devices may deposit without a grant only once
+        // the home relays hold them in the allow-list, and a user who adds a contact and
+        // quits at once must not leave that undone.
+        self.push_allow_list_now().await;
         for relay in self.relay_up.clone() {
             self.subscribe_presence(relay);
         }
@@ -446,16 +451,53 @@ impl Engine {
             .ok_or_else(|| NodeError::UnknownContact(id.clone()))
     }
 
-    /// Tells the home relays which devices may see this device's presence: every active
-    /// device of every contact.
-    pub(crate) fn push_allow_list(&self) {
-        // Contacts only: group members who are not contacts do not see presence.
-        let peers: Vec<PeerId> = self
-            .contacts
+    /// Every active device of every contact: who may see this device's presence and deposit
+    /// to it without a grant. Group members who are not contacts are not in it.
+    fn allow_list(&self) -> Vec<PeerId> {
+        self.contacts
             .values()
             .flat_map(|c| c.devices())
             .filter_map(|(d, _)| device_peer(&d))
+            .collect()
+    }
+
+    /// [`Engine::push_allow_list`], waiting (at most [`ALLOW_LIST_WAIT`]) for the home
+    /// relays to take it.
+    pub(crate) fn push_allow_list_now(
+        &self,
+    ) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let peers = self.allow_list();
+        let relays: Vec<PeerId> = self
+            .home_relays
+            .iter()
+            .filter_map(relay_peer)
+            .filter(|r| self.relay_up.contains(r))
             .collect();
+        let net = self.net.clone();
+        let sets = relays.into_iter().map(|relay| {
+            let (net, peers) = (net.clone(), peers.clone());
+            async move {
+                match tokio::time::timeout(ALLOW_LIST_WAIT, rpc::set_allow_list(&net, relay, peers))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%relay, "setting the allow-list failed: {e}");
+                    }
+                    Err(_) => tracing::debug!(%relay, "setting the allow-list timed out"),
+                }
+            }
+        });
+        let all: Vec<_> = sets.collect();
+        async move {
+            futures::future::join_all(all).await;
+        }
+    }
+
+    /// Tells the home relays which devices may see this device's presence and deposit to
+    /// it without a grant: every active device of every contact.
+    pub(crate) fn push_allow_list(&self) {
+        let peers = self.allow_list();
         for relay in self.home_relays.iter().filter_map(relay_peer) {
             if !self.relay_up.contains(&relay) {
                 continue;

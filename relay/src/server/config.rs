@@ -363,8 +363,15 @@ pub struct StorageConfig {
     /// Default 16,384.
     pub queue_depth: usize,
     /// Largest database size in bytes; deposits beyond it fail with `StorageFull`.
-    /// 0 (default): no limit but the disk.
+    /// Default 8 GiB (0: no limit but the disk).
     pub max_database_bytes: u64,
+    /// Free disk space kept: below it, deposits, publishing and registering fail with
+    /// `StorageFull` while fetches and acks go on. Default 256 MiB (0: none).
+    pub reserve_bytes: u64,
+    /// A device that has not refreshed what it keeps here (prekeys, allow-list, push
+    /// endpoint, grants; a node does at every connect) for this long loses it, and a device
+    /// list not published for this long goes, seconds. Default 60 days.
+    pub device_idle_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -372,7 +379,9 @@ impl Default for StorageConfig {
         Self {
             max_batch: 1024,
             queue_depth: 16_384,
-            max_database_bytes: 0,
+            max_database_bytes: 8 * 1024 * 1024 * 1024,
+            reserve_bytes: 256 * 1024 * 1024,
+            device_idle_secs: 60 * 24 * 3600,
         }
     }
 }
@@ -483,6 +492,9 @@ impl Config {
                 "mailbox.ttl_secs",
                 "ttl and sweep interval must be positive",
             );
+        }
+        if self.storage.device_idle_secs == 0 {
+            return invalid("storage.device_idle_secs", "must be positive");
         }
         if !(1..=100).contains(&self.mailbox.share_percent) {
             return invalid("mailbox.share_percent", "must be 1..=100");

@@ -87,6 +87,8 @@ enum Completion {
         result: Result<(), storage::OpError>,
     },
     Expired(Result<u64, storage::OpError>),
+    /// Registrations of devices not seen for `storage.device_idle_secs` were deleted.
+    DevicesExpired(Result<Vec<PeerId>, storage::OpError>),
     Directory {
         channel: ResponseChannel<Frame>,
         response: dw::Response,
@@ -924,6 +926,23 @@ impl EventLoop {
                 Ok(u) => self.respond_mailbox(channel, mailbox::Response::Usage(u)),
                 Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
             },
+            Completion::DevicesExpired(result) => match result {
+                Ok(gone) => {
+                    if !gone.is_empty() {
+                        tracing::info!(
+                            devices = gone.len(),
+                            "registrations of quiet devices expired"
+                        );
+                    }
+                    for peer in gone {
+                        self.presence.set_allow(peer, &[]);
+                        if self.push_registered.remove(&peer) {
+                            self.push.send(push::Command::Register { peer, url: None });
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "expiring quiet devices failed"),
+            },
             Completion::Expired(result) => match result {
                 Ok(n) => {
                     self.metrics.expired.fetch_add(n, Relaxed);
@@ -1129,6 +1148,20 @@ impl EventLoop {
     fn start_expiry(&mut self) {
         let idle_ms = self.cfg.mailbox.grant_idle_secs.saturating_mul(1000);
         self.grants.expire(now_ms().saturating_sub(idle_ms));
+        let (reply, rx) = oneshot::channel();
+        let device_idle_ms = self.cfg.storage.device_idle_secs.saturating_mul(1000);
+        if self
+            .storage
+            .submit(storage::Op::ExpireDevices {
+                before_ms: now_ms().saturating_sub(device_idle_ms),
+                reply,
+            })
+            .is_ok()
+        {
+            self.pending.push(Box::pin(async move {
+                Completion::DevicesExpired(await_reply(rx).await)
+            }));
+        }
         let (reply, rx) = oneshot::channel();
         if self
             .storage

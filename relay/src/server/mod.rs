@@ -17,6 +17,7 @@ pub mod presence;
 pub mod push;
 pub mod quota;
 pub mod ratelimit;
+pub mod registrations;
 pub mod storage;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -235,6 +236,7 @@ pub async fn run(
                 config.mailbox.intro_per_sender,
             ),
             grant_idle_ms: config.mailbox.grant_idle_secs.saturating_mul(1000),
+            reserve_bytes: config.storage.reserve_bytes,
         },
         metrics.clone(),
     )?;

@@ -30,7 +30,7 @@ use crate::wire::{
 pub const DB_FILE: &str = "relay.sqlite3";
 /// The schema version this build writes (`PRAGMA user_version`); stored records are
 /// versioned by it.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// SQLite page size assumed when turning `max_database_bytes` into `max_page_count`.
 const PAGE_SIZE: u64 = 4096;
 /// Most expired entries deleted in one sweep operation, so a sweep never stalls deposits.
@@ -272,6 +272,14 @@ pub enum Op {
         /// Answer.
         reply: Reply<()>,
     },
+    /// Delete what devices keep here (prekeys, allow-lists, push endpoints, last seen) for
+    /// devices not seen since `before_ms`, and device lists not published since then.
+    ExpireDevices {
+        /// The cutoff (ms since the epoch).
+        before_ms: u64,
+        /// Answer: the devices whose registrations went.
+        reply: Reply<Vec<PeerId>>,
+    },
     /// How full a mailbox is, and by whom.
     Usage {
         /// The device.
@@ -384,6 +392,9 @@ pub struct Settings {
     /// Grants of an owner that has not registered them again for this long are deleted
     /// (ms).
     pub grant_idle_ms: u64,
+    /// Free disk space kept: below it, operations that store more (deposits, publishing,
+    /// registering) fail with `StorageFull` while fetches and acks go on (0: none).
+    pub reserve_bytes: u64,
 }
 
 impl Storage {
@@ -418,16 +429,17 @@ impl Storage {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(wrap)?;
         match version {
-            0 => {
-                migrate_v1(&conn).map_err(wrap)?;
-                migrate_v2(&conn).map_err(wrap)?;
-                migrate_v3(&conn).map_err(wrap)?;
+            0..=3 => {
+                let steps: [fn(&Connection) -> rusqlite::Result<()>; 4] = [
+                    migrate_v1,
+                    migrate_v2,
+                    migrate_v3,
+                    super::registrations::migrate_v4,
+                ];
+                for step in &steps[version as usize..] {
+                    step(&conn).map_err(wrap)?;
+                }
             }
-            1 => {
-                migrate_v2(&conn).map_err(wrap)?;
-                migrate_v3(&conn).map_err(wrap)?;
-            }
-            2 => migrate_v3(&conn).map_err(wrap)?,
             SCHEMA_VERSION => {}
             found => return Err(OpenError::Schema { path, found }),
         }
@@ -441,6 +453,8 @@ impl Storage {
         let (tx, rx) = mpsc::channel(settings.queue_depth);
         let writer = Writer {
             conn,
+            dir: dir.to_path_buf(),
+            low: (false, None),
             usage,
             settings,
             metrics,
@@ -696,6 +710,10 @@ fn load_state(conn: &Connection) -> rusqlite::Result<Loaded> {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
+    /// The data directory (its file system's free space is checked against the reserve).
+    dir: PathBuf,
+    /// Whether free space was below the reserve, and when that was last looked at.
+    low: (bool, Option<Instant>),
     /// Committed fill level of every non-empty mailbox and share in one.
     usage: HashMap<Key, Usage>,
     settings: Settings,
@@ -715,6 +733,7 @@ enum Done {
     Bytes(Reply<Option<Vec<u8>>>, Result<Option<Vec<u8>>, OpError>),
     Claim(Reply<Option<Claimed>>, Result<Option<Claimed>, OpError>),
     Usage(Reply<mailbox::Usage>, Result<mailbox::Usage, OpError>),
+    Peers(Reply<Vec<PeerId>>, Result<Vec<PeerId>, OpError>),
     None,
 }
 
@@ -748,6 +767,7 @@ impl Done {
             Done::Bytes(r, v) => go(r, v, commit_error),
             Done::Claim(r, v) => go(r, v, commit_error),
             Done::Usage(r, v) => go(r, v, commit_error),
+            Done::Peers(r, v) => go(r, v, commit_error),
             Done::None => {}
         }
     }
@@ -796,8 +816,26 @@ impl Writer {
         }
     }
 
+    /// Whether free disk space is below the reserve (looked at most once a second).
+    fn disk_low(&mut self) -> bool {
+        if self.settings.reserve_bytes == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        if self
+            .low
+            .1
+            .is_none_or(|t| now.duration_since(t) >= DISK_CHECK_INTERVAL)
+        {
+            let free = super::blobs::disk::free_bytes(&self.dir).unwrap_or(u64::MAX);
+            self.low = (free < self.settings.reserve_bytes, Some(now));
+        }
+        self.low.0
+    }
+
     fn process_some(&mut self, queue: &mut std::collections::VecDeque<Op>) {
         let started = Instant::now();
+        let low = self.disk_low();
         let mut done = Vec::with_capacity(queue.len());
         let mut delta = Delta::new();
         let mut tx = match self.conn.transaction() {
@@ -812,6 +850,12 @@ impl Writer {
         };
         let mut aborted = None;
         while let Some(op) = queue.pop_front() {
+            // Below the disk reserve nothing that stores more is taken; what frees space
+            // (acks, expiry) and reads go on, so mailboxes drain.
+            if low && op.grows() {
+                done.push(refuse(op, &OpError::Full));
+                continue;
+            }
             let d = apply_in_savepoint(&mut tx, op, &self.usage, &mut delta, &self.settings);
             if tx.is_autocommit() {
                 // SQLite rolled the transaction back: nothing in it will be committed.
@@ -864,8 +908,41 @@ impl Writer {
     }
 }
 
+impl Op {
+    /// Whether the operation stores more than it frees.
+    fn grows(&self) -> bool {
+        matches!(
+            self,
+            Op::Deposit { .. }
+                | Op::SetPush { url: Some(_), .. }
+                | Op::SetAllowList { .. }
+                | Op::SetGrants { .. }
+                | Op::PublishList { .. }
+                | Op::PublishPrekeys { .. }
+        )
+    }
+}
+
+/// How often free disk space is looked at.
+const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most devices whose registrations one sweep deletes.
+const MAX_DEVICES_PER_SWEEP: usize = 10_000;
+
+/// Now, for operations that do not carry it (ms since the epoch).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn fail(op: Op, err: &OpError) {
-    let d = match op {
+    refuse(op, err).send(None);
+}
+
+/// The answer to an operation refused with `err`, to send with the batch.
+fn refuse(op: Op, err: &OpError) -> Done {
+    match op {
         Op::Deposit { reply, .. } => Done::Deposit(reply, Err(err.clone())),
         Op::Fetch { reply, .. } => Done::Fetch(reply, Err(err.clone())),
         Op::Ack { reply, .. } | Op::PublishPrekeys { reply, .. } => {
@@ -881,9 +958,9 @@ fn fail(op: Op, err: &OpError) {
         | Op::SetGrants { reply, .. }
         | Op::Ping { reply } => Done::Unit(reply, Err(err.clone())),
         Op::Usage { reply, .. } => Done::Usage(reply, Err(err.clone())),
+        Op::ExpireDevices { reply, .. } => Done::Peers(reply, Err(err.clone())),
         Op::SetLastSeen { .. } | Op::Shutdown => Done::None,
-    };
-    d.send(None);
+    }
 }
 
 /// Runs one operation in a savepoint; on failure the savepoint (and the operation's usage
@@ -959,19 +1036,23 @@ fn apply_in_savepoint(
             (Done::Expired(reply, r), ok)
         }
         Op::SetPush { owner, url, reply } => {
-            let r = match url {
-                Some(u) => sp.execute(
-                    "INSERT INTO push_endpoint(owner, url) VALUES (?1, ?2)
+            let r = super::registrations::touch(&sp, &owner.to_bytes(), wall_ms())
+                .map_err(sql_err)
+                .and_then(|()| {
+                    match url {
+                        Some(u) => sp.execute(
+                            "INSERT INTO push_endpoint(owner, url) VALUES (?1, ?2)
                      ON CONFLICT(owner) DO UPDATE SET url = excluded.url",
-                    params![owner.to_bytes(), u],
-                ),
-                None => sp.execute(
-                    "DELETE FROM push_endpoint WHERE owner = ?1",
-                    params![owner.to_bytes()],
-                ),
-            }
-            .map(|_| ())
-            .map_err(sql_err);
+                            params![owner.to_bytes(), u],
+                        ),
+                        None => sp.execute(
+                            "DELETE FROM push_endpoint WHERE owner = ?1",
+                            params![owner.to_bytes()],
+                        ),
+                    }
+                    .map(|_| ())
+                    .map_err(sql_err)
+                });
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
@@ -991,7 +1072,9 @@ fn apply_in_savepoint(
             viewers,
             reply,
         } => {
-            let r = set_allow(&sp, owner, &viewers);
+            let r = super::registrations::touch(&sp, &owner.to_bytes(), wall_ms())
+                .map_err(sql_err)
+                .and_then(|()| set_allow(&sp, owner, &viewers));
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
@@ -1001,9 +1084,17 @@ fn apply_in_savepoint(
             now_ms,
             reply,
         } => {
-            let r = set_grants(&sp, owner, &hashes, now_ms);
+            let r = super::registrations::touch(&sp, &owner.to_bytes(), now_ms)
+                .map_err(sql_err)
+                .and_then(|()| set_grants(&sp, owner, &hashes, now_ms));
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
+        }
+        Op::ExpireDevices { before_ms, reply } => {
+            let r = super::registrations::expire(&sp, before_ms, MAX_DEVICES_PER_SWEEP)
+                .map_err(sql_err);
+            let ok = r.is_ok();
+            (Done::Peers(reply, r), ok)
         }
         Op::Usage { owner, reply } => {
             let r = usage_of(&sp, owner, &settings.quota);
@@ -1017,7 +1108,9 @@ fn apply_in_savepoint(
             check,
             reply,
         } => {
-            let r = publish_list(&sp, &user, &body, check);
+            let r = publish_list(&sp, &user, &body, check).and_then(|()| {
+                super::registrations::touch_list(&sp, &user, wall_ms()).map_err(sql_err)
+            });
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
@@ -1034,7 +1127,10 @@ fn apply_in_savepoint(
             check,
             reply,
         } => {
-            let r = publish_prekeys(&sp, &device, &user, &bundle, &one_time, check);
+            let r = publish_prekeys(&sp, &device, &user, &bundle, &one_time, check).and_then(|n| {
+                super::registrations::touch(&sp, &device, wall_ms()).map_err(sql_err)?;
+                Ok(n)
+            });
             let ok = r.is_ok();
             (Done::Count(reply, r), ok)
         }
@@ -1079,6 +1175,7 @@ fn apply_in_savepoint(
                     Done::Bytes(r, _) => Done::Bytes(r, Err(err)),
                     Done::Claim(r, _) => Done::Claim(r, Err(err)),
                     Done::Usage(r, _) => Done::Usage(r, Err(err)),
+                    Done::Peers(r, _) => Done::Peers(r, Err(err)),
                     Done::None => Done::None,
                 }
             }
@@ -1534,6 +1631,7 @@ mod tests {
             max_database_bytes: 0,
             quota: Quota::new(max_messages, 1 << 20, 100, 4, 1 << 20, 2),
             grant_idle_ms: 10_000,
+            reserve_bytes: 0,
         }
     }
 

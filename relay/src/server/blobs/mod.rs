@@ -36,7 +36,7 @@ use crate::{
     wire::{ErrorCode, stream},
 };
 
-mod disk;
+pub(crate) mod disk;
 mod upload;
 
 pub use disk::free_bytes;
