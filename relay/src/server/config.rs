@@ -335,6 +335,10 @@ pub struct ConnectionConfig {
     pub idle_timeout_secs: u64,
     /// Most concurrent request streams per connection and protocol. Default 64.
     pub max_concurrent_streams: usize,
+    /// Bytes of requests being read, all connections together: a request holds its share
+    /// (16 KiB at a time) until it is complete, so slow or unfinished requests make reads
+    /// wait instead of growing memory. Default 64 MiB (at least 1 MiB).
+    pub read_budget_bytes: usize,
     /// A request not answered within this many seconds fails. Default 30.
     pub request_timeout_secs: u64,
 }
@@ -348,6 +352,7 @@ impl Default for ConnectionConfig {
             max_pending_incoming: 256,
             idle_timeout_secs: 300,
             max_concurrent_streams: 64,
+            read_budget_bytes: 64 * 1024 * 1024,
             request_timeout_secs: 30,
         }
     }
@@ -564,6 +569,11 @@ impl Config {
         }
         if self.prekeys.claim_window_secs == 0 {
             return invalid("prekeys.claim_window_secs", "must be positive");
+        }
+        if self.connections.read_budget_bytes < 1024 * 1024
+            || self.connections.read_budget_bytes > u32::MAX as usize
+        {
+            return invalid("connections.read_budget_bytes", "must be 1 MiB ..= 4 GiB");
         }
         if self.connections.max_concurrent_streams == 0 {
             return invalid("connections.max_concurrent_streams", "must be positive");

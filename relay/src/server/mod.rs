@@ -142,9 +142,10 @@ fn rr(
     protocol: StreamProtocol,
     codec: crate::wire::FrameCodec,
     cfg: &config::ConnectionConfig,
+    budget: &Arc<tokio::sync::Semaphore>,
 ) -> request_response::Behaviour<crate::wire::FrameCodec> {
     request_response::Behaviour::with_codec(
-        codec,
+        codec.with_budget(budget.clone()),
         [(protocol, request_response::ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(Duration::from_secs(cfg.request_timeout_secs))
@@ -159,6 +160,8 @@ fn build_swarm(
 ) -> Result<libp2p::Swarm<Behaviour>, RunError> {
     let conn = cfg.connections.clone();
     let circuit = cfg.circuit.clone();
+    // One read budget for the requests of every protocol and connection.
+    let budget = Arc::new(tokio::sync::Semaphore::new(conn.read_budget_bytes));
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -186,9 +189,9 @@ fn build_swarm(
                 ),
                 ping: ping::Behaviour::default(),
                 relay: relay::Behaviour::new(peer_id, relay_config(&circuit)),
-                mailbox: rr(mailbox::PROTOCOL, mailbox::codec(), &conn),
-                presence: rr(presence_wire::PROTOCOL, presence_wire::codec(), &conn),
-                directory: rr(directory_wire::PROTOCOL, directory_wire::codec(), &conn),
+                mailbox: rr(mailbox::PROTOCOL, mailbox::codec(), &conn, &budget),
+                presence: rr(presence_wire::PROTOCOL, presence_wire::codec(), &conn, &budget),
+                directory: rr(directory_wire::PROTOCOL, directory_wire::codec(), &conn, &budget),
                 live: crate::live::Behaviour::server(),
                 blob: libp2p_stream::Behaviour::new(),
             }
