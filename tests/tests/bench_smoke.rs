@@ -1,12 +1,20 @@
 //! `tern-bench --quick` runs each suite on tiny sizes and emits well-formed JSON rows, so the
 //! harness cannot rot between benchmark runs. The figures themselves are not checked here:
-//! timings belong to the benchmark, not to pass/fail tests.
+//! timings belong to the benchmark, not to pass/fail tests. The relay suite needs the
+//! `tern-relay` binary (`cargo build -p tern-relay --features server`); the test builds it
+//! when it is missing.
 
 use std::process::Command;
 
 fn run_quick(suite: &str) -> Vec<serde_json::Value> {
+    run_quick_with(suite, &[])
+}
+
+/// [`run_quick`] with extra environment variables.
+fn run_quick_with(suite: &str, env: &[(&str, &std::ffi::OsStr)]) -> Vec<serde_json::Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_tern-bench"))
         .args([suite, "--quick", "--json"])
+        .envs(env.iter().copied())
         .output()
         .expect("tern-bench starts");
     assert!(
@@ -42,6 +50,69 @@ fn crypto_suite_reports_every_figure_with_its_baseline() {
             assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
         }
         assert!(row["unit"].is_string() && row["baseline"].is_string());
+    }
+}
+
+#[test]
+fn relay_suite_reports_every_figure_with_its_baseline() {
+    // The suite starts the relay binary from this target directory (built here if missing).
+    let relay = tern_tests::support::bin("tern-relay");
+    assert!(
+        relay.exists(),
+        "no tern-relay binary at {}",
+        relay.display()
+    );
+    let rows = run_quick_with("relay", &[("TERN_RELAY_BIN", relay.as_os_str())]);
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["bench"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {rows:?}"))
+    };
+    for name in [
+        "relay.deposit_throughput",
+        "relay.deposit_ack_p50",
+        "relay.deposit_ack_p99",
+        "relay.push_p50",
+        "relay.push_p99",
+        "relay.flood_deposit_p50",
+        "relay.flood_deposit_p99",
+        "relay.flood_ip_limited_deposit_p50",
+        "relay.flood_ip_limited_deposit_p99",
+    ] {
+        let r = row(name);
+        for field in ["value", "baseline_value", "ratio"] {
+            let v = r[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}.{field} not a number"));
+            assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
+        }
+        assert!(r["unit"].is_string() && r["baseline"].is_string());
+    }
+    for prefix in ["relay.flood", "relay.flood_ip_limited"] {
+        // Correctness, not timing: the suite fails its run otherwise, and says so here.
+        assert_eq!(
+            row(&format!("{prefix}_legit_refused"))["value"].as_f64(),
+            Some(0.0)
+        );
+        let accepted = row(&format!("{prefix}_attacker_accepted"));
+        let (took, share) = (
+            accepted["value"].as_f64().unwrap_or(f64::NAN),
+            accepted["baseline_value"].as_f64().unwrap_or(f64::NAN),
+        );
+        assert!(took >= 0.0 && took <= share, "{accepted}");
+        for name in ["victim_mailbox", "victim_intro"] {
+            let r = row(&format!("{prefix}_{name}"));
+            assert!(
+                r["value"].as_f64().is_some_and(f64::is_finite)
+                    && r["baseline_value"].as_f64().is_some_and(|v| v > 0.0),
+                "{r}"
+            );
+        }
+        assert!(
+            row(&format!("{prefix}_attack_rate"))["value"]
+                .as_f64()
+                .is_some_and(f64::is_finite)
+        );
     }
 }
 

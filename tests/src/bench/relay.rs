@@ -13,6 +13,31 @@
 //!   same rate.
 //! - `relay.idle_connection_bytes`: growth of the relay's resident memory per idle
 //!   connection with thousands of clients connected.
+//! - `relay.flood_deposit_p50` / `_p99`: ms from a legitimate sender's deposit to its
+//!   acknowledgement while strangers flood the same mailbox, against the same legitimate load
+//!   with no attacker on the same relay in the same run. The victim registers one grant
+//!   (`SetGrants`), so its mailbox is closed, and stays offline for its mail (connected, never
+//!   listening, fetching or acknowledging: the worst case for filling). The legitimate sender,
+//!   a fresh identity on its own thread and runtime, deposits 1 KiB under that grant at
+//!   [`FLOOD_RATE`]/s (within the relay's default per-peer rates). 100 attacking identities,
+//!   one connection each, [`ATTACK_IN_FLIGHT`] deposits in flight each, deposit 1 KiB of junk
+//!   for as long as the legitimate sender runs, waiting only when told `RateLimited`; every
+//!   fourth shows a made-up token, the others none. The relay keeps its defaults (mailbox of
+//!   10,000 messages, 25 % shares, introductions share of 1,000, 200 per sender, per-peer
+//!   rates) except the per-IP limits, raised ([`FLOOD_CONFIG`]) so the attackers, all on
+//!   127.0.0.1, stand for attackers on many addresses and meet the mailbox's rules rather
+//!   than the per-IP limit; the victim and the legitimate sender connect over `::1`. The
+//!   relay, the attackers and the legitimate sender share the machine's cores, so the ratio
+//!   also counts the CPU the attackers' own clients take. Reported with it:
+//!   `relay.flood_legit_refused` (the run fails if it is not 0), `_attacker_accepted`
+//!   against the introductions share and `_attacker_accepted_max_per_identity`,
+//!   `_attacker_refused_<code>` per refusal reason (`intro_full`, `no_grant`,
+//!   `rate_limited`, `transport`…), `_attack_rate` (attacker deposits answered per second),
+//!   and the victim's mailbox as the relay counts it afterwards (`Usage`):
+//!   `_victim_mailbox` against its quota and `_victim_intro` against the introductions share.
+//! - `relay.flood_ip_limited_*`: the same figures with the relay's default per-IP limits
+//!   ([`FLOOD_IP_CONFIG`]: 2,000 requests/s, bursts of 4,000, shared by all the attackers on
+//!   127.0.0.1), against the same baseline.
 //! - `relay.*_vs_mosquitto`: the same deposit load and paced live delivery against a
 //!   Mosquitto broker (QoS 1, persistence on) when `mosquitto` is installed; reported as
 //!   skipped otherwise. See [`mosquitto`].
@@ -21,16 +46,18 @@
 //! `cargo build --release -p tern-relay --features server -p tern-tests`.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
+use tern_crypto::grant::Grant;
 use tern_relay::{
     Multiaddr, PeerId,
     client::{self, Client, Event, Keypair, Proto},
@@ -38,7 +65,7 @@ use tern_relay::{
         self, SwarmBuilder, futures::StreamExt, noise, request_response, swarm::SwarmEvent, tcp,
         yamux,
     },
-    wire::{Frame, mailbox},
+    wire::{ErrorCode, Frame, mailbox},
 };
 
 use super::{Opts, Report, per_sec, quantile};
@@ -58,6 +85,32 @@ const PUSH_RATE: u64 = 1000;
 const SQLITE_BATCH: usize = 128;
 /// Longest wait for the relay to start or a client to connect.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Deposits per second from the legitimate sender in the flood runs.
+const FLOOD_RATE: u64 = 200;
+/// Deposits each attacking identity keeps in flight on its one connection.
+const ATTACK_IN_FLIGHT: usize = 4;
+/// Longest an attacker waits after `RateLimited` before trying again.
+const ATTACK_MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait, beyond the paced sending time, for the legitimate sender to finish or for the
+/// attackers' last requests after they are told to stop.
+const FLOOD_WAIT: Duration = Duration::from_secs(120);
+/// Where the flood runs' relay listens: attackers connect over IPv4, the victim and the
+/// legitimate sender over IPv6, so each side has its own per-IP allowance.
+const FLOOD_LISTEN: &[&str] = &["/ip4/127.0.0.1/tcp/0", "/ip6/::1/tcp/0"];
+/// The flood run's relay: its defaults (mailbox and share quotas, per-peer rates) except the
+/// per-IP limits, raised so that attackers on one loopback address stand for attackers on
+/// as many addresses and meet the mailbox's rules, not the per-IP limit.
+const FLOOD_CONFIG: &str = "
+[rate]
+ip_requests_per_sec = 1000000000.0
+ip_requests_burst = 1000000000.0
+[connections]
+max_per_ip = 20000
+";
+/// The per-IP flood run's relay: the relay's defaults throughout, so the attackers, all on
+/// one address, share one per-IP allowance.
+const FLOOD_IP_CONFIG: &str = "";
 
 /// Limits high enough that the benchmark measures the relay, not its abuse protection.
 const BENCH_CONFIG: &str = "
@@ -165,6 +218,34 @@ async fn run_async(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let per_conn = idle_connection_bytes(&fresh, idle).await?;
     report.value("relay.idle_connection_bytes", per_conn, "bytes");
     drop(fresh);
+
+    // A closed mailbox under a flood of strangers: the same legitimate load alone, then with
+    // the attackers, on one relay; then with the attackers on a relay with default per-IP
+    // limits.
+    let legit = opts.size(800, 40);
+    let identities = opts.size(100, 10);
+    let flood_relay = RelayProcess::start_with(FLOOD_CONFIG, FLOOD_LISTEN)?;
+    let alone = flood_run(&flood_relay, 1, legit, 0).await?;
+    if !alone.legit.refused.is_empty() {
+        bail!(
+            "the relay refused legitimate deposits with no attacker ({:?}); the flood \
+             baseline is invalid",
+            alone.legit.refused
+        );
+    }
+    let mut baseline = alone.legit.latencies;
+    let mut flooded = flood_run(&flood_relay, 2, legit, identities).await?;
+    drop(flood_relay);
+    report_flood(report, "relay.flood", &mut baseline, &mut flooded)?;
+    let ip_relay = RelayProcess::start_with(FLOOD_IP_CONFIG, FLOOD_LISTEN)?;
+    let mut ip_limited = flood_run(&ip_relay, 3, legit, identities).await?;
+    drop(ip_relay);
+    report_flood(
+        report,
+        "relay.flood_ip_limited",
+        &mut baseline,
+        &mut ip_limited,
+    )?;
 
     mosquitto(
         report,
@@ -699,11 +780,310 @@ async fn futures_join(count: usize, addr: &Multiaddr) -> anyhow::Result<Vec<Clie
         .collect()
 }
 
+/// A legitimate sender's paced deposits into one mailbox: each accepted deposit's time to
+/// its acknowledgement, and the refused ones by reason.
+#[derive(Debug, Default)]
+struct LegitOutcome {
+    latencies: Vec<Duration>,
+    refused: BTreeMap<String, usize>,
+}
+
+/// What the attacking identities got, all together.
+#[derive(Debug, Default)]
+struct AttackTally {
+    /// Deposits answered (accepted or refused).
+    attempts: usize,
+    /// Deposits the relay took.
+    accepted: usize,
+    /// The most any one identity got taken.
+    max_per_identity: usize,
+    /// Refusals by reason (an error code, or `transport`).
+    refused: BTreeMap<String, usize>,
+}
+
+impl AttackTally {
+    fn add(&mut self, other: AttackTally) {
+        self.attempts += other.attempts;
+        self.accepted += other.accepted;
+        self.max_per_identity = self.max_per_identity.max(other.max_per_identity);
+        for (k, v) in other.refused {
+            *self.refused.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// One flood run: the legitimate sender's outcome, the attack's, how long the attack ran and
+/// the victim's mailbox as the relay counts it afterwards.
+#[derive(Debug)]
+struct FloodRun {
+    legit: LegitOutcome,
+    attack: AttackTally,
+    attack_time: Duration,
+    usage: mailbox::Usage,
+}
+
+/// `snake_case` name of an error code for a figure's name (`IntroFull` → `intro_full`).
+fn code_name(code: ErrorCode) -> String {
+    if let ErrorCode::Other(n) = code {
+        return format!("code_{n}");
+    }
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Why a deposit to one recipient was not taken, or `None` if it was.
+fn refusal_of(r: &Result<(u64, Vec<mailbox::Refusal>), client::RequestError>) -> Option<String> {
+    match r {
+        Ok((_, refused)) => refused.first().map(|f| code_name(f.code)),
+        Err(client::RequestError::Rejected(rej)) => Some(code_name(rej.code)),
+        Err(_) => Some("transport".to_owned()),
+    }
+}
+
+/// The legitimate sender, on a thread and single-threaded runtime of its own (so its timing
+/// does not queue behind the attackers' tasks in the bench's runtime): connects to `addr`
+/// with a fresh identity and deposits `n` [`CIPHERTEXT`]-byte messages for `to` with
+/// `token`, one every 1/[`FLOOD_RATE`] s whether or not earlier ones were acknowledged.
+fn legit_load(
+    addr: Multiaddr,
+    to: PeerId,
+    token: [u8; 32],
+    n: usize,
+) -> anyhow::Result<LegitOutcome> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (sender, _events) = connect(&addr).await?;
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FLOOD_RATE));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut sends = Vec::with_capacity(n);
+        for i in 0..n {
+            tick.tick().await;
+            let mut body = vec![0x4c; CIPHERTEXT];
+            body[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let s = sender.clone();
+            sends.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = s
+                    .deposit_with(vec![to], vec![Some(token)], None, body)
+                    .await;
+                (t.elapsed(), refusal_of(&r))
+            }));
+        }
+        let mut out = LegitOutcome::default();
+        for s in sends {
+            match s.await.context("legitimate deposit task")? {
+                (d, None) => out.latencies.push(d),
+                (_, Some(why)) => *out.refused.entry(why).or_default() += 1,
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// One attacking identity: [`ATTACK_IN_FLIGHT`] loops on its one connection depositing 1 KiB
+/// of junk for `to` until `stop`, each waiting only when told `RateLimited` (for the
+/// `retry_after_ms` given, at most [`ATTACK_MAX_BACKOFF`]). Every fourth identity shows a
+/// made-up token, the others none.
+async fn attacker(c: Client, i: usize, to: PeerId, stop: Arc<AtomicBool>) -> AttackTally {
+    let tokens = if i % 4 == 3 {
+        vec![Some([(i as u8) ^ 0xa5; 32])]
+    } else {
+        Vec::new()
+    };
+    let loops = (0..ATTACK_IN_FLIGHT).map(|l| {
+        let (c, tokens, stop) = (c.clone(), tokens.clone(), stop.clone());
+        async move {
+            let mut t = AttackTally::default();
+            let junk = vec![(i * ATTACK_IN_FLIGHT + l) as u8; CIPHERTEXT];
+            while !stop.load(Ordering::Relaxed) {
+                let r = c
+                    .deposit_with(vec![to], tokens.clone(), None, junk.clone())
+                    .await;
+                t.attempts += 1;
+                match refusal_of(&r) {
+                    None => t.accepted += 1,
+                    Some(why) => *t.refused.entry(why).or_default() += 1,
+                }
+                if let Err(client::RequestError::Rejected(rej)) = &r
+                    && rej.code == ErrorCode::RateLimited
+                {
+                    let wait = Duration::from_millis(rej.retry_after_ms.unwrap_or(10));
+                    tokio::time::sleep(wait.min(ATTACK_MAX_BACKOFF)).await;
+                }
+            }
+            t
+        }
+    });
+    let mut all = AttackTally::default();
+    for t in libp2p::futures::future::join_all(loops).await {
+        all.add(t);
+    }
+    all.max_per_identity = all.accepted;
+    all
+}
+
+/// One flood run on `relay`: a fresh victim (on the relay's IPv6 address) registers grant
+/// `[phase; 32]`; `identities` attackers connect (on its IPv4 address) and flood the victim
+/// while the legitimate sender (IPv6) makes `legit` deposits under that grant; then the
+/// attackers stop and the victim asks for its mailbox's usage. The victim never listens,
+/// fetches or acknowledges: it is offline as far as its mail goes, the worst case for filling.
+async fn flood_run(
+    relay: &RelayProcess,
+    phase: u8,
+    legit: usize,
+    identities: usize,
+) -> anyhow::Result<FloodRun> {
+    let (victim, _victim_events) = connect(relay.addr_of(true)?).await?;
+    let relay_id = victim.relay_peer_id().to_bytes();
+    let grant = Grant::from_bytes([phase; 32]);
+    victim
+        .set_grants(vec![grant.token_hash(&relay_id)])
+        .await
+        .context("the victim registers its grant")?;
+    let token = grant.token(&relay_id);
+    let to = victim.local_peer_id();
+
+    let v4 = relay.addr_of(false)?;
+    let mut attackers = Vec::with_capacity(identities);
+    for chunk in 0..identities.div_ceil(50) {
+        attackers.extend(futures_join(50.min(identities - chunk * 50), v4).await?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks: Vec<_> = attackers
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| tokio::spawn(attacker(c, i, to, stop.clone())))
+        .collect();
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let v6 = relay.addr_of(true)?.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(legit_load(v6, to, token, legit));
+    });
+    let bound = Duration::from_secs_f64(legit as f64 / FLOOD_RATE as f64) + FLOOD_WAIT;
+    let outcome = tokio::time::timeout(bound, rx).await;
+    stop.store(true, Ordering::Relaxed);
+    let legit = outcome
+        .with_context(|| format!("the legitimate sender did not finish within {bound:?}"))?
+        .context("legitimate sender thread")??;
+
+    let deadline = tokio::time::Instant::now() + FLOOD_WAIT;
+    let mut attack = AttackTally::default();
+    for t in tasks {
+        let one = tokio::time::timeout_at(deadline, t)
+            .await
+            .with_context(|| format!("attackers still busy {FLOOD_WAIT:?} after the stop"))?
+            .context("attacker task")?;
+        attack.add(one);
+    }
+    let attack_time = started.elapsed();
+    let usage = victim.usage().await.context("the victim's usage")?;
+    Ok(FloodRun {
+        legit,
+        attack,
+        attack_time,
+        usage,
+    })
+}
+
+/// Reports a flood run under `prefix` against the no-attacker `baseline` latencies; fails the
+/// run if a legitimate deposit was refused or the attackers got past the introductions share.
+fn report_flood(
+    report: &mut Report,
+    prefix: &str,
+    baseline: &mut [Duration],
+    run: &mut FloodRun,
+) -> anyhow::Result<()> {
+    for (name, q) in [("deposit_p50", 0.5), ("deposit_p99", 0.99)] {
+        report.compare(
+            &format!("{prefix}_{name}"),
+            ms(quantile(&mut run.legit.latencies, q)),
+            "ms",
+            "same legit load, no attacker",
+            ms(quantile(baseline, q)),
+        );
+    }
+    let legit_refused: usize = run.legit.refused.values().sum();
+    report.value(
+        &format!("{prefix}_legit_refused"),
+        legit_refused as f64,
+        "msg",
+    );
+    let intro_quota = run.usage.intro_quota.messages as f64;
+    report.compare(
+        &format!("{prefix}_attacker_accepted"),
+        run.attack.accepted as f64,
+        "msg",
+        "introductions share (messages)",
+        intro_quota,
+    );
+    report.value(
+        &format!("{prefix}_attacker_accepted_max_per_identity"),
+        run.attack.max_per_identity as f64,
+        "msg",
+    );
+    for (why, n) in &run.attack.refused {
+        report.value(
+            &format!("{prefix}_attacker_refused_{why}"),
+            *n as f64,
+            "msg",
+        );
+    }
+    report.value(
+        &format!("{prefix}_attack_rate"),
+        per_sec(run.attack.attempts, run.attack_time),
+        "req/s",
+    );
+    report.compare(
+        &format!("{prefix}_victim_mailbox"),
+        run.usage.total.messages as f64,
+        "msg",
+        "mailbox quota (messages)",
+        run.usage.quota.messages as f64,
+    );
+    report.compare(
+        &format!("{prefix}_victim_intro"),
+        run.usage.intro.messages as f64,
+        "msg",
+        "introductions share (messages)",
+        intro_quota,
+    );
+    if legit_refused > 0 {
+        bail!(
+            "{prefix}: the relay refused {legit_refused} of the legitimate sender's deposits \
+             ({:?}); the latency figures are invalid",
+            run.legit.refused
+        );
+    }
+    if run.attack.accepted as f64 > intro_quota {
+        bail!(
+            "{prefix}: the relay took {} attacker deposits, more than the introductions share \
+             ({intro_quota})",
+            run.attack.accepted
+        );
+    }
+    Ok(())
+}
+
 /// A `tern-relay` child process on 127.0.0.1 with the benchmark configuration; killed on
 /// drop.
 struct RelayProcess {
     child: Child,
     addr: Multiaddr,
+    addrs: Vec<Multiaddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -722,20 +1102,30 @@ fn relay_binary() -> anyhow::Result<PathBuf> {
 }
 
 impl RelayProcess {
+    /// The relay with [`BENCH_CONFIG`], listening on 127.0.0.1.
     fn start() -> anyhow::Result<Self> {
+        Self::start_with(BENCH_CONFIG, &["/ip4/127.0.0.1/tcp/0"])
+    }
+
+    /// The relay with `config` (TOML after `data_dir` and `listen`), listening on `listen`
+    /// (each with port 0); waits until it has printed an address for each. `addr` is the
+    /// first, `addrs` all of them in the order printed.
+    fn start_with(config: &str, listen: &[&str]) -> anyhow::Result<Self> {
         use std::io::{BufRead, BufReader};
         let dir = tempfile::tempdir()?;
-        let config = dir.path().join("relay.toml");
+        let path = dir.path().join("relay.toml");
+        let listen: Vec<String> = listen.iter().map(|l| format!("{l:?}")).collect();
         std::fs::write(
-            &config,
+            &path,
             format!(
-                "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n{BENCH_CONFIG}",
-                dir.path().join("data").display().to_string()
+                "data_dir = {:?}\nlisten = [{}]\n{config}",
+                dir.path().join("data").display().to_string(),
+                listen.join(", ")
             ),
         )?;
         let mut child = Command::new(relay_binary()?)
             .arg("--config")
-            .arg(&config)
+            .arg(&path)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -752,23 +1142,57 @@ impl RelayProcess {
             }
         });
         let deadline = Instant::now() + START_TIMEOUT;
-        loop {
+        let mut addrs: Vec<Multiaddr> = Vec::with_capacity(listen.len());
+        while addrs.len() < listen.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
-                    bail!("tern-relay printed no address within {START_TIMEOUT:?}");
+                    let _ = child.wait();
+                    bail!(
+                        "tern-relay printed {} of {} addresses within {START_TIMEOUT:?}",
+                        addrs.len(),
+                        listen.len()
+                    );
                 }
             };
             if line.starts_with('/') && line.contains("/tcp/") {
-                return Ok(Self {
-                    addr: line.parse()?,
-                    child,
-                    _dir: dir,
-                });
+                match line.parse() {
+                    Ok(a) => addrs.push(a),
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        bail!("tern-relay printed a bad address {line:?}: {e}");
+                    }
+                }
             }
         }
+        Ok(Self {
+            addr: addrs[0].clone(),
+            addrs,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// The first printed address whose first component is `ip4` or `ip6`.
+    fn addr_of(&self, ip6: bool) -> anyhow::Result<&Multiaddr> {
+        self.addrs
+            .iter()
+            .find(|a| {
+                matches!(
+                    (a.iter().next(), ip6),
+                    (Some(libp2p::multiaddr::Protocol::Ip4(_)), false)
+                        | (Some(libp2p::multiaddr::Protocol::Ip6(_)), true)
+                )
+            })
+            .with_context(|| {
+                format!(
+                    "the relay has no {} address",
+                    if ip6 { "IPv6" } else { "IPv4" }
+                )
+            })
     }
 }
 
