@@ -1260,3 +1260,76 @@ async fn below_the_disk_reserve_nothing_new_is_taken_and_mail_drains() {
         .await
         .unwrap();
 }
+
+/// A peer that keeps depositing with tokens the owner never registered is disconnected and
+/// its reconnections refused for a while; an honest peer on the same relay is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_grant_refusals_get_a_peer_banned() {
+    use tern_crypto::grant::Grant;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[rate]\nrefusals_per_sec = 0.01\nrefusals_burst = 5.0\nban_secs = 600\n";
+    let relay = Relay::start(dir.path(), cfg);
+    let (owner, _) = connect(&relay.tcp).await;
+    let o = owner.local_peer_id();
+    let Some(tern_relay::libp2p::multiaddr::Protocol::P2p(relay_peer)) = relay.tcp.iter().last()
+    else {
+        panic!("relay address without /p2p");
+    };
+    let friend_grant = Grant::from_bytes([5; 32]);
+    owner
+        .set_grants(vec![friend_grant.token_hash(&relay_peer.to_bytes())])
+        .await
+        .unwrap();
+
+    let bad_key = libp2p_key();
+    let (bad, _) = Client::connect(
+        bad_key.clone(),
+        relay.tcp.clone(),
+        client::Config::default(),
+    )
+    .await
+    .unwrap();
+    let mut refused = 0;
+    let mut cut_off = false;
+    for _ in 0..20 {
+        match bad
+            .deposit_with(vec![o], vec![Some([9; 32])], None, vec![1; 8])
+            .await
+        {
+            Err(RequestError::Rejected(r)) => {
+                assert_eq!(r.code, ErrorCode::NoGrant);
+                refused += 1;
+            }
+            Err(_) => {
+                cut_off = true;
+                break;
+            }
+            Ok(_) => panic!("a made-up token is never taken"),
+        }
+    }
+    assert!(cut_off, "the peer was disconnected");
+    assert!(refused <= 6, "after its allowance ({refused} refusals)");
+    eventually("the ban in the metrics", || async {
+        (relay.metric("tern_relay_peers_banned_total").await == 1.0).then_some(())
+    })
+    .await;
+    // Coming back under the same identity does not help.
+    let back = Client::connect(bad_key, relay.tcp.clone(), client::Config::default()).await;
+    if let Ok((c, _)) = back {
+        assert!(
+            c.deposit(vec![o], None, vec![1; 8]).await.is_err(),
+            "a banned peer's requests are not served"
+        );
+    }
+    // A granted friend still deposits.
+    let (friend, _) = connect(&relay.tcp).await;
+    friend
+        .deposit_with(
+            vec![o],
+            vec![Some(friend_grant.token(&relay_peer.to_bytes()))],
+            None,
+            vec![2; 8],
+        )
+        .await
+        .unwrap();
+}

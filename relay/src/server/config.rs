@@ -212,6 +212,14 @@ pub struct RateConfig {
     pub ip_requests_per_sec: f64,
     /// Burst of requests per IP address (IPv6 /64). Default 4000.
     pub ip_requests_burst: f64,
+    /// Refusals of deposits without a valid grant (`IntroFull`, `NoGrant`) tolerated per
+    /// second per peer; beyond `refusals_burst` of them the peer is disconnected and banned
+    /// for `ban_secs`. Default 2.
+    pub refusals_per_sec: f64,
+    /// Such refusals a peer may collect at once. Default 200.
+    pub refusals_burst: f64,
+    /// How long a banned peer's connections are refused, seconds. Default 300.
+    pub ban_secs: u64,
 }
 
 impl Default for RateConfig {
@@ -223,6 +231,9 @@ impl Default for RateConfig {
             deposits_burst: 1000.0,
             ip_requests_per_sec: 2000.0,
             ip_requests_burst: 4000.0,
+            refusals_per_sec: 2.0,
+            refusals_burst: 200.0,
+            ban_secs: 300,
         }
     }
 }
@@ -515,6 +526,8 @@ impl Config {
             ("rate.requests_burst", self.rate.requests_burst),
             ("rate.deposits_per_sec", self.rate.deposits_per_sec),
             ("rate.deposits_burst", self.rate.deposits_burst),
+            ("rate.refusals_per_sec", self.rate.refusals_per_sec),
+            ("rate.refusals_burst", self.rate.refusals_burst),
             ("rate.ip_requests_per_sec", self.rate.ip_requests_per_sec),
             ("rate.ip_requests_burst", self.rate.ip_requests_burst),
         ] {

@@ -51,6 +51,8 @@ enum Completion {
         size: usize,
         /// Recipients refused before storage (a wrong grant).
         refused: Vec<mailbox::Refusal>,
+        /// The depositing peer.
+        sender: PeerId,
         result: Result<storage::Deposited, storage::OpError>,
     },
     Fetch {
@@ -148,6 +150,8 @@ pub(crate) struct EventLoop {
     presence: Presence,
     /// Registered deposit grants of closed mailboxes.
     grants: super::grants::Grants,
+    /// Refusals counted per peer, and bans.
+    penalties: super::penalty::Penalties,
     requests: Limiter<PeerId>,
     deposits: Limiter<PeerId>,
     /// Requests per IP address (IPv6 /64), shared by every PeerId connecting from it.
@@ -185,6 +189,11 @@ impl EventLoop {
         presence.load(loaded.last_seen, loaded.allow);
         Self {
             grants: super::grants::Grants::load(loaded.grants),
+            penalties: super::penalty::Penalties::new(
+                cfg.rate.refusals_per_sec,
+                cfg.rate.refusals_burst,
+                Duration::from_secs(cfg.rate.ban_secs),
+            ),
             requests: Limiter::new(cfg.rate.requests_per_sec, cfg.rate.requests_burst),
             deposits: Limiter::new(cfg.rate.deposits_per_sec, cfg.rate.deposits_burst),
             ip_requests: Limiter::new(cfg.rate.ip_requests_per_sec, cfg.rate.ip_requests_burst),
@@ -240,6 +249,7 @@ impl EventLoop {
                     let now = Instant::now();
                     self.requests.prune(now);
                     self.deposits.prune(now);
+                    self.penalties.prune(now);
                     self.ip_requests.prune(now);
                     self.claims.prune(now);
                 }
@@ -278,6 +288,9 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
+                if self.penalties.is_banned(&peer_id, Instant::now()) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                }
                 self.note_ip(peer_id, &endpoint);
                 *self.connections.entry(peer_id).or_default() += 1;
                 self.metrics.connections.fetch_add(1, Relaxed);
@@ -405,6 +418,16 @@ impl EventLoop {
         match dw::Response::Error(rejection).encode() {
             Ok(bytes) => self.respond_bytes(Proto::Directory, channel, bytes),
             Err(e) => tracing::error!(error = %e, "cannot encode directory response"),
+        }
+    }
+
+    /// Counts a refusal against `peer` (see `penalty.rs`); past its allowance the peer is
+    /// disconnected and banned.
+    fn penalize(&mut self, peer: PeerId, code: ErrorCode) {
+        if super::penalty::Penalties::counts(code) && self.penalties.refused(peer, Instant::now()) {
+            self.metrics.peers_banned.fetch_add(1, Relaxed);
+            tracing::info!(%peer, "banned for repeated deposits without a grant");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -553,6 +576,7 @@ impl EventLoop {
                     self.metrics.reject(r.code);
                 }
                 if admitted.to.is_empty() {
+                    self.penalize(peer, ErrorCode::NoGrant);
                     return self.reject(
                         Proto::Mailbox,
                         channel,
@@ -611,6 +635,7 @@ impl EventLoop {
                 self.pending.push(Box::pin(async move {
                     Completion::Deposit {
                         channel,
+                        sender: peer,
                         size,
                         refused: refused_early,
                         result: await_reply(rx).await,
@@ -819,6 +844,7 @@ impl EventLoop {
             Completion::Nothing => {}
             Completion::Deposit {
                 channel,
+                sender,
                 size,
                 refused,
                 result,
@@ -854,7 +880,9 @@ impl EventLoop {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "deposit failed");
-                    self.reject(Proto::Mailbox, channel, busy(e));
+                    let rejection = busy(e);
+                    self.penalize(sender, rejection.code);
+                    self.reject(Proto::Mailbox, channel, rejection);
                 }
             },
             Completion::Fetch { channel, result } => match result {

@@ -77,6 +77,8 @@ pub struct Metrics {
     connections_refused: [AtomicU64; Refusal::ALL.len()],
     /// Requests refused by the per-IP (IPv6 /64) request limit.
     pub rate_limited_by_ip: AtomicU64,
+    /// Peers banned for collecting too many grant refusals (see `penalty.rs`).
+    pub peers_banned: AtomicU64,
     /// Prekey claims answered with the fallback key because the claimer or the device was
     /// over its one-time-key claim limit (while one-time keys may have been left).
     pub claims_limited: AtomicU64,
@@ -276,6 +278,12 @@ impl Metrics {
             "Requests refused by the per-IP (IPv6 /64) request limit.",
             "counter",
             g(&self.rate_limited_by_ip),
+        );
+        counter(
+            "tern_relay_peers_banned_total",
+            "Peers disconnected and banned for collecting too many intro_full/no_grant refusals.",
+            "counter",
+            g(&self.peers_banned),
         );
         counter(
             "tern_relay_prekey_claims_limited_total",

@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod iplimit;
 pub mod metrics;
+pub mod penalty;
 pub mod presence;
 pub mod push;
 pub mod quota;
@@ -190,8 +191,18 @@ fn build_swarm(
                 ping: ping::Behaviour::default(),
                 relay: relay::Behaviour::new(peer_id, relay_config(&circuit)),
                 mailbox: rr(mailbox::PROTOCOL, mailbox::codec(), &conn, &budget),
-                presence: rr(presence_wire::PROTOCOL, presence_wire::codec(), &conn, &budget),
-                directory: rr(directory_wire::PROTOCOL, directory_wire::codec(), &conn, &budget),
+                presence: rr(
+                    presence_wire::PROTOCOL,
+                    presence_wire::codec(),
+                    &conn,
+                    &budget,
+                ),
+                directory: rr(
+                    directory_wire::PROTOCOL,
+                    directory_wire::codec(),
+                    &conn,
+                    &budget,
+                ),
                 live: crate::live::Behaviour::server(),
                 blob: libp2p_stream::Behaviour::new(),
             }
