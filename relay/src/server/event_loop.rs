@@ -421,6 +421,27 @@ impl EventLoop {
         }
     }
 
+    /// Queues the storage operation `op` makes with its reply sender; answers `channel` with
+    /// `Unavailable` if the writer's queue is full, else with the completion `done` makes
+    /// once the operation has committed.
+    fn submit<T: Send + 'static>(
+        &mut self,
+        proto: Proto,
+        channel: ResponseChannel<Frame>,
+        op: impl FnOnce(oneshot::Sender<Result<T, storage::OpError>>) -> storage::Op,
+        done: impl FnOnce(ResponseChannel<Frame>, Result<T, storage::OpError>) -> Completion
+        + Send
+        + 'static,
+    ) {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.storage.submit(op(reply)) {
+            return self.reject(proto, channel, busy(e));
+        }
+        self.pending.push(Box::pin(
+            async move { done(channel, await_reply(rx).await) },
+        ));
+    }
+
     /// Counts a refusal against `peer` (see `penalty.rs`); past its allowance the peer is
     /// disconnected and banned.
     fn penalize(&mut self, peer: PeerId, code: ErrorCode) {
@@ -643,24 +664,20 @@ impl EventLoop {
                 }));
             }
             mailbox::Request::Fetch { after, limit } => {
-                let (reply, rx) = oneshot::channel();
-                let op = storage::Op::Fetch {
-                    owner: peer,
-                    after,
-                    limit: limit.clamp(1, mailbox::MAX_FETCH_MESSAGES),
-                    max_bytes: mailbox::MAX_PAGE_BYTES,
-                    now_ms: now_ms(),
-                    reply,
-                };
-                if let Err(e) = self.storage.submit(op) {
-                    return self.reject(Proto::Mailbox, channel, busy(e));
-                }
-                self.pending.push(Box::pin(async move {
-                    Completion::Fetch {
-                        channel,
-                        result: await_reply(rx).await,
-                    }
-                }));
+                let now = now_ms();
+                self.submit(
+                    Proto::Mailbox,
+                    channel,
+                    |reply| storage::Op::Fetch {
+                        owner: peer,
+                        after,
+                        limit: limit.clamp(1, mailbox::MAX_FETCH_MESSAGES),
+                        max_bytes: mailbox::MAX_PAGE_BYTES,
+                        now_ms: now,
+                        reply,
+                    },
+                    |channel, result| Completion::Fetch { channel, result },
+                );
             }
             mailbox::Request::Ack { ids } => {
                 if ids.len() > mailbox::MAX_ACK_IDS {
@@ -691,64 +708,55 @@ impl EventLoop {
                     };
                     return self.reject(Proto::Mailbox, channel, Rejection::new(code));
                 }
-                let (reply, rx) = oneshot::channel();
-                let op = storage::Op::SetPush {
-                    owner: peer,
-                    url: url.clone(),
-                    reply,
-                };
-                if let Err(e) = self.storage.submit(op) {
-                    return self.reject(Proto::Mailbox, channel, busy(e));
-                }
-                self.pending.push(Box::pin(async move {
-                    Completion::SetPush {
+                let stored = url.clone();
+                self.submit(
+                    Proto::Mailbox,
+                    channel,
+                    |reply| storage::Op::SetPush {
+                        owner: peer,
+                        url: stored,
+                        reply,
+                    },
+                    move |channel, result| Completion::SetPush {
                         channel,
                         peer,
                         url,
-                        result: await_reply(rx).await,
-                    }
-                }));
+                        result,
+                    },
+                );
             }
             mailbox::Request::SetGrants { hashes } => {
                 if let Err(code) = super::grants::check_set(&hashes) {
                     return self.reject(Proto::Mailbox, channel, Rejection::new(code));
                 }
                 let hashes: Vec<[u8; 32]> = hashes.into_iter().map(|h| h.into_array()).collect();
-                let (reply, rx) = oneshot::channel();
                 let now = now_ms();
-                let op = storage::Op::SetGrants {
-                    owner: peer,
-                    hashes: hashes.clone(),
-                    now_ms: now,
-                    reply,
-                };
-                if let Err(e) = self.storage.submit(op) {
-                    return self.reject(Proto::Mailbox, channel, busy(e));
-                }
-                self.pending.push(Box::pin(async move {
-                    Completion::SetGrants {
+                let stored = hashes.clone();
+                self.submit(
+                    Proto::Mailbox,
+                    channel,
+                    |reply| storage::Op::SetGrants {
+                        owner: peer,
+                        hashes: stored,
+                        now_ms: now,
+                        reply,
+                    },
+                    move |channel, result| Completion::SetGrants {
                         channel,
                         peer,
                         hashes,
                         now_ms: now,
-                        result: await_reply(rx).await,
-                    }
-                }));
+                        result,
+                    },
+                );
             }
             mailbox::Request::Usage => {
-                let (reply, rx) = oneshot::channel();
-                if let Err(e) = self
-                    .storage
-                    .submit(storage::Op::Usage { owner: peer, reply })
-                {
-                    return self.reject(Proto::Mailbox, channel, busy(e));
-                }
-                self.pending.push(Box::pin(async move {
-                    Completion::Usage {
-                        channel,
-                        result: await_reply(rx).await,
-                    }
-                }));
+                self.submit(
+                    Proto::Mailbox,
+                    channel,
+                    |reply| storage::Op::Usage { owner: peer, reply },
+                    |channel, result| Completion::Usage { channel, result },
+                );
             }
             // Only the relay sends deliveries.
             mailbox::Request::Deliver { .. } => {
@@ -776,23 +784,22 @@ impl EventLoop {
                         Rejection::new(ErrorCode::BadRequest),
                     );
                 }
-                let (reply, rx) = oneshot::channel();
-                let op = storage::Op::SetAllowList {
-                    owner: peer,
-                    viewers: peers.clone(),
-                    reply,
-                };
-                if let Err(e) = self.storage.submit(op) {
-                    return self.reject(Proto::Presence, channel, busy(e));
-                }
-                self.pending.push(Box::pin(async move {
-                    Completion::SetAllow {
+                let viewers = peers.clone();
+                self.submit(
+                    Proto::Presence,
+                    channel,
+                    |reply| storage::Op::SetAllowList {
+                        owner: peer,
+                        viewers,
+                        reply,
+                    },
+                    move |channel, result| Completion::SetAllow {
                         channel,
                         peer,
                         viewers: peers,
-                        result: await_reply(rx).await,
-                    }
-                }));
+                        result,
+                    },
+                );
             }
             pw::Request::Query { peers } => {
                 if peers.len() > pw::MAX_PEERS {
