@@ -641,6 +641,10 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                     }
                 },
                 |offer| {
+                    // What was typed before these words are shown is no answer to them.
+                    if let Ok(mut early) = answers.try_lock() {
+                        while early.try_recv().is_ok() {}
+                    }
                     if json {
                         print_json(&json!({
                             "offer": offer.number,
@@ -662,8 +666,6 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                     let answers = answers.clone();
                     async move {
                         let mut lines = answers.lock().await;
-                        // What was typed before these words were shown is no answer to them.
-                        while lines.try_recv().is_ok() {}
                         let answer = match lines.recv().await {
                             None => tern_node::LinkAnswer::Stop,
                             Some(line) => match line.trim().to_ascii_lowercase().as_str() {
