@@ -17,6 +17,8 @@
 //! | 10 | passphrase or backup refused: wrong passphrase, or a backup file that is altered, truncated, not a backup or of an unknown version |
 //! | 11 | the node is running: stop it first (`tern id passphrase`) |
 //! | 12 | this device was revoked by another device of the user: it no longer sends |
+//! | 13 | a file could not be sent or fetched |
+//! | 14 | a new device's link was not confirmed: the words typed are not the record's, or no answer came; nothing was applied |
 
 mod file;
 mod up;
@@ -39,7 +41,8 @@ use tern_node::{
 /// message, 5 bad input (link, text), 6 contact's identity key changed, 7 network, 8 home not
 /// initialised or already initialised, 9 group refused it (not an admin, not a member, full),
 /// 10 wrong passphrase or damaged backup, 11 the node must be stopped first, 12 this device
-/// was revoked.
+/// was revoked, 13 a file could not be sent or fetched, 14 a new device's link was not
+/// confirmed (nothing applied).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Opts {
@@ -271,8 +274,11 @@ enum FileCmd {
 #[derive(Debug, Subcommand)]
 enum DeviceCmd {
     /// Make this (empty) home a new device of an existing user: prints a link code (and its
-    /// QR code) to enter with `tern device add` on a device of that user, waits for it, and
-    /// sets the home up. Then run `tern up`.
+    /// QR code) to enter with `tern device add` on a device of that user, waits for its
+    /// provisioning record, shows the record's words and asks on standard input whether
+    /// they are the words that device shows: `y` (or the words themselves, for scripts)
+    /// applies it, `n` discards it and waits for another; words that differ stop with exit
+    /// 14 and nothing applied. Then run `tern up`.
     Link {
         /// A relay the other device can reach (its `tern status` lists its relays).
         #[arg(long)]
@@ -410,6 +416,7 @@ impl From<ClientError> for Failure {
                 1017 => 5,
                 1019 => 12,
                 1020 => 13,
+                1021 => 14,
                 _ => 1,
             },
             _ => 1,
@@ -486,6 +493,23 @@ fn outcome_needs_name(link: &str, added: &Value) -> bool {
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Lines of standard input, read by a thread of their own as they come (the channel closes
+/// at end of input), shared by the answers to a device link's offers.
+fn stdin_lines() -> std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>>
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::sync::Arc::new(tokio::sync::Mutex::new(rx))
 }
 
 fn qr(text: &str) -> Option<String> {
@@ -600,6 +624,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             let relay: tern_node::libp2p::Multiaddr = relay
                 .parse()
                 .map_err(|e| Failure::new(5, format!("bad relay address {relay}: {e}")))?;
+            let answers = stdin_lines();
             let created = tern_node::link_new_device(
                 &home,
                 relay,
@@ -615,6 +640,46 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                         println!("on a linked device run: tern device add <code>   (waiting...)");
                     }
                 },
+                |offer| {
+                    // What was typed before these words are shown is no answer to them.
+                    if let Ok(mut early) = answers.try_lock() {
+                        while early.try_recv().is_ok() {}
+                    }
+                    if json {
+                        print_json(&json!({
+                            "offer": offer.number,
+                            "words": offer.words.to_string(),
+                            "name": offer.name,
+                            "contacts": offer.contacts,
+                        }));
+                    } else {
+                        println!(
+                            "provisioning record {} arrived, for user {:?} with {} contacts",
+                            offer.number, offer.name, offer.contacts
+                        );
+                        println!("words: {}", offer.words);
+                        println!(
+                            "Are these the words `tern device add` showed on your other device? \
+                             Type y (or the words) to apply it, n to discard it [y/N]:"
+                        );
+                    }
+                    let answers = answers.clone();
+                    async move {
+                        let mut lines = answers.lock().await;
+                        let answer = match lines.recv().await {
+                            None => tern_node::LinkAnswer::Stop,
+                            Some(line) => match line.trim().to_ascii_lowercase().as_str() {
+                                "y" | "yes" => tern_node::LinkAnswer::Yes,
+                                "" | "n" | "no" => tern_node::LinkAnswer::No,
+                                _ => tern_node::LinkAnswer::Words(line),
+                            },
+                        };
+                        if answer == tern_node::LinkAnswer::No && !json {
+                            println!("discarded; waiting for another record");
+                        }
+                        answer
+                    }
+                },
                 std::time::Duration::from_secs(timeout),
             )
             .await
@@ -622,6 +687,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                 let code = match e.code() {
                     1009 => 7,
                     -32602 | 1005 => 5,
+                    1021 => 14,
                     _ => 1,
                 };
                 Failure::new(code, e.to_string())
@@ -640,6 +706,11 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                 print_json(&v);
             } else {
                 println!("linked device {} ({})", s(&v, "device_id"), s(&v, "name"));
+                println!("words: {}", s(&v, "words"));
+                println!(
+                    "The new device shows the words of each record it gets: confirm there only \
+                     the one that shows these words."
+                );
             }
             Ok(())
         }

@@ -10,6 +10,12 @@
 //! ```text
 //! record = version | kind (Provisioning) | CBOR {ephemeral: bytes32, nonce: bytes24, ciphertext}
 //! ```
+//!
+//! The same key agreement also gives both ends a **link check** ([`LinkCheck`]): 32 bytes
+//! from the same HKDF under its own info string (`tern/provision/check/v1`), which only the
+//! sealer (who holds the ephemeral secret) and the holder of the one-time key can compute.
+//! The node turns it into the words both screens show before the new device applies the
+//! record; knowing the public keys (the relay, or whoever saw the link code) is not enough.
 
 use std::fmt;
 
@@ -26,6 +32,34 @@ use crate::codec::{self, DecodeError, EncodeError, Kind};
 use crate::random;
 
 const INFO: &[u8] = b"tern/provision/v1";
+/// The HKDF info of the link check: the same key agreement, another output.
+const CHECK_INFO: &[u8] = b"tern/provision/check/v1";
+
+/// What both ends of one provisioning record share besides its key: 32 bytes from the key
+/// agreement under their own HKDF info string, for the confirmation words both screens show.
+/// Known only to the sealer and the holder of the one-time key; wiped on drop.
+pub struct LinkCheck {
+    bytes: Zeroizing<[u8; 32]>,
+    ephemeral: [u8; 32],
+}
+
+impl LinkCheck {
+    /// The shared check bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    /// The record's ephemeral public key (public: it travels in the record).
+    pub fn ephemeral(&self) -> &[u8; 32] {
+        &self.ephemeral
+    }
+}
+
+impl fmt::Debug for LinkCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LinkCheck(..)")
+    }
+}
 
 /// Why a provisioning record could not be made or opened.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -69,11 +103,12 @@ impl fmt::Debug for ProvisionKey {
     }
 }
 
-fn aead_key(
+/// The AEAD key and the link check of one record.
+fn derive(
     shared: &x25519_dalek::SharedSecret,
     ephemeral: &[u8; 32],
     recipient: &[u8; 32],
-) -> Result<Zeroizing<[u8; 32]>, ProvisionError> {
+) -> Result<(Zeroizing<[u8; 32]>, LinkCheck), ProvisionError> {
     if !shared.was_contributory() {
         return Err(ProvisionError::BadKey);
     }
@@ -82,7 +117,16 @@ fn aead_key(
     let mut key = Zeroizing::new([0u8; 32]);
     hk.expand(INFO, &mut key[..])
         .map_err(|_| ProvisionError::BadKey)?;
-    Ok(key)
+    let mut check = Zeroizing::new([0u8; 32]);
+    hk.expand(CHECK_INFO, &mut check[..])
+        .map_err(|_| ProvisionError::BadKey)?;
+    Ok((
+        key,
+        LinkCheck {
+            bytes: check,
+            ephemeral: *ephemeral,
+        },
+    ))
 }
 
 impl ProvisionKey {
@@ -101,11 +145,20 @@ impl ProvisionKey {
 
     /// Opens a record sealed to this key. The plaintext is wiped on drop.
     pub fn open(&self, bytes: &[u8]) -> Result<Zeroizing<Vec<u8>>, ProvisionError> {
+        self.open_checked(bytes).map(|(plain, _)| plain)
+    }
+
+    /// Opens a record sealed to this key, with the link check its sealer got from
+    /// [`seal_to_checked`]. The plaintext is wiped on drop.
+    pub fn open_checked(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, LinkCheck), ProvisionError> {
         let r: Record = codec::decode(Kind::Provisioning, bytes)?;
         let shared = self.secret.diffie_hellman(&PublicKey::from(r.ephemeral));
-        let key = aead_key(&shared, &r.ephemeral, &self.public())?;
+        let (key, check) = derive(&shared, &r.ephemeral, &self.public())?;
         let cipher = XChaCha20Poly1305::new((&*key).into());
-        cipher
+        let plain = cipher
             .decrypt(
                 &XNonce::from(r.nonce),
                 Payload {
@@ -114,17 +167,27 @@ impl ProvisionKey {
                 },
             )
             .map(Zeroizing::new)
-            .map_err(|_| ProvisionError::Open)
+            .map_err(|_| ProvisionError::Open)?;
+        Ok((plain, check))
     }
 }
 
 /// Seals `plaintext` to a new device's provisioning key.
 pub fn seal_to(recipient: &[u8; 32], plaintext: &[u8]) -> Result<Vec<u8>, ProvisionError> {
+    seal_to_checked(recipient, plaintext).map(|(sealed, _)| sealed)
+}
+
+/// Seals `plaintext` to a new device's provisioning key, and gives the link check the new
+/// device gets when it opens the record ([`ProvisionKey::open_checked`]).
+pub fn seal_to_checked(
+    recipient: &[u8; 32],
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, LinkCheck), ProvisionError> {
     let eph_bytes = Zeroizing::new(random::array::<32>().map_err(|_| ProvisionError::Random)?);
     let eph = StaticSecret::from(*eph_bytes);
     let ephemeral = PublicKey::from(&eph).to_bytes();
     let shared = eph.diffie_hellman(&PublicKey::from(*recipient));
-    let key = aead_key(&shared, &ephemeral, recipient)?;
+    let (key, check) = derive(&shared, &ephemeral, recipient)?;
     let nonce: [u8; 24] = random::array().map_err(|_| ProvisionError::Random)?;
     let cipher = XChaCha20Poly1305::new((&*key).into());
     let ciphertext = cipher
@@ -136,14 +199,15 @@ pub fn seal_to(recipient: &[u8; 32], plaintext: &[u8]) -> Result<Vec<u8>, Provis
             },
         )
         .map_err(|_| ProvisionError::Open)?;
-    Ok(codec::encode(
+    let sealed = codec::encode(
         Kind::Provisioning,
         &Record {
             ephemeral,
             nonce,
             ciphertext,
         },
-    )?)
+    )?;
+    Ok((sealed, check))
 }
 
 #[cfg(test)]
@@ -164,5 +228,24 @@ mod tests {
         // A small-order public key makes no shared secret.
         assert_eq!(seal_to(&[0u8; 32], b"x"), Err(ProvisionError::BadKey));
         assert!(!format!("{key:?}").contains(&format!("{:?}", key.public())));
+    }
+
+    #[test]
+    fn both_ends_get_the_same_link_check_and_it_is_not_the_aead_key() {
+        let key = ProvisionKey::generate().unwrap();
+        let (sealed, sent) = seal_to_checked(&key.public(), b"record").unwrap();
+        let (plain, got) = key.open_checked(&sealed).unwrap();
+        assert_eq!(&plain[..], b"record");
+        assert_eq!(sent.as_bytes(), got.as_bytes());
+        assert_eq!(sent.ephemeral(), got.ephemeral());
+        // Another record to the same key (a fresh ephemeral key) has another check.
+        let (_, again) = seal_to_checked(&key.public(), b"record").unwrap();
+        assert_ne!(again.as_bytes(), sent.as_bytes());
+        // Domain separation: the check is not the AEAD key of the same agreement.
+        let r: Record = codec::decode(Kind::Provisioning, &sealed).unwrap();
+        let shared = key.secret.diffie_hellman(&PublicKey::from(r.ephemeral));
+        let (aead, _) = derive(&shared, &r.ephemeral, &key.public()).unwrap();
+        assert_ne!(&*aead, sent.as_bytes());
+        assert_eq!(format!("{sent:?}"), "LinkCheck(..)");
     }
 }

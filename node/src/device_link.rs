@@ -10,19 +10,27 @@
 //!    relay, sealed to the provisioning key (`tern_crypto::provision`): the identity secret,
 //!    the name and home relays, the certificate and device list, the contacts, and the
 //!    groups' membership operations.
-//! 3. The new device opens it, writes its home and stops; `tern up` then runs it as a full
-//!    device of the user.
+//! 3. Both screens show the record's **link words** ([`LinkWords`]): five words derived from
+//!    the record's key agreement (its [`LinkCheck`]), the new device's keys and the sender's
+//!    identity key. The new device applies nothing until the user confirms there that they
+//!    are the words the sending device shows; a record with other words (someone else who
+//!    saw the code and used it first) is discarded.
+//! 4. The new device then writes its home and stops; `tern up` then runs it as a full device
+//!    of the user.
 //!
 //! ```text
 //! code   = "tern-device:" base58( CBOR Request | checksum: first 4 bytes of SHA-256 )
 //! record = tern_crypto::provision record over CBOR Bundle
+//! words  = 5 × 9 bits of SHA-256("tern/device-link-words/v1" 0x00 | link check
+//!          | provisioning key | new device id | sender's identity key), MSB first,
+//!          each an index into the 512 words of the PGP word list (alphabetical order)
 //! ```
 
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteArray, ByteBuf};
 use sha2::{Digest, Sha256};
-use tern_crypto::DeviceId;
+use tern_crypto::{DeviceId, provision::LinkCheck};
 
 use crate::consts::{MAX_LINK_CHARS, MAX_LINK_RELAYS, MAX_NAME_BYTES};
 
@@ -126,6 +134,83 @@ impl Request {
             return Err(DeviceLinkError::Malformed("device name too long".into()));
         }
         Ok(r)
+    }
+}
+
+/// The words both screens show: the 512 words of the PGP word list (Juola and Zimmermann),
+/// in alphabetical order, one a line. Each word carries 9 bits.
+const WORD_LIST: &str = include_str!("device_link/pgp_words.txt");
+
+/// How many words a record's link words are: 45 bits.
+pub const LINK_WORD_COUNT: usize = 5;
+
+/// The domain of the link words' hash.
+const WORDS_DOMAIN: &[u8] = b"tern/device-link-words/v1\0";
+
+fn word_list() -> impl Iterator<Item = &'static str> {
+    WORD_LIST.lines().map(str::trim).filter(|w| !w.is_empty())
+}
+
+/// The words both screens show for one provisioning record; the user compares them before
+/// the new device applies the record. Not secret once shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkWords(Vec<&'static str>);
+
+impl LinkWords {
+    /// The words of the record whose key agreement gave `check`, sealed to the one-time key
+    /// `provision` (public half) of the new device `device`, by a device of the user whose
+    /// identity key is `identity_key`. The sealer and the new device compute the same; no
+    /// one else can (the check comes from the key agreement).
+    pub fn derive(
+        check: &LinkCheck,
+        provision: &[u8; 32],
+        device: &DeviceId,
+        identity_key: &[u8; 32],
+    ) -> Self {
+        let mut h = Sha256::new();
+        h.update(WORDS_DOMAIN);
+        h.update(check.as_bytes());
+        h.update(provision);
+        h.update(device.as_bytes());
+        h.update(identity_key);
+        let digest = h.finalize();
+        let mut bits = [0u8; 8];
+        bits.copy_from_slice(&digest[..8]);
+        let bits = u64::from_be_bytes(bits);
+        let list: Vec<&'static str> = word_list().collect();
+        let words = (0..LINK_WORD_COUNT)
+            .map(|i| {
+                // 9 bits a word, from the most significant end.
+                let index = (bits >> (64 - 9 * (i + 1))) & 0x1ff;
+                list[index as usize]
+            })
+            .collect();
+        LinkWords(words)
+    }
+
+    /// The words, in order.
+    pub fn words(&self) -> &[&'static str] {
+        &self.0
+    }
+
+    /// Whether `typed` (words separated by spaces, hyphens or commas, any case) are these.
+    pub fn matches(&self, typed: &str) -> bool {
+        let given: Vec<&str> = typed
+            .split(|c: char| c.is_whitespace() || c == '-' || c == ',')
+            .filter(|w| !w.is_empty())
+            .collect();
+        given.len() == self.0.len()
+            && given
+                .iter()
+                .zip(&self.0)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+    }
+}
+
+impl std::fmt::Display for LinkWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lower: Vec<String> = self.0.iter().map(|w| w.to_ascii_lowercase()).collect();
+        f.write_str(&lower.join(" "))
     }
 }
 
@@ -247,6 +332,14 @@ impl std::fmt::Debug for Bundle {
 }
 
 impl Bundle {
+    /// The public half of the identity key the bundle carries (the sender's user's), for
+    /// the link words.
+    pub fn identity_public(&self) -> Result<[u8; 32], DeviceLinkError> {
+        tern_crypto::IdentityKey::from_secret_bytes(&self.identity)
+            .map(|k| *k.public().as_bytes())
+            .map_err(|e| DeviceLinkError::Malformed(e.to_string()))
+    }
+
     /// Encodes the bundle (wiped on drop).
     pub fn encode(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, DeviceLinkError> {
         let mut out = WipingWriter(zeroize::Zeroizing::new(Vec::with_capacity(BUNDLE_CAPACITY)));
@@ -279,6 +372,100 @@ mod tests {
             w.write_all(chunk).unwrap();
         }
         assert_eq!(w.0.as_slice(), data.as_slice());
+    }
+
+    #[test]
+    fn the_word_list_has_512_distinct_words() {
+        let words: Vec<&str> = word_list().collect();
+        assert_eq!(words.len(), 512);
+        let distinct: std::collections::HashSet<String> =
+            words.iter().map(|w| w.to_ascii_lowercase()).collect();
+        assert_eq!(distinct.len(), 512);
+        assert!(
+            words
+                .iter()
+                .all(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
+        );
+        assert_eq!(words.first(), Some(&"aardvark"));
+        assert_eq!(words.last(), Some(&"Zulu"));
+    }
+
+    #[test]
+    fn both_ends_derive_the_same_words_and_every_input_changes_them() {
+        use tern_crypto::provision::{ProvisionKey, seal_to_checked};
+        let key = ProvisionKey::generate().unwrap();
+        let device = DeviceId::from_bytes([9; 32]);
+        let identity = [5u8; 32];
+        let (sealed, sent) = seal_to_checked(&key.public(), b"bundle").unwrap();
+        let (_, got) = key.open_checked(&sealed).unwrap();
+        let sender = LinkWords::derive(&sent, &key.public(), &device, &identity);
+        let receiver = LinkWords::derive(&got, &key.public(), &device, &identity);
+        assert_eq!(sender, receiver);
+        assert_eq!(sender.words().len(), LINK_WORD_COUNT);
+        assert!(receiver.matches(&sender.to_string()));
+        assert!(receiver.matches(&sender.to_string().to_uppercase().replace(' ', "-")));
+        // Another record to the same code (another sender's ephemeral key): other words.
+        let (_, other) = seal_to_checked(&key.public(), b"bundle").unwrap();
+        assert_ne!(
+            LinkWords::derive(&other, &key.public(), &device, &identity),
+            sender
+        );
+        // Another identity key, device or provisioning key: other words.
+        assert_ne!(
+            LinkWords::derive(&sent, &key.public(), &device, &[6u8; 32]),
+            sender
+        );
+        assert_ne!(
+            LinkWords::derive(
+                &sent,
+                &key.public(),
+                &DeviceId::from_bytes([8; 32]),
+                &identity
+            ),
+            sender
+        );
+        assert_ne!(
+            LinkWords::derive(&sent, &[1u8; 32], &device, &identity),
+            sender
+        );
+        assert!(!receiver.matches("aardvark absurd accrue acme adrift"));
+        assert!(!receiver.matches(""));
+    }
+
+    #[test]
+    fn the_words_hash_is_domain_separated() {
+        // The words are the domain-separated SHA-256 of the inputs, 9 bits a word: the same
+        // inputs without the domain (or under another one) give other words.
+        use tern_crypto::provision::{ProvisionKey, seal_to_checked};
+        let key = ProvisionKey::generate().unwrap();
+        let device = DeviceId::from_bytes([9; 32]);
+        let (_, check) = seal_to_checked(&key.public(), b"bundle").unwrap();
+        let words = LinkWords::derive(&check, &key.public(), &device, &[5; 32]);
+        let index = |domain: &[u8]| {
+            let mut h = Sha256::new();
+            h.update(domain);
+            h.update(check.as_bytes());
+            h.update(key.public());
+            h.update(device.as_bytes());
+            h.update([5u8; 32]);
+            let d = h.finalize();
+            (u16::from(d[0]) << 1) | u16::from(d[1] >> 7)
+        };
+        let list: Vec<&str> = word_list().collect();
+        assert_eq!(words.words()[0], list[usize::from(index(WORDS_DOMAIN))]);
+        // Without the domain string the same inputs give other words (all five compared:
+        // the keys are random, and five equal words by chance is a 2^-45 event).
+        let mut h = Sha256::new();
+        h.update(check.as_bytes());
+        h.update(key.public());
+        h.update(device.as_bytes());
+        h.update([5u8; 32]);
+        let d = h.finalize();
+        let bits = u64::from_be_bytes(d[..8].try_into().unwrap());
+        let plain: Vec<&str> = (0..LINK_WORD_COUNT)
+            .map(|i| list[((bits >> (64 - 9 * (i + 1))) & 0x1ff) as usize])
+            .collect();
+        assert_ne!(words.words(), plain.as_slice());
     }
 
     fn sample() -> Request {

@@ -101,6 +101,10 @@ pub enum NodeError {
         /// What to tell the user.
         message: String,
     },
+    /// A new device's link was not confirmed: the words typed are not the record's, two
+    /// records showed the same words, or no answer came. Nothing was applied.
+    #[error("{0}")]
+    LinkNotConfirmed(String),
 }
 
 impl NodeError {
@@ -130,6 +134,7 @@ impl NodeError {
             NodeError::WeakPassphrase(_) => 1017,
             NodeError::Io(_) => 1018,
             NodeError::Media { .. } => 1020,
+            NodeError::LinkNotConfirmed(_) => 1021,
         }
     }
 }

@@ -471,6 +471,17 @@ impl Home {
                 path: self.dir.clone(),
             });
         }
+        let (identity, certificate, device_list) = Self::check_linked(&device, bundle)?;
+        self.create_from_bundle(identity, device, certificate, device_list, bundle, None)
+    }
+
+    /// Checks that a provisioning bundle is for `device` (see [`Home::init_linked`]) without
+    /// writing anything: the certificate and device list verify under the identity key it
+    /// carries and hold this device.
+    pub fn check_linked(
+        device: &DeviceKeys,
+        bundle: &crate::device_link::Bundle,
+    ) -> Result<(IdentityKey, SignedDeviceCertificate, SignedDeviceList), HomeError> {
         let identity = IdentityKey::from_secret_bytes(&bundle.identity).map_err(crypto_err)?;
         let certificate =
             SignedDeviceCertificate::from_bytes(&bundle.certificate).map_err(crypto_err)?;
@@ -497,7 +508,7 @@ impl Home {
                 "the device list does not hold this device".into(),
             ));
         }
-        self.create_from_bundle(identity, device, certificate, device_list, bundle, None)
+        Ok((identity, certificate, device_list))
     }
 
     /// Creates this home as a new device of the user whose identity backup `bundle` is (see

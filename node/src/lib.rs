@@ -365,7 +365,8 @@ impl Node {
         .await
     }
 
-    /// Links a new device of this user from the code it shows (`tern device link`).
+    /// Links a new device of this user from the code it shows (`tern device link`); the
+    /// answer carries the record's link words, which the new device must show too.
     pub async fn device_add(&self, code: String) -> Result<DeviceInfo, NodeError> {
         self.call(|reply| Command::DeviceAdd { code, reply }).await
     }
@@ -555,18 +556,54 @@ impl Node {
     }
 }
 
+/// A provisioning record the new device received and opened, shown to its user before
+/// anything of it is applied ([`link_new_device`]).
+#[derive(Debug, Clone)]
+pub struct LinkOffer {
+    /// Which record this is: 1 for the first that opened, 2 for the next, ...
+    pub number: usize,
+    /// The record's link words: the sending device shows the same ones.
+    pub words: device_link::LinkWords,
+    /// The user name the record carries (its sender's say; the words are the check).
+    pub name: String,
+    /// How many contacts it carries.
+    pub contacts: usize,
+}
+
+/// The user's answer to a [`LinkOffer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkAnswer {
+    /// The words match those on the sending device: apply this record.
+    Yes,
+    /// They do not: discard this record and wait for another.
+    No,
+    /// The words the sending device shows, typed: applied if they are this record's words,
+    /// else the link stops ([`NodeError::LinkNotConfirmed`]) with nothing applied.
+    Words(String),
+    /// No answer will come (input closed): stop with nothing applied.
+    Stop,
+}
+
 /// Links this home as a new device of an existing user (see [`device_link`]): makes the
 /// device keys and a one-time provisioning key, connects to `relay`, hands the link code to
-/// `show_code` (to print), waits up to `timeout` for the provisioning record another device
-/// of the user deposits (`tern device add CODE` there), and writes the home from it. The node
-/// is not started; `tern up` runs it afterwards.
-pub async fn link_new_device(
+/// `show_code` (to print), and waits up to `timeout` for the provisioning record another
+/// device of the user deposits (`tern device add CODE` there). Each record that opens and
+/// is for this device is offered to `confirm` with its link words; nothing is applied until
+/// an answer confirms one, which then writes the home. Records answered [`LinkAnswer::No`]
+/// are discarded. Two records with the same words stop the link (someone who saw the
+/// sending device's words made a record to match them). The node is not started; `tern up`
+/// runs it afterwards.
+pub async fn link_new_device<F>(
     home: &Home,
     relay: Multiaddr,
     device_name: &str,
     show_code: impl FnOnce(&str),
+    mut confirm: impl FnMut(LinkOffer) -> F,
     timeout: std::time::Duration,
-) -> Result<home::Created, NodeError> {
+) -> Result<home::Created, NodeError>
+where
+    F: std::future::Future<Output = LinkAnswer>,
+{
     use tern_crypto::{DeviceKeys, provision::ProvisionKey};
     if home.is_initialised() {
         return Err(NodeError::BadRequest(format!(
@@ -615,15 +652,18 @@ pub async fn link_new_device(
         show_code(&request.encode().map_err(|e| NodeError::BadRequest(e.to_string()))?);
         let (waiting, _) = net::rpc::fetch(&net, relay_peer, 0, consts::FETCH_PAGE).await?;
         let mut batch = waiting;
+        // The words of every record offered so far.
+        let mut offered: Vec<device_link::LinkWords> = Vec::new();
         loop {
             for env in batch.drain(..) {
-                // Anything else in this fresh mailbox is not for us; only the record that
+                // Anything else in this fresh mailbox is not for us; only a record that
                 // opens with the one-time key counts.
-                let Ok(plain) = provision.open(&env.ciphertext) else {
+                let Ok((plain, check)) = provision.open_checked(&env.ciphertext) else {
                     continue;
                 };
-                // Whoever holds the code can seal to its key: a record that does not decode
-                // is passed over, so one bad deposit cannot end the wait for the real one.
+                // Whoever holds the code can seal to its key: a record that does not decode,
+                // or is not for this device, is passed over, so one bad deposit cannot end
+                // the wait for the real one.
                 let bundle = match device_link::Bundle::decode(&plain) {
                     Ok(b) => b,
                     // The decoder's words could quote the record's texts: not logged.
@@ -632,9 +672,66 @@ pub async fn link_new_device(
                         continue;
                     }
                 };
-                let created = home.init_linked(device, &bundle)?;
+                drop(plain);
+                if Home::check_linked(&device, &bundle).is_err() {
+                    tracing::warn!("a provisioning record not made for this device; waiting on");
+                    continue;
+                }
+                let Ok(identity) = bundle.identity_public() else {
+                    continue;
+                };
+                let words = device_link::LinkWords::derive(
+                    &check,
+                    &provision.public(),
+                    &device.device_id(),
+                    &identity,
+                );
+                drop(check);
+                if offered.contains(&words) {
+                    return Err(NodeError::LinkNotConfirmed(
+                        "two provisioning records show the same words: someone who saw the \
+                         words on your other device made a record to match them. Nothing was \
+                         applied; start again with a new code"
+                            .into(),
+                    ));
+                }
+                offered.push(words.clone());
+                let offer = LinkOffer {
+                    number: offered.len(),
+                    words: words.clone(),
+                    name: bundle.name.clone(),
+                    contacts: bundle.contacts.len(),
+                };
+                let answer = tokio::time::timeout_at(deadline, confirm(offer))
+                    .await
+                    .map_err(|_| {
+                        NodeError::LinkNotConfirmed(
+                            "no confirmation in time; nothing was applied".into(),
+                        )
+                    })?;
+                let apply = match answer {
+                    LinkAnswer::Yes => true,
+                    LinkAnswer::Words(typed) if words.matches(&typed) => true,
+                    LinkAnswer::Words(_) => {
+                        return Err(NodeError::LinkNotConfirmed(
+                            "the words do not match this record's: it was not sent by your \
+                             device (someone else may have used the code). Nothing was \
+                             applied; start again with a new code"
+                                .into(),
+                        ));
+                    }
+                    LinkAnswer::No => false,
+                    LinkAnswer::Stop => {
+                        return Err(NodeError::LinkNotConfirmed(
+                            "the link was not confirmed; nothing was applied".into(),
+                        ));
+                    }
+                };
+                // A discarded record is taken out of the mailbox too.
                 let _ = net::rpc::ack(&net, relay_peer, vec![env.id]).await;
-                return Ok(created);
+                if apply {
+                    return Ok(home.init_linked(device, &bundle)?);
+                }
             }
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(net::Event::Mail { envelopes, .. })) => batch = envelopes,

@@ -145,6 +145,10 @@ pub struct DeviceInfo {
     pub this_device: bool,
     /// When it was certified, seconds since the Unix epoch.
     pub created_at: u64,
+    /// Only in `device.add`'s answer: the link words of the provisioning record just sent,
+    /// which the new device must show before its user confirms there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub words: Option<String>,
 }
 
 /// An identity backup written by `id.backup`.

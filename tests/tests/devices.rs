@@ -4,15 +4,10 @@
 //! gets sync copies of what the other sends, a contact's messages reach both, and a group
 //! reaches both.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::Value;
-use tern_tests::support::{Node, Relay, bin, link_pair, wait_for};
+use tern_tests::support::{Linking, Node, Relay, link_pair, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -62,30 +57,8 @@ fn a_linked_second_device_sends_receives_and_gets_sync_copies() -> anyhow::Resul
 
     // The new device shows a code and waits; the first device adds it.
     let laptop_home = dir.path().join("ana-laptop");
-    let mut link = Command::new(bin("tern"))
-        .arg("--home")
-        .arg(&laptop_home)
-        .args(["device", "link", "--relay", &relay.addr, "--name", "laptop"])
-        .args(["--no-qr", "--timeout", "60"])
-        .env_remove("TERN_HOME")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let out = link.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let code = loop {
-        let line = rx.recv_timeout(WAIT)?;
-        if let Some(code) = line.strip_prefix("link code: ") {
-            break code.to_owned();
-        }
-    };
+    let mut link = Linking::start(&laptop_home, &relay.addr, "laptop")?;
+    let code = link.code.clone();
     // A damaged code is refused with a clear error, before anything changes.
     let mut damaged = code.clone();
     damaged.insert(20, 'x');
@@ -93,10 +66,14 @@ fn a_linked_second_device_sends_receives_and_gets_sync_copies() -> anyhow::Resul
     assert_eq!(bad.status.code(), Some(5), "{bad:?}");
     let added = ana.json(&["device", "add", &code])?;
     assert_eq!(added["name"], "laptop");
-    let status = wait_for("the new device to be provisioned", WAIT, || {
-        link.try_wait().ok().flatten()
-    })?;
-    assert!(status.success(), "tern device link exited {status:?}");
+    // Both screens show the same words; the new device applies the record once they are
+    // confirmed there.
+    let words = added["words"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(words.split(' ').count(), 5, "{added}");
+    assert_eq!(link.next_words()?, words);
+    link.answer("y")?;
+    let (status, err) = link.finish()?;
+    assert_eq!(status, Some(0), "tern device link: {err}");
     let devices = ana.json(&["device", "list"])?;
     assert_eq!(devices.as_array().map(Vec::len), Some(2));
     // A code naming the laptop with another provisioning key would get the identity secret

@@ -284,8 +284,112 @@ fn api_requires_the_token_a_loopback_host_and_no_foreign_origin() {
     });
 }
 
+/// Sends `request` (a raw HTTP/1.1 request) on a fresh connection to `api` and returns the
+/// status code of the answer (0 if none came within 10 s).
+fn http_status(api: std::net::SocketAddr, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(api) else {
+        return 0;
+    };
+    let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    if c.write_all(request.as_bytes()).is_err() {
+        return 0;
+    }
+    // The status line is in the first bytes; the rest is not needed.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&head)
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_foreign_host_or_origin_is_refused_with_403_on_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let token = std::fs::read_to_string(a.home.join("api.token")).unwrap();
+    let token = token.trim();
+    let port = a.api.port();
+    let ours = format!("127.0.0.1:{port}");
+    let ws = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let request = |line: &str, host: &str, extra: &str| {
+        format!(
+            "{line} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    let evil_origin = "Origin: http://evil.example\r\n";
+    // The same requests with a loopback Host and no foreign Origin are let in: what follows
+    // is refused for the Host or the Origin alone.
+    assert_eq!(
+        http_status(a.api, &request("GET /api", &ours, &format!("{bearer}{ws}"))),
+        101,
+        "the WebSocket upgrade with the token"
+    );
+    assert_eq!(http_status(a.api, &request("GET /", &ours, "")), 200);
+    for (what, req) in [
+        (
+            "a WebSocket upgrade with Host: evil.example",
+            request("GET /api", "evil.example", &format!("{bearer}{ws}")),
+        ),
+        (
+            "a WebSocket upgrade with Host: evil.example:PORT",
+            request(
+                "GET /",
+                &format!("evil.example:{port}"),
+                &format!("{bearer}{ws}"),
+            ),
+        ),
+        (
+            "a WebSocket upgrade with a foreign Origin",
+            request("GET /api", &ours, &format!("{bearer}{ws}{evil_origin}")),
+        ),
+        (
+            "the page with Host: evil.example",
+            request("GET /", "evil.example", ""),
+        ),
+        (
+            "a session with a foreign Origin",
+            request("POST /session", &ours, evil_origin),
+        ),
+        (
+            "a session with no Origin",
+            request("POST /session", &ours, ""),
+        ),
+        (
+            "an upload with a foreign Origin",
+            request(
+                "POST /upload?name=x",
+                &ours,
+                &format!("{bearer}{evil_origin}"),
+            ),
+        ),
+        (
+            "a file with a foreign Origin",
+            request("GET /files/00", &ours, &format!("{bearer}{evil_origin}")),
+        ),
+        (
+            "a file with Host: evil.example",
+            request("GET /files/00", "evil.example", &bearer),
+        ),
+    ] {
+        assert_eq!(http_status(a.api, &req), 403, "{what}");
+    }
+}
+
 #[test]
 fn idle_connections_to_the_api_port_do_not_lock_the_cli_out() {
+    use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
     let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
@@ -293,19 +397,42 @@ fn idle_connections_to_the_api_port_do_not_lock_the_cli_out() {
     let idle: Vec<std::net::TcpStream> = (0..200)
         .map(|_| std::net::TcpStream::connect(a.api).unwrap())
         .collect();
+    // And 20 that asked for one thing and stay open (keep-alive), sending nothing more.
+    let port = a.api.port();
+    let kept: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(a.api).unwrap();
+            c.write_all(format!("HEAD / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
     // The CLI still gets in at once, every time.
     for _ in 0..3 {
         let s = a.json(&["status"]).unwrap();
         assert_eq!(s["user_id"], a.user.as_str());
     }
-    // And the idle ones are closed by the node after the header timeout (10 s).
-    let mut first = idle.into_iter().next().unwrap();
-    first
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    let mut buf = [0u8; 1];
-    let n = std::io::Read::read(&mut first, &mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "an idle connection is closed by the node");
+    // And the idle ones are closed by the node after the header timeout (10 s): one that
+    // never sent anything, and one that has its answer and sends no next request.
+    let closed = |mut c: std::net::TcpStream| {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    };
+    let first = idle.into_iter().next().unwrap();
+    assert!(closed(first), "an idle connection is closed by the node");
+    let first_kept = kept.into_iter().next().unwrap();
+    assert!(
+        closed(first_kept),
+        "a kept-alive connection that sends no next request is closed by the node"
+    );
 }
 
 #[test]

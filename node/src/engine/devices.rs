@@ -8,7 +8,7 @@ use tern_store::Contact;
 
 use super::{ContactState, Engine, Internal, device_peer, relay_peer};
 use crate::{
-    device_link::{Bundle, BundleContact, BundleMessage, LINK_VERSION, Request},
+    device_link::{Bundle, BundleContact, BundleMessage, LINK_VERSION, LinkWords, Request},
     error::NodeError,
     home::now_ms,
     net::rpc,
@@ -81,13 +81,16 @@ impl Engine {
                     name: c.name.clone(),
                     this_device: e.device_id() == me,
                     created_at: c.created_at,
+                    words: None,
                 }
             })
             .collect()
     }
 
     /// Links a new device from the code it shows: certifies it, publishes the next device
-    /// list, and deposits the provisioning record (identity, contacts, groups) for it.
+    /// list, and deposits the provisioning record (identity, contacts, groups) for it. The
+    /// answer carries the record's link words, which the new device shows too: its user
+    /// applies the record there only if they match.
     pub(crate) async fn device_add(&mut self, code: &str) -> Result<DeviceInfo, NodeError> {
         self.check_not_revoked()?;
         let req = Request::parse(code).map_err(|e| NodeError::BadRequest(e.to_string()))?;
@@ -172,8 +175,17 @@ impl Engine {
             )));
         }
         self.linked.insert(peer.to_string(), provision_key);
-        let sealed = provision::seal_to(&provision_key, &plain)
+        let (sealed, check) = provision::seal_to_checked(&provision_key, &plain)
             .map_err(|e| NodeError::Crypto(e.to_string()))?;
+        // Shown only once the record is deposited: whoever reads them off this screen can
+        // no longer make a record that reaches the new device before this one.
+        let words = LinkWords::derive(
+            &check,
+            &provision_key,
+            &id,
+            self.keys.identity.public().as_bytes(),
+        );
+        drop(check);
         let mut last = NodeError::Network("the code names no relay".into());
         let mut sent = false;
         for addr in req.relay_addrs() {
@@ -201,6 +213,7 @@ impl Engine {
             name: certificate.certificate().name.clone(),
             this_device: false,
             created_at: certificate.certificate().created_at,
+            words: Some(words.to_string()),
         })
     }
 

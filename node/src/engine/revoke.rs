@@ -77,6 +77,7 @@ impl Engine {
             name: entry.certificate.certificate().name.clone(),
             this_device: false,
             created_at: entry.certificate.certificate().created_at,
+            words: None,
         };
         let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
         let next = list.with_revoked(&id, now_secs)?;

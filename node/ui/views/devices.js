@@ -13,6 +13,7 @@ export function Devices() {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
   const [confirm, setConfirm] = useState(null); // device_id to revoke
+  const [sent, setSent] = useState(null); // {name, words} of the record just sent
 
   const load = () => call('device.list').then(setList, (e) => setError(errorText(e)));
   useEffect(() => {
@@ -26,7 +27,7 @@ export function Devices() {
     setError(null);
     try {
       const d = await call('device.add', { code: code.trim() });
-      toast(`${d.name || 'The new device'} is linked.`);
+      setSent({ name: d.name, words: d.words });
       setCode('');
       await load();
     } catch (err) {
@@ -65,6 +66,14 @@ export function Devices() {
               aria-label=${'Revoke ' + (d.name || d.device_id)} onClick=${() => setConfirm(d.device_id)}>Revoke</button>`)}
       </li>`)}
     </ul>`}
+    ${sent && html`<div class="stack" role="status" data-testid="device-add-words">
+      <h3>Confirm on ${sent.name || 'the new device'}</h3>
+      <p>It must show these words:</p>
+      <p><strong data-testid="device-add-words-text">${sent.words}</strong></p>
+      <p class="muted">Confirm there only if the words are the same. If it shows other words, someone else
+        used its code: answer no there.</p>
+      <div class="row-end"><button type="button" onClick=${() => setSent(null)}>Done</button></div>
+    </div>`}
     <form class="stack" onSubmit=${add} data-testid="device-add-form">
       <h3>Link a new device</h3>
       <p class="muted">On the new device run <code>tern device link</code> and paste the <code>tern-device:</code>${' '}code it shows.</p>

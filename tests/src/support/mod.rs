@@ -576,8 +576,103 @@ pub fn message_texts(h: &[serde_json::Value]) -> Vec<String> {
         .collect()
 }
 
+/// A running `tern device link` on an empty home: the code it printed, and its output and
+/// input, to answer the words of the records it shows. Killed on drop.
+#[derive(Debug)]
+pub struct Linking {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// The `tern-device:` code it shows.
+    pub code: String,
+}
+
+impl Linking {
+    /// Starts `tern device link` in `home` (relay `relay`, device name `name`) and waits for
+    /// its code.
+    pub fn start(home: &Path, relay: &str, name: &str) -> anyhow::Result<Linking> {
+        let mut child = Command::new(bin("tern"))
+            .arg("--home")
+            .arg(home)
+            .args(["device", "link", "--relay", relay, "--name", name])
+            .args(["--no-qr", "--timeout", "60"])
+            .env_remove("TERN_HOME")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn tern device link")?;
+        let lines = spawn_lines(&mut child);
+        let mut linking = Linking {
+            child,
+            lines,
+            code: String::new(),
+        };
+        linking.code = linking
+            .line_after("link code: ")
+            .context("tern device link printed no code")?;
+        Ok(linking)
+    }
+
+    /// The rest of the next output line that starts with `prefix` (earlier lines skipped),
+    /// waiting at most [`WAIT`].
+    pub fn line_after(&mut self, prefix: &str) -> anyhow::Result<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .map_err(|_| anyhow!("tern device link printed no {prefix:?} line in time"))?;
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok(rest.to_owned());
+            }
+        }
+    }
+
+    /// The words of the next record it shows.
+    pub fn next_words(&mut self) -> anyhow::Result<String> {
+        self.line_after("words: ")
+    }
+
+    /// Writes one answer line (`y`, `n` or the words) to its input.
+    pub fn answer(&mut self, line: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("no input to tern device link"))?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits at most [`WAIT`] for it to exit: its exit code and standard error.
+    pub fn finish(mut self) -> anyhow::Result<(Option<i32>, String)> {
+        use std::io::Read;
+        let status = wait_for("tern device link to exit", WAIT, || {
+            self.child.try_wait().ok().flatten()
+        })?;
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        Ok((status.code(), err))
+    }
+}
+
+impl Drop for Linking {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Links a new device of `of`'s user in the empty home `home`: `tern device link` there (its
-/// relay: `relay`), `tern device add CODE` on `of`, and waits for the new home to be set up.
+/// relay: `relay`), `tern device add CODE` on `of`, checks that the new device shows the
+/// words `device add` printed, confirms them there, and waits for the new home to be set up.
 /// Returns the new device's JSON from `device add`.
 pub fn link_device(
     of: &Node,
@@ -585,47 +680,20 @@ pub fn link_device(
     relay: &str,
     name: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut link = Command::new(bin("tern"))
-        .arg("--home")
-        .arg(home)
-        .args(["device", "link", "--relay", relay, "--name", name])
-        .args(["--no-qr", "--timeout", "60"])
-        .env_remove("TERN_HOME")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("spawn tern device link")?;
-    let lines = spawn_lines(&mut link);
-    let deadline = Instant::now() + WAIT;
-    let code = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = lines.recv_timeout(left) else {
-            let _ = link.kill();
-            let _ = link.wait();
-            return Err(anyhow!("tern device link printed no code in time"));
-        };
-        if let Some(code) = line.strip_prefix("link code: ") {
-            break code.to_owned();
-        }
-    };
-    let added = match of.json(&["device", "add", &code]) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = link.kill();
-            let _ = link.wait();
-            return Err(e);
-        }
-    };
-    let status = wait_for("the new device to be provisioned", WAIT, || {
-        link.try_wait().ok().flatten()
-    });
-    if status.is_err() {
-        let _ = link.kill();
-        let _ = link.wait();
+    let mut link = Linking::start(home, relay, name)?;
+    let added = of.json(&["device", "add", &link.code])?;
+    let words = added["words"]
+        .as_str()
+        .ok_or_else(|| anyhow!("device add gave no words: {added}"))?
+        .to_owned();
+    let shown = link.next_words()?;
+    if shown != words {
+        bail!("the new device shows {shown:?}, the adding device {words:?}");
     }
-    let status = status?;
-    if !status.success() {
-        return Err(anyhow!("tern device link exited {status:?}"));
+    link.answer(&words)?;
+    let (code, err) = link.finish()?;
+    if code != Some(0) {
+        bail!("tern device link exited {code:?}: {err}");
     }
     Ok(added)
 }
