@@ -101,6 +101,10 @@ pub enum NodeError {
         /// What to tell the user.
         message: String,
     },
+    /// A home relay refused the push endpoint (`not_allowed`: outside its allow-list;
+    /// `too_large`); the message names each relay and its code.
+    #[error("{0}")]
+    PushRefused(String),
 }
 
 impl NodeError {
@@ -130,6 +134,7 @@ impl NodeError {
             NodeError::WeakPassphrase(_) => 1017,
             NodeError::Io(_) => 1018,
             NodeError::Media { .. } => 1020,
+            NodeError::PushRefused(_) => 1021,
         }
     }
 }
