@@ -19,6 +19,7 @@
 //! | 12 | this device was revoked by another device of the user: it no longer sends |
 //! | 13 | a file could not be sent or fetched |
 //! | 14 | a new device's link was not confirmed: the words typed are not the record's, or no answer came; nothing was applied |
+//! | 15 | a home relay refused the push endpoint (`not_allowed`: outside its allow-list) |
 
 mod file;
 mod up;
@@ -42,7 +43,7 @@ use tern_node::{
 /// initialised or already initialised, 9 group refused it (not an admin, not a member, full),
 /// 10 wrong passphrase or damaged backup, 11 the node must be stopped first, 12 this device
 /// was revoked, 13 a file could not be sent or fetched, 14 a new device's link was not
-/// confirmed (nothing applied).
+/// confirmed (nothing applied), 15 a home relay refused the push endpoint.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Opts {
@@ -193,6 +194,28 @@ enum Cmd {
         #[command(subcommand)]
         cmd: GroupCmd,
     },
+    /// Push wake-ups: a URL (e.g. a UnifiedPush endpoint) the home relays POST a content-free
+    /// `{"v":1,"type":"wakeup","unread":N}` to when mail arrives while this device is not
+    /// connected. Each relay takes only URLs under its `push.allowed_prefixes`.
+    Push {
+        #[command(subcommand)]
+        cmd: PushCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PushCmd {
+    /// Set the push endpoint and register it at every home relay (relays not connected now
+    /// get it when they connect). Exit 5 for a URL that is not a plain http(s) URL, 14 when
+    /// a relay refuses it (the message names the relay and its code).
+    Set {
+        /// The endpoint: http:// or https://, no user name or password.
+        url: String,
+    },
+    /// Remove the push endpoint at every home relay.
+    Clear,
+    /// Show the push endpoint and whether each home relay holds it.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -417,6 +440,7 @@ impl From<ClientError> for Failure {
                 1019 => 12,
                 1020 => 13,
                 1021 => 14,
+                1022 => 15,
                 _ => 1,
             },
             _ => 1,
@@ -912,6 +936,16 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                     "outbox  {}",
                     v.get("outbox").and_then(Value::as_u64).unwrap_or(0)
                 );
+                println!(
+                    "unread  {}",
+                    v.get("unread").and_then(Value::as_u64).unwrap_or(0)
+                );
+                let push = &v["push"];
+                match push.get("host").and_then(Value::as_str) {
+                    // Only the host: the path of a push URL is often its secret part.
+                    Some(host) => println!("push    {host}/…  (tern push status)"),
+                    None => println!("push    none"),
+                }
                 let r = &v["recovery"];
                 let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
                 if n("undecryptable") + n("resends_asked") + n("texts_resent") > 0 {
@@ -961,7 +995,43 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                         }
                     );
                     print_mailbox(&r["mailbox"]);
+                    if let Some(p) = push
+                        .get("relays")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .find(|p| p["addr"] == r["addr"])
+                        && s(p, "state") != "none"
+                    {
+                        println!("        push {}", push_state(p));
+                    }
                 }
+            }
+            Ok(())
+        }
+        Cmd::Push { cmd } => {
+            let (method, params) = match &cmd {
+                PushCmd::Set { url } => ("push.set", json!({"url": url})),
+                PushCmd::Clear => ("push.clear", json!({})),
+                PushCmd::Status => ("push.status", json!({})),
+            };
+            let v = client(&home).await?.call(method, params).await?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            match (&cmd, v.get("url").and_then(Value::as_str)) {
+                (PushCmd::Clear, _) => println!("push endpoint cleared"),
+                (_, Some(url)) => println!("push endpoint {url}"),
+                (_, None) => println!("no push endpoint"),
+            }
+            for p in v
+                .get("relays")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                println!("relay   {} {}", s(p, "addr"), push_state(p));
             }
             Ok(())
         }
@@ -1517,6 +1587,20 @@ async fn contact(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), Failure
         }
     }
     Ok(())
+}
+
+/// The push endpoint's state at one home relay, in words.
+fn push_state(p: &Value) -> String {
+    let code = s(p, "code");
+    match s(p, "state") {
+        "registered" => "registered".into(),
+        "cleared" => "cleared".into(),
+        "refused" => format!("refused ({code})"),
+        "failed" => format!("not yet (failed: {code}; tried again)"),
+        "pending" if p["connected"] == true => "not yet (waiting for the relay)".into(),
+        "pending" => "not yet (relay not connected)".into(),
+        other => other.to_owned(),
+    }
 }
 
 /// How full this device's mailbox at one relay is, and the senders filling it most.

@@ -105,6 +105,10 @@ pub enum NodeError {
     /// records showed the same words, or no answer came. Nothing was applied.
     #[error("{0}")]
     LinkNotConfirmed(String),
+    /// A home relay refused the push endpoint (`not_allowed`: outside its allow-list;
+    /// `too_large`); the message names each relay and its code.
+    #[error("{0}")]
+    PushRefused(String),
 }
 
 impl NodeError {
@@ -135,6 +139,7 @@ impl NodeError {
             NodeError::Io(_) => 1018,
             NodeError::Media { .. } => 1020,
             NodeError::LinkNotConfirmed(_) => 1021,
+            NodeError::PushRefused(_) => 1022,
         }
     }
 }

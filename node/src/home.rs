@@ -184,6 +184,13 @@ pub struct Config {
     /// The embedded relay's TCP port once chosen, so its address stays the same across runs
     /// (contacts keep it from the contact link).
     pub embedded_relay_port: Option<u16>,
+    /// The push endpoint registered at every home relay (`tern push set`), if any. It is a
+    /// capability for the push service: never logged, and the file is written 0600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_url: Option<String>,
+    /// `tern push clear` ran and some home relay has not yet confirmed dropping the endpoint.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub push_clear_due: bool,
 }
 
 /// A node home directory.
@@ -567,7 +574,7 @@ impl Home {
             &Config {
                 name: bundle.name.clone(),
                 relays: relays.unwrap_or_else(|| bundle.relays.clone()),
-                embedded_relay_port: None,
+                ..Config::default()
             },
             |tx| {
                 for c in &bundle.contacts {
@@ -677,13 +684,13 @@ impl Home {
         }
     }
 
-    /// Writes `config.json` atomically.
+    /// Writes `config.json` atomically, mode 0600 (it may hold a push endpoint).
     pub fn save_config(&self, config: &Config) -> Result<(), HomeError> {
         let text = serde_json::to_vec_pretty(config).map_err(|e| HomeError::Config {
             path: self.config_path(),
             reason: e.to_string(),
         })?;
-        write_atomic(&self.config_path(), &text, false)
+        write_atomic(&self.config_path(), &text, true)
     }
 }
 

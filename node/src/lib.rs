@@ -121,6 +121,7 @@ impl Node {
         let grants = engine::grants::Grants::load(&keys.device, &store)?;
         let mut engine = engine::Engine {
             grants,
+            push: engine::push::Push::load(&node_config),
             // Quarantined mail from before a restart is looked at (and expired) once.
             quarantine_due: true,
             home: config.home.clone(),
@@ -401,6 +402,26 @@ impl Node {
         })
         .await
         .map_err(|e| NodeError::Io(format!("the backup task failed: {e}")))?
+    }
+
+    /// Sets this device's push endpoint (an `http(s)` URL under the home relays'
+    /// `push.allowed_prefixes`) and registers it at every home relay that is up (the others
+    /// get it when they come up). A relay's refusal is [`NodeError::PushRefused`].
+    pub async fn push_set(&self, url: String) -> Result<PushInfo, NodeError> {
+        self.call(|reply| Command::Push(engine::push::PushCommand::Set { url, reply }))
+            .await
+    }
+
+    /// Removes the push endpoint at every home relay (those down now, when they come up).
+    pub async fn push_clear(&self) -> Result<PushInfo, NodeError> {
+        self.call(|reply| Command::Push(engine::push::PushCommand::Clear(reply)))
+            .await
+    }
+
+    /// The push endpoint and its registration at each home relay.
+    pub async fn push_status(&self) -> Result<PushInfo, NodeError> {
+        self.call(|reply| Command::Push(engine::push::PushCommand::Status(reply)))
+            .await
     }
 
     /// This user's devices.

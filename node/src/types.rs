@@ -308,6 +308,43 @@ pub struct StatusInfo {
     pub recovery: RecoveryInfo,
     /// History moving between this user's devices.
     pub history: HistoryInfo,
+    /// Unread messages over every conversation (the badge count; kept in the store, so it
+    /// is the same after a restart).
+    #[serde(default)]
+    pub unread: u64,
+    /// The push endpoint and its registration at each home relay.
+    #[serde(default)]
+    pub push: PushInfo,
+}
+
+/// This device's push endpoint (`tern push`): the URL its home relays POST a content-free
+/// wake-up to when mail arrives while it is not listening.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PushInfo {
+    /// The URL (`null`: none set).
+    pub url: Option<String>,
+    /// Its scheme, host and port only (what may be shown or logged; the path is often the
+    /// secret part).
+    pub host: Option<String>,
+    /// Its registration at each home relay.
+    pub relays: Vec<PushRelayInfo>,
+}
+
+/// The push endpoint at one home relay.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PushRelayInfo {
+    /// The relay's address.
+    pub addr: String,
+    /// Whether it is connected.
+    pub connected: bool,
+    /// `registered` (it holds the URL), `refused` (see `code`), `pending` (not yet: the relay
+    /// is not connected or has not answered), `failed` (see `code`; tried again), `cleared`
+    /// (it confirmed dropping the URL), `none` (no URL was ever set).
+    pub state: String,
+    /// Why, for `refused` (`not_allowed`: outside the relay's allow-list; `too_large`) and
+    /// `failed` (a relay code such as `rate_limited`, or `network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// History moving to a newly linked device: what this device received (as a new device)

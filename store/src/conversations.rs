@@ -151,6 +151,17 @@ impl Tx<'_> {
 }
 
 impl Store {
+    /// Unread messages over every conversation (the sum of their unread counts).
+    pub fn unread_total(&self) -> Result<u64, ReadError> {
+        const OP: &str = "count unread";
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT COALESCE(SUM(unread_count), 0) FROM conversations")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .read_ctx(OP)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// One conversation's summary.
     pub fn conversation(
         &self,

@@ -357,3 +357,27 @@ fn has_sequence_finds_a_sender_devices_message_in_its_conversation_only() {
     assert!(!store.has_sequence(&conv("bob"), "a1", 3).unwrap());
     assert!(!store.has_sequence(&conv("nobody"), "a1", 3).unwrap());
 }
+
+#[test]
+fn unread_total_sums_conversations_and_survives_reopening() {
+    let env = env();
+    let mut store = open(&env.path);
+    assert_eq!(store.unread_total().unwrap(), 0);
+    ensure(&mut store, "a", ConversationKind::Direct);
+    ensure(&mut store, "b", ConversationKind::Direct);
+    fill(&mut store, "a", 3);
+    store
+        .record_incoming(&incoming(10, "b", 1, "b1"), &[])
+        .unwrap();
+    store
+        .record_incoming(&incoming(11, "b", 2, "b2"), &[])
+        .unwrap();
+    assert_eq!(store.unread_total().unwrap(), 5);
+    drop(store);
+    let mut store = open(&env.path);
+    assert_eq!(store.unread_total().unwrap(), 5, "kept across a reopen");
+    store
+        .transaction(|tx| tx.mark_read(&conv("a")).map(drop))
+        .unwrap();
+    assert_eq!(store.unread_total().unwrap(), 2);
+}

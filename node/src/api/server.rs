@@ -419,6 +419,9 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
             Ok(json!(true))
         }
         "status" => to_value(node.status().await?),
+        "push.set" => to_value(node.push_set(str_param(p, "url")?).await?),
+        "push.clear" => to_value(node.push_clear().await?),
+        "push.status" => to_value(node.push_status().await?),
         "search" => to_value(node.search(str_param(p, "query")?).await?),
         "safety_number" => to_value(node.safety_number(str_param(p, "contact")?).await?),
         "verify" => to_value(

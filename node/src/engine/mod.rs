@@ -13,6 +13,7 @@ pub(crate) mod hold;
 mod lanes;
 mod listsync;
 pub(crate) mod media;
+pub(crate) mod push;
 mod receive;
 mod recover;
 mod revoke;
@@ -123,6 +124,8 @@ pub(crate) enum Command {
     },
     /// What an identity backup holds (sealed by the caller).
     BackupBundle(Reply<crate::device_link::Bundle>),
+    /// Set, clear or show the push endpoint.
+    Push(push::PushCommand),
 }
 
 /// A group command.
@@ -199,6 +202,8 @@ pub(crate) enum Internal {
     },
     /// A home relay holds fewer one-time keys than `ONE_TIME_KEYS_LOW`: top up.
     PrekeysLow,
+    /// Push endpoint registrations answered.
+    Push(push::Done),
 }
 
 /// What the engine knows about a contact.
@@ -372,6 +377,8 @@ pub(crate) struct Engine {
     pub grants: grants::Grants,
     /// Quarantined mail may have a known sender now (read on the next tick).
     pub quarantine_due: bool,
+    /// The push endpoint and its registration at the home relays.
+    pub push: push::Push,
 }
 
 impl std::fmt::Debug for Engine {
@@ -610,6 +617,7 @@ impl Engine {
                         tracing::warn!("checkpointing the store failed: {e}");
                     }
                     self.retry_setup().await;
+                    self.push_sync();
                 }
                 _ = poll.tick() => {
                     for relay in self.home_relay_peers() {
@@ -733,6 +741,7 @@ impl Engine {
             Command::BackupBundle(reply) => {
                 let _ = reply.send(self.backup_bundle());
             }
+            Command::Push(cmd) => self.on_push_command(cmd),
         }
     }
 
@@ -836,6 +845,7 @@ impl Engine {
             } => self.on_fanned_out(id, attempts, results),
             Internal::DeviceLists(lists) => self.on_device_lists(lists),
             Internal::PeerLists { lists, failed } => self.on_peer_lists(lists, failed),
+            Internal::Push(done) => self.on_push_done(done),
         }
     }
 
@@ -867,6 +877,7 @@ impl Engine {
         }
         self.push_allow_list();
         self.push_grants(Some(relay));
+        self.push_relay_up(relay);
         self.ask_usage();
         self.heartbeat();
         self.fetch_mailbox(relay);
@@ -1089,6 +1100,8 @@ impl Engine {
             outbox,
             recovery: self.recovery,
             history: self.history_info()?,
+            unread: self.store.unread_total()?,
+            push: self.push_info(),
             peers: peers
                 .into_iter()
                 .map(|p| PeerInfo {

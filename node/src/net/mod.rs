@@ -1116,6 +1116,18 @@ pub mod rpc {
         }
     }
 
+    /// Registers this device's push endpoint at `relay` (`None`: removes it).
+    pub async fn register_push(
+        net: &Client,
+        relay: PeerId,
+        url: Option<String>,
+    ) -> Result<(), NetError> {
+        match mailbox(net, relay, mailbox::Request::RegisterPush { url }).await? {
+            mailbox::Response::Ok => Ok(()),
+            _ => Err(NetError::Unexpected),
+        }
+    }
+
     /// How full this device's mailbox at `relay` is, and by whom.
     pub async fn usage(net: &Client, relay: PeerId) -> Result<mailbox::Usage, NetError> {
         match mailbox(net, relay, mailbox::Request::Usage).await? {
