@@ -34,6 +34,10 @@ use crate::{
     types::{MailboxInfo, MailboxSender},
 };
 
+/// How long registering grants at a relay that refused or failed waits before it is tried
+/// again (a relay comes back up sooner through its connection routine).
+pub(crate) const GRANT_RETRY: Duration = Duration::from_secs(30);
+
 /// Least time between two grants offered to the same user in answer to introductions.
 pub(crate) const GRANT_OFFER_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -46,6 +50,8 @@ pub(crate) struct Grants {
     held: HashMap<String, Grant>,
     /// The users whose grants were last registered, per home relay.
     registered: HashMap<PeerId, BTreeSet<String>>,
+    /// Home relays where registering failed, and when to try again.
+    retry_at: HashMap<PeerId, Instant>,
     /// When a grant was last offered to a user in answer to an introduction.
     offered: HashMap<String, Instant>,
     /// Per home relay, the user each registered token hash stands for (to name the shares
@@ -76,6 +82,7 @@ impl Grants {
                 .map(|(d, g)| (d, Grant::from_bytes(g)))
                 .collect(),
             registered: HashMap::new(),
+            retry_at: HashMap::new(),
             offered: HashMap::new(),
             hashes: HashMap::new(),
             usage: HashMap::new(),
@@ -109,13 +116,20 @@ pub(crate) fn token(grant: Option<&Grant>, relay: PeerId) -> Option<[u8; 32]> {
 
 impl Engine {
     /// Every user this device grants: contacts, members of shared groups, its own user.
+    /// At most [`mailbox::MAX_GRANTS`] (this user and contacts first): past that, members of
+    /// shared groups who are not contacts deposit as introductions.
     fn granted_users(&self) -> BTreeSet<String> {
-        self.contacts
-            .keys()
-            .chain(self.peers.keys())
-            .cloned()
-            .chain(std::iter::once(self.user_hex.clone()))
-            .collect()
+        let mut users: BTreeSet<String> = std::iter::once(self.user_hex.clone())
+            .chain(self.contacts.keys().cloned())
+            .take(mailbox::MAX_GRANTS)
+            .collect();
+        for u in self.peers.keys() {
+            if users.len() >= mailbox::MAX_GRANTS {
+                break;
+            }
+            users.insert(u.clone());
+        }
+        users
     }
 
     /// Registers the grants at every home relay that is up and whose registered set is not
@@ -126,9 +140,17 @@ impl Engine {
             if !self.relay_up.contains(&relay) || only.is_some_and(|o| o != relay) {
                 continue;
             }
-            if only.is_none() && self.grants.registered.get(&relay) == Some(&users) {
+            if only.is_none()
+                && (self.grants.registered.get(&relay) == Some(&users)
+                    || self
+                        .grants
+                        .retry_at
+                        .get(&relay)
+                        .is_some_and(|t| Instant::now() < *t))
+            {
                 continue;
             }
+            self.grants.retry_at.remove(&relay);
             let rb = relay.to_bytes();
             let named: HashMap<[u8; 32], String> = users
                 .iter()
@@ -229,9 +251,13 @@ impl Engine {
         })
     }
 
-    /// Registering grants at `relay` failed: it is tried again on the next tick.
+    /// Registering grants at `relay` failed: it is tried again after [`GRANT_RETRY`] (or
+    /// when the relay comes up again).
     pub(crate) fn on_grants_failed(&mut self, relay: PeerId) {
         self.grants.registered.remove(&relay);
+        self.grants
+            .retry_at
+            .insert(relay, Instant::now() + GRANT_RETRY);
     }
 
     /// A pairwise envelope from `device` carried its grant for this user.

@@ -174,7 +174,7 @@ pub(crate) enum GroupCommand {
 pub(crate) enum Internal {
     /// A lane task finished.
     LaneDone(lanes::LaneDone),
-    /// Registering deposit grants at this home relay failed (tried again on the next tick).
+    /// Registering deposit grants at this home relay failed (tried again later).
     GrantsFailed(PeerId),
     /// How full this device's mailbox at a home relay is.
     Usage(PeerId, tern_relay::wire::mailbox::Usage),
