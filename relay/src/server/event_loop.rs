@@ -1236,27 +1236,20 @@ async fn directory_request(
     one_time: bool,
 ) -> dw::Response {
     use super::directory::{build_claim, verify_bundle, verify_list};
-    let submit = |op| {
-        let storage = storage.clone();
-        async move { storage.submit_wait(op).await }
-    };
     match req {
         dw::Request::PublishDeviceList { list } => {
             let v = match blocking(move || verify_list(list.into_vec(), peer)).await {
                 Ok(v) => v,
                 Err(code) => return dir_error(code),
             };
-            let (reply, rx) = oneshot::channel();
-            let op = storage::Op::PublishList {
+            match ask(&storage, |reply| storage::Op::PublishList {
                 user: v.user,
                 body: v.body,
                 check: v.check,
                 reply,
-            };
-            if let Err(e) = submit(op).await {
-                return dir_error(e.code());
-            }
-            match await_reply(rx).await {
+            })
+            .await
+            {
                 Ok(()) => dw::Response::Ok,
                 Err(e) => dir_error(e.code()),
             }
@@ -1265,16 +1258,12 @@ async fn directory_request(
             if user.len() != dw::USER_ID_BYTES {
                 return dir_error(ErrorCode::BadRequest);
             }
-            let (reply, rx) = oneshot::channel();
-            if let Err(e) = submit(storage::Op::FetchList {
+            match ask(&storage, |reply| storage::Op::FetchList {
                 user: user.into_vec(),
                 reply,
             })
             .await
             {
-                return dir_error(e.code());
-            }
-            match await_reply(rx).await {
                 Ok(Some(list)) => dw::Response::DeviceList {
                     list: serde_bytes::ByteBuf::from(list),
                 },
@@ -1287,19 +1276,16 @@ async fn directory_request(
                 Ok(v) => v,
                 Err(code) => return dir_error(code),
             };
-            let (reply, rx) = oneshot::channel();
-            let op = storage::Op::PublishPrekeys {
+            match ask(&storage, |reply| storage::Op::PublishPrekeys {
                 device: v.device,
                 user: v.user,
                 bundle: v.bundle,
                 one_time: v.one_time,
                 check: v.check,
                 reply,
-            };
-            if let Err(e) = submit(op).await {
-                return dir_error(e.code());
-            }
-            match await_reply(rx).await {
+            })
+            .await
+            {
                 Ok(n) => dw::Response::Published { one_time_keys: n },
                 Err(e) => dir_error(e.code()),
             }
@@ -1308,17 +1294,14 @@ async fn directory_request(
             if user.len() != dw::USER_ID_BYTES {
                 return dir_error(ErrorCode::BadRequest);
             }
-            let (reply, rx) = oneshot::channel();
-            let op = storage::Op::Claim {
+            match ask(&storage, |reply| storage::Op::Claim {
                 device: device.to_bytes(),
                 user: user.into_vec(),
                 one_time,
                 reply,
-            };
-            if let Err(e) = submit(op).await {
-                return dir_error(e.code());
-            }
-            match await_reply(rx).await {
+            })
+            .await
+            {
                 Ok(Some((bundle, key))) => {
                     match blocking(move || build_claim(&bundle, key.as_deref())).await {
                         Ok((claim, fallback)) => dw::Response::Prekey {
@@ -1333,20 +1316,27 @@ async fn directory_request(
             }
         }
         dw::Request::PrekeyCount => {
-            let (reply, rx) = oneshot::channel();
-            let op = storage::Op::PrekeyCount {
+            match ask(&storage, |reply| storage::Op::PrekeyCount {
                 device: peer.to_bytes(),
                 reply,
-            };
-            if let Err(e) = submit(op).await {
-                return dir_error(e.code());
-            }
-            match await_reply(rx).await {
+            })
+            .await
+            {
                 Ok(n) => dw::Response::Published { one_time_keys: n },
                 Err(e) => dir_error(e.code()),
             }
         }
     }
+}
+
+/// Queues the storage operation `op` makes with its reply sender and waits for the answer.
+async fn ask<T: Send + 'static>(
+    storage: &storage::StorageHandle,
+    op: impl FnOnce(oneshot::Sender<Result<T, storage::OpError>>) -> storage::Op,
+) -> Result<T, storage::OpError> {
+    let (reply, rx) = oneshot::channel();
+    storage.submit_wait(op(reply)).await?;
+    await_reply(rx).await
 }
 
 /// A storage failure as a rejection; transient ones carry a retry hint.
