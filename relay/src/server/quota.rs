@@ -12,7 +12,7 @@
 //!   so strangers can neither fill the mailbox nor grow their room by minting identities.
 //!
 //! The writer checks these against the committed usage plus what its open batch added, so
-//! the limits hold across a batch (see `storage.rs`).
+//! the limits hold across a batch (see `storage::writer`).
 
 use std::collections::HashMap;
 

@@ -1,0 +1,329 @@
+//! The relay's own storage: one SQLite database (WAL, `synchronous=FULL`) owned by one
+//! writer thread that commits queued operations in batches (group commit).
+//!
+//! Every operation carries a oneshot reply that is sent only after the transaction holding
+//! it has committed, so an acknowledged deposit is on disk. Each operation runs inside its
+//! own savepoint, so one that fails (a full disk, say) is rolled back alone while the rest
+//! of the batch commits.
+//!
+//! The parts:
+//!
+//! - this module: opening the database ([`Storage`], [`Reader`]), the writer's settings and
+//!   the errors;
+//! - `op`: the operations the writer takes ([`Op`]) and what they answer;
+//! - `schema`: connection settings, the migrations to each schema version, and the state
+//!   read back at start-up ([`Loaded`], the mailbox fill levels);
+//! - `writer`: the writer thread: batching, the disk reserve, one savepoint per operation,
+//!   replies after the commit, and the usage counters it keeps;
+//! - `mailbox`: deposits, fetches, acks and expiry of mailbox entries, and a mailbox's usage;
+//! - `grants`: the deposit grants an owner registers, and their expiry;
+//! - `presence`: presence allow-lists, last-seen times and push endpoints;
+//! - `directory`: signed device lists, prekey bundles and one-time keys.
+//!
+//! What devices keep here besides mail expires through `server::registrations`.
+
+mod directory;
+mod grants;
+mod mailbox;
+mod op;
+mod presence;
+mod schema;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread::JoinHandle,
+};
+
+use libp2p::PeerId;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::mpsc;
+
+use super::metrics::Metrics;
+use super::quota::Tag;
+pub use super::quota::{Quota, Share};
+use crate::wire::ErrorCode;
+pub use directory::{CheckFn, Claimed, ListCheck, MAX_STORED_ONE_TIME_KEYS};
+pub use op::{Deposited, Op, Page, Stored};
+pub use schema::Loaded;
+
+/// The database file name inside the data directory.
+pub const DB_FILE: &str = "relay.sqlite3";
+/// The schema version this build writes (`PRAGMA user_version`); stored records are
+/// versioned by it.
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// Why the storage could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// SQLite failed while opening or migrating.
+    #[error("cannot open database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer relay.
+    #[error("database {path} has schema version {found}; this relay knows up to {SCHEMA_VERSION}")]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start storage thread")]
+    Thread(#[source] std::io::Error),
+    /// The database's files could not be made private.
+    #[error("cannot restrict {path} to this user: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why one operation failed. The operation had no effect.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpError {
+    /// The database (or its configured size limit) is full.
+    #[error("storage full")]
+    Full,
+    /// Every recipient's mailbox is over its quota.
+    #[error("mailbox quota exceeded ({0:?})")]
+    Quota(ErrorCode),
+    /// SQLite failed otherwise.
+    #[error("storage failure: {0}")]
+    Internal(String),
+    /// The writer is gone (shutting down).
+    #[error("storage closed")]
+    Closed,
+    /// The writer's queue is full.
+    #[error("storage busy")]
+    Busy,
+    /// A check refused the operation.
+    #[error("refused ({0:?})")]
+    Refused(ErrorCode),
+}
+
+impl OpError {
+    /// The wire error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            OpError::Full => ErrorCode::StorageFull,
+            OpError::Quota(c) | OpError::Refused(c) => *c,
+            OpError::Internal(_) => ErrorCode::Internal,
+            OpError::Closed | OpError::Busy => ErrorCode::Unavailable,
+        }
+    }
+}
+
+fn sql_err(e: rusqlite::Error) -> OpError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => OpError::Full,
+        _ => OpError::Internal(e.to_string()),
+    }
+}
+
+fn peer(bytes: &[u8]) -> Option<PeerId> {
+    PeerId::from_bytes(bytes).ok()
+}
+
+/// Handle to the writer thread. Dropping every handle lets the thread finish the queue,
+/// commit and exit; [`Storage::close`] waits for that.
+#[derive(Debug)]
+pub struct Storage {
+    tx: mpsc::Sender<Op>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A cheap cloneable sender of operations.
+#[derive(Debug, Clone)]
+pub struct StorageHandle {
+    tx: mpsc::Sender<Op>,
+}
+
+impl StorageHandle {
+    /// Queues an operation without waiting; a full queue is [`OpError::Busy`].
+    pub fn submit(&self, op: Op) -> Result<(), OpError> {
+        self.tx.try_send(op).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => OpError::Busy,
+            mpsc::error::TrySendError::Closed(_) => OpError::Closed,
+        })
+    }
+
+    /// Queues an operation, waiting for room.
+    pub async fn submit_wait(&self, op: Op) -> Result<(), OpError> {
+        self.tx.send(op).await.map_err(|_| OpError::Closed)
+    }
+}
+
+/// Settings for the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Most operations per transaction.
+    pub max_batch: usize,
+    /// Queue capacity.
+    pub queue_depth: usize,
+    /// Size limit of the database in bytes (0: none).
+    pub max_database_bytes: u64,
+    /// Mailbox quotas.
+    pub quota: Quota,
+    /// Grants of an owner that has not registered them again for this long are deleted
+    /// (ms).
+    pub grant_idle_ms: u64,
+    /// Free disk space kept: below it, operations that store more (deposits, publishing,
+    /// registering) fail with `StorageFull` while fetches and acks go on (0: none).
+    pub reserve_bytes: u64,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the database in `dir` and starts the writer thread.
+    pub fn open(
+        dir: &Path,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Loaded), OpenError> {
+        let path = dir.join(DB_FILE);
+        let wrap = |source| OpenError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(wrap)?;
+        // Before WAL mode creates its files: SQLite gives them the database file's mode.
+        let files = [
+            path.clone(),
+            path.with_extension("sqlite3-wal"),
+            path.with_extension("sqlite3-shm"),
+        ];
+        for f in files {
+            if f.exists() {
+                super::private(&f, 0o600).map_err(|source| OpenError::Io {
+                    path: f.clone(),
+                    source,
+                })?;
+            }
+        }
+        schema::init(&conn, settings.max_database_bytes).map_err(wrap)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(wrap)?;
+        match version {
+            0..=3 => {
+                let steps: [fn(&Connection) -> rusqlite::Result<()>; 4] = [
+                    schema::migrate_v1,
+                    schema::migrate_v2,
+                    schema::migrate_v3,
+                    super::registrations::migrate_v4,
+                ];
+                for step in &steps[version as usize..] {
+                    step(&conn).map_err(wrap)?;
+                }
+            }
+            SCHEMA_VERSION => {}
+            found => return Err(OpenError::Schema { path, found }),
+        }
+        let usage = schema::load_usage(&conn).map_err(wrap)?;
+        let loaded = schema::load_state(&conn).map_err(wrap)?;
+        let (total_messages, total_bytes) = usage
+            .iter()
+            .filter(|((_, t), _)| *t == Tag::Total)
+            .fold((0, 0), |(m, b), (_, u)| (m + u.messages, b + u.bytes));
+        metrics.set_mailbox_totals(total_messages, total_bytes);
+        let (tx, rx) = mpsc::channel(settings.queue_depth);
+        let writer = writer::Writer::new(conn, dir.to_path_buf(), usage, settings, metrics);
+        let thread = std::thread::Builder::new()
+            .name("tern-relay-storage".into())
+            .spawn(move || writer.run(rx))
+            .map_err(OpenError::Thread)?;
+        Ok((
+            Self {
+                tx,
+                thread: Some(thread),
+            },
+            loaded,
+        ))
+    }
+
+    /// A sender of operations.
+    pub fn handle(&self) -> StorageHandle {
+        StorageHandle {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Lets the writer commit everything queued before this call, then stops it and waits
+    /// for it to exit. Operations sent later are answered [`OpError::Closed`].
+    pub async fn close(mut self) {
+        if self.tx.send(Op::Shutdown).await.is_err() {
+            tracing::error!("storage writer already gone");
+        }
+        if let Some(t) = self.thread.take() {
+            match tokio::task::spawn_blocking(move || t.join()).await {
+                Ok(Ok(())) => {}
+                _ => tracing::error!("storage thread panicked"),
+            }
+        }
+    }
+}
+
+/// A read-only connection for look-ups off the writer thread (WAL lets it read while the
+/// writer commits): blob uploads ask which user a device is registered under.
+#[derive(Debug)]
+pub struct Reader {
+    conn: std::sync::Mutex<Connection>,
+}
+
+impl Reader {
+    /// Opens the database in `dir` read-only; [`Storage::open`] must have created it.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| {
+            c.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(c)
+        })
+        .map_err(|source| OpenError::Sqlite { path, source })?;
+        Ok(Self {
+            conn: std::sync::Mutex::new(conn),
+        })
+    }
+
+    /// The user id `device` published its prekey bundle under, if it did: a device
+    /// registered at this relay through `/tern/directory/1` (its bundle verified against its
+    /// user's signed device list). Blocking; call from a blocking task.
+    pub fn device_user(&self, device: &PeerId) -> Result<Option<Vec<u8>>, OpError> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        conn.query_row(
+            "SELECT user FROM prekey_bundle WHERE device = ?1",
+            params![device.to_bytes()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql_err)
+    }
+}
+
+#[cfg(test)]
+fn test_settings(max_messages: u64) -> Settings {
+    Settings {
+        max_batch: 64,
+        queue_depth: 64,
+        max_database_bytes: 0,
+        quota: Quota::new(max_messages, 1 << 20, 100, 4, 1 << 20, 2),
+        grant_idle_ms: 10_000,
+        reserve_bytes: 0,
+    }
+}

@@ -1,0 +1,490 @@
+//! The writer thread: it takes operations in batches, runs each in a savepoint of one
+//! transaction, and answers them only after the commit; it keeps every mailbox's fill level
+//! in memory, and refuses what stores more while free disk space is below the reserve.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
+
+use libp2p::PeerId;
+use rusqlite::{Connection, Transaction};
+use tokio::sync::mpsc;
+
+use super::{
+    Claimed, Deposited, Op, OpError, Page, Settings, directory, grants, mailbox, op::Reply,
+    presence, schema::load_usage, sql_err,
+};
+use crate::server::{
+    metrics::Metrics,
+    quota::{Key, Tag, Usage},
+};
+use crate::wire::mailbox as wire_mailbox;
+
+/// The writer thread's state.
+pub(super) struct Writer {
+    conn: Connection,
+    /// The data directory (its file system's free space is checked against the reserve).
+    dir: PathBuf,
+    /// Whether free space was below the reserve, and when that was last looked at.
+    low: (bool, Option<Instant>),
+    /// Committed fill level of every non-empty mailbox and share in one.
+    usage: HashMap<Key, Usage>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+}
+
+/// Signed changes to usage counters.
+pub(super) type Delta = HashMap<Key, (i64, i64)>;
+
+/// An applied operation waiting for the commit to send its reply.
+enum Done {
+    Deposit(Reply<Deposited>, Result<Deposited, OpError>),
+    Fetch(Reply<Page>, Result<Page, OpError>),
+    Count(Reply<u32>, Result<u32, OpError>),
+    Expired(Reply<u64>, Result<u64, OpError>),
+    Unit(Reply<()>, Result<(), OpError>),
+    Bytes(Reply<Option<Vec<u8>>>, Result<Option<Vec<u8>>, OpError>),
+    Claim(Reply<Option<Claimed>>, Result<Option<Claimed>, OpError>),
+    Usage(
+        Reply<wire_mailbox::Usage>,
+        Result<wire_mailbox::Usage, OpError>,
+    ),
+    Peers(Reply<Vec<PeerId>>, Result<Vec<PeerId>, OpError>),
+    None,
+}
+
+impl Done {
+    /// The error this operation ended with, if any.
+    fn error(&self) -> Option<OpError> {
+        match self {
+            Done::Deposit(_, Err(e)) | Done::Fetch(_, Err(e)) => Some(e.clone()),
+            Done::Count(_, Err(e)) | Done::Expired(_, Err(e)) | Done::Unit(_, Err(e)) => {
+                Some(e.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn send(self, commit_error: Option<&OpError>) {
+        fn go<T>(reply: Reply<T>, result: Result<T, OpError>, commit_error: Option<&OpError>) {
+            let r = match commit_error {
+                Some(e) => Err(e.clone()),
+                None => result,
+            };
+            // The requester may have given up (connection closed); nothing to do then.
+            let _ = reply.send(r);
+        }
+        match self {
+            Done::Deposit(r, v) => go(r, v, commit_error),
+            Done::Fetch(r, v) => go(r, v, commit_error),
+            Done::Count(r, v) => go(r, v, commit_error),
+            Done::Expired(r, v) => go(r, v, commit_error),
+            Done::Unit(r, v) => go(r, v, commit_error),
+            Done::Bytes(r, v) => go(r, v, commit_error),
+            Done::Claim(r, v) => go(r, v, commit_error),
+            Done::Usage(r, v) => go(r, v, commit_error),
+            Done::Peers(r, v) => go(r, v, commit_error),
+            Done::None => {}
+        }
+    }
+}
+
+impl Writer {
+    /// The writer of `conn`, whose mailboxes hold `usage`.
+    pub(super) fn new(
+        conn: Connection,
+        dir: PathBuf,
+        usage: HashMap<Key, Usage>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Writer {
+            conn,
+            dir,
+            low: (false, None),
+            usage,
+            settings,
+            metrics,
+        }
+    }
+
+    /// Takes operations until [`Op::Shutdown`] or until every sender is gone.
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut batch = Vec::with_capacity(self.settings.max_batch);
+        let mut stop = false;
+        while let Some(op) = rx.blocking_recv() {
+            batch.push(op);
+            while batch.len() < self.settings.max_batch {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            if let Some(i) = batch.iter().position(|op| matches!(op, Op::Shutdown)) {
+                for later in batch.drain(i..) {
+                    fail(later, &OpError::Closed);
+                }
+                stop = true;
+            }
+            if !batch.is_empty() {
+                self.process(&mut batch);
+            }
+            if stop {
+                break;
+            }
+        }
+        rx.close();
+        while let Ok(op) = rx.try_recv() {
+            fail(op, &OpError::Closed);
+        }
+        tracing::debug!("storage writer finished its queue");
+    }
+
+    /// Commits `batch` in as few transactions as possible. SQLite rolls a whole
+    /// transaction back by itself on some errors (a full disk among them); then the
+    /// operations applied so far are answered with the error and the rest go on in a
+    /// fresh transaction, so acks that free space still work on a full disk.
+    fn process(&mut self, batch: &mut Vec<Op>) {
+        let mut queue: std::collections::VecDeque<Op> = batch.drain(..).collect();
+        while !queue.is_empty() {
+            self.process_some(&mut queue);
+        }
+    }
+
+    /// Whether free disk space is below the reserve (looked at most once a second).
+    fn disk_low(&mut self) -> bool {
+        if self.settings.reserve_bytes == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        if self
+            .low
+            .1
+            .is_none_or(|t| now.duration_since(t) >= DISK_CHECK_INTERVAL)
+        {
+            let free = crate::server::blobs::disk::free_bytes(&self.dir).unwrap_or(u64::MAX);
+            self.low = (free < self.settings.reserve_bytes, Some(now));
+        }
+        self.low.0
+    }
+
+    fn process_some(&mut self, queue: &mut std::collections::VecDeque<Op>) {
+        let started = Instant::now();
+        let low = self.disk_low();
+        let mut done = Vec::with_capacity(queue.len());
+        let mut delta = Delta::new();
+        let mut tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = sql_err(e);
+                for op in queue.drain(..) {
+                    fail(op, &err);
+                }
+                return;
+            }
+        };
+        let mut aborted = None;
+        while let Some(op) = queue.pop_front() {
+            // Below the disk reserve nothing that stores more is taken; what frees space
+            // (acks, expiry) and reads go on, so mailboxes drain.
+            if low && op.grows() {
+                done.push(refuse(op, &OpError::Full));
+                continue;
+            }
+            let d = apply_in_savepoint(&mut tx, op, &self.usage, &mut delta, &self.settings);
+            if tx.is_autocommit() {
+                // SQLite rolled the transaction back: nothing in it will be committed.
+                aborted = Some(
+                    d.error()
+                        .unwrap_or(OpError::Internal("transaction rolled back".into())),
+                );
+                done.push(d);
+                break;
+            }
+            done.push(d);
+        }
+        let n = done.len();
+        let commit = match aborted {
+            Some(e) => {
+                drop(tx);
+                Err(e)
+            }
+            None => tx.commit().map_err(sql_err),
+        };
+        match &commit {
+            Ok(()) => {
+                let (mut dm, mut db) = (0i64, 0i64);
+                for (key, (m, b)) in delta {
+                    if key.1 == Tag::Total {
+                        dm += m;
+                        db += b;
+                    }
+                    let u = self.usage.entry(key.clone()).or_default();
+                    u.messages = (u.messages as i64 + m).max(0) as u64;
+                    u.bytes = (u.bytes as i64 + b).max(0) as u64;
+                    if u.messages == 0 {
+                        self.usage.remove(&key);
+                    }
+                }
+                self.metrics.add_mailbox_totals(dm, db);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ops = n, "storage transaction failed; rolled back");
+                if let Ok(u) = load_usage(&self.conn) {
+                    self.usage = u;
+                }
+            }
+        }
+        self.metrics.observe_commit(started.elapsed(), n);
+        let err = commit.err();
+        for d in done {
+            d.send(err.as_ref());
+        }
+    }
+}
+
+/// How often free disk space is looked at.
+const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most devices whose registrations one sweep deletes.
+const MAX_DEVICES_PER_SWEEP: usize = 10_000;
+
+/// Now, for operations that do not carry it (ms since the epoch).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn fail(op: Op, err: &OpError) {
+    refuse(op, err).send(None);
+}
+
+/// The answer to an operation refused with `err`, to send with the batch.
+fn refuse(op: Op, err: &OpError) -> Done {
+    match op {
+        Op::Deposit { reply, .. } => Done::Deposit(reply, Err(err.clone())),
+        Op::Fetch { reply, .. } => Done::Fetch(reply, Err(err.clone())),
+        Op::Ack { reply, .. } | Op::PublishPrekeys { reply, .. } => {
+            Done::Count(reply, Err(err.clone()))
+        }
+        Op::PublishList { reply, .. } => Done::Unit(reply, Err(err.clone())),
+        Op::FetchList { reply, .. } => Done::Bytes(reply, Err(err.clone())),
+        Op::Claim { reply, .. } => Done::Claim(reply, Err(err.clone())),
+        Op::PrekeyCount { reply, .. } => Done::Count(reply, Err(err.clone())),
+        Op::Expire { reply, .. } => Done::Expired(reply, Err(err.clone())),
+        Op::SetPush { reply, .. }
+        | Op::SetAllowList { reply, .. }
+        | Op::SetGrants { reply, .. }
+        | Op::Ping { reply } => Done::Unit(reply, Err(err.clone())),
+        Op::Usage { reply, .. } => Done::Usage(reply, Err(err.clone())),
+        Op::ExpireDevices { reply, .. } => Done::Peers(reply, Err(err.clone())),
+        Op::SetLastSeen { .. } | Op::Shutdown => Done::None,
+    }
+}
+
+/// Runs one operation in a savepoint; on failure the savepoint (and the operation's usage
+/// delta) is discarded and the error becomes the reply.
+fn apply_in_savepoint(
+    tx: &mut Transaction<'_>,
+    op: Op,
+    usage: &HashMap<Key, Usage>,
+    delta: &mut Delta,
+    settings: &Settings,
+) -> Done {
+    let mut local = Delta::new();
+    let sp = match tx.savepoint() {
+        Ok(sp) => sp,
+        Err(e) => {
+            fail(op, &sql_err(e));
+            return Done::None;
+        }
+    };
+    let mut early_notice = None;
+    let (done, ok) = match op {
+        Op::Deposit {
+            sender,
+            recipients,
+            ciphertext,
+            now_ms,
+            expires_ms,
+            intro_expires_ms,
+            early,
+            reply,
+        } => {
+            let r = mailbox::deposit(
+                &sp,
+                sender,
+                &recipients,
+                &ciphertext,
+                now_ms,
+                (expires_ms, intro_expires_ms.min(expires_ms)),
+                usage,
+                delta,
+                &mut local,
+                settings.quota,
+            );
+            if let (Some(tx), Ok(d)) = (early, &r) {
+                early_notice = Some((tx, d.stored.clone()));
+            }
+            let ok = r.is_ok();
+            (Done::Deposit(reply, r), ok)
+        }
+        Op::Fetch {
+            owner,
+            after,
+            limit,
+            max_bytes,
+            now_ms,
+            reply,
+        } => {
+            let r = mailbox::fetch(&sp, owner, after, limit, max_bytes, now_ms);
+            let ok = r.is_ok();
+            (Done::Fetch(reply, r), ok)
+        }
+        Op::Ack { owner, ids, reply } => {
+            let r = mailbox::ack(&sp, owner, &ids, &mut local);
+            let ok = r.is_ok();
+            (Done::Count(reply, r), ok)
+        }
+        Op::Expire { now_ms, reply } => {
+            let r = mailbox::expire(&sp, now_ms, &mut local).and_then(|n| {
+                grants::expire(&sp, now_ms.saturating_sub(settings.grant_idle_ms))?;
+                Ok(n)
+            });
+            let ok = r.is_ok();
+            (Done::Expired(reply, r), ok)
+        }
+        Op::SetPush { owner, url, reply } => {
+            let r = crate::server::registrations::touch(&sp, &owner.to_bytes(), wall_ms())
+                .map_err(sql_err)
+                .and_then(|()| presence::set_push(&sp, owner, url.as_deref()));
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        Op::SetLastSeen { peer, ms } => {
+            let r = presence::set_last_seen(&sp, peer, ms);
+            if let Err(e) = &r {
+                tracing::warn!(error = %e, "cannot record last-seen time");
+            }
+            (Done::None, r.is_ok())
+        }
+        Op::SetAllowList {
+            owner,
+            viewers,
+            reply,
+        } => {
+            let r = crate::server::registrations::touch(&sp, &owner.to_bytes(), wall_ms())
+                .map_err(sql_err)
+                .and_then(|()| presence::set_allow(&sp, owner, &viewers));
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        Op::SetGrants {
+            owner,
+            hashes,
+            now_ms,
+            reply,
+        } => {
+            let r = crate::server::registrations::touch(&sp, &owner.to_bytes(), now_ms)
+                .map_err(sql_err)
+                .and_then(|()| grants::set(&sp, owner, &hashes, now_ms));
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        Op::ExpireDevices { before_ms, reply } => {
+            let r = crate::server::registrations::expire(&sp, before_ms, MAX_DEVICES_PER_SWEEP)
+                .map_err(sql_err);
+            let ok = r.is_ok();
+            (Done::Peers(reply, r), ok)
+        }
+        Op::Usage { owner, reply } => {
+            let r = mailbox::usage(&sp, owner, &settings.quota);
+            let ok = r.is_ok();
+            (Done::Usage(reply, r), ok)
+        }
+        Op::Ping { reply } => (Done::Unit(reply, Ok(())), true),
+        Op::PublishList {
+            user,
+            body,
+            check,
+            reply,
+        } => {
+            let r = directory::publish_list(&sp, &user, &body, check).and_then(|()| {
+                crate::server::registrations::touch_list(&sp, &user, wall_ms()).map_err(sql_err)
+            });
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        Op::FetchList { user, reply } => {
+            let r = directory::stored_list(&sp, &user);
+            let ok = r.is_ok();
+            (Done::Bytes(reply, r), ok)
+        }
+        Op::PublishPrekeys {
+            device,
+            user,
+            bundle,
+            one_time,
+            check,
+            reply,
+        } => {
+            let r = directory::publish_prekeys(&sp, &device, &user, &bundle, &one_time, check)
+                .and_then(|n| {
+                    crate::server::registrations::touch(&sp, &device, wall_ms())
+                        .map_err(sql_err)?;
+                    Ok(n)
+                });
+            let ok = r.is_ok();
+            (Done::Count(reply, r), ok)
+        }
+        Op::Claim {
+            device,
+            user,
+            one_time,
+            reply,
+        } => {
+            let r = directory::claim(&sp, &device, &user, one_time);
+            let ok = r.is_ok();
+            (Done::Claim(reply, r), ok)
+        }
+        Op::PrekeyCount { device, reply } => {
+            let r = directory::one_time_count(&sp, &device);
+            let ok = r.is_ok();
+            (Done::Count(reply, r), ok)
+        }
+        Op::Shutdown => (Done::None, true),
+    };
+    if ok {
+        match sp.commit() {
+            Ok(()) => {
+                if let Some((tx, stored)) = early_notice {
+                    let _ = tx.send(stored);
+                }
+                for (k, (m, b)) in local {
+                    let e = delta.entry(k).or_default();
+                    e.0 += m;
+                    e.1 += b;
+                }
+                done
+            }
+            Err(e) => {
+                let err = sql_err(e);
+                match done {
+                    Done::Deposit(r, _) => Done::Deposit(r, Err(err)),
+                    Done::Fetch(r, _) => Done::Fetch(r, Err(err)),
+                    Done::Count(r, _) => Done::Count(r, Err(err)),
+                    Done::Expired(r, _) => Done::Expired(r, Err(err)),
+                    Done::Unit(r, _) => Done::Unit(r, Err(err)),
+                    Done::Bytes(r, _) => Done::Bytes(r, Err(err)),
+                    Done::Claim(r, _) => Done::Claim(r, Err(err)),
+                    Done::Usage(r, _) => Done::Usage(r, Err(err)),
+                    Done::Peers(r, _) => Done::Peers(r, Err(err)),
+                    Done::None => Done::None,
+                }
+            }
+        }
+    } else {
+        // Dropping the savepoint rolls it back.
+        drop(sp);
+        done
+    }
+}
