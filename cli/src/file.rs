@@ -4,13 +4,16 @@
 use std::{path::PathBuf, time::Duration};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::json;
 use tern_node::{
     api::client::ApiClient,
     types::{Event, TransferInfo},
 };
 
-use crate::Failure;
+use crate::{
+    exit::{self, Failure},
+    render::{parse, print_json},
+};
 
 /// How long a transfer may go without any event before the CLI gives up waiting (the node
 /// goes on with it; `tern file list` shows it).
@@ -31,11 +34,6 @@ fn bar(total: u64, quiet: bool) -> ProgressBar {
     pb
 }
 
-fn parse_transfer(v: &Value) -> Result<TransferInfo, Failure> {
-    serde_json::from_value(v.clone())
-        .map_err(|e| Failure::new(1, format!("unexpected answer from the node: {e}")))
-}
-
 /// Follows `transfer` events of `id` until it is done (returns its last state) or failed.
 async fn follow(
     c: &mut ApiClient,
@@ -49,7 +47,7 @@ async fn follow(
         if last.state == "failed" {
             pb.abandon();
             return Err(Failure::new(
-                13,
+                exit::FILE,
                 format!(
                     "{} failed: {}",
                     last.name,
@@ -59,7 +57,7 @@ async fn follow(
         }
         let ev = c.next_event(IDLE).await.map_err(|_| {
             Failure::new(
-                1,
+                exit::FAILURE,
                 format!(
                     "no progress for {} s; the node goes on with it (see `tern file list`)",
                     IDLE.as_secs()
@@ -93,7 +91,7 @@ pub(crate) async fn send(
     json_out: bool,
 ) -> Result<(), Failure> {
     let path = std::path::absolute(&path)
-        .map_err(|e| Failure::new(5, format!("{}: {e}", path.display())))?;
+        .map_err(|e| Failure::new(exit::BAD_INPUT, format!("{}: {e}", path.display())))?;
     // Subscribe first, so no event of this transfer is missed.
     c.subscribe().await?;
     let v = c
@@ -108,7 +106,7 @@ pub(crate) async fn send(
             }),
         )
         .await?;
-    let first = parse_transfer(&v)?;
+    let first = parse::<TransferInfo>(&v)?;
     let id = first.id.clone();
     let last = if wait {
         follow(c, first, json_out).await?
@@ -116,7 +114,7 @@ pub(crate) async fn send(
         first
     };
     if json_out {
-        crate::print_json(&serde_json::to_value(&last).unwrap_or(v));
+        print_json(&serde_json::to_value(&last).unwrap_or(v));
     } else {
         println!("{id}");
     }
@@ -125,7 +123,7 @@ pub(crate) async fn send(
 
 /// A path in the current directory for `name` that does not exist yet.
 fn free_path(name: &str) -> Result<PathBuf, Failure> {
-    let dir = std::env::current_dir().map_err(|e| Failure::new(1, e.to_string()))?;
+    let dir = std::env::current_dir().map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let (stem, ext) = match name.rsplit_once('.') {
         Some((s, e)) if !s.is_empty() => (s.to_owned(), format!(".{e}")),
         _ => (name.to_owned(), String::new()),
@@ -148,13 +146,12 @@ pub(crate) async fn get(
 ) -> Result<(), Failure> {
     c.subscribe().await?;
     let to = match to {
-        Some(t) => {
-            std::path::absolute(&t).map_err(|e| Failure::new(5, format!("{}: {e}", t.display())))?
-        }
+        Some(t) => std::path::absolute(&t)
+            .map_err(|e| Failure::new(exit::BAD_INPUT, format!("{}: {e}", t.display())))?,
         None => {
             // Learn the file's name (and fetch it, if it is not here yet).
             let v = c.call("file.get", json!({"message": message})).await?;
-            let first = parse_transfer(&v)?;
+            let first = parse::<TransferInfo>(&v)?;
             if first.state != "done" {
                 follow(c, first.clone(), json_out).await?;
             }
@@ -167,14 +164,14 @@ pub(crate) async fn get(
             json!({"message": message, "to": to.display().to_string()}),
         )
         .await?;
-    let first = parse_transfer(&v)?;
+    let first = parse::<TransferInfo>(&v)?;
     let last = if first.state == "done" {
         first
     } else {
         follow(c, first, json_out).await?
     };
     if json_out {
-        crate::print_json(&serde_json::to_value(&last).unwrap_or(v));
+        print_json(&serde_json::to_value(&last).unwrap_or(v));
     } else {
         println!("{}", last.path.unwrap_or_else(|| to.display().to_string()));
     }
@@ -185,11 +182,10 @@ pub(crate) async fn get(
 pub(crate) async fn list(c: &mut ApiClient, json_out: bool) -> Result<(), Failure> {
     let v = c.call("file.transfers", json!({})).await?;
     if json_out {
-        crate::print_json(&v);
+        print_json(&v);
         return Ok(());
     }
-    for t in v.as_array().into_iter().flatten() {
-        let t = parse_transfer(t)?;
+    for t in parse::<Vec<TransferInfo>>(&v)? {
         println!(
             "{} {:4} {:11} {:>12}/{:<12} {}{}",
             t.id,

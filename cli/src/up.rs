@@ -7,7 +7,7 @@ use tern_node::{
     daemon::{self, UpError, UpOptions},
 };
 
-use crate::Failure;
+use crate::exit::{self, Failure};
 
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -57,7 +57,7 @@ pub(crate) async fn run(
     daemon::run(home, opts, ready, shutdown_signal())
         .await
         .map_err(|e| match e {
-            UpError::Usage(m) => Failure::new(2, m),
-            other => Failure::new(1, other.to_string()),
+            UpError::Usage(m) => Failure::new(exit::USAGE, m),
+            other => Failure::new(exit::FAILURE, other.to_string()),
         })
 }

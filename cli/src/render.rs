@@ -1,0 +1,257 @@
+//! How the node's answers are shown: with `--json` as the node sent them, else as text from
+//! the typed values of `tern_node::types`, so an answer that does not have the fields the
+//! text needs is a clear failure rather than blanks.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tern_node::{
+    Home,
+    types::{GroupInfo, MailboxInfo, MessageInfo, PushRelayInfo},
+};
+
+use crate::exit::{self, Failure};
+
+/// Senders `status` lists per mailbox.
+const MAILBOX_SENDERS_SHOWN: usize = 5;
+
+pub(crate) fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Reads an answer of the node as `T`; one that does not fit (a field missing or of another
+/// type) fails with what is wrong.
+pub(crate) fn parse<T: DeserializeOwned>(v: &Value) -> Result<T, Failure> {
+    T::deserialize(v).map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!("unexpected answer from the node: {e}"),
+        )
+    })
+}
+
+/// Shows an answer: with `--json` as the node sent it, else read as `T` and printed by `text`.
+pub(crate) fn show<T: DeserializeOwned>(
+    v: &Value,
+    json: bool,
+    text: impl FnOnce(T),
+) -> Result<(), Failure> {
+    if json {
+        print_json(v);
+    } else {
+        text(parse(v)?);
+    }
+    Ok(())
+}
+
+/// `text` as a QR code of Unicode half blocks, if it fits in one.
+pub(crate) fn qr(text: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
+/// Seconds from `ms` (since the epoch) until now.
+pub(crate) fn ago_secs(ms: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now.saturating_sub(ms) / 1000
+}
+
+/// The first eight characters of an id.
+fn short(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+/// Prints a history page (`[Message]`): as JSON, or one line per message.
+pub(crate) fn print_history(v: &Value, json: bool) -> Result<(), Failure> {
+    show(v, json, |page: Vec<MessageInfo>| {
+        for m in &page {
+            print_message(m);
+        }
+    })
+}
+
+fn print_message(m: &MessageInfo) {
+    let short_id = short(&m.id);
+    let who = match (
+        m.own,
+        m.sender_name.as_deref().unwrap_or(""),
+        m.sender_device_name.as_deref().unwrap_or(""),
+    ) {
+        // Sent by this user from another of their devices: which one.
+        (true, _, device) if !device.is_empty() => format!("me ({device})"),
+        (true, _, _) => "me".to_owned(),
+        (false, "", _) => short(&m.sender),
+        (false, name, _) => name.to_owned(),
+    };
+    if m.kind == "membership" {
+        println!("{short_id} {:>8}  * {}", who, m.text);
+    } else if let Some(f) = &m.media {
+        let caption = &m.text;
+        println!(
+            "{short_id} {:>8}: [file {} {} bytes, {}]{}{}  ({})",
+            who,
+            f.name,
+            f.size,
+            m.id,
+            if caption.is_empty() { "" } else { " " },
+            caption,
+            m.status
+        );
+    } else {
+        println!("{short_id} {:>8}: {}  ({})", who, m.text, m.status);
+    }
+}
+
+/// Prints a `GroupInfo` as text: title, id, epoch, role, members.
+pub(crate) fn print_group(g: &GroupInfo) {
+    println!("{}", g.title);
+    println!("id      {}", g.id);
+    println!("epoch   {}", g.epoch);
+    println!(
+        "you     {}",
+        if !g.member {
+            "not a member"
+        } else if g.admin {
+            "admin"
+        } else {
+            "member"
+        }
+    );
+    println!("unread  {}", g.unread);
+    println!("members {}", g.members.len());
+    for m in &g.members {
+        let admin = if m.admin { " (admin)" } else { "" };
+        println!("  {:<20} {}{admin}", m.name, m.user_id);
+    }
+}
+
+/// After a membership change: the group as JSON, or a one-line summary.
+pub(crate) fn print_membership(v: &Value, json: bool) -> Result<(), Failure> {
+    show(v, json, |g: GroupInfo| {
+        println!(
+            "{}: {} members (epoch {})",
+            g.title,
+            g.members.len(),
+            g.epoch
+        );
+    })
+}
+
+/// Reports a home set up as a device of an existing user (`verb`: linked or restored).
+pub(crate) fn print_created(
+    json: bool,
+    home: &Home,
+    created: &tern_node::home::Created,
+    verb: &str,
+    device_label: &str,
+) {
+    if json {
+        print_json(
+            &json!({"user_id": created.user_id, "device_id": created.device_id, "home": home.dir()}),
+        );
+    } else {
+        println!(
+            "{verb}: user id {}, {device_label} {}",
+            created.user_id, created.device_id
+        );
+        println!("next: tern --home {} up", home.dir().display());
+    }
+}
+
+/// The push endpoint's state at one home relay, in words.
+pub(crate) fn push_state(p: &PushRelayInfo) -> String {
+    let code = p.code.as_deref().unwrap_or("");
+    match p.state.as_str() {
+        "registered" => "registered".into(),
+        "cleared" => "cleared".into(),
+        "refused" => format!("refused ({code})"),
+        "failed" => format!("not yet (failed: {code}; tried again)"),
+        "pending" if p.connected => "not yet (waiting for the relay)".into(),
+        "pending" => "not yet (relay not connected)".into(),
+        other => other.to_owned(),
+    }
+}
+
+/// How full this device's mailbox at one relay is, and the senders filling it most.
+pub(crate) fn print_mailbox(m: &MailboxInfo) {
+    println!(
+        "mailbox {} of {} messages waiting ({} from strangers, of {}), {} grants",
+        m.messages, m.max_messages, m.intro_messages, m.intro_max_messages, m.grants
+    );
+    for x in m.by_sender.iter().take(MAILBOX_SENDERS_SHOWN) {
+        let who = x
+            .name
+            .clone()
+            .or_else(|| x.user_id.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "unknown device {}",
+                    x.device_id.as_deref().unwrap_or_default()
+                )
+            });
+        println!(
+            "  from  {who}: {} messages, {} bytes (share limit {})",
+            x.messages, x.bytes, m.share_messages
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tern_node::types::{IdInfo, PushRelayInfo};
+
+    use super::{parse, push_state};
+
+    #[test]
+    fn an_answer_without_the_fields_is_a_failure_that_names_them() {
+        let good = json!({"user_id": "u", "device_id": "d", "name": "n", "fingerprint": "f"});
+        assert_eq!(parse::<IdInfo>(&good).unwrap().name, "n");
+        let missing = json!({"user_id": "u", "device_id": "d", "fingerprint": "f"});
+        let e = parse::<IdInfo>(&missing).unwrap_err();
+        assert_eq!(e.code, crate::exit::FAILURE);
+        assert!(
+            e.message.starts_with("unexpected answer from the node: ")
+                && e.message.contains("missing field `name`"),
+            "{}",
+            e.message
+        );
+        let mistyped = json!({"user_id": 7, "device_id": "d", "name": "n", "fingerprint": "f"});
+        let e = parse::<IdInfo>(&mistyped).unwrap_err();
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+        assert!(parse::<Vec<IdInfo>>(&json!({"not": "a list"})).is_err());
+    }
+
+    #[test]
+    fn push_states_read_as_words() {
+        let p = |state: &str, connected: bool, code: Option<&str>| PushRelayInfo {
+            addr: "/ip4/127.0.0.1/tcp/1".into(),
+            connected,
+            state: state.into(),
+            code: code.map(str::to_owned),
+        };
+        assert_eq!(push_state(&p("registered", true, None)), "registered");
+        assert_eq!(
+            push_state(&p("refused", true, Some("not_allowed"))),
+            "refused (not_allowed)"
+        );
+        assert_eq!(
+            push_state(&p("failed", true, Some("network"))),
+            "not yet (failed: network; tried again)"
+        );
+        assert_eq!(
+            push_state(&p("pending", true, None)),
+            "not yet (waiting for the relay)"
+        );
+        assert_eq!(
+            push_state(&p("pending", false, None)),
+            "not yet (relay not connected)"
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! `tern status`, `tern presence` and `tern push`: the node's state, contacts' presence, and
+//! the push endpoint at the home relays.
+
+use serde_json::json;
+use tern_node::{
+    Home,
+    types::{PresenceInfo, PushInfo, StatusInfo},
+};
+
+use crate::{
+    client,
+    exit::Failure,
+    opts::PushCmd,
+    render::{ago_secs, print_mailbox, push_state, show},
+};
+
+/// `tern presence`: one contact, or all.
+pub(crate) async fn presence(
+    home: &Home,
+    json: bool,
+    contact: Option<String>,
+) -> Result<(), Failure> {
+    let v = client(home)
+        .await?
+        .call("presence", json!({"contact": contact}))
+        .await?;
+    show(&v, json, |list: Vec<PresenceInfo>| {
+        for p in &list {
+            let seen = p
+                .last_seen
+                .map(|ms| format!(" (last seen {}s ago)", ago_secs(ms)))
+                .unwrap_or_default();
+            println!("{:<20} {}{}", p.name, p.state, seen);
+        }
+    })
+}
+
+/// `tern status`, after setting it to `set` if given.
+pub(crate) async fn status(home: &Home, json: bool, set: Option<String>) -> Result<(), Failure> {
+    let mut c = client(home).await?;
+    if let Some(status) = set {
+        c.call("status.set", json!({"status": status})).await?;
+    }
+    let v = c.call("status", json!({})).await?;
+    show(&v, json, |s: StatusInfo| print_status(&s))
+}
+
+fn print_status(v: &StatusInfo) {
+    println!("status  {}", v.status);
+    println!("user id {}", v.user_id);
+    println!("outbox  {}", v.outbox);
+    println!("unread  {}", v.unread);
+    let push = &v.push;
+    match &push.host {
+        // Only the host: the path of a push URL is often its secret part.
+        Some(host) => println!("push    {host}/…  (tern push status)"),
+        None => println!("push    none"),
+    }
+    let r = &v.recovery;
+    if r.undecryptable + r.resends_asked + r.texts_resent > 0 {
+        println!(
+            "lost    {} undecryptable, {} resends asked, {} texts sent again",
+            r.undecryptable, r.resends_asked, r.texts_resent
+        );
+    }
+    let h = &v.history;
+    if h.total > 0 {
+        println!(
+            "history {} of {} messages received from the linking device",
+            h.received, h.total
+        );
+    }
+    for d in &h.sending {
+        println!(
+            "history {} of {} messages queued for device {}",
+            d.sent, d.total, d.device_id
+        );
+    }
+    for r in &v.relays {
+        println!(
+            "relay   {} {}",
+            r.addr,
+            if r.connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+        );
+        if let Some(m) = &r.mailbox {
+            print_mailbox(m);
+        }
+        if let Some(p) = push.relays.iter().find(|p| p.addr == r.addr)
+            && p.state != "none"
+        {
+            println!("        push {}", push_state(p));
+        }
+    }
+}
+
+/// `tern push ...`.
+pub(crate) async fn push(home: &Home, json: bool, cmd: PushCmd) -> Result<(), Failure> {
+    let (method, params) = match &cmd {
+        PushCmd::Set { url } => ("push.set", json!({"url": url})),
+        PushCmd::Clear => ("push.clear", json!({})),
+        PushCmd::Status => ("push.status", json!({})),
+    };
+    let v = client(home).await?.call(method, params).await?;
+    show(&v, json, |p: PushInfo| {
+        match (&cmd, &p.url) {
+            (PushCmd::Clear, _) => println!("push endpoint cleared"),
+            (_, Some(url)) => println!("push endpoint {url}"),
+            (_, None) => println!("no push endpoint"),
+        }
+        for r in &p.relays {
+            println!("relay   {} {}", r.addr, push_state(r));
+        }
+    })
+}

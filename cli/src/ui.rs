@@ -1,0 +1,59 @@
+//! `tern ui`: opens the running node's web UI in a browser with a one-time code.
+
+use serde::Deserialize;
+use serde_json::json;
+use tern_node::Home;
+
+use crate::{
+    client,
+    exit::{self, Failure},
+    render::parse,
+};
+
+/// The node's answer to `ui.code`.
+#[derive(Debug, Deserialize)]
+struct UiCode {
+    /// The web UI's address with the one-time code in its fragment.
+    url: String,
+}
+
+/// `tern ui`: prints the one-time URL with `print`, else opens it in a browser.
+pub(crate) async fn open(home: &Home, print: bool) -> Result<(), Failure> {
+    let mut c = client(home).await?;
+    let v = c.call("ui.code", json!({})).await?;
+    let url = parse::<UiCode>(&v)?.url;
+    if print {
+        println!("{url}");
+        return Ok(());
+    }
+    // The code travels in the URL's fragment, which the browser never sends; the file
+    // that redirects to it is readable by this user only.
+    let page = home.dir().join("ui-open.html");
+    let html = format!(
+        "<!doctype html><meta charset=utf-8><meta name=referrer content=no-referrer>\
+         <meta http-equiv=refresh content=\"0;url={url}\"><title>Tern</title>"
+    );
+    tern_node::home::write_atomic(&page, html.as_bytes(), true)
+        .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+    let opener = std::env::var("BROWSER").ok().unwrap_or_else(|| {
+        if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        }
+        .to_owned()
+    });
+    match std::process::Command::new(&opener).arg(&page).status() {
+        Ok(st) if st.success() => {
+            println!("opened the web UI ({})", page.display());
+            Ok(())
+        }
+        _ => Err(Failure::new(
+            exit::FAILURE,
+            format!(
+                "could not start {opener}; open {} in a browser (valid 60 s), or run `tern ui --print`",
+                page.display()
+            ),
+        )),
+    }
+}
