@@ -32,9 +32,16 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: GroupCmd) -> Result<(), Fa
                 .await?;
             show(&v, json, |g: GroupInfo| println!("{}", g.id))
         }
-        GroupCmd::Add { group, members } => {
+        GroupCmd::Add {
+            group,
+            members,
+            admin,
+        } => {
             let v = c
-                .call("group_add", json!({"group": group, "members": members}))
+                .call(
+                    "group_add",
+                    json!({"group": group, "members": members, "admin": admin}),
+                )
                 .await?;
             print_membership(&v, json)
         }

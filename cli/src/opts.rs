@@ -202,6 +202,10 @@ pub(crate) enum GroupCmd {
         /// Contacts to add (names or user ids).
         #[arg(required = true)]
         members: Vec<String>,
+        /// Make them admins (junior to every admin already there: they can remove members
+        /// and admins added after them, not those before).
+        #[arg(long)]
+        admin: bool,
     },
     /// Remove members from a group (admins only); the group's keys are rotated.
     Remove {

@@ -164,6 +164,19 @@ pub const MAX_GROUP_MEMBERS: usize = 500;
 /// each operation fits one envelope).
 pub const MAX_MEMBERS_PER_OP: usize = 64;
 
+/// Most parents one membership operation names: the heads of the group's operation graph
+/// its author held (more heads are named by the author's next operations).
+pub const MAX_OP_PARENTS: usize = 16;
+
+/// Most membership operations one group's graph holds; operations past it are not taken in
+/// (about eight years of a change a day, and what keeps resolving a group's state bounded).
+pub const MAX_GROUP_OPS: usize = 4_096;
+
+/// How long after a member's removal reached this device a message from them is still
+/// shown when it names a membership head at which they were a member (it was sent before
+/// the removal and arrived after it).
+pub const LATE_MESSAGE_GRACE_MS: i64 = 24 * 3600 * 1000;
+
 /// Longest group title, in bytes.
 pub const MAX_GROUP_TITLE_BYTES: usize = 128;
 

@@ -185,6 +185,11 @@ pub struct Envelope {
     /// mailboxes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<ByteArray<32>>,
+    /// Group texts: the heads of the group's membership graph at the sender when it was
+    /// sent (see [`crate::group`]), so that a message sent before its sender's removal and
+    /// arriving after it is still shown. At most `MAX_OP_PARENTS`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<ByteArray<32>>,
 }
 
 /// Why an envelope could not be decoded or encoded.
@@ -253,6 +258,13 @@ impl Envelope {
     }
 
     fn check(&self) -> Result<(), EnvelopeError> {
+        if self.heads.len() > crate::consts::MAX_OP_PARENTS {
+            return Err(EnvelopeError::Malformed(format!(
+                "{} membership heads (at most {})",
+                self.heads.len(),
+                crate::consts::MAX_OP_PARENTS
+            )));
+        }
         if let Body::Text { media: Some(m), .. } = &self.body {
             m.check()
                 .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
@@ -309,6 +321,7 @@ mod tests {
             },
             lists: None,
             grant: None,
+            heads: Vec::new(),
         }
     }
 

@@ -1,25 +1,42 @@
 //! Group membership: signed operations and the one state every member derives from them.
 //!
-//! A group is a chain of operations. Each names the group, its `epoch` (0 for the creation,
-//! then one more than its parent's), its `parent` (the SHA-256 of the parent operation's
-//! signed bytes) and its author, and is signed with the author's identity key. The state
-//! (title, members with their identity keys and relays, admins) is the fold of the chain.
+//! A group is a graph of operations. Each names the group, its `parents` (the SHA-256 of the
+//! signed bytes of every head of the graph its author held: one when nothing happened
+//! concurrently), its `epoch` (one more than its highest parent's; 0 for the creation) and its
+//! author, and is signed with the author's identity key. Operations travel over pairwise
+//! sessions and arrive in any order; every member keeps all it has received and derives the
+//! state from that set alone ([`resolve`]), so members that hold the same operations hold the
+//! same state, whatever order they came in.
 //!
-//! Operations travel over pairwise sessions and can arrive in any order. Every member keeps
-//! all it has received and derives the chain the same way ([`resolve`]): start at the
-//! creation; at each step, of the operations whose parent is the head, take the one with the
-//! lowest hash that is valid on the state so far (signed by a member's key, by an admin when
-//! it changes others' membership, within the limits). Two admins changing the group at once
-//! fork it; everyone picks the same branch, and the author of the losing operation issues it
-//! again on top of the winner, so nothing an admin did is lost. Members therefore converge
-//! to the same member list once they hold the same operations.
+//! The rules, in the order they are applied (`docs/decisions.md` says why):
+//!
+//! - **Nothing is ever chosen over anything else.** Concurrent operations (neither an
+//!   ancestor of the other) are all applied, in one deterministic order (epoch, then hash), each
+//!   checked against the state before it: signed by a member, by an admin when it changes
+//!   others' membership, within the limits. No operation can push another out of the
+//!   history, so grinding a hash buys nothing, and settled history is final.
+//! - **Removals win.** An operation whose author is removed (or leaves) by an applied
+//!   operation concurrent with it is void, whatever it does, and an addition of a user that is
+//!   concurrent with that user's removal does not add them. A removed member is back only
+//!   when an admin adds them again in an operation made after the removal (one that has it
+//!   as an ancestor).
+//! - **Seniority, from history.** An admin may remove members and the admins made after them
+//!   (an admin whose grant is a strict ancestor of the other's, or the creator over those
+//!   the creation made admins); nobody removes a more senior admin, who can only leave. The
+//!   order comes from the operations that made them admins, which nobody can change later.
+//! - **Succession.** When the last admin leaves, the member who has been in the group the
+//!   longest (the earliest operation that added them, counted by ancestors) becomes admin,
+//!   never one chosen by user id.
 //!
 //! ```text
-//! signed op = version u8 (= 1) | CBOR {body: bytes, signature: bytes(64)}
-//! body      = CBOR Op {group, epoch, parent, author, at_ms, lamport, action}
+//! signed op = version u8 (= 2) | CBOR {body: bytes, signature: bytes(64)}
+//! body      = CBOR Op {group, epoch, parents, author, at_ms, lamport, action}
 //! ```
+//!
+//! Version 1 operations (one `parent` each) are still read, as operations with that one
+//! parent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteArray, ByteBuf};
@@ -27,12 +44,15 @@ use sha2::{Digest, Sha256};
 use tern_crypto::{IdentityKey, IdentityPublicKey};
 
 use crate::consts::{
-    MAX_ENVELOPE_BYTES, MAX_GROUP_MEMBERS, MAX_GROUP_TITLE_BYTES, MAX_LINK_RELAYS,
-    MAX_MEMBERS_PER_OP, MAX_NAME_BYTES,
+    MAX_ENVELOPE_BYTES, MAX_GROUP_MEMBERS, MAX_GROUP_OPS, MAX_GROUP_TITLE_BYTES, MAX_LINK_RELAYS,
+    MAX_MEMBERS_PER_OP, MAX_NAME_BYTES, MAX_OP_PARENTS,
 };
 
-/// The operation format version this build writes and reads.
-pub const OP_VERSION: u8 = 1;
+/// The operation format version this build writes.
+pub const OP_VERSION: u8 = 2;
+
+/// The first format, one parent per operation; still read.
+const OP_VERSION_1: u8 = 1;
 
 /// A member as an operation introduces them: enough for every other member to reach them
 /// (user id, identity key to check their device list, relays that hold their mailboxes).
@@ -68,7 +88,7 @@ pub enum Action {
         /// The new members (at most [`MAX_MEMBERS_PER_OP`]).
         members: Vec<MemberEntry>,
     },
-    /// Removes members (admins only).
+    /// Removes members (admins only; an admin only by a more senior admin).
     Remove {
         /// Their user ids.
         users: Vec<ByteArray<16>>,
@@ -82,10 +102,11 @@ pub enum Action {
 pub struct Op {
     /// The group id.
     pub group: ByteArray<16>,
-    /// 0 for the creation, else the parent's epoch plus one.
+    /// 0 for the creation, else one more than the highest parent's.
     pub epoch: u64,
-    /// SHA-256 of the parent's signed bytes (zeros for the creation).
-    pub parent: ByteArray<32>,
+    /// SHA-256 of each parent's signed bytes, in ascending order (none for the creation; at
+    /// most [`MAX_OP_PARENTS`]).
+    pub parents: Vec<ByteArray<32>>,
     /// The author's user id.
     pub author: ByteArray<16>,
     /// The author's clock, ms.
@@ -97,14 +118,26 @@ pub struct Op {
     pub action: Action,
 }
 
+/// The first format's operation: one parent (zeros for the creation).
+#[derive(Serialize, Deserialize)]
+struct OpV1 {
+    group: ByteArray<16>,
+    epoch: u64,
+    parent: ByteArray<32>,
+    author: ByteArray<16>,
+    at_ms: i64,
+    lamport: u64,
+    action: Action,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Wire {
     body: ByteBuf,
     signature: ByteArray<64>,
 }
 
-/// A signed operation as received or made (the signature is checked by [`GroupState`],
-/// which knows the author's key).
+/// A signed operation as received or made (the signature is checked by [`resolve`], which
+/// knows the author's key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedOp {
     /// The operation.
@@ -112,7 +145,7 @@ pub struct SignedOp {
     body: Vec<u8>,
     signature: [u8; 64],
     bytes: Vec<u8>,
-    /// SHA-256 of [`SignedOp::to_bytes`]: the operation's name in the chain.
+    /// SHA-256 of [`SignedOp::to_bytes`]: the operation's name in the graph.
     pub hash: [u8; 32],
 }
 
@@ -143,23 +176,32 @@ pub enum OpError {
     /// The operation does not follow the state it is applied to.
     #[error("group operation out of order")]
     OutOfOrder,
+    /// Its author was removed by a concurrent operation (or left), so it does nothing.
+    #[error("the author was removed concurrently; the operation is void")]
+    Void,
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, OpError> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).map_err(|e| OpError::Malformed(e.to_string()))?;
+    Ok(out)
+}
+
+fn wire_bytes(version: u8, body: &[u8], signature: [u8; 64]) -> Result<Vec<u8>, OpError> {
+    let mut bytes = vec![version];
+    bytes.extend(encode(&Wire {
+        body: ByteBuf::from(body.to_vec()),
+        signature: ByteArray::new(signature),
+    })?);
+    Ok(bytes)
 }
 
 impl SignedOp {
     /// Signs an operation with the author's identity key.
     pub fn sign(op: Op, identity: &IdentityKey) -> Result<Self, OpError> {
-        let mut body = Vec::new();
-        ciborium::into_writer(&op, &mut body).map_err(|e| OpError::Malformed(e.to_string()))?;
+        let body = encode(&op)?;
         let signature = identity.sign_group_operation(&body);
-        let mut bytes = vec![OP_VERSION];
-        ciborium::into_writer(
-            &Wire {
-                body: ByteBuf::from(body.clone()),
-                signature: ByteArray::new(signature),
-            },
-            &mut bytes,
-        )
-        .map_err(|e| OpError::Malformed(e.to_string()))?;
+        let bytes = wire_bytes(OP_VERSION, &body, signature)?;
         if bytes.len() > MAX_ENVELOPE_BYTES {
             return Err(OpError::Malformed(format!(
                 "{} bytes, over the {MAX_ENVELOPE_BYTES}-byte limit",
@@ -185,7 +227,7 @@ impl SignedOp {
         let (&version, mut rest) = bytes
             .split_first()
             .ok_or_else(|| OpError::Malformed("empty".into()))?;
-        if version != OP_VERSION {
+        if version != OP_VERSION && version != OP_VERSION_1 {
             return Err(OpError::UnsupportedVersion(version));
         }
         // The decoder's own message is not kept: it could quote names from the operation.
@@ -194,20 +236,33 @@ impl SignedOp {
         if !rest.is_empty() {
             return Err(OpError::Malformed("trailing bytes".into()));
         }
-        let op: Op = ciborium::from_reader(wire.body.as_slice())
-            .map_err(|_| OpError::Malformed("not an operation".into()))?;
         // One encoding per operation, so its hash names it.
-        let mut again = Vec::new();
-        ciborium::into_writer(&op, &mut again).map_err(|e| OpError::Malformed(e.to_string()))?;
-        let mut canonical = vec![OP_VERSION];
-        ciborium::into_writer(
-            &Wire {
-                body: ByteBuf::from(again.clone()),
-                signature: wire.signature,
-            },
-            &mut canonical,
-        )
-        .map_err(|e| OpError::Malformed(e.to_string()))?;
+        let (op, again) = if version == OP_VERSION {
+            let op: Op = ciborium::from_reader(wire.body.as_slice())
+                .map_err(|_| OpError::Malformed("not an operation".into()))?;
+            let again = encode(&op)?;
+            (op, again)
+        } else {
+            let old: OpV1 = ciborium::from_reader(wire.body.as_slice())
+                .map_err(|_| OpError::Malformed("not an operation".into()))?;
+            let again = encode(&old)?;
+            let parents = if old.epoch == 0 {
+                Vec::new()
+            } else {
+                vec![old.parent]
+            };
+            let op = Op {
+                group: old.group,
+                epoch: old.epoch,
+                parents,
+                author: old.author,
+                at_ms: old.at_ms,
+                lamport: old.lamport,
+                action: old.action,
+            };
+            (op, again)
+        };
+        let canonical = wire_bytes(version, &again, wire.signature.into_array())?;
         if again != wire.body.as_slice() || canonical != bytes {
             return Err(OpError::Malformed("non-canonical encoding".into()));
         }
@@ -230,6 +285,37 @@ impl SignedOp {
             .verify_group_operation(&self.body, &self.signature)
             .map_err(|_| OpError::BadSignature)
     }
+
+    /// The users this operation takes out of the group (the removed, or the author leaving).
+    fn removes(&self) -> Vec<[u8; 16]> {
+        match &self.op.action {
+            Action::Remove { users } => users.iter().map(|u| u.into_array()).collect(),
+            Action::Leave => vec![self.op.author.into_array()],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Where a member's admin role comes from: the operation that granted it, and whether they
+/// were its author (the creator, over the admins its creation lists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The granting operation.
+    pub op: [u8; 32],
+    /// Whether the member signed it.
+    pub author: bool,
+}
+
+/// When a member joined: the operation that added them (its count of ancestors, its hash)
+/// and their place in its list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Joined {
+    /// How many operations came before the adding one.
+    pub depth: u64,
+    /// The adding operation.
+    pub op: [u8; 32],
+    /// Place in its member list.
+    pub index: u32,
 }
 
 /// A member as the state holds them.
@@ -243,19 +329,26 @@ pub struct Member {
     pub relays: Vec<String>,
     /// Admin.
     pub admin: bool,
+    /// The admin role's origin, when an admin.
+    pub grant: Option<Grant>,
+    /// When they joined.
+    pub joined: Joined,
 }
 
-/// A group's state at the head of its chain.
+/// A group's state: the fold of its applied operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupState {
     /// Group id.
     pub id: [u8; 16],
     /// Title.
     pub title: String,
-    /// Epoch of the head operation.
+    /// Operations in the graph besides the creation (grows with every operation taken in).
     pub epoch: u64,
-    /// Hash of the head operation.
-    pub head: [u8; 32],
+    /// The heads of the graph (operations with no child), ascending: a new operation's
+    /// parents. At most [`MAX_OP_PARENTS`] (the rest follow in later operations).
+    pub heads: Vec<[u8; 32]>,
+    /// The highest epoch among the heads.
+    pub top: u64,
     /// Members by user id.
     pub members: BTreeMap<[u8; 16], Member>,
 }
@@ -272,19 +365,10 @@ fn check_entries(entries: &[MemberEntry]) -> Result<(), OpError> {
     Ok(())
 }
 
-fn member_of(e: &MemberEntry) -> Member {
-    Member {
-        identity_key: e.identity_key.into_array(),
-        name: e.name.clone(),
-        relays: e.relays.clone(),
-        admin: e.admin,
-    }
-}
-
 /// The id of a group created by `author` (user id and identity key) with `salt`: the first 16
 /// bytes of SHA-256 over a domain label, the three of them. A creation whose group id is not
 /// this is refused, so a member cannot take a group over by signing another creation for its
-/// id (the lowest-hash valid creation would win).
+/// id.
 pub fn group_id(author: &[u8; 16], identity_key: &[u8; 32], salt: &[u8; 16]) -> [u8; 16] {
     let mut h = Sha256::new();
     h.update(b"tern/group-id/v1");
@@ -295,6 +379,14 @@ pub fn group_id(author: &[u8; 16], identity_key: &[u8; 32], salt: &[u8; 16]) -> 
     let mut id = [0u8; 16];
     id.copy_from_slice(&digest[..16]);
     id
+}
+
+/// What the rules need to know of the graph around an operation being applied.
+trait Causality {
+    /// Whether `a` is a strict ancestor of `b`.
+    fn precedes(&self, a: &[u8; 32], b: &[u8; 32]) -> bool;
+    /// How many ancestors `op` has.
+    fn depth(&self, op: &[u8; 32]) -> u64;
 }
 
 impl GroupState {
@@ -308,7 +400,7 @@ impl GroupState {
         else {
             return Err(OpError::OutOfOrder);
         };
-        if op.op.epoch != 0 || op.op.parent.into_array() != [0; 32] {
+        if op.op.epoch != 0 || !op.op.parents.is_empty() {
             return Err(OpError::OutOfOrder);
         }
         if title.trim().is_empty() || title.len() > MAX_GROUP_TITLE_BYTES {
@@ -331,8 +423,23 @@ impl GroupState {
             ));
         }
         let mut map = BTreeMap::new();
-        for m in members {
-            if map.insert(m.user.into_array(), member_of(m)).is_some() {
+        for (index, m) in members.iter().enumerate() {
+            let member = Member {
+                identity_key: m.identity_key.into_array(),
+                name: m.name.clone(),
+                relays: m.relays.clone(),
+                admin: m.admin,
+                grant: m.admin.then_some(Grant {
+                    op: op.hash,
+                    author: m.user == op.op.author,
+                }),
+                joined: Joined {
+                    depth: 0,
+                    op: op.hash,
+                    index: index as u32,
+                },
+            };
+            if map.insert(m.user.into_array(), member).is_some() {
                 return Err(OpError::NotAllowed("a member is listed twice"));
             }
         }
@@ -340,39 +447,82 @@ impl GroupState {
             id: op.op.group.into_array(),
             title: title.clone(),
             epoch: 0,
-            head: op.hash,
+            heads: vec![op.hash],
+            top: 0,
             members: map,
         })
     }
 
-    /// Applies the next operation, checking order, signature and permissions.
-    pub fn apply(&mut self, op: &SignedOp) -> Result<(), OpError> {
-        let o = &op.op;
-        if o.group.into_array() != self.id
-            || o.epoch != self.epoch + 1
-            || o.parent.into_array() != self.head
-        {
-            return Err(OpError::OutOfOrder);
+    /// An operation by `author` on this state's heads (to be signed).
+    pub fn next_op(&self, author: [u8; 16], at_ms: i64, lamport: u64, action: Action) -> Op {
+        Op {
+            group: ByteArray::new(self.id),
+            epoch: self.top + 1,
+            parents: self.heads.iter().map(|h| ByteArray::new(*h)).collect(),
+            author: ByteArray::new(author),
+            at_ms,
+            lamport,
+            action,
         }
+    }
+
+    /// Whether `a` is senior to the admin `b` and may remove them.
+    fn senior(a: &Grant, b: &Grant, graph: &dyn Causality) -> bool {
+        graph.precedes(&a.op, &b.op) || (a.op == b.op && a.author && !b.author)
+    }
+
+    /// Applies one operation at its place in the order, checking signature and permissions.
+    /// `skip` names users an addition does not add (their removal was concurrent with it).
+    fn apply(
+        &mut self,
+        op: &SignedOp,
+        graph: &dyn Causality,
+        skip: &HashSet<[u8; 16]>,
+    ) -> Result<(), OpError> {
+        let o = &op.op;
         let author = o.author.into_array();
         let by = self
             .members
             .get(&author)
             .ok_or(OpError::NotAllowed("the author is not a member"))?;
         op.verify(&by.identity_key)?;
-        let admin = by.admin;
+        let grant = by.grant;
         let mut next = self.members.clone();
         match &o.action {
             Action::Create { .. } => return Err(OpError::OutOfOrder),
             Action::Add { members } => {
-                if !admin {
+                if grant.is_none() {
                     return Err(OpError::NotAllowed("only admins add members"));
                 }
                 check_entries(members)?;
-                for m in members {
-                    if next.insert(m.user.into_array(), member_of(m)).is_some() {
-                        return Err(OpError::NotAllowed("already a member"));
+                let depth = graph.depth(&op.hash);
+                for (index, m) in members.iter().enumerate() {
+                    let user = m.user.into_array();
+                    // Already in (a concurrent addition came first), or removed concurrently.
+                    if next.contains_key(&user) || skip.contains(&user) {
+                        continue;
                     }
+                    next.insert(
+                        user,
+                        Member {
+                            identity_key: m.identity_key.into_array(),
+                            name: m.name.clone(),
+                            relays: m.relays.clone(),
+                            admin: m.admin,
+                            grant: m.admin.then_some(Grant {
+                                op: op.hash,
+                                author: false,
+                            }),
+                            joined: Joined {
+                                depth,
+                                op: op.hash,
+                                index: index as u32,
+                            },
+                        },
+                    );
+                }
+                if next.len() == self.members.len() {
+                    return Err(OpError::NotAllowed("already members"));
                 }
                 if next.len() > MAX_GROUP_MEMBERS {
                     return Err(OpError::Full {
@@ -382,33 +532,51 @@ impl GroupState {
                 }
             }
             Action::Remove { users } => {
-                if !admin {
+                let Some(grant) = grant else {
                     return Err(OpError::NotAllowed("only admins remove members"));
-                }
+                };
                 if users.is_empty() || users.len() > MAX_GROUP_MEMBERS {
                     return Err(OpError::NotAllowed("a removal names 1 to 500 members"));
                 }
                 for u in users {
-                    if next.remove(&u.into_array()).is_none() {
-                        return Err(OpError::NotAllowed("not a member"));
+                    let user = u.into_array();
+                    let Some(target) = next.get(&user) else {
+                        // Removed already (a concurrent removal came first): it still counts
+                        // as this operation's removal.
+                        continue;
+                    };
+                    if let Some(theirs) = &target.grant
+                        && !Self::senior(&grant, theirs, graph)
+                    {
+                        return Err(OpError::NotAllowed(
+                            "only a more senior admin removes an admin",
+                        ));
                     }
+                    next.remove(&user);
                 }
             }
             Action::Leave => {
                 next.remove(&author);
             }
         }
-        // A group never loses its last admin while it has members: the member with the
-        // lowest user id takes over (the same choice everywhere).
-        if !next.is_empty()
-            && !next.values().any(|m| m.admin)
-            && let Some(first) = next.values_mut().next()
-        {
-            first.admin = true;
+        // A group never loses its last admin while it has members: the member who joined
+        // first (of those whose joining this operation follows) takes over.
+        if !next.is_empty() && !next.values().any(|m| m.admin) {
+            let heir = next
+                .iter()
+                .filter(|(_, m)| m.joined.op == op.hash || graph.precedes(&m.joined.op, &op.hash))
+                .min_by_key(|(_, m)| m.joined)
+                .or_else(|| next.iter().min_by_key(|(_, m)| m.joined))
+                .map(|(u, _)| *u);
+            if let Some(m) = heir.and_then(|u| next.get_mut(&u)) {
+                m.admin = true;
+                m.grant = Some(Grant {
+                    op: op.hash,
+                    author: false,
+                });
+            }
         }
         self.members = next;
-        self.epoch = o.epoch;
-        self.head = op.hash;
         Ok(())
     }
 
@@ -423,300 +591,259 @@ impl GroupState {
     }
 }
 
-/// The agreed chain of a group's operations.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    /// The state at its head.
-    pub state: GroupState,
-    /// The hashes of the operations in the chain, creation first.
-    pub chain: Vec<[u8; 32]>,
+/// What became of one operation held for a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied: part of the state.
+    Applied,
+    /// In the graph, but refused by the rules at its place (or void).
+    Refused(OpError),
+    /// Not in the graph: an ancestor is missing, it is malformed for its place, it names
+    /// another creation, or the graph is full.
+    Unlinked,
 }
 
-/// Derives the agreed chain from every operation held for one group (see the module
+/// A group's graph as every member derives it from the operations held.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The state.
+    pub state: GroupState,
+    /// The operations in the graph, in the order they are applied (creation first).
+    pub linked: Vec<[u8; 32]>,
+    /// Of those, the applied ones, in order.
+    pub applied: Vec<[u8; 32]>,
+    /// What became of every operation held.
+    pub outcomes: HashMap<[u8; 32], Outcome>,
+}
+
+impl Resolved {
+    /// Whether the operation `hash` is applied.
+    pub fn is_applied(&self, hash: &[u8; 32]) -> bool {
+        matches!(self.outcomes.get(hash), Some(Outcome::Applied))
+    }
+}
+
+/// Most rounds [`resolve`] makes to settle what is void (each round follows a removal that
+/// voids another's removal; far more than any group's history nests).
+const MAX_VOID_ROUNDS: usize = 32;
+
+/// Ancestor sets of the linked operations, one bit per operation in apply order.
+struct Graph {
+    index: HashMap<[u8; 32], usize>,
+    words: usize,
+    ancestors: Vec<u64>,
+}
+
+impl Graph {
+    fn has(&self, of: usize, bit: usize) -> bool {
+        self.ancestors[of * self.words + bit / 64] >> (bit % 64) & 1 == 1
+    }
+    fn concurrent(&self, a: usize, b: usize) -> bool {
+        a != b && !self.has(a, b) && !self.has(b, a)
+    }
+}
+
+impl Causality for Graph {
+    fn precedes(&self, a: &[u8; 32], b: &[u8; 32]) -> bool {
+        match (self.index.get(a), self.index.get(b)) {
+            (Some(&a), Some(&b)) => self.has(b, a),
+            _ => false,
+        }
+    }
+    fn depth(&self, op: &[u8; 32]) -> u64 {
+        self.index.get(op).map_or(0, |&i| {
+            self.ancestors[i * self.words..(i + 1) * self.words]
+                .iter()
+                .map(|w| u64::from(w.count_ones()))
+                .sum()
+        })
+    }
+}
+
+/// Derives the group's state from every operation held for it (see the module
 /// documentation). `None` when no valid creation is held yet.
 pub fn resolve(ops: &[SignedOp]) -> Option<Resolved> {
-    let mut children: HashMap<[u8; 32], Vec<&SignedOp>> = HashMap::new();
-    let mut geneses: Vec<&SignedOp> = Vec::new();
+    let mut by_hash: HashMap<[u8; 32], &SignedOp> = HashMap::new();
     for op in ops {
-        if op.op.epoch == 0 {
-            geneses.push(op);
-        } else {
-            children
-                .entry(op.op.parent.into_array())
-                .or_default()
-                .push(op);
-        }
+        by_hash.entry(op.hash).or_insert(op);
     }
+    let mut outcomes: HashMap<[u8; 32], Outcome> =
+        by_hash.keys().map(|h| (*h, Outcome::Unlinked)).collect();
+    // The creation: only the creator can sign one for the group's id; of several, the lowest
+    // hash (the creator's own choice).
+    let mut geneses: Vec<&SignedOp> = by_hash
+        .values()
+        .filter(|o| o.op.parents.is_empty())
+        .copied()
+        .collect();
     geneses.sort_by_key(|o| o.hash);
-    let (mut state, first) = geneses
+    let (genesis_state, genesis) = geneses
         .iter()
-        .find_map(|g| GroupState::genesis(g).ok().map(|s| (s, g.hash)))?;
-    let mut chain = vec![first];
-    while let Some(kids) = children.get_mut(&state.head) {
-        kids.sort_by_key(|o| o.hash);
-        let mut advanced = false;
-        for kid in kids.iter() {
-            let mut next = state.clone();
-            if next.apply(kid).is_ok() {
-                chain.push(kid.hash);
-                state = next;
-                advanced = true;
-                break;
-            }
-        }
-        if !advanced {
+        .find_map(|g| GroupState::genesis(g).ok().map(|s| (s, *g)))?;
+
+    // Link: an operation joins the graph when all its parents have, in (epoch, hash) order,
+    // which is also the order operations are applied in (parents always come first).
+    let mut rest: Vec<&SignedOp> = by_hash
+        .values()
+        .filter(|o| !o.op.parents.is_empty())
+        .copied()
+        .collect();
+    rest.sort_by_key(|o| (o.op.epoch, o.hash));
+    let mut order: Vec<&SignedOp> = vec![genesis];
+    let mut index: HashMap<[u8; 32], usize> = HashMap::from([(genesis.hash, 0)]);
+    for op in rest {
+        if order.len() >= MAX_GROUP_OPS {
             break;
         }
+        let o = &op.op;
+        let parents: Vec<[u8; 32]> = o.parents.iter().map(|p| p.into_array()).collect();
+        let well_formed = o.group.into_array() == genesis_state.id
+            && parents.len() <= MAX_OP_PARENTS
+            && parents.windows(2).all(|w| w[0] < w[1])
+            && parents.iter().all(|p| index.contains_key(p))
+            && o.epoch
+                .checked_sub(1)
+                .is_some_and(|e| parents.iter().map(|p| order[index[p]].op.epoch).max() == Some(e));
+        if well_formed {
+            index.insert(op.hash, order.len());
+            order.push(op);
+        }
     }
-    Some(Resolved { state, chain })
+    let n = order.len();
+    let words = n.div_ceil(64);
+    let mut ancestors = vec![0u64; n * words];
+    for (i, op) in order.iter().enumerate() {
+        for p in &op.op.parents {
+            let p = index[&p.into_array()];
+            for w in 0..words {
+                ancestors[i * words + w] |= ancestors[p * words + w];
+            }
+            ancestors[i * words + p / 64] |= 1 << (p % 64);
+        }
+    }
+    let graph = Graph {
+        index,
+        words,
+        ancestors,
+    };
+
+    // Apply in order; then void what the applied removals void, and apply again, until what
+    // is void no longer changes. Each round starts from the removals of the one before (a
+    // removal that itself turns out void voids nothing); the rounds are bounded, and the
+    // same operations give the same rounds everywhere.
+    let mut void: HashSet<usize> = HashSet::new();
+    let mut skip: HashMap<usize, HashSet<[u8; 16]>> = HashMap::new();
+    let none = HashSet::new();
+    let mut rounds = 0;
+    let (state, results) = loop {
+        rounds += 1;
+        let mut state = genesis_state.clone();
+        let mut results: Vec<Result<(), OpError>> = vec![Ok(())];
+        let mut removals: Vec<(usize, [u8; 16])> = Vec::new();
+        for (i, op) in order.iter().enumerate().skip(1) {
+            if void.contains(&i) {
+                results.push(Err(OpError::Void));
+                continue;
+            }
+            let r = state.apply(op, &graph, skip.get(&i).unwrap_or(&none));
+            if r.is_ok() {
+                removals.extend(op.removes().into_iter().map(|u| (i, u)));
+            }
+            results.push(r);
+        }
+        let mut next_void: HashSet<usize> = HashSet::new();
+        let mut next_skip: HashMap<usize, HashSet<[u8; 16]>> = HashMap::new();
+        for &(r, user) in &removals {
+            for (j, op) in order.iter().enumerate().skip(1) {
+                if !graph.concurrent(r, j) {
+                    continue;
+                }
+                if op.op.author.into_array() == user {
+                    next_void.insert(j);
+                }
+                if let Action::Add { members } = &op.op.action
+                    && members.iter().any(|m| m.user.into_array() == user)
+                {
+                    next_skip.entry(j).or_default().insert(user);
+                }
+            }
+        }
+        if (next_void == void && next_skip == skip) || rounds >= MAX_VOID_ROUNDS {
+            break (state, results);
+        }
+        void = next_void;
+        skip = next_skip;
+    };
+    let mut state = state;
+    let mut has_child = vec![false; n];
+    for op in &order {
+        for p in &op.op.parents {
+            has_child[graph.index[&p.into_array()]] = true;
+        }
+    }
+    let mut heads: Vec<usize> = (0..n).filter(|i| !has_child[*i]).collect();
+    // The newest heads first when there are more than one operation can name.
+    heads.sort_by_key(|i| std::cmp::Reverse((order[*i].op.epoch, order[*i].hash)));
+    heads.truncate(MAX_OP_PARENTS);
+    state.top = heads.iter().map(|i| order[*i].op.epoch).max().unwrap_or(0);
+    let mut head_hashes: Vec<[u8; 32]> = heads.iter().map(|i| order[*i].hash).collect();
+    head_hashes.sort();
+    state.heads = head_hashes;
+    state.epoch = (n - 1) as u64;
+    let mut applied = Vec::new();
+    for (op, result) in order.iter().zip(results) {
+        let outcome = match result {
+            Ok(()) => {
+                applied.push(op.hash);
+                Outcome::Applied
+            }
+            Err(e) => Outcome::Refused(e),
+        };
+        outcomes.insert(op.hash, outcome);
+    }
+    Some(Resolved {
+        state,
+        linked: order.iter().map(|o| o.hash).collect(),
+        applied,
+        outcomes,
+    })
+}
+
+/// The state of the group as it was at `heads` (the operations an author held when sending
+/// something): resolved from those operations and their ancestors only. `None` when one of
+/// them is not held.
+pub fn state_at(ops: &[SignedOp], heads: &[[u8; 32]]) -> Option<GroupState> {
+    let by_hash: HashMap<[u8; 32], &SignedOp> = ops.iter().map(|o| (o.hash, o)).collect();
+    let mut keep: HashSet<[u8; 32]> = HashSet::new();
+    let mut todo: Vec<[u8; 32]> = heads.to_vec();
+    while let Some(h) = todo.pop() {
+        if !keep.insert(h) {
+            continue;
+        }
+        let op = by_hash.get(&h)?;
+        todo.extend(op.op.parents.iter().map(|p| p.into_array()));
+    }
+    let subset: Vec<SignedOp> = keep.iter().map(|h| by_hash[h].clone()).collect();
+    let r = resolve(&subset)?;
+    // Every named head must be in the graph (not cut off as malformed).
+    heads
+        .iter()
+        .all(|h| r.outcomes.get(h) != Some(&Outcome::Unlinked))
+        .then_some(r.state)
+}
+
+/// Checks that `op` (made on the heads of `ops`) applies, returning the state after it or
+/// why it does not.
+pub fn check_new(ops: &[SignedOp], op: &SignedOp) -> Result<Resolved, OpError> {
+    let mut all = ops.to_vec();
+    all.push(op.clone());
+    let r = resolve(&all).ok_or(OpError::OutOfOrder)?;
+    match r.outcomes.get(&op.hash) {
+        Some(Outcome::Applied) => Ok(r),
+        Some(Outcome::Refused(e)) => Err(e.clone()),
+        _ => Err(OpError::OutOfOrder),
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct User {
-        key: IdentityKey,
-    }
-
-    impl User {
-        fn new() -> Self {
-            User {
-                key: IdentityKey::generate().unwrap(),
-            }
-        }
-        fn id(&self) -> ByteArray<16> {
-            ByteArray::new(*self.key.user_id().as_bytes())
-        }
-        fn entry(&self, admin: bool) -> MemberEntry {
-            MemberEntry {
-                user: self.id(),
-                identity_key: ByteArray::new(*self.key.public().as_bytes()),
-                name: "x".into(),
-                relays: vec![],
-                admin,
-            }
-        }
-        fn op(&self, group: [u8; 16], parent: &GroupState, action: Action) -> SignedOp {
-            SignedOp::sign(
-                Op {
-                    group: ByteArray::new(group),
-                    epoch: parent.epoch + 1,
-                    parent: ByteArray::new(parent.head),
-                    author: self.id(),
-                    at_ms: 0,
-                    lamport: 0,
-                    action,
-                },
-                &self.key,
-            )
-            .unwrap()
-        }
-    }
-
-    fn create(admin: &User, others: &[&User]) -> SignedOp {
-        let mut members = vec![admin.entry(true)];
-        members.extend(others.iter().map(|u| u.entry(false)));
-        let salt = [7; 16];
-        let group = group_id(
-            &members[0].user.into_array(),
-            &members[0].identity_key.into_array(),
-            &salt,
-        );
-        SignedOp::sign(
-            Op {
-                group: ByteArray::new(group),
-                epoch: 0,
-                parent: ByteArray::new([0; 32]),
-                author: admin.id(),
-                at_ms: 0,
-                lamport: 0,
-                action: Action::Create {
-                    title: "Team".into(),
-                    members,
-                    salt: ByteArray::new(salt),
-                },
-            },
-            &admin.key,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn nobody_but_the_creator_can_sign_a_creation_for_a_group_id() {
-        let (a, b) = (User::new(), User::new());
-        let real = create(&a, &[&b]);
-        let s = GroupState::genesis(&real).unwrap();
-        // Bob signs his own creation for Alice's group id, as its admin: refused, whatever
-        // its hash, so it can never win the lowest-hash choice.
-        let mut forged = create(&b, &[&a]).op;
-        forged.group = ByteArray::new(s.id);
-        let forged = SignedOp::sign(forged, &b.key).unwrap();
-        assert_eq!(
-            GroupState::genesis(&forged),
-            Err(OpError::NotAllowed(
-                "the group id does not belong to the group's creator"
-            ))
-        );
-        // Nor can Alice's own creation be moved to another id.
-        let mut moved = real.op.clone();
-        moved.group = ByteArray::new([9; 16]);
-        let moved = SignedOp::sign(moved, &a.key).unwrap();
-        assert!(GroupState::genesis(&moved).is_err());
-    }
-
-    #[test]
-    fn round_trip_and_tampering() {
-        let a = User::new();
-        let op = create(&a, &[]);
-        let back = SignedOp::from_bytes(op.to_bytes()).unwrap();
-        assert_eq!(back, op);
-        assert!(GroupState::genesis(&back).is_ok());
-        // A flipped byte in the body breaks the signature or the encoding.
-        let mut bytes = op.to_bytes().to_vec();
-        let n = bytes.len();
-        bytes[n - 70] ^= 1;
-        if let Ok(o) = SignedOp::from_bytes(&bytes) {
-            assert!(GroupState::genesis(&o).is_err());
-        }
-        assert!(matches!(
-            SignedOp::from_bytes(&[9, 1, 2]),
-            Err(OpError::UnsupportedVersion(9))
-        ));
-        assert!(SignedOp::from_bytes(&[]).is_err());
-    }
-
-    #[test]
-    fn permissions_limits_and_order() {
-        let (a, b, c) = (User::new(), User::new(), User::new());
-        let g = create(&a, &[&b]);
-        let mut s = GroupState::genesis(&g).unwrap();
-        // A non-admin cannot add.
-        let by_b = b.op(
-            s.id,
-            &s,
-            Action::Add {
-                members: vec![c.entry(false)],
-            },
-        );
-        assert!(matches!(s.apply(&by_b), Err(OpError::NotAllowed(_))));
-        // A forged author fails the signature.
-        let mut forged = b.op(
-            s.id,
-            &s,
-            Action::Add {
-                members: vec![c.entry(false)],
-            },
-        );
-        forged.op.author = a.id();
-        assert_eq!(s.clone().apply(&forged), Err(OpError::BadSignature));
-        let add = a.op(
-            s.id,
-            &s,
-            Action::Add {
-                members: vec![c.entry(false)],
-            },
-        );
-        s.apply(&add).unwrap();
-        assert!(s.is_member(&c.id().into_array()));
-        // Replaying it is out of order.
-        assert_eq!(s.clone().apply(&add), Err(OpError::OutOfOrder));
-        let rm = a.op(
-            s.id,
-            &s,
-            Action::Remove {
-                users: vec![b.id()],
-            },
-        );
-        s.apply(&rm).unwrap();
-        assert!(!s.is_member(&b.id().into_array()));
-        // A removed member's operations are refused.
-        let late = b.op(s.id, &s, Action::Leave);
-        assert!(s.clone().apply(&late).is_err());
-        // The last admin leaving hands admin to the remaining member.
-        let leave = a.op(s.id, &s, Action::Leave);
-        s.apply(&leave).unwrap();
-        assert!(s.is_admin(&c.id().into_array()));
-    }
-
-    #[test]
-    fn five_hundred_members_then_full() {
-        let a = User::new();
-        let g = create(&a, &[]);
-        let mut s = GroupState::genesis(&g).unwrap();
-        let users: Vec<User> = (0..MAX_GROUP_MEMBERS).map(|_| User::new()).collect();
-        for chunk in users[..MAX_GROUP_MEMBERS - 1].chunks(MAX_MEMBERS_PER_OP) {
-            let op = a.op(
-                s.id,
-                &s,
-                Action::Add {
-                    members: chunk.iter().map(|u| u.entry(false)).collect(),
-                },
-            );
-            s.apply(&op).unwrap();
-        }
-        assert_eq!(s.members.len(), MAX_GROUP_MEMBERS);
-        let one_more = a.op(
-            s.id,
-            &s,
-            Action::Add {
-                members: vec![users[MAX_GROUP_MEMBERS - 1].entry(false)],
-            },
-        );
-        assert_eq!(
-            s.apply(&one_more),
-            Err(OpError::Full {
-                would: MAX_GROUP_MEMBERS + 1,
-                max: MAX_GROUP_MEMBERS
-            })
-        );
-    }
-
-    #[test]
-    fn forks_resolve_the_same_whatever_the_arrival_order() {
-        let (a, b, c, d) = (User::new(), User::new(), User::new(), User::new());
-        let mut g = create(&a, &[&b]);
-        // Make b an admin too.
-        if let Action::Create { members, .. } = &mut g.op.action {
-            members[1].admin = true;
-        }
-        let g = SignedOp::sign(g.op, &a.key).unwrap();
-        let s = GroupState::genesis(&g).unwrap();
-        // a adds c while b adds d, both on the creation.
-        let x = a.op(
-            s.id,
-            &s,
-            Action::Add {
-                members: vec![c.entry(false)],
-            },
-        );
-        let y = b.op(
-            s.id,
-            &s,
-            Action::Add {
-                members: vec![d.entry(false)],
-            },
-        );
-        let r1 = resolve(&[g.clone(), x.clone(), y.clone()]).unwrap();
-        let r2 = resolve(&[y.clone(), g.clone(), x.clone()]).unwrap();
-        assert_eq!(r1.chain, r2.chain);
-        assert_eq!(r1.state, r2.state);
-        assert_eq!(r1.chain.len(), 2);
-        // The loser re-issues on the winner; everyone then has both changes.
-        let (loser, user) = if r1.chain[1] == x.hash {
-            (&b, &d)
-        } else {
-            (&a, &c)
-        };
-        let again = loser.op(
-            s.id,
-            &r1.state,
-            Action::Add {
-                members: vec![user.entry(false)],
-            },
-        );
-        let r3 = resolve(&[x, y, again, g]).unwrap();
-        assert_eq!(r3.state.members.len(), 4);
-        assert_eq!(r3.chain.len(), 3);
-    }
-}
+mod tests;

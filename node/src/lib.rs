@@ -170,7 +170,6 @@ impl Node {
             owed_due: true,
             peers_retry: (0, std::time::Instant::now()),
             notify: HashMap::new(),
-            reissue: Vec::new(),
             fan_in_flight: HashSet::new(),
             list_answers: HashSet::new(),
             // Answers owed from before a restart are looked at once.
@@ -500,16 +499,19 @@ impl Node {
     }
 
     /// Adds contacts to a group (admins only; at most
-    /// [`consts::MAX_GROUP_MEMBERS`] members in all).
+    /// [`consts::MAX_GROUP_MEMBERS`] members in all), as admins when `admin` (junior to
+    /// every admin there is: see [`group`]).
     pub async fn group_add(
         &self,
         group: String,
         members: Vec<String>,
+        admin: bool,
     ) -> Result<GroupInfo, NodeError> {
         self.call(|reply| {
             Command::Group(GroupCommand::Add {
                 group,
                 members,
+                admin,
                 reply,
             })
         })

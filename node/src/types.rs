@@ -497,7 +497,9 @@ pub enum Event {
         /// Why: `message_key_gone` (it came after its key was discarded; the sender is asked
         /// to send its texts again), `cannot_decrypt` (no session reads it; it would fail
         /// again, so nothing is asked for), `group_message` (a group message that does not
-        /// open), `group_key_missing` (its sender key never came).
+        /// open), `group_key_missing` (its sender key never came), `not_a_member` (a group
+        /// message from someone no longer a member, sent after their removal or arriving
+        /// more than a day after it; refused).
         reason: String,
     },
     /// A group's membership or title changed (or this user joined it).

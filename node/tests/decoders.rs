@@ -59,6 +59,7 @@ fn envelopes_survive_mutation() {
         lamport: 9,
         seq: 4,
         grant: Some(ByteArray::new([6; 32])),
+        heads: vec![ByteArray::new([7; 32])],
         sent_at_ms: 1,
         body: Body::Receipt {
             kind: ReceiptKind::Delivered,

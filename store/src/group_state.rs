@@ -233,6 +233,20 @@ impl Store {
             .read_ctx("read group operations")
     }
 
+    /// Every stored membership operation with when this device stored it: (group id,
+    /// operation bytes, ms), in arrival order.
+    pub fn group_ops_received(&self) -> Result<Vec<(String, Vec<u8>, i64)>, ReadError> {
+        self.conn
+            .prepare_cached(
+                "SELECT group_id, op, received_at_ms FROM group_ops ORDER BY received_at_ms, hash",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .read_ctx("read group operations")
+    }
+
     /// This device's sender key for a group: (session id, membership version it was made
     /// for).
     pub fn group_sender_key(&self, group_id: &str) -> Result<Option<(String, u64)>, ReadError> {

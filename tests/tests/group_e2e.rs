@@ -14,12 +14,11 @@
 use std::{collections::HashSet, path::Path, time::Duration};
 
 use serde_json::{Value, json};
-use tern_crypto::group::{GroupMessage, InboundSenderKey, MemoryReplayLedger};
-use tern_node::{Home, api::client::ClientError, types::Event};
-use tern_store::SenderKeyStore;
+use tern_crypto::group::{GroupMessage, InboundSenderKey};
+use tern_node::{api::client::ClientError, types::Event};
 use tern_tests::support::{
-    Node, Relay, WAIT, group_history, link_pair, message_ids, message_texts, relay_ciphertexts,
-    start_nodes, tern_with_stdin, wait_for,
+    Node, Relay, WAIT, contains, group_history, inbound_sender_keys, link_pair, message_ids,
+    message_texts, opens, relay_ciphertexts, start_nodes, tern_with_stdin, wait_for,
 };
 
 /// Longest wait for a group to converge after an offline member returns.
@@ -278,68 +277,6 @@ fn order_view(h: &[Value]) -> Vec<String> {
             )
         })
         .collect()
-}
-
-/// Every inbound sender key in a stopped node's store, as (session id, pickle).
-///
-/// The session ids are listed with a read-only query on the SQLCipher file, keyed from the
-/// home's key file and the salt in the file's header (the store's own key format); each key
-/// is then loaded through `tern_store` itself, so the pickles are what the node would use.
-fn inbound_sender_keys(home: &Path) -> Vec<(String, InboundSenderKey)> {
-    use tern_store::consts::{KEY_LEN, KEYFILE_LEN, KEYFILE_MAGIC, SALT_LEN};
-    let home = Home::new(home);
-    let keyfile = std::fs::read(home.store_key_path()).unwrap();
-    assert_eq!(keyfile.len(), KEYFILE_LEN);
-    assert_eq!(&keyfile[..KEYFILE_MAGIC.len()], KEYFILE_MAGIC);
-    let key = &keyfile[KEYFILE_LEN - KEY_LEN..];
-    let db = std::fs::read(home.db_path()).unwrap();
-    let salt = &db[..SALT_LEN];
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let conn = rusqlite::Connection::open_with_flags(
-        home.db_path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    conn.pragma_update(None, "key", format!("x'{}{}'", hex(key), hex(salt)))
-        .unwrap();
-    let ids: Vec<String> = conn
-        .prepare("SELECT session_id FROM inbound_group_sessions ORDER BY session_id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    drop(conn);
-
-    let (mut store, _keys) = home.open().unwrap();
-    store
-        .transaction(|tx| {
-            ids.iter()
-                .map(|id| {
-                    let s = tx.inbound_group_session(id)?.unwrap();
-                    let key = InboundSenderKey::from_pickle(&s.pickle).unwrap();
-                    assert_eq!(&key.session_id(), id);
-                    Ok((id.clone(), key))
-                })
-                .collect::<Result<Vec<_>, tern_store::WriteError>>()
-        })
-        .unwrap()
-}
-
-/// Which of `keys` opens `message`, with the plaintext.
-fn opens(keys: &mut [(String, InboundSenderKey)], message: &[u8]) -> Option<Vec<u8>> {
-    let message = GroupMessage::from_bytes(message).ok()?;
-    keys.iter_mut().find_map(|(_, key)| {
-        key.decrypt(&message, &mut MemoryReplayLedger::default())
-            .ok()
-            .map(|d| d.body.to_vec())
-    })
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
 }
 
 #[test]
@@ -750,8 +687,9 @@ fn paging_before_an_unknown_message_says_unknown_message() {
 }
 
 /// A member offline when the group is made catches up when it returns; a member removed
-/// while offline learns of it on return, and nothing it sends from its stale state shows up
-/// at the others.
+/// while offline learns of it on return, and what it sent from its stale state (under the
+/// membership it last knew, at which it was a member) is shown by every other member, at the
+/// same place.
 #[test]
 fn members_offline_through_creation_or_removal_catch_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -788,7 +726,8 @@ fn members_offline_through_creation_or_removal_catch_up() {
     });
 
     // Carol returns and at once tries to send: refused if she already knows, else sent from
-    // her stale state; either way no one else shows it, and she learns she is out.
+    // her stale state (and then shown by everyone else, in the same place); either way she
+    // learns she is out.
     nodes[2].restart().unwrap();
     let out = nodes[2].cli(&["group", "send", &group, "stale"]);
     assert!(
@@ -796,6 +735,7 @@ fn members_offline_through_creation_or_removal_catch_up() {
         "{}",
         stderr(&out)
     );
+    let sent_stale = out.status.success();
     let gc = wait_members(&nodes[2], &group, &[ua, ub, ud], false);
     assert_eq!(gc["member"], false);
     let hc = group_history(&nodes[2], &group);
@@ -809,9 +749,15 @@ fn members_offline_through_creation_or_removal_catch_up() {
     .unwrap();
     nodes[0].ok(&["group", "send", &group, "m4"]).unwrap();
     for i in [0, 1, 3] {
-        let h = wait_history(&nodes[i], &group, "m4", WAIT, |h| has_text(h, "m4"));
+        let h = wait_history(&nodes[i], &group, "m4", WAIT, |h| {
+            has_text(h, "m4") && (!sent_stale || has_text(h, "stale"))
+        });
+        let texts: Vec<String> = message_texts(&h)
+            .into_iter()
+            .filter(|t| t != "stale")
+            .collect();
         assert_eq!(
-            message_texts(&h),
+            texts,
             ["m1", "m2", "m3", "m4"],
             "{}: {:?}",
             nodes[i].user,

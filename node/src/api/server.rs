@@ -433,8 +433,12 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
                 .await?,
         ),
         "group_add" => to_value(
-            node.group_add(str_param(p, "group")?, members_param(p, "members", true)?)
-                .await?,
+            node.group_add(
+                str_param(p, "group")?,
+                members_param(p, "members", true)?,
+                opt_bool(p, "admin")?.unwrap_or(false),
+            )
+            .await?,
         ),
         "group_remove" => to_value(
             node.group_remove(str_param(p, "group")?, members_param(p, "members", true)?)

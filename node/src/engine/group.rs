@@ -35,12 +35,12 @@ use tern_store::{
 use super::{ContactState, Engine, GroupCommand, Internal, device_peer};
 use crate::{
     consts::{
-        MAX_GROUP_MEMBERS, MAX_GROUP_STASH, MAX_GROUP_STASH_PER_DEVICE, MAX_GROUP_TITLE_BYTES,
-        MAX_MEMBERS_PER_OP, NOTIFY_INTERVAL,
+        LATE_MESSAGE_GRACE_MS, MAX_GROUP_MEMBERS, MAX_GROUP_STASH, MAX_GROUP_STASH_PER_DEVICE,
+        MAX_GROUP_TITLE_BYTES, MAX_MEMBERS_PER_OP, NOTIFY_INTERVAL,
     },
     envelope::{Body, Conversation, Envelope},
     error::NodeError,
-    group::{Action, GroupState, MemberEntry, Op, Resolved, SignedOp, resolve},
+    group::{Action, GroupState, MemberEntry, Op, Resolved, SignedOp, check_new, resolve},
     home::now_ms,
     net::{NetError, rpc},
     types::*,
@@ -67,8 +67,94 @@ type FanTarget = (
 pub(crate) struct GroupCtx {
     /// Every operation received or made.
     pub ops: Vec<SignedOp>,
-    /// The agreed chain, once the creation is held.
+    /// The state derived from them, once the creation is held.
     pub resolved: Option<Resolved>,
+    /// When this device stored each operation, ms.
+    pub received: HashMap<[u8; 32], i64>,
+    /// When former members left (or were removed), as this device learned it, ms: their
+    /// messages sent before that and arriving after are shown for a while
+    /// ([`crate::consts::LATE_MESSAGE_GRACE_MS`]).
+    pub left_at: HashMap<[u8; 16], i64>,
+}
+
+impl GroupCtx {
+    /// Keeps an operation this device stored at `received` (ms).
+    pub(crate) fn hold(&mut self, op: SignedOp, received: i64) {
+        self.received.insert(op.hash, received);
+        self.ops.push(op);
+    }
+
+    /// Derives the state again from the operations held, and when each user who is not a
+    /// member now left: when the last applied operation that took them out was stored here.
+    pub(crate) fn resolve(&mut self) {
+        self.resolved = resolve(&self.ops);
+        self.left_at.clear();
+        let Some(r) = &self.resolved else {
+            return;
+        };
+        for hash in &r.applied {
+            let Some(op) = self.ops.iter().find(|o| o.hash == *hash) else {
+                continue;
+            };
+            let gone: Vec<[u8; 16]> = match &op.op.action {
+                Action::Remove { users } => users.iter().map(|u| u.into_array()).collect(),
+                Action::Leave => vec![op.op.author.into_array()],
+                _ => continue,
+            };
+            let at = self.received.get(hash).copied().unwrap_or_default();
+            for u in gone {
+                if !r.state.is_member(&u) {
+                    self.left_at.insert(u, at);
+                }
+            }
+        }
+    }
+
+    /// The entry that last added `user` (an applied creation or addition), for a former
+    /// member whose late messages may still be shown.
+    pub(crate) fn entry_of(&self, user: &[u8; 16]) -> Option<MemberEntry> {
+        let r = self.resolved.as_ref()?;
+        r.applied.iter().rev().find_map(|h| {
+            let op = self.ops.iter().find(|o| o.hash == *h)?;
+            match &op.op.action {
+                Action::Create { members, .. } | Action::Add { members } => members
+                    .iter()
+                    .find(|m| m.user.into_array() == *user)
+                    .cloned(),
+                _ => None,
+            }
+        })
+    }
+
+    /// Former members who left less than [`LATE_MESSAGE_GRACE_MS`] before `now`: their
+    /// devices are still looked up, so their late messages can be checked.
+    pub(crate) fn recently_left(&self, now: i64) -> Vec<([u8; 16], MemberEntry)> {
+        self.left_at
+            .iter()
+            .filter(|(_, at)| now - **at < LATE_MESSAGE_GRACE_MS)
+            .filter_map(|(u, _)| Some((*u, self.entry_of(u)?)))
+            .collect()
+    }
+
+    /// Whether a message from `user`, who is no longer a member, was sent while they were
+    /// one: it names membership heads this device holds at which they were a member, and
+    /// their leaving reached this device less than a day ago.
+    pub(crate) fn sent_while_member(
+        &self,
+        user: &[u8; 16],
+        heads: &[ByteArray<32>],
+        now: i64,
+    ) -> bool {
+        let recent = self
+            .left_at
+            .get(user)
+            .is_some_and(|at| now - at < LATE_MESSAGE_GRACE_MS);
+        if !recent || heads.is_empty() {
+            return false;
+        }
+        let heads: Vec<[u8; 32]> = heads.iter().map(|h| h.into_array()).collect();
+        crate::group::state_at(&self.ops, &heads).is_some_and(|s| s.is_member(user))
+    }
 }
 
 /// Batched notifications of one conversation.
@@ -116,14 +202,14 @@ impl Engine {
     /// Loads groups and group peers from the store (at start, and after a rolled-back
     /// batch, with `groups` cleared first).
     pub(crate) fn load_groups(&mut self) -> Result<(), NodeError> {
-        for (group, bytes) in self.store.group_ops()? {
+        for (group, bytes, received) in self.store.group_ops_received()? {
             match SignedOp::from_bytes(&bytes) {
-                Ok(op) => self.groups.entry(group).or_default().ops.push(op),
+                Ok(op) => self.groups.entry(group).or_default().hold(op, received),
                 Err(e) => tracing::error!(%group, "a stored group operation is unreadable: {e}"),
             }
         }
         for ctx in self.groups.values_mut() {
-            ctx.resolved = resolve(&ctx.ops);
+            ctx.resolve();
         }
         for (user, list) in self.store.group_peers()? {
             if self.contacts.contains_key(&user) {
@@ -140,13 +226,24 @@ impl Engine {
     /// A group member who is not a contact, from the group state and their device list.
     fn peer_state(&self, user: &str, list_bytes: &[u8]) -> Option<ContactState> {
         let ub = user_bytes(user)?;
-        let member = self
+        // A member, or a former member whose late messages may still be shown.
+        let now = now_ms();
+        let (identity_key, name, relays) = self
             .groups
             .values()
             .filter_map(|g| g.resolved.as_ref())
-            .find_map(|r| r.state.members.get(&ub))?;
+            .find_map(|r| r.state.members.get(&ub))
+            .map(|m| (m.identity_key, m.name.clone(), m.relays.clone()))
+            .or_else(|| {
+                self.groups.values().find_map(|g| {
+                    g.recently_left(now)
+                        .into_iter()
+                        .find(|(u, _)| *u == ub)
+                        .map(|(_, e)| (e.identity_key.into_array(), e.name, e.relays))
+                })
+            })?;
         let list = SignedDeviceList::from_bytes(list_bytes).ok()?;
-        let key = tern_crypto::IdentityPublicKey::from_bytes(member.identity_key);
+        let key = tern_crypto::IdentityPublicKey::from_bytes(identity_key);
         list.check_identity(&key).ok()?;
         if list.list().user_id.as_bytes() != &ub {
             return None;
@@ -154,19 +251,15 @@ impl Engine {
         Some(ContactState {
             contact: Contact {
                 user_id: user.to_owned(),
-                display_name: member.name.clone(),
+                display_name: name,
                 verified: false,
-                identity_key: member.identity_key.to_vec(),
+                identity_key: identity_key.to_vec(),
                 device_list: Some(list_bytes.to_vec()),
                 device_list_version: list.list().version,
-                relays: member.relays.clone(),
+                relays: relays.clone(),
             },
             list: Some(list),
-            relays: member
-                .relays
-                .iter()
-                .filter_map(|r| r.parse().ok())
-                .collect(),
+            relays: relays.iter().filter_map(|r| r.parse().ok()).collect(),
         })
     }
 
@@ -182,9 +275,10 @@ impl Engine {
             GroupCommand::Add {
                 group,
                 members,
+                admin,
                 reply,
             } => {
-                let _ = reply.send(self.group_add(&group, members).await);
+                let _ = reply.send(self.group_add(&group, members, admin).await);
             }
             GroupCommand::Remove {
                 group,
@@ -385,7 +479,7 @@ impl Engine {
             Op {
                 group: ByteArray::new(*id.as_bytes()),
                 epoch: 0,
-                parent: ByteArray::new([0; 32]),
+                parents: Vec::new(),
                 author: ByteArray::new(*self.user.as_bytes()),
                 at_ms: now_ms(),
                 lamport: 1,
@@ -404,23 +498,20 @@ impl Engine {
         let mut ops = vec![create];
         for (n, chunk) in entries[split..].chunks(MAX_MEMBERS_PER_OP).enumerate() {
             let op = SignedOp::sign(
-                Op {
-                    group: ByteArray::new(*id.as_bytes()),
-                    epoch: state.epoch + 1,
-                    parent: ByteArray::new(state.head),
-                    author: ByteArray::new(*self.user.as_bytes()),
-                    at_ms: now_ms(),
-                    lamport: 2 + n as u64,
-                    action: Action::Add {
+                state.next_op(
+                    *self.user.as_bytes(),
+                    now_ms(),
+                    2 + n as u64,
+                    Action::Add {
                         members: chunk.to_vec(),
                     },
-                },
+                ),
                 &self.keys.identity,
             )
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-            state
-                .apply(&op)
-                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+            state = check_new(&ops, &op)
+                .map_err(|e| NodeError::BadRequest(e.to_string()))?
+                .state;
             ops.push(op);
         }
         self.commit_ops(&group, ops).await?;
@@ -443,6 +534,7 @@ impl Engine {
         &mut self,
         group: &str,
         members: Vec<String>,
+        admin: bool,
     ) -> Result<GroupInfo, NodeError> {
         self.check_not_revoked()?;
         let group = self.resolve_group(group)?;
@@ -457,6 +549,7 @@ impl Engine {
             .contact_entries(&members)?
             .into_iter()
             .filter(|e| !state.is_member(&e.user.into_array()))
+            .map(|e| MemberEntry { admin, ..e })
             .collect();
         if entries.is_empty() {
             return Err(NodeError::BadRequest("they are members already".into()));
@@ -543,33 +636,33 @@ impl Engine {
     async fn issue_many(&mut self, group: &str, actions: Vec<Action>) -> Result<(), NodeError> {
         let (mut lamport, _) = self.conv_state(group)?;
         let mut state = self.state(group)?.clone();
+        let mut held = self
+            .groups
+            .get(group)
+            .map(|g| g.ops.clone())
+            .unwrap_or_default();
         let mut ops = Vec::with_capacity(actions.len());
         for action in actions {
             lamport += 1;
             let op = SignedOp::sign(
-                Op {
-                    group: ByteArray::new(state.id),
-                    epoch: state.epoch + 1,
-                    parent: ByteArray::new(state.head),
-                    author: ByteArray::new(*self.user.as_bytes()),
-                    at_ms: now_ms(),
-                    lamport,
-                    action,
-                },
+                state.next_op(*self.user.as_bytes(), now_ms(), lamport, action),
                 &self.keys.identity,
             )
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
             // Check it applies before anything is stored or sent.
             let before = state.members.len();
-            state.apply(&op).map_err(|e| match e {
-                crate::group::OpError::Full { would, max } => NodeError::GroupFull {
-                    group: state.title.clone(),
-                    members: before,
-                    adding: would - before,
-                    max,
-                },
-                other => NodeError::BadRequest(other.to_string()),
-            })?;
+            state = check_new(&held, &op)
+                .map_err(|e| match e {
+                    crate::group::OpError::Full { would, max } => NodeError::GroupFull {
+                        group: state.title.clone(),
+                        members: before,
+                        adding: would - before,
+                        max,
+                    },
+                    other => NodeError::BadRequest(other.to_string()),
+                })?
+                .state;
+            held.push(op.clone());
             ops.push(op);
         }
         self.commit_ops(group, ops).await
@@ -591,20 +684,45 @@ impl Engine {
             Ok(())
         })?;
         let ctx = self.groups.entry(group.to_owned()).or_default();
-        ctx.ops.extend(ops.iter().cloned());
-        ctx.resolved = resolve(&ctx.ops);
-        let state = self.state(group)?.clone();
         for op in &ops {
+            ctx.hold(op.clone(), saved);
+        }
+        ctx.resolve();
+        let state = self.state(group)?.clone();
+        // Parents these operations name that others signed go with them: a member who
+        // missed one (its author reached only some members) can then place them.
+        let me = *self.user.as_bytes();
+        let mut outgoing: Vec<SignedOp> = {
+            let fresh: HashSet<[u8; 32]> = ops.iter().map(|o| o.hash).collect();
+            let mut wanted: Vec<[u8; 32]> = ops
+                .iter()
+                .flat_map(|o| o.op.parents.iter().map(|p| p.into_array()))
+                .filter(|p| !fresh.contains(p))
+                .collect();
+            wanted.sort();
+            wanted.dedup();
+            let ctx = &self.groups[group];
+            wanted
+                .iter()
+                .filter_map(|h| ctx.ops.iter().find(|o| o.hash == *h))
+                .filter(|o| o.op.author.into_array() != me)
+                .cloned()
+                .collect()
+        };
+        outgoing.sort_by_key(|o| (o.op.epoch, o.hash));
+        outgoing.extend(ops.iter().cloned());
+        for op in &outgoing {
             self.store_op_message(group, op)?;
         }
+        let ops = outgoing;
         // Who hears of them: the members after them, and those they removed.
         let mut to: Vec<[u8; 16]> = state.members.keys().copied().collect();
         to.extend(before.iter().filter(|u| !state.is_member(u)));
-        let me = *self.user.as_bytes();
         if !self.own_other_devices() {
             to.retain(|u| *u != me);
         }
-        // New members get the chain before these operations too.
+        // New members get the graph before these operations too (all of it, so that they
+        // derive the same state).
         let newcomers: Vec<[u8; 16]> = state
             .members
             .keys()
@@ -618,14 +736,14 @@ impl Engine {
             let ctx = &self.groups[group];
             ctx.resolved
                 .as_ref()
-                .map(|r| r.chain.clone())
+                .map(|r| r.linked.clone())
                 .unwrap_or_default()
                 .iter()
                 .filter(|h| !fresh.contains(*h))
                 .filter_map(|h| ctx.ops.iter().find(|o| o.hash == *h).cloned())
                 .collect()
         };
-        // The chain is in the timeline (a linked device may hold operations without their
+        // The graph is in the timeline (a linked device may hold operations without their
         // messages), so it can be owed and queued.
         for op in &prior {
             self.store_op_message(group, op)?;
@@ -657,7 +775,15 @@ impl Engine {
         let lamport = op.op.lamport;
         self.observe_lamport(group, lamport)?;
         let title = self.state(group).map(|s| s.title.clone()).ok();
-        let text = self.describe(op);
+        let mut text = self.describe(op);
+        let applied = self
+            .groups
+            .get(group)
+            .and_then(|g| g.resolved.as_ref())
+            .is_some_and(|r| r.is_applied(&op.hash));
+        if !applied {
+            text.push_str(" (did not take effect)");
+        }
         let now = now_ms();
         let message = Message {
             id: op_message_id(op),
@@ -779,6 +905,7 @@ impl Engine {
                 sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
                 lists: Some(self.list_versions(None)),
                 grant: None,
+                heads: Vec::new(),
                 lamport: pack.iter().map(|o| o.op.lamport).max().unwrap_or(0),
                 seq: 0,
                 sent_at_ms: pack[0].op.at_ms,
@@ -941,10 +1068,16 @@ impl Engine {
         self.peers_due = false;
         let me = *self.user.as_bytes();
         let mut missing: HashMap<[u8; 16], Vec<String>> = HashMap::new();
-        for r in self.groups.values().filter_map(|g| g.resolved.as_ref()) {
-            for (u, m) in &r.state.members {
-                if *u != me && self.known(&hex(u)).is_none_or(|c| c.list.is_none()) {
-                    missing.entry(*u).or_insert_with(|| m.relays.clone());
+        let now = now_ms();
+        for g in self.groups.values() {
+            let Some(r) = g.resolved.as_ref() else {
+                continue;
+            };
+            let former = g.recently_left(now).into_iter().map(|(u, e)| (u, e.relays));
+            let current = r.state.members.iter().map(|(u, m)| (*u, m.relays.clone()));
+            for (u, relays) in current.chain(former) {
+                if u != me && self.known(&hex(&u)).is_none_or(|c| c.list.is_none()) {
+                    missing.entry(u).or_insert(relays);
                 }
             }
         }
@@ -1059,96 +1192,37 @@ impl Engine {
     }
 
     /// Takes in a membership operation already stored (new to this device): resolves the
-    /// chain again and, when it changed, writes the timeline, keys and what is owed.
+    /// group again and, when what is applied changed, writes the timeline and notes who
+    /// left (for their messages still in flight).
     pub(crate) fn apply_group_op(&mut self, group: String, op: SignedOp) -> Result<(), NodeError> {
-        let before_chain = self
+        let before = self
             .groups
             .get(&group)
             .and_then(|g| g.resolved.as_ref())
-            .map(|r| r.chain.clone());
+            .map(|r| r.applied.clone());
         let ctx = self.groups.entry(group.clone()).or_default();
-        ctx.ops.push(op.clone());
-        ctx.resolved = resolve(&ctx.ops);
-        let after_chain = self.groups[&group]
-            .resolved
-            .as_ref()
-            .map(|r| r.chain.clone());
-        if after_chain == before_chain {
+        ctx.hold(op.clone(), now_ms());
+        ctx.resolve();
+        let Some(after) = ctx.resolved.as_ref() else {
+            return Ok(());
+        };
+        let had_applied = before.unwrap_or_default();
+        if after.applied == had_applied {
             return Ok(());
         }
-        // Store the operations new to the chain in the timeline.
-        let chain = after_chain.unwrap_or_default();
-        let had: HashSet<[u8; 32]> = before_chain.unwrap_or_default().into_iter().collect();
-        for hash in chain.iter().filter(|h| !had.contains(*h)) {
-            let Some(o) = self.groups[&group]
-                .ops
-                .iter()
-                .find(|o| o.hash == *hash)
-                .cloned()
-            else {
-                continue;
-            };
-            self.store_op_message(&group, &o)?;
+        // Store the operations newly applied in the timeline.
+        let had: HashSet<[u8; 32]> = had_applied.into_iter().collect();
+        let new: Vec<SignedOp> = after
+            .applied
+            .iter()
+            .filter(|h| !had.contains(*h))
+            .filter_map(|h| ctx.ops.iter().find(|o| o.hash == *h).cloned())
+            .collect();
+        for o in &new {
+            self.store_op_message(&group, o)?;
         }
-        self.reissue_lost(&group);
         self.after_membership_change(&group);
         Ok(())
-    }
-
-    /// Own operations that lost a fork are issued again on the agreed head (once a tick
-    /// runs: signing and sending need the async context), while they still change something.
-    fn reissue_lost(&mut self, group: &str) {
-        let Some(ctx) = self.groups.get(group) else {
-            return;
-        };
-        let Some(r) = &ctx.resolved else {
-            return;
-        };
-        let me = ByteArray::new(*self.user.as_bytes());
-        for op in &ctx.ops {
-            if op.op.author != me || r.chain.contains(&op.hash) || op.op.epoch > r.state.epoch {
-                continue;
-            }
-            let still = match &op.op.action {
-                Action::Add { members } => {
-                    let m: Vec<MemberEntry> = members
-                        .iter()
-                        .filter(|e| !r.state.is_member(&e.user.into_array()))
-                        .cloned()
-                        .collect();
-                    (!m.is_empty()).then_some(Action::Add { members: m })
-                }
-                Action::Remove { users } => {
-                    let u: Vec<ByteArray<16>> = users
-                        .iter()
-                        .filter(|u| r.state.is_member(&u.into_array()))
-                        .copied()
-                        .collect();
-                    (!u.is_empty()).then_some(Action::Remove { users: u })
-                }
-                Action::Leave => r.state.is_member(&me.into_array()).then_some(Action::Leave),
-                Action::Create { .. } => None,
-            };
-            if let Some(action) = still
-                && r.state.is_admin(&me.into_array()) | matches!(action, Action::Leave)
-            {
-                self.reissue.push((group.to_owned(), action));
-            }
-        }
-    }
-
-    /// Issues the operations [`Engine::reissue_lost`] queued.
-    pub(crate) async fn reissue_due(&mut self) {
-        let due = std::mem::take(&mut self.reissue);
-        let mut seen = HashSet::new();
-        for (group, action) in due {
-            if !seen.insert(group.clone()) {
-                continue;
-            }
-            if let Err(e) = self.issue(&group, action).await {
-                tracing::warn!(%group, "re-issuing a membership change failed: {e}");
-            }
-        }
     }
 
     /// A sender key received over a pairwise session from `user`'s `device`.
@@ -1242,7 +1316,8 @@ impl Engine {
         let Some(sender_user) = user_bytes(&stored.sender_user) else {
             return Ok(GroupOutcome::Done);
         };
-        if !state.is_member(&sender_user) {
+        let member_now = state.is_member(&sender_user);
+        if !member_now {
             let ever_added = self.groups.get(&group).is_some_and(|g| {
                 g.ops.iter().any(|o| match &o.op.action {
                     Action::Create { members, .. } | Action::Add { members } => {
@@ -1256,8 +1331,8 @@ impl Engine {
                 // an admin, the message from the new member): kept until it does.
                 return Ok(GroupOutcome::Wait);
             }
-            tracing::warn!(%group, sender = %stored.sender_user, "group message from a non-member refused");
-            return Ok(GroupOutcome::Done);
+            // No longer a member: shown only if it names a membership at which they were
+            // one (sent before the removal), checked once it is open.
         }
         if DeviceId::from_peer_id_string(&stored.sender_device)
             .and_then(|d| self.revoked_owner(&d))
@@ -1270,6 +1345,7 @@ impl Engine {
         let mut key = InboundSenderKey::from_pickle(&stored.pickle)?;
         let now = now_ms();
         let device_key = stored.sender_device.clone();
+        let mut late_refused = false;
         let result = self.store.transaction(|tx| -> Result<Option<Message>, NodeError> {
             let d = match key.decrypt(&msg, tx) {
                 Ok(d) => d,
@@ -1287,6 +1363,15 @@ impl Engine {
             };
             if !bound {
                 return Err(NodeError::Crypto("group message envelope does not match its key".into()));
+            }
+            if !member_now
+                && !self
+                    .groups
+                    .get(&group)
+                    .is_some_and(|g| g.sent_while_member(&sender_user, &env.heads, now))
+            {
+                late_refused = true;
+                return Ok(None);
             }
             let own = stored.sender_user == self.user_hex;
             let message = Message {
@@ -1313,6 +1398,15 @@ impl Engine {
             let inserted = tx.record_incoming(&message, &[CryptoUpdate::InboundGroup(&updated)])?;
             Ok((inserted == Inserted::New).then_some(message))
         });
+        if late_refused {
+            tracing::warn!(%group, sender = %stored.sender_user, "group message from a removed member, sent after the removal; refused");
+            self.emit(Event::Undecryptable {
+                user_id: stored.sender_user.clone(),
+                device_id: device_key,
+                reason: "not_a_member".into(),
+            });
+            return Ok(GroupOutcome::Done);
+        }
         let message = match result {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(GroupOutcome::Done),
@@ -1510,6 +1604,7 @@ impl Engine {
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(None)),
             grant: None,
+            heads: state.heads.iter().map(|h| ByteArray::new(*h)).collect(),
             lamport,
             seq,
             sent_at_ms: now,
@@ -1720,6 +1815,7 @@ impl Engine {
             sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(None)),
             grant: None,
+            heads: Vec::new(),
             lamport: m.lamport,
             seq: m.seq,
             sent_at_ms: m.sent_at_ms,
@@ -1919,5 +2015,75 @@ mod tests {
         assert!(is_group_payload(&[1, Kind::GroupMessage as u8, 0]));
         assert!(!is_group_payload(&[1, Kind::PairwiseMessage as u8, 0]));
         assert!(!is_group_payload(&[]));
+    }
+
+    fn entry(key: &tern_crypto::IdentityKey, admin: bool) -> MemberEntry {
+        MemberEntry {
+            user: ByteArray::new(*key.user_id().as_bytes()),
+            identity_key: ByteArray::new(*key.public().as_bytes()),
+            name: "x".into(),
+            relays: vec![],
+            admin,
+        }
+    }
+
+    /// A removed member's late message is shown only when it names a membership at which
+    /// they were a member, and only within the grace period after the removal reached here.
+    #[test]
+    fn late_messages_of_a_removed_member_are_judged_by_the_membership_they_name() {
+        let a = tern_crypto::IdentityKey::generate().unwrap();
+        let m = tern_crypto::IdentityKey::generate().unwrap();
+        let salt = [1; 16];
+        let gid = crate::group::group_id(a.user_id().as_bytes(), a.public().as_bytes(), &salt);
+        let create = SignedOp::sign(
+            Op {
+                group: ByteArray::new(gid),
+                epoch: 0,
+                parents: Vec::new(),
+                author: ByteArray::new(*a.user_id().as_bytes()),
+                at_ms: 0,
+                lamport: 1,
+                action: Action::Create {
+                    title: "T".into(),
+                    members: vec![entry(&a, true), entry(&m, false)],
+                    salt: ByteArray::new(salt),
+                },
+            },
+            &a,
+        )
+        .unwrap();
+        let s = GroupState::genesis(&create).unwrap();
+        let before: Vec<ByteArray<32>> = s.heads.iter().map(|h| ByteArray::new(*h)).collect();
+        let mu = *m.user_id().as_bytes();
+        let removal = SignedOp::sign(
+            s.next_op(
+                *a.user_id().as_bytes(),
+                0,
+                2,
+                Action::Remove {
+                    users: vec![ByteArray::new(mu)],
+                },
+            ),
+            &a,
+        )
+        .unwrap();
+        let after = vec![ByteArray::new(removal.hash)];
+        let mut ctx = GroupCtx::default();
+        ctx.hold(create, 1_000);
+        ctx.hold(removal, 5_000);
+        ctx.resolve();
+        assert_eq!(ctx.left_at.get(&mu), Some(&5_000));
+        assert!(ctx.sent_while_member(&mu, &before, 6_000));
+        // Sent under the membership that has the removal: refused.
+        assert!(!ctx.sent_while_member(&mu, &after, 6_000));
+        // Naming nothing, or something not held: refused.
+        assert!(!ctx.sent_while_member(&mu, &[], 6_000));
+        assert!(!ctx.sent_while_member(&mu, &[ByteArray::new([7; 32])], 6_000));
+        // Past the grace period: refused.
+        assert!(!ctx.sent_while_member(&mu, &before, 5_000 + LATE_MESSAGE_GRACE_MS));
+        // A member never removed has no late messages to judge.
+        assert!(!ctx.sent_while_member(a.user_id().as_bytes(), &before, 6_000));
+        assert_eq!(ctx.recently_left(6_000).len(), 1);
+        assert!(ctx.recently_left(5_000 + LATE_MESSAGE_GRACE_MS).is_empty());
     }
 }

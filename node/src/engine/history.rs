@@ -218,6 +218,7 @@ impl Engine {
                 },
                 lists: Some(self.list_versions(Some(&me))),
                 grant: None,
+                heads: Vec::new(),
             };
             let mut env = env;
             let mut deliveries = Vec::new();

@@ -139,6 +139,8 @@ pub(crate) enum GroupCommand {
     Add {
         group: String,
         members: Vec<String>,
+        /// Added as admins.
+        admin: bool,
         reply: Reply<GroupInfo>,
     },
     Remove {
@@ -327,8 +329,6 @@ pub(crate) struct Engine {
     pub peers_retry: (u32, std::time::Instant),
     /// Batched group notifications by conversation.
     pub notify: HashMap<String, group::Notify>,
-    /// Own membership changes that lost a fork, to issue again.
-    pub reissue: Vec<(String, crate::group::Action)>,
     /// Devices linked by this run, with the provisioning key their record was sealed to: only
     /// the same code may have the record sent again.
     pub linked: HashMap<String, [u8; 32]>,
@@ -568,7 +568,6 @@ impl Engine {
                 _ = outbox.tick() => {
                     self.refresh_device_lists();
                     self.fetch_missing_peers().await;
-                    self.reissue_due().await;
                     self.deliver_owed().await;
                     self.flush_notifications();
                     self.encrypt_waiting(false).await;
