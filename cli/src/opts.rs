@@ -174,7 +174,7 @@ pub(crate) enum Cmd {
 #[derive(Debug, Subcommand)]
 pub(crate) enum PushCmd {
     /// Set the push endpoint and register it at every home relay (relays not connected now
-    /// get it when they connect). Exit 5 for a URL that is not a plain http(s) URL, 14 when
+    /// get it when they connect). Exit 5 for a URL that is not a plain http(s) URL, 15 when
     /// a relay refuses it (the message names the relay and its code).
     Set {
         /// The endpoint: http:// or https://, no user name or password.
