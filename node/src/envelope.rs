@@ -10,8 +10,10 @@
 //! (pairwise) or a group message (Megolm, encrypted once for every member device). The receiver checks
 //! that `sender_user`/`sender_device` are the user and device the ciphertext came from (the
 //! device authenticated by the session, the user by the device list), so a contact cannot
-//! pass a message off as someone else's. Unknown versions, unknown body kinds, trailing bytes
-//! and oversize envelopes are typed errors.
+//! pass a message off as someone else's. Unknown versions, trailing bytes and oversize
+//! envelopes are typed errors; a body of a kind this build does not know (one entry naming it,
+//! from a newer version) decodes as [`Body::Unsupported`], which is stored and shown, never
+//! dropped.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteArray, ByteBuf};
@@ -130,6 +132,83 @@ pub enum Body {
     /// Nothing but the envelope's [`Envelope::grant`] (pairwise, direct conversation): the
     /// answer to mail that reached the sender's mailbox without a grant. Not stored.
     Grant {},
+    /// A kind of content this build does not know, from a newer version (decoding only;
+    /// never sent): kept and shown as an unsupported message, never dropped.
+    #[serde(skip)]
+    Unsupported {
+        /// The kind's name as the sender wrote it (at most [`MAX_KIND_NAME`] characters,
+        /// printable ASCII).
+        kind: String,
+    },
+}
+
+/// The body kinds this build reads: anything else is [`Body::Unsupported`].
+const KNOWN_KINDS: [&str; 9] = [
+    "Text",
+    "Receipt",
+    "GroupOp",
+    "GroupOps",
+    "SenderKey",
+    "Resend",
+    "DeviceList",
+    "History",
+    "Grant",
+];
+
+/// Longest unknown kind name kept.
+pub const MAX_KIND_NAME: usize = 64;
+
+/// An envelope whose body is read as any CBOR value, to tell an unknown kind from garbage.
+#[derive(Deserialize)]
+struct Loose {
+    id: ByteArray<16>,
+    conversation: Conversation,
+    sender_user: ByteArray<16>,
+    sender_device: ByteArray<32>,
+    lamport: u64,
+    seq: u64,
+    sent_at_ms: i64,
+    body: ciborium::Value,
+    #[serde(default)]
+    lists: Option<ListVersions>,
+    #[serde(default)]
+    grant: Option<ByteArray<32>>,
+    #[serde(default)]
+    heads: Vec<ByteArray<32>>,
+}
+
+impl Loose {
+    /// The envelope with an unsupported body, when the body is one entry naming a kind
+    /// this build does not know.
+    fn unsupported(self) -> Option<Envelope> {
+        let ciborium::Value::Map(entries) = &self.body else {
+            return None;
+        };
+        let [(ciborium::Value::Text(kind), _)] = entries.as_slice() else {
+            return None;
+        };
+        if KNOWN_KINDS.contains(&kind.as_str()) {
+            return None;
+        }
+        let kind: String = kind
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(MAX_KIND_NAME)
+            .collect();
+        Some(Envelope {
+            id: self.id,
+            conversation: self.conversation,
+            sender_user: self.sender_user,
+            sender_device: self.sender_device,
+            lamport: self.lamport,
+            seq: self.seq,
+            sent_at_ms: self.sent_at_ms,
+            body: Body::Unsupported { kind },
+            lists: self.lists,
+            grant: self.grant,
+            heads: self.heads,
+        })
+    }
 }
 
 /// Most messages one `History` chunk may carry.
@@ -245,8 +324,18 @@ impl Envelope {
         if version != ENVELOPE_VERSION {
             return Err(EnvelopeError::UnsupportedVersion(version));
         }
-        let env: Envelope = ciborium::from_reader(&mut body)
-            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let whole = body;
+        let env: Envelope = match ciborium::from_reader(&mut body) {
+            Ok(env) => env,
+            Err(e) => {
+                // A newer sender's kind of content: kept as unsupported, not dropped.
+                body = whole;
+                ciborium::from_reader::<Loose, _>(&mut body)
+                    .ok()
+                    .and_then(Loose::unsupported)
+                    .ok_or_else(|| EnvelopeError::Malformed(e.to_string()))?
+            }
+        };
         if !body.is_empty() {
             return Err(EnvelopeError::Malformed(format!(
                 "{} trailing bytes",
@@ -323,6 +412,74 @@ mod tests {
             grant: None,
             heads: Vec::new(),
         }
+    }
+
+    /// The sample envelope re-encoded with its body replaced by `body` (any CBOR value).
+    fn with_body(body: ciborium::Value) -> Vec<u8> {
+        let bytes = sample().encode().unwrap();
+        let mut v: ciborium::Value = ciborium::from_reader(&bytes[1..]).unwrap();
+        let ciborium::Value::Map(entries) = &mut v else {
+            panic!("not a map")
+        };
+        for (k, val) in entries.iter_mut() {
+            if k.as_text() == Some("body") {
+                *val = body.clone();
+            }
+        }
+        let mut out = vec![ENVELOPE_VERSION];
+        ciborium::into_writer(&v, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_kind_of_content_from_a_newer_version_is_kept_as_unsupported() {
+        use ciborium::Value;
+        let poll = Value::Map(vec![(
+            Value::Text("Poll".into()),
+            Value::Map(vec![(
+                Value::Text("question".into()),
+                Value::Text("?".into()),
+            )]),
+        )]);
+        let env = Envelope::decode(&with_body(poll)).unwrap();
+        assert_eq!(
+            env.body,
+            Body::Unsupported {
+                kind: "Poll".into()
+            }
+        );
+        assert_eq!(env.id, sample().id);
+        assert_eq!(env.seq, sample().seq);
+        // The kind's name is kept printable and short.
+        let odd = Value::Map(vec![(
+            Value::Text(format!("X\n{}", "y".repeat(200))),
+            Value::Null,
+        )]);
+        let Body::Unsupported { kind } = Envelope::decode(&with_body(odd)).unwrap().body else {
+            panic!("not unsupported")
+        };
+        assert_eq!(kind.len(), MAX_KIND_NAME);
+        assert!(kind.chars().all(|c| c.is_ascii_graphic()));
+        // A known kind with bad contents, or a body that is no kind at all, is still malformed.
+        for bad in [
+            Value::Map(vec![(Value::Text("Text".into()), Value::Integer(5.into()))]),
+            Value::Integer(5.into()),
+            Value::Map(vec![
+                (Value::Text("A".into()), Value::Null),
+                (Value::Text("B".into()), Value::Null),
+            ]),
+        ] {
+            assert!(matches!(
+                Envelope::decode(&with_body(bad)),
+                Err(EnvelopeError::Malformed(_))
+            ));
+        }
+        // It is never sent.
+        let mut e = sample();
+        e.body = Body::Unsupported {
+            kind: "Poll".into(),
+        };
+        assert!(e.encode().is_err());
     }
 
     #[test]

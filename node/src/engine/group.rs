@@ -1358,7 +1358,8 @@ impl Engine {
             let bound = matches!(&env.conversation, Conversation::Group { id } if hex(id.as_slice()) == group)
                 && env.sender_user.as_slice() == d.sender_user.as_bytes()
                 && env.sender_device.as_slice() == d.sender_device.as_bytes();
-            let Body::Text { text, media } = env.body else {
+            // A text, or a kind of content from a newer version (kept as unsupported).
+            let Some(content) = super::receive::content_body(&env.body)? else {
                 return Err(NodeError::Crypto("a group message carries only text".into()));
             };
             if !bound {
@@ -1386,7 +1387,7 @@ impl Engine {
                 // Sent from this user's other device.
                 own,
                 status: if own { Status::Sent } else { Status::Received },
-                body: crate::media::store_body(text, media)?,
+                body: content,
                 edited_at_ms: None,
             };
             let pickle = key.pickle()?;

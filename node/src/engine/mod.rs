@@ -427,7 +427,12 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
                 .map(|s| Box::new(crate::media::media_info(&s.media))),
             _ => None,
         },
-        kind: match m.body {
+        kind: match &m.body {
+            tern_store::Body::Structured { data, .. }
+                if data.starts_with(receive::UNSUPPORTED_MARK) =>
+            {
+                "unsupported"
+            }
             tern_store::Body::Structured { .. } => "membership",
             tern_store::Body::Text(_) => "text",
             tern_store::Body::Media { .. } => "file",

@@ -39,6 +39,29 @@ enum Outcome {
     Failed,
 }
 
+/// The start of a stored unsupported message's data (a membership operation starts with its
+/// format version, 1 or 2).
+pub(crate) const UNSUPPORTED_MARK: &[u8] = b"\xF0tern/unsupported\0";
+
+/// What a message with content stores: its text or file, or, for a kind of content from a
+/// newer version, a placeholder that says so (shown as kind `unsupported`).
+pub(crate) fn content_body(body: &Body) -> Result<Option<StoreBody>, NodeError> {
+    Ok(match body {
+        Body::Text { text, media } => Some(crate::media::store_body(text.clone(), media.clone())?),
+        Body::Unsupported { kind } => {
+            let mut data = UNSUPPORTED_MARK.to_vec();
+            data.extend_from_slice(kind.as_bytes());
+            Some(StoreBody::Structured {
+                data,
+                text: Some(format!(
+                    "This message needs a newer version of Tern to show it ({kind})."
+                )),
+            })
+        }
+        _ => None,
+    })
+}
+
 impl Engine {
     /// A page of mail (fetched or pushed), in the relay's order. Its messages are stored in
     /// one batch (one sync to disk for the page, each message still all or nothing with its
@@ -302,6 +325,7 @@ impl Engine {
                                     | Body::SenderKey { .. }
                                     // A group text sent again to a device linked since.
                                     | Body::Text { .. }
+                                    | Body::Unsupported { .. }
                             )
                         }
                     } =>
@@ -323,10 +347,8 @@ impl Engine {
             self.take_grant(&device_key, g.into_array());
         }
         self.check_list_marks(user, device, &env)?;
-        if let (Conversation::Group { id }, Body::Text { text, media }) =
-            (&env.conversation, &env.body)
-        {
-            let body = crate::media::store_body(text.clone(), media.clone())?;
+        let content = content_body(&env.body)?;
+        if let (Conversation::Group { id }, Some(body)) = (&env.conversation, content.clone()) {
             self.on_group_copy(user, &device_key, id.into_array(), &env, body, |tx| {
                 tx.apply_crypto(&update, now)?;
                 if let Some(d) = &own_device {
@@ -338,10 +360,8 @@ impl Engine {
         }
         let conv = ConversationId(user.to_owned());
         if user == self.user_hex
-            && let (Conversation::Direct { to }, Body::Text { text, media }) =
-                (&env.conversation, &env.body)
+            && let (Conversation::Direct { to }, Some(body)) = (&env.conversation, content.clone())
         {
-            let body = crate::media::store_body(text.clone(), media.clone())?;
             self.store_sync_copy(
                 &env,
                 &hex_of(to.as_slice()),
@@ -357,7 +377,7 @@ impl Engine {
             Body::Grant {} => {
                 self.save_crypto(&update, own_device.as_ref(), now)?;
             }
-            Body::Text { text, media } => {
+            Body::Text { .. } | Body::Unsupported { .. } => {
                 let message = Message {
                     id: MessageId(env.id.into_array()),
                     conversation: conv.clone(),
@@ -369,7 +389,7 @@ impl Engine {
                     received_at_ms: now,
                     own: false,
                     status: Status::Received,
-                    body: crate::media::store_body(text, media)?,
+                    body: content.ok_or_else(|| NodeError::Crypto("no content".into()))?,
                     edited_at_ms: None,
                 };
                 let title = self.contacts[user].contact.display_name.clone();
@@ -743,5 +763,47 @@ impl Engine {
         if rows.len() == QUARANTINE_REPLAY_BATCH && done.len() == rows.len() {
             self.quarantine_due = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Content of a kind from a newer version is stored (not dropped) and shown as an
+    /// unsupported message that names it; a membership change is still a membership change.
+    #[test]
+    fn unsupported_content_is_stored_and_shown_as_such() {
+        let body = content_body(&Body::Unsupported {
+            kind: "Poll".into(),
+        })
+        .unwrap()
+        .unwrap();
+        let message = Message {
+            id: MessageId([1; 16]),
+            conversation: ConversationId("c".into()),
+            sender_user: "u".into(),
+            sender_device: "d".into(),
+            lamport: 1,
+            seq: 1,
+            sent_at_ms: 0,
+            received_at_ms: 0,
+            own: false,
+            status: Status::Received,
+            body,
+            edited_at_ms: None,
+        };
+        let info = super::super::message_info(&message);
+        assert_eq!(info.kind, "unsupported");
+        assert!(info.text.contains("newer version") && info.text.contains("Poll"));
+        let op = Message {
+            body: StoreBody::Structured {
+                data: vec![2, 0xa2],
+                text: Some("x".into()),
+            },
+            ..message
+        };
+        assert_eq!(super::super::message_info(&op).kind, "membership");
+        assert!(content_body(&Body::Grant {}).unwrap().is_none());
     }
 }
