@@ -36,6 +36,7 @@ pub mod types;
 pub mod unlock;
 
 use std::collections::{HashMap, HashSet};
+use tern_relay::rpc::Requests as _;
 
 use libp2p::{Multiaddr, identity::Keypair};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -673,7 +674,7 @@ where
             name: device_name.to_owned(),
         };
         show_code(&request.encode().map_err(|e| NodeError::BadRequest(e.to_string()))?);
-        let (waiting, _) = net::rpc::fetch(&net, relay_peer, 0, consts::FETCH_PAGE).await?;
+        let (waiting, _) = net.at(relay_peer).fetch(0, consts::FETCH_PAGE).await?;
         let mut batch = waiting;
         // The words of every record offered so far.
         let mut offered: Vec<device_link::LinkWords> = Vec::new();
@@ -751,7 +752,7 @@ where
                     }
                 };
                 // A discarded record is taken out of the mailbox too.
-                let _ = net::rpc::ack(&net, relay_peer, vec![env.id]).await;
+                let _ = net.at(relay_peer).ack(vec![env.id]).await;
                 if apply {
                     return Ok(home.init_linked(device, &bundle)?);
                 }

@@ -1,5 +1,6 @@
-//! A client for one relay: connects, then offers typed calls for every protocol and a
-//! stream of [`Event`]s (live mail, presence updates).
+//! A client for one relay: connects, then offers typed calls for every protocol (the
+//! [`crate::rpc::Requests`] it implements, plus live delivery and blobs) and a stream of
+//! [`Event`]s (live mail, presence updates).
 //!
 //! The shape follows rust-libp2p's file-sharing example: [`Client`] is a cheap cloneable
 //! handle that sends commands to a task owning the swarm, each command carrying a oneshot
@@ -18,12 +19,11 @@ use libp2p::{
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp,
 };
-use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::blob::{self, BlobError};
 use crate::wire::{
-    DecodeError, EncodeError, Frame, FrameCodec, Rejection, directory,
+    Frame, FrameCodec, Rejection, directory,
     mailbox::{self, Envelope},
     presence,
 };
@@ -88,41 +88,7 @@ pub enum ConnectError {
     Timeout(Multiaddr),
 }
 
-/// Why a request failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RequestError {
-    /// The client task has stopped.
-    #[error("client closed")]
-    Closed,
-    /// The request could not be encoded.
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
-    /// The stream failed (connection lost, timeout, protocol not supported).
-    #[error("request failed: {0}")]
-    Transport(String),
-    /// The answer could not be decoded.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    /// The relay refused the request.
-    #[error("relay refused: {:?} (retry after {:?} ms)", .0.code, .0.retry_after_ms)]
-    Rejected(Rejection),
-    /// The relay answered with a response of the wrong kind.
-    #[error("unexpected response: {0}")]
-    Unexpected(String),
-}
-
-/// Which relay protocol a raw request uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Proto {
-    /// `/tern/mailbox/1`.
-    Mailbox,
-    /// `/tern/presence/1`.
-    Presence,
-    /// `/tern/directory/1`.
-    Directory,
-}
-
+pub use crate::rpc::{Proto, RequestError, Requests, Transport};
 pub use behaviour::{Behaviour, BehaviourEvent};
 pub use libp2p::identity::Keypair;
 
@@ -329,182 +295,6 @@ impl Client {
         rx.await.map_err(|_| RequestError::Closed)?
     }
 
-    async fn mailbox(&self, req: mailbox::Request) -> Result<mailbox::Response, RequestError> {
-        let frame = self.raw(Proto::Mailbox, req.encode()?).await?;
-        match mailbox::Response::from_frame(&frame)? {
-            mailbox::Response::Error(r) => Err(RequestError::Rejected(r)),
-            other => Ok(other),
-        }
-    }
-
-    async fn presence(&self, req: presence::Request) -> Result<presence::Response, RequestError> {
-        let frame = self.raw(Proto::Presence, req.encode()?).await?;
-        match presence::Response::from_frame(&frame)? {
-            presence::Response::Error(r) => Err(RequestError::Rejected(r)),
-            other => Ok(other),
-        }
-    }
-
-    async fn directory(
-        &self,
-        req: directory::Request,
-    ) -> Result<directory::Response, RequestError> {
-        let frame = self.raw(Proto::Directory, req.encode()?).await?;
-        match directory::Response::from_frame(&frame)? {
-            directory::Response::Error(r) => Err(RequestError::Rejected(r)),
-            other => Ok(other),
-        }
-    }
-
-    /// Publishes a signed device list (`tern_crypto::SignedDeviceList` bytes); this device
-    /// must be active in it.
-    pub async fn publish_device_list(&self, list: Vec<u8>) -> Result<(), RequestError> {
-        match self
-            .directory(directory::Request::PublishDeviceList {
-                list: ByteBuf::from(list),
-            })
-            .await?
-        {
-            directory::Response::Ok => Ok(()),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Fetches a user's signed device list bytes (verify them with `tern-crypto`).
-    pub async fn fetch_device_list(
-        &self,
-        user: [u8; directory::USER_ID_BYTES],
-    ) -> Result<Vec<u8>, RequestError> {
-        match self
-            .directory(directory::Request::FetchDeviceList {
-                user: ByteBuf::from(user.to_vec()),
-            })
-            .await?
-        {
-            directory::Response::DeviceList { list } => Ok(list.into_vec()),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Publishes this device's prekey bundle; returns how many one-time keys the relay holds.
-    pub async fn publish_prekeys(&self, bundle: Vec<u8>) -> Result<u32, RequestError> {
-        match self
-            .directory(directory::Request::PublishPrekeys {
-                bundle: ByteBuf::from(bundle),
-            })
-            .await?
-        {
-            directory::Response::Published { one_time_keys } => Ok(one_time_keys),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// How many one-time keys the relay holds for this device.
-    pub async fn prekey_count(&self) -> Result<u32, RequestError> {
-        match self.directory(directory::Request::PrekeyCount).await? {
-            directory::Response::Published { one_time_keys } => Ok(one_time_keys),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Claims one prekey of `device` (`tern_crypto::prekey::ClaimedPrekey` bytes, to verify
-    /// against the user's device list) and whether it is the fallback key.
-    pub async fn claim_prekey(
-        &self,
-        user: [u8; directory::USER_ID_BYTES],
-        device: PeerId,
-    ) -> Result<(Vec<u8>, bool), RequestError> {
-        match self
-            .directory(directory::Request::ClaimPrekey {
-                user: ByteBuf::from(user.to_vec()),
-                device,
-            })
-            .await?
-        {
-            directory::Response::Prekey { claim, fallback } => Ok((claim.into_vec(), fallback)),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Deposits `ciphertext` for `recipients`; returns once the relay has made it durable.
-    /// Returns the relay's message id and the recipients it did not reach, with why.
-    pub async fn deposit(
-        &self,
-        recipients: Vec<PeerId>,
-        ttl_secs: Option<u32>,
-        ciphertext: Vec<u8>,
-    ) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
-        self.deposit_with(recipients, Vec::new(), ttl_secs, ciphertext)
-            .await
-    }
-
-    /// [`Client::deposit`] showing a deposit token per recipient (in the order of
-    /// `recipients`; empty for none).
-    pub async fn deposit_with(
-        &self,
-        recipients: Vec<PeerId>,
-        tokens: Vec<Option<[u8; 32]>>,
-        ttl_secs: Option<u32>,
-        ciphertext: Vec<u8>,
-    ) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
-        match self
-            .mailbox(mailbox::Request::Deposit {
-                recipients,
-                ttl_secs,
-                ciphertext: ByteBuf::from(ciphertext),
-                tokens: tokens
-                    .into_iter()
-                    .map(|t| t.map(serde_bytes::ByteArray::new))
-                    .collect(),
-            })
-            .await?
-        {
-            mailbox::Response::Deposited {
-                message, refused, ..
-            } => Ok((message, refused)),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Replaces the grants the caller's mailbox accepts deposits under (token hashes).
-    pub async fn set_grants(&self, hashes: Vec<[u8; 32]>) -> Result<(), RequestError> {
-        match self
-            .mailbox(mailbox::Request::SetGrants {
-                hashes: hashes
-                    .into_iter()
-                    .map(serde_bytes::ByteArray::new)
-                    .collect(),
-            })
-            .await?
-        {
-            mailbox::Response::Ok => Ok(()),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// How full the caller's mailbox is, and by whom.
-    pub async fn usage(&self) -> Result<mailbox::Usage, RequestError> {
-        match self.mailbox(mailbox::Request::Usage).await? {
-            mailbox::Response::Usage(u) => Ok(u),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Fetches up to `limit` messages after the cursor `after`; says whether more follow.
-    pub async fn fetch(
-        &self,
-        after: u64,
-        limit: u32,
-    ) -> Result<(Vec<Envelope>, bool), RequestError> {
-        match self
-            .mailbox(mailbox::Request::Fetch { after, limit })
-            .await?
-        {
-            mailbox::Response::Messages { messages, more } => Ok((messages, more)),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
     /// Acknowledges pushed messages on the live stream when one is open (no answer comes:
     /// a lost acknowledgement leaves the message in the mailbox), else like [`Client::ack`].
     pub async fn ack_pushed(&self, ids: Vec<u64>) -> Result<(), RequestError> {
@@ -532,27 +322,11 @@ impl Client {
             .is_some_and(crate::live::AckQueue::is_open)
     }
 
-    /// Acknowledges (deletes) messages; returns how many were removed.
-    pub async fn ack(&self, ids: Vec<u64>) -> Result<u32, RequestError> {
-        match self.mailbox(mailbox::Request::Ack { ids }).await? {
-            mailbox::Response::Acked { removed } => Ok(removed),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    async fn expect_ok_mailbox(&self, req: mailbox::Request) -> Result<(), RequestError> {
-        match self.mailbox(req).await? {
-            mailbox::Response::Ok => Ok(()),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
     /// Starts (or stops) live delivery of new mail as [`Event::Delivered`]. Starting also
     /// opens the live stream (`/tern/live/1`) if none is open; until it is (or with a relay
     /// without it), mail comes as `Deliver` requests.
     pub async fn listen(&self, enabled: bool) -> Result<(), RequestError> {
-        self.expect_ok_mailbox(mailbox::Request::Listen { enabled })
-            .await?;
+        self.set_listen(enabled).await?;
         if enabled && !self.live_stream_open() {
             self.cmd
                 .send(Command::OpenLive)
@@ -560,12 +334,6 @@ impl Client {
                 .map_err(|_| RequestError::Closed)?;
         }
         Ok(())
-    }
-
-    /// Registers (or with `None` removes) a push endpoint.
-    pub async fn register_push(&self, url: Option<String>) -> Result<(), RequestError> {
-        self.expect_ok_mailbox(mailbox::Request::RegisterPush { url })
-            .await
     }
 
     /// Opens a `/tern/blob/1` stream to the relay.
@@ -623,50 +391,15 @@ impl Client {
         let stream = self.open_blob_stream().await?;
         blob::delete(stream, id).await
     }
+}
 
-    /// Sends a heartbeat with a status.
-    pub async fn heartbeat(&self, status: presence::Status) -> Result<(), RequestError> {
-        match self
-            .presence(presence::Request::Heartbeat { status })
-            .await?
-        {
-            presence::Response::Ok => Ok(()),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Replaces the list of peers allowed to see this device's presence.
-    pub async fn set_allow_list(&self, peers: Vec<PeerId>) -> Result<(), RequestError> {
-        match self
-            .presence(presence::Request::SetAllowList { peers })
-            .await?
-        {
-            presence::Response::Ok => Ok(()),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Asks for the presence of `peers`.
-    pub async fn query(&self, peers: Vec<PeerId>) -> Result<Vec<presence::Entry>, RequestError> {
-        match self.presence(presence::Request::Query { peers }).await? {
-            presence::Response::Presence { entries } => Ok(entries),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Subscribes to changes of `peers` (replacing any earlier subscription); returns their
-    /// current presence.
-    pub async fn subscribe(
+impl Transport for Client {
+    fn send(
         &self,
-        peers: Vec<PeerId>,
-    ) -> Result<Vec<presence::Entry>, RequestError> {
-        match self
-            .presence(presence::Request::Subscribe { peers })
-            .await?
-        {
-            presence::Response::Presence { entries } => Ok(entries),
-            other => Err(RequestError::Unexpected(format!("{other:?}"))),
-        }
+        proto: Proto,
+        frame: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Frame, RequestError>> + Send {
+        self.raw(proto, frame)
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod blob;
 pub mod client;
 pub mod live;
+pub mod rpc;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod wire;

@@ -11,6 +11,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
+use tern_relay::rpc::Requests as _;
 
 use serde_bytes::ByteBuf;
 use support::{Relay, WAIT, eventually};

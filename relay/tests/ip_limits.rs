@@ -4,6 +4,7 @@
 mod support;
 
 use std::time::Duration;
+use tern_relay::rpc::Requests as _;
 
 use support::{Relay, WAIT, eventually};
 use tern_relay::client::{self, Client, Keypair, RequestError};

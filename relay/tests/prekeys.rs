@@ -9,6 +9,7 @@ use tern_crypto::{
     prekey::{ClaimedPrekey, PrekeyBundle},
 };
 use tern_relay::client::{self, Client, Keypair};
+use tern_relay::rpc::Requests as _;
 
 /// One-time keys the test device publishes (the relay's maximum per device).
 const PUBLISHED: u32 = 500;

@@ -3,6 +3,7 @@
 mod support;
 
 use support::{Relay, WAIT, eventually};
+use tern_relay::rpc::Requests as _;
 use tern_relay::{
     Multiaddr, PeerId,
     client::{self, Client, Event, Proto, RequestError},

@@ -24,6 +24,7 @@ use std::{
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
+use tern_relay::rpc::Requests as _;
 
 use anyhow::{Context, anyhow};
 use tern_crypto::{

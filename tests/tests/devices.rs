@@ -5,6 +5,7 @@
 //! reaches both.
 
 use std::time::Duration;
+use tern_relay::rpc::Requests as _;
 
 use serde_json::Value;
 use tern_tests::support::{Linking, Node, Relay, link_pair, wait_for};

@@ -5,6 +5,7 @@
 //! leave it pinning the mailbox.
 
 use std::time::Duration;
+use tern_relay::rpc::Requests as _;
 
 use serde_json::{Value, json};
 use tern_relay::client::{Client, Config, Keypair};

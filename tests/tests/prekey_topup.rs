@@ -2,6 +2,7 @@
 //! to tell — learns the count from its relay (`PrekeyCount`) and tops up.
 
 use std::time::{Duration, Instant};
+use tern_relay::rpc::Requests as _;
 
 use tern_relay::{
     Multiaddr, PeerId,

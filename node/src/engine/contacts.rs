@@ -1,6 +1,7 @@
 //! Contacts, links, safety numbers, presence.
 
 use std::collections::{HashMap, HashSet};
+use tern_relay::rpc::Requests as _;
 
 use libp2p::PeerId;
 use tern_crypto::{IdentityPublicKey, SignedDeviceList, UserId, safety::SafetyNumber};
@@ -16,7 +17,6 @@ use crate::{
     error::NodeError,
     home::now_ms,
     link::{ContactLink, Link, LinkError, ShortLink},
-    net::rpc,
     types::*,
 };
 
@@ -477,7 +477,7 @@ impl Engine {
         let sets = relays.into_iter().map(|relay| {
             let (net, peers) = (net.clone(), peers.clone());
             async move {
-                match tokio::time::timeout(ALLOW_LIST_WAIT, rpc::set_allow_list(&net, relay, peers))
+                match tokio::time::timeout(ALLOW_LIST_WAIT, net.at(relay).set_allow_list(peers))
                     .await
                 {
                     Ok(Ok(())) => {}
@@ -505,7 +505,7 @@ impl Engine {
             let net = self.net.clone();
             let peers = peers.clone();
             tokio::spawn(async move {
-                if let Err(e) = rpc::set_allow_list(&net, relay, peers).await {
+                if let Err(e) = net.at(relay).set_allow_list(peers).await {
                     tracing::debug!(%relay, "setting the presence allow-list failed: {e}");
                 }
             });
@@ -535,7 +535,7 @@ impl Engine {
         let net = self.net.clone();
         let tx = self.internal.clone();
         tokio::spawn(async move {
-            match rpc::subscribe(&net, relay, peers).await {
+            match net.at(relay).subscribe(peers).await {
                 Ok(entries) => {
                     let _ = tx.send(Internal::Presence(entries)).await;
                 }
@@ -631,7 +631,7 @@ impl Engine {
             }
         }
         for (relay, peers) in by_relay {
-            match rpc::query(&self.net, relay, peers).await {
+            match self.net.at(relay).query(peers).await {
                 Ok(entries) => {
                     for e in entries {
                         self.presence.insert(e.peer, e);
@@ -664,7 +664,7 @@ async fn fetch_link_list(
         .map_err(|e| unreachable(e.to_string()))?;
     let fetched = tokio::time::timeout(
         LINK_LIST_FETCH_TIMEOUT,
-        rpc::fetch_device_list(&net, peer, *link.user_id.as_bytes()),
+        net.at(peer).fetch_device_list(*link.user_id.as_bytes()),
     )
     .await;
     let bytes = match fetched {

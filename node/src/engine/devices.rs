@@ -4,6 +4,7 @@
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
 use tern_crypto::{DeviceCertificate, SignedDeviceCertificate, SignedDeviceList, provision};
+use tern_relay::rpc::Requests as _;
 use tern_store::Contact;
 
 use super::{ContactState, Engine, Internal, device_peer, relay_peer};
@@ -340,12 +341,7 @@ impl Engine {
             for chunk in targets.chunks(LIST_FETCHES_AT_ONCE) {
                 let fetched = futures::future::join_all(chunk.iter().map(|(user, relay, ub)| {
                     let net = net.clone();
-                    async move {
-                        (
-                            user.clone(),
-                            rpc::fetch_device_list(&net, *relay, *ub).await,
-                        )
-                    }
+                    async move { (user.clone(), net.at(*relay).fetch_device_list(*ub).await) }
                 }))
                 .await;
                 for (user, r) in fetched {

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+use tern_relay::rpc::Requests as _;
 
 use libp2p::PeerId;
 use tern_crypto::grant::{Grant, GrantKey};
@@ -30,7 +31,6 @@ use crate::{
     envelope::Body,
     error::NodeError,
     home::now_ms,
-    net::rpc,
     types::{MailboxInfo, MailboxSender},
 };
 
@@ -166,7 +166,7 @@ impl Engine {
             let net = self.net.clone();
             let tx = self.internal.clone();
             tokio::spawn(async move {
-                if let Err(e) = rpc::set_grants(&net, relay, hashes).await {
+                if let Err(e) = net.at(relay).set_grants(hashes).await {
                     tracing::debug!(%relay, "registering deposit grants failed: {e}");
                     // Registered again on the next tick.
                     let _ = tx.send(super::Internal::GrantsFailed(relay)).await;
@@ -185,7 +185,7 @@ impl Engine {
             let net = self.net.clone();
             let tx = self.internal.clone();
             tokio::spawn(async move {
-                match rpc::usage(&net, relay).await {
+                match net.at(relay).usage().await {
                     Ok(u) => {
                         let _ = tx.send(super::Internal::Usage(relay, u)).await;
                     }

@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
+use tern_relay::rpc::Requests as _;
 
 use libp2p::PeerId;
 use serde_bytes::{ByteArray, ByteBuf};
@@ -1036,7 +1037,7 @@ impl Engine {
                 last = NodeError::Network(format!("no connection to a relay of {}", member.name));
                 continue;
             }
-            match rpc::fetch_device_list(&self.net, relay, ub).await {
+            match self.net.at(relay).fetch_device_list(ub).await {
                 Ok(bytes) => {
                     if self.keep_peer(user, &bytes)? {
                         self.rebuild_device_owner();
@@ -1939,7 +1940,8 @@ impl Engine {
                 match r {
                     Ok(()) => {}
                     Err(e) => {
-                        let wait = rpc::retry_after(e)
+                        let wait = e
+                            .retry_after()
                             .unwrap_or_else(|| super::send::backoff(attempts))
                             .min(crate::consts::RETRY_MAX);
                         let next = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0));

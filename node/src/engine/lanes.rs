@@ -158,7 +158,8 @@ impl Engine {
                         retries.push((row, now));
                         continue;
                     }
-                    let wait = rpc::retry_after(&e)
+                    let wait = &e
+                        .retry_after()
                         .unwrap_or_else(|| super::send::backoff(attempts))
                         .min(RETRY_MAX);
                     tracing::debug!(%device, "delivery failed ({e}); the lane waits {wait:?}");

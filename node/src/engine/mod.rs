@@ -22,6 +22,7 @@ mod send;
 pub(crate) use contacts::load_contacts as contacts_load;
 
 use std::collections::{HashMap, HashSet};
+use tern_relay::rpc::Requests as _;
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 use tern_crypto::{DeviceId, SignedDeviceList, UserId};
@@ -912,7 +913,7 @@ impl Engine {
         let tx = self.internal.clone();
         tokio::spawn(async move {
             for relay in relays {
-                match rpc::prekey_count(&net, relay).await {
+                match net.at(relay).prekey_count().await {
                     Ok(n) if n < crate::consts::ONE_TIME_KEYS_LOW => {
                         tracing::debug!(%relay, held = n, "one-time keys low");
                         let _ = tx.send(Internal::PrekeysLow).await;
@@ -943,7 +944,11 @@ impl Engine {
             )?;
             self.save_device()?;
             self.fallback = Some(bundle.fallback);
-            count = rpc::publish_prekeys(&self.net, relay, bundle.to_bytes()?).await?;
+            count = self
+                .net
+                .at(relay)
+                .publish_prekeys(bundle.to_bytes()?)
+                .await?;
         }
         if count < crate::consts::ONE_TIME_KEYS_LOW || !refresh {
             let bundle = PrekeyBundle::generate_keeping(
@@ -954,7 +959,11 @@ impl Engine {
             )?;
             self.save_device()?;
             self.fallback = Some(bundle.fallback);
-            let held = rpc::publish_prekeys(&self.net, relay, bundle.to_bytes()?).await?;
+            let held = self
+                .net
+                .at(relay)
+                .publish_prekeys(bundle.to_bytes()?)
+                .await?;
             tracing::debug!(held, "published one-time keys");
         }
         Ok(())
@@ -989,7 +998,7 @@ impl Engine {
         tokio::spawn(async move {
             let mut after = 0;
             loop {
-                match rpc::fetch(&net, relay, after, crate::consts::FETCH_PAGE).await {
+                match net.at(relay).fetch(after, crate::consts::FETCH_PAGE).await {
                     Ok((envelopes, more)) => {
                         if let Some(last) = envelopes.last() {
                             after = last.id;
@@ -1043,7 +1052,7 @@ impl Engine {
             }
             let net = self.net.clone();
             tokio::spawn(async move {
-                if let Err(e) = rpc::heartbeat(&net, relay, status).await {
+                if let Err(e) = net.at(relay).heartbeat(status).await {
                     tracing::debug!(%relay, "heartbeat failed: {e}");
                 }
             });

@@ -16,6 +16,7 @@
 //! Network calls run in tasks that report back ([`super::Internal::Push`]).
 
 use std::collections::HashMap;
+use tern_relay::rpc::Requests as _;
 
 use libp2p::PeerId;
 use tern_relay::wire::{ErrorCode, mailbox::MAX_PUSH_URL_BYTES};
@@ -23,7 +24,7 @@ use tern_relay::wire::{ErrorCode, mailbox::MAX_PUSH_URL_BYTES};
 use super::{Engine, Internal, Reply, relay_peer};
 use crate::{
     error::NodeError,
-    net::{NetError, rpc},
+    net::NetError,
     types::{PushInfo, PushRelayInfo},
 };
 
@@ -195,7 +196,7 @@ fn what_code(code: ErrorCode) -> &'static str {
 }
 
 async fn register(net: crate::net::Client, relay: PeerId, url: Option<String>) -> Answer {
-    let result = rpc::register_push(&net, relay, url.clone()).await;
+    let result = net.at(relay).register_push(url.clone()).await;
     Answer { relay, url, result }
 }
 

@@ -2,6 +2,7 @@
 //! history and read marks.
 
 use std::time::Duration;
+use tern_relay::rpc::Requests as _;
 
 use serde_bytes::ByteArray;
 use tern_crypto::{DeviceId, prekey::ClaimedPrekey, session::PeerSessions};
@@ -19,7 +20,6 @@ use crate::{
     envelope::{Body, Conversation, Envelope, ReceiptKind},
     error::NodeError,
     home::now_ms,
-    net::rpc,
     types::*,
 };
 
@@ -184,8 +184,8 @@ impl Engine {
                     state.contact.display_name
                 )));
                 for relay in state.relay_peers() {
-                    match rpc::claim_prekey(&self.net, relay, user_bytes, peer).await {
-                        Ok(bytes) => {
+                    match self.net.at(relay).claim_prekey(user_bytes, peer).await {
+                        Ok((bytes, _fallback)) => {
                             claim = Ok(bytes);
                             break;
                         }

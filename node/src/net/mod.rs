@@ -37,36 +37,8 @@ use crate::consts::{
     RELAY_REQUEST_TIMEOUT,
 };
 
-/// Why a network request failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum NetError {
-    /// The event loop has stopped.
-    #[error("network stopped")]
-    Closed,
-    /// The stream failed (no connection, timeout, protocol not supported).
-    #[error("request failed: {0}")]
-    Transport(String),
-    /// The frame could not be encoded or decoded.
-    #[error("bad frame: {0}")]
-    Frame(String),
-    /// The peer refused.
-    #[error("refused: {} (retry after {:?} ms)", .0.code.label(), .0.retry_after_ms)]
-    Rejected(Rejection),
-    /// The peer answered with the wrong kind of response.
-    #[error("unexpected response")]
-    Unexpected,
-}
-
-impl NetError {
-    /// The rejection code, if the peer refused.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            NetError::Rejected(r) => Some(r.code),
-            _ => None,
-        }
-    }
-}
+/// Why a network request failed: the relay client's error type, with the relay's codes.
+pub use tern_relay::rpc::RequestError as NetError;
 
 /// Something the network tells the engine.
 #[derive(Debug)]
@@ -343,12 +315,11 @@ impl Client {
         let frame = direct::Request::Message {
             ciphertext: serde_bytes::ByteBuf::from(ciphertext),
         }
-        .encode()
-        .map_err(|e| NetError::Frame(e.to_string()))?;
+        .encode()?;
         let (reply, rx) = oneshot::channel();
         self.send(Command::Direct { peer, frame, reply }).await?;
         let frame = rx.await.map_err(|_| NetError::Closed)??;
-        match direct::Response::from_frame(&frame).map_err(|e| NetError::Frame(e.to_string()))? {
+        match direct::Response::from_frame(&frame)? {
             direct::Response::Stored => Ok(()),
             direct::Response::Error(r) => Err(NetError::Rejected(r)),
         }
@@ -1005,51 +976,38 @@ impl EventLoop {
 }
 
 /// Builds a mailbox/presence/directory request frame and decodes the typed answer.
+/// One relay over this node's network task: the relay's typed requests
+/// ([`tern_relay::rpc::Requests`]) on it.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    net: &'a Client,
+    relay: PeerId,
+}
+
+impl Client {
+    /// The relay `relay`, for its typed requests.
+    pub fn at(&self, relay: PeerId) -> At<'_> {
+        At { net: self, relay }
+    }
+}
+
+impl tern_relay::rpc::Transport for At<'_> {
+    fn send(
+        &self,
+        proto: Proto,
+        frame: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Frame, NetError>> + Send {
+        self.net.request(self.relay, proto, frame)
+    }
+}
+
+/// What the node adds to the relay's requests: one-recipient deposits that fail when
+/// refused, a stale device list that is not an error, live delivery and acknowledgements on
+/// the live stream.
 pub mod rpc {
+    use tern_relay::rpc::Requests as _;
+
     use super::*;
-    use serde_bytes::ByteBuf;
-    use tern_relay::wire::directory;
-
-    async fn mailbox(
-        net: &Client,
-        relay: PeerId,
-        req: mailbox::Request,
-    ) -> Result<mailbox::Response, NetError> {
-        let frame = req.encode().map_err(|e| NetError::Frame(e.to_string()))?;
-        let answer = net.request(relay, Proto::Mailbox, frame).await?;
-        match mailbox::Response::from_frame(&answer).map_err(|e| NetError::Frame(e.to_string()))? {
-            mailbox::Response::Error(r) => Err(NetError::Rejected(r)),
-            other => Ok(other),
-        }
-    }
-
-    async fn presence_req(
-        net: &Client,
-        relay: PeerId,
-        req: presence::Request,
-    ) -> Result<presence::Response, NetError> {
-        let frame = req.encode().map_err(|e| NetError::Frame(e.to_string()))?;
-        let answer = net.request(relay, Proto::Presence, frame).await?;
-        match presence::Response::from_frame(&answer).map_err(|e| NetError::Frame(e.to_string()))? {
-            presence::Response::Error(r) => Err(NetError::Rejected(r)),
-            other => Ok(other),
-        }
-    }
-
-    async fn directory_req(
-        net: &Client,
-        relay: PeerId,
-        req: directory::Request,
-    ) -> Result<directory::Response, NetError> {
-        let frame = req.encode().map_err(|e| NetError::Frame(e.to_string()))?;
-        let answer = net.request(relay, Proto::Directory, frame).await?;
-        match directory::Response::from_frame(&answer)
-            .map_err(|e| NetError::Frame(e.to_string()))?
-        {
-            directory::Response::Error(r) => Err(NetError::Rejected(r)),
-            other => Ok(other),
-        }
-    }
 
     /// Deposits a ciphertext for one device, showing `token` (made from the grant the device
     /// issued, for this relay; `None`: an introduction); returns once durable at the relay.
@@ -1075,86 +1033,12 @@ pub mod rpc {
         recipients: Vec<(PeerId, Option<[u8; 32]>)>,
         ciphertext: Vec<u8>,
     ) -> Result<Vec<mailbox::Refusal>, NetError> {
-        let tokens = if recipients.iter().any(|(_, t)| t.is_some()) {
-            recipients
-                .iter()
-                .map(|(_, t)| t.map(serde_bytes::ByteArray::new))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        match mailbox(
-            net,
-            relay,
-            mailbox::Request::Deposit {
-                recipients: recipients.into_iter().map(|(p, _)| p).collect(),
-                ttl_secs: None,
-                ciphertext: ByteBuf::from(ciphertext),
-                tokens,
-            },
-        )
-        .await?
-        {
-            mailbox::Response::Deposited { refused, .. } => Ok(refused),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Replaces the deposit grants (token hashes) this device's mailbox at `relay` takes.
-    pub async fn set_grants(
-        net: &Client,
-        relay: PeerId,
-        hashes: Vec<[u8; 32]>,
-    ) -> Result<(), NetError> {
-        let hashes = hashes
-            .into_iter()
-            .map(serde_bytes::ByteArray::new)
-            .collect();
-        match mailbox(net, relay, mailbox::Request::SetGrants { hashes }).await? {
-            mailbox::Response::Ok => Ok(()),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Registers this device's push endpoint at `relay` (`None`: removes it).
-    pub async fn register_push(
-        net: &Client,
-        relay: PeerId,
-        url: Option<String>,
-    ) -> Result<(), NetError> {
-        match mailbox(net, relay, mailbox::Request::RegisterPush { url }).await? {
-            mailbox::Response::Ok => Ok(()),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// How full this device's mailbox at `relay` is, and by whom.
-    pub async fn usage(net: &Client, relay: PeerId) -> Result<mailbox::Usage, NetError> {
-        match mailbox(net, relay, mailbox::Request::Usage).await? {
-            mailbox::Response::Usage(u) => Ok(u),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Fetches a page of the own mailbox.
-    pub async fn fetch(
-        net: &Client,
-        relay: PeerId,
-        after: u64,
-        limit: u32,
-    ) -> Result<(Vec<mailbox::Envelope>, bool), NetError> {
-        match mailbox(net, relay, mailbox::Request::Fetch { after, limit }).await? {
-            mailbox::Response::Messages { messages, more } => Ok((messages, more)),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Acknowledges (deletes) mailbox messages.
-    pub async fn ack(net: &Client, relay: PeerId, ids: Vec<u64>) -> Result<u32, NetError> {
-        match mailbox(net, relay, mailbox::Request::Ack { ids }).await? {
-            mailbox::Response::Acked { removed } => Ok(removed),
-            _ => Err(NetError::Unexpected),
-        }
+        let (peers, tokens) = recipients.into_iter().unzip();
+        let (_, refused) = net
+            .at(relay)
+            .deposit_with(peers, tokens, None, ciphertext)
+            .await?;
+        Ok(refused)
     }
 
     /// Acknowledges mail on the relay's live stream when one is open (no answer comes; a
@@ -1163,15 +1047,13 @@ pub mod rpc {
         if net.live_ack(relay, ids.clone()).await {
             return Ok(());
         }
-        ack(net, relay, ids).await.map(drop)
+        net.at(relay).ack(ids).await.map(drop)
     }
 
     /// Turns live delivery on, and opens the live stream for it.
     pub async fn listen(net: &Client, relay: PeerId) -> Result<(), NetError> {
-        match mailbox(net, relay, mailbox::Request::Listen { enabled: true }).await? {
-            mailbox::Response::Ok => net.open_live(relay).await,
-            _ => Err(NetError::Unexpected),
-        }
+        net.at(relay).set_listen(true).await?;
+        net.open_live(relay).await
     }
 
     /// Publishes the signed device list (a stale list is not an error: it is already there).
@@ -1180,146 +1062,9 @@ pub mod rpc {
         relay: PeerId,
         list: Vec<u8>,
     ) -> Result<(), NetError> {
-        match directory_req(
-            net,
-            relay,
-            directory::Request::PublishDeviceList {
-                list: ByteBuf::from(list),
-            },
-        )
-        .await
-        {
-            Ok(directory::Response::Ok) => Ok(()),
+        match net.at(relay).publish_device_list(list).await {
             Err(NetError::Rejected(r)) if r.code == ErrorCode::Stale => Ok(()),
-            Ok(_) => Err(NetError::Unexpected),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Fetches a user's signed device list bytes.
-    pub async fn fetch_device_list(
-        net: &Client,
-        relay: PeerId,
-        user: [u8; 16],
-    ) -> Result<Vec<u8>, NetError> {
-        match directory_req(
-            net,
-            relay,
-            directory::Request::FetchDeviceList {
-                user: ByteBuf::from(user.to_vec()),
-            },
-        )
-        .await?
-        {
-            directory::Response::DeviceList { list } => Ok(list.into_vec()),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Publishes a prekey bundle; returns the one-time keys the relay holds.
-    pub async fn publish_prekeys(
-        net: &Client,
-        relay: PeerId,
-        bundle: Vec<u8>,
-    ) -> Result<u32, NetError> {
-        match directory_req(
-            net,
-            relay,
-            directory::Request::PublishPrekeys {
-                bundle: ByteBuf::from(bundle),
-            },
-        )
-        .await?
-        {
-            directory::Response::Published { one_time_keys } => Ok(one_time_keys),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// How many one-time keys `relay` holds for this device (a relay from before the
-    /// request existed answers an error).
-    pub async fn prekey_count(net: &Client, relay: PeerId) -> Result<u32, NetError> {
-        match directory_req(net, relay, directory::Request::PrekeyCount).await? {
-            directory::Response::Published { one_time_keys } => Ok(one_time_keys),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Claims one prekey of a device.
-    pub async fn claim_prekey(
-        net: &Client,
-        relay: PeerId,
-        user: [u8; 16],
-        device: PeerId,
-    ) -> Result<Vec<u8>, NetError> {
-        match directory_req(
-            net,
-            relay,
-            directory::Request::ClaimPrekey {
-                user: ByteBuf::from(user.to_vec()),
-                device,
-            },
-        )
-        .await?
-        {
-            directory::Response::Prekey { claim, .. } => Ok(claim.into_vec()),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Sends a heartbeat.
-    pub async fn heartbeat(
-        net: &Client,
-        relay: PeerId,
-        status: presence::Status,
-    ) -> Result<(), NetError> {
-        match presence_req(net, relay, presence::Request::Heartbeat { status }).await? {
-            presence::Response::Ok => Ok(()),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Replaces who may see this device's presence.
-    pub async fn set_allow_list(
-        net: &Client,
-        relay: PeerId,
-        peers: Vec<PeerId>,
-    ) -> Result<(), NetError> {
-        match presence_req(net, relay, presence::Request::SetAllowList { peers }).await? {
-            presence::Response::Ok => Ok(()),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Asks for presence once.
-    pub async fn query(
-        net: &Client,
-        relay: PeerId,
-        peers: Vec<PeerId>,
-    ) -> Result<Vec<presence::Entry>, NetError> {
-        match presence_req(net, relay, presence::Request::Query { peers }).await? {
-            presence::Response::Presence { entries } => Ok(entries),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Subscribes to presence changes; returns the current state.
-    pub async fn subscribe(
-        net: &Client,
-        relay: PeerId,
-        peers: Vec<PeerId>,
-    ) -> Result<Vec<presence::Entry>, NetError> {
-        match presence_req(net, relay, presence::Request::Subscribe { peers }).await? {
-            presence::Response::Presence { entries } => Ok(entries),
-            _ => Err(NetError::Unexpected),
-        }
-    }
-
-    /// Whether a wire error is worth retrying soon rather than after a full backoff.
-    pub fn retry_after(e: &NetError) -> Option<Duration> {
-        match e {
-            NetError::Rejected(r) => r.retry_after_ms.map(Duration::from_millis),
-            _ => None,
+            other => other,
         }
     }
 }

@@ -20,6 +20,7 @@
 //! and its deposit throughput with one request in flight.
 
 use std::time::{Duration, Instant};
+use tern_relay::rpc::Requests as _;
 
 use serde_json::json;
 use tern_node::{api::client::ApiClient, types::Event};

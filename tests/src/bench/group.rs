@@ -47,6 +47,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+use tern_relay::rpc::Requests as _;
 
 use anyhow::{Context, anyhow};
 use serde_json::json;

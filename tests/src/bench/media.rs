@@ -37,6 +37,7 @@ use std::{
     task::{Context, Poll},
     time::{Duration, Instant},
 };
+use tern_relay::rpc::Requests as _;
 
 use anyhow::{Context as _, bail, ensure};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, aead::AeadInOut};

@@ -55,6 +55,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use tern_relay::rpc::Requests as _;
 
 use anyhow::{Context, bail};
 use tern_crypto::grant::Grant;

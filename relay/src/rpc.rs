@@ -1,0 +1,385 @@
+//! The relay's requests as typed calls, whatever carries them.
+//!
+//! [`Transport`] is how one request frame reaches a relay and its answer comes back: the
+//! relay's own [`crate::client::Client`] (a task owning a swarm to one relay), or a node's
+//! network task that talks to many relays ("this relay, over that swarm"). [`Requests`]
+//! gives every relay request as a typed call on any transport, with one error type,
+//! [`RequestError`], which carries the relay's codes ([`crate::wire::ErrorCode`]) when it
+//! refuses. Behaviour a caller adds on top (a node opening its live stream after `Listen`,
+//! acknowledging on that stream) stays with the caller.
+
+use std::{future::Future, time::Duration};
+
+use libp2p::PeerId;
+use serde_bytes::{ByteArray, ByteBuf};
+
+use crate::wire::{
+    DecodeError, EncodeError, ErrorCode, Frame, Rejection, directory,
+    mailbox::{self, Envelope},
+    presence,
+};
+
+/// Which relay protocol a request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// `/tern/mailbox/1`.
+    Mailbox,
+    /// `/tern/presence/1`.
+    Presence,
+    /// `/tern/directory/1`.
+    Directory,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The task that sends requests has stopped.
+    #[error("network stopped")]
+    Closed,
+    /// The request could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The stream failed (no connection, timeout, protocol not supported).
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// The answer could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The relay (or peer) refused the request.
+    #[error("refused: {} (retry after {:?} ms)", .0.code.label(), .0.retry_after_ms)]
+    Rejected(Rejection),
+    /// The answer was of the wrong kind.
+    #[error("unexpected response: {0}")]
+    Unexpected(String),
+}
+
+impl RequestError {
+    /// The relay's code, if it refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            RequestError::Rejected(r) => Some(r.code),
+            _ => None,
+        }
+    }
+
+    /// When to try again, if the relay said (a rate limit, a full disk).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RequestError::Rejected(r) => r.retry_after_ms.map(Duration::from_millis),
+            _ => None,
+        }
+    }
+}
+
+/// How a request frame reaches one relay and its answer frame comes back.
+pub trait Transport: Sync {
+    /// Sends `frame` on `proto` and returns the answer.
+    fn send(
+        &self,
+        proto: Proto,
+        frame: Vec<u8>,
+    ) -> impl Future<Output = Result<Frame, RequestError>> + Send;
+}
+
+fn unexpected(what: impl std::fmt::Debug) -> RequestError {
+    RequestError::Unexpected(format!("{what:?}"))
+}
+
+/// Every relay request as a typed call, on any [`Transport`].
+pub trait Requests: Transport {
+    /// A mailbox request; a refusal is [`RequestError::Rejected`].
+    fn mailbox(
+        &self,
+        req: mailbox::Request,
+    ) -> impl Future<Output = Result<mailbox::Response, RequestError>> + Send {
+        async move {
+            let answer = self.send(Proto::Mailbox, req.encode()?).await?;
+            match mailbox::Response::from_frame(&answer)? {
+                mailbox::Response::Error(r) => Err(RequestError::Rejected(r)),
+                other => Ok(other),
+            }
+        }
+    }
+
+    /// A presence request; a refusal is [`RequestError::Rejected`].
+    fn presence(
+        &self,
+        req: presence::Request,
+    ) -> impl Future<Output = Result<presence::Response, RequestError>> + Send {
+        async move {
+            let answer = self.send(Proto::Presence, req.encode()?).await?;
+            match presence::Response::from_frame(&answer)? {
+                presence::Response::Error(r) => Err(RequestError::Rejected(r)),
+                other => Ok(other),
+            }
+        }
+    }
+
+    /// A directory request; a refusal is [`RequestError::Rejected`].
+    fn directory(
+        &self,
+        req: directory::Request,
+    ) -> impl Future<Output = Result<directory::Response, RequestError>> + Send {
+        async move {
+            let answer = self.send(Proto::Directory, req.encode()?).await?;
+            match directory::Response::from_frame(&answer)? {
+                directory::Response::Error(r) => Err(RequestError::Rejected(r)),
+                other => Ok(other),
+            }
+        }
+    }
+
+    /// Deposits `ciphertext` for `recipients`, showing a deposit token per recipient (in
+    /// their order; empty for none); returns once the relay has made it durable, with its
+    /// message id and the recipients it did not reach, with why.
+    fn deposit_with(
+        &self,
+        recipients: Vec<PeerId>,
+        tokens: Vec<Option<[u8; 32]>>,
+        ttl_secs: Option<u32>,
+        ciphertext: Vec<u8>,
+    ) -> impl Future<Output = Result<(u64, Vec<mailbox::Refusal>), RequestError>> + Send {
+        async move {
+            // No token at all goes as no list.
+            let tokens = if tokens.iter().any(Option::is_some) {
+                tokens.into_iter().map(|t| t.map(ByteArray::new)).collect()
+            } else {
+                Vec::new()
+            };
+            let req = mailbox::Request::Deposit {
+                recipients,
+                ttl_secs,
+                ciphertext: ByteBuf::from(ciphertext),
+                tokens,
+            };
+            match self.mailbox(req).await? {
+                mailbox::Response::Deposited {
+                    message, refused, ..
+                } => Ok((message, refused)),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// [`Requests::deposit_with`] without tokens.
+    fn deposit(
+        &self,
+        recipients: Vec<PeerId>,
+        ttl_secs: Option<u32>,
+        ciphertext: Vec<u8>,
+    ) -> impl Future<Output = Result<(u64, Vec<mailbox::Refusal>), RequestError>> + Send {
+        self.deposit_with(recipients, Vec::new(), ttl_secs, ciphertext)
+    }
+
+    /// Replaces the grants (token hashes) the caller's mailbox takes deposits under.
+    fn set_grants(
+        &self,
+        hashes: Vec<[u8; 32]>,
+    ) -> impl Future<Output = Result<(), RequestError>> + Send {
+        let hashes = hashes.into_iter().map(ByteArray::new).collect();
+        self.expect_ok(mailbox::Request::SetGrants { hashes })
+    }
+
+    /// Registers (or with `None` removes) the caller's push endpoint.
+    fn register_push(
+        &self,
+        url: Option<String>,
+    ) -> impl Future<Output = Result<(), RequestError>> + Send {
+        self.expect_ok(mailbox::Request::RegisterPush { url })
+    }
+
+    /// Starts or stops live delivery of new mail to the caller.
+    fn set_listen(&self, enabled: bool) -> impl Future<Output = Result<(), RequestError>> + Send {
+        self.expect_ok(mailbox::Request::Listen { enabled })
+    }
+
+    /// A mailbox request answered with `Ok`.
+    fn expect_ok(
+        &self,
+        req: mailbox::Request,
+    ) -> impl Future<Output = Result<(), RequestError>> + Send {
+        async move {
+            match self.mailbox(req).await? {
+                mailbox::Response::Ok => Ok(()),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// How full the caller's mailbox is, and by whom.
+    fn usage(&self) -> impl Future<Output = Result<mailbox::Usage, RequestError>> + Send {
+        async move {
+            match self.mailbox(mailbox::Request::Usage).await? {
+                mailbox::Response::Usage(u) => Ok(u),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Fetches up to `limit` messages after the cursor `after`; says whether more follow.
+    fn fetch(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<(Vec<Envelope>, bool), RequestError>> + Send {
+        async move {
+            match self
+                .mailbox(mailbox::Request::Fetch { after, limit })
+                .await?
+            {
+                mailbox::Response::Messages { messages, more } => Ok((messages, more)),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Acknowledges (deletes) messages; returns how many were removed.
+    fn ack(&self, ids: Vec<u64>) -> impl Future<Output = Result<u32, RequestError>> + Send {
+        async move {
+            match self.mailbox(mailbox::Request::Ack { ids }).await? {
+                mailbox::Response::Acked { removed } => Ok(removed),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Publishes a signed device list (`tern_crypto::SignedDeviceList` bytes); the caller
+    /// must be active in it.
+    fn publish_device_list(
+        &self,
+        list: Vec<u8>,
+    ) -> impl Future<Output = Result<(), RequestError>> + Send {
+        async move {
+            let req = directory::Request::PublishDeviceList {
+                list: ByteBuf::from(list),
+            };
+            match self.directory(req).await? {
+                directory::Response::Ok => Ok(()),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Fetches a user's signed device list bytes (verify them with `tern-crypto`).
+    fn fetch_device_list(
+        &self,
+        user: [u8; directory::USER_ID_BYTES],
+    ) -> impl Future<Output = Result<Vec<u8>, RequestError>> + Send {
+        async move {
+            let req = directory::Request::FetchDeviceList {
+                user: ByteBuf::from(user.to_vec()),
+            };
+            match self.directory(req).await? {
+                directory::Response::DeviceList { list } => Ok(list.into_vec()),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Publishes the caller's prekey bundle; returns how many one-time keys the relay holds.
+    fn publish_prekeys(
+        &self,
+        bundle: Vec<u8>,
+    ) -> impl Future<Output = Result<u32, RequestError>> + Send {
+        async move {
+            let req = directory::Request::PublishPrekeys {
+                bundle: ByteBuf::from(bundle),
+            };
+            match self.directory(req).await? {
+                directory::Response::Published { one_time_keys } => Ok(one_time_keys),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// How many one-time keys the relay holds for the caller.
+    fn prekey_count(&self) -> impl Future<Output = Result<u32, RequestError>> + Send {
+        async move {
+            match self.directory(directory::Request::PrekeyCount).await? {
+                directory::Response::Published { one_time_keys } => Ok(one_time_keys),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Claims one prekey of `device` (`tern_crypto::prekey::ClaimedPrekey` bytes, to verify
+    /// against the user's device list) and whether it is the fallback key.
+    fn claim_prekey(
+        &self,
+        user: [u8; directory::USER_ID_BYTES],
+        device: PeerId,
+    ) -> impl Future<Output = Result<(Vec<u8>, bool), RequestError>> + Send {
+        async move {
+            let req = directory::Request::ClaimPrekey {
+                user: ByteBuf::from(user.to_vec()),
+                device,
+            };
+            match self.directory(req).await? {
+                directory::Response::Prekey { claim, fallback } => Ok((claim.into_vec(), fallback)),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Sends a heartbeat with a status.
+    fn heartbeat(
+        &self,
+        status: presence::Status,
+    ) -> impl Future<Output = Result<(), RequestError>> + Send {
+        self.presence_ok(presence::Request::Heartbeat { status })
+    }
+
+    /// Replaces who may see the caller's presence.
+    fn set_allow_list(
+        &self,
+        peers: Vec<PeerId>,
+    ) -> impl Future<Output = Result<(), RequestError>> + Send {
+        self.presence_ok(presence::Request::SetAllowList { peers })
+    }
+
+    /// A presence request answered with `Ok`.
+    fn presence_ok(
+        &self,
+        req: presence::Request,
+    ) -> impl Future<Output = Result<(), RequestError>> + Send {
+        async move {
+            match self.presence(req).await? {
+                presence::Response::Ok => Ok(()),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Asks for the presence of `peers` once.
+    fn query(
+        &self,
+        peers: Vec<PeerId>,
+    ) -> impl Future<Output = Result<Vec<presence::Entry>, RequestError>> + Send {
+        self.presence_entries(presence::Request::Query { peers })
+    }
+
+    /// Subscribes to changes of `peers` (replacing any earlier subscription); returns their
+    /// current presence.
+    fn subscribe(
+        &self,
+        peers: Vec<PeerId>,
+    ) -> impl Future<Output = Result<Vec<presence::Entry>, RequestError>> + Send {
+        self.presence_entries(presence::Request::Subscribe { peers })
+    }
+
+    /// A presence request answered with entries.
+    fn presence_entries(
+        &self,
+        req: presence::Request,
+    ) -> impl Future<Output = Result<Vec<presence::Entry>, RequestError>> + Send {
+        async move {
+            match self.presence(req).await? {
+                presence::Response::Presence { entries } => Ok(entries),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+}
+
+impl<T: Transport> Requests for T {}
