@@ -1,3 +1,6 @@
+use tern_crypto::IdentityKey;
+
+use super::op::{OP_VERSION_1, OpV1, encode, wire_bytes};
 use super::*;
 
 struct User {
