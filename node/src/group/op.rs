@@ -40,7 +40,7 @@ pub enum Action {
         /// The first members (at most [`crate::consts::MAX_MEMBERS_PER_OP`]).
         members: Vec<MemberEntry>,
         /// Random; with the creator's user id and identity key it makes the group id
-        /// ([`group_id`]), so nobody else can sign a creation for the same group.
+        /// ([`super::group_id`]), so nobody else can sign a creation for the same group.
         salt: ByteArray<16>,
     },
     /// Adds members (admins only).
