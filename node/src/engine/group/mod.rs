@@ -43,7 +43,7 @@ pub(crate) use inbound::Notify;
 use std::collections::HashMap;
 
 use serde_bytes::ByteArray;
-use tern_crypto::{Kind, UserId};
+use tern_crypto::UserId;
 use tern_store::ConversationId;
 
 use super::{Engine, GroupCommand};
@@ -157,11 +157,6 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 /// The 16 bytes of a user or group id given as hex.
 pub(crate) fn user_bytes(hex_id: &str) -> Option<[u8; 16]> {
     UserId::from_hex(hex_id).map(|u| *u.as_bytes())
-}
-
-/// Whether a mailbox payload is a group (Megolm) message rather than a pairwise one.
-pub(crate) fn is_group_payload(payload: &[u8]) -> bool {
-    payload.get(1) == Some(&(Kind::GroupMessage as u8))
 }
 
 impl Engine {
@@ -360,13 +355,6 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::group::Op;
-
-    #[test]
-    fn group_payloads_are_told_apart_from_pairwise() {
-        assert!(is_group_payload(&[1, Kind::GroupMessage as u8, 0]));
-        assert!(!is_group_payload(&[1, Kind::PairwiseMessage as u8, 0]));
-        assert!(!is_group_payload(&[]));
-    }
 
     fn entry(key: &tern_crypto::IdentityKey, admin: bool) -> MemberEntry {
         MemberEntry {
