@@ -22,8 +22,9 @@
 //!   which sign operations and hand them to `ops`;
 //! - `ops`: committing operations, recording them in the timeline, sending them to members,
 //!   and taking in operations received;
-//! - `outbound`: group texts (sender keys, the fan-out of one ciphertext), messages owed to
-//!   members who could not be reached, and the pairwise sends to members that `ops` uses;
+//! - `outbound`: group texts (sender keys, one ciphertext queued as a fan-out for the engine's
+//!   `fanout` to deliver), messages owed to members who could not be reached, and the
+//!   pairwise sends to members that `ops` uses;
 //! - `peers`: the device lists of members who are not contacts, looked up at their relays;
 //! - `inbound`: sender keys and group messages received, the stash of those that cannot be
 //!   read yet, batched notifications.
