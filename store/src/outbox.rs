@@ -6,7 +6,8 @@
 //! order. The node sends a lane's rows strictly in that order and only the first row of a
 //! lane is ever rescheduled, so a later ciphertext never overtakes an earlier one for the same
 //! device. (Rows of a group fan-out share one payload in `outbox_shared` and are not part of
-//! any lane: a group message has its own ratchet with a wide window.)
+//! any lane: a group message has its own ratchet with a wide window.) Each row stores which
+//! of the two it is ([`RowKind`]); nothing is told from the payload.
 //!
 //! A row may belong to no message ([`Tx::queue_control`]): receipts and resend requests go in
 //! the same lane as the messages encrypted around them.
@@ -18,6 +19,27 @@ use crate::error::{Context, ReadError, WriteError};
 use crate::messages::message_id;
 use crate::store::{Store, Tx};
 use crate::types::{Delivery, MessageId};
+
+/// What an outbox row is (the `kind` column). The codes are on disk: fixed forever, and a
+/// retired code is never reused. The SQL here and in `record.rs` names them as literals (a
+/// partial index needs the constant in the query), next to the variant's name.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum RowKind {
+    /// A row of its recipient device's lane, with a pairwise ciphertext of its own: a
+    /// message, or with no message a control row (a receipt, a resend request).
+    Pairwise = 0,
+    /// A row of a group fan-out: it goes with the message's one shared ciphertext
+    /// (`outbox_shared`), and its own payload is empty.
+    Fanout = 1,
+}
+
+impl RowKind {
+    /// The code stored in the `kind` column.
+    pub(crate) fn code(self) -> i64 {
+        i64::from(self as u8)
+    }
+}
 
 /// One row of a lane, as read.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -42,7 +64,7 @@ impl Store {
         self.conn
             .prepare_cached(
                 "SELECT o.recipient_device FROM outbox o \
-                 WHERE o.id IN (SELECT min(id) FROM outbox WHERE length(payload) > 0 GROUP BY recipient_device) \
+                 WHERE o.id IN (SELECT min(id) FROM outbox WHERE kind = 0 /* Pairwise */ GROUP BY recipient_device) \
                  AND o.next_attempt_ms <= ?1 ORDER BY o.next_attempt_ms, o.id LIMIT ?2",
             )
             .and_then(|mut s| {
@@ -62,7 +84,7 @@ impl Store {
             .prepare_cached(
                 "SELECT o.id, m.id, o.recipient_user, o.recipient_device, o.payload, o.attempts, o.next_attempt_ms \
                  FROM outbox o LEFT JOIN messages m ON m.rowid = o.message \
-                 WHERE o.recipient_device = ?1 AND length(o.payload) > 0 ORDER BY o.id LIMIT ?2",
+                 WHERE o.recipient_device = ?1 AND o.kind = 0 /* Pairwise */ ORDER BY o.id LIMIT ?2",
             )
             .and_then(|mut s| {
                 s.query_map(params![device, limit.clamp(1, MAX_PAGE_SIZE)], |r| {
@@ -104,7 +126,7 @@ impl Store {
         let n: i64 = self
             .conn
             .prepare_cached(
-                "SELECT count(*) FROM outbox WHERE recipient_device = ?1 AND length(payload) > 0",
+                "SELECT count(*) FROM outbox WHERE recipient_device = ?1 AND kind = 0 /* Pairwise */",
             )
             .and_then(|mut s| s.query_row([device], |r| r.get(0)))
             .read_ctx(OP)?;
@@ -154,7 +176,7 @@ impl Tx<'_> {
                 reason: "a lane row needs a payload",
             });
         }
-        self.insert_outbox_rows(OP, None, deliveries, now_ms, now_ms)?;
+        self.insert_outbox_rows(OP, RowKind::Pairwise, None, deliveries, now_ms, now_ms)?;
         Ok(())
     }
 
@@ -345,6 +367,56 @@ mod tests {
                 .transaction(|tx| tx.queue_control(&[empty], 0))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn rows_are_told_apart_by_the_kind_stored_with_them() {
+        let (_dir, mut store) = store();
+        let conv = ConversationId("bob".into());
+        let shared = [
+            ("bob".to_owned(), "b2".to_owned()),
+            ("bob".to_owned(), "b3".to_owned()),
+        ];
+        store
+            .transaction(|tx| {
+                tx.ensure_conversation(&conv, ConversationKind::Group, Some("G"), 1)?;
+                // b1 lacks the sender key: it gets its own pairwise row; b2 and b3 share one.
+                tx.record_outgoing_fanout(&own(1), &[], &[to("b1", 1)], b"megolm", &shared, 0)?;
+                tx.queue_control(&[to("b2", 9)], 0)
+            })
+            .unwrap();
+        let kinds: Vec<(String, i64)> = store
+            .conn
+            .prepare("SELECT recipient_device, kind FROM outbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let pairwise = RowKind::Pairwise.code();
+        let fanout = RowKind::Fanout.code();
+        assert_eq!(
+            kinds,
+            [
+                ("b1".to_owned(), pairwise),
+                ("b2".to_owned(), fanout),
+                ("b3".to_owned(), fanout),
+                ("b2".to_owned(), pairwise),
+            ]
+        );
+        assert_eq!((pairwise, fanout), (0, 1), "the codes are on disk");
+        // The lanes hold the pairwise rows only; the fan-out rows come with the shared payload.
+        assert_eq!(store.lane("b2", 10).unwrap()[0].delivery.payload, [9; 4]);
+        assert_eq!(store.lane_depth("b2").unwrap(), 1);
+        assert_eq!(store.lane_depth("b3").unwrap(), 0);
+        assert_eq!(store.due_lanes(0, 10).unwrap().len(), 2);
+        let fan = store.due_fanout(0, 10).unwrap();
+        let to_devices: Vec<&str> = fan
+            .iter()
+            .map(|e| e.delivery.recipient_device.as_str())
+            .collect();
+        assert_eq!(to_devices, ["b2", "b3"]);
+        assert!(fan.iter().all(|e| e.delivery.payload == b"megolm"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use rusqlite::{OptionalExtension, params};
 use crate::consts::{MAX_BLOB_BYTES, MAX_PAGE_SIZE};
 use crate::error::{Context, ReadError, WriteError};
 use crate::messages::{MESSAGE_COLUMNS, RawMessage, check_len, decode, message_id, raw};
+use crate::outbox::RowKind;
 use crate::sessions::CryptoUpdate;
 use crate::store::{Store, Tx};
 use crate::types::{
@@ -63,6 +64,7 @@ impl Tx<'_> {
         };
         self.insert_outbox_rows(
             OP,
+            RowKind::Pairwise,
             Some(rowid),
             deliveries,
             first_attempt_ms,
@@ -105,6 +107,7 @@ impl Tx<'_> {
             .collect();
         self.insert_outbox_rows(
             OP,
+            RowKind::Fanout,
             Some(rowid),
             &rows,
             first_attempt_ms,
@@ -125,6 +128,7 @@ impl Tx<'_> {
         let rowid = self.message_rowid(OP, id)?;
         self.insert_outbox_rows(
             OP,
+            RowKind::Pairwise,
             Some(rowid),
             deliveries,
             first_attempt_ms,
@@ -146,6 +150,7 @@ impl Tx<'_> {
         let rowid = self.message_rowid(OP, id)?;
         let kept = self.insert_outbox_rows(
             OP,
+            RowKind::Pairwise,
             Some(rowid),
             deliveries,
             first_attempt_ms,
@@ -266,6 +271,7 @@ impl Tx<'_> {
         self.apply_crypto(updates, first_attempt_ms)?;
         self.insert_outbox_rows(
             OP,
+            RowKind::Pairwise,
             Some(rowid),
             deliveries,
             first_attempt_ms,
@@ -322,12 +328,13 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// One outbox row per delivery of the message at `rowid` (`None`: a control row of no
-    /// message). A row already there for the same message and recipient device is left as it
-    /// is; returns how many were left so.
+    /// One outbox row of `kind` per delivery of the message at `rowid` (`None`: a control row
+    /// of no message). A row already there for the same message and recipient device is left
+    /// as it is; returns how many were left so.
     pub(crate) fn insert_outbox_rows(
         &mut self,
         op: &'static str,
+        kind: RowKind,
         rowid: Option<i64>,
         deliveries: &[Delivery],
         next_attempt_ms: i64,
@@ -336,8 +343,8 @@ impl Tx<'_> {
         let mut stmt = self
             .tx
             .prepare_cached(
-                "INSERT INTO outbox (message, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                "INSERT INTO outbox (message, kind, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
             )
             .write_ctx(op)?;
         let mut kept = 0;
@@ -346,6 +353,7 @@ impl Tx<'_> {
             let inserted = stmt
                 .execute(params![
                     rowid,
+                    kind.code(),
                     d.recipient_device,
                     d.recipient_user,
                     d.payload,
@@ -486,11 +494,11 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT m.id, o.recipient_user, o.recipient_device, \
-                 CASE WHEN length(o.payload) = 0 THEN coalesce(s.payload, o.payload) ELSE o.payload END, \
+                 CASE WHEN o.kind = 1 /* Fanout */ THEN coalesce(s.payload, o.payload) ELSE o.payload END, \
                  o.attempts, o.next_attempt_ms \
                  FROM outbox o JOIN messages m ON m.rowid = o.message \
                  LEFT JOIN outbox_shared s ON s.message = o.message WHERE o.next_attempt_ms <= ?1 \
-                 AND (?3 = 0 OR (length(o.payload) = 0 AND s.message IS NOT NULL)) \
+                 AND (?3 = 0 OR (o.kind = 1 /* Fanout */ AND s.message IS NOT NULL)) \
                  ORDER BY o.next_attempt_ms, o.rowid LIMIT ?2",
             )
             .and_then(|mut s| {

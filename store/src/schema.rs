@@ -24,6 +24,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V7_RESYNC,
     V8_TRANSFERS,
     V9_GRANTS,
+    V10_OUTBOX_KINDS,
 ];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
@@ -368,6 +369,17 @@ CREATE TABLE transfers (
 );
 "#;
 
+/// Version 10: every outbox row says what it is (`kind`, [`crate::outbox::RowKind`]): a
+/// pairwise row of its recipient device's lane (0) or a row of a group fan-out whose payload
+/// is the message's shared one (1). Until now a fan-out row was told by its empty payload;
+/// the rows already queued get their kind from that, once. The lane index follows.
+const V10_OUTBOX_KINDS: &str = r#"
+ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+UPDATE outbox SET kind = 1 WHERE length(payload) = 0;
+DROP INDEX outbox_lane;
+CREATE INDEX outbox_lane ON outbox(recipient_device, id) WHERE kind = 0;
+"#;
+
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection) -> Result<u32, rusqlite::Error> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -507,6 +519,49 @@ mod tests {
             let store = Store::open(&path, Unlock::Key(&key())).unwrap();
             assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         }
+    }
+
+    #[test]
+    fn version_10_gives_the_rows_already_queued_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tern.db");
+        file_at(&path, 9);
+        // A fan-out row as version 9 wrote it: an empty payload, the ciphertext shared.
+        let conn = open_connection(&path, Unlock::Key(&key()), &Options::default()).unwrap();
+        conn.execute_batch(
+            "INSERT INTO outbox_shared (message, payload) VALUES (1, x'0606');
+             INSERT INTO outbox (message, recipient_device, recipient_user, payload, next_attempt_ms, created_at_ms)
+             VALUES (1, 'b2', 'bob', x'', 0, 1);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&path, Unlock::Key(&key())).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let kinds: Vec<(String, i64)> = store
+            .conn
+            .prepare("SELECT recipient_device, kind FROM outbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let (pairwise, fanout) = (
+            crate::outbox::RowKind::Pairwise.code(),
+            crate::outbox::RowKind::Fanout.code(),
+        );
+        assert_eq!(
+            kinds,
+            [
+                ("b1".to_owned(), pairwise),
+                ("b1".to_owned(), pairwise),
+                ("b2".to_owned(), fanout),
+            ]
+        );
+        assert_eq!(store.lane("b1", 10).unwrap().len(), 2);
+        assert!(store.lane("b2", 10).unwrap().is_empty());
+        let fan = store.due_fanout(i64::MAX, 10).unwrap();
+        assert_eq!(fan.len(), 1);
+        assert_eq!(fan[0].delivery.payload, [6, 6]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod contacts;
 mod devices;
+mod fanout;
 pub(crate) mod grants;
 pub(crate) mod group;
 mod history;

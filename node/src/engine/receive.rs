@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use libp2p::PeerId;
-use tern_crypto::session::SessionError;
+use tern_crypto::{Kind, session::SessionError};
 use tern_relay::wire::{ErrorCode, mailbox};
 use tern_store::{
     Body as StoreBody, ConversationId, ConversationKind, CryptoUpdate, Inserted, Message,
@@ -62,6 +62,15 @@ pub(crate) fn content_body(body: &Body) -> Result<Option<StoreBody>, NodeError> 
     })
 }
 
+/// Whether a received ciphertext (mail from a relay, a direct message, quarantined mail) is a
+/// group (Megolm) message rather than a pairwise one. The wire carries no other label, so
+/// this reads the record kind in its header (`tern_crypto::codec`: version byte, then kind):
+/// the one place the engine looks at a ciphertext's bytes to route it. What this device
+/// sends is told apart by the kind its outbox row stores, never by its payload.
+fn is_group_payload(payload: &[u8]) -> bool {
+    payload.get(1) == Some(&(Kind::GroupMessage as u8))
+}
+
 impl Engine {
     /// A page of mail (fetched or pushed), in the relay's order. Its messages are stored in
     /// one batch (one sync to disk for the page, each message still all or nothing with its
@@ -94,7 +103,7 @@ impl Engine {
                 Outcome::Keep => {
                     // From a device of no known user: kept here, not at the relay, where
                     // it would pin the mailbox until its time to live runs out.
-                    if !super::group::is_group_payload(&env.ciphertext)
+                    if !is_group_payload(&env.ciphertext)
                         && self.quarantine(env.sender, &env.ciphertext)
                     {
                         acks.push(env.id);
@@ -197,7 +206,7 @@ impl Engine {
         ciphertext: &[u8],
         receipts: &mut HashMap<String, Vec<MessageId>>,
     ) -> Outcome {
-        if super::group::is_group_payload(ciphertext) {
+        if is_group_payload(ciphertext) {
             // Stored, or kept in the stash when it cannot be read yet: acknowledged either
             // way, unless the store could take neither.
             return if self.on_group_message(sender, ciphertext) {
@@ -805,5 +814,12 @@ mod tests {
         };
         assert_eq!(super::super::message_info(&op).kind, "membership");
         assert!(content_body(&Body::Grant {}).unwrap().is_none());
+    }
+
+    #[test]
+    fn group_payloads_are_told_apart_from_pairwise() {
+        assert!(is_group_payload(&[1, Kind::GroupMessage as u8, 0]));
+        assert!(!is_group_payload(&[1, Kind::PairwiseMessage as u8, 0]));
+        assert!(!is_group_payload(&[]));
     }
 }

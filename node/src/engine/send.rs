@@ -23,10 +23,6 @@ use crate::{
     types::*,
 };
 
-/// Due outbox rows of one message that share a payload: message, payload, (user, device)
-/// recipients, most attempts so far.
-type Fan = (MessageId, Vec<u8>, Vec<(String, String)>, u32);
-
 /// Sessions with the devices of a user that could be had, and those that could not (why).
 pub(crate) type Reachable = (Vec<(DeviceId, PeerSessions)>, Vec<(DeviceId, NodeError)>);
 
@@ -497,44 +493,13 @@ impl Engine {
 
     /// Starts what is due in the outbox (`all`: everything, backoff or not): the lanes of
     /// pairwise rows ([`super::lanes`]) and group fan-outs (rows of one message that share a
-    /// payload, sent as one deposit per relay).
+    /// payload, sent as one deposit per relay; [`super::fanout`]).
     pub(crate) fn dispatch_due(&mut self, all: bool) {
         if self.revoked {
             return;
         }
         self.dispatch_lanes(all);
-        let now = if all { i64::MAX } else { now_ms() };
-        let due = match self.store.due_fanout(now, OUTBOX_BATCH) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!("reading the outbox failed: {e}");
-                return;
-            }
-        };
-        let mut fan: Vec<Fan> = Vec::new();
-        for entry in due {
-            match fan.iter_mut().find(|(id, _, _, _)| *id == entry.message_id) {
-                Some((_, _, to, attempts)) => {
-                    to.push((
-                        entry.delivery.recipient_user,
-                        entry.delivery.recipient_device,
-                    ));
-                    *attempts = (*attempts).max(entry.attempts);
-                }
-                None => fan.push((
-                    entry.message_id,
-                    entry.delivery.payload,
-                    vec![(
-                        entry.delivery.recipient_user,
-                        entry.delivery.recipient_device,
-                    )],
-                    entry.attempts,
-                )),
-            }
-        }
-        for (id, payload, to, attempts) in fan {
-            self.start_fanout(id, payload, to, attempts);
-        }
+        self.dispatch_fanouts(all);
     }
 
     /// Sends a receipt to every device of `user` we hold a session with. The receipts are

@@ -1,0 +1,291 @@
+//! The commands that change a group's membership: create, add, remove and leave. Each signs
+//! operations on the current head, checks that they apply, and hands them to
+//! [`Engine::commit_ops`], which stores and sends them.
+
+use std::collections::HashSet;
+
+use serde_bytes::ByteArray;
+use tern_crypto::group::GroupId;
+
+use super::{hex, user_bytes};
+use crate::engine::Engine;
+use crate::{
+    consts::{MAX_GROUP_MEMBERS, MAX_GROUP_TITLE_BYTES, MAX_MEMBERS_PER_OP},
+    error::NodeError,
+    group::{Action, GroupState, MemberEntry, Op, SignedOp, check_new},
+    home::now_ms,
+    types::*,
+};
+
+impl Engine {
+    fn own_entry(&self) -> MemberEntry {
+        MemberEntry {
+            user: ByteArray::new(*self.user.as_bytes()),
+            identity_key: ByteArray::new(*self.keys.identity.public().as_bytes()),
+            name: self.config.name.clone(),
+            relays: self.home_relays.iter().map(ToString::to_string).collect(),
+            admin: true,
+        }
+    }
+
+    /// Member entries for contacts (names or user ids), refusing unknown contacts, this user
+    /// and contacts with an unaccepted identity change.
+    fn contact_entries(&self, members: &[String]) -> Result<Vec<MemberEntry>, NodeError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for m in members {
+            let user = self.resolve(m)?;
+            if user == self.user_hex {
+                return Err(NodeError::BadRequest("you cannot add yourself".into()));
+            }
+            if self.pending_identity.contains_key(&user) {
+                return Err(NodeError::IdentityChanged(
+                    self.contacts[&user].contact.display_name.clone(),
+                ));
+            }
+            if !seen.insert(user.clone()) {
+                continue;
+            }
+            let c = &self.contacts[&user];
+            let key: [u8; 32] = c.contact.identity_key.as_slice().try_into().map_err(|_| {
+                NodeError::Crypto("stored identity key has the wrong length".into())
+            })?;
+            out.push(MemberEntry {
+                user: ByteArray::new(
+                    user_bytes(&user).ok_or_else(|| NodeError::UnknownContact(user.clone()))?,
+                ),
+                identity_key: ByteArray::new(key),
+                name: c.contact.display_name.clone(),
+                relays: c.contact.relays.clone(),
+                admin: false,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn group_create(
+        &mut self,
+        title: String,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, NodeError> {
+        self.check_not_revoked()?;
+        let title = title.trim().to_owned();
+        if title.is_empty() || title.len() > MAX_GROUP_TITLE_BYTES {
+            return Err(NodeError::BadRequest(format!(
+                "a group title is 1 to {MAX_GROUP_TITLE_BYTES} bytes"
+            )));
+        }
+        let entries = self.contact_entries(&members)?;
+        if entries.len() + 1 > MAX_GROUP_MEMBERS {
+            return Err(NodeError::GroupFull {
+                group: title,
+                members: 1,
+                adding: entries.len(),
+                max: MAX_GROUP_MEMBERS,
+            });
+        }
+        let salt = *GroupId::random()
+            .map_err(|e| NodeError::Crypto(e.to_string()))?
+            .as_bytes();
+        let id = GroupId::from_bytes(crate::group::group_id(
+            self.user.as_bytes(),
+            self.keys.identity.public().as_bytes(),
+            &salt,
+        ));
+        let group = hex(id.as_bytes());
+        let mut first = vec![self.own_entry()];
+        let split = entries.len().min(MAX_MEMBERS_PER_OP - 1);
+        first.extend_from_slice(&entries[..split]);
+        let create = SignedOp::sign(
+            Op {
+                group: ByteArray::new(*id.as_bytes()),
+                epoch: 0,
+                parents: Vec::new(),
+                author: ByteArray::new(*self.user.as_bytes()),
+                at_ms: now_ms(),
+                lamport: 1,
+                action: Action::Create {
+                    title,
+                    members: first,
+                    salt: ByteArray::new(salt),
+                },
+            },
+            &self.keys.identity,
+        )
+        .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        // The rest joins in operations of at most 64, all committed and sent together.
+        let mut state =
+            GroupState::genesis(&create).map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let mut ops = vec![create];
+        for (n, chunk) in entries[split..].chunks(MAX_MEMBERS_PER_OP).enumerate() {
+            let op = SignedOp::sign(
+                state.next_op(
+                    *self.user.as_bytes(),
+                    now_ms(),
+                    2 + n as u64,
+                    Action::Add {
+                        members: chunk.to_vec(),
+                    },
+                ),
+                &self.keys.identity,
+            )
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+            state = check_new(&ops, &op)
+                .map_err(|e| NodeError::BadRequest(e.to_string()))?
+                .state;
+            ops.push(op);
+        }
+        self.commit_ops(&group, ops).await?;
+        self.group_info(&group)
+    }
+
+    fn require_admin(&self, group: &str) -> Result<(), NodeError> {
+        let state = self.state(group)?;
+        let me = self.user.as_bytes();
+        if !state.is_member(me) {
+            return Err(NodeError::NotMember(state.title.clone()));
+        }
+        if !state.is_admin(me) {
+            return Err(NodeError::NotAdmin(state.title.clone()));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn group_add(
+        &mut self,
+        group: &str,
+        members: Vec<String>,
+        admin: bool,
+    ) -> Result<GroupInfo, NodeError> {
+        self.check_not_revoked()?;
+        let group = self.resolve_group(group)?;
+        self.require_admin(&group)?;
+        if members.is_empty() {
+            return Err(NodeError::BadRequest(
+                "name at least one member to add".into(),
+            ));
+        }
+        let state = self.state(&group)?;
+        let entries: Vec<MemberEntry> = self
+            .contact_entries(&members)?
+            .into_iter()
+            .filter(|e| !state.is_member(&e.user.into_array()))
+            .map(|e| MemberEntry { admin, ..e })
+            .collect();
+        if entries.is_empty() {
+            return Err(NodeError::BadRequest("they are members already".into()));
+        }
+        if state.members.len() + entries.len() > MAX_GROUP_MEMBERS {
+            return Err(NodeError::GroupFull {
+                group: state.title.clone(),
+                members: state.members.len(),
+                adding: entries.len(),
+                max: MAX_GROUP_MEMBERS,
+            });
+        }
+        let adds = entries
+            .chunks(MAX_MEMBERS_PER_OP)
+            .map(|chunk| Action::Add {
+                members: chunk.to_vec(),
+            })
+            .collect();
+        self.issue_many(&group, adds).await?;
+        self.group_info(&group)
+    }
+
+    pub(super) async fn group_remove(
+        &mut self,
+        group: &str,
+        members: Vec<String>,
+    ) -> Result<GroupInfo, NodeError> {
+        self.check_not_revoked()?;
+        let group = self.resolve_group(group)?;
+        self.require_admin(&group)?;
+        let state = self.state(&group)?;
+        let mut users = Vec::new();
+        for m in &members {
+            // A member who is no contact can be named by user id or by the group's name.
+            let id = match self.resolve(m) {
+                Ok(u) => u,
+                Err(e) => state
+                    .members
+                    .iter()
+                    .find(|(id, mm)| hex(*id) == m.to_lowercase() || mm.name == *m)
+                    .map(|(id, _)| hex(id))
+                    .ok_or(e)?,
+            };
+            let b = user_bytes(&id).ok_or_else(|| NodeError::UnknownContact(m.clone()))?;
+            if b == *self.user.as_bytes() {
+                return Err(NodeError::BadRequest(
+                    "to leave a group use `tern group leave`".into(),
+                ));
+            }
+            if !state.is_member(&b) {
+                return Err(NodeError::BadRequest(format!("{m} is not a member")));
+            }
+            if !users.contains(&ByteArray::new(b)) {
+                users.push(ByteArray::new(b));
+            }
+        }
+        if users.is_empty() {
+            return Err(NodeError::BadRequest(
+                "name at least one member to remove".into(),
+            ));
+        }
+        self.issue(&group, Action::Remove { users }).await?;
+        self.group_info(&group)
+    }
+
+    pub(super) async fn group_leave(&mut self, group: &str) -> Result<GroupInfo, NodeError> {
+        self.check_not_revoked()?;
+        let group = self.resolve_group(group)?;
+        let state = self.state(&group)?;
+        if !state.is_member(self.user.as_bytes()) {
+            return Err(NodeError::NotMember(state.title.clone()));
+        }
+        self.issue(&group, Action::Leave).await?;
+        self.group_info(&group)
+    }
+
+    /// Signs an operation on the current head and commits it.
+    async fn issue(&mut self, group: &str, action: Action) -> Result<(), NodeError> {
+        self.issue_many(group, vec![action]).await
+    }
+
+    /// Signs operations one on top of the other from the current head, checking each
+    /// applies, then commits them together.
+    async fn issue_many(&mut self, group: &str, actions: Vec<Action>) -> Result<(), NodeError> {
+        let (mut lamport, _) = self.conv_state(group)?;
+        let mut state = self.state(group)?.clone();
+        let mut held = self
+            .groups
+            .get(group)
+            .map(|g| g.ops.clone())
+            .unwrap_or_default();
+        let mut ops = Vec::with_capacity(actions.len());
+        for action in actions {
+            lamport += 1;
+            let op = SignedOp::sign(
+                state.next_op(*self.user.as_bytes(), now_ms(), lamport, action),
+                &self.keys.identity,
+            )
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+            // Check it applies before anything is stored or sent.
+            let before = state.members.len();
+            state = check_new(&held, &op)
+                .map_err(|e| match e {
+                    crate::group::OpError::Full { would, max } => NodeError::GroupFull {
+                        group: state.title.clone(),
+                        members: before,
+                        adding: would - before,
+                        max,
+                    },
+                    other => NodeError::BadRequest(other.to_string()),
+                })?
+                .state;
+            held.push(op.clone());
+            ops.push(op);
+        }
+        self.commit_ops(group, ops).await
+    }
+}

@@ -1,0 +1,389 @@
+//! What this device sends to a group: texts and files encrypted once with its sender key and
+//! queued as one fan-out (delivered by `engine::fanout`, one deposit per relay for every device
+//! that has the key; the key itself goes over Olm to those that lack it), messages owed to
+//! members who could not be reached, and the pairwise sends to every device of some members
+//! that operations and owed messages use.
+
+use std::collections::HashSet;
+
+use serde_bytes::{ByteArray, ByteBuf};
+use tern_crypto::group::{GroupId, OutboundSenderKey, RotationPolicy};
+use tern_store::{
+    Body as StoreBody, ConversationKind, CryptoUpdate, Message, MessageId, OutboundGroupSession,
+    SenderKeyStore, Status,
+};
+
+use super::{hex, user_bytes};
+use crate::engine::{Engine, message_info, send};
+use crate::{
+    envelope::{Body, Conversation, Envelope},
+    error::NodeError,
+    home::now_ms,
+    types::*,
+};
+
+impl Engine {
+    /// Encrypts `env` for every device of each of `users` and queues it as outbox rows of
+    /// the stored message `id`, with every ratchet state, in one transaction that also
+    /// settles what was owed to them (`settle`). Returns the users who could not be reached
+    /// (no device list or no session to be had).
+    pub(super) async fn send_pairwise(
+        &mut self,
+        users: &[String],
+        id: MessageId,
+        env: &mut Envelope,
+        settle: &[MessageId],
+    ) -> Result<Vec<(String, NodeError)>, NodeError> {
+        let mut failed = Vec::new();
+        let mut deliveries = Vec::new();
+        let mut pickles = Vec::new();
+        for user in users {
+            if let Err(e) = self.ensure_peer(user).await {
+                failed.push((user.clone(), e));
+                continue;
+            }
+            let mut sessions = match self.sessions_for(user).await {
+                Ok(s) => s,
+                Err(e) => {
+                    failed.push((user.clone(), e));
+                    continue;
+                }
+            };
+            send::encrypt_each(
+                &mut sessions,
+                env,
+                &self.grants,
+                |_| user.clone(),
+                &mut deliveries,
+                &mut pickles,
+            )?;
+        }
+        let updates = send::crypto_updates(&pickles);
+        let now = now_ms();
+        let queued: Vec<&String> = users
+            .iter()
+            .filter(|u| !failed.iter().any(|(f, _)| f == *u))
+            .collect();
+        // A pack whose first operation is still queued for a device fails as a whole and
+        // stays owed (sent again later) rather than being dropped behind the queued one.
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            tx.apply_crypto(&updates, now)?;
+            tx.add_outbox_rows_new(id, &deliveries, now)?;
+            for user in &queued {
+                for owed in settle {
+                    tx.settle_owed_group_message(*owed, user)?;
+                }
+            }
+            Ok(())
+        })?;
+        self.kick_lanes_for(&deliveries);
+        Ok(failed)
+    }
+
+    /// The outbound sender key for a group: the stored one while it fits the membership and
+    /// the rotation policy, else a new one.
+    fn outbound_key(
+        &mut self,
+        group: &str,
+        gid: GroupId,
+        epoch: u64,
+    ) -> Result<(OutboundSenderKey, bool), NodeError> {
+        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        if let Some((sid, key_epoch)) = self.store.group_sender_key(group)?
+            && key_epoch == epoch
+            && let Some(stored) = self
+                .store
+                .transaction(|tx| tx.outbound_group_session(group))?
+            && stored.session_id == sid
+        {
+            let key = OutboundSenderKey::from_pickle(&stored.pickle)?;
+            if key
+                .rotation_due(&RotationPolicy::default(), now_secs)
+                .is_none()
+            {
+                return Ok((key, false));
+            }
+        }
+        Ok((
+            OutboundSenderKey::new(gid, self.keys.device.device_id(), now_secs),
+            true,
+        ))
+    }
+
+    /// Sends a text or a file (its caption checked by the caller) to a group, under `id` when
+    /// one was chosen before.
+    pub(crate) async fn group_send(
+        &mut self,
+        group: &str,
+        id: Option<MessageId>,
+        body: tern_store::Body,
+    ) -> Result<MessageInfo, NodeError> {
+        self.check_not_revoked()?;
+        let group = self.resolve_group(group)?;
+        let state = self.state(&group)?.clone();
+        let me = *self.user.as_bytes();
+        if !state.is_member(&me) {
+            return Err(NodeError::NotMember(state.title));
+        }
+        // Every member's devices must be known to address them.
+        let mut users: Vec<String> = state
+            .members
+            .keys()
+            .filter(|u| **u != me)
+            .map(|u| hex(u))
+            .collect();
+        // This user's other devices get the message too.
+        if self.own_other_devices() {
+            users.push(self.user_hex.clone());
+        }
+        // Members who cannot be reached now are owed the message (with the key as of it).
+        let mut owed: Vec<String> = Vec::new();
+        for u in &users {
+            if let Err(e) = self.ensure_peer(u).await {
+                tracing::info!(%group, member = %u, "member not reachable now; the message waits for them: {e}");
+                owed.push(u.clone());
+            }
+        }
+        let gid = GroupId::from_bytes(state.id);
+        let (mut key, fresh) = self.outbound_key(&group, gid, state.epoch)?;
+        let sid = key.session_id();
+        let shared: HashSet<String> = if fresh {
+            HashSet::new()
+        } else {
+            self.store.sender_key_shares(&sid)?.into_iter().collect()
+        };
+        let (lamport, seq) = self.conv_state(&group)?;
+        let (lamport, seq) = (lamport + 1, seq + 1);
+        let now = now_ms();
+        let id = match id {
+            Some(id) => id,
+            None => MessageId(send::random_id()?),
+        };
+        let env = Envelope {
+            id: ByteArray::new(id.0),
+            conversation: Conversation::Group {
+                id: ByteArray::new(state.id),
+            },
+            sender_user: ByteArray::new(me),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lists: Some(self.list_versions(None)),
+            grant: None,
+            heads: state.heads.iter().map(|h| ByteArray::new(*h)).collect(),
+            lamport,
+            seq,
+            sent_at_ms: now,
+            body: crate::media::wire_body(&body)?,
+        };
+        let plain = zeroize::Zeroizing::new(env.encode()?);
+        let distribution = key.distribution(self.user).to_bytes()?;
+        let ciphertext = key.encrypt(&plain)?;
+        // Devices that have the key share one ciphertext; the others get it with the key.
+        let mut fan: Vec<(String, String)> = Vec::new();
+        let mut need: Vec<String> = Vec::new();
+        for u in &users {
+            let Some(c) = self.known(u) else { continue };
+            if owed.contains(u) {
+                continue;
+            }
+            let devices = c.devices();
+            let mut missing = false;
+            let own_device = self.keys.device.device_id();
+            for (d, _) in devices.into_iter().filter(|(d, _)| *d != own_device) {
+                let dev = d.to_peer_id_string();
+                if shared.contains(&dev) {
+                    fan.push((u.clone(), dev));
+                } else {
+                    missing = true;
+                }
+            }
+            if missing {
+                need.push(u.clone());
+            }
+        }
+        let mut key_env = Envelope {
+            body: Body::SenderKey {
+                distribution: ByteBuf::from(distribution.to_vec()),
+                message: Some(ByteBuf::from(ciphertext.clone())),
+            },
+            ..env.clone()
+        };
+        let mut deliveries = Vec::new();
+        let mut pickles = Vec::new();
+        let mut newly: Vec<String> = Vec::new();
+        for u in &need {
+            let mut sessions = match self.sessions_for(u).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::info!(%group, member = %u, "no session now; the message waits for them: {e}");
+                    owed.push(u.clone());
+                    continue;
+                }
+            };
+            sessions.retain(|(d, _)| !shared.contains(&d.to_peer_id_string()));
+            let first = deliveries.len();
+            send::encrypt_each(
+                &mut sessions,
+                &mut key_env,
+                &self.grants,
+                |_| u.clone(),
+                &mut deliveries,
+                &mut pickles,
+            )?;
+            newly.extend(
+                deliveries[first..]
+                    .iter()
+                    .map(|d| d.recipient_device.clone()),
+            );
+        }
+        if let Body::SenderKey { distribution, .. } = key_env.body {
+            zeroize::Zeroize::zeroize(&mut distribution.into_vec());
+        }
+        let message = self.own_text(id, &group, (lamport, seq), now, body);
+        let key_pickle = key.pickle()?;
+        let outbound = OutboundGroupSession {
+            group_id: group.clone(),
+            session_id: sid.clone(),
+            pickle: key_pickle.to_vec(),
+            message_count: u64::from(key.message_index()),
+            created_at_ms: now,
+        };
+        let mut updates = send::crypto_updates(&pickles);
+        updates.push(CryptoUpdate::OutboundGroup(&outbound));
+        let title = state.title.clone();
+        let epoch = state.epoch;
+        self.store.transaction(|tx| -> Result<(), NodeError> {
+            tx.ensure_conversation(
+                &message.conversation,
+                ConversationKind::Group,
+                Some(&title),
+                now,
+            )?;
+            tx.record_outgoing_fanout(&message, &updates, &deliveries, &ciphertext, &fan, now)?;
+            tx.set_group_sender_key(&group, &sid, epoch)?;
+            tx.share_sender_key(&sid, &newly)?;
+            for u in &owed {
+                tx.owe_group_message(id, u, &distribution, &ciphertext, now)?;
+            }
+            Ok(())
+        })?;
+        if !owed.is_empty() {
+            self.owed_due = true;
+        }
+        self.lamport.insert(group.clone(), lamport);
+        self.seq.insert(group.clone(), seq);
+        let info = message_info(&message);
+        self.emit(Event::Message {
+            message: info.clone(),
+        });
+        // A message with no other member device is sent at once.
+        if deliveries.is_empty() && fan.is_empty() && owed.is_empty() {
+            self.store
+                .transaction(|tx| tx.advance_status(id, Status::Sent))?;
+        }
+        self.kick_lanes_for(&deliveries);
+        self.start_fanout(id, ciphertext, fan, 0);
+        Ok(info)
+    }
+
+    /// Sends owed group messages to members who can be reached now: over Olm, with the
+    /// sender key as of each message, queued in the outbox.
+    pub(crate) async fn deliver_owed(&mut self) {
+        if !self.owed_due {
+            return;
+        }
+        // What cannot go now is tried again at the next heartbeat or member lookup.
+        self.owed_due = false;
+        let owed = match self.store.owed_group_messages(crate::consts::OUTBOX_BATCH) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("reading owed group messages failed: {e}");
+                return;
+            }
+        };
+        let mut unreachable: HashSet<String> = HashSet::new();
+        for o in owed {
+            if unreachable.contains(&o.user_id) {
+                continue;
+            }
+            if let Err(e) = self.deliver_owed_one(&o).await {
+                tracing::debug!(member = %o.user_id, "owed group message still waits: {e}");
+                unreachable.insert(o.user_id.clone());
+            }
+        }
+    }
+
+    async fn deliver_owed_one(
+        &mut self,
+        o: &tern_store::OwedGroupMessage,
+    ) -> Result<(), NodeError> {
+        let Some(m) = self.store.message(o.message_id)? else {
+            return Ok(());
+        };
+        let gid = user_bytes(&m.conversation.0)
+            .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
+        // An operation: sent as it is (a removed member is told of its removal).
+        let is_op = o.distribution.is_empty();
+        // A member removed meanwhile is owed no message any more.
+        if !is_op
+            && !self.state(&m.conversation.0)?.is_member(
+                &user_bytes(&o.user_id)
+                    .ok_or_else(|| NodeError::UnknownContact(o.user_id.clone()))?,
+            )
+        {
+            self.store
+                .transaction(|tx| tx.settle_owed_group_message(o.message_id, &o.user_id))?;
+            return Ok(());
+        }
+        self.ensure_peer(&o.user_id).await?;
+        let body = if is_op {
+            // The operation is the stored membership message itself.
+            let StoreBody::Structured { data, .. } = &m.body else {
+                return Err(NodeError::Store("an owed operation is not stored".into()));
+            };
+            Body::GroupOp {
+                op: ByteBuf::from(data.clone()),
+            }
+        } else {
+            Body::SenderKey {
+                distribution: ByteBuf::from(o.distribution.to_vec()),
+                message: Some(ByteBuf::from(o.ciphertext.clone())),
+            }
+        };
+        let mut env = self.own_group_envelope(gid, &m, body);
+        let user = o.user_id.clone();
+        let sent = self
+            .send_pairwise(
+                std::slice::from_ref(&user),
+                o.message_id,
+                &mut env,
+                &[o.message_id],
+            )
+            .await;
+        if let Body::SenderKey { distribution, .. } = env.body {
+            zeroize::Zeroize::zeroize(&mut distribution.into_vec());
+        }
+        match sent?.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The envelope of a stored own message of group `gid`, as it was sent, carrying `body`.
+    pub(crate) fn own_group_envelope(&self, gid: [u8; 16], m: &Message, body: Body) -> Envelope {
+        Envelope {
+            id: ByteArray::new(m.id.0),
+            conversation: Conversation::Group {
+                id: ByteArray::new(gid),
+            },
+            sender_user: ByteArray::new(*self.user.as_bytes()),
+            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            lists: Some(self.list_versions(None)),
+            grant: None,
+            heads: Vec::new(),
+            lamport: m.lamport,
+            seq: m.seq,
+            sent_at_ms: m.sent_at_ms,
+            body,
+        }
+    }
+}
