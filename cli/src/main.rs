@@ -956,6 +956,12 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                         n("texts_resent")
                     );
                 }
+                if n("group_waiting") > 0 {
+                    println!(
+                        "waiting {} group messages for their sender key or group",
+                        n("group_waiting")
+                    );
+                }
                 let h = &v["history"];
                 let hn = |k: &str| h.get(k).and_then(Value::as_u64).unwrap_or(0);
                 if hn("total") > 0 {
