@@ -63,6 +63,12 @@ fn print_status(v: &StatusInfo) {
             r.undecryptable, r.resends_asked, r.texts_resent
         );
     }
+    if r.group_waiting > 0 {
+        println!(
+            "waiting {} group messages for their sender key or group",
+            r.group_waiting
+        );
+    }
     let h = &v.history;
     if h.total > 0 {
         println!(

@@ -183,7 +183,8 @@ pub const MAX_GROUP_TITLE_BYTES: usize = 128;
 /// Group notifications are batched: at most one per conversation per this interval.
 pub const NOTIFY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Most group ciphertexts kept while waiting for their sender key or group (oldest go first).
+/// Most group ciphertexts kept while waiting for their sender key or group: past it new ones
+/// are refused (they stay in the relay's mailbox), none kept is pushed out.
 pub const MAX_GROUP_STASH: u32 = 10_000;
 
 /// Most of those from one device: the mail of a device past it stays in the relay's mailbox

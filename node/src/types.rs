@@ -382,6 +382,14 @@ pub struct RecoveryInfo {
     pub resends_asked: u64,
     /// Texts this device sent again because a contact's device asked.
     pub texts_resent: u64,
+    /// Group messages kept on this device now until their sender key or group arrives (the
+    /// stash; not a count since start).
+    #[serde(default)]
+    pub group_waiting: u64,
+    /// Group messages from devices of no known user seen since start: never kept on this
+    /// device, left at the relay (each fetch of the same one counts again).
+    #[serde(default)]
+    pub group_from_strangers: u64,
 }
 
 /// Connections to one contact device.

@@ -138,3 +138,53 @@ async fn peer_ids_on_one_ip_share_one_request_allowance() {
         3.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_connects_too_often_or_has_spent_its_requests_is_refused_before_the_handshake()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    // Three connections at once, then one per 1000 s; ten requests, then one per 1000 s.
+    let relay = Relay::start(
+        dir.path(),
+        "[connections]\nip_connections_per_sec = 0.001\nip_connections_burst = 3.0\n\
+         [rate]\nip_requests_per_sec = 0.001\nip_requests_burst = 10.0\n",
+    );
+    let clients = connect_many(&relay, 5).await;
+    assert_eq!(clients.len(), 3, "the burst of new connections, no more");
+    wait_metric(
+        &relay,
+        "tern_relay_connections_refused_total{reason=\"ip_connect_rate\"}",
+        2.0,
+    )
+    .await;
+    // Spend the address's requests: a connection is then refused for that first, whatever
+    // its own allowance (no connection token is taken for it).
+    for i in 0..10 {
+        tokio::time::timeout(WAIT, clients[i % 3].fetch(0, 1))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+    }
+    assert!(try_connect(&relay).await.is_none());
+    wait_metric(
+        &relay,
+        "tern_relay_connections_refused_total{reason=\"ip_requests\"}",
+        1.0,
+    )
+    .await;
+    // A refused request is told to wait its share: three connections from the address.
+    match tokio::time::timeout(WAIT, clients[0].fetch(0, 1))
+        .await
+        .unwrap()
+    {
+        Err(RequestError::Rejected(r)) => {
+            assert_eq!(r.code, ErrorCode::RateLimited);
+            assert!(
+                r.retry_after_ms.is_some_and(|ms| ms >= 10_000),
+                "{:?}",
+                r.retry_after_ms
+            );
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+}

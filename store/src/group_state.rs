@@ -270,6 +270,16 @@ impl Store {
             .read_ctx("read sender key shares")
     }
 
+    /// How many group ciphertexts the stash holds.
+    pub fn group_stash_len(&self) -> Result<u64, ReadError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM group_stash")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .read_ctx("count stashed group messages")?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Stashed group ciphertexts (from `sender_device` only, if given), oldest first, at
     /// most `limit`.
     pub fn stashed_group_messages(

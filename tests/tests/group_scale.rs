@@ -32,7 +32,7 @@ const BIG_CALL: Duration = Duration::from_secs(300);
 /// The relay's per-peer and per-IP limits are raised: one node adding hundreds of contacts
 /// and encrypting for hundreds of devices at once, with every member on 127.0.0.1, is what
 /// this test exercises, not the limiter.
-const RELAY_CONFIG: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\nip_requests_per_sec = 1000000.0\nip_requests_burst = 1000000.0\n[connections]\nmax_per_ip = 10000\n";
+const RELAY_CONFIG: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\nip_requests_per_sec = 1000000.0\nip_requests_burst = 1000000.0\n[connections]\nmax_per_ip = 10000\nip_connections_per_sec = 1000000.0\nip_connections_burst = 1000000.0\n";
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()

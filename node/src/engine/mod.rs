@@ -1112,7 +1112,10 @@ impl Engine {
             relays,
             listen: self.listen.iter().map(ToString::to_string).collect(),
             outbox,
-            recovery: self.recovery,
+            recovery: RecoveryInfo {
+                group_waiting: self.store.group_stash_len()?,
+                ..self.recovery
+            },
             history: self.history_info()?,
             unread: self.store.unread_total()?,
             push: self.push_info(),

@@ -341,6 +341,12 @@ pub struct ConnectionConfig {
     pub max_per_ip: u32,
     /// Most connections being set up at once. Default 256.
     pub max_pending_incoming: u32,
+    /// New inbound connections per second from one IPv4 address or IPv6 /64, sustained;
+    /// more are refused before their handshake (no key exchange is spent on them). Default 20.
+    pub ip_connections_per_sec: f64,
+    /// Burst of new inbound connections from one IP address (IPv6 /64). Default 256 (as many
+    /// as `max_per_ip`: a household behind one NAT address can all reconnect at once).
+    pub ip_connections_burst: f64,
     /// A connection with no open stream closes after this many seconds. Default 300; a
     /// client's heartbeats keep it open.
     pub idle_timeout_secs: u64,
@@ -361,6 +367,8 @@ impl Default for ConnectionConfig {
             max_per_peer: 4,
             max_per_ip: 256,
             max_pending_incoming: 256,
+            ip_connections_per_sec: 20.0,
+            ip_connections_burst: 256.0,
             idle_timeout_secs: 300,
             max_concurrent_streams: 64,
             read_budget_bytes: 64 * 1024 * 1024,
@@ -530,6 +538,14 @@ impl Config {
             ("rate.refusals_burst", self.rate.refusals_burst),
             ("rate.ip_requests_per_sec", self.rate.ip_requests_per_sec),
             ("rate.ip_requests_burst", self.rate.ip_requests_burst),
+            (
+                "connections.ip_connections_per_sec",
+                self.connections.ip_connections_per_sec,
+            ),
+            (
+                "connections.ip_connections_burst",
+                self.connections.ip_connections_burst,
+            ),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return invalid(field, "must be a positive number");
@@ -632,6 +648,14 @@ mod tests {
         assert_eq!(parsed.rate.deposits_burst, d.rate.deposits_burst);
         assert_eq!(parsed.connections.max_per_peer, d.connections.max_per_peer);
         assert_eq!(parsed.connections.max_per_ip, d.connections.max_per_ip);
+        assert_eq!(
+            parsed.connections.ip_connections_per_sec,
+            d.connections.ip_connections_per_sec
+        );
+        assert_eq!(
+            parsed.connections.ip_connections_burst,
+            d.connections.ip_connections_burst
+        );
         assert_eq!(parsed.rate.ip_requests_per_sec, d.rate.ip_requests_per_sec);
         assert_eq!(parsed.rate.ip_requests_burst, d.rate.ip_requests_burst);
         assert_eq!(parsed.blobs.max_blob_bytes, d.blobs.max_blob_bytes);

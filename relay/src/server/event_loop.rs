@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE, claims::ClaimLimits, config::Config,
-    iplimit::IpKey, metrics::Metrics, presence::Presence, push, ratelimit::Limiter, storage,
+    iplimit::IpKey, metrics::Metrics, presence::Presence, push, quota::Share, ratelimit::Limiter,
+    storage,
 };
 use crate::wire::{
     ErrorCode, Frame, Rejection, directory as dw,
@@ -33,6 +34,14 @@ use crate::wire::{
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often idle rate-limit buckets are forgotten.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long a counted refusal (`IntroFull`, `NoGrant`) is held back before it is answered
+/// (see `refuse_stranger`).
+const REFUSAL_DELAY: Duration = Duration::from_secs(1);
+
+/// Longest wait a request refused by its address's allowance is told (its share of the
+/// wait grows with the connections from that address).
+const MAX_IP_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
 
@@ -53,6 +62,8 @@ enum Completion {
         refused: Vec<mailbox::Refusal>,
         /// The depositing peer.
         sender: PeerId,
+        /// The one mailbox of an introduction (a deposit to one mailbox, without a grant).
+        intro_to: Option<PeerId>,
         result: Result<storage::Deposited, storage::OpError>,
     },
     Fetch {
@@ -104,6 +115,11 @@ enum Completion {
     },
     /// Nothing to do (an early notice that never came because the deposit failed).
     Nothing,
+    /// A refused deposit whose answer was held back (see `refuse_stranger`).
+    Refuse {
+        channel: ResponseChannel<Frame>,
+        rejection: Rejection,
+    },
 }
 
 /// Frames queued for one client's live stream; when full, pushes fall back to `Deliver`
@@ -154,8 +170,12 @@ pub(crate) struct EventLoop {
     penalties: super::penalty::Penalties,
     requests: Limiter<PeerId>,
     deposits: Limiter<PeerId>,
-    /// Requests per IP address (IPv6 /64), shared by every PeerId connecting from it.
-    ip_requests: Limiter<IpKey>,
+    /// Peers told `RateLimited`: until when, and how many requests they sent in that time.
+    /// One that keeps sending (more than a connection's streams could have had in flight
+    /// when it was told) is disconnected: its requests cost the relay even when refused.
+    rate_limited: HashMap<PeerId, (Instant, u32)>,
+    /// Introductions just refused as `IntroFull`, refused again from memory.
+    intro_full: super::introfull::Memory,
     /// The address (key) of each connected peer's latest inbound connection.
     peer_ips: HashMap<PeerId, IpKey>,
     /// One-time prekeys handed out, per claimer and device and per device.
@@ -196,7 +216,8 @@ impl EventLoop {
             ),
             requests: Limiter::new(cfg.rate.requests_per_sec, cfg.rate.requests_burst),
             deposits: Limiter::new(cfg.rate.deposits_per_sec, cfg.rate.deposits_burst),
-            ip_requests: Limiter::new(cfg.rate.ip_requests_per_sec, cfg.rate.ip_requests_burst),
+            rate_limited: HashMap::new(),
+            intro_full: super::introfull::Memory::default(),
             peer_ips: HashMap::new(),
             claims: ClaimLimits::new(&cfg.prekeys),
             push_registered: loaded.push.iter().map(|(p, _)| *p).collect(),
@@ -250,7 +271,9 @@ impl EventLoop {
                     self.requests.prune(now);
                     self.deposits.prune(now);
                     self.penalties.prune(now);
-                    self.ip_requests.prune(now);
+                    self.swarm.behaviour_mut().limits.gate().prune(now);
+                    self.rate_limited.retain(|_, (until, _)| *until > now);
+                    self.intro_full.prune(now);
                     self.claims.prune(now);
                 }
                 _ = coalesce.tick() => self.flush_presence(),
@@ -306,6 +329,7 @@ impl EventLoop {
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
                     self.peer_ips.remove(&peer_id);
+                    self.rate_limited.remove(&peer_id);
                     self.listening.remove(&peer_id);
                     // Dropping the queue ends the stream's task.
                     self.live.remove(&peer_id);
@@ -442,14 +466,49 @@ impl EventLoop {
         ));
     }
 
+    /// Refuses a deposit of `peer`. A refusal that counts against it (`IntroFull`,
+    /// `NoGrant`: see `penalty.rs`) is answered only after [`REFUSAL_DELAY`]: each request
+    /// costs the relay work even when refused, and so a peer that keeps depositing where it
+    /// may not can have each of its streams refused at most once a second (until it is
+    /// banned), rather than as fast as the relay can answer. An honest node backs off for
+    /// longer than that after such a refusal anyway, and its other requests are not held.
+    fn refuse_stranger(
+        &mut self,
+        peer: PeerId,
+        channel: ResponseChannel<Frame>,
+        rejection: Rejection,
+    ) {
+        let delay = self.penalize(peer, rejection.code);
+        if delay.is_zero() {
+            return self.reject(Proto::Mailbox, channel, rejection);
+        }
+        self.pending.push(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Completion::Refuse { channel, rejection }
+        }));
+    }
+
     /// Counts a refusal against `peer` (see `penalty.rs`); past its allowance the peer is
-    /// disconnected and banned.
-    fn penalize(&mut self, peer: PeerId, code: ErrorCode) {
-        if super::penalty::Penalties::counts(code) && self.penalties.refused(peer, Instant::now()) {
+    /// disconnected and banned. Returns how long to hold back its answer.
+    fn penalize(&mut self, peer: PeerId, code: ErrorCode) -> Duration {
+        let now = Instant::now();
+        if super::penalty::Penalties::counts(code) && self.penalties.refused(peer, now) {
             self.metrics.peers_banned.fetch_add(1, Relaxed);
+            // Its new connections are refused at the end of their handshake from now on.
+            let until = now + Duration::from_secs(self.cfg.rate.ban_secs);
+            self.swarm
+                .behaviour_mut()
+                .limits
+                .gate()
+                .ban(peer, until, now);
             tracing::info!(%peer, "banned for repeated deposits without a grant");
             let _ = self.swarm.disconnect_peer_id(peer);
+            return Duration::ZERO;
         }
+        if !super::penalty::Penalties::counts(code) {
+            return Duration::ZERO;
+        }
+        REFUSAL_DELAY
     }
 
     fn reject(&mut self, proto: Proto, channel: ResponseChannel<Frame>, rejection: Rejection) {
@@ -482,6 +541,9 @@ impl EventLoop {
             );
         }
         if let Err(wait) = self.admit_request(peer) {
+            if self.disregards_limit(peer, wait) {
+                return;
+            }
             return self.reject(
                 proto,
                 channel,
@@ -597,15 +659,23 @@ impl EventLoop {
                     self.metrics.reject(r.code);
                 }
                 if admitted.to.is_empty() {
-                    self.penalize(peer, ErrorCode::NoGrant);
-                    return self.reject(
-                        Proto::Mailbox,
-                        channel,
-                        Rejection::new(ErrorCode::NoGrant),
-                    );
+                    return self.refuse_stranger(peer, channel, Rejection::new(ErrorCode::NoGrant));
                 }
                 let refused_early = admitted.refused;
                 let recipients = admitted.to;
+                let intro_to = match recipients.as_slice() {
+                    [(r, Share::Intro)] if refused_early.is_empty() => Some(*r),
+                    _ => None,
+                };
+                if let Some(r) = intro_to
+                    && self.intro_full.full(&r, &peer, Instant::now())
+                {
+                    return self.refuse_stranger(
+                        peer,
+                        channel,
+                        Rejection::new(ErrorCode::IntroFull),
+                    );
+                }
                 let ttl = ttl_secs
                     .map_or(m.ttl_secs, |t| u64::from(t).min(m.ttl_secs))
                     .max(1);
@@ -657,6 +727,7 @@ impl EventLoop {
                     Completion::Deposit {
                         channel,
                         sender: peer,
+                        intro_to,
                         size,
                         refused: refused_early,
                         result: await_reply(rx).await,
@@ -730,6 +801,8 @@ impl EventLoop {
                     return self.reject(Proto::Mailbox, channel, Rejection::new(code));
                 }
                 let hashes: Vec<[u8; 32]> = hashes.into_iter().map(|h| h.into_array()).collect();
+                // Which deposits are introductions may change.
+                self.intro_full.forget_owner(&peer);
                 let now = now_ms();
                 let stored = hashes.clone();
                 self.submit(
@@ -849,9 +922,13 @@ impl EventLoop {
                 }
             }
             Completion::Nothing => {}
+            Completion::Refuse { channel, rejection } => {
+                self.reject(Proto::Mailbox, channel, rejection)
+            }
             Completion::Deposit {
                 channel,
                 sender,
+                intro_to,
                 size,
                 refused,
                 result,
@@ -888,8 +965,12 @@ impl EventLoop {
                 Err(e) => {
                     tracing::debug!(error = %e, "deposit failed");
                     let rejection = busy(e);
-                    self.penalize(sender, rejection.code);
-                    self.reject(Proto::Mailbox, channel, rejection);
+                    if rejection.code == ErrorCode::IntroFull
+                        && let Some(owner) = intro_to
+                    {
+                        self.intro_full.note(owner, sender, Instant::now());
+                    }
+                    self.refuse_stranger(sender, channel, rejection);
                 }
             },
             Completion::Fetch { channel, result } => match result {
@@ -1066,19 +1147,55 @@ impl EventLoop {
     fn admit_request(&mut self, peer: PeerId) -> Result<(), Duration> {
         let now = Instant::now();
         self.requests.take(&peer, 1.0, now)?;
-        if let Some(ip) = self.peer_ips.get(&peer)
-            && let Err(wait) = self.ip_requests.take(ip, 1.0, now)
-        {
-            self.metrics.rate_limited_by_ip.fetch_add(1, Relaxed);
-            return Err(wait);
+        if let Some(ip) = self.peer_ips.get(&peer).copied() {
+            let limits = &mut self.swarm.behaviour_mut().limits;
+            if let Err(wait) = limits.gate().take_request(&ip, now) {
+                self.metrics.rate_limited_by_ip.fetch_add(1, Relaxed);
+                // The address's allowance is shared by its connections: each is asked to
+                // wait for its share, so that all of them together come back at its rate
+                // rather than at once.
+                let share = limits.connections_from(ip).max(1);
+                return Err(wait.saturating_mul(share).min(MAX_IP_RETRY_AFTER));
+            }
         }
         Ok(())
+    }
+
+    /// Notes that `peer` is told to wait `wait`; true when it has kept sending while told to
+    /// wait and was disconnected for it (its request is then dropped unanswered).
+    fn disregards_limit(&mut self, peer: PeerId, wait: Duration) -> bool {
+        let now = Instant::now();
+        // What its connections could have had in flight when it was told: three request
+        // protocols, each with its streams.
+        let c = &self.cfg.connections;
+        let tolerated = (c.max_concurrent_streams as u32)
+            .saturating_mul(3)
+            .saturating_mul(c.max_per_peer);
+        match self.rate_limited.get_mut(&peer) {
+            Some((until, sent)) if *until > now => {
+                *sent += 1;
+                if *sent <= tolerated {
+                    return false;
+                }
+                self.rate_limited.remove(&peer);
+                self.metrics.peers_cut_off.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, "disconnected for ignoring its retry time");
+                let _ = self.swarm.disconnect_peer_id(peer);
+                true
+            }
+            _ => {
+                self.rate_limited.insert(peer, (now + wait, 1));
+                false
+            }
+        }
     }
 
     /// Deletes `peer`'s acknowledged mailbox entries; a request (`channel`) is answered when
     /// that is done, an acknowledgement from a live stream is not (if it is lost, the message
     /// stays in the mailbox and comes again).
     fn submit_ack(&mut self, peer: PeerId, ids: Vec<u64>, channel: Option<ResponseChannel<Frame>>) {
+        // Room is made in `peer`'s mailbox.
+        self.intro_full.forget_owner(&peer);
         let (reply, rx) = oneshot::channel();
         if let Err(e) = self.storage.submit(storage::Op::Ack {
             owner: peer,
@@ -1181,6 +1298,8 @@ impl EventLoop {
     }
 
     fn start_expiry(&mut self) {
+        // Expired mail makes room in any mailbox.
+        self.intro_full.clear();
         let idle_ms = self.cfg.mailbox.grant_idle_secs.saturating_mul(1000);
         self.grants.expire(now_ms().saturating_sub(idle_ms));
         let (reply, rx) = oneshot::channel();

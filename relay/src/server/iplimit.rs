@@ -16,6 +16,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
     task::{Context, Poll},
+    time::Instant,
 };
 
 use libp2p::{
@@ -28,7 +29,7 @@ use libp2p::{
     },
 };
 
-use super::metrics::Metrics;
+use super::{gate::Gate, metrics::Metrics};
 
 /// What connections are counted by: an IPv4 address, or the first 64 bits of an IPv6
 /// address. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) counts as its IPv4 address.
@@ -78,15 +79,26 @@ pub enum Refusal {
     PerPeer,
     /// `connections.max_per_ip` connections from this IPv4 address or IPv6 /64 were open.
     PerIp,
+    /// This IPv4 address or IPv6 /64 connected more often than
+    /// `connections.ip_connections_per_sec` allows (refused before the handshake).
+    IpConnectRate,
+    /// This IPv4 address or IPv6 /64 has used up its request allowance
+    /// (`rate.ip_requests_per_sec`; refused before the handshake).
+    IpRequests,
+    /// The peer is banned (refused when its handshake shows its PeerId).
+    Banned,
 }
 
 impl Refusal {
     /// Every reason, in metrics order.
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::Pending,
         Refusal::Total,
         Refusal::PerPeer,
         Refusal::PerIp,
+        Refusal::IpConnectRate,
+        Refusal::IpRequests,
+        Refusal::Banned,
     ];
 
     /// The metrics label.
@@ -96,6 +108,9 @@ impl Refusal {
             Refusal::Total => "total",
             Refusal::PerPeer => "per_peer",
             Refusal::PerIp => "per_ip",
+            Refusal::IpConnectRate => "ip_connect_rate",
+            Refusal::IpRequests => "ip_requests",
+            Refusal::Banned => "banned",
         }
     }
 }
@@ -253,20 +268,33 @@ impl Counts {
     }
 }
 
-/// The admission behaviour: [`Counts`] wired into the swarm, refusals counted in metrics.
+/// The admission behaviour: [`Counts`] and the [`Gate`] wired into the swarm, refusals
+/// counted in metrics.
 #[derive(Debug)]
 pub struct Behaviour {
     counts: Counts,
+    gate: Gate,
     metrics: Arc<Metrics>,
 }
 
 impl Behaviour {
-    /// A gate with these limits.
-    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
+    /// Admission with these limits and this gate.
+    pub fn new(limits: Limits, gate: Gate, metrics: Arc<Metrics>) -> Self {
         Self {
             counts: Counts::new(limits),
+            gate,
             metrics,
         }
+    }
+
+    /// The per-address allowances and bans.
+    pub fn gate(&mut self) -> &mut Gate {
+        &mut self.gate
+    }
+
+    /// Open and pending inbound connections from `key`.
+    pub fn connections_from(&self, key: IpKey) -> u32 {
+        self.counts.from_ip(key)
     }
 
     fn deny(&self, r: Refusal) -> ConnectionDenied {
@@ -285,6 +313,9 @@ impl NetworkBehaviour for Behaviour {
         _local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
+        self.gate
+            .admit_connection(IpKey::of_addr(remote_addr), Instant::now())
+            .map_err(|r| self.deny(r))?;
         self.counts
             .pending_inbound(connection_id, remote_addr)
             .map_err(|r| self.deny(r))
@@ -297,6 +328,10 @@ impl NetworkBehaviour for Behaviour {
         _local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        // Its pending slot is released by the `ListenFailure` that follows a refusal.
+        self.gate
+            .admit_peer(&peer, Instant::now())
+            .map_err(|r| self.deny(r))?;
         self.counts
             .established(connection_id, peer, Some(remote_addr))
             .map_err(|r| self.deny(r))?;

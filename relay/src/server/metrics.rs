@@ -79,6 +79,8 @@ pub struct Metrics {
     pub rate_limited_by_ip: AtomicU64,
     /// Peers banned for collecting too many grant refusals (see `penalty.rs`).
     pub peers_banned: AtomicU64,
+    /// Peers disconnected for sending on while told `RateLimited`.
+    pub peers_cut_off: AtomicU64,
     /// Prekey claims answered with the fallback key because the claimer or the device was
     /// over its one-time-key claim limit (while one-time keys may have been left).
     pub claims_limited: AtomicU64,
@@ -284,6 +286,12 @@ impl Metrics {
             "Peers disconnected and banned for collecting too many intro_full/no_grant refusals.",
             "counter",
             g(&self.peers_banned),
+        );
+        counter(
+            "tern_relay_peers_cut_off_total",
+            "Peers disconnected for sending on while told rate_limited.",
+            "counter",
+            g(&self.peers_cut_off),
         );
         counter(
             "tern_relay_prekey_claims_limited_total",

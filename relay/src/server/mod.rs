@@ -8,9 +8,11 @@ pub mod claims;
 pub mod config;
 pub mod directory;
 mod event_loop;
+pub mod gate;
 pub mod grants;
 pub mod http;
 pub mod identity;
+pub mod introfull;
 pub mod iplimit;
 pub mod metrics;
 pub mod penalty;
@@ -161,6 +163,7 @@ fn build_swarm(
 ) -> Result<libp2p::Swarm<Behaviour>, RunError> {
     let conn = cfg.connections.clone();
     let circuit = cfg.circuit.clone();
+    let rate = cfg.rate.clone();
     // One read budget for the requests of every protocol and connection.
     let budget = Arc::new(tokio::sync::Semaphore::new(conn.read_budget_bytes));
     let swarm = SwarmBuilder::with_existing_identity(key)
@@ -182,6 +185,10 @@ fn build_swarm(
                         max_per_peer: conn.max_per_peer,
                         max_per_ip: conn.max_per_ip,
                     },
+                    gate::Gate::new(
+                        (conn.ip_connections_per_sec, conn.ip_connections_burst),
+                        (rate.ip_requests_per_sec, rate.ip_requests_burst),
+                    ),
                     metrics,
                 ),
                 identify: identify::Behaviour::new(

@@ -30,7 +30,7 @@ use super::{Opts, Report, per_sec, quantile};
 use crate::support::{Node, Relay, WAIT, link_pair, wait_direct, wait_for, wait_outbox_empty};
 
 /// Relay config for the bench: rate limits far above anything it sends.
-pub(crate) const UNLIMITED: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\nip_requests_per_sec = 1000000.0\nip_requests_burst = 1000000.0\n[connections]\nmax_per_ip = 10000\n";
+pub(crate) const UNLIMITED: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\nip_requests_per_sec = 1000000.0\nip_requests_burst = 1000000.0\n[connections]\nmax_per_ip = 10000\nip_connections_per_sec = 1000000.0\nip_connections_burst = 1000000.0\n";
 
 /// Messages per second in the latency runs.
 const RATE: u64 = 50;

@@ -83,7 +83,7 @@ fn relay_config(metrics_port: u16) -> String {
          [rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\n\
          deposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n\
          ip_requests_per_sec = 1000000.0\nip_requests_burst = 1000000.0\n\
-         [connections]\nmax_per_ip = 10000\n\
+         [connections]\nmax_per_ip = 10000\nip_connections_per_sec = 1000000.0\nip_connections_burst = 1000000.0\n\
          [mailbox]\nmax_messages = 1000000\n"
     )
 }

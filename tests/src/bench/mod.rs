@@ -17,6 +17,8 @@ mod media;
 mod relay;
 mod store;
 
+pub use relay::{ATTACK_ARG, flood_attacker};
+
 /// Options every suite receives.
 #[derive(Clone, Copy, Debug)]
 pub struct Opts {
@@ -194,6 +196,7 @@ pub const SUITES: &[Suite] = &[
     ("crypto", crypto::run),
     ("store", store::run),
     ("relay", relay::run),
+    ("relay-flood", relay::run_flood),
     ("delivery", delivery::run),
     ("group", group::run),
     ("devices", devices::run),

@@ -27,8 +27,9 @@
 //!   rates) except the per-IP limits, raised ([`FLOOD_CONFIG`]) so the attackers, all on
 //!   127.0.0.1, stand for attackers on many addresses and meet the mailbox's rules rather
 //!   than the per-IP limit; the victim and the legitimate sender connect over `::1`. The
-//!   relay, the attackers and the legitimate sender share the machine's cores, so the ratio
-//!   also counts the CPU the attackers' own clients take. Reported with it:
+//!   attackers run in a `tern-bench` process of their own (started with a hidden argument,
+//!   [`ATTACK_ARG`]), so the legitimate sender's figures do not queue behind their tasks; the
+//!   relay and both processes still share the machine's cores. Reported with it:
 //!   `relay.flood_legit_refused` (the run fails if it is not 0), `_attacker_accepted`
 //!   against the introductions share and `_attacker_accepted_max_per_identity`,
 //!   `_attacker_refused_<code>` per refusal reason (`intro_full`, `no_grant`,
@@ -108,6 +109,8 @@ ip_requests_per_sec = 1000000000.0
 ip_requests_burst = 1000000000.0
 [connections]
 max_per_ip = 20000
+ip_connections_per_sec = 1000000000.0
+ip_connections_burst = 1000000000.0
 ";
 /// The per-IP flood run's relay: the relay's defaults throughout, so the attackers, all on
 /// one address, share one per-IP allowance.
@@ -128,6 +131,8 @@ ip_requests_burst = 1000000000.0
 [connections]
 max_established = 20000
 max_per_ip = 20000
+ip_connections_per_sec = 1000000000.0
+ip_connections_burst = 1000000000.0
 max_concurrent_streams = 1024
 ";
 
@@ -138,6 +143,16 @@ pub fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(run_async(opts, report))
+}
+
+/// Runs the flood figures of the suite only (`relay-flood`): `relay.flood_*` and
+/// `relay.flood_ip_limited_*`.
+pub fn run_flood(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(floods(opts, report))
 }
 
 async fn run_async(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
@@ -220,9 +235,24 @@ async fn run_async(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     report.value("relay.idle_connection_bytes", per_conn, "bytes");
     drop(fresh);
 
-    // A closed mailbox under a flood of strangers: the same legitimate load alone, then with
-    // the attackers, on one relay; then with the attackers on a relay with default per-IP
-    // limits.
+    floods(opts, report).await?;
+
+    mosquitto(
+        report,
+        deposits,
+        push_messages,
+        relay_rate,
+        &mut relay_lat,
+        &mut push_lat,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A closed mailbox under a flood of strangers: the same legitimate load alone, then with
+/// the attackers, on one relay; then with the attackers on a relay with default per-IP
+/// limits.
+async fn floods(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let legit = opts.size(800, 40);
     let identities = opts.size(100, 10);
     let flood_relay = RelayProcess::start_with(FLOOD_CONFIG, FLOOD_LISTEN)?;
@@ -246,18 +276,7 @@ async fn run_async(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         "relay.flood_ip_limited",
         &mut baseline,
         &mut ip_limited,
-    )?;
-
-    mosquitto(
-        report,
-        deposits,
-        push_messages,
-        relay_rate,
-        &mut relay_lat,
-        &mut push_lat,
     )
-    .await?;
-    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -790,7 +809,7 @@ struct LegitOutcome {
 }
 
 /// What the attacking identities got, all together.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct AttackTally {
     /// Deposits answered (accepted or refused).
     attempts: usize,
@@ -935,6 +954,116 @@ async fn attacker(c: Client, i: usize, to: PeerId, stop: Arc<AtomicBool>) -> Att
     all
 }
 
+/// The argument of `tern-bench` that makes it an attacker process of the flood runs
+/// (hidden; see [`flood_attacker`]).
+pub const ATTACK_ARG: &str = "--flood-attack";
+
+/// The attacker side of a flood run, in a `tern-bench` process of its own: connects
+/// `identities` fresh identities to `addr` (one connection each), prints `ready`, floods `to`
+/// with attacker loops until its standard input closes, then prints what they got as one
+/// JSON line and returns.
+pub fn flood_attacker(addr: &str, to: &str, identities: usize) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let addr: Multiaddr = addr.parse().context("attack address")?;
+    let to: PeerId = to.parse().context("attacked mailbox")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let tally = rt.block_on(async move {
+        let mut attackers = Vec::with_capacity(identities);
+        for chunk in 0..identities.div_ceil(50) {
+            attackers.extend(futures_join(50.min(identities - chunk * 50), &addr).await?);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks: Vec<_> = attackers
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| tokio::spawn(attacker(c, i, to, stop.clone())))
+            .collect();
+        println!("ready");
+        std::io::stdout().flush()?;
+        // The parent closes our standard input to stop the attack (or dies).
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        })
+        .await?;
+        stop.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + FLOOD_WAIT;
+        let mut all = AttackTally::default();
+        for t in tasks {
+            let one = tokio::time::timeout_at(deadline, t)
+                .await
+                .with_context(|| format!("attackers still busy {FLOOD_WAIT:?} after the stop"))?
+                .context("attacker task")?;
+            all.add(one);
+        }
+        anyhow::Ok(all)
+    })?;
+    println!("{}", serde_json::to_string(&tally)?);
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// A running attacker process (`tern-bench --flood-attack`); killed on drop.
+struct AttackProcess {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl AttackProcess {
+    /// Starts the attackers and waits until all of them are connected.
+    fn start(addr: &Multiaddr, to: PeerId, identities: usize) -> anyhow::Result<Self> {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                ATTACK_ARG,
+                &addr.to_string(),
+                &to.to_string(),
+                &identities.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start the attacker process")?;
+        let stdout = child.stdout.take().context("attacker stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let this = Self { child, lines };
+        match this.lines.recv_timeout(FLOOD_WAIT) {
+            Ok(l) if l == "ready" => Ok(this),
+            Ok(l) => bail!("the attacker process said {l:?} instead of ready"),
+            Err(_) => bail!("the attackers did not connect within {FLOOD_WAIT:?}"),
+        }
+    }
+
+    /// Stops the attack and returns what it got.
+    fn stop(mut self) -> anyhow::Result<AttackTally> {
+        drop(self.child.stdin.take());
+        let line = self.lines.recv_timeout(FLOOD_WAIT).with_context(|| {
+            format!("no tally from the attackers {FLOOD_WAIT:?} after the stop")
+        })?;
+        let tally = serde_json::from_str(&line).context("the attackers' tally")?;
+        Ok(tally)
+    }
+}
+
+impl Drop for AttackProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One flood run on `relay`: a fresh victim (on the relay's IPv6 address) registers grant
 /// `[phase; 32]`; `identities` attackers connect (on its IPv4 address) and flood the victim
 /// while the legitimate sender (IPv6) makes `legit` deposits under that grant; then the
@@ -957,17 +1086,13 @@ async fn flood_run(
     let to = victim.local_peer_id();
 
     let v4 = relay.addr_of(false)?;
-    let mut attackers = Vec::with_capacity(identities);
-    for chunk in 0..identities.div_ceil(50) {
-        attackers.extend(futures_join(50.min(identities - chunk * 50), v4).await?);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
+    // The attackers run in a process of their own, so the legitimate sender's figures do
+    // not queue behind their tasks in this one.
+    let mut attack = match identities {
+        0 => None,
+        n => Some(AttackProcess::start(v4, to, n)?),
+    };
     let started = Instant::now();
-    let tasks: Vec<_> = attackers
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| tokio::spawn(attacker(c, i, to, stop.clone())))
-        .collect();
 
     let (tx, rx) = tokio::sync::oneshot::channel();
     let v6 = relay.addr_of(true)?.clone();
@@ -976,20 +1101,16 @@ async fn flood_run(
     });
     let bound = Duration::from_secs_f64(legit as f64 / FLOOD_RATE as f64) + FLOOD_WAIT;
     let outcome = tokio::time::timeout(bound, rx).await;
-    stop.store(true, Ordering::Relaxed);
+    let tally = match attack.take() {
+        Some(a) => tokio::task::spawn_blocking(move || a.stop())
+            .await
+            .context("attack process")??,
+        None => AttackTally::default(),
+    };
     let legit = outcome
         .with_context(|| format!("the legitimate sender did not finish within {bound:?}"))?
         .context("legitimate sender thread")??;
-
-    let deadline = tokio::time::Instant::now() + FLOOD_WAIT;
-    let mut attack = AttackTally::default();
-    for t in tasks {
-        let one = tokio::time::timeout_at(deadline, t)
-            .await
-            .with_context(|| format!("attackers still busy {FLOOD_WAIT:?} after the stop"))?
-            .context("attacker task")?;
-        attack.add(one);
-    }
+    let attack = tally;
     let attack_time = started.elapsed();
     let usage = victim.usage().await.context("the victim's usage")?;
     Ok(FloodRun {

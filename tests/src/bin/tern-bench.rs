@@ -7,7 +7,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tern_tests::bench::{Opts, Report, SUITES};
+use tern_tests::bench::{ATTACK_ARG, Opts, Report, SUITES, flood_attacker};
 
 /// Run Tern's benchmarks. Every figure is printed with the baseline it was measured against in
 /// the same run and the ratio value / baseline.
@@ -26,6 +26,14 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The relay suite's flood runs start this binary again as their attacker process.
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some(ATTACK_ARG) {
+        let [addr, to, n] = &raw[2..] else {
+            bail!("usage: tern-bench {ATTACK_ARG} <relay address> <mailbox> <identities>");
+        };
+        return flood_attacker(addr, to, n.parse().context("identities")?);
+    }
     let args = Args::parse();
     let names: Vec<&str> = SUITES.iter().map(|(n, _)| *n).collect();
     let chosen: Vec<&str> = if args.suites.iter().any(|s| s == "all") {

@@ -88,6 +88,7 @@ impl Engine {
         // mailbox's quota, and is read once the device is learned (lists are fetched again).
         // So a stranger can never fill the stash and keep a member's message out.
         if !self.device_owner.contains_key(&sender) {
+            self.recovery.group_from_strangers += 1;
             self.want_device_lists();
             tracing::info!(%sender, "group message from a device of no known user; left at the relay");
             return false;
