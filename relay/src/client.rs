@@ -61,7 +61,7 @@ impl Default for Config {
 pub enum Event {
     /// New mail (after [`Client::listen`]); still to be acknowledged.
     Delivered(Vec<Envelope>),
-    /// Changes of subscribed peers (after [`Client::subscribe`]).
+    /// Changes of subscribed peers (after [`Requests::subscribe`]).
     Presence(Vec<presence::Entry>),
 }
 
@@ -296,7 +296,7 @@ impl Client {
     }
 
     /// Acknowledges pushed messages on the live stream when one is open (no answer comes:
-    /// a lost acknowledgement leaves the message in the mailbox), else like [`Client::ack`].
+    /// a lost acknowledgement leaves the message in the mailbox), else like [`Requests::ack`].
     pub async fn ack_pushed(&self, ids: Vec<u64>) -> Result<(), RequestError> {
         let live = self
             .live
