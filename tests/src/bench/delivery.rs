@@ -29,8 +29,9 @@ use tern_relay::client::{Client, Config, Event as RelayEvent, Keypair};
 use super::{Opts, Report, per_sec, quantile};
 use crate::support::{Node, Relay, WAIT, link_pair, wait_direct, wait_for, wait_outbox_empty};
 
-/// Relay config for the bench: rate limits far above anything it sends.
-pub(crate) const UNLIMITED: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\nip_requests_per_sec = 1000000.0\nip_requests_burst = 1000000.0\n[connections]\nmax_per_ip = 10000\nip_connections_per_sec = 1000000.0\nip_connections_burst = 1000000.0\n";
+/// Relay config for the bench: rate limits and mailbox quotas far above anything it sends
+/// (the raw baselines deposit without a grant, as introductions).
+pub(crate) const UNLIMITED: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\ndeposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\nip_requests_per_sec = 1000000.0\nip_requests_burst = 1000000.0\n[connections]\nmax_per_ip = 10000\nip_connections_per_sec = 1000000.0\nip_connections_burst = 1000000.0\n[mailbox]\nmax_messages = 100000000\nmax_bytes = 1000000000000\nintro_max_messages = 100000000\nintro_max_bytes = 1000000000000\nintro_per_sender = 100000000\n";
 
 /// Messages per second in the latency runs.
 const RATE: u64 = 50;

@@ -84,7 +84,8 @@ fn relay_config(metrics_port: u16) -> String {
          deposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n\
          ip_requests_per_sec = 1000000.0\nip_requests_burst = 1000000.0\n\
          [connections]\nmax_per_ip = 10000\nip_connections_per_sec = 1000000.0\nip_connections_burst = 1000000.0\n\
-         [mailbox]\nmax_messages = 1000000\n"
+         [mailbox]\nmax_messages = 1000000\nintro_max_messages = 1000000\n\
+         intro_max_bytes = 1000000000000\nintro_per_sender = 1000000\n"
     )
 }
 
