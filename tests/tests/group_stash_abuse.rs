@@ -27,8 +27,9 @@ use tern_crypto::{
     group::{GroupId, OutboundSenderKey},
 };
 use tern_relay::client::{Client, Config, Keypair};
-use tern_relay::wire::ErrorCode;
-use tern_tests::support::{Node, Relay, group_history, link_pair, message_texts, wait_for};
+use tern_tests::support::{
+    Node, Relay, group_history, link_pair, message_texts, refusal, wait_for, wait_mailbox_closed,
+};
 
 /// Longest wait for anything to arrive (a 2-core CI machine, debug build).
 const WAIT: Duration = Duration::from_secs(180);
@@ -45,13 +46,6 @@ const BOB_RELAY: &str = "[mailbox]\nmax_messages = 20000\nintro_max_messages = 1
                          ip_requests_per_sec = 100000.0\nip_requests_burst = 100000.0\n";
 /// What Carol sends while Bob does not know the group yet.
 const REAL: &str = "sent before bob knew the group";
-
-fn refusal(e: tern_relay::client::RequestError) -> ErrorCode {
-    match e {
-        tern_relay::client::RequestError::Rejected(r) => r.code,
-        other => panic!("expected a refusal, got {other}"),
-    }
-}
 
 /// `recovery.<field>` of a node's status.
 fn recovery(node: &Node, field: &str) -> Option<u64> {
@@ -82,24 +76,14 @@ fn strangers_group_messages_do_not_evict_a_stashed_message() {
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // Bob's node closes his mailbox (registers its grants): strangers are then introductions.
-    let prober = rt
-        .block_on(Client::connect(
-            Keypair::generate_ed25519(),
-            addr.clone(),
-            Config::default(),
-        ))
-        .unwrap()
-        .0;
-    wait_for("bob's mailbox closed to strangers", WAIT, || {
-        let r =
-            rt.block_on(prober.deposit_with(vec![victim], vec![Some([0; 32])], None, vec![1; 16]));
-        match r {
-            Err(e) => (refusal(e) == ErrorCode::NoGrant).then_some(()),
-            Ok(_) => None,
-        }
-    })
+    wait_mailbox_closed(
+        &rt,
+        &r2.addr,
+        victim,
+        "bob's mailbox closed to strangers",
+        WAIT,
+    )
     .unwrap();
-    drop(prober);
 
     // Bob and his relay go away; Alice makes the group, Carol joins it, Alice goes away with
     // her operations for Bob still waiting for his relay.

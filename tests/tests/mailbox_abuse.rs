@@ -10,7 +10,9 @@ use tern_relay::rpc::Requests as _;
 use serde_json::{Value, json};
 use tern_relay::client::{Client, Config, Keypair};
 use tern_relay::wire::ErrorCode;
-use tern_tests::support::{Node, Relay, link_pair, wait_for, wait_outbox_empty};
+use tern_tests::support::{
+    Node, Relay, link_pair, refusal, wait_for, wait_mailbox_closed, wait_outbox_empty,
+};
 
 /// Longest a burst may take to drain or arrive (a 2-core CI machine, debug build).
 const WAIT: Duration = Duration::from_secs(180);
@@ -37,13 +39,6 @@ fn texts_from(node: &Node, contact: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn refusal(e: tern_relay::client::RequestError) -> ErrorCode {
-    match e {
-        tern_relay::client::RequestError::Rejected(r) => r.code,
-        other => panic!("expected a refusal, got {other}"),
-    }
-}
-
 #[test]
 fn strangers_flooding_a_mailbox_cannot_shut_out_a_contact() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,22 +52,13 @@ fn strangers_flooding_a_mailbox_cannot_shut_out_a_contact() {
 
     // Bob's node closes his mailbox (registers its grants) once it is up: a wrong token is
     // then refused rather than taken.
-    let prober = rt
-        .block_on(Client::connect(
-            Keypair::generate_ed25519(),
-            addr.clone(),
-            Config::default(),
-        ))
-        .unwrap()
-        .0;
-    wait_for("the mailbox closed to strangers", WAIT, || {
-        let r =
-            rt.block_on(prober.deposit_with(vec![victim], vec![Some([0; 32])], None, vec![1; 16]));
-        match r {
-            Err(e) => (refusal(e) == ErrorCode::NoGrant).then_some(()),
-            Ok(_) => None,
-        }
-    })
+    wait_mailbox_closed(
+        &rt,
+        &relay.addr,
+        victim,
+        "the mailbox closed to strangers",
+        WAIT,
+    )
     .unwrap();
     b.stop().unwrap();
 

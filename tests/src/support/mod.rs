@@ -941,3 +941,37 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// The relay's code in a refusal; panics on any other failure.
+pub fn refusal(e: tern_relay::client::RequestError) -> tern_relay::wire::ErrorCode {
+    e.code()
+        .unwrap_or_else(|| panic!("expected a refusal, got {e}"))
+}
+
+/// Waits (bounded) until the device `victim` has closed its mailbox at the relay `addr` to
+/// strangers (registered its grants): a fresh identity's deposit with a wrong token is then
+/// refused `no_grant` rather than taken.
+pub fn wait_mailbox_closed(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    victim: tern_relay::PeerId,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use tern_relay::client::{Client, Config, Keypair};
+    use tern_relay::rpc::Requests as _;
+    let addr: tern_relay::Multiaddr = addr.parse()?;
+    let (prober, _) = rt.block_on(Client::connect(
+        Keypair::generate_ed25519(),
+        addr,
+        Config::default(),
+    ))?;
+    wait_for(what, timeout, || {
+        let r =
+            rt.block_on(prober.deposit_with(vec![victim], vec![Some([0; 32])], None, vec![1; 16]));
+        match r {
+            Err(e) => (refusal(e) == tern_relay::wire::ErrorCode::NoGrant).then_some(()),
+            Ok(_) => None,
+        }
+    })
+}
