@@ -172,6 +172,11 @@ pub const MAX_OP_PARENTS: usize = 16;
 /// (about eight years of a change a day, and what keeps resolving a group's state bounded).
 pub const MAX_GROUP_OPS: usize = 4_096;
 
+/// Most membership operations kept for one group, linked or waiting for an ancestor (twice
+/// what its graph takes in): past it, operations received are dropped and logged, so nobody
+/// can grow a device's store with operations that never join the graph.
+pub const MAX_HELD_GROUP_OPS: usize = 2 * MAX_GROUP_OPS;
+
 /// How long after a member's removal reached this device a message from them is still
 /// shown when it names a membership head at which they were a member (it was sent before
 /// the removal and arrived after it).

@@ -346,11 +346,7 @@ impl Engine {
             self.subscribe_presence(relay);
         }
         // Mail from this contact may have been waiting for us to know them.
-        for relay in self.home_relay_peers() {
-            if self.relay_up.contains(&relay) {
-                self.fetch_mailbox(relay);
-            }
-        }
+        self.fetch_home_mailboxes();
         let outcome = match saved {
             ContactSaved::Added => "added",
             ContactSaved::Updated => "updated",

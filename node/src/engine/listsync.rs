@@ -626,15 +626,6 @@ impl Engine {
     pub(crate) fn lists_changed(&mut self) {
         self.rebuild_device_owner();
         self.push_allow_list();
-        for relay in self
-            .home_relays
-            .iter()
-            .filter_map(relay_peer)
-            .collect::<Vec<_>>()
-        {
-            if self.relay_up.contains(&relay) {
-                self.fetch_mailbox(relay);
-            }
-        }
+        self.fetch_home_mailboxes();
     }
 }

@@ -625,13 +625,7 @@ impl Engine {
                     self.retry_setup().await;
                     self.push_sync();
                 }
-                _ = poll.tick() => {
-                    for relay in self.home_relay_peers() {
-                        if self.relay_up.contains(&relay) {
-                            self.fetch_mailbox(relay);
-                        }
-                    }
-                }
+                _ = poll.tick() => self.fetch_home_mailboxes(),
             }
         }
         tracing::info!("engine stopped");
@@ -984,6 +978,16 @@ impl Engine {
         match self.home.open() {
             Ok((_, keys)) => self.keys.device = keys.device,
             Err(e) => tracing::error!("cannot reload device keys: {e}"),
+        }
+    }
+
+    /// Drains the mailbox at every home relay that is up (mail kept there may be readable
+    /// now: a device became known, a contact was added).
+    pub(crate) fn fetch_home_mailboxes(&mut self) {
+        for relay in self.home_relay_peers() {
+            if self.relay_up.contains(&relay) {
+                self.fetch_mailbox(relay);
+            }
         }
     }
 

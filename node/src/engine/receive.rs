@@ -513,6 +513,15 @@ impl Engine {
                 let ops: Vec<(String, crate::group::SignedOp)> = raw
                     .into_iter()
                     .filter_map(|b| Self::parse_group_op(user, &env, b))
+                    .filter(|(group, _)| {
+                        // Operations a group's graph can never take in are not kept either.
+                        let held = self.groups.get(group).map_or(0, |g| g.ops.len());
+                        let room = held < crate::consts::MAX_HELD_GROUP_OPS;
+                        if !room {
+                            tracing::warn!(%group, contact = %user, "group holds the most operations it keeps; one more dropped");
+                        }
+                        room
+                    })
                     .collect();
                 // The Olm message cannot be read twice: the operations are stored in the
                 // transaction that advances the session, then taken in.

@@ -81,42 +81,52 @@ impl GroupCtx {
     /// member now left: when the last applied operation that took them out was stored here.
     pub(crate) fn resolve(&mut self) {
         self.resolved = resolve(&self.ops);
-        self.left_at.clear();
+        let mut left_at = HashMap::new();
         let Some(r) = &self.resolved else {
+            self.left_at = left_at;
             return;
         };
-        for hash in &r.applied {
-            let Some(op) = self.ops.iter().find(|o| o.hash == *hash) else {
-                continue;
-            };
+        for op in self.applied_ops() {
             let gone: Vec<[u8; 16]> = match &op.op.action {
                 Action::Remove { users } => users.iter().map(|u| u.into_array()).collect(),
                 Action::Leave => vec![op.op.author.into_array()],
                 _ => continue,
             };
-            let at = self.received.get(hash).copied().unwrap_or_default();
+            let at = self.received.get(&op.hash).copied().unwrap_or_default();
             for u in gone {
                 if !r.state.is_member(&u) {
-                    self.left_at.insert(u, at);
+                    left_at.insert(u, at);
                 }
             }
         }
+        self.left_at = left_at;
+    }
+
+    /// The applied operations, in the order they apply.
+    fn applied_ops(&self) -> Vec<&SignedOp> {
+        let Some(r) = &self.resolved else {
+            return Vec::new();
+        };
+        let by_hash: HashMap<[u8; 32], &SignedOp> = self.ops.iter().map(|o| (o.hash, o)).collect();
+        r.applied
+            .iter()
+            .filter_map(|h| by_hash.get(h).copied())
+            .collect()
     }
 
     /// The entry that last added `user` (an applied creation or addition), for a former
     /// member whose late messages may still be shown.
     pub(crate) fn entry_of(&self, user: &[u8; 16]) -> Option<MemberEntry> {
-        let r = self.resolved.as_ref()?;
-        r.applied.iter().rev().find_map(|h| {
-            let op = self.ops.iter().find(|o| o.hash == *h)?;
-            match &op.op.action {
+        self.applied_ops()
+            .into_iter()
+            .rev()
+            .find_map(|op| match &op.op.action {
                 Action::Create { members, .. } | Action::Add { members } => members
                     .iter()
                     .find(|m| m.user.into_array() == *user)
                     .cloned(),
                 _ => None,
-            }
-        })
+            })
     }
 
     /// Former members who left less than [`LATE_MESSAGE_GRACE_MS`] before `now`: their

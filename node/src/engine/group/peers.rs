@@ -206,16 +206,7 @@ impl Engine {
         if learned {
             self.rebuild_device_owner();
             self.owed_due = true;
-            for relay in self
-                .home_relays
-                .iter()
-                .filter_map(relay_peer)
-                .collect::<Vec<_>>()
-            {
-                if self.relay_up.contains(&relay) {
-                    self.fetch_mailbox(relay);
-                }
-            }
+            self.fetch_home_mailboxes();
             self.retry_stash(None);
         }
     }
