@@ -1088,6 +1088,58 @@ fn the_data_directory_and_database_are_private() {
     }
 }
 
+/// Introductions into one mailbox are rate-limited for all strangers together: past the
+/// burst they are refused as `IntroFull` (remembered, held), whoever sends them, while the
+/// same strangers still introduce themselves to another mailbox and a granted sender still
+/// gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introductions_are_rate_limited_per_mailbox() {
+    use tern_crypto::grant::Grant;
+    let dir = tempfile::tempdir().unwrap();
+    // Three at once, then one every 1,000 s: nothing refills during the test.
+    let cfg = "[mailbox]\nintro_burst = 3.0\nintro_per_sec = 0.001\n";
+    let relay = Relay::start(dir.path(), cfg);
+    let Some(tern_relay::libp2p::multiaddr::Protocol::P2p(relay_peer)) = relay.tcp.iter().last()
+    else {
+        panic!("relay address without /p2p");
+    };
+    let rb = relay_peer.to_bytes();
+    let grant = Grant::from_bytes([7; 32]);
+    let (owner, _) = connect(&relay.tcp).await;
+    let (other, _) = connect(&relay.tcp).await;
+    for o in [&owner, &other] {
+        o.set_grants(vec![grant.token_hash(&rb)]).await.unwrap();
+    }
+    let (o, o2) = (owner.local_peer_id(), other.local_peer_id());
+    let (s1, _) = connect(&relay.tcp).await;
+    let (s2, _) = connect(&relay.tcp).await;
+    for _ in 0..3 {
+        s1.deposit(vec![o], None, vec![3; 10]).await.unwrap();
+    }
+    for s in [&s1, &s2] {
+        let e = s.deposit(vec![o], None, vec![3; 10]).await.unwrap_err();
+        assert_eq!(
+            rejected(e),
+            ErrorCode::IntroFull,
+            "past the burst, for everyone"
+        );
+    }
+    // Another mailbox has an allowance of its own; a granted sender is not an introduction.
+    s2.deposit(vec![o2], None, vec![4; 10]).await.unwrap();
+    s2.deposit_with(vec![o], vec![Some(grant.token(&rb))], None, vec![5; 10])
+        .await
+        .unwrap();
+    let u = owner.usage().await.unwrap();
+    assert_eq!((u.intro.messages, u.total.messages), (3, 4));
+    assert!(
+        relay
+            .metric("tern_relay_rejects_total{reason=\"intro_full\"}")
+            .await
+            >= 2.0,
+        "the refusals are counted"
+    );
+}
+
 /// A mailbox closed by its owner's grants: a granted sender and an allow-listed contact get
 /// in, each in its own share; strangers only into the capped introductions share; a grant the
 /// owner rotated away (revoked) is refused with `NoGrant`, also after a restart; and the

@@ -41,6 +41,7 @@ const PER_STRANGER: usize = 500;
 /// 500 from each stranger, at any rate.
 const BOB_RELAY: &str = "[mailbox]\nmax_messages = 20000\nintro_max_messages = 10000\n\
                          intro_max_bytes = 33554432\nintro_per_sender = 500\n\
+                         intro_burst = 100000.0\n\
                          [rate]\nrequests_per_sec = 100000.0\nrequests_burst = 100000.0\n\
                          deposits_per_sec = 100000.0\ndeposits_burst = 100000.0\n\
                          ip_requests_per_sec = 100000.0\nip_requests_burst = 100000.0\n";

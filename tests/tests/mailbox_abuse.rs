@@ -20,9 +20,10 @@ const WAIT: Duration = Duration::from_secs(180);
 const STRANGERS: usize = 100;
 /// Junk messages each stranger tries to deposit.
 const TRIES: usize = 12;
-/// The relay's limits for this test: a small introductions share so the flood fills it.
+/// The relay's limits for this test: a small introductions share so the flood fills it (at
+/// once: the share's rate is raised past the flood).
 const LIMITS: &str = "[mailbox]\nmax_messages = 2000\nintro_max_messages = 300\n\
-                      intro_per_sender = 10\n\
+                      intro_per_sender = 10\nintro_burst = 10000.0\n\
                       [rate]\ndeposits_per_sec = 1000.0\ndeposits_burst = 2000.0\n";
 
 fn texts_from(node: &Node, contact: &str) -> Vec<String> {

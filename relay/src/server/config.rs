@@ -169,6 +169,11 @@ pub struct MailboxConfig {
     pub intro_per_sender: u64,
     /// How long an introduction is kept, seconds (at most `ttl_secs`). Default 3 days.
     pub intro_ttl_secs: u64,
+    /// Introductions taken per second into one mailbox, all senders together; beyond it
+    /// (after a burst of `intro_burst`) they are refused as `IntroFull`. Default 5.
+    pub intro_per_sec: f64,
+    /// Introductions one mailbox takes at once before `intro_per_sec` applies. Default 100.
+    pub intro_burst: f64,
     /// A mailbox's grants are deleted (the mailbox opens to sender shares again) when its
     /// owner has not registered them for this long, seconds. Default 30 days.
     pub grant_idle_secs: u64,
@@ -188,6 +193,8 @@ impl Default for MailboxConfig {
             intro_max_bytes: 8 * 1024 * 1024,
             intro_per_sender: 200,
             intro_ttl_secs: 3 * 24 * 3600,
+            intro_per_sec: 5.0,
+            intro_burst: 100.0,
             grant_idle_secs: 30 * 24 * 3600,
         }
     }
@@ -530,6 +537,8 @@ impl Config {
             );
         }
         for (field, v) in [
+            ("mailbox.intro_per_sec", self.mailbox.intro_per_sec),
+            ("mailbox.intro_burst", self.mailbox.intro_burst),
             ("rate.requests_per_sec", self.rate.requests_per_sec),
             ("rate.requests_burst", self.rate.requests_burst),
             ("rate.deposits_per_sec", self.rate.deposits_per_sec),

@@ -35,10 +35,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often idle rate-limit buckets are forgotten.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// How long a counted refusal (`IntroFull`, `NoGrant`) is held back before it is answered
-/// (see `refuse_stranger`).
-const REFUSAL_DELAY: Duration = Duration::from_secs(1);
-
 /// Longest wait a request refused by its address's allowance is told (its share of the
 /// wait grows with the connections from that address).
 const MAX_IP_RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -176,6 +172,10 @@ pub(crate) struct EventLoop {
     rate_limited: HashMap<PeerId, (Instant, u32)>,
     /// Introductions just refused as `IntroFull`, refused again from memory.
     intro_full: super::introfull::Memory,
+    /// Introductions taken per mailbox owner (`mailbox.intro_per_sec`).
+    intro_rate: Limiter<PeerId>,
+    /// Refusals held so far, which spreads their holds (see `hold`).
+    holds: u64,
     /// The address (key) of each connected peer's latest inbound connection.
     peer_ips: HashMap<PeerId, IpKey>,
     /// One-time prekeys handed out, per claimer and device and per device.
@@ -218,6 +218,8 @@ impl EventLoop {
             deposits: Limiter::new(cfg.rate.deposits_per_sec, cfg.rate.deposits_burst),
             rate_limited: HashMap::new(),
             intro_full: super::introfull::Memory::default(),
+            intro_rate: Limiter::new(cfg.mailbox.intro_per_sec, cfg.mailbox.intro_burst),
+            holds: 0,
             peer_ips: HashMap::new(),
             claims: ClaimLimits::new(&cfg.prekeys),
             push_registered: loaded.push.iter().map(|(p, _)| *p).collect(),
@@ -274,6 +276,7 @@ impl EventLoop {
                     self.swarm.behaviour_mut().limits.gate().prune(now);
                     self.rate_limited.retain(|_, (until, _)| *until > now);
                     self.intro_full.prune(now);
+                    self.intro_rate.prune(now);
                     self.claims.prune(now);
                 }
                 _ = coalesce.tick() => self.flush_presence(),
@@ -467,7 +470,7 @@ impl EventLoop {
     }
 
     /// Refuses a deposit of `peer`. A refusal that counts against it (`IntroFull`,
-    /// `NoGrant`: see `penalty.rs`) is answered only after [`REFUSAL_DELAY`]: each request
+    /// `NoGrant`: see `penalty.rs`) is answered only after about a second (`penalty::hold`): each request
     /// costs the relay work even when refused, and so a peer that keeps depositing where it
     /// may not can have each of its streams refused at most once a second (until it is
     /// banned), rather than as fast as the relay can answer. An honest node backs off for
@@ -508,7 +511,8 @@ impl EventLoop {
         if !super::penalty::Penalties::counts(code) {
             return Duration::ZERO;
         }
-        REFUSAL_DELAY
+        self.holds += 1;
+        super::penalty::hold(self.holds)
     }
 
     fn reject(&mut self, proto: Proto, channel: ResponseChannel<Frame>, rejection: Rejection) {
@@ -667,14 +671,22 @@ impl EventLoop {
                     [(r, Share::Intro)] if refused_early.is_empty() => Some(*r),
                     _ => None,
                 };
-                if let Some(r) = intro_to
-                    && self.intro_full.full(&r, &peer, Instant::now())
-                {
-                    return self.refuse_stranger(
-                        peer,
-                        channel,
-                        Rejection::new(ErrorCode::IntroFull),
-                    );
+                if let Some(r) = intro_to {
+                    let now = Instant::now();
+                    // Refused from memory, or because strangers are introducing themselves
+                    // to this mailbox faster than it takes introductions: either costs no
+                    // trip to storage. Remembered, so the sender's next tries are cheap too.
+                    let full = self.intro_full.full(&r, &peer, now);
+                    if full || self.intro_rate.take(&r, 1.0, now).is_err() {
+                        if !full {
+                            self.intro_full.note(r, peer, now);
+                        }
+                        return self.refuse_stranger(
+                            peer,
+                            channel,
+                            Rejection::new(ErrorCode::IntroFull),
+                        );
+                    }
                 }
                 let ttl = ttl_secs
                     .map_or(m.ttl_secs, |t| u64::from(t).min(m.ttl_secs))

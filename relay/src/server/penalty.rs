@@ -74,6 +74,20 @@ impl Penalties {
     }
 }
 
+/// How long a counted refusal (`IntroFull`, `NoGrant`) is held back before it is answered,
+/// on average (see [`hold`]).
+pub const REFUSAL_DELAY: Duration = Duration::from_secs(1);
+
+/// The `n`th held refusal's hold: spread evenly over half to one and a half times
+/// [`REFUSAL_DELAY`] (the fractional parts of `n` times the golden ratio), so that the
+/// refusals of a flood that began at one moment are not all answered, and tried again, at
+/// one moment a second later.
+pub fn hold(n: u64) -> Duration {
+    // 2^64 / golden ratio: multiplying by it wraps to n·φ's fractional part, in 64 bits.
+    let frac = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) as f64 / 2f64.powi(64);
+    REFUSAL_DELAY.mul_f64(0.5 + frac)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +111,19 @@ mod tests {
         assert!(!p.is_banned(&bad, t0 + Duration::from_secs(61)));
         assert!(Penalties::counts(ErrorCode::IntroFull));
         assert!(!Penalties::counts(ErrorCode::RateLimited));
+    }
+
+    #[test]
+    fn holds_are_spread_over_half_to_one_and_a_half_seconds() {
+        // 200 consecutive holds, in ten slices of a tenth of a second each: every slice gets
+        // its share (about 20), none is empty or crowded.
+        let mut slices = [0u32; 10];
+        for n in 1..=200 {
+            let h = hold(n);
+            assert!(h >= REFUSAL_DELAY / 2 && h < REFUSAL_DELAY * 3 / 2, "{h:?}");
+            let slice = ((h.as_secs_f64() / REFUSAL_DELAY.as_secs_f64() - 0.5) * 10.0) as usize;
+            slices[slice] += 1;
+        }
+        assert!(slices.iter().all(|&c| (15..=25).contains(&c)), "{slices:?}");
     }
 }

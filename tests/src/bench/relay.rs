@@ -23,13 +23,16 @@
 //!   one connection each, [`ATTACK_IN_FLIGHT`] deposits in flight each, deposit 1 KiB of junk
 //!   for as long as the legitimate sender runs, waiting only when told `RateLimited`; every
 //!   fourth shows a made-up token, the others none. The relay keeps its defaults (mailbox of
-//!   10,000 messages, 25 % shares, introductions share of 1,000, 200 per sender, per-peer
-//!   rates) except the per-IP limits, raised ([`FLOOD_CONFIG`]) so the attackers, all on
+//!   10,000 messages, 25 % shares, introductions share of 1,000, 200 per sender, 5 a second
+//!   after a burst of 100, per-peer rates) except the per-IP limits, raised ([`FLOOD_CONFIG`]) so the attackers, all on
 //!   127.0.0.1, stand for attackers on many addresses and meet the mailbox's rules rather
 //!   than the per-IP limit; the victim and the legitimate sender connect over `::1`. The
 //!   attackers run in a `tern-bench` process of their own (started with a hidden argument,
-//!   [`ATTACK_ARG`]), so the legitimate sender's figures do not queue behind their tasks; the
-//!   relay and both processes still share the machine's cores. Reported with it:
+//!   [`ATTACK_ARG`]), so the legitimate sender's figures do not queue behind their tasks, at
+//!   the lowest CPU priority (`nice -n19`), since they stand for other machines: the relay
+//!   and the legitimate sender come first on the machine's cores, and the attackers take the
+//!   rest (their `_attack_rate` shows how hard they pushed). The relay runs two network
+//!   threads (`worker_threads = 2`), baseline and floods alike. Reported with it:
 //!   `relay.flood_legit_refused` (the run fails if it is not 0), `_attacker_accepted`
 //!   against the introductions share and `_attacker_accepted_max_per_identity`,
 //!   `_attacker_refused_<code>` per refusal reason (`intro_full`, `no_grant`,
@@ -102,8 +105,10 @@ const FLOOD_WAIT: Duration = Duration::from_secs(120);
 const FLOOD_LISTEN: &[&str] = &["/ip4/127.0.0.1/tcp/0", "/ip6/::1/tcp/0"];
 /// The flood run's relay: its defaults (mailbox and share quotas, per-peer rates) except the
 /// per-IP limits, raised so that attackers on one loopback address stand for attackers on
-/// as many addresses and meet the mailbox's rules, not the per-IP limit.
+/// as many addresses and meet the mailbox's rules, not the per-IP limit; and two network
+/// threads, as on a relay of two cores (the quiet baseline runs on the same relay).
 const FLOOD_CONFIG: &str = "
+worker_threads = 2
 [rate]
 ip_requests_per_sec = 1000000000.0
 ip_requests_burst = 1000000000.0
@@ -112,9 +117,9 @@ max_per_ip = 20000
 ip_connections_per_sec = 1000000000.0
 ip_connections_burst = 1000000000.0
 ";
-/// The per-IP flood run's relay: the relay's defaults throughout, so the attackers, all on
-/// one address, share one per-IP allowance.
-const FLOOD_IP_CONFIG: &str = "";
+/// The per-IP flood run's relay: the relay's defaults throughout (but two network threads),
+/// so the attackers, all on one address, share one per-IP allowance.
+const FLOOD_IP_CONFIG: &str = "worker_threads = 2\n";
 
 /// Limits high enough that the benchmark measures the relay, not its abuse protection.
 const BENCH_CONFIG: &str = "
@@ -1016,7 +1021,11 @@ impl AttackProcess {
     /// Starts the attackers and waits until all of them are connected.
     fn start(addr: &Multiaddr, to: PeerId, identities: usize) -> anyhow::Result<Self> {
         use std::io::{BufRead, BufReader};
-        let mut child = Command::new(std::env::current_exe()?)
+        // At the lowest priority: the attackers stand for other machines, and on a machine
+        // of few cores their own CPU use would otherwise be counted against the relay.
+        let mut child = Command::new("nice")
+            .arg("-n19")
+            .arg(std::env::current_exe()?)
             .args([
                 ATTACK_ARG,
                 &addr.to_string(),
