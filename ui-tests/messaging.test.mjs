@@ -53,6 +53,10 @@ function png(w, h) {
 /** Every test's own bound (each wait inside is bounded too). */
 const T = { timeout: 120_000 };
 
+/** What Alice's relay lets a push endpoint start with: a closed loopback port, since no
+ * wake-up is due while her node runs. */
+const PUSH_PREFIX = 'http://127.0.0.1:9/wake/';
+
 describe('messaging in the browser', () => {
   let env;
   let alice;
@@ -63,7 +67,7 @@ describe('messaging in the browser', () => {
   let groupId;
 
   before(async () => {
-    env = await Env.start(['Alice', 'Bob']);
+    env = await Env.start(['Alice', 'Bob'], { relayConfig: `[push]\nallowed_prefixes = ["${PUSH_PREFIX}"]\n` });
     ({ Alice: alice, Bob: bob } = env.nodes);
     alicePage = await env.openUi(alice);
     bobPage = await env.openUi(bob);
@@ -139,6 +143,31 @@ describe('messaging in the browser', () => {
     await waitFor('the uploaded copy to be removed', async () =>
       !fs.existsSync(uploads) || fs.readdirSync(uploads).length === 0,
     );
+  });
+
+  test('wake-ups are set and turned off in the settings; a relay’s refusal is shown', T, async () => {
+    const current = () => byId(alicePage, 'push-current');
+    await byId(alicePage, 'open-settings').click();
+    await byId(alicePage, 'push-setting').waitFor();
+    await waitFor('the push status to load', async () => (await current().innerText()) === 'None set.');
+    const url = `${PUSH_PREFIX}${randomBytes(8).toString('hex')}`;
+    await byId(alicePage, 'push-url').fill(url);
+    await byId(alicePage, 'push-set').click();
+    await waitFor('the relay to hold the endpoint', async () =>
+      (await byId(alicePage, 'push-relay').getAttribute('data-state')) === 'registered');
+    // The page shows where wake-ups go, never the path (often the secret part).
+    assert.equal(await current().innerText(), `Set: ${new URL(url).origin}`);
+    assert.equal((await alice.json(['push', 'status'])).url, url, 'the node holds what the page set');
+    // Outside the relay's allowed prefixes: refused, said so, and nothing changes.
+    await byId(alicePage, 'push-url').fill('http://127.0.0.1:9/elsewhere/abc');
+    await byId(alicePage, 'push-set').click();
+    await waitFor('the refusal to show', async () => /not_allowed/.test(await byId(alicePage, 'push-error').innerText()));
+    assert.equal((await alice.json(['push', 'status'])).url, url);
+    await byId(alicePage, 'push-clear').click();
+    await waitFor('wake-ups to be off', async () => (await current().innerText()) === 'None set.');
+    assert.equal((await alice.json(['push', 'status'])).url, null);
+    await byId(alicePage, ids.dialogClose).click();
+    await byId(alicePage, 'settings').waitFor({ state: 'detached' });
   });
 
   test('search finds a message and the result opens it', T, async () => {
