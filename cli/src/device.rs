@@ -1,7 +1,10 @@
 //! `tern device`: linking a new device (from either side), listing and revoking devices.
 
 use serde_json::json;
-use tern_node::{Home, types::DeviceInfo};
+use tern_node::{
+    Home,
+    types::{DeviceInfo, LinkState},
+};
 
 use crate::{
     client,
@@ -48,7 +51,15 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: DeviceCmd) -> Result<(), F
             show(&v, json, |devices: Vec<DeviceInfo>| {
                 for d in devices {
                     let this = if d.this_device { "  (this device)" } else { "" };
-                    println!("{}  {}{this}", d.device_id, d.name);
+                    let link = match d.link {
+                        Some(LinkState::Waiting) => "  (linked here: not confirmed yet)",
+                        Some(LinkState::Confirmed) => "  (linked here: confirmed)",
+                        Some(LinkState::Unconfirmed) => {
+                            "  (linked here: NOT confirmed; revoke it if it is not yours)"
+                        }
+                        _ => "",
+                    };
+                    println!("{}  {}{this}{link}", d.device_id, d.name);
                 }
             })
         }

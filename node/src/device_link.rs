@@ -15,8 +15,10 @@
 //!    identity key. The new device applies nothing until the user confirms there that they
 //!    are the words the sending device shows; a record with other words (someone else who
 //!    saw the code and used it first) is discarded.
-//! 4. The new device then writes its home and stops; `tern up` then runs it as a full device
-//!    of the user.
+//! 4. The new device then writes its home, deposits its **confirmation** for the sending
+//!    device ([`confirm`]), and stops; `tern up` then runs it as a full device of the user.
+//!    The sending device waits for that confirmation and reports it (`device_link` event,
+//!    `link` in `device.list`).
 //!
 //! ```text
 //! code   = "tern-device:" base58( CBOR Request | checksum: first 4 bytes of SHA-256 )
@@ -33,6 +35,8 @@ use sha2::{Digest, Sha256};
 use tern_crypto::{DeviceId, provision::LinkCheck};
 
 use crate::consts::{MAX_LINK_CHARS, MAX_LINK_RELAYS, MAX_NAME_BYTES};
+
+pub mod confirm;
 
 /// What a link code starts with.
 pub const CODE_PREFIX: &str = "tern-device:";

@@ -167,6 +167,7 @@ impl Node {
             peers: HashMap::new(),
             peers_due: false,
             linked: HashMap::new(),
+            link_states: HashMap::new(),
             peers_fetching: false,
             owed_due: true,
             peers_retry: (0, std::time::Instant::now()),
@@ -710,6 +711,8 @@ where
                     &device.device_id(),
                     &identity,
                 );
+                let confirmation =
+                    device_link::confirm::Confirmation::derive(&check, &device.device_id())?;
                 drop(check);
                 if offered.contains(&words) {
                     return Err(NodeError::LinkNotConfirmed(
@@ -754,7 +757,17 @@ where
                 // A discarded record is taken out of the mailbox too.
                 let _ = net.at(relay_peer).ack(vec![env.id]).await;
                 if apply {
-                    return Ok(home.init_linked(device, &bundle)?);
+                    let created = home.init_linked(device, &bundle)?;
+                    // The sending device learns that its record was the one confirmed. It
+                    // costs nothing if lost: that device then shows the link unconfirmed.
+                    if let Err(e) = net
+                        .at(relay_peer)
+                        .deposit(vec![confirmation.mailbox()], None, confirmation.message())
+                        .await
+                    {
+                        tracing::warn!("the confirmation did not reach the relay: {e}");
+                    }
+                    return Ok(created);
                 }
             }
             match tokio::time::timeout_at(deadline, events.recv()).await {

@@ -149,6 +149,24 @@ pub struct DeviceInfo {
     /// which the new device must show before its user confirms there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub words: Option<String>,
+    /// For a device this one linked since it started: whether the new device confirmed
+    /// this device's record (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkState>,
+}
+
+/// Where a link this device made stands ([`DeviceInfo::link`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// The record went; the new device has not confirmed it yet.
+    Waiting,
+    /// The new device applied this device's record: its user confirmed the words.
+    Confirmed,
+    /// No confirmation came in time (`device_link::confirm::WAIT`), or the relay could not
+    /// be reached to wait for it: the new device may have refused the record, or applied
+    /// someone else's. If it is not yours, revoke it.
+    Unconfirmed,
 }
 
 /// An identity backup written by `id.backup`.
@@ -533,6 +551,13 @@ pub enum Event {
         received: u64,
         /// Messages in the whole history.
         total: u64,
+    },
+    /// A device this one linked confirmed the record, or did not in time.
+    DeviceLink {
+        /// The new device.
+        device_id: String,
+        /// `confirmed` or `unconfirmed`.
+        link: LinkState,
     },
     /// Another device of this user revoked this one: it no longer sends.
     Revoked {

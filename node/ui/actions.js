@@ -494,6 +494,10 @@ function onEvent(ev) {
     case 'revoked':
       setState({ revoked: true });
       return;
+    case 'device_link':
+      if (ev.link === 'confirmed') toast('The new device confirmed the link.');
+      else toast('The new device did not confirm the link in time. Revoke it in Devices if it is not yours.', 'error');
+      return;
     case 'undecryptable': {
       const s = getState();
       const who = convName(s, ev.user_id);

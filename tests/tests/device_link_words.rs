@@ -4,7 +4,31 @@
 //! record with other words in front of the new device; it is discarded, and the new device
 //! ends up as Ana's, with her contacts and verified marks, not Mallory's.
 
-use tern_tests::support::{Linking, Node, Relay, link_pair};
+use std::time::Duration;
+
+use tern_tests::support::{Linking, Node, Relay, link_pair, wait_for};
+
+/// Longest wait for a confirmation to reach the device that linked.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Where the link of `device` stands on `node`, as `device list` shows it (`None`: not a
+/// link made there).
+fn link_state(node: &Node, device: &str) -> anyhow::Result<Option<String>> {
+    let list = node.json(&["device", "list"])?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["device_id"] == device)
+        .and_then(|d| d["link"].as_str().map(str::to_owned)))
+}
+
+/// Waits until `node` shows the link of `device` confirmed.
+fn wait_confirmed(node: &Node, device: &str) -> anyhow::Result<()> {
+    wait_for("the link to show confirmed", WAIT, || {
+        (link_state(node, device).ok()?.as_deref() == Some("confirmed")).then_some(())
+    })
+}
 
 /// Ana (with Ben as a verified contact) and Mallory (with Ana as a verified contact).
 fn ana_ben_and_mallory(dir: &std::path::Path, relay: &Relay) -> anyhow::Result<[Node; 3]> {
@@ -53,6 +77,17 @@ fn a_link_confirmed_with_matching_words_applies_the_record() -> anyhow::Result<(
     let mut link = Linking::start(&home, &relay.addr, "laptop")?;
     // `device add` (text) prints the words it sent the record with.
     let text = ana.ok(&["device", "add", &link.code])?;
+    let device = text
+        .lines()
+        .find_map(|l| l.strip_prefix("linked device "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        link_state(&ana, &device)?.as_deref(),
+        Some("waiting"),
+        "{text}"
+    );
     let words = text
         .lines()
         .find_map(|l| l.strip_prefix("words: "))
@@ -64,6 +99,9 @@ fn a_link_confirmed_with_matching_words_applies_the_record() -> anyhow::Result<(
     link.answer(&words.to_uppercase())?;
     let (code, err) = link.finish()?;
     assert_eq!(code, Some(0), "{err}");
+
+    // Ana's device learns that its record was the one confirmed.
+    wait_confirmed(&ana, &device)?;
 
     let laptop = Node::start(&home, Some(&relay.addr))?;
     assert_eq!(laptop.user, ana.user);
@@ -84,7 +122,9 @@ fn a_record_from_whoever_used_the_code_first_shows_other_words_and_is_not_applie
     let home = dir.path().join("ana-laptop");
     let mut link = Linking::start(&home, &relay.addr, "laptop")?;
     // Mallory saw the code and uses it first: his record reaches the new device first.
-    let mallorys = words_of(&mallory.json(&["device", "add", &link.code])?);
+    let added = mallory.json(&["device", "add", &link.code])?;
+    let mallorys = words_of(&added);
+    let device = added["device_id"].as_str().unwrap_or_default().to_owned();
     let first = link.next_words()?;
     assert_eq!(
         first, mallorys,
@@ -111,6 +151,10 @@ fn a_record_from_whoever_used_the_code_first_shows_other_words_and_is_not_applie
     );
     let id = laptop.json(&["id", "show"])?;
     assert_eq!(id["name"], "ana", "{id}");
+    // Ana's device is told its record was confirmed; Mallory's, whose record was turned
+    // down, is not (its confirmation would have gone to a mailbox only his record names).
+    wait_confirmed(&ana, &device)?;
+    assert_eq!(link_state(&mallory, &device)?.as_deref(), Some("waiting"));
     Ok(())
 }
 

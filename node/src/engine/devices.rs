@@ -9,7 +9,10 @@ use tern_store::Contact;
 
 use super::{ContactState, Engine, Internal, device_peer, relay_peer};
 use crate::{
-    device_link::{Bundle, BundleContact, BundleMessage, LINK_VERSION, LinkWords, Request},
+    device_link::{
+        Bundle, BundleContact, BundleMessage, LINK_VERSION, LinkWords, Request,
+        confirm::{self, Confirmation},
+    },
     error::NodeError,
     home::now_ms,
     net::rpc,
@@ -68,6 +71,25 @@ impl Engine {
         self.rebuild_device_owner();
     }
 
+    /// A device this one linked answered (or the wait for it ended): noted for
+    /// `device.list`, and told to subscribers.
+    pub(crate) fn on_link_answered(&mut self, device: String, confirmed: bool) {
+        let link = if confirmed {
+            crate::types::LinkState::Confirmed
+        } else {
+            crate::types::LinkState::Unconfirmed
+        };
+        // A later link of the same device (a new code) has its own wait.
+        if self.link_states.get(&device) == Some(&crate::types::LinkState::Confirmed) {
+            return;
+        }
+        self.link_states.insert(device.clone(), link);
+        self.emit(crate::types::Event::DeviceLink {
+            device_id: device,
+            link,
+        });
+    }
+
     /// The user's devices.
     pub(crate) fn devices(&self) -> Vec<DeviceInfo> {
         let me = self.keys.device.device_id();
@@ -83,6 +105,10 @@ impl Engine {
                     this_device: e.device_id() == me,
                     created_at: c.created_at,
                     words: None,
+                    link: self
+                        .link_states
+                        .get(&e.device_id().to_peer_id_string())
+                        .copied(),
                 }
             })
             .collect()
@@ -186,9 +212,10 @@ impl Engine {
             &id,
             self.keys.identity.public().as_bytes(),
         );
+        let confirmation = Confirmation::derive(&check, &id)?;
         drop(check);
         let mut last = NodeError::Network("the code names no relay".into());
-        let mut sent = false;
+        let mut sent = None;
         for addr in req.relay_addrs() {
             let Some(relay) = relay_peer(&addr) else {
                 continue;
@@ -196,7 +223,7 @@ impl Engine {
             let _ = self.net.add_relay(addr.clone(), false).await;
             match rpc::deposit(&self.net, relay, peer, None, sealed.clone()).await {
                 Ok(()) => {
-                    sent = true;
+                    sent = Some(addr);
                     break;
                 }
                 Err(e) => {
@@ -204,9 +231,26 @@ impl Engine {
                 }
             }
         }
-        if !sent {
+        let Some(relay) = sent else {
             return Err(last);
-        }
+        };
+        // The new device confirms at the same relay once its user took this record.
+        self.link_states
+            .insert(peer.to_string(), crate::types::LinkState::Waiting);
+        let tx = self.internal.clone();
+        let device = peer.to_string();
+        tokio::spawn(async move {
+            let confirmed = match confirmation.wait(relay, confirm::WAIT).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("cannot wait for the new device's confirmation: {e}");
+                    false
+                }
+            };
+            let _ = tx
+                .send(super::Internal::LinkAnswered { device, confirmed })
+                .await;
+        });
         // The record carries the newest messages; everything else follows over the session.
         self.owe_history(&id.to_peer_id_string())?;
         Ok(DeviceInfo {
@@ -215,6 +259,7 @@ impl Engine {
             this_device: false,
             created_at: certificate.certificate().created_at,
             words: Some(words.to_string()),
+            link: Some(crate::types::LinkState::Waiting),
         })
     }
 

@@ -208,6 +208,8 @@ pub(crate) enum Internal {
     PrekeysLow,
     /// Push endpoint registrations answered.
     Push(push::Done),
+    /// A device this one linked confirmed the record (or the wait ended without it).
+    LinkAnswered { device: String, confirmed: bool },
 }
 
 /// What the engine knows about a contact.
@@ -334,6 +336,8 @@ pub(crate) struct Engine {
     /// Devices linked by this run, with the provisioning key their record was sealed to: only
     /// the same code may have the record sent again.
     pub linked: HashMap<String, [u8; 32]>,
+    /// Where each of those links stands (the new device's confirmation).
+    pub link_states: HashMap<String, crate::types::LinkState>,
     /// Device lists are to be fetched again.
     pub lists_due: bool,
     /// When device lists were last fetched.
@@ -846,6 +850,9 @@ impl Engine {
             Internal::DeviceLists(lists) => self.on_device_lists(lists),
             Internal::PeerLists { lists, failed } => self.on_peer_lists(lists, failed),
             Internal::Push(done) => self.on_push_done(done),
+            Internal::LinkAnswered { device, confirmed } => {
+                self.on_link_answered(device, confirmed)
+            }
         }
     }
 

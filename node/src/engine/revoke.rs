@@ -78,6 +78,7 @@ impl Engine {
             this_device: false,
             created_at: entry.certificate.certificate().created_at,
             words: None,
+            link: None,
         };
         let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
         let next = list.with_revoked(&id, now_secs)?;

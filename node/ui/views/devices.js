@@ -7,6 +7,13 @@ import { Modal } from './dialog.js';
 
 const dateFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium' });
 
+/** A link made here, as `device.list` gives it (docs/api.md, `Device.link`). */
+const LINK_TEXT = {
+  waiting: 'waiting for it to confirm',
+  confirmed: 'confirmed',
+  unconfirmed: 'not confirmed: revoke it if it is not yours',
+};
+
 export function Devices() {
   const [list, setList] = useState(null);
   const [code, setCode] = useState('');
@@ -56,7 +63,9 @@ export function Devices() {
     ${list && html`<ul class="devices" role="list" aria-label="Devices" data-testid="device-list">
       ${list.map((d) => html`<li role="listitem" key=${d.device_id} data-testid=${'device-' + d.device_id}>
         <span><strong>${d.name || d.device_id.slice(0, 8)}</strong>${d.this_device ? ' (this device)' : ''}
-          <span class="muted"> · linked ${d.created_at ? dateFmt.format(new Date(d.created_at * 1000)) : ''}</span></span>
+          <span class="muted"> · linked ${d.created_at ? dateFmt.format(new Date(d.created_at * 1000)) : ''}</span>
+          ${d.link && html`<span class=${d.link === 'unconfirmed' ? 'error' : 'muted'} data-testid=${'device-link-' + d.device_id}
+            data-link=${d.link}> · ${LINK_TEXT[d.link]}</span>`}</span>
         ${!d.this_device && (confirm === d.device_id
           ? html`<span class="confirm">Revoke for good?
               <button type="button" onClick=${() => setConfirm(null)}>Cancel</button>
