@@ -358,6 +358,13 @@ pub struct ConnectionConfig {
     pub read_budget_bytes: usize,
     /// A request not answered within this many seconds fails. Default 30.
     pub request_timeout_secs: u64,
+    /// Deposits the relay reads ahead of its answers on one deposit stream
+    /// (`/tern/deposit/1`); beyond it, the stream waits. Default 256.
+    pub deposit_window: usize,
+    /// Bytes of unanswered deposits one deposit stream may hold (they also take their share
+    /// of `read_budget_bytes` until answered); beyond it, the stream waits. Default 4 MiB (at
+    /// least one largest deposit, at most `read_budget_bytes`).
+    pub deposit_stream_bytes: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -373,6 +380,8 @@ impl Default for ConnectionConfig {
             max_concurrent_streams: 64,
             read_budget_bytes: 64 * 1024 * 1024,
             request_timeout_secs: 30,
+            deposit_window: crate::wire::deposit::DEFAULT_WINDOW,
+            deposit_stream_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -603,6 +612,18 @@ impl Config {
             || self.connections.read_budget_bytes > u32::MAX as usize
         {
             return invalid("connections.read_budget_bytes", "must be 1 MiB ..= 4 GiB");
+        }
+        let c = &self.connections;
+        if c.deposit_window == 0 || c.deposit_window > 65_536 {
+            return invalid("connections.deposit_window", "must be 1 ..= 65536");
+        }
+        if c.deposit_stream_bytes < crate::wire::deposit::MAX_DEPOSIT_FRAME_BYTES
+            || c.deposit_stream_bytes > c.read_budget_bytes
+        {
+            return invalid(
+                "connections.deposit_stream_bytes",
+                "must hold one largest deposit and be at most read_budget_bytes",
+            );
         }
         if self.connections.max_concurrent_streams == 0 {
             return invalid("connections.max_concurrent_streams", "must be positive");
