@@ -26,7 +26,7 @@ use crate::{
     wire::{
         deposit::{Answer, MAX_ANSWER_BYTES},
         mailbox,
-        stream::{read_frame, write_frame},
+        stream::{BATCH_BYTES, append_frame, read_frame, write_batch},
     },
 };
 
@@ -153,20 +153,33 @@ async fn run(
     let lock = || unanswered.lock().unwrap_or_else(PoisonError::into_inner);
     let writing = async {
         let mut seq = 0u64;
-        while let Some(q) = queue.recv().await {
-            lock().insert(
-                seq,
-                Unanswered {
-                    reply: q.reply,
-                    _place: q.place,
-                    sent: Instant::now(),
-                },
-            );
-            seq += 1;
-            if let Err(e) = write_frame(&mut w, &q.frame).await {
+        let mut buf = Vec::new();
+        while let Some(first) = queue.recv().await {
+            // Deposits queued while the last write went out go together in the next.
+            let mut next = Some(first);
+            while let Some(q) = next.take() {
+                if let Err(e) = append_frame(&mut buf, &q.frame) {
+                    let _ = q.reply.send(Err(RequestError::Transport(e.to_string())));
+                } else {
+                    lock().insert(
+                        seq,
+                        Unanswered {
+                            reply: q.reply,
+                            _place: q.place,
+                            sent: Instant::now(),
+                        },
+                    );
+                    seq += 1;
+                }
+                if buf.len() < BATCH_BYTES {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if let Err(e) = write_batch(&mut w, &buf).await {
                 tracing::debug!(error = %e, "deposit stream write failed");
                 return;
             }
+            buf.clear();
         }
         let _ = w.close().await;
         // What is still unanswered is answered on the reading side.

@@ -68,6 +68,31 @@ async fn mailbox_of(relay: &Relay, owner: Keypair) -> Vec<Vec<u8>> {
     }
 }
 
+/// Deposits `n` numbered bodies for `to` on a new stream with `window` deposits in flight
+/// (checking it never holds more), one after another; their answers, in order.
+async fn burst(
+    relay: &Relay,
+    window: usize,
+    to: PeerId,
+    n: usize,
+) -> Vec<Result<(u64, Vec<mailbox::Refusal>), RequestError>> {
+    let sender = connect(relay, Keypair::generate_ed25519()).await;
+    let pipe = sender.open_pipeline(window).await.unwrap();
+    let mut tickets = Vec::with_capacity(n);
+    for i in 0..n {
+        tickets.push(submit(&pipe, to, body(i)).await);
+        assert!(
+            pipe.in_flight() <= window,
+            "the window bounds what is in flight"
+        );
+    }
+    let mut answers = Vec::with_capacity(n);
+    for t in tickets {
+        answers.push(tokio::time::timeout(WAIT, t.answer()).await.unwrap());
+    }
+    answers
+}
+
 fn body(i: usize) -> Vec<u8> {
     format!("deposit {i:05}").into_bytes()
 }
@@ -84,20 +109,7 @@ fn a_pipelined_burst_to_one_device_is_stored_complete_and_in_order() {
     let rt = runtime();
     let device = Keypair::generate_ed25519();
     let to = device.public().to_peer_id();
-    let answers = rt.block_on(async {
-        let sender = connect(&relay, Keypair::generate_ed25519()).await;
-        let pipe = sender.open_pipeline(64).await.unwrap();
-        let mut tickets = Vec::with_capacity(N);
-        for i in 0..N {
-            tickets.push(submit(&pipe, to, body(i)).await);
-            assert!(pipe.in_flight() <= 64, "the window bounds what is in flight");
-        }
-        let mut answers = Vec::with_capacity(N);
-        for t in tickets {
-            answers.push(tokio::time::timeout(WAIT, t.answer()).await.unwrap());
-        }
-        answers
-    });
+    let answers = rt.block_on(burst(&relay, 64, to, N));
     let ids: Vec<u64> = answers
         .into_iter()
         .map(|a| {
@@ -181,14 +193,19 @@ fn refusals_in_a_window_are_answered_for_exactly_the_refused_deposits() {
         let mut requested = Vec::new();
         for (m, b) in &plan {
             requested.push(outcome(
-                sender.deposit(vec![peer(&rr_boxes[*m])], None, b.clone()).await,
+                sender
+                    .deposit(vec![peer(&rr_boxes[*m])], None, b.clone())
+                    .await,
             ));
         }
         let [a, b] = piped_boxes;
         let stored = [mailbox_of(&relay, a).await, mailbox_of(&relay, b).await];
         (piped, requested, stored)
     });
-    assert_eq!(piped, requested, "the same answer as a request, deposit for deposit");
+    assert_eq!(
+        piped, requested,
+        "the same answer as a request, deposit for deposit"
+    );
     let refused: Vec<usize> = (0..plan.len()).filter(|i| piped[*i].is_some()).collect();
     assert!(
         piped.contains(&Some(ErrorCode::TooLarge)),
@@ -209,7 +226,10 @@ fn refusals_in_a_window_are_answered_for_exactly_the_refused_deposits() {
             .map(|(_, (_, b))| b.clone())
             .collect();
         assert_eq!(stored.len(), expected.len());
-        assert!(*stored == expected, "mailbox {m} holds what was not refused");
+        assert!(
+            *stored == expected,
+            "mailbox {m} holds what was not refused"
+        );
     }
     assert_eq!(stored[0].len(), QUOTA, "the full mailbox took its quota");
 }
@@ -231,19 +251,7 @@ fn the_deposit_rate_limit_applies_on_the_stream() {
     let device = Keypair::generate_ed25519();
     let to = device.public().to_peer_id();
     let started = std::time::Instant::now();
-    let answers = rt.block_on(async {
-        let sender = connect(&relay, Keypair::generate_ed25519()).await;
-        let pipe = sender.open_pipeline(N).await.unwrap();
-        let mut tickets = Vec::new();
-        for i in 0..N {
-            tickets.push(submit(&pipe, to, body(i)).await);
-        }
-        let mut answers = Vec::new();
-        for t in tickets {
-            answers.push(tokio::time::timeout(WAIT, t.answer()).await.unwrap());
-        }
-        answers
-    });
+    let answers = rt.block_on(burst(&relay, N, to, N));
     let refill = started.elapsed().as_secs() as usize + 1;
     let mut stored_bodies = Vec::new();
     let mut limited = 0;
@@ -258,10 +266,16 @@ fn the_deposit_rate_limit_applies_on_the_stream() {
         }
     }
     assert!(stored_bodies.len() >= 20, "the burst is stored");
-    assert!(stored_bodies.len() <= 20 + refill, "nothing past the rate is stored");
+    assert!(
+        stored_bodies.len() <= 20 + refill,
+        "nothing past the rate is stored"
+    );
     assert_eq!(limited, N - stored_bodies.len());
     let stored = rt.block_on(mailbox_of(&relay, device));
-    assert!(stored == stored_bodies, "exactly the admitted deposits, in order");
+    assert!(
+        stored == stored_bodies,
+        "exactly the admitted deposits, in order"
+    );
 }
 
 #[test]
@@ -285,7 +299,10 @@ fn a_relay_killed_mid_window_fails_what_it_did_not_answer_and_keeps_what_it_did(
             let mut answered = Vec::new();
             let mut waiting = std::collections::VecDeque::new();
             for i in 0.. {
-                match pipe.submit(&deposit_request(vec![to], Vec::new(), None, body(i))).await {
+                match pipe
+                    .submit(&deposit_request(vec![to], Vec::new(), None, body(i)))
+                    .await
+                {
                     Ok(t) => {
                         let acked_so_far = acked_so_far.clone();
                         waiting.push_back((
@@ -315,7 +332,10 @@ fn a_relay_killed_mid_window_fails_what_it_did_not_answer_and_keeps_what_it_did(
     // Kill it once a good part of the work is answered, with the window full.
     let deadline = std::time::Instant::now() + WAIT;
     while acked_so_far.load(Ordering::Relaxed) < 500 {
-        assert!(std::time::Instant::now() < deadline, "the relay stores deposits");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay stores deposits"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     relay.kill9();
@@ -330,7 +350,11 @@ fn a_relay_killed_mid_window_fails_what_it_did_not_answer_and_keeps_what_it_did(
         .map(|(i, _)| *i)
         .collect();
     let failed = answered.iter().filter(|(_, r)| r.is_err()).count();
-    assert!(acked.len() >= 500, "acknowledged before the kill: {}", acked.len());
+    assert!(
+        acked.len() >= 500,
+        "acknowledged before the kill: {}",
+        acked.len()
+    );
     assert!(failed >= 1, "the deposits in flight failed");
     for (_, r) in &answered {
         if let Err(e) = r {
@@ -346,7 +370,10 @@ fn a_relay_killed_mid_window_fails_what_it_did_not_answer_and_keeps_what_it_did(
     let stored = rt.block_on(mailbox_of(&relay, device));
     let acked_bodies: Vec<Vec<u8>> = acked.iter().map(|i| body(*i)).collect();
     for b in &acked_bodies {
-        assert!(stored.contains(b), "an acknowledged deposit survives the kill");
+        assert!(
+            stored.contains(b),
+            "an acknowledged deposit survives the kill"
+        );
     }
     assert!(stored.len() < acked.len() + failed + 1);
 }

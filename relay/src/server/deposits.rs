@@ -25,7 +25,7 @@ use crate::wire::{
     Frame,
     deposit::{self, MAX_DEPOSIT_FRAME_BYTES},
     mailbox,
-    stream::{read_body, read_prefix, write_frame},
+    stream::{BATCH_BYTES, append_frame, read_body, read_prefix, write_batch},
 };
 
 /// Deposits from every stream waiting for the event loop.
@@ -192,22 +192,32 @@ async fn serve(peer: PeerId, stream: Stream, limits: Limits, notes: mpsc::Sender
         }
     };
     let writing = async {
-        while let Some(a) = answers.recv().await {
-            let answer = deposit::Answer {
-                seq: a.seq,
-                response: a.response,
-            };
-            let frame = match answer.encode() {
-                Ok(f) => f,
-                Err(e) => {
+        let mut buf = Vec::new();
+        while let Some(first) = answers.recv().await {
+            // The answers of one commit come together: they go in one write.
+            let mut next = Some(first);
+            while let Some(a) = next.take() {
+                let answer = deposit::Answer {
+                    seq: a.seq,
+                    response: a.response,
+                };
+                let appended = answer
+                    .encode()
+                    .map_err(std::io::Error::other)
+                    .and_then(|f| append_frame(&mut buf, &f));
+                if let Err(e) = appended {
                     tracing::error!(error = %e, "cannot encode a deposit answer");
                     return;
                 }
-            };
-            if let Err(e) = write_frame(&mut w, &frame).await {
+                if buf.len() < BATCH_BYTES {
+                    next = answers.try_recv().ok();
+                }
+            }
+            if let Err(e) = write_batch(&mut w, &buf).await {
                 tracing::debug!(%peer, error = %e, "deposit stream write failed");
                 return;
             }
+            buf.clear();
         }
         let _ = w.close().await;
     };

@@ -660,15 +660,13 @@ impl EventLoop {
                 tokens,
             } => {
                 if ciphertext.len() > m.max_ciphertext_bytes {
-                    return self.refuse(channel, Rejection::new(ErrorCode::TooLarge),
-                    );
+                    return self.refuse(channel, Rejection::new(ErrorCode::TooLarge));
                 }
                 if recipients.is_empty()
                     || recipients.len() > m.max_recipients
                     || (!tokens.is_empty() && tokens.len() != recipients.len())
                 {
-                    return self.refuse(channel, Rejection::new(ErrorCode::BadRequest),
-                    );
+                    return self.refuse(channel, Rejection::new(ErrorCode::BadRequest));
                 }
                 let mut seen = HashSet::with_capacity(recipients.len());
                 let (recipients, tokens): (Vec<PeerId>, Vec<_>) = recipients
@@ -681,7 +679,9 @@ impl EventLoop {
                     self.deposits
                         .take(&peer, deposit_cost(recipients.len()), Instant::now())
                 {
-                    return self.refuse(channel, Rejection {
+                    return self.refuse(
+                        channel,
+                        Rejection {
                             code: ErrorCode::RateLimited,
                             retry_after_ms: Some(wait.as_millis() as u64 + 1),
                         },

@@ -35,7 +35,7 @@ pub struct Metrics {
     pub live_stream_acks: AtomicU64,
     /// Open deposit streams (`/tern/deposit/1`).
     pub deposit_streams: AtomicI64,
-    /// Deposits that came on deposit streams (answered, whatever the answer).
+    /// Deposits read from deposit streams (served, refused or dropped alike).
     pub stream_deposits: AtomicU64,
     /// Messages acknowledged (deleted) by recipients.
     pub acked: AtomicU64,

@@ -59,11 +59,26 @@ pub async fn write_frame<S: futures::AsyncWrite + Unpin>(
     io: &mut S,
     frame: &[u8],
 ) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(4 + frame.len());
+    append_frame(&mut buf, frame)?;
+    write_batch(io, &buf).await
+}
+
+/// Appends one length-prefixed frame to `buf`, so that several frames go in one write
+/// ([`write_batch`]): one Yamux frame, one Noise frame, one system call for all of them.
+pub fn append_frame(buf: &mut Vec<u8>, frame: &[u8]) -> io::Result<()> {
     let len = u32::try_from(frame.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too long"))?;
-    let mut buf = Vec::with_capacity(4 + frame.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(frame);
-    io.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Writes frames gathered with [`append_frame`] and flushes them.
+pub async fn write_batch<S: futures::AsyncWrite + Unpin>(io: &mut S, buf: &[u8]) -> io::Result<()> {
+    io.write_all(buf).await?;
     io.flush().await
 }
+
+/// Bytes of frames a writer gathers into one write before it writes them.
+pub const BATCH_BYTES: usize = 64 * 1024;

@@ -146,33 +146,30 @@ ip_connections_burst = 1000000000.0
 max_concurrent_streams = 1024
 ";
 
-/// Runs the suite.
-pub fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// Runs `f` on the suite's runtime (two worker threads).
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
-    rt.block_on(run_async(opts, report, false))
+        .build()?
+        .block_on(f)
+}
+
+/// Runs the suite.
+pub fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    block_on(run_async(opts, report, false))
 }
 
 /// Runs the deposit figures of the suite only (`relay-deposits`): `relay.deposit_*`,
 /// `relay.pipelined_*` and their Mosquitto anchors.
 pub fn run_deposits(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run_async(opts, report, true))
+    block_on(run_async(opts, report, true))
 }
 
 /// Runs the flood figures of the suite only (`relay-flood`): `relay.flood_*` and
 /// `relay.flood_ip_limited_*`.
 pub fn run_flood(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(floods(opts, report))
+    block_on(floods(opts, report))
 }
 
 /// `deposits_only`: the deposit figures and their baselines, nothing else (`relay-deposits`).
@@ -274,7 +271,15 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
     }
     if deposits_only {
         drop(relay);
-        return mosquitto(report, deposits, None, relay_rate, &mut relay_lat, &mut pipelined).await;
+        return mosquitto(
+            report,
+            deposits,
+            None,
+            relay_rate,
+            &mut relay_lat,
+            &mut pipelined,
+        )
+        .await;
     }
 
     // Deposit → live delivery latency at a fixed rate.

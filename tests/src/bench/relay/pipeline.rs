@@ -43,7 +43,11 @@ pub(super) async fn run(addr: &Multiaddr, total: usize, window: usize) -> anyhow
     let mut clients = Vec::with_capacity(SENDERS);
     for _ in 0..SENDERS {
         let c = connect(addr).await?.0;
-        pipes.push(c.open_pipeline(window).await.context("open a deposit stream")?);
+        pipes.push(
+            c.open_pipeline(window)
+                .await
+                .context("open a deposit stream")?,
+        );
         clients.push(c);
     }
     let mailboxes: Arc<Vec<PeerId>> = Arc::new((0..MAILBOXES).map(|_| PeerId::random()).collect());
