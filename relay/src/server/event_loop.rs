@@ -205,6 +205,8 @@ pub(crate) struct EventLoop {
 }
 
 impl EventLoop {
+    // Built once, by `run`, from everything it set up.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         cfg: Config,
