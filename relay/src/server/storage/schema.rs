@@ -34,11 +34,9 @@ pub(super) fn init(conn: &Connection, max_database_bytes: u64) -> rusqlite::Resu
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // The commit that takes the write-ahead log past this many pages copies it back into the
-    // database, inside the writer's commit: every deposit of that group commit waits for it.
-    // Past SQLite's 1,000 pages, checkpoints come a tenth as often, and each copies a page
-    // rewritten by many commits (the mailbox indexes' hot pages) once: under a deposit load
-    // the writer spent 11 % of its time in checkpoints at 1,000. The log then grows to about
-    // 40 MiB before it is copied back and reused.
+    // database, inside the writer's commit: every deposit of that group commit waits for it
+    // (under a deposit load the writer spent 11 % of its time there at SQLite's 1,000). The
+    // checkpointer thread copies it back long before (`checkpoint.rs`); this is the backstop.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     // Every operation runs in a savepoint; keep its sub-journal in memory rather than in a
