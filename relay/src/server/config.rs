@@ -670,6 +670,14 @@ mod tests {
         assert_eq!(parsed.connections.max_per_peer, d.connections.max_per_peer);
         assert_eq!(parsed.connections.max_per_ip, d.connections.max_per_ip);
         assert_eq!(
+            parsed.connections.deposit_window,
+            d.connections.deposit_window
+        );
+        assert_eq!(
+            parsed.connections.deposit_stream_bytes,
+            d.connections.deposit_stream_bytes
+        );
+        assert_eq!(
             parsed.connections.ip_connections_per_sec,
             d.connections.ip_connections_per_sec
         );
@@ -708,5 +716,16 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        // A deposit stream must be able to hold one largest deposit, within the budget.
+        for (window, bytes) in [
+            (0, 4 << 20),
+            (256, crate::wire::deposit::MAX_DEPOSIT_FRAME_BYTES - 1),
+            (256, (64 << 20) + 1),
+        ] {
+            let mut c = Config::default();
+            c.connections.deposit_window = window;
+            c.connections.deposit_stream_bytes = bytes;
+            assert!(c.validate().is_err(), "{window} {bytes}");
+        }
     }
 }
