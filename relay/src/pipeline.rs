@@ -96,7 +96,7 @@ impl Pipeline {
         !self.queue.is_closed()
     }
 
-    /// Deposits unanswered or waiting for a place, at most the window.
+    /// Places of the window taken: deposits queued for the stream or not yet answered.
     pub fn in_flight(&self) -> usize {
         self.queue.max_capacity() - self.window.available_permits()
     }
