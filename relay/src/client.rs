@@ -178,8 +178,10 @@ pub struct Client {
     local: PeerId,
     relay: PeerId,
     live: LiveSlot,
-    /// Opens `/tern/blob/1` streams on the swarm the client task drives.
+    /// Opens `/tern/blob/1` and `/tern/deposit/1` streams on the swarm the client task drives.
     blob: libp2p_stream::Control,
+    /// How long an answer may take (for the deposit stream too).
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -266,6 +268,7 @@ impl Client {
                 relay,
                 live,
                 blob,
+                request_timeout: timeout,
             },
             ev_rx,
         ))
@@ -311,6 +314,26 @@ impl Client {
             None => ids,
         };
         self.ack(ids).await.map(drop)
+    }
+
+    /// Opens a deposit stream (`/tern/deposit/1`) with at most `window` deposits in flight
+    /// (see [`crate::pipeline`]); a relay without it answers `Transport` (use
+    /// [`Requests::deposit_with`] then).
+    pub async fn open_pipeline(
+        &self,
+        window: usize,
+    ) -> Result<crate::pipeline::Pipeline, RequestError> {
+        let stream = self
+            .blob
+            .clone()
+            .open_stream(self.relay, crate::wire::deposit::PROTOCOL)
+            .await
+            .map_err(|e| RequestError::Transport(e.to_string()))?;
+        Ok(crate::pipeline::Pipeline::spawn(
+            stream,
+            window,
+            self.request_timeout,
+        ))
     }
 
     /// Whether a live stream to the relay is open now.

@@ -2,7 +2,8 @@
 //! (feature `server`, with the `tern-relay` binary).
 //!
 //! A relay keeps ciphertext for offline devices (`/tern/mailbox/1`) and pushes new mail to
-//! listening ones on a long-lived stream (`/tern/live/1`), tells authorised
+//! listening ones on a long-lived stream (`/tern/live/1`), takes pipelined deposits on
+//! another (`/tern/deposit/1`, [`pipeline`]), tells authorised
 //! contacts who is online (`/tern/presence/1`), POSTs content-free wake-ups to push
 //! endpoints, keeps encrypted media as blobs (`/tern/blob/1`, [`blob`]), and is a libp2p
 //! circuit relay v2 so devices behind NAT can be reached and hole-punch. It sees device ids,
@@ -18,6 +19,7 @@
 pub mod blob;
 pub mod client;
 pub mod live;
+pub mod pipeline;
 pub mod rpc;
 #[cfg(feature = "server")]
 pub mod server;

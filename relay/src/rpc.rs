@@ -86,6 +86,42 @@ fn unexpected(what: impl std::fmt::Debug) -> RequestError {
     RequestError::Unexpected(format!("{what:?}"))
 }
 
+/// The `Deposit` request for `recipients`, with a deposit token per recipient (in their
+/// order; empty for none), whatever carries it (a request, or the deposit stream).
+pub fn deposit_request(
+    recipients: Vec<PeerId>,
+    tokens: Vec<Option<[u8; 32]>>,
+    ttl_secs: Option<u32>,
+    ciphertext: Vec<u8>,
+) -> mailbox::Request {
+    // No token at all goes as no list.
+    let tokens = if tokens.iter().any(Option::is_some) {
+        tokens.into_iter().map(|t| t.map(ByteArray::new)).collect()
+    } else {
+        Vec::new()
+    };
+    mailbox::Request::Deposit {
+        recipients,
+        ttl_secs,
+        ciphertext: ByteBuf::from(ciphertext),
+        tokens,
+    }
+}
+
+/// What the answer to a deposit means: the message id and the recipients it did not reach,
+/// or the relay's refusal.
+pub fn deposited(
+    response: mailbox::Response,
+) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
+    match response {
+        mailbox::Response::Deposited {
+            message, refused, ..
+        } => Ok((message, refused)),
+        mailbox::Response::Error(r) => Err(RequestError::Rejected(r)),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// Every relay request as a typed call, on any [`Transport`].
 pub trait Requests: Transport {
     /// A mailbox request; a refusal is [`RequestError::Rejected`].
@@ -141,24 +177,8 @@ pub trait Requests: Transport {
         ciphertext: Vec<u8>,
     ) -> impl Future<Output = Result<(u64, Vec<mailbox::Refusal>), RequestError>> + Send {
         async move {
-            // No token at all goes as no list.
-            let tokens = if tokens.iter().any(Option::is_some) {
-                tokens.into_iter().map(|t| t.map(ByteArray::new)).collect()
-            } else {
-                Vec::new()
-            };
-            let req = mailbox::Request::Deposit {
-                recipients,
-                ttl_secs,
-                ciphertext: ByteBuf::from(ciphertext),
-                tokens,
-            };
-            match self.mailbox(req).await? {
-                mailbox::Response::Deposited {
-                    message, refused, ..
-                } => Ok((message, refused)),
-                other => Err(unexpected(other)),
-            }
+            let req = deposit_request(recipients, tokens, ttl_secs, ciphertext);
+            deposited(self.mailbox(req).await?)
         }
     }
 

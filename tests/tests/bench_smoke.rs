@@ -78,6 +78,11 @@ fn relay_suite_reports_every_figure_with_its_baseline() {
         "relay.flood_deposit_p99",
         "relay.flood_ip_limited_deposit_p50",
         "relay.flood_ip_limited_deposit_p99",
+        "relay.pipelined_w4_throughput",
+        "relay.pipelined_w4_vs_sqlite",
+        "relay.pipelined_w4_ack_p99",
+        "relay.pipelined_w64_throughput",
+        "relay.pipelined_w64_ack_p99",
     ] {
         let r = row(name);
         for field in ["value", "baseline_value", "ratio"] {

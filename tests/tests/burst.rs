@@ -131,7 +131,7 @@ fn assert_arrives_complete(node: &Node, contact: &str, expected: &[String]) {
 #[test]
 fn a_pipelined_burst_to_an_offline_contact_arrives_complete_and_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let relay = Relay::start_with_metrics(&dir.path().join("relay"), "").unwrap();
     let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
     let mut b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
     link_pair(&a, &b, "Alice", "Bob").unwrap();
@@ -140,6 +140,10 @@ fn a_pipelined_burst_to_an_offline_contact_arrives_complete_and_in_order() {
     let sent = send_burst(&a, "Bob", 2_000, "burst");
     // The outbox drains to the relay (past its deposit burst, at its rate limit).
     wait_outbox_empty(&a, BURST_WAIT).unwrap();
+    // On the relay's deposit stream, once the node has opened it (the first deposits may
+    // go as requests while it opens).
+    let on_stream = relay.metric("tern_relay_stream_deposits_total").unwrap();
+    assert!(on_stream >= 1_900.0, "deposits on the stream: {on_stream}");
     b.restart().unwrap();
     assert_arrives_complete(&b, "Alice", &sent);
     assert_nothing_repaired(&b, &a);

@@ -9,6 +9,7 @@
 //! `/tern/direct/1` for device-to-device messages.
 
 pub mod direct;
+mod pipeline;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -175,6 +176,8 @@ pub struct Client {
     cmd: mpsc::Sender<Command>,
     local: PeerId,
     streams: libp2p_stream::Control,
+    /// Deposit streams to relays.
+    pipes: std::sync::Arc<pipeline::Pipes>,
 }
 
 impl std::fmt::Debug for Client {
@@ -258,6 +261,7 @@ pub fn new(
             cmd: cmd_tx,
             local,
             streams,
+            pipes: Default::default(),
         },
         ev_rx,
         EventLoop {
@@ -1025,8 +1029,9 @@ pub mod rpc {
         }
     }
 
-    /// Deposits one ciphertext for many devices in one request (the relay stores it once),
-    /// each with its token; returns the recipients refused, with why.
+    /// Deposits one ciphertext for many devices in one deposit (the relay stores it once),
+    /// each with its token; returns the recipients refused, with why. It goes on the relay's
+    /// deposit stream when one is open, else as a request (see `pipeline`).
     pub async fn deposit_many(
         net: &Client,
         relay: PeerId,
@@ -1034,10 +1039,14 @@ pub mod rpc {
         ciphertext: Vec<u8>,
     ) -> Result<Vec<mailbox::Refusal>, NetError> {
         let (peers, tokens) = recipients.into_iter().unzip();
-        let (_, refused) = net
-            .at(relay)
-            .deposit_with(peers, tokens, None, ciphertext)
-            .await?;
+        let (_, refused) = match net.pipes.get(relay, &net.streams) {
+            Some(pipe) => pipe.deposit_with(peers, tokens, None, ciphertext).await?,
+            None => {
+                net.at(relay)
+                    .deposit_with(peers, tokens, None, ciphertext)
+                    .await?
+            }
+        };
         Ok(refused)
     }
 

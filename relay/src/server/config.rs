@@ -365,6 +365,13 @@ pub struct ConnectionConfig {
     pub read_budget_bytes: usize,
     /// A request not answered within this many seconds fails. Default 30.
     pub request_timeout_secs: u64,
+    /// Deposits the relay reads ahead of its answers on one deposit stream
+    /// (`/tern/deposit/1`); beyond it, the stream waits. Default 256.
+    pub deposit_window: usize,
+    /// Bytes of unanswered deposits one deposit stream may hold (they also take their share
+    /// of `read_budget_bytes` until answered); beyond it, the stream waits. Default 4 MiB (at
+    /// least one largest deposit, at most `read_budget_bytes`).
+    pub deposit_stream_bytes: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -380,6 +387,8 @@ impl Default for ConnectionConfig {
             max_concurrent_streams: 64,
             read_budget_bytes: 64 * 1024 * 1024,
             request_timeout_secs: 30,
+            deposit_window: crate::wire::deposit::DEFAULT_WINDOW,
+            deposit_stream_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -613,6 +622,18 @@ impl Config {
         {
             return invalid("connections.read_budget_bytes", "must be 1 MiB ..= 4 GiB");
         }
+        let c = &self.connections;
+        if c.deposit_window == 0 || c.deposit_window > 65_536 {
+            return invalid("connections.deposit_window", "must be 1 ..= 65536");
+        }
+        if c.deposit_stream_bytes < crate::wire::deposit::MAX_DEPOSIT_FRAME_BYTES
+            || c.deposit_stream_bytes > c.read_budget_bytes
+        {
+            return invalid(
+                "connections.deposit_stream_bytes",
+                "must hold one largest deposit and be at most read_budget_bytes",
+            );
+        }
         if self.connections.max_concurrent_streams == 0 {
             return invalid("connections.max_concurrent_streams", "must be positive");
         }
@@ -658,6 +679,14 @@ mod tests {
         assert_eq!(parsed.connections.max_per_peer, d.connections.max_per_peer);
         assert_eq!(parsed.connections.max_per_ip, d.connections.max_per_ip);
         assert_eq!(
+            parsed.connections.deposit_window,
+            d.connections.deposit_window
+        );
+        assert_eq!(
+            parsed.connections.deposit_stream_bytes,
+            d.connections.deposit_stream_bytes
+        );
+        assert_eq!(
             parsed.connections.ip_connections_per_sec,
             d.connections.ip_connections_per_sec
         );
@@ -696,5 +725,16 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        // A deposit stream must be able to hold one largest deposit, within the budget.
+        for (window, bytes) in [
+            (0, 4 << 20),
+            (256, crate::wire::deposit::MAX_DEPOSIT_FRAME_BYTES - 1),
+            (256, (64 << 20) + 1),
+        ] {
+            let mut c = Config::default();
+            c.connections.deposit_window = window;
+            c.connections.deposit_stream_bytes = bytes;
+            assert!(c.validate().is_err(), "{window} {bytes}");
+        }
     }
 }

@@ -20,8 +20,16 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE, claims::ClaimLimits, config::Config,
-    iplimit::IpKey, metrics::Metrics, presence::Presence, push, quota::Share, ratelimit::Limiter,
+    Announcement, Behaviour, BehaviourEvent, SHUTDOWN_GRACE,
+    claims::ClaimLimits,
+    config::Config,
+    deposits::{self, Answer},
+    iplimit::IpKey,
+    metrics::Metrics,
+    presence::Presence,
+    push,
+    quota::Share,
+    ratelimit::Limiter,
     storage,
 };
 use crate::wire::{
@@ -52,7 +60,7 @@ enum Proto {
 /// A storage reply, with what is needed to answer the request it belongs to.
 enum Completion {
     Deposit {
-        channel: ResponseChannel<Frame>,
+        channel: Answer,
         size: usize,
         /// Recipients refused before storage (a wrong grant).
         refused: Vec<mailbox::Refusal>,
@@ -113,7 +121,7 @@ enum Completion {
     Nothing,
     /// A refused deposit whose answer was held back (see `refuse_stranger`).
     Refuse {
-        channel: ResponseChannel<Frame>,
+        channel: Answer,
         rejection: Rejection,
     },
 }
@@ -189,12 +197,16 @@ pub(crate) struct EventLoop {
     live_generation: u64,
     live_notes: mpsc::Sender<LiveNote>,
     live_notes_rx: mpsc::Receiver<LiveNote>,
+    /// Deposits read from deposit streams (`/tern/deposit/1`), in each stream's order.
+    deposit_notes: mpsc::Receiver<deposits::Note>,
     pending: FuturesUnordered<Pending>,
     announce: Box<dyn FnMut(Announcement) + Send>,
     shutting_down: bool,
 }
 
 impl EventLoop {
+    // Built once, by `run`, from everything it set up.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         cfg: Config,
@@ -203,6 +215,7 @@ impl EventLoop {
         push: push::Handle,
         loaded: storage::Loaded,
         announce: Box<dyn FnMut(Announcement) + Send>,
+        deposit_notes: mpsc::Receiver<deposits::Note>,
     ) -> Self {
         let mut presence = Presence::new(Duration::from_secs(cfg.presence.heartbeat_ttl_secs));
         let (live_notes, live_notes_rx) = mpsc::channel(LIVE_ACK_QUEUE);
@@ -235,6 +248,7 @@ impl EventLoop {
             live_generation: 0,
             live_notes,
             live_notes_rx,
+            deposit_notes,
             pending: FuturesUnordered::new(),
             announce,
             shutting_down: false,
@@ -267,6 +281,7 @@ impl EventLoop {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => self.on_completion(done),
                 Some(note) = self.live_notes_rx.recv() => self.on_live_note(note),
+                Some(note) = self.deposit_notes.recv() => self.on_stream_deposit(note),
                 _ = sweep.tick() => self.on_sweep(),
                 _ = prune.tick() => {
                     let now = Instant::now();
@@ -475,15 +490,10 @@ impl EventLoop {
     /// may not can have each of its streams refused at most once a second (until it is
     /// banned), rather than as fast as the relay can answer. An honest node backs off for
     /// longer than that after such a refusal anyway, and its other requests are not held.
-    fn refuse_stranger(
-        &mut self,
-        peer: PeerId,
-        channel: ResponseChannel<Frame>,
-        rejection: Rejection,
-    ) {
+    fn refuse_stranger(&mut self, peer: PeerId, channel: Answer, rejection: Rejection) {
         let delay = self.penalize(peer, rejection.code);
         if delay.is_zero() {
-            return self.reject(Proto::Mailbox, channel, rejection);
+            return self.refuse(channel, rejection);
         }
         self.pending.push(Box::pin(async move {
             tokio::time::sleep(delay).await;
@@ -534,31 +544,11 @@ impl EventLoop {
         frame: Frame,
         channel: ResponseChannel<Frame>,
     ) {
-        if self.shutting_down {
-            return self.reject(
-                proto,
-                channel,
-                Rejection {
-                    code: ErrorCode::Unavailable,
-                    retry_after_ms: Some(SHUTDOWN_GRACE.as_millis() as u64),
-                },
-            );
+        match self.admit(peer) {
+            Ok(()) => {}
+            Err(Some(rejection)) => return self.reject(proto, channel, rejection),
+            Err(None) => return,
         }
-        if let Err(wait) = self.admit_request(peer) {
-            if self.disregards_limit(peer, wait) {
-                return;
-            }
-            return self.reject(
-                proto,
-                channel,
-                Rejection {
-                    code: ErrorCode::RateLimited,
-                    retry_after_ms: Some(wait.as_millis() as u64 + 1),
-                },
-            );
-        }
-        // Any request is a sign of life for presence.
-        self.presence.touch(peer, Instant::now(), now_ms());
         match proto {
             Proto::Mailbox => match mailbox::Request::from_frame(&frame) {
                 Ok(req) => self.on_mailbox(peer, req, channel),
@@ -603,7 +593,70 @@ impl EventLoop {
         }
     }
 
-    fn on_mailbox(&mut self, peer: PeerId, req: mailbox::Request, channel: ResponseChannel<Frame>) {
+    /// Whether a request (or a deposit on a stream) of `peer` is served: not while shutting
+    /// down, nor over its or its address's rate (`None`: dropped unanswered, see
+    /// `disregards_limit`). A request served is a sign of life for presence.
+    fn admit(&mut self, peer: PeerId) -> Result<(), Option<Rejection>> {
+        if self.shutting_down {
+            return Err(Some(Rejection {
+                code: ErrorCode::Unavailable,
+                retry_after_ms: Some(SHUTDOWN_GRACE.as_millis() as u64),
+            }));
+        }
+        if let Err(wait) = self.admit_request(peer) {
+            if self.disregards_limit(peer, wait) {
+                return Err(None);
+            }
+            return Err(Some(Rejection {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: Some(wait.as_millis() as u64 + 1),
+            }));
+        }
+        self.presence.touch(peer, Instant::now(), now_ms());
+        Ok(())
+    }
+
+    /// A deposit from a deposit stream: admitted and served like a `Deposit` request.
+    fn on_stream_deposit(&mut self, note: deposits::Note) {
+        self.metrics.stream_deposits.fetch_add(1, Relaxed);
+        let deposits::Note { peer, frame, reply } = note;
+        let answer = Answer::Stream(reply);
+        match self.admit(peer) {
+            Ok(()) => {}
+            Err(Some(rejection)) => return self.refuse(answer, rejection),
+            Err(None) => return,
+        }
+        match mailbox::Request::decode(&frame) {
+            Ok(req) => self.on_deposit(peer, req, answer),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "bad deposit frame");
+                self.refuse(answer, Rejection::new(ErrorCode::for_decode_error(&e)));
+            }
+        }
+    }
+
+    /// Answers a deposit, on whatever it came.
+    fn answer(&mut self, answer: Answer, resp: mailbox::Response) {
+        match answer {
+            Answer::Request(channel) => self.respond_mailbox(channel, resp),
+            Answer::Stream(reply) => reply.send(resp),
+        }
+    }
+
+    /// Refuses a deposit (counted in the metrics), on whatever it came.
+    fn refuse(&mut self, answer: Answer, rejection: Rejection) {
+        match answer {
+            Answer::Request(channel) => self.reject(Proto::Mailbox, channel, rejection),
+            Answer::Stream(reply) => {
+                self.metrics.reject(rejection.code);
+                reply.send(mailbox::Response::Error(rejection));
+            }
+        }
+    }
+
+    /// Serves a deposit (a `Deposit` request or a deposit from a stream; anything else is
+    /// refused as `BadRequest`).
+    fn on_deposit(&mut self, peer: PeerId, req: mailbox::Request, channel: Answer) {
         let m = &self.cfg.mailbox;
         match req {
             mailbox::Request::Deposit {
@@ -613,21 +666,13 @@ impl EventLoop {
                 tokens,
             } => {
                 if ciphertext.len() > m.max_ciphertext_bytes {
-                    return self.reject(
-                        Proto::Mailbox,
-                        channel,
-                        Rejection::new(ErrorCode::TooLarge),
-                    );
+                    return self.refuse(channel, Rejection::new(ErrorCode::TooLarge));
                 }
                 if recipients.is_empty()
                     || recipients.len() > m.max_recipients
                     || (!tokens.is_empty() && tokens.len() != recipients.len())
                 {
-                    return self.reject(
-                        Proto::Mailbox,
-                        channel,
-                        Rejection::new(ErrorCode::BadRequest),
-                    );
+                    return self.refuse(channel, Rejection::new(ErrorCode::BadRequest));
                 }
                 let mut seen = HashSet::with_capacity(recipients.len());
                 let (recipients, tokens): (Vec<PeerId>, Vec<_>) = recipients
@@ -640,8 +685,7 @@ impl EventLoop {
                     self.deposits
                         .take(&peer, deposit_cost(recipients.len()), Instant::now())
                 {
-                    return self.reject(
-                        Proto::Mailbox,
+                    return self.refuse(
                         channel,
                         Rejection {
                             code: ErrorCode::RateLimited,
@@ -656,7 +700,7 @@ impl EventLoop {
                 {
                     Ok(a) => a,
                     Err(code) => {
-                        return self.reject(Proto::Mailbox, channel, Rejection::new(code));
+                        return self.refuse(channel, Rejection::new(code));
                     }
                 };
                 for r in &admitted.refused {
@@ -720,7 +764,7 @@ impl EventLoop {
                     reply,
                 };
                 if let Err(e) = self.storage.submit(op) {
-                    return self.reject(Proto::Mailbox, channel, busy(e));
+                    return self.refuse(channel, busy(e));
                 }
                 if let Some((early_rx, ciphertext)) = early_rx {
                     self.pending.push(Box::pin(async move {
@@ -745,6 +789,15 @@ impl EventLoop {
                         result: await_reply(rx).await,
                     }
                 }));
+            }
+            _ => self.refuse(channel, Rejection::new(ErrorCode::BadRequest)),
+        }
+    }
+
+    fn on_mailbox(&mut self, peer: PeerId, req: mailbox::Request, channel: ResponseChannel<Frame>) {
+        match req {
+            req @ mailbox::Request::Deposit { .. } => {
+                self.on_deposit(peer, req, Answer::Request(channel))
             }
             mailbox::Request::Fetch { after, limit } => {
                 let now = now_ms();
@@ -934,9 +987,7 @@ impl EventLoop {
                 }
             }
             Completion::Nothing => {}
-            Completion::Refuse { channel, rejection } => {
-                self.reject(Proto::Mailbox, channel, rejection)
-            }
+            Completion::Refuse { channel, rejection } => self.refuse(channel, rejection),
             Completion::Deposit {
                 channel,
                 sender,
@@ -951,7 +1002,7 @@ impl EventLoop {
                         .deposit_recipients
                         .fetch_add(d.stored.len() as u64, Relaxed);
                     self.metrics.deposit_bytes.fetch_add(size as u64, Relaxed);
-                    self.respond_mailbox(
+                    self.answer(
                         channel,
                         mailbox::Response::Deposited {
                             message: d.message,
@@ -1178,10 +1229,11 @@ impl EventLoop {
     fn disregards_limit(&mut self, peer: PeerId, wait: Duration) -> bool {
         let now = Instant::now();
         // What its connections could have had in flight when it was told: three request
-        // protocols, each with its streams.
+        // protocols, each with its streams, and a deposit stream's window.
         let c = &self.cfg.connections;
         let tolerated = (c.max_concurrent_streams as u32)
             .saturating_mul(3)
+            .saturating_add(c.deposit_window as u32)
             .saturating_mul(c.max_per_peer);
         match self.rate_limited.get_mut(&peer) {
             Some((until, sent)) if *until > now => {

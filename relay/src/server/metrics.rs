@@ -33,6 +33,10 @@ pub struct Metrics {
     pub live_stream_pushes: AtomicU64,
     /// Acknowledgement frames that came on live streams.
     pub live_stream_acks: AtomicU64,
+    /// Open deposit streams (`/tern/deposit/1`).
+    pub deposit_streams: AtomicI64,
+    /// Deposits read from deposit streams (served, refused or dropped alike).
+    pub stream_deposits: AtomicU64,
     /// Messages acknowledged (deleted) by recipients.
     pub acked: AtomicU64,
     /// Mailbox entries deleted by TTL expiry.
@@ -184,6 +188,18 @@ impl Metrics {
             "Acknowledgement frames received on live streams.",
             "counter",
             g(&self.live_stream_acks),
+        );
+        counter(
+            "tern_relay_deposit_streams",
+            "Open deposit streams.",
+            "gauge",
+            self.deposit_streams.load(Relaxed).to_string(),
+        );
+        counter(
+            "tern_relay_stream_deposits_total",
+            "Deposits that came on deposit streams.",
+            "counter",
+            g(&self.stream_deposits),
         );
         counter(
             "tern_relay_acked_total",

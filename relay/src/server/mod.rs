@@ -6,6 +6,7 @@
 pub mod blobs;
 pub mod claims;
 pub mod config;
+mod deposits;
 pub mod directory;
 mod event_loop;
 pub mod gate;
@@ -119,6 +120,7 @@ pub(crate) struct Behaviour {
     presence: request_response::Behaviour<crate::wire::FrameCodec>,
     directory: request_response::Behaviour<crate::wire::FrameCodec>,
     live: crate::live::Behaviour,
+    /// `/tern/blob/1` and `/tern/deposit/1` streams.
     blob: libp2p_stream::Behaviour,
 }
 
@@ -156,16 +158,16 @@ fn rr(
     )
 }
 
+/// `budget`: the read budget of every request protocol and connection.
 fn build_swarm(
     key: Keypair,
     cfg: &Config,
     metrics: Arc<metrics::Metrics>,
+    budget: &Arc<tokio::sync::Semaphore>,
 ) -> Result<libp2p::Swarm<Behaviour>, RunError> {
     let conn = cfg.connections.clone();
     let circuit = cfg.circuit.clone();
     let rate = cfg.rate.clone();
-    // One read budget for the requests of every protocol and connection.
-    let budget = Arc::new(tokio::sync::Semaphore::new(conn.read_budget_bytes));
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -197,18 +199,18 @@ fn build_swarm(
                 ),
                 ping: ping::Behaviour::default(),
                 relay: relay::Behaviour::new(peer_id, relay_config(&circuit)),
-                mailbox: rr(mailbox::PROTOCOL, mailbox::codec(), &conn, &budget),
+                mailbox: rr(mailbox::PROTOCOL, mailbox::codec(), &conn, budget),
                 presence: rr(
                     presence_wire::PROTOCOL,
                     presence_wire::codec(),
                     &conn,
-                    &budget,
+                    budget,
                 ),
                 directory: rr(
                     directory_wire::PROTOCOL,
                     directory_wire::codec(),
                     &conn,
-                    &budget,
+                    budget,
                 ),
                 live: crate::live::Behaviour::server(),
                 blob: libp2p_stream::Behaviour::new(),
@@ -261,7 +263,12 @@ pub async fn run(
         },
         metrics.clone(),
     )?;
-    let mut swarm = build_swarm(key, &config, metrics.clone())?;
+    // One read budget for the requests of every protocol and connection, and for the
+    // unanswered frames of every deposit stream.
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        config.connections.read_budget_bytes,
+    ));
+    let mut swarm = build_swarm(key, &config, metrics.clone(), &budget)?;
     // Offer the hop protocol from the start: a relay's reachability is its operator's
     // promise, not something to wait for AutoNAT to confirm.
     swarm
@@ -303,6 +310,25 @@ pub async fn run(
         http_stop.subscribe(),
     )
     .map_err(RunError::Blobs)?;
+    // Deposit streams are read by tasks of their own; the event loop serves their deposits.
+    let incoming = swarm
+        .behaviour()
+        .blob
+        .new_control()
+        .accept(crate::wire::deposit::PROTOCOL)
+        .map_err(|e| RunError::Transport(e.to_string()))?;
+    let (notes, notes_rx) = tokio::sync::mpsc::channel(deposits::NOTE_QUEUE);
+    deposits::spawn_acceptor(
+        incoming,
+        deposits::Limits {
+            window: config.connections.deposit_window,
+            stream_bytes: config.connections.deposit_stream_bytes,
+            per_peer: config.connections.max_per_peer as usize,
+            budget,
+        },
+        notes,
+        metrics.clone(),
+    );
     tracing::info!(peer_id = %local_peer_id, "relay starting");
     let el = event_loop::EventLoop::new(
         swarm,
@@ -312,6 +338,7 @@ pub async fn run(
         push,
         loaded,
         Box::new(announce),
+        notes_rx,
     );
     el.run(shutdown).await;
     let _ = http_stop.send(true);

@@ -31,6 +31,7 @@ macro_rules! framed {
 }
 
 pub mod codec;
+pub mod deposit;
 pub mod directory;
 pub mod mailbox;
 mod peer_serde;

@@ -1,4 +1,5 @@
-//! Length-prefixed frames on a long-lived stream (`/tern/live/1`, `/tern/blob/1`): a `u32`
+//! Length-prefixed frames on a long-lived stream (`/tern/live/1`, `/tern/deposit/1`,
+//! `/tern/blob/1`): a `u32`
 //! big-endian length, then a frame in the wire format (version byte, CBOR).
 //!
 //! The reader is told the cap for the frame it expects next and refuses a longer length
@@ -14,6 +15,18 @@ pub async fn read_frame<S: futures::AsyncRead + Unpin>(
     io: &mut S,
     max: usize,
 ) -> io::Result<Option<Vec<u8>>> {
+    let Some(len) = read_prefix(io, max).await? else {
+        return Ok(None);
+    };
+    read_body(io, len).await.map(Some)
+}
+
+/// Reads a length prefix of at most `max`: what [`read_frame`] does before the frame, for a
+/// reader that reserves room for the frame before reading it ([`read_body`]).
+pub async fn read_prefix<S: futures::AsyncRead + Unpin>(
+    io: &mut S,
+    max: usize,
+) -> io::Result<Option<usize>> {
     let mut len = [0u8; 4];
     match io.read_exact(&mut len).await {
         Ok(()) => {}
@@ -27,9 +40,17 @@ pub async fn read_frame<S: futures::AsyncRead + Unpin>(
             format!("frame of {len} bytes is over the {max}-byte limit"),
         ));
     }
+    Ok(Some(len))
+}
+
+/// Reads the `len` bytes of a frame whose prefix [`read_prefix`] read.
+pub async fn read_body<S: futures::AsyncRead + Unpin>(
+    io: &mut S,
+    len: usize,
+) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
-    Ok(Some(buf))
+    Ok(buf)
 }
 
 /// Writes one length-prefixed frame and flushes it. Prefix and frame go in one write: on
@@ -38,11 +59,26 @@ pub async fn write_frame<S: futures::AsyncWrite + Unpin>(
     io: &mut S,
     frame: &[u8],
 ) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(4 + frame.len());
+    append_frame(&mut buf, frame)?;
+    write_batch(io, &buf).await
+}
+
+/// Appends one length-prefixed frame to `buf`, so that several frames go in one write
+/// ([`write_batch`]): one Yamux frame, one Noise frame, one system call for all of them.
+pub fn append_frame(buf: &mut Vec<u8>, frame: &[u8]) -> io::Result<()> {
     let len = u32::try_from(frame.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too long"))?;
-    let mut buf = Vec::with_capacity(4 + frame.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(frame);
-    io.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Writes frames gathered with [`append_frame`] and flushes them.
+pub async fn write_batch<S: futures::AsyncWrite + Unpin>(io: &mut S, buf: &[u8]) -> io::Result<()> {
+    io.write_all(buf).await?;
     io.flush().await
 }
+
+/// Bytes of frames a writer gathers into one write before it writes them.
+pub const BATCH_BYTES: usize = 64 * 1024;

@@ -191,12 +191,16 @@ pub fn per_sec(ops: usize, d: Duration) -> f64 {
 /// A suite: a name and the function that runs it.
 pub type Suite = (&'static str, fn(&Opts, &mut Report) -> anyhow::Result<()>);
 
+/// Suites that run a part of another one (`relay`), left out of `all`.
+pub const PARTS: &[&str] = &["relay-flood", "relay-deposits"];
+
 /// Every suite, in the order `all` runs them.
 pub const SUITES: &[Suite] = &[
     ("crypto", crypto::run),
     ("store", store::run),
     ("relay", relay::run),
     ("relay-flood", relay::run_flood),
+    ("relay-deposits", relay::run_deposits),
     ("delivery", delivery::run),
     ("group", group::run),
     ("devices", devices::run),

@@ -42,6 +42,14 @@
 //! - `relay.flood_ip_limited_*`: the same figures with the relay's default per-IP limits
 //!   ([`FLOOD_IP_CONFIG`]: 2,000 requests/s, bursts of 4,000, shared by all the attackers on
 //!   127.0.0.1), against the same baseline.
+//! - `relay.pipelined_w<N>_*`: the same deposits on deposit streams (`/tern/deposit/1`), one
+//!   per client with a window of N deposits in flight (N = [`IN_FLIGHT`], as many as the
+//!   request/response run and the Mosquitto publishers keep in flight, and a wide one):
+//!   `_throughput` against the request/response deposits, `_vs_echo` and `_vs_sqlite`
+//!   against the transport and storage ceilings, `_ack_p50` / `_p99` (from a deposit taking
+//!   its place in the window to its acknowledgement) against the request/response
+//!   deposits, and `_vs_mosquitto`, `_ack_p50_vs_mosquitto`, `_ack_p99_vs_mosquitto`.
+//!   `tern-bench relay-deposits` runs the deposit figures alone.
 //! - `relay.*_vs_mosquitto`: the same deposit load and paced live delivery against a
 //!   Mosquitto broker (QoS 1, persistence on) when `mosquitto` is installed; reported as
 //!   skipped otherwise. See [`mosquitto`].
@@ -74,6 +82,8 @@ use tern_relay::{
 };
 
 use super::{Opts, Report, per_sec, quantile};
+
+mod pipeline;
 
 /// Concurrent sending clients in the throughput run.
 const SENDERS: usize = 32;
@@ -141,26 +151,34 @@ ip_connections_burst = 1000000000.0
 max_concurrent_streams = 1024
 ";
 
-/// Runs the suite.
-pub fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// Runs `f` on the suite's runtime (two worker threads).
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
-    rt.block_on(run_async(opts, report))
+        .build()?
+        .block_on(f)
+}
+
+/// Runs the suite.
+pub fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    block_on(run_async(opts, report, false))
+}
+
+/// Runs the deposit figures of the suite only (`relay-deposits`): `relay.deposit_*`,
+/// `relay.pipelined_*` and their Mosquitto anchors.
+pub fn run_deposits(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    block_on(run_async(opts, report, true))
 }
 
 /// Runs the flood figures of the suite only (`relay-flood`): `relay.flood_*` and
 /// `relay.flood_ip_limited_*`.
 pub fn run_flood(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(floods(opts, report))
+    block_on(floods(opts, report))
 }
 
-async fn run_async(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+/// `deposits_only`: the deposit figures and their baselines, nothing else (`relay-deposits`).
+async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> anyhow::Result<()> {
     let deposits = opts.size(100_000, 1_000);
     let push_messages = opts.size(5_000, 200);
     let idle = opts.size(3_000, 50);
@@ -193,12 +211,13 @@ async fn run_async(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     })
     .await?;
     let relay_rate = per_sec(deposits, relay_time);
+    let echo_rate = per_sec(deposits, echo_time);
     report.compare(
         "relay.deposit_throughput",
         relay_rate,
         "msg/s",
         "libp2p rr echo (transport)",
-        per_sec(deposits, echo_time),
+        echo_rate,
     );
     report.compare(
         "relay.deposit_vs_sqlite",
@@ -218,6 +237,54 @@ async fn run_async(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             "libp2p rr echo (transport)",
             ms(quantile(&mut echo_lat, q)),
         );
+    }
+    let mut pipelined = Vec::new();
+    for window in pipeline::WINDOWS {
+        let mut run = pipeline::run(&relay.addr, deposits, window).await?;
+        let name = run.name();
+        report.compare(
+            &format!("{name}_throughput"),
+            run.rate,
+            "msg/s",
+            "relay request/response deposits",
+            relay_rate,
+        );
+        report.compare(
+            &format!("{name}_vs_echo"),
+            run.rate,
+            "msg/s",
+            "libp2p rr echo (transport)",
+            echo_rate,
+        );
+        report.compare(
+            &format!("{name}_vs_sqlite"),
+            run.rate,
+            "msg/s",
+            "batched durable SQLite insert",
+            sqlite,
+        );
+        for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+            report.compare(
+                &format!("{name}_ack_{label}"),
+                ms(quantile(&mut run.lat, q)),
+                "ms",
+                "relay request/response deposits",
+                ms(quantile(&mut relay_lat, q)),
+            );
+        }
+        pipelined.push(run);
+    }
+    if deposits_only {
+        drop(relay);
+        return mosquitto(
+            report,
+            deposits,
+            None,
+            relay_rate,
+            &mut relay_lat,
+            &mut pipelined,
+        )
+        .await;
     }
 
     // Deposit → live delivery latency at a fixed rate.
@@ -245,10 +312,10 @@ async fn run_async(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     mosquitto(
         report,
         deposits,
-        push_messages,
+        Some((push_messages, &mut push_lat)),
         relay_rate,
         &mut relay_lat,
-        &mut push_lat,
+        &mut pipelined,
     )
     .await?;
     Ok(())
@@ -293,13 +360,15 @@ fn ms(d: Duration) -> f64 {
 /// the relay stores mail), and the same paced live delivery to a connected QoS 1
 /// subscriber. Mosquitto's persistence writes its store periodically, so its PUBACK is not
 /// a durable acknowledgement: it is the faster kind of anchor.
+/// `push`: the paced live-delivery run (messages, the relay's latencies), when measured.
+/// `pipelined`: the pipelined deposit runs, compared with the same deposit load.
 async fn mosquitto(
     report: &mut Report,
     deposits: usize,
-    push_messages: usize,
+    push: Option<(usize, &mut [Duration])>,
     relay_rate: f64,
     relay_ack: &mut [Duration],
-    relay_push: &mut [Duration],
+    pipelined: &mut [pipeline::Run],
 ) -> anyhow::Result<()> {
     let Some(broker) = mqtt::Broker::start()? else {
         report.skipped(
@@ -309,12 +378,13 @@ async fn mosquitto(
         return Ok(());
     };
     let (time, mut lat) = mqtt::publish_load(broker.port, deposits).await?;
+    let mqtt_rate = per_sec(deposits, time);
     report.compare(
         "relay.deposit_vs_mosquitto",
         relay_rate,
         "msg/s",
         "mosquitto QoS1 persistent",
-        per_sec(deposits, time),
+        mqtt_rate,
     );
     report.compare(
         "relay.deposit_ack_p99_vs_mosquitto",
@@ -323,6 +393,28 @@ async fn mosquitto(
         "mosquitto QoS1 PUBACK",
         ms(quantile(&mut lat, 0.99)),
     );
+    for run in pipelined {
+        let name = run.name();
+        report.compare(
+            &format!("{name}_vs_mosquitto"),
+            run.rate,
+            "msg/s",
+            "mosquitto QoS1 persistent",
+            mqtt_rate,
+        );
+        for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+            report.compare(
+                &format!("{name}_ack_{label}_vs_mosquitto"),
+                ms(quantile(&mut run.lat, q)),
+                "ms",
+                "mosquitto QoS1 PUBACK",
+                ms(quantile(&mut lat, q)),
+            );
+        }
+    }
+    let Some((push_messages, relay_push)) = push else {
+        return Ok(());
+    };
     let mut live = mqtt::paced_delivery(broker.port, push_messages).await?;
     for (name, q) in [
         ("relay.push_p50_vs_mosquitto", 0.5),

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tern_tests::bench::{ATTACK_ARG, Opts, Report, SUITES, flood_attacker};
+use tern_tests::bench::{ATTACK_ARG, Opts, PARTS, Report, SUITES, flood_attacker};
 
 /// Run Tern's benchmarks. Every figure is printed with the baseline it was measured against in
 /// the same run and the ratio value / baseline.
@@ -37,7 +37,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let names: Vec<&str> = SUITES.iter().map(|(n, _)| *n).collect();
     let chosen: Vec<&str> = if args.suites.iter().any(|s| s == "all") {
-        names.clone()
+        names
+            .iter()
+            .copied()
+            .filter(|n| !PARTS.contains(n))
+            .collect()
     } else {
         for s in &args.suites {
             if !names.contains(&s.as_str()) {

@@ -22,6 +22,7 @@
 //!
 //! What devices keep here besides mail expires through `server::registrations`.
 
+mod checkpoint;
 mod directory;
 mod grants;
 mod mailbox;
@@ -141,6 +142,7 @@ fn peer(bytes: &[u8]) -> Option<PeerId> {
 pub struct Storage {
     tx: mpsc::Sender<Op>,
     thread: Option<JoinHandle<()>>,
+    checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 /// A cheap cloneable sender of operations.
@@ -236,6 +238,7 @@ impl Storage {
             .filter(|((_, t), _)| *t == Tag::Total)
             .fold((0, 0), |(m, b), (_, u)| (m + u.messages, b + u.bytes));
         metrics.set_mailbox_totals(total_messages, total_bytes);
+        let checkpointer = checkpoint::Checkpointer::spawn(&path)?;
         let (tx, rx) = mpsc::channel(settings.queue_depth);
         let writer = writer::Writer::new(conn, dir.to_path_buf(), usage, settings, metrics);
         let thread = std::thread::Builder::new()
@@ -246,6 +249,7 @@ impl Storage {
             Self {
                 tx,
                 thread: Some(thread),
+                checkpointer: Some(checkpointer),
             },
             loaded,
         ))
@@ -269,6 +273,9 @@ impl Storage {
                 Ok(Ok(())) => {}
                 _ => tracing::error!("storage thread panicked"),
             }
+        }
+        if let Some(c) = self.checkpointer.take() {
+            let _ = tokio::task::spawn_blocking(move || c.stop()).await;
         }
     }
 }

@@ -14,6 +14,9 @@ use crate::server::quota::{self, Key, Usage};
 /// SQLite page size assumed when turning `max_database_bytes` into `max_page_count`.
 const PAGE_SIZE: u64 = 4096;
 
+/// Pages of write-ahead log after which a commit checkpoints it (see `init`).
+const WAL_CHECKPOINT_PAGES: u32 = 10_000;
+
 /// State loaded at start-up for the in-memory parts of the relay.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -30,6 +33,11 @@ pub struct Loaded {
 pub(super) fn init(conn: &Connection, max_database_bytes: u64) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // The commit that takes the write-ahead log past this many pages copies it back into the
+    // database, inside the writer's commit: every deposit of that group commit waits for it
+    // (under a deposit load the writer spent 11 % of its time there at SQLite's 1,000). The
+    // checkpointer thread copies it back long before (`checkpoint.rs`); this is the backstop.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     // Every operation runs in a savepoint; keep its sub-journal in memory rather than in a
     // temporary file (it is only needed until the transaction ends).

@@ -1,0 +1,233 @@
+//! The client's end of `/tern/deposit/1` ([`crate::wire::deposit`]): deposits written one
+//! after another on one stream, up to a window of them waiting for their answers.
+//!
+//! [`Pipeline`] is a cheap cloneable handle to a task that owns the stream. A deposit first
+//! takes a place in the window ([`Pipeline::submit`] waits for one), is then queued for the
+//! stream in that order, and its [`Ticket`] resolves when the relay answers it: with the
+//! same result a `Deposit` request gets ([`crate::rpc::Requests::deposit_with`]). Deposits
+//! submitted one after another (each `submit` awaited before the next) are stored by the
+//! relay in that order. When the stream closes or breaks, or an answer is later than the
+//! timeout, every unanswered deposit fails with [`RequestError::Transport`]: it may or may
+//! not be stored, and the caller sends it again (over the request/response protocol, or a
+//! new stream).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{PeerId, Stream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::{
+    rpc::{RequestError, deposit_request, deposited},
+    wire::{
+        deposit::{Answer, MAX_ANSWER_BYTES},
+        mailbox,
+        stream::{BATCH_BYTES, append_frame, read_frame, write_batch},
+    },
+};
+
+/// How a deposit's answer reaches its caller.
+type Waiter = oneshot::Sender<Result<mailbox::Response, RequestError>>;
+
+/// A deposit on its way to the stream, holding its place in the window.
+struct Queued {
+    frame: Vec<u8>,
+    reply: Waiter,
+    place: OwnedSemaphorePermit,
+}
+
+/// A deposit written and not yet answered; its place in the window is given back with it.
+struct Unanswered {
+    reply: Waiter,
+    _place: OwnedSemaphorePermit,
+    sent: Instant,
+}
+
+fn closed() -> RequestError {
+    RequestError::Transport("deposit stream closed".into())
+}
+
+/// A handle to one open deposit stream.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    queue: mpsc::Sender<Queued>,
+    window: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Queued(..)")
+    }
+}
+
+/// The answer to one deposit, to wait for.
+#[derive(Debug)]
+pub struct Ticket(oneshot::Receiver<Result<mailbox::Response, RequestError>>);
+
+impl Ticket {
+    /// Waits for the relay's answer: the message id and the recipients it did not reach, as
+    /// for a `Deposit` request; a refusal is [`RequestError::Rejected`] with the relay's code.
+    pub async fn answer(self) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
+        match self.0.await {
+            Ok(Ok(response)) => deposited(response),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(closed()),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Runs the client's end of an open `/tern/deposit/1` stream in a task of its own, with
+    /// at most `window` deposits unanswered (at least 1); an answer later than `timeout`
+    /// fails the stream.
+    pub fn spawn(stream: Stream, window: usize, timeout: Duration) -> Self {
+        let window = Arc::new(Semaphore::new(window.max(1)));
+        let (queue, rx) = mpsc::channel(window.available_permits());
+        tokio::spawn(run(stream, rx, window.clone(), timeout));
+        Self { queue, window }
+    }
+
+    /// Whether the stream is still open.
+    pub fn is_open(&self) -> bool {
+        !self.queue.is_closed()
+    }
+
+    /// Places of the window taken: deposits queued for the stream or not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.queue.max_capacity() - self.window.available_permits()
+    }
+
+    /// Queues a deposit request (a `mailbox::Request::Deposit`) once a place in the window
+    /// is free; it goes on the stream after everything submitted before it.
+    pub async fn submit(&self, req: &mailbox::Request) -> Result<Ticket, RequestError> {
+        let frame = req.encode()?;
+        let place = self
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .send(Queued {
+                frame,
+                reply,
+                place,
+            })
+            .await
+            .map_err(|_| closed())?;
+        Ok(Ticket(rx))
+    }
+
+    /// Deposits `ciphertext` for `recipients` like [`crate::rpc::Requests::deposit_with`],
+    /// on the stream.
+    pub async fn deposit_with(
+        &self,
+        recipients: Vec<PeerId>,
+        tokens: Vec<Option<[u8; 32]>>,
+        ttl_secs: Option<u32>,
+        ciphertext: Vec<u8>,
+    ) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
+        let req = deposit_request(recipients, tokens, ttl_secs, ciphertext);
+        self.submit(&req).await?.answer().await
+    }
+}
+
+/// The stream's task: writes queued deposits in order, numbering them, and hands each
+/// answer to its caller. Ends when the stream closes or breaks, an answer does not decode or
+/// answers nothing unanswered, or the oldest unanswered deposit is older than `timeout`;
+/// every deposit not answered then fails. When every handle is gone, the stream is closed
+/// for writing once the queue is empty, and the task waits for the last answers.
+async fn run(
+    stream: Stream,
+    mut queue: mpsc::Receiver<Queued>,
+    window: Arc<Semaphore>,
+    timeout: Duration,
+) {
+    let (mut r, mut w) = stream.split();
+    let unanswered: Mutex<HashMap<u64, Unanswered>> = Mutex::new(HashMap::new());
+    let lock = || unanswered.lock().unwrap_or_else(PoisonError::into_inner);
+    let writing = async {
+        let mut seq = 0u64;
+        let mut buf = Vec::new();
+        while let Some(first) = queue.recv().await {
+            // Deposits queued while the last write went out go together in the next.
+            let mut next = Some(first);
+            while let Some(q) = next.take() {
+                if let Err(e) = append_frame(&mut buf, &q.frame) {
+                    let _ = q.reply.send(Err(RequestError::Transport(e.to_string())));
+                } else {
+                    lock().insert(
+                        seq,
+                        Unanswered {
+                            reply: q.reply,
+                            _place: q.place,
+                            sent: Instant::now(),
+                        },
+                    );
+                    seq += 1;
+                }
+                if buf.len() < BATCH_BYTES {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if let Err(e) = write_batch(&mut w, &buf).await {
+                tracing::debug!(error = %e, "deposit stream write failed");
+                return;
+            }
+            buf.clear();
+        }
+        let _ = w.close().await;
+        // What is still unanswered is answered on the reading side.
+        std::future::pending::<()>().await;
+    };
+    let reading = async {
+        loop {
+            let frame = match read_frame(&mut r, MAX_ANSWER_BYTES).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "deposit stream read failed");
+                    return;
+                }
+            };
+            let Ok(answer) = Answer::decode(&frame) else {
+                tracing::debug!("deposit stream: undecodable answer; closing");
+                return;
+            };
+            let Some(waiting) = lock().remove(&answer.seq) else {
+                tracing::debug!(seq = answer.seq, "deposit stream: answer to no deposit");
+                return;
+            };
+            let _ = waiting.reply.send(Ok(answer.response));
+        }
+    };
+    let watchdog = async {
+        let tick = (timeout / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(tick).await;
+            let oldest = lock().values().map(|u| u.sent).min();
+            if oldest.is_some_and(|t| t.elapsed() > timeout) {
+                tracing::debug!("deposit stream: no answer in time; closing");
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = writing => {}
+        () = reading => {}
+        () = watchdog => {}
+    }
+    window.close();
+    queue.close();
+    for (_, u) in lock().drain() {
+        let _ = u.reply.send(Err(closed()));
+    }
+    while let Ok(q) = queue.try_recv() {
+        let _ = q.reply.send(Err(closed()));
+    }
+}
