@@ -19,7 +19,7 @@ use libp2p::{
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::blob::{self, BlobError};
 use crate::wire::{
@@ -33,6 +33,12 @@ const COMMAND_QUEUE: usize = 256;
 /// Capacity of the event queue to the application; when full, events are dropped (mail
 /// stays in the mailbox and can be fetched).
 const EVENT_QUEUE: usize = 1024;
+/// Requests of one protocol a client has in flight at once; more wait for one to finish
+/// (libp2p's request/response handler fails a request beyond its stream limit instead).
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 100;
+/// Streams of one request/response protocol the connection handler runs at once: the
+/// requests in flight plus room for requests the relay sends (pushed mail, presence).
+const MAX_STREAMS: usize = MAX_REQUESTS_IN_FLIGHT + 28;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -132,7 +138,7 @@ mod behaviour {
                 request_response::Behaviour::with_codec(
                     c,
                     [(p, ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(request_timeout),
+                    rr_config(request_timeout),
                 )
             };
             Self {
@@ -146,12 +152,20 @@ mod behaviour {
                 directory: request_response::Behaviour::with_codec(
                     directory::codec(),
                     [(directory::PROTOCOL, ProtocolSupport::Outbound)],
-                    request_response::Config::default().with_request_timeout(request_timeout),
+                    rr_config(request_timeout),
                 ),
                 live: crate::live::Behaviour::client(),
                 blob: libp2p_stream::Behaviour::new(),
             }
         }
+    }
+
+    /// Every request/response protocol's settings: the timeout, and room for
+    /// [`MAX_STREAMS`] streams at once.
+    fn rr_config(request_timeout: Duration) -> request_response::Config {
+        request_response::Config::default()
+            .with_request_timeout(request_timeout)
+            .with_max_concurrent_streams(MAX_STREAMS)
     }
 }
 
@@ -160,13 +174,47 @@ enum Command {
         proto: Proto,
         frame: Vec<u8>,
         reply: oneshot::Sender<Result<Frame, RequestError>>,
+        /// The request's place among [`MAX_REQUESTS_IN_FLIGHT`], held until it is answered.
+        permit: OwnedSemaphorePermit,
     },
     /// Open the live stream (after `Listen`).
     OpenLive,
 }
 
+/// A caller waiting for an answer, and the place its request holds.
+type Waiter = (
+    oneshot::Sender<Result<Frame, RequestError>>,
+    OwnedSemaphorePermit,
+);
+
 /// Callers waiting for an answer, by protocol and request id.
-type Pending = HashMap<(Proto, OutboundRequestId), oneshot::Sender<Result<Frame, RequestError>>>;
+type Pending = HashMap<(Proto, OutboundRequestId), Waiter>;
+
+/// Places for requests in flight, one set per protocol (each has its own stream limit).
+#[derive(Debug)]
+struct InFlight([Arc<Semaphore>; 3]);
+
+impl InFlight {
+    fn new() -> Self {
+        Self(std::array::from_fn(|_| {
+            Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT))
+        }))
+    }
+
+    /// Waits for a place for a request of `proto`.
+    async fn acquire(&self, proto: Proto) -> Result<OwnedSemaphorePermit, RequestError> {
+        let i = match proto {
+            Proto::Mailbox => 0,
+            Proto::Presence => 1,
+            Proto::Directory => 2,
+        };
+        self.0[i]
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RequestError::Closed)
+    }
+}
 
 /// The live stream's acknowledgement queue, once one was opened.
 type LiveSlot = Arc<std::sync::Mutex<Option<crate::live::AckQueue>>>;
@@ -175,6 +223,8 @@ type LiveSlot = Arc<std::sync::Mutex<Option<crate::live::AckQueue>>>;
 #[derive(Clone)]
 pub struct Client {
     cmd: mpsc::Sender<Command>,
+    /// Bounds the requests in flight so none fails for want of a stream.
+    in_flight: Arc<InFlight>,
     local: PeerId,
     relay: PeerId,
     live: LiveSlot,
@@ -264,6 +314,7 @@ impl Client {
         Ok((
             Self {
                 cmd: cmd_tx,
+                in_flight: Arc::new(InFlight::new()),
                 local,
                 relay,
                 live,
@@ -284,14 +335,17 @@ impl Client {
         self.relay
     }
 
-    /// Sends raw frame bytes and returns the raw answer (for tests and tools).
+    /// Sends raw frame bytes and returns the raw answer (for tests and tools). With
+    /// [`MAX_REQUESTS_IN_FLIGHT`] requests of `proto` unanswered, it waits for one to end.
     pub async fn raw(&self, proto: Proto, frame: Vec<u8>) -> Result<Frame, RequestError> {
+        let permit = self.in_flight.acquire(proto).await?;
         let (reply, rx) = oneshot::channel();
         self.cmd
             .send(Command::Request {
                 proto,
                 frame,
                 reply,
+                permit,
             })
             .await
             .map_err(|_| RequestError::Closed)?;
@@ -439,8 +493,10 @@ async fn run(
     loop {
         tokio::select! {
             cmd = cmds.recv() => {
-                let (proto, frame, reply) = match cmd {
-                    Some(Command::Request { proto, frame, reply }) => (proto, frame, reply),
+                let (proto, frame, waiter) = match cmd {
+                    Some(Command::Request { proto, frame, reply, permit }) => {
+                        (proto, frame, (reply, permit))
+                    }
                     Some(Command::OpenLive) => {
                         swarm.behaviour_mut().live.open(relay);
                         continue;
@@ -453,7 +509,7 @@ async fn run(
                     Proto::Presence => b.presence.send_request(&relay, Frame::Data(frame)),
                     Proto::Directory => b.directory.send_request(&relay, Frame::Data(frame)),
                 };
-                pending.insert((proto, id), reply);
+                pending.insert((proto, id), waiter);
             }
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::Behaviour(BehaviourEvent::Mailbox(ev)) => {
@@ -501,14 +557,14 @@ fn on_rr(
                 },
             ..
         } => {
-            if let Some(tx) = pending.remove(&(proto, request_id)) {
+            if let Some((tx, _permit)) = pending.remove(&(proto, request_id)) {
                 let _ = tx.send(Ok(response));
             }
         }
         request_response::Event::OutboundFailure {
             request_id, error, ..
         } => {
-            if let Some(tx) = pending.remove(&(proto, request_id)) {
+            if let Some((tx, _permit)) = pending.remove(&(proto, request_id)) {
                 let _ = tx.send(Err(RequestError::Transport(error.to_string())));
             }
         }

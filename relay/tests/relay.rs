@@ -1386,3 +1386,30 @@ async fn repeated_grant_refusals_get_a_peer_banned() {
         .await
         .unwrap();
 }
+
+/// A client asked for more requests at once than its connection runs streams for queues
+/// the rest: every one of them is answered, none fails for want of a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_stream_limit_wait_for_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\n\
+         deposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n\
+         [connections]\nmax_concurrent_streams = 1024\n",
+    );
+    let (sender, _) = connect(&relay.tcp).await;
+    let (recipient, _) = connect(&relay.tcp).await;
+    let to = recipient.local_peer_id();
+    let n = 3 * client::MAX_REQUESTS_IN_FLIGHT;
+    let sends: Vec<_> = (0..n)
+        .map(|i| {
+            let s = sender.clone();
+            tokio::spawn(async move { s.deposit(vec![to], None, vec![i as u8; 64]).await })
+        })
+        .collect();
+    for s in sends {
+        s.await.unwrap().expect("every deposit is answered");
+    }
+    assert_eq!(fetch_all(&recipient).await.len(), n);
+}
