@@ -143,7 +143,7 @@ impl Quota {
 }
 
 /// Fill level of one counter.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Messages.
     pub messages: u64,

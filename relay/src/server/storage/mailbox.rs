@@ -29,6 +29,7 @@ pub(super) fn deposit(
     batch: &Delta,
     local: &mut Delta,
     quota: Quota,
+    issued: &mut u64,
 ) -> Result<Deposited, OpError> {
     let size = ciphertext.len() as u64;
     let mut accepted = Vec::with_capacity(recipients.len());
@@ -62,14 +63,19 @@ pub(super) fn deposit(
     let message = sp.last_insert_rowid();
     let mut stmt = sp
         .prepare_cached(
-            "INSERT INTO mailbox(owner, message, size, expires_ms, share, intro)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO mailbox(seq, owner, message, size, expires_ms, share, intro)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(sql_err)?;
     let mut stored = Vec::with_capacity(accepted.len());
     for (peer, key, col, intro) in accepted {
         let expires = if intro { intro_expires_ms } else { expires_ms };
+        // Ids only grow, and one is never issued twice, even if the entry that had it
+        // is gone (see `schema::migrate_v5`).
+        let seq = *issued + 1;
+        *issued = seq;
         stmt.execute(params![
+            seq as i64,
             key,
             message,
             size as i64,
@@ -78,13 +84,12 @@ pub(super) fn deposit(
             intro
         ])
         .map_err(sql_err)?;
-        let seq = sp.last_insert_rowid();
         // Recipients are distinct, so this deposit adds one to each mailbox.
         let depth = quota::current(usage, batch, &(key.clone(), Tag::Total)).0 + 1;
         count(local, &key, Some(&col), intro, 1, size as i64);
         stored.push(Stored {
             peer,
-            id: seq as u64,
+            id: seq,
             depth,
             intro,
         });

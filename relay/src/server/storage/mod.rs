@@ -53,7 +53,7 @@ pub use schema::Loaded;
 pub const DB_FILE: &str = "relay.sqlite3";
 /// The schema version this build writes (`PRAGMA user_version`); stored records are
 /// versioned by it.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Why the storage could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -217,12 +217,13 @@ impl Storage {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(wrap)?;
         match version {
-            0..=3 => {
-                let steps: [fn(&Connection) -> rusqlite::Result<()>; 4] = [
+            0..=4 => {
+                let steps: [fn(&Connection) -> rusqlite::Result<()>; 5] = [
                     schema::migrate_v1,
                     schema::migrate_v2,
                     schema::migrate_v3,
                     super::registrations::migrate_v4,
+                    schema::migrate_v5,
                 ];
                 for step in &steps[version as usize..] {
                     step(&conn).map_err(wrap)?;
@@ -232,6 +233,7 @@ impl Storage {
             found => return Err(OpenError::Schema { path, found }),
         }
         let usage = schema::load_usage(&conn).map_err(wrap)?;
+        let issued = schema::issued_seq(&conn).map_err(wrap)?;
         let loaded = schema::load_state(&conn).map_err(wrap)?;
         let (total_messages, total_bytes) = usage
             .iter()
@@ -240,7 +242,8 @@ impl Storage {
         metrics.set_mailbox_totals(total_messages, total_bytes);
         let checkpointer = checkpoint::Checkpointer::spawn(&path)?;
         let (tx, rx) = mpsc::channel(settings.queue_depth);
-        let writer = writer::Writer::new(conn, dir.to_path_buf(), usage, settings, metrics);
+        let writer =
+            writer::Writer::new(conn, dir.to_path_buf(), (usage, issued), settings, metrics);
         let thread = std::thread::Builder::new()
             .name("tern-relay-storage".into())
             .spawn(move || writer.run(rx))

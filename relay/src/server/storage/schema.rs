@@ -17,6 +17,9 @@ const PAGE_SIZE: u64 = 4096;
 /// Pages of write-ahead log after which a commit checkpoints it (see `init`).
 const WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 64;
+
 /// State loaded at start-up for the in-memory parts of the relay.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -43,6 +46,9 @@ pub(super) fn init(conn: &Connection, max_database_bytes: u64) -> rusqlite::Resu
     // temporary file (it is only needed until the transaction ends).
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Keep every statement the writer runs prepared (rusqlite keeps 16 by default, fewer
+    // than the storage's statements: a mixed load would prepare some again and again).
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     if max_database_bytes > 0 {
         let pages = (max_database_bytes / PAGE_SIZE).max(16);
         conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
@@ -119,6 +125,57 @@ pub(super) fn migrate_v3(conn: &Connection) -> rusqlite::Result<()> {
          PRAGMA user_version = 3;
          COMMIT;",
     )
+}
+
+/// Version 5 makes a deposit cheaper to write. The mailbox id becomes a plain rowid without
+/// `AUTOINCREMENT` (which read and rewrote `sqlite_sequence` for every row): ids must still
+/// never be reused, since a client's fetch cursor and acks name them, so `mailbox_seq` keeps
+/// the highest id ever issued, written once per transaction (see [`issued_seq`]). The index
+/// on `message(expires_ms)` goes: expiry finds entries through `mailbox_expiry` and a message
+/// goes with its last entry, so nothing read it, yet every deposit wrote it.
+pub(super) fn migrate_v5(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN;
+         DROP INDEX message_expiry;
+         CREATE TABLE mailbox_seq (id INTEGER PRIMARY KEY CHECK (id = 0), issued INTEGER NOT NULL);
+         INSERT INTO mailbox_seq(id, issued) VALUES (0, MAX(
+             COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'), 0),
+             COALESCE((SELECT MAX(seq) FROM mailbox), 0)));
+         CREATE TABLE mailbox_v5 (
+             seq INTEGER PRIMARY KEY,
+             owner BLOB NOT NULL,
+             message INTEGER NOT NULL,
+             size INTEGER NOT NULL,
+             expires_ms INTEGER NOT NULL,
+             share BLOB,
+             intro INTEGER NOT NULL DEFAULT 0
+         );
+         INSERT INTO mailbox_v5(seq, owner, message, size, expires_ms, share, intro)
+           SELECT seq, owner, message, size, expires_ms, share, intro FROM mailbox;
+         DROP TABLE mailbox;
+         ALTER TABLE mailbox_v5 RENAME TO mailbox;
+         CREATE INDEX mailbox_owner ON mailbox(owner, seq);
+         CREATE INDEX mailbox_expiry ON mailbox(expires_ms);
+         PRAGMA user_version = 5;
+         COMMIT;",
+    )
+}
+
+/// The highest mailbox id ever issued (ids go on from there).
+pub(super) fn issued_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT MAX(issued, COALESCE((SELECT MAX(seq) FROM mailbox), 0)) FROM mailbox_seq",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
+}
+
+/// Records `issued` as the highest mailbox id issued, in the transaction that stores it.
+pub(super) fn set_issued_seq(conn: &Connection, issued: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE mailbox_seq SET issued = ?1 WHERE id = 0")?
+        .execute([issued as i64])
+        .map(drop)
 }
 
 pub(super) fn load_usage(conn: &Connection) -> rusqlite::Result<HashMap<Key, Usage>> {
@@ -199,4 +256,134 @@ pub(super) fn load_state(conn: &Connection) -> rusqlite::Result<Loaded> {
     }
     loaded.grants = grants.into_iter().map(|(o, (h, t))| (o, h, t)).collect();
     Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::oneshot;
+
+    use super::super::{Deposited, Op, Share, Storage, test_settings};
+    use super::*;
+    use crate::server::metrics::Metrics;
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// A version 4 database keeps its entries through version 5, and the ids go on after
+    /// the highest ever issued, even when the entry that had it is gone.
+    #[test]
+    fn v5_keeps_entries_and_never_reissues_an_id() {
+        let conn = Connection::open_in_memory().unwrap();
+        for step in [
+            migrate_v1,
+            migrate_v2,
+            migrate_v3,
+            crate::server::registrations::migrate_v4,
+        ] {
+            step(&conn).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO message(id, sender, created_ms, expires_ms, refs, body)
+             VALUES (1, x'01', 0, 9, 3, x'ff')",
+            [],
+        )
+        .unwrap();
+        for (owner, share, intro) in [
+            ("x'0a'", "x'67'", 0),
+            ("x'0b'", "NULL", 1),
+            ("x'0c'", "NULL", 0),
+        ] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO mailbox(owner, message, size, expires_ms, share, intro)
+                     VALUES ({owner}, 1, 1, 9, {share}, {intro})"
+                ),
+                [],
+            )
+            .unwrap();
+        }
+        // The newest entry is acked before the upgrade: its id 3 must not come back.
+        conn.execute("DELETE FROM mailbox WHERE seq = 3", [])
+            .unwrap();
+        let before = load_usage(&conn).unwrap();
+        migrate_v5(&conn).unwrap();
+        assert_eq!(count(&conn, "PRAGMA user_version"), 5);
+        assert_eq!(issued_seq(&conn).unwrap(), 3);
+        assert_eq!(load_usage(&conn).unwrap(), before);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM mailbox WHERE (seq, owner, intro) IN (VALUES (1, x'0a', 0), (2, x'0b', 1))"
+            ),
+            2
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('message_expiry', 'mailbox_v5')"
+            ),
+            0
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('mailbox_owner', 'mailbox_expiry')"
+            ),
+            2
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'mailbox'"
+            ),
+            0
+        );
+    }
+
+    async fn deposit(h: &super::super::StorageHandle, to: PeerId) -> Deposited {
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Deposit {
+            sender: PeerId::random(),
+            recipients: vec![(to, Share::Sender)],
+            ciphertext: vec![1; 10],
+            now_ms: 0,
+            expires_ms: u64::MAX / 2,
+            intro_expires_ms: u64::MAX / 2,
+            early: None,
+            reply,
+        })
+        .await
+        .unwrap();
+        rx.await.unwrap().unwrap()
+    }
+
+    /// After the newest entry is acked and the relay restarts, the next deposit gets a
+    /// higher id than any issued before (a client's cursor would skip a reused one).
+    #[tokio::test]
+    async fn ids_only_grow_across_acks_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = PeerId::random();
+        let mut last = 0;
+        for _ in 0..2 {
+            let (storage, _) =
+                Storage::open(dir.path(), test_settings(10), Arc::new(Metrics::default())).unwrap();
+            let h = storage.handle();
+            let id = deposit(&h, owner).await.stored[0].id;
+            assert!(id > last, "id {id} after {last}");
+            let (reply, rx) = oneshot::channel();
+            h.submit_wait(Op::Ack {
+                owner,
+                ids: vec![id],
+                reply,
+            })
+            .await
+            .unwrap();
+            assert_eq!(rx.await.unwrap().unwrap(), 1);
+            last = id;
+            storage.close().await;
+        }
+    }
 }

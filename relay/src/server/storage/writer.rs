@@ -5,12 +5,12 @@
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
 
 use libp2p::PeerId;
-use rusqlite::{Connection, Transaction};
+use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::{
     Claimed, Deposited, Op, OpError, Page, Settings, directory, grants, mailbox, op::Reply,
-    presence, schema::load_usage, sql_err,
+    presence, schema, sql_err,
 };
 use crate::server::{
     metrics::Metrics,
@@ -27,6 +27,9 @@ pub(super) struct Writer {
     low: (bool, Option<Instant>),
     /// Committed fill level of every non-empty mailbox and share in one.
     usage: HashMap<Key, Usage>,
+    /// The highest mailbox id issued (perhaps in a transaction that was rolled back: ids
+    /// may skip, never repeat).
+    issued: u64,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -88,11 +91,12 @@ impl Done {
 }
 
 impl Writer {
-    /// The writer of `conn`, whose mailboxes hold `usage`.
+    /// The writer of `conn`, whose mailboxes hold `usage` and which issued mailbox ids up
+    /// to `issued`.
     pub(super) fn new(
         conn: Connection,
         dir: PathBuf,
-        usage: HashMap<Key, Usage>,
+        (usage, issued): (HashMap<Key, Usage>, u64),
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -101,6 +105,7 @@ impl Writer {
             dir,
             low: (false, None),
             usage,
+            issued,
             settings,
             metrics,
         }
@@ -171,7 +176,8 @@ impl Writer {
         let low = self.disk_low();
         let mut done = Vec::with_capacity(queue.len());
         let mut delta = Delta::new();
-        let mut tx = match self.conn.transaction() {
+        let issued_before = self.issued;
+        let tx = match self.conn.transaction() {
             Ok(tx) => tx,
             Err(e) => {
                 let err = sql_err(e);
@@ -189,7 +195,13 @@ impl Writer {
                 done.push(refuse(op, &OpError::Full));
                 continue;
             }
-            let d = apply_in_savepoint(&mut tx, op, &self.usage, &mut delta, &self.settings);
+            let d = apply_in_savepoint(
+                &tx,
+                op,
+                (&self.usage, &mut delta),
+                &mut self.issued,
+                &self.settings,
+            );
             if tx.is_autocommit() {
                 // SQLite rolled the transaction back: nothing in it will be committed.
                 aborted = Some(
@@ -202,6 +214,14 @@ impl Writer {
             done.push(d);
         }
         let n = done.len();
+        // The highest id issued is stored with the entries that have it, so a restart
+        // never issues one again.
+        if aborted.is_none()
+            && self.issued != issued_before
+            && let Err(e) = schema::set_issued_seq(&tx, self.issued)
+        {
+            aborted = Some(sql_err(e));
+        }
         let commit = match aborted {
             Some(e) => {
                 drop(tx);
@@ -228,7 +248,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, ops = n, "storage transaction failed; rolled back");
-                if let Ok(u) = load_usage(&self.conn) {
+                if let Ok(u) = schema::load_usage(&self.conn) {
                     self.usage = u;
                 }
             }
@@ -281,23 +301,26 @@ fn refuse(op: Op, err: &OpError) -> Done {
     }
 }
 
+/// Runs a cached statement that takes no parameters and returns no rows.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 /// Runs one operation in a savepoint; on failure the savepoint (and the operation's usage
-/// delta) is discarded and the error becomes the reply.
+/// delta) is discarded and the error becomes the reply. The savepoint statements are
+/// prepared once and cached, like the operations' own.
 fn apply_in_savepoint(
-    tx: &mut Transaction<'_>,
+    sp: &Connection,
     op: Op,
-    usage: &HashMap<Key, Usage>,
-    delta: &mut Delta,
+    (usage, delta): (&HashMap<Key, Usage>, &mut Delta),
+    issued: &mut u64,
     settings: &Settings,
 ) -> Done {
     let mut local = Delta::new();
-    let sp = match tx.savepoint() {
-        Ok(sp) => sp,
-        Err(e) => {
-            fail(op, &sql_err(e));
-            return Done::None;
-        }
-    };
+    if let Err(e) = run_cached(sp, "SAVEPOINT op") {
+        fail(op, &sql_err(e));
+        return Done::None;
+    }
     let mut early_notice = None;
     let (done, ok) = match op {
         Op::Deposit {
@@ -311,7 +334,7 @@ fn apply_in_savepoint(
             reply,
         } => {
             let r = mailbox::deposit(
-                &sp,
+                sp,
                 sender,
                 &recipients,
                 &ciphertext,
@@ -321,6 +344,7 @@ fn apply_in_savepoint(
                 delta,
                 &mut local,
                 settings.quota,
+                issued,
             );
             if let (Some(tx), Ok(d)) = (early, &r) {
                 early_notice = Some((tx, d.stored.clone()));
@@ -336,32 +360,32 @@ fn apply_in_savepoint(
             now_ms,
             reply,
         } => {
-            let r = mailbox::fetch(&sp, owner, after, limit, max_bytes, now_ms);
+            let r = mailbox::fetch(sp, owner, after, limit, max_bytes, now_ms);
             let ok = r.is_ok();
             (Done::Fetch(reply, r), ok)
         }
         Op::Ack { owner, ids, reply } => {
-            let r = mailbox::ack(&sp, owner, &ids, &mut local);
+            let r = mailbox::ack(sp, owner, &ids, &mut local);
             let ok = r.is_ok();
             (Done::Count(reply, r), ok)
         }
         Op::Expire { now_ms, reply } => {
-            let r = mailbox::expire(&sp, now_ms, &mut local).and_then(|n| {
-                grants::expire(&sp, now_ms.saturating_sub(settings.grant_idle_ms))?;
+            let r = mailbox::expire(sp, now_ms, &mut local).and_then(|n| {
+                grants::expire(sp, now_ms.saturating_sub(settings.grant_idle_ms))?;
                 Ok(n)
             });
             let ok = r.is_ok();
             (Done::Expired(reply, r), ok)
         }
         Op::SetPush { owner, url, reply } => {
-            let r = crate::server::registrations::touch(&sp, &owner.to_bytes(), wall_ms())
+            let r = crate::server::registrations::touch(sp, &owner.to_bytes(), wall_ms())
                 .map_err(sql_err)
-                .and_then(|()| presence::set_push(&sp, owner, url.as_deref()));
+                .and_then(|()| presence::set_push(sp, owner, url.as_deref()));
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
         Op::SetLastSeen { peer, ms } => {
-            let r = presence::set_last_seen(&sp, peer, ms);
+            let r = presence::set_last_seen(sp, peer, ms);
             if let Err(e) = &r {
                 tracing::warn!(error = %e, "cannot record last-seen time");
             }
@@ -372,9 +396,9 @@ fn apply_in_savepoint(
             viewers,
             reply,
         } => {
-            let r = crate::server::registrations::touch(&sp, &owner.to_bytes(), wall_ms())
+            let r = crate::server::registrations::touch(sp, &owner.to_bytes(), wall_ms())
                 .map_err(sql_err)
-                .and_then(|()| presence::set_allow(&sp, owner, &viewers));
+                .and_then(|()| presence::set_allow(sp, owner, &viewers));
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
@@ -384,20 +408,20 @@ fn apply_in_savepoint(
             now_ms,
             reply,
         } => {
-            let r = crate::server::registrations::touch(&sp, &owner.to_bytes(), now_ms)
+            let r = crate::server::registrations::touch(sp, &owner.to_bytes(), now_ms)
                 .map_err(sql_err)
-                .and_then(|()| grants::set(&sp, owner, &hashes, now_ms));
+                .and_then(|()| grants::set(sp, owner, &hashes, now_ms));
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
         Op::ExpireDevices { before_ms, reply } => {
-            let r = crate::server::registrations::expire(&sp, before_ms, MAX_DEVICES_PER_SWEEP)
+            let r = crate::server::registrations::expire(sp, before_ms, MAX_DEVICES_PER_SWEEP)
                 .map_err(sql_err);
             let ok = r.is_ok();
             (Done::Peers(reply, r), ok)
         }
         Op::Usage { owner, reply } => {
-            let r = mailbox::usage(&sp, owner, &settings.quota);
+            let r = mailbox::usage(sp, owner, &settings.quota);
             let ok = r.is_ok();
             (Done::Usage(reply, r), ok)
         }
@@ -408,14 +432,14 @@ fn apply_in_savepoint(
             check,
             reply,
         } => {
-            let r = directory::publish_list(&sp, &user, &body, check).and_then(|()| {
-                crate::server::registrations::touch_list(&sp, &user, wall_ms()).map_err(sql_err)
+            let r = directory::publish_list(sp, &user, &body, check).and_then(|()| {
+                crate::server::registrations::touch_list(sp, &user, wall_ms()).map_err(sql_err)
             });
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
         Op::FetchList { user, reply } => {
-            let r = directory::stored_list(&sp, &user);
+            let r = directory::stored_list(sp, &user);
             let ok = r.is_ok();
             (Done::Bytes(reply, r), ok)
         }
@@ -427,10 +451,9 @@ fn apply_in_savepoint(
             check,
             reply,
         } => {
-            let r = directory::publish_prekeys(&sp, &device, &user, &bundle, &one_time, check)
+            let r = directory::publish_prekeys(sp, &device, &user, &bundle, &one_time, check)
                 .and_then(|n| {
-                    crate::server::registrations::touch(&sp, &device, wall_ms())
-                        .map_err(sql_err)?;
+                    crate::server::registrations::touch(sp, &device, wall_ms()).map_err(sql_err)?;
                     Ok(n)
                 });
             let ok = r.is_ok();
@@ -442,19 +465,19 @@ fn apply_in_savepoint(
             one_time,
             reply,
         } => {
-            let r = directory::claim(&sp, &device, &user, one_time);
+            let r = directory::claim(sp, &device, &user, one_time);
             let ok = r.is_ok();
             (Done::Claim(reply, r), ok)
         }
         Op::PrekeyCount { device, reply } => {
-            let r = directory::one_time_count(&sp, &device);
+            let r = directory::one_time_count(sp, &device);
             let ok = r.is_ok();
             (Done::Count(reply, r), ok)
         }
         Op::Shutdown => (Done::None, true),
     };
     if ok {
-        match sp.commit() {
+        match run_cached(sp, "RELEASE op") {
             Ok(()) => {
                 if let Some((tx, stored)) = early_notice {
                     let _ = tx.send(stored);
@@ -468,6 +491,7 @@ fn apply_in_savepoint(
             }
             Err(e) => {
                 let err = sql_err(e);
+                undo(sp);
                 match done {
                     Done::Deposit(r, _) => Done::Deposit(r, Err(err)),
                     Done::Fetch(r, _) => Done::Fetch(r, Err(err)),
@@ -483,8 +507,21 @@ fn apply_in_savepoint(
             }
         }
     } else {
-        // Dropping the savepoint rolls it back.
-        drop(sp);
+        undo(sp);
         done
+    }
+}
+
+/// Undoes what the operation in the open savepoint wrote. If SQLite already rolled the
+/// whole transaction back there is no savepoint left; if undoing fails, the whole
+/// transaction is rolled back. Either way the caller sees the transaction gone
+/// (`is_autocommit`) and commits nothing of it.
+fn undo(sp: &Connection) {
+    if sp.is_autocommit() {
+        return;
+    }
+    if let Err(e) = run_cached(sp, "ROLLBACK TO op").and_then(|()| run_cached(sp, "RELEASE op")) {
+        tracing::error!(error = %e, "cannot roll back a failed operation; dropping its batch");
+        let _ = sp.execute_batch("ROLLBACK");
     }
 }
