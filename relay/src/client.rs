@@ -33,8 +33,9 @@ const COMMAND_QUEUE: usize = 256;
 /// Capacity of the event queue to the application; when full, events are dropped (mail
 /// stays in the mailbox and can be fetched).
 const EVENT_QUEUE: usize = 1024;
-/// Requests of one protocol a client has in flight at once; more wait for one to finish
-/// (libp2p's request/response handler fails a request beyond its stream limit instead).
+/// Most requests of one protocol a client may have in flight at once
+/// ([`Config::max_requests_in_flight`]); more wait for one to finish (libp2p's
+/// request/response handler would fail a request beyond its stream limit instead).
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 100;
 /// Streams of one request/response protocol the connection handler runs at once: the
 /// requests in flight plus room for requests the relay sends (pushed mail, presence).
@@ -49,6 +50,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Close the connection after this long without any stream. Default 300 s.
     pub idle_timeout: Duration,
+    /// Requests of one protocol in flight at once; further calls wait for an answer.
+    /// Default 64, a relay's default `connections.max_concurrent_streams` (a relay drops
+    /// streams beyond its limit); at most [`MAX_REQUESTS_IN_FLIGHT`].
+    pub max_requests_in_flight: usize,
 }
 
 impl Default for Config {
@@ -57,6 +62,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
+            max_requests_in_flight: 64,
         }
     }
 }
@@ -174,7 +180,7 @@ enum Command {
         proto: Proto,
         frame: Vec<u8>,
         reply: oneshot::Sender<Result<Frame, RequestError>>,
-        /// The request's place among [`MAX_REQUESTS_IN_FLIGHT`], held until it is answered.
+        /// The request's place among those in flight, held until it is answered.
         permit: OwnedSemaphorePermit,
     },
     /// Open the live stream (after `Listen`).
@@ -195,10 +201,10 @@ type Pending = HashMap<(Proto, OutboundRequestId), Waiter>;
 struct InFlight([Arc<Semaphore>; 3]);
 
 impl InFlight {
-    fn new() -> Self {
-        Self(std::array::from_fn(|_| {
-            Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT))
-        }))
+    /// `n` places per protocol (1 to [`MAX_REQUESTS_IN_FLIGHT`]).
+    fn new(n: usize) -> Self {
+        let n = n.clamp(1, MAX_REQUESTS_IN_FLIGHT);
+        Self(std::array::from_fn(|_| Arc::new(Semaphore::new(n))))
     }
 
     /// Waits for a place for a request of `proto`.
@@ -314,7 +320,7 @@ impl Client {
         Ok((
             Self {
                 cmd: cmd_tx,
-                in_flight: Arc::new(InFlight::new()),
+                in_flight: Arc::new(InFlight::new(config.max_requests_in_flight)),
                 local,
                 relay,
                 live,
@@ -336,7 +342,8 @@ impl Client {
     }
 
     /// Sends raw frame bytes and returns the raw answer (for tests and tools). With
-    /// [`MAX_REQUESTS_IN_FLIGHT`] requests of `proto` unanswered, it waits for one to end.
+    /// [`Config::max_requests_in_flight`] requests of `proto` unanswered, it waits for one
+    /// to end.
     pub async fn raw(&self, proto: Proto, frame: Vec<u8>) -> Result<Frame, RequestError> {
         let permit = self.in_flight.acquire(proto).await?;
         let (reply, rx) = oneshot::channel();

@@ -1398,7 +1398,14 @@ async fn requests_beyond_the_stream_limit_wait_for_a_stream() {
          deposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n\
          [connections]\nmax_concurrent_streams = 1024\n",
     );
-    let (sender, _) = connect(&relay.tcp).await;
+    // The most a client may keep in flight, which the client's own stream limit allows.
+    let config = client::Config {
+        max_requests_in_flight: client::MAX_REQUESTS_IN_FLIGHT,
+        ..client::Config::default()
+    };
+    let (sender, _) = Client::connect(libp2p_key(), relay.tcp.clone(), config)
+        .await
+        .unwrap();
     let (recipient, _) = connect(&relay.tcp).await;
     let to = recipient.local_peer_id();
     let n = 3 * client::MAX_REQUESTS_IN_FLIGHT;
