@@ -301,7 +301,7 @@ pub(super) fn usage(sp: &Connection, owner: PeerId, q: &Quota) -> Result<mailbox
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use tokio::sync::oneshot;
@@ -434,7 +434,7 @@ mod tests {
         assert_eq!(ok, 3);
     }
 
-    async fn deposit_as(
+    pub(in crate::server::storage) async fn deposit_as(
         h: &StorageHandle,
         sender: PeerId,
         to: PeerId,

@@ -264,7 +264,7 @@ mod tests {
 
     use tokio::sync::oneshot;
 
-    use super::super::{Deposited, Op, Share, Storage, test_settings};
+    use super::super::{Op, Share, Storage, mailbox::tests::deposit_as, test_settings};
     use super::*;
     use crate::server::metrics::Metrics;
 
@@ -343,23 +343,6 @@ mod tests {
         );
     }
 
-    async fn deposit(h: &super::super::StorageHandle, to: PeerId) -> Deposited {
-        let (reply, rx) = oneshot::channel();
-        h.submit_wait(Op::Deposit {
-            sender: PeerId::random(),
-            recipients: vec![(to, Share::Sender)],
-            ciphertext: vec![1; 10],
-            now_ms: 0,
-            expires_ms: u64::MAX / 2,
-            intro_expires_ms: u64::MAX / 2,
-            early: None,
-            reply,
-        })
-        .await
-        .unwrap();
-        rx.await.unwrap().unwrap()
-    }
-
     /// After the newest entry is acked and the relay restarts, the next deposit gets a
     /// higher id than any issued before (a client's cursor would skip a reused one).
     #[tokio::test]
@@ -371,7 +354,11 @@ mod tests {
             let (storage, _) =
                 Storage::open(dir.path(), test_settings(10), Arc::new(Metrics::default())).unwrap();
             let h = storage.handle();
-            let id = deposit(&h, owner).await.stored[0].id;
+            let id = deposit_as(&h, PeerId::random(), owner, Share::Sender, 0)
+                .await
+                .unwrap()
+                .stored[0]
+                .id;
             assert!(id > last, "id {id} after {last}");
             let (reply, rx) = oneshot::channel();
             h.submit_wait(Op::Ack {
