@@ -15,7 +15,6 @@ use super::{ContactState, Engine, Internal, device_peer, relay_peer};
 use crate::{
     consts::{LINK_LIST_FETCH_TIMEOUT, MAX_NAME_BYTES},
     error::NodeError,
-    home::now_ms,
     link::{ContactLink, Link, LinkError, ShortLink},
     types::*,
 };
@@ -306,7 +305,7 @@ impl Engine {
             device_list_version: version,
             relays: parsed.relays.iter().map(ToString::to_string).collect(),
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let saved = self.store.transaction(|tx| -> Result<_, NodeError> {
             let saved = tx.save_contact(&contact, now)?;
             tx.ensure_conversation(
@@ -409,7 +408,7 @@ impl Engine {
             user_id: id.clone(),
             name: c.contact.display_name.clone(),
             digits: sn.display(),
-            qr: sn.qr_payload().iter().map(|b| format!("{b:02x}")).collect(),
+            qr: tern_crypto::hex::encode(&sn.qr_payload()),
             verified: c.contact.verified,
         })
     }
@@ -426,7 +425,7 @@ impl Engine {
             ));
         }
         if let Some(hex) = scanned {
-            let bytes = decode_hex(hex)
+            let bytes = tern_crypto::hex::decode(hex.trim())
                 .ok_or_else(|| NodeError::BadRequest("scanned payload is not hex".into()))?;
             let sn = self.safety_number(&id)?;
             if !sn
@@ -438,7 +437,7 @@ impl Engine {
         }
         let mut c = self.contacts[&id].contact.clone();
         c.verified = true;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| tx.save_contact(&c, now))?;
         if let Some(state) = self.contacts.get_mut(&id) {
             state.contact.verified = true;
@@ -685,18 +684,4 @@ async fn fetch_link_list(
         relays: vec![link.relay],
         device_list,
     })
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim().as_bytes();
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.chunks_exact(2)
-        .map(|p| {
-            let hi = (p[0] as char).to_digit(16)?;
-            let lo = (p[1] as char).to_digit(16)?;
-            u8::try_from(hi * 16 + lo).ok()
-        })
-        .collect()
 }

@@ -11,7 +11,6 @@ use super::{ContactState, Engine, Internal, device_peer, relay_peer};
 use crate::{
     device_link::{Bundle, BundleContact, BundleMessage, LINK_VERSION, LinkWords, Request},
     error::NodeError,
-    home::now_ms,
     net::rpc,
     types::DeviceInfo,
 };
@@ -98,7 +97,7 @@ impl Engine {
         let id = req.device_id();
         let peer = device_peer(&id)
             .ok_or_else(|| NodeError::BadRequest("the code's device id is not a key".into()))?;
-        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let now_secs = self.clock.now_secs();
         let list = self.keys.device_list.list().clone();
         let provision_key = req.provision.into_array();
         if id == self.keys.device.device_id() {
@@ -307,7 +306,7 @@ impl Engine {
             return;
         }
         self.lists_due = false;
-        self.lists_fetched = Some(std::time::Instant::now());
+        self.lists_fetched = Some(self.clock.now());
         // Fetched in a task, a few at a time, so a big group never stalls the engine; the
         // results come back as `Internal::DeviceLists`.
         let targets: Vec<(String, PeerId, [u8; 16])> = self
@@ -381,7 +380,7 @@ impl Engine {
         if self.revoked {
             return Ok(false);
         }
-        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let now_secs = self.clock.now_secs();
         let mine = self.keys.device_list.list().clone();
         let mut merged = theirs.list().clone();
         for e in mine.active() {
@@ -509,7 +508,7 @@ impl Engine {
             relays: state.relays.clone(),
         };
         if self.contacts.contains_key(user) {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             self.store
                 .transaction(|tx| tx.save_contact(&contact, now))?;
             self.contacts.insert(user.to_owned(), new_state);

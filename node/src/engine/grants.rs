@@ -30,7 +30,6 @@ use tern_relay::wire::mailbox;
 use crate::{
     envelope::Body,
     error::NodeError,
-    home::now_ms,
     types::{MailboxInfo, MailboxSender},
 };
 
@@ -146,7 +145,7 @@ impl Engine {
                         .grants
                         .retry_at
                         .get(&relay)
-                        .is_some_and(|t| Instant::now() < *t))
+                        .is_some_and(|t| self.clock.now() < *t))
             {
                 continue;
             }
@@ -197,7 +196,9 @@ impl Engine {
 
     /// A home relay said how full this device's mailbox is.
     pub(crate) fn on_usage(&mut self, relay: PeerId, usage: mailbox::Usage) {
-        self.grants.usage.insert(relay, (usage, now_ms()));
+        self.grants
+            .usage
+            .insert(relay, (usage, self.clock.now_ms()));
     }
 
     /// The mailbox at `relay` as `status` shows it: totals, limits, and who fills it by name
@@ -257,7 +258,7 @@ impl Engine {
         self.grants.registered.remove(&relay);
         self.grants
             .retry_at
-            .insert(relay, Instant::now() + GRANT_RETRY);
+            .insert(relay, self.clock.now() + GRANT_RETRY);
     }
 
     /// A pairwise envelope from `device` carried its grant for this user.
@@ -266,7 +267,7 @@ impl Engine {
         if !self.grants.is_new(device, &g) {
             return;
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match self
             .store
             .transaction(|tx| tx.set_held_grant(device, &grant, now))
@@ -293,7 +294,7 @@ impl Engine {
     /// Mail from `user` came as an introduction: it holds no grant of this device (or an
     /// old one). Send it one, unless one went lately.
     pub(crate) fn offer_grant(&mut self, user: &str) {
-        let now = Instant::now();
+        let now = self.clock.now();
         if self
             .grants
             .offered

@@ -13,8 +13,6 @@
 //! stores each message it does not hold yet and reports progress (`history` events and
 //! `status.history`).
 
-use std::time::Instant;
-
 use serde_bytes::{ByteArray, ByteBuf};
 use tern_crypto::DeviceId;
 use tern_store::{ConversationKind, Message};
@@ -24,7 +22,6 @@ use crate::{
     device_link::BundleMessage,
     envelope::{Body, Conversation, Envelope, MAX_HISTORY_CHUNK_MESSAGES},
     error::NodeError,
-    home::now_ms,
     types::{Event, HistoryInfo, HistorySending},
 };
 
@@ -73,7 +70,7 @@ pub(crate) fn bundle_message(
 impl Engine {
     /// Owes `device` (just linked) the whole history held now.
     pub(crate) fn owe_history(&mut self, device: &str) -> Result<(), NodeError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| tx.owe_history(device, now))?;
         self.history_due = true;
         Ok(())
@@ -83,7 +80,7 @@ impl Engine {
     /// room. A device that cannot be reached yet (not up, no prekey) is tried again after a
     /// backoff.
     pub(crate) async fn export_history(&mut self) {
-        if !self.history_due || self.history_retry.is_some_and(|t| t > Instant::now()) {
+        if !self.history_due || self.history_retry.is_some_and(|t| t > self.clock.now()) {
             return;
         }
         let owed = match self.store.history_owed() {
@@ -106,7 +103,8 @@ impl Engine {
         }
         if failed {
             self.history_attempts = self.history_attempts.saturating_add(1);
-            self.history_retry = Some(Instant::now() + super::send::backoff(self.history_attempts));
+            self.history_retry =
+                Some(self.clock.now() + super::send::backoff(self.history_attempts));
         } else {
             self.history_attempts = 0;
             self.history_retry = None;
@@ -210,7 +208,7 @@ impl Engine {
                 sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
                 lamport: 0,
                 seq: 0,
-                sent_at_ms: now_ms(),
+                sent_at_ms: self.clock.now_ms(),
                 body: Body::History {
                     messages: chunk,
                     sent,
@@ -232,7 +230,7 @@ impl Engine {
                 &mut pickles,
             )?;
             let updates = super::send::crypto_updates(&pickles);
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let device = owed.device.clone();
             self.store.transaction(|tx| -> Result<(), NodeError> {
                 tx.apply_crypto(&updates, now)?;
@@ -258,7 +256,7 @@ impl Engine {
         (sent, total): (u64, u64),
         save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
     ) -> Result<(), NodeError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             save(tx)?;
             for m in messages {

@@ -21,7 +21,7 @@
 //! - A message whose sender's own list is newer than the one held here makes this device
 //!   fetch that list from the sender's relays ([`Engine::want_list_of`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_bytes::{ByteArray, ByteBuf};
 use tern_crypto::DeviceId;
@@ -32,7 +32,6 @@ use crate::{
     consts::{MAX_RECEIPT_IDS, OUTBOX_BATCH},
     envelope::{Body, Conversation, Envelope, ListMark, ListVersions},
     error::NodeError,
-    home::now_ms,
 };
 
 /// A user's device list is fetched for a newer `from` mark at most this often.
@@ -126,7 +125,7 @@ impl Engine {
                 message_id: MessageId(env.id.into_array()),
                 seen_entries: seen.entries,
             };
-            let now = now_ms();
+            let now = self.clock.now_ms();
             // A failure keeps the message to be read again (it is not stored yet).
             self.store
                 .transaction(|tx| tx.owe_list_answer(&owed, now))?;
@@ -289,7 +288,7 @@ impl Engine {
             .iter()
             .map(|d| DeviceId::from_bytes(d.into_array()).to_peer_id_string())
             .collect();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             save(tx)?;
             if !owed.is_empty() && !devices.is_empty() {
@@ -356,7 +355,7 @@ impl Engine {
                     .map(|m| (m.id, m.sent_at_ms)),
             );
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for (device, created_at) in added {
             let since = i64::try_from(created_at.saturating_sub(GROUP_COPY_SKEW.as_secs()))
                 .unwrap_or(i64::MAX)
@@ -381,7 +380,7 @@ impl Engine {
     /// Fetches `user`'s device list from their relays soon (a message showed a newer one),
     /// at most every [`LIST_WANT_GAP`] per user.
     pub(crate) fn want_list_of(&mut self, user: &str) {
-        let now = Instant::now();
+        let now = self.clock.now();
         if self
             .list_wanted
             .get(user)
@@ -412,7 +411,7 @@ impl Engine {
     /// in one transaction. A user whose devices cannot be reached now is tried again after a
     /// backoff.
     pub(crate) async fn resync_owed(&mut self) {
-        if !self.resync_due || self.resync_retry.is_some_and(|t| t > Instant::now()) {
+        if !self.resync_due || self.resync_retry.is_some_and(|t| t > self.clock.now()) {
             return;
         }
         let due = match self.store.due_resync(OUTBOX_BATCH) {
@@ -439,7 +438,7 @@ impl Engine {
         }
         if failed {
             self.resync_attempts = self.resync_attempts.saturating_add(1);
-            self.resync_retry = Some(Instant::now() + super::send::backoff(self.resync_attempts));
+            self.resync_retry = Some(self.clock.now() + super::send::backoff(self.resync_attempts));
         } else {
             self.resync_attempts = 0;
             self.resync_retry = None;
@@ -508,7 +507,7 @@ impl Engine {
                 None => (Vec::new(), Vec::new()),
             };
             let updates = crypto_updates(&pickles);
-            let now = now_ms();
+            let now = self.clock.now_ms();
             self.store.transaction(|tx| -> Result<(), NodeError> {
                 tx.apply_crypto(&updates, now)?;
                 if !deliveries.is_empty() {
@@ -570,11 +569,11 @@ impl Engine {
         body: tern_store::Body,
         save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
     ) -> Result<(), NodeError> {
-        let gid: String = group.iter().map(|b| format!("{b:02x}")).collect();
+        let gid = tern_crypto::hex::encode(group.as_ref());
         let member = super::group::user_bytes(user)
             .is_some_and(|u| self.state(&gid).is_ok_and(|s| s.is_member(&u)));
         let title = self.state(&gid).map(|s| s.title.clone()).ok();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let own = user == self.user_hex;
         let message = tern_store::Message {
             id: MessageId(env.id.into_array()),
@@ -614,7 +613,7 @@ impl Engine {
         if inserted {
             self.observe_lamport(&gid, message.lamport)?;
             self.on_media_message(&message);
-            for shown in self.hold.arrived(&self.store, message, Instant::now())? {
+            for shown in self.hold.arrived(&self.store, message, self.clock.now())? {
                 self.emit(crate::types::Event::Message { message: shown });
             }
         }

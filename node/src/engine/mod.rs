@@ -4,7 +4,9 @@
 //! Store calls are synchronous (SQLCipher); they run inline on this task, which is not the
 //! swarm's task, so the network keeps moving while a transaction commits.
 
+mod clock;
 mod contacts;
+pub(crate) mod courier;
 mod devices;
 mod fanout;
 pub(crate) mod grants;
@@ -20,7 +22,7 @@ mod recover;
 mod revoke;
 mod send;
 
-pub(crate) use contacts::load_contacts as contacts_load;
+pub(crate) use clock::Clock;
 
 use std::collections::{HashMap, HashSet};
 use tern_relay::rpc::Requests as _;
@@ -381,6 +383,154 @@ pub(crate) struct Engine {
     pub quarantine_due: bool,
     /// The push endpoint and its registration at the home relays.
     pub push: push::Push,
+    /// Where the engine reads the time.
+    pub clock: Clock,
+    /// What carries outbox rows to their devices (the network, or a test's courier).
+    pub courier: courier::Shared,
+}
+
+/// What an engine is made of: the opened home, the network and where it reads the time.
+pub(crate) struct Setup {
+    /// The home directory the store and keys were opened from.
+    pub home: Home,
+    /// The opened store.
+    pub store: Store,
+    /// The settings kept in the home.
+    pub config: home::Config,
+    /// The device's keys, certificate and device list.
+    pub keys: Keys,
+    /// The libp2p identity of this device (made from its network secret).
+    pub keypair: Keypair,
+    /// The handle to the network task.
+    pub net: net::Client,
+    /// Home relays, each ending in `/p2p/<peer id>`.
+    pub home_relays: Vec<Multiaddr>,
+    /// Whether direct connections to contacts are made and used.
+    pub direct: bool,
+    /// Where the engine reads the time.
+    pub clock: Clock,
+    /// What carries outbox rows (`None`: the network handle).
+    pub courier: Option<courier::Shared>,
+}
+
+impl Engine {
+    /// An engine over an opened home, with everything it keeps in memory loaded from the
+    /// store: contacts, groups, held messages, grants. `events` carries what handles are
+    /// told; `internal` is where spawned tasks report back (its receiver goes to
+    /// [`Engine::run`]).
+    pub(crate) fn new(
+        setup: Setup,
+        events: broadcast::Sender<Event>,
+        internal: mpsc::Sender<Internal>,
+    ) -> Result<Engine, NodeError> {
+        let Setup {
+            home,
+            store,
+            config,
+            keys,
+            keypair,
+            net,
+            home_relays,
+            direct,
+            clock,
+            courier,
+        } = setup;
+        let courier = courier.unwrap_or_else(|| std::sync::Arc::new(net.clone()));
+        // A device whose own stored list revokes it stays revoked across restarts.
+        let revoked = !keys
+            .device_list
+            .list()
+            .active()
+            .any(|e| e.device_id() == keys.device.device_id());
+        let contacts = contacts::load_contacts(&store)?;
+        let device_created_ms = store.own_device()?.map_or(0, |d| d.created_at_ms);
+        let user = keys.identity.user_id();
+        let grants = grants::Grants::load(&keys.device, &store)?;
+        let now = clock.now();
+        let mut engine = Engine {
+            grants,
+            push: push::Push::load(&config),
+            // Quarantined mail from before a restart is looked at (and expired) once.
+            quarantine_due: true,
+            media: media::Media::new(home.dir()),
+            home,
+            store,
+            user,
+            user_hex: user.to_string(),
+            device_hex: keys.device.device_id().to_peer_id_string(),
+            keys,
+            config,
+            keypair,
+            net,
+            home_relays,
+            relay_up: HashSet::new(),
+            contacts,
+            device_owner: HashMap::new(),
+            revoked_devices: HashMap::new(),
+            pending_identity: HashMap::new(),
+            lamport: HashMap::new(),
+            seq: HashMap::new(),
+            events,
+            internal,
+            lanes_busy: HashSet::new(),
+            fetching: HashSet::new(),
+            refetch: HashSet::new(),
+            reorder: HashMap::new(),
+            resend_asked: HashMap::new(),
+            lost: HashMap::new(),
+            delivered_due: HashMap::new(),
+            recovery: RecoveryInfo::default(),
+            away: false,
+            presence: HashMap::new(),
+            inbound_sessions: 0,
+            topup_due: false,
+            hold: hold::HoldBack::default(),
+            encrypt_pending: true,
+            encrypt_retry: HashMap::new(),
+            device_created_ms,
+            listen: Vec::new(),
+            direct,
+            setup_pending: HashSet::new(),
+            groups: HashMap::new(),
+            peers: HashMap::new(),
+            peers_due: false,
+            linked: HashMap::new(),
+            peers_fetching: false,
+            owed_due: true,
+            peers_retry: (0, now),
+            notify: HashMap::new(),
+            fan_in_flight: HashSet::new(),
+            list_answers: HashSet::new(),
+            // Answers owed from before a restart are looked at once.
+            answers_due: true,
+            list_answered: HashMap::new(),
+            list_wanted: HashMap::new(),
+            // Owed texts from before a restart are looked at once.
+            resync_due: true,
+            resync_attempts: 0,
+            resync_retry: None,
+            revoked,
+            fallback: None,
+            // History owed from before a restart is looked at once.
+            history_due: true,
+            history_attempts: 0,
+            history_retry: None,
+            history_in: (0, 0),
+            setup_soon: false,
+            announce_own_due: false,
+            lists_due: true,
+            lists_fetched: None,
+            heartbeats: 0,
+            clock,
+            courier,
+        };
+        engine.load_pending_identity();
+        engine.refresh_me();
+        engine.load_groups()?;
+        engine.restore_hold()?;
+        engine.rebuild_device_owner();
+        Ok(engine)
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -454,23 +604,13 @@ pub(crate) fn preview(m: &MessageInfo) -> String {
 }
 
 pub(crate) fn parse_message_id(s: &str) -> Option<MessageId> {
-    let s = s.as_bytes();
-    if s.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(MessageId(out))
+    tern_crypto::hex::decode_array(s).map(MessageId)
 }
 
 impl Engine {
     /// After a restart, holds again the received messages whose hold was still running.
     pub(crate) fn restore_hold(&mut self) -> Result<(), NodeError> {
-        let now = crate::home::now_ms();
+        let now = self.clock.now_ms();
         let since =
             now.saturating_sub(i64::try_from(crate::consts::HOLD_BACK.as_millis()).unwrap_or(0));
         let page = self.store.conversations(None, crate::consts::HISTORY_MAX)?;
@@ -485,7 +625,7 @@ impl Engine {
                 Some(crate::consts::HISTORY_DEFAULT),
             )?;
             self.hold
-                .restore(&self.store, recent, now, std::time::Instant::now())?;
+                .restore(&self.store, recent, now, self.clock.now())?;
         }
         Ok(())
     }
@@ -755,7 +895,7 @@ impl Engine {
                 // are owed.
                 self.peers_due = true;
                 self.owed_due = true;
-                self.peers_retry = (0, std::time::Instant::now());
+                self.peers_retry = (0, self.clock.now());
                 // For a home relay the event says "ready": published and listening.
                 if self.home_relay_peers().contains(&relay) {
                     self.lists_due = true;
@@ -1066,7 +1206,7 @@ impl Engine {
 
     fn id_info(&self) -> IdInfo {
         let key = self.keys.identity.public();
-        let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let hex = tern_crypto::hex::encode(key.as_bytes());
         let fingerprint = hex
             .as_bytes()
             .chunks(8)
@@ -1160,7 +1300,7 @@ impl Engine {
 
     fn conversations(&self) -> Result<Vec<ConversationInfo>, NodeError> {
         let page = self.store.conversations(None, crate::consts::HISTORY_MAX)?;
-        let now = crate::home::now_ms();
+        let now = self.clock.now_ms();
         let hold_ms = i64::try_from(crate::consts::HOLD_BACK.as_millis()).unwrap_or(0);
         page.conversations
             .into_iter()

@@ -18,7 +18,6 @@ use crate::{
     },
     envelope::{Body, Conversation, Envelope, ReceiptKind},
     error::NodeError,
-    home::now_ms,
     net::rpc,
     types::Event,
 };
@@ -294,7 +293,7 @@ impl Engine {
         } else {
             None
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let update = [
             CryptoUpdate::Session {
                 peer_device: &device_key,
@@ -309,7 +308,10 @@ impl Engine {
         let is_contact = self.contacts.contains_key(user);
         let env = match Envelope::decode(&decrypted.plaintext) {
             Ok(env)
-                if env.sender_user.as_slice() == hex_bytes(user).as_slice()
+                if env.sender_user.as_slice()
+                    == tern_crypto::hex::decode(user)
+                        .unwrap_or_default()
+                        .as_slice()
                     && env.sender_device.as_slice() == device.as_bytes()
                     && match &env.conversation {
                         // Direct messages only from contacts; group members who are not
@@ -373,7 +375,7 @@ impl Engine {
         {
             self.store_sync_copy(
                 &env,
-                &hex_of(to.as_slice()),
+                &tern_crypto::hex::encode(to.as_slice()),
                 body,
                 &device_key,
                 &update,
@@ -419,9 +421,7 @@ impl Engine {
                 if inserted == Inserted::New {
                     self.observe_lamport(user, env.lamport)?;
                     self.on_media_message(&message);
-                    let shown =
-                        self.hold
-                            .arrived(&self.store, message, std::time::Instant::now())?;
+                    let shown = self.hold.arrived(&self.store, message, self.clock.now())?;
                     for message in shown {
                         self.emit(Event::Message { message });
                     }
@@ -609,10 +609,6 @@ impl Engine {
     }
 }
 
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Engine {
     /// A copy of a text this user sent from another device: stored as an own, sent message
     /// of the conversation with the addressee.
@@ -625,7 +621,7 @@ impl Engine {
         update: &[CryptoUpdate<'_>],
         own_device: Option<&tern_store::OwnDevice>,
     ) -> Result<(), NodeError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let conv = ConversationId(contact.to_owned());
         let message = Message {
             id: MessageId(env.id.into_array()),
@@ -665,17 +661,6 @@ impl Engine {
     }
 }
 
-fn hex_bytes(s: &str) -> Vec<u8> {
-    s.as_bytes()
-        .chunks(2)
-        .filter_map(|p| {
-            let hi = (*p.first()? as char).to_digit(16)?;
-            let lo = (*p.get(1)? as char).to_digit(16)?;
-            u8::try_from(hi * 16 + lo).ok()
-        })
-        .collect()
-}
-
 impl Engine {
     /// Keeps mail from a device of no known user in the local quarantine, within its
     /// bounds; whether it was kept (then the relay may delete it).
@@ -695,7 +680,7 @@ impl Engine {
         if !fits {
             return false;
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match self
             .store
             .transaction(|tx| tx.quarantine(&sender, ciphertext, now))
@@ -717,7 +702,7 @@ impl Engine {
         if !std::mem::take(&mut self.quarantine_due) {
             return;
         }
-        let cutoff = now_ms() - QUARANTINE_TTL_MS;
+        let cutoff = self.clock.now_ms() - QUARANTINE_TTL_MS;
         if let Err(e) = self.store.transaction(|tx| tx.expire_quarantine(cutoff)) {
             tracing::warn!("expiring the quarantine failed: {e}");
         }

@@ -20,8 +20,6 @@
 //! one in fresh ratchet steps ([`Engine::resend_to`]) and the receiver drops the ids it
 //! already has: at-least-once, with no visible duplicates.
 
-use std::time::Instant;
-
 use tern_crypto::{DeviceId, session::PeerSessions};
 use tern_store::{ConversationId, CryptoUpdate};
 
@@ -33,7 +31,6 @@ use crate::{
     },
     envelope::Body,
     error::NodeError,
-    home::now_ms,
 };
 
 impl Engine {
@@ -57,7 +54,7 @@ impl Engine {
             }
             return false;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let first = match self.reorder.get(&digest) {
             Some(t) => *t,
             None if self.reorder.len() >= MAX_REORDER_WAITING => {
@@ -90,7 +87,7 @@ impl Engine {
     /// Forgets waiting messages that were not seen again long after their wait (their mail
     /// went elsewhere) and resend requests past their interval.
     pub(crate) fn prune_reorder(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         self.reorder
             .retain(|_, first| now.duration_since(*first) < REORDER_WAIT * 6);
         self.resend_asked
@@ -101,7 +98,7 @@ impl Engine {
     /// still holds a copy of them.
     pub(crate) fn prune_seen_ledger(&mut self) {
         let keep = i64::try_from(PAIRWISE_SEEN_KEEP.as_millis()).unwrap_or(i64::MAX);
-        let before = now_ms().saturating_sub(keep);
+        let before = self.clock.now_ms().saturating_sub(keep);
         match self.store.transaction(|tx| tx.prune_pairwise_seen(before)) {
             Ok(n) if n > 0 => tracing::debug!(n, "forgot old digests of messages read"),
             Ok(_) => {}
@@ -113,7 +110,7 @@ impl Engine {
     /// means what is missing was lost on the way (a relay that lost it, say): it is asked
     /// for again, with whatever else was noted lost.
     pub(crate) fn release_held(&mut self) {
-        for message in self.hold.expired(Instant::now()) {
+        for message in self.hold.expired(self.clock.now()) {
             if message.gap_before
                 && !message.own
                 && message.conversation == message.sender
@@ -150,7 +147,7 @@ impl Engine {
         }
         let lost: Vec<((String, String), Option<u64>)> = self.lost.drain().collect();
         for ((user, device), up_to) in lost {
-            let now = Instant::now();
+            let now = self.clock.now();
             if self
                 .resend_asked
                 .get(&device)
@@ -235,7 +232,7 @@ impl Engine {
         let Some((peer_device, sid, pickle)) = last_pickle else {
             return Ok(());
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.apply_crypto(
                 &[CryptoUpdate::Session {

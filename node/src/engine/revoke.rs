@@ -20,7 +20,7 @@
 use tern_crypto::DeviceId;
 
 use super::{Engine, relay_peer};
-use crate::{error::NodeError, home::now_ms, net::rpc, types::DeviceInfo};
+use crate::{error::NodeError, net::rpc, types::DeviceInfo};
 
 impl Engine {
     /// Refuses work that would send from a revoked device.
@@ -79,7 +79,7 @@ impl Engine {
             created_at: entry.certificate.certificate().created_at,
             words: None,
         };
-        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let now_secs = self.clock.now_secs();
         let next = list.with_revoked(&id, now_secs)?;
         let signed = next.sign(&self.keys.identity)?;
         let groups: Vec<String> = self.groups.keys().cloned().collect();

@@ -19,7 +19,6 @@ use crate::{
     },
     envelope::{Body, Conversation, Envelope, ReceiptKind},
     error::NodeError,
-    home::now_ms,
     types::*,
 };
 
@@ -279,7 +278,7 @@ impl Engine {
         };
         let to = tern_crypto::UserId::from_hex(&user)
             .ok_or_else(|| NodeError::UnknownContact(user.clone()))?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let message = self.own_text(id, &user, (lamport, seq), now, body);
         let (deliveries, pickles) = match sessions.as_mut() {
             Some(s) => self.encrypt_text(&to, &message, s)?,
@@ -309,7 +308,7 @@ impl Engine {
             self.encrypt_pending = true;
             self.encrypt_retry
                 .entry(user.clone())
-                .or_insert((0, std::time::Instant::now() + backoff(0)));
+                .or_insert((0, self.clock.now() + backoff(0)));
         }
         let info = message_info(&message);
         self.emit(Event::Message {
@@ -432,7 +431,7 @@ impl Engine {
             }
         }
         for user in users {
-            let now = std::time::Instant::now();
+            let now = self.clock.now();
             let (attempts, due) = self.encrypt_retry.get(&user).copied().unwrap_or((0, now));
             if (!force && due > now) || self.pending_identity.contains_key(&user) {
                 continue;
@@ -447,7 +446,7 @@ impl Engine {
                     let wait = backoff(attempts);
                     tracing::debug!(contact = %user, "still no session ({e}); retrying in {wait:?}");
                     self.encrypt_retry
-                        .insert(user.clone(), (attempts, std::time::Instant::now() + wait));
+                        .insert(user.clone(), (attempts, self.clock.now() + wait));
                     continue;
                 }
             };
@@ -461,7 +460,7 @@ impl Engine {
                 self.resync_due = true;
             }
             for m in waiting.iter().filter(|m| m.conversation.0 == user) {
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 let encrypted =
                     self.encrypt_text(&to, m, &mut sessions)
                         .and_then(|(deliveries, pickles)| {
@@ -597,7 +596,7 @@ impl Engine {
             heads: Vec::new(),
             lamport,
             seq: 0,
-            sent_at_ms: now_ms(),
+            sent_at_ms: self.clock.now_ms(),
             body,
         };
         let mut env = env;
@@ -612,7 +611,7 @@ impl Engine {
             &mut pickles,
         )?;
         let updates = crypto_updates(&pickles);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.apply_crypto(&updates, now)?;
             tx.queue_control(&deliveries, now)?;
@@ -687,7 +686,7 @@ impl Engine {
             &self.store,
             &self.hold,
             &messages,
-            now_ms(),
+            self.clock.now_ms(),
         )?)
     }
 
@@ -704,7 +703,7 @@ impl Engine {
         if unread.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store
             .transaction(|tx| -> Result<(), tern_store::WriteError> {
                 match tx.mark_read(&conv) {

@@ -21,7 +21,6 @@ use crate::{
     envelope::{Conversation, Envelope},
     error::NodeError,
     group::Action,
-    home::now_ms,
     types::*,
 };
 
@@ -69,7 +68,7 @@ impl Engine {
             sender_user: user.to_owned(),
             sender_device: device.to_peer_id_string(),
             pickle: pickle.to_vec(),
-            received_at_ms: now_ms(),
+            received_at_ms: self.clock.now_ms(),
         }))
     }
 
@@ -93,7 +92,7 @@ impl Engine {
             tracing::info!(%sender, "group message from a device of no known user; left at the relay");
             return false;
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match self.store.transaction(|tx| {
             tx.stash_group_message(
                 &sender.to_string(),
@@ -164,7 +163,7 @@ impl Engine {
         }
         let title = state.title.clone();
         let mut key = InboundSenderKey::from_pickle(&stored.pickle)?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let device_key = stored.sender_device.clone();
         let mut late_refused = false;
         let result = self.store.transaction(|tx| -> Result<Option<Message>, NodeError> {
@@ -245,7 +244,7 @@ impl Engine {
         };
         self.observe_lamport(&group, message.lamport)?;
         self.on_media_message(&message);
-        let shown = self.hold.arrived(&self.store, message, Instant::now())?;
+        let shown = self.hold.arrived(&self.store, message, self.clock.now())?;
         if !shown.is_empty() {
             self.notify
                 .entry(group.clone())
@@ -271,7 +270,7 @@ impl Engine {
                 return;
             }
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for s in stashed {
             let done = match self.process_group(&s.sender_device, &s.payload) {
                 Ok(GroupOutcome::Done) => true,
@@ -302,7 +301,7 @@ impl Engine {
 
     /// Emits batched group notifications that are due.
     pub(crate) fn flush_notifications(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let due: Vec<String> = self
             .notify
             .iter()

@@ -13,7 +13,6 @@ use crate::{
     consts::{MAX_GROUP_MEMBERS, MAX_GROUP_TITLE_BYTES, MAX_MEMBERS_PER_OP},
     error::NodeError,
     group::{Action, GroupState, MemberEntry, Op, SignedOp, check_new},
-    home::now_ms,
     types::*,
 };
 
@@ -102,7 +101,7 @@ impl Engine {
                 epoch: 0,
                 parents: Vec::new(),
                 author: ByteArray::new(*self.user.as_bytes()),
-                at_ms: now_ms(),
+                at_ms: self.clock.now_ms(),
                 lamport: 1,
                 action: Action::Create {
                     title,
@@ -121,7 +120,7 @@ impl Engine {
             let op = SignedOp::sign(
                 state.next_op(
                     *self.user.as_bytes(),
-                    now_ms(),
+                    self.clock.now_ms(),
                     2 + n as u64,
                     Action::Add {
                         members: chunk.to_vec(),
@@ -266,7 +265,7 @@ impl Engine {
         for action in actions {
             lamport += 1;
             let op = SignedOp::sign(
-                state.next_op(*self.user.as_bytes(), now_ms(), lamport, action),
+                state.next_op(*self.user.as_bytes(), self.clock.now_ms(), lamport, action),
                 &self.keys.identity,
             )
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;

@@ -161,9 +161,7 @@ impl GroupCtx {
 }
 
 /// A user id, group id or other id as lowercase hex.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(super) use tern_crypto::hex::encode as hex;
 
 /// The 16 bytes of a user or group id given as hex.
 pub(crate) fn user_bytes(hex_id: &str) -> Option<[u8; 16]> {

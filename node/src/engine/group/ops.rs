@@ -16,7 +16,6 @@ use crate::{
     envelope::{Body, Conversation, Envelope},
     error::NodeError,
     group::{Action, SignedOp},
-    home::now_ms,
     types::*,
 };
 
@@ -44,7 +43,7 @@ impl Engine {
             .state(group)
             .map(|s| s.members.keys().copied().collect())
             .unwrap_or_default();
-        let saved = now_ms();
+        let saved = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             for op in &ops {
                 tx.save_group_op(group, &op.hash, op.to_bytes(), saved)?;
@@ -118,7 +117,7 @@ impl Engine {
         }
         // Everything is owed to its recipients first, in one transaction, and settled as it
         // is queued: a crash while sessions are being set up loses no membership change.
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             for (list, users) in [(&ops, &to), (&prior, &newcomers)] {
                 for op in list.iter() {
@@ -152,7 +151,7 @@ impl Engine {
         if !applied {
             text.push_str(" (did not take effect)");
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let message = Message {
             id: op_message_id(op),
             conversation: ConversationId(group.to_owned()),
@@ -351,7 +350,7 @@ impl Engine {
             .and_then(|g| g.resolved.as_ref())
             .map(|r| r.applied.clone());
         let ctx = self.groups.entry(group.clone()).or_default();
-        ctx.hold(op.clone(), now_ms());
+        ctx.hold(op.clone(), self.clock.now_ms());
         ctx.resolve();
         let Some(after) = ctx.resolved.as_ref() else {
             return Ok(());

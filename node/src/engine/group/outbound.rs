@@ -18,7 +18,6 @@ use crate::engine::{Engine, message_info, send};
 use crate::{
     envelope::{Body, Conversation, Envelope},
     error::NodeError,
-    home::now_ms,
     types::*,
 };
 
@@ -59,7 +58,7 @@ impl Engine {
             )?;
         }
         let updates = send::crypto_updates(&pickles);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let queued: Vec<&String> = users
             .iter()
             .filter(|u| !failed.iter().any(|(f, _)| f == *u))
@@ -88,7 +87,7 @@ impl Engine {
         gid: GroupId,
         epoch: u64,
     ) -> Result<(OutboundSenderKey, bool), NodeError> {
-        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let now_secs = self.clock.now_secs();
         if let Some((sid, key_epoch)) = self.store.group_sender_key(group)?
             && key_epoch == epoch
             && let Some(stored) = self
@@ -154,7 +153,7 @@ impl Engine {
         };
         let (lamport, seq) = self.conv_state(&group)?;
         let (lamport, seq) = (lamport + 1, seq + 1);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let id = match id {
             Some(id) => id,
             None => MessageId(send::random_id()?),

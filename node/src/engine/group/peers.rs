@@ -3,7 +3,6 @@
 //! and their messages read.
 
 use std::collections::HashMap;
-use std::time::Instant;
 use tern_relay::rpc::Requests as _;
 
 use tern_crypto::SignedDeviceList;
@@ -11,7 +10,7 @@ use tern_store::Contact;
 
 use super::{hex, user_bytes};
 use crate::engine::{ContactState, Engine, Internal, relay_peer, send};
-use crate::{error::NodeError, home::now_ms};
+use crate::error::NodeError;
 
 impl Engine {
     /// A user this device can reach: a contact, or a member of a shared group.
@@ -23,7 +22,7 @@ impl Engine {
     pub(super) fn peer_state(&self, user: &str, list_bytes: &[u8]) -> Option<ContactState> {
         let ub = user_bytes(user)?;
         // A member, or a former member whose late messages may still be shown.
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let (identity_key, name, relays) = self
             .groups
             .values()
@@ -124,13 +123,13 @@ impl Engine {
     /// big group never stalls the engine; [`Engine::on_peer_lists`] takes them. Mail kept for
     /// them is fetched again afterwards.
     pub(crate) async fn fetch_missing_peers(&mut self) {
-        if !self.peers_due || self.peers_fetching || self.peers_retry.1 > Instant::now() {
+        if !self.peers_due || self.peers_fetching || self.peers_retry.1 > self.clock.now() {
             return;
         }
         self.peers_due = false;
         let me = *self.user.as_bytes();
         let mut missing: HashMap<[u8; 16], Vec<String>> = HashMap::new();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for g in self.groups.values() {
             let Some(r) = g.resolved.as_ref() else {
                 continue;
@@ -199,9 +198,9 @@ impl Engine {
     fn peers_looked_up(&mut self, learned: bool) {
         self.peers_retry = if self.peers_due {
             let attempts = self.peers_retry.0.saturating_add(1);
-            (attempts, Instant::now() + send::backoff(attempts))
+            (attempts, self.clock.now() + send::backoff(attempts))
         } else {
-            (0, Instant::now())
+            (0, self.clock.now())
         };
         if learned {
             self.rebuild_device_owner();

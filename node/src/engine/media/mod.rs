@@ -51,7 +51,6 @@ use super::{Engine, relay_peer};
 use crate::{
     consts::{AUTO_DOWNLOAD_BYTES, MEDIA_EVENT_QUEUE, RETRY_MAX},
     error::NodeError,
-    home::now_ms,
     media::{MediaRef, safe_name},
     types::{Event, TransferInfo},
 };
@@ -344,7 +343,7 @@ impl Engine {
             TransferState::Done,
             TransferState::Failed,
         ])?;
-        let since = now_ms() - 24 * 3600 * 1000;
+        let since = self.clock.now_ms() - 24 * 3600 * 1000;
         Ok(all
             .iter()
             .filter(|t| {
@@ -380,14 +379,14 @@ impl Engine {
             *attempts += 1;
             let wait = super::send::backoff(*attempts).min(RETRY_MAX);
             tracing::info!(transfer = %id, code, "transfer paused, retrying in {wait:?}: {message}");
-            self.media.retry.insert(id, Instant::now() + wait);
+            self.media.retry.insert(id, self.clock.now() + wait);
             self.emit_transfer(&t, "paused", Some(code.into()));
             return;
         }
         tracing::warn!(transfer = %id, code, "transfer failed: {message}");
         self.media.retry.remove(&id);
         self.media.attempts.remove(&id);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if let Err(e) = self.store.transaction(|tx| {
             tx.transfer_progress(&id, TransferState::Failed, t.bytes_done, Some(code), now)
         }) {
@@ -410,7 +409,7 @@ impl Engine {
             .media
             .retry
             .iter()
-            .filter(|(_, at)| now || **at <= Instant::now())
+            .filter(|(_, at)| now || **at <= self.clock.now())
             .map(|(id, _)| *id)
             .collect();
         for id in due {
@@ -481,7 +480,7 @@ impl Engine {
                         }) => s.media.blob_size,
                         _ => t.bytes_total,
                     },
-                    updated_at_ms: now_ms(),
+                    updated_at_ms: self.clock.now_ms(),
                     ..t
                 };
                 if let Err(e) = self.store.transaction(|tx| tx.put_transfer(&t)) {
@@ -510,7 +509,7 @@ impl Engine {
                 let Ok(Some(t)) = self.store.transfer(&id) else {
                     return;
                 };
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 if let Err(e) = self.store.transaction(|tx| {
                     tx.transfer_progress(&id, TransferState::Done, t.bytes_total, None, now)
                 }) {
