@@ -21,6 +21,8 @@ mod receive;
 mod recover;
 mod revoke;
 mod send;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use clock::Clock;
 
