@@ -4,6 +4,7 @@
 
 mod hold;
 mod outbox;
+mod recover;
 mod rotation;
 
 use std::collections::VecDeque;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use libp2p::{PeerId, identity::Keypair};
+use tern_crypto::prekey::PrekeyBundle;
 use tern_store::{Body, ConversationId, ConversationKind, Delivery, Message, MessageId, Status};
 use tokio::sync::{broadcast, mpsc};
 
@@ -72,9 +74,14 @@ struct Harness {
 impl Harness {
     /// A fresh identity in a temporary home; the clock at [`T0_MS`].
     fn new() -> Harness {
+        Harness::named("alice")
+    }
+
+    /// Like [`Harness::new`], for a user called `name`.
+    fn named(name: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::new(dir.path());
-        home.init("alice", "laptop").unwrap();
+        home.init(name, "laptop").unwrap();
         let (store, keys) = home.open().unwrap();
         let keypair = Keypair::ed25519_from_bytes(*keys.device.network_secret()).unwrap();
         let (net, _net_events, event_loop) =
@@ -83,7 +90,7 @@ impl Harness {
         drop(event_loop);
         let clock = Clock::manual(T0_MS);
         let courier = Arc::new(MemoryCourier::default());
-        let (events, events_rx) = broadcast::channel(64);
+        let (events, events_rx) = broadcast::channel(4096);
         let (internal_tx, internal) = mpsc::channel(64);
         let engine = Engine::new(
             Setup {
@@ -93,7 +100,12 @@ impl Harness {
                 keys,
                 keypair,
                 net,
-                home_relays: Vec::new(),
+                // Named in contact links only: nothing is ever dialled.
+                home_relays: vec![
+                    format!("/ip4/127.0.0.1/tcp/9/p2p/{}", other_device())
+                        .parse()
+                        .unwrap(),
+                ],
                 direct: false,
                 clock: clock.clone(),
                 courier: Some(courier.clone()),
@@ -121,16 +133,92 @@ impl Harness {
         self.engine.on_internal_batch(vec![report]);
     }
 
-    /// The messages shown (`message` events) since the last call: (seq, gap before).
-    fn shown(&mut self) -> Vec<(u64, bool)> {
+    /// Settles lane reports until the courier has carried `n` rows in all.
+    async fn carry(&mut self, n: usize) -> Vec<Vec<u8>> {
+        while self.courier.carried().len() < n {
+            self.settle().await;
+        }
+        self.courier.carried()
+    }
+
+    /// The events since the last call.
+    fn events(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         while let Ok(ev) = self.events.try_recv() {
-            if let Event::Message { message } = ev {
-                out.push((message.seq, message.gap_before));
-            }
+            out.push(ev);
         }
         out
     }
+
+    /// The messages shown (`message` events) since the last call: (seq, gap before).
+    fn shown(&mut self) -> Vec<(u64, bool)> {
+        self.events()
+            .into_iter()
+            .filter_map(|ev| match ev {
+                Event::Message { message } => Some((message.seq, message.gap_before)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// This device's peer id.
+    fn peer(&self) -> PeerId {
+        self.engine.net.local_peer_id()
+    }
+
+    /// Adds `other` as a contact from its full contact link.
+    async fn add(&mut self, other: &Harness) {
+        let link = other.engine.contact_link().unwrap().link;
+        self.engine.add_contact(&link, None, false).await.unwrap();
+    }
+
+    /// Starts a session to `other`'s device with one of its one-time keys, as a claim at
+    /// its relay would.
+    fn start_session(&mut self, other: &mut Harness) {
+        let certificate = other.engine.keys.certificate.clone();
+        let bundle =
+            PrekeyBundle::generate_keeping(&mut other.engine.keys.device, certificate, 1, None)
+                .unwrap();
+        other.engine.save_device().unwrap();
+        let claimed = bundle.claim(bundle.one_time_keys[0].clone());
+        let verified = claimed
+            .verify(other.engine.keys.device_list.list())
+            .unwrap();
+        let device = other.engine.keys.device.device_id();
+        let curve = other.engine.keys.certificate.certificate().curve25519;
+        let mut sessions = self.engine.load_sessions(&device, curve).unwrap();
+        sessions.start(&self.engine.keys.device, &verified).unwrap();
+        let (sid, pickle) = (
+            sessions.current_session_id().unwrap(),
+            sessions.pickle().unwrap(),
+        );
+        let now = self.clock.now_ms();
+        let peer_device = device.to_peer_id_string();
+        self.engine
+            .store
+            .transaction(|tx| {
+                tx.apply_crypto(
+                    &[tern_store::CryptoUpdate::Session {
+                        peer_device: &peer_device,
+                        session_id: &sid,
+                        pickle: &pickle,
+                    }],
+                    now,
+                )
+            })
+            .unwrap();
+    }
+}
+
+/// Alice and Bob, each the other's contact, with a session from Alice to Bob (Bob's comes
+/// from Alice's first message).
+async fn alice_and_bob() -> (Harness, Harness) {
+    let mut alice = Harness::named("alice");
+    let mut bob = Harness::named("bob");
+    alice.add(&bob).await;
+    bob.add(&alice).await;
+    alice.start_session(&mut bob);
+    (alice, bob)
 }
 
 /// Another device's id (a peer id nobody else uses).
