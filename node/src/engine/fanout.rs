@@ -83,7 +83,7 @@ impl Engine {
         }
         let recipients: Vec<(String, String)> = recipients
             .into_iter()
-            .filter(|(_, d)| self.fan_in_flight.insert((id, d.clone())))
+            .filter(|(_, d)| self.outbox.fan_in_flight.insert((id, d.clone())))
             .collect();
         if recipients.is_empty() {
             return;
@@ -195,7 +195,7 @@ impl Engine {
             Ok(())
         });
         for (dev, r) in &results {
-            self.fan_in_flight.remove(&(id, dev.clone()));
+            self.outbox.fan_in_flight.remove(&(id, dev.clone()));
             if let Err(e) = r
                 && e.code() == Some(tern_relay::wire::ErrorCode::NoGrant)
             {

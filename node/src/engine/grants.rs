@@ -118,11 +118,11 @@ impl Engine {
     /// At most [`mailbox::MAX_GRANTS`] (this user and contacts first): past that, members of
     /// shared groups who are not contacts deposit as introductions.
     fn granted_users(&self) -> BTreeSet<String> {
-        let mut users: BTreeSet<String> = std::iter::once(self.user_hex.clone())
-            .chain(self.contacts.keys().cloned())
+        let mut users: BTreeSet<String> = std::iter::once(self.me.user_hex.clone())
+            .chain(self.people.contacts.keys().cloned())
             .take(mailbox::MAX_GRANTS)
             .collect();
-        for u in self.peers.keys() {
+        for u in self.people.peers.keys() {
             if users.len() >= mailbox::MAX_GRANTS {
                 break;
             }
@@ -135,8 +135,8 @@ impl Engine {
     /// the current one (`force`: at `only` whatever it holds).
     pub(crate) fn push_grants(&mut self, only: Option<PeerId>) {
         let users = self.granted_users();
-        for relay in self.home_relays.iter().filter_map(relay_peer) {
-            if !self.relay_up.contains(&relay) || only.is_some_and(|o| o != relay) {
+        for relay in self.relays.home_relays.iter().filter_map(relay_peer) {
+            if !self.relays.relay_up.contains(&relay) || only.is_some_and(|o| o != relay) {
                 continue;
             }
             if only.is_none()
@@ -177,8 +177,8 @@ impl Engine {
     /// Asks every connected home relay how full this device's mailbox is (answered as
     /// [`super::Internal::Usage`]).
     pub(crate) fn ask_usage(&self) {
-        for relay in self.home_relays.iter().filter_map(relay_peer) {
-            if !self.relay_up.contains(&relay) {
+        for relay in self.relays.home_relays.iter().filter_map(relay_peer) {
+            if !self.relays.relay_up.contains(&relay) {
                 continue;
             }
             let net = self.net.clone();
@@ -209,7 +209,7 @@ impl Engine {
         let name_of = |user: &str| {
             self.known(user)
                 .map(|c| c.contact.display_name.clone())
-                .or_else(|| (user == self.user_hex).then(|| "this user".to_owned()))
+                .or_else(|| (user == self.me.user_hex).then(|| "this user".to_owned()))
         };
         let mut by_sender: Vec<MailboxSender> = u
             .grants
@@ -226,7 +226,7 @@ impl Engine {
                 }
             })
             .chain(u.senders.iter().map(|(p, f)| {
-                let user = self.device_owner.get(p).cloned();
+                let user = self.people.device_owner.get(p).cloned();
                 MailboxSender {
                     kind: "device".into(),
                     name: user.as_deref().and_then(name_of),

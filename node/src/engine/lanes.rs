@@ -35,7 +35,7 @@ pub(crate) struct LaneDone {
 impl Engine {
     /// Starts the lanes whose first row is due (`all`: every lane, backoff or not).
     pub(crate) fn dispatch_lanes(&mut self, all: bool) {
-        if self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
+        if self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
             return;
         }
         let now = if all { i64::MAX } else { self.clock.now_ms() };
@@ -47,7 +47,7 @@ impl Engine {
             }
         };
         for device in due {
-            if self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
+            if self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
                 break;
             }
             self.start_lane(&device, None);
@@ -68,8 +68,8 @@ impl Engine {
     pub(crate) fn start_lane(&mut self, device: &str, due_at: Option<i64>) {
         // Inside a store batch the rows are not durable yet: nothing goes on the wire until
         // it commits (the batch's owner dispatches then).
-        if self.lanes_busy.contains(device)
-            || self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT
+        if self.outbox.lanes_busy.contains(device)
+            || self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT
             || self.store.in_batch()
         {
             return;
@@ -106,10 +106,10 @@ impl Engine {
         let route = Route {
             peer,
             relays,
-            direct: self.direct,
+            direct: self.relays.direct,
             grant: self.grants.held(device),
         };
-        self.lanes_busy.insert(device.to_owned());
+        self.outbox.lanes_busy.insert(device.to_owned());
         let courier = self.courier.clone();
         let tx = self.internal.clone();
         let device = device.to_owned();
@@ -150,7 +150,7 @@ impl Engine {
             failed,
         } in results
         {
-            self.lanes_busy.remove(&device);
+            self.outbox.lanes_busy.remove(&device);
             acked.extend(rows);
             match failed {
                 Some((row, attempts, e)) => {

@@ -60,14 +60,14 @@ impl Engine {
                 .and_then(|u| self.known(u))
                 .and_then(|s| s.list.as_ref())
                 .map(|l| mark(l.list())),
-            from: mark(self.keys.device_list.list()),
+            from: mark(self.me.keys.device_list.list()),
         }
     }
 
     /// This user's current signed device list as a message body, naming no texts.
     pub(crate) fn own_list_body(&self) -> Body {
         Body::DeviceList {
-            list: ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
+            list: ByteBuf::from(self.me.keys.device_list.as_bytes().to_vec()),
             stale: Vec::new(),
             missed: Vec::new(),
         }
@@ -85,7 +85,7 @@ impl Engine {
         let Some(marks) = env.lists else {
             return Ok(());
         };
-        let me = user == self.user_hex;
+        let me = user == self.me.user_hex;
         if self
             .known(user)
             .and_then(|s| s.list.as_ref())
@@ -96,11 +96,11 @@ impl Engine {
         // What the sender took this user's list to be: its own list, when it is one of this
         // user's devices.
         let seen = if me { Some(marks.from) } else { marks.to };
-        let ours = self.keys.device_list.list();
+        let ours = self.me.keys.device_list.list();
         let Some(seen) = seen.filter(|s| s.version < ours.version) else {
             return Ok(());
         };
-        let own_device = self.keys.device.device_id();
+        let own_device = self.me.keys.device.device_id();
         let missed: Vec<DeviceId> = ours
             .devices
             .iter()
@@ -129,11 +129,11 @@ impl Engine {
             // A failure keeps the message to be read again (it is not stored yet).
             self.store
                 .transaction(|tx| tx.owe_list_answer(&owed, now))?;
-            self.answers_due = true;
+            self.lists.answers_due = true;
             return Ok(());
         }
-        if self.list_answered.get(&key.1) != Some(&version) {
-            self.list_answers.insert(key);
+        if self.lists.list_answered.get(&key.1) != Some(&version) {
+            self.lists.list_answers.insert(key);
         }
         Ok(())
     }
@@ -142,7 +142,7 @@ impl Engine {
     /// list of this user, the current list, with the texts it must send again and the devices
     /// they missed (owed in the store), each chunk settled in the transaction that queues it.
     pub(crate) fn flush_list_answers(&mut self) {
-        let owed = if std::mem::take(&mut self.answers_due) {
+        let owed = if std::mem::take(&mut self.lists.answers_due) {
             match self.store.due_list_answers(MAX_STALE_PENDING as u32) {
                 Ok(o) => o,
                 Err(e) => {
@@ -155,10 +155,11 @@ impl Engine {
         };
         if owed.len() >= MAX_STALE_PENDING {
             // More than one round's worth: the rest goes on the next tick.
-            self.answers_due = true;
+            self.lists.answers_due = true;
         }
-        let mut targets: Vec<(String, String)> =
-            std::mem::take(&mut self.list_answers).into_iter().collect();
+        let mut targets: Vec<(String, String)> = std::mem::take(&mut self.lists.list_answers)
+            .into_iter()
+            .collect();
         for o in &owed {
             let key = (o.user.clone(), o.device.clone());
             if !targets.contains(&key) {
@@ -168,9 +169,9 @@ impl Engine {
         if targets.is_empty() {
             return;
         }
-        let list = ByteBuf::from(self.keys.device_list.as_bytes().to_vec());
-        let ours = self.keys.device_list.list().clone();
-        let own_device = self.keys.device.device_id();
+        let list = ByteBuf::from(self.me.keys.device_list.as_bytes().to_vec());
+        let ours = self.me.keys.device_list.list().clone();
+        let own_device = self.me.keys.device.device_id();
         for (user, device) in targets {
             let Some(target) = DeviceId::from_peer_id_string(&device) else {
                 continue;
@@ -211,11 +212,11 @@ impl Engine {
                     tx.settle_list_answers(&device_key, chunk)
                 }) {
                     tracing::warn!(contact = %user, "answering with the device list failed: {e}");
-                    self.answers_due = true;
+                    self.lists.answers_due = true;
                 }
             }
             tracing::info!(contact = %user, texts = ids.len(), devices = missed.len(), "told a sender of the current device list");
-            self.list_answered.insert(device, ours.version);
+            self.lists.list_answered.insert(device, ours.version);
         }
     }
 
@@ -223,9 +224,10 @@ impl Engine {
     /// session) of this user's current device list.
     pub(crate) fn announce_list(&mut self) {
         let mut users: Vec<String> = self
+            .people
             .contacts
             .keys()
-            .chain(self.peers.keys())
+            .chain(self.people.peers.keys())
             .cloned()
             .collect();
         users.sort();
@@ -242,10 +244,10 @@ impl Engine {
     /// needed (after this device added itself to a list they made: they hold no session with
     /// it yet, so [`Engine::announce_list`] alone would not reach them).
     pub(crate) async fn announce_own(&mut self) {
-        if !std::mem::take(&mut self.announce_own_due) {
+        if !std::mem::take(&mut self.lists.announce_own_due) {
             return;
         }
-        let me = self.user_hex.clone();
+        let me = self.me.user_hex.clone();
         let sessions = match self.sessions_reachable(&me).await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -277,9 +279,9 @@ impl Engine {
             // user's devices, of any direct conversation: sync copies).
             if let Some(m) = self.store.message(id)?
                 && m.own
-                && (user == self.user_hex || m.conversation.0 == user)
+                && (user == self.me.user_hex || m.conversation.0 == user)
                 && m.body.is_user_content()
-                && self.contacts.contains_key(&m.conversation.0)
+                && self.people.contacts.contains_key(&m.conversation.0)
             {
                 owed.push(id);
             }
@@ -297,7 +299,7 @@ impl Engine {
             Ok(())
         })?;
         if !owed.is_empty() && !devices.is_empty() {
-            self.resync_due = true;
+            self.lists.resync_due = true;
         }
         match self.take_list(user, list.to_vec()) {
             Ok(true) => self.lists_changed(),
@@ -323,10 +325,11 @@ impl Engine {
         let Some(u) = tern_crypto::UserId::from_hex(user) else {
             return Ok(());
         };
-        let me = *self.user.as_bytes();
-        let own_device = self.keys.device.device_id();
+        let me = *self.me.user.as_bytes();
+        let own_device = self.me.keys.device.device_id();
         let groups: Vec<String> = self
             .groups
+            .by_id
             .keys()
             .filter(|g| {
                 self.state(g)
@@ -350,7 +353,7 @@ impl Engine {
                 recent
                     .iter()
                     .filter(|m| {
-                        m.own && m.sender_device == self.device_hex && m.body.is_user_content()
+                        m.own && m.sender_device == self.me.device_hex && m.body.is_user_content()
                     })
                     .map(|m| (m.id, m.sent_at_ms)),
             );
@@ -372,7 +375,7 @@ impl Engine {
             self.store
                 .transaction(|tx| tx.owe_resync(user, &key, &ids, now))?;
             tracing::info!(contact = %user, count = ids.len(), "group texts owed to a device linked since they were sent");
-            self.resync_due = true;
+            self.lists.resync_due = true;
         }
         Ok(())
     }
@@ -382,6 +385,7 @@ impl Engine {
     pub(crate) fn want_list_of(&mut self, user: &str) {
         let now = self.clock.now();
         if self
+            .lists
             .list_wanted
             .get(user)
             .is_some_and(|t| now.duration_since(*t) < LIST_WANT_GAP)
@@ -395,11 +399,11 @@ impl Engine {
             return;
         };
         let relays = state.relays.iter().filter_map(relay_peer);
-        let up = relays.clone().find(|r| self.relay_up.contains(r));
+        let up = relays.clone().find(|r| self.relays.relay_up.contains(r));
         let Some(relay) = up.or_else(|| relays.clone().next()) else {
             return;
         };
-        self.list_wanted.insert(user.to_owned(), now);
+        self.lists.list_wanted.insert(user.to_owned(), now);
         self.fetch_lists(
             vec![(user.to_owned(), relay, *ub.as_bytes())],
             |lists, _| Internal::DeviceLists(lists),
@@ -411,7 +415,12 @@ impl Engine {
     /// in one transaction. A user whose devices cannot be reached now is tried again after a
     /// backoff.
     pub(crate) async fn resync_owed(&mut self) {
-        if !self.resync_due || self.resync_retry.is_some_and(|t| t > self.clock.now()) {
+        if !self.lists.resync_due
+            || self
+                .lists
+                .resync_retry
+                .is_some_and(|t| t > self.clock.now())
+        {
             return;
         }
         let due = match self.store.due_resync(OUTBOX_BATCH) {
@@ -422,8 +431,8 @@ impl Engine {
             }
         };
         if due.is_empty() {
-            self.resync_due = false;
-            self.resync_retry = None;
+            self.lists.resync_due = false;
+            self.lists.resync_retry = None;
             return;
         }
         let mut users: Vec<String> = due.iter().map(|o| o.user.clone()).collect();
@@ -437,11 +446,12 @@ impl Engine {
             }
         }
         if failed {
-            self.resync_attempts = self.resync_attempts.saturating_add(1);
-            self.resync_retry = Some(self.clock.now() + super::send::backoff(self.resync_attempts));
+            self.lists.resync_attempts = self.lists.resync_attempts.saturating_add(1);
+            self.lists.resync_retry =
+                Some(self.clock.now() + super::send::backoff(self.lists.resync_attempts));
         } else {
-            self.resync_attempts = 0;
-            self.resync_retry = None;
+            self.lists.resync_attempts = 0;
+            self.lists.resync_retry = None;
         }
     }
 
@@ -485,7 +495,7 @@ impl Engine {
                 Some(m)
                     if m.own
                         && !chosen.is_empty()
-                        && self.groups.contains_key(&m.conversation.0) =>
+                        && self.groups.by_id.contains_key(&m.conversation.0) =>
                 {
                     Some(self.encrypt_group_copy(user, m, &mut chosen))
                 }
@@ -523,7 +533,7 @@ impl Engine {
             })?;
             if !deliveries.is_empty() {
                 tracing::info!(contact = %user, devices = deliveries.len(), "sent a text again to devices linked since");
-                self.recovery.texts_resent += 1;
+                self.inbox.recovery.texts_resent += 1;
             }
             self.kick_lanes_for(&deliveries);
         }
@@ -574,7 +584,7 @@ impl Engine {
             .is_some_and(|u| self.state(&gid).is_ok_and(|s| s.is_member(&u)));
         let title = self.state(&gid).map(|s| s.title.clone()).ok();
         let now = self.clock.now_ms();
-        let own = user == self.user_hex;
+        let own = user == self.me.user_hex;
         let message = tern_store::Message {
             id: MessageId(env.id.into_array()),
             conversation: tern_store::ConversationId(gid.clone()),

@@ -21,24 +21,25 @@ mod receive;
 mod recover;
 mod revoke;
 mod send;
+mod state;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use clock::Clock;
+pub(crate) use state::{Engine, Setup};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use tern_relay::rpc::Requests as _;
 
-use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
-use tern_crypto::{DeviceId, SignedDeviceList, UserId};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use tern_crypto::{DeviceId, SignedDeviceList};
 use tern_relay::wire::presence;
-use tern_store::{Contact, MessageId, Status, Store};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tern_store::{Contact, MessageId, Status};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     consts::{HEARTBEAT_INTERVAL, MAILBOX_POLL, OUTBOX_TICK},
     error::NodeError,
-    home::{self, Home, Keys},
     net::{self, NetError, rpc},
     types::*,
 };
@@ -261,288 +262,6 @@ pub(crate) fn peer_device(p: &PeerId) -> Option<DeviceId> {
     DeviceId::from_peer_id_bytes(&p.to_bytes())
 }
 
-/// The engine state.
-pub(crate) struct Engine {
-    pub home: Home,
-    pub store: Store,
-    pub keys: Keys,
-    pub config: home::Config,
-    pub keypair: Keypair,
-    pub user: UserId,
-    pub user_hex: String,
-    pub device_hex: String,
-    pub net: net::Client,
-    pub home_relays: Vec<Multiaddr>,
-    pub relay_up: HashSet<PeerId>,
-    pub contacts: HashMap<String, ContactState>,
-    pub device_owner: HashMap<PeerId, String>,
-    /// Revoked devices of known users, and whose (their messages are refused).
-    pub revoked_devices: HashMap<DeviceId, String>,
-    /// Contacts with an offered, not yet accepted identity key: user → link ("" when the
-    /// change was seen in a relay's device list rather than a link).
-    pub pending_identity: HashMap<String, String>,
-    pub lamport: HashMap<String, u64>,
-    pub seq: HashMap<String, u64>,
-    pub events: broadcast::Sender<Event>,
-    pub internal: mpsc::Sender<Internal>,
-    /// Devices whose lane a task is sending now.
-    pub lanes_busy: HashSet<String>,
-    /// Relays whose mailbox a task is draining now (one drain per relay at a time, so mail
-    /// is taken in the relay's order).
-    pub fetching: HashSet<PeerId>,
-    /// Relays to drain again (mail was left waiting for its predecessors, or a drain was
-    /// asked for while one ran); done on the next outbox tick.
-    pub refetch: HashSet<PeerId>,
-    /// Pairwise messages waiting for earlier messages of their chain: digest → first seen.
-    pub reorder: HashMap<[u8; 16], std::time::Instant>,
-    /// When a resend was last asked of each remote device.
-    pub resend_asked: HashMap<String, std::time::Instant>,
-    /// Losses and their repair since start (shown by `status`).
-    pub recovery: RecoveryInfo,
-    /// Delivered receipts owed per contact since the last outbox tick (sent on it).
-    pub delivered_due: HashMap<String, Vec<MessageId>>,
-    /// (user, device) texts were lost from, and up to which sequence number (`None`: not
-    /// known): asked to send again once the batch is done ([`Engine::ask_resend`]).
-    pub lost: HashMap<(String, String), Option<u64>>,
-    pub away: bool,
-    pub presence: HashMap<PeerId, presence::Entry>,
-    pub inbound_sessions: u32,
-    /// One-time keys may be running low: check at the next tick.
-    pub topup_due: bool,
-    /// Own messages may be waiting for a session (stored before a prekey could be claimed).
-    pub encrypt_pending: bool,
-    /// Per contact with messages waiting for a session: failed attempts, next attempt.
-    pub encrypt_retry: HashMap<String, (u32, std::time::Instant)>,
-    /// Received messages held back for a missing per-sender predecessor.
-    pub hold: hold::HoldBack,
-    pub device_created_ms: i64,
-    pub listen: Vec<Multiaddr>,
-    /// Whether direct connections to contacts are made and used.
-    pub direct: bool,
-    /// Home relays whose connection routine did not complete (retried every heartbeat).
-    pub setup_pending: HashSet<PeerId>,
-    /// Groups by id (hex).
-    pub groups: HashMap<String, group::GroupCtx>,
-    /// Members of shared groups who are not contacts, by user id.
-    pub peers: HashMap<String, ContactState>,
-    /// Some group member's device list is still to be fetched.
-    pub peers_due: bool,
-    /// Group messages may be owed to members who were unreachable when they were sent.
-    pub owed_due: bool,
-    /// Member lookups are running in a task.
-    pub peers_fetching: bool,
-    /// Failed member lookups in a row, and when to try again.
-    pub peers_retry: (u32, std::time::Instant),
-    /// Batched group notifications by conversation.
-    pub notify: HashMap<String, group::Notify>,
-    /// Devices linked by this run, with the provisioning key their record was sealed to: only
-    /// the same code may have the record sent again.
-    pub linked: HashMap<String, [u8; 32]>,
-    /// Device lists are to be fetched again.
-    pub lists_due: bool,
-    /// When device lists were last fetched.
-    pub lists_fetched: Option<std::time::Instant>,
-    /// Heartbeats so far (device lists are refreshed every sixth).
-    pub heartbeats: u64,
-    /// Group fan-out rows being delivered: (message, device).
-    pub fan_in_flight: HashSet<(MessageId, String)>,
-    /// Devices (user, device) that encrypted something other than a text for an older list of
-    /// this user: told of the current list on the next tick. (Texts are owed in the store.)
-    pub list_answers: HashSet<(String, String)>,
-    /// Answers naming texts may be owed in the store (`list_answers_due`).
-    pub answers_due: bool,
-    /// The own list version each remote device was last told of (so it is told once).
-    pub list_answered: HashMap<String, u64>,
-    /// When each user's device list was last fetched because a message showed a newer one.
-    pub list_wanted: HashMap<String, std::time::Instant>,
-    /// Texts may be owed to devices linked since they were sent (`resync_due` in the store).
-    pub resync_due: bool,
-    /// Failed rounds of sending owed texts in a row, and when to try again.
-    pub resync_attempts: u32,
-    /// File transfers: their tasks, retries, and the files served to peers.
-    pub media: media::Media,
-    pub resync_retry: Option<std::time::Instant>,
-    /// This device was revoked by another device of the user: it sends nothing any more.
-    pub revoked: bool,
-    /// The signed fallback key this run publishes at every home relay (made by the first
-    /// bundle of the run): one key for all relays, so none serves a discarded one.
-    pub fallback: Option<tern_crypto::prekey::SignedPrekey>,
-    /// History may be owed to a device this one linked (`history_owed` in the store).
-    pub history_due: bool,
-    /// Failed rounds of sending history in a row, and when to try again.
-    pub history_attempts: u32,
-    pub history_retry: Option<std::time::Instant>,
-    /// Moved history received as a new device: (messages so far, messages in all).
-    pub history_in: (u64, u64),
-    /// Home relays' setup is to be retried on the next tick rather than the next heartbeat
-    /// (this device's list changed, so a relay that refused its prekeys now takes them).
-    pub setup_soon: bool,
-    /// This user's other devices are to be told of the own list, sessions set up as needed.
-    pub announce_own_due: bool,
-    /// Deposit grants issued and held.
-    pub grants: grants::Grants,
-    /// Quarantined mail may have a known sender now (read on the next tick).
-    pub quarantine_due: bool,
-    /// The push endpoint and its registration at the home relays.
-    pub push: push::Push,
-    /// Where the engine reads the time.
-    pub clock: Clock,
-    /// What carries outbox rows to their devices (the network, or a test's courier).
-    pub courier: courier::Shared,
-}
-
-/// What an engine is made of: the opened home, the network and where it reads the time.
-pub(crate) struct Setup {
-    /// The home directory the store and keys were opened from.
-    pub home: Home,
-    /// The opened store.
-    pub store: Store,
-    /// The settings kept in the home.
-    pub config: home::Config,
-    /// The device's keys, certificate and device list.
-    pub keys: Keys,
-    /// The libp2p identity of this device (made from its network secret).
-    pub keypair: Keypair,
-    /// The handle to the network task.
-    pub net: net::Client,
-    /// Home relays, each ending in `/p2p/<peer id>`.
-    pub home_relays: Vec<Multiaddr>,
-    /// Whether direct connections to contacts are made and used.
-    pub direct: bool,
-    /// Where the engine reads the time.
-    pub clock: Clock,
-    /// What carries outbox rows (`None`: the network handle).
-    pub courier: Option<courier::Shared>,
-}
-
-impl Engine {
-    /// An engine over an opened home, with everything it keeps in memory loaded from the
-    /// store: contacts, groups, held messages, grants. `events` carries what handles are
-    /// told; `internal` is where spawned tasks report back (its receiver goes to
-    /// [`Engine::run`]).
-    pub(crate) fn new(
-        setup: Setup,
-        events: broadcast::Sender<Event>,
-        internal: mpsc::Sender<Internal>,
-    ) -> Result<Engine, NodeError> {
-        let Setup {
-            home,
-            store,
-            config,
-            keys,
-            keypair,
-            net,
-            home_relays,
-            direct,
-            clock,
-            courier,
-        } = setup;
-        let courier = courier.unwrap_or_else(|| std::sync::Arc::new(net.clone()));
-        // A device whose own stored list revokes it stays revoked across restarts.
-        let revoked = !keys
-            .device_list
-            .list()
-            .active()
-            .any(|e| e.device_id() == keys.device.device_id());
-        let contacts = contacts::load_contacts(&store)?;
-        let device_created_ms = store.own_device()?.map_or(0, |d| d.created_at_ms);
-        let user = keys.identity.user_id();
-        let grants = grants::Grants::load(&keys.device, &store)?;
-        let now = clock.now();
-        let mut engine = Engine {
-            grants,
-            push: push::Push::load(&config),
-            // Quarantined mail from before a restart is looked at (and expired) once.
-            quarantine_due: true,
-            media: media::Media::new(home.dir()),
-            home,
-            store,
-            user,
-            user_hex: user.to_string(),
-            device_hex: keys.device.device_id().to_peer_id_string(),
-            keys,
-            config,
-            keypair,
-            net,
-            home_relays,
-            relay_up: HashSet::new(),
-            contacts,
-            device_owner: HashMap::new(),
-            revoked_devices: HashMap::new(),
-            pending_identity: HashMap::new(),
-            lamport: HashMap::new(),
-            seq: HashMap::new(),
-            events,
-            internal,
-            lanes_busy: HashSet::new(),
-            fetching: HashSet::new(),
-            refetch: HashSet::new(),
-            reorder: HashMap::new(),
-            resend_asked: HashMap::new(),
-            lost: HashMap::new(),
-            delivered_due: HashMap::new(),
-            recovery: RecoveryInfo::default(),
-            away: false,
-            presence: HashMap::new(),
-            inbound_sessions: 0,
-            topup_due: false,
-            hold: hold::HoldBack::default(),
-            encrypt_pending: true,
-            encrypt_retry: HashMap::new(),
-            device_created_ms,
-            listen: Vec::new(),
-            direct,
-            setup_pending: HashSet::new(),
-            groups: HashMap::new(),
-            peers: HashMap::new(),
-            peers_due: false,
-            linked: HashMap::new(),
-            peers_fetching: false,
-            owed_due: true,
-            peers_retry: (0, now),
-            notify: HashMap::new(),
-            fan_in_flight: HashSet::new(),
-            list_answers: HashSet::new(),
-            // Answers owed from before a restart are looked at once.
-            answers_due: true,
-            list_answered: HashMap::new(),
-            list_wanted: HashMap::new(),
-            // Owed texts from before a restart are looked at once.
-            resync_due: true,
-            resync_attempts: 0,
-            resync_retry: None,
-            revoked,
-            fallback: None,
-            // History owed from before a restart is looked at once.
-            history_due: true,
-            history_attempts: 0,
-            history_retry: None,
-            history_in: (0, 0),
-            setup_soon: false,
-            announce_own_due: false,
-            lists_due: true,
-            lists_fetched: None,
-            heartbeats: 0,
-            clock,
-            courier,
-        };
-        engine.load_pending_identity();
-        engine.refresh_me();
-        engine.load_groups()?;
-        engine.restore_hold()?;
-        engine.rebuild_device_owner();
-        Ok(engine)
-    }
-}
-
-impl std::fmt::Debug for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("user", &self.user_hex)
-            .finish_non_exhaustive()
-    }
-}
-
 pub(crate) fn status_name(s: Status) -> &'static str {
     match s {
         Status::Pending => "pending",
@@ -644,8 +363,8 @@ impl Engine {
         tern_store::Message {
             id,
             conversation: tern_store::ConversationId(conversation.to_owned()),
-            sender_user: self.user_hex.clone(),
-            sender_device: self.device_hex.clone(),
+            sender_user: self.me.user_hex.clone(),
+            sender_device: self.me.device_hex.clone(),
             lamport,
             seq,
             sent_at_ms: now,
@@ -662,7 +381,11 @@ impl Engine {
     }
 
     fn home_relay_peers(&self) -> Vec<PeerId> {
-        self.home_relays.iter().filter_map(relay_peer).collect()
+        self.relays
+            .home_relays
+            .iter()
+            .filter_map(relay_peer)
+            .collect()
     }
 
     /// Runs the engine until every handle is dropped.
@@ -672,10 +395,11 @@ impl Engine {
         mut net_events: mpsc::Receiver<net::Event>,
         mut internal: mpsc::Receiver<Internal>,
     ) {
-        for addr in self.home_relays.clone() {
+        for addr in self.relays.home_relays.clone() {
             let _ = self.net.add_relay(addr, true).await;
         }
         let contact_relays: Vec<Multiaddr> = self
+            .people
             .contacts
             .values()
             .flat_map(|c| c.relays.clone())
@@ -724,7 +448,7 @@ impl Engine {
                     self.flush_list_answers();
                     self.resync_owed().await;
                     self.export_history().await;
-                    if std::mem::take(&mut self.setup_soon) {
+                    if std::mem::take(&mut self.relays.setup_soon) {
                         self.retry_setup().await;
                     }
                     self.announce_own().await;
@@ -735,10 +459,10 @@ impl Engine {
                     self.prune_reorder();
                     self.release_held();
                     self.media_retry_due(false);
-                    if self.topup_due {
-                        self.topup_due = false;
+                    if self.relays.topup_due {
+                        self.relays.topup_due = false;
                         for relay in self.home_relay_peers() {
-                            if self.relay_up.contains(&relay)
+                            if self.relays.relay_up.contains(&relay)
                                 && let Err(e) = self.top_up_prekeys(relay, true).await
                             {
                                 tracing::warn!(%relay, "topping up prekeys failed: {e}");
@@ -747,16 +471,16 @@ impl Engine {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    self.heartbeats += 1;
-                    if self.heartbeats.is_multiple_of(6) {
-                        self.lists_due = true;
+                    self.relays.heartbeats += 1;
+                    if self.relays.heartbeats.is_multiple_of(6) {
+                        self.lists.lists_due = true;
                         self.ask_usage();
                     }
-                    if self.heartbeats.is_multiple_of(crate::consts::PREKEY_CHECK_HEARTBEATS) {
+                    if self.relays.heartbeats.is_multiple_of(crate::consts::PREKEY_CHECK_HEARTBEATS) {
                         self.check_prekeys();
                     }
                     self.heartbeat();
-                    self.owed_due = true;
+                    self.groups.owed_due = true;
                     self.deliver_owed().await;
                     self.send_owed_receipts();
                     self.prune_seen_ledger();
@@ -823,7 +547,7 @@ impl Engine {
                 let _ = reply.send(out);
             }
             Command::SetStatus { away, reply } => {
-                self.away = away;
+                self.relays.away = away;
                 self.heartbeat();
                 let _ = reply.send(Ok(()));
             }
@@ -890,17 +614,17 @@ impl Engine {
     async fn on_net(&mut self, ev: net::Event) {
         match ev {
             net::Event::RelayUp(relay) => {
-                self.relay_up.insert(relay);
+                self.relays.relay_up.insert(relay);
                 // Transfers paused by a network failure go on at once.
                 self.media_retry_due(true);
                 // Group members homed there can be looked up now, and be sent what they
                 // are owed.
-                self.peers_due = true;
-                self.owed_due = true;
-                self.peers_retry = (0, self.clock.now());
+                self.people.peers_due = true;
+                self.groups.owed_due = true;
+                self.people.peers_retry = (0, self.clock.now());
                 // For a home relay the event says "ready": published and listening.
                 if self.home_relay_peers().contains(&relay) {
-                    self.lists_due = true;
+                    self.lists.lists_due = true;
                     self.on_home_relay_up(relay).await;
                 }
                 self.emit(Event::Connection {
@@ -915,7 +639,7 @@ impl Engine {
                 self.send_owed_receipts();
             }
             net::Event::RelayDown(relay) => {
-                self.relay_up.remove(&relay);
+                self.relays.relay_up.remove(&relay);
                 self.emit(Event::Connection {
                     relay: relay.to_string(),
                     connected: false,
@@ -932,7 +656,7 @@ impl Engine {
                 ciphertext,
             } => self.on_direct(peer, id, ciphertext),
             net::Event::PeerUp { peer, relayed } => {
-                if let Some(user) = self.device_owner.get(&peer) {
+                if let Some(user) = self.people.device_owner.get(&peer) {
                     self.emit(Event::Peer {
                         user_id: user.clone(),
                         device_id: peer.to_string(),
@@ -944,7 +668,7 @@ impl Engine {
             }
             net::Event::Listening(addr) => {
                 tracing::info!(%addr, "listening");
-                self.listen.push(addr);
+                self.relays.listen.push(addr);
             }
             net::Event::Reservation(relay) => {
                 tracing::info!(%relay, "circuit reservation accepted");
@@ -976,10 +700,10 @@ impl Engine {
             Internal::Usage(relay, usage) => self.on_usage(relay, usage),
             Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
             Internal::FetchDone { relay } => {
-                self.fetching.remove(&relay);
+                self.relays.fetching.remove(&relay);
             }
             Internal::Presence(entries) => self.on_presence(entries),
-            Internal::PrekeysLow => self.topup_due = true,
+            Internal::PrekeysLow => self.relays.topup_due = true,
             Internal::FannedOut {
                 id,
                 attempts,
@@ -997,9 +721,12 @@ impl Engine {
     /// while the relay is connected, so live delivery is never left off.
     async fn on_home_relay_up(&mut self, relay: PeerId) {
         let mut ok = true;
-        if let Err(e) =
-            rpc::publish_device_list(&self.net, relay, self.keys.device_list.as_bytes().to_vec())
-                .await
+        if let Err(e) = rpc::publish_device_list(
+            &self.net,
+            relay,
+            self.me.keys.device_list.as_bytes().to_vec(),
+        )
+        .await
         {
             tracing::warn!(%relay, "publishing the device list failed: {e}");
             ok = false;
@@ -1013,9 +740,9 @@ impl Engine {
             ok = false;
         }
         if ok {
-            self.setup_pending.remove(&relay);
+            self.relays.setup_pending.remove(&relay);
         } else {
-            self.setup_pending.insert(relay);
+            self.relays.setup_pending.insert(relay);
         }
         self.push_allow_list();
         self.push_grants(Some(relay));
@@ -1027,8 +754,8 @@ impl Engine {
 
     /// Runs the connection routine again for home relays where it did not complete.
     async fn retry_setup(&mut self) {
-        for relay in self.setup_pending.clone() {
-            if self.relay_up.contains(&relay) {
+        for relay in self.relays.setup_pending.clone() {
+            if self.relays.relay_up.contains(&relay) {
                 self.on_home_relay_up(relay).await;
             }
         }
@@ -1041,7 +768,7 @@ impl Engine {
         let relays: Vec<PeerId> = self
             .home_relay_peers()
             .into_iter()
-            .filter(|r| self.relay_up.contains(r))
+            .filter(|r| self.relays.relay_up.contains(r))
             .collect();
         if relays.is_empty() {
             return;
@@ -1074,13 +801,13 @@ impl Engine {
         let mut count = if refresh { 0 } else { u32::MAX };
         if refresh {
             let bundle = PrekeyBundle::generate_keeping(
-                &mut self.keys.device,
-                self.keys.certificate.clone(),
+                &mut self.me.keys.device,
+                self.me.keys.certificate.clone(),
                 0,
-                self.fallback,
+                self.me.fallback,
             )?;
             self.save_device()?;
-            self.fallback = Some(bundle.fallback);
+            self.me.fallback = Some(bundle.fallback);
             count = self
                 .net
                 .at(relay)
@@ -1089,13 +816,13 @@ impl Engine {
         }
         if count < crate::consts::ONE_TIME_KEYS_LOW || !refresh {
             let bundle = PrekeyBundle::generate_keeping(
-                &mut self.keys.device,
-                self.keys.certificate.clone(),
+                &mut self.me.keys.device,
+                self.me.keys.certificate.clone(),
                 crate::consts::ONE_TIME_KEYS_BATCH,
-                self.fallback,
+                self.me.fallback,
             )?;
             self.save_device()?;
-            self.fallback = Some(bundle.fallback);
+            self.me.fallback = Some(bundle.fallback);
             let held = self
                 .net
                 .at(relay)
@@ -1108,7 +835,7 @@ impl Engine {
 
     /// Persists the device keys (the Olm account changes as one-time keys are made or used).
     pub(crate) fn save_device(&mut self) -> Result<(), NodeError> {
-        let record = self.keys.own_device_record(self.device_created_ms)?;
+        let record = self.me.keys.own_device_record(self.me.device_created_ms)?;
         self.store
             .transaction(|tx| tx.save_own_device(&record))
             .map_err(NodeError::from)
@@ -1117,8 +844,8 @@ impl Engine {
     /// Reloads the device keys from the store (after a failed transaction, so memory never
     /// runs ahead of the disk).
     pub(crate) fn reload_device(&mut self) {
-        match self.home.open() {
-            Ok((_, keys)) => self.keys.device = keys.device,
+        match self.me.home.open() {
+            Ok((_, keys)) => self.me.keys.device = keys.device,
             Err(e) => tracing::error!("cannot reload device keys: {e}"),
         }
     }
@@ -1127,7 +854,7 @@ impl Engine {
     /// now: a device became known, a contact was added).
     pub(crate) fn fetch_home_mailboxes(&mut self) {
         for relay in self.home_relay_peers() {
-            if self.relay_up.contains(&relay) {
+            if self.relays.relay_up.contains(&relay) {
                 self.fetch_mailbox(relay);
             }
         }
@@ -1136,8 +863,8 @@ impl Engine {
     /// Drains the mailbox at `relay` from its start, page by page, in the relay's order. One
     /// drain per relay runs at a time; one asked for meanwhile runs on the next tick after it.
     pub(crate) fn fetch_mailbox(&mut self, relay: PeerId) {
-        if !self.fetching.insert(relay) {
-            self.refetch.insert(relay);
+        if !self.relays.fetching.insert(relay) {
+            self.relays.refetch.insert(relay);
             return;
         }
         let net = self.net.clone();
@@ -1176,25 +903,26 @@ impl Engine {
     /// Starts the drains asked for while others ran or for mail left waiting.
     fn refetch_due(&mut self) {
         let due: Vec<PeerId> = self
+            .relays
             .refetch
             .iter()
-            .filter(|r| !self.fetching.contains(*r) && self.relay_up.contains(*r))
+            .filter(|r| !self.relays.fetching.contains(*r) && self.relays.relay_up.contains(*r))
             .copied()
             .collect();
         for relay in due {
-            self.refetch.remove(&relay);
+            self.relays.refetch.remove(&relay);
             self.fetch_mailbox(relay);
         }
     }
 
     fn heartbeat(&self) {
-        let status = if self.away {
+        let status = if self.relays.away {
             presence::Status::Away
         } else {
             presence::Status::Online
         };
         for relay in self.home_relay_peers() {
-            if !self.relay_up.contains(&relay) {
+            if !self.relays.relay_up.contains(&relay) {
                 continue;
             }
             let net = self.net.clone();
@@ -1207,7 +935,7 @@ impl Engine {
     }
 
     fn id_info(&self) -> IdInfo {
-        let key = self.keys.identity.public();
+        let key = self.me.keys.identity.public();
         let hex = tern_crypto::hex::encode(key.as_bytes());
         let fingerprint = hex
             .as_bytes()
@@ -1216,9 +944,9 @@ impl Engine {
             .collect::<Vec<_>>()
             .join(" ");
         IdInfo {
-            user_id: self.user_hex.clone(),
-            device_id: self.device_hex.clone(),
-            name: self.config.name.clone(),
+            user_id: self.me.user_hex.clone(),
+            device_id: self.me.device_hex.clone(),
+            name: self.me.config.name.clone(),
             fingerprint,
         }
     }
@@ -1227,24 +955,25 @@ impl Engine {
         let outbox = self.store.outbox_depth()?;
         let home = self.home_relay_peers();
         let mut relays: Vec<RelayInfo> = self
+            .relays
             .home_relays
             .iter()
             .map(|a| RelayInfo {
                 addr: a.to_string(),
-                connected: relay_peer(a).is_some_and(|p| self.relay_up.contains(&p)),
+                connected: relay_peer(a).is_some_and(|p| self.relays.relay_up.contains(&p)),
                 home: true,
                 mailbox: relay_peer(a).and_then(|p| self.mailbox_info(p)),
             })
             .collect();
         let mut seen: HashSet<PeerId> = home.into_iter().collect();
-        for c in self.contacts.values() {
+        for c in self.people.contacts.values() {
             for a in &c.relays {
                 if let Some(p) = relay_peer(a)
                     && seen.insert(p)
                 {
                     relays.push(RelayInfo {
                         addr: a.to_string(),
-                        connected: self.relay_up.contains(&p),
+                        connected: self.relays.relay_up.contains(&p),
                         home: false,
                         mailbox: None,
                     });
@@ -1252,15 +981,15 @@ impl Engine {
             }
         }
         Ok(StatusInfo {
-            user_id: self.user_hex.clone(),
-            device_id: self.device_hex.clone(),
-            status: if self.away { "away" } else { "online" }.into(),
+            user_id: self.me.user_hex.clone(),
+            device_id: self.me.device_hex.clone(),
+            status: if self.relays.away { "away" } else { "online" }.into(),
             relays,
-            listen: self.listen.iter().map(ToString::to_string).collect(),
+            listen: self.relays.listen.iter().map(ToString::to_string).collect(),
             outbox,
             recovery: RecoveryInfo {
                 group_waiting: self.store.group_stash_len()?,
-                ..self.recovery
+                ..self.inbox.recovery
             },
             history: self.history_info()?,
             unread: self.store.unread_total()?,
@@ -1268,7 +997,12 @@ impl Engine {
             peers: peers
                 .into_iter()
                 .map(|p| PeerInfo {
-                    user_id: self.device_owner.get(&p.peer).cloned().unwrap_or_default(),
+                    user_id: self
+                        .people
+                        .device_owner
+                        .get(&p.peer)
+                        .cloned()
+                        .unwrap_or_default(),
                     device_id: p.peer.to_string(),
                     direct: p.direct,
                     relayed: p.relayed,

@@ -90,14 +90,14 @@ impl Engine {
         let mut failed = false;
         for env in envelopes {
             if env.intro
-                && let Some(user) = self.device_owner.get(&env.sender)
+                && let Some(user) = self.people.device_owner.get(&env.sender)
             {
                 offers.insert(user.clone());
             }
             match self.process(env.sender, &env.ciphertext, &mut receipts) {
                 Outcome::Ack => acks.push(env.id),
                 Outcome::Wait => {
-                    self.refetch.insert(relay);
+                    self.relays.refetch.insert(relay);
                 }
                 Outcome::Keep => {
                     // From a device of no known user: kept here, not at the relay, where
@@ -111,7 +111,7 @@ impl Engine {
                 Outcome::Failed => {
                     // The rest of the page stays at the relay and comes again.
                     failed = true;
-                    self.refetch.insert(relay);
+                    self.relays.refetch.insert(relay);
                     break;
                 }
             }
@@ -120,15 +120,15 @@ impl Engine {
             tracing::error!("storing a page of mail failed (it comes again): {e}");
             acks.clear();
             receipts.clear();
-            self.lost.clear();
-            self.lamport.clear();
+            self.inbox.lost.clear();
+            self.counters.lamport.clear();
             failed = true;
-            self.refetch.insert(relay);
+            self.relays.refetch.insert(relay);
         }
         if failed {
             self.reload_device();
             // Membership taken in during a rolled-back batch must not stay in memory only.
-            self.groups.clear();
+            self.groups.by_id.clear();
             if let Err(e) = self.load_groups() {
                 tracing::error!("reloading groups failed: {e}");
             }
@@ -177,26 +177,30 @@ impl Engine {
     /// crash before then loses none): a burst of pushes costs a few receipts, not one each.
     fn owe_delivered(&mut self, receipts: HashMap<String, Vec<MessageId>>) {
         for (user, ids) in receipts {
-            self.delivered_due.entry(user).or_default().extend(ids);
+            self.outbox
+                .delivered_due
+                .entry(user)
+                .or_default()
+                .extend(ids);
         }
     }
 
     /// Sends the delivered receipts gathered since the last tick.
     pub(crate) fn flush_delivered(&mut self) {
-        let due = std::mem::take(&mut self.delivered_due);
+        let due = std::mem::take(&mut self.outbox.delivered_due);
         for (user, ids) in due {
             self.send_receipt(&user, ReceiptKind::Delivered, ids);
         }
     }
 
     fn maybe_top_up(&mut self) {
-        if self.inbound_sessions < INBOUND_SESSIONS_PER_TOPUP_CHECK {
+        if self.inbox.inbound_sessions < INBOUND_SESSIONS_PER_TOPUP_CHECK {
             return;
         }
-        self.inbound_sessions = 0;
+        self.inbox.inbound_sessions = 0;
         // Publishing needs the engine's keys, so it runs on the next outbox tick of the
         // engine rather than in a task; here we only note it.
-        self.topup_due = true;
+        self.relays.topup_due = true;
     }
 
     fn process(
@@ -214,7 +218,7 @@ impl Engine {
                 Outcome::Keep
             };
         }
-        let Some(user) = self.device_owner.get(&sender).cloned() else {
+        let Some(user) = self.people.device_owner.get(&sender).cloned() else {
             if let Some(owner) = peer_device(&sender).and_then(|d| self.revoked_owner(&d)) {
                 tracing::warn!(contact = %owner, %sender, "message from a revoked device refused");
                 return Outcome::Ack;
@@ -252,13 +256,13 @@ impl Engine {
         let digest = tern_crypto::session::message_digest(ciphertext);
         if self.store.pairwise_seen(&device_key, &digest)? {
             // A copy of a message read before (a redelivery): acknowledged, nothing changes.
-            self.reorder.remove(&digest);
+            self.inbox.reorder.remove(&digest);
             return Ok(Outcome::Ack);
         }
         if self.must_wait(&sessions, ciphertext, digest) {
             return Ok(Outcome::Wait);
         }
-        let decrypted = match sessions.decrypt(&mut self.keys.device, ciphertext) {
+        let decrypted = match sessions.decrypt(&mut self.me.keys.device, ciphertext) {
             Ok(d) => d,
             Err(SessionError::Duplicate(_)) => return Ok(Outcome::Ack),
             Err(e) => {
@@ -269,7 +273,7 @@ impl Engine {
                     _ => "cannot_decrypt",
                 };
                 tracing::warn!(contact = %user, reason, "undecryptable message: {e}");
-                self.recovery.undecryptable += 1;
+                self.inbox.recovery.undecryptable += 1;
                 self.emit(Event::Undecryptable {
                     user_id: user.to_owned(),
                     device_id: sender.to_string(),
@@ -284,12 +288,12 @@ impl Engine {
             }
         };
         if decrypted.new_session {
-            self.inbound_sessions += 1;
+            self.inbox.inbound_sessions += 1;
         }
         let sid = sessions.current_session_id().unwrap_or_default();
         let pickle = sessions.pickle()?;
         let own_device = if decrypted.new_session {
-            Some(self.keys.own_device_record(self.device_created_ms)?)
+            Some(self.me.keys.own_device_record(self.me.device_created_ms)?)
         } else {
             None
         };
@@ -305,7 +309,7 @@ impl Engine {
                 digest: &digest,
             },
         ];
-        let is_contact = self.contacts.contains_key(user);
+        let is_contact = self.people.contacts.contains_key(user);
         let env = match Envelope::decode(&decrypted.plaintext) {
             Ok(env)
                 if env.sender_user.as_slice()
@@ -317,16 +321,16 @@ impl Engine {
                         // Direct messages only from contacts; group members who are not
                         // contacts reach this device through their groups only.
                         Conversation::Direct { to } => {
-                            (is_contact && to.as_slice() == self.user.as_bytes())
+                            (is_contact && to.as_slice() == self.me.user.as_bytes())
                                 // A sync copy from one of this user's other devices.
-                                || (user == self.user_hex && to.as_slice() != self.user.as_bytes())
+                                || (user == self.me.user_hex && to.as_slice() != self.me.user.as_bytes())
                                 // A device list, from anyone this device addresses.
                                 || (matches!(env.body, Body::DeviceList { .. } | Body::Grant {})
-                                    && to.as_slice() == self.user.as_bytes())
+                                    && to.as_slice() == self.me.user.as_bytes())
                                 // History, from another device of this user.
                                 || (matches!(env.body, Body::History { .. })
-                                    && user == self.user_hex
-                                    && to.as_slice() == self.user.as_bytes())
+                                    && user == self.me.user_hex
+                                    && to.as_slice() == self.me.user.as_bytes())
                         }
                         Conversation::Group { .. } => {
                             matches!(
@@ -370,7 +374,7 @@ impl Engine {
             return Ok(Outcome::Ack);
         }
         let conv = ConversationId(user.to_owned());
-        if user == self.user_hex
+        if user == self.me.user_hex
             && let (Conversation::Direct { to }, Some(body)) = (&env.conversation, content.clone())
         {
             self.store_sync_copy(
@@ -403,7 +407,7 @@ impl Engine {
                     body: content.ok_or_else(|| NodeError::Crypto("no content".into()))?,
                     edited_at_ms: None,
                 };
-                let title = self.contacts[user].contact.display_name.clone();
+                let title = self.people.contacts[user].contact.display_name.clone();
                 let inserted = self.store.transaction(|tx| -> Result<_, NodeError> {
                     tx.ensure_conversation(&conv, ConversationKind::Direct, Some(&title), now)?;
                     let inserted = tx.record_incoming(&message, &update)?;
@@ -515,7 +519,7 @@ impl Engine {
                     .filter_map(|b| Self::parse_group_op(user, &env, b))
                     .filter(|(group, _)| {
                         // Operations a group's graph can never take in are not kept either.
-                        let held = self.groups.get(group).map_or(0, |g| g.ops.len());
+                        let held = self.groups.by_id.get(group).map_or(0, |g| g.ops.len());
                         let room = held < crate::consts::MAX_HELD_GROUP_OPS;
                         if !room {
                             tracing::warn!(%group, contact = %user, "group holds the most operations it keeps; one more dropped");
@@ -626,7 +630,7 @@ impl Engine {
         let message = Message {
             id: MessageId(env.id.into_array()),
             conversation: conv.clone(),
-            sender_user: self.user_hex.clone(),
+            sender_user: self.me.user_hex.clone(),
             sender_device: device_key.to_owned(),
             lamport: env.lamport,
             seq: env.seq,
@@ -638,6 +642,7 @@ impl Engine {
             edited_at_ms: None,
         };
         let title = self
+            .people
             .contacts
             .get(contact)
             .map(|c| c.contact.display_name.clone());
@@ -686,7 +691,7 @@ impl Engine {
             .transaction(|tx| tx.quarantine(&sender, ciphertext, now))
         {
             Ok(()) => {
-                self.quarantine_due = true;
+                self.inbox.quarantine_due = true;
                 true
             }
             Err(e) => {
@@ -699,7 +704,7 @@ impl Engine {
     /// Reads quarantined mail whose sender is known now (a contact was added, a device
     /// list arrived), and drops what has waited longer than [`QUARANTINE_TTL_MS`].
     pub(crate) fn replay_quarantine(&mut self) {
-        if !std::mem::take(&mut self.quarantine_due) {
+        if !std::mem::take(&mut self.inbox.quarantine_due) {
             return;
         }
         let cutoff = self.clock.now_ms() - QUARANTINE_TTL_MS;
@@ -711,7 +716,7 @@ impl Engine {
                 .into_iter()
                 .filter(|s| {
                     s.parse::<PeerId>()
-                        .is_ok_and(|p| self.device_owner.contains_key(&p))
+                        .is_ok_and(|p| self.people.device_owner.contains_key(&p))
                 })
                 .collect(),
             Err(e) => {
@@ -743,7 +748,7 @@ impl Engine {
             match self.process(peer, &q.payload, &mut receipts) {
                 Outcome::Ack => {
                     done.push(q.id);
-                    if let Some(u) = self.device_owner.get(&peer) {
+                    if let Some(u) = self.people.device_owner.get(&peer) {
                         offers.insert(u.clone());
                     }
                 }
@@ -764,7 +769,7 @@ impl Engine {
             self.offer_grant(&user);
         }
         if rows.len() == QUARANTINE_REPLAY_BATCH && done.len() == rows.len() {
-            self.quarantine_due = true;
+            self.inbox.quarantine_due = true;
         }
     }
 }

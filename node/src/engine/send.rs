@@ -97,7 +97,7 @@ pub(crate) fn random_id() -> Result<[u8; 16], NodeError> {
 
 impl Engine {
     pub(crate) fn conv_state(&mut self, conv: &str) -> Result<(u64, u64), NodeError> {
-        if let (Some(l), Some(s)) = (self.lamport.get(conv), self.seq.get(conv)) {
+        if let (Some(l), Some(s)) = (self.counters.lamport.get(conv), self.counters.seq.get(conv)) {
             return Ok((*l, *s));
         }
         let id = ConversationId(conv.to_owned());
@@ -106,16 +106,22 @@ impl Engine {
             .history(&id, Page::Latest, Some(SEQ_SCAN_LIMIT))?;
         let lamport = page.iter().map(|m| m.lamport).max().unwrap_or(0);
         // From the index, not the page: the newest messages may all be the contact's.
-        let seq = self.store.max_sequence(&id, &self.device_hex)?;
-        let lamport = *self.lamport.entry(conv.to_owned()).or_insert(lamport);
-        let seq = *self.seq.entry(conv.to_owned()).or_insert(seq);
+        let seq = self.store.max_sequence(&id, &self.me.device_hex)?;
+        let lamport = *self
+            .counters
+            .lamport
+            .entry(conv.to_owned())
+            .or_insert(lamport);
+        let seq = *self.counters.seq.entry(conv.to_owned()).or_insert(seq);
         Ok((lamport, seq))
     }
 
     /// Moves the conversation's Lamport clock past a received value.
     pub(crate) fn observe_lamport(&mut self, conv: &str, lamport: u64) -> Result<(), NodeError> {
         let (current, _) = self.conv_state(conv)?;
-        self.lamport.insert(conv.to_owned(), current.max(lamport));
+        self.counters
+            .lamport
+            .insert(conv.to_owned(), current.max(lamport));
         Ok(())
     }
 
@@ -165,7 +171,7 @@ impl Engine {
         let user_bytes = *list.list().user_id.as_bytes();
         let mut out = Vec::new();
         let mut missing = Vec::new();
-        let own_device = self.keys.device.device_id();
+        let own_device = self.me.keys.device.device_id();
         for (device, curve) in state.devices() {
             if device == own_device {
                 continue;
@@ -201,7 +207,7 @@ impl Engine {
                 };
                 let claimed = ClaimedPrekey::from_bytes(&bytes)?;
                 let verified = claimed.verify(list.list())?;
-                sessions.start(&self.keys.device, &verified)?;
+                sessions.start(&self.me.keys.device, &verified)?;
             }
             out.push((device, sessions));
         }
@@ -234,15 +240,15 @@ impl Engine {
     ) -> Result<MessageInfo, NodeError> {
         self.check_not_revoked()?;
         let user = self.resolve(contact)?;
-        if self.pending_identity.contains_key(&user) {
+        if self.people.pending_identity.contains_key(&user) {
             return Err(NodeError::IdentityChanged(
-                self.contacts[&user].contact.display_name.clone(),
+                self.people.contacts[&user].contact.display_name.clone(),
             ));
         }
         // Messages waiting for a session go first, so this one waits behind them.
         let waiting = self
             .store
-            .awaiting_encryption(&self.device_hex, OUTBOX_BATCH)?
+            .awaiting_encryption(&self.me.device_hex, OUTBOX_BATCH)?
             .iter()
             .any(|m| m.conversation.0 == user);
         // Devices that cannot be had now (a device linked but never started has no prekey)
@@ -285,7 +291,7 @@ impl Engine {
             None => (Vec::new(), Vec::new()),
         };
         let updates = crypto_updates(&pickles);
-        let title = self.contacts[&user].contact.display_name.clone();
+        let title = self.people.contacts[&user].contact.display_name.clone();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.ensure_conversation(
                 &message.conversation,
@@ -300,13 +306,14 @@ impl Engine {
             Ok(())
         })?;
         if !owed.is_empty() {
-            self.resync_due = true;
+            self.lists.resync_due = true;
         }
-        self.lamport.insert(user.clone(), lamport);
-        self.seq.insert(user.clone(), seq);
+        self.counters.lamport.insert(user.clone(), lamport);
+        self.counters.seq.insert(user.clone(), seq);
         if sessions.is_none() {
-            self.encrypt_pending = true;
-            self.encrypt_retry
+            self.outbox.encrypt_pending = true;
+            self.outbox
+                .encrypt_retry
                 .entry(user.clone())
                 .or_insert((0, self.clock.now() + backoff(0)));
         }
@@ -328,14 +335,15 @@ impl Engine {
         if !self.own_other_devices() {
             return Vec::new();
         }
-        let me = self.user_hex.clone();
+        let me = self.me.user_hex.clone();
         let own_other: Vec<String> = self
+            .me
             .keys
             .device_list
             .list()
             .active()
             .map(|e| e.device_id())
-            .filter(|d| *d != self.keys.device.device_id())
+            .filter(|d| *d != self.me.keys.device.device_id())
             .map(|d| d.to_peer_id_string())
             .collect();
         match self.sessions_reachable(&me).await {
@@ -368,8 +376,8 @@ impl Engine {
             conversation: Conversation::Direct {
                 to: ByteArray::new(*to.as_bytes()),
             },
-            sender_user: ByteArray::new(*self.user.as_bytes()),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            sender_user: ByteArray::new(*self.me.user.as_bytes()),
+            sender_device: ByteArray::new(*self.me.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(Some(&message.conversation.0))),
             grant: None,
             heads: Vec::new(),
@@ -381,7 +389,7 @@ impl Engine {
         let mut env = env;
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
-        let own_list = self.keys.device_list.list();
+        let own_list = self.me.keys.device_list.list();
         // A sync copy for one of this user's other devices, else the contact's.
         encrypt_each(
             sessions,
@@ -389,7 +397,7 @@ impl Engine {
             &self.grants,
             |device| {
                 if own_list.entry(device).is_some() {
-                    self.user_hex.clone()
+                    self.me.user_hex.clone()
                 } else {
                     message.conversation.0.clone()
                 }
@@ -406,12 +414,12 @@ impl Engine {
     /// state and outbox rows in one transaction ([`tern_store::Tx::add_deliveries`], which
     /// refuses a message that already has them, so nothing is encrypted twice).
     pub(crate) async fn encrypt_waiting(&mut self, force: bool) {
-        if !self.encrypt_pending {
+        if !self.outbox.encrypt_pending {
             return;
         }
         let waiting = match self
             .store
-            .awaiting_encryption(&self.device_hex, OUTBOX_BATCH)
+            .awaiting_encryption(&self.me.device_hex, OUTBOX_BATCH)
         {
             Ok(w) => w,
             Err(e) => {
@@ -420,8 +428,8 @@ impl Engine {
             }
         };
         if waiting.is_empty() {
-            self.encrypt_pending = false;
-            self.encrypt_retry.clear();
+            self.outbox.encrypt_pending = false;
+            self.outbox.encrypt_retry.clear();
             return;
         }
         let mut users: Vec<String> = Vec::new();
@@ -432,8 +440,13 @@ impl Engine {
         }
         for user in users {
             let now = self.clock.now();
-            let (attempts, due) = self.encrypt_retry.get(&user).copied().unwrap_or((0, now));
-            if (!force && due > now) || self.pending_identity.contains_key(&user) {
+            let (attempts, due) = self
+                .outbox
+                .encrypt_retry
+                .get(&user)
+                .copied()
+                .unwrap_or((0, now));
+            if (!force && due > now) || self.people.pending_identity.contains_key(&user) {
                 continue;
             }
             let Some(to) = tern_crypto::UserId::from_hex(&user) else {
@@ -445,19 +458,20 @@ impl Engine {
                     let attempts = attempts.saturating_add(1);
                     let wait = backoff(attempts);
                     tracing::debug!(contact = %user, "still no session ({e}); retrying in {wait:?}");
-                    self.encrypt_retry
+                    self.outbox
+                        .encrypt_retry
                         .insert(user.clone(), (attempts, self.clock.now() + wait));
                     continue;
                 }
             };
-            self.encrypt_retry.remove(&user);
+            self.outbox.encrypt_retry.remove(&user);
             let mut owed: Vec<(String, String)> = missing
                 .into_iter()
                 .map(|(d, _)| (user.clone(), d.to_peer_id_string()))
                 .collect();
             owed.extend(self.add_sync_sessions(&mut sessions).await);
             if !owed.is_empty() {
-                self.resync_due = true;
+                self.lists.resync_due = true;
             }
             for m in waiting.iter().filter(|m| m.conversation.0 == user) {
                 let now = self.clock.now_ms();
@@ -494,7 +508,7 @@ impl Engine {
     /// pairwise rows ([`super::lanes`]) and group fan-outs (rows of one message that share a
     /// payload, sent as one deposit per relay; [`super::fanout`]).
     pub(crate) fn dispatch_due(&mut self, all: bool) {
-        if self.revoked {
+        if self.me.revoked {
             return;
         }
         self.dispatch_lanes(all);
@@ -544,7 +558,7 @@ impl Engine {
         let Some(state) = self.known(user).cloned() else {
             return Ok(());
         };
-        let own_device = self.keys.device.device_id();
+        let own_device = self.me.keys.device.device_id();
         let mut sessions = Vec::new();
         // One device named: whatever its state (a revoked device is told it was revoked).
         let targets = match only {
@@ -589,8 +603,8 @@ impl Engine {
             conversation: Conversation::Direct {
                 to: ByteArray::new(*to.as_bytes()),
             },
-            sender_user: ByteArray::new(*self.user.as_bytes()),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            sender_user: ByteArray::new(*self.me.user.as_bytes()),
+            sender_device: ByteArray::new(*self.me.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(Some(user))),
             grant: None,
             heads: Vec::new(),

@@ -86,8 +86,8 @@ impl Engine {
         // in the stash: anything else stays at the relay, which keeps it within that
         // mailbox's quota, and is read once the device is learned (lists are fetched again).
         // So a stranger can never fill the stash and keep a member's message out.
-        if !self.device_owner.contains_key(&sender) {
-            self.recovery.group_from_strangers += 1;
+        if !self.people.device_owner.contains_key(&sender) {
+            self.inbox.recovery.group_from_strangers += 1;
             self.want_device_lists();
             tracing::info!(%sender, "group message from a device of no known user; left at the relay");
             return false;
@@ -138,7 +138,7 @@ impl Engine {
         };
         let member_now = state.is_member(&sender_user);
         if !member_now {
-            let ever_added = self.groups.get(&group).is_some_and(|g| {
+            let ever_added = self.groups.by_id.get(&group).is_some_and(|g| {
                 g.ops.iter().any(|o| match &o.op.action {
                     Action::Create { members, .. } | Action::Add { members } => {
                         members.iter().any(|m| m.user.into_array() == sender_user)
@@ -187,14 +187,14 @@ impl Engine {
             }
             if !member_now
                 && !self
-                    .groups
+                    .groups.by_id
                     .get(&group)
                     .is_some_and(|g| g.sent_while_member(&sender_user, &env.heads, now))
             {
                 late_refused = true;
                 return Ok(None);
             }
-            let own = stored.sender_user == self.user_hex;
+            let own = stored.sender_user == self.me.user_hex;
             let message = Message {
                 id: MessageId(env.id.into_array()),
                 conversation: ConversationId(group.clone()),
@@ -246,7 +246,8 @@ impl Engine {
         self.on_media_message(&message);
         let shown = self.hold.arrived(&self.store, message, self.clock.now())?;
         if !shown.is_empty() {
-            self.notify
+            self.groups
+                .notify
                 .entry(group.clone())
                 .or_insert(Notify {
                     pending: 0,
@@ -279,7 +280,7 @@ impl Engine {
                         .sender_device
                         .parse::<PeerId>()
                         .ok()
-                        .and_then(|p| self.device_owner.get(&p).cloned());
+                        .and_then(|p| self.people.device_owner.get(&p).cloned());
                     self.emit(Event::Undecryptable {
                         user_id: owner.unwrap_or_default(),
                         device_id: s.sender_device.clone(),
@@ -303,6 +304,7 @@ impl Engine {
     pub(crate) fn flush_notifications(&mut self) {
         let now = self.clock.now();
         let due: Vec<String> = self
+            .groups
             .notify
             .iter()
             .filter(|(_, n)| {
@@ -316,7 +318,7 @@ impl Engine {
             let Ok(info) = self.group_info(&group) else {
                 continue;
             };
-            if let Some(n) = self.notify.get_mut(&group) {
+            if let Some(n) = self.groups.notify.get_mut(&group) {
                 n.pending = 0;
                 n.last = Some(now);
             }

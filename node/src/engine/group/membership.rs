@@ -19,10 +19,15 @@ use crate::{
 impl Engine {
     fn own_entry(&self) -> MemberEntry {
         MemberEntry {
-            user: ByteArray::new(*self.user.as_bytes()),
-            identity_key: ByteArray::new(*self.keys.identity.public().as_bytes()),
-            name: self.config.name.clone(),
-            relays: self.home_relays.iter().map(ToString::to_string).collect(),
+            user: ByteArray::new(*self.me.user.as_bytes()),
+            identity_key: ByteArray::new(*self.me.keys.identity.public().as_bytes()),
+            name: self.me.config.name.clone(),
+            relays: self
+                .relays
+                .home_relays
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             admin: true,
         }
     }
@@ -34,18 +39,18 @@ impl Engine {
         let mut out = Vec::new();
         for m in members {
             let user = self.resolve(m)?;
-            if user == self.user_hex {
+            if user == self.me.user_hex {
                 return Err(NodeError::BadRequest("you cannot add yourself".into()));
             }
-            if self.pending_identity.contains_key(&user) {
+            if self.people.pending_identity.contains_key(&user) {
                 return Err(NodeError::IdentityChanged(
-                    self.contacts[&user].contact.display_name.clone(),
+                    self.people.contacts[&user].contact.display_name.clone(),
                 ));
             }
             if !seen.insert(user.clone()) {
                 continue;
             }
-            let c = &self.contacts[&user];
+            let c = &self.people.contacts[&user];
             let key: [u8; 32] = c.contact.identity_key.as_slice().try_into().map_err(|_| {
                 NodeError::Crypto("stored identity key has the wrong length".into())
             })?;
@@ -87,8 +92,8 @@ impl Engine {
             .map_err(|e| NodeError::Crypto(e.to_string()))?
             .as_bytes();
         let id = GroupId::from_bytes(crate::group::group_id(
-            self.user.as_bytes(),
-            self.keys.identity.public().as_bytes(),
+            self.me.user.as_bytes(),
+            self.me.keys.identity.public().as_bytes(),
             &salt,
         ));
         let group = hex(id.as_bytes());
@@ -100,7 +105,7 @@ impl Engine {
                 group: ByteArray::new(*id.as_bytes()),
                 epoch: 0,
                 parents: Vec::new(),
-                author: ByteArray::new(*self.user.as_bytes()),
+                author: ByteArray::new(*self.me.user.as_bytes()),
                 at_ms: self.clock.now_ms(),
                 lamport: 1,
                 action: Action::Create {
@@ -109,7 +114,7 @@ impl Engine {
                     salt: ByteArray::new(salt),
                 },
             },
-            &self.keys.identity,
+            &self.me.keys.identity,
         )
         .map_err(|e| NodeError::BadRequest(e.to_string()))?;
         // The rest joins in operations of at most 64, all committed and sent together.
@@ -119,14 +124,14 @@ impl Engine {
         for (n, chunk) in entries[split..].chunks(MAX_MEMBERS_PER_OP).enumerate() {
             let op = SignedOp::sign(
                 state.next_op(
-                    *self.user.as_bytes(),
+                    *self.me.user.as_bytes(),
                     self.clock.now_ms(),
                     2 + n as u64,
                     Action::Add {
                         members: chunk.to_vec(),
                     },
                 ),
-                &self.keys.identity,
+                &self.me.keys.identity,
             )
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
             state = check_new(&ops, &op)
@@ -140,7 +145,7 @@ impl Engine {
 
     fn require_admin(&self, group: &str) -> Result<(), NodeError> {
         let state = self.state(group)?;
-        let me = self.user.as_bytes();
+        let me = self.me.user.as_bytes();
         if !state.is_member(me) {
             return Err(NodeError::NotMember(state.title.clone()));
         }
@@ -214,7 +219,7 @@ impl Engine {
                     .ok_or(e)?,
             };
             let b = user_bytes(&id).ok_or_else(|| NodeError::UnknownContact(m.clone()))?;
-            if b == *self.user.as_bytes() {
+            if b == *self.me.user.as_bytes() {
                 return Err(NodeError::BadRequest(
                     "to leave a group use `tern group leave`".into(),
                 ));
@@ -239,7 +244,7 @@ impl Engine {
         self.check_not_revoked()?;
         let group = self.resolve_group(group)?;
         let state = self.state(&group)?;
-        if !state.is_member(self.user.as_bytes()) {
+        if !state.is_member(self.me.user.as_bytes()) {
             return Err(NodeError::NotMember(state.title.clone()));
         }
         self.issue(&group, Action::Leave).await?;
@@ -258,6 +263,7 @@ impl Engine {
         let mut state = self.state(group)?.clone();
         let mut held = self
             .groups
+            .by_id
             .get(group)
             .map(|g| g.ops.clone())
             .unwrap_or_default();
@@ -265,8 +271,13 @@ impl Engine {
         for action in actions {
             lamport += 1;
             let op = SignedOp::sign(
-                state.next_op(*self.user.as_bytes(), self.clock.now_ms(), lamport, action),
-                &self.keys.identity,
+                state.next_op(
+                    *self.me.user.as_bytes(),
+                    self.clock.now_ms(),
+                    lamport,
+                    action,
+                ),
+                &self.me.keys.identity,
             )
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
             // Check it applies before anything is stored or sent.

@@ -297,10 +297,11 @@ impl Engine {
                 ..
             }) => {
                 let relay = self
+                    .relays
                     .home_relays
                     .iter()
-                    .find(|a| relay_peer(a).is_some_and(|p| self.relay_up.contains(&p)))
-                    .or_else(|| self.home_relays.first())
+                    .find(|a| relay_peer(a).is_some_and(|p| self.relays.relay_up.contains(&p)))
+                    .or_else(|| self.relays.home_relays.first())
                     .cloned();
                 let Some(relay) = relay else {
                     self.transfer_failed(id, "no_relay", "no home relay to upload to", true);
@@ -455,7 +456,7 @@ impl Engine {
                 };
                 // A file the web UI uploaded for sending is not needed once staged.
                 let source = Path::new(&up.source);
-                if source.starts_with(self.home.dir().join("uploads")) {
+                if source.starts_with(self.me.home.dir().join("uploads")) {
                     let _ = std::fs::remove_file(source);
                     if let Some(dir) = source.parent() {
                         let _ = std::fs::remove_dir(dir);

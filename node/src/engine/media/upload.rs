@@ -205,7 +205,7 @@ impl Engine {
             (None, Some(g)) => {
                 let g = self.resolve_group(g)?;
                 let state = self.state(&g)?;
-                if !state.is_member(self.user.as_bytes()) {
+                if !state.is_member(self.me.user.as_bytes()) {
                     return Err(NodeError::NotMember(state.title.clone()));
                 }
                 Target::Group(g)

@@ -175,19 +175,21 @@ impl Harness {
     /// Starts a session to `other`'s device with one of its one-time keys, as a claim at
     /// its relay would.
     fn start_session(&mut self, other: &mut Harness) {
-        let certificate = other.engine.keys.certificate.clone();
+        let certificate = other.engine.me.keys.certificate.clone();
         let bundle =
-            PrekeyBundle::generate_keeping(&mut other.engine.keys.device, certificate, 1, None)
+            PrekeyBundle::generate_keeping(&mut other.engine.me.keys.device, certificate, 1, None)
                 .unwrap();
         other.engine.save_device().unwrap();
         let claimed = bundle.claim(bundle.one_time_keys[0].clone());
         let verified = claimed
-            .verify(other.engine.keys.device_list.list())
+            .verify(other.engine.me.keys.device_list.list())
             .unwrap();
-        let device = other.engine.keys.device.device_id();
-        let curve = other.engine.keys.certificate.certificate().curve25519;
+        let device = other.engine.me.keys.device.device_id();
+        let curve = other.engine.me.keys.certificate.certificate().curve25519;
         let mut sessions = self.engine.load_sessions(&device, curve).unwrap();
-        sessions.start(&self.engine.keys.device, &verified).unwrap();
+        sessions
+            .start(&self.engine.me.keys.device, &verified)
+            .unwrap();
         let (sid, pickle) = (
             sessions.current_session_id().unwrap(),
             sessions.pickle().unwrap(),

@@ -51,11 +51,14 @@ async fn a_failed_row_holds_its_lane_for_the_backoff_then_the_rows_go_in_order()
     let rows = h.engine.store.lane(&device, 10).unwrap();
     h.engine
         .kick_lanes_for(&[rows.last().unwrap().delivery.clone()]);
-    assert!(h.engine.lanes_busy.is_empty());
+    assert!(h.engine.outbox.lanes_busy.is_empty());
     // Not before the backoff has passed...
     h.clock.advance(backoff(0) - Duration::from_millis(1));
     h.engine.dispatch_lanes(false);
-    assert!(h.engine.lanes_busy.is_empty(), "the lane waits its backoff");
+    assert!(
+        h.engine.outbox.lanes_busy.is_empty(),
+        "the lane waits its backoff"
+    );
     assert_eq!(h.courier.carried().len(), 1);
     // ...then the failed row first, and the others after it in the order encrypted.
     h.clock.advance(Duration::from_millis(1));
@@ -122,7 +125,7 @@ async fn a_reconnect_sends_a_waiting_lane_at_once() {
     h.engine.dispatch_lanes(false);
     h.settle().await;
     h.engine.dispatch_lanes(false);
-    assert!(h.engine.lanes_busy.is_empty());
+    assert!(h.engine.outbox.lanes_busy.is_empty());
     // `all` (a relay came up): backoff or not.
     h.engine.dispatch_lanes(true);
     h.settle().await;

@@ -33,7 +33,7 @@ fn seen(bob: &mut Harness) -> (Vec<String>, Vec<u64>) {
 #[tokio::test]
 async fn a_message_ahead_waits_then_a_lost_key_is_asked_for_and_a_copy_is_not() {
     let (mut alice, mut bob) = alice_and_bob().await;
-    let bob_user = bob.engine.user_hex.clone();
+    let bob_user = bob.engine.me.user_hex.clone();
     // Past vodozemac's 40 kept keys: reading the last before the others loses the first.
     const TEXTS: usize = 45;
     for n in 1..=TEXTS {
@@ -52,11 +52,11 @@ async fn a_message_ahead_waits_then_a_lost_key_is_asked_for_and_a_copy_is_not() 
     bob.clock.advance(REORDER_WAIT - Duration::from_millis(1));
     deliver(&mut bob, &alice, &carried, TEXTS);
     assert_eq!(seen(&mut bob), (vec![], vec![]), "it waits");
-    assert_eq!(bob.engine.reorder.len(), 1);
+    assert_eq!(bob.engine.inbox.reorder.len(), 1);
     // Its wait is over: it is read (and held back, its predecessor missing).
     bob.clock.advance(Duration::from_millis(1));
     deliver(&mut bob, &alice, &carried, TEXTS);
-    assert!(bob.engine.reorder.is_empty());
+    assert!(bob.engine.inbox.reorder.is_empty());
     assert_eq!(seen(&mut bob), (vec![], vec![]));
     assert!(
         bob.engine
@@ -66,8 +66,8 @@ async fn a_message_ahead_waits_then_a_lost_key_is_asked_for_and_a_copy_is_not() 
     // The second's key went when the last was read: lost, reported, asked for again.
     deliver(&mut bob, &alice, &carried, 2);
     assert_eq!(seen(&mut bob).0, ["message_key_gone"]);
-    assert_eq!(bob.engine.recovery.undecryptable, 1);
-    assert_eq!(bob.engine.recovery.resends_asked, 1);
+    assert_eq!(bob.engine.inbox.recovery.undecryptable, 1);
+    assert_eq!(bob.engine.inbox.recovery.resends_asked, 1);
     assert_eq!(
         bob.carry(1).await.len(),
         1,
@@ -76,15 +76,15 @@ async fn a_message_ahead_waits_then_a_lost_key_is_asked_for_and_a_copy_is_not() 
     // A copy of the last one, read before, is acknowledged without a word.
     deliver(&mut bob, &alice, &carried, TEXTS);
     assert_eq!(seen(&mut bob), (vec![], vec![]));
-    assert_eq!(bob.engine.recovery.undecryptable, 1);
+    assert_eq!(bob.engine.inbox.recovery.undecryptable, 1);
     // One whose key was kept is still read.
     deliver(&mut bob, &alice, &carried, 20);
     assert!(
         bob.engine
             .store
             .has_sequence(
-                &tern_store::ConversationId(alice.engine.user_hex.clone()),
-                &alice.engine.device_hex,
+                &tern_store::ConversationId(alice.engine.me.user_hex.clone()),
+                &alice.engine.me.device_hex,
                 20
             )
             .unwrap()
@@ -109,7 +109,7 @@ fn last_id(alice: &Harness) -> String {
 #[tokio::test]
 async fn a_copy_older_than_the_sessions_memory_is_told_from_a_loss_by_the_ledger() {
     let (mut alice, mut bob) = alice_and_bob().await;
-    let bob_user = bob.engine.user_hex.clone();
+    let bob_user = bob.engine.me.user_hex.clone();
     // More than the session itself remembers as read.
     let texts = tern_crypto::consts::PAIRWISE_DUPLICATE_WINDOW + 2;
     for n in 1..=texts {
@@ -129,6 +129,6 @@ async fn a_copy_older_than_the_sessions_memory_is_told_from_a_loss_by_the_ledger
     // The first one comes again (a relay's copy): acknowledged, nothing reported or asked.
     deliver(&mut bob, &alice, &carried, 1);
     assert_eq!(seen(&mut bob), (vec![], vec![]));
-    assert_eq!(bob.engine.recovery.undecryptable, 0);
-    assert!(bob.engine.lost.is_empty());
+    assert_eq!(bob.engine.inbox.recovery.undecryptable, 0);
+    assert!(bob.engine.inbox.lost.is_empty());
 }
