@@ -21,7 +21,7 @@ use tern_relay::rpc::Requests as _;
 use libp2p::PeerId;
 use tern_relay::wire::{ErrorCode, mailbox::MAX_PUSH_URL_BYTES};
 
-use super::{Engine, Internal, Reply, relay_peer};
+use super::{Engine, Internal, command::Reply, relay_peer};
 use crate::{
     error::NodeError,
     net::NetError,

@@ -8,14 +8,13 @@ use serde_bytes::ByteArray;
 use tern_crypto::{DeviceId, prekey::ClaimedPrekey, session::PeerSessions};
 use tern_store::{
     ConversationId, ConversationKind, CryptoUpdate, Delivery, Message, MessageId, Page,
-    SessionStore, Status,
+    SessionStore,
 };
 
-use super::{Engine, device_peer, message_info, parse_message_id};
+use super::{Engine, device_peer, message_info};
 use crate::{
     consts::{
-        HISTORY_DEFAULT, HISTORY_MAX, MAX_RECEIPT_IDS, MAX_TEXT_BYTES, OUTBOX_BATCH, RETRY_BASE,
-        RETRY_MAX, SEQ_SCAN_LIMIT,
+        MAX_RECEIPT_IDS, MAX_TEXT_BYTES, OUTBOX_BATCH, RETRY_BASE, RETRY_MAX, SEQ_SCAN_LIMIT,
     },
     envelope::{Body, Conversation, Envelope, ReceiptKind},
     error::NodeError,
@@ -663,72 +662,6 @@ impl Engine {
             };
             self.send_receipt(&user, kind, ids);
         }
-    }
-
-    pub(crate) fn history(
-        &mut self,
-        contact: &str,
-        limit: Option<u32>,
-        before: Option<&str>,
-        mark_read: bool,
-    ) -> Result<Vec<MessageInfo>, NodeError> {
-        let user = self.resolve(contact)?;
-        let page = self.page(&ConversationId(user.clone()), limit, before)?;
-        if mark_read {
-            self.mark_read(&user)?;
-        }
-        Ok(self.named(page))
-    }
-
-    /// A page of a conversation as shown (held messages left out, gaps marked): the newest
-    /// `limit` (default 50, at most 500), or those before the message `before`.
-    pub(crate) fn page(
-        &self,
-        conv: &ConversationId,
-        limit: Option<u32>,
-        before: Option<&str>,
-    ) -> Result<Vec<MessageInfo>, NodeError> {
-        let page = match before {
-            Some(b) => Page::Before(
-                parse_message_id(b).ok_or_else(|| NodeError::UnknownMessage(b.to_owned()))?,
-            ),
-            None => Page::Latest,
-        };
-        let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX);
-        let messages = self.store.history(conv, page, Some(limit))?;
-        Ok(super::hold::visible(
-            &self.store,
-            &self.hold,
-            &messages,
-            self.clock.now_ms(),
-        )?)
-    }
-
-    /// Marks the conversation read and sends read receipts for what was unread.
-    pub(crate) fn mark_read(&mut self, user: &str) -> Result<(), NodeError> {
-        let conv = ConversationId(user.to_owned());
-        let unread: Vec<MessageId> = self
-            .store
-            .history(&conv, Page::Latest, Some(HISTORY_MAX))?
-            .into_iter()
-            .filter(|m| !m.own && m.status == Status::Received)
-            .map(|m| m.id)
-            .collect();
-        if unread.is_empty() {
-            return Ok(());
-        }
-        let now = self.clock.now_ms();
-        self.store
-            .transaction(|tx| -> Result<(), tern_store::WriteError> {
-                match tx.mark_read(&conv) {
-                    Ok(_) | Err(tern_store::WriteError::UnknownConversation { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-                // Owed until delivered, so a crash before that does not lose them.
-                tx.owe_receipts(user, tern_store::ReceiptKind::Read, &unread, now)
-            })?;
-        self.send_receipt(user, ReceiptKind::Read, unread);
-        Ok(())
     }
 }
 
