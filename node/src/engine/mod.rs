@@ -18,11 +18,14 @@ mod home_relays;
 mod lanes;
 mod listsync;
 pub(crate) mod media;
+mod presence;
 pub(crate) mod push;
 mod receive;
 mod recover;
+mod resync;
 mod revoke;
 mod send;
+mod sessions;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -35,7 +38,6 @@ pub(crate) use views::{message_info, status_name};
 
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use tern_crypto::{DeviceId, SignedDeviceList};
-use tern_relay::wire::presence;
 use tern_store::{Contact, MessageId, Status};
 use tokio::sync::mpsc;
 
@@ -63,7 +65,7 @@ pub(crate) enum Internal {
         envelopes: Vec<tern_relay::wire::mailbox::Envelope>,
     },
     /// Current presence fetched by a subscription.
-    Presence(Vec<presence::Entry>),
+    Presence(Vec<tern_relay::wire::presence::Entry>),
     /// Device lists fetched from relays: (user, signed list).
     DeviceLists(Vec<(String, Vec<u8>)>),
     /// Device lists of group members not known before, and whether some fetch failed.

@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair};
 use tern_crypto::{DeviceId, UserId};
-use tern_relay::wire::presence;
 use tern_store::{MessageId, Store};
 use tokio::sync::{broadcast, mpsc};
 
@@ -120,7 +119,7 @@ pub(crate) struct Relays {
     /// Shown as away rather than online.
     pub away: bool,
     /// Presence of contacts' devices, as the relays last told.
-    pub presence: HashMap<PeerId, presence::Entry>,
+    pub presence: HashMap<PeerId, tern_relay::wire::presence::Entry>,
     /// Heartbeats so far (device lists are refreshed every sixth).
     pub heartbeats: u64,
     /// One-time keys may be running low: check at the next tick.
