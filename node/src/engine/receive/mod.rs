@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use libp2p::PeerId;
 use tern_crypto::{Kind, session::SessionError};
 use tern_relay::wire::{ErrorCode, mailbox};
-use tern_store::{Body as StoreBody, ConversationId, CryptoUpdate, Message, MessageId, Status};
+use tern_store::{Body as StoreBody, CryptoUpdate, MessageId};
 
 mod quarantine;
 mod route;
@@ -387,6 +387,8 @@ impl Engine {}
 
 #[cfg(test)]
 mod tests {
+    use tern_store::{ConversationId, Message, Status};
+
     use super::*;
 
     /// Content of a kind from a newer version is stored (not dropped) and shown as an
