@@ -26,7 +26,7 @@ pub fn write(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
 /// The bytes of a hex string of either case; `None` for an odd length or a non-hex digit.
 pub fn decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.chunks_exact(2)

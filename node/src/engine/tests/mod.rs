@@ -180,7 +180,7 @@ impl Harness {
             PrekeyBundle::generate_keeping(&mut other.engine.me.keys.device, certificate, 1, None)
                 .unwrap();
         other.engine.save_device().unwrap();
-        let claimed = bundle.claim(bundle.one_time_keys[0].clone());
+        let claimed = bundle.claim(bundle.one_time_keys[0]);
         let verified = claimed
             .verify(other.engine.me.keys.device_list.list())
             .unwrap();
