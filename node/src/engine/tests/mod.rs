@@ -3,6 +3,7 @@
 //! started, so any request fails at once) and outbox rows carried by a [`MemoryCourier`].
 
 mod hold;
+mod lists;
 mod outbox;
 mod recover;
 mod rotation;
