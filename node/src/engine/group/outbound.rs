@@ -37,7 +37,7 @@ impl Engine {
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         for user in users {
-            if let Err(e) = self.ensure_peer(user).await {
+            if let Err(e) = self.ensure_peer(user) {
                 failed.push((user.clone(), e));
                 continue;
             }
@@ -138,7 +138,7 @@ impl Engine {
         // Members who cannot be reached now are owed the message (with the key as of it).
         let mut owed: Vec<String> = Vec::new();
         for u in &users {
-            if let Err(e) = self.ensure_peer(u).await {
+            if let Err(e) = self.ensure_peer(u) {
                 tracing::info!(%group, member = %u, "member not reachable now; the message waits for them: {e}");
                 owed.push(u.clone());
             }
@@ -333,7 +333,7 @@ impl Engine {
                 .transaction(|tx| tx.settle_owed_group_message(o.message_id, &o.user_id))?;
             return Ok(());
         }
-        self.ensure_peer(&o.user_id).await?;
+        self.ensure_peer(&o.user_id)?;
         let body = if is_op {
             // The operation is the stored membership message itself.
             let StoreBody::Structured { data, .. } = &m.body else {

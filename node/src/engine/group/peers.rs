@@ -3,7 +3,6 @@
 //! and their messages read.
 
 use std::collections::HashMap;
-use tern_relay::rpc::Requests as _;
 
 use tern_crypto::SignedDeviceList;
 use tern_store::Contact;
@@ -74,9 +73,11 @@ impl Engine {
         Ok(true)
     }
 
-    /// Makes sure a group member's device list is known (fetched from their relays and
-    /// checked against the identity key the group vouches for).
-    pub(crate) async fn ensure_peer(&mut self, user: &str) -> Result<(), NodeError> {
+    /// Whether a group member's device list is known. When it is not, a lookup is asked
+    /// for ([`Engine::fetch_missing_peers`] runs it in a task on the next tick, never on the
+    /// engine) and this fails: the caller owes the member what it was sending, which goes
+    /// once the lookup has learned the list (`owed_due`).
+    pub(crate) fn ensure_peer(&mut self, user: &str) -> Result<(), NodeError> {
         if self.known(user).is_some_and(|c| c.list.is_some()) {
             return Ok(());
         }
@@ -88,40 +89,11 @@ impl Engine {
             .filter_map(|g| g.resolved.as_ref())
             .find_map(|r| r.state.members.get(&ub).cloned())
             .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
-        let mut last = NodeError::Network(format!("{} has no relay", member.name));
-        for addr in &member.relays {
-            let Some(relay) = addr.parse().ok().as_ref().and_then(relay_peer) else {
-                continue;
-            };
-            if let Ok(a) = addr.parse() {
-                let _ = self.net.add_relay(a, false).await;
-            }
-            // Only connected relays are asked, so an unreachable one never stalls the engine;
-            // the lookup runs again when it comes up.
-            if !self.relays.relay_up.contains(&relay) {
-                last = NodeError::Network(format!("no connection to a relay of {}", member.name));
-                continue;
-            }
-            match self.net.at(relay).fetch_device_list(ub).await {
-                Ok(bytes) => {
-                    if self.keep_peer(user, &bytes)? {
-                        self.rebuild_device_owner();
-                        return Ok(());
-                    }
-                    last = NodeError::Crypto(format!(
-                        "the device list of {} does not match the key the group gave",
-                        member.name
-                    ));
-                }
-                Err(e) => {
-                    last = NodeError::Network(format!(
-                        "cannot fetch the device list of {}: {e}",
-                        member.name
-                    ))
-                }
-            }
-        }
-        Err(last)
+        self.people.peers_due = true;
+        Err(NodeError::Network(format!(
+            "the device list of {} is being looked up",
+            member.name
+        )))
     }
 
     /// Fetches the device lists of group members not known yet (on a tick), in a task so a
