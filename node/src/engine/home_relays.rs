@@ -18,34 +18,68 @@ impl Engine {
             .collect()
     }
 
-    /// Publishes the device list and prekeys, turns live delivery on, tells the relay who
-    /// may see our presence, and drains the mailbox.
-    /// A step that fails (the connection dropped in between) is retried on a later tick
+    /// Sets a home relay up in a task off the engine: publishes the device list and a
+    /// prekey bundle (made here: it changes the device keys, saved before it leaves), and
+    /// turns live delivery on; [`Engine::on_relay_set_up`] takes the report. `ready`: the
+    /// relay just came up, and is announced as connected once set up. One setup per relay
+    /// runs at a time.
+    pub(super) fn set_up_home_relay(&mut self, relay: PeerId, ready: bool) {
+        if let Some(announce) = self.relays.setting_up.get_mut(&relay) {
+            // One runs: it announces the relay too if this asks for that.
+            *announce |= ready;
+            return;
+        }
+        self.relays.setting_up.insert(relay, ready);
+        let bundle = match self.prekey_bundle(0) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(%relay, "making a prekey bundle failed: {e}");
+                None
+            }
+        };
+        let list = self.me.keys.device_list.as_bytes().to_vec();
+        let net = self.net.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let mut ok = true;
+            if let Err(e) = rpc::publish_device_list(&net, relay, list).await {
+                tracing::warn!(%relay, "publishing the device list failed: {e}");
+                ok = false;
+            }
+            let mut held = None;
+            if let Some(bundle) = bundle {
+                match net.at(relay).publish_prekeys(bundle).await {
+                    Ok(n) => held = Some(n),
+                    Err(e) => tracing::warn!(%relay, "publishing prekeys failed: {e}"),
+                }
+            }
+            ok &= held.is_some();
+            if let Err(e) = rpc::listen(&net, relay).await {
+                tracing::warn!(%relay, "turning on live delivery failed: {e}");
+                ok = false;
+            }
+            let _ = tx.send(Internal::RelaySetUp { relay, ok, held }).await;
+        });
+    }
+
+    /// A home relay's setup finished: one-time keys are topped up if it holds few, then it
+    /// is told who may see this device's presence and which grants it takes, and drained.
+    /// A step that failed (the connection dropped in between) is retried on a later tick
     /// while the relay is connected, so live delivery is never left off.
-    pub(super) async fn on_home_relay_up(&mut self, relay: PeerId) {
-        let mut ok = true;
-        if let Err(e) = rpc::publish_device_list(
-            &self.net,
-            relay,
-            self.me.keys.device_list.as_bytes().to_vec(),
-        )
-        .await
-        {
-            tracing::warn!(%relay, "publishing the device list failed: {e}");
-            ok = false;
-        }
-        if let Err(e) = self.top_up_prekeys(relay, true).await {
-            tracing::warn!(%relay, "publishing prekeys failed: {e}");
-            ok = false;
-        }
-        if let Err(e) = rpc::listen(&self.net, relay).await {
-            tracing::warn!(%relay, "turning on live delivery failed: {e}");
-            ok = false;
+    pub(super) async fn on_relay_set_up(&mut self, relay: PeerId, ok: bool, held: Option<u32>) {
+        let ready = self.relays.setting_up.remove(&relay).unwrap_or(false);
+        if !self.relays.relay_up.contains(&relay) {
+            // It went down meanwhile: its next coming up sets it up again.
+            self.relays.setup_pending.insert(relay);
+            return;
         }
         if ok {
             self.relays.setup_pending.remove(&relay);
         } else {
             self.relays.setup_pending.insert(relay);
+        }
+        if let Some(held) = held {
+            self.on_prekeys_held(relay, held);
         }
         self.push_allow_list();
         self.push_grants(Some(relay));
@@ -53,13 +87,16 @@ impl Engine {
         self.ask_usage();
         self.heartbeat();
         self.fetch_mailbox(relay);
+        if ready {
+            self.relay_ready(relay).await;
+        }
     }
 
     /// Runs the connection routine again for home relays where it did not complete.
-    pub(super) async fn retry_setup(&mut self) {
+    pub(super) fn retry_setup(&mut self) {
         for relay in self.relays.setup_pending.clone() {
             if self.relays.relay_up.contains(&relay) {
-                self.on_home_relay_up(relay).await;
+                self.set_up_home_relay(relay, false);
             }
         }
     }
@@ -93,47 +130,55 @@ impl Engine {
         });
     }
 
-    /// Publishes prekeys: a bundle with no new one-time keys to learn how many the relay
-    /// holds (and refresh the fallback key), and a full batch when it runs low.
-    pub(crate) async fn top_up_prekeys(
-        &mut self,
-        relay: PeerId,
-        refresh: bool,
-    ) -> Result<(), NodeError> {
-        use tern_crypto::prekey::PrekeyBundle;
-        let mut count = if refresh { 0 } else { u32::MAX };
-        if refresh {
-            let bundle = PrekeyBundle::generate_keeping(
-                &mut self.me.keys.device,
-                self.me.keys.certificate.clone(),
-                0,
-                self.me.fallback,
-            )?;
-            self.save_device()?;
-            self.me.fallback = Some(bundle.fallback);
-            count = self
-                .net
-                .at(relay)
-                .publish_prekeys(bundle.to_bytes()?)
-                .await?;
+    /// A prekey bundle with `count` new one-time keys (0: only the signed fallback key, to
+    /// learn how many the relay holds) under this run's fallback key, the device keys saved
+    /// before it can leave.
+    fn prekey_bundle(&mut self, count: usize) -> Result<Vec<u8>, NodeError> {
+        let bundle = tern_crypto::prekey::PrekeyBundle::generate_keeping(
+            &mut self.me.keys.device,
+            self.me.keys.certificate.clone(),
+            count,
+            self.me.fallback,
+        )?;
+        self.save_device()?;
+        self.me.fallback = Some(bundle.fallback);
+        Ok(bundle.to_bytes()?)
+    }
+
+    /// Publishes prekeys at `relay` in a task: with `refresh`, a bundle with no new one-time
+    /// keys, to learn how many the relay holds (a full batch follows when it holds few);
+    /// else a full batch.
+    pub(super) fn publish_prekeys(&mut self, relay: PeerId, refresh: bool) {
+        let count = if refresh {
+            0
+        } else {
+            crate::consts::ONE_TIME_KEYS_BATCH
+        };
+        let bundle = match self.prekey_bundle(count) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(%relay, "making a prekey bundle failed: {e}");
+                return;
+            }
+        };
+        let net = self.net.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            match net.at(relay).publish_prekeys(bundle).await {
+                Ok(held) if refresh => {
+                    let _ = tx.send(Internal::PrekeysHeld { relay, held }).await;
+                }
+                Ok(held) => tracing::debug!(%relay, held, "published one-time keys"),
+                Err(e) => tracing::warn!(%relay, "publishing prekeys failed: {e}"),
+            }
+        });
+    }
+
+    /// A relay holds `held` one-time keys: a full batch goes when that is few.
+    pub(super) fn on_prekeys_held(&mut self, relay: PeerId, held: u32) {
+        if held < crate::consts::ONE_TIME_KEYS_LOW {
+            self.publish_prekeys(relay, false);
         }
-        if count < crate::consts::ONE_TIME_KEYS_LOW || !refresh {
-            let bundle = PrekeyBundle::generate_keeping(
-                &mut self.me.keys.device,
-                self.me.keys.certificate.clone(),
-                crate::consts::ONE_TIME_KEYS_BATCH,
-                self.me.fallback,
-            )?;
-            self.save_device()?;
-            self.me.fallback = Some(bundle.fallback);
-            let held = self
-                .net
-                .at(relay)
-                .publish_prekeys(bundle.to_bytes()?)
-                .await?;
-            tracing::debug!(held, "published one-time keys");
-        }
-        Ok(())
     }
 
     /// Drains the mailbox at every home relay that is up (mail kept there may be readable

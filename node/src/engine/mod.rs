@@ -81,6 +81,22 @@ pub(crate) enum Internal {
     },
     /// A home relay holds fewer one-time keys than `ONE_TIME_KEYS_LOW`: top up.
     PrekeysLow,
+    /// A home relay's setup finished (device list, prekeys, live delivery).
+    RelaySetUp {
+        /// The relay.
+        relay: PeerId,
+        /// Every step succeeded.
+        ok: bool,
+        /// How many one-time keys it holds, if the prekeys were published.
+        held: Option<u32>,
+    },
+    /// How many one-time keys a home relay holds, after a refresh bundle was published.
+    PrekeysHeld {
+        /// The relay.
+        relay: PeerId,
+        /// One-time keys it holds.
+        held: u32,
+    },
     /// Push endpoint registrations answered.
     Push(push::Done),
 }
@@ -236,7 +252,7 @@ impl Engine {
                             Err(_) => break,
                         }
                     }
-                    self.on_internal_batch(batch);
+                    self.on_internal_batch(batch).await;
                 }
                 _ = outbox.tick() => {
                     self.refresh_device_lists();
@@ -249,7 +265,7 @@ impl Engine {
                     self.resync_owed().await;
                     self.export_history().await;
                     if std::mem::take(&mut self.relays.setup_soon) {
-                        self.retry_setup().await;
+                        self.retry_setup();
                     }
                     self.announce_own().await;
                     self.push_grants(None);
@@ -262,10 +278,8 @@ impl Engine {
                     if self.relays.topup_due {
                         self.relays.topup_due = false;
                         for relay in self.home_relay_peers() {
-                            if self.relays.relay_up.contains(&relay)
-                                && let Err(e) = self.top_up_prekeys(relay, true).await
-                            {
-                                tracing::warn!(%relay, "topping up prekeys failed: {e}");
+                            if self.relays.relay_up.contains(&relay) {
+                                self.publish_prekeys(relay, true);
                             }
                         }
                     }
@@ -288,7 +302,7 @@ impl Engine {
                     if let Err(e) = self.store.checkpoint() {
                         tracing::warn!("checkpointing the store failed: {e}");
                     }
-                    self.retry_setup().await;
+                    self.retry_setup();
                     self.push_sync();
                 }
                 _ = poll.tick() => self.fetch_home_mailboxes(),
@@ -308,21 +322,14 @@ impl Engine {
                 self.people.peers_due = true;
                 self.groups.owed_due = true;
                 self.people.peers_retry = (0, self.clock.now());
-                // For a home relay the event says "ready": published and listening.
+                // For a home relay the event says "ready": published and listening, once
+                // its setup reports.
                 if self.home_relay_peers().contains(&relay) {
                     self.lists.lists_due = true;
-                    self.on_home_relay_up(relay).await;
+                    self.set_up_home_relay(relay, true);
+                } else {
+                    self.relay_ready(relay).await;
                 }
-                self.emit(Event::Connection {
-                    relay: relay.to_string(),
-                    connected: true,
-                });
-                self.subscribe_presence(relay);
-                // Anything waiting in the outbox goes now, backoff or not, and messages
-                // waiting for a session try again.
-                self.encrypt_waiting(true).await;
-                self.dispatch_due(true);
-                self.send_owed_receipts();
             }
             net::Event::RelayDown(relay) => {
                 self.relays.relay_up.remove(&relay);
@@ -365,13 +372,27 @@ impl Engine {
         }
     }
 
-    fn on_internal_batch(&mut self, batch: Vec<Internal>) {
+    /// A relay is connected and, for a home relay, set up: it is announced, presence is
+    /// subscribed, and anything waiting in the outbox goes now, backoff or not (messages
+    /// waiting for a session try again).
+    async fn relay_ready(&mut self, relay: PeerId) {
+        self.emit(Event::Connection {
+            relay: relay.to_string(),
+            connected: true,
+        });
+        self.subscribe_presence(relay);
+        self.encrypt_waiting(true).await;
+        self.dispatch_due(true);
+        self.send_owed_receipts();
+    }
+
+    async fn on_internal_batch(&mut self, batch: Vec<Internal>) {
         // Lane results that are ready together are settled in one transaction.
         let mut lanes = Vec::new();
         for msg in batch {
             match msg {
                 Internal::LaneDone(done) => lanes.push(done),
-                other => self.on_internal(other),
+                other => self.on_internal(other).await,
             }
         }
         if !lanes.is_empty() {
@@ -379,7 +400,7 @@ impl Engine {
         }
     }
 
-    fn on_internal(&mut self, msg: Internal) {
+    async fn on_internal(&mut self, msg: Internal) {
         match msg {
             Internal::LaneDone(done) => self.on_lanes_done(vec![done]),
             Internal::GrantsFailed(relay) => self.on_grants_failed(relay),
@@ -390,6 +411,9 @@ impl Engine {
             }
             Internal::Presence(entries) => self.on_presence(entries),
             Internal::PrekeysLow => self.relays.topup_due = true,
+            Internal::PrekeysHeld { relay, held } => self.on_prekeys_held(relay, held),
+            // Taken by `on_internal_batch`, which can wait for what it starts.
+            Internal::RelaySetUp { relay, ok, held } => self.on_relay_set_up(relay, ok, held).await,
             Internal::FannedOut {
                 id,
                 attempts,

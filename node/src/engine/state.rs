@@ -103,6 +103,9 @@ pub(crate) struct Relays {
     pub relay_up: HashSet<PeerId>,
     /// Home relays whose connection routine did not complete (retried every heartbeat).
     pub setup_pending: HashSet<PeerId>,
+    /// Home relays whose setup a task is running now, and whether each is to be announced as
+    /// connected when it reports (it came up meanwhile).
+    pub setting_up: HashMap<PeerId, bool>,
     /// Home relays' setup is to be retried on the next tick rather than the next heartbeat
     /// (this device's list changed, so a relay that refused its prekeys now takes them).
     pub setup_soon: bool,
@@ -318,6 +321,7 @@ impl Engine {
                 home_relays,
                 relay_up: HashSet::new(),
                 setup_pending: HashSet::new(),
+                setting_up: HashMap::new(),
                 setup_soon: false,
                 fetching: HashSet::new(),
                 refetch: HashSet::new(),

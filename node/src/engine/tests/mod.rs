@@ -131,7 +131,7 @@ impl Harness {
             .await
             .expect("a spawned task reports in time")
             .expect("the report channel is open");
-        self.engine.on_internal_batch(vec![report]);
+        self.engine.on_internal_batch(vec![report]).await;
     }
 
     /// Settles lane reports until the courier has carried `n` rows in all.
