@@ -59,12 +59,7 @@ impl Engine {
                 identity_key: self.me.keys.identity.public().as_bytes().to_vec(),
                 device_list: Some(list.as_bytes().to_vec()),
                 device_list_version: list.list().version,
-                relays: self
-                    .relays
-                    .home_relays
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
+                relays: self.home_relay_addrs(),
             },
             list: Some(list),
             relays: self.relays.home_relays.clone(),
@@ -243,12 +238,7 @@ impl Engine {
                     .to_vec(),
             ),
             name: self.me.config.name.clone(),
-            relays: self
-                .relays
-                .home_relays
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            relays: self.home_relay_addrs(),
             certificate: ByteBuf::from(
                 certificate
                     .to_bytes()

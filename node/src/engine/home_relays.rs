@@ -10,6 +10,15 @@ use super::{Engine, Internal, relay_peer};
 use crate::{error::NodeError, net::rpc};
 
 impl Engine {
+    /// The home relays' addresses as text (as links, member entries and records carry them).
+    pub(crate) fn home_relay_addrs(&self) -> Vec<String> {
+        self.relays
+            .home_relays
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     pub(super) fn home_relay_peers(&self) -> Vec<PeerId> {
         self.relays
             .home_relays

@@ -22,12 +22,7 @@ impl Engine {
             user: ByteArray::new(*self.me.user.as_bytes()),
             identity_key: ByteArray::new(*self.me.keys.identity.public().as_bytes()),
             name: self.me.config.name.clone(),
-            relays: self
-                .relays
-                .home_relays
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            relays: self.home_relay_addrs(),
             admin: true,
         }
     }

@@ -16,6 +16,14 @@ fn deliver(bob: &mut Harness, from: &Harness, carried: &[Vec<u8>], n: usize) {
     bob.engine.on_direct(from.peer(), 0, carried[n - 1].clone());
 }
 
+/// Alice sends `n` texts to `to` and returns their ciphertexts as her courier carried them.
+async fn send_texts(alice: &mut Harness, to: &str, n: usize) -> Vec<Vec<u8>> {
+    for i in 1..=n {
+        alice.engine.send_text(to, format!("t{i}")).await.unwrap();
+    }
+    alice.carry(n).await
+}
+
 /// The `undecryptable` reasons among Bob's events since the last look, and the seqs shown.
 fn seen(bob: &mut Harness) -> (Vec<String>, Vec<u64>) {
     let mut reasons = Vec::new();
@@ -36,14 +44,7 @@ async fn a_message_ahead_waits_then_a_lost_key_is_asked_for_and_a_copy_is_not() 
     let bob_user = bob.engine.me.user_hex.clone();
     // Past vodozemac's 40 kept keys: reading the last before the others loses the first.
     const TEXTS: usize = 45;
-    for n in 1..=TEXTS {
-        alice
-            .engine
-            .send_text(&bob_user, format!("t{n}"))
-            .await
-            .unwrap();
-    }
-    let carried = alice.carry(TEXTS).await;
+    let carried = send_texts(&mut alice, &bob_user, TEXTS).await;
     deliver(&mut bob, &alice, &carried, 1);
     assert_eq!(seen(&mut bob), (vec![], vec![1]));
     // The last one is far ahead of the chain: it waits for the earlier ones.
@@ -112,14 +113,7 @@ async fn a_copy_older_than_the_sessions_memory_is_told_from_a_loss_by_the_ledger
     let bob_user = bob.engine.me.user_hex.clone();
     // More than the session itself remembers as read.
     let texts = tern_crypto::consts::PAIRWISE_DUPLICATE_WINDOW + 2;
-    for n in 1..=texts {
-        alice
-            .engine
-            .send_text(&bob_user, format!("t{n}"))
-            .await
-            .unwrap();
-    }
-    let carried = alice.carry(texts).await;
+    let carried = send_texts(&mut alice, &bob_user, texts).await;
     for n in 1..=texts {
         deliver(&mut bob, &alice, &carried, n);
     }
