@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::codec::{self, DecodeError, EncodeError, Kind};
 use crate::consts::MAX_DEVICE_NAME_LEN;
-use crate::identity::{IdentityKey, IdentityPublicKey, UserId, write_hex};
+use crate::identity::{IdentityKey, IdentityPublicKey, UserId};
 use crate::random::{self, RandomError};
 use crate::sig::{BadSignature, Purpose};
 use crate::time::UnixSecs;
@@ -83,7 +83,7 @@ impl fmt::Display for DeviceId {
 impl fmt::Debug for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DeviceId(")?;
-        write_hex(f, &self.0[..5])?;
+        crate::hex::write(f, &self.0[..5])?;
         f.write_str(")")
     }
 }

@@ -38,7 +38,7 @@ use crate::consts::{
     MEGOLM_RETAIN_WINDOW,
 };
 use crate::device::DeviceId;
-use crate::identity::{UserId, hex_array, write_hex};
+use crate::identity::UserId;
 use crate::random::{self, RandomError};
 use crate::time::UnixSecs;
 
@@ -68,13 +68,13 @@ impl GroupId {
 
     /// Parses the hex form.
     pub fn from_hex(s: &str) -> Option<Self> {
-        hex_array(s).map(GroupId)
+        crate::hex::decode_array(s).map(GroupId)
     }
 }
 
 impl fmt::Display for GroupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
+        crate::hex::write(f, &self.0)
     }
 }
 

@@ -37,13 +37,13 @@ impl UserId {
 
     /// Parses the 32-hex-digit form.
     pub fn from_hex(s: &str) -> Option<Self> {
-        hex_array(s).map(UserId)
+        crate::hex::decode_array(s).map(UserId)
     }
 }
 
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
+        crate::hex::write(f, &self.0)
     }
 }
 
@@ -71,11 +71,7 @@ impl IdentityPublicKey {
 
     /// The first 5 bytes in hex, for logs.
     pub fn fmt_short(&self) -> String {
-        let mut s = String::with_capacity(10);
-        for b in &self.0[..5] {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        crate::hex::encode(&self.0[..5])
     }
 
     /// Verifies a signature made with [`IdentityKey::sign_group_operation`].
@@ -187,27 +183,6 @@ impl fmt::Debug for IdentityKey {
     }
 }
 
-pub(crate) fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    for b in bytes {
-        write!(f, "{b:02x}")?;
-    }
-    Ok(())
-}
-
-pub(crate) fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let s = s.as_bytes();
-    if s.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,12 +196,7 @@ mod tests {
         assert_eq!(back.user_id(), id.user_id());
         let dbg = format!("{id:?}");
         assert!(dbg.ends_with(", ..)"), "{dbg}");
-        let secret_hex: String = id
-            .signing
-            .to_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let secret_hex = crate::hex::encode(&id.signing.to_bytes());
         assert!(!dbg.contains(&secret_hex[..8]));
     }
 

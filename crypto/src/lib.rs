@@ -24,6 +24,7 @@ pub mod device_list;
 pub mod fuzzing;
 pub mod grant;
 pub mod group;
+pub mod hex;
 pub mod identity;
 pub mod media;
 pub mod passphrase;

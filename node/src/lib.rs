@@ -35,7 +35,6 @@ pub mod net;
 pub mod types;
 pub mod unlock;
 
-use std::collections::{HashMap, HashSet};
 use tern_relay::rpc::Requests as _;
 
 use libp2p::{Multiaddr, identity::Keypair};
@@ -94,13 +93,6 @@ impl Node {
             return Err(StartError::NoRelay);
         }
         let (store, keys) = config.home.open()?;
-        // A device whose own stored list revokes it stays revoked across restarts.
-        let revoked = !keys
-            .device_list
-            .list()
-            .active()
-            .any(|e| e.device_id() == keys.device.device_id());
-        let node_config = config.home.config()?;
         let keypair = Keypair::ed25519_from_bytes(*keys.device.network_secret())
             .map_err(|e| NodeError::Crypto(e.to_string()))?;
         let (net, net_events, event_loop) = net::new(
@@ -113,94 +105,22 @@ impl Node {
         let (events, _) = broadcast::channel(consts::EVENT_BROADCAST);
         let (cmd_tx, cmd_rx) = mpsc::channel(consts::COMMAND_QUEUE);
         let (internal_tx, internal_rx) = mpsc::channel(consts::NETWORK_EVENT_QUEUE);
-        let contacts = engine::contacts_load(&store)?;
-        let device_created_ms = store
-            .own_device()
-            .map_err(NodeError::from)?
-            .map_or(0, |d| d.created_at_ms);
-        let user = keys.identity.user_id();
-        let grants = engine::grants::Grants::load(&keys.device, &store)?;
-        let mut engine = engine::Engine {
-            grants,
-            push: engine::push::Push::load(&node_config),
-            // Quarantined mail from before a restart is looked at (and expired) once.
-            quarantine_due: true,
-            home: config.home.clone(),
-            store,
-            user,
-            user_hex: user.to_string(),
-            device_hex: keys.device.device_id().to_peer_id_string(),
-            keys,
-            config: node_config,
-            keypair,
-            net,
-            home_relays: config.relays.clone(),
-            relay_up: HashSet::new(),
-            contacts,
-            device_owner: HashMap::new(),
-            revoked_devices: HashMap::new(),
-            pending_identity: HashMap::new(),
-            lamport: HashMap::new(),
-            seq: HashMap::new(),
-            events: events.clone(),
-            internal: internal_tx,
-            lanes_busy: HashSet::new(),
-            fetching: HashSet::new(),
-            refetch: HashSet::new(),
-            reorder: HashMap::new(),
-            resend_asked: HashMap::new(),
-            lost: HashMap::new(),
-            delivered_due: HashMap::new(),
-            recovery: Default::default(),
-            away: false,
-            presence: HashMap::new(),
-            inbound_sessions: 0,
-            topup_due: false,
-            hold: engine::hold::HoldBack::default(),
-            encrypt_pending: true,
-            encrypt_retry: HashMap::new(),
-            device_created_ms,
-            listen: Vec::new(),
-            direct: config.direct,
-            setup_pending: HashSet::new(),
-            groups: HashMap::new(),
-            peers: HashMap::new(),
-            peers_due: false,
-            linked: HashMap::new(),
-            link_states: HashMap::new(),
-            peers_fetching: false,
-            owed_due: true,
-            peers_retry: (0, std::time::Instant::now()),
-            notify: HashMap::new(),
-            fan_in_flight: HashSet::new(),
-            list_answers: HashSet::new(),
-            // Answers owed from before a restart are looked at once.
-            answers_due: true,
-            list_answered: HashMap::new(),
-            list_wanted: HashMap::new(),
-            // Owed texts from before a restart are looked at once.
-            resync_due: true,
-            resync_attempts: 0,
-            media: engine::media::Media::new(config.home.dir()),
-            resync_retry: None,
-            revoked,
-            fallback: None,
-            // History owed from before a restart is looked at once.
-            history_due: true,
-            history_attempts: 0,
-            history_retry: None,
-            history_in: (0, 0),
-            setup_soon: false,
-            announce_own_due: false,
-            lists_due: true,
-            lists_fetched: None,
-            heartbeats: 0,
-        };
-        engine.load_pending_identity();
-        engine.refresh_me();
-        engine.load_groups()?;
-        engine.restore_hold()?;
-        engine.rebuild_device_owner();
+        let engine = engine::Engine::new(
+            engine::Setup {
+                home: config.home.clone(),
+                store,
+                config: config.home.config()?,
+                keys,
+                keypair,
+                net,
+                home_relays: config.relays.clone(),
+                direct: config.direct,
+                clock: engine::Clock::system(),
+                courier: None,
+            },
+            events.clone(),
+            internal_tx,
+        )?;
         tokio::spawn(engine.run(cmd_rx, net_events, internal_rx));
         Ok(Node {
             cmd: cmd_tx,

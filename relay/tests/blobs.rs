@@ -330,7 +330,7 @@ async fn upload_resumes_from_the_durable_mark_after_kill_9() {
 }
 
 fn hex(id: &[u8; 32]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    tern_crypto::hex::encode(id)
 }
 
 /// Every refusal: strangers, oversize blobs before any byte, tampered and out-of-order

@@ -8,10 +8,7 @@ pub struct MessageId(pub [u8; 16]);
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        tern_crypto::hex::write(f, &self.0)
     }
 }
 

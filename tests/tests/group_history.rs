@@ -204,10 +204,7 @@ fn a_removed_admin_cannot_rewrite_history_and_a_text_sent_before_the_removal_is_
         .unwrap();
     let gid = r.state.id;
     let bytes = |hex: &str| -> ByteArray<16> {
-        let v: Vec<u8> = (0..16)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
-        ByteArray::new(v.try_into().unwrap())
+        ByteArray::new(tern_crypto::hex::decode_array(hex).unwrap())
     };
     let accomplice = IdentityKey::generate().unwrap();
     let forged = vec![

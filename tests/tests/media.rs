@@ -106,9 +106,7 @@ fn wait_message(node: &Node, contact: &str, id: &str) -> Value {
     .unwrap()
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use tern_crypto::hex::encode as hex;
 
 /// Starts saving message `id`'s file to `to` over the API (returns at once while the file
 /// downloads).

@@ -40,11 +40,7 @@ fn identity_with_user_id(user_id: [u8; 16]) -> IdentityKey {
 }
 
 fn hex16(s: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, c) in s.as_bytes().chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(c).unwrap(), 16).unwrap();
-    }
-    out
+    tern_crypto::hex::decode_array(s).unwrap()
 }
 
 #[test]

@@ -17,11 +17,7 @@ const TOPUP_WAIT: Duration = Duration::from_secs(150);
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 fn hex16(s: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, c) in s.as_bytes().chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(c).unwrap(), 16).unwrap();
-    }
-    out
+    tern_crypto::hex::decode_array(s).unwrap()
 }
 
 /// One claim by a fresh PeerId: `Some(fallback)`, or `None` if the relay has no bundle yet.

@@ -31,7 +31,7 @@ pub struct NodeFile {
 pub fn new_token(home: &Home) -> Result<String, HomeError> {
     let mut bytes = [0u8; API_TOKEN_BYTES];
     getrandom::fill(&mut bytes).map_err(|e| HomeError::Crypto(e.to_string()))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = tern_crypto::hex::encode(&bytes);
     zeroize::Zeroize::zeroize(&mut bytes);
     write_atomic(&home.token_path(), token.as_bytes(), true)?;
     Ok(token)

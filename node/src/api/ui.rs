@@ -93,7 +93,7 @@ fn live(made_ms: i64, now_ms: i64) -> bool {
 pub(super) fn random_hex(n: usize) -> Option<String> {
     let mut b = vec![0u8; n];
     getrandom::fill(&mut b).ok()?;
-    Some(data_encoding::HEXLOWER.encode(&b))
+    Some(tern_crypto::hex::encode(&b))
 }
 
 impl Ui {

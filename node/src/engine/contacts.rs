@@ -1,21 +1,16 @@
-//! Contacts, links, safety numbers, presence.
+//! Contacts, contact links, identity changes, safety numbers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use tern_relay::rpc::Requests as _;
 
-use libp2p::PeerId;
 use tern_crypto::{IdentityPublicKey, SignedDeviceList, UserId, safety::SafetyNumber};
-use tern_relay::wire::{
-    ErrorCode,
-    presence::{self, State},
-};
+use tern_relay::wire::ErrorCode;
 use tern_store::{Contact, ContactSaved};
 
-use super::{ContactState, Engine, Internal, device_peer, relay_peer};
+use super::{ContactState, Engine, device_peer};
 use crate::{
     consts::{LINK_LIST_FETCH_TIMEOUT, MAX_NAME_BYTES},
     error::NodeError,
-    home::now_ms,
     link::{ContactLink, Link, LinkError, ShortLink},
     types::*,
 };
@@ -47,50 +42,31 @@ pub(crate) fn load_contacts(
     Ok(out)
 }
 
-fn state_rank(s: State) -> u8 {
-    match s {
-        State::Online => 3,
-        State::Away => 2,
-        State::Offline => 1,
-        State::Unknown => 0,
-    }
-}
-
-fn state_name(s: State) -> &'static str {
-    match s {
-        State::Online => "online",
-        State::Away => "away",
-        State::Offline => "offline",
-        State::Unknown => "unknown",
-    }
-}
-
-/// Longest `contact add` waits for the home relays to take the new allow-list.
-const ALLOW_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 impl Engine {
     pub(crate) fn load_pending_identity(&mut self) {
-        let path = self.home.dir().join(PENDING_FILE);
+        let path = self.me.home.dir().join(PENDING_FILE);
         if let Ok(bytes) = std::fs::read(&path)
             && let Ok(map) = serde_json::from_slice(&bytes)
         {
-            self.pending_identity = map;
+            self.people.pending_identity = map;
         }
     }
 
     pub(crate) fn save_pending_identity(&self) -> Result<(), NodeError> {
-        let bytes = serde_json::to_vec(&self.pending_identity)
+        let bytes = serde_json::to_vec(&self.people.pending_identity)
             .map_err(|e| NodeError::Store(e.to_string()))?;
-        crate::home::write_atomic(&self.home.dir().join(PENDING_FILE), &bytes, true)?;
+        crate::home::write_atomic(&self.me.home.dir().join(PENDING_FILE), &bytes, true)?;
         Ok(())
     }
 
     /// Finds a contact by user id or name.
     pub(crate) fn resolve(&self, contact: &str) -> Result<String, NodeError> {
-        if self.contacts.contains_key(contact) {
+        if self.people.contacts.contains_key(contact) {
             return Ok(contact.to_owned());
         }
         let lower = contact.to_lowercase();
         let matches: Vec<&String> = self
+            .people
             .contacts
             .iter()
             .filter(|(_, c)| c.contact.display_name.to_lowercase() == lower)
@@ -106,29 +82,31 @@ impl Engine {
     /// Who owns each active device of every known user, and each revoked one.
     pub(crate) fn rebuild_device_owner(&mut self) {
         // A sender of quarantined mail may be known now.
-        self.quarantine_due = true;
-        self.device_owner.clear();
-        self.revoked_devices.clear();
-        for (id, c) in self.contacts.iter().chain(self.peers.iter()) {
+        self.inbox.quarantine_due = true;
+        self.people.device_owner.clear();
+        self.people.revoked_devices.clear();
+        for (id, c) in self.people.contacts.iter().chain(self.people.peers.iter()) {
             for (dev, _) in c.devices() {
                 if let Some(p) = device_peer(&dev) {
-                    self.device_owner.insert(p, id.clone());
+                    self.people.device_owner.insert(p, id.clone());
                 }
             }
             if let Some(list) = &c.list {
                 for e in list.list().devices.iter().filter(|e| !e.is_active()) {
-                    self.revoked_devices.insert(e.device_id(), id.clone());
+                    self.people
+                        .revoked_devices
+                        .insert(e.device_id(), id.clone());
                 }
             }
         }
     }
 
     fn contact_info(&self, id: &str) -> Option<ContactInfo> {
-        self.contacts.get(id).map(|c| ContactInfo {
+        self.people.contacts.get(id).map(|c| ContactInfo {
             user_id: id.to_owned(),
             name: c.contact.display_name.clone(),
             verified: c.contact.verified,
-            identity_change_pending: self.pending_identity.contains_key(id),
+            identity_change_pending: self.people.pending_identity.contains_key(id),
             devices: c.devices().len(),
             relays: c.contact.relays.clone(),
         })
@@ -138,9 +116,10 @@ impl Engine {
     /// another of this user's devices), so that nothing shows hex ids.
     pub(crate) fn name_message(&self, m: &mut MessageInfo) {
         if m.own {
-            m.sender_name = Some(self.config.name.clone());
-            if m.sender_device != self.device_hex {
+            m.sender_name = Some(self.me.config.name.clone());
+            if m.sender_device != self.me.device_hex {
                 m.sender_device_name = self
+                    .me
                     .keys
                     .device_list
                     .list()
@@ -151,6 +130,7 @@ impl Engine {
             }
         } else {
             m.sender_name = self
+                .people
                 .contacts
                 .get(&m.sender)
                 .map(|c| c.contact.display_name.clone());
@@ -176,7 +156,8 @@ impl Engine {
     /// The name to show for a conversation: a direct one is named after the contact as
     /// they are called now (the stored title is the name when it began).
     pub(crate) fn conversation_name(&self, id: &str, title: Option<&str>) -> Option<String> {
-        self.contacts
+        self.people
+            .contacts
             .get(id)
             .map(|c| c.contact.display_name.clone())
             .or_else(|| title.map(str::to_owned))
@@ -184,6 +165,7 @@ impl Engine {
 
     pub(crate) fn contact_list(&self) -> Vec<ContactInfo> {
         let mut out: Vec<ContactInfo> = self
+            .people
             .contacts
             .keys()
             .filter_map(|id| self.contact_info(id))
@@ -194,15 +176,15 @@ impl Engine {
 
     pub(crate) fn contact_link(&self) -> Result<LinkInfo, NodeError> {
         let link = ContactLink::create(
-            &self.keypair,
-            &self.config.name,
-            &self.home_relays,
-            &self.keys.device_list,
+            &self.me.keypair,
+            &self.me.config.name,
+            &self.relays.home_relays,
+            &self.me.keys.device_list,
         )?;
         // The short form names the first home relay: the one this device publishes its
         // device list at first.
-        let short = match self.home_relays.first() {
-            Some(relay) => match ShortLink::create(&self.keys.identity, self.user, relay) {
+        let short = match self.relays.home_relays.first() {
+            Some(relay) => match ShortLink::create(&self.me.keys.identity, self.me.user, relay) {
                 Ok(short) => Some(short),
                 Err(e) => {
                     tracing::warn!("no short contact link for relay {relay}: {e}");
@@ -225,7 +207,7 @@ impl Engine {
             Link::Full(l) => (l.user_id, l.identity_key),
             Link::Short(s) => (s.user_id, s.identity_key),
         };
-        if user_id == self.user {
+        if user_id == self.me.user {
             return Err(NodeError::OwnLink);
         }
         if let Some(n) = &name
@@ -236,12 +218,13 @@ impl Engine {
             )));
         }
         let id = user_id.to_string();
-        if let Some(existing) = self.contacts.get(&id)
+        if let Some(existing) = self.people.contacts.get(&id)
             && existing.contact.identity_key != identity_key.as_bytes().to_vec()
             && !accept_new_key
         {
             tracing::warn!(contact = %id, "identity key changed; sending blocked until accepted");
-            self.pending_identity
+            self.people
+                .pending_identity
                 .insert(id.clone(), link.trim().to_owned());
             self.save_pending_identity()?;
             self.emit(Event::IdentityChanged {
@@ -264,6 +247,7 @@ impl Engine {
                         if let Some(relay) = relay
                             && !self.home_relay_peers().contains(&relay)
                             && !self
+                                .people
                                 .contacts
                                 .values()
                                 .any(|c| c.relay_peers().contains(&relay))
@@ -275,7 +259,7 @@ impl Engine {
                 }
             }
         };
-        let previous = self.contacts.get(&id).map(|c| c.contact.clone());
+        let previous = self.people.contacts.get(&id).map(|c| c.contact.clone());
         let display_name = name
             .or_else(|| previous.as_ref().map(|p| p.display_name.clone()))
             .unwrap_or_else(|| parsed.name.clone());
@@ -306,7 +290,7 @@ impl Engine {
             device_list_version: version,
             relays: parsed.relays.iter().map(ToString::to_string).collect(),
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let saved = self.store.transaction(|tx| -> Result<_, NodeError> {
             let saved = tx.save_contact(&contact, now)?;
             tx.ensure_conversation(
@@ -320,13 +304,13 @@ impl Engine {
         if saved == ContactSaved::IdentityChanged {
             tracing::warn!(contact = %id, "accepted a new identity key; verification cleared");
         }
-        self.pending_identity.remove(&id);
+        self.people.pending_identity.remove(&id);
         self.save_pending_identity()?;
         let stored = self
             .store
             .contact(&id)?
             .ok_or_else(|| NodeError::Store("contact vanished".into()))?;
-        self.contacts.insert(
+        self.people.contacts.insert(
             id.clone(),
             ContactState {
                 list: SignedDeviceList::from_bytes(&list_bytes).ok(),
@@ -342,7 +326,7 @@ impl Engine {
         // the home relays hold them in the allow-list, and a user who adds a contact and
         // quits at once must not leave that undone.
         self.push_allow_list_now().await;
-        for relay in self.relay_up.clone() {
+        for relay in self.relays.relay_up.clone() {
             self.subscribe_presence(relay);
         }
         // Mail from this contact may have been waiting for us to know them.
@@ -365,9 +349,14 @@ impl Engine {
         contact: &str,
     ) -> Result<AddedContact, NodeError> {
         let id = self.resolve(contact)?;
-        let link = self.pending_identity.get(&id).cloned().ok_or_else(|| {
-            NodeError::BadRequest(format!("no identity change is pending for {contact}"))
-        })?;
+        let link = self
+            .people
+            .pending_identity
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| {
+                NodeError::BadRequest(format!("no identity change is pending for {contact}"))
+            })?;
         if link.is_empty() {
             return Err(NodeError::BadRequest(
                 "the new key was seen at a relay; add the contact's new link with \
@@ -380,6 +369,7 @@ impl Engine {
 
     fn contact_keys(&self, id: &str) -> Result<(UserId, IdentityPublicKey), NodeError> {
         let c = self
+            .people
             .contacts
             .get(id)
             .ok_or_else(|| NodeError::UnknownContact(id.to_owned()))?;
@@ -394,8 +384,8 @@ impl Engine {
     fn safety_number(&self, id: &str) -> Result<SafetyNumber, NodeError> {
         let (user, key) = self.contact_keys(id)?;
         Ok(SafetyNumber::compute(
-            &self.user,
-            &self.keys.identity.public(),
+            &self.me.user,
+            &self.me.keys.identity.public(),
             &user,
             &key,
         ))
@@ -404,12 +394,12 @@ impl Engine {
     pub(crate) fn safety(&self, contact: &str) -> Result<SafetyInfo, NodeError> {
         let id = self.resolve(contact)?;
         let sn = self.safety_number(&id)?;
-        let c = &self.contacts[&id];
+        let c = &self.people.contacts[&id];
         Ok(SafetyInfo {
             user_id: id.clone(),
             name: c.contact.display_name.clone(),
             digits: sn.display(),
-            qr: sn.qr_payload().iter().map(|b| format!("{b:02x}")).collect(),
+            qr: tern_crypto::hex::encode(&sn.qr_payload()),
             verified: c.contact.verified,
         })
     }
@@ -420,13 +410,13 @@ impl Engine {
         scanned: Option<&str>,
     ) -> Result<ContactInfo, NodeError> {
         let id = self.resolve(contact)?;
-        if self.pending_identity.contains_key(&id) {
+        if self.people.pending_identity.contains_key(&id) {
             return Err(NodeError::IdentityChanged(
-                self.contacts[&id].contact.display_name.clone(),
+                self.people.contacts[&id].contact.display_name.clone(),
             ));
         }
         if let Some(hex) = scanned {
-            let bytes = decode_hex(hex)
+            let bytes = tern_crypto::hex::decode(hex.trim())
                 .ok_or_else(|| NodeError::BadRequest("scanned payload is not hex".into()))?;
             let sn = self.safety_number(&id)?;
             if !sn
@@ -436,207 +426,15 @@ impl Engine {
                 return Err(NodeError::SafetyMismatch);
             }
         }
-        let mut c = self.contacts[&id].contact.clone();
+        let mut c = self.people.contacts[&id].contact.clone();
         c.verified = true;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| tx.save_contact(&c, now))?;
-        if let Some(state) = self.contacts.get_mut(&id) {
+        if let Some(state) = self.people.contacts.get_mut(&id) {
             state.contact.verified = true;
         }
         self.contact_info(&id)
             .ok_or_else(|| NodeError::UnknownContact(id.clone()))
-    }
-
-    /// Every active device of every contact: who may see this device's presence and deposit
-    /// to it without a grant. Group members who are not contacts are not in it.
-    fn allow_list(&self) -> Vec<PeerId> {
-        self.contacts
-            .values()
-            .flat_map(|c| c.devices())
-            .filter_map(|(d, _)| device_peer(&d))
-            .collect()
-    }
-
-    /// [`Engine::push_allow_list`], waiting (at most [`ALLOW_LIST_WAIT`]) for the home
-    /// relays to take it.
-    pub(crate) fn push_allow_list_now(
-        &self,
-    ) -> impl std::future::Future<Output = ()> + Send + use<> {
-        let peers = self.allow_list();
-        let relays: Vec<PeerId> = self
-            .home_relays
-            .iter()
-            .filter_map(relay_peer)
-            .filter(|r| self.relay_up.contains(r))
-            .collect();
-        let net = self.net.clone();
-        let sets = relays.into_iter().map(|relay| {
-            let (net, peers) = (net.clone(), peers.clone());
-            async move {
-                match tokio::time::timeout(ALLOW_LIST_WAIT, net.at(relay).set_allow_list(peers))
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(%relay, "setting the allow-list failed: {e}");
-                    }
-                    Err(_) => tracing::debug!(%relay, "setting the allow-list timed out"),
-                }
-            }
-        });
-        let all: Vec<_> = sets.collect();
-        async move {
-            futures::future::join_all(all).await;
-        }
-    }
-
-    /// Tells the home relays which devices may see this device's presence and deposit to
-    /// it without a grant: every active device of every contact.
-    pub(crate) fn push_allow_list(&self) {
-        let peers = self.allow_list();
-        for relay in self.home_relays.iter().filter_map(relay_peer) {
-            if !self.relay_up.contains(&relay) {
-                continue;
-            }
-            let net = self.net.clone();
-            let peers = peers.clone();
-            tokio::spawn(async move {
-                if let Err(e) = net.at(relay).set_allow_list(peers).await {
-                    tracing::debug!(%relay, "setting the presence allow-list failed: {e}");
-                }
-            });
-        }
-    }
-
-    fn devices_at(&self, relay: PeerId) -> Vec<PeerId> {
-        let mut peers = HashSet::new();
-        for c in self.contacts.values() {
-            if c.relay_peers().contains(&relay) {
-                for (d, _) in c.devices() {
-                    if let Some(p) = device_peer(&d) {
-                        peers.insert(p);
-                    }
-                }
-            }
-        }
-        peers.into_iter().collect()
-    }
-
-    /// Subscribes at `relay` to the presence of the contact devices homed there.
-    pub(crate) fn subscribe_presence(&self, relay: PeerId) {
-        let peers = self.devices_at(relay);
-        if peers.is_empty() {
-            return;
-        }
-        let net = self.net.clone();
-        let tx = self.internal.clone();
-        tokio::spawn(async move {
-            match net.at(relay).subscribe(peers).await {
-                Ok(entries) => {
-                    let _ = tx.send(Internal::Presence(entries)).await;
-                }
-                Err(e) => tracing::debug!(%relay, "presence subscription failed: {e}"),
-            }
-        });
-    }
-
-    fn presence_of(&self, id: &str) -> PresenceInfo {
-        let c = &self.contacts[id];
-        let mut best: Option<&presence::Entry> = None;
-        for (d, _) in c.devices() {
-            if let Some(e) = device_peer(&d).and_then(|p| self.presence.get(&p)) {
-                let better = match best {
-                    None => true,
-                    Some(b) => {
-                        state_rank(e.state) > state_rank(b.state)
-                            || (e.state == b.state && e.last_seen_ms > b.last_seen_ms)
-                    }
-                };
-                if better {
-                    best = Some(e);
-                }
-            }
-        }
-        PresenceInfo {
-            user_id: id.to_owned(),
-            name: c.contact.display_name.clone(),
-            state: state_name(best.map_or(State::Unknown, |e| e.state)).into(),
-            last_seen: best.and_then(|e| e.last_seen_ms),
-        }
-    }
-
-    pub(crate) fn on_presence(&mut self, entries: Vec<presence::Entry>) {
-        let mut changed = HashSet::new();
-        for e in entries {
-            if let Some(user) = self.device_owner.get(&e.peer) {
-                changed.insert(user.clone());
-                if matches!(e.state, State::Online | State::Away) {
-                    self.maybe_dial(e.peer, user.clone());
-                }
-            }
-            self.presence.insert(e.peer, e);
-        }
-        for user in changed {
-            let presence = self.presence_of(&user);
-            self.emit(Event::Presence { presence });
-        }
-    }
-
-    /// An online contact device we have no connection to: dial it through its relay so
-    /// messages can go direct (DCUtR upgrades the circuit where NAT allows).
-    fn maybe_dial(&self, peer: PeerId, user: String) {
-        if !self.direct {
-            return;
-        }
-        let Some(relay) = self
-            .contacts
-            .get(&user)
-            .and_then(|c| c.relays.first().cloned())
-        else {
-            return;
-        };
-        let net = self.net.clone();
-        tokio::spawn(async move {
-            if !net.is_connected(peer).await {
-                let _ = net.dial_via(peer, relay).await;
-            }
-        });
-    }
-
-    pub(crate) async fn query_presence(
-        &mut self,
-        contact: Option<&str>,
-    ) -> Result<Vec<PresenceInfo>, NodeError> {
-        let ids: Vec<String> = match contact {
-            Some(c) => vec![self.resolve(c)?],
-            None => {
-                let mut ids: Vec<String> = self.contacts.keys().cloned().collect();
-                ids.sort();
-                ids
-            }
-        };
-        let mut by_relay: HashMap<PeerId, Vec<PeerId>> = HashMap::new();
-        for id in &ids {
-            let c = &self.contacts[id];
-            for relay in c.relay_peers() {
-                for (d, _) in c.devices() {
-                    if let Some(p) = device_peer(&d) {
-                        by_relay.entry(relay).or_default().push(p);
-                    }
-                }
-            }
-        }
-        for (relay, peers) in by_relay {
-            match self.net.at(relay).query(peers).await {
-                Ok(entries) => {
-                    for e in entries {
-                        self.presence.insert(e.peer, e);
-                    }
-                }
-                Err(e) => tracing::debug!(%relay, "presence query failed: {e}"),
-            }
-        }
-        Ok(ids.iter().map(|id| self.presence_of(id)).collect())
     }
 }
 
@@ -685,18 +483,4 @@ async fn fetch_link_list(
         relays: vec![link.relay],
         device_list,
     })
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim().as_bytes();
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.chunks_exact(2)
-        .map(|p| {
-            let hi = (p[0] as char).to_digit(16)?;
-            let lo = (p[1] as char).to_digit(16)?;
-            u8::try_from(hi * 16 + lo).ok()
-        })
-        .collect()
 }

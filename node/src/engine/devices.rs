@@ -14,7 +14,6 @@ use crate::{
         confirm::{self, Confirmation},
     },
     error::NodeError,
-    home::now_ms,
     net::rpc,
     types::DeviceInfo,
 };
@@ -42,8 +41,9 @@ const REFRESH_MIN_GAP: std::time::Duration = std::time::Duration::from_secs(5);
 impl Engine {
     /// Whether this user has other active devices.
     pub(crate) fn own_other_devices(&self) -> bool {
-        let me = self.keys.device.device_id();
-        self.keys
+        let me = self.me.keys.device.device_id();
+        self.me
+            .keys
             .device_list
             .list()
             .active()
@@ -53,21 +53,21 @@ impl Engine {
     /// Makes this user reachable like any other known user (own other devices get sync
     /// copies through the same paths as contacts' devices).
     pub(crate) fn refresh_me(&mut self) {
-        let list = self.keys.device_list.clone();
+        let list = self.me.keys.device_list.clone();
         let state = ContactState {
             contact: Contact {
-                user_id: self.user_hex.clone(),
-                display_name: self.config.name.clone(),
+                user_id: self.me.user_hex.clone(),
+                display_name: self.me.config.name.clone(),
                 verified: true,
-                identity_key: self.keys.identity.public().as_bytes().to_vec(),
+                identity_key: self.me.keys.identity.public().as_bytes().to_vec(),
                 device_list: Some(list.as_bytes().to_vec()),
                 device_list_version: list.list().version,
-                relays: self.home_relays.iter().map(ToString::to_string).collect(),
+                relays: self.home_relay_addrs(),
             },
             list: Some(list),
-            relays: self.home_relays.clone(),
+            relays: self.relays.home_relays.clone(),
         };
-        self.peers.insert(self.user_hex.clone(), state);
+        self.people.peers.insert(self.me.user_hex.clone(), state);
         self.rebuild_device_owner();
     }
 
@@ -80,10 +80,10 @@ impl Engine {
             crate::types::LinkState::Unconfirmed
         };
         // A later link of the same device (a new code) has its own wait.
-        if self.link_states.get(&device) == Some(&crate::types::LinkState::Confirmed) {
+        if self.me.link_states.get(&device) == Some(&crate::types::LinkState::Confirmed) {
             return;
         }
-        self.link_states.insert(device.clone(), link);
+        self.me.link_states.insert(device.clone(), link);
         self.emit(crate::types::Event::DeviceLink {
             device_id: device,
             link,
@@ -92,8 +92,9 @@ impl Engine {
 
     /// The user's devices.
     pub(crate) fn devices(&self) -> Vec<DeviceInfo> {
-        let me = self.keys.device.device_id();
-        self.keys
+        let me = self.me.keys.device.device_id();
+        self.me
+            .keys
             .device_list
             .list()
             .active()
@@ -106,6 +107,7 @@ impl Engine {
                     created_at: c.created_at,
                     words: None,
                     link: self
+                        .me
                         .link_states
                         .get(&e.device_id().to_peer_id_string())
                         .copied(),
@@ -124,10 +126,10 @@ impl Engine {
         let id = req.device_id();
         let peer = device_peer(&id)
             .ok_or_else(|| NodeError::BadRequest("the code's device id is not a key".into()))?;
-        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
-        let list = self.keys.device_list.list().clone();
+        let now_secs = self.clock.now_secs();
+        let list = self.me.keys.device_list.list().clone();
         let provision_key = req.provision.into_array();
-        if id == self.keys.device.device_id() {
+        if id == self.me.keys.device.device_id() {
             return Err(NodeError::BadRequest(
                 "that code names this device itself".into(),
             ));
@@ -137,7 +139,7 @@ impl Engine {
             // again. Any other code naming a listed device is refused: it would get the
             // identity secret without a device being added.
             Some(e) if e.is_active() => {
-                if self.linked.get(&peer.to_string()) != Some(&provision_key) {
+                if self.me.linked.get(&peer.to_string()) != Some(&provision_key) {
                     return Err(NodeError::BadRequest(
                         "that device is already linked; to link a device again, run `tern device link` on it for a new code".into(),
                     ));
@@ -152,10 +154,10 @@ impl Engine {
             }
             None => {
                 let certificate = SignedDeviceCertificate::sign(
-                    &self.keys.identity,
+                    &self.me.keys.identity,
                     DeviceCertificate {
-                        user_id: self.user,
-                        identity_key: self.keys.identity.public(),
+                        user_id: self.me.user,
+                        identity_key: self.me.keys.identity.public(),
                         device_id: id,
                         curve25519: req.curve25519.into_array(),
                         ed25519: req.ed25519.into_array(),
@@ -165,12 +167,12 @@ impl Engine {
                 )
                 .map_err(|e| NodeError::Crypto(e.to_string()))?;
                 let next = list.with_device(certificate.clone(), now_secs)?;
-                let signed = next.sign(&self.keys.identity)?;
+                let signed = next.sign(&self.me.keys.identity)?;
                 // The list is stored before anything leaves: a crash after the deposit can
                 // never leave a device this one does not list.
                 self.store
                     .transaction(|tx| tx.save_own_device_list(next.version, signed.as_bytes()))?;
-                self.keys.device_list = signed;
+                self.me.keys.device_list = signed;
                 self.refresh_me();
                 self.publish_own_list().await;
                 self.announce_list();
@@ -201,7 +203,7 @@ impl Engine {
                 plain.len()
             )));
         }
-        self.linked.insert(peer.to_string(), provision_key);
+        self.me.linked.insert(peer.to_string(), provision_key);
         let (sealed, check) = provision::seal_to_checked(&provision_key, &plain)
             .map_err(|e| NodeError::Crypto(e.to_string()))?;
         // Shown only once the record is deposited: whoever reads them off this screen can
@@ -210,7 +212,7 @@ impl Engine {
             &check,
             &provision_key,
             &id,
-            self.keys.identity.public().as_bytes(),
+            self.me.keys.identity.public().as_bytes(),
         );
         let confirmation = Confirmation::derive(&check, &id)?;
         drop(check);
@@ -235,7 +237,8 @@ impl Engine {
             return Err(last);
         };
         // The new device confirms at the same relay once its user took this record.
-        self.link_states
+        self.me
+            .link_states
             .insert(peer.to_string(), crate::types::LinkState::Waiting);
         let tx = self.internal.clone();
         let device = peer.to_string();
@@ -274,21 +277,23 @@ impl Engine {
         Ok(Bundle {
             v: LINK_VERSION,
             identity: ByteBuf::from(
-                self.keys
+                self.me
+                    .keys
                     .identity
                     .to_secret_bytes()
                     .map_err(|e| NodeError::Crypto(e.to_string()))?
                     .to_vec(),
             ),
-            name: self.config.name.clone(),
-            relays: self.home_relays.iter().map(ToString::to_string).collect(),
+            name: self.me.config.name.clone(),
+            relays: self.home_relay_addrs(),
             certificate: ByteBuf::from(
                 certificate
                     .to_bytes()
                     .map_err(|e| NodeError::Crypto(e.to_string()))?,
             ),
-            device_list: ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
+            device_list: ByteBuf::from(self.me.keys.device_list.as_bytes().to_vec()),
             contacts: self
+                .people
                 .contacts
                 .values()
                 .map(|c| BundleContact {
@@ -313,7 +318,7 @@ impl Engine {
     /// What an identity backup holds (see [`crate::backup`]): [`Engine::bundle`] with this
     /// device's certificate. Sealing it (Argon2id) is left to the caller, off the engine.
     pub(crate) fn backup_bundle(&self) -> Result<Bundle, NodeError> {
-        self.bundle(&self.keys.certificate)
+        self.bundle(&self.me.keys.certificate)
     }
 
     /// The newest messages of the most recently active conversations, oldest first, for a
@@ -336,7 +341,7 @@ impl Engine {
     /// Asks for device lists to be fetched again soon (mail from an unknown device): at
     /// most every [`REFRESH_MIN_GAP`].
     pub(crate) fn want_device_lists(&mut self) {
-        self.lists_due = true;
+        self.lists.lists_due = true;
     }
 
     /// Fetches the device list of every known user (contacts, group members, this user)
@@ -344,27 +349,29 @@ impl Engine {
     /// device is then addressed, a removed one no more. Mail kept for unknown devices is
     /// fetched again afterwards.
     pub(crate) fn refresh_device_lists(&mut self) {
-        if !self.lists_due
+        if !self.lists.lists_due
             || self
+                .lists
                 .lists_fetched
                 .is_some_and(|t| t.elapsed() < REFRESH_MIN_GAP)
         {
             return;
         }
-        self.lists_due = false;
-        self.lists_fetched = Some(std::time::Instant::now());
+        self.lists.lists_due = false;
+        self.lists.lists_fetched = Some(self.clock.now());
         // Fetched in a task, a few at a time, so a big group never stalls the engine; the
         // results come back as `Internal::DeviceLists`.
         let targets: Vec<(String, PeerId, [u8; 16])> = self
+            .people
             .contacts
             .iter()
-            .chain(self.peers.iter())
+            .chain(self.people.peers.iter())
             .filter_map(|(user, state)| {
                 let ub = tern_crypto::UserId::from_hex(user)?;
                 let relay = state
                     .relay_peers()
                     .into_iter()
-                    .find(|r| self.relay_up.contains(r))?;
+                    .find(|r| self.relays.relay_up.contains(r))?;
                 Some((user.clone(), relay, *ub.as_bytes()))
             })
             .collect();
@@ -423,11 +430,11 @@ impl Engine {
     /// adds itself (and any device it lists that the other does not) on top of it, signs the
     /// successor, publishes and announces it. Returns whether the own list changed.
     fn rebase_own_list(&mut self, theirs: &SignedDeviceList) -> Result<bool, NodeError> {
-        if self.revoked {
+        if self.me.revoked {
             return Ok(false);
         }
-        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
-        let mine = self.keys.device_list.list().clone();
+        let now_secs = self.clock.now_secs();
+        let mine = self.me.keys.device_list.list().clone();
         let mut merged = theirs.list().clone();
         for e in mine.active() {
             if merged.entry(&e.device_id()).is_none() {
@@ -436,17 +443,18 @@ impl Engine {
         }
         // Past both versions, so every holder of either takes it as a successor.
         merged.version = merged.version.max(mine.version.saturating_add(1));
-        let signed = merged.sign(&self.keys.identity)?;
+        let signed = merged.sign(&self.me.keys.identity)?;
         self.store
             .transaction(|tx| tx.save_own_device_list(merged.version, signed.as_bytes()))?;
         tracing::info!(
             version = merged.version,
             "this device was missing from this user's list at a relay; added itself on top of it"
         );
-        self.keys.device_list = signed;
+        self.me.keys.device_list = signed;
         self.refresh_me();
-        let bytes = self.keys.device_list.as_bytes().to_vec();
+        let bytes = self.me.keys.device_list.as_bytes().to_vec();
         for relay in self
+            .relays
             .home_relays
             .iter()
             .filter_map(relay_peer)
@@ -463,10 +471,11 @@ impl Engine {
         self.announce_list();
         // Relays that refused this device's prekeys (it was not in the list they held) take
         // them now.
-        self.setup_pending
-            .extend(self.home_relays.iter().filter_map(relay_peer));
-        self.setup_soon = true;
-        self.announce_own_due = true;
+        self.relays
+            .setup_pending
+            .extend(self.relays.home_relays.iter().filter_map(relay_peer));
+        self.relays.setup_soon = true;
+        self.lists.announce_own_due = true;
         Ok(true)
     }
 
@@ -489,9 +498,13 @@ impl Engine {
         {
             // Signed by another identity key: a reinstall, or someone posing as the contact.
             // Never taken silently: sending is blocked until the user accepts a new link.
-            if self.contacts.contains_key(user) && !self.pending_identity.contains_key(user) {
+            if self.people.contacts.contains_key(user)
+                && !self.people.pending_identity.contains_key(user)
+            {
                 tracing::warn!(%user, "a relay holds a device list under a different identity key");
-                self.pending_identity.insert(user.to_owned(), String::new());
+                self.people
+                    .pending_identity
+                    .insert(user.to_owned(), String::new());
                 self.save_pending_identity()?;
                 self.emit(crate::types::Event::IdentityChanged {
                     user_id: user.to_owned(),
@@ -499,7 +512,12 @@ impl Engine {
             }
             return Ok(false);
         }
-        if user == self.user_hex && next.list().entry(&self.keys.device.device_id()).is_none() {
+        if user == self.me.user_hex
+            && next
+                .list()
+                .entry(&self.me.keys.device.device_id())
+                .is_none()
+        {
             return self.rebase_own_list(&next);
         }
         if let Some(current) = &state.list {
@@ -534,10 +552,10 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        if user == self.user_hex {
+        if user == self.me.user_hex {
             self.store
                 .transaction(|tx| tx.save_own_device_list(next.list().version, next.as_bytes()))?;
-            self.keys.device_list = next;
+            self.me.keys.device_list = next;
             self.refresh_me();
             if !revoked.is_empty() {
                 self.on_devices_revoked(user, &revoked)?;
@@ -553,15 +571,15 @@ impl Engine {
             list: Some(next),
             relays: state.relays.clone(),
         };
-        if self.contacts.contains_key(user) {
-            let now = now_ms();
+        if self.people.contacts.contains_key(user) {
+            let now = self.clock.now_ms();
             self.store
                 .transaction(|tx| tx.save_contact(&contact, now))?;
-            self.contacts.insert(user.to_owned(), new_state);
+            self.people.contacts.insert(user.to_owned(), new_state);
         } else {
             self.store
                 .transaction(|tx| tx.save_group_peer(user, &bytes))?;
-            self.peers.insert(user.to_owned(), new_state);
+            self.people.peers.insert(user.to_owned(), new_state);
         }
         if !revoked.is_empty() {
             self.on_devices_revoked(user, &revoked)?;

@@ -14,7 +14,6 @@ use super::{Engine, Internal, device_peer, grants, lanes, send};
 use crate::{
     consts::OUTBOX_BATCH,
     error::NodeError,
-    home::now_ms,
     net::{NetError, rpc},
     types::Event,
 };
@@ -35,7 +34,7 @@ impl Engine {
     /// Starts the group fan-outs that are due (`all`: every one, backoff or not): the due
     /// fan-out rows of each message go together, with its shared payload.
     pub(crate) fn dispatch_fanouts(&mut self, all: bool) {
-        let now = if all { i64::MAX } else { now_ms() };
+        let now = if all { i64::MAX } else { self.clock.now_ms() };
         let due = match self.store.due_fanout(now, OUTBOX_BATCH) {
             Ok(d) => d,
             Err(e) => {
@@ -84,7 +83,7 @@ impl Engine {
         }
         let recipients: Vec<(String, String)> = recipients
             .into_iter()
-            .filter(|(_, d)| self.fan_in_flight.insert((id, d.clone())))
+            .filter(|(_, d)| self.outbox.fan_in_flight.insert((id, d.clone())))
             .collect();
         if recipients.is_empty() {
             return;
@@ -169,7 +168,7 @@ impl Engine {
         attempts: u32,
         results: Vec<(String, Result<(), NetError>)>,
     ) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut remaining = None;
         let went: Vec<String> = results
             .iter()
@@ -196,7 +195,7 @@ impl Engine {
             Ok(())
         });
         for (dev, r) in &results {
-            self.fan_in_flight.remove(&(id, dev.clone()));
+            self.outbox.fan_in_flight.remove(&(id, dev.clone()));
             if let Err(e) = r
                 && e.code() == Some(tern_relay::wire::ErrorCode::NoGrant)
             {

@@ -30,7 +30,6 @@ use tern_relay::wire::mailbox;
 use crate::{
     envelope::Body,
     error::NodeError,
-    home::now_ms,
     types::{MailboxInfo, MailboxSender},
 };
 
@@ -119,11 +118,11 @@ impl Engine {
     /// At most [`mailbox::MAX_GRANTS`] (this user and contacts first): past that, members of
     /// shared groups who are not contacts deposit as introductions.
     fn granted_users(&self) -> BTreeSet<String> {
-        let mut users: BTreeSet<String> = std::iter::once(self.user_hex.clone())
-            .chain(self.contacts.keys().cloned())
+        let mut users: BTreeSet<String> = std::iter::once(self.me.user_hex.clone())
+            .chain(self.people.contacts.keys().cloned())
             .take(mailbox::MAX_GRANTS)
             .collect();
-        for u in self.peers.keys() {
+        for u in self.people.peers.keys() {
             if users.len() >= mailbox::MAX_GRANTS {
                 break;
             }
@@ -136,8 +135,8 @@ impl Engine {
     /// the current one (`force`: at `only` whatever it holds).
     pub(crate) fn push_grants(&mut self, only: Option<PeerId>) {
         let users = self.granted_users();
-        for relay in self.home_relays.iter().filter_map(relay_peer) {
-            if !self.relay_up.contains(&relay) || only.is_some_and(|o| o != relay) {
+        for relay in self.relays.home_relays.iter().filter_map(relay_peer) {
+            if !self.relays.relay_up.contains(&relay) || only.is_some_and(|o| o != relay) {
                 continue;
             }
             if only.is_none()
@@ -146,7 +145,7 @@ impl Engine {
                         .grants
                         .retry_at
                         .get(&relay)
-                        .is_some_and(|t| Instant::now() < *t))
+                        .is_some_and(|t| self.clock.now() < *t))
             {
                 continue;
             }
@@ -178,8 +177,8 @@ impl Engine {
     /// Asks every connected home relay how full this device's mailbox is (answered as
     /// [`super::Internal::Usage`]).
     pub(crate) fn ask_usage(&self) {
-        for relay in self.home_relays.iter().filter_map(relay_peer) {
-            if !self.relay_up.contains(&relay) {
+        for relay in self.relays.home_relays.iter().filter_map(relay_peer) {
+            if !self.relays.relay_up.contains(&relay) {
                 continue;
             }
             let net = self.net.clone();
@@ -197,7 +196,9 @@ impl Engine {
 
     /// A home relay said how full this device's mailbox is.
     pub(crate) fn on_usage(&mut self, relay: PeerId, usage: mailbox::Usage) {
-        self.grants.usage.insert(relay, (usage, now_ms()));
+        self.grants
+            .usage
+            .insert(relay, (usage, self.clock.now_ms()));
     }
 
     /// The mailbox at `relay` as `status` shows it: totals, limits, and who fills it by name
@@ -208,7 +209,7 @@ impl Engine {
         let name_of = |user: &str| {
             self.known(user)
                 .map(|c| c.contact.display_name.clone())
-                .or_else(|| (user == self.user_hex).then(|| "this user".to_owned()))
+                .or_else(|| (user == self.me.user_hex).then(|| "this user".to_owned()))
         };
         let mut by_sender: Vec<MailboxSender> = u
             .grants
@@ -225,7 +226,7 @@ impl Engine {
                 }
             })
             .chain(u.senders.iter().map(|(p, f)| {
-                let user = self.device_owner.get(p).cloned();
+                let user = self.people.device_owner.get(p).cloned();
                 MailboxSender {
                     kind: "device".into(),
                     name: user.as_deref().and_then(name_of),
@@ -257,7 +258,7 @@ impl Engine {
         self.grants.registered.remove(&relay);
         self.grants
             .retry_at
-            .insert(relay, Instant::now() + GRANT_RETRY);
+            .insert(relay, self.clock.now() + GRANT_RETRY);
     }
 
     /// A pairwise envelope from `device` carried its grant for this user.
@@ -266,7 +267,7 @@ impl Engine {
         if !self.grants.is_new(device, &g) {
             return;
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match self
             .store
             .transaction(|tx| tx.set_held_grant(device, &grant, now))
@@ -293,7 +294,7 @@ impl Engine {
     /// Mail from `user` came as an introduction: it holds no grant of this device (or an
     /// old one). Send it one, unless one went lately.
     pub(crate) fn offer_grant(&mut self, user: &str) {
-        let now = Instant::now();
+        let now = self.clock.now();
         if self
             .grants
             .offered

@@ -13,8 +13,6 @@
 //! stores each message it does not hold yet and reports progress (`history` events and
 //! `status.history`).
 
-use std::time::Instant;
-
 use serde_bytes::{ByteArray, ByteBuf};
 use tern_crypto::DeviceId;
 use tern_store::{ConversationKind, Message};
@@ -24,7 +22,6 @@ use crate::{
     device_link::BundleMessage,
     envelope::{Body, Conversation, Envelope, MAX_HISTORY_CHUNK_MESSAGES},
     error::NodeError,
-    home::now_ms,
     types::{Event, HistoryInfo, HistorySending},
 };
 
@@ -73,9 +70,9 @@ pub(crate) fn bundle_message(
 impl Engine {
     /// Owes `device` (just linked) the whole history held now.
     pub(crate) fn owe_history(&mut self, device: &str) -> Result<(), NodeError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| tx.owe_history(device, now))?;
-        self.history_due = true;
+        self.handover.history_due = true;
         Ok(())
     }
 
@@ -83,7 +80,12 @@ impl Engine {
     /// room. A device that cannot be reached yet (not up, no prekey) is tried again after a
     /// backoff.
     pub(crate) async fn export_history(&mut self) {
-        if !self.history_due || self.history_retry.is_some_and(|t| t > Instant::now()) {
+        if !self.handover.history_due
+            || self
+                .handover
+                .history_retry
+                .is_some_and(|t| t > self.clock.now())
+        {
             return;
         }
         let owed = match self.store.history_owed() {
@@ -94,7 +96,7 @@ impl Engine {
             }
         };
         if owed.is_empty() {
-            self.history_due = false;
+            self.handover.history_due = false;
             return;
         }
         let mut failed = false;
@@ -105,11 +107,12 @@ impl Engine {
             }
         }
         if failed {
-            self.history_attempts = self.history_attempts.saturating_add(1);
-            self.history_retry = Some(Instant::now() + super::send::backoff(self.history_attempts));
+            self.handover.history_attempts = self.handover.history_attempts.saturating_add(1);
+            self.handover.history_retry =
+                Some(self.clock.now() + super::send::backoff(self.handover.history_attempts));
         } else {
-            self.history_attempts = 0;
-            self.history_retry = None;
+            self.handover.history_attempts = 0;
+            self.handover.history_retry = None;
         }
     }
 
@@ -120,6 +123,7 @@ impl Engine {
             return Ok(());
         };
         if !self
+            .me
             .keys
             .device_list
             .list()
@@ -135,10 +139,11 @@ impl Engine {
         if queued >= HISTORY_LANE_WINDOW {
             return Ok(());
         }
-        let me = self.user_hex.clone();
+        let me = self.me.user_hex.clone();
         // The session with the new device, set up (its prekey claimed) only the first time:
         // other own devices are not asked for on every round.
         let curve = self
+            .me
             .keys
             .device_list
             .list()
@@ -204,13 +209,13 @@ impl Engine {
             let env = Envelope {
                 id: ByteArray::new(random_id()?),
                 conversation: Conversation::Direct {
-                    to: ByteArray::new(*self.user.as_bytes()),
+                    to: ByteArray::new(*self.me.user.as_bytes()),
                 },
-                sender_user: ByteArray::new(*self.user.as_bytes()),
-                sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+                sender_user: ByteArray::new(*self.me.user.as_bytes()),
+                sender_device: ByteArray::new(*self.me.keys.device.device_id().as_bytes()),
                 lamport: 0,
                 seq: 0,
-                sent_at_ms: now_ms(),
+                sent_at_ms: self.clock.now_ms(),
                 body: Body::History {
                     messages: chunk,
                     sent,
@@ -232,7 +237,7 @@ impl Engine {
                 &mut pickles,
             )?;
             let updates = super::send::crypto_updates(&pickles);
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let device = owed.device.clone();
             self.store.transaction(|tx| -> Result<(), NodeError> {
                 tx.apply_crypto(&updates, now)?;
@@ -258,7 +263,7 @@ impl Engine {
         (sent, total): (u64, u64),
         save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
     ) -> Result<(), NodeError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             save(tx)?;
             for m in messages {
@@ -267,9 +272,9 @@ impl Engine {
             }
             Ok(())
         })?;
-        self.history_in = (sent.max(self.history_in.0), total);
+        self.handover.history_in = (sent.max(self.handover.history_in.0), total);
         self.emit(Event::History {
-            received: self.history_in.0,
+            received: self.handover.history_in.0,
             total,
         });
         Ok(())
@@ -278,8 +283,8 @@ impl Engine {
     /// What `status` shows of moving history.
     pub(crate) fn history_info(&self) -> Result<HistoryInfo, NodeError> {
         Ok(HistoryInfo {
-            received: self.history_in.0,
-            total: self.history_in.1,
+            received: self.handover.history_in.0,
+            total: self.handover.history_in.1,
             sending: self
                 .store
                 .history_owed()?

@@ -14,10 +14,9 @@ use libp2p::PeerId;
 use tern_crypto::DeviceId;
 use tern_relay::wire::ErrorCode;
 
-use super::{Engine, Internal, device_peer};
+use super::{Engine, Internal, courier::Route, device_peer};
 use crate::{
     consts::{LANE_BATCH, MAX_LANES_IN_FLIGHT, OUTBOX_BATCH, RETRY_MAX},
-    home::now_ms,
     net::{NetError, rpc},
     types::Event,
 };
@@ -36,10 +35,10 @@ pub(crate) struct LaneDone {
 impl Engine {
     /// Starts the lanes whose first row is due (`all`: every lane, backoff or not).
     pub(crate) fn dispatch_lanes(&mut self, all: bool) {
-        if self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
+        if self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
             return;
         }
-        let now = if all { i64::MAX } else { now_ms() };
+        let now = if all { i64::MAX } else { self.clock.now_ms() };
         let due = match self.store.due_lanes(now, OUTBOX_BATCH) {
             Ok(d) => d,
             Err(e) => {
@@ -48,7 +47,7 @@ impl Engine {
             }
         };
         for device in due {
-            if self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
+            if self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
                 break;
             }
             self.start_lane(&device, None);
@@ -58,7 +57,7 @@ impl Engine {
     /// Starts the lanes of the devices rows were just queued for, if they are idle. A lane
     /// whose first row waits for its backoff stays waiting (the new rows are behind it).
     pub(crate) fn kick_lanes_for(&mut self, deliveries: &[tern_store::Delivery]) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for d in deliveries {
             self.start_lane(&d.recipient_device, Some(now));
         }
@@ -69,8 +68,8 @@ impl Engine {
     pub(crate) fn start_lane(&mut self, device: &str, due_at: Option<i64>) {
         // Inside a store batch the rows are not durable yet: nothing goes on the wire until
         // it commits (the batch's owner dispatches then).
-        if self.lanes_busy.contains(device)
-            || self.lanes_busy.len() >= MAX_LANES_IN_FLIGHT
+        if self.outbox.lanes_busy.contains(device)
+            || self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT
             || self.store.in_batch()
         {
             return;
@@ -104,18 +103,21 @@ impl Engine {
             .known(&head.delivery.recipient_user)
             .map(|c| c.relay_peers())
             .unwrap_or_default();
-        let grant = self.grants.held(device);
-        self.lanes_busy.insert(device.to_owned());
-        let net = self.net.clone();
+        let route = Route {
+            peer,
+            relays,
+            direct: self.relays.direct,
+            grant: self.grants.held(device),
+        };
+        self.outbox.lanes_busy.insert(device.to_owned());
+        let courier = self.courier.clone();
         let tx = self.internal.clone();
-        let direct = self.direct;
         let device = device.to_owned();
         tokio::spawn(async move {
             let mut acked = Vec::with_capacity(rows.len());
             let mut failed = None;
             for row in rows {
-                let payload = row.delivery.payload;
-                match deliver(&net, peer, &relays, payload, direct, grant.as_ref()).await {
+                match courier.deliver(route.clone(), row.delivery.payload).await {
                     Ok(()) => acked.push(row.row),
                     Err(e) => {
                         failed = Some((row.row, row.attempts, e));
@@ -138,7 +140,7 @@ impl Engine {
     /// for its backoff or the relay's `retry_after`, all in one transaction; then the lanes
     /// that were not stopped go on at once.
     pub(crate) fn on_lanes_done(&mut self, results: Vec<LaneDone>) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut acked = Vec::new();
         let mut retries = Vec::new();
         let mut go_on = Vec::new();
@@ -148,7 +150,7 @@ impl Engine {
             failed,
         } in results
         {
-            self.lanes_busy.remove(&device);
+            self.outbox.lanes_busy.remove(&device);
             acked.extend(rows);
             match failed {
                 Some((row, attempts, e)) => {

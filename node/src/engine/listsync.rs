@@ -21,18 +21,17 @@
 //! - A message whose sender's own list is newer than the one held here makes this device
 //!   fetch that list from the sender's relays ([`Engine::want_list_of`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_bytes::{ByteArray, ByteBuf};
 use tern_crypto::DeviceId;
 use tern_store::MessageId;
 
-use super::{Engine, Internal, relay_peer, send::crypto_updates};
+use super::{Engine, Internal, relay_peer};
 use crate::{
-    consts::{MAX_RECEIPT_IDS, OUTBOX_BATCH},
+    consts::MAX_RECEIPT_IDS,
     envelope::{Body, Conversation, Envelope, ListMark, ListVersions},
     error::NodeError,
-    home::now_ms,
 };
 
 /// A user's device list is fetched for a newer `from` mark at most this often.
@@ -61,14 +60,14 @@ impl Engine {
                 .and_then(|u| self.known(u))
                 .and_then(|s| s.list.as_ref())
                 .map(|l| mark(l.list())),
-            from: mark(self.keys.device_list.list()),
+            from: mark(self.me.keys.device_list.list()),
         }
     }
 
     /// This user's current signed device list as a message body, naming no texts.
     pub(crate) fn own_list_body(&self) -> Body {
         Body::DeviceList {
-            list: ByteBuf::from(self.keys.device_list.as_bytes().to_vec()),
+            list: ByteBuf::from(self.me.keys.device_list.as_bytes().to_vec()),
             stale: Vec::new(),
             missed: Vec::new(),
         }
@@ -86,7 +85,7 @@ impl Engine {
         let Some(marks) = env.lists else {
             return Ok(());
         };
-        let me = user == self.user_hex;
+        let me = user == self.me.user_hex;
         if self
             .known(user)
             .and_then(|s| s.list.as_ref())
@@ -97,11 +96,11 @@ impl Engine {
         // What the sender took this user's list to be: its own list, when it is one of this
         // user's devices.
         let seen = if me { Some(marks.from) } else { marks.to };
-        let ours = self.keys.device_list.list();
+        let ours = self.me.keys.device_list.list();
         let Some(seen) = seen.filter(|s| s.version < ours.version) else {
             return Ok(());
         };
-        let own_device = self.keys.device.device_id();
+        let own_device = self.me.keys.device.device_id();
         let missed: Vec<DeviceId> = ours
             .devices
             .iter()
@@ -126,15 +125,15 @@ impl Engine {
                 message_id: MessageId(env.id.into_array()),
                 seen_entries: seen.entries,
             };
-            let now = now_ms();
+            let now = self.clock.now_ms();
             // A failure keeps the message to be read again (it is not stored yet).
             self.store
                 .transaction(|tx| tx.owe_list_answer(&owed, now))?;
-            self.answers_due = true;
+            self.lists.answers_due = true;
             return Ok(());
         }
-        if self.list_answered.get(&key.1) != Some(&version) {
-            self.list_answers.insert(key);
+        if self.lists.list_answered.get(&key.1) != Some(&version) {
+            self.lists.list_answers.insert(key);
         }
         Ok(())
     }
@@ -143,7 +142,7 @@ impl Engine {
     /// list of this user, the current list, with the texts it must send again and the devices
     /// they missed (owed in the store), each chunk settled in the transaction that queues it.
     pub(crate) fn flush_list_answers(&mut self) {
-        let owed = if std::mem::take(&mut self.answers_due) {
+        let owed = if std::mem::take(&mut self.lists.answers_due) {
             match self.store.due_list_answers(MAX_STALE_PENDING as u32) {
                 Ok(o) => o,
                 Err(e) => {
@@ -156,10 +155,11 @@ impl Engine {
         };
         if owed.len() >= MAX_STALE_PENDING {
             // More than one round's worth: the rest goes on the next tick.
-            self.answers_due = true;
+            self.lists.answers_due = true;
         }
-        let mut targets: Vec<(String, String)> =
-            std::mem::take(&mut self.list_answers).into_iter().collect();
+        let mut targets: Vec<(String, String)> = std::mem::take(&mut self.lists.list_answers)
+            .into_iter()
+            .collect();
         for o in &owed {
             let key = (o.user.clone(), o.device.clone());
             if !targets.contains(&key) {
@@ -169,9 +169,9 @@ impl Engine {
         if targets.is_empty() {
             return;
         }
-        let list = ByteBuf::from(self.keys.device_list.as_bytes().to_vec());
-        let ours = self.keys.device_list.list().clone();
-        let own_device = self.keys.device.device_id();
+        let list = ByteBuf::from(self.me.keys.device_list.as_bytes().to_vec());
+        let ours = self.me.keys.device_list.list().clone();
+        let own_device = self.me.keys.device.device_id();
         for (user, device) in targets {
             let Some(target) = DeviceId::from_peer_id_string(&device) else {
                 continue;
@@ -212,11 +212,11 @@ impl Engine {
                     tx.settle_list_answers(&device_key, chunk)
                 }) {
                     tracing::warn!(contact = %user, "answering with the device list failed: {e}");
-                    self.answers_due = true;
+                    self.lists.answers_due = true;
                 }
             }
             tracing::info!(contact = %user, texts = ids.len(), devices = missed.len(), "told a sender of the current device list");
-            self.list_answered.insert(device, ours.version);
+            self.lists.list_answered.insert(device, ours.version);
         }
     }
 
@@ -224,9 +224,10 @@ impl Engine {
     /// session) of this user's current device list.
     pub(crate) fn announce_list(&mut self) {
         let mut users: Vec<String> = self
+            .people
             .contacts
             .keys()
-            .chain(self.peers.keys())
+            .chain(self.people.peers.keys())
             .cloned()
             .collect();
         users.sort();
@@ -243,10 +244,10 @@ impl Engine {
     /// needed (after this device added itself to a list they made: they hold no session with
     /// it yet, so [`Engine::announce_list`] alone would not reach them).
     pub(crate) async fn announce_own(&mut self) {
-        if !std::mem::take(&mut self.announce_own_due) {
+        if !std::mem::take(&mut self.lists.announce_own_due) {
             return;
         }
-        let me = self.user_hex.clone();
+        let me = self.me.user_hex.clone();
         let sessions = match self.sessions_reachable(&me).await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -278,9 +279,9 @@ impl Engine {
             // user's devices, of any direct conversation: sync copies).
             if let Some(m) = self.store.message(id)?
                 && m.own
-                && (user == self.user_hex || m.conversation.0 == user)
+                && (user == self.me.user_hex || m.conversation.0 == user)
                 && m.body.is_user_content()
-                && self.contacts.contains_key(&m.conversation.0)
+                && self.people.contacts.contains_key(&m.conversation.0)
             {
                 owed.push(id);
             }
@@ -289,7 +290,7 @@ impl Engine {
             .iter()
             .map(|d| DeviceId::from_bytes(d.into_array()).to_peer_id_string())
             .collect();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             save(tx)?;
             if !owed.is_empty() && !devices.is_empty() {
@@ -298,7 +299,7 @@ impl Engine {
             Ok(())
         })?;
         if !owed.is_empty() && !devices.is_empty() {
-            self.resync_due = true;
+            self.lists.resync_due = true;
         }
         match self.take_list(user, list.to_vec()) {
             Ok(true) => self.lists_changed(),
@@ -324,10 +325,11 @@ impl Engine {
         let Some(u) = tern_crypto::UserId::from_hex(user) else {
             return Ok(());
         };
-        let me = *self.user.as_bytes();
-        let own_device = self.keys.device.device_id();
+        let me = *self.me.user.as_bytes();
+        let own_device = self.me.keys.device.device_id();
         let groups: Vec<String> = self
             .groups
+            .by_id
             .keys()
             .filter(|g| {
                 self.state(g)
@@ -351,12 +353,12 @@ impl Engine {
                 recent
                     .iter()
                     .filter(|m| {
-                        m.own && m.sender_device == self.device_hex && m.body.is_user_content()
+                        m.own && m.sender_device == self.me.device_hex && m.body.is_user_content()
                     })
                     .map(|m| (m.id, m.sent_at_ms)),
             );
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for (device, created_at) in added {
             let since = i64::try_from(created_at.saturating_sub(GROUP_COPY_SKEW.as_secs()))
                 .unwrap_or(i64::MAX)
@@ -373,7 +375,7 @@ impl Engine {
             self.store
                 .transaction(|tx| tx.owe_resync(user, &key, &ids, now))?;
             tracing::info!(contact = %user, count = ids.len(), "group texts owed to a device linked since they were sent");
-            self.resync_due = true;
+            self.lists.resync_due = true;
         }
         Ok(())
     }
@@ -381,8 +383,9 @@ impl Engine {
     /// Fetches `user`'s device list from their relays soon (a message showed a newer one),
     /// at most every [`LIST_WANT_GAP`] per user.
     pub(crate) fn want_list_of(&mut self, user: &str) {
-        let now = Instant::now();
+        let now = self.clock.now();
         if self
+            .lists
             .list_wanted
             .get(user)
             .is_some_and(|t| now.duration_since(*t) < LIST_WANT_GAP)
@@ -396,147 +399,20 @@ impl Engine {
             return;
         };
         let relays = state.relays.iter().filter_map(relay_peer);
-        let up = relays.clone().find(|r| self.relay_up.contains(r));
+        let up = relays.clone().find(|r| self.relays.relay_up.contains(r));
         let Some(relay) = up.or_else(|| relays.clone().next()) else {
             return;
         };
-        self.list_wanted.insert(user.to_owned(), now);
+        self.lists.list_wanted.insert(user.to_owned(), now);
         self.fetch_lists(
             vec![(user.to_owned(), relay, *ub.as_bytes())],
             |lists, _| Internal::DeviceLists(lists),
         );
     }
 
-    /// Encrypts the owed texts again for the devices that missed them and queues them in
-    /// those devices' lanes: per message, the ratchet states, the rows and the settled debt
-    /// in one transaction. A user whose devices cannot be reached now is tried again after a
-    /// backoff.
-    pub(crate) async fn resync_owed(&mut self) {
-        if !self.resync_due || self.resync_retry.is_some_and(|t| t > Instant::now()) {
-            return;
-        }
-        let due = match self.store.due_resync(OUTBOX_BATCH) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!("reading owed re-encryptions failed: {e}");
-                return;
-            }
-        };
-        if due.is_empty() {
-            self.resync_due = false;
-            self.resync_retry = None;
-            return;
-        }
-        let mut users: Vec<String> = due.iter().map(|o| o.user.clone()).collect();
-        users.sort();
-        users.dedup();
-        let mut failed = false;
-        for user in users {
-            if let Err(e) = self.resync_user(&user, &due).await {
-                tracing::info!(contact = %user, "cannot send texts to new devices yet: {e}");
-                failed = true;
-            }
-        }
-        if failed {
-            self.resync_attempts = self.resync_attempts.saturating_add(1);
-            self.resync_retry = Some(Instant::now() + super::send::backoff(self.resync_attempts));
-        } else {
-            self.resync_attempts = 0;
-            self.resync_retry = None;
-        }
-    }
-
-    async fn resync_user(
-        &mut self,
-        user: &str,
-        due: &[tern_store::OwedResync],
-    ) -> Result<(), NodeError> {
-        let rows: Vec<&tern_store::OwedResync> = due.iter().filter(|o| o.user == user).collect();
-        let active: Vec<DeviceId> = self
-            .known(user)
-            .map(|s| s.devices().into_iter().map(|(d, _)| d).collect())
-            .unwrap_or_default();
-        let (mut sessions, missing) = if active.is_empty() {
-            (Vec::new(), Vec::new())
-        } else {
-            self.sessions_reachable(user).await?
-        };
-        // Devices that cannot be had yet (no prekey: linked but not started) stay owed.
-        let unreachable: Vec<String> = missing.iter().map(|(d, _)| d.to_peer_id_string()).collect();
-        // In the order they were owed, each once.
-        let mut ids: Vec<MessageId> = Vec::new();
-        for o in &rows {
-            if !ids.contains(&o.message_id) {
-                ids.push(o.message_id);
-            }
-        }
-        for id in ids {
-            let wanted: Vec<&str> = rows
-                .iter()
-                .filter(|o| o.message_id == id)
-                .map(|o| o.device.as_str())
-                .collect();
-            let message = self.store.message(id)?;
-            let queued = self.store.queued_devices(id)?;
-            let (mut chosen, rest): (Vec<_>, Vec<_>) = sessions.into_iter().partition(|(d, _)| {
-                let key = d.to_peer_id_string();
-                wanted.contains(&key.as_str()) && !queued.contains(&key)
-            });
-            let encrypted = match &message {
-                Some(m)
-                    if m.own
-                        && !chosen.is_empty()
-                        && self.groups.contains_key(&m.conversation.0) =>
-                {
-                    Some(self.encrypt_group_copy(user, m, &mut chosen))
-                }
-                Some(m) if m.own && !chosen.is_empty() => {
-                    let to = tern_crypto::UserId::from_hex(&m.conversation.0)
-                        .ok_or_else(|| NodeError::UnknownContact(m.conversation.0.clone()));
-                    match to {
-                        Ok(to) => Some(self.encrypt_text(&to, m, &mut chosen)),
-                        Err(e) => Some(Err(e)),
-                    }
-                }
-                // Gone, not own, or no device left to send it to (revoked, already queued).
-                _ => None,
-            };
-            sessions = chosen.into_iter().chain(rest).collect();
-            let (deliveries, pickles) = match encrypted {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(e),
-                None => (Vec::new(), Vec::new()),
-            };
-            let updates = crypto_updates(&pickles);
-            let now = now_ms();
-            self.store.transaction(|tx| -> Result<(), NodeError> {
-                tx.apply_crypto(&updates, now)?;
-                if !deliveries.is_empty() {
-                    tx.add_outbox_rows(id, &deliveries, now)?;
-                }
-                for device in wanted
-                    .iter()
-                    .filter(|d| !unreachable.iter().any(|u| u == *d))
-                {
-                    tx.settle_resync(id, device)?;
-                }
-                Ok(())
-            })?;
-            if !deliveries.is_empty() {
-                tracing::info!(contact = %user, devices = deliveries.len(), "sent a text again to devices linked since");
-                self.recovery.texts_resent += 1;
-            }
-            self.kick_lanes_for(&deliveries);
-        }
-        match missing.into_iter().next() {
-            Some((_, e)) => Err(e),
-            None => Ok(()),
-        }
-    }
-
     /// An own group text as a pairwise copy for `user`'s devices in `sessions`: the group
     /// envelope as it was sent, encrypted over each Olm session.
-    fn encrypt_group_copy(
+    pub(super) fn encrypt_group_copy(
         &self,
         user: &str,
         m: &tern_store::Message,
@@ -570,12 +446,12 @@ impl Engine {
         body: tern_store::Body,
         save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
     ) -> Result<(), NodeError> {
-        let gid: String = group.iter().map(|b| format!("{b:02x}")).collect();
+        let gid = tern_crypto::hex::encode(group.as_ref());
         let member = super::group::user_bytes(user)
             .is_some_and(|u| self.state(&gid).is_ok_and(|s| s.is_member(&u)));
         let title = self.state(&gid).map(|s| s.title.clone()).ok();
-        let now = now_ms();
-        let own = user == self.user_hex;
+        let now = self.clock.now_ms();
+        let own = user == self.me.user_hex;
         let message = tern_store::Message {
             id: MessageId(env.id.into_array()),
             conversation: tern_store::ConversationId(gid.clone()),
@@ -614,7 +490,7 @@ impl Engine {
         if inserted {
             self.observe_lamport(&gid, message.lamport)?;
             self.on_media_message(&message);
-            for shown in self.hold.arrived(&self.store, message, Instant::now())? {
+            for shown in self.hold.arrived(&self.store, message, self.clock.now())? {
                 self.emit(crate::types::Event::Message { message: shown });
             }
         }

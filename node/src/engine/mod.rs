@@ -4,174 +4,49 @@
 //! Store calls are synchronous (SQLCipher); they run inline on this task, which is not the
 //! swarm's task, so the network keeps moving while a transaction commits.
 
+mod clock;
+mod command;
 mod contacts;
+pub(crate) mod courier;
 mod devices;
 mod fanout;
 pub(crate) mod grants;
 pub(crate) mod group;
 mod history;
 pub(crate) mod hold;
+mod home_relays;
 mod lanes;
 mod listsync;
 pub(crate) mod media;
+mod presence;
 pub(crate) mod push;
 mod receive;
 mod recover;
+mod resync;
 mod revoke;
 mod send;
+mod sessions;
+mod state;
+#[cfg(test)]
+mod tests;
+mod views;
 
-pub(crate) use contacts::load_contacts as contacts_load;
+pub(crate) use clock::Clock;
+pub(crate) use command::{Command, GroupCommand};
+pub(crate) use state::{Engine, Setup};
+pub(crate) use views::{message_info, status_name};
 
-use std::collections::{HashMap, HashSet};
-use tern_relay::rpc::Requests as _;
-
-use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
-use tern_crypto::{DeviceId, SignedDeviceList, UserId};
-use tern_relay::wire::presence;
-use tern_store::{Contact, MessageId, Status, Store};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use tern_crypto::{DeviceId, SignedDeviceList};
+use tern_store::{Contact, MessageId, Status};
+use tokio::sync::mpsc;
 
 use crate::{
     consts::{HEARTBEAT_INTERVAL, MAILBOX_POLL, OUTBOX_TICK},
     error::NodeError,
-    home::{self, Home, Keys},
-    net::{self, NetError, rpc},
+    net::{self, NetError},
     types::*,
 };
-
-type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
-
-/// A command from a [`crate::Node`] handle.
-#[derive(Debug)]
-pub(crate) enum Command {
-    Id(Reply<IdInfo>),
-    Link(Reply<LinkInfo>),
-    AddContact {
-        link: String,
-        name: Option<String>,
-        accept_new_key: bool,
-        reply: Reply<AddedContact>,
-    },
-    AcceptIdentity {
-        contact: String,
-        reply: Reply<AddedContact>,
-    },
-    Contacts(Reply<Vec<ContactInfo>>),
-    Send {
-        contact: String,
-        text: String,
-        reply: Reply<MessageInfo>,
-    },
-    History {
-        contact: String,
-        limit: Option<u32>,
-        before: Option<String>,
-        mark_read: bool,
-        reply: Reply<Vec<MessageInfo>>,
-    },
-    Conversations(Reply<Vec<ConversationInfo>>),
-    Presence {
-        contact: Option<String>,
-        reply: Reply<Vec<PresenceInfo>>,
-    },
-    SetStatus {
-        away: bool,
-        reply: Reply<()>,
-    },
-    Status(Reply<StatusInfo>),
-    Search {
-        query: String,
-        reply: Reply<Vec<SearchHitInfo>>,
-    },
-    Safety {
-        contact: String,
-        reply: Reply<SafetyInfo>,
-    },
-    Verify {
-        contact: String,
-        scanned: Option<String>,
-        reply: Reply<ContactInfo>,
-    },
-    Group(GroupCommand),
-    DeviceAdd {
-        code: String,
-        reply: Reply<DeviceInfo>,
-    },
-    Devices(Reply<Vec<DeviceInfo>>),
-    /// Send a file to a contact or a group.
-    FileSend {
-        contact: Option<String>,
-        group: Option<String>,
-        path: String,
-        caption: String,
-        original: bool,
-        reply: Reply<TransferInfo>,
-    },
-    /// Save a message's file (downloading it first if needed).
-    FileGet {
-        message: String,
-        to: Option<String>,
-        reply: Reply<TransferInfo>,
-    },
-    /// The transfers not finished, and those finished lately.
-    Transfers(Reply<Vec<TransferInfo>>),
-    /// Where a message's file is on this device, to decrypt on read.
-    FileOpen {
-        message: String,
-        reply: Reply<crate::media::LocalFile>,
-    },
-    DeviceRevoke {
-        device: String,
-        reply: Reply<DeviceInfo>,
-    },
-    /// What an identity backup holds (sealed by the caller).
-    BackupBundle(Reply<crate::device_link::Bundle>),
-    /// Set, clear or show the push endpoint.
-    Push(push::PushCommand),
-}
-
-/// A group command.
-#[derive(Debug)]
-pub(crate) enum GroupCommand {
-    Create {
-        title: String,
-        members: Vec<String>,
-        reply: Reply<GroupInfo>,
-    },
-    Add {
-        group: String,
-        members: Vec<String>,
-        /// Added as admins.
-        admin: bool,
-        reply: Reply<GroupInfo>,
-    },
-    Remove {
-        group: String,
-        members: Vec<String>,
-        reply: Reply<GroupInfo>,
-    },
-    Leave {
-        group: String,
-        reply: Reply<GroupInfo>,
-    },
-    Info {
-        group: String,
-        reply: Reply<GroupInfo>,
-    },
-    List(Reply<Vec<GroupInfo>>),
-    Send {
-        group: String,
-        text: String,
-        reply: Reply<MessageInfo>,
-    },
-    History {
-        group: String,
-        limit: Option<u32>,
-        before: Option<String>,
-        mark_read: bool,
-        reply: Reply<Vec<MessageInfo>>,
-    },
-}
 
 /// Results of work the engine spawned.
 #[derive(Debug)]
@@ -190,7 +65,7 @@ pub(crate) enum Internal {
         envelopes: Vec<tern_relay::wire::mailbox::Envelope>,
     },
     /// Current presence fetched by a subscription.
-    Presence(Vec<presence::Entry>),
+    Presence(Vec<tern_relay::wire::presence::Entry>),
     /// Device lists fetched from relays: (user, signed list).
     DeviceLists(Vec<(String, Vec<u8>)>),
     /// Device lists of group members not known before, and whether some fetch failed.
@@ -206,6 +81,22 @@ pub(crate) enum Internal {
     },
     /// A home relay holds fewer one-time keys than `ONE_TIME_KEYS_LOW`: top up.
     PrekeysLow,
+    /// A home relay's setup finished (device list, prekeys, live delivery).
+    RelaySetUp {
+        /// The relay.
+        relay: PeerId,
+        /// Every step succeeded.
+        ok: bool,
+        /// How many one-time keys it holds, if the prekeys were published.
+        held: Option<u32>,
+    },
+    /// How many one-time keys a home relay holds, after a refresh bundle was published.
+    PrekeysHeld {
+        /// The relay.
+        relay: PeerId,
+        /// One-time keys it holds.
+        held: u32,
+    },
     /// Push endpoint registrations answered.
     Push(push::Done),
     /// A device this one linked confirmed the record (or the wait ended without it).
@@ -259,222 +150,14 @@ pub(crate) fn peer_device(p: &PeerId) -> Option<DeviceId> {
     DeviceId::from_peer_id_bytes(&p.to_bytes())
 }
 
-/// The engine state.
-pub(crate) struct Engine {
-    pub home: Home,
-    pub store: Store,
-    pub keys: Keys,
-    pub config: home::Config,
-    pub keypair: Keypair,
-    pub user: UserId,
-    pub user_hex: String,
-    pub device_hex: String,
-    pub net: net::Client,
-    pub home_relays: Vec<Multiaddr>,
-    pub relay_up: HashSet<PeerId>,
-    pub contacts: HashMap<String, ContactState>,
-    pub device_owner: HashMap<PeerId, String>,
-    /// Revoked devices of known users, and whose (their messages are refused).
-    pub revoked_devices: HashMap<DeviceId, String>,
-    /// Contacts with an offered, not yet accepted identity key: user → link ("" when the
-    /// change was seen in a relay's device list rather than a link).
-    pub pending_identity: HashMap<String, String>,
-    pub lamport: HashMap<String, u64>,
-    pub seq: HashMap<String, u64>,
-    pub events: broadcast::Sender<Event>,
-    pub internal: mpsc::Sender<Internal>,
-    /// Devices whose lane a task is sending now.
-    pub lanes_busy: HashSet<String>,
-    /// Relays whose mailbox a task is draining now (one drain per relay at a time, so mail
-    /// is taken in the relay's order).
-    pub fetching: HashSet<PeerId>,
-    /// Relays to drain again (mail was left waiting for its predecessors, or a drain was
-    /// asked for while one ran); done on the next outbox tick.
-    pub refetch: HashSet<PeerId>,
-    /// Pairwise messages waiting for earlier messages of their chain: digest → first seen.
-    pub reorder: HashMap<[u8; 16], std::time::Instant>,
-    /// When a resend was last asked of each remote device.
-    pub resend_asked: HashMap<String, std::time::Instant>,
-    /// Losses and their repair since start (shown by `status`).
-    pub recovery: RecoveryInfo,
-    /// Delivered receipts owed per contact since the last outbox tick (sent on it).
-    pub delivered_due: HashMap<String, Vec<MessageId>>,
-    /// (user, device) texts were lost from, and up to which sequence number (`None`: not
-    /// known): asked to send again once the batch is done ([`Engine::ask_resend`]).
-    pub lost: HashMap<(String, String), Option<u64>>,
-    pub away: bool,
-    pub presence: HashMap<PeerId, presence::Entry>,
-    pub inbound_sessions: u32,
-    /// One-time keys may be running low: check at the next tick.
-    pub topup_due: bool,
-    /// Own messages may be waiting for a session (stored before a prekey could be claimed).
-    pub encrypt_pending: bool,
-    /// Per contact with messages waiting for a session: failed attempts, next attempt.
-    pub encrypt_retry: HashMap<String, (u32, std::time::Instant)>,
-    /// Received messages held back for a missing per-sender predecessor.
-    pub hold: hold::HoldBack,
-    pub device_created_ms: i64,
-    pub listen: Vec<Multiaddr>,
-    /// Whether direct connections to contacts are made and used.
-    pub direct: bool,
-    /// Home relays whose connection routine did not complete (retried every heartbeat).
-    pub setup_pending: HashSet<PeerId>,
-    /// Groups by id (hex).
-    pub groups: HashMap<String, group::GroupCtx>,
-    /// Members of shared groups who are not contacts, by user id.
-    pub peers: HashMap<String, ContactState>,
-    /// Some group member's device list is still to be fetched.
-    pub peers_due: bool,
-    /// Group messages may be owed to members who were unreachable when they were sent.
-    pub owed_due: bool,
-    /// Member lookups are running in a task.
-    pub peers_fetching: bool,
-    /// Failed member lookups in a row, and when to try again.
-    pub peers_retry: (u32, std::time::Instant),
-    /// Batched group notifications by conversation.
-    pub notify: HashMap<String, group::Notify>,
-    /// Devices linked by this run, with the provisioning key their record was sealed to: only
-    /// the same code may have the record sent again.
-    pub linked: HashMap<String, [u8; 32]>,
-    /// Where each of those links stands (the new device's confirmation).
-    pub link_states: HashMap<String, crate::types::LinkState>,
-    /// Device lists are to be fetched again.
-    pub lists_due: bool,
-    /// When device lists were last fetched.
-    pub lists_fetched: Option<std::time::Instant>,
-    /// Heartbeats so far (device lists are refreshed every sixth).
-    pub heartbeats: u64,
-    /// Group fan-out rows being delivered: (message, device).
-    pub fan_in_flight: HashSet<(MessageId, String)>,
-    /// Devices (user, device) that encrypted something other than a text for an older list of
-    /// this user: told of the current list on the next tick. (Texts are owed in the store.)
-    pub list_answers: HashSet<(String, String)>,
-    /// Answers naming texts may be owed in the store (`list_answers_due`).
-    pub answers_due: bool,
-    /// The own list version each remote device was last told of (so it is told once).
-    pub list_answered: HashMap<String, u64>,
-    /// When each user's device list was last fetched because a message showed a newer one.
-    pub list_wanted: HashMap<String, std::time::Instant>,
-    /// Texts may be owed to devices linked since they were sent (`resync_due` in the store).
-    pub resync_due: bool,
-    /// Failed rounds of sending owed texts in a row, and when to try again.
-    pub resync_attempts: u32,
-    /// File transfers: their tasks, retries, and the files served to peers.
-    pub media: media::Media,
-    pub resync_retry: Option<std::time::Instant>,
-    /// This device was revoked by another device of the user: it sends nothing any more.
-    pub revoked: bool,
-    /// The signed fallback key this run publishes at every home relay (made by the first
-    /// bundle of the run): one key for all relays, so none serves a discarded one.
-    pub fallback: Option<tern_crypto::prekey::SignedPrekey>,
-    /// History may be owed to a device this one linked (`history_owed` in the store).
-    pub history_due: bool,
-    /// Failed rounds of sending history in a row, and when to try again.
-    pub history_attempts: u32,
-    pub history_retry: Option<std::time::Instant>,
-    /// Moved history received as a new device: (messages so far, messages in all).
-    pub history_in: (u64, u64),
-    /// Home relays' setup is to be retried on the next tick rather than the next heartbeat
-    /// (this device's list changed, so a relay that refused its prekeys now takes them).
-    pub setup_soon: bool,
-    /// This user's other devices are to be told of the own list, sessions set up as needed.
-    pub announce_own_due: bool,
-    /// Deposit grants issued and held.
-    pub grants: grants::Grants,
-    /// Quarantined mail may have a known sender now (read on the next tick).
-    pub quarantine_due: bool,
-    /// The push endpoint and its registration at the home relays.
-    pub push: push::Push,
-}
-
-impl std::fmt::Debug for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("user", &self.user_hex)
-            .finish_non_exhaustive()
-    }
-}
-
-pub(crate) fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Pending => "pending",
-        Status::Sent => "sent",
-        Status::Delivered => "delivered",
-        Status::Read => "read",
-        Status::Failed => "failed",
-        Status::Received => "received",
-    }
-}
-
-pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
-    MessageInfo {
-        id: m.id.to_string(),
-        conversation: m.conversation.0.clone(),
-        sender: m.sender_user.clone(),
-        sender_device: m.sender_device.clone(),
-        own: m.own,
-        text: match &m.body {
-            tern_store::Body::Media { data, .. } => crate::media::StoredMedia::decode(data)
-                .map(|s| s.caption)
-                .unwrap_or_default(),
-            other => other.text().unwrap_or_default().to_owned(),
-        },
-        sent_at: m.sent_at_ms,
-        received_at: m.received_at_ms,
-        status: status_name(m.status).to_owned(),
-        lamport: m.lamport,
-        seq: m.seq,
-        gap_before: false,
-        sender_name: None,
-        sender_device_name: None,
-        media: match &m.body {
-            tern_store::Body::Media { data, .. } => crate::media::StoredMedia::decode(data)
-                .ok()
-                .map(|s| Box::new(crate::media::media_info(&s.media))),
-            _ => None,
-        },
-        kind: match &m.body {
-            tern_store::Body::Structured { data, .. }
-                if data.starts_with(receive::UNSUPPORTED_MARK) =>
-            {
-                "unsupported"
-            }
-            tern_store::Body::Structured { .. } => "membership",
-            tern_store::Body::Text(_) => "text",
-            tern_store::Body::Media { .. } => "file",
-        }
-        .to_owned(),
-    }
-}
-
-/// What the conversation list shows of a message: its text, or for a file its name (and
-/// caption).
-pub(crate) fn preview(m: &MessageInfo) -> String {
-    match &m.media {
-        Some(f) if m.text.is_empty() => format!("\u{1f4ce} {}", f.name),
-        Some(f) => format!("\u{1f4ce} {}: {}", f.name, m.text),
-        None => m.text.clone(),
-    }
-}
-
 pub(crate) fn parse_message_id(s: &str) -> Option<MessageId> {
-    let s = s.as_bytes();
-    if s.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(MessageId(out))
+    tern_crypto::hex::decode_array(s).map(MessageId)
 }
 
 impl Engine {
     /// After a restart, holds again the received messages whose hold was still running.
     pub(crate) fn restore_hold(&mut self) -> Result<(), NodeError> {
-        let now = crate::home::now_ms();
+        let now = self.clock.now_ms();
         let since =
             now.saturating_sub(i64::try_from(crate::consts::HOLD_BACK.as_millis()).unwrap_or(0));
         let page = self.store.conversations(None, crate::consts::HISTORY_MAX)?;
@@ -489,7 +172,7 @@ impl Engine {
                 Some(crate::consts::HISTORY_DEFAULT),
             )?;
             self.hold
-                .restore(&self.store, recent, now, std::time::Instant::now())?;
+                .restore(&self.store, recent, now, self.clock.now())?;
         }
         Ok(())
     }
@@ -506,8 +189,8 @@ impl Engine {
         tern_store::Message {
             id,
             conversation: tern_store::ConversationId(conversation.to_owned()),
-            sender_user: self.user_hex.clone(),
-            sender_device: self.device_hex.clone(),
+            sender_user: self.me.user_hex.clone(),
+            sender_device: self.me.device_hex.clone(),
             lamport,
             seq,
             sent_at_ms: now,
@@ -523,10 +206,6 @@ impl Engine {
         let _ = self.events.send(self.named_event(ev));
     }
 
-    fn home_relay_peers(&self) -> Vec<PeerId> {
-        self.home_relays.iter().filter_map(relay_peer).collect()
-    }
-
     /// Runs the engine until every handle is dropped.
     pub(crate) async fn run(
         mut self,
@@ -534,10 +213,11 @@ impl Engine {
         mut net_events: mpsc::Receiver<net::Event>,
         mut internal: mpsc::Receiver<Internal>,
     ) {
-        for addr in self.home_relays.clone() {
+        for addr in self.relays.home_relays.clone() {
             let _ = self.net.add_relay(addr, true).await;
         }
         let contact_relays: Vec<Multiaddr> = self
+            .people
             .contacts
             .values()
             .flat_map(|c| c.relays.clone())
@@ -574,7 +254,7 @@ impl Engine {
                             Err(_) => break,
                         }
                     }
-                    self.on_internal_batch(batch);
+                    self.on_internal_batch(batch).await;
                 }
                 _ = outbox.tick() => {
                     self.refresh_device_lists();
@@ -586,8 +266,8 @@ impl Engine {
                     self.flush_list_answers();
                     self.resync_owed().await;
                     self.export_history().await;
-                    if std::mem::take(&mut self.setup_soon) {
-                        self.retry_setup().await;
+                    if std::mem::take(&mut self.relays.setup_soon) {
+                        self.retry_setup();
                     }
                     self.announce_own().await;
                     self.push_grants(None);
@@ -597,28 +277,26 @@ impl Engine {
                     self.prune_reorder();
                     self.release_held();
                     self.media_retry_due(false);
-                    if self.topup_due {
-                        self.topup_due = false;
+                    if self.relays.topup_due {
+                        self.relays.topup_due = false;
                         for relay in self.home_relay_peers() {
-                            if self.relay_up.contains(&relay)
-                                && let Err(e) = self.top_up_prekeys(relay, true).await
-                            {
-                                tracing::warn!(%relay, "topping up prekeys failed: {e}");
+                            if self.relays.relay_up.contains(&relay) {
+                                self.publish_prekeys(relay, true);
                             }
                         }
                     }
                 }
                 _ = heartbeat.tick() => {
-                    self.heartbeats += 1;
-                    if self.heartbeats.is_multiple_of(6) {
-                        self.lists_due = true;
+                    self.relays.heartbeats += 1;
+                    if self.relays.heartbeats.is_multiple_of(6) {
+                        self.lists.lists_due = true;
                         self.ask_usage();
                     }
-                    if self.heartbeats.is_multiple_of(crate::consts::PREKEY_CHECK_HEARTBEATS) {
+                    if self.relays.heartbeats.is_multiple_of(crate::consts::PREKEY_CHECK_HEARTBEATS) {
                         self.check_prekeys();
                     }
                     self.heartbeat();
-                    self.owed_due = true;
+                    self.groups.owed_due = true;
                     self.deliver_owed().await;
                     self.send_owed_receipts();
                     self.prune_seen_ledger();
@@ -626,7 +304,7 @@ impl Engine {
                     if let Err(e) = self.store.checkpoint() {
                         tracing::warn!("checkpointing the store failed: {e}");
                     }
-                    self.retry_setup().await;
+                    self.retry_setup();
                     self.push_sync();
                 }
                 _ = poll.tick() => self.fetch_home_mailboxes(),
@@ -635,149 +313,28 @@ impl Engine {
         tracing::info!("engine stopped");
     }
 
-    async fn on_command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Id(r) => {
-                let _ = r.send(Ok(self.id_info()));
-            }
-            Command::Link(r) => {
-                let _ = r.send(self.contact_link());
-            }
-            Command::AddContact {
-                link,
-                name,
-                accept_new_key,
-                reply,
-            } => {
-                let out = self.add_contact(&link, name, accept_new_key).await;
-                let _ = reply.send(out);
-            }
-            Command::AcceptIdentity { contact, reply } => {
-                let out = self.accept_identity(&contact).await;
-                let _ = reply.send(out);
-            }
-            Command::Contacts(r) => {
-                let _ = r.send(Ok(self.contact_list()));
-            }
-            Command::Send {
-                contact,
-                text,
-                reply,
-            } => {
-                let out = self.send_text(&contact, text).await;
-                let _ = reply.send(out);
-            }
-            Command::History {
-                contact,
-                limit,
-                before,
-                mark_read,
-                reply,
-            } => {
-                let out = self.history(&contact, limit, before.as_deref(), mark_read);
-                let _ = reply.send(out);
-            }
-            Command::Conversations(r) => {
-                let _ = r.send(self.conversations());
-            }
-            Command::Presence { contact, reply } => {
-                let out = self.query_presence(contact.as_deref()).await;
-                let _ = reply.send(out);
-            }
-            Command::SetStatus { away, reply } => {
-                self.away = away;
-                self.heartbeat();
-                let _ = reply.send(Ok(()));
-            }
-            Command::Status(r) => {
-                let peers = self.net.peers().await;
-                let _ = r.send(self.status_info(peers));
-                // The mailbox figures shown are the last asked for; the next status has
-                // fresh ones.
-                self.ask_usage();
-            }
-            Command::Search { query, reply } => {
-                let _ = reply.send(self.search(&query));
-            }
-            Command::Safety { contact, reply } => {
-                let _ = reply.send(self.safety(&contact));
-            }
-            Command::Verify {
-                contact,
-                scanned,
-                reply,
-            } => {
-                let _ = reply.send(self.verify(&contact, scanned.as_deref()));
-            }
-            Command::Group(cmd) => self.on_group_command(cmd).await,
-            Command::DeviceAdd { code, reply } => {
-                let _ = reply.send(self.device_add(&code).await);
-            }
-            Command::Devices(reply) => {
-                let _ = reply.send(Ok(self.devices()));
-            }
-            Command::FileSend {
-                contact,
-                group,
-                path,
-                caption,
-                original,
-                reply,
-            } => {
-                let _ = reply.send(self.file_send(
-                    contact.as_deref(),
-                    group.as_deref(),
-                    &path,
-                    caption,
-                    original,
-                ));
-            }
-            Command::FileGet { message, to, reply } => self.file_get(&message, to, reply),
-            Command::Transfers(reply) => {
-                let _ = reply.send(self.transfers());
-            }
-            Command::FileOpen { message, reply } => {
-                let _ = reply.send(self.file_open(&message));
-            }
-            Command::DeviceRevoke { device, reply } => {
-                let _ = reply.send(self.device_revoke(&device).await);
-            }
-            Command::BackupBundle(reply) => {
-                let _ = reply.send(self.backup_bundle());
-            }
-            Command::Push(cmd) => self.on_push_command(cmd),
-        }
-    }
-
     async fn on_net(&mut self, ev: net::Event) {
         match ev {
             net::Event::RelayUp(relay) => {
-                self.relay_up.insert(relay);
+                self.relays.relay_up.insert(relay);
                 // Transfers paused by a network failure go on at once.
                 self.media_retry_due(true);
                 // Group members homed there can be looked up now, and be sent what they
                 // are owed.
-                self.peers_due = true;
-                self.owed_due = true;
-                self.peers_retry = (0, std::time::Instant::now());
-                // For a home relay the event says "ready": published and listening.
+                self.people.peers_due = true;
+                self.groups.owed_due = true;
+                self.people.peers_retry = (0, self.clock.now());
+                // For a home relay the event says "ready": published and listening, once
+                // its setup reports.
                 if self.home_relay_peers().contains(&relay) {
-                    self.lists_due = true;
-                    self.on_home_relay_up(relay).await;
+                    self.lists.lists_due = true;
+                    self.set_up_home_relay(relay, true);
+                } else {
+                    self.relay_ready(relay).await;
                 }
-                self.emit(Event::Connection {
-                    relay: relay.to_string(),
-                    connected: true,
-                });
-                self.subscribe_presence(relay);
-                // Anything waiting in the outbox goes now, backoff or not, and messages
-                // waiting for a session try again.
-                self.encrypt_waiting(true).await;
-                self.dispatch_due(true);
-                self.send_owed_receipts();
             }
             net::Event::RelayDown(relay) => {
-                self.relay_up.remove(&relay);
+                self.relays.relay_up.remove(&relay);
                 self.emit(Event::Connection {
                     relay: relay.to_string(),
                     connected: false,
@@ -794,7 +351,7 @@ impl Engine {
                 ciphertext,
             } => self.on_direct(peer, id, ciphertext),
             net::Event::PeerUp { peer, relayed } => {
-                if let Some(user) = self.device_owner.get(&peer) {
+                if let Some(user) = self.people.device_owner.get(&peer) {
                     self.emit(Event::Peer {
                         user_id: user.clone(),
                         device_id: peer.to_string(),
@@ -806,7 +363,7 @@ impl Engine {
             }
             net::Event::Listening(addr) => {
                 tracing::info!(%addr, "listening");
-                self.listen.push(addr);
+                self.relays.listen.push(addr);
             }
             net::Event::Reservation(relay) => {
                 tracing::info!(%relay, "circuit reservation accepted");
@@ -817,13 +374,27 @@ impl Engine {
         }
     }
 
-    fn on_internal_batch(&mut self, batch: Vec<Internal>) {
+    /// A relay is connected and, for a home relay, set up: it is announced, presence is
+    /// subscribed, and anything waiting in the outbox goes now, backoff or not (messages
+    /// waiting for a session try again).
+    async fn relay_ready(&mut self, relay: PeerId) {
+        self.emit(Event::Connection {
+            relay: relay.to_string(),
+            connected: true,
+        });
+        self.subscribe_presence(relay);
+        self.encrypt_waiting(true).await;
+        self.dispatch_due(true);
+        self.send_owed_receipts();
+    }
+
+    async fn on_internal_batch(&mut self, batch: Vec<Internal>) {
         // Lane results that are ready together are settled in one transaction.
         let mut lanes = Vec::new();
         for msg in batch {
             match msg {
                 Internal::LaneDone(done) => lanes.push(done),
-                other => self.on_internal(other),
+                other => self.on_internal(other).await,
             }
         }
         if !lanes.is_empty() {
@@ -831,17 +402,20 @@ impl Engine {
         }
     }
 
-    fn on_internal(&mut self, msg: Internal) {
+    async fn on_internal(&mut self, msg: Internal) {
         match msg {
             Internal::LaneDone(done) => self.on_lanes_done(vec![done]),
             Internal::GrantsFailed(relay) => self.on_grants_failed(relay),
             Internal::Usage(relay, usage) => self.on_usage(relay, usage),
             Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
             Internal::FetchDone { relay } => {
-                self.fetching.remove(&relay);
+                self.relays.fetching.remove(&relay);
             }
             Internal::Presence(entries) => self.on_presence(entries),
-            Internal::PrekeysLow => self.topup_due = true,
+            Internal::PrekeysLow => self.relays.topup_due = true,
+            Internal::PrekeysHeld { relay, held } => self.on_prekeys_held(relay, held),
+            // Taken by `on_internal_batch`, which can wait for what it starts.
+            Internal::RelaySetUp { relay, ok, held } => self.on_relay_set_up(relay, ok, held).await,
             Internal::FannedOut {
                 id,
                 attempts,
@@ -856,124 +430,9 @@ impl Engine {
         }
     }
 
-    /// Publishes the device list and prekeys, turns live delivery on, tells the relay who
-    /// may see our presence, and drains the mailbox.
-    /// A step that fails (the connection dropped in between) is retried on a later tick
-    /// while the relay is connected, so live delivery is never left off.
-    async fn on_home_relay_up(&mut self, relay: PeerId) {
-        let mut ok = true;
-        if let Err(e) =
-            rpc::publish_device_list(&self.net, relay, self.keys.device_list.as_bytes().to_vec())
-                .await
-        {
-            tracing::warn!(%relay, "publishing the device list failed: {e}");
-            ok = false;
-        }
-        if let Err(e) = self.top_up_prekeys(relay, true).await {
-            tracing::warn!(%relay, "publishing prekeys failed: {e}");
-            ok = false;
-        }
-        if let Err(e) = rpc::listen(&self.net, relay).await {
-            tracing::warn!(%relay, "turning on live delivery failed: {e}");
-            ok = false;
-        }
-        if ok {
-            self.setup_pending.remove(&relay);
-        } else {
-            self.setup_pending.insert(relay);
-        }
-        self.push_allow_list();
-        self.push_grants(Some(relay));
-        self.push_relay_up(relay);
-        self.ask_usage();
-        self.heartbeat();
-        self.fetch_mailbox(relay);
-    }
-
-    /// Runs the connection routine again for home relays where it did not complete.
-    async fn retry_setup(&mut self) {
-        for relay in self.setup_pending.clone() {
-            if self.relay_up.contains(&relay) {
-                self.on_home_relay_up(relay).await;
-            }
-        }
-    }
-
-    /// Asks each connected home relay, off the engine, how many one-time keys it still
-    /// holds; if one is low, the next outbox tick tops up. Others may have claimed keys
-    /// without any session reaching this device, so only asking tells.
-    fn check_prekeys(&self) {
-        let relays: Vec<PeerId> = self
-            .home_relay_peers()
-            .into_iter()
-            .filter(|r| self.relay_up.contains(r))
-            .collect();
-        if relays.is_empty() {
-            return;
-        }
-        let net = self.net.clone();
-        let tx = self.internal.clone();
-        tokio::spawn(async move {
-            for relay in relays {
-                match net.at(relay).prekey_count().await {
-                    Ok(n) if n < crate::consts::ONE_TIME_KEYS_LOW => {
-                        tracing::debug!(%relay, held = n, "one-time keys low");
-                        let _ = tx.send(Internal::PrekeysLow).await;
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(%relay, "counting one-time keys failed: {e}"),
-                }
-            }
-        });
-    }
-
-    /// Publishes prekeys: a bundle with no new one-time keys to learn how many the relay
-    /// holds (and refresh the fallback key), and a full batch when it runs low.
-    pub(crate) async fn top_up_prekeys(
-        &mut self,
-        relay: PeerId,
-        refresh: bool,
-    ) -> Result<(), NodeError> {
-        use tern_crypto::prekey::PrekeyBundle;
-        let mut count = if refresh { 0 } else { u32::MAX };
-        if refresh {
-            let bundle = PrekeyBundle::generate_keeping(
-                &mut self.keys.device,
-                self.keys.certificate.clone(),
-                0,
-                self.fallback,
-            )?;
-            self.save_device()?;
-            self.fallback = Some(bundle.fallback);
-            count = self
-                .net
-                .at(relay)
-                .publish_prekeys(bundle.to_bytes()?)
-                .await?;
-        }
-        if count < crate::consts::ONE_TIME_KEYS_LOW || !refresh {
-            let bundle = PrekeyBundle::generate_keeping(
-                &mut self.keys.device,
-                self.keys.certificate.clone(),
-                crate::consts::ONE_TIME_KEYS_BATCH,
-                self.fallback,
-            )?;
-            self.save_device()?;
-            self.fallback = Some(bundle.fallback);
-            let held = self
-                .net
-                .at(relay)
-                .publish_prekeys(bundle.to_bytes()?)
-                .await?;
-            tracing::debug!(held, "published one-time keys");
-        }
-        Ok(())
-    }
-
     /// Persists the device keys (the Olm account changes as one-time keys are made or used).
     pub(crate) fn save_device(&mut self) -> Result<(), NodeError> {
-        let record = self.keys.own_device_record(self.device_created_ms)?;
+        let record = self.me.keys.own_device_record(self.me.device_created_ms)?;
         self.store
             .transaction(|tx| tx.save_own_device(&record))
             .map_err(NodeError::from)
@@ -982,223 +441,9 @@ impl Engine {
     /// Reloads the device keys from the store (after a failed transaction, so memory never
     /// runs ahead of the disk).
     pub(crate) fn reload_device(&mut self) {
-        match self.home.open() {
-            Ok((_, keys)) => self.keys.device = keys.device,
+        match self.me.home.open() {
+            Ok((_, keys)) => self.me.keys.device = keys.device,
             Err(e) => tracing::error!("cannot reload device keys: {e}"),
         }
-    }
-
-    /// Drains the mailbox at every home relay that is up (mail kept there may be readable
-    /// now: a device became known, a contact was added).
-    pub(crate) fn fetch_home_mailboxes(&mut self) {
-        for relay in self.home_relay_peers() {
-            if self.relay_up.contains(&relay) {
-                self.fetch_mailbox(relay);
-            }
-        }
-    }
-
-    /// Drains the mailbox at `relay` from its start, page by page, in the relay's order. One
-    /// drain per relay runs at a time; one asked for meanwhile runs on the next tick after it.
-    pub(crate) fn fetch_mailbox(&mut self, relay: PeerId) {
-        if !self.fetching.insert(relay) {
-            self.refetch.insert(relay);
-            return;
-        }
-        let net = self.net.clone();
-        let tx = self.internal.clone();
-        tokio::spawn(async move {
-            let mut after = 0;
-            loop {
-                match net.at(relay).fetch(after, crate::consts::FETCH_PAGE).await {
-                    Ok((envelopes, more)) => {
-                        if let Some(last) = envelopes.last() {
-                            after = last.id;
-                        }
-                        let empty = envelopes.is_empty();
-                        if !empty
-                            && tx
-                                .send(Internal::Fetched { relay, envelopes })
-                                .await
-                                .is_err()
-                        {
-                            return;
-                        }
-                        if !more || empty {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(%relay, "mailbox fetch failed: {e}");
-                        break;
-                    }
-                }
-            }
-            let _ = tx.send(Internal::FetchDone { relay }).await;
-        });
-    }
-
-    /// Starts the drains asked for while others ran or for mail left waiting.
-    fn refetch_due(&mut self) {
-        let due: Vec<PeerId> = self
-            .refetch
-            .iter()
-            .filter(|r| !self.fetching.contains(*r) && self.relay_up.contains(*r))
-            .copied()
-            .collect();
-        for relay in due {
-            self.refetch.remove(&relay);
-            self.fetch_mailbox(relay);
-        }
-    }
-
-    fn heartbeat(&self) {
-        let status = if self.away {
-            presence::Status::Away
-        } else {
-            presence::Status::Online
-        };
-        for relay in self.home_relay_peers() {
-            if !self.relay_up.contains(&relay) {
-                continue;
-            }
-            let net = self.net.clone();
-            tokio::spawn(async move {
-                if let Err(e) = net.at(relay).heartbeat(status).await {
-                    tracing::debug!(%relay, "heartbeat failed: {e}");
-                }
-            });
-        }
-    }
-
-    fn id_info(&self) -> IdInfo {
-        let key = self.keys.identity.public();
-        let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        let fingerprint = hex
-            .as_bytes()
-            .chunks(8)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
-        IdInfo {
-            user_id: self.user_hex.clone(),
-            device_id: self.device_hex.clone(),
-            name: self.config.name.clone(),
-            fingerprint,
-        }
-    }
-
-    fn status_info(&self, peers: Vec<net::PeerConnections>) -> Result<StatusInfo, NodeError> {
-        let outbox = self.store.outbox_depth()?;
-        let home = self.home_relay_peers();
-        let mut relays: Vec<RelayInfo> = self
-            .home_relays
-            .iter()
-            .map(|a| RelayInfo {
-                addr: a.to_string(),
-                connected: relay_peer(a).is_some_and(|p| self.relay_up.contains(&p)),
-                home: true,
-                mailbox: relay_peer(a).and_then(|p| self.mailbox_info(p)),
-            })
-            .collect();
-        let mut seen: HashSet<PeerId> = home.into_iter().collect();
-        for c in self.contacts.values() {
-            for a in &c.relays {
-                if let Some(p) = relay_peer(a)
-                    && seen.insert(p)
-                {
-                    relays.push(RelayInfo {
-                        addr: a.to_string(),
-                        connected: self.relay_up.contains(&p),
-                        home: false,
-                        mailbox: None,
-                    });
-                }
-            }
-        }
-        Ok(StatusInfo {
-            user_id: self.user_hex.clone(),
-            device_id: self.device_hex.clone(),
-            status: if self.away { "away" } else { "online" }.into(),
-            relays,
-            listen: self.listen.iter().map(ToString::to_string).collect(),
-            outbox,
-            recovery: RecoveryInfo {
-                group_waiting: self.store.group_stash_len()?,
-                ..self.recovery
-            },
-            history: self.history_info()?,
-            unread: self.store.unread_total()?,
-            push: self.push_info(),
-            peers: peers
-                .into_iter()
-                .map(|p| PeerInfo {
-                    user_id: self.device_owner.get(&p.peer).cloned().unwrap_or_default(),
-                    device_id: p.peer.to_string(),
-                    direct: p.direct,
-                    relayed: p.relayed,
-                })
-                .collect(),
-        })
-    }
-
-    fn search(&self, query: &str) -> Result<Vec<SearchHitInfo>, NodeError> {
-        let results = self.store.search(query, None, None)?;
-        Ok(results
-            .hits
-            .into_iter()
-            .map(|h| SearchHitInfo {
-                conversation: h.conversation.0,
-                id: h.message_id.to_string(),
-                snippet: h
-                    .snippet
-                    .iter()
-                    .map(|p| {
-                        if p.highlighted {
-                            format!("[{}]", p.text)
-                        } else {
-                            p.text.clone()
-                        }
-                    })
-                    .collect(),
-            })
-            .collect())
-    }
-
-    fn conversations(&self) -> Result<Vec<ConversationInfo>, NodeError> {
-        let page = self.store.conversations(None, crate::consts::HISTORY_MAX)?;
-        let now = crate::home::now_ms();
-        let hold_ms = i64::try_from(crate::consts::HOLD_BACK.as_millis()).unwrap_or(0);
-        page.conversations
-            .into_iter()
-            .map(|c| {
-                // The preview never shows a message held back for a missing predecessor:
-                // for a conversation active within the hold, it is the newest shown one.
-                let last_text = if now.saturating_sub(c.last_activity_ms) < hold_ms {
-                    let recent = self
-                        .store
-                        .history(&c.id, tern_store::Page::Latest, Some(20))?;
-                    hold::visible(&self.store, &self.hold, &recent, now)?
-                        .pop()
-                        .map(|m| preview(&m))
-                } else {
-                    match &c.last_message {
-                        Some(p) => self
-                            .store
-                            .message(p.id)?
-                            .map(|m| preview(&message_info(&m))),
-                        None => None,
-                    }
-                };
-                Ok(ConversationInfo {
-                    name: self.conversation_name(&c.id.0, c.title.as_deref()),
-                    id: c.id.0,
-                    title: c.title,
-                    last_text,
-                    last_activity: c.last_activity_ms,
-                    unread: c.unread_count,
-                })
-            })
-            .collect()
     }
 }

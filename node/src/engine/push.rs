@@ -21,7 +21,7 @@ use tern_relay::rpc::Requests as _;
 use libp2p::PeerId;
 use tern_relay::wire::{ErrorCode, mailbox::MAX_PUSH_URL_BYTES};
 
-use super::{Engine, Internal, Reply, relay_peer};
+use super::{Engine, Internal, command::Reply, relay_peer};
 use crate::{
     error::NodeError,
     net::NetError,
@@ -235,8 +235,8 @@ impl Engine {
         let prev = std::mem::replace(&mut self.push.url, url.clone());
         let mut sends = Vec::new();
         let mut prev_at = Vec::new();
-        for relay in self.home_relays.iter().filter_map(relay_peer) {
-            if self.relay_up.contains(&relay) {
+        for relay in self.relays.home_relays.iter().filter_map(relay_peer) {
+            if self.relays.relay_up.contains(&relay) {
                 let before = self.push.at.insert(
                     relay,
                     AtRelay {
@@ -275,8 +275,8 @@ impl Engine {
     /// failed for a passing reason).
     pub(crate) fn push_sync(&mut self) {
         let url = self.push.url.clone();
-        for relay in self.home_relays.iter().filter_map(relay_peer) {
-            if !self.relay_up.contains(&relay) {
+        for relay in self.relays.home_relays.iter().filter_map(relay_peer) {
+            if !self.relays.relay_up.contains(&relay) {
                 continue;
             }
             let due = match self.push.at.get(&relay) {
@@ -417,12 +417,17 @@ impl Engine {
         if !self.push.clear_due || self.push.url.is_some() {
             return;
         }
-        let all = self.home_relays.iter().filter_map(relay_peer).all(|r| {
-            self.push
-                .at
-                .get(&r)
-                .is_some_and(|at| at.url.is_none() && at.outcome == Outcome::Done)
-        });
+        let all = self
+            .relays
+            .home_relays
+            .iter()
+            .filter_map(relay_peer)
+            .all(|r| {
+                self.push
+                    .at
+                    .get(&r)
+                    .is_some_and(|at| at.url.is_none() && at.outcome == Outcome::Done)
+            });
         if all {
             self.push.clear_due = false;
             if let Err(e) = self.push_save() {
@@ -434,12 +439,12 @@ impl Engine {
     /// Writes the endpoint to `config.json` (read again first, so nothing else in it is
     /// overwritten with an older copy).
     fn push_save(&mut self) -> Result<(), NodeError> {
-        let mut config = self.home.config()?;
+        let mut config = self.me.home.config()?;
         config.push_url = self.push.url.clone();
         config.push_clear_due = self.push.clear_due && self.push.url.is_none();
-        self.home.save_config(&config)?;
-        self.config.push_url = config.push_url;
-        self.config.push_clear_due = config.push_clear_due;
+        self.me.home.save_config(&config)?;
+        self.me.config.push_url = config.push_url;
+        self.me.config.push_clear_due = config.push_clear_due;
         Ok(())
     }
 
@@ -447,11 +452,12 @@ impl Engine {
     pub(crate) fn push_info(&self) -> PushInfo {
         let url = self.push.url.clone();
         let relays = self
+            .relays
             .home_relays
             .iter()
             .map(|addr| {
                 let peer = relay_peer(addr);
-                let connected = peer.is_some_and(|p| self.relay_up.contains(&p));
+                let connected = peer.is_some_and(|p| self.relays.relay_up.contains(&p));
                 let at = peer
                     .and_then(|p| self.push.at.get(&p))
                     .filter(|at| at.url == url);

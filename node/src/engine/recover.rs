@@ -20,8 +20,6 @@
 //! one in fresh ratchet steps ([`Engine::resend_to`]) and the receiver drops the ids it
 //! already has: at-least-once, with no visible duplicates.
 
-use std::time::Instant;
-
 use tern_crypto::{DeviceId, session::PeerSessions};
 use tern_store::{ConversationId, CryptoUpdate};
 
@@ -33,7 +31,6 @@ use crate::{
     },
     envelope::Body,
     error::NodeError,
-    home::now_ms,
 };
 
 impl Engine {
@@ -52,15 +49,15 @@ impl Engine {
             Err(_) => return false,
         };
         if skip <= MAX_SAFE_SKIP {
-            if self.reorder.remove(&digest).is_some() {
-                self.recovery.waited += 1;
+            if self.inbox.reorder.remove(&digest).is_some() {
+                self.inbox.recovery.waited += 1;
             }
             return false;
         }
-        let now = Instant::now();
-        let first = match self.reorder.get(&digest) {
+        let now = self.clock.now();
+        let first = match self.inbox.reorder.get(&digest) {
             Some(t) => *t,
-            None if self.reorder.len() >= MAX_REORDER_WAITING => {
+            None if self.inbox.reorder.len() >= MAX_REORDER_WAITING => {
                 tracing::warn!(
                     skip,
                     "too many messages waiting for earlier ones; reading this one now"
@@ -68,7 +65,7 @@ impl Engine {
                 return false;
             }
             None => {
-                self.reorder.insert(digest, now);
+                self.inbox.reorder.insert(digest, now);
                 now
             }
         };
@@ -83,17 +80,19 @@ impl Engine {
             skip,
             "earlier messages did not come in time; reading this one (they will be asked for again)"
         );
-        self.reorder.remove(&digest);
+        self.inbox.reorder.remove(&digest);
         false
     }
 
     /// Forgets waiting messages that were not seen again long after their wait (their mail
     /// went elsewhere) and resend requests past their interval.
     pub(crate) fn prune_reorder(&mut self) {
-        let now = Instant::now();
-        self.reorder
+        let now = self.clock.now();
+        self.inbox
+            .reorder
             .retain(|_, first| now.duration_since(*first) < REORDER_WAIT * 6);
-        self.resend_asked
+        self.inbox
+            .resend_asked
             .retain(|_, at| now.duration_since(*at) < RESEND_INTERVAL);
     }
 
@@ -101,7 +100,7 @@ impl Engine {
     /// still holds a copy of them.
     pub(crate) fn prune_seen_ledger(&mut self) {
         let keep = i64::try_from(PAIRWISE_SEEN_KEEP.as_millis()).unwrap_or(i64::MAX);
-        let before = now_ms().saturating_sub(keep);
+        let before = self.clock.now_ms().saturating_sub(keep);
         match self.store.transaction(|tx| tx.prune_pairwise_seen(before)) {
             Ok(n) if n > 0 => tracing::debug!(n, "forgot old digests of messages read"),
             Ok(_) => {}
@@ -113,11 +112,11 @@ impl Engine {
     /// means what is missing was lost on the way (a relay that lost it, say): it is asked
     /// for again, with whatever else was noted lost.
     pub(crate) fn release_held(&mut self) {
-        for message in self.hold.expired(Instant::now()) {
+        for message in self.hold.expired(self.clock.now()) {
             if message.gap_before
                 && !message.own
                 && message.conversation == message.sender
-                && self.contacts.contains_key(&message.sender)
+                && self.people.contacts.contains_key(&message.sender)
             {
                 let up_to = message.seq.saturating_sub(1);
                 self.note_lost(&message.sender, &message.sender_device, Some(up_to));
@@ -131,6 +130,7 @@ impl Engine {
     /// text that arrived), or `None` when which one is not known (a key was gone).
     pub(crate) fn note_lost(&mut self, user: &str, device: &str, up_to: Option<u64>) {
         let entry = self
+            .inbox
             .lost
             .entry((user.to_owned(), device.to_owned()))
             .or_insert(up_to);
@@ -145,13 +145,14 @@ impl Engine {
     /// gap filled by itself). The request names the last text of that device this one
     /// holds in order, so what follows comes again.
     pub(crate) fn ask_resend(&mut self) {
-        if self.lost.is_empty() {
+        if self.inbox.lost.is_empty() {
             return;
         }
-        let lost: Vec<((String, String), Option<u64>)> = self.lost.drain().collect();
+        let lost: Vec<((String, String), Option<u64>)> = self.inbox.lost.drain().collect();
         for ((user, device), up_to) in lost {
-            let now = Instant::now();
+            let now = self.clock.now();
             if self
+                .inbox
                 .resend_asked
                 .get(&device)
                 .is_some_and(|at| now.duration_since(*at) < RESEND_INTERVAL)
@@ -176,8 +177,8 @@ impl Engine {
             if up_to.is_some_and(|u| after_seq >= u) {
                 continue; // the gap filled meanwhile
             }
-            self.resend_asked.insert(device.clone(), now);
-            self.recovery.resends_asked += 1;
+            self.inbox.resend_asked.insert(device.clone(), now);
+            self.inbox.recovery.resends_asked += 1;
             tracing::info!(contact = %user, after_seq, ?up_to, "asking the sender to send its texts again");
             let body = Body::Resend {
                 after_seq,
@@ -201,7 +202,7 @@ impl Engine {
         device: DeviceId,
         range: (u64, u64),
     ) -> Result<(), NodeError> {
-        if user == self.user_hex || !self.contacts.contains_key(user) {
+        if user == self.me.user_hex || !self.people.contacts.contains_key(user) {
             return Ok(());
         }
         let Some(curve) = self.known(user).and_then(|c| c.curve_of(&device)) else {
@@ -211,7 +212,7 @@ impl Engine {
         let conv = ConversationId(user.to_owned());
         let texts = self.store.resend_candidates(
             &conv,
-            &self.device_hex,
+            &self.me.device_hex,
             range,
             &device_key,
             MAX_RESEND,
@@ -235,7 +236,7 @@ impl Engine {
         let Some((peer_device, sid, pickle)) = last_pickle else {
             return Ok(());
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.apply_crypto(
                 &[CryptoUpdate::Session {
@@ -251,7 +252,7 @@ impl Engine {
             Ok(())
         })?;
         tracing::info!(contact = %user, count = texts.len(), ?range, "sending texts again on request");
-        self.recovery.texts_resent += texts.len() as u64;
+        self.inbox.recovery.texts_resent += texts.len() as u64;
         // Every text went to the same device: one kick starts its lane.
         let first = queued
             .first()

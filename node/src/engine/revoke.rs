@@ -20,12 +20,12 @@
 use tern_crypto::DeviceId;
 
 use super::{Engine, relay_peer};
-use crate::{error::NodeError, home::now_ms, net::rpc, types::DeviceInfo};
+use crate::{error::NodeError, net::rpc, types::DeviceInfo};
 
 impl Engine {
     /// Refuses work that would send from a revoked device.
     pub(crate) fn check_not_revoked(&self) -> Result<(), NodeError> {
-        if self.revoked {
+        if self.me.revoked {
             return Err(NodeError::Revoked);
         }
         Ok(())
@@ -34,7 +34,7 @@ impl Engine {
     /// Revokes one of this user's other devices, named by device id or by its (unique) name.
     pub(crate) async fn device_revoke(&mut self, which: &str) -> Result<DeviceInfo, NodeError> {
         self.check_not_revoked()?;
-        let list = self.keys.device_list.list().clone();
+        let list = self.me.keys.device_list.list().clone();
         let by_id = list
             .devices
             .iter()
@@ -67,7 +67,7 @@ impl Engine {
                 "device {which} is already revoked"
             )));
         }
-        if id == self.keys.device.device_id() {
+        if id == self.me.keys.device.device_id() {
             return Err(NodeError::BadRequest(
                 "that is this device; revoke it from another device of yours".into(),
             ));
@@ -80,10 +80,10 @@ impl Engine {
             words: None,
             link: None,
         };
-        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let now_secs = self.clock.now_secs();
         let next = list.with_revoked(&id, now_secs)?;
-        let signed = next.sign(&self.keys.identity)?;
-        let groups: Vec<String> = self.groups.keys().cloned().collect();
+        let signed = next.sign(&self.me.keys.identity)?;
+        let groups: Vec<String> = self.groups.by_id.keys().cloned().collect();
         let device_key = id.to_peer_id_string();
         // One transaction: the list, nothing more queued for the device, new sender keys.
         self.store.transaction(|tx| -> Result<(), NodeError> {
@@ -93,14 +93,14 @@ impl Engine {
             Ok(())
         })?;
         tracing::info!(device = %device_key, "device revoked");
-        self.keys.device_list = signed;
+        self.me.keys.device_list = signed;
         self.refresh_me();
         self.lists_changed();
         self.publish_own_list().await;
         self.announce_list();
         // The revoked device is told too, so it stops at once if it still runs: the list is
         // all it gets.
-        let me = self.user_hex.clone();
+        let me = self.me.user_hex.clone();
         let body = self.own_list_body();
         // Its sessions are archived with the notice queued: nothing else is encrypted for it.
         let archive = device_key.clone();
@@ -118,6 +118,7 @@ impl Engine {
     /// when it comes up again).
     pub(crate) async fn publish_own_list(&mut self) {
         for relay in self
+            .relays
             .home_relays
             .iter()
             .filter_map(relay_peer)
@@ -126,12 +127,12 @@ impl Engine {
             if let Err(e) = rpc::publish_device_list(
                 &self.net,
                 relay,
-                self.keys.device_list.as_bytes().to_vec(),
+                self.me.keys.device_list.as_bytes().to_vec(),
             )
             .await
             {
                 tracing::warn!(%relay, "publishing the device list failed (retried when the relay comes up): {e}");
-                self.setup_pending.insert(relay);
+                self.relays.setup_pending.insert(relay);
             }
         }
     }
@@ -144,19 +145,20 @@ impl Engine {
         user: &str,
         devices: &[DeviceId],
     ) -> Result<(), NodeError> {
-        let me = self.keys.device.device_id();
-        if user == self.user_hex && devices.contains(&me) {
+        let me = self.me.keys.device.device_id();
+        if user == self.me.user_hex && devices.contains(&me) {
             tracing::error!(
                 "this device was revoked by another device of this user: it no longer sends or receives; link it again with `tern device link` on an empty home"
             );
-            self.revoked = true;
+            self.me.revoked = true;
             self.emit(crate::types::Event::Revoked {
-                device_id: self.device_hex.clone(),
+                device_id: self.me.device_hex.clone(),
             });
         }
         let shared: Vec<String> = match tern_crypto::UserId::from_hex(user) {
             Some(u) => self
                 .groups
+                .by_id
                 .keys()
                 .filter(|g| self.state(g).is_ok_and(|s| s.is_member(u.as_bytes())))
                 .cloned()
@@ -174,7 +176,7 @@ impl Engine {
         })?;
         // The revoked device holds this device's grant for `user`: a new one replaces it
         // at the relays, and the user's remaining devices get it with the next envelope.
-        if !self.revoked {
+        if !self.me.revoked {
             self.revoke_grant(user)?;
         }
         Ok(())
@@ -182,6 +184,6 @@ impl Engine {
 
     /// The user whose list holds `device` as revoked, if any (kept with the device owners).
     pub(crate) fn revoked_owner(&self, device: &DeviceId) -> Option<String> {
-        self.revoked_devices.get(device).cloned()
+        self.people.revoked_devices.get(device).cloned()
     }
 }

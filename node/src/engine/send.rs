@@ -1,30 +1,24 @@
-//! Sending: sessions, encryption per device, the outbox and its deliveries, receipts,
-//! history and read marks.
+//! Sending: conversation clocks, encryption once per device with `sessions`, outbox rows
+//! written with the ratchet state, texts waiting for a session, receipts and control
+//! messages.
 
 use std::time::Duration;
-use tern_relay::rpc::Requests as _;
 
 use serde_bytes::ByteArray;
-use tern_crypto::{DeviceId, prekey::ClaimedPrekey, session::PeerSessions};
+use tern_crypto::{DeviceId, session::PeerSessions};
 use tern_store::{
     ConversationId, ConversationKind, CryptoUpdate, Delivery, Message, MessageId, Page,
-    SessionStore, Status,
 };
 
-use super::{Engine, device_peer, message_info, parse_message_id};
+use super::{Engine, message_info};
 use crate::{
     consts::{
-        HISTORY_DEFAULT, HISTORY_MAX, MAX_RECEIPT_IDS, MAX_TEXT_BYTES, OUTBOX_BATCH, RETRY_BASE,
-        RETRY_MAX, SEQ_SCAN_LIMIT,
+        MAX_RECEIPT_IDS, MAX_TEXT_BYTES, OUTBOX_BATCH, RETRY_BASE, RETRY_MAX, SEQ_SCAN_LIMIT,
     },
     envelope::{Body, Conversation, Envelope, ReceiptKind},
     error::NodeError,
-    home::now_ms,
     types::*,
 };
-
-/// Sessions with the devices of a user that could be had, and those that could not (why).
-pub(crate) type Reachable = (Vec<(DeviceId, PeerSessions)>, Vec<(DeviceId, NodeError)>);
 
 /// A device's ratchet state after encrypting: device, session id, pickle.
 pub(crate) type Pickled = (String, String, zeroize::Zeroizing<Vec<u8>>);
@@ -98,7 +92,7 @@ pub(crate) fn random_id() -> Result<[u8; 16], NodeError> {
 
 impl Engine {
     pub(crate) fn conv_state(&mut self, conv: &str) -> Result<(u64, u64), NodeError> {
-        if let (Some(l), Some(s)) = (self.lamport.get(conv), self.seq.get(conv)) {
+        if let (Some(l), Some(s)) = (self.counters.lamport.get(conv), self.counters.seq.get(conv)) {
             return Ok((*l, *s));
         }
         let id = ConversationId(conv.to_owned());
@@ -107,112 +101,23 @@ impl Engine {
             .history(&id, Page::Latest, Some(SEQ_SCAN_LIMIT))?;
         let lamport = page.iter().map(|m| m.lamport).max().unwrap_or(0);
         // From the index, not the page: the newest messages may all be the contact's.
-        let seq = self.store.max_sequence(&id, &self.device_hex)?;
-        let lamport = *self.lamport.entry(conv.to_owned()).or_insert(lamport);
-        let seq = *self.seq.entry(conv.to_owned()).or_insert(seq);
+        let seq = self.store.max_sequence(&id, &self.me.device_hex)?;
+        let lamport = *self
+            .counters
+            .lamport
+            .entry(conv.to_owned())
+            .or_insert(lamport);
+        let seq = *self.counters.seq.entry(conv.to_owned()).or_insert(seq);
         Ok((lamport, seq))
     }
 
     /// Moves the conversation's Lamport clock past a received value.
     pub(crate) fn observe_lamport(&mut self, conv: &str, lamport: u64) -> Result<(), NodeError> {
         let (current, _) = self.conv_state(conv)?;
-        self.lamport.insert(conv.to_owned(), current.max(lamport));
+        self.counters
+            .lamport
+            .insert(conv.to_owned(), current.max(lamport));
         Ok(())
-    }
-
-    /// The sessions with a device, from the store (or a fresh, empty set).
-    pub(crate) fn load_sessions(
-        &mut self,
-        device: &DeviceId,
-        curve: [u8; 32],
-    ) -> Result<PeerSessions, NodeError> {
-        let key = device.to_peer_id_string();
-        let stored = self
-            .store
-            .transaction(|tx| tx.current_session(&key))
-            .map_err(NodeError::from)?;
-        match stored {
-            Some(s) => Ok(PeerSessions::from_pickle(&s.pickle)?),
-            None => Ok(PeerSessions::new(*device, curve)),
-        }
-    }
-
-    /// Makes sure a session with each device exists, claiming prekeys where needed; fails if
-    /// any device cannot be had.
-    pub(crate) async fn sessions_for(
-        &mut self,
-        user: &str,
-    ) -> Result<Vec<(DeviceId, PeerSessions)>, NodeError> {
-        let (sessions, missing) = self.sessions_reachable(user).await?;
-        match missing.into_iter().next() {
-            Some((_, e)) => Err(e),
-            None => Ok(sessions),
-        }
-    }
-
-    /// A session with each device of `user` that has one or whose prekey can be claimed now,
-    /// and the devices that could not be had, each with why (a device linked but never
-    /// started has no prekey yet). Fails if no device could be had.
-    pub(crate) async fn sessions_reachable(&mut self, user: &str) -> Result<Reachable, NodeError> {
-        let state = self
-            .known(user)
-            .cloned()
-            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
-        let list = state.list.clone().ok_or_else(|| {
-            NodeError::Crypto(format!(
-                "no device list for {user}; add their contact link again"
-            ))
-        })?;
-        let user_bytes = *list.list().user_id.as_bytes();
-        let mut out = Vec::new();
-        let mut missing = Vec::new();
-        let own_device = self.keys.device.device_id();
-        for (device, curve) in state.devices() {
-            if device == own_device {
-                continue;
-            }
-            let mut sessions = self.load_sessions(&device, curve)?;
-            if !sessions.has_session() {
-                let peer = device_peer(&device)
-                    .ok_or_else(|| NodeError::Crypto("device id is not a PeerId".into()))?;
-                let mut claim = Err(NodeError::Network(format!(
-                    "cannot reach any relay of {} to set up a session",
-                    state.contact.display_name
-                )));
-                for relay in state.relay_peers() {
-                    match self.net.at(relay).claim_prekey(user_bytes, peer).await {
-                        Ok((bytes, _fallback)) => {
-                            claim = Ok(bytes);
-                            break;
-                        }
-                        Err(e) => {
-                            claim = Err(NodeError::Network(format!(
-                                "cannot claim a prekey of {} from its relay: {e}",
-                                state.contact.display_name
-                            )))
-                        }
-                    }
-                }
-                let bytes = match claim {
-                    Ok(b) => b,
-                    Err(e) => {
-                        missing.push((device, e));
-                        continue;
-                    }
-                };
-                let claimed = ClaimedPrekey::from_bytes(&bytes)?;
-                let verified = claimed.verify(list.list())?;
-                sessions.start(&self.keys.device, &verified)?;
-            }
-            out.push((device, sessions));
-        }
-        if out.is_empty() {
-            return Err(missing.into_iter().next().map_or_else(
-                || NodeError::Crypto(format!("{user} has no active device")),
-                |(_, e)| e,
-            ));
-        }
-        Ok((out, missing))
     }
 
     pub(crate) async fn send_text(
@@ -235,15 +140,15 @@ impl Engine {
     ) -> Result<MessageInfo, NodeError> {
         self.check_not_revoked()?;
         let user = self.resolve(contact)?;
-        if self.pending_identity.contains_key(&user) {
+        if self.people.pending_identity.contains_key(&user) {
             return Err(NodeError::IdentityChanged(
-                self.contacts[&user].contact.display_name.clone(),
+                self.people.contacts[&user].contact.display_name.clone(),
             ));
         }
         // Messages waiting for a session go first, so this one waits behind them.
         let waiting = self
             .store
-            .awaiting_encryption(&self.device_hex, OUTBOX_BATCH)?
+            .awaiting_encryption(&self.me.device_hex, OUTBOX_BATCH)?
             .iter()
             .any(|m| m.conversation.0 == user);
         // Devices that cannot be had now (a device linked but never started has no prekey)
@@ -279,14 +184,14 @@ impl Engine {
         };
         let to = tern_crypto::UserId::from_hex(&user)
             .ok_or_else(|| NodeError::UnknownContact(user.clone()))?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let message = self.own_text(id, &user, (lamport, seq), now, body);
         let (deliveries, pickles) = match sessions.as_mut() {
             Some(s) => self.encrypt_text(&to, &message, s)?,
             None => (Vec::new(), Vec::new()),
         };
         let updates = crypto_updates(&pickles);
-        let title = self.contacts[&user].contact.display_name.clone();
+        let title = self.people.contacts[&user].contact.display_name.clone();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.ensure_conversation(
                 &message.conversation,
@@ -301,15 +206,16 @@ impl Engine {
             Ok(())
         })?;
         if !owed.is_empty() {
-            self.resync_due = true;
+            self.lists.resync_due = true;
         }
-        self.lamport.insert(user.clone(), lamport);
-        self.seq.insert(user.clone(), seq);
+        self.counters.lamport.insert(user.clone(), lamport);
+        self.counters.seq.insert(user.clone(), seq);
         if sessions.is_none() {
-            self.encrypt_pending = true;
-            self.encrypt_retry
+            self.outbox.encrypt_pending = true;
+            self.outbox
+                .encrypt_retry
                 .entry(user.clone())
-                .or_insert((0, std::time::Instant::now() + backoff(0)));
+                .or_insert((0, self.clock.now() + backoff(0)));
         }
         let info = message_info(&message);
         self.emit(Event::Message {
@@ -317,43 +223,6 @@ impl Engine {
         });
         self.kick_lanes_for(&deliveries);
         Ok(info)
-    }
-
-    /// Adds sessions with this user's other devices, for sync copies. Returns the (user,
-    /// device) pairs that could not be had now (their relay unreachable, no prekey yet): the
-    /// caller owes them the copy.
-    pub(crate) async fn add_sync_sessions(
-        &mut self,
-        sessions: &mut Vec<(DeviceId, PeerSessions)>,
-    ) -> Vec<(String, String)> {
-        if !self.own_other_devices() {
-            return Vec::new();
-        }
-        let me = self.user_hex.clone();
-        let own_other: Vec<String> = self
-            .keys
-            .device_list
-            .list()
-            .active()
-            .map(|e| e.device_id())
-            .filter(|d| *d != self.keys.device.device_id())
-            .map(|d| d.to_peer_id_string())
-            .collect();
-        match self.sessions_reachable(&me).await {
-            Ok((own, missing)) => {
-                sessions.extend(own);
-                missing
-                    .into_iter()
-                    .map(|(d, _)| (me.clone(), d.to_peer_id_string()))
-                    .collect()
-            }
-            Err(e) => {
-                tracing::info!(
-                    "no session with this user's other devices yet; the sync copy is owed: {e}"
-                );
-                own_other.into_iter().map(|d| (me.clone(), d)).collect()
-            }
-        }
     }
 
     /// The text envelope of a stored own message, encrypted once per device: the outbox
@@ -369,8 +238,8 @@ impl Engine {
             conversation: Conversation::Direct {
                 to: ByteArray::new(*to.as_bytes()),
             },
-            sender_user: ByteArray::new(*self.user.as_bytes()),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            sender_user: ByteArray::new(*self.me.user.as_bytes()),
+            sender_device: ByteArray::new(*self.me.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(Some(&message.conversation.0))),
             grant: None,
             heads: Vec::new(),
@@ -382,7 +251,7 @@ impl Engine {
         let mut env = env;
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
-        let own_list = self.keys.device_list.list();
+        let own_list = self.me.keys.device_list.list();
         // A sync copy for one of this user's other devices, else the contact's.
         encrypt_each(
             sessions,
@@ -390,7 +259,7 @@ impl Engine {
             &self.grants,
             |device| {
                 if own_list.entry(device).is_some() {
-                    self.user_hex.clone()
+                    self.me.user_hex.clone()
                 } else {
                     message.conversation.0.clone()
                 }
@@ -407,12 +276,12 @@ impl Engine {
     /// state and outbox rows in one transaction ([`tern_store::Tx::add_deliveries`], which
     /// refuses a message that already has them, so nothing is encrypted twice).
     pub(crate) async fn encrypt_waiting(&mut self, force: bool) {
-        if !self.encrypt_pending {
+        if !self.outbox.encrypt_pending {
             return;
         }
         let waiting = match self
             .store
-            .awaiting_encryption(&self.device_hex, OUTBOX_BATCH)
+            .awaiting_encryption(&self.me.device_hex, OUTBOX_BATCH)
         {
             Ok(w) => w,
             Err(e) => {
@@ -421,8 +290,8 @@ impl Engine {
             }
         };
         if waiting.is_empty() {
-            self.encrypt_pending = false;
-            self.encrypt_retry.clear();
+            self.outbox.encrypt_pending = false;
+            self.outbox.encrypt_retry.clear();
             return;
         }
         let mut users: Vec<String> = Vec::new();
@@ -432,9 +301,14 @@ impl Engine {
             }
         }
         for user in users {
-            let now = std::time::Instant::now();
-            let (attempts, due) = self.encrypt_retry.get(&user).copied().unwrap_or((0, now));
-            if (!force && due > now) || self.pending_identity.contains_key(&user) {
+            let now = self.clock.now();
+            let (attempts, due) = self
+                .outbox
+                .encrypt_retry
+                .get(&user)
+                .copied()
+                .unwrap_or((0, now));
+            if (!force && due > now) || self.people.pending_identity.contains_key(&user) {
                 continue;
             }
             let Some(to) = tern_crypto::UserId::from_hex(&user) else {
@@ -446,22 +320,23 @@ impl Engine {
                     let attempts = attempts.saturating_add(1);
                     let wait = backoff(attempts);
                     tracing::debug!(contact = %user, "still no session ({e}); retrying in {wait:?}");
-                    self.encrypt_retry
-                        .insert(user.clone(), (attempts, std::time::Instant::now() + wait));
+                    self.outbox
+                        .encrypt_retry
+                        .insert(user.clone(), (attempts, self.clock.now() + wait));
                     continue;
                 }
             };
-            self.encrypt_retry.remove(&user);
+            self.outbox.encrypt_retry.remove(&user);
             let mut owed: Vec<(String, String)> = missing
                 .into_iter()
                 .map(|(d, _)| (user.clone(), d.to_peer_id_string()))
                 .collect();
             owed.extend(self.add_sync_sessions(&mut sessions).await);
             if !owed.is_empty() {
-                self.resync_due = true;
+                self.lists.resync_due = true;
             }
             for m in waiting.iter().filter(|m| m.conversation.0 == user) {
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 let encrypted =
                     self.encrypt_text(&to, m, &mut sessions)
                         .and_then(|(deliveries, pickles)| {
@@ -495,7 +370,7 @@ impl Engine {
     /// pairwise rows ([`super::lanes`]) and group fan-outs (rows of one message that share a
     /// payload, sent as one deposit per relay; [`super::fanout`]).
     pub(crate) fn dispatch_due(&mut self, all: bool) {
-        if self.revoked {
+        if self.me.revoked {
             return;
         }
         self.dispatch_lanes(all);
@@ -545,7 +420,7 @@ impl Engine {
         let Some(state) = self.known(user).cloned() else {
             return Ok(());
         };
-        let own_device = self.keys.device.device_id();
+        let own_device = self.me.keys.device.device_id();
         let mut sessions = Vec::new();
         // One device named: whatever its state (a revoked device is told it was revoked).
         let targets = match only {
@@ -590,14 +465,14 @@ impl Engine {
             conversation: Conversation::Direct {
                 to: ByteArray::new(*to.as_bytes()),
             },
-            sender_user: ByteArray::new(*self.user.as_bytes()),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            sender_user: ByteArray::new(*self.me.user.as_bytes()),
+            sender_device: ByteArray::new(*self.me.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(Some(user))),
             grant: None,
             heads: Vec::new(),
             lamport,
             seq: 0,
-            sent_at_ms: now_ms(),
+            sent_at_ms: self.clock.now_ms(),
             body,
         };
         let mut env = env;
@@ -612,7 +487,7 @@ impl Engine {
             &mut pickles,
         )?;
         let updates = crypto_updates(&pickles);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.apply_crypto(&updates, now)?;
             tx.queue_control(&deliveries, now)?;
@@ -650,72 +525,6 @@ impl Engine {
             };
             self.send_receipt(&user, kind, ids);
         }
-    }
-
-    pub(crate) fn history(
-        &mut self,
-        contact: &str,
-        limit: Option<u32>,
-        before: Option<&str>,
-        mark_read: bool,
-    ) -> Result<Vec<MessageInfo>, NodeError> {
-        let user = self.resolve(contact)?;
-        let page = self.page(&ConversationId(user.clone()), limit, before)?;
-        if mark_read {
-            self.mark_read(&user)?;
-        }
-        Ok(self.named(page))
-    }
-
-    /// A page of a conversation as shown (held messages left out, gaps marked): the newest
-    /// `limit` (default 50, at most 500), or those before the message `before`.
-    pub(crate) fn page(
-        &self,
-        conv: &ConversationId,
-        limit: Option<u32>,
-        before: Option<&str>,
-    ) -> Result<Vec<MessageInfo>, NodeError> {
-        let page = match before {
-            Some(b) => Page::Before(
-                parse_message_id(b).ok_or_else(|| NodeError::UnknownMessage(b.to_owned()))?,
-            ),
-            None => Page::Latest,
-        };
-        let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX);
-        let messages = self.store.history(conv, page, Some(limit))?;
-        Ok(super::hold::visible(
-            &self.store,
-            &self.hold,
-            &messages,
-            now_ms(),
-        )?)
-    }
-
-    /// Marks the conversation read and sends read receipts for what was unread.
-    pub(crate) fn mark_read(&mut self, user: &str) -> Result<(), NodeError> {
-        let conv = ConversationId(user.to_owned());
-        let unread: Vec<MessageId> = self
-            .store
-            .history(&conv, Page::Latest, Some(HISTORY_MAX))?
-            .into_iter()
-            .filter(|m| !m.own && m.status == Status::Received)
-            .map(|m| m.id)
-            .collect();
-        if unread.is_empty() {
-            return Ok(());
-        }
-        let now = now_ms();
-        self.store
-            .transaction(|tx| -> Result<(), tern_store::WriteError> {
-                match tx.mark_read(&conv) {
-                    Ok(_) | Err(tern_store::WriteError::UnknownConversation { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-                // Owed until delivered, so a crash before that does not lose them.
-                tx.owe_receipts(user, tern_store::ReceiptKind::Read, &unread, now)
-            })?;
-        self.send_receipt(user, ReceiptKind::Read, unread);
-        Ok(())
     }
 }
 

@@ -274,9 +274,7 @@ pub(crate) fn media_info(m: &MediaRef) -> crate::types::MediaInfo {
 }
 
 /// Lower-case hex, as blob ids and hashes are shown and named.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(bytes)
-}
+pub(crate) use tern_crypto::hex::encode as hex;
 
 #[cfg(test)]
 mod tests {

@@ -40,7 +40,7 @@ pub fn raw_connection(path: &Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(path).expect("open raw");
     conn.execute_batch("PRAGMA cipher_log_level = NONE;")
         .expect("log level");
-    let hex: String = KEY_BYTES.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = tern_crypto::hex::encode(&KEY_BYTES);
     conn.pragma_update(None, "key", format!("x'{hex}'"))
         .expect("key");
     conn

@@ -887,7 +887,7 @@ pub fn inbound_sender_keys(home: &Path) -> Vec<(String, tern_crypto::group::Inbo
     let key = &keyfile[KEYFILE_LEN - KEY_LEN..];
     let db = std::fs::read(home.db_path()).unwrap();
     let salt = &db[..SALT_LEN];
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let hex = tern_crypto::hex::encode;
     let conn = rusqlite::Connection::open_with_flags(
         home.db_path(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

@@ -21,7 +21,6 @@ use crate::{
     envelope::{Conversation, Envelope},
     error::NodeError,
     group::Action,
-    home::now_ms,
     types::*,
 };
 
@@ -69,7 +68,7 @@ impl Engine {
             sender_user: user.to_owned(),
             sender_device: device.to_peer_id_string(),
             pickle: pickle.to_vec(),
-            received_at_ms: now_ms(),
+            received_at_ms: self.clock.now_ms(),
         }))
     }
 
@@ -87,13 +86,13 @@ impl Engine {
         // in the stash: anything else stays at the relay, which keeps it within that
         // mailbox's quota, and is read once the device is learned (lists are fetched again).
         // So a stranger can never fill the stash and keep a member's message out.
-        if !self.device_owner.contains_key(&sender) {
-            self.recovery.group_from_strangers += 1;
+        if !self.people.device_owner.contains_key(&sender) {
+            self.inbox.recovery.group_from_strangers += 1;
             self.want_device_lists();
             tracing::info!(%sender, "group message from a device of no known user; left at the relay");
             return false;
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match self.store.transaction(|tx| {
             tx.stash_group_message(
                 &sender.to_string(),
@@ -139,7 +138,7 @@ impl Engine {
         };
         let member_now = state.is_member(&sender_user);
         if !member_now {
-            let ever_added = self.groups.get(&group).is_some_and(|g| {
+            let ever_added = self.groups.by_id.get(&group).is_some_and(|g| {
                 g.ops.iter().any(|o| match &o.op.action {
                     Action::Create { members, .. } | Action::Add { members } => {
                         members.iter().any(|m| m.user.into_array() == sender_user)
@@ -164,7 +163,7 @@ impl Engine {
         }
         let title = state.title.clone();
         let mut key = InboundSenderKey::from_pickle(&stored.pickle)?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let device_key = stored.sender_device.clone();
         let mut late_refused = false;
         let result = self.store.transaction(|tx| -> Result<Option<Message>, NodeError> {
@@ -188,14 +187,14 @@ impl Engine {
             }
             if !member_now
                 && !self
-                    .groups
+                    .groups.by_id
                     .get(&group)
                     .is_some_and(|g| g.sent_while_member(&sender_user, &env.heads, now))
             {
                 late_refused = true;
                 return Ok(None);
             }
-            let own = stored.sender_user == self.user_hex;
+            let own = stored.sender_user == self.me.user_hex;
             let message = Message {
                 id: MessageId(env.id.into_array()),
                 conversation: ConversationId(group.clone()),
@@ -245,9 +244,10 @@ impl Engine {
         };
         self.observe_lamport(&group, message.lamport)?;
         self.on_media_message(&message);
-        let shown = self.hold.arrived(&self.store, message, Instant::now())?;
+        let shown = self.hold.arrived(&self.store, message, self.clock.now())?;
         if !shown.is_empty() {
-            self.notify
+            self.groups
+                .notify
                 .entry(group.clone())
                 .or_insert(Notify {
                     pending: 0,
@@ -271,7 +271,7 @@ impl Engine {
                 return;
             }
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for s in stashed {
             let done = match self.process_group(&s.sender_device, &s.payload) {
                 Ok(GroupOutcome::Done) => true,
@@ -280,7 +280,7 @@ impl Engine {
                         .sender_device
                         .parse::<PeerId>()
                         .ok()
-                        .and_then(|p| self.device_owner.get(&p).cloned());
+                        .and_then(|p| self.people.device_owner.get(&p).cloned());
                     self.emit(Event::Undecryptable {
                         user_id: owner.unwrap_or_default(),
                         device_id: s.sender_device.clone(),
@@ -302,8 +302,9 @@ impl Engine {
 
     /// Emits batched group notifications that are due.
     pub(crate) fn flush_notifications(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let due: Vec<String> = self
+            .groups
             .notify
             .iter()
             .filter(|(_, n)| {
@@ -317,7 +318,7 @@ impl Engine {
             let Ok(info) = self.group_info(&group) else {
                 continue;
             };
-            if let Some(n) = self.notify.get_mut(&group) {
+            if let Some(n) = self.groups.notify.get_mut(&group) {
                 n.pending = 0;
                 n.last = Some(now);
             }

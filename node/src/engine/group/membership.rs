@@ -13,17 +13,16 @@ use crate::{
     consts::{MAX_GROUP_MEMBERS, MAX_GROUP_TITLE_BYTES, MAX_MEMBERS_PER_OP},
     error::NodeError,
     group::{Action, GroupState, MemberEntry, Op, SignedOp, check_new},
-    home::now_ms,
     types::*,
 };
 
 impl Engine {
     fn own_entry(&self) -> MemberEntry {
         MemberEntry {
-            user: ByteArray::new(*self.user.as_bytes()),
-            identity_key: ByteArray::new(*self.keys.identity.public().as_bytes()),
-            name: self.config.name.clone(),
-            relays: self.home_relays.iter().map(ToString::to_string).collect(),
+            user: ByteArray::new(*self.me.user.as_bytes()),
+            identity_key: ByteArray::new(*self.me.keys.identity.public().as_bytes()),
+            name: self.me.config.name.clone(),
+            relays: self.home_relay_addrs(),
             admin: true,
         }
     }
@@ -35,18 +34,18 @@ impl Engine {
         let mut out = Vec::new();
         for m in members {
             let user = self.resolve(m)?;
-            if user == self.user_hex {
+            if user == self.me.user_hex {
                 return Err(NodeError::BadRequest("you cannot add yourself".into()));
             }
-            if self.pending_identity.contains_key(&user) {
+            if self.people.pending_identity.contains_key(&user) {
                 return Err(NodeError::IdentityChanged(
-                    self.contacts[&user].contact.display_name.clone(),
+                    self.people.contacts[&user].contact.display_name.clone(),
                 ));
             }
             if !seen.insert(user.clone()) {
                 continue;
             }
-            let c = &self.contacts[&user];
+            let c = &self.people.contacts[&user];
             let key: [u8; 32] = c.contact.identity_key.as_slice().try_into().map_err(|_| {
                 NodeError::Crypto("stored identity key has the wrong length".into())
             })?;
@@ -88,8 +87,8 @@ impl Engine {
             .map_err(|e| NodeError::Crypto(e.to_string()))?
             .as_bytes();
         let id = GroupId::from_bytes(crate::group::group_id(
-            self.user.as_bytes(),
-            self.keys.identity.public().as_bytes(),
+            self.me.user.as_bytes(),
+            self.me.keys.identity.public().as_bytes(),
             &salt,
         ));
         let group = hex(id.as_bytes());
@@ -101,8 +100,8 @@ impl Engine {
                 group: ByteArray::new(*id.as_bytes()),
                 epoch: 0,
                 parents: Vec::new(),
-                author: ByteArray::new(*self.user.as_bytes()),
-                at_ms: now_ms(),
+                author: ByteArray::new(*self.me.user.as_bytes()),
+                at_ms: self.clock.now_ms(),
                 lamport: 1,
                 action: Action::Create {
                     title,
@@ -110,7 +109,7 @@ impl Engine {
                     salt: ByteArray::new(salt),
                 },
             },
-            &self.keys.identity,
+            &self.me.keys.identity,
         )
         .map_err(|e| NodeError::BadRequest(e.to_string()))?;
         // The rest joins in operations of at most 64, all committed and sent together.
@@ -120,14 +119,14 @@ impl Engine {
         for (n, chunk) in entries[split..].chunks(MAX_MEMBERS_PER_OP).enumerate() {
             let op = SignedOp::sign(
                 state.next_op(
-                    *self.user.as_bytes(),
-                    now_ms(),
+                    *self.me.user.as_bytes(),
+                    self.clock.now_ms(),
                     2 + n as u64,
                     Action::Add {
                         members: chunk.to_vec(),
                     },
                 ),
-                &self.keys.identity,
+                &self.me.keys.identity,
             )
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
             state = check_new(&ops, &op)
@@ -141,7 +140,7 @@ impl Engine {
 
     fn require_admin(&self, group: &str) -> Result<(), NodeError> {
         let state = self.state(group)?;
-        let me = self.user.as_bytes();
+        let me = self.me.user.as_bytes();
         if !state.is_member(me) {
             return Err(NodeError::NotMember(state.title.clone()));
         }
@@ -215,7 +214,7 @@ impl Engine {
                     .ok_or(e)?,
             };
             let b = user_bytes(&id).ok_or_else(|| NodeError::UnknownContact(m.clone()))?;
-            if b == *self.user.as_bytes() {
+            if b == *self.me.user.as_bytes() {
                 return Err(NodeError::BadRequest(
                     "to leave a group use `tern group leave`".into(),
                 ));
@@ -240,7 +239,7 @@ impl Engine {
         self.check_not_revoked()?;
         let group = self.resolve_group(group)?;
         let state = self.state(&group)?;
-        if !state.is_member(self.user.as_bytes()) {
+        if !state.is_member(self.me.user.as_bytes()) {
             return Err(NodeError::NotMember(state.title.clone()));
         }
         self.issue(&group, Action::Leave).await?;
@@ -259,6 +258,7 @@ impl Engine {
         let mut state = self.state(group)?.clone();
         let mut held = self
             .groups
+            .by_id
             .get(group)
             .map(|g| g.ops.clone())
             .unwrap_or_default();
@@ -266,8 +266,13 @@ impl Engine {
         for action in actions {
             lamport += 1;
             let op = SignedOp::sign(
-                state.next_op(*self.user.as_bytes(), now_ms(), lamport, action),
-                &self.keys.identity,
+                state.next_op(
+                    *self.me.user.as_bytes(),
+                    self.clock.now_ms(),
+                    lamport,
+                    action,
+                ),
+                &self.me.keys.identity,
             )
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
             // Check it applies before anything is stored or sent.

@@ -161,9 +161,7 @@ impl GroupCtx {
 }
 
 /// A user id, group id or other id as lowercase hex.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(super) use tern_crypto::hex::encode as hex;
 
 /// The 16 bytes of a user or group id given as hex.
 pub(crate) fn user_bytes(hex_id: &str) -> Option<[u8; 16]> {
@@ -176,22 +174,27 @@ impl Engine {
     pub(crate) fn load_groups(&mut self) -> Result<(), NodeError> {
         for (group, bytes, received) in self.store.group_ops_received()? {
             match SignedOp::from_bytes(&bytes) {
-                Ok(op) => self.groups.entry(group).or_default().hold(op, received),
+                Ok(op) => self
+                    .groups
+                    .by_id
+                    .entry(group)
+                    .or_default()
+                    .hold(op, received),
                 Err(e) => tracing::error!(%group, "a stored group operation is unreadable: {e}"),
             }
         }
-        for ctx in self.groups.values_mut() {
+        for ctx in self.groups.by_id.values_mut() {
             ctx.resolve();
         }
         for (user, list) in self.store.group_peers()? {
-            if self.contacts.contains_key(&user) {
+            if self.people.contacts.contains_key(&user) {
                 continue;
             }
             if let Some(state) = self.peer_state(&user, &list) {
-                self.peers.insert(user, state);
+                self.people.peers.insert(user, state);
             }
         }
-        self.peers_due = true;
+        self.people.peers_due = true;
         Ok(())
     }
 
@@ -229,6 +232,7 @@ impl Engine {
             GroupCommand::List(reply) => {
                 let mut ids: Vec<String> = self
                     .groups
+                    .by_id
                     .iter()
                     .filter(|(_, g)| g.resolved.is_some())
                     .map(|(id, _)| id.clone())
@@ -262,6 +266,7 @@ impl Engine {
 
     pub(crate) fn state(&self, group: &str) -> Result<&GroupState, NodeError> {
         self.groups
+            .by_id
             .get(group)
             .and_then(|g| g.resolved.as_ref())
             .map(|r| &r.state)
@@ -276,6 +281,7 @@ impl Engine {
         }
         let matches: Vec<&String> = self
             .groups
+            .by_id
             .iter()
             .filter(|(_, g)| {
                 g.resolved
@@ -293,16 +299,17 @@ impl Engine {
 
     pub(super) fn group_info(&self, group: &str) -> Result<GroupInfo, NodeError> {
         let state = self.state(group)?;
-        let me = *self.user.as_bytes();
+        let me = *self.me.user.as_bytes();
         let mut members: Vec<GroupMemberInfo> = state
             .members
             .iter()
             .map(|(id, m)| {
                 let user_id = hex(id);
                 let name = if id == &me {
-                    self.config.name.clone()
+                    self.me.config.name.clone()
                 } else {
-                    self.contacts
+                    self.people
+                        .contacts
                         .get(&user_id)
                         .map_or_else(|| m.name.clone(), |c| c.contact.display_name.clone())
                 };

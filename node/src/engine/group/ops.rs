@@ -16,7 +16,6 @@ use crate::{
     envelope::{Body, Conversation, Envelope},
     error::NodeError,
     group::{Action, SignedOp},
-    home::now_ms,
     types::*,
 };
 
@@ -44,14 +43,14 @@ impl Engine {
             .state(group)
             .map(|s| s.members.keys().copied().collect())
             .unwrap_or_default();
-        let saved = now_ms();
+        let saved = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             for op in &ops {
                 tx.save_group_op(group, &op.hash, op.to_bytes(), saved)?;
             }
             Ok(())
         })?;
-        let ctx = self.groups.entry(group.to_owned()).or_default();
+        let ctx = self.groups.by_id.entry(group.to_owned()).or_default();
         for op in &ops {
             ctx.hold(op.clone(), saved);
         }
@@ -59,7 +58,7 @@ impl Engine {
         let state = self.state(group)?.clone();
         // Parents these operations name that others signed go with them: a member who
         // missed one (its author reached only some members) can then place them.
-        let me = *self.user.as_bytes();
+        let me = *self.me.user.as_bytes();
         let mut outgoing: Vec<SignedOp> = {
             let fresh: HashSet<[u8; 32]> = ops.iter().map(|o| o.hash).collect();
             let mut wanted: Vec<[u8; 32]> = ops
@@ -69,7 +68,7 @@ impl Engine {
                 .collect();
             wanted.sort();
             wanted.dedup();
-            let ctx = &self.groups[group];
+            let ctx = &self.groups.by_id[group];
             wanted
                 .iter()
                 .filter_map(|h| ctx.ops.iter().find(|o| o.hash == *h))
@@ -101,7 +100,7 @@ impl Engine {
             Vec::new()
         } else {
             let fresh: HashSet<[u8; 32]> = ops.iter().map(|o| o.hash).collect();
-            let ctx = &self.groups[group];
+            let ctx = &self.groups.by_id[group];
             ctx.resolved
                 .as_ref()
                 .map(|r| r.linked.clone())
@@ -118,7 +117,7 @@ impl Engine {
         }
         // Everything is owed to its recipients first, in one transaction, and settled as it
         // is queued: a crash while sessions are being set up loses no membership change.
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             for (list, users) in [(&ops, &to), (&prior, &newcomers)] {
                 for op in list.iter() {
@@ -139,20 +138,21 @@ impl Engine {
     /// author (no device: the same row on every member), at its Lamport clock.
     fn store_op_message(&mut self, group: &str, op: &SignedOp) -> Result<Inserted, NodeError> {
         let sender_user = hex(op.op.author.as_slice());
-        let own = sender_user == self.user_hex;
+        let own = sender_user == self.me.user_hex;
         let lamport = op.op.lamport;
         self.observe_lamport(group, lamport)?;
         let title = self.state(group).map(|s| s.title.clone()).ok();
         let mut text = self.describe(op);
         let applied = self
             .groups
+            .by_id
             .get(group)
             .and_then(|g| g.resolved.as_ref())
             .is_some_and(|r| r.is_applied(&op.hash));
         if !applied {
             text.push_str(" (did not take effect)");
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let message = Message {
             id: op_message_id(op),
             conversation: ConversationId(group.to_owned()),
@@ -188,22 +188,23 @@ impl Engine {
     }
 
     fn name_of(&self, user: &[u8; 16]) -> String {
-        if user == self.user.as_bytes() {
-            return self.config.name.clone();
+        if user == self.me.user.as_bytes() {
+            return self.me.config.name.clone();
         }
         let id = hex(user);
-        if let Some(c) = self.contacts.get(&id) {
+        if let Some(c) = self.people.contacts.get(&id) {
             return c.contact.display_name.clone();
         }
         // Members who left or were removed are named by the operation that added them.
-        let mut entries =
-            self.groups
-                .values()
-                .flat_map(|g| &g.ops)
-                .flat_map(|o| match &o.op.action {
-                    Action::Create { members, .. } | Action::Add { members } => members.as_slice(),
-                    _ => &[],
-                });
+        let mut entries = self
+            .groups
+            .by_id
+            .values()
+            .flat_map(|g| &g.ops)
+            .flat_map(|o| match &o.op.action {
+                Action::Create { members, .. } | Action::Add { members } => members.as_slice(),
+                _ => &[],
+            });
         entries
             .find(|m| m.user.into_array() == *user)
             .map_or_else(|| id[..8].to_owned(), |m| m.name.clone())
@@ -269,8 +270,8 @@ impl Engine {
                 conversation: Conversation::Group {
                     id: ByteArray::new(gid),
                 },
-                sender_user: ByteArray::new(*self.user.as_bytes()),
-                sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+                sender_user: ByteArray::new(*self.me.user.as_bytes()),
+                sender_device: ByteArray::new(*self.me.keys.device.device_id().as_bytes()),
                 lists: Some(self.list_versions(None)),
                 grant: None,
                 heads: Vec::new(),
@@ -297,12 +298,12 @@ impl Engine {
                         tracing::info!(%group, member = %user, "member not reachable now; the membership change waits for them: {e}");
                     }
                     if !failed.is_empty() {
-                        self.owed_due = true;
+                        self.groups.owed_due = true;
                     }
                 }
                 Err(e) => {
                     tracing::error!(%group, "queueing group operations failed; they stay owed: {e}");
-                    self.owed_due = true;
+                    self.groups.owed_due = true;
                 }
             }
         }
@@ -311,7 +312,7 @@ impl Engine {
     /// After the membership of `group` changed: members to look up, kept messages to retry,
     /// and an event.
     fn after_membership_change(&mut self, group: &str) {
-        self.peers_due = true;
+        self.people.peers_due = true;
         self.retry_stash(None);
         if let Ok(info) = self.group_info(group) {
             self.emit(Event::Group { group: info });
@@ -347,11 +348,12 @@ impl Engine {
     pub(crate) fn apply_group_op(&mut self, group: String, op: SignedOp) -> Result<(), NodeError> {
         let before = self
             .groups
+            .by_id
             .get(&group)
             .and_then(|g| g.resolved.as_ref())
             .map(|r| r.applied.clone());
-        let ctx = self.groups.entry(group.clone()).or_default();
-        ctx.hold(op.clone(), now_ms());
+        let ctx = self.groups.by_id.entry(group.clone()).or_default();
+        ctx.hold(op.clone(), self.clock.now_ms());
         ctx.resolve();
         let Some(after) = ctx.resolved.as_ref() else {
             return Ok(());

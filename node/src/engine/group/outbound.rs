@@ -18,7 +18,6 @@ use crate::engine::{Engine, message_info, send};
 use crate::{
     envelope::{Body, Conversation, Envelope},
     error::NodeError,
-    home::now_ms,
     types::*,
 };
 
@@ -38,7 +37,7 @@ impl Engine {
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         for user in users {
-            if let Err(e) = self.ensure_peer(user).await {
+            if let Err(e) = self.ensure_peer(user) {
                 failed.push((user.clone(), e));
                 continue;
             }
@@ -59,7 +58,7 @@ impl Engine {
             )?;
         }
         let updates = send::crypto_updates(&pickles);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let queued: Vec<&String> = users
             .iter()
             .filter(|u| !failed.iter().any(|(f, _)| f == *u))
@@ -88,7 +87,7 @@ impl Engine {
         gid: GroupId,
         epoch: u64,
     ) -> Result<(OutboundSenderKey, bool), NodeError> {
-        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let now_secs = self.clock.now_secs();
         if let Some((sid, key_epoch)) = self.store.group_sender_key(group)?
             && key_epoch == epoch
             && let Some(stored) = self
@@ -105,7 +104,7 @@ impl Engine {
             }
         }
         Ok((
-            OutboundSenderKey::new(gid, self.keys.device.device_id(), now_secs),
+            OutboundSenderKey::new(gid, self.me.keys.device.device_id(), now_secs),
             true,
         ))
     }
@@ -121,7 +120,7 @@ impl Engine {
         self.check_not_revoked()?;
         let group = self.resolve_group(group)?;
         let state = self.state(&group)?.clone();
-        let me = *self.user.as_bytes();
+        let me = *self.me.user.as_bytes();
         if !state.is_member(&me) {
             return Err(NodeError::NotMember(state.title));
         }
@@ -134,12 +133,12 @@ impl Engine {
             .collect();
         // This user's other devices get the message too.
         if self.own_other_devices() {
-            users.push(self.user_hex.clone());
+            users.push(self.me.user_hex.clone());
         }
         // Members who cannot be reached now are owed the message (with the key as of it).
         let mut owed: Vec<String> = Vec::new();
         for u in &users {
-            if let Err(e) = self.ensure_peer(u).await {
+            if let Err(e) = self.ensure_peer(u) {
                 tracing::info!(%group, member = %u, "member not reachable now; the message waits for them: {e}");
                 owed.push(u.clone());
             }
@@ -154,7 +153,7 @@ impl Engine {
         };
         let (lamport, seq) = self.conv_state(&group)?;
         let (lamport, seq) = (lamport + 1, seq + 1);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let id = match id {
             Some(id) => id,
             None => MessageId(send::random_id()?),
@@ -165,7 +164,7 @@ impl Engine {
                 id: ByteArray::new(state.id),
             },
             sender_user: ByteArray::new(me),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            sender_device: ByteArray::new(*self.me.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(None)),
             grant: None,
             heads: state.heads.iter().map(|h| ByteArray::new(*h)).collect(),
@@ -175,7 +174,7 @@ impl Engine {
             body: crate::media::wire_body(&body)?,
         };
         let plain = zeroize::Zeroizing::new(env.encode()?);
-        let distribution = key.distribution(self.user).to_bytes()?;
+        let distribution = key.distribution(self.me.user).to_bytes()?;
         let ciphertext = key.encrypt(&plain)?;
         // Devices that have the key share one ciphertext; the others get it with the key.
         let mut fan: Vec<(String, String)> = Vec::new();
@@ -187,7 +186,7 @@ impl Engine {
             }
             let devices = c.devices();
             let mut missing = false;
-            let own_device = self.keys.device.device_id();
+            let own_device = self.me.keys.device.device_id();
             for (d, _) in devices.into_iter().filter(|(d, _)| *d != own_device) {
                 let dev = d.to_peer_id_string();
                 if shared.contains(&dev) {
@@ -267,10 +266,10 @@ impl Engine {
             Ok(())
         })?;
         if !owed.is_empty() {
-            self.owed_due = true;
+            self.groups.owed_due = true;
         }
-        self.lamport.insert(group.clone(), lamport);
-        self.seq.insert(group.clone(), seq);
+        self.counters.lamport.insert(group.clone(), lamport);
+        self.counters.seq.insert(group.clone(), seq);
         let info = message_info(&message);
         self.emit(Event::Message {
             message: info.clone(),
@@ -288,11 +287,11 @@ impl Engine {
     /// Sends owed group messages to members who can be reached now: over Olm, with the
     /// sender key as of each message, queued in the outbox.
     pub(crate) async fn deliver_owed(&mut self) {
-        if !self.owed_due {
+        if !self.groups.owed_due {
             return;
         }
         // What cannot go now is tried again at the next heartbeat or member lookup.
-        self.owed_due = false;
+        self.groups.owed_due = false;
         let owed = match self.store.owed_group_messages(crate::consts::OUTBOX_BATCH) {
             Ok(o) => o,
             Err(e) => {
@@ -334,7 +333,7 @@ impl Engine {
                 .transaction(|tx| tx.settle_owed_group_message(o.message_id, &o.user_id))?;
             return Ok(());
         }
-        self.ensure_peer(&o.user_id).await?;
+        self.ensure_peer(&o.user_id)?;
         let body = if is_op {
             // The operation is the stored membership message itself.
             let StoreBody::Structured { data, .. } = &m.body else {
@@ -375,8 +374,8 @@ impl Engine {
             conversation: Conversation::Group {
                 id: ByteArray::new(gid),
             },
-            sender_user: ByteArray::new(*self.user.as_bytes()),
-            sender_device: ByteArray::new(*self.keys.device.device_id().as_bytes()),
+            sender_user: ByteArray::new(*self.me.user.as_bytes()),
+            sender_device: ByteArray::new(*self.me.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(None)),
             grant: None,
             heads: Vec::new(),

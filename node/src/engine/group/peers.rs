@@ -3,35 +3,37 @@
 //! and their messages read.
 
 use std::collections::HashMap;
-use std::time::Instant;
-use tern_relay::rpc::Requests as _;
 
 use tern_crypto::SignedDeviceList;
 use tern_store::Contact;
 
 use super::{hex, user_bytes};
 use crate::engine::{ContactState, Engine, Internal, relay_peer, send};
-use crate::{error::NodeError, home::now_ms};
+use crate::error::NodeError;
 
 impl Engine {
     /// A user this device can reach: a contact, or a member of a shared group.
     pub(crate) fn known(&self, user: &str) -> Option<&ContactState> {
-        self.contacts.get(user).or_else(|| self.peers.get(user))
+        self.people
+            .contacts
+            .get(user)
+            .or_else(|| self.people.peers.get(user))
     }
 
     /// A group member who is not a contact, from the group state and their device list.
     pub(super) fn peer_state(&self, user: &str, list_bytes: &[u8]) -> Option<ContactState> {
         let ub = user_bytes(user)?;
         // A member, or a former member whose late messages may still be shown.
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let (identity_key, name, relays) = self
             .groups
+            .by_id
             .values()
             .filter_map(|g| g.resolved.as_ref())
             .find_map(|r| r.state.members.get(&ub))
             .map(|m| (m.identity_key, m.name.clone(), m.relays.clone()))
             .or_else(|| {
-                self.groups.values().find_map(|g| {
+                self.groups.by_id.values().find_map(|g| {
                     g.recently_left(now)
                         .into_iter()
                         .find(|(u, _)| *u == ub)
@@ -67,71 +69,48 @@ impl Engine {
         };
         self.store
             .transaction(|tx| tx.save_group_peer(user, bytes))?;
-        self.peers.insert(user.to_owned(), state);
+        self.people.peers.insert(user.to_owned(), state);
         Ok(true)
     }
 
-    /// Makes sure a group member's device list is known (fetched from their relays and
-    /// checked against the identity key the group vouches for).
-    pub(crate) async fn ensure_peer(&mut self, user: &str) -> Result<(), NodeError> {
+    /// Whether a group member's device list is known. When it is not, a lookup is asked
+    /// for ([`Engine::fetch_missing_peers`] runs it in a task on the next tick, never on the
+    /// engine) and this fails: the caller owes the member what it was sending, which goes
+    /// once the lookup has learned the list (`owed_due`).
+    pub(crate) fn ensure_peer(&mut self, user: &str) -> Result<(), NodeError> {
         if self.known(user).is_some_and(|c| c.list.is_some()) {
             return Ok(());
         }
         let ub = user_bytes(user).ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
         let member = self
             .groups
+            .by_id
             .values()
             .filter_map(|g| g.resolved.as_ref())
             .find_map(|r| r.state.members.get(&ub).cloned())
             .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
-        let mut last = NodeError::Network(format!("{} has no relay", member.name));
-        for addr in &member.relays {
-            let Some(relay) = addr.parse().ok().as_ref().and_then(relay_peer) else {
-                continue;
-            };
-            if let Ok(a) = addr.parse() {
-                let _ = self.net.add_relay(a, false).await;
-            }
-            // Only connected relays are asked, so an unreachable one never stalls the engine;
-            // the lookup runs again when it comes up.
-            if !self.relay_up.contains(&relay) {
-                last = NodeError::Network(format!("no connection to a relay of {}", member.name));
-                continue;
-            }
-            match self.net.at(relay).fetch_device_list(ub).await {
-                Ok(bytes) => {
-                    if self.keep_peer(user, &bytes)? {
-                        self.rebuild_device_owner();
-                        return Ok(());
-                    }
-                    last = NodeError::Crypto(format!(
-                        "the device list of {} does not match the key the group gave",
-                        member.name
-                    ));
-                }
-                Err(e) => {
-                    last = NodeError::Network(format!(
-                        "cannot fetch the device list of {}: {e}",
-                        member.name
-                    ))
-                }
-            }
-        }
-        Err(last)
+        self.people.peers_due = true;
+        Err(NodeError::Network(format!(
+            "the device list of {} is being looked up",
+            member.name
+        )))
     }
 
     /// Fetches the device lists of group members not known yet (on a tick), in a task so a
     /// big group never stalls the engine; [`Engine::on_peer_lists`] takes them. Mail kept for
     /// them is fetched again afterwards.
     pub(crate) async fn fetch_missing_peers(&mut self) {
-        if !self.peers_due || self.peers_fetching || self.peers_retry.1 > Instant::now() {
+        if !self.people.peers_due
+            || self.people.peers_fetching
+            || self.people.peers_retry.1 > self.clock.now()
+        {
             return;
         }
-        self.peers_due = false;
-        let me = *self.user.as_bytes();
+        self.people.peers_due = false;
+        let me = *self.me.user.as_bytes();
         let mut missing: HashMap<[u8; 16], Vec<String>> = HashMap::new();
-        let now = now_ms();
-        for g in self.groups.values() {
+        let now = self.clock.now_ms();
+        for g in self.groups.by_id.values() {
             let Some(r) = g.resolved.as_ref() else {
                 continue;
             };
@@ -154,17 +133,17 @@ impl Engine {
             match addrs
                 .iter()
                 .filter_map(relay_peer)
-                .find(|r| self.relay_up.contains(r))
+                .find(|r| self.relays.relay_up.contains(r))
             {
                 Some(relay) => targets.push((hex(&user), relay, user)),
-                None => self.peers_due = true,
+                None => self.people.peers_due = true,
             }
         }
         if targets.is_empty() {
             self.peers_looked_up(false);
             return;
         }
-        self.peers_fetching = true;
+        self.people.peers_fetching = true;
         self.fetch_lists(targets, |lists, failed| Internal::PeerLists {
             lists,
             failed,
@@ -174,7 +153,7 @@ impl Engine {
     /// Device lists of group members fetched by [`Engine::fetch_missing_peers`]: each one
     /// the group's identity key for that member signed is kept.
     pub(crate) fn on_peer_lists(&mut self, lists: Vec<(String, Vec<u8>)>, failed: bool) {
-        self.peers_fetching = false;
+        self.people.peers_fetching = false;
         let mut learned = false;
         for (user, bytes) in lists {
             match self.keep_peer(&user, &bytes) {
@@ -184,12 +163,12 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::error!(member = %user, "saving a member's device list failed: {e}");
-                    self.peers_due = true;
+                    self.people.peers_due = true;
                 }
             }
         }
         if failed {
-            self.peers_due = true;
+            self.people.peers_due = true;
         }
         self.peers_looked_up(learned);
     }
@@ -197,15 +176,15 @@ impl Engine {
     /// After a round of member lookups: failures are retried with backoff (and at once when a
     /// relay comes up); what was learned gets its kept mail and owed messages.
     fn peers_looked_up(&mut self, learned: bool) {
-        self.peers_retry = if self.peers_due {
-            let attempts = self.peers_retry.0.saturating_add(1);
-            (attempts, Instant::now() + send::backoff(attempts))
+        self.people.peers_retry = if self.people.peers_due {
+            let attempts = self.people.peers_retry.0.saturating_add(1);
+            (attempts, self.clock.now() + send::backoff(attempts))
         } else {
-            (0, Instant::now())
+            (0, self.clock.now())
         };
         if learned {
             self.rebuild_device_owner();
-            self.owed_due = true;
+            self.groups.owed_due = true;
             self.fetch_home_mailboxes();
             self.retry_stash(None);
         }

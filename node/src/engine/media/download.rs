@@ -15,7 +15,6 @@ use super::{DownData, MediaEvent, TransferData, info};
 use crate::engine::{Engine, relay_peer};
 use crate::{
     error::NodeError,
-    home::now_ms,
     media::{MediaRef, StoredMedia, safe_name, stage},
     types::{Event, TransferInfo},
 };
@@ -339,7 +338,9 @@ impl Engine {
         media: MediaRef,
         save_to: Option<String>,
     ) -> Result<TransferInfo, NodeError> {
-        if media.expires_at_ms != 0 && u64::try_from(now_ms()).unwrap_or(0) > media.expires_at_ms {
+        if media.expires_at_ms != 0
+            && u64::try_from(self.clock.now_ms()).unwrap_or(0) > media.expires_at_ms
+        {
             return Err(NodeError::Media {
                 code: "expired",
                 message: "the relay no longer holds this file (it expired)".into(),
@@ -350,7 +351,7 @@ impl Engine {
             sender_device: m.sender_device.clone(),
             save_to,
         });
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let total = match &data {
             TransferData::Down(d) => d.media.blob_size,
             TransferData::Up(_) => 0,

@@ -51,7 +51,6 @@ use super::{Engine, relay_peer};
 use crate::{
     consts::{AUTO_DOWNLOAD_BYTES, MEDIA_EVENT_QUEUE, RETRY_MAX},
     error::NodeError,
-    home::now_ms,
     media::{MediaRef, safe_name},
     types::{Event, TransferInfo},
 };
@@ -298,10 +297,11 @@ impl Engine {
                 ..
             }) => {
                 let relay = self
+                    .relays
                     .home_relays
                     .iter()
-                    .find(|a| relay_peer(a).is_some_and(|p| self.relay_up.contains(&p)))
-                    .or_else(|| self.home_relays.first())
+                    .find(|a| relay_peer(a).is_some_and(|p| self.relays.relay_up.contains(&p)))
+                    .or_else(|| self.relays.home_relays.first())
                     .cloned();
                 let Some(relay) = relay else {
                     self.transfer_failed(id, "no_relay", "no home relay to upload to", true);
@@ -344,7 +344,7 @@ impl Engine {
             TransferState::Done,
             TransferState::Failed,
         ])?;
-        let since = now_ms() - 24 * 3600 * 1000;
+        let since = self.clock.now_ms() - 24 * 3600 * 1000;
         Ok(all
             .iter()
             .filter(|t| {
@@ -380,14 +380,14 @@ impl Engine {
             *attempts += 1;
             let wait = super::send::backoff(*attempts).min(RETRY_MAX);
             tracing::info!(transfer = %id, code, "transfer paused, retrying in {wait:?}: {message}");
-            self.media.retry.insert(id, Instant::now() + wait);
+            self.media.retry.insert(id, self.clock.now() + wait);
             self.emit_transfer(&t, "paused", Some(code.into()));
             return;
         }
         tracing::warn!(transfer = %id, code, "transfer failed: {message}");
         self.media.retry.remove(&id);
         self.media.attempts.remove(&id);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if let Err(e) = self.store.transaction(|tx| {
             tx.transfer_progress(&id, TransferState::Failed, t.bytes_done, Some(code), now)
         }) {
@@ -410,7 +410,7 @@ impl Engine {
             .media
             .retry
             .iter()
-            .filter(|(_, at)| now || **at <= Instant::now())
+            .filter(|(_, at)| now || **at <= self.clock.now())
             .map(|(id, _)| *id)
             .collect();
         for id in due {
@@ -456,7 +456,7 @@ impl Engine {
                 };
                 // A file the web UI uploaded for sending is not needed once staged.
                 let source = Path::new(&up.source);
-                if source.starts_with(self.home.dir().join("uploads")) {
+                if source.starts_with(self.me.home.dir().join("uploads")) {
                     let _ = std::fs::remove_file(source);
                     if let Some(dir) = source.parent() {
                         let _ = std::fs::remove_dir(dir);
@@ -481,7 +481,7 @@ impl Engine {
                         }) => s.media.blob_size,
                         _ => t.bytes_total,
                     },
-                    updated_at_ms: now_ms(),
+                    updated_at_ms: self.clock.now_ms(),
                     ..t
                 };
                 if let Err(e) = self.store.transaction(|tx| tx.put_transfer(&t)) {
@@ -510,7 +510,7 @@ impl Engine {
                 let Ok(Some(t)) = self.store.transfer(&id) else {
                     return;
                 };
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 if let Err(e) = self.store.transaction(|tx| {
                     tx.transfer_progress(&id, TransferState::Done, t.bytes_total, None, now)
                 }) {

@@ -17,7 +17,6 @@ use crate::engine::{Engine, relay_peer};
 use crate::{
     consts::{MAX_TEXT_BYTES, UPLOAD_WINDOW_CHUNKS},
     error::NodeError,
-    home::now_ms,
     media::{MAX_FILE_BYTES, MediaRef, StoredMedia, hex, image, safe_name, stage},
     types::{Event, TransferInfo},
 };
@@ -206,7 +205,7 @@ impl Engine {
             (None, Some(g)) => {
                 let g = self.resolve_group(g)?;
                 let state = self.state(&g)?;
-                if !state.is_member(self.user.as_bytes()) {
+                if !state.is_member(self.me.user.as_bytes()) {
                     return Err(NodeError::NotMember(state.title.clone()));
                 }
                 Target::Group(g)
@@ -255,7 +254,7 @@ impl Engine {
             original,
             staged: None,
         });
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let t = Transfer {
             id,
             direction: Direction::Up,
@@ -320,7 +319,7 @@ impl Engine {
             state: TransferState::Done,
             data: data.encode()?,
             bytes_done: t.bytes_total,
-            updated_at_ms: now_ms(),
+            updated_at_ms: self.clock.now_ms(),
             ..t
         };
         self.store.transaction(|tx| tx.put_transfer(&t))?;

@@ -43,18 +43,11 @@ pub(super) fn now_ms() -> u64 {
 }
 
 pub(super) fn hex(id: &BlobId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    tern_crypto::hex::encode(id)
 }
 
 fn unhex(s: &str) -> Option<BlobId> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    tern_crypto::hex::decode_array(s)
 }
 
 /// Free bytes on the file system holding `dir` for an unprivileged writer.

@@ -1,0 +1,257 @@
+//! Commands from [`crate::Node`] handles, and the one place each goes to the part that
+//! answers it.
+
+use tokio::sync::oneshot;
+
+use super::{Engine, push};
+use crate::{error::NodeError, types::*};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+/// A command from a [`crate::Node`] handle.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Id(Reply<IdInfo>),
+    Link(Reply<LinkInfo>),
+    AddContact {
+        link: String,
+        name: Option<String>,
+        accept_new_key: bool,
+        reply: Reply<AddedContact>,
+    },
+    AcceptIdentity {
+        contact: String,
+        reply: Reply<AddedContact>,
+    },
+    Contacts(Reply<Vec<ContactInfo>>),
+    Send {
+        contact: String,
+        text: String,
+        reply: Reply<MessageInfo>,
+    },
+    History {
+        contact: String,
+        limit: Option<u32>,
+        before: Option<String>,
+        mark_read: bool,
+        reply: Reply<Vec<MessageInfo>>,
+    },
+    Conversations(Reply<Vec<ConversationInfo>>),
+    Presence {
+        contact: Option<String>,
+        reply: Reply<Vec<PresenceInfo>>,
+    },
+    SetStatus {
+        away: bool,
+        reply: Reply<()>,
+    },
+    Status(Reply<StatusInfo>),
+    Search {
+        query: String,
+        reply: Reply<Vec<SearchHitInfo>>,
+    },
+    Safety {
+        contact: String,
+        reply: Reply<SafetyInfo>,
+    },
+    Verify {
+        contact: String,
+        scanned: Option<String>,
+        reply: Reply<ContactInfo>,
+    },
+    Group(GroupCommand),
+    DeviceAdd {
+        code: String,
+        reply: Reply<DeviceInfo>,
+    },
+    Devices(Reply<Vec<DeviceInfo>>),
+    /// Send a file to a contact or a group.
+    FileSend {
+        contact: Option<String>,
+        group: Option<String>,
+        path: String,
+        caption: String,
+        original: bool,
+        reply: Reply<TransferInfo>,
+    },
+    /// Save a message's file (downloading it first if needed).
+    FileGet {
+        message: String,
+        to: Option<String>,
+        reply: Reply<TransferInfo>,
+    },
+    /// The transfers not finished, and those finished lately.
+    Transfers(Reply<Vec<TransferInfo>>),
+    /// Where a message's file is on this device, to decrypt on read.
+    FileOpen {
+        message: String,
+        reply: Reply<crate::media::LocalFile>,
+    },
+    DeviceRevoke {
+        device: String,
+        reply: Reply<DeviceInfo>,
+    },
+    /// What an identity backup holds (sealed by the caller).
+    BackupBundle(Reply<crate::device_link::Bundle>),
+    /// Set, clear or show the push endpoint.
+    Push(push::PushCommand),
+}
+
+/// A group command.
+#[derive(Debug)]
+pub(crate) enum GroupCommand {
+    Create {
+        title: String,
+        members: Vec<String>,
+        reply: Reply<GroupInfo>,
+    },
+    Add {
+        group: String,
+        members: Vec<String>,
+        /// Added as admins.
+        admin: bool,
+        reply: Reply<GroupInfo>,
+    },
+    Remove {
+        group: String,
+        members: Vec<String>,
+        reply: Reply<GroupInfo>,
+    },
+    Leave {
+        group: String,
+        reply: Reply<GroupInfo>,
+    },
+    Info {
+        group: String,
+        reply: Reply<GroupInfo>,
+    },
+    List(Reply<Vec<GroupInfo>>),
+    Send {
+        group: String,
+        text: String,
+        reply: Reply<MessageInfo>,
+    },
+    History {
+        group: String,
+        limit: Option<u32>,
+        before: Option<String>,
+        mark_read: bool,
+        reply: Reply<Vec<MessageInfo>>,
+    },
+}
+
+impl Engine {
+    pub(super) async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Id(r) => {
+                let _ = r.send(Ok(self.id_info()));
+            }
+            Command::Link(r) => {
+                let _ = r.send(self.contact_link());
+            }
+            Command::AddContact {
+                link,
+                name,
+                accept_new_key,
+                reply,
+            } => {
+                let out = self.add_contact(&link, name, accept_new_key).await;
+                let _ = reply.send(out);
+            }
+            Command::AcceptIdentity { contact, reply } => {
+                let out = self.accept_identity(&contact).await;
+                let _ = reply.send(out);
+            }
+            Command::Contacts(r) => {
+                let _ = r.send(Ok(self.contact_list()));
+            }
+            Command::Send {
+                contact,
+                text,
+                reply,
+            } => {
+                let out = self.send_text(&contact, text).await;
+                let _ = reply.send(out);
+            }
+            Command::History {
+                contact,
+                limit,
+                before,
+                mark_read,
+                reply,
+            } => {
+                let out = self.history(&contact, limit, before.as_deref(), mark_read);
+                let _ = reply.send(out);
+            }
+            Command::Conversations(r) => {
+                let _ = r.send(self.conversations());
+            }
+            Command::Presence { contact, reply } => {
+                let out = self.query_presence(contact.as_deref()).await;
+                let _ = reply.send(out);
+            }
+            Command::SetStatus { away, reply } => {
+                self.relays.away = away;
+                self.heartbeat();
+                let _ = reply.send(Ok(()));
+            }
+            Command::Status(r) => {
+                let peers = self.net.peers().await;
+                let _ = r.send(self.status_info(peers));
+                // The mailbox figures shown are the last asked for; the next status has
+                // fresh ones.
+                self.ask_usage();
+            }
+            Command::Search { query, reply } => {
+                let _ = reply.send(self.search(&query));
+            }
+            Command::Safety { contact, reply } => {
+                let _ = reply.send(self.safety(&contact));
+            }
+            Command::Verify {
+                contact,
+                scanned,
+                reply,
+            } => {
+                let _ = reply.send(self.verify(&contact, scanned.as_deref()));
+            }
+            Command::Group(cmd) => self.on_group_command(cmd).await,
+            Command::DeviceAdd { code, reply } => {
+                let _ = reply.send(self.device_add(&code).await);
+            }
+            Command::Devices(reply) => {
+                let _ = reply.send(Ok(self.devices()));
+            }
+            Command::FileSend {
+                contact,
+                group,
+                path,
+                caption,
+                original,
+                reply,
+            } => {
+                let _ = reply.send(self.file_send(
+                    contact.as_deref(),
+                    group.as_deref(),
+                    &path,
+                    caption,
+                    original,
+                ));
+            }
+            Command::FileGet { message, to, reply } => self.file_get(&message, to, reply),
+            Command::Transfers(reply) => {
+                let _ = reply.send(self.transfers());
+            }
+            Command::FileOpen { message, reply } => {
+                let _ = reply.send(self.file_open(&message));
+            }
+            Command::DeviceRevoke { device, reply } => {
+                let _ = reply.send(self.device_revoke(&device).await);
+            }
+            Command::BackupBundle(reply) => {
+                let _ = reply.send(self.backup_bundle());
+            }
+            Command::Push(cmd) => self.on_push_command(cmd),
+        }
+    }
+}

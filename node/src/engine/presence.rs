@@ -1,0 +1,231 @@
+//! Presence and who may reach this device: the allow-list of contacts' devices given to the
+//! home relays, presence subscriptions and what they tell, and dialling contacts who come
+//! online.
+
+use std::collections::{HashMap, HashSet};
+
+use tern_relay::rpc::Requests as _;
+
+use libp2p::PeerId;
+use tern_relay::wire::presence::{self, State};
+
+use super::{Engine, Internal, device_peer, relay_peer};
+use crate::{error::NodeError, types::*};
+
+impl Engine {
+    /// Every active device of every contact: who may see this device's presence and deposit
+    /// to it without a grant. Group members who are not contacts are not in it.
+    pub(super) fn allow_list(&self) -> Vec<PeerId> {
+        self.people
+            .contacts
+            .values()
+            .flat_map(|c| c.devices())
+            .filter_map(|(d, _)| device_peer(&d))
+            .collect()
+    }
+
+    /// [`Engine::push_allow_list`], waiting (at most [`ALLOW_LIST_WAIT`]) for the home
+    /// relays to take it.
+    pub(crate) fn push_allow_list_now(
+        &self,
+    ) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let peers = self.allow_list();
+        let relays: Vec<PeerId> = self
+            .relays
+            .home_relays
+            .iter()
+            .filter_map(relay_peer)
+            .filter(|r| self.relays.relay_up.contains(r))
+            .collect();
+        let net = self.net.clone();
+        let sets = relays.into_iter().map(|relay| {
+            let (net, peers) = (net.clone(), peers.clone());
+            async move {
+                match tokio::time::timeout(ALLOW_LIST_WAIT, net.at(relay).set_allow_list(peers))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%relay, "setting the allow-list failed: {e}");
+                    }
+                    Err(_) => tracing::debug!(%relay, "setting the allow-list timed out"),
+                }
+            }
+        });
+        let all: Vec<_> = sets.collect();
+        async move {
+            futures::future::join_all(all).await;
+        }
+    }
+
+    /// Tells the home relays which devices may see this device's presence and deposit to
+    /// it without a grant: every active device of every contact.
+    pub(crate) fn push_allow_list(&self) {
+        let peers = self.allow_list();
+        for relay in self.relays.home_relays.iter().filter_map(relay_peer) {
+            if !self.relays.relay_up.contains(&relay) {
+                continue;
+            }
+            let net = self.net.clone();
+            let peers = peers.clone();
+            tokio::spawn(async move {
+                if let Err(e) = net.at(relay).set_allow_list(peers).await {
+                    tracing::debug!(%relay, "setting the presence allow-list failed: {e}");
+                }
+            });
+        }
+    }
+
+    pub(super) fn devices_at(&self, relay: PeerId) -> Vec<PeerId> {
+        let mut peers = HashSet::new();
+        for c in self.people.contacts.values() {
+            if c.relay_peers().contains(&relay) {
+                for (d, _) in c.devices() {
+                    if let Some(p) = device_peer(&d) {
+                        peers.insert(p);
+                    }
+                }
+            }
+        }
+        peers.into_iter().collect()
+    }
+
+    /// Subscribes at `relay` to the presence of the contact devices homed there.
+    pub(crate) fn subscribe_presence(&self, relay: PeerId) {
+        let peers = self.devices_at(relay);
+        if peers.is_empty() {
+            return;
+        }
+        let net = self.net.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            match net.at(relay).subscribe(peers).await {
+                Ok(entries) => {
+                    let _ = tx.send(Internal::Presence(entries)).await;
+                }
+                Err(e) => tracing::debug!(%relay, "presence subscription failed: {e}"),
+            }
+        });
+    }
+
+    pub(super) fn presence_of(&self, id: &str) -> PresenceInfo {
+        let c = &self.people.contacts[id];
+        let mut best: Option<&presence::Entry> = None;
+        for (d, _) in c.devices() {
+            if let Some(e) = device_peer(&d).and_then(|p| self.relays.presence.get(&p)) {
+                let better = match best {
+                    None => true,
+                    Some(b) => {
+                        state_rank(e.state) > state_rank(b.state)
+                            || (e.state == b.state && e.last_seen_ms > b.last_seen_ms)
+                    }
+                };
+                if better {
+                    best = Some(e);
+                }
+            }
+        }
+        PresenceInfo {
+            user_id: id.to_owned(),
+            name: c.contact.display_name.clone(),
+            state: state_name(best.map_or(State::Unknown, |e| e.state)).into(),
+            last_seen: best.and_then(|e| e.last_seen_ms),
+        }
+    }
+
+    pub(crate) fn on_presence(&mut self, entries: Vec<presence::Entry>) {
+        let mut changed = HashSet::new();
+        for e in entries {
+            if let Some(user) = self.people.device_owner.get(&e.peer) {
+                changed.insert(user.clone());
+                if matches!(e.state, State::Online | State::Away) {
+                    self.maybe_dial(e.peer, user.clone());
+                }
+            }
+            self.relays.presence.insert(e.peer, e);
+        }
+        for user in changed {
+            let presence = self.presence_of(&user);
+            self.emit(Event::Presence { presence });
+        }
+    }
+
+    /// An online contact device we have no connection to: dial it through its relay so
+    /// messages can go direct (DCUtR upgrades the circuit where NAT allows).
+    pub(super) fn maybe_dial(&self, peer: PeerId, user: String) {
+        if !self.relays.direct {
+            return;
+        }
+        let Some(relay) = self
+            .people
+            .contacts
+            .get(&user)
+            .and_then(|c| c.relays.first().cloned())
+        else {
+            return;
+        };
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            if !net.is_connected(peer).await {
+                let _ = net.dial_via(peer, relay).await;
+            }
+        });
+    }
+
+    pub(crate) async fn query_presence(
+        &mut self,
+        contact: Option<&str>,
+    ) -> Result<Vec<PresenceInfo>, NodeError> {
+        let ids: Vec<String> = match contact {
+            Some(c) => vec![self.resolve(c)?],
+            None => {
+                let mut ids: Vec<String> = self.people.contacts.keys().cloned().collect();
+                ids.sort();
+                ids
+            }
+        };
+        let mut by_relay: HashMap<PeerId, Vec<PeerId>> = HashMap::new();
+        for id in &ids {
+            let c = &self.people.contacts[id];
+            for relay in c.relay_peers() {
+                for (d, _) in c.devices() {
+                    if let Some(p) = device_peer(&d) {
+                        by_relay.entry(relay).or_default().push(p);
+                    }
+                }
+            }
+        }
+        for (relay, peers) in by_relay {
+            match self.net.at(relay).query(peers).await {
+                Ok(entries) => {
+                    for e in entries {
+                        self.relays.presence.insert(e.peer, e);
+                    }
+                }
+                Err(e) => tracing::debug!(%relay, "presence query failed: {e}"),
+            }
+        }
+        Ok(ids.iter().map(|id| self.presence_of(id)).collect())
+    }
+}
+
+/// Longest `contact add` waits for the home relays to take the new allow-list.
+const ALLOW_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn state_rank(s: State) -> u8 {
+    match s {
+        State::Online => 3,
+        State::Away => 2,
+        State::Offline => 1,
+        State::Unknown => 0,
+    }
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Online => "online",
+        State::Away => "away",
+        State::Offline => "offline",
+        State::Unknown => "unknown",
+    }
+}

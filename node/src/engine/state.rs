@@ -1,0 +1,405 @@
+//! What the engine holds, in parts with one purpose each, and how an engine is made.
+//!
+//! The [`Engine`] owns the store, the network handle and the clock it reads, and a few
+//! groups of state: who this device is ([`Me`]), its relays ([`Relays`]), the people it
+//! knows ([`People`]) and their device lists ([`Lists`]), what waits to go ([`Outbox`]) and
+//! the receiver's side of order ([`Inbox`]), the conversations' clocks ([`Counters`]),
+//! groups ([`Groups`]) and the history handed to a linked device ([`Handover`]). The parts
+//! that are a feature of their own (hold-back, grants, push, media) keep their state in
+//! their own module.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use libp2p::{Multiaddr, PeerId, identity::Keypair};
+use tern_crypto::{DeviceId, UserId};
+use tern_store::{MessageId, Store};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{Clock, ContactState, Internal, contacts, courier, grants, group, hold, media, push};
+use crate::{
+    error::NodeError,
+    home::{self, Home, Keys},
+    net,
+    types::{Event, RecoveryInfo},
+};
+
+/// The engine: one value, owned by one task (see the module documentation of
+/// [`super`]).
+pub(crate) struct Engine {
+    /// Who this device is.
+    pub me: Me,
+    /// Home relays and the connections to them.
+    pub relays: Relays,
+    /// Contacts, group members who are not contacts, and which device is whose.
+    pub people: People,
+    /// Keeping device lists current, and what is owed because one was not.
+    pub lists: Lists,
+    /// What waits to go, beside the rows in the store.
+    pub outbox: Outbox,
+    /// The receiver's side of order: waits, losses, quarantine.
+    pub inbox: Inbox,
+    /// Per conversation, its Lamport clock and this device's sequence number.
+    pub counters: Counters,
+    /// Groups and what is pending for them.
+    pub groups: Groups,
+    /// History owed to a linked device, or being received as one.
+    pub handover: Handover,
+    /// Received messages held back for a missing per-sender predecessor.
+    pub hold: hold::HoldBack,
+    /// Deposit grants issued and held.
+    pub grants: grants::Grants,
+    /// The push endpoint and its registration at the home relays.
+    pub push: push::Push,
+    /// File transfers: their tasks, retries, and the files served to peers.
+    pub media: media::Media,
+    /// Everything this device keeps; only the engine task touches it.
+    pub store: Store,
+    /// The handle to the network task.
+    pub net: net::Client,
+    /// Where the engine reads the time.
+    pub clock: Clock,
+    /// What carries outbox rows to their devices (the network, or a test's courier).
+    pub courier: courier::Shared,
+    /// What handles are told.
+    pub events: broadcast::Sender<Event>,
+    /// Where tasks the engine spawned report back.
+    pub internal: mpsc::Sender<Internal>,
+}
+
+/// Who this device is.
+pub(crate) struct Me {
+    /// The home directory.
+    pub home: Home,
+    /// The device's keys, certificate and device list.
+    pub keys: Keys,
+    /// The settings kept in the home (names, relays, push).
+    pub config: home::Config,
+    /// The libp2p identity (made from the device's network secret).
+    pub keypair: Keypair,
+    /// This user's id.
+    pub user: UserId,
+    /// This user's id as hex (as conversations and contacts are keyed).
+    pub user_hex: String,
+    /// This device's id as a peer id string.
+    pub device_hex: String,
+    /// When this device was made, ms.
+    pub device_created_ms: i64,
+    /// The signed fallback key this run publishes at every home relay (made by the first
+    /// bundle of the run): one key for all relays, so none serves a discarded one.
+    pub fallback: Option<tern_crypto::prekey::SignedPrekey>,
+    /// This device was revoked by another device of the user: it sends nothing any more.
+    pub revoked: bool,
+    /// Devices linked by this run, with the provisioning key their record was sealed to: only
+    /// the same code may have the record sent again.
+    pub linked: HashMap<String, [u8; 32]>,
+    /// Where each of those links stands (the new device's confirmation).
+    pub link_states: HashMap<String, crate::types::LinkState>,
+}
+
+/// Home relays and the connections to them.
+pub(crate) struct Relays {
+    /// Home relays, each ending in `/p2p/<peer id>`.
+    pub home_relays: Vec<Multiaddr>,
+    /// Relays connected and ready now.
+    pub relay_up: HashSet<PeerId>,
+    /// Home relays whose connection routine did not complete (retried every heartbeat).
+    pub setup_pending: HashSet<PeerId>,
+    /// Home relays whose setup a task is running now, and whether each is to be announced as
+    /// connected when it reports (it came up meanwhile).
+    pub setting_up: HashMap<PeerId, bool>,
+    /// Home relays' setup is to be retried on the next tick rather than the next heartbeat
+    /// (this device's list changed, so a relay that refused its prekeys now takes them).
+    pub setup_soon: bool,
+    /// Relays whose mailbox a task is draining now (one drain per relay at a time, so mail
+    /// is taken in the relay's order).
+    pub fetching: HashSet<PeerId>,
+    /// Relays to drain again (mail was left waiting for its predecessors, or a drain was
+    /// asked for while one ran); done on the next outbox tick.
+    pub refetch: HashSet<PeerId>,
+    /// Addresses the swarm listens on.
+    pub listen: Vec<Multiaddr>,
+    /// Whether direct connections to contacts are made and used.
+    pub direct: bool,
+    /// Shown as away rather than online.
+    pub away: bool,
+    /// Presence of contacts' devices, as the relays last told.
+    pub presence: HashMap<PeerId, tern_relay::wire::presence::Entry>,
+    /// Heartbeats so far (device lists are refreshed every sixth).
+    pub heartbeats: u64,
+    /// One-time keys may be running low: check at the next tick.
+    pub topup_due: bool,
+}
+
+/// Contacts, group members who are not contacts, and which device is whose.
+pub(crate) struct People {
+    /// Contacts by user id.
+    pub contacts: HashMap<String, ContactState>,
+    /// Members of shared groups who are not contacts, by user id.
+    pub peers: HashMap<String, ContactState>,
+    /// The user each known device (by peer id) belongs to.
+    pub device_owner: HashMap<PeerId, String>,
+    /// Revoked devices of known users, and whose (their messages are refused).
+    pub revoked_devices: HashMap<DeviceId, String>,
+    /// Contacts with an offered, not yet accepted identity key: user → link ("" when the
+    /// change was seen in a relay's device list rather than a link).
+    pub pending_identity: HashMap<String, String>,
+    /// Some group member's device list is still to be fetched.
+    pub peers_due: bool,
+    /// Member lookups are running in a task.
+    pub peers_fetching: bool,
+    /// Failed member lookups in a row, and when to try again.
+    pub peers_retry: (u32, Instant),
+}
+
+/// Keeping device lists current, and what is owed because one was not.
+pub(crate) struct Lists {
+    /// Device lists are to be fetched again.
+    pub lists_due: bool,
+    /// When device lists were last fetched.
+    pub lists_fetched: Option<Instant>,
+    /// When each user's device list was last fetched because a message showed a newer one.
+    pub list_wanted: HashMap<String, Instant>,
+    /// Devices (user, device) that encrypted something other than a text for an older list of
+    /// this user: told of the current list on the next tick. (Texts are owed in the store.)
+    pub list_answers: HashSet<(String, String)>,
+    /// Answers naming texts may be owed in the store (`list_answers_due`).
+    pub answers_due: bool,
+    /// The own list version each remote device was last told of (so it is told once).
+    pub list_answered: HashMap<String, u64>,
+    /// Texts may be owed to devices linked since they were sent (`resync_due` in the store).
+    pub resync_due: bool,
+    /// Failed rounds of sending owed texts in a row.
+    pub resync_attempts: u32,
+    /// When to send owed texts again after a failed round.
+    pub resync_retry: Option<Instant>,
+    /// This user's other devices are to be told of the own list, sessions set up as needed.
+    pub announce_own_due: bool,
+}
+
+/// What waits to go, beside the rows in the store.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    /// Devices whose lane a task is sending now.
+    pub lanes_busy: HashSet<String>,
+    /// Group fan-out rows being delivered: (message, device).
+    pub fan_in_flight: HashSet<(MessageId, String)>,
+    /// Delivered receipts owed per contact since the last outbox tick (sent on it).
+    pub delivered_due: HashMap<String, Vec<MessageId>>,
+    /// Own messages may be waiting for a session (stored before a prekey could be claimed).
+    pub encrypt_pending: bool,
+    /// Per contact with messages waiting for a session: failed attempts, next attempt.
+    pub encrypt_retry: HashMap<String, (u32, Instant)>,
+}
+
+/// The receiver's side of order: waits, losses, quarantine.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    /// Pairwise messages waiting for earlier messages of their chain: digest → first seen.
+    pub reorder: HashMap<[u8; 16], Instant>,
+    /// When a resend was last asked of each remote device.
+    pub resend_asked: HashMap<String, Instant>,
+    /// (user, device) texts were lost from, and up to which sequence number (`None`: not
+    /// known): asked to send again once the batch is done ([`Engine::ask_resend`]).
+    pub lost: HashMap<(String, String), Option<u64>>,
+    /// Losses and their repair since start (shown by `status`).
+    pub recovery: RecoveryInfo,
+    /// Sessions started by others since one-time keys were last checked.
+    pub inbound_sessions: u32,
+    /// Quarantined mail may have a known sender now (read on the next tick).
+    pub quarantine_due: bool,
+}
+
+/// Per conversation (by id), its Lamport clock and this device's last sequence number, as
+/// loaded from the store on first use.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Lamport clocks.
+    pub lamport: HashMap<String, u64>,
+    /// This device's sequence numbers.
+    pub seq: HashMap<String, u64>,
+}
+
+/// Groups and what is pending for them.
+#[derive(Default)]
+pub(crate) struct Groups {
+    /// Groups by id (hex).
+    pub by_id: HashMap<String, group::GroupCtx>,
+    /// Batched group notifications by conversation.
+    pub notify: HashMap<String, group::Notify>,
+    /// Group messages may be owed to members who were unreachable when they were sent.
+    pub owed_due: bool,
+}
+
+/// History owed to a device this one linked, or being received as a new device.
+#[derive(Default)]
+pub(crate) struct Handover {
+    /// History may be owed to a device this one linked (`history_owed` in the store).
+    pub history_due: bool,
+    /// Failed rounds of sending history in a row.
+    pub history_attempts: u32,
+    /// When to send history again after a failed round.
+    pub history_retry: Option<Instant>,
+    /// Moved history received as a new device: (messages so far, messages in all).
+    pub history_in: (u64, u64),
+}
+
+/// What an engine is made of: the opened home, the network and where it reads the time.
+pub(crate) struct Setup {
+    /// The home directory the store and keys were opened from.
+    pub home: Home,
+    /// The opened store.
+    pub store: Store,
+    /// The settings kept in the home.
+    pub config: home::Config,
+    /// The device's keys, certificate and device list.
+    pub keys: Keys,
+    /// The libp2p identity of this device (made from its network secret).
+    pub keypair: Keypair,
+    /// The handle to the network task.
+    pub net: net::Client,
+    /// Home relays, each ending in `/p2p/<peer id>`.
+    pub home_relays: Vec<Multiaddr>,
+    /// Whether direct connections to contacts are made and used.
+    pub direct: bool,
+    /// Where the engine reads the time.
+    pub clock: Clock,
+    /// What carries outbox rows (`None`: the network handle).
+    pub courier: Option<courier::Shared>,
+}
+
+impl Engine {
+    /// An engine over an opened home, with everything it keeps in memory loaded from the
+    /// store: contacts, groups, held messages, grants. `events` carries what handles are
+    /// told; `internal` is where spawned tasks report back (its receiver goes to
+    /// [`Engine::run`]).
+    pub(crate) fn new(
+        setup: Setup,
+        events: broadcast::Sender<Event>,
+        internal: mpsc::Sender<Internal>,
+    ) -> Result<Engine, NodeError> {
+        let Setup {
+            home,
+            store,
+            config,
+            keys,
+            keypair,
+            net,
+            home_relays,
+            direct,
+            clock,
+            courier,
+        } = setup;
+        let courier = courier.unwrap_or_else(|| std::sync::Arc::new(net.clone()));
+        // A device whose own stored list revokes it stays revoked across restarts.
+        let revoked = !keys
+            .device_list
+            .list()
+            .active()
+            .any(|e| e.device_id() == keys.device.device_id());
+        let contacts = contacts::load_contacts(&store)?;
+        let device_created_ms = store.own_device()?.map_or(0, |d| d.created_at_ms);
+        let user = keys.identity.user_id();
+        let grants = grants::Grants::load(&keys.device, &store)?;
+        let now = clock.now();
+        let mut engine = Engine {
+            grants,
+            push: push::Push::load(&config),
+            media: media::Media::new(home.dir()),
+            me: Me {
+                user,
+                user_hex: user.to_string(),
+                device_hex: keys.device.device_id().to_peer_id_string(),
+                home,
+                keys,
+                config,
+                keypair,
+                device_created_ms,
+                fallback: None,
+                revoked,
+                linked: HashMap::new(),
+                link_states: HashMap::new(),
+            },
+            relays: Relays {
+                home_relays,
+                relay_up: HashSet::new(),
+                setup_pending: HashSet::new(),
+                setting_up: HashMap::new(),
+                setup_soon: false,
+                fetching: HashSet::new(),
+                refetch: HashSet::new(),
+                listen: Vec::new(),
+                direct,
+                away: false,
+                presence: HashMap::new(),
+                heartbeats: 0,
+                topup_due: false,
+            },
+            people: People {
+                contacts,
+                peers: HashMap::new(),
+                device_owner: HashMap::new(),
+                revoked_devices: HashMap::new(),
+                pending_identity: HashMap::new(),
+                peers_due: false,
+                peers_fetching: false,
+                peers_retry: (0, now),
+            },
+            lists: Lists {
+                lists_due: true,
+                lists_fetched: None,
+                list_wanted: HashMap::new(),
+                list_answers: HashSet::new(),
+                // Answers owed from before a restart are looked at once.
+                answers_due: true,
+                list_answered: HashMap::new(),
+                // Owed texts from before a restart are looked at once.
+                resync_due: true,
+                resync_attempts: 0,
+                resync_retry: None,
+                announce_own_due: false,
+            },
+            outbox: Outbox {
+                // Messages stored before a restart without a session are looked at once.
+                encrypt_pending: true,
+                ..Outbox::default()
+            },
+            inbox: Inbox {
+                // Quarantined mail from before a restart is looked at (and expired) once.
+                quarantine_due: true,
+                ..Inbox::default()
+            },
+            counters: Counters::default(),
+            groups: Groups {
+                owed_due: true,
+                ..Groups::default()
+            },
+            handover: Handover {
+                // History owed from before a restart is looked at once.
+                history_due: true,
+                ..Handover::default()
+            },
+            hold: hold::HoldBack::default(),
+            store,
+            net,
+            clock,
+            courier,
+            events,
+            internal,
+        };
+        engine.load_pending_identity();
+        engine.refresh_me();
+        engine.load_groups()?;
+        engine.restore_hold()?;
+        engine.rebuild_device_owner();
+        Ok(engine)
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("user", &self.me.user_hex)
+            .finish_non_exhaustive()
+    }
+}

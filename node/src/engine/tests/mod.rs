@@ -1,0 +1,288 @@
+//! Unit tests of the engine's decisions by time: one engine over a real store in a
+//! temporary home, a manual [`Clock`], no network (the network handle's task is never
+//! started, so any request fails at once) and outbox rows carried by a [`MemoryCourier`].
+
+mod hold;
+mod lists;
+mod outbox;
+mod recover;
+mod rotation;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use libp2p::{PeerId, identity::Keypair};
+use tern_crypto::prekey::PrekeyBundle;
+use tern_store::{Body, ConversationId, ConversationKind, Delivery, Message, MessageId, Status};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    Clock, Engine, Internal, Setup,
+    courier::{Courier, Route},
+};
+use crate::{Home, net, net::NetError, types::Event};
+
+/// The manual clock's start, ms since the epoch.
+const T0_MS: i64 = 1_700_000_000_000;
+/// How long a test waits for a spawned task to report.
+const REPORT_WAIT: Duration = Duration::from_secs(10);
+
+/// Carries outbox rows in memory: records each (peer, payload) in order and answers from a
+/// script (`Ok` once the script is empty).
+#[derive(Default)]
+struct MemoryCourier {
+    carried: Mutex<Vec<(PeerId, Vec<u8>)>>,
+    answers: Mutex<VecDeque<Result<(), NetError>>>,
+}
+
+impl MemoryCourier {
+    /// The next delivery gets `answer`.
+    fn answer(&self, answer: Result<(), NetError>) {
+        self.answers.lock().unwrap().push_back(answer);
+    }
+
+    /// The payloads carried so far, in order.
+    fn carried(&self) -> Vec<Vec<u8>> {
+        self.carried
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+}
+
+impl Courier for MemoryCourier {
+    fn deliver(&self, route: Route, payload: Vec<u8>) -> BoxFuture<'static, Result<(), NetError>> {
+        self.carried.lock().unwrap().push((route.peer, payload));
+        let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()));
+        Box::pin(async move { answer })
+    }
+}
+
+/// An engine under test and what it reports.
+struct Harness {
+    engine: Engine,
+    clock: Clock,
+    courier: Arc<MemoryCourier>,
+    internal: mpsc::Receiver<Internal>,
+    events: broadcast::Receiver<Event>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// A fresh identity in a temporary home; the clock at [`T0_MS`].
+    fn new() -> Harness {
+        Harness::named("alice")
+    }
+
+    /// Like [`Harness::new`], for a user called `name`.
+    fn named(name: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        home.init(name, "laptop").unwrap();
+        let (store, keys) = home.open().unwrap();
+        let keypair = Keypair::ed25519_from_bytes(*keys.device.network_secret()).unwrap();
+        let (net, _net_events, event_loop) =
+            net::new(keypair.clone(), net::Config { listen: vec![] }).unwrap();
+        // No network: the loop is never run, so a request fails as `Closed` at once.
+        drop(event_loop);
+        let clock = Clock::manual(T0_MS);
+        let courier = Arc::new(MemoryCourier::default());
+        let (events, events_rx) = broadcast::channel(4096);
+        let (internal_tx, internal) = mpsc::channel(64);
+        let engine = Engine::new(
+            Setup {
+                config: home.config().unwrap(),
+                home,
+                store,
+                keys,
+                keypair,
+                net,
+                // Named in contact links only: nothing is ever dialled.
+                home_relays: vec![
+                    format!("/ip4/127.0.0.1/tcp/9/p2p/{}", other_device())
+                        .parse()
+                        .unwrap(),
+                ],
+                direct: false,
+                clock: clock.clone(),
+                courier: Some(courier.clone()),
+            },
+            events,
+            internal_tx,
+        )
+        .unwrap();
+        Harness {
+            engine,
+            clock,
+            courier,
+            internal,
+            events: events_rx,
+            _dir: dir,
+        }
+    }
+
+    /// Waits (bounded) for the next report of a spawned task and lets the engine take it.
+    async fn settle(&mut self) {
+        let report = tokio::time::timeout(REPORT_WAIT, self.internal.recv())
+            .await
+            .expect("a spawned task reports in time")
+            .expect("the report channel is open");
+        self.engine.on_internal_batch(vec![report]).await;
+    }
+
+    /// Settles lane reports until the courier has carried `n` rows in all.
+    async fn carry(&mut self, n: usize) -> Vec<Vec<u8>> {
+        while self.courier.carried().len() < n {
+            self.settle().await;
+        }
+        self.courier.carried()
+    }
+
+    /// The events since the last call.
+    fn events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(ev) = self.events.try_recv() {
+            out.push(ev);
+        }
+        out
+    }
+
+    /// The messages shown (`message` events) since the last call: (seq, gap before).
+    fn shown(&mut self) -> Vec<(u64, bool)> {
+        self.events()
+            .into_iter()
+            .filter_map(|ev| match ev {
+                Event::Message { message } => Some((message.seq, message.gap_before)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// This device's peer id.
+    fn peer(&self) -> PeerId {
+        self.engine.net.local_peer_id()
+    }
+
+    /// Adds `other` as a contact from its full contact link.
+    async fn add(&mut self, other: &Harness) {
+        let link = other.engine.contact_link().unwrap().link;
+        self.engine.add_contact(&link, None, false).await.unwrap();
+    }
+
+    /// Starts a session to `other`'s device with one of its one-time keys, as a claim at
+    /// its relay would.
+    fn start_session(&mut self, other: &mut Harness) {
+        let certificate = other.engine.me.keys.certificate.clone();
+        let bundle =
+            PrekeyBundle::generate_keeping(&mut other.engine.me.keys.device, certificate, 1, None)
+                .unwrap();
+        other.engine.save_device().unwrap();
+        let claimed = bundle.claim(bundle.one_time_keys[0]);
+        let verified = claimed
+            .verify(other.engine.me.keys.device_list.list())
+            .unwrap();
+        let device = other.engine.me.keys.device.device_id();
+        let curve = other.engine.me.keys.certificate.certificate().curve25519;
+        let mut sessions = self.engine.load_sessions(&device, curve).unwrap();
+        sessions
+            .start(&self.engine.me.keys.device, &verified)
+            .unwrap();
+        let (sid, pickle) = (
+            sessions.current_session_id().unwrap(),
+            sessions.pickle().unwrap(),
+        );
+        let now = self.clock.now_ms();
+        let peer_device = device.to_peer_id_string();
+        self.engine
+            .store
+            .transaction(|tx| {
+                tx.apply_crypto(
+                    &[tern_store::CryptoUpdate::Session {
+                        peer_device: &peer_device,
+                        session_id: &sid,
+                        pickle: &pickle,
+                    }],
+                    now,
+                )
+            })
+            .unwrap();
+    }
+}
+
+/// Alice and Bob, each the other's contact, with a session from Alice to Bob (Bob's comes
+/// from Alice's first message).
+async fn alice_and_bob() -> (Harness, Harness) {
+    let mut alice = Harness::named("alice");
+    let mut bob = Harness::named("bob");
+    alice.add(&bob).await;
+    bob.add(&alice).await;
+    alice.start_session(&mut bob);
+    (alice, bob)
+}
+
+/// Another device's id (a peer id nobody else uses).
+fn other_device() -> String {
+    Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string()
+}
+
+/// A message id from a number.
+fn id(n: u8) -> MessageId {
+    MessageId([n; 16])
+}
+
+/// A text `n` this device sent to `user`'s `device` (the payload is `[n]`), recorded with
+/// its one outbox row as the send path does, queued at the clock's time.
+fn queue_text(h: &mut Harness, user: &str, device: &str, n: u8) -> MessageId {
+    let now = h.clock.now_ms();
+    let message = h.engine.own_text(
+        id(n),
+        user,
+        (u64::from(n), u64::from(n)),
+        now,
+        Body::Text(format!("t{n}")),
+    );
+    let delivery = Delivery {
+        recipient_user: user.to_owned(),
+        recipient_device: device.to_owned(),
+        payload: vec![n],
+    };
+    h.engine
+        .store
+        .transaction(|tx| -> Result<_, tern_store::WriteError> {
+            tx.ensure_conversation(
+                &ConversationId(user.to_owned()),
+                ConversationKind::Direct,
+                None,
+                now,
+            )?;
+            tx.record_outgoing(&message, &[], &[delivery], now)
+        })
+        .unwrap();
+    id(n)
+}
+
+/// A text `seq` received from `sender`'s one device, as stored at the clock's time.
+fn received(h: &Harness, sender: &str, seq: u64) -> Message {
+    let now = h.clock.now_ms();
+    Message {
+        id: MessageId([u8::try_from(seq).unwrap(); 16]),
+        conversation: ConversationId(sender.to_owned()),
+        sender_user: sender.to_owned(),
+        sender_device: format!("{sender}-device"),
+        lamport: seq,
+        seq,
+        sent_at_ms: now,
+        received_at_ms: now,
+        own: false,
+        status: Status::Received,
+        body: Body::Text(format!("m{seq}")),
+        edited_at_ms: None,
+    }
+}

@@ -1,0 +1,134 @@
+//! Lanes: a failed row holds its lane back for its backoff (or the relay's `retry_after`),
+//! nothing behind it overtakes it, and when it goes the rows follow in encryption order.
+
+use std::time::Duration;
+
+use tern_relay::wire::{ErrorCode, Rejection};
+use tern_store::Status;
+
+use super::{Harness, T0_MS, other_device, queue_text};
+use crate::{
+    consts::{RETRY_BASE, RETRY_MAX},
+    engine::send::backoff,
+    net::NetError,
+};
+
+const BOB: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap()
+}
+
+/// (attempts, next attempt) of the first row of `device`'s lane.
+fn head(h: &Harness, device: &str) -> Option<(u32, i64)> {
+    h.engine
+        .store
+        .lane(device, 10)
+        .unwrap()
+        .first()
+        .map(|r| (r.attempts, r.next_attempt_ms))
+}
+
+fn down() -> NetError {
+    NetError::Transport("unreachable".into())
+}
+
+#[tokio::test]
+async fn a_failed_row_holds_its_lane_for_the_backoff_then_the_rows_go_in_order() {
+    let mut h = Harness::new();
+    let device = other_device();
+    let ids: Vec<_> = (1..=3)
+        .map(|n| queue_text(&mut h, BOB, &device, n))
+        .collect();
+    h.courier.answer(Err(down()));
+    h.engine.dispatch_lanes(false);
+    h.settle().await;
+    // The lane stopped at its first row: the two behind it were not tried.
+    assert_eq!(h.courier.carried(), [vec![1]]);
+    assert_eq!(head(&h, &device), Some((1, T0_MS + ms(backoff(0)))));
+    // A row queued meanwhile does not start the waiting lane.
+    let late = queue_text(&mut h, BOB, &device, 4);
+    let rows = h.engine.store.lane(&device, 10).unwrap();
+    h.engine
+        .kick_lanes_for(&[rows.last().unwrap().delivery.clone()]);
+    assert!(h.engine.outbox.lanes_busy.is_empty());
+    // Not before the backoff has passed...
+    h.clock.advance(backoff(0) - Duration::from_millis(1));
+    h.engine.dispatch_lanes(false);
+    assert!(
+        h.engine.outbox.lanes_busy.is_empty(),
+        "the lane waits its backoff"
+    );
+    assert_eq!(h.courier.carried().len(), 1);
+    // ...then the failed row first, and the others after it in the order encrypted.
+    h.clock.advance(Duration::from_millis(1));
+    h.engine.dispatch_lanes(false);
+    h.settle().await;
+    assert_eq!(
+        h.courier.carried(),
+        [vec![1], vec![1], vec![2], vec![3], vec![4]]
+    );
+    assert_eq!(head(&h, &device), None, "every row was acknowledged");
+    for id in ids.into_iter().chain([late]) {
+        assert_eq!(
+            h.engine.store.message(id).unwrap().unwrap().status,
+            Status::Sent
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_failure_doubles_the_wait_and_a_relays_retry_after_wins() {
+    let mut h = Harness::new();
+    let device = other_device();
+    queue_text(&mut h, BOB, &device, 1);
+    queue_text(&mut h, BOB, &device, 2);
+    let mut now = T0_MS;
+    for attempt in 0..3 {
+        h.courier.answer(Err(down()));
+        h.engine.dispatch_lanes(false);
+        h.settle().await;
+        let wait = backoff(attempt);
+        assert_eq!(wait, RETRY_BASE * 2u32.pow(attempt));
+        assert_eq!(head(&h, &device), Some((attempt + 1, now + ms(wait))));
+        h.clock.advance(wait);
+        now += ms(wait);
+    }
+    // A relay that says when to come back is believed (up to RETRY_MAX), not the backoff.
+    let retry_after = Duration::from_millis(7_250);
+    h.courier.answer(Err(NetError::Rejected(Rejection {
+        code: ErrorCode::RateLimited,
+        retry_after_ms: Some(u64::try_from(retry_after.as_millis()).unwrap()),
+    })));
+    h.engine.dispatch_lanes(false);
+    h.settle().await;
+    assert_eq!(head(&h, &device), Some((4, now + ms(retry_after))));
+    h.courier.answer(Err(NetError::Rejected(Rejection {
+        code: ErrorCode::RateLimited,
+        retry_after_ms: Some(3_600_000),
+    })));
+    h.clock.advance(retry_after);
+    now += ms(retry_after);
+    h.engine.dispatch_lanes(false);
+    h.settle().await;
+    assert_eq!(head(&h, &device), Some((5, now + ms(RETRY_MAX))));
+    // Only the first row was ever tried.
+    assert!(h.courier.carried().iter().all(|p| p == &[1]));
+}
+
+#[tokio::test]
+async fn a_reconnect_sends_a_waiting_lane_at_once() {
+    let mut h = Harness::new();
+    let device = other_device();
+    queue_text(&mut h, BOB, &device, 1);
+    h.courier.answer(Err(down()));
+    h.engine.dispatch_lanes(false);
+    h.settle().await;
+    h.engine.dispatch_lanes(false);
+    assert!(h.engine.outbox.lanes_busy.is_empty());
+    // `all` (a relay came up): backoff or not.
+    h.engine.dispatch_lanes(true);
+    h.settle().await;
+    assert_eq!(h.courier.carried(), [vec![1], vec![1]]);
+    assert_eq!(head(&h, &device), None);
+}

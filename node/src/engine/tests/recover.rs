@@ -1,0 +1,128 @@
+//! The receiver's side of order, between two engines whose rows travel in memory: a
+//! message far ahead of its chain waits (by the engine's clock) for the earlier ones, then
+//! is read; an earlier one whose key is gone by then is reported lost and asked for again;
+//! a copy of what was read is acknowledged silently.
+
+use std::time::Duration;
+
+use super::{Harness, alice_and_bob};
+use crate::{
+    consts::{MAX_SAFE_SKIP, REORDER_WAIT},
+    types::Event,
+};
+
+/// Hands Bob the `n`th text (from 1) Alice's courier carried, as the direct path would.
+fn deliver(bob: &mut Harness, from: &Harness, carried: &[Vec<u8>], n: usize) {
+    bob.engine.on_direct(from.peer(), 0, carried[n - 1].clone());
+}
+
+/// Alice sends `n` texts to `to` and returns their ciphertexts as her courier carried them.
+async fn send_texts(alice: &mut Harness, to: &str, n: usize) -> Vec<Vec<u8>> {
+    for i in 1..=n {
+        alice.engine.send_text(to, format!("t{i}")).await.unwrap();
+    }
+    alice.carry(n).await
+}
+
+/// The `undecryptable` reasons among Bob's events since the last look, and the seqs shown.
+fn seen(bob: &mut Harness) -> (Vec<String>, Vec<u64>) {
+    let mut reasons = Vec::new();
+    let mut shown = Vec::new();
+    for ev in bob.events() {
+        match ev {
+            Event::Undecryptable { reason, .. } => reasons.push(reason),
+            Event::Message { message } => shown.push(message.seq),
+            _ => {}
+        }
+    }
+    (reasons, shown)
+}
+
+#[tokio::test]
+async fn a_message_ahead_waits_then_a_lost_key_is_asked_for_and_a_copy_is_not() {
+    let (mut alice, mut bob) = alice_and_bob().await;
+    let bob_user = bob.engine.me.user_hex.clone();
+    // Past vodozemac's 40 kept keys: reading the last before the others loses the first.
+    const TEXTS: usize = 45;
+    let carried = send_texts(&mut alice, &bob_user, TEXTS).await;
+    deliver(&mut bob, &alice, &carried, 1);
+    assert_eq!(seen(&mut bob), (vec![], vec![1]));
+    // The last one is far ahead of the chain: it waits for the earlier ones.
+    assert!(TEXTS as u64 - 2 > MAX_SAFE_SKIP);
+    deliver(&mut bob, &alice, &carried, TEXTS);
+    bob.clock.advance(REORDER_WAIT - Duration::from_millis(1));
+    deliver(&mut bob, &alice, &carried, TEXTS);
+    assert_eq!(seen(&mut bob), (vec![], vec![]), "it waits");
+    assert_eq!(bob.engine.inbox.reorder.len(), 1);
+    // Its wait is over: it is read (and held back, its predecessor missing).
+    bob.clock.advance(Duration::from_millis(1));
+    deliver(&mut bob, &alice, &carried, TEXTS);
+    assert!(bob.engine.inbox.reorder.is_empty());
+    assert_eq!(seen(&mut bob), (vec![], vec![]));
+    assert!(
+        bob.engine
+            .hold
+            .is_held(crate::engine::parse_message_id(&last_id(&alice)).unwrap())
+    );
+    // The second's key went when the last was read: lost, reported, asked for again.
+    deliver(&mut bob, &alice, &carried, 2);
+    assert_eq!(seen(&mut bob).0, ["message_key_gone"]);
+    assert_eq!(bob.engine.inbox.recovery.undecryptable, 1);
+    assert_eq!(bob.engine.inbox.recovery.resends_asked, 1);
+    assert_eq!(
+        bob.carry(1).await.len(),
+        1,
+        "the resend request went to Alice"
+    );
+    // A copy of the last one, read before, is acknowledged without a word.
+    deliver(&mut bob, &alice, &carried, TEXTS);
+    assert_eq!(seen(&mut bob), (vec![], vec![]));
+    assert_eq!(bob.engine.inbox.recovery.undecryptable, 1);
+    // One whose key was kept is still read.
+    deliver(&mut bob, &alice, &carried, 20);
+    assert!(
+        bob.engine
+            .store
+            .has_sequence(
+                &tern_store::ConversationId(alice.engine.me.user_hex.clone()),
+                &alice.engine.me.device_hex,
+                20
+            )
+            .unwrap()
+    );
+}
+
+/// The id of the newest text Alice sent.
+fn last_id(alice: &Harness) -> String {
+    alice
+        .engine
+        .store
+        .conversations(None, 10)
+        .unwrap()
+        .conversations[0]
+        .last_message
+        .as_ref()
+        .unwrap()
+        .id
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_copy_older_than_the_sessions_memory_is_told_from_a_loss_by_the_ledger() {
+    let (mut alice, mut bob) = alice_and_bob().await;
+    let bob_user = bob.engine.me.user_hex.clone();
+    // More than the session itself remembers as read.
+    let texts = tern_crypto::consts::PAIRWISE_DUPLICATE_WINDOW + 2;
+    let carried = send_texts(&mut alice, &bob_user, texts).await;
+    for n in 1..=texts {
+        deliver(&mut bob, &alice, &carried, n);
+    }
+    let (reasons, shown) = seen(&mut bob);
+    assert!(reasons.is_empty());
+    assert_eq!(shown.len(), texts);
+    // The first one comes again (a relay's copy): acknowledged, nothing reported or asked.
+    deliver(&mut bob, &alice, &carried, 1);
+    assert_eq!(seen(&mut bob), (vec![], vec![]));
+    assert_eq!(bob.engine.inbox.recovery.undecryptable, 0);
+    assert!(bob.engine.inbox.lost.is_empty());
+}

@@ -1,0 +1,289 @@
+//! What handles are answered from the store and the engine's state without changing
+//! anything (but read marks): messages as shown, history pages, conversations, search,
+//! this device's id and status.
+
+use std::collections::HashSet;
+
+use libp2p::PeerId;
+use tern_store::{ConversationId, MessageId, Page, Status};
+
+use super::{Engine, hold, parse_message_id, receive, relay_peer};
+use crate::{
+    consts::{HISTORY_DEFAULT, HISTORY_MAX},
+    envelope::ReceiptKind,
+    error::NodeError,
+    net,
+    types::*,
+};
+
+pub(crate) fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Pending => "pending",
+        Status::Sent => "sent",
+        Status::Delivered => "delivered",
+        Status::Read => "read",
+        Status::Failed => "failed",
+        Status::Received => "received",
+    }
+}
+
+pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
+    MessageInfo {
+        id: m.id.to_string(),
+        conversation: m.conversation.0.clone(),
+        sender: m.sender_user.clone(),
+        sender_device: m.sender_device.clone(),
+        own: m.own,
+        text: match &m.body {
+            tern_store::Body::Media { data, .. } => crate::media::StoredMedia::decode(data)
+                .map(|s| s.caption)
+                .unwrap_or_default(),
+            other => other.text().unwrap_or_default().to_owned(),
+        },
+        sent_at: m.sent_at_ms,
+        received_at: m.received_at_ms,
+        status: status_name(m.status).to_owned(),
+        lamport: m.lamport,
+        seq: m.seq,
+        gap_before: false,
+        sender_name: None,
+        sender_device_name: None,
+        media: match &m.body {
+            tern_store::Body::Media { data, .. } => crate::media::StoredMedia::decode(data)
+                .ok()
+                .map(|s| Box::new(crate::media::media_info(&s.media))),
+            _ => None,
+        },
+        kind: match &m.body {
+            tern_store::Body::Structured { data, .. }
+                if data.starts_with(receive::UNSUPPORTED_MARK) =>
+            {
+                "unsupported"
+            }
+            tern_store::Body::Structured { .. } => "membership",
+            tern_store::Body::Text(_) => "text",
+            tern_store::Body::Media { .. } => "file",
+        }
+        .to_owned(),
+    }
+}
+
+/// What the conversation list shows of a message: its text, or for a file its name (and
+/// caption).
+pub(crate) fn preview(m: &MessageInfo) -> String {
+    match &m.media {
+        Some(f) if m.text.is_empty() => format!("\u{1f4ce} {}", f.name),
+        Some(f) => format!("\u{1f4ce} {}: {}", f.name, m.text),
+        None => m.text.clone(),
+    }
+}
+
+impl Engine {
+    pub(super) fn id_info(&self) -> IdInfo {
+        let key = self.me.keys.identity.public();
+        let hex = tern_crypto::hex::encode(key.as_bytes());
+        let fingerprint = hex
+            .as_bytes()
+            .chunks(8)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        IdInfo {
+            user_id: self.me.user_hex.clone(),
+            device_id: self.me.device_hex.clone(),
+            name: self.me.config.name.clone(),
+            fingerprint,
+        }
+    }
+
+    pub(super) fn status_info(
+        &self,
+        peers: Vec<net::PeerConnections>,
+    ) -> Result<StatusInfo, NodeError> {
+        let outbox = self.store.outbox_depth()?;
+        let home = self.home_relay_peers();
+        let mut relays: Vec<RelayInfo> = self
+            .relays
+            .home_relays
+            .iter()
+            .map(|a| RelayInfo {
+                addr: a.to_string(),
+                connected: relay_peer(a).is_some_and(|p| self.relays.relay_up.contains(&p)),
+                home: true,
+                mailbox: relay_peer(a).and_then(|p| self.mailbox_info(p)),
+            })
+            .collect();
+        let mut seen: HashSet<PeerId> = home.into_iter().collect();
+        for c in self.people.contacts.values() {
+            for a in &c.relays {
+                if let Some(p) = relay_peer(a)
+                    && seen.insert(p)
+                {
+                    relays.push(RelayInfo {
+                        addr: a.to_string(),
+                        connected: self.relays.relay_up.contains(&p),
+                        home: false,
+                        mailbox: None,
+                    });
+                }
+            }
+        }
+        Ok(StatusInfo {
+            user_id: self.me.user_hex.clone(),
+            device_id: self.me.device_hex.clone(),
+            status: if self.relays.away { "away" } else { "online" }.into(),
+            relays,
+            listen: self.relays.listen.iter().map(ToString::to_string).collect(),
+            outbox,
+            recovery: RecoveryInfo {
+                group_waiting: self.store.group_stash_len()?,
+                ..self.inbox.recovery
+            },
+            history: self.history_info()?,
+            unread: self.store.unread_total()?,
+            push: self.push_info(),
+            peers: peers
+                .into_iter()
+                .map(|p| PeerInfo {
+                    user_id: self
+                        .people
+                        .device_owner
+                        .get(&p.peer)
+                        .cloned()
+                        .unwrap_or_default(),
+                    device_id: p.peer.to_string(),
+                    direct: p.direct,
+                    relayed: p.relayed,
+                })
+                .collect(),
+        })
+    }
+
+    pub(super) fn search(&self, query: &str) -> Result<Vec<SearchHitInfo>, NodeError> {
+        let results = self.store.search(query, None, None)?;
+        Ok(results
+            .hits
+            .into_iter()
+            .map(|h| SearchHitInfo {
+                conversation: h.conversation.0,
+                id: h.message_id.to_string(),
+                snippet: h
+                    .snippet
+                    .iter()
+                    .map(|p| {
+                        if p.highlighted {
+                            format!("[{}]", p.text)
+                        } else {
+                            p.text.clone()
+                        }
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    pub(super) fn conversations(&self) -> Result<Vec<ConversationInfo>, NodeError> {
+        let page = self.store.conversations(None, crate::consts::HISTORY_MAX)?;
+        let now = self.clock.now_ms();
+        let hold_ms = i64::try_from(crate::consts::HOLD_BACK.as_millis()).unwrap_or(0);
+        page.conversations
+            .into_iter()
+            .map(|c| {
+                // The preview never shows a message held back for a missing predecessor:
+                // for a conversation active within the hold, it is the newest shown one.
+                let last_text = if now.saturating_sub(c.last_activity_ms) < hold_ms {
+                    let recent = self
+                        .store
+                        .history(&c.id, tern_store::Page::Latest, Some(20))?;
+                    hold::visible(&self.store, &self.hold, &recent, now)?
+                        .pop()
+                        .map(|m| preview(&m))
+                } else {
+                    match &c.last_message {
+                        Some(p) => self
+                            .store
+                            .message(p.id)?
+                            .map(|m| preview(&message_info(&m))),
+                        None => None,
+                    }
+                };
+                Ok(ConversationInfo {
+                    name: self.conversation_name(&c.id.0, c.title.as_deref()),
+                    id: c.id.0,
+                    title: c.title,
+                    last_text,
+                    last_activity: c.last_activity_ms,
+                    unread: c.unread_count,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Engine {
+    pub(crate) fn history(
+        &mut self,
+        contact: &str,
+        limit: Option<u32>,
+        before: Option<&str>,
+        mark_read: bool,
+    ) -> Result<Vec<MessageInfo>, NodeError> {
+        let user = self.resolve(contact)?;
+        let page = self.page(&ConversationId(user.clone()), limit, before)?;
+        if mark_read {
+            self.mark_read(&user)?;
+        }
+        Ok(self.named(page))
+    }
+
+    /// A page of a conversation as shown (held messages left out, gaps marked): the newest
+    /// `limit` (default 50, at most 500), or those before the message `before`.
+    pub(crate) fn page(
+        &self,
+        conv: &ConversationId,
+        limit: Option<u32>,
+        before: Option<&str>,
+    ) -> Result<Vec<MessageInfo>, NodeError> {
+        let page = match before {
+            Some(b) => Page::Before(
+                parse_message_id(b).ok_or_else(|| NodeError::UnknownMessage(b.to_owned()))?,
+            ),
+            None => Page::Latest,
+        };
+        let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX);
+        let messages = self.store.history(conv, page, Some(limit))?;
+        Ok(super::hold::visible(
+            &self.store,
+            &self.hold,
+            &messages,
+            self.clock.now_ms(),
+        )?)
+    }
+
+    /// Marks the conversation read and sends read receipts for what was unread.
+    pub(crate) fn mark_read(&mut self, user: &str) -> Result<(), NodeError> {
+        let conv = ConversationId(user.to_owned());
+        let unread: Vec<MessageId> = self
+            .store
+            .history(&conv, Page::Latest, Some(HISTORY_MAX))?
+            .into_iter()
+            .filter(|m| !m.own && m.status == Status::Received)
+            .map(|m| m.id)
+            .collect();
+        if unread.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        self.store
+            .transaction(|tx| -> Result<(), tern_store::WriteError> {
+                match tx.mark_read(&conv) {
+                    Ok(_) | Err(tern_store::WriteError::UnknownConversation { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                // Owed until delivered, so a crash before that does not lose them.
+                tx.owe_receipts(user, tern_store::ReceiptKind::Read, &unread, now)
+            })?;
+        self.send_receipt(user, ReceiptKind::Read, unread);
+        Ok(())
+    }
+}
