@@ -1,4 +1,4 @@
-//! The loop that owns the swarm: its state, `run`, the commands from the [`Client`], and
+//! The loop that owns the swarm: its state, `run`, the commands from the [`Client`](super::Client), and
 //! the relays' redials and circuit reservations.
 //!
 //! Swarm events are handled in `events`, which uses this module's state and helpers; this
@@ -94,7 +94,7 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
 }
 
 impl EventLoop {
-    /// Runs until every [`Client`] is dropped.
+    /// Runs until every [`Client`](super::Client) is dropped.
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(REDIAL_BASE);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

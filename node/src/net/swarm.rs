@@ -1,5 +1,5 @@
 //! Building the network: the composed behaviour, the transports, the listeners, and the
-//! [`Client`] and [`EventLoop`] that share the command and event queues.
+//! [`Client`](super::Client) and [`EventLoop`](super::EventLoop) that share the command and event queues.
 //!
 //! Uses only the types of the parent module and of `client` and `event_loop`.
 
