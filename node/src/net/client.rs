@@ -1,0 +1,178 @@
+//! The handle to the event loop: each call is a `Command` with a oneshot for the answer,
+//! and [`At`] carries the relay's typed requests (`tern_relay::rpc`) to one relay.
+//!
+//! Depends only on the parent module's types (commands, events) and `pipeline`; it never
+//! touches the swarm.
+
+use libp2p::{Multiaddr, PeerId};
+use tern_relay::{
+    client::Proto,
+    wire::{ErrorCode, Frame, Rejection},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Command, NetError, PeerConnections, direct, pipeline};
+
+/// A handle to the network event loop.
+#[derive(Clone)]
+pub struct Client {
+    pub(super) cmd: mpsc::Sender<Command>,
+    pub(super) local: PeerId,
+    pub(super) streams: libp2p_stream::Control,
+    /// Deposit streams to relays.
+    pub(super) pipes: std::sync::Arc<pipeline::Pipes>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// This device's PeerId.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// A handle that opens and accepts `/tern/blob/1` streams, for tasks off the event loop.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), NetError> {
+        self.cmd.send(cmd).await.map_err(|_| NetError::Closed)
+    }
+
+    /// Sends a raw frame on a relay protocol to `peer` and returns the answer frame.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        proto: Proto,
+        frame: Vec<u8>,
+    ) -> Result<Frame, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request {
+            peer,
+            proto,
+            frame,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| NetError::Closed)?
+    }
+
+    /// Sends a direct message to a device over an existing connection (or one libp2p can
+    /// open from known addresses).
+    pub async fn direct(&self, peer: PeerId, ciphertext: Vec<u8>) -> Result<(), NetError> {
+        let frame = direct::Request::Message {
+            ciphertext: serde_bytes::ByteBuf::from(ciphertext),
+        }
+        .encode()?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Direct { peer, frame, reply }).await?;
+        let frame = rx.await.map_err(|_| NetError::Closed)??;
+        match direct::Response::from_frame(&frame)? {
+            direct::Response::Stored => Ok(()),
+            direct::Response::Error(r) => Err(NetError::Rejected(r)),
+        }
+    }
+
+    /// Answers a direct message: stored (`None`) or refused.
+    pub async fn respond_direct(&self, id: u64, refused: Option<ErrorCode>) {
+        let resp = match refused {
+            None => direct::Response::Stored,
+            Some(code) => direct::Response::Error(Rejection::new(code)),
+        };
+        if let Ok(frame) = resp.encode() {
+            let _ = self.send(Command::RespondDirect { id, frame }).await;
+        }
+    }
+
+    /// Adds a relay (address ending in `/p2p/<id>`) and keeps a connection to it; a home
+    /// relay also gets a circuit reservation.
+    pub async fn add_relay(&self, addr: Multiaddr, home: bool) -> Result<(), NetError> {
+        self.send(Command::AddRelay { addr, home }).await
+    }
+
+    /// Stops keeping a connection to a relay added with `home: false` (a home relay stays).
+    pub async fn forget_relay(&self, peer: PeerId) -> Result<(), NetError> {
+        self.send(Command::ForgetRelay { peer }).await
+    }
+
+    /// Dials a device through a relay circuit (DCUtR may then upgrade it).
+    pub async fn dial_via(&self, peer: PeerId, relay: Multiaddr) -> Result<(), NetError> {
+        self.send(Command::DialVia { peer, relay }).await
+    }
+
+    /// The open connections to non-relay peers.
+    pub async fn peers(&self) -> Vec<PeerConnections> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Peers { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Opens the live stream (`/tern/live/1`) to a relay we listen at, unless one is open;
+    /// until it is, pushes come as `Deliver` requests.
+    pub async fn open_live(&self, relay: PeerId) -> Result<(), NetError> {
+        self.send(Command::OpenLive { relay }).await
+    }
+
+    /// Queues an acknowledgement on the relay's live stream; `false` when there is no open
+    /// stream with room.
+    pub async fn live_ack(&self, relay: PeerId, ids: Vec<u64>) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .send(Command::LiveAck { relay, ids, reply })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Whether the event loop has stopped (the node is shutting down).
+    pub fn is_closed(&self) -> bool {
+        self.cmd.is_closed()
+    }
+
+    /// Whether a connection to `peer` is open.
+    pub async fn is_connected(&self, peer: PeerId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Connected { peer, reply }).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// Builds a mailbox/presence/directory request frame and decodes the typed answer.
+/// One relay over this node's network task: the relay's typed requests
+/// ([`tern_relay::rpc::Requests`]) on it.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    net: &'a Client,
+    relay: PeerId,
+}
+
+impl Client {
+    /// The relay `relay`, for its typed requests.
+    pub fn at(&self, relay: PeerId) -> At<'_> {
+        At { net: self, relay }
+    }
+}
+
+impl tern_relay::rpc::Transport for At<'_> {
+    fn send(
+        &self,
+        proto: Proto,
+        frame: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Frame, NetError>> + Send {
+        self.net.request(self.relay, proto, frame)
+    }
+}

@@ -1,0 +1,275 @@
+//! The loop that owns the swarm: its state, `run`, the commands from the [`Client`](super::Client), and
+//! the relays' redials and circuit reservations.
+//!
+//! Swarm events are handled in `events`, which uses this module's state and helpers; this
+//! module calls into `events` only for `on_swarm`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm,
+    multiaddr::Protocol,
+    request_response::{OutboundRequestId, ResponseChannel},
+    swarm::dial_opts::DialOpts,
+};
+use tern_relay::{client::Proto, wire::Frame};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Command, Event, NetError, PeerConnections, Reply, swarm::Behaviour};
+use crate::consts::{REDIAL_BASE, REDIAL_MAX};
+
+pub(super) struct RelayState {
+    pub(super) addr: Multiaddr,
+    pub(super) home: bool,
+    pub(super) connected: bool,
+    /// When to dial again, while disconnected.
+    pub(super) redial_at: Option<Instant>,
+    pub(super) backoff: Duration,
+}
+
+/// The loop that owns the swarm. Run it with [`EventLoop::run`].
+pub struct EventLoop {
+    pub(super) swarm: Swarm<Behaviour>,
+    pub(super) cmds: mpsc::Receiver<Command>,
+    pub(super) events: mpsc::Sender<Event>,
+    /// Outbound requests waiting for an answer.
+    /// Replies owed to callers, by behaviour and request id: each request/response
+    /// behaviour numbers its requests itself, so ids repeat across protocols.
+    pub(super) pending: HashMap<(Channel, OutboundRequestId), Reply>,
+    /// Inbound direct messages waiting for the engine's answer.
+    pub(super) inbound: HashMap<u64, ResponseChannel<Frame>>,
+    pub(super) next_inbound: u64,
+    pub(super) relays: HashMap<PeerId, RelayState>,
+    /// Acknowledgement queues of the live streams, by relay.
+    pub(super) live: HashMap<PeerId, tern_relay::live::AckQueue>,
+    /// Non-relay peers: (direct connections, relayed connections).
+    pub(super) direct_conns: HashMap<PeerId, (u32, u32)>,
+    /// Peers we already tried to dial directly after learning their addresses.
+    pub(super) dialed_direct: HashSet<PeerId>,
+    /// Relayed connections to non-relay peers, closed once a direct one is up: a circuit is
+    /// limited in bytes and time, so a stream on it (a file from a peer) would be cut, and
+    /// it costs the relay bandwidth.
+    pub(super) relayed_conns: HashMap<PeerId, Vec<libp2p::swarm::ConnectionId>>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop").finish_non_exhaustive()
+    }
+}
+
+pub(super) fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// Which request/response behaviour a request went out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Channel {
+    Mailbox,
+    Presence,
+    Directory,
+    Direct,
+}
+
+impl Channel {
+    pub(super) fn of(proto: Proto) -> Self {
+        match proto {
+            Proto::Mailbox => Channel::Mailbox,
+            Proto::Presence => Channel::Presence,
+            Proto::Directory => Channel::Directory,
+        }
+    }
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
+impl EventLoop {
+    /// Runs until every [`Client`](super::Client) is dropped.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(REDIAL_BASE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = self.cmds.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                _ = tick.tick() => self.redial_due(),
+            }
+        }
+    }
+
+    pub(super) fn emit(&self, ev: Event) -> bool {
+        match self.events.try_send(ev) {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!("network event queue full; dropping an event");
+                false
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Request {
+                peer,
+                proto,
+                frame,
+                reply,
+            } => {
+                let b = &mut self.swarm.behaviour_mut().relay_proto;
+                let id = match proto {
+                    Proto::Mailbox => b.mailbox.send_request(&peer, Frame::Data(frame)),
+                    Proto::Presence => b.presence.send_request(&peer, Frame::Data(frame)),
+                    Proto::Directory => b.directory.send_request(&peer, Frame::Data(frame)),
+                };
+                self.pending.insert((Channel::of(proto), id), reply);
+            }
+            Command::Direct { peer, frame, reply } => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err(NetError::Transport("not connected".into())));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .direct
+                    .send_request(&peer, Frame::Data(frame));
+                self.pending.insert((Channel::Direct, id), reply);
+            }
+            Command::RespondDirect { id, frame } => {
+                if let Some(ch) = self.inbound.remove(&id) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .direct
+                        .send_response(ch, Frame::Data(frame));
+                }
+            }
+            Command::AddRelay { addr, home } => {
+                let Some(peer) = peer_of(&addr) else { return };
+                self.swarm.add_peer_address(peer, addr.clone());
+                let entry = self.relays.entry(peer).or_insert(RelayState {
+                    addr: addr.clone(),
+                    home,
+                    connected: false,
+                    redial_at: Some(Instant::now()),
+                    backoff: REDIAL_BASE,
+                });
+                entry.home |= home;
+                if self.swarm.is_connected(&peer) {
+                    if !entry.connected {
+                        entry.connected = true;
+                        entry.redial_at = None;
+                        let home = entry.home;
+                        self.emit(Event::RelayUp(peer));
+                        if home {
+                            self.reserve(peer);
+                        }
+                    }
+                } else {
+                    self.redial_due();
+                }
+            }
+            Command::ForgetRelay { peer } => {
+                if self.relays.get(&peer).is_some_and(|r| !r.home)
+                    && let Some(state) = self.relays.remove(&peer)
+                    && state.connected
+                {
+                    self.emit(Event::RelayDown(peer));
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            Command::DialVia { peer, relay } => {
+                if self.swarm.is_connected(&peer) {
+                    return;
+                }
+                let addr = relay.with(Protocol::P2pCircuit).with(Protocol::P2p(peer));
+                if let Err(e) = self.swarm.dial(addr) {
+                    tracing::debug!(%peer, "relayed dial failed: {e}");
+                }
+            }
+            Command::OpenLive { relay } => {
+                let open = self
+                    .live
+                    .get(&relay)
+                    .is_some_and(tern_relay::live::AckQueue::is_open);
+                if !open && self.relays.contains_key(&relay) {
+                    self.swarm.behaviour_mut().relay_proto.live.open(relay);
+                }
+            }
+            Command::LiveAck { relay, ids, reply } => {
+                let queued = self
+                    .live
+                    .get(&relay)
+                    .is_some_and(|acks| acks.try_ack(ids).is_ok());
+                // The stream died with one of several connections to the relay (mail came as
+                // requests meanwhile): open another on one that is left.
+                if !queued
+                    && self.live.get(&relay).is_some_and(|acks| !acks.is_open())
+                    && self.swarm.is_connected(&relay)
+                {
+                    self.live.remove(&relay);
+                    self.swarm.behaviour_mut().relay_proto.live.open(relay);
+                }
+                let _ = reply.send(queued);
+            }
+            Command::Connected { peer, reply } => {
+                let _ = reply.send(self.swarm.is_connected(&peer));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(
+                    self.direct_conns
+                        .iter()
+                        .map(|(peer, (direct, relayed))| PeerConnections {
+                            peer: *peer,
+                            direct: *direct,
+                            relayed: *relayed,
+                        })
+                        .collect(),
+                );
+            }
+        }
+    }
+
+    pub(super) fn reserve(&mut self, relay: PeerId) {
+        let Some(state) = self.relays.get(&relay) else {
+            return;
+        };
+        let addr = state.addr.clone().with(Protocol::P2pCircuit);
+        if let Err(e) = self.swarm.listen_on(addr) {
+            tracing::warn!(%relay, "cannot request a circuit reservation: {e}");
+        }
+    }
+
+    fn redial_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(PeerId, Multiaddr)> = self
+            .relays
+            .iter_mut()
+            .filter(|(_, s)| !s.connected && s.redial_at.is_some_and(|t| t <= now))
+            .map(|(p, s)| {
+                s.redial_at = Some(now + s.backoff);
+                s.backoff = (s.backoff * 2).min(REDIAL_MAX);
+                (*p, s.addr.clone())
+            })
+            .collect();
+        for (peer, addr) in due {
+            let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, "relay dial not started: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Completions: the storage writer's replies (and held refusals, early live notices, expiry
+//! sweeps) turned into answers, metrics and live deliveries.
+//!
+//! Uses `answer`, `deposit` (answering and refusing deposits) and `live` (delivery).
+
+use std::{sync::atomic::Ordering::Relaxed, time::Instant};
+
+use super::{Completion, EventLoop, Proto, answer::busy};
+use crate::{
+    server::push,
+    wire::{ErrorCode, mailbox, presence as pw},
+};
+
+impl EventLoop {
+    pub(super) fn on_completion(&mut self, done: Completion) {
+        match done {
+            Completion::Early {
+                sender,
+                now_ms,
+                ciphertext,
+                stored,
+            } => {
+                for st in stored {
+                    if self.listening.contains(&st.peer) {
+                        self.deliver(st.peer, st.id, sender, now_ms, &ciphertext, st.intro);
+                    }
+                }
+            }
+            Completion::Nothing => {}
+            Completion::Refuse { channel, rejection } => self.refuse(channel, rejection),
+            Completion::Deposit {
+                channel,
+                sender,
+                intro_to,
+                size,
+                refused,
+                result,
+            } => match result {
+                Ok(d) => {
+                    self.metrics.deposits.fetch_add(1, Relaxed);
+                    self.metrics
+                        .deposit_recipients
+                        .fetch_add(d.stored.len() as u64, Relaxed);
+                    self.metrics.deposit_bytes.fetch_add(size as u64, Relaxed);
+                    self.answer(
+                        channel,
+                        mailbox::Response::Deposited {
+                            message: d.message,
+                            recipients: d.stored.len() as u32,
+                            refused: refused.into_iter().chain(d.refused).collect(),
+                        },
+                    );
+                    // Listening recipients were served by the early notice. Mail from
+                    // strangers (introductions) wakes nobody: it waits for the next time
+                    // the device is online anyway.
+                    for st in d.stored {
+                        if !st.intro
+                            && !self.listening.contains(&st.peer)
+                            && self.push_registered.contains(&st.peer)
+                        {
+                            self.push.send(push::Command::Mail {
+                                peer: st.peer,
+                                unread: st.depth,
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "deposit failed");
+                    let rejection = busy(e);
+                    if rejection.code == ErrorCode::IntroFull
+                        && let Some(owner) = intro_to
+                    {
+                        self.intro_full.note(owner, sender, Instant::now());
+                    }
+                    self.refuse_stranger(sender, channel, rejection);
+                }
+            },
+            Completion::Fetch { channel, result } => match result {
+                Ok(page) => self.respond_mailbox(
+                    channel,
+                    mailbox::Response::Messages {
+                        messages: page.messages,
+                        more: page.more,
+                    },
+                ),
+                Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
+            },
+            Completion::Ack { channel, result } => match (result, channel) {
+                (Ok(removed), channel) => {
+                    self.metrics.acked.fetch_add(u64::from(removed), Relaxed);
+                    if let Some(channel) = channel {
+                        self.respond_mailbox(channel, mailbox::Response::Acked { removed });
+                    }
+                }
+                (Err(e), Some(channel)) => self.reject(Proto::Mailbox, channel, busy(e)),
+                (Err(e), None) => tracing::debug!(error = %e, "live acknowledgement failed"),
+            },
+            Completion::SetPush {
+                channel,
+                peer,
+                url,
+                result,
+            } => match result {
+                Ok(()) => {
+                    if url.is_some() {
+                        self.push_registered.insert(peer);
+                    } else {
+                        self.push_registered.remove(&peer);
+                    }
+                    self.push.send(push::Command::Register { peer, url });
+                    self.respond_mailbox(channel, mailbox::Response::Ok);
+                }
+                Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
+            },
+            Completion::SetAllow {
+                channel,
+                peer,
+                viewers,
+                result,
+            } => match result {
+                Ok(()) => {
+                    self.presence.set_allow(peer, &viewers);
+                    self.respond_presence(channel, pw::Response::Ok);
+                }
+                Err(e) => self.reject(Proto::Presence, channel, busy(e)),
+            },
+            Completion::Directory { channel, response } => {
+                self.respond_directory(channel, response)
+            }
+            Completion::SetGrants {
+                channel,
+                peer,
+                hashes,
+                now_ms,
+                result,
+            } => match result {
+                Ok(()) => {
+                    self.grants.set(peer, hashes, now_ms);
+                    self.respond_mailbox(channel, mailbox::Response::Ok);
+                }
+                Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
+            },
+            Completion::Usage { channel, result } => match result {
+                Ok(u) => self.respond_mailbox(channel, mailbox::Response::Usage(u)),
+                Err(e) => self.reject(Proto::Mailbox, channel, busy(e)),
+            },
+            Completion::DevicesExpired(result) => match result {
+                Ok(gone) => {
+                    if !gone.is_empty() {
+                        tracing::info!(
+                            devices = gone.len(),
+                            "registrations of quiet devices expired"
+                        );
+                    }
+                    for peer in gone {
+                        self.presence.set_allow(peer, &[]);
+                        if self.push_registered.remove(&peer) {
+                            self.push.send(push::Command::Register { peer, url: None });
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "expiring quiet devices failed"),
+            },
+            Completion::Expired(result) => match result {
+                Ok(n) => {
+                    self.metrics.expired.fetch_add(n, Relaxed);
+                    if n > 0 {
+                        tracing::debug!(expired = n, "expired mailbox entries");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+            },
+        }
+    }
+}
