@@ -25,10 +25,10 @@ use crate::{
 
 impl EventLoop {
     /// Refuses a deposit of `peer`. A refusal that counts against it (`IntroFull`,
-    /// `NoGrant`: see `penalty.rs`) is answered only after about a second (`penalty::hold`): each request
-    /// costs the relay work even when refused, and so a peer that keeps depositing where it
-    /// may not can have each of its streams refused at most once a second (until it is
-    /// banned), rather than as fast as the relay can answer. An honest node backs off for
+    /// `NoGrant`: see `penalty.rs`) is answered only after about a second
+    /// (`penalty::hold`): each request costs the relay work even when refused, and so a peer
+    /// that keeps depositing where it may not can have each of its streams refused about
+    /// once a second (until it is banned), rather than as fast as the relay can answer. An honest node backs off for
     /// longer than that after such a refusal anyway, and its other requests are not held.
     pub(super) fn refuse_stranger(&mut self, peer: PeerId, channel: Answer, rejection: Rejection) {
         let delay = self.penalize(peer, rejection.code);
