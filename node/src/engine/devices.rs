@@ -71,19 +71,24 @@ impl Engine {
         self.rebuild_device_owner();
     }
 
-    /// A device this one linked answered (or the wait for it ended): noted for
-    /// `device.list`, and told to subscribers.
-    pub(crate) fn on_link_answered(&mut self, device: String, confirmed: bool) {
+    /// A device this one linked answered `record` (the confirmation mailbox of the record
+    /// sent), or the wait for it ended: noted for `device.list`, and told to subscribers. A
+    /// confirmation of any record sent it counts; the end of a wait only for the latest
+    /// record, while that is still waiting (the same code added again sends a new record).
+    pub(crate) fn on_link_answered(&mut self, device: String, record: PeerId, confirmed: bool) {
+        use crate::types::LinkState;
         let link = if confirmed {
-            crate::types::LinkState::Confirmed
+            LinkState::Confirmed
         } else {
-            crate::types::LinkState::Unconfirmed
+            match self.me.link_states.get(&device) {
+                Some((LinkState::Waiting, latest)) if *latest == record => LinkState::Unconfirmed,
+                _ => return,
+            }
         };
-        // A later link of the same device (a new code) has its own wait.
-        if self.me.link_states.get(&device) == Some(&crate::types::LinkState::Confirmed) {
+        if self.me.link_states.get(&device).map(|(l, _)| *l) == Some(link) {
             return;
         }
-        self.me.link_states.insert(device.clone(), link);
+        self.me.link_states.insert(device.clone(), (link, record));
         self.emit(crate::types::Event::DeviceLink {
             device_id: device,
             link,
@@ -110,7 +115,7 @@ impl Engine {
                         .me
                         .link_states
                         .get(&e.device_id().to_peer_id_string())
-                        .copied(),
+                        .map(|(l, _)| *l),
                 }
             })
             .collect()
@@ -237,9 +242,10 @@ impl Engine {
             return Err(last);
         };
         // The new device confirms at the same relay once its user took this record.
+        let record = confirmation.mailbox();
         self.me
             .link_states
-            .insert(peer.to_string(), crate::types::LinkState::Waiting);
+            .insert(peer.to_string(), (crate::types::LinkState::Waiting, record));
         let tx = self.internal.clone();
         let device = peer.to_string();
         tokio::spawn(async move {
@@ -251,7 +257,11 @@ impl Engine {
                 }
             };
             let _ = tx
-                .send(super::Internal::LinkAnswered { device, confirmed })
+                .send(super::Internal::LinkAnswered {
+                    device,
+                    record,
+                    confirmed,
+                })
                 .await;
         });
         // The record carries the newest messages; everything else follows over the session.

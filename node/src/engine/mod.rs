@@ -99,8 +99,13 @@ pub(crate) enum Internal {
     },
     /// Push endpoint registrations answered.
     Push(push::Done),
-    /// A device this one linked confirmed the record (or the wait ended without it).
-    LinkAnswered { device: String, confirmed: bool },
+    /// A device this one linked confirmed the record whose confirmation mailbox is
+    /// `record` (or the wait for it ended without it).
+    LinkAnswered {
+        device: String,
+        record: PeerId,
+        confirmed: bool,
+    },
 }
 
 /// What the engine knows about a contact.
@@ -424,9 +429,11 @@ impl Engine {
             Internal::DeviceLists(lists) => self.on_device_lists(lists),
             Internal::PeerLists { lists, failed } => self.on_peer_lists(lists, failed),
             Internal::Push(done) => self.on_push_done(done),
-            Internal::LinkAnswered { device, confirmed } => {
-                self.on_link_answered(device, confirmed)
-            }
+            Internal::LinkAnswered {
+                device,
+                record,
+                confirmed,
+            } => self.on_link_answered(device, record, confirmed),
         }
     }
 

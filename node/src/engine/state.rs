@@ -93,8 +93,9 @@ pub(crate) struct Me {
     /// Devices linked by this run, with the provisioning key their record was sealed to: only
     /// the same code may have the record sent again.
     pub linked: HashMap<String, [u8; 32]>,
-    /// Where each of those links stands (the new device's confirmation).
-    pub link_states: HashMap<String, crate::types::LinkState>,
+    /// Where each of those links stands (the new device's confirmation), and the
+    /// confirmation mailbox of the latest record sent it.
+    pub link_states: HashMap<String, (crate::types::LinkState, libp2p::PeerId)>,
 }
 
 /// Home relays and the connections to them.
