@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tern_node::{
     Home,
-    types::{GroupInfo, MailboxInfo, MessageInfo, PushRelayInfo},
+    types::{GroupInfo, MailboxInfo, MessageInfo, MessageKind, PushRelayInfo},
 };
 
 use crate::exit::{self, Failure};
@@ -89,7 +89,7 @@ fn print_message(m: &MessageInfo) {
         (false, "", _) => short(&m.sender),
         (false, name, _) => name.to_owned(),
     };
-    if m.kind == "membership" {
+    if m.kind == MessageKind::Membership {
         println!("{short_id} {:>8}  * {}", who, m.text);
     } else if let Some(f) = &m.media {
         let caption = &m.text;

@@ -30,7 +30,7 @@ pub mod media;
 pub mod passphrase;
 pub mod prekey;
 pub mod provision;
-mod random;
+pub mod random;
 pub mod safety;
 pub mod sealed;
 pub mod session;

@@ -8,12 +8,12 @@ use thiserror::Error;
 pub struct RandomError(String);
 
 /// Fills `buf` with random bytes from the OS.
-pub(crate) fn fill(buf: &mut [u8]) -> Result<(), RandomError> {
+pub fn fill(buf: &mut [u8]) -> Result<(), RandomError> {
     getrandom::fill(buf).map_err(|e| RandomError(e.to_string()))
 }
 
 /// Returns `N` random bytes from the OS.
-pub(crate) fn array<const N: usize>() -> Result<[u8; N], RandomError> {
+pub fn array<const N: usize>() -> Result<[u8; N], RandomError> {
     let mut out = [0u8; N];
     fill(&mut out)?;
     Ok(out)

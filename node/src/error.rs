@@ -1,4 +1,11 @@
 //! The node's error type, with a stable code per kind for the API and the CLI's exit codes.
+//!
+//! A failure of the store, of cryptography or of the network keeps the error it came from
+//! as its [`source`](std::error::Error::source) ([`StoreError`], [`CryptoError`],
+//! [`NetworkError`]), so callers match on kinds, never on message text. Sources are shared
+//! (`Arc`) because one error may answer several waiters.
+
+use std::{borrow::Cow, sync::Arc};
 
 use crate::link::LinkError;
 
@@ -43,13 +50,13 @@ pub enum NodeError {
     UnknownMessage(String),
     /// The store failed.
     #[error("storage: {0}")]
-    Store(String),
-    /// Crypto failed.
+    Store(#[source] StoreError),
+    /// Crypto failed, or something received or stored does not check out.
     #[error("crypto: {0}")]
-    Crypto(String),
+    Crypto(#[source] CryptoError),
     /// The network could not do it (relay unreachable, ...).
     #[error("network: {0}")]
-    Network(String),
+    Network(#[source] NetworkError),
     /// The scanned safety number does not match.
     #[error("the scanned safety number does not match: do not trust this contact")]
     SafetyMismatch,
@@ -144,20 +151,144 @@ impl NodeError {
     }
 }
 
-macro_rules! from_display {
-    ($variant:ident, $($t:ty),*) => {
+/// Why the store failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A write failed.
+    #[error(transparent)]
+    Write(Arc<tern_store::WriteError>),
+    /// A read failed.
+    #[error(transparent)]
+    Read(Arc<tern_store::ReadError>),
+    /// A search failed.
+    #[error(transparent)]
+    Search(Arc<tern_store::SearchError>),
+    /// The home directory (keys, config) failed.
+    #[error(transparent)]
+    Home(Arc<crate::home::HomeError>),
+    /// The group replay ledger, kept in the store, failed.
+    #[error(transparent)]
+    Ledger(Arc<tern_crypto::group::GroupError>),
+    /// A record the node keeps could not be encoded or decoded.
+    #[error("{what}: {reason}")]
+    Record {
+        /// Which record.
+        what: &'static str,
+        /// What the codec said.
+        reason: String,
+    },
+    /// Something the store should hold is not there.
+    #[error("{0}")]
+    Missing(&'static str),
+}
+
+/// Why a cryptographic step failed, or what does not check out.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CryptoError {
+    /// A pairwise (Olm) session step.
+    #[error(transparent)]
+    Session(Arc<tern_crypto::session::SessionError>),
+    /// A prekey bundle.
+    #[error(transparent)]
+    Prekey(Arc<tern_crypto::prekey::PrekeyError>),
+    /// A device list.
+    #[error(transparent)]
+    DeviceList(Arc<tern_crypto::DeviceListError>),
+    /// A device certificate.
+    #[error(transparent)]
+    Certificate(Arc<tern_crypto::device::CertificateError>),
+    /// A group session.
+    #[error(transparent)]
+    Group(Arc<tern_crypto::group::GroupError>),
+    /// A provisioning (device link) record.
+    #[error(transparent)]
+    Provision(Arc<tern_crypto::provision::ProvisionError>),
+    /// An envelope.
+    #[error(transparent)]
+    Envelope(Arc<crate::envelope::EnvelopeError>),
+    /// A backup.
+    #[error(transparent)]
+    Backup(Arc<crate::backup::BackupError>),
+    /// A key or record could not be encoded.
+    #[error(transparent)]
+    Encode(Arc<tern_crypto::codec::EncodeError>),
+    /// The system's random source failed.
+    #[error(transparent)]
+    Random(Arc<tern_crypto::RandomError>),
+    /// A libp2p key could not be made from its bytes.
+    #[error("{what}: {source}")]
+    NetworkKey {
+        /// Which key.
+        what: &'static str,
+        /// What libp2p said.
+        source: Arc<libp2p::identity::DecodingError>,
+    },
+    /// A message, record or key that does not check out.
+    #[error("{0}")]
+    Invalid(Cow<'static, str>),
+}
+
+/// Why the network could not do it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkError {
+    /// A request to a relay or peer failed or was refused.
+    #[error(transparent)]
+    Request(Arc<crate::net::NetError>),
+    /// The swarm could not start.
+    #[error(transparent)]
+    Start(Arc<crate::net::StartError>),
+    /// No relay or peer could be reached for it; says what was tried.
+    #[error("{0}")]
+    Unreachable(Cow<'static, str>),
+}
+
+impl NodeError {
+    /// Something received, stored or asked for that does not check out.
+    pub(crate) fn invalid(why: impl Into<Cow<'static, str>>) -> Self {
+        NodeError::Crypto(CryptoError::Invalid(why.into()))
+    }
+
+    /// No relay or peer could be reached.
+    pub(crate) fn unreachable(why: impl Into<Cow<'static, str>>) -> Self {
+        NodeError::Network(NetworkError::Unreachable(why.into()))
+    }
+
+    /// A record the node keeps could not be encoded or decoded.
+    pub(crate) fn record(what: &'static str, reason: impl std::fmt::Display) -> Self {
+        NodeError::Store(StoreError::Record {
+            what,
+            reason: reason.to_string(),
+        })
+    }
+}
+
+/// `From` for each source error: `$t` becomes `NodeError::$outer($inner::$variant(Arc))`.
+macro_rules! from_source {
+    ($($t:ty => $outer:ident($inner:ident::$variant:ident)),* $(,)?) => {
         $(impl From<$t> for NodeError {
             fn from(e: $t) -> Self {
-                NodeError::$variant(e.to_string())
+                NodeError::$outer($inner::$variant(Arc::new(e)))
             }
         })*
     };
 }
-from_display!(
-    Store,
-    tern_store::WriteError,
-    tern_store::SearchError,
-    crate::home::HomeError
+from_source!(
+    tern_store::WriteError => Store(StoreError::Write),
+    tern_store::SearchError => Store(StoreError::Search),
+    crate::home::HomeError => Store(StoreError::Home),
+    tern_crypto::session::SessionError => Crypto(CryptoError::Session),
+    tern_crypto::prekey::PrekeyError => Crypto(CryptoError::Prekey),
+    tern_crypto::DeviceListError => Crypto(CryptoError::DeviceList),
+    tern_crypto::device::CertificateError => Crypto(CryptoError::Certificate),
+    tern_crypto::provision::ProvisionError => Crypto(CryptoError::Provision),
+    tern_crypto::codec::EncodeError => Crypto(CryptoError::Encode),
+    tern_crypto::RandomError => Crypto(CryptoError::Random),
+    crate::envelope::EnvelopeError => Crypto(CryptoError::Envelope),
+    crate::net::NetError => Network(NetworkError::Request),
+    crate::net::StartError => Network(NetworkError::Start),
 );
 
 impl From<tern_store::ReadError> for NodeError {
@@ -167,29 +298,31 @@ impl From<tern_store::ReadError> for NodeError {
             tern_store::ReadError::UnknownAnchor { message, .. } => {
                 NodeError::UnknownMessage(message)
             }
-            other => NodeError::Store(other.to_string()),
+            other => NodeError::Store(StoreError::Read(Arc::new(other))),
         }
     }
 }
-from_display!(
-    Crypto,
-    tern_crypto::session::SessionError,
-    tern_crypto::prekey::PrekeyError,
-    tern_crypto::DeviceListError,
-    crate::envelope::EnvelopeError
-);
 
 impl From<tern_crypto::group::GroupError> for NodeError {
     fn from(e: tern_crypto::group::GroupError) -> Self {
-        match e {
+        let e = Arc::new(e);
+        match *e {
             // The replay ledger is the store: its failure is a storage fault (the message is
             // kept to retry), not a message that does not decrypt.
-            tern_crypto::group::GroupError::Ledger(_) => NodeError::Store(e.to_string()),
-            other => NodeError::Crypto(other.to_string()),
+            tern_crypto::group::GroupError::Ledger(_) => NodeError::Store(StoreError::Ledger(e)),
+            _ => NodeError::Crypto(CryptoError::Group(e)),
         }
     }
 }
-from_display!(Network, crate::net::NetError);
+
+impl From<libp2p::identity::DecodingError> for NodeError {
+    fn from(e: libp2p::identity::DecodingError) -> Self {
+        NodeError::Crypto(CryptoError::NetworkKey {
+            what: "device network key",
+            source: Arc::new(e),
+        })
+    }
+}
 
 impl From<crate::backup::BackupError> for NodeError {
     fn from(e: crate::backup::BackupError) -> Self {
@@ -197,7 +330,32 @@ impl From<crate::backup::BackupError> for NodeError {
             crate::backup::BackupError::Weak(w) => NodeError::WeakPassphrase(w.to_string()),
             crate::backup::BackupError::Io { .. } => NodeError::Io(e.to_string()),
             crate::backup::BackupError::BadInput(m) => NodeError::BadRequest(m),
-            other => NodeError::Crypto(other.to_string()),
+            _ => NodeError::Crypto(CryptoError::Backup(Arc::new(e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn failures_keep_their_source_and_kind() {
+        let e = NodeError::from(tern_crypto::prekey::PrekeyError::WrongSlot);
+        assert!(matches!(e, NodeError::Crypto(CryptoError::Prekey(_))));
+        let source = e.source().expect("a source");
+        assert!(source.downcast_ref::<CryptoError>().is_some());
+        assert_eq!(e.code(), 1008);
+
+        let e = NodeError::from(crate::net::NetError::Closed);
+        assert!(matches!(e, NodeError::Network(NetworkError::Request(_))));
+        assert_eq!(e.to_string(), "network: network stopped");
+        assert_eq!(e.code(), 1009);
+
+        let e = NodeError::from(tern_crypto::group::GroupError::Ledger("disk".into()));
+        assert!(matches!(e, NodeError::Store(StoreError::Ledger(_))));
+        assert_eq!(e.code(), 1007);
     }
 }

@@ -93,8 +93,8 @@ impl Node {
             return Err(StartError::NoRelay);
         }
         let (store, keys) = config.home.open()?;
-        let keypair = Keypair::ed25519_from_bytes(*keys.device.network_secret())
-            .map_err(|e| NodeError::Crypto(e.to_string()))?;
+        let keypair =
+            Keypair::ed25519_from_bytes(*keys.device.network_secret()).map_err(NodeError::from)?;
         let (net, net_events, event_loop) = net::new(
             keypair.clone(),
             net::Config {
@@ -561,12 +561,11 @@ where
     }
     let relay_peer = engine::relay_peer(&relay)
         .ok_or_else(|| NodeError::BadRequest("the relay address must end in /p2p/<id>".into()))?;
-    let device = DeviceKeys::generate().map_err(|e| NodeError::Crypto(e.to_string()))?;
-    let provision = ProvisionKey::generate().map_err(|e| NodeError::Crypto(e.to_string()))?;
-    let keypair = Keypair::ed25519_from_bytes(*device.network_secret())
-        .map_err(|e| NodeError::Crypto(e.to_string()))?;
-    let (net, mut events, event_loop) = net::new(keypair, net::Config { listen: Vec::new() })
-        .map_err(|e| NodeError::Network(e.to_string()))?;
+    let device = DeviceKeys::generate().map_err(NodeError::from)?;
+    let provision = ProvisionKey::generate().map_err(NodeError::from)?;
+    let keypair = Keypair::ed25519_from_bytes(*device.network_secret()).map_err(NodeError::from)?;
+    let (net, mut events, event_loop) =
+        net::new(keypair, net::Config { listen: Vec::new() }).map_err(NodeError::from)?;
     let task = tokio::spawn(event_loop.run());
     // A timeout too long to add (`--timeout` is any u64) waits as long as a year would.
     let deadline =
@@ -580,7 +579,7 @@ where
                 Ok(Some(_)) => {}
                 Ok(None) => return Err(NodeError::Stopped),
                 Err(_) => {
-                    return Err(NodeError::Network(format!("cannot reach the relay {relay}")));
+                    return Err(NodeError::unreachable(format!("cannot reach the relay {relay}")));
                 }
             }
         }
@@ -695,9 +694,8 @@ where
                 Ok(Some(_)) => {}
                 Ok(None) => return Err(NodeError::Stopped),
                 Err(_) => {
-                    return Err(NodeError::Network(
-                        "no device added this one in time (run `tern device add CODE` on a linked device)"
-                            .into(),
+                    return Err(NodeError::unreachable(
+                        "no device added this one in time (run `tern device add CODE` on a linked device)",
                     ));
                 }
             }

@@ -53,8 +53,8 @@ pub struct MessageInfo {
     pub sent_at: i64,
     /// This device's clock when stored, ms.
     pub received_at: i64,
-    /// pending, sent, delivered, read, failed, received.
-    pub status: String,
+    /// Where it stands: `pending`, `sent`, `delivered`, `read`, `failed`, `received`.
+    pub status: MessageStatus,
     /// Lamport clock (display order key).
     pub lamport: u64,
     /// Per-sender sequence number.
@@ -64,8 +64,8 @@ pub struct MessageInfo {
     #[serde(default)]
     pub gap_before: bool,
     /// `text`, or `membership` for a group membership change (its `text` describes it).
-    #[serde(default = "text_kind")]
-    pub kind: String,
+    #[serde(default)]
+    pub kind: MessageKind,
     /// The sender's name: the contact's display name, or this user's own name for `own`
     /// messages; `None` for a sender who is not a contact (a group member only).
     #[serde(default)]
@@ -130,8 +130,78 @@ pub struct TransferInfo {
     pub path: Option<String>,
 }
 
-fn text_kind() -> String {
-    "text".into()
+/// Where a message stands (`status` in the API; these strings on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    /// Own message, not yet accepted by every recipient device's path.
+    Pending,
+    /// Own message, accepted by every recipient device's path.
+    Sent,
+    /// Own message, a delivery receipt came back.
+    Delivered,
+    /// Own message read by a recipient, or another's message read here.
+    Read,
+    /// Own message that could not be sent.
+    Failed,
+    /// Another's message, not yet read here.
+    Received,
+    /// A status this build does not know (from a newer node).
+    #[serde(other)]
+    Other,
+}
+
+impl MessageStatus {
+    /// The API's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Pending => "pending",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Received => "received",
+            MessageStatus::Other => "other",
+        }
+    }
+}
+
+impl From<tern_store::Status> for MessageStatus {
+    fn from(s: tern_store::Status) -> Self {
+        match s {
+            tern_store::Status::Pending => MessageStatus::Pending,
+            tern_store::Status::Sent => MessageStatus::Sent,
+            tern_store::Status::Delivered => MessageStatus::Delivered,
+            tern_store::Status::Read => MessageStatus::Read,
+            tern_store::Status::Failed => MessageStatus::Failed,
+            tern_store::Status::Received => MessageStatus::Received,
+        }
+    }
+}
+
+impl std::fmt::Display for MessageStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a message is (`kind` in the API; these strings on the wire).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// A text.
+    #[default]
+    Text,
+    /// A group membership change (its `text` describes it).
+    Membership,
+    /// A file (`media` describes it; `text` is its caption).
+    File,
+    /// A message of a kind this build cannot show, from a newer version: kept, never
+    /// dropped.
+    Unsupported,
+    /// A kind this build does not know (from a newer node).
+    #[serde(other)]
+    Other,
 }
 
 /// One of this user's devices.
@@ -485,7 +555,7 @@ pub enum Event {
         /// Message ids.
         ids: Vec<String>,
         /// The new status.
-        status: String,
+        status: MessageStatus,
     },
     /// A contact's presence changed.
     Presence {

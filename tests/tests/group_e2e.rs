@@ -599,7 +599,11 @@ fn subscribers_hear_of_groups_their_messages_and_batched_notifications() {
         let mut seen = Vec::new();
         while seen.len() < sent.len() {
             let m = wait_event(&mut bob, "alice's messages at bob", |ev| match ev {
-                Event::Message { message } if message.kind == "text" => Some(message),
+                Event::Message { message }
+                    if message.kind == tern_node::types::MessageKind::Text =>
+                {
+                    Some(message)
+                }
                 _ => None,
             })
             .await;

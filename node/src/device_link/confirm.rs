@@ -72,8 +72,12 @@ impl Confirmation {
             Zeroizing::new(h.finalize().into())
         };
         let seed = hash(b"mailbox");
-        let mailbox = Keypair::ed25519_from_bytes(*seed)
-            .map_err(|e| NodeError::Crypto(format!("link confirmation key: {e}")))?;
+        let mailbox = Keypair::ed25519_from_bytes(*seed).map_err(|e| {
+            NodeError::Crypto(crate::error::CryptoError::NetworkKey {
+                what: "link confirmation key",
+                source: std::sync::Arc::new(e),
+            })
+        })?;
         Ok(Confirmation {
             mailbox,
             tag: hash(b"tag"),

@@ -54,7 +54,7 @@ impl Engine {
 
     pub(crate) fn save_pending_identity(&self) -> Result<(), NodeError> {
         let bytes = serde_json::to_vec(&self.people.pending_identity)
-            .map_err(|e| NodeError::Store(e.to_string()))?;
+            .map_err(|e| NodeError::record("pending identity keys", e))?;
         crate::home::write_atomic(&self.me.home.dir().join(PENDING_FILE), &bytes, true)?;
         Ok(())
     }
@@ -306,10 +306,9 @@ impl Engine {
         }
         self.people.pending_identity.remove(&id);
         self.save_pending_identity()?;
-        let stored = self
-            .store
-            .contact(&id)?
-            .ok_or_else(|| NodeError::Store("contact vanished".into()))?;
+        let stored = self.store.contact(&id)?.ok_or_else(|| {
+            NodeError::Store(crate::error::StoreError::Missing("contact vanished"))
+        })?;
         self.people.contacts.insert(
             id.clone(),
             ContactState {
@@ -374,10 +373,12 @@ impl Engine {
             .get(id)
             .ok_or_else(|| NodeError::UnknownContact(id.to_owned()))?;
         let user = UserId::from_hex(id).ok_or_else(|| NodeError::UnknownContact(id.to_owned()))?;
-        let key: [u8; 32] =
-            c.contact.identity_key.as_slice().try_into().map_err(|_| {
-                NodeError::Crypto("stored identity key has the wrong length".into())
-            })?;
+        let key: [u8; 32] = c
+            .contact
+            .identity_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| NodeError::invalid("stored identity key has the wrong length"))?;
         Ok((user, IdentityPublicKey::from_bytes(key)))
     }
 

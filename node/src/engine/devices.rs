@@ -170,7 +170,7 @@ impl Engine {
                         created_at: now_secs,
                     },
                 )
-                .map_err(|e| NodeError::Crypto(e.to_string()))?;
+                .map_err(NodeError::from)?;
                 let next = list.with_device(certificate.clone(), now_secs)?;
                 let signed = next.sign(&self.me.keys.identity)?;
                 // The list is stored before anything leaves: a crash after the deposit can
@@ -209,8 +209,8 @@ impl Engine {
             )));
         }
         self.me.linked.insert(peer.to_string(), provision_key);
-        let (sealed, check) = provision::seal_to_checked(&provision_key, &plain)
-            .map_err(|e| NodeError::Crypto(e.to_string()))?;
+        let (sealed, check) =
+            provision::seal_to_checked(&provision_key, &plain).map_err(NodeError::from)?;
         // Shown only once the record is deposited: whoever reads them off this screen can
         // no longer make a record that reaches the new device before this one.
         let words = LinkWords::derive(
@@ -221,7 +221,7 @@ impl Engine {
         );
         let confirmation = Confirmation::derive(&check, &id)?;
         drop(check);
-        let mut last = NodeError::Network("the code names no relay".into());
+        let mut last = NodeError::unreachable("the code names no relay");
         let mut sent = None;
         for addr in req.relay_addrs() {
             let Some(relay) = relay_peer(&addr) else {
@@ -234,7 +234,8 @@ impl Engine {
                     break;
                 }
                 Err(e) => {
-                    last = NodeError::Network(format!("cannot reach the new device's relay: {e}"))
+                    last =
+                        NodeError::unreachable(format!("cannot reach the new device's relay: {e}"))
                 }
             }
         }
@@ -291,16 +292,12 @@ impl Engine {
                     .keys
                     .identity
                     .to_secret_bytes()
-                    .map_err(|e| NodeError::Crypto(e.to_string()))?
+                    .map_err(NodeError::from)?
                     .to_vec(),
             ),
             name: self.me.config.name.clone(),
             relays: self.home_relay_addrs(),
-            certificate: ByteBuf::from(
-                certificate
-                    .to_bytes()
-                    .map_err(|e| NodeError::Crypto(e.to_string()))?,
-            ),
+            certificate: ByteBuf::from(certificate.to_bytes().map_err(NodeError::from)?),
             device_list: ByteBuf::from(self.me.keys.device_list.as_bytes().to_vec()),
             contacts: self
                 .people
@@ -501,7 +498,7 @@ impl Engine {
             .identity_key
             .as_slice()
             .try_into()
-            .map_err(|_| NodeError::Crypto("stored identity key has the wrong length".into()))?;
+            .map_err(|_| NodeError::invalid("stored identity key has the wrong length"))?;
         if next
             .check_identity(&tern_crypto::IdentityPublicKey::from_bytes(key))
             .is_err()

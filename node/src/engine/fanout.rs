@@ -214,7 +214,7 @@ impl Engine {
             self.emit(Event::Receipt {
                 conversation: m.conversation.0,
                 ids: vec![id.to_string()],
-                status: "sent".into(),
+                status: crate::types::MessageStatus::Sent,
             });
         }
     }

@@ -60,7 +60,9 @@ pub(crate) fn bundle_message(
         seq: m.seq,
         sent_at_ms: m.sent_at_ms,
         own: m.own,
-        status: super::status_name(m.status).to_owned(),
+        status: crate::types::MessageStatus::from(m.status)
+            .as_str()
+            .to_owned(),
         text,
         data,
         media,
@@ -149,7 +151,7 @@ impl Engine {
             .list()
             .active_certificate(&target)
             .map(|c| c.curve25519)
-            .ok_or_else(|| NodeError::Crypto("the new device has no certificate".into()))?;
+            .ok_or_else(|| NodeError::invalid("the new device has no certificate"))?;
         let held = self.load_sessions(&target, curve)?;
         let mut sessions: Vec<_> = if held.has_session() {
             vec![(target, held)]
@@ -162,9 +164,7 @@ impl Engine {
                 .collect()
         };
         if sessions.is_empty() {
-            return Err(NodeError::Network(
-                "no session with the new device yet".into(),
-            ));
+            return Err(NodeError::unreachable("no session with the new device yet"));
         }
         let (mut after, mut sent) = (owed.after_row, owed.sent);
         let mut titles: std::collections::HashMap<String, (ConversationKind, Option<String>)> =

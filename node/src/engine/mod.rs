@@ -34,7 +34,7 @@ mod views;
 pub(crate) use clock::Clock;
 pub(crate) use command::{Command, GroupCommand};
 pub(crate) use state::{Engine, Setup};
-pub(crate) use views::{message_info, status_name};
+pub(crate) use views::message_info;
 
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use tern_crypto::{DeviceId, SignedDeviceList};

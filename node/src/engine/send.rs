@@ -85,9 +85,7 @@ pub(crate) fn backoff(attempts: u32) -> Duration {
 }
 
 pub(crate) fn random_id() -> Result<[u8; 16], NodeError> {
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| NodeError::Crypto(e.to_string()))?;
-    Ok(id)
+    Ok(tern_crypto::random::array::<16>()?)
 }
 
 impl Engine {

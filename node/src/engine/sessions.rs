@@ -52,7 +52,7 @@ impl Engine {
             .cloned()
             .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
         let list = state.list.clone().ok_or_else(|| {
-            NodeError::Crypto(format!(
+            NodeError::invalid(format!(
                 "no device list for {user}; add their contact link again"
             ))
         })?;
@@ -67,8 +67,8 @@ impl Engine {
             let mut sessions = self.load_sessions(&device, curve)?;
             if !sessions.has_session() {
                 let peer = device_peer(&device)
-                    .ok_or_else(|| NodeError::Crypto("device id is not a PeerId".into()))?;
-                let mut claim = Err(NodeError::Network(format!(
+                    .ok_or_else(|| NodeError::invalid("device id is not a PeerId"))?;
+                let mut claim = Err(NodeError::unreachable(format!(
                     "cannot reach any relay of {} to set up a session",
                     state.contact.display_name
                 )));
@@ -79,7 +79,7 @@ impl Engine {
                             break;
                         }
                         Err(e) => {
-                            claim = Err(NodeError::Network(format!(
+                            claim = Err(NodeError::unreachable(format!(
                                 "cannot claim a prekey of {} from its relay: {e}",
                                 state.contact.display_name
                             )))
@@ -101,7 +101,7 @@ impl Engine {
         }
         if out.is_empty() {
             return Err(missing.into_iter().next().map_or_else(
-                || NodeError::Crypto(format!("{user} has no active device")),
+                || NodeError::invalid(format!("{user} has no active device")),
                 |(_, e)| e,
             ));
         }

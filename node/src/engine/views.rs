@@ -16,17 +16,6 @@ use crate::{
     types::*,
 };
 
-pub(crate) fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Pending => "pending",
-        Status::Sent => "sent",
-        Status::Delivered => "delivered",
-        Status::Read => "read",
-        Status::Failed => "failed",
-        Status::Received => "received",
-    }
-}
-
 pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
     MessageInfo {
         id: m.id.to_string(),
@@ -42,7 +31,7 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
         },
         sent_at: m.sent_at_ms,
         received_at: m.received_at_ms,
-        status: status_name(m.status).to_owned(),
+        status: m.status.into(),
         lamport: m.lamport,
         seq: m.seq,
         gap_before: false,
@@ -58,13 +47,12 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
             tern_store::Body::Structured { data, .. }
                 if data.starts_with(receive::UNSUPPORTED_MARK) =>
             {
-                "unsupported"
+                MessageKind::Unsupported
             }
-            tern_store::Body::Structured { .. } => "membership",
-            tern_store::Body::Text(_) => "text",
-            tern_store::Body::Media { .. } => "file",
-        }
-        .to_owned(),
+            tern_store::Body::Structured { .. } => MessageKind::Membership,
+            tern_store::Body::Text(_) => MessageKind::Text,
+            tern_store::Body::Media { .. } => MessageKind::File,
+        },
     }
 }
 

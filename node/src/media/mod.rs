@@ -153,7 +153,7 @@ impl StoredMedia {
     pub fn to_body(&self) -> Result<tern_store::Body, crate::NodeError> {
         let mut data = Vec::new();
         ciborium::into_writer(self, &mut data)
-            .map_err(|e| crate::NodeError::Store(format!("encoding a media message: {e}")))?;
+            .map_err(|e| crate::NodeError::record("a media message (encoding)", e))?;
         let text = if self.caption.is_empty() {
             self.media.name.clone()
         } else {
@@ -165,12 +165,12 @@ impl StoredMedia {
     /// Decodes a stored media body's data.
     pub fn decode(data: &[u8]) -> Result<Self, crate::NodeError> {
         let m: StoredMedia = ciborium::from_reader(data)
-            .map_err(|e| crate::NodeError::Store(format!("a stored media message: {e}")))?;
+            .map_err(|e| crate::NodeError::record("a stored media message", e))?;
         if m.v != 1 {
-            return Err(crate::NodeError::Store(format!(
-                "stored media format {} is not known",
-                m.v
-            )));
+            return Err(crate::NodeError::record(
+                "a stored media message",
+                format_args!("format {} is not known", m.v),
+            ));
         }
         Ok(m)
     }

@@ -174,16 +174,16 @@ impl Engine {
             };
             // Only the kind of a decoding failure travels on: it is logged below.
             let env = Envelope::decode(&d.body)
-                .map_err(|e| NodeError::Crypto(format!("{} envelope", e.kind())))?;
+                .map_err(|e| NodeError::invalid(format!("{} envelope", e.kind())))?;
             let bound = matches!(&env.conversation, Conversation::Group { id } if hex(id.as_slice()) == group)
                 && env.sender_user.as_slice() == d.sender_user.as_bytes()
                 && env.sender_device.as_slice() == d.sender_device.as_bytes();
             // A text, or a kind of content from a newer version (kept as unsupported).
             let Some(content) = crate::engine::receive::content_body(&env.body)? else {
-                return Err(NodeError::Crypto("a group message carries only text".into()));
+                return Err(NodeError::invalid("a group message carries only text"));
             };
             if !bound {
-                return Err(NodeError::Crypto("group message envelope does not match its key".into()));
+                return Err(NodeError::invalid("group message envelope does not match its key"));
             }
             if !member_now
                 && !self

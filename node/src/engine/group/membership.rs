@@ -46,9 +46,12 @@ impl Engine {
                 continue;
             }
             let c = &self.people.contacts[&user];
-            let key: [u8; 32] = c.contact.identity_key.as_slice().try_into().map_err(|_| {
-                NodeError::Crypto("stored identity key has the wrong length".into())
-            })?;
+            let key: [u8; 32] = c
+                .contact
+                .identity_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| NodeError::invalid("stored identity key has the wrong length"))?;
             out.push(MemberEntry {
                 user: ByteArray::new(
                     user_bytes(&user).ok_or_else(|| NodeError::UnknownContact(user.clone()))?,
@@ -83,9 +86,7 @@ impl Engine {
                 max: MAX_GROUP_MEMBERS,
             });
         }
-        let salt = *GroupId::random()
-            .map_err(|e| NodeError::Crypto(e.to_string()))?
-            .as_bytes();
+        let salt = *GroupId::random().map_err(NodeError::from)?.as_bytes();
         let id = GroupId::from_bytes(crate::group::group_id(
             self.me.user.as_bytes(),
             self.me.keys.identity.public().as_bytes(),

@@ -337,7 +337,9 @@ impl Engine {
         let body = if is_op {
             // The operation is the stored membership message itself.
             let StoreBody::Structured { data, .. } = &m.body else {
-                return Err(NodeError::Store("an owed operation is not stored".into()));
+                return Err(NodeError::Store(crate::error::StoreError::Missing(
+                    "an owed operation is not stored",
+                )));
             };
             Body::GroupOp {
                 op: ByteBuf::from(data.clone()),

@@ -90,7 +90,7 @@ impl Engine {
             .find_map(|r| r.state.members.get(&ub).cloned())
             .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
         self.people.peers_due = true;
-        Err(NodeError::Network(format!(
+        Err(NodeError::unreachable(format!(
             "the device list of {} is being looked up",
             member.name
         )))

@@ -101,12 +101,12 @@ impl TransferData {
     fn encode(&self) -> Result<Vec<u8>, NodeError> {
         let mut out = Vec::new();
         ciborium::into_writer(self, &mut out)
-            .map_err(|e| NodeError::Store(format!("encoding a transfer: {e}")))?;
+            .map_err(|e| NodeError::record("a transfer (encoding)", e))?;
         Ok(out)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, NodeError> {
-        ciborium::from_reader(bytes).map_err(|e| NodeError::Store(format!("a transfer: {e}")))
+        ciborium::from_reader(bytes).map_err(|e| NodeError::record("a transfer", e))
     }
 
     fn name(&self) -> String {

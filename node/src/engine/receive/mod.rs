@@ -415,7 +415,10 @@ mod tests {
             edited_at_ms: None,
         };
         let info = super::super::message_info(&message);
-        assert_eq!(info.kind, "unsupported");
+        assert_eq!(info.kind, crate::types::MessageKind::Unsupported);
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["kind"], "unsupported");
+        assert_eq!(json["status"], "received");
         assert!(info.text.contains("newer version") && info.text.contains("Poll"));
         let op = Message {
             body: StoreBody::Structured {
@@ -424,7 +427,9 @@ mod tests {
             },
             ..message
         };
-        assert_eq!(super::super::message_info(&op).kind, "membership");
+        let op = super::super::message_info(&op);
+        assert_eq!(op.kind, crate::types::MessageKind::Membership);
+        assert_eq!(serde_json::to_value(&op).unwrap()["kind"], "membership");
         assert!(content_body(&Body::Grant {}).unwrap().is_none());
     }
 

@@ -12,7 +12,7 @@ use tern_store::{
     MessageId, Status,
 };
 
-use super::super::{Engine, status_name};
+use super::super::Engine;
 use crate::{
     envelope::{Body, Conversation, Envelope, ReceiptKind},
     error::NodeError,
@@ -99,7 +99,7 @@ impl Engine {
                     received_at_ms: now,
                     own: false,
                     status: Status::Received,
-                    body: content.ok_or_else(|| NodeError::Crypto("no content".into()))?,
+                    body: content.ok_or_else(|| NodeError::invalid("no content"))?,
                     edited_at_ms: None,
                 };
                 let title = self.people.contacts[user].contact.display_name.clone();
@@ -156,7 +156,7 @@ impl Engine {
                     self.emit(Event::Receipt {
                         conversation: user.to_owned(),
                         ids: moved,
-                        status: status_name(to).into(),
+                        status: to.into(),
                     });
                 }
             }

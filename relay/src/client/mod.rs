@@ -8,25 +8,16 @@
 //! that runs its own swarm can instead compose [`Behaviour`] (or the codecs in
 //! [`crate::wire`]) into it.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, identify,
-    multiaddr::Protocol,
-    noise, ping,
-    request_response::{self, Message, OutboundRequestId, ProtocolSupport},
-    swarm::{NetworkBehaviour, SwarmEvent},
-    tcp,
+    Multiaddr, PeerId, Swarm, SwarmBuilder, multiaddr::Protocol, noise, swarm::SwarmEvent, tcp,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::blob::{self, BlobError};
-use crate::wire::{
-    Frame, FrameCodec, Rejection, directory,
-    mailbox::{self, Envelope},
-    presence,
-};
+use crate::wire::{Frame, mailbox::Envelope, presence};
 
 /// Capacity of the command queue from handles to the client task.
 const COMMAND_QUEUE: usize = 256;
@@ -100,127 +91,14 @@ pub enum ConnectError {
     Timeout(Multiaddr),
 }
 
+#[allow(missing_docs)]
+mod behaviour;
+mod task;
+
 pub use crate::rpc::{Proto, RequestError, Requests, Transport};
 pub use behaviour::{Behaviour, BehaviourEvent};
 pub use libp2p::identity::Keypair;
-
-/// The composed behaviour; a module of its own because the derive generates an event enum
-/// without docs.
-#[allow(missing_docs)]
-mod behaviour {
-    use super::*;
-
-    /// The libp2p behaviour a client runs: identify, ping and the relay protocols.
-    #[derive(NetworkBehaviour)]
-    #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
-    pub struct Behaviour {
-        /// Identify, so the relay learns our listen addresses and agent.
-        pub identify: identify::Behaviour,
-        /// Ping, for liveness.
-        pub ping: ping::Behaviour,
-        /// `/tern/mailbox/1`.
-        pub mailbox: request_response::Behaviour<FrameCodec>,
-        /// `/tern/presence/1`.
-        pub presence: request_response::Behaviour<FrameCodec>,
-        /// `/tern/directory/1` (outbound only).
-        pub directory: request_response::Behaviour<FrameCodec>,
-        /// `/tern/live/1` (opened by us after `Listen`).
-        pub live: crate::live::Behaviour,
-        /// `/tern/blob/1`: a stream per blob transfer, opened through a
-        /// [`libp2p_stream::Control`].
-        pub blob: libp2p_stream::Behaviour,
-    }
-
-    impl std::fmt::Debug for Behaviour {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("client::Behaviour(..)")
-        }
-    }
-
-    impl Behaviour {
-        /// The behaviour for a device with this public key.
-        pub fn new(key: &Keypair, request_timeout: Duration) -> Self {
-            let rr = |p: StreamProtocol, c: FrameCodec| {
-                request_response::Behaviour::with_codec(
-                    c,
-                    [(p, ProtocolSupport::Full)],
-                    rr_config(request_timeout),
-                )
-            };
-            Self {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/tern/1".into(),
-                    key.public(),
-                )),
-                ping: ping::Behaviour::default(),
-                mailbox: rr(mailbox::PROTOCOL, mailbox::codec()),
-                presence: rr(presence::PROTOCOL, presence::codec()),
-                directory: request_response::Behaviour::with_codec(
-                    directory::codec(),
-                    [(directory::PROTOCOL, ProtocolSupport::Outbound)],
-                    rr_config(request_timeout),
-                ),
-                live: crate::live::Behaviour::client(),
-                blob: libp2p_stream::Behaviour::new(),
-            }
-        }
-    }
-
-    /// Every request/response protocol's settings: the timeout, and room for
-    /// [`MAX_STREAMS`] streams at once.
-    fn rr_config(request_timeout: Duration) -> request_response::Config {
-        request_response::Config::default()
-            .with_request_timeout(request_timeout)
-            .with_max_concurrent_streams(MAX_STREAMS)
-    }
-}
-
-enum Command {
-    Request {
-        proto: Proto,
-        frame: Vec<u8>,
-        reply: oneshot::Sender<Result<Frame, RequestError>>,
-        /// The request's place among those in flight, held until it is answered.
-        permit: OwnedSemaphorePermit,
-    },
-    /// Open the live stream (after `Listen`).
-    OpenLive,
-}
-
-/// A caller waiting for an answer, and the place its request holds.
-type Waiter = (
-    oneshot::Sender<Result<Frame, RequestError>>,
-    OwnedSemaphorePermit,
-);
-
-/// Callers waiting for an answer, by protocol and request id.
-type Pending = HashMap<(Proto, OutboundRequestId), Waiter>;
-
-/// Places for requests in flight, one set per protocol (each has its own stream limit).
-#[derive(Debug)]
-struct InFlight([Arc<Semaphore>; 3]);
-
-impl InFlight {
-    /// `n` places per protocol (1 to [`MAX_REQUESTS_IN_FLIGHT`]).
-    fn new(n: usize) -> Self {
-        let n = n.clamp(1, MAX_REQUESTS_IN_FLIGHT);
-        Self(std::array::from_fn(|_| Arc::new(Semaphore::new(n))))
-    }
-
-    /// Waits for a place for a request of `proto`.
-    async fn acquire(&self, proto: Proto) -> Result<OwnedSemaphorePermit, RequestError> {
-        let i = match proto {
-            Proto::Mailbox => 0,
-            Proto::Presence => 1,
-            Proto::Directory => 2,
-        };
-        self.0[i]
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| RequestError::Closed)
-    }
-}
+use task::{Command, InFlight, run};
 
 /// The live stream's acknowledgement queue, once one was opened.
 type LiveSlot = Arc<std::sync::Mutex<Option<crate::live::AckQueue>>>;
@@ -484,157 +362,5 @@ impl Transport for Client {
         frame: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<Frame, RequestError>> + Send {
         self.raw(proto, frame)
-    }
-}
-
-async fn run(
-    mut swarm: Swarm<Behaviour>,
-    relay: PeerId,
-    mut cmds: mpsc::Receiver<Command>,
-    events: mpsc::Sender<Event>,
-    live: LiveSlot,
-) {
-    // Each request/response behaviour numbers its requests itself, so ids repeat across
-    // protocols: replies are owed by (protocol, id).
-    let mut pending: Pending = HashMap::new();
-    loop {
-        tokio::select! {
-            cmd = cmds.recv() => {
-                let (proto, frame, waiter) = match cmd {
-                    Some(Command::Request { proto, frame, reply, permit }) => {
-                        (proto, frame, (reply, permit))
-                    }
-                    Some(Command::OpenLive) => {
-                        swarm.behaviour_mut().live.open(relay);
-                        continue;
-                    }
-                    None => break,
-                };
-                let b = swarm.behaviour_mut();
-                let id = match proto {
-                    Proto::Mailbox => b.mailbox.send_request(&relay, Frame::Data(frame)),
-                    Proto::Presence => b.presence.send_request(&relay, Frame::Data(frame)),
-                    Proto::Directory => b.directory.send_request(&relay, Frame::Data(frame)),
-                };
-                pending.insert((proto, id), waiter);
-            }
-            ev = swarm.select_next_some() => match ev {
-                SwarmEvent::Behaviour(BehaviourEvent::Mailbox(ev)) => {
-                    on_rr(&mut swarm, Proto::Mailbox, relay, ev, &mut pending, &events);
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Presence(ev)) => {
-                    on_rr(&mut swarm, Proto::Presence, relay, ev, &mut pending, &events);
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Directory(ev)) => {
-                    on_rr(&mut swarm, Proto::Directory, relay, ev, &mut pending, &events);
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Live(ev)) => match ev {
-                    crate::live::Event::Outbound { peer, stream } if peer == relay => {
-                        let acks = crate::live::spawn_client_end(stream, events.clone(), Event::Delivered);
-                        *live.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(acks);
-                    }
-                    crate::live::Event::OpenFailed { error, .. } => {
-                        tracing::debug!(%error, "live stream not opened; pushes come as requests");
-                    }
-                    _ => {}
-                },
-                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == relay => {
-                    tracing::debug!("relay connection closed");
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-fn on_rr(
-    swarm: &mut Swarm<Behaviour>,
-    proto: Proto,
-    relay: PeerId,
-    ev: request_response::Event<Frame, Frame>,
-    pending: &mut Pending,
-    events: &mpsc::Sender<Event>,
-) {
-    match ev {
-        request_response::Event::Message {
-            message:
-                Message::Response {
-                    request_id,
-                    response,
-                },
-            ..
-        } => {
-            if let Some((tx, _permit)) = pending.remove(&(proto, request_id)) {
-                let _ = tx.send(Ok(response));
-            }
-        }
-        request_response::Event::OutboundFailure {
-            request_id, error, ..
-        } => {
-            if let Some((tx, _permit)) = pending.remove(&(proto, request_id)) {
-                let _ = tx.send(Err(RequestError::Transport(error.to_string())));
-            }
-        }
-        request_response::Event::Message {
-            peer,
-            message: Message::Request {
-                request, channel, ..
-            },
-            ..
-        } => {
-            // Only the relay may push to us.
-            if peer != relay {
-                return;
-            }
-            let (event, answer) = match proto {
-                Proto::Mailbox => match mailbox::Request::from_frame(&request) {
-                    Ok(mailbox::Request::Deliver { messages }) => (
-                        Some(Event::Delivered(messages)),
-                        mailbox::Response::Ok.encode(),
-                    ),
-                    _ => (
-                        None,
-                        mailbox::Response::Error(Rejection::new(
-                            crate::wire::ErrorCode::BadRequest,
-                        ))
-                        .encode(),
-                    ),
-                },
-                // Outbound-only protocol: never asked.
-                Proto::Directory => (
-                    None,
-                    directory::Response::Error(Rejection::new(crate::wire::ErrorCode::BadRequest))
-                        .encode(),
-                ),
-                Proto::Presence => match presence::Request::from_frame(&request) {
-                    Ok(presence::Request::Update { entries }) => (
-                        Some(Event::Presence(entries)),
-                        presence::Response::Ok.encode(),
-                    ),
-                    _ => (
-                        None,
-                        presence::Response::Error(Rejection::new(
-                            crate::wire::ErrorCode::BadRequest,
-                        ))
-                        .encode(),
-                    ),
-                },
-            };
-            if let Some(ev) = event
-                && events.try_send(ev).is_err()
-            {
-                tracing::warn!("client event queue full; dropping a relay event");
-            }
-            if let Ok(bytes) = answer {
-                let b = swarm.behaviour_mut();
-                let _ = match proto {
-                    Proto::Mailbox => b.mailbox.send_response(channel, Frame::Data(bytes)),
-                    Proto::Presence => b.presence.send_response(channel, Frame::Data(bytes)),
-                    Proto::Directory => b.directory.send_response(channel, Frame::Data(bytes)),
-                };
-            }
-        }
-        request_response::Event::InboundFailure { .. }
-        | request_response::Event::ResponseSent { .. } => {}
     }
 }
