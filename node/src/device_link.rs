@@ -37,6 +37,9 @@ use tern_crypto::{DeviceId, provision::LinkCheck};
 use crate::consts::{MAX_LINK_CHARS, MAX_LINK_RELAYS, MAX_NAME_BYTES};
 
 pub mod confirm;
+mod join;
+
+pub use join::{LinkAnswer, LinkOffer, link_new_device};
 
 /// What a link code starts with.
 pub const CODE_PREFIX: &str = "tern-device:";
@@ -361,6 +364,52 @@ impl Bundle {
         }
         Ok(b)
     }
+}
+
+/// A message of moved history, its conversation made if needed. It arrives read.
+pub(crate) fn moved_message(
+    m: &BundleMessage,
+    now_ms: i64,
+    tx: &mut tern_store::Tx<'_>,
+) -> Result<tern_store::Message, crate::home::HomeError> {
+    let conv = tern_store::ConversationId(m.conversation.clone());
+    let kind = if m.group {
+        tern_store::ConversationKind::Group
+    } else {
+        tern_store::ConversationKind::Direct
+    };
+    tx.ensure_conversation(&conv, kind, m.title.as_deref(), now_ms)?;
+    let body = match &m.data {
+        Some(d) if m.media => tern_store::Body::Media {
+            data: d.to_vec(),
+            text: m.text.clone().unwrap_or_default(),
+        },
+        Some(d) => tern_store::Body::Structured {
+            data: d.to_vec(),
+            text: m.text.clone(),
+        },
+        None => tern_store::Body::Text(m.text.clone().unwrap_or_default()),
+    };
+    Ok(tern_store::Message {
+        id: tern_store::MessageId(m.id.into_array()),
+        conversation: conv,
+        sender_user: m.sender_user.clone(),
+        sender_device: m.sender_device.clone(),
+        lamport: m.lamport,
+        seq: m.seq,
+        sent_at_ms: m.sent_at_ms,
+        received_at_ms: now_ms,
+        own: m.own,
+        status: match m.status.as_str() {
+            // Never encrypted here: shown as not sent rather than waiting forever.
+            "pending" | "failed" => tern_store::Status::Failed,
+            "sent" => tern_store::Status::Sent,
+            "delivered" => tern_store::Status::Delivered,
+            _ => tern_store::Status::Read,
+        },
+        body,
+        edited_at_ms: None,
+    })
 }
 
 #[cfg(test)]

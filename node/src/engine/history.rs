@@ -267,7 +267,7 @@ impl Engine {
         self.store.transaction(|tx| -> Result<(), NodeError> {
             save(tx)?;
             for m in messages {
-                let message = crate::home::moved_message(m, now, tx)?;
+                let message = crate::device_link::moved_message(m, now, tx)?;
                 tx.insert_message(&message)?;
             }
             Ok(())

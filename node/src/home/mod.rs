@@ -11,10 +11,7 @@
 //!   relay/        data of the embedded relay, when `tern up` runs one
 //! ```
 
-use std::{
-    io::{Read, Write},
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -28,145 +25,19 @@ use zeroize::Zeroizing;
 
 use crate::consts::MAX_NAME_BYTES;
 
+mod error;
+mod files;
+
+pub use error::HomeError;
+use files::write_new_private;
+pub use files::{create_private_dir, read_private, sync_dir, write_atomic, write_atomic_via};
+
 const SEAL_MAGIC: &[u8; 8] = b"TERNSEAL";
 const SEAL_VERSION: u8 = 1;
 const SEAL_FILE_LEN: usize = SEAL_MAGIC.len() + 1 + 32;
 /// Associated data binding each sealed secret to its purpose.
 const SEAL_IDENTITY: &[u8] = b"tern/node/identity-secret/v1";
 const SEAL_DEVICE: &[u8] = b"tern/node/device-secret/v1";
-
-/// Why a home could not be created or opened.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum HomeError {
-    /// `init` found an existing identity.
-    #[error("{path} already holds a Tern identity; refusing to overwrite it")]
-    AlreadyInitialised {
-        /// The home.
-        path: PathBuf,
-    },
-    /// No identity yet.
-    #[error("no Tern identity in {path}; create one with `tern init`")]
-    NotInitialised {
-        /// The home.
-        path: PathBuf,
-    },
-    /// A name is too long or empty.
-    #[error("name must be 1 to {MAX_NAME_BYTES} bytes")]
-    BadName,
-    /// A file could not be read or written.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A key file is malformed or readable by others.
-    #[error("key file {path}: {reason}")]
-    KeyFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// The store key file could not be used.
-    #[error(transparent)]
-    StoreKey(#[from] tern_store::KeyError),
-    /// The store could not be opened.
-    #[error(transparent)]
-    Open(#[from] tern_store::OpenError),
-    /// The store could not be read.
-    #[error(transparent)]
-    Read(#[from] tern_store::ReadError),
-    /// The store could not be written.
-    #[error(transparent)]
-    Write(#[from] tern_store::WriteError),
-    /// The store lacks a record it must have.
-    #[error("the store is missing its {0}")]
-    Missing(&'static str),
-    /// Key material did not decode or verify.
-    #[error("key material is unusable: {0}")]
-    Crypto(String),
-    /// The store is unlocked by a passphrase and none was given.
-    #[error(
-        "this home's store is locked with a passphrase: give it (--passphrase-file, or at the prompt)"
-    )]
-    PassphraseNeeded,
-    /// No passphrase file opens the store with the passphrase given.
-    #[error("{}", if *interrupted {
-        "wrong passphrase (a passphrase change was interrupted: if you had just chosen a new passphrase, give that one)"
-    } else {
-        "wrong passphrase for this home's store"
-    })]
-    WrongPassphrase {
-        /// A change to a passphrase was interrupted after its new file was written.
-        interrupted: bool,
-    },
-    /// A new passphrase does not meet the strength rule.
-    #[error("{0}")]
-    WeakPassphrase(String),
-    /// Changing the store's key failed; it is still under the old one.
-    #[error("changing the store's key failed (the old key still opens it): {0}")]
-    Rekey(String),
-    /// The configuration file is malformed.
-    #[error("config file {path}: {reason}")]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// A message of moved history, its conversation made if needed. It arrives read.
-pub(crate) fn moved_message(
-    m: &crate::device_link::BundleMessage,
-    now_ms: i64,
-    tx: &mut tern_store::Tx<'_>,
-) -> Result<tern_store::Message, HomeError> {
-    let conv = tern_store::ConversationId(m.conversation.clone());
-    let kind = if m.group {
-        tern_store::ConversationKind::Group
-    } else {
-        tern_store::ConversationKind::Direct
-    };
-    tx.ensure_conversation(&conv, kind, m.title.as_deref(), now_ms)?;
-    let body = match &m.data {
-        Some(d) if m.media => tern_store::Body::Media {
-            data: d.to_vec(),
-            text: m.text.clone().unwrap_or_default(),
-        },
-        Some(d) => tern_store::Body::Structured {
-            data: d.to_vec(),
-            text: m.text.clone(),
-        },
-        None => tern_store::Body::Text(m.text.clone().unwrap_or_default()),
-    };
-    Ok(tern_store::Message {
-        id: tern_store::MessageId(m.id.into_array()),
-        conversation: conv,
-        sender_user: m.sender_user.clone(),
-        sender_device: m.sender_device.clone(),
-        lamport: m.lamport,
-        seq: m.seq,
-        sent_at_ms: m.sent_at_ms,
-        received_at_ms: now_ms,
-        own: m.own,
-        status: match m.status.as_str() {
-            // Never encrypted here: shown as not sent rather than waiting forever.
-            "pending" | "failed" => tern_store::Status::Failed,
-            "sent" => tern_store::Status::Sent,
-            "delivered" => tern_store::Status::Delivered,
-            _ => tern_store::Status::Read,
-        },
-        body,
-        edited_at_ms: None,
-    })
-}
 
 fn crypto_err(e: impl std::fmt::Display) -> HomeError {
     HomeError::Crypto(e.to_string())
@@ -600,7 +471,7 @@ impl Home {
                     tx.save_group_op(group, &hash, op, created_ms)?;
                 }
                 for m in &bundle.history {
-                    let message = moved_message(m, created_ms, tx)?;
+                    let message = crate::device_link::moved_message(m, created_ms, tx)?;
                     tx.record_incoming(&message, &[])?;
                 }
                 Ok(())
@@ -692,116 +563,4 @@ impl Home {
         })?;
         write_atomic(&self.config_path(), &text, true)
     }
-}
-
-/// Creates `dir` (and parents) with mode 0700 for the last component.
-pub fn create_private_dir(dir: &Path) -> Result<(), HomeError> {
-    let io = |source| HomeError::Io {
-        op: "create directory",
-        path: dir.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
-    }
-    Ok(())
-}
-
-fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
-    let io = |source| HomeError::Io {
-        op: "write",
-        path: path.to_owned(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options.open(path).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)
-}
-
-/// Writes a file through a temporary and a rename; `private` makes it 0600.
-pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), HomeError> {
-    write_atomic_via(path, &path.with_extension("tmp"), bytes, private)
-}
-
-/// [`write_atomic`] through the temporary file `tmp` (beside `path`, so the rename stays on
-/// one file system); the directory is synced after the rename so the new name is durable.
-pub fn write_atomic_via(
-    path: &Path,
-    tmp: &Path,
-    bytes: &[u8],
-    private: bool,
-) -> Result<(), HomeError> {
-    let tmp = tmp.to_owned();
-    let io = |source| HomeError::Io {
-        op: "write",
-        path: path.to_owned(),
-        source,
-    };
-    let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    let mut f = options.open(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    sync_dir(path)
-}
-
-/// Syncs the directory holding `path`, so a rename or removal in it survives a crash.
-pub fn sync_dir(path: &Path) -> Result<(), HomeError> {
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| HomeError::Io {
-                op: "sync directory of",
-                path: path.to_owned(),
-                source,
-            })?;
-    }
-    Ok(())
-}
-
-/// Reads a small private file, refusing one that group or others can read.
-pub fn read_private(path: &Path, max: usize) -> Result<Zeroizing<Vec<u8>>, HomeError> {
-    let io = |source| HomeError::Io {
-        op: "read",
-        path: path.to_owned(),
-        source,
-    };
-    let f = std::fs::File::open(path).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = f.metadata().map_err(io)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(HomeError::KeyFile {
-                path: path.to_owned(),
-                reason: "readable by group or others (must be 0600)",
-            });
-        }
-    }
-    let mut buf = Zeroizing::new(Vec::new());
-    f.take(max as u64 + 1).read_to_end(&mut buf).map_err(io)?;
-    Ok(buf)
 }
