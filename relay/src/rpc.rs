@@ -30,6 +30,43 @@ pub enum Proto {
     Directory,
 }
 
+/// What a relay sends unasked, as a request on one of its protocols.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Pushed {
+    /// New mail for the device (`Deliver` on `/tern/mailbox/1`); still to be acknowledged.
+    Mail(Vec<Envelope>),
+    /// Changes of subscribed peers (`Update` on `/tern/presence/1`).
+    Presence(Vec<presence::Entry>),
+}
+
+/// Reads a request a relay sent on `proto` and makes the answer to send back: what was
+/// pushed and `Ok`, or nothing and a `BadRequest` refusal for anything else (a client is
+/// never asked on `/tern/directory/1`). The relay client and a node's network task both
+/// answer with it, so they refuse the same things the same way.
+pub fn answer_pushed(
+    proto: Proto,
+    request: &Frame,
+) -> (Option<Pushed>, Result<Vec<u8>, EncodeError>) {
+    let bad = || Rejection::new(ErrorCode::BadRequest);
+    match proto {
+        Proto::Mailbox => match mailbox::Request::from_frame(request) {
+            Ok(mailbox::Request::Deliver { messages }) => {
+                (Some(Pushed::Mail(messages)), mailbox::Response::Ok.encode())
+            }
+            _ => (None, mailbox::Response::Error(bad()).encode()),
+        },
+        Proto::Presence => match presence::Request::from_frame(request) {
+            Ok(presence::Request::Update { entries }) => (
+                Some(Pushed::Presence(entries)),
+                presence::Response::Ok.encode(),
+            ),
+            _ => (None, presence::Response::Error(bad()).encode()),
+        },
+        Proto::Directory => (None, directory::Response::Error(bad()).encode()),
+    }
+}
+
 /// Why a request failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -403,3 +440,46 @@ pub trait Requests: Transport {
 }
 
 impl<T: Transport> Requests for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushed_mail_and_presence_are_taken_and_anything_else_refused() {
+        let deliver = mailbox::Request::Deliver { messages: vec![] };
+        let (pushed, answer) =
+            answer_pushed(Proto::Mailbox, &Frame::Data(deliver.encode().unwrap()));
+        assert_eq!(pushed, Some(Pushed::Mail(vec![])));
+        assert_eq!(
+            mailbox::Response::decode(&answer.unwrap()).unwrap(),
+            mailbox::Response::Ok
+        );
+
+        let update = presence::Request::Update { entries: vec![] };
+        let (pushed, answer) =
+            answer_pushed(Proto::Presence, &Frame::Data(update.encode().unwrap()));
+        assert_eq!(pushed, Some(Pushed::Presence(vec![])));
+        assert_eq!(
+            presence::Response::decode(&answer.unwrap()).unwrap(),
+            presence::Response::Ok
+        );
+
+        let (pushed, answer) = answer_pushed(Proto::Mailbox, &Frame::Data(vec![0xff, 0x00]));
+        assert_eq!(pushed, None);
+        assert!(matches!(
+            mailbox::Response::decode(&answer.unwrap()).unwrap(),
+            mailbox::Response::Error(r) if r.code == ErrorCode::BadRequest
+        ));
+        // A presence update sent on the mailbox protocol is not mail.
+        let (pushed, _) = answer_pushed(Proto::Mailbox, &Frame::Data(update.encode().unwrap()));
+        assert_eq!(pushed, None);
+        let (pushed, answer) =
+            answer_pushed(Proto::Directory, &Frame::Data(deliver.encode().unwrap()));
+        assert_eq!(pushed, None);
+        assert!(matches!(
+            directory::Response::decode(&answer.unwrap()).unwrap(),
+            directory::Response::Error(r) if r.code == ErrorCode::BadRequest
+        ));
+    }
+}

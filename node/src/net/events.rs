@@ -11,7 +11,7 @@ use libp2p::{
 };
 use tern_relay::{
     client::{self as relay_client, Proto},
-    wire::{ErrorCode, Frame, Rejection, mailbox, presence},
+    wire::{ErrorCode, Frame, Rejection},
 };
 use tokio::time::Instant;
 
@@ -242,50 +242,27 @@ impl EventLoop {
                 if !self.relays.contains_key(&peer) {
                     return;
                 }
-                let b = &mut self.swarm.behaviour_mut().relay_proto;
-                match proto {
-                    Proto::Mailbox => {
-                        let (event, answer) = match mailbox::Request::from_frame(&request) {
-                            Ok(mailbox::Request::Deliver { messages }) => (
-                                Some(Event::Mail {
-                                    relay: peer,
-                                    envelopes: messages,
-                                }),
-                                mailbox::Response::Ok,
-                            ),
-                            _ => (
-                                None,
-                                mailbox::Response::Error(Rejection::new(ErrorCode::BadRequest)),
-                            ),
-                        };
-                        if let Ok(bytes) = answer.encode() {
-                            let _ = b.mailbox.send_response(channel, Frame::Data(bytes));
-                        }
-                        if let Some(ev) = event
-                            && !self.emit(ev)
-                        {
-                            // The mail stays in the mailbox; have the engine fetch it.
-                            let _ = self.events.try_send(Event::MailDropped(peer));
-                        }
-                    }
-                    Proto::Presence => {
-                        let (event, answer) = match presence::Request::from_frame(&request) {
-                            Ok(presence::Request::Update { entries }) => {
-                                (Some(Event::Presence(entries)), presence::Response::Ok)
-                            }
-                            _ => (
-                                None,
-                                presence::Response::Error(Rejection::new(ErrorCode::BadRequest)),
-                            ),
-                        };
-                        if let Ok(bytes) = answer.encode() {
-                            let _ = b.presence.send_response(channel, Frame::Data(bytes));
-                        }
-                        if let Some(ev) = event {
-                            self.emit(ev);
-                        }
-                    }
-                    Proto::Directory => {}
+                let (pushed, answer) = tern_relay::rpc::answer_pushed(proto, &request);
+                if let Ok(bytes) = answer {
+                    let b = &mut self.swarm.behaviour_mut().relay_proto;
+                    let _ = match proto {
+                        Proto::Mailbox => b.mailbox.send_response(channel, Frame::Data(bytes)),
+                        Proto::Presence => b.presence.send_response(channel, Frame::Data(bytes)),
+                        Proto::Directory => b.directory.send_response(channel, Frame::Data(bytes)),
+                    };
+                }
+                let event = match pushed {
+                    Some(tern_relay::rpc::Pushed::Mail(envelopes)) => Event::Mail {
+                        relay: peer,
+                        envelopes,
+                    },
+                    Some(tern_relay::rpc::Pushed::Presence(entries)) => Event::Presence(entries),
+                    _ => return,
+                };
+                let mail = matches!(event, Event::Mail { .. });
+                if !self.emit(event) && mail {
+                    // The mail stays in the mailbox; have the engine fetch it.
+                    let _ = self.events.try_send(Event::MailDropped(peer));
                 }
             }
             _ => {}

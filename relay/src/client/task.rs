@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::{Behaviour, BehaviourEvent, Event, LiveSlot, MAX_REQUESTS_IN_FLIGHT};
 use crate::rpc::{Proto, RequestError};
-use crate::wire::{Frame, Rejection, directory, mailbox, presence};
+use crate::wire::Frame;
 
 pub(super) enum Command {
     Request {
@@ -161,40 +161,11 @@ fn on_rr(
             if peer != relay {
                 return;
             }
-            let (event, answer) = match proto {
-                Proto::Mailbox => match mailbox::Request::from_frame(&request) {
-                    Ok(mailbox::Request::Deliver { messages }) => (
-                        Some(Event::Delivered(messages)),
-                        mailbox::Response::Ok.encode(),
-                    ),
-                    _ => (
-                        None,
-                        mailbox::Response::Error(Rejection::new(
-                            crate::wire::ErrorCode::BadRequest,
-                        ))
-                        .encode(),
-                    ),
-                },
-                // Outbound-only protocol: never asked.
-                Proto::Directory => (
-                    None,
-                    directory::Response::Error(Rejection::new(crate::wire::ErrorCode::BadRequest))
-                        .encode(),
-                ),
-                Proto::Presence => match presence::Request::from_frame(&request) {
-                    Ok(presence::Request::Update { entries }) => (
-                        Some(Event::Presence(entries)),
-                        presence::Response::Ok.encode(),
-                    ),
-                    _ => (
-                        None,
-                        presence::Response::Error(Rejection::new(
-                            crate::wire::ErrorCode::BadRequest,
-                        ))
-                        .encode(),
-                    ),
-                },
-            };
+            let (pushed, answer) = crate::rpc::answer_pushed(proto, &request);
+            let event = pushed.map(|p| match p {
+                crate::rpc::Pushed::Mail(messages) => Event::Delivered(messages),
+                crate::rpc::Pushed::Presence(entries) => Event::Presence(entries),
+            });
             if let Some(ev) = event
                 && events.try_send(ev).is_err()
             {
