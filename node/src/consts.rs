@@ -249,3 +249,7 @@ pub const QUARANTINE_MAX_PER_SENDER: u64 = 200;
 pub const QUARANTINE_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Most quarantined messages read in one tick.
 pub const QUARANTINE_REPLAY_BATCH: usize = 200;
+
+/// Most prekey claims in flight at once (each a task asking a contact's relays). A device
+/// beyond it is claimed at a later attempt; until then it is owed what it missed.
+pub const MAX_CLAIMS_IN_FLIGHT: usize = 256;

@@ -170,7 +170,7 @@ impl Engine {
                 text,
                 reply,
             } => {
-                let out = self.send_text(&contact, text).await;
+                let out = self.send_text(&contact, text);
                 let _ = reply.send(out);
             }
             Command::History {
@@ -215,7 +215,7 @@ impl Engine {
             } => {
                 let _ = reply.send(self.verify(&contact, scanned.as_deref()));
             }
-            Command::Group(cmd) => self.on_group_command(cmd).await,
+            Command::Group(cmd) => self.on_group_command(cmd),
             Command::DeviceAdd { code, reply } => {
                 let _ = reply.send(self.device_add(&code).await);
             }

@@ -81,7 +81,7 @@ impl Engine {
     /// Queues the next chunks of history owed to linked devices, as far as their lanes have
     /// room. A device that cannot be reached yet (not up, no prekey) is tried again after a
     /// backoff.
-    pub(crate) async fn export_history(&mut self) {
+    pub(crate) fn export_history(&mut self) {
         if !self.handover.history_due
             || self
                 .handover
@@ -103,7 +103,7 @@ impl Engine {
         }
         let mut failed = false;
         for o in owed {
-            if let Err(e) = self.export_to(&o).await {
+            if let Err(e) = self.export_to(&o) {
                 tracing::debug!(device = %o.device, "history not sent yet: {e}");
                 failed = true;
             }
@@ -118,7 +118,7 @@ impl Engine {
         }
     }
 
-    async fn export_to(&mut self, owed: &tern_store::HistoryOwed) -> Result<(), NodeError> {
+    fn export_to(&mut self, owed: &tern_store::HistoryOwed) -> Result<(), NodeError> {
         let Some(target) = DeviceId::from_peer_id_string(&owed.device) else {
             self.store
                 .transaction(|tx| tx.settle_history(&owed.device))?;
@@ -156,8 +156,7 @@ impl Engine {
         let mut sessions: Vec<_> = if held.has_session() {
             vec![(target, held)]
         } else {
-            self.sessions_reachable(&me)
-                .await?
+            self.sessions_reachable(&me)?
                 .0
                 .into_iter()
                 .filter(|(d, _)| *d == target)

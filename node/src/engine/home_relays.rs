@@ -75,7 +75,7 @@ impl Engine {
     /// is told who may see this device's presence and which grants it takes, and drained.
     /// A step that failed (the connection dropped in between) is retried on a later tick
     /// while the relay is connected, so live delivery is never left off.
-    pub(super) async fn on_relay_set_up(&mut self, relay: PeerId, ok: bool, held: Option<u32>) {
+    pub(super) fn on_relay_set_up(&mut self, relay: PeerId, ok: bool, held: Option<u32>) {
         let ready = self.relays.setting_up.remove(&relay).unwrap_or(false);
         if !self.relays.relay_up.contains(&relay) {
             // It went down meanwhile: its next coming up sets it up again.
@@ -97,7 +97,7 @@ impl Engine {
         self.heartbeat();
         self.fetch_mailbox(relay);
         if ready {
-            self.relay_ready(relay).await;
+            self.relay_ready(relay);
         }
     }
 

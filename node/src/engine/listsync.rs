@@ -243,12 +243,12 @@ impl Engine {
     /// Tells this user's other devices of the own list, setting up sessions with them where
     /// needed (after this device added itself to a list they made: they hold no session with
     /// it yet, so [`Engine::announce_list`] alone would not reach them).
-    pub(crate) async fn announce_own(&mut self) {
+    pub(crate) fn announce_own(&mut self) {
         if !std::mem::take(&mut self.lists.announce_own_due) {
             return;
         }
         let me = self.me.user_hex.clone();
-        let sessions = match self.sessions_reachable(&me).await {
+        let sessions = match self.sessions_reachable(&me) {
             Ok((s, _)) => s,
             Err(e) => {
                 tracing::debug!("no session with this user's other devices yet: {e}");

@@ -51,6 +51,15 @@ use crate::{
 /// Results of work the engine spawned.
 #[derive(Debug)]
 pub(crate) enum Internal {
+    /// A prekey claim started by `sessions::claim_prekey` answered.
+    PrekeyClaimed {
+        /// The device's user.
+        user: String,
+        /// The device.
+        device: tern_crypto::DeviceId,
+        /// The claimed prekey bundle, or why none could be had.
+        result: Result<Vec<u8>, NodeError>,
+    },
     /// A lane task finished.
     LaneDone(lanes::LaneDone),
     /// Registering deposit grants at this home relay failed (tried again later).
@@ -243,12 +252,12 @@ impl Engine {
         self.media_start();
         loop {
             tokio::select! {
-                Some(ev) = media_events.recv() => self.on_media(ev).await,
+                Some(ev) = media_events.recv() => self.on_media(ev),
                 cmd = cmds.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
                     None => break,
                 },
-                Some(ev) = net_events.recv() => self.on_net(ev).await,
+                Some(ev) = net_events.recv() => self.on_net(ev),
                 Some(msg) = internal.recv() => {
                     // Take what else is ready: successful deliveries are acknowledged in
                     // one transaction.
@@ -259,22 +268,22 @@ impl Engine {
                             Err(_) => break,
                         }
                     }
-                    self.on_internal_batch(batch).await;
+                    self.on_internal_batch(batch);
                 }
                 _ = outbox.tick() => {
                     self.refresh_device_lists();
                     self.fetch_missing_peers().await;
-                    self.deliver_owed().await;
+                    self.deliver_owed();
                     self.flush_notifications();
-                    self.encrypt_waiting(false).await;
+                    self.encrypt_waiting(false);
                     self.flush_delivered();
                     self.flush_list_answers();
-                    self.resync_owed().await;
-                    self.export_history().await;
+                    self.resync_owed();
+                    self.export_history();
                     if std::mem::take(&mut self.relays.setup_soon) {
                         self.retry_setup();
                     }
-                    self.announce_own().await;
+                    self.announce_own();
                     self.push_grants(None);
                     self.replay_quarantine();
                     self.dispatch_due(false);
@@ -302,7 +311,7 @@ impl Engine {
                     }
                     self.heartbeat();
                     self.groups.owed_due = true;
-                    self.deliver_owed().await;
+                    self.deliver_owed();
                     self.send_owed_receipts();
                     self.prune_seen_ledger();
                     // Between messages rather than inside one's commit.
@@ -318,7 +327,7 @@ impl Engine {
         tracing::info!("engine stopped");
     }
 
-    async fn on_net(&mut self, ev: net::Event) {
+    fn on_net(&mut self, ev: net::Event) {
         match ev {
             net::Event::RelayUp(relay) => {
                 self.relays.relay_up.insert(relay);
@@ -335,7 +344,7 @@ impl Engine {
                     self.lists.lists_due = true;
                     self.set_up_home_relay(relay, true);
                 } else {
-                    self.relay_ready(relay).await;
+                    self.relay_ready(relay);
                 }
             }
             net::Event::RelayDown(relay) => {
@@ -382,24 +391,24 @@ impl Engine {
     /// A relay is connected and, for a home relay, set up: it is announced, presence is
     /// subscribed, and anything waiting in the outbox goes now, backoff or not (messages
     /// waiting for a session try again).
-    async fn relay_ready(&mut self, relay: PeerId) {
+    fn relay_ready(&mut self, relay: PeerId) {
         self.emit(Event::Connection {
             relay: relay.to_string(),
             connected: true,
         });
         self.subscribe_presence(relay);
-        self.encrypt_waiting(true).await;
+        self.encrypt_waiting(true);
         self.dispatch_due(true);
         self.send_owed_receipts();
     }
 
-    async fn on_internal_batch(&mut self, batch: Vec<Internal>) {
+    fn on_internal_batch(&mut self, batch: Vec<Internal>) {
         // Lane results that are ready together are settled in one transaction.
         let mut lanes = Vec::new();
         for msg in batch {
             match msg {
                 Internal::LaneDone(done) => lanes.push(done),
-                other => self.on_internal(other).await,
+                other => self.on_internal(other),
             }
         }
         if !lanes.is_empty() {
@@ -407,7 +416,7 @@ impl Engine {
         }
     }
 
-    async fn on_internal(&mut self, msg: Internal) {
+    fn on_internal(&mut self, msg: Internal) {
         match msg {
             Internal::LaneDone(done) => self.on_lanes_done(vec![done]),
             Internal::GrantsFailed(relay) => self.on_grants_failed(relay),
@@ -418,9 +427,14 @@ impl Engine {
             }
             Internal::Presence(entries) => self.on_presence(entries),
             Internal::PrekeysLow => self.relays.topup_due = true,
+            Internal::PrekeyClaimed {
+                user,
+                device,
+                result,
+            } => self.on_prekey_claimed(user, device, result),
             Internal::PrekeysHeld { relay, held } => self.on_prekeys_held(relay, held),
             // Taken by `on_internal_batch`, which can wait for what it starts.
-            Internal::RelaySetUp { relay, ok, held } => self.on_relay_set_up(relay, ok, held).await,
+            Internal::RelaySetUp { relay, ok, held } => self.on_relay_set_up(relay, ok, held),
             Internal::FannedOut {
                 id,
                 attempts,

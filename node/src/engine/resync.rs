@@ -13,7 +13,7 @@ impl Engine {
     /// those devices' lanes: per message, the ratchet states, the rows and the settled debt
     /// in one transaction. A user whose devices cannot be reached now is tried again after a
     /// backoff.
-    pub(crate) async fn resync_owed(&mut self) {
+    pub(crate) fn resync_owed(&mut self) {
         if !self.lists.resync_due
             || self
                 .lists
@@ -39,7 +39,7 @@ impl Engine {
         users.dedup();
         let mut failed = false;
         for user in users {
-            if let Err(e) = self.resync_user(&user, &due).await {
+            if let Err(e) = self.resync_user(&user, &due) {
                 tracing::info!(contact = %user, "cannot send texts to new devices yet: {e}");
                 failed = true;
             }
@@ -54,7 +54,7 @@ impl Engine {
         }
     }
 
-    pub(super) async fn resync_user(
+    pub(super) fn resync_user(
         &mut self,
         user: &str,
         due: &[tern_store::OwedResync],
@@ -67,7 +67,7 @@ impl Engine {
         let (mut sessions, missing) = if active.is_empty() {
             (Vec::new(), Vec::new())
         } else {
-            self.sessions_reachable(user).await?
+            self.sessions_reachable(user)?
         };
         // Devices that cannot be had yet (no prekey: linked but not started) stay owed.
         let unreachable: Vec<String> = missing.iter().map(|(d, _)| d.to_peer_id_string()).collect();

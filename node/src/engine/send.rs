@@ -118,19 +118,18 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) async fn send_text(
+    pub(crate) fn send_text(
         &mut self,
         contact: &str,
         text: String,
     ) -> Result<MessageInfo, NodeError> {
         check_text(&text)?;
         self.send_body(contact, None, tern_store::Body::Text(text))
-            .await
     }
 
     /// Sends a text or a file (its caption checked by the caller) to a contact, under `id`
     /// when one was chosen before (a file's upload is keyed by its message's id).
-    pub(crate) async fn send_body(
+    pub(crate) fn send_body(
         &mut self,
         contact: &str,
         id: Option<MessageId>,
@@ -155,7 +154,7 @@ impl Engine {
         let mut sessions = if waiting {
             None
         } else {
-            match self.sessions_reachable(&user).await {
+            match self.sessions_reachable(&user) {
                 Ok((s, missing)) => {
                     owed.extend(
                         missing
@@ -172,7 +171,7 @@ impl Engine {
             }
         };
         if let Some(s) = sessions.as_mut() {
-            owed.extend(self.add_sync_sessions(s).await);
+            owed.extend(self.add_sync_sessions(s));
         }
         let (lamport, seq) = self.conv_state(&user)?;
         let (lamport, seq) = (lamport + 1, seq + 1);
@@ -273,7 +272,7 @@ impl Engine {
     /// with the outbox backoff (`force`: now, backoff or not). Each message gets its ratchet
     /// state and outbox rows in one transaction ([`tern_store::Tx::add_deliveries`], which
     /// refuses a message that already has them, so nothing is encrypted twice).
-    pub(crate) async fn encrypt_waiting(&mut self, force: bool) {
+    pub(crate) fn encrypt_waiting(&mut self, force: bool) {
         if !self.outbox.encrypt_pending {
             return;
         }
@@ -312,7 +311,7 @@ impl Engine {
             let Some(to) = tern_crypto::UserId::from_hex(&user) else {
                 continue;
             };
-            let (mut sessions, missing) = match self.sessions_reachable(&user).await {
+            let (mut sessions, missing) = match self.sessions_reachable(&user) {
                 Ok(s) => s,
                 Err(e) => {
                     let attempts = attempts.saturating_add(1);
@@ -329,7 +328,7 @@ impl Engine {
                 .into_iter()
                 .map(|(d, _)| (user.clone(), d.to_peer_id_string()))
                 .collect();
-            owed.extend(self.add_sync_sessions(&mut sessions).await);
+            owed.extend(self.add_sync_sessions(&mut sessions));
             if !owed.is_empty() {
                 self.lists.resync_due = true;
             }

@@ -6,8 +6,10 @@ use tern_relay::rpc::Requests as _;
 use tern_crypto::{DeviceId, prekey::ClaimedPrekey, session::PeerSessions};
 use tern_store::SessionStore;
 
-use super::{Engine, device_peer};
-use crate::error::NodeError;
+use libp2p::PeerId;
+
+use super::{Engine, Internal, device_peer};
+use crate::{consts::MAX_CLAIMS_IN_FLIGHT, error::NodeError};
 
 /// Sessions with the devices of a user that could be had, and those that could not (why).
 pub(crate) type Reachable = (Vec<(DeviceId, PeerSessions)>, Vec<(DeviceId, NodeError)>);
@@ -30,23 +32,25 @@ impl Engine {
         }
     }
 
-    /// Makes sure a session with each device exists, claiming prekeys where needed; fails if
-    /// any device cannot be had.
-    pub(crate) async fn sessions_for(
+    /// The sessions with each device of `user`; fails if any device has none yet (its
+    /// prekey is then claimed, see [`Self::sessions_reachable`]).
+    pub(crate) fn sessions_for(
         &mut self,
         user: &str,
     ) -> Result<Vec<(DeviceId, PeerSessions)>, NodeError> {
-        let (sessions, missing) = self.sessions_reachable(user).await?;
+        let (sessions, missing) = self.sessions_reachable(user)?;
         match missing.into_iter().next() {
             Some((_, e)) => Err(e),
             None => Ok(sessions),
         }
     }
 
-    /// A session with each device of `user` that has one or whose prekey can be claimed now,
-    /// and the devices that could not be had, each with why (a device linked but never
-    /// started has no prekey yet). Fails if no device could be had.
-    pub(crate) async fn sessions_reachable(&mut self, user: &str) -> Result<Reachable, NodeError> {
+    /// A session with each device of `user` that has one, and the devices that have none
+    /// yet, each with why. For each of those a prekey claim starts in a task (one per device
+    /// at a time, [`Self::claim_prekey`]); when it answers the session is set up and what
+    /// waited for it is tried again at once ([`Self::on_prekey_claimed`]). Fails if no
+    /// device has a session. Nothing here waits on the network.
+    pub(crate) fn sessions_reachable(&mut self, user: &str) -> Result<Reachable, NodeError> {
         let state = self
             .known(user)
             .cloned()
@@ -64,40 +68,21 @@ impl Engine {
             if device == own_device {
                 continue;
             }
-            let mut sessions = self.load_sessions(&device, curve)?;
-            if !sessions.has_session() {
-                let peer = device_peer(&device)
-                    .ok_or_else(|| NodeError::invalid("device id is not a PeerId"))?;
-                let mut claim = Err(NodeError::unreachable(format!(
-                    "cannot reach any relay of {} to set up a session",
-                    state.contact.display_name
-                )));
-                for relay in state.relay_peers() {
-                    match self.net.at(relay).claim_prekey(user_bytes, peer).await {
-                        Ok((bytes, _fallback)) => {
-                            claim = Ok(bytes);
-                            break;
-                        }
-                        Err(e) => {
-                            claim = Err(NodeError::unreachable(format!(
-                                "cannot claim a prekey of {} from its relay: {e}",
-                                state.contact.display_name
-                            )))
-                        }
-                    }
-                }
-                let bytes = match claim {
-                    Ok(b) => b,
-                    Err(e) => {
-                        missing.push((device, e));
-                        continue;
-                    }
-                };
-                let claimed = ClaimedPrekey::from_bytes(&bytes)?;
-                let verified = claimed.verify(list.list())?;
-                sessions.start(&self.me.keys.device, &verified)?;
+            let sessions = self.load_sessions(&device, curve)?;
+            if sessions.has_session() {
+                out.push((device, sessions));
+                continue;
             }
-            out.push((device, sessions));
+            // The claim asks the network, so it runs in a task; what needs this session
+            // waits for it (owed, or stored to encrypt) and goes once it is set up.
+            self.claim_prekey(user, user_bytes, device, state.relay_peers());
+            missing.push((
+                device,
+                NodeError::unreachable(format!(
+                    "setting up a session with a device of {}: its prekey is being claimed",
+                    state.contact.display_name
+                )),
+            ));
         }
         if out.is_empty() {
             return Err(missing.into_iter().next().map_or_else(
@@ -111,7 +96,7 @@ impl Engine {
     /// Adds sessions with this user's other devices, for sync copies. Returns the (user,
     /// device) pairs that could not be had now (their relay unreachable, no prekey yet): the
     /// caller owes them the copy.
-    pub(crate) async fn add_sync_sessions(
+    pub(crate) fn add_sync_sessions(
         &mut self,
         sessions: &mut Vec<(DeviceId, PeerSessions)>,
     ) -> Vec<(String, String)> {
@@ -129,7 +114,7 @@ impl Engine {
             .filter(|d| *d != self.me.keys.device.device_id())
             .map(|d| d.to_peer_id_string())
             .collect();
-        match self.sessions_reachable(&me).await {
+        match self.sessions_reachable(&me) {
             Ok((own, missing)) => {
                 sessions.extend(own);
                 missing
@@ -144,5 +129,106 @@ impl Engine {
                 own_other.into_iter().map(|d| (me.clone(), d)).collect()
             }
         }
+    }
+
+    /// Claims a prekey of `device` at its user's relays in a task, unless a claim for it is
+    /// already running (or too many are); the answer comes back as
+    /// [`Internal::PrekeyClaimed`].
+    fn claim_prekey(
+        &mut self,
+        user: &str,
+        user_bytes: [u8; 16],
+        device: DeviceId,
+        relays: Vec<PeerId>,
+    ) {
+        if self.people.claiming.len() >= MAX_CLAIMS_IN_FLIGHT
+            || !self.people.claiming.insert(device)
+        {
+            return;
+        }
+        let Some(peer) = device_peer(&device) else {
+            self.people.claiming.remove(&device);
+            return;
+        };
+        let (net, tx, user) = (self.net.clone(), self.internal.clone(), user.to_owned());
+        tokio::spawn(async move {
+            let mut result = Err(NodeError::unreachable(
+                "the contact has no relay to claim a prekey at",
+            ));
+            for relay in relays {
+                match net.at(relay).claim_prekey(user_bytes, peer).await {
+                    Ok((bytes, _fallback)) => {
+                        result = Ok(bytes);
+                        break;
+                    }
+                    Err(e) => result = Err(NodeError::from(e)),
+                }
+            }
+            let _ = tx
+                .send(Internal::PrekeyClaimed {
+                    user,
+                    device,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    /// A prekey claim answered: the session is set up and stored, and what waited for it —
+    /// own messages stored before it could be encrypted, texts and group messages owed to
+    /// the device — is tried again now.
+    pub(crate) fn on_prekey_claimed(
+        &mut self,
+        user: String,
+        device: DeviceId,
+        result: Result<Vec<u8>, NodeError>,
+    ) {
+        self.people.claiming.remove(&device);
+        let started = result.and_then(|bytes| self.start_session(&user, device, &bytes));
+        if let Err(e) = started {
+            tracing::info!(contact = %user, %device, "no session yet: {e}");
+            return;
+        }
+        self.outbox.encrypt_pending = true;
+        self.outbox.encrypt_retry.remove(&user);
+        self.lists.resync_due = true;
+        self.groups.owed_due = true;
+        self.encrypt_waiting(false);
+    }
+
+    /// Sets up a session with `device` of `user` from its claimed prekey, verified against
+    /// the user's device list (identity key → certificate → prekey signature), and stores it.
+    /// Nothing is done when a session came meanwhile (the device wrote first) or the device
+    /// left the list.
+    fn start_session(
+        &mut self,
+        user: &str,
+        device: DeviceId,
+        bytes: &[u8],
+    ) -> Result<(), NodeError> {
+        let Some(state) = self.known(user).cloned() else {
+            return Ok(());
+        };
+        let Some(list) = state.list.clone() else {
+            return Ok(());
+        };
+        let Some((_, curve)) = state.devices().into_iter().find(|(d, _)| *d == device) else {
+            return Ok(());
+        };
+        let mut sessions = self.load_sessions(&device, curve)?;
+        if sessions.has_session() {
+            return Ok(());
+        }
+        let verified = ClaimedPrekey::from_bytes(bytes)?.verify(list.list())?;
+        sessions.start(&self.me.keys.device, &verified)?;
+        let pickle = (
+            device.to_peer_id_string(),
+            sessions.current_session_id().unwrap_or_default(),
+            sessions.pickle()?,
+        );
+        let now = self.clock.now_ms();
+        self.store
+            .transaction(|tx| tx.apply_crypto(&super::send::crypto_updates(&[pickle]), now))?;
+        Ok(())
     }
 }

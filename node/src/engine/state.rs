@@ -151,6 +151,9 @@ pub(crate) struct People {
     pub peers_fetching: bool,
     /// Failed member lookups in a row, and when to try again.
     pub peers_retry: (u32, Instant),
+    /// Devices whose prekey is being claimed in a task (at most
+    /// [`crate::consts::MAX_CLAIMS_IN_FLIGHT`]); each answers as `Internal::PrekeyClaimed`.
+    pub claiming: HashSet<DeviceId>,
 }
 
 /// Keeping device lists current, and what is owed because one was not.
@@ -345,6 +348,7 @@ impl Engine {
                 peers_due: false,
                 peers_fetching: false,
                 peers_retry: (0, now),
+                claiming: HashSet::new(),
             },
             lists: Lists {
                 lists_due: true,

@@ -65,7 +65,7 @@ impl Engine {
         Ok(out)
     }
 
-    pub(super) async fn group_create(
+    pub(super) fn group_create(
         &mut self,
         title: String,
         members: Vec<String>,
@@ -135,7 +135,7 @@ impl Engine {
                 .state;
             ops.push(op);
         }
-        self.commit_ops(&group, ops).await?;
+        self.commit_ops(&group, ops)?;
         self.group_info(&group)
     }
 
@@ -151,7 +151,7 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) async fn group_add(
+    pub(super) fn group_add(
         &mut self,
         group: &str,
         members: Vec<String>,
@@ -189,11 +189,11 @@ impl Engine {
                 members: chunk.to_vec(),
             })
             .collect();
-        self.issue_many(&group, adds).await?;
+        self.issue_many(&group, adds)?;
         self.group_info(&group)
     }
 
-    pub(super) async fn group_remove(
+    pub(super) fn group_remove(
         &mut self,
         group: &str,
         members: Vec<String>,
@@ -232,29 +232,29 @@ impl Engine {
                 "name at least one member to remove".into(),
             ));
         }
-        self.issue(&group, Action::Remove { users }).await?;
+        self.issue(&group, Action::Remove { users })?;
         self.group_info(&group)
     }
 
-    pub(super) async fn group_leave(&mut self, group: &str) -> Result<GroupInfo, NodeError> {
+    pub(super) fn group_leave(&mut self, group: &str) -> Result<GroupInfo, NodeError> {
         self.check_not_revoked()?;
         let group = self.resolve_group(group)?;
         let state = self.state(&group)?;
         if !state.is_member(self.me.user.as_bytes()) {
             return Err(NodeError::NotMember(state.title.clone()));
         }
-        self.issue(&group, Action::Leave).await?;
+        self.issue(&group, Action::Leave)?;
         self.group_info(&group)
     }
 
     /// Signs an operation on the current head and commits it.
-    async fn issue(&mut self, group: &str, action: Action) -> Result<(), NodeError> {
-        self.issue_many(group, vec![action]).await
+    fn issue(&mut self, group: &str, action: Action) -> Result<(), NodeError> {
+        self.issue_many(group, vec![action])
     }
 
     /// Signs operations one on top of the other from the current head, checking each
     /// applies, then commits them together.
-    async fn issue_many(&mut self, group: &str, actions: Vec<Action>) -> Result<(), NodeError> {
+    fn issue_many(&mut self, group: &str, actions: Vec<Action>) -> Result<(), NodeError> {
         let (mut lamport, _) = self.conv_state(group)?;
         let mut state = self.state(group)?.clone();
         let mut held = self
@@ -292,6 +292,6 @@ impl Engine {
             held.push(op.clone());
             ops.push(op);
         }
-        self.commit_ops(group, ops).await
+        self.commit_ops(group, ops)
     }
 }

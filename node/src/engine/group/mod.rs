@@ -198,14 +198,14 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) async fn on_group_command(&mut self, cmd: GroupCommand) {
+    pub(crate) fn on_group_command(&mut self, cmd: GroupCommand) {
         match cmd {
             GroupCommand::Create {
                 title,
                 members,
                 reply,
             } => {
-                let _ = reply.send(self.group_create(title, members).await);
+                let _ = reply.send(self.group_create(title, members));
             }
             GroupCommand::Add {
                 group,
@@ -213,17 +213,17 @@ impl Engine {
                 admin,
                 reply,
             } => {
-                let _ = reply.send(self.group_add(&group, members, admin).await);
+                let _ = reply.send(self.group_add(&group, members, admin));
             }
             GroupCommand::Remove {
                 group,
                 members,
                 reply,
             } => {
-                let _ = reply.send(self.group_remove(&group, members).await);
+                let _ = reply.send(self.group_remove(&group, members));
             }
             GroupCommand::Leave { group, reply } => {
-                let _ = reply.send(self.group_leave(&group).await);
+                let _ = reply.send(self.group_leave(&group));
             }
             GroupCommand::Info { group, reply } => {
                 let out = self.resolve_group(&group).and_then(|g| self.group_info(&g));
@@ -243,10 +243,7 @@ impl Engine {
             }
             GroupCommand::Send { group, text, reply } => {
                 let out = match super::send::check_text(&text) {
-                    Ok(()) => {
-                        self.group_send(&group, None, tern_store::Body::Text(text))
-                            .await
-                    }
+                    Ok(()) => self.group_send(&group, None, tern_store::Body::Text(text)),
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(out);

@@ -34,11 +34,7 @@ impl Engine {
     /// Stores own operations (a chain on the current head, or a creation and what follows
     /// it), applies them, records them in the timeline and sends them to every member device
     /// in as few pairwise messages as fit; new members also get the chain before them.
-    pub(super) async fn commit_ops(
-        &mut self,
-        group: &str,
-        ops: Vec<SignedOp>,
-    ) -> Result<(), NodeError> {
+    pub(super) fn commit_ops(&mut self, group: &str, ops: Vec<SignedOp>) -> Result<(), NodeError> {
         let before: HashSet<[u8; 16]> = self
             .state(group)
             .map(|s| s.members.keys().copied().collect())
@@ -128,8 +124,8 @@ impl Engine {
             }
             Ok(())
         })?;
-        self.send_ops(group, &ops, &to).await;
-        self.send_ops(group, &prior, &newcomers).await;
+        self.send_ops(group, &ops, &to);
+        self.send_ops(group, &prior, &newcomers);
         self.after_membership_change(group);
         Ok(())
     }
@@ -240,7 +236,7 @@ impl Engine {
     /// Sends operations over pairwise sessions to every device of `users`, packed into as
     /// few envelopes as fit. They are owed to each user already ([`Engine::commit_ops`]);
     /// queueing settles that, and who cannot be reached now stays owed.
-    async fn send_ops(&mut self, group: &str, ops: &[SignedOp], users: &[[u8; 16]]) {
+    fn send_ops(&mut self, group: &str, ops: &[SignedOp], users: &[[u8; 16]]) {
         let Some(gid) = user_bytes(group) else {
             return;
         };
@@ -292,7 +288,7 @@ impl Engine {
             };
             let mut env = env;
             let settle: Vec<MessageId> = pack.iter().map(|o| op_message_id(o)).collect();
-            match self.send_pairwise(&users, id, &mut env, &settle).await {
+            match self.send_pairwise(&users, id, &mut env, &settle, None) {
                 Ok(failed) => {
                     for (user, e) in &failed {
                         tracing::info!(%group, member = %user, "member not reachable now; the membership change waits for them: {e}");

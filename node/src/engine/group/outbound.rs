@@ -26,12 +26,13 @@ impl Engine {
     /// the stored message `id`, with every ratchet state, in one transaction that also
     /// settles what was owed to them (`settle`). Returns the users who could not be reached
     /// (no device list or no session to be had).
-    pub(super) async fn send_pairwise(
+    pub(super) fn send_pairwise(
         &mut self,
         users: &[String],
         id: MessageId,
         env: &mut Envelope,
         settle: &[MessageId],
+        shares: Option<&str>,
     ) -> Result<Vec<(String, NodeError)>, NodeError> {
         let mut failed = Vec::new();
         let mut deliveries = Vec::new();
@@ -41,7 +42,7 @@ impl Engine {
                 failed.push((user.clone(), e));
                 continue;
             }
-            let mut sessions = match self.sessions_for(user).await {
+            let mut sessions = match self.sessions_for(user) {
                 Ok(s) => s,
                 Err(e) => {
                     failed.push((user.clone(), e));
@@ -68,6 +69,14 @@ impl Engine {
         self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.apply_crypto(&updates, now)?;
             tx.add_outbox_rows_new(id, &deliveries, now)?;
+            // The devices given the sender key with it need not be given it again.
+            if let Some(sid) = shares {
+                let devices: Vec<String> = deliveries
+                    .iter()
+                    .map(|d| d.recipient_device.clone())
+                    .collect();
+                tx.share_sender_key(sid, &devices)?;
+            }
             for user in &queued {
                 for owed in settle {
                     tx.settle_owed_group_message(*owed, user)?;
@@ -111,7 +120,7 @@ impl Engine {
 
     /// Sends a text or a file (its caption checked by the caller) to a group, under `id` when
     /// one was chosen before.
-    pub(crate) async fn group_send(
+    pub(crate) fn group_send(
         &mut self,
         group: &str,
         id: Option<MessageId>,
@@ -210,7 +219,7 @@ impl Engine {
         let mut pickles = Vec::new();
         let mut newly: Vec<String> = Vec::new();
         for u in &need {
-            let mut sessions = match self.sessions_for(u).await {
+            let mut sessions = match self.sessions_for(u) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::info!(%group, member = %u, "no session now; the message waits for them: {e}");
@@ -286,7 +295,7 @@ impl Engine {
 
     /// Sends owed group messages to members who can be reached now: over Olm, with the
     /// sender key as of each message, queued in the outbox.
-    pub(crate) async fn deliver_owed(&mut self) {
+    pub(crate) fn deliver_owed(&mut self) {
         if !self.groups.owed_due {
             return;
         }
@@ -304,17 +313,14 @@ impl Engine {
             if unreachable.contains(&o.user_id) {
                 continue;
             }
-            if let Err(e) = self.deliver_owed_one(&o).await {
+            if let Err(e) = self.deliver_owed_one(&o) {
                 tracing::debug!(member = %o.user_id, "owed group message still waits: {e}");
                 unreachable.insert(o.user_id.clone());
             }
         }
     }
 
-    async fn deliver_owed_one(
-        &mut self,
-        o: &tern_store::OwedGroupMessage,
-    ) -> Result<(), NodeError> {
+    fn deliver_owed_one(&mut self, o: &tern_store::OwedGroupMessage) -> Result<(), NodeError> {
         let Some(m) = self.store.message(o.message_id)? else {
             return Ok(());
         };
@@ -334,6 +340,12 @@ impl Engine {
             return Ok(());
         }
         self.ensure_peer(&o.user_id)?;
+        // The sender key the message carries, as of the message: its devices hold it after.
+        let shares = if is_op {
+            None
+        } else {
+            Some(tern_crypto::group::SenderKeyDistribution::from_bytes(&o.distribution)?.session_id)
+        };
         let body = if is_op {
             // The operation is the stored membership message itself.
             let StoreBody::Structured { data, .. } = &m.body else {
@@ -352,14 +364,13 @@ impl Engine {
         };
         let mut env = self.own_group_envelope(gid, &m, body);
         let user = o.user_id.clone();
-        let sent = self
-            .send_pairwise(
-                std::slice::from_ref(&user),
-                o.message_id,
-                &mut env,
-                &[o.message_id],
-            )
-            .await;
+        let sent = self.send_pairwise(
+            std::slice::from_ref(&user),
+            o.message_id,
+            &mut env,
+            &[o.message_id],
+            shares.as_deref(),
+        );
         if let Body::SenderKey { distribution, .. } = env.body {
             zeroize::Zeroize::zeroize(&mut distribution.into_vec());
         }

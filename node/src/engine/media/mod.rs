@@ -429,7 +429,7 @@ impl Engine {
     }
 
     /// Handles what a transfer task reported.
-    pub(crate) async fn on_media(&mut self, ev: MediaEvent) {
+    pub(crate) fn on_media(&mut self, ev: MediaEvent) {
         match ev {
             MediaEvent::Progress {
                 id,
@@ -499,7 +499,7 @@ impl Engine {
                 self.media.running.remove(&id);
                 self.media.attempts.remove(&id);
                 self.media.progress.remove(&id);
-                if let Err(e) = self.uploaded(id, relay, expires_at_ms).await {
+                if let Err(e) = self.uploaded(id, relay, expires_at_ms) {
                     self.transfer_failed(id, "send", &e.to_string(), false);
                 }
             }

@@ -277,7 +277,7 @@ impl Engine {
 
     /// The relay holds the whole file: send its message (unless a run before this one did),
     /// then mark the upload done.
-    pub(super) async fn uploaded(
+    pub(super) fn uploaded(
         &mut self,
         id: MessageId,
         relay: String,
@@ -304,11 +304,11 @@ impl Engine {
             match &up.target {
                 Target::Direct(user) => {
                     let user = user.clone();
-                    self.send_body(&user, Some(id), body).await?;
+                    self.send_body(&user, Some(id), body)?;
                 }
                 Target::Group(g) => {
                     let g = g.clone();
-                    self.group_send(&g, Some(id), body).await?;
+                    self.group_send(&g, Some(id), body)?;
                 }
             }
         }

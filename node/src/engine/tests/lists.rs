@@ -50,7 +50,6 @@ async fn a_text_for_a_stale_list_is_answered_and_owed_to_the_device_it_missed() 
     let sent = alice
         .engine
         .send_text(&bob_user, "for every device".into())
-        .await
         .unwrap();
     let carried = alice.carry(1).await;
     bob.engine.on_direct(alice.peer(), 0, carried[0].clone());

@@ -2,6 +2,7 @@
 //! temporary home, a manual [`Clock`], no network (the network handle's task is never
 //! started, so any request fails at once) and outbox rows carried by a [`MemoryCourier`].
 
+mod claims;
 mod hold;
 mod lists;
 mod outbox;
@@ -131,7 +132,7 @@ impl Harness {
             .await
             .expect("a spawned task reports in time")
             .expect("the report channel is open");
-        self.engine.on_internal_batch(vec![report]).await;
+        self.engine.on_internal_batch(vec![report]);
     }
 
     /// Settles lane reports until the courier has carried `n` rows in all.
@@ -173,43 +174,25 @@ impl Harness {
         self.engine.add_contact(&link, None, false).await.unwrap();
     }
 
-    /// Starts a session to `other`'s device with one of its one-time keys, as a claim at
-    /// its relay would.
-    fn start_session(&mut self, other: &mut Harness) {
+    /// One of `other`'s one-time keys, as a claim at its relay would hand it out.
+    fn claimed_prekey(other: &mut Harness) -> Vec<u8> {
         let certificate = other.engine.me.keys.certificate.clone();
         let bundle =
             PrekeyBundle::generate_keeping(&mut other.engine.me.keys.device, certificate, 1, None)
                 .unwrap();
         other.engine.save_device().unwrap();
-        let claimed = bundle.claim(bundle.one_time_keys[0]);
-        let verified = claimed
-            .verify(other.engine.me.keys.device_list.list())
-            .unwrap();
-        let device = other.engine.me.keys.device.device_id();
-        let curve = other.engine.me.keys.certificate.certificate().curve25519;
-        let mut sessions = self.engine.load_sessions(&device, curve).unwrap();
-        sessions
-            .start(&self.engine.me.keys.device, &verified)
-            .unwrap();
-        let (sid, pickle) = (
-            sessions.current_session_id().unwrap(),
-            sessions.pickle().unwrap(),
+        bundle.claim(bundle.one_time_keys[0]).to_bytes().unwrap()
+    }
+
+    /// Starts a session to `other`'s device with one of its one-time keys, as the answer to
+    /// a claim at its relay does.
+    fn start_session(&mut self, other: &mut Harness) {
+        let claimed = Harness::claimed_prekey(other);
+        let (user, device) = (
+            other.engine.me.user_hex.clone(),
+            other.engine.me.keys.device.device_id(),
         );
-        let now = self.clock.now_ms();
-        let peer_device = device.to_peer_id_string();
-        self.engine
-            .store
-            .transaction(|tx| {
-                tx.apply_crypto(
-                    &[tern_store::CryptoUpdate::Session {
-                        peer_device: &peer_device,
-                        session_id: &sid,
-                        pickle: &pickle,
-                    }],
-                    now,
-                )
-            })
-            .unwrap();
+        self.engine.on_prekey_claimed(user, device, Ok(claimed));
     }
 }
 

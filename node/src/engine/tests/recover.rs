@@ -19,7 +19,7 @@ fn deliver(bob: &mut Harness, from: &Harness, carried: &[Vec<u8>], n: usize) {
 /// Alice sends `n` texts to `to` and returns their ciphertexts as her courier carried them.
 async fn send_texts(alice: &mut Harness, to: &str, n: usize) -> Vec<Vec<u8>> {
     for i in 1..=n {
-        alice.engine.send_text(to, format!("t{i}")).await.unwrap();
+        alice.engine.send_text(to, format!("t{i}")).unwrap();
     }
     alice.carry(n).await
 }

@@ -13,21 +13,18 @@ use crate::engine::GroupCommand;
 /// Creates a group with no other member and returns its id.
 async fn group(h: &mut Harness) -> String {
     let (reply, rx) = oneshot::channel();
-    h.engine
-        .on_group_command(GroupCommand::Create {
-            title: "T".into(),
-            members: Vec::new(),
-            reply,
-        })
-        .await;
+    h.engine.on_group_command(GroupCommand::Create {
+        title: "T".into(),
+        members: Vec::new(),
+        reply,
+    });
     rx.await.unwrap().unwrap().id
 }
 
 /// Sends a text to the group and returns the id of the sender key it went under.
-async fn send(h: &mut Harness, group: &str) -> String {
+fn send(h: &mut Harness, group: &str) -> String {
     h.engine
         .group_send(group, None, Body::Text("hi".into()))
-        .await
         .unwrap();
     h.engine.store.group_sender_key(group).unwrap().unwrap().0
 }
@@ -36,14 +33,14 @@ async fn send(h: &mut Harness, group: &str) -> String {
 async fn a_sender_key_is_kept_until_it_is_too_old_then_replaced() {
     let mut h = Harness::new();
     let g = group(&mut h).await;
-    let first = send(&mut h, &g).await;
+    let first = send(&mut h, &g);
     h.clock.advance(Duration::from_secs(60));
-    assert_eq!(send(&mut h, &g).await, first, "kept while young");
+    assert_eq!(send(&mut h, &g), first, "kept while young");
     h.clock
         .advance(Duration::from_secs(DEFAULT_ROTATION_SECS) - Duration::from_secs(61));
-    assert_eq!(send(&mut h, &g).await, first, "kept up to its age limit");
+    assert_eq!(send(&mut h, &g), first, "kept up to its age limit");
     h.clock.advance(Duration::from_secs(2));
-    let second = send(&mut h, &g).await;
+    let second = send(&mut h, &g);
     assert_ne!(second, first, "replaced once too old");
-    assert_eq!(send(&mut h, &g).await, second, "and the new one is kept");
+    assert_eq!(send(&mut h, &g), second, "and the new one is kept");
 }
