@@ -22,7 +22,12 @@ use crate::types::MessageId;
 impl Store {
     /// The first `limit` rows of a device's lane at `relay`: those that relay has not taken,
     /// in the order they must be sent, with their attempts and due time there.
-    pub fn lane_at(&self, device: &str, relay: &str, limit: u32) -> Result<Vec<LaneRow>, ReadError> {
+    pub fn lane_at(
+        &self,
+        device: &str,
+        relay: &str,
+        limit: u32,
+    ) -> Result<Vec<LaneRow>, ReadError> {
         self.lane_rows("read a lane at a relay", device, Some(relay), limit)
     }
 
@@ -40,6 +45,25 @@ impl Store {
                     .collect()
             })
             .read_ctx(OP)
+    }
+
+    /// Per recipient user, how many outbox rows (lane and fan-out) `relay` has not taken:
+    /// what it still owes that user's devices if the user keeps a mailbox there.
+    pub fn untaken_at(&self, relay: &str) -> Result<Vec<(String, u64)>, ReadError> {
+        const OP: &str = "count rows a relay has not taken";
+        let rows: Vec<(String, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT o.recipient_user, count(*) FROM outbox o WHERE NOT EXISTS \
+                 (SELECT 1 FROM outbox_relays r WHERE r.row = o.id AND r.relay = ?1 AND r.taken = 1) \
+                 GROUP BY o.recipient_user",
+            )
+            .and_then(|mut s| s.query_map([relay], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .read_ctx(OP)?;
+        Ok(rows
+            .into_iter()
+            .map(|(u, n)| (u, u64::try_from(n).unwrap_or(0)))
+            .collect())
     }
 }
 
@@ -245,6 +269,8 @@ mod tests {
         assert_eq!(payloads(&store.lane_at("b1", "r1", 10).unwrap()), [3]);
         let r2 = store.lane_at("b1", "r2", 10).unwrap();
         assert_eq!(payloads(&r2), [1, 2, 3], "r2 still owes all, in order");
+        assert_eq!(store.untaken_at("r1").unwrap(), [("bob".to_owned(), 1)]);
+        assert_eq!(store.untaken_at("r2").unwrap(), [("bob".to_owned(), 3)]);
         assert_eq!((r2[0].attempts, r2[0].next_attempt_ms), (1, 5_000));
         assert_eq!((r2[1].attempts, r2[1].next_attempt_ms), (0, 0));
         assert_eq!(store.lane("b1", 10).unwrap().len(), 3, "nothing left yet");

@@ -592,8 +592,10 @@ mod tests {
         file_at(&path, 10);
         // A row that already failed twice before its device had several relays.
         let conn = open_connection(&path, Unlock::Key(&key()), &Options::default()).unwrap();
-        conn.execute_batch("UPDATE outbox SET attempts = 2, next_attempt_ms = 40 WHERE message = 2;")
-            .unwrap();
+        conn.execute_batch(
+            "UPDATE outbox SET attempts = 2, next_attempt_ms = 40 WHERE message = 2;",
+        )
+        .unwrap();
         drop(conn);
         let mut store = Store::open(&path, Unlock::Key(&key())).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
