@@ -173,11 +173,23 @@ impl Engine {
         {
             return;
         }
-        let rows = match relay {
-            Some(r) => self.store.lane_at(device, &r.to_string(), LANE_BATCH),
-            None => self.store.lane(device, LANE_BATCH),
+        let read = |limit| match relay {
+            Some(r) => self.store.lane_at(device, &r.to_string(), limit),
+            None => self.store.lane(device, limit),
         };
-        let rows = match rows {
+        // The head alone first: a lane waiting for its backoff (a relay down) is looked at
+        // on every tick, and its rows' payloads need not be read for that.
+        if let Some(t) = due_at {
+            match read(1) {
+                Ok(head) if head.first().is_some_and(|h| h.next_attempt_ms <= t) => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!("reading a lane failed: {e}");
+                    return;
+                }
+            }
+        }
+        let rows = match read(LANE_BATCH) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("reading a lane failed: {e}");
@@ -187,9 +199,6 @@ impl Engine {
         let Some(head) = rows.first() else {
             return;
         };
-        if due_at.is_some_and(|t| head.next_attempt_ms > t) {
-            return;
-        }
         let Some(peer) = DeviceId::from_peer_id_string(device).and_then(|d| device_peer(&d)) else {
             // Nothing can ever deliver it, and it would hold its lane's place for good.
             tracing::error!(
