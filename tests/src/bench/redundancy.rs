@@ -9,8 +9,8 @@
 //! - `redundancy.sender_cpu_per_msg`: CPU time (user + system) of Alice's `tern up` process
 //!   per message, in µs, from `/proc/<pid>/stat` (clock ticks of 10 ms: the bursts are long
 //!   enough that this rounding is small).
-//! - `redundancy.deposit_bytes_per_msg`: ciphertext bytes the relays took per message (their
-//!   `tern_relay_deposit_bytes_total`, summed over both relays).
+//! - `redundancy.relay_bytes_per_msg`: ciphertext bytes the relays hold for Bob per message
+//!   (read from their databases: Bob is offline, so everything deposited stays).
 //! - `redundancy.sender_written_bytes_per_msg`: bytes Alice's process wrote per message
 //!   (`wchar` in `/proc/<pid>/io`: sockets and the store alike).
 //!
@@ -21,19 +21,19 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Opts, Report, delivery::UNLIMITED};
-use crate::support::{Node, Relay, link_pair, wait_for, wait_outbox_empty};
+use crate::support::{Node, Relay, link_pair, relay_ciphertexts, wait_for, wait_outbox_empty};
 
 /// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// What one run cost the sender, per message: (CPU µs, deposited bytes, written bytes).
+/// What one run cost the sender, per message: (CPU µs, bytes held at relays, written bytes).
 type Cost = (f64, f64, f64);
 
 pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let n = opts.size(1_000, 20);
     let dir = tempfile::tempdir()?;
-    let r1 = Relay::start_with_metrics(&dir.path().join("r1"), UNLIMITED)?;
-    let r2 = Relay::start_with_metrics(&dir.path().join("r2"), UNLIMITED)?;
+    let r1 = Relay::start(&dir.path().join("r1"), UNLIMITED)?;
+    let r2 = Relay::start(&dir.path().join("r2"), UNLIMITED)?;
     let rt = tokio::runtime::Runtime::new()?;
     let one = burst(&dir.path().join("one"), &rt, &[&r1], n)?;
     let two = burst(&dir.path().join("two"), &rt, &[&r1, &r2], n)?;
@@ -45,7 +45,7 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         one.0,
     );
     report.compare(
-        "redundancy.deposit_bytes_per_msg",
+        "redundancy.relay_bytes_per_msg",
         two.1,
         "bytes",
         "one relay",
@@ -76,23 +76,50 @@ fn burst(
     let a = Node::init_and_start_with(dir, "alice", Some(&relays[0].addr), &extra)?;
     let mut b = Node::init_and_start_with(dir, "bob", Some(&relays[0].addr), &extra)?;
     link_pair(&a, &b, "Alice", "Bob")?;
-    // Sessions first, so the burst measures sending, not their set-up.
+    // Sessions first, both ways, so the burst measures sending, not their set-up (until
+    // Alice hears from Bob her messages carry the session's pre-key header).
     a.ok(&["send", "Bob", "hello"])?;
     wait_for("the first message", Duration::from_secs(60), || {
         let h = b.json(&["history", "Alice", "--no-mark-read"]).ok()?;
         (!h.as_array()?.is_empty()).then_some(())
     })?;
+    b.ok(&["send", "Alice", "hi"])?;
+    wait_for("the answer", Duration::from_secs(60), || {
+        let h = a.json(&["history", "Bob", "--no-mark-read"]).ok()?;
+        h.as_array()?
+            .iter()
+            .any(|m| m["text"] == "hi")
+            .then_some(())
+    })?;
+    // Nothing of the set-up may still be on its way when the counters are read: Alice's
+    // receipt for the answer has reached Bob, and Bob's for the first message Alice.
+    wait_for("the receipts", Duration::from_secs(60), || {
+        let delivered = |n: &Node, peer: &str| -> Option<bool> {
+            let h = n.json(&["history", peer, "--no-mark-read"]).ok()?;
+            Some(
+                h.as_array()?
+                    .iter()
+                    .filter(|m| m["own"] == true)
+                    .all(|m| m["status"] == "delivered"),
+            )
+        };
+        (delivered(&a, "Bob")? && delivered(&b, "Alice")?).then_some(())
+    })?;
+    wait_outbox_empty(&b, Duration::from_secs(60))?;
     b.stop()?;
     wait_outbox_empty(&a, Duration::from_secs(60))?;
     let pid = a
         .pid()
         .ok_or_else(|| anyhow::anyhow!("the sender is not running"))?;
     let deposited = || -> anyhow::Result<f64> {
-        let mut sum = 0.0;
+        let mut sum = 0;
         for r in relays {
-            sum += r.metric("tern_relay_deposit_bytes_total")?;
+            sum += relay_ciphertexts(&r.data)?
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>();
         }
-        Ok(sum)
+        Ok(sum as f64)
     };
     let (cpu0, written0, bytes0) = (cpu_secs(pid)?, written(pid)?, deposited()?);
     rt.block_on(async {
