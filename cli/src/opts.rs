@@ -180,9 +180,9 @@ pub(crate) enum Cmd {
 #[derive(Debug, Subcommand)]
 pub(crate) enum RelayCmd {
     /// Add a home relay (saved; contacts and your other devices are told). Exit 5 for an
-    /// address that is not a multiaddr ending in /p2p/<peer id>.
+    /// address that is not a multiaddr ending in `/p2p/<peer id>`.
     Add {
-        /// The relay's multiaddr, ending in /p2p/<peer id>.
+        /// The relay's multiaddr, ending in `/p2p/<peer id>`.
         addr: String,
     },
     /// Remove a home relay (the last one stays; contacts and your other devices are told).

@@ -31,11 +31,14 @@ const T0_MS: i64 = 1_700_000_000_000;
 /// How long a test waits for a spawned task to report.
 const REPORT_WAIT: Duration = Duration::from_secs(10);
 
+/// One row carried: to which device, at which relay (`None`: directly), what.
+type Carried = (PeerId, Option<PeerId>, Vec<u8>);
+
 /// Carries outbox rows in memory: records each (peer, relay, payload) in order and answers
 /// from a script (`Ok` once the script is empty), but fails at once at a relay that is down.
 #[derive(Default)]
 struct MemoryCourier {
-    carried: Mutex<Vec<(PeerId, Option<PeerId>, Vec<u8>)>>,
+    carried: Mutex<Vec<Carried>>,
     answers: Mutex<VecDeque<Result<(), NetError>>>,
     down: Mutex<std::collections::HashSet<PeerId>>,
 }
