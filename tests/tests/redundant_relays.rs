@@ -3,7 +3,9 @@
 //! started again empty (same address: its identity key is kept, as an operator restoring a
 //! lost disk would), and every message still arrives once, in order. Then both relays go down and one comes back:
 //! everything sent meanwhile arrives through it, and the copies that reach the other relay
-//! once it is back are not shown again.
+//! once it is back are not shown again. And a home relay added and removed at run time
+//! (`tern relay add|remove`) reaches a contact without a new contact link: its messages go to
+//! the new relay, and stop waiting for the removed one.
 
 use std::path::Path;
 use std::time::Duration;
@@ -149,5 +151,84 @@ fn a_wiped_relay_and_then_both_relays_down_lose_and_double_nothing() -> anyhow::
     })?;
     want.push("all here".to_owned());
     assert_eq!(shown(&ben), Some(want), "no copy is shown twice");
+    Ok(())
+}
+
+/// The addresses in a list of relays (`relay.*`).
+fn addrs(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|r| r["addr"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The relays `node` holds for its contact `name`.
+fn contact_relays(node: &Node, name: &str) -> Option<Vec<String>> {
+    let list = node.json(&["contact", "list"]).ok()?;
+    let c = list.as_array()?.iter().find(|c| c["name"] == name)?;
+    Some(
+        c["relays"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_relay_added_and_removed_at_run_time_reaches_contacts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ana = Node::init_and_start_with(dir.path(), "ana", Some(&r1.addr), &["--no-direct"])?;
+    let ben = start(dir.path(), "ben", &r1, &r2)?;
+    link_pair(&ana, &ben, "Ana", "Ben")?;
+    ana.ok(&["send", "Ben", "hello"])?;
+    wait_shown(&ben, "the first message", 1)?;
+
+    // Ana adds the second relay: Ben is told, with no new contact link.
+    let added = addrs(&ana.json(&["relay", "add", &r2.addr])?);
+    assert_eq!(added, [r1.addr.clone(), r2.addr.clone()]);
+    assert_eq!(addrs(&ana.json(&["relay", "list"])?), added);
+    wait_for("Ben to learn Ana's second relay", WAIT, || {
+        (contact_relays(&ben, "Ana")? == [r1.addr.clone(), r2.addr.clone()]).then_some(())
+    })?;
+
+    // With the first relay gone, Ben's message reaches Ana through the second, and the row
+    // waits for the first.
+    r1.kill9();
+    ben.ok(&["send", "Ana", "through the second"])?;
+    wait_for("Ben's message at Ana", WAIT, || {
+        let h = ana
+            .json(&["history", "Ben", "--limit", "500", "--no-mark-read"])
+            .ok()?;
+        h.as_array()?
+            .iter()
+            .any(|m| m["text"] == "through the second")
+            .then_some(())
+    })?;
+    let status = ben.json(&["status"])?;
+    let waiting = status["relays"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["addr"] == r1.addr.as_str()))
+        .and_then(|r| r["waiting"].as_u64());
+    assert!(waiting > Some(0), "the first relay owes rows: {status}");
+
+    // Ana removes it: Ben stops waiting for it, and his outbox empties.
+    let left = addrs(&ana.json(&["relay", "remove", &r1.addr])?);
+    assert_eq!(left, [r2.addr.clone()]);
+    wait_for("Ben to learn Ana's relays", WAIT, || {
+        (contact_relays(&ben, "Ana")? == [r2.addr.clone()]).then_some(())
+    })?;
+    wait_outbox_empty(&ben, WAIT)?;
+
+    // The last relay stays; a malformed address is bad input.
+    let out = ana.cli(&["relay", "remove", &r2.addr]);
+    assert_eq!(out.status.code(), Some(5));
+    let out = ana.cli(&["relay", "add", "/ip4/127.0.0.1/tcp/1"]);
+    assert_eq!(out.status.code(), Some(5));
     Ok(())
 }
