@@ -292,11 +292,12 @@ impl Tx<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Body, ConversationId, ConversationKind, Message, Status, StorageKey, Unlock};
 
-    fn store() -> (tempfile::TempDir, Store) {
+    /// An empty store in a temporary directory.
+    pub(crate) fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let mut k = [3u8; 32];
         let key = StorageKey::from_bytes(&mut k);
@@ -304,7 +305,8 @@ mod tests {
         (dir, store)
     }
 
-    fn own(id: u8) -> Message {
+    /// Own text `id` to Bob, pending.
+    pub(crate) fn own(id: u8) -> Message {
         Message {
             id: MessageId([id; 16]),
             conversation: ConversationId("bob".into()),
@@ -321,7 +323,8 @@ mod tests {
         }
     }
 
-    fn to(device: &str, byte: u8) -> Delivery {
+    /// A row for Bob's `device` whose payload is four `byte`s.
+    pub(crate) fn to(device: &str, byte: u8) -> Delivery {
         Delivery {
             recipient_user: "bob".into(),
             recipient_device: device.into(),

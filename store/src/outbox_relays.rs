@@ -201,43 +201,8 @@ impl Tx<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{
-        Body, ConversationId, ConversationKind, Delivery, Message, MessageId, Status, StorageKey,
-        Store, Unlock,
-    };
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut k = [4u8; 32];
-        let key = StorageKey::from_bytes(&mut k);
-        let store = Store::open(&dir.path().join("t.db"), Unlock::Key(&key)).unwrap();
-        (dir, store)
-    }
-
-    fn own(id: u8) -> Message {
-        Message {
-            id: MessageId([id; 16]),
-            conversation: ConversationId("bob".into()),
-            sender_user: "me".into(),
-            sender_device: "d0".into(),
-            lamport: u64::from(id),
-            seq: u64::from(id),
-            sent_at_ms: 1,
-            received_at_ms: 1,
-            own: true,
-            status: Status::Pending,
-            body: Body::Text(format!("m{id}")),
-            edited_at_ms: None,
-        }
-    }
-
-    fn to(device: &str, byte: u8) -> Delivery {
-        Delivery {
-            recipient_user: "bob".into(),
-            recipient_device: device.into(),
-            payload: vec![byte; 4],
-        }
-    }
+    use crate::outbox::tests::{own, store, to};
+    use crate::{ConversationId, ConversationKind, MessageId, Status};
 
     fn payloads(rows: &[crate::LaneRow]) -> Vec<u8> {
         rows.iter().map(|r| r.delivery.payload[0]).collect()

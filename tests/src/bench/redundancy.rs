@@ -18,9 +18,10 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
-use super::{Opts, Report, delivery::UNLIMITED};
+use super::{
+    Opts, Report,
+    delivery::{UNLIMITED, send_burst},
+};
 use crate::support::{Node, Relay, link_pair, relay_ciphertexts, wait_for, wait_outbox_empty};
 
 /// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
@@ -122,18 +123,7 @@ fn burst(
         Ok(sum as f64)
     };
     let (cpu0, written0, bytes0) = (cpu_secs(pid)?, written(pid)?, deposited()?);
-    rt.block_on(async {
-        let mut api = a.api().await?;
-        let texts: Vec<String> = (0..n).map(|i| format!("redundant {i:05}")).collect();
-        let calls: Vec<(&str, serde_json::Value)> = texts
-            .iter()
-            .map(|t| ("send", json!({"contact": "Bob", "text": t})))
-            .collect();
-        for r in api.call_many(&calls).await? {
-            r?;
-        }
-        anyhow::Ok(())
-    })?;
+    rt.block_on(send_burst(&a, "Bob", "redundant", n))?;
     wait_outbox_empty(&a, Duration::from_secs(600))?;
     let per = |v: f64| v / n as f64;
     Ok((

@@ -532,7 +532,7 @@ pub fn start_nodes(dir: &Path, names: &[&str], relay: &str) -> anyhow::Result<Ve
 }
 
 /// A read-only connection to a running relay's SQLite database (in `data`).
-fn relay_db(data: &Path) -> anyhow::Result<rusqlite::Connection> {
+pub fn relay_db(data: &Path) -> anyhow::Result<rusqlite::Connection> {
     use rusqlite::{Connection, OpenFlags};
     let db_dir = data.join("db");
     let db = std::fs::read_dir(&db_dir)
