@@ -14,6 +14,7 @@
 
 use rusqlite::params;
 
+use crate::consts::MAX_PAGE_SIZE;
 use crate::error::{Context, ReadError, WriteError};
 use crate::outbox::LaneRow;
 use crate::store::{Store, Tx};
@@ -29,6 +30,25 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<LaneRow>, ReadError> {
         self.lane_rows("read a lane at a relay", device, Some(relay), limit)
+    }
+
+    /// The devices with lane rows, in device id order after `after` (`""`: from the
+    /// first), at most `limit` (capped at [`MAX_PAGE_SIZE`]). Whether a lane is due depends
+    /// on the relay it goes to, which the caller knows: it looks at each device's lanes, a
+    /// page at a time, round the devices in turn.
+    pub fn lane_devices(&self, after: &str, limit: u32) -> Result<Vec<String>, ReadError> {
+        const OP: &str = "read the devices with lane rows";
+        self.conn
+            .prepare_cached(
+                "SELECT DISTINCT recipient_device FROM outbox \
+                 WHERE kind = 0 /* Pairwise */ AND recipient_device > ?1 \
+                 ORDER BY recipient_device LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![after, limit.clamp(1, MAX_PAGE_SIZE)], |r| r.get(0))?
+                    .collect()
+            })
+            .read_ctx(OP)
     }
 
     /// The relays that took the fan-out row of message `id` for `device`.
@@ -235,6 +255,8 @@ mod tests {
         let r2 = store.lane_at("b1", "r2", 10).unwrap();
         assert_eq!(payloads(&r2), [1, 2, 3], "r2 still owes all, in order");
         assert_eq!(store.untaken_at("r1").unwrap(), [("bob".to_owned(), 1)]);
+        assert_eq!(store.lane_devices("", 10).unwrap(), ["b1"]);
+        assert!(store.lane_devices("b1", 10).unwrap().is_empty());
         assert_eq!(store.untaken_at("r2").unwrap(), [("bob".to_owned(), 3)]);
         assert_eq!((r2[0].attempts, r2[0].next_attempt_ms), (1, 5_000));
         assert_eq!((r2[1].attempts, r2[1].next_attempt_ms), (0, 0));

@@ -53,14 +53,20 @@ impl Engine {
         if self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
             return;
         }
-        // Every device with rows; each of its lanes checks its own head's due time.
-        let devices = match self.store.due_lanes(i64::MAX, OUTBOX_BATCH) {
+        // The devices with rows, a page per call, round them in turn (so lanes that wait
+        // for a relay that is down never keep the others from being looked at); each of a
+        // device's lanes checks its own head's due time at its relay.
+        let devices = match self
+            .store
+            .lane_devices(&self.outbox.lane_cursor, OUTBOX_BATCH)
+        {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("reading the outbox failed: {e}");
                 return;
             }
         };
+        let last_page = devices.len() < OUTBOX_BATCH as usize;
         let due_at = (!all).then(|| self.clock.now_ms());
         for device in devices {
             for relay in self.lane_relays(&device, None) {
@@ -69,6 +75,10 @@ impl Engine {
                 }
                 self.start_lane(&device, relay, due_at);
             }
+            self.outbox.lane_cursor = device;
+        }
+        if last_page {
+            self.outbox.lane_cursor.clear();
         }
     }
 

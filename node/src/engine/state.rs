@@ -183,6 +183,8 @@ pub(crate) struct Lists {
 pub(crate) struct Outbox {
     /// Lanes (device, relay) a task is sending now.
     pub lanes_busy: HashSet<super::lanes::LaneKey>,
+    /// The device the last look at the lanes stopped after (`""`: start from the first).
+    pub lane_cursor: String,
     /// Group fan-out rows being deposited: (message, device, relay).
     pub fan_in_flight: HashSet<(MessageId, String, Option<PeerId>)>,
     /// Delivered receipts owed per contact since the last outbox tick (sent on it).

@@ -5,8 +5,11 @@
 use libp2p::PeerId;
 use tern_store::{Body, ConversationId, ConversationKind, MessageId, Status};
 
-use super::{Harness, id, queue_text};
-use crate::engine::{relay_peer, send::backoff};
+use super::{Harness, id, other_device, queue_text};
+use crate::{
+    consts::OUTBOX_BATCH,
+    engine::{relay_peer, send::backoff},
+};
 
 /// Alice, and Bob's user id, device and two relays (Bob is Alice's contact).
 async fn alice_and_bob_at_two_relays() -> (Harness, String, String, Vec<PeerId>) {
@@ -127,4 +130,41 @@ async fn a_group_row_goes_to_every_relay_and_again_only_where_it_was_not_taken()
         "not again where it was taken"
     );
     assert_eq!(status(&alice, id(10)), Status::Sent);
+}
+
+#[tokio::test]
+async fn lanes_waiting_for_a_relay_never_keep_other_devices_from_being_looked_at() {
+    let (mut alice, bob, _, relays) = alice_and_bob_at_two_relays().await;
+    // More devices of Bob's with rows than one look at the outbox takes; all but the last
+    // (in the order they are paged) wait for their backoff at both relays.
+    let mut devices: Vec<String> = (0..=OUTBOX_BATCH).map(|_| other_device()).collect();
+    devices.sort();
+    for (n, device) in devices.iter().enumerate() {
+        queue_text(&mut alice, &bob, device, u8::try_from(n + 1).unwrap());
+    }
+    let later = alice.clock.now_ms() + 3_600_000;
+    let heads: Vec<i64> = devices[..devices.len() - 1]
+        .iter()
+        .map(|d| alice.engine.store.lane(d, 1).unwrap()[0].row)
+        .collect();
+    alice
+        .engine
+        .store
+        .transaction(|tx| -> Result<(), tern_store::WriteError> {
+            for row in &heads {
+                for relay in &relays {
+                    tx.reschedule_row_at(*row, &relay.to_string(), later)?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The first look finds nothing due; the next goes on where it stopped.
+    alice.engine.dispatch_lanes(false);
+    assert!(alice.engine.outbox.lanes_busy.is_empty());
+    alice.engine.dispatch_lanes(false);
+    alice.settle().await;
+    alice.settle().await;
+    let last = u8::try_from(devices.len()).unwrap();
+    assert_eq!(alice.courier.carried(), [vec![last], vec![last]]);
 }
