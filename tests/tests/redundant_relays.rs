@@ -225,5 +225,13 @@ fn a_relay_added_and_removed_at_run_time_reaches_contacts() -> anyhow::Result<()
     assert_eq!(out.status.code(), Some(5));
     let out = ana.cli(&["relay", "add", "/ip4/127.0.0.1/tcp/1"]);
     assert_eq!(out.status.code(), Some(5));
+    // A node on its embedded relay is started with relays of its own first.
+    let cy = Node::init_and_start(dir.path(), "cy", None)?;
+    let out = cy.cli(&["relay", "add", &r2.addr]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(
+        cy.json(&["relay", "list"])?.as_array().map(Vec::len),
+        Some(1)
+    );
     Ok(())
 }

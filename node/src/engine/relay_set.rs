@@ -67,6 +67,7 @@ impl Engine {
 
     async fn relay_add(&mut self, addr: &str) -> Result<Vec<RelayInfo>, NodeError> {
         let addr = parse_relay(addr)?;
+        self.check_not_embedded()?;
         let peer = relay_peer(&addr);
         if self
             .relays
@@ -95,6 +96,7 @@ impl Engine {
 
     fn relay_remove(&mut self, addr: &str) -> Result<Vec<RelayInfo>, NodeError> {
         let peer = relay_peer(&parse_relay(addr)?);
+        self.check_not_embedded()?;
         let Some(at) = self
             .relays
             .home_relays
@@ -115,6 +117,20 @@ impl Engine {
         }
         self.own_relays_changed();
         Ok(self.home_relay_infos())
+    }
+
+    /// The embedded relay (none saved: `tern up` started one on loopback) is not a home
+    /// relay to keep: saving it beside others would make the next start skip it and name an
+    /// address nothing serves. Real relays are set with `tern up --relay` first.
+    fn check_not_embedded(&self) -> Result<(), NodeError> {
+        if self.me.config.relays.is_empty() {
+            return Err(NodeError::BadRequest(
+                "this node runs on its embedded relay: start it with `tern up --relay ADDR` to \
+                 use relays of its own, then add more"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Writes the home relays to `config.json` (read again first, so nothing else in it is
