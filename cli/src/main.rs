@@ -148,6 +148,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
         Cmd::Presence { contact } => status::presence(&home, json, contact).await,
         Cmd::Status { set } => status::status(&home, json, set).await,
         Cmd::Push { cmd } => status::push(&home, json, cmd).await,
+        Cmd::Relay { cmd } => status::relay(&home, json, cmd).await,
         Cmd::Group { cmd } => group::run(&home, json, cmd).await,
     }
 }

@@ -169,6 +169,29 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         cmd: PushCmd,
     },
+    /// Home relays: where this device keeps its mailboxes. Contacts deposit every message at
+    /// each of them, so one that is down or loses its data costs nothing.
+    Relay {
+        #[command(subcommand)]
+        cmd: RelayCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RelayCmd {
+    /// Add a home relay (saved; contacts and your other devices are told). Exit 5 for an
+    /// address that is not a multiaddr ending in `/p2p/<peer id>`.
+    Add {
+        /// The relay's multiaddr, ending in `/p2p/<peer id>`.
+        addr: String,
+    },
+    /// Remove a home relay (the last one stays; contacts and your other devices are told).
+    Remove {
+        /// The relay's multiaddr, as `tern relay list` shows it.
+        addr: String,
+    },
+    /// Show the home relays: connected or not, and what each has yet to take.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

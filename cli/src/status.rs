@@ -1,16 +1,16 @@
-//! `tern status`, `tern presence` and `tern push`: the node's state, contacts' presence, and
-//! the push endpoint at the home relays.
+//! `tern status`, `tern presence`, `tern push` and `tern relay`: the node's state, contacts'
+//! presence, the push endpoint at the home relays, and the home relays themselves.
 
 use serde_json::json;
 use tern_node::{
     Home,
-    types::{PresenceInfo, PushInfo, StatusInfo},
+    types::{PresenceInfo, PushInfo, RelayInfo, StatusInfo},
 };
 
 use crate::{
     client,
     exit::Failure,
-    opts::PushCmd,
+    opts::{PushCmd, RelayCmd},
     render::{ago_secs, print_mailbox, push_state, show},
 };
 
@@ -83,15 +83,7 @@ fn print_status(v: &StatusInfo) {
         );
     }
     for r in &v.relays {
-        println!(
-            "relay   {} {}",
-            r.addr,
-            if r.connected {
-                "connected"
-            } else {
-                "disconnected"
-            }
-        );
+        print_relay(r);
         if let Some(m) = &r.mailbox {
             print_mailbox(m);
         }
@@ -119,6 +111,34 @@ pub(crate) async fn push(home: &Home, json: bool, cmd: PushCmd) -> Result<(), Fa
         }
         for r in &p.relays {
             println!("relay   {} {}", r.addr, push_state(r));
+        }
+    })
+}
+
+/// One relay's line: address, connection, and the rows it has yet to take.
+fn print_relay(r: &RelayInfo) {
+    let state = if r.connected {
+        "connected"
+    } else {
+        "disconnected"
+    };
+    match r.waiting {
+        0 => println!("relay   {} {state}", r.addr),
+        n => println!("relay   {} {state}, {n} to deposit", r.addr),
+    }
+}
+
+/// `tern relay ...`.
+pub(crate) async fn relay(home: &Home, json: bool, cmd: RelayCmd) -> Result<(), Failure> {
+    let (method, params) = match &cmd {
+        RelayCmd::Add { addr } => ("relay.add", json!({"addr": addr})),
+        RelayCmd::Remove { addr } => ("relay.remove", json!({"addr": addr})),
+        RelayCmd::List => ("relay.list", json!({})),
+    };
+    let v = client(home).await?.call(method, params).await?;
+    show(&v, json, |list: Vec<RelayInfo>| {
+        for r in &list {
+            print_relay(r);
         }
     })
 }

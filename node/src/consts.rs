@@ -19,6 +19,10 @@ pub const MAX_LINK_CHARS: usize = 8 * 1024;
 /// Most relay addresses in a contact link.
 pub const MAX_LINK_RELAYS: usize = 8;
 
+/// Longest relay address a device list message may name (a multiaddr with a DNS name and
+/// a peer id fits well within it).
+pub const MAX_RELAY_ADDR_BYTES: usize = 512;
+
 /// Longest relay transport address in a short contact link, in bytes (`Multiaddr::to_vec()`
 /// without the `/p2p/` part: 8 for IPv4 + TCP, 20 for IPv6, 21 + the name for DNS).
 pub const MAX_SHORT_LINK_RELAY_BYTES: usize = 96;

@@ -117,6 +117,11 @@ pub enum Body {
         /// `tern_crypto::consts::MAX_DEVICE_LIST_ENTRIES`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         missed: Vec<ByteArray<32>>,
+        /// The sender user's home relays (multiaddrs ending in `/p2p/<peer id>`, at most
+        /// `MAX_LINK_RELAYS`), where its devices keep their mailboxes: the receiver deposits
+        /// at every one. Empty: unchanged (a sender from before this field).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        relays: Vec<String>,
     },
     /// A chunk of this user's history, from one of the user's devices to a device it linked
     /// (pairwise, direct conversation addressed to this user only), in the order the sender
@@ -374,6 +379,19 @@ impl Envelope {
                 messages.len()
             )));
         }
+        if let Body::DeviceList { relays, .. } = &self.body
+            && (relays.len() > crate::consts::MAX_LINK_RELAYS
+                || relays
+                    .iter()
+                    .any(|r| r.len() > crate::consts::MAX_RELAY_ADDR_BYTES))
+        {
+            return Err(EnvelopeError::Malformed(format!(
+                "device list naming {} relays (at most {}, each at most {} bytes)",
+                relays.len(),
+                crate::consts::MAX_LINK_RELAYS,
+                crate::consts::MAX_RELAY_ADDR_BYTES
+            )));
+        }
         if let Body::DeviceList { stale, missed, .. } = &self.body
             && (stale.len() > MAX_RECEIPT_IDS
                 || missed.len() > tern_crypto::consts::MAX_DEVICE_LIST_ENTRIES)
@@ -506,12 +524,28 @@ mod tests {
             list: ByteBuf::from(vec![1, 2, 3]),
             stale: vec![ByteArray::new([9; 16]); 2],
             missed: vec![ByteArray::new([8; 32])],
+            relays: Vec::new(),
         };
         assert_eq!(Envelope::decode(&e.encode().unwrap()).unwrap(), e);
         e.body = Body::DeviceList {
             list: ByteBuf::from(vec![1]),
+            stale: Vec::new(),
+            missed: Vec::new(),
+            relays: vec!["/ip4/127.0.0.1/tcp/1".into(); 2],
+        };
+        assert_eq!(Envelope::decode(&e.encode().unwrap()).unwrap(), e);
+        e.body = Body::DeviceList {
+            list: ByteBuf::from(vec![1]),
+            stale: Vec::new(),
+            missed: Vec::new(),
+            relays: vec!["/ip4/127.0.0.1/tcp/1".into(); crate::consts::MAX_LINK_RELAYS + 1],
+        };
+        assert!(matches!(e.encode(), Err(EnvelopeError::Malformed(_))));
+        e.body = Body::DeviceList {
+            list: ByteBuf::from(vec![1]),
             stale: vec![ByteArray::new([9; 16]); MAX_RECEIPT_IDS + 1],
             missed: Vec::new(),
+            relays: Vec::new(),
         };
         assert!(matches!(e.encode(), Err(EnvelopeError::Malformed(_))));
     }

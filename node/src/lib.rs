@@ -344,6 +344,27 @@ impl Node {
             .await
     }
 
+    /// Adds a home relay (a multiaddr ending in `/p2p/<peer id>`): saved, connected and set
+    /// up, and told to contacts and this user's other devices, whose messages then go to it
+    /// too. Answers the home relays.
+    pub async fn relay_add(&self, addr: String) -> Result<Vec<types::RelayInfo>, NodeError> {
+        self.call(|reply| Command::Relay(engine::relay_set::RelayCommand::Add { addr, reply }))
+            .await
+    }
+
+    /// Removes a home relay (the last one stays), telling contacts and own devices.
+    /// Answers the home relays.
+    pub async fn relay_remove(&self, addr: String) -> Result<Vec<types::RelayInfo>, NodeError> {
+        self.call(|reply| Command::Relay(engine::relay_set::RelayCommand::Remove { addr, reply }))
+            .await
+    }
+
+    /// The home relays and where each stands.
+    pub async fn relay_list(&self) -> Result<Vec<types::RelayInfo>, NodeError> {
+        self.call(|reply| Command::Relay(engine::relay_set::RelayCommand::List(reply)))
+            .await
+    }
+
     /// This user's devices.
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, NodeError> {
         self.call(Command::Devices).await

@@ -327,6 +327,10 @@ pub struct RelayInfo {
     /// about once a minute while connected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mailbox: Option<MailboxInfo>,
+    /// Outbox rows for users who keep a mailbox here that this relay has not taken yet
+    /// (every relay of a recipient gets every row; 0 when it is caught up).
+    #[serde(default)]
+    pub waiting: u64,
 }
 
 /// A device's mailbox at one of its relays.

@@ -33,6 +33,7 @@ mod key;
 mod memory;
 mod messages;
 mod outbox;
+mod outbox_relays;
 mod record;
 mod rekey;
 mod resync;

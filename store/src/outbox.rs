@@ -77,17 +77,33 @@ impl Store {
     /// The first `limit` rows of a device's lane (capped at [`MAX_PAGE_SIZE`]), in the order
     /// they must be sent.
     pub fn lane(&self, device: &str, limit: u32) -> Result<Vec<LaneRow>, ReadError> {
-        const OP: &str = "read a lane";
+        self.lane_rows("read a lane", device, None, limit)
+    }
+
+    /// The rows of a device's lane, in order, that `relay` has not taken yet (all of them
+    /// for `None`), each with its attempts and due time at that relay (the row's own until
+    /// the relay was first tried).
+    pub(crate) fn lane_rows(
+        &self,
+        op: &'static str,
+        device: &str,
+        relay: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LaneRow>, ReadError> {
         type Raw = (i64, Option<Vec<u8>>, String, String, Vec<u8>, i64, i64);
         let rows: Vec<Raw> = self
             .conn
             .prepare_cached(
-                "SELECT o.id, m.id, o.recipient_user, o.recipient_device, o.payload, o.attempts, o.next_attempt_ms \
+                "SELECT o.id, m.id, o.recipient_user, o.recipient_device, o.payload, \
+                 CASE WHEN r.row IS NULL THEN o.attempts ELSE r.attempts END, \
+                 CASE WHEN r.row IS NULL THEN o.next_attempt_ms ELSE r.next_attempt_ms END \
                  FROM outbox o LEFT JOIN messages m ON m.rowid = o.message \
-                 WHERE o.recipient_device = ?1 AND o.kind = 0 /* Pairwise */ ORDER BY o.id LIMIT ?2",
+                 LEFT JOIN outbox_relays r ON r.row = o.id AND r.relay = ?3 \
+                 WHERE o.recipient_device = ?1 AND o.kind = 0 /* Pairwise */ \
+                 AND coalesce(r.taken, 0) = 0 ORDER BY o.id LIMIT ?2",
             )
             .and_then(|mut s| {
-                s.query_map(params![device, limit.clamp(1, MAX_PAGE_SIZE)], |r| {
+                s.query_map(params![device, limit.clamp(1, MAX_PAGE_SIZE), relay], |r| {
                     Ok((
                         r.get(0)?,
                         r.get(1)?,
@@ -100,13 +116,13 @@ impl Store {
                 })?
                 .collect()
             })
-            .read_ctx(OP)?;
+            .read_ctx(op)?;
         rows.into_iter()
             .map(
                 |(row, message, recipient_user, recipient_device, payload, attempts, next)| {
                     Ok(LaneRow {
                         row,
-                        message: message.map(|m| message_id(OP, &m)).transpose()?,
+                        message: message.map(|m| message_id(op, &m)).transpose()?,
                         delivery: Delivery {
                             recipient_user,
                             recipient_device,
@@ -276,11 +292,12 @@ impl Tx<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Body, ConversationId, ConversationKind, Message, Status, StorageKey, Unlock};
 
-    fn store() -> (tempfile::TempDir, Store) {
+    /// An empty store in a temporary directory.
+    pub(crate) fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let mut k = [3u8; 32];
         let key = StorageKey::from_bytes(&mut k);
@@ -288,7 +305,8 @@ mod tests {
         (dir, store)
     }
 
-    fn own(id: u8) -> Message {
+    /// Own text `id` to Bob, pending.
+    pub(crate) fn own(id: u8) -> Message {
         Message {
             id: MessageId([id; 16]),
             conversation: ConversationId("bob".into()),
@@ -305,7 +323,8 @@ mod tests {
         }
     }
 
-    fn to(device: &str, byte: u8) -> Delivery {
+    /// A row for Bob's `device` whose payload is four `byte`s.
+    pub(crate) fn to(device: &str, byte: u8) -> Delivery {
         Delivery {
             recipient_user: "bob".into(),
             recipient_device: device.into(),

@@ -25,6 +25,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V8_TRANSFERS,
     V9_GRANTS,
     V10_OUTBOX_KINDS,
+    V11_OUTBOX_RELAYS,
 ];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
@@ -380,6 +381,26 @@ DROP INDEX outbox_lane;
 CREATE INDEX outbox_lane ON outbox(recipient_device, id) WHERE kind = 0;
 "#;
 
+/// Version 11: delivery tracked per relay ([`crate::outbox_relays`]). A recipient device may
+/// keep mailboxes at several relays; each outbox row goes to every one of them, and this table
+/// says, per row and relay, whether that relay took it and when it is tried there next. A row
+/// with no entry for a relay is untried there (due when the row is). Entries go with their
+/// row (the trigger: an outbox row is deleted in several places).
+const V11_OUTBOX_RELAYS: &str = r#"
+CREATE TABLE outbox_relays (
+    row             INTEGER NOT NULL,
+    relay           TEXT NOT NULL,
+    taken           INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (row, relay)
+) WITHOUT ROWID;
+CREATE TRIGGER outbox_relays_follow AFTER DELETE ON outbox
+BEGIN
+    DELETE FROM outbox_relays WHERE row = OLD.id;
+END;
+"#;
+
 /// Reads `PRAGMA user_version`.
 pub(crate) fn version(conn: &Connection) -> Result<u32, rusqlite::Error> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -562,6 +583,35 @@ mod tests {
         let fan = store.due_fanout(i64::MAX, 10).unwrap();
         assert_eq!(fan.len(), 1);
         assert_eq!(fan[0].delivery.payload, [6, 6]);
+    }
+
+    #[test]
+    fn version_11_leaves_queued_rows_untried_at_every_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tern.db");
+        file_at(&path, 10);
+        // A row that already failed twice before its device had several relays.
+        let conn = open_connection(&path, Unlock::Key(&key()), &Options::default()).unwrap();
+        conn.execute_batch(
+            "UPDATE outbox SET attempts = 2, next_attempt_ms = 40 WHERE message = 2;",
+        )
+        .unwrap();
+        drop(conn);
+        let mut store = Store::open(&path, Unlock::Key(&key())).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        for relay in ["r1", "r2"] {
+            let lane = store.lane_at("b1", relay, 10).unwrap();
+            assert_eq!(lane.len(), 2, "{relay}");
+            assert_eq!((lane[0].attempts, lane[0].next_attempt_ms), (2, 40));
+            assert_eq!((lane[1].attempts, lane[1].next_attempt_ms), (0, 0));
+        }
+        let both = ["r1".to_owned(), "r2".to_owned()];
+        let first = store.lane("b1", 1).unwrap()[0].row;
+        store
+            .transaction(|tx| tx.take_rows_at(&[first], "r1", &both))
+            .unwrap();
+        assert_eq!(store.lane_at("b1", "r1", 10).unwrap().len(), 1);
+        assert_eq!(store.lane_at("b1", "r2", 10).unwrap().len(), 2);
     }
 
     #[test]

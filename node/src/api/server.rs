@@ -422,6 +422,9 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         "push.set" => to_value(node.push_set(str_param(p, "url")?).await?),
         "push.clear" => to_value(node.push_clear().await?),
         "push.status" => to_value(node.push_status().await?),
+        "relay.add" => to_value(node.relay_add(str_param(p, "addr")?).await?),
+        "relay.remove" => to_value(node.relay_remove(str_param(p, "addr")?).await?),
+        "relay.list" => to_value(node.relay_list().await?),
         "search" => to_value(node.search(str_param(p, "query")?).await?),
         "safety_number" => to_value(node.safety_number(str_param(p, "contact")?).await?),
         "verify" => to_value(

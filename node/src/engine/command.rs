@@ -95,6 +95,8 @@ pub(crate) enum Command {
     BackupBundle(Reply<crate::device_link::Bundle>),
     /// Set, clear or show the push endpoint.
     Push(push::PushCommand),
+    /// Add, remove or list home relays.
+    Relay(super::relay_set::RelayCommand),
 }
 
 /// A group command.
@@ -252,6 +254,7 @@ impl Engine {
                 let _ = reply.send(self.backup_bundle());
             }
             Command::Push(cmd) => self.on_push_command(cmd),
+            Command::Relay(cmd) => self.on_relay_command(cmd).await,
         }
     }
 }

@@ -318,6 +318,7 @@ impl Engine {
             },
         );
         self.rebuild_device_owner();
+        self.settle_relay_set(&id);
         for addr in &parsed.relays {
             let _ = self.net.add_relay(addr.clone(), false).await;
         }

@@ -1,54 +1,85 @@
 //! Where outbox rows go: the one seam between the engine's delivery decisions (which lane
 //! goes, in what order, when a row is tried again) and the network that carries a row.
 //!
-//! A lane task hands each row to the engine's [`Courier`] and reports what it answered;
-//! everything the engine decides from that (acknowledged rows leave the outbox, a failed
-//! row and those behind it wait for the backoff or the relay's `retry_after`) is the same
-//! whatever carries the rows. The node's courier is its network handle
-//! ([`super::lanes::deliver`]: directly when connected, else a mailbox deposit); tests use
-//! one in memory.
+//! A lane task hands each row to the engine's [`Courier`], and a fan-out each group
+//! deposit, and reports what it answered; everything the engine decides from that (rows
+//! taken by a relay or the device, a failed row and those behind it waiting for the backoff
+//! or the relay's `retry_after`) is the same whatever carries the rows. The node's courier is
+//! its network handle ([`super::lanes::deliver`]: directly when connected, else a mailbox
+//! deposit at the lane's relay; `net::rpc::deposit_many` for a group); tests use one in
+//! memory.
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use libp2p::PeerId;
 
+use tern_relay::wire::mailbox::Refusal;
+
 use crate::net::{self, NetError};
 
-/// How to reach one recipient device.
+/// How to reach one recipient device in one of its lanes.
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
     /// The device's peer id.
     pub peer: PeerId,
-    /// Its user's relays, in the order to try them.
-    pub relays: Vec<PeerId>,
-    /// Whether a direct connection may be used.
+    /// The relay this lane deposits at (`None`: its user has no relay known; only a direct
+    /// connection can carry the row).
+    pub relay: Option<PeerId>,
+    /// Whether a direct connection may be used (the lane at the user's first relay, so a
+    /// connected device is not sent each row once per relay).
     pub direct: bool,
     /// The grant that device issued to this one, if any (shown to its relay).
     pub grant: Option<tern_crypto::grant::Grant>,
 }
 
-/// Carries one pairwise ciphertext to one device; `Ok` once it is durable there (stored by
-/// the peer, or committed by its relay).
+/// Who took a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// The device itself (a direct delivery): no relay needs the row any more.
+    Device,
+    /// The route's relay, after its commit: the device's other relays still need it.
+    Relay,
+}
+
+/// Carries ciphertexts to devices; `Ok` once durable there (stored by the peer, or committed
+/// by a relay).
 pub(crate) trait Courier: Send + Sync + 'static {
-    /// Delivers `payload` over `route`.
-    fn deliver(&self, route: Route, payload: Vec<u8>) -> BoxFuture<'static, Result<(), NetError>>;
+    /// Delivers one pairwise `payload` over `route`.
+    fn deliver(
+        &self,
+        route: Route,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Taken, NetError>>;
+
+    /// Deposits one group `payload` at `relay` for many devices, each with the token of the
+    /// grant it issued (the relay stores it once); returns the recipients it refused.
+    fn deposit_many(
+        &self,
+        relay: PeerId,
+        recipients: Vec<(PeerId, Option<[u8; 32]>)>,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<Refusal>, NetError>>;
 }
 
 impl Courier for net::Client {
-    fn deliver(&self, route: Route, payload: Vec<u8>) -> BoxFuture<'static, Result<(), NetError>> {
+    fn deliver(
+        &self,
+        route: Route,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Taken, NetError>> {
         let net = self.clone();
-        Box::pin(async move {
-            super::lanes::deliver(
-                &net,
-                route.peer,
-                &route.relays,
-                payload,
-                route.direct,
-                route.grant.as_ref(),
-            )
-            .await
-        })
+        Box::pin(async move { super::lanes::deliver(&net, route, payload).await })
+    }
+
+    fn deposit_many(
+        &self,
+        relay: PeerId,
+        recipients: Vec<(PeerId, Option<[u8; 32]>)>,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<Refusal>, NetError>> {
+        let net = self.clone();
+        Box::pin(async move { net::rpc::deposit_many(&net, relay, recipients, payload).await })
     }
 }
 

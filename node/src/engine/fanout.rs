@@ -1,8 +1,10 @@
 //! Group fan-outs: one ciphertext, stored once in the outbox, deposited once per relay for
-//! every member device that already has the sender key (`deposit_many`); a device whose first
-//! relay fails tries its others one by one. Not ordered like the lanes ([`super::lanes`]): a
-//! sender key's ratchet accepts any order within its window, so a fan-out row that fails is
-//! rescheduled on its own.
+//! every member device that already has the sender key and keeps a mailbox there
+//! (`deposit_many` through the engine's courier). A device's row goes to every relay of its
+//! user, each relay's deposit on its own, and leaves once each of them took it
+//! (`tern_store::Tx::take_delivery_at`); a retry goes only to the relays that have not.
+//! Not ordered like the lanes ([`super::lanes`]): a sender key's ratchet accepts any order
+//! within its window, so a fan-out row that fails is rescheduled on its own.
 
 use std::collections::HashMap;
 
@@ -10,25 +12,15 @@ use libp2p::PeerId;
 use tern_crypto::DeviceId;
 use tern_store::{MessageId, Status};
 
-use super::{Engine, Internal, device_peer, grants, lanes, send};
-use crate::{
-    consts::OUTBOX_BATCH,
-    error::NodeError,
-    net::{NetError, rpc},
-    types::Event,
-};
+use super::{Engine, Internal, device_peer, grants, send};
+use crate::{consts::OUTBOX_BATCH, error::NodeError, net::NetError, types::Event};
 
 /// Due outbox rows of one message that share a payload: message, payload, (user, device)
 /// recipients, most attempts so far.
 type Fan = (MessageId, Vec<u8>, Vec<(String, String)>, u32);
 
-/// A fan-out recipient: its device id, peer id, relays and the grant it issued.
-type FanTarget = (
-    String,
-    PeerId,
-    Vec<PeerId>,
-    Option<tern_crypto::grant::Grant>,
-);
+/// A fan-out recipient at one relay: its device id, peer id and the grant it issued.
+type FanTarget = (String, PeerId, Option<tern_crypto::grant::Grant>);
 
 impl Engine {
     /// Starts the group fan-outs that are due (`all`: every one, backoff or not): the due
@@ -81,78 +73,67 @@ impl Engine {
         if self.store.in_batch() {
             return;
         }
-        let recipients: Vec<(String, String)> = recipients
-            .into_iter()
-            .filter(|(_, d)| self.outbox.fan_in_flight.insert((id, d.clone())))
-            .collect();
-        if recipients.is_empty() {
-            return;
-        }
         let mut by_relay: HashMap<Option<PeerId>, Vec<FanTarget>> = HashMap::new();
         for (user, dev) in recipients {
             let Some(peer) = DeviceId::from_peer_id_string(&dev).and_then(|d| device_peer(&d))
             else {
                 continue;
             };
-            let relays = self
-                .known(&user)
-                .map(|c| c.relay_peers())
-                .unwrap_or_default();
+            let taken = match self.store.fanout_taken(id, &dev) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!("reading a fan-out row failed: {e}");
+                    continue;
+                }
+            };
             let grant = self.grants.held(&dev);
-            by_relay
-                .entry(relays.first().copied())
-                .or_default()
-                .push((dev, peer, relays, grant));
+            for relay in self.lane_relays(&dev, Some(&user)) {
+                if relay.is_some_and(|r| taken.contains(&r.to_string()))
+                    || !self.outbox.fan_in_flight.insert((id, dev.clone(), relay))
+                {
+                    continue;
+                }
+                by_relay
+                    .entry(relay)
+                    .or_default()
+                    .push((dev.clone(), peer, grant.clone()));
+            }
         }
         for (relay, group) in by_relay {
-            let net = self.net.clone();
+            let courier = self.courier.clone();
             let tx = self.internal.clone();
             let payload = payload.clone();
             tokio::spawn(async move {
-                let mut results = Vec::with_capacity(group.len());
                 let outcome = match relay {
                     Some(r) => {
                         let to = group
                             .iter()
-                            .map(|(_, p, _, g)| (*p, grants::token(g.as_ref(), r)))
+                            .map(|(_, p, g)| (*p, grants::token(g.as_ref(), r)))
                             .collect();
-                        rpc::deposit_many(&net, r, to, payload.clone()).await
+                        courier.deposit_many(r, to, payload).await
                     }
                     None => Err(NetError::Transport("the member has no relay".into())),
                 };
-                match outcome {
-                    Ok(refused) => {
-                        for (dev, peer, _, _) in group {
-                            let r = match refused.iter().find(|r| r.peer == peer) {
+                let results = group
+                    .into_iter()
+                    .map(|(dev, peer, _)| {
+                        let r = match &outcome {
+                            Ok(refused) => match refused.iter().find(|r| r.peer == peer) {
                                 Some(r) => Err(NetError::Rejected(
                                     tern_relay::wire::Rejection::new(r.code),
                                 )),
                                 None => Ok(()),
-                            };
-                            results.push((dev, r));
-                        }
-                    }
-                    Err(e) => {
-                        // The first relay failed: each device tries its other relays.
-                        for (dev, peer, relays, grant) in group {
-                            let r = lanes::deliver(
-                                &net,
-                                peer,
-                                &relays[1.min(relays.len())..],
-                                payload.clone(),
-                                false,
-                                grant.as_ref(),
-                            )
-                            .await
-                            .map_err(|_| e.clone());
-                            results.push((dev, r));
-                        }
-                    }
-                }
+                            },
+                            Err(e) => Err(e.clone()),
+                        };
+                        (dev, r)
+                    })
+                    .collect();
                 let _ = tx
                     .send(Internal::FannedOut {
                         id,
                         attempts,
+                        relay,
                         results,
                     })
                     .await;
@@ -160,28 +141,35 @@ impl Engine {
         }
     }
 
-    /// A fan-out finished: acknowledge what went, reschedule what did not, in one
-    /// transaction.
+    /// A fan-out's deposit at `relay` finished: record which devices it took, reschedule
+    /// those it did not, in one transaction.
     pub(crate) fn on_fanned_out(
         &mut self,
         id: MessageId,
         attempts: u32,
+        relay: Option<PeerId>,
         results: Vec<(String, Result<(), NetError>)>,
     ) {
         let now = self.clock.now_ms();
         let mut remaining = None;
-        let went: Vec<String> = results
+        let relay_key = relay.map(|r| r.to_string());
+        let sets: Vec<Vec<String>> = results
             .iter()
-            .filter(|(_, r)| r.is_ok())
-            .map(|(d, _)| d.clone())
+            .map(|(dev, _)| {
+                self.lane_relays(dev, None)
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.to_string())
+                    .collect()
+            })
             .collect();
         let out = self.store.transaction(|tx| -> Result<(), NodeError> {
-            if !went.is_empty() {
-                remaining = Some(tx.ack_deliveries(id, &went)?);
-            }
-            for (dev, r) in &results {
+            for ((dev, r), set) in results.iter().zip(&sets) {
                 match r {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        remaining =
+                            Some(tx.take_delivery_at(id, dev, relay_key.as_deref(), set)?);
+                    }
                     Err(e) => {
                         let wait = e
                             .retry_after()
@@ -195,7 +183,7 @@ impl Engine {
             Ok(())
         });
         for (dev, r) in &results {
-            self.outbox.fan_in_flight.remove(&(id, dev.clone()));
+            self.outbox.fan_in_flight.remove(&(id, dev.clone(), relay));
             if let Err(e) = r
                 && e.code() == Some(tern_relay::wire::ErrorCode::NoGrant)
             {

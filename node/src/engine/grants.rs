@@ -275,7 +275,7 @@ impl Engine {
             Ok(()) => {
                 self.grants.held.insert(device.to_owned(), g);
                 // A lane waiting because its deposits were refused goes on now.
-                self.start_lane(device, None);
+                self.start_lanes(device);
             }
             Err(e) => tracing::warn!("storing a deposit grant failed: {e}"),
         }

@@ -1,33 +1,48 @@
-//! Ordered delivery: one lane per recipient device.
+//! Ordered delivery: one lane per recipient device and relay.
 //!
 //! Everything encrypted for one remote device over its pairwise session — texts, sync copies,
-//! receipts, membership operations, sender keys, resend requests — sits in that device's lane
-//! (`tern_store::Store::lane`) in the order it was encrypted, which is its ratchet order.
-//! A lane is sent by at most one task at a time, row after row, each only once the one before
-//! it was acknowledged (by the relay after its commit, or by the peer after storing it). When
-//! a row fails (network, rate limit, quota), the task stops there: that row is rescheduled
-//! and nothing behind it moves until it goes. So a later ciphertext never overtakes an
-//! earlier one for the same device, whatever the path, relay or retry: by construction, not
-//! by timing. Lanes of different devices run in parallel (up to [`MAX_LANES_IN_FLIGHT`]).
+//! receipts, membership operations, sender keys, resend requests — sits in that device's
+//! outbox rows in the order it was encrypted, which is its ratchet order, and goes into the
+//! device's mailbox at **every** relay its user has (redundant mailboxes: one relay down or
+//! wiped loses nothing). So each device has one lane per relay
+//! (`tern_store::Store::lane_at`: the rows that relay has not taken), and a device whose user
+//! has no relay known one lane with none (`Store::lane`, direct only). A lane is sent by at
+//! most one task at a time, row after row, each only once the one before it was
+//! acknowledged (by the relay after its commit, or by the peer after storing it). When a row
+//! fails (network, rate limit, quota), the task stops there: that row is rescheduled at that
+//! relay and nothing behind it moves there until it goes. So a later ciphertext never
+//! overtakes an earlier one for the same device at the same relay, whatever the path or
+//! retry: by construction, not by timing; and a relay that is down or slow holds back its
+//! own lane only. A row leaves the outbox once every relay of the user's current set took it,
+//! or the device itself did (a direct delivery, tried by the lane at the first relay only).
+//! Lanes run in parallel (up to [`MAX_LANES_IN_FLIGHT`]).
 
 use libp2p::PeerId;
 use tern_crypto::DeviceId;
 use tern_relay::wire::ErrorCode;
 
-use super::{Engine, Internal, courier::Route, device_peer};
+use super::{
+    Engine, Internal,
+    courier::{Route, Taken},
+    device_peer,
+};
 use crate::{
     consts::{LANE_BATCH, MAX_LANES_IN_FLIGHT, OUTBOX_BATCH, RETRY_MAX},
     net::{NetError, rpc},
     types::Event,
 };
 
+/// A lane: a recipient device (peer id string) and the relay its rows go to (`None`: its
+/// user has no relay known).
+pub(crate) type LaneKey = (String, Option<PeerId>);
+
 /// What a lane task reports.
 #[derive(Debug)]
 pub(crate) struct LaneDone {
-    /// The recipient device.
-    device: String,
-    /// The rows it delivered, in order.
-    acked: Vec<i64>,
+    /// The lane.
+    lane: LaneKey,
+    /// The rows it delivered, in order, and who took each.
+    acked: Vec<(i64, Taken)>,
     /// The row it stopped at, with its failed attempts before this one, and why.
     failed: Option<(i64, u32, NetError)>,
 }
@@ -38,19 +53,32 @@ impl Engine {
         if self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
             return;
         }
-        let now = if all { i64::MAX } else { self.clock.now_ms() };
-        let due = match self.store.due_lanes(now, OUTBOX_BATCH) {
+        // The devices with rows, a page per call, round them in turn (so lanes that wait
+        // for a relay that is down never keep the others from being looked at); each of a
+        // device's lanes checks its own head's due time at its relay.
+        let devices = match self
+            .store
+            .lane_devices(&self.outbox.lane_cursor, OUTBOX_BATCH)
+        {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("reading the outbox failed: {e}");
                 return;
             }
         };
-        for device in due {
-            if self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
-                break;
+        let last_page = devices.len() < OUTBOX_BATCH as usize;
+        let due_at = (!all).then(|| self.clock.now_ms());
+        for device in devices {
+            for relay in self.lane_relays(&device, None) {
+                if self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT {
+                    return;
+                }
+                self.start_lane(&device, relay, due_at);
             }
-            self.start_lane(&device, None);
+            self.outbox.lane_cursor = device;
+        }
+        if last_page {
+            self.outbox.lane_cursor.clear();
         }
     }
 
@@ -59,22 +87,119 @@ impl Engine {
     pub(crate) fn kick_lanes_for(&mut self, deliveries: &[tern_store::Delivery]) {
         let now = self.clock.now_ms();
         for d in deliveries {
-            self.start_lane(&d.recipient_device, Some(now));
+            for relay in self.lane_relays(&d.recipient_device, Some(&d.recipient_user)) {
+                self.start_lane(&d.recipient_device, relay, Some(now));
+            }
         }
     }
 
-    /// Starts a task sending the first rows of `device`'s lane, unless one runs, a store
-    /// batch is open, or (with `due_at`) the first row is not due by then.
-    pub(crate) fn start_lane(&mut self, device: &str, due_at: Option<i64>) {
+    /// Starts every idle lane of `device` (a grant from it came: refused deposits go now).
+    pub(crate) fn start_lanes(&mut self, device: &str) {
+        for relay in self.lane_relays(device, None) {
+            self.start_lane(device, relay, None);
+        }
+    }
+
+    /// The relays `device`'s rows go to: its user's (`user`, else as known from the device
+    /// or its first row), or one lane with none when no relay is known.
+    pub(crate) fn lane_relays(&self, device: &str, user: Option<&str>) -> Vec<Option<PeerId>> {
+        let owner = user.map(str::to_owned).or_else(|| {
+            let peer = DeviceId::from_peer_id_string(device).and_then(|d| device_peer(&d));
+            peer.and_then(|p| self.people.device_owner.get(&p).cloned())
+                .or_else(|| {
+                    let head = self.store.lane(device, 1).ok()?;
+                    head.first().map(|r| r.delivery.recipient_user.clone())
+                })
+        });
+        let relays = owner
+            .and_then(|u| self.known(&u).map(|c| c.relay_peers()))
+            .unwrap_or_default();
+        if relays.is_empty() {
+            vec![None]
+        } else {
+            relays.into_iter().map(Some).collect()
+        }
+    }
+
+    /// `user`'s relay set changed: the rows of its devices that every relay of the new set
+    /// took leave (a relay taken out of the set is not waited for), and the lanes at relays
+    /// new to the set start.
+    pub(crate) fn settle_relay_set(&mut self, user: &str) {
+        let Some(state) = self.known(user) else {
+            return;
+        };
+        let set: Vec<String> = state
+            .relay_peers()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let devices: Vec<String> = state
+            .devices()
+            .into_iter()
+            .map(|(d, _)| d.to_peer_id_string())
+            .collect();
+        let out = self
+            .store
+            .transaction(|tx| -> Result<_, tern_store::WriteError> {
+                let mut done = Vec::new();
+                for device in &devices {
+                    done.extend(tx.settle_device_rows(device, &set)?);
+                }
+                Ok(done)
+            });
+        match out {
+            Ok(done) => self.emit_sent(done),
+            Err(e) => tracing::error!("settling rows after a relay set changed failed: {e}"),
+        }
+        for device in devices {
+            self.start_lanes(&device);
+        }
+    }
+
+    /// Tells subscribers that these messages, whose last row went, are `sent`.
+    fn emit_sent(&self, done: Vec<tern_store::MessageId>) {
+        for id in done {
+            if let Ok(Some(m)) = self.store.message(id)
+                && m.status == tern_store::Status::Sent
+            {
+                self.emit(Event::Receipt {
+                    conversation: m.conversation.0,
+                    ids: vec![id.to_string()],
+                    status: crate::types::MessageStatus::Sent,
+                });
+            }
+        }
+    }
+
+    /// Starts a task sending the first rows of `device`'s lane at `relay`, unless one runs,
+    /// a store batch is open, or (with `due_at`) the first row is not due by then.
+    pub(crate) fn start_lane(&mut self, device: &str, relay: Option<PeerId>, due_at: Option<i64>) {
+        let lane: LaneKey = (device.to_owned(), relay);
         // Inside a store batch the rows are not durable yet: nothing goes on the wire until
         // it commits (the batch's owner dispatches then).
-        if self.outbox.lanes_busy.contains(device)
+        if self.outbox.lanes_busy.contains(&lane)
             || self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT
             || self.store.in_batch()
         {
             return;
         }
-        let rows = match self.store.lane(device, LANE_BATCH) {
+        let read = |limit| match relay {
+            Some(r) => self.store.lane_at(device, &r.to_string(), limit),
+            None => self.store.lane(device, limit),
+        };
+        // The head alone first: a lane waiting for its backoff (a relay down) is looked at
+        // on every tick, and its rows' payloads need not be read for that.
+        if let Some(t) = due_at {
+            match read(1) {
+                Ok(head) if head.first().is_some_and(|h| h.next_attempt_ms <= t) => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!("reading a lane failed: {e}");
+                    return;
+                }
+            }
+        }
+        let rows = match read(LANE_BATCH) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("reading a lane failed: {e}");
@@ -84,9 +209,6 @@ impl Engine {
         let Some(head) = rows.first() else {
             return;
         };
-        if due_at.is_some_and(|t| head.next_attempt_ms > t) {
-            return;
-        }
         let Some(peer) = DeviceId::from_peer_id_string(device).and_then(|d| device_peer(&d)) else {
             // Nothing can ever deliver it, and it would hold its lane's place for good.
             tracing::error!(
@@ -99,26 +221,27 @@ impl Engine {
             }
             return;
         };
-        let relays = self
-            .known(&head.delivery.recipient_user)
-            .map(|c| c.relay_peers())
-            .unwrap_or_default();
+        // Only the lane at the first relay (or the one with none) tries a direct connection.
+        let first = self
+            .lane_relays(device, Some(&head.delivery.recipient_user))
+            .first()
+            .copied()
+            .flatten();
         let route = Route {
             peer,
-            relays,
-            direct: self.relays.direct,
+            relay,
+            direct: self.relays.direct && relay == first,
             grant: self.grants.held(device),
         };
-        self.outbox.lanes_busy.insert(device.to_owned());
+        self.outbox.lanes_busy.insert(lane.clone());
         let courier = self.courier.clone();
         let tx = self.internal.clone();
-        let device = device.to_owned();
         tokio::spawn(async move {
             let mut acked = Vec::with_capacity(rows.len());
             let mut failed = None;
             for row in rows {
                 match courier.deliver(route.clone(), row.delivery.payload).await {
-                    Ok(()) => acked.push(row.row),
+                    Ok(taken) => acked.push((row.row, taken)),
                     Err(e) => {
                         failed = Some((row.row, row.attempts, e));
                         break;
@@ -127,7 +250,7 @@ impl Engine {
             }
             let _ = tx
                 .send(Internal::LaneDone(LaneDone {
-                    device,
+                    lane,
                     acked,
                     failed,
                 }))
@@ -135,118 +258,110 @@ impl Engine {
         });
     }
 
-    /// Lane tasks finished (those whose results were ready together): their delivered rows
-    /// go (messages whose last row went become `sent`) and each row a lane stopped at waits
-    /// for its backoff or the relay's `retry_after`, all in one transaction; then the lanes
-    /// that were not stopped go on at once.
+    /// Lane tasks finished (those whose results were ready together): the rows a relay took
+    /// are recorded at it and those every relay of the device's set (or the device itself)
+    /// took go (messages whose last row went become `sent`); each row a lane stopped at waits
+    /// at that relay for its backoff or the relay's `retry_after`; all in one transaction.
+    /// Then the lanes that were not stopped go on at once.
     pub(crate) fn on_lanes_done(&mut self, results: Vec<LaneDone>) {
         let now = self.clock.now_ms();
-        let mut acked = Vec::new();
+        let mut by_device = Vec::new();
+        let mut taken_at = Vec::new();
         let mut retries = Vec::new();
         let mut go_on = Vec::new();
         for LaneDone {
-            device,
+            lane,
             acked: rows,
             failed,
         } in results
         {
-            self.outbox.lanes_busy.remove(&device);
-            acked.extend(rows);
+            self.outbox.lanes_busy.remove(&lane);
+            let (device, relay) = &lane;
+            let mut at_relay = Vec::new();
+            for (row, taken) in rows {
+                match (taken, relay) {
+                    (Taken::Relay, Some(_)) => at_relay.push(row),
+                    _ => by_device.push(row),
+                }
+            }
+            if let Some(r) = relay
+                && !at_relay.is_empty()
+            {
+                let set: Vec<String> = self
+                    .lane_relays(device, None)
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.to_string())
+                    .collect();
+                taken_at.push((at_relay, r.to_string(), set));
+            }
             match failed {
                 Some((row, attempts, e)) => {
+                    let relay = relay.map(|r| r.to_string());
                     if e.code() == Some(ErrorCode::NoGrant) {
                         // Revoked or stale: the row goes again at once, as an introduction.
-                        self.drop_grant(&device);
-                        retries.push((row, now));
+                        self.drop_grant(device);
+                        retries.push((row, relay, now));
                         continue;
                     }
                     let wait = &e
                         .retry_after()
                         .unwrap_or_else(|| super::send::backoff(attempts))
                         .min(RETRY_MAX);
-                    tracing::debug!(%device, "delivery failed ({e}); the lane waits {wait:?}");
+                    tracing::debug!(%device, ?relay, "delivery failed ({e}); the lane waits {wait:?}");
                     let next = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0));
-                    retries.push((row, next));
+                    retries.push((row, relay, next));
                 }
-                None => go_on.push(device),
+                None => go_on.push(lane),
             }
         }
         let out = self
             .store
             .transaction(|tx| -> Result<_, tern_store::WriteError> {
-                let done = tx.ack_rows(&acked)?;
-                for (row, next) in &retries {
-                    tx.reschedule_row(*row, *next)?;
+                let mut done = tx.ack_rows(&by_device)?;
+                for (rows, relay, set) in &taken_at {
+                    done.extend(tx.take_rows_at(rows, relay, set)?);
+                }
+                for (row, relay, next) in &retries {
+                    match relay {
+                        Some(relay) => tx.reschedule_row_at(*row, relay, *next)?,
+                        None => tx.reschedule_row(*row, *next)?,
+                    }
                 }
                 Ok(done)
             });
         match out {
-            Ok(done) => {
-                for id in done {
-                    if let Ok(Some(m)) = self.store.message(id)
-                        && m.status == tern_store::Status::Sent
-                    {
-                        self.emit(Event::Receipt {
-                            conversation: m.conversation.0,
-                            ids: vec![id.to_string()],
-                            status: crate::types::MessageStatus::Sent,
-                        });
-                    }
-                }
-            }
+            Ok(done) => self.emit_sent(done),
             // The rows stay and go again: the receiver drops what it already has.
             Err(e) => tracing::error!("recording deliveries failed (they go again): {e}"),
         }
-        for device in go_on {
-            self.start_lane(&device, None);
+        for (device, relay) in go_on {
+            self.start_lane(&device, relay, None);
         }
         // Keep the pipe full.
         self.dispatch_lanes(false);
     }
 }
 
-/// Delivers one ciphertext: directly when a connection to the device is open, else into
-/// its mailbox at the first of the contact's relays that takes it, showing the token of
-/// the grant the device issued (if one is held).
+/// Delivers one ciphertext: directly when the route allows it and a connection to the
+/// device is open, else into its mailbox at the route's relay, showing the token of the grant
+/// the device issued (if one is held).
 pub(crate) async fn deliver(
     net: &crate::net::Client,
-    peer: PeerId,
-    relays: &[PeerId],
+    route: Route,
     payload: Vec<u8>,
-    direct: bool,
-    grant: Option<&tern_crypto::grant::Grant>,
-) -> Result<(), NetError> {
-    if direct && net.is_connected(peer).await {
+) -> Result<Taken, NetError> {
+    let peer = route.peer;
+    if route.direct && net.is_connected(peer).await {
         match net.direct(peer, payload.clone()).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Taken::Device),
             Err(e) => tracing::debug!(%peer, "direct delivery failed, using the mailbox: {e}"),
         }
     }
-    let mut last = NetError::Transport("the contact has no relay".into());
-    for relay in relays {
-        let token = super::grants::token(grant, *relay);
-        match rpc::deposit(net, *relay, peer, token, payload.clone()).await {
-            Ok(()) => return Ok(()),
-            // The relay is up and said "not now" (rate limit) or "not here" (quota, a full
-            // share, a refused grant): the lane waits for it rather than spreading one
-            // device's rows over several relays.
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Some(
-                        ErrorCode::RateLimited
-                            | ErrorCode::QuotaCount
-                            | ErrorCode::QuotaBytes
-                            | ErrorCode::ShareFull
-                            | ErrorCode::IntroFull
-                            | ErrorCode::NoGrant
-                    )
-                ) =>
-            {
-                return Err(e);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
+    let Some(relay) = route.relay else {
+        return Err(NetError::Transport("the contact has no relay".into()));
+    };
+    let token = super::grants::token(route.grant.as_ref(), relay);
+    rpc::deposit(net, relay, peer, token, payload).await?;
+    Ok(Taken::Relay)
 }

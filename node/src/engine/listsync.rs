@@ -70,6 +70,7 @@ impl Engine {
             list: ByteBuf::from(self.me.keys.device_list.as_bytes().to_vec()),
             stale: Vec::new(),
             missed: Vec::new(),
+            relays: self.home_relay_addrs(),
         }
     }
 
@@ -206,6 +207,7 @@ impl Engine {
                         chunk.iter().map(|i| ByteArray::new(i.0)).collect()
                     },
                     missed: missed.clone(),
+                    relays: self.home_relay_addrs(),
                 };
                 let device_key = device.clone();
                 if let Err(e) = self.send_control_to(&user, Some(target), body, |tx| {

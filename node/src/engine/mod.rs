@@ -22,6 +22,7 @@ mod presence;
 pub(crate) mod push;
 mod receive;
 mod recover;
+pub(crate) mod relay_set;
 mod resync;
 mod revoke;
 mod send;
@@ -86,6 +87,7 @@ pub(crate) enum Internal {
     FannedOut {
         id: MessageId,
         attempts: u32,
+        relay: Option<PeerId>,
         results: Vec<(String, Result<(), NetError>)>,
     },
     /// A home relay holds fewer one-time keys than `ONE_TIME_KEYS_LOW`: top up.
@@ -438,8 +440,9 @@ impl Engine {
             Internal::FannedOut {
                 id,
                 attempts,
+                relay,
                 results,
-            } => self.on_fanned_out(id, attempts, results),
+            } => self.on_fanned_out(id, attempts, relay, results),
             Internal::DeviceLists(lists) => self.on_device_lists(lists),
             Internal::PeerLists { lists, failed } => self.on_peer_lists(lists, failed),
             Internal::Push(done) => self.on_push_done(done),

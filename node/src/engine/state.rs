@@ -184,10 +184,12 @@ pub(crate) struct Lists {
 /// What waits to go, beside the rows in the store.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    /// Devices whose lane a task is sending now.
-    pub lanes_busy: HashSet<String>,
-    /// Group fan-out rows being delivered: (message, device).
-    pub fan_in_flight: HashSet<(MessageId, String)>,
+    /// Lanes (device, relay) a task is sending now.
+    pub lanes_busy: HashSet<super::lanes::LaneKey>,
+    /// The device the last look at the lanes stopped after (`""`: start from the first).
+    pub lane_cursor: String,
+    /// Group fan-out rows being deposited: (message, device, relay).
+    pub fan_in_flight: HashSet<(MessageId, String, Option<PeerId>)>,
     /// Delivered receipts owed per contact since the last outbox tick (sent on it).
     pub delivered_due: HashMap<String, Vec<MessageId>>,
     /// Own messages may be waiting for a session (stored before a prekey could be claimed).

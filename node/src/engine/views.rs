@@ -84,14 +84,9 @@ impl Engine {
         }
     }
 
-    pub(super) fn status_info(
-        &self,
-        peers: Vec<net::PeerConnections>,
-    ) -> Result<StatusInfo, NodeError> {
-        let outbox = self.store.outbox_depth()?;
-        let home = self.home_relay_peers();
-        let mut relays: Vec<RelayInfo> = self
-            .relays
+    /// This device's home relays and where each stands.
+    pub(super) fn home_relay_infos(&self) -> Vec<RelayInfo> {
+        self.relays
             .home_relays
             .iter()
             .map(|a| RelayInfo {
@@ -99,8 +94,37 @@ impl Engine {
                 connected: relay_peer(a).is_some_and(|p| self.relays.relay_up.contains(&p)),
                 home: true,
                 mailbox: relay_peer(a).and_then(|p| self.mailbox_info(p)),
+                waiting: relay_peer(a).map_or(0, |p| self.waiting_at(p)),
             })
-            .collect();
+            .collect()
+    }
+
+    /// Outbox rows `relay` has not taken, for the users who keep a mailbox there.
+    pub(super) fn waiting_at(&self, relay: PeerId) -> u64 {
+        let untaken = match self.store.untaken_at(&relay.to_string()) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!("reading the outbox failed: {e}");
+                return 0;
+            }
+        };
+        untaken
+            .into_iter()
+            .filter(|(user, _)| {
+                self.known(user)
+                    .is_some_and(|c| c.relay_peers().contains(&relay))
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub(super) fn status_info(
+        &self,
+        peers: Vec<net::PeerConnections>,
+    ) -> Result<StatusInfo, NodeError> {
+        let outbox = self.store.outbox_depth()?;
+        let home = self.home_relay_peers();
+        let mut relays = self.home_relay_infos();
         let mut seen: HashSet<PeerId> = home.into_iter().collect();
         for c in self.people.contacts.values() {
             for a in &c.relays {
@@ -112,6 +136,7 @@ impl Engine {
                         connected: self.relays.relay_up.contains(&p),
                         home: false,
                         mailbox: None,
+                        waiting: self.waiting_at(p),
                     });
                 }
             }

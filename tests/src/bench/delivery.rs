@@ -202,19 +202,7 @@ fn catch_up(
     let mut b = Node::init_and_start_with(&sub, "bob", Some(relay), &["--no-direct"])?;
     link_pair(&a, &b, "Alice", "Bob")?;
     b.stop()?;
-    let api_rate = rt.block_on(async {
-        let mut api = a.api().await?;
-        let texts: Vec<String> = (0..n).map(|i| format!("catch-up {i}")).collect();
-        let calls: Vec<(&str, serde_json::Value)> = texts
-            .iter()
-            .map(|t| ("send", json!({"contact": "Bob", "text": t})))
-            .collect();
-        let start = Instant::now();
-        for r in api.call_many(&calls).await? {
-            r?;
-        }
-        anyhow::Ok(per_sec(n, start.elapsed()))
-    })?;
+    let api_rate = per_sec(n, rt.block_on(send_burst(&a, "Bob", "catch-up", n))?);
     wait_outbox_empty(&a, Duration::from_secs(600))?;
     let start = Instant::now();
     b.restart()?;
@@ -229,6 +217,27 @@ fn catch_up(
         "bob stored {unread} of {n}: duplicates"
     );
     Ok((api_rate, rate))
+}
+
+/// Sends `n` texts (`"{prefix} {i}"`) from `node` to `contact`, pipelined on one API
+/// connection; returns how long until every one was accepted.
+pub(crate) async fn send_burst(
+    node: &Node,
+    contact: &str,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let mut api = node.api().await?;
+    let texts: Vec<String> = (0..n).map(|i| format!("{prefix} {i}")).collect();
+    let calls: Vec<(&str, serde_json::Value)> = texts
+        .iter()
+        .map(|t| ("send", json!({"contact": contact, "text": t})))
+        .collect();
+    let start = Instant::now();
+    for r in api.call_many(&calls).await? {
+        r?;
+    }
+    Ok(start.elapsed())
 }
 
 /// The relay's raw fetch rate: `n` small messages deposited for a fresh client, then read

@@ -14,6 +14,7 @@ mod delivery;
 mod devices;
 mod group;
 mod media;
+mod redundancy;
 mod relay;
 mod store;
 
@@ -202,6 +203,7 @@ pub const SUITES: &[Suite] = &[
     ("relay-flood", relay::run_flood),
     ("relay-deposits", relay::run_deposits),
     ("delivery", delivery::run),
+    ("redundancy", redundancy::run),
     ("group", group::run),
     ("devices", devices::run),
     ("media", media::run),

@@ -120,6 +120,11 @@ impl Node {
         })
     }
 
+    /// The `tern up` process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Runs the CLI against this node.
     pub fn cli(&self, args: &[&str]) -> Output {
         tern(&self.home, args)

@@ -133,7 +133,7 @@ impl Drop for Relay {
 }
 
 /// A read-only connection to a running relay's SQLite database (in `data`).
-fn relay_db(data: &Path) -> anyhow::Result<rusqlite::Connection> {
+pub fn relay_db(data: &Path) -> anyhow::Result<rusqlite::Connection> {
     use rusqlite::{Connection, OpenFlags};
     let db_dir = data.join("db");
     let db = std::fs::read_dir(&db_dir)

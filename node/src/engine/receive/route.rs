@@ -177,6 +177,7 @@ impl Engine {
                 list,
                 stale,
                 missed,
+                relays,
             } => {
                 self.on_device_list(user, &list, &stale, &missed, |tx| {
                     tx.apply_crypto(update, now)?;
@@ -185,6 +186,7 @@ impl Engine {
                     }
                     Ok(())
                 })?;
+                self.take_relays(user, &relays);
             }
             Body::History {
                 messages,

@@ -7,6 +7,7 @@ mod hold;
 mod lists;
 mod outbox;
 mod recover;
+mod redundant;
 mod rotation;
 
 use std::collections::VecDeque;
@@ -21,21 +22,26 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{
     Clock, Engine, Internal, Setup,
-    courier::{Courier, Route},
+    courier::{Courier, Route, Taken},
 };
 use crate::{Home, net, net::NetError, types::Event};
+use tern_relay::wire::mailbox::Refusal;
 
 /// The manual clock's start, ms since the epoch.
 const T0_MS: i64 = 1_700_000_000_000;
 /// How long a test waits for a spawned task to report.
 const REPORT_WAIT: Duration = Duration::from_secs(10);
 
-/// Carries outbox rows in memory: records each (peer, payload) in order and answers from a
-/// script (`Ok` once the script is empty).
+/// One row carried: to which device, at which relay (`None`: directly), what.
+type Carried = (PeerId, Option<PeerId>, Vec<u8>);
+
+/// Carries outbox rows in memory: records each (peer, relay, payload) in order and answers
+/// from a script (`Ok` once the script is empty), but fails at once at a relay that is down.
 #[derive(Default)]
 struct MemoryCourier {
-    carried: Mutex<Vec<(PeerId, Vec<u8>)>>,
+    carried: Mutex<Vec<Carried>>,
     answers: Mutex<VecDeque<Result<(), NetError>>>,
+    down: Mutex<std::collections::HashSet<PeerId>>,
 }
 
 impl MemoryCourier {
@@ -50,16 +56,73 @@ impl MemoryCourier {
             .lock()
             .unwrap()
             .iter()
-            .map(|(_, p)| p.clone())
+            .map(|(_, _, p)| p.clone())
             .collect()
+    }
+
+    /// The payloads carried to `relay` so far, in order.
+    fn carried_at(&self, relay: PeerId) -> Vec<Vec<u8>> {
+        self.carried
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, r, _)| *r == Some(relay))
+            .map(|(_, _, p)| p.clone())
+            .collect()
+    }
+
+    /// Deliveries to `relay` fail (`true`) or are answered again (`false`).
+    fn set_down(&self, relay: PeerId, down: bool) {
+        let mut set = self.down.lock().unwrap();
+        if down {
+            set.insert(relay);
+        } else {
+            set.remove(&relay);
+        }
+    }
+
+    /// The answer to a delivery at `relay`.
+    fn answer_at(&self, relay: Option<PeerId>) -> Result<(), NetError> {
+        if relay.is_some_and(|r| self.down.lock().unwrap().contains(&r)) {
+            return Err(NetError::Transport("the relay is down".into()));
+        }
+        self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()))
     }
 }
 
 impl Courier for MemoryCourier {
-    fn deliver(&self, route: Route, payload: Vec<u8>) -> BoxFuture<'static, Result<(), NetError>> {
-        self.carried.lock().unwrap().push((route.peer, payload));
-        let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()));
-        Box::pin(async move { answer })
+    fn deliver(
+        &self,
+        route: Route,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Taken, NetError>> {
+        self.carried
+            .lock()
+            .unwrap()
+            .push((route.peer, route.relay, payload));
+        let answer = self.answer_at(route.relay);
+        // A lane with a relay deposits there; one with none can only reach the device.
+        let taken = if route.relay.is_some() {
+            Taken::Relay
+        } else {
+            Taken::Device
+        };
+        Box::pin(async move { answer.map(|()| taken) })
+    }
+
+    fn deposit_many(
+        &self,
+        relay: PeerId,
+        recipients: Vec<(PeerId, Option<[u8; 32]>)>,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<Refusal>, NetError>> {
+        self.carried.lock().unwrap().extend(
+            recipients
+                .into_iter()
+                .map(|(peer, _)| (peer, Some(relay), payload.clone())),
+        );
+        let answer = self.answer_at(Some(relay));
+        Box::pin(async move { answer.map(|()| Vec::new()) })
     }
 }
 
@@ -81,6 +144,12 @@ impl Harness {
 
     /// Like [`Harness::new`], for a user called `name`.
     fn named(name: &str) -> Harness {
+        Harness::with_relays(name, 1)
+    }
+
+    /// Like [`Harness::named`], with `relays` home relays (named in contact links only:
+    /// nothing is ever dialled).
+    fn with_relays(name: &str, relays: usize) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::new(dir.path());
         home.init(name, "laptop").unwrap();
@@ -102,12 +171,13 @@ impl Harness {
                 keys,
                 keypair,
                 net,
-                // Named in contact links only: nothing is ever dialled.
-                home_relays: vec![
-                    format!("/ip4/127.0.0.1/tcp/9/p2p/{}", other_device())
-                        .parse()
-                        .unwrap(),
-                ],
+                home_relays: (0..relays)
+                    .map(|_| {
+                        format!("/ip4/127.0.0.1/tcp/9/p2p/{}", other_device())
+                            .parse()
+                            .unwrap()
+                    })
+                    .collect(),
                 direct: false,
                 clock: clock.clone(),
                 courier: Some(courier.clone()),

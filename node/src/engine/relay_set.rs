@@ -1,0 +1,201 @@
+//! The set of relays a user's mailboxes are at, changed at run time: this device's home
+//! relays (`relay.add`, `relay.remove`, `relay.list`), and a contact's as its device list
+//! messages name them.
+//!
+//! - **Own**: a home relay added is saved in `config.json`, connected, set up like one
+//!   configured at start (device list, prekeys, allow-list, live delivery) and drained; one
+//!   removed is no longer set up, drained or named. Either way the new set goes into the
+//!   contact link, to this user's other devices and to every contact and group member (in
+//!   the device list message, `Body::DeviceList`'s `relays`), so their rows for this device go
+//!   to every relay of the new set.
+//! - **A contact's**: a device list message naming relays replaces the contact's set (the
+//!   message is end-to-end authenticated: it came over a pairwise session with one of the
+//!   contact's devices). A relay that leaves the set is not waited for any more (rows every
+//!   remaining relay took leave the outbox); one that joins gets every row still queued.
+
+use libp2p::Multiaddr;
+
+use super::{Engine, command::Reply, relay_peer};
+use crate::{consts::MAX_LINK_RELAYS, error::NodeError, types::RelayInfo};
+
+/// A `relay.*` command.
+#[derive(Debug)]
+pub(crate) enum RelayCommand {
+    /// Add a home relay.
+    Add {
+        addr: String,
+        reply: Reply<Vec<RelayInfo>>,
+    },
+    /// Remove a home relay (one must stay).
+    Remove {
+        addr: String,
+        reply: Reply<Vec<RelayInfo>>,
+    },
+    /// The home relays and where each stands.
+    List(Reply<Vec<RelayInfo>>),
+}
+
+/// A relay address as given: a multiaddr ending in `/p2p/<peer id>`.
+fn parse_relay(addr: &str) -> Result<Multiaddr, NodeError> {
+    let parsed: Multiaddr = addr
+        .trim()
+        .parse()
+        .map_err(|e| NodeError::BadRequest(format!("not a multiaddr: {e}")))?;
+    if relay_peer(&parsed).is_none() {
+        return Err(NodeError::BadRequest(
+            "a relay address ends in /p2p/<peer id>".into(),
+        ));
+    }
+    Ok(parsed)
+}
+
+impl Engine {
+    /// Answers a `relay.*` command.
+    pub(crate) async fn on_relay_command(&mut self, cmd: RelayCommand) {
+        match cmd {
+            RelayCommand::List(reply) => {
+                let _ = reply.send(Ok(self.home_relay_infos()));
+            }
+            RelayCommand::Add { addr, reply } => {
+                let _ = reply.send(self.relay_add(&addr).await);
+            }
+            RelayCommand::Remove { addr, reply } => {
+                let _ = reply.send(self.relay_remove(&addr));
+            }
+        }
+    }
+
+    async fn relay_add(&mut self, addr: &str) -> Result<Vec<RelayInfo>, NodeError> {
+        let addr = parse_relay(addr)?;
+        self.check_not_embedded()?;
+        let peer = relay_peer(&addr);
+        if self
+            .relays
+            .home_relays
+            .iter()
+            .any(|a| relay_peer(a) == peer)
+        {
+            return Ok(self.home_relay_infos());
+        }
+        if self.relays.home_relays.len() >= MAX_LINK_RELAYS {
+            return Err(NodeError::BadRequest(format!(
+                "at most {MAX_LINK_RELAYS} home relays"
+            )));
+        }
+        self.relays.home_relays.push(addr.clone());
+        self.save_home_relays()?;
+        let _ = self.net.add_relay(addr, true).await;
+        if let Some(p) = peer {
+            // Set up (device list, prekeys, allow-list, live delivery) once connected.
+            self.relays.setup_pending.insert(p);
+            self.relays.setup_soon = true;
+        }
+        self.own_relays_changed();
+        Ok(self.home_relay_infos())
+    }
+
+    fn relay_remove(&mut self, addr: &str) -> Result<Vec<RelayInfo>, NodeError> {
+        let peer = relay_peer(&parse_relay(addr)?);
+        self.check_not_embedded()?;
+        let Some(at) = self
+            .relays
+            .home_relays
+            .iter()
+            .position(|a| relay_peer(a) == peer)
+        else {
+            return Err(NodeError::BadRequest(format!("{addr} is not a home relay")));
+        };
+        if self.relays.home_relays.len() == 1 {
+            return Err(NodeError::BadRequest(
+                "the last home relay cannot be removed (add another first)".into(),
+            ));
+        }
+        self.relays.home_relays.remove(at);
+        self.save_home_relays()?;
+        if let Some(p) = peer {
+            self.relays.setup_pending.remove(&p);
+        }
+        self.own_relays_changed();
+        Ok(self.home_relay_infos())
+    }
+
+    /// The embedded relay (none saved: `tern up` started one on loopback) is not a home
+    /// relay to keep: saving it beside others would make the next start skip it and name an
+    /// address nothing serves. Real relays are set with `tern up --relay` first.
+    fn check_not_embedded(&self) -> Result<(), NodeError> {
+        if self.me.config.relays.is_empty() {
+            return Err(NodeError::BadRequest(
+                "this node runs on its embedded relay: start it with `tern up --relay ADDR` to \
+                 use relays of its own, then add more"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes the home relays to `config.json` (read again first, so nothing else in it is
+    /// overwritten with an older copy).
+    fn save_home_relays(&mut self) -> Result<(), NodeError> {
+        let mut config = self.me.home.config()?;
+        config.relays = self.home_relay_addrs();
+        self.me.home.save_config(&config)?;
+        self.me.config.relays = config.relays;
+        Ok(())
+    }
+
+    /// This device's home relays changed: own devices' rows follow the new set, and every
+    /// contact, group member and own device is told (with the device list).
+    fn own_relays_changed(&mut self) {
+        self.refresh_me();
+        let me = self.me.user_hex.clone();
+        self.settle_relay_set(&me);
+        self.announce_list();
+        self.fetch_home_mailboxes();
+    }
+
+    /// A device list message from `user` named its relays: they replace the set held (see
+    /// the module documentation). Relays that are not relay addresses leave it unchanged.
+    pub(crate) fn take_relays(&mut self, user: &str, relays: &[String]) {
+        if relays.is_empty() || user == self.me.user_hex {
+            return;
+        }
+        let parsed: Option<Vec<Multiaddr>> = relays.iter().map(|r| parse_relay(r).ok()).collect();
+        let Some(parsed) = parsed else {
+            tracing::warn!(contact = %user, "a device list named something that is not a relay");
+            return;
+        };
+        let Some(state) = self.known(user) else {
+            return;
+        };
+        if state.relays == parsed {
+            return;
+        }
+        let mut contact = state.contact.clone();
+        contact.relays = relays.to_vec();
+        if self.people.contacts.contains_key(user) {
+            let now = self.clock.now_ms();
+            if let Err(e) = self.store.transaction(|tx| tx.save_contact(&contact, now)) {
+                tracing::warn!(contact = %user, "saving a contact's relays failed: {e}");
+                return;
+            }
+        }
+        for state in [
+            self.people.contacts.get_mut(user),
+            self.people.peers.get_mut(user),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            state.relays = parsed.clone();
+            state.contact.relays = relays.to_vec();
+        }
+        tracing::info!(contact = %user, relays = parsed.len(), "a contact's relays changed");
+        for addr in parsed {
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                let _ = net.add_relay(addr, false).await;
+            });
+        }
+        self.settle_relay_set(user);
+    }
+}

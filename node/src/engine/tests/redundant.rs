@@ -1,0 +1,170 @@
+//! Redundant mailboxes: every row goes to every relay of its device's user, each relay in a
+//! lane of its own, so a relay that is down holds back only its own lane; a row leaves once
+//! every relay took it; a group row likewise, retried only where it was not taken.
+
+use libp2p::PeerId;
+use tern_store::{Body, ConversationId, ConversationKind, MessageId, Status};
+
+use super::{Harness, id, other_device, queue_text};
+use crate::{
+    consts::OUTBOX_BATCH,
+    engine::{relay_peer, send::backoff},
+};
+
+/// Alice, and Bob's user id, device and two relays (Bob is Alice's contact).
+async fn alice_and_bob_at_two_relays() -> (Harness, String, String, Vec<PeerId>) {
+    let mut alice = Harness::named("alice");
+    let bob = Harness::with_relays("bob", 2);
+    alice.add(&bob).await;
+    let relays: Vec<PeerId> = bob
+        .engine
+        .relays
+        .home_relays
+        .iter()
+        .filter_map(relay_peer)
+        .collect();
+    assert_eq!(relays.len(), 2);
+    let user = bob.engine.me.user_hex.clone();
+    (alice, user, bob.peer().to_string(), relays)
+}
+
+fn status(h: &Harness, id: MessageId) -> Status {
+    h.engine.store.message(id).unwrap().unwrap().status
+}
+
+#[tokio::test]
+async fn a_relay_that_is_down_holds_back_only_its_own_lane() {
+    let (mut alice, bob, device, relays) = alice_and_bob_at_two_relays().await;
+    alice.courier.set_down(relays[1], true);
+    for n in 1..=3 {
+        queue_text(&mut alice, &bob, &device, n);
+    }
+    alice.engine.dispatch_lanes(false);
+    // Two lane tasks report: the first relay took all three, the second failed at the first.
+    alice.settle().await;
+    alice.settle().await;
+    assert_eq!(
+        alice.courier.carried_at(relays[0]),
+        [vec![1], vec![2], vec![3]]
+    );
+    assert_eq!(alice.courier.carried_at(relays[1]), [vec![1]]);
+    let store = &alice.engine.store;
+    assert!(
+        store
+            .lane_at(&device, &relays[0].to_string(), 10)
+            .unwrap()
+            .is_empty()
+    );
+    let waiting = store.lane_at(&device, &relays[1].to_string(), 10).unwrap();
+    assert_eq!(
+        waiting.len(),
+        3,
+        "the second relay still owes all three, in order"
+    );
+    assert_eq!(waiting[0].attempts, 1);
+    assert_eq!(
+        status(&alice, id(1)),
+        Status::Pending,
+        "not at every relay yet"
+    );
+    // The second relay is back: after its backoff it takes the rows in order, and they go.
+    alice.courier.set_down(relays[1], false);
+    alice.clock.advance(backoff(0));
+    alice.engine.dispatch_lanes(false);
+    alice.settle().await;
+    assert_eq!(
+        alice.courier.carried_at(relays[1]),
+        [vec![1], vec![1], vec![2], vec![3]]
+    );
+    assert_eq!(
+        alice.courier.carried_at(relays[0]).len(),
+        3,
+        "nothing twice"
+    );
+    assert!(alice.engine.store.lane(&device, 10).unwrap().is_empty());
+    for n in 1..=3 {
+        assert_eq!(status(&alice, id(n)), Status::Sent);
+    }
+}
+
+#[tokio::test]
+async fn a_group_row_goes_to_every_relay_and_again_only_where_it_was_not_taken() {
+    let (mut alice, bob, device, relays) = alice_and_bob_at_two_relays().await;
+    // A group text whose one shared ciphertext goes to Bob's device (as the group send
+    // path records it).
+    let now = alice.clock.now_ms();
+    let message = alice
+        .engine
+        .own_text(id(10), &bob, (10, 10), now, Body::Text("g".into()));
+    let shared = [(bob.clone(), device.clone())];
+    alice
+        .engine
+        .store
+        .transaction(|tx| -> Result<_, tern_store::WriteError> {
+            tx.ensure_conversation(
+                &ConversationId(bob.clone()),
+                ConversationKind::Group,
+                None,
+                now,
+            )?;
+            tx.record_outgoing_fanout(&message, &[], &[], b"megolm", &shared, now)
+        })
+        .unwrap();
+    alice.courier.set_down(relays[0], true);
+    alice.engine.dispatch_fanouts(false);
+    alice.settle().await;
+    alice.settle().await;
+    assert_eq!(alice.courier.carried_at(relays[1]), [b"megolm".to_vec()]);
+    assert_eq!(alice.courier.carried_at(relays[0]), [b"megolm".to_vec()]);
+    let taken = alice.engine.store.fanout_taken(id(10), &device).unwrap();
+    assert_eq!(taken, [relays[1].to_string()]);
+    assert_eq!(status(&alice, id(10)), Status::Pending);
+    alice.courier.set_down(relays[0], false);
+    alice.clock.advance(backoff(0));
+    alice.engine.dispatch_fanouts(false);
+    alice.settle().await;
+    assert_eq!(alice.courier.carried_at(relays[0]).len(), 2);
+    assert_eq!(
+        alice.courier.carried_at(relays[1]).len(),
+        1,
+        "not again where it was taken"
+    );
+    assert_eq!(status(&alice, id(10)), Status::Sent);
+}
+
+#[tokio::test]
+async fn lanes_waiting_for_a_relay_never_keep_other_devices_from_being_looked_at() {
+    let (mut alice, bob, _, relays) = alice_and_bob_at_two_relays().await;
+    // More devices of Bob's with rows than one look at the outbox takes; all but the last
+    // (in the order they are paged) wait for their backoff at both relays.
+    let mut devices: Vec<String> = (0..=OUTBOX_BATCH).map(|_| other_device()).collect();
+    devices.sort();
+    for (n, device) in devices.iter().enumerate() {
+        queue_text(&mut alice, &bob, device, u8::try_from(n + 1).unwrap());
+    }
+    let later = alice.clock.now_ms() + 3_600_000;
+    let heads: Vec<i64> = devices[..devices.len() - 1]
+        .iter()
+        .map(|d| alice.engine.store.lane(d, 1).unwrap()[0].row)
+        .collect();
+    alice
+        .engine
+        .store
+        .transaction(|tx| -> Result<(), tern_store::WriteError> {
+            for row in &heads {
+                for relay in &relays {
+                    tx.reschedule_row_at(*row, &relay.to_string(), later)?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The first look finds nothing due; the next goes on where it stopped.
+    alice.engine.dispatch_lanes(false);
+    assert!(alice.engine.outbox.lanes_busy.is_empty());
+    alice.engine.dispatch_lanes(false);
+    alice.settle().await;
+    alice.settle().await;
+    let last = u8::try_from(devices.len()).unwrap();
+    assert_eq!(alice.courier.carried(), [vec![last], vec![last]]);
+}

@@ -1,0 +1,237 @@
+//! Redundant mailboxes: two users whose devices keep mailboxes at two relays. One relay is
+//! killed with SIGKILL during a burst to an offline recipient, its data wiped and it is
+//! started again empty (same address: its identity key is kept, as an operator restoring a
+//! lost disk would), and every message still arrives once, in order. Then both relays go down and one comes back:
+//! everything sent meanwhile arrives through it, and the copies that reach the other relay
+//! once it is back are not shown again. And a home relay added and removed at run time
+//! (`tern relay add|remove`) reaches a contact without a new contact link: its messages go to
+//! the new relay, and stop waiting for the removed one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tern_tests::support::{Node, Relay, link_pair, relay_db, wait_for, wait_outbox_empty};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The texts Ben shows in his conversation with Ana, in display order.
+fn shown(ben: &Node) -> Option<Vec<String>> {
+    Some(
+        ben.json(&["history", "Ana", "--limit", "500", "--no-mark-read"])
+            .ok()?
+            .as_array()?
+            .iter()
+            .filter(|m| m["kind"] == "text")
+            .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+            .collect(),
+    )
+}
+
+/// Waits until Ben shows at least `n` texts from Ana, and returns them.
+fn wait_shown(ben: &Node, what: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    wait_for(what, WAIT, || shown(ben).filter(|h| h.len() >= n))
+}
+
+/// Removes everything in a relay's data directory but its identity key: the relay starts
+/// again with no mail, no device lists, no prekeys, at the same address.
+fn wipe_keeping_identity(data: &Path) -> anyhow::Result<()> {
+    let db = data.join("db");
+    for entry in std::fs::read_dir(&db)? {
+        let path = entry?.path();
+        // The relay's identity key (`tern_relay::server::identity::IDENTITY_FILE`).
+        if path.file_name() == Some("identity.key".as_ref()) {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// How many mailbox entries a relay holds (read-only while it runs).
+fn mail_held(relay: &Relay) -> anyhow::Result<i64> {
+    let conn = relay_db(&relay.data)?;
+    Ok(conn.query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))?)
+}
+
+/// A node with mailboxes at both relays, never connecting to contacts directly (so every
+/// message goes through the relays).
+fn start(dir: &Path, name: &str, r1: &Relay, r2: &Relay) -> anyhow::Result<Node> {
+    Node::init_and_start_with(
+        dir,
+        name,
+        Some(&r1.addr),
+        &["--relay", &r2.addr, "--no-direct"],
+    )
+}
+
+#[test]
+fn a_wiped_relay_and_then_both_relays_down_lose_and_double_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let mut r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ana = start(dir.path(), "ana", &r1, &r2)?;
+    let mut ben = start(dir.path(), "ben", &r1, &r2)?;
+    link_pair(&ana, &ben, "Ana", "Ben")?;
+    let status = ana.json(&["status"])?;
+    assert_eq!(
+        status["relays"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    ana.ok(&["send", "Ben", "hello"])?;
+    wait_shown(&ben, "the first message", 1)?;
+
+    // A burst while Ben is offline (so it waits in his mailboxes), with the first relay
+    // killed, wiped and started again empty in the middle of it: what it held is gone, and
+    // must still be at the second.
+    ben.stop()?;
+    let home = ana.home.clone();
+    let burst = 60;
+    let sender = std::thread::spawn(move || -> anyhow::Result<()> {
+        for i in 0..burst {
+            tern_tests::support::tern_ok(&home, &["send", "Ben", &format!("b{i:02}")])?;
+        }
+        Ok(())
+    });
+    wait_for("part of the burst at the first relay", WAIT, || {
+        (mail_held(&r1).ok()? >= 15).then_some(())
+    })?;
+    r1.kill9();
+    wipe_keeping_identity(&r1.data)?;
+    r1.start_again("")?;
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sender thread panicked"))??;
+    ben.restart()?;
+    let mut want: Vec<String> = std::iter::once("hello".to_owned())
+        .chain((0..burst).map(|i| format!("b{i:02}")))
+        .collect();
+    let got = wait_shown(&ben, "the whole burst", want.len())?;
+    assert_eq!(got, want, "every message once, in order");
+
+    // Both relays down; what is sent meanwhile arrives once the second is back alone.
+    r1.kill9();
+    r2.kill9();
+    for i in 0..10 {
+        ana.ok(&["send", "Ben", &format!("d{i}")])?;
+    }
+    r2.start_again("")?;
+    want.extend((0..10).map(|i| format!("d{i}")));
+    let got = wait_shown(&ben, "what was sent while both were down", want.len())?;
+    assert_eq!(got, want, "every message once, in order");
+
+    // The first relay back: it is given every row it missed (the outbox waits for it), and
+    // the copies that reach Ben through it are dropped.
+    let queued = ana.json(&["status"])?["outbox"].as_u64().unwrap_or(0);
+    assert!(queued > 0, "rows wait for the relay that is down");
+    r1.start_again("")?;
+    wait_outbox_empty(&ana, WAIT)?;
+    ben.ok(&["send", "Ana", "all here"])?;
+    wait_for("Ben's answer at Ana", WAIT, || {
+        let h = ana
+            .json(&["history", "Ben", "--limit", "500", "--no-mark-read"])
+            .ok()?;
+        h.as_array()?
+            .iter()
+            .any(|m| m["text"] == "all here")
+            .then_some(())
+    })?;
+    // Ben took (and acknowledged) every copy the first relay was given after it came back.
+    wait_for("Ben to drain the first relay", WAIT, || {
+        (mail_held(&r1).ok()? == 0).then_some(())
+    })?;
+    want.push("all here".to_owned());
+    assert_eq!(shown(&ben), Some(want), "no copy is shown twice");
+    Ok(())
+}
+
+/// The addresses in a list of relays (`relay.*`).
+fn addrs(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|r| r["addr"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The relays `node` holds for its contact `name`.
+fn contact_relays(node: &Node, name: &str) -> Option<Vec<String>> {
+    let list = node.json(&["contact", "list"]).ok()?;
+    let c = list.as_array()?.iter().find(|c| c["name"] == name)?;
+    Some(
+        c["relays"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_relay_added_and_removed_at_run_time_reaches_contacts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ana = Node::init_and_start_with(dir.path(), "ana", Some(&r1.addr), &["--no-direct"])?;
+    let ben = start(dir.path(), "ben", &r1, &r2)?;
+    link_pair(&ana, &ben, "Ana", "Ben")?;
+    ana.ok(&["send", "Ben", "hello"])?;
+    wait_shown(&ben, "the first message", 1)?;
+
+    // Ana adds the second relay: Ben is told, with no new contact link.
+    let added = addrs(&ana.json(&["relay", "add", &r2.addr])?);
+    assert_eq!(added, [r1.addr.clone(), r2.addr.clone()]);
+    assert_eq!(addrs(&ana.json(&["relay", "list"])?), added);
+    wait_for("Ben to learn Ana's second relay", WAIT, || {
+        (contact_relays(&ben, "Ana")? == [r1.addr.clone(), r2.addr.clone()]).then_some(())
+    })?;
+
+    // With the first relay gone, Ben's message reaches Ana through the second, and the row
+    // waits for the first.
+    r1.kill9();
+    ben.ok(&["send", "Ana", "through the second"])?;
+    wait_for("Ben's message at Ana", WAIT, || {
+        let h = ana
+            .json(&["history", "Ben", "--limit", "500", "--no-mark-read"])
+            .ok()?;
+        h.as_array()?
+            .iter()
+            .any(|m| m["text"] == "through the second")
+            .then_some(())
+    })?;
+    let status = ben.json(&["status"])?;
+    let waiting = status["relays"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["addr"] == r1.addr.as_str()))
+        .and_then(|r| r["waiting"].as_u64());
+    assert!(waiting > Some(0), "the first relay owes rows: {status}");
+
+    // Ana removes it: Ben stops waiting for it, and his outbox empties.
+    let left = addrs(&ana.json(&["relay", "remove", &r1.addr])?);
+    assert_eq!(left, std::slice::from_ref(&r2.addr));
+    wait_for("Ben to learn Ana's relays", WAIT, || {
+        (contact_relays(&ben, "Ana")? == [r2.addr.clone()]).then_some(())
+    })?;
+    wait_outbox_empty(&ben, WAIT)?;
+
+    // The last relay stays; a malformed address is bad input.
+    let out = ana.cli(&["relay", "remove", &r2.addr]);
+    assert_eq!(out.status.code(), Some(5));
+    let out = ana.cli(&["relay", "add", "/ip4/127.0.0.1/tcp/1"]);
+    assert_eq!(out.status.code(), Some(5));
+    // A node on its embedded relay is started with relays of its own first.
+    let cy = Node::init_and_start(dir.path(), "cy", None)?;
+    let out = cy.cli(&["relay", "add", &r2.addr]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(
+        cy.json(&["relay", "list"])?.as_array().map(Vec::len),
+        Some(1)
+    );
+    Ok(())
+}
