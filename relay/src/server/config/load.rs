@@ -3,6 +3,8 @@
 use libp2p::Multiaddr;
 
 use super::{Config, ConfigError};
+use tern_crypto::consts::MAX_RELAY_RECORD_BYTES;
+
 use crate::wire::mailbox;
 
 impl Config {
@@ -33,6 +35,22 @@ impl Config {
         parse_addrs("public_addresses", &self.public_addresses)
     }
 
+    /// The DHT bootstrap relays, parsed: each with its peer id (the address's `/p2p/` part).
+    pub fn dht_bootstrap(&self) -> Result<Vec<(libp2p::PeerId, Multiaddr)>, ConfigError> {
+        parse_addrs("dht.bootstrap", &self.dht.bootstrap)?
+            .into_iter()
+            .zip(&self.dht.bootstrap)
+            .map(|(addr, text)| match addr.iter().last() {
+                Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok((peer, addr)),
+                _ => Err(ConfigError::Multiaddr {
+                    field: "dht.bootstrap",
+                    addr: text.clone(),
+                    message: "must end in /p2p/<peer id>".into(),
+                }),
+            })
+            .collect()
+    }
+
     /// Checks ranges that the types do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, message: &str| {
@@ -43,6 +61,7 @@ impl Config {
         };
         self.listen_addrs()?;
         self.public_addrs()?;
+        self.dht_bootstrap()?;
         if self.worker_threads == 0 || self.worker_threads > 256 {
             return invalid("worker_threads", "must be 1..=256");
         }
@@ -168,6 +187,19 @@ impl Config {
         if self.connections.max_concurrent_streams == 0 {
             return invalid("connections.max_concurrent_streams", "must be positive");
         }
+        let d = &self.dht;
+        if d.max_records == 0 || d.record_ttl_secs == 0 {
+            return invalid("dht", "max_records and record_ttl_secs must be positive");
+        }
+        if d.max_record_bytes == 0 || d.max_record_bytes > MAX_RELAY_RECORD_BYTES {
+            return invalid("dht.max_record_bytes", "must be 1..=32768");
+        }
+        if !(d.puts_per_sec.is_finite() && d.puts_per_sec > 0.0 && d.puts_burst >= 1.0) {
+            return invalid(
+                "dht.puts_per_sec",
+                "rate must be positive and burst at least 1",
+            );
+        }
         Ok(())
     }
 }
@@ -243,6 +275,11 @@ mod tests {
             parsed.prekeys.claim_window_secs,
             d.prekeys.claim_window_secs
         );
+        assert_eq!(parsed.dht.enabled, d.dht.enabled);
+        assert_eq!(parsed.dht.max_records, d.dht.max_records);
+        assert_eq!(parsed.dht.max_record_bytes, d.dht.max_record_bytes);
+        assert_eq!(parsed.dht.record_ttl_secs, d.dht.record_ttl_secs);
+        assert_eq!(parsed.dht.puts_burst, d.dht.puts_burst);
     }
 
     #[test]
@@ -267,5 +304,12 @@ mod tests {
             c.connections.deposit_stream_bytes = bytes;
             assert!(c.validate().is_err(), "{window} {bytes}");
         }
+        // DHT bootstrap addresses name their relay; records stay under the crypto cap.
+        let mut c = Config::default();
+        c.dht.bootstrap = vec!["/ip4/127.0.0.1/tcp/4001".into()];
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.dht.max_record_bytes = MAX_RELAY_RECORD_BYTES + 1;
+        assert!(c.validate().is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! Every limit is a field here with its default in [`Default`]; `relay/relay.toml` lists
 //! them all. Durations are whole seconds or milliseconds, as the field name says.
 
+mod dht;
 mod load;
 mod sections;
 
@@ -10,6 +11,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
 
+pub use dht::DhtConfig;
 pub use sections::{
     BlobConfig, CircuitConfig, ConnectionConfig, MailboxConfig, PrekeyConfig, PresenceConfig,
     PushConfig, RateConfig, StorageConfig,
@@ -91,6 +93,8 @@ pub struct Config {
     pub blobs: BlobConfig,
     /// Limits on handing out one-time prekeys.
     pub prekeys: PrekeyConfig,
+    /// The Kademlia DHT of relay records.
+    pub dht: DhtConfig,
 }
 
 impl Default for Config {
@@ -113,6 +117,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             blobs: BlobConfig::default(),
             prekeys: PrekeyConfig::default(),
+            dht: DhtConfig::default(),
         }
     }
 }
