@@ -42,7 +42,7 @@ impl Client {
         self.streams.clone()
     }
 
-    async fn send(&self, cmd: Command) -> Result<(), NetError> {
+    pub(super) async fn send(&self, cmd: Command) -> Result<(), NetError> {
         self.cmd.send(cmd).await.map_err(|_| NetError::Closed)
     }
 
