@@ -3,7 +3,7 @@
 //!
 //! Uses nothing but the loop's state.
 
-use std::time::Instant;
+use std::{sync::atomic::Ordering::Relaxed, time::Instant};
 
 use libp2p::{PeerId, identify, kad};
 
@@ -27,8 +27,14 @@ impl EventLoop {
                     .dht_puts
                     .admit(kad.store_mut(), source, record, Instant::now())
                 {
-                    Ok(()) => tracing::debug!(%source, "DHT record stored"),
-                    Err(refusal) => tracing::debug!(%source, %refusal, "DHT record refused"),
+                    Ok(()) => {
+                        self.metrics.dht_stored.fetch_add(1, Relaxed);
+                        tracing::debug!(%source, "DHT record stored");
+                    }
+                    Err(refusal) => {
+                        self.metrics.dht_refused.fetch_add(1, Relaxed);
+                        tracing::debug!(%source, %refusal, "DHT record refused");
+                    }
                 }
             }
             other => tracing::trace!(event = ?other, "DHT event"),
