@@ -62,7 +62,7 @@ pub(crate) enum Report {
     /// A lookup of `user` ended with the newest record that verified, if any.
     Found {
         user: String,
-        record: Option<SignedRelayRecord>,
+        record: Option<Box<SignedRelayRecord>>,
     },
 }
 
@@ -155,7 +155,7 @@ impl Engine {
         tokio::spawn(async move {
             let key = dht_key(&user_id, &identity);
             let values = net.dht_get(key).await.unwrap_or_default();
-            let record = newest_valid(&values, &key, &user_id, &identity);
+            let record = newest_valid(&values, &key, &user_id, &identity).map(Box::new);
             let _ = tx.send(Internal::Dht(Report::Found { user, record })).await;
         });
     }
@@ -172,7 +172,7 @@ impl Engine {
             Report::Found { user, record } => {
                 self.dht.in_flight.remove(&user);
                 if let Some(record) = record
-                    && let Err(e) = self.take_relay_record(&user, record).await
+                    && let Err(e) = self.take_relay_record(&user, *record).await
                 {
                     tracing::warn!(contact = %user, "taking the contact's relay record failed: {e}");
                 }

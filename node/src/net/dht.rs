@@ -127,10 +127,8 @@ impl EventLoop {
             (
                 Some(Pending::Get { found, .. }),
                 kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(r))),
-            ) => {
-                if found.len() < MAX_FOUND && !found.contains(&r.record.value) {
-                    found.push(r.record.value);
-                }
+            ) if found.len() < MAX_FOUND && !found.contains(&r.record.value) => {
+                found.push(r.record.value);
             }
             (Some(Pending::Put(_)), kad::QueryResult::PutRecord(result)) => {
                 if let Some(Pending::Put(reply)) = self.dht.remove(&id) {
