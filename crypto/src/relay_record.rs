@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use crate::codec::{self, DecodeError, EncodeError, Kind};
 use crate::consts::{MAX_RELAY_ADDRESS_LEN, MAX_RELAY_RECORD_RELAYS};
-use crate::device::{SignedWire, decode_body, encode_body};
+use crate::device::{SignedWire, decode_body, sign_record};
 use crate::device_list::{DeviceListError, SignedDeviceList};
 use crate::identity::{IdentityKey, IdentityPublicKey, UserId};
 use crate::sig::{BadSignature, Purpose};
@@ -149,9 +149,7 @@ impl RelayRecord {
             relays: self.relays.clone(),
             device_list: self.device_list.as_bytes().to_vec(),
         };
-        let body = encode_body(Kind::RelayRecord, &body)?;
-        let signature = identity.sign(Purpose::RelayRecord, &body);
-        let bytes = codec::encode(Kind::RelayRecord, &SignedWire { body, signature })?;
+        let bytes = sign_record(identity, Kind::RelayRecord, Purpose::RelayRecord, &body)?;
         Ok(SignedRelayRecord {
             record: self.clone(),
             bytes,
@@ -246,6 +244,7 @@ mod tests {
     use super::*;
     use crate::consts::MAX_RELAY_RECORD_BYTES;
     use crate::device::DeviceKeys;
+    use crate::device::encode_body;
     use crate::device_list::DeviceList;
 
     const RELAY: &str =

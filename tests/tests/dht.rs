@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tern_tests::support::{Node, Relay, link_pair, wait_for};
+use tern_tests::support::{Node, Relay, link_pair, message_texts, wait_for};
 
 /// Bound on the waits that span DHT queries, lane retries and a lookup.
 const DHT_WAIT: Duration = Duration::from_secs(90);
@@ -17,13 +17,12 @@ fn stored(relay: &Relay) -> f64 {
 }
 
 fn texts(node: &Node, contact: &str) -> Vec<String> {
-    node.json(&["history", contact, "--limit", "100", "--no-mark-read"])
+    let history = node
+        .json(&["history", contact, "--limit", "100", "--no-mark-read"])
         .ok()
         .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
-        .collect()
+        .unwrap_or_default();
+    message_texts(&history)
 }
 
 fn contact_relays(node: &Node, name: &str) -> Vec<String> {
