@@ -57,6 +57,7 @@ fn a_contact_whose_relays_changed_while_offline_is_found_through_the_dht() {
         )
         .unwrap()
     };
+    let relays_0 = relays[0].addr.clone();
     let mut alice = start("alice", 1);
     let mut bob = start("bob", 2);
     let carol = start("carol", 3);
@@ -106,5 +107,18 @@ fn a_contact_whose_relays_changed_while_offline_is_found_through_the_dht() {
     })
     .unwrap_or_else(|e| panic!("{e}; bob has {:?}", texts(&bob, "Alice")));
     assert_eq!(contact_relays(&alice, "Bob"), vec![relays[3].addr.clone()]);
-    drop((carol, dave));
+
+    // On demand: Dave moves from relay 4 to relay 0; Carol finds him without sending.
+    let mut dave = dave;
+    dave.stop().unwrap();
+    let dave_home = dave.home.clone();
+    drop(dave);
+    let _dave = Node::start_with(&dave_home, Some(&relays[0].addr), &["--no-direct"]).unwrap();
+    let found = wait_for("carol to find dave at relay 0", DHT_WAIT, || {
+        let c = carol.json(&["contact", "find", "Dave"]).ok()?;
+        let relays: Vec<String> = serde_json::from_value(c["relays"].clone()).ok()?;
+        (relays == vec![relays_0.clone()]).then_some(relays)
+    })
+    .unwrap();
+    assert_eq!(contact_relays(&carol, "Dave"), found);
 }

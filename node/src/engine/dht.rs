@@ -9,7 +9,7 @@
 //!
 //! **Looking up:** when a delivery to a contact's device fails without an answer from any
 //! relay (all of the contact's relays unreachable), the contact is looked up, at most once
-//! per [`LOOKUP_INTERVAL`]. A value is used only if it verifies, sits under the contact's
+//! per [`LOOKUP_INTERVAL`]; and on demand (`contact.find`), at once. A value is used only if it verifies, sits under the contact's
 //! key and names the pinned identity key; of those found the highest version counts, and
 //! only if it is newer than any this device took for that contact. Its relays replace the
 //! contact's, its device list goes the way of every fetched list, and the waiting rows go
@@ -24,8 +24,8 @@ use tern_crypto::{
     relay_record::{RelayRecord, SignedRelayRecord, dht_key},
 };
 
-use super::{Engine, Internal, relay_peer};
-use crate::error::NodeError;
+use super::{Engine, Internal, command::Reply, relay_peer};
+use crate::{error::NodeError, types::ContactInfo};
 
 /// Shortest time between two lookups of one contact.
 pub(crate) const LOOKUP_INTERVAL: Duration = Duration::from_secs(30);
@@ -47,6 +47,8 @@ pub(crate) struct Dht {
     in_flight: HashSet<String>,
     /// The newest record version taken for each contact.
     taken: HashMap<String, u64>,
+    /// Callers waiting for a lookup asked on demand, by contact.
+    waiting: HashMap<String, Vec<Reply<ContactInfo>>>,
 }
 
 /// What a DHT task reports back.
@@ -130,6 +132,34 @@ impl Engine {
         }
     }
 
+    /// Looks a contact up in the DHT now, on demand, and answers `reply` with the contact
+    /// once the lookup ended (a lookup already under way serves it too).
+    pub(crate) fn find_contact(&mut self, user: &str, reply: Reply<ContactInfo>) {
+        let waiters = self.dht.waiting.entry(user.to_owned()).or_default();
+        if waiters.len() >= MAX_LOOKUPS {
+            let _ = reply.send(Err(NodeError::Network(
+                "too many lookups of this contact under way".into(),
+            )));
+            return;
+        }
+        waiters.push(reply);
+        self.dht.looked_up.remove(user);
+        self.look_up_contact(user);
+        if !self.dht.in_flight.contains(user) {
+            // Not started (too many under way, or no identity key to look up by).
+            self.answer_waiting(user);
+        }
+    }
+
+    fn answer_waiting(&mut self, user: &str) {
+        for reply in self.dht.waiting.remove(user).unwrap_or_default() {
+            let info = self
+                .contact_info(user)
+                .ok_or_else(|| NodeError::UnknownContact(user.to_owned()));
+            let _ = reply.send(info);
+        }
+    }
+
     /// Looks a contact up in the DHT (at most once per [`LOOKUP_INTERVAL`]).
     pub(crate) fn look_up_contact(&mut self, user: &str) {
         let now = self.clock.now_ms();
@@ -176,6 +206,7 @@ impl Engine {
                 {
                     tracing::warn!(contact = %user, "taking the contact's relay record failed: {e}");
                 }
+                self.answer_waiting(&user);
             }
         }
     }
