@@ -9,7 +9,9 @@
 //!
 //! **Looking up:** when a delivery to a contact's device fails without an answer from any
 //! relay (all of the contact's relays unreachable), the contact is looked up, at most once
-//! per [`LOOKUP_INTERVAL`]; and on demand (`contact.find`), at once. A value is used only if it verifies, sits under the contact's
+//! per [`LOOKUP_INTERVAL`]; on demand (`contact.find`), at once; and every contact again
+//! once its last lookup is [`REFRESH_INTERVAL`] old (one per heartbeat), for a contact whose
+//! old relays still take mail they will never fetch. A value is used only if it verifies, sits under the contact's
 //! key and names the pinned identity key; of those found the highest version counts, and
 //! only if it is newer than any this device took for that contact. Its relays replace the
 //! contact's, its device list goes the way of every fetched list, and the waiting rows go
@@ -29,6 +31,10 @@ use crate::{error::NodeError, types::ContactInfo};
 
 /// Shortest time between two lookups of one contact.
 pub(crate) const LOOKUP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How old a contact's last lookup may be before the heartbeat looks them up again: a
+/// contact whose old relays still take mail would otherwise never be looked up.
+pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Most lookups in flight at once.
 const MAX_LOOKUPS: usize = 8;
@@ -128,6 +134,24 @@ impl Engine {
             .ok()
             .and_then(|peer| self.people.device_owner.get(&peer).cloned());
         if let Some(user) = owner {
+            self.look_up_contact(&user);
+        }
+    }
+
+    /// Looks up the contact looked up longest ago (or never), if that is over
+    /// [`REFRESH_INTERVAL`] ago: one per heartbeat, so contacts stay current without a burst.
+    pub(crate) fn refresh_contacts(&mut self) {
+        let now = self.clock.now_ms();
+        let due = i64::try_from(REFRESH_INTERVAL.as_millis()).unwrap_or(i64::MAX);
+        let oldest = self
+            .people
+            .contacts
+            .keys()
+            .map(|u| (self.dht.looked_up.get(u).copied().unwrap_or(i64::MIN), u))
+            .filter(|(t, _)| now.saturating_sub(*t) >= due)
+            .min();
+        if let Some((_, user)) = oldest {
+            let user = user.clone();
             self.look_up_contact(&user);
         }
     }
@@ -236,7 +260,8 @@ impl Engine {
             .list
             .as_ref()
             .is_none_or(|l| l.list().version < r.device_list.list().version);
-        if !relays.is_empty() && relays != c.relays {
+        let moved = !relays.is_empty() && relays != c.relays;
+        if moved {
             tracing::info!(contact = %user, relays = relays.len(), "contact's relays found in the DHT");
             c.relays = relays.clone();
             c.contact.relays = relays.iter().map(ToString::to_string).collect();
@@ -251,7 +276,10 @@ impl Engine {
         if list_newer {
             self.on_device_lists(vec![(user.to_owned(), r.device_list.as_bytes().to_vec())]);
         }
-        self.dispatch_lanes(true);
+        if moved {
+            // What waits for the contact goes to the new relays now, not after its backoff.
+            self.dispatch_lanes(true);
+        }
         Ok(())
     }
 }

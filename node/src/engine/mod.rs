@@ -315,6 +315,7 @@ impl Engine {
                     }
                     self.retry_setup();
                     self.push_sync();
+                    self.refresh_contacts();
                 }
                 _ = poll.tick() => self.fetch_home_mailboxes(),
             }
