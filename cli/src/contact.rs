@@ -62,6 +62,15 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), 
                 .await?;
             show(&v, json, |added: AddedContact| warn_new_key(&added.contact))
         }
+        ContactCmd::Find { contact } => {
+            let v = c.call("contact.find", json!({"contact": contact})).await?;
+            show(&v, json, |ct: ContactInfo| {
+                println!("{} ({})", ct.name, ct.user_id);
+                for r in ct.relays {
+                    println!("  relay {r}");
+                }
+            })
+        }
         ContactCmd::List => {
             let v = c.call("contact.list", json!({})).await?;
             show(&v, json, |contacts: Vec<ContactInfo>| {

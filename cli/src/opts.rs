@@ -401,6 +401,12 @@ pub(crate) enum ContactCmd {
         /// Contact name or user id.
         contact: String,
     },
+    /// Look a contact up in the DHT now and take their newest relays (and device list) if
+    /// the record found verifies and is newer; prints their relays.
+    Find {
+        /// Contact name or user id.
+        contact: String,
+    },
     /// List contacts.
     List,
 }

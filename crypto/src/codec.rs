@@ -55,6 +55,9 @@ pub enum Kind {
     /// What a device sends a newly linked device of the same user (identity secret,
     /// contacts, groups), sealed to that device's one-time provisioning key.
     Provisioning = 14,
+    /// A user's relay record for the DHT: relay addresses and device list, signed by the
+    /// identity key.
+    RelayRecord = 15,
 }
 
 impl Kind {
@@ -75,6 +78,7 @@ impl Kind {
             Kind::DeviceSecret => 64 * 1024,
             Kind::Sealed => 512 * 1024,
             Kind::Provisioning => 64 * 1024,
+            Kind::RelayRecord => crate::consts::MAX_RELAY_RECORD_BYTES,
         }
     }
 
@@ -94,6 +98,7 @@ impl Kind {
             12 => Kind::DeviceSecret,
             13 => Kind::Sealed,
             14 => Kind::Provisioning,
+            15 => Kind::RelayRecord,
             _ => return None,
         })
     }

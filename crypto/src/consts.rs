@@ -11,6 +11,17 @@ pub const MAX_DEVICE_NAME_LEN: usize = 64;
 /// this bounds a user's lifetime device count; 256 is far beyond what a person links.
 pub const MAX_DEVICE_LIST_ENTRIES: usize = 256;
 
+/// Largest relay record (the DHT value a user publishes: relays and device list, signed),
+/// header included. 32 KiB holds a device list of about eighty devices; a user with more is
+/// found through the contact link and relays only, not the DHT.
+pub const MAX_RELAY_RECORD_BYTES: usize = 32 * 1024;
+
+/// Most relay addresses in one relay record.
+pub const MAX_RELAY_RECORD_RELAYS: usize = 16;
+
+/// Longest relay address (a multiaddr as text) in a relay record, bytes.
+pub const MAX_RELAY_ADDRESS_LEN: usize = 256;
+
 /// Most one-time keys in one published prekey bundle. vodozemac keeps at most 100 unpublished
 /// one-time keys per account; publishing more at once would make it forget private halves.
 pub const MAX_ONE_TIME_KEYS_PER_BUNDLE: usize = 50;

@@ -166,6 +166,19 @@ pub(crate) fn encode_body<T: Serialize>(kind: Kind, body: &T) -> Result<Vec<u8>,
     Ok(out)
 }
 
+/// Encodes `body`, signs it with `identity` for `purpose` and wraps both as a record of
+/// `kind`: the signed records' shared envelope (device lists, relay records).
+pub(crate) fn sign_record<T: Serialize>(
+    identity: &IdentityKey,
+    kind: Kind,
+    purpose: Purpose,
+    body: &T,
+) -> Result<Vec<u8>, EncodeError> {
+    let body = encode_body(kind, body)?;
+    let signature = identity.sign(purpose, &body);
+    codec::encode(kind, &SignedWire { body, signature })
+}
+
 /// A device certificate together with the identity signature over it.
 ///
 /// A value of this type always carries a signature that verifies under the identity key named

@@ -18,7 +18,7 @@ use crate::codec::{self, DecodeError, EncodeError, Kind};
 use crate::consts::MAX_DEVICE_LIST_ENTRIES;
 use crate::device::{
     CertificateError, DeviceCertificate, DeviceId, SignedDeviceCertificate, SignedWire,
-    decode_body, encode_body,
+    decode_body, sign_record,
 };
 use crate::identity::{IdentityKey, IdentityPublicKey, UserId};
 use crate::sig::{BadSignature, Purpose};
@@ -276,9 +276,7 @@ impl DeviceList {
                 })
                 .collect(),
         };
-        let body = encode_body(Kind::DeviceList, &body)?;
-        let signature = identity.sign(Purpose::DeviceList, &body);
-        let bytes = codec::encode(Kind::DeviceList, &SignedWire { body, signature })?;
+        let bytes = sign_record(identity, Kind::DeviceList, Purpose::DeviceList, &body)?;
         Ok(SignedDeviceList {
             list: self.clone(),
             bytes,

@@ -11,6 +11,7 @@ use crate::group::{GroupMessage, InboundSenderKey, OutboundSenderKey, SenderKeyD
 use crate::identity::{IdentityKey, IdentityPublicKey, UserId};
 use crate::media::{self, MediaKey};
 use crate::prekey::{ClaimedPrekey, PrekeyBundle};
+use crate::relay_record::SignedRelayRecord;
 use crate::safety::SafetyNumber;
 use crate::sealed::{self, Secret32};
 use crate::session::{self, PeerSessions};
@@ -36,6 +37,7 @@ pub const TARGETS: &[Target] = &[
     ("safety_qr", safety_qr),
     ("provisioning", provisioning),
     ("backup", backup_file),
+    ("relay_record", relay_record),
 ];
 
 /// Runs the target called `name` on `data`; `false` if there is no such target.
@@ -57,6 +59,10 @@ fn provisioning(data: &[u8]) {
 
 fn device_certificate(data: &[u8]) {
     let _ = SignedDeviceCertificate::from_bytes(data);
+}
+
+fn relay_record(data: &[u8]) {
+    let _ = SignedRelayRecord::from_bytes(data);
 }
 
 fn device_list(data: &[u8]) {

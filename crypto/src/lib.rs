@@ -31,6 +31,7 @@ pub mod passphrase;
 pub mod prekey;
 pub mod provision;
 pub mod random;
+pub mod relay_record;
 pub mod safety;
 pub mod sealed;
 pub mod session;

@@ -19,6 +19,7 @@ pub(crate) enum Purpose {
     Prekey,
     GroupOperation,
     ContactLink,
+    RelayRecord,
 }
 
 impl Purpose {
@@ -29,6 +30,7 @@ impl Purpose {
             Purpose::Prekey => b"tern/prekey/v1\0",
             Purpose::GroupOperation => b"tern/group-operation/v1\0",
             Purpose::ContactLink => b"tern/contact-link/v1\0",
+            Purpose::RelayRecord => b"tern/relay-record/v1\0",
         }
     }
 
@@ -39,6 +41,7 @@ impl Purpose {
             Purpose::Prekey => "prekey",
             Purpose::GroupOperation => "group operation",
             Purpose::ContactLink => "contact link",
+            Purpose::RelayRecord => "relay record",
         }
     }
 }

@@ -103,12 +103,31 @@ fn write_seeds() {
         ("sealed", "valid", sealed_seed()),
         ("media", "valid", media_ct),
         ("safety_qr", "valid", safety.qr_payload().to_vec()),
+        ("relay_record", "valid", relay_record_seed(&bob)),
     ];
     for (target, name, bytes) in seeds {
         let dir = corpus_dir().join(target);
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(name), bytes).unwrap();
     }
+}
+
+fn relay_record_seed(bob: &common::Device) -> Vec<u8> {
+    tern_crypto::relay_record::RelayRecord {
+        user_id: bob.identity.user_id(),
+        identity_key: bob.identity.public(),
+        version: 1,
+        issued_at: 10,
+        relays: vec![
+            "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLRPJAA5o6u8Rp9Zdd5NvMbJLYGFt5LdYcCNGwXFPsJPh"
+                .into(),
+        ],
+        device_list: bob.list.sign(&bob.identity).unwrap(),
+    }
+    .sign(&bob.identity)
+    .unwrap()
+    .as_bytes()
+    .to_vec()
 }
 
 fn sealed_seed() -> Vec<u8> {

@@ -211,6 +211,14 @@ impl Node {
             .await
     }
 
+    /// Looks a contact (name or user id) up in the DHT now and answers with the contact as
+    /// it is afterwards: with the relays of their newest record, if that verified and was
+    /// newer than what was known.
+    pub async fn find_contact(&self, contact: String) -> Result<ContactInfo, NodeError> {
+        self.call(|reply| Command::FindContact { contact, reply })
+            .await
+    }
+
     /// The contacts.
     pub async fn contacts(&self) -> Result<Vec<ContactInfo>, NodeError> {
         self.call(Command::Contacts).await

@@ -5,7 +5,8 @@
 //! listening ones on a long-lived stream (`/tern/live/1`), takes pipelined deposits on
 //! another (`/tern/deposit/1`, [`pipeline`]), tells authorised
 //! contacts who is online (`/tern/presence/1`), POSTs content-free wake-ups to push
-//! endpoints, keeps encrypted media as blobs (`/tern/blob/1`, [`blob`]), and is a libp2p
+//! endpoints, keeps encrypted media as blobs (`/tern/blob/1`, [`blob`]), serves Tern's
+//! Kademlia DHT of signed relay records (`/tern/kad/1`, [`dht`]), and is a libp2p
 //! circuit relay v2 so devices behind NAT can be reached and hole-punch. It sees device ids,
 //! sizes and times, never plaintext. `docs/protocol.md` describes every frame;
 //! `docs/relay.md` is the operator guide.
@@ -18,6 +19,7 @@
 
 pub mod blob;
 pub mod client;
+pub mod dht;
 pub mod live;
 pub mod pipeline;
 pub mod rpc;

@@ -367,6 +367,7 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         ),
         "contact.accept" => to_value(node.accept_identity(str_param(p, "contact")?).await?),
         "contact.list" => to_value(node.contacts().await?),
+        "contact.find" => to_value(node.find_contact(str_param(p, "contact")?).await?),
         "device.add" => to_value(node.device_add(str_param(p, "code")?).await?),
         "device.list" => to_value(node.devices().await?),
         "device.revoke" => to_value(node.device_revoke(str_param(p, "device")?).await?),

@@ -24,6 +24,11 @@ pub(crate) enum Command {
         reply: Reply<AddedContact>,
     },
     Contacts(Reply<Vec<ContactInfo>>),
+    /// Look a contact up in the DHT now; answers with the contact as it is after.
+    FindContact {
+        contact: String,
+        reply: Reply<ContactInfo>,
+    },
     Send {
         contact: String,
         text: String,
@@ -164,6 +169,12 @@ impl Engine {
                 let out = self.accept_identity(&contact).await;
                 let _ = reply.send(out);
             }
+            Command::FindContact { contact, reply } => match self.resolve(&contact) {
+                Ok(user) => self.find_contact(&user, reply),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Command::Contacts(r) => {
                 let _ = r.send(Ok(self.contact_list()));
             }

@@ -101,7 +101,7 @@ impl Engine {
         }
     }
 
-    fn contact_info(&self, id: &str) -> Option<ContactInfo> {
+    pub(super) fn contact_info(&self, id: &str) -> Option<ContactInfo> {
         self.people.contacts.get(id).map(|c| ContactInfo {
             user_id: id.to_owned(),
             name: c.contact.display_name.clone(),

@@ -304,6 +304,10 @@ impl Engine {
                         retries.push((row, relay, now));
                         continue;
                     }
+                    if e.code().is_none() {
+                        // No relay of the contact answered: they may have moved.
+                        self.delivery_unanswered(&device);
+                    }
                     let wait = &e
                         .retry_after()
                         .unwrap_or_else(|| super::send::backoff(attempts))

@@ -9,6 +9,7 @@ mod command;
 mod contacts;
 pub(crate) mod courier;
 mod devices;
+pub(crate) mod dht;
 mod fanout;
 pub(crate) mod grants;
 pub(crate) mod group;
@@ -110,6 +111,8 @@ pub(crate) enum Internal {
     },
     /// Push endpoint registrations answered.
     Push(push::Done),
+    /// A DHT publication or lookup ended.
+    Dht(dht::Report),
     /// A device this one linked confirmed the record whose confirmation mailbox is
     /// `record` (or the wait for it ended without it).
     LinkAnswered {
@@ -293,6 +296,7 @@ impl Engine {
                     self.prune_reorder();
                     self.release_held();
                     self.media_retry_due(false);
+                    self.publish_relay_record();
                     if self.relays.topup_due {
                         self.relays.topup_due = false;
                         for relay in self.home_relay_peers() {
@@ -322,6 +326,7 @@ impl Engine {
                     }
                     self.retry_setup();
                     self.push_sync();
+                    self.refresh_contacts();
                 }
                 _ = poll.tick() => self.fetch_home_mailboxes(),
             }
@@ -446,6 +451,7 @@ impl Engine {
             Internal::DeviceLists(lists) => self.on_device_lists(lists),
             Internal::PeerLists { lists, failed } => self.on_peer_lists(lists, failed),
             Internal::Push(done) => self.on_push_done(done),
+            Internal::Dht(report) => self.on_dht_report(report),
             Internal::LinkAnswered {
                 device,
                 record,

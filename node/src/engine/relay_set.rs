@@ -191,10 +191,7 @@ impl Engine {
         }
         tracing::info!(contact = %user, relays = parsed.len(), "a contact's relays changed");
         for addr in parsed {
-            let net = self.net.clone();
-            tokio::spawn(async move {
-                let _ = net.add_relay(addr, false).await;
-            });
+            self.net.add_relay_soon(addr, false);
         }
         self.settle_relay_set(user);
     }

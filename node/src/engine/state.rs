@@ -51,6 +51,8 @@ pub(crate) struct Engine {
     pub grants: grants::Grants,
     /// The push endpoint and its registration at the home relays.
     pub push: push::Push,
+    /// This user's relay record in the DHT, and contacts looked up there.
+    pub dht: super::dht::Dht,
     /// File transfers: their tasks, retries, and the files served to peers.
     pub media: media::Media,
     /// Everything this device keeps; only the engine task touches it.
@@ -311,6 +313,7 @@ impl Engine {
         let mut engine = Engine {
             grants,
             push: push::Push::load(&config),
+            dht: super::dht::Dht::default(),
             media: media::Media::new(home.dir()),
             me: Me {
                 user,

@@ -42,7 +42,7 @@ impl Client {
         self.streams.clone()
     }
 
-    async fn send(&self, cmd: Command) -> Result<(), NetError> {
+    pub(super) async fn send(&self, cmd: Command) -> Result<(), NetError> {
         self.cmd.send(cmd).await.map_err(|_| NetError::Closed)
     }
 
@@ -95,6 +95,19 @@ impl Client {
     /// relay also gets a circuit reservation.
     pub async fn add_relay(&self, addr: Multiaddr, home: bool) -> Result<(), NetError> {
         self.send(Command::AddRelay { addr, home }).await
+    }
+
+    /// Like [`Client::add_relay`], without waiting: queued at once, ahead of whatever is sent
+    /// after it, unless the command queue is full (then sent from a task) or the network
+    /// has stopped.
+    pub fn add_relay_soon(&self, addr: Multiaddr, home: bool) {
+        use tokio::sync::mpsc::error::TrySendError;
+        if let Err(TrySendError::Full(cmd)) = self.cmd.try_send(Command::AddRelay { addr, home }) {
+            let tx = self.cmd.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
     }
 
     /// Stops keeping a connection to a relay added with `home: false` (a home relay stays).

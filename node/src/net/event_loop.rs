@@ -55,6 +55,8 @@ pub struct EventLoop {
     /// limited in bytes and time, so a stream on it (a file from a peer) would be cut, and
     /// it costs the relay bandwidth.
     pub(super) relayed_conns: HashMap<PeerId, Vec<libp2p::swarm::ConnectionId>>,
+    /// DHT lookups and publications in flight.
+    pub(super) dht: super::dht::Queries,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -160,6 +162,11 @@ impl EventLoop {
             Command::AddRelay { addr, home } => {
                 let Some(peer) = peer_of(&addr) else { return };
                 self.swarm.add_peer_address(peer, addr.clone());
+                // Every relay is a server of the DHT, and so a way into it.
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
                 let entry = self.relays.entry(peer).or_insert(RelayState {
                     addr: addr.clone(),
                     home,
@@ -182,6 +189,7 @@ impl EventLoop {
                     self.redial_due();
                 }
             }
+            Command::Dht(cmd) => self.on_dht_command(cmd),
             Command::ForgetRelay { peer } => {
                 if self.relays.get(&peer).is_some_and(|r| !r.home)
                     && let Some(state) = self.relays.remove(&peer)

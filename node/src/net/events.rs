@@ -27,6 +27,7 @@ impl EventLoop {
         match ev {
             SwarmEvent::Behaviour(BehaviourEvent::RelayProto(ev)) => self.on_relay_proto(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Direct(ev)) => self.on_direct(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Circuit(
                 relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
             )) => {

@@ -6,17 +6,20 @@
 //! mailbox, presence and directory protocols (composed from `tern_relay::client::Behaviour`);
 //! the circuit relay v2 client (a reservation at each home relay, so contacts can reach this
 //! device through it) and DCUtR (to upgrade a relayed connection to a direct one); and
-//! `/tern/direct/1` for device-to-device messages.
+//! `/tern/direct/1` for device-to-device messages; and a Kademlia client of Tern's DHT of
+//! relay records (`dht`).
 //!
 //! The parts, whose calls go one way: `swarm` builds the swarm and both ends; `rpc` is what
 //! the node adds to the relay's typed requests, made on a `client`; `client` is the handle
 //! ([`Client`], [`At`]) that sends commands; `event_loop` runs the loop and serves the
 //! commands, and hands what the swarm reports to `events` (one `impl` on the same state, in
-//! two files); below them all, `pipeline` (deposit streams), `direct` (`/tern/direct/1`) and
+//! two files); below them all, `pipeline` (deposit streams), `direct` (`/tern/direct/1`),
+//! `dht` (lookups and publications, handle and loop sides) and
 //! the commands and events defined here. `client` and the loop share only the command and
 //! event queues.
 
 mod client;
+mod dht;
 pub mod direct;
 mod event_loop;
 mod events;
@@ -134,6 +137,8 @@ enum Command {
     Peers {
         reply: oneshot::Sender<Vec<PeerConnections>>,
     },
+    /// Tern's DHT (`dht`).
+    Dht(dht::DhtCommand),
 }
 
 /// Open connections to one (non-relay) peer.

@@ -37,6 +37,8 @@ mod behaviour {
         pub dcutr: dcutr::Behaviour,
         /// `/tern/direct/1`.
         pub direct: request_response::Behaviour<FrameCodec>,
+        /// Tern's DHT, as a client.
+        pub kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
     }
 }
 pub(super) use behaviour::{Behaviour, BehaviourEvent};
@@ -92,6 +94,7 @@ pub fn new(
                 request_response::Config::default()
                     .with_request_timeout(crate::consts::DIRECT_TIMEOUT),
             ),
+            kad: super::dht::behaviour(key.public().to_peer_id()),
         })
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
@@ -129,6 +132,7 @@ pub fn new(
             direct_conns: HashMap::new(),
             dialed_direct: HashSet::new(),
             relayed_conns: HashMap::new(),
+            dht: HashMap::new(),
         },
     ))
 }

@@ -65,6 +65,10 @@ pub struct Metrics {
     pub reservations: AtomicU64,
     /// Relayed circuits opened.
     pub circuits: AtomicU64,
+    /// DHT relay records stored (verified and newer than what was held).
+    pub dht_stored: AtomicU64,
+    /// DHT records refused (rate, size, signature, key, stale version, full store).
+    pub dht_refused: AtomicU64,
     /// Blobs stored, complete or being uploaded.
     pub blobs: AtomicI64,
     /// Bytes of those blobs (an unfinished upload counts at its full size, as in quotas).
@@ -254,6 +258,18 @@ impl Metrics {
             "Relayed circuits opened.",
             "counter",
             g(&self.circuits),
+        );
+        counter(
+            "tern_relay_dht_records_stored_total",
+            "DHT relay records stored (verified and newer than what was held).",
+            "counter",
+            g(&self.dht_stored),
+        );
+        counter(
+            "tern_relay_dht_records_refused_total",
+            "DHT records refused (rate, size, signature, key, stale version, full store).",
+            "counter",
+            g(&self.dht_refused),
         );
         counter(
             "tern_relay_blobs",

@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod claims;
 pub mod config;
 mod deposits;
+pub mod dht;
 pub mod directory;
 mod event_loop;
 pub mod gate;
@@ -122,6 +123,8 @@ pub(crate) struct Behaviour {
     live: crate::live::Behaviour,
     /// `/tern/blob/1` and `/tern/deposit/1` streams.
     blob: libp2p_stream::Behaviour,
+    /// Tern's DHT of relay records (`/tern/kad/1`), unless turned off.
+    kad: libp2p::swarm::behaviour::toggle::Toggle<dht::Kad>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -168,6 +171,7 @@ fn build_swarm(
     let conn = cfg.connections.clone();
     let circuit = cfg.circuit.clone();
     let rate = cfg.rate.clone();
+    let dht = cfg.dht.clone();
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -214,6 +218,7 @@ fn build_swarm(
                 ),
                 live: crate::live::Behaviour::server(),
                 blob: libp2p_stream::Behaviour::new(),
+                kad: dht::behaviour(peer_id, &dht),
             }
         })
         .map_err(|e| RunError::Transport(e.to_string()))?
@@ -277,6 +282,16 @@ pub async fn run(
         .set_status(Some(relay::Status::Enable));
     for addr in config.public_addrs()? {
         swarm.add_external_address(addr);
+    }
+    if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+        let bootstrap = config.dht_bootstrap()?;
+        for (peer, addr) in &bootstrap {
+            kad.add_address(peer, addr.clone());
+        }
+        if !bootstrap.is_empty() {
+            // Periodic bootstraps follow on their own; this one joins at once.
+            let _ = kad.bootstrap();
+        }
     }
     for addr in config.listen_addrs()? {
         swarm

@@ -21,6 +21,7 @@ mod admission;
 mod answer;
 mod completion;
 mod deposit;
+mod dht;
 mod dispatch;
 mod live;
 mod queries;
@@ -205,6 +206,8 @@ pub(crate) struct EventLoop {
     peer_ips: HashMap<PeerId, IpKey>,
     /// One-time prekeys handed out, per claimer and device and per device.
     claims: ClaimLimits,
+    /// Checks and put rates of inbound DHT records.
+    dht_puts: crate::server::dht::Puts,
     /// Open connections per peer.
     connections: HashMap<PeerId, usize>,
     /// Peers that asked for live delivery, while connected.
@@ -252,6 +255,7 @@ impl EventLoop {
             holds: 0,
             peer_ips: HashMap::new(),
             claims: ClaimLimits::new(&cfg.prekeys),
+            dht_puts: crate::server::dht::Puts::new(&cfg.dht),
             push_registered: loaded.push.iter().map(|(p, _)| *p).collect(),
             swarm,
             cfg,
@@ -310,6 +314,7 @@ impl EventLoop {
                     self.intro_full.prune(now);
                     self.intro_rate.prune(now);
                     self.claims.prune(now);
+                    self.dht_puts.prune(now);
                 }
                 _ = coalesce.tick() => self.flush_presence(),
                 _ = expire.tick() => self.start_expiry(),

@@ -2,7 +2,8 @@
 //! and identify events) and the periodic work of the loop: presence sweeps and coalesced
 //! updates, last-seen persistence and mailbox expiry.
 //!
-//! Uses `dispatch` (request/response events), `live` (inbound live streams) and `answer`.
+//! Uses `dispatch` (request/response events), `live` (inbound live streams), `dht` (DHT
+//! events and peers) and `answer`.
 
 use std::{sync::atomic::Ordering::Relaxed, time::Instant};
 
@@ -86,7 +87,9 @@ impl EventLoop {
                 ..
             })) => {
                 tracing::debug!(%peer_id, agent = %info.agent_version, "identified");
+                self.on_identified(peer_id, &info);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad_event(ev),
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(%error, "incoming connection failed");

@@ -1,0 +1,57 @@
+//! DHT events: inbound records checked before they are stored (`server::dht::Puts`), and
+//! other relays added to the routing table under the addresses they listen on.
+//!
+//! Uses nothing but the loop's state.
+
+use std::{sync::atomic::Ordering::Relaxed, time::Instant};
+
+use libp2p::{PeerId, identify, kad};
+
+use super::EventLoop;
+
+impl EventLoop {
+    pub(super) fn on_kad_event(&mut self, ev: kad::Event) {
+        match ev {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => {
+                let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+                    return;
+                };
+                match self
+                    .dht_puts
+                    .admit(kad.store_mut(), source, record, Instant::now())
+                {
+                    Ok(()) => {
+                        self.metrics.dht_stored.fetch_add(1, Relaxed);
+                        tracing::debug!(%source, "DHT record stored");
+                    }
+                    Err(refusal) => {
+                        self.metrics.dht_refused.fetch_add(1, Relaxed);
+                        tracing::debug!(%source, %refusal, "DHT record refused");
+                    }
+                }
+            }
+            other => tracing::trace!(event = ?other, "DHT event"),
+        }
+    }
+
+    /// A peer that serves the DHT (another relay; nodes are clients and do not say so) is
+    /// added to the routing table under the addresses it listens on, so the relay can
+    /// point others to it.
+    pub(super) fn on_identified(&mut self, peer: PeerId, info: &identify::Info) {
+        if !info.protocols.contains(&crate::dht::PROTOCOL) {
+            return;
+        }
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            for addr in &info.listen_addrs {
+                kad.add_address(&peer, addr.clone());
+            }
+        }
+    }
+}
