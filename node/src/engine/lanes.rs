@@ -306,7 +306,7 @@ impl Engine {
                     }
                     if e.code().is_none() {
                         // No relay of the contact answered: they may have moved.
-                        self.delivery_unanswered(&device);
+                        self.delivery_unanswered(device);
                     }
                     let wait = &e
                         .retry_after()
