@@ -164,6 +164,28 @@ fn store_suite_reports_every_figure_with_its_baseline() {
 }
 
 #[test]
+fn relay_writer_suite_reports_every_figure_with_its_baseline() {
+    let rows = run_quick("relay-writer");
+    for name in [
+        "relay.writer_throughput",
+        "relay.writer_us_per_deposit",
+        "relay.writer_ack_p50",
+        "relay.writer_ack_p99",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["bench"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {rows:?}"));
+        for field in ["value", "baseline_value", "ratio"] {
+            let v = row[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}.{field} not a number"));
+            assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
+        }
+    }
+}
+
+#[test]
 fn group_suite_reports_every_figure_with_its_baseline() {
     let rows = run_quick("group");
     for name in [

@@ -201,6 +201,7 @@ pub const SUITES: &[Suite] = &[
     ("relay", relay::run),
     ("relay-flood", relay::run_flood),
     ("relay-deposits", relay::run_deposits),
+    ("relay-writer", relay::run_writer),
     ("delivery", delivery::run),
     ("group", group::run),
     ("devices", devices::run),
