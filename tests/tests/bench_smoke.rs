@@ -183,6 +183,19 @@ fn relay_writer_suite_reports_every_figure_with_its_baseline() {
             assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
         }
     }
+    // CPU time is counted in clock ticks: a quick run may take none.
+    let cpu = rows
+        .iter()
+        .find(|r| r["bench"] == "relay.writer_cpu_us_per_deposit")
+        .unwrap_or_else(|| panic!("relay.writer_cpu_us_per_deposit missing from {rows:?}"));
+    for field in ["value", "baseline_value"] {
+        assert!(
+            cpu[field]
+                .as_f64()
+                .is_some_and(|v| v.is_finite() && v >= 0.0),
+            "relay.writer_cpu_us_per_deposit.{field}: {cpu}"
+        );
+    }
 }
 
 #[test]
