@@ -17,6 +17,9 @@ use crate::wire::{
 /// Most expired entries deleted in one sweep operation, so a sweep never stalls deposits.
 const MAX_EXPIRE_PER_SWEEP: i64 = 50_000;
 
+/// Stores a deposit for the recipients its quotas and shares admit. Fails with
+/// [`OpError::Quota`] before writing anything when they admit none; any other error may
+/// come after a part of it is written (the caller must then drop its transaction).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn deposit(
     sp: &Connection,
@@ -432,6 +435,67 @@ pub(super) mod tests {
             }
         }
         assert_eq!(ok, 3);
+    }
+
+    /// A deposit that fails for a full database, in a batch with others, leaves nothing of
+    /// itself: every stored message has all its entries, and every deposit answered as
+    /// stored is (and only those).
+    #[tokio::test]
+    async fn a_full_database_keeps_no_part_of_a_deposit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = settings(1_000);
+        st.max_database_bytes = 256 * 1024;
+        let (storage, _) = Storage::open(dir.path(), st, Arc::new(Metrics::default())).unwrap();
+        let h = storage.handle();
+        let (s, a, b) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut rxs = Vec::new();
+        for i in 0..100u8 {
+            let (reply, rx) = oneshot::channel();
+            h.submit_wait(Op::Deposit {
+                sender: s,
+                recipients: vec![(a, Share::Sender), (b, Share::Sender)],
+                ciphertext: vec![i; 8 * 1024],
+                now_ms: 0,
+                expires_ms: 1_000_000,
+                intro_expires_ms: 1_000_000,
+                early: None,
+                reply,
+            })
+            .await
+            .unwrap();
+            rxs.push(rx);
+        }
+        let (mut ok, mut full) = (0u64, 0);
+        for rx in rxs {
+            match rx.await.unwrap() {
+                Ok(d) => {
+                    assert_eq!(d.stored.len(), 2);
+                    ok += 1;
+                }
+                Err(OpError::Full) => full += 1,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert!(ok > 0 && full > 0, "{ok} stored, {full} refused");
+        assert_eq!(usage(&h, a).await.total.messages, ok);
+        assert_eq!(fetch(&h, b, 0).await.messages.len() as u64, ok);
+        storage.close().await;
+        drop(h);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let count =
+            |sql: &str| -> u64 { conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64 };
+        assert_eq!(count("SELECT COUNT(*) FROM message"), ok);
+        assert_eq!(count("SELECT COUNT(*) FROM mailbox"), 2 * ok);
+        assert_eq!(
+            count(
+                "SELECT COUNT(*) FROM message WHERE refs != (SELECT COUNT(*) FROM mailbox WHERE message = message.id)"
+            ),
+            0
+        );
+        assert_eq!(
+            super::super::schema::load_usage(&conn).unwrap()[&(a.to_bytes(), Tag::Total)].messages,
+            ok
+        );
     }
 
     pub(in crate::server::storage) async fn deposit_as(
