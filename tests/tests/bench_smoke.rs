@@ -39,18 +39,23 @@ fn crypto_suite_reports_every_figure_with_its_baseline() {
         "crypto.media_encrypt",
         "crypto.media_decrypt",
     ] {
-        let row = rows
-            .iter()
-            .find(|r| r["bench"] == name)
-            .unwrap_or_else(|| panic!("{name} missing from {rows:?}"));
-        for field in ["value", "baseline_value", "ratio"] {
-            let v = row[field]
-                .as_f64()
-                .unwrap_or_else(|| panic!("{name}.{field} not a number"));
-            assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
-        }
-        assert!(row["unit"].is_string() && row["baseline"].is_string());
+        assert_compared(&rows, name);
     }
+}
+
+/// `name` is in `rows` with a positive value, baseline and ratio, a unit and a baseline name.
+fn assert_compared(rows: &[serde_json::Value], name: &str) {
+    let row = rows
+        .iter()
+        .find(|r| r["bench"] == name)
+        .unwrap_or_else(|| panic!("{name} missing from {rows:?}"));
+    for field in ["value", "baseline_value", "ratio"] {
+        let v = row[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name}.{field} not a number"));
+        assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
+    }
+    assert!(row["unit"].is_string() && row["baseline"].is_string());
 }
 
 #[test]
@@ -159,6 +164,32 @@ fn store_suite_reports_every_figure_with_its_baseline() {
         assert!(
             row["baseline_value"].as_f64().is_some(),
             "{name} has no baseline: {row}"
+        );
+    }
+}
+
+#[test]
+fn relay_writer_suite_reports_every_figure_with_its_baseline() {
+    let rows = run_quick("relay-writer");
+    for name in [
+        "relay.writer_throughput",
+        "relay.writer_us_per_deposit",
+        "relay.writer_ack_p50",
+        "relay.writer_ack_p99",
+    ] {
+        assert_compared(&rows, name);
+    }
+    // CPU time is counted in clock ticks: a quick run may take none.
+    let cpu = rows
+        .iter()
+        .find(|r| r["bench"] == "relay.writer_cpu_us_per_deposit")
+        .unwrap_or_else(|| panic!("relay.writer_cpu_us_per_deposit missing from {rows:?}"));
+    for field in ["value", "baseline_value"] {
+        assert!(
+            cpu[field]
+                .as_f64()
+                .is_some_and(|v| v.is_finite() && v >= 0.0),
+            "relay.writer_cpu_us_per_deposit.{field}: {cpu}"
         );
     }
 }

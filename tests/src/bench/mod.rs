@@ -202,6 +202,7 @@ pub const SUITES: &[Suite] = &[
     ("relay", relay::run),
     ("relay-flood", relay::run_flood),
     ("relay-deposits", relay::run_deposits),
+    ("relay-writer", relay::run_writer),
     ("delivery", delivery::run),
     ("redundancy", redundancy::run),
     ("group", group::run),

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::{
-    Claimed, Deposited, Op, OpError, Page, Settings, directory, grants, mailbox, op::Reply,
+    Claimed, Deposited, Op, OpError, Page, Settings, Stored, directory, grants, mailbox, op::Reply,
     presence, schema, sql_err,
 };
 use crate::server::{
@@ -309,6 +309,15 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// Runs one operation in a savepoint; on failure the savepoint (and the operation's usage
 /// delta) is discarded and the error becomes the reply. The savepoint statements are
 /// prepared once and cached, like the operations' own.
+///
+/// A deposit runs without one: copying every page it touches into the savepoint's journal
+/// cost more than a sixth of the writer's time, and it buys nothing for a deposit. Its
+/// quotas and shares refuse it before its first write; after that, what can stop it is a
+/// full disk, the size limit or an I/O error, on which SQLite rolls the whole transaction
+/// back by itself whether or not a savepoint is open. Should it fail after writing with
+/// the transaction still open, the transaction is rolled back here, as SQLite would have:
+/// nothing of it is committed, the operations applied before it in the batch are answered
+/// with the error, and the rest go on in a fresh transaction (see `process_some`).
 fn apply_in_savepoint(
     sp: &Connection,
     op: Op,
@@ -317,7 +326,8 @@ fn apply_in_savepoint(
     settings: &Settings,
 ) -> Done {
     let mut local = Delta::new();
-    if let Err(e) = run_cached(sp, "SAVEPOINT op") {
+    let bare = matches!(op, Op::Deposit { .. });
+    if !bare && let Err(e) = run_cached(sp, "SAVEPOINT op") {
         fail(op, &sql_err(e));
         return Done::None;
     }
@@ -348,6 +358,12 @@ fn apply_in_savepoint(
             );
             if let (Some(tx), Ok(d)) = (early, &r) {
                 early_notice = Some((tx, d.stored.clone()));
+            }
+            if let Err(e) = &r
+                && !matches!(e, OpError::Quota(_))
+            {
+                // Perhaps written in part: nothing of this transaction may commit.
+                abort(sp);
             }
             let ok = r.is_ok();
             (Done::Deposit(reply, r), ok)
@@ -476,17 +492,16 @@ fn apply_in_savepoint(
         }
         Op::Shutdown => (Done::None, true),
     };
+    if bare {
+        if ok {
+            merge(local, delta, early_notice);
+        }
+        return done;
+    }
     if ok {
         match run_cached(sp, "RELEASE op") {
             Ok(()) => {
-                if let Some((tx, stored)) = early_notice {
-                    let _ = tx.send(stored);
-                }
-                for (k, (m, b)) in local {
-                    let e = delta.entry(k).or_default();
-                    e.0 += m;
-                    e.1 += b;
-                }
+                merge(local, delta, early_notice);
                 done
             }
             Err(e) => {
@@ -512,6 +527,31 @@ fn apply_in_savepoint(
     }
 }
 
+/// Takes an applied operation's usage changes into its batch's, and tells live delivery
+/// where a deposit was stored.
+fn merge(local: Delta, delta: &mut Delta, early_notice: Option<EarlyNotice>) {
+    if let Some((tx, stored)) = early_notice {
+        let _ = tx.send(stored);
+    }
+    for (k, (m, b)) in local {
+        let e = delta.entry(k).or_default();
+        e.0 += m;
+        e.1 += b;
+    }
+}
+
+/// Where a deposit's early notice goes, and what it says.
+type EarlyNotice = (tokio::sync::oneshot::Sender<Vec<Stored>>, Vec<Stored>);
+
+/// Rolls the whole open transaction back (the caller sees it gone: `is_autocommit`).
+fn abort(sp: &Connection) {
+    if !sp.is_autocommit()
+        && let Err(e) = sp.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "cannot roll back a failed batch");
+    }
+}
+
 /// Undoes what the operation in the open savepoint wrote. If SQLite already rolled the
 /// whole transaction back there is no savepoint left; if undoing fails, the whole
 /// transaction is rolled back. Either way the caller sees the transaction gone
@@ -522,6 +562,6 @@ fn undo(sp: &Connection) {
     }
     if let Err(e) = run_cached(sp, "ROLLBACK TO op").and_then(|()| run_cached(sp, "RELEASE op")) {
         tracing::error!(error = %e, "cannot roll back a failed operation; dropping its batch");
-        let _ = sp.execute_batch("ROLLBACK");
+        abort(sp);
     }
 }

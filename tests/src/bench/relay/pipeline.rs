@@ -95,7 +95,7 @@ pub(super) async fn run(addr: &Multiaddr, total: usize, window: usize) -> anyhow
     drop(clients);
     Ok(Run {
         window,
-        rate: super::per_sec(total, elapsed),
+        rate: crate::bench::per_sec(total, elapsed),
         lat,
     })
 }

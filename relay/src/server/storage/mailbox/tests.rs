@@ -1,0 +1,313 @@
+//! Deposits, fetches, acks, expiry, shares and a full database, through the writer.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::super::{DB_FILE, Op, Storage, StorageHandle, test_settings as settings};
+use super::*;
+use crate::server::metrics::Metrics;
+
+async fn deposit(
+    h: &StorageHandle,
+    sender: PeerId,
+    to: Vec<PeerId>,
+    body: &[u8],
+) -> Result<Deposited, OpError> {
+    let (reply, rx) = oneshot::channel();
+    h.submit_wait(Op::Deposit {
+        sender,
+        recipients: to.into_iter().map(|p| (p, Share::Sender)).collect(),
+        ciphertext: body.to_vec(),
+        now_ms: 1000,
+        expires_ms: 5000,
+        intro_expires_ms: 5000,
+        early: None,
+        reply,
+    })
+    .await
+    .unwrap();
+    rx.await.unwrap()
+}
+
+async fn fetch(h: &StorageHandle, owner: PeerId, now_ms: u64) -> Page {
+    let (reply, rx) = oneshot::channel();
+    h.submit_wait(Op::Fetch {
+        owner,
+        after: 0,
+        limit: 100,
+        max_bytes: 1 << 20,
+        now_ms,
+        reply,
+    })
+    .await
+    .unwrap();
+    rx.await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn fan_out_is_stored_once_and_refcounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (storage, _) = Storage::open(dir.path(), settings(10), metrics).unwrap();
+    let h = storage.handle();
+    let (s, a, b) = (PeerId::random(), PeerId::random(), PeerId::random());
+    let d = deposit(&h, s, vec![a, b], b"hello").await.unwrap();
+    assert_eq!(d.stored.len(), 2);
+    let pa = fetch(&h, a, 1000).await;
+    let pb = fetch(&h, b, 1000).await;
+    assert_eq!(pa.messages.len(), 1);
+    assert_eq!(pb.messages[0].ciphertext.as_ref(), b"hello");
+    // Only the owner's ack removes the owner's entry.
+    let (reply, rx) = oneshot::channel();
+    h.submit_wait(Op::Ack {
+        owner: b,
+        ids: vec![pa.messages[0].id],
+        reply,
+    })
+    .await
+    .unwrap();
+    assert_eq!(rx.await.unwrap().unwrap(), 0);
+    let (reply, rx) = oneshot::channel();
+    h.submit_wait(Op::Ack {
+        owner: a,
+        ids: vec![pa.messages[0].id],
+        reply,
+    })
+    .await
+    .unwrap();
+    assert_eq!(rx.await.unwrap().unwrap(), 1);
+    assert!(fetch(&h, a, 1000).await.messages.is_empty());
+    assert_eq!(fetch(&h, b, 1000).await.messages.len(), 1);
+    // Expired entries are hidden, then swept, and the message row goes with them.
+    assert!(fetch(&h, b, 6000).await.messages.is_empty());
+    let (reply, rx) = oneshot::channel();
+    h.submit_wait(Op::Expire {
+        now_ms: 6000,
+        reply,
+    })
+    .await
+    .unwrap();
+    assert_eq!(rx.await.unwrap().unwrap(), 1);
+    storage.close().await;
+    drop(h);
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM message", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn quota_counts_within_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, _) =
+        Storage::open(dir.path(), settings(3), Arc::new(Metrics::default())).unwrap();
+    let h = storage.handle();
+    let (s, a) = (PeerId::random(), PeerId::random());
+    let mut rxs = Vec::new();
+    for _ in 0..5 {
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Deposit {
+            sender: s,
+            recipients: vec![(a, Share::Sender)],
+            ciphertext: vec![1; 10],
+            now_ms: 0,
+            expires_ms: u64::MAX / 2,
+            intro_expires_ms: u64::MAX / 2,
+            early: None,
+            reply,
+        })
+        .await
+        .unwrap();
+        rxs.push(rx);
+    }
+    let mut ok = 0;
+    for rx in rxs {
+        match rx.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.code(), ErrorCode::QuotaCount),
+        }
+    }
+    assert_eq!(ok, 3);
+}
+
+/// A deposit that fails for a full database, in a batch with others, leaves nothing of
+/// itself: every stored message has all its entries, and every deposit answered as
+/// stored is (and only those).
+#[tokio::test]
+async fn a_full_database_keeps_no_part_of_a_deposit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = settings(1_000);
+    st.max_database_bytes = 256 * 1024;
+    let (storage, _) = Storage::open(dir.path(), st, Arc::new(Metrics::default())).unwrap();
+    let h = storage.handle();
+    let (s, a, b) = (PeerId::random(), PeerId::random(), PeerId::random());
+    let mut rxs = Vec::new();
+    for i in 0..100u8 {
+        let (reply, rx) = oneshot::channel();
+        h.submit_wait(Op::Deposit {
+            sender: s,
+            recipients: vec![(a, Share::Sender), (b, Share::Sender)],
+            ciphertext: vec![i; 8 * 1024],
+            now_ms: 0,
+            expires_ms: 1_000_000,
+            intro_expires_ms: 1_000_000,
+            early: None,
+            reply,
+        })
+        .await
+        .unwrap();
+        rxs.push(rx);
+    }
+    let (mut ok, mut full) = (0u64, 0);
+    for rx in rxs {
+        match rx.await.unwrap() {
+            Ok(d) => {
+                assert_eq!(d.stored.len(), 2);
+                ok += 1;
+            }
+            Err(OpError::Full) => full += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(ok > 0 && full > 0, "{ok} stored, {full} refused");
+    assert_eq!(usage(&h, a).await.total.messages, ok);
+    assert_eq!(fetch(&h, b, 0).await.messages.len() as u64, ok);
+    storage.close().await;
+    drop(h);
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let count =
+        |sql: &str| -> u64 { conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64 };
+    assert_eq!(count("SELECT COUNT(*) FROM message"), ok);
+    assert_eq!(count("SELECT COUNT(*) FROM mailbox"), 2 * ok);
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM message WHERE refs != (SELECT COUNT(*) FROM mailbox WHERE message = message.id)"
+        ),
+        0
+    );
+    assert_eq!(
+        super::super::schema::load_usage(&conn).unwrap()[&(a.to_bytes(), Tag::Total)].messages,
+        ok
+    );
+}
+
+pub(in crate::server::storage) async fn deposit_as(
+    h: &StorageHandle,
+    sender: PeerId,
+    to: PeerId,
+    share: Share,
+    now_ms: u64,
+) -> Result<Deposited, OpError> {
+    let (reply, rx) = oneshot::channel();
+    h.submit_wait(Op::Deposit {
+        sender,
+        recipients: vec![(to, share)],
+        ciphertext: vec![1; 10],
+        now_ms,
+        expires_ms: now_ms + 100_000,
+        intro_expires_ms: now_ms + 1_000,
+        early: None,
+        reply,
+    })
+    .await
+    .unwrap();
+    rx.await.unwrap()
+}
+
+async fn usage(h: &StorageHandle, owner: PeerId) -> mailbox::Usage {
+    let (reply, rx) = oneshot::channel();
+    h.submit_wait(Op::Usage { owner, reply }).await.unwrap();
+    rx.await.unwrap().unwrap()
+}
+
+/// Shares survive a restart (they are counted again from the stored entries), an ack
+/// frees the share it counted in, introductions expire sooner, and the owner's usage
+/// view names each share.
+#[tokio::test]
+async fn shares_are_counted_freed_and_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = settings(8);
+    st.quota = Quota::new(8, 1 << 20, 50, 3, 1 << 20, 2);
+    let (storage, _) = Storage::open(dir.path(), st, Arc::new(Metrics::default())).unwrap();
+    let h = storage.handle();
+    let (owner, friend, stranger) = (PeerId::random(), PeerId::random(), PeerId::random());
+    let g = Share::Grant([9; 32]);
+    for _ in 0..4 {
+        deposit_as(&h, friend, owner, g.clone(), 0).await.unwrap();
+    }
+    let e = deposit_as(&h, friend, owner, g.clone(), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ShareFull, "half of 8 is the share");
+    for _ in 0..2 {
+        deposit_as(&h, stranger, owner, Share::Intro, 0)
+            .await
+            .unwrap();
+    }
+    let e = deposit_as(&h, stranger, owner, Share::Intro, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::IntroFull, "2 per stranger");
+    let u = usage(&h, owner).await;
+    assert_eq!(u.total.messages, 6);
+    assert_eq!(u.intro.messages, 2);
+    assert_eq!(
+        u.grants,
+        vec![(
+            serde_bytes::ByteArray::new([9; 32]),
+            Fill {
+                messages: 4,
+                bytes: 40
+            }
+        )]
+    );
+    assert_eq!(
+        u.senders,
+        vec![(
+            stranger,
+            Fill {
+                messages: 2,
+                bytes: 20
+            }
+        )]
+    );
+    storage.close().await;
+    drop(h);
+
+    // Reopened: the counts come back from the entries.
+    let (storage, _) = Storage::open(dir.path(), st, Arc::new(Metrics::default())).unwrap();
+    let h = storage.handle();
+    let e = deposit_as(&h, friend, owner, g.clone(), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ShareFull);
+    let page = fetch(&h, owner, 0).await;
+    assert_eq!(page.messages.iter().filter(|m| m.intro).count(), 2);
+    let first_granted = page.messages.iter().find(|m| !m.intro).unwrap().id;
+    let (reply, rx) = oneshot::channel();
+    h.submit_wait(Op::Ack {
+        owner,
+        ids: vec![first_granted],
+        reply,
+    })
+    .await
+    .unwrap();
+    assert_eq!(rx.await.unwrap().unwrap(), 1);
+    deposit_as(&h, friend, owner, g.clone(), 0).await.unwrap();
+    // The introductions expire at 1 s, the rest later; the stranger has room again.
+    let (reply, rx) = oneshot::channel();
+    h.submit_wait(Op::Expire {
+        now_ms: 2_000,
+        reply,
+    })
+    .await
+    .unwrap();
+    assert_eq!(rx.await.unwrap().unwrap(), 2);
+    deposit_as(&h, stranger, owner, Share::Intro, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(usage(&h, owner).await.total.messages, 5);
+    storage.close().await;
+}

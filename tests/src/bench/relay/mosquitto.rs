@@ -1,0 +1,331 @@
+//! The Mosquitto anchor of the `relay` suite: a broker child process, and `rumqttc` clients
+//! (MQTT 3.1.1 over plain TCP) for the QoS 1 publish load and the paced live delivery.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+
+use super::{CIPHERTEXT, IN_FLIGHT, MAILBOXES, PUSH_RATE, SENDERS, START_TIMEOUT, ms, pipeline};
+use crate::bench::{Report, per_sec, quantile};
+
+/// Requests a client can queue for its event loop; a sender queues at most
+/// [`IN_FLIGHT`], so its `try_publish` never finds the queue full.
+const REQUESTS: usize = 64;
+const _: () = assert!(REQUESTS >= IN_FLIGHT);
+
+/// A mosquitto child process on 127.0.0.1 with persistence on; killed on drop.
+struct Broker {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts the broker, or `None` if mosquitto is not installed.
+    fn start() -> anyhow::Result<Option<Self>> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n",
+                dir.path().display()
+            ),
+        )?;
+        let child = match Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).context("start mosquitto"),
+        };
+        let broker = Broker {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("mosquitto did not listen within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Some(broker))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects `client_id` to the broker on 127.0.0.1:`port` (TCP_NODELAY, 60 s keep-alive,
+/// `clean` session or a persistent one) and waits for its CONNACK. `inflight` is the most
+/// unacknowledged QoS 1 publishes the client lets out before it stops taking requests.
+/// The event loop must be polled for anything to move.
+async fn connect(
+    port: u16,
+    client_id: &str,
+    clean: bool,
+    inflight: u16,
+) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(60))
+        .set_clean_session(clean)
+        .set_inflight(inflight);
+    let (client, mut events) = AsyncClient::new(options, REQUESTS);
+    events.network_options.set_tcp_nodelay(true);
+    match events
+        .poll()
+        .await
+        .with_context(|| format!("connect {client_id} to mosquitto"))?
+    {
+        Event::Incoming(Packet::ConnAck(_)) => Ok((client, events)),
+        other => bail!("mosquitto answered {client_id}'s CONNECT with {other:?}"),
+    }
+}
+
+/// Subscribes to `topic` at QoS 1 and waits for the SUBACK.
+async fn subscribe(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    topic: &str,
+) -> anyhow::Result<()> {
+    client.subscribe(topic, QoS::AtLeastOnce).await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(ack)) = events.poll().await? {
+            if ack
+                .return_codes
+                .iter()
+                .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+            {
+                bail!("mosquitto refused the subscription to {topic}");
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// [`SENDERS`] connections × [`IN_FLIGHT`] QoS 1 publishes of [`CIPHERTEXT`] bytes to
+/// [`MAILBOXES`] offline persistent subscribers. Wall time and PUBACK latencies.
+async fn publish_load(port: u16, total: usize) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    // Persistent sessions (clean_session=false) subscribed at QoS 1 and then gone: the
+    // broker queues every publish for them.
+    for m in 0..MAILBOXES {
+        let (client, mut events) = connect(port, &format!("mailbox-{m}"), false, 1).await?;
+        subscribe(&client, &mut events, &format!("mbox/{m}")).await?;
+        client.disconnect().await?;
+        while events.poll().await? != Event::Outgoing(Outgoing::Disconnect) {}
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..SENDERS {
+        let (client, mut events) =
+            connect(port, &format!("sender-{c}"), true, IN_FLIGHT as u16).await?;
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let payload = vec![0x5a; CIPHERTEXT];
+            // Queued publishes' send times, in order, until the event loop writes them
+            // and so gives them packet ids; then by packet id until their PUBACK.
+            let mut queued = VecDeque::with_capacity(IN_FLIGHT);
+            let mut sent: HashMap<u16, Instant> = HashMap::with_capacity(IN_FLIGHT);
+            let mut outstanding = 0;
+            let mut lat = Vec::new();
+            let mut done = false;
+            loop {
+                while !done && outstanding < IN_FLIGHT {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        done = true;
+                        break;
+                    }
+                    queued.push_back(Instant::now());
+                    client.try_publish(
+                        format!("mbox/{}", i % MAILBOXES),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                    )?;
+                    outstanding += 1;
+                }
+                if outstanding == 0 {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                match events.poll().await? {
+                    Event::Outgoing(Outgoing::Publish(pkid)) => {
+                        let t = queued.pop_front().context("unrequested PUBLISH")?;
+                        sent.insert(pkid, t);
+                    }
+                    Event::Incoming(Packet::PubAck(ack)) => {
+                        if let Some(t) = sent.remove(&ack.pkid) {
+                            lat.push(t.elapsed());
+                            outstanding -= 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await.context("publish task")??);
+    }
+    Ok((start.elapsed(), all))
+}
+
+/// QoS 1 publishes at [`PUSH_RATE`] per second to a connected subscriber; send →
+/// receive latencies.
+async fn paced_delivery(port: u16, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let (subscriber, mut sub_events) = connect(port, "live-subscriber", true, 1).await?;
+    subscribe(&subscriber, &mut sub_events, "live/1").await?;
+    let base = Instant::now();
+    let receiver = tokio::spawn(async move {
+        // Held so the subscriber's session stays open; its event loop PUBACKs each delivery.
+        let _subscriber = subscriber;
+        let mut lat = Vec::with_capacity(n);
+        while lat.len() < n {
+            let event = tokio::time::timeout(START_TIMEOUT, sub_events.poll())
+                .await
+                .context("deliveries stopped")??;
+            let Event::Incoming(Packet::Publish(publish)) = event else {
+                continue;
+            };
+            let now = base.elapsed();
+            let Some(stamp) = publish.payload.get(..8) else {
+                continue;
+            };
+            let mut sent = [0u8; 8];
+            sent.copy_from_slice(stamp);
+            lat.push(now.saturating_sub(Duration::from_nanos(u64::from_le_bytes(sent))));
+        }
+        Ok::<_, anyhow::Error>(lat)
+    });
+    // No client-side window for the publisher: it publishes on every tick, as fast as
+    // the broker acknowledges or not.
+    let (publisher, mut pub_events) = connect(port, "live-publisher", true, u16::MAX).await?;
+    // The publisher's event loop writes the publishes and reads (and drops) their PUBACKs;
+    // it runs until every delivery has arrived.
+    let drive = async {
+        loop {
+            if let Err(e) = pub_events.poll().await {
+                return e;
+            }
+        }
+    };
+    let send_and_receive = async {
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / PUSH_RATE));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for _ in 0..n {
+            tick.tick().await;
+            let mut payload = vec![0x5a; CIPHERTEXT];
+            payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+            publisher
+                .publish("live/1", QoS::AtLeastOnce, false, payload)
+                .await?;
+        }
+        receiver.await.context("receiver")?
+    };
+    tokio::select! {
+        r = send_and_receive => r,
+        e = drive => bail!("mosquitto closed the publisher: {e}"),
+    }
+}
+
+/// The Mosquitto anchor, when the broker is installed: the same deposit load as QoS 1
+/// publishes to 100 offline persistent subscribers (so the broker stores every message, as
+/// the relay stores mail), and the same paced live delivery to a connected QoS 1
+/// subscriber. Mosquitto's persistence writes its store periodically, so its PUBACK is not
+/// a durable acknowledgement: it is the faster kind of anchor.
+/// `push`: the paced live-delivery run (messages, the relay's latencies), when measured.
+/// `pipelined`: the pipelined deposit runs, compared with the same deposit load.
+pub(super) async fn run(
+    report: &mut Report,
+    deposits: usize,
+    push: Option<(usize, &mut [Duration])>,
+    relay_rate: f64,
+    relay_ack: &mut [Duration],
+    pipelined: &mut [pipeline::Run],
+) -> anyhow::Result<()> {
+    let Some(broker) = Broker::start()? else {
+        report.skipped(
+            "relay.vs_mosquitto",
+            "mosquitto not installed (Debian package mosquitto)",
+        );
+        return Ok(());
+    };
+    let (time, mut lat) = publish_load(broker.port, deposits).await?;
+    let mqtt_rate = per_sec(deposits, time);
+    report.compare(
+        "relay.deposit_vs_mosquitto",
+        relay_rate,
+        "msg/s",
+        "mosquitto QoS1 persistent",
+        mqtt_rate,
+    );
+    report.compare(
+        "relay.deposit_ack_p99_vs_mosquitto",
+        ms(quantile(relay_ack, 0.99)),
+        "ms",
+        "mosquitto QoS1 PUBACK",
+        ms(quantile(&mut lat, 0.99)),
+    );
+    for run in pipelined {
+        let name = run.name();
+        report.compare(
+            &format!("{name}_vs_mosquitto"),
+            run.rate,
+            "msg/s",
+            "mosquitto QoS1 persistent",
+            mqtt_rate,
+        );
+        for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+            report.compare(
+                &format!("{name}_ack_{label}_vs_mosquitto"),
+                ms(quantile(&mut run.lat, q)),
+                "ms",
+                "mosquitto QoS1 PUBACK",
+                ms(quantile(&mut lat, q)),
+            );
+        }
+    }
+    let Some((push_messages, relay_push)) = push else {
+        return Ok(());
+    };
+    let mut live = paced_delivery(broker.port, push_messages).await?;
+    for (name, q) in [
+        ("relay.push_p50_vs_mosquitto", 0.5),
+        ("relay.push_p99_vs_mosquitto", 0.99),
+    ] {
+        report.compare(
+            name,
+            ms(quantile(relay_push, q)),
+            "ms",
+            "mosquitto QoS1 live",
+            ms(quantile(&mut live, q)),
+        );
+    }
+    Ok(())
+}
