@@ -205,6 +205,13 @@ impl Harness {
         self.engine.on_internal_batch(vec![report]);
     }
 
+    /// Settles reports, whatever task sent them, until `done` holds (each wait bounded).
+    async fn settle_until(&mut self, done: impl Fn(&Harness) -> bool) {
+        while !done(self) {
+            self.settle().await;
+        }
+    }
+
     /// Settles lane reports until the courier has carried `n` rows in all.
     async fn carry(&mut self, n: usize) -> Vec<Vec<u8>> {
         while self.courier.carried().len() < n {

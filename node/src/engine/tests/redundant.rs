@@ -41,8 +41,17 @@ async fn a_relay_that_is_down_holds_back_only_its_own_lane() {
     }
     alice.engine.dispatch_lanes(false);
     // Two lane tasks report: the first relay took all three, the second failed at the first.
-    alice.settle().await;
-    alice.settle().await;
+    alice
+        .settle_until(|h| {
+            let at = |r: usize| {
+                h.engine
+                    .store
+                    .lane_at(&device, &relays[r].to_string(), 10)
+                    .unwrap()
+            };
+            at(0).is_empty() && at(1).first().is_some_and(|row| row.attempts == 1)
+        })
+        .await;
     assert_eq!(
         alice.courier.carried_at(relays[0]),
         [vec![1], vec![2], vec![3]]
@@ -71,7 +80,9 @@ async fn a_relay_that_is_down_holds_back_only_its_own_lane() {
     alice.courier.set_down(relays[1], false);
     alice.clock.advance(backoff(0));
     alice.engine.dispatch_lanes(false);
-    alice.settle().await;
+    alice
+        .settle_until(|h| h.engine.store.lane(&device, 10).unwrap().is_empty())
+        .await;
     assert_eq!(
         alice.courier.carried_at(relays[1]),
         [vec![1], vec![1], vec![2], vec![3]]
@@ -112,8 +123,10 @@ async fn a_group_row_goes_to_every_relay_and_again_only_where_it_was_not_taken()
         .unwrap();
     alice.courier.set_down(relays[0], true);
     alice.engine.dispatch_fanouts(false);
-    alice.settle().await;
-    alice.settle().await;
+    // Both relays' answers are in (whatever else reports meanwhile).
+    alice
+        .settle_until(|h| h.engine.outbox.fan_in_flight.is_empty())
+        .await;
     assert_eq!(alice.courier.carried_at(relays[1]), [b"megolm".to_vec()]);
     assert_eq!(alice.courier.carried_at(relays[0]), [b"megolm".to_vec()]);
     let taken = alice.engine.store.fanout_taken(id(10), &device).unwrap();
@@ -122,7 +135,9 @@ async fn a_group_row_goes_to_every_relay_and_again_only_where_it_was_not_taken()
     alice.courier.set_down(relays[0], false);
     alice.clock.advance(backoff(0));
     alice.engine.dispatch_fanouts(false);
-    alice.settle().await;
+    alice
+        .settle_until(|h| h.engine.outbox.fan_in_flight.is_empty())
+        .await;
     assert_eq!(alice.courier.carried_at(relays[0]).len(), 2);
     assert_eq!(
         alice.courier.carried_at(relays[1]).len(),
@@ -163,8 +178,7 @@ async fn lanes_waiting_for_a_relay_never_keep_other_devices_from_being_looked_at
     alice.engine.dispatch_lanes(false);
     assert!(alice.engine.outbox.lanes_busy.is_empty());
     alice.engine.dispatch_lanes(false);
-    alice.settle().await;
-    alice.settle().await;
+    alice.carry(2).await;
     let last = u8::try_from(devices.len()).unwrap();
     assert_eq!(alice.courier.carried(), [vec![last], vec![last]]);
 }
