@@ -305,7 +305,8 @@ impl Engine {
                         continue;
                     }
                     if e.code().is_none() {
-                        // No relay of the contact answered: they may have moved.
+                        // This relay of the contact did not answer: they may have moved
+                        // (a lookup runs at most once per 30 s per contact).
                         self.delivery_unanswered(device);
                     }
                     let wait = &e
