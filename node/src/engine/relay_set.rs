@@ -153,10 +153,20 @@ impl Engine {
         self.fetch_home_mailboxes();
     }
 
-    /// A device list message from `user` named its relays: they replace the set held (see
-    /// the module documentation). Relays that are not relay addresses leave it unchanged.
-    pub(crate) fn take_relays(&mut self, user: &str, relays: &[String]) {
+    /// A device list message from `user`, sent at `sent_at_ms`, named its relays: they
+    /// replace the set held (see the module documentation), unless a message sent later
+    /// already gave one. Relays that are not relay addresses leave it unchanged.
+    pub(crate) fn take_relays(&mut self, user: &str, relays: &[String], sent_at_ms: i64) {
         if relays.is_empty() || user == self.me.user_hex {
+            return;
+        }
+        if self
+            .people
+            .relays_sent_at
+            .get(user)
+            .is_some_and(|&last| sent_at_ms < last)
+        {
+            tracing::debug!(contact = %user, "an older relay set arrived late; the newer one stays");
             return;
         }
         let parsed: Option<Vec<Multiaddr>> = relays.iter().map(|r| parse_relay(r).ok()).collect();
@@ -167,10 +177,13 @@ impl Engine {
         let Some(state) = self.known(user) else {
             return;
         };
-        if state.relays == parsed {
+        let (same, mut contact) = (state.relays == parsed, state.contact.clone());
+        self.people
+            .relays_sent_at
+            .insert(user.to_owned(), sent_at_ms);
+        if same {
             return;
         }
-        let mut contact = state.contact.clone();
         contact.relays = relays.to_vec();
         if self.people.contacts.contains_key(user) {
             let now = self.clock.now_ms();

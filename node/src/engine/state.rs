@@ -156,6 +156,10 @@ pub(crate) struct People {
     /// Devices whose prekey is being claimed in a task (at most
     /// [`crate::consts::MAX_CLAIMS_IN_FLIGHT`]); each answers as `Internal::PrekeyClaimed`.
     pub claiming: HashSet<DeviceId>,
+    /// When the relay set last taken from each user's device-list messages was sent (the
+    /// sender's clock, ms): an older message arriving later, through a slower relay, does
+    /// not bring back the set it replaced.
+    pub relays_sent_at: HashMap<String, i64>,
 }
 
 /// Keeping device lists current, and what is owed because one was not.
@@ -354,6 +358,7 @@ impl Engine {
                 peers_fetching: false,
                 peers_retry: (0, now),
                 claiming: HashSet::new(),
+                relays_sent_at: HashMap::new(),
             },
             lists: Lists {
                 lists_due: true,

@@ -186,7 +186,7 @@ impl Engine {
                     }
                     Ok(())
                 })?;
-                self.take_relays(user, &relays);
+                self.take_relays(user, &relays, env.sent_at_ms);
             }
             Body::History {
                 messages,

@@ -182,3 +182,19 @@ async fn lanes_waiting_for_a_relay_never_keep_other_devices_from_being_looked_at
     let last = u8::try_from(devices.len()).unwrap();
     assert_eq!(alice.courier.carried(), [vec![last], vec![last]]);
 }
+
+#[tokio::test]
+async fn an_older_relay_set_arriving_late_does_not_replace_a_newer_one() {
+    let (mut alice, bob, _, relays) = alice_and_bob_at_two_relays().await;
+    let addr = |r: &PeerId| format!("/ip4/127.0.0.1/tcp/9/p2p/{r}");
+    let held = |h: &Harness| h.engine.known(&bob).unwrap().contact.relays.clone();
+    // Bob announced only his second relay at 2,000, then that announcement's predecessor,
+    // naming only the first, arrives through a slower relay.
+    alice.engine.take_relays(&bob, &[addr(&relays[1])], 2_000);
+    assert_eq!(held(&alice), [addr(&relays[1])]);
+    alice.engine.take_relays(&bob, &[addr(&relays[0])], 1_000);
+    assert_eq!(held(&alice), [addr(&relays[1])], "the newer set stays");
+    // A later announcement replaces it.
+    alice.engine.take_relays(&bob, &[addr(&relays[0])], 3_000);
+    assert_eq!(held(&alice), [addr(&relays[0])]);
+}
