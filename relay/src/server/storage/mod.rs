@@ -1,8 +1,12 @@
-//! The relay's own storage: one SQLite database (WAL, `synchronous=FULL`) owned by one
-//! writer thread that commits queued operations in batches (group commit).
+//! The relay's own storage: one SQLite database (WAL) owned by one writer thread that
+//! commits queued operations in batches (group commit), and a flusher thread that makes the
+//! commits durable.
 //!
 //! Every operation carries a oneshot reply that is sent only after the transaction holding
-//! it has committed, so an acknowledged deposit is on disk. Each operation runs inside its
+//! it has committed and the write-ahead log holding that commit was flushed to disk, so an
+//! acknowledged deposit is on disk. The writer commits without waiting for the disk
+//! (`synchronous=NORMAL`) and goes on with the next batch while the flusher flushes the
+//! log once for every commit queued so far (see `sync`). Each operation runs inside its
 //! own savepoint, so one that fails (a full disk, say) is rolled back alone while the rest
 //! of the batch commits.
 //!
@@ -14,7 +18,9 @@
 //! - `schema`: connection settings, the migrations to each schema version, and the state
 //!   read back at start-up ([`Loaded`], the mailbox fill levels);
 //! - `writer`: the writer thread: batching, the disk reserve, one savepoint per operation,
-//!   replies after the commit, and the usage counters it keeps;
+//!   and the usage counters it keeps;
+//! - `sync`: the flusher thread: one flush of the log for the commits queued, then their
+//!   replies;
 //! - `mailbox`: deposits, fetches, acks and expiry of mailbox entries, and a mailbox's usage;
 //! - `grants`: the deposit grants an owner registers, and their expiry;
 //! - `presence`: presence allow-lists, last-seen times and push endpoints;
@@ -29,6 +35,7 @@ mod mailbox;
 mod op;
 mod presence;
 mod schema;
+mod sync;
 mod writer;
 
 use std::{
@@ -241,9 +248,20 @@ impl Storage {
             .fold((0, 0), |(m, b), (_, u)| (m + u.messages, b + u.bytes));
         metrics.set_mailbox_totals(total_messages, total_bytes);
         let checkpointer = checkpoint::Checkpointer::spawn(&path)?;
+        // From here on commits do not wait for the disk: the flusher flushes them before
+        // anything is answered.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(wrap)?;
+        let flusher = sync::Flusher::spawn(&path, metrics.clone()).map_err(OpenError::Thread)?;
         let (tx, rx) = mpsc::channel(settings.queue_depth);
-        let writer =
-            writer::Writer::new(conn, dir.to_path_buf(), (usage, issued), settings, metrics);
+        let writer = writer::Writer::new(
+            conn,
+            dir.to_path_buf(),
+            (usage, issued),
+            settings,
+            metrics,
+            flusher,
+        );
         let thread = std::thread::Builder::new()
             .name("tern-relay-storage".into())
             .spawn(move || writer.run(rx))

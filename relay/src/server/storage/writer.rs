@@ -1,6 +1,7 @@
 //! The writer thread: it takes operations in batches, runs each in a savepoint of one
-//! transaction, and answers them only after the commit; it keeps every mailbox's fill level
-//! in memory, and refuses what stores more while free disk space is below the reserve.
+//! transaction, commits, and hands the answers to the flusher (`sync`), which sends them
+//! once the commit is on disk; it keeps every mailbox's fill level in memory, and refuses
+//! what stores more while free disk space is below the reserve.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
 
@@ -9,8 +10,10 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::{
-    Claimed, Deposited, Op, OpError, Page, Settings, Stored, directory, grants, mailbox, op::Reply,
+    Claimed, Deposited, Op, OpError, Page, Settings, Stored, directory, grants, mailbox,
+    op::Reply,
     presence, schema, sql_err,
+    sync::{Committed, Flusher},
 };
 use crate::server::{
     metrics::Metrics,
@@ -32,13 +35,15 @@ pub(super) struct Writer {
     issued: u64,
     settings: Settings,
     metrics: Arc<Metrics>,
+    /// Where committed answers wait for the disk.
+    flusher: Flusher,
 }
 
 /// Signed changes to usage counters.
 pub(super) type Delta = HashMap<Key, (i64, i64)>;
 
-/// An applied operation waiting for the commit to send its reply.
-enum Done {
+/// An applied operation waiting for its commit to reach the disk to send its reply.
+pub(super) enum Done {
     Deposit(Reply<Deposited>, Result<Deposited, OpError>),
     Fetch(Reply<Page>, Result<Page, OpError>),
     Count(Reply<u32>, Result<u32, OpError>),
@@ -66,7 +71,8 @@ impl Done {
         }
     }
 
-    fn send(self, commit_error: Option<&OpError>) {
+    /// Sends the reply: the operation's result, or `commit_error` if its commit failed.
+    pub(super) fn send(self, commit_error: Option<&OpError>) {
         fn go<T>(reply: Reply<T>, result: Result<T, OpError>, commit_error: Option<&OpError>) {
             let r = match commit_error {
                 Some(e) => Err(e.clone()),
@@ -99,6 +105,7 @@ impl Writer {
         (usage, issued): (HashMap<Key, Usage>, u64),
         settings: Settings,
         metrics: Arc<Metrics>,
+        flusher: Flusher,
     ) -> Self {
         Writer {
             conn,
@@ -108,6 +115,7 @@ impl Writer {
             issued,
             settings,
             metrics,
+            flusher,
         }
     }
 
@@ -140,6 +148,8 @@ impl Writer {
         while let Ok(op) = rx.try_recv() {
             fail(op, &OpError::Closed);
         }
+        // Everything committed is flushed and answered before the writer is done.
+        self.flusher.finish();
         tracing::debug!("storage writer finished its queue");
     }
 
@@ -177,6 +187,7 @@ impl Writer {
         let mut done = Vec::with_capacity(queue.len());
         let mut delta = Delta::new();
         let issued_before = self.issued;
+        let changes_before = self.conn.total_changes();
         let tx = match self.conn.transaction() {
             Ok(tx) => tx,
             Err(e) => {
@@ -253,11 +264,13 @@ impl Writer {
                 }
             }
         }
-        self.metrics.observe_commit(started.elapsed(), n);
-        let err = commit.err();
-        for d in done {
-            d.send(err.as_ref());
-        }
+        let error = commit.err();
+        self.flusher.send(Committed {
+            done,
+            wrote: error.is_none() && self.conn.total_changes() != changes_before,
+            error,
+            started,
+        });
     }
 }
 

@@ -1,7 +1,6 @@
 //! The relay's storage writer alone (`relay-writer`): deposits submitted straight to
-//! `tern_relay::server::storage` (the relay's own writer thread, group commit, WAL with
-//! `synchronous=FULL`, every deposit answered only after its commit, quotas and shares
-//! checked), against the raw batched durable SQLite insert loop, the two alternated in one
+//! `tern_relay::server::storage` (the relay's own writer thread, group commit, WAL, every
+//! deposit answered only after its commit was flushed to disk, quotas and shares checked), against the raw batched durable SQLite insert loop, the two alternated in one
 //! process so that the machine's load hits both alike.
 //!
 //! - `relay.writer_throughput`: deposits/s of [`CIPHERTEXT`] bytes from [`SENDERS`] senders
@@ -11,9 +10,9 @@
 //!   event loop does.
 //! - `relay.writer_us_per_deposit`: the same as µs of writer time per deposit, against µs
 //!   per raw row: the ratio is what the writer costs over a bare insert.
-//! - `relay.writer_cpu_us_per_deposit`: CPU time of the writer thread per deposit (the
-//!   median of the runs), against the raw loop's thread per row: the writer's own cost,
-//!   apart from the waits for the disk that both share.
+//! - `relay.writer_cpu_us_per_deposit`: CPU time of the storage's threads (the writer and
+//!   the flusher) per deposit (the median of the runs), against the raw loop's thread per
+//!   row: the storage's own cost, apart from the waits for the disk that both share.
 //! - `relay.writer_ack_p50` / `_p99`: ms from a deposit's submission to its answer in the
 //!   median run, against the time the raw loop takes for one transaction of its rows.
 
@@ -133,8 +132,8 @@ async fn writer_run(n: usize) -> anyhow::Result<Run> {
     let (reply, rx) = oneshot::channel();
     h.submit_wait(Op::Ping { reply }).await?;
     rx.await.context("storage writer gone")??;
-    let writer = writer_thread()?;
-    let cpu_before = thread_cpu(&writer)?;
+    let threads = storage_threads()?;
+    let cpu_before = threads_cpu(&threads)?;
     let senders: Vec<PeerId> = (0..SENDERS).map(|_| PeerId::random()).collect();
     let mailboxes: Vec<PeerId> = (0..MAILBOXES).map(|_| PeerId::random()).collect();
     let body = vec![0x5au8; CIPHERTEXT];
@@ -173,24 +172,41 @@ async fn writer_run(n: usize) -> anyhow::Result<Run> {
     }
     let rate = per_sec(n, start.elapsed());
     anyhow::ensure!(lat.len() == n, "{} of {n} deposits answered", lat.len());
-    let cpu = thread_cpu(&writer)?.saturating_sub(cpu_before);
+    let cpu = threads_cpu(&threads)?.saturating_sub(cpu_before);
     drop(h);
     storage.close().await;
     Ok(Run { rate, lat, cpu })
 }
 
-/// The storage writer thread's `/proc` entry (`self/task/<id>`), found by its name.
-fn writer_thread() -> anyhow::Result<String> {
+/// The storage's threads' `/proc` entries (`self/task/<id>`), found by their names (cut to
+/// 15 bytes): the writer (`tern-relay-storage`), which must be there, and the flusher
+/// (`tern-relay-flush`).
+fn storage_threads() -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut writer = false;
     for t in std::fs::read_dir("/proc/self/task")? {
         let t = t?.file_name();
         let task = format!("self/task/{}", t.to_string_lossy());
         let comm = std::fs::read_to_string(format!("/proc/{task}/comm")).unwrap_or_default();
-        // Thread names are cut to 15 bytes.
-        if comm.trim_end() == "tern-relay-stor" {
-            return Ok(task);
+        match comm.trim_end() {
+            "tern-relay-stor" => writer = true,
+            "tern-relay-flus" => {}
+            _ => continue,
         }
+        found.push(task);
     }
-    anyhow::bail!("no storage writer thread (tern-relay-storage) in this process")
+    anyhow::ensure!(
+        writer,
+        "no storage writer thread (tern-relay-storage) in this process"
+    );
+    Ok(found)
+}
+
+/// CPU time the `threads` have spent together.
+fn threads_cpu(threads: &[String]) -> anyhow::Result<Duration> {
+    threads
+        .iter()
+        .try_fold(Duration::ZERO, |sum, t| Ok(sum + thread_cpu(t)?))
 }
 
 /// Now, ms since the epoch.
