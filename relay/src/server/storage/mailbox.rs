@@ -1,11 +1,16 @@
 //! Mailbox entries: a deposit stores the ciphertext once and an entry per recipient (each
 //! counted in its share), a fetch reads a page, an ack or the expiry sweep removes entries
-//! (and the message with its last one); and who fills a mailbox.
+//! (and the message with its last one); and who fills a mailbox. Which entries a mailbox
+//! holds is kept in memory (`index`).
+
+mod index;
 
 use std::collections::HashMap;
 
 use libp2p::PeerId;
 use rusqlite::{Connection, OptionalExtension, params};
+
+pub(super) use index::{Index, Moves};
 
 use super::{Deposited, OpError, Page, Quota, Share, Stored, peer, sql_err, writer::Delta};
 use crate::server::quota::{self, Key, Tag, Usage};
@@ -30,7 +35,7 @@ pub(super) fn deposit(
     (expires_ms, intro_expires_ms): (u64, u64),
     usage: &HashMap<Key, Usage>,
     batch: &Delta,
-    local: &mut Delta,
+    (local, moves): (&mut Delta, &mut Moves),
     quota: Quota,
     issued: &mut u64,
 ) -> Result<Deposited, OpError> {
@@ -90,6 +95,7 @@ pub(super) fn deposit(
         // Recipients are distinct, so this deposit adds one to each mailbox.
         let depth = quota::current(usage, batch, &(key.clone(), Tag::Total)).0 + 1;
         count(local, &key, Some(&col), intro, 1, size as i64);
+        moves.add(&key, seq);
         stored.push(Stored {
             peer,
             id: seq,
@@ -113,51 +119,64 @@ fn count(local: &mut Delta, owner: &[u8], share: Option<&[u8]>, intro: bool, m: 
     }
 }
 
+/// A page of `owner`'s entries above `after` that have not expired by `now_ms`: at most
+/// `limit`, and at most `max_bytes` of ciphertext unless the first alone is larger.
 pub(super) fn fetch(
     sp: &Connection,
+    index: &Index,
     owner: PeerId,
     after: u64,
-    limit: u32,
-    max_bytes: usize,
+    (limit, max_bytes): (u32, usize),
     now_ms: u64,
 ) -> Result<Page, OpError> {
     let mut stmt = sp
         .prepare_cached(
-            "SELECT m.seq, g.sender, g.created_ms, g.body, m.intro FROM mailbox m JOIN message g ON g.id = m.message
-             WHERE m.owner = ?1 AND m.seq > ?2 AND m.expires_ms > ?3 ORDER BY m.seq LIMIT ?4",
+            "SELECT g.sender, g.created_ms, g.body, m.intro, m.expires_ms
+             FROM mailbox m JOIN message g ON g.id = m.message WHERE m.seq = ?1",
         )
-        .map_err(sql_err)?;
-    let after = i64::try_from(after).unwrap_or(i64::MAX);
-    let mut rows = stmt
-        .query(params![
-            owner.to_bytes(),
-            after,
-            now_ms as i64,
-            i64::from(limit) + 1
-        ])
         .map_err(sql_err)?;
     let mut messages = Vec::new();
     let mut bytes = 0usize;
     let mut more = false;
-    while let Some(row) = rows.next().map_err(sql_err)? {
-        let body: Vec<u8> = row.get(3).map_err(sql_err)?;
+    for seq in index.after(&owner.to_bytes(), after) {
+        let Ok(id) = i64::try_from(seq) else { break };
+        let row = stmt
+            .query_row(params![id], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)? != 0,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()
+            .map_err(sql_err)?;
+        let Some((sender, deposited_ms, body, intro, expires_ms)) = row else {
+            return Err(OpError::Internal(
+                "mailbox index names a missing entry".into(),
+            ));
+        };
+        // Expired but not swept yet: as good as gone.
+        if expires_ms <= now_ms as i64 {
+            continue;
+        }
         if messages.len() as u32 >= limit
             || (!messages.is_empty() && bytes + body.len() > max_bytes)
         {
             more = true;
             break;
         }
-        let sender: Vec<u8> = row.get(1).map_err(sql_err)?;
         let Some(sender) = peer(&sender) else {
             return Err(OpError::Internal("stored sender is not a peer id".into()));
         };
         bytes += body.len();
         messages.push(Envelope {
-            id: row.get::<_, i64>(0).map_err(sql_err)? as u64,
+            id: seq,
             sender,
-            deposited_ms: row.get::<_, i64>(2).map_err(sql_err)?.max(0) as u64,
+            deposited_ms: deposited_ms.max(0) as u64,
             ciphertext: serde_bytes::ByteBuf::from(body),
-            intro: row.get::<_, i64>(4).map_err(sql_err)? != 0,
+            intro,
         });
     }
     Ok(Page { messages, more })
@@ -177,7 +196,7 @@ pub(super) fn ack(
     sp: &Connection,
     owner: PeerId,
     ids: &[u64],
-    local: &mut Delta,
+    (local, moves): (&mut Delta, &mut Moves),
 ) -> Result<u32, OpError> {
     let key = owner.to_bytes();
     let mut removed = 0u32;
@@ -198,21 +217,26 @@ pub(super) fn ack(
         if let Some((message, size, share, intro)) = row {
             remove_entry(sp, message)?;
             count(local, &key, share.as_deref(), intro, -1, -size);
+            moves.remove(&key, id as u64);
             removed += 1;
         }
     }
     Ok(removed)
 }
 
-pub(super) fn expire(sp: &Connection, now_ms: u64, local: &mut Delta) -> Result<u64, OpError> {
+pub(super) fn expire(
+    sp: &Connection,
+    now_ms: u64,
+    (local, moves): (&mut Delta, &mut Moves),
+) -> Result<u64, OpError> {
     let mut stmt = sp
         .prepare_cached(
             "DELETE FROM mailbox WHERE seq IN
                (SELECT seq FROM mailbox WHERE expires_ms <= ?1 LIMIT ?2)
-             RETURNING owner, message, size, share, intro",
+             RETURNING owner, message, size, share, intro, seq",
         )
         .map_err(sql_err)?;
-    type Row = (Vec<u8>, i64, i64, Option<Vec<u8>>, bool);
+    type Row = (Vec<u8>, i64, i64, Option<Vec<u8>>, bool, i64);
     let rows: Vec<Row> = stmt
         .query_map(params![now_ms as i64, MAX_EXPIRE_PER_SWEEP], |r| {
             Ok((
@@ -221,32 +245,54 @@ pub(super) fn expire(sp: &Connection, now_ms: u64, local: &mut Delta) -> Result<
                 r.get(2)?,
                 r.get(3)?,
                 r.get::<_, i64>(4)? != 0,
+                r.get(5)?,
             ))
         })
         .and_then(|rows| rows.collect())
         .map_err(sql_err)?;
-    for (owner, message, size, share, intro) in &rows {
+    for (owner, message, size, share, intro, seq) in &rows {
         remove_entry(sp, *message)?;
         count(local, owner, share.as_deref(), *intro, -1, -size);
+        moves.remove(owner, (*seq).max(0) as u64);
     }
     Ok(rows.len() as u64)
 }
 
 /// Who fills `owner`'s mailbox: totals and the largest shares.
-pub(super) fn usage(sp: &Connection, owner: PeerId, q: &Quota) -> Result<mailbox::Usage, OpError> {
+pub(super) fn usage(
+    sp: &Connection,
+    index: &Index,
+    owner: PeerId,
+    q: &Quota,
+) -> Result<mailbox::Usage, OpError> {
     let key = owner.to_bytes();
     let mut stmt = sp
-        .prepare_cached(
-            "SELECT share, intro, COUNT(*), SUM(size) FROM mailbox WHERE owner = ?1
-             GROUP BY share, intro",
-        )
+        .prepare_cached("SELECT share, intro, size FROM mailbox WHERE seq = ?1")
         .map_err(sql_err)?;
-    let rows: Vec<(Option<Vec<u8>>, bool, i64, i64)> = stmt
-        .query_map(params![key], |r| {
-            Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?, r.get(3)?))
-        })
-        .and_then(|rows| rows.collect())
-        .map_err(sql_err)?;
+    /// A share column and whether introductions, with its entries and bytes.
+    type Groups = HashMap<(Option<Vec<u8>>, bool), (i64, i64)>;
+    let mut groups = Groups::new();
+    for seq in index.after(&key, 0) {
+        let Ok(id) = i64::try_from(seq) else { break };
+        let row = stmt
+            .query_row(params![id], |r| {
+                Ok((
+                    r.get::<_, Option<Vec<u8>>>(0)?,
+                    r.get::<_, i64>(1)? != 0,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()
+            .map_err(sql_err)?;
+        if let Some((share, intro, size)) = row {
+            let g = groups.entry((share, intro)).or_default();
+            g.0 += 1;
+            g.1 += size;
+        }
+    }
+    let rows = groups
+        .into_iter()
+        .map(|((share, intro), (m, b))| (share, intro, m, b));
     let mut u = mailbox::Usage {
         quota: Fill {
             messages: q.max_messages,

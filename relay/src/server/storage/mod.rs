@@ -60,7 +60,7 @@ pub use schema::Loaded;
 pub const DB_FILE: &str = "relay.sqlite3";
 /// The schema version this build writes (`PRAGMA user_version`); stored records are
 /// versioned by it.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Why the storage could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -224,13 +224,14 @@ impl Storage {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(wrap)?;
         match version {
-            0..=4 => {
-                let steps: [fn(&Connection) -> rusqlite::Result<()>; 5] = [
+            0..=5 => {
+                let steps: [fn(&Connection) -> rusqlite::Result<()>; 6] = [
                     schema::migrate_v1,
                     schema::migrate_v2,
                     schema::migrate_v3,
                     super::registrations::migrate_v4,
                     schema::migrate_v5,
+                    schema::migrate_v6,
                 ];
                 for step in &steps[version as usize..] {
                     step(&conn).map_err(wrap)?;
@@ -240,6 +241,7 @@ impl Storage {
             found => return Err(OpenError::Schema { path, found }),
         }
         let usage = schema::load_usage(&conn).map_err(wrap)?;
+        let index = mailbox::Index::load(&conn).map_err(wrap)?;
         let issued = schema::issued_seq(&conn).map_err(wrap)?;
         let loaded = schema::load_state(&conn).map_err(wrap)?;
         let (total_messages, total_bytes) = usage
@@ -257,7 +259,7 @@ impl Storage {
         let writer = writer::Writer::new(
             conn,
             dir.to_path_buf(),
-            (usage, issued),
+            (usage, index, issued),
             settings,
             metrics,
             flusher,

@@ -161,6 +161,18 @@ pub(super) fn migrate_v5(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Version 6 drops the index on `mailbox(owner, seq)`: the writer keeps which entries each
+/// mailbox holds in memory (`mailbox::Index`, read from the table at start-up), since every
+/// deposit wrote a leaf of that index for each recipient mailbox in every group commit.
+pub(super) fn migrate_v6(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN;
+         DROP INDEX IF EXISTS mailbox_owner;
+         PRAGMA user_version = 6;
+         COMMIT;",
+    )
+}
+
 /// The highest mailbox id ever issued (ids go on from there).
 pub(super) fn issued_seq(conn: &Connection) -> rusqlite::Result<u64> {
     conn.query_row(

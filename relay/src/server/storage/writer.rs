@@ -30,6 +30,8 @@ pub(super) struct Writer {
     low: (bool, Option<Instant>),
     /// Committed fill level of every non-empty mailbox and share in one.
     usage: HashMap<Key, Usage>,
+    /// Which entries each mailbox holds.
+    index: mailbox::Index,
     /// The highest mailbox id issued (perhaps in a transaction that was rolled back: ids
     /// may skip, never repeat).
     issued: u64,
@@ -97,12 +99,12 @@ impl Done {
 }
 
 impl Writer {
-    /// The writer of `conn`, whose mailboxes hold `usage` and which issued mailbox ids up
-    /// to `issued`.
+    /// The writer of `conn`, whose mailboxes hold `usage` and the entries of `index`, and
+    /// which issued mailbox ids up to `issued`.
     pub(super) fn new(
         conn: Connection,
         dir: PathBuf,
-        (usage, issued): (HashMap<Key, Usage>, u64),
+        (usage, index, issued): (HashMap<Key, Usage>, mailbox::Index, u64),
         settings: Settings,
         metrics: Arc<Metrics>,
         flusher: Flusher,
@@ -112,6 +114,7 @@ impl Writer {
             dir,
             low: (false, None),
             usage,
+            index,
             issued,
             settings,
             metrics,
@@ -209,7 +212,7 @@ impl Writer {
             let d = apply_in_savepoint(
                 &tx,
                 op,
-                (&self.usage, &mut delta),
+                (&self.usage, &mut delta, &mut self.index),
                 &mut self.issued,
                 &self.settings,
             );
@@ -261,6 +264,11 @@ impl Writer {
                 tracing::error!(error = %e, ops = n, "storage transaction failed; rolled back");
                 if let Ok(u) = schema::load_usage(&self.conn) {
                     self.usage = u;
+                }
+                // The index took the moves of the operations that succeeded in it.
+                match mailbox::Index::load(&self.conn) {
+                    Ok(i) => self.index = i,
+                    Err(e) => tracing::error!(error = %e, "cannot read the mailbox index again"),
                 }
             }
         }
@@ -320,7 +328,7 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// Runs one operation in a savepoint; on failure the savepoint (and the operation's usage
-/// delta) is discarded and the error becomes the reply. The savepoint statements are
+/// delta and index moves) is discarded and the error becomes the reply. The savepoint statements are
 /// prepared once and cached, like the operations' own.
 ///
 /// A deposit runs without one: copying every page it touches into the savepoint's journal
@@ -334,11 +342,12 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 fn apply_in_savepoint(
     sp: &Connection,
     op: Op,
-    (usage, delta): (&HashMap<Key, Usage>, &mut Delta),
+    (usage, delta, index): (&HashMap<Key, Usage>, &mut Delta, &mut mailbox::Index),
     issued: &mut u64,
     settings: &Settings,
 ) -> Done {
     let mut local = Delta::new();
+    let mut moves = mailbox::Moves::default();
     let bare = matches!(op, Op::Deposit { .. });
     if !bare && let Err(e) = run_cached(sp, "SAVEPOINT op") {
         fail(op, &sql_err(e));
@@ -365,7 +374,7 @@ fn apply_in_savepoint(
                 (expires_ms, intro_expires_ms.min(expires_ms)),
                 usage,
                 delta,
-                &mut local,
+                (&mut local, &mut moves),
                 settings.quota,
                 issued,
             );
@@ -389,17 +398,17 @@ fn apply_in_savepoint(
             now_ms,
             reply,
         } => {
-            let r = mailbox::fetch(sp, owner, after, limit, max_bytes, now_ms);
+            let r = mailbox::fetch(sp, index, owner, after, (limit, max_bytes), now_ms);
             let ok = r.is_ok();
             (Done::Fetch(reply, r), ok)
         }
         Op::Ack { owner, ids, reply } => {
-            let r = mailbox::ack(sp, owner, &ids, &mut local);
+            let r = mailbox::ack(sp, owner, &ids, (&mut local, &mut moves));
             let ok = r.is_ok();
             (Done::Count(reply, r), ok)
         }
         Op::Expire { now_ms, reply } => {
-            let r = mailbox::expire(sp, now_ms, &mut local).and_then(|n| {
+            let r = mailbox::expire(sp, now_ms, (&mut local, &mut moves)).and_then(|n| {
                 grants::expire(sp, now_ms.saturating_sub(settings.grant_idle_ms))?;
                 Ok(n)
             });
@@ -450,7 +459,7 @@ fn apply_in_savepoint(
             (Done::Peers(reply, r), ok)
         }
         Op::Usage { owner, reply } => {
-            let r = mailbox::usage(sp, owner, &settings.quota);
+            let r = mailbox::usage(sp, index, owner, &settings.quota);
             let ok = r.is_ok();
             (Done::Usage(reply, r), ok)
         }
@@ -508,6 +517,7 @@ fn apply_in_savepoint(
     if bare {
         if ok {
             merge(local, delta, early_notice);
+            index.apply(moves);
         }
         return done;
     }
@@ -515,6 +525,7 @@ fn apply_in_savepoint(
         match run_cached(sp, "RELEASE op") {
             Ok(()) => {
                 merge(local, delta, early_notice);
+                index.apply(moves);
                 done
             }
             Err(e) => {

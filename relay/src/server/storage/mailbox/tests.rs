@@ -311,3 +311,105 @@ async fn shares_are_counted_freed_and_reloaded() {
     assert_eq!(usage(&h, owner).await.total.messages, 5);
     storage.close().await;
 }
+
+/// Which entries each mailbox holds lives in memory: after a restart it is read back from
+/// the table, and fetches page through each mailbox in id order from any cursor.
+#[tokio::test]
+async fn mailboxes_survive_a_restart_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, b) = (PeerId::random(), PeerId::random(), PeerId::random());
+    let (storage, _) =
+        Storage::open(dir.path(), settings(1_000), Arc::new(Metrics::default())).unwrap();
+    let h = storage.handle();
+    for i in 0..50u8 {
+        let to = if i % 5 < 3 { a } else { b };
+        deposit(&h, s, vec![to], &[i]).await.unwrap();
+    }
+    storage.close().await;
+    drop(h);
+    let (storage, _) =
+        Storage::open(dir.path(), settings(1_000), Arc::new(Metrics::default())).unwrap();
+    let h = storage.handle();
+    let page = fetch(&h, a, 1000).await;
+    let bodies: Vec<u8> = page.messages.iter().map(|m| m.ciphertext[0]).collect();
+    let expected: Vec<u8> = (0..50u8).filter(|i| i % 5 < 3).collect();
+    assert_eq!(bodies, expected);
+    assert!(page.messages.windows(2).all(|w| w[0].id < w[1].id));
+    // From a cursor, a page at a time.
+    let cursor = page.messages[9].id;
+    let (reply, rx) = oneshot::channel();
+    h.submit_wait(Op::Fetch {
+        owner: a,
+        after: cursor,
+        limit: 5,
+        max_bytes: 1 << 20,
+        now_ms: 1000,
+        reply,
+    })
+    .await
+    .unwrap();
+    let next = rx.await.unwrap().unwrap();
+    assert!(next.more);
+    let ids: Vec<u64> = next.messages.iter().map(|m| m.id).collect();
+    let want: Vec<u64> = page.messages[10..15].iter().map(|m| m.id).collect();
+    assert_eq!(ids, want);
+    assert_eq!(fetch(&h, b, 1000).await.messages.len(), 20);
+    storage.close().await;
+}
+
+/// A version 5 database (with the owner index in the table) opens as version 6 without it,
+/// and every entry is still fetched and counted.
+#[tokio::test]
+async fn a_version_5_database_keeps_its_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a) = (PeerId::random(), PeerId::random());
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        use super::super::schema;
+        for step in [
+            schema::migrate_v1,
+            schema::migrate_v2,
+            schema::migrate_v3,
+            crate::server::registrations::migrate_v4,
+            schema::migrate_v5,
+        ] {
+            step(&conn).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO message(id, sender, created_ms, expires_ms, refs, body)
+             VALUES (1, ?1, 5, 9000, 1, x'abcd')",
+            [s.to_bytes()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO mailbox(seq, owner, message, size, expires_ms, share, intro)
+             VALUES (7, ?1, 1, 2, 9000, NULL, 0)",
+            [a.to_bytes()],
+        )
+        .unwrap();
+    }
+    let (storage, _) =
+        Storage::open(dir.path(), settings(1_000), Arc::new(Metrics::default())).unwrap();
+    let h = storage.handle();
+    let page = fetch(&h, a, 1000).await;
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(page.messages[0].id, 7);
+    assert_eq!(page.messages[0].ciphertext.as_ref(), [0xab, 0xcd]);
+    assert_eq!(page.messages[0].sender, s);
+    assert_eq!(usage(&h, a).await.total.messages, 1);
+    storage.close().await;
+    drop(h);
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 6);
+    let owner_index: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'mailbox_owner'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(owner_index, 0);
+}
