@@ -102,8 +102,9 @@ impl Engine {
     }
 
     pub(super) fn contact_info(&self, id: &str) -> Option<ContactInfo> {
+        let user_id = UserId::from_hex(id)?;
         self.people.contacts.get(id).map(|c| ContactInfo {
-            user_id: id.to_owned(),
+            user_id,
             name: c.contact.display_name.clone(),
             verified: c.contact.verified,
             identity_change_pending: self.people.pending_identity.contains_key(id),
@@ -227,9 +228,7 @@ impl Engine {
                 .pending_identity
                 .insert(id.clone(), link.trim().to_owned());
             self.save_pending_identity()?;
-            self.emit(Event::IdentityChanged {
-                user_id: id.clone(),
-            });
+            self.emit(Event::IdentityChanged { user_id });
             return Err(NodeError::IdentityChanged(
                 existing.contact.display_name.clone(),
             ));
@@ -398,7 +397,7 @@ impl Engine {
         let sn = self.safety_number(&id)?;
         let c = &self.people.contacts[&id];
         Ok(SafetyInfo {
-            user_id: id.clone(),
+            user_id: super::user_of(&id)?,
             name: c.contact.display_name.clone(),
             digits: sn.display(),
             qr: tern_crypto::hex::encode(&sn.qr_payload()),

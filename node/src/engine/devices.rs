@@ -75,7 +75,12 @@ impl Engine {
     /// sent), or the wait for it ended: noted for `device.list`, and told to subscribers. A
     /// confirmation of any record sent it counts; the end of a wait only for the latest
     /// record, while that is still waiting (the same code added again sends a new record).
-    pub(crate) fn on_link_answered(&mut self, device: String, record: PeerId, confirmed: bool) {
+    pub(crate) fn on_link_answered(
+        &mut self,
+        device: tern_crypto::DeviceId,
+        record: PeerId,
+        confirmed: bool,
+    ) {
         use crate::types::LinkState;
         let link = if confirmed {
             LinkState::Confirmed
@@ -88,7 +93,7 @@ impl Engine {
         if self.me.link_states.get(&device).map(|(l, _)| *l) == Some(link) {
             return;
         }
-        self.me.link_states.insert(device.clone(), (link, record));
+        self.me.link_states.insert(device, (link, record));
         self.emit(crate::types::Event::DeviceLink {
             device_id: device,
             link,
@@ -106,16 +111,12 @@ impl Engine {
             .map(|e| {
                 let c = e.certificate.certificate();
                 DeviceInfo {
-                    device_id: e.device_id().to_peer_id_string(),
+                    device_id: e.device_id(),
                     name: c.name.clone(),
                     this_device: e.device_id() == me,
                     created_at: c.created_at,
                     words: None,
-                    link: self
-                        .me
-                        .link_states
-                        .get(&e.device_id().to_peer_id_string())
-                        .map(|(l, _)| *l),
+                    link: self.me.link_states.get(&e.device_id()).map(|(l, _)| *l),
                 }
             })
             .collect()
@@ -144,7 +145,7 @@ impl Engine {
             // again. Any other code naming a listed device is refused: it would get the
             // identity secret without a device being added.
             Some(e) if e.is_active() => {
-                if self.me.linked.get(&peer.to_string()) != Some(&provision_key) {
+                if self.me.linked.get(&id) != Some(&provision_key) {
                     return Err(NodeError::BadRequest(
                         "that device is already linked; to link a device again, run `tern device link` on it for a new code".into(),
                     ));
@@ -208,7 +209,7 @@ impl Engine {
                 plain.len()
             )));
         }
-        self.me.linked.insert(peer.to_string(), provision_key);
+        self.me.linked.insert(id, provision_key);
         let (sealed, check) =
             provision::seal_to_checked(&provision_key, &plain).map_err(NodeError::from)?;
         // Shown only once the record is deposited: whoever reads them off this screen can
@@ -246,9 +247,9 @@ impl Engine {
         let record = confirmation.mailbox();
         self.me
             .link_states
-            .insert(peer.to_string(), (crate::types::LinkState::Waiting, record));
+            .insert(id, (crate::types::LinkState::Waiting, record));
         let tx = self.internal.clone();
-        let device = peer.to_string();
+        let device = id;
         tokio::spawn(async move {
             let confirmed = match confirmation.wait(relay, confirm::WAIT).await {
                 Ok(c) => c,
@@ -268,7 +269,7 @@ impl Engine {
         // The record carries the newest messages; everything else follows over the session.
         self.owe_history(&id.to_peer_id_string())?;
         Ok(DeviceInfo {
-            device_id: id.to_peer_id_string(),
+            device_id: id,
             name: certificate.certificate().name.clone(),
             this_device: false,
             created_at: certificate.certificate().created_at,
@@ -514,7 +515,7 @@ impl Engine {
                     .insert(user.to_owned(), String::new());
                 self.save_pending_identity()?;
                 self.emit(crate::types::Event::IdentityChanged {
-                    user_id: user.to_owned(),
+                    user_id: super::user_of(user)?,
                 });
             }
             return Ok(false);

@@ -219,7 +219,7 @@ impl Engine {
                 MailboxSender {
                     kind: "grant".into(),
                     name: user.as_deref().and_then(name_of),
-                    user_id: user,
+                    user_id: user.as_deref().and_then(UserId::from_hex),
                     device_id: None,
                     messages: f.messages,
                     bytes: f.bytes,
@@ -230,8 +230,8 @@ impl Engine {
                 MailboxSender {
                     kind: "device".into(),
                     name: user.as_deref().and_then(name_of),
-                    user_id: user,
-                    device_id: Some(p.to_string()),
+                    user_id: user.as_deref().and_then(UserId::from_hex),
+                    device_id: super::peer_device(p),
                     messages: f.messages,
                     bytes: f.bytes,
                 }

@@ -163,7 +163,7 @@ impl Engine {
                 && m.status == tern_store::Status::Sent
             {
                 self.emit(Event::Receipt {
-                    conversation: m.conversation.0,
+                    conversation: m.conversation,
                     ids: vec![id.to_string()],
                     status: crate::types::MessageStatus::Sent,
                 });

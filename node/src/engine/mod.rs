@@ -39,7 +39,7 @@ pub(crate) use state::{Engine, Setup};
 pub(crate) use views::message_info;
 
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
-use tern_crypto::{DeviceId, SignedDeviceList};
+use tern_crypto::{DeviceId, SignedDeviceList, UserId};
 use tern_store::{Contact, MessageId, Status};
 use tokio::sync::mpsc;
 
@@ -116,7 +116,7 @@ pub(crate) enum Internal {
     /// A device this one linked confirmed the record whose confirmation mailbox is
     /// `record` (or the wait for it ended without it).
     LinkAnswered {
-        device: String,
+        device: DeviceId,
         record: PeerId,
         confirmed: bool,
     },
@@ -167,6 +167,12 @@ pub(crate) fn device_peer(d: &DeviceId) -> Option<PeerId> {
 
 pub(crate) fn peer_device(p: &PeerId) -> Option<DeviceId> {
     DeviceId::from_peer_id_bytes(&p.to_bytes())
+}
+
+/// The typed id of a user the engine keys by hex (contacts, group members); text that is
+/// not a user id is a bad argument.
+pub(crate) fn user_of(hex: &str) -> Result<UserId, NodeError> {
+    UserId::from_hex(hex).ok_or_else(|| NodeError::invalid(format!("not a user id: {hex:?}")))
 }
 
 pub(crate) fn parse_message_id(s: &str) -> Option<MessageId> {
@@ -373,11 +379,13 @@ impl Engine {
             } => self.on_direct(peer, id, ciphertext),
             net::Event::PeerUp { peer, relayed } => {
                 if let Some(user) = self.people.device_owner.get(&peer) {
-                    self.emit(Event::Peer {
-                        user_id: user.clone(),
-                        device_id: peer.to_string(),
-                        relayed,
-                    });
+                    if let (Ok(user_id), Some(device_id)) = (user_of(user), peer_device(&peer)) {
+                        self.emit(Event::Peer {
+                            user_id,
+                            device_id,
+                            relayed,
+                        });
+                    }
                     // A contact's device is reachable: deliver what waits for it now.
                     self.dispatch_due(true);
                 }

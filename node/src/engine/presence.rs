@@ -108,7 +108,7 @@ impl Engine {
         });
     }
 
-    pub(super) fn presence_of(&self, id: &str) -> PresenceInfo {
+    pub(super) fn presence_of(&self, id: &str) -> Result<PresenceInfo, NodeError> {
         let c = &self.people.contacts[id];
         let mut best: Option<&presence::Entry> = None;
         for (d, _) in c.devices() {
@@ -125,12 +125,12 @@ impl Engine {
                 }
             }
         }
-        PresenceInfo {
-            user_id: id.to_owned(),
+        Ok(PresenceInfo {
+            user_id: super::user_of(id)?,
             name: c.contact.display_name.clone(),
             state: state_name(best.map_or(State::Unknown, |e| e.state)).into(),
             last_seen: best.and_then(|e| e.last_seen_ms),
-        }
+        })
     }
 
     pub(crate) fn on_presence(&mut self, entries: Vec<presence::Entry>) {
@@ -145,8 +145,9 @@ impl Engine {
             self.relays.presence.insert(e.peer, e);
         }
         for user in changed {
-            let presence = self.presence_of(&user);
-            self.emit(Event::Presence { presence });
+            if let Ok(presence) = self.presence_of(&user) {
+                self.emit(Event::Presence { presence });
+            }
         }
     }
 
@@ -205,7 +206,7 @@ impl Engine {
                 Err(e) => tracing::debug!(%relay, "presence query failed: {e}"),
             }
         }
-        Ok(ids.iter().map(|id| self.presence_of(id)).collect())
+        ids.iter().map(|id| self.presence_of(id)).collect()
     }
 }
 

@@ -115,7 +115,7 @@ impl Engine {
         for message in self.hold.expired(self.clock.now()) {
             if message.gap_before
                 && !message.own
-                && message.conversation == message.sender
+                && message.conversation.0 == message.sender
                 && self.people.contacts.contains_key(&message.sender)
             {
                 let up_to = message.seq.saturating_sub(1);

@@ -73,7 +73,7 @@ impl Engine {
             ));
         }
         let info = DeviceInfo {
-            device_id: id.to_peer_id_string(),
+            device_id: id,
             name: entry.certificate.certificate().name.clone(),
             this_device: false,
             created_at: entry.certificate.certificate().created_at,
@@ -152,7 +152,7 @@ impl Engine {
             );
             self.me.revoked = true;
             self.emit(crate::types::Event::Revoked {
-                device_id: self.me.device_hex.clone(),
+                device_id: self.me.device,
             });
         }
         let shared: Vec<String> = match tern_crypto::UserId::from_hex(user) {

@@ -83,6 +83,8 @@ pub(crate) struct Me {
     pub user: UserId,
     /// This user's id as hex (as conversations and contacts are keyed).
     pub user_hex: String,
+    /// This device's id.
+    pub device: DeviceId,
     /// This device's id as a peer id string.
     pub device_hex: String,
     /// When this device was made, ms.
@@ -94,10 +96,10 @@ pub(crate) struct Me {
     pub revoked: bool,
     /// Devices linked by this run, with the provisioning key their record was sealed to: only
     /// the same code may have the record sent again.
-    pub linked: HashMap<String, [u8; 32]>,
+    pub linked: HashMap<DeviceId, [u8; 32]>,
     /// Where each of those links stands (the new device's confirmation), and the
     /// confirmation mailbox of the latest record sent it.
-    pub link_states: HashMap<String, (crate::types::LinkState, libp2p::PeerId)>,
+    pub link_states: HashMap<DeviceId, (crate::types::LinkState, libp2p::PeerId)>,
 }
 
 /// Home relays and the connections to them.
@@ -322,6 +324,7 @@ impl Engine {
             me: Me {
                 user,
                 user_hex: user.to_string(),
+                device: keys.device.device_id(),
                 device_hex: keys.device.device_id().to_peer_id_string(),
                 home,
                 keys,

@@ -19,7 +19,7 @@ use crate::{
 pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
     MessageInfo {
         id: m.id.to_string(),
-        conversation: m.conversation.0.clone(),
+        conversation: m.conversation.clone(),
         sender: m.sender_user.clone(),
         sender_device: m.sender_device.clone(),
         own: m.own,
@@ -77,8 +77,8 @@ impl Engine {
             .collect::<Vec<_>>()
             .join(" ");
         IdInfo {
-            user_id: self.me.user_hex.clone(),
-            device_id: self.me.device_hex.clone(),
+            user_id: self.me.user,
+            device_id: self.me.device,
             name: self.me.config.name.clone(),
             fingerprint,
         }
@@ -142,8 +142,8 @@ impl Engine {
             }
         }
         Ok(StatusInfo {
-            user_id: self.me.user_hex.clone(),
-            device_id: self.me.device_hex.clone(),
+            user_id: self.me.user,
+            device_id: self.me.device,
             status: if self.relays.away { "away" } else { "online" }.into(),
             relays,
             listen: self.relays.listen.iter().map(ToString::to_string).collect(),
@@ -178,7 +178,7 @@ impl Engine {
             .hits
             .into_iter()
             .map(|h| SearchHitInfo {
-                conversation: h.conversation.0,
+                conversation: h.conversation,
                 id: h.message_id.to_string(),
                 snippet: h
                     .snippet
@@ -222,7 +222,7 @@ impl Engine {
                 };
                 Ok(ConversationInfo {
                     name: self.conversation_name(&c.id.0, c.title.as_deref()),
-                    id: c.id.0,
+                    id: c.id,
                     title: c.title,
                     last_text,
                     last_activity: c.last_activity_ms,

@@ -331,7 +331,7 @@ impl Engine {
                 format!("{} new messages in {}", info.unread, info.title)
             };
             self.emit(Event::Notification {
-                conversation: group,
+                conversation: tern_store::ConversationId(group),
                 title: info.title,
                 unread: info.unread,
                 text,

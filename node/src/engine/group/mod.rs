@@ -44,7 +44,7 @@ pub(crate) use inbound::Notify;
 use std::collections::HashMap;
 
 use serde_bytes::ByteArray;
-use tern_crypto::UserId;
+use tern_crypto::{UserId, group::GroupId};
 use tern_store::ConversationId;
 
 use super::{Engine, GroupCommand};
@@ -301,13 +301,13 @@ impl Engine {
             .members
             .iter()
             .map(|(id, m)| {
-                let user_id = hex(id);
+                let user_id = UserId::from_bytes(*id);
                 let name = if id == &me {
                     self.me.config.name.clone()
                 } else {
                     self.people
                         .contacts
-                        .get(&user_id)
+                        .get(&user_id.to_string())
                         .map_or_else(|| m.name.clone(), |c| c.contact.display_name.clone())
                 };
                 GroupMemberInfo {
@@ -323,7 +323,7 @@ impl Engine {
             .conversation(&ConversationId(group.to_owned()))?
             .map_or(0, |c| c.unread_count);
         Ok(GroupInfo {
-            id: group.to_owned(),
+            id: GroupId::from_bytes(state.id),
             title: state.title.clone(),
             members,
             epoch: state.epoch,

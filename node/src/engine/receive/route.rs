@@ -154,7 +154,7 @@ impl Engine {
                 })?;
                 if !moved.is_empty() {
                     self.emit(Event::Receipt {
-                        conversation: user.to_owned(),
+                        conversation: user.into(),
                         ids: moved,
                         status: to.into(),
                     });
