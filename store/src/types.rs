@@ -33,6 +33,13 @@ impl ConversationId {
     }
 }
 
+/// Looked up by its text (maps keyed by conversation take a `&str`).
+impl std::borrow::Borrow<str> for ConversationId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Compared with its text as the API and the store hold it.
 impl PartialEq<str> for ConversationId {
     fn eq(&self, other: &str) -> bool {

@@ -100,12 +100,8 @@ impl Engine {
         let lamport = page.iter().map(|m| m.lamport).max().unwrap_or(0);
         // From the index, not the page: the newest messages may all be the contact's.
         let seq = self.store.max_sequence(&id, &self.me.device_hex)?;
-        let lamport = *self
-            .counters
-            .lamport
-            .entry(conv.to_owned())
-            .or_insert(lamport);
-        let seq = *self.counters.seq.entry(conv.to_owned()).or_insert(seq);
+        let lamport = *self.counters.lamport.entry(id.clone()).or_insert(lamport);
+        let seq = *self.counters.seq.entry(id).or_insert(seq);
         Ok((lamport, seq))
     }
 
@@ -114,7 +110,7 @@ impl Engine {
         let (current, _) = self.conv_state(conv)?;
         self.counters
             .lamport
-            .insert(conv.to_owned(), current.max(lamport));
+            .insert(conv.into(), current.max(lamport));
         Ok(())
     }
 
@@ -205,8 +201,8 @@ impl Engine {
         if !owed.is_empty() {
             self.lists.resync_due = true;
         }
-        self.counters.lamport.insert(user.clone(), lamport);
-        self.counters.seq.insert(user.clone(), seq);
+        self.counters.lamport.insert(user.as_str().into(), lamport);
+        self.counters.seq.insert(user.as_str().into(), seq);
         if sessions.is_none() {
             self.outbox.encrypt_pending = true;
             self.outbox

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair};
 use tern_crypto::{DeviceId, UserId};
-use tern_store::{MessageId, Store};
+use tern_store::{ConversationId, MessageId, Store};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{Clock, ContactState, Internal, contacts, courier, grants, group, hold, media, push};
@@ -229,9 +229,9 @@ pub(crate) struct Inbox {
 #[derive(Default)]
 pub(crate) struct Counters {
     /// Lamport clocks.
-    pub lamport: HashMap<String, u64>,
+    pub lamport: HashMap<ConversationId, u64>,
     /// This device's sequence numbers.
-    pub seq: HashMap<String, u64>,
+    pub seq: HashMap<ConversationId, u64>,
 }
 
 /// Groups and what is pending for them.

@@ -277,8 +277,8 @@ impl Engine {
         if !owed.is_empty() {
             self.groups.owed_due = true;
         }
-        self.counters.lamport.insert(group.clone(), lamport);
-        self.counters.seq.insert(group.clone(), seq);
+        self.counters.lamport.insert(group.as_str().into(), lamport);
+        self.counters.seq.insert(group.as_str().into(), seq);
         let info = message_info(&message);
         self.emit(Event::Message {
             message: info.clone(),
