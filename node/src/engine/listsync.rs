@@ -24,7 +24,7 @@
 use std::time::Duration;
 
 use serde_bytes::{ByteArray, ByteBuf};
-use tern_crypto::DeviceId;
+use tern_crypto::{DeviceId, UserId};
 use tern_store::MessageId;
 
 use super::{Engine, Internal, relay_peer};
@@ -54,7 +54,7 @@ fn mark(list: &tern_crypto::DeviceList) -> ListMark {
 impl Engine {
     /// The list marks a message to `to` is encrypted with (`to`: `None` for a message to
     /// many users, such as a group message, which then carries the sender's mark only).
-    pub(crate) fn list_versions(&self, to: Option<&str>) -> ListVersions {
+    pub(crate) fn list_versions(&self, to: Option<&UserId>) -> ListVersions {
         ListVersions {
             to: to
                 .and_then(|u| self.known(u))
@@ -79,14 +79,14 @@ impl Engine {
     /// newer list of the sender's.
     pub(crate) fn check_list_marks(
         &mut self,
-        user: &str,
+        user: &UserId,
         device: DeviceId,
         env: &Envelope,
     ) -> Result<(), NodeError> {
         let Some(marks) = env.lists else {
             return Ok(());
         };
-        let me = user == self.me.user_hex;
+        let me = *user == self.me.user;
         if self
             .known(user)
             .and_then(|s| s.list.as_ref())
@@ -115,13 +115,13 @@ impl Engine {
             (&env.conversation, &env.body),
             (Conversation::Direct { .. }, Body::Text { .. })
         );
-        let key = (user.to_owned(), device.to_peer_id_string());
+        let key = (user.to_string(), device.to_peer_id_string());
         // Texts that missed a device are always named, and owed in the store until the
         // answer is queued (a crash before then must not lose the text for the new device);
         // anything else gets the list once.
         if text && !missed.is_empty() {
             let owed = tern_store::OwedListAnswer {
-                user: user.to_owned(),
+                user: user.to_string(),
                 device: key.1.clone(),
                 message_id: MessageId(env.id.into_array()),
                 seen_entries: seen.entries,
@@ -174,7 +174,10 @@ impl Engine {
         let ours = self.me.keys.device_list.list().clone();
         let own_device = self.me.keys.device.device_id();
         for (user, device) in targets {
-            let Some(target) = DeviceId::from_peer_id_string(&device) else {
+            let (Some(user), Some(target)) = (
+                UserId::from_hex(&user),
+                DeviceId::from_peer_id_string(&device),
+            ) else {
                 continue;
             };
             let mine: Vec<&tern_store::OwedListAnswer> =
@@ -225,12 +228,12 @@ impl Engine {
     /// Tells every contact, group member and this user's other devices (each device with a
     /// session) of this user's current device list.
     pub(crate) fn announce_list(&mut self) {
-        let mut users: Vec<String> = self
+        let mut users: Vec<UserId> = self
             .people
             .contacts
             .keys()
             .chain(self.people.peers.keys())
-            .cloned()
+            .copied()
             .collect();
         users.sort();
         users.dedup();
@@ -249,7 +252,7 @@ impl Engine {
         if !std::mem::take(&mut self.lists.announce_own_due) {
             return;
         }
-        let me = self.me.user_hex.clone();
+        let me = self.me.user;
         let sessions = match self.sessions_reachable(&me) {
             Ok((s, _)) => s,
             Err(e) => {
@@ -268,12 +271,13 @@ impl Engine {
     /// they missed, in one transaction with the session state (`save`).
     pub(crate) fn on_device_list(
         &mut self,
-        user: &str,
+        user: &UserId,
         list: &[u8],
         stale: &[ByteArray<16>],
         missed: &[ByteArray<32>],
         save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
     ) -> Result<(), NodeError> {
+        let hex = user.to_string();
         let mut owed = Vec::new();
         for id in stale {
             let id = MessageId(id.into_array());
@@ -281,9 +285,10 @@ impl Engine {
             // user's devices, of any direct conversation: sync copies).
             if let Some(m) = self.store.message(id)?
                 && m.own
-                && (user == self.me.user_hex || m.conversation.0 == user)
+                && (*user == self.me.user || m.conversation.0 == hex)
                 && m.body.is_user_content()
-                && self.people.contacts.contains_key(&m.conversation.0)
+                && UserId::from_hex(&m.conversation.0)
+                    .is_some_and(|c| self.people.contacts.contains_key(&c))
             {
                 owed.push(id);
             }
@@ -296,7 +301,7 @@ impl Engine {
         self.store.transaction(|tx| -> Result<(), NodeError> {
             save(tx)?;
             if !owed.is_empty() && !devices.is_empty() {
-                tx.owe_resync(user, &devices, &owed, now)?;
+                tx.owe_resync(&hex, &devices, &owed, now)?;
             }
             Ok(())
         })?;
@@ -321,12 +326,10 @@ impl Engine {
     /// session instead; the device drops ids it already has.
     pub(crate) fn owe_group_copies(
         &mut self,
-        user: &str,
+        user: &UserId,
         added: &[(DeviceId, u64)],
     ) -> Result<(), NodeError> {
-        let Some(u) = tern_crypto::UserId::from_hex(user) else {
-            return Ok(());
-        };
+        let u = *user;
         let me = *self.me.user.as_bytes();
         let own_device = self.me.keys.device.device_id();
         let groups: Vec<String> = self
@@ -375,7 +378,7 @@ impl Engine {
             }
             let key = [device.to_peer_id_string()];
             self.store
-                .transaction(|tx| tx.owe_resync(user, &key, &ids, now))?;
+                .transaction(|tx| tx.owe_resync(&user.to_string(), &key, &ids, now))?;
             tracing::info!(contact = %user, count = ids.len(), "group texts owed to a device linked since they were sent");
             self.lists.resync_due = true;
         }
@@ -384,7 +387,7 @@ impl Engine {
 
     /// Fetches `user`'s device list from their relays soon (a message showed a newer one),
     /// at most every [`LIST_WANT_GAP`] per user.
-    pub(crate) fn want_list_of(&mut self, user: &str) {
+    pub(crate) fn want_list_of(&mut self, user: &UserId) {
         let now = self.clock.now();
         if self
             .lists
@@ -397,26 +400,22 @@ impl Engine {
         let Some(state) = self.known(user) else {
             return;
         };
-        let Some(ub) = tern_crypto::UserId::from_hex(user) else {
-            return;
-        };
         let relays = state.relays.iter().filter_map(relay_peer);
         let up = relays.clone().find(|r| self.relays.relay_up.contains(r));
         let Some(relay) = up.or_else(|| relays.clone().next()) else {
             return;
         };
-        self.lists.list_wanted.insert(user.to_owned(), now);
-        self.fetch_lists(
-            vec![(user.to_owned(), relay, *ub.as_bytes())],
-            |lists, _| Internal::DeviceLists(lists),
-        );
+        self.lists.list_wanted.insert(*user, now);
+        self.fetch_lists(vec![(*user, relay)], |lists, _| {
+            Internal::DeviceLists(lists)
+        });
     }
 
     /// An own group text as a pairwise copy for `user`'s devices in `sessions`: the group
     /// envelope as it was sent, encrypted over each Olm session.
     pub(super) fn encrypt_group_copy(
         &self,
-        user: &str,
+        user: &UserId,
         m: &tern_store::Message,
         sessions: &mut [(DeviceId, tern_crypto::session::PeerSessions)],
     ) -> Result<(Vec<tern_store::Delivery>, Vec<super::send::Pickled>), NodeError> {
@@ -429,7 +428,7 @@ impl Engine {
             sessions,
             &mut env,
             &self.grants,
-            |_| user.to_owned(),
+            |_| *user,
             &mut deliveries,
             &mut pickles,
         )?;

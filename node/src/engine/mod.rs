@@ -56,7 +56,7 @@ pub(crate) enum Internal {
     /// A prekey claim started by `sessions::claim_prekey` answered.
     PrekeyClaimed {
         /// The device's user.
-        user: String,
+        user: UserId,
         /// The device.
         device: tern_crypto::DeviceId,
         /// The claimed prekey bundle, or why none could be had.
@@ -78,10 +78,10 @@ pub(crate) enum Internal {
     /// Current presence fetched by a subscription.
     Presence(Vec<tern_relay::wire::presence::Entry>),
     /// Device lists fetched from relays: (user, signed list).
-    DeviceLists(Vec<(String, Vec<u8>)>),
+    DeviceLists(Vec<(UserId, Vec<u8>)>),
     /// Device lists of group members not known before, and whether some fetch failed.
     PeerLists {
-        lists: Vec<(String, Vec<u8>)>,
+        lists: Vec<(UserId, Vec<u8>)>,
         failed: bool,
     },
     /// A group fan-out finished: per recipient device, whether its copy went.
@@ -167,12 +167,6 @@ pub(crate) fn device_peer(d: &DeviceId) -> Option<PeerId> {
 
 pub(crate) fn peer_device(p: &PeerId) -> Option<DeviceId> {
     DeviceId::from_peer_id_bytes(&p.to_bytes())
-}
-
-/// The typed id of a user the engine keys by hex (contacts, group members); text that is
-/// not a user id is a bad argument.
-pub(crate) fn user_of(hex: &str) -> Result<UserId, NodeError> {
-    UserId::from_hex(hex).ok_or_else(|| NodeError::invalid(format!("not a user id: {hex:?}")))
 }
 
 pub(crate) fn parse_message_id(s: &str) -> Option<MessageId> {
@@ -379,9 +373,9 @@ impl Engine {
             } => self.on_direct(peer, id, ciphertext),
             net::Event::PeerUp { peer, relayed } => {
                 if let Some(user) = self.people.device_owner.get(&peer) {
-                    if let (Ok(user_id), Some(device_id)) = (user_of(user), peer_device(&peer)) {
+                    if let Some(device_id) = peer_device(&peer) {
                         self.emit(Event::Peer {
-                            user_id,
+                            user_id: *user,
                             device_id,
                             relayed,
                         });

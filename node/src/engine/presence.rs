@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use tern_relay::rpc::Requests as _;
 
 use libp2p::PeerId;
+use tern_crypto::UserId;
 use tern_relay::wire::presence::{self, State};
 
 use super::{Engine, Internal, device_peer, relay_peer};
@@ -108,7 +109,7 @@ impl Engine {
         });
     }
 
-    pub(super) fn presence_of(&self, id: &str) -> Result<PresenceInfo, NodeError> {
+    pub(super) fn presence_of(&self, id: &UserId) -> PresenceInfo {
         let c = &self.people.contacts[id];
         let mut best: Option<&presence::Entry> = None;
         for (d, _) in c.devices() {
@@ -125,42 +126,41 @@ impl Engine {
                 }
             }
         }
-        Ok(PresenceInfo {
-            user_id: super::user_of(id)?,
+        PresenceInfo {
+            user_id: *id,
             name: c.contact.display_name.clone(),
             state: state_name(best.map_or(State::Unknown, |e| e.state)).into(),
             last_seen: best.and_then(|e| e.last_seen_ms),
-        })
+        }
     }
 
     pub(crate) fn on_presence(&mut self, entries: Vec<presence::Entry>) {
         let mut changed = HashSet::new();
         for e in entries {
             if let Some(user) = self.people.device_owner.get(&e.peer) {
-                changed.insert(user.clone());
+                changed.insert(*user);
                 if matches!(e.state, State::Online | State::Away) {
-                    self.maybe_dial(e.peer, user.clone());
+                    self.maybe_dial(e.peer, user);
                 }
             }
             self.relays.presence.insert(e.peer, e);
         }
         for user in changed {
-            if let Ok(presence) = self.presence_of(&user) {
-                self.emit(Event::Presence { presence });
-            }
+            let presence = self.presence_of(&user);
+            self.emit(Event::Presence { presence });
         }
     }
 
     /// An online contact device we have no connection to: dial it through its relay so
     /// messages can go direct (DCUtR upgrades the circuit where NAT allows).
-    pub(super) fn maybe_dial(&self, peer: PeerId, user: String) {
+    pub(super) fn maybe_dial(&self, peer: PeerId, user: &UserId) {
         if !self.relays.direct {
             return;
         }
         let Some(relay) = self
             .people
             .contacts
-            .get(&user)
+            .get(user)
             .and_then(|c| c.relays.first().cloned())
         else {
             return;
@@ -177,10 +177,10 @@ impl Engine {
         &mut self,
         contact: Option<&str>,
     ) -> Result<Vec<PresenceInfo>, NodeError> {
-        let ids: Vec<String> = match contact {
+        let ids: Vec<UserId> = match contact {
             Some(c) => vec![self.resolve(c)?],
             None => {
-                let mut ids: Vec<String> = self.people.contacts.keys().cloned().collect();
+                let mut ids: Vec<UserId> = self.people.contacts.keys().copied().collect();
                 ids.sort();
                 ids
             }
@@ -206,7 +206,7 @@ impl Engine {
                 Err(e) => tracing::debug!(%relay, "presence query failed: {e}"),
             }
         }
-        ids.iter().map(|id| self.presence_of(id)).collect()
+        Ok(ids.iter().map(|id| self.presence_of(id)).collect())
     }
 }
 

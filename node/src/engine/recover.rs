@@ -20,7 +20,7 @@
 //! one in fresh ratchet steps ([`Engine::resend_to`]) and the receiver drops the ids it
 //! already has: at-least-once, with no visible duplicates.
 
-use tern_crypto::{DeviceId, session::PeerSessions};
+use tern_crypto::{DeviceId, UserId, session::PeerSessions};
 use tern_store::{ConversationId, CryptoUpdate};
 
 use super::Engine;
@@ -116,10 +116,11 @@ impl Engine {
             if message.gap_before
                 && !message.own
                 && message.conversation.0 == message.sender
-                && self.people.contacts.contains_key(&message.sender)
+                && let Some(sender) = UserId::from_hex(&message.sender)
+                && self.people.contacts.contains_key(&sender)
             {
                 let up_to = message.seq.saturating_sub(1);
-                self.note_lost(&message.sender, &message.sender_device, Some(up_to));
+                self.note_lost(&sender, &message.sender_device, Some(up_to));
             }
             self.emit(crate::types::Event::Message { message });
         }
@@ -128,11 +129,11 @@ impl Engine {
 
     /// Notes that texts from `device` of `user` were lost: up to `up_to` (a gap below a
     /// text that arrived), or `None` when which one is not known (a key was gone).
-    pub(crate) fn note_lost(&mut self, user: &str, device: &str, up_to: Option<u64>) {
+    pub(crate) fn note_lost(&mut self, user: &UserId, device: &str, up_to: Option<u64>) {
         let entry = self
             .inbox
             .lost
-            .entry((user.to_owned(), device.to_owned()))
+            .entry((*user, device.to_owned()))
             .or_insert(up_to);
         *entry = match (*entry, up_to) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -148,7 +149,7 @@ impl Engine {
         if self.inbox.lost.is_empty() {
             return;
         }
-        let lost: Vec<((String, String), Option<u64>)> = self.inbox.lost.drain().collect();
+        let lost: Vec<((UserId, String), Option<u64>)> = self.inbox.lost.drain().collect();
         for ((user, device), up_to) in lost {
             let now = self.clock.now();
             if self
@@ -163,10 +164,7 @@ impl Engine {
             let Some(target) = DeviceId::from_peer_id_string(&device) else {
                 continue;
             };
-            let after_seq = match self
-                .store
-                .contiguous_sequence(&ConversationId(user.clone()), &device)
-            {
+            let after_seq = match self.store.contiguous_sequence(&user.into(), &device) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!("finding what was lost failed: {e}");
@@ -198,18 +196,18 @@ impl Engine {
     /// ratchet state, in one transaction.
     pub(crate) fn resend_to(
         &mut self,
-        user: &str,
+        user: &UserId,
         device: DeviceId,
         range: (u64, u64),
     ) -> Result<(), NodeError> {
-        if user == self.me.user_hex || !self.people.contacts.contains_key(user) {
+        if *user == self.me.user || !self.people.contacts.contains_key(user) {
             return Ok(());
         }
         let Some(curve) = self.known(user).and_then(|c| c.curve_of(&device)) else {
             return Ok(());
         };
         let device_key = device.to_peer_id_string();
-        let conv = ConversationId(user.to_owned());
+        let conv = ConversationId::from(*user);
         let texts = self.store.resend_candidates(
             &conv,
             &self.me.device_hex,
@@ -220,8 +218,7 @@ impl Engine {
         if texts.is_empty() {
             return Ok(());
         }
-        let to = tern_crypto::UserId::from_hex(user)
-            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+        let to = *user;
         let mut sessions = vec![(device, self.load_sessions(&device, curve)?)];
         if !sessions[0].1.has_session() {
             return Ok(());

@@ -139,16 +139,16 @@ pub(crate) struct Relays {
 /// Contacts, group members who are not contacts, and which device is whose.
 pub(crate) struct People {
     /// Contacts by user id.
-    pub contacts: HashMap<String, ContactState>,
+    pub contacts: HashMap<UserId, ContactState>,
     /// Members of shared groups who are not contacts, by user id.
-    pub peers: HashMap<String, ContactState>,
+    pub peers: HashMap<UserId, ContactState>,
     /// The user each known device (by peer id) belongs to.
-    pub device_owner: HashMap<PeerId, String>,
+    pub device_owner: HashMap<PeerId, UserId>,
     /// Revoked devices of known users, and whose (their messages are refused).
-    pub revoked_devices: HashMap<DeviceId, String>,
+    pub revoked_devices: HashMap<DeviceId, UserId>,
     /// Contacts with an offered, not yet accepted identity key: user → link ("" when the
     /// change was seen in a relay's device list rather than a link).
-    pub pending_identity: HashMap<String, String>,
+    pub pending_identity: HashMap<UserId, String>,
     /// Some group member's device list is still to be fetched.
     pub peers_due: bool,
     /// Member lookups are running in a task.
@@ -161,7 +161,7 @@ pub(crate) struct People {
     /// When the relay set last taken from each user's device-list messages was sent (the
     /// sender's clock, ms): an older message arriving later, through a slower relay, does
     /// not bring back the set it replaced.
-    pub relays_sent_at: HashMap<String, i64>,
+    pub relays_sent_at: HashMap<UserId, i64>,
 }
 
 /// Keeping device lists current, and what is owed because one was not.
@@ -171,7 +171,7 @@ pub(crate) struct Lists {
     /// When device lists were last fetched.
     pub lists_fetched: Option<Instant>,
     /// When each user's device list was last fetched because a message showed a newer one.
-    pub list_wanted: HashMap<String, Instant>,
+    pub list_wanted: HashMap<UserId, Instant>,
     /// Devices (user, device) that encrypted something other than a text for an older list of
     /// this user: told of the current list on the next tick. (Texts are owed in the store.)
     pub list_answers: HashSet<(String, String)>,
@@ -199,11 +199,11 @@ pub(crate) struct Outbox {
     /// Group fan-out rows being deposited: (message, device, relay).
     pub fan_in_flight: HashSet<(MessageId, String, Option<PeerId>)>,
     /// Delivered receipts owed per contact since the last outbox tick (sent on it).
-    pub delivered_due: HashMap<String, Vec<MessageId>>,
+    pub delivered_due: HashMap<UserId, Vec<MessageId>>,
     /// Own messages may be waiting for a session (stored before a prekey could be claimed).
     pub encrypt_pending: bool,
     /// Per contact with messages waiting for a session: failed attempts, next attempt.
-    pub encrypt_retry: HashMap<String, (u32, Instant)>,
+    pub encrypt_retry: HashMap<UserId, (u32, Instant)>,
 }
 
 /// The receiver's side of order: waits, losses, quarantine.
@@ -215,7 +215,7 @@ pub(crate) struct Inbox {
     pub resend_asked: HashMap<String, Instant>,
     /// (user, device) texts were lost from, and up to which sequence number (`None`: not
     /// known): asked to send again once the batch is done ([`Engine::ask_resend`]).
-    pub lost: HashMap<(String, String), Option<u64>>,
+    pub lost: HashMap<(UserId, String), Option<u64>>,
     /// Losses and their repair since start (shown by `status`).
     pub recovery: RecoveryInfo,
     /// Sessions started by others since one-time keys were last checked.

@@ -276,11 +276,10 @@ impl Engine {
             let done = match self.process_group(&s.sender_device, &s.payload) {
                 Ok(GroupOutcome::Done) => true,
                 Ok(GroupOutcome::Wait) if now - s.received_at_ms > STASH_MAX_AGE_MS => {
-                    let owner = s
-                        .sender_device
-                        .parse::<PeerId>()
-                        .ok()
-                        .and_then(|p| self.people.device_owner.get(&p).cloned());
+                    let owner =
+                        s.sender_device.parse::<PeerId>().ok().and_then(|p| {
+                            self.people.device_owner.get(&p).map(ToString::to_string)
+                        });
                     self.emit(Event::Undecryptable {
                         user_id: owner.unwrap_or_default(),
                         device_id: s.sender_device.clone(),

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde_bytes::ByteArray;
 use tern_crypto::group::GroupId;
 
-use super::{hex, user_bytes};
+use super::hex;
 use crate::engine::Engine;
 use crate::{
     consts::{MAX_GROUP_MEMBERS, MAX_GROUP_TITLE_BYTES, MAX_MEMBERS_PER_OP},
@@ -34,7 +34,7 @@ impl Engine {
         let mut out = Vec::new();
         for m in members {
             let user = self.resolve(m)?;
-            if user == self.me.user_hex {
+            if user == self.me.user {
                 return Err(NodeError::BadRequest("you cannot add yourself".into()));
             }
             if self.people.pending_identity.contains_key(&user) {
@@ -42,7 +42,7 @@ impl Engine {
                     self.people.contacts[&user].contact.display_name.clone(),
                 ));
             }
-            if !seen.insert(user.clone()) {
+            if !seen.insert(user) {
                 continue;
             }
             let c = &self.people.contacts[&user];
@@ -53,9 +53,7 @@ impl Engine {
                 .try_into()
                 .map_err(|_| NodeError::invalid("stored identity key has the wrong length"))?;
             out.push(MemberEntry {
-                user: ByteArray::new(
-                    user_bytes(&user).ok_or_else(|| NodeError::UnknownContact(user.clone()))?,
-                ),
+                user: ByteArray::new(*user.as_bytes()),
                 identity_key: ByteArray::new(key),
                 name: c.contact.display_name.clone(),
                 relays: c.contact.relays.clone(),
@@ -205,16 +203,15 @@ impl Engine {
         let mut users = Vec::new();
         for m in &members {
             // A member who is no contact can be named by user id or by the group's name.
-            let id = match self.resolve(m) {
-                Ok(u) => u,
-                Err(e) => state
+            let b = match self.resolve(m) {
+                Ok(u) => *u.as_bytes(),
+                Err(e) => *state
                     .members
                     .iter()
                     .find(|(id, mm)| hex(*id) == m.to_lowercase() || mm.name == *m)
-                    .map(|(id, _)| hex(id))
+                    .map(|(id, _)| id)
                     .ok_or(e)?,
             };
-            let b = user_bytes(&id).ok_or_else(|| NodeError::UnknownContact(m.clone()))?;
             if b == *self.me.user.as_bytes() {
                 return Err(NodeError::BadRequest(
                     "to leave a group use `tern group leave`".into(),

@@ -186,7 +186,10 @@ impl Engine {
         for ctx in self.groups.by_id.values_mut() {
             ctx.resolve();
         }
-        for (user, list) in self.store.group_peers()? {
+        for (hex_user, list) in self.store.group_peers()? {
+            let Some(user) = UserId::from_hex(&hex_user) else {
+                continue;
+            };
             if self.people.contacts.contains_key(&user) {
                 continue;
             }
@@ -307,7 +310,7 @@ impl Engine {
                 } else {
                     self.people
                         .contacts
-                        .get(&user_id.to_string())
+                        .get(&user_id)
                         .map_or_else(|| m.name.clone(), |c| c.contact.display_name.clone())
                 };
                 GroupMemberInfo {

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use serde_bytes::{ByteArray, ByteBuf};
+use tern_crypto::UserId;
 use tern_store::{
     Body as StoreBody, ConversationId, ConversationKind, Inserted, Message, MessageId, Status,
 };
@@ -187,8 +188,7 @@ impl Engine {
         if user == self.me.user.as_bytes() {
             return self.me.config.name.clone();
         }
-        let id = hex(user);
-        if let Some(c) = self.people.contacts.get(&id) {
+        if let Some(c) = self.people.contacts.get(&UserId::from_bytes(*user)) {
             return c.contact.display_name.clone();
         }
         // Members who left or were removed are named by the operation that added them.
@@ -203,7 +203,7 @@ impl Engine {
             });
         entries
             .find(|m| m.user.into_array() == *user)
-            .map_or_else(|| id[..8].to_owned(), |m| m.name.clone())
+            .map_or_else(|| hex(&user[..4]), |m| m.name.clone())
     }
 
     /// A line for the timeline: "Ana added Ben, Cy".
@@ -243,7 +243,7 @@ impl Engine {
         if users.is_empty() {
             return;
         }
-        let users: Vec<String> = users.iter().map(|u| hex(u)).collect();
+        let users: Vec<UserId> = users.iter().map(|u| UserId::from_bytes(*u)).collect();
         let mut packs: Vec<Vec<&SignedOp>> = Vec::new();
         let mut size = 0;
         for op in ops {

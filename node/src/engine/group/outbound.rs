@@ -7,13 +7,16 @@
 use std::collections::HashSet;
 
 use serde_bytes::{ByteArray, ByteBuf};
-use tern_crypto::group::{GroupId, OutboundSenderKey, RotationPolicy};
+use tern_crypto::{
+    UserId,
+    group::{GroupId, OutboundSenderKey, RotationPolicy},
+};
 use tern_store::{
     Body as StoreBody, ConversationKind, CryptoUpdate, Message, MessageId, OutboundGroupSession,
     SenderKeyStore, Status,
 };
 
-use super::{hex, user_bytes};
+use super::user_bytes;
 use crate::engine::{Engine, message_info, send};
 use crate::{
     envelope::{Body, Conversation, Envelope},
@@ -28,24 +31,24 @@ impl Engine {
     /// (no device list or no session to be had).
     pub(super) fn send_pairwise(
         &mut self,
-        users: &[String],
+        users: &[UserId],
         id: MessageId,
         env: &mut Envelope,
         settle: &[MessageId],
         shares: Option<&str>,
-    ) -> Result<Vec<(String, NodeError)>, NodeError> {
+    ) -> Result<Vec<(UserId, NodeError)>, NodeError> {
         let mut failed = Vec::new();
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         for user in users {
             if let Err(e) = self.ensure_peer(user) {
-                failed.push((user.clone(), e));
+                failed.push((*user, e));
                 continue;
             }
             let mut sessions = match self.sessions_for(user) {
                 Ok(s) => s,
                 Err(e) => {
-                    failed.push((user.clone(), e));
+                    failed.push((*user, e));
                     continue;
                 }
             };
@@ -53,16 +56,17 @@ impl Engine {
                 &mut sessions,
                 env,
                 &self.grants,
-                |_| user.clone(),
+                |_| *user,
                 &mut deliveries,
                 &mut pickles,
             )?;
         }
         let updates = send::crypto_updates(&pickles);
         let now = self.clock.now_ms();
-        let queued: Vec<&String> = users
+        let queued: Vec<String> = users
             .iter()
             .filter(|u| !failed.iter().any(|(f, _)| f == *u))
+            .map(ToString::to_string)
             .collect();
         // A pack whose first operation is still queued for a device fails as a whole and
         // stays owed (sent again later) rather than being dropped behind the queued one.
@@ -134,22 +138,22 @@ impl Engine {
             return Err(NodeError::NotMember(state.title));
         }
         // Every member's devices must be known to address them.
-        let mut users: Vec<String> = state
+        let mut users: Vec<UserId> = state
             .members
             .keys()
             .filter(|u| **u != me)
-            .map(|u| hex(u))
+            .map(|u| UserId::from_bytes(*u))
             .collect();
         // This user's other devices get the message too.
         if self.own_other_devices() {
-            users.push(self.me.user_hex.clone());
+            users.push(self.me.user);
         }
         // Members who cannot be reached now are owed the message (with the key as of it).
-        let mut owed: Vec<String> = Vec::new();
+        let mut owed: Vec<UserId> = Vec::new();
         for u in &users {
             if let Err(e) = self.ensure_peer(u) {
                 tracing::info!(%group, member = %u, "member not reachable now; the message waits for them: {e}");
-                owed.push(u.clone());
+                owed.push(*u);
             }
         }
         let gid = GroupId::from_bytes(state.id);
@@ -187,7 +191,7 @@ impl Engine {
         let ciphertext = key.encrypt(&plain)?;
         // Devices that have the key share one ciphertext; the others get it with the key.
         let mut fan: Vec<(String, String)> = Vec::new();
-        let mut need: Vec<String> = Vec::new();
+        let mut need: Vec<UserId> = Vec::new();
         for u in &users {
             let Some(c) = self.known(u) else { continue };
             if owed.contains(u) {
@@ -199,13 +203,13 @@ impl Engine {
             for (d, _) in devices.into_iter().filter(|(d, _)| *d != own_device) {
                 let dev = d.to_peer_id_string();
                 if shared.contains(&dev) {
-                    fan.push((u.clone(), dev));
+                    fan.push((u.to_string(), dev));
                 } else {
                     missing = true;
                 }
             }
             if missing {
-                need.push(u.clone());
+                need.push(*u);
             }
         }
         let mut key_env = Envelope {
@@ -223,7 +227,7 @@ impl Engine {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::info!(%group, member = %u, "no session now; the message waits for them: {e}");
-                    owed.push(u.clone());
+                    owed.push(*u);
                     continue;
                 }
             };
@@ -233,7 +237,7 @@ impl Engine {
                 &mut sessions,
                 &mut key_env,
                 &self.grants,
-                |_| u.clone(),
+                |_| *u,
                 &mut deliveries,
                 &mut pickles,
             )?;
@@ -270,7 +274,7 @@ impl Engine {
             tx.set_group_sender_key(&group, &sid, epoch)?;
             tx.share_sender_key(&sid, &newly)?;
             for u in &owed {
-                tx.owe_group_message(id, u, &distribution, &ciphertext, now)?;
+                tx.owe_group_message(id, &u.to_string(), &distribution, &ciphertext, now)?;
             }
             Ok(())
         })?;
@@ -328,18 +332,15 @@ impl Engine {
             .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
         // An operation: sent as it is (a removed member is told of its removal).
         let is_op = o.distribution.is_empty();
+        let user = UserId::from_hex(&o.user_id)
+            .ok_or_else(|| NodeError::UnknownContact(o.user_id.clone()))?;
         // A member removed meanwhile is owed no message any more.
-        if !is_op
-            && !self.state(&m.conversation.0)?.is_member(
-                &user_bytes(&o.user_id)
-                    .ok_or_else(|| NodeError::UnknownContact(o.user_id.clone()))?,
-            )
-        {
+        if !is_op && !self.state(&m.conversation.0)?.is_member(user.as_bytes()) {
             self.store
                 .transaction(|tx| tx.settle_owed_group_message(o.message_id, &o.user_id))?;
             return Ok(());
         }
-        self.ensure_peer(&o.user_id)?;
+        self.ensure_peer(&user)?;
         // The sender key the message carries, as of the message: its devices hold it after.
         let shares = if is_op {
             None
@@ -363,7 +364,6 @@ impl Engine {
             }
         };
         let mut env = self.own_group_envelope(gid, &m, body);
-        let user = o.user_id.clone();
         let sent = self.send_pairwise(
             std::slice::from_ref(&user),
             o.message_id,

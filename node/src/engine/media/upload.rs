@@ -201,7 +201,7 @@ impl Engine {
     ) -> Result<TransferInfo, NodeError> {
         self.check_not_revoked()?;
         let target = match (contact, group) {
-            (Some(c), None) => Target::Direct(self.resolve(c)?),
+            (Some(c), None) => Target::Direct(self.resolve(c)?.to_string()),
             (None, Some(g)) => {
                 let g = self.resolve_group(g)?;
                 let state = self.state(&g)?;
