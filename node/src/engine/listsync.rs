@@ -24,7 +24,7 @@
 use std::time::Duration;
 
 use serde_bytes::{ByteArray, ByteBuf};
-use tern_crypto::{DeviceId, UserId};
+use tern_crypto::{DeviceId, UserId, group::GroupId};
 use tern_store::MessageId;
 
 use super::{Engine, Internal, relay_peer};
@@ -332,7 +332,7 @@ impl Engine {
         let u = *user;
         let me = *self.me.user.as_bytes();
         let own_device = self.me.keys.device.device_id();
-        let groups: Vec<String> = self
+        let groups: Vec<GroupId> = self
             .groups
             .by_id
             .keys()
@@ -340,7 +340,7 @@ impl Engine {
                 self.state(g)
                     .is_ok_and(|s| s.is_member(u.as_bytes()) && s.is_member(&me))
             })
-            .cloned()
+            .copied()
             .collect();
         let added: Vec<&(DeviceId, u64)> = added.iter().filter(|(d, _)| *d != own_device).collect();
         if added.is_empty() || groups.is_empty() {
@@ -350,7 +350,7 @@ impl Engine {
         let mut sent: Vec<(MessageId, i64)> = Vec::new();
         for g in &groups {
             let recent = self.store.history(
-                &tern_store::ConversationId(g.clone()),
+                &tern_store::ConversationId::from(*g),
                 tern_store::Page::Latest,
                 Some(crate::consts::HISTORY_MAX),
             )?;
@@ -419,9 +419,10 @@ impl Engine {
         m: &tern_store::Message,
         sessions: &mut [(DeviceId, tern_crypto::session::PeerSessions)],
     ) -> Result<(Vec<tern_store::Delivery>, Vec<super::send::Pickled>), NodeError> {
-        let gid = super::group::user_bytes(&m.conversation.0)
+        let gid = GroupId::from_hex(&m.conversation.0)
             .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
-        let mut env = self.own_group_envelope(gid, m, crate::media::wire_body(&m.body)?);
+        let mut env =
+            self.own_group_envelope(*gid.as_bytes(), m, crate::media::wire_body(&m.body)?);
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         super::send::encrypt_each(
@@ -440,23 +441,22 @@ impl Engine {
     /// member of the group, with the session state (`save`) in one transaction either way.
     pub(crate) fn on_group_copy(
         &mut self,
-        user: &str,
+        user: &UserId,
         device_key: &str,
         group: [u8; 16],
         env: &Envelope,
         body: tern_store::Body,
         save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
     ) -> Result<(), NodeError> {
-        let gid = tern_crypto::hex::encode(group.as_ref());
-        let member = super::group::user_bytes(user)
-            .is_some_and(|u| self.state(&gid).is_ok_and(|s| s.is_member(&u)));
+        let gid = GroupId::from_bytes(group);
+        let member = self.state(&gid).is_ok_and(|s| s.is_member(user.as_bytes()));
         let title = self.state(&gid).map(|s| s.title.clone()).ok();
         let now = self.clock.now_ms();
-        let own = user == self.me.user_hex;
+        let own = *user == self.me.user;
         let message = tern_store::Message {
             id: MessageId(env.id.into_array()),
-            conversation: tern_store::ConversationId(gid.clone()),
-            sender_user: user.to_owned(),
+            conversation: gid.into(),
+            sender_user: user.to_string(),
             sender_device: device_key.to_owned(),
             lamport: env.lamport,
             seq: env.seq,
@@ -489,7 +489,7 @@ impl Engine {
             return Ok(());
         }
         if inserted {
-            self.observe_lamport(&gid, message.lamport)?;
+            self.observe_lamport(message.conversation.as_str(), message.lamport)?;
             self.on_media_message(&message);
             for shown in self.hold.arrived(&self.store, message, self.clock.now())? {
                 self.emit(crate::types::Event::Message { message: shown });

@@ -2,7 +2,7 @@
 //! device list answer names them): sessions set up, texts encrypted again and queued in
 //! those devices' lanes, the debt settled in the same transaction.
 
-use tern_crypto::{DeviceId, UserId};
+use tern_crypto::{DeviceId, UserId, group::GroupId};
 use tern_store::MessageId;
 
 use super::{Engine, send::crypto_updates};
@@ -97,7 +97,8 @@ impl Engine {
                 Some(m)
                     if m.own
                         && !chosen.is_empty()
-                        && self.groups.by_id.contains_key(&m.conversation.0) =>
+                        && GroupId::from_hex(&m.conversation.0)
+                            .is_some_and(|g| self.groups.by_id.contains_key(&g)) =>
                 {
                     Some(self.encrypt_group_copy(&user_id, m, &mut chosen))
                 }

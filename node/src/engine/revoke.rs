@@ -83,7 +83,7 @@ impl Engine {
         let now_secs = self.clock.now_secs();
         let next = list.with_revoked(&id, now_secs)?;
         let signed = next.sign(&self.me.keys.identity)?;
-        let groups: Vec<String> = self.groups.by_id.keys().cloned().collect();
+        let groups: Vec<String> = self.groups.by_id.keys().map(ToString::to_string).collect();
         let device_key = id.to_peer_id_string();
         // One transaction: the list, nothing more queued for the device, new sender keys.
         self.store.transaction(|tx| -> Result<(), NodeError> {
@@ -160,7 +160,7 @@ impl Engine {
             .by_id
             .keys()
             .filter(|g| self.state(g).is_ok_and(|s| s.is_member(user.as_bytes())))
-            .cloned()
+            .map(ToString::to_string)
             .collect();
         let keys: Vec<String> = devices.iter().map(DeviceId::to_peer_id_string).collect();
         self.store.transaction(|tx| -> Result<(), NodeError> {

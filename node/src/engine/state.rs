@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair};
-use tern_crypto::{DeviceId, UserId};
+use tern_crypto::{DeviceId, UserId, group::GroupId};
 use tern_store::{ConversationId, MessageId, Store};
 use tokio::sync::{broadcast, mpsc};
 
@@ -237,10 +237,10 @@ pub(crate) struct Counters {
 /// Groups and what is pending for them.
 #[derive(Default)]
 pub(crate) struct Groups {
-    /// Groups by id (hex).
-    pub by_id: HashMap<String, group::GroupCtx>,
-    /// Batched group notifications by conversation.
-    pub notify: HashMap<String, group::Notify>,
+    /// Groups by id.
+    pub by_id: HashMap<GroupId, group::GroupCtx>,
+    /// Batched group notifications by group.
+    pub notify: HashMap<GroupId, group::Notify>,
     /// Group messages may be owed to members who were unreachable when they were sent.
     pub owed_due: bool,
 }

@@ -90,7 +90,7 @@ impl Engine {
             self.me.keys.identity.public().as_bytes(),
             &salt,
         ));
-        let group = hex(id.as_bytes());
+        let group = id;
         let mut first = vec![self.own_entry()];
         let split = entries.len().min(MAX_MEMBERS_PER_OP - 1);
         first.extend_from_slice(&entries[..split]);
@@ -137,7 +137,7 @@ impl Engine {
         self.group_info(&group)
     }
 
-    fn require_admin(&self, group: &str) -> Result<(), NodeError> {
+    fn require_admin(&self, group: &GroupId) -> Result<(), NodeError> {
         let state = self.state(group)?;
         let me = self.me.user.as_bytes();
         if !state.is_member(me) {
@@ -245,14 +245,14 @@ impl Engine {
     }
 
     /// Signs an operation on the current head and commits it.
-    fn issue(&mut self, group: &str, action: Action) -> Result<(), NodeError> {
+    fn issue(&mut self, group: &GroupId, action: Action) -> Result<(), NodeError> {
         self.issue_many(group, vec![action])
     }
 
     /// Signs operations one on top of the other from the current head, checking each
     /// applies, then commits them together.
-    fn issue_many(&mut self, group: &str, actions: Vec<Action>) -> Result<(), NodeError> {
-        let (mut lamport, _) = self.conv_state(group)?;
+    fn issue_many(&mut self, group: &GroupId, actions: Vec<Action>) -> Result<(), NodeError> {
+        let (mut lamport, _) = self.conv_state(&group.to_string())?;
         let mut state = self.state(group)?.clone();
         let mut held = self
             .groups

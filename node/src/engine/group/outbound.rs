@@ -16,7 +16,6 @@ use tern_store::{
     SenderKeyStore, Status,
 };
 
-use super::user_bytes;
 use crate::engine::{Engine, message_info, send};
 use crate::{
     envelope::{Body, Conversation, Envelope},
@@ -96,16 +95,16 @@ impl Engine {
     /// the rotation policy, else a new one.
     fn outbound_key(
         &mut self,
-        group: &str,
         gid: GroupId,
         epoch: u64,
     ) -> Result<(OutboundSenderKey, bool), NodeError> {
         let now_secs = self.clock.now_secs();
-        if let Some((sid, key_epoch)) = self.store.group_sender_key(group)?
+        let group = gid.to_string();
+        if let Some((sid, key_epoch)) = self.store.group_sender_key(&group)?
             && key_epoch == epoch
             && let Some(stored) = self
                 .store
-                .transaction(|tx| tx.outbound_group_session(group))?
+                .transaction(|tx| tx.outbound_group_session(&group))?
             && stored.session_id == sid
         {
             let key = OutboundSenderKey::from_pickle(&stored.pickle)?;
@@ -131,8 +130,9 @@ impl Engine {
         body: tern_store::Body,
     ) -> Result<MessageInfo, NodeError> {
         self.check_not_revoked()?;
-        let group = self.resolve_group(group)?;
-        let state = self.state(&group)?.clone();
+        let gid = self.resolve_group(group)?;
+        let group = gid.to_string();
+        let state = self.state(&gid)?.clone();
         let me = *self.me.user.as_bytes();
         if !state.is_member(&me) {
             return Err(NodeError::NotMember(state.title));
@@ -156,8 +156,7 @@ impl Engine {
                 owed.push(*u);
             }
         }
-        let gid = GroupId::from_bytes(state.id);
-        let (mut key, fresh) = self.outbound_key(&group, gid, state.epoch)?;
+        let (mut key, fresh) = self.outbound_key(gid, state.epoch)?;
         let sid = key.session_id();
         let shared: HashSet<String> = if fresh {
             HashSet::new()
@@ -328,14 +327,14 @@ impl Engine {
         let Some(m) = self.store.message(o.message_id)? else {
             return Ok(());
         };
-        let gid = user_bytes(&m.conversation.0)
+        let gid = GroupId::from_hex(&m.conversation.0)
             .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
         // An operation: sent as it is (a removed member is told of its removal).
         let is_op = o.distribution.is_empty();
         let user = UserId::from_hex(&o.user_id)
             .ok_or_else(|| NodeError::UnknownContact(o.user_id.clone()))?;
         // A member removed meanwhile is owed no message any more.
-        if !is_op && !self.state(&m.conversation.0)?.is_member(user.as_bytes()) {
+        if !is_op && !self.state(&gid)?.is_member(user.as_bytes()) {
             self.store
                 .transaction(|tx| tx.settle_owed_group_message(o.message_id, &o.user_id))?;
             return Ok(());
@@ -363,7 +362,7 @@ impl Engine {
                 message: Some(ByteBuf::from(o.ciphertext.clone())),
             }
         };
-        let mut env = self.own_group_envelope(gid, &m, body);
+        let mut env = self.own_group_envelope(*gid.as_bytes(), &m, body);
         let sent = self.send_pairwise(
             std::slice::from_ref(&user),
             o.message_id,

@@ -208,7 +208,7 @@ impl Engine {
                 if !state.is_member(self.me.user.as_bytes()) {
                     return Err(NodeError::NotMember(state.title.clone()));
                 }
-                Target::Group(g)
+                Target::Group(g.to_string())
             }
             _ => {
                 return Err(NodeError::BadRequest(

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use tern_crypto::{DeviceId, UserId};
+use tern_crypto::{DeviceId, UserId, group::GroupId};
 use tern_store::{
     Body as StoreBody, ConversationId, ConversationKind, CryptoUpdate, Inserted, Message,
     MessageId, Status,
@@ -60,7 +60,7 @@ impl Engine {
         } = read;
         let hex = user.to_string();
         if let (Conversation::Group { id }, Some(body)) = (&env.conversation, content.clone()) {
-            self.on_group_copy(&hex, &device_key, id.into_array(), &env, body, |tx| {
+            self.on_group_copy(user, &device_key, id.into_array(), &env, body, |tx| {
                 tx.apply_crypto(update, now)?;
                 if let Some(d) = &own_device {
                     tx.save_own_device(d)?;
@@ -209,7 +209,7 @@ impl Engine {
                         .collect(),
                     _ => Vec::new(),
                 };
-                let ops: Vec<(String, crate::group::SignedOp)> = raw
+                let ops: Vec<(GroupId, crate::group::SignedOp)> = raw
                     .into_iter()
                     .filter_map(|b| Self::parse_group_op(&hex, &env, b))
                     .filter(|(group, _)| {
@@ -233,7 +233,12 @@ impl Engine {
                         }
                         let mut new = Vec::with_capacity(ops.len());
                         for (group, op) in &ops {
-                            new.push(tx.save_group_op(group, &op.hash, op.to_bytes(), now)?);
+                            new.push(tx.save_group_op(
+                                &group.to_string(),
+                                &op.hash,
+                                op.to_bytes(),
+                                now,
+                            )?);
                         }
                         Ok(new)
                     })?;
