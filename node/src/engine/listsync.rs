@@ -115,14 +115,14 @@ impl Engine {
             (&env.conversation, &env.body),
             (Conversation::Direct { .. }, Body::Text { .. })
         );
-        let key = (user.to_string(), device.to_peer_id_string());
+        let key = (*user, device);
         // Texts that missed a device are always named, and owed in the store until the
         // answer is queued (a crash before then must not lose the text for the new device);
         // anything else gets the list once.
         if text && !missed.is_empty() {
             let owed = tern_store::OwedListAnswer {
                 user: user.to_string(),
-                device: key.1.clone(),
+                device: device.to_peer_id_string(),
                 message_id: MessageId(env.id.into_array()),
                 seen_entries: seen.entries,
             };
@@ -158,13 +158,18 @@ impl Engine {
             // More than one round's worth: the rest goes on the next tick.
             self.lists.answers_due = true;
         }
-        let mut targets: Vec<(String, String)> = std::mem::take(&mut self.lists.list_answers)
+        let mut targets: Vec<(UserId, DeviceId)> = std::mem::take(&mut self.lists.list_answers)
             .into_iter()
             .collect();
         for o in &owed {
-            let key = (o.user.clone(), o.device.clone());
-            if !targets.contains(&key) {
-                targets.push(key);
+            let (Some(user), Some(device)) = (
+                UserId::from_hex(&o.user),
+                DeviceId::from_peer_id_string(&o.device),
+            ) else {
+                continue;
+            };
+            if !targets.contains(&(user, device)) {
+                targets.push((user, device));
             }
         }
         if targets.is_empty() {
@@ -173,13 +178,8 @@ impl Engine {
         let list = ByteBuf::from(self.me.keys.device_list.as_bytes().to_vec());
         let ours = self.me.keys.device_list.list().clone();
         let own_device = self.me.keys.device.device_id();
-        for (user, device) in targets {
-            let (Some(user), Some(target)) = (
-                UserId::from_hex(&user),
-                DeviceId::from_peer_id_string(&device),
-            ) else {
-                continue;
-            };
+        for (user, target) in targets {
+            let device = target.to_peer_id_string();
             let mine: Vec<&tern_store::OwedListAnswer> =
                 owed.iter().filter(|o| o.device == device).collect();
             let seen = mine
@@ -221,7 +221,7 @@ impl Engine {
                 }
             }
             tracing::info!(contact = %user, texts = ids.len(), devices = missed.len(), "told a sender of the current device list");
-            self.lists.list_answered.insert(device, ours.version);
+            self.lists.list_answered.insert(target, ours.version);
         }
     }
 

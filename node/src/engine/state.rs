@@ -174,11 +174,11 @@ pub(crate) struct Lists {
     pub list_wanted: HashMap<UserId, Instant>,
     /// Devices (user, device) that encrypted something other than a text for an older list of
     /// this user: told of the current list on the next tick. (Texts are owed in the store.)
-    pub list_answers: HashSet<(String, String)>,
+    pub list_answers: HashSet<(UserId, DeviceId)>,
     /// Answers naming texts may be owed in the store (`list_answers_due`).
     pub answers_due: bool,
     /// The own list version each remote device was last told of (so it is told once).
-    pub list_answered: HashMap<String, u64>,
+    pub list_answered: HashMap<DeviceId, u64>,
     /// Texts may be owed to devices linked since they were sent (`resync_due` in the store).
     pub resync_due: bool,
     /// Failed rounds of sending owed texts in a row.
@@ -212,10 +212,10 @@ pub(crate) struct Inbox {
     /// Pairwise messages waiting for earlier messages of their chain: digest → first seen.
     pub reorder: HashMap<[u8; 16], Instant>,
     /// When a resend was last asked of each remote device.
-    pub resend_asked: HashMap<String, Instant>,
+    pub resend_asked: HashMap<DeviceId, Instant>,
     /// (user, device) texts were lost from, and up to which sequence number (`None`: not
     /// known): asked to send again once the batch is done ([`Engine::ask_resend`]).
-    pub lost: HashMap<(UserId, String), Option<u64>>,
+    pub lost: HashMap<(UserId, DeviceId), Option<u64>>,
     /// Losses and their repair since start (shown by `status`).
     pub recovery: RecoveryInfo,
     /// Sessions started by others since one-time keys were last checked.

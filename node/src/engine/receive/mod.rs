@@ -281,7 +281,7 @@ impl Engine {
                 // Texts that came too late are asked for again. A message no session reads
                 // would fail the same way again: resending would loop.
                 if matches!(e, SessionError::MessageKeyGone(_)) {
-                    self.note_lost(user, &device_key, None);
+                    self.note_lost(user, device, None);
                 }
                 return Ok(Outcome::Ack);
             }
