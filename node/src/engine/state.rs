@@ -81,7 +81,7 @@ pub(crate) struct Me {
     pub keypair: Keypair,
     /// This user's id.
     pub user: UserId,
-    /// This user's id as hex (as conversations and contacts are keyed).
+    /// This user's id as hex (as conversations and store rows name it).
     pub user_hex: String,
     /// This device's id.
     pub device: DeviceId,
