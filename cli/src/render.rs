@@ -188,11 +188,11 @@ pub(crate) fn print_mailbox(m: &MailboxInfo) {
         let who = x
             .name
             .clone()
-            .or_else(|| x.user_id.clone())
+            .or_else(|| x.user_id.map(|u| u.to_string()))
             .unwrap_or_else(|| {
                 format!(
                     "unknown device {}",
-                    x.device_id.as_deref().unwrap_or_default()
+                    x.device_id.map(|d| d.to_string()).unwrap_or_default()
                 )
             });
         println!(
@@ -211,9 +211,13 @@ mod tests {
 
     #[test]
     fn an_answer_without_the_fields_is_a_failure_that_names_them() {
-        let good = json!({"user_id": "u", "device_id": "d", "name": "n", "fingerprint": "f"});
+        let (u, d) = (
+            "0123456789abcdef0123456789abcdef",
+            "12D3KooW9tHTtS3inCZiYykw4u5G4frbjVFqhkmJX12gSNCVeH3e",
+        );
+        let good = json!({"user_id": u, "device_id": d, "name": "n", "fingerprint": "f"});
         assert_eq!(parse::<IdInfo>(&good).unwrap().name, "n");
-        let missing = json!({"user_id": "u", "device_id": "d", "fingerprint": "f"});
+        let missing = json!({"user_id": u, "device_id": d, "fingerprint": "f"});
         let e = parse::<IdInfo>(&missing).unwrap_err();
         assert_eq!(e.code, crate::exit::FAILURE);
         assert!(
@@ -222,7 +226,7 @@ mod tests {
             "{}",
             e.message
         );
-        let mistyped = json!({"user_id": 7, "device_id": "d", "name": "n", "fingerprint": "f"});
+        let mistyped = json!({"user_id": 7, "device_id": d, "name": "n", "fingerprint": "f"});
         let e = parse::<IdInfo>(&mistyped).unwrap_err();
         assert!(e.message.contains("invalid type"), "{}", e.message);
         assert!(parse::<Vec<IdInfo>>(&json!({"not": "a list"})).is_err());

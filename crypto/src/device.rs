@@ -24,9 +24,15 @@ use crate::time::UnixSecs;
 ///
 /// The libp2p PeerId of the device is derived from it ([`DeviceId::to_peer_id_bytes`]), so the
 /// Noise handshake that authenticates a connection also authenticates the device id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct DeviceId(#[serde(with = "serde_bytes")] [u8; 32]);
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId([u8; 32]);
+
+crate::text_id::text_id!(
+    DeviceId,
+    32,
+    "a device id (a base58 PeerId)",
+    DeviceId::from_peer_id_string
+);
 
 /// The protobuf prefix libp2p puts before an Ed25519 public key (`KeyType::Ed25519`, field 2,
 /// 32 bytes), preceded by the identity-multihash code and length.

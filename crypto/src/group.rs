@@ -46,9 +46,10 @@ use crate::time::UnixSecs;
 pub const MEGOLM_CONFIG: SessionConfig = SessionConfig::version_2();
 
 /// A group's id: 16 random bytes, shown as hex.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct GroupId(#[serde(with = "serde_bytes")] [u8; 16]);
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId([u8; 16]);
+
+crate::text_id::text_id!(GroupId, 16, "a group id (32 hex digits)", GroupId::from_hex);
 
 impl GroupId {
     /// A fresh random group id.

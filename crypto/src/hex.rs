@@ -8,11 +8,17 @@ const DIGITS: &[u8; 16] = b"0123456789abcdef";
 /// `bytes` as lower-case hex, two digits a byte.
 pub fn encode(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
+    push(&mut s, bytes);
     s
+}
+
+/// Appends `bytes` as lower-case hex to `out` (for text that must stay in one buffer, such
+/// as a key literal wiped on drop: nothing is left in a temporary).
+pub fn push(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 /// Writes `bytes` as lower-case hex (for `Display` impls, without an allocation per byte).
@@ -59,6 +65,9 @@ mod tests {
     fn round_trips_and_refuses_what_is_not_hex() {
         let bytes = [0x00, 0x01, 0x7f, 0x80, 0xab, 0xff];
         assert_eq!(encode(&bytes), "00017f80abff");
+        let mut s = String::from("x'");
+        push(&mut s, &bytes[..2]);
+        assert_eq!(s, "x'0001");
         assert_eq!(decode("00017f80abff").unwrap(), bytes);
         assert_eq!(decode("00017F80ABFF").unwrap(), bytes);
         assert_eq!(decode_array::<6>("00017f80abff"), Some(bytes));

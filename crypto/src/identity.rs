@@ -15,9 +15,10 @@ use crate::random::{self, RandomError};
 use crate::sig::{self, BadSignature, Purpose};
 
 /// A user's id: 16 random bytes, shown as 32 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct UserId(#[serde(with = "serde_bytes")] [u8; 16]);
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId([u8; 16]);
+
+crate::text_id::text_id!(UserId, 16, "a user id (32 hex digits)", UserId::from_hex);
 
 impl UserId {
     /// A fresh random user id.

@@ -36,6 +36,7 @@ pub mod safety;
 pub mod sealed;
 pub mod session;
 mod sig;
+pub mod text_id;
 pub mod time;
 
 pub use codec::{DecodeError, Kind};

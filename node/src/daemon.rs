@@ -216,8 +216,8 @@ pub async fn run(
     let id = node.id().await.map_err(|e| failed(&e))?;
     ready(Ready {
         api: bound,
-        user_id: id.user_id,
-        device_id: id.device_id,
+        user_id: id.user_id.to_string(),
+        device_id: id.device_id.to_string(),
         relay: relays.first().map(ToString::to_string).unwrap_or_default(),
         relay_connected,
         notes,

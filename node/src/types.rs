@@ -2,14 +2,16 @@
 //! serialized as-is on the local API (see `docs/api.md`).
 
 use serde::{Deserialize, Serialize};
+use tern_crypto::{DeviceId, UserId, group::GroupId};
+use tern_store::ConversationId;
 
 /// This device and user.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IdInfo {
     /// User id (32 hex digits).
-    pub user_id: String,
+    pub user_id: UserId,
     /// Device id (libp2p PeerId).
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// The user's display name.
     pub name: String,
     /// Identity key fingerprint (hex of the Ed25519 public key, in groups).
@@ -20,7 +22,7 @@ pub struct IdInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContactInfo {
     /// User id.
-    pub user_id: String,
+    pub user_id: UserId,
     /// Name shown.
     pub name: String,
     /// Whether the safety number was verified.
@@ -40,7 +42,7 @@ pub struct MessageInfo {
     /// Message id (32 hex digits).
     pub id: String,
     /// Conversation id (the contact's user id for a direct chat).
-    pub conversation: String,
+    pub conversation: ConversationId,
     /// Sender user id.
     pub sender: String,
     /// Sender device id.
@@ -208,7 +210,7 @@ pub enum MessageKind {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeviceInfo {
     /// Device id (libp2p PeerId).
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// Its name.
     pub name: String,
     /// Whether it is the device answering.
@@ -256,7 +258,7 @@ pub struct BackupInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GroupMemberInfo {
     /// User id.
-    pub user_id: String,
+    pub user_id: UserId,
     /// Name (the contact's name if they are a contact, else the name the adder gave).
     pub name: String,
     /// Whether an admin (admins change membership).
@@ -267,7 +269,7 @@ pub struct GroupMemberInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GroupInfo {
     /// Group id (32 hex digits); also its conversation id.
-    pub id: String,
+    pub id: GroupId,
     /// Title.
     pub title: String,
     /// Members, by user id.
@@ -286,7 +288,7 @@ pub struct GroupInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConversationInfo {
     /// Conversation id.
-    pub id: String,
+    pub id: ConversationId,
     /// Title (the contact's name when the conversation began, or the group's title).
     pub title: Option<String>,
     /// The name to show: the contact's current display name for a direct conversation, else
@@ -305,7 +307,7 @@ pub struct ConversationInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PresenceInfo {
     /// User id.
-    pub user_id: String,
+    pub user_id: UserId,
     /// Name.
     pub name: String,
     /// online, away, offline or unknown (the best of their devices).
@@ -366,13 +368,13 @@ pub struct MailboxSender {
     pub kind: String,
     /// The user, when known (user id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
+    pub user_id: Option<UserId>,
     /// Their name, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The depositing device, for `device`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<String>,
+    pub device_id: Option<DeviceId>,
     /// Messages waiting from them.
     pub messages: u64,
     /// Bytes waiting from them.
@@ -383,9 +385,9 @@ pub struct MailboxSender {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusInfo {
     /// User id.
-    pub user_id: String,
+    pub user_id: UserId,
     /// Device id.
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// online or away.
     pub status: String,
     /// Relays.
@@ -454,7 +456,7 @@ pub struct HistoryInfo {
 /// A history this device is sending to one it linked.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HistorySending {
-    /// The new device.
+    /// The new device (as the store's row names it).
     pub device_id: String,
     /// Messages queued for it so far.
     pub sent: u64,
@@ -489,7 +491,7 @@ pub struct RecoveryInfo {
 pub struct PeerInfo {
     /// Contact user id ("" if the device is no contact's).
     pub user_id: String,
-    /// Device id.
+    /// Device id (the connection's PeerId).
     pub device_id: String,
     /// Direct connections.
     pub direct: u32,
@@ -501,7 +503,7 @@ pub struct PeerInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SearchHitInfo {
     /// Conversation.
-    pub conversation: String,
+    pub conversation: ConversationId,
     /// Message id.
     pub id: String,
     /// Snippet with matches in `[` `]`.
@@ -512,7 +514,7 @@ pub struct SearchHitInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SafetyInfo {
     /// Contact user id.
-    pub user_id: String,
+    pub user_id: UserId,
     /// Name.
     pub name: String,
     /// Sixty digits in groups of five.
@@ -555,7 +557,7 @@ pub enum Event {
     /// Own messages changed status.
     Receipt {
         /// Conversation.
-        conversation: String,
+        conversation: ConversationId,
         /// Message ids.
         ids: Vec<String>,
         /// The new status.
@@ -576,21 +578,21 @@ pub enum Event {
     /// A direct connection to a contact's device came up.
     Peer {
         /// Contact user id.
-        user_id: String,
+        user_id: UserId,
         /// Device.
-        device_id: String,
+        device_id: DeviceId,
         /// Whether through a relay circuit.
         relayed: bool,
     },
     /// A contact's identity key changed: sending is blocked until the user accepts it.
     IdentityChanged {
         /// Contact user id.
-        user_id: String,
+        user_id: UserId,
     },
     /// A message from a contact could not be decrypted (nothing was silently lost: the
     /// user is told).
     Undecryptable {
-        /// Contact user id.
+        /// Contact user id ("" when the sending device is no known user's).
         user_id: String,
         /// Device.
         device_id: String,
@@ -611,7 +613,7 @@ pub enum Event {
     /// [`crate::consts::NOTIFY_INTERVAL`] ("7 new messages in Team").
     Notification {
         /// Conversation (group id).
-        conversation: String,
+        conversation: ConversationId,
         /// Its title.
         title: String,
         /// Unread messages now.
@@ -629,14 +631,14 @@ pub enum Event {
     /// A device this one linked confirmed the record, or did not in time.
     DeviceLink {
         /// The new device.
-        device_id: String,
+        device_id: DeviceId,
         /// `confirmed` or `unconfirmed`.
         link: LinkState,
     },
     /// Another device of this user revoked this one: it no longer sends.
     Revoked {
         /// This device.
-        device_id: String,
+        device_id: DeviceId,
     },
     /// A file transfer moved on (at most a few of these per second per transfer).
     Transfer {

@@ -126,18 +126,10 @@ impl StorageKey {
     pub(crate) fn sqlcipher_literal(&self, salt: &[u8; SALT_LEN]) -> Zeroizing<String> {
         let mut s = Zeroizing::new(String::with_capacity(3 + 2 * (KEY_LEN + SALT_LEN)));
         s.push_str("x'");
-        push_hex(&mut s, self.0.as_slice());
-        push_hex(&mut s, salt);
+        tern_crypto::hex::push(&mut s, self.0.as_slice());
+        tern_crypto::hex::push(&mut s, salt);
         s.push('\'');
         s
-    }
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
 }
 

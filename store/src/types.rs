@@ -18,9 +18,46 @@ impl fmt::Debug for MessageId {
     }
 }
 
-/// A conversation: the peer's user id for a direct chat, the group id for a group.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+/// A conversation: the peer's user id for a direct chat, the group id for a group (hex
+/// either way). Serialized as that plain string.
+#[derive(
+    Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct ConversationId(pub String);
+
+impl ConversationId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Looked up by its text (maps keyed by conversation take a `&str`).
+impl std::borrow::Borrow<str> for ConversationId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Compared with its text as the API and the store hold it.
+impl PartialEq<str> for ConversationId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ConversationId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for ConversationId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
 
 impl fmt::Display for ConversationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -31,6 +68,20 @@ impl fmt::Display for ConversationId {
 impl From<&str> for ConversationId {
     fn from(s: &str) -> Self {
         ConversationId(s.to_owned())
+    }
+}
+
+/// A direct conversation is named by the peer's user id.
+impl From<tern_crypto::UserId> for ConversationId {
+    fn from(user: tern_crypto::UserId) -> Self {
+        ConversationId(user.to_string())
+    }
+}
+
+/// A group conversation is named by the group id.
+impl From<tern_crypto::group::GroupId> for ConversationId {
+    fn from(group: tern_crypto::group::GroupId) -> Self {
+        ConversationId(group.to_string())
     }
 }
 

@@ -587,7 +587,7 @@ fn subscribers_hear_of_groups_their_messages_and_batched_notifications() {
             .unwrap();
         let group = g["id"].as_str().unwrap().to_owned();
         let joined = wait_event(&mut bob, "bob joining News", |ev| match ev {
-            Event::Group { group: info } if info.id == group => Some(info),
+            Event::Group { group: info } if info.id.to_string() == group => Some(info),
             _ => None,
         })
         .await;

@@ -489,6 +489,44 @@ mod tests {
         }
     }
 
+    /// Typed ids go out as the strings they always were: hex for users, groups and
+    /// conversations, the base58 PeerId for devices; and text that is no id is refused
+    /// with a reason.
+    #[test]
+    fn ids_in_answers_are_the_same_strings() {
+        use tern_crypto::{DeviceId, UserId, group::GroupId};
+        let user = UserId::from_bytes([0x0f; 16]);
+        let device = DeviceId::from_bytes([1; 32]);
+        let ev = Event::Peer {
+            user_id: user,
+            device_id: device,
+            relayed: false,
+        };
+        assert_eq!(
+            to_value(&ev).unwrap(),
+            json!({
+                "type": "peer",
+                "user_id": "0f".repeat(16),
+                "device_id": "12D3KooW9tHTtS3inCZiYykw4u5G4frbjVFqhkmJX12gSNCVeH3e",
+                "relayed": false,
+            })
+        );
+        let receipt = Event::Receipt {
+            conversation: GroupId::from_bytes([0xa0; 16]).into(),
+            ids: vec![],
+            status: crate::types::MessageStatus::Read,
+        };
+        let v = to_value(&receipt).unwrap();
+        assert_eq!(v["conversation"], "a0".repeat(16));
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, receipt);
+        let bad = json!({"type": "identity_changed", "user_id": "not hex"});
+        let e = serde_json::from_value::<Event>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a user id (32 hex digits)"), "{e}");
+    }
+
     #[test]
     fn optional_parameters_have_types() {
         let p = json!({"limit": 20, "before": "ab", "mark_read": true});

@@ -20,10 +20,14 @@ const PENDING_FILE: &str = "identity-changes.json";
 /// Loads every contact from the store.
 pub(crate) fn load_contacts(
     store: &tern_store::Store,
-) -> Result<HashMap<String, ContactState>, NodeError> {
+) -> Result<HashMap<UserId, ContactState>, NodeError> {
     let mut out = HashMap::new();
-    for id in store.contact_ids()? {
-        if let Some(c) = store.contact(&id)? {
+    for hex in store.contact_ids()? {
+        let Some(id) = UserId::from_hex(&hex) else {
+            tracing::warn!(contact = %hex, "a stored contact's id is not a user id; skipped");
+            continue;
+        };
+        if let Some(c) = store.contact(&hex)? {
             let list = c
                 .device_list
                 .as_deref()
@@ -60,12 +64,14 @@ impl Engine {
     }
 
     /// Finds a contact by user id or name.
-    pub(crate) fn resolve(&self, contact: &str) -> Result<String, NodeError> {
-        if self.people.contacts.contains_key(contact) {
-            return Ok(contact.to_owned());
+    pub(crate) fn resolve(&self, contact: &str) -> Result<UserId, NodeError> {
+        if let Some(id) = UserId::from_hex(contact)
+            && self.people.contacts.contains_key(&id)
+        {
+            return Ok(id);
         }
         let lower = contact.to_lowercase();
-        let matches: Vec<&String> = self
+        let matches: Vec<&UserId> = self
             .people
             .contacts
             .iter()
@@ -73,7 +79,7 @@ impl Engine {
             .map(|(id, _)| id)
             .collect();
         match matches.as_slice() {
-            [one] => Ok((*one).clone()),
+            [one] => Ok(**one),
             [] => Err(NodeError::UnknownContact(contact.to_owned())),
             _ => Err(NodeError::AmbiguousContact(contact.to_owned())),
         }
@@ -88,22 +94,20 @@ impl Engine {
         for (id, c) in self.people.contacts.iter().chain(self.people.peers.iter()) {
             for (dev, _) in c.devices() {
                 if let Some(p) = device_peer(&dev) {
-                    self.people.device_owner.insert(p, id.clone());
+                    self.people.device_owner.insert(p, *id);
                 }
             }
             if let Some(list) = &c.list {
                 for e in list.list().devices.iter().filter(|e| !e.is_active()) {
-                    self.people
-                        .revoked_devices
-                        .insert(e.device_id(), id.clone());
+                    self.people.revoked_devices.insert(e.device_id(), *id);
                 }
             }
         }
     }
 
-    pub(super) fn contact_info(&self, id: &str) -> Option<ContactInfo> {
+    pub(super) fn contact_info(&self, id: &UserId) -> Option<ContactInfo> {
         self.people.contacts.get(id).map(|c| ContactInfo {
-            user_id: id.to_owned(),
+            user_id: *id,
             name: c.contact.display_name.clone(),
             verified: c.contact.verified,
             identity_change_pending: self.people.pending_identity.contains_key(id),
@@ -129,10 +133,8 @@ impl Engine {
                     .map(|e| e.certificate.certificate().name.clone());
             }
         } else {
-            m.sender_name = self
-                .people
-                .contacts
-                .get(&m.sender)
+            m.sender_name = UserId::from_hex(&m.sender)
+                .and_then(|u| self.people.contacts.get(&u))
                 .map(|c| c.contact.display_name.clone());
         }
     }
@@ -156,9 +158,8 @@ impl Engine {
     /// The name to show for a conversation: a direct one is named after the contact as
     /// they are called now (the stored title is the name when it began).
     pub(crate) fn conversation_name(&self, id: &str, title: Option<&str>) -> Option<String> {
-        self.people
-            .contacts
-            .get(id)
+        UserId::from_hex(id)
+            .and_then(|u| self.people.contacts.get(&u))
             .map(|c| c.contact.display_name.clone())
             .or_else(|| title.map(str::to_owned))
     }
@@ -218,18 +219,16 @@ impl Engine {
             )));
         }
         let id = user_id.to_string();
-        if let Some(existing) = self.people.contacts.get(&id)
+        if let Some(existing) = self.people.contacts.get(&user_id)
             && existing.contact.identity_key != identity_key.as_bytes().to_vec()
             && !accept_new_key
         {
             tracing::warn!(contact = %id, "identity key changed; sending blocked until accepted");
             self.people
                 .pending_identity
-                .insert(id.clone(), link.trim().to_owned());
+                .insert(user_id, link.trim().to_owned());
             self.save_pending_identity()?;
-            self.emit(Event::IdentityChanged {
-                user_id: id.clone(),
-            });
+            self.emit(Event::IdentityChanged { user_id });
             return Err(NodeError::IdentityChanged(
                 existing.contact.display_name.clone(),
             ));
@@ -259,7 +258,11 @@ impl Engine {
                 }
             }
         };
-        let previous = self.people.contacts.get(&id).map(|c| c.contact.clone());
+        let previous = self
+            .people
+            .contacts
+            .get(&user_id)
+            .map(|c| c.contact.clone());
         let display_name = name
             .or_else(|| previous.as_ref().map(|p| p.display_name.clone()))
             .unwrap_or_else(|| parsed.name.clone());
@@ -304,13 +307,13 @@ impl Engine {
         if saved == ContactSaved::IdentityChanged {
             tracing::warn!(contact = %id, "accepted a new identity key; verification cleared");
         }
-        self.people.pending_identity.remove(&id);
+        self.people.pending_identity.remove(&user_id);
         self.save_pending_identity()?;
         let stored = self.store.contact(&id)?.ok_or_else(|| {
             NodeError::Store(crate::error::StoreError::Missing("contact vanished"))
         })?;
         self.people.contacts.insert(
-            id.clone(),
+            user_id,
             ContactState {
                 list: SignedDeviceList::from_bytes(&list_bytes).ok(),
                 relays: parsed.relays.clone(),
@@ -318,7 +321,7 @@ impl Engine {
             },
         );
         self.rebuild_device_owner();
-        self.settle_relay_set(&id);
+        self.settle_relay_set(&user_id);
         for addr in &parsed.relays {
             let _ = self.net.add_relay(addr.clone(), false).await;
         }
@@ -338,7 +341,7 @@ impl Engine {
         };
         Ok(AddedContact {
             contact: self
-                .contact_info(&id)
+                .contact_info(&user_id)
                 .ok_or_else(|| NodeError::UnknownContact(id.clone()))?,
             outcome: outcome.into(),
         })
@@ -367,13 +370,13 @@ impl Engine {
         self.add_contact(&link, None, true).await
     }
 
-    fn contact_keys(&self, id: &str) -> Result<(UserId, IdentityPublicKey), NodeError> {
+    fn contact_keys(&self, id: &UserId) -> Result<(UserId, IdentityPublicKey), NodeError> {
         let c = self
             .people
             .contacts
             .get(id)
-            .ok_or_else(|| NodeError::UnknownContact(id.to_owned()))?;
-        let user = UserId::from_hex(id).ok_or_else(|| NodeError::UnknownContact(id.to_owned()))?;
+            .ok_or_else(|| NodeError::UnknownContact(id.to_string()))?;
+        let user = *id;
         let key: [u8; 32] = c
             .contact
             .identity_key
@@ -383,7 +386,7 @@ impl Engine {
         Ok((user, IdentityPublicKey::from_bytes(key)))
     }
 
-    fn safety_number(&self, id: &str) -> Result<SafetyNumber, NodeError> {
+    fn safety_number(&self, id: &UserId) -> Result<SafetyNumber, NodeError> {
         let (user, key) = self.contact_keys(id)?;
         Ok(SafetyNumber::compute(
             &self.me.user,
@@ -398,7 +401,7 @@ impl Engine {
         let sn = self.safety_number(&id)?;
         let c = &self.people.contacts[&id];
         Ok(SafetyInfo {
-            user_id: id.clone(),
+            user_id: id,
             name: c.contact.display_name.clone(),
             digits: sn.display(),
             qr: tern_crypto::hex::encode(&sn.qr_payload()),
@@ -436,7 +439,7 @@ impl Engine {
             state.contact.verified = true;
         }
         self.contact_info(&id)
-            .ok_or_else(|| NodeError::UnknownContact(id.clone()))
+            .ok_or_else(|| NodeError::UnknownContact(id.to_string()))
     }
 }
 
@@ -485,4 +488,23 @@ async fn fetch_link_list(
         relays: vec![link.relay],
         device_list,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tern_crypto::UserId;
+
+    /// The file of offered identity keys was written keyed by hex user ids before the
+    /// engine held typed ids: it reads as it is, and is written the same way.
+    #[test]
+    fn the_pending_identity_file_keeps_its_form() {
+        let hex = "00112233445566778899aabbccddeeff";
+        let old = format!(r#"{{"{hex}":"tern:abc"}}"#);
+        let map: HashMap<UserId, String> = serde_json::from_str(&old).unwrap();
+        assert_eq!(map[&UserId::from_hex(hex).unwrap()], "tern:abc");
+        assert_eq!(serde_json::to_string(&map).unwrap(), old);
+        assert!(serde_json::from_str::<HashMap<UserId, String>>(r#"{"bob":""}"#).is_err());
+    }
 }

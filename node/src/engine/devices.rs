@@ -3,7 +3,9 @@
 
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
-use tern_crypto::{DeviceCertificate, SignedDeviceCertificate, SignedDeviceList, provision};
+use tern_crypto::{
+    DeviceCertificate, SignedDeviceCertificate, SignedDeviceList, UserId, provision,
+};
 use tern_relay::rpc::Requests as _;
 use tern_store::Contact;
 
@@ -29,7 +31,7 @@ const MAX_BUNDLE_BYTES: usize = 60 * 1024;
 
 /// Makes the engine's message from fetched lists (user, signed list) and whether any
 /// fetch failed.
-type ListsDone = fn(Vec<(String, Vec<u8>)>, bool) -> Internal;
+type ListsDone = fn(Vec<(UserId, Vec<u8>)>, bool) -> Internal;
 
 /// Device lists fetched at the same time.
 const LIST_FETCHES_AT_ONCE: usize = 16;
@@ -67,7 +69,7 @@ impl Engine {
             list: Some(list),
             relays: self.relays.home_relays.clone(),
         };
-        self.people.peers.insert(self.me.user_hex.clone(), state);
+        self.people.peers.insert(self.me.user, state);
         self.rebuild_device_owner();
     }
 
@@ -75,7 +77,12 @@ impl Engine {
     /// sent), or the wait for it ended: noted for `device.list`, and told to subscribers. A
     /// confirmation of any record sent it counts; the end of a wait only for the latest
     /// record, while that is still waiting (the same code added again sends a new record).
-    pub(crate) fn on_link_answered(&mut self, device: String, record: PeerId, confirmed: bool) {
+    pub(crate) fn on_link_answered(
+        &mut self,
+        device: tern_crypto::DeviceId,
+        record: PeerId,
+        confirmed: bool,
+    ) {
         use crate::types::LinkState;
         let link = if confirmed {
             LinkState::Confirmed
@@ -88,7 +95,7 @@ impl Engine {
         if self.me.link_states.get(&device).map(|(l, _)| *l) == Some(link) {
             return;
         }
-        self.me.link_states.insert(device.clone(), (link, record));
+        self.me.link_states.insert(device, (link, record));
         self.emit(crate::types::Event::DeviceLink {
             device_id: device,
             link,
@@ -106,16 +113,12 @@ impl Engine {
             .map(|e| {
                 let c = e.certificate.certificate();
                 DeviceInfo {
-                    device_id: e.device_id().to_peer_id_string(),
+                    device_id: e.device_id(),
                     name: c.name.clone(),
                     this_device: e.device_id() == me,
                     created_at: c.created_at,
                     words: None,
-                    link: self
-                        .me
-                        .link_states
-                        .get(&e.device_id().to_peer_id_string())
-                        .map(|(l, _)| *l),
+                    link: self.me.link_states.get(&e.device_id()).map(|(l, _)| *l),
                 }
             })
             .collect()
@@ -144,7 +147,7 @@ impl Engine {
             // again. Any other code naming a listed device is refused: it would get the
             // identity secret without a device being added.
             Some(e) if e.is_active() => {
-                if self.me.linked.get(&peer.to_string()) != Some(&provision_key) {
+                if self.me.linked.get(&id) != Some(&provision_key) {
                     return Err(NodeError::BadRequest(
                         "that device is already linked; to link a device again, run `tern device link` on it for a new code".into(),
                     ));
@@ -208,7 +211,7 @@ impl Engine {
                 plain.len()
             )));
         }
-        self.me.linked.insert(peer.to_string(), provision_key);
+        self.me.linked.insert(id, provision_key);
         let (sealed, check) =
             provision::seal_to_checked(&provision_key, &plain).map_err(NodeError::from)?;
         // Shown only once the record is deposited: whoever reads them off this screen can
@@ -246,9 +249,9 @@ impl Engine {
         let record = confirmation.mailbox();
         self.me
             .link_states
-            .insert(peer.to_string(), (crate::types::LinkState::Waiting, record));
+            .insert(id, (crate::types::LinkState::Waiting, record));
         let tx = self.internal.clone();
-        let device = peer.to_string();
+        let device = id;
         tokio::spawn(async move {
             let confirmed = match confirmation.wait(relay, confirm::WAIT).await {
                 Ok(c) => c,
@@ -268,7 +271,7 @@ impl Engine {
         // The record carries the newest messages; everything else follows over the session.
         self.owe_history(&id.to_peer_id_string())?;
         Ok(DeviceInfo {
-            device_id: id.to_peer_id_string(),
+            device_id: id,
             name: certificate.certificate().name.clone(),
             this_device: false,
             created_at: certificate.certificate().created_at,
@@ -368,18 +371,17 @@ impl Engine {
         self.lists.lists_fetched = Some(self.clock.now());
         // Fetched in a task, a few at a time, so a big group never stalls the engine; the
         // results come back as `Internal::DeviceLists`.
-        let targets: Vec<(String, PeerId, [u8; 16])> = self
+        let targets: Vec<(UserId, PeerId)> = self
             .people
             .contacts
             .iter()
             .chain(self.people.peers.iter())
             .filter_map(|(user, state)| {
-                let ub = tern_crypto::UserId::from_hex(user)?;
                 let relay = state
                     .relay_peers()
                     .into_iter()
                     .find(|r| self.relays.relay_up.contains(r))?;
-                Some((user.clone(), relay, *ub.as_bytes()))
+                Some((*user, relay))
             })
             .collect();
         if targets.is_empty() {
@@ -388,19 +390,24 @@ impl Engine {
         self.fetch_lists(targets, |lists, _| Internal::DeviceLists(lists));
     }
 
-    /// Fetches the signed device lists of `targets` (user, a connected relay of theirs, user
-    /// id) in a task, [`LIST_FETCHES_AT_ONCE`] at a time, and hands the engine what came back
+    /// Fetches the signed device lists of `targets` (user, a connected relay of theirs) in a
+    /// task, [`LIST_FETCHES_AT_ONCE`] at a time, and hands the engine what came back
     /// with whether any fetch failed (`done` makes the message).
-    pub(crate) fn fetch_lists(&self, targets: Vec<(String, PeerId, [u8; 16])>, done: ListsDone) {
+    pub(crate) fn fetch_lists(&self, targets: Vec<(UserId, PeerId)>, done: ListsDone) {
         let net = self.net.clone();
         let internal = self.internal.clone();
         tokio::spawn(async move {
             let mut lists = Vec::new();
             let mut failed = false;
             for chunk in targets.chunks(LIST_FETCHES_AT_ONCE) {
-                let fetched = futures::future::join_all(chunk.iter().map(|(user, relay, ub)| {
+                let fetched = futures::future::join_all(chunk.iter().map(|(user, relay)| {
                     let net = net.clone();
-                    async move { (user.clone(), net.at(*relay).fetch_device_list(*ub).await) }
+                    async move {
+                        (
+                            *user,
+                            net.at(*relay).fetch_device_list(*user.as_bytes()).await,
+                        )
+                    }
                 }))
                 .await;
                 for (user, r) in fetched {
@@ -419,7 +426,7 @@ impl Engine {
 
     /// Device lists fetched by [`Engine::refresh_device_lists`]: each valid successor is
     /// taken.
-    pub(crate) fn on_device_lists(&mut self, lists: Vec<(String, Vec<u8>)>) {
+    pub(crate) fn on_device_lists(&mut self, lists: Vec<(UserId, Vec<u8>)>) {
         let mut changed = false;
         for (user, bytes) in lists {
             match self.take_list(&user, bytes) {
@@ -488,7 +495,7 @@ impl Engine {
 
     /// Takes a fetched device list of `user` if the pinned identity key signed it and it is
     /// a valid successor of the one held; returns whether it was taken.
-    pub(crate) fn take_list(&mut self, user: &str, bytes: Vec<u8>) -> Result<bool, NodeError> {
+    pub(crate) fn take_list(&mut self, user: &UserId, bytes: Vec<u8>) -> Result<bool, NodeError> {
         let Some(state) = self.known(user).cloned() else {
             return Ok(false);
         };
@@ -509,17 +516,13 @@ impl Engine {
                 && !self.people.pending_identity.contains_key(user)
             {
                 tracing::warn!(%user, "a relay holds a device list under a different identity key");
-                self.people
-                    .pending_identity
-                    .insert(user.to_owned(), String::new());
+                self.people.pending_identity.insert(*user, String::new());
                 self.save_pending_identity()?;
-                self.emit(crate::types::Event::IdentityChanged {
-                    user_id: user.to_owned(),
-                });
+                self.emit(crate::types::Event::IdentityChanged { user_id: *user });
             }
             return Ok(false);
         }
-        if user == self.me.user_hex
+        if *user == self.me.user
             && next
                 .list()
                 .entry(&self.me.keys.device.device_id())
@@ -559,7 +562,7 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        if user == self.me.user_hex {
+        if *user == self.me.user {
             self.store
                 .transaction(|tx| tx.save_own_device_list(next.list().version, next.as_bytes()))?;
             self.me.keys.device_list = next;
@@ -582,11 +585,11 @@ impl Engine {
             let now = self.clock.now_ms();
             self.store
                 .transaction(|tx| tx.save_contact(&contact, now))?;
-            self.people.contacts.insert(user.to_owned(), new_state);
+            self.people.contacts.insert(*user, new_state);
         } else {
             self.store
-                .transaction(|tx| tx.save_group_peer(user, &bytes))?;
-            self.people.peers.insert(user.to_owned(), new_state);
+                .transaction(|tx| tx.save_group_peer(&user.to_string(), &bytes))?;
+            self.people.peers.insert(*user, new_state);
         }
         if !revoked.is_empty() {
             self.on_devices_revoked(user, &revoked)?;

@@ -49,12 +49,12 @@ pub(crate) struct Dht {
     /// A publication is in flight.
     publishing: bool,
     /// When each contact was last looked up (ms), and which lookups are in flight.
-    looked_up: HashMap<String, i64>,
-    in_flight: HashSet<String>,
+    looked_up: HashMap<UserId, i64>,
+    in_flight: HashSet<UserId>,
     /// The newest record version taken for each contact.
-    taken: HashMap<String, u64>,
+    taken: HashMap<UserId, u64>,
     /// Callers waiting for a lookup asked on demand, by contact.
-    waiting: HashMap<String, Vec<Reply<ContactInfo>>>,
+    waiting: HashMap<UserId, Vec<Reply<ContactInfo>>>,
 }
 
 /// What a DHT task reports back.
@@ -69,7 +69,7 @@ pub(crate) enum Report {
     },
     /// A lookup of `user` ended with the newest record that verified, if any.
     Found {
-        user: String,
+        user: UserId,
         record: Option<Box<SignedRelayRecord>>,
     },
 }
@@ -132,7 +132,7 @@ impl Engine {
         let owner = device
             .parse()
             .ok()
-            .and_then(|peer| self.people.device_owner.get(&peer).cloned());
+            .and_then(|peer| self.people.device_owner.get(&peer).copied());
         if let Some(user) = owner {
             self.look_up_contact(&user);
         }
@@ -151,15 +151,15 @@ impl Engine {
             .filter(|(t, _)| now.saturating_sub(*t) >= due)
             .min();
         if let Some((_, user)) = oldest {
-            let user = user.clone();
+            let user = *user;
             self.look_up_contact(&user);
         }
     }
 
     /// Looks a contact up in the DHT now, on demand, and answers `reply` with the contact
     /// once the lookup ended (a lookup already under way serves it too).
-    pub(crate) fn find_contact(&mut self, user: &str, reply: Reply<ContactInfo>) {
-        let waiters = self.dht.waiting.entry(user.to_owned()).or_default();
+    pub(crate) fn find_contact(&mut self, user: &UserId, reply: Reply<ContactInfo>) {
+        let waiters = self.dht.waiting.entry(*user).or_default();
         if waiters.len() >= MAX_LOOKUPS {
             let _ = reply.send(Err(NodeError::unreachable(
                 "too many lookups of this contact under way",
@@ -175,17 +175,17 @@ impl Engine {
         }
     }
 
-    fn answer_waiting(&mut self, user: &str) {
+    fn answer_waiting(&mut self, user: &UserId) {
         for reply in self.dht.waiting.remove(user).unwrap_or_default() {
             let info = self
                 .contact_info(user)
-                .ok_or_else(|| NodeError::UnknownContact(user.to_owned()));
+                .ok_or_else(|| NodeError::UnknownContact(user.to_string()));
             let _ = reply.send(info);
         }
     }
 
     /// Looks a contact up in the DHT (at most once per [`LOOKUP_INTERVAL`]).
-    pub(crate) fn look_up_contact(&mut self, user: &str) {
+    pub(crate) fn look_up_contact(&mut self, user: &UserId) {
         let now = self.clock.now_ms();
         let recent = self.dht.looked_up.get(user).is_some_and(|t| {
             now.saturating_sub(*t) < i64::try_from(LOOKUP_INTERVAL.as_millis()).unwrap_or(0)
@@ -196,16 +196,14 @@ impl Engine {
         let Some(c) = self.people.contacts.get(user) else {
             return;
         };
-        let (Some(user_id), Ok(key)) = (
-            UserId::from_hex(user),
-            <[u8; 32]>::try_from(c.contact.identity_key.as_slice()),
-        ) else {
+        let Ok(key) = <[u8; 32]>::try_from(c.contact.identity_key.as_slice()) else {
             return;
         };
+        let user_id = *user;
         let identity = IdentityPublicKey::from_bytes(key);
-        self.dht.looked_up.insert(user.to_owned(), now);
-        self.dht.in_flight.insert(user.to_owned());
-        let (net, tx, user) = (self.net.clone(), self.internal.clone(), user.to_owned());
+        self.dht.looked_up.insert(user_id, now);
+        self.dht.in_flight.insert(user_id);
+        let (net, tx, user) = (self.net.clone(), self.internal.clone(), user_id);
         tokio::spawn(async move {
             let key = dht_key(&user_id, &identity);
             let values = net.dht_get(key).await.unwrap_or_default();
@@ -239,14 +237,14 @@ impl Engine {
     /// changes their relays or device list.
     fn take_relay_record(
         &mut self,
-        user: &str,
+        user: &UserId,
         record: SignedRelayRecord,
     ) -> Result<(), NodeError> {
         let r = record.record();
         if self.dht.taken.get(user).is_some_and(|v| *v >= r.version) {
             return Ok(());
         }
-        self.dht.taken.insert(user.to_owned(), r.version);
+        self.dht.taken.insert(*user, r.version);
         let relays: Vec<Multiaddr> = r
             .relays
             .iter()
@@ -274,7 +272,7 @@ impl Engine {
             }
         }
         if list_newer {
-            self.on_device_lists(vec![(user.to_owned(), r.device_list.as_bytes().to_vec())]);
+            self.on_device_lists(vec![(*user, r.device_list.as_bytes().to_vec())]);
         }
         if moved {
             // What waits for the contact goes to the new relays now, not after its backoff.

@@ -200,7 +200,7 @@ impl Engine {
             && m.status == Status::Sent
         {
             self.emit(Event::Receipt {
-                conversation: m.conversation.0,
+                conversation: m.conversation,
                 ids: vec![id.to_string()],
                 status: crate::types::MessageStatus::Sent,
             });

@@ -44,18 +44,18 @@ pub(crate) const GRANT_OFFER_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) struct Grants {
     key: GrantKey,
     /// Revocation epochs of users whose grant was revoked (others are at 0).
-    epochs: HashMap<String, u32>,
+    epochs: HashMap<UserId, u32>,
     /// Grants held, by the issuing device (peer id string).
     held: HashMap<String, Grant>,
     /// The users whose grants were last registered, per home relay.
-    registered: HashMap<PeerId, BTreeSet<String>>,
+    registered: HashMap<PeerId, BTreeSet<UserId>>,
     /// Home relays where registering failed, and when to try again.
     retry_at: HashMap<PeerId, Instant>,
     /// When a grant was last offered to a user in answer to an introduction.
-    offered: HashMap<String, Instant>,
+    offered: HashMap<UserId, Instant>,
     /// Per home relay, the user each registered token hash stands for (to name the shares
     /// of the mailbox's usage).
-    hashes: HashMap<PeerId, HashMap<[u8; 32], String>>,
+    hashes: HashMap<PeerId, HashMap<[u8; 32], UserId>>,
     /// The mailbox's usage at each home relay, and when it was asked (ms).
     usage: HashMap<PeerId, (mailbox::Usage, i64)>,
 }
@@ -74,7 +74,11 @@ impl Grants {
     pub(crate) fn load(device: &DeviceKeys, store: &Store) -> Result<Self, NodeError> {
         Ok(Grants {
             key: GrantKey::of(device),
-            epochs: store.grant_epochs()?.into_iter().collect(),
+            epochs: store
+                .grant_epochs()?
+                .into_iter()
+                .filter_map(|(u, e)| Some((UserId::from_hex(&u)?, e)))
+                .collect(),
             held: store
                 .held_grants()?
                 .into_iter()
@@ -88,13 +92,10 @@ impl Grants {
         })
     }
 
-    /// The grant this device issued `user` (hex id), if it is a user id.
-    pub(crate) fn issued(&self, user: &str) -> Option<Grant> {
-        let id = UserId::from_hex(user)?;
-        Some(
-            self.key
-                .issue(&id, self.epochs.get(user).copied().unwrap_or(0)),
-        )
+    /// The grant this device issued `user`.
+    pub(crate) fn issued(&self, user: &UserId) -> Grant {
+        self.key
+            .issue(user, self.epochs.get(user).copied().unwrap_or(0))
     }
 
     /// The grant `device` issued this user, if one arrived.
@@ -117,16 +118,16 @@ impl Engine {
     /// Every user this device grants: contacts, members of shared groups, its own user.
     /// At most [`mailbox::MAX_GRANTS`] (this user and contacts first): past that, members of
     /// shared groups who are not contacts deposit as introductions.
-    fn granted_users(&self) -> BTreeSet<String> {
-        let mut users: BTreeSet<String> = std::iter::once(self.me.user_hex.clone())
-            .chain(self.people.contacts.keys().cloned())
+    fn granted_users(&self) -> BTreeSet<UserId> {
+        let mut users: BTreeSet<UserId> = std::iter::once(self.me.user)
+            .chain(self.people.contacts.keys().copied())
             .take(mailbox::MAX_GRANTS)
             .collect();
         for u in self.people.peers.keys() {
             if users.len() >= mailbox::MAX_GRANTS {
                 break;
             }
-            users.insert(u.clone());
+            users.insert(*u);
         }
         users
     }
@@ -151,13 +152,9 @@ impl Engine {
             }
             self.grants.retry_at.remove(&relay);
             let rb = relay.to_bytes();
-            let named: HashMap<[u8; 32], String> = users
+            let named: HashMap<[u8; 32], UserId> = users
                 .iter()
-                .filter_map(|u| {
-                    self.grants
-                        .issued(u)
-                        .map(|g| (g.token_hash(&rb), u.clone()))
-                })
+                .map(|u| (self.grants.issued(u).token_hash(&rb), *u))
                 .collect();
             let hashes: Vec<[u8; 32]> = named.keys().copied().collect();
             self.grants.hashes.insert(relay, named);
@@ -206,19 +203,19 @@ impl Engine {
     pub(crate) fn mailbox_info(&self, relay: PeerId) -> Option<MailboxInfo> {
         let (u, at_ms) = self.grants.usage.get(&relay)?;
         let names = self.grants.hashes.get(&relay);
-        let name_of = |user: &str| {
+        let name_of = |user: &UserId| {
             self.known(user)
                 .map(|c| c.contact.display_name.clone())
-                .or_else(|| (user == self.me.user_hex).then(|| "this user".to_owned()))
+                .or_else(|| (*user == self.me.user).then(|| "this user".to_owned()))
         };
         let mut by_sender: Vec<MailboxSender> = u
             .grants
             .iter()
             .map(|(h, f)| {
-                let user = names.and_then(|n| n.get(h.as_ref())).cloned();
+                let user = names.and_then(|n| n.get(h.as_ref())).copied();
                 MailboxSender {
                     kind: "grant".into(),
-                    name: user.as_deref().and_then(name_of),
+                    name: user.as_ref().and_then(name_of),
                     user_id: user,
                     device_id: None,
                     messages: f.messages,
@@ -226,12 +223,12 @@ impl Engine {
                 }
             })
             .chain(u.senders.iter().map(|(p, f)| {
-                let user = self.people.device_owner.get(p).cloned();
+                let user = self.people.device_owner.get(p).copied();
                 MailboxSender {
                     kind: "device".into(),
-                    name: user.as_deref().and_then(name_of),
+                    name: user.as_ref().and_then(name_of),
                     user_id: user,
-                    device_id: Some(p.to_string()),
+                    device_id: super::peer_device(p),
                     messages: f.messages,
                     bytes: f.bytes,
                 }
@@ -293,7 +290,7 @@ impl Engine {
 
     /// Mail from `user` came as an introduction: it holds no grant of this device (or an
     /// old one). Send it one, unless one went lately.
-    pub(crate) fn offer_grant(&mut self, user: &str) {
+    pub(crate) fn offer_grant(&mut self, user: &UserId) {
         let now = self.clock.now();
         if self
             .grants
@@ -303,7 +300,7 @@ impl Engine {
         {
             return;
         }
-        self.grants.offered.insert(user.to_owned(), now);
+        self.grants.offered.insert(*user, now);
         if self.grants.offered.len() > 4096 {
             self.grants
                 .offered
@@ -317,9 +314,11 @@ impl Engine {
     /// Revokes `user`'s grant: a new one is derived and registered in its place, so the old
     /// one is refused at every home relay; the user's devices get the new one with the next
     /// envelope this device sends them (a removed user gets nothing more).
-    pub(crate) fn revoke_grant(&mut self, user: &str) -> Result<(), NodeError> {
-        let epoch = self.store.transaction(|tx| tx.bump_grant_epoch(user))?;
-        self.grants.epochs.insert(user.to_owned(), epoch);
+    pub(crate) fn revoke_grant(&mut self, user: &UserId) -> Result<(), NodeError> {
+        let epoch = self
+            .store
+            .transaction(|tx| tx.bump_grant_epoch(&user.to_string()))?;
+        self.grants.epochs.insert(*user, epoch);
         self.grants.registered.clear();
         self.push_grants(None);
         // The user's other devices hear of the new grant at once.

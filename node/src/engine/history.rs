@@ -141,7 +141,7 @@ impl Engine {
         if queued >= HISTORY_LANE_WINDOW {
             return Ok(());
         }
-        let me = self.me.user_hex.clone();
+        let me = self.me.user;
         // The session with the new device, set up (its prekey claimed) only the first time:
         // other own devices are not asked for on every round.
         let curve = self
@@ -231,7 +231,7 @@ impl Engine {
                 &mut sessions,
                 &mut env,
                 &self.grants,
-                |_| me.clone(),
+                |_| me,
                 &mut deliveries,
                 &mut pickles,
             )?;

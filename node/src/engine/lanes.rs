@@ -18,7 +18,7 @@
 //! Lanes run in parallel (up to [`MAX_LANES_IN_FLIGHT`]).
 
 use libp2p::PeerId;
-use tern_crypto::DeviceId;
+use tern_crypto::{DeviceId, UserId};
 use tern_relay::wire::ErrorCode;
 
 use super::{
@@ -103,12 +103,13 @@ impl Engine {
     /// The relays `device`'s rows go to: its user's (`user`, else as known from the device
     /// or its first row), or one lane with none when no relay is known.
     pub(crate) fn lane_relays(&self, device: &str, user: Option<&str>) -> Vec<Option<PeerId>> {
-        let owner = user.map(str::to_owned).or_else(|| {
+        let owner = user.and_then(UserId::from_hex).or_else(|| {
             let peer = DeviceId::from_peer_id_string(device).and_then(|d| device_peer(&d));
-            peer.and_then(|p| self.people.device_owner.get(&p).cloned())
+            peer.and_then(|p| self.people.device_owner.get(&p).copied())
                 .or_else(|| {
                     let head = self.store.lane(device, 1).ok()?;
-                    head.first().map(|r| r.delivery.recipient_user.clone())
+                    head.first()
+                        .and_then(|r| UserId::from_hex(&r.delivery.recipient_user))
                 })
         });
         let relays = owner
@@ -124,7 +125,7 @@ impl Engine {
     /// `user`'s relay set changed: the rows of its devices that every relay of the new set
     /// took leave (a relay taken out of the set is not waited for), and the lanes at relays
     /// new to the set start.
-    pub(crate) fn settle_relay_set(&mut self, user: &str) {
+    pub(crate) fn settle_relay_set(&mut self, user: &UserId) {
         let Some(state) = self.known(user) else {
             return;
         };
@@ -163,7 +164,7 @@ impl Engine {
                 && m.status == tern_store::Status::Sent
             {
                 self.emit(Event::Receipt {
-                    conversation: m.conversation.0,
+                    conversation: m.conversation,
                     ids: vec![id.to_string()],
                     status: crate::types::MessageStatus::Sent,
                 });

@@ -24,7 +24,7 @@
 use std::time::Duration;
 
 use serde_bytes::{ByteArray, ByteBuf};
-use tern_crypto::DeviceId;
+use tern_crypto::{DeviceId, UserId, group::GroupId};
 use tern_store::MessageId;
 
 use super::{Engine, Internal, relay_peer};
@@ -54,7 +54,7 @@ fn mark(list: &tern_crypto::DeviceList) -> ListMark {
 impl Engine {
     /// The list marks a message to `to` is encrypted with (`to`: `None` for a message to
     /// many users, such as a group message, which then carries the sender's mark only).
-    pub(crate) fn list_versions(&self, to: Option<&str>) -> ListVersions {
+    pub(crate) fn list_versions(&self, to: Option<&UserId>) -> ListVersions {
         ListVersions {
             to: to
                 .and_then(|u| self.known(u))
@@ -79,14 +79,14 @@ impl Engine {
     /// newer list of the sender's.
     pub(crate) fn check_list_marks(
         &mut self,
-        user: &str,
+        user: &UserId,
         device: DeviceId,
         env: &Envelope,
     ) -> Result<(), NodeError> {
         let Some(marks) = env.lists else {
             return Ok(());
         };
-        let me = user == self.me.user_hex;
+        let me = *user == self.me.user;
         if self
             .known(user)
             .and_then(|s| s.list.as_ref())
@@ -115,14 +115,14 @@ impl Engine {
             (&env.conversation, &env.body),
             (Conversation::Direct { .. }, Body::Text { .. })
         );
-        let key = (user.to_owned(), device.to_peer_id_string());
+        let key = (*user, device);
         // Texts that missed a device are always named, and owed in the store until the
         // answer is queued (a crash before then must not lose the text for the new device);
         // anything else gets the list once.
         if text && !missed.is_empty() {
             let owed = tern_store::OwedListAnswer {
-                user: user.to_owned(),
-                device: key.1.clone(),
+                user: user.to_string(),
+                device: device.to_peer_id_string(),
                 message_id: MessageId(env.id.into_array()),
                 seen_entries: seen.entries,
             };
@@ -158,13 +158,18 @@ impl Engine {
             // More than one round's worth: the rest goes on the next tick.
             self.lists.answers_due = true;
         }
-        let mut targets: Vec<(String, String)> = std::mem::take(&mut self.lists.list_answers)
+        let mut targets: Vec<(UserId, DeviceId)> = std::mem::take(&mut self.lists.list_answers)
             .into_iter()
             .collect();
         for o in &owed {
-            let key = (o.user.clone(), o.device.clone());
-            if !targets.contains(&key) {
-                targets.push(key);
+            let (Some(user), Some(device)) = (
+                UserId::from_hex(&o.user),
+                DeviceId::from_peer_id_string(&o.device),
+            ) else {
+                continue;
+            };
+            if !targets.contains(&(user, device)) {
+                targets.push((user, device));
             }
         }
         if targets.is_empty() {
@@ -173,10 +178,8 @@ impl Engine {
         let list = ByteBuf::from(self.me.keys.device_list.as_bytes().to_vec());
         let ours = self.me.keys.device_list.list().clone();
         let own_device = self.me.keys.device.device_id();
-        for (user, device) in targets {
-            let Some(target) = DeviceId::from_peer_id_string(&device) else {
-                continue;
-            };
+        for (user, target) in targets {
+            let device = target.to_peer_id_string();
             let mine: Vec<&tern_store::OwedListAnswer> =
                 owed.iter().filter(|o| o.device == device).collect();
             let seen = mine
@@ -218,19 +221,19 @@ impl Engine {
                 }
             }
             tracing::info!(contact = %user, texts = ids.len(), devices = missed.len(), "told a sender of the current device list");
-            self.lists.list_answered.insert(device, ours.version);
+            self.lists.list_answered.insert(target, ours.version);
         }
     }
 
     /// Tells every contact, group member and this user's other devices (each device with a
     /// session) of this user's current device list.
     pub(crate) fn announce_list(&mut self) {
-        let mut users: Vec<String> = self
+        let mut users: Vec<UserId> = self
             .people
             .contacts
             .keys()
             .chain(self.people.peers.keys())
-            .cloned()
+            .copied()
             .collect();
         users.sort();
         users.dedup();
@@ -249,7 +252,7 @@ impl Engine {
         if !std::mem::take(&mut self.lists.announce_own_due) {
             return;
         }
-        let me = self.me.user_hex.clone();
+        let me = self.me.user;
         let sessions = match self.sessions_reachable(&me) {
             Ok((s, _)) => s,
             Err(e) => {
@@ -268,12 +271,13 @@ impl Engine {
     /// they missed, in one transaction with the session state (`save`).
     pub(crate) fn on_device_list(
         &mut self,
-        user: &str,
+        user: &UserId,
         list: &[u8],
         stale: &[ByteArray<16>],
         missed: &[ByteArray<32>],
         save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
     ) -> Result<(), NodeError> {
+        let hex = user.to_string();
         let mut owed = Vec::new();
         for id in stale {
             let id = MessageId(id.into_array());
@@ -281,9 +285,10 @@ impl Engine {
             // user's devices, of any direct conversation: sync copies).
             if let Some(m) = self.store.message(id)?
                 && m.own
-                && (user == self.me.user_hex || m.conversation.0 == user)
+                && (*user == self.me.user || m.conversation.0 == hex)
                 && m.body.is_user_content()
-                && self.people.contacts.contains_key(&m.conversation.0)
+                && UserId::from_hex(&m.conversation.0)
+                    .is_some_and(|c| self.people.contacts.contains_key(&c))
             {
                 owed.push(id);
             }
@@ -296,7 +301,7 @@ impl Engine {
         self.store.transaction(|tx| -> Result<(), NodeError> {
             save(tx)?;
             if !owed.is_empty() && !devices.is_empty() {
-                tx.owe_resync(user, &devices, &owed, now)?;
+                tx.owe_resync(&hex, &devices, &owed, now)?;
             }
             Ok(())
         })?;
@@ -321,15 +326,13 @@ impl Engine {
     /// session instead; the device drops ids it already has.
     pub(crate) fn owe_group_copies(
         &mut self,
-        user: &str,
+        user: &UserId,
         added: &[(DeviceId, u64)],
     ) -> Result<(), NodeError> {
-        let Some(u) = tern_crypto::UserId::from_hex(user) else {
-            return Ok(());
-        };
+        let u = *user;
         let me = *self.me.user.as_bytes();
         let own_device = self.me.keys.device.device_id();
-        let groups: Vec<String> = self
+        let groups: Vec<GroupId> = self
             .groups
             .by_id
             .keys()
@@ -337,7 +340,7 @@ impl Engine {
                 self.state(g)
                     .is_ok_and(|s| s.is_member(u.as_bytes()) && s.is_member(&me))
             })
-            .cloned()
+            .copied()
             .collect();
         let added: Vec<&(DeviceId, u64)> = added.iter().filter(|(d, _)| *d != own_device).collect();
         if added.is_empty() || groups.is_empty() {
@@ -347,7 +350,7 @@ impl Engine {
         let mut sent: Vec<(MessageId, i64)> = Vec::new();
         for g in &groups {
             let recent = self.store.history(
-                &tern_store::ConversationId(g.clone()),
+                &tern_store::ConversationId::from(*g),
                 tern_store::Page::Latest,
                 Some(crate::consts::HISTORY_MAX),
             )?;
@@ -375,7 +378,7 @@ impl Engine {
             }
             let key = [device.to_peer_id_string()];
             self.store
-                .transaction(|tx| tx.owe_resync(user, &key, &ids, now))?;
+                .transaction(|tx| tx.owe_resync(&user.to_string(), &key, &ids, now))?;
             tracing::info!(contact = %user, count = ids.len(), "group texts owed to a device linked since they were sent");
             self.lists.resync_due = true;
         }
@@ -384,7 +387,7 @@ impl Engine {
 
     /// Fetches `user`'s device list from their relays soon (a message showed a newer one),
     /// at most every [`LIST_WANT_GAP`] per user.
-    pub(crate) fn want_list_of(&mut self, user: &str) {
+    pub(crate) fn want_list_of(&mut self, user: &UserId) {
         let now = self.clock.now();
         if self
             .lists
@@ -397,39 +400,36 @@ impl Engine {
         let Some(state) = self.known(user) else {
             return;
         };
-        let Some(ub) = tern_crypto::UserId::from_hex(user) else {
-            return;
-        };
         let relays = state.relays.iter().filter_map(relay_peer);
         let up = relays.clone().find(|r| self.relays.relay_up.contains(r));
         let Some(relay) = up.or_else(|| relays.clone().next()) else {
             return;
         };
-        self.lists.list_wanted.insert(user.to_owned(), now);
-        self.fetch_lists(
-            vec![(user.to_owned(), relay, *ub.as_bytes())],
-            |lists, _| Internal::DeviceLists(lists),
-        );
+        self.lists.list_wanted.insert(*user, now);
+        self.fetch_lists(vec![(*user, relay)], |lists, _| {
+            Internal::DeviceLists(lists)
+        });
     }
 
     /// An own group text as a pairwise copy for `user`'s devices in `sessions`: the group
     /// envelope as it was sent, encrypted over each Olm session.
     pub(super) fn encrypt_group_copy(
         &self,
-        user: &str,
+        user: &UserId,
         m: &tern_store::Message,
         sessions: &mut [(DeviceId, tern_crypto::session::PeerSessions)],
     ) -> Result<(Vec<tern_store::Delivery>, Vec<super::send::Pickled>), NodeError> {
-        let gid = super::group::user_bytes(&m.conversation.0)
+        let gid = GroupId::from_hex(&m.conversation.0)
             .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
-        let mut env = self.own_group_envelope(gid, m, crate::media::wire_body(&m.body)?);
+        let mut env =
+            self.own_group_envelope(*gid.as_bytes(), m, crate::media::wire_body(&m.body)?);
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         super::send::encrypt_each(
             sessions,
             &mut env,
             &self.grants,
-            |_| user.to_owned(),
+            |_| *user,
             &mut deliveries,
             &mut pickles,
         )?;
@@ -441,23 +441,22 @@ impl Engine {
     /// member of the group, with the session state (`save`) in one transaction either way.
     pub(crate) fn on_group_copy(
         &mut self,
-        user: &str,
+        user: &UserId,
         device_key: &str,
         group: [u8; 16],
         env: &Envelope,
         body: tern_store::Body,
         save: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), NodeError>,
     ) -> Result<(), NodeError> {
-        let gid = tern_crypto::hex::encode(group.as_ref());
-        let member = super::group::user_bytes(user)
-            .is_some_and(|u| self.state(&gid).is_ok_and(|s| s.is_member(&u)));
+        let gid = GroupId::from_bytes(group);
+        let member = self.state(&gid).is_ok_and(|s| s.is_member(user.as_bytes()));
         let title = self.state(&gid).map(|s| s.title.clone()).ok();
         let now = self.clock.now_ms();
-        let own = user == self.me.user_hex;
+        let own = *user == self.me.user;
         let message = tern_store::Message {
             id: MessageId(env.id.into_array()),
-            conversation: tern_store::ConversationId(gid.clone()),
-            sender_user: user.to_owned(),
+            conversation: gid.into(),
+            sender_user: user.to_string(),
             sender_device: device_key.to_owned(),
             lamport: env.lamport,
             seq: env.seq,
@@ -490,7 +489,7 @@ impl Engine {
             return Ok(());
         }
         if inserted {
-            self.observe_lamport(&gid, message.lamport)?;
+            self.observe_lamport(message.conversation.as_str(), message.lamport)?;
             self.on_media_message(&message);
             for shown in self.hold.arrived(&self.store, message, self.clock.now())? {
                 self.emit(crate::types::Event::Message { message: shown });

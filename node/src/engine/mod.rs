@@ -39,7 +39,7 @@ pub(crate) use state::{Engine, Setup};
 pub(crate) use views::message_info;
 
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
-use tern_crypto::{DeviceId, SignedDeviceList};
+use tern_crypto::{DeviceId, SignedDeviceList, UserId};
 use tern_store::{Contact, MessageId, Status};
 use tokio::sync::mpsc;
 
@@ -56,7 +56,7 @@ pub(crate) enum Internal {
     /// A prekey claim started by `sessions::claim_prekey` answered.
     PrekeyClaimed {
         /// The device's user.
-        user: String,
+        user: UserId,
         /// The device.
         device: tern_crypto::DeviceId,
         /// The claimed prekey bundle, or why none could be had.
@@ -78,10 +78,10 @@ pub(crate) enum Internal {
     /// Current presence fetched by a subscription.
     Presence(Vec<tern_relay::wire::presence::Entry>),
     /// Device lists fetched from relays: (user, signed list).
-    DeviceLists(Vec<(String, Vec<u8>)>),
+    DeviceLists(Vec<(UserId, Vec<u8>)>),
     /// Device lists of group members not known before, and whether some fetch failed.
     PeerLists {
-        lists: Vec<(String, Vec<u8>)>,
+        lists: Vec<(UserId, Vec<u8>)>,
         failed: bool,
     },
     /// A group fan-out finished: per recipient device, whether its copy went.
@@ -116,7 +116,7 @@ pub(crate) enum Internal {
     /// A device this one linked confirmed the record whose confirmation mailbox is
     /// `record` (or the wait for it ended without it).
     LinkAnswered {
-        device: String,
+        device: DeviceId,
         record: PeerId,
         confirmed: bool,
     },
@@ -373,11 +373,13 @@ impl Engine {
             } => self.on_direct(peer, id, ciphertext),
             net::Event::PeerUp { peer, relayed } => {
                 if let Some(user) = self.people.device_owner.get(&peer) {
-                    self.emit(Event::Peer {
-                        user_id: user.clone(),
-                        device_id: peer.to_string(),
-                        relayed,
-                    });
+                    if let Some(device_id) = peer_device(&peer) {
+                        self.emit(Event::Peer {
+                            user_id: *user,
+                            device_id,
+                            relayed,
+                        });
+                    }
                     // A contact's device is reachable: deliver what waits for it now.
                     self.dispatch_due(true);
                 }

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use tern_relay::rpc::Requests as _;
 
 use libp2p::PeerId;
+use tern_crypto::UserId;
 use tern_relay::wire::presence::{self, State};
 
 use super::{Engine, Internal, device_peer, relay_peer};
@@ -108,7 +109,7 @@ impl Engine {
         });
     }
 
-    pub(super) fn presence_of(&self, id: &str) -> PresenceInfo {
+    pub(super) fn presence_of(&self, id: &UserId) -> PresenceInfo {
         let c = &self.people.contacts[id];
         let mut best: Option<&presence::Entry> = None;
         for (d, _) in c.devices() {
@@ -126,7 +127,7 @@ impl Engine {
             }
         }
         PresenceInfo {
-            user_id: id.to_owned(),
+            user_id: *id,
             name: c.contact.display_name.clone(),
             state: state_name(best.map_or(State::Unknown, |e| e.state)).into(),
             last_seen: best.and_then(|e| e.last_seen_ms),
@@ -137,9 +138,9 @@ impl Engine {
         let mut changed = HashSet::new();
         for e in entries {
             if let Some(user) = self.people.device_owner.get(&e.peer) {
-                changed.insert(user.clone());
+                changed.insert(*user);
                 if matches!(e.state, State::Online | State::Away) {
-                    self.maybe_dial(e.peer, user.clone());
+                    self.maybe_dial(e.peer, user);
                 }
             }
             self.relays.presence.insert(e.peer, e);
@@ -152,14 +153,14 @@ impl Engine {
 
     /// An online contact device we have no connection to: dial it through its relay so
     /// messages can go direct (DCUtR upgrades the circuit where NAT allows).
-    pub(super) fn maybe_dial(&self, peer: PeerId, user: String) {
+    pub(super) fn maybe_dial(&self, peer: PeerId, user: &UserId) {
         if !self.relays.direct {
             return;
         }
         let Some(relay) = self
             .people
             .contacts
-            .get(&user)
+            .get(user)
             .and_then(|c| c.relays.first().cloned())
         else {
             return;
@@ -176,10 +177,10 @@ impl Engine {
         &mut self,
         contact: Option<&str>,
     ) -> Result<Vec<PresenceInfo>, NodeError> {
-        let ids: Vec<String> = match contact {
+        let ids: Vec<UserId> = match contact {
             Some(c) => vec![self.resolve(c)?],
             None => {
-                let mut ids: Vec<String> = self.people.contacts.keys().cloned().collect();
+                let mut ids: Vec<UserId> = self.people.contacts.keys().copied().collect();
                 ids.sort();
                 ids
             }

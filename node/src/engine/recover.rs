@@ -20,7 +20,7 @@
 //! one in fresh ratchet steps ([`Engine::resend_to`]) and the receiver drops the ids it
 //! already has: at-least-once, with no visible duplicates.
 
-use tern_crypto::{DeviceId, session::PeerSessions};
+use tern_crypto::{DeviceId, UserId, session::PeerSessions};
 use tern_store::{ConversationId, CryptoUpdate};
 
 use super::Engine;
@@ -115,11 +115,13 @@ impl Engine {
         for message in self.hold.expired(self.clock.now()) {
             if message.gap_before
                 && !message.own
-                && message.conversation == message.sender
-                && self.people.contacts.contains_key(&message.sender)
+                && message.conversation.0 == message.sender
+                && let Some(sender) = UserId::from_hex(&message.sender)
+                && let Some(device) = DeviceId::from_peer_id_string(&message.sender_device)
+                && self.people.contacts.contains_key(&sender)
             {
                 let up_to = message.seq.saturating_sub(1);
-                self.note_lost(&message.sender, &message.sender_device, Some(up_to));
+                self.note_lost(&sender, device, Some(up_to));
             }
             self.emit(crate::types::Event::Message { message });
         }
@@ -128,12 +130,8 @@ impl Engine {
 
     /// Notes that texts from `device` of `user` were lost: up to `up_to` (a gap below a
     /// text that arrived), or `None` when which one is not known (a key was gone).
-    pub(crate) fn note_lost(&mut self, user: &str, device: &str, up_to: Option<u64>) {
-        let entry = self
-            .inbox
-            .lost
-            .entry((user.to_owned(), device.to_owned()))
-            .or_insert(up_to);
+    pub(crate) fn note_lost(&mut self, user: &UserId, device: DeviceId, up_to: Option<u64>) {
+        let entry = self.inbox.lost.entry((*user, device)).or_insert(up_to);
         *entry = match (*entry, up_to) {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
@@ -148,36 +146,31 @@ impl Engine {
         if self.inbox.lost.is_empty() {
             return;
         }
-        let lost: Vec<((String, String), Option<u64>)> = self.inbox.lost.drain().collect();
-        for ((user, device), up_to) in lost {
+        let lost: Vec<((UserId, DeviceId), Option<u64>)> = self.inbox.lost.drain().collect();
+        for ((user, target), up_to) in lost {
             let now = self.clock.now();
             if self
                 .inbox
                 .resend_asked
-                .get(&device)
+                .get(&target)
                 .is_some_and(|at| now.duration_since(*at) < RESEND_INTERVAL)
             {
-                self.note_lost(&user, &device, up_to);
+                self.note_lost(&user, target, up_to);
                 continue;
             }
-            let Some(target) = DeviceId::from_peer_id_string(&device) else {
-                continue;
-            };
-            let after_seq = match self
-                .store
-                .contiguous_sequence(&ConversationId(user.clone()), &device)
-            {
+            let device = target.to_peer_id_string();
+            let after_seq = match self.store.contiguous_sequence(&user.into(), &device) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!("finding what was lost failed: {e}");
-                    self.note_lost(&user, &device, up_to);
+                    self.note_lost(&user, target, up_to);
                     continue;
                 }
             };
             if up_to.is_some_and(|u| after_seq >= u) {
                 continue; // the gap filled meanwhile
             }
-            self.inbox.resend_asked.insert(device.clone(), now);
+            self.inbox.resend_asked.insert(target, now);
             self.inbox.recovery.resends_asked += 1;
             tracing::info!(contact = %user, after_seq, ?up_to, "asking the sender to send its texts again");
             let body = Body::Resend {
@@ -186,7 +179,7 @@ impl Engine {
             };
             if let Err(e) = self.send_control_to(&user, Some(target), body, |_| Ok(())) {
                 tracing::warn!(contact = %user, "sending a resend request failed: {e}");
-                self.note_lost(&user, &device, up_to);
+                self.note_lost(&user, target, up_to);
             }
         }
     }
@@ -198,18 +191,18 @@ impl Engine {
     /// ratchet state, in one transaction.
     pub(crate) fn resend_to(
         &mut self,
-        user: &str,
+        user: &UserId,
         device: DeviceId,
         range: (u64, u64),
     ) -> Result<(), NodeError> {
-        if user == self.me.user_hex || !self.people.contacts.contains_key(user) {
+        if *user == self.me.user || !self.people.contacts.contains_key(user) {
             return Ok(());
         }
         let Some(curve) = self.known(user).and_then(|c| c.curve_of(&device)) else {
             return Ok(());
         };
         let device_key = device.to_peer_id_string();
-        let conv = ConversationId(user.to_owned());
+        let conv = ConversationId::from(*user);
         let texts = self.store.resend_candidates(
             &conv,
             &self.me.device_hex,
@@ -220,8 +213,7 @@ impl Engine {
         if texts.is_empty() {
             return Ok(());
         }
-        let to = tern_crypto::UserId::from_hex(user)
-            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+        let to = *user;
         let mut sessions = vec![(device, self.load_sessions(&device, curve)?)];
         if !sessions[0].1.has_session() {
             return Ok(());

@@ -14,6 +14,7 @@
 //!   remaining relay took leave the outbox); one that joins gets every row still queued.
 
 use libp2p::Multiaddr;
+use tern_crypto::UserId;
 
 use super::{Engine, command::Reply, relay_peer};
 use crate::{consts::MAX_LINK_RELAYS, error::NodeError, types::RelayInfo};
@@ -147,7 +148,7 @@ impl Engine {
     /// contact, group member and own device is told (with the device list).
     fn own_relays_changed(&mut self) {
         self.refresh_me();
-        let me = self.me.user_hex.clone();
+        let me = self.me.user;
         self.settle_relay_set(&me);
         self.announce_list();
         self.fetch_home_mailboxes();
@@ -156,8 +157,8 @@ impl Engine {
     /// A device list message from `user`, sent at `sent_at_ms`, named its relays: they
     /// replace the set held (see the module documentation), unless a message sent later
     /// already gave one. Relays that are not relay addresses leave it unchanged.
-    pub(crate) fn take_relays(&mut self, user: &str, relays: &[String], sent_at_ms: i64) {
-        if relays.is_empty() || user == self.me.user_hex {
+    pub(crate) fn take_relays(&mut self, user: &UserId, relays: &[String], sent_at_ms: i64) {
+        if relays.is_empty() || *user == self.me.user {
             return;
         }
         if self
@@ -178,9 +179,7 @@ impl Engine {
             return;
         };
         let (same, mut contact) = (state.relays == parsed, state.contact.clone());
-        self.people
-            .relays_sent_at
-            .insert(user.to_owned(), sent_at_ms);
+        self.people.relays_sent_at.insert(*user, sent_at_ms);
         if same {
             return;
         }

@@ -2,7 +2,7 @@
 //! device list answer names them): sessions set up, texts encrypted again and queued in
 //! those devices' lanes, the debt settled in the same transaction.
 
-use tern_crypto::DeviceId;
+use tern_crypto::{DeviceId, UserId, group::GroupId};
 use tern_store::MessageId;
 
 use super::{Engine, send::crypto_updates};
@@ -60,14 +60,17 @@ impl Engine {
         due: &[tern_store::OwedResync],
     ) -> Result<(), NodeError> {
         let rows: Vec<&tern_store::OwedResync> = due.iter().filter(|o| o.user == user).collect();
+        let Some(user_id) = UserId::from_hex(user) else {
+            return Ok(());
+        };
         let active: Vec<DeviceId> = self
-            .known(user)
+            .known(&user_id)
             .map(|s| s.devices().into_iter().map(|(d, _)| d).collect())
             .unwrap_or_default();
         let (mut sessions, missing) = if active.is_empty() {
             (Vec::new(), Vec::new())
         } else {
-            self.sessions_reachable(user)?
+            self.sessions_reachable(&user_id)?
         };
         // Devices that cannot be had yet (no prekey: linked but not started) stay owed.
         let unreachable: Vec<String> = missing.iter().map(|(d, _)| d.to_peer_id_string()).collect();
@@ -94,9 +97,10 @@ impl Engine {
                 Some(m)
                     if m.own
                         && !chosen.is_empty()
-                        && self.groups.by_id.contains_key(&m.conversation.0) =>
+                        && GroupId::from_hex(&m.conversation.0)
+                            .is_some_and(|g| self.groups.by_id.contains_key(&g)) =>
                 {
-                    Some(self.encrypt_group_copy(user, m, &mut chosen))
+                    Some(self.encrypt_group_copy(&user_id, m, &mut chosen))
                 }
                 Some(m) if m.own && !chosen.is_empty() => {
                     let to = tern_crypto::UserId::from_hex(&m.conversation.0)

@@ -17,7 +17,7 @@
 //! delivering its outbox. The grant this device issued `user` is revoked too
 //! ([`Engine::revoke_grant`]): the revoked device cannot fill this device's mailbox under it.
 
-use tern_crypto::DeviceId;
+use tern_crypto::{DeviceId, UserId};
 
 use super::{Engine, relay_peer};
 use crate::{error::NodeError, net::rpc, types::DeviceInfo};
@@ -73,7 +73,7 @@ impl Engine {
             ));
         }
         let info = DeviceInfo {
-            device_id: id.to_peer_id_string(),
+            device_id: id,
             name: entry.certificate.certificate().name.clone(),
             this_device: false,
             created_at: entry.certificate.certificate().created_at,
@@ -83,7 +83,7 @@ impl Engine {
         let now_secs = self.clock.now_secs();
         let next = list.with_revoked(&id, now_secs)?;
         let signed = next.sign(&self.me.keys.identity)?;
-        let groups: Vec<String> = self.groups.by_id.keys().cloned().collect();
+        let groups: Vec<String> = self.groups.by_id.keys().map(ToString::to_string).collect();
         let device_key = id.to_peer_id_string();
         // One transaction: the list, nothing more queued for the device, new sender keys.
         self.store.transaction(|tx| -> Result<(), NodeError> {
@@ -100,7 +100,7 @@ impl Engine {
         self.announce_list();
         // The revoked device is told too, so it stops at once if it still runs: the list is
         // all it gets.
-        let me = self.me.user_hex.clone();
+        let me = self.me.user;
         let body = self.own_list_body();
         // Its sessions are archived with the notice queued: nothing else is encrypted for it.
         let archive = device_key.clone();
@@ -142,29 +142,26 @@ impl Engine {
     /// `user` are retired. If this device is one of them, it stops sending.
     pub(crate) fn on_devices_revoked(
         &mut self,
-        user: &str,
+        user: &UserId,
         devices: &[DeviceId],
     ) -> Result<(), NodeError> {
         let me = self.me.keys.device.device_id();
-        if user == self.me.user_hex && devices.contains(&me) {
+        if *user == self.me.user && devices.contains(&me) {
             tracing::error!(
                 "this device was revoked by another device of this user: it no longer sends or receives; link it again with `tern device link` on an empty home"
             );
             self.me.revoked = true;
             self.emit(crate::types::Event::Revoked {
-                device_id: self.me.device_hex.clone(),
+                device_id: self.me.device,
             });
         }
-        let shared: Vec<String> = match tern_crypto::UserId::from_hex(user) {
-            Some(u) => self
-                .groups
-                .by_id
-                .keys()
-                .filter(|g| self.state(g).is_ok_and(|s| s.is_member(u.as_bytes())))
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
+        let shared: Vec<String> = self
+            .groups
+            .by_id
+            .keys()
+            .filter(|g| self.state(g).is_ok_and(|s| s.is_member(user.as_bytes())))
+            .map(ToString::to_string)
+            .collect();
         let keys: Vec<String> = devices.iter().map(DeviceId::to_peer_id_string).collect();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             for d in &keys {
@@ -183,7 +180,7 @@ impl Engine {
     }
 
     /// The user whose list holds `device` as revoked, if any (kept with the device owners).
-    pub(crate) fn revoked_owner(&self, device: &DeviceId) -> Option<String> {
-        self.people.revoked_devices.get(device).cloned()
+    pub(crate) fn revoked_owner(&self, device: &DeviceId) -> Option<UserId> {
+        self.people.revoked_devices.get(device).copied()
     }
 }

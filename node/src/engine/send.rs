@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_bytes::ByteArray;
-use tern_crypto::{DeviceId, session::PeerSessions};
+use tern_crypto::{DeviceId, UserId, session::PeerSessions};
 use tern_store::{
     ConversationId, ConversationKind, CryptoUpdate, Delivery, Message, MessageId, Page,
 };
@@ -41,27 +41,27 @@ pub(crate) fn encrypt_each(
     sessions: &mut [(DeviceId, PeerSessions)],
     env: &mut Envelope,
     grants: &super::grants::Grants,
-    user_of: impl Fn(&DeviceId) -> String,
+    user_of: impl Fn(&DeviceId) -> UserId,
     deliveries: &mut Vec<Delivery>,
     pickles: &mut Vec<Pickled>,
 ) -> Result<(), NodeError> {
-    let mut plain: Option<(String, zeroize::Zeroizing<Vec<u8>>)> = None;
+    let mut plain: Option<(UserId, zeroize::Zeroizing<Vec<u8>>)> = None;
     for (device, s) in sessions.iter_mut() {
         let user = user_of(device);
         let p = match plain.take() {
             Some((u, p)) if u == user => p,
             _ => {
-                env.grant = grants.issued(&user).map(|g| ByteArray::new(*g.to_bytes()));
+                env.grant = Some(ByteArray::new(*grants.issued(&user).to_bytes()));
                 let p = env.encode();
                 env.grant = None;
                 zeroize::Zeroizing::new(p?)
             }
         };
         let ct = s.encrypt(&p)?;
-        plain = Some((user.clone(), p));
+        plain = Some((user, p));
         let id = device.to_peer_id_string();
         deliveries.push(Delivery {
-            recipient_user: user,
+            recipient_user: user.to_string(),
             recipient_device: id.clone(),
             payload: ct,
         });
@@ -100,12 +100,8 @@ impl Engine {
         let lamport = page.iter().map(|m| m.lamport).max().unwrap_or(0);
         // From the index, not the page: the newest messages may all be the contact's.
         let seq = self.store.max_sequence(&id, &self.me.device_hex)?;
-        let lamport = *self
-            .counters
-            .lamport
-            .entry(conv.to_owned())
-            .or_insert(lamport);
-        let seq = *self.counters.seq.entry(conv.to_owned()).or_insert(seq);
+        let lamport = *self.counters.lamport.entry(id.clone()).or_insert(lamport);
+        let seq = *self.counters.seq.entry(id).or_insert(seq);
         Ok((lamport, seq))
     }
 
@@ -114,7 +110,7 @@ impl Engine {
         let (current, _) = self.conv_state(conv)?;
         self.counters
             .lamport
-            .insert(conv.to_owned(), current.max(lamport));
+            .insert(conv.into(), current.max(lamport));
         Ok(())
     }
 
@@ -137,6 +133,7 @@ impl Engine {
     ) -> Result<MessageInfo, NodeError> {
         self.check_not_revoked()?;
         let user = self.resolve(contact)?;
+        let conv = user.to_string();
         if self.people.pending_identity.contains_key(&user) {
             return Err(NodeError::IdentityChanged(
                 self.people.contacts[&user].contact.display_name.clone(),
@@ -147,7 +144,7 @@ impl Engine {
             .store
             .awaiting_encryption(&self.me.device_hex, OUTBOX_BATCH)?
             .iter()
-            .any(|m| m.conversation.0 == user);
+            .any(|m| m.conversation.0 == conv);
         // Devices that cannot be had now (a device linked but never started has no prekey)
         // are owed the message, and get it once they can be (`resync_due`).
         let mut owed: Vec<(String, String)> = Vec::new();
@@ -159,7 +156,7 @@ impl Engine {
                     owed.extend(
                         missing
                             .into_iter()
-                            .map(|(d, _)| (user.clone(), d.to_peer_id_string())),
+                            .map(|(d, _)| (conv.clone(), d.to_peer_id_string())),
                     );
                     Some(s)
                 }
@@ -173,18 +170,16 @@ impl Engine {
         if let Some(s) = sessions.as_mut() {
             owed.extend(self.add_sync_sessions(s));
         }
-        let (lamport, seq) = self.conv_state(&user)?;
+        let (lamport, seq) = self.conv_state(&conv)?;
         let (lamport, seq) = (lamport + 1, seq + 1);
         let id = match id {
             Some(id) => id,
             None => MessageId(random_id()?),
         };
-        let to = tern_crypto::UserId::from_hex(&user)
-            .ok_or_else(|| NodeError::UnknownContact(user.clone()))?;
         let now = self.clock.now_ms();
-        let message = self.own_text(id, &user, (lamport, seq), now, body);
+        let message = self.own_text(id, &conv, (lamport, seq), now, body);
         let (deliveries, pickles) = match sessions.as_mut() {
-            Some(s) => self.encrypt_text(&to, &message, s)?,
+            Some(s) => self.encrypt_text(&user, &message, s)?,
             None => (Vec::new(), Vec::new()),
         };
         let updates = crypto_updates(&pickles);
@@ -205,13 +200,13 @@ impl Engine {
         if !owed.is_empty() {
             self.lists.resync_due = true;
         }
-        self.counters.lamport.insert(user.clone(), lamport);
-        self.counters.seq.insert(user.clone(), seq);
+        self.counters.lamport.insert(conv.as_str().into(), lamport);
+        self.counters.seq.insert(conv.as_str().into(), seq);
         if sessions.is_none() {
             self.outbox.encrypt_pending = true;
             self.outbox
                 .encrypt_retry
-                .entry(user.clone())
+                .entry(user)
                 .or_insert((0, self.clock.now() + backoff(0)));
         }
         let info = message_info(&message);
@@ -237,7 +232,7 @@ impl Engine {
             },
             sender_user: ByteArray::new(*self.me.user.as_bytes()),
             sender_device: ByteArray::new(*self.me.keys.device.device_id().as_bytes()),
-            lists: Some(self.list_versions(Some(&message.conversation.0))),
+            lists: Some(self.list_versions(Some(to))),
             grant: None,
             heads: Vec::new(),
             lamport: message.lamport,
@@ -256,9 +251,9 @@ impl Engine {
             &self.grants,
             |device| {
                 if own_list.entry(device).is_some() {
-                    self.me.user_hex.clone()
+                    self.me.user
                 } else {
-                    message.conversation.0.clone()
+                    *to
                 }
             },
             &mut deliveries,
@@ -298,20 +293,20 @@ impl Engine {
             }
         }
         for user in users {
+            let Some(to) = UserId::from_hex(&user) else {
+                continue;
+            };
             let now = self.clock.now();
             let (attempts, due) = self
                 .outbox
                 .encrypt_retry
-                .get(&user)
+                .get(&to)
                 .copied()
                 .unwrap_or((0, now));
-            if (!force && due > now) || self.people.pending_identity.contains_key(&user) {
+            if (!force && due > now) || self.people.pending_identity.contains_key(&to) {
                 continue;
             }
-            let Some(to) = tern_crypto::UserId::from_hex(&user) else {
-                continue;
-            };
-            let (mut sessions, missing) = match self.sessions_reachable(&user) {
+            let (mut sessions, missing) = match self.sessions_reachable(&to) {
                 Ok(s) => s,
                 Err(e) => {
                     let attempts = attempts.saturating_add(1);
@@ -319,11 +314,11 @@ impl Engine {
                     tracing::debug!(contact = %user, "still no session ({e}); retrying in {wait:?}");
                     self.outbox
                         .encrypt_retry
-                        .insert(user.clone(), (attempts, self.clock.now() + wait));
+                        .insert(to, (attempts, self.clock.now() + wait));
                     continue;
                 }
             };
-            self.outbox.encrypt_retry.remove(&user);
+            self.outbox.encrypt_retry.remove(&to);
             let mut owed: Vec<(String, String)> = missing
                 .into_iter()
                 .map(|(d, _)| (user.clone(), d.to_peer_id_string()))
@@ -378,7 +373,7 @@ impl Engine {
     /// owed in the store (`receipts_due`, written with the message or the read mark) until
     /// their ciphertexts are queued in the devices' lanes, in the transaction that saves the
     /// ratchet state that made them; the lanes deliver them in order with everything else.
-    pub(crate) fn send_receipt(&mut self, user: &str, kind: ReceiptKind, ids: Vec<MessageId>) {
+    pub(crate) fn send_receipt(&mut self, user: &UserId, kind: ReceiptKind, ids: Vec<MessageId>) {
         for chunk in ids.chunks(MAX_RECEIPT_IDS) {
             if let Err(e) = self.send_receipt_chunk(user, kind, chunk) {
                 tracing::warn!(contact = %user, "sending a receipt failed: {e}");
@@ -388,7 +383,7 @@ impl Engine {
 
     fn send_receipt_chunk(
         &mut self,
-        user: &str,
+        user: &UserId,
         kind: ReceiptKind,
         ids: &[MessageId],
     ) -> Result<(), NodeError> {
@@ -409,7 +404,7 @@ impl Engine {
     /// owed stays owed).
     pub(crate) fn send_control_to(
         &mut self,
-        user: &str,
+        user: &UserId,
         only: Option<DeviceId>,
         body: Body,
         also: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), tern_store::WriteError>,
@@ -446,7 +441,7 @@ impl Engine {
     /// transaction (see [`Engine::send_control_to`]).
     pub(crate) fn send_control_with(
         &mut self,
-        user: &str,
+        user: &UserId,
         mut sessions: Vec<(DeviceId, PeerSessions)>,
         body: Body,
         also: impl FnOnce(&mut tern_store::Tx<'_>) -> Result<(), tern_store::WriteError>,
@@ -454,9 +449,8 @@ impl Engine {
         if sessions.is_empty() {
             return Ok(());
         }
-        let to = tern_crypto::UserId::from_hex(user)
-            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
-        let (lamport, _) = self.conv_state(user)?;
+        let to = *user;
+        let (lamport, _) = self.conv_state(&user.to_string())?;
         let env = Envelope {
             id: ByteArray::new(random_id()?),
             conversation: Conversation::Direct {
@@ -479,7 +473,7 @@ impl Engine {
             &mut sessions,
             &mut env,
             &self.grants,
-            |_| user.to_owned(),
+            |_| *user,
             &mut deliveries,
             &mut pickles,
         )?;
@@ -516,6 +510,9 @@ impl Engine {
             }
         }
         for (user, kind, ids) in groups {
+            let Some(user) = UserId::from_hex(&user) else {
+                continue;
+            };
             let kind = match kind {
                 tern_store::ReceiptKind::Delivered => ReceiptKind::Delivered,
                 tern_store::ReceiptKind::Read => ReceiptKind::Read,

@@ -3,7 +3,7 @@
 
 use tern_relay::rpc::Requests as _;
 
-use tern_crypto::{DeviceId, prekey::ClaimedPrekey, session::PeerSessions};
+use tern_crypto::{DeviceId, UserId, prekey::ClaimedPrekey, session::PeerSessions};
 use tern_store::SessionStore;
 
 use libp2p::PeerId;
@@ -36,7 +36,7 @@ impl Engine {
     /// prekey is then claimed, see [`Self::sessions_reachable`]).
     pub(crate) fn sessions_for(
         &mut self,
-        user: &str,
+        user: &UserId,
     ) -> Result<Vec<(DeviceId, PeerSessions)>, NodeError> {
         let (sessions, missing) = self.sessions_reachable(user)?;
         match missing.into_iter().next() {
@@ -50,11 +50,11 @@ impl Engine {
     /// at a time, [`Self::claim_prekey`]); when it answers the session is set up and what
     /// waited for it is tried again at once ([`Self::on_prekey_claimed`]). Fails if no
     /// device has a session. Nothing here waits on the network.
-    pub(crate) fn sessions_reachable(&mut self, user: &str) -> Result<Reachable, NodeError> {
+    pub(crate) fn sessions_reachable(&mut self, user: &UserId) -> Result<Reachable, NodeError> {
         let state = self
             .known(user)
             .cloned()
-            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+            .ok_or_else(|| NodeError::UnknownContact(user.to_string()))?;
         let list = state.list.clone().ok_or_else(|| {
             NodeError::invalid(format!(
                 "no device list for {user}; add their contact link again"
@@ -75,7 +75,7 @@ impl Engine {
             }
             // The claim asks the network, so it runs in a task; what needs this session
             // waits for it (owed, or stored to encrypt) and goes once it is set up.
-            self.claim_prekey(user, user_bytes, device, state.relay_peers());
+            self.claim_prekey(*user, user_bytes, device, state.relay_peers());
             missing.push((
                 device,
                 NodeError::unreachable(format!(
@@ -103,7 +103,7 @@ impl Engine {
         if !self.own_other_devices() {
             return Vec::new();
         }
-        let me = self.me.user_hex.clone();
+        let me = self.me.user;
         let own_other: Vec<String> = self
             .me
             .keys
@@ -119,14 +119,14 @@ impl Engine {
                 sessions.extend(own);
                 missing
                     .into_iter()
-                    .map(|(d, _)| (me.clone(), d.to_peer_id_string()))
+                    .map(|(d, _)| (me.to_string(), d.to_peer_id_string()))
                     .collect()
             }
             Err(e) => {
                 tracing::info!(
                     "no session with this user's other devices yet; the sync copy is owed: {e}"
                 );
-                own_other.into_iter().map(|d| (me.clone(), d)).collect()
+                own_other.into_iter().map(|d| (me.to_string(), d)).collect()
             }
         }
     }
@@ -136,7 +136,7 @@ impl Engine {
     /// [`Internal::PrekeyClaimed`].
     fn claim_prekey(
         &mut self,
-        user: &str,
+        user: UserId,
         user_bytes: [u8; 16],
         device: DeviceId,
         relays: Vec<PeerId>,
@@ -150,7 +150,7 @@ impl Engine {
             self.people.claiming.remove(&device);
             return;
         };
-        let (net, tx, user) = (self.net.clone(), self.internal.clone(), user.to_owned());
+        let (net, tx) = (self.net.clone(), self.internal.clone());
         tokio::spawn(async move {
             let mut result = Err(NodeError::unreachable(
                 "the contact has no relay to claim a prekey at",
@@ -179,7 +179,7 @@ impl Engine {
     /// the device — is tried again now.
     pub(crate) fn on_prekey_claimed(
         &mut self,
-        user: String,
+        user: UserId,
         device: DeviceId,
         result: Result<Vec<u8>, NodeError>,
     ) {
@@ -202,7 +202,7 @@ impl Engine {
     /// left the list.
     fn start_session(
         &mut self,
-        user: &str,
+        user: &UserId,
         device: DeviceId,
         bytes: &[u8],
     ) -> Result<(), NodeError> {

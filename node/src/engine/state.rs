@@ -12,8 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair};
-use tern_crypto::{DeviceId, UserId};
-use tern_store::{MessageId, Store};
+use tern_crypto::{DeviceId, UserId, group::GroupId};
+use tern_store::{ConversationId, MessageId, Store};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{Clock, ContactState, Internal, contacts, courier, grants, group, hold, media, push};
@@ -81,8 +81,10 @@ pub(crate) struct Me {
     pub keypair: Keypair,
     /// This user's id.
     pub user: UserId,
-    /// This user's id as hex (as conversations and contacts are keyed).
+    /// This user's id as hex (as conversations and store rows name it).
     pub user_hex: String,
+    /// This device's id.
+    pub device: DeviceId,
     /// This device's id as a peer id string.
     pub device_hex: String,
     /// When this device was made, ms.
@@ -94,10 +96,10 @@ pub(crate) struct Me {
     pub revoked: bool,
     /// Devices linked by this run, with the provisioning key their record was sealed to: only
     /// the same code may have the record sent again.
-    pub linked: HashMap<String, [u8; 32]>,
+    pub linked: HashMap<DeviceId, [u8; 32]>,
     /// Where each of those links stands (the new device's confirmation), and the
     /// confirmation mailbox of the latest record sent it.
-    pub link_states: HashMap<String, (crate::types::LinkState, libp2p::PeerId)>,
+    pub link_states: HashMap<DeviceId, (crate::types::LinkState, libp2p::PeerId)>,
 }
 
 /// Home relays and the connections to them.
@@ -137,16 +139,16 @@ pub(crate) struct Relays {
 /// Contacts, group members who are not contacts, and which device is whose.
 pub(crate) struct People {
     /// Contacts by user id.
-    pub contacts: HashMap<String, ContactState>,
+    pub contacts: HashMap<UserId, ContactState>,
     /// Members of shared groups who are not contacts, by user id.
-    pub peers: HashMap<String, ContactState>,
+    pub peers: HashMap<UserId, ContactState>,
     /// The user each known device (by peer id) belongs to.
-    pub device_owner: HashMap<PeerId, String>,
+    pub device_owner: HashMap<PeerId, UserId>,
     /// Revoked devices of known users, and whose (their messages are refused).
-    pub revoked_devices: HashMap<DeviceId, String>,
+    pub revoked_devices: HashMap<DeviceId, UserId>,
     /// Contacts with an offered, not yet accepted identity key: user → link ("" when the
     /// change was seen in a relay's device list rather than a link).
-    pub pending_identity: HashMap<String, String>,
+    pub pending_identity: HashMap<UserId, String>,
     /// Some group member's device list is still to be fetched.
     pub peers_due: bool,
     /// Member lookups are running in a task.
@@ -159,7 +161,7 @@ pub(crate) struct People {
     /// When the relay set last taken from each user's device-list messages was sent (the
     /// sender's clock, ms): an older message arriving later, through a slower relay, does
     /// not bring back the set it replaced.
-    pub relays_sent_at: HashMap<String, i64>,
+    pub relays_sent_at: HashMap<UserId, i64>,
 }
 
 /// Keeping device lists current, and what is owed because one was not.
@@ -169,14 +171,14 @@ pub(crate) struct Lists {
     /// When device lists were last fetched.
     pub lists_fetched: Option<Instant>,
     /// When each user's device list was last fetched because a message showed a newer one.
-    pub list_wanted: HashMap<String, Instant>,
+    pub list_wanted: HashMap<UserId, Instant>,
     /// Devices (user, device) that encrypted something other than a text for an older list of
     /// this user: told of the current list on the next tick. (Texts are owed in the store.)
-    pub list_answers: HashSet<(String, String)>,
+    pub list_answers: HashSet<(UserId, DeviceId)>,
     /// Answers naming texts may be owed in the store (`list_answers_due`).
     pub answers_due: bool,
     /// The own list version each remote device was last told of (so it is told once).
-    pub list_answered: HashMap<String, u64>,
+    pub list_answered: HashMap<DeviceId, u64>,
     /// Texts may be owed to devices linked since they were sent (`resync_due` in the store).
     pub resync_due: bool,
     /// Failed rounds of sending owed texts in a row.
@@ -197,11 +199,11 @@ pub(crate) struct Outbox {
     /// Group fan-out rows being deposited: (message, device, relay).
     pub fan_in_flight: HashSet<(MessageId, String, Option<PeerId>)>,
     /// Delivered receipts owed per contact since the last outbox tick (sent on it).
-    pub delivered_due: HashMap<String, Vec<MessageId>>,
+    pub delivered_due: HashMap<UserId, Vec<MessageId>>,
     /// Own messages may be waiting for a session (stored before a prekey could be claimed).
     pub encrypt_pending: bool,
     /// Per contact with messages waiting for a session: failed attempts, next attempt.
-    pub encrypt_retry: HashMap<String, (u32, Instant)>,
+    pub encrypt_retry: HashMap<UserId, (u32, Instant)>,
 }
 
 /// The receiver's side of order: waits, losses, quarantine.
@@ -210,10 +212,10 @@ pub(crate) struct Inbox {
     /// Pairwise messages waiting for earlier messages of their chain: digest → first seen.
     pub reorder: HashMap<[u8; 16], Instant>,
     /// When a resend was last asked of each remote device.
-    pub resend_asked: HashMap<String, Instant>,
+    pub resend_asked: HashMap<DeviceId, Instant>,
     /// (user, device) texts were lost from, and up to which sequence number (`None`: not
     /// known): asked to send again once the batch is done ([`Engine::ask_resend`]).
-    pub lost: HashMap<(String, String), Option<u64>>,
+    pub lost: HashMap<(UserId, DeviceId), Option<u64>>,
     /// Losses and their repair since start (shown by `status`).
     pub recovery: RecoveryInfo,
     /// Sessions started by others since one-time keys were last checked.
@@ -227,18 +229,18 @@ pub(crate) struct Inbox {
 #[derive(Default)]
 pub(crate) struct Counters {
     /// Lamport clocks.
-    pub lamport: HashMap<String, u64>,
+    pub lamport: HashMap<ConversationId, u64>,
     /// This device's sequence numbers.
-    pub seq: HashMap<String, u64>,
+    pub seq: HashMap<ConversationId, u64>,
 }
 
 /// Groups and what is pending for them.
 #[derive(Default)]
 pub(crate) struct Groups {
-    /// Groups by id (hex).
-    pub by_id: HashMap<String, group::GroupCtx>,
-    /// Batched group notifications by conversation.
-    pub notify: HashMap<String, group::Notify>,
+    /// Groups by id.
+    pub by_id: HashMap<GroupId, group::GroupCtx>,
+    /// Batched group notifications by group.
+    pub notify: HashMap<GroupId, group::Notify>,
     /// Group messages may be owed to members who were unreachable when they were sent.
     pub owed_due: bool,
 }
@@ -322,6 +324,7 @@ impl Engine {
             me: Me {
                 user,
                 user_hex: user.to_string(),
+                device: keys.device.device_id(),
                 device_hex: keys.device.device_id().to_peer_id_string(),
                 home,
                 keys,

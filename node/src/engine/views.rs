@@ -19,7 +19,7 @@ use crate::{
 pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
     MessageInfo {
         id: m.id.to_string(),
-        conversation: m.conversation.0.clone(),
+        conversation: m.conversation.clone(),
         sender: m.sender_user.clone(),
         sender_device: m.sender_device.clone(),
         own: m.own,
@@ -77,8 +77,8 @@ impl Engine {
             .collect::<Vec<_>>()
             .join(" ");
         IdInfo {
-            user_id: self.me.user_hex.clone(),
-            device_id: self.me.device_hex.clone(),
+            user_id: self.me.user,
+            device_id: self.me.device,
             name: self.me.config.name.clone(),
             fingerprint,
         }
@@ -111,7 +111,8 @@ impl Engine {
         untaken
             .into_iter()
             .filter(|(user, _)| {
-                self.known(user)
+                tern_crypto::UserId::from_hex(user)
+                    .and_then(|u| self.known(&u))
                     .is_some_and(|c| c.relay_peers().contains(&relay))
             })
             .map(|(_, n)| n)
@@ -142,8 +143,8 @@ impl Engine {
             }
         }
         Ok(StatusInfo {
-            user_id: self.me.user_hex.clone(),
-            device_id: self.me.device_hex.clone(),
+            user_id: self.me.user,
+            device_id: self.me.device,
             status: if self.relays.away { "away" } else { "online" }.into(),
             relays,
             listen: self.relays.listen.iter().map(ToString::to_string).collect(),
@@ -162,7 +163,7 @@ impl Engine {
                         .people
                         .device_owner
                         .get(&p.peer)
-                        .cloned()
+                        .map(ToString::to_string)
                         .unwrap_or_default(),
                     device_id: p.peer.to_string(),
                     direct: p.direct,
@@ -178,7 +179,7 @@ impl Engine {
             .hits
             .into_iter()
             .map(|h| SearchHitInfo {
-                conversation: h.conversation.0,
+                conversation: h.conversation,
                 id: h.message_id.to_string(),
                 snippet: h
                     .snippet
@@ -222,7 +223,7 @@ impl Engine {
                 };
                 Ok(ConversationInfo {
                     name: self.conversation_name(&c.id.0, c.title.as_deref()),
-                    id: c.id.0,
+                    id: c.id,
                     title: c.title,
                     last_text,
                     last_activity: c.last_activity_ms,
@@ -242,7 +243,7 @@ impl Engine {
         mark_read: bool,
     ) -> Result<Vec<MessageInfo>, NodeError> {
         let user = self.resolve(contact)?;
-        let page = self.page(&ConversationId(user.clone()), limit, before)?;
+        let page = self.page(&user.into(), limit, before)?;
         if mark_read {
             self.mark_read(&user)?;
         }
@@ -274,8 +275,8 @@ impl Engine {
     }
 
     /// Marks the conversation read and sends read receipts for what was unread.
-    pub(crate) fn mark_read(&mut self, user: &str) -> Result<(), NodeError> {
-        let conv = ConversationId(user.to_owned());
+    pub(crate) fn mark_read(&mut self, user: &tern_crypto::UserId) -> Result<(), NodeError> {
+        let conv = ConversationId::from(*user);
         let unread: Vec<MessageId> = self
             .store
             .history(&conv, Page::Latest, Some(HISTORY_MAX))?
@@ -294,7 +295,7 @@ impl Engine {
                     Err(e) => return Err(e),
                 }
                 // Owed until delivered, so a crash before that does not lose them.
-                tx.owe_receipts(user, tern_store::ReceiptKind::Read, &unread, now)
+                tx.owe_receipts(conv.as_str(), tern_store::ReceiptKind::Read, &unread, now)
             })?;
         self.send_receipt(user, ReceiptKind::Read, unread);
         Ok(())

@@ -6,15 +6,15 @@ use std::time::Instant;
 
 use libp2p::PeerId;
 use tern_crypto::{
-    DeviceId,
-    group::{GroupError, GroupMessage, InboundSenderKey, SenderKeyDistribution},
+    DeviceId, UserId,
+    group::{GroupError, GroupId, GroupMessage, InboundSenderKey, SenderKeyDistribution},
 };
 use tern_store::{
     ConversationId, ConversationKind, CryptoUpdate, InboundGroupSession, Inserted, Message,
     MessageId, SenderKeyStore, Status,
 };
 
-use super::{hex, user_bytes};
+use super::hex;
 use crate::engine::Engine;
 use crate::{
     consts::{MAX_GROUP_STASH, MAX_GROUP_STASH_PER_DEVICE, NOTIFY_INTERVAL},
@@ -129,11 +129,13 @@ impl Engine {
         else {
             return Ok(GroupOutcome::Wait);
         };
-        let group = stored.group_id.clone();
+        let Some(group) = GroupId::from_hex(&stored.group_id) else {
+            return Ok(GroupOutcome::Wait);
+        };
         let Ok(state) = self.state(&group) else {
             return Ok(GroupOutcome::Wait);
         };
-        let Some(sender_user) = user_bytes(&stored.sender_user) else {
+        let Some(sender_user) = UserId::from_hex(&stored.sender_user).map(|u| *u.as_bytes()) else {
             return Ok(GroupOutcome::Done);
         };
         let member_now = state.is_member(&sender_user);
@@ -175,7 +177,7 @@ impl Engine {
             // Only the kind of a decoding failure travels on: it is logged below.
             let env = Envelope::decode(&d.body)
                 .map_err(|e| NodeError::invalid(format!("{} envelope", e.kind())))?;
-            let bound = matches!(&env.conversation, Conversation::Group { id } if hex(id.as_slice()) == group)
+            let bound = matches!(&env.conversation, Conversation::Group { id } if id.as_slice() == group.as_bytes())
                 && env.sender_user.as_slice() == d.sender_user.as_bytes()
                 && env.sender_device.as_slice() == d.sender_device.as_bytes();
             // A text, or a kind of content from a newer version (kept as unsupported).
@@ -197,7 +199,7 @@ impl Engine {
             let own = stored.sender_user == self.me.user_hex;
             let message = Message {
                 id: MessageId(env.id.into_array()),
-                conversation: ConversationId(group.clone()),
+                conversation: ConversationId::from(group),
                 sender_user: stored.sender_user.clone(),
                 sender_device: device_key.clone(),
                 lamport: env.lamport,
@@ -242,13 +244,13 @@ impl Engine {
                 return Ok(GroupOutcome::Done);
             }
         };
-        self.observe_lamport(&group, message.lamport)?;
+        self.observe_lamport(&stored.group_id, message.lamport)?;
         self.on_media_message(&message);
         let shown = self.hold.arrived(&self.store, message, self.clock.now())?;
         if !shown.is_empty() {
             self.groups
                 .notify
-                .entry(group.clone())
+                .entry(group)
                 .or_insert(Notify {
                     pending: 0,
                     last: None,
@@ -276,11 +278,10 @@ impl Engine {
             let done = match self.process_group(&s.sender_device, &s.payload) {
                 Ok(GroupOutcome::Done) => true,
                 Ok(GroupOutcome::Wait) if now - s.received_at_ms > STASH_MAX_AGE_MS => {
-                    let owner = s
-                        .sender_device
-                        .parse::<PeerId>()
-                        .ok()
-                        .and_then(|p| self.people.device_owner.get(&p).cloned());
+                    let owner =
+                        s.sender_device.parse::<PeerId>().ok().and_then(|p| {
+                            self.people.device_owner.get(&p).map(ToString::to_string)
+                        });
                     self.emit(Event::Undecryptable {
                         user_id: owner.unwrap_or_default(),
                         device_id: s.sender_device.clone(),
@@ -303,7 +304,7 @@ impl Engine {
     /// Emits batched group notifications that are due.
     pub(crate) fn flush_notifications(&mut self) {
         let now = self.clock.now();
-        let due: Vec<String> = self
+        let due: Vec<GroupId> = self
             .groups
             .notify
             .iter()
@@ -312,7 +313,7 @@ impl Engine {
                     && n.last
                         .is_none_or(|l| now.duration_since(l) >= NOTIFY_INTERVAL)
             })
-            .map(|(g, _)| g.clone())
+            .map(|(g, _)| *g)
             .collect();
         for group in due {
             let Ok(info) = self.group_info(&group) else {
@@ -331,7 +332,7 @@ impl Engine {
                 format!("{} new messages in {}", info.unread, info.title)
             };
             self.emit(Event::Notification {
-                conversation: group,
+                conversation: group.into(),
                 title: info.title,
                 unread: info.unread,
                 text,

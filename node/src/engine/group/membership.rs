@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde_bytes::ByteArray;
 use tern_crypto::group::GroupId;
 
-use super::{hex, user_bytes};
+use super::hex;
 use crate::engine::Engine;
 use crate::{
     consts::{MAX_GROUP_MEMBERS, MAX_GROUP_TITLE_BYTES, MAX_MEMBERS_PER_OP},
@@ -34,7 +34,7 @@ impl Engine {
         let mut out = Vec::new();
         for m in members {
             let user = self.resolve(m)?;
-            if user == self.me.user_hex {
+            if user == self.me.user {
                 return Err(NodeError::BadRequest("you cannot add yourself".into()));
             }
             if self.people.pending_identity.contains_key(&user) {
@@ -42,7 +42,7 @@ impl Engine {
                     self.people.contacts[&user].contact.display_name.clone(),
                 ));
             }
-            if !seen.insert(user.clone()) {
+            if !seen.insert(user) {
                 continue;
             }
             let c = &self.people.contacts[&user];
@@ -53,9 +53,7 @@ impl Engine {
                 .try_into()
                 .map_err(|_| NodeError::invalid("stored identity key has the wrong length"))?;
             out.push(MemberEntry {
-                user: ByteArray::new(
-                    user_bytes(&user).ok_or_else(|| NodeError::UnknownContact(user.clone()))?,
-                ),
+                user: ByteArray::new(*user.as_bytes()),
                 identity_key: ByteArray::new(key),
                 name: c.contact.display_name.clone(),
                 relays: c.contact.relays.clone(),
@@ -92,7 +90,7 @@ impl Engine {
             self.me.keys.identity.public().as_bytes(),
             &salt,
         ));
-        let group = hex(id.as_bytes());
+        let group = id;
         let mut first = vec![self.own_entry()];
         let split = entries.len().min(MAX_MEMBERS_PER_OP - 1);
         first.extend_from_slice(&entries[..split]);
@@ -139,7 +137,7 @@ impl Engine {
         self.group_info(&group)
     }
 
-    fn require_admin(&self, group: &str) -> Result<(), NodeError> {
+    fn require_admin(&self, group: &GroupId) -> Result<(), NodeError> {
         let state = self.state(group)?;
         let me = self.me.user.as_bytes();
         if !state.is_member(me) {
@@ -205,16 +203,15 @@ impl Engine {
         let mut users = Vec::new();
         for m in &members {
             // A member who is no contact can be named by user id or by the group's name.
-            let id = match self.resolve(m) {
-                Ok(u) => u,
-                Err(e) => state
+            let b = match self.resolve(m) {
+                Ok(u) => *u.as_bytes(),
+                Err(e) => *state
                     .members
                     .iter()
                     .find(|(id, mm)| hex(*id) == m.to_lowercase() || mm.name == *m)
-                    .map(|(id, _)| hex(id))
+                    .map(|(id, _)| id)
                     .ok_or(e)?,
             };
-            let b = user_bytes(&id).ok_or_else(|| NodeError::UnknownContact(m.clone()))?;
             if b == *self.me.user.as_bytes() {
                 return Err(NodeError::BadRequest(
                     "to leave a group use `tern group leave`".into(),
@@ -248,14 +245,14 @@ impl Engine {
     }
 
     /// Signs an operation on the current head and commits it.
-    fn issue(&mut self, group: &str, action: Action) -> Result<(), NodeError> {
+    fn issue(&mut self, group: &GroupId, action: Action) -> Result<(), NodeError> {
         self.issue_many(group, vec![action])
     }
 
     /// Signs operations one on top of the other from the current head, checking each
     /// applies, then commits them together.
-    fn issue_many(&mut self, group: &str, actions: Vec<Action>) -> Result<(), NodeError> {
-        let (mut lamport, _) = self.conv_state(group)?;
+    fn issue_many(&mut self, group: &GroupId, actions: Vec<Action>) -> Result<(), NodeError> {
+        let (mut lamport, _) = self.conv_state(&group.to_string())?;
         let mut state = self.state(group)?.clone();
         let mut held = self
             .groups

@@ -44,7 +44,7 @@ pub(crate) use inbound::Notify;
 use std::collections::HashMap;
 
 use serde_bytes::ByteArray;
-use tern_crypto::UserId;
+use tern_crypto::{UserId, group::GroupId};
 use tern_store::ConversationId;
 
 use super::{Engine, GroupCommand};
@@ -163,16 +163,15 @@ impl GroupCtx {
 /// A user id, group id or other id as lowercase hex.
 pub(super) use tern_crypto::hex::encode as hex;
 
-/// The 16 bytes of a user or group id given as hex.
-pub(crate) fn user_bytes(hex_id: &str) -> Option<[u8; 16]> {
-    UserId::from_hex(hex_id).map(|u| *u.as_bytes())
-}
-
 impl Engine {
     /// Loads groups and group peers from the store (at start, and after a rolled-back
     /// batch, with `groups` cleared first).
     pub(crate) fn load_groups(&mut self) -> Result<(), NodeError> {
-        for (group, bytes, received) in self.store.group_ops_received()? {
+        for (hex_group, bytes, received) in self.store.group_ops_received()? {
+            let Some(group) = GroupId::from_hex(&hex_group) else {
+                tracing::error!(group = %hex_group, "a stored group operation names no group id");
+                continue;
+            };
             match SignedOp::from_bytes(&bytes) {
                 Ok(op) => self
                     .groups
@@ -186,7 +185,10 @@ impl Engine {
         for ctx in self.groups.by_id.values_mut() {
             ctx.resolve();
         }
-        for (user, list) in self.store.group_peers()? {
+        for (hex_user, list) in self.store.group_peers()? {
+            let Some(user) = UserId::from_hex(&hex_user) else {
+                continue;
+            };
             if self.people.contacts.contains_key(&user) {
                 continue;
             }
@@ -230,12 +232,12 @@ impl Engine {
                 let _ = reply.send(out);
             }
             GroupCommand::List(reply) => {
-                let mut ids: Vec<String> = self
+                let mut ids: Vec<GroupId> = self
                     .groups
                     .by_id
                     .iter()
                     .filter(|(_, g)| g.resolved.is_some())
-                    .map(|(id, _)| id.clone())
+                    .map(|(id, _)| *id)
                     .collect();
                 ids.sort();
                 let out = ids.iter().map(|g| self.group_info(g)).collect();
@@ -261,22 +263,24 @@ impl Engine {
         }
     }
 
-    pub(crate) fn state(&self, group: &str) -> Result<&GroupState, NodeError> {
+    pub(crate) fn state(&self, group: &GroupId) -> Result<&GroupState, NodeError> {
         self.groups
             .by_id
             .get(group)
             .and_then(|g| g.resolved.as_ref())
             .map(|r| &r.state)
-            .ok_or_else(|| NodeError::UnknownGroup(group.to_owned()))
+            .ok_or_else(|| NodeError::UnknownGroup(group.to_string()))
     }
 
     /// A group by id or (unique, case-insensitive) title.
-    pub(crate) fn resolve_group(&self, name: &str) -> Result<String, NodeError> {
-        let lower = name.to_lowercase();
-        if self.state(&lower).is_ok() {
-            return Ok(lower);
+    pub(crate) fn resolve_group(&self, name: &str) -> Result<GroupId, NodeError> {
+        if let Some(id) = GroupId::from_hex(name)
+            && self.state(&id).is_ok()
+        {
+            return Ok(id);
         }
-        let matches: Vec<&String> = self
+        let lower = name.to_lowercase();
+        let matches: Vec<&GroupId> = self
             .groups
             .by_id
             .iter()
@@ -288,20 +292,20 @@ impl Engine {
             .map(|(id, _)| id)
             .collect();
         match matches.as_slice() {
-            [one] => Ok((*one).clone()),
+            [one] => Ok(**one),
             [] => Err(NodeError::UnknownGroup(name.to_owned())),
             _ => Err(NodeError::AmbiguousGroup(name.to_owned())),
         }
     }
 
-    pub(super) fn group_info(&self, group: &str) -> Result<GroupInfo, NodeError> {
+    pub(super) fn group_info(&self, group: &GroupId) -> Result<GroupInfo, NodeError> {
         let state = self.state(group)?;
         let me = *self.me.user.as_bytes();
         let mut members: Vec<GroupMemberInfo> = state
             .members
             .iter()
             .map(|(id, m)| {
-                let user_id = hex(id);
+                let user_id = UserId::from_bytes(*id);
                 let name = if id == &me {
                     self.me.config.name.clone()
                 } else {
@@ -320,10 +324,10 @@ impl Engine {
         members.sort_by(|a, b| a.name.cmp(&b.name).then(a.user_id.cmp(&b.user_id)));
         let unread = self
             .store
-            .conversation(&ConversationId(group.to_owned()))?
+            .conversation(&ConversationId::from(*group))?
             .map_or(0, |c| c.unread_count);
         Ok(GroupInfo {
-            id: group.to_owned(),
+            id: GroupId::from_bytes(state.id),
             title: state.title.clone(),
             members,
             epoch: state.epoch,
@@ -341,7 +345,7 @@ impl Engine {
         mark_read: bool,
     ) -> Result<Vec<MessageInfo>, NodeError> {
         let group = self.resolve_group(group)?;
-        let conv = ConversationId(group.clone());
+        let conv = ConversationId::from(group);
         let page = self.page(&conv, limit, before)?;
         if mark_read {
             // Group messages get no read receipts; the mark clears the unread count.

@@ -6,11 +6,12 @@
 use std::collections::HashSet;
 
 use serde_bytes::{ByteArray, ByteBuf};
+use tern_crypto::{UserId, group::GroupId};
 use tern_store::{
     Body as StoreBody, ConversationId, ConversationKind, Inserted, Message, MessageId, Status,
 };
 
-use super::{hex, user_bytes};
+use super::hex;
 use crate::engine::{Engine, message_info};
 use crate::{
     envelope::{Body, Conversation, Envelope},
@@ -34,19 +35,24 @@ impl Engine {
     /// Stores own operations (a chain on the current head, or a creation and what follows
     /// it), applies them, records them in the timeline and sends them to every member device
     /// in as few pairwise messages as fit; new members also get the chain before them.
-    pub(super) fn commit_ops(&mut self, group: &str, ops: Vec<SignedOp>) -> Result<(), NodeError> {
+    pub(super) fn commit_ops(
+        &mut self,
+        group: &GroupId,
+        ops: Vec<SignedOp>,
+    ) -> Result<(), NodeError> {
         let before: HashSet<[u8; 16]> = self
             .state(group)
             .map(|s| s.members.keys().copied().collect())
             .unwrap_or_default();
         let saved = self.clock.now_ms();
+        let hex_group = group.to_string();
         self.store.transaction(|tx| -> Result<(), NodeError> {
             for op in &ops {
-                tx.save_group_op(group, &op.hash, op.to_bytes(), saved)?;
+                tx.save_group_op(&hex_group, &op.hash, op.to_bytes(), saved)?;
             }
             Ok(())
         })?;
-        let ctx = self.groups.by_id.entry(group.to_owned()).or_default();
+        let ctx = self.groups.by_id.entry(*group).or_default();
         for op in &ops {
             ctx.hold(op.clone(), saved);
         }
@@ -132,11 +138,11 @@ impl Engine {
 
     /// Stores a membership operation as a message of the group's conversation: from its
     /// author (no device: the same row on every member), at its Lamport clock.
-    fn store_op_message(&mut self, group: &str, op: &SignedOp) -> Result<Inserted, NodeError> {
+    fn store_op_message(&mut self, group: &GroupId, op: &SignedOp) -> Result<Inserted, NodeError> {
         let sender_user = hex(op.op.author.as_slice());
         let own = sender_user == self.me.user_hex;
         let lamport = op.op.lamport;
-        self.observe_lamport(group, lamport)?;
+        self.observe_lamport(&group.to_string(), lamport)?;
         let title = self.state(group).map(|s| s.title.clone()).ok();
         let mut text = self.describe(op);
         let applied = self
@@ -151,7 +157,7 @@ impl Engine {
         let now = self.clock.now_ms();
         let message = Message {
             id: op_message_id(op),
-            conversation: ConversationId(group.to_owned()),
+            conversation: ConversationId::from(*group),
             sender_user,
             sender_device: String::new(),
             lamport,
@@ -187,8 +193,7 @@ impl Engine {
         if user == self.me.user.as_bytes() {
             return self.me.config.name.clone();
         }
-        let id = hex(user);
-        if let Some(c) = self.people.contacts.get(&id) {
+        if let Some(c) = self.people.contacts.get(&UserId::from_bytes(*user)) {
             return c.contact.display_name.clone();
         }
         // Members who left or were removed are named by the operation that added them.
@@ -203,7 +208,7 @@ impl Engine {
             });
         entries
             .find(|m| m.user.into_array() == *user)
-            .map_or_else(|| id[..8].to_owned(), |m| m.name.clone())
+            .map_or_else(|| hex(&user[..4]), |m| m.name.clone())
     }
 
     /// A line for the timeline: "Ana added Ben, Cy".
@@ -236,14 +241,12 @@ impl Engine {
     /// Sends operations over pairwise sessions to every device of `users`, packed into as
     /// few envelopes as fit. They are owed to each user already ([`Engine::commit_ops`]);
     /// queueing settles that, and who cannot be reached now stays owed.
-    fn send_ops(&mut self, group: &str, ops: &[SignedOp], users: &[[u8; 16]]) {
-        let Some(gid) = user_bytes(group) else {
-            return;
-        };
+    fn send_ops(&mut self, group: &GroupId, ops: &[SignedOp], users: &[[u8; 16]]) {
+        let gid = *group.as_bytes();
         if users.is_empty() {
             return;
         }
-        let users: Vec<String> = users.iter().map(|u| hex(u)).collect();
+        let users: Vec<UserId> = users.iter().map(|u| UserId::from_bytes(*u)).collect();
         let mut packs: Vec<Vec<&SignedOp>> = Vec::new();
         let mut size = 0;
         for op in ops {
@@ -307,7 +310,7 @@ impl Engine {
 
     /// After the membership of `group` changed: members to look up, kept messages to retry,
     /// and an event.
-    fn after_membership_change(&mut self, group: &str) {
+    fn after_membership_change(&mut self, group: &GroupId) {
         self.people.peers_due = true;
         self.retry_stash(None);
         if let Ok(info) = self.group_info(group) {
@@ -316,17 +319,17 @@ impl Engine {
     }
 
     /// A membership operation from `user`'s envelope (received over a pairwise session), if it is one for the envelope's group
-    /// (anything else is logged by kind and dropped): the group (hex) and the operation.
+    /// (anything else is logged by kind and dropped): the group and the operation.
     pub(crate) fn parse_group_op(
         user: &str,
         env: &Envelope,
         op_bytes: &[u8],
-    ) -> Option<(String, SignedOp)> {
+    ) -> Option<(GroupId, SignedOp)> {
         let Conversation::Group { id } = &env.conversation else {
             return None;
         };
         match SignedOp::from_bytes(op_bytes) {
-            Ok(op) if op.op.group == *id => Some((hex(id.as_slice()), op)),
+            Ok(op) if op.op.group == *id => Some((GroupId::from_bytes(**id), op)),
             Ok(_) => {
                 tracing::warn!(contact = %user, "group operation names another group; dropped");
                 None
@@ -341,14 +344,14 @@ impl Engine {
     /// Takes in a membership operation already stored (new to this device): resolves the
     /// group again and, when what is applied changed, writes the timeline and notes who
     /// left (for their messages still in flight).
-    pub(crate) fn apply_group_op(&mut self, group: String, op: SignedOp) -> Result<(), NodeError> {
+    pub(crate) fn apply_group_op(&mut self, group: GroupId, op: SignedOp) -> Result<(), NodeError> {
         let before = self
             .groups
             .by_id
             .get(&group)
             .and_then(|g| g.resolved.as_ref())
             .map(|r| r.applied.clone());
-        let ctx = self.groups.by_id.entry(group.clone()).or_default();
+        let ctx = self.groups.by_id.entry(group).or_default();
         ctx.hold(op.clone(), self.clock.now_ms());
         ctx.resolve();
         let Some(after) = ctx.resolved.as_ref() else {

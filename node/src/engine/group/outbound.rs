@@ -7,13 +7,15 @@
 use std::collections::HashSet;
 
 use serde_bytes::{ByteArray, ByteBuf};
-use tern_crypto::group::{GroupId, OutboundSenderKey, RotationPolicy};
+use tern_crypto::{
+    UserId,
+    group::{GroupId, OutboundSenderKey, RotationPolicy},
+};
 use tern_store::{
     Body as StoreBody, ConversationKind, CryptoUpdate, Message, MessageId, OutboundGroupSession,
     SenderKeyStore, Status,
 };
 
-use super::{hex, user_bytes};
 use crate::engine::{Engine, message_info, send};
 use crate::{
     envelope::{Body, Conversation, Envelope},
@@ -28,24 +30,24 @@ impl Engine {
     /// (no device list or no session to be had).
     pub(super) fn send_pairwise(
         &mut self,
-        users: &[String],
+        users: &[UserId],
         id: MessageId,
         env: &mut Envelope,
         settle: &[MessageId],
         shares: Option<&str>,
-    ) -> Result<Vec<(String, NodeError)>, NodeError> {
+    ) -> Result<Vec<(UserId, NodeError)>, NodeError> {
         let mut failed = Vec::new();
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
         for user in users {
             if let Err(e) = self.ensure_peer(user) {
-                failed.push((user.clone(), e));
+                failed.push((*user, e));
                 continue;
             }
             let mut sessions = match self.sessions_for(user) {
                 Ok(s) => s,
                 Err(e) => {
-                    failed.push((user.clone(), e));
+                    failed.push((*user, e));
                     continue;
                 }
             };
@@ -53,16 +55,17 @@ impl Engine {
                 &mut sessions,
                 env,
                 &self.grants,
-                |_| user.clone(),
+                |_| *user,
                 &mut deliveries,
                 &mut pickles,
             )?;
         }
         let updates = send::crypto_updates(&pickles);
         let now = self.clock.now_ms();
-        let queued: Vec<&String> = users
+        let queued: Vec<String> = users
             .iter()
             .filter(|u| !failed.iter().any(|(f, _)| f == *u))
+            .map(ToString::to_string)
             .collect();
         // A pack whose first operation is still queued for a device fails as a whole and
         // stays owed (sent again later) rather than being dropped behind the queued one.
@@ -92,16 +95,16 @@ impl Engine {
     /// the rotation policy, else a new one.
     fn outbound_key(
         &mut self,
-        group: &str,
         gid: GroupId,
         epoch: u64,
     ) -> Result<(OutboundSenderKey, bool), NodeError> {
         let now_secs = self.clock.now_secs();
-        if let Some((sid, key_epoch)) = self.store.group_sender_key(group)?
+        let group = gid.to_string();
+        if let Some((sid, key_epoch)) = self.store.group_sender_key(&group)?
             && key_epoch == epoch
             && let Some(stored) = self
                 .store
-                .transaction(|tx| tx.outbound_group_session(group))?
+                .transaction(|tx| tx.outbound_group_session(&group))?
             && stored.session_id == sid
         {
             let key = OutboundSenderKey::from_pickle(&stored.pickle)?;
@@ -127,33 +130,33 @@ impl Engine {
         body: tern_store::Body,
     ) -> Result<MessageInfo, NodeError> {
         self.check_not_revoked()?;
-        let group = self.resolve_group(group)?;
-        let state = self.state(&group)?.clone();
+        let gid = self.resolve_group(group)?;
+        let group = gid.to_string();
+        let state = self.state(&gid)?.clone();
         let me = *self.me.user.as_bytes();
         if !state.is_member(&me) {
             return Err(NodeError::NotMember(state.title));
         }
         // Every member's devices must be known to address them.
-        let mut users: Vec<String> = state
+        let mut users: Vec<UserId> = state
             .members
             .keys()
             .filter(|u| **u != me)
-            .map(|u| hex(u))
+            .map(|u| UserId::from_bytes(*u))
             .collect();
         // This user's other devices get the message too.
         if self.own_other_devices() {
-            users.push(self.me.user_hex.clone());
+            users.push(self.me.user);
         }
         // Members who cannot be reached now are owed the message (with the key as of it).
-        let mut owed: Vec<String> = Vec::new();
+        let mut owed: Vec<UserId> = Vec::new();
         for u in &users {
             if let Err(e) = self.ensure_peer(u) {
                 tracing::info!(%group, member = %u, "member not reachable now; the message waits for them: {e}");
-                owed.push(u.clone());
+                owed.push(*u);
             }
         }
-        let gid = GroupId::from_bytes(state.id);
-        let (mut key, fresh) = self.outbound_key(&group, gid, state.epoch)?;
+        let (mut key, fresh) = self.outbound_key(gid, state.epoch)?;
         let sid = key.session_id();
         let shared: HashSet<String> = if fresh {
             HashSet::new()
@@ -187,7 +190,7 @@ impl Engine {
         let ciphertext = key.encrypt(&plain)?;
         // Devices that have the key share one ciphertext; the others get it with the key.
         let mut fan: Vec<(String, String)> = Vec::new();
-        let mut need: Vec<String> = Vec::new();
+        let mut need: Vec<UserId> = Vec::new();
         for u in &users {
             let Some(c) = self.known(u) else { continue };
             if owed.contains(u) {
@@ -199,13 +202,13 @@ impl Engine {
             for (d, _) in devices.into_iter().filter(|(d, _)| *d != own_device) {
                 let dev = d.to_peer_id_string();
                 if shared.contains(&dev) {
-                    fan.push((u.clone(), dev));
+                    fan.push((u.to_string(), dev));
                 } else {
                     missing = true;
                 }
             }
             if missing {
-                need.push(u.clone());
+                need.push(*u);
             }
         }
         let mut key_env = Envelope {
@@ -223,7 +226,7 @@ impl Engine {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::info!(%group, member = %u, "no session now; the message waits for them: {e}");
-                    owed.push(u.clone());
+                    owed.push(*u);
                     continue;
                 }
             };
@@ -233,7 +236,7 @@ impl Engine {
                 &mut sessions,
                 &mut key_env,
                 &self.grants,
-                |_| u.clone(),
+                |_| *u,
                 &mut deliveries,
                 &mut pickles,
             )?;
@@ -270,15 +273,15 @@ impl Engine {
             tx.set_group_sender_key(&group, &sid, epoch)?;
             tx.share_sender_key(&sid, &newly)?;
             for u in &owed {
-                tx.owe_group_message(id, u, &distribution, &ciphertext, now)?;
+                tx.owe_group_message(id, &u.to_string(), &distribution, &ciphertext, now)?;
             }
             Ok(())
         })?;
         if !owed.is_empty() {
             self.groups.owed_due = true;
         }
-        self.counters.lamport.insert(group.clone(), lamport);
-        self.counters.seq.insert(group.clone(), seq);
+        self.counters.lamport.insert(group.as_str().into(), lamport);
+        self.counters.seq.insert(group.as_str().into(), seq);
         let info = message_info(&message);
         self.emit(Event::Message {
             message: info.clone(),
@@ -324,22 +327,19 @@ impl Engine {
         let Some(m) = self.store.message(o.message_id)? else {
             return Ok(());
         };
-        let gid = user_bytes(&m.conversation.0)
+        let gid = GroupId::from_hex(&m.conversation.0)
             .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
         // An operation: sent as it is (a removed member is told of its removal).
         let is_op = o.distribution.is_empty();
+        let user = UserId::from_hex(&o.user_id)
+            .ok_or_else(|| NodeError::UnknownContact(o.user_id.clone()))?;
         // A member removed meanwhile is owed no message any more.
-        if !is_op
-            && !self.state(&m.conversation.0)?.is_member(
-                &user_bytes(&o.user_id)
-                    .ok_or_else(|| NodeError::UnknownContact(o.user_id.clone()))?,
-            )
-        {
+        if !is_op && !self.state(&gid)?.is_member(user.as_bytes()) {
             self.store
                 .transaction(|tx| tx.settle_owed_group_message(o.message_id, &o.user_id))?;
             return Ok(());
         }
-        self.ensure_peer(&o.user_id)?;
+        self.ensure_peer(&user)?;
         // The sender key the message carries, as of the message: its devices hold it after.
         let shares = if is_op {
             None
@@ -362,8 +362,7 @@ impl Engine {
                 message: Some(ByteBuf::from(o.ciphertext.clone())),
             }
         };
-        let mut env = self.own_group_envelope(gid, &m, body);
-        let user = o.user_id.clone();
+        let mut env = self.own_group_envelope(*gid.as_bytes(), &m, body);
         let sent = self.send_pairwise(
             std::slice::from_ref(&user),
             o.message_id,

@@ -4,16 +4,15 @@
 
 use std::collections::HashMap;
 
-use tern_crypto::SignedDeviceList;
+use tern_crypto::{SignedDeviceList, UserId};
 use tern_store::Contact;
 
-use super::{hex, user_bytes};
 use crate::engine::{ContactState, Engine, Internal, relay_peer, send};
 use crate::error::NodeError;
 
 impl Engine {
     /// A user this device can reach: a contact, or a member of a shared group.
-    pub(crate) fn known(&self, user: &str) -> Option<&ContactState> {
+    pub(crate) fn known(&self, user: &UserId) -> Option<&ContactState> {
         self.people
             .contacts
             .get(user)
@@ -21,8 +20,8 @@ impl Engine {
     }
 
     /// A group member who is not a contact, from the group state and their device list.
-    pub(super) fn peer_state(&self, user: &str, list_bytes: &[u8]) -> Option<ContactState> {
-        let ub = user_bytes(user)?;
+    pub(super) fn peer_state(&self, user: &UserId, list_bytes: &[u8]) -> Option<ContactState> {
+        let ub = *user.as_bytes();
         // A member, or a former member whose late messages may still be shown.
         let now = self.clock.now_ms();
         let (identity_key, name, relays) = self
@@ -48,7 +47,7 @@ impl Engine {
         }
         Some(ContactState {
             contact: Contact {
-                user_id: user.to_owned(),
+                user_id: user.to_string(),
                 display_name: name,
                 verified: false,
                 identity_key: identity_key.to_vec(),
@@ -63,13 +62,13 @@ impl Engine {
 
     /// Keeps a group member's device list if the identity key the group gave for them
     /// signed it; returns whether it was kept.
-    fn keep_peer(&mut self, user: &str, bytes: &[u8]) -> Result<bool, NodeError> {
+    fn keep_peer(&mut self, user: &UserId, bytes: &[u8]) -> Result<bool, NodeError> {
         let Some(state) = self.peer_state(user, bytes) else {
             return Ok(false);
         };
         self.store
-            .transaction(|tx| tx.save_group_peer(user, bytes))?;
-        self.people.peers.insert(user.to_owned(), state);
+            .transaction(|tx| tx.save_group_peer(&user.to_string(), bytes))?;
+        self.people.peers.insert(*user, state);
         Ok(true)
     }
 
@@ -77,18 +76,18 @@ impl Engine {
     /// for ([`Engine::fetch_missing_peers`] runs it in a task on the next tick, never on the
     /// engine) and this fails: the caller owes the member what it was sending, which goes
     /// once the lookup has learned the list (`owed_due`).
-    pub(crate) fn ensure_peer(&mut self, user: &str) -> Result<(), NodeError> {
+    pub(crate) fn ensure_peer(&mut self, user: &UserId) -> Result<(), NodeError> {
         if self.known(user).is_some_and(|c| c.list.is_some()) {
             return Ok(());
         }
-        let ub = user_bytes(user).ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+        let ub = *user.as_bytes();
         let member = self
             .groups
             .by_id
             .values()
             .filter_map(|g| g.resolved.as_ref())
             .find_map(|r| r.state.members.get(&ub).cloned())
-            .ok_or_else(|| NodeError::UnknownContact(user.to_owned()))?;
+            .ok_or_else(|| NodeError::UnknownContact(user.to_string()))?;
         self.people.peers_due = true;
         Err(NodeError::unreachable(format!(
             "the device list of {} is being looked up",
@@ -117,7 +116,11 @@ impl Engine {
             let former = g.recently_left(now).into_iter().map(|(u, e)| (u, e.relays));
             let current = r.state.members.iter().map(|(u, m)| (*u, m.relays.clone()));
             for (u, relays) in current.chain(former) {
-                if u != me && self.known(&hex(&u)).is_none_or(|c| c.list.is_none()) {
+                if u != me
+                    && self
+                        .known(&UserId::from_bytes(u))
+                        .is_none_or(|c| c.list.is_none())
+                {
                     missing.entry(u).or_insert(relays);
                 }
             }
@@ -135,7 +138,7 @@ impl Engine {
                 .filter_map(relay_peer)
                 .find(|r| self.relays.relay_up.contains(r))
             {
-                Some(relay) => targets.push((hex(&user), relay, user)),
+                Some(relay) => targets.push((UserId::from_bytes(user), relay)),
                 None => self.people.peers_due = true,
             }
         }
@@ -152,7 +155,7 @@ impl Engine {
 
     /// Device lists of group members fetched by [`Engine::fetch_missing_peers`]: each one
     /// the group's identity key for that member signed is kept.
-    pub(crate) fn on_peer_lists(&mut self, lists: Vec<(String, Vec<u8>)>, failed: bool) {
+    pub(crate) fn on_peer_lists(&mut self, lists: Vec<(UserId, Vec<u8>)>, failed: bool) {
         self.people.peers_fetching = false;
         let mut learned = false;
         for (user, bytes) in lists {

@@ -201,14 +201,14 @@ impl Engine {
     ) -> Result<TransferInfo, NodeError> {
         self.check_not_revoked()?;
         let target = match (contact, group) {
-            (Some(c), None) => Target::Direct(self.resolve(c)?),
+            (Some(c), None) => Target::Direct(self.resolve(c)?.to_string()),
             (None, Some(g)) => {
                 let g = self.resolve_group(g)?;
                 let state = self.state(&g)?;
                 if !state.is_member(self.me.user.as_bytes()) {
                     return Err(NodeError::NotMember(state.title.clone()));
                 }
-                Target::Group(g)
+                Target::Group(g.to_string())
             }
             _ => {
                 return Err(NodeError::BadRequest(

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use libp2p::PeerId;
-use tern_crypto::{Kind, session::SessionError};
+use tern_crypto::{Kind, UserId, session::SessionError};
 use tern_relay::wire::{ErrorCode, mailbox};
 use tern_store::{Body as StoreBody, CryptoUpdate, MessageId};
 
@@ -78,7 +78,7 @@ impl Engine {
         let mut acks = Vec::new();
         // Known users whose mail came without a grant: offered one once the batch is done.
         let mut offers = std::collections::BTreeSet::new();
-        let mut receipts: HashMap<String, Vec<MessageId>> = HashMap::new();
+        let mut receipts: HashMap<UserId, Vec<MessageId>> = HashMap::new();
         let batched = match self.store.begin_batch() {
             Ok(()) => true,
             Err(e) => {
@@ -91,7 +91,7 @@ impl Engine {
             if env.intro
                 && let Some(user) = self.people.device_owner.get(&env.sender)
             {
-                offers.insert(user.clone());
+                offers.insert(*user);
             }
             match self.process(env.sender, &env.ciphertext, &mut receipts) {
                 Outcome::Ack => acks.push(env.id),
@@ -174,7 +174,7 @@ impl Engine {
     /// Delivered receipts for what was just stored go on the next outbox tick, one per
     /// contact for everything stored meanwhile (they are owed in the store already, so a
     /// crash before then loses none): a burst of pushes costs a few receipts, not one each.
-    fn owe_delivered(&mut self, receipts: HashMap<String, Vec<MessageId>>) {
+    fn owe_delivered(&mut self, receipts: HashMap<UserId, Vec<MessageId>>) {
         for (user, ids) in receipts {
             self.outbox
                 .delivered_due
@@ -206,7 +206,7 @@ impl Engine {
         &mut self,
         sender: PeerId,
         ciphertext: &[u8],
-        receipts: &mut HashMap<String, Vec<MessageId>>,
+        receipts: &mut HashMap<UserId, Vec<MessageId>>,
     ) -> Outcome {
         if is_group_payload(ciphertext) {
             // Stored, or kept in the stash when it cannot be read yet: acknowledged either
@@ -217,7 +217,7 @@ impl Engine {
                 Outcome::Keep
             };
         }
-        let Some(user) = self.people.device_owner.get(&sender).cloned() else {
+        let Some(user) = self.people.device_owner.get(&sender).copied() else {
             if let Some(owner) = peer_device(&sender).and_then(|d| self.revoked_owner(&d)) {
                 tracing::warn!(contact = %owner, %sender, "message from a revoked device refused");
                 return Outcome::Ack;
@@ -238,10 +238,10 @@ impl Engine {
 
     fn process_from(
         &mut self,
-        user: &str,
+        user: &UserId,
         sender: PeerId,
         ciphertext: &[u8],
-        receipts: &mut HashMap<String, Vec<MessageId>>,
+        receipts: &mut HashMap<UserId, Vec<MessageId>>,
     ) -> Result<Outcome, NodeError> {
         let Some(device) = peer_device(&sender) else {
             return Ok(Outcome::Ack);
@@ -274,14 +274,14 @@ impl Engine {
                 tracing::warn!(contact = %user, reason, "undecryptable message: {e}");
                 self.inbox.recovery.undecryptable += 1;
                 self.emit(Event::Undecryptable {
-                    user_id: user.to_owned(),
+                    user_id: user.to_string(),
                     device_id: sender.to_string(),
                     reason: reason.into(),
                 });
                 // Texts that came too late are asked for again. A message no session reads
                 // would fail the same way again: resending would loop.
                 if matches!(e, SessionError::MessageKeyGone(_)) {
-                    self.note_lost(user, &device_key, None);
+                    self.note_lost(user, device, None);
                 }
                 return Ok(Outcome::Ack);
             }
@@ -311,10 +311,7 @@ impl Engine {
         let is_contact = self.people.contacts.contains_key(user);
         let env = match Envelope::decode(&decrypted.plaintext) {
             Ok(env)
-                if env.sender_user.as_slice()
-                    == tern_crypto::hex::decode(user)
-                        .unwrap_or_default()
-                        .as_slice()
+                if env.sender_user.as_slice() == user.as_bytes()
                     && env.sender_device.as_slice() == device.as_bytes()
                     && match &env.conversation {
                         // Direct messages only from contacts; group members who are not
@@ -322,13 +319,13 @@ impl Engine {
                         Conversation::Direct { to } => {
                             (is_contact && to.as_slice() == self.me.user.as_bytes())
                                 // A sync copy from one of this user's other devices.
-                                || (user == self.me.user_hex && to.as_slice() != self.me.user.as_bytes())
+                                || (*user == self.me.user && to.as_slice() != self.me.user.as_bytes())
                                 // A device list, from anyone this device addresses.
                                 || (matches!(env.body, Body::DeviceList { .. } | Body::Grant {})
                                     && to.as_slice() == self.me.user.as_bytes())
                                 // History, from another device of this user.
                                 || (matches!(env.body, Body::History { .. })
-                                    && user == self.me.user_hex
+                                    && *user == self.me.user
                                     && to.as_slice() == self.me.user.as_bytes())
                         }
                         Conversation::Group { .. } => {

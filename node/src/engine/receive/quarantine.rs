@@ -94,7 +94,7 @@ impl Engine {
                 Outcome::Ack => {
                     done.push(q.id);
                     if let Some(u) = self.people.device_owner.get(&peer) {
-                        offers.insert(u.clone());
+                        offers.insert(*u);
                     }
                 }
                 Outcome::Failed => {

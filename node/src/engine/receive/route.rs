@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use tern_crypto::DeviceId;
+use tern_crypto::{DeviceId, UserId, group::GroupId};
 use tern_store::{
     Body as StoreBody, ConversationId, ConversationKind, CryptoUpdate, Inserted, Message,
     MessageId, Status,
@@ -23,7 +23,7 @@ use crate::{
 /// moved (stored in the same transaction as what it says).
 pub(super) struct Read<'a> {
     /// The sender's user id.
-    pub user: &'a str,
+    pub user: &'a UserId,
     /// The sender's device.
     pub device: DeviceId,
     /// The sender's device as a peer id string.
@@ -46,7 +46,7 @@ impl Engine {
     pub(super) fn route(
         &mut self,
         read: Read<'_>,
-        receipts: &mut HashMap<String, Vec<MessageId>>,
+        receipts: &mut HashMap<UserId, Vec<MessageId>>,
     ) -> Result<(), NodeError> {
         let Read {
             user,
@@ -58,6 +58,7 @@ impl Engine {
             own_device,
             now,
         } = read;
+        let hex = user.to_string();
         if let (Conversation::Group { id }, Some(body)) = (&env.conversation, content.clone()) {
             self.on_group_copy(user, &device_key, id.into_array(), &env, body, |tx| {
                 tx.apply_crypto(update, now)?;
@@ -68,8 +69,8 @@ impl Engine {
             })?;
             return Ok(());
         }
-        let conv = ConversationId(user.to_owned());
-        if user == self.me.user_hex
+        let conv = ConversationId(hex.clone());
+        if *user == self.me.user
             && let (Conversation::Direct { to }, Some(body)) = (&env.conversation, content.clone())
         {
             self.store_sync_copy(
@@ -91,7 +92,7 @@ impl Engine {
                 let message = Message {
                     id: MessageId(env.id.into_array()),
                     conversation: conv.clone(),
-                    sender_user: user.to_owned(),
+                    sender_user: hex.clone(),
                     sender_device: device_key.clone(),
                     lamport: env.lamport,
                     seq: env.seq,
@@ -107,18 +108,15 @@ impl Engine {
                     tx.ensure_conversation(&conv, ConversationKind::Direct, Some(&title), now)?;
                     let inserted = tx.record_incoming(&message, update)?;
                     // Owed until delivered: a crash before then does not lose the receipt.
-                    tx.owe_receipts(user, tern_store::ReceiptKind::Delivered, &[message.id], now)?;
+                    tx.owe_receipts(&hex, tern_store::ReceiptKind::Delivered, &[message.id], now)?;
                     if let Some(d) = &own_device {
                         tx.save_own_device(d)?;
                     }
                     Ok(inserted)
                 })?;
-                receipts
-                    .entry(user.to_owned())
-                    .or_default()
-                    .push(message.id);
+                receipts.entry(*user).or_default().push(message.id);
                 if inserted == Inserted::New {
-                    self.observe_lamport(user, env.lamport)?;
+                    self.observe_lamport(&hex, env.lamport)?;
                     self.on_media_message(&message);
                     let shown = self.hold.arrived(&self.store, message, self.clock.now())?;
                     for message in shown {
@@ -154,7 +152,7 @@ impl Engine {
                 })?;
                 if !moved.is_empty() {
                     self.emit(Event::Receipt {
-                        conversation: user.to_owned(),
+                        conversation: (*user).into(),
                         ids: moved,
                         status: to.into(),
                     });
@@ -211,9 +209,9 @@ impl Engine {
                         .collect(),
                     _ => Vec::new(),
                 };
-                let ops: Vec<(String, crate::group::SignedOp)> = raw
+                let ops: Vec<(GroupId, crate::group::SignedOp)> = raw
                     .into_iter()
-                    .filter_map(|b| Self::parse_group_op(user, &env, b))
+                    .filter_map(|b| Self::parse_group_op(&hex, &env, b))
                     .filter(|(group, _)| {
                         // Operations a group's graph can never take in are not kept either.
                         let held = self.groups.by_id.get(group).map_or(0, |g| g.ops.len());
@@ -235,7 +233,12 @@ impl Engine {
                         }
                         let mut new = Vec::with_capacity(ops.len());
                         for (group, op) in &ops {
-                            new.push(tx.save_group_op(group, &op.hash, op.to_bytes(), now)?);
+                            new.push(tx.save_group_op(
+                                &group.to_string(),
+                                &op.hash,
+                                op.to_bytes(),
+                                now,
+                            )?);
                         }
                         Ok(new)
                     })?;
@@ -249,7 +252,7 @@ impl Engine {
                 mut distribution,
                 message,
             } => {
-                let key = self.on_sender_key(user, device, &env.conversation, &distribution);
+                let key = self.on_sender_key(&hex, device, &env.conversation, &distribution);
                 // The key's bytes are a secret: wiped as soon as they are read.
                 zeroize::Zeroize::zeroize(distribution.as_mut_slice());
                 let inbound = match key {
@@ -336,10 +339,8 @@ impl Engine {
             body,
             edited_at_ms: None,
         };
-        let title = self
-            .people
-            .contacts
-            .get(contact)
+        let title = UserId::from_hex(contact)
+            .and_then(|u| self.people.contacts.get(&u))
             .map(|c| c.contact.display_name.clone());
         let inserted = self.store.transaction(|tx| -> Result<_, NodeError> {
             tx.ensure_conversation(&conv, ConversationKind::Direct, title.as_deref(), now)?;

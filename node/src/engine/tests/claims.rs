@@ -34,7 +34,7 @@ async fn a_text_waits_for_its_claim_and_goes_as_soon_as_the_claim_answers() {
     let claimed = Harness::claimed_prekey(&mut bob);
     alice
         .engine
-        .on_prekey_claimed(bob_user.clone(), bob_device, Ok(claimed));
+        .on_prekey_claimed(bob.engine.me.user, bob_device, Ok(claimed));
     let carried = alice.carry(2).await;
     for ct in &carried {
         bob.engine.on_direct(alice.peer(), 0, ct.clone());
@@ -67,7 +67,7 @@ async fn a_claim_for_a_device_that_has_a_session_by_then_changes_nothing() {
     assert!(before.is_some());
     // A second answer (a claim that raced the first) keeps the session there is.
     let claimed = Harness::claimed_prekey(&mut bob);
-    let bob_user = bob.engine.me.user_hex.clone();
+    let bob_user = bob.engine.me.user;
     alice
         .engine
         .on_prekey_claimed(bob_user, bob_device, Ok(claimed));

@@ -33,7 +33,7 @@ fn link_device(user: &mut Harness) -> String {
 fn known_version(holder: &Harness, of: &Harness) -> u64 {
     holder
         .engine
-        .known(&of.engine.me.user_hex)
+        .known(&of.engine.me.user)
         .and_then(|c| c.list.as_ref())
         .map(|l| l.list().version)
         .unwrap()

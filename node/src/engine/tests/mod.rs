@@ -266,7 +266,7 @@ impl Harness {
     fn start_session(&mut self, other: &mut Harness) {
         let claimed = Harness::claimed_prekey(other);
         let (user, device) = (
-            other.engine.me.user_hex.clone(),
+            other.engine.me.user,
             other.engine.me.keys.device.device_id(),
         );
         self.engine.on_prekey_claimed(user, device, Ok(claimed));

@@ -186,6 +186,7 @@ async fn lanes_waiting_for_a_relay_never_keep_other_devices_from_being_looked_at
 #[tokio::test]
 async fn an_older_relay_set_arriving_late_does_not_replace_a_newer_one() {
     let (mut alice, bob, _, relays) = alice_and_bob_at_two_relays().await;
+    let bob = tern_crypto::UserId::from_hex(&bob).unwrap();
     let addr = |r: &PeerId| format!("/ip4/127.0.0.1/tcp/9/p2p/{r}");
     let held = |h: &Harness| h.engine.known(&bob).unwrap().contact.relays.clone();
     // Bob announced only his second relay at 2,000, then that announcement's predecessor,

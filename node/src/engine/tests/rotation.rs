@@ -18,7 +18,7 @@ async fn group(h: &mut Harness) -> String {
         members: Vec::new(),
         reply,
     });
-    rx.await.unwrap().unwrap().id
+    rx.await.unwrap().unwrap().id.to_string()
 }
 
 /// Sends a text to the group and returns the id of the sender key it went under.
