@@ -181,27 +181,16 @@ fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
 mod tests {
     use std::sync::Arc;
 
-    use libp2p::PeerId;
-    use tokio::sync::oneshot;
-
-    use super::super::{DB_FILE, Op, OpError, Share, Storage, StorageHandle, test_settings};
+    use super::super::{
+        DB_FILE, OpError, Share, Storage, StorageHandle, mailbox::tests::deposit_as, test_settings,
+    };
     use crate::server::metrics::Metrics;
+    use libp2p::PeerId;
 
     async fn deposit(h: &StorageHandle, to: PeerId) -> Result<(), OpError> {
-        let (reply, rx) = oneshot::channel();
-        h.submit_wait(Op::Deposit {
-            sender: PeerId::random(),
-            recipients: vec![(to, Share::Sender)],
-            ciphertext: vec![7; 100],
-            now_ms: 1000,
-            expires_ms: u64::MAX / 2,
-            intro_expires_ms: u64::MAX / 2,
-            early: None,
-            reply,
-        })
-        .await
-        .unwrap();
-        rx.await.unwrap().map(drop)
+        deposit_as(h, PeerId::random(), to, Share::Sender, 1000)
+            .await
+            .map(drop)
     }
 
     /// Answers come through the flush: once the log cannot be flushed (here: its file is
