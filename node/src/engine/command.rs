@@ -282,7 +282,7 @@ impl Engine {
             }
             Command::Group(cmd) => self.on_group_command(cmd),
             Command::DeviceAdd { code, reply } => {
-                let _ = reply.send(self.device_add(&code).await);
+                self.device_add(&code, reply);
             }
             Command::Devices(reply) => {
                 let _ = reply.send(Ok(self.devices()));
@@ -311,7 +311,7 @@ impl Engine {
                 let _ = reply.send(self.file_open(&message));
             }
             Command::DeviceRevoke { device, reply } => {
-                let _ = reply.send(self.device_revoke(&device).await);
+                self.device_revoke(&device, reply);
             }
             Command::BackupBundle(reply) => {
                 let _ = reply.send(self.backup_bundle());

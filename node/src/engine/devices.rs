@@ -9,7 +9,7 @@ use tern_crypto::{
 use tern_relay::rpc::Requests as _;
 use tern_store::Contact;
 
-use super::{ContactState, Engine, Internal, device_peer, relay_peer};
+use super::{ContactState, Engine, Internal, command::Reply, device_peer, relay_peer};
 use crate::{
     device_link::{
         Bundle, BundleContact, BundleMessage, LINK_VERSION, LinkWords, Request,
@@ -24,6 +24,19 @@ use crate::{
 const HISTORY_CONVERSATIONS: u32 = 50;
 /// ...and this many newest messages of each (fewer when they do not fit the record).
 const HISTORY_PER_CONVERSATION: u32 = 100;
+
+/// A provisioning record sealed for a new device, to deposit at its relays.
+struct LinkRecord {
+    device: tern_crypto::DeviceId,
+    peer: PeerId,
+    relays: Vec<libp2p::Multiaddr>,
+    sealed: Vec<u8>,
+    confirmation: Confirmation,
+    /// The answer to `device add` once it is deposited.
+    info: DeviceInfo,
+    /// The device was added to the list now (which is to be published and announced).
+    listed: bool,
+}
 
 /// The provisioning record must fit one mailbox message: a relay's default ciphertext cap is
 /// 64 KiB, and sealing adds under 100 bytes (key, nonce, tag, header).
@@ -128,7 +141,21 @@ impl Engine {
     /// list, and deposits the provisioning record (identity, contacts, groups) for it. The
     /// answer carries the record's link words, which the new device shows too: its user
     /// applies the record there only if they match.
-    pub(crate) async fn device_add(&mut self, code: &str) -> Result<DeviceInfo, NodeError> {
+    ///
+    /// The list's publication and the deposit run in a task ([`Engine::off_task`]); the
+    /// answer comes once the record is deposited.
+    pub(crate) fn device_add(&mut self, code: &str, reply: Reply<DeviceInfo>) {
+        match self.device_record(code) {
+            Ok(record) => self.deposit_record(record, reply),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// What `device add` does before the network: the code checked, the device certified
+    /// and listed (the list stored), the provisioning record sealed.
+    fn device_record(&mut self, code: &str) -> Result<LinkRecord, NodeError> {
         self.check_not_revoked()?;
         let req = Request::parse(code).map_err(|e| NodeError::BadRequest(e.to_string()))?;
         let id = req.device_id();
@@ -142,6 +169,7 @@ impl Engine {
                 "that code names this device itself".into(),
             ));
         }
+        let mut listed = false;
         let certificate = match list.entry(&id) {
             // Added by this run from the same code (the record may not have arrived): send it
             // again. Any other code naming a listed device is refused: it would get the
@@ -182,8 +210,7 @@ impl Engine {
                     .transaction(|tx| tx.save_own_device_list(next.version, signed.as_bytes()))?;
                 self.me.keys.device_list = signed;
                 self.refresh_me();
-                self.publish_own_list().await;
-                self.announce_list();
+                listed = true;
                 certificate
             }
         };
@@ -224,34 +251,86 @@ impl Engine {
         );
         let confirmation = Confirmation::derive(&check, &id)?;
         drop(check);
-        let mut last = NodeError::unreachable("the code names no relay");
-        let mut sent = None;
-        for addr in req.relay_addrs() {
-            let Some(relay) = relay_peer(&addr) else {
-                continue;
+        Ok(LinkRecord {
+            device: id,
+            peer,
+            relays: req.relay_addrs(),
+            sealed,
+            confirmation,
+            info: DeviceInfo {
+                device_id: id,
+                name: certificate.certificate().name.clone(),
+                this_device: false,
+                created_at: certificate.certificate().created_at,
+                words: Some(words.to_string()),
+                link: Some(crate::types::LinkState::Waiting),
+            },
+            listed,
+        })
+    }
+
+    /// In a task: publishes the new list (if the device was listed now), then deposits the
+    /// record at the first of the new device's relays that takes it; on the engine, the
+    /// list is announced, the wait for the device's confirmation starts and `reply` is
+    /// answered.
+    fn deposit_record(&mut self, record: LinkRecord, reply: Reply<DeviceInfo>) {
+        let publish = record.listed.then(|| self.publish_own_list());
+        let (net, relays, peer, sealed) = (
+            self.net.clone(),
+            record.relays.clone(),
+            record.peer,
+            record.sealed.clone(),
+        );
+        let work = async move {
+            let failed = match publish {
+                Some(publish) => publish.await,
+                None => Vec::new(),
             };
-            let _ = self.net.add_relay(addr.clone(), false).await;
-            match rpc::deposit(&self.net, relay, peer, None, sealed.clone()).await {
-                Ok(()) => {
-                    sent = Some(addr);
-                    break;
-                }
-                Err(e) => {
-                    last =
-                        NodeError::unreachable(format!("cannot reach the new device's relay: {e}"))
+            let mut sent = Err(NodeError::unreachable("the code names no relay"));
+            for addr in relays {
+                let Some(relay) = relay_peer(&addr) else {
+                    continue;
+                };
+                let _ = net.add_relay(addr.clone(), false).await;
+                match rpc::deposit(&net, relay, peer, None, sealed.clone()).await {
+                    Ok(()) => {
+                        sent = Ok(addr);
+                        break;
+                    }
+                    Err(e) => {
+                        sent = Err(NodeError::unreachable(format!(
+                            "cannot reach the new device's relay: {e}"
+                        )));
+                    }
                 }
             }
-        }
-        let Some(relay) = sent else {
-            return Err(last);
+            (failed, sent)
         };
+        self.off_task(reply, work, move |engine, (failed, sent), reply| {
+            if record.listed {
+                engine.own_list_published(failed);
+                engine.announce_list();
+            }
+            let _ = reply.send(engine.record_deposited(record, sent));
+        });
+    }
+
+    /// The record went to the new device's relay `sent` (or could not): its confirmation
+    /// is waited for, and the history it did not carry is owed to it.
+    fn record_deposited(
+        &mut self,
+        record: LinkRecord,
+        sent: Result<libp2p::Multiaddr, NodeError>,
+    ) -> Result<DeviceInfo, NodeError> {
+        let relay = sent?;
+        let id = record.device;
         // The new device confirms at the same relay once its user took this record.
-        let record = confirmation.mailbox();
+        let mailbox = record.confirmation.mailbox();
         self.me
             .link_states
-            .insert(id, (crate::types::LinkState::Waiting, record));
+            .insert(id, (crate::types::LinkState::Waiting, mailbox));
         let tx = self.internal.clone();
-        let device = id;
+        let confirmation = record.confirmation;
         tokio::spawn(async move {
             let confirmed = match confirmation.wait(relay, confirm::WAIT).await {
                 Ok(c) => c,
@@ -262,22 +341,15 @@ impl Engine {
             };
             let _ = tx
                 .send(super::Internal::LinkAnswered {
-                    device,
-                    record,
+                    device: id,
+                    record: mailbox,
                     confirmed,
                 })
                 .await;
         });
         // The record carries the newest messages; everything else follows over the session.
         self.owe_history(&id.to_peer_id_string())?;
-        Ok(DeviceInfo {
-            device_id: id,
-            name: certificate.certificate().name.clone(),
-            this_device: false,
-            created_at: certificate.certificate().created_at,
-            words: Some(words.to_string()),
-            link: Some(crate::types::LinkState::Waiting),
-        })
+        Ok(record.info)
     }
 
     /// The provisioning record without history: the identity secret, name, home relays,
@@ -466,22 +538,8 @@ impl Engine {
         );
         self.me.keys.device_list = signed;
         self.refresh_me();
-        let bytes = self.me.keys.device_list.as_bytes().to_vec();
-        for relay in self
-            .relays
-            .home_relays
-            .iter()
-            .filter_map(relay_peer)
-            .collect::<Vec<_>>()
-        {
-            let net = self.net.clone();
-            let bytes = bytes.clone();
-            tokio::spawn(async move {
-                if let Err(e) = rpc::publish_device_list(&net, relay, bytes).await {
-                    tracing::warn!(%relay, "publishing the device list failed: {e}");
-                }
-            });
-        }
+        // Relays that fail are set up again below anyway.
+        tokio::spawn(self.publish_own_list());
         self.announce_list();
         // Relays that refused this device's prekeys (it was not in the list they held) take
         // them now.
