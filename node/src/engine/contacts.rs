@@ -513,8 +513,8 @@ impl Engine {
 }
 
 /// Fetches the device list a short link points at, from the relay it names, and checks
-/// it against the link's identity key. Bounded by [`LINK_LIST_FETCH_TIMEOUT`]; the engine
-/// waits for it as it waits for the rest of `contact add`.
+/// it against the link's identity key. Bounded by [`LINK_LIST_FETCH_TIMEOUT`]; it runs in
+/// the task of `contact add` ([`Engine::add_contact`]), off the engine.
 async fn fetch_link_list(
     net: crate::net::Client,
     link: ShortLink,

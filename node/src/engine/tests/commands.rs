@@ -23,8 +23,8 @@ async fn contacts(h: &mut Harness) -> Vec<ContactInfo> {
     answer.await.unwrap().unwrap()
 }
 
-/// The relay `h`'s contact link names first.
-fn bob_relay(h: &Harness) -> libp2p::PeerId {
+/// The first home relay of `h` (the one its contact link names first).
+fn first_relay(h: &Harness) -> libp2p::PeerId {
     relay_peer(&h.engine.relays.home_relays[0]).unwrap()
 }
 
@@ -51,7 +51,7 @@ async fn a_presence_query_waits_for_its_relay_off_the_engine() {
 
     let mut answer = ask_presence(&mut alice).await;
     let request = held.request().await.unwrap();
-    assert_eq!(request.relay, bob_relay(&bob));
+    assert_eq!(request.relay, first_relay(&bob));
     assert_eq!(request.proto, Proto::Presence);
     assert_eq!(
         presence::Request::decode(&request.frame).unwrap(),
@@ -97,7 +97,7 @@ async fn a_short_link_waits_for_its_device_list_off_the_engine() {
         })
         .await;
     let request = held.request().await.unwrap();
-    assert_eq!(request.relay, bob_relay(&bob));
+    assert_eq!(request.relay, first_relay(&bob));
     assert_eq!(request.proto, Proto::Directory);
     assert!(matches!(
         directory::Request::decode(&request.frame).unwrap(),
@@ -155,4 +155,75 @@ async fn commands_waiting_for_the_network_are_bounded() {
             .encode()
             .unwrap()));
     assert_eq!(alice.answer(again).await.unwrap().len(), 1);
+}
+
+/// Lists a second device ("phone", `other`'s device keys) in `h`'s own device list, as a
+/// `device add` on `h` does.
+fn list_phone(h: &mut Harness, other: &Harness) {
+    use tern_crypto::{DeviceCertificate, SignedDeviceCertificate};
+    let keys = &h.engine.me.keys;
+    let theirs = other.engine.me.keys.certificate.certificate();
+    let now_secs = h.clock.now_secs();
+    let certificate = SignedDeviceCertificate::sign(
+        &keys.identity,
+        DeviceCertificate {
+            user_id: h.engine.me.user,
+            identity_key: keys.identity.public(),
+            device_id: other.engine.me.keys.device.device_id(),
+            curve25519: theirs.curve25519,
+            ed25519: theirs.ed25519,
+            name: "phone".into(),
+            created_at: now_secs,
+        },
+    )
+    .unwrap();
+    let next = keys
+        .device_list
+        .list()
+        .with_device(certificate, now_secs)
+        .unwrap();
+    let signed = next.sign(&keys.identity).unwrap();
+    h.engine
+        .store
+        .transaction(|tx| tx.save_own_device_list(next.version, signed.as_bytes()))
+        .unwrap();
+    h.engine.me.keys.device_list = signed;
+    h.engine.refresh_me();
+}
+
+#[tokio::test]
+async fn a_revocation_is_answered_once_its_list_is_published_off_the_engine() {
+    let (mut alice, mut held) = Harness::holding("alice");
+    let phone = Harness::named("alice-phone");
+    list_phone(&mut alice, &phone);
+    let (reply, mut answer) = oneshot::channel();
+    alice
+        .engine
+        .on_command(Command::DeviceRevoke {
+            device: "phone".into(),
+            reply,
+        })
+        .await;
+    // The new list is stored and used at once; its publication at the home relay waits.
+    let request = held.request().await.unwrap();
+    assert_eq!(request.relay, first_relay(&alice));
+    let directory::Request::PublishDeviceList { list } =
+        directory::Request::decode(&request.frame).unwrap()
+    else {
+        panic!("not a publication");
+    };
+    assert_eq!(list.as_ref(), alice.engine.me.keys.device_list.as_bytes());
+    assert!(answer.try_recv().is_err());
+    let (reply, devices) = oneshot::channel();
+    alice.engine.on_command(Command::Devices(reply)).await;
+    let devices = devices.await.unwrap().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert!(devices[0].this_device);
+
+    // The relay takes it: the revocation is answered with the device revoked.
+    request.answer(Ok(directory::Response::Ok.encode().unwrap()));
+    let revoked = alice.answer(answer).await.unwrap();
+    assert_eq!(revoked.name, "phone");
+    assert_eq!(revoked.device_id, phone.engine.me.keys.device.device_id());
+    assert!(alice.engine.relays.setup_pending.is_empty());
 }
