@@ -17,6 +17,7 @@ mod history;
 pub(crate) mod hold;
 mod home_relays;
 mod lanes;
+mod link_record;
 mod listsync;
 pub(crate) mod media;
 mod presence;

@@ -8,7 +8,7 @@ use tern_relay::{
 };
 use tokio::sync::oneshot;
 
-use super::Harness;
+use super::{Harness, link_device};
 use crate::{
     consts::MAX_COMMANDS_IN_FLIGHT,
     engine::{Command, device_peer, relay_peer},
@@ -157,45 +157,10 @@ async fn commands_waiting_for_the_network_are_bounded() {
     assert_eq!(alice.answer(again).await.unwrap().len(), 1);
 }
 
-/// Lists a second device ("phone", `other`'s device keys) in `h`'s own device list, as a
-/// `device add` on `h` does.
-fn list_phone(h: &mut Harness, other: &Harness) {
-    use tern_crypto::{DeviceCertificate, SignedDeviceCertificate};
-    let keys = &h.engine.me.keys;
-    let theirs = other.engine.me.keys.certificate.certificate();
-    let now_secs = h.clock.now_secs();
-    let certificate = SignedDeviceCertificate::sign(
-        &keys.identity,
-        DeviceCertificate {
-            user_id: h.engine.me.user,
-            identity_key: keys.identity.public(),
-            device_id: other.engine.me.keys.device.device_id(),
-            curve25519: theirs.curve25519,
-            ed25519: theirs.ed25519,
-            name: "phone".into(),
-            created_at: now_secs,
-        },
-    )
-    .unwrap();
-    let next = keys
-        .device_list
-        .list()
-        .with_device(certificate, now_secs)
-        .unwrap();
-    let signed = next.sign(&keys.identity).unwrap();
-    h.engine
-        .store
-        .transaction(|tx| tx.save_own_device_list(next.version, signed.as_bytes()))
-        .unwrap();
-    h.engine.me.keys.device_list = signed;
-    h.engine.refresh_me();
-}
-
 #[tokio::test]
 async fn a_revocation_is_answered_once_its_list_is_published_off_the_engine() {
     let (mut alice, mut held) = Harness::holding("alice");
-    let phone = Harness::named("alice-phone");
-    list_phone(&mut alice, &phone);
+    let phone = link_device(&mut alice);
     let (reply, mut answer) = oneshot::channel();
     alice
         .engine
@@ -224,6 +189,6 @@ async fn a_revocation_is_answered_once_its_list_is_published_off_the_engine() {
     request.answer(Ok(directory::Response::Ok.encode().unwrap()));
     let revoked = alice.answer(answer).await.unwrap();
     assert_eq!(revoked.name, "phone");
-    assert_eq!(revoked.device_id, phone.engine.me.keys.device.device_id());
+    assert_eq!(revoked.device_id.to_peer_id_string(), phone);
     assert!(alice.engine.relays.setup_pending.is_empty());
 }

@@ -315,6 +315,29 @@ async fn alice_and_bob() -> (Harness, Harness) {
     (alice, bob)
 }
 
+/// Adds a device to `user`'s own list as linking one does (certified, stored, taken in),
+/// without the provisioning record; returns its id.
+fn link_device(user: &mut Harness) -> String {
+    let new = tern_crypto::DeviceKeys::generate().unwrap();
+    let now = user.clock.now_secs();
+    let me = &user.engine.me;
+    let certificate = new.certify(&me.keys.identity, "phone", now).unwrap();
+    let next = me
+        .keys
+        .device_list
+        .list()
+        .with_device(certificate, now)
+        .unwrap();
+    let signed = next.sign(&me.keys.identity).unwrap();
+    user.engine
+        .store
+        .transaction(|tx| tx.save_own_device_list(next.version, signed.as_bytes()))
+        .unwrap();
+    user.engine.me.keys.device_list = signed;
+    user.engine.refresh_me();
+    new.device_id().to_peer_id_string()
+}
+
 /// Another device's id (a peer id nobody else uses).
 fn other_device() -> String {
     Keypair::generate_ed25519()
