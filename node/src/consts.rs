@@ -257,3 +257,8 @@ pub const QUARANTINE_REPLAY_BATCH: usize = 200;
 /// Most prekey claims in flight at once (each a task asking a contact's relays). A device
 /// beyond it is claimed at a later attempt; until then it is owed what it missed.
 pub const MAX_CLAIMS_IN_FLIGHT: usize = 256;
+
+/// Most commands whose network part (a presence query, a short link's device list, a device
+/// list published, a linking record deposited) runs at once in tasks off the engine. A
+/// command beyond it is refused: the caller tries again once some have answered.
+pub const MAX_COMMANDS_IN_FLIGHT: usize = 64;

@@ -1,12 +1,67 @@
 //! Commands from [`crate::Node`] handles, and the one place each goes to the part that
 //! answers it.
 
+use std::future::Future;
+
 use tokio::sync::oneshot;
 
-use super::{Engine, push};
-use crate::{error::NodeError, types::*};
+use super::{Engine, Internal, push};
+use crate::{consts::MAX_COMMANDS_IN_FLIGHT, error::NodeError, types::*};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+/// The rest of a command whose network part ran in a task: it finishes the state change
+/// on the engine and answers the command.
+pub(crate) struct Finish(Box<dyn FnOnce(&mut Engine) + Send>);
+
+impl Finish {
+    pub(super) fn run(self, engine: &mut Engine) {
+        engine.answering = engine.answering.saturating_sub(1);
+        (self.0)(engine);
+    }
+}
+
+impl std::fmt::Debug for Finish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Finish")
+    }
+}
+
+impl Engine {
+    /// Runs a command's network part, `work`, in a task, so the engine serves other
+    /// commands meanwhile; its result comes back as [`Internal::Answer`] and `finish`
+    /// completes the command on the engine with it (answering `reply`, at once or after
+    /// more work off the engine). At most [`MAX_COMMANDS_IN_FLIGHT`] run at once: beyond
+    /// that the command is refused.
+    pub(crate) fn off_task<T, R>(
+        &mut self,
+        reply: Reply<T>,
+        work: impl Future<Output = R> + Send + 'static,
+        finish: impl FnOnce(&mut Engine, R, Reply<T>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        R: Send + 'static,
+    {
+        if self.answering >= MAX_COMMANDS_IN_FLIGHT {
+            let _ = reply.send(Err(NodeError::unreachable(format!(
+                "{MAX_COMMANDS_IN_FLIGHT} commands are waiting for the network; try again \
+                 when some have answered"
+            ))));
+            return;
+        }
+        self.answering += 1;
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let result = work.await;
+            let finish = Finish(Box::new(move |engine: &mut Engine| {
+                finish(engine, result, reply);
+            }));
+            // The engine has stopped if this fails: the reply is dropped with it, and the
+            // caller sees the node stopped.
+            let _ = tx.send(Internal::Answer(finish)).await;
+        });
+    }
+}
 
 /// A command from a [`crate::Node`] handle.
 #[derive(Debug)]
@@ -162,12 +217,10 @@ impl Engine {
                 accept_new_key,
                 reply,
             } => {
-                let out = self.add_contact(&link, name, accept_new_key).await;
-                let _ = reply.send(out);
+                self.add_contact(link, name, accept_new_key, reply);
             }
             Command::AcceptIdentity { contact, reply } => {
-                let out = self.accept_identity(&contact).await;
-                let _ = reply.send(out);
+                self.accept_identity(&contact, reply);
             }
             Command::FindContact { contact, reply } => match self.resolve(&contact) {
                 Ok(user) => self.find_contact(&user, reply),
@@ -200,8 +253,7 @@ impl Engine {
                 let _ = r.send(self.conversations());
             }
             Command::Presence { contact, reply } => {
-                let out = self.query_presence(contact.as_deref()).await;
-                let _ = reply.send(out);
+                self.query_presence(contact.as_deref(), reply);
             }
             Command::SetStatus { away, reply } => {
                 self.relays.away = away;
@@ -230,7 +282,7 @@ impl Engine {
             }
             Command::Group(cmd) => self.on_group_command(cmd),
             Command::DeviceAdd { code, reply } => {
-                let _ = reply.send(self.device_add(&code).await);
+                self.device_add(&code, reply);
             }
             Command::Devices(reply) => {
                 let _ = reply.send(Ok(self.devices()));
@@ -259,13 +311,13 @@ impl Engine {
                 let _ = reply.send(self.file_open(&message));
             }
             Command::DeviceRevoke { device, reply } => {
-                let _ = reply.send(self.device_revoke(&device).await);
+                self.device_revoke(&device, reply);
             }
             Command::BackupBundle(reply) => {
                 let _ = reply.send(self.backup_bundle());
             }
             Command::Push(cmd) => self.on_push_command(cmd),
-            Command::Relay(cmd) => self.on_relay_command(cmd).await,
+            Command::Relay(cmd) => self.on_relay_command(cmd),
         }
     }
 }

@@ -7,7 +7,7 @@ use tern_crypto::{IdentityPublicKey, SignedDeviceList, UserId, safety::SafetyNum
 use tern_relay::wire::ErrorCode;
 use tern_store::{Contact, ContactSaved};
 
-use super::{ContactState, Engine, device_peer};
+use super::{ContactState, Engine, command::Reply, device_peer};
 use crate::{
     consts::{LINK_LIST_FETCH_TIMEOUT, MAX_NAME_BYTES},
     error::NodeError,
@@ -197,12 +197,56 @@ impl Engine {
         Ok(LinkInfo { link, short })
     }
 
-    pub(crate) async fn add_contact(
+    /// Adds (or updates) a contact from a link and answers `reply`. A short link's device
+    /// list is fetched from the relay it names in a task; the contact is saved when it
+    /// comes, and the answer waits (bounded) for the home relays to take the new allow-list,
+    /// also in a task. Nothing here waits on the network.
+    pub(crate) fn add_contact(
         &mut self,
-        link: &str,
+        link: String,
         name: Option<String>,
         accept_new_key: bool,
-    ) -> Result<AddedContact, NodeError> {
+        reply: Reply<AddedContact>,
+    ) {
+        let parsed = match self.check_link(&link, name.as_deref(), accept_new_key) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        match parsed {
+            Link::Full(l) => self.save_link(*l, name, reply),
+            // Only now the network: a short link's devices come from the relay it names.
+            Link::Short(s) => {
+                let relay = s.relay_peer();
+                let fetch = fetch_link_list(self.net.clone(), s);
+                self.off_task(reply, fetch, move |engine, fetched, reply| {
+                    // Checked again: the contact may have changed while the list came.
+                    let checked = engine
+                        .check_link(&link, name.as_deref(), accept_new_key)
+                        .and(fetched);
+                    match checked {
+                        Ok(l) => engine.save_link(l, name, reply),
+                        Err(e) => {
+                            engine.forget_link_relay(relay);
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// What `contact add` checks before anything goes to the network: the link parses, is
+    /// not this user's, the name fits, and a changed identity key is accepted (else it is
+    /// kept as pending and the add refused).
+    fn check_link(
+        &mut self,
+        link: &str,
+        name: Option<&str>,
+        accept_new_key: bool,
+    ) -> Result<Link, NodeError> {
         let parsed = Link::parse(link)?;
         let (user_id, identity_key) = match &parsed {
             Link::Full(l) => (l.user_id, l.identity_key),
@@ -211,19 +255,18 @@ impl Engine {
         if user_id == self.me.user {
             return Err(NodeError::OwnLink);
         }
-        if let Some(n) = &name
+        if let Some(n) = name
             && (n.is_empty() || n.len() > MAX_NAME_BYTES)
         {
             return Err(NodeError::BadRequest(format!(
                 "name must be 1 to {MAX_NAME_BYTES} bytes"
             )));
         }
-        let id = user_id.to_string();
         if let Some(existing) = self.people.contacts.get(&user_id)
             && existing.contact.identity_key != identity_key.as_bytes().to_vec()
             && !accept_new_key
         {
-            tracing::warn!(contact = %id, "identity key changed; sending blocked until accepted");
+            tracing::warn!(contact = %user_id, "identity key changed; sending blocked until accepted");
             self.people
                 .pending_identity
                 .insert(user_id, link.trim().to_owned());
@@ -233,31 +276,73 @@ impl Engine {
                 existing.contact.display_name.clone(),
             ));
         }
-        // Only now the network: a short link's devices come from the relay it names.
-        let parsed = match parsed {
-            Link::Full(l) => *l,
-            Link::Short(s) => {
-                let relay = s.relay_peer();
-                match fetch_link_list(self.net.clone(), s).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        // A refused link leaves no relay connection behind, unless the relay
-                        // is one this node uses anyway.
-                        if let Some(relay) = relay
-                            && !self.home_relay_peers().contains(&relay)
-                            && !self
-                                .people
-                                .contacts
-                                .values()
-                                .any(|c| c.relay_peers().contains(&relay))
-                        {
-                            let _ = self.net.forget_relay(relay).await;
-                        }
-                        return Err(e);
-                    }
-                }
+        Ok(parsed)
+    }
+
+    /// A refused short link leaves no relay connection behind, unless the relay is one this
+    /// node uses anyway.
+    fn forget_link_relay(&self, relay: Option<libp2p::PeerId>) {
+        if let Some(relay) = relay
+            && !self.home_relay_peers().contains(&relay)
+            && !self
+                .people
+                .contacts
+                .values()
+                .any(|c| c.relay_peers().contains(&relay))
+        {
+            self.net.forget_relay_soon(relay);
+        }
+    }
+
+    /// Saves the contact a checked link names, then answers `reply` once the home relays
+    /// took the new allow-list (waited for in a task, bounded).
+    fn save_link(&mut self, parsed: ContactLink, name: Option<String>, reply: Reply<AddedContact>) {
+        let saved = match self.save_contact_link(&parsed, name) {
+            Ok(saved) => saved,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
             }
         };
+        let user_id = parsed.user_id;
+        for addr in &parsed.relays {
+            self.net.add_relay_soon(addr.clone(), false);
+        }
+        // Waited for (bounded) before the answer: the new contact's devices may deposit
+        // without a grant only once the home relays hold them in the allow-list, and a user
+        // who adds a contact and quits at once must not leave that undone.
+        let allow_list = self.push_allow_list_now();
+        self.off_task(reply, allow_list, move |engine, (), reply| {
+            for relay in engine.relays.relay_up.clone() {
+                engine.subscribe_presence(relay);
+            }
+            // Mail from this contact may have been waiting for us to know them.
+            engine.fetch_home_mailboxes();
+            let outcome = match saved {
+                ContactSaved::Added => "added",
+                ContactSaved::Updated => "updated",
+                ContactSaved::IdentityChanged => "identity_changed",
+            };
+            let out = engine
+                .contact_info(&user_id)
+                .ok_or_else(|| NodeError::UnknownContact(user_id.to_string()))
+                .map(|contact| AddedContact {
+                    contact,
+                    outcome: outcome.into(),
+                });
+            let _ = reply.send(out);
+        });
+    }
+
+    /// Stores the contact a checked link names (keeping a newer stored device list), with
+    /// its direct conversation, and takes it into the engine's maps.
+    fn save_contact_link(
+        &mut self,
+        parsed: &ContactLink,
+        name: Option<String>,
+    ) -> Result<ContactSaved, NodeError> {
+        let user_id = parsed.user_id;
+        let id = user_id.to_string();
         let previous = self
             .people
             .contacts
@@ -322,52 +407,36 @@ impl Engine {
         );
         self.rebuild_device_owner();
         self.settle_relay_set(&user_id);
-        for addr in &parsed.relays {
-            let _ = self.net.add_relay(addr.clone(), false).await;
-        }
-        // Awaited (bounded): the new contact's devices may deposit without a grant only once
-        // the home relays hold them in the allow-list, and a user who adds a contact and
-        // quits at once must not leave that undone.
-        self.push_allow_list_now().await;
-        for relay in self.relays.relay_up.clone() {
-            self.subscribe_presence(relay);
-        }
-        // Mail from this contact may have been waiting for us to know them.
-        self.fetch_home_mailboxes();
-        let outcome = match saved {
-            ContactSaved::Added => "added",
-            ContactSaved::Updated => "updated",
-            ContactSaved::IdentityChanged => "identity_changed",
-        };
-        Ok(AddedContact {
-            contact: self
-                .contact_info(&user_id)
-                .ok_or_else(|| NodeError::UnknownContact(id.clone()))?,
-            outcome: outcome.into(),
-        })
+        Ok(saved)
     }
 
-    pub(crate) async fn accept_identity(
-        &mut self,
-        contact: &str,
-    ) -> Result<AddedContact, NodeError> {
-        let id = self.resolve(contact)?;
-        let link = self
-            .people
-            .pending_identity
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| {
-                NodeError::BadRequest(format!("no identity change is pending for {contact}"))
-            })?;
-        if link.is_empty() {
-            return Err(NodeError::BadRequest(
-                "the new key was seen at a relay; add the contact's new link with \
-                 `tern contact add LINK --accept-new-key`"
-                    .into(),
-            ));
+    /// Takes the new identity key a contact's link offered (kept when `contact add` refused
+    /// it) and answers as `contact add` does.
+    pub(crate) fn accept_identity(&mut self, contact: &str, reply: Reply<AddedContact>) {
+        let link = self.resolve(contact).and_then(|id| {
+            let link = self
+                .people
+                .pending_identity
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| {
+                    NodeError::BadRequest(format!("no identity change is pending for {contact}"))
+                })?;
+            if link.is_empty() {
+                return Err(NodeError::BadRequest(
+                    "the new key was seen at a relay; add the contact's new link with \
+                     `tern contact add LINK --accept-new-key`"
+                        .into(),
+                ));
+            }
+            Ok(link)
+        });
+        match link {
+            Ok(link) => self.add_contact(link, None, true, reply),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
         }
-        self.add_contact(&link, None, true).await
     }
 
     fn contact_keys(&self, id: &UserId) -> Result<(UserId, IdentityPublicKey), NodeError> {
@@ -444,8 +513,8 @@ impl Engine {
 }
 
 /// Fetches the device list a short link points at, from the relay it names, and checks
-/// it against the link's identity key. Bounded by [`LINK_LIST_FETCH_TIMEOUT`]; the engine
-/// waits for it as it waits for the rest of `contact add`.
+/// it against the link's identity key. Bounded by [`LINK_LIST_FETCH_TIMEOUT`]; it runs in
+/// the task of `contact add` ([`Engine::add_contact`]), off the engine.
 async fn fetch_link_list(
     net: crate::net::Client,
     link: ShortLink,

@@ -9,14 +9,16 @@ use tern_crypto::{
 use tern_relay::rpc::Requests as _;
 use tern_store::Contact;
 
-use super::{ContactState, Engine, Internal, device_peer, relay_peer};
+use super::{
+    ContactState, Engine, Internal, command::Reply, device_peer, link_record::LinkRecord,
+    relay_peer,
+};
 use crate::{
     device_link::{
         Bundle, BundleContact, BundleMessage, LINK_VERSION, LinkWords, Request,
-        confirm::{self, Confirmation},
+        confirm::Confirmation,
     },
     error::NodeError,
-    net::rpc,
     types::DeviceInfo,
 };
 
@@ -128,7 +130,21 @@ impl Engine {
     /// list, and deposits the provisioning record (identity, contacts, groups) for it. The
     /// answer carries the record's link words, which the new device shows too: its user
     /// applies the record there only if they match.
-    pub(crate) async fn device_add(&mut self, code: &str) -> Result<DeviceInfo, NodeError> {
+    ///
+    /// The list's publication and the deposit run in a task ([`Engine::off_task`]); the
+    /// answer comes once the record is deposited.
+    pub(crate) fn device_add(&mut self, code: &str, reply: Reply<DeviceInfo>) {
+        match self.device_record(code) {
+            Ok(record) => self.deposit_record(record, reply),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// What `device add` does before the network: the code checked, the device certified
+    /// and listed (the list stored), the provisioning record sealed.
+    fn device_record(&mut self, code: &str) -> Result<LinkRecord, NodeError> {
         self.check_not_revoked()?;
         let req = Request::parse(code).map_err(|e| NodeError::BadRequest(e.to_string()))?;
         let id = req.device_id();
@@ -142,6 +158,7 @@ impl Engine {
                 "that code names this device itself".into(),
             ));
         }
+        let mut listed = false;
         let certificate = match list.entry(&id) {
             // Added by this run from the same code (the record may not have arrived): send it
             // again. Any other code naming a listed device is refused: it would get the
@@ -182,8 +199,7 @@ impl Engine {
                     .transaction(|tx| tx.save_own_device_list(next.version, signed.as_bytes()))?;
                 self.me.keys.device_list = signed;
                 self.refresh_me();
-                self.publish_own_list().await;
-                self.announce_list();
+                listed = true;
                 certificate
             }
         };
@@ -224,59 +240,21 @@ impl Engine {
         );
         let confirmation = Confirmation::derive(&check, &id)?;
         drop(check);
-        let mut last = NodeError::unreachable("the code names no relay");
-        let mut sent = None;
-        for addr in req.relay_addrs() {
-            let Some(relay) = relay_peer(&addr) else {
-                continue;
-            };
-            let _ = self.net.add_relay(addr.clone(), false).await;
-            match rpc::deposit(&self.net, relay, peer, None, sealed.clone()).await {
-                Ok(()) => {
-                    sent = Some(addr);
-                    break;
-                }
-                Err(e) => {
-                    last =
-                        NodeError::unreachable(format!("cannot reach the new device's relay: {e}"))
-                }
-            }
-        }
-        let Some(relay) = sent else {
-            return Err(last);
-        };
-        // The new device confirms at the same relay once its user took this record.
-        let record = confirmation.mailbox();
-        self.me
-            .link_states
-            .insert(id, (crate::types::LinkState::Waiting, record));
-        let tx = self.internal.clone();
-        let device = id;
-        tokio::spawn(async move {
-            let confirmed = match confirmation.wait(relay, confirm::WAIT).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("cannot wait for the new device's confirmation: {e}");
-                    false
-                }
-            };
-            let _ = tx
-                .send(super::Internal::LinkAnswered {
-                    device,
-                    record,
-                    confirmed,
-                })
-                .await;
-        });
-        // The record carries the newest messages; everything else follows over the session.
-        self.owe_history(&id.to_peer_id_string())?;
-        Ok(DeviceInfo {
-            device_id: id,
-            name: certificate.certificate().name.clone(),
-            this_device: false,
-            created_at: certificate.certificate().created_at,
-            words: Some(words.to_string()),
-            link: Some(crate::types::LinkState::Waiting),
+        Ok(LinkRecord {
+            device: id,
+            peer,
+            relays: req.relay_addrs(),
+            sealed,
+            confirmation,
+            info: DeviceInfo {
+                device_id: id,
+                name: certificate.certificate().name.clone(),
+                this_device: false,
+                created_at: certificate.certificate().created_at,
+                words: Some(words.to_string()),
+                link: Some(crate::types::LinkState::Waiting),
+            },
+            listed,
         })
     }
 
@@ -466,22 +444,8 @@ impl Engine {
         );
         self.me.keys.device_list = signed;
         self.refresh_me();
-        let bytes = self.me.keys.device_list.as_bytes().to_vec();
-        for relay in self
-            .relays
-            .home_relays
-            .iter()
-            .filter_map(relay_peer)
-            .collect::<Vec<_>>()
-        {
-            let net = self.net.clone();
-            let bytes = bytes.clone();
-            tokio::spawn(async move {
-                if let Err(e) = rpc::publish_device_list(&net, relay, bytes).await {
-                    tracing::warn!(%relay, "publishing the device list failed: {e}");
-                }
-            });
-        }
+        // Relays that fail are set up again below anyway.
+        tokio::spawn(self.publish_own_list());
         self.announce_list();
         // Relays that refused this device's prekeys (it was not in the list they held) take
         // them now.

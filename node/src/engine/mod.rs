@@ -17,6 +17,7 @@ mod history;
 pub(crate) mod hold;
 mod home_relays;
 mod lanes;
+mod link_record;
 mod listsync;
 pub(crate) mod media;
 mod presence;
@@ -120,6 +121,9 @@ pub(crate) enum Internal {
         record: PeerId,
         confirmed: bool,
     },
+    /// The network part of a command ended: the rest of the command, to run on the engine
+    /// (see [`Engine::off_task`]).
+    Answer(command::Finish),
 }
 
 /// What the engine knows about a contact.
@@ -277,7 +281,7 @@ impl Engine {
                 }
                 _ = outbox.tick() => {
                     self.refresh_device_lists();
-                    self.fetch_missing_peers().await;
+                    self.fetch_missing_peers();
                     self.deliver_owed();
                     self.flush_notifications();
                     self.encrypt_waiting(false);
@@ -459,6 +463,7 @@ impl Engine {
                 record,
                 confirmed,
             } => self.on_link_answered(device, record, confirmed),
+            Internal::Answer(finish) => finish.run(self),
         }
     }
 

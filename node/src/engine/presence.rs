@@ -10,8 +10,8 @@ use libp2p::PeerId;
 use tern_crypto::UserId;
 use tern_relay::wire::presence::{self, State};
 
-use super::{Engine, Internal, device_peer, relay_peer};
-use crate::{error::NodeError, types::*};
+use super::{Engine, Internal, command::Reply, device_peer, relay_peer};
+use crate::types::*;
 
 impl Engine {
     /// Every active device of every contact: who may see this device's presence and deposit
@@ -173,12 +173,21 @@ impl Engine {
         });
     }
 
-    pub(crate) async fn query_presence(
+    /// Answers a presence query: the contacts' relays are asked in a task, and the answer
+    /// is given from what they said once they all have (a relay that fails is passed over).
+    pub(crate) fn query_presence(
         &mut self,
         contact: Option<&str>,
-    ) -> Result<Vec<PresenceInfo>, NodeError> {
+        reply: Reply<Vec<PresenceInfo>>,
+    ) {
         let ids: Vec<UserId> = match contact {
-            Some(c) => vec![self.resolve(c)?],
+            Some(c) => match self.resolve(c) {
+                Ok(id) => vec![id],
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            },
             None => {
                 let mut ids: Vec<UserId> = self.people.contacts.keys().copied().collect();
                 ids.sort();
@@ -196,17 +205,31 @@ impl Engine {
                 }
             }
         }
-        for (relay, peers) in by_relay {
-            match self.net.at(relay).query(peers).await {
-                Ok(entries) => {
-                    for e in entries {
-                        self.relays.presence.insert(e.peer, e);
+        let net = self.net.clone();
+        let queries = by_relay.into_iter().map(move |(relay, peers)| {
+            let net = net.clone();
+            async move {
+                match net.at(relay).query(peers).await {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        tracing::debug!(%relay, "presence query failed: {e}");
+                        Vec::new()
                     }
                 }
-                Err(e) => tracing::debug!(%relay, "presence query failed: {e}"),
             }
-        }
-        Ok(ids.iter().map(|id| self.presence_of(id)).collect())
+        });
+        let work = futures::future::join_all(queries);
+        self.off_task(reply, work, move |engine, answers, reply| {
+            for e in answers.into_iter().flatten() {
+                engine.relays.presence.insert(e.peer, e);
+            }
+            let out = ids
+                .iter()
+                .filter(|id| engine.people.contacts.contains_key(id))
+                .map(|id| engine.presence_of(id))
+                .collect();
+            let _ = reply.send(Ok(out));
+        });
     }
 }
 

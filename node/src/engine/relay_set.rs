@@ -52,13 +52,13 @@ fn parse_relay(addr: &str) -> Result<Multiaddr, NodeError> {
 
 impl Engine {
     /// Answers a `relay.*` command.
-    pub(crate) async fn on_relay_command(&mut self, cmd: RelayCommand) {
+    pub(crate) fn on_relay_command(&mut self, cmd: RelayCommand) {
         match cmd {
             RelayCommand::List(reply) => {
                 let _ = reply.send(Ok(self.home_relay_infos()));
             }
             RelayCommand::Add { addr, reply } => {
-                let _ = reply.send(self.relay_add(&addr).await);
+                let _ = reply.send(self.relay_add(&addr));
             }
             RelayCommand::Remove { addr, reply } => {
                 let _ = reply.send(self.relay_remove(&addr));
@@ -66,7 +66,7 @@ impl Engine {
         }
     }
 
-    async fn relay_add(&mut self, addr: &str) -> Result<Vec<RelayInfo>, NodeError> {
+    fn relay_add(&mut self, addr: &str) -> Result<Vec<RelayInfo>, NodeError> {
         let addr = parse_relay(addr)?;
         self.check_not_embedded()?;
         let peer = relay_peer(&addr);
@@ -85,7 +85,9 @@ impl Engine {
         }
         self.relays.home_relays.push(addr.clone());
         self.save_home_relays()?;
-        let _ = self.net.add_relay(addr, true).await;
+        // Queued for the network task, not waited for: it connects on its own time and the
+        // setup below starts once the relay is up.
+        self.net.add_relay_soon(addr, true);
         if let Some(p) = peer {
             // Set up (device list, prekeys, allow-list, live delivery) once connected.
             self.relays.setup_pending.insert(p);

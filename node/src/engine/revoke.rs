@@ -17,9 +17,10 @@
 //! delivering its outbox. The grant this device issued `user` is revoked too
 //! ([`Engine::revoke_grant`]): the revoked device cannot fill this device's mailbox under it.
 
+use libp2p::PeerId;
 use tern_crypto::{DeviceId, UserId};
 
-use super::{Engine, relay_peer};
+use super::{Engine, command::Reply, relay_peer};
 use crate::{error::NodeError, net::rpc, types::DeviceInfo};
 
 impl Engine {
@@ -31,8 +32,26 @@ impl Engine {
         Ok(())
     }
 
-    /// Revokes one of this user's other devices, named by device id or by its (unique) name.
-    pub(crate) async fn device_revoke(&mut self, which: &str) -> Result<DeviceInfo, NodeError> {
+    /// Revokes one of this user's other devices, named by device id or by its (unique) name,
+    /// and answers `reply` once the new list is published (in a task) and announced.
+    pub(crate) fn device_revoke(&mut self, which: &str, reply: Reply<DeviceInfo>) {
+        let info = match self.revoke_in_list(which) {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let publish = self.publish_own_list();
+        self.off_task(reply, publish, move |engine, failed, reply| {
+            engine.own_list_published(failed);
+            let _ = reply.send(engine.tell_revoked(info));
+        });
+    }
+
+    /// Marks a device revoked in this user's list and stores it, with nothing more queued
+    /// for the device and new group sender keys.
+    fn revoke_in_list(&mut self, which: &str) -> Result<DeviceInfo, NodeError> {
         self.check_not_revoked()?;
         let list = self.me.keys.device_list.list().clone();
         let by_id = list
@@ -96,7 +115,14 @@ impl Engine {
         self.me.keys.device_list = signed;
         self.refresh_me();
         self.lists_changed();
-        self.publish_own_list().await;
+        Ok(info)
+    }
+
+    /// The list that revokes `info`'s device is published: every contact, group member and
+    /// own device is told, the revoked one too, and its sessions are archived.
+    fn tell_revoked(&mut self, info: DeviceInfo) -> Result<DeviceInfo, NodeError> {
+        let id = info.device_id;
+        let device_key = id.to_peer_id_string();
         self.announce_list();
         // The revoked device is told too, so it stops at once if it still runs: the list is
         // all it gets.
@@ -114,27 +140,37 @@ impl Engine {
         Ok(info)
     }
 
-    /// Publishes this user's device list at every home relay (a relay that fails gets it
-    /// when it comes up again).
-    pub(crate) async fn publish_own_list(&mut self) {
-        for relay in self
+    /// Publishes this user's device list at every home relay, in the future returned (run
+    /// off the engine); it yields the relays that failed, for
+    /// [`Engine::own_list_published`].
+    pub(crate) fn publish_own_list(
+        &self,
+    ) -> impl std::future::Future<Output = Vec<PeerId>> + Send + use<> {
+        let relays: Vec<PeerId> = self
             .relays
             .home_relays
             .iter()
             .filter_map(relay_peer)
-            .collect::<Vec<_>>()
-        {
-            if let Err(e) = rpc::publish_device_list(
-                &self.net,
-                relay,
-                self.me.keys.device_list.as_bytes().to_vec(),
-            )
-            .await
-            {
-                tracing::warn!(%relay, "publishing the device list failed (retried when the relay comes up): {e}");
-                self.relays.setup_pending.insert(relay);
+            .collect();
+        let (net, bytes) = (
+            self.net.clone(),
+            self.me.keys.device_list.as_bytes().to_vec(),
+        );
+        async move {
+            let mut failed = Vec::new();
+            for relay in relays {
+                if let Err(e) = rpc::publish_device_list(&net, relay, bytes.clone()).await {
+                    tracing::warn!(%relay, "publishing the device list failed (retried when the relay comes up): {e}");
+                    failed.push(relay);
+                }
             }
+            failed
         }
+    }
+
+    /// The own list was published, but not at `failed`: those get it when they come up.
+    pub(crate) fn own_list_published(&mut self, failed: Vec<PeerId>) {
+        self.relays.setup_pending.extend(failed);
     }
 
     /// A list of `user` was taken in which `devices` are revoked that were active before:

@@ -67,6 +67,9 @@ pub(crate) struct Engine {
     pub events: broadcast::Sender<Event>,
     /// Where tasks the engine spawned report back.
     pub internal: mpsc::Sender<Internal>,
+    /// Commands whose network part runs in a task and that are not answered yet (see
+    /// [`Engine::off_task`]).
+    pub answering: usize,
 }
 
 /// Who this device is.
@@ -404,6 +407,7 @@ impl Engine {
             courier,
             events,
             internal,
+            answering: 0,
         };
         engine.load_pending_identity();
         engine.refresh_me();

@@ -101,18 +101,29 @@ impl Client {
     /// after it, unless the command queue is full (then sent from a task) or the network
     /// has stopped.
     pub fn add_relay_soon(&self, addr: Multiaddr, home: bool) {
-        use tokio::sync::mpsc::error::TrySendError;
-        if let Err(TrySendError::Full(cmd)) = self.cmd.try_send(Command::AddRelay { addr, home }) {
-            let tx = self.cmd.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(cmd).await;
-            });
-        }
+        self.send_soon(Command::AddRelay { addr, home });
     }
 
     /// Stops keeping a connection to a relay added with `home: false` (a home relay stays).
     pub async fn forget_relay(&self, peer: PeerId) -> Result<(), NetError> {
         self.send(Command::ForgetRelay { peer }).await
+    }
+
+    /// Like [`Client::forget_relay`], without waiting (queued as [`Client::add_relay_soon`]
+    /// queues).
+    pub fn forget_relay_soon(&self, peer: PeerId) {
+        self.send_soon(Command::ForgetRelay { peer });
+    }
+
+    /// Queues a command at once, or from a task when the queue is full.
+    fn send_soon(&self, cmd: Command) {
+        use tokio::sync::mpsc::error::TrySendError;
+        if let Err(TrySendError::Full(cmd)) = self.cmd.try_send(cmd) {
+            let tx = self.cmd.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
     }
 
     /// Dials a device through a relay circuit (DCUtR may then upgrade it).

@@ -151,3 +151,63 @@ pub struct PeerConnections {
     /// Connections through a relay circuit.
     pub relayed: u32,
 }
+
+/// The commands a network handle sends, held for a unit test to answer as a relay would, one
+/// at a time and when the test chooses (the event loop is never run).
+#[cfg(test)]
+pub(crate) struct Held {
+    cmds: tokio::sync::mpsc::Receiver<Command>,
+}
+
+/// A relay request held by [`Held`], waiting for its answer.
+#[cfg(test)]
+pub(crate) struct HeldRequest {
+    /// The relay asked.
+    pub relay: PeerId,
+    /// The protocol.
+    pub proto: Proto,
+    /// The request frame.
+    pub frame: Vec<u8>,
+    reply: Reply,
+}
+
+#[cfg(test)]
+impl EventLoop {
+    /// This loop's commands, for a test to answer (the swarm is dropped).
+    pub(crate) fn held(self) -> Held {
+        Held { cmds: self.cmds }
+    }
+}
+
+#[cfg(test)]
+impl Held {
+    /// The next relay request sent (other commands are passed over); `None` if every handle
+    /// is gone.
+    pub(crate) async fn request(&mut self) -> Option<HeldRequest> {
+        while let Some(cmd) = self.cmds.recv().await {
+            if let Command::Request {
+                peer,
+                proto,
+                frame,
+                reply,
+            } = cmd
+            {
+                return Some(HeldRequest {
+                    relay: peer,
+                    proto,
+                    frame,
+                    reply,
+                });
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+impl HeldRequest {
+    /// Answers the request with a frame (or a failure).
+    pub(crate) fn answer(self, answer: Result<Vec<u8>, NetError>) {
+        let _ = self.reply.send(answer.map(Frame::Data));
+    }
+}

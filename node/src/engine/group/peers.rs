@@ -98,7 +98,7 @@ impl Engine {
     /// Fetches the device lists of group members not known yet (on a tick), in a task so a
     /// big group never stalls the engine; [`Engine::on_peer_lists`] takes them. Mail kept for
     /// them is fetched again afterwards.
-    pub(crate) async fn fetch_missing_peers(&mut self) {
+    pub(crate) fn fetch_missing_peers(&mut self) {
         if !self.people.peers_due
             || self.people.peers_fetching
             || self.people.peers_retry.1 > self.clock.now()
@@ -130,7 +130,7 @@ impl Engine {
             let addrs: Vec<libp2p::Multiaddr> =
                 relays.iter().filter_map(|r| r.parse().ok()).collect();
             for a in &addrs {
-                let _ = self.net.add_relay(a.clone(), false).await;
+                self.net.add_relay_soon(a.clone(), false);
             }
             // Only connected relays are asked; the others are tried when they come up.
             match addrs

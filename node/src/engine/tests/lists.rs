@@ -2,32 +2,7 @@
 //! with the current list, naming the text and the device it missed; the sender takes the
 //! list and owes that text to the new device.
 
-use tern_crypto::DeviceKeys;
-
-use super::{Harness, alice_and_bob};
-
-/// Adds a device to `user`'s own list as linking one does (certified, stored, taken in),
-/// without the provisioning record; returns its id.
-fn link_device(user: &mut Harness) -> String {
-    let new = DeviceKeys::generate().unwrap();
-    let now = user.clock.now_secs();
-    let me = &user.engine.me;
-    let certificate = new.certify(&me.keys.identity, "phone", now).unwrap();
-    let next = me
-        .keys
-        .device_list
-        .list()
-        .with_device(certificate, now)
-        .unwrap();
-    let signed = next.sign(&me.keys.identity).unwrap();
-    user.engine
-        .store
-        .transaction(|tx| tx.save_own_device_list(next.version, signed.as_bytes()))
-        .unwrap();
-    user.engine.me.keys.device_list = signed;
-    user.engine.refresh_me();
-    new.device_id().to_peer_id_string()
-}
+use super::{Harness, alice_and_bob, link_device};
 
 /// The version of `of`'s device list `holder` knows.
 fn known_version(holder: &Harness, of: &Harness) -> u64 {

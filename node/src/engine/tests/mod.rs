@@ -3,6 +3,7 @@
 //! started, so any request fails at once) and outbox rows carried by a [`MemoryCourier`].
 
 mod claims;
+mod commands;
 mod hold;
 mod lists;
 mod outbox;
@@ -18,7 +19,7 @@ use futures::future::BoxFuture;
 use libp2p::{PeerId, identity::Keypair};
 use tern_crypto::prekey::PrekeyBundle;
 use tern_store::{Body, ConversationId, ConversationKind, Delivery, Message, MessageId, Status};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     Clock, Engine, Internal, Setup,
@@ -150,6 +151,17 @@ impl Harness {
     /// Like [`Harness::named`], with `relays` home relays (named in contact links only:
     /// nothing is ever dialled).
     fn with_relays(name: &str, relays: usize) -> Harness {
+        Harness::build(name, relays, false).0
+    }
+
+    /// Like [`Harness::named`], with the network's commands held for the test to answer
+    /// (a request waits until the test answers it).
+    fn holding(name: &str) -> (Harness, net::Held) {
+        let (h, held) = Harness::build(name, 1, true);
+        (h, held.expect("the commands are held"))
+    }
+
+    fn build(name: &str, relays: usize, hold: bool) -> (Harness, Option<net::Held>) {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::new(dir.path());
         home.init(name, "laptop").unwrap();
@@ -157,8 +169,9 @@ impl Harness {
         let keypair = Keypair::ed25519_from_bytes(*keys.device.network_secret()).unwrap();
         let (net, _net_events, event_loop) =
             net::new(keypair.clone(), net::Config { listen: vec![] }).unwrap();
-        // No network: the loop is never run, so a request fails as `Closed` at once.
-        drop(event_loop);
+        // No network: the loop is never run, so a request fails as `Closed` at once, or
+        // waits for the test's answer.
+        let held = hold.then(|| event_loop.held());
         let clock = Clock::manual(T0_MS);
         let courier = Arc::new(MemoryCourier::default());
         let (events, events_rx) = broadcast::channel(4096);
@@ -186,14 +199,15 @@ impl Harness {
             internal_tx,
         )
         .unwrap();
-        Harness {
+        let harness = Harness {
             engine,
             clock,
             courier,
             internal,
             events: events_rx,
             _dir: dir,
-        }
+        };
+        (harness, held)
     }
 
     /// Waits (bounded) for the next report of a spawned task and lets the engine take it.
@@ -248,7 +262,24 @@ impl Harness {
     /// Adds `other` as a contact from its full contact link.
     async fn add(&mut self, other: &Harness) {
         let link = other.engine.contact_link().unwrap().link;
-        self.engine.add_contact(&link, None, false).await.unwrap();
+        let (reply, answer) = oneshot::channel();
+        self.engine.add_contact(link, None, false, reply);
+        self.answer(answer).await.unwrap();
+    }
+
+    /// Settles reports (each wait bounded) until the command whose reply is `answer` is
+    /// answered, and returns the answer.
+    async fn answer<T>(
+        &mut self,
+        mut answer: oneshot::Receiver<Result<T, crate::error::NodeError>>,
+    ) -> Result<T, crate::error::NodeError> {
+        loop {
+            match answer.try_recv() {
+                Ok(out) => return out,
+                Err(oneshot::error::TryRecvError::Empty) => self.settle().await,
+                Err(oneshot::error::TryRecvError::Closed) => panic!("the command was dropped"),
+            }
+        }
     }
 
     /// One of `other`'s one-time keys, as a claim at its relay would hand it out.
@@ -282,6 +313,29 @@ async fn alice_and_bob() -> (Harness, Harness) {
     bob.add(&alice).await;
     alice.start_session(&mut bob);
     (alice, bob)
+}
+
+/// Adds a device to `user`'s own list as linking one does (certified, stored, taken in),
+/// without the provisioning record; returns its id.
+fn link_device(user: &mut Harness) -> String {
+    let new = tern_crypto::DeviceKeys::generate().unwrap();
+    let now = user.clock.now_secs();
+    let me = &user.engine.me;
+    let certificate = new.certify(&me.keys.identity, "phone", now).unwrap();
+    let next = me
+        .keys
+        .device_list
+        .list()
+        .with_device(certificate, now)
+        .unwrap();
+    let signed = next.sign(&me.keys.identity).unwrap();
+    user.engine
+        .store
+        .transaction(|tx| tx.save_own_device_list(next.version, signed.as_bytes()))
+        .unwrap();
+    user.engine.me.keys.device_list = signed;
+    user.engine.refresh_me();
+    new.device_id().to_peer_id_string()
 }
 
 /// Another device's id (a peer id nobody else uses).
