@@ -19,6 +19,44 @@ use crate::wire::{
     presence,
 };
 
+/// Requests of one protocol a client keeps unanswered at one relay by default: a relay's
+/// default `connections.max_concurrent_streams`. A relay drops the streams beyond its limit
+/// on a connection, so a client that opens more loses those requests.
+pub const DEFAULT_REQUESTS_IN_FLIGHT: usize = 64;
+
+/// Places for requests in flight, one set per protocol (a relay limits each protocol's
+/// streams on its own): a request takes one before it is sent and gives it back when it is
+/// answered or fails, so at most `n` of a protocol are unanswered and the next waits.
+#[derive(Debug)]
+pub struct InFlight([std::sync::Arc<tokio::sync::Semaphore>; 3]);
+
+impl InFlight {
+    /// `n` places per protocol (at least 1).
+    pub fn new(n: usize) -> Self {
+        let n = n.max(1);
+        Self(std::array::from_fn(|_| {
+            std::sync::Arc::new(tokio::sync::Semaphore::new(n))
+        }))
+    }
+
+    /// Waits for a place for a request of `proto`.
+    pub async fn acquire(
+        &self,
+        proto: Proto,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, RequestError> {
+        let i = match proto {
+            Proto::Mailbox => 0,
+            Proto::Presence => 1,
+            Proto::Directory => 2,
+        };
+        self.0[i]
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RequestError::Closed)
+    }
+}
+
 /// Which relay protocol a request uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
@@ -444,6 +482,22 @@ impl<T: Transport> Requests for T {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// At most `n` requests of a protocol hold a place; the next waits until one is given
+    /// back, and the other protocols have places of their own.
+    #[tokio::test]
+    async fn requests_in_flight_are_bounded_per_protocol() {
+        let places = InFlight::new(2);
+        let a = places.acquire(Proto::Directory).await.unwrap();
+        let _b = places.acquire(Proto::Directory).await.unwrap();
+        let third = places.acquire(Proto::Directory);
+        tokio::pin!(third);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), &mut third).await;
+        assert!(waited.is_err(), "a third directory request went out");
+        let _mail = places.acquire(Proto::Mailbox).await.unwrap();
+        drop(a);
+        let _third = third.await.unwrap();
+    }
 
     #[test]
     fn pushed_mail_and_presence_are_taken_and_anything_else_refused() {

@@ -21,6 +21,9 @@ pub struct Client {
     pub(super) streams: libp2p_stream::Control,
     /// Deposit streams to relays.
     pub(super) pipes: std::sync::Arc<pipeline::Pipes>,
+    /// Places for requests in flight, per protocol, for all relays together (each relay
+    /// drops streams beyond its limit per connection and protocol).
+    pub(super) in_flight: std::sync::Arc<tern_relay::rpc::InFlight>,
 }
 
 impl std::fmt::Debug for Client {
@@ -46,13 +49,20 @@ impl Client {
         self.cmd.send(cmd).await.map_err(|_| NetError::Closed)
     }
 
-    /// Sends a raw frame on a relay protocol to `peer` and returns the answer frame.
+    /// Sends a raw frame on a relay protocol to `peer` and returns the answer frame. With
+    /// [`tern_relay::rpc::DEFAULT_REQUESTS_IN_FLIGHT`] requests of `proto` unanswered (at
+    /// all relays together), it waits for one to end first.
     pub async fn request(
         &self,
         peer: PeerId,
         proto: Proto,
         frame: Vec<u8>,
     ) -> Result<Frame, NetError> {
+        let _place = self
+            .in_flight
+            .acquire(proto)
+            .await
+            .map_err(|_| NetError::Closed)?;
         let (reply, rx) = oneshot::channel();
         self.send(Command::Request {
             peer,

@@ -118,6 +118,9 @@ pub fn new(
             local,
             streams,
             pipes: Default::default(),
+            in_flight: std::sync::Arc::new(tern_relay::rpc::InFlight::new(
+                tern_relay::rpc::DEFAULT_REQUESTS_IN_FLIGHT,
+            )),
         },
         ev_rx,
         EventLoop {

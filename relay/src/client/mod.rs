@@ -53,7 +53,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
-            max_requests_in_flight: 64,
+            max_requests_in_flight: crate::rpc::DEFAULT_REQUESTS_IN_FLIGHT,
         }
     }
 }
@@ -98,7 +98,9 @@ mod task;
 pub use crate::rpc::{Proto, RequestError, Requests, Transport};
 pub use behaviour::{Behaviour, BehaviourEvent};
 pub use libp2p::identity::Keypair;
-use task::{Command, InFlight, run};
+use task::{Command, run};
+
+use crate::rpc::InFlight;
 
 /// The live stream's acknowledgement queue, once one was opened.
 type LiveSlot = Arc<std::sync::Mutex<Option<crate::live::AckQueue>>>;
@@ -198,7 +200,9 @@ impl Client {
         Ok((
             Self {
                 cmd: cmd_tx,
-                in_flight: Arc::new(InFlight::new(config.max_requests_in_flight)),
+                in_flight: Arc::new(InFlight::new(
+                    config.max_requests_in_flight.min(MAX_REQUESTS_IN_FLIGHT),
+                )),
                 local,
                 relay,
                 live,

@@ -1,7 +1,7 @@
 //! The task that owns a client's swarm: it sends the handles' requests, matches answers to
 //! their waiters, and passes on what the relay sends unasked.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use futures::StreamExt;
 use libp2p::{
@@ -9,9 +9,9 @@ use libp2p::{
     request_response::{self, Message, OutboundRequestId},
     swarm::SwarmEvent,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use super::{Behaviour, BehaviourEvent, Event, LiveSlot, MAX_REQUESTS_IN_FLIGHT};
+use super::{Behaviour, BehaviourEvent, Event, LiveSlot};
 use crate::rpc::{Proto, RequestError};
 use crate::wire::Frame;
 
@@ -35,32 +35,6 @@ type Waiter = (
 
 /// Callers waiting for an answer, by protocol and request id.
 type Pending = HashMap<(Proto, OutboundRequestId), Waiter>;
-
-/// Places for requests in flight, one set per protocol (each has its own stream limit).
-#[derive(Debug)]
-pub(super) struct InFlight([Arc<Semaphore>; 3]);
-
-impl InFlight {
-    /// `n` places per protocol (1 to [`MAX_REQUESTS_IN_FLIGHT`]).
-    pub(super) fn new(n: usize) -> Self {
-        let n = n.clamp(1, MAX_REQUESTS_IN_FLIGHT);
-        Self(std::array::from_fn(|_| Arc::new(Semaphore::new(n))))
-    }
-
-    /// Waits for a place for a request of `proto`.
-    pub(super) async fn acquire(&self, proto: Proto) -> Result<OwnedSemaphorePermit, RequestError> {
-        let i = match proto {
-            Proto::Mailbox => 0,
-            Proto::Presence => 1,
-            Proto::Directory => 2,
-        };
-        self.0[i]
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| RequestError::Closed)
-    }
-}
 
 pub(super) async fn run(
     mut swarm: Swarm<Behaviour>,
