@@ -179,7 +179,12 @@ describe('messaging in the browser', () => {
     await byId(alicePage, ids.search).fill(word);
     const [hit] = await alice.json(['search', word]);
     const result = byId(alicePage, ids.searchResult(hit.id));
-    await result.waitFor();
+    await result.waitFor().catch(async (e) => {
+      // Say what the page showed instead: still searching, an error, or other hits.
+      const text = (id) => byId(alicePage, id).innerText({ timeout: 1000 }).catch(() => '(absent)');
+      const box = await byId(alicePage, ids.search).inputValue({ timeout: 1000 }).catch(() => '(absent)');
+      throw new Error(`${e.message}\nsearch box: ${JSON.stringify(box)}\nresults: ${JSON.stringify(await text(ids.searchResults))}`);
+    });
     assert.match(await result.innerText(), new RegExp(word));
     await result.click();
     await waitFor('the hit’s chat to open', async () => (await byId(alicePage, ids.chat).getAttribute('data-conversation')) === bob.user);

@@ -53,13 +53,23 @@ pub(crate) fn qr(text: &str) -> Option<String> {
     )
 }
 
-/// Seconds from `ms` (since the epoch) until now.
-pub(crate) fn ago_secs(ms: u64) -> u64 {
-    let now = std::time::SystemTime::now()
+/// Now, ms since the epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    now.saturating_sub(ms) / 1000
+        .unwrap_or(0)
+}
+
+/// Seconds from `ms` (since the epoch) until now.
+pub(crate) fn ago_secs(ms: u64) -> u64 {
+    now_ms().saturating_sub(ms) / 1000
+}
+
+/// Whole days (rounded up) from now until `ms` (since the epoch).
+pub(crate) fn days_until(ms: i64) -> u64 {
+    let left = u64::try_from(ms).unwrap_or(0).saturating_sub(now_ms());
+    left.div_ceil(24 * 3600 * 1000)
 }
 
 /// The first eight characters of an id.

@@ -11,7 +11,7 @@ use crate::{
     client,
     exit::Failure,
     opts::{PushCmd, RelayCmd},
-    render::{ago_secs, print_mailbox, push_state, show},
+    render::{ago_secs, days_until, print_mailbox, push_state, show},
 };
 
 /// `tern presence`: one contact, or all.
@@ -122,9 +122,15 @@ fn print_relay(r: &RelayInfo) {
     } else {
         "disconnected"
     };
+    let drain = r.draining_until_ms.map_or(String::new(), |until| {
+        format!(
+            ", removed: its mailbox is still drained for {} days",
+            days_until(until)
+        )
+    });
     match r.waiting {
-        0 => println!("relay   {} {state}", r.addr),
-        n => println!("relay   {} {state}, {n} to deposit", r.addr),
+        0 => println!("relay   {} {state}{drain}", r.addr),
+        n => println!("relay   {} {state}, {n} to deposit{drain}", r.addr),
     }
 }
 

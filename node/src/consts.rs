@@ -19,6 +19,14 @@ pub const MAX_LINK_CHARS: usize = 8 * 1024;
 /// Most relay addresses in a contact link.
 pub const MAX_LINK_RELAYS: usize = 8;
 
+/// How long a removed home relay's mailbox is still drained: a relay's default time to live
+/// for mail (14 days), so whatever a contact left there before learning the new relays is
+/// taken before the relay would drop it.
+pub const RELAY_DRAIN: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Most removed relays drained at once; beyond it the one whose drain ends first stops.
+pub const MAX_DRAINING_RELAYS: usize = MAX_LINK_RELAYS;
+
 /// Longest relay address a device list message may name (a multiaddr with a DNS name and
 /// a peer id fits well within it).
 pub const MAX_RELAY_ADDR_BYTES: usize = 512;

@@ -333,6 +333,9 @@ pub struct RelayInfo {
     /// (every relay of a recipient gets every row; 0 when it is caught up).
     #[serde(default)]
     pub waiting: u64,
+    /// A removed home relay whose mailbox is still drained: until when, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_until_ms: Option<i64>,
 }
 
 /// A device's mailbox at one of its relays.

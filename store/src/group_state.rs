@@ -24,7 +24,7 @@ pub struct Stashed {
 }
 
 /// An owed row: message id, user, distribution, ciphertext.
-type OwedRow = (Vec<u8>, String, Vec<u8>, Vec<u8>);
+type OwedRow = (Vec<u8>, String, Vec<u8>, Vec<u8>, i64, i64);
 
 /// A group message (or membership change) owed to a member who could not be reached when it
 /// was sent.
@@ -39,6 +39,18 @@ pub struct OwedGroupMessage {
     /// The group ciphertext; empty for a membership change (the operation is the stored
     /// message's body).
     pub ciphertext: Vec<u8>,
+    /// Where this row stands in the order owed messages are read in: pass it to
+    /// [`Store::owed_group_messages`] to read the rows after it.
+    pub position: OwedPosition,
+}
+
+/// A place in the order owed group messages are read in (oldest first; for one member, in
+/// the order they were owed).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwedPosition {
+    created_at_ms: i64,
+    message: i64,
+    user_id: String,
 }
 
 impl std::fmt::Debug for OwedGroupMessage {
@@ -307,28 +319,54 @@ impl Store {
     }
 
     /// Owed group messages, oldest first, at most `limit`.
-    pub fn owed_group_messages(&self, limit: u32) -> Result<Vec<OwedGroupMessage>, ReadError> {
+    pub fn owed_group_messages(
+        &self,
+        after: Option<&OwedPosition>,
+        limit: u32,
+    ) -> Result<Vec<OwedGroupMessage>, ReadError> {
         const OP: &str = "read owed group messages";
+        // Before every real position: rowids and times are not negative.
+        let (t, m, u) = after.map_or((i64::MIN, i64::MIN, ""), |p| {
+            (p.created_at_ms, p.message, p.user_id.as_str())
+        });
         let rows: Vec<OwedRow> = self
             .conn
             .prepare_cached(
-                "SELECT m.id, o.user_id, o.distribution, o.ciphertext FROM group_owed o \
-                 JOIN messages m ON m.rowid = o.message ORDER BY o.created_at_ms, o.message LIMIT ?1",
+                "SELECT m.id, o.user_id, o.distribution, o.ciphertext, o.created_at_ms, o.message \
+                 FROM group_owed o JOIN messages m ON m.rowid = o.message \
+                 WHERE (o.created_at_ms, o.message, o.user_id) > (?1, ?2, ?3) \
+                 ORDER BY o.created_at_ms, o.message, o.user_id LIMIT ?4",
             )
             .and_then(|mut s| {
-                s.query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                    .collect()
+                s.query_map(params![t, m, u, limit], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })?
+                .collect()
             })
             .read_ctx(OP)?;
         rows.into_iter()
-            .map(|(id, user_id, distribution, ciphertext)| {
-                Ok(OwedGroupMessage {
-                    message_id: crate::messages::message_id(OP, &id)?,
-                    user_id,
-                    distribution: zeroize::Zeroizing::new(distribution),
-                    ciphertext,
-                })
-            })
+            .map(
+                |(id, user_id, distribution, ciphertext, created_at_ms, message)| {
+                    Ok(OwedGroupMessage {
+                        message_id: crate::messages::message_id(OP, &id)?,
+                        position: OwedPosition {
+                            created_at_ms,
+                            message,
+                            user_id: user_id.clone(),
+                        },
+                        user_id,
+                        distribution: zeroize::Zeroizing::new(distribution),
+                        ciphertext,
+                    })
+                },
+            )
             .collect()
     }
 

@@ -46,7 +46,7 @@ mod types;
 
 pub use error::{Fault, FaultKind, KeyError, OpenError, ReadError, SearchError, WriteError};
 pub use grants::Quarantined;
-pub use group_state::{OwedGroupMessage, Stashed};
+pub use group_state::{OwedGroupMessage, OwedPosition, Stashed};
 pub use groups::Member;
 pub use history_owed::HistoryOwed;
 pub use identity::{Contact, ContactSaved, OwnDevice, OwnIdentity};

@@ -145,7 +145,7 @@ fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
     );
     let payloads: Vec<Vec<u8>> = stashed.iter().map(|s| s.payload.clone()).collect();
     assert_eq!(payloads, vec![vec![0], vec![1], vec![2]]);
-    let owed = store.owed_group_messages(10).unwrap();
+    let owed = store.owed_group_messages(None, 10).unwrap();
     assert_eq!(owed.len(), 1);
     assert_eq!(owed[0].message_id, m.id);
     assert_eq!(owed[0].distribution.as_slice(), b"key as of m");
@@ -159,14 +159,60 @@ fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
             tx.unstash_group_message(stashed[0].id)
         })
         .unwrap();
-    assert!(store.owed_group_messages(10).unwrap().is_empty());
+    assert!(store.owed_group_messages(None, 10).unwrap().is_empty());
     assert_eq!(store.stashed_group_messages(None, 100).unwrap().len(), 2);
     // Deleting the message drops what it owed.
     store
         .transaction(|tx| tx.owe_group_message(m.id, "u8", b"k", b"c", 6))
         .unwrap();
     store.transaction(|tx| tx.delete_message(m.id)).unwrap();
-    assert!(store.owed_group_messages(10).unwrap().is_empty());
+    assert!(store.owed_group_messages(None, 10).unwrap().is_empty());
+}
+
+#[test]
+fn owed_messages_are_read_in_pages_oldest_first_and_in_owed_order_for_each_member() {
+    let env = env();
+    let mut store = open(&env.path);
+    ensure(&mut store, "g", ConversationKind::Group);
+    let a = outgoing(1, "g", 1, "first");
+    let b = outgoing(2, "g", 2, "second");
+    store
+        .transaction(|tx| -> Result<(), tern_store::WriteError> {
+            tx.insert_message(&a)?;
+            tx.insert_message(&b)?;
+            // Owed out of order: the later message first at one time, then the earlier one.
+            for u in ["u3", "u1", "u2"] {
+                tx.owe_group_message(b.id, u, b"k", b"c2", 7)?;
+            }
+            for u in ["u2", "u1"] {
+                tx.owe_group_message(a.id, u, b"k", b"c1", 5)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.owed_group_messages(after.as_ref(), 2).unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.position.clone());
+        seen.extend(page.iter().map(|o| (o.message_id, o.user_id.clone())));
+    }
+    let want: Vec<_> = [
+        (a.id, "u1"),
+        (a.id, "u2"),
+        (b.id, "u1"),
+        (b.id, "u2"),
+        (b.id, "u3"),
+    ]
+    .into_iter()
+    .map(|(m, u)| (m, u.to_string()))
+    .collect();
+    assert_eq!(
+        seen, want,
+        "every row once, oldest first, by member within a message"
+    );
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! everything sent meanwhile arrives through it, and the copies that reach the other relay
 //! once it is back are not shown again. And a home relay added and removed at run time
 //! (`tern relay add|remove`) reaches a contact without a new contact link: its messages go to
-//! the new relay, and stop waiting for the removed one.
+//! the new relay, and stop waiting for the removed one. Mail left at a removed relay (down
+//! when its owner moved) is still drained from it once it is back.
 
 use std::path::Path;
 use std::time::Duration;
@@ -233,5 +234,65 @@ fn a_relay_added_and_removed_at_run_time_reaches_contacts() -> anyhow::Result<()
         cy.json(&["relay", "list"])?.as_array().map(Vec::len),
         Some(1)
     );
+    Ok(())
+}
+
+#[test]
+fn mail_left_at_a_removed_relay_is_still_drained() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ana = Node::init_and_start_with(dir.path(), "ana", Some(&r1.addr), &["--no-direct"])?;
+    let mut ben = Node::init_and_start_with(dir.path(), "ben", Some(&r1.addr), &["--no-direct"])?;
+    link_pair(&ana, &ben, "Ana", "Ben")?;
+    ana.ok(&["send", "Ben", "hello"])?;
+    wait_shown(&ben, "the first message", 1)?;
+
+    // A burst while Ben is offline waits at his only relay.
+    ben.stop()?;
+    let burst = 20;
+    for i in 0..burst {
+        ana.ok(&["send", "Ben", &format!("m{i:02}")])?;
+    }
+    wait_outbox_empty(&ana, WAIT)?;
+    let held = mail_held(&r1)?;
+    assert!(held >= burst, "the burst waits at the relay: {held}");
+
+    // That relay is down when Ben comes back, and he moves to another before it returns.
+    r1.kill9();
+    ben.restart()?;
+    ben.ok(&["relay", "add", &r2.addr])?;
+    let left = addrs(&ben.json(&["relay", "remove", &r1.addr])?);
+    assert_eq!(
+        left,
+        std::slice::from_ref(&r2.addr),
+        "no longer a home relay"
+    );
+    let status = ben.json(&["status"])?;
+    let drained = status["relays"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["addr"] == r1.addr.as_str()))
+        .and_then(|r| r["draining_until_ms"].as_i64());
+    assert!(
+        drained.is_some(),
+        "status names the relay still drained: {status}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ben.home.join("config.json"))?)?;
+    assert_eq!(
+        config["draining_relays"][0]["addr"], r1.addr,
+        "kept across restarts: {config}"
+    );
+
+    // Back: what waited there is taken, once and in order, and acknowledged.
+    r1.start_again("")?;
+    let want: Vec<String> = std::iter::once("hello".to_owned())
+        .chain((0..burst).map(|i| format!("m{i:02}")))
+        .collect();
+    let got = wait_shown(&ben, "the mail left at the removed relay", want.len())?;
+    assert_eq!(got, want, "every message once, in order");
+    wait_for("Ben to drain the removed relay", WAIT, || {
+        (mail_held(&r1).ok()? == 0).then_some(())
+    })?;
     Ok(())
 }

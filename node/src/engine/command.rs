@@ -203,7 +203,7 @@ pub(crate) enum GroupCommand {
 }
 
 impl Engine {
-    pub(super) async fn on_command(&mut self, cmd: Command) {
+    pub(super) fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Id(r) => {
                 let _ = r.send(Ok(self.id_info()));
@@ -260,12 +260,20 @@ impl Engine {
                 self.heartbeat();
                 let _ = reply.send(Ok(()));
             }
-            Command::Status(r) => {
-                let peers = self.net.peers().await;
-                let _ = r.send(self.status_info(peers));
-                // The mailbox figures shown are the last asked for; the next status has
-                // fresh ones.
-                self.ask_usage();
+            Command::Status(reply) => {
+                // The connections are the network task's to tell: asked from a task, so a
+                // busy network task holds up only this answer.
+                let net = self.net.clone();
+                self.off_task(
+                    reply,
+                    async move { net.peers().await },
+                    |engine, peers, reply| {
+                        let _ = reply.send(engine.status_info(peers));
+                        // The mailbox figures shown are the last asked for; the next status
+                        // has fresh ones.
+                        engine.ask_usage();
+                    },
+                );
             }
             Command::Search { query, reply } => {
                 let _ = reply.send(self.search(&query));

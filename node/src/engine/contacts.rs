@@ -279,11 +279,11 @@ impl Engine {
         Ok(parsed)
     }
 
-    /// A refused short link leaves no relay connection behind, unless the relay is one this
-    /// node uses anyway.
-    fn forget_link_relay(&self, relay: Option<libp2p::PeerId>) {
+    /// Drops the connection to a relay (a refused short link's, a removed relay's once its
+    /// drain is over), unless the relay is one this node uses anyway.
+    pub(super) fn forget_link_relay(&self, relay: Option<libp2p::PeerId>) {
         if let Some(relay) = relay
-            && !self.home_relay_peers().contains(&relay)
+            && !self.mailbox_relay_peers().contains(&relay)
             && !self
                 .people
                 .contacts

@@ -27,6 +27,23 @@ impl Engine {
             .collect()
     }
 
+    /// The relays whose mailboxes this device drains: its home relays, and removed ones
+    /// whose drain is not over.
+    pub(super) fn mailbox_relay_peers(&self) -> Vec<PeerId> {
+        let mut peers = self.home_relay_peers();
+        for p in self
+            .relays
+            .draining
+            .iter()
+            .filter_map(|(a, _)| relay_peer(a))
+        {
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
+        peers
+    }
+
     /// Sets a home relay up in a task off the engine: publishes the device list and a
     /// prekey bundle (made here: it changes the device keys, saved before it leaves), and
     /// turns live delivery on; [`Engine::on_relay_set_up`] takes the report. `ready`: the
@@ -190,10 +207,10 @@ impl Engine {
         }
     }
 
-    /// Drains the mailbox at every home relay that is up (mail kept there may be readable
-    /// now: a device became known, a contact was added).
+    /// Drains the mailbox at every home relay that is up, and at removed ones still drained
+    /// (mail kept there may be readable now: a device became known, a contact was added).
     pub(crate) fn fetch_home_mailboxes(&mut self) {
-        for relay in self.home_relay_peers() {
+        for relay in self.mailbox_relay_peers() {
             if self.relays.relay_up.contains(&relay) {
                 self.fetch_mailbox(relay);
             }

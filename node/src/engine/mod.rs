@@ -239,11 +239,13 @@ impl Engine {
         for addr in self.relays.home_relays.clone() {
             let _ = self.net.add_relay(addr, true).await;
         }
+        // Removed relays still drained, and contacts' relays: connected, not set up.
         let contact_relays: Vec<Multiaddr> = self
-            .people
-            .contacts
-            .values()
-            .flat_map(|c| c.relays.clone())
+            .relays
+            .draining
+            .iter()
+            .map(|(a, _)| a.clone())
+            .chain(self.people.contacts.values().flat_map(|c| c.relays.clone()))
             .collect();
         for addr in contact_relays {
             let _ = self.net.add_relay(addr, false).await;
@@ -263,7 +265,7 @@ impl Engine {
             tokio::select! {
                 Some(ev) = media_events.recv() => self.on_media(ev),
                 cmd = cmds.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
+                    Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
                 Some(ev) = net_events.recv() => self.on_net(ev),
@@ -320,6 +322,7 @@ impl Engine {
                         self.check_prekeys();
                     }
                     self.heartbeat();
+                    self.end_drains();
                     self.groups.owed_due = true;
                     self.deliver_owed();
                     self.send_owed_receipts();
@@ -356,6 +359,10 @@ impl Engine {
                     self.set_up_home_relay(relay, true);
                 } else {
                     self.relay_ready(relay);
+                    // A removed home relay still drained: what waits there is taken.
+                    if self.mailbox_relay_peers().contains(&relay) {
+                        self.fetch_mailbox(relay);
+                    }
                 }
             }
             net::Event::RelayDown(relay) => {

@@ -4,7 +4,9 @@
 //!
 //! - **Own**: a home relay added is saved in `config.json`, connected, set up like one
 //!   configured at start (device list, prekeys, allow-list, live delivery) and drained; one
-//!   removed is no longer set up, drained or named. Either way the new set goes into the
+//!   removed is no longer set up or named, but its mailbox is still drained for
+//!   [`RELAY_DRAIN`] (kept in `config.json`), so mail a contact left there before learning
+//!   the new set is taken, not lost. Either way the new set goes into the
 //!   contact link, to this user's other devices and to every contact and group member (in
 //!   the device list message, `Body::DeviceList`'s `relays`), so their rows for this device go
 //!   to every relay of the new set.
@@ -17,7 +19,12 @@ use libp2p::Multiaddr;
 use tern_crypto::UserId;
 
 use super::{Engine, command::Reply, relay_peer};
-use crate::{consts::MAX_LINK_RELAYS, error::NodeError, types::RelayInfo};
+use crate::{
+    consts::{MAX_DRAINING_RELAYS, MAX_LINK_RELAYS, RELAY_DRAIN},
+    error::NodeError,
+    home::DrainingRelay,
+    types::RelayInfo,
+};
 
 /// A `relay.*` command.
 #[derive(Debug)]
@@ -84,6 +91,8 @@ impl Engine {
             )));
         }
         self.relays.home_relays.push(addr.clone());
+        // A removed relay added again is a home relay, no longer only drained.
+        self.relays.draining.retain(|(a, _)| relay_peer(a) != peer);
         self.save_home_relays()?;
         // Queued for the network task, not waited for: it connects on its own time and the
         // setup below starts once the relay is up.
@@ -113,7 +122,12 @@ impl Engine {
                 "the last home relay cannot be removed (add another first)".into(),
             ));
         }
-        self.relays.home_relays.remove(at);
+        let removed = self.relays.home_relays.remove(at);
+        let until = self
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(RELAY_DRAIN.as_millis()).unwrap_or(i64::MAX));
+        self.start_drain(removed, until);
         self.save_home_relays()?;
         if let Some(p) = peer {
             self.relays.setup_pending.remove(&p);
@@ -136,14 +150,80 @@ impl Engine {
         Ok(())
     }
 
-    /// Writes the home relays to `config.json` (read again first, so nothing else in it is
-    /// overwritten with an older copy).
+    /// Writes the home relays and the drained ones to `config.json` (read again first, so
+    /// nothing else in it is overwritten with an older copy).
     fn save_home_relays(&mut self) -> Result<(), NodeError> {
         let mut config = self.me.home.config()?;
         config.relays = self.home_relay_addrs();
+        config.draining_relays = self
+            .relays
+            .draining
+            .iter()
+            .map(|(a, until_ms)| DrainingRelay {
+                addr: a.to_string(),
+                until_ms: *until_ms,
+            })
+            .collect();
         self.me.home.save_config(&config)?;
         self.me.config.relays = config.relays;
+        self.me.config.draining_relays = config.draining_relays;
         Ok(())
+    }
+
+    /// Keeps draining a removed home relay's mailbox until `until_ms`: it stays connected,
+    /// is drained on every poll like a home relay, and is no longer set up or named.
+    fn start_drain(&mut self, addr: Multiaddr, until_ms: i64) {
+        let peer = relay_peer(&addr);
+        self.relays.draining.retain(|(a, _)| relay_peer(a) != peer);
+        if self.relays.draining.len() >= MAX_DRAINING_RELAYS
+            && let Some(first) =
+                (0..self.relays.draining.len()).min_by_key(|i| self.relays.draining[*i].1)
+        {
+            let (old, _) = self.relays.draining.remove(first);
+            tracing::warn!(relay = %old, "more than {MAX_DRAINING_RELAYS} removed relays: the oldest is no longer drained");
+            self.forget_link_relay(relay_peer(&old));
+        }
+        self.relays.draining.push((addr, until_ms));
+        if let Some(p) = peer
+            && self.relays.relay_up.contains(&p)
+        {
+            self.fetch_mailbox(p);
+        }
+    }
+
+    /// Stops draining removed relays whose time is over (at each heartbeat).
+    pub(super) fn end_drains(&mut self) {
+        let now = self.clock.now_ms();
+        if self.relays.draining.iter().all(|(_, until)| *until > now) {
+            return;
+        }
+        let (over, left): (Vec<_>, Vec<_>) = std::mem::take(&mut self.relays.draining)
+            .into_iter()
+            .partition(|(_, until)| *until <= now);
+        self.relays.draining = left;
+        for (addr, _) in &over {
+            tracing::info!(relay = %addr, "a removed relay's drain is over");
+            self.forget_link_relay(relay_peer(addr));
+        }
+        if let Err(e) = self.save_home_relays() {
+            tracing::warn!("saving the relays drained failed: {e}");
+        }
+    }
+
+    /// The removed relays still drained, as `status` shows them.
+    pub(super) fn draining_infos(&self) -> Vec<RelayInfo> {
+        self.relays
+            .draining
+            .iter()
+            .map(|(a, until_ms)| RelayInfo {
+                addr: a.to_string(),
+                connected: relay_peer(a).is_some_and(|p| self.relays.relay_up.contains(&p)),
+                home: false,
+                mailbox: None,
+                waiting: 0,
+                draining_until_ms: Some(*until_ms),
+            })
+            .collect()
     }
 
     /// This device's home relays changed: own devices' rows follow the new set, and every

@@ -16,7 +16,9 @@ use tern_crypto::{DeviceId, UserId, group::GroupId};
 use tern_store::{ConversationId, MessageId, Store};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Clock, ContactState, Internal, contacts, courier, grants, group, hold, media, push};
+use super::{
+    Clock, ContactState, Internal, contacts, courier, grants, group, hold, media, push, relay_peer,
+};
 use crate::{
     error::NodeError,
     home::{self, Home, Keys},
@@ -109,6 +111,9 @@ pub(crate) struct Me {
 pub(crate) struct Relays {
     /// Home relays, each ending in `/p2p/<peer id>`.
     pub home_relays: Vec<Multiaddr>,
+    /// Removed home relays whose mailboxes are still drained, and until when (ms since the
+    /// epoch); kept in `config.json` (`draining_relays`).
+    pub draining: Vec<(Multiaddr, i64)>,
     /// Relays connected and ready now.
     pub relay_up: HashSet<PeerId>,
     /// Home relays whose connection routine did not complete (retried every heartbeat).
@@ -246,6 +251,19 @@ pub(crate) struct Groups {
     pub notify: HashMap<GroupId, group::Notify>,
     /// Group messages may be owed to members who were unreachable when they were sent.
     pub owed_due: bool,
+    /// A pass over the owed group messages that stopped at its budget and goes on at the
+    /// next outbox tick.
+    pub owed_sweep: Option<OwedSweep>,
+}
+
+/// How far a pass over the owed group messages has come.
+#[derive(Default)]
+pub(crate) struct OwedSweep {
+    /// The last row looked at.
+    pub after: Option<tern_store::OwedPosition>,
+    /// Members found unreachable in this pass: their later rows wait for the next pass, so
+    /// each member still gets what it is owed in order.
+    pub unreachable: std::collections::HashSet<String>,
 }
 
 /// History owed to a device this one linked, or being received as a new device.
@@ -319,6 +337,19 @@ impl Engine {
         let user = keys.identity.user_id();
         let grants = grants::Grants::load(&keys.device, &store)?;
         let now = clock.now();
+        let draining = config
+            .draining_relays
+            .iter()
+            .filter_map(|d| match d.addr.parse::<Multiaddr>() {
+                // A relay named a home relay again (`tern up --relay`) is one.
+                Ok(a) if home_relays.iter().any(|h| relay_peer(h) == relay_peer(&a)) => None,
+                Ok(a) if relay_peer(&a).is_some() => Some((a, d.until_ms)),
+                _ => {
+                    tracing::warn!(addr = %d.addr, "a draining relay in config.json is not a relay address; left out");
+                    None
+                }
+            })
+            .collect();
         let mut engine = Engine {
             grants,
             push: push::Push::load(&config),
@@ -341,6 +372,7 @@ impl Engine {
             },
             relays: Relays {
                 home_relays,
+                draining,
                 relay_up: HashSet::new(),
                 setup_pending: HashSet::new(),
                 setting_up: HashMap::new(),

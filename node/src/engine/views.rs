@@ -95,6 +95,7 @@ impl Engine {
                 home: true,
                 mailbox: relay_peer(a).and_then(|p| self.mailbox_info(p)),
                 waiting: relay_peer(a).map_or(0, |p| self.waiting_at(p)),
+                draining_until_ms: None,
             })
             .collect()
     }
@@ -127,6 +128,14 @@ impl Engine {
         let home = self.home_relay_peers();
         let mut relays = self.home_relay_infos();
         let mut seen: HashSet<PeerId> = home.into_iter().collect();
+        for info in self.draining_infos() {
+            if let Ok(a) = info.addr.parse()
+                && let Some(p) = relay_peer(&a)
+                && seen.insert(p)
+            {
+                relays.push(info);
+            }
+        }
         for c in self.people.contacts.values() {
             for a in &c.relays {
                 if let Some(p) = relay_peer(a)
@@ -138,6 +147,7 @@ impl Engine {
                         home: false,
                         mailbox: None,
                         waiting: self.waiting_at(p),
+                        draining_until_ms: None,
                     });
                 }
             }

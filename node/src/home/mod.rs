@@ -62,6 +62,19 @@ pub struct Config {
     /// `tern push clear` ran and some home relay has not yet confirmed dropping the endpoint.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub push_clear_due: bool,
+    /// Home relays removed (`tern relay remove`) whose mailboxes are still drained for a
+    /// while: mail a contact left there before learning the new set is not lost.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub draining_relays: Vec<DrainingRelay>,
+}
+
+/// A removed home relay whose mailbox is still drained.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DrainingRelay {
+    /// Its address (ending in `/p2p/<peer id>`).
+    pub addr: String,
+    /// Until when, ms since the epoch.
+    pub until_ms: i64,
 }
 
 /// A node home directory.

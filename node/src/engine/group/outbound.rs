@@ -16,7 +16,10 @@ use tern_store::{
     SenderKeyStore, Status,
 };
 
-use crate::engine::{Engine, message_info, send};
+use crate::engine::{Engine, message_info, send, state::OwedSweep};
+
+/// Pages of owed group messages one [`Engine::deliver_owed`] call reads at most.
+const OWED_PAGES_PER_CALL: usize = 8;
 use crate::{
     envelope::{Body, Conversation, Envelope},
     error::NodeError,
@@ -297,30 +300,57 @@ impl Engine {
     }
 
     /// Sends owed group messages to members who can be reached now: over Olm, with the
-    /// sender key as of each message, queued in the outbox.
+    /// sender key as of each message, queued in the outbox. One call sends at most
+    /// [`OUTBOX_BATCH`](crate::consts::OUTBOX_BATCH) of them and reads past the rows of
+    /// members who cannot be reached; a pass that stops there goes on at the next outbox
+    /// tick, and one that reaches the end starts again only when something may have changed
+    /// (`owed_due`: a session set up, a member looked up, a relay up, a heartbeat).
     pub(crate) fn deliver_owed(&mut self) {
-        if !self.groups.owed_due {
-            return;
-        }
-        // What cannot go now is tried again at the next heartbeat or member lookup.
-        self.groups.owed_due = false;
-        let owed = match self.store.owed_group_messages(crate::consts::OUTBOX_BATCH) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!("reading owed group messages failed: {e}");
+        use crate::consts::OUTBOX_BATCH;
+        let mut sweep = match self.groups.owed_sweep.take() {
+            Some(sweep) => sweep,
+            None if std::mem::take(&mut self.groups.owed_due) => OwedSweep::default(),
+            None => return,
+        };
+        let mut sent = 0u32;
+        // Reading is cheap next to encrypting, but bounded too: a pass over many rows of
+        // unreachable members goes on at the next tick rather than holding the engine.
+        for _ in 0..OWED_PAGES_PER_CALL {
+            let page = match self
+                .store
+                .owed_group_messages(sweep.after.as_ref(), OUTBOX_BATCH)
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!("reading owed group messages failed: {e}");
+                    // Tried again from the start at the next heartbeat.
+                    return;
+                }
+            };
+            let full = page.len() == OUTBOX_BATCH as usize;
+            for o in page {
+                sweep.after = Some(o.position.clone());
+                if sweep.unreachable.contains(&o.user_id) {
+                    continue;
+                }
+                match self.deliver_owed_one(&o) {
+                    Ok(()) => sent += 1,
+                    Err(e) => {
+                        tracing::debug!(member = %o.user_id, "owed group message still waits: {e}");
+                        sweep.unreachable.insert(o.user_id.clone());
+                    }
+                }
+                if sent == OUTBOX_BATCH {
+                    self.groups.owed_sweep = Some(sweep);
+                    return;
+                }
+            }
+            if !full {
+                // The end: what is left waits for a reason to look again.
                 return;
             }
-        };
-        let mut unreachable: HashSet<String> = HashSet::new();
-        for o in owed {
-            if unreachable.contains(&o.user_id) {
-                continue;
-            }
-            if let Err(e) = self.deliver_owed_one(&o) {
-                tracing::debug!(member = %o.user_id, "owed group message still waits: {e}");
-                unreachable.insert(o.user_id.clone());
-            }
         }
+        self.groups.owed_sweep = Some(sweep);
     }
 
     fn deliver_owed_one(&mut self, o: &tern_store::OwedGroupMessage) -> Result<(), NodeError> {

@@ -19,7 +19,7 @@ use crate::{
 /// The contacts as the engine lists them now (a command that never waits).
 async fn contacts(h: &mut Harness) -> Vec<ContactInfo> {
     let (reply, answer) = oneshot::channel();
-    h.engine.on_command(Command::Contacts(reply)).await;
+    h.engine.on_command(Command::Contacts(reply));
     answer.await.unwrap().unwrap()
 }
 
@@ -29,16 +29,14 @@ fn first_relay(h: &Harness) -> libp2p::PeerId {
 }
 
 /// Asks for every contact's presence; returns where the answer comes.
-async fn ask_presence(
+fn ask_presence(
     h: &mut Harness,
 ) -> oneshot::Receiver<Result<Vec<crate::types::PresenceInfo>, NodeError>> {
     let (reply, answer) = oneshot::channel();
-    h.engine
-        .on_command(Command::Presence {
-            contact: None,
-            reply,
-        })
-        .await;
+    h.engine.on_command(Command::Presence {
+        contact: None,
+        reply,
+    });
     answer
 }
 
@@ -49,7 +47,7 @@ async fn a_presence_query_waits_for_its_relay_off_the_engine() {
     alice.add(&bob).await;
     let bob_device = device_peer(&bob.engine.me.keys.device.device_id()).unwrap();
 
-    let mut answer = ask_presence(&mut alice).await;
+    let mut answer = ask_presence(&mut alice);
     let request = held.request().await.unwrap();
     assert_eq!(request.relay, first_relay(&bob));
     assert_eq!(request.proto, Proto::Presence);
@@ -87,15 +85,12 @@ async fn a_short_link_waits_for_its_device_list_off_the_engine() {
     let short = bob.engine.contact_link().unwrap().short.unwrap();
 
     let (reply, mut answer) = oneshot::channel();
-    alice
-        .engine
-        .on_command(Command::AddContact {
-            link: short,
-            name: Some("Bob".into()),
-            accept_new_key: false,
-            reply,
-        })
-        .await;
+    alice.engine.on_command(Command::AddContact {
+        link: short,
+        name: Some("Bob".into()),
+        accept_new_key: false,
+        reply,
+    });
     let request = held.request().await.unwrap();
     assert_eq!(request.relay, first_relay(&bob));
     assert_eq!(request.proto, Proto::Directory);
@@ -130,11 +125,11 @@ async fn commands_waiting_for_the_network_are_bounded() {
     let mut waiting = Vec::new();
     let mut requests = Vec::new();
     for _ in 0..MAX_COMMANDS_IN_FLIGHT {
-        waiting.push(ask_presence(&mut alice).await);
+        waiting.push(ask_presence(&mut alice));
         requests.push(held.request().await.unwrap());
     }
     // One more is refused at once, with why.
-    let refused = ask_presence(&mut alice).await.await.unwrap().unwrap_err();
+    let refused = ask_presence(&mut alice).await.unwrap().unwrap_err();
     assert!(refused.to_string().contains("waiting for the network"));
 
     // A relay that fails leaves the presence unknown; every query is answered, and new
@@ -147,7 +142,7 @@ async fn commands_waiting_for_the_network_are_bounded() {
         assert_eq!(shown[0].state, "unknown");
     }
     assert_eq!(alice.engine.answering, 0);
-    let again = ask_presence(&mut alice).await;
+    let again = ask_presence(&mut alice);
     held.request()
         .await
         .unwrap()
@@ -162,13 +157,10 @@ async fn a_revocation_is_answered_once_its_list_is_published_off_the_engine() {
     let (mut alice, mut held) = Harness::holding("alice");
     let phone = link_device(&mut alice);
     let (reply, mut answer) = oneshot::channel();
-    alice
-        .engine
-        .on_command(Command::DeviceRevoke {
-            device: "phone".into(),
-            reply,
-        })
-        .await;
+    alice.engine.on_command(Command::DeviceRevoke {
+        device: "phone".into(),
+        reply,
+    });
     // The new list is stored and used at once; its publication at the home relay waits.
     let request = held.request().await.unwrap();
     assert_eq!(request.relay, first_relay(&alice));
@@ -180,7 +172,7 @@ async fn a_revocation_is_answered_once_its_list_is_published_off_the_engine() {
     assert_eq!(list.as_ref(), alice.engine.me.keys.device_list.as_bytes());
     assert!(answer.try_recv().is_err());
     let (reply, devices) = oneshot::channel();
-    alice.engine.on_command(Command::Devices(reply)).await;
+    alice.engine.on_command(Command::Devices(reply));
     let devices = devices.await.unwrap().unwrap();
     assert_eq!(devices.len(), 1);
     assert!(devices[0].this_device);

@@ -7,6 +7,7 @@ mod commands;
 mod hold;
 mod lists;
 mod outbox;
+mod owed;
 mod recover;
 mod redundant;
 mod rotation;
