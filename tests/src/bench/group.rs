@@ -14,7 +14,8 @@
 //! - `group.sender_idle_cpu_per_sec`: the node's CPU time per second while nothing is sent
 //!   (heartbeats, presence, polls), which the CPU figures include over their series.
 //! - `group.first_message_last_recipient`: ms until the last member decrypted the group's
-//!   first message, which carries the sender key to each member over Olm (no baseline).
+//!   first message, which carries the sender key to each member over Olm (no baseline);
+//!   `group.first_message_half_recipients` until half of them had.
 //!
 //! - `group.first_recipient_p50`: ms until the *first* member has decrypted it.
 //! - `group.raw_relay_fanout_last_p50` / `_p99`: the floor under the latency — bare relay
@@ -154,6 +155,15 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             .iter()
             .max()
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(start));
+        let mut arrivals: Vec<Duration> = at
+            .iter()
+            .map(|t| t.saturating_duration_since(start))
+            .collect();
+        arrivals.sort();
+        let first_half = arrivals
+            .get(arrivals.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or_default();
 
         // The node's background work (heartbeats, presence, mailbox polls) over a quiet
         // spell, to read the per-message CPU figures against.
@@ -198,6 +208,7 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             anyhow::bail!("members failed to decrypt {} ciphertexts", stats.failures);
         }
         report.value("group.first_message_last_recipient", ms(first), "ms");
+        report.value("group.first_message_half_recipients", ms(first_half), "ms");
         report.value("group.sender_idle_cpu_per_sec", idle_ms, "ms");
         let q = |name: &str, samples: &mut Vec<Duration>, q: f64, report: &mut Report| {
             report.value(name, ms(quantile(samples, q)), "ms");
