@@ -4,6 +4,7 @@
 
 mod claims;
 mod commands;
+mod drain;
 mod hold;
 mod lists;
 mod outbox;
