@@ -23,7 +23,7 @@ pub struct Stashed {
     pub received_at_ms: i64,
 }
 
-/// An owed row: message id, user, distribution, ciphertext.
+/// An owed row: message id, user, distribution, ciphertext, owed at (ms), message rowid.
 type OwedRow = (Vec<u8>, String, Vec<u8>, Vec<u8>, i64, i64);
 
 /// A group message (or membership change) owed to a member who could not be reached when it
@@ -46,7 +46,7 @@ pub struct OwedGroupMessage {
 
 /// A place in the order owed group messages are read in (oldest first; for one member, in
 /// the order they were owed).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwedPosition {
     created_at_ms: i64,
     message: i64,

@@ -229,7 +229,7 @@ impl Engine {
                     match checked {
                         Ok(l) => engine.save_link(l, name, reply),
                         Err(e) => {
-                            engine.forget_link_relay(relay);
+                            engine.forget_relay_unless_used(relay);
                             let _ = reply.send(Err(e));
                         }
                     }
@@ -281,7 +281,7 @@ impl Engine {
 
     /// Drops the connection to a relay (a refused short link's, a removed relay's once its
     /// drain is over), unless the relay is one this node uses anyway.
-    pub(super) fn forget_link_relay(&self, relay: Option<libp2p::PeerId>) {
+    pub(super) fn forget_relay_unless_used(&self, relay: Option<libp2p::PeerId>) {
         if let Some(relay) = relay
             && !self.mailbox_relay_peers().contains(&relay)
             && !self

@@ -28,20 +28,24 @@ impl Engine {
     }
 
     /// The relays whose mailboxes this device drains: its home relays, and removed ones
-    /// whose drain is not over.
+    /// whose drain is not over (never a home relay too: adding one ends its drain).
     pub(super) fn mailbox_relay_peers(&self) -> Vec<PeerId> {
         let mut peers = self.home_relay_peers();
-        for p in self
-            .relays
+        peers.extend(
+            self.relays
+                .draining
+                .iter()
+                .filter_map(|(a, _)| relay_peer(a)),
+        );
+        peers
+    }
+
+    /// Whether `relay` is a removed home relay still drained.
+    pub(super) fn is_draining(&self, relay: PeerId) -> bool {
+        self.relays
             .draining
             .iter()
-            .filter_map(|(a, _)| relay_peer(a))
-        {
-            if !peers.contains(&p) {
-                peers.push(p);
-            }
-        }
-        peers
+            .any(|(a, _)| relay_peer(a) == Some(relay))
     }
 
     /// Sets a home relay up in a task off the engine: publishes the device list and a

@@ -360,7 +360,7 @@ impl Engine {
                 } else {
                     self.relay_ready(relay);
                     // A removed home relay still drained: what waits there is taken.
-                    if self.mailbox_relay_peers().contains(&relay) {
+                    if self.is_draining(relay) {
                         self.fetch_mailbox(relay);
                     }
                 }

@@ -181,7 +181,7 @@ impl Engine {
         {
             let (old, _) = self.relays.draining.remove(first);
             tracing::warn!(relay = %old, "more than {MAX_DRAINING_RELAYS} removed relays: the oldest is no longer drained");
-            self.forget_link_relay(relay_peer(&old));
+            self.forget_relay_unless_used(relay_peer(&old));
         }
         self.relays.draining.push((addr, until_ms));
         if let Some(p) = peer
@@ -203,7 +203,7 @@ impl Engine {
         self.relays.draining = left;
         for (addr, _) in &over {
             tracing::info!(relay = %addr, "a removed relay's drain is over");
-            self.forget_link_relay(relay_peer(addr));
+            self.forget_relay_unless_used(relay_peer(addr));
         }
         if let Err(e) = self.save_home_relays() {
             tracing::warn!("saving the relays drained failed: {e}");

@@ -337,7 +337,7 @@ impl Engine {
         let user = keys.identity.user_id();
         let grants = grants::Grants::load(&keys.device, &store)?;
         let now = clock.now();
-        let draining = config
+        let mut draining: Vec<(Multiaddr, i64)> = config
             .draining_relays
             .iter()
             .filter_map(|d| match d.addr.parse::<Multiaddr>() {
@@ -350,6 +350,11 @@ impl Engine {
                 }
             })
             .collect();
+        // A hand-edited file may list more than are drained at once: the latest-ending stay.
+        if draining.len() > crate::consts::MAX_DRAINING_RELAYS {
+            draining.sort_by_key(|(_, until)| std::cmp::Reverse(*until));
+            draining.truncate(crate::consts::MAX_DRAINING_RELAYS);
+        }
         let mut engine = Engine {
             grants,
             push: push::Push::load(&config),

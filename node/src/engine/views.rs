@@ -128,14 +128,14 @@ impl Engine {
         let home = self.home_relay_peers();
         let mut relays = self.home_relay_infos();
         let mut seen: HashSet<PeerId> = home.into_iter().collect();
-        for info in self.draining_infos() {
-            if let Ok(a) = info.addr.parse()
-                && let Some(p) = relay_peer(&a)
-                && seen.insert(p)
-            {
-                relays.push(info);
-            }
-        }
+        // Drained relays are never home relays too (adding one ends its drain).
+        seen.extend(
+            self.relays
+                .draining
+                .iter()
+                .filter_map(|(a, _)| relay_peer(a)),
+        );
+        relays.extend(self.draining_infos());
         for c in self.people.contacts.values() {
             for a in &c.relays {
                 if let Some(p) = relay_peer(a)

@@ -17,14 +17,14 @@ use tern_store::{
 };
 
 use crate::engine::{Engine, message_info, send, state::OwedSweep};
-
-/// Pages of owed group messages one [`Engine::deliver_owed`] call reads at most.
-const OWED_PAGES_PER_CALL: usize = 8;
 use crate::{
     envelope::{Body, Conversation, Envelope},
     error::NodeError,
     types::*,
 };
+
+/// Pages of owed group messages one [`Engine::deliver_owed`] call reads at most.
+const OWED_PAGES_PER_CALL: usize = 8;
 
 impl Engine {
     /// Encrypts `env` for every device of each of `users` and queues it as outbox rows of
