@@ -296,3 +296,75 @@ fn mail_left_at_a_removed_relay_is_still_drained() -> anyhow::Result<()> {
     })?;
     Ok(())
 }
+
+/// Whether `node`'s status lists a circuit address through `relay` (a reservation there).
+fn circuit_via(node: &Node, relay: &str) -> Option<bool> {
+    let status = node.json(&["status"]).ok()?;
+    Some(status["listen"].as_array()?.iter().any(|a| {
+        a.as_str()
+            .is_some_and(|a| a.starts_with(relay) && a.contains("/p2p-circuit"))
+    }))
+}
+
+/// Waits until `node` does (`want`) or does not list a circuit address through `relay`.
+fn wait_circuit(node: &Node, relay: &str, want: bool, what: &str) -> anyhow::Result<()> {
+    wait_for(what, WAIT, || {
+        (circuit_via(node, relay)? == want).then_some(())
+    })
+}
+
+/// A home relay carries circuits to its node (a reservation) and a removed one no longer
+/// does, though it stays connected to be drained; added again while connected, it carries
+/// them again.
+#[test]
+fn a_removed_relay_gives_up_its_circuits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ben = Node::init_and_start_with(dir.path(), "ben", Some(&r1.addr), &["--no-direct"])?;
+    wait_circuit(
+        &ben,
+        &r1.addr,
+        true,
+        "a circuit address through the first relay",
+    )?;
+    ben.ok(&["relay", "add", &r2.addr])?;
+    wait_circuit(
+        &ben,
+        &r2.addr,
+        true,
+        "a circuit address through the added relay",
+    )?;
+
+    ben.ok(&["relay", "remove", &r1.addr])?;
+    wait_circuit(
+        &ben,
+        &r1.addr,
+        false,
+        "the removed relay's circuit address to go",
+    )?;
+    assert_eq!(
+        circuit_via(&ben, &r2.addr),
+        Some(true),
+        "the other relay's stays"
+    );
+    let status = ben.json(&["status"])?;
+    let removed = status["relays"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["addr"] == r1.addr.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        removed["connected"], true,
+        "still connected while it is drained: {status}"
+    );
+
+    ben.ok(&["relay", "add", &r1.addr])?;
+    wait_circuit(
+        &ben,
+        &r1.addr,
+        true,
+        "a circuit address through the relay added again",
+    )?;
+    Ok(())
+}

@@ -397,7 +397,13 @@ impl Engine {
             }
             net::Event::Listening(addr) => {
                 tracing::info!(%addr, "listening");
-                self.relays.listen.push(addr);
+                if !self.relays.listen.contains(&addr) {
+                    self.relays.listen.push(addr);
+                }
+            }
+            net::Event::ListenGone(addr) => {
+                tracing::info!(%addr, "no longer listening");
+                self.relays.listen.retain(|a| *a != addr);
             }
             net::Event::Reservation(relay) => {
                 tracing::info!(%relay, "circuit reservation accepted");

@@ -131,6 +131,8 @@ impl Engine {
         self.save_home_relays()?;
         if let Some(p) = peer {
             self.relays.setup_pending.remove(&p);
+            // Still connected and drained, but it no longer carries circuits to this node.
+            self.net.stop_home_soon(p);
         }
         self.own_relays_changed();
         Ok(self.home_relay_infos())

@@ -125,6 +125,13 @@ impl Client {
         self.send_soon(Command::ForgetRelay { peer });
     }
 
+    /// A home relay is no longer one: its circuit reservation is given up and the
+    /// connection is kept as for a relay added with `home: false` (queued as
+    /// [`Client::add_relay_soon`] queues). Nothing happens for a relay not added.
+    pub fn stop_home_soon(&self, peer: PeerId) {
+        self.send_soon(Command::StopHome { peer });
+    }
+
     /// Queues a command at once, or from a task when the queue is full.
     fn send_soon(&self, cmd: Command) {
         use tokio::sync::mpsc::error::TrySendError;

@@ -12,6 +12,7 @@ use std::{
 use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm,
+    core::transport::ListenerId,
     multiaddr::Protocol,
     request_response::{OutboundRequestId, ResponseChannel},
     swarm::dial_opts::DialOpts,
@@ -30,6 +31,8 @@ pub(super) struct RelayState {
     /// When to dial again, while disconnected.
     pub(super) redial_at: Option<Instant>,
     pub(super) backoff: Duration,
+    /// The circuit listener of a home relay, while one was asked for.
+    pub(super) listener: Option<ListenerId>,
 }
 
 /// The loop that owns the swarm. Run it with [`EventLoop::run`].
@@ -173,7 +176,9 @@ impl EventLoop {
                     connected: false,
                     redial_at: Some(Instant::now()),
                     backoff: REDIAL_BASE,
+                    listener: None,
                 });
+                let promoted = home && !entry.home;
                 entry.home |= home;
                 if self.swarm.is_connected(&peer) {
                     if !entry.connected {
@@ -184,6 +189,10 @@ impl EventLoop {
                         if home {
                             self.reserve(peer);
                         }
+                    } else if promoted {
+                        // Connected as a plain relay (a contact's, or one being drained), a
+                        // home relay from now on: it carries circuits to this node too.
+                        self.reserve(peer);
                     }
                 } else {
                     self.redial_due();
@@ -197,6 +206,14 @@ impl EventLoop {
                 {
                     self.emit(Event::RelayDown(peer));
                     let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            Command::StopHome { peer } => {
+                if let Some(state) = self.relays.get_mut(&peer) {
+                    state.home = false;
+                    if let Some(id) = state.listener.take() {
+                        self.swarm.remove_listener(id);
+                    }
                 }
             }
             Command::DialVia { peer, relay } => {
@@ -256,8 +273,20 @@ impl EventLoop {
             return;
         };
         let addr = state.addr.clone().with(Protocol::P2pCircuit);
-        if let Err(e) = self.swarm.listen_on(addr) {
-            tracing::warn!(%relay, "cannot request a circuit reservation: {e}");
+        let old = match self.swarm.listen_on(addr) {
+            Ok(id) => self
+                .relays
+                .get_mut(&relay)
+                .and_then(|s| s.listener.replace(id)),
+            Err(e) => {
+                tracing::warn!(%relay, "cannot request a circuit reservation: {e}");
+                None
+            }
+        };
+        // One listener per relay: one left from before (its connection went down and came
+        // back) is closed rather than kept beside the new one.
+        if let Some(id) = old {
+            self.swarm.remove_listener(id);
         }
     }
 

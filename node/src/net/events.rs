@@ -45,6 +45,23 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 self.emit(Event::Listening(address));
             }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.emit(Event::ListenGone(address));
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                ..
+            } => {
+                for state in self.relays.values_mut() {
+                    if state.listener == Some(listener_id) {
+                        state.listener = None;
+                    }
+                }
+                for address in addresses {
+                    self.emit(Event::ListenGone(address));
+                }
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,

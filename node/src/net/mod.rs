@@ -87,6 +87,9 @@ pub enum Event {
     },
     /// The swarm listens on an address.
     Listening(Multiaddr),
+    /// The swarm no longer listens on an address (its listener closed: for a circuit
+    /// address, the relay connection went down or the relay is no longer a home relay).
+    ListenGone(Multiaddr),
 }
 
 type Reply = oneshot::Sender<Result<Frame, NetError>>;
@@ -114,6 +117,12 @@ enum Command {
     /// Stop keeping a connection to a non-home relay (one named by a contact link that was
     /// refused).
     ForgetRelay {
+        peer: PeerId,
+    },
+    /// A home relay is no longer one: its circuit reservation is given up (its listener
+    /// closed, not renewed); the connection is kept, as for any relay added with
+    /// `home: false`.
+    StopHome {
         peer: PeerId,
     },
     DialVia {
