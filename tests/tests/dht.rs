@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tern_tests::support::{Node, Relay, link_pair, message_texts, wait_for};
+use tern_tests::support::{Node, Relay, link_pair, message_texts, relay_db, wait_for};
 
 /// Bound on the waits that span DHT queries, lane retries and a lookup.
 const DHT_WAIT: Duration = Duration::from_secs(90);
@@ -118,6 +118,74 @@ fn a_contact_whose_relays_changed_while_offline_is_found_through_the_dht() {
         let c = carol.json(&["contact", "find", "Dave"]).ok()?;
         let relays: Vec<String> = serde_json::from_value(c["relays"].clone()).ok()?;
         (relays == vec![relays_0.clone()]).then_some(relays)
+    })
+    .unwrap();
+    assert_eq!(contact_relays(&carol, "Dave"), found);
+}
+
+/// The DHT records a relay holds, as its database keeps them (read-only while it runs).
+fn kept_records(relay: &Relay) -> Vec<Vec<u8>> {
+    let Ok(conn) = relay_db(&relay.data) else {
+        return Vec::new();
+    };
+    let Ok(mut stmt) = conn.prepare("SELECT value FROM dht_record ORDER BY key") else {
+        return Vec::new();
+    };
+    stmt.query_map([], |r| r.get(0))
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
+
+/// Every relay restarted at once (SIGKILL, same data) still serves the records it held: a
+/// contact who moved and then went offline, so cannot publish again, is still found.
+#[test]
+fn records_outlive_a_restart_of_every_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Relay::start_with_metrics(&dir.path().join("r0"), "").unwrap();
+    let join = format!("[dht]\nbootstrap = [\"{}\"]\n", first.addr);
+    let mut second = Relay::start_with_metrics(&dir.path().join("r1"), &join).unwrap();
+    let start = |name: &str, relay: &Relay| {
+        Node::init_and_start_with(dir.path(), name, Some(&relay.addr), &["--no-direct"]).unwrap()
+    };
+    let carol = start("carol", &first);
+    let mut dave = start("dave", &second);
+    link_pair(&carol, &dave, "Carol", "Dave").unwrap();
+    wait_for("both relays to keep both users' records", DHT_WAIT, || {
+        [&first, &second]
+            .iter()
+            .all(|r| kept_records(r).len() == 2)
+            .then_some(())
+    })
+    .unwrap();
+    let before: Vec<_> = [&first, &second].iter().map(|r| kept_records(r)).collect();
+
+    // Dave moves to the first relay and goes offline: he cannot publish again.
+    dave.stop().unwrap();
+    let dave_home = dave.home.clone();
+    drop(dave);
+    let mut dave = Node::start_with(&dave_home, Some(&first.addr), &["--no-direct"]).unwrap();
+    wait_for("dave's new record kept at both relays", DHT_WAIT, || {
+        [&first, &second]
+            .iter()
+            .zip(&before)
+            .all(|(r, old)| {
+                let now = kept_records(r);
+                now.len() == 2 && now != *old
+            })
+            .then_some(())
+    })
+    .unwrap();
+    dave.stop().unwrap();
+
+    // Both relays restart at once, with no node left to publish Dave's record again.
+    first.kill9();
+    second.kill9();
+    first.start_again("").unwrap();
+    second.start_again(&join).unwrap();
+    let found = wait_for("carol to find dave at the first relay", DHT_WAIT, || {
+        let c = carol.json(&["contact", "find", "Dave"]).ok()?;
+        let relays: Vec<String> = serde_json::from_value(c["relays"].clone()).ok()?;
+        (relays == vec![first.addr.clone()]).then_some(relays)
     })
     .unwrap();
     assert_eq!(contact_relays(&carol, "Dave"), found);

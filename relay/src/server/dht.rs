@@ -19,7 +19,7 @@ use libp2p::{
 };
 use tern_crypto::relay_record::{RelayRecordError, SignedRelayRecord};
 
-use super::{config::DhtConfig, ratelimit::Limiter};
+use super::{config::DhtConfig, ratelimit::Limiter, storage::DhtRow};
 
 /// The relay's Kademlia behaviour.
 pub(crate) type Kad = kad::Behaviour<MemoryStore>;
@@ -47,6 +47,56 @@ pub(crate) fn behaviour(peer: PeerId, cfg: &DhtConfig) -> Toggle<Kad> {
     let mut kad = kad::Behaviour::with_config(peer, store, c);
     kad.set_mode(Some(kad::Mode::Server));
     Toggle::from(Some(kad))
+}
+
+/// The row that keeps `record`, stored at `now` (`now_ms` since the epoch), for the next
+/// start; a record without an expiry expires `ttl` from now.
+pub(crate) fn row(record: &kad::Record, now: Instant, now_ms: u64, ttl: Duration) -> DhtRow {
+    let left = record
+        .expires
+        .map_or(ttl, |e| e.saturating_duration_since(now));
+    DhtRow {
+        key: record.key.to_vec(),
+        value: record.value.clone(),
+        expires_ms: now_ms.saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// Puts the records kept before a restart back into `store`, each checked again as an
+/// inbound put is (a signed relay record under its own key, within the size cap; of two
+/// under one key the newer) and given the time it had left. Returns how many it holds.
+pub(crate) fn restore(
+    store: &mut MemoryStore,
+    cfg: &DhtConfig,
+    rows: Vec<DhtRow>,
+    now: Instant,
+    now_ms: u64,
+) -> usize {
+    let mut held = 0;
+    for r in rows {
+        if r.value.len() > cfg.max_record_bytes {
+            continue;
+        }
+        let key = kad::RecordKey::from(r.key);
+        let Ok(offered) = SignedRelayRecord::from_bytes(&r.value) else {
+            continue;
+        };
+        if offered.check_key(key.as_ref()).is_err() {
+            continue;
+        }
+        if let Some(old) = store.get(&key)
+            && let Ok(old) = SignedRelayRecord::from_bytes(&old.value)
+            && offered.check_replaces(&old).is_err()
+        {
+            continue;
+        }
+        let mut record = kad::Record::new(key, r.value);
+        record.expires = Some(now + Duration::from_millis(r.expires_ms.saturating_sub(now_ms)));
+        if store.put(record).is_ok() {
+            held += 1;
+        }
+    }
+    held
 }
 
 /// Why an inbound record was not stored.
@@ -222,6 +272,64 @@ mod tests {
             Err(Refusal::TooLarge(4097))
         ));
         assert_eq!(store.records().count(), 0);
+    }
+
+    fn kept(r: &SignedRelayRecord, key: &[u8; 32], expires_ms: u64) -> DhtRow {
+        DhtRow {
+            key: crate::dht::record_key(key).to_vec(),
+            value: r.as_bytes().to_vec(),
+            expires_ms,
+        }
+    }
+
+    /// Records read back at start-up are checked like inbound puts: only signed relay
+    /// records under their own key, the newest of a key, with the time they had left.
+    #[test]
+    fn records_kept_are_checked_again_when_read_back() {
+        let (_, mut store) = setup(DhtConfig::default());
+        let (id, other) = (
+            IdentityKey::generate().unwrap(),
+            IdentityKey::generate().unwrap(),
+        );
+        let key = dht_key(&id.user_id(), &id.public());
+        let other_key = dht_key(&other.user_id(), &other.public());
+        let (now, now_ms) = (Instant::now(), 1_000_000);
+        let mut junk = kept(&signed(&other, 1), &other_key, now_ms + 5_000);
+        junk.value = vec![1, 15, 0xa0];
+        let v2 = signed(&id, 2);
+        let rows = vec![
+            kept(&v2, &key, now_ms + 60_000),
+            // Older than the one before it under the same key.
+            kept(&signed(&id, 1), &key, now_ms + 90_000),
+            // Under another user's key.
+            kept(&signed(&id, 3), &other_key, now_ms + 60_000),
+            junk,
+        ];
+        assert_eq!(
+            restore(&mut store, &DhtConfig::default(), rows, now, now_ms),
+            1
+        );
+        let held = store.get(&crate::dht::record_key(&key)).unwrap();
+        assert_eq!(held.value, v2.as_bytes());
+        let left = held.expires.unwrap().duration_since(now);
+        assert_eq!(left, Duration::from_secs(60));
+        assert!(store.get(&crate::dht::record_key(&other_key)).is_none());
+    }
+
+    /// The row kept for a stored record carries the time it has left from now on.
+    #[test]
+    fn a_row_keeps_the_time_left() {
+        let id = IdentityKey::generate().unwrap();
+        let key = dht_key(&id.user_id(), &id.public());
+        let now = Instant::now();
+        let mut r = record(&signed(&id, 1), &key);
+        let ttl = Duration::from_secs(100);
+        assert_eq!(row(&r, now, 5_000, ttl).expires_ms, 105_000);
+        r.expires = Some(now + Duration::from_secs(7));
+        let kept = row(&r, now, 5_000, ttl);
+        assert_eq!(kept.expires_ms, 12_000);
+        assert_eq!(kept.value, r.value);
+        assert_eq!(kept.key, r.key.to_vec());
     }
 
     #[test]

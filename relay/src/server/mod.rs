@@ -229,6 +229,13 @@ fn build_swarm(
     Ok(swarm)
 }
 
+/// Now, in ms since the epoch (0 before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Runs the relay until `shutdown` completes, then stops accepting work, answers what is
 /// in flight (bounded by [`SHUTDOWN_GRACE`]), commits the storage queue and returns.
 ///
@@ -249,7 +256,7 @@ pub async fn run(
     let key = identity::load_or_create(&config.data_dir)?;
     let local_peer_id = key.public().to_peer_id();
     let metrics = Arc::new(metrics::Metrics::default());
-    let (storage, loaded) = storage::Storage::open(
+    let (storage, mut loaded) = storage::Storage::open(
         &config.data_dir,
         storage::Settings {
             max_batch: config.storage.max_batch,
@@ -284,6 +291,17 @@ pub async fn run(
         swarm.add_external_address(addr);
     }
     if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+        let kept = loaded.dht.len();
+        let held = dht::restore(
+            kad.store_mut(),
+            &config.dht,
+            std::mem::take(&mut loaded.dht),
+            std::time::Instant::now(),
+            now_ms(),
+        );
+        if kept > 0 {
+            tracing::info!(kept, held, "DHT records read back from the database");
+        }
         let bootstrap = config.dht_bootstrap()?;
         for (peer, addr) in &bootstrap {
             kad.add_address(peer, addr.clone());

@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     io::{self, Read, Seek, SeekFrom, Write},
     path::Path,
-    time::{SystemTime, UNIX_EPOCH},
+    time::UNIX_EPOCH,
 };
 
 use libp2p::PeerId;
@@ -35,12 +35,7 @@ pub(super) struct Meta {
     pub(super) complete: bool,
 }
 
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(super) use crate::server::now_ms;
 
 pub(super) fn hex(id: &BlobId) -> String {
     tern_crypto::hex::encode(id)

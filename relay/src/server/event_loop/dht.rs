@@ -1,13 +1,18 @@
-//! DHT events: inbound records checked before they are stored (`server::dht::Puts`), and
-//! other relays added to the routing table under the addresses they listen on.
+//! DHT events: inbound records checked before they are stored (`server::dht::Puts`) and,
+//! once stored, kept in the relay's database for its next start; and other relays added to
+//! the routing table under the addresses they listen on.
 //!
 //! Uses nothing but the loop's state.
 
-use std::{sync::atomic::Ordering::Relaxed, time::Instant};
+use std::{
+    sync::atomic::Ordering::Relaxed,
+    time::{Duration, Instant},
+};
 
 use libp2p::{PeerId, identify, kad};
 
-use super::EventLoop;
+use super::{EventLoop, now_ms};
+use crate::server::{dht, storage};
 
 impl EventLoop {
     pub(super) fn on_kad_event(&mut self, ev: kad::Event) {
@@ -23,13 +28,17 @@ impl EventLoop {
                 let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
                     return;
                 };
-                match self
-                    .dht_puts
-                    .admit(kad.store_mut(), source, record, Instant::now())
-                {
+                let now = Instant::now();
+                let ttl = Duration::from_secs(self.cfg.dht.record_ttl_secs);
+                let row = dht::row(&record, now, now_ms(), ttl);
+                match self.dht_puts.admit(kad.store_mut(), source, record, now) {
                     Ok(()) => {
                         self.metrics.dht_stored.fetch_add(1, Relaxed);
                         tracing::debug!(%source, "DHT record stored");
+                        // Kept for the next start; served from memory meanwhile.
+                        if self.storage.submit(storage::Op::PutDhtRecord(row)).is_err() {
+                            tracing::debug!("storage busy; a DHT record is kept in memory only");
+                        }
                     }
                     Err(refusal) => {
                         self.metrics.dht_refused.fetch_add(1, Relaxed);

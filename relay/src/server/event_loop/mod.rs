@@ -33,7 +33,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use futures::{StreamExt, stream::FuturesUnordered};
@@ -172,12 +172,7 @@ async fn await_reply<T: Send + 'static>(
     rx.await.unwrap_or(Err(storage::OpError::Closed))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use super::now_ms;
 
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,

@@ -24,11 +24,13 @@
 //! - `mailbox`: deposits, fetches, acks and expiry of mailbox entries, and a mailbox's usage;
 //! - `grants`: the deposit grants an owner registers, and their expiry;
 //! - `presence`: presence allow-lists, last-seen times and push endpoints;
-//! - `directory`: signed device lists, prekey bundles and one-time keys.
+//! - `directory`: signed device lists, prekey bundles and one-time keys;
+//! - `dht`: the DHT records the relay holds, kept for its next start ([`DhtRow`]).
 //!
 //! What devices keep here besides mail expires through `server::registrations`.
 
 mod checkpoint;
+mod dht;
 mod directory;
 mod grants;
 mod mailbox;
@@ -52,6 +54,7 @@ use super::metrics::Metrics;
 use super::quota::Tag;
 pub use super::quota::{Quota, Share};
 use crate::wire::ErrorCode;
+pub use dht::DhtRow;
 pub use directory::{CheckFn, Claimed, ListCheck, MAX_STORED_ONE_TIME_KEYS};
 pub use op::{Deposited, Op, Page, Stored};
 pub use schema::Loaded;
@@ -60,7 +63,7 @@ pub use schema::Loaded;
 pub const DB_FILE: &str = "relay.sqlite3";
 /// The schema version this build writes (`PRAGMA user_version`); stored records are
 /// versioned by it.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Why the storage could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -224,14 +227,15 @@ impl Storage {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(wrap)?;
         match version {
-            0..=5 => {
-                let steps: [fn(&Connection) -> rusqlite::Result<()>; 6] = [
+            0..=6 => {
+                let steps: [fn(&Connection) -> rusqlite::Result<()>; 7] = [
                     schema::migrate_v1,
                     schema::migrate_v2,
                     schema::migrate_v3,
                     super::registrations::migrate_v4,
                     schema::migrate_v5,
                     schema::migrate_v6,
+                    schema::migrate_v7,
                 ];
                 for step in &steps[version as usize..] {
                     step(&conn).map_err(wrap)?;
@@ -243,7 +247,7 @@ impl Storage {
         let usage = schema::load_usage(&conn).map_err(wrap)?;
         let index = mailbox::Index::load(&conn).map_err(wrap)?;
         let issued = schema::issued_seq(&conn).map_err(wrap)?;
-        let loaded = schema::load_state(&conn).map_err(wrap)?;
+        let loaded = schema::load_state(&conn, super::now_ms()).map_err(wrap)?;
         let (total_messages, total_bytes) = usage
             .iter()
             .filter(|((_, t), _)| *t == Tag::Total)

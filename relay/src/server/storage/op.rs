@@ -205,6 +205,9 @@ pub enum Op {
         /// Answer.
         reply: Reply<u32>,
     },
+    /// Keep a DHT record the relay stored (no answer: the record is served from memory
+    /// either way; this copy is for the next start).
+    PutDhtRecord(super::DhtRow),
     /// Commit what came before and stop; later operations are answered `Closed`.
     Shutdown,
 }
@@ -215,6 +218,7 @@ impl Op {
         matches!(
             self,
             Op::Deposit { .. }
+                | Op::PutDhtRecord(_)
                 | Op::SetPush { url: Some(_), .. }
                 | Op::SetAllowList { .. }
                 | Op::SetGrants { .. }

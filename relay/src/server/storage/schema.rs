@@ -31,6 +31,8 @@ pub struct Loaded {
     pub allow: Vec<(PeerId, Vec<PeerId>)>,
     /// Deposit grants: owner → registered token hashes, and when it last registered them.
     pub grants: Vec<(PeerId, Vec<[u8; 32]>, u64)>,
+    /// DHT records not expired yet (not checked again here: `server::dht` does that).
+    pub dht: Vec<super::DhtRow>,
 }
 
 pub(super) fn init(conn: &Connection, max_database_bytes: u64) -> rusqlite::Result<()> {
@@ -173,6 +175,21 @@ pub(super) fn migrate_v6(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Version 7 keeps the DHT records the relay holds (`dht.rs`), so that they outlive a
+/// restart.
+pub(super) fn migrate_v7(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE dht_record (
+             key BLOB PRIMARY KEY,
+             value BLOB NOT NULL,
+             expires_ms INTEGER NOT NULL
+         );
+         PRAGMA user_version = 7;
+         COMMIT;",
+    )
+}
+
 /// The highest mailbox id ever issued (ids go on from there).
 pub(super) fn issued_seq(conn: &Connection) -> rusqlite::Result<u64> {
     conn.query_row(
@@ -215,7 +232,8 @@ pub(super) fn load_usage(conn: &Connection) -> rusqlite::Result<HashMap<Key, Usa
     Ok(usage)
 }
 
-pub(super) fn load_state(conn: &Connection) -> rusqlite::Result<Loaded> {
+/// What the in-memory parts start from; DHT records expired at `now_ms` are left out.
+pub(super) fn load_state(conn: &Connection, now_ms: u64) -> rusqlite::Result<Loaded> {
     let mut loaded = Loaded::default();
     let mut stmt = conn.prepare("SELECT owner, url FROM push_endpoint")?;
     for row in stmt.query_map([], |r| {
@@ -267,6 +285,7 @@ pub(super) fn load_state(conn: &Connection) -> rusqlite::Result<Loaded> {
         }
     }
     loaded.grants = grants.into_iter().map(|(o, (h, t))| (o, h, t)).collect();
+    loaded.dht = super::dht::load(conn, now_ms)?;
     Ok(loaded)
 }
 

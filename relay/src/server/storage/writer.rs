@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::{
-    Claimed, Deposited, Op, OpError, Page, Settings, Stored, directory, grants, mailbox,
+    Claimed, Deposited, Op, OpError, Page, Settings, Stored, dht, directory, grants, mailbox,
     op::Reply,
     presence, schema, sql_err,
     sync::{Committed, Flusher},
@@ -287,14 +287,6 @@ const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// Most devices whose registrations one sweep deletes.
 const MAX_DEVICES_PER_SWEEP: usize = 10_000;
 
-/// Now, for operations that do not carry it (ms since the epoch).
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn fail(op: Op, err: &OpError) {
     refuse(op, err).send(None);
 }
@@ -318,7 +310,7 @@ fn refuse(op: Op, err: &OpError) -> Done {
         | Op::Ping { reply } => Done::Unit(reply, Err(err.clone())),
         Op::Usage { reply, .. } => Done::Usage(reply, Err(err.clone())),
         Op::ExpireDevices { reply, .. } => Done::Peers(reply, Err(err.clone())),
-        Op::SetLastSeen { .. } | Op::Shutdown => Done::None,
+        Op::SetLastSeen { .. } | Op::PutDhtRecord(_) | Op::Shutdown => Done::None,
     }
 }
 
@@ -410,17 +402,26 @@ fn apply_in_savepoint(
         Op::Expire { now_ms, reply } => {
             let r = mailbox::expire(sp, now_ms, (&mut local, &mut moves)).and_then(|n| {
                 grants::expire(sp, now_ms.saturating_sub(settings.grant_idle_ms))?;
+                dht::expire(sp, now_ms)?;
                 Ok(n)
             });
             let ok = r.is_ok();
             (Done::Expired(reply, r), ok)
         }
         Op::SetPush { owner, url, reply } => {
-            let r = crate::server::registrations::touch(sp, &owner.to_bytes(), wall_ms())
-                .map_err(sql_err)
-                .and_then(|()| presence::set_push(sp, owner, url.as_deref()));
+            let r =
+                crate::server::registrations::touch(sp, &owner.to_bytes(), crate::server::now_ms())
+                    .map_err(sql_err)
+                    .and_then(|()| presence::set_push(sp, owner, url.as_deref()));
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
+        }
+        Op::PutDhtRecord(row) => {
+            let r = dht::put(sp, &row);
+            if let Err(e) = &r {
+                tracing::warn!(error = %e, "cannot keep a DHT record");
+            }
+            (Done::None, r.is_ok())
         }
         Op::SetLastSeen { peer, ms } => {
             let r = presence::set_last_seen(sp, peer, ms);
@@ -434,9 +435,10 @@ fn apply_in_savepoint(
             viewers,
             reply,
         } => {
-            let r = crate::server::registrations::touch(sp, &owner.to_bytes(), wall_ms())
-                .map_err(sql_err)
-                .and_then(|()| presence::set_allow(sp, owner, &viewers));
+            let r =
+                crate::server::registrations::touch(sp, &owner.to_bytes(), crate::server::now_ms())
+                    .map_err(sql_err)
+                    .and_then(|()| presence::set_allow(sp, owner, &viewers));
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
@@ -471,7 +473,8 @@ fn apply_in_savepoint(
             reply,
         } => {
             let r = directory::publish_list(sp, &user, &body, check).and_then(|()| {
-                crate::server::registrations::touch_list(sp, &user, wall_ms()).map_err(sql_err)
+                crate::server::registrations::touch_list(sp, &user, crate::server::now_ms())
+                    .map_err(sql_err)
             });
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
@@ -491,7 +494,8 @@ fn apply_in_savepoint(
         } => {
             let r = directory::publish_prekeys(sp, &device, &user, &bundle, &one_time, check)
                 .and_then(|n| {
-                    crate::server::registrations::touch(sp, &device, wall_ms()).map_err(sql_err)?;
+                    crate::server::registrations::touch(sp, &device, crate::server::now_ms())
+                        .map_err(sql_err)?;
                     Ok(n)
                 });
             let ok = r.is_ok();

@@ -403,7 +403,7 @@ async fn a_version_5_database_keeps_its_mail() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, super::super::SCHEMA_VERSION);
     let owner_index: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE name = 'mailbox_owner'",
