@@ -8,9 +8,10 @@
 //!   a raw batched durable SQLite insert loop (storage ceiling).
 //! - `relay.deposit_ack_p50` / `_p99`: ms from sending a deposit to its acknowledgement in
 //!   that run, against the echo round trip.
-//! - `relay.push_p50` / `_p99`: ms from sending a deposit to the connected, listening
-//!   recipient receiving it, at [`PUSH_RATE`] deposits/s, against the echo round trip at the
-//!   same rate.
+//! - `relay.push_p50` / `_p99`: ms from sending a deposit (a `Deposit` request) to the
+//!   connected, listening recipient receiving it, at [`PUSH_RATE`] deposits/s, against the
+//!   echo round trip at the same rate; `relay.push_stream_p50` / `_p99` the same with the
+//!   deposits on a deposit stream, as nodes send them.
 //! - `relay.idle_connection_bytes`: growth of the relay's resident memory per idle
 //!   connection with thousands of clients connected.
 //! - `relay.flood_deposit_p50` / `_p99` / `_max`: ms from a legitimate sender's deposit to
@@ -155,16 +156,20 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
     }
 
     // Deposit → live delivery latency at a fixed rate.
-    let (mut push_lat, mut echo_paced) =
-        push::latency(&relay.addr, &echo.addr, push_messages).await?;
-    for (name, q) in [("relay.push_p50", 0.5), ("relay.push_p99", 0.99)] {
-        report.compare(
-            name,
-            ms(quantile(&mut push_lat, q)),
-            "ms",
-            "libp2p rr echo at same rate",
-            ms(quantile(&mut echo_paced, q)),
-        );
+    let mut push = push::latency(&relay.addr, &echo.addr, push_messages).await?;
+    for (prefix, lat) in [
+        ("relay.push", &mut push.request),
+        ("relay.push_stream", &mut push.stream),
+    ] {
+        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+            report.compare(
+                &format!("{prefix}_{label}"),
+                ms(quantile(lat, q)),
+                "ms",
+                "libp2p rr echo at same rate",
+                ms(quantile(&mut push.echo, q)),
+            );
+        }
     }
     drop(relay);
 
@@ -179,7 +184,13 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
     mosquitto::run(
         report,
         deposits,
-        Some((push_messages, &mut push_lat)),
+        Some((
+            push_messages,
+            [
+                ("relay.push", &mut push.request[..]),
+                ("relay.push_stream", &mut push.stream[..]),
+            ],
+        )),
         relay_rate,
         &mut relay_lat,
         &mut pipelined,

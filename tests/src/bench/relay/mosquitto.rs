@@ -259,12 +259,13 @@ async fn paced_delivery(port: u16, n: usize) -> anyhow::Result<Vec<Duration>> {
 /// the relay stores mail), and the same paced live delivery to a connected QoS 1
 /// subscriber. Mosquitto's persistence writes its store periodically, so its PUBACK is not
 /// a durable acknowledgement: it is the faster kind of anchor.
-/// `push`: the paced live-delivery run (messages, the relay's latencies), when measured.
+/// `push`: the paced live-delivery runs (messages, and each run's figure prefix and the
+/// relay's latencies), when measured.
 /// `pipelined`: the pipelined deposit runs, compared with the same deposit load.
 pub(super) async fn run(
     report: &mut Report,
     deposits: usize,
-    push: Option<(usize, &mut [Duration])>,
+    push: Option<(usize, [(&str, &mut [Duration]); 2])>,
     relay_rate: f64,
     relay_ack: &mut [Duration],
     pipelined: &mut [pipeline::Run],
@@ -311,21 +312,20 @@ pub(super) async fn run(
             );
         }
     }
-    let Some((push_messages, relay_push)) = push else {
+    let Some((push_messages, runs)) = push else {
         return Ok(());
     };
     let mut live = paced_delivery(broker.port, push_messages).await?;
-    for (name, q) in [
-        ("relay.push_p50_vs_mosquitto", 0.5),
-        ("relay.push_p99_vs_mosquitto", 0.99),
-    ] {
-        report.compare(
-            name,
-            ms(quantile(relay_push, q)),
-            "ms",
-            "mosquitto QoS1 live",
-            ms(quantile(&mut live, q)),
-        );
+    for (prefix, relay_push) in runs {
+        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+            report.compare(
+                &format!("{prefix}_{label}_vs_mosquitto"),
+                ms(quantile(relay_push, q)),
+                "ms",
+                "mosquitto QoS1 live",
+                ms(quantile(&mut live, q)),
+            );
+        }
     }
     Ok(())
 }

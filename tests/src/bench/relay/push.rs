@@ -1,4 +1,5 @@
-//! Deposit → live delivery latency for the `relay` suite.
+//! Deposit → live delivery latency for the `relay` suite: deposits as `Deposit` requests and
+//! on a deposit stream (as nodes send them), each to a listening recipient.
 
 use std::time::{Duration, Instant};
 
@@ -6,28 +7,92 @@ use anyhow::{Context, bail};
 
 use tern_relay::{
     Multiaddr,
-    client::{Event, Proto},
+    client::{Client, Event, Proto},
     rpc::Requests as _,
     wire::mailbox,
 };
 
 use super::{CIPHERTEXT, PUSH_RATE, START_TIMEOUT, connect};
 
-/// Deposits at [`PUSH_RATE`] per second to a listening recipient and measures send →
-/// delivery; then the echo round trip at the same rate.
+/// Deposits in flight on the stream of the pipelined run (more than are ever waiting at
+/// [`PUSH_RATE`]: the window never holds a deposit back).
+const PUSH_WINDOW: usize = 64;
+
+/// How the sender deposits.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// A `Deposit` request each (`/tern/mailbox/1`).
+    Request,
+    /// One deposit stream (`/tern/deposit/1`).
+    Stream,
+}
+
+/// The push latencies: deposits as requests, deposits on a stream, and the echo round trip
+/// at the same rate.
+pub(super) struct Latencies {
+    pub(super) request: Vec<Duration>,
+    pub(super) stream: Vec<Duration>,
+    pub(super) echo: Vec<Duration>,
+}
+
+/// Deposits `n` messages at [`PUSH_RATE`] per second to a listening recipient, as requests
+/// and then on a deposit stream, and measures send → delivery; then the echo round trip at
+/// the same rate.
 pub(super) async fn latency(
     relay: &Multiaddr,
     echo: &Multiaddr,
     n: usize,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+) -> anyhow::Result<Latencies> {
+    let request = paced_push(relay, n, Via::Request).await?;
+    let stream = paced_push(relay, n, Via::Stream).await?;
+
+    let (echo_client, _) = connect(echo).await?;
+    let frame = mailbox::Request::Fetch { after: 0, limit: 1 }.encode()?;
+    let mut tick = pacer();
+    let mut calls = Vec::with_capacity(n);
+    for _ in 0..n {
+        tick.tick().await;
+        let (c, f) = (echo_client.clone(), frame.clone());
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            c.raw(Proto::Mailbox, f).await.map(|_| t.elapsed())
+        }));
+    }
+    let mut echo_lat = Vec::with_capacity(n);
+    for c in calls {
+        echo_lat.push(c.await??);
+    }
+    Ok(Latencies {
+        request,
+        stream,
+        echo: echo_lat,
+    })
+}
+
+/// A ticker at [`PUSH_RATE`] that catches up after a late tick.
+fn pacer() -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / PUSH_RATE));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    tick
+}
+
+/// One paced run with fresh clients: each deposit carries its send time, which the
+/// recipient subtracts from the time it has it.
+async fn paced_push(relay: &Multiaddr, n: usize, via: Via) -> anyhow::Result<Vec<Duration>> {
     let (sender, _) = connect(relay).await?;
     let (recipient, mut events) = connect(relay).await?;
     recipient.listen(true).await?;
     let to = recipient.local_peer_id();
+    let pipe = match via {
+        Via::Request => None,
+        Via::Stream => Some(
+            sender
+                .open_pipeline(PUSH_WINDOW)
+                .await
+                .context("open a deposit stream")?,
+        ),
+    };
     let base = Instant::now();
-    let period = Duration::from_micros(1_000_000 / PUSH_RATE);
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let receiver = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(n);
         while lat.len() < n {
@@ -48,37 +113,22 @@ pub(super) async fn latency(
         }
         Ok(lat)
     });
+    let mut tick = pacer();
     let mut sends = Vec::with_capacity(n);
     for _ in 0..n {
         tick.tick().await;
         let mut body = vec![0x5a; CIPHERTEXT];
         body[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
-        let s = sender.clone();
+        let (s, pipe): (Client, _) = (sender.clone(), pipe.clone());
         sends.push(tokio::spawn(async move {
-            s.deposit(vec![to], None, body).await
+            match pipe {
+                Some(p) => p.deposit_with(vec![to], Vec::new(), None, body).await,
+                None => s.deposit(vec![to], None, body).await,
+            }
         }));
     }
     for s in sends {
         s.await?.context("deposit in the push-latency run")?;
     }
-    let push = receiver.await??;
-
-    let (echo_client, _) = connect(echo).await?;
-    let frame = mailbox::Request::Fetch { after: 0, limit: 1 }.encode()?;
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut calls = Vec::with_capacity(n);
-    for _ in 0..n {
-        tick.tick().await;
-        let (c, f) = (echo_client.clone(), frame.clone());
-        calls.push(tokio::spawn(async move {
-            let t = Instant::now();
-            c.raw(Proto::Mailbox, f).await.map(|_| t.elapsed())
-        }));
-    }
-    let mut echo_lat = Vec::with_capacity(n);
-    for c in calls {
-        echo_lat.push(c.await??);
-    }
-    Ok((push, echo_lat))
+    receiver.await?
 }
