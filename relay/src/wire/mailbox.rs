@@ -102,6 +102,28 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// A `Deliver` of one message: mailbox entry `id`, deposited by `sender` at
+    /// `deposited_ms`.
+    pub fn deliver_one(
+        id: u64,
+        sender: PeerId,
+        deposited_ms: u64,
+        ciphertext: &[u8],
+        intro: bool,
+    ) -> Self {
+        Request::Deliver {
+            messages: vec![Envelope {
+                id,
+                sender,
+                deposited_ms,
+                ciphertext: ByteBuf::from(ciphertext.to_vec()),
+                intro,
+            }],
+        }
+    }
+}
+
 /// A message as a recipient sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {

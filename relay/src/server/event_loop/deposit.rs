@@ -188,18 +188,20 @@ impl EventLoop {
                 let now = now_ms();
                 let ciphertext = ciphertext.into_vec();
                 let size = ciphertext.len();
-                let live_copy = recipients
-                    .iter()
-                    .any(|(r, _)| self.listening.contains(r))
-                    .then(|| ciphertext.clone());
                 // Listening recipients get the message as soon as it is applied, before the
-                // commit: the sender is still only acknowledged after the commit.
-                let (early, early_rx) = match live_copy {
-                    Some(ct) => {
-                        let (tx, rx) = oneshot::channel();
-                        (Some(tx), Some((rx, ct)))
-                    }
-                    None => (None, None),
+                // commit (the sender is still only acknowledged after the commit): pushed on
+                // their live streams by the writer itself, the others by this loop.
+                let listening = recipients.iter().any(|(r, _)| self.listening.contains(r));
+                let (early, early_rx) = if listening {
+                    let streams = recipients
+                        .iter()
+                        .filter(|(r, _)| self.listening.contains(r))
+                        .filter_map(|(r, _)| self.live.get(r).map(|l| (*r, l.frames.clone())))
+                        .collect::<Vec<_>>();
+                    let (tx, rx) = oneshot::channel();
+                    (Some(storage::Early { streams, rest: tx }), Some(rx))
+                } else {
+                    (None, None)
                 };
                 let (reply, rx) = oneshot::channel();
                 let op = storage::Op::Deposit {
@@ -215,14 +217,17 @@ impl EventLoop {
                 if let Err(e) = self.storage.submit(op) {
                     return self.refuse(channel, busy(e));
                 }
-                if let Some((early_rx, ciphertext)) = early_rx {
+                if let Some(early_rx) = early_rx {
                     self.pending.push(Box::pin(async move {
                         match early_rx.await {
-                            Ok(stored) => Completion::Early {
+                            // Everything went out on live streams: nothing left to do.
+                            Ok(pushed) if pushed.rest.is_empty() && pushed.closed.is_empty() => {
+                                Completion::Pushed(pushed.on_streams)
+                            }
+                            Ok(pushed) => Completion::Early {
                                 sender: peer,
                                 now_ms: now,
-                                ciphertext,
-                                stored,
+                                pushed,
                             },
                             Err(_) => Completion::Nothing,
                         }

@@ -11,10 +11,7 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::{EventLoop, LIVE_QUEUE, LiveEnd, LiveNote};
-use crate::wire::{
-    ErrorCode, Frame,
-    mailbox::{self, Envelope},
-};
+use crate::wire::{ErrorCode, Frame, mailbox};
 
 impl EventLoop {
     /// A client opened a live stream: later pushes to it go there.
@@ -74,15 +71,7 @@ impl EventLoop {
         ciphertext: &[u8],
         intro: bool,
     ) {
-        let req = mailbox::Request::Deliver {
-            messages: vec![Envelope {
-                id,
-                sender,
-                deposited_ms,
-                ciphertext: serde_bytes::ByteBuf::from(ciphertext.to_vec()),
-                intro,
-            }],
-        };
+        let req = mailbox::Request::deliver_one(id, sender, deposited_ms, ciphertext, intro);
         match req.encode() {
             Ok(bytes) => {
                 let bytes = match self.live.get(&recipient) {

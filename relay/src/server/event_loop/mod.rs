@@ -135,9 +135,10 @@ enum Completion {
     Early {
         sender: PeerId,
         now_ms: u64,
-        ciphertext: Vec<u8>,
-        stored: Vec<storage::Stored>,
+        pushed: storage::Pushed,
     },
+    /// A deposit applied went out on this many live streams, straight from the writer.
+    Pushed(usize),
     /// Nothing to do (an early notice that never came because the deposit failed).
     Nothing,
     /// A refused deposit whose answer was held back (see `refuse_stranger`).

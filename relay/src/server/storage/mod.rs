@@ -56,7 +56,7 @@ pub use super::quota::{Quota, Share};
 use crate::wire::ErrorCode;
 pub use dht::DhtRow;
 pub use directory::{CheckFn, Claimed, ListCheck, MAX_STORED_ONE_TIME_KEYS};
-pub use op::{Deposited, Op, Page, Stored};
+pub use op::{Deposited, Early, Op, Page, Pushed, Stored};
 pub use schema::Loaded;
 
 /// The database file name inside the data directory.

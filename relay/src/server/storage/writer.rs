@@ -10,7 +10,8 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::{
-    Claimed, Deposited, Op, OpError, Page, Settings, Stored, dht, directory, grants, mailbox,
+    Claimed, Deposited, Early, Op, OpError, Page, Pushed, Settings, Stored, dht, directory, grants,
+    mailbox,
     op::Reply,
     presence, schema, sql_err,
     sync::{Committed, Flusher},
@@ -370,8 +371,8 @@ fn apply_in_savepoint(
                 settings.quota,
                 issued,
             );
-            if let (Some(tx), Ok(d)) = (early, &r) {
-                early_notice = Some((tx, d.stored.clone()));
+            if let (Some(early), Ok(d)) = (early, &r) {
+                early_notice = Some(live_frames(early, &d.stored, sender, now_ms, ciphertext));
             }
             if let Err(e) = &r
                 && !matches!(e, OpError::Quota(_))
@@ -555,11 +556,11 @@ fn apply_in_savepoint(
     }
 }
 
-/// Takes an applied operation's usage changes into its batch's, and tells live delivery
-/// where a deposit was stored.
+/// Takes an applied operation's usage changes into its batch's, and delivers a deposit
+/// live (see [`EarlyNotice::send`]).
 fn merge(local: Delta, delta: &mut Delta, early_notice: Option<EarlyNotice>) {
-    if let Some((tx, stored)) = early_notice {
-        let _ = tx.send(stored);
+    if let Some(notice) = early_notice {
+        notice.send();
     }
     for (k, (m, b)) in local {
         let e = delta.entry(k).or_default();
@@ -568,8 +569,77 @@ fn merge(local: Delta, delta: &mut Delta, early_notice: Option<EarlyNotice>) {
     }
 }
 
-/// Where a deposit's early notice goes, and what it says.
-type EarlyNotice = (tokio::sync::oneshot::Sender<Vec<Stored>>, Vec<Stored>);
+/// A deposit's live delivery, ready once it is applied: a `Deliver` frame for each stored
+/// entry whose recipient has a live stream, and the other entries.
+struct EarlyNotice {
+    frames: Vec<(mpsc::Sender<Vec<u8>>, Vec<u8>, Stored)>,
+    rest: Vec<Stored>,
+    ciphertext: Vec<u8>,
+    tell: tokio::sync::oneshot::Sender<Pushed>,
+}
+
+impl EarlyNotice {
+    /// Pushes the frames on their streams (never waiting: a full or closed stream's entry
+    /// goes to the rest) and tells the event loop what is left.
+    fn send(self) {
+        let mut pushed = Pushed {
+            rest: self.rest,
+            ..Pushed::default()
+        };
+        for (stream, frame, stored) in self.frames {
+            match stream.try_send(frame) {
+                Ok(()) => pushed.on_streams += 1,
+                Err(e) => {
+                    if matches!(e, mpsc::error::TrySendError::Closed(_)) {
+                        pushed.closed.push(stored.peer);
+                    }
+                    pushed.rest.push(stored);
+                }
+            }
+        }
+        if !pushed.rest.is_empty() {
+            pushed.ciphertext = self.ciphertext;
+        }
+        let _ = self.tell.send(pushed);
+    }
+}
+
+/// The live delivery of a deposit stored as `stored`: a frame for each entry whose
+/// recipient is among `early`'s streams (its own `Deliver` with the entry's id), the rest
+/// for the event loop.
+fn live_frames(
+    early: Early,
+    stored: &[Stored],
+    sender: PeerId,
+    now_ms: u64,
+    ciphertext: Vec<u8>,
+) -> EarlyNotice {
+    let mut notice = EarlyNotice {
+        frames: Vec::new(),
+        rest: Vec::new(),
+        ciphertext: Vec::new(),
+        tell: early.rest,
+    };
+    for st in stored {
+        let stream = early
+            .streams
+            .iter()
+            .find(|(p, _)| *p == st.peer)
+            .map(|(_, s)| s.clone());
+        let frame = stream.and_then(|s| {
+            wire_mailbox::Request::deliver_one(st.id, sender, now_ms, &ciphertext, st.intro)
+                .encode()
+                .ok()
+                .map(|f| (s, f))
+        });
+        match frame {
+            Some((s, f)) => notice.frames.push((s, f, *st)),
+            None => notice.rest.push(*st),
+        }
+    }
+    notice.ciphertext = ciphertext;
+    notice
+}
 
 /// Rolls the whole open transaction back (the caller sees it gone: `is_autocommit`).
 fn abort(sp: &Connection) {

@@ -254,6 +254,9 @@ async fn paced_delivery(port: u16, n: usize) -> anyhow::Result<Vec<Duration>> {
     }
 }
 
+/// The relay's paced live-delivery runs: each one's figure prefix and latencies.
+pub(super) type PushRuns<'a> = [(&'a str, &'a mut [Duration]); 2];
+
 /// The Mosquitto anchor, when the broker is installed: the same deposit load as QoS 1
 /// publishes to 100 offline persistent subscribers (so the broker stores every message, as
 /// the relay stores mail), and the same paced live delivery to a connected QoS 1
@@ -265,7 +268,7 @@ async fn paced_delivery(port: u16, n: usize) -> anyhow::Result<Vec<Duration>> {
 pub(super) async fn run(
     report: &mut Report,
     deposits: usize,
-    push: Option<(usize, [(&str, &mut [Duration]); 2])>,
+    push: Option<(usize, PushRuns<'_>)>,
     relay_rate: f64,
     relay_ack: &mut [Duration],
     pipelined: &mut [pipeline::Run],

@@ -413,3 +413,60 @@ async fn a_version_5_database_keeps_its_mail() {
         .unwrap();
     assert_eq!(owner_index, 0);
 }
+
+/// A deposit goes live from the writer once applied: on each listening recipient's live
+/// stream that takes it (its own `Deliver`, with the entry's id), and what a full or closed
+/// stream, or a recipient without one, did not take is left for the event loop, with the
+/// message.
+#[tokio::test]
+async fn a_deposit_goes_live_on_the_streams_that_take_it() {
+    use super::super::{Early, Pushed};
+    use crate::wire::mailbox::Request;
+    use tokio::sync::mpsc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, _) = Storage::open(dir.path(), settings(100), Arc::default()).unwrap();
+    let h = storage.handle();
+    let sender = PeerId::random();
+    let [open, full, closed, none] = [(); 4].map(|()| PeerId::random());
+    let (open_tx, mut open_rx) = mpsc::channel(4);
+    let (full_tx, _full_rx) = mpsc::channel(1);
+    full_tx.try_send(vec![0]).unwrap();
+    let (closed_tx, closed_rx) = mpsc::channel(4);
+    drop(closed_rx);
+    let (tell, told) = oneshot::channel();
+    let (reply, answer) = oneshot::channel();
+    let to = [open, full, closed, none];
+    h.submit_wait(Op::Deposit {
+        sender,
+        recipients: to.iter().map(|p| (*p, Share::Sender)).collect(),
+        ciphertext: vec![7; 10],
+        now_ms: 1000,
+        expires_ms: 5000,
+        intro_expires_ms: 5000,
+        early: Some(Early {
+            streams: vec![(open, open_tx), (full, full_tx), (closed, closed_tx)],
+            rest: tell,
+        }),
+        reply,
+    })
+    .await
+    .unwrap();
+    let stored = answer.await.unwrap().unwrap().stored;
+    let pushed: Pushed = told.await.unwrap();
+    assert_eq!(pushed.on_streams, 1);
+    assert_eq!(pushed.closed, vec![closed]);
+    let mut rest: Vec<PeerId> = pushed.rest.iter().map(|s| s.peer).collect();
+    rest.sort();
+    let mut want = vec![full, closed, none];
+    want.sort();
+    assert_eq!(rest, want);
+    assert_eq!(pushed.ciphertext, vec![7; 10], "the message, for the rest");
+    let id = stored.iter().find(|s| s.peer == open).unwrap().id;
+    let frame = open_rx.try_recv().unwrap();
+    assert_eq!(
+        Request::decode(&frame).unwrap(),
+        Request::deliver_one(id, sender, 1000, &[7; 10], false)
+    );
+    storage.close().await;
+}
