@@ -1,5 +1,5 @@
 //! The checkpointer: copies the write-ahead log back into the database from a thread and
-//! connection of its own, once a second, so that group commits do not wait for it.
+//! connection of its own, five times a second, so that group commits do not wait for it.
 //!
 //! SQLite checkpoints in the commit that takes the log past `wal_autocheckpoint` pages: the
 //! writer stops taking operations while it copies, and every deposit of that commit, and
@@ -19,14 +19,8 @@ use rusqlite::Connection;
 
 use super::OpenError;
 
-/// How often the log is copied back. Each checkpoint ends with a flush of the database
-/// file, which the log's flushes (every acknowledgement waits for one) queue behind on the
-/// same file system: fewer, larger checkpoints cost the acknowledgements' tail less than
-/// many small ones. Under a load without pauses the log starts over only at the writer's
-/// backstop (`schema::WAL_CHECKPOINT_PAGES`), which copies inside a commit what came since
-/// the last run here: up to a second of deposits, the tail of a saturated relay (see
-/// `docs/decisions.md`).
-const INTERVAL: Duration = Duration::from_millis(1000);
+/// How often the log is copied back.
+const INTERVAL: Duration = Duration::from_millis(200);
 
 /// The checkpointer thread, stopped when this is stopped or dropped.
 #[derive(Debug)]

@@ -14,11 +14,8 @@ use crate::server::quota::{self, Key, Usage};
 /// SQLite page size assumed when turning `max_database_bytes` into `max_page_count`.
 const PAGE_SIZE: u64 = 4096;
 
-/// Pages of write-ahead log after which a commit checkpoints it (see `init`): 160 MiB.
-/// Under a load without pauses this is where the log starts over; set well above what a
-/// second of such load adds (about 90–120 MiB measured), so that it fires every second or
-/// two rather than between every two of the checkpointer's runs.
-const WAL_CHECKPOINT_PAGES: u32 = 40_000;
+/// Pages of write-ahead log after which a commit checkpoints it (see `init`).
+const WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 64;
