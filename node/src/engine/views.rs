@@ -125,16 +125,10 @@ impl Engine {
         peers: Vec<net::PeerConnections>,
     ) -> Result<StatusInfo, NodeError> {
         let outbox = self.store.outbox_depth()?;
-        let home = self.home_relay_peers();
+        // Home relays, then drained ones (never home relays too: adding one ends its drain),
+        // then contacts' relays not listed yet.
+        let mut seen: HashSet<PeerId> = self.mailbox_relay_peers().into_iter().collect();
         let mut relays = self.home_relay_infos();
-        let mut seen: HashSet<PeerId> = home.into_iter().collect();
-        // Drained relays are never home relays too (adding one ends its drain).
-        seen.extend(
-            self.relays
-                .draining
-                .iter()
-                .filter_map(|(a, _)| relay_peer(a)),
-        );
         relays.extend(self.draining_infos());
         for c in self.people.contacts.values() {
             for a in &c.relays {

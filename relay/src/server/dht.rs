@@ -63,8 +63,8 @@ pub(crate) fn row(record: &kad::Record, now: Instant, now_ms: u64, ttl: Duration
 }
 
 /// Puts the records kept before a restart back into `store`, each checked again as an
-/// inbound put is (a signed relay record under its own key, within the size cap; of two
-/// under one key the newer) and given the time it had left. Returns how many it holds.
+/// inbound put is ([`store_checked`]) and given the time it had left. Returns how many it
+/// holds.
 pub(crate) fn restore(
     store: &mut MemoryStore,
     cfg: &DhtConfig,
@@ -72,31 +72,14 @@ pub(crate) fn restore(
     now: Instant,
     now_ms: u64,
 ) -> usize {
-    let mut held = 0;
-    for r in rows {
-        if r.value.len() > cfg.max_record_bytes {
-            continue;
-        }
-        let key = kad::RecordKey::from(r.key);
-        let Ok(offered) = SignedRelayRecord::from_bytes(&r.value) else {
-            continue;
-        };
-        if offered.check_key(key.as_ref()).is_err() {
-            continue;
-        }
-        if let Some(old) = store.get(&key)
-            && let Ok(old) = SignedRelayRecord::from_bytes(&old.value)
-            && offered.check_replaces(&old).is_err()
-        {
-            continue;
-        }
-        let mut record = kad::Record::new(key, r.value);
-        record.expires = Some(now + Duration::from_millis(r.expires_ms.saturating_sub(now_ms)));
-        if store.put(record).is_ok() {
-            held += 1;
-        }
-    }
-    held
+    rows.into_iter()
+        .filter_map(|r| {
+            let left = Duration::from_millis(r.expires_ms.saturating_sub(now_ms));
+            let mut record = kad::Record::new(kad::RecordKey::from(r.key), r.value);
+            record.expires = Some(now + left);
+            store_checked(store, record, cfg.max_record_bytes, now).ok()
+        })
+        .count()
 }
 
 /// Why an inbound record was not stored.
@@ -150,33 +133,45 @@ impl Puts {
         self.rate
             .take(&source, 1.0, now)
             .map_err(|_| Refusal::RateLimited)?;
-        if record.value.len() > self.max_bytes {
-            return Err(Refusal::TooLarge(record.value.len()));
+        store_checked(store, record, self.max_bytes, now)
+    }
+}
+
+/// Stores `record` in `store` if it is at most `max_bytes`, verifies as a signed relay
+/// record under its own key, and is newer than the record held there; when the store is
+/// full, expired records make room first.
+fn store_checked(
+    store: &mut MemoryStore,
+    record: kad::Record,
+    max_bytes: usize,
+    now: Instant,
+) -> Result<(), Refusal> {
+    if record.value.len() > max_bytes {
+        return Err(Refusal::TooLarge(record.value.len()));
+    }
+    let offered = SignedRelayRecord::from_bytes(&record.value)?;
+    offered.check_key(record.key.as_ref())?;
+    if let Some(held) = store.get(&record.key) {
+        // What is held passed these checks when it was stored; only its version counts.
+        if let Ok(held) = SignedRelayRecord::from_bytes(&held.value) {
+            offered.check_replaces(&held)?;
         }
-        let offered = SignedRelayRecord::from_bytes(&record.value)?;
-        offered.check_key(record.key.as_ref())?;
-        if let Some(held) = store.get(&record.key) {
-            // What is held passed these checks when it was stored; only its version counts.
-            if let Ok(held) = SignedRelayRecord::from_bytes(&held.value) {
-                offered.check_replaces(&held)?;
+    }
+    let len = record.value.len();
+    match store.put(record.clone()) {
+        Ok(()) => Ok(()),
+        Err(store::Error::MaxRecords) => {
+            let expired: Vec<_> = store
+                .records()
+                .filter(|r| r.is_expired(now))
+                .map(|r| r.key.clone())
+                .collect();
+            for key in &expired {
+                store.remove(key);
             }
+            store.put(record).map_err(|_| Refusal::Full)
         }
-        let len = record.value.len();
-        match store.put(record.clone()) {
-            Ok(()) => Ok(()),
-            Err(store::Error::MaxRecords) => {
-                let expired: Vec<_> = store
-                    .records()
-                    .filter(|r| r.is_expired(now))
-                    .map(|r| r.key.clone())
-                    .collect();
-                for key in &expired {
-                    store.remove(key);
-                }
-                store.put(record).map_err(|_| Refusal::Full)
-            }
-            Err(_) => Err(Refusal::TooLarge(len)),
-        }
+        Err(_) => Err(Refusal::TooLarge(len)),
     }
 }
 

@@ -12,22 +12,17 @@ use crate::{
 };
 
 impl EventLoop {
-    /// Live deliveries the writer pushed on live streams itself.
-    fn count_stream_pushes(&self, n: usize) {
-        let n = n as u64;
-        self.metrics.live_deliveries.fetch_add(n, Relaxed);
-        self.metrics.live_stream_pushes.fetch_add(n, Relaxed);
-    }
-
     pub(super) fn on_completion(&mut self, done: Completion) {
         match done {
-            Completion::Pushed(n) => self.count_stream_pushes(n),
             Completion::Early {
                 sender,
                 now_ms,
                 pushed,
             } => {
-                self.count_stream_pushes(pushed.on_streams);
+                // What the writer pushed on live streams itself; the rest goes from here.
+                let n = pushed.on_streams as u64;
+                self.metrics.live_deliveries.fetch_add(n, Relaxed);
+                self.metrics.live_stream_pushes.fetch_add(n, Relaxed);
                 let ciphertext = pushed.ciphertext;
                 for peer in pushed.closed {
                     if self.live.get(&peer).is_some_and(|l| l.frames.is_closed()) {

@@ -220,10 +220,6 @@ impl EventLoop {
                 if let Some(early_rx) = early_rx {
                     self.pending.push(Box::pin(async move {
                         match early_rx.await {
-                            // Everything went out on live streams: nothing left to do.
-                            Ok(pushed) if pushed.rest.is_empty() && pushed.closed.is_empty() => {
-                                Completion::Pushed(pushed.on_streams)
-                            }
                             Ok(pushed) => Completion::Early {
                                 sender: peer,
                                 now_ms: now,

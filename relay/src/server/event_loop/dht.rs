@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libp2p::{PeerId, identify, kad};
+use libp2p::{
+    PeerId, identify,
+    kad::{self, store::RecordStore},
+};
 
 use super::{EventLoop, now_ms};
 use crate::server::{dht, storage};
@@ -29,14 +32,21 @@ impl EventLoop {
                     return;
                 };
                 let now = Instant::now();
-                let ttl = Duration::from_secs(self.cfg.dht.record_ttl_secs);
-                let row = dht::row(&record, now, now_ms(), ttl);
+                let key = record.key.clone();
                 match self.dht_puts.admit(kad.store_mut(), source, record, now) {
                     Ok(()) => {
                         self.metrics.dht_stored.fetch_add(1, Relaxed);
                         tracing::debug!(%source, "DHT record stored");
-                        // Kept for the next start; served from memory meanwhile.
-                        if self.storage.submit(storage::Op::PutDhtRecord(row)).is_err() {
+                        // Kept for the next start (copied only once it passed its checks);
+                        // served from memory meanwhile.
+                        let ttl = Duration::from_secs(self.cfg.dht.record_ttl_secs);
+                        let row = kad
+                            .store_mut()
+                            .get(&key)
+                            .map(|stored| dht::row(&stored, now, now_ms(), ttl));
+                        if let Some(row) = row
+                            && self.storage.submit(storage::Op::PutDhtRecord(row)).is_err()
+                        {
                             tracing::debug!("storage busy; a DHT record is kept in memory only");
                         }
                     }

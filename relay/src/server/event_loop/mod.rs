@@ -48,6 +48,7 @@ use crate::{
         deposits::{self, Answer},
         iplimit::IpKey,
         metrics::Metrics,
+        now_ms,
         presence::Presence,
         push,
         ratelimit::Limiter,
@@ -137,8 +138,6 @@ enum Completion {
         now_ms: u64,
         pushed: storage::Pushed,
     },
-    /// A deposit applied went out on this many live streams, straight from the writer.
-    Pushed(usize),
     /// Nothing to do (an early notice that never came because the deposit failed).
     Nothing,
     /// A refused deposit whose answer was held back (see `refuse_stranger`).
@@ -172,8 +171,6 @@ async fn await_reply<T: Send + 'static>(
 ) -> Result<T, storage::OpError> {
     rx.await.unwrap_or(Err(storage::OpError::Closed))
 }
-
-use super::now_ms;
 
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,

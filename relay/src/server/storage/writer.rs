@@ -18,6 +18,7 @@ use super::{
 };
 use crate::server::{
     metrics::Metrics,
+    now_ms,
     quota::{Key, Tag, Usage},
 };
 use crate::wire::mailbox as wire_mailbox;
@@ -410,10 +411,9 @@ fn apply_in_savepoint(
             (Done::Expired(reply, r), ok)
         }
         Op::SetPush { owner, url, reply } => {
-            let r =
-                crate::server::registrations::touch(sp, &owner.to_bytes(), crate::server::now_ms())
-                    .map_err(sql_err)
-                    .and_then(|()| presence::set_push(sp, owner, url.as_deref()));
+            let r = crate::server::registrations::touch(sp, &owner.to_bytes(), now_ms())
+                .map_err(sql_err)
+                .and_then(|()| presence::set_push(sp, owner, url.as_deref()));
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
@@ -436,10 +436,9 @@ fn apply_in_savepoint(
             viewers,
             reply,
         } => {
-            let r =
-                crate::server::registrations::touch(sp, &owner.to_bytes(), crate::server::now_ms())
-                    .map_err(sql_err)
-                    .and_then(|()| presence::set_allow(sp, owner, &viewers));
+            let r = crate::server::registrations::touch(sp, &owner.to_bytes(), now_ms())
+                .map_err(sql_err)
+                .and_then(|()| presence::set_allow(sp, owner, &viewers));
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
@@ -474,8 +473,7 @@ fn apply_in_savepoint(
             reply,
         } => {
             let r = directory::publish_list(sp, &user, &body, check).and_then(|()| {
-                crate::server::registrations::touch_list(sp, &user, crate::server::now_ms())
-                    .map_err(sql_err)
+                crate::server::registrations::touch_list(sp, &user, now_ms()).map_err(sql_err)
             });
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
@@ -495,8 +493,7 @@ fn apply_in_savepoint(
         } => {
             let r = directory::publish_prekeys(sp, &device, &user, &bundle, &one_time, check)
                 .and_then(|n| {
-                    crate::server::registrations::touch(sp, &device, crate::server::now_ms())
-                        .map_err(sql_err)?;
+                    crate::server::registrations::touch(sp, &device, now_ms()).map_err(sql_err)?;
                     Ok(n)
                 });
             let ok = r.is_ok();

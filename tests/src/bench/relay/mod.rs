@@ -157,10 +157,7 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
 
     // Deposit → live delivery latency at a fixed rate.
     let mut push = push::latency(&relay.addr, &echo.addr, push_messages).await?;
-    for (prefix, lat) in [
-        ("relay.push", &mut push.request),
-        ("relay.push_stream", &mut push.stream),
-    ] {
+    for (prefix, lat) in &mut push.runs {
         for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
             report.compare(
                 &format!("{prefix}_{label}"),
@@ -184,13 +181,7 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
     mosquitto::run(
         report,
         deposits,
-        Some((
-            push_messages,
-            [
-                ("relay.push", &mut push.request[..]),
-                ("relay.push_stream", &mut push.stream[..]),
-            ],
-        )),
+        Some((push_messages, push.runs())),
         relay_rate,
         &mut relay_lat,
         &mut pipelined,

@@ -27,12 +27,21 @@ enum Via {
     Stream,
 }
 
-/// The push latencies: deposits as requests, deposits on a stream, and the echo round trip
-/// at the same rate.
+/// The push latencies: each run's figure prefix (`relay.push` for deposits as requests,
+/// `relay.push_stream` on a stream) with its latencies, and the echo round trip at the
+/// same rate.
 pub(super) struct Latencies {
-    pub(super) request: Vec<Duration>,
-    pub(super) stream: Vec<Duration>,
+    pub(super) runs: [(&'static str, Vec<Duration>); 2],
     pub(super) echo: Vec<Duration>,
+}
+
+impl Latencies {
+    /// The runs, as the Mosquitto anchor compares them.
+    pub(super) fn runs(&mut self) -> super::mosquitto::PushRuns<'_> {
+        self.runs
+            .each_mut()
+            .map(|(prefix, lat)| (*prefix, &mut lat[..]))
+    }
 }
 
 /// Deposits `n` messages at [`PUSH_RATE`] per second to a listening recipient, as requests
@@ -63,8 +72,7 @@ pub(super) async fn latency(
         echo_lat.push(c.await??);
     }
     Ok(Latencies {
-        request,
-        stream,
+        runs: [("relay.push", request), ("relay.push_stream", stream)],
         echo: echo_lat,
     })
 }
