@@ -41,6 +41,9 @@ pub struct Metrics {
     pub acked: AtomicU64,
     /// Mailbox entries deleted by TTL expiry.
     pub expired: AtomicU64,
+    /// Times the writer copied back the end of the write-ahead log so that its next commit
+    /// starts the log over (`storage::checkpoint`).
+    pub log_restarts: AtomicU64,
     /// Mailbox entries currently stored.
     mailbox_messages: AtomicI64,
     /// Ciphertext bytes currently referenced by mailboxes.
@@ -216,6 +219,12 @@ impl Metrics {
             "Mailbox entries expired.",
             "counter",
             g(&self.expired),
+        );
+        counter(
+            "tern_relay_log_restarts_total",
+            "Write-ahead log restarts asked by the checkpointer and done by the writer.",
+            "counter",
+            g(&self.log_restarts),
         );
         counter(
             "tern_relay_mailbox_messages",

@@ -5,7 +5,7 @@
 
 use std::{sync::atomic::Ordering::Relaxed, time::Instant};
 
-use super::{Completion, EventLoop, Proto, answer::busy};
+use super::{Completion, EventLoop, Proto, answer::busy, deposit::deposited};
 use crate::{
     server::push,
     wire::{ErrorCode, mailbox, presence as pw},
@@ -46,23 +46,12 @@ impl EventLoop {
                 result,
             } => match result {
                 Ok(d) => {
-                    self.metrics.deposits.fetch_add(1, Relaxed);
-                    self.metrics
-                        .deposit_recipients
-                        .fetch_add(d.stored.len() as u64, Relaxed);
-                    self.metrics.deposit_bytes.fetch_add(size as u64, Relaxed);
-                    self.answer(
-                        channel,
-                        mailbox::Response::Deposited {
-                            message: d.message,
-                            recipients: d.stored.len() as u32,
-                            refused: refused.into_iter().chain(d.refused).collect(),
-                        },
-                    );
+                    let (response, stored) = deposited(&self.metrics, size, refused, d);
+                    self.answer(channel, response);
                     // Listening recipients were served by the early notice. Mail from
                     // strangers (introductions) wakes nobody: it waits for the next time
                     // the device is online anyway.
-                    for st in d.stored {
+                    for st in stored {
                         if !st.intro
                             && !self.listening.contains(&st.peer)
                             && self.push_registered.contains(&st.peer)

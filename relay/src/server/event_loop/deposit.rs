@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashSet,
-    sync::atomic::Ordering::Relaxed,
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
@@ -17,6 +17,7 @@ use super::{Completion, EventLoop, Proto, answer::busy, await_reply, now_ms};
 use crate::{
     server::{
         deposits::{self, Answer},
+        metrics::Metrics,
         quota::Share,
         storage,
     },
@@ -203,7 +204,28 @@ impl EventLoop {
                 } else {
                     (None, None)
                 };
-                let (reply, rx) = oneshot::channel();
+                // A deposit from a stream whose answer needs nothing more of this loop
+                // (no introduction, whose refusal is remembered and penalized here; no
+                // recipient to wake through its push endpoint) is answered as soon as it
+                // is on disk, from the flusher's thread: no trip back through this loop.
+                let direct = recipients
+                    .iter()
+                    .all(|(r, s)| *s != Share::Intro && !self.push_registered.contains(r));
+                let (reply, waiting) = match channel {
+                    Answer::Stream(reply) if direct => (
+                        storage::DepositReply::Direct(Box::new(StreamAnswer {
+                            reply,
+                            refused: refused_early,
+                            size,
+                            metrics: self.metrics.clone(),
+                        })),
+                        None,
+                    ),
+                    channel => {
+                        let (tx, rx) = oneshot::channel();
+                        (tx.into(), Some((channel, refused_early, rx)))
+                    }
+                };
                 let op = storage::Op::Deposit {
                     sender: peer,
                     recipients,
@@ -214,8 +236,14 @@ impl EventLoop {
                     early,
                     reply,
                 };
-                if let Err(e) = self.storage.submit(op) {
-                    return self.refuse(channel, busy(e));
+                if let Err(back) = self.storage.submit_or_return(op) {
+                    let (storage::Op::Deposit { reply, .. }, e) = *back else {
+                        return;
+                    };
+                    return match (reply, waiting) {
+                        (_, Some((channel, _, _))) => self.refuse(channel, busy(e)),
+                        (reply, None) => reply.send(Err(e)),
+                    };
                 }
                 if let Some(early_rx) = early_rx {
                     self.pending.push(Box::pin(async move {
@@ -229,20 +257,67 @@ impl EventLoop {
                         }
                     }));
                 }
-                self.pending.push(Box::pin(async move {
-                    Completion::Deposit {
-                        channel,
-                        sender: peer,
-                        intro_to,
-                        size,
-                        refused: refused_early,
-                        result: await_reply(rx).await,
-                    }
-                }));
+                if let Some((channel, refused, rx)) = waiting {
+                    self.pending.push(Box::pin(async move {
+                        Completion::Deposit {
+                            channel,
+                            sender: peer,
+                            intro_to,
+                            size,
+                            refused,
+                            result: await_reply(rx).await,
+                        }
+                    }));
+                }
             }
             _ => self.refuse(channel, Rejection::new(ErrorCode::BadRequest)),
         }
     }
+}
+
+/// A stream deposit answered where its result is known (`storage::Answerer`): as its
+/// completion in the loop would answer it, which for such a deposit needs none of the loop's
+/// state (a failure of a deposit with no introduction in it is never penalized).
+struct StreamAnswer {
+    reply: deposits::StreamReply,
+    /// Recipients refused before storage.
+    refused: Vec<mailbox::Refusal>,
+    size: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl storage::Answerer for StreamAnswer {
+    fn stored(self: Box<Self>, d: storage::Deposited) {
+        let (response, _) = deposited(&self.metrics, self.size, self.refused, d);
+        self.reply.send(response);
+    }
+
+    fn failed(self: Box<Self>, e: storage::OpError) {
+        let rejection = busy(e);
+        self.metrics.reject(rejection.code);
+        self.reply.send(mailbox::Response::Error(rejection));
+    }
+}
+
+/// Counts a stored deposit of `size` bytes in the metrics; its answer (with `refused`, the
+/// recipients refused before storage) and the mailboxes it sits in.
+pub(super) fn deposited(
+    metrics: &Metrics,
+    size: usize,
+    refused: Vec<mailbox::Refusal>,
+    d: storage::Deposited,
+) -> (mailbox::Response, Vec<storage::Stored>) {
+    metrics.deposits.fetch_add(1, Relaxed);
+    metrics
+        .deposit_recipients
+        .fetch_add(d.stored.len() as u64, Relaxed);
+    metrics.deposit_bytes.fetch_add(size as u64, Relaxed);
+    let response = mailbox::Response::Deposited {
+        message: d.message,
+        recipients: d.stored.len() as u32,
+        refused: refused.into_iter().chain(d.refused).collect(),
+    };
+    (response, d.stored)
 }
 
 /// Deposit tokens a deposit for `recipients` mailboxes costs: one for the stored message and

@@ -56,7 +56,7 @@ pub use super::quota::{Quota, Share};
 use crate::wire::ErrorCode;
 pub use dht::DhtRow;
 pub use directory::{CheckFn, Claimed, ListCheck, MAX_STORED_ONE_TIME_KEYS};
-pub use op::{Deposited, Early, Op, Page, Pushed, Stored};
+pub use op::{Answerer, DepositReply, Deposited, Early, Op, Page, Pushed, Stored};
 pub use schema::Loaded;
 
 /// The database file name inside the data directory.
@@ -170,6 +170,17 @@ impl StorageHandle {
         })
     }
 
+    /// Queues an operation without waiting; when the queue is full or closed the operation
+    /// comes back with the error, so that its reply can still be answered.
+    pub fn submit_or_return(&self, op: Op) -> Result<(), Box<(Op, OpError)>> {
+        self.tx.try_send(op).map_err(|e| {
+            Box::new(match e {
+                mpsc::error::TrySendError::Full(op) => (op, OpError::Busy),
+                mpsc::error::TrySendError::Closed(op) => (op, OpError::Closed),
+            })
+        })
+    }
+
     /// Queues an operation, waiting for room.
     pub async fn submit_wait(&self, op: Op) -> Result<(), OpError> {
         self.tx.send(op).await.map_err(|_| OpError::Closed)
@@ -253,7 +264,8 @@ impl Storage {
             .filter(|((_, t), _)| *t == Tag::Total)
             .fold((0, 0), |(m, b), (_, u)| (m + u.messages, b + u.bytes));
         metrics.set_mailbox_totals(total_messages, total_bytes);
-        let checkpointer = checkpoint::Checkpointer::spawn(&path)?;
+        let restart = checkpoint::Restart::default();
+        let checkpointer = checkpoint::Checkpointer::spawn(&path, restart.clone())?;
         // From here on commits do not wait for the disk: the flusher flushes them before
         // anything is answered.
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -266,7 +278,7 @@ impl Storage {
             (usage, index, issued),
             settings,
             metrics,
-            flusher,
+            (flusher, restart),
         );
         let thread = std::thread::Builder::new()
             .name("tern-relay-storage".into())

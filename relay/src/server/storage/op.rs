@@ -65,6 +65,51 @@ pub struct Page {
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, OpError>>;
 
+/// Answers a deposit where its result is known (on the flusher's thread, once the deposit
+/// is on disk), with no trip back through the event loop: for deposits whose answer needs
+/// nothing else of the loop's state.
+pub trait Answerer: Send {
+    /// The deposit is stored, and on disk.
+    fn stored(self: Box<Self>, deposited: Deposited);
+    /// The deposit failed.
+    fn failed(self: Box<Self>, error: OpError);
+}
+
+/// Where a deposit's result goes.
+pub enum DepositReply {
+    /// Back to whoever submitted it, to answer from there.
+    Channel(Reply<Deposited>),
+    /// Answered at once ([`Answerer`]).
+    Direct(Box<dyn Answerer>),
+}
+
+impl DepositReply {
+    /// Hands over the result.
+    pub fn send(self, result: Result<Deposited, OpError>) {
+        match (self, result) {
+            // The submitter may have given up (connection closed); nothing to do then.
+            (DepositReply::Channel(tx), r) => drop(tx.send(r)),
+            (DepositReply::Direct(a), Ok(d)) => a.stored(d),
+            (DepositReply::Direct(a), Err(e)) => a.failed(e),
+        }
+    }
+}
+
+impl From<Reply<Deposited>> for DepositReply {
+    fn from(tx: Reply<Deposited>) -> Self {
+        DepositReply::Channel(tx)
+    }
+}
+
+impl std::fmt::Debug for DepositReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DepositReply::Channel(_) => "DepositReply::Channel",
+            DepositReply::Direct(_) => "DepositReply::Direct",
+        })
+    }
+}
+
 /// An operation for the writer thread.
 #[derive(Debug)]
 pub enum Op {
@@ -87,7 +132,7 @@ pub enum Op {
         /// commits, so it does not wait for the disk (see `docs/protocol.md`).
         early: Option<Early>,
         /// Answer.
-        reply: Reply<Deposited>,
+        reply: DepositReply,
     },
     /// Read a mailbox page.
     Fetch {

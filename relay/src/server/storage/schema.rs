@@ -15,7 +15,7 @@ use crate::server::quota::{self, Key, Usage};
 const PAGE_SIZE: u64 = 4096;
 
 /// Pages of write-ahead log after which a commit checkpoints it (see `init`).
-const WAL_CHECKPOINT_PAGES: u32 = 10_000;
+pub(super) const WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 64;

@@ -3,15 +3,21 @@
 //! once the commit is on disk; it keeps every mailbox's fill level in memory, and refuses
 //! what stores more while free disk space is below the reserve.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Instant,
+};
 
 use libp2p::PeerId;
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::{
-    Claimed, Deposited, Early, Op, OpError, Page, Pushed, Settings, Stored, dht, directory, grants,
-    mailbox,
+    Claimed, DepositReply, Deposited, Early, Op, OpError, Page, Pushed, Settings, Stored,
+    checkpoint::{self, Restart},
+    dht, directory, grants, mailbox,
     op::Reply,
     presence, schema, sql_err,
     sync::{Committed, Flusher},
@@ -41,6 +47,8 @@ pub(super) struct Writer {
     metrics: Arc<Metrics>,
     /// Where committed answers wait for the disk.
     flusher: Flusher,
+    /// The checkpointer's requests to start the log over.
+    restart: Restart,
 }
 
 /// Signed changes to usage counters.
@@ -48,7 +56,7 @@ pub(super) type Delta = HashMap<Key, (i64, i64)>;
 
 /// An applied operation waiting for its commit to reach the disk to send its reply.
 pub(super) enum Done {
-    Deposit(Reply<Deposited>, Result<Deposited, OpError>),
+    Deposit(DepositReply, Result<Deposited, OpError>),
     Fetch(Reply<Page>, Result<Page, OpError>),
     Count(Reply<u32>, Result<u32, OpError>),
     Expired(Reply<u64>, Result<u64, OpError>),
@@ -86,7 +94,10 @@ impl Done {
             let _ = reply.send(r);
         }
         match self {
-            Done::Deposit(r, v) => go(r, v, commit_error),
+            Done::Deposit(r, v) => r.send(match commit_error {
+                Some(e) => Err(e.clone()),
+                None => v,
+            }),
             Done::Fetch(r, v) => go(r, v, commit_error),
             Done::Count(r, v) => go(r, v, commit_error),
             Done::Expired(r, v) => go(r, v, commit_error),
@@ -109,7 +120,7 @@ impl Writer {
         (usage, index, issued): (HashMap<Key, Usage>, mailbox::Index, u64),
         settings: Settings,
         metrics: Arc<Metrics>,
-        flusher: Flusher,
+        (flusher, restart): (Flusher, Restart),
     ) -> Self {
         Writer {
             conn,
@@ -121,6 +132,7 @@ impl Writer {
             settings,
             metrics,
             flusher,
+            restart,
         }
     }
 
@@ -163,9 +175,31 @@ impl Writer {
     /// operations applied so far are answered with the error and the rest go on in a
     /// fresh transaction, so acks that free space still work on a full disk.
     fn process(&mut self, batch: &mut Vec<Op>) {
+        if self.restart.wanted() {
+            self.copy_tail();
+        }
         let mut queue: std::collections::VecDeque<Op> = batch.drain(..).collect();
         while !queue.is_empty() {
             self.process_some(&mut queue);
+        }
+    }
+
+    /// Copies back what the checkpointer left in the log, between two transactions, so that
+    /// the next one starts the log over (see [`Restart`]). Asks again if something kept it
+    /// from copying everything (the checkpointer's own pass, a reader).
+    fn copy_tail(&mut self) {
+        match checkpoint::pass(&self.conn) {
+            Ok((log, copied)) => {
+                if copied < log {
+                    self.restart.ask();
+                } else {
+                    self.metrics.log_restarts.fetch_add(1, Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "checkpoint failed");
+                self.restart.ask();
+            }
         }
     }
 

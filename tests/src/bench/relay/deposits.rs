@@ -18,7 +18,9 @@ use tern_relay::{
 };
 
 use super::{
-    CIPHERTEXT, IN_FLIGHT, MAILBOXES, SENDERS, connect, echo::EchoServer, ms, pipeline,
+    CIPHERTEXT, IN_FLIGHT, MAILBOXES, SENDERS, connect,
+    echo::{EchoServer, StreamEcho},
+    ms, pipeline,
     process::RelayProcess,
 };
 use crate::bench::{Report, per_sec, quantile};
@@ -84,10 +86,28 @@ pub(super) async fn run(
             ms(quantile(&mut echo_lat, q)),
         );
     }
+    let stream_echo = StreamEcho::start()?;
     let mut pipelined = Vec::new();
     for window in pipeline::WINDOWS {
+        let mut ceiling = pipeline::run(&stream_echo.addr, deposits, window).await?;
         let mut run = pipeline::run(&relay.addr, deposits, window).await?;
         let name = run.name();
+        report.compare(
+            &format!("{name}_vs_stream_echo"),
+            run.rate,
+            "msg/s",
+            "deposit-stream echo (transport)",
+            ceiling.rate,
+        );
+        for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+            report.compare(
+                &format!("{name}_ack_{label}_vs_stream_echo"),
+                ms(quantile(&mut run.lat, q)),
+                "ms",
+                "deposit-stream echo (transport)",
+                ms(quantile(&mut ceiling.lat, q)),
+            );
+        }
         report.compare(
             &format!("{name}_throughput"),
             run.rate,

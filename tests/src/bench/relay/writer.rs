@@ -161,7 +161,7 @@ async fn writer_run(n: usize) -> anyhow::Result<Run> {
                 expires_ms: now + 7 * 86_400_000,
                 intro_expires_ms: now + 86_400_000,
                 early: None,
-                reply,
+                reply: reply.into(),
             })
             .await?;
             in_flight.push(async move {

@@ -23,7 +23,7 @@ async fn deposit(
         expires_ms: 5000,
         intro_expires_ms: 5000,
         early: None,
-        reply,
+        reply: reply.into(),
     })
     .await
     .unwrap();
@@ -116,7 +116,7 @@ async fn quota_counts_within_a_batch() {
             expires_ms: u64::MAX / 2,
             intro_expires_ms: u64::MAX / 2,
             early: None,
-            reply,
+            reply: reply.into(),
         })
         .await
         .unwrap();
@@ -154,7 +154,7 @@ async fn a_full_database_keeps_no_part_of_a_deposit() {
             expires_ms: 1_000_000,
             intro_expires_ms: 1_000_000,
             early: None,
-            reply,
+            reply: reply.into(),
         })
         .await
         .unwrap();
@@ -209,7 +209,7 @@ pub(in crate::server::storage) async fn deposit_as(
         expires_ms: now_ms + 100_000,
         intro_expires_ms: now_ms + 1_000,
         early: None,
-        reply,
+        reply: reply.into(),
     })
     .await
     .unwrap();
@@ -448,7 +448,7 @@ async fn a_deposit_goes_live_on_the_streams_that_take_it() {
             streams: vec![(open, open_tx), (full, full_tx), (closed, closed_tx)],
             rest: tell,
         }),
-        reply,
+        reply: reply.into(),
     })
     .await
     .unwrap();
