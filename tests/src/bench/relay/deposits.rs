@@ -19,7 +19,7 @@ use tern_relay::{
 
 use super::{
     CIPHERTEXT, IN_FLIGHT, MAILBOXES, SENDERS, connect,
-    echo::{EchoServer, StreamEcho},
+    echo::{self, Server},
     ms, pipeline,
     process::RelayProcess,
 };
@@ -31,7 +31,7 @@ use crate::bench::{Report, per_sec, quantile};
 pub(super) async fn run(
     report: &mut Report,
     relay: &RelayProcess,
-    echo: &EchoServer,
+    echo: &Server,
     sqlite: f64,
     deposits: usize,
 ) -> anyhow::Result<(f64, Vec<Duration>, Vec<pipeline::Run>)> {
@@ -86,7 +86,7 @@ pub(super) async fn run(
             ms(quantile(&mut echo_lat, q)),
         );
     }
-    let stream_echo = StreamEcho::start()?;
+    let stream_echo = echo::stream_echo()?;
     let mut pipelined = Vec::new();
     for window in pipeline::WINDOWS {
         let mut ceiling = pipeline::run(&stream_echo.addr, deposits, window).await?;

@@ -1,4 +1,5 @@
-//! The transport ceiling of the `relay` suite: a bare libp2p request/response echo server.
+//! The transport ceilings of the `relay` suite: a bare libp2p request/response echo server,
+//! and a deposit-stream server that answers every deposit at once.
 
 use std::time::Duration;
 
@@ -6,117 +7,38 @@ use anyhow::Context;
 use tern_relay::{
     Multiaddr,
     libp2p::{
-        self, SwarmBuilder, futures::StreamExt, noise, request_response, swarm::SwarmEvent, tcp,
-        yamux,
+        self, Swarm, SwarmBuilder,
+        futures::StreamExt,
+        noise, request_response,
+        swarm::{NetworkBehaviour, SwarmEvent},
+        tcp,
     },
     wire::{Frame, mailbox},
 };
 
 use super::START_TIMEOUT;
 
-/// The transport ceiling: a libp2p request/response server on the same transport (TCP,
-/// Noise, Yamux) and protocol id as the relay's mailbox, answering every request at once
-/// with `Ok`, on its own thread and single-threaded runtime as the relay has its own
-/// process and (by default) one network thread.
-pub(super) struct EchoServer {
+/// A libp2p server on the relay's transport (TCP, Noise, Yamux) on 127.0.0.1, on its own
+/// thread and single-threaded runtime as the relay has its own process and (by default) one
+/// network thread; stopped on drop.
+pub(super) struct Server {
     pub(super) addr: Multiaddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl EchoServer {
-    /// Starts the server on its own thread and waits for its address.
-    pub(super) fn start() -> anyhow::Result<Self> {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop, mut stop_rx) = tokio::sync::oneshot::channel();
-        let thread = std::thread::spawn(move || {
-            // Single-threaded, like the relay's default runtime.
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let ok = match mailbox::Response::Ok.encode() {
-                    Ok(b) => b,
-                    Err(_) => return,
-                };
-                let built = SwarmBuilder::with_new_identity()
-                    .with_tokio()
-                    .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-                    .map(|b| {
-                        b.with_behaviour(|_| {
-                            request_response::Behaviour::with_codec(
-                                mailbox::codec(),
-                                [(mailbox::PROTOCOL, request_response::ProtocolSupport::Full)],
-                                request_response::Config::default().with_max_concurrent_streams(1024),
-                            )
-                        })
-                    });
-                let Ok(Ok(builder)) = built else { return };
-                let mut swarm = builder
-                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-                    .build();
-                let Ok(listen) = "/ip4/127.0.0.1/tcp/0".parse::<Multiaddr>() else { return };
-                if swarm.listen_on(listen).is_err() {
-                    return;
-                }
-                loop {
-                    tokio::select! {
-                        _ = &mut stop_rx => return,
-                        ev = swarm.select_next_some() => match ev {
-                            SwarmEvent::NewListenAddr { address, .. } => {
-                                let full = address.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id()));
-                                let _ = addr_tx.send(full);
-                            }
-                            SwarmEvent::Behaviour(request_response::Event::Message {
-                                message: request_response::Message::Request { channel, .. },
-                                ..
-                            }) => {
-                                let _ = swarm.behaviour_mut().send_response(channel, Frame::Data(ok.clone()));
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            });
-        });
-        let addr = addr_rx
-            .recv_timeout(START_TIMEOUT)
-            .context("echo server did not start")?;
-        Ok(Self {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The transport ceiling of the pipelined deposits: a libp2p server on the relay's
-/// transport accepting `/tern/deposit/1` streams and answering every deposit frame at once
-/// (`Deposited`, without decoding it), answers gathered into one write as the relay does;
-/// on its own thread and single-threaded runtime, like [`EchoServer`].
-pub(super) struct StreamEcho {
-    pub(super) addr: Multiaddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StreamEcho {
-    /// Starts the server on its own thread and waits for its address.
-    pub(super) fn start() -> anyhow::Result<Self> {
+impl Server {
+    /// Starts a server with `behaviour`, runs `setup` on its swarm (inside its runtime,
+    /// before it listens) and hands each swarm event to `on_event`; waits for its address.
+    fn start<B, F>(
+        behaviour: impl FnOnce() -> B + Send + 'static,
+        setup: impl FnOnce(&mut Swarm<B>) + Send + 'static,
+        mut on_event: F,
+    ) -> anyhow::Result<Self>
+    where
+        B: NetworkBehaviour + Send,
+        F: FnMut(&mut Swarm<B>, SwarmEvent<B::ToSwarm>) + Send + 'static,
+    {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, mut stop_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::spawn(move || {
@@ -134,18 +56,12 @@ impl StreamEcho {
                         noise::Config::new,
                         tern_relay::yamux_config,
                     )
-                    .map(|b| b.with_behaviour(|_| libp2p_stream::Behaviour::new()));
+                    .map(|b| b.with_behaviour(|_| behaviour()));
                 let Ok(Ok(builder)) = built else { return };
                 let mut swarm = builder
                     .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
                     .build();
-                let Ok(mut incoming) = swarm
-                    .behaviour()
-                    .new_control()
-                    .accept(tern_relay::wire::deposit::PROTOCOL)
-                else {
-                    return;
-                };
+                setup(&mut swarm);
                 let Ok(listen) = "/ip4/127.0.0.1/tcp/0".parse::<Multiaddr>() else { return };
                 if swarm.listen_on(listen).is_err() {
                     return;
@@ -153,20 +69,20 @@ impl StreamEcho {
                 loop {
                     tokio::select! {
                         _ = &mut stop_rx => return,
-                        s = incoming.next() => if let Some((_, stream)) = s {
-                            tokio::spawn(answer_deposits(stream));
-                        },
-                        ev = swarm.select_next_some() => if let SwarmEvent::NewListenAddr { address, .. } = ev {
-                            let full = address.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id()));
-                            let _ = addr_tx.send(full);
-                        },
+                        ev = swarm.select_next_some() => match ev {
+                            SwarmEvent::NewListenAddr { address, .. } => {
+                                let full = address.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id()));
+                                let _ = addr_tx.send(full);
+                            }
+                            ev => on_event(&mut swarm, ev),
+                        }
                     }
                 }
             });
         });
         let addr = addr_rx
             .recv_timeout(START_TIMEOUT)
-            .context("stream echo server did not start")?;
+            .context("echo server did not start")?;
         Ok(Self {
             addr,
             stop: Some(stop),
@@ -175,7 +91,7 @@ impl StreamEcho {
     }
 }
 
-impl Drop for StreamEcho {
+impl Drop for Server {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -186,7 +102,58 @@ impl Drop for StreamEcho {
     }
 }
 
-/// One deposit stream of [`StreamEcho`]: a reading task numbers the frames, the writing
+/// The transport ceiling: a request/response server on the relay mailbox's protocol id,
+/// answering every request at once with `Ok`.
+pub(super) fn echo_server() -> anyhow::Result<Server> {
+    let ok = mailbox::Response::Ok.encode()?;
+    Server::start(
+        || {
+            request_response::Behaviour::with_codec(
+                mailbox::codec(),
+                [(mailbox::PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_max_concurrent_streams(1024),
+            )
+        },
+        |_| {},
+        move |swarm, ev| {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) = ev
+            {
+                let _ = swarm
+                    .behaviour_mut()
+                    .send_response(channel, Frame::Data(ok.clone()));
+            }
+        },
+    )
+}
+
+/// The transport ceiling of the pipelined deposits: a server accepting `/tern/deposit/1`
+/// streams and answering every deposit frame at once (`Deposited`, without decoding it),
+/// answers gathered into one write as the relay does.
+pub(super) fn stream_echo() -> anyhow::Result<Server> {
+    Server::start(
+        libp2p_stream::Behaviour::new,
+        |swarm| {
+            let Ok(mut incoming) = swarm
+                .behaviour()
+                .new_control()
+                .accept(tern_relay::wire::deposit::PROTOCOL)
+            else {
+                return;
+            };
+            tokio::spawn(async move {
+                while let Some((_, stream)) = incoming.next().await {
+                    tokio::spawn(answer_deposits(stream));
+                }
+            });
+        },
+        |_, _| {},
+    )
+}
+
+/// One deposit stream of [`stream_echo`]: a reading task numbers the frames, the writing
 /// side answers every number queued so far in one write.
 async fn answer_deposits(stream: libp2p::Stream) {
     use tern_relay::wire::{

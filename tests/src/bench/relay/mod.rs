@@ -137,7 +137,7 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
     let idle = opts.size(3_000, 50);
 
     let sqlite = tokio::task::spawn_blocking(move || sqlite::baseline(deposits)).await??;
-    let echo = echo::EchoServer::start()?;
+    let echo = echo::echo_server()?;
     let relay = RelayProcess::start()?;
 
     let (relay_rate, mut relay_lat, mut pipelined) =
