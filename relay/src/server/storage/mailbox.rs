@@ -22,9 +22,12 @@ use crate::wire::{
 /// Most expired entries deleted in one sweep operation, so a sweep never stalls deposits.
 const MAX_EXPIRE_PER_SWEEP: i64 = 50_000;
 
-/// Stores a deposit for the recipients its quotas and shares admit. Fails with
-/// [`OpError::Quota`] before writing anything when they admit none; any other error may
-/// come after a part of it is written (the caller must then drop its transaction).
+/// Stores a deposit for the recipients its quotas and shares admit, counting it straight
+/// into the batch's changes (`batch`): it runs without a savepoint (see `writer`), so when
+/// it fails after writing, the whole transaction and those changes are dropped. Fails with
+/// [`OpError::Quota`] before writing or counting anything when they admit none; any other
+/// error may come after a part of it is written (the caller must then drop its
+/// transaction).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn deposit(
     sp: &Connection,
@@ -34,8 +37,7 @@ pub(super) fn deposit(
     now_ms: u64,
     (expires_ms, intro_expires_ms): (u64, u64),
     usage: &HashMap<Key, Usage>,
-    batch: &Delta,
-    (local, moves): (&mut Delta, &mut Moves),
+    (batch, moves): (&mut Delta, &mut Moves),
     quota: Quota,
     issued: &mut u64,
 ) -> Result<Deposited, OpError> {
@@ -94,7 +96,7 @@ pub(super) fn deposit(
         .map_err(sql_err)?;
         // Recipients are distinct, so this deposit adds one to each mailbox.
         let depth = quota::current(usage, batch, &(key.clone(), Tag::Total)).0 + 1;
-        count(local, &key, Some(&col), intro, 1, size as i64);
+        count(batch, &key, Some(&col), intro, 1, size as i64);
         moves.add(&key, seq);
         stored.push(Stored {
             peer,
@@ -110,12 +112,19 @@ pub(super) fn deposit(
     })
 }
 
-/// Adds one entry's change to every counter it counts in.
-fn count(local: &mut Delta, owner: &[u8], share: Option<&[u8]>, intro: bool, m: i64, b: i64) {
-    for k in quota::keys(owner, share, intro) {
-        let e = local.entry(k).or_default();
+/// Adds one entry's change to every counter it counts in (those of `quota::keys`).
+fn count(delta: &mut Delta, owner: &[u8], share: Option<&[u8]>, intro: bool, m: i64, b: i64) {
+    let mut add = |k: Key| {
+        let e = delta.entry(k).or_default();
         e.0 += m;
         e.1 += b;
+    };
+    add((owner.to_vec(), Tag::Total));
+    if let Some(s) = share {
+        add((owner.to_vec(), Tag::Share(s.to_vec())));
+    }
+    if intro {
+        add((owner.to_vec(), Tag::Intro));
     }
 }
 

@@ -401,8 +401,7 @@ fn apply_in_savepoint(
                 now_ms,
                 (expires_ms, intro_expires_ms.min(expires_ms)),
                 usage,
-                delta,
-                (&mut local, &mut moves),
+                (&mut *delta, &mut moves),
                 settings.quota,
                 issued,
             );
