@@ -31,19 +31,16 @@ pub enum Share {
     Intro,
 }
 
-/// What a usage counter counts.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Tag {
+/// What a usage counter of one mailbox counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter<'a> {
     /// The whole mailbox.
     Total,
     /// One share: `g` + token hash, or `s` + sender peer id bytes (as stored).
-    Share(Vec<u8>),
+    Share(&'a [u8]),
     /// The introductions share as a whole.
     Intro,
 }
-
-/// A usage counter's key: the mailbox owner's peer id bytes and what is counted.
-pub type Key = (Vec<u8>, Tag);
 
 /// The stored share column of an entry.
 pub fn share_column(share: &Share, sender: &PeerId) -> Vec<u8> {
@@ -55,15 +52,146 @@ pub fn share_column(share: &Share, sender: &PeerId) -> Vec<u8> {
 
 /// The counters one entry counts in: the mailbox, its share, and (for an introduction)
 /// the introductions share. Entries stored before shares existed count in the total only.
-pub fn keys(owner: &[u8], share: Option<&[u8]>, intro: bool) -> Vec<Key> {
-    let mut k = vec![(owner.to_vec(), Tag::Total)];
-    if let Some(s) = share {
-        k.push((owner.to_vec(), Tag::Share(s.to_vec())));
+pub fn counters(share: Option<&[u8]>, intro: bool) -> impl Iterator<Item = Counter<'_>> {
+    [
+        Some(Counter::Total),
+        share.map(Counter::Share),
+        intro.then_some(Counter::Intro),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// A value per counter of every mailbox (fill levels, or a batch's changes to them), keyed
+/// by owner first: a lookup hashes the owner's bytes once and allocates nothing; only a new
+/// mailbox or share allocates its key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters<V> {
+    owners: HashMap<Vec<u8>, Mailbox<V>>,
+}
+
+/// One mailbox's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Mailbox<V> {
+    total: V,
+    intro: V,
+    shares: HashMap<Vec<u8>, V>,
+}
+
+impl<V: Default> Mailbox<V> {
+    /// Changes one counter with `f` (created at its default).
+    fn with_counter(&mut self, counter: Counter<'_>, f: impl FnOnce(&mut V)) {
+        match counter {
+            Counter::Total => f(&mut self.total),
+            Counter::Intro => f(&mut self.intro),
+            Counter::Share(s) => match self.shares.get_mut(s) {
+                Some(v) => f(v),
+                None => {
+                    let mut v = V::default();
+                    f(&mut v);
+                    self.shares.insert(s.to_vec(), v);
+                }
+            },
+        }
     }
-    if intro {
-        k.push((owner.to_vec(), Tag::Intro));
+}
+
+impl<V: Copy + Default> Counters<V> {
+    /// `owner`'s `counter` (the default when it counts nothing yet).
+    pub fn get(&self, owner: &[u8], counter: Counter<'_>) -> V {
+        let Some(m) = self.owners.get(owner) else {
+            return V::default();
+        };
+        match counter {
+            Counter::Total => m.total,
+            Counter::Intro => m.intro,
+            Counter::Share(s) => m.shares.get(s).copied().unwrap_or_default(),
+        }
     }
-    k
+
+    /// Changes `owner`'s `counter` with `f` (created at its default).
+    pub fn update(&mut self, owner: &[u8], counter: Counter<'_>, f: impl FnOnce(&mut V)) {
+        self.with_mailbox(owner, |m| m.with_counter(counter, f));
+    }
+
+    /// Changes `owner`'s counters with `f` (created empty).
+    fn with_mailbox(&mut self, owner: &[u8], f: impl FnOnce(&mut Mailbox<V>)) {
+        match self.owners.get_mut(owner) {
+            Some(m) => f(m),
+            None => {
+                let mut m = Mailbox::default();
+                f(&mut m);
+                self.owners.insert(owner.to_vec(), m);
+            }
+        }
+    }
+
+    /// Every mailbox's total.
+    pub fn totals(&self) -> impl Iterator<Item = V> + '_ {
+        self.owners.values().map(|m| m.total)
+    }
+}
+
+/// Signed changes to fill levels (messages, bytes).
+pub type Delta = Counters<(i64, i64)>;
+
+impl Delta {
+    /// Adds one entry's change to every counter it counts in ([`counters`]).
+    pub fn count(&mut self, owner: &[u8], share: Option<&[u8]>, intro: bool, m: i64, b: i64) {
+        self.with_mailbox(owner, |mailbox| {
+            for c in counters(share, intro) {
+                mailbox.with_counter(c, |e| {
+                    e.0 += m;
+                    e.1 += b;
+                });
+            }
+        });
+    }
+
+    /// Adds `other`'s changes to these.
+    pub fn add(&mut self, other: Delta) {
+        for (owner, m) in other.owners {
+            let mine = self.owners.entry(owner).or_default();
+            mine.total.0 += m.total.0;
+            mine.total.1 += m.total.1;
+            mine.intro.0 += m.intro.0;
+            mine.intro.1 += m.intro.1;
+            for (share, (dm, db)) in m.shares {
+                let e = mine.shares.entry(share).or_default();
+                e.0 += dm;
+                e.1 += db;
+            }
+        }
+    }
+}
+
+impl Counters<Usage> {
+    /// Applies committed changes; a counter left empty is forgotten, and a mailbox left
+    /// empty with it. Returns the change to all mailboxes' totals.
+    pub fn apply(&mut self, delta: Delta) -> (i64, i64) {
+        fn shift(u: &mut Usage, (m, b): (i64, i64)) {
+            u.messages = (u.messages as i64 + m).max(0) as u64;
+            u.bytes = (u.bytes as i64 + b).max(0) as u64;
+        }
+        let (mut dm, mut db) = (0, 0);
+        for (owner, d) in delta.owners {
+            dm += d.total.0;
+            db += d.total.1;
+            let m = self.owners.entry(owner).or_default();
+            shift(&mut m.total, d.total);
+            shift(&mut m.intro, d.intro);
+            for (share, change) in d.shares {
+                let u = m.shares.entry(share).or_default();
+                shift(u, change);
+            }
+            m.shares.retain(|_, u| u.messages > 0);
+            if m.intro.messages == 0 {
+                m.intro = Usage::default();
+            }
+        }
+        self.owners.retain(|_, m| m.total.messages > 0);
+        (dm, db)
+    }
 }
 
 /// Per-mailbox limits, checked by the writer so they hold across a batch.
@@ -113,22 +241,21 @@ impl Quota {
     /// batched) usage of a counter.
     pub fn check(
         &self,
-        owner: &[u8],
         share_col: &[u8],
         intro: bool,
         size: u64,
-        fill: impl Fn(&Key) -> (u64, u64),
+        fill: impl Fn(Counter<'_>) -> (u64, u64),
     ) -> Option<ErrorCode> {
-        let (m, b) = fill(&(owner.to_vec(), Tag::Total));
+        let (m, b) = fill(Counter::Total);
         if m + 1 > self.max_messages {
             return Some(ErrorCode::QuotaCount);
         }
         if b + size > self.max_bytes {
             return Some(ErrorCode::QuotaBytes);
         }
-        let (sm, sb) = fill(&(owner.to_vec(), Tag::Share(share_col.to_vec())));
+        let (sm, sb) = fill(Counter::Share(share_col));
         if intro {
-            let (im, ib) = fill(&(owner.to_vec(), Tag::Intro));
+            let (im, ib) = fill(Counter::Intro);
             if im + 1 > self.intro_messages
                 || ib + size > self.intro_bytes
                 || sm + 1 > self.intro_per_sender
@@ -151,14 +278,15 @@ pub struct Usage {
     pub bytes: u64,
 }
 
-/// Committed usage plus a batch's changes: what `key` holds now.
+/// Committed usage plus a batch's changes: what `owner`'s `counter` holds now.
 pub fn current(
-    usage: &HashMap<Key, Usage>,
-    batch: &HashMap<Key, (i64, i64)>,
-    key: &Key,
+    usage: &Counters<Usage>,
+    batch: &Delta,
+    owner: &[u8],
+    counter: Counter<'_>,
 ) -> (u64, u64) {
-    let base = usage.get(key).copied().unwrap_or_default();
-    let (dm, db) = batch.get(key).copied().unwrap_or_default();
+    let base = usage.get(owner, counter);
+    let (dm, db) = batch.get(owner, counter);
     (
         (base.messages as i64 + dm).max(0) as u64,
         (base.bytes as i64 + db).max(0) as u64,
@@ -173,49 +301,42 @@ mod tests {
         Quota::new(100, 10_000, 25, 10, 1_000, 3)
     }
 
+    /// Usage with one counter of `owner` set.
+    fn usage_of(owner: &[u8], counter: Counter<'_>, messages: u64, bytes: u64) -> Counters<Usage> {
+        let mut u = Counters::default();
+        u.update(owner, counter, |v| *v = Usage { messages, bytes });
+        u
+    }
+
     #[test]
     fn shares_are_a_part_of_the_mailbox() {
         let q = q();
         assert_eq!((q.share_messages, q.share_bytes), (25, 2_500));
         let owner = b"o".to_vec();
         let g = share_column(&Share::Grant([1; 32]), &PeerId::random());
-        let usage: HashMap<Key, Usage> = [(
-            (owner.clone(), Tag::Share(g.clone())),
-            Usage {
-                messages: 25,
-                bytes: 100,
-            },
-        )]
-        .into();
-        let fill = |k: &Key| current(&usage, &HashMap::new(), k);
-        assert_eq!(
-            q.check(&owner, &g, false, 1, fill),
-            Some(ErrorCode::ShareFull)
-        );
+        let usage = usage_of(&owner, Counter::Share(&g), 25, 100);
+        let fill = |c: Counter<'_>| current(&usage, &Delta::default(), &owner, c);
+        assert_eq!(q.check(&g, false, 1, fill), Some(ErrorCode::ShareFull));
         let other = share_column(&Share::Grant([2; 32]), &PeerId::random());
-        assert_eq!(q.check(&owner, &other, false, 1, fill), None);
+        assert_eq!(q.check(&other, false, 1, fill), None);
     }
 
     #[test]
     fn introductions_are_capped_per_sender_and_as_a_whole() {
         let q = q();
         let owner = b"o".to_vec();
-        let mut batch: HashMap<Key, (i64, i64)> = HashMap::new();
-        let usage = HashMap::new();
+        let mut batch = Delta::default();
+        let usage = Counters::default();
         let a = share_column(&Share::Intro, &PeerId::random());
         for _ in 0..3 {
             assert_eq!(
-                q.check(&owner, &a, true, 10, |k| current(&usage, &batch, k)),
+                q.check(&a, true, 10, |c| current(&usage, &batch, &owner, c)),
                 None
             );
-            for k in keys(&owner, Some(&a), true) {
-                let e = batch.entry(k).or_default();
-                e.0 += 1;
-                e.1 += 10;
-            }
+            batch.count(&owner, Some(&a), true, 1, 10);
         }
         assert_eq!(
-            q.check(&owner, &a, true, 10, |k| current(&usage, &batch, k)),
+            q.check(&a, true, 10, |c| current(&usage, &batch, &owner, c)),
             Some(ErrorCode::IntroFull),
             "one sender's part is full"
         );
@@ -223,24 +344,20 @@ mod tests {
         for _ in 0..7 {
             let s = share_column(&Share::Intro, &PeerId::random());
             assert_eq!(
-                q.check(&owner, &s, true, 10, |k| current(&usage, &batch, k)),
+                q.check(&s, true, 10, |c| current(&usage, &batch, &owner, c)),
                 None
             );
-            for k in keys(&owner, Some(&s), true) {
-                let e = batch.entry(k).or_default();
-                e.0 += 1;
-                e.1 += 10;
-            }
+            batch.count(&owner, Some(&s), true, 1, 10);
         }
         let fresh = share_column(&Share::Intro, &PeerId::random());
         assert_eq!(
-            q.check(&owner, &fresh, true, 10, |k| current(&usage, &batch, k)),
+            q.check(&fresh, true, 10, |c| current(&usage, &batch, &owner, c)),
             Some(ErrorCode::IntroFull)
         );
         // A granted sender is not affected by a full introductions share.
         let g = share_column(&Share::Grant([1; 32]), &PeerId::random());
         assert_eq!(
-            q.check(&owner, &g, false, 10, |k| current(&usage, &batch, k)),
+            q.check(&g, false, 10, |c| current(&usage, &batch, &owner, c)),
             None
         );
     }
@@ -249,22 +366,79 @@ mod tests {
     fn the_mailbox_limit_comes_first() {
         let q = q();
         let owner = b"o".to_vec();
-        let usage: HashMap<Key, Usage> = [(
-            (owner.clone(), Tag::Total),
-            Usage {
-                messages: 100,
-                bytes: 0,
-            },
-        )]
-        .into();
+        let usage = usage_of(&owner, Counter::Total, 100, 0);
         let g = share_column(&Share::Grant([1; 32]), &PeerId::random());
         assert_eq!(
-            q.check(&owner, &g, false, 1, |k| current(
+            q.check(&g, false, 1, |c| current(
                 &usage,
-                &HashMap::new(),
-                k
+                &Delta::default(),
+                &owner,
+                c
             )),
             Some(ErrorCode::QuotaCount)
+        );
+    }
+
+    /// Committed changes land in every counter they count in, other mailboxes are
+    /// untouched, and emptied counters and mailboxes are forgotten.
+    #[test]
+    fn applied_changes_count_and_empty_counters_go() {
+        let (a, b) = (b"a".to_vec(), b"b".to_vec());
+        let (s1, s2) = (b"s1".to_vec(), b"s2".to_vec());
+        let mut usage: Counters<Usage> = Counters::default();
+        let mut d = Delta::default();
+        d.count(&a, Some(&s1), false, 2, 20);
+        d.count(&a, Some(&s2), true, 1, 5);
+        d.count(&b, None, false, 1, 7);
+        assert_eq!(usage.apply(d), (4, 32));
+        assert_eq!(
+            usage.get(&a, Counter::Total),
+            Usage {
+                messages: 3,
+                bytes: 25
+            }
+        );
+        assert_eq!(
+            usage.get(&a, Counter::Share(&s1)),
+            Usage {
+                messages: 2,
+                bytes: 20
+            }
+        );
+        assert_eq!(
+            usage.get(&a, Counter::Intro),
+            Usage {
+                messages: 1,
+                bytes: 5
+            }
+        );
+        assert_eq!(
+            usage.get(&b, Counter::Total),
+            Usage {
+                messages: 1,
+                bytes: 7
+            }
+        );
+        assert_eq!(usage.get(&b, Counter::Share(&s1)), Usage::default());
+        // Changes made in two parts add up like one.
+        let (mut first, mut second) = (Delta::default(), Delta::default());
+        first.count(&a, Some(&s2), true, -1, -5);
+        second.count(&b, None, false, -1, -7);
+        first.add(second);
+        assert_eq!(usage.apply(first), (-2, -12));
+        assert_eq!(usage.get(&a, Counter::Share(&s2)), Usage::default());
+        assert_eq!(usage.get(&a, Counter::Intro), Usage::default());
+        assert_eq!(
+            usage.get(&a, Counter::Total),
+            Usage {
+                messages: 2,
+                bytes: 20
+            }
+        );
+        assert_eq!(
+            usage.totals().count(),
+            1,
+            "the emptied mailbox is forgotten"
         );
     }
 }

@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 pub(super) use index::{Index, Moves};
 
-use super::{Deposited, OpError, Page, Quota, Share, Stored, peer, sql_err, writer::Delta};
-use crate::server::quota::{self, Key, Tag, Usage};
+use super::{Deposited, OpError, Page, Quota, Share, Stored, peer, sql_err};
+use crate::server::quota::{self, Counter, Counters, Delta, Usage};
 use crate::wire::{
     ErrorCode,
     mailbox::{self, Envelope, Fill, Refusal},
@@ -36,7 +36,7 @@ pub(super) fn deposit(
     ciphertext: &[u8],
     now_ms: u64,
     (expires_ms, intro_expires_ms): (u64, u64),
-    usage: &HashMap<Key, Usage>,
+    usage: &Counters<Usage>,
     (batch, moves): (&mut Delta, &mut Moves),
     quota: Quota,
     issued: &mut u64,
@@ -48,7 +48,7 @@ pub(super) fn deposit(
         let key = r.to_bytes();
         let col = quota::share_column(share, &sender);
         let intro = *share == Share::Intro;
-        match quota.check(&key, &col, intro, size, |k| quota::current(usage, batch, k)) {
+        match quota.check(&col, intro, size, |c| quota::current(usage, batch, &key, c)) {
             Some(code) => refused.push(Refusal { peer: *r, code }),
             None => accepted.push((*r, key, col, intro)),
         }
@@ -95,8 +95,8 @@ pub(super) fn deposit(
         ])
         .map_err(sql_err)?;
         // Recipients are distinct, so this deposit adds one to each mailbox.
-        let depth = quota::current(usage, batch, &(key.clone(), Tag::Total)).0 + 1;
-        count(batch, &key, Some(&col), intro, 1, size as i64);
+        let depth = quota::current(usage, batch, &key, Counter::Total).0 + 1;
+        batch.count(&key, Some(&col), intro, 1, size as i64);
         moves.add(&key, seq);
         stored.push(Stored {
             peer,
@@ -110,22 +110,6 @@ pub(super) fn deposit(
         stored,
         refused,
     })
-}
-
-/// Adds one entry's change to every counter it counts in (those of `quota::keys`).
-fn count(delta: &mut Delta, owner: &[u8], share: Option<&[u8]>, intro: bool, m: i64, b: i64) {
-    let mut add = |k: Key| {
-        let e = delta.entry(k).or_default();
-        e.0 += m;
-        e.1 += b;
-    };
-    add((owner.to_vec(), Tag::Total));
-    if let Some(s) = share {
-        add((owner.to_vec(), Tag::Share(s.to_vec())));
-    }
-    if intro {
-        add((owner.to_vec(), Tag::Intro));
-    }
 }
 
 /// A page of `owner`'s entries above `after` that have not expired by `now_ms`: at most
@@ -225,7 +209,7 @@ pub(super) fn ack(
             .map_err(sql_err)?;
         if let Some((message, size, share, intro)) = row {
             remove_entry(sp, message)?;
-            count(local, &key, share.as_deref(), intro, -1, -size);
+            local.count(&key, share.as_deref(), intro, -1, -size);
             moves.remove(&key, id as u64);
             removed += 1;
         }
@@ -261,7 +245,7 @@ pub(super) fn expire(
         .map_err(sql_err)?;
     for (owner, message, size, share, intro, seq) in &rows {
         remove_entry(sp, *message)?;
-        count(local, owner, share.as_deref(), *intro, -1, -size);
+        local.count(owner, share.as_deref(), *intro, -1, -size);
         moves.remove(owner, (*seq).max(0) as u64);
     }
     Ok(rows.len() as u64)

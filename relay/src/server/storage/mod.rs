@@ -51,7 +51,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
-use super::quota::Tag;
 pub use super::quota::{Quota, Share};
 use crate::wire::ErrorCode;
 pub use dht::DhtRow;
@@ -260,9 +259,8 @@ impl Storage {
         let issued = schema::issued_seq(&conn).map_err(wrap)?;
         let loaded = schema::load_state(&conn, super::now_ms()).map_err(wrap)?;
         let (total_messages, total_bytes) = usage
-            .iter()
-            .filter(|((_, t), _)| *t == Tag::Total)
-            .fold((0, 0), |(m, b), (_, u)| (m + u.messages, b + u.bytes));
+            .totals()
+            .fold((0, 0), |(m, b), u| (m + u.messages, b + u.bytes));
         metrics.set_mailbox_totals(total_messages, total_bytes);
         let restart = checkpoint::Restart::default();
         let checkpointer = checkpoint::Checkpointer::spawn(&path, restart.clone())?;

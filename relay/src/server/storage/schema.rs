@@ -9,7 +9,7 @@ use libp2p::PeerId;
 use rusqlite::Connection;
 
 use super::peer;
-use crate::server::quota::{self, Key, Usage};
+use crate::server::quota::{self, Counters, Usage};
 
 /// SQLite page size assumed when turning `max_database_bytes` into `max_page_count`.
 const PAGE_SIZE: u64 = 4096;
@@ -207,11 +207,11 @@ pub(super) fn set_issued_seq(conn: &Connection, issued: u64) -> rusqlite::Result
         .map(drop)
 }
 
-pub(super) fn load_usage(conn: &Connection) -> rusqlite::Result<HashMap<Key, Usage>> {
+pub(super) fn load_usage(conn: &Connection) -> rusqlite::Result<Counters<Usage>> {
     let mut stmt = conn.prepare(
         "SELECT owner, share, intro, COUNT(*), SUM(size) FROM mailbox GROUP BY owner, share, intro",
     )?;
-    let mut usage: HashMap<Key, Usage> = HashMap::new();
+    let mut usage: Counters<Usage> = Counters::default();
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
@@ -223,10 +223,11 @@ pub(super) fn load_usage(conn: &Connection) -> rusqlite::Result<HashMap<Key, Usa
     })?;
     for row in rows {
         let (owner, share, intro, messages, bytes) = row?;
-        for k in quota::keys(&owner, share.as_deref(), intro) {
-            let u = usage.entry(k).or_default();
-            u.messages += messages;
-            u.bytes += bytes;
+        for c in quota::counters(share.as_deref(), intro) {
+            usage.update(&owner, c, |u| {
+                u.messages += messages;
+                u.bytes += bytes;
+            });
         }
     }
     Ok(usage)

@@ -4,7 +4,6 @@
 //! what stores more while free disk space is below the reserve.
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Instant,
@@ -25,7 +24,7 @@ use super::{
 use crate::server::{
     metrics::Metrics,
     now_ms,
-    quota::{Key, Tag, Usage},
+    quota::{Counters, Delta, Usage},
 };
 use crate::wire::mailbox as wire_mailbox;
 
@@ -37,7 +36,7 @@ pub(super) struct Writer {
     /// Whether free space was below the reserve, and when that was last looked at.
     low: (bool, Option<Instant>),
     /// Committed fill level of every non-empty mailbox and share in one.
-    usage: HashMap<Key, Usage>,
+    usage: Counters<Usage>,
     /// Which entries each mailbox holds.
     index: mailbox::Index,
     /// The highest mailbox id issued (perhaps in a transaction that was rolled back: ids
@@ -50,9 +49,6 @@ pub(super) struct Writer {
     /// The checkpointer's requests to start the log over.
     restart: Restart,
 }
-
-/// Signed changes to usage counters.
-pub(super) type Delta = HashMap<Key, (i64, i64)>;
 
 /// An applied operation waiting for its commit to reach the disk to send its reply.
 pub(super) enum Done {
@@ -117,7 +113,7 @@ impl Writer {
     pub(super) fn new(
         conn: Connection,
         dir: PathBuf,
-        (usage, index, issued): (HashMap<Key, Usage>, mailbox::Index, u64),
+        (usage, index, issued): (Counters<Usage>, mailbox::Index, u64),
         settings: Settings,
         metrics: Arc<Metrics>,
         (flusher, restart): (Flusher, Restart),
@@ -224,7 +220,7 @@ impl Writer {
         let started = Instant::now();
         let low = self.disk_low();
         let mut done = Vec::with_capacity(queue.len());
-        let mut delta = Delta::new();
+        let mut delta = Delta::default();
         let issued_before = self.issued;
         let changes_before = self.conn.total_changes();
         let tx = match self.conn.transaction() {
@@ -281,19 +277,7 @@ impl Writer {
         };
         match &commit {
             Ok(()) => {
-                let (mut dm, mut db) = (0i64, 0i64);
-                for (key, (m, b)) in delta {
-                    if key.1 == Tag::Total {
-                        dm += m;
-                        db += b;
-                    }
-                    let u = self.usage.entry(key.clone()).or_default();
-                    u.messages = (u.messages as i64 + m).max(0) as u64;
-                    u.bytes = (u.bytes as i64 + b).max(0) as u64;
-                    if u.messages == 0 {
-                        self.usage.remove(&key);
-                    }
-                }
+                let (dm, db) = self.usage.apply(delta);
                 self.metrics.add_mailbox_totals(dm, db);
             }
             Err(e) => {
@@ -370,11 +354,11 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 fn apply_in_savepoint(
     sp: &Connection,
     op: Op,
-    (usage, delta, index): (&HashMap<Key, Usage>, &mut Delta, &mut mailbox::Index),
+    (usage, delta, index): (&Counters<Usage>, &mut Delta, &mut mailbox::Index),
     issued: &mut u64,
     settings: &Settings,
 ) -> Done {
-    let mut local = Delta::new();
+    let mut local = Delta::default();
     let mut moves = mailbox::Moves::default();
     let bare = matches!(op, Op::Deposit { .. });
     if !bare && let Err(e) = run_cached(sp, "SAVEPOINT op") {
@@ -592,11 +576,7 @@ fn merge(local: Delta, delta: &mut Delta, early_notice: Option<EarlyNotice>) {
     if let Some(notice) = early_notice {
         notice.send();
     }
-    for (k, (m, b)) in local {
-        let e = delta.entry(k).or_default();
-        e.0 += m;
-        e.1 += b;
-    }
+    delta.add(local);
 }
 
 /// A deposit's live delivery, ready once it is applied: a `Deliver` frame for each stored

@@ -188,7 +188,10 @@ async fn a_full_database_keeps_no_part_of_a_deposit() {
         0
     );
     assert_eq!(
-        super::super::schema::load_usage(&conn).unwrap()[&(a.to_bytes(), Tag::Total)].messages,
+        super::super::schema::load_usage(&conn)
+            .unwrap()
+            .get(&a.to_bytes(), crate::server::quota::Counter::Total)
+            .messages,
         ok
     );
 }
