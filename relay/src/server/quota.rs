@@ -14,7 +14,7 @@
 //! The writer checks these against the committed usage plus what its open batch added, so
 //! the limits hold across a batch (see `storage::writer`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map::Entry};
 
 use crate::wire::ErrorCode;
 use libp2p::PeerId;
@@ -166,30 +166,42 @@ impl Delta {
 }
 
 impl Counters<Usage> {
-    /// Applies committed changes; a counter left empty is forgotten, and a mailbox left
-    /// empty with it. Returns the change to all mailboxes' totals.
+    /// Applies committed changes; a share left empty is forgotten, and so is a mailbox left
+    /// empty (only the mailboxes and shares the changes touch are looked at). Returns the
+    /// change to all mailboxes' totals.
     pub fn apply(&mut self, delta: Delta) -> (i64, i64) {
         fn shift(u: &mut Usage, (m, b): (i64, i64)) {
             u.messages = (u.messages as i64 + m).max(0) as u64;
             u.bytes = (u.bytes as i64 + b).max(0) as u64;
+            if u.messages == 0 {
+                *u = Usage::default();
+            }
         }
         let (mut dm, mut db) = (0, 0);
         for (owner, d) in delta.owners {
             dm += d.total.0;
             db += d.total.1;
-            let m = self.owners.entry(owner).or_default();
+            let mut mailbox = match self.owners.entry(owner) {
+                Entry::Occupied(o) => o,
+                Entry::Vacant(v) => v.insert_entry(Mailbox::default()),
+            };
+            let m = mailbox.get_mut();
             shift(&mut m.total, d.total);
             shift(&mut m.intro, d.intro);
             for (share, change) in d.shares {
-                let u = m.shares.entry(share).or_default();
-                shift(u, change);
+                let mut counter = match m.shares.entry(share) {
+                    Entry::Occupied(o) => o,
+                    Entry::Vacant(v) => v.insert_entry(Usage::default()),
+                };
+                shift(counter.get_mut(), change);
+                if counter.get().messages == 0 {
+                    counter.remove();
+                }
             }
-            m.shares.retain(|_, u| u.messages > 0);
-            if m.intro.messages == 0 {
-                m.intro = Usage::default();
+            if m.total.messages == 0 {
+                mailbox.remove();
             }
         }
-        self.owners.retain(|_, m| m.total.messages > 0);
         (dm, db)
     }
 }

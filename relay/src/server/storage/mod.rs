@@ -163,10 +163,7 @@ pub struct StorageHandle {
 impl StorageHandle {
     /// Queues an operation without waiting; a full queue is [`OpError::Busy`].
     pub fn submit(&self, op: Op) -> Result<(), OpError> {
-        self.tx.try_send(op).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => OpError::Busy,
-            mpsc::error::TrySendError::Closed(_) => OpError::Closed,
-        })
+        self.submit_or_return(op).map_err(|back| back.1)
     }
 
     /// Queues an operation without waiting; when the queue is full or closed the operation
