@@ -243,3 +243,67 @@ async fn repeated_grant_refusals_get_a_peer_banned() {
         .await
         .unwrap();
 }
+
+/// A listening owner of a closed mailbox: a granted sender's deposits come live at once, with
+/// the ids their entries have; strangers' introductions come only once stored, marked as
+/// introductions, and one the introductions share refuses never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_owner_gets_introductions_only_once_stored() {
+    use tern_crypto::grant::Grant;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[mailbox]\nintro_max_messages = 2\nintro_per_sender = 2\n";
+    let relay = Relay::start(dir.path(), cfg);
+    let (owner, mut events) = connect(&relay.tcp).await;
+    let (friend, _) = connect(&relay.tcp).await;
+    let (stranger, _) = connect(&relay.tcp).await;
+    let o = owner.local_peer_id();
+    let Some(tern_relay::libp2p::multiaddr::Protocol::P2p(relay_peer)) = relay.tcp.iter().last()
+    else {
+        panic!("relay address without /p2p");
+    };
+    let rb = relay_peer.to_bytes();
+    let grant = Grant::from_bytes([1; 32]);
+    owner.set_grants(vec![grant.token_hash(&rb)]).await.unwrap();
+    owner.listen(true).await.unwrap();
+    eventually("the owner's live stream", || async {
+        owner.live_stream_open().then_some(())
+    })
+    .await;
+
+    let granted = |body: u8| {
+        let friend = friend.clone();
+        let token = grant.token(&rb);
+        async move {
+            friend
+                .deposit_with(vec![o], vec![Some(token)], None, vec![body; 10])
+                .await
+                .unwrap()
+        }
+    };
+    granted(1).await;
+    for _ in 0..2 {
+        stranger.deposit(vec![o], None, vec![2; 10]).await.unwrap();
+    }
+    let e = stranger
+        .deposit(vec![o], None, vec![3; 10])
+        .await
+        .unwrap_err();
+    assert_eq!(rejected(e), ErrorCode::IntroFull);
+    // The stream keeps its order: whatever came of the refused introduction comes before
+    // this.
+    granted(4).await;
+    let mut got = Vec::new();
+    while !got.iter().any(|m: &Envelope| m.ciphertext[0] == 4) {
+        if let Event::Delivered(mail) = next_event(&mut events).await {
+            got.extend(mail);
+        }
+    }
+    let mut bodies: Vec<(u8, bool)> = got.iter().map(|m| (m.ciphertext[0], m.intro)).collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, [(1, false), (2, true), (2, true), (4, false)]);
+    // What came live is what the mailbox holds, id for id.
+    let mut stored = fetch_all(&owner).await;
+    stored.sort_by_key(|m| m.id);
+    got.sort_by_key(|m| m.id);
+    assert_eq!(got, stored);
+}

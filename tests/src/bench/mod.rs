@@ -193,7 +193,7 @@ pub fn per_sec(ops: usize, d: Duration) -> f64 {
 pub type Suite = (&'static str, fn(&Opts, &mut Report) -> anyhow::Result<()>);
 
 /// Suites that run a part of another one (`relay`), left out of `all`.
-pub const PARTS: &[&str] = &["relay-flood", "relay-deposits"];
+pub const PARTS: &[&str] = &["relay-flood", "relay-deposits", "relay-push"];
 
 /// Every suite, in the order `all` runs them.
 pub const SUITES: &[Suite] = &[
@@ -202,6 +202,7 @@ pub const SUITES: &[Suite] = &[
     ("relay", relay::run),
     ("relay-flood", relay::run_flood),
     ("relay-deposits", relay::run_deposits),
+    ("relay-push", relay::run_push),
     ("relay-writer", relay::run_writer),
     ("delivery", delivery::run),
     ("redundancy", redundancy::run),

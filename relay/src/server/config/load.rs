@@ -7,6 +7,13 @@ use tern_crypto::consts::MAX_RELAY_RECORD_BYTES;
 
 use crate::wire::mailbox;
 
+/// Most operations the storage writer takes in one transaction (`storage.max_batch`).
+const MAX_BATCH: usize = 65_536;
+/// Most operations waiting for the storage writer (`storage.queue_depth`). With
+/// [`MAX_BATCH`] it bounds how many mailbox ids can be reserved and not yet committed,
+/// which a restart skips.
+const MAX_QUEUE_DEPTH: usize = 1 << 20;
+
 impl Config {
     /// Reads a TOML file; fields it omits keep their defaults.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
@@ -138,8 +145,13 @@ impl Config {
         if self.push.max_in_flight == 0 || self.push.timeout_secs == 0 {
             return invalid("push", "max_in_flight and timeout_secs must be positive");
         }
-        if self.storage.max_batch == 0 || self.storage.queue_depth == 0 {
-            return invalid("storage", "max_batch and queue_depth must be positive");
+        if !(1..=MAX_BATCH).contains(&self.storage.max_batch)
+            || !(1..=MAX_QUEUE_DEPTH).contains(&self.storage.queue_depth)
+        {
+            return invalid(
+                "storage",
+                "max_batch must be 1..=65536 and queue_depth 1..=1048576",
+            );
         }
         let b = &self.blobs;
         if b.ttl_secs == 0 || b.abandon_secs == 0 || b.gc_secs == 0 || b.idle_secs == 0 {

@@ -1,4 +1,4 @@
-//! Completions: the storage writer's replies (and held refusals, early live notices, expiry
+//! Completions: the storage writer's replies (and held refusals, expiry
 //! sweeps) turned into answers, metrics and live deliveries.
 //!
 //! Uses `answer`, `deposit` (answering and refusing deposits) and `live` (delivery).
@@ -14,28 +14,6 @@ use crate::{
 impl EventLoop {
     pub(super) fn on_completion(&mut self, done: Completion) {
         match done {
-            Completion::Early {
-                sender,
-                now_ms,
-                pushed,
-            } => {
-                // What the writer pushed on live streams itself; the rest goes from here.
-                let n = pushed.on_streams as u64;
-                self.metrics.live_deliveries.fetch_add(n, Relaxed);
-                self.metrics.live_stream_pushes.fetch_add(n, Relaxed);
-                let ciphertext = pushed.ciphertext;
-                for peer in pushed.closed {
-                    if self.live.get(&peer).is_some_and(|l| l.frames.is_closed()) {
-                        self.live.remove(&peer);
-                    }
-                }
-                for st in pushed.rest {
-                    if self.listening.contains(&st.peer) {
-                        self.deliver(st.peer, st.id, sender, now_ms, &ciphertext, st.intro);
-                    }
-                }
-            }
-            Completion::Nothing => {}
             Completion::Refuse { channel, rejection } => self.refuse(channel, rejection),
             Completion::Deposit {
                 channel,
@@ -43,15 +21,23 @@ impl EventLoop {
                 intro_to,
                 size,
                 refused,
+                intro_live,
                 result,
             } => match result {
                 Ok(d) => {
                     let (response, stored) = deposited(&self.metrics, size, refused, d);
                     self.answer(channel, response);
-                    // Listening recipients were served by the early notice. Mail from
-                    // strangers (introductions) wakes nobody: it waits for the next time
-                    // the device is online anyway.
+                    // Listening recipients had the message when it was queued, but for
+                    // an introduction, which they have now. Mail from strangers wakes
+                    // nobody: it waits for the next time the device is online anyway.
                     for st in stored {
+                        if st.intro
+                            && let Some(live) = &intro_live
+                            && self.listening.contains(&st.peer)
+                        {
+                            let (deposited_ms, ciphertext) = &**live;
+                            self.deliver(st.peer, st.id, sender, *deposited_ms, ciphertext, true);
+                        }
                         if !st.intro
                             && !self.listening.contains(&st.peer)
                             && self.push_registered.contains(&st.peer)

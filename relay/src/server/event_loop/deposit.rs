@@ -189,25 +189,32 @@ impl EventLoop {
                 let now = now_ms();
                 let ciphertext = ciphertext.into_vec();
                 let size = ciphertext.len();
-                // Listening recipients get the message as soon as it is applied, before the
-                // commit (the sender is still only acknowledged after the commit): pushed on
-                // their live streams by the writer itself, the others by this loop.
-                let listening = recipients.iter().any(|(r, _)| self.listening.contains(r));
-                let (early, early_rx) = if listening {
-                    let streams = recipients
-                        .iter()
-                        .filter(|(r, _)| self.listening.contains(r))
-                        .filter_map(|(r, _)| self.live.get(r).map(|l| (*r, l.frames.clone())))
-                        .collect::<Vec<_>>();
-                    let (tx, rx) = oneshot::channel();
-                    (Some(storage::Early { streams, rest: tx }), Some(rx))
-                } else {
-                    (None, None)
-                };
+                let first_id = self.storage.reserve_ids(recipients.len());
+                // Listening recipients get the message as soon as it is queued for storage,
+                // with the id its entry will have there (the sender is still acknowledged
+                // only after the commit). An introduction waits for storage, which may
+                // refuse it: its share is the one strangers fill.
+                let mut live = Vec::new();
+                let mut intro_live = None;
+                for (id, (r, share)) in (first_id..).zip(&recipients) {
+                    if !self.listening.contains(r) {
+                        continue;
+                    }
+                    if *share == Share::Intro {
+                        intro_live = Some(Box::new((now, ciphertext.clone())));
+                        continue;
+                    }
+                    match mailbox::Request::deliver_one(id, peer, now, &ciphertext, false).encode()
+                    {
+                        Ok(frame) => live.push((*r, frame)),
+                        Err(e) => tracing::error!(error = %e, "cannot encode delivery"),
+                    }
+                }
                 // A deposit from a stream whose answer needs nothing more of this loop
-                // (no introduction, whose refusal is remembered and penalized here; no
-                // recipient to wake through its push endpoint) is answered as soon as it
-                // is on disk, from the flusher's thread: no trip back through this loop.
+                // (no introduction, whose refusal is remembered and penalized here and
+                // which a listening recipient gets after the commit; no recipient to wake
+                // through its push endpoint) is answered as soon as it is on disk, from the
+                // flusher's thread: no trip back through this loop.
                 let direct = recipients
                     .iter()
                     .all(|(r, s)| *s != Share::Intro && !self.push_registered.contains(r));
@@ -233,7 +240,7 @@ impl EventLoop {
                     now_ms: now,
                     expires_ms: now.saturating_add(ttl.saturating_mul(1000)),
                     intro_expires_ms: now.saturating_add(intro_ttl.saturating_mul(1000)),
-                    early,
+                    first_id,
                     reply,
                 };
                 if let Err(back) = self.storage.submit_or_return(op) {
@@ -245,17 +252,8 @@ impl EventLoop {
                         (reply, None) => reply.send(Err(e)),
                     };
                 }
-                if let Some(early_rx) = early_rx {
-                    self.pending.push(Box::pin(async move {
-                        match early_rx.await {
-                            Ok(pushed) => Completion::Early {
-                                sender: peer,
-                                now_ms: now,
-                                pushed,
-                            },
-                            Err(_) => Completion::Nothing,
-                        }
-                    }));
+                for (r, frame) in live {
+                    self.deliver_frame(r, frame);
                 }
                 if let Some((channel, refused, rx)) = waiting {
                     self.pending.push(Box::pin(async move {
@@ -265,6 +263,7 @@ impl EventLoop {
                             intro_to,
                             size,
                             refused,
+                            intro_live,
                             result: await_reply(rx).await,
                         }
                     }));

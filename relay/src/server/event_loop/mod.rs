@@ -90,6 +90,9 @@ enum Completion {
         sender: PeerId,
         /// The one mailbox of an introduction (a deposit to one mailbox, without a grant).
         intro_to: Option<PeerId>,
+        /// When an introduction's recipient was listening: the deposit's time and message,
+        /// delivered once stored.
+        intro_live: Option<Box<(u64, Vec<u8>)>>,
         result: Result<storage::Deposited, storage::OpError>,
     },
     Fetch {
@@ -132,14 +135,6 @@ enum Completion {
         channel: ResponseChannel<Frame>,
         response: dw::Response,
     },
-    /// A deposit was applied (not yet committed) and some recipient was listening.
-    Early {
-        sender: PeerId,
-        now_ms: u64,
-        pushed: storage::Pushed,
-    },
-    /// Nothing to do (an early notice that never came because the deposit failed).
-    Nothing,
     /// A refused deposit whose answer was held back (see `refuse_stranger`).
     Refuse {
         channel: Answer,

@@ -219,7 +219,7 @@ mod tests {
                 now_ms: 1000,
                 expires_ms: u64::MAX / 2,
                 intro_expires_ms: u64::MAX / 2,
-                early: None,
+                first_id: h.reserve_ids(1),
                 reply: reply.into(),
             })
             .await

@@ -22,7 +22,9 @@ use crate::wire::{
 /// Most expired entries deleted in one sweep operation, so a sweep never stalls deposits.
 const MAX_EXPIRE_PER_SWEEP: i64 = 50_000;
 
-/// Stores a deposit for the recipients its quotas and shares admit, counting it straight
+/// Stores a deposit for the recipients its quotas and shares admit, the `i`th recipient's
+/// entry with the id `first_id + i` (reserved for it, see `Op::Deposit`, and checked by the
+/// writer to be above every id issued before), counting it straight
 /// into the batch's changes (`batch`): it runs without a savepoint (see `writer`), so when
 /// it fails after writing, the whole transaction and those changes are dropped. Fails with
 /// [`OpError::Quota`] before writing or counting anything when they admit none; any other
@@ -39,18 +41,18 @@ pub(super) fn deposit(
     usage: &Counters<Usage>,
     (batch, moves): (&mut Delta, &mut Moves),
     quota: Quota,
-    issued: &mut u64,
+    first_id: u64,
 ) -> Result<Deposited, OpError> {
     let size = ciphertext.len() as u64;
     let mut accepted = Vec::with_capacity(recipients.len());
     let mut refused = Vec::new();
-    for (r, share) in recipients {
+    for (seq, (r, share)) in (first_id..).zip(recipients) {
         let key = r.to_bytes();
         let col = quota::share_column(share, &sender);
         let intro = *share == Share::Intro;
         match quota.check(&col, intro, size, |c| quota::current(usage, batch, &key, c)) {
             Some(code) => refused.push(Refusal { peer: *r, code }),
-            None => accepted.push((*r, key, col, intro)),
+            None => accepted.push((*r, seq, key, col, intro)),
         }
     }
     if accepted.is_empty() {
@@ -78,12 +80,8 @@ pub(super) fn deposit(
         )
         .map_err(sql_err)?;
     let mut stored = Vec::with_capacity(accepted.len());
-    for (peer, key, col, intro) in accepted {
+    for (peer, seq, key, col, intro) in accepted {
         let expires = if intro { intro_expires_ms } else { expires_ms };
-        // Ids only grow, and one is never issued twice, even if the entry that had it
-        // is gone (see `schema::migrate_v5`).
-        let seq = *issued + 1;
-        *issued = seq;
         stmt.execute(params![
             seq as i64,
             key,

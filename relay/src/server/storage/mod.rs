@@ -42,7 +42,10 @@ mod writer;
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     thread::JoinHandle,
 };
 
@@ -55,7 +58,7 @@ pub use super::quota::{Quota, Share};
 use crate::wire::ErrorCode;
 pub use dht::DhtRow;
 pub use directory::{CheckFn, Claimed, ListCheck, MAX_STORED_ONE_TIME_KEYS};
-pub use op::{Answerer, DepositReply, Deposited, Early, Op, Page, Pushed, Stored};
+pub use op::{Answerer, DepositReply, Deposited, Op, Page, Stored};
 pub use schema::Loaded;
 
 /// The database file name inside the data directory.
@@ -150,6 +153,8 @@ fn peer(bytes: &[u8]) -> Option<PeerId> {
 #[derive(Debug)]
 pub struct Storage {
     tx: mpsc::Sender<Op>,
+    /// The highest mailbox id reserved (shared by the handles).
+    ids: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
     checkpointer: Option<checkpoint::Checkpointer>,
 }
@@ -158,9 +163,21 @@ pub struct Storage {
 #[derive(Debug, Clone)]
 pub struct StorageHandle {
     tx: mpsc::Sender<Op>,
+    /// The highest mailbox id reserved.
+    ids: Arc<AtomicU64>,
 }
 
 impl StorageHandle {
+    /// Reserves `n` new mailbox ids for a deposit to `n` recipients ([`Op::Deposit`]'s
+    /// `first_id`) and returns the first. The writer applies deposits in its queue's order
+    /// and refuses one whose ids are not above those it has applied, so ids must be
+    /// reserved and their deposits queued in the same order: by one task, each deposit
+    /// queued before the next is reserved. Ids of a deposit that is never applied (its
+    /// queue was full, say) are skipped, never issued again.
+    pub fn reserve_ids(&self, n: usize) -> u64 {
+        self.ids.fetch_add(n as u64, Relaxed) + 1
+    }
+
     /// Queues an operation without waiting; a full queue is [`OpError::Busy`].
     pub fn submit(&self, op: Op) -> Result<(), OpError> {
         self.submit_or_return(op).map_err(|back| back.1)
@@ -201,6 +218,22 @@ pub struct Settings {
     /// registering) fail with `StorageFull` while fetches and acks go on (0: none).
     pub reserve_bytes: u64,
 }
+
+/// How far past the highest mailbox id committed a start goes on: more ids than can have
+/// been reserved without being committed to disk when the relay stopped. Those are the
+/// deposits in the writer's queue, in the batch it was applying, and in the commits the
+/// flusher had not flushed yet, each with at most `mailbox::MAX_RECIPIENTS` ids.
+fn id_gap(settings: &Settings) -> u64 {
+    let ops = (settings.queue_depth as u64)
+        .saturating_add((sync::QUEUE as u64 + 1).saturating_mul(settings.max_batch as u64))
+        .saturating_add(1);
+    ops.saturating_mul(crate::wire::mailbox::MAX_RECIPIENTS as u64)
+        .min(MAX_ID_GAP)
+}
+
+/// The longest jump of [`id_gap`]: ids are SQLite integers (`i64`), and this leaves room
+/// for millions of starts. Storage settings are bounded well below it (see `config`).
+const MAX_ID_GAP: u64 = 1 << 40;
 
 impl Storage {
     /// Opens (creating if needed) the database in `dir` and starts the writer thread.
@@ -253,7 +286,11 @@ impl Storage {
         }
         let usage = schema::load_usage(&conn).map_err(wrap)?;
         let index = mailbox::Index::load(&conn).map_err(wrap)?;
+        // Ids handed out before a crash but never committed may have reached a listening
+        // recipient, which acknowledges them: none of them may name another entry now.
         let issued = schema::issued_seq(&conn).map_err(wrap)?;
+        let issued = issued.saturating_add(id_gap(&settings));
+        schema::set_issued_seq(&conn, issued).map_err(wrap)?;
         let loaded = schema::load_state(&conn, super::now_ms()).map_err(wrap)?;
         let (total_messages, total_bytes) = usage
             .totals()
@@ -267,6 +304,7 @@ impl Storage {
             .map_err(wrap)?;
         let flusher = sync::Flusher::spawn(&path, metrics.clone()).map_err(OpenError::Thread)?;
         let (tx, rx) = mpsc::channel(settings.queue_depth);
+        let ids = Arc::new(AtomicU64::new(issued));
         let writer = writer::Writer::new(
             conn,
             dir.to_path_buf(),
@@ -282,6 +320,7 @@ impl Storage {
         Ok((
             Self {
                 tx,
+                ids,
                 thread: Some(thread),
                 checkpointer: Some(checkpointer),
             },
@@ -293,6 +332,7 @@ impl Storage {
     pub fn handle(&self) -> StorageHandle {
         StorageHandle {
             tx: self.tx.clone(),
+            ids: self.ids.clone(),
         }
     }
 

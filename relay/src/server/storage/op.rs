@@ -1,7 +1,7 @@
 //! The operations the writer thread takes, and the answers of the mailbox ones.
 
 use libp2p::PeerId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{ListCheck, OpError, Share, directory::Claimed};
 use crate::wire::mailbox::{self, Envelope, Refusal};
@@ -28,30 +28,6 @@ pub struct Stored {
     pub depth: u64,
     /// In the introductions share.
     pub intro: bool,
-}
-
-/// Live delivery of a deposit once it is applied: the writer pushes it straight onto the
-/// live streams of the listening recipients that have one, and tells the event loop the
-/// rest ([`Pushed`]), which it delivers as `Deliver` requests.
-#[derive(Debug)]
-pub struct Early {
-    /// Listening recipients' live streams (frames queues), as the event loop knows them.
-    pub streams: Vec<(PeerId, mpsc::Sender<Vec<u8>>)>,
-    /// Where what was not pushed on a stream goes.
-    pub rest: oneshot::Sender<Pushed>,
-}
-
-/// What the writer did with a deposit's live delivery.
-#[derive(Debug, Default)]
-pub struct Pushed {
-    /// Mailboxes it was pushed to on their live streams.
-    pub on_streams: usize,
-    /// Live streams found closed (the event loop forgets them).
-    pub closed: Vec<PeerId>,
-    /// Mailboxes it still has to reach: no stream, or a stream backed up or closed.
-    pub rest: Vec<Stored>,
-    /// The message, when `rest` is not empty (empty otherwise).
-    pub ciphertext: Vec<u8>,
 }
 
 /// A page of a mailbox.
@@ -128,9 +104,11 @@ pub enum Op {
         /// Expiry of an entry in an introductions share (ms since the epoch; at most
         /// `expires_ms`).
         intro_expires_ms: u64,
-        /// Live delivery as soon as the deposit is applied, before its transaction
-        /// commits, so it does not wait for the disk (see `docs/protocol.md`).
-        early: Option<Early>,
+        /// The mailbox id of the first recipient's entry, reserved with
+        /// [`super::StorageHandle::reserve_ids`] (the `i`th recipient's is `first_id + i`;
+        /// a refused recipient's goes unused). Known before the deposit is applied, so
+        /// that listening recipients can have it at once.
+        first_id: u64,
         /// Answer.
         reply: DepositReply,
     },

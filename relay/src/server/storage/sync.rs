@@ -36,7 +36,7 @@ use crate::server::metrics::Metrics;
 
 /// Commits waiting for the flusher. The writer waits when it is full: at most this many
 /// batches are committed ahead of the disk.
-const QUEUE: usize = 64;
+pub(super) const QUEUE: usize = 64;
 
 /// One commit's answers.
 pub(super) struct Committed {

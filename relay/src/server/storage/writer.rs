@@ -14,7 +14,7 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::{
-    Claimed, DepositReply, Deposited, Early, Op, OpError, Page, Pushed, Settings, Stored,
+    Claimed, DepositReply, Deposited, Op, OpError, Page, Settings,
     checkpoint::{self, Restart},
     dht, directory, grants, mailbox,
     op::Reply,
@@ -365,7 +365,6 @@ fn apply_in_savepoint(
         fail(op, &sql_err(e));
         return Done::None;
     }
-    let mut early_notice = None;
     let (done, ok) = match op {
         Op::Deposit {
             sender,
@@ -374,9 +373,22 @@ fn apply_in_savepoint(
             now_ms,
             expires_ms,
             intro_expires_ms,
-            early,
+            first_id,
             reply,
         } => {
+            // Ids only grow, and one is never issued twice, even if the entry that had it
+            // is gone (see `schema::migrate_v5`): ids not above every id issued before
+            // were reserved out of order, and the deposit is refused before it writes.
+            let last = first_id
+                .saturating_add(recipients.len() as u64)
+                .saturating_sub(1);
+            if first_id <= *issued || last > i64::MAX as u64 {
+                let e = OpError::Internal(format!(
+                    "mailbox ids from {first_id} are not above {issued}"
+                ));
+                return Done::Deposit(reply, Err(e));
+            }
+            *issued = last;
             let r = mailbox::deposit(
                 sp,
                 sender,
@@ -387,11 +399,8 @@ fn apply_in_savepoint(
                 usage,
                 (&mut *delta, &mut moves),
                 settings.quota,
-                issued,
+                first_id,
             );
-            if let (Some(early), Ok(d)) = (early, &r) {
-                early_notice = Some(live_frames(early, &d.stored, sender, now_ms, ciphertext));
-            }
             if let Err(e) = &r
                 && !matches!(e, OpError::Quota(_))
             {
@@ -535,7 +544,7 @@ fn apply_in_savepoint(
     };
     if bare {
         if ok {
-            merge(local, delta, early_notice);
+            delta.add(local);
             index.apply(moves);
         }
         return done;
@@ -543,7 +552,7 @@ fn apply_in_savepoint(
     if ok {
         match run_cached(sp, "RELEASE op") {
             Ok(()) => {
-                merge(local, delta, early_notice);
+                delta.add(local);
                 index.apply(moves);
                 done
             }
@@ -568,87 +577,6 @@ fn apply_in_savepoint(
         undo(sp);
         done
     }
-}
-
-/// Takes an applied operation's usage changes into its batch's, and delivers a deposit
-/// live (see [`EarlyNotice::send`]).
-fn merge(local: Delta, delta: &mut Delta, early_notice: Option<EarlyNotice>) {
-    if let Some(notice) = early_notice {
-        notice.send();
-    }
-    delta.add(local);
-}
-
-/// A deposit's live delivery, ready once it is applied: a `Deliver` frame for each stored
-/// entry whose recipient has a live stream, and the other entries.
-struct EarlyNotice {
-    frames: Vec<(mpsc::Sender<Vec<u8>>, Vec<u8>, Stored)>,
-    rest: Vec<Stored>,
-    ciphertext: Vec<u8>,
-    tell: tokio::sync::oneshot::Sender<Pushed>,
-}
-
-impl EarlyNotice {
-    /// Pushes the frames on their streams (never waiting: a full or closed stream's entry
-    /// goes to the rest) and tells the event loop what is left.
-    fn send(self) {
-        let mut pushed = Pushed {
-            rest: self.rest,
-            ..Pushed::default()
-        };
-        for (stream, frame, stored) in self.frames {
-            match stream.try_send(frame) {
-                Ok(()) => pushed.on_streams += 1,
-                Err(e) => {
-                    if matches!(e, mpsc::error::TrySendError::Closed(_)) {
-                        pushed.closed.push(stored.peer);
-                    }
-                    pushed.rest.push(stored);
-                }
-            }
-        }
-        if !pushed.rest.is_empty() {
-            pushed.ciphertext = self.ciphertext;
-        }
-        let _ = self.tell.send(pushed);
-    }
-}
-
-/// The live delivery of a deposit stored as `stored`: a frame for each entry whose
-/// recipient is among `early`'s streams (its own `Deliver` with the entry's id), the rest
-/// for the event loop.
-fn live_frames(
-    early: Early,
-    stored: &[Stored],
-    sender: PeerId,
-    now_ms: u64,
-    ciphertext: Vec<u8>,
-) -> EarlyNotice {
-    let mut notice = EarlyNotice {
-        frames: Vec::new(),
-        rest: Vec::new(),
-        ciphertext: Vec::new(),
-        tell: early.rest,
-    };
-    for st in stored {
-        let stream = early
-            .streams
-            .iter()
-            .find(|(p, _)| *p == st.peer)
-            .map(|(_, s)| s.clone());
-        let frame = stream.and_then(|s| {
-            wire_mailbox::Request::deliver_one(st.id, sender, now_ms, &ciphertext, st.intro)
-                .encode()
-                .ok()
-                .map(|f| (s, f))
-        });
-        match frame {
-            Some((s, f)) => notice.frames.push((s, f, *st)),
-            None => notice.rest.push(*st),
-        }
-    }
-    notice.ciphertext = ciphertext;
-    notice
 }
 
 /// Rolls the whole open transaction back (the caller sees it gone: `is_autocommit`).

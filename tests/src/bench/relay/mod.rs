@@ -51,7 +51,7 @@
 //!   against the transport and storage ceilings, `_ack_p50` / `_p99` (from a deposit taking
 //!   its place in the window to its acknowledgement) against the request/response
 //!   deposits, and `_vs_mosquitto`, `_ack_p50_vs_mosquitto`, `_ack_p99_vs_mosquitto`.
-//!   `tern-bench relay-deposits` runs the deposit figures alone.
+//!   `tern-bench relay-deposits` runs the deposit figures alone, `relay-push` the push figures.
 //! - `relay.*_vs_mosquitto`: the same deposit load and paced live delivery against a
 //!   Mosquitto broker (QoS 1, persistence on) when `mosquitto` is installed; reported as
 //!   skipped otherwise. See `mosquitto`.
@@ -156,18 +156,7 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
     }
 
     // Deposit → live delivery latency at a fixed rate.
-    let mut push = push::latency(&relay.addr, &echo.addr, push_messages).await?;
-    for (prefix, lat) in &mut push.runs {
-        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
-            report.compare(
-                &format!("{prefix}_{label}"),
-                ms(quantile(lat, q)),
-                "ms",
-                "libp2p rr echo at same rate",
-                ms(quantile(&mut push.echo, q)),
-            );
-        }
-    }
+    let mut push = push_figures(report, &relay, &echo, push_messages).await?;
     drop(relay);
 
     // Memory per idle connection, on a fresh relay.
@@ -188,6 +177,42 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
     )
     .await?;
     Ok(())
+}
+
+/// The push figures of the suite only (`relay-push`): `relay.push_*`, `relay.push_stream_*`
+/// and their Mosquitto anchors.
+pub fn run_push(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    block_on(async {
+        let push_messages = opts.size(5_000, 200);
+        let echo = echo::echo_server()?;
+        let relay = RelayProcess::start()?;
+        let mut push = push_figures(report, &relay, &echo, push_messages).await?;
+        drop(relay);
+        mosquitto::run_push(report, push_messages, push.runs()).await
+    })
+}
+
+/// Deposit → live delivery latency at [`PUSH_RATE`] on `relay`, against the echo round trip
+/// at the same rate, reported; the latencies, for the Mosquitto anchor.
+async fn push_figures(
+    report: &mut Report,
+    relay: &RelayProcess,
+    echo: &echo::Server,
+    push_messages: usize,
+) -> anyhow::Result<push::Latencies> {
+    let mut push = push::latency(&relay.addr, &echo.addr, push_messages).await?;
+    for (prefix, lat) in &mut push.runs {
+        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+            report.compare(
+                &format!("{prefix}_{label}"),
+                ms(quantile(lat, q)),
+                "ms",
+                "libp2p rr echo at same rate",
+                ms(quantile(&mut push.echo, q)),
+            );
+        }
+    }
+    Ok(push)
 }
 
 /// Milliseconds, for the figures.

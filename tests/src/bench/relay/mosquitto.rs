@@ -318,7 +318,34 @@ pub(super) async fn run(
     let Some((push_messages, runs)) = push else {
         return Ok(());
     };
-    let mut live = paced_delivery(broker.port, push_messages).await?;
+    push_anchor(report, broker.port, push_messages, runs).await
+}
+
+/// The Mosquitto anchor of the paced live-delivery runs alone (`relay-push`), when the
+/// broker is installed.
+pub(super) async fn run_push(
+    report: &mut Report,
+    push_messages: usize,
+    runs: PushRuns<'_>,
+) -> anyhow::Result<()> {
+    let Some(broker) = Broker::start()? else {
+        report.skipped(
+            "relay.vs_mosquitto",
+            "mosquitto not installed (Debian package mosquitto)",
+        );
+        return Ok(());
+    };
+    push_anchor(report, broker.port, push_messages, runs).await
+}
+
+/// The paced live delivery through the broker on `port`, compared with the relay's `runs`.
+async fn push_anchor(
+    report: &mut Report,
+    port: u16,
+    push_messages: usize,
+    runs: PushRuns<'_>,
+) -> anyhow::Result<()> {
+    let mut live = paced_delivery(port, push_messages).await?;
     for (prefix, relay_push) in runs {
         for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
             report.compare(

@@ -160,7 +160,7 @@ async fn writer_run(n: usize) -> anyhow::Result<Run> {
                 now_ms: now,
                 expires_ms: now + 7 * 86_400_000,
                 intro_expires_ms: now + 86_400_000,
-                early: None,
+                first_id: h.reserve_ids(1),
                 reply: reply.into(),
             })
             .await?;

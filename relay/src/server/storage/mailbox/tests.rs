@@ -15,6 +15,7 @@ async fn deposit(
     body: &[u8],
 ) -> Result<Deposited, OpError> {
     let (reply, rx) = oneshot::channel();
+    let first_id = h.reserve_ids(to.len());
     h.submit_wait(Op::Deposit {
         sender,
         recipients: to.into_iter().map(|p| (p, Share::Sender)).collect(),
@@ -22,7 +23,7 @@ async fn deposit(
         now_ms: 1000,
         expires_ms: 5000,
         intro_expires_ms: 5000,
-        early: None,
+        first_id,
         reply: reply.into(),
     })
     .await
@@ -115,7 +116,7 @@ async fn quota_counts_within_a_batch() {
             now_ms: 0,
             expires_ms: u64::MAX / 2,
             intro_expires_ms: u64::MAX / 2,
-            early: None,
+            first_id: h.reserve_ids(1),
             reply: reply.into(),
         })
         .await
@@ -153,7 +154,7 @@ async fn a_full_database_keeps_no_part_of_a_deposit() {
             now_ms: 0,
             expires_ms: 1_000_000,
             intro_expires_ms: 1_000_000,
-            early: None,
+            first_id: h.reserve_ids(2),
             reply: reply.into(),
         })
         .await
@@ -211,7 +212,7 @@ pub(in crate::server::storage) async fn deposit_as(
         now_ms,
         expires_ms: now_ms + 100_000,
         intro_expires_ms: now_ms + 1_000,
-        early: None,
+        first_id: h.reserve_ids(1),
         reply: reply.into(),
     })
     .await
@@ -417,59 +418,92 @@ async fn a_version_5_database_keeps_its_mail() {
     assert_eq!(owner_index, 0);
 }
 
-/// A deposit goes live from the writer once applied: on each listening recipient's live
-/// stream that takes it (its own `Deliver`, with the entry's id), and what a full or closed
-/// stream, or a recipient without one, did not take is left for the event loop, with the
-/// message.
+/// Ids reserved for deposits (and perhaps pushed to listening recipients, who acknowledge
+/// them) are never issued again after a restart, even when nothing of them was committed:
+/// each start goes on past every id its predecessor could have handed out.
 #[tokio::test]
-async fn a_deposit_goes_live_on_the_streams_that_take_it() {
-    use super::super::{Early, Pushed};
-    use crate::wire::mailbox::Request;
-    use tokio::sync::mpsc;
-
+async fn ids_reserved_and_never_committed_are_not_issued_again() {
     let dir = tempfile::tempdir().unwrap();
-    let (storage, _) = Storage::open(dir.path(), settings(100), Arc::default()).unwrap();
+    let owner = PeerId::random();
+    let mut highest = 0;
+    for _ in 0..3 {
+        let (storage, _) =
+            Storage::open(dir.path(), settings(100), Arc::new(Metrics::default())).unwrap();
+        let h = storage.handle();
+        // More than these settings' queue and batches can hold: reserved, never queued.
+        let n = 64 * 2048;
+        let first = h.reserve_ids(n);
+        assert!(first > highest, "id {first} reserved again after {highest}");
+        highest = first + n as u64 - 1;
+        storage.close().await;
+    }
+    let (storage, _) =
+        Storage::open(dir.path(), settings(100), Arc::new(Metrics::default())).unwrap();
     let h = storage.handle();
-    let sender = PeerId::random();
-    let [open, full, closed, none] = [(); 4].map(|()| PeerId::random());
-    let (open_tx, mut open_rx) = mpsc::channel(4);
-    let (full_tx, _full_rx) = mpsc::channel(1);
-    full_tx.try_send(vec![0]).unwrap();
-    let (closed_tx, closed_rx) = mpsc::channel(4);
-    drop(closed_rx);
-    let (tell, told) = oneshot::channel();
-    let (reply, answer) = oneshot::channel();
-    let to = [open, full, closed, none];
-    h.submit_wait(Op::Deposit {
-        sender,
-        recipients: to.iter().map(|p| (*p, Share::Sender)).collect(),
-        ciphertext: vec![7; 10],
-        now_ms: 1000,
-        expires_ms: 5000,
-        intro_expires_ms: 5000,
-        early: Some(Early {
-            streams: vec![(open, open_tx), (full, full_tx), (closed, closed_tx)],
-            rest: tell,
-        }),
-        reply: reply.into(),
-    })
-    .await
-    .unwrap();
-    let stored = answer.await.unwrap().unwrap().stored;
-    let pushed: Pushed = told.await.unwrap();
-    assert_eq!(pushed.on_streams, 1);
-    assert_eq!(pushed.closed, vec![closed]);
-    let mut rest: Vec<PeerId> = pushed.rest.iter().map(|s| s.peer).collect();
-    rest.sort();
-    let mut want = vec![full, closed, none];
-    want.sort();
-    assert_eq!(rest, want);
-    assert_eq!(pushed.ciphertext, vec![7; 10], "the message, for the rest");
-    let id = stored.iter().find(|s| s.peer == open).unwrap().id;
-    let frame = open_rx.try_recv().unwrap();
-    assert_eq!(
-        Request::decode(&frame).unwrap(),
-        Request::deliver_one(id, sender, 1000, &[7; 10], false)
+    let id = deposit(&h, PeerId::random(), vec![owner], b"x")
+        .await
+        .unwrap()
+        .stored[0]
+        .id;
+    assert!(id > highest, "id {id} issued again after {highest}");
+    storage.close().await;
+}
+
+/// A deposit keeps the ids reserved for it, one per recipient in order (a refused
+/// recipient's goes unused); one whose ids are not above those issued before (reserved out
+/// of order) is refused without storing anything, and the deposits around it are kept.
+#[tokio::test]
+async fn deposits_keep_their_reserved_ids_and_out_of_order_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, _) =
+        Storage::open(dir.path(), settings(1), Arc::new(Metrics::default())).unwrap();
+    let h = storage.handle();
+    let (s, a, b, c) = (
+        PeerId::random(),
+        PeerId::random(),
+        PeerId::random(),
+        PeerId::random(),
     );
+    // `b`'s mailbox (one message at most) is full before the three-recipient deposit.
+    let early = deposit(&h, s, vec![b], b"0").await.unwrap().stored[0].id;
+    let stale = h.reserve_ids(1);
+    let first = h.reserve_ids(3);
+    let send = |first_id: u64, to: Vec<PeerId>| {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Deposit {
+            sender: s,
+            recipients: to.into_iter().map(|p| (p, Share::Sender)).collect(),
+            ciphertext: b"1".to_vec(),
+            now_ms: 1000,
+            expires_ms: 5000,
+            intro_expires_ms: 5000,
+            first_id,
+            reply: reply.into(),
+        };
+        (op, rx)
+    };
+    let (op, rx) = send(first, vec![a, b, c]);
+    h.submit_wait(op).await.unwrap();
+    let d = rx.await.unwrap().unwrap();
+    let ids: Vec<(PeerId, u64)> = d.stored.iter().map(|st| (st.peer, st.id)).collect();
+    assert_eq!(ids, vec![(a, first), (c, first + 2)]);
+    assert_eq!(d.refused.len(), 1);
+    assert!(early < stale && stale < first);
+    // The stale reservation comes after: refused, nothing stored.
+    let (op, rx) = send(stale, vec![c]);
+    h.submit_wait(op).await.unwrap();
+    assert!(matches!(rx.await.unwrap(), Err(OpError::Internal(_))));
+    let (op, rx) = send(first, vec![c]);
+    h.submit_wait(op).await.unwrap();
+    assert!(matches!(rx.await.unwrap(), Err(OpError::Internal(_))));
+    assert_eq!(fetch(&h, c, 1000).await.messages.len(), 1);
+    assert_eq!(fetch(&h, a, 1000).await.messages.len(), 1);
+    // The next reservation goes on as if nothing happened.
+    let next = deposit(&h, s, vec![PeerId::random()], b"2")
+        .await
+        .unwrap()
+        .stored[0]
+        .id;
+    assert!(next > first + 2);
     storage.close().await;
 }
