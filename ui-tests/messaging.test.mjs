@@ -192,6 +192,37 @@ describe('messaging in the browser', () => {
     assert.ok(await byId(alicePage, `msg-${hit.id}`).isVisible(), 'the found message is on screen');
   });
 
+  test('a chat opened while typing in the search box leaves the typing there', T, async () => {
+    // Alice has Bob's chat and the group's: Alt+↑/↓ opens the neighbour of the open one
+    // while the keyboard stays in the search box.
+    await openChat(alicePage, bob.user);
+    const order = await alicePage.locator('[data-testid^="conv-"]').evaluateAll((els) =>
+      els.map((e) => e.getAttribute('data-testid')).filter((t) => t !== 'conv-list' && t !== 'conv-empty'));
+    const at = order.indexOf(`conv-${bob.user}`);
+    assert.ok(order.length > 1 && at >= 0, `two chats in the list: ${JSON.stringify(order)}`);
+    const box = byId(alicePage, ids.search);
+    await box.fill('pine');
+    try {
+      await box.press(at + 1 < order.length ? 'Alt+ArrowDown' : 'Alt+ArrowUp');
+      await waitFor('the other chat to open', async () =>
+        (await byId(alicePage, ids.chat).getAttribute('data-conversation')) !== bob.user);
+      await byId(alicePage, ids.composer).waitFor();
+      // The new chat's effects (its composer would take the focus) have run after two frames.
+      await alicePage.evaluate(() => new Promise((done) =>
+        requestAnimationFrame(() => setTimeout(() => requestAnimationFrame(() => setTimeout(done, 0)), 0))));
+      const focused = await alicePage.evaluate(() => {
+        const e = document.activeElement;
+        return e ? `${e.tagName} ${e.getAttribute('data-testid')}` : 'none';
+      });
+      await alicePage.keyboard.type('apple');
+      assert.equal(await box.inputValue(), 'pineapple', `the typing stays in the search box (focus on ${focused})`);
+      assert.equal(await byId(alicePage, ids.composer).inputValue(), '', 'nothing went to the composer');
+    } finally {
+      await box.fill('');
+      await byId(alicePage, ids.composer).fill('');
+    }
+  });
+
   test('hostile text from the CLI is shown as text, never run', T, async () => {
     const payload = '<img src=x onerror=window.__pwned=1>';
     await bob.cli(['send', 'Alice', payload]);

@@ -284,8 +284,15 @@ function Composer({ id, group }) {
   const fileInput = useRef(null);
   const [text, setText] = useState(drafts.get(id) || '');
 
+  // The chat just opened takes the keyboard, unless the user is already typing in another
+  // field (the search box): effects run a frame or more after the click that opened the
+  // chat, and taking the focus then would send the rest of their typing here.
   useEffect(() => {
-    if (area.current) area.current.focus();
+    const el = area.current;
+    if (!el) return;
+    const now = document.activeElement;
+    const typing = now && now !== el && (now.matches('input, textarea, select') || now.isContentEditable);
+    if (!typing) el.focus();
   }, [id]);
 
   useLayoutEffect(() => {
