@@ -46,11 +46,12 @@
 //!   127.0.0.1), against the same baseline.
 //! - `relay.pipelined_w<N>_*`: the same deposits on deposit streams (`/tern/deposit/1`), one
 //!   per client with a window of N deposits in flight (N = [`IN_FLIGHT`], as many as the
-//!   request/response run and the Mosquitto publishers keep in flight, and a wide one):
+//!   request/response run keeps in flight, and 64, the window a node keeps per relay):
 //!   `_throughput` against the request/response deposits, `_vs_echo` and `_vs_sqlite`
 //!   against the transport and storage ceilings, `_ack_p50` / `_p99` (from a deposit taking
 //!   its place in the window to its acknowledgement) against the request/response
-//!   deposits, and `_vs_mosquitto`, `_ack_p50_vs_mosquitto`, `_ack_p99_vs_mosquitto`.
+//!   deposits, and `_vs_mosquitto`, `_ack_p50_vs_mosquitto`, `_ack_p99_vs_mosquitto`
+//!   against Mosquitto publishers that keep as many publishes in flight.
 //!   `tern-bench relay-deposits` runs the deposit figures alone, `relay-push` the push figures.
 //! - `relay.*_vs_mosquitto`: the same deposit load and paced live delivery against a
 //!   Mosquitto broker (QoS 1, persistence on) when `mosquitto` is installed; reported as

@@ -16,8 +16,8 @@ use tern_relay::{Multiaddr, PeerId, pipeline::Ticket, rpc::deposit_request};
 use super::{CIPHERTEXT, IN_FLIGHT, MAILBOXES, SENDERS, connect};
 
 /// Windows measured: [`IN_FLIGHT`] (as many deposits in flight as the request/response run
-/// and the Mosquitto publishers have) and a wide one.
-pub(super) const WINDOWS: [usize; 2] = [IN_FLIGHT, 64];
+/// has) and the window a node keeps per relay. The Mosquitto publishers run with each.
+pub(super) const WINDOWS: [usize; 2] = [IN_FLIGHT, tern_node::consts::MAX_LANES_IN_FLIGHT];
 
 /// One pipelined run's figures.
 pub(super) struct Run {
