@@ -11,7 +11,9 @@
 //! - `relay.push_p50` / `_p99`: ms from sending a deposit (a `Deposit` request) to the
 //!   connected, listening recipient receiving it, at [`PUSH_RATE`] deposits/s, against the
 //!   echo round trip at the same rate; `relay.push_stream_p50` / `_p99` the same with the
-//!   deposits on a deposit stream, as nodes send them.
+//!   deposits on a deposit stream, as nodes send them, and `_vs_stream_echo` against the
+//!   round trip of deposits on a stream to the deposit-stream echo at the same rate (two
+//!   hops over the same transport, like a push, with no relay between them).
 //! - `relay.idle_connection_bytes`: growth of the relay's resident memory per idle
 //!   connection with thousands of clients connected.
 //! - `relay.flood_deposit_p50` / `_p99` / `_max`: ms from a legitimate sender's deposit to
@@ -201,7 +203,9 @@ async fn push_figures(
     echo: &echo::Server,
     push_messages: usize,
 ) -> anyhow::Result<push::Latencies> {
-    let mut push = push::latency(&relay.addr, &echo.addr, push_messages).await?;
+    let stream_echo = echo::stream_echo()?;
+    let mut push =
+        push::latency(&relay.addr, (&echo.addr, &stream_echo.addr), push_messages).await?;
     for (prefix, lat) in &mut push.runs {
         for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
             report.compare(
@@ -212,6 +216,16 @@ async fn push_figures(
                 ms(quantile(&mut push.echo, q)),
             );
         }
+    }
+    for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+        let lat = &mut push.runs[1].1;
+        report.compare(
+            &format!("relay.push_stream_{label}_vs_stream_echo"),
+            ms(quantile(lat, q)),
+            "ms",
+            "deposit-stream echo at same rate",
+            ms(quantile(&mut push.stream_echo, q)),
+        );
     }
     Ok(push)
 }

@@ -28,11 +28,13 @@ enum Via {
 }
 
 /// The push latencies: each run's figure prefix (`relay.push` for deposits as requests,
-/// `relay.push_stream` on a stream) with its latencies, and the echo round trip at the
-/// same rate.
+/// `relay.push_stream` on a stream) with its latencies, and the echo round trips at the
+/// same rate: a request/response echo, and deposits on a stream to the deposit-stream echo
+/// (two hops over the same transport, as a push takes, with nothing between them).
 pub(super) struct Latencies {
     pub(super) runs: [(&'static str, Vec<Duration>); 2],
     pub(super) echo: Vec<Duration>,
+    pub(super) stream_echo: Vec<Duration>,
 }
 
 impl Latencies {
@@ -49,11 +51,38 @@ impl Latencies {
 /// the same rate.
 pub(super) async fn latency(
     relay: &Multiaddr,
-    echo: &Multiaddr,
+    (echo, stream_echo): (&Multiaddr, &Multiaddr),
     n: usize,
 ) -> anyhow::Result<Latencies> {
     let request = paced_push(relay, n, Via::Request).await?;
     let stream = paced_push(relay, n, Via::Stream).await?;
+
+    let (client, _) = connect(stream_echo).await?;
+    let pipe = client
+        .open_pipeline(PUSH_WINDOW)
+        .await
+        .context("open a deposit stream to the echo")?;
+    let mut tick = pacer();
+    let mut calls = Vec::with_capacity(n);
+    for _ in 0..n {
+        tick.tick().await;
+        let p = pipe.clone();
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            p.deposit_with(
+                vec![tern_relay::PeerId::random()],
+                Vec::new(),
+                None,
+                vec![0x5a; CIPHERTEXT],
+            )
+            .await
+            .map(|_| t.elapsed())
+        }));
+    }
+    let mut stream_echo = Vec::with_capacity(n);
+    for c in calls {
+        stream_echo.push(c.await?.context("deposit to the stream echo")?);
+    }
 
     let (echo_client, _) = connect(echo).await?;
     let frame = mailbox::Request::Fetch { after: 0, limit: 1 }.encode()?;
@@ -74,6 +103,7 @@ pub(super) async fn latency(
     Ok(Latencies {
         runs: [("relay.push", request), ("relay.push_stream", stream)],
         echo: echo_lat,
+        stream_echo,
     })
 }
 
