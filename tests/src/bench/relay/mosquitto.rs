@@ -72,6 +72,20 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// [`Broker::start`], reporting the anchors as skipped when mosquitto is not installed.
+    fn start_or_skip(report: &mut Report) -> anyhow::Result<Option<Self>> {
+        let broker = Self::start()?;
+        if broker.is_none() {
+            report.skipped(
+                "relay.vs_mosquitto",
+                "mosquitto not installed (Debian package mosquitto)",
+            );
+        }
+        Ok(broker)
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -281,11 +295,7 @@ pub(super) async fn run(
     relay_ack: &mut [Duration],
     pipelined: &mut [pipeline::Run],
 ) -> anyhow::Result<()> {
-    let Some(broker) = Broker::start()? else {
-        report.skipped(
-            "relay.vs_mosquitto",
-            "mosquitto not installed (Debian package mosquitto)",
-        );
+    let Some(broker) = Broker::start_or_skip(report)? else {
         return Ok(());
     };
     let (time, mut lat) = publish_load(broker.port, deposits, IN_FLIGHT).await?;
@@ -346,11 +356,7 @@ pub(super) async fn run_push(
     push_messages: usize,
     runs: PushRuns<'_>,
 ) -> anyhow::Result<()> {
-    let Some(broker) = Broker::start()? else {
-        report.skipped(
-            "relay.vs_mosquitto",
-            "mosquitto not installed (Debian package mosquitto)",
-        );
+    let Some(broker) = Broker::start_or_skip(report)? else {
         return Ok(());
     };
     push_anchor(report, broker.port, push_messages, runs).await
