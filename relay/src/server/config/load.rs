@@ -5,14 +5,8 @@ use libp2p::Multiaddr;
 use super::{Config, ConfigError};
 use tern_crypto::consts::MAX_RELAY_RECORD_BYTES;
 
+use crate::server::storage::{MAX_BATCH, MAX_QUEUE_DEPTH};
 use crate::wire::mailbox;
-
-/// Most operations the storage writer takes in one transaction (`storage.max_batch`).
-const MAX_BATCH: usize = 65_536;
-/// Most operations waiting for the storage writer (`storage.queue_depth`). With
-/// [`MAX_BATCH`] it bounds how many mailbox ids can be reserved and not yet committed,
-/// which a restart skips.
-const MAX_QUEUE_DEPTH: usize = 1 << 20;
 
 impl Config {
     /// Reads a TOML file; fields it omits keep their defaults.

@@ -186,10 +186,16 @@ impl EventLoop {
                     .map_or(m.ttl_secs, |t| u64::from(t).min(m.ttl_secs))
                     .max(1);
                 let intro_ttl = ttl.min(m.intro_ttl_secs).max(1);
+                // A place in the writer's queue first: the ids go only with one.
+                let storage = self.storage.clone();
+                let slot = match storage.try_deposit_slot() {
+                    Ok(slot) => slot,
+                    Err(e) => return self.refuse(channel, busy(e)),
+                };
                 let now = now_ms();
                 let ciphertext = ciphertext.into_vec();
                 let size = ciphertext.len();
-                let first_id = self.storage.reserve_ids(recipients.len());
+                let first_id = slot.reserve_ids(recipients.len());
                 // Listening recipients get the message as soon as it is queued for storage,
                 // with the id its entry will have there (the sender is still acknowledged
                 // only after the commit). An introduction waits for storage, which may
@@ -243,15 +249,7 @@ impl EventLoop {
                     first_id,
                     reply,
                 };
-                if let Err(back) = self.storage.submit_or_return(op) {
-                    let (storage::Op::Deposit { reply, .. }, e) = *back else {
-                        return;
-                    };
-                    return match (reply, waiting) {
-                        (_, Some((channel, _, _))) => self.refuse(channel, busy(e)),
-                        (reply, None) => reply.send(Err(e)),
-                    };
-                }
+                slot.send(op);
                 for (r, frame) in live {
                     self.deliver_frame(r, frame);
                 }

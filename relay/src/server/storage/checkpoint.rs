@@ -212,14 +212,14 @@ mod tests {
                 r.unwrap();
             }
             let (reply, rx) = oneshot::channel();
-            h.submit_wait(Op::Deposit {
+            h.submit_deposit(1, |first_id| Op::Deposit {
                 sender: PeerId::random(),
                 recipients: vec![(owners[i % owners.len()], Share::Sender)],
                 ciphertext: vec![i as u8; BODY],
                 now_ms: 1000,
                 expires_ms: u64::MAX / 2,
                 intro_expires_ms: u64::MAX / 2,
-                first_id: h.reserve_ids(1),
+                first_id,
                 reply: reply.into(),
             })
             .await

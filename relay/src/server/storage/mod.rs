@@ -44,7 +44,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     thread::JoinHandle,
 };
@@ -155,6 +155,8 @@ pub struct Storage {
     tx: mpsc::Sender<Op>,
     /// The highest mailbox id reserved (shared by the handles).
     ids: Arc<AtomicU64>,
+    /// Set by the flusher when a flush fails (shared by the handles).
+    broken: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     checkpointer: Option<checkpoint::Checkpointer>,
 }
@@ -165,36 +167,96 @@ pub struct StorageHandle {
     tx: mpsc::Sender<Op>,
     /// The highest mailbox id reserved.
     ids: Arc<AtomicU64>,
+    /// Set once a flush of the log failed: nothing is acknowledged after that.
+    broken: Arc<AtomicBool>,
 }
 
-impl StorageHandle {
+/// A place in the writer's queue for one deposit, and the mailbox ids it takes
+/// ([`DepositSlot::reserve_ids`]). Ids are reserved only with a place in the queue, so every
+/// id handed out belongs to a deposit the writer will apply (which `id_gap` counts on), and
+/// deposits reach the writer in the order their ids were reserved.
+pub struct DepositSlot<'a> {
+    permit: mpsc::Permit<'a, Op>,
+    ids: &'a AtomicU64,
+}
+
+impl std::fmt::Debug for DepositSlot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DepositSlot(..)")
+    }
+}
+
+impl DepositSlot<'_> {
     /// Reserves `n` new mailbox ids for a deposit to `n` recipients ([`Op::Deposit`]'s
-    /// `first_id`) and returns the first. The writer applies deposits in its queue's order
-    /// and refuses one whose ids are not above those it has applied, so ids must be
-    /// reserved and their deposits queued in the same order: by one task, each deposit
-    /// queued before the next is reserved. Ids of a deposit that is never applied (its
-    /// queue was full, say) are skipped, never issued again.
+    /// `first_id`) and returns the first.
     pub fn reserve_ids(&self, n: usize) -> u64 {
         self.ids.fetch_add(n as u64, Relaxed) + 1
     }
 
-    /// Queues an operation without waiting; a full queue is [`OpError::Busy`].
-    pub fn submit(&self, op: Op) -> Result<(), OpError> {
-        self.submit_or_return(op).map_err(|back| back.1)
+    /// Queues the deposit (its ids reserved with this slot); never waits.
+    pub fn send(self, op: Op) {
+        self.permit.send(op);
     }
+}
 
-    /// Queues an operation without waiting; when the queue is full or closed the operation
-    /// comes back with the error, so that its reply can still be answered.
-    pub fn submit_or_return(&self, op: Op) -> Result<(), Box<(Op, OpError)>> {
-        self.tx.try_send(op).map_err(|e| {
-            Box::new(match e {
-                mpsc::error::TrySendError::Full(op) => (op, OpError::Busy),
-                mpsc::error::TrySendError::Closed(op) => (op, OpError::Closed),
-            })
+impl StorageHandle {
+    /// A place in the queue for a deposit, without waiting: a full queue is
+    /// [`OpError::Busy`]. After a failed flush (see `sync`) deposits are refused here, so
+    /// no more ids go to listeners that a restart could issue again.
+    pub fn try_deposit_slot(&self) -> Result<DepositSlot<'_>, OpError> {
+        self.check_flushing()?;
+        let permit = self.tx.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => OpError::Busy,
+            mpsc::error::TrySendError::Closed(()) => OpError::Closed,
+        })?;
+        Ok(DepositSlot {
+            permit,
+            ids: &self.ids,
         })
     }
 
-    /// Queues an operation, waiting for room.
+    /// A place in the queue for a deposit, waiting for room.
+    pub async fn deposit_slot(&self) -> Result<DepositSlot<'_>, OpError> {
+        self.check_flushing()?;
+        let permit = self.tx.reserve().await.map_err(|_| OpError::Closed)?;
+        Ok(DepositSlot {
+            permit,
+            ids: &self.ids,
+        })
+    }
+
+    fn check_flushing(&self) -> Result<(), OpError> {
+        if self.broken.load(Relaxed) {
+            return Err(OpError::Internal(
+                "an earlier disk flush failed; restart the relay".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Queues a deposit to `recipients` mailboxes, waiting for room: `make` builds it with
+    /// the first of the ids reserved for it.
+    pub async fn submit_deposit(
+        &self,
+        recipients: usize,
+        make: impl FnOnce(u64) -> Op,
+    ) -> Result<(), OpError> {
+        let slot = self.deposit_slot().await?;
+        let first_id = slot.reserve_ids(recipients);
+        slot.send(make(first_id));
+        Ok(())
+    }
+
+    /// Queues an operation (not a deposit: see [`DepositSlot`]) without waiting; a full
+    /// queue is [`OpError::Busy`].
+    pub fn submit(&self, op: Op) -> Result<(), OpError> {
+        self.tx.try_send(op).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => OpError::Busy,
+            mpsc::error::TrySendError::Closed(_) => OpError::Closed,
+        })
+    }
+
+    /// Queues an operation (not a deposit: see [`DepositSlot`]), waiting for room.
     pub async fn submit_wait(&self, op: Op) -> Result<(), OpError> {
         self.tx.send(op).await.map_err(|_| OpError::Closed)
     }
@@ -219,21 +281,26 @@ pub struct Settings {
     pub reserve_bytes: u64,
 }
 
+/// Most operations the writer takes in one transaction (`storage.max_batch`).
+pub const MAX_BATCH: usize = 65_536;
+/// Most operations waiting for the writer (`storage.queue_depth`).
+pub const MAX_QUEUE_DEPTH: usize = 1 << 20;
+
 /// How far past the highest mailbox id committed a start goes on: more ids than can have
-/// been reserved without being committed to disk when the relay stopped. Those are the
-/// deposits in the writer's queue, in the batch it was applying, and in the commits the
-/// flusher had not flushed yet, each with at most `mailbox::MAX_RECIPIENTS` ids.
-fn id_gap(settings: &Settings) -> u64 {
-    let ops = (settings.queue_depth as u64)
-        .saturating_add((sync::QUEUE as u64 + 1).saturating_mul(settings.max_batch as u64))
+/// been reserved without being on disk when the relay stopped, whatever its settings were
+/// (they may have changed since). Ids are reserved only with a place in the writer's queue
+/// ([`DepositSlot`]), so those are the deposits in the queue, in the batch being applied,
+/// in the commits waiting for the flusher and in those it was flushing (at most
+/// `sync::QUEUE` each), each with at most `mailbox::MAX_RECIPIENTS` ids. About 2 × 10¹⁰:
+/// ids (`i64`) last for hundreds of millions of starts.
+pub(super) fn id_gap(settings: &Settings) -> u64 {
+    let depth = settings.queue_depth.max(MAX_QUEUE_DEPTH) as u64;
+    let batch = settings.max_batch.max(MAX_BATCH) as u64;
+    let ops = depth
+        .saturating_add((2 * sync::QUEUE as u64 + 1).saturating_mul(batch))
         .saturating_add(1);
     ops.saturating_mul(crate::wire::mailbox::MAX_RECIPIENTS as u64)
-        .min(MAX_ID_GAP)
 }
-
-/// The longest jump of [`id_gap`]: ids are SQLite integers (`i64`), and this leaves room
-/// for millions of starts. Storage settings are bounded well below it (see `config`).
-const MAX_ID_GAP: u64 = 1 << 40;
 
 impl Storage {
     /// Opens (creating if needed) the database in `dir` and starts the writer thread.
@@ -289,7 +356,9 @@ impl Storage {
         // Ids handed out before a crash but never committed may have reached a listening
         // recipient, which acknowledges them: none of them may name another entry now.
         let issued = schema::issued_seq(&conn).map_err(wrap)?;
-        let issued = issued.saturating_add(id_gap(&settings));
+        let issued = issued
+            .saturating_add(id_gap(&settings))
+            .min(i64::MAX as u64);
         schema::set_issued_seq(&conn, issued).map_err(wrap)?;
         let loaded = schema::load_state(&conn, super::now_ms()).map_err(wrap)?;
         let (total_messages, total_bytes) = usage
@@ -302,7 +371,9 @@ impl Storage {
         // anything is answered.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(wrap)?;
-        let flusher = sync::Flusher::spawn(&path, metrics.clone()).map_err(OpenError::Thread)?;
+        let broken = Arc::new(AtomicBool::new(false));
+        let flusher = sync::Flusher::spawn(&path, metrics.clone(), broken.clone())
+            .map_err(OpenError::Thread)?;
         let (tx, rx) = mpsc::channel(settings.queue_depth);
         let ids = Arc::new(AtomicU64::new(issued));
         let writer = writer::Writer::new(
@@ -321,6 +392,7 @@ impl Storage {
             Self {
                 tx,
                 ids,
+                broken,
                 thread: Some(thread),
                 checkpointer: Some(checkpointer),
             },
@@ -333,6 +405,7 @@ impl Storage {
         StorageHandle {
             tx: self.tx.clone(),
             ids: self.ids.clone(),
+            broken: self.broken.clone(),
         }
     }
 

@@ -104,10 +104,10 @@ pub enum Op {
         /// Expiry of an entry in an introductions share (ms since the epoch; at most
         /// `expires_ms`).
         intro_expires_ms: u64,
-        /// The mailbox id of the first recipient's entry, reserved with
-        /// [`super::StorageHandle::reserve_ids`] (the `i`th recipient's is `first_id + i`;
-        /// a refused recipient's goes unused). Known before the deposit is applied, so
-        /// that listening recipients can have it at once.
+        /// The mailbox id of the first recipient's entry, reserved with the
+        /// [`super::DepositSlot`] the deposit is queued with (the `i`th recipient's is
+        /// `first_id + i`; a refused recipient's goes unused). Known before the deposit is
+        /// applied, so that listening recipients can have it at once.
         first_id: u64,
         /// Answer.
         reply: DepositReply,

@@ -26,7 +26,11 @@ use std::{
     fs::File,
     io,
     path::{Path, PathBuf},
-    sync::{Arc, mpsc},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread::JoinHandle,
     time::Instant,
 };
@@ -57,13 +61,18 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
-    /// Starts flushing the write-ahead log of the database at `db`.
-    pub(super) fn spawn(db: &Path, metrics: Arc<Metrics>) -> io::Result<Self> {
+    /// Starts flushing the write-ahead log of the database at `db`; `broken` is set once a
+    /// flush fails (nothing is acknowledged after that).
+    pub(super) fn spawn(
+        db: &Path,
+        metrics: Arc<Metrics>,
+        broken: Arc<AtomicBool>,
+    ) -> io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let mut log = Log::new(wal_path(db));
         let thread = std::thread::Builder::new()
             .name("tern-relay-flush".into())
-            .spawn(move || run(&rx, &mut log, &metrics))?;
+            .spawn(move || run(&rx, &mut log, &metrics, &broken))?;
         Ok(Flusher {
             tx: Some(tx),
             thread: Some(thread),
@@ -106,7 +115,7 @@ fn wal_path(db: &Path) -> PathBuf {
 }
 
 /// Takes commits until the writer is gone: all queued at once, one flush for them.
-fn run(rx: &mpsc::Receiver<Committed>, log: &mut Log, metrics: &Metrics) {
+fn run(rx: &mpsc::Receiver<Committed>, log: &mut Log, metrics: &Metrics, broken: &AtomicBool) {
     let mut failed: Option<OpError> = None;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -121,6 +130,7 @@ fn run(rx: &mpsc::Receiver<Committed>, log: &mut Log, metrics: &Metrics) {
                  until the relay is restarted"
             );
             failed = Some(OpError::Internal(format!("disk flush failed: {e}")));
+            broken.store(true, Ordering::Relaxed);
         }
         for c in group {
             metrics.observe_commit(c.started.elapsed(), c.done.len());
@@ -195,7 +205,8 @@ mod tests {
 
     /// Answers come through the flush: once the log cannot be flushed (here: its file is
     /// gone from the directory), deposits are no longer acknowledged, and they stay refused
-    /// even when a later flush might work, since a failed flush may have lost frames.
+    /// even when a later flush might work, since a failed flush may have lost frames: from
+    /// then on they are refused before they are queued.
     #[tokio::test]
     async fn a_failed_flush_stops_acknowledgements() {
         let dir = tempfile::tempdir().unwrap();
@@ -208,10 +219,12 @@ mod tests {
         std::fs::remove_file(&wal).unwrap();
         let e = deposit(&h, to).await.unwrap_err();
         assert!(matches!(e, OpError::Internal(ref m) if m.contains("disk flush failed")));
-        // A log file at the path again (a fresh, empty one): still refused.
+        // A log file at the path again (a fresh, empty one): still refused, now before
+        // any mailbox id is reserved (none may reach a listener that a restart reissues).
         std::fs::write(&wal, b"").unwrap();
         let e = deposit(&h, to).await.unwrap_err();
         assert!(matches!(e, OpError::Internal(_)), "{e:?}");
+        assert!(matches!(h.try_deposit_slot(), Err(OpError::Internal(_))));
         storage.close().await;
     }
 

@@ -153,14 +153,14 @@ async fn writer_run(n: usize) -> anyhow::Result<Run> {
             let now = wall_ms();
             let sent = Instant::now();
             let (reply, rx) = oneshot::channel();
-            h.submit_wait(Op::Deposit {
+            h.submit_deposit(1, |first_id| Op::Deposit {
                 sender: senders[i % SENDERS],
                 recipients: vec![(mailboxes[i % MAILBOXES], Share::Sender)],
                 ciphertext: body.clone(),
                 now_ms: now,
                 expires_ms: now + 7 * 86_400_000,
                 intro_expires_ms: now + 86_400_000,
-                first_id: h.reserve_ids(1),
+                first_id,
                 reply: reply.into(),
             })
             .await?;

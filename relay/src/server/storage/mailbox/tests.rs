@@ -15,8 +15,7 @@ async fn deposit(
     body: &[u8],
 ) -> Result<Deposited, OpError> {
     let (reply, rx) = oneshot::channel();
-    let first_id = h.reserve_ids(to.len());
-    h.submit_wait(Op::Deposit {
+    h.submit_deposit(to.len(), |first_id| Op::Deposit {
         sender,
         recipients: to.into_iter().map(|p| (p, Share::Sender)).collect(),
         ciphertext: body.to_vec(),
@@ -109,14 +108,14 @@ async fn quota_counts_within_a_batch() {
     let mut rxs = Vec::new();
     for _ in 0..5 {
         let (reply, rx) = oneshot::channel();
-        h.submit_wait(Op::Deposit {
+        h.submit_deposit(1, |first_id| Op::Deposit {
             sender: s,
             recipients: vec![(a, Share::Sender)],
             ciphertext: vec![1; 10],
             now_ms: 0,
             expires_ms: u64::MAX / 2,
             intro_expires_ms: u64::MAX / 2,
-            first_id: h.reserve_ids(1),
+            first_id,
             reply: reply.into(),
         })
         .await
@@ -147,14 +146,14 @@ async fn a_full_database_keeps_no_part_of_a_deposit() {
     let mut rxs = Vec::new();
     for i in 0..100u8 {
         let (reply, rx) = oneshot::channel();
-        h.submit_wait(Op::Deposit {
+        h.submit_deposit(2, |first_id| Op::Deposit {
             sender: s,
             recipients: vec![(a, Share::Sender), (b, Share::Sender)],
             ciphertext: vec![i; 8 * 1024],
             now_ms: 0,
             expires_ms: 1_000_000,
             intro_expires_ms: 1_000_000,
-            first_id: h.reserve_ids(2),
+            first_id,
             reply: reply.into(),
         })
         .await
@@ -205,18 +204,17 @@ pub(in crate::server::storage) async fn deposit_as(
     now_ms: u64,
 ) -> Result<Deposited, OpError> {
     let (reply, rx) = oneshot::channel();
-    h.submit_wait(Op::Deposit {
+    h.submit_deposit(1, |first_id| Op::Deposit {
         sender,
         recipients: vec![(to, share)],
         ciphertext: vec![1; 10],
         now_ms,
         expires_ms: now_ms + 100_000,
         intro_expires_ms: now_ms + 1_000,
-        first_id: h.reserve_ids(1),
+        first_id,
         reply: reply.into(),
     })
-    .await
-    .unwrap();
+    .await?;
     rx.await.unwrap()
 }
 
@@ -430,11 +428,13 @@ async fn ids_reserved_and_never_committed_are_not_issued_again() {
         let (storage, _) =
             Storage::open(dir.path(), settings(100), Arc::new(Metrics::default())).unwrap();
         let h = storage.handle();
-        // More than these settings' queue and batches can hold: reserved, never queued.
-        let n = 64 * 2048;
-        let first = h.reserve_ids(n);
+        // As many as a start skips: reserved, never queued, never committed.
+        let n = super::super::id_gap(&settings(100));
+        let slot = h.deposit_slot().await.unwrap();
+        let first = slot.reserve_ids(n as usize);
+        drop(slot);
         assert!(first > highest, "id {first} reserved again after {highest}");
-        highest = first + n as u64 - 1;
+        highest = first + n - 1;
         storage.close().await;
     }
     let (storage, _) =
@@ -466,8 +466,13 @@ async fn deposits_keep_their_reserved_ids_and_out_of_order_ids_are_refused() {
     );
     // `b`'s mailbox (one message at most) is full before the three-recipient deposit.
     let early = deposit(&h, s, vec![b], b"0").await.unwrap().stored[0].id;
-    let stale = h.reserve_ids(1);
-    let first = h.reserve_ids(3);
+    // Two slots, the second's ids queued first.
+    let (slot_a, slot_b) = (
+        h.deposit_slot().await.unwrap(),
+        h.deposit_slot().await.unwrap(),
+    );
+    let stale = slot_a.reserve_ids(1);
+    let first = slot_b.reserve_ids(3);
     let send = |first_id: u64, to: Vec<PeerId>| {
         let (reply, rx) = oneshot::channel();
         let op = Op::Deposit {
@@ -483,7 +488,7 @@ async fn deposits_keep_their_reserved_ids_and_out_of_order_ids_are_refused() {
         (op, rx)
     };
     let (op, rx) = send(first, vec![a, b, c]);
-    h.submit_wait(op).await.unwrap();
+    slot_b.send(op);
     let d = rx.await.unwrap().unwrap();
     let ids: Vec<(PeerId, u64)> = d.stored.iter().map(|st| (st.peer, st.id)).collect();
     assert_eq!(ids, vec![(a, first), (c, first + 2)]);
@@ -491,10 +496,11 @@ async fn deposits_keep_their_reserved_ids_and_out_of_order_ids_are_refused() {
     assert!(early < stale && stale < first);
     // The stale reservation comes after: refused, nothing stored.
     let (op, rx) = send(stale, vec![c]);
-    h.submit_wait(op).await.unwrap();
+    slot_a.send(op);
     assert!(matches!(rx.await.unwrap(), Err(OpError::Internal(_))));
+    // Ids used before, queued again: refused too.
     let (op, rx) = send(first, vec![c]);
-    h.submit_wait(op).await.unwrap();
+    h.deposit_slot().await.unwrap().send(op);
     assert!(matches!(rx.await.unwrap(), Err(OpError::Internal(_))));
     assert_eq!(fetch(&h, c, 1000).await.messages.len(), 1);
     assert_eq!(fetch(&h, a, 1000).await.messages.len(), 1);
