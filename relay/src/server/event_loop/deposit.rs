@@ -196,11 +196,11 @@ impl EventLoop {
                 let ciphertext = ciphertext.into_vec();
                 let size = ciphertext.len();
                 let first_id = slot.reserve_ids(recipients.len());
-                // Listening recipients get the message as soon as it is queued for storage,
-                // with the id its entry will have there (the sender is still acknowledged
-                // only after the commit). An introduction waits for storage, which may
-                // refuse it: its share is the one strangers fill.
-                let mut live = Vec::new();
+                // Listening recipients get the message now, with the id its entry will have
+                // (its place in the writer's queue is taken, so it will be stored unless
+                // storage refuses it; the sender is still acknowledged only after the
+                // commit). An introduction waits for storage, which may refuse it: its
+                // share is the one strangers fill.
                 let mut intro_live = None;
                 for (id, (r, share)) in (first_id..).zip(&recipients) {
                     if !self.listening.contains(r) {
@@ -208,12 +208,8 @@ impl EventLoop {
                     }
                     if *share == Share::Intro {
                         intro_live = Some(Box::new((now, ciphertext.clone())));
-                        continue;
-                    }
-                    match mailbox::Request::deliver_one(id, peer, now, &ciphertext, false).encode()
-                    {
-                        Ok(frame) => live.push((*r, frame)),
-                        Err(e) => tracing::error!(error = %e, "cannot encode delivery"),
+                    } else {
+                        self.deliver(*r, id, peer, now, &ciphertext, false);
                     }
                 }
                 // A deposit from a stream whose answer needs nothing more of this loop
@@ -250,9 +246,6 @@ impl EventLoop {
                     reply,
                 };
                 slot.send(op);
-                for (r, frame) in live {
-                    self.deliver_frame(r, frame);
-                }
                 if let Some((channel, refused, rx)) = waiting {
                     self.pending.push(Box::pin(async move {
                         Completion::Deposit {

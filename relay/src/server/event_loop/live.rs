@@ -73,34 +73,30 @@ impl EventLoop {
     ) {
         let req = mailbox::Request::deliver_one(id, sender, deposited_ms, ciphertext, intro);
         match req.encode() {
-            Ok(bytes) => self.deliver_frame(recipient, bytes),
+            Ok(bytes) => {
+                let bytes = match self.live.get(&recipient) {
+                    Some(live) => match live.frames.try_send(bytes) {
+                        Ok(()) => {
+                            self.metrics.live_deliveries.fetch_add(1, Relaxed);
+                            self.metrics.live_stream_pushes.fetch_add(1, Relaxed);
+                            return;
+                        }
+                        // Backed up: this one goes as a request, the stream stays.
+                        Err(mpsc::error::TrySendError::Full(bytes)) => bytes,
+                        Err(mpsc::error::TrySendError::Closed(bytes)) => {
+                            self.live.remove(&recipient);
+                            bytes
+                        }
+                    },
+                    None => bytes,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .mailbox
+                    .send_request(&recipient, Frame::Data(bytes));
+                self.metrics.live_deliveries.fetch_add(1, Relaxed);
+            }
             Err(e) => tracing::error!(error = %e, "cannot encode delivery"),
         }
-    }
-
-    /// Delivers an encoded `Deliver` frame to `recipient`: on its live stream, or as a
-    /// request when it has none or it is backed up.
-    pub(super) fn deliver_frame(&mut self, recipient: PeerId, bytes: Vec<u8>) {
-        let bytes = match self.live.get(&recipient) {
-            Some(live) => match live.frames.try_send(bytes) {
-                Ok(()) => {
-                    self.metrics.live_deliveries.fetch_add(1, Relaxed);
-                    self.metrics.live_stream_pushes.fetch_add(1, Relaxed);
-                    return;
-                }
-                // Backed up: this one goes as a request, the stream stays.
-                Err(mpsc::error::TrySendError::Full(bytes)) => bytes,
-                Err(mpsc::error::TrySendError::Closed(bytes)) => {
-                    self.live.remove(&recipient);
-                    bytes
-                }
-            },
-            None => bytes,
-        };
-        self.swarm
-            .behaviour_mut()
-            .mailbox
-            .send_request(&recipient, Frame::Data(bytes));
-        self.metrics.live_deliveries.fetch_add(1, Relaxed);
     }
 }
