@@ -62,49 +62,55 @@ pub(super) async fn latency(
         .open_pipeline(PUSH_WINDOW)
         .await
         .context("open a deposit stream to the echo")?;
-    let mut tick = pacer();
-    let mut calls = Vec::with_capacity(n);
-    for _ in 0..n {
-        tick.tick().await;
+    let stream_echo = paced_round_trips(n, move || {
         let p = pipe.clone();
-        calls.push(tokio::spawn(async move {
-            let t = Instant::now();
-            p.deposit_with(
-                vec![tern_relay::PeerId::random()],
-                Vec::new(),
-                None,
-                vec![0x5a; CIPHERTEXT],
-            )
-            .await
-            .map(|_| t.elapsed())
-        }));
-    }
-    let mut stream_echo = Vec::with_capacity(n);
-    for c in calls {
-        stream_echo.push(c.await?.context("deposit to the stream echo")?);
-    }
+        async move {
+            let to = vec![tern_relay::PeerId::random()];
+            p.deposit_with(to, Vec::new(), None, vec![0x5a; CIPHERTEXT])
+                .await
+                .map(drop)
+        }
+    })
+    .await
+    .context("deposit to the stream echo")?;
 
     let (echo_client, _) = connect(echo).await?;
     let frame = mailbox::Request::Fetch { after: 0, limit: 1 }.encode()?;
-    let mut tick = pacer();
-    let mut calls = Vec::with_capacity(n);
-    for _ in 0..n {
-        tick.tick().await;
+    let echo_lat = paced_round_trips(n, move || {
         let (c, f) = (echo_client.clone(), frame.clone());
-        calls.push(tokio::spawn(async move {
-            let t = Instant::now();
-            c.raw(Proto::Mailbox, f).await.map(|_| t.elapsed())
-        }));
-    }
-    let mut echo_lat = Vec::with_capacity(n);
-    for c in calls {
-        echo_lat.push(c.await??);
-    }
+        async move { c.raw(Proto::Mailbox, f).await.map(drop) }
+    })
+    .await
+    .context("request to the echo")?;
     Ok(Latencies {
         runs: [("relay.push", request), ("relay.push_stream", stream)],
         echo: echo_lat,
         stream_echo,
     })
+}
+
+/// `n` calls of `call` at [`PUSH_RATE`] per second, each in a task of its own; their round
+/// trips.
+async fn paced_round_trips<F, E>(n: usize, call: impl Fn() -> F) -> anyhow::Result<Vec<Duration>>
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut tick = pacer();
+    let mut calls = Vec::with_capacity(n);
+    for _ in 0..n {
+        tick.tick().await;
+        let f = call();
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            f.await.map(|()| t.elapsed())
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for c in calls {
+        lat.push(c.await??);
+    }
+    Ok(lat)
 }
 
 /// A ticker at [`PUSH_RATE`] that catches up after a late tick.
