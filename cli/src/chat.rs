@@ -26,7 +26,7 @@ pub(crate) async fn send(
         .await?
         .call("send", json!({"contact": contact, "text": text}))
         .await?;
-    show(&v, json, |m: MessageInfo| println!("{}", m.id))
+    show(&v, json, |m: MessageInfo| outln!("{}", m.id))
 }
 
 /// `tern history`.
@@ -53,7 +53,7 @@ pub(crate) async fn conversations(home: &Home, json: bool) -> Result<(), Failure
     let v = client(home).await?.call("conversations", json!({})).await?;
     show(&v, json, |list: Vec<ConversationInfo>| {
         for c in &list {
-            println!(
+            outln!(
                 "{:<20} unread {:>4}  {}",
                 c.name
                     .as_deref()
@@ -74,7 +74,7 @@ pub(crate) async fn search(home: &Home, json: bool, query: String) -> Result<(),
         .await?;
     show(&v, json, |hits: Vec<SearchHitInfo>| {
         for h in &hits {
-            println!("{} {}", h.id.chars().take(8).collect::<String>(), h.snippet);
+            outln!("{} {}", h.id.chars().take(8).collect::<String>(), h.snippet);
         }
     })
 }

@@ -26,9 +26,9 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), 
                     Some(short) if !long && !short.is_empty() => short,
                     _ => &l.link,
                 };
-                println!("{link}");
+                outln!("{link}");
                 if !no_qr && let Some(code) = qr(link) {
-                    println!("{code}");
+                    outln!("{code}");
                 }
             })
         }
@@ -47,7 +47,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), 
                 let contact = &added.contact;
                 match added.outcome.as_str() {
                     "identity_changed" => warn_new_key(contact),
-                    outcome => println!("{} {} ({})", outcome, contact.name, contact.user_id),
+                    outcome => outln!("{} {} ({})", outcome, contact.name, contact.user_id),
                 }
                 if name.is_none() && needs_name(&link, &added) {
                     eprintln!(
@@ -65,9 +65,9 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), 
         ContactCmd::Find { contact } => {
             let v = c.call("contact.find", json!({"contact": contact})).await?;
             show(&v, json, |ct: ContactInfo| {
-                println!("{} ({})", ct.name, ct.user_id);
+                outln!("{} ({})", ct.name, ct.user_id);
                 for r in ct.relays {
-                    println!("  relay {r}");
+                    outln!("  relay {r}");
                 }
             })
         }
@@ -82,7 +82,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), 
                     if ct.identity_change_pending {
                         flags.push("IDENTITY CHANGED");
                     }
-                    println!("{:<20} {} {}", ct.name, ct.user_id, flags.join(" "));
+                    outln!("{:<20} {} {}", ct.name, ct.user_id, flags.join(" "));
                 }
             })
         }
@@ -113,12 +113,12 @@ pub(crate) async fn safety_number(home: &Home, json: bool, contact: String) -> R
         .call("safety_number", json!({"contact": contact}))
         .await?;
     show(&v, json, |sn: SafetyInfo| {
-        println!("safety number with {}:", sn.name);
-        println!("{}", sn.digits);
+        outln!("safety number with {}:", sn.name);
+        outln!("{}", sn.digits);
         if let Some(code) = qr(&sn.qr) {
-            println!("{code}");
+            outln!("{code}");
         }
-        println!(
+        outln!(
             "{}",
             if sn.verified {
                 "verified"
@@ -141,6 +141,6 @@ pub(crate) async fn verify(
         .call("verify", json!({"contact": contact, "scanned": scanned}))
         .await?;
     show(&v, json, |ct: ContactInfo| {
-        println!("{} is verified", ct.name)
+        outln!("{} is verified", ct.name)
     })
 }

@@ -29,9 +29,9 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: DeviceCmd) -> Result<(), F
                 .call("device.add", json!({"code": code}))
                 .await?;
             show(&v, json, |d: DeviceInfo| {
-                println!("linked device {} ({})", d.device_id, d.name);
-                println!("words: {}", d.words.as_deref().unwrap_or(""));
-                println!(
+                outln!("linked device {} ({})", d.device_id, d.name);
+                outln!("words: {}", d.words.as_deref().unwrap_or(""));
+                outln!(
                     "The new device shows the words of each record it gets: confirm there only \
                      the one that shows these words."
                 );
@@ -43,7 +43,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: DeviceCmd) -> Result<(), F
                 .call("device.revoke", json!({"device": device}))
                 .await?;
             show(&v, json, |d: DeviceInfo| {
-                println!("revoked device {} ({})", d.device_id, d.name);
+                outln!("revoked device {} ({})", d.device_id, d.name);
             })
         }
         DeviceCmd::List => {
@@ -59,7 +59,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: DeviceCmd) -> Result<(), F
                         }
                         _ => "",
                     };
-                    println!("{}  {}{this}{link}", d.device_id, d.name);
+                    outln!("{}  {}{this}{link}", d.device_id, d.name);
                 }
             })
         }
@@ -88,11 +88,11 @@ async fn link(
             if json {
                 print_json(&json!({"code": code}));
             } else {
-                println!("link code: {code}");
+                outln!("link code: {code}");
                 if !no_qr && let Some(q) = qr(code) {
-                    println!("{q}");
+                    outln!("{q}");
                 }
-                println!("on a linked device run: tern device add <code>   (waiting...)");
+                outln!("on a linked device run: tern device add <code>   (waiting...)");
             }
         },
         |offer| {
@@ -108,12 +108,14 @@ async fn link(
                     "contacts": offer.contacts,
                 }));
             } else {
-                println!(
+                outln!(
                     "provisioning record {} arrived, for user {:?} with {} contacts",
-                    offer.number, offer.name, offer.contacts
+                    offer.number,
+                    offer.name,
+                    offer.contacts
                 );
-                println!("words: {}", offer.words);
-                println!(
+                outln!("words: {}", offer.words);
+                outln!(
                     "Are these the words `tern device add` showed on your other device? \
                          Type y (or the words) to apply it, n to discard it [y/N]:"
                 );
@@ -130,7 +132,7 @@ async fn link(
                     },
                 };
                 if answer == tern_node::LinkAnswer::No && !json {
-                    println!("discarded; waiting for another record");
+                    outln!("discarded; waiting for another record");
                 }
                 answer
             }

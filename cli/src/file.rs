@@ -116,7 +116,7 @@ pub(crate) async fn send(
     if json_out {
         print_json(&serde_json::to_value(&last).unwrap_or(v));
     } else {
-        println!("{id}");
+        outln!("{id}");
     }
     Ok(())
 }
@@ -173,7 +173,7 @@ pub(crate) async fn get(
     if json_out {
         print_json(&serde_json::to_value(&last).unwrap_or(v));
     } else {
-        println!("{}", last.path.unwrap_or_else(|| to.display().to_string()));
+        outln!("{}", last.path.unwrap_or_else(|| to.display().to_string()));
     }
     Ok(())
 }
@@ -186,7 +186,7 @@ pub(crate) async fn list(c: &mut ApiClient, json_out: bool) -> Result<(), Failur
         return Ok(());
     }
     for t in parse::<Vec<TransferInfo>>(&v)? {
-        println!(
+        outln!(
             "{} {:4} {:11} {:>12}/{:<12} {}{}",
             t.id,
             t.direction,

@@ -30,7 +30,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: GroupCmd) -> Result<(), Fa
             let v = c
                 .call("group_create", json!({"title": title, "members": members}))
                 .await?;
-            show(&v, json, |g: GroupInfo| println!("{}", g.id))
+            show(&v, json, |g: GroupInfo| outln!("{}", g.id))
         }
         GroupCmd::Add {
             group,
@@ -53,7 +53,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: GroupCmd) -> Result<(), Fa
         }
         GroupCmd::Leave { group } => {
             let v = c.call("group_leave", json!({"group": group})).await?;
-            show(&v, json, |g: GroupInfo| println!("left {}", g.title))
+            show(&v, json, |g: GroupInfo| outln!("left {}", g.title))
         }
         GroupCmd::Info { group } => {
             let v = c.call("group_info", json!({"group": group})).await?;
@@ -64,7 +64,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: GroupCmd) -> Result<(), Fa
             show(&v, json, |groups: Vec<GroupInfo>| {
                 for g in &groups {
                     let left = if g.member { "" } else { "  (not a member)" };
-                    println!(
+                    outln!(
                         "{} {:<20} members {:>3}  unread {:>4}{left}",
                         g.id,
                         g.title,
@@ -78,7 +78,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: GroupCmd) -> Result<(), Fa
             let v = c
                 .call("group_send", json!({"group": group, "text": text}))
                 .await?;
-            show(&v, json, |m: MessageInfo| println!("{}", m.id))
+            show(&v, json, |m: MessageInfo| outln!("{}", m.id))
         }
         GroupCmd::History {
             group,

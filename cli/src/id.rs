@@ -32,10 +32,10 @@ pub(crate) fn init(home: &Home, json: bool, name: &str, device_name: &str) -> Re
             &json!({"user_id": created.user_id, "device_id": created.device_id, "home": home.dir()}),
         );
     } else {
-        println!("created identity in {}", home.dir().display());
-        println!("user id   {}", created.user_id);
-        println!("device id {}", created.device_id);
-        println!("next: tern --home {} up", home.dir().display());
+        outln!("created identity in {}", home.dir().display());
+        outln!("user id   {}", created.user_id);
+        outln!("device id {}", created.device_id);
+        outln!("next: tern --home {} up", home.dir().display());
     }
     Ok(())
 }
@@ -46,10 +46,10 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: IdCmd) -> Result<(), Failu
         IdCmd::Show => {
             let v = client(home).await?.call("id.show", json!({})).await?;
             show(&v, json, |id: IdInfo| {
-                println!("name        {}", id.name);
-                println!("user id     {}", id.user_id);
-                println!("device id   {}", id.device_id);
-                println!("fingerprint {}", id.fingerprint);
+                outln!("name        {}", id.name);
+                outln!("user id     {}", id.user_id);
+                outln!("device id   {}", id.device_id);
+                outln!("fingerprint {}", id.fingerprint);
             })
         }
         IdCmd::Backup {
@@ -94,9 +94,11 @@ async fn backup(
         .call("id.backup", json!({"path": file, "passphrase": p.as_str()}))
         .await?;
     show(&v, json, |b: BackupInfo| {
-        println!(
+        outln!(
             "backup written to {} ({} contacts, {} groups); keep it and its passphrase apart",
-            b.path, b.contacts, b.groups
+            b.path,
+            b.contacts,
+            b.groups
         );
     })
 }
@@ -190,12 +192,12 @@ async fn change_passphrase(
     if json {
         print_json(&json!({"unlock": mode}));
     } else if keyfile {
-        println!(
+        outln!(
             "the store is now unlocked by a new random key in {}",
             home.store_key_path().display()
         );
     } else {
-        println!(
+        outln!(
             "the store is now unlocked by the new passphrase; `tern up` asks for it (or --passphrase-file)"
         );
     }

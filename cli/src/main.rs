@@ -7,6 +7,14 @@
 //! `history`, `conversations`, `search`), `group`, `status` (with `presence` and `push`),
 //! `file` (with `send-file`), `ui` and `up`.
 
+/// `println!` for a command's output, through [`render::out_line`]: a reader that stops
+/// early (`tern history Bob | head`) ends the command quietly instead of with a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::render::out_line(format_args!($($arg)*))
+    };
+}
+
 mod chat;
 mod contact;
 mod device;

@@ -6,12 +6,13 @@ use clap::{Parser, Subcommand};
 
 /// Tern: peer-to-peer, end-to-end encrypted messaging.
 ///
-/// Exit codes: 0 ok, 1 failure, 2 usage, 3 no node running, 4 unknown contact, group or
-/// message, 5 bad input (link, text), 6 contact's identity key changed, 7 network, 8 home not
-/// initialised or already initialised, 9 group refused it (not an admin, not a member, full),
-/// 10 wrong passphrase or damaged backup, 11 the node must be stopped first, 12 this device
-/// was revoked, 13 a file could not be sent or fetched, 14 a new device's link was not
-/// confirmed (nothing applied), 15 a home relay refused the push endpoint.
+/// Exit codes: 0 ok (also when a reader of the output stops early, as `| head` does), 1
+/// failure, 2 usage, 3 no node running, 4 unknown contact, group or message, 5 bad input (link,
+/// text), 6 contact's identity key changed, 7 network, 8 home not initialised or already
+/// initialised, 9 group refused it (not an admin, not a member, full), 10 wrong passphrase or
+/// damaged backup, 11 the node must be stopped first, 12 this device was revoked, 13 a file
+/// could not be sent or fetched, 14 a new device's link was not confirmed (nothing applied), 15
+/// a home relay refused the push endpoint.
 #[derive(Debug, Parser)]
 #[command(version)]
 pub(crate) struct Opts {

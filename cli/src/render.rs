@@ -14,8 +14,28 @@ use crate::exit::{self, Failure};
 /// Senders `status` lists per mailbox.
 const MAILBOX_SENDERS_SHOWN: usize = 5;
 
+/// Writes one line of a command's output to stdout (what [`outln!`] expands to). When the
+/// reader has gone (a pipe closed early, as by `head`), the command ends there with success:
+/// what the reader wanted has been written. Any other write error ends it with a failure.
+pub(crate) fn out_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("tern: cannot write the output: {e}");
+            std::process::exit(i32::from(exit::FAILURE));
+        }
+    }
+}
+
 pub(crate) fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// Reads an answer of the node as `T`; one that does not fit (a field missing or of another
@@ -100,10 +120,10 @@ fn print_message(m: &MessageInfo) {
         (false, name, _) => name.to_owned(),
     };
     if m.kind == MessageKind::Membership {
-        println!("{short_id} {:>8}  * {}", who, m.text);
+        outln!("{short_id} {:>8}  * {}", who, m.text);
     } else if let Some(f) = &m.media {
         let caption = &m.text;
-        println!(
+        outln!(
             "{short_id} {:>8}: [file {} {} bytes, {}]{}{}  ({})",
             who,
             f.name,
@@ -114,16 +134,16 @@ fn print_message(m: &MessageInfo) {
             m.status
         );
     } else {
-        println!("{short_id} {:>8}: {}  ({})", who, m.text, m.status);
+        outln!("{short_id} {:>8}: {}  ({})", who, m.text, m.status);
     }
 }
 
 /// Prints a `GroupInfo` as text: title, id, epoch, role, members.
 pub(crate) fn print_group(g: &GroupInfo) {
-    println!("{}", g.title);
-    println!("id      {}", g.id);
-    println!("epoch   {}", g.epoch);
-    println!(
+    outln!("{}", g.title);
+    outln!("id      {}", g.id);
+    outln!("epoch   {}", g.epoch);
+    outln!(
         "you     {}",
         if !g.member {
             "not a member"
@@ -133,18 +153,18 @@ pub(crate) fn print_group(g: &GroupInfo) {
             "member"
         }
     );
-    println!("unread  {}", g.unread);
-    println!("members {}", g.members.len());
+    outln!("unread  {}", g.unread);
+    outln!("members {}", g.members.len());
     for m in &g.members {
         let admin = if m.admin { " (admin)" } else { "" };
-        println!("  {:<20} {}{admin}", m.name, m.user_id);
+        outln!("  {:<20} {}{admin}", m.name, m.user_id);
     }
 }
 
 /// After a membership change: the group as JSON, or a one-line summary.
 pub(crate) fn print_membership(v: &Value, json: bool) -> Result<(), Failure> {
     show(v, json, |g: GroupInfo| {
-        println!(
+        outln!(
             "{}: {} members (epoch {})",
             g.title,
             g.members.len(),
@@ -166,11 +186,12 @@ pub(crate) fn print_created(
             &json!({"user_id": created.user_id, "device_id": created.device_id, "home": home.dir()}),
         );
     } else {
-        println!(
+        outln!(
             "{verb}: user id {}, {device_label} {}",
-            created.user_id, created.device_id
+            created.user_id,
+            created.device_id
         );
-        println!("next: tern --home {} up", home.dir().display());
+        outln!("next: tern --home {} up", home.dir().display());
     }
 }
 
@@ -190,9 +211,13 @@ pub(crate) fn push_state(p: &PushRelayInfo) -> String {
 
 /// How full this device's mailbox at one relay is, and the senders filling it most.
 pub(crate) fn print_mailbox(m: &MailboxInfo) {
-    println!(
+    outln!(
         "mailbox {} of {} messages waiting ({} from strangers, of {}), {} grants",
-        m.messages, m.max_messages, m.intro_messages, m.intro_max_messages, m.grants
+        m.messages,
+        m.max_messages,
+        m.intro_messages,
+        m.intro_max_messages,
+        m.grants
     );
     for x in m.by_sender.iter().take(MAILBOX_SENDERS_SHOWN) {
         let who = x
@@ -205,9 +230,11 @@ pub(crate) fn print_mailbox(m: &MailboxInfo) {
                     x.device_id.map(|d| d.to_string()).unwrap_or_default()
                 )
             });
-        println!(
+        outln!(
             "  from  {who}: {} messages, {} bytes (share limit {})",
-            x.messages, x.bytes, m.share_messages
+            x.messages,
+            x.bytes,
+            m.share_messages
         );
     }
 }

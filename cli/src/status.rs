@@ -30,7 +30,7 @@ pub(crate) async fn presence(
                 .last_seen
                 .map(|ms| format!(" (last seen {}s ago)", ago_secs(ms)))
                 .unwrap_or_default();
-            println!("{:<20} {}{}", p.name, p.state, seen);
+            outln!("{:<20} {}{}", p.name, p.state, seen);
         }
     })
 }
@@ -46,40 +46,45 @@ pub(crate) async fn status(home: &Home, json: bool, set: Option<String>) -> Resu
 }
 
 fn print_status(v: &StatusInfo) {
-    println!("status  {}", v.status);
-    println!("user id {}", v.user_id);
-    println!("outbox  {}", v.outbox);
-    println!("unread  {}", v.unread);
+    outln!("status  {}", v.status);
+    outln!("user id {}", v.user_id);
+    outln!("outbox  {}", v.outbox);
+    outln!("unread  {}", v.unread);
     let push = &v.push;
     match &push.host {
         // Only the host: the path of a push URL is often its secret part.
-        Some(host) => println!("push    {host}/…  (tern push status)"),
-        None => println!("push    none"),
+        Some(host) => outln!("push    {host}/…  (tern push status)"),
+        None => outln!("push    none"),
     }
     let r = &v.recovery;
     if r.undecryptable + r.resends_asked + r.texts_resent > 0 {
-        println!(
+        outln!(
             "lost    {} undecryptable, {} resends asked, {} texts sent again",
-            r.undecryptable, r.resends_asked, r.texts_resent
+            r.undecryptable,
+            r.resends_asked,
+            r.texts_resent
         );
     }
     if r.group_waiting > 0 {
-        println!(
+        outln!(
             "waiting {} group messages for their sender key or group",
             r.group_waiting
         );
     }
     let h = &v.history;
     if h.total > 0 {
-        println!(
+        outln!(
             "history {} of {} messages received from the linking device",
-            h.received, h.total
+            h.received,
+            h.total
         );
     }
     for d in &h.sending {
-        println!(
+        outln!(
             "history {} of {} messages queued for device {}",
-            d.sent, d.total, d.device_id
+            d.sent,
+            d.total,
+            d.device_id
         );
     }
     for r in &v.relays {
@@ -90,7 +95,7 @@ fn print_status(v: &StatusInfo) {
         if let Some(p) = push.relays.iter().find(|p| p.addr == r.addr)
             && p.state != "none"
         {
-            println!("        push {}", push_state(p));
+            outln!("        push {}", push_state(p));
         }
     }
 }
@@ -105,12 +110,12 @@ pub(crate) async fn push(home: &Home, json: bool, cmd: PushCmd) -> Result<(), Fa
     let v = client(home).await?.call(method, params).await?;
     show(&v, json, |p: PushInfo| {
         match (&cmd, &p.url) {
-            (PushCmd::Clear, _) => println!("push endpoint cleared"),
-            (_, Some(url)) => println!("push endpoint {url}"),
-            (_, None) => println!("no push endpoint"),
+            (PushCmd::Clear, _) => outln!("push endpoint cleared"),
+            (_, Some(url)) => outln!("push endpoint {url}"),
+            (_, None) => outln!("no push endpoint"),
         }
         for r in &p.relays {
-            println!("relay   {} {}", r.addr, push_state(r));
+            outln!("relay   {} {}", r.addr, push_state(r));
         }
     })
 }
@@ -129,8 +134,8 @@ fn print_relay(r: &RelayInfo) {
         )
     });
     match r.waiting {
-        0 => println!("relay   {} {state}{drain}", r.addr),
-        n => println!("relay   {} {state}, {n} to deposit{drain}", r.addr),
+        0 => outln!("relay   {} {state}{drain}", r.addr),
+        n => outln!("relay   {} {state}, {n} to deposit{drain}", r.addr),
     }
 }
 

@@ -23,7 +23,7 @@ pub(crate) async fn open(home: &Home, print: bool) -> Result<(), Failure> {
     let v = c.call("ui.code", json!({})).await?;
     let url = parse::<UiCode>(&v)?.url;
     if print {
-        println!("{url}");
+        outln!("{url}");
         return Ok(());
     }
     // The code travels in the URL's fragment, which the browser never sends; the file
@@ -45,7 +45,7 @@ pub(crate) async fn open(home: &Home, print: bool) -> Result<(), Failure> {
     });
     match std::process::Command::new(&opener).arg(&page).status() {
         Ok(st) if st.success() => {
-            println!("opened the web UI ({})", page.display());
+            outln!("opened the web UI ({})", page.display());
             Ok(())
         }
         _ => Err(Failure::new(

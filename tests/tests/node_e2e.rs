@@ -249,3 +249,44 @@ fn first_message_waits_for_an_unreachable_relay_then_is_delivered() {
         own_statuses_are(h, "delivered")
     });
 }
+
+/// A reader that stops reading early (`tern history Bob | head -1`) ends the command quietly,
+/// with success, whatever it was printing: text or JSON. Here the reading end of the pipe is
+/// closed before the command starts, so every write meets a broken pipe.
+#[test]
+fn output_into_a_closed_pipe_ends_the_command_quietly() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    a.ok(&["send", "Bob", "one"]).unwrap();
+    a.ok(&["send", "Bob", "two"]).unwrap();
+    for args in [
+        &["status"][..],
+        &["history", "Bob", "--no-mark-read"],
+        &["--json", "history", "Bob", "--no-mark-read"],
+        &["contact", "list"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(tern_tests::support::bin("tern"))
+            .arg("--home")
+            .arg(&a.home)
+            .args(args)
+            .env_remove("TERN_HOME")
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "tern {args:?}: {:?} {err}",
+            out.status
+        );
+        assert!(err.is_empty(), "tern {args:?} wrote to stderr: {err}");
+    }
+}
