@@ -156,8 +156,12 @@ async fn change_passphrase(
             format!("no Tern identity in {}", home.dir().display()),
         ));
     }
-    // Rekeying rewrites every page: a running node has the store open.
-    if ApiClient::for_home(home).await.is_ok() {
+    // Rekeying rewrites every page: a running node has the store open (and one with every
+    // API session taken is running too).
+    if matches!(
+        ApiClient::for_home(home).await,
+        Ok(_) | Err(tern_node::api::client::ClientError::Busy)
+    ) {
         return Err(Failure::new(
             exit::NODE_RUNNING,
             "the node is running for this home: stop it (Ctrl-C on `tern up`) and run this again",

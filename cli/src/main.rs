@@ -29,10 +29,13 @@ mod status;
 mod ui;
 mod up;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use tern_node::{Home, api::client::ApiClient};
+use tern_node::{
+    Home,
+    api::client::{ApiClient, ClientError},
+};
 
 use exit::Failure;
 use opts::{Cmd, FileCmd, Opts};
@@ -79,9 +82,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// A client of the node running for `home`.
+/// Longest wait for a free API session when the node has every one taken (many commands
+/// at once: a script sending a burst); then the command fails with the reason.
+const BUSY_WAIT: Duration = Duration::from_secs(60);
+
+/// A client of the node running for `home`. While the node has every API session taken,
+/// waits for one to close (saying so once on stderr), retrying at growing intervals up to
+/// half a second, for at most [`BUSY_WAIT`].
 pub(crate) async fn client(home: &Home) -> Result<ApiClient, Failure> {
-    Ok(ApiClient::for_home(home).await?)
+    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+    let mut pause = Duration::from_millis(5);
+    let mut said = false;
+    loop {
+        match ApiClient::for_home(home).await {
+            Err(ClientError::Busy) if tokio::time::Instant::now() + pause < deadline => {
+                if !said {
+                    eprintln!("tern: the node is busy with other commands; waiting for it");
+                    said = true;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            r => return Ok(r?),
+        }
+    }
 }
 
 async fn run(opts: Opts, home: Home) -> Result<(), Failure> {

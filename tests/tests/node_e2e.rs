@@ -290,3 +290,67 @@ fn output_into_a_closed_pipe_ends_the_command_quietly() {
         assert!(err.is_empty(), "tern {args:?} wrote to stderr: {err}");
     }
 }
+
+/// Commands started while the node has every API session taken (a script sending a burst
+/// at once) wait for one to close, saying so, rather than failing: the message sent while
+/// every session is held goes out once they close. A node that is busy is not reported as
+/// not running.
+#[test]
+fn a_command_waits_while_every_api_session_is_taken() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use tern_node::api::client::ClientError;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let held: Vec<_> = (0..tern_node::consts::MAX_API_CONNECTIONS)
+        .map(|_| rt.block_on(a.api()).unwrap())
+        .collect();
+    let busy = rt.block_on(a.api()).unwrap_err();
+    assert!(
+        matches!(busy.downcast_ref(), Some(ClientError::Busy)),
+        "{busy:#}"
+    );
+
+    let mut child = Command::new(tern_tests::support::bin("tern"))
+        .arg("--home")
+        .arg(&a.home)
+        .args(["send", "Bob", "sent while the node was busy"])
+        .env_remove("TERN_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(WAIT);
+    if first.is_err() {
+        let _ = child.kill();
+    }
+    let first = first.expect("the waiting command says why it waits");
+    assert!(first.contains("busy"), "{first}");
+    drop(held);
+    let status = wait_for("the waiting command to finish", WAIT, || {
+        child.try_wait().unwrap()
+    });
+    let status = status.unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!("{e}")
+    });
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(status.success(), "{status:?}: {first} {rest:?}");
+    wait_history(&b, "Alice", "the message sent while busy", |h| {
+        texts(h) == ["sent while the node was busy"]
+    });
+}

@@ -32,6 +32,14 @@ pub enum ClientError {
     /// The connection failed.
     #[error("API connection: {0}")]
     Connection(String),
+    /// The node has as many API sessions open as it allows
+    /// ([`MAX_API_CONNECTIONS`](crate::consts::MAX_API_CONNECTIONS)); one may be opened once
+    /// another closes.
+    #[error(
+        "the node has {} API connections open, the most it allows; try again when one closes",
+        crate::consts::MAX_API_CONNECTIONS
+    )]
+    Busy,
     /// The node answered with an error.
     #[error("{message}")]
     Rpc {
@@ -46,6 +54,12 @@ pub enum ClientError {
     /// No answer in time.
     #[error("the node did not answer within {0:?}")]
     Timeout(Duration),
+}
+
+/// Why opening a session failed: nothing listening, or any other reason.
+enum Open {
+    Refused,
+    Failed(ClientError),
 }
 
 /// A connected API client.
@@ -79,23 +93,43 @@ impl ApiClient {
         };
         let file = read_node_file(&home.node_file_path()).ok_or_else(not_running)?;
         let token = read_token(home).map_err(|_| not_running())?;
-        match Self::connect(file.api, &token).await {
-            Err(ClientError::Connection(_)) => Err(not_running()),
-            other => other,
-        }
+        Self::open(file.api, &token).await.map_err(|e| match e {
+            // Nothing listens where the node said it would: it has stopped (or crashed and
+            // left its file behind).
+            Open::Refused => not_running(),
+            Open::Failed(e) => e,
+        })
     }
 
-    /// Connects to the API at `addr` with `token`.
+    /// Connects to the API at `addr` with `token`. A node with every API session taken is
+    /// [`ClientError::Busy`].
     pub async fn connect(addr: SocketAddr, token: &str) -> Result<Self, ClientError> {
+        Self::open(addr, token).await.map_err(|e| match e {
+            Open::Refused => ClientError::Connection(format!("connection to {addr} refused")),
+            Open::Failed(e) => e,
+        })
+    }
+
+    async fn open(addr: SocketAddr, token: &str) -> Result<Self, Open> {
+        use tokio_tungstenite::tungstenite::{Error as WsError, http::StatusCode};
+        let failed = |e: String| Open::Failed(ClientError::Connection(e));
         let mut req = format!("ws://{addr}/")
             .into_client_request()
-            .map_err(|e| ClientError::Connection(e.to_string()))?;
-        let value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|e| ClientError::Connection(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?;
+        let value =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| failed(e.to_string()))?;
         req.headers_mut().insert("authorization", value);
         let (ws, _) = tokio_tungstenite::connect_async(req)
             .await
-            .map_err(|e| ClientError::Connection(e.to_string()))?;
+            .map_err(|e| match e {
+                WsError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    Open::Refused
+                }
+                WsError::Http(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    Open::Failed(ClientError::Busy)
+                }
+                e => failed(e.to_string()),
+            })?;
         Ok(ApiClient {
             ws,
             next_id: 1,
