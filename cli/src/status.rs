@@ -137,6 +137,9 @@ fn print_relay(r: &RelayInfo) {
         0 => outln!("relay   {} {state}{drain}", r.addr),
         n => outln!("relay   {} {state}, {n} to deposit{drain}", r.addr),
     }
+    if let Some(problem) = &r.problem {
+        outln!("        {problem}");
+    }
 }
 
 /// `tern relay ...`.

@@ -336,6 +336,10 @@ pub struct RelayInfo {
     /// A removed home relay whose mailbox is still drained: until when, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_until_ms: Option<i64>,
+    /// Not connected: why the last dial failed, in words for the user (what to do about
+    /// it included when there is something to do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// A device's mailbox at one of its relays.

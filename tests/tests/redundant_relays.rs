@@ -368,3 +368,59 @@ fn a_removed_relay_gives_up_its_circuits() -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+/// The entry for the relay at `addr` in a node's status, once it is there.
+fn relay_entry(node: &Node, addr: &str) -> Option<serde_json::Value> {
+    node.json(&["status"]).ok()?["relays"]
+        .as_array()?
+        .iter()
+        .find(|r| r["addr"] == addr)
+        .cloned()
+}
+
+/// A home relay that is down says why it cannot be reached; one that lost its whole data
+/// directory, identity key included, and came back at its address answers as another relay,
+/// and the node says so, with the address to add should it still be the user's relay. Once
+/// the user swaps it in, it is connected and the problem is gone.
+#[test]
+fn a_relay_back_with_a_new_identity_is_named_as_such() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ana = start(dir.path(), "ana", &r1, &r2)?;
+    let old = r1.addr.clone();
+    wait_for("both relays connected", WAIT, || {
+        relay_entry(&ana, &old).filter(|r| r["connected"] == true)
+    })?;
+
+    r1.kill9();
+    let down = wait_for("the down relay's problem", WAIT, || {
+        relay_entry(&ana, &old).and_then(|r| r["problem"].as_str().map(str::to_owned))
+    })?;
+    assert!(
+        down.contains("cannot connect: connection refused"),
+        "{down}"
+    );
+
+    std::fs::remove_dir_all(&r1.data)?;
+    r1.start_again("")?;
+    let new = r1.addr.clone();
+    assert_ne!(new, old, "a relay with no key makes a new identity");
+    let other = wait_for("the other identity named", WAIT, || {
+        relay_entry(&ana, &old)
+            .and_then(|r| r["problem"].as_str().map(str::to_owned))
+            .filter(|p| p.contains("answers as"))
+    })?;
+    assert!(
+        other.contains(&format!("`tern relay add {new}`")),
+        "{other}"
+    );
+
+    ana.ok(&["relay", "add", &new])?;
+    ana.ok(&["relay", "remove", &old])?;
+    let now = wait_for("the new relay connected", WAIT, || {
+        relay_entry(&ana, &new).filter(|r| r["connected"] == true)
+    })?;
+    assert!(now.get("problem").is_none(), "{now}");
+    Ok(())
+}

@@ -345,6 +345,7 @@ impl Engine {
         match ev {
             net::Event::RelayUp(relay) => {
                 self.relays.relay_up.insert(relay);
+                self.relays.dial_problems.remove(&relay);
                 // Transfers paused by a network failure go on at once.
                 self.media_retry_due(true);
                 // Group members homed there can be looked up now, and be sent what they
@@ -363,6 +364,11 @@ impl Engine {
                     if self.is_draining(relay) {
                         self.fetch_mailbox(relay);
                     }
+                }
+            }
+            net::Event::RelayDialFailed { relay, problem } => {
+                if !self.relays.relay_up.contains(&relay) {
+                    self.relays.dial_problems.insert(relay, problem);
                 }
             }
             net::Event::RelayDown(relay) => {

@@ -224,6 +224,7 @@ impl Engine {
                 mailbox: None,
                 waiting: 0,
                 draining_until_ms: Some(*until_ms),
+                problem: self.dial_problem(a, false),
             })
             .collect()
     }

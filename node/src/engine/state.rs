@@ -116,6 +116,8 @@ pub(crate) struct Relays {
     pub draining: Vec<(Multiaddr, i64)>,
     /// Relays connected and ready now.
     pub relay_up: HashSet<PeerId>,
+    /// Why the last dial of each relay not connected failed (cleared when it connects).
+    pub dial_problems: HashMap<PeerId, crate::net::DialProblem>,
     /// Home relays whose connection routine did not complete (retried every heartbeat).
     pub setup_pending: HashSet<PeerId>,
     /// Home relays whose setup a task is running now, and whether each is to be announced as
@@ -379,6 +381,7 @@ impl Engine {
                 home_relays,
                 draining,
                 relay_up: HashSet::new(),
+                dial_problems: HashMap::new(),
                 setup_pending: HashSet::new(),
                 setting_up: HashMap::new(),
                 setup_soon: false,

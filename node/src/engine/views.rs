@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use tern_store::{ConversationId, MessageId, Page, Status};
 
 use super::{Engine, hold, parse_message_id, receive, relay_peer};
@@ -12,7 +12,7 @@ use crate::{
     consts::{HISTORY_DEFAULT, HISTORY_MAX},
     envelope::ReceiptKind,
     error::NodeError,
-    net,
+    net::{self, DialProblem},
     types::*,
 };
 
@@ -96,8 +96,39 @@ impl Engine {
                 mailbox: relay_peer(a).and_then(|p| self.mailbox_info(p)),
                 waiting: relay_peer(a).map_or(0, |p| self.waiting_at(p)),
                 draining_until_ms: None,
+                problem: self.dial_problem(a, true),
             })
             .collect()
+    }
+
+    /// Why the relay at `addr` is not connected, if its last dial failed: for one of this
+    /// device's home relays (`home`) with what the user can do about it.
+    pub(super) fn dial_problem(&self, addr: &Multiaddr, home: bool) -> Option<String> {
+        let peer = relay_peer(addr)?;
+        if self.relays.relay_up.contains(&peer) {
+            return None;
+        }
+        Some(match self.relays.dial_problems.get(&peer)? {
+            DialProblem::OtherIdentity(other) => {
+                let base: Multiaddr = addr
+                    .iter()
+                    .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                    .collect();
+                let what = if home {
+                    format!(
+                        "if it is still your relay, add it again (`tern relay add {base}/p2p/{other}`) \
+                         and remove this address"
+                    )
+                } else {
+                    "its users have to add it again under its new identity".to_owned()
+                };
+                format!(
+                    "it answers as {other}, not as the relay this address names (a relay that \
+                     lost its data directory starts with a new identity): {what}"
+                )
+            }
+            DialProblem::Unreachable(cause) => format!("cannot connect: {cause}"),
+        })
     }
 
     /// Outbox rows `relay` has not taken, for the users who keep a mailbox there.
@@ -142,6 +173,7 @@ impl Engine {
                         mailbox: None,
                         waiting: self.waiting_at(p),
                         draining_until_ms: None,
+                        problem: self.dial_problem(a, false),
                     });
                 }
             }

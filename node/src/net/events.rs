@@ -147,6 +147,12 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, "dial failed: {error}");
+                if self.relays.contains_key(&peer) {
+                    self.emit(Event::RelayDialFailed {
+                        relay: peer,
+                        problem: super::DialProblem::of(&error),
+                    });
+                }
             }
             _ => {}
         }

@@ -41,6 +41,55 @@ pub use swarm::{Config, StartError, new};
 /// Why a network request failed: the relay client's error type, with the relay's codes.
 pub use tern_relay::rpc::RequestError as NetError;
 
+/// Why a dial to a relay failed, as far as the user can act on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialProblem {
+    /// Something answered at the relay's address, proving another identity than the one
+    /// the address names: a relay that lost its data directory (its key with it) starts
+    /// with a new one, and so does anyone else who now listens there.
+    OtherIdentity(PeerId),
+    /// Nothing answered in a way that let a connection come up; the cause, in short.
+    Unreachable(String),
+}
+
+impl DialProblem {
+    /// Classifies a failed dial.
+    pub(crate) fn of(error: &libp2p::swarm::DialError) -> Self {
+        use libp2p::{TransportError, swarm::DialError};
+        match error {
+            DialError::WrongPeerId { obtained, .. } => DialProblem::OtherIdentity(*obtained),
+            DialError::Transport(errors) => {
+                let cause = errors.iter().find_map(|(_, e)| match e {
+                    TransportError::Other(e) => Some(short_io(e)),
+                    TransportError::MultiaddrNotSupported(_) => None,
+                });
+                DialProblem::Unreachable(cause.unwrap_or_else(|| "no usable address".into()))
+            }
+            DialError::NoAddresses => DialProblem::Unreachable("no address known".into()),
+            other => DialProblem::Unreachable(other.to_string()),
+        }
+    }
+}
+
+/// An I/O error of a dial in a few words for the user: the innermost error's text (the
+/// transports wrap the operating system's error in layers of their own), without its error
+/// number, as in "connection refused".
+fn short_io(e: &std::io::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let text = cause.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => &text[..i],
+        _ => &text,
+    };
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
+}
+
 /// Something the network tells the engine.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -49,6 +98,13 @@ pub enum Event {
     RelayUp(PeerId),
     /// The last connection to a relay closed.
     RelayDown(PeerId),
+    /// A dial to a relay failed (it is dialled again later); why, for the user.
+    RelayDialFailed {
+        /// The relay dialled.
+        relay: PeerId,
+        /// What went wrong.
+        problem: DialProblem,
+    },
     /// Mail pushed by a relay (still to be acknowledged there).
     Mail {
         /// The relay.
@@ -218,5 +274,28 @@ impl HeldRequest {
     /// Answers the request with a frame (or a failure).
     pub(crate) fn answer(self, answer: Result<Vec<u8>, NetError>) {
         let _ = self.reply.send(answer.map(Frame::Data));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_io;
+
+    /// The operating system's error comes out in a few words, however deeply the transports
+    /// wrapped it; other errors keep their text. (Error 111 is Linux's "connection refused".)
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn dial_errors_come_out_in_a_few_words() {
+        let os = std::io::Error::from_raw_os_error(111);
+        let wrapped = std::io::Error::other(Box::new(std::io::Error::other(os)));
+        assert_eq!(
+            short_io(&std::io::Error::from_raw_os_error(111)),
+            "connection refused"
+        );
+        assert_eq!(short_io(&wrapped), "connection refused");
+        assert_eq!(
+            short_io(&std::io::Error::other("Handshake failed")),
+            "handshake failed"
+        );
     }
 }
