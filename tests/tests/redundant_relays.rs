@@ -424,3 +424,57 @@ fn a_relay_back_with_a_new_identity_is_named_as_such() -> anyhow::Result<()> {
     assert!(now.get("problem").is_none(), "{now}");
     Ok(())
 }
+
+/// A home relay that moved (the same data and key, another port) is taken at its new
+/// address by `tern relay add`: the address is replaced rather than ignored as a relay
+/// already known, the node connects there and listens through its circuit there, and
+/// contacts learn the new address.
+#[test]
+fn a_relay_that_moved_is_taken_at_its_new_address() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ana = start(dir.path(), "ana", &r1, &r2)?;
+    let ben = start(dir.path(), "ben", &r1, &r2)?;
+    link_pair(&ana, &ben, "Ana", "Ben")?;
+    let old = r1.addr.clone();
+
+    r1.kill9();
+    let moved = Relay::start(&r1.data, "")?;
+    assert_ne!(moved.addr, old);
+    assert_eq!(
+        moved.addr.rsplit('/').next(),
+        old.rsplit('/').next(),
+        "the same key, the same peer id"
+    );
+    let homes = ana.json(&["relay", "add", &moved.addr])?;
+    let addrs: Vec<&str> = homes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["addr"].as_str())
+        .collect();
+    assert_eq!(addrs, [moved.addr.as_str(), r2.addr.as_str()]);
+    wait_for("the moved relay connected", WAIT, || {
+        relay_entry(&ana, &moved.addr).filter(|r| r["connected"] == true)
+    })?;
+    // Ana is reachable through the relay's circuit at its new address, and not the old.
+    wait_for("a circuit address through the moved relay", WAIT, || {
+        let status = ana.json(&["status"]).ok()?;
+        let listen: Vec<&str> = status["listen"]
+            .as_array()?
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let through = |relay: &str| {
+            listen
+                .iter()
+                .any(|a| a.starts_with(&format!("{relay}/p2p-circuit")))
+        };
+        (through(&moved.addr) && !through(&old)).then_some(())
+    })?;
+    wait_for("Ben told of the new address", WAIT, || {
+        contact_relays(&ben, "Ana").filter(|r| r.contains(&moved.addr) && !r.contains(&old))
+    })?;
+    Ok(())
+}

@@ -77,12 +77,21 @@ impl Engine {
         let addr = parse_relay(addr)?;
         self.check_not_embedded()?;
         let peer = relay_peer(&addr);
-        if self
+        if let Some(known) = self
             .relays
             .home_relays
-            .iter()
-            .any(|a| relay_peer(a) == peer)
+            .iter_mut()
+            .find(|a| relay_peer(a) == peer)
         {
+            if *known == addr {
+                return Ok(self.home_relay_infos());
+            }
+            // The same relay (the same peer id) at a new address: it moved. The address is
+            // replaced, dialled from now on, and contacts and own devices are told.
+            *known = addr.clone();
+            self.save_home_relays()?;
+            self.net.add_relay_soon(addr, true);
+            self.own_relays_changed();
             return Ok(self.home_relay_infos());
         }
         if self.relays.home_relays.len() >= MAX_LINK_RELAYS {

@@ -178,6 +178,15 @@ impl EventLoop {
                     backoff: REDIAL_BASE,
                     listener: None,
                 });
+                // The same relay at a new address (it moved): dialled there from now on, at
+                // once if it is not connected.
+                if entry.addr != addr {
+                    entry.addr = addr.clone();
+                    if !entry.connected {
+                        entry.redial_at = Some(Instant::now());
+                        entry.backoff = REDIAL_BASE;
+                    }
+                }
                 let promoted = home && !entry.home;
                 entry.home |= home;
                 if self.swarm.is_connected(&peer) {
