@@ -180,7 +180,8 @@ pub(crate) enum Cmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RelayCmd {
-    /// Add a home relay (saved; contacts and your other devices are told). Exit 5 for an
+    /// Add a home relay (saved; contacts and your other devices are told). A home relay's
+    /// peer id at another address updates its address (the relay moved). Exit 5 for an
     /// address that is not a multiaddr ending in `/p2p/<peer id>`.
     Add {
         /// The relay's multiaddr, ending in `/p2p/<peer id>`.
