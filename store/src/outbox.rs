@@ -332,6 +332,43 @@ pub(crate) mod tests {
         }
     }
 
+    /// A cached statement is compiled once, whatever values are bound to it later. SQLite
+    /// (built with STAT4) would otherwise compile again, on each run with new values, every
+    /// statement whose plan might depend on them, such as one with `LIMIT ?`: the query
+    /// planner stability guarantee set at open prevents that.
+    #[test]
+    fn cached_statements_are_not_compiled_again_for_new_values() {
+        use rusqlite::StatementStatus::{RePrepare, Run};
+        let (_dir, mut store) = store();
+        let conv = ConversationId("bob".into());
+        store
+            .transaction(|tx| {
+                tx.ensure_conversation(&conv, ConversationKind::Direct, Some("Bob"), 1)?;
+                tx.record_outgoing(&own(1), &[], &[to("b1", 1), to("b2", 1)], 0)
+            })
+            .unwrap();
+        for i in 1..=5 {
+            assert_eq!(store.lane_devices("", i).unwrap().len(), 2.min(i as usize));
+            assert_eq!(
+                store.due_lanes(i64::from(i), i).unwrap().len(),
+                2.min(i as usize)
+            );
+        }
+        // The statements behind `lane_devices` and `due_lanes`, as cached.
+        for sql in [
+            "SELECT DISTINCT recipient_device FROM outbox \
+             WHERE kind = 0 /* Pairwise */ AND recipient_device > ?1 \
+             ORDER BY recipient_device LIMIT ?2",
+            "SELECT o.recipient_device FROM outbox o \
+             WHERE o.id IN (SELECT min(id) FROM outbox WHERE kind = 0 /* Pairwise */ GROUP BY recipient_device) \
+             AND o.next_attempt_ms <= ?1 ORDER BY o.next_attempt_ms, o.id LIMIT ?2",
+        ] {
+            let s = store.conn.prepare_cached(sql).unwrap();
+            assert_eq!(s.get_status(Run), 5, "the cached statement ran: {sql}");
+            assert_eq!(s.get_status(RePrepare), 0, "compiled again: {sql}");
+        }
+    }
+
     #[test]
     fn lanes_keep_encryption_order_and_only_their_head_is_due() {
         let (_dir, mut store) = store();
