@@ -369,6 +369,59 @@ pub(crate) mod tests {
         }
     }
 
+    /// Which own messages wait for a session is asked on every send: it is read through the
+    /// partial index of own pending messages, never by a scan of every message stored.
+    #[test]
+    fn messages_awaiting_encryption_are_found_without_a_scan() {
+        use rusqlite::StatementStatus::{FullscanStep, Run};
+        let (_dir, mut store) = store();
+        let conv = ConversationId("bob".into());
+        store
+            .transaction(|tx| {
+                tx.ensure_conversation(&conv, ConversationKind::Direct, Some("Bob"), 1)?;
+                for id in 1..=200 {
+                    tx.record_outgoing(&own(id), &[], &[to("b1", id)], 0)?;
+                }
+                Ok::<_, WriteError>(())
+            })
+            .unwrap();
+        let rows: Vec<i64> = store
+            .lane("b1", 200)
+            .unwrap()
+            .iter()
+            .map(|r| r.row)
+            .collect();
+        assert_eq!(
+            store.transaction(|tx| tx.ack_rows(&rows)).unwrap().len(),
+            200
+        );
+        store
+            .transaction(|tx| {
+                tx.record_outgoing(&own(201), &[], &[], 0)?;
+                tx.record_outgoing(&own(202), &[], &[], 0)
+            })
+            .unwrap();
+        for _ in 0..2 {
+            let waiting = store.awaiting_encryption("d0", 10).unwrap();
+            let ids: Vec<MessageId> = waiting.iter().map(|m| m.id).collect();
+            assert_eq!(ids, [MessageId([201; 16]), MessageId([202; 16])]);
+        }
+        let sql = format!(
+            "SELECT {} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
+             WHERE m.own = 1 AND m.status = 0 /* Pending */ AND m.sender_device = ?1 \
+             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid) \
+             ORDER BY m.lamport, m.seq, m.rowid LIMIT ?2",
+            crate::messages::MESSAGE_COLUMNS
+        );
+        let s = store.conn.prepare_cached(&sql).unwrap();
+        assert_eq!(
+            s.get_status(Run),
+            2,
+            "the statement awaiting_encryption runs"
+        );
+        assert_eq!(s.get_status(FullscanStep), 0, "no step of a full scan");
+    }
+
     #[test]
     fn lanes_keep_encryption_order_and_only_their_head_is_due() {
         let (_dir, mut store) = store();

@@ -414,25 +414,21 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Message>, ReadError> {
         const OP: &str = "read messages awaiting encryption";
+        // `own = 1 AND status = 0` as literals: they are the condition of the partial index
+        // `messages_awaiting`, which the planner uses only when the query states it so.
+        const _: () = assert!(Status::Pending.code() == 0);
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
-             WHERE m.own = 1 AND m.status = ?1 AND m.sender_device = ?2 \
+             WHERE m.own = 1 AND m.status = 0 /* Pending */ AND m.sender_device = ?1 \
              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid) \
-             ORDER BY m.lamport, m.seq, m.rowid LIMIT ?3"
+             ORDER BY m.lamport, m.seq, m.rowid LIMIT ?2"
         );
         let rows: Vec<RawMessage> = self
             .conn
             .prepare_cached(&sql)
             .and_then(|mut s| {
-                s.query_map(
-                    params![
-                        Status::Pending.code(),
-                        sender_device,
-                        limit.clamp(1, MAX_PAGE_SIZE)
-                    ],
-                    raw,
-                )?
-                .collect()
+                s.query_map(params![sender_device, limit.clamp(1, MAX_PAGE_SIZE)], raw)?
+                    .collect()
             })
             .read_ctx(OP)?;
         rows.into_iter().map(|r| decode(OP, r)).collect()

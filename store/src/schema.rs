@@ -26,6 +26,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V9_GRANTS,
     V10_OUTBOX_KINDS,
     V11_OUTBOX_RELAYS,
+    V12_AWAITING_INDEX,
 ];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
@@ -399,6 +400,15 @@ CREATE TRIGGER outbox_relays_follow AFTER DELETE ON outbox
 BEGIN
     DELETE FROM outbox_relays WHERE row = OLD.id;
 END;
+"#;
+
+/// Version 12: the partial index `messages_awaiting` over this user's own pending messages,
+/// for `awaiting_encryption`, which every send asks (are texts to this conversation waiting
+/// for a session?) and which read the whole `messages` table each time before. It holds only
+/// own messages not yet taken by a relay, so it stays as small as the outbox. Its condition
+/// is matched by the literals of the query (`own = 1 AND status = 0`, 0 being `Pending`).
+const V12_AWAITING_INDEX: &str = r#"
+CREATE INDEX messages_awaiting ON messages(sender_device, lamport, seq) WHERE own = 1 AND status = 0;
 "#;
 
 /// Reads `PRAGMA user_version`.

@@ -129,7 +129,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub(crate) fn code(self) -> i64 {
+    pub(crate) const fn code(self) -> i64 {
         match self {
             Status::Pending => 0,
             Status::Sent => 1,
