@@ -21,19 +21,17 @@ impl Relay {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Starts a relay with its data in `data` on a free loopback port; `extra` is appended
-    /// to its TOML config.
+    /// Starts a relay with its data in `data` on a loopback port of its own choosing (it
+    /// binds port 0; the port is read from the address it prints); `extra` is appended to
+    /// its TOML config.
     pub fn start(data: &Path, extra: &str) -> anyhow::Result<Relay> {
-        Self::start_on(data, free_port(), extra)
+        Self::start_on(data, 0, extra, false)
     }
 
-    /// Like [`Relay::start`], with the metrics endpoint on a free loopback port, read with
-    /// [`Relay::metric`].
+    /// Like [`Relay::start`], with the metrics endpoint on a loopback port of its own
+    /// choosing too, read with [`Relay::metric`].
     pub fn start_with_metrics(data: &Path, extra: &str) -> anyhow::Result<Relay> {
-        let metrics = free_port();
-        let mut relay = Self::start(data, &format!("metrics = \"127.0.0.1:{metrics}\"\n{extra}"))?;
-        relay.metrics = Some(metrics);
-        Ok(relay)
+        Self::start_on(data, 0, extra, true)
     }
 
     /// One counter or gauge from the relay's metrics endpoint.
@@ -44,13 +42,20 @@ impl Relay {
         relay_metric(port, name)
     }
 
-    fn start_on(data: &Path, port: u16, extra: &str) -> anyhow::Result<Relay> {
+    /// Starts a relay listening on `port` (0: any free one), with the metrics endpoint on a
+    /// free port if `metrics`; waits for the addresses it prints.
+    fn start_on(data: &Path, port: u16, extra: &str, metrics: bool) -> anyhow::Result<Relay> {
         std::fs::create_dir_all(data)?;
         let cfg = data.join("relay.toml");
+        let metrics_line = if metrics {
+            "metrics = \"127.0.0.1:0\"\n"
+        } else {
+            ""
+        };
         std::fs::write(
             &cfg,
             format!(
-                "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n{extra}\n",
+                "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n{metrics_line}{extra}\n",
                 data.join("db").display().to_string()
             ),
         )?;
@@ -67,28 +72,40 @@ impl Relay {
             .context("spawn tern-relay")?;
         let lines = spawn_lines(&mut child);
         let deadline = Instant::now() + START_TIMEOUT;
-        let addr = loop {
+        let (mut addr, mut metrics_port) = (None, None);
+        while addr.is_none() || (metrics && metrics_port.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines
-                .recv_timeout(left)
-                .map_err(|_| anyhow!("relay printed no address in time"))?;
+            let Ok(line) = lines.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("relay printed no address in time");
+            };
             if line.starts_with("/ip4/") && line.contains("/tcp/") {
-                break line;
+                addr = Some(line);
+            } else if let Some(a) = line.strip_prefix("metrics http://") {
+                metrics_port = a.rsplit(':').next().and_then(|p| p.parse().ok());
             }
-        };
+        }
+        let addr = addr.unwrap_or_default();
+        // "/ip4/127.0.0.1/tcp/<port>/p2p/<id>"
+        let port = addr
+            .split('/')
+            .nth(4)
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("no TCP port in the relay's address {addr}"))?;
         Ok(Relay {
             child: Some(child),
             addr,
             data: data.to_owned(),
             port,
-            metrics: None,
+            metrics: metrics_port,
         })
     }
 
     /// SIGKILL, then start again on the same port with the same data.
     pub fn restart_after_kill9(&mut self, extra: &str) -> anyhow::Result<()> {
         self.kill9();
-        let fresh = Self::start_on(&self.data, self.port, extra)?;
+        let fresh = Self::start_on(&self.data, self.port, extra, false)?;
         *self = fresh;
         Ok(())
     }
@@ -97,7 +114,7 @@ impl Relay {
     /// data (without metrics).
     pub fn start_again(&mut self, extra: &str) -> anyhow::Result<()> {
         self.kill9();
-        let fresh = Self::start_on(&self.data, self.port, extra)?;
+        let fresh = Self::start_on(&self.data, self.port, extra, false)?;
         *self = fresh;
         Ok(())
     }
