@@ -5,6 +5,8 @@
 //! - `store.insert`: messages/s, written in transactions of [`BATCH`] messages as the node
 //!   writes a burst (message + session state + unread count per message, `synchronous=FULL`).
 //! - `store.latest50_p50` / `_p99`: ms to load the newest 50 messages of a conversation.
+//! - `store.awaiting_p50`: µs to ask which own texts wait for a session (every send asks it
+//!   first); an index answers it, so it must not grow with the history.
 //! - `store.search_p50` / `_p95`: ms for a full-text search across everything (first page of
 //!   20 hits with snippets), over word, substring and two-term queries.
 //! - `store.bytes_per_message`: file size / messages (FTS index and sessions included).
@@ -385,8 +387,7 @@ impl Generator {
         } else {
             format!("user-{c}")
         };
-        // User ids and PeerIds are long; keep the stored strings realistic in size.
-        let sender_device = format!("12D3KooW{sender_user:0>44}");
+        let sender_device = device_of(&sender_user);
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.rng.next().to_le_bytes());
         id[8..].copy_from_slice(&self.next.to_le_bytes());
@@ -406,6 +407,12 @@ impl Generator {
             edited_at_ms: None,
         }
     }
+}
+
+/// The device id stored for `user`'s messages: user ids and PeerIds are long, so the stored
+/// strings are realistic in size.
+fn device_of(user: &str) -> String {
+    format!("12D3KooW{user:0>44}")
 }
 
 /// One database under test and the time spent writing it.
@@ -587,6 +594,27 @@ pub fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             ms(quantile(&mut plain_t, q)),
         );
     }
+
+    // What every send asks first: this device's texts still waiting for a session (none
+    // here, all own messages were sent). An index answers it, whatever the history's size.
+    let me = device_of("me");
+    let (mut enc_t, mut plain_t) = (Vec::new(), Vec::new());
+    for _ in 0..latest_samples {
+        for (subject, times) in [(&enc, &mut enc_t), (&plain, &mut plain_t)] {
+            let start = Instant::now();
+            let waiting = subject.store.awaiting_encryption(&me, 50)?;
+            times.push(start.elapsed());
+            anyhow::ensure!(waiting.is_empty(), "no own message waits in this store");
+        }
+    }
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    report.compare(
+        "store.awaiting_p50",
+        us(quantile(&mut enc_t, 0.5)),
+        "us",
+        "plain SQLite file",
+        us(quantile(&mut plain_t, 0.5)),
+    );
 
     // Full-text search across everything.
     let (mut enc_t, mut plain_t) = (Vec::new(), Vec::new());
