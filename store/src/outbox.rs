@@ -56,17 +56,18 @@ pub struct LaneRow {
     pub next_attempt_ms: i64,
 }
 
+/// The devices whose lane's first row is due ([`Store::due_lanes`]).
+pub(crate) const DUE_LANES_SQL: &str = "SELECT o.recipient_device FROM outbox o \
+     WHERE o.id IN (SELECT min(id) FROM outbox WHERE kind = 0 /* Pairwise */ GROUP BY recipient_device) \
+     AND o.next_attempt_ms <= ?1 ORDER BY o.next_attempt_ms, o.id LIMIT ?2";
+
 impl Store {
     /// The recipient devices whose lane's first row is due at `now_ms`, most overdue first,
     /// at most `limit` (capped at [`MAX_PAGE_SIZE`]).
     pub fn due_lanes(&self, now_ms: i64, limit: u32) -> Result<Vec<String>, ReadError> {
         const OP: &str = "read due lanes";
         self.conn
-            .prepare_cached(
-                "SELECT o.recipient_device FROM outbox o \
-                 WHERE o.id IN (SELECT min(id) FROM outbox WHERE kind = 0 /* Pairwise */ GROUP BY recipient_device) \
-                 AND o.next_attempt_ms <= ?1 ORDER BY o.next_attempt_ms, o.id LIMIT ?2",
-            )
+            .prepare_cached(DUE_LANES_SQL)
             .and_then(|mut s| {
                 s.query_map(params![now_ms, limit.clamp(1, MAX_PAGE_SIZE)], |r| r.get(0))?
                     .collect()
@@ -355,14 +356,7 @@ pub(crate) mod tests {
             );
         }
         // The statements behind `lane_devices` and `due_lanes`, as cached.
-        for sql in [
-            "SELECT DISTINCT recipient_device FROM outbox \
-             WHERE kind = 0 /* Pairwise */ AND recipient_device > ?1 \
-             ORDER BY recipient_device LIMIT ?2",
-            "SELECT o.recipient_device FROM outbox o \
-             WHERE o.id IN (SELECT min(id) FROM outbox WHERE kind = 0 /* Pairwise */ GROUP BY recipient_device) \
-             AND o.next_attempt_ms <= ?1 ORDER BY o.next_attempt_ms, o.id LIMIT ?2",
-        ] {
+        for sql in [crate::outbox_relays::LANE_DEVICES_SQL, DUE_LANES_SQL] {
             let s = store.conn.prepare_cached(sql).unwrap();
             assert_eq!(s.get_status(Run), 5, "the cached statement ran: {sql}");
             assert_eq!(s.get_status(RePrepare), 0, "compiled again: {sql}");
@@ -406,13 +400,7 @@ pub(crate) mod tests {
             let ids: Vec<MessageId> = waiting.iter().map(|m| m.id).collect();
             assert_eq!(ids, [MessageId([201; 16]), MessageId([202; 16])]);
         }
-        let sql = format!(
-            "SELECT {} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
-             WHERE m.own = 1 AND m.status = 0 /* Pending */ AND m.sender_device = ?1 \
-             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid) \
-             ORDER BY m.lamport, m.seq, m.rowid LIMIT ?2",
-            crate::messages::MESSAGE_COLUMNS
-        );
+        let sql = crate::record::awaiting_sql();
         let s = store.conn.prepare_cached(&sql).unwrap();
         assert_eq!(
             s.get_status(Run),

@@ -20,6 +20,11 @@ use crate::outbox::LaneRow;
 use crate::store::{Store, Tx};
 use crate::types::MessageId;
 
+/// The devices with lane rows after a given one ([`Store::lane_devices`]).
+pub(crate) const LANE_DEVICES_SQL: &str = "SELECT DISTINCT recipient_device FROM outbox \
+     WHERE kind = 0 /* Pairwise */ AND recipient_device > ?1 \
+     ORDER BY recipient_device LIMIT ?2";
+
 impl Store {
     /// The first `limit` rows of a device's lane at `relay`: those that relay has not taken,
     /// in the order they must be sent, with their attempts and due time there.
@@ -39,11 +44,7 @@ impl Store {
     pub fn lane_devices(&self, after: &str, limit: u32) -> Result<Vec<String>, ReadError> {
         const OP: &str = "read the devices with lane rows";
         self.conn
-            .prepare_cached(
-                "SELECT DISTINCT recipient_device FROM outbox \
-                 WHERE kind = 0 /* Pairwise */ AND recipient_device > ?1 \
-                 ORDER BY recipient_device LIMIT ?2",
-            )
+            .prepare_cached(LANE_DEVICES_SQL)
             .and_then(|mut s| {
                 s.query_map(params![after, limit.clamp(1, MAX_PAGE_SIZE)], |r| r.get(0))?
                     .collect()

@@ -383,6 +383,19 @@ impl Tx<'_> {
 /// An outbox row as read: message id, recipient user and device, payload, attempts, due time.
 type RawOutbox = (Vec<u8>, String, String, Vec<u8>, i64, i64);
 
+/// The statement of [`Store::awaiting_encryption`]. `own = 1 AND status = 0` are literals:
+/// they are the condition of the partial index `messages_awaiting`, which the planner uses
+/// only when the query states it so.
+pub(crate) fn awaiting_sql() -> String {
+    const _: () = assert!(Status::Pending.code() == 0);
+    format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
+         WHERE m.own = 1 AND m.status = 0 /* Pending */ AND m.sender_device = ?1 \
+         AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid) \
+         ORDER BY m.lamport, m.seq, m.rowid LIMIT ?2"
+    )
+}
+
 impl Store {
     /// [`Tx::record_incoming`] in a transaction of its own.
     pub fn record_incoming(
@@ -414,18 +427,9 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Message>, ReadError> {
         const OP: &str = "read messages awaiting encryption";
-        // `own = 1 AND status = 0` as literals: they are the condition of the partial index
-        // `messages_awaiting`, which the planner uses only when the query states it so.
-        const _: () = assert!(Status::Pending.code() == 0);
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
-             WHERE m.own = 1 AND m.status = 0 /* Pending */ AND m.sender_device = ?1 \
-             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid) \
-             ORDER BY m.lamport, m.seq, m.rowid LIMIT ?2"
-        );
         let rows: Vec<RawMessage> = self
             .conn
-            .prepare_cached(&sql)
+            .prepare_cached(&awaiting_sql())
             .and_then(|mut s| {
                 s.query_map(params![sender_device, limit.clamp(1, MAX_PAGE_SIZE)], raw)?
                     .collect()

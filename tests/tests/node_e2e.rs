@@ -255,7 +255,7 @@ fn first_message_waits_for_an_unreachable_relay_then_is_delivered() {
 /// closed before the command starts, so every write meets a broken pipe.
 #[test]
 fn output_into_a_closed_pipe_ends_the_command_quietly() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
     let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
@@ -271,12 +271,7 @@ fn output_into_a_closed_pipe_ends_the_command_quietly() {
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let out = Command::new(tern_tests::support::bin("tern"))
-            .arg("--home")
-            .arg(&a.home)
-            .args(args)
-            .env_remove("TERN_HOME")
-            .stdin(Stdio::null())
+        let out = tern_tests::support::tern_command(&a.home, args)
             .stdout(writer)
             .stderr(Stdio::piped())
             .output()
@@ -298,7 +293,7 @@ fn output_into_a_closed_pipe_ends_the_command_quietly() {
 #[test]
 fn a_command_waits_while_every_api_session_is_taken() {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use tern_node::api::client::ClientError;
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
@@ -315,16 +310,14 @@ fn a_command_waits_while_every_api_session_is_taken() {
         "{busy:#}"
     );
 
-    let mut child = Command::new(tern_tests::support::bin("tern"))
-        .arg("--home")
-        .arg(&a.home)
-        .args(["send", "Bob", "sent while the node was busy"])
-        .env_remove("TERN_HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = tern_tests::support::tern_command(
+        &a.home,
+        &["send", "Bob", "sent while the node was busy"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -2,14 +2,21 @@
 
 use super::*;
 
-/// Runs the `tern` CLI once for a home.
-pub fn tern(home: &Path, args: &[&str]) -> Output {
-    Command::new(bin("tern"))
-        .arg("--home")
+/// The `tern` CLI for a home with `args`, standard input empty: for a test that needs its
+/// output elsewhere than [`tern`] captures it, or to run it in the background.
+pub fn tern_command(home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin("tern"));
+    c.arg("--home")
         .arg(home)
         .args(args)
         .env_remove("TERN_HOME")
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs the `tern` CLI once for a home.
+pub fn tern(home: &Path, args: &[&str]) -> Output {
+    tern_command(home, args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run tern: {e}"))
 }
