@@ -82,6 +82,11 @@ pub const OUTBOX_TICK: Duration = Duration::from_millis(250);
 /// Most outbox rows read per scan.
 pub const OUTBOX_BATCH: u32 = 200;
 
+/// Most commands the engine takes at once when several wait; texts to send among them are
+/// stored in one batch (one sync to disk). The first of a batch is answered once the last is
+/// encrypted and stored (about a millisecond each), so this bounds that wait.
+pub const MAX_SEND_BATCH: usize = 32;
+
 /// Most device lanes being sent at once (each sends its rows one after another).
 pub const MAX_LANES_IN_FLIGHT: usize = 64;
 

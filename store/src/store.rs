@@ -69,6 +69,8 @@ pub struct Store {
     path: PathBuf,
     /// A batch is open ([`Store::begin_batch`]): transactions run as savepoints inside it.
     batch: bool,
+    /// Transactions and batches committed through this handle ([`Store::commits`]).
+    commits: u64,
 }
 
 impl Store {
@@ -94,6 +96,7 @@ impl Store {
             conn,
             path: path.to_owned(),
             batch: false,
+            commits: 0,
         })
     }
 
@@ -122,8 +125,18 @@ impl Store {
         };
         let mut tx = Tx { tx };
         let out = f(&mut tx)?;
+        let top_level = matches!(tx.tx, TxInner::Tx(_));
         tx.tx.commit().write_ctx("commit transaction")?;
+        if top_level {
+            self.commits += 1;
+        }
         Ok(out)
+    }
+
+    /// How many transactions (outside a batch) and batches were committed through this
+    /// handle: each is one sync to disk when it changed anything.
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// Opens a batch: the transactions that follow, until [`Store::end_batch`], commit
@@ -157,6 +170,7 @@ impl Store {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e).write_ctx("commit batch");
         }
+        self.commits += 1;
         Ok(())
     }
 
@@ -463,6 +477,8 @@ mod batch_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.db");
         let mut store = open(&path);
+        ledger(&mut store, 0).unwrap();
+        assert_eq!(store.commits(), 1, "a transaction on its own is a commit");
         store.begin_batch().unwrap();
         assert!(store.in_batch());
         assert!(store.begin_batch().is_err(), "batches do not nest");
@@ -481,6 +497,7 @@ mod batch_tests {
         assert!(!store.pairwise_seen("d", &[2; 16]).unwrap());
         store.end_batch().unwrap();
         assert!(!store.in_batch());
+        assert_eq!(store.commits(), 2, "the batch's transactions commit as one");
         drop(store);
         let store = open(&path);
         assert!(store.pairwise_seen("d", &[1; 16]).unwrap());

@@ -203,6 +203,30 @@ pub(crate) enum GroupCommand {
 }
 
 impl Engine {
+    /// Commands that were waiting together, in their order. Texts to send that follow one
+    /// another go as one batch ([`Engine::send_texts`]).
+    pub(super) fn on_commands(&mut self, cmds: Vec<Command>) {
+        let mut sends = Vec::new();
+        for cmd in cmds {
+            match cmd {
+                Command::Send {
+                    contact,
+                    text,
+                    reply,
+                } => sends.push((contact, text, reply)),
+                other => {
+                    if !sends.is_empty() {
+                        self.send_texts(std::mem::take(&mut sends));
+                    }
+                    self.on_command(other);
+                }
+            }
+        }
+        if !sends.is_empty() {
+            self.send_texts(sends);
+        }
+    }
+
     pub(super) fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Id(r) => {

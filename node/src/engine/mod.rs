@@ -4,6 +4,7 @@
 //! Store calls are synchronous (SQLCipher); they run inline on this task, which is not the
 //! swarm's task, so the network keeps moving while a transaction commits.
 
+mod batch;
 mod clock;
 mod command;
 mod contacts;
@@ -225,8 +226,14 @@ impl Engine {
         }
     }
 
+    /// Tells the handles `ev`, or holds it until the open store batch commits.
     pub(crate) fn emit(&self, ev: Event) {
-        let _ = self.events.send(self.named_event(ev));
+        let ev = self.named_event(ev);
+        if let Some(held) = self.held_events().as_mut() {
+            held.push(ev);
+            return;
+        }
+        let _ = self.events.send(ev);
     }
 
     /// Runs the engine until every handle is dropped.
@@ -265,7 +272,20 @@ impl Engine {
             tokio::select! {
                 Some(ev) = media_events.recv() => self.on_media(ev),
                 cmd = cmds.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd),
+                    Some(cmd) => {
+                        // A text to send takes the texts waiting behind it (up to the first
+                        // other command): the burst is stored in one batch.
+                        let mut ready = vec![cmd];
+                        while ready.len() < crate::consts::MAX_SEND_BATCH
+                            && matches!(ready.last(), Some(Command::Send { .. }))
+                        {
+                            match cmds.try_recv() {
+                                Ok(c) => ready.push(c),
+                                Err(_) => break,
+                            }
+                        }
+                        self.on_commands(ready);
+                    }
                     None => break,
                 },
                 Some(ev) = net_events.recv() => self.on_net(ev),

@@ -10,7 +10,7 @@ use tern_store::{
     ConversationId, ConversationKind, CryptoUpdate, Delivery, Message, MessageId, Page,
 };
 
-use super::{Engine, message_info};
+use super::{Engine, command::Reply, message_info};
 use crate::{
     consts::{
         MAX_RECEIPT_IDS, MAX_TEXT_BYTES, OUTBOX_BATCH, RETRY_BASE, RETRY_MAX, SEQ_SCAN_LIMIT,
@@ -121,6 +121,37 @@ impl Engine {
     ) -> Result<MessageInfo, NodeError> {
         check_text(&text)?;
         self.send_body(contact, None, tern_store::Body::Text(text))
+    }
+
+    /// Texts queued together (a burst of `send` commands), in their order: each is
+    /// encrypted and stored as on its own, but all of them in one store batch, so they reach
+    /// the disk with one sync instead of one each. Their answers, events and deposits wait
+    /// for that commit; if it fails, nothing of the batch was stored or sent and each text
+    /// is answered with the error.
+    pub(crate) fn send_texts(&mut self, sends: Vec<(String, String, Reply<MessageInfo>)>) {
+        if sends.len() < 2 || !self.open_batch() {
+            for (contact, text, reply) in sends {
+                let _ = reply.send(self.send_text(&contact, text));
+            }
+            return;
+        }
+        let results: Vec<_> = sends
+            .into_iter()
+            .map(|(contact, text, reply)| (reply, self.send_text(&contact, text)))
+            .collect();
+        match self.close_batch() {
+            Ok(()) => {
+                for (reply, result) in results {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(texts = results.len(), "storing texts to send failed: {e}");
+                for (reply, result) in results {
+                    let _ = reply.send(result.and(Err(e.clone())));
+                }
+            }
+        }
     }
 
     /// Sends a text or a file (its caption checked by the caller) to a contact, under `id`

@@ -67,6 +67,8 @@ pub(crate) struct Engine {
     pub courier: courier::Shared,
     /// What handles are told.
     pub events: broadcast::Sender<Event>,
+    /// Events held while a store batch is open: told once it commits (`batch`).
+    pub held: std::sync::Mutex<Option<Vec<Event>>>,
     /// Where tasks the engine spawned report back.
     pub internal: mpsc::Sender<Internal>,
     /// Commands whose network part runs in a task and that are not answered yet (see
@@ -214,6 +216,9 @@ pub(crate) struct Outbox {
     pub encrypt_pending: bool,
     /// Per contact with messages waiting for a session: failed attempts, next attempt.
     pub encrypt_retry: HashMap<UserId, (u32, Instant)>,
+    /// Devices (with their users) rows were queued for while a store batch was open: their
+    /// lanes start once it commits.
+    pub kicked: std::collections::BTreeSet<(String, String)>,
 }
 
 /// The receiver's side of order: waits, losses, quarantine.
@@ -446,6 +451,7 @@ impl Engine {
             clock,
             courier,
             events,
+            held: std::sync::Mutex::new(None),
             internal,
             answering: 0,
         };

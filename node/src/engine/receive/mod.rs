@@ -79,13 +79,7 @@ impl Engine {
         // Known users whose mail came without a grant: offered one once the batch is done.
         let mut offers = std::collections::BTreeSet::new();
         let mut receipts: HashMap<UserId, Vec<MessageId>> = HashMap::new();
-        let batched = match self.store.begin_batch() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!("cannot open a store batch, storing one by one: {e}");
-                false
-            }
-        };
+        let batched = self.open_batch();
         let mut failed = false;
         for env in envelopes {
             if env.intro
@@ -115,12 +109,11 @@ impl Engine {
                 }
             }
         }
-        if batched && let Err(e) = self.store.end_batch() {
+        if batched && let Err(e) = self.close_batch() {
             tracing::error!("storing a page of mail failed (it comes again): {e}");
             acks.clear();
             receipts.clear();
             self.inbox.lost.clear();
-            self.counters.lamport.clear();
             failed = true;
             self.relays.refetch.insert(relay);
         }

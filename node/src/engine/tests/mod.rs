@@ -2,6 +2,7 @@
 //! temporary home, a manual [`Clock`], no network (the network handle's task is never
 //! started, so any request fails at once) and outbox rows carried by a [`MemoryCourier`].
 
+mod batch;
 mod claims;
 mod commands;
 mod drain;
