@@ -85,6 +85,9 @@ impl Engine {
         let mut receipts = HashMap::new();
         let mut done = Vec::new();
         let mut offers = std::collections::BTreeSet::new();
+        // Mail that waits (for earlier messages of its chain) is read again on a later tick:
+        // nothing else would bring the quarantine up again once the sender's burst is over.
+        let mut waiting = false;
         for q in &rows {
             let Ok(peer) = q.sender.parse::<PeerId>() else {
                 done.push(q.id);
@@ -101,7 +104,8 @@ impl Engine {
                     self.reload_device();
                     break;
                 }
-                Outcome::Keep | Outcome::Wait => {}
+                Outcome::Wait => waiting = true,
+                Outcome::Keep => {}
             }
         }
         if let Err(e) = self.store.transaction(|tx| tx.release_quarantined(&done)) {
@@ -113,7 +117,7 @@ impl Engine {
         for user in offers {
             self.offer_grant(&user);
         }
-        if rows.len() == QUARANTINE_REPLAY_BATCH && done.len() == rows.len() {
+        if waiting || (rows.len() == QUARANTINE_REPLAY_BATCH && done.len() == rows.len()) {
             self.inbox.quarantine_due = true;
         }
     }

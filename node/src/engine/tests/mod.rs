@@ -10,6 +10,7 @@ mod hold;
 mod lists;
 mod outbox;
 mod owed;
+mod quarantine;
 mod recover;
 mod redundant;
 mod rotation;

@@ -1,0 +1,59 @@
+//! Mail from a device of no known user waits in the quarantine and is read once its sender
+//! is known; a message there that waits for the earlier ones of its chain is read on a later
+//! pass, with nothing else arriving to bring the quarantine up again.
+
+use libp2p::PeerId;
+use serde_bytes::ByteBuf;
+use tern_relay::wire::mailbox::Envelope;
+
+use super::Harness;
+use crate::consts::MAX_SAFE_SKIP;
+
+/// Hands `to` a page of mail from `from`'s device: `carried[n - 1]` for each `n`, in order.
+fn mail(to: &mut Harness, from: &Harness, carried: &[Vec<u8>], ns: &[usize]) {
+    let page = ns
+        .iter()
+        .map(|n| Envelope {
+            id: *n as u64,
+            sender: from.peer(),
+            deposited_ms: 0,
+            ciphertext: ByteBuf::from(carried[n - 1].clone()),
+            intro: true,
+        })
+        .collect();
+    to.engine.on_mail(PeerId::random(), page);
+}
+
+#[tokio::test]
+async fn a_quarantined_message_that_waits_for_its_chain_is_read_on_a_later_pass() {
+    let mut alice = Harness::named("alice");
+    let mut bob = Harness::named("bob");
+    // Alice knows Bob; Bob does not know Alice yet.
+    alice.add(&bob).await;
+    alice.start_session(&mut bob);
+    let bob_user = bob.engine.me.user_hex.clone();
+    // Far enough apart that the last is read only after the ones before it.
+    let n = MAX_SAFE_SKIP as usize + 4;
+    for i in 1..=n {
+        alice.engine.send_text(&bob_user, format!("t{i}")).unwrap();
+    }
+    let carried = alice.carry(n).await;
+    // The first, then the last (pushed ahead of the rest), then the rest: all quarantined.
+    let order: Vec<usize> = [1, n].into_iter().chain(2..n).collect();
+    mail(&mut bob, &alice, &carried, &order);
+    assert!(bob.shown().is_empty(), "nothing is read from a stranger");
+
+    // Bob adds Alice: the quarantine is read, in the order it came.
+    bob.add(&alice).await;
+    bob.engine.replay_quarantine();
+    let seqs: Vec<u64> = bob.shown().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        seqs,
+        (1..n as u64).collect::<Vec<_>>(),
+        "the last one waits"
+    );
+
+    // The next pass (the next outbox tick) reads it.
+    bob.engine.replay_quarantine();
+    assert_eq!(bob.shown(), vec![(n as u64, false)]);
+}
