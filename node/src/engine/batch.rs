@@ -32,7 +32,7 @@ impl Engine {
                 for ev in held {
                     let _ = self.events.send(ev);
                 }
-                self.kick_lanes(&kicked.into_iter().collect::<Vec<_>>());
+                self.kick_lanes(kicked.iter().map(|(d, u)| (d.as_str(), u.as_str())));
                 Ok(())
             }
             Err(e) => {

@@ -215,16 +215,12 @@ impl Engine {
                     reply,
                 } => sends.push((contact, text, reply)),
                 other => {
-                    if !sends.is_empty() {
-                        self.send_texts(std::mem::take(&mut sends));
-                    }
+                    self.send_texts(std::mem::take(&mut sends));
                     self.on_command(other);
                 }
             }
         }
-        if !sends.is_empty() {
-            self.send_texts(sends);
-        }
+        self.send_texts(sends);
     }
 
     pub(super) fn on_command(&mut self, cmd: Command) {

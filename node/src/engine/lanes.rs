@@ -85,21 +85,25 @@ impl Engine {
     /// Starts the lanes of the devices rows were just queued for, if they are idle. A lane
     /// whose first row waits for its backoff stays waiting (the new rows are behind it).
     pub(crate) fn kick_lanes_for(&mut self, deliveries: &[tern_store::Delivery]) {
-        let devices = deliveries
-            .iter()
-            .map(|d| (d.recipient_device.clone(), d.recipient_user.clone()));
         if self.store.in_batch() {
             // Not durable yet: they start when the batch commits (`close_batch`).
-            self.outbox.kicked.extend(devices);
+            self.outbox.kicked.extend(
+                deliveries
+                    .iter()
+                    .map(|d| (d.recipient_device.clone(), d.recipient_user.clone())),
+            );
             return;
         }
-        let devices: Vec<(String, String)> = devices.collect();
-        self.kick_lanes(&devices);
+        self.kick_lanes(
+            deliveries
+                .iter()
+                .map(|d| (d.recipient_device.as_str(), d.recipient_user.as_str())),
+        );
     }
 
     /// Starts the lanes of these (device, user) pairs if they are idle (see
     /// [`Self::kick_lanes_for`]).
-    pub(crate) fn kick_lanes(&mut self, devices: &[(String, String)]) {
+    pub(crate) fn kick_lanes<'a>(&mut self, devices: impl IntoIterator<Item = (&'a str, &'a str)>) {
         let now = self.clock.now_ms();
         for (device, user) in devices {
             for relay in self.lane_relays(device, Some(user)) {

@@ -127,7 +127,7 @@ impl Engine {
     /// encrypted and stored as on its own, but all of them in one store batch, so they reach
     /// the disk with one sync instead of one each. Their answers, events and deposits wait
     /// for that commit; if it fails, nothing of the batch was stored or sent and each text
-    /// is answered with the error.
+    /// is answered with the error. None or one text is sent as on its own.
     pub(crate) fn send_texts(&mut self, sends: Vec<(String, String, Reply<MessageInfo>)>) {
         if sends.len() < 2 || !self.open_batch() {
             for (contact, text, reply) in sends {
