@@ -26,15 +26,16 @@ use super::{
 use crate::bench::{Report, per_sec, quantile};
 
 /// The deposit figures on `relay` against `echo` (transport) and `sqlite` (rows/s of the
-/// storage ceiling), `deposits` of each kind: the request/response deposits' rate and
-/// latencies, and the pipelined runs.
+/// storage ceiling), `deposits` of each kind, with the pipelined runs reported against
+/// those ceilings and the request/response deposits. Returns the request/response
+/// deposits' rate and latencies.
 pub(super) async fn run(
     report: &mut Report,
     relay: &RelayProcess,
     echo: &Server,
     sqlite: f64,
     deposits: usize,
-) -> anyhow::Result<(f64, Vec<Duration>, Vec<pipeline::Run>)> {
+) -> anyhow::Result<(f64, Vec<Duration>)> {
     // Throughput and acknowledgement latency.
     let request = mailbox::Request::Deposit {
         recipients: vec![PeerId::random()],
@@ -87,7 +88,6 @@ pub(super) async fn run(
         );
     }
     let stream_echo = echo::stream_echo()?;
-    let mut pipelined = Vec::new();
     for window in pipeline::WINDOWS {
         let mut ceiling = pipeline::run(&stream_echo.addr, deposits, window).await?;
         let mut run = pipeline::run(&relay.addr, deposits, window).await?;
@@ -138,9 +138,8 @@ pub(super) async fn run(
                 ms(quantile(&mut relay_lat, q)),
             );
         }
-        pipelined.push(run);
     }
-    Ok((relay_rate, relay_lat, pipelined))
+    Ok((relay_rate, relay_lat))
 }
 
 /// Connects [`SENDERS`] clients to `addr` and runs `total` operations with [`IN_FLIGHT`]

@@ -14,7 +14,10 @@ use std::{
 use anyhow::{Context, bail};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 
-use super::{CIPHERTEXT, IN_FLIGHT, MAILBOXES, PUSH_RATE, SENDERS, START_TIMEOUT, ms, pipeline};
+use super::{
+    CIPHERTEXT, IN_FLIGHT, MAILBOXES, PUSH_RATE, SENDERS, START_TIMEOUT, ms, pipeline,
+    process::RelayProcess,
+};
 use crate::bench::{Report, per_sec, quantile};
 
 /// Requests a client can queue for its event loop; a sender queues at most
@@ -286,21 +289,21 @@ pub(super) type PushRuns<'a> = [(&'a str, &'a mut [Duration]); 2];
 /// a durable acknowledgement: it is the faster kind of anchor.
 /// `push`: the paced live-delivery runs (messages, and each run's figure prefix and the
 /// relay's latencies), when measured.
-/// `pipelined`: the pipelined deposit runs, compared with the same deposit load.
+/// The pipelined deposits are compared in `rounds` alternated rounds of their own
+/// ([`pipelined_rounds`]).
 pub(super) async fn run(
     report: &mut Report,
     deposits: usize,
     push: Option<(usize, PushRuns<'_>)>,
     relay_rate: f64,
     relay_ack: &mut [Duration],
-    pipelined: &mut [pipeline::Run],
+    rounds: usize,
 ) -> anyhow::Result<()> {
     let Some(broker) = Broker::start_or_skip(report)? else {
         return Ok(());
     };
     let (time, mut lat) = publish_load(broker.port, deposits, IN_FLIGHT).await?;
     let mqtt_rate = per_sec(deposits, time);
-    let mut wide_lat: Vec<Duration>;
     report.compare(
         "relay.deposit_vs_mosquitto",
         relay_rate,
@@ -315,38 +318,80 @@ pub(super) async fn run(
         "mosquitto QoS1 PUBACK",
         ms(quantile(&mut lat, 0.99)),
     );
-    for run in pipelined {
-        let name = run.name();
-        // Against the publishers with the same window (at [`IN_FLIGHT`], the run above).
-        let (rate, lat) = if run.window == IN_FLIGHT {
-            (mqtt_rate, &mut lat)
-        } else {
-            let (time, wide) = publish_load(broker.port, deposits, run.window).await?;
-            wide_lat = wide;
-            (per_sec(deposits, time), &mut wide_lat)
-        };
-        let anchor = format!("mosquitto QoS1 persistent, {} in flight", run.window);
-        report.compare(
-            &format!("{name}_vs_mosquitto"),
-            run.rate,
-            "msg/s",
-            &anchor,
-            rate,
-        );
-        for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
-            report.compare(
-                &format!("{name}_ack_{label}_vs_mosquitto"),
-                ms(quantile(&mut run.lat, q)),
-                "ms",
-                &format!("mosquitto QoS1 PUBACK, {} in flight", run.window),
-                ms(quantile(lat, q)),
-            );
-        }
+    for window in pipeline::WINDOWS {
+        pipelined_rounds(report, deposits, window, rounds).await?;
     }
     let Some((push_messages, runs)) = push else {
         return Ok(());
     };
     push_anchor(report, broker.port, push_messages, runs).await
+}
+
+/// Pipelined deposits with `window` in flight per client against Mosquitto publishers with as
+/// many publishes in flight, in `rounds` alternated rounds, each on a fresh relay and a
+/// fresh broker (the relay first in even rounds, the broker first in odd ones), so that the
+/// host's load, which drifts over a run, hits both alike. Reports the median rates
+/// (`relay.pipelined_w<N>_vs_mosquitto`), each round's pair (`_round<k>`), and the ack
+/// quantiles of every round's acknowledgements together.
+async fn pipelined_rounds(
+    report: &mut Report,
+    deposits: usize,
+    window: usize,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let mut relay_rates = Vec::with_capacity(rounds);
+    let mut mqtt_rates = Vec::with_capacity(rounds);
+    let mut relay_lat = Vec::with_capacity(deposits * rounds);
+    let mut mqtt_lat = Vec::with_capacity(deposits * rounds);
+    for round in 0..rounds {
+        for relay_turn in [round % 2 == 0, round % 2 != 0] {
+            if relay_turn {
+                let relay = RelayProcess::start()?;
+                let run = pipeline::run(&relay.addr, deposits, window).await?;
+                relay_rates.push(run.rate);
+                relay_lat.extend(run.lat);
+            } else {
+                let broker = Broker::start()?.context("mosquitto is no longer installed")?;
+                let (time, lat) = publish_load(broker.port, deposits, window).await?;
+                mqtt_rates.push(per_sec(deposits, time));
+                mqtt_lat.extend(lat);
+            }
+        }
+    }
+    let name = format!("relay.pipelined_w{window}");
+    let anchor = format!("mosquitto QoS1 persistent, {window} in flight");
+    for (k, (relay, mqtt)) in relay_rates.iter().zip(&mqtt_rates).enumerate() {
+        report.compare(
+            &format!("{name}_vs_mosquitto_round{k}"),
+            *relay,
+            "msg/s",
+            &anchor,
+            *mqtt,
+        );
+    }
+    report.compare(
+        &format!("{name}_vs_mosquitto"),
+        median_of(&mut relay_rates),
+        "msg/s",
+        &format!("{anchor}, median of {rounds} alternated rounds"),
+        median_of(&mut mqtt_rates),
+    );
+    for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+        report.compare(
+            &format!("{name}_ack_{label}_vs_mosquitto"),
+            ms(quantile(&mut relay_lat, q)),
+            "ms",
+            &format!("mosquitto QoS1 PUBACK, {window} in flight, {rounds} alternated rounds"),
+            ms(quantile(&mut mqtt_lat, q)),
+        );
+    }
+    Ok(())
+}
+
+/// The median of some rates (sorted in place; the upper one of an even count).
+fn median_of(rates: &mut [f64]) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates.get(rates.len() / 2).copied().unwrap_or_default()
 }
 
 /// The Mosquitto anchor of the paced live-delivery runs alone (`relay-push`), when the
