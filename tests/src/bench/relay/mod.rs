@@ -157,7 +157,7 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
     }
 
     // Deposit → live delivery latency at a fixed rate.
-    let mut push = push_figures(report, &relay, &echo, push_messages).await?;
+    push_figures(report, &relay, &echo, push_messages).await?;
     drop(relay);
 
     // Memory per idle connection, on a fresh relay.
@@ -171,7 +171,7 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
     mosquitto::run(
         report,
         deposits,
-        Some((push_messages, push.runs())),
+        Some(push_messages),
         relay_rate,
         &mut relay_lat,
         rounds,
@@ -187,20 +187,20 @@ pub fn run_push(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         let push_messages = opts.size(5_000, 200);
         let echo = echo::echo_server()?;
         let relay = RelayProcess::start()?;
-        let mut push = push_figures(report, &relay, &echo, push_messages).await?;
+        push_figures(report, &relay, &echo, push_messages).await?;
         drop(relay);
-        mosquitto::run_push(report, push_messages, push.runs()).await
+        mosquitto::run_push(report, push_messages, opts.size(MOSQUITTO_ROUNDS, 1)).await
     })
 }
 
 /// Deposit → live delivery latency at [`PUSH_RATE`] on `relay`, against the echo round trip
-/// at the same rate, reported; the latencies, for the Mosquitto anchor.
+/// at the same rate, reported.
 async fn push_figures(
     report: &mut Report,
     relay: &RelayProcess,
     echo: &echo::Server,
     push_messages: usize,
-) -> anyhow::Result<push::Latencies> {
+) -> anyhow::Result<()> {
     let stream_echo = echo::stream_echo()?;
     let mut push =
         push::latency(&relay.addr, (&echo.addr, &stream_echo.addr), push_messages).await?;
@@ -225,7 +225,7 @@ async fn push_figures(
             ms(quantile(&mut push.stream_echo, q)),
         );
     }
-    Ok(push)
+    Ok(())
 }
 
 /// Milliseconds, for the figures.

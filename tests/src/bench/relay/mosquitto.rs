@@ -17,6 +17,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS}
 use super::{
     CIPHERTEXT, IN_FLIGHT, MAILBOXES, PUSH_RATE, SENDERS, START_TIMEOUT, ms, pipeline,
     process::RelayProcess,
+    push,
 };
 use crate::bench::{Report, per_sec, quantile};
 
@@ -279,22 +280,18 @@ async fn paced_delivery(port: u16, n: usize) -> anyhow::Result<Vec<Duration>> {
     }
 }
 
-/// The relay's paced live-delivery runs: each one's figure prefix and latencies.
-pub(super) type PushRuns<'a> = [(&'a str, &'a mut [Duration]); 2];
-
 /// The Mosquitto anchor, when the broker is installed: the same deposit load as QoS 1
 /// publishes to 100 offline persistent subscribers (so the broker stores every message, as
 /// the relay stores mail), and the same paced live delivery to a connected QoS 1
 /// subscriber. Mosquitto's persistence writes its store periodically, so its PUBACK is not
 /// a durable acknowledgement: it is the faster kind of anchor.
-/// `push`: the paced live-delivery runs (messages, and each run's figure prefix and the
-/// relay's latencies), when measured.
+/// `push`: the paced live deliveries per run, when measured (see [`push_rounds`]).
 /// The pipelined deposits are compared in `rounds` alternated rounds of their own
 /// ([`pipelined_rounds`]).
 pub(super) async fn run(
     report: &mut Report,
     deposits: usize,
-    push: Option<(usize, PushRuns<'_>)>,
+    push: Option<usize>,
     relay_rate: f64,
     relay_ack: &mut [Duration],
     rounds: usize,
@@ -321,10 +318,11 @@ pub(super) async fn run(
     for window in pipeline::WINDOWS {
         pipelined_rounds(report, deposits, window, rounds).await?;
     }
-    let Some((push_messages, runs)) = push else {
+    drop(broker);
+    let Some(push_messages) = push else {
         return Ok(());
     };
-    push_anchor(report, broker.port, push_messages, runs).await
+    push_rounds(report, push_messages, rounds).await
 }
 
 /// Pipelined deposits with `window` in flight per client against Mosquitto publishers with as
@@ -395,34 +393,68 @@ fn median_of(rates: &mut [f64]) -> f64 {
 }
 
 /// The Mosquitto anchor of the paced live-delivery runs alone (`relay-push`), when the
-/// broker is installed.
+/// broker is installed: [`push_rounds`].
 pub(super) async fn run_push(
     report: &mut Report,
     push_messages: usize,
-    runs: PushRuns<'_>,
+    rounds: usize,
 ) -> anyhow::Result<()> {
     let Some(broker) = Broker::start_or_skip(report)? else {
         return Ok(());
     };
-    push_anchor(report, broker.port, push_messages, runs).await
+    drop(broker);
+    push_rounds(report, push_messages, rounds).await
 }
 
-/// The paced live delivery through the broker on `port`, compared with the relay's `runs`.
-async fn push_anchor(
-    report: &mut Report,
-    port: u16,
-    push_messages: usize,
-    runs: PushRuns<'_>,
-) -> anyhow::Result<()> {
-    let mut live = paced_delivery(port, push_messages).await?;
-    for (prefix, relay_push) in runs {
+/// The relay's paced live deliveries (deposits as requests and on a stream, `push::relay_runs`)
+/// against the same paced delivery through Mosquitto, in `rounds` alternated rounds, each on
+/// a fresh relay and a fresh broker (the relay first in even rounds): every round's p50 pair
+/// (`<prefix>_p50_vs_mosquitto_round<k>`), and the p50 and p99 of every round's deliveries
+/// together (`<prefix>_p50_vs_mosquitto`, `_p99_vs_mosquitto`).
+async fn push_rounds(report: &mut Report, n: usize, rounds: usize) -> anyhow::Result<()> {
+    let mut relay: Vec<(&str, Vec<Duration>)> = Vec::new();
+    let mut mqtt = Vec::with_capacity(n * rounds);
+    let mut round_p50 = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let mut pair = (Vec::new(), Duration::ZERO);
+        for relay_turn in [round % 2 == 0, round % 2 != 0] {
+            if relay_turn {
+                let process = RelayProcess::start()?;
+                for (prefix, mut lat) in push::relay_runs(&process.addr, n).await? {
+                    pair.0.push((prefix, quantile(&mut lat, 0.5)));
+                    match relay.iter_mut().find(|(p, _)| *p == prefix) {
+                        Some((_, all)) => all.extend(lat),
+                        None => relay.push((prefix, lat)),
+                    }
+                }
+            } else {
+                let broker = Broker::start()?.context("mosquitto is no longer installed")?;
+                let mut lat = paced_delivery(broker.port, n).await?;
+                pair.1 = quantile(&mut lat, 0.5);
+                mqtt.extend(lat);
+            }
+        }
+        round_p50.push(pair);
+    }
+    for (k, (runs, mqtt_p50)) in round_p50.iter().enumerate() {
+        for (prefix, p50) in runs {
+            report.compare(
+                &format!("{prefix}_p50_vs_mosquitto_round{k}"),
+                ms(*p50),
+                "ms",
+                "mosquitto QoS1 live",
+                ms(*mqtt_p50),
+            );
+        }
+    }
+    for (prefix, lat) in &mut relay {
         for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
             report.compare(
                 &format!("{prefix}_{label}_vs_mosquitto"),
-                ms(quantile(relay_push, q)),
+                ms(quantile(lat, q)),
                 "ms",
-                "mosquitto QoS1 live",
-                ms(quantile(&mut live, q)),
+                &format!("mosquitto QoS1 live, {rounds} alternated rounds"),
+                ms(quantile(&mut mqtt, q)),
             );
         }
     }

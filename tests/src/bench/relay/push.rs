@@ -37,15 +37,6 @@ pub(super) struct Latencies {
     pub(super) stream_echo: Vec<Duration>,
 }
 
-impl Latencies {
-    /// The runs, as the Mosquitto anchor compares them.
-    pub(super) fn runs(&mut self) -> super::mosquitto::PushRuns<'_> {
-        self.runs
-            .each_mut()
-            .map(|(prefix, lat)| (*prefix, &mut lat[..]))
-    }
-}
-
 /// Deposits `n` messages at [`PUSH_RATE`] per second to a listening recipient, as requests
 /// and then on a deposit stream, and measures send → delivery; then the echo round trip at
 /// the same rate.
@@ -54,8 +45,7 @@ pub(super) async fn latency(
     (echo, stream_echo): (&Multiaddr, &Multiaddr),
     n: usize,
 ) -> anyhow::Result<Latencies> {
-    let request = paced_push(relay, n, Via::Request).await?;
-    let stream = paced_push(relay, n, Via::Stream).await?;
+    let runs = relay_runs(relay, n).await?;
 
     let (client, _) = connect(stream_echo).await?;
     let pipe = client
@@ -83,10 +73,21 @@ pub(super) async fn latency(
     .await
     .context("request to the echo")?;
     Ok(Latencies {
-        runs: [("relay.push", request), ("relay.push_stream", stream)],
+        runs,
         echo: echo_lat,
         stream_echo,
     })
+}
+
+/// The relay's two paced runs on `relay`, `n` deposits each: as requests, then on a
+/// deposit stream; each with its figure prefix.
+pub(super) async fn relay_runs(
+    relay: &Multiaddr,
+    n: usize,
+) -> anyhow::Result<[(&'static str, Vec<Duration>); 2]> {
+    let request = paced_push(relay, n, Via::Request).await?;
+    let stream = paced_push(relay, n, Via::Stream).await?;
+    Ok([("relay.push", request), ("relay.push_stream", stream)])
 }
 
 /// `n` calls of `call` at [`PUSH_RATE`] per second, each in a task of its own; their round
