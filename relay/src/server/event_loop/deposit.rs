@@ -202,6 +202,7 @@ impl EventLoop {
                 // commit). An introduction waits for storage, which may refuse it: its
                 // share is the one strangers fill.
                 let mut intro_live = None;
+                let mut pushed = false;
                 for (id, (r, share)) in (first_id..).zip(&recipients) {
                     if !self.listening.contains(r) {
                         continue;
@@ -210,6 +211,7 @@ impl EventLoop {
                         intro_live = Some(Box::new((now, ciphertext.clone())));
                     } else {
                         self.deliver(*r, id, peer, now, &ciphertext, false);
+                        pushed = true;
                     }
                 }
                 // A deposit from a stream whose answer needs nothing more of this loop
@@ -245,7 +247,13 @@ impl EventLoop {
                     first_id,
                     reply,
                 };
-                slot.send(op);
+                // Waking the writer now would delay the pushes on a small machine: the
+                // deposit is queued right after them (`storage::handoff`).
+                if pushed {
+                    slot.send_after_ready_tasks(op);
+                } else {
+                    slot.send(op);
+                }
                 if let Some((channel, refused, rx)) = waiting {
                     self.pending.push(Box::pin(async move {
                         Completion::Deposit {

@@ -33,6 +33,7 @@ mod checkpoint;
 mod dht;
 mod directory;
 mod grants;
+mod handoff;
 mod mailbox;
 mod op;
 mod presence;
@@ -152,7 +153,7 @@ fn peer(bytes: &[u8]) -> Option<PeerId> {
 /// commit and exit; [`Storage::close`] waits for that.
 #[derive(Debug)]
 pub struct Storage {
-    tx: mpsc::Sender<Op>,
+    tx: handoff::Handoff,
     /// The highest mailbox id reserved (shared by the handles).
     ids: Arc<AtomicU64>,
     /// Set by the flusher when a flush fails (shared by the handles).
@@ -164,7 +165,7 @@ pub struct Storage {
 /// A cheap cloneable sender of operations.
 #[derive(Debug, Clone)]
 pub struct StorageHandle {
-    tx: mpsc::Sender<Op>,
+    tx: handoff::Handoff,
     /// The highest mailbox id reserved.
     ids: Arc<AtomicU64>,
     /// Set once a flush of the log failed: nothing is acknowledged after that.
@@ -176,8 +177,8 @@ pub struct StorageHandle {
 /// id handed out belongs to a deposit the writer will apply (which `id_gap` counts on), and
 /// deposits reach the writer in the order their ids were reserved.
 pub struct DepositSlot<'a> {
-    permit: mpsc::Permit<'a, Op>,
-    ids: &'a AtomicU64,
+    permit: mpsc::OwnedPermit<Op>,
+    handle: &'a StorageHandle,
 }
 
 impl std::fmt::Debug for DepositSlot<'_> {
@@ -190,12 +191,19 @@ impl DepositSlot<'_> {
     /// Reserves `n` new mailbox ids for a deposit to `n` recipients ([`Op::Deposit`]'s
     /// `first_id`) and returns the first.
     pub fn reserve_ids(&self, n: usize) -> u64 {
-        self.ids.fetch_add(n as u64, Relaxed) + 1
+        self.handle.ids.fetch_add(n as u64, Relaxed) + 1
     }
 
     /// Queues the deposit (its ids reserved with this slot); never waits.
     pub fn send(self, op: Op) {
-        self.permit.send(op);
+        self.handle.tx.send(self.permit, op, false);
+    }
+
+    /// Queues the deposit once the tasks that are ready have run: for a deposit just pushed
+    /// to a listening recipient, so that waking the writer does not delay the push (see
+    /// `handoff`). What is queued meanwhile goes behind it. Needs a Tokio runtime.
+    pub fn send_after_ready_tasks(self, op: Op) {
+        self.handle.tx.send(self.permit, op, true);
     }
 }
 
@@ -205,23 +213,18 @@ impl StorageHandle {
     /// no more ids go to listeners that a restart could issue again.
     pub fn try_deposit_slot(&self) -> Result<DepositSlot<'_>, OpError> {
         self.check_flushing()?;
-        let permit = self.tx.try_reserve().map_err(|e| match e {
-            mpsc::error::TrySendError::Full(()) => OpError::Busy,
-            mpsc::error::TrySendError::Closed(()) => OpError::Closed,
-        })?;
         Ok(DepositSlot {
-            permit,
-            ids: &self.ids,
+            permit: self.tx.try_reserve()?,
+            handle: self,
         })
     }
 
     /// A place in the queue for a deposit, waiting for room.
     pub async fn deposit_slot(&self) -> Result<DepositSlot<'_>, OpError> {
         self.check_flushing()?;
-        let permit = self.tx.reserve().await.map_err(|_| OpError::Closed)?;
         Ok(DepositSlot {
-            permit,
-            ids: &self.ids,
+            permit: self.tx.reserve().await?,
+            handle: self,
         })
     }
 
@@ -250,15 +253,12 @@ impl StorageHandle {
     /// Queues an operation (not a deposit: see [`DepositSlot`]) without waiting; a full
     /// queue is [`OpError::Busy`].
     pub fn submit(&self, op: Op) -> Result<(), OpError> {
-        self.tx.try_send(op).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => OpError::Busy,
-            mpsc::error::TrySendError::Closed(_) => OpError::Closed,
-        })
+        self.tx.try_send(op)
     }
 
     /// Queues an operation (not a deposit: see [`DepositSlot`]), waiting for room.
     pub async fn submit_wait(&self, op: Op) -> Result<(), OpError> {
-        self.tx.send(op).await.map_err(|_| OpError::Closed)
+        self.tx.send_wait(op).await
     }
 }
 
@@ -390,7 +390,7 @@ impl Storage {
             .map_err(OpenError::Thread)?;
         Ok((
             Self {
-                tx,
+                tx: handoff::Handoff::new(tx),
                 ids,
                 broken,
                 thread: Some(thread),
@@ -412,7 +412,9 @@ impl Storage {
     /// Lets the writer commit everything queued before this call, then stops it and waits
     /// for it to exit. Operations sent later are answered [`OpError::Closed`].
     pub async fn close(mut self) {
-        if self.tx.send(Op::Shutdown).await.is_err() {
+        // What is held back goes first (see `handoff`), then the end.
+        self.tx.flush();
+        if self.tx.send_wait(Op::Shutdown).await.is_err() {
             tracing::error!("storage writer already gone");
         }
         if let Some(t) = self.thread.take() {

@@ -16,8 +16,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS}
 
 use super::{
     CIPHERTEXT, IN_FLIGHT, MAILBOXES, PUSH_RATE, SENDERS, START_TIMEOUT, ms, pipeline,
-    process::RelayProcess,
-    push,
+    process::RelayProcess, push,
 };
 use crate::bench::{Report, per_sec, quantile};
 
