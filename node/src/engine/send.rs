@@ -171,11 +171,7 @@ impl Engine {
             ));
         }
         // Messages waiting for a session go first, so this one waits behind them.
-        let waiting = self
-            .store
-            .awaiting_encryption(&self.me.device_hex, OUTBOX_BATCH)?
-            .iter()
-            .any(|m| m.conversation.0 == conv);
+        let waiting = self.awaiting_in(&conv)?;
         // Devices that cannot be had now (a device linked but never started has no prekey)
         // are owed the message, and get it once they can be (`resync_due`).
         let mut owed: Vec<(String, String)> = Vec::new();
@@ -246,6 +242,25 @@ impl Engine {
         });
         self.kick_lanes_for(&deliveries);
         Ok(info)
+    }
+
+    /// Whether own messages to `conv` are stored waiting for a session. The store is asked
+    /// only while any may wait (`encrypt_pending`: set at start-up and whenever a message is
+    /// stored to wait, the only way one comes to wait); an answer of none at all clears it.
+    /// Asking on every send cost a look at every own message not yet handed on (the outbox
+    /// rows of each), so a burst paid for each text again with each one after it.
+    fn awaiting_in(&mut self, conv: &str) -> Result<bool, NodeError> {
+        if !self.outbox.encrypt_pending {
+            return Ok(false);
+        }
+        let waiting = self
+            .store
+            .awaiting_encryption(&self.me.device_hex, OUTBOX_BATCH)?;
+        if waiting.is_empty() {
+            self.outbox.encrypt_pending = false;
+            self.outbox.encrypt_retry.clear();
+        }
+        Ok(waiting.iter().any(|m| m.conversation.0 == conv))
     }
 
     /// The text envelope of a stored own message, encrypted once per device: the outbox

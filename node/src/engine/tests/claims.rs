@@ -78,3 +78,50 @@ async fn a_claim_for_a_device_that_has_a_session_by_then_changes_nothing() {
         .current_session_id();
     assert_eq!(before, after);
 }
+
+#[tokio::test]
+async fn a_text_sent_while_an_earlier_one_waits_goes_behind_it_even_with_a_session() {
+    let mut alice = Harness::named("alice");
+    let mut bob = Harness::named("bob");
+    alice.add(&bob).await;
+    bob.add(&alice).await;
+    let bob_user = bob.engine.me.user_hex.clone();
+
+    // Nothing waits: the store is not asked again until something is stored to wait.
+    alice.engine.encrypt_waiting(true);
+    assert!(!alice.engine.outbox.encrypt_pending);
+    // No session: "one" is stored to wait, and the engine knows something waits.
+    alice.engine.send_text(&bob_user, "one".into()).unwrap();
+    assert!(alice.engine.outbox.encrypt_pending);
+    alice.settle().await;
+
+    // A session comes by another way than the claim's answer (no pass over what waits):
+    // "two" must still wait behind "one", not overtake it.
+    alice.start_session(&mut bob);
+    let two = alice.engine.send_text(&bob_user, "two".into()).unwrap();
+    assert_eq!(two.status, MessageStatus::Pending);
+    assert!(alice.courier.carried().is_empty(), "two went ahead of one");
+
+    // The pass over what waits sends both, in order; then nothing waits, and "three" goes
+    // at once without a look at the store's waiting messages.
+    alice.engine.encrypt_waiting(true);
+    let carried = alice.carry(2).await;
+    alice.engine.encrypt_waiting(true);
+    assert!(!alice.engine.outbox.encrypt_pending);
+    alice.engine.send_text(&bob_user, "three".into()).unwrap();
+    assert!(!alice.engine.outbox.encrypt_pending);
+    let three = alice.carry(3).await;
+    assert_eq!(three.len(), 3, "three did not go at once");
+    for ct in carried.iter().chain(three.last()) {
+        bob.engine.on_direct(alice.peer(), 0, ct.clone());
+    }
+    let texts: Vec<String> = bob
+        .events()
+        .into_iter()
+        .filter_map(|ev| match ev {
+            Event::Message { message } => Some(message.text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["one", "two", "three"]);
+}
