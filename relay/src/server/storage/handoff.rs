@@ -12,7 +12,8 @@
 //! writer in the order they were handed over, as they did without holding (deposits must
 //! reach it in the order of their ids, and an ack must not overtake the deposit it names).
 //! A held operation keeps its place in the queue (an owned permit), so holding never makes
-//! the queue longer than its depth.
+//! the queue longer than its depth. At most [`MAX_HELD`] are held: a busy event loop may run
+//! many turns before it yields, and the writer must not wait for that.
 
 use std::{
     collections::VecDeque,
@@ -22,6 +23,9 @@ use std::{
 use tokio::sync::mpsc::{self, OwnedPermit};
 
 use super::{Op, OpError};
+
+/// Most operations held at once: the one that reaches it queues them all.
+const MAX_HELD: usize = 64;
 
 /// Operations held back, and whether a task is on its way to queue them.
 #[derive(Debug, Default)]
@@ -76,21 +80,35 @@ impl Handoff {
             return;
         }
         held.ops.push_back((permit, op));
-        if !held.flushing {
-            held.flushing = true;
-            let me = self.clone();
-            tokio::spawn(async move {
-                // Twice: the push's writer runs first, and then the connection it woke.
-                tokio::task::yield_now().await;
-                tokio::task::yield_now().await;
-                me.flush();
-            });
+        if held.ops.len() >= MAX_HELD {
+            // A busy event loop may not yield for a while: the writer is not kept waiting
+            // for more than this many operations (the wake-up then costs little per push).
+            return Self::release(&mut held);
         }
+        if held.flushing {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to run the flush on: nothing is held.
+            return Self::release(&mut held);
+        };
+        held.flushing = true;
+        let me = self.clone();
+        runtime.spawn(async move {
+            // Twice: the push's writer runs first, and then the connection it woke.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            me.flush();
+        });
     }
 
     /// Queues everything held, in order.
     pub(super) fn flush(&self) {
-        let mut held = self.lock();
+        Self::release(&mut self.lock());
+    }
+
+    /// Queues everything in `held`, in order; a flush on its way then finds nothing.
+    fn release(held: &mut Held) {
         for (permit, op) in held.ops.drain(..) {
             permit.send(op);
         }
@@ -175,6 +193,44 @@ mod tests {
         replies.push(r);
         h.try_send(op).unwrap();
         assert_eq!(order(&mut rx, &mut replies), vec![4]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_more_than_max_held_operations_wait_for_the_flush() {
+        let (tx, mut rx) = mpsc::channel(MAX_HELD * 2);
+        let h = Handoff::new(tx);
+        let mut replies = Vec::new();
+        for _ in 0..MAX_HELD - 1 {
+            let (op, r) = ping();
+            replies.push(r);
+            h.send(h.try_reserve().unwrap(), op, true);
+        }
+        assert!(rx.try_recv().is_err());
+        // The one that fills the hold queues them all at once, in order, with no yield.
+        let (op, r) = ping();
+        replies.push(r);
+        h.send(h.try_reserve().unwrap(), op, true);
+        assert_eq!(
+            order(&mut rx, &mut replies),
+            (0..MAX_HELD).collect::<Vec<_>>()
+        );
+        // The flush already on its way finds nothing, and the next one goes at once.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        let (op, r) = ping();
+        replies.push(r);
+        h.try_send(op).unwrap();
+        assert_eq!(order(&mut rx, &mut replies), vec![MAX_HELD]);
+    }
+
+    #[test]
+    fn with_no_runtime_nothing_is_held() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let h = Handoff::new(tx);
+        let (op, _r) = ping();
+        h.send(h.try_reserve().unwrap(), op, true);
+        assert!(rx.try_recv().is_ok());
     }
 
     #[tokio::test(flavor = "current_thread")]
