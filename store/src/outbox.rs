@@ -389,9 +389,21 @@ pub(crate) mod tests {
             store.transaction(|tx| tx.ack_rows(&rows)).unwrap().len(),
             200
         );
+        // A group message with no outbox row (owed to its members) is not waiting here.
+        let group = ConversationId("g1".into());
         store
             .transaction(|tx| {
                 tx.record_outgoing(&own(201), &[], &[], 0)?;
+                tx.ensure_conversation(&group, ConversationKind::Group, Some("G"), 1)?;
+                tx.record_outgoing(
+                    &Message {
+                        conversation: group.clone(),
+                        ..own(203)
+                    },
+                    &[],
+                    &[],
+                    0,
+                )?;
                 tx.record_outgoing(&own(202), &[], &[], 0)
             })
             .unwrap();

@@ -14,7 +14,8 @@ use crate::outbox::RowKind;
 use crate::sessions::CryptoUpdate;
 use crate::store::{Store, Tx};
 use crate::types::{
-    Delivery, DueReceipt, Inserted, Message, MessageId, OutboxEntry, ReceiptKind, Status,
+    ConversationKind, Delivery, DueReceipt, Inserted, Message, MessageId, OutboxEntry, ReceiptKind,
+    Status,
 };
 
 impl Tx<'_> {
@@ -388,9 +389,11 @@ type RawOutbox = (Vec<u8>, String, String, Vec<u8>, i64, i64);
 /// only when the query states it so.
 pub(crate) fn awaiting_sql() -> String {
     const _: () = assert!(Status::Pending.code() == 0);
+    const _: () = assert!(ConversationKind::Direct.code() == 0);
     format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
          WHERE m.own = 1 AND m.status = 0 /* Pending */ AND m.sender_device = ?1 \
+         AND c.kind = 0 /* Direct */ \
          AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid) \
          ORDER BY m.lamport, m.seq, m.rowid LIMIT ?2"
     )
@@ -417,10 +420,12 @@ impl Store {
         self.transaction(|tx| tx.record_outgoing(message, updates, deliveries, first_attempt_ms))
     }
 
-    /// Own messages from `sender_device` stored [`Status::Pending`] without any outbox row:
-    /// stored before they could be encrypted (no session with the recipient yet and its
-    /// relay unreachable). Oldest first in display order, at most `limit` (capped at
-    /// [`MAX_PAGE_SIZE`]). [`Tx::add_deliveries`] takes them out of this list.
+    /// Own messages from `sender_device` to a direct conversation stored [`Status::Pending`]
+    /// without any outbox row: stored before they could be encrypted (no session with the
+    /// recipient yet and its relay unreachable). Oldest first in display order, at most
+    /// `limit` (capped at [`MAX_PAGE_SIZE`]). [`Tx::add_deliveries`] takes them out of this
+    /// list. A group message with no outbox row is not one of them: what it waits for is
+    /// owed to its members and given by the group's own bookkeeping.
     pub fn awaiting_encryption(
         &self,
         sender_device: &str,

@@ -95,7 +95,7 @@ pub enum ConversationKind {
 }
 
 impl ConversationKind {
-    pub(crate) fn code(self) -> i64 {
+    pub(crate) const fn code(self) -> i64 {
         match self {
             ConversationKind::Direct => 0,
             ConversationKind::Group => 1,
