@@ -39,14 +39,7 @@ async fn a_text_waits_for_its_claim_and_goes_as_soon_as_the_claim_answers() {
     for ct in &carried {
         bob.engine.on_direct(alice.peer(), 0, ct.clone());
     }
-    let texts: Vec<String> = bob
-        .events()
-        .into_iter()
-        .filter_map(|ev| match ev {
-            Event::Message { message } => Some(message.text),
-            _ => None,
-        })
-        .collect();
+    let texts = shown_texts(&mut bob);
     assert_eq!(texts, ["one", "two"]);
 }
 
@@ -115,13 +108,17 @@ async fn a_text_sent_while_an_earlier_one_waits_goes_behind_it_even_with_a_sessi
     for ct in carried.iter().chain(three.last()) {
         bob.engine.on_direct(alice.peer(), 0, ct.clone());
     }
-    let texts: Vec<String> = bob
-        .events()
+    let texts = shown_texts(&mut bob);
+    assert_eq!(texts, ["one", "two", "three"]);
+}
+
+/// The texts `h` showed since the last look at its events, in order.
+fn shown_texts(h: &mut Harness) -> Vec<String> {
+    h.events()
         .into_iter()
         .filter_map(|ev| match ev {
             Event::Message { message } => Some(message.text),
             _ => None,
         })
-        .collect();
-    assert_eq!(texts, ["one", "two", "three"]);
+        .collect()
 }
