@@ -117,15 +117,6 @@ impl Handoff {
 
     /// Queues `op` without waiting (a full queue is [`OpError::Busy`]).
     pub(super) fn try_send(&self, op: Op) -> Result<(), OpError> {
-        {
-            let held = self.lock();
-            if held.ops.is_empty() {
-                return self.tx.try_send(op).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => OpError::Busy,
-                    mpsc::error::TrySendError::Closed(_) => OpError::Closed,
-                });
-            }
-        }
         let permit = self.try_reserve()?;
         self.send(permit, op, false);
         Ok(())
