@@ -363,13 +363,15 @@ pub(crate) mod tests {
         }
     }
 
-    /// Which own messages wait for a session is asked on every send: it is read through the
-    /// partial index of own pending messages, never by a scan of every message stored.
+    /// Which own messages wait for a session is asked per conversation: it is read through
+    /// the partial index of own pending messages, never by a scan of every message stored,
+    /// and one conversation's waiting texts do not hide another's.
     #[test]
     fn messages_awaiting_encryption_are_found_without_a_scan() {
         use rusqlite::StatementStatus::{FullscanStep, Run};
         let (_dir, mut store) = store();
         let conv = ConversationId("bob".into());
+        let carol = ConversationId("carol".into());
         store
             .transaction(|tx| {
                 tx.ensure_conversation(&conv, ConversationKind::Direct, Some("Bob"), 1)?;
@@ -390,9 +392,20 @@ pub(crate) mod tests {
             200
         );
         // A group message with no outbox row (owed to its members) is not waiting here.
+        // Carol's waiting texts are older than Bob's and do not come with them.
         let group = ConversationId("g1".into());
         store
             .transaction(|tx| {
+                tx.ensure_conversation(&carol, ConversationKind::Direct, Some("Carol"), 1)?;
+                for id in 204..=206 {
+                    let m = Message {
+                        conversation: carol.clone(),
+                        lamport: u64::from(id - 203),
+                        seq: u64::from(id - 203),
+                        ..own(id)
+                    };
+                    tx.record_outgoing(&m, &[], &[], 0)?;
+                }
                 tx.record_outgoing(&own(201), &[], &[], 0)?;
                 tx.ensure_conversation(&group, ConversationKind::Group, Some("G"), 1)?;
                 tx.record_outgoing(
@@ -408,18 +421,30 @@ pub(crate) mod tests {
             })
             .unwrap();
         for _ in 0..2 {
-            let waiting = store.awaiting_encryption("d0", 10).unwrap();
+            let waiting = store.awaiting_encryption("d0", &conv, 10).unwrap();
             let ids: Vec<MessageId> = waiting.iter().map(|m| m.id).collect();
             assert_eq!(ids, [MessageId([201; 16]), MessageId([202; 16])]);
         }
-        let sql = crate::record::awaiting_sql();
-        let s = store.conn.prepare_cached(&sql).unwrap();
+        let page = store.awaiting_encryption("d0", &carol, 2).unwrap();
+        let ids: Vec<MessageId> = page.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [MessageId([204; 16]), MessageId([205; 16])], "a page");
         assert_eq!(
-            s.get_status(Run),
-            2,
-            "the statement awaiting_encryption runs"
+            store.awaiting_conversations("d0").unwrap(),
+            [conv.clone(), carol.clone()]
         );
-        assert_eq!(s.get_status(FullscanStep), 0, "no step of a full scan");
+        assert!(store.awaiting_conversations("d1").unwrap().is_empty());
+        for (sql, runs) in [
+            (crate::record::awaiting_sql(), 3),
+            (crate::record::awaiting_conversations_sql(), 2),
+        ] {
+            let s = store.conn.prepare_cached(&sql).unwrap();
+            assert_eq!(s.get_status(Run), runs, "the statement ran: {sql}");
+            assert_eq!(
+                s.get_status(FullscanStep),
+                0,
+                "a step of a full scan: {sql}"
+            );
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use crate::outbox::RowKind;
 use crate::sessions::CryptoUpdate;
 use crate::store::{Store, Tx};
 use crate::types::{
-    ConversationKind, Delivery, DueReceipt, Inserted, Message, MessageId, OutboxEntry, ReceiptKind,
-    Status,
+    ConversationId, ConversationKind, Delivery, DueReceipt, Inserted, Message, MessageId,
+    OutboxEntry, ReceiptKind, Status,
 };
 
 impl Tx<'_> {
@@ -384,19 +384,29 @@ impl Tx<'_> {
 /// An outbox row as read: message id, recipient user and device, payload, attempts, due time.
 type RawOutbox = (Vec<u8>, String, String, Vec<u8>, i64, i64);
 
-/// The statement of [`Store::awaiting_encryption`]. `own = 1 AND status = 0` are literals:
-/// they are the condition of the partial index `messages_awaiting`, which the planner uses
-/// only when the query states it so.
+/// What [`Store::awaiting_encryption`] and [`Store::awaiting_conversations`] select from:
+/// this device's own pending texts to direct conversations with no outbox row. `own = 1 AND
+/// status = 0` are literals: they are the condition of the partial index `messages_awaiting`
+/// (named, so a plan that would walk a conversation's whole history fails instead).
+const AWAITING_FROM: &str = "FROM messages m INDEXED BY messages_awaiting \
+     JOIN conversations c ON c.rowid = m.conversation \
+     WHERE m.own = 1 AND m.status = 0 /* Pending */ AND m.sender_device = ?1 \
+     AND c.kind = 0 /* Direct */ \
+     AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid)";
+
+/// The statement of [`Store::awaiting_encryption`].
 pub(crate) fn awaiting_sql() -> String {
     const _: () = assert!(Status::Pending.code() == 0);
     const _: () = assert!(ConversationKind::Direct.code() == 0);
     format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN conversations c ON c.rowid = m.conversation \
-         WHERE m.own = 1 AND m.status = 0 /* Pending */ AND m.sender_device = ?1 \
-         AND c.kind = 0 /* Direct */ \
-         AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid) \
-         ORDER BY m.lamport, m.seq, m.rowid LIMIT ?2"
+        "SELECT {MESSAGE_COLUMNS} {AWAITING_FROM} AND c.conversation_id = ?2 \
+         ORDER BY m.lamport, m.seq, m.rowid LIMIT ?3"
     )
+}
+
+/// The statement of [`Store::awaiting_conversations`].
+pub(crate) fn awaiting_conversations_sql() -> String {
+    format!("SELECT DISTINCT c.conversation_id {AWAITING_FROM} ORDER BY c.conversation_id")
 }
 
 impl Store {
@@ -420,15 +430,16 @@ impl Store {
         self.transaction(|tx| tx.record_outgoing(message, updates, deliveries, first_attempt_ms))
     }
 
-    /// Own messages from `sender_device` to a direct conversation stored [`Status::Pending`]
-    /// without any outbox row: stored before they could be encrypted (no session with the
-    /// recipient yet and its relay unreachable). Oldest first in display order, at most
-    /// `limit` (capped at [`MAX_PAGE_SIZE`]). [`Tx::add_deliveries`] takes them out of this
-    /// list. A group message with no outbox row is not one of them: what it waits for is
-    /// owed to its members and given by the group's own bookkeeping.
+    /// Own messages from `sender_device` to the direct conversation `conversation` stored
+    /// [`Status::Pending`] without any outbox row: stored before they could be encrypted (no
+    /// session with the recipient yet and its relay unreachable). Oldest first in display
+    /// order, at most `limit` (capped at [`MAX_PAGE_SIZE`]). [`Tx::add_deliveries`] takes
+    /// them out of this list. A group message with no outbox row is not one of them: what it
+    /// waits for is owed to its members and given by the group's own bookkeeping.
     pub fn awaiting_encryption(
         &self,
         sender_device: &str,
+        conversation: &ConversationId,
         limit: u32,
     ) -> Result<Vec<Message>, ReadError> {
         const OP: &str = "read messages awaiting encryption";
@@ -436,11 +447,30 @@ impl Store {
             .conn
             .prepare_cached(&awaiting_sql())
             .and_then(|mut s| {
-                s.query_map(params![sender_device, limit.clamp(1, MAX_PAGE_SIZE)], raw)?
-                    .collect()
+                s.query_map(
+                    params![sender_device, conversation.0, limit.clamp(1, MAX_PAGE_SIZE)],
+                    raw,
+                )?
+                .collect()
             })
             .read_ctx(OP)?;
         rows.into_iter().map(|r| decode(OP, r)).collect()
+    }
+
+    /// The direct conversations holding messages [`Store::awaiting_encryption`] returns,
+    /// ordered by id. There is at most one per contact; a node reads them once at start and
+    /// keeps track of them from there.
+    pub fn awaiting_conversations(
+        &self,
+        sender_device: &str,
+    ) -> Result<Vec<ConversationId>, ReadError> {
+        self.conn
+            .prepare_cached(&awaiting_conversations_sql())
+            .and_then(|mut s| {
+                s.query_map([sender_device], |r| r.get(0).map(ConversationId))?
+                    .collect()
+            })
+            .read_ctx("read conversations awaiting encryption")
     }
 
     /// Receipts owed and not yet delivered, oldest first, at most `limit` (capped at

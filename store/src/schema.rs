@@ -27,6 +27,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V10_OUTBOX_KINDS,
     V11_OUTBOX_RELAYS,
     V12_AWAITING_INDEX,
+    V13_AWAITING_BY_CONVERSATION,
 ];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
@@ -409,6 +410,14 @@ END;
 /// is matched by the literals of the query (`own = 1 AND status = 0`, 0 being `Pending`).
 const V12_AWAITING_INDEX: &str = r#"
 CREATE INDEX messages_awaiting ON messages(sender_device, lamport, seq) WHERE own = 1 AND status = 0;
+"#;
+
+/// Version 13: `messages_awaiting` keyed by conversation too. Which texts wait for a session
+/// is asked per conversation (oldest first, a page at a time), so one contact's long queue
+/// of waiting texts neither hides another's nor is walked to find it.
+const V13_AWAITING_BY_CONVERSATION: &str = r#"
+DROP INDEX messages_awaiting;
+CREATE INDEX messages_awaiting ON messages(sender_device, conversation, lamport, seq) WHERE own = 1 AND status = 0;
 "#;
 
 /// Reads `PRAGMA user_version`.

@@ -373,9 +373,19 @@ fn a_message_stored_before_encryption_gets_its_deliveries_exactly_once() {
     for m in [&second, &first] {
         store.record_outgoing(m, &[], &[], 100).unwrap();
     }
-    let waiting = store.awaiting_encryption("me1", 10).unwrap();
+    let bob = conv("bob");
+    let waiting = store.awaiting_encryption("me1", &bob, 10).unwrap();
     assert_eq!(ids(&waiting), [first.id, second.id], "display order");
-    assert!(store.awaiting_encryption("other", 10).unwrap().is_empty());
+    assert!(
+        store
+            .awaiting_encryption("other", &bob, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.awaiting_conversations("me1").unwrap(),
+        std::slice::from_ref(&bob)
+    );
     assert!(store.due_deliveries(i64::MAX, 10).unwrap().is_empty());
 
     // Encrypted later: ratchet and outbox rows in one transaction.
@@ -391,7 +401,7 @@ fn a_message_stored_before_encryption_gets_its_deliveries_exactly_once() {
     );
     assert_eq!(store.due_deliveries(500, 10).unwrap().len(), 2);
     assert_eq!(
-        ids(&store.awaiting_encryption("me1", 10).unwrap()),
+        ids(&store.awaiting_encryption("me1", &bob, 10).unwrap()),
         [second.id]
     );
 
@@ -423,7 +433,7 @@ fn a_message_stored_before_encryption_gets_its_deliveries_exactly_once() {
         Status::Sent
     );
     assert_eq!(
-        ids(&store.awaiting_encryption("me1", 10).unwrap()),
+        ids(&store.awaiting_encryption("me1", &bob, 10).unwrap()),
         [second.id]
     );
 }

@@ -2,6 +2,7 @@
 //! written with the ratchet state, texts waiting for a session, receipts and control
 //! messages.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_bytes::ByteArray;
@@ -171,7 +172,7 @@ impl Engine {
             ));
         }
         // Messages waiting for a session go first, so this one waits behind them.
-        let waiting = self.awaiting_in(&conv)?;
+        let waiting = self.awaiting()?.contains(&user);
         // Devices that cannot be had now (a device linked but never started has no prekey)
         // are owed the message, and get it once they can be (`resync_due`).
         let mut owed: Vec<(String, String)> = Vec::new();
@@ -230,7 +231,10 @@ impl Engine {
         self.counters.lamport.insert(conv.as_str().into(), lamport);
         self.counters.seq.insert(conv.as_str().into(), seq);
         if sessions.is_none() {
-            self.outbox.encrypt_pending = true;
+            // Read before the text was stored (`awaiting` above), so the set is there.
+            if let Some(awaiting) = self.outbox.awaiting.as_mut() {
+                awaiting.insert(user);
+            }
             self.outbox
                 .encrypt_retry
                 .entry(user)
@@ -244,23 +248,18 @@ impl Engine {
         Ok(info)
     }
 
-    /// Whether own messages to `conv` are stored waiting for a session. The store is asked
-    /// only while any may wait (`encrypt_pending`: set at start-up and whenever a message is
-    /// stored to wait, the only way one comes to wait); an answer of none at all clears it.
-    /// Asking on every send cost a look at every own message not yet handed on (the outbox
-    /// rows of each), so a burst paid for each text again with each one after it.
-    fn awaiting_in(&mut self, conv: &str) -> Result<bool, NodeError> {
-        if !self.outbox.encrypt_pending {
-            return Ok(false);
+    /// The contacts with own texts stored waiting for a session
+    /// ([`super::state::Outbox::awaiting`]), read from the store on the first call after
+    /// start. A send looks here, not at the store: asking the store on every send cost a look
+    /// at every own message not yet handed on, so a burst paid for each text again with each
+    /// one after it.
+    fn awaiting(&mut self) -> Result<&mut BTreeSet<UserId>, NodeError> {
+        if self.outbox.awaiting.is_none() {
+            let read = self.store.awaiting_conversations(&self.me.device_hex)?;
+            self.outbox.awaiting =
+                Some(read.iter().filter_map(|c| UserId::from_hex(&c.0)).collect());
         }
-        let waiting = self
-            .store
-            .awaiting_encryption(&self.me.device_hex, OUTBOX_BATCH)?;
-        if waiting.is_empty() {
-            self.outbox.encrypt_pending = false;
-            self.outbox.encrypt_retry.clear();
-        }
-        Ok(waiting.iter().any(|m| m.conversation.0 == conv))
+        Ok(self.outbox.awaiting.get_or_insert_with(BTreeSet::new))
     }
 
     /// The text envelope of a stored own message, encrypted once per device: the outbox
@@ -314,34 +313,17 @@ impl Engine {
     /// state and outbox rows in one transaction ([`tern_store::Tx::add_deliveries`], which
     /// refuses a message that already has them, so nothing is encrypted twice).
     pub(crate) fn encrypt_waiting(&mut self, force: bool) {
-        if !self.outbox.encrypt_pending {
-            return;
-        }
-        let waiting = match self
-            .store
-            .awaiting_encryption(&self.me.device_hex, OUTBOX_BATCH)
-        {
-            Ok(w) => w,
+        let users: Vec<UserId> = match self.awaiting() {
+            Ok(users) => users.iter().copied().collect(),
             Err(e) => {
-                tracing::error!("reading messages awaiting encryption failed: {e}");
+                tracing::error!("reading conversations awaiting encryption failed: {e}");
                 return;
             }
         };
-        if waiting.is_empty() {
-            self.outbox.encrypt_pending = false;
+        if users.is_empty() {
             self.outbox.encrypt_retry.clear();
-            return;
         }
-        let mut users: Vec<String> = Vec::new();
-        for m in &waiting {
-            if !users.contains(&m.conversation.0) {
-                users.push(m.conversation.0.clone());
-            }
-        }
-        for user in users {
-            let Some(to) = UserId::from_hex(&user) else {
-                continue;
-            };
+        for to in users {
             let now = self.clock.now();
             let (attempts, due) = self
                 .outbox
@@ -357,7 +339,7 @@ impl Engine {
                 Err(e) => {
                     let attempts = attempts.saturating_add(1);
                     let wait = backoff(attempts);
-                    tracing::debug!(contact = %user, "still no session ({e}); retrying in {wait:?}");
+                    tracing::debug!(contact = %to, "still no session ({e}); retrying in {wait:?}");
                     self.outbox
                         .encrypt_retry
                         .insert(to, (attempts, self.clock.now() + wait));
@@ -365,6 +347,7 @@ impl Engine {
                 }
             };
             self.outbox.encrypt_retry.remove(&to);
+            let user = to.to_string();
             let mut owed: Vec<(String, String)> = missing
                 .into_iter()
                 .map(|(d, _)| (user.clone(), d.to_peer_id_string()))
@@ -373,16 +356,53 @@ impl Engine {
             if !owed.is_empty() {
                 self.lists.resync_due = true;
             }
-            for m in waiting.iter().filter(|m| m.conversation.0 == user) {
+            if self.encrypt_waiting_to(&to, &mut sessions, &owed)
+                && let Some(awaiting) = self.outbox.awaiting.as_mut()
+            {
+                awaiting.remove(&to);
+            }
+        }
+    }
+
+    /// Encrypts the texts to `to` stored waiting, a page at a time, oldest first, with
+    /// `sessions` (`owed`: devices each is owed to, to be sent once they can be). True once
+    /// none is left; false when one could not be encrypted (tried again on the next pass).
+    fn encrypt_waiting_to(
+        &mut self,
+        to: &UserId,
+        sessions: &mut [(DeviceId, PeerSessions)],
+        owed: &[(String, String)],
+    ) -> bool {
+        if sessions.is_empty() {
+            // Nothing to encrypt with: each page would come back as it was.
+            return false;
+        }
+        let conv = tern_store::ConversationId(to.to_string());
+        loop {
+            let waiting = match self.store.awaiting_encryption(
+                &self.me.device_hex,
+                &conv,
+                OUTBOX_BATCH,
+            ) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(contact = %to, "reading messages awaiting encryption failed: {e}");
+                    return false;
+                }
+            };
+            if waiting.is_empty() {
+                return true;
+            }
+            for m in &waiting {
                 let now = self.clock.now_ms();
                 let encrypted =
-                    self.encrypt_text(&to, m, &mut sessions)
+                    self.encrypt_text(to, m, sessions)
                         .and_then(|(deliveries, pickles)| {
                             let updates = crypto_updates(&pickles);
                             let added = self.store.transaction(|tx| {
                                 let added = tx.add_deliveries(m.id, &updates, &deliveries, now)?;
                                 if added {
-                                    for (u, d) in &owed {
+                                    for (u, d) in owed {
                                         tx.owe_resync(u, std::slice::from_ref(d), &[m.id], now)?;
                                     }
                                 }
@@ -394,10 +414,10 @@ impl Engine {
                     Ok((true, deliveries)) => self.kick_lanes_for(&deliveries),
                     // Someone else encrypted it: the sessions in memory ran ahead of the
                     // store and are dropped; the rest waits for the next round.
-                    Ok((false, _)) => break,
+                    Ok((false, _)) => return false,
                     Err(e) => {
-                        tracing::error!(contact = %user, "encrypting a waiting message failed: {e}");
-                        break;
+                        tracing::error!(contact = %to, "encrypting a waiting message failed: {e}");
+                        return false;
                     }
                 }
             }

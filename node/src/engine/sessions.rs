@@ -189,7 +189,6 @@ impl Engine {
             tracing::info!(contact = %user, %device, "no session yet: {e}");
             return;
         }
-        self.outbox.encrypt_pending = true;
         self.outbox.encrypt_retry.remove(&user);
         self.lists.resync_due = true;
         self.groups.owed_due = true;
@@ -200,7 +199,7 @@ impl Engine {
     /// the user's device list (identity key → certificate → prekey signature), and stores it.
     /// Nothing is done when a session came meanwhile (the device wrote first) or the device
     /// left the list.
-    fn start_session(
+    pub(super) fn start_session(
         &mut self,
         user: &UserId,
         device: DeviceId,

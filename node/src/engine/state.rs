@@ -212,8 +212,12 @@ pub(crate) struct Outbox {
     pub fan_in_flight: HashSet<(MessageId, String, Option<PeerId>)>,
     /// Delivered receipts owed per contact since the last outbox tick (sent on it).
     pub delivered_due: HashMap<UserId, Vec<MessageId>>,
-    /// Own messages may be waiting for a session (stored before a prekey could be claimed).
-    pub encrypt_pending: bool,
+    /// Contacts whose direct conversations hold own texts waiting for a session (stored
+    /// before a prekey could be claimed). `None` until read from the store, once after
+    /// start; from then on a contact is added whenever a text to them is stored to wait (the
+    /// only way one comes to wait) and removed once the store holds none for them, so it never
+    /// misses one. At most one entry per contact.
+    pub awaiting: Option<std::collections::BTreeSet<UserId>>,
     /// Per contact with messages waiting for a session: failed attempts, next attempt.
     pub encrypt_retry: HashMap<UserId, (u32, Instant)>,
     /// Devices (with their users) rows were queued for while a store batch was open: their
@@ -425,11 +429,9 @@ impl Engine {
                 resync_retry: None,
                 announce_own_due: false,
             },
-            outbox: Outbox {
-                // Messages stored before a restart without a session are looked at once.
-                encrypt_pending: true,
-                ..Outbox::default()
-            },
+            // Messages stored before a restart without a session are read on the first look
+            // (`awaiting: None`).
+            outbox: Outbox::default(),
             inbox: Inbox {
                 // Quarantined mail from before a restart is looked at (and expired) once.
                 quarantine_due: true,

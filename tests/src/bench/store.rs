@@ -595,14 +595,15 @@ pub fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         );
     }
 
-    // What every send asks first: this device's texts still waiting for a session (none
-    // here, all own messages were sent). An index answers it, whatever the history's size.
+    // What a node reads first after start: the conversations where this device's texts
+    // wait for a session (none here, all own messages were sent). An index answers it,
+    // whatever the history's size.
     let me = device_of("me");
     let (mut enc_t, mut plain_t) = (Vec::new(), Vec::new());
     for _ in 0..latest_samples {
         for (subject, times) in [(&enc, &mut enc_t), (&plain, &mut plain_t)] {
             let start = Instant::now();
-            let waiting = subject.store.awaiting_encryption(&me, 50)?;
+            let waiting = subject.store.awaiting_conversations(&me)?;
             times.push(start.elapsed());
             anyhow::ensure!(waiting.is_empty(), "no own message waits in this store");
         }

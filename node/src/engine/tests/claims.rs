@@ -80,29 +80,31 @@ async fn a_text_sent_while_an_earlier_one_waits_goes_behind_it_even_with_a_sessi
     bob.add(&alice).await;
     let bob_user = bob.engine.me.user_hex.clone();
 
-    // Nothing waits: the store is not asked again until something is stored to wait.
+    // Nothing waits: the store was read once, and is not read again.
     alice.engine.encrypt_waiting(true);
-    assert!(!alice.engine.outbox.encrypt_pending);
-    // No session: "one" is stored to wait, and the engine knows something waits.
+    assert_eq!(awaiting(&alice), []);
+    // No session: "one" is stored to wait, and the engine knows texts to Bob wait.
     alice.engine.send_text(&bob_user, "one".into()).unwrap();
-    assert!(alice.engine.outbox.encrypt_pending);
+    assert_eq!(awaiting(&alice), [bob.engine.me.user]);
     alice.settle().await;
 
     // A session comes by another way than the claim's answer (no pass over what waits):
     // "two" must still wait behind "one", not overtake it.
-    alice.start_session(&mut bob);
-    let two = alice.engine.send_text(&bob_user, "two".into()).unwrap();
-    assert_eq!(two.status, MessageStatus::Pending);
-    assert!(alice.courier.carried().is_empty(), "two went ahead of one");
+    alice.session_only(&mut bob);
+    alice.engine.send_text(&bob_user, "two".into()).unwrap();
+    assert_eq!(
+        alice.waiting_texts(&bob),
+        ["one", "two"],
+        "two went ahead of one"
+    );
 
     // The pass over what waits sends both, in order; then nothing waits, and "three" goes
-    // at once without a look at the store's waiting messages.
+    // at once.
     alice.engine.encrypt_waiting(true);
     let carried = alice.carry(2).await;
-    alice.engine.encrypt_waiting(true);
-    assert!(!alice.engine.outbox.encrypt_pending);
+    assert_eq!(awaiting(&alice), []);
     alice.engine.send_text(&bob_user, "three".into()).unwrap();
-    assert!(!alice.engine.outbox.encrypt_pending);
+    assert_eq!(awaiting(&alice), []);
     let three = alice.carry(3).await;
     assert_eq!(three.len(), 3, "three did not go at once");
     for ct in carried.iter().chain(three.last()) {
@@ -110,6 +112,73 @@ async fn a_text_sent_while_an_earlier_one_waits_goes_behind_it_even_with_a_sessi
     }
     let texts = shown_texts(&mut bob);
     assert_eq!(texts, ["one", "two", "three"]);
+}
+
+/// A contact whose texts wait for a session, with more of them than the store hands out in
+/// a page, neither hides another contact's waiting texts from a send (which would then
+/// overtake them) nor holds them back from the pass that encrypts them; a restart finds both.
+#[tokio::test]
+async fn a_long_queue_of_texts_waiting_for_one_contact_holds_up_no_other() {
+    let mut alice = Harness::named("alice");
+    let mut bob = Harness::named("bob");
+    let carol = Harness::named("carol");
+    alice.add(&bob).await;
+    alice.add(&carol).await;
+    bob.add(&alice).await;
+    let (bob_user, carol_user) = (
+        bob.engine.me.user_hex.clone(),
+        carol.engine.me.user_hex.clone(),
+    );
+
+    // Carol never answers a claim: more texts wait for her than a page holds, all of them
+    // older than Bob's.
+    let page = crate::consts::OUTBOX_BATCH as usize;
+    for i in 0..=page {
+        alice
+            .engine
+            .send_text(&carol_user, format!("c{i}"))
+            .unwrap();
+    }
+    alice.engine.send_text(&bob_user, "one".into()).unwrap();
+    alice
+        .settle_until(|h| h.engine.people.claiming.is_empty())
+        .await;
+    let mut expected = vec![bob.engine.me.user, carol.engine.me.user];
+    expected.sort();
+    assert_eq!(awaiting(&alice), expected);
+
+    // Bob's session is there after a restart (what waits is read from the store again):
+    // "two" still waits behind "one".
+    alice.session_only(&mut bob);
+    alice.engine.outbox.awaiting = None;
+    alice.engine.send_text(&bob_user, "two".into()).unwrap();
+    assert_eq!(
+        alice.waiting_texts(&bob),
+        ["one", "two"],
+        "two went ahead of one"
+    );
+    assert_eq!(awaiting(&alice), expected);
+
+    // The pass over what waits reaches Bob's texts behind Carol's page: both go, in order,
+    // and only Carol's still wait.
+    alice.engine.encrypt_waiting(true);
+    let carried = alice.carry(2).await;
+    assert_eq!(carried.len(), 2);
+    for ct in &carried {
+        bob.engine.on_direct(alice.peer(), 0, ct.clone());
+    }
+    assert_eq!(shown_texts(&mut bob), ["one", "two"]);
+    assert_eq!(awaiting(&alice), [carol.engine.me.user]);
+}
+
+/// The contacts `h`'s engine knows texts wait for (read from the store if not yet).
+fn awaiting(h: &Harness) -> Vec<tern_crypto::UserId> {
+    h.engine
+        .outbox
+        .awaiting
+        .as_ref()
+        .map(|a| a.iter().copied().collect())
+        .unwrap_or_default()
 }
 
 /// The texts `h` showed since the last look at its events, in order.

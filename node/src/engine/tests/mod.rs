@@ -306,6 +306,31 @@ impl Harness {
         );
         self.engine.on_prekey_claimed(user, device, Ok(claimed));
     }
+
+    /// Like [`Harness::start_session`], without the pass over texts waiting for a session
+    /// that a claim's answer starts: as a session found after a restart.
+    fn session_only(&mut self, other: &mut Harness) {
+        let claimed = Harness::claimed_prekey(other);
+        let device = other.engine.me.keys.device.device_id();
+        self.engine
+            .start_session(&other.engine.me.user, device, &claimed)
+            .unwrap();
+    }
+
+    /// The texts to `contact` stored waiting for a session, oldest first.
+    fn waiting_texts(&self, contact: &Harness) -> Vec<String> {
+        let conv = tern_store::ConversationId(contact.engine.me.user_hex.clone());
+        self.engine
+            .store
+            .awaiting_encryption(&self.engine.me.device_hex, &conv, 500)
+            .unwrap()
+            .into_iter()
+            .map(|m| match m.body {
+                tern_store::Body::Text(t) => t,
+                other => panic!("not a text: {other:?}"),
+            })
+            .collect()
+    }
 }
 
 /// Alice and Bob, each the other's contact, with a session from Alice to Bob (Bob's comes
