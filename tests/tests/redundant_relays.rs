@@ -6,7 +6,8 @@
 //! once it is back are not shown again. And a home relay added and removed at run time
 //! (`tern relay add|remove`) reaches a contact without a new contact link: its messages go to
 //! the new relay, and stop waiting for the removed one. Mail left at a removed relay (down
-//! when its owner moved) is still drained from it once it is back.
+//! when its owner moved) is still drained from it once it is back. A relay that hangs
+//! (SIGSTOP) holds up nothing that another relay can carry.
 
 use std::path::Path;
 use std::time::Duration;
@@ -146,6 +147,88 @@ fn a_wiped_relay_and_then_both_relays_down_lose_and_double_nothing() -> anyhow::
         (mail_held(&r1).ok()? == 0).then_some(())
     })?;
     want.push("all here".to_owned());
+    assert_eq!(shown(&ben), Some(want), "no copy is shown twice");
+    Ok(())
+}
+
+/// One of two relays frozen (SIGSTOP: it keeps its connections and its port and answers
+/// nothing, as a hung or overloaded relay does) holds up nothing, the first relay of every
+/// user's list being the frozen one: a burst to an online recipient, and one to an offline
+/// recipient who then starts again, arrive whole and in order through the other relay while
+/// it stays frozen, and so does the answer; so does a first message to a contact added
+/// meanwhile (its prekey is claimed at the other relay). Once the relay thaws, it is given
+/// what it missed, and the copies that reach the recipient through it are not shown again.
+#[test]
+fn a_frozen_relay_holds_up_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ana = start(dir.path(), "ana", &r1, &r2)?;
+    let mut ben = start(dir.path(), "ben", &r1, &r2)?;
+    let cy = start(dir.path(), "cy", &r1, &r2)?;
+    link_pair(&ana, &ben, "Ana", "Ben")?;
+    ana.ok(&["send", "Ben", "hello"])?;
+    wait_shown(&ben, "the first message", 1)?;
+    let mut want = vec!["hello".to_owned()];
+    // Cy's prekeys are at both relays before the first freezes.
+    wait_for("Cy's prekeys at both relays", WAIT, || {
+        let status = cy.json(&["status"]).ok()?;
+        let relays = status["relays"].as_array()?;
+        (relays.len() == 2 && relays.iter().all(|r| r["connected"] == true)).then_some(())
+    })?;
+
+    r1.freeze()?;
+    let burst = 30;
+    for i in 0..burst {
+        ana.ok(&["send", "Ben", &format!("a{i:02}")])?;
+    }
+    want.extend((0..burst).map(|i| format!("a{i:02}")));
+    let got = wait_shown(&ben, "a burst with the first relay frozen", want.len())?;
+    assert_eq!(got, want, "every message once, in order");
+
+    ben.stop()?;
+    for i in 0..burst {
+        ana.ok(&["send", "Ben", &format!("b{i:02}")])?;
+    }
+    ben.restart()?;
+    want.extend((0..burst).map(|i| format!("b{i:02}")));
+    let got = wait_shown(
+        &ben,
+        "a burst to Ben offline, with the relay frozen",
+        want.len(),
+    )?;
+    assert_eq!(got, want, "every message once, in order");
+    ben.ok(&["send", "Ana", "all here"])?;
+    wait_for("Ben's answer at Ana", WAIT, || {
+        let h = ana
+            .json(&["history", "Ben", "--limit", "500", "--no-mark-read"])
+            .ok()?;
+        h.as_array()?
+            .iter()
+            .any(|m| m["text"] == "all here")
+            .then_some(())
+    })?;
+    want.push("all here".to_owned());
+
+    link_pair(&ana, &cy, "Ana", "Cy")?;
+    ana.ok(&["send", "Cy", "hi Cy"])?;
+    wait_for("a first message to a contact added meanwhile", WAIT, || {
+        let h = cy
+            .json(&["history", "Ana", "--limit", "5", "--no-mark-read"])
+            .ok()?;
+        h.as_array()?
+            .iter()
+            .any(|m| m["text"] == "hi Cy")
+            .then_some(())
+    })?;
+    let queued = ana.json(&["status"])?["outbox"].as_u64().unwrap_or(0);
+    assert!(queued > 0, "rows wait for the frozen relay");
+
+    r1.thaw()?;
+    wait_outbox_empty(&ana, WAIT)?;
+    wait_for("Ben to drain the thawed relay", WAIT, || {
+        (mail_held(&r1).ok()? == 0).then_some(())
+    })?;
     assert_eq!(shown(&ben), Some(want), "no copy is shown twice");
     Ok(())
 }

@@ -199,7 +199,7 @@ impl Engine {
 
     /// Adds (or updates) a contact from a link and answers `reply`. A short link's device
     /// list is fetched from the relay it names in a task; the contact is saved when it
-    /// comes, and the answer waits (bounded) for the home relays to take the new allow-list,
+    /// comes, and the answer waits (bounded) for a home relay to take the new allow-list,
     /// also in a task. Nothing here waits on the network.
     pub(crate) fn add_contact(
         &mut self,
@@ -309,8 +309,9 @@ impl Engine {
             self.net.add_relay_soon(addr.clone(), false);
         }
         // Waited for (bounded) before the answer: the new contact's devices may deposit
-        // without a grant only once the home relays hold them in the allow-list, and a user
-        // who adds a contact and quits at once must not leave that undone.
+        // without a grant only once a home relay holds them in the allow-list, and a user
+        // who adds a contact and quits at once must not leave that undone. Each home relay
+        // is given the list again whenever it is set up.
         let allow_list = self.push_allow_list_now();
         self.off_task(reply, allow_list, move |engine, (), reply| {
             for relay in engine.relays.relay_up.clone() {

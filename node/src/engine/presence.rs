@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use futures::stream::{FuturesUnordered, StreamExt};
+
 use tern_relay::rpc::Requests as _;
 
 use libp2p::PeerId;
@@ -25,37 +27,46 @@ impl Engine {
             .collect()
     }
 
-    /// [`Engine::push_allow_list`], waiting (at most [`ALLOW_LIST_WAIT`]) for the home
-    /// relays to take it.
+    /// [`Engine::push_allow_list`], in a task per home relay; the future returned waits
+    /// until one of them took it (a new contact may then deposit there, and deposits at
+    /// every relay), or until each took it, failed or gave up after [`ALLOW_LIST_WAIT`]. A
+    /// hung relay holds up the answer only when no other relay takes the list.
     pub(crate) fn push_allow_list_now(
         &self,
     ) -> impl std::future::Future<Output = ()> + Send + use<> {
         let peers = self.allow_list();
-        let relays: Vec<PeerId> = self
+        let mut sets: FuturesUnordered<_> = self
             .relays
             .home_relays
             .iter()
             .filter_map(relay_peer)
             .filter(|r| self.relays.relay_up.contains(r))
-            .collect();
-        let net = self.net.clone();
-        let sets = relays.into_iter().map(|relay| {
-            let (net, peers) = (net.clone(), peers.clone());
-            async move {
-                match tokio::time::timeout(ALLOW_LIST_WAIT, net.at(relay).set_allow_list(peers))
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(%relay, "setting the allow-list failed: {e}");
+            .map(|relay| {
+                let (net, peers) = (self.net.clone(), peers.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(ALLOW_LIST_WAIT, net.at(relay).set_allow_list(peers))
+                        .await
+                    {
+                        Ok(Ok(())) => true,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%relay, "setting the allow-list failed: {e}");
+                            false
+                        }
+                        Err(_) => {
+                            tracing::debug!(%relay, "setting the allow-list timed out");
+                            false
+                        }
                     }
-                    Err(_) => tracing::debug!(%relay, "setting the allow-list timed out"),
+                })
+            })
+            .collect();
+        async move {
+            while let Some(done) = sets.next().await {
+                if matches!(done, Ok(true)) {
+                    // The others go on in their tasks.
+                    return;
                 }
             }
-        });
-        let all: Vec<_> = sets.collect();
-        async move {
-            futures::future::join_all(all).await;
         }
     }
 

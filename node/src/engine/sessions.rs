@@ -9,7 +9,7 @@ use tern_store::SessionStore;
 use libp2p::PeerId;
 
 use super::{Engine, Internal, device_peer};
-use crate::{consts::MAX_CLAIMS_IN_FLIGHT, error::NodeError};
+use crate::{consts::MAX_CLAIMS_IN_FLIGHT, error::NodeError, net::hedge::HEDGE_AFTER};
 
 /// Sessions with the devices of a user that could be had, and those that could not (why).
 pub(crate) type Reachable = (Vec<(DeviceId, PeerSessions)>, Vec<(DeviceId, NodeError)>);
@@ -152,18 +152,20 @@ impl Engine {
         };
         let (net, tx) = (self.net.clone(), self.internal.clone());
         tokio::spawn(async move {
-            let mut result = Err(NodeError::unreachable(
-                "the contact has no relay to claim a prekey at",
-            ));
-            for relay in relays {
-                match net.at(relay).claim_prekey(user_bytes, peer).await {
-                    Ok((bytes, _fallback)) => {
-                        result = Ok(bytes);
-                        break;
-                    }
-                    Err(e) => result = Err(NodeError::from(e)),
-                }
-            }
+            // Each relay of the contact holds the prekey: a hung one must not hold up the
+            // session (and what waits for it) until its request times out.
+            let net = &net;
+            let answer = crate::net::hedge::first_ok(relays, HEDGE_AFTER, |relay| async move {
+                net.at(relay).claim_prekey(user_bytes, peer).await
+            })
+            .await;
+            let result = match answer {
+                Some(Ok((bytes, _fallback))) => Ok(bytes),
+                Some(Err(e)) => Err(NodeError::from(e)),
+                None => Err(NodeError::unreachable(
+                    "the contact has no relay to claim a prekey at",
+                )),
+            };
             let _ = tx
                 .send(Internal::PrekeyClaimed {
                     user,

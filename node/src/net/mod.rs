@@ -15,7 +15,8 @@
 //! commands, and hands what the swarm reports to `events` (one `impl` on the same state, in
 //! two files); below them all, `pipeline` (deposit streams), `direct` (`/tern/direct/1`),
 //! `dht` (lookups and publications, handle and loop sides) and
-//! the commands and events defined here. `client` and the loop share only the command and
+//! the commands and events defined here; `hedge` asks several relays for one answer without
+//! waiting on a slow one. `client` and the loop share only the command and
 //! event queues.
 
 mod client;
@@ -23,6 +24,7 @@ mod dht;
 pub mod direct;
 mod event_loop;
 mod events;
+pub(crate) mod hedge;
 mod pipeline;
 pub mod rpc;
 mod swarm;

@@ -119,6 +119,28 @@ impl Relay {
         Ok(())
     }
 
+    /// SIGSTOP: the relay keeps its connections and its port, and answers nothing, as an
+    /// overloaded or hung relay does. [`Relay::thaw`] lets it go on; a frozen relay is
+    /// still killed on drop.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// SIGCONT after [`Relay::freeze`].
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, which: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("the relay is not running")?;
+        let status = Command::new("kill")
+            .arg(which)
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {which} {pid} failed");
+        Ok(())
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
