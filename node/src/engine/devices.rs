@@ -19,6 +19,7 @@ use crate::{
         confirm::Confirmation,
     },
     error::NodeError,
+    net::hedge::{self, HEDGE_AFTER},
     types::DeviceInfo,
 };
 
@@ -349,17 +350,18 @@ impl Engine {
         self.lists.lists_fetched = Some(self.clock.now());
         // Fetched in a task, a few at a time, so a big group never stalls the engine; the
         // results come back as `Internal::DeviceLists`.
-        let targets: Vec<(UserId, PeerId)> = self
+        let targets: Vec<(UserId, Vec<PeerId>)> = self
             .people
             .contacts
             .iter()
             .chain(self.people.peers.iter())
             .filter_map(|(user, state)| {
-                let relay = state
+                let relays: Vec<PeerId> = state
                     .relay_peers()
                     .into_iter()
-                    .find(|r| self.relays.relay_up.contains(r))?;
-                Some((*user, relay))
+                    .filter(|r| self.relays.relay_up.contains(r))
+                    .collect();
+                (!relays.is_empty()).then_some((*user, relays))
             })
             .collect();
         if targets.is_empty() {
@@ -368,33 +370,40 @@ impl Engine {
         self.fetch_lists(targets, |lists, _| Internal::DeviceLists(lists));
     }
 
-    /// Fetches the signed device lists of `targets` (user, a connected relay of theirs) in a
-    /// task, [`LIST_FETCHES_AT_ONCE`] at a time, and hands the engine what came back
-    /// with whether any fetch failed (`done` makes the message).
-    pub(crate) fn fetch_lists(&self, targets: Vec<(UserId, PeerId)>, done: ListsDone) {
+    /// Fetches the signed device lists of `targets` (user, relays of theirs to ask, in
+    /// order: hedged, so a hung one holds up nothing, see [`crate::net::hedge`]) in a task,
+    /// [`LIST_FETCHES_AT_ONCE`] users at a time, and hands the engine what came back with
+    /// whether any fetch failed (`done` makes the message).
+    pub(crate) fn fetch_lists(&self, targets: Vec<(UserId, Vec<PeerId>)>, done: ListsDone) {
         let net = self.net.clone();
         let internal = self.internal.clone();
         tokio::spawn(async move {
             let mut lists = Vec::new();
             let mut failed = false;
             for chunk in targets.chunks(LIST_FETCHES_AT_ONCE) {
-                let fetched = futures::future::join_all(chunk.iter().map(|(user, relay)| {
-                    let net = net.clone();
+                let fetched = futures::future::join_all(chunk.iter().map(|(user, relays)| {
+                    let net = &net;
                     async move {
-                        (
-                            *user,
-                            net.at(*relay).fetch_device_list(*user.as_bytes()).await,
+                        let answer = hedge::first_ok(
+                            relays.iter().copied(),
+                            HEDGE_AFTER,
+                            |relay| async move {
+                                net.at(relay).fetch_device_list(*user.as_bytes()).await
+                            },
                         )
+                        .await;
+                        (*user, answer)
                     }
                 }))
                 .await;
                 for (user, r) in fetched {
                     match r {
-                        Ok(bytes) => lists.push((user, bytes)),
-                        Err(e) => {
+                        Some(Ok(bytes)) => lists.push((user, bytes)),
+                        Some(Err(e)) => {
                             failed = true;
                             tracing::debug!(%user, "device list not fetched: {e}");
                         }
+                        None => failed = true,
                     }
                 }
             }

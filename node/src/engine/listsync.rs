@@ -400,13 +400,18 @@ impl Engine {
         let Some(state) = self.known(user) else {
             return;
         };
-        let relays = state.relays.iter().filter_map(relay_peer);
-        let up = relays.clone().find(|r| self.relays.relay_up.contains(r));
-        let Some(relay) = up.or_else(|| relays.clone().next()) else {
+        // Connected relays first; with none, the others (dialled when asked).
+        let (mut relays, down): (Vec<libp2p::PeerId>, Vec<libp2p::PeerId>) = state
+            .relays
+            .iter()
+            .filter_map(relay_peer)
+            .partition(|r| self.relays.relay_up.contains(r));
+        relays.extend(down);
+        if relays.is_empty() {
             return;
-        };
+        }
         self.lists.list_wanted.insert(*user, now);
-        self.fetch_lists(vec![(*user, relay)], |lists, _| {
+        self.fetch_lists(vec![(*user, relays)], |lists, _| {
             Internal::DeviceLists(lists)
         });
     }

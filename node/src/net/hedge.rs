@@ -1,7 +1,7 @@
-//! One answer from any of several relays (a contact's prekey, which each of their relays
-//! holds) without waiting on a slow one: a relay that is hung or overloaded keeps its
-//! connection open and answers nothing, so asking the relays one after another would wait
-//! out the request timeout at each such relay before asking the next.
+//! One answer from any of several relays (a contact's prekey or device list, which each of
+//! their relays holds) without waiting on a slow one: a relay that is hung or overloaded
+//! keeps its connection open and answers nothing, so asking the relays one after another
+//! would wait out the request timeout at each such relay before asking the next.
 
 use std::{future::Future, time::Duration};
 

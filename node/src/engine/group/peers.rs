@@ -133,13 +133,15 @@ impl Engine {
                 self.net.add_relay_soon(a.clone(), false);
             }
             // Only connected relays are asked; the others are tried when they come up.
-            match addrs
+            let up: Vec<libp2p::PeerId> = addrs
                 .iter()
                 .filter_map(relay_peer)
-                .find(|r| self.relays.relay_up.contains(r))
-            {
-                Some(relay) => targets.push((UserId::from_bytes(user), relay)),
-                None => self.people.peers_due = true,
+                .filter(|r| self.relays.relay_up.contains(r))
+                .collect();
+            if up.is_empty() {
+                self.people.peers_due = true;
+            } else {
+                targets.push((UserId::from_bytes(user), up));
             }
         }
         if targets.is_empty() {
