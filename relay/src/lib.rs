@@ -29,6 +29,54 @@ pub mod wire;
 
 pub use libp2p::{self, Multiaddr, PeerId};
 
+/// How often each end of every Tern connection (node, relay, relay client) pings the other.
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long a ping may go unanswered. libp2p reports the second such ping in a row, and
+/// then each end closes the connection ([`ping_failed`]): a hung peer, or a half-open
+/// connection whose other end went without a word (a phone that lost its network, a NAT
+/// mapping dropped, a host powered off), is let go within about [`PING_INTERVAL`] + 2 ×
+/// `PING_TIMEOUT` instead of counting as connected until TCP gives up, which with nothing
+/// to send it never does.
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The ping behaviour of every Tern connection: [`PING_INTERVAL`], [`PING_TIMEOUT`].
+pub fn ping_behaviour() -> libp2p::ping::Behaviour {
+    libp2p::ping::Behaviour::new(
+        libp2p::ping::Config::new()
+            .with_interval(PING_INTERVAL)
+            .with_timeout(PING_TIMEOUT),
+    )
+}
+
+/// What every end does with a ping event: a ping that timed out (the second failure in a
+/// row, as libp2p reports them; waiting for the answer, or for the ping stream to be
+/// agreed on, which a peer that answers nothing never does) closes the connection, so what
+/// uses it learns it is gone and dials again. A peer that does not speak ping (a DHT-only
+/// client) keeps its connection. Answers whether it closed one.
+pub fn ping_failed<B: libp2p::swarm::NetworkBehaviour>(
+    swarm: &mut libp2p::Swarm<B>,
+    event: &libp2p::ping::Event,
+) -> bool {
+    use libp2p::ping::Failure;
+    let Err(failure) = &event.result else {
+        return false;
+    };
+    let timed_out = match failure {
+        Failure::Timeout => true,
+        Failure::Other { error } => error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut),
+        _ => false,
+    };
+    if !timed_out {
+        tracing::debug!(peer = %event.peer, error = %failure, "ping failed");
+        return false;
+    }
+    tracing::info!(peer = %event.peer, "pings unanswered; closing the connection");
+    swarm.close_connection(event.connection)
+}
+
 /// The yamux configuration of every Tern connection (node, relay, relay client): the
 /// default, whose stream windows start at 256 KiB and auto-tune up to the bandwidth-delay
 /// product, which a 100 MB file needs on any link with a real round trip. Do not add setters

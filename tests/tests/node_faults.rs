@@ -206,6 +206,43 @@ fn presence_moves_online_away_offline_with_last_seen() {
     assert!(p["last_seen"].as_u64().is_some_and(|t| t > 0), "{p}");
 }
 
+/// A device that stops answering while its connection stays open (SIGSTOP; a phone that
+/// lost its network without a word looks the same) is let go by its relay once its pings
+/// go unanswered: the connection no longer holds one of the relay's slots (`max_connections`,
+/// the per-IP limit) for as long as the dead connection would last, and its contact shows
+/// it offline. Once it answers again it dials back and is shown online.
+#[test]
+fn a_device_that_stops_answering_is_let_go_and_comes_back() {
+    // Pings every 15 s, each given 10 s, the second failure closes the connection.
+    const LET_GO: std::time::Duration = std::time::Duration::from_secs(90);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_metrics(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let a = &a;
+    let state = |want: &'static str| {
+        move || -> Option<Value> {
+            let v = a.json(&["presence", "Bob"]).ok()?;
+            Some(v[0].clone()).filter(|p| p["state"] == want)
+        }
+    };
+    let connections = || relay.metric("tern_relay_connections").ok();
+    wait_for("bob online", WAIT, state("online")).unwrap();
+    let before = wait_for("two connections", WAIT, || {
+        connections().filter(|n| *n >= 2.0)
+    })
+    .unwrap();
+    b.freeze().unwrap();
+    wait_for("bob's connection let go", LET_GO, || {
+        connections().filter(|n| *n < before)
+    })
+    .unwrap();
+    wait_for("bob shown offline", LET_GO, state("offline")).unwrap();
+    b.thaw().unwrap();
+    wait_for("bob online again", LET_GO, state("online")).unwrap();
+}
+
 #[test]
 fn api_requires_the_token_a_loopback_host_and_no_foreign_origin() {
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};

@@ -561,3 +561,49 @@ fn a_relay_that_moved_is_taken_at_its_new_address() -> anyhow::Result<()> {
     })?;
     Ok(())
 }
+
+/// A relay that stops answering while its connections stay open (SIGSTOP; a host powered
+/// off or a link gone without a word look the same) is let go once its pings go
+/// unanswered: `tern status` stops calling it connected, and what is sent meanwhile arrives
+/// through the other relay. Once it answers again, the node dials it again and gives it
+/// everything it missed, and the copies that reach the recipient through it are not shown
+/// again.
+#[test]
+fn a_relay_that_stops_answering_is_let_go_and_taken_again_when_back() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ana = start(dir.path(), "ana", &r1, &r2)?;
+    let ben = start(dir.path(), "ben", &r1, &r2)?;
+    link_pair(&ana, &ben, "Ana", "Ben")?;
+    ana.ok(&["send", "Ben", "hello"])?;
+    wait_shown(&ben, "the first message", 1)?;
+    let connected = |node: &Node| relay_entry(node, &r1.addr).map(|r| r["connected"] == true);
+
+    r1.freeze()?;
+    // Pings every 15 s, each given 10 s, the second failure closes: well inside WAIT.
+    wait_for("the stopped relay to be let go", WAIT, || {
+        (!connected(&ana)?).then_some(())
+    })?;
+    ana.ok(&["send", "Ben", "while it is gone"])?;
+    wait_shown(&ben, "a message while the relay is let go", 2)?;
+    let queued = relay_entry(&ana, &r1.addr)
+        .and_then(|r| r["waiting"].as_u64())
+        .unwrap_or(0);
+    assert!(queued > 0, "rows wait for the relay that was let go");
+
+    r1.thaw()?;
+    wait_for("the relay to be dialled again", WAIT, || {
+        connected(&ana)?.then_some(())
+    })?;
+    wait_outbox_empty(&ana, WAIT)?;
+    wait_for("Ben to drain the relay that came back", WAIT, || {
+        (mail_held(&r1).ok()? == 0).then_some(())
+    })?;
+    assert_eq!(
+        shown(&ben),
+        Some(vec!["hello".to_owned(), "while it is gone".to_owned()]),
+        "no copy is shown twice"
+    );
+    Ok(())
+}

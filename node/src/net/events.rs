@@ -193,6 +193,9 @@ impl EventLoop {
                 info,
                 ..
             }) => self.on_identify(peer_id, info),
+            relay_client::BehaviourEvent::Ping(ev) => {
+                tern_relay::ping_failed(&mut self.swarm, &ev);
+            }
             _ => {}
         }
     }

@@ -54,7 +54,7 @@ impl Behaviour {
                 "/tern/1".into(),
                 key.public(),
             )),
-            ping: ping::Behaviour::default(),
+            ping: crate::ping_behaviour(),
             mailbox: rr(mailbox::PROTOCOL, mailbox::codec()),
             presence: rr(presence::PROTOCOL, presence::codec()),
             directory: request_response::Behaviour::with_codec(

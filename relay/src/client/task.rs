@@ -87,6 +87,9 @@ pub(super) async fn run(
                     }
                     _ => {}
                 },
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => {
+                    crate::ping_failed(&mut swarm, &ev);
+                }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == relay => {
                     tracing::debug!("relay connection closed");
                 }

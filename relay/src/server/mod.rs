@@ -201,7 +201,7 @@ fn build_swarm(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                         .with_agent_version(format!("tern-relay/{}", env!("CARGO_PKG_VERSION"))),
                 ),
-                ping: ping::Behaviour::default(),
+                ping: crate::ping_behaviour(),
                 relay: relay::Behaviour::new(peer_id, relay_config(&circuit)),
                 mailbox: rr(mailbox::PROTOCOL, mailbox::codec(), &conn, budget),
                 presence: rr(

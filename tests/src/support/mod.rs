@@ -115,6 +115,17 @@ fn spawn_lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Sends a signal (`kill` argument, as `-STOP`) to a running child process.
+fn signal(pid: Option<u32>, which: &str) -> anyhow::Result<()> {
+    let pid = pid.context("the process is not running")?;
+    let status = Command::new("kill")
+        .arg(which)
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "kill {which} {pid} failed");
+    Ok(())
+}
+
 fn terminate(child: &mut Child) -> anyhow::Result<()> {
     let status = Command::new("kill")
         .arg("-TERM")

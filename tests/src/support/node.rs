@@ -168,6 +168,18 @@ impl Node {
         }
     }
 
+    /// SIGSTOP: the node keeps its connections and answers nothing, as a phone that lost
+    /// its network without a word does. [`Node::thaw`] lets it go on; a frozen node is
+    /// still killed on drop.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        signal(self.pid(), "-STOP")
+    }
+
+    /// SIGCONT after [`Node::freeze`].
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        signal(self.pid(), "-CONT")
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -123,22 +123,12 @@ impl Relay {
     /// overloaded or hung relay does. [`Relay::thaw`] lets it go on; a frozen relay is
     /// still killed on drop.
     pub fn freeze(&self) -> anyhow::Result<()> {
-        self.signal("-STOP")
+        signal(self.pid(), "-STOP")
     }
 
     /// SIGCONT after [`Relay::freeze`].
     pub fn thaw(&self) -> anyhow::Result<()> {
-        self.signal("-CONT")
-    }
-
-    fn signal(&self, which: &str) -> anyhow::Result<()> {
-        let pid = self.pid().context("the relay is not running")?;
-        let status = Command::new("kill")
-            .arg(which)
-            .arg(pid.to_string())
-            .status()?;
-        anyhow::ensure!(status.success(), "kill {which} {pid} failed");
-        Ok(())
+        signal(self.pid(), "-CONT")
     }
 
     /// SIGKILL and reap.

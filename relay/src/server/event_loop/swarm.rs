@@ -90,6 +90,9 @@ impl EventLoop {
                 self.on_identified(peer_id, &info);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => {
+                crate::ping_failed(&mut self.swarm, &ev);
+            }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(%error, "incoming connection failed");
