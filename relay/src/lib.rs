@@ -35,9 +35,9 @@ pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15
 /// How long a ping may go unanswered. libp2p reports the second such ping in a row, and
 /// then each end closes the connection ([`ping_failed`]): a hung peer, or a half-open
 /// connection whose other end went without a word (a phone that lost its network, a NAT
-/// mapping dropped, a host powered off), is let go within about [`PING_INTERVAL`] + 2 ×
-/// `PING_TIMEOUT` instead of counting as connected until TCP gives up, which with nothing
-/// to send it never does.
+/// mapping dropped, a host powered off), is let go within 2 × ([`PING_INTERVAL`] +
+/// `PING_TIMEOUT`) (libp2p waits the interval again after a failure) instead of counting
+/// as connected until TCP gives up, which with nothing to send it never does.
 pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The ping behaviour of every Tern connection: [`PING_INTERVAL`], [`PING_TIMEOUT`].

@@ -34,6 +34,19 @@ fn wait_shown(ben: &Node, what: &str, n: usize) -> anyhow::Result<Vec<String>> {
     wait_for(what, WAIT, || shown(ben).filter(|h| h.len() >= n))
 }
 
+/// Waits until `node` shows `text` in its conversation with `contact`.
+fn wait_text(node: &Node, contact: &str, text: &str, what: &str) -> anyhow::Result<()> {
+    wait_for(what, WAIT, || {
+        let h = node
+            .json(&["history", contact, "--limit", "500", "--no-mark-read"])
+            .ok()?;
+        h.as_array()?
+            .iter()
+            .any(|m| m["text"] == text)
+            .then_some(())
+    })
+}
+
 /// Removes everything in a relay's data directory but its identity key: the relay starts
 /// again with no mail, no device lists, no prekeys, at the same address.
 fn wipe_keeping_identity(data: &Path) -> anyhow::Result<()> {
@@ -133,15 +146,7 @@ fn a_wiped_relay_and_then_both_relays_down_lose_and_double_nothing() -> anyhow::
     r1.start_again("")?;
     wait_outbox_empty(&ana, WAIT)?;
     ben.ok(&["send", "Ana", "all here"])?;
-    wait_for("Ben's answer at Ana", WAIT, || {
-        let h = ana
-            .json(&["history", "Ben", "--limit", "500", "--no-mark-read"])
-            .ok()?;
-        h.as_array()?
-            .iter()
-            .any(|m| m["text"] == "all here")
-            .then_some(())
-    })?;
+    wait_text(&ana, "Ben", "all here", "Ben's answer at Ana")?;
     // Ben took (and acknowledged) every copy the first relay was given after it came back.
     wait_for("Ben to drain the first relay", WAIT, || {
         (mail_held(&r1).ok()? == 0).then_some(())
@@ -199,28 +204,17 @@ fn a_frozen_relay_holds_up_nothing() -> anyhow::Result<()> {
     )?;
     assert_eq!(got, want, "every message once, in order");
     ben.ok(&["send", "Ana", "all here"])?;
-    wait_for("Ben's answer at Ana", WAIT, || {
-        let h = ana
-            .json(&["history", "Ben", "--limit", "500", "--no-mark-read"])
-            .ok()?;
-        h.as_array()?
-            .iter()
-            .any(|m| m["text"] == "all here")
-            .then_some(())
-    })?;
+    wait_text(&ana, "Ben", "all here", "Ben's answer at Ana")?;
     want.push("all here".to_owned());
 
     link_pair(&ana, &cy, "Ana", "Cy")?;
     ana.ok(&["send", "Cy", "hi Cy"])?;
-    wait_for("a first message to a contact added meanwhile", WAIT, || {
-        let h = cy
-            .json(&["history", "Ana", "--limit", "5", "--no-mark-read"])
-            .ok()?;
-        h.as_array()?
-            .iter()
-            .any(|m| m["text"] == "hi Cy")
-            .then_some(())
-    })?;
+    wait_text(
+        &cy,
+        "Ana",
+        "hi Cy",
+        "a first message to a contact added meanwhile",
+    )?;
     let queued = ana.json(&["status"])?["outbox"].as_u64().unwrap_or(0);
     assert!(queued > 0, "rows wait for the frozen relay");
 

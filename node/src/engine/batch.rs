@@ -23,7 +23,8 @@ impl Engine {
 
     /// Commits the open batch. Then the events held meanwhile are sent and the lanes asked
     /// for start. If it cannot commit, nothing of it was stored: the events are dropped, no
-    /// lane is started for it, and the conversation counters are read again from the store.
+    /// lane is started for it, and the conversation counters and the contacts with texts
+    /// waiting for a session are read again from the store.
     pub(crate) fn close_batch(&mut self) -> Result<(), NodeError> {
         let held = self.held_events().take().unwrap_or_default();
         let kicked = std::mem::take(&mut self.outbox.kicked);
@@ -38,6 +39,8 @@ impl Engine {
             Err(e) => {
                 self.counters.lamport.clear();
                 self.counters.seq.clear();
+                // Contacts added or removed meanwhile may not match the store any more.
+                self.outbox.awaiting = None;
                 Err(e.into())
             }
         }

@@ -35,6 +35,16 @@ pub(crate) fn crypto_updates(pickles: &[Pickled]) -> Vec<CryptoUpdate<'_>> {
         .collect()
 }
 
+/// How a pass over one contact's texts waiting for a session ended.
+enum WaitingPage {
+    /// The last of them was encrypted: none waits.
+    Last,
+    /// A full page was encrypted: more may wait, for the next pass.
+    More,
+    /// One could not be encrypted (or read, or stored): tried again on the next pass.
+    Stopped,
+}
+
 /// Encrypts `env` once for each session: an outbox row per device (for the user `user_of`
 /// names) and the device's ratchet state after it. Each user's copy carries this device's
 /// deposit grant for that user ([`Envelope::grant`]); `env` is left as it was.
@@ -356,71 +366,92 @@ impl Engine {
             if !owed.is_empty() {
                 self.lists.resync_due = true;
             }
-            if self.encrypt_waiting_to(&to, &mut sessions, &owed)
-                && let Some(awaiting) = self.outbox.awaiting.as_mut()
-            {
-                awaiting.remove(&to);
+            match self.encrypt_waiting_to(&to, &mut sessions, &owed) {
+                WaitingPage::Last => {
+                    if let Some(awaiting) = self.outbox.awaiting.as_mut() {
+                        awaiting.remove(&to);
+                    }
+                }
+                // Due again at once (a text sent meanwhile does not push it back).
+                WaitingPage::More => {
+                    let now = self.clock.now();
+                    self.outbox.encrypt_retry.insert(to, (0, now));
+                }
+                WaitingPage::Stopped => {}
             }
         }
     }
 
-    /// Encrypts the texts to `to` stored waiting, a page at a time, oldest first, with
-    /// `sessions` (`owed`: devices each is owed to, to be sent once they can be). True once
-    /// none is left; false when one could not be encrypted (tried again on the next pass).
+    /// Encrypts the oldest page of texts to `to` stored waiting, in order, with `sessions`
+    /// (`owed`: devices each is owed to, to be sent once they can be), in one store batch
+    /// (one sync for the page). A page per contact per pass keeps a long queue from stalling
+    /// the engine; the next pass (the next outbox tick) takes the next page.
     fn encrypt_waiting_to(
         &mut self,
         to: &UserId,
         sessions: &mut [(DeviceId, PeerSessions)],
         owed: &[(String, String)],
-    ) -> bool {
+    ) -> WaitingPage {
         if sessions.is_empty() {
-            // Nothing to encrypt with: each page would come back as it was.
-            return false;
+            // Nothing to encrypt with: the page would come back as it was.
+            return WaitingPage::Stopped;
         }
         let conv = tern_store::ConversationId(to.to_string());
-        loop {
-            let waiting = match self.store.awaiting_encryption(
-                &self.me.device_hex,
-                &conv,
-                OUTBOX_BATCH,
-            ) {
-                Ok(w) => w,
+        let waiting = match self
+            .store
+            .awaiting_encryption(&self.me.device_hex, &conv, OUTBOX_BATCH)
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(contact = %to, "reading messages awaiting encryption failed: {e}");
+                return WaitingPage::Stopped;
+            }
+        };
+        if waiting.is_empty() {
+            return WaitingPage::Last;
+        }
+        let batched = self.open_batch();
+        let mut all = true;
+        for m in &waiting {
+            let now = self.clock.now_ms();
+            let encrypted = self
+                .encrypt_text(to, m, sessions)
+                .and_then(|(deliveries, pickles)| {
+                    let updates = crypto_updates(&pickles);
+                    let added = self.store.transaction(|tx| {
+                        let added = tx.add_deliveries(m.id, &updates, &deliveries, now)?;
+                        if added {
+                            for (u, d) in owed {
+                                tx.owe_resync(u, std::slice::from_ref(d), &[m.id], now)?;
+                            }
+                        }
+                        Ok::<_, tern_store::WriteError>(added)
+                    })?;
+                    Ok((added, deliveries))
+                });
+            match encrypted {
+                Ok((true, deliveries)) => self.kick_lanes_for(&deliveries),
+                // Someone else encrypted it: the sessions in memory ran ahead of the store
+                // and are dropped; the rest waits for the next pass.
+                Ok((false, _)) => {
+                    all = false;
+                    break;
+                }
                 Err(e) => {
-                    tracing::error!(contact = %to, "reading messages awaiting encryption failed: {e}");
-                    return false;
-                }
-            };
-            if waiting.is_empty() {
-                return true;
-            }
-            for m in &waiting {
-                let now = self.clock.now_ms();
-                let encrypted =
-                    self.encrypt_text(to, m, sessions)
-                        .and_then(|(deliveries, pickles)| {
-                            let updates = crypto_updates(&pickles);
-                            let added = self.store.transaction(|tx| {
-                                let added = tx.add_deliveries(m.id, &updates, &deliveries, now)?;
-                                if added {
-                                    for (u, d) in owed {
-                                        tx.owe_resync(u, std::slice::from_ref(d), &[m.id], now)?;
-                                    }
-                                }
-                                Ok::<_, tern_store::WriteError>(added)
-                            })?;
-                            Ok((added, deliveries))
-                        });
-                match encrypted {
-                    Ok((true, deliveries)) => self.kick_lanes_for(&deliveries),
-                    // Someone else encrypted it: the sessions in memory ran ahead of the
-                    // store and are dropped; the rest waits for the next round.
-                    Ok((false, _)) => return false,
-                    Err(e) => {
-                        tracing::error!(contact = %to, "encrypting a waiting message failed: {e}");
-                        return false;
-                    }
+                    tracing::error!(contact = %to, "encrypting a waiting message failed: {e}");
+                    all = false;
+                    break;
                 }
             }
+        }
+        if batched && let Err(e) = self.close_batch() {
+            tracing::error!(contact = %to, "storing encrypted waiting messages failed: {e}");
+            return WaitingPage::Stopped;
+        }
+        match (all, waiting.len() < OUTBOX_BATCH as usize) {
+            (true, true) => WaitingPage::Last,
+            (true, false) => WaitingPage::More,
+            (false, _) => WaitingPage::Stopped,
         }
     }
 

@@ -14,7 +14,8 @@ pub const HEDGE_AFTER: Duration = Duration::from_secs(1);
 /// Asks `ask(relay)` of `relays` in order and returns the first success. The next relay is
 /// asked as soon as one fails, or when `after` passed with no answer from those asked so
 /// far; they stay asked, and the first success from any of them is taken (the others are
-/// dropped). `None` with no relays; with every one failed, the last error.
+/// dropped). A relay named twice is asked once. `None` with no relays; with every one
+/// failed, the last error.
 ///
 /// A relay asked only because another was slow may hand out a one-time key that is then
 /// not used: that costs a key, which the device replaces, and only when a relay is slow.
@@ -24,9 +25,20 @@ pub async fn first_ok<R, T, E, Fut>(
     mut ask: impl FnMut(R) -> Fut,
 ) -> Option<Result<T, E>>
 where
+    R: PartialEq + Clone,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut rest = relays.into_iter().peekable();
+    let mut named: Vec<R> = Vec::new();
+    let mut rest = relays
+        .into_iter()
+        .filter(move |r| {
+            let new = !named.contains(r);
+            if new {
+                named.push(r.clone());
+            }
+            new
+        })
+        .peekable();
     let mut asked = FuturesUnordered::new();
     let mut last = None;
     loop {
@@ -65,7 +77,7 @@ mod tests {
     use super::*;
 
     /// What each relay of a test does when asked.
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, PartialEq)]
     enum Relay {
         /// Answers `Ok(id)` after this long.
         Answers(u32, Duration),
@@ -133,6 +145,18 @@ mod tests {
         assert_eq!(answer, Some(Ok(2)));
         assert_eq!(asked, [0, 1]);
         assert_eq!(took, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_named_twice_is_asked_once() {
+        let asked = Mutex::new(Vec::new());
+        let answer = first_ok([7, 7, 8], HEDGE_AFTER, |r: u32| {
+            asked.lock().unwrap().push(r);
+            async move { if r == 7 { Err(r) } else { Ok(r) } }
+        })
+        .await;
+        assert_eq!(answer, Some(Ok(8)));
+        assert_eq!(asked.into_inner().unwrap(), [7, 8]);
     }
 
     #[tokio::test(start_paused = true)]

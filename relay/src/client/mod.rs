@@ -166,6 +166,9 @@ impl Client {
             .map_err(|e| ConnectError::Transport(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
             .build();
+        // Known for later dials too: a request after the connection closed (its pings went
+        // unanswered, say) dials the relay again.
+        swarm.add_peer_address(relay, addr.clone());
         swarm.dial(addr.clone()).map_err(|e| ConnectError::Dial {
             addr: addr.clone(),
             message: e.to_string(),

@@ -80,7 +80,7 @@ async fn a_text_sent_while_an_earlier_one_waits_goes_behind_it_even_with_a_sessi
     bob.add(&alice).await;
     let bob_user = bob.engine.me.user_hex.clone();
 
-    // Nothing waits: the store was read once, and is not read again.
+    // Nothing waits (the store is read on the first look).
     alice.engine.encrypt_waiting(true);
     assert_eq!(awaiting(&alice), []);
     // No session: "one" is stored to wait, and the engine knows texts to Bob wait.
@@ -117,21 +117,23 @@ async fn a_text_sent_while_an_earlier_one_waits_goes_behind_it_even_with_a_sessi
 /// A contact whose texts wait for a session, with more of them than the store hands out in
 /// a page, neither hides another contact's waiting texts from a send (which would then
 /// overtake them) nor holds them back from the pass that encrypts them; a restart finds both.
+/// Once that contact's session is there, the long queue goes a page per pass, in order, and
+/// a text sent between two passes waits behind what is left of it.
 #[tokio::test]
 async fn a_long_queue_of_texts_waiting_for_one_contact_holds_up_no_other() {
     let mut alice = Harness::named("alice");
     let mut bob = Harness::named("bob");
-    let carol = Harness::named("carol");
+    let mut carol = Harness::named("carol");
     alice.add(&bob).await;
     alice.add(&carol).await;
     bob.add(&alice).await;
+    carol.add(&alice).await;
     let (bob_user, carol_user) = (
         bob.engine.me.user_hex.clone(),
         carol.engine.me.user_hex.clone(),
     );
 
-    // Carol never answers a claim: more texts wait for her than a page holds, all of them
-    // older than Bob's.
+    // Carol's claims do not answer: more texts wait for her than a page holds.
     let page = crate::consts::OUTBOX_BATCH as usize;
     for i in 0..=page {
         alice
@@ -169,6 +171,25 @@ async fn a_long_queue_of_texts_waiting_for_one_contact_holds_up_no_other() {
     }
     assert_eq!(shown_texts(&mut bob), ["one", "two"]);
     assert_eq!(awaiting(&alice), [carol.engine.me.user]);
+
+    // Carol's claim answers; the pass it starts takes one page, so Carol's texts still wait
+    // and "late" waits behind them; the next pass takes the rest, "late" last.
+    alice.start_session(&mut carol);
+    assert_eq!(alice.waiting_texts(&carol), [format!("c{page}")]);
+    alice.engine.send_text(&carol_user, "late".into()).unwrap();
+    assert_eq!(
+        alice.waiting_texts(&carol),
+        [format!("c{page}"), "late".into()]
+    );
+    alice.engine.encrypt_waiting(false);
+    assert_eq!(awaiting(&alice), []);
+    let carried = alice.carry(2 + page + 2).await;
+    for ct in &carried[2..] {
+        carol.engine.on_direct(alice.peer(), 0, ct.clone());
+    }
+    let mut want: Vec<String> = (0..=page).map(|i| format!("c{i}")).collect();
+    want.push("late".into());
+    assert_eq!(shown_texts(&mut carol), want);
 }
 
 /// The contacts `h`'s engine knows texts wait for (read from the store if not yet).
