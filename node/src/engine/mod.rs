@@ -68,6 +68,8 @@ pub(crate) enum Internal {
     LaneDone(lanes::LaneDone),
     /// Registering deposit grants at this home relay failed (tried again later).
     GrantsFailed(PeerId),
+    /// Setting the allow-list at this home relay failed (tried again later).
+    AllowListFailed(PeerId),
     /// How full this device's mailbox at a home relay is.
     Usage(PeerId, tern_relay::wire::mailbox::Usage),
     /// A mailbox drain of this relay finished.
@@ -316,6 +318,7 @@ impl Engine {
                     }
                     self.announce_own();
                     self.push_grants(None);
+                    self.retry_allow_lists();
                     self.replay_quarantine();
                     self.dispatch_due(false);
                     self.refetch_due();
@@ -472,6 +475,7 @@ impl Engine {
         match msg {
             Internal::LaneDone(done) => self.on_lanes_done(vec![done]),
             Internal::GrantsFailed(relay) => self.on_grants_failed(relay),
+            Internal::AllowListFailed(relay) => self.on_allow_list_failed(relay),
             Internal::Usage(relay, usage) => self.on_usage(relay, usage),
             Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
             Internal::FetchDone { relay } => {

@@ -36,29 +36,9 @@ impl Engine {
     ) -> impl std::future::Future<Output = ()> + Send + use<> {
         let peers = self.allow_list();
         let mut sets: FuturesUnordered<_> = self
-            .relays
-            .home_relays
-            .iter()
-            .filter_map(relay_peer)
-            .filter(|r| self.relays.relay_up.contains(r))
-            .map(|relay| {
-                let (net, peers) = (self.net.clone(), peers.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(ALLOW_LIST_WAIT, net.at(relay).set_allow_list(peers))
-                        .await
-                    {
-                        Ok(Ok(())) => true,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%relay, "setting the allow-list failed: {e}");
-                            false
-                        }
-                        Err(_) => {
-                            tracing::debug!(%relay, "setting the allow-list timed out");
-                            false
-                        }
-                    }
-                })
-            })
+            .up_home_relays()
+            .into_iter()
+            .map(|relay| tokio::spawn(self.set_allow_list_at(relay, peers.clone())))
             .collect();
         async move {
             while let Some(done) = sets.next().await {
@@ -74,17 +54,74 @@ impl Engine {
     /// it without a grant: every active device of every contact.
     pub(crate) fn push_allow_list(&self) {
         let peers = self.allow_list();
-        for relay in self.relays.home_relays.iter().filter_map(relay_peer) {
-            if !self.relays.relay_up.contains(&relay) {
-                continue;
+        for relay in self.up_home_relays() {
+            tokio::spawn(self.set_allow_list_at(relay, peers.clone()));
+        }
+    }
+
+    /// Gives the allow-list again to the home relays that failed to take it and are due
+    /// ([`ALLOW_LIST_RETRY`] after the failure) and connected; one that is down gets it when
+    /// it is next set up.
+    pub(crate) fn retry_allow_lists(&mut self) {
+        let now = self.clock.now();
+        let due: Vec<PeerId> = self
+            .relays
+            .allow_list_retry
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(r, _)| *r)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let up = self.up_home_relays();
+        let peers = self.allow_list();
+        for relay in due {
+            self.relays.allow_list_retry.remove(&relay);
+            if up.contains(&relay) {
+                tokio::spawn(self.set_allow_list_at(relay, peers.clone()));
             }
-            let net = self.net.clone();
-            let peers = peers.clone();
-            tokio::spawn(async move {
-                if let Err(e) = net.at(relay).set_allow_list(peers).await {
-                    tracing::debug!(%relay, "setting the presence allow-list failed: {e}");
-                }
-            });
+        }
+    }
+
+    /// A home relay failed to take the allow-list: it is given it again after
+    /// [`ALLOW_LIST_RETRY`].
+    pub(crate) fn on_allow_list_failed(&mut self, relay: PeerId) {
+        let at = self.clock.now() + ALLOW_LIST_RETRY;
+        self.relays.allow_list_retry.insert(relay, at);
+    }
+
+    /// The connected home relays.
+    fn up_home_relays(&self) -> Vec<PeerId> {
+        self.relays
+            .home_relays
+            .iter()
+            .filter_map(relay_peer)
+            .filter(|r| self.relays.relay_up.contains(r))
+            .collect()
+    }
+
+    /// Sets `peers` as the allow-list at `relay` (at most [`ALLOW_LIST_WAIT`]), in the
+    /// future returned; a failure is reported to the engine
+    /// ([`Engine::on_allow_list_failed`]). Yields whether the relay took it.
+    fn set_allow_list_at(
+        &self,
+        relay: PeerId,
+        peers: Vec<PeerId>,
+    ) -> impl std::future::Future<Output = bool> + Send + use<> {
+        let (net, tx) = (self.net.clone(), self.internal.clone());
+        async move {
+            let why =
+                match tokio::time::timeout(ALLOW_LIST_WAIT, net.at(relay).set_allow_list(peers))
+                    .await
+                {
+                    Ok(Ok(())) => return true,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                };
+            tracing::debug!(%relay, "setting the allow-list failed ({why}); retried later");
+            let _ = tx.send(Internal::AllowListFailed(relay)).await;
+            false
         }
     }
 
@@ -244,8 +281,12 @@ impl Engine {
     }
 }
 
-/// Longest `contact add` waits for the home relays to take the new allow-list.
+/// Longest a home relay is given to take the allow-list (`contact add` waits at most this
+/// for one of them to).
 const ALLOW_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long after a home relay failed to take the allow-list it is given it again.
+const ALLOW_LIST_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn state_rank(s: State) -> u8 {
     match s {

@@ -128,6 +128,8 @@ pub(crate) struct Relays {
     /// Home relays' setup is to be retried on the next tick rather than the next heartbeat
     /// (this device's list changed, so a relay that refused its prekeys now takes them).
     pub setup_soon: bool,
+    /// Home relays that failed to take the allow-list, and when to give it again.
+    pub allow_list_retry: HashMap<PeerId, Instant>,
     /// Relays whose mailbox a task is draining now (one drain per relay at a time, so mail
     /// is taken in the relay's order).
     pub fetching: HashSet<PeerId>,
@@ -394,6 +396,7 @@ impl Engine {
                 setup_pending: HashSet::new(),
                 setting_up: HashMap::new(),
                 setup_soon: false,
+                allow_list_retry: HashMap::new(),
                 fetching: HashSet::new(),
                 refetch: HashSet::new(),
                 listen: Vec::new(),

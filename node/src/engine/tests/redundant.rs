@@ -199,3 +199,25 @@ async fn an_older_relay_set_arriving_late_does_not_replace_a_newer_one() {
     alice.engine.take_relays(&bob, &[addr(&relays[0])], 3_000);
     assert_eq!(held(&alice), [addr(&relays[0])]);
 }
+
+/// A home relay that fails to take the allow-list (here nothing answers it) is given it
+/// again once `ALLOW_LIST_RETRY` passed, not only when it is next set up; a relay that is
+/// not connected is not asked.
+#[tokio::test]
+async fn a_home_relay_that_failed_to_take_the_allow_list_is_given_it_again() {
+    let mut h = Harness::with_relays("alice", 2);
+    let relays = h.engine.home_relay_peers();
+    h.engine.relays.relay_up.insert(relays[0]);
+    h.engine.push_allow_list();
+    let failed = |h: &Harness| h.engine.relays.allow_list_retry.contains_key(&relays[0]);
+    h.settle_until(failed).await;
+    assert!(!h.engine.relays.allow_list_retry.contains_key(&relays[1]));
+    // Not due yet: nothing is tried again.
+    h.engine.retry_allow_lists();
+    assert!(failed(&h));
+    h.clock.advance(std::time::Duration::from_secs(31));
+    h.engine.retry_allow_lists();
+    assert!(h.engine.relays.allow_list_retry.is_empty(), "given again");
+    // It fails again, and is due again later.
+    h.settle_until(failed).await;
+}
