@@ -53,14 +53,14 @@ pub fn ping_behaviour() -> libp2p::ping::Behaviour {
 /// row, as libp2p reports them; waiting for the answer, or for the ping stream to be
 /// agreed on, which a peer that answers nothing never does) closes the connection, so what
 /// uses it learns it is gone and dials again. A peer that does not speak ping (a DHT-only
-/// client) keeps its connection. Answers whether it closed one.
+/// client) keeps its connection.
 pub fn ping_failed<B: libp2p::swarm::NetworkBehaviour>(
     swarm: &mut libp2p::Swarm<B>,
     event: &libp2p::ping::Event,
-) -> bool {
+) {
     use libp2p::ping::Failure;
     let Err(failure) = &event.result else {
-        return false;
+        return;
     };
     let timed_out = match failure {
         Failure::Timeout => true,
@@ -71,10 +71,10 @@ pub fn ping_failed<B: libp2p::swarm::NetworkBehaviour>(
     };
     if !timed_out {
         tracing::debug!(peer = %event.peer, error = %failure, "ping failed");
-        return false;
+        return;
     }
     tracing::info!(peer = %event.peer, "pings unanswered; closing the connection");
-    swarm.close_connection(event.connection)
+    swarm.close_connection(event.connection);
 }
 
 /// The yamux configuration of every Tern connection (node, relay, relay client): the
