@@ -77,6 +77,22 @@ pub fn ping_failed<B: libp2p::swarm::NetworkBehaviour>(
     swarm.close_connection(event.connection);
 }
 
+/// The swarm settings of every Tern end (node, relay, relay client), with its idle
+/// connection timeout. Streams are opened with multistream-select's lazy variant
+/// (`V1Lazy`, identical on the wire): a stream that proposes one protocol sends its first
+/// bytes with the proposal instead of a round trip later, so a request (a deposit, a
+/// prekey claim, a fetch) is answered after one round trip instead of two. A peer that
+/// does not speak the protocol refuses it as before; the opener learns it from its first
+/// read (an I/O error rather than "unsupported"), and nothing in Tern tells the two apart.
+pub fn swarm_config(
+    config: libp2p::swarm::Config,
+    idle_timeout: std::time::Duration,
+) -> libp2p::swarm::Config {
+    config
+        .with_idle_connection_timeout(idle_timeout)
+        .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+}
+
 /// The yamux configuration of every Tern connection (node, relay, relay client): the
 /// default, whose stream windows start at 256 KiB and auto-tune up to the bandwidth-delay
 /// product, which a 100 MB file needs on any link with a real round trip. Do not add setters

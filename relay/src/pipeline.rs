@@ -10,6 +10,11 @@
 //! timeout, every unanswered deposit fails with [`RequestError::Transport`]: it may or may
 //! not be stored, and the caller sends it again (over the request/response protocol, or a
 //! new stream).
+//!
+//! Streams are opened without waiting for the relay to agree to the protocol
+//! (`crate::swarm_config`), so a relay that does not take deposit streams refuses the first
+//! deposits written on one: they fail with [`RequestError::Unsupported`], certain not to be
+//! stored, and [`deposit`] sends such a deposit as a request at once.
 
 use std::{
     collections::HashMap,
@@ -22,7 +27,7 @@ use libp2p::{PeerId, Stream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::{
-    rpc::{RequestError, deposit_request, deposited},
+    rpc::{RequestError, Requests, deposit_request, deposited},
     wire::{
         deposit::{Answer, MAX_ANSWER_BYTES},
         mailbox,
@@ -49,6 +54,30 @@ struct Unanswered {
 
 fn closed() -> RequestError {
     RequestError::Transport("deposit stream closed".into())
+}
+
+/// Deposits `req` (a `mailbox::Request::Deposit`) on `pipe` when there is one, else as a
+/// request on `relay`; a deposit the stream's relay refused as a protocol goes as a
+/// request too. The answer as [`crate::rpc::Requests::deposit_with`] gives it.
+pub async fn deposit(
+    pipe: Option<&Pipeline>,
+    relay: &impl Requests,
+    req: mailbox::Request,
+) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
+    if let Some(pipe) = pipe {
+        match pipe.submit(&req).await?.answer().await {
+            Err(RequestError::Unsupported) => {}
+            answered => return answered,
+        }
+    }
+    deposited(relay.mailbox(req).await?)
+}
+
+/// Whether `e`, from reading a stream, says the peer refused the stream's protocol.
+fn protocol_refused(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<libp2p::core::upgrade::NegotiationError>())
+        .is_some_and(|n| matches!(n, libp2p::core::upgrade::NegotiationError::Failed))
 }
 
 /// A handle to one open deposit stream.
@@ -140,8 +169,10 @@ impl Pipeline {
 /// The stream's task: writes queued deposits in order, numbering them, and hands each
 /// answer to its caller. Ends when the stream closes or breaks, an answer does not decode or
 /// answers nothing unanswered, or the oldest unanswered deposit is older than `timeout`;
-/// every deposit not answered then fails. When every handle is gone, the stream is closed
-/// for writing once the queue is empty, and the task waits for the last answers.
+/// every deposit not answered then fails ([`RequestError::Unsupported`] if the relay
+/// refused the protocol, which the reading side learns: a failed write waits for its
+/// verdict). When every handle is gone, the stream is closed for writing once the queue is
+/// empty, and the task waits for the last answers.
 async fn run(
     stream: Stream,
     mut queue: mpsc::Receiver<Queued>,
@@ -176,8 +207,10 @@ async fn run(
                 }
             }
             if let Err(e) = write_batch(&mut w, &buf).await {
+                // The reading side learns why (a refused protocol, a reset), or the watchdog
+                // ends the stream: what was written is unanswered.
                 tracing::debug!(error = %e, "deposit stream write failed");
-                return;
+                break;
             }
             buf.clear();
         }
@@ -189,19 +222,19 @@ async fn run(
         loop {
             let frame = match read_frame(&mut r, MAX_ANSWER_BYTES).await {
                 Ok(Some(f)) => f,
-                Ok(None) => return,
+                Ok(None) => return false,
                 Err(e) => {
                     tracing::debug!(error = %e, "deposit stream read failed");
-                    return;
+                    return protocol_refused(&e);
                 }
             };
             let Ok(answer) = Answer::decode(&frame) else {
                 tracing::debug!("deposit stream: undecodable answer; closing");
-                return;
+                return false;
             };
             let Some(waiting) = lock().remove(&answer.seq) else {
                 tracing::debug!(seq = answer.seq, "deposit stream: answer to no deposit");
-                return;
+                return false;
             };
             let _ = waiting.reply.send(Ok(answer.response));
         }
@@ -217,17 +250,24 @@ async fn run(
             }
         }
     };
-    tokio::select! {
-        () = writing => {}
-        () = reading => {}
-        () = watchdog => {}
-    }
+    let refused = tokio::select! {
+        () = writing => false,
+        refused = reading => refused,
+        () = watchdog => false,
+    };
+    let failure = || {
+        if refused {
+            RequestError::Unsupported
+        } else {
+            closed()
+        }
+    };
     window.close();
     queue.close();
     for (_, u) in lock().drain() {
-        let _ = u.reply.send(Err(closed()));
+        let _ = u.reply.send(Err(failure()));
     }
     while let Ok(q) = queue.try_recv() {
-        let _ = q.reply.send(Err(closed()));
+        let _ = q.reply.send(Err(failure()));
     }
 }

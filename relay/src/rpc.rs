@@ -118,6 +118,11 @@ pub enum RequestError {
     /// The stream failed (no connection, timeout, protocol not supported).
     #[error("request failed: {0}")]
     Transport(String),
+    /// The peer refused the stream's protocol: nothing sent on it was taken. A deposit
+    /// stream refused this way is to a relay that takes deposits only as requests
+    /// ([`crate::pipeline::deposit`] sends them so).
+    #[error("protocol not supported by the peer")]
+    Unsupported,
     /// The answer could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),

@@ -36,14 +36,9 @@ pub async fn deposit_many(
     ciphertext: Vec<u8>,
 ) -> Result<Vec<mailbox::Refusal>, NetError> {
     let (peers, tokens) = recipients.into_iter().unzip();
-    let (_, refused) = match net.pipes.get(relay, &net.streams) {
-        Some(pipe) => pipe.deposit_with(peers, tokens, None, ciphertext).await?,
-        None => {
-            net.at(relay)
-                .deposit_with(peers, tokens, None, ciphertext)
-                .await?
-        }
-    };
+    let req = tern_relay::rpc::deposit_request(peers, tokens, None, ciphertext);
+    let pipe = net.pipes.get(relay, &net.streams);
+    let (_, refused) = tern_relay::pipeline::deposit(pipe.as_ref(), &net.at(relay), req).await?;
     Ok(refused)
 }
 

@@ -97,7 +97,7 @@ pub fn new(
             kad: super::dht::behaviour(key.public().to_peer_id()),
         })
         .map_err(|e| StartError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|c| tern_relay::swarm_config(c, IDLE_CONNECTION_TIMEOUT))
         .build();
     for addr in config.listen {
         swarm

@@ -164,7 +164,7 @@ impl Client {
             .with_quic()
             .with_behaviour(|key| Behaviour::new(key, timeout))
             .map_err(|e| ConnectError::Transport(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+            .with_swarm_config(|c| crate::swarm_config(c, config.idle_timeout))
             .build();
         // Known for later dials too: a request after the connection closed (its pings went
         // unanswered, say) dials the relay again.

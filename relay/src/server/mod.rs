@@ -222,9 +222,7 @@ fn build_swarm(
             }
         })
         .map_err(|e| RunError::Transport(e.to_string()))?
-        .with_swarm_config(|c| {
-            c.with_idle_connection_timeout(Duration::from_secs(conn.idle_timeout_secs))
-        })
+        .with_swarm_config(|c| crate::swarm_config(c, Duration::from_secs(conn.idle_timeout_secs)))
         .build();
     Ok(swarm)
 }

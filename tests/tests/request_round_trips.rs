@@ -1,0 +1,272 @@
+//! A request costs one round trip, not two: a stream that proposes one protocol sends its
+//! first bytes with the proposal (multistream-select's lazy variant, `tern_relay::swarm_config`,
+//! which the node, the relay and the relay client all use), instead of waiting for the
+//! other end to agree to the protocol first. On a phone's link that wait is a whole round
+//! trip (50–300 ms) added to every deposit, prekey claim and fetch, and to every new stream.
+//!
+//! The test needs no clock: a sender reaches a real `tern-relay` process through a loopback
+//! proxy that, once the connection is up, holds back everything the relay sends to it. A
+//! deposit sent then (as a request, and as the first deposit on a new deposit stream) must
+//! still be stored: it left with its protocol proposal. With the eager variant the sender
+//! waits for the relay's agreement, which the proxy holds, and nothing is stored. Releasing
+//! the proxy then lets each deposit's answer through. (Checked by hand: with the override
+//! taken out of `swarm_config`, the waits for the stored deposits run out.)
+//!
+//! The other side of opening a stream unconfirmed: a relay that does not take deposit
+//! streams refuses the protocol only when the first deposit is on its way. Such a deposit
+//! must fail as `Unsupported` (certain not to be stored), and a node's deposit then goes as
+//! a request at once, not after a retry.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tern_relay::{
+    Multiaddr,
+    client::{Client, Config, Keypair},
+    libp2p::{SwarmBuilder, futures::StreamExt, noise, request_response, swarm::SwarmEvent, tcp},
+    pipeline,
+    rpc::{RequestError, Requests as _, deposit_request},
+    wire::{Frame, mailbox},
+};
+use tern_tests::support::Relay;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, tcp::OwnedReadHalf, tcp::OwnedWriteHalf},
+    sync::watch,
+};
+
+/// Longest wait for any one condition (a 2-core CI machine, debug build).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Forwards one TCP connection accepted on a loopback port to `to`. What comes back from
+/// `to` is forwarded only while `held` is false.
+async fn holding_proxy(to: SocketAddr, held: watch::Receiver<bool>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((inbound, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(outbound) = TcpStream::connect(to).await else {
+            return;
+        };
+        let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+        let (in_r, in_w) = inbound.into_split();
+        let (out_r, out_w) = outbound.into_split();
+        let (_, never_held) = watch::channel(false);
+        tokio::join!(forward(in_r, out_w, never_held), forward(out_r, in_w, held));
+    });
+    addr
+}
+
+/// Copies `from` to `to`, reading nothing while `held` is true.
+async fn forward(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut held: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if held.wait_for(|h| !*h).await.is_err() {
+            return;
+        }
+        match from.read(&mut buf).await {
+            Ok(n @ 1..) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            _ => {
+                let _ = to.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Every ciphertext in `owner`'s mailbox, fetched over a connection of its own.
+async fn mailbox_of(relay: &Relay, owner: &Keypair) -> Vec<Vec<u8>> {
+    let (c, _) = Client::connect(
+        owner.clone(),
+        relay.addr.parse().unwrap(),
+        Config::default(),
+    )
+    .await
+    .unwrap();
+    let (page, _) = c.fetch(0, mailbox::MAX_FETCH_MESSAGES).await.unwrap();
+    page.into_iter().map(|e| e.ciphertext.into_vec()).collect()
+}
+
+/// Waits (bounded by [`WAIT`]) until `owner`'s mailbox holds `n` messages; false if it
+/// never does.
+async fn stored(relay: &Relay, owner: &Keypair, n: usize) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if mailbox_of(relay, owner).await.len() >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[test]
+fn a_request_leaves_with_its_protocol_proposal() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), "").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let owner = Keypair::generate_ed25519();
+        let to = owner.public().to_peer_id();
+        // "/ip4/127.0.0.1/tcp/<port>/p2p/<id>"
+        let parts: Vec<&str> = relay.addr.split('/').collect();
+        let relay_tcp: SocketAddr = format!("127.0.0.1:{}", parts[4]).parse().unwrap();
+        let (hold, held) = watch::channel(false);
+        let proxy = holding_proxy(relay_tcp, held).await;
+        let via_proxy = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", proxy.port(), parts[6]);
+        let (sender, _events) = Client::connect(
+            Keypair::generate_ed25519(),
+            via_proxy.parse().unwrap(),
+            Config::default(),
+        )
+        .await
+        .unwrap();
+        // The connection works both ways before anything is held.
+        tokio::time::timeout(WAIT, sender.deposit(vec![to], None, b"first".to_vec()))
+            .await
+            .expect("a deposit through the proxy is answered")
+            .expect("and stored");
+
+        hold.send(true).unwrap();
+        let request = tokio::spawn({
+            let sender = sender.clone();
+            async move { sender.deposit(vec![to], None, b"request".to_vec()).await }
+        });
+        assert!(
+            stored(&relay, &owner, 2).await,
+            "a deposit request reaches the relay while nothing of the relay's reaches the sender"
+        );
+        let piped = tokio::spawn({
+            let sender = sender.clone();
+            async move {
+                let pipe = sender.open_pipeline(4).await?;
+                pipe.deposit_with(vec![to], Vec::new(), None, b"stream".to_vec())
+                    .await
+            }
+        });
+        assert!(
+            stored(&relay, &owner, 3).await,
+            "a new deposit stream carries its first deposit while nothing of the relay's \
+             reaches the sender"
+        );
+
+        hold.send(false).unwrap();
+        for (what, task) in [("request", request), ("stream", piped)] {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .unwrap_or_else(|_| panic!("the {what} deposit is answered once released"))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("the {what} deposit is stored: {e}"));
+        }
+        let all = mailbox_of(&relay, &owner).await;
+        assert_eq!(
+            all,
+            [&b"first"[..], b"request", b"stream"].map(<[u8]>::to_vec),
+            "each deposit is stored once, in order"
+        );
+    });
+}
+
+/// A peer on Tern's transport that takes deposits only as requests (a relay from before
+/// deposit streams), answering each with message id 7; its address.
+async fn requests_only_relay() -> Multiaddr {
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            tern_relay::yamux_config,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                mailbox::codec(),
+                [(mailbox::PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| tern_relay::swarm_config(c, Duration::from_secs(60)))
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let id = *swarm.local_peer_id();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address.with_p2p(id).unwrap();
+        }
+    };
+    let answer = mailbox::Response::Deposited {
+        message: 7,
+        recipients: 1,
+        refused: Vec::new(),
+    }
+    .encode()
+    .unwrap();
+    tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) = swarm.select_next_some().await
+            {
+                let _ = swarm
+                    .behaviour_mut()
+                    .send_response(channel, Frame::Data(answer.clone()));
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_deposit_stream_the_relay_refuses_fails_as_unsupported_and_goes_as_a_request() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let addr = requests_only_relay().await;
+        let (client, _events) =
+            Client::connect(Keypair::generate_ed25519(), addr, Config::default())
+                .await
+                .unwrap();
+        let to = Keypair::generate_ed25519().public().to_peer_id();
+        let deposit = || deposit_request(vec![to], Vec::new(), None, b"x".to_vec());
+
+        // Opening the stream does not wait for the relay; its first deposits learn the answer.
+        let pipe = client.open_pipeline(4).await.unwrap();
+        let tickets = [
+            pipe.submit(&deposit()).await.unwrap(),
+            pipe.submit(&deposit()).await.unwrap(),
+        ];
+        for ticket in tickets {
+            let answer = tokio::time::timeout(WAIT, ticket.answer())
+                .await
+                .expect("a refused deposit stream fails its deposits, it does not hang");
+            assert!(
+                matches!(answer, Err(RequestError::Unsupported)),
+                "refused as a protocol: {answer:?}"
+            );
+        }
+        assert!(!pipe.is_open(), "the refused stream is closed");
+
+        // What the node does: the deposit goes as a request, answered.
+        let pipe = client.open_pipeline(4).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, pipeline::deposit(Some(&pipe), &client, deposit()))
+            .await
+            .expect("answered");
+        assert_eq!(answer.unwrap(), (7, Vec::new()), "answered as a request");
+    });
+}
