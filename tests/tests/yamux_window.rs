@@ -35,16 +35,8 @@ use tern_relay::libp2p::{
     swarm::SwarmEvent,
     tcp, yamux,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{
-        TcpListener, TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
-    sync::mpsc,
-    task::JoinHandle,
-    time::Instant,
-};
+use tern_tests::support::link::delay_proxy;
+use tokio::task::JoinHandle;
 
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/tern-test/window/1");
 /// Bytes the receiver reads at once, so the window is tuned up.
@@ -117,52 +109,6 @@ fn drive(mut s: Swarm<libp2p_stream::Behaviour>) -> Running {
     }))
 }
 
-/// Forwards one TCP connection accepted on a loopback port to `to`, delaying every byte by
-/// [`LINK_DELAY`] in each direction. Buffers without limit: yamux's windows bound what is
-/// in flight.
-async fn delay_proxy(to: SocketAddr) -> (SocketAddr, Running) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-    let addr = listener.local_addr().expect("proxy address");
-    let task = tokio::spawn(async move {
-        let Ok((inbound, _)) = listener.accept().await else {
-            return;
-        };
-        let Ok(outbound) = TcpStream::connect(to).await else {
-            return;
-        };
-        let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
-        let (in_r, in_w) = inbound.into_split();
-        let (out_r, out_w) = outbound.into_split();
-        tokio::join!(delayed(in_r, out_w), delayed(out_r, in_w));
-    });
-    (addr, Running(task))
-}
-
-async fn delayed(mut from: OwnedReadHalf, mut to: OwnedWriteHalf) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let read = async move {
-        let mut buf = vec![0u8; PIECE];
-        while let Ok(n @ 1..) = from.read(&mut buf).await {
-            if tx
-                .send((Instant::now() + LINK_DELAY, buf[..n].to_vec()))
-                .is_err()
-            {
-                break;
-            }
-        }
-    };
-    let write = async move {
-        while let Some((due, bytes)) = rx.recv().await {
-            tokio::time::sleep_until(due).await;
-            if to.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown().await;
-    };
-    tokio::join!(read, write);
-}
-
 /// One stream from a sender to a receiver over the delayed link, both swarms built with
 /// `muxer`. The receiver reads `warm_up` bytes and then holds the stream without reading;
 /// the sender writes `warm_up + unread` bytes. Returns whether that write completed within
@@ -193,11 +139,11 @@ async fn write_while_unread(
     .await
     .expect("the receiver listens in time");
     let _receiver = drive(receiver);
-    let (proxy, _proxy) = delay_proxy(listen).await;
+    let proxy = delay_proxy(listen, LINK_DELAY).await.expect("proxy");
 
     let mut sender = swarm(muxer);
     let mut control = sender.behaviour().new_control();
-    let dial: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", proxy.port())
+    let dial: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", proxy.addr.port())
         .parse::<Multiaddr>()
         .expect("multiaddr")
         .with(Protocol::P2p(receiver_id));

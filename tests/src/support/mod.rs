@@ -7,6 +7,7 @@
 //! `cargo test -p tern-tests`), it is built once with `cargo build`.
 
 mod inspect;
+pub mod link;
 mod linking;
 pub mod media;
 mod node;

@@ -14,6 +14,9 @@
 //!   deposits on a deposit stream, as nodes send them, and `_vs_stream_echo` against the
 //!   round trip of deposits on a stream to the deposit-stream echo at the same rate (two
 //!   hops over the same transport, like a push, with no relay between them).
+//! - `relay.link_*`: deposits over a simulated link with a 20 ms round trip (as requests,
+//!   on an open deposit stream, and a new stream's first), against that round trip: one
+//!   round trip each is 1.0 (see `link`).
 //! - `relay.idle_connection_bytes`: growth of the relay's resident memory per idle
 //!   connection with thousands of clients connected.
 //! - `relay.flood_deposit_p50` / `_p99` / `_max`: ms from a legitimate sender's deposit to
@@ -57,7 +60,8 @@
 //!   comparison runs on its own in [`MOSQUITTO_ROUNDS`] alternated rounds, each on a fresh
 //!   relay and a fresh broker: `_vs_mosquitto` is the median rate of each, `_round<k>` each
 //!   round's pair, and the ack quantiles are those of every round's acknowledgements.
-//!   `tern-bench relay-deposits` runs the deposit figures alone, `relay-push` the push figures.
+//!   `tern-bench relay-deposits` runs the deposit figures alone, `relay-push` the push
+//!   and link figures.
 //! - `relay.*_vs_mosquitto`: the same deposit load and paced live delivery against a
 //!   Mosquitto broker (QoS 1, persistence on) when `mosquitto` is installed; reported as
 //!   skipped otherwise. See `mosquitto`.
@@ -79,6 +83,7 @@ mod deposits;
 mod echo;
 mod flood;
 mod idle;
+mod link;
 mod mosquitto;
 mod pipeline;
 mod process;
@@ -104,6 +109,8 @@ const PUSH_RATE: u64 = 1000;
 const SQLITE_BATCH: usize = 128;
 /// Alternated rounds of the pipelined deposits against Mosquitto (see `mosquitto`).
 const MOSQUITTO_ROUNDS: usize = 3;
+/// Deposits of each kind over the simulated link (see `link`).
+const LINK_SAMPLES: usize = 30;
 /// Longest wait for the relay to start or a client to connect.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -158,6 +165,7 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
 
     // Deposit → live delivery latency at a fixed rate.
     push_figures(report, &relay, &echo, push_messages).await?;
+    link::figures(report, &relay, opts.size(LINK_SAMPLES, 3)).await?;
     drop(relay);
 
     // Memory per idle connection, on a fresh relay.
@@ -181,13 +189,14 @@ async fn run_async(opts: &Opts, report: &mut Report, deposits_only: bool) -> any
 }
 
 /// The push figures of the suite only (`relay-push`): `relay.push_*`, `relay.push_stream_*`
-/// and their Mosquitto anchors.
+/// and their Mosquitto anchors, and `relay.link_*`.
 pub fn run_push(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     block_on(async {
         let push_messages = opts.size(5_000, 200);
         let echo = echo::echo_server()?;
         let relay = RelayProcess::start()?;
         push_figures(report, &relay, &echo, push_messages).await?;
+        link::figures(report, &relay, opts.size(LINK_SAMPLES, 3)).await?;
         drop(relay);
         mosquitto::run_push(report, push_messages, opts.size(MOSQUITTO_ROUNDS, 1)).await
     })
