@@ -87,8 +87,16 @@ pub const OUTBOX_BATCH: u32 = 200;
 /// encrypted and stored (about a millisecond each), so this bounds that wait.
 pub const MAX_SEND_BATCH: usize = 32;
 
-/// Most device lanes being sent at once (each sends its rows one after another).
+/// Most device lanes being sent at once.
 pub const MAX_LANES_IN_FLIGHT: usize = 64;
+
+/// Most rows of one lane in flight at once on its relay's deposit stream, each naming the
+/// one before it (`follows`) so the relay stores none after one it refused. On a link with
+/// a real round trip this is what a burst to one device moves per round trip (one at a
+/// time, a 50 ms link carried 20 messages a second). At most [`MAX_SAFE_SKIP`]: should
+/// order still break (a stream that breaks with rows of the window stored), the receiver
+/// waits for what is missing rather than skip keys it cannot keep.
+pub const LANE_WINDOW: usize = 16;
 
 /// Most rows one lane task takes from its lane before handing back to the engine.
 pub const LANE_BATCH: u32 = 64;

@@ -85,6 +85,9 @@ fn protocol_refused(e: &std::io::Error) -> bool {
 pub struct Pipeline {
     queue: mpsc::Sender<Queued>,
     window: Arc<Semaphore>,
+    /// The number the next deposit queued will have on the stream (the relay numbers them
+    /// in the order written, which is the queue's): taken and queued under this lock.
+    next: Arc<tokio::sync::Mutex<u64>>,
 }
 
 impl std::fmt::Debug for Queued {
@@ -95,13 +98,22 @@ impl std::fmt::Debug for Queued {
 
 /// The answer to one deposit, to wait for.
 #[derive(Debug)]
-pub struct Ticket(oneshot::Receiver<Result<mailbox::Response, RequestError>>);
+pub struct Ticket {
+    answer: oneshot::Receiver<Result<mailbox::Response, RequestError>>,
+    seq: u64,
+}
 
 impl Ticket {
+    /// The deposit's number on its stream (from 0): what a later deposit names to follow it
+    /// ([`Pipeline::submit_following`]).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Waits for the relay's answer: the message id and the recipients it did not reach, as
     /// for a `Deposit` request; a refusal is [`RequestError::Rejected`] with the relay's code.
     pub async fn answer(self) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
-        match self.0.await {
+        match self.answer.await {
             Ok(Ok(response)) => deposited(response),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(closed()),
@@ -117,7 +129,11 @@ impl Pipeline {
         let window = Arc::new(Semaphore::new(window.max(1)));
         let (queue, rx) = mpsc::channel(window.available_permits());
         tokio::spawn(run(stream, rx, window.clone(), timeout));
-        Self { queue, window }
+        Self {
+            queue,
+            window,
+            next: Arc::default(),
+        }
     }
 
     /// Whether the stream is still open.
@@ -133,13 +149,40 @@ impl Pipeline {
     /// Queues a deposit request (a `mailbox::Request::Deposit`) once a place in the window
     /// is free; it goes on the stream after everything submitted before it.
     pub async fn submit(&self, req: &mailbox::Request) -> Result<Ticket, RequestError> {
-        let frame = req.encode()?;
+        self.queue_frame(req.encode()?).await
+    }
+
+    /// Like [`Pipeline::submit`], naming as the deposit it must not overtake `follows`
+    /// (the [`Ticket::seq`] of one submitted before on this stream; see the `follows` field
+    /// of `mailbox::Request::Deposit`): if the relay refused that one, it refuses this one
+    /// `OutOfOrder` rather than store it. A sender keeps a device's deposits in order this
+    /// way with several of them in flight.
+    pub async fn submit_following(
+        &self,
+        mut req: mailbox::Request,
+        follows: Option<u64>,
+    ) -> Result<Ticket, RequestError> {
+        if let mailbox::Request::Deposit { follows: f, .. } = &mut req {
+            *f = follows;
+        }
+        self.queue_frame(req.encode()?).await
+    }
+
+    /// Takes a place in the window, then numbers `frame` and queues it, both under the
+    /// numbering lock.
+    async fn queue_frame(&self, frame: Vec<u8>) -> Result<Ticket, RequestError> {
         let place = self
             .window
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| closed())?;
+        let mut next = self.next.lock().await;
+        let seq = *next;
+        // Every queued frame is written (the stream numbers frames as they come).
+        if u32::try_from(frame.len()).is_err() {
+            return Err(RequestError::Transport("deposit frame too long".into()));
+        }
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Queued {
@@ -149,7 +192,8 @@ impl Pipeline {
             })
             .await
             .map_err(|_| closed())?;
-        Ok(Ticket(rx))
+        *next += 1;
+        Ok(Ticket { answer: rx, seq })
     }
 
     /// Deposits `ciphertext` for `recipients` like [`crate::rpc::Requests::deposit_with`],

@@ -185,6 +185,7 @@ pub fn deposit_request(
         ttl_secs,
         ciphertext: ByteBuf::from(ciphertext),
         tokens,
+        follows: None,
     }
 }
 

@@ -185,6 +185,7 @@ fn regenerate_seeds() {
                         ttl_secs: Some(60),
                         ciphertext: ByteBuf::from(vec![1; 32]),
                         tokens: vec![Some(serde_bytes::ByteArray::new([2; 32])), None],
+                        follows: None,
                     }
                     .encode()
                     .unwrap(),

@@ -174,9 +174,19 @@ fn a_burst_under_a_low_deposit_rate_limit_waits_and_keeps_order() {
         .metric("tern_relay_rejects_total{reason=\"rate_limited\"}")
         .unwrap_or(0.0);
     assert!(refused > 0.0, "the rate limit was hit ({refused})");
+    // A device's texts go a window at a time on the deposit stream, each following the
+    // one before: what was in flight behind a refused one was refused with it.
+    let fenced = relay
+        .metric("tern_relay_rejects_total{reason=\"out_of_order\"}")
+        .unwrap_or(0.0);
+    assert!(
+        fenced > 0.0,
+        "deposits behind a refused one were fenced ({fenced})"
+    );
     b.restart().unwrap();
     assert_arrives_complete(&b, "Alice", &sent);
     assert_nothing_repaired(&b, &a);
+    assert_eq!(recovery(&b)["waited"], 0, "mail was stored in order");
 }
 
 #[test]

@@ -377,3 +377,111 @@ fn a_relay_killed_mid_window_fails_what_it_did_not_answer_and_keeps_what_it_did(
     }
     assert!(stored.len() < acked.len() + failed + 1);
 }
+
+/// Submits `bodies` for `to` on `pipe`, each following the one before (the first following
+/// `first`); their tickets.
+async fn chain(pipe: &Pipeline, to: PeerId, bodies: &[Vec<u8>], first: Option<u64>) -> Vec<Ticket> {
+    let mut before = first;
+    let mut tickets = Vec::new();
+    for b in bodies {
+        let t = pipe
+            .submit_following(
+                deposit_request(vec![to], Vec::new(), None, b.clone()),
+                before,
+            )
+            .await
+            .unwrap();
+        before = Some(t.seq());
+        tickets.push(t);
+    }
+    tickets
+}
+
+/// The outcomes of `tickets`, in order.
+async fn outcomes(tickets: Vec<Ticket>) -> Vec<Option<ErrorCode>> {
+    let mut out = Vec::new();
+    for t in tickets {
+        out.push(outcome(
+            tokio::time::timeout(WAIT, t.answer()).await.unwrap(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn a_deposit_following_a_refused_one_is_refused_and_not_stored() {
+    // Mailboxes of 5 messages. A chain of 5 to one device whose third is too large (the
+    // event loop refuses it): the two after it are refused `OutOfOrder` and not stored,
+    // while a deposit to another device that follows nothing, in the middle, is. Sent
+    // again, the three complete the mailbox in order. A chain of 8 to a third device: the
+    // sixth is over the quota (the storage writer refuses it), and the two after it are
+    // refused too.
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        &format!(
+            "{FAST}[mailbox]\nmax_messages = 5\nshare_percent = 100\nmax_ciphertext_bytes = 4096\n"
+        ),
+    )
+    .unwrap();
+    let rt = runtime();
+    let (x, y, z) = (
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+    );
+    let peer = |k: &Keypair| k.public().to_peer_id();
+    let mut bodies: Vec<Vec<u8>> = (0..5).map(body).collect();
+    let oversized = {
+        let mut b = body(2);
+        b.resize(5000, b'.');
+        b
+    };
+    rt.block_on(async {
+        let sender = connect(&relay, Keypair::generate_ed25519()).await;
+        let pipe = sender.open_pipeline(64).await.unwrap();
+        let mut sent = bodies.clone();
+        sent[2] = oversized;
+        let mut tickets = chain(&pipe, peer(&x), &sent[..3], None).await;
+        let other = submit(&pipe, peer(&y), body(99)).await;
+        tickets.extend(chain(&pipe, peer(&x), &sent[3..], Some(tickets[2].seq())).await);
+        assert_eq!(
+            outcomes(tickets).await,
+            [
+                None,
+                None,
+                Some(ErrorCode::TooLarge),
+                Some(ErrorCode::OutOfOrder),
+                Some(ErrorCode::OutOfOrder)
+            ],
+            "what follows a refused deposit is refused"
+        );
+        assert!(
+            outcome(other.answer().await).is_none(),
+            "a deposit outside the chain is stored"
+        );
+        assert_eq!(
+            mailbox_of(&relay, x.clone()).await,
+            bodies[..2],
+            "nothing overtook the refused one"
+        );
+        // Sent again (the first follows one that was stored).
+        let again = chain(&pipe, peer(&x), &bodies[2..], Some(1)).await;
+        assert_eq!(outcomes(again).await, [None, None, None]);
+        assert_eq!(mailbox_of(&relay, x.clone()).await, bodies, "in order");
+
+        bodies = (10..18).map(body).collect();
+        let tickets = chain(&pipe, peer(&z), &bodies, None).await;
+        let got = outcomes(tickets).await;
+        assert_eq!(got[..5], [None, None, None, None, None]);
+        assert!(
+            matches!(got[5], Some(ErrorCode::QuotaCount | ErrorCode::ShareFull)),
+            "over the quota: {got:?}"
+        );
+        assert_eq!(
+            got[6..],
+            [Some(ErrorCode::OutOfOrder), Some(ErrorCode::OutOfOrder)]
+        );
+        assert_eq!(mailbox_of(&relay, z).await, bodies[..5]);
+    });
+}

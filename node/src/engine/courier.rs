@@ -1,13 +1,13 @@
 //! Where outbox rows go: the one seam between the engine's delivery decisions (which lane
 //! goes, in what order, when a row is tried again) and the network that carries a row.
 //!
-//! A lane task hands each row to the engine's [`Courier`], and a fan-out each group
+//! A lane task hands its rows to the engine's [`Courier`], and a fan-out each group
 //! deposit, and reports what it answered; everything the engine decides from that (rows
 //! taken by a relay or the device, a failed row and those behind it waiting for the backoff
 //! or the relay's `retry_after`) is the same whatever carries the rows. The node's courier is
-//! its network handle ([`super::lanes::deliver`]: directly when connected, else a mailbox
-//! deposit at the lane's relay; `net::rpc::deposit_many` for a group); tests use one in
-//! memory.
+//! its network handle ([`super::lanes::deliver_lane`]: directly when connected, else mailbox
+//! deposits at the lane's relay, a window of them at once on its deposit stream;
+//! `net::rpc::deposit_many` for a group); tests use one in memory.
 
 use std::sync::Arc;
 
@@ -45,12 +45,14 @@ pub(crate) enum Taken {
 /// Carries ciphertexts to devices; `Ok` once durable there (stored by the peer, or committed
 /// by a relay).
 pub(crate) trait Courier: Send + Sync + 'static {
-    /// Delivers one pairwise `payload` over `route`.
-    fn deliver(
+    /// Delivers a lane's `payloads` over `route` in order, stopping at the first that
+    /// fails: who took each delivered one (a prefix of `payloads`, in order) and, if one
+    /// failed, why. None after a failed one is taken, so it goes again after that one.
+    fn deliver_lane(
         &self,
         route: Route,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Taken, NetError>>;
+        payloads: Vec<Vec<u8>>,
+    ) -> BoxFuture<'static, (Vec<Taken>, Option<NetError>)>;
 
     /// Deposits one group `payload` at `relay` for many devices, each with the token of the
     /// grant it issued (the relay stores it once); returns the recipients it refused.
@@ -63,13 +65,13 @@ pub(crate) trait Courier: Send + Sync + 'static {
 }
 
 impl Courier for net::Client {
-    fn deliver(
+    fn deliver_lane(
         &self,
         route: Route,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Taken, NetError>> {
+        payloads: Vec<Vec<u8>>,
+    ) -> BoxFuture<'static, (Vec<Taken>, Option<NetError>)> {
         let net = self.clone();
-        Box::pin(async move { super::lanes::deliver(&net, route, payload).await })
+        Box::pin(async move { super::lanes::deliver_lane(&net, route, payloads).await })
     }
 
     fn deposit_many(

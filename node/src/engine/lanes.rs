@@ -27,7 +27,7 @@ use super::{
     device_peer,
 };
 use crate::{
-    consts::{LANE_BATCH, MAX_LANES_IN_FLIGHT, OUTBOX_BATCH, RETRY_MAX},
+    consts::{LANE_BATCH, LANE_WINDOW, MAX_LANES_IN_FLIGHT, OUTBOX_BATCH, RETRY_MAX},
     net::{NetError, rpc},
     types::Event,
 };
@@ -257,17 +257,19 @@ impl Engine {
         let courier = self.courier.clone();
         let tx = self.internal.clone();
         tokio::spawn(async move {
-            let mut acked = Vec::with_capacity(rows.len());
-            let mut failed = None;
-            for row in rows {
-                match courier.deliver(route.clone(), row.delivery.payload).await {
-                    Ok(taken) => acked.push((row.row, taken)),
-                    Err(e) => {
-                        failed = Some((row.row, row.attempts, e));
-                        break;
-                    }
-                }
-            }
+            let ids: Vec<(i64, u32)> = rows.iter().map(|r| (r.row, r.attempts)).collect();
+            let payloads = rows.into_iter().map(|r| r.delivery.payload).collect();
+            let (taken, error) = courier.deliver_lane(route, payloads).await;
+            let acked: Vec<(i64, Taken)> = ids
+                .iter()
+                .zip(taken)
+                .map(|(&(row, _), taken)| (row, taken))
+                .collect();
+            // The first row not taken is the one that failed.
+            let failed = error.and_then(|e| {
+                ids.get(acked.len())
+                    .map(|&(row, attempts)| (row, attempts, e))
+            });
             let _ = tx
                 .send(Internal::LaneDone(LaneDone {
                     lane,
@@ -365,6 +367,70 @@ impl Engine {
         }
         // Keep the pipe full.
         self.dispatch_lanes(false);
+    }
+}
+
+/// Delivers a lane's ciphertexts in order (see [`super::courier::Courier::deliver_lane`]):
+/// one after another while the device is connected directly or no deposit stream to the
+/// lane's relay is open; else up to [`LANE_WINDOW`] at once on the stream, each naming the
+/// one before it, so the relay refuses (`OutOfOrder`) whatever follows one it refused
+/// instead of letting it overtake. Of a window, the rows answered in order up to the first
+/// failure are taken; the rest go again after that one (a copy the relay stored anyway, when
+/// the stream broke, reaches the device twice and is dropped there).
+pub(crate) async fn deliver_lane(
+    net: &crate::net::Client,
+    route: Route,
+    payloads: Vec<Vec<u8>>,
+) -> (Vec<Taken>, Option<NetError>) {
+    let mut taken = Vec::with_capacity(payloads.len());
+    let pipe = match route.relay {
+        Some(relay) if !(route.direct && net.is_connected(route.peer).await) => {
+            rpc::deposit_stream(net, relay).map(|p| (relay, p))
+        }
+        _ => None,
+    };
+    let Some((relay, pipe)) = pipe else {
+        for payload in payloads {
+            match deliver(net, route.clone(), payload).await {
+                Ok(t) => taken.push(t),
+                Err(e) => return (taken, Some(e)),
+            }
+        }
+        return (taken, None);
+    };
+    let token = super::grants::token(route.grant.as_ref(), relay);
+    let mut rows = payloads.into_iter();
+    let mut in_flight = std::collections::VecDeque::with_capacity(LANE_WINDOW);
+    let mut before = None;
+    loop {
+        while in_flight.len() < LANE_WINDOW {
+            let Some(payload) = rows.next() else { break };
+            let req =
+                tern_relay::rpc::deposit_request(vec![route.peer], vec![token], None, payload);
+            match pipe.submit_following(req, before).await {
+                Ok(ticket) => {
+                    before = Some(ticket.seq());
+                    in_flight.push_back(ticket);
+                }
+                // Not queued: it and the rest go again.
+                Err(e) => return (taken, Some(e)),
+            }
+        }
+        let Some(ticket) = in_flight.pop_front() else {
+            return (taken, None);
+        };
+        match ticket.answer().await {
+            Ok((_, refused)) => match refused.first() {
+                None => taken.push(Taken::Relay),
+                Some(r) => {
+                    return (
+                        taken,
+                        Some(NetError::Rejected(tern_relay::wire::Rejection::new(r.code))),
+                    );
+                }
+            },
+            Err(e) => return (taken, Some(e)),
+        }
     }
 }
 

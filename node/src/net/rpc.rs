@@ -37,9 +37,15 @@ pub async fn deposit_many(
 ) -> Result<Vec<mailbox::Refusal>, NetError> {
     let (peers, tokens) = recipients.into_iter().unzip();
     let req = tern_relay::rpc::deposit_request(peers, tokens, None, ciphertext);
-    let pipe = net.pipes.get(relay, &net.streams);
+    let pipe = deposit_stream(net, relay);
     let (_, refused) = tern_relay::pipeline::deposit(pipe.as_ref(), &net.at(relay), req).await?;
     Ok(refused)
+}
+
+/// The relay's deposit stream when one is open (else `None`, and one opens in the
+/// background: see `pipeline`).
+pub fn deposit_stream(net: &Client, relay: PeerId) -> Option<tern_relay::pipeline::Pipeline> {
+    net.pipes.get(relay, &net.streams)
 }
 
 /// Acknowledges mail on the relay's live stream when one is open (no answer comes; a

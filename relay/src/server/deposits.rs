@@ -20,7 +20,10 @@ use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, request_response::ResponseChannel};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::metrics::Metrics;
+use super::{
+    fence::{Fence, Fenced},
+    metrics::Metrics,
+};
 use crate::wire::{
     Frame,
     deposit::{self, MAX_DEPOSIT_FRAME_BYTES},
@@ -46,6 +49,7 @@ pub(super) struct StreamReply {
     seq: u64,
     out: mpsc::Sender<Answered>,
     places: Places,
+    fence: Arc<Fence>,
 }
 
 /// A deposit's window place, its bytes of the stream's budget and of the relay's.
@@ -63,6 +67,11 @@ struct Answered {
 }
 
 impl StreamReply {
+    /// The deposit's place behind its stream's fence, following `follows`.
+    pub(super) fn fenced(&self, follows: Option<u64>) -> Fenced {
+        Fenced::new(self.fence.clone(), self.seq, follows)
+    }
+
     /// Hands the answer to the stream's task. Never waits: its queue has room for the whole
     /// window. Nothing happens if the stream is gone.
     pub(super) fn send(self, response: mailbox::Response) {
@@ -147,6 +156,7 @@ async fn serve(peer: PeerId, stream: Stream, limits: Limits, notes: mpsc::Sender
     let (out, mut answers) = mpsc::channel::<Answered>(limits.window);
     let window = Arc::new(Semaphore::new(limits.window));
     let stream_bytes = Arc::new(Semaphore::new(limits.stream_bytes));
+    let fence = Arc::new(Fence::default());
     let reading = async move {
         let mut seq = 0u64;
         loop {
@@ -184,6 +194,7 @@ async fn serve(peer: PeerId, stream: Stream, limits: Limits, notes: mpsc::Sender
                     _stream: own,
                     _relay: shared,
                 },
+                fence: fence.clone(),
             };
             if notes.send(Note { peer, frame, reply }).await.is_err() {
                 return;

@@ -10,6 +10,7 @@ mod deposits;
 pub mod dht;
 pub mod directory;
 mod event_loop;
+pub mod fence;
 pub mod gate;
 pub mod grants;
 pub mod http;

@@ -60,6 +60,14 @@ pub enum Request {
         /// without one only into its small introductions share.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tokens: Vec<Option<ByteArray<32>>>,
+        /// On a deposit stream only: the number (from 0, in the stream's order) of an
+        /// earlier deposit of the same stream that this one must not overtake. If that one
+        /// was refused for any recipient, this one is refused `OutOfOrder` and not stored.
+        /// A sender that keeps several deposits for one device in flight names the one
+        /// before each (unanswered when it sent this one), so a refusal in the middle of its
+        /// window leaves nothing after it stored. Ignored on requests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        follows: Option<u64>,
     },
     /// Read the caller's own mailbox: messages with id greater than `after`, oldest first.
     Fetch {
@@ -271,6 +279,7 @@ mod tests {
                 ttl_secs: Some(60),
                 ciphertext: ByteBuf::from(vec![7; 100]),
                 tokens: vec![Some(ByteArray::new([3; 32])), None],
+                follows: Some(4),
             },
             Request::SetGrants {
                 hashes: vec![ByteArray::new([4; 32])],
@@ -343,6 +352,7 @@ mod tests {
             ttl_secs: Some(u32::MAX),
             ciphertext: ByteBuf::from(vec![0xff; MAX_CIPHERTEXT_BYTES]),
             tokens: vec![Some(ByteArray::new([0xff; 32])); MAX_RECIPIENTS],
+            follows: Some(u64::MAX),
         };
         assert!(r.encode().is_ok());
     }

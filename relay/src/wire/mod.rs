@@ -221,6 +221,10 @@ pub enum ErrorCode {
     IntroFull,
     /// 21: the sender's (or its grant's) share of the mailbox is full; retry later.
     ShareFull,
+    /// 22: a deposit on a deposit stream named (`follows`) an earlier deposit of the
+    /// stream that was refused, so it was not stored either: it would have overtaken that
+    /// one. Send it again after the one it follows.
+    OutOfOrder,
     /// A code this build does not know.
     Other(u16),
 }
@@ -249,6 +253,7 @@ impl From<u16> for ErrorCode {
             19 => Self::NoGrant,
             20 => Self::IntroFull,
             21 => Self::ShareFull,
+            22 => Self::OutOfOrder,
             other => Self::Other(other),
         }
     }
@@ -278,6 +283,7 @@ impl From<ErrorCode> for u16 {
             ErrorCode::NoGrant => 19,
             ErrorCode::IntroFull => 20,
             ErrorCode::ShareFull => 21,
+            ErrorCode::OutOfOrder => 22,
             ErrorCode::Other(v) => v,
         }
     }
@@ -308,12 +314,13 @@ impl ErrorCode {
             Self::NoGrant => "no_grant",
             Self::IntroFull => "intro_full",
             Self::ShareFull => "share_full",
+            Self::OutOfOrder => "out_of_order",
             Self::Other(_) => "other",
         }
     }
 
     /// Every known code, for metrics that list rejects by reason.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::Malformed,
         Self::UnsupportedVersion,
         Self::TooLarge,
@@ -335,6 +342,7 @@ impl ErrorCode {
         Self::NoGrant,
         Self::IntroFull,
         Self::ShareFull,
+        Self::OutOfOrder,
     ];
 
     /// The code for a frame that failed to decode.

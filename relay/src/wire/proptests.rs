@@ -50,9 +50,10 @@ fn mailbox_request() -> impl Strategy<Value = mailbox::Request> {
             proptest::collection::vec(peer(), 0..8),
             proptest::option::of(any::<u32>()),
             bytes(512),
-            proptest::collection::vec(proptest::option::of(any::<[u8; 32]>()), 0..8)
+            proptest::collection::vec(proptest::option::of(any::<[u8; 32]>()), 0..8),
+            proptest::option::of(any::<u64>())
         )
-            .prop_map(|(recipients, ttl_secs, ciphertext, tokens)| {
+            .prop_map(|(recipients, ttl_secs, ciphertext, tokens, follows)| {
                 mailbox::Request::Deposit {
                     recipients,
                     ttl_secs,
@@ -61,6 +62,7 @@ fn mailbox_request() -> impl Strategy<Value = mailbox::Request> {
                         .into_iter()
                         .map(|t| t.map(serde_bytes::ByteArray::new))
                         .collect(),
+                    follows,
                 }
             }),
         proptest::collection::vec(any::<[u8; 32]>(), 0..8).prop_map(|h| {

@@ -15,6 +15,10 @@
 //!   sent to it: messages per second from starting `tern up` until all are stored, against
 //!   the relay's raw fetch rate of as many messages in the same run (paged, no decryption).
 //!
+//! - `delivery.burst_over_link`: ms until a burst of texts (200 in a full run) from a node
+//!   whose link to the relay has a 50 ms round trip is stored by its online recipient,
+//!   against that round trip: about the burst's round trips.
+//!
 //! Baseline in the same run: the raw relay path — one `tern-relay` client deposits, another
 //! listening client receives the push (no encryption, no node, no store) — at the same rate,
 //! and its deposit throughput with one request in flight.
@@ -66,6 +70,14 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         results.push((label, lat, calls, rate));
     }
     let (api_rate, catch_up) = catch_up(dir.path(), &relay.addr, &rt, catch_up_n)?;
+    let (burst, rtt) = burst_over_link(dir.path(), &relay.addr, &rt, opts.size(200, 10))?;
+    report.compare(
+        "delivery.burst_over_link",
+        ms(burst),
+        "ms",
+        "link round trip (50 ms)",
+        ms(rtt),
+    );
     report.compare(
         "delivery.burst_send_api",
         api_rate,
@@ -217,6 +229,50 @@ fn catch_up(
         "bob stored {unread} of {n}: duplicates"
     );
     Ok((api_rate, rate))
+}
+
+/// One-way delay of the sender's link in `burst_over_link` (a 50 ms round trip).
+const LINK_ONE_WAY: Duration = Duration::from_millis(25);
+
+/// Alice reaches the relay over a link with a real round trip ([`LINK_ONE_WAY`] each way,
+/// through a delay proxy), Bob over loopback, both `--no-direct`. Alice sends `n` texts
+/// pipelined on her API; returns how long until Bob has stored them all, and the link's
+/// round trip measured in the same run. With deposits pipelined the burst costs a few
+/// round trips; one deposit at a time would cost `n`.
+fn burst_over_link(
+    dir: &std::path::Path,
+    relay: &str,
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    use crate::support::link::{delay_proxy, link_round_trips};
+    let sub = dir.join("link");
+    std::fs::create_dir_all(&sub)?;
+    // "/ip4/127.0.0.1/tcp/<port>/p2p/<id>"
+    let parts: Vec<&str> = relay.split('/').collect();
+    anyhow::ensure!(parts.len() > 6, "unexpected relay address {relay}");
+    let tcp: std::net::SocketAddr = format!("127.0.0.1:{}", parts[4]).parse()?;
+    let proxy = rt.block_on(delay_proxy(tcp, LINK_ONE_WAY))?;
+    let via = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", proxy.addr.port(), parts[6]);
+    let a = Node::init_and_start_with(&sub, "alice", Some(&via), &["--no-direct"])?;
+    let b = Node::init_and_start_with(&sub, "bob", Some(relay), &["--no-direct"])?;
+    link_pair(&a, &b, "Alice", "Bob")?;
+    let took = rt.block_on(async {
+        let mut sender = a.api().await?;
+        let mut receiver = b.api().await?;
+        receiver.subscribe().await?;
+        // The session first, so the burst measures deposits only.
+        sender
+            .call("send", json!({"contact": "Bob", "text": "warm-up"}))
+            .await?;
+        wait_message(&mut receiver, "warm-up").await?;
+        let start = Instant::now();
+        send_burst(&a, "Bob", "link", n).await?;
+        wait_message_long(&mut receiver, &format!("link {}", n - 1)).await?;
+        anyhow::Ok(start.elapsed())
+    })?;
+    let mut rtt = rt.block_on(link_round_trips(20, LINK_ONE_WAY))?;
+    Ok((took, quantile(&mut rtt, 0.5)))
 }
 
 /// Sends `n` texts (`"{prefix} {i}"`) from `node` to `contact`, pipelined on one API

@@ -80,3 +80,39 @@ async fn delayed(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, one_way: Durat
     };
     tokio::join!(read, write);
 }
+
+/// `samples` round trips of one byte over plain TCP through a delay proxy of `one_way` to an
+/// echo: the link's own round trip, the baseline of what is measured over it.
+pub async fn link_round_trips(
+    samples: usize,
+    one_way: Duration,
+) -> std::io::Result<Vec<std::time::Duration>> {
+    let echo = TcpListener::bind("127.0.0.1:0").await?;
+    let echo_addr = echo.local_addr()?;
+    let server = tokio::spawn(async move {
+        let Ok((mut s, _)) = echo.accept().await else {
+            return;
+        };
+        let _ = s.set_nodelay(true);
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).await.is_ok() {
+            if s.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = delay_proxy(echo_addr, one_way).await?;
+    let mut s = TcpStream::connect(proxy.addr).await?;
+    s.set_nodelay(true)?;
+    let mut out = Vec::with_capacity(samples);
+    let mut b = [0u8; 1];
+    for _ in 0..samples {
+        let t = Instant::now();
+        s.write_all(&b).await?;
+        s.read_exact(&mut b).await?;
+        out.push(t.elapsed());
+    }
+    drop(s);
+    server.abort();
+    Ok(out)
+}

@@ -96,23 +96,23 @@ impl MemoryCourier {
 }
 
 impl Courier for MemoryCourier {
-    fn deliver(
+    fn deliver_lane(
         &self,
         route: Route,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Taken, NetError>> {
-        self.carried
-            .lock()
-            .unwrap()
-            .push((route.peer, route.relay, payload));
-        let answer = self.answer_at(route.relay);
-        // A lane with a relay deposits there; one with none can only reach the device.
-        let taken = if route.relay.is_some() {
-            Taken::Relay
-        } else {
-            Taken::Device
-        };
-        Box::pin(async move { answer.map(|()| taken) })
+        payloads: Vec<Vec<u8>>,
+    ) -> BoxFuture<'static, (Vec<Taken>, Option<NetError>)> {
+        // One after another, as a lane without a deposit stream sends them.
+        let mut taken = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let (peer, relay) = (route.peer, route.relay);
+            self.carried.lock().unwrap().push((peer, relay, payload));
+            match self.answer_at(relay) {
+                Ok(()) if relay.is_some() => taken.push(Taken::Relay),
+                Ok(()) => taken.push(Taken::Device),
+                Err(e) => return Box::pin(async move { (taken, Some(e)) }),
+            }
+        }
+        Box::pin(async move { (taken, None) })
     }
 
     fn deposit_many(

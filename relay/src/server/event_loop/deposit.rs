@@ -32,6 +32,10 @@ impl EventLoop {
     /// once a second (until it is banned), rather than as fast as the relay can answer. An honest node backs off for
     /// longer than that after such a refusal anyway, and its other requests are not held.
     pub(super) fn refuse_stranger(&mut self, peer: PeerId, channel: Answer, rejection: Rejection) {
+        // Refused now, whenever the answer goes: what follows it on its stream is fenced.
+        if let Answer::Stream(reply) = &channel {
+            reply.fenced(None).refused();
+        }
         let delay = self.penalize(peer, rejection.code);
         if delay.is_zero() {
             return self.refuse(channel, rejection);
@@ -98,6 +102,7 @@ impl EventLoop {
         match answer {
             Answer::Request(channel) => self.reject(Proto::Mailbox, channel, rejection),
             Answer::Stream(reply) => {
+                reply.fenced(None).refused();
                 self.metrics.reject(rejection.code);
                 reply.send(mailbox::Response::Error(rejection));
             }
@@ -114,7 +119,22 @@ impl EventLoop {
                 ttl_secs,
                 ciphertext,
                 tokens,
+                follows,
             } => {
+                // Behind its stream's fence: refused before it costs anything if the
+                // deposit it follows was refused.
+                let fenced = match &channel {
+                    Answer::Stream(reply) => Some(reply.fenced(follows)),
+                    Answer::Request(_) => None,
+                };
+                if let Some(f) = &fenced {
+                    if f.malformed() {
+                        return self.refuse(channel, Rejection::new(ErrorCode::BadRequest));
+                    }
+                    if f.blocked() {
+                        return self.refuse(channel, Rejection::new(ErrorCode::OutOfOrder));
+                    }
+                }
                 if ciphertext.len() > m.max_ciphertext_bytes {
                     return self.refuse(channel, Rejection::new(ErrorCode::TooLarge));
                 }
@@ -160,6 +180,9 @@ impl EventLoop {
                     return self.refuse_stranger(peer, channel, Rejection::new(ErrorCode::NoGrant));
                 }
                 let refused_early = admitted.refused;
+                if let Some(f) = fenced.as_ref().filter(|_| !refused_early.is_empty()) {
+                    f.refused();
+                }
                 let recipients = admitted.to;
                 let intro_to = match recipients.as_slice() {
                     [(r, Share::Intro)] if refused_early.is_empty() => Some(*r),
@@ -245,6 +268,7 @@ impl EventLoop {
                     expires_ms: now.saturating_add(ttl.saturating_mul(1000)),
                     intro_expires_ms: now.saturating_add(intro_ttl.saturating_mul(1000)),
                     first_id,
+                    fenced,
                     reply,
                 };
                 // Waking the writer now would delay the pushes on a small machine: the

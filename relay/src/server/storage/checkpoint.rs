@@ -220,6 +220,7 @@ mod tests {
                 expires_ms: u64::MAX / 2,
                 intro_expires_ms: u64::MAX / 2,
                 first_id,
+                fenced: None,
                 reply: reply.into(),
             })
             .await

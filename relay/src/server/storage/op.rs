@@ -109,6 +109,9 @@ pub enum Op {
         /// `first_id + i`; a refused recipient's goes unused). Known before the deposit is
         /// applied, so that listening recipients can have it at once.
         first_id: u64,
+        /// Its place behind its deposit stream's fence (a deposit from a stream): refused
+        /// `OutOfOrder` if the deposit it follows was refused, and marked refused if it is.
+        fenced: Option<crate::server::fence::Fenced>,
         /// Answer.
         reply: DepositReply,
     },

@@ -22,6 +22,7 @@ use super::{
     sync::{Committed, Flusher},
 };
 use crate::server::{
+    fence::Fenced,
     metrics::Metrics,
     now_ms,
     quota::{Counters, Delta, Usage},
@@ -374,6 +375,7 @@ fn apply_in_savepoint(
             expires_ms,
             intro_expires_ms,
             first_id,
+            fenced,
             reply,
         } => {
             // Ids only grow, and one is never issued twice, even if the entry that had it
@@ -389,6 +391,12 @@ fn apply_in_savepoint(
                 return Done::Deposit(reply, Err(e));
             }
             *issued = last;
+            // Its stream's deposit before it was refused (here or by the event loop): it
+            // would overtake that one.
+            if fenced.as_ref().is_some_and(Fenced::blocked) {
+                let e = OpError::Refused(crate::wire::ErrorCode::OutOfOrder);
+                return Done::Deposit(reply, Err(e));
+            }
             let r = mailbox::deposit(
                 sp,
                 sender,
@@ -406,6 +414,11 @@ fn apply_in_savepoint(
             {
                 // Perhaps written in part: nothing of this transaction may commit.
                 abort(sp);
+            }
+            if let Some(f) = &fenced
+                && r.as_ref().map_or(true, |d| !d.refused.is_empty())
+            {
+                f.refused();
             }
             let ok = r.is_ok();
             (Done::Deposit(reply, r), ok)

@@ -42,6 +42,7 @@ pub(super) async fn run(
         ttl_secs: None,
         ciphertext: serde_bytes::ByteBuf::from(vec![0x5a; CIPHERTEXT]),
         tokens: Vec::new(),
+        follows: None,
     }
     .encode()?;
     let (echo_time, mut echo_lat) = load(&echo.addr, deposits, move |c, _| {

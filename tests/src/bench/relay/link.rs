@@ -17,14 +17,13 @@ use tern_relay::{
     libp2p::multiaddr::Protocol,
     rpc::Requests as _,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    time::Instant,
-};
+use tokio::time::Instant;
 
 use super::{CIPHERTEXT, RelayProcess, Report, connect, ms};
-use crate::{bench::median, support::link::delay_proxy};
+use crate::{
+    bench::median,
+    support::link::{delay_proxy, link_round_trips},
+};
 
 /// One-way delay of the simulated link (a 20 ms round trip).
 const ONE_WAY: Duration = Duration::from_millis(10);
@@ -35,7 +34,7 @@ pub(super) async fn figures(
     relay: &RelayProcess,
     samples: usize,
 ) -> anyhow::Result<()> {
-    let mut rtt = link_round_trips(samples).await?;
+    let mut rtt = link_round_trips(samples, ONE_WAY).await?;
     let rtt = ms(median(&mut rtt));
     let baseline = format!("link round trip ({} ms)", 2 * ONE_WAY.as_millis());
 
@@ -92,38 +91,6 @@ pub(super) async fn figures(
         report.compare(name, ms(median(lat)), "ms", &baseline, rtt);
     }
     Ok(())
-}
-
-/// `samples` round trips of one byte over plain TCP through a delay proxy to an echo.
-async fn link_round_trips(samples: usize) -> anyhow::Result<Vec<Duration>> {
-    let echo = TcpListener::bind("127.0.0.1:0").await?;
-    let echo_addr = echo.local_addr()?;
-    let server = tokio::spawn(async move {
-        let Ok((mut s, _)) = echo.accept().await else {
-            return;
-        };
-        let _ = s.set_nodelay(true);
-        let mut b = [0u8; 1];
-        while s.read_exact(&mut b).await.is_ok() {
-            if s.write_all(&b).await.is_err() {
-                return;
-            }
-        }
-    });
-    let proxy = delay_proxy(echo_addr, ONE_WAY).await?;
-    let mut s = TcpStream::connect(proxy.addr).await?;
-    s.set_nodelay(true)?;
-    let mut out = Vec::with_capacity(samples);
-    let mut b = [0u8; 1];
-    for _ in 0..samples {
-        let t = Instant::now();
-        s.write_all(&b).await?;
-        s.read_exact(&mut b).await?;
-        out.push(t.elapsed());
-    }
-    drop(s);
-    server.abort();
-    Ok(out)
 }
 
 /// The relay's peer id and TCP socket address, from its `/ip4/…/tcp/…/p2p/…` address.

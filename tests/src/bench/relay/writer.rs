@@ -161,6 +161,7 @@ async fn writer_run(n: usize) -> anyhow::Result<Run> {
                 expires_ms: now + 7 * 86_400_000,
                 intro_expires_ms: now + 86_400_000,
                 first_id,
+                fenced: None,
                 reply: reply.into(),
             })
             .await?;

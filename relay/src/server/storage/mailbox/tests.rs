@@ -23,6 +23,7 @@ async fn deposit(
         expires_ms: 5000,
         intro_expires_ms: 5000,
         first_id,
+        fenced: None,
         reply: reply.into(),
     })
     .await
@@ -116,6 +117,7 @@ async fn quota_counts_within_a_batch() {
             expires_ms: u64::MAX / 2,
             intro_expires_ms: u64::MAX / 2,
             first_id,
+            fenced: None,
             reply: reply.into(),
         })
         .await
@@ -154,6 +156,7 @@ async fn a_full_database_keeps_no_part_of_a_deposit() {
             expires_ms: 1_000_000,
             intro_expires_ms: 1_000_000,
             first_id,
+            fenced: None,
             reply: reply.into(),
         })
         .await
@@ -212,6 +215,7 @@ pub(in crate::server::storage) async fn deposit_as(
         expires_ms: now_ms + 100_000,
         intro_expires_ms: now_ms + 1_000,
         first_id,
+        fenced: None,
         reply: reply.into(),
     })
     .await?;
@@ -483,6 +487,7 @@ async fn deposits_keep_their_reserved_ids_and_out_of_order_ids_are_refused() {
             expires_ms: 5000,
             intro_expires_ms: 5000,
             first_id,
+            fenced: None,
             reply: reply.into(),
         };
         (op, rx)
