@@ -97,6 +97,7 @@ pub const MAX_LANES_IN_FLIGHT: usize = 64;
 /// order still break (a stream that breaks with rows of the window stored), the receiver
 /// waits for what is missing rather than skip keys it cannot keep.
 pub const LANE_WINDOW: usize = 16;
+const _: () = assert!(LANE_WINDOW as u64 <= MAX_SAFE_SKIP);
 
 /// Most rows one lane task takes from its lane before handing back to the engine.
 pub const LANE_BATCH: u32 = 64;

@@ -57,15 +57,19 @@ fn closed() -> RequestError {
 }
 
 /// Deposits `req` (a `mailbox::Request::Deposit`) on `pipe` when there is one, else as a
-/// request on `relay`; a deposit the stream's relay refused as a protocol goes as a
-/// request too. The answer as [`crate::rpc::Requests::deposit_with`] gives it.
+/// request on `relay`; a deposit the stream could not take (it closed) or whose relay
+/// refused the stream's protocol goes as a request too. The answer as [`crate::rpc::Requests::deposit_with`] gives it.
 pub async fn deposit(
     pipe: Option<&Pipeline>,
     relay: &impl Requests,
     req: mailbox::Request,
 ) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
-    if let Some(pipe) = pipe {
-        match pipe.submit(&req).await?.answer().await {
+    // Not queued (the stream closed), or refused as a protocol: the relay has not seen it.
+    if let Some(Ok(ticket)) = match pipe {
+        Some(pipe) => Some(pipe.submit(&req).await),
+        None => None,
+    } {
+        match ticket.answer().await {
             Err(RequestError::Unsupported) => {}
             answered => return answered,
         }
@@ -234,7 +238,10 @@ async fn run(
             let mut next = Some(first);
             while let Some(q) = next.take() {
                 if let Err(e) = append_frame(&mut buf, &q.frame) {
+                    // Not reached (`queue_frame` checks the length); were it, the relay's
+                    // numbering would no longer be the tickets': the stream ends.
                     let _ = q.reply.send(Err(RequestError::Transport(e.to_string())));
+                    return;
                 } else {
                     lock().insert(
                         seq,
@@ -251,10 +258,11 @@ async fn run(
                 }
             }
             if let Err(e) = write_batch(&mut w, &buf).await {
-                // The reading side learns why (a refused protocol, a reset), or the watchdog
-                // ends the stream: what was written is unanswered.
+                // The reading side learns why (a refused protocol, a reset) and ends the
+                // stream; if it has not within the timeout, this does.
                 tracing::debug!(error = %e, "deposit stream write failed");
-                break;
+                tokio::time::sleep(timeout).await;
+                return;
             }
             buf.clear();
         }

@@ -376,7 +376,9 @@ impl Engine {
 /// one before it, so the relay refuses (`OutOfOrder`) whatever follows one it refused
 /// instead of letting it overtake. Of a window, the rows answered in order up to the first
 /// failure are taken; the rest go again after that one (a copy the relay stored anyway, when
-/// the stream broke, reaches the device twice and is dropped there).
+/// the stream broke, reaches the device twice and is dropped there). Rows the stream could
+/// not take (it closed before they were queued, or the relay refused its protocol) go one
+/// after another as requests.
 pub(crate) async fn deliver_lane(
     net: &crate::net::Client,
     route: Route,
@@ -389,49 +391,55 @@ pub(crate) async fn deliver_lane(
         }
         _ => None,
     };
-    let Some((relay, pipe)) = pipe else {
-        for payload in payloads {
-            match deliver(net, route.clone(), payload).await {
-                Ok(t) => taken.push(t),
+    if let Some((relay, pipe)) = pipe {
+        let token = super::grants::token(route.grant.as_ref(), relay);
+        let mut in_flight = std::collections::VecDeque::with_capacity(LANE_WINDOW);
+        let (mut next, mut before, mut closed) = (0, None, false);
+        loop {
+            while !closed && in_flight.len() < LANE_WINDOW {
+                let Some(payload) = payloads.get(next) else {
+                    break;
+                };
+                let req = tern_relay::rpc::deposit_request(
+                    vec![route.peer],
+                    vec![token],
+                    None,
+                    payload.clone(),
+                );
+                match pipe.submit_following(req, before).await {
+                    Ok(ticket) => {
+                        before = Some(ticket.seq());
+                        in_flight.push_back(ticket);
+                        next += 1;
+                    }
+                    // Not queued: it and the rest go as requests once those queued are in.
+                    Err(_) => closed = true,
+                }
+            }
+            let Some(ticket) = in_flight.pop_front() else {
+                break;
+            };
+            match ticket.answer().await {
+                Ok((_, refused)) => match refused.first() {
+                    None => taken.push(Taken::Relay),
+                    Some(r) => {
+                        let rejection = tern_relay::wire::Rejection::new(r.code);
+                        return (taken, Some(NetError::Rejected(rejection)));
+                    }
+                },
+                // The relay does not take deposit streams: none of the window was taken.
+                Err(NetError::Unsupported) => break,
                 Err(e) => return (taken, Some(e)),
             }
         }
-        return (taken, None);
-    };
-    let token = super::grants::token(route.grant.as_ref(), relay);
-    let mut rows = payloads.into_iter();
-    let mut in_flight = std::collections::VecDeque::with_capacity(LANE_WINDOW);
-    let mut before = None;
-    loop {
-        while in_flight.len() < LANE_WINDOW {
-            let Some(payload) = rows.next() else { break };
-            let req =
-                tern_relay::rpc::deposit_request(vec![route.peer], vec![token], None, payload);
-            match pipe.submit_following(req, before).await {
-                Ok(ticket) => {
-                    before = Some(ticket.seq());
-                    in_flight.push_back(ticket);
-                }
-                // Not queued: it and the rest go again.
-                Err(e) => return (taken, Some(e)),
-            }
-        }
-        let Some(ticket) = in_flight.pop_front() else {
-            return (taken, None);
-        };
-        match ticket.answer().await {
-            Ok((_, refused)) => match refused.first() {
-                None => taken.push(Taken::Relay),
-                Some(r) => {
-                    return (
-                        taken,
-                        Some(NetError::Rejected(tern_relay::wire::Rejection::new(r.code))),
-                    );
-                }
-            },
+    }
+    for payload in payloads.into_iter().skip(taken.len()) {
+        match deliver(net, route.clone(), payload).await {
+            Ok(t) => taken.push(t),
             Err(e) => return (taken, Some(e)),
         }
     }
+    (taken, None)
 }
 
 /// Delivers one ciphertext: directly when the route allows it and a connection to the

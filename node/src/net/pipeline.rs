@@ -4,12 +4,14 @@
 //! group fan-outs), with up to [`WINDOW`] deposits in flight together instead of a
 //! request/response substream each.
 //!
-//! A deposit goes on the stream only while it is open; until then (while it opens, after it
-//! failed to, or with a relay that does not have it) it goes as a `Deposit` request. What
-//! the node guarantees does not change: a deposit is done only when the relay answered it
-//! after its commit, and a deposit whose stream broke before its answer has failed (the
-//! outbox keeps its row and sends it again). Order per device is kept by the lanes, which
-//! send a device's rows one after another whatever carries them.
+//! A deposit goes on the stream only while it is open; until then (while it opens, or after
+//! it broke or its relay refused it: a relay without it refuses the first deposits written,
+//! which then go as requests) it goes as a `Deposit` request. What the node guarantees does
+//! not change: a deposit is done only when the relay answered it after its commit, and a
+//! deposit whose stream broke before its answer has failed (the outbox keeps its row and
+//! sends it again). Order per device is kept by the lanes: on the stream a lane keeps a
+//! window of a device's rows in flight, each naming the one before so the relay stores
+//! none after one it refused; as requests, it sends them one after another.
 
 use std::{
     collections::HashMap,
@@ -22,7 +24,8 @@ use tern_relay::{pipeline::Pipeline, wire::deposit::PROTOCOL};
 
 use crate::consts::{IDLE_CONNECTION_TIMEOUT, RELAY_REQUEST_TIMEOUT};
 
-/// Deposits in flight on one relay's stream: as many lanes as the node runs at once.
+/// Deposits in flight on one relay's stream, shared by every lane at that relay (each keeps
+/// at most `LANE_WINDOW`) and group fan-outs.
 pub const WINDOW: usize = crate::consts::MAX_LANES_IN_FLIGHT;
 
 /// How long after a stream failed to open (or broke) the next attempt waits; deposits go as

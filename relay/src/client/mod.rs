@@ -263,8 +263,9 @@ impl Client {
     }
 
     /// Opens a deposit stream (`/tern/deposit/1`) with at most `window` deposits in flight
-    /// (see [`crate::pipeline`]); a relay without it answers `Transport` (use
-    /// [`Requests::deposit_with`] then).
+    /// (see [`crate::pipeline`]). The stream is not confirmed first: a relay without it
+    /// refuses its first deposits as [`RequestError::Unsupported`] (use
+    /// [`Requests::deposit_with`] then, as [`crate::pipeline::deposit`] does).
     pub async fn open_pipeline(
         &self,
         window: usize,

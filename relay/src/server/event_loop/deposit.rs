@@ -78,7 +78,13 @@ impl EventLoop {
         match self.admit(peer) {
             Ok(()) => {}
             Err(Some(rejection)) => return self.refuse(answer, rejection),
-            Err(None) => return,
+            // Dropped unanswered (the peer is cut off): not stored, so fenced like a refusal.
+            Err(None) => {
+                if let Answer::Stream(reply) = &answer {
+                    reply.fenced(None).refused();
+                }
+                return;
+            }
         }
         match mailbox::Request::decode(&frame) {
             Ok(req) => self.on_deposit(peer, req, answer),

@@ -53,7 +53,10 @@ pub(super) struct Writer {
 
 /// An applied operation waiting for its commit to reach the disk to send its reply.
 pub(super) enum Done {
-    Deposit(DepositReply, Result<Deposited, OpError>),
+    /// With the deposit's place behind its stream's fence, marked refused as soon as the
+    /// deposit is (`Committed` answers after the commit, and what follows it on its stream
+    /// may be in the next transaction).
+    Deposit(DepositReply, Result<Deposited, OpError>, Option<Fenced>),
     Fetch(Reply<Page>, Result<Page, OpError>),
     Count(Reply<u32>, Result<u32, OpError>),
     Expired(Reply<u64>, Result<u64, OpError>),
@@ -72,7 +75,7 @@ impl Done {
     /// The error this operation ended with, if any.
     fn error(&self) -> Option<OpError> {
         match self {
-            Done::Deposit(_, Err(e)) | Done::Fetch(_, Err(e)) => Some(e.clone()),
+            Done::Deposit(_, Err(e), _) | Done::Fetch(_, Err(e)) => Some(e.clone()),
             Done::Count(_, Err(e)) | Done::Expired(_, Err(e)) | Done::Unit(_, Err(e)) => {
                 Some(e.clone())
             }
@@ -91,7 +94,7 @@ impl Done {
             let _ = reply.send(r);
         }
         match self {
-            Done::Deposit(r, v) => r.send(match commit_error {
+            Done::Deposit(r, v, _) => r.send(match commit_error {
                 Some(e) => Err(e.clone()),
                 None => v,
             }),
@@ -283,6 +286,13 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, ops = n, "storage transaction failed; rolled back");
+                // Every deposit in it fails: what follows them on their streams, perhaps
+                // next in the queue, must not be stored before them.
+                for d in &done {
+                    if let Done::Deposit(_, _, Some(f)) = d {
+                        f.refused();
+                    }
+                }
                 if let Ok(u) = schema::load_usage(&self.conn) {
                     self.usage = u;
                 }
@@ -315,7 +325,12 @@ fn fail(op: Op, err: &OpError) {
 /// The answer to an operation refused with `err`, to send with the batch.
 fn refuse(op: Op, err: &OpError) -> Done {
     match op {
-        Op::Deposit { reply, .. } => Done::Deposit(reply, Err(err.clone())),
+        Op::Deposit { reply, fenced, .. } => {
+            if let Some(f) = &fenced {
+                f.refused();
+            }
+            Done::Deposit(reply, Err(err.clone()), fenced)
+        }
         Op::Fetch { reply, .. } => Done::Fetch(reply, Err(err.clone())),
         Op::Ack { reply, .. } | Op::PublishPrekeys { reply, .. } => {
             Done::Count(reply, Err(err.clone()))
@@ -388,14 +403,17 @@ fn apply_in_savepoint(
                 let e = OpError::Internal(format!(
                     "mailbox ids from {first_id} are not above {issued}"
                 ));
-                return Done::Deposit(reply, Err(e));
+                if let Some(f) = &fenced {
+                    f.refused();
+                }
+                return Done::Deposit(reply, Err(e), fenced);
             }
             *issued = last;
             // Its stream's deposit before it was refused (here or by the event loop): it
             // would overtake that one.
             if fenced.as_ref().is_some_and(Fenced::blocked) {
                 let e = OpError::Refused(crate::wire::ErrorCode::OutOfOrder);
-                return Done::Deposit(reply, Err(e));
+                return Done::Deposit(reply, Err(e), fenced);
             }
             let r = mailbox::deposit(
                 sp,
@@ -421,7 +439,7 @@ fn apply_in_savepoint(
                 f.refused();
             }
             let ok = r.is_ok();
-            (Done::Deposit(reply, r), ok)
+            (Done::Deposit(reply, r, fenced), ok)
         }
         Op::Fetch {
             owner,
@@ -573,7 +591,12 @@ fn apply_in_savepoint(
                 let err = sql_err(e);
                 undo(sp);
                 match done {
-                    Done::Deposit(r, _) => Done::Deposit(r, Err(err)),
+                    Done::Deposit(r, _, f) => {
+                        if let Some(f) = &f {
+                            f.refused();
+                        }
+                        Done::Deposit(r, Err(err), f)
+                    }
                     Done::Fetch(r, _) => Done::Fetch(r, Err(err)),
                     Done::Count(r, _) => Done::Count(r, Err(err)),
                     Done::Expired(r, _) => Done::Expired(r, Err(err)),
