@@ -27,12 +27,23 @@ use tern_relay::{
     rpc::{RequestError, Requests as _, deposit_request},
     wire::{Frame, mailbox},
 };
-use tern_tests::support::Relay;
+use tern_tests::support::{
+    Relay,
+    link::{tcp_target, via},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, tcp::OwnedReadHalf, tcp::OwnedWriteHalf},
     sync::watch,
 };
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
 
 /// Longest wait for any one condition (a 2-core CI machine, debug build).
 const WAIT: Duration = Duration::from_secs(30);
@@ -109,20 +120,13 @@ async fn stored(relay: &Relay, owner: &Keypair, n: usize) -> bool {
 fn a_request_leaves_with_its_protocol_proposal() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), "").unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let owner = Keypair::generate_ed25519();
         let to = owner.public().to_peer_id();
-        // "/ip4/127.0.0.1/tcp/<port>/p2p/<id>"
-        let parts: Vec<&str> = relay.addr.split('/').collect();
-        let relay_tcp: SocketAddr = format!("127.0.0.1:{}", parts[4]).parse().unwrap();
         let (hold, held) = watch::channel(false);
-        let proxy = holding_proxy(relay_tcp, held).await;
-        let via_proxy = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", proxy.port(), parts[6]);
+        let proxy = holding_proxy(tcp_target(&relay.addr).unwrap(), held).await;
+        let via_proxy = via(&relay.addr, proxy).unwrap();
         let (sender, _events) = Client::connect(
             Keypair::generate_ed25519(),
             via_proxy.parse().unwrap(),
@@ -231,11 +235,7 @@ async fn requests_only_relay() -> Multiaddr {
 
 #[test]
 fn a_deposit_stream_the_relay_refuses_fails_as_unsupported_and_goes_as_a_request() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let addr = requests_only_relay().await;
         let (client, _events) =

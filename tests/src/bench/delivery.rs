@@ -245,15 +245,11 @@ fn burst_over_link(
     rt: &tokio::runtime::Runtime,
     n: usize,
 ) -> anyhow::Result<(Duration, Duration)> {
-    use crate::support::link::{delay_proxy, link_round_trips};
+    use crate::support::link::{delay_proxy, link_round_trips, tcp_target};
     let sub = dir.join("link");
     std::fs::create_dir_all(&sub)?;
-    // "/ip4/127.0.0.1/tcp/<port>/p2p/<id>"
-    let parts: Vec<&str> = relay.split('/').collect();
-    anyhow::ensure!(parts.len() > 6, "unexpected relay address {relay}");
-    let tcp: std::net::SocketAddr = format!("127.0.0.1:{}", parts[4]).parse()?;
-    let proxy = rt.block_on(delay_proxy(tcp, LINK_ONE_WAY))?;
-    let via = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", proxy.addr.port(), parts[6]);
+    let proxy = rt.block_on(delay_proxy(tcp_target(relay)?, LINK_ONE_WAY))?;
+    let via = crate::support::link::via(relay, proxy.addr)?;
     let a = Node::init_and_start_with(&sub, "alice", Some(&via), &["--no-direct"])?;
     let b = Node::init_and_start_with(&sub, "bob", Some(relay), &["--no-direct"])?;
     link_pair(&a, &b, "Alice", "Bob")?;

@@ -116,3 +116,25 @@ pub async fn link_round_trips(
     server.abort();
     Ok(out)
 }
+
+/// The parts of a relay address `/ip4/<ip>/tcp/<port>/p2p/<id>`: its TCP socket address and
+/// its peer id.
+fn tcp_parts(addr: &str) -> anyhow::Result<(SocketAddr, &str)> {
+    match addr.split('/').collect::<Vec<_>>().as_slice() {
+        ["", "ip4", ip, "tcp", port, "p2p", id] => Ok((format!("{ip}:{port}").parse()?, id)),
+        _ => anyhow::bail!("not an /ip4/…/tcp/…/p2p/… address: {addr}"),
+    }
+}
+
+/// The TCP socket address a relay address (`/ip4/<ip>/tcp/<port>/p2p/<id>`) names: what a
+/// proxy forwards to.
+pub fn tcp_target(addr: &str) -> anyhow::Result<SocketAddr> {
+    tcp_parts(addr).map(|(target, _)| target)
+}
+
+/// The relay address `addr` with its TCP part replaced by `proxy`: what to dial to reach
+/// the relay through the proxy.
+pub fn via(addr: &str, proxy: SocketAddr) -> anyhow::Result<String> {
+    let (_, id) = tcp_parts(addr)?;
+    Ok(format!("/ip4/{}/tcp/{}/p2p/{id}", proxy.ip(), proxy.port()))
+}

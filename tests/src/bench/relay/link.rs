@@ -8,13 +8,12 @@
 //! - `relay.link_deposit_stream_p50`: a deposit on an open deposit stream;
 //! - `relay.link_first_stream_deposit_p50`: opening a deposit stream and its first deposit.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 use tern_relay::{
-    Multiaddr, PeerId,
+    Multiaddr,
     client::{Client, Keypair},
-    libp2p::multiaddr::Protocol,
     rpc::Requests as _,
 };
 use tokio::time::Instant;
@@ -22,7 +21,7 @@ use tokio::time::Instant;
 use super::{CIPHERTEXT, RelayProcess, Report, connect, ms};
 use crate::{
     bench::median,
-    support::link::{delay_proxy, link_round_trips},
+    support::link::{delay_proxy, link_round_trips, tcp_target, via},
 };
 
 /// One-way delay of the simulated link (a 20 ms round trip).
@@ -38,11 +37,9 @@ pub(super) async fn figures(
     let rtt = ms(median(&mut rtt));
     let baseline = format!("link round trip ({} ms)", 2 * ONE_WAY.as_millis());
 
-    let (relay_id, relay_tcp) = tcp_of(&relay.addr)?;
-    let proxy = delay_proxy(relay_tcp, ONE_WAY).await?;
-    let via: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}/p2p/{relay_id}", proxy.addr.port())
-        .parse()
-        .context("proxy address")?;
+    let addr = relay.addr.to_string();
+    let proxy = delay_proxy(tcp_target(&addr)?, ONE_WAY).await?;
+    let via: Multiaddr = via(&addr, proxy.addr)?.parse().context("proxy address")?;
     let (client, _events) = connect(&via).await?;
     let to = Keypair::generate_ed25519().public().to_peer_id();
     let deposit = |client: &Client| {
@@ -91,21 +88,4 @@ pub(super) async fn figures(
         report.compare(name, ms(median(lat)), "ms", &baseline, rtt);
     }
     Ok(())
-}
-
-/// The relay's peer id and TCP socket address, from its `/ip4/…/tcp/…/p2p/…` address.
-fn tcp_of(addr: &Multiaddr) -> anyhow::Result<(PeerId, SocketAddr)> {
-    let (mut ip, mut port, mut id) = (None, None, None);
-    for p in addr.iter() {
-        match p {
-            Protocol::Ip4(a) => ip = Some(a),
-            Protocol::Tcp(p) => port = Some(p),
-            Protocol::P2p(p) => id = Some(p),
-            _ => {}
-        }
-    }
-    match (ip, port, id) {
-        (Some(ip), Some(port), Some(id)) => Ok((id, SocketAddr::from((ip, port)))),
-        _ => anyhow::bail!("no TCP address with a peer id in {addr}"),
-    }
 }
