@@ -58,17 +58,17 @@ fn closed() -> RequestError {
 
 /// Deposits `req` (a `mailbox::Request::Deposit`) on `pipe` when there is one, else as a
 /// request on `relay`; a deposit the stream could not take (it closed) or whose relay
-/// refused the stream's protocol goes as a request too. The answer as [`crate::rpc::Requests::deposit_with`] gives it.
+/// refused the stream's protocol goes as a request too. The answer as
+/// [`crate::rpc::Requests::deposit_with`] gives it.
 pub async fn deposit(
     pipe: Option<&Pipeline>,
     relay: &impl Requests,
     req: mailbox::Request,
 ) -> Result<(u64, Vec<mailbox::Refusal>), RequestError> {
     // Not queued (the stream closed), or refused as a protocol: the relay has not seen it.
-    if let Some(Ok(ticket)) = match pipe {
-        Some(pipe) => Some(pipe.submit(&req).await),
-        None => None,
-    } {
+    if let Some(pipe) = pipe
+        && let Ok(ticket) = pipe.submit(&req).await
+    {
         match ticket.answer().await {
             Err(RequestError::Unsupported) => {}
             answered => return answered,

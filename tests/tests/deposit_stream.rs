@@ -19,7 +19,7 @@ use tern_relay::{
     rpc::{RequestError, Requests as _, deposit_request},
     wire::{ErrorCode, mailbox},
 };
-use tern_tests::support::Relay;
+use tern_tests::support::{Relay, runtime};
 
 /// Longest wait for a burst to be answered (a 2-core CI machine, debug build).
 const WAIT: Duration = Duration::from_secs(120);
@@ -28,14 +28,6 @@ const WAIT: Duration = Duration::from_secs(120);
 const FAST: &str = "[rate]\nrequests_per_sec = 1000000.0\nrequests_burst = 1000000.0\n\
                     deposits_per_sec = 1000000.0\ndeposits_burst = 1000000.0\n\
                     ip_requests_per_sec = 1000000.0\nip_requests_burst = 1000000.0\n";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn connect(relay: &Relay, key: Keypair) -> Client {
     let (c, _events) = Client::connect(key, relay.addr.parse().unwrap(), Config::default())

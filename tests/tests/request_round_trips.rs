@@ -30,20 +30,13 @@ use tern_relay::{
 use tern_tests::support::{
     Relay,
     link::{tcp_target, via},
+    runtime,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, tcp::OwnedReadHalf, tcp::OwnedWriteHalf},
     sync::watch,
 };
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Longest wait for any one condition (a 2-core CI machine, debug build).
 const WAIT: Duration = Duration::from_secs(30);

@@ -420,12 +420,9 @@ pub(crate) async fn deliver_lane(
                 break;
             };
             match ticket.answer().await {
-                Ok((_, refused)) => match refused.first() {
-                    None => taken.push(Taken::Relay),
-                    Some(r) => {
-                        let rejection = tern_relay::wire::Rejection::new(r.code);
-                        return (taken, Some(NetError::Rejected(rejection)));
-                    }
+                Ok((_, refused)) => match rpc::one_recipient(&refused) {
+                    Ok(()) => taken.push(Taken::Relay),
+                    Err(e) => return (taken, Some(e)),
                 },
                 // The relay does not take deposit streams: none of the window was taken.
                 Err(NetError::Unsupported) => break,

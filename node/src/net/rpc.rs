@@ -20,6 +20,12 @@ pub async fn deposit(
     ciphertext: Vec<u8>,
 ) -> Result<(), NetError> {
     let refused = deposit_many(net, relay, vec![(recipient, token)], ciphertext).await?;
+    one_recipient(&refused)
+}
+
+/// The outcome of a deposit for one recipient, from the recipients it refused: stored, or
+/// refused with its code.
+pub fn one_recipient(refused: &[mailbox::Refusal]) -> Result<(), NetError> {
     match refused.first() {
         None => Ok(()),
         Some(r) => Err(NetError::Rejected(Rejection::new(r.code))),

@@ -72,6 +72,11 @@ impl StreamReply {
         Fenced::new(self.fence.clone(), self.seq, follows)
     }
 
+    /// Marks the deposit refused behind its stream's fence (what follows it is refused).
+    pub(super) fn refused(&self) {
+        self.fenced(None).refused();
+    }
+
     /// Hands the answer to the stream's task. Never waits: its queue has room for the whole
     /// window. Nothing happens if the stream is gone.
     pub(super) fn send(self, response: mailbox::Response) {

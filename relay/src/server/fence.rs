@@ -9,35 +9,71 @@
 //! in the stream's order, marks the refusals of quotas and shares and refuses what follows
 //! them.
 
-use std::{
-    collections::BTreeSet,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::sync::{Arc, Mutex, PoisonError};
 
-/// Refused deposit numbers a stream remembers, counted back from the newest: far more
-/// than can be in flight (the relay reads at most `deposit_window` deposits ahead of its
-/// answers, and a sender names only a deposit it has no answer to yet).
-const SPAN: u64 = 4096;
+/// Refused deposit numbers a stream remembers, counted back from the newest refused: far
+/// more than a sender keeps in flight (a node keeps at most 64 on a stream), and a sender
+/// names only a deposit it has no answer to yet. One bit each, so a stream's fence is a
+/// fixed 128 bytes whatever its peer sends.
+const SPAN: u64 = 1024;
 
-/// The refused deposits of one stream, by number.
+/// The refused deposits of one stream among the [`SPAN`] numbers up to the newest refused.
 #[derive(Debug, Default)]
-pub struct Fence(Mutex<BTreeSet<u64>>);
+pub struct Fence(Mutex<Ring>);
+
+/// Bit `n % SPAN` of `bits` says whether deposit `n` was refused, for `n` in
+/// `base .. base + SPAN`.
+#[derive(Debug, Default)]
+struct Ring {
+    base: u64,
+    bits: [u64; (SPAN / 64) as usize],
+}
+
+impl Ring {
+    fn slot(n: u64) -> (usize, u64) {
+        (((n % SPAN) / 64) as usize, 1 << (n % 64))
+    }
+
+    fn refuse(&mut self, seq: u64) {
+        if seq < self.base {
+            return;
+        }
+        if seq >= self.base + SPAN {
+            // Forget the numbers that leave the span.
+            let base = seq + 1 - SPAN;
+            if base - self.base >= SPAN {
+                self.bits = Default::default();
+            } else {
+                for n in self.base..base {
+                    let (word, bit) = Self::slot(n);
+                    self.bits[word] &= !bit;
+                }
+            }
+            self.base = base;
+        }
+        let (word, bit) = Self::slot(seq);
+        self.bits[word] |= bit;
+    }
+
+    fn refused(&self, seq: u64) -> bool {
+        let (word, bit) = Self::slot(seq);
+        (self.base..self.base + SPAN).contains(&seq) && self.bits[word] & bit != 0
+    }
+}
 
 impl Fence {
     fn refuse(&self, seq: u64) {
-        let mut refused = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        refused.insert(seq);
-        let floor = seq.saturating_sub(SPAN);
-        while refused.first().is_some_and(|f| *f < floor) {
-            refused.pop_first();
-        }
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .refuse(seq);
     }
 
     fn refused(&self, seq: u64) -> bool {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(&seq)
+            .refused(seq)
     }
 }
 
@@ -100,8 +136,21 @@ mod tests {
     #[test]
     fn only_a_span_of_refusals_is_remembered() {
         let fence = Arc::new(Fence::default());
-        Fenced::new(fence.clone(), 0, None).refused();
-        Fenced::new(fence.clone(), SPAN + 1, None).refused();
-        assert_eq!(fence.0.lock().unwrap().len(), 1);
+        let at = |seq, follows| Fenced::new(fence.clone(), seq, follows);
+        at(0, None).refused();
+        at(5, None).refused();
+        at(SPAN, None).refused();
+        assert!(!at(SPAN + 1, Some(0)).blocked(), "0 left the span");
+        assert!(at(SPAN + 2, Some(5)).blocked(), "5 is still in it");
+        at(10 * SPAN, None).refused();
+        assert!(
+            !at(10 * SPAN + 3, Some(SPAN)).blocked(),
+            "a jump forgets all"
+        );
+        assert!(at(10 * SPAN + 4, Some(10 * SPAN)).blocked());
+        assert!(
+            !at(10 * SPAN + 5, Some(10 * SPAN + 1)).blocked(),
+            "never refused"
+        );
     }
 }

@@ -208,11 +208,7 @@ fn catch_up(
     rt: &tokio::runtime::Runtime,
     n: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let sub = dir.join("catch-up");
-    std::fs::create_dir_all(&sub)?;
-    let a = Node::init_and_start_with(&sub, "alice", Some(relay), &["--no-direct"])?;
-    let mut b = Node::init_and_start_with(&sub, "bob", Some(relay), &["--no-direct"])?;
-    link_pair(&a, &b, "Alice", "Bob")?;
+    let (a, mut b) = mailbox_pair(&dir.join("catch-up"), relay, relay)?;
     b.stop()?;
     let api_rate = per_sec(n, rt.block_on(send_burst(&a, "Bob", "catch-up", n))?);
     wait_outbox_empty(&a, Duration::from_secs(600))?;
@@ -231,6 +227,20 @@ fn catch_up(
     Ok((api_rate, rate))
 }
 
+/// Alice and Bob in `dir`, both `--no-direct` (every message goes through the mailbox),
+/// Alice reaching the relay at `alice_relay` and Bob at `bob_relay`, linked.
+fn mailbox_pair(
+    dir: &std::path::Path,
+    alice_relay: &str,
+    bob_relay: &str,
+) -> anyhow::Result<(Node, Node)> {
+    std::fs::create_dir_all(dir)?;
+    let a = Node::init_and_start_with(dir, "alice", Some(alice_relay), &["--no-direct"])?;
+    let b = Node::init_and_start_with(dir, "bob", Some(bob_relay), &["--no-direct"])?;
+    link_pair(&a, &b, "Alice", "Bob")?;
+    Ok((a, b))
+}
+
 /// One-way delay of the sender's link in `burst_over_link` (a 50 ms round trip).
 const LINK_ONE_WAY: Duration = Duration::from_millis(25);
 
@@ -246,13 +256,9 @@ fn burst_over_link(
     n: usize,
 ) -> anyhow::Result<(Duration, Duration)> {
     use crate::support::link::{delay_proxy, link_round_trips, tcp_target};
-    let sub = dir.join("link");
-    std::fs::create_dir_all(&sub)?;
     let proxy = rt.block_on(delay_proxy(tcp_target(relay)?, LINK_ONE_WAY))?;
     let via = crate::support::link::via(relay, proxy.addr)?;
-    let a = Node::init_and_start_with(&sub, "alice", Some(&via), &["--no-direct"])?;
-    let b = Node::init_and_start_with(&sub, "bob", Some(relay), &["--no-direct"])?;
-    link_pair(&a, &b, "Alice", "Bob")?;
+    let (a, b) = mailbox_pair(&dir.join("link"), &via, relay)?;
     let took = rt.block_on(async {
         let mut sender = a.api().await?;
         let mut receiver = b.api().await?;

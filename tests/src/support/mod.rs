@@ -148,3 +148,12 @@ fn terminate(child: &mut Child) -> anyhow::Result<()> {
         std::thread::sleep(POLL);
     }
 }
+
+/// A runtime for a test's async parts: two worker threads, as on a 2-core CI machine.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}

@@ -34,7 +34,7 @@ impl EventLoop {
     pub(super) fn refuse_stranger(&mut self, peer: PeerId, channel: Answer, rejection: Rejection) {
         // Refused now, whenever the answer goes: what follows it on its stream is fenced.
         if let Answer::Stream(reply) = &channel {
-            reply.fenced(None).refused();
+            reply.refused();
         }
         let delay = self.penalize(peer, rejection.code);
         if delay.is_zero() {
@@ -81,7 +81,7 @@ impl EventLoop {
             // Dropped unanswered (the peer is cut off): not stored, so fenced like a refusal.
             Err(None) => {
                 if let Answer::Stream(reply) = &answer {
-                    reply.fenced(None).refused();
+                    reply.refused();
                 }
                 return;
             }
@@ -108,7 +108,7 @@ impl EventLoop {
         match answer {
             Answer::Request(channel) => self.reject(Proto::Mailbox, channel, rejection),
             Answer::Stream(reply) => {
-                reply.fenced(None).refused();
+                reply.refused();
                 self.metrics.reject(rejection.code);
                 reply.send(mailbox::Response::Error(rejection));
             }
