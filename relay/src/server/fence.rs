@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// fixed 128 bytes whatever its peer sends.
 const SPAN: u64 = 1024;
 
-/// The refused deposits of one stream among the [`SPAN`] numbers up to the newest refused.
+/// The refused deposits of one stream among the `SPAN` numbers up to the newest refused.
 #[derive(Debug, Default)]
 pub struct Fence(Mutex<Ring>);
 
