@@ -234,17 +234,21 @@ fn devices_suite_reports_every_figure_with_its_baseline() {
         "devices.first_encrypt_p50",
         "devices.first_encrypt_p99",
     ] {
-        let row = rows
-            .iter()
-            .find(|r| r["bench"] == name)
-            .unwrap_or_else(|| panic!("{name} missing from {rows:?}"));
-        for field in ["value", "baseline_value", "ratio"] {
-            let v = row[field]
-                .as_f64()
-                .unwrap_or_else(|| panic!("{name}.{field} not a number"));
-            assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
-        }
-        assert!(row["unit"].is_string() && row["baseline"].is_string());
+        assert_compared(&rows, name);
+    }
+}
+
+#[test]
+fn paths_suite_reports_every_figure_with_its_baseline() {
+    // Each figure is the time a slow link adds to a path, against the link's round trip.
+    let rows = run_quick("paths");
+    for name in [
+        "paths.first_message",
+        "paths.contact_add",
+        "paths.catch_up",
+        "paths.send_after_start",
+    ] {
+        assert_compared(&rows, name);
     }
 }
 

@@ -16,8 +16,23 @@
 //! streams refuses the protocol only when the first deposit is on its way. Such a deposit
 //! must fail as `Unsupported` (certain not to be stored), and a node's deposit then goes as
 //! a request at once, not after a retry.
+//!
+//! A node coming up at its home relay asks everything at once, not one question per
+//! answer: its device list, prekey bundle and live delivery go together, and the drain of
+//! its mailbox does not wait for them. On a 100 ms link a restarted node then has its
+//! waiting mail after about two round trips (the handshake and the fetch) instead of five
+//! (`tern-bench paths`). Here a proxy lets the node's handshake through and then holds back
+//! everything the relay sends: the relay must still get the bundle and the fetch.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use tern_relay::{
     Multiaddr,
@@ -28,9 +43,9 @@ use tern_relay::{
     wire::{Frame, mailbox},
 };
 use tern_tests::support::{
-    Relay,
+    Node, Relay,
     link::{tcp_target, via},
-    runtime,
+    relay_db, runtime, tern_command, wait_for,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -81,6 +96,99 @@ async fn forward(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut held: watc
             }
         }
     }
+}
+
+/// Forwards every TCP connection accepted on a loopback port to `to`; of what `to` sends
+/// back, only the start of a libp2p handshake goes through (multistream-select's two lines
+/// agreeing on Noise, and the responder's Noise message), which is all a dialer needs to
+/// finish its side of the handshake. Everything after it is read and dropped, and counted in
+/// `dropped`.
+async fn handshake_only_proxy(to: SocketAddr, dropped: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let dropped = dropped.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+                let (in_r, in_w) = inbound.into_split();
+                let (out_r, out_w) = outbound.into_split();
+                let (_, never_held) = watch::channel(false);
+                tokio::join!(
+                    forward(in_r, out_w, never_held),
+                    handshake_only(out_r, in_w, &dropped)
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// Copies the start of a handshake from `from` to `to` (see [`handshake_only_proxy`]), then
+/// drops what follows.
+async fn handshake_only(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, dropped: &AtomicUsize) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut seen = Vec::new();
+    // The start of the handshake goes through…
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        let passed = seen.len();
+        seen.extend_from_slice(&buf[..n]);
+        let end = handshake_end(&seen);
+        if to
+            .write_all(&seen[passed..end.unwrap_or(seen.len())])
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Some(end) = end {
+            dropped.fetch_add(seen.len() - end, Ordering::Relaxed);
+            break;
+        }
+    }
+    // …and nothing after it.
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Where the responder's first handshake message ends in `bytes`: two multistream-select
+/// messages (each an unsigned varint length and that many bytes), then one Noise message
+/// (a 16-bit big-endian length and that many bytes). None while it is incomplete.
+fn handshake_end(bytes: &[u8]) -> Option<usize> {
+    fn varint(b: &[u8]) -> Option<(usize, usize)> {
+        let mut v = 0usize;
+        for (i, x) in b.iter().enumerate().take(4) {
+            v |= usize::from(x & 0x7f) << (7 * i);
+            if x & 0x80 == 0 {
+                return Some((v, i + 1));
+            }
+        }
+        None
+    }
+    let mut at = 0;
+    for _ in 0..2 {
+        let (len, n) = varint(bytes.get(at..)?)?;
+        at += n + len;
+    }
+    let len = bytes.get(at..at + 2)?;
+    let end = at + 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+    (end <= bytes.len()).then_some(end)
+}
+
+/// Every prekey bundle the relay in `data` stores, read from its database.
+fn bundles(data: &std::path::Path) -> Vec<Vec<u8>> {
+    let db = relay_db(data).unwrap();
+    let mut stmt = db
+        .prepare("SELECT bundle FROM prekey_bundle ORDER BY device")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 /// Every ciphertext in `owner`'s mailbox, fetched over a connection of its own.
@@ -262,4 +370,99 @@ fn a_deposit_stream_the_relay_refuses_fails_as_unsupported_and_goes_as_a_request
             .expect("answered");
         assert_eq!(answer.unwrap(), (7, Vec::new()), "answered as a request");
     });
+}
+
+/// A child process killed (and reaped) on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a node logs when a step of its relay setup fails (here: times out, unanswered).
+const SETUP_FAILED: [&str; 3] = [
+    "publishing the device list failed",
+    "publishing prekeys failed",
+    "turning on live delivery failed",
+];
+
+#[test]
+fn a_node_coming_up_asks_its_relay_everything_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_metrics(&dir.path().join("relay"), "").unwrap();
+    // Bob's first run registers him there (device list, bundle) over loopback.
+    let mut bob = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    bob.stop().unwrap();
+    let bundles_before = bundles(&relay.data);
+    assert_eq!(bundles_before.len(), 1, "bob's bundle is stored");
+    let fetches_before = relay.metric("tern_relay_fetches_total").unwrap();
+
+    let rt = runtime();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let proxy = rt.block_on(handshake_only_proxy(
+        tcp_target(&relay.addr).unwrap(),
+        dropped.clone(),
+    ));
+    let via_proxy = via(&relay.addr, proxy).unwrap();
+    let mut up = Killed(
+        tern_command(
+            &bob.home,
+            &[
+                "up",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--no-direct",
+                "--relay",
+                &via_proxy,
+            ],
+        )
+        .env("TERN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    // A setup step that waited for an answer fails only when its request times out.
+    let gave_up = Arc::new(AtomicBool::new(false));
+    let stderr = up.0.stderr.take().unwrap();
+    std::thread::spawn({
+        let gave_up = gave_up.clone();
+        move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if SETUP_FAILED.iter().any(|m| line.contains(m)) {
+                    gave_up.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    // Nothing the relay answers reaches Bob: what it gets, Bob sent without an answer, and
+    // before any request of the setup gave up waiting for one (each poll looks at that
+    // first, then at the relay).
+    let before_any_gave_up = |what: &str, seen: &dyn Fn() -> bool| {
+        wait_for(what, WAIT, || {
+            let gave_up = gave_up.load(Ordering::SeqCst);
+            seen().then_some(gave_up)
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert!(
+        !before_any_gave_up("a fetch of bob's mailbox", &|| {
+            relay
+                .metric("tern_relay_fetches_total")
+                .is_ok_and(|n| n > fetches_before)
+        }),
+        "the drain of the mailbox does not wait for the relay's setup"
+    );
+    assert!(
+        !before_any_gave_up("bob's new bundle", &|| bundles(&relay.data)
+            != bundles_before),
+        "the prekey bundle goes with the device list, not after its answer"
+    );
+    assert!(
+        dropped.load(Ordering::Relaxed) > 0,
+        "the proxy held back the relay's answers"
+    );
 }

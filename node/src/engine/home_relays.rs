@@ -7,7 +7,10 @@ use tern_relay::rpc::Requests as _;
 use tern_relay::wire::presence;
 
 use super::{Engine, Internal, relay_peer};
-use crate::{error::NodeError, net::rpc};
+use crate::{
+    error::NodeError,
+    net::{NetError, rpc},
+};
 
 impl Engine {
     /// The home relays' addresses as text (as links, member entries and records carry them).
@@ -71,23 +74,54 @@ impl Engine {
         let net = self.net.clone();
         let tx = self.internal.clone();
         tokio::spawn(async move {
-            let mut ok = true;
-            if let Err(e) = rpc::publish_device_list(&net, relay, list).await {
-                tracing::warn!(%relay, "publishing the device list failed: {e}");
-                ok = false;
-            }
-            let mut held = None;
-            if let Some(bundle) = bundle {
-                match net.at(relay).publish_prekeys(bundle).await {
-                    Ok(n) => held = Some(n),
-                    Err(e) => tracing::warn!(%relay, "publishing prekeys failed: {e}"),
+            // The three go at once: on a slow link the setup costs one round trip, not
+            // three. The relay checks a bundle against the device list it stores, so a
+            // bundle refused while a changed list was on its way goes once more after it.
+            let publish_list = async {
+                let r = rpc::publish_device_list(&net, relay, list).await;
+                if let Err(e) = &r {
+                    tracing::warn!(%relay, "publishing the device list failed: {e}");
                 }
-            }
-            ok &= held.is_some();
-            if let Err(e) = rpc::listen(&net, relay).await {
-                tracing::warn!(%relay, "turning on live delivery failed: {e}");
-                ok = false;
-            }
+                r.is_ok()
+            };
+            let publish_bundle = async {
+                match &bundle {
+                    Some(b) => Some(net.at(relay).publish_prekeys(b.clone()).await),
+                    None => None,
+                }
+            };
+            let listen = async {
+                let r = rpc::listen(&net, relay).await;
+                if let Err(e) = &r {
+                    tracing::warn!(%relay, "turning on live delivery failed: {e}");
+                }
+                r.is_ok()
+            };
+            let (listed, first, listening) = tokio::join!(publish_list, publish_bundle, listen);
+            let held = match (first, bundle) {
+                (Some(first), Some(b)) => {
+                    let published = match first {
+                        Err(NetError::Rejected(r)) if listed => {
+                            tracing::debug!(
+                                %relay,
+                                code = r.code.label(),
+                                "prekey bundle refused as the device list went; sent again"
+                            );
+                            net.at(relay).publish_prekeys(b).await
+                        }
+                        r => r,
+                    };
+                    match published {
+                        Ok(n) => Some(n),
+                        Err(e) => {
+                            tracing::warn!(%relay, "publishing prekeys failed: {e}");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let ok = listed && held.is_some() && listening;
             let _ = tx.send(Internal::RelaySetUp { relay, ok, held }).await;
         });
     }

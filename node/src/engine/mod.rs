@@ -381,6 +381,12 @@ impl Engine {
                 if self.home_relay_peers().contains(&relay) {
                     self.lists.lists_due = true;
                     self.set_up_home_relay(relay, true);
+                    // Neither the mail waiting there nor the outbox waits for the setup:
+                    // on a slow link that would cost its round trips first. The drain
+                    // after the setup takes what came before live delivery was on.
+                    self.fetch_mailbox(relay);
+                    self.encrypt_waiting(true);
+                    self.dispatch_due(true);
                 } else {
                     self.relay_ready(relay);
                     // A removed home relay still drained: what waits there is taken.
@@ -480,6 +486,12 @@ impl Engine {
             Internal::Fetched { relay, envelopes } => self.on_mail(relay, envelopes),
             Internal::FetchDone { relay } => {
                 self.relays.fetching.remove(&relay);
+                // A drain asked for while this one ran (the one after a relay's setup, say)
+                // starts now, not on the next tick.
+                if self.relays.refetch.contains(&relay) && self.relays.relay_up.contains(&relay) {
+                    self.relays.refetch.remove(&relay);
+                    self.fetch_mailbox(relay);
+                }
             }
             Internal::Presence(entries) => self.on_presence(entries),
             Internal::PrekeysLow => self.relays.topup_due = true,

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub deposit_streams: AtomicI64,
     /// Deposits read from deposit streams (served, refused or dropped alike).
     pub stream_deposits: AtomicU64,
+    /// Mailbox fetches taken (a page each; refused ones are counted as rejects instead).
+    pub fetches: AtomicU64,
     /// Messages acknowledged (deleted) by recipients.
     pub acked: AtomicU64,
     /// Mailbox entries deleted by TTL expiry.
@@ -207,6 +209,12 @@ impl Metrics {
             "Deposits that came on deposit streams.",
             "counter",
             g(&self.stream_deposits),
+        );
+        counter(
+            "tern_relay_fetches_total",
+            "Mailbox fetches taken (a page each).",
+            "counter",
+            g(&self.fetches),
         );
         counter(
             "tern_relay_acked_total",

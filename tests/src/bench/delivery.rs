@@ -184,7 +184,11 @@ async fn wait_message_long(api: &mut ApiClient, text: &str) -> anyhow::Result<()
     wait_text(api, text, Duration::from_secs(300)).await
 }
 
-async fn wait_text(api: &mut ApiClient, text: &str, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_text(
+    api: &mut ApiClient,
+    text: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -229,7 +233,7 @@ fn catch_up(
 
 /// Alice and Bob in `dir`, both `--no-direct` (every message goes through the mailbox),
 /// Alice reaching the relay at `alice_relay` and Bob at `bob_relay`, linked.
-fn mailbox_pair(
+pub(crate) fn mailbox_pair(
     dir: &std::path::Path,
     alice_relay: &str,
     bob_relay: &str,

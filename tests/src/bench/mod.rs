@@ -14,6 +14,7 @@ mod delivery;
 mod devices;
 mod group;
 mod media;
+mod paths;
 mod redundancy;
 mod relay;
 mod store;
@@ -206,6 +207,7 @@ pub const SUITES: &[Suite] = &[
     ("relay-writer", relay::run_writer),
     ("delivery", delivery::run),
     ("redundancy", redundancy::run),
+    ("paths", paths::run),
     ("group", group::run),
     ("devices", devices::run),
     ("media", media::run),

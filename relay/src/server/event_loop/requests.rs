@@ -3,6 +3,8 @@
 //!
 //! Uses `answer`, and `deposit` for `Deposit` requests.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use libp2p::{PeerId, request_response::ResponseChannel};
 use tokio::sync::oneshot;
 
@@ -24,6 +26,7 @@ impl EventLoop {
                 self.on_deposit(peer, req, Answer::Request(channel))
             }
             mailbox::Request::Fetch { after, limit } => {
+                self.metrics.fetches.fetch_add(1, Relaxed);
                 let now = now_ms();
                 self.submit(
                     Proto::Mailbox,

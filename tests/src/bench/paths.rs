@@ -1,0 +1,199 @@
+//! The `paths` suite: how many round trips a user's everyday paths cost on a slow link.
+//!
+//! Loopback answers in microseconds, so a path that waits for one answer before asking the
+//! next question looks free there. Here one node reaches the relay through a proxy that
+//! delays every byte by [`ONE_WAY`] each way (a 100 ms round trip, a phone's link), and each
+//! path runs once through it and once over loopback, alternately, [`ROUNDS`] times. Each
+//! figure is the median extra time the link adds, against the link's round trip measured in
+//! the same run: its ratio is the number of round trips the path waits for one after
+//! another.
+//!
+//! - `paths.first_message`: Bob has added Alice; Alice adds Bob's contact link and sends him
+//!   a text at once (no session yet). From the `send` call until Bob has the text, Alice on
+//!   the slow link.
+//! - `paths.contact_add`: the `contact add` of that path, on its own (a CLI call).
+//! - `paths.catch_up`: Bob was offline while Alice sent him [`BACKLOG`] texts; from starting
+//!   his `tern up` until he has stored them all, Bob on the slow link.
+//! - `paths.send_after_start`: Alice starts `tern up` and sends Bob a text as soon as it is
+//!   ready (a session exists); until Bob has it, Alice on the slow link.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use super::{
+    Opts, Report,
+    delivery::{UNLIMITED, send_burst, wait_text},
+    quantile,
+};
+use crate::support::{
+    Node, Relay, WAIT,
+    link::{DelayProxy, delay_proxy, link_round_trips, tcp_target, via},
+    wait_for, wait_outbox_empty,
+};
+
+/// One-way delay of the slow link (a 100 ms round trip).
+const ONE_WAY: Duration = Duration::from_millis(50);
+/// Alternated rounds of each path (slow link, then loopback).
+const ROUNDS: usize = 3;
+/// Texts waiting for Bob in `paths.catch_up`.
+const BACKLOG: usize = 100;
+
+/// The figures of one path: its times through the link and over loopback.
+#[derive(Default)]
+struct Times {
+    link: Vec<Duration>,
+    loopback: Vec<Duration>,
+}
+
+impl Times {
+    fn push(&mut self, slow: bool, d: Duration) {
+        if slow {
+            self.link.push(d);
+        } else {
+            self.loopback.push(d);
+        }
+    }
+
+    /// Median time the link added.
+    fn extra(mut self) -> Duration {
+        quantile(&mut self.link, 0.5).saturating_sub(quantile(&mut self.loopback, 0.5))
+    }
+}
+
+pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
+    let rounds = opts.size(ROUNDS, 1);
+    let backlog = opts.size(BACKLOG, 10);
+    let dir = tempfile::tempdir()?;
+    let relay = Relay::start(&dir.path().join("relay"), UNLIMITED)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let proxy = rt.block_on(delay_proxy(tcp_target(&relay.addr)?, ONE_WAY))?;
+    let slow_addr = via(&relay.addr, proxy.addr)?;
+
+    let (mut first, mut add, mut catch, mut after_start): (Times, Times, Times, Times) =
+        Default::default();
+    for round in 0..rounds {
+        for slow in [true, false] {
+            let alice_relay = if slow { &slow_addr } else { &relay.addr };
+            let sub = dir.path().join(format!("{round}-{slow}"));
+            let (a, d) = first_message(&sub.join("first"), alice_relay, &relay.addr, &rt)?;
+            first.push(slow, d);
+            add.push(slow, a);
+            let d = catch_up(&sub.join("catch"), &relay.addr, alice_relay, &rt, backlog)?;
+            catch.push(slow, d);
+            let d = send_after_start(&sub.join("start"), alice_relay, &relay.addr, &rt)?;
+            after_start.push(slow, d);
+        }
+    }
+    let mut rtt = rt.block_on(link_round_trips(20, ONE_WAY))?;
+    let rtt = ms(quantile(&mut rtt, 0.5));
+    for (name, times) in [
+        ("paths.first_message", first),
+        ("paths.contact_add", add),
+        ("paths.catch_up", catch),
+        ("paths.send_after_start", after_start),
+    ] {
+        report.compare(
+            name,
+            ms(times.extra()),
+            "ms",
+            "link round trip (100 ms)",
+            rtt,
+        );
+    }
+    drop::<DelayProxy>(proxy);
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Bob adds Alice; Alice adds Bob and sends at once. Returns (contact add, send → Bob has
+/// it).
+fn first_message(
+    dir: &Path,
+    alice_relay: &str,
+    bob_relay: &str,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<(Duration, Duration)> {
+    std::fs::create_dir_all(dir)?;
+    let a = Node::init_and_start_with(dir, "alice", Some(alice_relay), &["--no-direct"])?;
+    let b = Node::init_and_start_with(dir, "bob", Some(bob_relay), &["--no-direct"])?;
+    let (la, lb) = (a.link()?, b.link()?);
+    b.ok(&["contact", "add", &la, "--name", "Alice"])?;
+    rt.block_on(async {
+        let mut receiver = b.api().await?;
+        receiver.subscribe().await?;
+        let start = Instant::now();
+        a.ok(&["contact", "add", &lb, "--name", "Bob"])?;
+        let added = start.elapsed();
+        let mut sender = a.api().await?;
+        let start = Instant::now();
+        sender
+            .call("send", json!({"contact": "Bob", "text": "first"}))
+            .await?;
+        wait_text(&mut receiver, "first", WAIT).await?;
+        Ok((added, start.elapsed()))
+    })
+}
+
+/// Alice sends `n` texts to offline Bob; Bob starts: until he has stored them all.
+fn catch_up(
+    dir: &Path,
+    alice_relay: &str,
+    bob_relay: &str,
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let (a, mut b) = super::delivery::mailbox_pair(dir, alice_relay, bob_relay)?;
+    b.stop()?;
+    rt.block_on(send_burst(&a, "Bob", "backlog", n))?;
+    wait_outbox_empty(&a, WAIT)?;
+    let start = Instant::now();
+    b.restart()?;
+    wait_for("bob to store the backlog", WAIT, || {
+        let convs = b.json(&["conversations"]).ok()?;
+        let unread = convs.as_array()?.first()?["unread"].as_u64()?;
+        (unread as usize >= n).then_some(())
+    })?;
+    Ok(start.elapsed())
+}
+
+/// Alice and Bob have a session; Alice stops, starts again and sends at once: until Bob
+/// has it.
+fn send_after_start(
+    dir: &Path,
+    alice_relay: &str,
+    bob_relay: &str,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Duration> {
+    let (mut a, b) = super::delivery::mailbox_pair(dir, alice_relay, bob_relay)?;
+    rt.block_on(async {
+        let mut receiver = b.api().await?;
+        receiver.subscribe().await?;
+        let mut sender = a.api().await?;
+        sender
+            .call("send", json!({"contact": "Bob", "text": "warm-up"}))
+            .await?;
+        wait_text(&mut receiver, "warm-up", WAIT).await?;
+        anyhow::Ok(())
+    })?;
+    a.stop()?;
+    let start = Instant::now();
+    a.restart()?;
+    rt.block_on(async {
+        let mut receiver = b.api().await?;
+        receiver.subscribe().await?;
+        let mut sender = a.api().await?;
+        sender
+            .call("send", json!({"contact": "Bob", "text": "after start"}))
+            .await?;
+        wait_text(&mut receiver, "after start", WAIT).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(start.elapsed())
+}
