@@ -2,12 +2,13 @@
 //! contacts from `TERN:` links alone (each node fetches the other's device list from the
 //! relay the link names), talk both ways, and see names rather than hex ids. Links that
 //! point at a relay holding the wrong list, no list, or nothing at all are refused with
-//! their own errors.
+//! their own errors. Adding a contact claims a prekey of each of their devices at once, so
+//! a first text sent right after does not wait a round trip for it.
 
 use serde_json::Value;
 use tern_crypto::{IdentityKey, UserId};
 use tern_node::link::{SHORT_LINK_PREFIX, ShortLink};
-use tern_tests::support::{Node, Relay, WAIT, free_port, wait_for};
+use tern_tests::support::{Node, Relay, WAIT, free_port, relay_db, wait_for};
 
 fn short_link(node: &Node) -> String {
     let v = node.json(&["contact", "link"]).unwrap();
@@ -173,4 +174,51 @@ fn short_links_to_the_wrong_list_no_list_or_no_relay_are_refused() {
     let contacts = a.json(&["contact", "list"]).unwrap();
     assert_eq!(contacts.as_array().map(Vec::len), Some(0), "{contacts}");
     add_short(&a, &short_link(&b), "Bob");
+}
+
+/// The one-time keys the relay in `data` holds for `device` (a device id as `tern up`
+/// prints it).
+fn one_time_keys(data: &std::path::Path, device: &str) -> usize {
+    let device: tern_relay::PeerId = device.parse().unwrap();
+    relay_db(data)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM one_time_key WHERE device = ?1",
+            [device.to_bytes()],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as usize
+}
+
+#[test]
+fn adding_a_contact_claims_their_prekeys_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    let batch = tern_node::consts::ONE_TIME_KEYS_BATCH;
+    // Bob's first batch of one-time keys is published after he connects.
+    wait_for("bob's one-time keys at the relay", WAIT, || {
+        (one_time_keys(&relay.data, &b.device) == batch).then_some(())
+    })
+    .unwrap();
+
+    a.ok(&["contact", "add", &b.link().unwrap(), "--name", "Bob"])
+        .unwrap();
+    wait_for("alice's claim of a prekey of bob's device", WAIT, || {
+        (one_time_keys(&relay.data, &b.device) == batch - 1).then_some(())
+    })
+    .expect("contact add claims the new contact's prekeys, before any text");
+
+    // The first text uses the session that claim set up: no second key is taken.
+    b.ok(&["contact", "add", &a.link().unwrap(), "--name", "Alice"])
+        .unwrap();
+    a.ok(&["send", "Bob", "hello"]).unwrap();
+    let h = wait_texts(&b, "Alice", 1);
+    assert_eq!(h[0]["text"], "hello", "{h:?}");
+    assert_eq!(
+        one_time_keys(&relay.data, &b.device),
+        batch - 1,
+        "one key claimed for one session"
+    );
 }

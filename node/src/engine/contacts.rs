@@ -308,6 +308,11 @@ impl Engine {
         for addr in &parsed.relays {
             self.net.add_relay_soon(addr.clone(), false);
         }
+        // A contact just added is about to be written to: the prekey claims for sessions
+        // with their devices start now, alongside the allow-list, so that a first text
+        // sent at once does not wait a round trip for them. What the result says (a
+        // session with no device yet) matters only when something is sent.
+        let _ = self.sessions_reachable(&user_id);
         // Waited for (bounded) before the answer: the new contact's devices may deposit
         // without a grant only once a home relay holds them in the allow-list, and a user
         // who adds a contact and quits at once must not leave that undone. Each home relay

@@ -269,6 +269,20 @@ impl Held {
         }
         None
     }
+
+    /// The next relay request of `proto` sent; others are passed over (their senders see
+    /// the request fail).
+    pub(crate) async fn request_for(
+        &mut self,
+        proto: tern_relay::client::Proto,
+    ) -> Option<HeldRequest> {
+        while let Some(request) = self.request().await {
+            if request.proto == proto {
+                return Some(request);
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
