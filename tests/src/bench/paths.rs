@@ -6,7 +6,7 @@
 //! path runs once through it and once over loopback, alternately, [`ROUNDS`] times. Each
 //! figure is the median extra time the link adds, against the link's round trip measured in
 //! the same run: its ratio is the number of round trips the path waits for one after
-//! another.
+//! another. `<figure>_loopback` is the path's median time over loopback, for scale.
 //!
 //! - `paths.first_message`: Bob has added Alice; Alice adds Bob's contact link and sends him
 //!   a text at once (no session yet). From the `send` call until Bob has the text, Alice on
@@ -16,6 +16,9 @@
 //!   his `tern up` until he has stored them all, Bob on the slow link.
 //! - `paths.send_after_start`: Alice starts `tern up` and sends Bob a text as soon as it is
 //!   ready (a session exists); until Bob has it, Alice on the slow link.
+//! - `paths.file`: Alice sends Bob a file of [`FILE_BYTES`] (not an image); from `send-file`
+//!   until Bob's node has downloaded it, Alice on the slow link (which adds no bandwidth
+//!   limit: what it shows is how many round trips the transfer waits for).
 
 use std::{
     path::Path,
@@ -41,6 +44,8 @@ const ONE_WAY: Duration = Duration::from_millis(50);
 const ROUNDS: usize = 3;
 /// Texts waiting for Bob in `paths.catch_up`.
 const BACKLOG: usize = 100;
+/// Size of the file in `paths.file` (16 chunks of 256 KiB).
+const FILE_BYTES: usize = 4 << 20;
 
 /// The figures of one path: its times through the link and over loopback.
 #[derive(Default)]
@@ -58,9 +63,13 @@ impl Times {
         }
     }
 
-    /// Median time the link added.
-    fn extra(mut self) -> Duration {
-        quantile(&mut self.link, 0.5).saturating_sub(quantile(&mut self.loopback, 0.5))
+    /// Median time the link added, and the median over loopback.
+    fn extra(mut self) -> (Duration, Duration) {
+        let loopback = quantile(&mut self.loopback, 0.5);
+        (
+            quantile(&mut self.link, 0.5).saturating_sub(loopback),
+            loopback,
+        )
     }
 }
 
@@ -73,8 +82,13 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let proxy = rt.block_on(delay_proxy(tcp_target(&relay.addr)?, ONE_WAY))?;
     let slow_addr = via(&relay.addr, proxy.addr)?;
 
-    let (mut first, mut add, mut catch, mut after_start): (Times, Times, Times, Times) =
-        Default::default();
+    let (mut first, mut add, mut catch, mut after_start, mut file): (
+        Times,
+        Times,
+        Times,
+        Times,
+        Times,
+    ) = Default::default();
     for round in 0..rounds {
         for slow in [true, false] {
             let alice_relay = if slow { &slow_addr } else { &relay.addr };
@@ -86,6 +100,8 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             catch.push(slow, d);
             let d = send_after_start(&sub.join("start"), alice_relay, &relay.addr, &rt)?;
             after_start.push(slow, d);
+            let d = file_transfer(&sub.join("file"), alice_relay, &relay.addr, FILE_BYTES)?;
+            file.push(slow, d);
         }
     }
     let mut rtt = rt.block_on(link_round_trips(20, ONE_WAY))?;
@@ -95,14 +111,11 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         ("paths.contact_add", add),
         ("paths.catch_up", catch),
         ("paths.send_after_start", after_start),
+        ("paths.file", file),
     ] {
-        report.compare(
-            name,
-            ms(times.extra()),
-            "ms",
-            "link round trip (100 ms)",
-            rtt,
-        );
+        let (extra, loopback) = times.extra();
+        report.compare(name, ms(extra), "ms", "link round trip (100 ms)", rtt);
+        report.value(&format!("{name}_loopback"), ms(loopback), "ms");
     }
     drop::<DelayProxy>(proxy);
     Ok(())
@@ -194,6 +207,40 @@ fn send_after_start(
             .await?;
         wait_text(&mut receiver, "after start", WAIT).await?;
         anyhow::Ok(())
+    })?;
+    Ok(start.elapsed())
+}
+
+/// Alice sends Bob a file of `size` pseudo-random bytes: until Bob's node has it.
+fn file_transfer(
+    dir: &Path,
+    alice_relay: &str,
+    bob_relay: &str,
+    size: usize,
+) -> anyhow::Result<Duration> {
+    let (a, b) = super::delivery::mailbox_pair(dir, alice_relay, bob_relay)?;
+    let src = dir.join("report.bin");
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let bytes: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&src, bytes)?;
+    let start = Instant::now();
+    let id = a
+        .ok(&["send-file", "Bob", &src.to_string_lossy()])?
+        .trim()
+        .to_owned();
+    wait_for("bob to download the file", WAIT, || {
+        let list = b.json(&["file", "list"]).ok()?;
+        list.as_array()?
+            .iter()
+            .any(|t| t["id"] == id.as_str() && t["state"] == "done")
+            .then_some(())
     })?;
     Ok(start.elapsed())
 }
