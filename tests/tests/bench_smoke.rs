@@ -247,6 +247,7 @@ fn paths_suite_reports_every_figure_with_its_baseline() {
         "paths.contact_add",
         "paths.catch_up",
         "paths.send_after_start",
+        "paths.file",
     ] {
         assert_compared(&rows, name);
     }
