@@ -311,8 +311,11 @@ impl Engine {
         // A contact just added is about to be written to: the prekey claims for sessions
         // with their devices start now, alongside the allow-list, so that a first text
         // sent at once does not wait a round trip for them. What the result says (a
-        // session with no device yet) matters only when something is sent.
-        let _ = self.sessions_reachable(&user_id);
+        // session with no device yet) matters only when something is sent. A revoked device
+        // sends nothing, and takes no keys.
+        if !self.me.revoked {
+            let _ = self.sessions_reachable(&user_id);
+        }
         // Waited for (bounded) before the answer: the new contact's devices may deposit
         // without a grant only once a home relay holds them in the allow-list, and a user
         // who adds a contact and quits at once must not leave that undone. Each home relay

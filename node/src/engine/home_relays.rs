@@ -4,7 +4,7 @@
 
 use libp2p::PeerId;
 use tern_relay::rpc::Requests as _;
-use tern_relay::wire::presence;
+use tern_relay::wire::{ErrorCode, presence};
 
 use super::{Engine, Internal, relay_peer};
 use crate::{
@@ -76,13 +76,18 @@ impl Engine {
         tokio::spawn(async move {
             // The three go at once: on a slow link the setup costs one round trip, not
             // three. The relay checks a bundle against the device list it stores, so a
-            // bundle refused while a changed list was on its way goes once more after it.
+            // bundle refused while a new list was on its way goes once more after it.
+            let rate_limited = |e: &NetError| e.code() == Some(ErrorCode::RateLimited);
             let publish_list = async {
-                let r = rpc::publish_device_list(&net, relay, list).await;
-                if let Err(e) = &r {
-                    tracing::warn!(%relay, "publishing the device list failed: {e}");
+                match net.at(relay).publish_device_list(list).await {
+                    Ok(()) => Ok(true),
+                    // Already there: this list is not news to the relay.
+                    Err(NetError::Rejected(r)) if r.code == ErrorCode::Stale => Ok(false),
+                    Err(e) => {
+                        tracing::warn!(%relay, "publishing the device list failed: {e}");
+                        Err(e)
+                    }
                 }
-                r.is_ok()
             };
             let publish_bundle = async {
                 match &bundle {
@@ -95,13 +100,25 @@ impl Engine {
                 if let Err(e) = &r {
                     tracing::warn!(%relay, "turning on live delivery failed: {e}");
                 }
-                r.is_ok()
+                r
             };
             let (listed, first, listening) = tokio::join!(publish_list, publish_bundle, listen);
+            let mut soon = [listed.as_ref().err(), listening.as_ref().err()]
+                .into_iter()
+                .flatten()
+                .any(rate_limited);
             let held = match (first, bundle) {
                 (Some(first), Some(b)) => {
                     let published = match first {
-                        Err(NetError::Rejected(r)) if listed => {
+                        // Refused as unknown or not listed while a new list was stored: checked
+                        // before it, most likely.
+                        Err(NetError::Rejected(r))
+                            if matches!(listed, Ok(true))
+                                && matches!(
+                                    r.code,
+                                    ErrorCode::NotFound | ErrorCode::NotAllowed
+                                ) =>
+                        {
                             tracing::debug!(
                                 %relay,
                                 code = r.code.label(),
@@ -115,14 +132,22 @@ impl Engine {
                         Ok(n) => Some(n),
                         Err(e) => {
                             tracing::warn!(%relay, "publishing prekeys failed: {e}");
+                            soon |= rate_limited(&e);
                             None
                         }
                     }
                 }
                 _ => None,
             };
-            let ok = listed && held.is_some() && listening;
-            let _ = tx.send(Internal::RelaySetUp { relay, ok, held }).await;
+            let ok = listed.is_ok() && held.is_some() && listening.is_ok();
+            let _ = tx
+                .send(Internal::RelaySetUp {
+                    relay,
+                    ok,
+                    held,
+                    soon,
+                })
+                .await;
         });
     }
 
@@ -130,7 +155,13 @@ impl Engine {
     /// is told who may see this device's presence and which grants it takes, and drained.
     /// A step that failed (the connection dropped in between) is retried on a later tick
     /// while the relay is connected, so live delivery is never left off.
-    pub(super) fn on_relay_set_up(&mut self, relay: PeerId, ok: bool, held: Option<u32>) {
+    pub(super) fn on_relay_set_up(
+        &mut self,
+        relay: PeerId,
+        ok: bool,
+        held: Option<u32>,
+        soon: bool,
+    ) {
         let ready = self.relays.setting_up.remove(&relay).unwrap_or(false);
         if !self.relays.relay_up.contains(&relay) {
             // It went down meanwhile: its next coming up sets it up again.
@@ -141,6 +172,9 @@ impl Engine {
             self.relays.setup_pending.remove(&relay);
         } else {
             self.relays.setup_pending.insert(relay);
+            // Refused for the moment (the outbox and the drain went at the same time): on
+            // the next tick, not the next heartbeat, so live delivery is not off for long.
+            self.relays.setup_soon |= soon;
         }
         if let Some(held) = held {
             self.on_prekeys_held(relay, held);
@@ -256,10 +290,10 @@ impl Engine {
     }
 
     /// Drains the mailbox at `relay` from its start, page by page, in the relay's order. One
-    /// drain per relay runs at a time; one asked for meanwhile runs on the next tick after it.
+    /// drain per relay runs at a time; one asked for meanwhile runs as soon as it ends.
     pub(crate) fn fetch_mailbox(&mut self, relay: PeerId) {
         if !self.relays.fetching.insert(relay) {
-            self.relays.refetch.insert(relay);
+            self.relays.drain_again.insert(relay);
             return;
         }
         let net = self.net.clone();

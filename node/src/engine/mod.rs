@@ -105,6 +105,8 @@ pub(crate) enum Internal {
         ok: bool,
         /// How many one-time keys it holds, if the prekeys were published.
         held: Option<u32>,
+        /// A step was refused as rate-limited: try again on the next tick.
+        soon: bool,
     },
     /// How many one-time keys a home relay holds, after a refresh bundle was published.
     PrekeysHeld {
@@ -487,9 +489,8 @@ impl Engine {
             Internal::FetchDone { relay } => {
                 self.relays.fetching.remove(&relay);
                 // A drain asked for while this one ran (the one after a relay's setup, say)
-                // starts now, not on the next tick.
-                if self.relays.refetch.contains(&relay) && self.relays.relay_up.contains(&relay) {
-                    self.relays.refetch.remove(&relay);
+                // starts now. Mail left waiting is drained again on the tick (`refetch`).
+                if self.relays.drain_again.remove(&relay) && self.relays.relay_up.contains(&relay) {
                     self.fetch_mailbox(relay);
                 }
             }
@@ -502,7 +503,12 @@ impl Engine {
             } => self.on_prekey_claimed(user, device, result),
             Internal::PrekeysHeld { relay, held } => self.on_prekeys_held(relay, held),
             // Taken by `on_internal_batch`, which can wait for what it starts.
-            Internal::RelaySetUp { relay, ok, held } => self.on_relay_set_up(relay, ok, held),
+            Internal::RelaySetUp {
+                relay,
+                ok,
+                held,
+                soon,
+            } => self.on_relay_set_up(relay, ok, held, soon),
             Internal::FannedOut {
                 id,
                 attempts,

@@ -133,9 +133,13 @@ pub(crate) struct Relays {
     /// Relays whose mailbox a task is draining now (one drain per relay at a time, so mail
     /// is taken in the relay's order).
     pub fetching: HashSet<PeerId>,
-    /// Relays to drain again (mail was left waiting for its predecessors, or a drain was
-    /// asked for while one ran); done on the next outbox tick.
+    /// Relays to drain again because mail was left there (waiting for its predecessors, or
+    /// not stored); done on the next outbox tick, not at once: such mail comes back on
+    /// every drain until what it waits for arrives.
     pub refetch: HashSet<PeerId>,
+    /// Relays whose drain was asked for while one ran (after a relay's setup, a contact
+    /// added, a push dropped): it starts as soon as that one ends.
+    pub drain_again: HashSet<PeerId>,
     /// Addresses the swarm listens on.
     pub listen: Vec<Multiaddr>,
     /// Whether direct connections to contacts are made and used.
@@ -399,6 +403,7 @@ impl Engine {
                 allow_list_retry: HashMap::new(),
                 fetching: HashSet::new(),
                 refetch: HashSet::new(),
+                drain_again: HashSet::new(),
                 listen: Vec::new(),
                 direct,
                 away: false,

@@ -37,7 +37,8 @@ pub struct Metrics {
     pub deposit_streams: AtomicI64,
     /// Deposits read from deposit streams (served, refused or dropped alike).
     pub stream_deposits: AtomicU64,
-    /// Mailbox fetches taken (a page each; refused ones are counted as rejects instead).
+    /// Mailbox fetch requests past the rate limits (each asks for a page; one refused
+    /// after that, for a busy store, is counted as a reject too).
     pub fetches: AtomicU64,
     /// Messages acknowledged (deleted) by recipients.
     pub acked: AtomicU64,
@@ -212,7 +213,7 @@ impl Metrics {
         );
         counter(
             "tern_relay_fetches_total",
-            "Mailbox fetches taken (a page each).",
+            "Mailbox fetch requests past the rate limits (a page each).",
             "counter",
             g(&self.fetches),
         );

@@ -84,3 +84,31 @@ async fn a_drained_relay_added_again_is_a_home_relay_and_the_oldest_drain_ends_f
     assert_eq!(saved(&h), addrs[1..]);
     assert!(!h.engine.mailbox_relay_peers().contains(&peer(&addrs[0])));
 }
+
+/// A drain asked for while one runs (the one after a relay's setup, say) starts as soon as
+/// that one ends; mail left waiting for its predecessors is drained again on the tick, not
+/// at once: it comes back on every drain until they arrive, and would make drains loop.
+#[tokio::test]
+async fn a_drain_asked_for_meanwhile_runs_at_once_and_waiting_mail_on_the_tick() {
+    let mut h = alice(1);
+    let relay = h.engine.home_relay_peers()[0];
+    h.engine.relays.relay_up.insert(relay);
+    h.engine.fetch_mailbox(relay);
+    // Mail left waiting (as `on_mail` marks it), and a drain asked for meanwhile.
+    h.engine.relays.refetch.insert(relay);
+    h.engine.fetch_mailbox(relay);
+    assert!(h.engine.relays.drain_again.contains(&relay));
+    // The first drain ends (nothing answers here): the one asked for starts at once.
+    h.settle().await;
+    assert!(
+        h.engine.relays.fetching.contains(&relay),
+        "the drain asked for meanwhile runs"
+    );
+    assert!(h.engine.relays.drain_again.is_empty());
+    // It ends too: the waiting mail is left to the tick.
+    h.settle().await;
+    assert!(!h.engine.relays.fetching.contains(&relay), "no drain loop");
+    assert!(h.engine.relays.refetch.contains(&relay));
+    h.engine.refetch_due();
+    assert!(h.engine.relays.fetching.contains(&relay), "the tick drains it");
+}
