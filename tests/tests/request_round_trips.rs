@@ -56,25 +56,37 @@ use tokio::{
 /// Longest wait for any one condition (a 2-core CI machine, debug build).
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Forwards one TCP connection accepted on a loopback port to `to`. What comes back from
-/// `to` is forwarded only while `held` is false.
-async fn holding_proxy(to: SocketAddr, held: watch::Receiver<bool>) -> SocketAddr {
+/// Forwards every TCP connection accepted on a loopback port to `to`: what the client
+/// sends goes through as it is, what `to` sends back through `back`.
+async fn proxy<F, Fut>(to: SocketAddr, back: F) -> SocketAddr
+where
+    F: Fn(OwnedReadHalf, OwnedWriteHalf) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let back = Arc::new(back);
     tokio::spawn(async move {
-        let Ok((inbound, _)) = listener.accept().await else {
-            return;
-        };
-        let Ok(outbound) = TcpStream::connect(to).await else {
-            return;
-        };
-        let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
-        let (in_r, in_w) = inbound.into_split();
-        let (out_r, out_w) = outbound.into_split();
-        let (_, never_held) = watch::channel(false);
-        tokio::join!(forward(in_r, out_w, never_held), forward(out_r, in_w, held));
+        while let Ok((inbound, _)) = listener.accept().await {
+            let back = back.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+                let (in_r, in_w) = inbound.into_split();
+                let (out_r, out_w) = outbound.into_split();
+                let (_, never_held) = watch::channel(false);
+                tokio::join!(forward(in_r, out_w, never_held), back(out_r, in_w));
+            });
+        }
     });
     addr
+}
+
+/// A [`proxy`] to `to` that forwards what comes back only while `held` is false.
+async fn holding_proxy(to: SocketAddr, held: watch::Receiver<bool>) -> SocketAddr {
+    proxy(to, move |from, back| forward(from, back, held.clone())).await
 }
 
 /// Copies `from` to `to`, reading nothing while `held` is true.
@@ -98,33 +110,16 @@ async fn forward(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut held: watc
     }
 }
 
-/// Forwards every TCP connection accepted on a loopback port to `to`; of what `to` sends
-/// back, only the start of a libp2p handshake goes through (multistream-select's two lines
-/// agreeing on Noise, and the responder's Noise message), which is all a dialer needs to
-/// finish its side of the handshake. Everything after it is read and dropped, and counted in
-/// `dropped`.
+/// A [`proxy`] to `to` of whose answers only the start of a libp2p handshake goes through
+/// (multistream-select's two lines agreeing on Noise, and the responder's Noise message),
+/// which is all a dialer needs to finish its side of the handshake. Everything after it is
+/// read and dropped, and counted in `dropped`.
 async fn handshake_only_proxy(to: SocketAddr, dropped: Arc<AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let dropped = dropped.clone();
-            tokio::spawn(async move {
-                let Ok(outbound) = TcpStream::connect(to).await else {
-                    return;
-                };
-                let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
-                let (in_r, in_w) = inbound.into_split();
-                let (out_r, out_w) = outbound.into_split();
-                let (_, never_held) = watch::channel(false);
-                tokio::join!(
-                    forward(in_r, out_w, never_held),
-                    handshake_only(out_r, in_w, &dropped)
-                );
-            });
-        }
-    });
-    addr
+    proxy(to, move |from, back| {
+        let dropped = dropped.clone();
+        async move { handshake_only(from, back, &dropped).await }
+    })
+    .await
 }
 
 /// Copies the start of a handshake from `from` to `to` (see [`handshake_only_proxy`]), then

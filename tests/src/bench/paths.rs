@@ -185,29 +185,11 @@ fn send_after_start(
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Duration> {
     let (mut a, b) = super::delivery::mailbox_pair(dir, alice_relay, bob_relay)?;
-    rt.block_on(async {
-        let mut receiver = b.api().await?;
-        receiver.subscribe().await?;
-        let mut sender = a.api().await?;
-        sender
-            .call("send", json!({"contact": "Bob", "text": "warm-up"}))
-            .await?;
-        wait_text(&mut receiver, "warm-up", WAIT).await?;
-        anyhow::Ok(())
-    })?;
+    text_arrives(rt, &a, &b, "warm-up")?;
     a.stop()?;
     let start = Instant::now();
     a.restart()?;
-    rt.block_on(async {
-        let mut receiver = b.api().await?;
-        receiver.subscribe().await?;
-        let mut sender = a.api().await?;
-        sender
-            .call("send", json!({"contact": "Bob", "text": "after start"}))
-            .await?;
-        wait_text(&mut receiver, "after start", WAIT).await?;
-        anyhow::Ok(())
-    })?;
+    text_arrives(rt, &a, &b, "after start")?;
     Ok(start.elapsed())
 }
 
@@ -243,4 +225,22 @@ fn file_transfer(
             .then_some(())
     })?;
     Ok(start.elapsed())
+}
+
+/// `a` sends `b` (its contact "Bob") `text` through its API; returns once `b` has it.
+fn text_arrives(
+    rt: &tokio::runtime::Runtime,
+    a: &Node,
+    b: &Node,
+    text: &str,
+) -> anyhow::Result<()> {
+    rt.block_on(async {
+        let mut receiver = b.api().await?;
+        receiver.subscribe().await?;
+        let mut sender = a.api().await?;
+        sender
+            .call("send", json!({"contact": "Bob", "text": text}))
+            .await?;
+        wait_text(&mut receiver, text, WAIT).await
+    })
 }

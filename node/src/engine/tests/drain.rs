@@ -110,5 +110,8 @@ async fn a_drain_asked_for_meanwhile_runs_at_once_and_waiting_mail_on_the_tick()
     assert!(!h.engine.relays.fetching.contains(&relay), "no drain loop");
     assert!(h.engine.relays.refetch.contains(&relay));
     h.engine.refetch_due();
-    assert!(h.engine.relays.fetching.contains(&relay), "the tick drains it");
+    assert!(
+        h.engine.relays.fetching.contains(&relay),
+        "the tick drains it"
+    );
 }
