@@ -21,10 +21,12 @@ fn a_member_behind_a_dead_relay_gets_what_it_missed() -> anyhow::Result<()> {
     let cy = Node::init_and_start(dir.path(), "cy", Some(&r2.addr))?;
     // Ana knows both; Ben and Cy know only Ana.
     link_pair(&ana, &ben, "ana", "ben")?;
-    link_pair(&ana, &cy, "ana", "cy")?;
+    cy.ok(&["contact", "add", &ana.link()?, "--name", "ana"])?;
 
-    // Cy's relay dies before Ana has ever had a session with Cy.
+    // Cy's relay dies before Ana has ever had a session with Cy: Ana adds Cy only then
+    // (adding a contact claims their prekeys, which Cy's dead relay cannot hand out).
     r2.kill9();
+    ana.ok(&["contact", "add", &cy.link()?, "--name", "cy"])?;
     let group = ana.json(&["group", "create", "Field", "ben", "cy"])?["id"]
         .as_str()
         .unwrap_or_default()
