@@ -9,7 +9,7 @@ use tern_relay::wire::{ErrorCode, presence};
 use super::{Engine, Internal, relay_peer};
 use crate::{
     error::NodeError,
-    net::{NetError, rpc},
+    net::{Client, NetError, rpc},
 };
 
 impl Engine {
@@ -74,72 +74,7 @@ impl Engine {
         let net = self.net.clone();
         let tx = self.internal.clone();
         tokio::spawn(async move {
-            // The three go at once: on a slow link the setup costs one round trip, not
-            // three. The relay checks a bundle against the device list it stores, so a
-            // bundle refused while a new list was on its way goes once more after it.
-            let rate_limited = |e: &NetError| e.code() == Some(ErrorCode::RateLimited);
-            let publish_list = async {
-                match net.at(relay).publish_device_list(list).await {
-                    Ok(()) => Ok(true),
-                    // Already there: this list is not news to the relay.
-                    Err(NetError::Rejected(r)) if r.code == ErrorCode::Stale => Ok(false),
-                    Err(e) => {
-                        tracing::warn!(%relay, "publishing the device list failed: {e}");
-                        Err(e)
-                    }
-                }
-            };
-            let publish_bundle = async {
-                match &bundle {
-                    Some(b) => Some(net.at(relay).publish_prekeys(b.clone()).await),
-                    None => None,
-                }
-            };
-            let listen = async {
-                let r = rpc::listen(&net, relay).await;
-                if let Err(e) = &r {
-                    tracing::warn!(%relay, "turning on live delivery failed: {e}");
-                }
-                r
-            };
-            let (listed, first, listening) = tokio::join!(publish_list, publish_bundle, listen);
-            let mut soon = [listed.as_ref().err(), listening.as_ref().err()]
-                .into_iter()
-                .flatten()
-                .any(rate_limited);
-            let held = match (first, bundle) {
-                (Some(first), Some(b)) => {
-                    let published = match first {
-                        // Refused as unknown or not listed while a new list was stored: checked
-                        // before it, most likely.
-                        Err(NetError::Rejected(r))
-                            if matches!(listed, Ok(true))
-                                && matches!(
-                                    r.code,
-                                    ErrorCode::NotFound | ErrorCode::NotAllowed
-                                ) =>
-                        {
-                            tracing::debug!(
-                                %relay,
-                                code = r.code.label(),
-                                "prekey bundle refused as the device list went; sent again"
-                            );
-                            net.at(relay).publish_prekeys(b).await
-                        }
-                        r => r,
-                    };
-                    match published {
-                        Ok(n) => Some(n),
-                        Err(e) => {
-                            tracing::warn!(%relay, "publishing prekeys failed: {e}");
-                            soon |= rate_limited(&e);
-                            None
-                        }
-                    }
-                }
-                _ => None,
-            };
-            let ok = listed.is_ok() && held.is_some() && listening.is_ok();
+            let (ok, held, soon) = set_up(&net, relay, list, bundle).await;
             let _ = tx
                 .send(Internal::RelaySetUp {
                     relay,
@@ -362,4 +297,71 @@ impl Engine {
             });
         }
     }
+}
+
+/// A home relay's setup: publishes the device `list` and the prekey `bundle` and turns live
+/// delivery on, all at once (on a slow link one round trip, not three). Returns whether
+/// every step succeeded, how many one-time keys the relay holds (if the bundle was
+/// published), and whether a step was refused as rate-limited (to try again soon).
+///
+/// The relay checks a bundle against the device list it stores, so a bundle refused as
+/// unknown or not listed while a new list was being stored goes once more after it.
+async fn set_up(
+    net: &Client,
+    relay: PeerId,
+    list: Vec<u8>,
+    bundle: Option<Vec<u8>>,
+) -> (bool, Option<u32>, bool) {
+    let publish_list = async {
+        let r = rpc::publish_device_list(net, relay, list).await;
+        if let Err(e) = &r {
+            tracing::warn!(%relay, "publishing the device list failed: {e}");
+        }
+        r
+    };
+    let publish_bundle = async {
+        match &bundle {
+            Some(b) => Some(net.at(relay).publish_prekeys(b.clone()).await),
+            None => None,
+        }
+    };
+    let listen = async {
+        let r = rpc::listen(net, relay).await;
+        if let Err(e) = &r {
+            tracing::warn!(%relay, "turning on live delivery failed: {e}");
+        }
+        r
+    };
+    let (listed, first, listening) = tokio::join!(publish_list, publish_bundle, listen);
+    let published = match (first, bundle) {
+        (Some(Err(NetError::Rejected(r))), Some(b))
+            if matches!(listed, Ok(true))
+                && matches!(r.code, ErrorCode::NotFound | ErrorCode::NotAllowed) =>
+        {
+            tracing::debug!(
+                %relay,
+                code = r.code.label(),
+                "prekey bundle refused as the device list went; sent again"
+            );
+            Some(net.at(relay).publish_prekeys(b).await)
+        }
+        (first, _) => first,
+    };
+    if let Some(Err(e)) = &published {
+        tracing::warn!(%relay, "publishing prekeys failed: {e}");
+    }
+    let soon = [
+        listed.as_ref().err(),
+        listening.as_ref().err(),
+        published.as_ref().and_then(|r| r.as_ref().err()),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|e| e.code() == Some(ErrorCode::RateLimited));
+    let held = published.and_then(Result::ok);
+    (
+        listed.is_ok() && held.is_some() && listening.is_ok(),
+        held,
+        soon,
+    )
 }

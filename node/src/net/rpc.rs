@@ -69,14 +69,16 @@ pub async fn listen(net: &Client, relay: PeerId) -> Result<(), NetError> {
     net.open_live(relay).await
 }
 
-/// Publishes the signed device list (a stale list is not an error: it is already there).
+/// Publishes the signed device list: `true` if the relay stored it now, `false` if it
+/// already had it or a newer one (`Stale` is not an error).
 pub async fn publish_device_list(
     net: &Client,
     relay: PeerId,
     list: Vec<u8>,
-) -> Result<(), NetError> {
+) -> Result<bool, NetError> {
     match net.at(relay).publish_device_list(list).await {
-        Err(NetError::Rejected(r)) if r.code == ErrorCode::Stale => Ok(()),
-        other => other,
+        Ok(()) => Ok(true),
+        Err(NetError::Rejected(r)) if r.code == ErrorCode::Stale => Ok(false),
+        Err(e) => Err(e),
     }
 }
