@@ -30,7 +30,7 @@ use serde_json::json;
 use tern_node::{api::client::ApiClient, types::Event};
 use tern_relay::client::{Client, Config, Event as RelayEvent, Keypair};
 
-use super::{Opts, Report, per_sec, quantile};
+use super::{Opts, Report, ms, per_sec, quantile};
 use crate::support::{Node, Relay, WAIT, link_pair, wait_direct, wait_for, wait_outbox_empty};
 
 /// Relay config for the bench: rate limits and mailbox quotas far above anything it sends
@@ -39,10 +39,6 @@ pub(crate) const UNLIMITED: &str = "[rate]\nrequests_per_sec = 1000000.0\nreques
 
 /// Messages per second in the latency runs.
 const RATE: u64 = 50;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let latency_n = opts.size(1_000, 20);
@@ -212,23 +208,45 @@ fn catch_up(
     rt: &tokio::runtime::Runtime,
     n: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let (a, mut b) = mailbox_pair(&dir.join("catch-up"), relay, relay)?;
+    let (accepted, stored) = backlog_catch_up(
+        &dir.join("catch-up"),
+        (relay, relay),
+        rt,
+        n,
+        Duration::from_secs(600),
+    )?;
+    Ok((per_sec(n, accepted), per_sec(n, stored)))
+}
+
+/// Alice and Bob in `dir` ([`mailbox_pair`], at `relays`: Alice's, Bob's). Bob is offline
+/// while Alice pipelines `n` texts to him over her API; once her outbox has drained to the
+/// relay, Bob starts. Returns how long Alice's API took to accept them, and how long Bob
+/// took from `tern up` to store them all (exactly `n`: more would be duplicates). Each wait
+/// is bounded by `timeout`.
+pub(crate) fn backlog_catch_up(
+    dir: &std::path::Path,
+    (alice_relay, bob_relay): (&str, &str),
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (a, mut b) = mailbox_pair(dir, alice_relay, bob_relay)?;
     b.stop()?;
-    let api_rate = per_sec(n, rt.block_on(send_burst(&a, "Bob", "catch-up", n))?);
-    wait_outbox_empty(&a, Duration::from_secs(600))?;
+    let accepted = rt.block_on(send_burst(&a, "Bob", "catch-up", n))?;
+    wait_outbox_empty(&a, timeout)?;
     let start = Instant::now();
     b.restart()?;
-    let unread = wait_for("bob to store the backlog", Duration::from_secs(600), || {
+    let unread = wait_for("bob to store the backlog", timeout, || {
         let convs = b.json(&["conversations"]).ok()?;
         let unread = convs.as_array()?.first()?["unread"].as_u64()?;
         (unread as usize >= n).then_some(unread)
     })?;
-    let rate = per_sec(n, start.elapsed());
+    let stored = start.elapsed();
     anyhow::ensure!(
         unread as usize == n,
         "bob stored {unread} of {n}: duplicates"
     );
-    Ok((api_rate, rate))
+    Ok((accepted, stored))
 }
 
 /// Alice and Bob in `dir`, both `--no-direct` (every message goes through the mailbox),

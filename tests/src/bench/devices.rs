@@ -25,13 +25,9 @@ use serde_json::json;
 use super::{
     Opts, Report,
     delivery::{UNLIMITED, raw_fetch, raw_relay},
-    per_sec, quantile,
+    ms, per_sec, quantile,
 };
 use crate::support::{Node, Relay, link_device, link_pair, seed_history, wait_for};
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let n = opts.size(20_000, 300);

@@ -62,7 +62,7 @@ use tern_relay::{
     wire::mailbox,
 };
 
-use super::{Opts, Report, quantile};
+use super::{Opts, Report, ms, quantile};
 use crate::{
     sim::{SimFleet, Tally},
     support::{Node, Relay, free_port, relay_metric},
@@ -88,10 +88,6 @@ fn relay_config(metrics_port: u16) -> String {
          [mailbox]\nmax_messages = 1000000\nintro_max_messages = 1000000\n\
          intro_max_bytes = 1000000000000\nintro_per_sender = 1000000\n"
     )
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// What one series measured.

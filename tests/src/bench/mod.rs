@@ -159,6 +159,11 @@ pub fn median(samples: &mut [Duration]) -> Duration {
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
+/// Milliseconds, for the figures.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// The `q` quantile (0.0..=1.0) of some durations, sorted in place.
 pub fn quantile(samples: &mut [Duration], q: f64) -> Duration {
     if samples.is_empty() {

@@ -29,13 +29,13 @@ use serde_json::json;
 
 use super::{
     Opts, Report,
-    delivery::{UNLIMITED, send_burst, wait_text},
-    quantile,
+    delivery::{UNLIMITED, backlog_catch_up, wait_text},
+    ms, quantile,
 };
 use crate::support::{
     Node, Relay, WAIT,
-    link::{DelayProxy, delay_proxy, link_round_trips, tcp_target, via},
-    wait_for, wait_outbox_empty,
+    link::{delay_proxy, link_round_trips, tcp_target, via},
+    wait_for,
 };
 
 /// One-way delay of the slow link (a 100 ms round trip).
@@ -82,47 +82,42 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let proxy = rt.block_on(delay_proxy(tcp_target(&relay.addr)?, ONE_WAY))?;
     let slow_addr = via(&relay.addr, proxy.addr)?;
 
-    let (mut first, mut add, mut catch, mut after_start, mut file): (
-        Times,
-        Times,
-        Times,
-        Times,
-        Times,
-    ) = Default::default();
+    let mut times: [Times; 5] = Default::default();
     for round in 0..rounds {
         for slow in [true, false] {
             let alice_relay = if slow { &slow_addr } else { &relay.addr };
             let sub = dir.path().join(format!("{round}-{slow}"));
-            let (a, d) = first_message(&sub.join("first"), alice_relay, &relay.addr, &rt)?;
-            first.push(slow, d);
-            add.push(slow, a);
-            let d = catch_up(&sub.join("catch"), &relay.addr, alice_relay, &rt, backlog)?;
-            catch.push(slow, d);
-            let d = send_after_start(&sub.join("start"), alice_relay, &relay.addr, &rt)?;
-            after_start.push(slow, d);
-            let d = file_transfer(&sub.join("file"), alice_relay, &relay.addr, FILE_BYTES)?;
-            file.push(slow, d);
+            let (add, first) = first_message(&sub.join("first"), alice_relay, &relay.addr, &rt)?;
+            // Bob is the one on the slow link here.
+            let (_, catch) = backlog_catch_up(
+                &sub.join("catch"),
+                (&relay.addr, alice_relay),
+                &rt,
+                backlog,
+                WAIT,
+            )?;
+            let start = send_after_start(&sub.join("start"), alice_relay, &relay.addr, &rt)?;
+            let file = file_transfer(&sub.join("file"), alice_relay, &relay.addr, FILE_BYTES)?;
+            for (t, d) in times.iter_mut().zip([first, add, catch, start, file]) {
+                t.push(slow, d);
+            }
         }
     }
     let mut rtt = rt.block_on(link_round_trips(20, ONE_WAY))?;
     let rtt = ms(quantile(&mut rtt, 0.5));
-    for (name, times) in [
-        ("paths.first_message", first),
-        ("paths.contact_add", add),
-        ("paths.catch_up", catch),
-        ("paths.send_after_start", after_start),
-        ("paths.file", file),
-    ] {
+    let names = [
+        "paths.first_message",
+        "paths.contact_add",
+        "paths.catch_up",
+        "paths.send_after_start",
+        "paths.file",
+    ];
+    for (name, times) in names.into_iter().zip(times) {
         let (extra, loopback) = times.extra();
         report.compare(name, ms(extra), "ms", "link round trip (100 ms)", rtt);
         report.value(&format!("{name}_loopback"), ms(loopback), "ms");
     }
-    drop::<DelayProxy>(proxy);
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Bob adds Alice; Alice adds Bob and sends at once. Returns (contact add, send → Bob has
@@ -152,28 +147,6 @@ fn first_message(
         wait_text(&mut receiver, "first", WAIT).await?;
         Ok((added, start.elapsed()))
     })
-}
-
-/// Alice sends `n` texts to offline Bob; Bob starts: until he has stored them all.
-fn catch_up(
-    dir: &Path,
-    alice_relay: &str,
-    bob_relay: &str,
-    rt: &tokio::runtime::Runtime,
-    n: usize,
-) -> anyhow::Result<Duration> {
-    let (a, mut b) = super::delivery::mailbox_pair(dir, alice_relay, bob_relay)?;
-    b.stop()?;
-    rt.block_on(send_burst(&a, "Bob", "backlog", n))?;
-    wait_outbox_empty(&a, WAIT)?;
-    let start = Instant::now();
-    b.restart()?;
-    wait_for("bob to store the backlog", WAIT, || {
-        let convs = b.json(&["conversations"]).ok()?;
-        let unread = convs.as_array()?.first()?["unread"].as_u64()?;
-        (unread as usize >= n).then_some(())
-    })?;
-    Ok(start.elapsed())
 }
 
 /// Alice and Bob have a session; Alice stops, starts again and sends at once: until Bob

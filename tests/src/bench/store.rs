@@ -24,7 +24,7 @@ use tern_store::{
     StorageKey, Store, Unlock, WriteError,
 };
 
-use super::{Opts, Report, per_sec, quantile};
+use super::{Opts, Report, ms, per_sec, quantile};
 
 /// Messages per write transaction.
 const BATCH: usize = 100;
@@ -486,10 +486,6 @@ fn open_store(path: &Path, key: Option<&StorageKey>) -> anyhow::Result<Store> {
 
 fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1_000.0
 }
 
 /// Removes the scratch directory however the suite ends.

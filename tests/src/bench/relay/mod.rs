@@ -77,7 +77,7 @@ use tern_relay::{
     client::{self, Client, Event, Keypair},
 };
 
-use super::{Opts, Report, quantile};
+use super::{Opts, Report, ms, quantile};
 
 mod deposits;
 mod echo;
@@ -235,11 +235,6 @@ async fn push_figures(
         );
     }
     Ok(())
-}
-
-/// Milliseconds, for the figures.
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Connects a relay client with a fresh identity.
