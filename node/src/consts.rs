@@ -135,6 +135,17 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long a direct delivery may take before the mailbox is used instead.
 pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Least time between two direct dials to a contact's device reached only through a relay
+/// circuit (one behind a NAT that a dial cannot pass is not dialed every time it is asked).
+pub const DIRECT_RETRY: Duration = Duration::from_secs(60);
+
+/// Heartbeats between two dials of the contact devices presence says are online (those
+/// connected directly are passed over by the network task).
+pub const DIRECT_REDIAL_HEARTBEATS: u64 = 3;
+
+/// Most of a peer's own (not relayed) listen addresses kept to dial it directly.
+pub const MAX_PEER_ADDRS: usize = 8;
+
 /// Timeout of one request to a relay.
 pub const RELAY_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -7,12 +7,15 @@
 //! (`tern relay add|remove`) reaches a contact without a new contact link: its messages go to
 //! the new relay, and stop waiting for the removed one. Mail left at a removed relay (down
 //! when its owner moved) is still drained from it once it is back. A relay that hangs
-//! (SIGSTOP) holds up nothing that another relay can carry.
+//! (SIGSTOP) holds up nothing that another relay can carry. Online contacts whose first
+//! relay is down still connect directly, through the other.
 
 use std::path::Path;
 use std::time::Duration;
 
-use tern_tests::support::{Node, Relay, link_pair, relay_db, wait_for, wait_outbox_empty};
+use tern_tests::support::{
+    Node, Relay, link_pair, relay_db, wait_direct, wait_for, wait_outbox_empty,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -153,6 +156,32 @@ fn a_wiped_relay_and_then_both_relays_down_lose_and_double_nothing() -> anyhow::
     })?;
     want.push("all here".to_owned());
     assert_eq!(shown(&ben), Some(want), "no copy is shown twice");
+    Ok(())
+}
+
+/// Online contacts connect device to device even when the first relay of each one's list
+/// is down: each dials the other through a circuit at the relay that said it is online
+/// (or, failing that, at the next of its relays a while later), and upgrades to a direct
+/// connection; with both relays down then, messages still go, device to device.
+#[test]
+fn online_contacts_connect_directly_through_the_relay_that_is_up() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let mut r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let both =
+        |name| Node::init_and_start_with(dir.path(), name, Some(&r1.addr), &["--relay", &r2.addr]);
+    let ana = both("ana")?;
+    let ben = both("ben")?;
+    r1.kill9();
+    link_pair(&ana, &ben, "Ana", "Ben")?;
+    wait_direct(&ana, &ben, WAIT)?;
+    ana.ok(&["send", "Ben", "hello"])?;
+    wait_text(&ben, "Ana", "hello", "the first message")?;
+    r2.kill9();
+    ana.ok(&["send", "Ben", "no relay left"])?;
+    ben.ok(&["send", "Ana", "none needed"])?;
+    wait_text(&ben, "Ana", "no relay left", "Ana's text, device to device")?;
+    wait_text(&ana, "Ben", "none needed", "Ben's answer, device to device")?;
     Ok(())
 }
 

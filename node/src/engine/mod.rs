@@ -79,8 +79,11 @@ pub(crate) enum Internal {
         relay: PeerId,
         envelopes: Vec<tern_relay::wire::mailbox::Envelope>,
     },
-    /// Current presence fetched by a subscription.
-    Presence(Vec<tern_relay::wire::presence::Entry>),
+    /// Current presence fetched by a subscription at a relay.
+    Presence {
+        relay: PeerId,
+        entries: Vec<tern_relay::wire::presence::Entry>,
+    },
     /// Device lists fetched from relays: (user, signed list).
     DeviceLists(Vec<(UserId, Vec<u8>)>),
     /// Device lists of group members not known before, and whether some fetch failed.
@@ -347,6 +350,7 @@ impl Engine {
                         self.check_prekeys();
                     }
                     self.heartbeat();
+                    self.redial_online();
                     self.end_drains();
                     self.groups.owed_due = true;
                     self.deliver_owed();
@@ -413,7 +417,7 @@ impl Engine {
                 self.on_mail(relay, envelopes);
             }
             net::Event::MailDropped(relay) => self.fetch_mailbox(relay),
-            net::Event::Presence(entries) => self.on_presence(entries),
+            net::Event::Presence { relay, entries } => self.on_presence(relay, entries),
             net::Event::Direct {
                 peer,
                 id,
@@ -494,7 +498,7 @@ impl Engine {
                     self.fetch_mailbox(relay);
                 }
             }
-            Internal::Presence(entries) => self.on_presence(entries),
+            Internal::Presence { relay, entries } => self.on_presence(relay, entries),
             Internal::PrekeysLow => self.relays.topup_due = true,
             Internal::PrekeyClaimed {
                 user,

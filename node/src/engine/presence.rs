@@ -13,6 +13,7 @@ use tern_crypto::UserId;
 use tern_relay::wire::presence::{self, State};
 
 use super::{Engine, Internal, command::Reply, device_peer, relay_peer};
+use crate::consts::DIRECT_REDIAL_HEARTBEATS;
 use crate::types::*;
 
 impl Engine {
@@ -150,7 +151,7 @@ impl Engine {
         tokio::spawn(async move {
             match net.at(relay).subscribe(peers).await {
                 Ok(entries) => {
-                    let _ = tx.send(Internal::Presence(entries)).await;
+                    let _ = tx.send(Internal::Presence { relay, entries }).await;
                 }
                 Err(e) => tracing::debug!(%relay, "presence subscription failed: {e}"),
             }
@@ -182,13 +183,14 @@ impl Engine {
         }
     }
 
-    pub(crate) fn on_presence(&mut self, entries: Vec<presence::Entry>) {
+    /// Presence changes `relay` told of.
+    pub(crate) fn on_presence(&mut self, relay: PeerId, entries: Vec<presence::Entry>) {
         let mut changed = HashSet::new();
         for e in entries {
             if let Some(user) = self.people.device_owner.get(&e.peer) {
                 changed.insert(*user);
                 if matches!(e.state, State::Online | State::Away) {
-                    self.maybe_dial(e.peer, user);
+                    self.maybe_dial(e.peer, user, Some(relay), 0);
                 }
             }
             self.relays.presence.insert(e.peer, e);
@@ -199,26 +201,49 @@ impl Engine {
         }
     }
 
-    /// An online contact device we have no connection to: dial it through its relay so
-    /// messages can go direct (DCUtR upgrades the circuit where NAT allows).
-    pub(super) fn maybe_dial(&self, peer: PeerId, user: &UserId) {
+    /// Dials an online contact device through a relay circuit, so messages can go direct
+    /// (DCUtR and the device's own addresses upgrade the circuit where NAT allows): through
+    /// `via` if it is one of the contact's relays (the one that said the device is online),
+    /// else through the contact's relay `turn` picks. The network task does nothing for a
+    /// device connected directly, and for one reached only through a circuit it dials the
+    /// device's own addresses again (at most once a minute).
+    pub(super) fn maybe_dial(&self, peer: PeerId, user: &UserId, via: Option<PeerId>, turn: usize) {
         if !self.relays.direct {
             return;
         }
-        let Some(relay) = self
-            .people
-            .contacts
-            .get(user)
-            .and_then(|c| c.relays.first().cloned())
-        else {
+        let Some(c) = self.people.contacts.get(user) else {
+            return;
+        };
+        let relay = via
+            .and_then(|v| c.relays.iter().find(|a| relay_peer(a) == Some(v)))
+            .or_else(|| c.relays.get(turn % c.relays.len().max(1)))
+            .cloned();
+        let Some(relay) = relay else {
             return;
         };
         let net = self.net.clone();
         tokio::spawn(async move {
-            if !net.is_connected(peer).await {
-                let _ = net.dial_via(peer, relay).await;
-            }
+            let _ = net.dial_via(peer, relay).await;
         });
+    }
+
+    /// Every [`DIRECT_REDIAL_HEARTBEATS`] heartbeats, dials again the contact devices
+    /// presence says are online: a dial that failed (the device's circuit reservation was
+    /// not up yet, its relay was down) is not left for the next presence change, and each
+    /// try goes through the next of the contact's relays.
+    pub(super) fn redial_online(&self) {
+        let beat = self.relays.heartbeats;
+        if !beat.is_multiple_of(DIRECT_REDIAL_HEARTBEATS) {
+            return;
+        }
+        let turn = (beat / DIRECT_REDIAL_HEARTBEATS) as usize;
+        for (peer, e) in &self.relays.presence {
+            if matches!(e.state, State::Online | State::Away)
+                && let Some(user) = self.people.device_owner.get(peer)
+            {
+                self.maybe_dial(*peer, user, None, turn);
+            }
+        }
     }
 
     /// Answers a presence query: the contacts' relays are asked in a task, and the answer

@@ -4,10 +4,7 @@
 //! Swarm events are handled in `events`, which uses this module's state and helpers; this
 //! module calls into `events` only for `on_swarm`.
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use futures::StreamExt;
 use libp2p::{
@@ -22,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Command, Event, NetError, PeerConnections, Reply, swarm::Behaviour};
-use crate::consts::{REDIAL_BASE, REDIAL_MAX};
+use crate::consts::{DIRECT_RETRY, MAX_PEER_ADDRS, REDIAL_BASE, REDIAL_MAX};
 
 pub(super) struct RelayState {
     pub(super) addr: Multiaddr,
@@ -33,6 +30,15 @@ pub(super) struct RelayState {
     pub(super) backoff: Duration,
     /// The circuit listener of a home relay, while one was asked for.
     pub(super) listener: Option<ListenerId>,
+}
+
+/// A connected peer's own addresses, to reach it directly rather than through a circuit.
+#[derive(Debug, Default)]
+pub(super) struct DirectTry {
+    /// Its listen addresses not through a relay, at most [`MAX_PEER_ADDRS`].
+    pub(super) addrs: Vec<Multiaddr>,
+    /// When they were last dialed.
+    pub(super) last: Option<Instant>,
 }
 
 /// The loop that owns the swarm. Run it with [`EventLoop::run`].
@@ -52,8 +58,9 @@ pub struct EventLoop {
     pub(super) live: HashMap<PeerId, tern_relay::live::AckQueue>,
     /// Non-relay peers: (direct connections, relayed connections).
     pub(super) direct_conns: HashMap<PeerId, (u32, u32)>,
-    /// Peers we already tried to dial directly after learning their addresses.
-    pub(super) dialed_direct: HashSet<PeerId>,
+    /// Connected non-relay peers' own listen addresses (from identify) and when they were
+    /// last dialed; dropped with the peer's last connection.
+    pub(super) direct_tries: HashMap<PeerId, DirectTry>,
     /// Relayed connections to non-relay peers, closed once a direct one is up: a circuit is
     /// limited in bytes and time, so a stream on it (a file from a peer) would be cut, and
     /// it costs the relay bandwidth.
@@ -227,6 +234,8 @@ impl EventLoop {
             }
             Command::DialVia { peer, relay } => {
                 if self.swarm.is_connected(&peer) {
+                    // Through a circuit only: its own addresses may work by now.
+                    self.try_direct(peer);
                     return;
                 }
                 let addr = relay.with(Protocol::P2pCircuit).with(Protocol::P2p(peer));
@@ -275,6 +284,44 @@ impl EventLoop {
                 );
             }
         }
+    }
+
+    /// Dials `peer`'s own addresses if it is reached only through relay circuits and they
+    /// were not dialed in the last [`DIRECT_RETRY`] (DCUtR's hole punch is the other way,
+    /// tried by the side that accepted the circuit).
+    pub(super) fn try_direct(&mut self, peer: PeerId) {
+        let only_relayed = self
+            .direct_conns
+            .get(&peer)
+            .is_some_and(|(d, r)| *d == 0 && *r > 0);
+        let now = Instant::now();
+        let Some(t) = self.direct_tries.get_mut(&peer) else {
+            return;
+        };
+        if !only_relayed
+            || t.addrs.is_empty()
+            || t.last.is_some_and(|l| now.duration_since(l) < DIRECT_RETRY)
+        {
+            return;
+        }
+        t.last = Some(now);
+        let opts = DialOpts::peer_id(peer)
+            .addresses(t.addrs.clone())
+            .condition(libp2p::swarm::dial_opts::PeerCondition::NotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, "direct dial not started: {e}");
+        }
+    }
+
+    /// Keeps what `peer` said of its own listen addresses, to dial it directly.
+    pub(super) fn learn_addrs(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let mut addrs: Vec<Multiaddr> = addrs.into_iter().filter(|a| !is_relayed(a)).collect();
+        addrs.truncate(MAX_PEER_ADDRS);
+        for a in &addrs {
+            self.swarm.add_peer_address(peer, a.clone());
+        }
+        self.direct_tries.entry(peer).or_default().addrs = addrs;
     }
 
     pub(super) fn reserve(&mut self, relay: PeerId) {

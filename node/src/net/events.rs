@@ -5,9 +5,9 @@
 //! Uses the state and helpers of `event_loop`, and the types of the parent module.
 
 use libp2p::{
-    Multiaddr, PeerId, dcutr, identify, relay,
+    PeerId, dcutr, identify, relay,
     request_response::{self, Message, OutboundRequestId},
-    swarm::{SwarmEvent, dial_opts::DialOpts},
+    swarm::SwarmEvent,
 };
 use tern_relay::{
     client::{self as relay_client, Proto},
@@ -137,7 +137,7 @@ impl EventLoop {
                 }
                 if num_established == 0 {
                     self.direct_conns.remove(&peer_id);
-                    self.dialed_direct.remove(&peer_id);
+                    self.direct_tries.remove(&peer_id);
                     self.relayed_conns.remove(&peer_id);
                 }
             }
@@ -203,30 +203,11 @@ impl EventLoop {
     /// A contact's device told us its listen addresses: remember them and, if we only
     /// reach it through a relay circuit, try a direct connection (DCUtR handles the NAT case).
     fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
-        if self.relays.contains_key(&peer) {
+        if self.relays.contains_key(&peer) || !self.swarm.is_connected(&peer) {
             return;
         }
-        let addrs: Vec<Multiaddr> = info
-            .listen_addrs
-            .into_iter()
-            .filter(|a| !is_relayed(a))
-            .collect();
-        for a in &addrs {
-            self.swarm.add_peer_address(peer, a.clone());
-        }
-        let only_relayed = self
-            .direct_conns
-            .get(&peer)
-            .is_some_and(|(d, r)| *d == 0 && *r > 0);
-        if only_relayed && !addrs.is_empty() && self.dialed_direct.insert(peer) {
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(libp2p::swarm::dial_opts::PeerCondition::NotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, "direct dial not started: {e}");
-            }
-        }
+        self.learn_addrs(peer, info.listen_addrs);
+        self.try_direct(peer);
     }
 
     fn complete(
@@ -283,7 +264,10 @@ impl EventLoop {
                         relay: peer,
                         envelopes,
                     },
-                    Some(tern_relay::rpc::Pushed::Presence(entries)) => Event::Presence(entries),
+                    Some(tern_relay::rpc::Pushed::Presence(entries)) => Event::Presence {
+                        relay: peer,
+                        entries,
+                    },
                     _ => return,
                 };
                 let mail = matches!(event, Event::Mail { .. });

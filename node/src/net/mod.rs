@@ -117,7 +117,12 @@ pub enum Event {
     /// A mail push had to be dropped (queue full): fetch the mailbox.
     MailDropped(PeerId),
     /// Presence changes pushed by a relay.
-    Presence(Vec<presence::Entry>),
+    Presence {
+        /// The relay.
+        relay: PeerId,
+        /// The changes.
+        entries: Vec<presence::Entry>,
+    },
     /// A device sent a message directly; answer with [`Client::respond_direct`].
     Direct {
         /// The sending device.
@@ -265,6 +270,17 @@ impl Held {
                     frame,
                     reply,
                 });
+            }
+        }
+        None
+    }
+
+    /// The next dial through a relay circuit asked for, (device, relay address); other
+    /// commands are passed over (a request's sender sees it fail).
+    pub(crate) async fn dial(&mut self) -> Option<(PeerId, Multiaddr)> {
+        while let Some(cmd) = self.cmds.recv().await {
+            if let Command::DialVia { peer, relay } = cmd {
+                return Some((peer, relay));
             }
         }
         None

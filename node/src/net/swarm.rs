@@ -3,7 +3,7 @@
 //!
 //! Uses only the types of the parent module and of `client` and `event_loop`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use libp2p::{
     Multiaddr, SwarmBuilder, dcutr,
@@ -133,7 +133,7 @@ pub fn new(
             relays: HashMap::new(),
             live: HashMap::new(),
             direct_conns: HashMap::new(),
-            dialed_direct: HashSet::new(),
+            direct_tries: HashMap::new(),
             relayed_conns: HashMap::new(),
             dht: HashMap::new(),
         },

@@ -5,6 +5,7 @@
 mod batch;
 mod claims;
 mod commands;
+mod direct;
 mod drain;
 mod hold;
 mod lists;
