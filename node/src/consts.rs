@@ -102,6 +102,10 @@ const _: () = assert!(LANE_WINDOW as u64 <= MAX_SAFE_SKIP);
 /// Most rows one lane task takes from its lane before handing back to the engine.
 pub const LANE_BATCH: u32 = 64;
 
+/// Most rows one lane task is handed in all: its first [`LANE_BATCH`] and those queued
+/// behind them while it runs (the rest go on its next run).
+pub const LANE_RUN_MAX: usize = 4 * LANE_BATCH as usize;
+
 /// A pairwise message that would pass over more than this many earlier messages of its
 /// chain waits for them (left in the mailbox, or refused on the direct path so the sender
 /// uses the mailbox) instead of being decrypted: vodozemac keeps only 40 skipped keys per

@@ -78,17 +78,30 @@ impl Store {
     /// The first `limit` rows of a device's lane (capped at [`MAX_PAGE_SIZE`]), in the order
     /// they must be sent.
     pub fn lane(&self, device: &str, limit: u32) -> Result<Vec<LaneRow>, ReadError> {
-        self.lane_rows("read a lane", device, None, limit)
+        self.lane_rows("read a lane", device, None, 0, limit)
+    }
+
+    /// Like [`Store::lane`] (`relay: None`) or [`Store::lane_at`], the rows after row
+    /// `after` only: those queued behind the rows a running lane task already has.
+    pub fn lane_after(
+        &self,
+        device: &str,
+        relay: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LaneRow>, ReadError> {
+        self.lane_rows("read the end of a lane", device, relay, after, limit)
     }
 
     /// The rows of a device's lane, in order, that `relay` has not taken yet (all of them
     /// for `None`), each with its attempts and due time at that relay (the row's own until
-    /// the relay was first tried).
+    /// the relay was first tried), after row `after` (0: from the first).
     pub(crate) fn lane_rows(
         &self,
         op: &'static str,
         device: &str,
         relay: Option<&str>,
+        after: i64,
         limit: u32,
     ) -> Result<Vec<LaneRow>, ReadError> {
         type Raw = (i64, Option<Vec<u8>>, String, String, Vec<u8>, i64, i64);
@@ -100,21 +113,24 @@ impl Store {
                  CASE WHEN r.row IS NULL THEN o.next_attempt_ms ELSE r.next_attempt_ms END \
                  FROM outbox o LEFT JOIN messages m ON m.rowid = o.message \
                  LEFT JOIN outbox_relays r ON r.row = o.id AND r.relay = ?3 \
-                 WHERE o.recipient_device = ?1 AND o.kind = 0 /* Pairwise */ \
+                 WHERE o.recipient_device = ?1 AND o.kind = 0 /* Pairwise */ AND o.id > ?4 \
                  AND coalesce(r.taken, 0) = 0 ORDER BY o.id LIMIT ?2",
             )
             .and_then(|mut s| {
-                s.query_map(params![device, limit.clamp(1, MAX_PAGE_SIZE), relay], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })?
+                s.query_map(
+                    params![device, limit.clamp(1, MAX_PAGE_SIZE), relay, after],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ))
+                    },
+                )?
                 .collect()
             })
             .read_ctx(op)?;

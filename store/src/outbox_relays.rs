@@ -34,7 +34,7 @@ impl Store {
         relay: &str,
         limit: u32,
     ) -> Result<Vec<LaneRow>, ReadError> {
-        self.lane_rows("read a lane at a relay", device, Some(relay), limit)
+        self.lane_rows("read a lane at a relay", device, Some(relay), 0, limit)
     }
 
     /// The devices with lane rows, in device id order after `after` (`""`: from the

@@ -248,6 +248,8 @@ fn paths_suite_reports_every_figure_with_its_baseline() {
         "paths.catch_up",
         "paths.send_after_start",
         "paths.file",
+        "paths.group_first",
+        "paths.second_text",
     ] {
         assert_compared(&rows, name);
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use libp2p::PeerId;
+use tokio::sync::mpsc;
 
 use tern_relay::wire::mailbox::Refusal;
 
@@ -45,13 +46,16 @@ pub(crate) enum Taken {
 /// Carries ciphertexts to devices; `Ok` once durable there (stored by the peer, or committed
 /// by a relay).
 pub(crate) trait Courier: Send + Sync + 'static {
-    /// Delivers a lane's `payloads` over `route` in order, stopping at the first that
-    /// fails: who took each delivered one (a prefix of `payloads`, in order) and, if one
-    /// failed, why. None after a failed one is taken, so it goes again after that one.
+    /// Delivers a lane's `payloads` over `route` in order, then those that come through
+    /// `more` while it runs (rows queued behind them meanwhile), stopping at the first that
+    /// fails: who took each delivered one (a prefix of all those, in order) and, if one
+    /// failed, why. None after a failed one is taken, so it goes again after that one. It
+    /// may end without taking what `more` still holds: those rows go on the lane's next run.
     fn deliver_lane(
         &self,
         route: Route,
         payloads: Vec<Vec<u8>>,
+        more: mpsc::Receiver<Vec<u8>>,
     ) -> BoxFuture<'static, (Vec<Taken>, Option<NetError>)>;
 
     /// Deposits one group `payload` at `relay` for many devices, each with the token of the
@@ -69,9 +73,10 @@ impl Courier for net::Client {
         &self,
         route: Route,
         payloads: Vec<Vec<u8>>,
+        more: mpsc::Receiver<Vec<u8>>,
     ) -> BoxFuture<'static, (Vec<Taken>, Option<NetError>)> {
         let net = self.clone();
-        Box::pin(async move { super::lanes::deliver_lane(&net, route, payloads).await })
+        Box::pin(async move { super::lanes::deliver_lane(&net, route, payloads, more).await })
     }
 
     fn deposit_many(

@@ -27,7 +27,7 @@ use super::{
     device_peer,
 };
 use crate::{
-    consts::{LANE_BATCH, LANE_WINDOW, MAX_LANES_IN_FLIGHT, OUTBOX_BATCH, RETRY_MAX},
+    consts::{LANE_BATCH, LANE_RUN_MAX, LANE_WINDOW, MAX_LANES_IN_FLIGHT, OUTBOX_BATCH, RETRY_MAX},
     net::{NetError, rpc},
     types::Event,
 };
@@ -41,10 +41,19 @@ pub(crate) type LaneKey = (String, Option<PeerId>);
 pub(crate) struct LaneDone {
     /// The lane.
     lane: LaneKey,
-    /// The rows it delivered, in order, and who took each.
-    acked: Vec<(i64, Taken)>,
-    /// The row it stopped at, with its failed attempts before this one, and why.
-    failed: Option<(i64, u32, NetError)>,
+    /// Who took each row it delivered, in the order they were handed to it.
+    taken: Vec<Taken>,
+    /// Why it stopped at the next row, if that failed.
+    error: Option<NetError>,
+}
+
+/// A lane whose task runs.
+#[derive(Debug)]
+pub(crate) struct Running {
+    /// The rows handed to the task, in order, with their failed attempts before.
+    handed: Vec<(i64, u32)>,
+    /// Where rows queued behind them go to join the run.
+    more: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
 impl Engine {
@@ -101,15 +110,58 @@ impl Engine {
         );
     }
 
-    /// Starts the lanes of these (device, user) pairs if they are idle (see
-    /// [`Self::kick_lanes_for`]).
+    /// Starts the lanes of these (device, user) pairs if they are idle, and hands the rows
+    /// just queued to those that run (see [`Self::kick_lanes_for`]).
     pub(crate) fn kick_lanes<'a>(&mut self, devices: impl IntoIterator<Item = (&'a str, &'a str)>) {
         let now = self.clock.now_ms();
         for (device, user) in devices {
             for relay in self.lane_relays(device, Some(user)) {
-                self.start_lane(device, relay, Some(now));
+                if !self.extend_lane(device, relay) {
+                    self.start_lane(device, relay, Some(now));
+                }
             }
         }
+    }
+
+    /// If `device`'s lane at `relay` runs, hands its task the rows queued behind those it
+    /// has, so they go on its deposit stream's window now rather than after its run (a
+    /// round trip later on a slow link), up to [`LANE_RUN_MAX`] rows a run. Returns whether
+    /// the lane runs.
+    fn extend_lane(&mut self, device: &str, relay: Option<PeerId>) -> bool {
+        let lane: LaneKey = (device.to_owned(), relay);
+        let Some(run) = self.outbox.lanes_busy.get_mut(&lane) else {
+            return false;
+        };
+        let Some(&(last, _)) = run.handed.last() else {
+            return true;
+        };
+        let room = LANE_RUN_MAX
+            .saturating_sub(run.handed.len())
+            .min(run.more.capacity());
+        if room == 0 {
+            return true;
+        }
+        let relay = relay.map(|r| r.to_string());
+        let rows = match self.store.lane_after(
+            device,
+            relay.as_deref(),
+            last,
+            u32::try_from(room).unwrap_or(u32::MAX),
+        ) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!("reading a lane failed: {e}");
+                return true;
+            }
+        };
+        for r in rows {
+            // A task that stopped taking them leaves them for the lane's next run.
+            if run.more.try_send(r.delivery.payload).is_err() {
+                break;
+            }
+            run.handed.push((r.row, r.attempts));
+        }
+        true
     }
 
     /// Starts every idle lane of `device` (a grant from it came: refused deposits go now).
@@ -197,7 +249,7 @@ impl Engine {
         let lane: LaneKey = (device.to_owned(), relay);
         // Inside a store batch the rows are not durable yet: nothing goes on the wire until
         // it commits (the batch's owner dispatches then).
-        if self.outbox.lanes_busy.contains(&lane)
+        if self.outbox.lanes_busy.contains_key(&lane)
             || self.outbox.lanes_busy.len() >= MAX_LANES_IN_FLIGHT
             || self.store.in_batch()
         {
@@ -253,29 +305,18 @@ impl Engine {
             direct: self.relays.direct && relay == first,
             grant: self.grants.held(device),
         };
-        self.outbox.lanes_busy.insert(lane.clone());
+        let (more, more_rx) = tokio::sync::mpsc::channel(LANE_BATCH as usize);
+        let handed = rows.iter().map(|r| (r.row, r.attempts)).collect();
+        self.outbox
+            .lanes_busy
+            .insert(lane.clone(), Running { handed, more });
         let courier = self.courier.clone();
         let tx = self.internal.clone();
         tokio::spawn(async move {
-            let ids: Vec<(i64, u32)> = rows.iter().map(|r| (r.row, r.attempts)).collect();
             let payloads = rows.into_iter().map(|r| r.delivery.payload).collect();
-            let (taken, error) = courier.deliver_lane(route, payloads).await;
-            let acked: Vec<(i64, Taken)> = ids
-                .iter()
-                .zip(taken)
-                .map(|(&(row, _), taken)| (row, taken))
-                .collect();
-            // The first row not taken is the one that failed.
-            let failed = error.and_then(|e| {
-                ids.get(acked.len())
-                    .map(|&(row, attempts)| (row, attempts, e))
-            });
+            let (taken, error) = courier.deliver_lane(route, payloads, more_rx).await;
             let _ = tx
-                .send(Internal::LaneDone(LaneDone {
-                    lane,
-                    acked,
-                    failed,
-                }))
+                .send(Internal::LaneDone(LaneDone { lane, taken, error }))
                 .await;
         });
     }
@@ -291,13 +332,20 @@ impl Engine {
         let mut taken_at = Vec::new();
         let mut retries = Vec::new();
         let mut go_on = Vec::new();
-        for LaneDone {
-            lane,
-            acked: rows,
-            failed,
-        } in results
-        {
-            self.outbox.lanes_busy.remove(&lane);
+        for LaneDone { lane, taken, error } in results {
+            let handed = self
+                .outbox
+                .lanes_busy
+                .remove(&lane)
+                .map(|run| run.handed)
+                .unwrap_or_default();
+            // The first row not taken is the one that failed.
+            let failed = error.and_then(|e| {
+                handed
+                    .get(taken.len())
+                    .map(|&(row, attempts)| (row, attempts, e))
+            });
+            let rows = handed.iter().zip(taken).map(|(&(row, _), t)| (row, t));
             let (device, relay) = &lane;
             let mut at_relay = Vec::new();
             for (row, taken) in rows {
@@ -372,71 +420,125 @@ impl Engine {
 
 /// Delivers a lane's ciphertexts in order (see [`super::courier::Courier::deliver_lane`]):
 /// one after another while the device is connected directly or no deposit stream to the
-/// lane's relay is open; else up to [`LANE_WINDOW`] at once on the stream, each naming the
-/// one before it, so the relay refuses (`OutOfOrder`) whatever follows one it refused
-/// instead of letting it overtake. Of a window, the rows answered in order up to the first
-/// failure are taken; the rest go again after that one (a copy the relay stored anyway, when
-/// the stream broke, reaches the device twice and is dropped there). Rows the stream could
-/// not take (it closed before they were queued, or the relay refused its protocol) go one
-/// after another as requests.
+/// lane's relay is open (the first deposit there starts opening one, and each row looks
+/// again, so a run that began with requests goes on the stream once it is open); else up
+/// to [`LANE_WINDOW`] at once on the stream ([`window`]). Rows handed over through `more`
+/// while the run lasts join it, behind the others. Rows the stream could not take (it
+/// closed before they were queued, or the relay refused its protocol) go one after another
+/// as requests.
 pub(crate) async fn deliver_lane(
     net: &crate::net::Client,
     route: Route,
-    payloads: Vec<Vec<u8>>,
+    mut payloads: Vec<Vec<u8>>,
+    mut more: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> (Vec<Taken>, Option<NetError>) {
     let mut taken = Vec::with_capacity(payloads.len());
-    let pipe = match route.relay {
-        Some(relay) if !(route.direct && net.is_connected(route.peer).await) => {
-            rpc::deposit_stream(net, relay).map(|p| (relay, p))
+    // Not while the device is connected directly, nor again once the stream failed here.
+    let mut streams =
+        route.relay.is_some() && !(route.direct && net.is_connected(route.peer).await);
+    loop {
+        while let Ok(p) = more.try_recv() {
+            payloads.push(p);
         }
-        _ => None,
-    };
-    if let Some((relay, pipe)) = pipe {
-        let token = super::grants::token(route.grant.as_ref(), relay);
-        let mut in_flight = std::collections::VecDeque::with_capacity(LANE_WINDOW);
-        let (mut next, mut before, mut closed) = (0, None, false);
-        loop {
-            while !closed && in_flight.len() < LANE_WINDOW {
-                let Some(payload) = payloads.get(next) else {
-                    break;
-                };
-                let req = tern_relay::rpc::deposit_request(
-                    vec![route.peer],
-                    vec![token],
-                    None,
-                    payload.clone(),
-                );
-                match pipe.submit_following(req, before).await {
-                    Ok(ticket) => {
-                        before = Some(ticket.seq());
-                        in_flight.push_back(ticket);
-                        next += 1;
-                    }
-                    // Not queued: it and the rest go as requests once those queued are in.
-                    Err(_) => closed = true,
-                }
-            }
-            let Some(ticket) = in_flight.pop_front() else {
-                break;
+        if taken.len() == payloads.len() {
+            return (taken, None);
+        }
+        let pipe = match route.relay {
+            Some(relay) if streams => rpc::deposit_stream(net, relay).map(|p| (relay, p)),
+            _ => None,
+        };
+        if let Some((relay, pipe)) = pipe {
+            let lane = Window {
+                route: &route,
+                relay,
+                pipe: &pipe,
             };
-            match ticket.answer().await {
-                Ok((_, refused)) => match rpc::one_recipient(&refused) {
-                    Ok(()) => taken.push(Taken::Relay),
-                    Err(e) => return (taken, Some(e)),
-                },
-                // The relay does not take deposit streams: none of the window was taken.
-                Err(NetError::Unsupported) => break,
+            match lane.run(&mut payloads, &mut more, &mut taken).await {
+                Ok(open) => streams = open,
                 Err(e) => return (taken, Some(e)),
             }
+            continue;
         }
-    }
-    for payload in payloads.into_iter().skip(taken.len()) {
+        let payload = std::mem::take(&mut payloads[taken.len()]);
         match deliver(net, route.clone(), payload).await {
             Ok(t) => taken.push(t),
             Err(e) => return (taken, Some(e)),
         }
     }
-    (taken, None)
+}
+
+/// A lane's rows on its relay's deposit stream.
+struct Window<'a> {
+    route: &'a Route,
+    relay: PeerId,
+    pipe: &'a tern_relay::pipeline::Pipeline,
+}
+
+impl Window<'_> {
+    /// Sends `payloads` from the first not `taken` on, up to [`LANE_WINDOW`] at once, each
+    /// naming the one before it, so the relay refuses (`OutOfOrder`) whatever follows one it
+    /// refused instead of letting it overtake; rows handed over through `more` join while
+    /// the window has room. Of a window, the rows answered in order up to the first failure
+    /// are taken; the rest go again after that one (a copy the relay stored anyway, when the
+    /// stream broke, reaches the device twice and is dropped there). Returns once nothing is
+    /// in flight: whether the stream can still carry rows, or the error a row failed with.
+    async fn run(
+        &self,
+        payloads: &mut Vec<Vec<u8>>,
+        more: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+        taken: &mut Vec<Taken>,
+    ) -> Result<bool, NetError> {
+        let token = super::grants::token(self.route.grant.as_ref(), self.relay);
+        let mut in_flight = std::collections::VecDeque::with_capacity(LANE_WINDOW);
+        let (mut next, mut before, mut open) = (taken.len(), None, true);
+        loop {
+            while let Ok(p) = more.try_recv() {
+                payloads.push(p);
+            }
+            while open && in_flight.len() < LANE_WINDOW {
+                let Some(payload) = payloads.get(next) else {
+                    break;
+                };
+                let req = tern_relay::rpc::deposit_request(
+                    vec![self.route.peer],
+                    vec![token],
+                    None,
+                    payload.clone(),
+                );
+                match self.pipe.submit_following(req, before).await {
+                    Ok(ticket) => {
+                        before = Some(ticket.seq());
+                        in_flight.push_back(Box::pin(ticket.answer()));
+                        next += 1;
+                    }
+                    // Not queued: it and the rest go as requests once those queued are in.
+                    Err(_) => open = false,
+                }
+            }
+            let room = open && in_flight.len() < LANE_WINDOW;
+            let Some(front) = in_flight.front_mut() else {
+                return Ok(open);
+            };
+            // While the window has room, a row handed over meanwhile goes at once.
+            let answer = tokio::select! {
+                answer = front => answer,
+                Some(p) = more.recv(), if room => {
+                    payloads.push(p);
+                    continue;
+                }
+            };
+            in_flight.pop_front();
+            match answer {
+                Ok((_, refused)) => {
+                    rpc::one_recipient(&refused)?;
+                    taken.push(Taken::Relay);
+                }
+                // The relay does not take deposit streams: none of the window was taken.
+                Err(NetError::Unsupported) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Delivers one ciphertext: directly when the route allows it and a connection to the

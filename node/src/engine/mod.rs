@@ -375,6 +375,9 @@ impl Engine {
             net::Event::RelayUp(relay) => {
                 self.relays.relay_up.insert(relay);
                 self.relays.dial_problems.remove(&relay);
+                // The deposit stream opens now, so the first rows after this need not go
+                // as requests, one round trip each, while it opens.
+                let _ = crate::net::rpc::deposit_stream(&self.net, relay);
                 // Transfers paused by a network failure go on at once.
                 self.media_retry_due(true);
                 // Group members homed there can be looked up now, and be sent what they

@@ -210,8 +210,8 @@ pub(crate) struct Lists {
 /// What waits to go, beside the rows in the store.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    /// Lanes (device, relay) a task is sending now.
-    pub lanes_busy: HashSet<super::lanes::LaneKey>,
+    /// Lanes (device, relay) a task is sending now, with the rows it was handed.
+    pub lanes_busy: HashMap<super::lanes::LaneKey, super::lanes::Running>,
     /// The device the last look at the lanes stopped after (`""`: start from the first).
     pub lane_cursor: String,
     /// Group fan-out rows being deposited: (message, device, relay).

@@ -19,6 +19,12 @@
 //! - `paths.file`: Alice sends Bob a file of [`FILE_BYTES`] (not an image); from `send-file`
 //!   until Bob's node has downloaded it, Alice on the slow link (which adds no bandwidth
 //!   limit: what it shows is how many round trips the transfer waits for).
+//! - `paths.second_text`: Alice and Bob have a session; Alice sends two texts, the second
+//!   as soon as the first is accepted (while it is still on its way): from the second
+//!   `send` until Bob has it, Alice on the slow link.
+//! - `paths.group_first`: Alice has sessions with Bob and Carol (a text to each); she
+//!   creates a group with both and sends it a text at once. From `group_create` until both
+//!   have the text, Alice on the slow link (the sender key goes to each member first).
 
 use std::{
     path::Path,
@@ -35,7 +41,7 @@ use super::{
 use crate::support::{
     Node, Relay, WAIT,
     link::{delay_proxy, link_round_trips, tcp_target, via},
-    wait_for,
+    link_pair, wait_for,
 };
 
 /// One-way delay of the slow link (a 100 ms round trip).
@@ -82,7 +88,7 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let proxy = rt.block_on(delay_proxy(tcp_target(&relay.addr)?, ONE_WAY))?;
     let slow_addr = via(&relay.addr, proxy.addr)?;
 
-    let mut times: [Times; 5] = Default::default();
+    let mut times: [Times; 7] = Default::default();
     for round in 0..rounds {
         for slow in [true, false] {
             let alice_relay = if slow { &slow_addr } else { &relay.addr };
@@ -98,7 +104,12 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             )?;
             let start = send_after_start(&sub.join("start"), alice_relay, &relay.addr, &rt)?;
             let file = file_transfer(&sub.join("file"), alice_relay, &relay.addr, FILE_BYTES)?;
-            for (t, d) in times.iter_mut().zip([first, add, catch, start, file]) {
+            let group = group_first(&sub.join("group"), alice_relay, &relay.addr, &rt)?;
+            let second = second_text(&sub.join("second"), alice_relay, &relay.addr, &rt)?;
+            for (t, d) in times
+                .iter_mut()
+                .zip([first, add, catch, start, file, group, second])
+            {
                 t.push(slow, d);
             }
         }
@@ -111,6 +122,8 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         "paths.catch_up",
         "paths.send_after_start",
         "paths.file",
+        "paths.group_first",
+        "paths.second_text",
     ];
     for (name, times) in names.into_iter().zip(times) {
         let (extra, loopback) = times.extra();
@@ -158,12 +171,38 @@ fn send_after_start(
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Duration> {
     let (mut a, b) = super::delivery::mailbox_pair(dir, alice_relay, bob_relay)?;
-    text_arrives(rt, &a, &b, "warm-up")?;
+    text_arrives(rt, &a, (&b, "Bob"), "warm-up")?;
     a.stop()?;
     let start = Instant::now();
     a.restart()?;
-    text_arrives(rt, &a, &b, "after start")?;
+    text_arrives(rt, &a, (&b, "Bob"), "after start")?;
     Ok(start.elapsed())
+}
+
+/// Alice and Bob have a session; Alice sends two texts back to back: from the second
+/// `send` until Bob has it.
+fn second_text(
+    dir: &Path,
+    alice_relay: &str,
+    bob_relay: &str,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Duration> {
+    let (a, b) = super::delivery::mailbox_pair(dir, alice_relay, bob_relay)?;
+    text_arrives(rt, &a, (&b, "Bob"), "warm-up")?;
+    rt.block_on(async {
+        let mut receiver = b.api().await?;
+        receiver.subscribe().await?;
+        let mut sender = a.api().await?;
+        sender
+            .call("send", json!({"contact": "Bob", "text": "one"}))
+            .await?;
+        let start = Instant::now();
+        sender
+            .call("send", json!({"contact": "Bob", "text": "two"}))
+            .await?;
+        wait_text(&mut receiver, "two", WAIT).await?;
+        Ok(start.elapsed())
+    })
 }
 
 /// Alice sends Bob a file of `size` pseudo-random bytes: until Bob's node has it.
@@ -200,19 +239,58 @@ fn file_transfer(
     Ok(start.elapsed())
 }
 
-/// `a` sends `b` (its contact "Bob") `text` through its API; returns once `b` has it.
+/// Alice (on `alice_relay`) has sessions with Bob and Carol; she creates a group with both
+/// and sends it a text: until both have it.
+fn group_first(
+    dir: &Path,
+    alice_relay: &str,
+    others_relay: &str,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Duration> {
+    let (a, b) = super::delivery::mailbox_pair(dir, alice_relay, others_relay)?;
+    let c = Node::init_and_start_with(dir, "carol", Some(others_relay), &["--no-direct"])?;
+    link_pair(&a, &c, "Alice", "Carol")?;
+    text_arrives(rt, &a, (&b, "Bob"), "to Bob")?;
+    text_arrives(rt, &a, (&c, "Carol"), "to Carol")?;
+    rt.block_on(async {
+        let mut at_bob = b.api().await?;
+        at_bob.subscribe().await?;
+        let mut at_carol = c.api().await?;
+        at_carol.subscribe().await?;
+        let mut sender = a.api().await?;
+        let start = Instant::now();
+        let group = sender
+            .call(
+                "group_create",
+                json!({"title": "Trip", "members": ["Bob", "Carol"]}),
+            )
+            .await?;
+        let id = group["id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("group_create gave no id: {group}"))?;
+        sender
+            .call("group_send", json!({"group": id, "text": "first in group"}))
+            .await?;
+        wait_text(&mut at_bob, "first in group", WAIT).await?;
+        wait_text(&mut at_carol, "first in group", WAIT).await?;
+        Ok(start.elapsed())
+    })
+}
+
+/// `a` sends `to` (the node, and its name in `a`'s contacts) `text` through its API;
+/// returns once it has it.
 fn text_arrives(
     rt: &tokio::runtime::Runtime,
     a: &Node,
-    b: &Node,
+    (to, name): (&Node, &str),
     text: &str,
 ) -> anyhow::Result<()> {
     rt.block_on(async {
-        let mut receiver = b.api().await?;
+        let mut receiver = to.api().await?;
         receiver.subscribe().await?;
         let mut sender = a.api().await?;
         sender
-            .call("send", json!({"contact": "Bob", "text": text}))
+            .call("send", json!({"contact": name, "text": text}))
             .await?;
         wait_text(&mut receiver, text, WAIT).await
     })

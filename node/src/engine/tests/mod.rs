@@ -43,11 +43,15 @@ type Carried = (PeerId, Option<PeerId>, Vec<u8>);
 
 /// Carries outbox rows in memory: records each (peer, relay, payload) in order and answers
 /// from a script (`Ok` once the script is empty), but fails at once at a relay that is down.
+/// While a gate is set ([`MemoryCourier::hold`]), a lane's rows are recorded as they come
+/// (those handed to it meanwhile too) and all answered `Ok` once the gate opens, as rows in
+/// flight on a slow link are.
 #[derive(Default)]
 struct MemoryCourier {
-    carried: Mutex<Vec<Carried>>,
+    carried: Arc<Mutex<Vec<Carried>>>,
     answers: Mutex<VecDeque<Result<(), NetError>>>,
     down: Mutex<std::collections::HashSet<PeerId>>,
+    gate: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
 }
 
 impl MemoryCourier {
@@ -64,6 +68,14 @@ impl MemoryCourier {
             .iter()
             .map(|(_, _, p)| p.clone())
             .collect()
+    }
+
+    /// Lanes started from now on hold their answers until the returned gate is opened
+    /// (`send(true)`).
+    fn hold(&self) -> tokio::sync::watch::Sender<bool> {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        *self.gate.lock().unwrap() = Some(gate);
+        open
     }
 
     /// The payloads carried to `relay` so far, in order.
@@ -101,11 +113,37 @@ impl Courier for MemoryCourier {
         &self,
         route: Route,
         payloads: Vec<Vec<u8>>,
+        mut more: mpsc::Receiver<Vec<u8>>,
     ) -> BoxFuture<'static, (Vec<Taken>, Option<NetError>)> {
+        let (peer, relay) = (route.peer, route.relay);
+        if let Some(mut gate) = self.gate.lock().unwrap().clone() {
+            let carried = self.carried.clone();
+            let by = if relay.is_some() {
+                Taken::Relay
+            } else {
+                Taken::Device
+            };
+            let mut n = payloads.len();
+            carried
+                .lock()
+                .unwrap()
+                .extend(payloads.into_iter().map(|p| (peer, relay, p)));
+            return Box::pin(async move {
+                loop {
+                    tokio::select! {
+                        _ = gate.wait_for(|open| *open) => break,
+                        Some(p) = more.recv() => {
+                            carried.lock().unwrap().push((peer, relay, p));
+                            n += 1;
+                        }
+                    }
+                }
+                (vec![by; n], None)
+            });
+        }
         // One after another, as a lane without a deposit stream sends them.
         let mut taken = Vec::with_capacity(payloads.len());
         for payload in payloads {
-            let (peer, relay) = (route.peer, route.relay);
             self.carried.lock().unwrap().push((peer, relay, payload));
             match self.answer_at(relay) {
                 Ok(()) if relay.is_some() => taken.push(Taken::Relay),

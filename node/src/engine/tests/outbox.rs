@@ -1,5 +1,6 @@
 //! Lanes: a failed row holds its lane back for its backoff (or the relay's `retry_after`),
 //! nothing behind it overtakes it, and when it goes the rows follow in encryption order.
+//! Rows queued while their lane runs join the run.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use tern_store::Status;
 
 use super::{Harness, T0_MS, other_device, queue_text};
 use crate::{
-    consts::{RETRY_BASE, RETRY_MAX},
+    consts::{LANE_BATCH, RETRY_BASE, RETRY_MAX},
     engine::send::backoff,
     net::NetError,
 };
@@ -131,4 +132,54 @@ async fn a_reconnect_sends_a_waiting_lane_at_once() {
     h.settle().await;
     assert_eq!(h.courier.carried(), [vec![1], vec![1]]);
     assert_eq!(head(&h, &device), None);
+}
+
+/// Rows queued while their lane's task runs are handed to it (on a slow link they go into
+/// the deposit stream's window at once, not a round trip later after the run's answers), as
+/// many as its channel holds; the rest go on the next run. Everything goes once, in order,
+/// and is acknowledged.
+#[tokio::test]
+async fn rows_queued_while_their_lane_runs_join_the_run_in_order() {
+    let mut h = Harness::new();
+    let device = other_device();
+    let open = h.courier.hold();
+    let mut ids = vec![queue_text(&mut h, BOB, &device, 1)];
+    h.engine.dispatch_lanes(false);
+    assert_eq!(h.engine.outbox.lanes_busy.len(), 1, "the lane runs");
+    // More than the run's channel holds, queued while the first is unanswered.
+    let queued = u8::try_from(LANE_BATCH).unwrap() + 6;
+    for n in 2..=queued + 1 {
+        ids.push(queue_text(&mut h, BOB, &device, n));
+        let rows = h.engine.store.lane(&device, 200).unwrap();
+        h.engine
+            .kick_lanes_for(&[rows.last().unwrap().delivery.clone()]);
+    }
+    let joined: Vec<Vec<u8>> = (1..=LANE_BATCH as u8 + 1).map(|n| vec![n]).collect();
+    let wait = async {
+        while h.courier.carried() != joined {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(super::REPORT_WAIT, wait)
+        .await
+        .expect("the rows queued meanwhile reach the running task");
+    assert_eq!(h.engine.outbox.lanes_busy.len(), 1, "still one run");
+    assert_eq!(
+        h.engine.store.lane(&device, 200).unwrap().len(),
+        usize::from(queued) + 1,
+        "nothing is acknowledged before the answers"
+    );
+    // The answers: the run's rows are taken, and the rest follow on the next run.
+    open.send(true).unwrap();
+    while !h.engine.store.lane(&device, 200).unwrap().is_empty() {
+        h.settle().await;
+    }
+    let all: Vec<Vec<u8>> = (1..=queued + 1).map(|n| vec![n]).collect();
+    assert_eq!(h.courier.carried(), all, "each once, in order");
+    for id in ids {
+        assert_eq!(
+            h.engine.store.message(id).unwrap().unwrap().status,
+            Status::Sent
+        );
+    }
 }
