@@ -143,9 +143,14 @@ pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// circuit (one behind a NAT that a dial cannot pass is not dialed every time it is asked).
 pub const DIRECT_RETRY: Duration = Duration::from_secs(60);
 
-/// Heartbeats between two dials of the contact devices presence says are online (those
-/// connected directly are passed over by the network task).
+/// Heartbeats from presence (or a connection) telling of an online contact device to the
+/// first time it is dialled again (those connected directly are passed over by the network
+/// task); each later redial waits twice as long.
 pub const DIRECT_REDIAL_HEARTBEATS: u64 = 3;
+
+/// Most doublings of the wait between redials of an online contact device: 3 heartbeats ×
+/// 2⁴, eight minutes.
+pub const DIRECT_REDIAL_MAX_DOUBLINGS: u32 = 4;
 
 /// Most of a peer's own (not relayed) listen addresses kept to dial it directly.
 pub const MAX_PEER_ADDRS: usize = 8;

@@ -98,6 +98,7 @@ impl Node {
             keypair.clone(),
             net::Config {
                 listen: config.listen.clone(),
+                direct: config.direct,
             },
         )?;
         tokio::spawn(event_loop.run());

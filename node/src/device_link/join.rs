@@ -69,8 +69,14 @@ where
     let device = DeviceKeys::generate().map_err(NodeError::from)?;
     let provision = ProvisionKey::generate().map_err(NodeError::from)?;
     let keypair = Keypair::ed25519_from_bytes(*device.network_secret()).map_err(NodeError::from)?;
-    let (net, mut events, event_loop) =
-        net::new(keypair, net::Config { listen: Vec::new() }).map_err(NodeError::from)?;
+    let (net, mut events, event_loop) = net::new(
+        keypair,
+        net::Config {
+            listen: Vec::new(),
+            direct: false,
+        },
+    )
+    .map_err(NodeError::from)?;
     let task = tokio::spawn(event_loop.run());
     // A timeout too long to add (`--timeout` is any u64) waits as long as a year would.
     let deadline =

@@ -434,8 +434,7 @@ pub(crate) async fn deliver_lane(
 ) -> (Vec<Taken>, Option<NetError>) {
     let mut taken = Vec::with_capacity(payloads.len());
     // Not while the device is connected directly, nor again once the stream failed here.
-    let mut streams =
-        route.relay.is_some() && !(route.direct && net.is_connected(route.peer).await);
+    let mut streams = route.relay.is_some() && !(route.direct && net.is_direct(route.peer).await);
     loop {
         while let Ok(p) = more.try_recv() {
             payloads.push(p);
@@ -550,7 +549,7 @@ pub(crate) async fn deliver(
     payload: Vec<u8>,
 ) -> Result<Taken, NetError> {
     let peer = route.peer;
-    if route.direct && net.is_connected(peer).await {
+    if route.direct && net.is_direct(peer).await {
         match net.direct(peer, payload.clone()).await {
             Ok(()) => return Ok(Taken::Device),
             Err(e) => tracing::debug!(%peer, "direct delivery failed, using the mailbox: {e}"),

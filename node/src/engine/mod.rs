@@ -377,7 +377,7 @@ impl Engine {
                 self.relays.dial_problems.remove(&relay);
                 // The deposit stream opens now, so the first rows after this need not go
                 // as requests, one round trip each, while it opens.
-                let _ = crate::net::rpc::deposit_stream(&self.net, relay);
+                crate::net::rpc::open_deposit_stream(&self.net, relay);
                 // Transfers paused by a network failure go on at once.
                 self.media_retry_due(true);
                 // Group members homed there can be looked up now, and be sent what they
@@ -411,6 +411,7 @@ impl Engine {
             }
             net::Event::RelayDown(relay) => {
                 self.relays.relay_up.remove(&relay);
+                self.forget_presence_at(relay);
                 self.emit(Event::Connection {
                     relay: relay.to_string(),
                     connected: false,
@@ -427,6 +428,8 @@ impl Engine {
                 ciphertext,
             } => self.on_direct(peer, id, ciphertext),
             net::Event::PeerUp { peer, relayed } => {
+                // Should this connection go, the device is dialled again soon.
+                self.relays.redials.remove(&peer);
                 if let Some(user) = self.people.device_owner.get(&peer) {
                     if let Some(device_id) = peer_device(&peer) {
                         self.emit(Event::Peer {

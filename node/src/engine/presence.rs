@@ -13,7 +13,7 @@ use tern_crypto::UserId;
 use tern_relay::wire::presence::{self, State};
 
 use super::{Engine, Internal, command::Reply, device_peer, relay_peer};
-use crate::consts::DIRECT_REDIAL_HEARTBEATS;
+use crate::consts::{DIRECT_REDIAL_HEARTBEATS, DIRECT_REDIAL_MAX_DOUBLINGS};
 use crate::types::*;
 
 impl Engine {
@@ -158,23 +158,18 @@ impl Engine {
         });
     }
 
+    /// A device's presence: the best any relay that told of it says.
+    fn device_presence(&self, peer: &PeerId) -> Option<&presence::Entry> {
+        best_entry(self.relays.presence.get(peer)?.values())
+    }
+
     pub(super) fn presence_of(&self, id: &UserId) -> PresenceInfo {
         let c = &self.people.contacts[id];
-        let mut best: Option<&presence::Entry> = None;
-        for (d, _) in c.devices() {
-            if let Some(e) = device_peer(&d).and_then(|p| self.relays.presence.get(&p)) {
-                let better = match best {
-                    None => true,
-                    Some(b) => {
-                        state_rank(e.state) > state_rank(b.state)
-                            || (e.state == b.state && e.last_seen_ms > b.last_seen_ms)
-                    }
-                };
-                if better {
-                    best = Some(e);
-                }
-            }
-        }
+        let best = best_entry(
+            c.devices()
+                .iter()
+                .filter_map(|(d, _)| device_peer(d).and_then(|p| self.device_presence(&p))),
+        );
         PresenceInfo {
             user_id: *id,
             name: c.contact.display_name.clone(),
@@ -191,13 +186,44 @@ impl Engine {
                 changed.insert(*user);
                 if matches!(e.state, State::Online | State::Away) {
                     self.maybe_dial(e.peer, user, Some(relay), 0);
+                    self.relays.redials.remove(&e.peer);
                 }
             }
-            self.relays.presence.insert(e.peer, e);
+            self.relays
+                .presence
+                .entry(e.peer)
+                .or_default()
+                .insert(relay, e);
         }
-        for user in changed {
-            let presence = self.presence_of(&user);
-            self.emit(Event::Presence { presence });
+        self.emit_presence(changed);
+    }
+
+    /// `relay` went down: its word that a device is online or away no longer counts (it
+    /// cannot tell when the device leaves), so a device it alone saw online is not shown
+    /// online for good; when it was last seen still holds.
+    pub(super) fn forget_presence_at(&mut self, relay: PeerId) {
+        let mut changed = HashSet::new();
+        self.relays.presence.retain(|peer, by_relay| {
+            let here = by_relay
+                .get(&relay)
+                .is_some_and(|e| matches!(e.state, State::Online | State::Away));
+            if here {
+                by_relay.remove(&relay);
+                if let Some(user) = self.people.device_owner.get(peer) {
+                    changed.insert(*user);
+                }
+            }
+            !by_relay.is_empty()
+        });
+        self.emit_presence(changed);
+    }
+
+    fn emit_presence(&self, users: HashSet<UserId>) {
+        for user in users {
+            if self.people.contacts.contains_key(&user) {
+                let presence = self.presence_of(&user);
+                self.emit(Event::Presence { presence });
+            }
         }
     }
 
@@ -221,28 +247,46 @@ impl Engine {
         let Some(relay) = relay else {
             return;
         };
-        let net = self.net.clone();
-        tokio::spawn(async move {
-            let _ = net.dial_via(peer, relay).await;
-        });
+        if !self.net.dial_via(peer, relay) {
+            tracing::debug!(%peer, "the network is busy; the dial waits for the next redial");
+        }
     }
 
-    /// Every [`DIRECT_REDIAL_HEARTBEATS`] heartbeats, dials again the contact devices
-    /// presence says are online: a dial that failed (the device's circuit reservation was
-    /// not up yet, its relay was down) is not left for the next presence change, and each
-    /// try goes through the next of the contact's relays.
-    pub(super) fn redial_online(&self) {
+    /// Dials again the contact devices presence says are online: a dial that failed (the
+    /// device's circuit reservation was not up yet, its relay was down, a hole punch failed
+    /// and the relay ended the circuit) is not left for the next presence change. The first
+    /// redial comes [`DIRECT_REDIAL_HEARTBEATS`] heartbeats after presence or a connection
+    /// told of the device, each next one twice as long after (up to
+    /// [`DIRECT_REDIAL_MAX_DOUBLINGS`] doublings), each through the next of the contact's
+    /// relays; a device connected directly is passed over by the network task.
+    pub(super) fn redial_online(&mut self) {
         let beat = self.relays.heartbeats;
-        if !beat.is_multiple_of(DIRECT_REDIAL_HEARTBEATS) {
-            return;
-        }
-        let turn = (beat / DIRECT_REDIAL_HEARTBEATS) as usize;
-        for (peer, e) in &self.relays.presence {
-            if matches!(e.state, State::Online | State::Away)
-                && let Some(user) = self.people.device_owner.get(peer)
-            {
-                self.maybe_dial(*peer, user, None, turn);
+        let online: HashMap<PeerId, UserId> = self
+            .relays
+            .presence
+            .keys()
+            .filter(|peer| {
+                self.device_presence(peer)
+                    .is_some_and(|e| matches!(e.state, State::Online | State::Away))
+            })
+            .filter_map(|peer| Some((*peer, *self.people.device_owner.get(peer)?)))
+            .collect();
+        self.relays
+            .redials
+            .retain(|peer, _| online.contains_key(peer));
+        for (peer, user) in online {
+            let (dials, next) = self
+                .relays
+                .redials
+                .entry(peer)
+                .or_insert((0, beat + DIRECT_REDIAL_HEARTBEATS));
+            if beat < *next {
+                continue;
             }
+            *dials += 1;
+            *next = beat + (DIRECT_REDIAL_HEARTBEATS << (*dials).min(DIRECT_REDIAL_MAX_DOUBLINGS));
+            let turn = *dials as usize;
+            self.maybe_dial(peer, &user, None, turn);
         }
     }
 
@@ -283,18 +327,25 @@ impl Engine {
             let net = net.clone();
             async move {
                 match net.at(relay).query(peers).await {
-                    Ok(entries) => entries,
+                    Ok(entries) => (relay, entries),
                     Err(e) => {
                         tracing::debug!(%relay, "presence query failed: {e}");
-                        Vec::new()
+                        (relay, Vec::new())
                     }
                 }
             }
         });
         let work = futures::future::join_all(queries);
         self.off_task(reply, work, move |engine, answers, reply| {
-            for e in answers.into_iter().flatten() {
-                engine.relays.presence.insert(e.peer, e);
+            for (relay, entries) in answers {
+                for e in entries {
+                    engine
+                        .relays
+                        .presence
+                        .entry(e.peer)
+                        .or_default()
+                        .insert(relay, e);
+                }
             }
             let out = ids
                 .iter()
@@ -312,6 +363,15 @@ const ALLOW_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long after a home relay failed to take the allow-list it is given it again.
 const ALLOW_LIST_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The most present of `entries`: the best state, then the latest seen.
+fn best_entry<'a>(
+    entries: impl IntoIterator<Item = &'a presence::Entry>,
+) -> Option<&'a presence::Entry> {
+    entries.into_iter().max_by(|a, b| {
+        (state_rank(a.state), a.last_seen_ms).cmp(&(state_rank(b.state), b.last_seen_ms))
+    })
+}
 
 fn state_rank(s: State) -> u8 {
     match s {

@@ -146,8 +146,13 @@ pub(crate) struct Relays {
     pub direct: bool,
     /// Shown as away rather than online.
     pub away: bool,
-    /// Presence of contacts' devices, as the relays last told.
-    pub presence: HashMap<PeerId, tern_relay::wire::presence::Entry>,
+    /// Presence of contacts' devices, as each relay last told (device → relay → entry): a
+    /// device is as present as its best relay says, and what a relay said goes with it when
+    /// it goes down.
+    pub presence: HashMap<PeerId, HashMap<PeerId, tern_relay::wire::presence::Entry>>,
+    /// Online contact devices dialled again since presence or a connection last told of
+    /// them: (dials, the heartbeat of the next one).
+    pub redials: HashMap<PeerId, (u32, u64)>,
     /// Heartbeats so far (device lists are refreshed every sixth).
     pub heartbeats: u64,
     /// One-time keys may be running low: check at the next tick.
@@ -408,6 +413,7 @@ impl Engine {
                 direct,
                 away: false,
                 presence: HashMap::new(),
+                redials: HashMap::new(),
                 heartbeats: 0,
                 topup_due: false,
             },

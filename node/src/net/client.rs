@@ -143,9 +143,10 @@ impl Client {
         }
     }
 
-    /// Dials a device through a relay circuit (DCUtR may then upgrade it).
-    pub async fn dial_via(&self, peer: PeerId, relay: Multiaddr) -> Result<(), NetError> {
-        self.send(Command::DialVia { peer, relay }).await
+    /// Dials a device through a relay circuit (DCUtR may then upgrade it), if the network
+    /// task's queue has room (`false` if not: the dial is a hint, tried again later).
+    pub fn dial_via(&self, peer: PeerId, relay: Multiaddr) -> bool {
+        self.cmd.try_send(Command::DialVia { peer, relay }).is_ok()
     }
 
     /// The open connections to non-relay peers.
@@ -182,10 +183,12 @@ impl Client {
         self.cmd.is_closed()
     }
 
-    /// Whether a connection to `peer` is open.
-    pub async fn is_connected(&self, peer: PeerId) -> bool {
+    /// Whether a direct connection to `peer` is open (not one through a relay circuit:
+    /// what goes over that passes the relay anyway, a request at a time and within the
+    /// circuit's limits, where a deposit stream keeps a window in flight).
+    pub async fn is_direct(&self, peer: PeerId) -> bool {
         let (reply, rx) = oneshot::channel();
-        if self.send(Command::Connected { peer, reply }).await.is_err() {
+        if self.send(Command::DirectUp { peer, reply }).await.is_err() {
             return false;
         }
         rx.await.unwrap_or(false)

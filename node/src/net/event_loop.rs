@@ -58,6 +58,8 @@ pub struct EventLoop {
     pub(super) live: HashMap<PeerId, tern_relay::live::AckQueue>,
     /// Non-relay peers: (direct connections, relayed connections).
     pub(super) direct_conns: HashMap<PeerId, (u32, u32)>,
+    /// Whether peers are dialled at their own addresses.
+    pub(super) direct: bool,
     /// Connected non-relay peers' own listen addresses (from identify) and when they were
     /// last dialed; dropped with the peer's last connection.
     pub(super) direct_tries: HashMap<PeerId, DirectTry>,
@@ -239,7 +241,11 @@ impl EventLoop {
                     return;
                 }
                 let addr = relay.with(Protocol::P2pCircuit).with(Protocol::P2p(peer));
-                if let Err(e) = self.swarm.dial(addr) {
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
                     tracing::debug!(%peer, "relayed dial failed: {e}");
                 }
             }
@@ -268,8 +274,9 @@ impl EventLoop {
                 }
                 let _ = reply.send(queued);
             }
-            Command::Connected { peer, reply } => {
-                let _ = reply.send(self.swarm.is_connected(&peer));
+            Command::DirectUp { peer, reply } => {
+                let direct = self.direct_conns.get(&peer).is_some_and(|(d, _)| *d > 0);
+                let _ = reply.send(direct);
             }
             Command::Peers { reply } => {
                 let _ = reply.send(

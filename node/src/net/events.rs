@@ -203,7 +203,7 @@ impl EventLoop {
     /// A contact's device told us its listen addresses: remember them and, if we only
     /// reach it through a relay circuit, try a direct connection (DCUtR handles the NAT case).
     fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
-        if self.relays.contains_key(&peer) || !self.swarm.is_connected(&peer) {
+        if !self.direct || self.relays.contains_key(&peer) || !self.swarm.is_connected(&peer) {
             return;
         }
         self.learn_addrs(peer, info.listen_addrs);

@@ -192,7 +192,8 @@ enum Command {
         peer: PeerId,
         relay: Multiaddr,
     },
-    Connected {
+    /// Whether a direct (not relayed) connection to the peer is open.
+    DirectUp {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
@@ -275,10 +276,10 @@ impl Held {
         None
     }
 
-    /// The next dial through a relay circuit asked for, (device, relay address); other
-    /// commands are passed over (a request's sender sees it fail).
-    pub(crate) async fn dial(&mut self) -> Option<(PeerId, Multiaddr)> {
-        while let Some(cmd) = self.cmds.recv().await {
+    /// The next dial through a relay circuit asked for so far, (device, relay address);
+    /// other commands are passed over (a request's sender sees it fail).
+    pub(crate) fn dial(&mut self) -> Option<(PeerId, Multiaddr)> {
+        while let Ok(cmd) = self.cmds.try_recv() {
             if let Command::DialVia { peer, relay } = cmd {
                 return Some((peer, relay));
             }

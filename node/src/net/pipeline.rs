@@ -108,6 +108,19 @@ impl Pipes {
     }
 }
 
+impl Pipes {
+    /// Forgets `relay`'s stream if it broke or failed to open: its connection is new, so
+    /// the next deposit there opens one at once rather than after [`REOPEN_AFTER`].
+    pub(super) fn reset(&self, relay: PeerId) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(slots.get(&relay), Some(Slot::Failed(_)))
+            || matches!(slots.get(&relay), Some(Slot::Open(p, _)) if !p.is_open())
+        {
+            slots.remove(&relay);
+        }
+    }
+}
+
 /// Every so often, forgets the streams no deposit took for [`IDLE_AFTER`] and that have
 /// nothing in flight (dropping the last handle closes a stream once its queue is empty, after
 /// its last answers), and failures old enough to be tried again; ends with the node (when

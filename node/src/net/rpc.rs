@@ -54,6 +54,13 @@ pub fn deposit_stream(net: &Client, relay: PeerId) -> Option<tern_relay::pipelin
     net.pipes.get(relay, &net.streams)
 }
 
+/// Opens the deposit stream to `relay`, which just connected (a stream that broke with the
+/// old connection, or failed to open, is not waited out).
+pub fn open_deposit_stream(net: &Client, relay: PeerId) {
+    net.pipes.reset(relay);
+    let _ = deposit_stream(net, relay);
+}
+
 /// Acknowledges mail on the relay's live stream when one is open (no answer comes; a
 /// lost acknowledgement leaves the mail to be fetched again), else as an `Ack` request.
 pub async fn ack_mail(net: &Client, relay: PeerId, ids: Vec<u64>) -> Result<(), NetError> {

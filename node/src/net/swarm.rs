@@ -48,6 +48,9 @@ pub(super) use behaviour::{Behaviour, BehaviourEvent};
 pub struct Config {
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
+    /// Whether contacts' devices are dialled at their own addresses (`tern up
+    /// --no-direct` turns it off).
+    pub direct: bool,
 }
 
 /// Why the network could not start.
@@ -133,6 +136,7 @@ pub fn new(
             relays: HashMap::new(),
             live: HashMap::new(),
             direct_conns: HashMap::new(),
+            direct: config.direct,
             direct_tries: HashMap::new(),
             relayed_conns: HashMap::new(),
             dht: HashMap::new(),

@@ -1,13 +1,13 @@
 //! Online contact devices are dialed through a relay circuit (to go device to device): at
 //! once through the relay that said the device is online, and again every few heartbeats
 //! through the contact's relays in turn, so a dial that failed is not left for the next
-//! presence change.
+//! presence change. A device is as present as the best of its relays says.
 
 use tern_relay::wire::presence::{Entry, State};
 
 use super::Harness;
 use crate::{
-    consts::DIRECT_REDIAL_HEARTBEATS,
+    consts::{DIRECT_REDIAL_HEARTBEATS, DIRECT_REDIAL_MAX_DOUBLINGS},
     engine::{device_peer, relay_peer},
 };
 
@@ -15,8 +15,9 @@ use crate::{
 async fn online_devices_are_dialed_through_the_relay_that_told_and_again_through_each() {
     let (mut alice, mut held) = Harness::holding("alice");
     alice.engine.relays.direct = true;
-    let bob = Harness::with_relays("bob", 2);
+    let bob = Harness::with_relays("bob", 3);
     alice.add(&bob).await;
+    while held.dial().is_some() {}
     let device = device_peer(&bob.engine.me.keys.device.device_id()).unwrap();
     let relays = bob.engine.relays.home_relays.clone();
     let told = |state| {
@@ -27,43 +28,107 @@ async fn online_devices_are_dialed_through_the_relay_that_told_and_again_through
         }]
     };
     let peer = |i: usize| relay_peer(&relays[i]).unwrap();
+    let via = |i: usize| Some((device, relays[i].clone()));
 
     // The second relay says Bob's device is online: dialed through it, not the first.
     alice.engine.on_presence(peer(1), told(State::Online));
-    assert_eq!(held.dial().await, Some((device, relays[1].clone())));
+    assert_eq!(held.dial(), via(1));
 
-    // Dialed again every few heartbeats (the network task passes over a device it is
-    // connected to directly), through each of Bob's relays in turn; not in between.
-    let mut expected = Vec::new();
-    for beat in 1..=3 * DIRECT_REDIAL_HEARTBEATS {
-        alice.engine.relays.heartbeats = beat;
+    // Dialed again (the network task passes over a device it is connected to directly),
+    // first DIRECT_REDIAL_HEARTBEATS heartbeats on, then twice as long each time, through
+    // each of Bob's relays in turn; not in between.
+    let mut beats = (1..).map(|b| {
+        alice.engine.relays.heartbeats = b;
         alice.engine.redial_online();
-        if beat.is_multiple_of(DIRECT_REDIAL_HEARTBEATS) {
-            let turn = (beat / DIRECT_REDIAL_HEARTBEATS) as usize;
-            expected.push((device, relays[turn % 2].clone()));
-        }
-    }
-    let mut dialed = Vec::new();
-    for _ in 0..expected.len() {
-        dialed.push(held.dial().await.unwrap());
-    }
-    assert_eq!(dialed, expected);
-    assert_ne!(dialed[0].1, dialed[1].1, "the relays take turns");
+        (b, held.dial())
+    });
+    let step = DIRECT_REDIAL_HEARTBEATS;
+    let (first, second, third) = (1 + step, 1 + 3 * step, 1 + 7 * step);
+    let dials: Vec<_> = beats
+        .by_ref()
+        .take_while(|(b, _)| *b <= third)
+        .filter_map(|(b, d)| d.map(|d| (b, d)))
+        .collect();
+    assert_eq!(
+        dials,
+        [
+            (first, via(1).unwrap()),
+            (second, via(2).unwrap()),
+            (third, via(0).unwrap())
+        ]
+    );
+    // The wait stops doubling.
+    let most = step << DIRECT_REDIAL_MAX_DOUBLINGS;
+    let later: Vec<u64> = beats
+        .by_ref()
+        .take_while(|(b, _)| *b <= third + 15 * most)
+        .filter_map(|(b, d)| d.map(|_| b))
+        .collect();
+    let gaps: Vec<u64> = later.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(later.len() >= 10, "{later:?}");
+    assert!(gaps.iter().skip(2).all(|g| *g == most), "{gaps:?}");
+    drop(beats);
 
-    // Offline: not dialed on the heartbeat. Away again, through the first relay that says
-    // so: that is the next dial.
-    alice.engine.on_presence(peer(1), told(State::Offline));
-    alice.engine.relays.heartbeats = 4 * DIRECT_REDIAL_HEARTBEATS;
-    alice.engine.redial_online();
+    // Told of again: dialed at once through the relay that told. Offline: not dialed.
+    let beat = alice.engine.relays.heartbeats;
     alice.engine.on_presence(peer(0), told(State::Away));
-    assert_eq!(held.dial().await, Some((device, relays[0].clone())));
-
+    assert_eq!(held.dial(), via(0));
+    alice.engine.on_presence(peer(0), told(State::Offline));
+    alice.engine.on_presence(peer(1), told(State::Offline));
+    for b in beat..beat + 10 * most {
+        alice.engine.relays.heartbeats = b;
+        alice.engine.redial_online();
+        assert_eq!(held.dial(), None);
+    }
     // With direct connections off, nothing is dialed.
     alice.engine.relays.direct = false;
-    alice.engine.relays.heartbeats = 5 * DIRECT_REDIAL_HEARTBEATS;
-    alice.engine.redial_online();
-    alice.engine.on_presence(peer(1), told(State::Online));
-    alice.engine.relays.direct = true;
-    alice.engine.on_presence(peer(0), told(State::Online));
-    assert_eq!(held.dial().await, Some((device, relays[0].clone())));
+    alice.engine.on_presence(peer(2), told(State::Online));
+    assert_eq!(held.dial(), None);
+}
+
+/// Each relay's word on a device is kept apart: one relay saying it is offline (it lost the
+/// device's connection) does not hide another that sees it online, whatever the order they
+/// told in; and a relay's word that it is online goes when the relay goes down (it cannot
+/// tell when the device leaves), rather than showing the device online for good.
+#[tokio::test]
+async fn a_device_is_as_present_as_its_best_relay_says_until_that_relay_goes() {
+    let mut alice = Harness::named("alice");
+    let bob = Harness::with_relays("bob", 2);
+    alice.add(&bob).await;
+    let device = device_peer(&bob.engine.me.keys.device.device_id()).unwrap();
+    let relays = bob.engine.relays.home_relays.clone();
+    let peer = |i: usize| relay_peer(&relays[i]).unwrap();
+    let told = |state, last_seen_ms| {
+        vec![Entry {
+            peer: device,
+            state,
+            last_seen_ms,
+        }]
+    };
+    let shown = |h: &Harness| {
+        let p = h.engine.presence_of(&bob.engine.me.user);
+        (p.state, p.last_seen)
+    };
+
+    alice.engine.on_presence(peer(0), told(State::Online, None));
+    alice
+        .engine
+        .on_presence(peer(1), told(State::Offline, Some(5)));
+    assert_eq!(shown(&alice), ("online".into(), None));
+    alice
+        .engine
+        .on_presence(peer(1), told(State::Offline, Some(6)));
+    alice.engine.on_presence(peer(0), told(State::Online, None));
+    assert_eq!(shown(&alice), ("online".into(), None));
+
+    alice.engine.forget_presence_at(peer(0));
+    assert_eq!(shown(&alice), ("offline".into(), Some(6)));
+    // When it was last seen stays true with its relay gone.
+    alice.engine.forget_presence_at(peer(1));
+    assert_eq!(shown(&alice), ("offline".into(), Some(6)));
+    // Online at one relay only, which then goes: no longer shown online.
+    alice.engine.on_presence(peer(0), told(State::Away, None));
+    assert_eq!(shown(&alice), ("away".into(), None));
+    alice.engine.forget_presence_at(peer(0));
+    assert_eq!(shown(&alice), ("offline".into(), Some(6)));
 }

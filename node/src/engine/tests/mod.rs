@@ -210,8 +210,14 @@ impl Harness {
         home.init(name, "laptop").unwrap();
         let (store, keys) = home.open().unwrap();
         let keypair = Keypair::ed25519_from_bytes(*keys.device.network_secret()).unwrap();
-        let (net, _net_events, event_loop) =
-            net::new(keypair.clone(), net::Config { listen: vec![] }).unwrap();
+        let (net, _net_events, event_loop) = net::new(
+            keypair.clone(),
+            net::Config {
+                listen: vec![],
+                direct: false,
+            },
+        )
+        .unwrap();
         // No network: the loop is never run, so a request fails as `Closed` at once, or
         // waits for the test's answer.
         let held = hold.then(|| event_loop.held());
