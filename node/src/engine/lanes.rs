@@ -422,7 +422,7 @@ impl Engine {
 /// one after another while the device is connected directly or no deposit stream to the
 /// lane's relay is open (the first deposit there starts opening one, and each row looks
 /// again, so a run that began with requests goes on the stream once it is open); else up
-/// to [`LANE_WINDOW`] at once on the stream ([`window`]). Rows handed over through `more`
+/// to [`LANE_WINDOW`] at once on the stream ([`Window::run`]). Rows handed over through `more`
 /// while the run lasts join it, behind the others. Rows the stream could not take (it
 /// closed before they were queued, or the relay refused its protocol) go one after another
 /// as requests.

@@ -189,13 +189,21 @@ impl Engine {
                     self.relays.redials.remove(&e.peer);
                 }
             }
+            self.keep_presence(relay, e);
+        }
+        self.emit_presence(changed);
+    }
+
+    /// Keeps what `relay` said of a device, if it is a contact's (a relay cannot make the
+    /// node keep entries for devices it never asked about).
+    fn keep_presence(&mut self, relay: PeerId, e: presence::Entry) {
+        if self.people.device_owner.contains_key(&e.peer) {
             self.relays
                 .presence
                 .entry(e.peer)
                 .or_default()
                 .insert(relay, e);
         }
-        self.emit_presence(changed);
     }
 
     /// `relay` went down: its word that a device is online or away no longer counts (it
@@ -339,12 +347,7 @@ impl Engine {
         self.off_task(reply, work, move |engine, answers, reply| {
             for (relay, entries) in answers {
                 for e in entries {
-                    engine
-                        .relays
-                        .presence
-                        .entry(e.peer)
-                        .or_default()
-                        .insert(relay, e);
+                    engine.keep_presence(relay, e);
                 }
             }
             let out = ids

@@ -106,16 +106,17 @@ impl Pipes {
         });
         None
     }
-}
 
-impl Pipes {
     /// Forgets `relay`'s stream if it broke or failed to open: its connection is new, so
     /// the next deposit there opens one at once rather than after [`REOPEN_AFTER`].
     pub(super) fn reset(&self, relay: PeerId) {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        if matches!(slots.get(&relay), Some(Slot::Failed(_)))
-            || matches!(slots.get(&relay), Some(Slot::Open(p, _)) if !p.is_open())
-        {
+        let stale = match slots.get(&relay) {
+            Some(Slot::Failed(_)) => true,
+            Some(Slot::Open(p, _)) => !p.is_open(),
+            Some(Slot::Opening) | None => false,
+        };
+        if stale {
             slots.remove(&relay);
         }
     }
