@@ -543,3 +543,101 @@ fn a_receipt_owed_by_a_receiver_killed_before_sending_it_goes_after_restart() {
     })
     .unwrap();
 }
+
+/// Bob's presence as Alice's node shows it, when it is `want`.
+fn presence_is(a: &Node, who: &str, want: &str) -> Option<Value> {
+    let v = a.json(&["presence", who]).ok()?;
+    Some(v[0].clone()).filter(|p| p["state"] == want)
+}
+
+/// Whether `node` has its (one) relay connected, when it is `want`.
+fn relay_connected_is(node: &Node, want: bool) -> Option<()> {
+    let s = node.json(&["status"]).ok()?;
+    (s["relays"][0]["connected"] == want).then_some(())
+}
+
+/// A relay that dies and comes back on its address while two contacts, not connected to
+/// each other (`--no-direct`), stay up: while it is down neither is shown online (it alone
+/// said so, and cannot tell when they leave); once both are back at it each is shown online
+/// again, and what the restarted relay sees afterwards (one going offline, then online)
+/// reaches the other.
+#[test]
+fn presence_comes_back_after_a_relay_restart_and_keeps_following() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let no_direct = ["--no-direct"];
+    let a = Node::init_and_start_with(dir.path(), "alice", Some(&relay.addr), &no_direct).unwrap();
+    let mut b =
+        Node::init_and_start_with(dir.path(), "bob", Some(&relay.addr), &no_direct).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    wait_for("bob online", WAIT, || presence_is(&a, "Bob", "online")).unwrap();
+    wait_for("alice online", WAIT, || presence_is(&b, "Alice", "online")).unwrap();
+
+    relay.kill9();
+    wait_for("bob no longer shown online", WAIT, || {
+        presence_is(&a, "Bob", "unknown")
+    })
+    .unwrap();
+    relay.restart_after_kill9("").unwrap();
+    wait_for("bob online after the restart", WAIT, || {
+        presence_is(&a, "Bob", "online")
+    })
+    .unwrap();
+    wait_for("alice online after the restart", WAIT, || {
+        presence_is(&b, "Alice", "online")
+    })
+    .unwrap();
+
+    b.stop().unwrap();
+    let p = wait_for("bob offline, told by the restarted relay", WAIT, || {
+        presence_is(&a, "Bob", "offline")
+    })
+    .unwrap();
+    assert!(p["last_seen"].as_u64().is_some_and(|t| t > 0), "{p}");
+    b.restart().unwrap();
+    wait_for("bob online again", WAIT, || {
+        presence_is(&a, "Bob", "online")
+    })
+    .unwrap();
+}
+
+/// Contacts connected to each other are shown online to each other while their relay is
+/// down (the connection proves it), and offline once the connection goes with no relay to
+/// say more.
+#[test]
+fn contacts_connected_to_each_other_stay_online_while_their_relay_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let mut b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    wait_for("bob online", WAIT, || presence_is(&a, "Bob", "online")).unwrap();
+    wait_for("a direct connection", WAIT, || {
+        let s = a.json(&["status"]).ok()?;
+        (s["peers"][0]["direct"].as_u64()? > 0).then_some(())
+    })
+    .unwrap();
+
+    relay.kill9();
+    wait_for("alice sees the relay down", WAIT, || {
+        relay_connected_is(&a, false)
+    })
+    .unwrap();
+    assert!(
+        presence_is(&a, "Bob", "online").is_some(),
+        "{:?}",
+        a.json(&["presence", "Bob"])
+    );
+    a.ok(&["send", "Bob", "while the relay is down"]).unwrap();
+    wait_for("the text at bob", WAIT, || {
+        let h = b.json(&["history", "Alice"]).ok()?;
+        (h.as_array()?.len() == 1).then_some(())
+    })
+    .unwrap();
+
+    b.stop().unwrap();
+    wait_for("bob no longer shown online", WAIT, || {
+        presence_is(&a, "Bob", "unknown")
+    })
+    .unwrap();
+}

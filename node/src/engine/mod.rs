@@ -370,7 +370,7 @@ impl Engine {
         tracing::info!("engine stopped");
     }
 
-    fn on_net(&mut self, ev: net::Event) {
+    pub(super) fn on_net(&mut self, ev: net::Event) {
         match ev {
             net::Event::RelayUp(relay) => {
                 self.relays.relay_up.insert(relay);
@@ -430,16 +430,26 @@ impl Engine {
             net::Event::PeerUp { peer, relayed } => {
                 // Should this connection go, the device is dialled again soon.
                 self.relays.redials.remove(&peer);
-                if let Some(user) = self.people.device_owner.get(&peer) {
+                if let Some(user) = self.people.device_owner.get(&peer).copied() {
+                    if self.relays.peers_up.insert(peer) {
+                        self.emit_presence(std::collections::HashSet::from([user]));
+                    }
                     if let Some(device_id) = peer_device(&peer) {
                         self.emit(Event::Peer {
-                            user_id: *user,
+                            user_id: user,
                             device_id,
                             relayed,
                         });
                     }
                     // A contact's device is reachable: deliver what waits for it now.
                     self.dispatch_due(true);
+                }
+            }
+            net::Event::PeerDown { peer } => {
+                if self.relays.peers_up.remove(&peer)
+                    && let Some(user) = self.people.device_owner.get(&peer)
+                {
+                    self.emit_presence(std::collections::HashSet::from([*user]));
                 }
             }
             net::Event::Listening(addr) => {

@@ -163,13 +163,32 @@ impl Engine {
         best_entry(self.relays.presence.get(peer)?.values())
     }
 
+    /// A device's presence as shown: what its best relay says, and online while this node
+    /// has a connection to it, which proves it is up whatever a relay that lost sight of it
+    /// (or went down) says; an away a relay told stays away.
+    fn shown_presence(&self, peer: &PeerId) -> Option<presence::Entry> {
+        let told = self.device_presence(peer);
+        if !self.relays.peers_up.contains(peer) {
+            return told.cloned();
+        }
+        match told {
+            Some(e) if matches!(e.state, State::Online | State::Away) => Some(e.clone()),
+            _ => Some(presence::Entry {
+                peer: *peer,
+                state: State::Online,
+                last_seen_ms: None,
+            }),
+        }
+    }
+
     pub(super) fn presence_of(&self, id: &UserId) -> PresenceInfo {
         let c = &self.people.contacts[id];
-        let best = best_entry(
-            c.devices()
-                .iter()
-                .filter_map(|(d, _)| device_peer(d).and_then(|p| self.device_presence(&p))),
-        );
+        let shown: Vec<presence::Entry> = c
+            .devices()
+            .iter()
+            .filter_map(|(d, _)| device_peer(d).and_then(|p| self.shown_presence(&p)))
+            .collect();
+        let best = best_entry(&shown);
         PresenceInfo {
             user_id: *id,
             name: c.contact.display_name.clone(),
@@ -226,7 +245,7 @@ impl Engine {
         self.emit_presence(changed);
     }
 
-    fn emit_presence(&self, users: HashSet<UserId>) {
+    pub(super) fn emit_presence(&self, users: HashSet<UserId>) {
         for user in users {
             if self.people.contacts.contains_key(&user) {
                 let presence = self.presence_of(&user);

@@ -150,6 +150,9 @@ pub(crate) struct Relays {
     /// device is as present as its best relay says, and what a relay said goes with it when
     /// it goes down.
     pub presence: HashMap<PeerId, HashMap<PeerId, tern_relay::wire::presence::Entry>>,
+    /// Contacts' devices this node has a connection to now (direct or through a circuit):
+    /// shown online whatever a relay that lost sight of them says.
+    pub peers_up: HashSet<PeerId>,
     /// Online contact devices dialled again since presence or a connection last told of
     /// them: (dials, the heartbeat of the next one).
     pub redials: HashMap<PeerId, (u32, u64)>,
@@ -414,6 +417,7 @@ impl Engine {
                 away: false,
                 presence: HashMap::new(),
                 redials: HashMap::new(),
+                peers_up: HashSet::new(),
                 heartbeats: 0,
                 topup_due: false,
             },

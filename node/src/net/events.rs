@@ -139,6 +139,7 @@ impl EventLoop {
                     self.direct_conns.remove(&peer_id);
                     self.direct_tries.remove(&peer_id);
                     self.relayed_conns.remove(&peer_id);
+                    self.emit(Event::PeerDown { peer: peer_id });
                 }
             }
             SwarmEvent::OutgoingConnectionError {

@@ -139,6 +139,11 @@ pub enum Event {
         /// Whether the connection goes through a relay circuit.
         relayed: bool,
     },
+    /// The last connection to a (non-relay) peer closed.
+    PeerDown {
+        /// The peer.
+        peer: PeerId,
+    },
     /// The circuit reservation at a home relay was accepted.
     Reservation(PeerId),
     /// A DCUtR hole punch finished.

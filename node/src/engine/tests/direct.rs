@@ -132,3 +132,54 @@ async fn a_device_is_as_present_as_its_best_relay_says_until_that_relay_goes() {
     alice.engine.forget_presence_at(peer(0));
     assert_eq!(shown(&alice), ("offline".into(), Some(6)));
 }
+
+/// A device this node is connected to is shown online whatever its relays say (one that
+/// lost sight of it, or none); an away a relay told stays away; once the connection goes,
+/// the relays' word is shown again.
+#[tokio::test]
+async fn a_connected_device_is_shown_online_until_its_connection_goes() {
+    let mut alice = Harness::named("alice");
+    let bob = Harness::with_relays("bob", 1);
+    alice.add(&bob).await;
+    let device = device_peer(&bob.engine.me.keys.device.device_id()).unwrap();
+    let relay = relay_peer(&bob.engine.relays.home_relays[0]).unwrap();
+    let told = |state, last_seen_ms| {
+        vec![Entry {
+            peer: device,
+            state,
+            last_seen_ms,
+        }]
+    };
+    let shown = |h: &Harness| {
+        let p = h.engine.presence_of(&bob.engine.me.user);
+        (p.state, p.last_seen)
+    };
+    assert_eq!(shown(&alice), ("unknown".into(), None));
+    alice.engine.on_net(crate::net::Event::PeerUp {
+        peer: device,
+        relayed: false,
+    });
+    assert_eq!(shown(&alice), ("online".into(), None));
+    alice
+        .engine
+        .on_presence(relay, told(State::Offline, Some(7)));
+    assert_eq!(shown(&alice), ("online".into(), None));
+    alice.engine.on_presence(relay, told(State::Away, None));
+    assert_eq!(shown(&alice), ("away".into(), None));
+    alice.engine.forget_presence_at(relay);
+    assert_eq!(shown(&alice), ("online".into(), None));
+    alice
+        .engine
+        .on_presence(relay, told(State::Offline, Some(8)));
+    alice
+        .engine
+        .on_net(crate::net::Event::PeerDown { peer: device });
+    assert_eq!(shown(&alice), ("offline".into(), Some(8)));
+    // A peer that is no contact's device is not kept.
+    let stranger = libp2p::PeerId::random();
+    alice.engine.on_net(crate::net::Event::PeerUp {
+        peer: stranger,
+        relayed: true,
+    });
+    assert!(!alice.engine.relays.peers_up.contains(&stranger));
+}
