@@ -15,9 +15,11 @@ use crate::{
     render::{parse, print_json},
 };
 
-/// How long a transfer may go without any event before the CLI gives up waiting (the node
-/// goes on with it; `tern file list` shows it).
-const IDLE: Duration = Duration::from_secs(600);
+/// How long a transfer may go without progress (bytes moved or a new state) before the CLI
+/// gives up waiting, unless `send-file --idle-secs` says otherwise (the node goes on with
+/// it; `tern file list` shows it). A transfer paused by the relay (its storage full, say)
+/// is retried by the node, and those retries are no progress.
+pub(crate) const IDLE: Duration = Duration::from_secs(600);
 
 fn bar(total: u64, quiet: bool) -> ProgressBar {
     if quiet {
@@ -34,15 +36,20 @@ fn bar(total: u64, quiet: bool) -> ProgressBar {
     pb
 }
 
-/// Follows `transfer` events of `id` until it is done (returns its last state) or failed.
+/// Follows `transfer` events of `id` until it is done (returns its last state) or failed,
+/// or until it made no progress for `idle`.
 async fn follow(
     c: &mut ApiClient,
     first: TransferInfo,
     quiet: bool,
+    idle: Duration,
 ) -> Result<TransferInfo, Failure> {
     let pb = bar(first.total, quiet);
     pb.set_message(first.state.clone());
     let mut last = first;
+    let mut progress_at = tokio::time::Instant::now();
+    let mut reached = Reached::default();
+    reached.advanced(&last);
     while last.state != "done" {
         if last.state == "failed" {
             pb.abandon();
@@ -55,18 +62,31 @@ async fn follow(
                 ),
             ));
         }
-        let ev = c.next_event(IDLE).await.map_err(|_| {
-            Failure::new(
-                exit::FAILURE,
-                format!(
-                    "no progress for {} s; the node goes on with it (see `tern file list`)",
-                    IDLE.as_secs()
-                ),
-            )
-        })?;
+        let left = idle.saturating_sub(progress_at.elapsed());
+        let ev = match c.next_event(left).await {
+            Ok(ev) if !left.is_zero() => ev,
+            _ => {
+                pb.abandon();
+                let why = match (&*last.state, &last.code) {
+                    ("paused", Some(code)) => format!("paused ({code}), "),
+                    _ => String::new(),
+                };
+                return Err(Failure::new(
+                    exit::FAILURE,
+                    format!(
+                        "{}: {why}no progress for {} s; the node goes on with it (see `tern file list`)",
+                        last.name,
+                        idle.as_secs()
+                    ),
+                ));
+            }
+        };
         if let Event::Transfer { transfer } = ev
             && transfer.id == last.id
         {
+            if reached.advanced(&transfer) {
+                progress_at = tokio::time::Instant::now();
+            }
             pb.set_length(transfer.total.max(1));
             pb.set_position(transfer.bytes);
             pb.set_message(match (&*transfer.state, &transfer.code) {
@@ -80,6 +100,29 @@ async fn follow(
     Ok(last)
 }
 
+/// What a followed transfer has reached so far: its highest mark and the states it has been
+/// in.
+#[derive(Default)]
+struct Reached {
+    most: u64,
+    states: Vec<String>,
+}
+
+impl Reached {
+    /// Whether `t` is progress: bytes past the highest mark, or a state not seen before. The
+    /// node's retries of a paused transfer (resumed at the same mark and paused again, for the
+    /// same reason) are not.
+    fn advanced(&mut self, t: &TransferInfo) -> bool {
+        let new_state = !self.states.contains(&t.state);
+        if new_state {
+            self.states.push(t.state.clone());
+        }
+        let more = t.bytes > self.most;
+        self.most = self.most.max(t.bytes);
+        new_state || more
+    }
+}
+
 /// `tern send-file`.
 pub(crate) async fn send(
     c: &mut ApiClient,
@@ -87,7 +130,7 @@ pub(crate) async fn send(
     path: PathBuf,
     caption: Option<String>,
     original: bool,
-    wait: bool,
+    wait: Option<Duration>,
     json_out: bool,
 ) -> Result<(), Failure> {
     let path = std::path::absolute(&path)
@@ -108,10 +151,9 @@ pub(crate) async fn send(
         .await?;
     let first = parse::<TransferInfo>(&v)?;
     let id = first.id.clone();
-    let last = if wait {
-        follow(c, first, json_out).await?
-    } else {
-        first
+    let last = match wait {
+        Some(idle) => follow(c, first, json_out, idle).await?,
+        None => first,
     };
     if json_out {
         print_json(&serde_json::to_value(&last).unwrap_or(v));
@@ -153,7 +195,7 @@ pub(crate) async fn get(
             let v = c.call("file.get", json!({"message": message})).await?;
             let first = parse::<TransferInfo>(&v)?;
             if first.state != "done" {
-                follow(c, first.clone(), json_out).await?;
+                follow(c, first.clone(), json_out, IDLE).await?;
             }
             free_path(&first.name)?
         }
@@ -168,7 +210,7 @@ pub(crate) async fn get(
     let last = if first.state == "done" {
         first
     } else {
-        follow(c, first, json_out).await?
+        follow(c, first, json_out, IDLE).await?
     };
     if json_out {
         print_json(&serde_json::to_value(&last).unwrap_or(v));
@@ -198,4 +240,33 @@ pub(crate) async fn list(c: &mut ApiClient, json_out: bool) -> Result<(), Failur
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(state: &str, bytes: u64) -> TransferInfo {
+        serde_json::from_value(json!({
+            "id": "00", "direction": "up", "name": "f", "state": state,
+            "bytes": bytes, "total": 100, "code": (state == "paused").then_some("storage_full"),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn retries_of_a_paused_transfer_are_no_progress() {
+        let mut r = Reached::default();
+        assert!(r.advanced(&at("staging", 0)));
+        assert!(r.advanced(&at("uploading", 0)));
+        assert!(r.advanced(&at("uploading", 10)));
+        assert!(r.advanced(&at("paused", 10)));
+        // Retried: resumed at its mark and paused again, as often as the node retries.
+        for _ in 0..3 {
+            assert!(!r.advanced(&at("uploading", 10)));
+            assert!(!r.advanced(&at("paused", 10)));
+        }
+        assert!(r.advanced(&at("uploading", 11)));
+        assert!(r.advanced(&at("done", 100)));
+    }
 }

@@ -147,6 +147,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             caption,
             original,
             no_wait,
+            idle_secs,
         } => {
             let path = PathBuf::from(args.pop().unwrap_or_default());
             let contact = args.pop();
@@ -167,7 +168,8 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                 }
             };
             let mut c = client(&home).await?;
-            file::send(&mut c, target, path, caption, original, !no_wait, json).await
+            let wait = (!no_wait).then(|| std::time::Duration::from_secs(idle_secs));
+            file::send(&mut c, target, path, caption, original, wait, json).await
         }
         Cmd::File { cmd } => {
             let mut c = client(&home).await?;

@@ -96,6 +96,11 @@ pub(crate) enum Cmd {
         /// Return once the file is queued, without waiting for the upload.
         #[arg(long)]
         no_wait: bool,
+        /// Give up waiting after this many seconds without progress (the relay's storage
+        /// full, say); the node goes on with the upload (`tern file list`).
+        #[arg(long, value_name = "SECS", default_value_t = crate::file::IDLE.as_secs(),
+              value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        idle_secs: u64,
     },
     /// Open the web UI of the running node in the default browser (a one-time link, valid
     /// 60 s, through a private local file, so the link never appears in a process list).

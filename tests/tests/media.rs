@@ -621,3 +621,55 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     chunk(&mut out, b"IEND", &[]);
     out
 }
+
+/// A relay whose storage stays full: the upload is paused (the node retries it), and
+/// `send-file` says so and gives up waiting once it has made no progress for `--idle-secs`,
+/// rather than waiting for good; the transfer is still listed, paused, for the node to finish.
+#[test]
+fn send_file_gives_up_waiting_on_a_relay_that_stays_full() {
+    let dir = tempfile::tempdir().unwrap();
+    // No disk ever has this much free: every upload is refused as `StorageFull`.
+    let relay = Relay::start(
+        &dir.path().join("relay"),
+        "[blobs]\nreserve_bytes = 18446744073709551615\n",
+    )
+    .unwrap();
+    let (alice, bob) = alice_and_bob(dir.path(), &relay);
+    drop(bob);
+    let file = dir.path().join("f.bin");
+    random_file(&file, 200_000, 9);
+    let out = alice
+        .cli_within(
+            &[
+                "send-file",
+                "Bob",
+                file.to_str().unwrap(),
+                "--idle-secs",
+                "2",
+            ],
+            WAIT,
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        err.contains("paused (storage_full)") && err.contains("no progress for 2 s"),
+        "{err}"
+    );
+    let list = alice.json(&["file", "list"]).unwrap();
+    let t = &list.as_array().unwrap()[0];
+    assert_eq!(
+        (t["state"].as_str(), t["code"].as_str()),
+        (Some("paused"), Some("storage_full")),
+        "{list}"
+    );
+    // Bad values are refused before anything is sent.
+    let out = alice.cli(&[
+        "send-file",
+        "Bob",
+        file.to_str().unwrap(),
+        "--idle-secs",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -137,6 +137,26 @@ impl Node {
         tern(&self.home, args)
     }
 
+    /// Runs the CLI, killing it if it has not exited within `limit` (an error then).
+    pub fn cli_within(&self, args: &[&str], limit: Duration) -> anyhow::Result<Output> {
+        let child = tern_command(&self.home, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(out) => Ok(out?),
+            Err(_) => {
+                let _ = signal(Some(pid), "-KILL");
+                bail!("tern {args:?} still running after {limit:?}")
+            }
+        }
+    }
+
     /// Runs the CLI and returns stdout (exit 0 required).
     pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
         tern_ok(&self.home, args)

@@ -162,8 +162,8 @@ pub(crate) struct Media {
     tx: mpsc::Sender<MediaEvent>,
     rx: Option<mpsc::Receiver<MediaEvent>>,
     running: HashMap<MessageId, tokio::task::AbortHandle>,
-    /// Paused transfers, and when to try again.
-    retry: HashMap<MessageId, Instant>,
+    /// Paused transfers: when to try again, and why they paused (shown by `file list`).
+    retry: HashMap<MessageId, (Instant, &'static str)>,
     /// Failures in a row, for the backoff (forgotten when the transfer finishes).
     attempts: HashMap<MessageId, u32>,
     /// The latest progress of running transfers: state and bytes (kept in memory only; a
@@ -354,7 +354,9 @@ impl Engine {
             .filter_map(|t| {
                 let data = TransferData::decode(&t.data).ok()?;
                 let mut t = t.clone();
-                let state = if self.media.retry.contains_key(&t.id) {
+                let mut code = t.error.clone();
+                let state = if let Some((_, why)) = self.media.retry.get(&t.id) {
+                    code = Some((*why).into());
                     "paused"
                 } else if let (TransferState::Active, Some((state, bytes))) =
                     (t.state, self.media.progress.get(&t.id))
@@ -364,7 +366,7 @@ impl Engine {
                 } else {
                     state_name(&t)
                 };
-                Some(info(&t, &data, state, t.error.clone()))
+                Some(info(&t, &data, state, code))
             })
             .collect())
     }
@@ -380,7 +382,7 @@ impl Engine {
             *attempts += 1;
             let wait = super::send::backoff(*attempts).min(RETRY_MAX);
             tracing::info!(transfer = %id, code, "transfer paused, retrying in {wait:?}: {message}");
-            self.media.retry.insert(id, self.clock.now() + wait);
+            self.media.retry.insert(id, (self.clock.now() + wait, code));
             self.emit_transfer(&t, "paused", Some(code.into()));
             return;
         }
@@ -410,7 +412,7 @@ impl Engine {
             .media
             .retry
             .iter()
-            .filter(|(_, at)| now || **at <= self.clock.now())
+            .filter(|(_, (at, _))| now || *at <= self.clock.now())
             .map(|(id, _)| *id)
             .collect();
         for id in due {
