@@ -88,7 +88,7 @@ async fn embedded_relay(
                 let _ = addr_tx.try_send(addr);
             }
         };
-        if let Err(e) = server::run(config, announce, async {
+        if let Err(e) = server::run(config, announce, async move {
             let _ = stop_rx.await;
         })
         .await

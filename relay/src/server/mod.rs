@@ -243,7 +243,7 @@ pub(crate) fn now_ms() -> u64 {
 pub async fn run(
     config: Config,
     announce: impl FnMut(Announcement) + Send + 'static,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
@@ -372,7 +372,15 @@ pub async fn run(
         Box::new(announce),
         notes_rx,
     );
-    el.run(shutdown).await;
+    // A task of its own rather than the future the runtime blocks on: on a current-thread
+    // runtime that future is polled only once the ready tasks have run and the driver has
+    // been polled, so each wake-up of the loop (a deposit read from a stream, a completion)
+    // would cost a pass of the driver before it is served.
+    if let Err(e) = tokio::spawn(el.run(shutdown)).await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
     let _ = http_stop.send(true);
     let _ = blob_task.await;
     storage.close().await;
