@@ -559,8 +559,8 @@ fn relay_connected_is(node: &Node, want: bool) -> Option<()> {
 /// A relay that dies and comes back on its address while two contacts, not connected to
 /// each other (`--no-direct`), stay up: while it is down neither is shown online (it alone
 /// said so, and cannot tell when they leave); once both are back at it each is shown online
-/// again, and what the restarted relay sees afterwards (one going offline, then online)
-/// reaches the other.
+/// again, texts go through it both ways, and what the restarted relay sees afterwards (one
+/// going offline, then online) reaches the other.
 #[test]
 fn presence_comes_back_after_a_relay_restart_and_keeps_following() {
     let dir = tempfile::tempdir().unwrap();
@@ -587,6 +587,23 @@ fn presence_comes_back_after_a_relay_restart_and_keeps_following() {
         presence_is(&b, "Alice", "online")
     })
     .unwrap();
+    // And mail goes through the restarted relay both ways.
+    a.ok(&["send", "Bob", "to bob after the restart"]).unwrap();
+    b.ok(&["send", "Alice", "to alice after the restart"])
+        .unwrap();
+    for (node, from, text) in [
+        (&b, "Alice", "to bob after the restart"),
+        (&a, "Bob", "to alice after the restart"),
+    ] {
+        wait_for(text, WAIT, || {
+            let h = node.json(&["history", from]).ok()?;
+            h.as_array()?
+                .iter()
+                .any(|m| m["own"] == false && m["text"] == text)
+                .then_some(())
+        })
+        .unwrap();
+    }
 
     b.stop().unwrap();
     let p = wait_for("bob offline, told by the restarted relay", WAIT, || {
