@@ -250,6 +250,7 @@ fn paths_suite_reports_every_figure_with_its_baseline() {
         "paths.file",
         "paths.group_first",
         "paths.second_text",
+        "paths.device_link",
     ] {
         assert_compared(&rows, name);
     }

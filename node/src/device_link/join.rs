@@ -1,6 +1,8 @@
 //! The new device's side of a link: wait at a relay for the provisioning record another
 //! device of the user deposits, show its words, and apply it only once the user confirms.
 
+use std::collections::HashSet;
+
 use libp2p::{Multiaddr, identity::Keypair};
 use tern_relay::rpc::Requests as _;
 
@@ -94,7 +96,6 @@ where
                 }
             }
         }
-        net::rpc::listen(&net, relay_peer).await?;
         let request = device_link::Request {
             v: device_link::LINK_VERSION,
             device: serde_bytes::ByteArray::new(*device.device_id().as_bytes()),
@@ -104,13 +105,22 @@ where
             relays: vec![relay.to_string()],
             name: device_name.to_owned(),
         };
+        // Shown as soon as the relay is reached: live delivery is asked for while the user
+        // carries the code over, and a record deposited before it is on is in the fetch
+        // that follows.
         show_code(&request.encode().map_err(|e| NodeError::BadRequest(e.to_string()))?);
+        net::rpc::listen(&net, relay_peer).await?;
         let (waiting, _) = net.at(relay_peer).fetch(0, consts::FETCH_PAGE).await?;
         let mut batch = waiting;
         // The words of every record offered so far.
         let mut offered: Vec<device_link::LinkWords> = Vec::new();
+        // Mailbox ids seen: a record that came both live and in the fetch is one record.
+        let mut seen: HashSet<u64> = HashSet::new();
         loop {
             for env in batch.drain(..) {
+                if !seen.insert(env.id) {
+                    continue;
+                }
                 // Anything else in this fresh mailbox is not for us; only a record that
                 // opens with the one-time key counts.
                 let Ok((plain, check)) = provision.open_checked(&env.ciphertext) else {
@@ -185,20 +195,25 @@ where
                     }
                 };
                 // A discarded record is taken out of the mailbox too.
-                let _ = net.at(relay_peer).ack(vec![env.id]).await;
-                if apply {
-                    let created = home.init_linked(device, &bundle)?;
-                    // The sending device learns that its record was the one confirmed. It
-                    // costs nothing if lost: that device then shows the link unconfirmed.
-                    if let Err(e) = net
-                        .at(relay_peer)
-                        .deposit(vec![confirmation.mailbox()], None, confirmation.message())
-                        .await
-                    {
-                        tracing::warn!("the confirmation did not reach the relay: {e}");
-                    }
-                    return Ok(created);
+                let at = net.at(relay_peer);
+                let ack = at.ack(vec![env.id]);
+                if !apply {
+                    let _ = ack.await;
+                    continue;
                 }
+                let created = home.init_linked(device, &bundle)?;
+                // The sending device learns that its record was the one confirmed (sent with
+                // the ack, not after it). It costs nothing if lost: that device then shows
+                // the link unconfirmed.
+                let confirm = at.deposit(
+                    vec![confirmation.mailbox()],
+                    None,
+                    confirmation.message(),
+                );
+                if let (_, Err(e)) = tokio::join!(ack, confirm) {
+                    tracing::warn!("the confirmation did not reach the relay: {e}");
+                }
+                return Ok(created);
             }
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(net::Event::Mail { envelopes, .. })) => batch = envelopes,

@@ -25,6 +25,11 @@
 //! - `paths.group_first`: Alice has sessions with Bob and Carol (a text to each); she
 //!   creates a group with both and sends it a text at once. From `group_create` until both
 //!   have the text, Alice on the slow link (the sender key goes to each member first).
+//! - `paths.device_link`: Ana links a laptop to her account, the laptop on the slow link:
+//!   from starting `tern device link` until it shows its code, from `tern device add CODE`
+//!   on her phone (a [`CARRY_CODE`] pause after the code is shown) until the laptop shows
+//!   the words, and from the answer until the laptop's home is set up (the three added; the
+//!   user's own time between them is not counted).
 
 use std::{
     path::Path,
@@ -39,7 +44,7 @@ use super::{
     ms, quantile,
 };
 use crate::support::{
-    Node, Relay, WAIT,
+    Linking, Node, Relay, WAIT,
     link::{delay_proxy, link_round_trips, tcp_target, via},
     link_pair, wait_for,
 };
@@ -50,6 +55,10 @@ const ONE_WAY: Duration = Duration::from_millis(50);
 const ROUNDS: usize = 3;
 /// Texts waiting for Bob in `paths.catch_up`.
 const BACKLOG: usize = 100;
+/// How long a user takes to carry a link code to their other device in
+/// `paths.device_link`: a model of the person (a pause, not counted), without which the
+/// code would be used before anyone could have read it.
+const CARRY_CODE: Duration = Duration::from_secs(1);
 /// Size of the file in `paths.file` (16 chunks of 256 KiB).
 const FILE_BYTES: usize = 4 << 20;
 
@@ -88,7 +97,7 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
     let proxy = rt.block_on(delay_proxy(tcp_target(&relay.addr)?, ONE_WAY))?;
     let slow_addr = via(&relay.addr, proxy.addr)?;
 
-    let mut times: [Times; 7] = Default::default();
+    let mut times: [Times; 8] = Default::default();
     for round in 0..rounds {
         for slow in [true, false] {
             let alice_relay = if slow { &slow_addr } else { &relay.addr };
@@ -106,9 +115,10 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
             let file = file_transfer(&sub.join("file"), alice_relay, &relay.addr, FILE_BYTES)?;
             let group = group_first(&sub.join("group"), alice_relay, &relay.addr, &rt)?;
             let second = second_text(&sub.join("second"), alice_relay, &relay.addr, &rt)?;
+            let link = device_link(&sub.join("link"), alice_relay, &relay.addr)?;
             for (t, d) in times
                 .iter_mut()
-                .zip([first, add, catch, start, file, group, second])
+                .zip([first, add, catch, start, file, group, second, link])
             {
                 t.push(slow, d);
             }
@@ -124,6 +134,7 @@ pub(crate) fn run(opts: &Opts, report: &mut Report) -> anyhow::Result<()> {
         "paths.file",
         "paths.group_first",
         "paths.second_text",
+        "paths.device_link",
     ];
     for (name, times) in names.into_iter().zip(times) {
         let (extra, loopback) = times.extra();
@@ -197,6 +208,34 @@ fn second_text(
             .map_err(anyhow::Error::from)
     })?;
     text_arrives(rt, &a, (&b, "Bob"), "two")
+}
+
+/// Ana's phone (on `phone_relay`'s loopback address) links a laptop that reaches the same
+/// relay at `laptop_relay`: the time the laptop's `tern device link` takes to show its code,
+/// to show the words once the phone ran `device add`, and to set up its home once answered.
+fn device_link(dir: &Path, laptop_relay: &str, phone_relay: &str) -> anyhow::Result<Duration> {
+    let phone = Node::init_and_start(dir, "ana", Some(phone_relay))?;
+    let start = Instant::now();
+    let mut link = Linking::start(&dir.join("laptop"), laptop_relay, "laptop")?;
+    let to_code = start.elapsed();
+    // The user carries the code over (not counted): the laptop's setup behind the code
+    // goes on meanwhile, as it does for a person.
+    std::thread::sleep(CARRY_CODE);
+    let added = Instant::now();
+    let words = phone.json(&["device", "add", &link.code])?["words"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let shown = link.next_words()?;
+    let to_words = added.elapsed();
+    anyhow::ensure!(
+        shown == words,
+        "the laptop shows {shown:?}, the phone {words:?}"
+    );
+    let answered = Instant::now();
+    link.answer("y")?;
+    link.line_after("linked: ")?;
+    Ok(to_code + to_words + answered.elapsed())
 }
 
 /// Alice sends Bob a file of `size` pseudo-random bytes: until Bob's node has it.
