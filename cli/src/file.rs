@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tern_node::{
-    api::client::ApiClient,
+    api::client::{ApiClient, ClientError},
     types::{Event, TransferInfo},
 };
 
@@ -63,9 +63,14 @@ async fn follow(
             ));
         }
         let left = idle.saturating_sub(progress_at.elapsed());
-        let ev = match c.next_event(left).await {
-            Ok(ev) if !left.is_zero() => ev,
-            _ => {
+        let next = if left.is_zero() {
+            Err(ClientError::Timeout(idle))
+        } else {
+            c.next_event(left).await
+        };
+        let ev = match next {
+            Ok(ev) => ev,
+            Err(ClientError::Timeout(_)) => {
                 pb.abandon();
                 let why = match (&*last.state, &last.code) {
                     ("paused", Some(code)) => format!("paused ({code}), "),
@@ -79,6 +84,10 @@ async fn follow(
                         idle.as_secs()
                     ),
                 ));
+            }
+            Err(e) => {
+                pb.abandon();
+                return Err(e.into());
             }
         };
         if let Event::Transfer { transfer } = ev
@@ -100,25 +109,26 @@ async fn follow(
     Ok(last)
 }
 
-/// What a followed transfer has reached so far: its highest mark and the states it has been
-/// in.
+/// What a followed transfer has reached so far: its mark at the last event and the states
+/// it has been in.
 #[derive(Default)]
 struct Reached {
-    most: u64,
+    mark: u64,
     states: Vec<String>,
 }
 
 impl Reached {
-    /// Whether `t` is progress: bytes past the highest mark, or a state not seen before. The
-    /// node's retries of a paused transfer (resumed at the same mark and paused again, for the
-    /// same reason) are not.
+    /// Whether `t` is progress: bytes past the last event's mark (an upload that starts over
+    /// at another relay climbs from zero again, and that is progress), or a state not seen
+    /// before. The node's retries of a paused transfer (resumed at the same mark and paused
+    /// again, for the same reason) are not.
     fn advanced(&mut self, t: &TransferInfo) -> bool {
         let new_state = !self.states.contains(&t.state);
         if new_state {
             self.states.push(t.state.clone());
         }
-        let more = t.bytes > self.most;
-        self.most = self.most.max(t.bytes);
+        let more = t.bytes > self.mark;
+        self.mark = t.bytes;
         new_state || more
     }
 }
@@ -267,6 +277,9 @@ mod tests {
             assert!(!r.advanced(&at("paused", 10)));
         }
         assert!(r.advanced(&at("uploading", 11)));
+        // Started over (another relay): climbing again is progress.
+        assert!(!r.advanced(&at("uploading", 0)));
+        assert!(r.advanced(&at("uploading", 5)));
         assert!(r.advanced(&at("done", 100)));
     }
 }

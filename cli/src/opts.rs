@@ -99,6 +99,7 @@ pub(crate) enum Cmd {
         /// Give up waiting after this many seconds without progress (the relay's storage
         /// full, say); the node goes on with the upload (`tern file list`).
         #[arg(long, value_name = "SECS", default_value_t = crate::file::IDLE.as_secs(),
+              conflicts_with = "no_wait",
               value_parser = clap::value_parser!(u64).range(1..=86_400))]
         idle_secs: u64,
     },

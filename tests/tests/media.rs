@@ -656,13 +656,13 @@ fn send_file_gives_up_waiting_on_a_relay_that_stays_full() {
         err.contains("paused (storage_full)") && err.contains("no progress for 2 s"),
         "{err}"
     );
-    let list = alice.json(&["file", "list"]).unwrap();
-    let t = &list.as_array().unwrap()[0];
-    assert_eq!(
-        (t["state"].as_str(), t["code"].as_str()),
-        (Some("paused"), Some("storage_full")),
-        "{list}"
-    );
+    // Listed paused, and why (polled: between two of the node's retries it is uploading).
+    wait_for("the transfer listed paused: storage_full", WAIT, || {
+        let list = alice.json(&["file", "list"]).ok()?;
+        let t = list.as_array()?.first()?.clone();
+        (t["state"] == "paused" && t["code"] == "storage_full").then_some(())
+    })
+    .unwrap();
     // Bad values are refused before anything is sent.
     let out = alice.cli(&[
         "send-file",

@@ -84,6 +84,9 @@ pub(crate) enum Internal {
         relay: PeerId,
         entries: Vec<tern_relay::wire::presence::Entry>,
     },
+    /// The peers the network task has connections to now (asked every heartbeat, so a
+    /// `PeerUp` or `PeerDown` lost to a full event queue is not kept for good).
+    PeersUp(std::collections::HashSet<PeerId>),
     /// Device lists fetched from relays: (user, signed list).
     DeviceLists(Vec<(UserId, Vec<u8>)>),
     /// Device lists of group members not known before, and whether some fetch failed.
@@ -350,6 +353,7 @@ impl Engine {
                         self.check_prekeys();
                     }
                     self.heartbeat();
+                    self.ask_peers_up();
                     self.redial_online();
                     self.end_drains();
                     self.groups.owed_due = true;
@@ -430,10 +434,10 @@ impl Engine {
             net::Event::PeerUp { peer, relayed } => {
                 // Should this connection go, the device is dialled again soon.
                 self.relays.redials.remove(&peer);
+                self.peers_up(|up| {
+                    up.insert(peer);
+                });
                 if let Some(user) = self.people.device_owner.get(&peer).copied() {
-                    if self.relays.peers_up.insert(peer) {
-                        self.emit_presence(std::collections::HashSet::from([user]));
-                    }
                     if let Some(device_id) = peer_device(&peer) {
                         self.emit(Event::Peer {
                             user_id: user,
@@ -445,13 +449,9 @@ impl Engine {
                     self.dispatch_due(true);
                 }
             }
-            net::Event::PeerDown { peer } => {
-                if self.relays.peers_up.remove(&peer)
-                    && let Some(user) = self.people.device_owner.get(&peer)
-                {
-                    self.emit_presence(std::collections::HashSet::from([*user]));
-                }
-            }
+            net::Event::PeerDown { peer } => self.peers_up(|up| {
+                up.remove(&peer);
+            }),
             net::Event::Listening(addr) => {
                 tracing::info!(%addr, "listening");
                 if !self.relays.listen.contains(&addr) {
@@ -499,7 +499,7 @@ impl Engine {
         }
     }
 
-    fn on_internal(&mut self, msg: Internal) {
+    pub(super) fn on_internal(&mut self, msg: Internal) {
         match msg {
             Internal::LaneDone(done) => self.on_lanes_done(vec![done]),
             Internal::GrantsFailed(relay) => self.on_grants_failed(relay),
@@ -515,6 +515,7 @@ impl Engine {
                 }
             }
             Internal::Presence { relay, entries } => self.on_presence(relay, entries),
+            Internal::PeersUp(peers) => self.peers_up(|up| *up = peers),
             Internal::PrekeysLow => self.relays.topup_due = true,
             Internal::PrekeyClaimed {
                 user,

@@ -245,6 +245,28 @@ impl Engine {
         self.emit_presence(changed);
     }
 
+    /// Changes the set of peers this node has a connection to with `change`, and tells of
+    /// the contacts whose shown presence that changed.
+    pub(super) fn peers_up(&mut self, change: impl FnOnce(&mut HashSet<PeerId>)) {
+        let before = self.relays.peers_up.clone();
+        change(&mut self.relays.peers_up);
+        let changed: HashSet<UserId> = before
+            .symmetric_difference(&self.relays.peers_up)
+            .filter_map(|p| self.people.device_owner.get(p).copied())
+            .collect();
+        self.emit_presence(changed);
+    }
+
+    /// Asks the network task which peers it has connections to (see [`Internal::PeersUp`]).
+    pub(super) fn ask_peers_up(&self) {
+        let net = self.net.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let peers = net.peers().await.into_iter().map(|c| c.peer).collect();
+            let _ = tx.send(Internal::PeersUp(peers)).await;
+        });
+    }
+
     pub(super) fn emit_presence(&self, users: HashSet<UserId>) {
         for user in users {
             if self.people.contacts.contains_key(&user) {

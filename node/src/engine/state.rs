@@ -150,8 +150,9 @@ pub(crate) struct Relays {
     /// device is as present as its best relay says, and what a relay said goes with it when
     /// it goes down.
     pub presence: HashMap<PeerId, HashMap<PeerId, tern_relay::wire::presence::Entry>>,
-    /// Contacts' devices this node has a connection to now (direct or through a circuit):
-    /// shown online whatever a relay that lost sight of them says.
+    /// Peers (not relays) this node has a connection to now, direct or through a circuit:
+    /// a contact's device among them is shown online whatever a relay that lost sight of it
+    /// says. As many as the connections; checked against the network task every heartbeat.
     pub peers_up: HashSet<PeerId>,
     /// Online contact devices dialled again since presence or a connection last told of
     /// them: (dials, the heartbeat of the next one).

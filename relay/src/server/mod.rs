@@ -376,7 +376,9 @@ pub async fn run(
     // runtime that future is polled only once the ready tasks have run and the driver has
     // been polled, so each wake-up of the loop (a deposit read from a stream, a completion)
     // would cost a pass of the driver before it is served.
-    if let Err(e) = tokio::spawn(el.run(shutdown)).await
+    // Dropping `run` (an embedded relay's task aborted) still stops the loop.
+    let mut looping = AbortOnDrop(tokio::spawn(el.run(shutdown)));
+    if let Err(e) = (&mut looping.0).await
         && e.is_panic()
     {
         std::panic::resume_unwind(e.into_panic());
@@ -386,6 +388,15 @@ pub async fn run(
     storage.close().await;
     tracing::info!("relay stopped");
     Ok(())
+}
+
+/// A spawned task that is aborted when this is dropped (a no-op once it has finished).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The peer id the relay in `data_dir` has (or will have).

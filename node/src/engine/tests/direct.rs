@@ -8,7 +8,7 @@ use tern_relay::wire::presence::{Entry, State};
 use super::Harness;
 use crate::{
     consts::{DIRECT_REDIAL_HEARTBEATS, DIRECT_REDIAL_MAX_DOUBLINGS},
-    engine::{device_peer, relay_peer},
+    engine::{Internal, device_peer, relay_peer},
 };
 
 #[tokio::test]
@@ -134,13 +134,14 @@ async fn a_device_is_as_present_as_its_best_relay_says_until_that_relay_goes() {
 }
 
 /// A device this node is connected to is shown online whatever its relays say (one that
-/// lost sight of it, or none); an away a relay told stays away; once the connection goes,
-/// the relays' word is shown again.
+/// lost sight of it, or none), also when it became a contact's after the connection came up;
+/// an away a relay told stays away; once the connection goes, the relays' word is shown
+/// again. The network task's own list of connections, asked every heartbeat, overrides what
+/// the events said (one can be lost to a full queue).
 #[tokio::test]
 async fn a_connected_device_is_shown_online_until_its_connection_goes() {
     let mut alice = Harness::named("alice");
     let bob = Harness::with_relays("bob", 1);
-    alice.add(&bob).await;
     let device = device_peer(&bob.engine.me.keys.device.device_id()).unwrap();
     let relay = relay_peer(&bob.engine.relays.home_relays[0]).unwrap();
     let told = |state, last_seen_ms| {
@@ -154,11 +155,12 @@ async fn a_connected_device_is_shown_online_until_its_connection_goes() {
         let p = h.engine.presence_of(&bob.engine.me.user);
         (p.state, p.last_seen)
     };
-    assert_eq!(shown(&alice), ("unknown".into(), None));
+    // Connected before Bob is a contact (he added Alice first and dialled her).
     alice.engine.on_net(crate::net::Event::PeerUp {
         peer: device,
-        relayed: false,
+        relayed: true,
     });
+    alice.add(&bob).await;
     assert_eq!(shown(&alice), ("online".into(), None));
     alice
         .engine
@@ -175,11 +177,14 @@ async fn a_connected_device_is_shown_online_until_its_connection_goes() {
         .engine
         .on_net(crate::net::Event::PeerDown { peer: device });
     assert_eq!(shown(&alice), ("offline".into(), Some(8)));
-    // A peer that is no contact's device is not kept.
-    let stranger = libp2p::PeerId::random();
-    alice.engine.on_net(crate::net::Event::PeerUp {
-        peer: stranger,
-        relayed: true,
-    });
-    assert!(!alice.engine.relays.peers_up.contains(&stranger));
+
+    // The network task's list wins over the events: up without a `PeerUp`, then down
+    // without a `PeerDown`.
+    let others: std::collections::HashSet<_> = [libp2p::PeerId::random()].into();
+    let mut with_bob = others.clone();
+    with_bob.insert(device);
+    alice.engine.on_internal(Internal::PeersUp(with_bob));
+    assert_eq!(shown(&alice), ("online".into(), None));
+    alice.engine.on_internal(Internal::PeersUp(others));
+    assert_eq!(shown(&alice), ("offline".into(), Some(8)));
 }
