@@ -180,6 +180,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
         }
         Cmd::Ui { print } => ui::open(&home, print).await,
         Cmd::Presence { contact } => status::presence(&home, json, contact).await,
+        Cmd::Down => up::down(&home, json).await,
         Cmd::Status { set } => status::status(&home, json, set).await,
         Cmd::Push { cmd } => status::push(&home, json, cmd).await,
         Cmd::Relay { cmd } => status::relay(&home, json, cmd).await,

@@ -59,6 +59,9 @@ pub(crate) enum Cmd {
         #[arg(long, env = "TERN_PASSPHRASE_FILE")]
         passphrase_file: Option<PathBuf>,
     },
+    /// Stop the node running for this home, as Ctrl-C on `tern up` does, and wait (at most
+    /// 30 s) until its process has ended.
+    Down,
     /// Identity commands.
     Id {
         #[command(subcommand)]

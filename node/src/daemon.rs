@@ -222,7 +222,10 @@ pub async fn run(
         relay_connected,
         notes,
     });
-    shutdown.await;
+    tokio::select! {
+        () = shutdown => {}
+        () = node.stop_requested() => tracing::info!("stop asked for over the API"),
+    }
     let _ = std::fs::remove_file(home.node_file_path());
     drop(node);
     if let Some((stop, task)) = embedded {

@@ -83,6 +83,8 @@ pub enum StartError {
 pub struct Node {
     cmd: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
+    /// Set when a stop is asked for over the API (`tern down`).
+    stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Node {
@@ -125,7 +127,20 @@ impl Node {
         Ok(Node {
             cmd: cmd_tx,
             events,
+            stop: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
         })
+    }
+
+    /// Asks the process running this node to stop, as Ctrl-C would (`tern down`, API
+    /// `node.stop`).
+    pub fn request_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves once a stop was asked for with [`Node::request_stop`].
+    pub async fn stop_requested(&self) {
+        let mut asked = self.stop.subscribe();
+        let _ = asked.wait_for(|s| *s).await;
     }
 
     /// Subscribes to node events.

@@ -662,3 +662,24 @@ fn contacts_connected_to_each_other_stay_online_while_their_relay_is_down() {
     })
     .unwrap();
 }
+
+/// `tern down` stops the running node as Ctrl-C would: it answers once the process has
+/// ended (cleanly), after which nothing answers for the home; with no node running it says
+/// so (exit 3); and the node starts again afterwards.
+#[test]
+fn down_stops_the_running_node_and_says_when_none_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let mut a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let out = a.cli_within(&["down"], WAIT).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "stopped");
+    // `down` waited for the process: it has ended already, with success.
+    assert_eq!(a.exit_code().unwrap(), Some(0));
+    for args in [&["status"][..], &["down"]] {
+        let out = a.cli_within(args, WAIT).unwrap();
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {out:?}");
+    }
+    a.restart().unwrap();
+    a.ok(&["status"]).unwrap();
+}

@@ -406,6 +406,10 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         ),
         "conversations" => to_value(node.conversations().await?),
         "presence" => to_value(node.presence(opt_str(p, "contact")).await?),
+        "node.stop" => {
+            node.request_stop();
+            Ok(Value::Null)
+        }
         "status.set" => {
             let away = match str_param(p, "status")?.as_str() {
                 "away" => true,

@@ -200,6 +200,12 @@ impl Node {
         signal(self.pid(), "-CONT")
     }
 
+    /// The node's exit code once its process has ended (reaped), `None` while it runs.
+    pub fn exit_code(&mut self) -> anyhow::Result<Option<i32>> {
+        let c = self.child.as_mut().context("the node was not started")?;
+        Ok(c.try_wait()?.map(|s| s.code().unwrap_or(-1)))
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
