@@ -98,17 +98,8 @@ async fn a_device_is_as_present_as_its_best_relay_says_until_that_relay_goes() {
     let device = device_peer(&bob.engine.me.keys.device.device_id()).unwrap();
     let relays = bob.engine.relays.home_relays.clone();
     let peer = |i: usize| relay_peer(&relays[i]).unwrap();
-    let told = |state, last_seen_ms| {
-        vec![Entry {
-            peer: device,
-            state,
-            last_seen_ms,
-        }]
-    };
-    let shown = |h: &Harness| {
-        let p = h.engine.presence_of(&bob.engine.me.user);
-        (p.state, p.last_seen)
-    };
+    let told = |state, last_seen_ms| told(device, state, last_seen_ms);
+    let shown = |h: &Harness| shown(h, &bob);
 
     alice.engine.on_presence(peer(0), told(State::Online, None));
     alice
@@ -144,17 +135,8 @@ async fn a_connected_device_is_shown_online_until_its_connection_goes() {
     let bob = Harness::with_relays("bob", 1);
     let device = device_peer(&bob.engine.me.keys.device.device_id()).unwrap();
     let relay = relay_peer(&bob.engine.relays.home_relays[0]).unwrap();
-    let told = |state, last_seen_ms| {
-        vec![Entry {
-            peer: device,
-            state,
-            last_seen_ms,
-        }]
-    };
-    let shown = |h: &Harness| {
-        let p = h.engine.presence_of(&bob.engine.me.user);
-        (p.state, p.last_seen)
-    };
+    let told = |state, last_seen_ms| told(device, state, last_seen_ms);
+    let shown = |h: &Harness| shown(h, &bob);
     // Connected before Bob is a contact (he added Alice first and dialled her).
     alice.engine.on_net(crate::net::Event::PeerUp {
         peer: device,
@@ -187,4 +169,19 @@ async fn a_connected_device_is_shown_online_until_its_connection_goes() {
     assert_eq!(shown(&alice), ("online".into(), None));
     alice.engine.on_internal(Internal::PeersUp(others));
     assert_eq!(shown(&alice), ("offline".into(), Some(8)));
+}
+
+/// A relay's presence word on `device`.
+fn told(device: libp2p::PeerId, state: State, last_seen_ms: Option<u64>) -> Vec<Entry> {
+    vec![Entry {
+        peer: device,
+        state,
+        last_seen_ms,
+    }]
+}
+
+/// `bob`'s presence as `h` shows it: state and last seen.
+fn shown(h: &Harness, bob: &Harness) -> (String, Option<u64>) {
+    let p = h.engine.presence_of(&bob.engine.me.user);
+    (p.state, p.last_seen)
 }
