@@ -180,3 +180,34 @@ fn typing_words_that_differ_stops_the_link_and_applies_nothing() -> anyhow::Resu
     );
     Ok(())
 }
+
+/// The relay dies and comes back while the new device waits for its record (a user can
+/// take minutes to carry the code over, on a link that drops): the new device connects
+/// again, turns live delivery back on and fetches what waits, so the record still arrives
+/// and the link completes.
+#[test]
+fn a_link_survives_its_relay_restarting_while_it_waits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut relay = Relay::start(&dir.path().join("relay"), "")?;
+    let ana = Node::init_and_start(dir.path(), "ana", Some(&relay.addr))?;
+    let mut link = Linking::start(&dir.path().join("ana-laptop"), &relay.addr, "laptop")?;
+
+    relay.restart_after_kill9("")?;
+    wait_for("ana back at the relay", WAIT, || {
+        let s = ana.json(&["status"]).ok()?;
+        (s["relays"][0]["connected"] == true).then_some(())
+    })?;
+    let added = ana.json(&["device", "add", &link.code])?;
+    let shown = match link.next_words() {
+        Ok(w) => w,
+        Err(e) => {
+            let (code, err) = link.finish()?;
+            anyhow::bail!("{e}: the link exited {code:?}: {err}");
+        }
+    };
+    assert_eq!(shown, words_of(&added));
+    link.answer("y")?;
+    let (code, err) = link.finish()?;
+    assert_eq!(code, Some(0), "{err}");
+    Ok(())
+}

@@ -109,9 +109,7 @@ where
         // carries the code over, and a record deposited before it is on is in the fetch
         // that follows.
         show_code(&request.encode().map_err(|e| NodeError::BadRequest(e.to_string()))?);
-        net::rpc::listen(&net, relay_peer).await?;
-        let (waiting, _) = net.at(relay_peer).fetch(0, consts::FETCH_PAGE).await?;
-        let mut batch = waiting;
+        let mut batch = catch_up(&net, relay_peer).await;
         // The words of every record offered so far.
         let mut offered: Vec<device_link::LinkWords> = Vec::new();
         // Mailbox ids seen: a record that came both live and in the fetch is one record.
@@ -217,6 +215,12 @@ where
             }
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(net::Event::Mail { envelopes, .. })) => batch = envelopes,
+                // The relay connection came back (the user may take minutes, on a flaky
+                // link), or a push was dropped for want of room: live delivery again, and
+                // what waits; records already seen are passed over by id.
+                Ok(Some(net::Event::RelayUp(p) | net::Event::MailDropped(p))) if p == relay_peer => {
+                    batch = catch_up(&net, relay_peer).await;
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => return Err(NodeError::Stopped),
                 Err(_) => {
@@ -231,4 +235,23 @@ where
     drop(net);
     task.abort();
     result
+}
+
+/// Asks `relay` for live delivery and fetches what waits in the link mailbox. Neither
+/// failing ends the link: the relay may be restarting, and once it is back (`RelayUp`) this
+/// runs again, so a record deposited meanwhile still arrives.
+async fn catch_up(
+    net: &net::Client,
+    relay: libp2p::PeerId,
+) -> Vec<tern_relay::wire::mailbox::Envelope> {
+    if let Err(e) = net::rpc::listen(net, relay).await {
+        tracing::debug!("live delivery not turned on: {e}");
+    }
+    match net.at(relay).fetch(0, consts::FETCH_PAGE).await {
+        Ok((waiting, _)) => waiting,
+        Err(e) => {
+            tracing::debug!("fetching the link mailbox failed: {e}");
+            Vec::new()
+        }
+    }
 }
