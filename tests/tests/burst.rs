@@ -1,6 +1,7 @@
 //! Bursts, as a real user's traffic has them: thousands of texts pipelined over the local API
-//! to a contact who is offline, under a low relay rate limit, across a relay killed -9 and
-//! restarted, and across a direct connection that drops mid-burst. Every text must arrive
+//! to a contact who is offline, under a low relay rate limit, past the contact's share of a
+//! small mailbox, across a relay killed -9 and restarted, and across a direct connection that
+//! drops mid-burst. Every text must arrive
 //! exactly once, in the order it was sent, with nothing reported undecryptable.
 
 use std::time::Duration;
@@ -185,6 +186,38 @@ fn a_burst_under_a_low_deposit_rate_limit_waits_and_keeps_order() {
     );
     b.restart().unwrap();
     assert_arrives_complete(&b, "Alice", &sent);
+    assert_nothing_repaired(&b, &a);
+    assert_eq!(recovery(&b)["waited"], 0, "mail was stored in order");
+}
+
+#[test]
+fn a_burst_past_the_contacts_mailbox_share_waits_for_room_and_keeps_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bob's mailbox holds 200 messages, a quarter of it per granted user: 50 of Alice's at a
+    // time. Her burst of 400 meets a full share many times over; she must keep the rest
+    // and send it as Bob drains his mailbox, through the relay only (no direct path).
+    let limits = "[mailbox]\nmax_messages = 200\nintro_max_messages = 50\n";
+    let relay = Relay::start_with_metrics(&dir.path().join("relay"), limits).unwrap();
+    let no_direct = ["--no-direct"];
+    let a = Node::init_and_start_with(dir.path(), "alice", Some(&relay.addr), &no_direct).unwrap();
+    let mut b =
+        Node::init_and_start_with(dir.path(), "bob", Some(&relay.addr), &no_direct).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    b.stop().unwrap();
+
+    let sent = send_burst(&a, "Bob", 400, "full");
+    wait_for("the share to fill", BURST_WAIT, || {
+        let full = relay
+            .metric("tern_relay_rejects_total{reason=\"share_full\"}")
+            .unwrap_or(0.0);
+        (full > 0.0).then_some(())
+    })
+    .unwrap();
+    // Most of the burst is still Alice's to send while Bob is away.
+    assert!(outbox(&a) > 300, "outbox {}", outbox(&a));
+    b.restart().unwrap();
+    assert_arrives_complete(&b, "Alice", &sent);
+    wait_outbox_empty(&a, BURST_WAIT).unwrap();
     assert_nothing_repaired(&b, &a);
     assert_eq!(recovery(&b)["waited"], 0, "mail was stored in order");
 }

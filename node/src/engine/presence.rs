@@ -172,7 +172,7 @@ impl Engine {
             return told.cloned();
         }
         match told {
-            Some(e) if matches!(e.state, State::Online | State::Away) => Some(e.clone()),
+            Some(e) if is_up(e.state) => Some(e.clone()),
             _ => Some(presence::Entry {
                 peer: *peer,
                 state: State::Online,
@@ -197,15 +197,25 @@ impl Engine {
         }
     }
 
-    /// Presence changes `relay` told of.
+    /// Presence changes `relay` told of. A contact's device that comes online (or away)
+    /// drains its mailboxes, so its lanes start at once, whatever their backoff: rows a full
+    /// mailbox share refused go now rather than after up to [`RETRY_MAX`].
+    ///
+    /// [`RETRY_MAX`]: crate::consts::RETRY_MAX
     pub(crate) fn on_presence(&mut self, relay: PeerId, entries: Vec<presence::Entry>) {
         let mut changed = HashSet::new();
         for e in entries {
-            if let Some(user) = self.people.device_owner.get(&e.peer) {
-                changed.insert(*user);
-                if matches!(e.state, State::Online | State::Away) {
-                    self.maybe_dial(e.peer, user, Some(relay), 0);
+            if let Some(user) = self.people.device_owner.get(&e.peer).copied() {
+                changed.insert(user);
+                if is_up(e.state) {
+                    let was_up = self
+                        .device_presence(&e.peer)
+                        .is_some_and(|p| is_up(p.state));
+                    self.maybe_dial(e.peer, &user, Some(relay), 0);
                     self.relays.redials.remove(&e.peer);
+                    if !was_up {
+                        self.start_lanes(&e.peer.to_string());
+                    }
                 }
             }
             self.keep_presence(relay, e);
@@ -231,9 +241,7 @@ impl Engine {
     pub(super) fn forget_presence_at(&mut self, relay: PeerId) {
         let mut changed = HashSet::new();
         self.relays.presence.retain(|peer, by_relay| {
-            let here = by_relay
-                .get(&relay)
-                .is_some_and(|e| matches!(e.state, State::Online | State::Away));
+            let here = by_relay.get(&relay).is_some_and(|e| is_up(e.state));
             if here {
                 by_relay.remove(&relay);
                 if let Some(user) = self.people.device_owner.get(peer) {
@@ -314,10 +322,7 @@ impl Engine {
             .relays
             .presence
             .keys()
-            .filter(|peer| {
-                self.device_presence(peer)
-                    .is_some_and(|e| matches!(e.state, State::Online | State::Away))
-            })
+            .filter(|peer| self.device_presence(peer).is_some_and(|e| is_up(e.state)))
             .filter_map(|peer| Some((*peer, *self.people.device_owner.get(peer)?)))
             .collect();
         self.relays
@@ -415,6 +420,11 @@ fn best_entry<'a>(
     entries.into_iter().max_by(|a, b| {
         (state_rank(a.state), a.last_seen_ms).cmp(&(state_rank(b.state), b.last_seen_ms))
     })
+}
+
+/// Whether a device in state `s` is up: online, or away (connected, its user idle).
+fn is_up(s: State) -> bool {
+    matches!(s, State::Online | State::Away)
 }
 
 fn state_rank(s: State) -> u8 {

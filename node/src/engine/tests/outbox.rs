@@ -4,13 +4,16 @@
 
 use std::time::Duration;
 
-use tern_relay::wire::{ErrorCode, Rejection};
+use tern_relay::wire::{
+    ErrorCode, Rejection,
+    presence::{Entry, State},
+};
 use tern_store::Status;
 
 use super::{Harness, T0_MS, other_device, queue_text};
 use crate::{
     consts::{LANE_BATCH, RETRY_BASE, RETRY_MAX},
-    engine::send::backoff,
+    engine::{relay_peer, send::backoff},
     net::NetError,
 };
 
@@ -132,6 +135,68 @@ async fn a_reconnect_sends_a_waiting_lane_at_once() {
     h.settle().await;
     assert_eq!(h.courier.carried(), [vec![1], vec![1]]);
     assert_eq!(head(&h, &device), None);
+}
+
+/// A row a full mailbox share refused waits its backoff; when a relay tells that the device
+/// came online (it drains its mailbox now), its lane goes at once. Told again while the
+/// device is still up, or told it is offline, nothing starts before the backoff.
+#[tokio::test]
+async fn a_device_coming_online_sends_its_waiting_lane_at_once() {
+    let mut alice = Harness::named("alice");
+    let bob = Harness::with_relays("bob", 1);
+    alice.add(&bob).await;
+    let peer = bob.peer();
+    let device = peer.to_string();
+    let relay = relay_peer(&bob.engine.relays.home_relays[0]).unwrap();
+    let user = bob.engine.me.user_hex.clone();
+    let told = |state| {
+        vec![Entry {
+            peer,
+            state,
+            last_seen_ms: None,
+        }]
+    };
+    let share_full = || {
+        Err(NetError::Rejected(Rejection {
+            code: ErrorCode::ShareFull,
+            retry_after_ms: None,
+        }))
+    };
+    let waiting = |h: &Harness| h.engine.outbox.lanes_busy.is_empty();
+    let attempts = |h: &Harness| {
+        let rows = h.engine.store.lane_at(&device, &relay.to_string(), 10);
+        rows.unwrap().first().map(|r| r.attempts)
+    };
+
+    queue_text(&mut alice, &user, &device, 1);
+    alice.courier.answer(share_full());
+    alice.engine.dispatch_lanes(false);
+    alice.settle().await;
+    assert_eq!(attempts(&alice), Some(1));
+    alice.engine.on_presence(relay, told(State::Offline));
+    assert!(waiting(&alice), "an offline device drains nothing");
+    alice.engine.on_presence(relay, told(State::Online));
+    alice.settle().await;
+    assert_eq!(alice.courier.carried(), [vec![1], vec![1]]);
+    assert_eq!(attempts(&alice), None);
+
+    // Still online: a refusal now waits its backoff, whatever the relay says again.
+    queue_text(&mut alice, &user, &device, 2);
+    alice.courier.answer(share_full());
+    alice.engine.dispatch_lanes(false);
+    alice.settle().await;
+    assert_eq!(attempts(&alice), Some(1));
+    alice.engine.on_presence(relay, told(State::Away));
+    assert!(waiting(&alice), "the device was up already");
+    // Gone and back (away counts as up: the device is connected).
+    alice.engine.on_presence(relay, told(State::Offline));
+    alice.engine.on_presence(relay, told(State::Away));
+    alice.settle().await;
+    assert_eq!(
+        alice.courier.carried(),
+        [vec![1], vec![1], vec![2], vec![2]]
+    );
+    assert_eq!(attempts(&alice), None);
 }
 
 /// Rows queued while their lane's task runs are handed to it (on a slow link they go into
