@@ -242,6 +242,23 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Makes every group fan-out row for `recipient_device` due by `now_ms` (the device came
+    /// online and drains its mailboxes: what waits for it goes now, not after its backoff).
+    /// Its attempts stay counted. Returns how many rows were moved up.
+    pub fn fanout_due_now(
+        &mut self,
+        recipient_device: &str,
+        now_ms: i64,
+    ) -> Result<usize, WriteError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE outbox SET next_attempt_ms = ?2 \
+                 WHERE kind = 1 /* Fanout */ AND recipient_device = ?1 AND next_attempt_ms > ?2",
+            )
+            .and_then(|mut s| s.execute(params![recipient_device, now_ms]))
+            .write_ctx("move up fan-out rows")
+    }
+
     /// Encrypts later: gives a message stored [`Status::Pending`] with no outbox rows (stored
     /// before it could be encrypted, see [`Store::awaiting_encryption`]) its ratchet state
     /// and one outbox row per recipient device, in this transaction.

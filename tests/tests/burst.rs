@@ -4,7 +4,7 @@
 //! drops mid-burst. Every text must arrive
 //! exactly once, in the order it was sent, with nothing reported undecryptable.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use serde_json::{Value, json};
 use tern_tests::support::{
@@ -207,9 +207,7 @@ fn a_burst_past_the_contacts_mailbox_share_waits_for_room_and_keeps_order() {
 
     let sent = send_burst(&a, "Bob", 400, "full");
     wait_for("the share to fill", BURST_WAIT, || {
-        let full = relay
-            .metric("tern_relay_rejects_total{reason=\"share_full\"}")
-            .unwrap_or(0.0);
+        let full = relay.metric(SHARE_FULL).unwrap_or(0.0);
         (full > 0.0).then_some(())
     })
     .unwrap();
@@ -283,10 +281,32 @@ fn a_direct_connection_dropping_mid_burst_loses_nothing() {
 #[test]
 fn group_bursts_from_two_senders_reach_an_offline_member_complete_and_in_one_order() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    group_bursts_reach_an_offline_member(dir.path(), "", &[]);
+}
+
+/// The relay's metric of deposits refused for a full share of a mailbox.
+const SHARE_FULL: &str = "tern_relay_rejects_total{reason=\"share_full\"}";
+
+/// The same through the relay only, past each sender's share of a small mailbox (50 of 200
+/// messages): the rest of both bursts waits at the senders and follows once Carol is back.
+#[test]
+fn group_bursts_past_the_members_mailbox_share_follow_her_back_complete() {
+    let limits = "[mailbox]\nmax_messages = 200\nintro_max_messages = 50\n";
+    let dir = tempfile::tempdir().unwrap();
+    let relay = group_bursts_reach_an_offline_member(dir.path(), limits, &["--no-direct"]);
+    let full = relay.metric(SHARE_FULL).unwrap_or(0.0);
+    assert!(full > 0.0, "the shares filled ({full})");
+}
+
+/// Alice, Bob and Carol in a group on one relay (with `limits`, nodes with `extra`); Carol
+/// goes offline while Alice and Bob each pipeline 200 texts to the group; once she is back,
+/// every member holds both bursts once each, each sender's in the order sent, all in one
+/// order. Returns the relay (its metrics).
+fn group_bursts_reach_an_offline_member(dir: &Path, limits: &str, extra: &[&str]) -> Relay {
+    let relay = Relay::start_with_metrics(&dir.join("relay"), limits).unwrap();
     let nodes: Vec<Node> = ["alice", "bob", "carol"]
         .iter()
-        .map(|n| Node::init_and_start(dir.path(), n, Some(&relay.addr)).unwrap())
+        .map(|n| Node::init_and_start_with(dir, n, Some(&relay.addr), extra).unwrap())
         .collect();
     let mut nodes = nodes;
     link_pair(&nodes[0], &nodes[1], "Alice", "Bob").unwrap();
@@ -340,4 +360,5 @@ fn group_bursts_from_two_senders_reach_an_offline_member_complete_and_in_one_ord
     // Every member shows the same order.
     assert_eq!(orders[0], orders[1]);
     assert_eq!(orders[0], orders[2]);
+    relay
 }

@@ -23,6 +23,21 @@ type Fan = (MessageId, Vec<u8>, Vec<(String, String)>, u32);
 type FanTarget = (String, PeerId, Option<tern_crypto::grant::Grant>);
 
 impl Engine {
+    /// `device` came online (or away) and drains its mailboxes: its lanes and its group
+    /// fan-out rows go now, whatever their backoff, so rows a full mailbox share refused
+    /// follow it back at once rather than after up to [`RETRY_MAX`] each.
+    ///
+    /// [`RETRY_MAX`]: crate::consts::RETRY_MAX
+    pub(crate) fn deliver_now_to(&mut self, device: &str) {
+        self.start_lanes(device);
+        let now = self.clock.now_ms();
+        match self.store.transaction(|tx| tx.fanout_due_now(device, now)) {
+            Ok(0) => {}
+            Ok(_) => self.dispatch_fanouts(false),
+            Err(e) => tracing::error!("moving up group rows failed: {e}"),
+        }
+    }
+
     /// Starts the group fan-outs that are due (`all`: every one, backoff or not): the due
     /// fan-out rows of each message go together, with its shared payload.
     pub(crate) fn dispatch_fanouts(&mut self, all: bool) {

@@ -198,10 +198,8 @@ impl Engine {
     }
 
     /// Presence changes `relay` told of. A contact's device that comes online (or away)
-    /// drains its mailboxes, so its lanes start at once, whatever their backoff: rows a full
-    /// mailbox share refused go now rather than after up to [`RETRY_MAX`].
-    ///
-    /// [`RETRY_MAX`]: crate::consts::RETRY_MAX
+    /// drains its mailboxes, so what waits for it goes at once (see
+    /// [`Self::deliver_now_to`]).
     pub(crate) fn on_presence(&mut self, relay: PeerId, entries: Vec<presence::Entry>) {
         let mut changed = HashSet::new();
         for e in entries {
@@ -214,7 +212,7 @@ impl Engine {
                     self.maybe_dial(e.peer, &user, Some(relay), 0);
                     self.relays.redials.remove(&e.peer);
                     if !was_up {
-                        self.start_lanes(&e.peer.to_string());
+                        self.deliver_now_to(&e.peer.to_string());
                     }
                 }
             }

@@ -10,7 +10,10 @@ use tern_relay::wire::{
 };
 use tern_store::Status;
 
-use super::{Harness, T0_MS, other_device, queue_text};
+use libp2p::PeerId;
+use tern_store::{Body, ConversationId, ConversationKind};
+
+use super::{Harness, T0_MS, id, other_device, queue_text};
 use crate::{
     consts::{LANE_BATCH, RETRY_BASE, RETRY_MAX},
     engine::{relay_peer, send::backoff},
@@ -197,6 +200,66 @@ async fn a_device_coming_online_sends_its_waiting_lane_at_once() {
         [vec![1], vec![1], vec![2], vec![2]]
     );
     assert_eq!(attempts(&alice), None);
+}
+
+/// Group fan-out rows likewise: one that failed waits its backoff until the device comes
+/// online, then goes at once; rows for other devices keep their backoff.
+#[tokio::test]
+async fn a_device_coming_online_gets_its_waiting_group_rows_at_once() {
+    let mut alice = Harness::named("alice");
+    let bob = Harness::with_relays("bob", 1);
+    alice.add(&bob).await;
+    let peer = bob.peer();
+    let relay = relay_peer(&bob.engine.relays.home_relays[0]).unwrap();
+    let user = bob.engine.me.user_hex.clone();
+    let now = alice.clock.now_ms();
+    let message = alice
+        .engine
+        .own_text(id(10), &user, (10, 10), now, Body::Text("g".into()));
+    let shared = [
+        (user.clone(), peer.to_string()),
+        (user.clone(), other_device()),
+    ];
+    alice
+        .engine
+        .store
+        .transaction(|tx| -> Result<_, tern_store::WriteError> {
+            tx.ensure_conversation(
+                &ConversationId(user.clone()),
+                ConversationKind::Group,
+                None,
+                now,
+            )?;
+            tx.record_outgoing_fanout(&message, &[], &[], b"megolm", &shared, now)
+        })
+        .unwrap();
+    alice.courier.set_down(relay, true);
+    alice.engine.dispatch_fanouts(false);
+    alice
+        .settle_until(|h| h.engine.outbox.fan_in_flight.is_empty())
+        .await;
+    assert_eq!(alice.courier.carried_at(relay).len(), 2);
+    alice.courier.set_down(relay, false);
+    alice.engine.on_presence(
+        relay,
+        vec![Entry {
+            peer,
+            state: State::Online,
+            last_seen_ms: None,
+        }],
+    );
+    alice
+        .settle_until(|h| h.engine.outbox.fan_in_flight.is_empty())
+        .await;
+    // Bob's device got it again at once; the other device's row waits its backoff.
+    let carried = alice.courier.carried.lock().unwrap().clone();
+    let to = |p: PeerId| carried.iter().filter(|(d, _, _)| *d == p).count();
+    assert_eq!(to(peer), 2);
+    assert_eq!(carried.len(), 3);
+    // Bob's row left the outbox; the other device's is still there.
+    let left = alice.engine.store.due_fanout(i64::MAX, 10).unwrap();
+    let left: Vec<_> = left.iter().map(|e| &e.delivery.recipient_device).collect();
+    assert_eq!(left, [&shared[1].1]);
 }
 
 /// Rows queued while their lane's task runs are handed to it (on a slow link they go into
