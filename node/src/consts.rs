@@ -253,6 +253,14 @@ pub const AUTO_DOWNLOAD_BYTES: u64 = 25 * 1000 * 1000;
 /// dropped when it is full; the next one carries the total so far).
 pub const MEDIA_EVENT_QUEUE: usize = 256;
 
+/// How long a file the web UI uploaded for sending (`POST /upload`) is kept when no
+/// transfer takes it (its `file.send` was refused or never came); swept at start and every
+/// [`UPLOAD_SWEEP_HEARTBEATS`] heartbeats.
+pub const UPLOAD_KEEP: Duration = Duration::from_secs(600);
+
+/// Heartbeats between two sweeps of uploads no transfer took (an hour).
+pub const UPLOAD_SWEEP_HEARTBEATS: u64 = 360;
+
 /// At most this often a `transfer` progress event per transfer (plus the last).
 pub const MEDIA_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 

@@ -349,6 +349,9 @@ impl Engine {
                         self.lists.lists_due = true;
                         self.ask_usage();
                     }
+                    if self.relays.heartbeats.is_multiple_of(crate::consts::UPLOAD_SWEEP_HEARTBEATS) {
+                        self.sweep_uploads();
+                    }
                     if self.relays.heartbeats.is_multiple_of(crate::consts::PREKEY_CHECK_HEARTBEATS) {
                         self.check_prekeys();
                     }

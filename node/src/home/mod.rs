@@ -161,10 +161,14 @@ pub fn now_ms() -> i64 {
 }
 
 impl Home {
-    /// A home at `dir` (nothing is touched yet).
+    /// A home at `dir` (nothing is touched yet), made absolute against the current
+    /// directory: paths the node builds under it are compared with absolute ones (a file
+    /// the web UI uploaded is deleted once staged only if it lies under `uploads/`), and a
+    /// relative home would never match.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
         Home {
-            dir: dir.into(),
+            dir: std::path::absolute(&dir).unwrap_or(dir),
             passphrase: None,
         }
     }
@@ -575,5 +579,22 @@ impl Home {
             reason: e.to_string(),
         })?;
         write_atomic(&self.config_path(), &text, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Home;
+
+    #[test]
+    fn a_relative_home_is_made_absolute() {
+        let home = Home::new("some/home");
+        assert!(home.dir().is_absolute(), "{}", home.dir().display());
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(home.dir(), cwd.join("some/home"));
+        assert_eq!(
+            Home::new("/abs/home").dir(),
+            std::path::Path::new("/abs/home")
+        );
     }
 }

@@ -49,7 +49,7 @@ use upload::{run_upload, stage_blocking};
 
 use super::{Engine, relay_peer};
 use crate::{
-    consts::{AUTO_DOWNLOAD_BYTES, MEDIA_EVENT_QUEUE, RETRY_MAX},
+    consts::{AUTO_DOWNLOAD_BYTES, MEDIA_EVENT_QUEUE, RETRY_MAX, UPLOAD_KEEP},
     error::NodeError,
     media::{MediaRef, safe_name},
     types::{Event, TransferInfo},
@@ -238,6 +238,7 @@ impl Engine {
         if let Err(e) = crate::home::create_private_dir(&self.media.dir) {
             tracing::warn!("cannot create the media directory: {e}");
         }
+        self.sweep_uploads();
         tokio::spawn(serve_peers(self.net.streams(), self.media.served.clone()));
         let transfers = match self.store.transfers(&[
             TransferState::Queued,
@@ -262,6 +263,48 @@ impl Engine {
                 }
                 (TransferState::Done, _) => {}
                 (_, data) => self.start_transfer(t.id, data),
+            }
+        }
+    }
+
+    /// Deletes what the web UI uploaded for sending (`uploads/`, one directory per upload)
+    /// that no transfer waits to stage: an upload whose `file.send` was refused or never
+    /// came (the page closed between the two), or one left by a node that stopped before
+    /// staging it and whose transfer is gone. An upload younger than [`UPLOAD_KEEP`] is left
+    /// alone: its `file.send` may be on its way. Run at start and every
+    /// [`UPLOAD_SWEEP_HEARTBEATS`](crate::consts::UPLOAD_SWEEP_HEARTBEATS) heartbeats.
+    pub(crate) fn sweep_uploads(&self) {
+        let uploads = self.me.home.dir().join("uploads");
+        let Ok(entries) = std::fs::read_dir(&uploads) else {
+            return;
+        };
+        let waiting: Vec<PathBuf> = match self
+            .store
+            .transfers(&[TransferState::Queued, TransferState::Active])
+        {
+            Ok(t) => t
+                .iter()
+                .filter_map(|t| match TransferData::decode(&t.data) {
+                    Ok(TransferData::Up(u)) if u.staged.is_none() => Some(PathBuf::from(u.source)),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!("reading transfers failed: {e}");
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let young = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_or(true, |t| t.elapsed().map_or(true, |age| age < UPLOAD_KEEP));
+            if young || waiting.iter().any(|s| s.starts_with(&dir)) {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("cannot delete an upload left behind: {e}");
             }
         }
     }

@@ -15,6 +15,7 @@ mod quarantine;
 mod recover;
 mod redundant;
 mod rotation;
+mod uploads;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,56 @@
+//! Files the web UI uploaded for sending (`uploads/`) that no transfer takes are swept once
+//! they are old; one a transfer waits to stage, and a fresh one, stay.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use super::Harness;
+use crate::consts::UPLOAD_KEEP;
+
+/// An upload directory `name` under `uploads` holding one file; `old`: last changed longer
+/// ago than [`UPLOAD_KEEP`]. Returns the file.
+fn upload(uploads: &Path, name: &str, old: bool) -> PathBuf {
+    let dir = uploads.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("photo.jpg");
+    std::fs::write(&file, b"not sent yet").unwrap();
+    if old {
+        let then = SystemTime::now() - UPLOAD_KEEP - Duration::from_secs(60);
+        std::fs::File::open(&dir)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
+    file
+}
+
+#[tokio::test]
+async fn uploads_no_transfer_takes_are_swept_once_old() {
+    let mut alice = Harness::named("alice");
+    let bob = Harness::named("bob");
+    alice.add(&bob).await;
+    let uploads = alice.engine.me.home.dir().join("uploads");
+    let refused = upload(&uploads, "refused", true);
+    let fresh = upload(&uploads, "fresh", false);
+    let taken = upload(&uploads, "taken", true);
+    alice
+        .engine
+        .file_send(
+            Some(&bob.engine.me.user_hex),
+            None,
+            taken.to_str().unwrap(),
+            String::new(),
+            false,
+        )
+        .unwrap();
+
+    alice.engine.sweep_uploads();
+    assert!(
+        !refused.parent().unwrap().exists(),
+        "an old upload nobody took"
+    );
+    assert!(fresh.exists(), "its file.send may be on its way");
+    assert!(taken.exists(), "a transfer waits to stage it");
+}
