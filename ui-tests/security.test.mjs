@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { byId, Env, ids, killAll, newPage, otherOrigin, rawRequest, ready, upgradeHeaders, waitFor, within } from './harness.mjs';
+import { ApiClient, byId, Env, ids, killAll, newPage, otherOrigin, rawRequest, ready, upgradeHeaders, waitFor, within } from './harness.mjs';
 
 /** `http://127.0.0.1:PORT/#c=CODE` → CODE. */
 const codeOf = (url) => new URL(url).hash.replace(/^#c=/, '');
@@ -83,6 +83,48 @@ describe('security', () => {
     assert.ok(typeof token === 'string' && token.length >= 32, `session token ${token}`);
     return token;
   }
+
+  /** The API socket opened as the page opens it, with session `token`. */
+  const asPage = (token) =>
+    ApiClient.connect(`ws://127.0.0.1:${alice.port}/api`, { Origin: alice.origin }, ['tern.v1', `tern.session.${token}`]);
+
+  test('a page session cannot make codes, write backups or stop the node', T, async () => {
+    const page = await asPage(await session());
+    try {
+      for (const [method, params] of [['ui.code', {}], ['id.backup', { path: path.join(alice.home, 'b.tern'), passphrase: 'a long enough passphrase' }], ['node.stop', {}]]) {
+        await assert.rejects(page.call(method, params), (e) => e.code === 1023, `${method} from a page`);
+      }
+      assert.equal(fs.existsSync(path.join(alice.home, 'b.tern')), false, 'no backup was written');
+      // The positive control: the page reads as before, and the CLI's token makes codes.
+      assert.equal((await page.call('id.show', {})).user_id, (await alice.json(['id', 'show'])).user_id);
+      assert.match(await alice.uiUrl(), /#c=/);
+    } finally {
+      page.close();
+    }
+  });
+
+  test('tern ui --sign-out ends every page session at once, also across a restart', T, async () => {
+    const [one, two] = [await session(), await session()];
+    const open = await asPage(one);
+    const closed = new Promise((resolve) => open.ws.once('close', resolve));
+    const out = await alice.cli(['ui', '--sign-out']);
+    assert.match(out, /ended [2-9]\d* web UI sessions/, out);
+    await within('the open page socket to close', closed);
+    for (const token of [one, two]) {
+      const res = await rawRequest(alice.port, { path: '/api', headers: upgradeHeaders({ 'Sec-WebSocket-Protocol': `tern.v1, tern.session.${token}`, Origin: alice.origin }) });
+      assert.equal(res.status, 401, `an ended session: HTTP ${res.status}`);
+    }
+    // A page signing itself out ends its own session only.
+    const [mine, other] = [await session(), await session()];
+    const page = await asPage(mine);
+    assert.deepEqual(await page.call('ui.sign_out', {}), { ended: 1 });
+    page.close();
+    await alice.restartSamePort();
+    const upgrade = (token) =>
+      rawRequest(alice.port, { path: '/api', headers: upgradeHeaders({ 'Sec-WebSocket-Protocol': `tern.v1, tern.session.${token}`, Origin: alice.origin }) });
+    assert.equal((await upgrade(mine)).status, 401, 'signed out stays out after a restart');
+    assert.equal((await upgrade(other)).status, 101, 'another page rides out the restart');
+  });
 
   test('a one-time code is exchanged once, then refused', T, async () => {
     const code = codeOf(await alice.uiUrl());

@@ -178,7 +178,8 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
                 FileCmd::List => file::list(&mut c, json).await,
             }
         }
-        Cmd::Ui { print } => ui::open(&home, print).await,
+        Cmd::Ui { sign_out: true, .. } => ui::sign_out(&home).await,
+        Cmd::Ui { print, .. } => ui::open(&home, print).await,
         Cmd::Presence { contact } => status::presence(&home, json, contact).await,
         Cmd::Down => up::down(&home, json).await,
         Cmd::Status { set } => status::status(&home, json, set).await,

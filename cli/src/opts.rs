@@ -112,6 +112,10 @@ pub(crate) enum Cmd {
         /// Print the one-time URL instead of opening a browser.
         #[arg(long)]
         print: bool,
+        /// End every web UI session instead: open pages lose the node at once and need
+        /// `tern ui` again (sessions otherwise last 30 days and ride out restarts).
+        #[arg(long, conflicts_with = "print")]
+        sign_out: bool,
     },
     /// Files received and sent: save one, list transfers.
     File {

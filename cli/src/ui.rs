@@ -1,4 +1,5 @@
-//! `tern ui`: opens the running node's web UI in a browser with a one-time code.
+//! `tern ui`: opens the running node's web UI in a browser with a one-time code, or ends
+//! every web UI session (`--sign-out`).
 
 use serde::Deserialize;
 use serde_json::json;
@@ -15,6 +16,26 @@ use crate::{
 struct UiCode {
     /// The web UI's address with the one-time code in its fragment.
     url: String,
+}
+
+/// The node's answer to `ui.sign_out`.
+#[derive(Debug, Deserialize)]
+struct SignedOut {
+    /// How many sessions were live.
+    ended: u64,
+}
+
+/// `tern ui --sign-out`: ends every web UI session; their pages lose the node at once.
+pub(crate) async fn sign_out(home: &Home) -> Result<(), Failure> {
+    let mut c = client(home).await?;
+    let v = c.call("ui.sign_out", json!({"all": true})).await?;
+    let ended = parse::<SignedOut>(&v)?.ended;
+    match ended {
+        0 => outln!("no web UI session was open"),
+        1 => outln!("ended 1 web UI session"),
+        n => outln!("ended {n} web UI sessions"),
+    }
+    Ok(())
 }
 
 /// `tern ui`: prints the one-time URL with `print`, else opens it in a browser.

@@ -366,13 +366,18 @@ fn upgrade(mut req: Request<Incoming>, s: &Arc<Shared>) -> Response<Body> {
     let offered: Vec<String> = get(req.headers(), "sec-websocket-protocol")
         .map(|p| p.split(',').map(|x| x.trim().to_owned()).collect())
         .unwrap_or_default();
-    let session = offered
-        .iter()
-        .find_map(|p| p.strip_prefix("tern.session."))
-        .is_some_and(|t| s.ui.session_valid(t));
-    if !session && !bearer_ok(req.headers(), s) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    }
+    // The API token (the CLI) may do everything; a page's session all but what would
+    // outlive or go beyond the page (see `server::SESSION_DENIED`).
+    let bearer = get(req.headers(), "authorization").and_then(|h| h.strip_prefix("Bearer "));
+    let session = if bearer.is_some_and(|t| bool::from(t.as_bytes().ct_eq(s.token.as_bytes()))) {
+        None
+    } else {
+        let offered_session = offered.iter().find_map(|p| p.strip_prefix("tern.session."));
+        match offered_session.or(bearer) {
+            Some(t) if s.ui.session_valid(t) => Some(t.to_owned()),
+            _ => return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"),
+        }
+    };
     let Some(key) =
         get(req.headers(), "sec-websocket-key").map(|k| derive_accept_key(k.as_bytes()))
     else {
@@ -399,7 +404,7 @@ fn upgrade(mut req: Request<Incoming>, s: &Arc<Shared>) -> Response<Body> {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, Some(config))
                         .await;
-                if let Err(e) = super::server::rpc(ws, shared).await {
+                if let Err(e) = super::server::rpc(ws, shared, session).await {
                     tracing::debug!("API connection ended: {e}");
                 }
             }

@@ -95,10 +95,21 @@ pub async fn serve(
     Ok((bound, task))
 }
 
-/// One WebSocket connection of the JSON-RPC API, after the upgrade.
+/// Methods a connection opened with a web UI session may not call: making codes (a
+/// session would renew itself for good), writing the account's backup to a path, and
+/// stopping the node. The API token (the CLI) calls them.
+pub(super) const SESSION_DENIED: [&str; 3] = ["ui.code", "id.backup", "node.stop"];
+
+/// The error a web UI session gets for a method in [`SESSION_DENIED`].
+const SESSION_DENIED_CODE: i64 = 1023;
+
+/// One WebSocket connection of the JSON-RPC API, after the upgrade: opened with the API
+/// token (`session` is `None`), or with the web UI session `session`, which may not call
+/// [`SESSION_DENIED`] and is closed once the session ends (`ui.sign_out`, its age).
 pub(super) async fn rpc<S>(
     ws: WebSocketStream<S>,
     shared: Arc<Shared>,
+    session: Option<String>,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -114,8 +125,29 @@ where
         }
         let _ = sink.close().await;
     });
-    let mut subscribed = false;
-    while let Some(msg) = source.next().await {
+    // The task forwarding events, once subscribed; stopped when the connection ends, so
+    // that the writer (and with it the socket) closes even while the peer is still there.
+    let mut events: Option<tokio::task::JoinHandle<()>> = None;
+    let mut ended = shared.ui.ended();
+    loop {
+        let msg = tokio::select! {
+            msg = source.next() => msg,
+            // Sessions were ended: one whose own is gone stops here.
+            Ok(()) = ended.changed(), if session.is_some() => {
+                if session.as_deref().is_some_and(|t| !shared.ui.session_valid(t)) {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
+        // A session also ends by its age, between two requests.
+        if session
+            .as_deref()
+            .is_some_and(|t| !shared.ui.session_valid(t))
+        {
+            break;
+        }
         let text = match msg? {
             Message::Text(t) => t.to_string(),
             Message::Close(_) => break,
@@ -138,11 +170,27 @@ where
             continue;
         };
         let params = req.get("params").cloned().unwrap_or(json!({}));
+        if session.is_some() && SESSION_DENIED.contains(&method.as_str()) {
+            let why = format!("{method} is not open to the web UI; use the tern CLI");
+            let _ = out_tx
+                .send(error_response(id, SESSION_DENIED_CODE, &why))
+                .await;
+            continue;
+        }
         match method.as_str() {
+            "ui.sign_out" => {
+                let ended = match (&session, params.get("all").and_then(Value::as_bool)) {
+                    (Some(t), Some(false) | None) => usize::from(shared.ui.end_session(t)),
+                    _ => shared.ui.end_all(),
+                };
+                let _ = out_tx
+                    .send(result_response(id, json!({"ended": ended})))
+                    .await;
+                continue;
+            }
             "subscribe" => {
-                if !subscribed {
-                    subscribed = true;
-                    spawn_events(node.clone(), out_tx.clone());
+                if events.is_none() {
+                    events = Some(spawn_events(node.clone(), out_tx.clone()));
                 }
                 let _ = out_tx.send(result_response(id, json!(true))).await;
                 continue;
@@ -203,12 +251,15 @@ where
             let _ = out.send(reply).await;
         });
     }
+    if let Some(events) = events {
+        events.abort();
+    }
     drop(out_tx);
     let _ = writer.await;
     Ok(())
 }
 
-fn spawn_events(node: Node, out: mpsc::Sender<String>) {
+fn spawn_events(node: Node, out: mpsc::Sender<String>) -> tokio::task::JoinHandle<()> {
     let mut rx = node.subscribe();
     tokio::spawn(async move {
         // Numbered per connection, so a client sees a gap (and fetches again).
@@ -231,7 +282,7 @@ fn spawn_events(node: Node, out: mpsc::Sender<String>) {
                 return;
             }
         }
-    });
+    })
 }
 
 fn result_response(id: Value, result: Value) -> String {

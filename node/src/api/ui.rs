@@ -78,6 +78,8 @@ pub struct Ui {
     codes: Mutex<VecDeque<(String, Instant)>>,
     /// SHA-256 of each session token, with when it was made (ms since the epoch).
     sessions: Mutex<VecDeque<([u8; 32], i64)>>,
+    /// Bumped whenever sessions are ended, so connections opened with one look again.
+    ended: tokio::sync::watch::Sender<u64>,
     /// The home's sessions file, if sessions are kept across restarts.
     file: Option<PathBuf>,
 }
@@ -108,6 +110,7 @@ impl Ui {
                 .collect(),
             codes: Mutex::new(VecDeque::new()),
             sessions: Mutex::new(VecDeque::new()),
+            ended: tokio::sync::watch::Sender::new(0),
             file: None,
         }
     }
@@ -199,6 +202,40 @@ impl Ui {
         Some(token)
     }
 
+    /// Ends the session `token` (a page signing out); whether it was live.
+    pub fn end_session(&self, token: &str) -> bool {
+        let hash = token_hash(token);
+        self.end(|h| bool::from(h.ct_eq(&hash))) > 0
+    }
+
+    /// Ends every session (`tern ui --sign-out`); returns how many were live.
+    pub fn end_all(&self) -> usize {
+        self.end(|_| true)
+    }
+
+    /// Ends the sessions `which` picks, forgets them on disk, and tells the connections
+    /// opened with one to look again (see [`Ui::ended`]).
+    fn end(&self, which: impl Fn(&[u8; 32]) -> bool) -> usize {
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return 0;
+        };
+        let now = crate::home::now_ms();
+        sessions.retain(|(_, made)| live(*made, now));
+        let before = sessions.len();
+        sessions.retain(|(h, _)| !which(h));
+        let ended = before - sessions.len();
+        self.save(&sessions);
+        drop(sessions);
+        self.ended.send_modify(|n| *n = n.wrapping_add(1));
+        ended
+    }
+
+    /// Changes whenever sessions are ended: a connection opened with a session watches it
+    /// and closes once its own is gone.
+    pub fn ended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.ended.subscribe()
+    }
+
     /// Whether `token` is a live session (compared in constant time with each).
     pub fn session_valid(&self, token: &str) -> bool {
         let Ok(sessions) = self.sessions.lock() else {
@@ -254,6 +291,26 @@ mod tests {
         let again = Ui::with_home(dir.path());
         assert!(again.session_valid(&token));
         assert!(!again.session_valid("0123"));
+    }
+
+    #[test]
+    fn ended_sessions_stay_ended_across_a_restart_and_watchers_are_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let ui = Ui::with_home(dir.path());
+        let mut watch = ui.ended();
+        let [a, b, c] = [(); 3].map(|()| ui.redeem(&ui.new_code().unwrap()).unwrap());
+        assert!(ui.end_session(&a));
+        assert!(!ui.end_session(&a), "already ended");
+        assert!(watch.has_changed().unwrap());
+        watch.mark_unchanged();
+        assert!(!ui.session_valid(&a) && ui.session_valid(&b));
+        assert!(!Ui::with_home(dir.path()).session_valid(&a));
+        assert_eq!(ui.end_all(), 2);
+        assert!(watch.has_changed().unwrap());
+        assert!(!ui.session_valid(&b) && !ui.session_valid(&c));
+        let again = Ui::with_home(dir.path());
+        assert!(!again.session_valid(&b) && !again.session_valid(&c));
+        assert_eq!(again.end_all(), 0);
     }
 
     #[test]
