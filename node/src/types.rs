@@ -628,6 +628,12 @@ pub enum Event {
         /// What to show.
         text: String,
     },
+    /// A conversation was read here (by any client of this node: another tab, the CLI):
+    /// its unread count is 0 now.
+    Read {
+        /// Conversation.
+        conversation: ConversationId,
+    },
     /// A chunk of this user's history arrived from the device that linked this one.
     History {
         /// Messages received so far.

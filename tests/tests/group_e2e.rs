@@ -630,12 +630,35 @@ fn subscribers_hear_of_groups_their_messages_and_batched_notifications() {
         .await;
         assert!((1..=3).contains(&unread), "{unread}: {text}");
         assert!(text.contains("News"), "{text}");
-        // Reading the group clears its unread count.
+        // Reading the group clears its unread count, and every subscriber hears of it (a
+        // second tab of the web UI clears its badge): here one that did not read it.
+        let mut tab = b.api().await.unwrap();
+        tab.subscribe().await.unwrap();
         let page = bob
             .call("group_history", json!({"group": group, "mark_read": true}))
             .await
             .unwrap();
         assert_eq!(message_texts(page.as_array().unwrap()), ["n1", "n2", "n3"]);
+        let read = |ev| match ev {
+            Event::Read { conversation } => Some(conversation.to_string()),
+            _ => None,
+        };
+        assert_eq!(wait_event(&mut tab, "News read", read).await, group);
+        // A direct conversation likewise (the CLI reading it).
+        alice
+            .call("send", json!({"contact": "Bob", "text": "direct"}))
+            .await
+            .unwrap();
+        wait_event(&mut tab, "alice's direct text", |ev| match ev {
+            Event::Message { message } if message.text == "direct" => Some(()),
+            _ => None,
+        })
+        .await;
+        b.ok(&["history", "Alice"]).unwrap();
+        assert_eq!(
+            wait_event(&mut tab, "the direct text read", read).await,
+            a.user
+        );
         let info = bob
             .call("group_info", json!({"group": "news"}))
             .await

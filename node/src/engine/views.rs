@@ -334,6 +334,7 @@ impl Engine {
                 tx.owe_receipts(conv.as_str(), tern_store::ReceiptKind::Read, &unread, now)
             })?;
         self.send_receipt(user, ReceiptKind::Read, unread);
+        self.emit(Event::Read { conversation: conv });
         Ok(())
     }
 }

@@ -349,13 +349,20 @@ impl Engine {
         let page = self.page(&conv, limit, before)?;
         if mark_read {
             // Group messages get no read receipts; the mark clears the unread count.
-            self.store
-                .transaction(|tx| -> Result<(), tern_store::WriteError> {
+            let marked = self
+                .store
+                .transaction(|tx| -> Result<u64, tern_store::WriteError> {
                     match tx.mark_read(&conv) {
-                        Ok(_) | Err(tern_store::WriteError::UnknownConversation { .. }) => Ok(()),
+                        Ok(n) => Ok(n),
+                        Err(tern_store::WriteError::UnknownConversation { .. }) => Ok(0),
                         Err(e) => Err(e),
                     }
                 })?;
+            if marked > 0 {
+                self.emit(crate::types::Event::Read {
+                    conversation: conv.clone(),
+                });
+            }
         }
         // Members who are not contacts are named as the group names them.
         let mut page = self.named(page);
