@@ -1,5 +1,5 @@
-//! `tern contact`, `tern safety-number` and `tern verify`: a user's link, adding and listing
-//! contacts, accepting a changed identity key, and checking one.
+//! `tern contact`, `tern safety-number` and `tern verify`: a user's link, adding, renaming
+//! and listing contacts, accepting a changed identity key, and checking one.
 
 use serde_json::json;
 use tern_node::{
@@ -51,7 +51,8 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), 
                 }
                 if name.is_none() && needs_name(&link, &added) {
                     eprintln!(
-                        "a short link carries no name: add it again with --name NAME to name them"
+                        "a short link carries no name: name them with `tern contact rename {} NAME`",
+                        added.contact.name
                     );
                 }
             })
@@ -69,6 +70,14 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), 
                 for r in ct.relays {
                     outln!("  relay {r}");
                 }
+            })
+        }
+        ContactCmd::Rename { contact, name } => {
+            let v = c
+                .call("contact.rename", json!({"contact": contact, "name": name}))
+                .await?;
+            show(&v, json, |ct: ContactInfo| {
+                outln!("renamed {} ({})", ct.name, ct.user_id);
             })
         }
         ContactCmd::List => {

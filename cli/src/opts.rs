@@ -424,6 +424,13 @@ pub(crate) enum ContactCmd {
     },
     /// List contacts.
     List,
+    /// Give a contact another name (as you see them; names are unique, in any case).
+    Rename {
+        /// Contact name or user id.
+        contact: String,
+        /// The new name (1 to 64 bytes).
+        name: String,
+    },
 }
 
 #[cfg(test)]

@@ -310,6 +310,20 @@ impl Node {
         .await
     }
 
+    /// Gives a contact (name or user id) another name, as this user sees them.
+    pub async fn rename_contact(
+        &self,
+        contact: String,
+        name: String,
+    ) -> Result<ContactInfo, NodeError> {
+        self.call(|reply| Command::RenameContact {
+            contact,
+            name,
+            reply,
+        })
+        .await
+    }
+
     /// Links a new device of this user from the code it shows (`tern device link`); the
     /// answer carries the record's link words, which the new device must show too.
     pub async fn device_add(&self, code: String) -> Result<DeviceInfo, NodeError> {

@@ -107,6 +107,76 @@ fn short_links_across_two_relays_carry_a_conversation_with_names() {
     assert!(shown.starts_with("Bob "), "{shown}");
 }
 
+/// A short link carries no name: the contact is named by the start of their user id, the
+/// CLI says how to name them, and `contact rename` does. Names stay unique and readable.
+#[test]
+fn a_contact_added_without_a_name_is_renamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    let c = Node::init_and_start(dir.path(), "carol", Some(&relay.addr)).unwrap();
+    add_short(&b, &short_link(&c), "Carol");
+    let la = short_link(&a);
+    let added = wait_for("alice's device list at the relay", WAIT, || {
+        let out = b.cli(&["contact", "add", &la]);
+        out.status.success().then_some(out)
+    })
+    .unwrap();
+    let hex = &a.user[..8];
+    let err = String::from_utf8_lossy(&added.stderr);
+    assert!(
+        err.contains(&format!("tern contact rename {hex} NAME")),
+        "{err}"
+    );
+
+    let code = |args: &[&str]| b.cli(args).status.code();
+    assert_eq!(code(&["contact", "rename", hex, "carol"]), Some(5), "taken");
+    assert_eq!(code(&["contact", "rename", hex, "  "]), Some(5), "empty");
+    assert_eq!(
+        code(&["contact", "rename", hex, "a\u{1b}[2J"]),
+        Some(5),
+        "control"
+    );
+    assert_eq!(
+        code(&["contact", "rename", hex, &"x".repeat(65)]),
+        Some(5),
+        "long"
+    );
+    assert_eq!(
+        code(&["contact", "rename", "Nobody", "Al"]),
+        Some(4),
+        "unknown"
+    );
+    let out = b.ok(&["contact", "rename", hex, "  Alice  "]).unwrap();
+    assert!(out.contains("renamed Alice"), "{out}");
+
+    // The new name is the one used everywhere, and it survives a restart.
+    a.ok(&["contact", "add", &short_link(&b), "--name", "Bob"])
+        .unwrap();
+    a.ok(&["send", "Bob", "hi bob"]).unwrap();
+    let h = wait_texts(&b, "Alice", 1);
+    assert_eq!(h[0]["sender_name"], "Alice");
+    let mut b = b;
+    b.restart().unwrap();
+    let contacts = b.json(&["contact", "list"]).unwrap();
+    let names: Vec<&str> = contacts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"Alice") && names.contains(&"Carol"),
+        "{names:?}"
+    );
+    assert!(
+        b.ok(&["history", "alice"])
+            .unwrap()
+            .contains("Alice: hi bob")
+    );
+}
+
 #[test]
 fn short_links_to_the_wrong_list_no_list_or_no_relay_are_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -483,6 +483,10 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         "relay.list" => to_value(node.relay_list().await?),
         "search" => to_value(node.search(str_param(p, "query")?).await?),
         "safety_number" => to_value(node.safety_number(str_param(p, "contact")?).await?),
+        "contact.rename" => to_value(
+            node.rename_contact(str_param(p, "contact")?, str_param(p, "name")?)
+                .await?,
+        ),
         "verify" => to_value(
             node.verify(str_param(p, "contact")?, opt_str(p, "scanned"))
                 .await?,

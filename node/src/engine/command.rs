@@ -119,6 +119,11 @@ pub(crate) enum Command {
         scanned: Option<String>,
         reply: Reply<ContactInfo>,
     },
+    RenameContact {
+        contact: String,
+        name: String,
+        reply: Reply<ContactInfo>,
+    },
     Group(GroupCommand),
     DeviceAdd {
         code: String,
@@ -307,6 +312,13 @@ impl Engine {
                 reply,
             } => {
                 let _ = reply.send(self.verify(&contact, scanned.as_deref()));
+            }
+            Command::RenameContact {
+                contact,
+                name,
+                reply,
+            } => {
+                let _ = reply.send(self.rename_contact(&contact, &name));
             }
             Command::Group(cmd) => self.on_group_command(cmd),
             Command::DeviceAdd { code, reply } => {

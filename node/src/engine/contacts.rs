@@ -208,7 +208,15 @@ impl Engine {
         accept_new_key: bool,
         reply: Reply<AddedContact>,
     ) {
-        let parsed = match self.check_link(&link, name.as_deref(), accept_new_key) {
+        let checked = match name.as_deref().map(check_name).transpose() {
+            Ok(checked) => checked,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let name = checked;
+        let parsed = match self.check_link(&link, accept_new_key) {
             Ok(parsed) => parsed,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -223,9 +231,7 @@ impl Engine {
                 let fetch = fetch_link_list(self.net.clone(), s);
                 self.off_task(reply, fetch, move |engine, fetched, reply| {
                     // Checked again: the contact may have changed while the list came.
-                    let checked = engine
-                        .check_link(&link, name.as_deref(), accept_new_key)
-                        .and(fetched);
+                    let checked = engine.check_link(&link, accept_new_key).and(fetched);
                     match checked {
                         Ok(l) => engine.save_link(l, name, reply),
                         Err(e) => {
@@ -238,15 +244,10 @@ impl Engine {
         }
     }
 
-    /// What `contact add` checks before anything goes to the network: the link parses, is
-    /// not this user's, the name fits, and a changed identity key is accepted (else it is
-    /// kept as pending and the add refused).
-    fn check_link(
-        &mut self,
-        link: &str,
-        name: Option<&str>,
-        accept_new_key: bool,
-    ) -> Result<Link, NodeError> {
+    /// What `contact add` checks of a link before anything goes to the network: it parses,
+    /// is not this user's, and a changed identity key is accepted (else it is kept as
+    /// pending and the add refused).
+    fn check_link(&mut self, link: &str, accept_new_key: bool) -> Result<Link, NodeError> {
         let parsed = Link::parse(link)?;
         let (user_id, identity_key) = match &parsed {
             Link::Full(l) => (l.user_id, l.identity_key),
@@ -254,13 +255,6 @@ impl Engine {
         };
         if user_id == self.me.user {
             return Err(NodeError::OwnLink);
-        }
-        if let Some(n) = name
-            && (n.is_empty() || n.len() > MAX_NAME_BYTES)
-        {
-            return Err(NodeError::BadRequest(format!(
-                "name must be 1 to {MAX_NAME_BYTES} bytes"
-            )));
         }
         if let Some(existing) = self.people.contacts.get(&user_id)
             && existing.contact.identity_key != identity_key.as_bytes().to_vec()
@@ -487,6 +481,38 @@ impl Engine {
         })
     }
 
+    /// `contact.rename`: the name this user sees for a contact (checked as in `contact
+    /// add`; another contact's name, in any case, is refused so that names stay unique).
+    pub(crate) fn rename_contact(
+        &mut self,
+        contact: &str,
+        name: &str,
+    ) -> Result<ContactInfo, NodeError> {
+        let id = self.resolve(contact)?;
+        let name = check_name(name)?;
+        let lower = name.to_lowercase();
+        if let Some(other) = self
+            .people
+            .contacts
+            .iter()
+            .find(|(u, c)| **u != id && c.contact.display_name.to_lowercase() == lower)
+        {
+            return Err(NodeError::BadRequest(format!(
+                "another contact is called {} ({}): choose another name",
+                other.1.contact.display_name, other.0
+            )));
+        }
+        let mut c = self.people.contacts[&id].contact.clone();
+        c.display_name = name;
+        let now = self.clock.now_ms();
+        self.store.transaction(|tx| tx.save_contact(&c, now))?;
+        if let Some(state) = self.people.contacts.get_mut(&id) {
+            state.contact.display_name = c.display_name;
+        }
+        self.contact_info(&id)
+            .ok_or_else(|| NodeError::UnknownContact(id.to_string()))
+    }
+
     pub(crate) fn verify(
         &mut self,
         contact: &str,
@@ -566,6 +592,18 @@ async fn fetch_link_list(
         relays: vec![link.relay],
         device_list,
     })
+}
+
+/// A contact's name as given (`contact add --name`, `contact.rename`): trimmed, 1 to
+/// [`MAX_NAME_BYTES`] bytes, no control characters (it is shown in terminals and lists).
+fn check_name(name: &str) -> Result<String, NodeError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+        return Err(NodeError::BadRequest(format!(
+            "a name must be 1 to {MAX_NAME_BYTES} bytes of text, without control characters"
+        )));
+    }
+    Ok(name.to_owned())
 }
 
 #[cfg(test)]
