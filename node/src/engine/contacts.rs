@@ -216,7 +216,16 @@ impl Engine {
             }
         };
         let name = checked;
-        let parsed = match self.check_link(&link, accept_new_key) {
+        let parsed = match self.check_link(&link, accept_new_key).and_then(|parsed| {
+            let user = match &parsed {
+                Link::Full(l) => l.user_id,
+                Link::Short(s) => s.user_id,
+            };
+            match &name {
+                Some(n) => self.check_name_free(n, &user).map(|()| parsed),
+                None => Ok(parsed),
+            }
+        }) {
             Ok(parsed) => parsed,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -490,18 +499,7 @@ impl Engine {
     ) -> Result<ContactInfo, NodeError> {
         let id = self.resolve(contact)?;
         let name = check_name(name)?;
-        let lower = name.to_lowercase();
-        if let Some(other) = self
-            .people
-            .contacts
-            .iter()
-            .find(|(u, c)| **u != id && c.contact.display_name.to_lowercase() == lower)
-        {
-            return Err(NodeError::BadRequest(format!(
-                "another contact is called {} ({}): choose another name",
-                other.1.contact.display_name, other.0
-            )));
-        }
+        self.check_name_free(&name, &id)?;
         let mut c = self.people.contacts[&id].contact.clone();
         c.display_name = name;
         let now = self.clock.now_ms();
@@ -511,6 +509,24 @@ impl Engine {
         }
         self.contact_info(&id)
             .ok_or_else(|| NodeError::UnknownContact(id.to_string()))
+    }
+
+    /// Refuses `name` when a contact other than `user` is called so (in any case): a name
+    /// given by this user must resolve to one contact.
+    fn check_name_free(&self, name: &str, user: &UserId) -> Result<(), NodeError> {
+        let lower = name.to_lowercase();
+        match self
+            .people
+            .contacts
+            .iter()
+            .find(|(u, c)| *u != user && c.contact.display_name.to_lowercase() == lower)
+        {
+            Some((other, c)) => Err(NodeError::BadRequest(format!(
+                "another contact is called {} ({other}): choose another name",
+                c.contact.display_name
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn verify(
