@@ -47,7 +47,9 @@ pub enum LinkError {
     #[error("contact link is longer than {MAX_LINK_CHARS} characters")]
     TooLong,
     /// Unknown version.
-    #[error("contact link version {0} is not supported")]
+    #[error(
+        "contact link version {0} is not supported: the link is damaged, or made by a newer Tern"
+    )]
     UnsupportedVersion(u8),
     /// Does not decode.
     #[error("malformed contact link: {0}")]
@@ -94,18 +96,24 @@ pub enum Link {
 impl Link {
     /// Parses and verifies a link of either form (the signature of each is checked here; a
     /// short link's device list is checked when it is fetched).
+    ///
+    /// White space anywhere in `text` is dropped first: a link has none, and one copied
+    /// from wrapped text or a message often gains line breaks or spaces.
     pub fn parse(text: &str) -> Result<Self, LinkError> {
-        let text = text.trim();
+        if text.len() > 2 * MAX_LINK_CHARS {
+            return Err(LinkError::TooLong);
+        }
+        let text: String = text.split_whitespace().collect();
         if text.len() > MAX_LINK_CHARS {
             return Err(LinkError::TooLong);
         }
-        let payload = short::strip_prefix(text)
+        let payload = short::strip_prefix(&text)
             .filter(|p| !p.is_empty())
             .ok_or(LinkError::NotALink)?;
-        if ShortLink::looks_short(payload) {
+        if short::fits_short(payload) {
             return ShortLink::decode(payload).map(Link::Short);
         }
-        ContactLink::parse(text).map(|l| Link::Full(Box::new(l)))
+        ContactLink::parse(&text).map(|l| Link::Full(Box::new(l)))
     }
 }
 

@@ -73,28 +73,29 @@ impl ShortLink {
         Ok(link)
     }
 
-    /// Whether `payload` (the text after the prefix) is in the short form's alphabet and
-    /// length; a long link (base58, ~1 KiB) never is.
-    pub(super) fn looks_short(payload: &str) -> bool {
-        payload.len() + SHORT_LINK_PREFIX.len() <= MAX_SHORT_LINK_CHARS
-            && payload
-                .bytes()
-                .all(|b| b.is_ascii_alphabetic() || (b'2'..=b'7').contains(&b))
-    }
-
-    /// Decodes and verifies the payload (the text after the prefix, either case).
+    /// Decodes and verifies the payload (the text after the prefix, either case; at most
+    /// as long as a short link, see [`fits_short`]).
     pub(super) fn decode(payload: &str) -> Result<Self, LinkError> {
+        if let Some(c) = payload
+            .chars()
+            .find(|c| !(c.is_ascii_alphabetic() || ('2'..='7').contains(c)))
+        {
+            return Err(LinkError::Malformed(format!(
+                "`{c}` cannot be in a short link (only letters and the digits 2 to 7): \
+                 copy the whole link again"
+            )));
+        }
         let bytes = BASE32_NOPAD
             .decode(payload.to_ascii_uppercase().as_bytes())
-            .map_err(|_| LinkError::NotALink)?;
-        let (&version, _) = bytes
-            .split_first()
-            .ok_or_else(|| LinkError::Malformed("empty".into()))?;
+            .map_err(|_| LinkError::Malformed(INCOMPLETE.into()))?;
+        // Cut short (a link copied in part) before anything else: its first byte says
+        // nothing then.
+        if bytes.len() <= HEAD_BYTES + SIGNATURE_BYTES {
+            return Err(LinkError::Malformed(INCOMPLETE.into()));
+        }
+        let version = bytes[0];
         if version != SHORT_LINK_VERSION {
             return Err(LinkError::UnsupportedVersion(version));
-        }
-        if bytes.len() <= HEAD_BYTES + SIGNATURE_BYTES {
-            return Err(LinkError::Malformed("too short".into()));
         }
         let (signed, signature) = bytes.split_at(bytes.len() - SIGNATURE_BYTES);
         let signature: [u8; SIGNATURE_BYTES] = signature
@@ -199,6 +200,16 @@ fn join_relay(transport: &[u8], key: [u8; KEY_BYTES]) -> Result<Multiaddr, LinkE
 }
 
 /// Whether a link text (after trimming) starts with the scheme, in either case.
+/// Whether `payload` (the text after the prefix) is no longer than a short link: then it
+/// is read as one (a long link, base58 of about 1 KiB, never is this short), so that a
+/// damaged short link is told apart as such.
+pub(super) fn fits_short(payload: &str) -> bool {
+    payload.len() + SHORT_LINK_PREFIX.len() <= MAX_SHORT_LINK_CHARS
+}
+
+/// What a short link cut short is told.
+const INCOMPLETE: &str = "the link is incomplete: copy the whole link again";
+
 pub(super) fn strip_prefix(text: &str) -> Option<&str> {
     let head = text.get(..LINK_PREFIX.len())?;
     head.eq_ignore_ascii_case(LINK_PREFIX)
@@ -348,8 +359,26 @@ mod tests {
         );
         assert_eq!(
             Link::parse("TERN:AI"),
-            Err(LinkError::Malformed("too short".into()))
+            Err(LinkError::Malformed(INCOMPLETE.into()))
         );
+        // Cut short to its first characters: incomplete, not "version 0".
+        assert_eq!(
+            Link::parse("TERN:AAAA"),
+            Err(LinkError::Malformed(INCOMPLETE.into()))
+        );
+        assert_eq!(
+            Link::parse(&link[..link.len() / 2]),
+            Err(LinkError::Malformed(INCOMPLETE.into()))
+        );
+        // A character no short link has (a typo, `1` for `I`): said as such.
+        let typo = format!("{}1{}", &link[..20], &link[21..]);
+        match Link::parse(&typo) {
+            Err(LinkError::Malformed(m)) => assert!(m.starts_with("`1` cannot be"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Line breaks and spaces inside, as wrapped text has them, are dropped.
+        let wrapped = format!("{}\n  {} \r\n{}", &link[..30], &link[30..60], &link[60..]);
+        assert!(matches!(Link::parse(&wrapped), Ok(Link::Short(_))));
         assert_eq!(Link::parse("TERN:"), Err(LinkError::NotALink));
         let signed_by_other = {
             let other = IdentityKey::generate().unwrap();
