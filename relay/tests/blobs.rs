@@ -595,3 +595,34 @@ async fn concurrent_streams_and_operations_are_bounded() {
         other => panic!("expected RateLimited, got {other:?}"),
     }
 }
+
+/// Many blob streams opened at the same moment (a node sending several files at once, or
+/// many peers fetching one): every one is answered. The relay's queue of new streams holds
+/// one, and drops the others unread; the client opens such a stream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_at_once_are_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), BLOB_CONFIG);
+    let alice = registered(&relay.tcp).await;
+    let cap = [3u8; 32];
+    for round in 0..4 {
+        let gets = (0..16).map(|i| {
+            let (alice, path) = (&alice, dir.path().join(format!("get-{round}-{i}")));
+            async move {
+                let mut f = tokio::fs::File::create(path).await.unwrap();
+                alice
+                    .download_blob(&[7; 32], &cap, 0, None, &mut f, |_| {})
+                    .await
+            }
+        });
+        for got in timed(futures::future::join_all(gets)).await {
+            match got {
+                Err(BlobError::Rejected {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+    }
+}

@@ -673,3 +673,58 @@ fn send_file_gives_up_waiting_on_a_relay_that_stays_full() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// Several files sent at the same moment (picked together in a file dialog) all upload
+/// without a pause: the relay takes one new stream at a time and drops the others unread,
+/// and the node opens another for those at once, rather than pausing them as a network
+/// failure and trying again seconds later.
+#[test]
+fn files_sent_together_upload_without_a_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let (a, b) = alice_and_bob(dir.path(), &relay);
+    let files: Vec<PathBuf> = (0..8u64)
+        .map(|i| {
+            let p = dir.path().join(format!("f{i}.bin"));
+            random_file(&p, 20_000 + i, i);
+            p
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ids = rt.block_on(async {
+        let mut api = a.api().await.unwrap();
+        api.subscribe().await.unwrap();
+        let calls: Vec<(&str, Value)> = files
+            .iter()
+            .map(|p| ("file.send", json!({"contact": "Bob", "path": p})))
+            .collect();
+        let ids: Vec<String> = api
+            .call_many(&calls)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap()["id"].as_str().unwrap().to_owned())
+            .collect();
+        let mut done = std::collections::HashSet::new();
+        let deadline = std::time::Instant::now() + WAIT;
+        while done.len() < ids.len() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ev = api
+                .next_event(left)
+                .await
+                .unwrap_or_else(|e| panic!("{} of {} uploads done: {e}", done.len(), ids.len()));
+            if let tern_node::types::Event::Transfer { transfer: t } = ev
+                && ids.contains(&t.id)
+            {
+                assert!(!["paused", "failed"].contains(&t.state.as_str()), "{t:?}");
+                if t.state == "done" {
+                    done.insert(t.id);
+                }
+            }
+        }
+        ids
+    });
+    for id in &ids {
+        wait_message(&b, "Alice", id);
+    }
+}

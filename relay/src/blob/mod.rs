@@ -289,6 +289,35 @@ pub enum BlobError {
     /// The manifest does not hash to the blob id.
     #[error("the manifest does not match the blob id")]
     ManifestMismatch,
+    /// The stream failed before the peer's first answer: it was not taken. A peer drops a
+    /// new stream unread when its queue of new streams is full (it holds one: several
+    /// opened at the same moment meet it), so the same request on a fresh stream is
+    /// answered; [`try_again`] says when to open one.
+    #[error("the blob stream was closed before its first answer: {0}")]
+    NotTaken(io::Error),
+}
+
+/// Streams one transfer opens at most while they are not taken ([`BlobError::NotTaken`]).
+pub const STREAM_TRIES: u32 = 8;
+
+/// Whether a transfer that failed with `e` should open a fresh stream and ask again, which
+/// it should when the stream was not taken, up to [`STREAM_TRIES`] streams in all (`tries`
+/// counts those opened after the first). Waits a moment first, so the peer's queue has
+/// room again: between half and all of 10 ms doubling per try (at most 1.28 s, 2.5 s in
+/// all), spread so that streams refused together do not come back together.
+pub async fn try_again(e: &BlobError, tries: &mut u32) -> bool {
+    if !matches!(e, BlobError::NotTaken(_)) || *tries + 1 >= STREAM_TRIES {
+        return false;
+    }
+    *tries += 1;
+    let most = 10_000u64 << *tries;
+    // Spread, not secrecy: the clock's nanoseconds are random enough at this scale.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let micros = most / 2 + nanos % (most / 2);
+    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+    true
 }
 
 impl BlobError {

@@ -66,6 +66,15 @@ pub(crate) async fn send_error<S: AsyncWrite + Unpin>(
     let _ = io.close().await;
 }
 
+/// The first request and answer of a stream: a stream failing there was not taken by the
+/// peer ([`BlobError::NotTaken`]), so the request can go again on a fresh one.
+fn not_taken(first: Result<Response, BlobError>) -> Result<Response, BlobError> {
+    first.map_err(|e| match e {
+        BlobError::Io(io) => BlobError::NotTaken(io),
+        e => e,
+    })
+}
+
 /// Reads one response frame of at most `max` bytes; an `Error` frame becomes
 /// [`BlobError::Rejected`].
 async fn recv<S: AsyncRead + Unpin>(io: &mut S, max: usize) -> Result<Response, BlobError> {
@@ -135,8 +144,11 @@ pub async fn upload<S: AsyncRead + AsyncWrite + Unpin>(
         read_cap_hash,
         ttl_secs,
     };
-    send(&mut stream, create.encode()).await?;
-    let (have, complete, expires_at_ms) = match recv(&mut stream, MAX_CONTROL_FRAME_BYTES).await? {
+    let first = async {
+        send(&mut stream, create.encode()).await?;
+        recv(&mut stream, MAX_CONTROL_FRAME_BYTES).await
+    };
+    let (have, complete, expires_at_ms) = match not_taken(first.await)? {
         Response::Created {
             have,
             complete,
@@ -220,8 +232,11 @@ pub async fn download<S: AsyncRead + AsyncWrite + Unpin>(
         from: from_chunk,
         to: to_chunk,
     };
-    send(&mut stream, get.encode()).await?;
-    let (manifest, expires_at_ms) = match recv(&mut stream, MAX_MANIFEST_FRAME_BYTES).await? {
+    let first = async {
+        send(&mut stream, get.encode()).await?;
+        recv(&mut stream, MAX_MANIFEST_FRAME_BYTES).await
+    };
+    let (manifest, expires_at_ms) = match not_taken(first.await)? {
         Response::Info {
             manifest,
             expires_at_ms,

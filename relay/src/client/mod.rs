@@ -319,7 +319,8 @@ impl Client {
     }
 
     /// Uploads (or resumes uploading) the ciphertext file `file` as a blob on a stream of
-    /// its own; see [`blob::upload`].
+    /// its own (a fresh one when the relay did not take it: [`blob::try_again`]); see
+    /// [`blob::upload`].
     pub async fn upload_blob(
         &self,
         manifest: &blob::Manifest,
@@ -327,22 +328,30 @@ impl Client {
         ttl_secs: Option<u32>,
         file: &std::path::Path,
         window: u32,
-        progress: impl FnMut(u64),
+        mut progress: impl FnMut(u64),
     ) -> Result<blob::Uploaded, BlobError> {
-        let stream = self.open_blob_stream().await?;
-        blob::upload(
-            stream,
-            manifest,
-            read_cap_hash,
-            ttl_secs,
-            file,
-            window,
-            progress,
-        )
-        .await
+        let mut tries = 0;
+        loop {
+            let stream = self.open_blob_stream().await?;
+            match blob::upload(
+                stream,
+                manifest,
+                read_cap_hash,
+                ttl_secs,
+                file,
+                window,
+                &mut progress,
+            )
+            .await
+            {
+                Err(e) if blob::try_again(&e, &mut tries).await => {}
+                done => return done,
+            }
+        }
     }
 
-    /// Downloads chunks `[from, to)` of a blob into `out`; see [`blob::download`].
+    /// Downloads chunks `[from, to)` of a blob into `out` (on a fresh stream when the relay
+    /// did not take the first: [`blob::try_again`]); see [`blob::download`].
     pub async fn download_blob(
         &self,
         id: &blob::BlobId,
@@ -350,10 +359,16 @@ impl Client {
         from: u32,
         to: Option<u32>,
         out: &mut tokio::fs::File,
-        progress: impl FnMut(u64),
+        mut progress: impl FnMut(u64),
     ) -> Result<blob::BlobInfo, BlobError> {
-        let stream = self.open_blob_stream().await?;
-        blob::download(stream, id, read_cap, from, to, out, progress).await
+        let mut tries = 0;
+        loop {
+            let stream = self.open_blob_stream().await?;
+            match blob::download(stream, id, read_cap, from, to, out, &mut progress).await {
+                Err(e) if blob::try_again(&e, &mut tries).await => {}
+                done => return done,
+            }
+        }
     }
 
     /// Deletes a blob this device uploaded.

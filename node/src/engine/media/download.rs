@@ -67,27 +67,34 @@ async fn fetch_blob(
             .map_err(io)?;
         let base = u64::from(have) * chunk;
         reporter.report(base);
-        let got = async {
-            let stream = open_stream(ctl, *peer).await?;
-            let alive = std::sync::atomic::AtomicU64::new(now_u64());
-            unless_stalled(
-                blob::download(
-                    stream,
-                    &media.blob.into_array(),
-                    media.read_cap.as_ref(),
-                    have,
-                    None,
-                    &mut file,
-                    |n| {
-                        alive.store(now_u64(), std::sync::atomic::Ordering::Relaxed);
-                        reporter.report(base + n)
-                    },
-                ),
-                &alive,
-            )
-            .await
-        }
-        .await;
+        let mut tries = 0;
+        let got = loop {
+            let once = async {
+                let stream = open_stream(ctl, *peer).await?;
+                let alive = std::sync::atomic::AtomicU64::new(now_u64());
+                unless_stalled(
+                    blob::download(
+                        stream,
+                        &media.blob.into_array(),
+                        media.read_cap.as_ref(),
+                        have,
+                        None,
+                        &mut file,
+                        |n| {
+                            alive.store(now_u64(), std::sync::atomic::Ordering::Relaxed);
+                            reporter.report(base + n)
+                        },
+                    ),
+                    &alive,
+                )
+                .await
+            };
+            match once.await {
+                // Not taken (several streams opened at the same moment): a fresh one is.
+                Err(e) if blob::try_again(&e, &mut tries).await => {}
+                done => break done,
+            }
+        };
         match got {
             Ok(info) if info.manifest.size == media.blob_size => {
                 last = None;

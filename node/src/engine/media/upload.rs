@@ -145,30 +145,38 @@ pub(super) async fn run_upload(
         total,
         last: None,
     };
-    let result = async {
-        let peer = relay_peer(&relay)
-            .ok_or_else(|| BlobError::Protocol("relay address without a peer id".into()))?;
-        let stream = open_stream(&mut ctl, peer).await?;
-        tracing::debug!(transfer = %id, "upload stream open");
-        let alive = std::sync::atomic::AtomicU64::new(now_u64());
-        unless_stalled(
-            blob::upload(
-                stream,
-                &staged.manifest,
-                blob::read_cap_hash(staged.media.read_cap.as_ref()),
-                None,
-                &path,
-                UPLOAD_WINDOW_CHUNKS,
-                |acked| {
-                    alive.store(now_u64(), std::sync::atomic::Ordering::Relaxed);
-                    reporter.report(acked)
-                },
-            ),
-            &alive,
-        )
-        .await
-    }
-    .await;
+    let mut tries = 0;
+    let result = loop {
+        let once = async {
+            let peer = relay_peer(&relay)
+                .ok_or_else(|| BlobError::Protocol("relay address without a peer id".into()))?;
+            let stream = open_stream(&mut ctl, peer).await?;
+            tracing::debug!(transfer = %id, "upload stream open");
+            let alive = std::sync::atomic::AtomicU64::new(now_u64());
+            unless_stalled(
+                blob::upload(
+                    stream,
+                    &staged.manifest,
+                    blob::read_cap_hash(staged.media.read_cap.as_ref()),
+                    None,
+                    &path,
+                    UPLOAD_WINDOW_CHUNKS,
+                    |acked| {
+                        alive.store(now_u64(), std::sync::atomic::Ordering::Relaxed);
+                        reporter.report(acked)
+                    },
+                ),
+                &alive,
+            )
+            .await
+        };
+        match once.await {
+            // Several uploads started at once: the relay took one stream and dropped the
+            // others unread. A fresh one is taken.
+            Err(e) if blob::try_again(&e, &mut tries).await => {}
+            done => break done,
+        }
+    };
     let ev = match result {
         Ok(up) => MediaEvent::Uploaded {
             id,
