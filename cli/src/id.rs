@@ -157,7 +157,17 @@ async fn change_passphrase(
         ));
     }
     // Rekeying rewrites every page: a running node has the store open (and one with every
-    // API session taken is running too).
+    // API session taken is running too). The home is this command's while it runs.
+    let _lock = match home.lock() {
+        Ok(lock) => lock,
+        Err(HomeError::InUse { .. }) => {
+            return Err(Failure::new(
+                exit::NODE_RUNNING,
+                "the node is running for this home: stop it (`tern down`) and run this again",
+            ));
+        }
+        Err(e) => return Err(Failure::new(exit::FAILURE, e.to_string())),
+    };
     if matches!(
         ApiClient::for_home(home).await,
         Ok(_) | Err(tern_node::api::client::ClientError::Busy)

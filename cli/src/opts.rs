@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 /// failure, 2 usage, 3 no node running, 4 unknown contact, group or message, 5 bad input (link,
 /// text), 6 contact's identity key changed, 7 network, 8 home not initialised or already
 /// initialised, 9 group refused it (not an admin, not a member, full), 10 wrong passphrase or
-/// damaged backup, 11 the node must be stopped first, 12 this device was revoked, 13 a file
+/// damaged backup, 11 the node must be stopped first (for `up`: one already runs for this home), 12 this device was revoked, 13 a file
 /// could not be sent or fetched, 14 a new device's link was not confirmed (nothing applied), 15
 /// a home relay refused the push endpoint.
 #[derive(Debug, Parser)]

@@ -69,6 +69,7 @@ pub(crate) async fn run(
         .await
         .map_err(|e| match e {
             UpError::Usage(m) => Failure::new(exit::USAGE, m),
+            UpError::InUse(m) => Failure::new(exit::NODE_RUNNING, m),
             other => Failure::new(exit::FAILURE, other.to_string()),
         })
 }

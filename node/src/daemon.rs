@@ -24,6 +24,9 @@ pub enum UpError {
     /// Something failed while starting.
     #[error("{0}")]
     Failed(String),
+    /// Another node runs for this home.
+    #[error("{0}")]
+    InUse(String),
 }
 
 /// What `tern up` was asked for.
@@ -123,6 +126,13 @@ pub async fn run(
 ) -> Result<(), UpError> {
     let failed = |e: &dyn std::fmt::Display| UpError::Failed(e.to_string());
     let mut notes = Vec::new();
+    // The home is this process's before anything in it is touched (its identity created,
+    // its configuration saved, its embedded relay started): one node per home.
+    crate::home::create_private_dir(home.dir()).map_err(|e| failed(&e))?;
+    let lock = home.lock().map_err(|e| match e {
+        crate::home::HomeError::InUse { .. } => UpError::InUse(e.to_string()),
+        e => failed(&e),
+    })?;
     if !home.is_initialised() {
         // A first `tern up` should just work: create the identity `tern init` would have.
         let name = std::env::var("USER")
@@ -177,12 +187,15 @@ pub async fn run(
     } else {
         opts.listen.iter().map(parse).collect::<Result<_, _>>()?
     };
-    let node = Node::start(Config {
-        home: home.clone(),
-        relays: relays.clone(),
-        listen,
-        direct: opts.direct,
-    })
+    let node = Node::start(
+        Config {
+            home: home.clone(),
+            relays: relays.clone(),
+            listen,
+            direct: opts.direct,
+        },
+        lock,
+    )
     .await
     .map_err(|e| failed(&e))?;
     let mut events = node.subscribe();

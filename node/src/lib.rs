@@ -76,6 +76,9 @@ pub enum StartError {
     /// No relay was given.
     #[error("a node needs at least one relay")]
     NoRelay,
+    /// The lock given is another home's.
+    #[error("the home lock given is another home's")]
+    NotLocked,
 }
 
 /// A handle to a running node. Cheap to clone; the node stops when every handle is dropped.
@@ -88,10 +91,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the home, starts the network and the engine.
-    pub async fn start(config: Config) -> Result<Node, StartError> {
+    /// Opens the home, starts the network and the engine. `lock` is the home taken for this
+    /// process ([`Home::lock`]): one node per home, held for as long as its engine runs.
+    pub async fn start(config: Config, lock: home::HomeLock) -> Result<Node, StartError> {
         if config.relays.is_empty() {
             return Err(StartError::NoRelay);
+        }
+        if !lock.holds(&config.home) {
+            return Err(StartError::NotLocked);
         }
         let (store, keys) = config.home.open()?;
         let keypair =
@@ -123,7 +130,10 @@ impl Node {
             events.clone(),
             internal_tx,
         )?;
-        tokio::spawn(engine.run(cmd_rx, net_events, internal_rx));
+        tokio::spawn(async move {
+            engine.run(cmd_rx, net_events, internal_rx).await;
+            drop(lock);
+        });
         Ok(Node {
             cmd: cmd_tx,
             events,

@@ -683,3 +683,56 @@ fn down_stops_the_running_node_and_says_when_none_runs() {
     a.restart().unwrap();
     a.ok(&["status"]).unwrap();
 }
+
+/// One node per home: a second `tern up` on a home whose node runs is refused at once
+/// (exit 11) and touches nothing of it (the first keeps its API file and token, so the CLI
+/// still reaches it); once the first has stopped, the home is free again, also after a
+/// kill -9. Two nodes on one home would each number messages over the same store.
+#[test]
+fn a_second_node_on_a_running_home_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let mut a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let token = std::fs::read(a.home.join("api.token")).unwrap();
+    let node_file = std::fs::read(a.home.join("node.json")).unwrap();
+    let second = |a: &Node| {
+        let mut up = tern_tests::support::tern_command(
+            &a.home,
+            &[
+                "up",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--relay",
+                &relay.addr,
+            ],
+        );
+        let mut child = up
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let code = wait_for("the second tern up to exit", WAIT, || {
+            child.try_wait().unwrap().map(|s| s.code())
+        });
+        if code.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a second tern up ran on a home whose node runs");
+        }
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        (code.unwrap(), err)
+    };
+    let (code, err) = second(&a);
+    assert_eq!(code, Some(11), "{err}");
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(std::fs::read(a.home.join("api.token")).unwrap(), token);
+    assert_eq!(std::fs::read(a.home.join("node.json")).unwrap(), node_file);
+    a.ok(&["status"]).unwrap();
+    // Changing the store's key needs the home alone too.
+    let out = a.cli(&["id", "passphrase", "--keyfile"]);
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+    a.kill9();
+    a.restart().unwrap();
+    a.ok(&["status"]).unwrap();
+}

@@ -81,6 +81,15 @@ pub enum HomeError {
     /// Changing the store's key failed; it is still under the old one.
     #[error("changing the store's key failed (the old key still opens it): {0}")]
     Rekey(String),
+    /// Another process holds the home (a node runs for it, or a command that must have it
+    /// alone, such as changing the store's key).
+    #[error(
+        "a Tern node is already running for {path} (`tern status`, `tern down`); one node per home"
+    )]
+    InUse {
+        /// The home.
+        path: PathBuf,
+    },
     /// The configuration file is malformed.
     #[error("config file {path}: {reason}")]
     Config {

@@ -8,6 +8,8 @@
 //!   config.json   user name, relays, listen addresses, embedded relay settings
 //!   api.token     0600 bearer token of the local API (rewritten by every `tern up`)
 //!   node.json     written by a running node: API address and pid (removed on clean stop)
+//!   node.lock     locked (advisory, exclusive) by the process that has the home: one node
+//!                 per home; the system lets go of it when the process ends, however
 //!   relay/        data of the embedded relay, when `tern up` runs one
 //! ```
 
@@ -160,6 +162,22 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A home taken by this process ([`Home::lock`]); dropping it lets the home go.
+#[derive(Debug)]
+pub struct HomeLock {
+    /// The home's directory.
+    dir: PathBuf,
+    /// The locked file (the lock lives as long as it is open).
+    _file: std::fs::File,
+}
+
+impl HomeLock {
+    /// Whether this is the lock of `home`.
+    pub fn holds(&self, home: &Home) -> bool {
+        self.dir == home.dir
+    }
+}
+
 impl Home {
     /// A home at `dir` (nothing is touched yet), made absolute against the current
     /// directory: paths the node builds under it are compared with absolute ones (a file
@@ -217,6 +235,35 @@ impl Home {
     /// The embedded relay's data directory.
     pub fn relay_dir(&self) -> PathBuf {
         self.dir.join("relay")
+    }
+
+    /// Takes the home for this process alone, as a running node must (two nodes on one home
+    /// would each keep their own message counters over the same store and device keys):
+    /// an exclusive lock on `node.lock`, held until the returned guard is dropped, and let
+    /// go of by the system when the process ends, however it ends. Refuses with
+    /// [`HomeError::InUse`] while another process holds it.
+    pub fn lock(&self) -> Result<HomeLock, HomeError> {
+        let path = self.dir.join("node.lock");
+        let io = |source| HomeError::Io {
+            op: "locking",
+            path: path.clone(),
+            source,
+        };
+        let mut open = std::fs::OpenOptions::new();
+        open.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let file = open.open(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(HomeLock {
+                dir: self.dir.clone(),
+                _file: file,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(HomeError::InUse {
+                path: self.dir.clone(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
     }
 
     /// Whether an identity exists here.
@@ -585,6 +632,19 @@ impl Home {
 #[cfg(test)]
 mod tests {
     use super::Home;
+
+    #[test]
+    fn a_home_is_taken_by_one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let held = home.lock().unwrap();
+        assert!(matches!(
+            Home::new(dir.path()).lock(),
+            Err(super::HomeError::InUse { .. })
+        ));
+        drop(held);
+        assert!(home.lock().is_ok(), "free again once let go");
+    }
 
     #[test]
     fn a_relative_home_is_made_absolute() {
