@@ -11,7 +11,7 @@ use crate::{
     client,
     exit::Failure,
     opts::ContactCmd,
-    render::{qr, show},
+    render::{out_block, qr, show, shown},
 };
 
 /// `tern contact ...`.
@@ -28,7 +28,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), 
                 };
                 outln!("{link}");
                 if !no_qr && let Some(code) = qr(link) {
-                    outln!("{code}");
+                    out_block(&code);
                 }
             })
         }
@@ -52,7 +52,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), 
                 if name.is_none() && needs_name(&link, &added) {
                     eprintln!(
                         "a short link carries no name: name them with `tern contact rename {} NAME`",
-                        added.contact.name
+                        shown(&added.contact.name)
                     );
                 }
             })
@@ -101,7 +101,7 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: ContactCmd) -> Result<(), 
 fn warn_new_key(contact: &ContactInfo) {
     eprintln!(
         "WARNING: accepted a NEW identity key for {}; verify the safety number again",
-        contact.name
+        shown(&contact.name)
     );
 }
 
@@ -125,7 +125,7 @@ pub(crate) async fn safety_number(home: &Home, json: bool, contact: String) -> R
         outln!("safety number with {}:", sn.name);
         outln!("{}", sn.digits);
         if let Some(code) = qr(&sn.qr) {
-            outln!("{code}");
+            out_block(&code);
         }
         outln!(
             "{}",

@@ -11,7 +11,7 @@ use crate::{
     exit::{self, Failure},
     input::stdin_lines,
     opts::DeviceCmd,
-    render::{print_created, print_json, qr, show},
+    render::{out_block, print_created, print_json, qr, show},
 };
 
 /// `tern device ...`.
@@ -90,7 +90,7 @@ async fn link(
             } else {
                 outln!("link code: {code}");
                 if !no_qr && let Some(q) = qr(code) {
-                    outln!("{q}");
+                    out_block(&q);
                 }
                 outln!("on a linked device run: tern device add <code>   (waiting...)");
             }

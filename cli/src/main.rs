@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(opts, home)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("tern: {}", f.message);
+            eprintln!("tern: {}", render::shown(&f.message));
             ExitCode::from(f.code)
         }
     }

@@ -14,14 +14,52 @@ use crate::exit::{self, Failure};
 /// Senders `status` lists per mailbox.
 const MAILBOX_SENDERS_SHOWN: usize = 5;
 
-/// Writes one line of a command's output to stdout (what [`outln!`] expands to). When the
-/// reader has gone (a pipe closed early, as by `head`), the command ends there with success:
-/// what the reader wanted has been written. Any other write error ends it with a failure.
+/// `s` made safe to print on a terminal: control characters (escape sequences, line breaks,
+/// carriage returns, tabs, ...) and the invisible characters that reorder text (bidirectional
+/// overrides and isolates) are shown as escapes (`\n`, `\x1b`, `\u{202e}`). Text from others
+/// (messages, names, titles, file names) then cannot clear the screen, set the window title,
+/// reach the clipboard, or forge a line of output.
+pub(crate) fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) && u32::from(c) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", u32::from(c)));
+            }
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Writes one line of a command's output to stdout (what [`outln!`] expands to), made safe
+/// for a terminal ([`shown`]: a line break inside is shown as `\n`; [`out_block`] writes
+/// lines of its own).
 pub(crate) fn out_line(line: std::fmt::Arguments<'_>) {
+    let text = line.to_string();
+    out_raw(shown(&text).as_bytes());
+}
+
+/// Writes `bytes` and a line break to stdout as they are (JSON, which escapes what it
+/// carries). When the reader has gone (a pipe closed early, as by `head`), the command ends
+/// there with success: what the reader wanted has been written. Any other write error ends
+/// it with a failure.
+fn out_raw(bytes: &[u8]) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     let written = out
-        .write_fmt(line)
+        .write_all(bytes)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush());
     match written {
@@ -35,7 +73,11 @@ pub(crate) fn out_line(line: std::fmt::Arguments<'_>) {
 }
 
 pub(crate) fn print_json(v: &Value) {
-    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    out_raw(
+        serde_json::to_string_pretty(v)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
 }
 
 /// Reads an answer of the node as `T`; one that does not fit (a field missing or of another
@@ -61,6 +103,13 @@ pub(crate) fn show<T: DeserializeOwned>(
         text(parse(v)?);
     }
     Ok(())
+}
+
+/// Writes `text` made here (a QR code), one output line per line of it.
+pub(crate) fn out_block(text: &str) {
+    for line in text.lines() {
+        outln!("{line}");
+    }
 }
 
 /// `text` as a QR code of Unicode half blocks, if it fits in one.
@@ -134,7 +183,21 @@ fn print_message(m: &MessageInfo) {
             m.status
         );
     } else {
-        outln!("{short_id} {:>8}: {}  ({})", who, m.text, m.status);
+        // A text of several lines: the lines after the first under its first, so none of
+        // them reads as a message of its own.
+        let mut lines = m.text.split('\n');
+        let first = lines.next().unwrap_or_default();
+        let rest: Vec<&str> = lines.collect();
+        let Some((last, middle)) = rest.split_last() else {
+            outln!("{short_id} {:>8}: {}  ({})", who, first, m.status);
+            return;
+        };
+        outln!("{short_id} {:>8}: {}", who, first);
+        let indent = short_id.chars().count() + 1 + who.chars().count().max(8) + 2;
+        for line in middle {
+            outln!("{:indent$}{line}", "");
+        }
+        outln!("{:indent$}{last}  ({})", "", m.status);
     }
 }
 
@@ -267,6 +330,17 @@ mod tests {
         let e = parse::<IdInfo>(&mistyped).unwrap_err();
         assert!(e.message.contains("invalid type"), "{}", e.message);
         assert!(parse::<Vec<IdInfo>>(&json!({"not": "a list"})).is_err());
+    }
+
+    #[test]
+    fn text_from_others_cannot_drive_a_terminal() {
+        use super::shown;
+        assert_eq!(shown("plain text, ünïcode ✓"), "plain text, ünïcode ✓");
+        assert_eq!(
+            shown("a\u{1b}[2Jb\u{7}\r\n\tc\u{0}\u{9b}31m"),
+            "a\\x1b[2Jb\\x07\\r\\n\\tc\\x00\\x9b31m"
+        );
+        assert_eq!(shown("abc\u{202e}def\u{2066}"), "abc\\u{202e}def\\u{2066}");
     }
 
     #[test]

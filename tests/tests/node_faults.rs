@@ -736,3 +736,59 @@ fn a_second_node_on_a_running_home_is_refused() {
     a.restart().unwrap();
     a.ok(&["status"]).unwrap();
 }
+
+/// What others write (a text, a group title) cannot drive the reader's terminal: escape
+/// sequences, bells and text-reordering marks are shown as escapes, and a line break cannot
+/// forge a line of output (the lines after a text's first are indented under it).
+#[test]
+fn text_from_contacts_cannot_drive_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let evil = "hi \u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mRED\nDEADBEEF    carol: send me your password  (received)\u{202e}";
+    a.ok(&["send", "Bob", evil]).unwrap();
+    a.ok(&["group", "create", "Evil\u{1b}[2Jtitle", "Bob"])
+        .unwrap();
+    wait_for("the text at bob", WAIT, || {
+        let h = b.json(&["history", "Alice", "--no-mark-read"]).ok()?;
+        h.as_array()?
+            .iter()
+            .any(|m| m["text"] == evil)
+            .then_some(())
+    })
+    .unwrap();
+    wait_for("the group at bob", WAIT, || {
+        let g = b.json(&["group", "list"]).ok()?;
+        (g.as_array()?.len() == 1).then_some(())
+    })
+    .unwrap();
+    for args in [
+        &["history", "Alice"][..],
+        &["conversations"],
+        &["search", "password"],
+        &["group", "list"],
+    ] {
+        let out = b.ok(args).unwrap();
+        assert!(
+            !out.chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{args:?} printed a control character: {out:?}"
+        );
+        // Each line is a record of its own or indented under one: the forged line is not.
+        for line in out.lines().filter(|l| l.contains("carol: send me")) {
+            assert!(
+                line.starts_with(' ') || !line.starts_with("DEADBEEF"),
+                "{args:?}: {line:?}"
+            );
+        }
+    }
+    let history = b.ok(&["history", "Alice"]).unwrap();
+    assert!(history.contains("\\x1b]0;pwned\\x07"), "{history}");
+    let forged = history
+        .lines()
+        .find(|l| l.contains("carol: send me"))
+        .unwrap();
+    assert!(forged.starts_with("   "), "{forged:?}");
+}
