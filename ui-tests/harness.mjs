@@ -72,6 +72,25 @@ export const ids = {
   safety: 'safety-button',
   safetyQr: 'safety-qr',
   dialogClose: 'dialog-close',
+  offlineHint: 'offline-hint',
+  presence: (id) => `presence-${id}`,
+  unread: (id) => `unread-${id}`,
+  unreadDivider: 'unread-divider',
+  newMessages: 'new-messages',
+  unsentBar: 'unsent-bar',
+  retryAll: 'retry-all',
+  contactRename: (userId) => `contact-rename-${userId}`,
+  contactRenameInput: (userId) => `contact-rename-input-${userId}`,
+  contactRenameSave: (userId) => `contact-rename-save-${userId}`,
+  contactRenameError: (userId) => `contact-rename-error-${userId}`,
+  contactAddLink: 'contact-add-link',
+  contactAddSubmit: 'contact-add-submit',
+  contactAddUnnamed: 'contact-add-unnamed',
+  contactAddError: 'contact-add-error',
+  contact: (userId) => `contact-${userId}`,
+  emptyAddContact: 'conv-empty-add-contact',
+  settings: 'open-settings',
+  signOut: 'sign-out',
 };
 
 /** Every child this process started, killed on exit whatever happens. */
@@ -121,6 +140,68 @@ export async function waitFor(what, f, timeout = WAIT) {
     }
     await sleep(25);
   }
+}
+
+/**
+ * Checks that `f` stays true for `ms` (polled every 25 ms): for what must NOT happen, such as
+ * a message marked read, given the time the page would need to do it. Throws at once if not.
+ */
+export async function holds(what, f, ms) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (!(await f())) throw new Error(`no longer true: ${what}`);
+    await sleep(25);
+  }
+}
+
+/**
+ * Puts the page's WebSocket(s) to the node behind a switch (Playwright's routeWebSocket),
+ * before the page opens any: `cut()` drops the open ones and refuses new ones (the node
+ * looks down to the page while its HTTP side still serves, so the page can be reloaded);
+ * `mend()` lets them through again. `dropRequests(method)` / `dropAnswers(method)` make the
+ * requests of that method vanish on their way to the node, or their answers (and every event
+ * meanwhile) on the way back.
+ */
+export async function socketSwitch(page) {
+  const sw = { blocked: false, open: new Set(), dropReq: new Set(), dropAns: new Set(), ansIds: new Set() };
+  await page.routeWebSocket(/\/api$/, (ws) => {
+    if (sw.blocked) {
+      ws.close({ code: 1011, reason: 'cut' });
+      return;
+    }
+    const server = ws.connectToServer();
+    sw.open.add(ws);
+    ws.onClose(() => sw.open.delete(ws));
+    ws.onMessage((m) => {
+      const req = JSON.parse(m);
+      if (sw.dropReq.has(req.method)) return;
+      if (sw.dropAns.has(req.method)) sw.ansIds.add(req.id);
+      server.send(m);
+    });
+    server.onMessage((m) => {
+      const msg = JSON.parse(m);
+      if ((msg.id != null && sw.ansIds.has(msg.id)) || (sw.dropAns.size && msg.method === 'event')) return;
+      ws.send(m);
+    });
+  });
+  return {
+    async cut() {
+      sw.blocked = true;
+      for (const ws of [...sw.open]) await ws.close({ code: 1011, reason: 'cut' });
+    },
+    mend() {
+      sw.blocked = false;
+      sw.dropReq.clear();
+      sw.dropAns.clear();
+      sw.ansIds.clear();
+    },
+    dropRequests(method) {
+      sw.dropReq.add(method);
+    },
+    dropAnswers(method) {
+      sw.dropAns.add(method);
+    },
+  };
 }
 
 /** Races `p` against a timer. */

@@ -9,7 +9,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
-import { byId, Env, ids, killAll, openChat, ready, row, screenshot, typeAndSend, WAIT, waitFor } from './harness.mjs';
+import {
+  byId, Env, holds, ids, killAll, newPage, Node, openChat, ready, row, screenshot, socketSwitch, typeAndSend, UNLIMITED_RATE, WAIT,
+  waitFor,
+} from './harness.mjs';
 
 /** A word no other test sends. */
 const unique = (prefix) => `${prefix}-${randomBytes(4).toString('hex')}`;
@@ -65,9 +68,11 @@ describe('messaging in the browser', () => {
   let bobPage;
   /** Set by the group test, for the screenshots. */
   let groupId;
+  /** A third user, made by the contact-link test. */
+  let carol;
 
   before(async () => {
-    env = await Env.start(['Alice', 'Bob'], { relayConfig: `[push]\nallowed_prefixes = ["${PUSH_PREFIX}"]\n` });
+    env = await Env.start(['Alice', 'Bob'], { relayConfig: `[push]\nallowed_prefixes = ["${PUSH_PREFIX}"]\n${UNLIMITED_RATE}` });
     ({ Alice: alice, Bob: bob } = env.nodes);
     alicePage = await env.openUi(alice);
     bobPage = await env.openUi(bob);
@@ -143,6 +148,212 @@ describe('messaging in the browser', () => {
     await waitFor('the uploaded copy to be removed', async () =>
       !fs.existsSync(uploads) || fs.readdirSync(uploads).length === 0,
     );
+  });
+
+test('an image that cannot be decoded is refused in words, not by its code', T, async () => {
+    await openChat(alicePage, bob.user);
+    // A PNG signature and then nothing a decoder can read.
+    const broken = Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), randomBytes(512)]);
+    await alicePage.setInputFiles('[data-testid="file-input"]', { name: 'broken.png', mimeType: 'image/png', buffer: broken });
+    const failed = alicePage.locator('[data-testid^="upload-"][data-state="failed"]');
+    await failed.first().waitFor();
+    const said = await failed.first().innerText();
+    assert.match(said, /could not be read as (a picture|one)/, said);
+    assert.doesNotMatch(said, /bad_image/, said);
+  });
+
+  test('a chat with more unread messages than a page opens at the first of them, its divider in view', T, async () => {
+    // Another chat is open while they come, so all of them are unread.
+    await openChat(alicePage, groupId);
+    const bobApi = await bob.client();
+    env.defer(() => bobApi.close());
+    const texts = Array.from({ length: 60 }, (_, i) => unique(`unread ${i}`));
+    const sent = await Promise.all(texts.map((text) => bobApi.request('send', { contact: alice.user, text })));
+    await waitFor('Alice’s badge to count all 60', async () =>
+      (await byId(alicePage, ids.unread(bob.user)).innerText({ timeout: 1000 })) === '60');
+    await byId(alicePage, ids.conversation(bob.user)).click();
+    const divider = byId(alicePage, ids.unreadDivider);
+    await divider.waitFor();
+    const next = await divider.evaluate((el) => el.nextElementSibling && el.nextElementSibling.getAttribute('data-testid'));
+    assert.equal(next, `msg-${sent[0].id}`, 'the divider comes right before the first unread message');
+    const [d, tl] = await Promise.all([divider.boundingBox(), byId(alicePage, ids.timeline).boundingBox()]);
+    assert.ok(d.y >= tl.y && d.y + d.height <= tl.y + tl.height, `the divider is inside the timeline's view: ${JSON.stringify({ d, tl })}`);
+  });
+
+  test('a message that comes while the reader is scrolled up stays unread until they go down', T, async () => {
+    // Alice has Bob's long chat open (the test above).
+    await openChat(alicePage, bob.user);
+    const timeline = byId(alicePage, ids.timeline);
+    await timeline.evaluate((el) => { el.scrollTop = 0; });
+    const bobApi = await bob.client();
+    const aliceApi = await alice.client();
+    env.defer(() => bobApi.close());
+    env.defer(() => aliceApi.close());
+    const m = await bobApi.call('send', { contact: alice.user, text: unique('while you read back') });
+    const status = async () => (await bobApi.call('history', { contact: alice.user, limit: 5 })).find((x) => x.id === m.id)?.status;
+    const unreadAtAlice = async () => (await aliceApi.call('conversations')).find((c) => c.id === bob.user)?.unread ?? 0;
+    const pill = byId(alicePage, ids.newMessages);
+    await pill.waitFor();
+    assert.match(await pill.innerText(), /1 new message/);
+    assert.equal(await byId(alicePage, ids.unread(bob.user)).innerText(), '1', 'the badge counts it');
+    await waitFor('Bob’s message to be delivered', async () => (await status()) === 'delivered');
+    // The page marks what it shows read within 400 ms; twice that and a round trip pass.
+    await holds('the message stays unread while Alice reads back', async () =>
+      (await unreadAtAlice()) === 1 && (await status()) === 'delivered', 1500);
+    await pill.click();
+    await waitFor('Bob to see it read', async () => (await status()) === 'read');
+    await byId(alicePage, ids.unread(bob.user)).waitFor({ state: 'detached' });
+    await pill.waitFor({ state: 'detached' });
+  });
+
+  test('a conversation read elsewhere (the CLI) loses its unread badge in the page', T, async () => {
+    await openChat(alicePage, groupId);
+    await bob.cli(['send', 'Alice', unique('read me elsewhere')]);
+    const badge = byId(alicePage, ids.unread(bob.user));
+    await badge.waitFor();
+    await alice.cli(['history', 'Bob', '--limit', '1']);
+    await badge.waitFor({ state: 'detached' });
+  });
+
+  test('membership notes say “you” for this user: who removed them, and what they did', T, async () => {
+    const title = unique('Removal');
+    const gid = (await alice.cli(['group', 'create', title, 'Bob'])).trim().split(/\s+/).pop();
+    await waitFor('Bob’s page to list the group', async () => (await byId(bobPage, ids.conversation(gid)).count()) > 0);
+    await alice.cli(['group', 'remove', gid, 'Bob']);
+    await openChat(bobPage, gid);
+    const notes = (page) => page.locator('[data-testid^="msg-"][data-kind="membership"] .note-text').allInnerTexts();
+    await waitFor('Bob’s page to show his removal', async () => (await notes(bobPage)).includes('Alice removed you'));
+    await waitFor('the header to say he was removed', async () =>
+      /you were removed/.test(await byId(bobPage, 'chat-subtitle').innerText()));
+    await openChat(alicePage, gid);
+    await waitFor('Alice’s page to show her own acts', async () => {
+      const n = await notes(alicePage);
+      return n.includes(`You created the group ${title}`) && n.includes('You removed Bob');
+    });
+  });
+
+  test('a contact added from a wrapped short link without a name is said to need one, and renamed', T, async () => {
+    carol = await Node.create(env.dir, 'Carol', env.relay.addr);
+    env.nodes.Carol = carol;
+    const { short } = await carol.json(['contact', 'link']);
+    assert.ok(short, 'Carol has a short link');
+    // As copied from wrapped text: a line break and spaces inside.
+    const third = Math.floor(short.length / 3);
+    const wrapped = `  ${short.slice(0, third)}\n${short.slice(third, 2 * third)} ${short.slice(2 * third)}\n`;
+    await byId(alicePage, ids.contacts).click();
+    try {
+      await addAndRename(wrapped);
+    } finally {
+      await alicePage.keyboard.press('Escape');
+    }
+  });
+
+  /** In Alice's open contacts dialog: adds Carol by `link` without a name, then renames her. */
+  async function addAndRename(link) {
+    await byId(alicePage, ids.contactAddLink).fill(link);
+    await byId(alicePage, ids.contactAddSubmit).click();
+    await byId(alicePage, ids.contactAddUnnamed).or(byId(alicePage, ids.contactAddError)).first().waitFor();
+    assert.ok(await byId(alicePage, ids.contactAddUnnamed).isVisible(),
+      `added, and told to name them: ${await byId(alicePage, ids.contactAddError).innerText({ timeout: 1000 }).catch(() => '')}`);
+    await byId(alicePage, ids.contact(carol.user)).waitFor();
+    // A bad name: the node's refusal is shown, nothing changes.
+    await byId(alicePage, ids.contactRename(carol.user)).click();
+    await byId(alicePage, ids.contactRenameInput(carol.user)).fill('bob');
+    await byId(alicePage, ids.contactRenameSave(carol.user)).click();
+    await byId(alicePage, ids.contactRenameError(carol.user)).waitFor();
+    assert.match(await byId(alicePage, ids.contactRenameError(carol.user)).innerText(), /\S/);
+    await byId(alicePage, ids.contactRenameInput(carol.user)).fill('  Carol  ');
+    await byId(alicePage, ids.contactRenameSave(carol.user)).click();
+    await waitFor('the list to show the new name', async () =>
+      (await byId(alicePage, ids.contact(carol.user)).locator('.contact-name').innerText()).trim() === 'Carol');
+    assert.equal((await alice.json(['contact', 'list'])).find((c) => c.user_id === carol.user).name, 'Carol');
+  }
+
+  test('a new user’s empty list offers to add a contact; the menu’s icons say what they do', T, async () => {
+    const page = await env.openUi(carol);
+    await byId(page, ids.noConversations).waitFor();
+    await byId(page, ids.emptyAddContact).click();
+    await byId(page, 'contacts').waitFor();
+    await page.keyboard.press('Escape');
+    const menu = async (id) => byId(page, id).evaluate((b) => ({
+      label: b.getAttribute('aria-label'), title: b.getAttribute('title'), icon: b.querySelector('img').getAttribute('src'),
+    }));
+    const group = await menu(ids.newGroup);
+    const contacts = await menu(ids.contacts);
+    assert.equal(group.label, 'New group');
+    assert.equal(group.title, 'New group');
+    assert.match(contacts.label, /^Contacts/);
+    assert.match(contacts.label, /add a contact/);
+    // The person with a plus (read as "add a contact") is on Contacts; New group shows a group.
+    assert.match(contacts.icon, /contact-add\.svg$/);
+    assert.match(group.icon, /\/group\.svg$/);
+    await page.context().close();
+  });
+
+  test('signing out in the settings ends this page’s session only', T, async () => {
+    const page = await env.openUi(alice);
+    await ready(page);
+    await byId(page, ids.settings).click();
+    await byId(page, ids.signOut).click();
+    const ended = byId(page, ids.expired);
+    await ended.waitFor();
+    assert.equal(await ended.getAttribute('data-ended'), 'signed-out');
+    assert.match(await ended.innerText(), /tern ui/);
+    // Gone for good: a reload has no session to use.
+    await page.reload();
+    await byId(page, ids.noSession).waitFor();
+    await page.context().close();
+    // Alice's other page still works.
+    const text = unique('still signed in');
+    await openChat(alicePage, bob.user);
+    await typeAndSend(alicePage, text);
+    await waitFor('the text to be sent', async () => (await row(alicePage, text).getAttribute('data-status')) !== 'pending');
+    assert.equal(await byId(alicePage, ids.expired).count(), 0);
+  });
+
+  test('unsent texts and the draft survive a reload; each is sent once, in order', T, async () => {
+    const page = await newPage(env.browser);
+    const sw = await socketSwitch(page);
+    await page.goto(await alice.uiUrl());
+    await ready(page);
+    await openChat(page, bob.user);
+    const [lost, unanswered, later] = [unique('request lost'), unique('answer lost'), unique('typed offline')];
+    const draft = unique('a draft');
+    // One request never reaches the node; one does, but neither its answer nor its event
+    // comes back.
+    sw.dropRequests('send');
+    await typeAndSend(page, lost);
+    await row(page, lost).waitFor();
+    sw.mend();
+    sw.dropAnswers('send');
+    await typeAndSend(page, unanswered);
+    await waitFor('Alice’s node to store it', async () =>
+      (await alice.json(['history', 'Bob', '--no-mark-read', '--limit', '5'])).some((m) => m.text === unanswered));
+    await sw.cut();
+    await byId(page, ids.offlineBanner).waitFor();
+    await typeAndSend(page, later);
+    await row(page, later).waitFor();
+    await byId(page, ids.composer).fill(draft);
+    await page.reload();
+    // Still cut off from the node: what the page kept shows, and the draft is back.
+    for (const t of [lost, unanswered, later]) await row(page, t).waitFor();
+    await waitFor('the draft to be back', async () => (await byId(page, ids.composer).inputValue()) === draft);
+    sw.mend();
+    await ready(page);
+    // The answer that was lost: the node has it, so it is not sent again. The request that was
+    // lost: not confirmed, so it waits for the person. The one typed offline goes by itself.
+    await waitFor('the unconfirmed one to be shown failed', async () =>
+      (await row(page, lost).getAttribute('data-status')) === 'failed');
+    const bobHas = async (t) => (await bob.json(['history', 'Alice', '--no-mark-read', '--limit', '20'])).filter((m) => m.text === t).length;
+    await waitFor('Bob to get the one typed offline', async () => (await bobHas(later)) === 1);
+    await byId(page, ids.retryAll).click();
+    await waitFor('Bob to get the retried one', async () => (await bobHas(lost)) === 1);
+    await byId(page, ids.unsentBar).waitFor({ state: 'detached' });
+    const got = (await bob.json(['history', 'Alice', '--no-mark-read', '--limit', '20'])).map((m) => m.text);
+    for (const t of [lost, unanswered, later]) assert.equal(got.filter((x) => x === t).length, 1, `${t} once: ${JSON.stringify(got)}`);
+    assert.ok(got.indexOf(unanswered) < got.indexOf(later), 'in the order typed');
+    assert.equal(await page.locator('[data-unsent]').count(), 0, 'nothing left unsent in the page');
+    await page.context().close();
   });
 
   test('wake-ups are set and turned off in the settings; a relay’s refusal is shown', T, async () => {
@@ -291,8 +502,16 @@ describe('messaging in the browser', () => {
   // Last: it kills Alice's node.
   test('the page rides out its node’s kill -9 and restart on the same port', T, async () => {
     await openChat(alicePage, bob.user);
+    const dot = byId(alicePage, ids.presence(bob.user));
+    await waitFor('Bob to show online', async () => (await dot.getAttribute('data-state')) === 'online');
     await alice.kill9();
     await byId(alicePage, ids.offlineBanner).waitFor({ state: 'visible' });
+    // Without its node the page knows nobody's presence.
+    assert.equal(await dot.getAttribute('data-state'), 'unknown');
+    // A node started again may listen on another port (the default is a random one): after a
+    // while the banner says how to find it.
+    await byId(alicePage, ids.offlineHint).waitFor({ timeout: 20_000 });
+    assert.match(await byId(alicePage, ids.offlineBanner).innerText(), /tern ui/);
     const text = unique('sent while you were away');
     await bob.cli(['send', 'Alice', text]);
     await alice.restartSamePort();

@@ -2,8 +2,9 @@
 
 import { Client, RpcError, SessionExpired, authedFetch, sessionFromHash, storedToken } from './api.js';
 import { getState, setState, toast, errorText } from './store.js';
-import { TEMP_LAMPORT, applyReceipt, prependOlder, statusRank, unreadAnchor, upsert } from './timeline.js';
+import { applyReceipt, prependOlder, statusRank, theirCount, unreadAnchor, upsert } from './timeline.js';
 import { notifyMessage } from './notify.js';
+import { addUnsent, dropUnsent, findSent, forgetStored, loadUnsent, patchUnsent, setUnsentState } from './outbox.js';
 
 /** Messages per history page. */
 export const PAGE = 50;
@@ -14,6 +15,12 @@ const JUMP_MAX_PAGES = 25;
 const MARK_READ_DELAY_MS = 400;
 /** Re-fetching the lists after unknown conversations or lost events waits this long. */
 const REFRESH_DELAY_MS = 300;
+/** `history`'s largest page; pages of it are loaded back to the first unread message, at most
+ * this many. */
+const HISTORY_MAX = 500;
+const UNREAD_MAX_PAGES = 4;
+/** After this long without the node the page says it may have moved (a new port). */
+const OFFLINE_HINT_MS = 10000;
 
 export let client = null;
 
@@ -29,12 +36,23 @@ export async function start() {
   }
   token = token || storedToken();
   if (!token) return setState({ phase: 'no-session' });
+  loadUnsent();
   client = new Client(token, {
     onState: (conn) => {
       if (conn === 'expired') setState({ conn, phase: 'expired' });
       else setState({ conn });
+      clearTimeout(offlineTimer);
+      if (conn === 'open') setState({ offlineLong: false });
+      else if (conn === 'offline' && !getState().offlineLong) {
+        offlineTimer = setTimeout(() => {
+          if (getState().conn === 'offline') setState({ offlineLong: true });
+        }, OFFLINE_HINT_MS);
+      }
     },
-    onOpen: () => refreshAll(),
+    onOpen: () => {
+      refreshAll();
+      resumeUnsent();
+    },
     onEvent: (ev) => onEvent(ev),
     onResync: () => scheduleRefresh(true),
   });
@@ -42,10 +60,23 @@ export async function start() {
   client.connect();
   document.addEventListener('visibilitychange', () => {
     const s = getState();
-    if (document.visibilityState === 'visible' && s.openId && (s.convs[s.openId]?.unread || 0) > 0) {
-      scheduleMarkRead(s.openId);
-    }
+    if (s.openId && seesLatest(s, s.openId) && (s.convs[s.openId]?.unread || 0) > 0) scheduleMarkRead(s.openId);
   });
+}
+
+let offlineTimer = null;
+
+/** Ends this page's session (`ui.sign_out`): the node closes its socket; the page says so. */
+export async function signOut() {
+  try {
+    await call('ui.sign_out', {});
+  } catch (e) {
+    // The socket may close before the answer comes: the session ended all the same.
+    if (!e.unanswered) throw e;
+  }
+  forgetStored();
+  setState({ ended: 'signed-out' });
+  client.expire();
 }
 
 export function call(method, params) {
@@ -113,7 +144,7 @@ export async function refreshLists() {
     const convs = {};
     const openId = getState().openId;
     for (const c of convList || []) {
-      convs[c.id] = Object.assign({}, c, { group: !!groups[c.id], unread: c.id === openId && visible() ? 0 : c.unread });
+      convs[c.id] = Object.assign({}, c, { group: !!groups[c.id], unread: seesLatest(getState(), c.id) ? 0 : c.unread });
     }
     for (const g of Object.values(groups)) {
       if (!convs[g.id]) {
@@ -164,6 +195,19 @@ function visible() {
   return document.visibilityState === 'visible';
 }
 
+/** Whether new messages of `id` are seen as they come: open, shown, and scrolled to its end. */
+function seesLatest(s, id) {
+  return s.openId === id && visible() && s.atBottom;
+}
+
+/** The open chat's timeline reached its end, or left it: at the end, what came is read. */
+export function noteAtBottom(id, at) {
+  const s = getState();
+  if (s.atBottom === at) return;
+  setState({ atBottom: at });
+  if (at && seesLatest(getState(), id) && (s.convs[id]?.unread || 0) > 0) scheduleMarkRead(id);
+}
+
 function ignore() {}
 
 // ---------------------------------------------------------------- chats
@@ -198,7 +242,7 @@ export function openConversation(id, targetId) {
     const c = s.contacts[id];
     patchConv(id, () => ({ id, title: null, name: c ? c.name : null, last_text: null, last_activity: 0, unread: 0, group: !!s.groups[id] }));
   }
-  setState({ openId: id, modal: null });
+  setState({ openId: id, modal: null, atBottom: true });
   try {
     sessionStorage.setItem('tern.open', id);
   } catch {
@@ -206,7 +250,11 @@ export function openConversation(id, targetId) {
   }
   const chat = getState().chats[id];
   if (targetId) patchChat(id, (c) => Object.assign({}, c, { target: targetId }));
-  if (!chat || !chat.loaded) loadLatest(id, { targetId });
+  if (chat && chat.loaded && !targetId && (getState().convs[id]?.unread || 0) > 0) {
+    // Kept from before, with unread messages since: loaded again, to open at the first of them.
+    patchChat(id, (c) => Object.assign({}, c, { loaded: false }));
+    loadLatest(id, { reload: true, markRead: visible() });
+  } else if (!chat || !chat.loaded) loadLatest(id, { targetId });
   else {
     if (targetId) findMessage(id, targetId);
     if ((getState().convs[id]?.unread || 0) > 0) scheduleMarkRead(id);
@@ -224,28 +272,41 @@ export function closeConversation() {
   }
 }
 
-/** Loads the newest page; with `reload`, replaces what was loaded (keeps unsent placeholders). */
+/**
+ * Loads the newest page, and older ones back to the first unread message (bounded); with
+ * `reload`, replaces what was loaded. Opening a chat reads it; reloading one does only when
+ * its end is in view.
+ */
 export async function loadLatest(id, opts = {}) {
   const s = getState();
   const unread = (s.convs[id] && s.convs[id].unread) || 0;
+  const markRead = opts.markRead ?? (opts.reload ? seesLatest(s, id) : visible());
   patchChat(id, (c) => Object.assign({}, c, { loading: true, error: null }));
   const method = isGroup(s, id) ? 'group_history' : 'history';
   try {
-    const page = await call(method, Object.assign(target(s, id), { limit: PAGE, mark_read: visible() }));
+    const first = Math.min(HISTORY_MAX, Math.max(PAGE, unread + PAGE));
+    let page = await call(method, Object.assign(target(s, id), { limit: first, mark_read: markRead }));
+    let more = page.length >= first;
+    for (let i = 0; more && page.length && theirCount(page) < unread && i < UNREAD_MAX_PAGES; i++) {
+      const older = await call(method, Object.assign(target(s, id), { limit: HISTORY_MAX, before: page[0].id }));
+      page = prependOlder(page, older);
+      more = older.length >= HISTORY_MAX;
+    }
     patchChat(id, (c) => {
-      const temps = c.messages.filter((m) => m.temp);
-      let messages = opts.reload || !c.loaded ? page : prependOlder(c.messages, page);
-      for (const t of temps) messages = upsert(messages, t);
+      const messages = opts.reload || !c.loaded ? page : prependOlder(c.messages, page);
+      const fresh = !c.loaded || opts.reload;
       return Object.assign({}, c, {
         messages,
         loaded: true,
         loading: false,
-        hasMore: page.length >= PAGE,
-        anchor: c.loaded && !opts.reload ? c.anchor : unreadAnchor(page, unread),
+        hasMore: more,
+        anchor: fresh ? unreadAnchor(page, unread) : c.anchor,
+        // Not every unread message could be loaded: the divider says there are more above.
+        anchorPartial: fresh ? unread > 0 && theirCount(page) < unread : c.anchorPartial,
         version: c.version + 1,
       });
     });
-    if (visible()) patchConv(id, (c) => c && c.unread ? Object.assign({}, c, { unread: 0 }) : c);
+    if (markRead) patchConv(id, (c) => c && c.unread ? Object.assign({}, c, { unread: 0 }) : c);
     if (opts.targetId) await findMessage(id, opts.targetId);
   } catch (e) {
     patchChat(id, (c) => Object.assign({}, c, { loading: false, error: errorText(e) }));
@@ -293,43 +354,116 @@ export async function findMessage(id, msgId) {
 
 let tempId = 0;
 
-/** Sends a text, shown at once as pending and replaced by the node's Message. */
-export async function sendText(id, text) {
-  const s = getState();
-  const temp = {
-    id: 'temp-' + ++tempId,
-    temp: true,
-    conversation: id,
-    sender: (s.me && s.me.user_id) || '',
-    sender_device: '',
-    own: true,
-    text,
-    sent_at: Date.now(),
-    received_at: Date.now(),
-    status: 'pending',
-    lamport: TEMP_LAMPORT,
-    seq: tempId,
-    gap_before: false,
-    kind: 'text',
-    sender_name: s.me ? s.me.name : null,
-  };
-  patchChat(id, (c) => Object.assign({}, c, { messages: upsert(c.messages, temp) }));
-  const group = isGroup(s, id);
-  try {
-    const m = await call(group ? 'group_send' : 'send', Object.assign(target(s, id), { text }));
-    patchChat(id, (c) => Object.assign({}, c, { messages: upsert(c.messages.filter((x) => x.id !== temp.id), withReceipts(m)) }));
-    noteInConv(m);
-  } catch (e) {
-    patchChat(id, (c) => Object.assign({}, c, {
-      messages: c.messages.map((x) => (x.id === temp.id ? Object.assign({}, x, { status: 'failed', error: errorText(e) }) : x)),
-    }));
-    toast('Not sent: ' + errorText(e), 'error');
+/**
+ * Sends a text: shown at once as unsent (outbox.js), sent in the order typed whenever the
+ * node is reachable, and replaced by the node's Message. Refused only past the outbox's bound.
+ */
+export function sendText(id, text) {
+  const item = addUnsent(id, isGroup(getState(), id), text);
+  if (!item) {
+    toast('Too many messages wait for the node: dismiss some, or wait until it is back.', 'error');
+    return false;
+  }
+  pumpUnsent(id);
+  return true;
+}
+
+/** Ids of unsent texts whose call is under way. */
+const inFlight = new Set();
+
+/** Hands the queued texts of `id` to the node, in order (pipelined requests keep it). */
+export function pumpUnsent(id) {
+  if (!client || client.state !== 'open') return;
+  for (const item of getState().unsent[id] || []) {
+    if (item.state !== 'queued' || inFlight.has(item.id)) continue;
+    inFlight.add(item.id);
+    sendUnsent(item).finally(() => inFlight.delete(item.id));
   }
 }
 
-/** Drops a failed placeholder (after retrying or dismissing it). */
-export function dropTemp(id, tempMsgId) {
-  patchChat(id, (c) => Object.assign({}, c, { messages: c.messages.filter((x) => x.id !== tempMsgId) }));
+async function sendUnsent(item) {
+  const id = item.conversation;
+  const params = Object.assign(item.group ? { group: id } : { contact: id }, { text: item.text });
+  setUnsentState(id, item.id, 'sending');
+  let m;
+  try {
+    m = await call(item.group ? 'group_send' : 'send', params);
+  } catch (e) {
+    if (e instanceof SessionExpired) return;
+    if (e.unanswered) {
+      // The node may have stored it: looked up once connected again.
+      setUnsentState(id, item.id, 'checking');
+      if (client.state === 'open') checkUnsent(id);
+    } else if (e instanceof RpcError) {
+      setUnsentState(id, item.id, 'failed', errorText(e));
+      toast('Not sent: ' + errorText(e), 'error');
+    } else {
+      // Never reached the node (it went away meanwhile): sent when it is back.
+      setUnsentState(id, item.id, 'queued');
+    }
+    return;
+  }
+  dropUnsent(id, item.id);
+  const chat = getState().chats[id];
+  if (chat && chat.loaded) patchChat(id, (c) => Object.assign({}, c, { messages: upsert(c.messages, withReceipts(m)) }));
+  noteInConv(m);
+}
+
+/** Once connected: unanswered texts are looked up, then what waits is sent. */
+function resumeUnsent() {
+  for (const id of Object.keys(getState().unsent)) {
+    if ((getState().unsent[id] || []).some((x) => x.state === 'checking')) checkUnsent(id);
+    else pumpUnsent(id);
+  }
+}
+
+const checking = new Set();
+
+/**
+ * Texts written to the socket whose answer never came: the node has them if its history
+ * shows them (then they were sent); if not, they are shown as failed, to be sent again only
+ * by the person (Retry), never silently twice.
+ */
+async function checkUnsent(id) {
+  if (checking.has(id)) return;
+  checking.add(id);
+  try {
+    const items = (getState().unsent[id] || []).filter((x) => x.state === 'checking');
+    if (!items.length) return;
+    const group = items[0].group;
+    const history = await call(group ? 'group_history' : 'history', Object.assign(group ? { group: id } : { contact: id }, { limit: HISTORY_MAX }));
+    const claimed = new Set();
+    for (const item of items) {
+      const m = findSent(history, item, claimed);
+      if (m) {
+        claimed.add(m.id);
+        dropUnsent(id, item.id);
+        const chat = getState().chats[id];
+        if (chat && chat.loaded) patchChat(id, (c) => Object.assign({}, c, { messages: upsert(c.messages, withReceipts(m)) }));
+      } else {
+        setUnsentState(id, item.id, 'failed', 'The node did not confirm it: it may not have been sent');
+      }
+    }
+  } catch {
+    /* tried again on the next connection */
+  } finally {
+    checking.delete(id);
+  }
+  pumpUnsent(id);
+}
+
+/** Sends a failed text again (Retry), or every failed text of the chat (Retry all). */
+export function retryUnsent(id, itemId) {
+  patchUnsent(id, (list) => list.map((x) => (x.state === 'failed' && (!itemId || x.id === itemId)
+    ? Object.assign({}, x, { state: 'queued', error: null }) : x)));
+  pumpUnsent(id);
+}
+
+/** Drops an unsent text (Dismiss). One handed to the node and not answered yet stays. */
+export function dismissUnsent(id, itemId) {
+  const item = (getState().unsent[id] || []).find((x) => x.id === itemId);
+  if (!item || item.state === 'sending') return;
+  dropUnsent(id, itemId);
 }
 
 /** Uploads a file's bytes to the node, then asks it to send them. */
@@ -407,10 +541,14 @@ function previewOf(m) {
 function noteInConv(m, fresh) {
   const s = getState();
   const id = m.conversation;
-  const openAndSeen = s.openId === id && visible();
+  const openAndSeen = seesLatest(s, id);
   const counts = fresh && !m.own && m.kind !== 'membership' && m.status !== 'read';
   const time = Math.max(m.received_at || 0, m.sent_at || 0);
   if (!s.convs[id]) scheduleRefresh(false);
+  // The first message of the open chat not seen as it came: the divider goes before it.
+  if (counts && !openAndSeen && s.openId === id && !(s.convs[id]?.unread > 0) && s.chats[id]?.loaded) {
+    patchChat(id, (c) => Object.assign({}, c, { anchor: m.id, anchorPartial: false }));
+  }
   patchConv(id, (c) => {
     const base = c || { id, title: null, name: m.own ? null : m.sender_name, last_text: null, last_activity: 0, unread: 0, group: !!s.groups[id] };
     return Object.assign({}, base, {
@@ -423,25 +561,23 @@ function noteInConv(m, fresh) {
 }
 
 /**
- * An own text's event can come before the answer to `send`: the oldest placeholder with the
- * same text stands for it, so the two are not both shown until the answer comes.
+ * An own text's event can come before the answer to `send`: the oldest unsent text with the
+ * same text whose call is under way stands for it, so the two are not both shown.
  */
-function dropMatchingTemp(list, m) {
-  if (!m.own || m.kind !== 'text' || list.some((x) => x.id === m.id)) return list;
-  const at = list.findIndex((x) => x.temp && x.status === 'pending' && x.text === m.text);
-  if (at < 0) return list;
-  const out = list.slice();
-  out.splice(at, 1);
-  return out;
+function dropMatchingUnsent(m) {
+  if (!m.own || m.kind !== 'text') return;
+  const item = (getState().unsent[m.conversation] || []).find((x) => x.state === 'sending' && x.text === m.text);
+  if (item) dropUnsent(m.conversation, item.id);
 }
 
 function onMessage(m) {
   const s = getState();
   const id = m.conversation;
   const known = s.chats[id] && s.chats[id].messages.some((x) => x.id === m.id);
+  if (!known) dropMatchingUnsent(m);
   if (s.chats[id] && s.chats[id].loaded) {
     patchChat(id, (c) => Object.assign({}, c, {
-      messages: upsert(dropMatchingTemp(c.messages, m), withReceipts(m)),
+      messages: upsert(c.messages, withReceipts(m)),
       uploads: c.uploads.filter((u) => u !== m.id),
     }));
   } else if (s.chats[id]) {
@@ -478,10 +614,13 @@ function onEvent(ev) {
     }
     case 'notification': {
       const s = getState();
-      if (s.openId === ev.conversation && visible()) return;
+      if (seesLatest(s, ev.conversation)) return;
       patchConv(ev.conversation, (c) => (c ? Object.assign({}, c, { unread: Math.max(c.unread, ev.unread || 0) }) : c));
       return;
     }
+    case 'read':
+      // Read here by another client (a tab, the CLI): nothing of it is unread any more.
+      return patchConv(ev.conversation, (c) => (c && c.unread ? Object.assign({}, c, { unread: 0 }) : c));
     case 'transfer':
       return setState((s) => ({ transfers: Object.assign({}, s.transfers, { [ev.transfer.id]: ev.transfer }) }));
     case 'identity_changed': {

@@ -24,6 +24,13 @@ export class RpcError extends Error {
 /** The node no longer accepts this page's session: the person must run `tern ui` again. */
 export class SessionExpired extends Error {}
 
+/** A copy of `err` marked as the failure of a request that was written but not answered. */
+function unanswered(err) {
+  const e = err instanceof SessionExpired ? new SessionExpired(err.message) : new Error(err.message);
+  e.unanswered = true;
+  return e;
+}
+
 export function storedToken() {
   try {
     return sessionStorage.getItem(SESSION_KEY);
@@ -213,7 +220,7 @@ export class Client {
   failPending(err) {
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
-      p.reject(err);
+      p.reject(unanswered(err));
     }
     this.pending.clear();
     if (this.state === 'expired' || this.stopped) {
@@ -260,7 +267,7 @@ export class Client {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new Error(`${method}: no answer from the node`));
+        reject(unanswered(new Error(`${method}: no answer from the node`)));
       }, CALL_TIMEOUT_MS);
       this.pending.set(id, { resolve, reject, timer });
       try {
@@ -273,7 +280,11 @@ export class Client {
     });
   }
 
-  /** Calls a method; waits a little for the socket when it is reconnecting. */
+  /**
+   * Calls a method; waits a little for the socket when it is reconnecting. A failure whose
+   * error has `unanswered` set came after the request was written to the socket: the node may
+   * have carried it out.
+   */
   call(method, params) {
     if (this.stopped) return Promise.reject(new SessionExpired('session expired'));
     if (this.ws && this.state === 'open') return this.rawCall(this.ws, method, params);

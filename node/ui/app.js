@@ -20,9 +20,10 @@ function App() {
     </main>`;
   }
   if (phase === 'expired') {
-    return html`<main class="screen" data-testid="session-expired" role="alert">
+    const signedOut = getState().ended === 'signed-out';
+    return html`<main class="screen" data-testid="session-expired" data-ended=${signedOut ? 'signed-out' : 'expired'} role="alert">
       <h1>Tern</h1>
-      <p>This link was used or expired — run <code>tern ui</code> again.</p>
+      <p>${signedOut ? 'You signed out of this page' : 'This link was used or expired'} — run <code>tern ui</code> again.</p>
     </main>`;
   }
   if (phase === 'error') {
@@ -54,9 +55,12 @@ function Shell() {
 
 function Banners() {
   const conn = useStore((s) => s.conn);
+  const long = useStore((s) => s.offlineLong);
   const revoked = useStore((s) => s.revoked);
   return html`${conn === 'offline' && html`<div class="banner offline" role="alert" data-testid="offline-banner">
-      Node offline — reconnecting…</div>`}
+      Node offline — reconnecting…
+      ${long && html`<span class="hint" data-testid="offline-hint">If the node was restarted, it may listen on
+        another port now: run <code>tern ui</code> again to open it there.</span>`}</div>`}
     ${conn === 'connecting' && html`<div class="banner connecting" role="status" data-testid="connecting-banner">
       Connecting to the node…</div>`}
     ${revoked && html`<div class="banner danger" role="alert" data-testid="revoked-banner">

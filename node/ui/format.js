@@ -86,3 +86,29 @@ export function utf8Base64(text) {
   }
   return btoa(bin);
 }
+
+/** A transfer's `code` (docs/api.md, Transfer) in words; `dir` 'up' (sending) or 'down'. */
+const TRANSFER_CODES = {
+  bad_image: 'This file looks like a picture but could not be read as one (it may be damaged or in a format Tern cannot open).',
+  too_large: 'The file is too large (at most 100 MiB).',
+  over_quota: 'The relay has no room left for your files now; try again later.',
+  storage_full: 'The relay has no room left; try again later.',
+  rate_limited: 'The relay asks to slow down; retrying.',
+  unauthorised: 'The relay refused the file.',
+  not_found: 'The file is no longer on the relay.',
+  expired: 'The file is no longer on the relay.',
+  hash_mismatch: 'The file arrived damaged or altered; nothing was kept.',
+  tampered: 'The file arrived damaged or altered; nothing was kept.',
+  hash: 'The file arrived damaged or altered; nothing was kept.',
+  not_a_file: 'That is not a file Tern can send.',
+  network: 'The network is down; retrying.',
+  disk_full: 'The disk is full.',
+  no_relay: 'No relay is reachable.',
+};
+
+export function transferProblem(t, dir) {
+  const words = t.code && TRANSFER_CODES[t.code];
+  const lead = dir === 'up' ? 'Not sent' : 'Download failed';
+  if (words) return `${lead}: ${words.charAt(0).toLowerCase()}${words.slice(1)}`;
+  return t.code ? `${lead}: ${t.code}` : lead;
+}

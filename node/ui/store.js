@@ -32,6 +32,10 @@ let state = {
   phaseError: null,
   /** Socket state: 'connecting' | 'open' | 'offline' | 'expired'. */
   conn: 'connecting',
+  /** The socket has been down long enough that the node may have moved (see app.js). */
+  offlineLong: false,
+  /** Why the session ended: 'signed-out' when this page signed out, else null. */
+  ended: null,
   me: null,
   /** id → {id, title, name, last_text, last_activity, unread, group} */
   convs: {},
@@ -42,6 +46,10 @@ let state = {
   /** user_id → {user_id, name, state, last_seen} */
   presence: {},
   openId: null,
+  /** The open chat's timeline shows its end (new messages there are seen). */
+  atBottom: true,
+  /** conversation id → [unsent text] in the order typed (outbox.js) */
+  unsent: {},
   /** conversation id → Chat (see chat.js newChat) */
   chats: {},
   /** message id → Transfer */

@@ -2,9 +2,6 @@
 // Each returns a new array when something changed and the same array when nothing did,
 // so rows whose Message object is unchanged are not rendered again.
 
-/** Placeholder messages (optimistic sends) sort after every stored one. */
-export const TEMP_LAMPORT = Number.MAX_SAFE_INTEGER;
-
 const RANK = { pending: 0, received: 0, failed: 1, sent: 2, delivered: 3, read: 4 };
 
 export function statusRank(s) {
@@ -104,4 +101,11 @@ export function snippetParts(snippet) {
   }
   if (last < snippet.length) parts.push({ text: snippet.slice(last), hit: false });
   return parts;
+}
+
+/** How many messages of others (texts and files) `list` holds: what counts as unread. */
+export function theirCount(list) {
+  let n = 0;
+  for (const m of list) if (!m.own && m.kind !== 'membership') n += 1;
+  return n;
 }

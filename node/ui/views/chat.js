@@ -3,14 +3,19 @@
 import { html, useEffect, useLayoutEffect, useRef, useState } from '../vendor/preact-htm.js';
 import { useStore, setState, savePrefs, getState, toast, errorText } from '../store.js';
 import {
-  acceptIdentity, closeConversation, convName, dismissUpload, isGroup, loadLatest, loadOlder, sendFile, sendText,
+  acceptIdentity, closeConversation, convName, dismissUpload, isGroup, loadLatest, loadOlder, noteAtBottom, retryUnsent,
+  sendFile, sendText,
 } from '../actions.js';
-import { MessageRow, UploadRow } from './message.js';
+import { MessageRow, UnsentRow, UploadRow } from './message.js';
 import { dayKey, dayLabel, msgTime, presenceText } from '../format.js';
+import { MAX_TEXT_BYTES, getDraft, setDraft } from '../outbox.js';
+import { membershipView } from '../membership.js';
 
 /** Within this many pixels of the top, older messages load; of the bottom, new ones stick. */
 const LOAD_OLDER_PX = 200;
 const STICK_PX = 48;
+/** Room kept above the unread divider when a chat opens at it. */
+const DIVIDER_MARGIN_PX = 8;
 /** How long a search hit stays highlighted. */
 const FLASH_MS = 2500;
 
@@ -56,6 +61,7 @@ function ChatView({ id }) {
     <${ChatHeader} id=${id} group=${group} />
     <${IdentityWarning} id=${id} />
     <${Timeline} id=${id} group=${group} />
+    <${UnsentBar} id=${id} />
     <${Composer} id=${id} group=${group} />
     ${dragging && html`<div class="drop-overlay" data-testid="drop-overlay" aria-hidden="true">Drop to send</div>`}
   </section>`;
@@ -63,8 +69,11 @@ function ChatView({ id }) {
 
 function ChatHeader({ id, group }) {
   const name = useStore((s) => convName(s, id));
-  const presence = useStore((s) => s.presence[id]);
+  // Without the node the page knows nothing of anyone's presence.
+  const presence = useStore((s) => (s.conn === 'open' ? s.presence[id] : null));
   const g = useStore((s) => s.groups[id]);
+  const me = useStore((s) => s.me);
+  const messages = useStore((s) => s.chats[id] && s.chats[id].messages);
   const muted = useStore((s) => !!s.prefs.muted[id]);
   const verified = useStore((s) => s.contacts[id] && s.contacts[id].verified);
 
@@ -79,7 +88,7 @@ function ChatHeader({ id, group }) {
   };
 
   const sub = group
-    ? g ? `${g.members.length} member${g.members.length === 1 ? '' : 's'}${g.member ? '' : ' · you left'}` : ''
+    ? g ? `${g.members.length} member${g.members.length === 1 ? '' : 's'}${g.member ? '' : ' · ' + departure(messages, me)}` : ''
     : presenceText(presence);
 
   const back = () => {
@@ -110,6 +119,21 @@ function ChatHeader({ id, group }) {
   </header>`;
 }
 
+/**
+ * How this user stopped being a member, from the last membership note about them that is
+ * loaded: "you left", "you were removed"; else, not knowing, "you are not a member".
+ */
+function departure(messages, me) {
+  for (let i = (messages || []).length - 1; i >= 0; i--) {
+    const m = messages[i];
+    if (m.kind !== 'membership') continue;
+    const v = membershipView(m, me);
+    if (v.about === 'left') return 'you left';
+    if (v.about === 'removed') return 'you were removed';
+  }
+  return 'you are not a member';
+}
+
 function IdentityWarning({ id }) {
   const pending = useStore((s) => !!s.identityPending[id]);
   const [busy, setBusy] = useState(false);
@@ -133,22 +157,40 @@ function IdentityWarning({ id }) {
 
 function Timeline({ id, group }) {
   const chat = useStore((s) => s.chats[id]);
+  const unsent = useStore((s) => s.unsent[id]);
+  const unread = useStore((s) => (s.convs[id] && s.convs[id].unread) || 0);
+  const atEnd = useStore((s) => s.atBottom);
+  const me = useStore((s) => s.me);
   const scroller = useRef(null);
   const list = useRef(null);
   const atBottom = useRef(true);
   const restore = useRef(null); // {id, top}: keep this row in place across a prepend
   const initialDone = useRef(false);
-  const lastId = useRef(null);
-  const uploadCount = useRef(0);
+  const unsentCount = useRef((unsent || []).length);
+  const uploadCount = useRef(((chat && chat.uploads) || []).length);
   const [flash, setFlash] = useState(null);
 
   const messages = chat ? chat.messages : [];
+  const pending = unsent || [];
+
+  /** Whether the end of the timeline is in view; at the end, what came is read. */
+  const setBottom = (at) => {
+    atBottom.current = at;
+    noteAtBottom(id, at);
+  };
 
   const onScroll = () => {
     const el = scroller.current;
     if (!el) return;
-    atBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < STICK_PX;
+    setBottom(el.scrollHeight - el.scrollTop - el.clientHeight < STICK_PX);
     if (el.scrollTop < LOAD_OLDER_PX) older();
+  };
+
+  const toEnd = () => {
+    const el = scroller.current;
+    if (!el) return;
+    el.scrollTop = el.scrollHeight;
+    setBottom(true);
   };
 
   const older = () => {
@@ -175,13 +217,13 @@ function Timeline({ id, group }) {
     if (!el || !chat || !chat.loaded) return;
     if (!initialDone.current) {
       initialDone.current = true;
-      const anchor = chat.anchor && document.getElementById('m-' + chat.anchor);
-      if (anchor && !chat.target) {
-        el.scrollTop = Math.max(0, anchor.offsetTop - 80);
-        atBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < STICK_PX;
+      // The divider (the timeline is its rows' offset parent) shows whole, at the top.
+      const divider = chat.anchor && !chat.target && list.current && list.current.querySelector('.unread-divider');
+      if (divider) {
+        el.scrollTop = Math.max(0, divider.offsetTop - DIVIDER_MARGIN_PX);
+        setBottom(el.scrollHeight - el.scrollTop - el.clientHeight < STICK_PX);
       } else {
-        el.scrollTop = el.scrollHeight;
-        atBottom.current = true;
+        toEnd();
       }
     } else if (restore.current) {
       const row = document.getElementById(restore.current.id);
@@ -189,25 +231,15 @@ function Timeline({ id, group }) {
       restore.current = null;
     } else if (atBottom.current) {
       el.scrollTop = el.scrollHeight;
-    } else {
-      // What this person just sent is always shown.
-      const last = chat.messages[chat.messages.length - 1];
-      if (last && last.own && last.id !== lastId.current && last.temp) {
-        el.scrollTop = el.scrollHeight;
-        atBottom.current = true;
-      }
     }
+    // What this person just sent is always shown, as are their new uploads.
     const uploads = (chat.uploads || []).length;
-    if (uploads > uploadCount.current) {
-      el.scrollTop = el.scrollHeight;
-      atBottom.current = true;
-    }
+    if (pending.length > unsentCount.current || uploads > uploadCount.current) toEnd();
+    unsentCount.current = pending.length;
     uploadCount.current = uploads;
-    const tail = chat.messages[chat.messages.length - 1];
-    lastId.current = tail ? tail.id : null;
     // A first page shorter than the view gives no scroll to page back with.
     if (el.scrollHeight <= el.clientHeight && chat.hasMore && !chat.loading) older();
-  }, [chat && chat.messages, chat && chat.loaded, chat && chat.uploads]);
+  }, [chat && chat.messages, chat && chat.loaded, chat && chat.uploads, unsent]);
 
   // Images and thumbnails change heights after render: keep the bottom in view.
   useEffect(() => {
@@ -228,7 +260,7 @@ function Timeline({ id, group }) {
     const row = document.getElementById('m-' + chat.target);
     if (!row) return;
     row.scrollIntoView({ block: 'center' });
-    atBottom.current = false;
+    setBottom(false);
     setFlash(chat.target);
     const t = setTimeout(() => setFlash(null), FLASH_MS);
     return () => clearTimeout(t);
@@ -248,18 +280,22 @@ function Timeline({ id, group }) {
     }
     if (m.id === chat.anchor) {
       items.push(html`<li role="listitem" class="unread-divider" key="unread" data-testid="unread-divider">
-        <span>Unread messages</span></li>`);
+        <span>${chat.anchorPartial ? 'Unread messages (more before these)' : 'Unread messages'}</span></li>`);
       prevSender = null;
     }
     const showSender = group && !m.own && m.kind !== 'membership' && prevSender !== m.sender;
     prevSender = m.kind === 'membership' ? null : m.sender;
-    items.push(html`<${MessageRow} key=${m.id} m=${m} chatId=${id} showSender=${showSender} flash=${flash === m.id} />`);
+    items.push(html`<${MessageRow} key=${m.id} m=${m} me=${me} showSender=${showSender} flash=${flash === m.id} />`);
+  }
+  for (const item of pending) {
+    items.push(html`<${UnsentRow} key=${item.id} item=${item} chatId=${id} />`);
   }
   for (const tid of (chat && chat.uploads) || []) {
     items.push(html`<${UploadRow} key=${'u-' + tid} tid=${tid} onDismiss=${() => dismissUpload(id, tid)} />`);
   }
 
-  return html`<div class="timeline" ref=${scroller} onScroll=${onScroll} role="log" aria-live="polite"
+  return html`<div class="timeline-wrap">
+    <div class="timeline" ref=${scroller} onScroll=${onScroll} role="log" aria-live="polite"
       aria-relevant="additions" aria-label="Messages" data-testid="timeline" tabindex="0">
     ${chat && chat.loaded && chat.hasMore && html`<div class="older">
       <button type="button" class="link" data-testid="load-older" disabled=${chat.loading} onClick=${older}>
@@ -267,13 +303,24 @@ function Timeline({ id, group }) {
     ${chat && !chat.loaded && chat.loading && html`<p class="muted center" data-testid="timeline-loading">Loading…</p>`}
     ${chat && chat.error && html`<p class="error center" role="alert">${chat.error}
       <button type="button" class="link" onClick=${() => loadLatest(id)}>Try again</button></p>`}
-    ${chat && chat.loaded && !messages.length && !(chat.uploads || []).length && html`<p class="muted center" data-testid="timeline-empty">No messages yet.</p>`}
+    ${chat && chat.loaded && !messages.length && !pending.length && !(chat.uploads || []).length && html`<p class="muted center" data-testid="timeline-empty">No messages yet.</p>`}
     <ol class="messages" role="list" ref=${list}>${items}</ol>
+    </div>
+    ${!atEnd && unread > 0 && html`<button type="button" class="new-messages" data-testid="new-messages"
+      onClick=${toEnd}>${unread === 1 ? '1 new message' : `${unread > 999 ? '999+' : unread} new messages`} <span aria-hidden="true">↓</span></button>`}
   </div>`;
 }
 
-/** Unsent text per conversation, kept while switching chats. */
-const drafts = new Map();
+/** Texts of this chat the node refused or did not confirm: Retry all sends them again, in order. */
+function UnsentBar({ id }) {
+  const failed = useStore((s) => (s.unsent[id] || []).filter((x) => x.state === 'failed').length);
+  if (!failed) return null;
+  return html`<div class="unsent-bar" role="status" data-testid="unsent-bar">
+    <span>${failed === 1 ? '1 message not sent' : `${failed} messages not sent`}</span>
+    <button type="button" class="link" data-testid="retry-all" onClick=${() => retryUnsent(id)}>Retry all</button>
+  </div>`;
+}
+
 /** The composer grows with its text up to this height. */
 const COMPOSER_MAX_PX = 200;
 
@@ -282,7 +329,7 @@ function Composer({ id, group }) {
   const revoked = useStore((s) => s.revoked);
   const area = useRef(null);
   const fileInput = useRef(null);
-  const [text, setText] = useState(drafts.get(id) || '');
+  const [text, setText] = useState(() => getDraft(id));
 
   // The chat just opened takes the keyboard, unless the user is already typing in another
   // field (the search box): effects run a frame or more after the click that opened the
@@ -307,20 +354,18 @@ function Composer({ id, group }) {
 
   const update = (v) => {
     setText(v);
-    if (v) drafts.set(id, v);
-    else drafts.delete(id);
+    setDraft(id, v);
   };
 
   const submit = (e) => {
     if (e) e.preventDefault();
     const t = text;
     if (!t.trim()) return;
-    if (new TextEncoder().encode(t).length > 32 * 1024) {
+    if (new TextEncoder().encode(t).length > MAX_TEXT_BYTES) {
       toast('A message can be at most 32 KiB.', 'error');
       return;
     }
-    update('');
-    sendText(id, t);
+    if (sendText(id, t)) update('');
   };
 
   const onKeyDown = (e) => {

@@ -41,15 +41,19 @@ function AddContact() {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
   const [changed, setChanged] = useState(null); // Contact whose new key waits
+  const [unnamed, setUnnamed] = useState(null); // Contact added without a name
 
   const submit = async (e) => {
     e.preventDefault();
-    if (!link.trim()) return;
+    // A link copied from wrapped text carries line breaks and spaces; a link has none.
+    const clean = link.replace(/\s+/g, '');
+    if (!clean) return;
     setBusy(true);
     setError(null);
     setChanged(null);
+    setUnnamed(null);
     try {
-      const params = { link: link.trim() };
+      const params = { link: clean };
       if (name.trim()) params.name = name.trim();
       const res = await call('contact.add', params);
       setState((s) => ({ contacts: Object.assign({}, s.contacts, { [res.contact.user_id]: res.contact }) }));
@@ -58,6 +62,10 @@ function AddContact() {
         setState((s) => ({ identityPending: Object.assign({}, s.identityPending, { [res.contact.user_id]: true }) }));
       } else {
         toast(res.outcome === 'updated' ? `${res.contact.name} updated.` : `${res.contact.name} added.`);
+        // A short link carries no name: the node then names them by their user id.
+        if (res.outcome === 'added' && !params.name && res.contact.name === res.contact.user_id.slice(0, 8)) {
+          setUnnamed(res.contact);
+        }
         setLink('');
         setName('');
         scheduleRefresh(false);
@@ -89,6 +97,9 @@ function AddContact() {
     <label><span>Name (optional)</span>
       <input type="text" data-testid="contact-add-name" value=${name} onInput=${(e) => setName(e.target.value)} /></label>
     ${error && html`<p class="error" role="alert" data-testid="contact-add-error">${error}</p>`}
+    ${unnamed && html`<p class="notice" role="status" data-testid="contact-add-unnamed">
+      Their link carries no name, so they are listed as <strong>${unnamed.name}</strong>: use Rename
+      in the list below to give them one.</p>`}
     ${changed && html`<div class="warning" role="alert" data-testid="contact-identity-changed">
       <strong>${changed.name}'s identity key is different from the one you had.</strong>${' '}
       This happens when they reinstall Tern — or when someone is impersonating them. Until you
@@ -134,22 +145,62 @@ export function Contacts() {
         <h3>Your contacts</h3>
         ${!list.length && html`<p class="muted">None yet.</p>`}
         <ul class="contacts" role="list" aria-label="Contacts" data-testid="contact-list">
-          ${list.map((c) => html`<li role="listitem" key=${c.user_id} data-testid=${'contact-' + c.user_id}
-              data-verified=${c.verified ? 'true' : 'false'}>
-            <span class="contact-name">${c.name}
-              ${c.verified && html` <span class="verified" role="img" aria-label="verified" title="Verified">✔</span>`}
-              ${pending[c.user_id] && html` <span class="tag danger">key changed</span>`}</span>
-            <span class="contact-actions">
-              <button type="button" data-testid=${'contact-message-' + c.user_id} onClick=${() => openConversation(c.user_id)}>Message</button>
-              <button type="button" data-testid=${'contact-safety-' + c.user_id}
-                onClick=${() => setState({ modal: { kind: 'safety', id: c.user_id } })}>Safety number</button>
-            </span>
-          </li>`)}
+          ${list.map((c) => html`<${ContactRow} key=${c.user_id} c=${c} pending=${!!pending[c.user_id]} />`)}
         </ul>
         </section>
       </div>
     </div>
   <//>`;
+}
+
+function ContactRow({ c, pending }) {
+  const [renaming, setRenaming] = useState(false);
+  const [name, setName] = useState(c.name);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+
+  const start = () => {
+    setName(c.name);
+    setError(null);
+    setRenaming(true);
+  };
+  const save = async (e) => {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      const next = await call('contact.rename', { contact: c.user_id, name });
+      setState((s) => ({ contacts: Object.assign({}, s.contacts, { [next.user_id]: next }) }));
+      scheduleRefresh(false);
+      setRenaming(false);
+      toast(`Renamed to ${next.name}.`);
+    } catch (err) {
+      setError(errorText(err));
+    }
+    setBusy(false);
+  };
+
+  return html`<li role="listitem" data-testid=${'contact-' + c.user_id} data-verified=${c.verified ? 'true' : 'false'}>
+    ${renaming
+      ? html`<form class="inline rename" onSubmit=${save} data-testid=${'contact-rename-form-' + c.user_id}>
+          <label>New name for ${c.name}
+            <input type="text" data-testid=${'contact-rename-input-' + c.user_id} value=${name} autofocus
+              onInput=${(e) => setName(e.target.value)}
+              onKeyDown=${(e) => { if (e.key === 'Escape') { e.stopPropagation(); setRenaming(false); } }} /></label>
+          <button type="button" onClick=${() => setRenaming(false)}>Cancel</button>
+          <button type="submit" class="primary" data-testid=${'contact-rename-save-' + c.user_id} disabled=${busy}>Save</button>
+        </form>`
+      : html`<span class="contact-name">${c.name}
+          ${c.verified && html` <span class="verified" role="img" aria-label="verified" title="Verified">✔</span>`}
+          ${pending && html` <span class="tag danger">key changed</span>`}</span>
+        <span class="contact-actions">
+          <button type="button" data-testid=${'contact-message-' + c.user_id} onClick=${() => openConversation(c.user_id)}>Message</button>
+          <button type="button" data-testid=${'contact-rename-' + c.user_id} aria-label=${'Rename ' + c.name} onClick=${start}>Rename</button>
+          <button type="button" data-testid=${'contact-safety-' + c.user_id}
+            onClick=${() => setState({ modal: { kind: 'safety', id: c.user_id } })}>Safety number</button>
+        </span>`}
+    ${error && html`<p class="error full" role="alert" data-testid=${'contact-rename-error-' + c.user_id}>${error}</p>`}
+  </li>`;
 }
 
 export function Safety({ id }) {

@@ -4,21 +4,23 @@
 
 import { html, Component, useEffect, useRef, useState } from '../vendor/preact-htm.js';
 import { useStore, errorText } from '../store.js';
-import { call, fetchAuthed, sendText, dropTemp } from '../actions.js';
-import { STATUS_ICON, STATUS_LABEL, bytes, clock, msgTime } from '../format.js';
+import { call, dismissUnsent, fetchAuthed, retryUnsent } from '../actions.js';
+import { STATUS_ICON, STATUS_LABEL, bytes, clock, msgTime, transferProblem } from '../format.js';
+import { membershipView } from '../membership.js';
 
 export class MessageRow extends Component {
   shouldComponentUpdate(next) {
     const p = this.props;
-    return next.m !== p.m || next.showSender !== p.showSender || next.flash !== p.flash;
+    return next.m !== p.m || next.showSender !== p.showSender || next.flash !== p.flash ||
+      (next.m.kind === 'membership' && next.me !== p.me);
   }
 
-  render({ m, showSender, flash, chatId }) {
+  render({ m, showSender, flash, me }) {
     if (m.kind === 'membership') {
       return html`<li role="listitem" class=${'note' + (flash ? ' flash' : '')} data-testid=${'msg-' + m.id}
         data-kind="membership" id=${'m-' + m.id}>
         ${m.gap_before && html`<div class="gap">Some earlier messages may be missing</div>`}
-        <span>${m.text}</span> <time class="muted">${clock(msgTime(m))}</time>
+        <span class="note-text">${membershipView(m, me).text}</span> <time class="muted">${clock(msgTime(m))}</time>
       </li>`;
     }
     const cls = 'msg ' + (m.own ? 'own' : 'theirs') + (flash ? ' flash' : '');
@@ -36,10 +38,43 @@ export class MessageRow extends Component {
             role="img"
             aria-label=${STATUS_LABEL[m.status] || m.status} title=${STATUS_LABEL[m.status] || m.status}>${STATUS_ICON[m.status] || ''}</span>`}
         </div>
-        ${m.temp && m.status === 'failed' && html`<div class="failed-actions">
-          <span class="error">${m.error || 'Not sent'}</span>
-          <button type="button" class="link" onClick=${() => { dropTemp(chatId, m.id); sendText(chatId, m.text); }}>Retry</button>
-          <button type="button" class="link" onClick=${() => dropTemp(chatId, m.id)}>Dismiss</button>
+      </div>
+    </li>`;
+  }
+}
+
+/** What an unsent text (outbox.js) is waiting for, in words. */
+const UNSENT_NOTE = {
+  queued: 'Waiting for the node',
+  checking: 'Checking whether the node has it…',
+};
+
+/** A text the node has not taken yet: waiting, under way, or failed (Retry / Dismiss). */
+export class UnsentRow extends Component {
+  shouldComponentUpdate(next) {
+    return next.item !== this.props.item;
+  }
+
+  render({ item, chatId }) {
+    const status = item.state === 'failed' ? 'failed' : 'pending';
+    const note = item.state === 'failed' ? null : UNSENT_NOTE[item.state];
+    return html`<li role="listitem" class="msg own" data-testid=${'msg-' + item.id} data-status=${status}
+      data-unsent=${item.state} data-kind="text" id=${'m-' + item.id}>
+      <div class="bubble">
+        <div class="text">${item.text}</div>
+        <div class="meta">
+          ${note && html`<span class="muted">${note} · </span>`}
+          <time datetime=${new Date(item.at).toISOString()}>${clock(item.at)}</time>
+          <span class=${'status st-' + status} data-testid=${'status-' + item.id} role="img"
+            aria-label=${STATUS_LABEL[status]} title=${STATUS_LABEL[status]}>${STATUS_ICON[status]}</span>
+        </div>
+        ${item.state === 'failed' && html`<div class="failed-actions">
+          <span class="error">${item.error || 'Not sent'}</span>
+          <button type="button" class="link" data-testid=${'retry-' + item.id} onClick=${() => retryUnsent(chatId, item.id)}>Retry</button>
+          <button type="button" class="link" data-testid=${'dismiss-' + item.id} onClick=${() => dismissUnsent(chatId, item.id)}>Dismiss</button>
+        </div>`}
+        ${item.state === 'queued' && html`<div class="failed-actions">
+          <button type="button" class="link" data-testid=${'dismiss-' + item.id} onClick=${() => dismissUnsent(chatId, item.id)}>Don't send</button>
         </div>`}
       </div>
     </li>`;
@@ -111,7 +146,7 @@ function FilePart({ m }) {
     if (!want || !transfer) return;
     if (transfer.state === 'done') finish(want);
     else if (transfer.state === 'failed') {
-      setError('Download failed' + (transfer.code ? ` (${transfer.code})` : ''));
+      setError(transferProblem(transfer, 'down'));
       setWant(null);
     }
   }, [transfer && transfer.state]);
@@ -174,7 +209,7 @@ export function UploadRow({ tid, onDismiss }) {
         <progress max="100" value=${pct} aria-label=${'Sending ' + t.name}></progress>
         <span class="muted">${label}${t.state === 'uploading' ? ` ${pct}%` : ''}${t.state === 'paused' && t.code ? ` (${t.code})` : ''}</span>
       </div>`}
-      ${t.state === 'failed' && html`<div class="error">Not sent${t.code ? ': ' + t.code : ''}
+      ${t.state === 'failed' && html`<div class="error" data-testid=${'upload-error-' + tid}>${transferProblem(t, 'up')}
         <button type="button" class="link" onClick=${onDismiss}>Dismiss</button></div>`}
     </div>
   </li>`;

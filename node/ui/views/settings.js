@@ -3,7 +3,7 @@
 
 import { html, useEffect, useState } from '../vendor/preact-htm.js';
 import { useStore, setState, getState, savePrefs, errorText, toast } from '../store.js';
-import { call } from '../actions.js';
+import { call, signOut } from '../actions.js';
 import { askPermission, notificationsSupported } from '../notify.js';
 import { Modal } from './dialog.js';
 
@@ -44,7 +44,33 @@ export function Settings() {
       <p class="muted">User id <code class="wrap">${me.user_id}</code></p>
       <p class="muted">Fingerprint <code class="wrap">${me.fingerprint}</code></p>
     </section>`}
+    <${SignOut} />
   <//>`;
+}
+
+/** Ends this page's session (`ui.sign_out`): opening Tern again takes a new `tern ui`. */
+function SignOut() {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  const run = async () => {
+    setBusy(true);
+    setError(null);
+    try {
+      await signOut();
+    } catch (e) {
+      setError(errorText(e));
+      setBusy(false);
+    }
+  };
+  return html`<section class="stack" data-testid="sign-out-setting">
+    <h3>This page</h3>
+    <p class="muted">Signing out ends this page's session: the node keeps running, and only a new
+      <code>tern ui</code> opens Tern here again. Other pages stay signed in. Texts this page has not
+      sent yet, and drafts, are dropped.</p>
+    ${error && html`<p class="error" role="alert" data-testid="sign-out-error">${error}</p>`}
+    <div class="row-end"><button type="button" class="danger" data-testid="sign-out" disabled=${busy} onClick=${run}>
+      Sign out of this page</button></div>
+  </section>`;
 }
 
 /** How a home relay holds the endpoint, in words (`PushRelayInfo.state`, docs/api.md). */

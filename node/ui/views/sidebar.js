@@ -19,10 +19,11 @@ export function Sidebar() {
     <header class="side-header">
       <div class="me" data-testid="me-name">${me ? me.name : ''}</div>
       <nav class="menu" aria-label="Menu">
+        <button type="button" class="icon" data-testid="open-contacts" aria-label="Contacts: add a contact, your link"
+          title="Contacts: add a contact, your link"
+          onClick=${() => open('contacts')}><img src="/ui/icons/contact-add.svg" alt="" width="20" height="20" /></button>
         <button type="button" class="icon" data-testid="open-group-create" aria-label="New group" title="New group"
-          onClick=${() => open('group-create')}><img src="/ui/icons/group-add.svg" alt="" width="20" height="20" /></button>
-        <button type="button" class="icon" data-testid="open-contacts" aria-label="Contacts" title="Contacts"
-          onClick=${() => open('contacts')}><img src="/ui/icons/contacts.svg" alt="" width="20" height="20" /></button>
+          onClick=${() => open('group-create')}><img src="/ui/icons/group.svg" alt="" width="20" height="20" /></button>
         <button type="button" class="icon" data-testid="open-devices" aria-label="Devices" title="Devices"
           onClick=${() => open('devices')}><img src="/ui/icons/devices.svg" alt="" width="20" height="20" /></button>
         <button type="button" class="icon" data-testid="open-settings" aria-label="Settings" title="Settings"
@@ -42,14 +43,20 @@ function ConvList() {
   const convs = useStore((s) => s.convs);
   const openId = useStore((s) => s.openId);
   const presence = useStore((s) => s.presence);
+  // Without the node the page knows nothing of anyone's presence: every dot is unknown.
+  const online = useStore((s) => s.conn === 'open');
   const muted = useStore((s) => s.prefs.muted);
   const list = useMemo(() => sortedConvs(getState()), [convs]);
   if (!list.length) {
-    return html`<p class="muted pad" data-testid="conv-empty">No conversations yet. Add a contact under Contacts (the person icon above).</p>`;
+    return html`<div class="pad" data-testid="conv-empty">
+      <p class="muted">No conversations yet.</p>
+      <p><button type="button" data-testid="conv-empty-add-contact" onClick=${() => setState({ modal: { kind: 'contacts' } })}>
+        Add a contact</button></p>
+    </div>`;
   }
   return html`<ul class="conv-list" role="list" aria-label="Conversations" data-testid="conv-list">
     ${list.map((c) => html`<${ConvItem} key=${c.id} c=${c} active=${c.id === openId}
-      p=${c.group ? null : presence[c.id]} muted=${!!muted[c.id]} />`)}
+      p=${c.group || !online ? null : presence[c.id]} muted=${!!muted[c.id]} />`)}
   </ul>`;
 }
 
