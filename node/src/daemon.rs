@@ -68,6 +68,8 @@ const DEFAULT_DEVICE_NAME: &str = "device";
 const RELAY_READY_WAIT: Duration = Duration::from_secs(10);
 /// Listen addresses of the embedded relay queued for `up` (it uses the first).
 const EMBEDDED_ADDR_QUEUE: usize = 8;
+/// How long the API may take, when the node stops, to answer the requests it took.
+const API_STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long the embedded relay may take to bind.
 const EMBEDDED_START_WAIT: Duration = Duration::from_secs(10);
 
@@ -200,7 +202,7 @@ pub async fn run(
     .map_err(|e| failed(&e))?;
     let mut events = node.subscribe();
     let token = api::new_token(&home).map_err(|e| failed(&e))?;
-    let (bound, _api_task) = api::server::serve(node.clone(), opts.api, token, home.dir())
+    let (bound, api_server) = api::server::serve(node.clone(), opts.api, token, home.dir())
         .await
         .map_err(|e| failed(&e))?;
     api::write_node_file(
@@ -240,6 +242,8 @@ pub async fn run(
         () = node.stop_requested() => tracing::info!("stop asked for over the API"),
     }
     let _ = std::fs::remove_file(home.node_file_path());
+    // Requests the node took are answered before it goes (new ones are told it stops).
+    api_server.stop(API_STOP_GRACE).await;
     drop(node);
     if let Some((stop, task)) = embedded {
         let _ = stop.send(());

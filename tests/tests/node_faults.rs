@@ -792,3 +792,88 @@ fn text_from_contacts_cannot_drive_the_terminal() {
         .unwrap();
     assert!(forged.starts_with("   "), "{forged:?}");
 }
+
+/// `tern down` in the middle of a burst of sends pipelined on one API connection: every
+/// send is answered, none with a broken connection: those the node took with their message
+/// id (each is in the history after a restart), the rest with 1011 "the node is stopping"
+/// (none of them is), in the order sent.
+#[test]
+fn a_node_stopped_mid_burst_answers_every_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let mut a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let texts: Vec<String> = (0..2_000).map(|i| format!("t{i:05}")).collect();
+    let own = |a: &Node| -> Option<usize> {
+        let h = a.json(&["history", "Bob", "--limit", "500"]).ok()?;
+        Some(h.as_array()?.iter().filter(|m| m["own"] == true).count())
+    };
+    let replies = std::thread::scope(|s| {
+        let a = &a;
+        let stopper = s.spawn(move || {
+            wait_for("part of the burst stored", WAIT, || {
+                own(a).filter(|n| *n >= 100).map(|_| ())
+            })
+            .unwrap();
+            a.cli_within(&["down"], WAIT).unwrap()
+        });
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let replies = rt.block_on(async {
+            let mut api = a.api().await.unwrap();
+            let calls: Vec<(&str, serde_json::Value)> = texts
+                .iter()
+                .map(|t| ("send", serde_json::json!({"contact": "Bob", "text": t})))
+                .collect();
+            api.call_many(&calls)
+                .await
+                .expect("every send answered before the connection closed")
+        });
+        let down = stopper.join().unwrap();
+        assert_eq!(down.status.code(), Some(0), "{down:?}");
+        replies
+    });
+    let taken = replies.iter().take_while(|r| r.is_ok()).count();
+    for r in &replies[taken..] {
+        match r {
+            Err(tern_node::api::client::ClientError::Rpc { code: 1011, .. }) => {}
+            other => panic!("after {taken} taken: {other:?}"),
+        }
+    }
+    assert!(taken >= 100 && taken < texts.len(), "{taken} taken");
+    a.restart().unwrap();
+    let stored: Vec<String> = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut api = a.api().await.unwrap();
+            let mut all = Vec::new();
+            let mut before: Option<String> = None;
+            loop {
+                let page = api
+                    .call(
+                        "history",
+                        serde_json::json!({"contact": "Bob", "limit": 500, "before": before}),
+                    )
+                    .await
+                    .unwrap();
+                let page = page.as_array().unwrap().clone();
+                if page.is_empty() {
+                    break;
+                }
+                before = page[0]["id"].as_str().map(str::to_owned);
+                let mut texts: Vec<String> = page
+                    .iter()
+                    .map(|m| m["text"].as_str().unwrap().to_owned())
+                    .collect();
+                texts.extend(all);
+                all = texts;
+            }
+            all
+        })
+    };
+    assert_eq!(
+        stored,
+        texts[..taken],
+        "exactly the sends answered with an id"
+    );
+}

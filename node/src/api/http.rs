@@ -50,6 +50,8 @@ pub(super) struct Shared {
     pub(super) uploads: PathBuf,
     /// Slots for authenticated WebSocket sessions.
     pub(super) sessions: Arc<tokio::sync::Semaphore>,
+    /// Set when the node stops ([`super::server::ApiServer::stop`]).
+    pub(super) stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Serves HTTP on one accepted connection until it ends (a WebSocket lives on after the

@@ -23,6 +23,10 @@ use crate::{
     types::Event,
 };
 
+/// When the node stops, how long a connection whose requests are all answered waits for
+/// more (each refused with 1011) before it closes.
+const STOP_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Queue of outgoing frames per connection.
 const OUTGOING_QUEUE: usize = 256;
 
@@ -44,15 +48,41 @@ pub enum ServeError {
     },
 }
 
+/// The running API server ([`serve`]): [`ApiServer::stop`] ends it gracefully.
+#[derive(Debug)]
+pub struct ApiServer {
+    accept: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+impl ApiServer {
+    /// Stops the API gracefully, within `grace`: no new connection is taken; a request that
+    /// comes on an open connection from now on is answered 1011 ("the node is stopping")
+    /// and not served; those being served are answered; then every connection is closed
+    /// with a close frame. A client thus never loses the answer to a request the node took
+    /// (a `send` that was stored is answered with its message id).
+    pub async fn stop(self, grace: std::time::Duration) {
+        self.accept.abort();
+        self.shared.stopping.send_replace(true);
+        let all = u32::try_from(MAX_API_CONNECTIONS).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, self.shared.sessions.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("API connections still open after the stop's grace; closing them");
+        }
+    }
+}
+
 /// Serves the API and the web UI for `node` on `addr` (port 0 picks one); `home` is the
 /// node's home (uploads from the web UI wait under it). Returns the bound address and the
-/// accept task.
+/// server, to stop.
 pub async fn serve(
     node: Node,
     addr: SocketAddr,
     token: String,
     home: &std::path::Path,
-) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
+) -> Result<(SocketAddr, ApiServer), ServeError> {
     if !addr.ip().is_loopback() {
         return Err(ServeError::NotLoopback(addr));
     }
@@ -69,6 +99,7 @@ pub async fn serve(
         ui: Ui::with_home(home),
         uploads: home.join("uploads"),
         sessions: Arc::new(Semaphore::new(MAX_API_CONNECTIONS)),
+        stopping: tokio::sync::watch::Sender::new(false),
     });
     // Connections not yet authenticated get a slot of their own, taken without waiting: the
     // accept loop never blocks, a connection over the cap is closed at once, and one that
@@ -76,6 +107,7 @@ pub async fn serve(
     // WebSocket) takes one of `MAX_API_CONNECTIONS` only once its credential checked out, so
     // idle strangers on the port cannot lock the CLI out.
     let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let accepted = shared.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -85,14 +117,20 @@ pub async fn serve(
                 drop(stream);
                 continue;
             };
-            let shared = shared.clone();
+            let shared = accepted.clone();
             tokio::spawn(async move {
                 serve_connection(stream, shared).await;
                 drop(permit);
             });
         }
     });
-    Ok((bound, task))
+    Ok((
+        bound,
+        ApiServer {
+            accept: task,
+            shared,
+        },
+    ))
 }
 
 /// Methods a connection opened with a web UI session may not call: making codes (a
@@ -129,9 +167,22 @@ where
     // that the writer (and with it the socket) closes even while the peer is still there.
     let mut events: Option<tokio::task::JoinHandle<()>> = None;
     let mut ended = shared.ui.ended();
+    // Requests being served, each waiting for its answer; when the node stops, the
+    // connection closes once they are all answered (see `ApiServer::stop`).
+    let mut serving = tokio::task::JoinSet::new();
+    let mut stop = shared.stopping.subscribe();
+    let mut stopping = *stop.borrow_and_update();
     loop {
         let msg = tokio::select! {
             msg = source.next() => msg,
+            Some(_) = serving.join_next(), if !serving.is_empty() => continue,
+            // Stopping, everything taken answered, and nothing more coming (what a client
+            // pipelined is read and refused first): the socket closes.
+            () = tokio::time::sleep(STOP_QUIET), if stopping && serving.is_empty() => break,
+            Ok(()) = stop.changed(), if !stopping => {
+                stopping = true;
+                continue;
+            }
             // Sessions were ended: one whose own is gone stops here.
             Ok(()) = ended.changed(), if session.is_some() => {
                 if session.as_deref().is_some_and(|t| !shared.ui.session_valid(t)) {
@@ -140,7 +191,11 @@ where
                 continue;
             }
         };
-        let Some(msg) = msg else { break };
+        let Some(msg) = msg else {
+            // The client left: what it asked for still runs to its end.
+            serving.detach_all();
+            break;
+        };
         // A session also ends by its age, between two requests.
         if session
             .as_deref()
@@ -170,6 +225,15 @@ where
             continue;
         };
         let params = req.get("params").cloned().unwrap_or(json!({}));
+        if stopping {
+            let reply = error_response(
+                id,
+                NodeError::Stopped.code(),
+                &NodeError::Stopped.to_string(),
+            );
+            let _ = out_tx.send(reply).await;
+            continue;
+        }
         if session.is_some() && SESSION_DENIED.contains(&method.as_str()) {
             let why = format!("{method} is not open to the web UI; use the tern CLI");
             let _ = out_tx
@@ -229,7 +293,7 @@ where
         // a client that pipelines texts has them sent (and numbered) in its order; only the
         // wait for the reply runs apart.
         if let Some(queued) = queue_ordered(&node, &method, &params).await {
-            tokio::spawn(async move {
+            serving.spawn(async move {
                 let reply = match queued {
                     Ok(pending) => pending.wait().await.and_then(to_value),
                     Err(e) => Err(e),
@@ -243,7 +307,7 @@ where
             continue;
         }
         let node = node.clone();
-        tokio::spawn(async move {
+        serving.spawn(async move {
             let reply = match dispatch(&node, &method, &params).await {
                 Ok(v) => result_response(id, v),
                 Err(e) => error_response(id, e.code(), &e.to_string()),
