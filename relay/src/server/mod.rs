@@ -98,6 +98,12 @@ pub enum RunError {
         /// What libp2p said.
         message: String,
     },
+    /// Another relay process uses the data directory.
+    #[error("another tern-relay is using the data directory {path}; one relay per directory")]
+    InUse {
+        /// The directory.
+        path: std::path::PathBuf,
+    },
     /// The metrics endpoint could not be bound.
     #[error(transparent)]
     Metrics(#[from] http::BindError),
@@ -107,6 +113,58 @@ pub enum RunError {
     /// The blob store could not be opened.
     #[error("cannot open the blob store: {0}")]
     Blobs(#[source] std::io::Error),
+}
+
+/// Takes `dir` for this process alone: an exclusive lock on `dir/relay.lock`.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+    let path = dir.join("relay.lock");
+    let io = |source| RunError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    private(&path, 0o600).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::InUse {
+            path: dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+/// Refuses a TCP listen address whose port another process listens on. libp2p's TCP
+/// transport binds its listeners with `SO_REUSEPORT`, so a second relay on the same port
+/// would bind too, and the kernel would share new connections between the two; a plain
+/// bind, tried and let go first, fails on a port in use. Port 0 and other transports pass.
+fn port_free(addr: &Multiaddr) -> Result<(), RunError> {
+    use libp2p::multiaddr::Protocol;
+    let mut it = addr.iter();
+    let ip: std::net::IpAddr = match it.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    let Some(Protocol::Tcp(port)) = it.next() else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(RunError::Listen {
+            addr: addr.clone(),
+            message: "address in use: another process listens on it".into(),
+        }),
+        // Anything else (an address not on this machine...) is libp2p's to report.
+        Err(_) => Ok(()),
+    }
 }
 
 /// The relay's composed libp2p behaviour.
@@ -252,6 +310,9 @@ pub async fn run(
             path: config.data_dir.clone(),
             source,
         })?;
+    // One relay per data directory (two would share one identity and one database), held
+    // until `run` returns; the system lets go of it when the process ends, however.
+    let _lock = lock_data_dir(&config.data_dir)?;
     let key = identity::load_or_create(&config.data_dir)?;
     let local_peer_id = key.public().to_peer_id();
     let metrics = Arc::new(metrics::Metrics::default());
@@ -311,6 +372,7 @@ pub async fn run(
         }
     }
     for addr in config.listen_addrs()? {
+        port_free(&addr)?;
         swarm
             .listen_on(addr.clone())
             .map_err(|e| RunError::Listen {

@@ -225,3 +225,68 @@ async fn below_the_disk_reserve_nothing_new_is_taken_and_mail_drains() {
         .await
         .unwrap();
 }
+
+/// Runs `tern-relay` with `config` (TOML) and returns its exit code and stderr, once it has
+/// exited (at most [`WAIT`]: one that keeps running fails the test).
+fn refused_start(dir: &std::path::Path, config: &str) -> (Option<i32>, String) {
+    let cfg = dir.join("second.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a second relay started with {config}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code(), err)
+}
+
+/// One relay per TCP port and per data directory: a second one on either is refused at
+/// start with a clear error (libp2p binds with `SO_REUSEPORT`, so without the check the
+/// kernel would share the port's connections between two relays of different identities).
+#[test]
+fn a_second_relay_on_the_same_port_or_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Relay::start(dir.path(), "");
+    let port = first
+        .tcp
+        .iter()
+        .find_map(|p| match p {
+            tern_relay::libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let other = dir.path().join("other");
+    let (code, err) = refused_start(
+        dir.path(),
+        &format!(
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n",
+            other.display().to_string()
+        ),
+    );
+    assert_ne!(code, Some(0));
+    assert!(err.contains("address in use"), "{err}");
+    let (code, err) = refused_start(
+        dir.path(),
+        &format!(
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n",
+            first.data.join("db").display().to_string()
+        ),
+    );
+    assert_ne!(code, Some(0));
+    assert!(err.contains("another tern-relay is using"), "{err}");
+}
