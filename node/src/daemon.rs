@@ -52,7 +52,7 @@ pub struct Ready {
     pub user_id: String,
     /// This device's id.
     pub device_id: String,
-    /// The first home relay.
+    /// The home relay that connected first, or (none did in time) the first one.
     pub relay: String,
     /// Whether a home relay was connected (with keys published) before the wait ran out.
     pub relay_connected: bool,
@@ -214,27 +214,40 @@ pub async fn run(
     )
     .map_err(|e| failed(&e))?;
     // Wait (bounded) until a home relay is connected and our keys are published there.
-    let relay_connected = tokio::time::timeout(RELAY_READY_WAIT, async {
+    // The first home relay to connect (any of them will do).
+    let connected = tokio::time::timeout(RELAY_READY_WAIT, async {
         loop {
             match events.recv().await {
                 Ok(Event::Connection {
-                    connected: true, ..
-                }) => return true,
+                    connected: true,
+                    relay,
+                }) => return Some(relay),
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
     })
     .await
-    .unwrap_or(false);
+    .ok()
+    .flatten();
     let id = node.id().await.map_err(|e| failed(&e))?;
     ready(Ready {
         api: bound,
         user_id: id.user_id.to_string(),
         device_id: id.device_id.to_string(),
-        relay: relays.first().map(ToString::to_string).unwrap_or_default(),
-        relay_connected,
+        relay_connected: connected.is_some(),
+        // Events name a relay by its peer id; the line gives its address.
+        relay: relays
+            .iter()
+            .find(|a| {
+                connected.as_deref().is_some_and(|peer| {
+                    matches!(a.iter().last(), Some(Protocol::P2p(p)) if p.to_string() == peer)
+                })
+            })
+            .or(relays.first())
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         notes,
     });
     tokio::select! {

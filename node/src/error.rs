@@ -277,7 +277,6 @@ macro_rules! from_source {
 }
 from_source!(
     tern_store::WriteError => Store(StoreError::Write),
-    tern_store::SearchError => Store(StoreError::Search),
     crate::home::HomeError => Store(StoreError::Home),
     tern_crypto::session::SessionError => Crypto(CryptoError::Session),
     tern_crypto::prekey::PrekeyError => Crypto(CryptoError::Prekey),
@@ -290,6 +289,18 @@ from_source!(
     crate::net::NetError => Network(NetworkError::Request),
     crate::net::StartError => Network(NetworkError::Start),
 );
+
+impl From<tern_store::SearchError> for NodeError {
+    fn from(e: tern_store::SearchError) -> Self {
+        match e {
+            // The query is the user's: theirs to fix, not a storage fault.
+            tern_store::SearchError::EmptyQuery | tern_store::SearchError::QueryTooLong { .. } => {
+                NodeError::BadRequest(e.to_string())
+            }
+            e => NodeError::Store(StoreError::Search(Arc::new(e))),
+        }
+    }
+}
 
 impl From<tern_store::ReadError> for NodeError {
     fn from(e: tern_store::ReadError) -> Self {

@@ -76,6 +76,14 @@ fn bad_input_is_refused_with_clear_exit_codes() {
     assert!(stderr(&out).contains("limit"));
     assert_eq!(code(&a.cli(&["send", "Bob", "  "])), Some(5));
 
+    // A search query that is empty, or too long, is the user's to fix, not a storage fault.
+    let terms = vec!["t"; 17].join(" ");
+    for q in ["   ", &"q".repeat(513), &terms] {
+        let out = a.cli(&["search", q]);
+        assert_eq!(code(&out), Some(5), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("storage"), "{}", stderr(&out));
+    }
+
     // A link for Bob's user id under another identity key: loud warning, sending blocked.
     let fake = identity_with_user_id(hex16(&b.user));
     let dev = DeviceKeys::generate().unwrap();

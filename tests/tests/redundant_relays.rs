@@ -630,3 +630,28 @@ fn a_relay_that_stops_answering_is_let_go_and_taken_again_when_back() -> anyhow:
     );
     Ok(())
 }
+
+/// `tern up`'s ready line names a home relay it is connected to: with the first of two
+/// down, the second, not the first with `relay_connected=true`.
+#[test]
+fn the_ready_line_names_the_relay_that_is_connected() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    r1.kill9();
+    let ana = start(dir.path(), "ana", &r1, &r2)?;
+    let field = |k: &str| {
+        ana.ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        field("relay_connected").as_deref(),
+        Some("true"),
+        "{}",
+        ana.ready
+    );
+    assert_eq!(field("relay"), Some(r2.addr.clone()), "{}", ana.ready);
+    Ok(())
+}

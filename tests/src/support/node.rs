@@ -56,6 +56,8 @@ pub struct Node {
     pub device: String,
     relay: Option<String>,
     extra: Vec<String>,
+    /// The `ready ...` line `tern up` printed.
+    pub ready: String,
 }
 
 impl Node {
@@ -124,6 +126,7 @@ impl Node {
             device: field("device")?,
             relay: relay.map(str::to_owned),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            ready: line.clone(),
         })
     }
 
