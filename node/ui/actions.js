@@ -19,6 +19,8 @@ const REFRESH_DELAY_MS = 300;
  * this many. */
 const HISTORY_MAX = 500;
 const UNREAD_MAX_PAGES = 4;
+/** API error: the node is stopping and did not take the request (docs/api.md "Errors"). */
+const NODE_STOPPING = 1011;
 /** After this long without the node the page says it may have moved (a new port). */
 const OFFLINE_HINT_MS = 10000;
 
@@ -394,6 +396,9 @@ async function sendUnsent(item) {
       // The node may have stored it: looked up once connected again.
       setUnsentState(id, item.id, 'checking');
       if (client.state === 'open') checkUnsent(id);
+    } else if (e instanceof RpcError && e.code === NODE_STOPPING) {
+      // Refused untaken by a node that is stopping: sent again once one is back.
+      setUnsentState(id, item.id, 'queued');
     } else if (e instanceof RpcError) {
       setUnsentState(id, item.id, 'failed', errorText(e));
       toast('Not sent: ' + errorText(e), 'error');
