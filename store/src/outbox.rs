@@ -213,8 +213,8 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Removes delivered lane rows. Returns the messages whose last row went (they are
-    /// [`crate::Status::Sent`] now).
+    /// Removes delivered lane rows. Returns the messages that became [`crate::Status::Sent`]
+    /// (every row of theirs gone, or taken by a relay: see `Tx::settle_if_sent`).
     pub fn ack_rows(&mut self, rows: &[i64]) -> Result<Vec<MessageId>, WriteError> {
         const OP: &str = "acknowledge lane rows";
         let mut done = Vec::new();
@@ -244,7 +244,7 @@ impl Tx<'_> {
                 continue; // a control row
             };
             let id = message_id(OP, &id)?;
-            if self.settle_if_sent(OP, rowid, id)? == 0 && !done.contains(&id) {
+            if self.settle_if_sent(OP, rowid, id)?.sent_now && !done.contains(&id) {
                 done.push(id);
             }
         }

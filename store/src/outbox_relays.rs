@@ -12,7 +12,7 @@
 //! a relay taken out of the recipient's set is no longer waited for
 //! ([`Tx::settle_device_rows`] lets go of the rows every remaining relay took).
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use crate::consts::MAX_PAGE_SIZE;
 use crate::error::{Context, ReadError, WriteError};
@@ -90,8 +90,9 @@ impl Store {
 
 impl Tx<'_> {
     /// Records that `relay` took these rows; the rows every relay of `relays` (the device's
-    /// current set) took now leave. Returns the messages whose last row went (they are
-    /// [`crate::Status::Sent`] now).
+    /// current set) took now leave. Returns the messages that became [`crate::Status::Sent`]:
+    /// every row of theirs gone or taken by at least one relay (a copy for each recipient
+    /// device is held by a mailbox; the other relays still get theirs).
     pub fn take_rows_at(
         &mut self,
         rows: &[i64],
@@ -109,8 +110,35 @@ impl Tx<'_> {
                 .and_then(|mut s| s.execute(params![row, relay]))
                 .write_ctx(OP)?;
         }
+        // The messages the rows belong to, before the complete rows leave.
+        let mut messages: Vec<(i64, crate::MessageId)> = Vec::new();
+        for row in rows {
+            let found: Option<(i64, Vec<u8>)> = self
+                .tx
+                .prepare_cached(
+                    "SELECT o.message, m.id FROM outbox o JOIN messages m ON m.rowid = o.message \
+                     WHERE o.id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([row], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .write_ctx(OP)?;
+            if let Some((rowid, id)) = found {
+                let id = crate::messages::message_id(OP, &id)?;
+                if !messages.contains(&(rowid, id)) {
+                    messages.push((rowid, id));
+                }
+            }
+        }
         let complete = self.complete_rows(OP, rows, relays)?;
-        self.ack_rows(&complete)
+        let mut done = self.ack_rows(&complete)?;
+        for (rowid, id) in messages {
+            if !done.contains(&id) && self.settle_if_sent(OP, rowid, id)?.sent_now {
+                done.push(id);
+            }
+        }
+        Ok(done)
     }
 
     /// Counts a failed attempt on a lane row at `relay` and sets when it is due there next
@@ -134,15 +162,16 @@ impl Tx<'_> {
     }
 
     /// Records that `relay` took the fan-out row of message `id` for `device` (`None`: the
-    /// device itself did); the row leaves once every relay of `relays` took it. Returns the
-    /// message's rows still waiting (0: it is [`crate::Status::Sent`] now).
+    /// device itself did); the row leaves once every relay of `relays` took it. Returns
+    /// whether the message became [`crate::Status::Sent`] (each of its rows gone or taken
+    /// by a relay).
     pub fn take_delivery_at(
         &mut self,
         id: MessageId,
         device: &str,
         relay: Option<&str>,
         relays: &[String],
-    ) -> Result<u64, WriteError> {
+    ) -> Result<bool, WriteError> {
         const OP: &str = "record a fan-out row a relay took";
         let row: Option<i64> = {
             use rusqlite::OptionalExtension;
@@ -157,24 +186,12 @@ impl Tx<'_> {
                 })
                 .write_ctx(OP)?
         };
-        if let Some(row) = row {
-            match relay {
-                Some(relay) => {
-                    self.take_rows_at(&[row], relay, relays)?;
-                }
-                None => {
-                    self.ack_rows(&[row])?;
-                }
-            }
-        }
-        let remaining: i64 = self
-            .tx
-            .prepare_cached(
-                "SELECT count(*) FROM outbox o JOIN messages m ON m.rowid = o.message WHERE m.id = ?1",
-            )
-            .and_then(|mut s| s.query_row([id.0.as_slice()], |r| r.get(0)))
-            .write_ctx(OP)?;
-        Ok(u64::try_from(remaining).unwrap_or(0))
+        let done = match (row, relay) {
+            (None, _) => return Ok(false),
+            (Some(row), Some(relay)) => self.take_rows_at(&[row], relay, relays)?,
+            (Some(row), None) => self.ack_rows(&[row])?,
+        };
+        Ok(done.contains(&id))
     }
 
     /// Lets go of `device`'s rows (lane and fan-out) that every relay of `relays` took: its
@@ -248,7 +265,8 @@ mod tests {
         let done = store
             .transaction(|tx| tx.take_rows_at(&[lane[0].row, lane[1].row], "r1", &both))
             .unwrap();
-        assert!(done.is_empty(), "r2 has not taken them");
+        // Held by a mailbox: sent, though r2 has not taken them yet.
+        assert_eq!(done, [MessageId([1; 16]), MessageId([2; 16])]);
         store
             .transaction(|tx| tx.reschedule_row_at(lane[0].row, "r2", 5_000))
             .unwrap();
@@ -262,11 +280,11 @@ mod tests {
         assert_eq!((r2[0].attempts, r2[0].next_attempt_ms), (1, 5_000));
         assert_eq!((r2[1].attempts, r2[1].next_attempt_ms), (0, 0));
         assert_eq!(store.lane("b1", 10).unwrap().len(), 3, "nothing left yet");
-        // r2 comes back and takes message 1: it leaves and is sent; 2 waits for r2 still.
+        // r2 comes back and takes message 1: it leaves (sent already); 2 waits for r2 still.
         let done = store
             .transaction(|tx| tx.take_rows_at(&[r2[0].row], "r2", &both))
             .unwrap();
-        assert_eq!(done, [MessageId([1; 16])]);
+        assert!(done.is_empty(), "sent once, when r1 took it");
         assert_eq!(
             store.message(MessageId([1; 16])).unwrap().unwrap().status,
             Status::Sent
@@ -276,7 +294,7 @@ mod tests {
         let done = store
             .transaction(|tx| tx.settle_device_rows("b1", &["r1".to_owned()]))
             .unwrap();
-        assert_eq!(done, [MessageId([2; 16])]);
+        assert!(done.is_empty());
         assert_eq!(payloads(&store.lane("b1", 10).unwrap()), [3]);
         // Entries go with their rows.
         let left: i64 = store
@@ -302,21 +320,40 @@ mod tests {
                 tx.record_outgoing_fanout(&own(1), &[], &[], b"megolm", &shared, 0)
             })
             .unwrap();
-        let left = store
+        let sent = store
             .transaction(|tx| tx.take_delivery_at(id, "b1", Some("r1"), &both))
             .unwrap();
-        assert_eq!(left, 2);
+        assert!(!sent, "b2's copy is held nowhere yet");
         assert_eq!(store.fanout_taken(id, "b1").unwrap(), ["r1"]);
         assert!(store.fanout_taken(id, "b2").unwrap().is_empty());
-        let left = store
+        let sent = store
             .transaction(|tx| tx.take_delivery_at(id, "b1", Some("r2"), &both))
             .unwrap();
-        assert_eq!(left, 1);
-        let left = store
+        assert!(!sent);
+        assert_eq!(store.message(id).unwrap().unwrap().status, Status::Pending);
+        let sent = store
             .transaction(|tx| tx.take_delivery_at(id, "b2", None, &both))
             .unwrap();
-        assert_eq!(left, 0, "the device itself took it");
+        assert!(sent, "the device itself took it");
         assert_eq!(store.message(id).unwrap().unwrap().status, Status::Sent);
         assert!(store.due_fanout(i64::MAX, 10).unwrap().is_empty());
+        // Another: each device's copy taken by one relay of two is sent, rows still waiting.
+        let id2 = MessageId([2; 16]);
+        store
+            .transaction(|tx| tx.record_outgoing_fanout(&own(2), &[], &[], b"megolm", &shared, 0))
+            .unwrap();
+        let first = store
+            .transaction(|tx| tx.take_delivery_at(id2, "b1", Some("r1"), &both))
+            .unwrap();
+        let second = store
+            .transaction(|tx| tx.take_delivery_at(id2, "b2", Some("r2"), &both))
+            .unwrap();
+        assert!(!first && second);
+        assert_eq!(store.message(id2).unwrap().unwrap().status, Status::Sent);
+        assert_eq!(
+            store.due_fanout(i64::MAX, 10).unwrap().len(),
+            2,
+            "r2 and r1 still owe"
+        );
     }
 }

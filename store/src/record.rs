@@ -197,21 +197,26 @@ impl Tx<'_> {
                 stmt.execute(params![rowid, device]).write_ctx(OP)?;
             }
         }
-        self.settle_if_sent(OP, rowid, id)
+        Ok(self.settle_if_sent(OP, rowid, id)?.remaining)
     }
 
-    /// After rows of the message at `rowid` went: when none is left, its shared payload goes
-    /// and it becomes [`Status::Sent`]. Returns the rows still waiting.
+    /// After rows of the message at `rowid` went or were taken by a relay: when none is
+    /// left, its shared payload goes; when every row left was taken by at least one relay
+    /// (each recipient device's copy is held by a mailbox or the device), it becomes
+    /// [`Status::Sent`], while the rows wait for their other relays.
     pub(crate) fn settle_if_sent(
         &mut self,
         op: &'static str,
         rowid: i64,
         id: MessageId,
-    ) -> Result<u64, WriteError> {
-        let remaining: i64 = self
+    ) -> Result<Settled, WriteError> {
+        let (remaining, untaken): (i64, i64) = self
             .tx
-            .prepare_cached("SELECT count(*) FROM outbox WHERE message = ?1")
-            .and_then(|mut s| s.query_row([rowid], |r| r.get(0)))
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(NOT EXISTS (SELECT 1 FROM outbox_relays r \
+                 WHERE r.row = o.id AND r.taken = 1)), 0) FROM outbox o WHERE o.message = ?1",
+            )
+            .and_then(|mut s| s.query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?))))
             .write_ctx(op)?;
         if remaining == 0 {
             // No row is left to send a shared payload: it goes with the last one.
@@ -219,9 +224,12 @@ impl Tx<'_> {
                 .prepare_cached("DELETE FROM outbox_shared WHERE message = ?1")
                 .and_then(|mut s| s.execute([rowid]))
                 .write_ctx(op)?;
-            self.advance_status(id, Status::Sent)?;
         }
-        Ok(u64::try_from(remaining).unwrap_or(0))
+        let sent_now = untaken == 0 && self.advance_status(id, Status::Sent)?;
+        Ok(Settled {
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            sent_now,
+        })
     }
 
     /// Counts an attempt on an outbox row and sets when it is due next.
@@ -578,4 +586,13 @@ impl Store {
             )
             .collect()
     }
+}
+
+/// Where a message's outbox rows stand after some went or were taken ([`Tx::settle_if_sent`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settled {
+    /// Rows still waiting (for a relay that has not taken them, or the device).
+    pub(crate) remaining: u64,
+    /// Whether the message became [`Status::Sent`] just now.
+    pub(crate) sent_now: bool,
 }

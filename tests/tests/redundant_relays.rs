@@ -655,3 +655,39 @@ fn the_ready_line_names_the_relay_that_is_connected() -> anyhow::Result<()> {
     assert_eq!(field("relay"), Some(r2.addr.clone()), "{}", ana.ready);
     Ok(())
 }
+
+/// A text held by one of its recipient's relays is `sent` for the person who wrote it,
+/// while the other relay, down, still gets its copy when it is back: no "pending" for as
+/// long as a relay is away.
+#[test]
+fn a_text_one_relay_holds_is_sent_while_the_other_is_down() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let mut r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ana = start(dir.path(), "ana", &r1, &r2)?;
+    let mut ben = start(dir.path(), "ben", &r1, &r2)?;
+    link_pair(&ana, &ben, "Ana", "Ben")?;
+    ben.stop()?;
+    r2.kill9();
+    let id = ana
+        .ok(&["send", "Ben", "while r2 is down"])?
+        .trim()
+        .to_owned();
+    wait_for("the text sent", WAIT, || {
+        let h = ana.json(&["history", "Ben", "--no-mark-read"]).ok()?;
+        h.as_array()?
+            .iter()
+            .any(|m| m["id"] == id.as_str() && m["status"] == "sent")
+            .then_some(())
+    })?;
+    let outbox = ana.json(&["status"])?["outbox"].as_u64();
+    assert!(
+        outbox.is_some_and(|n| n >= 1),
+        "r2's copy still waits: {outbox:?}"
+    );
+    r2.restart_after_kill9("")?;
+    wait_outbox_empty(&ana, WAIT)?;
+    ben.restart()?;
+    wait_text(&ben, "Ana", "while r2 is down", "the text at ben")?;
+    Ok(())
+}

@@ -166,7 +166,7 @@ impl Engine {
         results: Vec<(String, Result<(), NetError>)>,
     ) {
         let now = self.clock.now_ms();
-        let mut remaining = None;
+        let mut sent_now = false;
         let relay_key = relay.map(|r| r.to_string());
         let sets: Vec<Vec<String>> = results
             .iter()
@@ -182,8 +182,7 @@ impl Engine {
             for ((dev, r), set) in results.iter().zip(&sets) {
                 match r {
                     Ok(()) => {
-                        remaining =
-                            Some(tx.take_delivery_at(id, dev, relay_key.as_deref(), set)?);
+                        sent_now |= tx.take_delivery_at(id, dev, relay_key.as_deref(), set)?;
                     }
                     Err(e) => {
                         let wait = e
@@ -210,7 +209,7 @@ impl Engine {
             tracing::error!("recording a group delivery failed: {e}");
             return;
         }
-        if remaining == Some(0)
+        if sent_now
             && let Ok(Some(m)) = self.store.message(id)
             && m.status == Status::Sent
         {

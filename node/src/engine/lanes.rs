@@ -228,7 +228,8 @@ impl Engine {
         }
     }
 
-    /// Tells subscribers that these messages, whose last row went, are `sent`.
+    /// Tells subscribers that these messages are `sent` now (each recipient device's copy
+    /// held by a relay or the device).
     fn emit_sent(&self, done: Vec<tern_store::MessageId>) {
         for id in done {
             if let Ok(Some(m)) = self.store.message(id)
@@ -323,8 +324,9 @@ impl Engine {
 
     /// Lane tasks finished (those whose results were ready together): the rows a relay took
     /// are recorded at it and those every relay of the device's set (or the device itself)
-    /// took go (messages whose last row went become `sent`); each row a lane stopped at waits
-    /// at that relay for its backoff or the relay's `retry_after`; all in one transaction.
+    /// took go (messages each of whose rows a relay or the device took become `sent`); each
+    /// row a lane stopped at waits at that relay for its backoff or the relay's
+    /// `retry_after`; all in one transaction.
     /// Then the lanes that were not stopped go on at once.
     pub(crate) fn on_lanes_done(&mut self, results: Vec<LaneDone>) {
         let now = self.clock.now_ms();
