@@ -126,8 +126,8 @@ pub(crate) enum Cmd {
     History {
         /// Contact name or user id.
         contact: String,
-        /// Most messages to show.
-        #[arg(long)]
+        /// Most messages to show (1 to 500; default 50).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=500))]
         limit: Option<u32>,
         /// Show messages before this message id.
         #[arg(long)]
@@ -276,8 +276,8 @@ pub(crate) enum GroupCmd {
     History {
         /// Group id or title.
         group: String,
-        /// Most messages to show.
-        #[arg(long)]
+        /// Most messages to show (1 to 500; default 50).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=500))]
         limit: Option<u32>,
         /// Show messages before this message id.
         #[arg(long)]
@@ -507,6 +507,9 @@ mod tests {
             &["group", "send", "Team"],
             &["group", "history"],
             &["group", "history", "Team", "--limit", "many"],
+            &["group", "history", "Team", "--limit", "0"],
+            &["history", "Bob", "--limit", "0"],
+            &["history", "Bob", "--limit", "501"],
             &["group", "frobnicate"],
         ] {
             assert!(parse(args).is_err(), "{args:?} parsed");

@@ -20,7 +20,7 @@ pub enum NodeError {
     #[error("{0:?} names more than one contact; use the user id")]
     AmbiguousContact(String),
     /// The text is empty.
-    #[error("message text is empty")]
+    #[error("message text is empty (or only white space)")]
     EmptyText,
     /// The text is over the limit.
     #[error("message text is {len} bytes, over the {max}-byte limit")]
