@@ -137,8 +137,27 @@ fn print_relay(r: &RelayInfo) {
         0 => outln!("relay   {} {state}{drain}", r.addr),
         n => outln!("relay   {} {state}, {n} to deposit{drain}", r.addr),
     }
+    if r.waiting > 0 {
+        for code in &r.held {
+            outln!("        held back: {}", held_words(code));
+        }
+    }
     if let Some(problem) = &r.problem {
         outln!("        {problem}");
+    }
+}
+
+/// Why a relay holds rows back, in words (its refusal code, or `network`).
+fn held_words(code: &str) -> String {
+    match code {
+        "share_full" | "quota_count" | "quota_bytes" => {
+            "a recipient's mailbox there is full; it goes as they fetch their mail".into()
+        }
+        "rate_limited" => "the relay's rate limit; it goes in a moment".into(),
+        "storage_full" => "the relay's disk is full; it goes once the relay has room".into(),
+        "unavailable" => "the relay is busy; it goes in a moment".into(),
+        "network" => "no answer from the relay; tried again".into(),
+        other => format!("refused ({other}); tried again"),
     }
 }
 

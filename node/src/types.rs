@@ -340,6 +340,11 @@ pub struct RelayInfo {
     /// it included when there is something to do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Why rows wait here: the codes this relay last refused a recipient's rows with, one
+    /// per kind (`share_full`, `quota_count`, `rate_limited`, `storage_full`, ...; `network`
+    /// when it did not answer), until those rows go on. Empty when nothing is held back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
 }
 
 /// A device's mailbox at one of its relays.

@@ -211,11 +211,30 @@ fn a_burst_past_the_contacts_mailbox_share_waits_for_room_and_keeps_order() {
         (full > 0.0).then_some(())
     })
     .unwrap();
-    // Most of the burst is still Alice's to send while Bob is away.
+    // Most of the burst is still Alice's to send while Bob is away, and she is told why.
     assert!(outbox(&a) > 300, "outbox {}", outbox(&a));
+    let held = |a: &Node| -> Vec<Value> {
+        let s = a.json(&["status"]).unwrap();
+        s["relays"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["held"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    wait_for("the reason shown", BURST_WAIT, || {
+        held(&a).contains(&json!("share_full")).then_some(())
+    })
+    .unwrap();
+    let text = a.ok(&["status"]).unwrap();
+    assert!(
+        text.contains("held back: a recipient's mailbox there is full"),
+        "{text}"
+    );
     b.restart().unwrap();
     assert_arrives_complete(&b, "Alice", &sent);
     wait_outbox_empty(&a, BURST_WAIT).unwrap();
+    assert!(held(&a).is_empty(), "{:?}", held(&a));
     assert_nothing_repaired(&b, &a);
     assert_eq!(recovery(&b)["waited"], 0, "mail was stored in order");
 }

@@ -367,6 +367,15 @@ impl Engine {
                     .collect();
                 taken_at.push((at_relay, r.to_string(), set));
             }
+            match &failed {
+                Some((_, _, e)) => {
+                    let code = e.code().map_or("network", ErrorCode::label);
+                    self.outbox.held.insert(lane.clone(), code);
+                }
+                None => {
+                    self.outbox.held.remove(&lane);
+                }
+            }
             match failed {
                 Some((row, attempts, e)) => {
                     let relay = relay.map(|r| r.to_string());

@@ -234,6 +234,7 @@ impl Engine {
                 waiting: 0,
                 draining_until_ms: Some(*until_ms),
                 problem: self.dial_problem(a, false),
+                held: Vec::new(),
             })
             .collect()
     }

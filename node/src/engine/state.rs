@@ -238,6 +238,10 @@ pub(crate) struct Outbox {
     /// Devices (with their users) rows were queued for while a store batch was open: their
     /// lanes start once it commits.
     pub kicked: std::collections::BTreeSet<(String, String)>,
+    /// Lanes a relay stopped, with its refusal code (`network` when it did not answer),
+    /// until the lane goes on there: what `status` shows as why rows wait. At most one
+    /// entry per lane.
+    pub held: HashMap<super::lanes::LaneKey, &'static str>,
 }
 
 /// The receiver's side of order: waits, losses, quarantine.

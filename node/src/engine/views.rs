@@ -97,6 +97,7 @@ impl Engine {
                 waiting: relay_peer(a).map_or(0, |p| self.waiting_at(p)),
                 draining_until_ms: None,
                 problem: self.dial_problem(a, true),
+                held: relay_peer(a).map_or_else(Vec::new, |p| self.held_at(p)),
             })
             .collect()
     }
@@ -129,6 +130,26 @@ impl Engine {
             }
             DialProblem::Unreachable(cause) => format!("cannot connect: {cause}"),
         })
+    }
+
+    /// Why lanes at `relay` wait: the codes it stopped them with, each once, sorted.
+    pub(super) fn held_at(&self, relay: PeerId) -> Vec<String> {
+        let codes: std::collections::BTreeSet<&str> = self
+            .outbox
+            .held
+            .iter()
+            .filter(|((device, r), _)| {
+                // Rows of the lane still wait there (a device revoked or a relay left
+                // since has none).
+                *r == Some(relay)
+                    && self
+                        .store
+                        .lane_at(device, &relay.to_string(), 1)
+                        .is_ok_and(|rows| !rows.is_empty())
+            })
+            .map(|(_, code)| *code)
+            .collect();
+        codes.into_iter().map(str::to_owned).collect()
     }
 
     /// Outbox rows `relay` has not taken, for the users who keep a mailbox there.
@@ -174,6 +195,7 @@ impl Engine {
                         waiting: self.waiting_at(p),
                         draining_until_ms: None,
                         problem: self.dial_problem(a, false),
+                        held: self.held_at(p),
                     });
                 }
             }
