@@ -91,7 +91,19 @@ describe('security', () => {
   test('a page session cannot make codes, write backups or stop the node', T, async () => {
     const page = await asPage(await session());
     try {
-      for (const [method, params] of [['ui.code', {}], ['id.backup', { path: path.join(alice.home, 'b.tern'), passphrase: 'a long enough passphrase' }], ['node.stop', {}]]) {
+      const refused = [
+        ['ui.code', {}],
+        ['id.backup', { path: path.join(alice.home, 'b.tern'), passphrase: 'a long enough passphrase' }],
+        ['node.stop', {}],
+        ['relay.remove', { addr: '/ip4/127.0.0.1/tcp/1' }],
+        ['push.set', { url: 'https://push.example/x' }],
+        // Any file but one the page uploaded: the API token among them, also by a path
+        // that only passes through uploads/.
+        ['file.send', { contact: 'Nobody', path: path.join(alice.home, 'api.token') }],
+        ['file.send', { contact: 'Nobody', path: path.join(alice.home, 'uploads', '..', 'api.token') }],
+        ['file.get', { message: '0'.repeat(32), to: path.join(alice.home, 'out.bin') }],
+      ];
+      for (const [method, params] of refused) {
         await assert.rejects(page.call(method, params), (e) => e.code === 1023, `${method} from a page`);
       }
       assert.equal(fs.existsSync(path.join(alice.home, 'b.tern')), false, 'no backup was written');

@@ -15,15 +15,13 @@ use crate::exit::{self, Failure};
 const MAILBOX_SENDERS_SHOWN: usize = 5;
 
 /// `s` made safe to print on a terminal: control characters (escape sequences, line breaks,
-/// carriage returns, tabs, ...) and the invisible characters that reorder text (bidirectional
-/// overrides and isolates) are shown as escapes (`\n`, `\x1b`, `\u{202e}`). Text from others
+/// carriage returns, tabs, ...), the characters that reorder text (bidirectional overrides
+/// and isolates) and invisible ones ([`tern_node::text::is_hidden_or_control`]) are shown
+/// as escapes (`\n`, `\x1b`, `\u{202e}`). Text from others
 /// (messages, names, titles, file names) then cannot clear the screen, set the window title,
 /// reach the clipboard, or forge a line of output.
 pub(crate) fn shown(s: &str) -> std::borrow::Cow<'_, str> {
-    fn unsafe_char(c: char) -> bool {
-        c.is_control()
-            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    }
+    use tern_node::text::is_hidden_or_control as unsafe_char;
     if !s.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(s);
     }

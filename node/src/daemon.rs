@@ -69,7 +69,7 @@ const RELAY_READY_WAIT: Duration = Duration::from_secs(10);
 /// Listen addresses of the embedded relay queued for `up` (it uses the first).
 const EMBEDDED_ADDR_QUEUE: usize = 8;
 /// How long the API may take, when the node stops, to answer the requests it took.
-const API_STOP_GRACE: Duration = Duration::from_secs(5);
+const API_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long the embedded relay may take to bind.
 const EMBEDDED_START_WAIT: Duration = Duration::from_secs(10);
 
@@ -202,9 +202,27 @@ pub async fn run(
     .map_err(|e| failed(&e))?;
     let mut events = node.subscribe();
     let token = api::new_token(&home).map_err(|e| failed(&e))?;
-    let (bound, api_server) = api::server::serve(node.clone(), opts.api, token, home.dir())
-        .await
-        .map_err(|e| failed(&e))?;
+    // No port asked for: the last run's, when free, so an open web UI page finds the node
+    // again; else any.
+    let again = match (opts.api.port(), config.api_port) {
+        (0, Some(port)) => {
+            let addr = SocketAddr::new(opts.api.ip(), port);
+            api::server::serve(node.clone(), addr, token.clone(), &home)
+                .await
+                .ok()
+        }
+        _ => None,
+    };
+    let (bound, api_server) = match again {
+        Some(served) => served,
+        None => api::server::serve(node.clone(), opts.api, token, &home)
+            .await
+            .map_err(|e| failed(&e))?,
+    };
+    if config.api_port != Some(bound.port()) {
+        config.api_port = Some(bound.port());
+        home.save_config(&config).map_err(|e| failed(&e))?;
+    }
     api::write_node_file(
         &home,
         &NodeFile {

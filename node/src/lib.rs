@@ -32,6 +32,7 @@ pub mod home;
 pub mod link;
 pub mod media;
 pub mod net;
+pub mod text;
 pub mod types;
 pub mod unlock;
 

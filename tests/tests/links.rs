@@ -144,6 +144,16 @@ fn a_contact_added_without_a_name_is_renamed() {
         "long"
     );
     assert_eq!(
+        code(&["contact", "rename", hex, "Carol\u{200b}"]),
+        Some(5),
+        "invisible"
+    );
+    assert_eq!(
+        code(&["contact", "rename", hex, "\u{202e}ecila"]),
+        Some(5),
+        "reordering"
+    );
+    assert_eq!(
         code(&["contact", "rename", "Nobody", "Al"]),
         Some(4),
         "unknown"

@@ -48,6 +48,8 @@ pub(super) struct Shared {
     pub(super) ui: Ui,
     /// Where files uploaded for sending wait until staged.
     pub(super) uploads: PathBuf,
+    /// The node's home (which files are uploads, for a web UI session's `file.send`).
+    pub(super) home: crate::Home,
     /// Slots for authenticated WebSocket sessions.
     pub(super) sessions: Arc<tokio::sync::Semaphore>,
     /// Set when the node stops ([`super::server::ApiServer::stop`]).

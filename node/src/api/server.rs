@@ -27,6 +27,10 @@ use crate::{
 /// more (each refused with 1011) before it closes.
 const STOP_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// How often a connection opened with a web UI session looks whether it is still live
+/// (its age), whatever comes on it.
+const SESSION_AGE_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Queue of outgoing frames per connection.
 const OUTGOING_QUEUE: usize = 256;
 
@@ -81,7 +85,7 @@ pub async fn serve(
     node: Node,
     addr: SocketAddr,
     token: String,
-    home: &std::path::Path,
+    home: &crate::Home,
 ) -> Result<(SocketAddr, ApiServer), ServeError> {
     if !addr.ip().is_loopback() {
         return Err(ServeError::NotLoopback(addr));
@@ -96,8 +100,9 @@ pub async fn serve(
         node,
         token,
         bound,
-        ui: Ui::with_home(home),
-        uploads: home.join("uploads"),
+        ui: Ui::with_home(home.dir()),
+        uploads: home.uploads_dir(),
+        home: home.clone(),
         sessions: Arc::new(Semaphore::new(MAX_API_CONNECTIONS)),
         stopping: tokio::sync::watch::Sender::new(false),
     });
@@ -134,9 +139,40 @@ pub async fn serve(
 }
 
 /// Methods a connection opened with a web UI session may not call: making codes (a
-/// session would renew itself for good), writing the account's backup to a path, and
-/// stopping the node. The API token (the CLI) calls them.
-pub(super) const SESSION_DENIED: [&str; 3] = ["ui.code", "id.backup", "node.stop"];
+/// session would renew itself for good), writing the account's backup to a path, stopping
+/// the node, and changing where its mail lives or who is woken for it (home relays, the push
+/// endpoint). The API token (the CLI) calls them. A session's `file.send` takes only a file
+/// the page uploaded, and its `file.get` no `to` path (see [`session_refusal`]).
+pub(super) const SESSION_DENIED: [&str; 7] = [
+    "ui.code",
+    "id.backup",
+    "node.stop",
+    "relay.add",
+    "relay.remove",
+    "push.set",
+    "push.clear",
+];
+
+/// Why a web UI session may not make this request, if it may not: a method in
+/// [`SESSION_DENIED`], a `file.send` of a file that is not one the page uploaded (it would
+/// read any file the node can, the API token among them, and serve it back decrypted), or a
+/// `file.get` to a path (it would write anywhere).
+fn session_refusal(shared: &Shared, method: &str, params: &Value) -> Option<String> {
+    let refused = match method {
+        m if SESSION_DENIED.contains(&m) => true,
+        "file.send" => params
+            .get("path")
+            .and_then(Value::as_str)
+            .is_none_or(|p| shared.home.upload_dir(std::path::Path::new(p)).is_none()),
+        "file.get" => params.get("to").is_some_and(|t| !t.is_null()),
+        _ => false,
+    };
+    refused.then(|| match method {
+        "file.send" => "a web UI page sends only files it uploaded (POST /upload)".to_owned(),
+        "file.get" => "a web UI page reads files through GET /files, not to a path".to_owned(),
+        _ => format!("{method} is not open to the web UI; use the tern CLI"),
+    })
+}
 
 /// The error a web UI session gets for a method in [`SESSION_DENIED`].
 const SESSION_DENIED_CODE: i64 = 1023;
@@ -172,6 +208,16 @@ where
     let mut serving = tokio::task::JoinSet::new();
     let mut stop = shared.stopping.subscribe();
     let mut stopping = *stop.borrow_and_update();
+    let mut broken = None;
+    // A session ended between the upgrade's check and the watch above is seen here; one
+    // that reaches its age is seen by a look every minute, requests or not.
+    if session
+        .as_deref()
+        .is_some_and(|t| !shared.ui.session_valid(t))
+    {
+        return Ok(());
+    }
+    let mut age = tokio::time::interval(SESSION_AGE_CHECK);
     loop {
         let msg = tokio::select! {
             msg = source.next() => msg,
@@ -183,7 +229,13 @@ where
                 stopping = true;
                 continue;
             }
-            // Sessions were ended: one whose own is gone stops here.
+            // Sessions were ended, or one may have aged out: one whose own is gone stops.
+            _ = age.tick(), if session.is_some() => {
+                if session.as_deref().is_some_and(|t| !shared.ui.session_valid(t)) {
+                    break;
+                }
+                continue;
+            }
             Ok(()) = ended.changed(), if session.is_some() => {
                 if session.as_deref().is_some_and(|t| !shared.ui.session_valid(t)) {
                     break;
@@ -191,11 +243,7 @@ where
                 continue;
             }
         };
-        let Some(msg) = msg else {
-            // The client left: what it asked for still runs to its end.
-            serving.detach_all();
-            break;
-        };
+        let Some(msg) = msg else { break };
         // A session also ends by its age, between two requests.
         if session
             .as_deref()
@@ -203,10 +251,14 @@ where
         {
             break;
         }
-        let text = match msg? {
-            Message::Text(t) => t.to_string(),
-            Message::Close(_) => break,
-            _ => continue,
+        let text = match msg {
+            Ok(Message::Text(t)) => t.to_string(),
+            Ok(Message::Close(_)) => break,
+            Ok(_) => continue,
+            Err(e) => {
+                broken = Some(e);
+                break;
+            }
         };
         let req: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
@@ -234,8 +286,9 @@ where
             let _ = out_tx.send(reply).await;
             continue;
         }
-        if session.is_some() && SESSION_DENIED.contains(&method.as_str()) {
-            let why = format!("{method} is not open to the web UI; use the tern CLI");
+        if session.is_some()
+            && let Some(why) = session_refusal(&shared, &method, &params)
+        {
             let _ = out_tx
                 .send(error_response(id, SESSION_DENIED_CODE, &why))
                 .await;
@@ -315,12 +368,17 @@ where
             let _ = out.send(reply).await;
         });
     }
+    if !stopping {
+        // The client left, or its session ended: what it asked for still runs to its end
+        // (its answer has nowhere to go).
+        serving.detach_all();
+    }
     if let Some(events) = events {
         events.abort();
     }
     drop(out_tx);
     let _ = writer.await;
-    Ok(())
+    broken.map_or(Ok(()), Err)
 }
 
 fn spawn_events(node: Node, out: mpsc::Sender<String>) -> tokio::task::JoinHandle<()> {

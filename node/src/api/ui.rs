@@ -194,11 +194,17 @@ impl Ui {
         let mut sessions = self.sessions.lock().ok()?;
         let now = crate::home::now_ms();
         sessions.retain(|(_, made)| live(*made, now));
-        if sessions.len() >= MAX_SESSIONS {
+        let evicted = sessions.len() >= MAX_SESSIONS;
+        if evicted {
             sessions.pop_front();
         }
         sessions.push_back((token_hash(&token), now));
         self.save(&sessions);
+        drop(sessions);
+        if evicted {
+            // The oldest page's socket closes now, as for a sign-out.
+            self.ended.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Some(token)
     }
 

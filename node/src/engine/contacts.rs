@@ -216,16 +216,7 @@ impl Engine {
             }
         };
         let name = checked;
-        let parsed = match self.check_link(&link, accept_new_key).and_then(|parsed| {
-            let user = match &parsed {
-                Link::Full(l) => l.user_id,
-                Link::Short(s) => s.user_id,
-            };
-            match &name {
-                Some(n) => self.check_name_free(n, &user).map(|()| parsed),
-                None => Ok(parsed),
-            }
-        }) {
+        let parsed = match self.check_add(&link, name.as_deref(), accept_new_key) {
             Ok(parsed) => parsed,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -240,7 +231,9 @@ impl Engine {
                 let fetch = fetch_link_list(self.net.clone(), s);
                 self.off_task(reply, fetch, move |engine, fetched, reply| {
                     // Checked again: the contact may have changed while the list came.
-                    let checked = engine.check_link(&link, accept_new_key).and(fetched);
+                    let checked = engine
+                        .check_add(&link, name.as_deref(), accept_new_key)
+                        .and(fetched);
                     match checked {
                         Ok(l) => engine.save_link(l, name, reply),
                         Err(e) => {
@@ -251,6 +244,26 @@ impl Engine {
                 });
             }
         }
+    }
+
+    /// What `contact add` checks, before anything goes to the network and again once it
+    /// came back: the link ([`Self::check_link`]), and that the name given is not another
+    /// contact's.
+    fn check_add(
+        &mut self,
+        link: &str,
+        name: Option<&str>,
+        accept_new_key: bool,
+    ) -> Result<Link, NodeError> {
+        let parsed = self.check_link(link, accept_new_key)?;
+        if let Some(n) = name {
+            let user = match &parsed {
+                Link::Full(l) => l.user_id,
+                Link::Short(s) => s.user_id,
+            };
+            self.check_name_free(n, &user)?;
+        }
+        Ok(parsed)
     }
 
     /// What `contact add` checks of a link before anything goes to the network: it parses,
@@ -611,12 +624,18 @@ async fn fetch_link_list(
 }
 
 /// A contact's name as given (`contact add --name`, `contact.rename`): trimmed, 1 to
-/// [`MAX_NAME_BYTES`] bytes, no control characters (it is shown in terminals and lists).
+/// [`MAX_NAME_BYTES`] bytes, no control, reordering or invisible characters
+/// ([`crate::text::is_hidden_or_control`]: it is shown in terminals and lists, and two names
+/// that look the same would be two contacts).
 fn check_name(name: &str) -> Result<String, NodeError> {
     let name = name.trim();
-    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+    if name.is_empty()
+        || name.len() > MAX_NAME_BYTES
+        || name.chars().any(crate::text::is_hidden_or_control)
+    {
         return Err(NodeError::BadRequest(format!(
-            "a name must be 1 to {MAX_NAME_BYTES} bytes of text, without control characters"
+            "a name must be 1 to {MAX_NAME_BYTES} bytes of visible text (no control, \
+             reordering or invisible characters)"
         )));
     }
     Ok(name.to_owned())

@@ -23,15 +23,36 @@ type Fan = (MessageId, Vec<u8>, Vec<(String, String)>, u32);
 type FanTarget = (String, PeerId, Option<tern_crypto::grant::Grant>);
 
 impl Engine {
-    /// `device` came online (or away) and drains its mailboxes: its lanes and its group
+    /// `devices` came online (or away) and drain their mailboxes: their lanes and group
     /// fan-out rows go now, whatever their backoff, so rows a full mailbox share refused
-    /// follow it back at once rather than after up to [`RETRY_MAX`] each.
+    /// follow them back at once rather than after up to [`RETRY_MAX`] each. A lane at a
+    /// relay whose last dial failed waits on (it would only fail again and wait longer);
+    /// one transaction and one look at the fan-outs for them all.
     ///
     /// [`RETRY_MAX`]: crate::consts::RETRY_MAX
-    pub(crate) fn deliver_now_to(&mut self, device: &str) {
-        self.start_lanes(device);
+    pub(crate) fn deliver_now_to(&mut self, devices: &[String]) {
+        if devices.is_empty() {
+            return;
+        }
+        for device in devices {
+            for relay in self.lane_relays(device, None) {
+                let known_down = relay.is_some_and(|r| {
+                    !self.relays.relay_up.contains(&r) && self.relays.dial_problems.contains_key(&r)
+                });
+                if !known_down {
+                    self.start_lane(device, relay, None);
+                }
+            }
+        }
         let now = self.clock.now_ms();
-        match self.store.transaction(|tx| tx.fanout_due_now(device, now)) {
+        let moved = self.store.transaction(|tx| {
+            let mut moved = 0;
+            for device in devices {
+                moved += tx.fanout_due_now(device, now)?;
+            }
+            Ok::<_, tern_store::WriteError>(moved)
+        });
+        match moved {
             Ok(0) => {}
             Ok(_) => self.dispatch_fanouts(false),
             Err(e) => tracing::error!("moving up group rows failed: {e}"),

@@ -202,6 +202,7 @@ impl Engine {
     /// [`Self::deliver_now_to`]).
     pub(crate) fn on_presence(&mut self, relay: PeerId, entries: Vec<presence::Entry>) {
         let mut changed = HashSet::new();
+        let mut came_up = Vec::new();
         for e in entries {
             if let Some(user) = self.people.device_owner.get(&e.peer).copied() {
                 changed.insert(user);
@@ -212,12 +213,13 @@ impl Engine {
                     self.maybe_dial(e.peer, &user, Some(relay), 0);
                     self.relays.redials.remove(&e.peer);
                     if !was_up {
-                        self.deliver_now_to(&e.peer.to_string());
+                        came_up.push(e.peer.to_string());
                     }
                 }
             }
             self.keep_presence(relay, e);
         }
+        self.deliver_now_to(&came_up);
         self.emit_presence(changed);
     }
 

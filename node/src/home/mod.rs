@@ -57,6 +57,10 @@ pub struct Config {
     /// The embedded relay's TCP port once chosen, so its address stays the same across runs
     /// (contacts keep it from the contact link).
     pub embedded_relay_port: Option<u16>,
+    /// The local API's port of the last run, taken again when free and no port is asked
+    /// for, so a web UI page left open reconnects after a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_port: Option<u16>,
     /// The push endpoint registered at every home relay (`tern push set`), if any. It is a
     /// capability for the push service: never logged, and the file is written 0600.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -232,6 +236,23 @@ impl Home {
     pub fn node_file_path(&self) -> PathBuf {
         self.dir.join("node.json")
     }
+    /// Where files the web UI uploads for sending wait until staged (`POST /upload`), one
+    /// directory per upload.
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.dir.join("uploads")
+    }
+
+    /// The upload directory (`uploads/<id>/`) `source` is the file of, if it is one: a file
+    /// the web UI uploaded for sending. Both sides are resolved on disk (no `..`, no link),
+    /// so a path that only names `uploads` on its way elsewhere is not one; `None` when
+    /// either is missing.
+    pub fn upload_dir(&self, source: &Path) -> Option<PathBuf> {
+        let uploads = std::fs::canonicalize(self.uploads_dir()).ok()?;
+        let source = std::fs::canonicalize(source).ok()?;
+        let dir = source.parent()?;
+        (dir.parent()? == uploads && source.is_file()).then(|| dir.to_owned())
+    }
+
     /// The embedded relay's data directory.
     pub fn relay_dir(&self) -> PathBuf {
         self.dir.join("relay")
@@ -644,6 +665,27 @@ mod tests {
         ));
         drop(held);
         assert!(home.lock().is_ok(), "free again once let go");
+    }
+
+    #[test]
+    fn only_a_file_in_an_upload_directory_is_an_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let up = home.uploads_dir().join("0123abcd");
+        std::fs::create_dir_all(&up).unwrap();
+        std::fs::write(up.join("photo.jpg"), b"x").unwrap();
+        std::fs::write(dir.path().join("store.db"), b"x").unwrap();
+        let canonical = std::fs::canonicalize(&up).unwrap();
+        assert_eq!(home.upload_dir(&up.join("photo.jpg")), Some(canonical));
+        for not in [
+            home.uploads_dir().join("..").join("store.db"),
+            up.join("..").join("..").join("store.db"),
+            dir.path().join("store.db"),
+            up.clone(),
+            up.join("missing"),
+        ] {
+            assert_eq!(home.upload_dir(&not), None, "{}", not.display());
+        }
     }
 
     #[test]

@@ -199,7 +199,6 @@ fn join_relay(transport: &[u8], key: [u8; KEY_BYTES]) -> Result<Multiaddr, LinkE
     Ok(addr.with(Protocol::P2p(peer)))
 }
 
-/// Whether a link text (after trimming) starts with the scheme, in either case.
 /// Whether `payload` (the text after the prefix) is no longer than a short link: then it
 /// is read as one (a long link, base58 of about 1 KiB, never is this short), so that a
 /// damaged short link is told apart as such.
@@ -210,6 +209,7 @@ pub(super) fn fits_short(payload: &str) -> bool {
 /// What a short link cut short is told.
 const INCOMPLETE: &str = "the link is incomplete: copy the whole link again";
 
+/// The text after the scheme (`tern:`, in either case), if `text` starts with it.
 pub(super) fn strip_prefix(text: &str) -> Option<&str> {
     let head = text.get(..LINK_PREFIX.len())?;
     head.eq_ignore_ascii_case(LINK_PREFIX)

@@ -274,10 +274,10 @@ impl Engine {
     /// alone: its `file.send` may be on its way. Run at start and every
     /// [`UPLOAD_SWEEP_HEARTBEATS`](crate::consts::UPLOAD_SWEEP_HEARTBEATS) heartbeats.
     pub(crate) fn sweep_uploads(&self) {
-        let uploads = self.me.home.dir().join("uploads");
-        let Ok(entries) = std::fs::read_dir(&uploads) else {
+        let Ok(entries) = std::fs::read_dir(self.me.home.uploads_dir()) else {
             return;
         };
+        let home = &self.me.home;
         let waiting: Vec<PathBuf> = match self
             .store
             .transfers(&[TransferState::Queued, TransferState::Active])
@@ -285,7 +285,9 @@ impl Engine {
             Ok(t) => t
                 .iter()
                 .filter_map(|t| match TransferData::decode(&t.data) {
-                    Ok(TransferData::Up(u)) if u.staged.is_none() => Some(PathBuf::from(u.source)),
+                    Ok(TransferData::Up(u)) if u.staged.is_none() => {
+                        home.upload_dir(Path::new(&u.source))
+                    }
                     _ => None,
                 })
                 .collect(),
@@ -295,12 +297,14 @@ impl Engine {
             }
         };
         for entry in entries.flatten() {
-            let dir = entry.path();
+            let Ok(dir) = std::fs::canonicalize(entry.path()) else {
+                continue;
+            };
             let young = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .map_or(true, |t| t.elapsed().map_or(true, |age| age < UPLOAD_KEEP));
-            if young || waiting.iter().any(|s| s.starts_with(&dir)) {
+            if young || waiting.contains(&dir) {
                 continue;
             }
             if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -500,12 +504,8 @@ impl Engine {
                     return;
                 };
                 // A file the web UI uploaded for sending is not needed once staged.
-                let source = Path::new(&up.source);
-                if source.starts_with(self.me.home.dir().join("uploads")) {
-                    let _ = std::fs::remove_file(source);
-                    if let Some(dir) = source.parent() {
-                        let _ = std::fs::remove_dir(dir);
-                    }
+                if let Some(dir) = self.me.home.upload_dir(Path::new(&up.source)) {
+                    let _ = std::fs::remove_dir_all(dir);
                 }
                 let staged = match result {
                     Ok(s) => s,

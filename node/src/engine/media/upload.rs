@@ -230,9 +230,11 @@ impl Engine {
                 max: MAX_TEXT_BYTES,
             });
         }
-        let source = std::path::absolute(path).map_err(|e| NodeError::Media {
+        // Resolved on disk (no `..`, no link): what is read, and what the upload sweep and
+        // the deletion of a staged upload compare, is the file itself.
+        let source = std::fs::canonicalize(path).map_err(|e| NodeError::Media {
             code: "not_found",
-            message: format!("{path}: {e}"),
+            message: format!("cannot read {path}: {e}"),
         })?;
         let meta = std::fs::metadata(&source).map_err(|e| NodeError::Media {
             code: "not_found",

@@ -200,6 +200,20 @@ async fn a_device_coming_online_sends_its_waiting_lane_at_once() {
         [vec![1], vec![1], vec![2], vec![2]]
     );
     assert_eq!(attempts(&alice), None);
+
+    // A lane at a relay whose last dial failed is not started by it: it would fail again.
+    queue_text(&mut alice, &user, &device, 3);
+    alice.courier.answer(share_full());
+    alice.engine.dispatch_lanes(false);
+    alice.settle().await;
+    alice.engine.relays.dial_problems.insert(
+        relay,
+        crate::net::DialProblem::Unreachable("connection refused".into()),
+    );
+    alice.engine.on_presence(relay, told(State::Offline));
+    alice.engine.on_presence(relay, told(State::Online));
+    assert!(waiting(&alice), "the relay is known to be down");
+    assert_eq!(attempts(&alice), Some(1));
 }
 
 /// Group fan-out rows likewise: one that failed waits its backoff until the device comes
