@@ -96,7 +96,6 @@ describe('security', () => {
         ['id.backup', { path: path.join(alice.home, 'b.tern'), passphrase: 'a long enough passphrase' }],
         ['node.stop', {}],
         ['relay.remove', { addr: '/ip4/127.0.0.1/tcp/1' }],
-        ['push.set', { url: 'https://push.example/x' }],
         // Any file but one the page uploaded: the API token among them, also by a path
         // that only passes through uploads/.
         ['file.send', { contact: 'Nobody', path: path.join(alice.home, 'api.token') }],

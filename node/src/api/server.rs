@@ -140,17 +140,15 @@ pub async fn serve(
 
 /// Methods a connection opened with a web UI session may not call: making codes (a
 /// session would renew itself for good), writing the account's backup to a path, stopping
-/// the node, and changing where its mail lives or who is woken for it (home relays, the push
-/// endpoint). The API token (the CLI) calls them. A session's `file.send` takes only a file
+/// the node, and changing where its mail lives (home relays). The API token (the CLI) calls
+/// them. A session's `file.send` takes only a file
 /// the page uploaded, and its `file.get` no `to` path (see [`session_refusal`]).
-pub(super) const SESSION_DENIED: [&str; 7] = [
+pub(super) const SESSION_DENIED: [&str; 5] = [
     "ui.code",
     "id.backup",
     "node.stop",
     "relay.add",
     "relay.remove",
-    "push.set",
-    "push.clear",
 ];
 
 /// Why a web UI session may not make this request, if it may not: a method in
