@@ -43,7 +43,10 @@ fn crypto_suite_reports_every_figure_with_its_baseline() {
     }
 }
 
-/// `name` is in `rows` with a positive value, baseline and ratio, a unit and a baseline name.
+/// `name` is in `rows` with a positive baseline, a value and ratio that are numbers and not
+/// negative, a unit and a baseline name. (A value may be 0: some figures are the time a slow
+/// link adds over loopback, which one quick sample on a loaded machine can show as none;
+/// what the figures are is the benchmark's business, not this test's.)
 fn assert_compared(rows: &[serde_json::Value], name: &str) {
     let row = rows
         .iter()
@@ -53,8 +56,9 @@ fn assert_compared(rows: &[serde_json::Value], name: &str) {
         let v = row[field]
             .as_f64()
             .unwrap_or_else(|| panic!("{name}.{field} not a number"));
-        assert!(v.is_finite() && v > 0.0, "{name}.{field} = {v}");
+        assert!(v.is_finite() && v >= 0.0, "{name}.{field} = {v}");
     }
+    assert!(row["baseline_value"].as_f64() > Some(0.0), "{name}: {row}");
     assert!(row["unit"].is_string() && row["baseline"].is_string());
 }
 
