@@ -457,6 +457,29 @@ fn queue_text(h: &mut Harness, user: &str, device: &str, n: u8) -> MessageId {
     id(n)
 }
 
+/// A group text 10 this device sent in a conversation named by `user`, with one shared
+/// ciphertext (`megolm`) for each of `shared` (user, device), recorded as the group send
+/// path does, at the clock's time.
+fn queue_group_text(h: &mut Harness, user: &str, shared: &[(String, String)]) -> MessageId {
+    let now = h.clock.now_ms();
+    let message = h
+        .engine
+        .own_text(id(10), user, (10, 10), now, Body::Text("g".into()));
+    h.engine
+        .store
+        .transaction(|tx| -> Result<_, tern_store::WriteError> {
+            tx.ensure_conversation(
+                &ConversationId(user.to_owned()),
+                ConversationKind::Group,
+                None,
+                now,
+            )?;
+            tx.record_outgoing_fanout(&message, &[], &[], b"megolm", shared, now)
+        })
+        .unwrap();
+    id(10)
+}
+
 /// A text `seq` received from `sender`'s one device, as stored at the clock's time.
 fn received(h: &Harness, sender: &str, seq: u64) -> Message {
     let now = h.clock.now_ms();

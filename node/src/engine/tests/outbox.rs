@@ -11,9 +11,8 @@ use tern_relay::wire::{
 use tern_store::Status;
 
 use libp2p::PeerId;
-use tern_store::{Body, ConversationId, ConversationKind};
 
-use super::{Harness, T0_MS, id, other_device, queue_text};
+use super::{Harness, T0_MS, other_device, queue_group_text, queue_text};
 use crate::{
     consts::{LANE_BATCH, RETRY_BASE, RETRY_MAX},
     engine::{relay_peer, send::backoff},
@@ -226,27 +225,11 @@ async fn a_device_coming_online_gets_its_waiting_group_rows_at_once() {
     let peer = bob.peer();
     let relay = relay_peer(&bob.engine.relays.home_relays[0]).unwrap();
     let user = bob.engine.me.user_hex.clone();
-    let now = alice.clock.now_ms();
-    let message = alice
-        .engine
-        .own_text(id(10), &user, (10, 10), now, Body::Text("g".into()));
     let shared = [
         (user.clone(), peer.to_string()),
         (user.clone(), other_device()),
     ];
-    alice
-        .engine
-        .store
-        .transaction(|tx| -> Result<_, tern_store::WriteError> {
-            tx.ensure_conversation(
-                &ConversationId(user.clone()),
-                ConversationKind::Group,
-                None,
-                now,
-            )?;
-            tx.record_outgoing_fanout(&message, &[], &[], b"megolm", &shared, now)
-        })
-        .unwrap();
+    queue_group_text(&mut alice, &user, &shared);
     alice.courier.set_down(relay, true);
     alice.engine.dispatch_fanouts(false);
     alice

@@ -3,9 +3,9 @@
 //! every relay took it; a group row likewise, retried only where it was not taken.
 
 use libp2p::PeerId;
-use tern_store::{Body, ConversationId, ConversationKind, MessageId, Status};
+use tern_store::{MessageId, Status};
 
-use super::{Harness, id, other_device, queue_text};
+use super::{Harness, id, other_device, queue_group_text, queue_text};
 use crate::{
     consts::OUTBOX_BATCH,
     engine::{relay_peer, send::backoff},
@@ -102,24 +102,7 @@ async fn a_group_row_goes_to_every_relay_and_again_only_where_it_was_not_taken()
     let (mut alice, bob, device, relays) = alice_and_bob_at_two_relays().await;
     // A group text whose one shared ciphertext goes to Bob's device (as the group send
     // path records it).
-    let now = alice.clock.now_ms();
-    let message = alice
-        .engine
-        .own_text(id(10), &bob, (10, 10), now, Body::Text("g".into()));
-    let shared = [(bob.clone(), device.clone())];
-    alice
-        .engine
-        .store
-        .transaction(|tx| -> Result<_, tern_store::WriteError> {
-            tx.ensure_conversation(
-                &ConversationId(bob.clone()),
-                ConversationKind::Group,
-                None,
-                now,
-            )?;
-            tx.record_outgoing_fanout(&message, &[], &[], b"megolm", &shared, now)
-        })
-        .unwrap();
+    queue_group_text(&mut alice, &bob, &[(bob.clone(), device.clone())]);
     alice.courier.set_down(relays[0], true);
     alice.engine.dispatch_fanouts(false);
     // Both relays' answers are in (whatever else reports meanwhile).
