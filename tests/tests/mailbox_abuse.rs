@@ -28,7 +28,7 @@ const LIMITS: &str = "[mailbox]\nmax_messages = 2000\nintro_max_messages = 300\n
 
 fn texts_from(node: &Node, contact: &str) -> Vec<String> {
     let h = node
-        .json(&["history", contact, "--limit", "1000"])
+        .json(&["history", contact, "--limit", "500"])
         .unwrap_or(Value::Null);
     h.as_array()
         .map(|a| {
