@@ -139,6 +139,18 @@ async fn a_reconnect_sends_a_waiting_lane_at_once() {
     assert_eq!(head(&h, &device), None);
 }
 
+/// Queues text `n` to `device` of `user` and lets its lane go once: the relay refuses it,
+/// its mailbox share full, so the row waits its backoff.
+async fn refused_at_first(h: &mut Harness, user: &str, device: &str, n: u8) {
+    queue_text(h, user, device, n);
+    h.courier.answer(Err(NetError::Rejected(Rejection {
+        code: ErrorCode::ShareFull,
+        retry_after_ms: None,
+    })));
+    h.engine.dispatch_lanes(false);
+    h.settle().await;
+}
+
 /// A row a full mailbox share refused waits its backoff; when a relay tells that the device
 /// came online (it drains its mailbox now), its lane goes at once. Told again while the
 /// device is still up, or told it is offline, nothing starts before the backoff.
@@ -158,22 +170,13 @@ async fn a_device_coming_online_sends_its_waiting_lane_at_once() {
             last_seen_ms: None,
         }]
     };
-    let share_full = || {
-        Err(NetError::Rejected(Rejection {
-            code: ErrorCode::ShareFull,
-            retry_after_ms: None,
-        }))
-    };
     let waiting = |h: &Harness| h.engine.outbox.lanes_busy.is_empty();
     let attempts = |h: &Harness| {
         let rows = h.engine.store.lane_at(&device, &relay.to_string(), 10);
         rows.unwrap().first().map(|r| r.attempts)
     };
 
-    queue_text(&mut alice, &user, &device, 1);
-    alice.courier.answer(share_full());
-    alice.engine.dispatch_lanes(false);
-    alice.settle().await;
+    refused_at_first(&mut alice, &user, &device, 1).await;
     assert_eq!(attempts(&alice), Some(1));
     alice.engine.on_presence(relay, told(State::Offline));
     assert!(waiting(&alice), "an offline device drains nothing");
@@ -183,10 +186,7 @@ async fn a_device_coming_online_sends_its_waiting_lane_at_once() {
     assert_eq!(attempts(&alice), None);
 
     // Still online: a refusal now waits its backoff, whatever the relay says again.
-    queue_text(&mut alice, &user, &device, 2);
-    alice.courier.answer(share_full());
-    alice.engine.dispatch_lanes(false);
-    alice.settle().await;
+    refused_at_first(&mut alice, &user, &device, 2).await;
     assert_eq!(attempts(&alice), Some(1));
     alice.engine.on_presence(relay, told(State::Away));
     assert!(waiting(&alice), "the device was up already");
@@ -201,10 +201,7 @@ async fn a_device_coming_online_sends_its_waiting_lane_at_once() {
     assert_eq!(attempts(&alice), None);
 
     // A lane at a relay whose last dial failed is not started by it: it would fail again.
-    queue_text(&mut alice, &user, &device, 3);
-    alice.courier.answer(share_full());
-    alice.engine.dispatch_lanes(false);
-    alice.settle().await;
+    refused_at_first(&mut alice, &user, &device, 3).await;
     alice.engine.relays.dial_problems.insert(
         relay,
         crate::net::DialProblem::Unreachable("connection refused".into()),
