@@ -252,8 +252,8 @@ impl Tx<'_> {
     }
 
     /// Removes every row still queued for `device` (a revoked device: nothing more goes to
-    /// it), lane and fan-out rows alike. Returns the messages whose last row went (they are
-    /// [`crate::Status::Sent`] now, as if delivered: what is left of them went elsewhere).
+    /// it), lane and fan-out rows alike. Returns the messages that became
+    /// [`crate::Status::Sent`] by it (as if delivered: what is left of them went elsewhere).
     pub fn drop_device_rows(&mut self, device: &str) -> Result<Vec<MessageId>, WriteError> {
         const OP: &str = "drop a device's rows";
         let rows: Vec<i64> = self

@@ -195,8 +195,8 @@ impl Tx<'_> {
     }
 
     /// Lets go of `device`'s rows (lane and fan-out) that every relay of `relays` took: its
-    /// set changed, and a relay no longer in it is not waited for. Returns the messages whose
-    /// last row went.
+    /// set changed, and a relay no longer in it is not waited for. Returns the messages that
+    /// became [`crate::Status::Sent`] by it.
     pub fn settle_device_rows(
         &mut self,
         device: &str,
