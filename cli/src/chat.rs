@@ -20,11 +20,15 @@ pub(crate) async fn send(
     json: bool,
     contact: String,
     text: String,
+    client_id: Option<String>,
 ) -> Result<(), Failure> {
     let text = text_arg(text)?;
     let v = client(home)
         .await?
-        .call("send", json!({"contact": contact, "text": text}))
+        .call(
+            "send",
+            json!({"contact": contact, "text": text, "client_id": client_id}),
+        )
         .await?;
     show(&v, json, |m: MessageInfo| outln!("{}", m.id))
 }

@@ -18,9 +18,14 @@ use crate::{
 pub(crate) async fn run(home: &Home, json: bool, cmd: GroupCmd) -> Result<(), Failure> {
     // Read standard input before connecting, so a slow writer does not hold a connection.
     let cmd = match cmd {
-        GroupCmd::Send { group, text } => GroupCmd::Send {
+        GroupCmd::Send {
+            group,
+            text,
+            client_id,
+        } => GroupCmd::Send {
             group,
             text: text_arg(text)?,
+            client_id,
         },
         other => other,
     };
@@ -74,9 +79,16 @@ pub(crate) async fn run(home: &Home, json: bool, cmd: GroupCmd) -> Result<(), Fa
                 }
             })
         }
-        GroupCmd::Send { group, text } => {
+        GroupCmd::Send {
+            group,
+            text,
+            client_id,
+        } => {
             let v = c
-                .call("group_send", json!({"group": group, "text": text}))
+                .call(
+                    "group_send",
+                    json!({"group": group, "text": text, "client_id": client_id}),
+                )
                 .await?;
             show(&v, json, |m: MessageInfo| outln!("{}", m.id))
         }

@@ -132,7 +132,11 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
         Cmd::Contact { cmd } => contact::run(&home, json, cmd).await,
         Cmd::SafetyNumber { contact } => contact::safety_number(&home, json, contact).await,
         Cmd::Verify { contact, scanned } => contact::verify(&home, json, contact, scanned).await,
-        Cmd::Send { contact, text } => chat::send(&home, json, contact, text).await,
+        Cmd::Send {
+            contact,
+            text,
+            client_id,
+        } => chat::send(&home, json, contact, text, client_id).await,
         Cmd::History {
             contact,
             limit,

@@ -78,6 +78,10 @@ pub(crate) enum Cmd {
         contact: String,
         /// The text, or `-` for standard input.
         text: String,
+        /// Your own key for this text (1 to 64 visible ASCII characters): sent again under
+        /// the same key within 30 days, it is not sent twice.
+        #[arg(long, value_name = "KEY")]
+        client_id: Option<String>,
     },
     /// Send a file or an image (up to 100 MiB) to a contact or, with --group, to a group;
     /// shows progress until the relay holds it, then prints the message id. An image is sent
@@ -271,6 +275,9 @@ pub(crate) enum GroupCmd {
         group: String,
         /// The text, or `-` for standard input.
         text: String,
+        /// Your own key for this text, as for `tern send --client-id`.
+        #[arg(long, value_name = "KEY")]
+        client_id: Option<String>,
     },
     /// Show a group's conversation in display order (marks it read).
     History {

@@ -182,14 +182,21 @@ impl Node {
 
     /// Queues a text to a contact and returns its pending reply (see [`Pending`]): texts
     /// queued one after another are sent in that order. [`Node::send`] waits for it.
+    ///
+    /// `client` is the caller's own key for the text (`client_id` in the API, 1 to 64
+    /// visible ASCII characters): a text sent again under a key it was sent under in the
+    /// last 30 days is not sent twice; the answer is the message already sent, as it
+    /// stands now. A key used for another text or conversation is refused.
     pub async fn queue_send(
         &self,
         contact: String,
         text: String,
+        client: Option<String>,
     ) -> Result<Pending<MessageInfo>, NodeError> {
         self.queue(|reply| Command::Send {
             contact,
             text,
+            client,
             reply,
         })
         .await
@@ -200,9 +207,17 @@ impl Node {
         &self,
         group: String,
         text: String,
+        client: Option<String>,
     ) -> Result<Pending<MessageInfo>, NodeError> {
-        self.queue(|reply| Command::Group(GroupCommand::Send { group, text, reply }))
-            .await
+        self.queue(|reply| {
+            Command::Group(GroupCommand::Send {
+                group,
+                text,
+                client,
+                reply,
+            })
+        })
+        .await
     }
 
     /// This user and device.
@@ -253,7 +268,7 @@ impl Node {
 
     /// Sends a text to a contact (name or user id).
     pub async fn send(&self, contact: String, text: String) -> Result<MessageInfo, NodeError> {
-        self.queue_send(contact, text).await?.wait().await
+        self.queue_send(contact, text, None).await?.wait().await
     }
 
     /// A page of a conversation in display order; `mark_read` marks it read and sends read
@@ -545,7 +560,7 @@ impl Node {
 
     /// Sends a text to a group: encrypted once with this device's sender key.
     pub async fn group_send(&self, group: String, text: String) -> Result<MessageInfo, NodeError> {
-        self.queue_group_send(group, text).await?.wait().await
+        self.queue_group_send(group, text, None).await?.wait().await
     }
 
     /// A page of a group's history in display order (the same order on every member

@@ -4,7 +4,7 @@ import { Client, RpcError, SessionExpired, authedFetch, sessionFromHash, storedT
 import { getState, setState, toast, errorText } from './store.js';
 import { applyReceipt, prependOlder, statusRank, theirCount, unreadAnchor, upsert } from './timeline.js';
 import { notifyMessage } from './notify.js';
-import { addUnsent, dropUnsent, findSent, forgetStored, loadUnsent, patchUnsent, setUnsentState } from './outbox.js';
+import { addUnsent, dropUnsent, forgetStored, loadUnsent, patchUnsent, setUnsentState } from './outbox.js';
 
 /** Messages per history page. */
 export const PAGE = 50;
@@ -18,6 +18,8 @@ const REFRESH_DELAY_MS = 300;
 /** `history`'s largest page; pages of it are loaded back to the first unread message, at most
  * this many. */
 const HISTORY_MAX = 500;
+/** After a call went unanswered on an open socket, its text is sent again this much later. */
+const RESEND_DELAY_MS = 1000;
 const UNREAD_MAX_PAGES = 4;
 /** API error: the node is stopping and did not take the request (docs/api.md "Errors"). */
 const NODE_STOPPING = 1011;
@@ -385,20 +387,19 @@ export function pumpUnsent(id) {
 
 async function sendUnsent(item) {
   const id = item.conversation;
-  const params = Object.assign(item.group ? { group: id } : { contact: id }, { text: item.text });
+  const params = Object.assign(item.group ? { group: id } : { contact: id }, { text: item.text, client_id: item.key });
   setUnsentState(id, item.id, 'sending');
   let m;
   try {
     m = await call(item.group ? 'group_send' : 'send', params);
   } catch (e) {
     if (e instanceof SessionExpired) return;
-    if (e.unanswered) {
-      // The node may have stored it: looked up once connected again.
-      setUnsentState(id, item.id, 'checking');
-      if (client.state === 'open') checkUnsent(id);
-    } else if (e instanceof RpcError && e.code === NODE_STOPPING) {
-      // Refused untaken by a node that is stopping: sent again once one is back.
+    if (e.unanswered || (e instanceof RpcError && e.code === NODE_STOPPING)) {
+      // Sent again under its key once connected again (or in a moment, if the socket stayed
+      // open): if the node took it, it answers with the message it has rather than sending
+      // a second one. A stopping node is waited for until the page reconnects.
       setUnsentState(id, item.id, 'queued');
+      if (e.unanswered) setTimeout(() => pumpUnsent(id), RESEND_DELAY_MS);
     } else if (e instanceof RpcError) {
       setUnsentState(id, item.id, 'failed', errorText(e));
       toast('Not sent: ' + errorText(e), 'error');
@@ -414,47 +415,9 @@ async function sendUnsent(item) {
   noteInConv(m);
 }
 
-/** Once connected: unanswered texts are looked up, then what waits is sent. */
+/** Once connected: what waits is sent, in order. */
 function resumeUnsent() {
-  for (const id of Object.keys(getState().unsent)) {
-    if ((getState().unsent[id] || []).some((x) => x.state === 'checking')) checkUnsent(id);
-    else pumpUnsent(id);
-  }
-}
-
-const checking = new Set();
-
-/**
- * Texts written to the socket whose answer never came: the node has them if its history
- * shows them (then they were sent); if not, they are shown as failed, to be sent again only
- * by the person (Retry), never silently twice.
- */
-async function checkUnsent(id) {
-  if (checking.has(id)) return;
-  checking.add(id);
-  try {
-    const items = (getState().unsent[id] || []).filter((x) => x.state === 'checking');
-    if (!items.length) return;
-    const group = items[0].group;
-    const history = await call(group ? 'group_history' : 'history', Object.assign(group ? { group: id } : { contact: id }, { limit: HISTORY_MAX }));
-    const claimed = new Set();
-    for (const item of items) {
-      const m = findSent(history, item, claimed);
-      if (m) {
-        claimed.add(m.id);
-        dropUnsent(id, item.id);
-        const chat = getState().chats[id];
-        if (chat && chat.loaded) patchChat(id, (c) => Object.assign({}, c, { messages: upsert(c.messages, withReceipts(m)) }));
-      } else {
-        setUnsentState(id, item.id, 'failed', 'The node did not confirm it: it may not have been sent');
-      }
-    }
-  } catch {
-    /* tried again on the next connection */
-  } finally {
-    checking.delete(id);
-  }
-  pumpUnsent(id);
+  for (const id of Object.keys(getState().unsent)) pumpUnsent(id);
 }
 
 /** Sends a failed text again (Retry), or every failed text of the chat (Retry all). */

@@ -5,13 +5,14 @@
 // limit: a longer one could never be sent), and at most MAX_DRAFTS drafts of that size.
 //
 // An unsent text is, in `state.unsent[conversation]`, in the order it was typed:
-//   queued    not handed to the node yet: sent (in order) whenever the socket is open
+//   queued    not handed to the node yet, or handed and its answer lost (the socket closed,
+//             the page reloaded): sent (in order) whenever the socket is open
 //   sending   written to the socket, no answer yet
-//   checking  written, but the answer was lost (the socket closed, the page reloaded): once
-//             connected again the page looks for it in the history; found, it was sent;
-//             not found, it is shown as failed and sent again only when the person says so,
-//             so nothing is ever sent twice without their knowing
 //   failed    the node refused it (`error` says why); Retry / Retry all / Dismiss
+//
+// Each text has its own key (`key`), sent as the call's `client_id`: the node sends a text
+// once under its key, so a text whose answer was lost is simply sent again, and if the node
+// had taken it, it answers with the message it has instead of sending a second one.
 
 import { getState, setState } from './store.js';
 
@@ -23,10 +24,16 @@ const UNSENT_KEY = 'tern.unsent';
 const DRAFTS_KEY = 'tern.drafts';
 /** Typing is written to storage after this pause (and when the page goes away). */
 const DRAFT_SAVE_DELAY_MS = 300;
-/** How far back (ms) before a text was typed a stored copy of it may have been sent. */
-const CLOCK_SLACK_MS = 2000;
-
 const HEX32 = /^[0-9a-f]{32}$/i;
+/** A client key the node takes: 1 to 64 visible ASCII characters. */
+const KEY = /^[\x21-\x7e]{1,64}$/;
+
+/** A fresh key for a text (128 random bits). */
+function newKey() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return 'ui-' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
 
 function textBytes(t) {
   return new TextEncoder().encode(t).length;
@@ -68,15 +75,21 @@ export function loadUnsent() {
         const n = Number(String(x.id || '').replace(/^temp-/, ''));
         if (!Number.isSafeInteger(n) || n <= 0) continue;
         nextTemp = Math.max(nextTemp, n);
-        const state = x.state === 'sending' || x.state === 'checking' ? 'checking' : x.state === 'failed' ? 'failed' : 'queued';
+        const inFlight = x.state === 'sending' || x.state === 'checking';
+        const keyed = typeof x.key === 'string' && KEY.test(x.key);
+        // In flight without a key (kept by an older page): the node may have it, and only
+        // the person can tell; with one, it is sent again and the node answers what it has.
+        const state = x.state === 'failed' || (inFlight && !keyed) ? 'failed' : 'queued';
+        const unconfirmed = inFlight && !keyed ? 'The node did not confirm it: it may not have been sent' : null;
         list.push({
           id: 'temp-' + n,
           conversation: conv,
           group: !!x.group,
           text: x.text,
+          key: keyed ? x.key : newKey(),
           at: Number(x.at) || Date.now(),
           state,
-          error: state === 'failed' && typeof x.error === 'string' ? x.error : null,
+          error: state === 'failed' ? unconfirmed || (typeof x.error === 'string' ? x.error : null) : null,
         });
         count += 1;
       }
@@ -89,7 +102,7 @@ export function loadUnsent() {
 function saveUnsent(unsent) {
   const out = {};
   for (const [conv, items] of Object.entries(unsent)) {
-    if (items.length) out[conv] = items.map((x) => ({ id: x.id, group: x.group, text: x.text, at: x.at, state: x.state, error: x.error }));
+    if (items.length) out[conv] = items.map((x) => ({ id: x.id, group: x.group, text: x.text, key: x.key, at: x.at, state: x.state, error: x.error }));
   }
   writeJson(UNSENT_KEY, out);
 }
@@ -117,7 +130,7 @@ export function unsentCount(s) {
 /** A new unsent text, or null when the bound is reached. */
 export function addUnsent(conv, group, text) {
   if (unsentCount(getState()) >= MAX_UNSENT) return null;
-  const item = { id: 'temp-' + ++nextTemp, conversation: conv, group, text, at: Date.now(), state: 'queued', error: null };
+  const item = { id: 'temp-' + ++nextTemp, conversation: conv, group, text, key: newKey(), at: Date.now(), state: 'queued', error: null };
   patchUnsent(conv, (list) => list.concat([item]));
   return item;
 }
@@ -134,15 +147,6 @@ export function setUnsentState(conv, id, state, error = null) {
 
 export function dropUnsent(conv, id) {
   patchUnsent(conv, (list) => (list.some((x) => x.id === id) ? list.filter((x) => x.id !== id) : list));
-}
-
-/**
- * The own stored message that stands for `item` among `history` (own texts of that
- * conversation), not one already claimed by another unsent text.
- */
-export function findSent(history, item, claimed) {
-  return history.find((m) => m.own && m.kind === 'text' && m.text === item.text && !claimed.has(m.id) &&
-    (m.sent_at || 0) >= item.at - CLOCK_SLACK_MS);
 }
 
 // ---------------------------------------------------------------- drafts

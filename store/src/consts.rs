@@ -22,6 +22,13 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// is larger than SQLite's 2 MiB default.
 pub const DEFAULT_CACHE_KIB: u32 = 32 * 1024;
 
+/// How long the key a client sent a text under is remembered (`crate::client_ids`): a text
+/// sent again under its key within this time is not sent twice. 30 days.
+pub const CLIENT_ID_KEEP_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Longest key a client may send a text under, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 64;
+
 /// Messages per history page when the caller does not say.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 

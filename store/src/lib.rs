@@ -20,6 +20,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod client_ids;
 pub mod consts;
 mod conversations;
 mod error;

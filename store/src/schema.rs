@@ -28,6 +28,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V11_OUTBOX_RELAYS,
     V12_AWAITING_INDEX,
     V13_AWAITING_BY_CONVERSATION,
+    V14_CLIENT_IDS,
 ];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
@@ -418,6 +419,17 @@ CREATE INDEX messages_awaiting ON messages(sender_device, lamport, seq) WHERE ow
 const V13_AWAITING_BY_CONVERSATION: &str = r#"
 DROP INDEX messages_awaiting;
 CREATE INDEX messages_awaiting ON messages(sender_device, conversation, lamport, seq) WHERE own = 1 AND status = 0;
+"#;
+
+/// Version 14: the keys clients chose for the texts they sent (`crate::client_ids`), so a
+/// text sent again under its key is not sent twice.
+const V14_CLIENT_IDS: &str = r#"
+CREATE TABLE client_ids (
+    client_id     TEXT PRIMARY KEY,
+    message_id    BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX client_ids_created ON client_ids(created_at_ms);
 "#;
 
 /// Reads `PRAGMA user_version`.

@@ -266,6 +266,94 @@ fn a_relay_killed_mid_burst_loses_nothing() {
 }
 
 #[test]
+fn a_burst_sent_again_under_its_client_ids_after_a_kill_arrives_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let mut a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let own = |a: &Node| -> Option<usize> {
+        let h = a.json(&["history", "Bob", "--limit", "500"]).ok()?;
+        Some(h.as_array()?.iter().filter(|m| m["own"] == true).count())
+    };
+    let call = |t: &String| ("send", json!({"contact": "Bob", "text": t, "client_id": t}));
+    // Batches of pipelined sends, each text under its own key, until the node is killed -9
+    // under them: the answers of the last batch are lost, though some of it was stored.
+    let pid = a.pid().unwrap().to_string();
+    let (tried, answered) = std::thread::scope(|s| {
+        let a = &a;
+        let killer = s.spawn(move || {
+            wait_for("part of the burst stored", BURST_WAIT, || {
+                own(a).filter(|n| *n >= 300).map(|_| ())
+            })
+            .unwrap();
+            let killed = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+        });
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (tried, answered) = rt.block_on(async {
+            let mut api = a.api().await.unwrap();
+            let mut tried: Vec<String> = Vec::new();
+            let mut answered: Vec<(String, Value)> = Vec::new();
+            for batch in 0..100 {
+                let these: Vec<String> = (0..100).map(|i| format!("k{batch:02}-{i:03}")).collect();
+                let calls: Vec<(&str, Value)> = these.iter().map(call).collect();
+                tried.extend(these.iter().cloned());
+                let Ok(replies) = api.call_many(&calls).await else {
+                    break;
+                };
+                answered.extend(
+                    these
+                        .into_iter()
+                        .zip(replies.into_iter().map(Result::unwrap)),
+                );
+            }
+            (tried, answered)
+        });
+        killer.join().unwrap();
+        (tried, answered)
+    });
+    assert!(answered.len() < tried.len(), "killed mid-burst");
+    // Sent again, all of it under the same keys: what was stored is answered as it was,
+    // the rest is sent now.
+    a.restart().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let again: Vec<Value> = rt.block_on(async {
+        let mut api = a.api().await.unwrap();
+        let mut out = Vec::new();
+        for chunk in tried.chunks(500) {
+            let calls: Vec<(&str, Value)> = chunk.iter().map(call).collect();
+            let replies = tokio::time::timeout(BURST_WAIT, api.call_many(&calls))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            out.extend(replies.into_iter().map(|r| r.expect("sent again")));
+        }
+        out
+    });
+    for ((text, first), second) in answered.iter().zip(&again) {
+        assert_eq!(
+            first["id"], second["id"],
+            "{text} is the message answered before"
+        );
+    }
+    let seqs: Vec<u64> = again.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "one message per key, in order"
+    );
+    assert_arrives_complete(&b, "Alice", &tried);
+    let stored = history(&a, "Bob")
+        .iter()
+        .filter(|m| m["own"] == json!(true))
+        .count();
+    assert_eq!(stored, tried.len(), "each key's text stored once");
+}
+
+#[test]
 fn a_direct_connection_dropping_mid_burst_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();

@@ -347,3 +347,58 @@ fn a_command_waits_while_every_api_session_is_taken() {
         texts(h) == ["sent while the node was busy"]
     });
 }
+
+#[test]
+fn a_text_sent_again_from_the_cli_under_its_client_id_is_sent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+
+    let first = a
+        .ok(&["send", "Bob", "hi", "--client-id", "note-1"])
+        .unwrap();
+    let again = a
+        .ok(&["send", "Bob", "hi", "--client-id", "note-1"])
+        .unwrap();
+    assert_eq!(first, again, "the message sent under the key");
+    // The key once more, for another text: refused as bad input, nothing sent.
+    let reused = a.cli(&["send", "Bob", "bye", "--client-id", "note-1"]);
+    assert_eq!(reused.status.code(), Some(5), "{reused:?}");
+    let err = String::from_utf8_lossy(&reused.stderr);
+    assert!(err.contains("used for another message"), "{err}");
+    a.ok(&["send", "Bob", "bye"]).unwrap();
+    let h = wait_history(&b, "Alice", "two texts at bob", |h| h.len() >= 2);
+    assert_eq!(texts(&h), ["hi", "bye"]);
+
+    a.ok(&["group", "create", "Team", "Bob"]).unwrap();
+    let g1 = a
+        .ok(&["group", "send", "Team", "all", "--client-id", "g-1"])
+        .unwrap();
+    let g2 = a
+        .ok(&["group", "send", "Team", "all", "--client-id", "g-1"])
+        .unwrap();
+    assert_eq!(g1, g2);
+    let in_group = wait_for("the group text at bob", WAIT, || {
+        let h = b
+            .json(&["group", "history", "Team", "--no-mark-read"])
+            .ok()?;
+        let texts: Vec<String> = h
+            .as_array()?
+            .iter()
+            .filter(|m| m["kind"] == "text")
+            .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (!texts.is_empty()).then_some(texts)
+    })
+    .unwrap();
+    assert_eq!(in_group, ["all"]);
+    let own = a.json(&["group", "history", "Team"]).unwrap();
+    let sent = own
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["text"] == "all");
+    assert_eq!(sent.count(), 1, "stored once");
+}

@@ -425,6 +425,15 @@ fn opt_str(params: &Value, name: &str) -> Option<String> {
     params.get(name).and_then(Value::as_str).map(str::to_owned)
 }
 
+/// A text's parameters: whom to (`to`), the text, and the client's key for it.
+fn text_params(p: &Value, to: &str) -> Result<(String, String, Option<String>), NodeError> {
+    Ok((
+        str_param(p, to)?,
+        str_param(p, "text")?,
+        opt_str_strict(p, "client_id")?,
+    ))
+}
+
 /// An optional parameter that, when present, must be a string.
 fn opt_str_strict(params: &Value, name: &str) -> Result<Option<String>, NodeError> {
     match params.get(name) {
@@ -510,13 +519,13 @@ async fn queue_ordered(
     p: &Value,
 ) -> Option<Result<crate::Pending<crate::types::MessageInfo>, NodeError>> {
     Some(match method {
-        "send" => match (str_param(p, "contact"), str_param(p, "text")) {
-            (Ok(c), Ok(t)) => node.queue_send(c, t).await,
-            (Err(e), _) | (_, Err(e)) => Err(e),
+        "send" => match text_params(p, "contact") {
+            Ok((c, t, k)) => node.queue_send(c, t, k).await,
+            Err(e) => Err(e),
         },
-        "group_send" => match (str_param(p, "group"), str_param(p, "text")) {
-            (Ok(g), Ok(t)) => node.queue_group_send(g, t).await,
-            (Err(e), _) | (_, Err(e)) => Err(e),
+        "group_send" => match text_params(p, "group") {
+            Ok((g, t, k)) => node.queue_group_send(g, t, k).await,
+            Err(e) => Err(e),
         },
         _ => return None,
     })

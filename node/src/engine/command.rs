@@ -87,6 +87,8 @@ pub(crate) enum Command {
     Send {
         contact: String,
         text: String,
+        /// The client's key for the text (`client_id`): sent once under it.
+        client: Option<String>,
         reply: Reply<MessageInfo>,
     },
     History {
@@ -196,6 +198,8 @@ pub(crate) enum GroupCommand {
     Send {
         group: String,
         text: String,
+        /// The client's key for the text (`client_id`): sent once under it.
+        client: Option<String>,
         reply: Reply<MessageInfo>,
     },
     History {
@@ -217,8 +221,14 @@ impl Engine {
                 Command::Send {
                     contact,
                     text,
+                    client,
                     reply,
-                } => sends.push((contact, text, reply)),
+                } => sends.push(super::send::TextToSend {
+                    contact,
+                    text,
+                    client,
+                    reply,
+                }),
                 other => {
                     self.send_texts(std::mem::take(&mut sends));
                     self.on_command(other);
@@ -259,9 +269,10 @@ impl Engine {
             Command::Send {
                 contact,
                 text,
+                client,
                 reply,
             } => {
-                let out = self.send_text(&contact, text);
+                let out = self.send_text_once(&contact, text, client.as_deref());
                 let _ = reply.send(out);
             }
             Command::History {

@@ -278,6 +278,7 @@ impl Engine {
             return;
         };
         self.media_start();
+        self.forget_old_client_ids();
         loop {
             tokio::select! {
                 Some(ev) = media_events.recv() => self.on_media(ev),
@@ -351,6 +352,7 @@ impl Engine {
                     }
                     if self.relays.heartbeats.is_multiple_of(crate::consts::UPLOAD_SWEEP_HEARTBEATS) {
                         self.sweep_uploads();
+                        self.forget_old_client_ids();
                     }
                     if self.relays.heartbeats.is_multiple_of(crate::consts::PREKEY_CHECK_HEARTBEATS) {
                         self.check_prekeys();

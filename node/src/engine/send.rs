@@ -9,6 +9,7 @@ use serde_bytes::ByteArray;
 use tern_crypto::{DeviceId, UserId, session::PeerSessions};
 use tern_store::{
     ConversationId, ConversationKind, CryptoUpdate, Delivery, Message, MessageId, Page,
+    consts::MAX_CLIENT_ID_BYTES,
 };
 
 use super::{Engine, command::Reply, message_info};
@@ -125,13 +126,76 @@ impl Engine {
         Ok(())
     }
 
+    #[cfg(test)]
     pub(crate) fn send_text(
         &mut self,
         contact: &str,
         text: String,
     ) -> Result<MessageInfo, NodeError> {
+        self.send_text_once(contact, text, None)
+    }
+
+    /// Sends a text to a contact; under a client's key (`client`), a text already sent under
+    /// it is answered as it stands now and not sent again ([`Engine::sent_under`]).
+    pub(crate) fn send_text_once(
+        &mut self,
+        contact: &str,
+        text: String,
+        client: Option<&str>,
+    ) -> Result<MessageInfo, NodeError> {
         check_text(&text)?;
-        self.send_body(contact, None, tern_store::Body::Text(text))
+        if let Some(key) = client {
+            let conv = self.resolve(contact)?.to_string();
+            if let Some(sent) = self.sent_under(key, &conv, &text)? {
+                return Ok(sent);
+            }
+        }
+        self.send_body(contact, None, tern_store::Body::Text(text), client)
+    }
+
+    /// Forgets the keys clients sent texts under more than
+    /// [`CLIENT_ID_KEEP_MS`](tern_store::consts::CLIENT_ID_KEEP_MS) ago (at start and hourly).
+    pub(crate) fn forget_old_client_ids(&mut self) {
+        let before = self
+            .clock
+            .now_ms()
+            .saturating_sub(tern_store::consts::CLIENT_ID_KEEP_MS);
+        match self
+            .store
+            .transaction(|tx| tx.forget_client_ids_before(before))
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(keys = n, "forgot old client ids"),
+            Err(e) => tracing::warn!("cannot forget old client ids: {e}"),
+        }
+    }
+
+    /// The text already sent under the client's key `key`, if any, as it stands now. A key
+    /// that names a text to another conversation, or another text, is refused: the client
+    /// reused a key by mistake, and neither sending nor answering the old text would be what
+    /// it meant. A text edited since it was sent is still the one sent under the key.
+    pub(crate) fn sent_under(
+        &self,
+        key: &str,
+        conversation: &str,
+        text: &str,
+    ) -> Result<Option<MessageInfo>, NodeError> {
+        check_client_id(key)?;
+        let Some(id) = self.store.client_id_message(key)? else {
+            return Ok(None);
+        };
+        // Its message gone (nothing deletes own messages today), the key is free again.
+        let Some(m) = self.store.message(id)? else {
+            return Ok(None);
+        };
+        let same_text =
+            m.edited_at_ms.is_some() || matches!(&m.body, tern_store::Body::Text(t) if t == text);
+        if m.conversation.0 != conversation || !m.own || !same_text {
+            return Err(NodeError::BadRequest(format!(
+                "client_id {key:?} was used for another message"
+            )));
+        }
+        Ok(Some(message_info(&m)))
     }
 
     /// Texts queued together (a burst of `send` commands), in their order: each is
@@ -139,17 +203,19 @@ impl Engine {
     /// the disk with one sync instead of one each. Their answers, events and deposits wait
     /// for that commit; if it fails, nothing of the batch was stored or sent and each text
     /// is answered with the error. None or one text is sent as on its own.
-    pub(crate) fn send_texts(&mut self, sends: Vec<(String, String, Reply<MessageInfo>)>) {
+    pub(crate) fn send_texts(&mut self, sends: Vec<TextToSend>) {
+        let send = |engine: &mut Self, t: TextToSend| {
+            let out = engine.send_text_once(&t.contact, t.text, t.client.as_deref());
+            (t.reply, out)
+        };
         if sends.len() < 2 || !self.open_batch() {
-            for (contact, text, reply) in sends {
-                let _ = reply.send(self.send_text(&contact, text));
+            for t in sends {
+                let (reply, out) = send(self, t);
+                let _ = reply.send(out);
             }
             return;
         }
-        let results: Vec<_> = sends
-            .into_iter()
-            .map(|(contact, text, reply)| (reply, self.send_text(&contact, text)))
-            .collect();
+        let results: Vec<_> = sends.into_iter().map(|t| send(self, t)).collect();
         match self.close_batch() {
             Ok(()) => {
                 for (reply, result) in results {
@@ -172,6 +238,7 @@ impl Engine {
         contact: &str,
         id: Option<MessageId>,
         body: tern_store::Body,
+        client: Option<&str>,
     ) -> Result<MessageInfo, NodeError> {
         self.check_not_revoked()?;
         let user = self.resolve(contact)?;
@@ -230,6 +297,9 @@ impl Engine {
                 now,
             )?;
             tx.record_outgoing(&message, &updates, &deliveries, now)?;
+            if let Some(client) = client {
+                tx.remember_client_id(client, message.id, now)?;
+            }
             for (u, d) in &owed {
                 tx.owe_resync(u, std::slice::from_ref(d), &[message.id], now)?;
             }
@@ -620,6 +690,28 @@ impl Engine {
 }
 
 /// A text a user may send: not blank, at most [`MAX_TEXT_BYTES`].
+/// A client's key for a text (`client_id`): 1 to [`MAX_CLIENT_ID_BYTES`] bytes of visible
+/// ASCII (a UUID, a counter, ...).
+pub(crate) fn check_client_id(key: &str) -> Result<(), NodeError> {
+    if key.is_empty()
+        || key.len() > MAX_CLIENT_ID_BYTES
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(NodeError::BadRequest(format!(
+            "client_id must be 1 to {MAX_CLIENT_ID_BYTES} visible ASCII characters (no spaces)"
+        )));
+    }
+    Ok(())
+}
+
+/// A text queued to send to a contact, with its client's key and where its answer goes.
+pub(crate) struct TextToSend {
+    pub(crate) contact: String,
+    pub(crate) text: String,
+    pub(crate) client: Option<String>,
+    pub(crate) reply: Reply<MessageInfo>,
+}
+
 pub(crate) fn check_text(text: &str) -> Result<(), NodeError> {
     if text.trim().is_empty() {
         return Err(NodeError::EmptyText);

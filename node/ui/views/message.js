@@ -46,7 +46,6 @@ export class MessageRow extends Component {
 /** What an unsent text (outbox.js) is waiting for, in words. */
 const UNSENT_NOTE = {
   queued: 'Waiting for the node',
-  checking: 'Checking whether the node has it…',
 };
 
 /** A text the node has not taken yet: waiting, under way, or failed (Retry / Dismiss). */

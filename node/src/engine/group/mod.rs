@@ -243,12 +243,13 @@ impl Engine {
                 let out = ids.iter().map(|g| self.group_info(g)).collect();
                 let _ = reply.send(out);
             }
-            GroupCommand::Send { group, text, reply } => {
-                let out = match super::send::check_text(&text) {
-                    Ok(()) => self.group_send(&group, None, tern_store::Body::Text(text)),
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(out);
+            GroupCommand::Send {
+                group,
+                text,
+                client,
+                reply,
+            } => {
+                let _ = reply.send(self.group_send_once(&group, text, client.as_deref()));
             }
             GroupCommand::History {
                 group,

@@ -126,11 +126,29 @@ impl Engine {
 
     /// Sends a text or a file (its caption checked by the caller) to a group, under `id` when
     /// one was chosen before.
+    /// Sends a text to a group; under a client's key, as [`Engine::send_text_once`] does.
+    pub(crate) fn group_send_once(
+        &mut self,
+        group: &str,
+        text: String,
+        client: Option<&str>,
+    ) -> Result<MessageInfo, NodeError> {
+        super::super::send::check_text(&text)?;
+        if let Some(key) = client {
+            let conv = self.resolve_group(group)?.to_string();
+            if let Some(sent) = self.sent_under(key, &conv, &text)? {
+                return Ok(sent);
+            }
+        }
+        self.group_send(group, None, tern_store::Body::Text(text), client)
+    }
+
     pub(crate) fn group_send(
         &mut self,
         group: &str,
         id: Option<MessageId>,
         body: tern_store::Body,
+        client: Option<&str>,
     ) -> Result<MessageInfo, NodeError> {
         self.check_not_revoked()?;
         let gid = self.resolve_group(group)?;
@@ -273,6 +291,9 @@ impl Engine {
                 now,
             )?;
             tx.record_outgoing_fanout(&message, &updates, &deliveries, &ciphertext, &fan, now)?;
+            if let Some(client) = client {
+                tx.remember_client_id(client, message.id, now)?;
+            }
             tx.set_group_sender_key(&group, &sid, epoch)?;
             tx.share_sender_key(&sid, &newly)?;
             for u in &owed {

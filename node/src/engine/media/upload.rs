@@ -314,11 +314,11 @@ impl Engine {
             match &up.target {
                 Target::Direct(user) => {
                     let user = user.clone();
-                    self.send_body(&user, Some(id), body)?;
+                    self.send_body(&user, Some(id), body, None)?;
                 }
                 Target::Group(g) => {
                     let g = g.clone();
-                    self.group_send(&g, Some(id), body)?;
+                    self.group_send(&g, Some(id), body, None)?;
                 }
             }
         }

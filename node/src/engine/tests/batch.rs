@@ -18,6 +18,7 @@ fn sends(contact: &str, texts: &[String]) -> (Vec<Command>, Vec<Answer>) {
             let cmd = Command::Send {
                 contact: contact.to_owned(),
                 text: text.clone(),
+                client: None,
                 reply,
             };
             (cmd, answer)

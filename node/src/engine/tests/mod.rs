@@ -4,6 +4,7 @@
 
 mod batch;
 mod claims;
+mod client_ids;
 mod commands;
 mod direct;
 mod drain;

@@ -28,7 +28,7 @@ async fn create(h: &mut Harness, members: &[&Harness]) -> String {
 fn send(h: &mut Harness, group: &str, n: usize) {
     for i in 0..n {
         h.engine
-            .group_send(group, None, Body::Text(format!("text {i}")))
+            .group_send(group, None, Body::Text(format!("text {i}")), None)
             .unwrap();
     }
 }

@@ -24,7 +24,7 @@ async fn group(h: &mut Harness) -> String {
 /// Sends a text to the group and returns the id of the sender key it went under.
 fn send(h: &mut Harness, group: &str) -> String {
     h.engine
-        .group_send(group, None, Body::Text("hi".into()))
+        .group_send(group, None, Body::Text("hi".into()), None)
         .unwrap();
     h.engine.store.group_sender_key(group).unwrap().unwrap().0
 }
