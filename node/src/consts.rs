@@ -43,6 +43,10 @@ pub const MAX_SHORT_LINK_CHARS: usize = 400;
 /// user's device list (the dial and the request together).
 pub const LINK_LIST_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Longest `relay add` waits for the relay to answer at the address given before refusing
+/// it (nothing is saved then).
+pub const RELAY_ADD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Longest display name for a contact or device, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
 

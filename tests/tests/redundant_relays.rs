@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tern_tests::support::{
-    Node, Relay, link_pair, relay_db, wait_direct, wait_for, wait_outbox_empty,
+    Node, Relay, free_port, link_pair, relay_db, wait_direct, wait_for, wait_outbox_empty,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -689,5 +689,80 @@ fn a_text_one_relay_holds_is_sent_while_the_other_is_down() -> anyhow::Result<()
     wait_outbox_empty(&ana, WAIT)?;
     ben.restart()?;
     wait_text(&ben, "Ana", "while r2 is down", "the text at ben")?;
+    Ok(())
+}
+
+/// `tern relay add` takes an address only once something answers there as the relay it
+/// names: a known relay's peer id at a wrong port, a relay nothing serves, or a node that is
+/// not a relay are refused, and nothing is saved or told to contacts.
+#[test]
+fn a_relay_address_that_does_not_answer_as_that_relay_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let ana = Node::init_and_start_with(dir.path(), "ana", Some(&r1.addr), &["--no-direct"])?;
+    let ben = Node::init_and_start(dir.path(), "ben", Some(&r1.addr))?;
+    link_pair(&ana, &ben, "Ana", "Ben")?;
+    let homes = || -> anyhow::Result<Vec<String>> { Ok(addrs(&ana.json(&["relay", "list"])?)) };
+    let peer_of = |addr: &str| addr.rsplit('/').next().unwrap_or_default().to_owned();
+    let refused = |addr: &str, says: &[&str]| -> anyhow::Result<()> {
+        let out = ana.cli_within(&["relay", "add", addr], WAIT)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "{addr}: {err}");
+        for s in says {
+            assert!(err.contains(s), "{addr}: {err:?} should say {s:?}");
+        }
+        assert_eq!(homes()?, std::slice::from_ref(&r1.addr), "nothing saved");
+        Ok(())
+    };
+
+    // The home relay's peer id at a port nothing listens on: not taken as "it moved".
+    let wrong = format!(
+        "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+        free_port(),
+        peer_of(&r1.addr)
+    );
+    refused(
+        &wrong,
+        &[
+            "cannot be used",
+            "connection refused",
+            &format!("stays at {}", r1.addr),
+        ],
+    )?;
+    // The second relay's peer id at a port nothing listens on.
+    let unserved = format!(
+        "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+        free_port(),
+        peer_of(&r2.addr)
+    );
+    refused(&unserved, &["cannot be used", "connection refused"])?;
+    // The second relay's address with the first relay's peer id: something answers, as
+    // another identity.
+    let port = r2.addr.split('/').nth(4).unwrap_or_default().to_owned();
+    let other = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", peer_of(&r1.addr));
+    refused(&other, &["answers there as", &peer_of(&r2.addr)])?;
+    // Ben's node: a peer that answers as itself, but is no relay.
+    let status = ben.json(&["status"])?;
+    let direct = status["listen"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/") && !a.contains("p2p-circuit"))
+        .map(str::to_owned)
+        .expect("ben listens on loopback");
+    let device = status["device_id"].as_str().unwrap_or_default();
+    refused(
+        &format!("{direct}/p2p/{device}"),
+        &["does not answer as a Tern relay"],
+    )?;
+
+    // The second relay at its real address is taken, and Ben learns of it.
+    let added = addrs(&ana.json(&["relay", "add", &r2.addr])?);
+    assert_eq!(added, [r1.addr.clone(), r2.addr.clone()]);
+    wait_for("Ben to learn Ana's second relay", WAIT, || {
+        (contact_relays(&ben, "Ana")? == [r1.addr.clone(), r2.addr.clone()]).then_some(())
+    })?;
     Ok(())
 }

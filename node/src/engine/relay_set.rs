@@ -17,10 +17,11 @@
 
 use libp2p::Multiaddr;
 use tern_crypto::UserId;
+use tern_relay::rpc::Requests as _;
 
 use super::{Engine, command::Reply, relay_peer};
 use crate::{
-    consts::{MAX_DRAINING_RELAYS, MAX_LINK_RELAYS, RELAY_DRAIN},
+    consts::{MAX_DRAINING_RELAYS, MAX_LINK_RELAYS, RELAY_ADD_TIMEOUT, RELAY_DRAIN},
     error::NodeError,
     home::DrainingRelay,
     types::RelayInfo,
@@ -41,6 +42,60 @@ pub(crate) enum RelayCommand {
     },
     /// The home relays and where each stands.
     List(Reply<Vec<RelayInfo>>),
+}
+
+fn too_many_relays() -> NodeError {
+    NodeError::BadRequest(format!("at most {MAX_LINK_RELAYS} home relays"))
+}
+
+/// Whether a Tern relay answers at `addr` as the peer it names: dialled there on a
+/// connection of its own (so a connection to the same relay at its old address, `moved_from`,
+/// proves nothing), then asked a mailbox request. At most [`RELAY_ADD_TIMEOUT`].
+async fn check_relay(
+    net: crate::net::Client,
+    addr: Multiaddr,
+    moved_from: Option<Multiaddr>,
+) -> Result<(), NodeError> {
+    use crate::net::DialProblem;
+    let Some(peer) = relay_peer(&addr) else {
+        return Err(NodeError::BadRequest(
+            "a relay address ends in /p2p/<peer id>".into(),
+        ));
+    };
+    let stays = moved_from
+        .as_ref()
+        .map(|old| format!("; it stays at {old}"))
+        .unwrap_or_default();
+    let check = async {
+        if moved_from.is_none() {
+            // Kept as a relay (not a home one yet), so its connection is one of the relays'.
+            net.add_relay(addr.clone(), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        match net.probe(addr.clone()).await {
+            Ok(()) => {}
+            Err(DialProblem::OtherIdentity(other)) => {
+                return Err(format!("it answers there as {other}, not as {peer}"));
+            }
+            Err(DialProblem::Unreachable(why)) => return Err(why),
+        }
+        // Any answer of the mailbox protocol will do, a refusal (a rate limit) included.
+        match net.at(peer).usage().await {
+            Ok(_) | Err(tern_relay::rpc::RequestError::Rejected(_)) => Ok(()),
+            Err(e) => Err(format!("it does not answer as a Tern relay ({e})")),
+        }
+    };
+    match tokio::time::timeout(RELAY_ADD_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(NodeError::unreachable(format!(
+            "relay {addr} cannot be used: {why}{stays}"
+        ))),
+        Err(_) => Err(NodeError::unreachable(format!(
+            "relay {addr} did not answer within {} s{stays}",
+            RELAY_ADD_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// A relay address as given: a multiaddr ending in `/p2p/<peer id>`.
@@ -64,18 +119,59 @@ impl Engine {
             RelayCommand::List(reply) => {
                 let _ = reply.send(Ok(self.home_relay_infos()));
             }
-            RelayCommand::Add { addr, reply } => {
-                let _ = reply.send(self.relay_add(&addr));
-            }
+            RelayCommand::Add { addr, reply } => self.relay_add(&addr, reply),
             RelayCommand::Remove { addr, reply } => {
                 let _ = reply.send(self.relay_remove(&addr));
             }
         }
     }
 
-    fn relay_add(&mut self, addr: &str) -> Result<Vec<RelayInfo>, NodeError> {
-        let addr = parse_relay(addr)?;
-        self.check_not_embedded()?;
+    /// Adds a home relay, or a home relay's new address, once something answered there as
+    /// that relay (`check_relay`, off the engine, at most [`RELAY_ADD_TIMEOUT`]): an address
+    /// that does not is neither saved nor told to contacts and own devices.
+    fn relay_add(&mut self, addr: &str, reply: Reply<Vec<RelayInfo>>) {
+        let checked = parse_relay(addr).and_then(|a| self.check_not_embedded().map(|()| a));
+        let addr = match checked {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let peer = relay_peer(&addr);
+        let known = self
+            .relays
+            .home_relays
+            .iter()
+            .find(|a| relay_peer(a) == peer)
+            .cloned();
+        if known.as_ref() == Some(&addr) {
+            let _ = reply.send(Ok(self.home_relay_infos()));
+            return;
+        }
+        if known.is_none() && self.relays.home_relays.len() >= MAX_LINK_RELAYS {
+            let _ = reply.send(Err(too_many_relays()));
+            return;
+        }
+        let net = self.net.clone();
+        let target = addr.clone();
+        self.off_task(
+            reply,
+            check_relay(net, target, known),
+            move |engine, checked, reply| {
+                let out = checked.and_then(|()| engine.relay_added(addr));
+                if out.is_err() {
+                    // Connected for the check only (a home relay's is kept).
+                    engine.forget_relay_unless_used(peer);
+                }
+                let _ = reply.send(out);
+            },
+        );
+    }
+
+    /// Saves a home relay checked by [`Engine::relay_add`] (or its new address), connects it,
+    /// and tells contacts and own devices.
+    fn relay_added(&mut self, addr: Multiaddr) -> Result<Vec<RelayInfo>, NodeError> {
         let peer = relay_peer(&addr);
         if let Some(known) = self
             .relays
@@ -95,9 +191,7 @@ impl Engine {
             return Ok(self.home_relay_infos());
         }
         if self.relays.home_relays.len() >= MAX_LINK_RELAYS {
-            return Err(NodeError::BadRequest(format!(
-                "at most {MAX_LINK_RELAYS} home relays"
-            )));
+            return Err(too_many_relays());
         }
         self.relays.home_relays.push(addr.clone());
         // A removed relay added again is a home relay, no longer only drained.

@@ -114,6 +114,17 @@ impl Client {
         self.send_soon(Command::AddRelay { addr, home });
     }
 
+    /// Dials `addr` (ending in `/p2p/<peer id>`) on a connection of its own, even while
+    /// connected to that peer at another address: whether the peer answers there.
+    pub async fn probe(&self, addr: Multiaddr) -> Result<(), super::DialProblem> {
+        let (reply, rx) = oneshot::channel();
+        let closed = || super::DialProblem::Unreachable("the network task stopped".into());
+        self.send(Command::Probe { addr, reply })
+            .await
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
     /// Stops keeping a connection to a relay added with `home: false` (a home relay stays).
     pub async fn forget_relay(&self, peer: PeerId) -> Result<(), NetError> {
         self.send(Command::ForgetRelay { peer }).await

@@ -15,7 +15,7 @@ use libp2p::{
     swarm::dial_opts::DialOpts,
 };
 use tern_relay::{client::Proto, wire::Frame};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Command, Event, NetError, PeerConnections, Reply, swarm::Behaviour};
@@ -69,7 +69,15 @@ pub struct EventLoop {
     pub(super) relayed_conns: HashMap<PeerId, Vec<libp2p::swarm::ConnectionId>>,
     /// DHT lookups and publications in flight.
     pub(super) dht: super::dht::Queries,
+    /// Dials of [`Command::Probe`] waiting for their outcome (at most [`MAX_PROBES`]).
+    pub(super) probes: HashMap<libp2p::swarm::ConnectionId, ProbeReply>,
 }
+
+/// Where a probe's outcome goes.
+pub(super) type ProbeReply = oneshot::Sender<Result<(), super::DialProblem>>;
+
+/// Probes in flight at most; more are refused at once.
+const MAX_PROBES: usize = 16;
 
 impl std::fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -217,6 +225,7 @@ impl EventLoop {
                 }
             }
             Command::Dht(cmd) => self.on_dht_command(cmd),
+            Command::Probe { addr, reply } => self.probe(addr, reply),
             Command::ForgetRelay { peer } => {
                 if self.relays.get(&peer).is_some_and(|r| !r.home)
                     && let Some(state) = self.relays.remove(&peer)
@@ -289,6 +298,38 @@ impl EventLoop {
                         })
                         .collect(),
                 );
+            }
+        }
+    }
+
+    /// Dials `addr` on a connection of its own ([`Command::Probe`]); the outcome goes to
+    /// `reply` when the connection comes up or the dial fails (`on_swarm`).
+    fn probe(&mut self, addr: Multiaddr, reply: ProbeReply) {
+        use super::DialProblem;
+        let Some(peer) = peer_of(&addr) else {
+            let _ = reply.send(Err(DialProblem::Unreachable(
+                "the address names no peer id".into(),
+            )));
+            return;
+        };
+        if self.probes.len() >= MAX_PROBES {
+            let _ = reply.send(Err(DialProblem::Unreachable(
+                "too many addresses are being tried; try again shortly".into(),
+            )));
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(vec![addr])
+            .override_dial_concurrency_factor(std::num::NonZeroU8::MIN)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.probes.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(DialProblem::of(&e)));
             }
         }
     }

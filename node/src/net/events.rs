@@ -69,6 +69,11 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
+                // Kept: a request may already be on its way over it. Beside another
+                // connection to the same peer, it closes once idle.
+                if let Some(reply) = self.probes.remove(&connection_id) {
+                    let _ = reply.send(Ok(()));
+                }
                 if let Some(state) = self.relays.get_mut(&peer_id) {
                     if !state.connected {
                         state.connected = true;
@@ -140,6 +145,15 @@ impl EventLoop {
                     self.direct_tries.remove(&peer_id);
                     self.relayed_conns.remove(&peer_id);
                     self.emit(Event::PeerDown { peer: peer_id });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } if self.probes.contains_key(&connection_id) => {
+                if let Some(reply) = self.probes.remove(&connection_id) {
+                    let _ = reply.send(Err(super::DialProblem::of(&error)));
                 }
             }
             SwarmEvent::OutgoingConnectionError {

@@ -197,6 +197,12 @@ enum Command {
         peer: PeerId,
         relay: Multiaddr,
     },
+    /// Dial `addr` (ending in `/p2p/<peer id>`) on a connection of its own, even while
+    /// connected to that peer elsewhere; answer whether a connection came up there.
+    Probe {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), DialProblem>>,
+    },
     /// Whether a direct (not relayed) connection to the peer is open.
     DirectUp {
         peer: PeerId,

@@ -140,6 +140,7 @@ pub fn new(
             direct_tries: HashMap::new(),
             relayed_conns: HashMap::new(),
             dht: HashMap::new(),
+            probes: HashMap::new(),
         },
     ))
 }
