@@ -171,7 +171,7 @@ impl Engine {
 
     /// Saves a home relay checked by [`Engine::relay_add`] (or its new address), connects it,
     /// and tells contacts and own devices.
-    fn relay_added(&mut self, addr: Multiaddr) -> Result<Vec<RelayInfo>, NodeError> {
+    pub(super) fn relay_added(&mut self, addr: Multiaddr) -> Result<Vec<RelayInfo>, NodeError> {
         let peer = relay_peer(&addr);
         if let Some(known) = self
             .relays
