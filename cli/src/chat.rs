@@ -71,14 +71,42 @@ pub(crate) async fn conversations(home: &Home, json: bool) -> Result<(), Failure
 }
 
 /// `tern search`.
-pub(crate) async fn search(home: &Home, json: bool, query: String) -> Result<(), Failure> {
-    let v = client(home)
+pub(crate) async fn search(
+    home: &Home,
+    json: bool,
+    query: String,
+    limit: Option<u32>,
+) -> Result<(), Failure> {
+    let limit = limit.unwrap_or(SEARCH_DEFAULT);
+    // One more than shown, to tell whether there are more (none past 500).
+    let asked = (limit + 1).min(SEARCH_MAX);
+    let mut v = client(home)
         .await?
-        .call("search", json!({"query": query}))
+        .call("search", json!({"query": query, "limit": asked}))
         .await?;
+    let shown = limit as usize;
+    let more = v.as_array().is_some_and(|hits| hits.len() > shown);
+    if let Some(hits) = v.as_array_mut() {
+        hits.truncate(shown);
+    }
     show(&v, json, |hits: Vec<SearchHitInfo>| {
         for h in &hits {
             outln!("{} {}", h.id.chars().take(8).collect::<String>(), h.snippet);
         }
-    })
+    })?;
+    if more && !json {
+        eprintln!(
+            "(the newest {limit} hits; there are more{})",
+            if limit < SEARCH_MAX {
+                ": --limit shows up to 500"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
+
+/// Hits `tern search` shows unless told, and the most it can show.
+const SEARCH_DEFAULT: u32 = 20;
+const SEARCH_MAX: u32 = 500;

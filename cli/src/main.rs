@@ -144,7 +144,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             no_mark_read,
         } => chat::history(&home, json, contact, limit, before, !no_mark_read).await,
         Cmd::Conversations => chat::conversations(&home, json).await,
-        Cmd::Search { query } => chat::search(&home, json, query).await,
+        Cmd::Search { query, limit } => chat::search(&home, json, query, limit).await,
         Cmd::SendFile {
             mut args,
             group,

@@ -156,6 +156,9 @@ pub(crate) enum Cmd {
     Search {
         /// Words to find.
         query: String,
+        /// Most hits to show, newest first (1 to 500; default 20).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: Option<u32>,
     },
     /// Show the safety number with a contact (digits and QR code).
     SafetyNumber {

@@ -312,8 +312,17 @@ impl Node {
     }
 
     /// Full-text search over all conversations.
-    pub async fn search(&self, query: String) -> Result<Vec<SearchHitInfo>, NodeError> {
-        self.call(|reply| Command::Search { query, reply }).await
+    pub async fn search(
+        &self,
+        query: String,
+        limit: Option<u32>,
+    ) -> Result<Vec<SearchHitInfo>, NodeError> {
+        self.call(|reply| Command::Search {
+            query,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// The safety number with a contact.

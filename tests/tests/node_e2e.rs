@@ -402,3 +402,40 @@ fn a_text_sent_again_from_the_cli_under_its_client_id_is_sent_once() {
         .filter(|m| m["text"] == "all");
     assert_eq!(sent.count(), 1, "stored once");
 }
+
+#[test]
+fn search_shows_the_newest_hits_and_says_when_there_are_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    for i in 0..25 {
+        a.ok(&["send", "Bob", &format!("needle {i:02}")]).unwrap();
+    }
+    let lines = |out: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    // The newest 20, and a word that there are more.
+    let out = a.cli(&["search", "needle"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let shown = lines(&out);
+    assert_eq!(shown.len(), 20, "{shown:?}");
+    assert!(shown[0].ends_with("[needle] 24"), "newest first: {shown:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("there are more"), "{err}");
+    // All of them, and no such word.
+    let out = a.cli(&["search", "needle", "--limit", "30"]);
+    assert_eq!(lines(&out).len(), 25);
+    assert!(out.stderr.is_empty(), "{out:?}");
+    // --json: the hits as the node gives them, as many as asked.
+    let hits = a.json(&["search", "needle", "--limit", "5"]).unwrap();
+    assert_eq!(hits.as_array().map(Vec::len), Some(5));
+    assert_eq!(
+        a.cli(&["search", "needle", "--limit", "0"]).status.code(),
+        Some(2)
+    );
+}

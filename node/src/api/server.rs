@@ -610,7 +610,10 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
         "relay.add" => to_value(node.relay_add(str_param(p, "addr")?).await?),
         "relay.remove" => to_value(node.relay_remove(str_param(p, "addr")?).await?),
         "relay.list" => to_value(node.relay_list().await?),
-        "search" => to_value(node.search(str_param(p, "query")?).await?),
+        "search" => to_value(
+            node.search(str_param(p, "query")?, opt_u32(p, "limit")?)
+                .await?,
+        ),
         "safety_number" => to_value(node.safety_number(str_param(p, "contact")?).await?),
         "contact.rename" => to_value(
             node.rename_contact(str_param(p, "contact")?, str_param(p, "name")?)

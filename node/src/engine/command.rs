@@ -110,6 +110,8 @@ pub(crate) enum Command {
     Status(Reply<StatusInfo>),
     Search {
         query: String,
+        /// Most hits (20 unless said, at most 500).
+        limit: Option<u32>,
         reply: Reply<Vec<SearchHitInfo>>,
     },
     Safety {
@@ -311,8 +313,12 @@ impl Engine {
                     },
                 );
             }
-            Command::Search { query, reply } => {
-                let _ = reply.send(self.search(&query));
+            Command::Search {
+                query,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.search(&query, limit));
             }
             Command::Safety { contact, reply } => {
                 let _ = reply.send(self.safety(&contact));

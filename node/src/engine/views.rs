@@ -231,8 +231,14 @@ impl Engine {
         })
     }
 
-    pub(super) fn search(&self, query: &str) -> Result<Vec<SearchHitInfo>, NodeError> {
-        let results = self.store.search(query, None, None)?;
+    /// The newest `limit` hits (20 unless said; 1 to [`HISTORY_MAX`]).
+    pub(super) fn search(
+        &self,
+        query: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<SearchHitInfo>, NodeError> {
+        let limit = limit.map(|l| l.clamp(1, HISTORY_MAX));
+        let results = self.store.search(query, None, limit)?;
         Ok(results
             .hits
             .into_iter()
