@@ -158,15 +158,16 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             let target = match (contact, group) {
                 (Some(c), None) => (Some(c), None),
                 (None, Some(g)) => (None, Some(g)),
+                // Usage errors, as clap's own (exit 2).
                 (Some(_), Some(_)) => {
                     return Err(Failure::new(
-                        exit::BAD_INPUT,
+                        exit::USAGE,
                         "give a contact or --group, not both",
                     ));
                 }
                 (None, None) => {
                     return Err(Failure::new(
-                        exit::BAD_INPUT,
+                        exit::USAGE,
                         "give a contact (or --group) and a file",
                     ));
                 }

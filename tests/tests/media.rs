@@ -458,6 +458,11 @@ fn over_large_files_bad_images_and_the_relay_quota_are_refused_with_clear_errors
     assert_eq!(out.status.code(), Some(13), "{out:?}");
     let out = alice.cli(&["send-file", "Bob", "/nonexistent/x.bin"]);
     assert_eq!(out.status.code(), Some(13), "{out:?}");
+    // Whom to: a contact and a group, or neither, is a usage error (exit 2, as clap's).
+    let out = alice.cli(&["send-file", "Bob", "--group", "Team", "x.bin"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = alice.cli(&["send-file", "x.bin"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 
     // An image that claims to be enormous (a decompression bomb) is refused, not decoded.
     let bomb = dir.path().join("bomb.png");
