@@ -278,7 +278,7 @@ impl Node {
         contact: String,
         limit: Option<u32>,
         before: Option<String>,
-        mark_read: bool,
+        mark_read: types::MarkRead,
     ) -> Result<Vec<MessageInfo>, NodeError> {
         self.call(|reply| Command::History {
             contact,
@@ -579,7 +579,7 @@ impl Node {
         group: String,
         limit: Option<u32>,
         before: Option<String>,
-        mark_read: bool,
+        mark_read: types::MarkRead,
     ) -> Result<Vec<MessageInfo>, NodeError> {
         self.call(|reply| {
             Command::Group(GroupCommand::History {

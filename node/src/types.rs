@@ -511,6 +511,19 @@ pub struct PeerInfo {
     pub relayed: u32,
 }
 
+/// How much of a conversation a history request marks read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum MarkRead {
+    /// Nothing.
+    #[default]
+    Nothing,
+    /// Every message received in it.
+    All,
+    /// The messages received up to this one (a message id), in display order: what the
+    /// reader has seen; what came after it stays unread.
+    Until(String),
+}
+
 /// A search hit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SearchHitInfo {
@@ -633,11 +646,13 @@ pub enum Event {
         /// What to show.
         text: String,
     },
-    /// A conversation was read here (by any client of this node: another tab, the CLI):
-    /// its unread count is 0 now.
+    /// A conversation was read here (by any client of this node: another tab, the CLI).
     Read {
         /// Conversation.
         conversation: ConversationId,
+        /// Its unread count now (0 once all of it was read).
+        #[serde(default)]
+        unread: u64,
     },
     /// A chunk of this user's history arrived from the device that linked this one.
     History {

@@ -479,12 +479,18 @@ const markTimers = new Map();
 /** Marks an open conversation read (and sends read receipts) after a short pause. */
 export function scheduleMarkRead(id) {
   patchConv(id, (c) => (c && c.unread ? Object.assign({}, c, { unread: 0 }) : c));
+  // Read up to the newest message shown now: one that comes during the delay, unseen,
+  // stays unread (the node's `read` event then says how many are left).
+  const chat = getState().chats[id];
+  const shown = chat && chat.loaded ? chat.messages : [];
+  const upTo = shown.length ? shown[shown.length - 1].id : null;
   clearTimeout(markTimers.get(id));
   markTimers.set(id, setTimeout(() => {
     markTimers.delete(id);
     const s = getState();
     const method = isGroup(s, id) ? 'group_history' : 'history';
-    call(method, Object.assign(target(s, id), { limit: 1, mark_read: true })).catch(ignore);
+    const mark = upTo ? { mark_read_until: upTo } : { mark_read: true };
+    call(method, Object.assign(target(s, id), { limit: 1 }, mark)).catch(ignore);
   }, MARK_READ_DELAY_MS));
 }
 
@@ -586,9 +592,11 @@ function onEvent(ev) {
       patchConv(ev.conversation, (c) => (c ? Object.assign({}, c, { unread: Math.max(c.unread, ev.unread || 0) }) : c));
       return;
     }
-    case 'read':
-      // Read here by another client (a tab, the CLI): nothing of it is unread any more.
-      return patchConv(ev.conversation, (c) => (c && c.unread ? Object.assign({}, c, { unread: 0 }) : c));
+    case 'read': {
+      // Read here (this page, another tab, the CLI): as many are left unread as it says.
+      const unread = Number.isSafeInteger(ev.unread) && ev.unread > 0 ? ev.unread : 0;
+      return patchConv(ev.conversation, (c) => (c && c.unread !== unread ? Object.assign({}, c, { unread }) : c));
+    }
     case 'transfer':
       return setState((s) => ({ transfers: Object.assign({}, s.transfers, { [ev.transfer.id]: ev.transfer }) }));
     case 'identity_changed': {

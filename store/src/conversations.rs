@@ -8,7 +8,7 @@ use crate::messages::{conversation_rowid, message_id};
 use crate::store::{Store, Tx};
 use crate::types::{
     ConversationCursor, ConversationId, ConversationKind, ConversationPage, ConversationSummary,
-    Preview, Status,
+    MessageId, Preview, Status,
 };
 
 const SUMMARY_SQL: &str = "SELECT c.rowid, c.conversation_id, c.kind, c.title, c.last_activity_ms, c.unread_count, \
@@ -139,6 +139,46 @@ impl Tx<'_> {
         Ok(n as u64)
     }
 
+    /// Marks read those of `messages` that are received messages of the conversation, and
+    /// takes them off its unread count (the others stay unread). Returns how many changed.
+    pub fn mark_messages_read(
+        &mut self,
+        id: &ConversationId,
+        messages: &[MessageId],
+    ) -> Result<u64, WriteError> {
+        const OP: &str = "mark messages read";
+        let conv = conversation_rowid(&self.tx, id)
+            .write_ctx(OP)?
+            .ok_or_else(|| WriteError::UnknownConversation {
+                op: OP,
+                conversation: id.0.clone(),
+            })?;
+        let mut n = 0;
+        for m in messages {
+            n += self
+                .tx
+                .prepare_cached(
+                    "UPDATE messages SET status = ?4 WHERE conversation = ?1 AND id = ?2 AND status = ?3",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        conv,
+                        m.0.as_slice(),
+                        Status::Received.code(),
+                        Status::Read.code()
+                    ])
+                })
+                .write_ctx(OP)?;
+        }
+        self.tx
+            .prepare_cached(
+                "UPDATE conversations SET unread_count = MAX(0, unread_count - ?2) WHERE rowid = ?1",
+            )
+            .and_then(|mut s| s.execute(params![conv, n as i64]))
+            .write_ctx(OP)?;
+        Ok(n as u64)
+    }
+
     pub(crate) fn bump_unread(&mut self, op: &'static str, conv: i64) -> Result<(), WriteError> {
         self.tx
             .prepare_cached(
@@ -151,6 +191,16 @@ impl Tx<'_> {
 }
 
 impl Store {
+    /// A conversation's unread count (0 for one not stored).
+    pub fn unread_count(&self, id: &ConversationId) -> Result<u64, ReadError> {
+        let n: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT unread_count FROM conversations WHERE conversation_id = ?1")
+            .and_then(|mut s| s.query_row([&id.0], |r| r.get(0)).optional())
+            .read_ctx("read unread count")?;
+        Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+
     /// Unread messages over every conversation (the sum of their unread counts).
     pub fn unread_total(&self) -> Result<u64, ReadError> {
         const OP: &str = "count unread";

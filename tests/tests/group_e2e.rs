@@ -640,7 +640,7 @@ fn subscribers_hear_of_groups_their_messages_and_batched_notifications() {
             .unwrap();
         assert_eq!(message_texts(page.as_array().unwrap()), ["n1", "n2", "n3"]);
         let read = |ev| match ev {
-            Event::Read { conversation } => Some(conversation.to_string()),
+            Event::Read { conversation, .. } => Some(conversation.to_string()),
             _ => None,
         };
         assert_eq!(wait_event(&mut tab, "News read", read).await, group);

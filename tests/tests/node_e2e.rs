@@ -439,3 +439,51 @@ fn search_shows_the_newest_hits_and_says_when_there_are_more() {
         Some(2)
     );
 }
+
+#[test]
+fn reading_up_to_a_message_sends_read_receipts_for_those_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    for t in ["one", "two", "three"] {
+        a.ok(&["send", "Bob", t]).unwrap();
+    }
+    let got = wait_history(&b, "Alice", "three texts at bob", |h| h.len() == 3);
+    wait_history(&a, "Bob", "delivered", |h| own_statuses_are(h, "delivered"));
+    // Bob's page has seen up to "two" when it marks read; "three" stays unread.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut api = b.api().await.unwrap();
+        let until = got[1]["id"].clone();
+        api.call(
+            "history",
+            serde_json::json!({"contact": "Alice", "limit": 1, "mark_read_until": until}),
+        )
+        .await
+        .unwrap();
+        let both = api
+            .call(
+                "history",
+                serde_json::json!({"contact": "Alice", "mark_read": true, "mark_read_until": until}),
+            )
+            .await;
+        assert!(both.is_err(), "one or the other: {both:?}");
+    });
+    let statuses = |h: &[Value]| -> Vec<String> {
+        h.iter()
+            .map(|m| m["status"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let seen = wait_history(&a, "Bob", "two read receipts", |h| {
+        statuses(h) == ["read", "read", "delivered"]
+    });
+    assert_eq!(texts(&seen), ["one", "two", "three"]);
+    let unread = b.json(&["conversations"]).unwrap();
+    assert_eq!(unread[0]["unread"], 1, "{unread}");
+    assert_eq!(
+        statuses(&history(&b, "Alice")),
+        ["read", "read", "received"]
+    );
+}

@@ -425,6 +425,23 @@ fn opt_str(params: &Value, name: &str) -> Option<String> {
     params.get(name).and_then(Value::as_str).map(str::to_owned)
 }
 
+/// How much a history request marks read: `mark_read` (all) or `mark_read_until` (a
+/// message id: up to it), not both.
+fn mark_read_param(p: &Value) -> Result<crate::types::MarkRead, NodeError> {
+    use crate::types::MarkRead;
+    match (
+        opt_bool(p, "mark_read")?.unwrap_or(false),
+        opt_str_strict(p, "mark_read_until")?,
+    ) {
+        (true, Some(_)) => Err(NodeError::BadRequest(
+            "give mark_read or mark_read_until, not both".into(),
+        )),
+        (true, None) => Ok(MarkRead::All),
+        (false, Some(id)) => Ok(MarkRead::Until(id)),
+        (false, None) => Ok(MarkRead::Nothing),
+    }
+}
+
 /// A text's parameters: whom to (`to`), the text, and the client's key for it.
 fn text_params(p: &Value, to: &str) -> Result<(String, String, Option<String>), NodeError> {
     Ok((
@@ -580,7 +597,7 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
                     .and_then(Value::as_u64)
                     .map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
                 opt_str(p, "before"),
-                p.get("mark_read").and_then(Value::as_bool).unwrap_or(false),
+                mark_read_param(p)?,
             )
             .await?,
         ),
@@ -647,7 +664,7 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
                 str_param(p, "group")?,
                 opt_u32(p, "limit")?,
                 opt_str_strict(p, "before")?,
-                opt_bool(p, "mark_read")?.unwrap_or(false),
+                mark_read_param(p)?,
             )
             .await?,
         ),

@@ -95,7 +95,7 @@ pub(crate) enum Command {
         contact: String,
         limit: Option<u32>,
         before: Option<String>,
-        mark_read: bool,
+        mark_read: MarkRead,
         reply: Reply<Vec<MessageInfo>>,
     },
     Conversations(Reply<Vec<ConversationInfo>>),
@@ -208,7 +208,7 @@ pub(crate) enum GroupCommand {
         group: String,
         limit: Option<u32>,
         before: Option<String>,
-        mark_read: bool,
+        mark_read: MarkRead,
         reply: Reply<Vec<MessageInfo>>,
     },
 }
@@ -284,7 +284,7 @@ impl Engine {
                 mark_read,
                 reply,
             } => {
-                let out = self.history(&contact, limit, before.as_deref(), mark_read);
+                let out = self.history(&contact, limit, before.as_deref(), &mark_read);
                 let _ = reply.send(out);
             }
             Command::Conversations(r) => {

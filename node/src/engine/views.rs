@@ -304,12 +304,14 @@ impl Engine {
         contact: &str,
         limit: Option<u32>,
         before: Option<&str>,
-        mark_read: bool,
+        mark_read: &MarkRead,
     ) -> Result<Vec<MessageInfo>, NodeError> {
         let user = self.resolve(contact)?;
-        let page = self.page(&user.into(), limit, before)?;
-        if mark_read {
-            self.mark_read(&user)?;
+        let conv = ConversationId::from(user);
+        let page = self.page(&conv, limit, before)?;
+        let read = self.mark_read_in(&conv, mark_read, true)?;
+        if !read.is_empty() {
+            self.send_receipt(&user, ReceiptKind::Read, read);
         }
         Ok(self.named(page))
     }
@@ -338,31 +340,69 @@ impl Engine {
         )?)
     }
 
-    /// Marks the conversation read and sends read receipts for what was unread.
-    pub(crate) fn mark_read(&mut self, user: &tern_crypto::UserId) -> Result<(), NodeError> {
-        let conv = ConversationId::from(*user);
-        let unread: Vec<MessageId> = self
-            .store
-            .history(&conv, Page::Latest, Some(HISTORY_MAX))?
-            .into_iter()
+    /// Marks read what `how` says of a conversation: all of it, or what was received up to
+    /// a message (in display order; a message not in the conversation is refused). For a
+    /// direct conversation, read receipts are owed (in the same transaction) for those of
+    /// the newest [`HISTORY_MAX`] messages it marked; they are returned, to send. A `read`
+    /// event tells every client the unread count left.
+    pub(crate) fn mark_read_in(
+        &mut self,
+        conv: &ConversationId,
+        how: &MarkRead,
+        direct: bool,
+    ) -> Result<Vec<MessageId>, NodeError> {
+        let until = match how {
+            MarkRead::Nothing => return Ok(Vec::new()),
+            MarkRead::All => None,
+            MarkRead::Until(id) => {
+                Some(parse_message_id(id).ok_or_else(|| NodeError::UnknownMessage(id.clone()))?)
+            }
+        };
+        let page = self.store.history(conv, Page::Latest, Some(HISTORY_MAX))?;
+        let seen = match until {
+            None => &page[..],
+            Some(id) => match page.iter().position(|m| m.id == id) {
+                Some(at) => &page[..=at],
+                // Older than the newest HISTORY_MAX: nothing received after it is marked.
+                None => match self.store.message(id)? {
+                    Some(m) if &m.conversation == conv => &page[..0],
+                    _ => return Err(NodeError::UnknownMessage(id.to_string())),
+                },
+            },
+        };
+        let unread: Vec<MessageId> = seen
+            .iter()
             .filter(|m| !m.own && m.status == Status::Received)
             .map(|m| m.id)
             .collect();
-        if unread.is_empty() {
-            return Ok(());
+        if until.is_some() && unread.is_empty() {
+            return Ok(Vec::new());
         }
         let now = self.clock.now_ms();
-        self.store
-            .transaction(|tx| -> Result<(), tern_store::WriteError> {
-                match tx.mark_read(&conv) {
-                    Ok(_) | Err(tern_store::WriteError::UnknownConversation { .. }) => {}
+        let marked = self
+            .store
+            .transaction(|tx| -> Result<u64, tern_store::WriteError> {
+                let marked = match until {
+                    None => tx.mark_read(conv),
+                    Some(_) => tx.mark_messages_read(conv, &unread),
+                };
+                let marked = match marked {
+                    Ok(n) => n,
+                    Err(tern_store::WriteError::UnknownConversation { .. }) => 0,
                     Err(e) => return Err(e),
-                }
+                };
                 // Owed until delivered, so a crash before that does not lose them.
-                tx.owe_receipts(conv.as_str(), tern_store::ReceiptKind::Read, &unread, now)
+                if direct && !unread.is_empty() {
+                    tx.owe_receipts(conv.as_str(), tern_store::ReceiptKind::Read, &unread, now)?;
+                }
+                Ok(marked)
             })?;
-        self.send_receipt(user, ReceiptKind::Read, unread);
-        self.emit(Event::Read { conversation: conv });
-        Ok(())
+        if marked > 0 {
+            self.emit(Event::Read {
+                conversation: conv.clone(),
+                unread: self.store.unread_count(conv)?,
+            });
+        }
+        Ok(if direct { unread } else { Vec::new() })
     }
 }

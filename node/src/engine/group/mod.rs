@@ -258,7 +258,7 @@ impl Engine {
                 mark_read,
                 reply,
             } => {
-                let out = self.group_history(&group, limit, before.as_deref(), mark_read);
+                let out = self.group_history(&group, limit, before.as_deref(), &mark_read);
                 let _ = reply.send(out);
             }
         }
@@ -343,28 +343,13 @@ impl Engine {
         group: &str,
         limit: Option<u32>,
         before: Option<&str>,
-        mark_read: bool,
+        mark_read: &crate::types::MarkRead,
     ) -> Result<Vec<MessageInfo>, NodeError> {
         let group = self.resolve_group(group)?;
         let conv = ConversationId::from(group);
         let page = self.page(&conv, limit, before)?;
-        if mark_read {
-            // Group messages get no read receipts; the mark clears the unread count.
-            let marked = self
-                .store
-                .transaction(|tx| -> Result<u64, tern_store::WriteError> {
-                    match tx.mark_read(&conv) {
-                        Ok(n) => Ok(n),
-                        Err(tern_store::WriteError::UnknownConversation { .. }) => Ok(0),
-                        Err(e) => Err(e),
-                    }
-                })?;
-            if marked > 0 {
-                self.emit(crate::types::Event::Read {
-                    conversation: conv.clone(),
-                });
-            }
-        }
+        // Group messages get no read receipts; the mark lowers the unread count.
+        self.mark_read_in(&conv, mark_read, false)?;
         // Members who are not contacts are named as the group names them.
         let mut page = self.named(page);
         if let Ok(state) = self.state(&group) {

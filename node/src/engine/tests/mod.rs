@@ -13,6 +13,7 @@ mod lists;
 mod outbox;
 mod owed;
 mod quarantine;
+mod reads;
 mod recover;
 mod redundant;
 mod rotation;
