@@ -139,7 +139,7 @@ pub(crate) async fn send(
     target: (Option<String>, Option<String>),
     path: PathBuf,
     caption: Option<String>,
-    original: bool,
+    (original, as_file): (bool, bool),
     wait: Option<Duration>,
     json_out: bool,
 ) -> Result<(), Failure> {
@@ -156,6 +156,7 @@ pub(crate) async fn send(
                 "path": path.display().to_string(),
                 "caption": caption,
                 "original": original,
+                "as_file": as_file,
             }),
         )
         .await?;

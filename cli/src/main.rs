@@ -150,6 +150,7 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             group,
             caption,
             original,
+            as_file,
             no_wait,
             idle_secs,
         } => {
@@ -174,7 +175,8 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             };
             let mut c = client(&home).await?;
             let wait = (!no_wait).then(|| std::time::Duration::from_secs(idle_secs));
-            file::send(&mut c, target, path, caption, original, wait, json).await
+            let prepare = (original, as_file);
+            file::send(&mut c, target, path, caption, prepare, wait, json).await
         }
         Cmd::File { cmd } => {
             let mut c = client(&home).await?;

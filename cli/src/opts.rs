@@ -98,8 +98,12 @@ pub(crate) enum Cmd {
         #[arg(long)]
         caption: Option<String>,
         /// Send an image at its full size (still without metadata).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "as_file")]
         original: bool,
+        /// Send the file as it is, even an image: not decoded, scaled or stripped of its
+        /// metadata (EXIF, GPS). For an image Tern cannot read.
+        #[arg(long)]
+        as_file: bool,
         /// Return once the file is queued, without waiting for the upload.
         #[arg(long)]
         no_wait: bool,

@@ -443,23 +443,24 @@ impl Node {
         self.call(Command::Devices).await
     }
 
-    /// Sends a file (an image is prepared first: metadata stripped, scaled unless
-    /// `original`) to a contact or a group; answers once it is staged for upload. `transfer`
-    /// events follow it; the message is sent once the relay holds the whole file.
+    /// Sends a file (an image is prepared first as `prepare` says: metadata stripped, scaled
+    /// unless [`types::Prepare::Original`], or sent as it is) to a contact or a group; answers
+    /// once it is staged for upload. `transfer` events follow it; the message is sent once
+    /// the relay holds the whole file.
     pub async fn file_send(
         &self,
         contact: Option<String>,
         group: Option<String>,
         path: String,
         caption: String,
-        original: bool,
+        prepare: types::Prepare,
     ) -> Result<TransferInfo, NodeError> {
         self.call(|reply| Command::FileSend {
             contact,
             group,
             path,
             caption,
-            original,
+            prepare,
             reply,
         })
         .await

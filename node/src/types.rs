@@ -511,6 +511,20 @@ pub struct PeerInfo {
     pub relayed: u32,
 }
 
+/// How a file is prepared before it is sent (`file.send`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prepare {
+    /// An image is stripped of its metadata (EXIF, GPS) and scaled to 2,048 px; any other
+    /// file goes as it is.
+    #[default]
+    Scaled,
+    /// An image is stripped of its metadata, at its full size.
+    Original,
+    /// The file goes as it is, image or not: nothing decoded, nothing stripped (an image
+    /// that cannot be decoded can still be sent this way).
+    AsFile,
+}
+
 /// How much of a conversation a history request marks read.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum MarkRead {

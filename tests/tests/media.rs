@@ -503,6 +503,38 @@ fn over_large_files_bad_images_and_the_relay_quota_are_refused_with_clear_errors
 }
 
 #[test]
+fn an_image_that_cannot_be_decoded_goes_as_it_is_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let (alice, bob) = alice_and_bob(dir.path(), &relay);
+    // JPEG's magic bytes, then nothing a decoder can read.
+    let broken = dir.path().join("broken.jpg");
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    bytes.extend_from_slice(b"not really a JPEG, whatever its first bytes say");
+    std::fs::write(&broken, &bytes).unwrap();
+    let path = broken.to_str().unwrap();
+    let out = alice.cli(&["send-file", "Bob", path]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad_image"),
+        "{out:?}"
+    );
+    // Not both ways at once.
+    let out = alice.cli(&["send-file", "--as-file", "--original", "Bob", path]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // As a file: the bytes as they are, under their name.
+    let id = send_file(&alice, &["--as-file", "Bob", path]);
+    let m = wait_message(&bob, "Alice", &id);
+    assert_eq!(m["media"]["name"], "broken.jpg", "{m}");
+    assert_eq!(m["media"]["mime"], "application/octet-stream", "{m}");
+    assert_eq!(m["media"]["size"], bytes.len(), "{m}");
+    let out = dir.path().join("got.jpg");
+    bob.ok(&["file", "get", &id, "--to", out.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+}
+
+#[test]
 fn a_tampered_blob_is_refused_and_nothing_of_it_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();

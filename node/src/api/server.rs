@@ -425,6 +425,23 @@ fn opt_str(params: &Value, name: &str) -> Option<String> {
     params.get(name).and_then(Value::as_str).map(str::to_owned)
 }
 
+/// How `file.send` prepares the file: `original` (an image at full size) or `as_file` (as
+/// it is), not both.
+fn prepare_param(p: &Value) -> Result<crate::types::Prepare, NodeError> {
+    use crate::types::Prepare;
+    match (
+        opt_bool(p, "original")?.unwrap_or(false),
+        opt_bool(p, "as_file")?.unwrap_or(false),
+    ) {
+        (true, true) => Err(NodeError::BadRequest(
+            "give original or as_file, not both".into(),
+        )),
+        (true, false) => Ok(Prepare::Original),
+        (false, true) => Ok(Prepare::AsFile),
+        (false, false) => Ok(Prepare::Scaled),
+    }
+}
+
 /// How much a history request marks read: `mark_read` (all) or `mark_read_until` (a
 /// message id: up to it), not both.
 fn mark_read_param(p: &Value) -> Result<crate::types::MarkRead, NodeError> {
@@ -574,7 +591,7 @@ async fn dispatch(node: &Node, method: &str, p: &Value) -> Result<Value, NodeErr
                 opt_str_strict(p, "group")?,
                 str_param(p, "path")?,
                 opt_str_strict(p, "caption")?.unwrap_or_default(),
-                opt_bool(p, "original")?.unwrap_or(false),
+                prepare_param(p)?,
             )
             .await?,
         ),

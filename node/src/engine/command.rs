@@ -140,7 +140,7 @@ pub(crate) enum Command {
         group: Option<String>,
         path: String,
         caption: String,
-        original: bool,
+        prepare: Prepare,
         reply: Reply<TransferInfo>,
     },
     /// Save a message's file (downloading it first if needed).
@@ -349,7 +349,7 @@ impl Engine {
                 group,
                 path,
                 caption,
-                original,
+                prepare,
                 reply,
             } => {
                 let _ = reply.send(self.file_send(
@@ -357,7 +357,7 @@ impl Engine {
                     group.as_deref(),
                     &path,
                     caption,
-                    original,
+                    prepare,
                 ));
             }
             Command::FileGet { message, to, reply } => self.file_get(&message, to, reply),

@@ -79,6 +79,9 @@ pub(crate) struct UpData {
     source: String,
     caption: String,
     original: bool,
+    /// Sent as it is, not prepared as an image (absent in records written before it).
+    #[serde(default)]
+    as_file: bool,
     staged: Option<StagedUp>,
 }
 
@@ -325,14 +328,21 @@ impl Engine {
             TransferData::Up(UpData {
                 source,
                 original,
+                as_file,
                 staged: None,
                 ..
             }) => {
+                use crate::types::Prepare;
+                let prepare = match (as_file, original) {
+                    (true, _) => Prepare::AsFile,
+                    (false, true) => Prepare::Original,
+                    (false, false) => Prepare::Scaled,
+                };
                 let dir = self.media.dir.clone();
                 tokio::spawn(async move {
                     let source = PathBuf::from(source);
                     let result = tokio::task::spawn_blocking(move || {
-                        stage_blocking(&dir, &id, &source, original).map(Box::new)
+                        stage_blocking(&dir, &id, &source, prepare).map(Box::new)
                     })
                     .await
                     .unwrap_or_else(|e| Err(("io", e.to_string())));

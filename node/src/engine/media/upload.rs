@@ -18,7 +18,7 @@ use crate::{
     consts::{MAX_TEXT_BYTES, UPLOAD_WINDOW_CHUNKS},
     error::NodeError,
     media::{MAX_FILE_BYTES, MediaRef, StoredMedia, hex, image, safe_name, stage},
-    types::{Event, TransferInfo},
+    types::{Event, Prepare, TransferInfo},
 };
 
 /// Reads, prepares (images), encrypts and stages a file to send; blocking.
@@ -26,7 +26,7 @@ pub(super) fn stage_blocking(
     dir: &Path,
     id: &MessageId,
     source: &Path,
-    original: bool,
+    prepare: Prepare,
 ) -> Result<StagedUp, (&'static str, String)> {
     let meta = std::fs::metadata(source).map_err(|e| {
         (
@@ -71,10 +71,14 @@ pub(super) fn stage_blocking(
         None,
         None,
     );
-    let staged = match image::sniff(&head[..n]) {
+    let image = match prepare {
+        Prepare::AsFile => None,
+        Prepare::Scaled | Prepare::Original => image::sniff(&head[..n]),
+    };
+    let staged = match image {
         Some(_) => {
             let bytes = std::fs::read(source).map_err(io)?;
-            let p = image::prepare(&bytes, original)
+            let p = image::prepare(&bytes, prepare == Prepare::Original)
                 .map_err(|e| ("bad_image", format!("{}: {e}", source.display())))?;
             drop(bytes);
             let ext = match p.mime {
@@ -205,7 +209,7 @@ impl Engine {
         group: Option<&str>,
         path: &str,
         caption: String,
-        original: bool,
+        prepare: Prepare,
     ) -> Result<TransferInfo, NodeError> {
         self.check_not_revoked()?;
         let target = match (contact, group) {
@@ -261,7 +265,8 @@ impl Engine {
             target,
             source: source.display().to_string(),
             caption,
-            original,
+            original: prepare == Prepare::Original,
+            as_file: prepare == Prepare::AsFile,
             staged: None,
         });
         let now = self.clock.now_ms();
