@@ -42,7 +42,7 @@ async fn uploads_no_transfer_takes_are_swept_once_old() {
             None,
             taken.to_str().unwrap(),
             String::new(),
-            false,
+            crate::types::Prepare::Scaled,
         )
         .unwrap();
 
