@@ -150,7 +150,7 @@ describe('messaging in the browser', () => {
     );
   });
 
-test('an image that cannot be decoded is refused in words, not by its code', T, async () => {
+test('an image that cannot be decoded is refused in words, and goes as a file when asked', T, async () => {
     await openChat(alicePage, bob.user);
     // A PNG signature and then nothing a decoder can read.
     const broken = Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), randomBytes(512)]);
@@ -160,6 +160,13 @@ test('an image that cannot be decoded is refused in words, not by its code', T, 
     const said = await failed.first().innerText();
     assert.match(said, /could not be read as (a picture|one)/, said);
     assert.doesNotMatch(said, /bad_image/, said);
+    // Sent again as it is: Bob gets the file under its name, byte for byte.
+    await failed.first().locator('[data-testid^="upload-as-file-"]').click();
+    await failed.first().waitFor({ state: 'detached' });
+    const got = await waitFor('Bob to get broken.png', async () =>
+      (await bob.json(['history', 'Alice', '--no-mark-read', '--limit', '20'])).find((m) => m.media && m.media.name === 'broken.png'));
+    assert.equal(got.media.mime, 'application/octet-stream');
+    assert.equal(got.media.size, broken.length);
   });
 
   test('a chat with more unread messages than a page opens at the first of them, its divider in view', T, async () => {

@@ -434,8 +434,29 @@ export function dismissUnsent(id, itemId) {
   dropUnsent(id, itemId);
 }
 
-/** Uploads a file's bytes to the node, then asks it to send them. */
-export async function sendFile(id, file, caption) {
+/**
+ * Files this page handed to the node, by transfer id, kept until sent (at most
+ * KEPT_FILES): one the node could not prepare as an image can be sent again as a file.
+ */
+const keptFiles = new Map();
+const KEPT_FILES = 20;
+
+/** Whether the page still holds the file of upload `tid` (to send it again as a file). */
+export function holdsFile(tid) {
+  return keptFiles.has(tid);
+}
+
+/** Sends the file of a failed upload again, as it is (`as_file`): for an image the node cannot read. */
+export function sendAsFile(id, tid) {
+  const kept = keptFiles.get(tid);
+  if (!kept) return;
+  keptFiles.delete(tid);
+  dismissUpload(id, tid);
+  sendFile(id, kept.file, kept.caption, true);
+}
+
+/** Uploads a file's bytes to the node, then asks it to send them (`asFile`: as it is). */
+export async function sendFile(id, file, caption, asFile = false) {
   const s = getState();
   const localId = 'upload-' + ++tempId;
   const placeholder = { id: localId, direction: 'up', state: 'queued', bytes: 0, total: file.size, name: file.name, local: true };
@@ -453,7 +474,10 @@ export async function sendFile(id, file, caption) {
     const { path } = await res.json();
     const params = Object.assign(target(s, id), { path });
     if (caption) params.caption = caption;
+    if (asFile) params.as_file = true;
     const t = await call('file.send', params);
+    keptFiles.set(t.id, { file, caption });
+    if (keptFiles.size > KEPT_FILES) keptFiles.delete(keptFiles.keys().next().value);
     setState((st) => {
       const transfers = Object.assign({}, st.transfers);
       delete transfers[localId];
@@ -471,6 +495,7 @@ export async function sendFile(id, file, caption) {
 }
 
 export function dismissUpload(id, tid) {
+  keptFiles.delete(tid);
   patchChat(id, (c) => Object.assign({}, c, { uploads: c.uploads.filter((u) => u !== tid) }));
 }
 
@@ -598,6 +623,7 @@ function onEvent(ev) {
       return patchConv(ev.conversation, (c) => (c && c.unread !== unread ? Object.assign({}, c, { unread }) : c));
     }
     case 'transfer':
+      if (ev.transfer.state === 'done') keptFiles.delete(ev.transfer.id);
       return setState((s) => ({ transfers: Object.assign({}, s.transfers, { [ev.transfer.id]: ev.transfer }) }));
     case 'identity_changed': {
       setState((s) => ({ identityPending: Object.assign({}, s.identityPending, { [ev.user_id]: true }) }));

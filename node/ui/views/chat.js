@@ -3,8 +3,8 @@
 import { html, useEffect, useLayoutEffect, useRef, useState } from '../vendor/preact-htm.js';
 import { useStore, setState, savePrefs, getState, toast, errorText } from '../store.js';
 import {
-  acceptIdentity, closeConversation, convName, dismissUpload, isGroup, loadLatest, loadOlder, noteAtBottom, retryUnsent,
-  sendFile, sendText,
+  acceptIdentity, closeConversation, convName, dismissUpload, holdsFile, isGroup, loadLatest, loadOlder, noteAtBottom, retryUnsent,
+  sendAsFile, sendFile, sendText,
 } from '../actions.js';
 import { MessageRow, UnsentRow, UploadRow } from './message.js';
 import { dayKey, dayLabel, msgTime, presenceText } from '../format.js';
@@ -291,7 +291,8 @@ function Timeline({ id, group }) {
     items.push(html`<${UnsentRow} key=${item.id} item=${item} chatId=${id} />`);
   }
   for (const tid of (chat && chat.uploads) || []) {
-    items.push(html`<${UploadRow} key=${'u-' + tid} tid=${tid} onDismiss=${() => dismissUpload(id, tid)} />`);
+    items.push(html`<${UploadRow} key=${'u-' + tid} tid=${tid} onDismiss=${() => dismissUpload(id, tid)}
+      onSendAsFile=${holdsFile(tid) ? () => sendAsFile(id, tid) : null} />`);
   }
 
   return html`<div class="timeline-wrap">

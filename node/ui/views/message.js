@@ -196,7 +196,7 @@ function FilePart({ m }) {
 }
 
 /** An upload of this page that has no message yet. */
-export function UploadRow({ tid, onDismiss }) {
+export function UploadRow({ tid, onDismiss, onSendAsFile }) {
   const t = useStore((s) => s.transfers[tid]);
   if (!t) return null;
   const pct = t.total ? Math.floor((100 * t.bytes) / t.total) : 0;
@@ -209,6 +209,9 @@ export function UploadRow({ tid, onDismiss }) {
         <span class="muted">${label}${t.state === 'uploading' ? ` ${pct}%` : ''}${t.state === 'paused' && t.code ? ` (${t.code})` : ''}</span>
       </div>`}
       ${t.state === 'failed' && html`<div class="error" data-testid=${'upload-error-' + tid}>${transferProblem(t, 'up')}
+        ${t.code === 'bad_image' && onSendAsFile && html`<button type="button" class="link" data-testid=${'upload-as-file-' + tid}
+          title="Sends the bytes as they are: not scaled, and not stripped of the photo's metadata (place, time, camera)"
+          onClick=${onSendAsFile}>Send as a file</button>`}
         <button type="button" class="link" onClick=${onDismiss}>Dismiss</button></div>`}
     </div>
   </li>`;
