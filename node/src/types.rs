@@ -533,9 +533,8 @@ pub enum MarkRead {
     Nothing,
     /// Every message received in it.
     All,
-    /// The messages received up to this one (a message id), in display order: what the
-    /// reader has seen; what came after it stays unread.
-    Until(String),
+    /// These messages (ids): those the reader saw; the others stay unread.
+    Ids(Vec<String>),
 }
 
 /// A search hit.

@@ -504,20 +504,29 @@ const markTimers = new Map();
 /** Marks an open conversation read (and sends read receipts) after a short pause. */
 export function scheduleMarkRead(id) {
   patchConv(id, (c) => (c && c.unread ? Object.assign({}, c, { unread: 0 }) : c));
-  // Read up to the newest message shown now: one that comes during the delay, unseen,
-  // stays unread (the node's `read` event then says how many are left).
+  // The received messages shown now are the ones read: one that comes during the delay,
+  // unseen, stays unread (the node's `read` event then says how many are left).
   const chat = getState().chats[id];
-  const shown = chat && chat.loaded ? chat.messages : [];
-  const upTo = shown.length ? shown[shown.length - 1].id : null;
+  const seen = markSeen.get(id) || new Set();
+  for (const m of chat && chat.loaded ? chat.messages : []) {
+    if (!m.own && m.status === 'received') seen.add(m.id);
+  }
+  markSeen.set(id, seen);
   clearTimeout(markTimers.get(id));
   markTimers.set(id, setTimeout(() => {
     markTimers.delete(id);
+    markSeen.delete(id);
     const s = getState();
     const method = isGroup(s, id) ? 'group_history' : 'history';
-    const mark = upTo ? { mark_read_until: upTo } : { mark_read: true };
+    const ids = [...seen].slice(-HISTORY_MAX);
+    const mark = chat && chat.loaded ? { mark_read_ids: ids } : { mark_read: true };
+    if (mark.mark_read_ids && !ids.length) return;
     call(method, Object.assign(target(s, id), { limit: 1 }, mark)).catch(ignore);
   }, MARK_READ_DELAY_MS));
 }
+
+/** The received messages seen in each chat since its last mark was sent. */
+const markSeen = new Map();
 
 // ---------------------------------------------------------------- events
 
@@ -565,8 +574,10 @@ function noteInConv(m, fresh) {
  */
 function dropMatchingUnsent(m) {
   if (!m.own || m.kind !== 'text') return;
-  const item = (getState().unsent[m.conversation] || []).find((x) => x.state === 'sending' && x.text === m.text);
-  if (item) dropUnsent(m.conversation, item.id);
+  // The oldest such text not failed: only if its call is under way is it this one (an older
+  // one waiting to be sent again may be it, and a newer one then is not).
+  const item = (getState().unsent[m.conversation] || []).find((x) => x.state !== 'failed' && x.text === m.text);
+  if (item && item.state === 'sending') dropUnsent(m.conversation, item.id);
 }
 
 function onMessage(m) {

@@ -441,7 +441,7 @@ fn search_shows_the_newest_hits_and_says_when_there_are_more() {
 }
 
 #[test]
-fn reading_up_to_a_message_sends_read_receipts_for_those_only() {
+fn reading_some_messages_sends_read_receipts_for_those_only() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
     let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
@@ -452,21 +452,21 @@ fn reading_up_to_a_message_sends_read_receipts_for_those_only() {
     }
     let got = wait_history(&b, "Alice", "three texts at bob", |h| h.len() == 3);
     wait_history(&a, "Bob", "delivered", |h| own_statuses_are(h, "delivered"));
-    // Bob's page has seen up to "two" when it marks read; "three" stays unread.
+    // Bob's page has shown "one" and "two" when it marks read; "three" stays unread.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut api = b.api().await.unwrap();
-        let until = got[1]["id"].clone();
+        let seen = serde_json::json!([got[0]["id"], got[1]["id"]]);
         api.call(
             "history",
-            serde_json::json!({"contact": "Alice", "limit": 1, "mark_read_until": until}),
+            serde_json::json!({"contact": "Alice", "limit": 1, "mark_read_ids": seen}),
         )
         .await
         .unwrap();
         let both = api
             .call(
                 "history",
-                serde_json::json!({"contact": "Alice", "mark_read": true, "mark_read_until": until}),
+                serde_json::json!({"contact": "Alice", "mark_read": true, "mark_read_ids": seen}),
             )
             .await;
         assert!(both.is_err(), "one or the other: {both:?}");

@@ -442,19 +442,31 @@ fn prepare_param(p: &Value) -> Result<crate::types::Prepare, NodeError> {
     }
 }
 
-/// How much a history request marks read: `mark_read` (all) or `mark_read_until` (a
-/// message id: up to it), not both.
+/// How much a history request marks read: `mark_read` (all) or `mark_read_ids` (the
+/// messages named, at most [`crate::consts::HISTORY_MAX`]), not both.
 fn mark_read_param(p: &Value) -> Result<crate::types::MarkRead, NodeError> {
     use crate::types::MarkRead;
-    match (
-        opt_bool(p, "mark_read")?.unwrap_or(false),
-        opt_str_strict(p, "mark_read_until")?,
-    ) {
+    let max = crate::consts::HISTORY_MAX as usize;
+    let ids = match p.get("mark_read_ids") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) if a.len() <= max => Some(
+            a.iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| NodeError::BadRequest("mark_read_ids must be message ids".into()))?,
+        ),
+        Some(_) => {
+            return Err(NodeError::BadRequest(format!(
+                "mark_read_ids must be a list of at most {max} message ids"
+            )));
+        }
+    };
+    match (opt_bool(p, "mark_read")?.unwrap_or(false), ids) {
         (true, Some(_)) => Err(NodeError::BadRequest(
-            "give mark_read or mark_read_until, not both".into(),
+            "give mark_read or mark_read_ids, not both".into(),
         )),
         (true, None) => Ok(MarkRead::All),
-        (false, Some(id)) => Ok(MarkRead::Until(id)),
+        (false, Some(ids)) => Ok(MarkRead::Ids(ids)),
         (false, None) => Ok(MarkRead::Nothing),
     }
 }

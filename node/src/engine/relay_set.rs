@@ -50,7 +50,8 @@ fn too_many_relays() -> NodeError {
 
 /// Whether a Tern relay answers at `addr` as the peer it names: dialled there on a
 /// connection of its own (so a connection to the same relay at its old address, `moved_from`,
-/// proves nothing), then asked a mailbox request. At most [`RELAY_ADD_TIMEOUT`].
+/// proves nothing; the handshake proves the peer id), then asked a mailbox request. At most
+/// [`RELAY_ADD_TIMEOUT`].
 async fn check_relay(
     net: crate::net::Client,
     addr: Multiaddr,
@@ -66,13 +67,9 @@ async fn check_relay(
         .as_ref()
         .map(|old| format!("; it stays at {old}"))
         .unwrap_or_default();
+    // Nothing is registered before the check answers: the address is dialled as given, and
+    // the network task's relays (a contact's at this peer id, say) keep theirs.
     let check = async {
-        if moved_from.is_none() {
-            // Kept as a relay (not a home one yet), so its connection is one of the relays'.
-            net.add_relay(addr.clone(), false)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
         match net.probe(addr.clone()).await {
             Ok(()) => {}
             Err(DialProblem::OtherIdentity(other)) => {
@@ -80,7 +77,9 @@ async fn check_relay(
             }
             Err(DialProblem::Unreachable(why)) => return Err(why),
         }
-        // Any answer of the mailbox protocol will do, a refusal (a rate limit) included.
+        // The probe's handshake proved the identity at the address; now whether that peer
+        // is a Tern relay. Any answer of the mailbox protocol will do, a refusal (a rate
+        // limit) included. (It may go over another connection to the same peer.)
         match net.at(peer).usage().await {
             Ok(_) | Err(tern_relay::rpc::RequestError::Rejected(_)) => Ok(()),
             Err(e) => Err(format!("it does not answer as a Tern relay ({e})")),
@@ -159,12 +158,7 @@ impl Engine {
             reply,
             check_relay(net, target, known),
             move |engine, checked, reply| {
-                let out = checked.and_then(|()| engine.relay_added(addr));
-                if out.is_err() {
-                    // Connected for the check only (a home relay's is kept).
-                    engine.forget_relay_unless_used(peer);
-                }
-                let _ = reply.send(out);
+                let _ = reply.send(checked.and_then(|()| engine.relay_added(addr)));
             },
         );
     }

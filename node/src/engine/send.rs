@@ -145,8 +145,9 @@ impl Engine {
     ) -> Result<MessageInfo, NodeError> {
         check_text(&text)?;
         if let Some(key) = client {
-            let conv = self.resolve(contact)?.to_string();
-            if let Some(sent) = self.sent_under(key, &conv, &text)? {
+            // Looked up before the name is: a contact renamed since the first try is theirs.
+            let conv = self.resolve(contact).ok().map(|u| u.to_string());
+            if let Some(sent) = self.sent_under(key, conv.as_deref(), &text)? {
                 return Ok(sent);
             }
         }
@@ -171,13 +172,14 @@ impl Engine {
     }
 
     /// The text already sent under the client's key `key`, if any, as it stands now. A key
-    /// that names a text to another conversation, or another text, is refused: the client
-    /// reused a key by mistake, and neither sending nor answering the old text would be what
-    /// it meant. A text edited since it was sent is still the one sent under the key.
+    /// that names a text to another conversation (`conversation`, when the name still
+    /// resolves), or another text, is refused: the client reused a key by mistake, and
+    /// neither sending nor answering the old text would be what it meant. A text edited since
+    /// it was sent is still the one sent under the key.
     pub(crate) fn sent_under(
         &self,
         key: &str,
-        conversation: &str,
+        conversation: Option<&str>,
         text: &str,
     ) -> Result<Option<MessageInfo>, NodeError> {
         check_client_id(key)?;
@@ -190,7 +192,8 @@ impl Engine {
         };
         let same_text =
             m.edited_at_ms.is_some() || matches!(&m.body, tern_store::Body::Text(t) if t == text);
-        if m.conversation.0 != conversation || !m.own || !same_text {
+        let same_conversation = conversation.is_none_or(|c| m.conversation.0 == c);
+        if !same_conversation || !m.own || !same_text {
             return Err(NodeError::BadRequest(format!(
                 "client_id {key:?} was used for another message"
             )));
@@ -689,7 +692,6 @@ impl Engine {
     }
 }
 
-/// A text a user may send: not blank, at most [`MAX_TEXT_BYTES`].
 /// A client's key for a text (`client_id`): 1 to [`MAX_CLIENT_ID_BYTES`] bytes of visible
 /// ASCII (a UUID, a counter, ...).
 pub(crate) fn check_client_id(key: &str) -> Result<(), NodeError> {
@@ -712,6 +714,7 @@ pub(crate) struct TextToSend {
     pub(crate) reply: Reply<MessageInfo>,
 }
 
+/// A text a user may send: not blank, at most [`MAX_TEXT_BYTES`].
 pub(crate) fn check_text(text: &str) -> Result<(), NodeError> {
     if text.trim().is_empty() {
         return Err(NodeError::EmptyText);

@@ -340,10 +340,10 @@ impl Engine {
         )?)
     }
 
-    /// Marks read what `how` says of a conversation: all of it, or what was received up to
-    /// a message (in display order; a message not in the conversation is refused). For a
-    /// direct conversation, read receipts are owed (in the same transaction) for those of
-    /// the newest [`HISTORY_MAX`] messages it marked; they are returned, to send. A `read`
+    /// Marks read what `how` says of a conversation: all of it, or the messages named (those
+    /// the reader saw; one not in the conversation is refused). For a direct conversation,
+    /// read receipts are owed (in the same transaction) for the messages it marked (for
+    /// "all", those among the newest [`HISTORY_MAX`]); they are returned, to send. A `read`
     /// event tells every client the unread count left.
     pub(crate) fn mark_read_in(
         &mut self,
@@ -351,40 +351,44 @@ impl Engine {
         how: &MarkRead,
         direct: bool,
     ) -> Result<Vec<MessageId>, NodeError> {
-        let until = match how {
+        let received = |m: &tern_store::Message| !m.own && m.status == Status::Received;
+        let (all, unread): (bool, Vec<MessageId>) = match how {
             MarkRead::Nothing => return Ok(Vec::new()),
-            MarkRead::All => None,
-            MarkRead::Until(id) => {
-                Some(parse_message_id(id).ok_or_else(|| NodeError::UnknownMessage(id.clone()))?)
+            MarkRead::All => {
+                let page = self.store.history(conv, Page::Latest, Some(HISTORY_MAX))?;
+                (
+                    true,
+                    page.iter().filter(|m| received(m)).map(|m| m.id).collect(),
+                )
+            }
+            MarkRead::Ids(ids) => {
+                let mut unread = Vec::new();
+                for id in ids {
+                    let m = parse_message_id(id)
+                        .map(|id| self.store.message(id))
+                        .transpose()?
+                        .flatten()
+                        .filter(|m| &m.conversation == conv)
+                        .ok_or_else(|| NodeError::UnknownMessage(id.clone()))?;
+                    if received(&m) && !unread.contains(&m.id) {
+                        unread.push(m.id);
+                    }
+                }
+                (false, unread)
             }
         };
-        let page = self.store.history(conv, Page::Latest, Some(HISTORY_MAX))?;
-        let seen = match until {
-            None => &page[..],
-            Some(id) => match page.iter().position(|m| m.id == id) {
-                Some(at) => &page[..=at],
-                // Older than the newest HISTORY_MAX: nothing received after it is marked.
-                None => match self.store.message(id)? {
-                    Some(m) if &m.conversation == conv => &page[..0],
-                    _ => return Err(NodeError::UnknownMessage(id.to_string())),
-                },
-            },
-        };
-        let unread: Vec<MessageId> = seen
-            .iter()
-            .filter(|m| !m.own && m.status == Status::Received)
-            .map(|m| m.id)
-            .collect();
-        if until.is_some() && unread.is_empty() {
+        // Nothing to mark: no write.
+        if unread.is_empty() && (!all || self.store.unread_count(conv)? == 0) {
             return Ok(Vec::new());
         }
         let now = self.clock.now_ms();
         let marked = self
             .store
             .transaction(|tx| -> Result<u64, tern_store::WriteError> {
-                let marked = match until {
-                    None => tx.mark_read(conv),
-                    Some(_) => tx.mark_messages_read(conv, &unread),
+                let marked = if all {
+                    tx.mark_read(conv)
+                } else {
+                    tx.mark_messages_read(conv, &unread)
                 };
                 let marked = match marked {
                     Ok(n) => n,

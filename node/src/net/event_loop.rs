@@ -181,6 +181,13 @@ impl EventLoop {
             }
             Command::AddRelay { addr, home } => {
                 let Some(peer) = peer_of(&addr) else { return };
+                // A peer connected so far as another peer (on the connection `relay add`
+                // checked it on) is a relay from now on: its connections are the relays'.
+                if !self.relays.contains_key(&peer) && self.direct_conns.remove(&peer).is_some() {
+                    self.direct_tries.remove(&peer);
+                    self.relayed_conns.remove(&peer);
+                    self.emit(Event::PeerDown { peer });
+                }
                 self.swarm.add_peer_address(peer, addr.clone());
                 // Every relay is a server of the DHT, and so a way into it.
                 self.swarm

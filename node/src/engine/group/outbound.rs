@@ -124,8 +124,6 @@ impl Engine {
         ))
     }
 
-    /// Sends a text or a file (its caption checked by the caller) to a group, under `id` when
-    /// one was chosen before.
     /// Sends a text to a group; under a client's key, as [`Engine::send_text_once`] does.
     pub(crate) fn group_send_once(
         &mut self,
@@ -135,14 +133,17 @@ impl Engine {
     ) -> Result<MessageInfo, NodeError> {
         super::super::send::check_text(&text)?;
         if let Some(key) = client {
-            let conv = self.resolve_group(group)?.to_string();
-            if let Some(sent) = self.sent_under(key, &conv, &text)? {
+            // Looked up before the name is: a group retitled since the first try is the same.
+            let conv = self.resolve_group(group).ok().map(|g| g.to_string());
+            if let Some(sent) = self.sent_under(key, conv.as_deref(), &text)? {
                 return Ok(sent);
             }
         }
         self.group_send(group, None, tern_store::Body::Text(text), client)
     }
 
+    /// Sends a text or a file (its caption checked by the caller) to a group, under `id` when
+    /// one was chosen before, remembering the client's key `client` with it.
     pub(crate) fn group_send(
         &mut self,
         group: &str,

@@ -69,6 +69,13 @@ async fn a_text_sent_again_under_its_key_is_answered_and_not_sent_twice() {
         .unwrap();
     assert_eq!(later.id, first.id);
     assert_eq!(texts(&alice, &bob_user), ["hello"]);
+    // Sent again under a name that no longer resolves (the contact renamed since): the key
+    // still answers the message sent.
+    let renamed = alice
+        .engine
+        .send_text_once("bob-before-renaming", "hello".into(), Some("key-1"))
+        .unwrap();
+    assert_eq!(renamed.id, first.id);
     // The same text under another key, or under none, is another message.
     alice
         .engine

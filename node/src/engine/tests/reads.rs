@@ -1,6 +1,6 @@
-//! Marking read: all of a conversation, or what was received up to a message (what the
-//! reader has seen), which leaves what came after it unread. (The read receipts that go for
-//! the marked ones only: `node_e2e::reading_up_to_a_message_sends_read_receipts_for_those_only`.)
+//! Marking read: all of a conversation, or the messages the reader saw, which leaves the
+//! others unread, whenever they came. (The read receipts that go for the marked ones only:
+//! `node_e2e::reading_some_messages_sends_read_receipts_for_those_only`.)
 
 use tern_store::ConversationId;
 
@@ -35,7 +35,7 @@ fn read_events(h: &mut Harness) -> Vec<u64> {
 }
 
 #[tokio::test]
-async fn reading_up_to_a_message_leaves_what_came_after_it_unread() {
+async fn reading_the_messages_seen_leaves_the_others_unread() {
     let (alice, mut bob) = bob_with(&["one", "two", "three"]).await;
     let alice_user = alice.engine.me.user_hex.clone();
     let conv = ConversationId(alice_user.clone());
@@ -49,10 +49,10 @@ async fn reading_up_to_a_message_leaves_what_came_after_it_unread() {
         3,
         "only looked"
     );
-    let two = page[1].id.clone();
-
+    // Seen: the first two (named twice, and one of them in the same call twice).
+    let seen = vec![page[1].id.clone(), page[0].id.clone(), page[1].id.clone()];
     bob.engine
-        .history(&alice_user, Some(1), None, &MarkRead::Until(two))
+        .history(&alice_user, Some(1), None, &MarkRead::Ids(seen))
         .unwrap();
     assert_eq!(bob.engine.store.unread_count(&conv).unwrap(), 1);
     assert_eq!(read_events(&mut bob), [1], "one left unread");
@@ -72,13 +72,13 @@ async fn reading_up_to_a_message_leaves_what_came_after_it_unread() {
         ]
     );
 
-    // Up to the same message again: nothing more, no event.
+    // The same again: nothing more, no event.
     bob.engine
         .history(
             &alice_user,
             Some(1),
             None,
-            &MarkRead::Until(page[1].id.clone()),
+            &MarkRead::Ids(vec![page[1].id.clone()]),
         )
         .unwrap();
     assert!(read_events(&mut bob).is_empty());
@@ -91,7 +91,7 @@ async fn reading_up_to_a_message_leaves_what_came_after_it_unread() {
 }
 
 #[tokio::test]
-async fn reading_up_to_a_message_of_another_conversation_or_none_is_refused() {
+async fn marking_a_message_of_another_conversation_or_none_is_refused() {
     let (alice, mut bob) = bob_with(&["one"]).await;
     let alice_user = alice.engine.me.user_hex.clone();
     let mut carol = Harness::named("carol");
@@ -103,13 +103,21 @@ async fn reading_up_to_a_message_of_another_conversation_or_none_is_refused() {
         .engine
         .send_text(&carol.engine.me.user_hex, "hi".into())
         .unwrap();
-    for until in [to_carol.id.clone(), "00".repeat(16), "not an id".into()] {
+    let one = bob
+        .engine
+        .history(&alice_user, None, None, &MarkRead::Nothing)
+        .unwrap()[0]
+        .id
+        .clone();
+    for other in [to_carol.id.clone(), "00".repeat(16), "not an id".into()] {
+        // With a message of the conversation: nothing of the call is marked.
+        let ids = vec![one.clone(), other.clone()];
         let out = bob
             .engine
-            .history(&alice_user, Some(1), None, &MarkRead::Until(until.clone()));
+            .history(&alice_user, Some(1), None, &MarkRead::Ids(ids));
         assert!(
             matches!(out, Err(NodeError::UnknownMessage(_))),
-            "{until}: {out:?}"
+            "{other}: {out:?}"
         );
     }
     let conv = ConversationId(alice_user);
