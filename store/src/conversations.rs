@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use crate::consts::{MAX_PAGE_SIZE, PREVIEW_CHARS};
 use crate::error::{Context, ReadError, WriteError};
-use crate::messages::{conversation_rowid, message_id};
+use crate::messages::message_id;
 use crate::store::{Store, Tx};
 use crate::types::{
     ConversationCursor, ConversationId, ConversationKind, ConversationPage, ConversationSummary,
@@ -117,12 +117,7 @@ impl Tx<'_> {
     /// Returns how many messages changed.
     pub fn mark_read(&mut self, id: &ConversationId) -> Result<u64, WriteError> {
         const OP: &str = "mark conversation read";
-        let conv = conversation_rowid(&self.tx, id)
-            .write_ctx(OP)?
-            .ok_or_else(|| WriteError::UnknownConversation {
-                op: OP,
-                conversation: id.0.clone(),
-            })?;
+        let conv = self.known_conversation(OP, id)?;
         let n = self
             .tx
             .prepare_cached(
@@ -147,12 +142,7 @@ impl Tx<'_> {
         messages: &[MessageId],
     ) -> Result<u64, WriteError> {
         const OP: &str = "mark messages read";
-        let conv = conversation_rowid(&self.tx, id)
-            .write_ctx(OP)?
-            .ok_or_else(|| WriteError::UnknownConversation {
-                op: OP,
-                conversation: id.0.clone(),
-            })?;
+        let conv = self.known_conversation(OP, id)?;
         let mut n = 0;
         for m in messages {
             n += self

@@ -135,6 +135,22 @@ pub(crate) fn conversation_rowid(
         .optional()
 }
 
+impl Tx<'_> {
+    /// The rowid of a stored conversation, or [`WriteError::UnknownConversation`] for `op`.
+    pub(crate) fn known_conversation(
+        &self,
+        op: &'static str,
+        id: &ConversationId,
+    ) -> Result<i64, WriteError> {
+        conversation_rowid(&self.tx, id)
+            .write_ctx(op)?
+            .ok_or_else(|| WriteError::UnknownConversation {
+                op,
+                conversation: id.0.clone(),
+            })
+    }
+}
+
 fn order_key_of(conn: &Connection, rowid: i64) -> rusqlite::Result<Option<OrderKey>> {
     conn.prepare_cached(
         "SELECT lamport, sender_user, sender_device, seq, id FROM messages WHERE rowid = ?1",
@@ -163,12 +179,7 @@ impl Tx<'_> {
         op: &'static str,
         m: &Message,
     ) -> Result<Option<(i64, i64)>, WriteError> {
-        let conv = conversation_rowid(&self.tx, &m.conversation)
-            .write_ctx(op)?
-            .ok_or_else(|| WriteError::UnknownConversation {
-                op,
-                conversation: m.conversation.0.clone(),
-            })?;
+        let conv = self.known_conversation(op, &m.conversation)?;
         let (kind, text, data) = match &m.body {
             Body::Text(t) => (BODY_TEXT, Some(t.as_str()), None),
             Body::Structured { data, text } => {
