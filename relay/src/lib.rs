@@ -20,6 +20,7 @@
 pub mod blob;
 pub mod client;
 pub mod dht;
+pub mod inbound;
 pub mod live;
 pub mod pipeline;
 pub mod rpc;

@@ -2,7 +2,8 @@
 //! sender to one device is stored complete and in send order; refusals in the middle of a
 //! window come back for exactly the refused deposits, with the codes request/response
 //! deposits get; and when the relay is killed mid-window every deposit it did not answer
-//! fails (none hangs), while every one it answered is in the mailbox after a restart.
+//! fails (none hangs), while every one it answered is in the mailbox after a restart; and
+//! streams that many devices open at the same moment are all taken.
 
 use std::{
     sync::{
@@ -123,6 +124,59 @@ fn a_pipelined_burst_to_one_device_is_stored_complete_and_in_order() {
     let expected: Vec<Vec<u8>> = (0..N).map(body).collect();
     assert_eq!(stored.len(), N, "complete");
     assert!(stored == expected, "in the order they were sent");
+}
+
+/// Deposit streams opened at the same moment by many devices (what every node does when its
+/// relay comes back) are all taken: the relay queues new streams rather than dropping all
+/// but one of those that arrive together. A dropped stream fails its deposits, and its node
+/// falls back to one request at a time.
+#[test]
+fn deposit_streams_opened_together_are_all_taken() {
+    const CLIENTS: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_metrics(dir.path(), FAST).unwrap();
+    let rt = runtime();
+    let device = Keypair::generate_ed25519();
+    let to = device.public().to_peer_id();
+    let answers = rt.block_on(async {
+        let mut clients = Vec::with_capacity(CLIENTS);
+        for _ in 0..CLIENTS {
+            clients.push(connect(&relay, Keypair::generate_ed25519()).await);
+        }
+        let start = Arc::new(tokio::sync::Barrier::new(CLIENTS));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, c) in clients.into_iter().enumerate() {
+            let start = start.clone();
+            tasks.spawn(async move {
+                start.wait().await;
+                let pipe = c.open_pipeline(4).await?;
+                let ticket = pipe
+                    .submit(&deposit_request(vec![to], Vec::new(), None, body(i)))
+                    .await?;
+                let answer = ticket.answer().await;
+                drop(c);
+                answer
+            });
+        }
+        tokio::time::timeout(WAIT, tasks.join_all()).await.unwrap()
+    });
+    let failed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {CLIENTS} streams failed, the first with {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(
+        relay.metric("tern_relay_stream_deposits_total").unwrap(),
+        CLIENTS as f64,
+        "every deposit went over its stream"
+    );
+    let mut stored = rt.block_on(mailbox_of(&relay, device));
+    stored.sort();
+    let mut expected: Vec<Vec<u8>> = (0..CLIENTS).map(body).collect();
+    expected.sort();
+    assert!(stored == expected, "each deposit is stored once");
 }
 
 /// The outcome of a deposit, as a test compares it: stored, or refused with a code.

@@ -16,7 +16,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError, atomic::Ordering::Relaxed},
 };
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream, request_response::ResponseChannel};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -111,7 +111,7 @@ pub(super) struct Limits {
 /// Accepts deposit streams until the event loop is gone (its note queue closed), serving
 /// each in a task of its own.
 pub(super) fn spawn_acceptor(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: crate::inbound::Incoming,
     limits: Limits,
     notes: mpsc::Sender<Note>,
     metrics: Arc<Metrics>,

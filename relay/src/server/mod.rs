@@ -181,7 +181,7 @@ pub(crate) struct Behaviour {
     directory: request_response::Behaviour<crate::wire::FrameCodec>,
     live: crate::live::Behaviour,
     /// `/tern/blob/1` and `/tern/deposit/1` streams.
-    blob: libp2p_stream::Behaviour,
+    streams: crate::inbound::Behaviour,
     /// Tern's DHT of relay records (`/tern/kad/1`), unless turned off.
     kad: libp2p::swarm::behaviour::toggle::Toggle<dht::Kad>,
 }
@@ -220,12 +220,14 @@ fn rr(
     )
 }
 
-/// `budget`: the read budget of every request protocol and connection.
+/// `budget`: the read budget of every request protocol and connection; `streams`: where
+/// blob and deposit streams go.
 fn build_swarm(
     key: Keypair,
     cfg: &Config,
     metrics: Arc<metrics::Metrics>,
     budget: &Arc<tokio::sync::Semaphore>,
+    streams: crate::inbound::Behaviour,
 ) -> Result<libp2p::Swarm<Behaviour>, RunError> {
     let conn = cfg.connections.clone();
     let circuit = cfg.circuit.clone();
@@ -276,7 +278,7 @@ fn build_swarm(
                     budget,
                 ),
                 live: crate::live::Behaviour::server(),
-                blob: libp2p_stream::Behaviour::new(),
+                streams,
                 kad: dht::behaviour(peer_id, &dht),
             }
         })
@@ -340,7 +342,9 @@ pub async fn run(
     let budget = Arc::new(tokio::sync::Semaphore::new(
         config.connections.read_budget_bytes,
     ));
-    let mut swarm = build_swarm(key, &config, metrics.clone(), &budget)?;
+    let (streams, [blob_streams, deposit_streams]) =
+        crate::inbound::Behaviour::new([crate::blob::PROTOCOL, crate::wire::deposit::PROTOCOL]);
+    let mut swarm = build_swarm(key, &config, metrics.clone(), &budget, streams)?;
     // Offer the hop protocol from the start: a relay's reachability is its operator's
     // promise, not something to wait for AutoNAT to confirm.
     swarm
@@ -389,31 +393,19 @@ pub async fn run(
     let push = push::spawn(config.push.clone(), loaded.push.clone(), metrics.clone())?;
     // Blob streams are served by a task of their own, never by the event loop or the
     // mailbox writer: a 100 MB upload must not stall deposits.
-    let incoming = swarm
-        .behaviour()
-        .blob
-        .new_control()
-        .accept(crate::blob::PROTOCOL)
-        .map_err(|e| RunError::Blobs(std::io::Error::other(e)))?;
     let blob_task = blobs::spawn(
         &config.data_dir,
         config.blobs.clone(),
         metrics.clone(),
         storage::Reader::open(&config.data_dir)?,
-        incoming,
+        blob_streams,
         http_stop.subscribe(),
     )
     .map_err(RunError::Blobs)?;
     // Deposit streams are read by tasks of their own; the event loop serves their deposits.
-    let incoming = swarm
-        .behaviour()
-        .blob
-        .new_control()
-        .accept(crate::wire::deposit::PROTOCOL)
-        .map_err(|e| RunError::Transport(e.to_string()))?;
     let (notes, notes_rx) = tokio::sync::mpsc::channel(deposits::NOTE_QUEUE);
     deposits::spawn_acceptor(
-        incoming,
+        deposit_streams,
         deposits::Limits {
             window: config.connections.deposit_window,
             stream_bytes: config.connections.deposit_stream_bytes,

@@ -22,7 +22,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt as _;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{Semaphore, watch};
 
@@ -189,7 +188,7 @@ pub fn spawn(
     cfg: BlobConfig,
     metrics: Arc<Metrics>,
     users: storage::Reader,
-    incoming: libp2p_stream::IncomingStreams,
+    incoming: crate::inbound::Incoming,
     stop: watch::Receiver<bool>,
 ) -> io::Result<tokio::task::JoinHandle<()>> {
     let dir = data_dir.join(BLOB_DIR);
@@ -221,7 +220,7 @@ pub fn spawn(
 
 async fn accept(
     shared: Arc<Shared>,
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: crate::inbound::Incoming,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut gc = tokio::time::interval(Duration::from_secs(shared.cfg.gc_secs));
