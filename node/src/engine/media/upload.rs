@@ -175,8 +175,9 @@ pub(super) async fn run_upload(
             .await
         };
         match once.await {
-            // Several uploads started at once: the relay took one stream and dropped the
-            // others unread. A fresh one is taken.
+            // Several uploads started at once, to a relay that queues one new stream (one
+            // from before `tern_relay::inbound`): it dropped the others unread. A fresh
+            // one is taken.
             Err(e) if blob::try_again(&e, &mut tries).await => {}
             done => break done,
         }
