@@ -765,3 +765,70 @@ fn files_sent_together_upload_without_a_pause() {
         wait_message(&b, "Alice", id);
     }
 }
+
+/// Blob streams that peers open at a node at the same moment (several of its files fetched
+/// at once, as many as it serves at once) are each taken on the first stream: the node
+/// queues new streams rather than dropping all but one (its peers would open a dropped one
+/// again, which this test rules out by not doing so).
+#[test]
+fn blob_streams_opened_together_at_a_node_are_all_taken() {
+    use tern_relay::{
+        Multiaddr,
+        blob::BlobError,
+        client::{Client, Config, Keypair},
+        wire::ErrorCode,
+    };
+    const STREAMS: usize = tern_node::consts::MEDIA_SERVE_STREAMS;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let alice = Node::start(&dir.path().join("alice"), Some(&relay.addr)).unwrap();
+    let status = alice.json(&["status", "--json"]).unwrap();
+    let peer = status["device_id"].as_str().unwrap().to_owned();
+    let listen = status["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+        .expect("alice listens on loopback TCP")
+        .to_owned();
+    let addr: Multiaddr = if listen.contains("/p2p/") {
+        listen.parse().unwrap()
+    } else {
+        format!("{listen}/p2p/{peer}").parse().unwrap()
+    };
+    let work = dir.path().to_owned();
+    let rt = tern_tests::support::runtime();
+    let got = rt.block_on(async move {
+        let (c, _events) = Client::connect(Keypair::generate_ed25519(), addr, Config::default())
+            .await
+            .unwrap();
+        let mut streams = Vec::with_capacity(STREAMS);
+        for _ in 0..STREAMS {
+            streams.push(c.open_blob_stream().await.unwrap());
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, stream) in streams.into_iter().enumerate() {
+            let path = work.join(format!("get-{i}"));
+            tasks.spawn(async move {
+                let mut f = tokio::fs::File::create(path).await.unwrap();
+                tern_relay::blob::download(stream, &[7; 32], &[3; 32], 0, None, &mut f, |_| {})
+                    .await
+            });
+        }
+        let got = tokio::time::timeout(Duration::from_secs(60), tasks.join_all())
+            .await
+            .unwrap();
+        drop(c);
+        got
+    });
+    for g in got {
+        match g {
+            Err(BlobError::Rejected {
+                code: ErrorCode::NotFound,
+                ..
+            }) => {}
+            other => panic!("a first stream at the node: {other:?}"),
+        }
+    }
+}

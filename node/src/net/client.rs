@@ -19,6 +19,9 @@ pub struct Client {
     pub(super) cmd: mpsc::Sender<Command>,
     pub(super) local: PeerId,
     pub(super) streams: libp2p_stream::Control,
+    /// The `/tern/blob/1` streams peers open here, until taken.
+    pub(super) file_streams:
+        std::sync::Arc<std::sync::Mutex<Option<tern_relay::inbound::Incoming>>>,
     /// Deposit streams to relays.
     pub(super) pipes: std::sync::Arc<pipeline::Pipes>,
     /// Places for requests in flight, per protocol, for all relays together (each relay
@@ -40,9 +43,18 @@ impl Client {
         self.local
     }
 
-    /// A handle that opens and accepts `/tern/blob/1` streams, for tasks off the event loop.
+    /// A handle that opens `/tern/blob/1` streams, for tasks off the event loop.
     pub fn streams(&self) -> libp2p_stream::Control {
         self.streams.clone()
+    }
+
+    /// The `/tern/blob/1` streams peers open at this device, to fetch its files: given to the
+    /// first caller only (`None` after that).
+    pub fn take_file_streams(&self) -> Option<tern_relay::inbound::Incoming> {
+        self.file_streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     pub(super) async fn send(&self, cmd: Command) -> Result<(), NetError> {

@@ -39,6 +39,8 @@ mod behaviour {
         pub direct: request_response::Behaviour<FrameCodec>,
         /// Tern's DHT, as a client.
         pub kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
+        /// `/tern/blob/1` streams peers open here, to fetch this device's own files.
+        pub files: tern_relay::inbound::Behaviour,
     }
 }
 pub(super) use behaviour::{Behaviour, BehaviourEvent};
@@ -76,6 +78,7 @@ pub fn new(
     config: Config,
 ) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), StartError> {
     let local = key.public().to_peer_id();
+    let (files, [file_streams]) = tern_relay::inbound::Behaviour::new([tern_relay::blob::PROTOCOL]);
     let mut swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -98,6 +101,7 @@ pub fn new(
                     .with_request_timeout(crate::consts::DIRECT_TIMEOUT),
             ),
             kad: super::dht::behaviour(key.public().to_peer_id()),
+            files,
         })
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_swarm_config(|c| tern_relay::swarm_config(c, IDLE_CONNECTION_TIMEOUT))
@@ -112,14 +116,16 @@ pub fn new(
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(NETWORK_COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(NETWORK_EVENT_QUEUE);
-    // `/tern/blob/1` streams (uploads, downloads, serving own files to peers) go through the
-    // relay client's stream behaviour, composed in `relay_proto`.
+    // `/tern/blob/1` streams this device opens (uploads, downloads) go through the relay
+    // client's stream behaviour, composed in `relay_proto`; those peers open here, through
+    // `files`.
     let streams = swarm.behaviour().relay_proto.blob.new_control();
     Ok((
         Client {
             cmd: cmd_tx,
             local,
             streams,
+            file_streams: std::sync::Arc::new(std::sync::Mutex::new(Some(file_streams))),
             pipes: Default::default(),
             in_flight: std::sync::Arc::new(tern_relay::rpc::InFlight::new(
                 tern_relay::rpc::DEFAULT_REQUESTS_IN_FLIGHT,

@@ -242,7 +242,12 @@ impl Engine {
             tracing::warn!("cannot create the media directory: {e}");
         }
         self.sweep_uploads();
-        tokio::spawn(serve_peers(self.net.streams(), self.media.served.clone()));
+        match self.net.take_file_streams() {
+            Some(incoming) => {
+                tokio::spawn(serve_peers(incoming, self.media.served.clone()));
+            }
+            None => tracing::warn!("files are already served to peers by another task"),
+        }
         let transfers = match self.store.transfers(&[
             TransferState::Queued,
             TransferState::Active,

@@ -7,7 +7,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::StreamExt;
 use tern_relay::blob::{self, BlobId, BlobSource, Manifest};
 use tern_relay::wire::ErrorCode;
 
@@ -48,14 +47,7 @@ impl BlobSource for Served {
 }
 
 /// Accepts `/tern/blob/1` streams from peers and serves this device's own files.
-pub(super) async fn serve_peers(mut ctl: libp2p_stream::Control, served: Served) {
-    let mut incoming = match ctl.accept(blob::PROTOCOL) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::warn!("cannot serve files to peers: {e}");
-            return;
-        }
-    };
+pub(super) async fn serve_peers(mut incoming: tern_relay::inbound::Incoming, served: Served) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MEDIA_SERVE_STREAMS));
     while let Some((peer, stream)) = incoming.next().await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
