@@ -1,14 +1,15 @@
 //! Bursts, as a real user's traffic has them: thousands of texts pipelined over the local API
 //! to a contact who is offline, under a low relay rate limit, past the contact's share of a
-//! small mailbox, across a relay killed -9 and restarted, and across a direct connection that
-//! drops mid-burst. Every text must arrive
-//! exactly once, in the order it was sent, with nothing reported undecryptable.
+//! small mailbox, across a relay killed -9 and restarted (one sender, and several at once), and
+//! across a direct connection that drops mid-burst. Every text must arrive exactly once, in
+//! the order it was sent, with nothing reported undecryptable.
 
 use std::{path::Path, time::Duration};
 
 use serde_json::{Value, json};
 use tern_tests::support::{
-    Node, Relay, group_history, link_pair, message_texts, wait_direct, wait_for, wait_outbox_empty,
+    Node, Relay, group_history, link_pair, message_texts, start_nodes, wait_direct, wait_for,
+    wait_outbox_empty,
 };
 
 /// Longest a burst may take to drain or arrive (a 2-core CI machine, debug build).
@@ -263,6 +264,51 @@ fn a_relay_killed_mid_burst_loses_nothing() {
     b.restart().unwrap();
     assert_arrives_complete(&b, "Alice", &sent);
     assert_nothing_repaired(&b, &a);
+}
+
+/// Several senders bursting to one offline contact at once when the relay is killed -9 and
+/// restarted: every node reconnects and sends again at about the same moment, and each
+/// sender's texts still arrive once, in its order, with nothing to repair.
+#[test]
+fn bursts_from_several_senders_across_a_relay_kill_arrive_complete_and_in_order() {
+    const SENDERS: usize = 4;
+    const N: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    // Stretches each burst over about two seconds, so the kill lands in all of them.
+    let limits = "[rate]\ndeposits_per_sec = 150.0\ndeposits_burst = 50.0\n";
+    let mut relay = Relay::start(&dir.path().join("relay"), limits).unwrap();
+    let names = ["bob", "s0", "s1", "s2", "s3"];
+    let mut nodes = start_nodes(dir.path(), &names[..=SENDERS], &relay.addr).unwrap();
+    let mut bob = nodes.remove(0);
+    for (i, s) in nodes.iter().enumerate() {
+        link_pair(s, &bob, &format!("S{i}"), "Bob").unwrap();
+    }
+    bob.stop().unwrap();
+
+    let sent: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| scope.spawn(move || send_burst(s, "Bob", N, &format!("s{i}"))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let total = (SENDERS * N) as u64;
+    let left = wait_for("part of the bursts at the relay", BURST_WAIT, || {
+        let left: u64 = nodes.iter().map(outbox).sum();
+        (left < total * 3 / 4).then_some(left)
+    })
+    .unwrap();
+    relay.restart_after_kill9(limits).unwrap();
+    assert!(left > 100, "the relay died mid-burst ({left} still to go)");
+    for s in &nodes {
+        wait_outbox_empty(s, BURST_WAIT).unwrap();
+    }
+    bob.restart().unwrap();
+    for (i, (s, texts)) in nodes.iter().zip(&sent).enumerate() {
+        assert_arrives_complete(&bob, &format!("S{i}"), texts);
+        assert_nothing_repaired(&bob, s);
+    }
 }
 
 #[test]
