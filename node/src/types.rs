@@ -79,6 +79,37 @@ pub struct MessageInfo {
     /// For `kind` `file`: the file (its caption is `text`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<Box<MediaInfo>>,
+    /// For `kind` `membership`: the change itself (`text` says it in words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<Box<MembershipInfo>>,
+}
+
+/// A group membership change as the API shows it; the member who made it is the message's
+/// `sender`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MembershipInfo {
+    /// `created`, `added`, `removed` or `left`.
+    pub action: String,
+    /// Whom it added or removed (for `created`, the first members, the creator among them;
+    /// none for `left`).
+    pub users: Vec<MemberRef>,
+    /// For `created`: the title the group was created with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Whether it took effect (a change made concurrently by someone who had just lost the
+    /// right to make it did not).
+    pub applied: bool,
+}
+
+/// A user a membership change names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberRef {
+    /// Their user id.
+    pub user_id: UserId,
+    /// Their name as this user knows it: their own name for this user, a contact's display
+    /// name, else the name the group gave them.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// A file or image a message carries, as the API shows it (never its key).

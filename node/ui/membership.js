@@ -1,9 +1,9 @@
-// Membership notes of a group ("Ana added Ben", "Ben left") as this user reads them: the node
-// writes every one in the third person, naming this user by their own name; the note's
-// `sender` is the member who made the change. Here what this user did reads "You left",
-// and what was done to them "Ana removed you".
+// Membership notes of a group ("Ana added Ben", "Ben left") as this user reads them, from
+// the change the node describes (`m.membership`: the action, whom it names, whether it took
+// effect); the note's `sender` is the member who made the change. Here what this user did
+// reads "You left", and what was done to them "Ana removed you".
 
-const VERBS = [' created the group ', ' added ', ' removed '];
+const VERBS = { added: 'added', removed: 'removed' };
 
 /**
  * `{text, about}`: the note's text for this user, and what it says of them: 'left' (they
@@ -11,22 +11,24 @@ const VERBS = [' created the group ', ' added ', ' removed '];
  */
 export function membershipView(m, me) {
   const text = m.text || '';
-  if (!me || !me.user_id) return { text, about: null };
+  const change = m.membership;
+  if (!change || !me || !me.user_id) return { text, about: null };
   const mine = m.sender === me.user_id;
-  // Who made the change: their name starts the text.
-  const by = mine ? me.name : m.sender_name;
-  if (!by || !text.startsWith(by + ' ') && text !== by) return { text, about: null };
-  const rest = text.slice(by.length);
-  const subject = mine ? 'You' : by;
-  if (rest === ' left') return { text: `${subject} left`, about: mine ? 'left' : null };
-  const verb = VERBS.find((v) => rest.startsWith(v));
+  const by = mine ? 'You' : m.sender_name;
+  if (!by) return { text, about: null };
+  const late = change.applied === false ? ' (did not take effect)' : '';
+  if (change.action === 'left') {
+    return { text: `${by} left${late}`, about: mine && change.applied !== false ? 'left' : null };
+  }
+  if (change.action === 'created') {
+    return { text: `${by} created the group ${change.title ?? ''}${late}`, about: null };
+  }
+  const verb = VERBS[change.action];
   if (!verb) return { text, about: null };
-  const object = rest.slice(verb.length);
-  if (verb === ' created the group ') return { text: `${subject}${verb}${object}`, about: null };
-  // The names changed, one of which may be this user's.
-  const names = object.split(', ');
-  const at = mine ? -1 : names.indexOf(me.name);
-  if (at >= 0) names[at] = 'you';
-  const about = at >= 0 ? (verb === ' removed ' ? 'removed' : 'added') : null;
-  return { text: `${subject}${verb}${names.join(', ')}`, about };
+  const users = change.users || [];
+  // This user among those changed (by someone else) reads "you".
+  const meAt = mine ? -1 : users.findIndex((u) => u.user_id === me.user_id);
+  const names = users.map((u, i) => (i === meAt ? 'you' : u.name || u.user_id.slice(0, 8)));
+  const about = meAt >= 0 && change.applied !== false ? verb : null;
+  return { text: `${by} ${verb} ${names.join(', ')}${late}`, about };
 }

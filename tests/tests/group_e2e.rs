@@ -331,6 +331,33 @@ fn an_added_member_reads_only_what_follows_and_a_removed_one_cannot_decrypt_anyt
     }
     let gc = wait_members(&nodes[2], &group, &[&ua, &ub, &ud, &uf], false);
     assert_eq!(gc["admin"], false, "{gc}");
+    // The removal as a structured change, alike at the remover, a member and the removed
+    // (who learns it was done to them without reading names out of the text).
+    for i in [0, 1, 2] {
+        let h = wait_history(
+            &nodes[i],
+            &group,
+            "the removal in the timeline",
+            WAIT,
+            |h| {
+                h.iter()
+                    .any(|m| m["kind"] == "membership" && m["membership"]["action"] == "removed")
+            },
+        );
+        let m = h
+            .iter()
+            .find(|m| m["membership"]["action"] == "removed")
+            .unwrap();
+        assert_eq!(m["sender"], json!(ua), "{m}");
+        let change = &m["membership"];
+        assert_eq!(change["applied"], true, "at node {i}: {m}");
+        let users = change["users"].as_array().unwrap();
+        assert_eq!(users.len(), 1, "at node {i}: {m}");
+        assert_eq!(users[0]["user_id"], json!(uc), "at node {i}: {m}");
+        // Named as this node knows her (Carol herself by her own name).
+        let name = users[0]["name"].as_str().unwrap_or_default();
+        assert!(name.eq_ignore_ascii_case("carol"), "at node {i}: {m}");
+    }
     const AFTER: [&str; 3] = ["after-removal-a1", "after-removal-a2", "after-removal-b"];
     nodes[0].ok(&["group", "send", &group, AFTER[0]]).unwrap();
     nodes[0].ok(&["group", "send", &group, AFTER[1]]).unwrap();

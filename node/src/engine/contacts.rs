@@ -119,6 +119,9 @@ impl Engine {
     /// Fills in the names of a message's sender (and of the sending device when it is
     /// another of this user's devices), so that nothing shows hex ids.
     pub(crate) fn name_message(&self, m: &mut MessageInfo) {
+        if let Some(info) = &mut m.membership {
+            self.name_membership(info);
+        }
         if m.own {
             m.sender_name = Some(self.me.config.name.clone());
             if m.sender_device != self.me.device_hex {

@@ -53,6 +53,12 @@ pub(crate) fn message_info(m: &tern_store::Message) -> MessageInfo {
             tern_store::Body::Text(_) => MessageKind::Text,
             tern_store::Body::Media { .. } => MessageKind::File,
         },
+        membership: match &m.body {
+            tern_store::Body::Structured { data, text } => {
+                super::group::membership_info(data, text.as_deref())
+            }
+            _ => None,
+        },
     }
 }
 

@@ -40,6 +40,7 @@ mod outbound;
 mod peers;
 
 pub(crate) use inbound::Notify;
+pub(crate) use ops::membership_info;
 
 use std::collections::HashMap;
 

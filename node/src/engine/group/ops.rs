@@ -152,7 +152,7 @@ impl Engine {
             .and_then(|g| g.resolved.as_ref())
             .is_some_and(|r| r.is_applied(&op.hash));
         if !applied {
-            text.push_str(" (did not take effect)");
+            text.push_str(NOT_APPLIED);
         }
         let now = self.clock.now_ms();
         let message = Message {
@@ -189,7 +189,9 @@ impl Engine {
         Ok(inserted)
     }
 
-    fn name_of(&self, user: &[u8; 16]) -> String {
+    /// What this user calls `user`: their own name for this user, a contact's display name,
+    /// else the name the group gave them when adding them (else the start of the id).
+    pub(crate) fn name_of(&self, user: &[u8; 16]) -> String {
         if user == self.me.user.as_bytes() {
             return self.me.config.name.clone();
         }
@@ -209,6 +211,13 @@ impl Engine {
         entries
             .find(|m| m.user.into_array() == *user)
             .map_or_else(|| hex(&user[..4]), |m| m.name.clone())
+    }
+
+    /// Names the users of a membership message's change ([`membership_info`]).
+    pub(crate) fn name_membership(&self, info: &mut MembershipInfo) {
+        for u in &mut info.users {
+            u.name = Some(self.name_of(u.user_id.as_bytes()));
+        }
     }
 
     /// A line for the timeline: "Ana added Ben, Cy".
@@ -375,4 +384,45 @@ impl Engine {
         self.after_membership_change(&group);
         Ok(())
     }
+}
+
+/// What a membership message's text ends with when its change did not take effect.
+const NOT_APPLIED: &str = " (did not take effect)";
+
+/// The change a membership message stores (`data`, the signed operation; `text`, its line),
+/// with the users it names still unnamed ([`Engine::name_membership`]); `None` if `data` is
+/// not an operation.
+pub(crate) fn membership_info(data: &[u8], text: Option<&str>) -> Option<Box<MembershipInfo>> {
+    let op = SignedOp::from_bytes(data).ok()?;
+    let users = |ids: &mut dyn Iterator<Item = [u8; 16]>| -> Vec<MemberRef> {
+        ids.map(|u| MemberRef {
+            user_id: UserId::from_bytes(u),
+            name: None,
+        })
+        .collect()
+    };
+    let (action, users, title) = match &op.op.action {
+        Action::Create { title, members, .. } => (
+            "created",
+            users(&mut members.iter().map(|m| m.user.into_array())),
+            Some(title.clone()),
+        ),
+        Action::Add { members } => (
+            "added",
+            users(&mut members.iter().map(|m| m.user.into_array())),
+            None,
+        ),
+        Action::Remove { users: removed } => (
+            "removed",
+            users(&mut removed.iter().map(|u| u.into_array())),
+            None,
+        ),
+        Action::Leave => ("left", Vec::new(), None),
+    };
+    Some(Box::new(MembershipInfo {
+        action: action.to_owned(),
+        users,
+        title,
+        applied: !text.is_some_and(|t| t.ends_with(NOT_APPLIED)),
+    }))
 }
