@@ -268,6 +268,10 @@ pub const UPLOAD_SWEEP_HEARTBEATS: u64 = 360;
 /// At most this often a `transfer` progress event per transfer (plus the last).
 pub const MEDIA_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Longest `status` waits for its home relays' mailbox figures; a relay slower than this is
+/// shown with the figures it gave last.
+pub const STATUS_USAGE_WAIT: Duration = Duration::from_secs(1);
+
 /// Peers downloading this device's own files at once, at most; more streams are refused.
 pub const MEDIA_SERVE_STREAMS: usize = 8;
 

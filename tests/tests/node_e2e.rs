@@ -487,3 +487,55 @@ fn reading_some_messages_sends_read_receipts_for_those_only() {
         ["read", "read", "received"]
     );
 }
+
+/// Deposit grants Bob has registered at his relay, read from its database while it runs.
+fn grants_at_relay(relay: &Relay, device: &str) -> i64 {
+    let owner = tern_crypto::DeviceId::from_peer_id_string(device)
+        .unwrap()
+        .to_peer_id_bytes();
+    let Ok(conn) = tern_tests::support::relay_db(&relay.data) else {
+        return -1;
+    };
+    conn.query_row(
+        "SELECT COUNT(*) FROM deposit_grant WHERE owner = ?1",
+        [owner],
+        |r| r.get(0),
+    )
+    .unwrap_or(-1)
+}
+
+/// `status` shows the mailbox as the relay holds it when asked, not as it was the last time
+/// (a minute ago at most): a grant registered since the last `status` is in the next one.
+#[test]
+fn status_shows_the_mailbox_as_the_relay_holds_it_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let ana = Node::init_and_start(dir.path(), "ana", Some(&relay.addr)).unwrap();
+    let bob = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    let cy = Node::init_and_start(dir.path(), "cy", Some(&relay.addr)).unwrap();
+    let device = bob.json(&["status"]).unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let grants_shown = || -> Option<u64> {
+        bob.json(&["status"]).ok()?["relays"][0]["mailbox"]["grants"].as_u64()
+    };
+    link_pair(&ana, &bob, "Ana", "Bob").unwrap();
+    // Bob's grants (his own user's, then Ana's) registered, and his status agreeing.
+    let first = wait_for("Bob's status to show his grants at the relay", WAIT, || {
+        let n = grants_at_relay(&relay, &device);
+        (n >= 2 && grants_shown()? == n as u64).then_some(n)
+    })
+    .unwrap();
+    link_pair(&cy, &bob, "Cy", "Bob").unwrap();
+    wait_for("Bob's grant for Cy at the relay", WAIT, || {
+        (grants_at_relay(&relay, &device) > first).then_some(())
+    })
+    .unwrap();
+    let now = grants_at_relay(&relay, &device);
+    assert_eq!(
+        grants_shown(),
+        Some(now as u64),
+        "the first status after it"
+    );
+}

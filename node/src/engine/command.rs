@@ -299,17 +299,25 @@ impl Engine {
                 let _ = reply.send(Ok(()));
             }
             Command::Status(reply) => {
-                // The connections are the network task's to tell: asked from a task, so a
-                // busy network task holds up only this answer.
+                // The connections are the network task's to tell, and the mailbox figures
+                // each home relay's: asked from a task, so a busy network task or a slow
+                // relay holds up only this answer (a relay that does not answer within
+                // `STATUS_USAGE_WAIT` is shown with the figures it gave last).
                 let net = self.net.clone();
+                let usage = self.usage_requests();
                 self.off_task(
                     reply,
-                    async move { net.peers().await },
-                    |engine, peers, reply| {
+                    async move {
+                        let usage = futures::future::join_all(usage.into_iter().map(|ask| {
+                            tokio::time::timeout(crate::consts::STATUS_USAGE_WAIT, ask)
+                        }));
+                        tokio::join!(net.peers(), usage)
+                    },
+                    |engine, (peers, usage), reply| {
+                        for (relay, u) in usage.into_iter().flatten().flatten() {
+                            engine.on_usage(relay, u);
+                        }
                         let _ = reply.send(engine.status_info(peers));
-                        // The mailbox figures shown are the last asked for; the next status
-                        // has fresh ones.
-                        engine.ask_usage();
                     },
                 );
             }

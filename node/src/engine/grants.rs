@@ -174,21 +174,40 @@ impl Engine {
     /// Asks every connected home relay how full this device's mailbox is (answered as
     /// [`super::Internal::Usage`]).
     pub(crate) fn ask_usage(&self) {
-        for relay in self.relays.home_relays.iter().filter_map(relay_peer) {
-            if !self.relays.relay_up.contains(&relay) {
-                continue;
-            }
-            let net = self.net.clone();
+        for ask in self.usage_requests() {
             let tx = self.internal.clone();
             tokio::spawn(async move {
-                match net.at(relay).usage().await {
-                    Ok(u) => {
-                        let _ = tx.send(super::Internal::Usage(relay, u)).await;
-                    }
-                    Err(e) => tracing::debug!(%relay, "asking for mailbox usage failed: {e}"),
+                if let Some((relay, u)) = ask.await {
+                    let _ = tx.send(super::Internal::Usage(relay, u)).await;
                 }
             });
         }
+    }
+
+    /// One request per connected home relay for how full this device's mailbox is there:
+    /// each answers the relay and its figures, or `None` if it failed.
+    pub(crate) fn usage_requests(
+        &self,
+    ) -> Vec<impl std::future::Future<Output = Option<(PeerId, mailbox::Usage)>> + Send + use<>>
+    {
+        self.relays
+            .home_relays
+            .iter()
+            .filter_map(relay_peer)
+            .filter(|relay| self.relays.relay_up.contains(relay))
+            .map(|relay| {
+                let net = self.net.clone();
+                async move {
+                    match net.at(relay).usage().await {
+                        Ok(u) => Some((relay, u)),
+                        Err(e) => {
+                            tracing::debug!(%relay, "asking for mailbox usage failed: {e}");
+                            None
+                        }
+                    }
+                }
+            })
+            .collect()
     }
 
     /// A home relay said how full this device's mailbox is.
