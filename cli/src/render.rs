@@ -270,10 +270,20 @@ pub(crate) fn push_state(p: &PushRelayInfo) -> String {
     }
 }
 
+/// Mailbox figures older than this are shown with their age.
+const STALE_MAILBOX_SECS: u64 = 5;
+
 /// How full this device's mailbox at one relay is, and the senders filling it most.
 pub(crate) fn print_mailbox(m: &MailboxInfo) {
+    // Figures the relay did not give just now (it is down or slow) say how old they are.
+    let age = ago_secs(u64::try_from(m.at_ms).unwrap_or(0));
+    let stale = if age >= STALE_MAILBOX_SECS {
+        format!(" (as of {age}s ago)")
+    } else {
+        String::new()
+    };
     outln!(
-        "mailbox {} of {} messages waiting ({} from strangers, of {}), {} grants",
+        "mailbox {} of {} messages waiting ({} from strangers, of {}), {} grants{stale}",
         m.messages,
         m.max_messages,
         m.intro_messages,
