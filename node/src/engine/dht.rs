@@ -20,13 +20,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use libp2p::Multiaddr;
 use tern_crypto::{
     IdentityPublicKey, UserId,
     relay_record::{RelayRecord, SignedRelayRecord, dht_key},
 };
 
-use super::{Engine, Internal, command::Reply, relay_peer};
+use super::{Engine, Internal, command::Reply, relay_set::parse_relay};
 use crate::{error::NodeError, types::ContactInfo};
 
 /// Shortest time between two lookups of one contact.
@@ -233,9 +232,11 @@ impl Engine {
         }
     }
 
-    /// Takes a verified record of a contact, if newer than any taken before and if it
-    /// changes their relays or device list.
-    fn take_relay_record(
+    /// Takes a verified record of a contact, if newer than any taken before: its relays as a
+    /// device-list message's are taken ([`Engine::take_relays`]: not over a set from a
+    /// message sent after the record was made, and rows that waited only for a relay taken
+    /// out of the set leave), and its device list if newer.
+    pub(crate) fn take_relay_record(
         &mut self,
         user: &UserId,
         record: SignedRelayRecord,
@@ -245,38 +246,26 @@ impl Engine {
             return Ok(());
         }
         self.dht.taken.insert(*user, r.version);
-        let relays: Vec<Multiaddr> = r
-            .relays
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .filter(|a| relay_peer(a).is_some())
-            .collect();
-        let Some(c) = self.people.contacts.get_mut(user) else {
+        let Some(c) = self.people.contacts.get(user) else {
             return Ok(());
         };
         let list_newer = c
             .list
             .as_ref()
             .is_none_or(|l| l.list().version < r.device_list.list().version);
-        let moved = !relays.is_empty() && relays != c.relays;
-        if moved {
-            tracing::info!(contact = %user, relays = relays.len(), "contact's relays found in the DHT");
-            c.relays = relays.clone();
-            c.contact.relays = relays.iter().map(ToString::to_string).collect();
-            let contact = c.contact.clone();
-            let now = self.clock.now_ms();
-            self.store
-                .transaction(|tx| tx.save_contact(&contact, now).map(|_| ()))?;
-            for addr in relays {
-                self.net.add_relay_soon(addr, false);
-            }
-        }
+        let relays: Vec<String> = r
+            .relays
+            .iter()
+            .filter(|a| parse_relay(a).is_ok())
+            .cloned()
+            .collect();
+        tracing::debug!(contact = %user, version = r.version, relays = relays.len(), "a contact's relay record found in the DHT");
+        // The version is the publisher's clock when the record was made, as a device-list
+        // message's sending time is: whichever was made later names the set.
+        let made_at = i64::try_from(r.version).unwrap_or(i64::MAX);
+        self.take_relays(user, &relays, made_at);
         if list_newer {
             self.on_device_lists(vec![(*user, r.device_list.as_bytes().to_vec())]);
-        }
-        if moved {
-            // What waits for the contact goes to the new relays now, not after its backoff.
-            self.dispatch_lanes(true);
         }
         Ok(())
     }

@@ -197,25 +197,55 @@ impl Engine {
     /// took leave (a relay taken out of the set is not waited for), and the lanes at relays
     /// new to the set start.
     pub(crate) fn settle_relay_set(&mut self, user: &UserId) {
-        let Some(state) = self.known(user) else {
-            return;
-        };
-        let set: Vec<String> = state
-            .relay_peers()
-            .iter()
-            .map(ToString::to_string)
+        for device in self.settle_rows_of(&[*user]) {
+            self.start_lanes(&device);
+        }
+    }
+
+    /// At start: the rows of every known user's devices that each relay of the user's set
+    /// took leave, whatever set they were sent under. A set that changed without this (as a
+    /// relay record taken from the DHT did in earlier builds) left rows waiting for a relay
+    /// no longer in it, for good.
+    pub(crate) fn settle_all_relay_sets(&mut self) {
+        let users: Vec<UserId> = self
+            .people
+            .contacts
+            .keys()
+            .chain(self.people.peers.keys())
+            .copied()
+            .chain([self.me.user])
             .collect();
-        let devices: Vec<String> = state
-            .devices()
-            .into_iter()
-            .map(|(d, _)| d.to_peer_id_string())
+        self.settle_rows_of(&users);
+    }
+
+    /// Settles the rows of `users`' devices against each user's relay set, in one
+    /// transaction; answers the devices looked at.
+    fn settle_rows_of(&mut self, users: &[UserId]) -> Vec<String> {
+        let work: Vec<(Vec<String>, Vec<String>)> = users
+            .iter()
+            .filter_map(|u| {
+                let state = self.known(u)?;
+                let set = state
+                    .relay_peers()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                let devices = state
+                    .devices()
+                    .into_iter()
+                    .map(|(d, _)| d.to_peer_id_string())
+                    .collect();
+                Some((set, devices))
+            })
             .collect();
         let out = self
             .store
             .transaction(|tx| -> Result<_, tern_store::WriteError> {
                 let mut done = Vec::new();
-                for device in &devices {
-                    done.extend(tx.settle_device_rows(device, &set)?);
+                for (set, devices) in &work {
+                    for device in devices {
+                        done.extend(tx.settle_device_rows(device, set)?);
+                    }
                 }
                 Ok(done)
             });
@@ -223,9 +253,7 @@ impl Engine {
             Ok(done) => self.emit_sent(done),
             Err(e) => tracing::error!("settling rows after a relay set changed failed: {e}"),
         }
-        for device in devices {
-            self.start_lanes(&device);
-        }
+        work.into_iter().flat_map(|(_, devices)| devices).collect()
     }
 
     /// Tells subscribers that these messages are `sent` now (each recipient device's copy

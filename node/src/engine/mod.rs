@@ -279,6 +279,7 @@ impl Engine {
         };
         self.media_start();
         self.forget_old_client_ids();
+        self.settle_all_relay_sets();
         loop {
             tokio::select! {
                 Some(ev) = media_events.recv() => self.on_media(ev),

@@ -98,7 +98,7 @@ async fn check_relay(
 }
 
 /// A relay address as given: a multiaddr ending in `/p2p/<peer id>`.
-fn parse_relay(addr: &str) -> Result<Multiaddr, NodeError> {
+pub(super) fn parse_relay(addr: &str) -> Result<Multiaddr, NodeError> {
     let parsed: Multiaddr = addr
         .trim()
         .parse()

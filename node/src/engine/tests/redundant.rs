@@ -183,6 +183,108 @@ async fn an_older_relay_set_arriving_late_does_not_replace_a_newer_one() {
     assert_eq!(held(&alice), [addr(&relays[0])]);
 }
 
+/// A relay record of Bob's, made at `version` (ms), naming `relays` (signed by a key of its
+/// own: the record is taken as found, after the DHT lookup checked it).
+fn relay_record(version: u64, relays: Vec<String>) -> tern_crypto::relay_record::SignedRelayRecord {
+    use tern_crypto::{DeviceKeys, DeviceList, IdentityKey, relay_record::RelayRecord};
+    let id = IdentityKey::generate().unwrap();
+    let cert = DeviceKeys::generate()
+        .unwrap()
+        .certify(&id, "phone", 1)
+        .unwrap();
+    RelayRecord {
+        user_id: id.user_id(),
+        identity_key: id.public(),
+        version,
+        issued_at: 1,
+        relays,
+        device_list: DeviceList::first(&id, cert, 1).sign(&id).unwrap(),
+    }
+    .sign(&id)
+    .unwrap()
+}
+
+/// A contact's relay record found in the DHT is taken as a device-list message's relay set
+/// is: one made before the set held (named by a message sent later) does not bring back a
+/// relay, and one made after it that drops a relay lets the rows that waited only for that
+/// relay leave the outbox.
+#[tokio::test]
+async fn a_relay_record_from_the_dht_is_taken_by_when_it_was_made_and_settles_rows() {
+    let (mut alice, bob, device, relays) = alice_and_bob_at_two_relays().await;
+    let user = tern_crypto::UserId::from_hex(&bob).unwrap();
+    let addr = |r: &PeerId| format!("/ip4/127.0.0.1/tcp/9/p2p/{r}");
+    let held = |h: &Harness| h.engine.known(&user).unwrap().contact.relays.clone();
+    // A text the first relay takes and the second, down, does not.
+    alice.courier.set_down(relays[1], true);
+    queue_text(&mut alice, &bob, &device, 1);
+    alice.engine.dispatch_lanes(false);
+    let waits_at_second = |h: &Harness| {
+        let at = |r: usize| {
+            h.engine
+                .store
+                .lane_at(&device, &relays[r].to_string(), 10)
+                .unwrap()
+        };
+        at(0).is_empty() && at(1).first().is_some_and(|row| row.attempts == 1)
+    };
+    alice.settle_until(waits_at_second).await;
+    // Bob's message sent at 2,000 named both relays.
+    let both = vec![addr(&relays[0]), addr(&relays[1])];
+    alice.engine.take_relays(&user, &both, 2_000);
+    assert_eq!(held(&alice), both);
+    // A record made at 1,000, naming the first only, is older than that message.
+    alice
+        .engine
+        .take_relay_record(&user, relay_record(1_000, vec![addr(&relays[0])]))
+        .unwrap();
+    assert_eq!(
+        held(&alice),
+        both,
+        "an older record does not replace the set"
+    );
+    assert!(waits_at_second(&alice));
+    // One made at 3,000 takes the second relay out: the row, which the first took, leaves.
+    alice
+        .engine
+        .take_relay_record(&user, relay_record(3_000, vec![addr(&relays[0])]))
+        .unwrap();
+    assert_eq!(held(&alice), [addr(&relays[0])]);
+    assert!(
+        alice.engine.store.lane(&device, 10).unwrap().is_empty(),
+        "nothing waits for the relay taken out"
+    );
+    assert_eq!(status(&alice, id(1)), Status::Sent);
+}
+
+/// Rows left waiting for a relay no longer in their user's set (a set changed without
+/// settling, as earlier builds did for a relay record from the DHT) leave at the next start.
+#[tokio::test]
+async fn rows_waiting_for_a_relay_out_of_the_set_leave_at_start() {
+    let (mut alice, bob, device, relays) = alice_and_bob_at_two_relays().await;
+    let user = tern_crypto::UserId::from_hex(&bob).unwrap();
+    alice.courier.set_down(relays[1], true);
+    queue_text(&mut alice, &bob, &device, 1);
+    alice.engine.dispatch_lanes(false);
+    alice
+        .settle_until(|h| {
+            h.engine
+                .store
+                .lane_at(&device, &relays[0].to_string(), 10)
+                .unwrap()
+                .is_empty()
+        })
+        .await;
+    // The second relay leaves the set as it did then: without the rows being settled.
+    let first = format!("/ip4/127.0.0.1/tcp/9/p2p/{}", relays[0]);
+    let c = alice.engine.people.contacts.get_mut(&user).unwrap();
+    c.relays = vec![first.parse().unwrap()];
+    c.contact.relays = vec![first];
+    assert_eq!(alice.engine.store.lane(&device, 10).unwrap().len(), 1);
+    alice.engine.settle_all_relay_sets();
+    assert!(alice.engine.store.lane(&device, 10).unwrap().is_empty());
+    assert_eq!(status(&alice, id(1)), Status::Sent);
+}
+
 /// A home relay that fails to take the allow-list (here nothing answers it) is given it
 /// again once `ALLOW_LIST_RETRY` passed, not only when it is next set up; a relay that is
 /// not connected is not asked.
