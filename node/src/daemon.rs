@@ -232,14 +232,22 @@ pub async fn run(
     )
     .map_err(|e| failed(&e))?;
     // Wait (bounded) until a home relay is connected and our keys are published there.
-    // The first home relay to connect (any of them will do).
+    // The first home relay to connect (any of them will do; a contact's relay, which may
+    // connect first, does not).
+    let home_peers: Vec<String> = relays
+        .iter()
+        .filter_map(|a| match a.iter().last() {
+            Some(Protocol::P2p(p)) => Some(p.to_string()),
+            _ => None,
+        })
+        .collect();
     let connected = tokio::time::timeout(RELAY_READY_WAIT, async {
         loop {
             match events.recv().await {
                 Ok(Event::Connection {
                     connected: true,
                     relay,
-                }) => return Some(relay),
+                }) if home_peers.contains(&relay) => return Some(relay),
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return None,

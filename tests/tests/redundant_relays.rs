@@ -656,6 +656,36 @@ fn the_ready_line_names_the_relay_that_is_connected() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With its only home relay down, `tern up`'s ready line says so, even when a contact's
+/// relay connects while it waits: a contact's relay is not a home relay.
+#[test]
+fn the_ready_line_does_not_take_a_contacts_relay_for_a_home_relay() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut r1 = Relay::start(&dir.path().join("r1"), "")?;
+    let r2 = Relay::start(&dir.path().join("r2"), "")?;
+    let mut ana = Node::init_and_start(dir.path(), "ana", Some(&r1.addr))?;
+    let bob = Node::init_and_start(dir.path(), "bob", Some(&r2.addr))?;
+    link_pair(&ana, &bob, "Ana", "Bob")?;
+    // Back up with her relay down, Ana connects to Bob's relay while she waits for hers.
+    ana.stop()?;
+    r1.kill9();
+    ana.restart()?;
+    let field = |k: &str| {
+        ana.ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        field("relay_connected").as_deref(),
+        Some("false"),
+        "{}",
+        ana.ready
+    );
+    assert_eq!(field("relay"), Some(r1.addr.clone()), "{}", ana.ready);
+    Ok(())
+}
+
 /// A text held by one of its recipient's relays is `sent` for the person who wrote it,
 /// while the other relay, down, still gets its copy when it is back: no "pending" for as
 /// long as a relay is away.
