@@ -168,10 +168,34 @@ pub(crate) async fn relay(home: &Home, json: bool, cmd: RelayCmd) -> Result<(), 
         RelayCmd::Remove { addr } => ("relay.remove", json!({"addr": addr})),
         RelayCmd::List => ("relay.list", json!({})),
     };
-    let v = client(home).await?.call(method, params).await?;
+    let mut c = client(home).await?;
+    // A relay is removed by its peer id, wherever it is: which one goes is said.
+    let removing = match &cmd {
+        RelayCmd::Remove { addr } if !json => {
+            let list: Vec<RelayInfo> =
+                crate::render::parse(&c.call("relay.list", json!({})).await?)?;
+            same_peer(addr, &list).map(|r| r.addr.clone())
+        }
+        _ => None,
+    };
+    let v = c.call(method, params).await?;
     show(&v, json, |list: Vec<RelayInfo>| {
+        if let (RelayCmd::Remove { addr }, Some(gone)) = (&cmd, &removing) {
+            if gone == addr.trim() {
+                outln!("removed {gone}");
+            } else {
+                outln!("removed {gone} (the home relay with the peer id of {addr})");
+            }
+        }
         for r in &list {
             print_relay(r);
         }
     })
+}
+
+/// The relay of `list` with the peer id `addr` ends in.
+fn same_peer<'a>(addr: &str, list: &'a [RelayInfo]) -> Option<&'a RelayInfo> {
+    let (_, peer) = addr.trim().rsplit_once("/p2p/")?;
+    let suffix = format!("/p2p/{peer}");
+    list.iter().find(|r| r.addr.ends_with(&suffix))
 }

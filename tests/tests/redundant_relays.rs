@@ -442,7 +442,29 @@ fn a_removed_relay_gives_up_its_circuits() -> anyhow::Result<()> {
         "a circuit address through the added relay",
     )?;
 
-    ben.ok(&["relay", "remove", &r1.addr])?;
+    // Named at a port it is not at, the home relay with that peer id goes, and the output
+    // says which it was.
+    let (at, peer) = r1.addr.split_once("/p2p/").unwrap();
+    let wrong = format!("{}/9/p2p/{peer}", at.rsplit_once('/').unwrap().0);
+    let out = ben.ok(&["relay", "remove", &wrong])?;
+    assert_eq!(
+        out.lines().next(),
+        Some(
+            format!(
+                "removed {} (the home relay with the peer id of {wrong})",
+                r1.addr
+            )
+            .as_str()
+        ),
+        "{out}"
+    );
+    // Removing it again says it was.
+    let again = ben.cli(&["relay", "remove", &r1.addr]);
+    assert_eq!(again.status.code(), Some(5));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("was removed already"),
+        "{again:?}"
+    );
     wait_circuit(
         &ben,
         &r1.addr,

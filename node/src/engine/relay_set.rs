@@ -212,6 +212,16 @@ impl Engine {
             .iter()
             .position(|a| relay_peer(a) == peer)
         else {
+            if self
+                .relays
+                .draining
+                .iter()
+                .any(|(a, _)| relay_peer(a) == peer)
+            {
+                return Err(NodeError::BadRequest(format!(
+                    "{addr} was removed already (its mailbox is still drained)"
+                )));
+            }
             return Err(NodeError::BadRequest(format!("{addr} is not a home relay")));
         };
         if self.relays.home_relays.len() == 1 {
