@@ -6,6 +6,8 @@ use std::io::Read;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use tern_node::consts::MAX_TEXT_BYTES;
+
 use crate::exit::{self, Failure};
 
 /// Reads a passphrase from the first line of `path` (a trailing newline is not part of it).
@@ -83,17 +85,53 @@ fn check_strength(p: &str) -> Result<(), Failure> {
     tern_node::backup::check_strength(p).map_err(|e| Failure::new(exit::BAD_INPUT, e.to_string()))
 }
 
-/// A TEXT argument: `-` reads standard input (without its trailing newlines).
+/// A TEXT argument: `-` reads standard input (without its trailing newlines). A text over
+/// the node's limit is refused here, as the node would refuse it: a request that large
+/// would not even reach it (the local API takes messages of at most 256 KiB). Standard
+/// input is read only up to the limit; the rest is counted, not kept.
 pub(crate) fn text_arg(text: String) -> Result<String, Failure> {
+    let too_long = |len: usize| {
+        Failure::new(
+            exit::BAD_INPUT,
+            tern_node::NodeError::TextTooLong {
+                len,
+                max: MAX_TEXT_BYTES,
+            }
+            .to_string(),
+        )
+    };
     if text != "-" {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(too_long(text.len()));
+        }
         return Ok(text);
     }
-    let mut buf = String::new();
-    std::io::stdin()
-        .read_to_string(&mut buf)
-        .map_err(|e| Failure::new(exit::BAD_INPUT, format!("reading standard input: {e}")))?;
-    Ok(buf.trim_end_matches('\n').to_owned())
+    let reading =
+        |e: std::io::Error| Failure::new(exit::BAD_INPUT, format!("reading standard input: {e}"));
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = Vec::new();
+    // Room for the text and its trailing newlines: what fills it is over the limit.
+    let room = MAX_TEXT_BYTES as u64 + TRAILING_NEWLINES;
+    (&mut stdin)
+        .take(room)
+        .read_to_end(&mut buf)
+        .map_err(reading)?;
+    if buf.len() as u64 == room {
+        let rest = std::io::copy(&mut stdin, &mut std::io::sink()).map_err(reading)?;
+        return Err(too_long(usize::try_from(room + rest).unwrap_or(usize::MAX)));
+    }
+    let text = String::from_utf8(buf)
+        .map_err(|_| Failure::new(exit::BAD_INPUT, "standard input is not UTF-8 text"))?;
+    let text = text.trim_end_matches('\n');
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(too_long(text.len()));
+    }
+    Ok(text.to_owned())
 }
+
+/// Bytes of trailing newlines a text on standard input may have past the limit (they are
+/// dropped); input longer than that is refused unread.
+const TRAILING_NEWLINES: u64 = 4096;
 
 /// Lines of standard input, read by a thread of their own as they come (the channel closes
 /// at end of input), shared by the answers to a device link's offers.

@@ -75,6 +75,15 @@ fn bad_input_is_refused_with_clear_exit_codes() {
     assert_eq!(code(&out), Some(5), "{}", stderr(&out));
     assert!(stderr(&out).contains("limit"));
     assert_eq!(code(&a.cli(&["send", "Bob", "  "])), Some(5));
+    // Far over it, on standard input (past what the local API takes at all): the same.
+    let huge = "y".repeat(270_000);
+    let out = tern_tests::support::tern_with_stdin(&a.home, &["send", "Bob", "-"], huge.as_bytes());
+    assert_eq!(code(&out), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("270000 bytes, over the 32768-byte limit"),
+        "{}",
+        stderr(&out)
+    );
 
     // A search query that is empty, or too long, is the user's to fix, not a storage fault.
     let terms = vec!["t"; 17].join(" ");
