@@ -327,6 +327,9 @@ impl Engine {
         for addr in &parsed.relays {
             self.net.add_relay_soon(addr.clone(), false);
         }
+        // A short link names one of the contact's relays; their record in the DHT names all
+        // of them, so that what is sent to them from now on goes to every one.
+        self.look_up_contact(&user_id);
         // A contact just added is about to be written to: the prekey claims for sessions
         // with their devices start now, alongside the allow-list, so that a first text
         // sent at once does not wait a round trip for them. What the result says (a

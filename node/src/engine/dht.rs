@@ -183,6 +183,12 @@ impl Engine {
         }
     }
 
+    /// When `user` was last looked up in the DHT (ms), if ever.
+    #[cfg(test)]
+    pub(crate) fn looked_up_at(&self, user: &UserId) -> Option<i64> {
+        self.dht.looked_up.get(user).copied()
+    }
+
     /// Looks a contact up in the DHT (at most once per [`LOOKUP_INTERVAL`]).
     pub(crate) fn look_up_contact(&mut self, user: &UserId) {
         let now = self.clock.now_ms();

@@ -285,6 +285,19 @@ async fn rows_waiting_for_a_relay_out_of_the_set_leave_at_start() {
     assert_eq!(status(&alice, id(1)), Status::Sent);
 }
 
+/// A contact just added is looked up in the DHT at once: a short link names one of their
+/// relays, their relay record all of them.
+#[tokio::test]
+async fn a_contact_just_added_is_looked_up_in_the_dht_at_once() {
+    let mut alice = Harness::named("alice");
+    let bob = Harness::with_relays("bob", 2);
+    alice.add(&bob).await;
+    assert_eq!(
+        alice.engine.looked_up_at(&bob.engine.me.user),
+        Some(alice.clock.now_ms())
+    );
+}
+
 /// A home relay that fails to take the allow-list (here nothing answers it) is given it
 /// again once `ALLOW_LIST_RETRY` passed, not only when it is next set up; a relay that is
 /// not connected is not asked.
