@@ -213,7 +213,12 @@ async fn a_relay_record_from_the_dht_is_taken_by_when_it_was_made_and_settles_ro
     let (mut alice, bob, device, relays) = alice_and_bob_at_two_relays().await;
     let user = tern_crypto::UserId::from_hex(&bob).unwrap();
     let addr = |r: &PeerId| format!("/ip4/127.0.0.1/tcp/9/p2p/{r}");
-    let held = |h: &Harness| h.engine.known(&user).unwrap().contact.relays.clone();
+    // The set held, in any order.
+    let held = |h: &Harness| {
+        let mut set = h.engine.known(&user).unwrap().contact.relays.clone();
+        set.sort();
+        set
+    };
     // A text the first relay takes and the second, down, does not.
     alice.courier.set_down(relays[1], true);
     queue_text(&mut alice, &bob, &device, 1);
@@ -228,14 +233,19 @@ async fn a_relay_record_from_the_dht_is_taken_by_when_it_was_made_and_settles_ro
         at(0).is_empty() && at(1).first().is_some_and(|row| row.attempts == 1)
     };
     alice.settle_until(waits_at_second).await;
-    // Bob's message sent at 2,000 named both relays.
-    let both = vec![addr(&relays[0]), addr(&relays[1])];
-    alice.engine.take_relays(&user, &both, 2_000);
-    assert_eq!(held(&alice), both);
-    // A record made at 1,000, naming the first only, is older than that message.
+    // Bob's message sent a second from now named both relays (the relay record of his
+    // that Alice looked up when she added him was none: no DHT here).
+    let t = u64::try_from(alice.clock.now_ms()).unwrap();
+    let mut both = vec![addr(&relays[0]), addr(&relays[1])];
+    both.sort();
     alice
         .engine
-        .take_relay_record(&user, relay_record(1_000, vec![addr(&relays[0])]))
+        .take_relays(&user, &both, i64::try_from(t + 1_000).unwrap());
+    assert_eq!(held(&alice), both);
+    // A record made before it, naming the first only, is older than that message.
+    alice
+        .engine
+        .take_relay_record(&user, relay_record(t + 500, vec![addr(&relays[0])]))
         .unwrap();
     assert_eq!(
         held(&alice),
@@ -243,10 +253,10 @@ async fn a_relay_record_from_the_dht_is_taken_by_when_it_was_made_and_settles_ro
         "an older record does not replace the set"
     );
     assert!(waits_at_second(&alice));
-    // One made at 3,000 takes the second relay out: the row, which the first took, leaves.
+    // One made after it takes the second relay out: the row, which the first took, leaves.
     alice
         .engine
-        .take_relay_record(&user, relay_record(3_000, vec![addr(&relays[0])]))
+        .take_relay_record(&user, relay_record(t + 2_000, vec![addr(&relays[0])]))
         .unwrap();
     assert_eq!(held(&alice), [addr(&relays[0])]);
     assert!(
