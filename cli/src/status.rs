@@ -127,12 +127,15 @@ fn print_relay(r: &RelayInfo) {
     } else {
         "disconnected"
     };
-    let drain = r.draining_until_ms.map_or(String::new(), |until| {
-        format!(
+    let drain = match r.draining_until_ms {
+        Some(until) => format!(
             ", removed: its mailbox is still drained for {} days",
             days_until(until)
-        )
-    });
+        ),
+        // Not this device's: a relay of a contact's (or of another own device's).
+        None if !r.home => ", not a home relay".to_owned(),
+        None => String::new(),
+    };
     match r.waiting {
         0 => outln!("relay   {} {state}{drain}", r.addr),
         n => outln!("relay   {} {state}, {n} to deposit{drain}", r.addr),
