@@ -653,6 +653,14 @@ fn a_relay_that_stops_answering_is_let_go_and_taken_again_when_back() -> anyhow:
     Ok(())
 }
 
+/// The value of `key` in `node`'s ready line.
+fn ready_field(node: &Node, key: &str) -> Option<String> {
+    node.ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .map(str::to_owned)
+}
+
 /// `tern up`'s ready line names a home relay it is connected to: with the first of two
 /// down, the second, not the first with `relay_connected=true`.
 #[test]
@@ -662,12 +670,7 @@ fn the_ready_line_names_the_relay_that_is_connected() -> anyhow::Result<()> {
     let r2 = Relay::start(&dir.path().join("r2"), "")?;
     r1.kill9();
     let ana = start(dir.path(), "ana", &r1, &r2)?;
-    let field = |k: &str| {
-        ana.ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .map(str::to_owned)
-    };
+    let field = |k: &str| ready_field(&ana, k);
     assert_eq!(
         field("relay_connected").as_deref(),
         Some("true"),
@@ -692,12 +695,7 @@ fn the_ready_line_does_not_take_a_contacts_relay_for_a_home_relay() -> anyhow::R
     ana.stop()?;
     r1.kill9();
     ana.restart()?;
-    let field = |k: &str| {
-        ana.ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .map(str::to_owned)
-    };
+    let field = |k: &str| ready_field(&ana, k);
     assert_eq!(
         field("relay_connected").as_deref(),
         Some("false"),

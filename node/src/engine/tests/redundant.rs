@@ -28,6 +28,18 @@ async fn alice_and_bob_at_two_relays() -> (Harness, String, String, Vec<PeerId>)
     (alice, user, bob.peer().to_string(), relays)
 }
 
+/// Whether the first of `relays` took every row of `device` and the second failed once at
+/// its first row (its lane waits).
+fn taken_by_first_only(h: &Harness, device: &str, relays: &[PeerId]) -> bool {
+    let at = |r: usize| {
+        h.engine
+            .store
+            .lane_at(device, &relays[r].to_string(), 10)
+            .unwrap()
+    };
+    at(0).is_empty() && at(1).first().is_some_and(|row| row.attempts == 1)
+}
+
 fn status(h: &Harness, id: MessageId) -> Status {
     h.engine.store.message(id).unwrap().unwrap().status
 }
@@ -42,15 +54,7 @@ async fn a_relay_that_is_down_holds_back_only_its_own_lane() {
     alice.engine.dispatch_lanes(false);
     // Two lane tasks report: the first relay took all three, the second failed at the first.
     alice
-        .settle_until(|h| {
-            let at = |r: usize| {
-                h.engine
-                    .store
-                    .lane_at(&device, &relays[r].to_string(), 10)
-                    .unwrap()
-            };
-            at(0).is_empty() && at(1).first().is_some_and(|row| row.attempts == 1)
-        })
+        .settle_until(|h| taken_by_first_only(h, &device, &relays))
         .await;
     assert_eq!(
         alice.courier.carried_at(relays[0]),
@@ -223,15 +227,7 @@ async fn a_relay_record_from_the_dht_is_taken_by_when_it_was_made_and_settles_ro
     alice.courier.set_down(relays[1], true);
     queue_text(&mut alice, &bob, &device, 1);
     alice.engine.dispatch_lanes(false);
-    let waits_at_second = |h: &Harness| {
-        let at = |r: usize| {
-            h.engine
-                .store
-                .lane_at(&device, &relays[r].to_string(), 10)
-                .unwrap()
-        };
-        at(0).is_empty() && at(1).first().is_some_and(|row| row.attempts == 1)
-    };
+    let waits_at_second = |h: &Harness| taken_by_first_only(h, &device, &relays);
     alice.settle_until(waits_at_second).await;
     // Bob's message sent a second from now named both relays (the relay record of his
     // that Alice looked up when she added him was none: no DHT here).
