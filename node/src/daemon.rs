@@ -236,10 +236,8 @@ pub async fn run(
     // connect first, does not).
     let home_peers: Vec<String> = relays
         .iter()
-        .filter_map(|a| match a.iter().last() {
-            Some(Protocol::P2p(p)) => Some(p.to_string()),
-            _ => None,
-        })
+        .filter_map(crate::engine::relay_peer)
+        .map(|p| p.to_string())
         .collect();
     let connected = tokio::time::timeout(RELAY_READY_WAIT, async {
         loop {

@@ -297,12 +297,13 @@ fn newest_valid(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tern_crypto::{DeviceKeys, DeviceList, IdentityKey};
 
     use super::*;
 
-    fn signed(id: &IdentityKey, version: u64) -> SignedRelayRecord {
+    /// A relay record of `id`'s at `version`, naming `relays`.
+    pub(crate) fn signed(id: &IdentityKey, version: u64, relays: Vec<String>) -> SignedRelayRecord {
         let cert = DeviceKeys::generate()
             .unwrap()
             .certify(id, "phone", 1)
@@ -312,7 +313,7 @@ mod tests {
             identity_key: id.public(),
             version,
             issued_at: 1,
-            relays: vec![],
+            relays,
             device_list: DeviceList::first(id, cert, 1).sign(id).unwrap(),
         };
         record.sign(id).unwrap()
@@ -324,10 +325,10 @@ mod tests {
         let squatter = IdentityKey::generate().unwrap();
         let key = dht_key(&id.user_id(), &id.public());
         let values = vec![
-            signed(&id, 5).as_bytes().to_vec(),
-            signed(&id, 9).as_bytes().to_vec(),
+            signed(&id, 5, vec![]).as_bytes().to_vec(),
+            signed(&id, 9, vec![]).as_bytes().to_vec(),
             // Another key's record, even at a higher version, is not the contact's.
-            signed(&squatter, 99).as_bytes().to_vec(),
+            signed(&squatter, 99, vec![]).as_bytes().to_vec(),
             b"junk".to_vec(),
         ];
         let best = newest_valid(&values, &key, &id.user_id(), &id.public()).unwrap();

@@ -223,27 +223,14 @@ impl Engine {
     /// A line for the timeline: "Ana added Ben, Cy".
     fn describe(&self, op: &SignedOp) -> String {
         let by = self.name_of(&op.op.author.into_array());
-        let names = |users: &mut dyn Iterator<Item = [u8; 16]>| {
-            users
-                .map(|u| self.name_of(&u))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match &op.op.action {
-            Action::Create { title, .. } => format!("{by} created the group {title}"),
-            Action::Add { members } => {
-                format!(
-                    "{by} added {}",
-                    names(&mut members.iter().map(|m| m.user.into_array()))
-                )
+        let (action, users, title) = change(&op.op.action);
+        match action {
+            "created" => format!("{by} created the group {}", title.unwrap_or_default()),
+            "left" => format!("{by} left"),
+            verb => {
+                let names: Vec<String> = users.iter().map(|u| self.name_of(u)).collect();
+                format!("{by} {verb} {}", names.join(", "))
             }
-            Action::Remove { users } => {
-                format!(
-                    "{by} removed {}",
-                    names(&mut users.iter().map(|u| u.into_array()))
-                )
-            }
-            Action::Leave => format!("{by} left"),
         }
     }
 
@@ -394,35 +381,40 @@ const NOT_APPLIED: &str = " (did not take effect)";
 /// not an operation.
 pub(crate) fn membership_info(data: &[u8], text: Option<&str>) -> Option<Box<MembershipInfo>> {
     let op = SignedOp::from_bytes(data).ok()?;
-    let users = |ids: &mut dyn Iterator<Item = [u8; 16]>| -> Vec<MemberRef> {
-        ids.map(|u| MemberRef {
-            user_id: UserId::from_bytes(u),
-            name: None,
-        })
-        .collect()
-    };
-    let (action, users, title) = match &op.op.action {
+    let (action, users, title) = change(&op.op.action);
+    Some(Box::new(MembershipInfo {
+        action: action.to_owned(),
+        users: users
+            .into_iter()
+            .map(|u| MemberRef {
+                user_id: UserId::from_bytes(u),
+                name: None,
+            })
+            .collect(),
+        title: title.map(str::to_owned),
+        applied: !text.is_some_and(|t| t.ends_with(NOT_APPLIED)),
+    }))
+}
+
+/// What a membership operation does, as the API names it (`created`, `added`, `removed`,
+/// `left`), to whom (for a creation, the first members), and a creation's title.
+fn change(action: &Action) -> (&'static str, Vec<[u8; 16]>, Option<&str>) {
+    match action {
         Action::Create { title, members, .. } => (
             "created",
-            users(&mut members.iter().map(|m| m.user.into_array())),
-            Some(title.clone()),
+            members.iter().map(|m| m.user.into_array()).collect(),
+            Some(title),
         ),
         Action::Add { members } => (
             "added",
-            users(&mut members.iter().map(|m| m.user.into_array())),
+            members.iter().map(|m| m.user.into_array()).collect(),
             None,
         ),
-        Action::Remove { users: removed } => (
+        Action::Remove { users } => (
             "removed",
-            users(&mut removed.iter().map(|u| u.into_array())),
+            users.iter().map(|u| u.into_array()).collect(),
             None,
         ),
         Action::Leave => ("left", Vec::new(), None),
-    };
-    Some(Box::new(MembershipInfo {
-        action: action.to_owned(),
-        users,
-        title,
-        applied: !text.is_some_and(|t| t.ends_with(NOT_APPLIED)),
-    }))
+    }
 }

@@ -187,25 +187,11 @@ async fn an_older_relay_set_arriving_late_does_not_replace_a_newer_one() {
     assert_eq!(held(&alice), [addr(&relays[0])]);
 }
 
-/// A relay record of Bob's, made at `version` (ms), naming `relays` (signed by a key of its
-/// own: the record is taken as found, after the DHT lookup checked it).
+/// A relay record made at `version` (ms), naming `relays` (signed by a key of its own: the
+/// record is taken as found, after the DHT lookup checked it).
 fn relay_record(version: u64, relays: Vec<String>) -> tern_crypto::relay_record::SignedRelayRecord {
-    use tern_crypto::{DeviceKeys, DeviceList, IdentityKey, relay_record::RelayRecord};
-    let id = IdentityKey::generate().unwrap();
-    let cert = DeviceKeys::generate()
-        .unwrap()
-        .certify(&id, "phone", 1)
-        .unwrap();
-    RelayRecord {
-        user_id: id.user_id(),
-        identity_key: id.public(),
-        version,
-        issued_at: 1,
-        relays,
-        device_list: DeviceList::first(&id, cert, 1).sign(&id).unwrap(),
-    }
-    .sign(&id)
-    .unwrap()
+    let id = tern_crypto::IdentityKey::generate().unwrap();
+    crate::engine::dht::tests::signed(&id, version, relays)
 }
 
 /// A contact's relay record found in the DHT is taken as a device-list message's relay set
