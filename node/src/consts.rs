@@ -272,8 +272,16 @@ pub const MEDIA_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// shown with the figures it gave last.
 pub const STATUS_USAGE_WAIT: Duration = Duration::from_secs(1);
 
-/// Peers downloading this device's own files at once, at most; more streams are refused.
+/// Peers downloading this device's own files at once, at most; more streams are answered
+/// `Unavailable` (the peer fetches from the relay instead).
 pub const MEDIA_SERVE_STREAMS: usize = 8;
+
+/// How long a peer's blob stream may wait before asking for a file; a stream that asks for
+/// nothing is closed then, so idle streams cannot hold the [`MEDIA_SERVE_STREAMS`] places.
+pub const MEDIA_SERVE_FIRST_FRAME: Duration = Duration::from_secs(10);
+
+/// When a peer refused for want of room is told to try this device again.
+pub const MEDIA_SERVE_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// How long opening a `/tern/blob/1` stream (dial and protocol negotiation) may take.
 pub const MEDIA_STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(20);

@@ -766,23 +766,103 @@ fn files_sent_together_upload_without_a_pause() {
     }
 }
 
-/// Blob streams that peers open at a node at the same moment (several of its files fetched
-/// at once, as many as it serves at once) are each taken on the first stream: the node
-/// queues new streams rather than dropping all but one (its peers would open a dropped one
-/// again, which this test rules out by not doing so).
+/// A node serving as many downloads of its files as it serves at once answers one more
+/// stream `Unavailable` at once (its opener turns to the relay rather than waiting on a
+/// stream the node dropped), and a stream that never asks for anything gives its place back
+/// after `MEDIA_SERVE_FIRST_FRAME`.
 #[test]
-fn blob_streams_opened_together_at_a_node_are_all_taken() {
-    use tern_relay::{
-        Multiaddr,
-        blob::BlobError,
-        client::{Client, Config, Keypair},
-        wire::ErrorCode,
-    };
+fn a_node_serving_all_it_can_says_so_and_idle_streams_give_way() {
+    use tern_relay::{blob::BlobError, wire::ErrorCode};
     const STREAMS: usize = tern_node::consts::MEDIA_SERVE_STREAMS;
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
     let alice = Node::start(&dir.path().join("alice"), Some(&relay.addr)).unwrap();
-    let status = alice.json(&["status", "--json"]).unwrap();
+    let addr = direct_addr(&alice);
+    let work = dir.path().to_owned();
+    let rt = tern_tests::support::runtime();
+    rt.block_on(async move {
+        let (c, _events) = direct_client(addr).await;
+        // Every place taken by a stream that asks for nothing.
+        let mut idle = Vec::with_capacity(STREAMS);
+        for _ in 0..STREAMS {
+            let mut s = c.open_blob_stream().await.unwrap();
+            // A byte of a frame's length prefix makes the node take the stream and wait for
+            // the rest of the frame.
+            tern_relay::libp2p::futures::AsyncWriteExt::write_all(&mut s, &[0])
+                .await
+                .unwrap();
+            tern_relay::libp2p::futures::AsyncWriteExt::flush(&mut s)
+                .await
+                .unwrap();
+            idle.push(s);
+        }
+        let get = |i: usize| {
+            let (c, path) = (c.clone(), work.join(format!("get-{i}")));
+            async move {
+                let stream = c.open_blob_stream().await.unwrap();
+                let mut f = tokio::fs::File::create(path).await.unwrap();
+                tern_relay::blob::download(stream, &[7; 32], &[3; 32], 0, None, &mut f, |_| {})
+                    .await
+            }
+        };
+        // The idle streams are surely taken once a stream behind them is refused; until
+        // then a stream may still be answered (it took a place before them).
+        let mut i = 0;
+        let refused = loop {
+            i += 1;
+            assert!(i < 200, "no stream was refused with every place taken");
+            match tokio::time::timeout(Duration::from_secs(10), get(i))
+                .await
+                .unwrap()
+            {
+                Err(BlobError::Rejected {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => {}
+                other => break other,
+            }
+        };
+        match refused {
+            Err(BlobError::Rejected {
+                code: ErrorCode::Unavailable,
+                retry_after_ms: Some(_),
+                ..
+            }) => {}
+            other => panic!("a stream beyond the node's places: {other:?}"),
+        }
+        // The idle streams (still open here) are closed by the node in time, and their
+        // places serve again.
+        let deadline = std::time::Instant::now()
+            + tern_node::consts::MEDIA_SERVE_FIRST_FRAME
+            + Duration::from_secs(20);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle streams kept their places"
+            );
+            i += 1;
+            match tokio::time::timeout(Duration::from_secs(10), get(i))
+                .await
+                .unwrap()
+            {
+                Err(BlobError::Rejected {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => break,
+                Err(BlobError::Rejected {
+                    code: ErrorCode::Unavailable,
+                    ..
+                }) => tokio::time::sleep(Duration::from_millis(200)).await,
+                other => panic!("a stream while the idle ones wait: {other:?}"),
+            }
+        }
+        drop(idle);
+    });
+}
+
+/// Alice's loopback TCP address with her device id, to open streams at her directly.
+fn direct_addr(node: &Node) -> tern_relay::Multiaddr {
+    let status = node.json(&["status", "--json"]).unwrap();
     let peer = status["device_id"].as_str().unwrap().to_owned();
     let listen = status["listen"]
         .as_array()
@@ -790,19 +870,45 @@ fn blob_streams_opened_together_at_a_node_are_all_taken() {
         .iter()
         .filter_map(Value::as_str)
         .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
-        .expect("alice listens on loopback TCP")
+        .expect("the node listens on loopback TCP")
         .to_owned();
-    let addr: Multiaddr = if listen.contains("/p2p/") {
+    if listen.contains("/p2p/") {
         listen.parse().unwrap()
     } else {
         format!("{listen}/p2p/{peer}").parse().unwrap()
-    };
+    }
+}
+
+/// A relay client (a fresh identity) connected to `addr`, with its events (kept while it is
+/// used).
+async fn direct_client(
+    addr: tern_relay::Multiaddr,
+) -> (
+    tern_relay::client::Client,
+    tokio::sync::mpsc::Receiver<tern_relay::client::Event>,
+) {
+    use tern_relay::client::{Client, Config, Keypair};
+    Client::connect(Keypair::generate_ed25519(), addr, Config::default())
+        .await
+        .unwrap()
+}
+
+/// Blob streams that peers open at a node at the same moment (several of its files fetched
+/// at once, as many as it serves at once) are each taken on the first stream: the node
+/// queues new streams rather than dropping all but one (its peers would open a dropped one
+/// again, which this test rules out by not doing so).
+#[test]
+fn blob_streams_opened_together_at_a_node_are_all_taken() {
+    use tern_relay::{blob::BlobError, wire::ErrorCode};
+    const STREAMS: usize = tern_node::consts::MEDIA_SERVE_STREAMS;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let alice = Node::start(&dir.path().join("alice"), Some(&relay.addr)).unwrap();
+    let addr = direct_addr(&alice);
     let work = dir.path().to_owned();
     let rt = tern_tests::support::runtime();
     let got = rt.block_on(async move {
-        let (c, _events) = Client::connect(Keypair::generate_ed25519(), addr, Config::default())
-            .await
-            .unwrap();
+        let (c, _events) = direct_client(addr).await;
         let mut streams = Vec::with_capacity(STREAMS);
         for _ in 0..STREAMS {
             streams.push(c.open_blob_stream().await.unwrap());

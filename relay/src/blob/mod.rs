@@ -37,7 +37,8 @@ use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
 pub use transfer::{
-    BlobInfo, BlobSource, Uploaded, delete, download, serve_get, serve_get_request, upload,
+    BlobInfo, BlobSource, Uploaded, delete, download, refuse_busy, serve_get, serve_get_request,
+    upload,
 };
 
 use crate::wire::{self, DecodeError, EncodeError, ErrorCode};

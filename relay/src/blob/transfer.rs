@@ -296,14 +296,36 @@ pub async fn delete<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Serves one `Get` request on an inbound stream from `source` (used by the relay and, for
-/// direct transfers between online peers, by the node). Any other first frame is answered
-/// with `BadRequest`.
+/// Answers a stream that its server has no room for: `Unavailable`, to be tried again in
+/// `retry_after_ms`, then closes it. The opener learns at once that the stream was seen and
+/// refused (not lost), and turns to another source or waits.
+pub async fn refuse_busy<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    message: &str,
+    retry_after_ms: u64,
+) {
+    send_error(
+        stream,
+        ErrorCode::Unavailable,
+        message,
+        Some(retry_after_ms),
+    )
+    .await;
+}
+
+/// Serves one `Get` request on an inbound stream from `source`, for direct transfers
+/// between online peers (the node). Any other first frame is answered with `BadRequest`; a
+/// stream whose first frame has not come within `first_frame` is closed.
 pub async fn serve_get<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     source: &impl BlobSource,
+    first_frame: std::time::Duration,
 ) -> Result<(), BlobError> {
-    let Some(frame) = stream::read_frame(&mut stream, MAX_CONTROL_FRAME_BYTES).await? else {
+    let read = stream::read_frame(&mut stream, MAX_CONTROL_FRAME_BYTES);
+    let Some(frame) = tokio::time::timeout(first_frame, read)
+        .await
+        .map_err(|_| BlobError::Protocol("no request in time".into()))??
+    else {
         return Ok(());
     };
     match Request::decode(&frame, MAX_CONTROL_FRAME_BYTES) {

@@ -11,7 +11,9 @@ use tern_relay::blob::{self, BlobId, BlobSource, Manifest};
 use tern_relay::wire::ErrorCode;
 
 use super::StagedUp;
-use crate::consts::{MEDIA_SERVE_STREAMS, MEDIA_SERVE_TIMEOUT};
+use crate::consts::{
+    MEDIA_SERVE_BUSY_RETRY, MEDIA_SERVE_FIRST_FRAME, MEDIA_SERVE_STREAMS, MEDIA_SERVE_TIMEOUT,
+};
 use crate::engine::Engine;
 
 /// A blob this device serves to peers (its own sent files).
@@ -49,15 +51,24 @@ impl BlobSource for Served {
 /// Accepts `/tern/blob/1` streams from peers and serves this device's own files.
 pub(super) async fn serve_peers(mut incoming: tern_relay::inbound::Incoming, served: Served) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MEDIA_SERVE_STREAMS));
-    while let Some((peer, stream)) = incoming.next().await {
+    while let Some((peer, mut stream)) = incoming.next().await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::info!(%peer, "too many file downloads from this device; refusing one");
+            // Told at once, the peer fetches from the relay rather than retrying here. A
+            // fresh stream takes a small frame without waiting; the bound is for a peer
+            // that is gone.
+            let busy = blob::refuse_busy(
+                &mut stream,
+                "this device is serving too many downloads",
+                MEDIA_SERVE_BUSY_RETRY.as_millis() as u64,
+            );
+            let _ = tokio::time::timeout(MEDIA_SERVE_BUSY_RETRY, busy).await;
             continue;
         };
         let served = served.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(MEDIA_SERVE_TIMEOUT, blob::serve_get(stream, &served)).await
-            {
+            let serving = blob::serve_get(stream, &served, MEDIA_SERVE_FIRST_FRAME);
+            match tokio::time::timeout(MEDIA_SERVE_TIMEOUT, serving).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, "serving a file stopped: {e}"),
                 Err(_) => tracing::info!(%peer, "serving a file took too long; stopped"),

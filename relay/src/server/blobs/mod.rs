@@ -240,7 +240,7 @@ async fn accept(
                     Err(_) => {
                         shared.metrics.reject(ErrorCode::Unavailable);
                         tokio::spawn(async move {
-                            send_error(&mut stream, ErrorCode::Unavailable, "too many blob streams", Some(BUSY_RETRY_MS)).await;
+                            blob::refuse_busy(&mut stream, "too many blob streams", BUSY_RETRY_MS).await;
                         });
                     }
                 }
