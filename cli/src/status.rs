@@ -1,6 +1,8 @@
 //! `tern status`, `tern presence`, `tern push` and `tern relay`: the node's state, contacts'
 //! presence, the push endpoint at the home relays, and the home relays themselves.
 
+use std::time::Duration;
+
 use serde_json::json;
 use tern_node::{
     Home,
@@ -128,8 +130,14 @@ fn print_relay(r: &RelayInfo) {
         "disconnected"
     };
     let drain = match r.draining_until_ms {
-        Some(until) => format!(
+        Some(until) if r.connected => format!(
             ", removed: its mailbox is still drained for {} days",
+            days_until(until)
+        ),
+        // It may never answer again (a relay that lost its data directory): the drain is
+        // a chance, not a promise.
+        Some(until) => format!(
+            ", removed: its mailbox is drained if it comes back within {} days",
             days_until(until)
         ),
         // Not this device's: a relay of a contact's (or of another own device's).
@@ -141,7 +149,9 @@ fn print_relay(r: &RelayInfo) {
         n => outln!("relay   {} {state}, {n} to deposit{drain}", r.addr),
     }
     if r.waiting > 0 {
-        for code in &r.held {
+        // A relay that cannot be reached says why below; "no answer" adds nothing to that.
+        let unreachable = r.problem.is_some();
+        for code in r.held.iter().filter(|c| !(unreachable && *c == "network")) {
             outln!("        held back: {}", held_words(code));
         }
     }
@@ -181,7 +191,25 @@ pub(crate) async fn relay(home: &Home, json: bool, cmd: RelayCmd) -> Result<(), 
         }
         _ => None,
     };
-    let v = c.call(method, params).await?;
+    let mut v = c.call(method, params).await?;
+    if let RelayCmd::Add { addr } = &cmd
+        && !json
+    {
+        // The node answered once the relay answered a check at the address; it connects to
+        // it as a home relay a moment later. That moment is waited for (briefly), so the
+        // list does not show the relay just checked as disconnected.
+        let deadline = tokio::time::Instant::now() + ADDED_CONNECT_WAIT;
+        loop {
+            let list: Vec<RelayInfo> = crate::render::parse(&v)?;
+            if same_peer(addr, &list).is_none_or(|r| r.connected)
+                || tokio::time::Instant::now() >= deadline
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            v = c.call("relay.list", json!({})).await?;
+        }
+    }
     show(&v, json, |list: Vec<RelayInfo>| {
         if let (RelayCmd::Remove { addr }, Some(gone)) = (&cmd, &removing) {
             if gone == addr.trim() {
@@ -195,6 +223,9 @@ pub(crate) async fn relay(home: &Home, json: bool, cmd: RelayCmd) -> Result<(), 
         }
     })
 }
+
+/// Longest `tern relay add` waits for the relay it added to connect before listing.
+const ADDED_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// The relay of `list` with the peer id `addr` ends in.
 fn same_peer<'a>(addr: &str, list: &'a [RelayInfo]) -> Option<&'a RelayInfo> {

@@ -318,6 +318,13 @@ fn a_relay_added_and_removed_at_run_time_reaches_contacts() -> anyhow::Result<()
         .and_then(|rs| rs.iter().find(|r| r["addr"] == r1.addr.as_str()))
         .and_then(|r| r["waiting"].as_u64());
     assert!(waiting > Some(0), "the first relay owes rows: {status}");
+    // Why they wait is said once: the relay cannot be reached, not also "no answer".
+    wait_for("Ben to see the first relay down", WAIT, || {
+        relay_entry(&ben, &r1.addr).filter(|r| r["problem"].is_string())
+    })?;
+    let text = ben.ok(&["status"])?;
+    assert!(text.contains("cannot connect"), "{text}");
+    assert!(!text.contains("no answer from the relay"), "{text}");
 
     // Ana removes it: Ben stops waiting for it, and his outbox empties.
     let left = addrs(&ana.json(&["relay", "remove", &r1.addr])?);
@@ -544,12 +551,29 @@ fn a_relay_back_with_a_new_identity_is_named_as_such() -> anyhow::Result<()> {
         "{other}"
     );
 
-    ana.ok(&["relay", "add", &new])?;
+    // The relay just checked and added is listed connected, not as a relay that is down.
+    let added = ana.ok(&["relay", "add", &new])?;
+    assert!(added.contains(&format!("{new} connected")), "{added}");
     ana.ok(&["relay", "remove", &old])?;
     let now = wait_for("the new relay connected", WAIT, || {
         relay_entry(&ana, &new).filter(|r| r["connected"] == true)
     })?;
     assert!(now.get("problem").is_none(), "{now}");
+    // The old address, removed, is drained should its relay come back; the status does not
+    // promise that it will.
+    let gone = relay_entry(&ana, &old).expect("the removed relay is listed while drained");
+    assert!(gone["draining_until_ms"].is_i64(), "{gone}");
+    let problem = gone["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("nothing is left there to drain"), "{gone}");
+    let text = ana.ok(&["status"])?;
+    let line = text
+        .lines()
+        .find(|l| l.contains(&old))
+        .expect("the removed relay's line");
+    assert!(
+        line.contains("removed: its mailbox is drained if it comes back within"),
+        "{text}"
+    );
     Ok(())
 }
 

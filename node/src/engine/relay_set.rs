@@ -331,7 +331,7 @@ impl Engine {
                 mailbox: None,
                 waiting: 0,
                 draining_until_ms: Some(*until_ms),
-                problem: self.dial_problem(a, false),
+                problem: self.dial_problem(a, super::views::RelayRole::Removed),
                 held: Vec::new(),
             })
             .collect()

@@ -72,6 +72,17 @@ pub(crate) fn preview(m: &MessageInfo) -> String {
     }
 }
 
+/// What a relay is to this device, for what a user can do when it cannot be reached.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RelayRole {
+    /// One of its home relays.
+    Home,
+    /// A relay of a contact's (or of another of the user's devices).
+    Contact,
+    /// A home relay removed, whose mailbox is still drained.
+    Removed,
+}
+
 impl Engine {
     pub(super) fn id_info(&self) -> IdInfo {
         let key = self.me.keys.identity.public();
@@ -102,15 +113,15 @@ impl Engine {
                 mailbox: relay_peer(a).and_then(|p| self.mailbox_info(p)),
                 waiting: relay_peer(a).map_or(0, |p| self.waiting_at(p)),
                 draining_until_ms: None,
-                problem: self.dial_problem(a, true),
+                problem: self.dial_problem(a, RelayRole::Home),
                 held: relay_peer(a).map_or_else(Vec::new, |p| self.held_at(p)),
             })
             .collect()
     }
 
-    /// Why the relay at `addr` is not connected, if its last dial failed: for one of this
-    /// device's home relays (`home`) with what the user can do about it.
-    pub(super) fn dial_problem(&self, addr: &Multiaddr, home: bool) -> Option<String> {
+    /// Why the relay at `addr`, which is `role` to this device, is not connected, if its
+    /// last dial failed; with what the user can do about it.
+    pub(super) fn dial_problem(&self, addr: &Multiaddr, role: RelayRole) -> Option<String> {
         let peer = relay_peer(addr)?;
         if self.relays.relay_up.contains(&peer) {
             return None;
@@ -121,13 +132,15 @@ impl Engine {
                     .iter()
                     .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
                     .collect();
-                let what = if home {
-                    format!(
+                let what = match role {
+                    RelayRole::Home => format!(
                         "if it is still your relay, add it again (`tern relay add {base}/p2p/{other}`) \
                          and remove this address"
-                    )
-                } else {
-                    "its users have to add it again under its new identity".to_owned()
+                    ),
+                    RelayRole::Contact => {
+                        "its users have to add it again under its new identity".to_owned()
+                    }
+                    RelayRole::Removed => "if so, nothing is left there to drain".to_owned(),
                 };
                 format!(
                     "it answers as {other}, not as the relay this address names (a relay that \
@@ -200,7 +213,7 @@ impl Engine {
                         mailbox: None,
                         waiting: self.waiting_at(p),
                         draining_until_ms: None,
-                        problem: self.dial_problem(a, false),
+                        problem: self.dial_problem(a, RelayRole::Contact),
                         held: self.held_at(p),
                     });
                 }
