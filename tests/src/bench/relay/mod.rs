@@ -60,6 +60,12 @@
 //!   comparison runs on its own in [`MOSQUITTO_ROUNDS`] alternated rounds, each on a fresh
 //!   relay and a fresh broker: `_vs_mosquitto` is the median rate of each, `_round<k>` each
 //!   round's pair, and the ack quantiles are those of every round's acknowledgements.
+//!   `_server_cpu_vs_mosquitto` is the CPU time (user and system, from `/proc`) the relay
+//!   process spent per deposit over its rounds against the broker process's per publish,
+//!   `_server_network_cpu_vs_mosquitto` the same less the relay's storage threads (writer,
+//!   flusher, checkpointer), and `_client_cpu_vs_mosquitto` this process's (the load's
+//!   clients) per deposit against the same during the broker's rounds: on a machine whose
+//!   cores the clients share with the server, the rate is bound by their sum.
 //!   `tern-bench relay-deposits` runs the deposit figures alone, `relay-push` the push
 //!   and link figures.
 //! - `relay.*_vs_mosquitto`: the same deposit load and paced live delivery against a

@@ -16,7 +16,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS}
 
 use super::{
     CIPHERTEXT, IN_FLIGHT, MAILBOXES, PUSH_RATE, SENDERS, START_TIMEOUT, ms, pipeline,
-    process::RelayProcess, push,
+    process::RelayProcess, push, sqlite::thread_cpu,
 };
 use crate::bench::{Report, per_sec, quantile};
 
@@ -340,16 +340,23 @@ async fn pipelined_rounds(
     let mut mqtt_rates = Vec::with_capacity(rounds);
     let mut relay_lat = Vec::with_capacity(deposits * rounds);
     let mut mqtt_lat = Vec::with_capacity(deposits * rounds);
+    // CPU time over every round's load.
+    let mut relay_cpu = Cpu::default();
+    let mut mqtt_cpu = Cpu::default();
     for round in 0..rounds {
         for relay_turn in [round % 2 == 0, round % 2 != 0] {
             if relay_turn {
                 let relay = RelayProcess::start()?;
+                let before = Cpu::now(relay.child.id())?;
                 let run = pipeline::run(&relay.addr, deposits, window).await?;
+                relay_cpu.add(&before, &Cpu::now(relay.child.id())?);
                 relay_rates.push(run.rate);
                 relay_lat.extend(run.lat);
             } else {
                 let broker = Broker::start()?.context("mosquitto is no longer installed")?;
+                let before = Cpu::now(broker.child.id())?;
                 let (time, lat) = publish_load(broker.port, deposits, window).await?;
+                mqtt_cpu.add(&before, &Cpu::now(broker.child.id())?);
                 mqtt_rates.push(per_sec(deposits, time));
                 mqtt_lat.extend(lat);
             }
@@ -373,6 +380,33 @@ async fn pipelined_rounds(
         &format!("{anchor}, median of {rounds} alternated rounds"),
         median_of(&mut mqtt_rates),
     );
+    // Where the machine's time goes: a run on two cores that share the load's clients with
+    // the server is bound by the CPU both spend on each message.
+    let per_msg = |d: Duration| d.as_secs_f64() * 1e6 / (deposits * rounds) as f64;
+    let broker_cpu = format!("mosquitto process CPU, {window} in flight");
+    report.compare(
+        &format!("{name}_server_cpu_vs_mosquitto"),
+        per_msg(relay_cpu.server),
+        "µs/msg",
+        &broker_cpu,
+        per_msg(mqtt_cpu.server),
+    );
+    // The relay less its storage threads (writer, flusher, checkpointer): what the broker,
+    // which writes nothing per message, is to be compared with.
+    report.compare(
+        &format!("{name}_server_network_cpu_vs_mosquitto"),
+        per_msg(relay_cpu.server.saturating_sub(relay_cpu.storage)),
+        "µs/msg",
+        &broker_cpu,
+        per_msg(mqtt_cpu.server),
+    );
+    report.compare(
+        &format!("{name}_client_cpu_vs_mosquitto"),
+        per_msg(relay_cpu.clients),
+        "µs/msg",
+        &format!("rumqttc clients' CPU, {window} in flight"),
+        per_msg(mqtt_cpu.clients),
+    );
     for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
         report.compare(
             &format!("{name}_ack_{label}_vs_mosquitto"),
@@ -383,6 +417,44 @@ async fn pipelined_rounds(
         );
     }
     Ok(())
+}
+
+/// CPU time (user and system) of a server process and of this one, whose clients load it.
+#[derive(Debug, Default)]
+struct Cpu {
+    /// The whole server process.
+    server: Duration,
+    /// The server's storage threads (a relay's `tern-relay-*` threads: writer, flusher,
+    /// checkpointer; none in a broker).
+    storage: Duration,
+    /// This process.
+    clients: Duration,
+}
+
+impl Cpu {
+    /// The times so far, for the server process `pid`.
+    fn now(pid: u32) -> anyhow::Result<Self> {
+        let mut storage = Duration::ZERO;
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let task = format!("{pid}/task/{}", t?.file_name().to_string_lossy());
+            let comm = std::fs::read_to_string(format!("/proc/{task}/comm")).unwrap_or_default();
+            if comm.starts_with("tern-relay-") {
+                storage += thread_cpu(&task)?;
+            }
+        }
+        Ok(Self {
+            server: thread_cpu(&pid.to_string())?,
+            storage,
+            clients: thread_cpu("self")?,
+        })
+    }
+
+    /// Adds what each time grew by from `before` to `after`.
+    fn add(&mut self, before: &Self, after: &Self) {
+        self.server += after.server.saturating_sub(before.server);
+        self.storage += after.storage.saturating_sub(before.storage);
+        self.clients += after.clients.saturating_sub(before.clients);
+    }
 }
 
 /// The median of some rates (sorted in place; the upper one of an even count).

@@ -56,8 +56,9 @@ pub(super) fn run(n: usize) -> anyhow::Result<Loop> {
     })
 }
 
-/// CPU time (user and system) a thread of this process has spent: `task` is
-/// `thread-self` or `self/task/<id>` under `/proc`. Clock ticks of 10 ms.
+/// CPU time (user and system) a thread or process has spent: `task` is `thread-self` or
+/// `self/task/<id>` (a thread of this process), `self` or a process id (a whole process)
+/// under `/proc`. Clock ticks of 10 ms.
 pub(super) fn thread_cpu(task: &str) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{task}/stat"))?;
     // The fields after the command name, which is in parentheses and may hold spaces.
