@@ -158,6 +158,12 @@ fn a_contact_added_without_a_name_is_renamed() {
         Some(4),
         "unknown"
     );
+    // Another contact's user id would name that contact in commands, not this one.
+    assert_eq!(
+        code(&["contact", "rename", hex, &c.user]),
+        Some(5),
+        "a user id"
+    );
     let out = b.ok(&["contact", "rename", hex, "  Alice  "]).unwrap();
     assert!(out.contains("renamed Alice"), "{out}");
     // A name given when adding is held to the same rule.

@@ -63,23 +63,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Finds a contact by user id or name.
+    /// Finds a contact by user id or name. A user id that is also another contact's name
+    /// (one a contact's link offered, or one given before such names were refused) is
+    /// ambiguous rather than taken as the id: the user may mean the one listed so.
     pub(crate) fn resolve(&self, contact: &str) -> Result<UserId, NodeError> {
-        if let Some(id) = UserId::from_hex(contact)
-            && self.people.contacts.contains_key(&id)
-        {
-            return Ok(id);
-        }
+        let by_id = UserId::from_hex(contact).filter(|id| self.people.contacts.contains_key(id));
         let lower = contact.to_lowercase();
-        let matches: Vec<&UserId> = self
+        let mut matches: Vec<UserId> = self
             .people
             .contacts
             .iter()
             .filter(|(_, c)| c.contact.display_name.to_lowercase() == lower)
-            .map(|(id, _)| id)
+            .map(|(id, _)| *id)
             .collect();
+        matches.extend(by_id.filter(|id| !matches.contains(id)));
         match matches.as_slice() {
-            [one] => Ok(**one),
+            [one] => Ok(*one),
             [] => Err(NodeError::UnknownContact(contact.to_owned())),
             _ => Err(NodeError::AmbiguousContact(contact.to_owned())),
         }
@@ -633,15 +632,18 @@ async fn fetch_link_list(
 /// [`MAX_NAME_BYTES`] bytes, no control, reordering or invisible characters
 /// ([`crate::text::is_hidden_or_control`]: it is shown in terminals and lists, and two names
 /// that look the same would be two contacts).
+/// Nor may it be a user id: commands take a contact's user id or name, and the id wins, so
+/// a contact named with another's id would have that other's messages sent as its own.
 fn check_name(name: &str) -> Result<String, NodeError> {
-    let name = name.trim();
-    if name.is_empty()
-        || name.len() > MAX_NAME_BYTES
-        || name.chars().any(crate::text::is_hidden_or_control)
-    {
+    let Some(name) = crate::text::given_label(name, MAX_NAME_BYTES) else {
         return Err(NodeError::BadRequest(format!(
             "a name must be 1 to {MAX_NAME_BYTES} bytes of visible text (no control, \
              reordering or invisible characters)"
+        )));
+    };
+    if UserId::from_hex(name).is_some() {
+        return Err(NodeError::BadRequest(format!(
+            "{name} is a user id (32 hex digits), which commands take as one: choose a name"
         )));
     }
     Ok(name.to_owned())

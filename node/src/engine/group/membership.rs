@@ -69,12 +69,20 @@ impl Engine {
         members: Vec<String>,
     ) -> Result<GroupInfo, NodeError> {
         self.check_not_revoked()?;
-        let title = title.trim().to_owned();
-        if title.is_empty() || title.len() > MAX_GROUP_TITLE_BYTES {
+        // The title is shown to every member and names the group in commands: visible
+        // text, and not a group id (which commands take as one).
+        let Some(title) = crate::text::given_label(&title, MAX_GROUP_TITLE_BYTES) else {
             return Err(NodeError::BadRequest(format!(
-                "a group title is 1 to {MAX_GROUP_TITLE_BYTES} bytes"
+                "a group title is 1 to {MAX_GROUP_TITLE_BYTES} bytes of visible text (no \
+                 control, reordering or invisible characters)"
+            )));
+        };
+        if GroupId::from_hex(title).is_some() {
+            return Err(NodeError::BadRequest(format!(
+                "{title} is a group id (hex digits), which commands take as one: choose a title"
             )));
         }
+        let title = title.to_owned();
         let entries = self.contact_entries(&members)?;
         if entries.len() + 1 > MAX_GROUP_MEMBERS {
             return Err(NodeError::GroupFull {

@@ -274,15 +274,12 @@ impl Engine {
             .ok_or_else(|| NodeError::UnknownGroup(group.to_string()))
     }
 
-    /// A group by id or (unique, case-insensitive) title.
+    /// A group by id or (unique, case-insensitive) title; an id that is also another group's
+    /// title (an admin chose it) is ambiguous, as for contacts.
     pub(crate) fn resolve_group(&self, name: &str) -> Result<GroupId, NodeError> {
-        if let Some(id) = GroupId::from_hex(name)
-            && self.state(&id).is_ok()
-        {
-            return Ok(id);
-        }
+        let by_id = GroupId::from_hex(name).filter(|id| self.state(id).is_ok());
         let lower = name.to_lowercase();
-        let matches: Vec<&GroupId> = self
+        let mut matches: Vec<GroupId> = self
             .groups
             .by_id
             .iter()
@@ -291,10 +288,11 @@ impl Engine {
                     .as_ref()
                     .is_some_and(|r| r.state.title.to_lowercase() == lower)
             })
-            .map(|(id, _)| id)
+            .map(|(id, _)| *id)
             .collect();
+        matches.extend(by_id.filter(|id| !matches.contains(id)));
         match matches.as_slice() {
-            [one] => Ok(**one),
+            [one] => Ok(*one),
             [] => Err(NodeError::UnknownGroup(name.to_owned())),
             _ => Err(NodeError::AmbiguousGroup(name.to_owned())),
         }

@@ -10,6 +10,7 @@ mod direct;
 mod drain;
 mod hold;
 mod lists;
+mod names;
 mod outbox;
 mod owed;
 mod quarantine;
