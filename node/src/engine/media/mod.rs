@@ -435,10 +435,23 @@ impl Engine {
 
     fn transfer_failed(&mut self, id: MessageId, code: &'static str, message: &str, retry: bool) {
         self.media.running.remove(&id);
-        self.media.progress.remove(&id);
-        let Ok(Some(t)) = self.store.transfer(&id) else {
+        let reached = self.media.progress.remove(&id).map(|(_, bytes)| bytes);
+        let Ok(Some(mut t)) = self.store.transfer(&id) else {
             return;
         };
+        // What the task reached (acknowledged by the relay, or verified and written here)
+        // is what the transfer goes on from: kept, so a paused or failed transfer shows it.
+        if let Some(bytes) = reached.filter(|b| *b > t.bytes_done) {
+            t.bytes_done = bytes;
+            let now = self.clock.now_ms();
+            let error = t.error.clone();
+            if let Err(e) = self
+                .store
+                .transaction(|tx| tx.transfer_progress(&id, t.state, bytes, error.as_deref(), now))
+            {
+                tracing::error!("recording a transfer's progress: {e}");
+            }
+        }
         if retry {
             let attempts = self.media.attempts.entry(id).or_insert(0);
             *attempts += 1;
