@@ -911,3 +911,48 @@ fn a_node_stopped_mid_burst_answers_every_send() {
         "exactly the sends answered with an id"
     );
 }
+
+/// A node killed while a command waits for its answer (here `relay add`, checking an address
+/// whose listener takes the connection and never says a word) leaves the CLI saying what
+/// happened: the answer never came, and what was asked may or may not have been done; not a
+/// bare WebSocket error.
+#[test]
+fn a_node_killed_during_a_command_is_said_to_have_gone() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), "").unwrap();
+    let mut a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!(
+        "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+        silent.local_addr().unwrap().port(),
+        tern_relay::PeerId::random()
+    );
+    let (accepted_tx, accepted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = accepted_tx.send(silent.accept().map(|(conn, _)| conn));
+    });
+    let cli = tern_tests::support::tern_command(&a.home, &["relay", "add", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(cli.wait_with_output());
+    });
+    // The node dials the address for the command, which waits for the check.
+    let _conn = accepted
+        .recv_timeout(WAIT)
+        .expect("the node dials the address")
+        .unwrap();
+    a.kill9();
+    let out = done
+        .recv_timeout(WAIT)
+        .expect("the CLI ends once the node is gone")
+        .unwrap();
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("ended before it answered"), "{err}");
+    assert!(err.contains("may or may not have been done"), "{err}");
+}

@@ -32,6 +32,14 @@ pub enum ClientError {
     /// The connection failed.
     #[error("API connection: {0}")]
     Connection(String),
+    /// The connection ended after a call was sent and before its answer came (the node
+    /// stopped, say): the call may or may not have been carried out.
+    #[error(
+        "the node's API connection ended before it answered ({0}); the node may have \
+         stopped, and what was asked may or may not have been done (a text sent again with \
+         the same --client-id is sent once)"
+    )]
+    Lost(String),
     /// The node has as many API sessions open as it allows
     /// ([`MAX_API_CONNECTIONS`](crate::consts::MAX_API_CONNECTIONS)); one may be opened once
     /// another closes.
@@ -68,6 +76,14 @@ pub struct ApiClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
     events: VecDeque<Event>,
+}
+
+/// A connection that failed while a call waited for its answer: [`ClientError::Lost`].
+fn lost(e: ClientError) -> ClientError {
+    match e {
+        ClientError::Connection(why) => ClientError::Lost(why),
+        e => e,
+    }
 }
 
 /// The result or error a JSON-RPC response carries.
@@ -147,7 +163,7 @@ impl ApiClient {
             .await
             .map_err(|e| ClientError::Connection(e.to_string()))?;
         loop {
-            let v = self.read().await?;
+            let v = self.read().await.map_err(lost)?;
             if v.get("method").and_then(Value::as_str) == Some("event") {
                 self.buffer(v);
                 continue;
@@ -184,7 +200,7 @@ impl ApiClient {
             std::iter::repeat_with(|| None).take(calls.len()).collect();
         let mut left = calls.len();
         while left > 0 {
-            let v = self.read().await?;
+            let v = self.read().await.map_err(lost)?;
             if v.get("method").and_then(Value::as_str) == Some("event") {
                 self.buffer(v);
                 continue;
