@@ -154,7 +154,16 @@ async fn run(opts: Opts, home: Home) -> Result<(), Failure> {
             no_wait,
             idle_secs,
         } => {
-            let path = PathBuf::from(args.pop().unwrap_or_default());
+            let Some(path) = args.pop().map(PathBuf::from) else {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    if group.is_some() {
+                        "give the file to send to the group"
+                    } else {
+                        "give a contact (or --group) and a file"
+                    },
+                ));
+            };
             let contact = args.pop();
             let target = match (contact, group) {
                 (Some(c), None) => (Some(c), None),

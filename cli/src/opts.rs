@@ -88,8 +88,9 @@ pub(crate) enum Cmd {
     /// without its metadata (EXIF, GPS), scaled to 2048 px unless --original.
     #[command(name = "send-file")]
     SendFile {
-        /// CONTACT PATH, or PATH with --group.
-        #[arg(required = true, num_args = 1..=2, value_names = ["CONTACT", "PATH"])]
+        /// CONTACT PATH, or PATH with --group. (Checked after parsing, so that a missing
+        /// one is named in words that fit both forms.)
+        #[arg(num_args = 1..=2, value_names = ["CONTACT", "PATH"])]
         args: Vec<String>,
         /// Send to this group (id or title) instead of a contact.
         #[arg(long)]

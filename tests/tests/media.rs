@@ -463,6 +463,13 @@ fn over_large_files_bad_images_and_the_relay_quota_are_refused_with_clear_errors
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let out = alice.cli(&["send-file", "x.bin"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A group and no file: the file is asked for, not a contact.
+    let out = alice.cli(&["send-file", "--group", "Team"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give the file to send to the group"),
+        "{out:?}"
+    );
 
     // An image that claims to be enormous (a decompression bomb) is refused, not decoded.
     let bomb = dir.path().join("bomb.png");
@@ -500,6 +507,13 @@ fn over_large_files_bad_images_and_the_relay_quota_are_refused_with_clear_errors
         1,
         "only the file under the quota: {h} {m}"
     );
+    // Saved into a directory that does not exist: said at once, in those terms.
+    let nowhere = dir.path().join("no-such-dir").join("ok.bin");
+    let out = bob.cli(&["file", "get", &id, "--to", nowhere.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a directory that exists"), "{err}");
+    assert!(!err.contains("ok.bin"), "no temporary file named: {err}");
 }
 
 #[test]

@@ -252,6 +252,17 @@ impl Engine {
                             message: format!("{} exists; choose another path", p.display()),
                         });
                     }
+                    // Said now, in the user's terms, rather than after the download as a
+                    // failure to create a temporary file there.
+                    if let Some(dir) = p.parent().filter(|d| !d.is_dir()) {
+                        return Err(NodeError::Media {
+                            code: "io",
+                            message: format!(
+                                "{} is not a directory that exists; choose another path",
+                                dir.display()
+                            ),
+                        });
+                    }
                     Some(p)
                 }
                 None => None,
