@@ -477,15 +477,12 @@ fn bad_group_input_is_refused_with_clear_codes() {
         1
     );
 
-    // Titles are 1 to 128 bytes of visible text, and no group id (which would name another
-    // group in commands); members must be contacts.
+    // Titles are 1 to 128 bytes, and no group id (which would name another group in
+    // commands); members must be contacts.
     for title in [
         "",
         "  ",
         &"t".repeat(tern_node::consts::MAX_GROUP_TITLE_BYTES + 1),
-        "T\u{1b}[2J",
-        "Team\u{202e}",
-        "Zero\u{200b}width",
         &group,
     ] {
         let out = a.cli(&["group", "create", title, "Bob"]);

@@ -69,14 +69,14 @@ impl Engine {
         members: Vec<String>,
     ) -> Result<GroupInfo, NodeError> {
         self.check_not_revoked()?;
-        // The title is shown to every member and names the group in commands: visible
-        // text, and not a group id (which commands take as one).
-        let Some(title) = crate::text::given_label(&title, MAX_GROUP_TITLE_BYTES) else {
+        // The title names the group in commands: not a group id (which commands take as
+        // one). What it holds is shown escaped, as any admin's title is.
+        let title = title.trim();
+        if title.is_empty() || title.len() > MAX_GROUP_TITLE_BYTES {
             return Err(NodeError::BadRequest(format!(
-                "a group title is 1 to {MAX_GROUP_TITLE_BYTES} bytes of visible text (no \
-                 control, reordering or invisible characters)"
+                "a group title is 1 to {MAX_GROUP_TITLE_BYTES} bytes"
             )));
-        };
+        }
         if GroupId::from_hex(title).is_some() {
             return Err(NodeError::BadRequest(format!(
                 "{title} is a group id (hex digits), which commands take as one: choose a title"
