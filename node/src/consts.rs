@@ -127,8 +127,9 @@ pub const MAX_REORDER_WAITING: usize = 65_536;
 /// At most one resend request per remote device in this interval.
 pub const RESEND_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Most texts one resend request makes this device send again.
-pub const MAX_RESEND: u32 = 1_000;
+/// Most texts one resend request makes this device send again (one page of the store); a
+/// receiver missing more asks again once these came (`Engine::follow_resends`).
+pub const MAX_RESEND: u32 = tern_store::consts::MAX_PAGE_SIZE;
 
 /// How long the digests of pairwise messages read are kept to tell copies from losses:
 /// longer than any relay keeps a message (14 days by default).

@@ -23,7 +23,7 @@
 use tern_crypto::{DeviceId, UserId, session::PeerSessions};
 use tern_store::{ConversationId, CryptoUpdate};
 
-use super::Engine;
+use super::{Engine, state::ResendFollow};
 use crate::{
     consts::{
         MAX_REORDER_WAITING, MAX_RESEND, MAX_SAFE_SKIP, PAIRWISE_SEEN_KEEP, REORDER_WAIT,
@@ -125,7 +125,55 @@ impl Engine {
             }
             self.emit(crate::types::Event::Message { message });
         }
+        self.follow_resends();
         self.ask_resend();
+    }
+
+    /// Looks again at the resends asked for (each at most once per [`RESEND_INTERVAL`]): a
+    /// gap that is filled is done; one still filling (texts still arriving) is waited for;
+    /// one that stopped filling part way (the sender sends at most [`MAX_RESEND`] texts per
+    /// request) is asked for again from where it stopped; one that did not move at all is
+    /// given up (the sender no longer holds those texts, or they were not texts).
+    pub(crate) fn follow_resends(&mut self) {
+        let now = self.clock.now();
+        let due: Vec<((UserId, DeviceId), ResendFollow)> = self
+            .inbox
+            .resends
+            .iter()
+            .filter(|(_, f)| now.duration_since(f.checked) >= RESEND_INTERVAL)
+            .map(|(k, f)| (*k, *f))
+            .collect();
+        for ((user, device), f) in due {
+            let held = match self
+                .store
+                .contiguous_sequence(&user.into(), &device.to_peer_id_string())
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("following a resend failed: {e}");
+                    continue;
+                }
+            };
+            if held >= f.up_to {
+                self.inbox.resends.remove(&(user, device));
+            } else if held != f.seen {
+                self.inbox.resends.insert(
+                    (user, device),
+                    ResendFollow {
+                        seen: held,
+                        checked: now,
+                        ..f
+                    },
+                );
+            } else if held > f.asked_at {
+                self.inbox.resends.remove(&(user, device));
+                tracing::info!(contact = %user, held, up_to = f.up_to, "a resend stopped part way; asking for the rest");
+                self.note_lost(&user, device, Some(f.up_to));
+            } else {
+                self.inbox.resends.remove(&(user, device));
+                tracing::info!(contact = %user, held, up_to = f.up_to, "a resend brought nothing; giving up on those texts");
+            }
+        }
     }
 
     /// Notes that texts from `device` of `user` were lost: up to `up_to` (a gap below a
@@ -171,6 +219,17 @@ impl Engine {
                 continue; // the gap filled meanwhile
             }
             self.inbox.resend_asked.insert(target, now);
+            if let Some(up_to) = up_to {
+                self.inbox.resends.insert(
+                    (user, target),
+                    ResendFollow {
+                        up_to,
+                        asked_at: after_seq,
+                        seen: after_seq,
+                        checked: now,
+                    },
+                );
+            }
             self.inbox.recovery.resends_asked += 1;
             tracing::info!(contact = %user, after_seq, ?up_to, "asking the sender to send its texts again");
             let body = Body::Resend {

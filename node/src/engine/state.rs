@@ -244,6 +244,18 @@ pub(crate) struct Outbox {
     pub held: HashMap<super::lanes::LaneKey, &'static str>,
 }
 
+/// A resend asked of a device, as the receiver follows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResendFollow {
+    /// The last sequence number lost (the text above the gap is `up_to + 1`).
+    pub up_to: u64,
+    /// The sequence number held in order when it was asked.
+    pub asked_at: u64,
+    /// The one held in order at the last look, and when that was.
+    pub seen: u64,
+    pub checked: Instant,
+}
+
 /// The receiver's side of order: waits, losses, quarantine.
 #[derive(Default)]
 pub(crate) struct Inbox {
@@ -254,6 +266,9 @@ pub(crate) struct Inbox {
     /// (user, device) texts were lost from, and up to which sequence number (`None`: not
     /// known): asked to send again once the batch is done ([`Engine::ask_resend`]).
     pub lost: HashMap<(UserId, DeviceId), Option<u64>>,
+    /// Resends asked for up to a known sequence number, followed until the gap is filled
+    /// ([`Engine::follow_resends`]): one answer brings at most `MAX_RESEND` texts.
+    pub resends: HashMap<(UserId, DeviceId), ResendFollow>,
     /// Losses and their repair since start (shown by `status`).
     pub recovery: RecoveryInfo,
     /// Sessions started by others since one-time keys were last checked.

@@ -126,3 +126,56 @@ async fn a_copy_older_than_the_sessions_memory_is_told_from_a_loss_by_the_ledger
     assert_eq!(bob.engine.inbox.recovery.undecryptable, 0);
     assert!(bob.engine.inbox.lost.is_empty());
 }
+
+/// Hands `to` every payload `from`'s courier carried since `done` (once `from`'s outbox has
+/// gone), as the direct path would; moves `done` past them.
+async fn pass(from: &mut Harness, to: &mut Harness, done: &mut usize) {
+    from.settle_until(|h| h.engine.store.outbox_depth().unwrap() == 0)
+        .await;
+    let carried = from.courier.carried();
+    for payload in &carried[*done..] {
+        to.engine.on_direct(from.peer(), 0, payload.clone());
+    }
+    *done = carried.len();
+}
+
+/// More texts lost than one resend brings (a relay lost a long burst): the receiver asks
+/// again from where the first answer left off, until the gap is filled.
+#[tokio::test]
+async fn a_loss_larger_than_one_resend_is_asked_for_until_it_is_filled() {
+    use crate::consts::{HOLD_BACK, MAX_RESEND, RESEND_INTERVAL};
+    let (mut alice, mut bob) = alice_and_bob().await;
+    let bob_user = bob.engine.me.user_hex.clone();
+    let total = MAX_RESEND as usize + 102;
+    let carried = send_texts(&mut alice, &bob_user, total).await;
+    deliver(&mut bob, &alice, &carried, 1);
+    // Only the last comes: the ones between were lost.
+    deliver(&mut bob, &alice, &carried, total);
+    bob.clock.advance(REORDER_WAIT);
+    deliver(&mut bob, &alice, &carried, total);
+    let conv = tern_store::ConversationId(alice.engine.me.user_hex.clone());
+    let device = alice.engine.me.device_hex.clone();
+    let held = |bob: &Harness| {
+        bob.engine
+            .store
+            .contiguous_sequence(&conv, &device)
+            .unwrap()
+    };
+    assert_eq!(held(&bob), 1);
+    let (mut to_alice, mut to_bob) = (bob.courier.carried().len(), total);
+    let mut rounds = 0;
+    while held(&bob) < total as u64 {
+        rounds += 1;
+        assert!(rounds <= 8, "stuck at {} of {total}", held(&bob));
+        bob.clock.advance(HOLD_BACK.max(RESEND_INTERVAL));
+        bob.engine.release_held();
+        pass(&mut bob, &mut alice, &mut to_alice).await;
+        pass(&mut alice, &mut bob, &mut to_bob).await;
+    }
+    assert!(bob.engine.inbox.recovery.resends_asked >= 2);
+    assert_eq!(
+        alice.engine.inbox.recovery.texts_resent,
+        total as u64 - 2,
+        "each lost text was sent again once"
+    );
+}
