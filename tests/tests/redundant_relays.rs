@@ -840,3 +840,24 @@ fn a_relay_address_that_does_not_answer_as_that_relay_is_refused() -> anyhow::Re
     })?;
     Ok(())
 }
+
+/// A relay at its limit of connections cuts a new one as it opens: the node refused says
+/// that this is what such a relay does, not only "connection reset by peer".
+#[test]
+fn a_relay_at_its_connection_limit_is_named_as_a_likely_cause() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = Relay::start(
+        &dir.path().join("relay"),
+        "[connections]\nmax_established = 1\n",
+    )?;
+    let ana = Node::init_and_start(dir.path(), "ana", Some(&relay.addr))?;
+    wait_for("ana connected", WAIT, || {
+        relay_entry(&ana, &relay.addr).filter(|r| r["connected"] == true)
+    })?;
+    let ben = Node::init_and_start(dir.path(), "ben", Some(&relay.addr))?;
+    let problem = wait_for("ben's dial problem", WAIT, || {
+        relay_entry(&ben, &relay.addr).and_then(|r| r["problem"].as_str().map(str::to_owned))
+    })?;
+    assert!(problem.contains("limit of connections"), "{problem}");
+    Ok(())
+}

@@ -75,12 +75,45 @@ impl DialProblem {
 
 /// An I/O error of a dial in a few words for the user: the innermost error's text (the
 /// transports wrap the operating system's error in layers of their own), without its error
-/// number, as in "connection refused".
+/// number, as in "connection refused". A connection the peer cut while it was being set up
+/// says what usually does that: a relay at its connection limit.
 fn short_io(e: &std::io::Error) -> String {
     let mut cause: &dyn std::error::Error = e;
-    while let Some(inner) = cause.source() {
-        cause = inner;
+    let mut cut = false;
+    loop {
+        // An I/O error's own `source` skips the error it wraps: that one is looked at too.
+        let mut wrapped = None;
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+            cut |= matches!(io.kind(), ConnectionReset | BrokenPipe | UnexpectedEof);
+            wrapped = io
+                .get_ref()
+                .map(|e| e as &(dyn std::error::Error + 'static));
+        }
+        match wrapped.or_else(|| cause.source()) {
+            Some(inner) => cause = inner,
+            None => break,
+        }
     }
+    let text = short_text(cause);
+    // Some layers hide the I/O error's kind (a wrapper whose `source` is the wrapped
+    // error's own); its words are the same.
+    cut |= matches!(
+        text.as_str(),
+        "connection reset by peer" | "broken pipe" | "unexpected end of file"
+    );
+    if cut {
+        format!(
+            "{text}: it closed the connection as it opened (a relay at its limit of \
+             connections, in all or from this address, does that; tried again)"
+        )
+    } else {
+        text
+    }
+}
+
+/// `cause`'s text, without an error number, starting in lower case.
+fn short_text(cause: &dyn std::error::Error) -> String {
     let text = cause.to_string();
     let text = match text.rfind(" (os error ") {
         Some(i) if text.ends_with(')') => &text[..i],
@@ -341,5 +374,27 @@ mod tests {
             short_io(&std::io::Error::other("Handshake failed")),
             "handshake failed"
         );
+    }
+
+    /// A connection the peer cut as it opened (reset, a broken pipe, an early end), however
+    /// wrapped, is said to be what a relay at its connection limit does; a refused one is not.
+    /// (Error 104 is Linux's "connection reset by peer".)
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_connection_cut_as_it_opened_points_at_the_relays_limit() {
+        let reset = std::io::Error::from_raw_os_error(104);
+        let wrapped = std::io::Error::other(std::io::Error::other(reset));
+        for e in [
+            wrapped,
+            std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof"),
+        ] {
+            let said = short_io(&e);
+            assert!(said.contains("limit of connections"), "{said}");
+        }
+        let reset = short_io(&std::io::Error::from_raw_os_error(104));
+        assert!(reset.starts_with("connection reset by peer: "), "{reset}");
+        let refused = short_io(&std::io::Error::from_raw_os_error(111));
+        assert!(!refused.contains("limit"), "{refused}");
     }
 }
