@@ -16,7 +16,9 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS}
 
 use super::{
     CIPHERTEXT, IN_FLIGHT, MAILBOXES, PUSH_RATE, SENDERS, START_TIMEOUT, ms, pipeline,
-    process::RelayProcess, push, sqlite::thread_cpu,
+    process::RelayProcess,
+    push,
+    sqlite::{thread_cpu, threads_cpu, threads_named},
 };
 use crate::bench::{Report, per_sec, quantile};
 
@@ -434,17 +436,14 @@ struct Cpu {
 impl Cpu {
     /// The times so far, for the server process `pid`.
     fn now(pid: u32) -> anyhow::Result<Self> {
-        let mut storage = Duration::ZERO;
-        for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-            let task = format!("{pid}/task/{}", t?.file_name().to_string_lossy());
-            let comm = std::fs::read_to_string(format!("/proc/{task}/comm")).unwrap_or_default();
-            if comm.starts_with("tern-relay-") {
-                storage += thread_cpu(&task)?;
-            }
-        }
+        let process = pid.to_string();
+        let storage = threads_named(
+            &process,
+            &["tern-relay-stor", "tern-relay-flus", "tern-relay-chec"],
+        )?;
         Ok(Self {
-            server: thread_cpu(&pid.to_string())?,
-            storage,
+            server: thread_cpu(&process)?,
+            storage: threads_cpu(&storage)?,
             clients: thread_cpu("self")?,
         })
     }

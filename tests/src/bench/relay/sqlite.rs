@@ -69,3 +69,24 @@ pub(super) fn thread_cpu(task: &str) -> anyhow::Result<Duration> {
         + f.get(12).context("no stime")?.parse::<u64>()?;
     Ok(Duration::from_millis(ticks * 10))
 }
+
+/// The `/proc` entries (`<process>/task/<id>`) of the threads of `process` (`self` or a
+/// process id) whose names (cut to 15 bytes) are among `names`.
+pub(super) fn threads_named(process: &str, names: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{process}/task"))? {
+        let task = format!("{process}/task/{}", t?.file_name().to_string_lossy());
+        let comm = std::fs::read_to_string(format!("/proc/{task}/comm")).unwrap_or_default();
+        if names.contains(&comm.trim_end()) {
+            found.push(task);
+        }
+    }
+    Ok(found)
+}
+
+/// CPU time the `threads` (`/proc` entries) have spent together.
+pub(super) fn threads_cpu(threads: &[String]) -> anyhow::Result<Duration> {
+    threads
+        .iter()
+        .try_fold(Duration::ZERO, |sum, t| Ok(sum + thread_cpu(t)?))
+}

@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 
 use super::{
     CIPHERTEXT, IN_FLIGHT, MAILBOXES, SENDERS, SQLITE_BATCH, ms,
-    sqlite::{self, thread_cpu},
+    sqlite::{self, threads_cpu, threads_named},
 };
 use crate::bench::{Opts, Report, median, per_sec, quantile};
 
@@ -183,32 +183,15 @@ async fn writer_run(n: usize) -> anyhow::Result<Run> {
 /// 15 bytes): the writer (`tern-relay-storage`), which must be there, and the flusher
 /// (`tern-relay-flush`).
 fn storage_threads() -> anyhow::Result<Vec<String>> {
-    let mut found = Vec::new();
-    let mut writer = false;
-    for t in std::fs::read_dir("/proc/self/task")? {
-        let t = t?.file_name();
-        let task = format!("self/task/{}", t.to_string_lossy());
-        let comm = std::fs::read_to_string(format!("/proc/{task}/comm")).unwrap_or_default();
-        match comm.trim_end() {
-            "tern-relay-stor" => writer = true,
-            "tern-relay-flus" => {}
-            _ => continue,
-        }
-        found.push(task);
-    }
     anyhow::ensure!(
-        writer,
+        !threads_named("self", &[WRITER])?.is_empty(),
         "no storage writer thread (tern-relay-storage) in this process"
     );
-    Ok(found)
+    threads_named("self", &[WRITER, "tern-relay-flus"])
 }
 
-/// CPU time the `threads` have spent together.
-fn threads_cpu(threads: &[String]) -> anyhow::Result<Duration> {
-    threads
-        .iter()
-        .try_fold(Duration::ZERO, |sum, t| Ok(sum + thread_cpu(t)?))
-}
+/// The storage writer thread's name, as `/proc` has it.
+const WRITER: &str = "tern-relay-stor";
 
 /// Now, ms since the epoch.
 fn wall_ms() -> u64 {
