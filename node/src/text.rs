@@ -20,26 +20,9 @@ pub fn is_hidden_or_control(c: char) -> bool {
         )
 }
 
-/// A name or title this user gives (a contact's name, a group's title), trimmed, if it is 1
-/// to `max` bytes with nothing [`is_hidden_or_control`] in it.
-pub fn given_label(value: &str, max: usize) -> Option<&str> {
-    let v = value.trim();
-    (!v.is_empty() && v.len() <= max && !v.chars().any(is_hidden_or_control)).then_some(v)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{given_label, is_hidden_or_control};
-
-    #[test]
-    fn a_given_label_is_trimmed_visible_and_bounded() {
-        assert_eq!(given_label("  Team ", 8), Some("Team"));
-        assert_eq!(given_label("   ", 8), None);
-        assert_eq!(given_label("123456789", 8), None);
-        assert_eq!(given_label("T\u{1b}[2J", 8), None);
-        assert_eq!(given_label("Team\u{202e}", 8), None);
-        assert_eq!(given_label("Zero\u{200b}w", 16), None);
-    }
+    use super::is_hidden_or_control;
 
     #[test]
     fn controls_reordering_and_invisible_marks_are_caught() {

@@ -635,12 +635,16 @@ async fn fetch_link_list(
 /// Nor may it be a user id: commands take a contact's user id or name, and the id wins, so
 /// a contact named with another's id would have that other's messages sent as its own.
 fn check_name(name: &str) -> Result<String, NodeError> {
-    let Some(name) = crate::text::given_label(name, MAX_NAME_BYTES) else {
+    let name = name.trim();
+    if name.is_empty()
+        || name.len() > MAX_NAME_BYTES
+        || name.chars().any(crate::text::is_hidden_or_control)
+    {
         return Err(NodeError::BadRequest(format!(
             "a name must be 1 to {MAX_NAME_BYTES} bytes of visible text (no control, \
              reordering or invisible characters)"
         )));
-    };
+    }
     if UserId::from_hex(name).is_some() {
         return Err(NodeError::BadRequest(format!(
             "{name} is a user id (32 hex digits), which commands take as one: choose a name"
