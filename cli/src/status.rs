@@ -73,6 +73,13 @@ fn print_status(v: &StatusInfo) {
             r.group_waiting
         );
     }
+    if r.group_keys_asked + r.group_keys_resent > 0 {
+        outln!(
+            "keys    {} lost sender keys asked for, {} sent again",
+            r.group_keys_asked,
+            r.group_keys_resent
+        );
+    }
     let h = &v.history;
     if h.total > 0 {
         outln!(

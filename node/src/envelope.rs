@@ -101,6 +101,15 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         up_to_seq: Option<u64>,
     },
+    /// A request for a sender key this device lacks (pairwise, direct conversation, to the
+    /// one device that sent the key): group messages under it arrived, the key did not (a
+    /// relay lost it, say). The sender sends it again, as it first sent it to this device,
+    /// with the group message it went with, if it did send it to this device and still
+    /// keeps it; anything else is ignored.
+    KeyRequest {
+        /// The Megolm session id of the key (at most [`MAX_SESSION_ID`] bytes).
+        session: String,
+    },
     /// The sender user's current signed device list (pairwise, direct conversation only),
     /// sent to every contact and group member when the list changes, and as the answer to a
     /// message that was encrypted for an older version of it. `stale` names the messages of
@@ -148,17 +157,22 @@ pub enum Body {
 }
 
 /// The body kinds this build reads: anything else is [`Body::Unsupported`].
-const KNOWN_KINDS: [&str; 9] = [
+const KNOWN_KINDS: [&str; 10] = [
     "Text",
     "Receipt",
     "GroupOp",
     "GroupOps",
     "SenderKey",
     "Resend",
+    "KeyRequest",
     "DeviceList",
     "History",
     "Grant",
 ];
+
+/// Longest Megolm session id a [`Body::KeyRequest`] may name (vodozemac's are 43 bytes of
+/// base64).
+pub const MAX_SESSION_ID: usize = 64;
 
 /// Longest unknown kind name kept.
 pub const MAX_KIND_NAME: usize = 64;

@@ -527,6 +527,13 @@ pub struct RecoveryInfo {
     /// device, left at the relay (each fetch of the same one counts again).
     #[serde(default)]
     pub group_from_strangers: u64,
+    /// Requests for a lost sender key this device sent (group messages under it arrived,
+    /// the key did not).
+    #[serde(default)]
+    pub group_keys_asked: u64,
+    /// Sender keys this device sent again because a member device asked.
+    #[serde(default)]
+    pub group_keys_resent: u64,
 }
 
 /// Connections to one contact device.

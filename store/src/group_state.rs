@@ -44,6 +44,31 @@ pub struct OwedGroupMessage {
     pub position: OwedPosition,
 }
 
+/// A sender key as this device sent it with one group message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentKey {
+    /// The Megolm session id.
+    pub session_id: String,
+    /// The group message it went with.
+    pub message_id: MessageId,
+    /// The group, as hex.
+    pub group_id: String,
+    /// The key as of that message (a `SenderKeyDistribution` record; secret).
+    pub distribution: zeroize::Zeroizing<Vec<u8>>,
+    /// That message's group ciphertext.
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for SentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentKey")
+            .field("session_id", &self.session_id)
+            .field("message_id", &self.message_id)
+            .field("group_id", &self.group_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A place in the order owed group messages are read in (oldest first; for one member, in
 /// the order they were owed).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,23 +179,62 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Records that `devices` were sent the sender key `session_id`.
+    /// Records that `devices` were sent the sender key `session_id`, with the group message
+    /// `with` (kept by [`Tx::keep_sent_key`]) when one went with it. A device given the key
+    /// before keeps the message it was first given it with.
     pub fn share_sender_key(
         &mut self,
         session_id: &str,
         devices: &[String],
+        with: Option<MessageId>,
     ) -> Result<(), WriteError> {
         const OP: &str = "record sender key shares";
+        let with = with.map(|m| m.0.to_vec());
         let mut stmt = self
             .tx
             .prepare_cached(
-                "INSERT INTO group_key_shares (session_id, device) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                "INSERT INTO group_key_shares (session_id, device, message_id) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
             )
             .write_ctx(OP)?;
         for d in devices {
-            stmt.execute(params![session_id, d]).write_ctx(OP)?;
+            stmt.execute(params![session_id, d, with]).write_ctx(OP)?;
         }
         Ok(())
+    }
+
+    /// Keeps a sender key as it was sent with the group message `message` of `group_id`
+    /// (`distribution` is a secret), so a member device that lost it can be sent it again.
+    pub fn keep_sent_key(&mut self, sent: &SentKey, now_ms: i64) -> Result<(), WriteError> {
+        const OP: &str = "keep a sent sender key";
+        check_len(OP, "group message", sent.ciphertext.len(), MAX_BLOB_BYTES)?;
+        check_len(OP, "sender key", sent.distribution.len(), MAX_BLOB_BYTES)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO group_key_sent \
+                 (session_id, message_id, group_id, distribution, ciphertext, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    sent.session_id,
+                    sent.message_id.0.as_slice(),
+                    sent.group_id,
+                    sent.distribution.as_slice(),
+                    sent.ciphertext,
+                    now_ms
+                ])
+            })
+            .write_ctx(OP)?;
+        Ok(())
+    }
+
+    /// Forgets the sent sender keys kept since before `before_ms`; returns how many.
+    pub fn prune_sent_keys(&mut self, before_ms: i64) -> Result<usize, WriteError> {
+        self.tx
+            .prepare_cached("DELETE FROM group_key_sent WHERE created_at_ms < ?1")
+            .and_then(|mut s| s.execute([before_ms]))
+            .write_ctx("forget old sent sender keys")
     }
 
     /// Keeps a group ciphertext for later. Nothing kept is ever pushed out: once `max` are
@@ -280,6 +344,43 @@ impl Store {
             .prepare_cached("SELECT device FROM group_key_shares WHERE session_id = ?1")
             .and_then(|mut s| s.query_map([session_id], |r| r.get(0))?.collect())
             .read_ctx("read sender key shares")
+    }
+
+    /// The sender key `session_id` as this device first sent it to `device`, with the group
+    /// message it went with, while it is kept.
+    pub fn sent_key_for(
+        &self,
+        session_id: &str,
+        device: &str,
+    ) -> Result<Option<SentKey>, ReadError> {
+        const OP: &str = "read a sent sender key";
+        /// Message id, group, distribution, ciphertext.
+        type Row = (Vec<u8>, String, Vec<u8>, Vec<u8>);
+        let row: Option<Row> = self
+            .conn
+            .prepare_cached(
+                "SELECT k.message_id, k.group_id, k.distribution, k.ciphertext \
+                 FROM group_key_shares s JOIN group_key_sent k \
+                 ON k.session_id = s.session_id AND k.message_id = s.message_id \
+                 WHERE s.session_id = ?1 AND s.device = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![session_id, device], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()
+            })
+            .read_ctx(OP)?;
+        row.map(|(id, group_id, distribution, ciphertext)| {
+            Ok(SentKey {
+                session_id: session_id.to_owned(),
+                message_id: crate::messages::message_id(OP, &id)?,
+                group_id,
+                distribution: zeroize::Zeroizing::new(distribution),
+                ciphertext,
+            })
+        })
+        .transpose()
     }
 
     /// How many group ciphertexts the stash holds.

@@ -47,7 +47,7 @@ mod types;
 
 pub use error::{Fault, FaultKind, KeyError, OpenError, ReadError, SearchError, WriteError};
 pub use grants::Quarantined;
-pub use group_state::{OwedGroupMessage, OwedPosition, Stashed};
+pub use group_state::{OwedGroupMessage, OwedPosition, SentKey, Stashed};
 pub use groups::Member;
 pub use history_owed::HistoryOwed;
 pub use identity::{Contact, ContactSaved, OwnDevice, OwnIdentity};

@@ -29,6 +29,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V12_AWAITING_INDEX,
     V13_AWAITING_BY_CONVERSATION,
     V14_CLIENT_IDS,
+    V15_SENT_KEYS,
 ];
 
 /// Version 1: keys, contacts, sessions, groups, conversations, messages, outbox.
@@ -430,6 +431,23 @@ CREATE TABLE client_ids (
     created_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX client_ids_created ON client_ids(created_at_ms);
+"#;
+
+/// Version 15: the sender keys this device sent, as of the message each went with, and which
+/// of them each member device was given (`crate::group_state`), so a device that lost one is
+/// sent it again when it asks.
+const V15_SENT_KEYS: &str = r#"
+CREATE TABLE group_key_sent (
+    session_id    TEXT NOT NULL,
+    message_id    BLOB NOT NULL,            -- the group message the key went with
+    group_id      TEXT NOT NULL,
+    distribution  BLOB NOT NULL,            -- the key as of that message (secret)
+    ciphertext    BLOB NOT NULL,            -- that message, as the group was sent it
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, message_id)
+) WITHOUT ROWID;
+CREATE INDEX group_key_sent_created ON group_key_sent(created_at_ms);
+ALTER TABLE group_key_shares ADD COLUMN message_id BLOB;
 "#;
 
 /// Reads `PRAGMA user_version`.

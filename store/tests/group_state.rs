@@ -98,7 +98,7 @@ fn operations_shares_stash_peers_and_owed_messages_survive_a_reopen() {
                 "a repeat is not new"
             );
             tx.set_group_sender_key("g", "session-a", 4)?;
-            tx.share_sender_key("session-a", &["d1".into(), "d2".into(), "d1".into()])?;
+            tx.share_sender_key("session-a", &["d1".into(), "d2".into(), "d1".into()], None)?;
             tx.save_group_peer("u9", b"signed list")?;
             tx.owe_group_message(m.id, "u9", b"key as of m", b"ciphertext of m", 5)?;
             for i in 0..5u8 {
@@ -237,4 +237,48 @@ fn one_device_cannot_fill_the_stash() {
         .map(|s| s.payload)
         .collect();
     assert_eq!(payloads, vec![vec![1], vec![2], vec![4]]);
+}
+
+#[test]
+fn a_sent_key_is_found_as_each_device_was_first_given_it_until_it_is_forgotten() {
+    let env = env();
+    let mut store = open(&env.path);
+    ensure(&mut store, "g", ConversationKind::Group);
+    let first = outgoing(1, "g", 1, "opens the key");
+    let later = outgoing(2, "g", 2, "a member added");
+    let kept = |m: &tern_store::Message, key: &[u8]| tern_store::SentKey {
+        session_id: "s".into(),
+        message_id: m.id,
+        group_id: "g".into(),
+        distribution: zeroize::Zeroizing::new(key.to_vec()),
+        ciphertext: format!("ciphertext of {}", m.seq).into_bytes(),
+    };
+    store
+        .transaction(|tx| -> Result<(), tern_store::WriteError> {
+            tx.record_outgoing(&first, &[], &[], 1)?;
+            tx.record_outgoing(&later, &[], &[], 2)?;
+            tx.keep_sent_key(&kept(&first, b"key at 0"), 10)?;
+            tx.share_sender_key("s", &["d1".into()], Some(first.id))?;
+            tx.keep_sent_key(&kept(&later, b"key at 1"), 20)?;
+            // d1 had it already: it stays with the first message; d2 is new.
+            tx.share_sender_key("s", &["d1".into(), "d2".into()], Some(later.id))?;
+            // A share from before keys were kept names no message.
+            tx.share_sender_key("s", &["d3".into()], None)?;
+            Ok(())
+        })
+        .unwrap();
+    let d1 = store.sent_key_for("s", "d1").unwrap().unwrap();
+    assert_eq!(d1, kept(&first, b"key at 0"));
+    let d2 = store.sent_key_for("s", "d2").unwrap().unwrap();
+    assert_eq!(d2, kept(&later, b"key at 1"));
+    assert!(store.sent_key_for("s", "d3").unwrap().is_none());
+    assert!(store.sent_key_for("other", "d1").unwrap().is_none());
+    assert!(
+        !format!("{d1:?}").contains("key at"),
+        "the key is not in the debug form"
+    );
+    let forgotten = store.transaction(|tx| tx.prune_sent_keys(15)).unwrap();
+    assert_eq!(forgotten, 1);
+    assert!(store.sent_key_for("s", "d1").unwrap().is_none());
+    assert!(store.sent_key_for("s", "d2").unwrap().is_some());
 }

@@ -365,7 +365,9 @@ impl Engine {
                     self.groups.owed_due = true;
                     self.deliver_owed();
                     self.send_owed_receipts();
+                    self.ask_group_keys();
                     self.prune_seen_ledger();
+                    self.prune_sent_keys();
                     // Between messages rather than inside one's commit.
                     if let Err(e) = self.store.checkpoint() {
                         tracing::warn!("checkpointing the store failed: {e}");

@@ -299,6 +299,8 @@ pub(crate) struct Groups {
     /// A pass over the owed group messages that stopped at its budget and goes on at the
     /// next outbox tick.
     pub owed_sweep: Option<OwedSweep>,
+    /// Lost sender keys asked for, and answered.
+    pub keys: group::KeyRequests,
 }
 
 /// How far a pass over the owed group messages has come.

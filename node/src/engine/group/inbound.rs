@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// A stashed group message older than this is given up (and reported).
-const STASH_MAX_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
+pub(crate) const STASH_MAX_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Batched notifications of one conversation.
 #[derive(Debug)]
@@ -61,6 +61,17 @@ impl Engine {
             return Ok(None);
         }
         let key = InboundSenderKey::from_distribution(&dist, &device)?;
+        // A key held already is kept unless this copy reaches further back (a key sent
+        // again on request, or twice, must not undo what the held one has read).
+        if let Some(held) = self
+            .store
+            .transaction(|tx| tx.inbound_group_session(&key.session_id()))?
+            && (held.sender_device != device.to_peer_id_string()
+                || InboundSenderKey::from_pickle(&held.pickle)?.first_known_index()
+                    <= key.first_known_index())
+        {
+            return Ok(None);
+        }
         let pickle = key.pickle()?;
         Ok(Some(InboundGroupSession {
             session_id: key.session_id(),

@@ -22,6 +22,7 @@
 //!   which sign operations and hand them to `ops`;
 //! - `ops`: committing operations, recording them in the timeline, sending them to members,
 //!   and taking in operations received;
+//! - `keys`: sender keys a member device lost, asked for by it and sent again to it;
 //! - `outbound`: group texts (sender keys, one ciphertext queued as a fan-out for the engine's
 //!   `fanout` to deliver), messages owed to members who could not be reached, and the
 //!   pairwise sends to members that `ops` uses;
@@ -29,17 +30,19 @@
 //! - `inbound`: sender keys and group messages received, the stash of those that cannot be
 //!   read yet, batched notifications.
 //!
-//! Calls between the parts go one way, down that list: `membership` → `ops` → `outbound` →
-//! `peers` → `inbound`. This file's commands and loading call into the parts; its lookups
+//! Calls between the parts go one way, down that list: `membership` → `ops` → `keys` →
+//! `outbound` → `peers` → `inbound`. This file's commands and loading call into the parts; its lookups
 //! (`state`, `resolve_group`, `group_info`, `hex`) serve them all.
 
 mod inbound;
+pub(crate) mod keys;
 mod membership;
 mod ops;
 mod outbound;
 mod peers;
 
 pub(crate) use inbound::Notify;
+pub(crate) use keys::KeyRequests;
 pub(crate) use ops::membership_info;
 
 use std::collections::HashMap;

@@ -13,7 +13,7 @@ use tern_crypto::{
 };
 use tern_store::{
     Body as StoreBody, ConversationKind, CryptoUpdate, Message, MessageId, OutboundGroupSession,
-    SenderKeyStore, Status,
+    SenderKeyStore, SentKey, Status,
 };
 
 use crate::engine::{Engine, message_info, send, state::OwedSweep};
@@ -65,6 +65,8 @@ impl Engine {
         }
         let updates = send::crypto_updates(&pickles);
         let now = self.clock.now_ms();
+        // The key as it went with this message, for a device that loses it and asks again.
+        let kept = shares.and_then(|sid| sent_key(sid, id, env));
         let queued: Vec<String> = users
             .iter()
             .filter(|u| !failed.iter().any(|(f, _)| f == *u))
@@ -81,7 +83,10 @@ impl Engine {
                     .iter()
                     .map(|d| d.recipient_device.clone())
                     .collect();
-                tx.share_sender_key(sid, &devices)?;
+                if let Some(kept) = &kept {
+                    tx.keep_sent_key(kept, now)?;
+                }
+                tx.share_sender_key(sid, &devices, kept.as_ref().map(|k| k.message_id))?;
             }
             for user in &queued {
                 for owed in settle {
@@ -296,7 +301,19 @@ impl Engine {
                 tx.remember_client_id(client, message.id, now)?;
             }
             tx.set_group_sender_key(&group, &sid, epoch)?;
-            tx.share_sender_key(&sid, &newly)?;
+            if !newly.is_empty() {
+                tx.keep_sent_key(
+                    &SentKey {
+                        session_id: sid.clone(),
+                        message_id: id,
+                        group_id: group.clone(),
+                        distribution: distribution.clone(),
+                        ciphertext: ciphertext.clone(),
+                    },
+                    now,
+                )?;
+            }
+            tx.share_sender_key(&sid, &newly, Some(id))?;
             for u in &owed {
                 tx.owe_group_message(id, &u.to_string(), &distribution, &ciphertext, now)?;
             }
@@ -449,4 +466,26 @@ impl Engine {
             body,
         }
     }
+}
+
+/// The sender key `session_id` as `env` (a [`Body::SenderKey`] of a group, with the group
+/// message `id`) carries it.
+fn sent_key(session_id: &str, id: MessageId, env: &Envelope) -> Option<SentKey> {
+    let (
+        Conversation::Group { id: group },
+        Body::SenderKey {
+            distribution,
+            message: Some(ciphertext),
+        },
+    ) = (&env.conversation, &env.body)
+    else {
+        return None;
+    };
+    Some(SentKey {
+        session_id: session_id.to_owned(),
+        message_id: id,
+        group_id: tern_crypto::hex::encode(group.as_slice()),
+        distribution: zeroize::Zeroizing::new(distribution.to_vec()),
+        ciphertext: ciphertext.to_vec(),
+    })
 }

@@ -171,6 +171,13 @@ impl Engine {
                     tracing::warn!(contact = %user, "sending texts again failed: {e}");
                 }
             }
+            Body::KeyRequest { session } => {
+                self.save_crypto(update, own_device.as_ref(), now)?;
+                // A failure to queue it is a storage fault: the asking device asks again.
+                if let Err(e) = self.answer_key_request(user, device, &session) {
+                    tracing::warn!(contact = %user, "sending a sender key again failed: {e}");
+                }
+            }
             Body::DeviceList {
                 list,
                 stale,

@@ -9,6 +9,7 @@ mod commands;
 mod direct;
 mod drain;
 mod hold;
+mod keys;
 mod lists;
 mod names;
 mod outbox;

@@ -1,0 +1,200 @@
+//! A sender key lost on the way (a relay that lost the pairwise message carrying it): the
+//! group messages under it that did arrive wait, their receiver asks the sending device for
+//! the key, and gets it as it was first sent, with the group message it went with. Nobody
+//! else gets it by asking.
+
+use std::time::Duration;
+
+use tern_store::Body;
+use tokio::sync::oneshot;
+
+use super::Harness;
+use crate::engine::{
+    GroupCommand,
+    group::keys::{KEY_REQUEST_AFTER_MS, SENT_KEY_KEEP_MS},
+};
+
+/// Creates a group of `h` and `members`; returns its id.
+async fn create(h: &mut Harness, members: &[&Harness]) -> String {
+    let (reply, answer) = oneshot::channel();
+    h.engine.on_group_command(GroupCommand::Create {
+        title: "T".into(),
+        members: members
+            .iter()
+            .map(|m| m.engine.me.user_hex.clone())
+            .collect(),
+        reply,
+    });
+    h.answer(answer).await.unwrap().id.to_string()
+}
+
+/// Waits until `from`'s outbox is empty, then returns what its courier carried since
+/// `done` and moves `done` past it.
+async fn carried(from: &mut Harness, done: &mut usize) -> Vec<Vec<u8>> {
+    from.settle_until(|h| h.engine.store.outbox_depth().unwrap() == 0)
+        .await;
+    let all = from.courier.carried();
+    let new = all[*done..].to_vec();
+    *done = all.len();
+    new
+}
+
+/// Hands `to` the payloads, as the direct path would.
+fn hand(to: &mut Harness, from: &Harness, payloads: Vec<Vec<u8>>) {
+    for p in payloads {
+        to.engine.on_direct(from.peer(), 0, p);
+    }
+}
+
+/// The group texts `h` holds, in order.
+fn texts(h: &Harness, group: &str) -> Vec<String> {
+    h.engine
+        .store
+        .history(
+            &tern_store::ConversationId(group.to_owned()),
+            tern_store::Page::Latest,
+            Some(100),
+        )
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m.body {
+            Body::Text(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+fn send(h: &mut Harness, group: &str, text: &str) {
+    h.engine
+        .group_send(group, None, Body::Text(text.into()), None)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_sender_key_is_asked_for_and_sent_again_as_it_was_first_sent() {
+    let (mut alice, mut bob) = super::alice_and_bob().await;
+    let (mut to_bob, mut to_alice) = (0, 0);
+    let g = create(&mut alice, &[&bob]).await;
+    let ops = carried(&mut alice, &mut to_bob).await;
+    hand(&mut bob, &alice, ops);
+    assert!(bob.engine.resolve_group(&g).is_ok(), "Bob is in the group");
+
+    // The first text carries Alice's key to Bob over their session: it is lost.
+    send(&mut alice, &g, "one");
+    let lost = carried(&mut alice, &mut to_bob).await;
+    assert_eq!(lost.len(), 1);
+    // The next ones go under that key, which Bob is taken to have: they arrive and wait.
+    for t in ["two", "three"] {
+        send(&mut alice, &g, t);
+    }
+    let later = carried(&mut alice, &mut to_bob).await;
+    assert_eq!(later.len(), 2);
+    hand(&mut bob, &alice, later);
+    assert!(texts(&bob, &g).is_empty());
+    assert_eq!(bob.engine.store.group_stash_len().unwrap(), 2);
+
+    // Not asked for while the key may still be on its way.
+    bob.clock
+        .advance(Duration::from_millis(KEY_REQUEST_AFTER_MS as u64 - 1));
+    bob.engine.ask_group_keys();
+    assert_eq!(bob.engine.inbox.recovery.group_keys_asked, 0);
+    // Then asked for, once.
+    bob.clock.advance(Duration::from_secs(60));
+    bob.engine.ask_group_keys();
+    assert_eq!(bob.engine.inbox.recovery.group_keys_asked, 1);
+    bob.engine.ask_group_keys();
+    assert_eq!(
+        bob.engine.inbox.recovery.group_keys_asked, 1,
+        "not again at once"
+    );
+    let request = carried(&mut bob, &mut to_alice).await;
+    assert_eq!(request.len(), 1);
+    hand(&mut alice, &bob, request.clone());
+    assert_eq!(alice.engine.inbox.recovery.group_keys_resent, 1);
+
+    // The key comes at the index it was first sent at, with the text it went with: all
+    // three are read, in order.
+    let answer = carried(&mut alice, &mut to_bob).await;
+    assert_eq!(answer.len(), 1);
+    hand(&mut bob, &alice, answer.clone());
+    assert_eq!(texts(&bob, &g), ["one", "two", "three"]);
+    assert_eq!(bob.engine.store.group_stash_len().unwrap(), 0);
+
+    // The answer coming twice changes nothing: the key held is kept, nothing is read twice.
+    hand(&mut bob, &alice, answer);
+    send(&mut alice, &g, "four");
+    let four = carried(&mut alice, &mut to_bob).await;
+    hand(&mut bob, &alice, four);
+    assert_eq!(texts(&bob, &g), ["one", "two", "three", "four"]);
+
+    // Nothing more is asked for once nothing waits.
+    bob.clock.advance(Duration::from_secs(3600));
+    bob.engine.ask_group_keys();
+    assert_eq!(bob.engine.inbox.recovery.group_keys_asked, 1);
+
+    // A request again within the minute is not answered again.
+    bob.engine
+        .send_control_to(
+            &alice.engine.me.user,
+            Some(alice.engine.me.keys.device.device_id()),
+            crate::envelope::Body::KeyRequest {
+                session: alice.engine.store.group_sender_key(&g).unwrap().unwrap().0,
+            },
+            |_| Ok(()),
+        )
+        .unwrap();
+    let again = carried(&mut bob, &mut to_alice).await;
+    hand(&mut alice, &bob, again);
+    assert_eq!(alice.engine.inbox.recovery.group_keys_resent, 1);
+
+    // After the keep time the key is forgotten, and a request brings nothing.
+    alice
+        .clock
+        .advance(Duration::from_millis(SENT_KEY_KEEP_MS as u64 + 1));
+    alice.engine.prune_sent_keys();
+    let session = alice.engine.store.group_sender_key(&g).unwrap().unwrap().0;
+    let bob_device = bob.engine.me.keys.device.device_id();
+    assert!(
+        alice
+            .engine
+            .store
+            .sent_key_for(&session, &bob_device.to_peer_id_string())
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_key_is_sent_again_only_to_a_device_it_was_sent_to() {
+    let (mut alice, mut bob) = super::alice_and_bob().await;
+    let mut carol = Harness::named("carol");
+    alice.add(&carol).await;
+    carol.add(&alice).await;
+    let (mut to_bob, mut to_carol) = (0, 0);
+    let g = create(&mut alice, &[&bob]).await;
+    let ops = carried(&mut alice, &mut to_bob).await;
+    hand(&mut bob, &alice, ops);
+    send(&mut alice, &g, "before carol");
+    carried(&mut alice, &mut to_bob).await;
+    let session = alice.engine.store.group_sender_key(&g).unwrap().unwrap().0;
+    // Carol, a contact but no member, asks for the group's key.
+    carol.start_session(&mut alice);
+    carol
+        .engine
+        .send_control_to(
+            &alice.engine.me.user,
+            Some(alice.engine.me.keys.device.device_id()),
+            crate::envelope::Body::KeyRequest { session },
+            |_| Ok(()),
+        )
+        .unwrap();
+    let request = carried(&mut carol, &mut to_carol).await;
+    assert_eq!(request.len(), 1);
+    hand(&mut alice, &carol, request);
+    assert_eq!(alice.engine.inbox.recovery.group_keys_resent, 0);
+    assert_eq!(
+        alice.engine.store.outbox_depth().unwrap(),
+        0,
+        "nothing was queued for Carol"
+    );
+}
