@@ -87,19 +87,25 @@ pub enum Body {
         /// with it.
         message: Option<ByteBuf>,
     },
-    /// A request to send again what this device lost (pairwise, direct conversation only,
-    /// to the one device it was lost from): one of that device's ciphertexts came after its
-    /// key was gone, or a text shows a gap before it. The sender re-encrypts its own texts in
-    /// this conversation with a sequence number in `after_seq + 1 ..= up_to_seq` that are not
-    /// queued for the asking device any more, in fresh ratchet steps. The asking device
-    /// drops the ids it already has.
+    /// A request to send again what this device lost (pairwise, direct conversation, to the
+    /// one device it was lost from): one of that device's ciphertexts came after its key was
+    /// gone, or a text shows a gap before it. The sender re-encrypts its own texts in the
+    /// direct conversation (or in `group`) with a sequence number in
+    /// `after_seq + 1 ..= up_to_seq` that are not queued for the asking device any more, in
+    /// fresh ratchet steps; a group's go only to a device that was given the sender key they
+    /// went under, as copies over the pairwise session. The asking device drops the ids it
+    /// already has.
     Resend {
-        /// The asking device holds every text `1..=after_seq` of the sender's device.
+        /// The asking device holds every text `1..=after_seq` of the sender's device (in a
+        /// group: every one from the first it holds).
         after_seq: u64,
         /// Only texts up to this sequence number (a gap below a text that did arrive);
         /// absent: everything after `after_seq` (a key was gone, which text is not known).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         up_to_seq: Option<u64>,
+        /// The group whose texts were lost; absent: the direct conversation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<ByteArray<16>>,
     },
     /// A request for a sender key this device lacks (pairwise, direct conversation, to the
     /// one device that sent the key): group messages under it arrived, the key did not (a

@@ -229,6 +229,20 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Records that the own group message `id` went under the sender key `session_id`: a
+    /// member device asking for it again is sent it only if it was given that key.
+    pub fn note_group_message_key(
+        &mut self,
+        id: MessageId,
+        session_id: &str,
+    ) -> Result<(), WriteError> {
+        self.tx
+            .prepare_cached("UPDATE messages SET group_session = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id.0.as_slice(), session_id]))
+            .write_ctx("note a group message's sender key")?;
+        Ok(())
+    }
+
     /// Forgets the sent sender keys kept since before `before_ms`; returns how many.
     pub fn prune_sent_keys(&mut self, before_ms: i64) -> Result<usize, WriteError> {
         self.tx

@@ -480,6 +480,8 @@ impl Store {
     /// Own texts of `sender_device` in a conversation with a sequence number in
     /// `after_seq + 1 ..= up_to_seq` that are encrypted (not waiting for a session) and have
     /// no outbox row for `recipient_device`: what a resend request from that device asks for.
+    /// In a group (`group`), only those that went under a sender key `recipient_device` was
+    /// given (`Tx::note_group_message_key`, `Tx::share_sender_key`): what it was sent.
     /// Lowest sequence first, at most `limit` (capped at [`MAX_PAGE_SIZE`]).
     pub fn resend_candidates(
         &self,
@@ -487,7 +489,7 @@ impl Store {
         sender_device: &str,
         (after_seq, up_to_seq): (u64, u64),
         recipient_device: &str,
-        limit: u32,
+        (limit, group): (u32, bool),
     ) -> Result<Vec<Message>, ReadError> {
         const OP: &str = "read texts to send again";
         let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
@@ -503,6 +505,8 @@ impl Store {
              AND NOT (m.status = ?4 AND NOT EXISTS (SELECT 1 FROM outbox a WHERE a.message = m.rowid)) \
              AND m.body_kind IN (?5, ?9) \
              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid AND o.recipient_device = ?6) \
+             AND (?10 = 0 OR EXISTS (SELECT 1 FROM group_key_shares s \
+                  WHERE s.session_id = m.group_session AND s.device = ?6)) \
              ORDER BY m.seq LIMIT ?7"
         );
         let rows = self
@@ -517,7 +521,8 @@ impl Store {
                     recipient_device,
                     limit.clamp(1, MAX_PAGE_SIZE),
                     up_to,
-                    BODY_MEDIA
+                    BODY_MEDIA,
+                    group
                 ],
             )
             .read_ctx(OP)?;
@@ -563,6 +568,30 @@ impl Store {
                 "SELECT min(m.seq) FROM messages m WHERE m.conversation = ?1 AND m.sender_device = ?2 \
                  AND m.seq > 0 \
                  AND EXISTS (SELECT 1 FROM messages f WHERE f.conversation = ?1 AND f.sender_device = ?2 AND f.seq = 1) \
+                 AND NOT EXISTS (SELECT 1 FROM messages n WHERE n.conversation = ?1 AND n.sender_device = ?2 AND n.seq = m.seq + 1)",
+            )
+            .and_then(|mut s| s.query_row(params![conv, sender_device], |r| r.get(0)))
+            .read_ctx(OP)?;
+        Ok(through.and_then(|t| u64::try_from(t).ok()).unwrap_or(0))
+    }
+
+    /// Like [`Store::contiguous_sequence`], for a group, where a member who joined late holds
+    /// none of a sender's first messages: the end of the run that starts at the lowest number
+    /// held from `sender_device` (0 when none is held).
+    pub fn contiguous_from_first(
+        &self,
+        conversation: &ConversationId,
+        sender_device: &str,
+    ) -> Result<u64, ReadError> {
+        const OP: &str = "find the first missing sequence number";
+        let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
+            return Ok(0);
+        };
+        let through: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT min(m.seq) FROM messages m WHERE m.conversation = ?1 AND m.sender_device = ?2 \
+                 AND m.seq > 0 \
                  AND NOT EXISTS (SELECT 1 FROM messages n WHERE n.conversation = ?1 AND n.sender_device = ?2 AND n.seq = m.seq + 1)",
             )
             .and_then(|mut s| s.query_row(params![conv, sender_device], |r| r.get(0)))

@@ -603,7 +603,7 @@ pub(crate) mod tests {
             .unwrap();
         let ids = |range| -> Vec<MessageId> {
             store
-                .resend_candidates(&conv, "d0", range, "b1", 100)
+                .resend_candidates(&conv, "d0", range, "b1", (100, false))
                 .unwrap()
                 .iter()
                 .map(|m| m.id)
@@ -613,12 +613,81 @@ pub(crate) mod tests {
         assert!(ids((1, u64::MAX)).is_empty(), "after_seq is exclusive");
         // For another device, 2 (pending but encrypted: it has a row) goes too.
         let other: Vec<MessageId> = store
-            .resend_candidates(&conv, "d0", (0, 2), "b2", 100)
+            .resend_candidates(&conv, "d0", (0, 2), "b2", (100, false))
             .unwrap()
             .iter()
             .map(|m| m.id)
             .collect();
         assert_eq!(other, [MessageId([1; 16]), MessageId([2; 16])]);
+    }
+
+    #[test]
+    fn a_group_message_goes_again_only_to_a_device_given_its_key() {
+        let (_dir, mut store) = store();
+        let conv = ConversationId("g".into());
+        store
+            .transaction(|tx| {
+                tx.ensure_conversation(&conv, ConversationKind::Group, Some("G"), 1)?;
+                for n in 1..=4 {
+                    let m = Message {
+                        conversation: conv.clone(),
+                        ..own(n)
+                    };
+                    tx.record_outgoing(&m, &[], &[], 0)?;
+                    tx.advance_status(MessageId([n; 16]), Status::Sent)?;
+                }
+                // 1 and 2 under key s1, 3 and 4 under s2; b1 was given s1 only, b2 both.
+                for n in 1..=4 {
+                    tx.note_group_message_key(
+                        MessageId([n; 16]),
+                        if n <= 2 { "s1" } else { "s2" },
+                    )?;
+                }
+                tx.share_sender_key("s1", &["b1".into(), "b2".into()], None)?;
+                tx.share_sender_key("s2", &["b2".into()], None)
+            })
+            .unwrap();
+        let ids = |device: &str, group: bool| -> Vec<u8> {
+            store
+                .resend_candidates(&conv, "d0", (0, u64::MAX), device, (100, group))
+                .unwrap()
+                .iter()
+                .map(|m| m.id.0[0])
+                .collect()
+        };
+        assert_eq!(ids("b1", true), [1, 2]);
+        assert_eq!(ids("b2", true), [1, 2, 3, 4]);
+        assert!(ids("b3", true).is_empty(), "never given a key");
+        assert_eq!(
+            ids("b3", false),
+            [1, 2, 3, 4],
+            "a direct conversation has no keys"
+        );
+        // The run held from the first number held, where a late member starts.
+        assert_eq!(store.contiguous_from_first(&conv, "d0").unwrap(), 4);
+        let other = ConversationId("h".into());
+        store
+            .transaction(|tx| {
+                tx.ensure_conversation(&other, ConversationKind::Group, Some("H"), 1)?;
+                for n in [7, 8, 10] {
+                    let m = Message {
+                        conversation: other.clone(),
+                        id: MessageId([n + 100; 16]),
+                        ..own(n)
+                    };
+                    tx.record_outgoing(&m, &[], &[], 0)?;
+                }
+                Ok::<_, crate::WriteError>(())
+            })
+            .unwrap();
+        assert_eq!(store.contiguous_sequence(&other, "d0").unwrap(), 0);
+        assert_eq!(store.contiguous_from_first(&other, "d0").unwrap(), 8);
+        assert_eq!(
+            store
+                .contiguous_from_first(&ConversationId("none".into()), "d0")
+                .unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -299,7 +299,7 @@ impl World {
                 ALICE_DEV,
                 (after, u64::MAX),
                 BOB_DEV,
-                1_000,
+                (1_000, false),
             )
             .unwrap();
         let mut queued = Vec::new();

@@ -20,16 +20,20 @@
 //! one in fresh ratchet steps ([`Engine::resend_to`]) and the receiver drops the ids it
 //! already has: at-least-once, with no visible duplicates.
 
-use tern_crypto::{DeviceId, UserId, session::PeerSessions};
+use serde_bytes::ByteArray;
+use tern_crypto::{DeviceId, UserId, group::GroupId, session::PeerSessions};
 use tern_store::{ConversationId, CryptoUpdate};
 
-use super::{Engine, state::ResendFollow};
+use super::{
+    Engine,
+    state::{LostFrom, ResendFollow},
+};
 use crate::{
     consts::{
         MAX_REORDER_WAITING, MAX_RESEND, MAX_SAFE_SKIP, PAIRWISE_SEEN_KEEP, REORDER_WAIT,
         RESEND_INTERVAL,
     },
-    envelope::Body,
+    envelope::{Body, Conversation},
     error::NodeError,
 };
 
@@ -115,18 +119,44 @@ impl Engine {
         for message in self.hold.expired(self.clock.now()) {
             if message.gap_before
                 && !message.own
-                && message.conversation.0 == message.sender
-                && let Some(sender) = UserId::from_hex(&message.sender)
+                && let Some(user) = UserId::from_hex(&message.sender)
                 && let Some(device) = DeviceId::from_peer_id_string(&message.sender_device)
-                && self.people.contacts.contains_key(&sender)
             {
-                let up_to = message.seq.saturating_sub(1);
-                self.note_lost(&sender, device, Some(up_to));
+                // The direct conversation with a contact, or a group this device is in.
+                let group = if message.conversation.0 == message.sender {
+                    self.people.contacts.contains_key(&user).then_some(None)
+                } else {
+                    GroupId::from_hex(&message.conversation.0)
+                        .filter(|g| self.groups.by_id.contains_key(g))
+                        .map(Some)
+                };
+                if let Some(group) = group {
+                    let up_to = message.seq.saturating_sub(1);
+                    self.note_lost(
+                        LostFrom {
+                            user,
+                            device,
+                            group,
+                        },
+                        Some(up_to),
+                    );
+                }
             }
             self.emit(crate::types::Event::Message { message });
         }
         self.follow_resends();
         self.ask_resend();
+    }
+
+    /// The last sequence number `from`'s device has sent that this device holds in order:
+    /// from 1 in a direct conversation, from the first one held in a group (a member who
+    /// joined late holds none before it).
+    fn held_in_order(&self, from: &LostFrom) -> Result<u64, tern_store::ReadError> {
+        let device = from.device.to_peer_id_string();
+        match from.group {
+            None => self.store.contiguous_sequence(&from.user.into(), &device),
+            Some(g) => self.store.contiguous_from_first(&g.into(), &device),
+        }
     }
 
     /// Looks again at the resends asked for (each at most once per [`RESEND_INTERVAL`]): a
@@ -136,29 +166,27 @@ impl Engine {
     /// given up (the sender no longer holds those texts, or they were not texts).
     pub(crate) fn follow_resends(&mut self) {
         let now = self.clock.now();
-        let due: Vec<((UserId, DeviceId), ResendFollow)> = self
+        let due: Vec<(LostFrom, ResendFollow)> = self
             .inbox
             .resends
             .iter()
             .filter(|(_, f)| now.duration_since(f.checked) >= RESEND_INTERVAL)
             .map(|(k, f)| (*k, *f))
             .collect();
-        for ((user, device), f) in due {
-            let held = match self
-                .store
-                .contiguous_sequence(&user.into(), &device.to_peer_id_string())
-            {
+        for (from, f) in due {
+            let held = match self.held_in_order(&from) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("following a resend failed: {e}");
                     continue;
                 }
             };
+            let user = from.user;
             if held >= f.up_to {
-                self.inbox.resends.remove(&(user, device));
+                self.inbox.resends.remove(&from);
             } else if held != f.seen {
                 self.inbox.resends.insert(
-                    (user, device),
+                    from,
                     ResendFollow {
                         seen: held,
                         checked: now,
@@ -166,20 +194,20 @@ impl Engine {
                     },
                 );
             } else if held > f.asked_at {
-                self.inbox.resends.remove(&(user, device));
+                self.inbox.resends.remove(&from);
                 tracing::info!(contact = %user, held, up_to = f.up_to, "a resend stopped part way; asking for the rest");
-                self.note_lost(&user, device, Some(f.up_to));
+                self.note_lost(from, Some(f.up_to));
             } else {
-                self.inbox.resends.remove(&(user, device));
+                self.inbox.resends.remove(&from);
                 tracing::info!(contact = %user, held, up_to = f.up_to, "a resend brought nothing; giving up on those texts");
             }
         }
     }
 
-    /// Notes that texts from `device` of `user` were lost: up to `up_to` (a gap below a
-    /// text that arrived), or `None` when which one is not known (a key was gone).
-    pub(crate) fn note_lost(&mut self, user: &UserId, device: DeviceId, up_to: Option<u64>) {
-        let entry = self.inbox.lost.entry((*user, device)).or_insert(up_to);
+    /// Notes that texts from `from` were lost: up to `up_to` (a gap below a text that
+    /// arrived), or `None` when which one is not known (a key was gone).
+    pub(crate) fn note_lost(&mut self, from: LostFrom, up_to: Option<u64>) {
+        let entry = self.inbox.lost.entry(from).or_insert(up_to);
         *entry = match (*entry, up_to) {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
@@ -194,34 +222,34 @@ impl Engine {
         if self.inbox.lost.is_empty() {
             return;
         }
-        let lost: Vec<((UserId, DeviceId), Option<u64>)> = self.inbox.lost.drain().collect();
-        for ((user, target), up_to) in lost {
+        let lost: Vec<(LostFrom, Option<u64>)> = self.inbox.lost.drain().collect();
+        for (from, up_to) in lost {
             let now = self.clock.now();
+            let (user, target) = (from.user, from.device);
             if self
                 .inbox
                 .resend_asked
-                .get(&target)
+                .get(&(target, from.group))
                 .is_some_and(|at| now.duration_since(*at) < RESEND_INTERVAL)
             {
-                self.note_lost(&user, target, up_to);
+                self.note_lost(from, up_to);
                 continue;
             }
-            let device = target.to_peer_id_string();
-            let after_seq = match self.store.contiguous_sequence(&user.into(), &device) {
+            let after_seq = match self.held_in_order(&from) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!("finding what was lost failed: {e}");
-                    self.note_lost(&user, target, up_to);
+                    self.note_lost(from, up_to);
                     continue;
                 }
             };
             if up_to.is_some_and(|u| after_seq >= u) {
                 continue; // the gap filled meanwhile
             }
-            self.inbox.resend_asked.insert(target, now);
+            self.inbox.resend_asked.insert((target, from.group), now);
             if let Some(up_to) = up_to {
                 self.inbox.resends.insert(
-                    (user, target),
+                    from,
                     ResendFollow {
                         up_to,
                         asked_at: after_seq,
@@ -231,43 +259,63 @@ impl Engine {
                 );
             }
             self.inbox.recovery.resends_asked += 1;
-            tracing::info!(contact = %user, after_seq, ?up_to, "asking the sender to send its texts again");
+            tracing::info!(contact = %user, group = ?from.group, after_seq, ?up_to, "asking the sender to send its texts again");
             let body = Body::Resend {
                 after_seq,
                 up_to_seq: up_to,
+                group: from.group.map(|g| ByteArray::new(*g.as_bytes())),
             };
             if let Err(e) = self.send_control_to(&user, Some(target), body, |_| Ok(())) {
                 tracing::warn!(contact = %user, "sending a resend request failed: {e}");
-                self.note_lost(&user, target, up_to);
+                self.note_lost(from, up_to);
             }
         }
     }
 
-    /// Answers a resend request from `device` of contact `user`: this device's own texts in
-    /// the conversation with a sequence number in `range` (after the first, up to the
-    /// second) that are not queued for that device (at most [`MAX_RESEND`]) are encrypted
-    /// again for it, in fresh ratchet steps, and queued at the end of its lane, with the
-    /// ratchet state, in one transaction.
+    /// Answers a resend request from `device` of `user`: this device's own texts in the
+    /// direct conversation with that contact, or in `group` (of which `user` is a member),
+    /// with a sequence number in `range` (after the first, up to the second) that are not
+    /// queued for that device (at most [`MAX_RESEND`]; a group's only those that went under
+    /// a sender key that device was given) are encrypted again for it, in fresh ratchet
+    /// steps, and queued at the end of its lane, with the ratchet state, in one transaction.
     pub(crate) fn resend_to(
         &mut self,
         user: &UserId,
         device: DeviceId,
         range: (u64, u64),
+        group: Option<GroupId>,
     ) -> Result<(), NodeError> {
-        if *user == self.me.user || !self.people.contacts.contains_key(user) {
-            return Ok(());
-        }
+        let conversation = match group {
+            None if *user == self.me.user || !self.people.contacts.contains_key(user) => {
+                return Ok(());
+            }
+            None => Conversation::Direct {
+                to: ByteArray::new(*user.as_bytes()),
+            },
+            Some(g) => {
+                if !self.state(&g).is_ok_and(|s| s.is_member(user.as_bytes())) {
+                    tracing::info!(group = %g, contact = %user, "a resend asked in a group they are not in; ignored");
+                    return Ok(());
+                }
+                Conversation::Group {
+                    id: ByteArray::new(*g.as_bytes()),
+                }
+            }
+        };
         let Some(curve) = self.known(user).and_then(|c| c.curve_of(&device)) else {
             return Ok(());
         };
         let device_key = device.to_peer_id_string();
-        let conv = ConversationId::from(*user);
+        let conv = match group {
+            None => ConversationId::from(*user),
+            Some(g) => g.into(),
+        };
         let texts = self.store.resend_candidates(
             &conv,
             &self.me.device_hex,
             range,
             &device_key,
-            MAX_RESEND,
+            (MAX_RESEND, group.is_some()),
         )?;
         if texts.is_empty() {
             return Ok(());
@@ -280,7 +328,8 @@ impl Engine {
         let mut queued = Vec::with_capacity(texts.len());
         let mut last_pickle = None;
         for m in &texts {
-            let (deliveries, mut pickles) = self.encrypt_text(&to, m, &mut sessions)?;
+            let (deliveries, mut pickles) =
+                self.encrypt_in(&to, conversation.clone(), m, &mut sessions)?;
             last_pickle = pickles.pop();
             queued.push((m.id, deliveries));
         }
@@ -302,7 +351,7 @@ impl Engine {
             }
             Ok(())
         })?;
-        tracing::info!(contact = %user, count = texts.len(), ?range, "sending texts again on request");
+        tracing::info!(contact = %user, ?group, count = texts.len(), ?range, "sending texts again on request");
         self.inbox.recovery.texts_resent += texts.len() as u64;
         // Every text went to the same device: one kick starts its lane.
         let first = queued

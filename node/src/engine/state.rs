@@ -256,19 +256,29 @@ pub(crate) struct ResendFollow {
     pub checked: Instant,
 }
 
+/// Where texts were lost from: a device of a user, in the direct conversation with them or
+/// in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct LostFrom {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub group: Option<GroupId>,
+}
+
 /// The receiver's side of order: waits, losses, quarantine.
 #[derive(Default)]
 pub(crate) struct Inbox {
     /// Pairwise messages waiting for earlier messages of their chain: digest → first seen.
     pub reorder: HashMap<[u8; 16], Instant>,
-    /// When a resend was last asked of each remote device.
-    pub resend_asked: HashMap<DeviceId, Instant>,
-    /// (user, device) texts were lost from, and up to which sequence number (`None`: not
-    /// known): asked to send again once the batch is done ([`Engine::ask_resend`]).
-    pub lost: HashMap<(UserId, DeviceId), Option<u64>>,
+    /// When a resend was last asked of each remote device, per conversation (`None`: the
+    /// direct one).
+    pub resend_asked: HashMap<(DeviceId, Option<GroupId>), Instant>,
+    /// Where texts were lost from, and up to which sequence number (`None`: not known):
+    /// asked to send again once the batch is done ([`Engine::ask_resend`]).
+    pub lost: HashMap<LostFrom, Option<u64>>,
     /// Resends asked for up to a known sequence number, followed until the gap is filled
     /// ([`Engine::follow_resends`]): one answer brings at most `MAX_RESEND` texts.
-    pub resends: HashMap<(UserId, DeviceId), ResendFollow>,
+    pub resends: HashMap<LostFrom, ResendFollow>,
     /// Losses and their repair since start (shown by `status`).
     pub recovery: RecoveryInfo,
     /// Sessions started by others since one-time keys were last checked.

@@ -301,6 +301,7 @@ impl Engine {
                 tx.remember_client_id(client, message.id, now)?;
             }
             tx.set_group_sender_key(&group, &sid, epoch)?;
+            tx.note_group_message_key(id, &sid)?;
             if !newly.is_empty() {
                 tx.keep_sent_key(
                     &SentKey {

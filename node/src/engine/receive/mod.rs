@@ -274,7 +274,14 @@ impl Engine {
                 // Texts that came too late are asked for again. A message no session reads
                 // would fail the same way again: resending would loop.
                 if matches!(e, SessionError::MessageKeyGone(_)) {
-                    self.note_lost(user, device, None);
+                    self.note_lost(
+                        super::state::LostFrom {
+                            user: *user,
+                            device,
+                            group: None,
+                        },
+                        None,
+                    );
                 }
                 return Ok(Outcome::Ack);
             }

@@ -161,13 +161,14 @@ impl Engine {
             Body::Resend {
                 after_seq,
                 up_to_seq,
+                group,
             } => {
                 self.save_crypto(update, own_device.as_ref(), now)?;
                 // A failure to queue them is a storage fault: the request is stored as read,
                 // so the receiver asks again (its gap is still there).
-                if let Err(e) =
-                    self.resend_to(user, device, (after_seq, up_to_seq.unwrap_or(u64::MAX)))
-                {
+                let range = (after_seq, up_to_seq.unwrap_or(u64::MAX));
+                let group = group.map(|g| GroupId::from_bytes(g.into_array()));
+                if let Err(e) = self.resend_to(user, device, range, group) {
                     tracing::warn!(contact = %user, "sending texts again failed: {e}");
                 }
             }

@@ -8,8 +8,8 @@ mod client_ids;
 mod commands;
 mod direct;
 mod drain;
+mod group_loss;
 mod hold;
-mod keys;
 mod lists;
 mod names;
 mod outbox;
@@ -71,6 +71,17 @@ impl MemoryCourier {
             .lock()
             .unwrap()
             .iter()
+            .map(|(_, _, p)| p.clone())
+            .collect()
+    }
+
+    /// The payloads carried to `peer` so far, in order.
+    fn carried_to(&self, peer: PeerId) -> Vec<Vec<u8>> {
+        self.carried
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| *p == peer)
             .map(|(_, _, p)| p.clone())
             .collect()
     }
