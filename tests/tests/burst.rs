@@ -9,7 +9,7 @@ use std::{path::Path, time::Duration};
 use serde_json::{Value, json};
 use tern_tests::support::{
     Node, Relay, group_history, link_pair, message_texts, start_nodes, wait_direct, wait_for,
-    wait_outbox_empty,
+    wait_outbox_empty, wipe_keeping_identity,
 };
 
 /// Longest a burst may take to drain or arrive (a 2-core CI machine, debug build).
@@ -514,4 +514,63 @@ fn group_bursts_reach_an_offline_member(dir: &Path, limits: &str, extra: &[&str]
     assert_eq!(orders[0], orders[1]);
     assert_eq!(orders[0], orders[2]);
     relay
+}
+
+/// A member's only relay loses its disk while it holds a burst of group texts for her, with
+/// the sender key that went with one of them (the burst crosses a key rotation): once she is
+/// back and the sender writes again, she asks for that key and for the texts before the
+/// gap, and holds every one once, in the order sent.
+#[test]
+fn a_group_burst_a_wiped_relay_lost_comes_back_with_its_sender_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ana_relay = Relay::start(&dir.path().join("ra"), "").unwrap();
+    let ben_relay = Relay::start(&dir.path().join("rb"), "").unwrap();
+    // No direct connections: everything for Ana goes through her relay.
+    let no_direct = ["--no-direct"];
+    let mut ana =
+        Node::init_and_start_with(dir.path(), "ana", Some(&ana_relay.addr), &no_direct).unwrap();
+    let ben =
+        Node::init_and_start_with(dir.path(), "ben", Some(&ben_relay.addr), &no_direct).unwrap();
+    link_pair(&ana, &ben, "Ana", "Ben").unwrap();
+    let group = ben.json(&["group", "create", "Team", "Ana"]).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ben.ok(&["group", "send", &group, "hi"]).unwrap();
+    let texts_of = |n: &Node| -> Vec<String> { message_texts(&group_history(n, &group)) };
+    wait_for("the first text at Ana", BURST_WAIT, || {
+        (texts_of(&ana) == ["hi"]).then_some(())
+    })
+    .unwrap();
+
+    // Ana offline; Ben's burst waits at her relay, past a key rotation (every 100 texts).
+    ana.stop().unwrap();
+    let burst: Vec<String> = (0..150).map(|i| format!("g {i:03}")).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(pipeline(&ben, "group_send", "group", &group, &burst));
+    wait_outbox_empty(&ben, BURST_WAIT).unwrap();
+    ana_relay.kill9();
+    wipe_keeping_identity(&ana_relay.data).unwrap();
+    ana_relay.start_again("").unwrap();
+    ana.restart().unwrap();
+    ben.ok(&["group", "send", &group, "after"]).unwrap();
+
+    let mut want = vec!["hi".to_owned()];
+    want.extend(burst);
+    want.push("after".to_owned());
+    let mut last = 0;
+    let got = wait_for("everything at Ana", BURST_WAIT, || {
+        let t = texts_of(&ana);
+        last = t.len();
+        (t.len() >= want.len()).then_some(t)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {last} of {} at Ana", want.len()));
+    assert_eq!(got, want, "every text once, in the order sent");
+    let r = recovery(&ana);
+    assert!(r["group_keys_asked"].as_u64() >= Some(1), "{r}");
+    assert!(r["resends_asked"].as_u64() >= Some(1), "{r}");
+    assert_eq!(r["group_waiting"], 0, "{r}");
+    let b = recovery(&ben);
+    assert!(b["group_keys_resent"].as_u64() >= Some(1), "{b}");
+    assert!(b["texts_resent"].as_u64() >= Some(100), "{b}");
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tern_tests::support::{
     Node, Relay, free_port, link_pair, relay_db, wait_direct, wait_for, wait_outbox_empty,
+    wipe_keeping_identity,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -48,25 +49,6 @@ fn wait_text(node: &Node, contact: &str, text: &str, what: &str) -> anyhow::Resu
             .any(|m| m["text"] == text)
             .then_some(())
     })
-}
-
-/// Removes everything in a relay's data directory but its identity key: the relay starts
-/// again with no mail, no device lists, no prekeys, at the same address.
-fn wipe_keeping_identity(data: &Path) -> anyhow::Result<()> {
-    let db = data.join("db");
-    for entry in std::fs::read_dir(&db)? {
-        let path = entry?.path();
-        // The relay's identity key (`tern_relay::server::identity::IDENTITY_FILE`).
-        if path.file_name() == Some("identity.key".as_ref()) {
-            continue;
-        }
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
 }
 
 /// How many mailbox entries a relay holds (read-only while it runs).

@@ -161,6 +161,26 @@ impl Drop for Relay {
     }
 }
 
+/// Removes everything in a relay's data directory (`data`, as [`Relay::data`]) but its
+/// identity key: the relay starts again with no mail, no device lists, no prekeys, at the same
+/// address, as an operator restoring a lost disk would have it.
+pub fn wipe_keeping_identity(data: &Path) -> anyhow::Result<()> {
+    let db = data.join("db");
+    for entry in std::fs::read_dir(&db)? {
+        let path = entry?.path();
+        // The relay's identity key (`tern_relay::server::identity::IDENTITY_FILE`).
+        if path.file_name() == Some("identity.key".as_ref()) {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// A read-only connection to a running relay's SQLite database (in `data`).
 pub fn relay_db(data: &Path) -> anyhow::Result<rusqlite::Connection> {
     use rusqlite::{Connection, OpenFlags};
