@@ -107,6 +107,18 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<ByteArray<16>>,
     },
+    /// How far the sender's device has sent in the direct conversation (pairwise, direct
+    /// conversation, to each device of the contact): sent when its texts stay unreceipted
+    /// past the last receipted one while the contact is online, so a receiver whose relay
+    /// lost the end of a burst notices the gap without waiting for the next text. A receiver
+    /// that holds less in order than `seq` asks for the rest ([`Body::Resend`]); what it
+    /// holds from `from_seq` on it receipts again (a receipt can be lost too).
+    SentUpTo {
+        /// The first text of the sender's device not receipted.
+        from_seq: u64,
+        /// The highest sequence number of the sender's device in the conversation.
+        seq: u64,
+    },
     /// A request for a sender key this device lacks (pairwise, direct conversation, to the
     /// one device that sent the key): group messages under it arrived, the key did not (a
     /// relay lost it, say). The sender sends it again, as it first sent it to this device,
@@ -163,7 +175,7 @@ pub enum Body {
 }
 
 /// The body kinds this build reads: anything else is [`Body::Unsupported`].
-const KNOWN_KINDS: [&str; 10] = [
+const KNOWN_KINDS: [&str; 11] = [
     "Text",
     "Receipt",
     "GroupOp",
@@ -171,6 +183,7 @@ const KNOWN_KINDS: [&str; 10] = [
     "SenderKey",
     "Resend",
     "KeyRequest",
+    "SentUpTo",
     "DeviceList",
     "History",
     "Grant",

@@ -5,7 +5,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::consts::{DEFAULT_PAGE_SIZE, MAX_BLOB_BYTES, MAX_PAGE_SIZE, MAX_TEXT_BYTES};
 use crate::error::{Context, ReadError, WriteError};
 use crate::store::{Store, Tx};
-use crate::types::{Body, ConversationId, Inserted, Message, MessageId, Page, Status};
+use crate::types::{
+    Body, ConversationId, ConversationKind, Inserted, Message, MessageId, Page, Status,
+};
 
 /// `body_kind` codes.
 const BODY_TEXT: i64 = 0;
@@ -573,6 +575,84 @@ impl Store {
             .and_then(|mut s| s.query_row(params![conv, sender_device], |r| r.get(0)))
             .read_ctx(OP)?;
         Ok(through.and_then(|t| u64::try_from(t).ok()).unwrap_or(0))
+    }
+
+    /// Direct conversations where own texts of `sender_device` sent before `before_ms` are
+    /// still only [`Status::Sent`] (a relay took them, no receipt came) above the last one a
+    /// receipt moved on: each with the lowest sequence number of those and the highest
+    /// `sender_device` has sent in it. At most `limit`, in no particular order.
+    pub fn unreceipted_tails(
+        &self,
+        sender_device: &str,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(ConversationId, u64, u64)>, ReadError> {
+        const OP: &str = "find texts sent and not receipted";
+        let rows: Vec<(String, i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT c.conversation_id, min(m.seq), (SELECT max(a.seq) FROM messages a \
+                     WHERE a.conversation = m.conversation AND a.sender_device = ?1 AND a.own = 1) \
+                 FROM messages m JOIN conversations c ON c.rowid = m.conversation \
+                 WHERE m.own = 1 AND m.status = ?2 AND m.sender_device = ?1 AND m.sent_at_ms < ?3 \
+                 AND c.kind = ?4 \
+                 AND m.seq > coalesce((SELECT max(d.seq) FROM messages d \
+                     WHERE d.conversation = m.conversation AND d.sender_device = ?1 AND d.own = 1 \
+                     AND d.status IN (?5, ?6)), 0) \
+                 GROUP BY m.conversation LIMIT ?7",
+            )
+            .and_then(|mut s| {
+                s.query_map(
+                    params![
+                        sender_device,
+                        Status::Sent.code(),
+                        before_ms,
+                        ConversationKind::Direct.code(),
+                        Status::Delivered.code(),
+                        Status::Read.code(),
+                        limit
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect()
+            })
+            .read_ctx(OP)?;
+        let seq = |s: i64| u64::try_from(s).unwrap_or(0);
+        Ok(rows
+            .into_iter()
+            .map(|(c, from, to)| (ConversationId(c), seq(from), seq(to)))
+            .collect())
+    }
+
+    /// The ids of the messages of `sender_device` a conversation holds with a sequence
+    /// number in `from ..= to`, lowest first, at most `limit`.
+    pub fn ids_in_sequence(
+        &self,
+        conversation: &ConversationId,
+        sender_device: &str,
+        (from, to): (u64, u64),
+        limit: u32,
+    ) -> Result<Vec<MessageId>, ReadError> {
+        const OP: &str = "read ids by sequence number";
+        let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
+            return Ok(Vec::new());
+        };
+        let bound = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+        let ids: Vec<Vec<u8>> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM messages WHERE conversation = ?1 AND sender_device = ?2 \
+                 AND seq >= ?3 AND seq <= ?4 ORDER BY seq LIMIT ?5",
+            )
+            .and_then(|mut s| {
+                s.query_map(
+                    params![conv, sender_device, bound(from), bound(to), limit],
+                    |r| r.get(0),
+                )?
+                .collect()
+            })
+            .read_ctx(OP)?;
+        ids.iter().map(|id| message_id(OP, id)).collect()
     }
 
     /// Like [`Store::contiguous_sequence`], for a group, where a member who joined late holds

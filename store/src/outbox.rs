@@ -691,6 +691,70 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn unreceipted_tails_are_texts_sent_past_the_last_receipted_one() {
+        let (_dir, mut store) = store();
+        let conv = ConversationId("bob".into());
+        let group = ConversationId("g".into());
+        let status = |store: &mut Store, n: u8, to: Status| {
+            store
+                .transaction(|tx| tx.advance_status(MessageId([n; 16]), to))
+                .unwrap();
+        };
+        store
+            .transaction(|tx| {
+                tx.ensure_conversation(&conv, ConversationKind::Direct, Some("Bob"), 1)?;
+                tx.ensure_conversation(&group, ConversationKind::Group, Some("G"), 1)?;
+                for n in 1..=5 {
+                    tx.record_outgoing(&own(n), &[], &[], 0)?;
+                }
+                let in_group = Message {
+                    conversation: group.clone(),
+                    ..own(9)
+                };
+                tx.record_outgoing(&in_group, &[], &[], 0)
+            })
+            .unwrap();
+        status(&mut store, 1, Status::Delivered);
+        status(&mut store, 2, Status::Read);
+        for n in [3, 4, 9] {
+            status(&mut store, n, Status::Sent);
+        }
+        // 3 and 4 went and no receipt came; 5 waits to go. The group's are not counted.
+        assert_eq!(
+            store.unreceipted_tails("d0", 10, 100).unwrap(),
+            [(conv.clone(), 3, 5)]
+        );
+        let ids: Vec<u8> = store
+            .ids_in_sequence(&conv, "d0", (2, 4), 100)
+            .unwrap()
+            .iter()
+            .map(|id| id.0[0])
+            .collect();
+        assert_eq!(ids, [2, 3, 4]);
+        assert_eq!(
+            store.ids_in_sequence(&conv, "d0", (2, 4), 1).unwrap().len(),
+            1
+        );
+        assert!(
+            store
+                .ids_in_sequence(&conv, "d1", (0, 9), 100)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store.unreceipted_tails("d0", 1, 100).unwrap().is_empty(),
+            "too recent"
+        );
+        assert!(
+            store.unreceipted_tails("d1", 10, 100).unwrap().is_empty(),
+            "another device's"
+        );
+        // A receipt for 4: 3 is below the last receipted one (a receipt of its own was lost).
+        status(&mut store, 4, Status::Delivered);
+        assert!(store.unreceipted_tails("d0", 10, 100).unwrap().is_empty());
+    }
+
+    #[test]
     fn the_pairwise_ledger_remembers_and_forgets_by_age() {
         let (_dir, mut store) = store();
         let d = [5u8; 16];

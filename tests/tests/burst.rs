@@ -574,3 +574,44 @@ fn a_group_burst_a_wiped_relay_lost_comes_back_with_its_sender_key() {
     assert!(b["group_keys_resent"].as_u64() >= Some(1), "{b}");
     assert!(b["texts_resent"].as_u64() >= Some(100), "{b}");
 }
+
+/// A contact's only relay loses its disk while it holds the whole of a burst for him, and
+/// the sender writes nothing after it: once he is back online, the sender, whose texts stay
+/// unreceipted, tells him how far it has sent, and he asks for them all again.
+#[test]
+fn a_burst_a_wiped_relay_lost_comes_back_with_nothing_sent_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob_relay = Relay::start(&dir.path().join("rb"), "").unwrap();
+    let alice_relay = Relay::start(&dir.path().join("ra"), "").unwrap();
+    let no_direct = ["--no-direct"];
+    let alice = Node::init_and_start_with(dir.path(), "alice", Some(&alice_relay.addr), &no_direct)
+        .unwrap();
+    let mut bob =
+        Node::init_and_start_with(dir.path(), "bob", Some(&bob_relay.addr), &no_direct).unwrap();
+    link_pair(&alice, &bob, "Alice", "Bob").unwrap();
+    alice.ok(&["send", "Bob", "hello"]).unwrap();
+    wait_for("the first text at Bob", BURST_WAIT, || {
+        (received_texts(&bob, "Alice") == ["hello"]).then_some(())
+    })
+    .unwrap();
+    bob.stop().unwrap();
+    let mut sent = vec!["hello".to_owned()];
+    sent.extend(send_burst(&alice, "Bob", 80, "lost"));
+    wait_outbox_empty(&alice, BURST_WAIT).unwrap();
+    bob_relay.kill9();
+    wipe_keeping_identity(&bob_relay.data).unwrap();
+    bob_relay.start_again("").unwrap();
+    bob.restart().unwrap();
+    assert_arrives_complete(&bob, "Alice", &sent);
+    assert!(recovery(&bob)["resends_asked"].as_u64() >= Some(1));
+    assert_eq!(recovery(&alice)["texts_resent"], 80);
+    // And the burst shows as delivered at Alice.
+    wait_for("the burst delivered at Alice", BURST_WAIT, || {
+        history(&alice, "Bob")
+            .iter()
+            .filter(|m| m["own"] == json!(true))
+            .all(|m| m["status"] == "delivered" || m["status"] == "read")
+            .then_some(())
+    })
+    .unwrap();
+}

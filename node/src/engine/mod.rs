@@ -31,6 +31,7 @@ mod revoke;
 mod send;
 mod sessions;
 mod state;
+mod tails;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -366,6 +367,7 @@ impl Engine {
                     self.deliver_owed();
                     self.send_owed_receipts();
                     self.ask_group_keys();
+                    self.tell_tails();
                     self.prune_seen_ledger();
                     self.prune_sent_keys();
                     // Between messages rather than inside one's commit.

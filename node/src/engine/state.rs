@@ -279,6 +279,8 @@ pub(crate) struct Inbox {
     /// Resends asked for up to a known sequence number, followed until the gap is filled
     /// ([`Engine::follow_resends`]): one answer brings at most `MAX_RESEND` texts.
     pub resends: HashMap<LostFrom, ResendFollow>,
+    /// Telling contacts how far this device has sent, and waiting on what they told.
+    pub tails: super::tails::Tails,
     /// Losses and their repair since start (shown by `status`).
     pub recovery: RecoveryInfo,
     /// Sessions started by others since one-time keys were last checked.

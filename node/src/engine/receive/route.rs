@@ -172,6 +172,10 @@ impl Engine {
                     tracing::warn!(contact = %user, "sending texts again failed: {e}");
                 }
             }
+            Body::SentUpTo { from_seq, seq } => {
+                self.save_crypto(update, own_device.as_ref(), now)?;
+                self.on_sent_up_to(user, device, (from_seq, seq));
+            }
             Body::KeyRequest { session } => {
                 self.save_crypto(update, own_device.as_ref(), now)?;
                 // A failure to queue it is a storage fault: the asking device asks again.

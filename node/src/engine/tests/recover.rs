@@ -179,3 +179,128 @@ async fn a_loss_larger_than_one_resend_is_asked_for_until_it_is_filled() {
         "each lost text was sent again once"
     );
 }
+
+/// The end of a burst lost (a relay that lost it) with nothing sent after it: the sender,
+/// whose texts stay unreceipted past the last receipted one, tells the contact how far it
+/// has sent once the contact is online, and the contact asks for the rest.
+#[tokio::test]
+async fn texts_lost_at_the_end_of_a_burst_are_noticed_once_the_contact_is_online() {
+    use crate::consts::REORDER_WAIT;
+    let (mut alice, mut bob) = alice_and_bob().await;
+    let bob_user = bob.engine.me.user_hex.clone();
+    let carried = send_texts(&mut alice, &bob_user, 5).await;
+    for n in 1..=3 {
+        deliver(&mut bob, &alice, &carried, n);
+    }
+    // Bob's receipt for the three he has reaches Alice.
+    bob.engine.flush_delivered();
+    let (mut to_alice, mut to_bob) = (0, carried.len());
+    pass(&mut bob, &mut alice, &mut to_alice).await;
+    let conv = tern_store::ConversationId(alice.engine.me.user_hex.clone());
+    let device = alice.engine.me.device_hex.clone();
+    let held = |bob: &Harness| {
+        bob.engine
+            .store
+            .contiguous_sequence(&conv, &device)
+            .unwrap()
+    };
+    assert_eq!(held(&bob), 3);
+    // Not told within the first minute, nor while Bob is offline.
+    alice.clock.advance(Duration::from_secs(59));
+    alice.engine.tell_tails();
+    alice.clock.advance(Duration::from_secs(31));
+    alice.engine.tell_tails();
+    assert_eq!(alice.courier.carried().len(), to_bob, "nothing told");
+    // Bob is online: told once.
+    alice.engine.relays.peers_up.insert(bob.peer());
+    alice.clock.advance(Duration::from_secs(31));
+    alice.engine.tell_tails();
+    alice.clock.advance(Duration::from_secs(31));
+    alice.engine.tell_tails();
+    pass(&mut alice, &mut bob, &mut to_bob).await;
+    assert_eq!(to_bob, carried.len() + 1, "told once");
+    // Bob looks again a while later (what was on its way would have come) and asks.
+    bob.engine.release_held();
+    assert_eq!(bob.engine.inbox.recovery.resends_asked, 0);
+    bob.clock.advance(REORDER_WAIT);
+    bob.engine.release_held();
+    assert_eq!(bob.engine.inbox.recovery.resends_asked, 1);
+    pass(&mut bob, &mut alice, &mut to_alice).await;
+    pass(&mut alice, &mut bob, &mut to_bob).await;
+    assert_eq!(held(&bob), 5, "the lost end came again");
+    assert_eq!(alice.engine.inbox.recovery.texts_resent, 2);
+    // Receipted now: nothing more is told.
+    bob.engine.flush_delivered();
+    pass(&mut bob, &mut alice, &mut to_alice).await;
+    alice.clock.advance(Duration::from_secs(3600));
+    alice.engine.tell_tails();
+    assert_eq!(alice.courier.carried().len(), to_bob, "nothing more told");
+}
+
+/// A receipt lost on the way (a relay that lost it): the texts it covered stay `sent` at the
+/// sender until the receiver, told how far the sender has sent, receipts them again.
+#[tokio::test]
+async fn texts_whose_receipt_was_lost_are_receipted_again_when_the_sender_says_how_far_it_sent() {
+    let (mut alice, mut bob) = alice_and_bob().await;
+    let bob_user = bob.engine.me.user_hex.clone();
+    let carried = send_texts(&mut alice, &bob_user, 3).await;
+    for n in 1..=3 {
+        deliver(&mut bob, &alice, &carried, n);
+    }
+    // Bob's receipt is lost.
+    bob.engine.flush_delivered();
+    bob.settle_until(|h| h.engine.store.outbox_depth().unwrap() == 0)
+        .await;
+    let mut to_alice = bob.courier.carried().len();
+    let statuses = |alice: &Harness| -> Vec<String> {
+        alice
+            .engine
+            .store
+            .history(
+                &tern_store::ConversationId(bob_user.clone()),
+                tern_store::Page::Latest,
+                Some(10),
+            )
+            .unwrap()
+            .iter()
+            .map(|m| format!("{:?}", m.status))
+            .collect()
+    };
+    assert_eq!(statuses(&alice), ["Sent", "Sent", "Sent"]);
+    alice.engine.relays.peers_up.insert(bob.peer());
+    alice.clock.advance(Duration::from_secs(61));
+    alice.engine.tell_tails();
+    let mut to_bob = carried.len();
+    pass(&mut alice, &mut bob, &mut to_bob).await;
+    assert_eq!(to_bob, carried.len() + 1, "told how far she sent");
+    bob.engine.flush_delivered();
+    pass(&mut bob, &mut alice, &mut to_alice).await;
+    assert_eq!(statuses(&alice), ["Delivered", "Delivered", "Delivered"]);
+    assert_eq!(
+        bob.engine.inbox.recovery.resends_asked, 0,
+        "nothing was lost"
+    );
+}
+
+/// A device told how far a contact has sent that already holds it all does nothing.
+#[tokio::test]
+async fn a_device_that_holds_everything_it_is_told_of_asks_for_nothing() {
+    use crate::consts::REORDER_WAIT;
+    let (mut alice, mut bob) = alice_and_bob().await;
+    let bob_user = bob.engine.me.user_hex.clone();
+    let carried = send_texts(&mut alice, &bob_user, 3).await;
+    for n in 1..=3 {
+        deliver(&mut bob, &alice, &carried, n);
+    }
+    let alice_user = alice.engine.me.user;
+    let alice_device = alice.engine.me.keys.device.device_id();
+    bob.engine.on_sent_up_to(&alice_user, alice_device, (1, 3));
+    // Told of one more than it holds, which then arrives in time: nothing asked either.
+    bob.engine.on_sent_up_to(&alice_user, alice_device, (1, 4));
+    alice.engine.send_text(&bob_user, "t4".into()).unwrap();
+    let more = alice.carry(4).await;
+    deliver(&mut bob, &alice, &more, 4);
+    bob.clock.advance(REORDER_WAIT);
+    bob.engine.release_held();
+    assert_eq!(bob.engine.inbox.recovery.resends_asked, 0);
+}
