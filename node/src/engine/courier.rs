@@ -32,6 +32,10 @@ pub(crate) struct Route {
     pub direct: bool,
     /// The grant that device issued to this one, if any (shown to its relay).
     pub grant: Option<tern_crypto::grant::Grant>,
+    /// The relay refused this device's deposits for their rate lately: one row at a time,
+    /// this long apart, instead of a window of them (of which all but the first would be
+    /// refused too, each read by the relay for nothing).
+    pub pace: Option<std::time::Duration>,
 }
 
 /// Who took a row.

@@ -17,6 +17,8 @@
 //! or the device itself did (a direct delivery, tried by the lane at the first relay only).
 //! Lanes run in parallel (up to [`MAX_LANES_IN_FLIGHT`]).
 
+use std::time::Duration;
+
 use libp2p::PeerId;
 use tern_crypto::{DeviceId, UserId};
 use tern_relay::wire::ErrorCode;
@@ -333,6 +335,7 @@ impl Engine {
             relay,
             direct: self.relays.direct && relay == first,
             grant: self.grants.held(device),
+            pace: relay.and_then(|r| self.pace_at(r)),
         };
         let (more, more_rx) = tokio::sync::mpsc::channel(LANE_BATCH as usize);
         let handed = rows.iter().map(|r| (r.row, r.attempts)).collect();
@@ -422,6 +425,13 @@ impl Engine {
                         .retry_after()
                         .unwrap_or_else(|| super::send::backoff(attempts))
                         .min(RETRY_MAX);
+                    if let (Some(r), Some(ErrorCode::RateLimited), Some(every)) =
+                        (lane.1, e.code(), e.retry_after())
+                    {
+                        // The relay's rate for this device's deposits: one per `every`.
+                        let until = self.clock.now() + PACE_HOLD;
+                        self.outbox.paced.insert(r, (every.min(PACE_MAX), until));
+                    }
                     tracing::debug!(%device, ?relay, "delivery failed ({e}); the lane waits {wait:?}");
                     let next = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0));
                     retries.push((row, relay, next));
@@ -456,6 +466,36 @@ impl Engine {
         self.dispatch_lanes(false);
     }
 }
+
+impl Engine {
+    /// How far apart a lane at `relay` sends its rows, while `relay` lately refused this
+    /// device's deposits for their rate: its rate shared by the lanes depositing there now.
+    fn pace_at(&mut self, relay: PeerId) -> Option<Duration> {
+        let now = self.clock.now();
+        let (every, until) = *self.outbox.paced.get(&relay)?;
+        if now >= until {
+            self.outbox.paced.remove(&relay);
+            return None;
+        }
+        let lanes = self
+            .outbox
+            .lanes_busy
+            .keys()
+            .filter(|(_, r)| *r == Some(relay))
+            .count();
+        Some(
+            every
+                .saturating_mul(u32::try_from(lanes + 1).unwrap_or(u32::MAX))
+                .min(PACE_MAX),
+        )
+    }
+}
+
+/// A relay that refused deposits for their rate paces this device's lanes there for this
+/// long after its last such refusal.
+const PACE_HOLD: Duration = Duration::from_secs(10);
+/// The longest pause between two rows of a paced lane.
+const PACE_MAX: Duration = Duration::from_secs(5);
 
 /// Delivers a lane's ciphertexts in order (see [`super::courier::Courier::deliver_lane`]):
 /// one after another while the device is connected directly or no deposit stream to the
@@ -502,6 +542,9 @@ pub(crate) async fn deliver_lane(
             Ok(t) => taken.push(t),
             Err(e) => return (taken, Some(e)),
         }
+        if let Some(pace) = route.pace {
+            tokio::time::sleep(pace).await;
+        }
     }
 }
 
@@ -527,13 +570,19 @@ impl Window<'_> {
         taken: &mut Vec<Taken>,
     ) -> Result<bool, NetError> {
         let token = super::grants::token(self.route.grant.as_ref(), self.relay);
-        let mut in_flight = std::collections::VecDeque::with_capacity(LANE_WINDOW);
+        // Paced: one at a time, `pace` apart.
+        let window = if self.route.pace.is_some() {
+            1
+        } else {
+            LANE_WINDOW
+        };
+        let mut in_flight = std::collections::VecDeque::with_capacity(window);
         let (mut next, mut before, mut open) = (taken.len(), None, true);
         loop {
             while let Ok(p) = more.try_recv() {
                 payloads.push(p);
             }
-            while open && in_flight.len() < LANE_WINDOW {
+            while open && in_flight.len() < window {
                 let Some(payload) = payloads.get(next) else {
                     break;
                 };
@@ -553,7 +602,7 @@ impl Window<'_> {
                     Err(_) => open = false,
                 }
             }
-            let room = open && in_flight.len() < LANE_WINDOW;
+            let room = open && in_flight.len() < window;
             let Some(front) = in_flight.front_mut() else {
                 return Ok(open);
             };
@@ -570,6 +619,9 @@ impl Window<'_> {
                 Ok((_, refused)) => {
                     rpc::one_recipient(&refused)?;
                     taken.push(Taken::Relay);
+                    if let Some(pace) = self.route.pace {
+                        tokio::time::sleep(pace).await;
+                    }
                 }
                 // The relay does not take deposit streams: none of the window was taken.
                 Err(NetError::Unsupported) => return Ok(false),

@@ -242,6 +242,9 @@ pub(crate) struct Outbox {
     /// until the lane goes on there: what `status` shows as why rows wait. At most one
     /// entry per lane.
     pub held: HashMap<super::lanes::LaneKey, &'static str>,
+    /// Relays that refused this device's deposits for their rate lately: one deposit per
+    /// how long, and until when lanes there are paced. At most one entry per relay.
+    pub paced: HashMap<PeerId, (std::time::Duration, Instant)>,
 }
 
 /// A resend asked of a device, as the receiver follows it.
