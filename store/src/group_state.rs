@@ -397,6 +397,16 @@ impl Store {
         .transpose()
     }
 
+    /// Whether an inbound group session (a sender key received) with this id is held.
+    pub fn holds_inbound_group_session(&self, session_id: &str) -> Result<bool, ReadError> {
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT 1 FROM inbound_group_sessions WHERE session_id = ?1")
+            .and_then(|mut s| s.query_row([session_id], |r| r.get(0)).optional())
+            .read_ctx("look up a received sender key")?;
+        Ok(found.is_some())
+    }
+
     /// How many group ciphertexts the stash holds.
     pub fn group_stash_len(&self) -> Result<u64, ReadError> {
         let n: i64 = self

@@ -5,9 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::consts::{DEFAULT_PAGE_SIZE, MAX_BLOB_BYTES, MAX_PAGE_SIZE, MAX_TEXT_BYTES};
 use crate::error::{Context, ReadError, WriteError};
 use crate::store::{Store, Tx};
-use crate::types::{
-    Body, ConversationId, ConversationKind, Inserted, Message, MessageId, Page, Status,
-};
+use crate::types::{Body, ConversationId, Inserted, Message, MessageId, Page, Status};
 
 /// `body_kind` codes.
 const BODY_TEXT: i64 = 0;
@@ -483,7 +481,9 @@ impl Store {
     /// `after_seq + 1 ..= up_to_seq` that are encrypted (not waiting for a session) and have
     /// no outbox row for `recipient_device`: what a resend request from that device asks for.
     /// In a group (`group`), only those that went under a sender key `recipient_device` was
-    /// given (`Tx::note_group_message_key`, `Tx::share_sender_key`): what it was sent.
+    /// given (`Tx::note_group_message_key`, `Tx::share_sender_key`), from the message it was
+    /// first given it with on: what it was sent (a device linked later, given the key part
+    /// way, was not sent the texts before).
     /// Lowest sequence first, at most `limit` (capped at [`MAX_PAGE_SIZE`]).
     pub fn resend_candidates(
         &self,
@@ -508,7 +508,8 @@ impl Store {
              AND m.body_kind IN (?5, ?9) \
              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message = m.rowid AND o.recipient_device = ?6) \
              AND (?10 = 0 OR EXISTS (SELECT 1 FROM group_key_shares s \
-                  WHERE s.session_id = m.group_session AND s.device = ?6)) \
+                  JOIN messages f ON f.id = s.message_id \
+                  WHERE s.session_id = m.group_session AND s.device = ?6 AND f.seq <= m.seq)) \
              ORDER BY m.seq LIMIT ?7"
         );
         let rows = self
@@ -577,51 +578,50 @@ impl Store {
         Ok(through.and_then(|t| u64::try_from(t).ok()).unwrap_or(0))
     }
 
-    /// Direct conversations where own texts of `sender_device` sent before `before_ms` are
+    /// Whether own texts of `sender_device` in `conversation` sent before `before_ms` are
     /// still only [`Status::Sent`] (a relay took them, no receipt came) above the last one a
-    /// receipt moved on: each with the lowest sequence number of those and the highest
-    /// `sender_device` has sent in it. At most `limit`, in no particular order.
-    pub fn unreceipted_tails(
+    /// receipt moved on: if so, the lowest sequence number of those and the highest of a
+    /// text `sender_device` has sent (not pending or failed) in the conversation.
+    pub fn unreceipted_tail(
         &self,
+        conversation: &ConversationId,
         sender_device: &str,
         before_ms: i64,
-        limit: u32,
-    ) -> Result<Vec<(ConversationId, u64, u64)>, ReadError> {
+    ) -> Result<Option<(u64, u64)>, ReadError> {
         const OP: &str = "find texts sent and not receipted";
-        let rows: Vec<(String, i64, i64)> = self
+        let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
+            return Ok(None);
+        };
+        let row: (Option<i64>, Option<i64>) = self
             .conn
             .prepare_cached(
-                "SELECT c.conversation_id, min(m.seq), (SELECT max(a.seq) FROM messages a \
-                     WHERE a.conversation = m.conversation AND a.sender_device = ?1 AND a.own = 1) \
-                 FROM messages m JOIN conversations c ON c.rowid = m.conversation \
-                 WHERE m.own = 1 AND m.status = ?2 AND m.sender_device = ?1 AND m.sent_at_ms < ?3 \
-                 AND c.kind = ?4 \
-                 AND m.seq > coalesce((SELECT max(d.seq) FROM messages d \
-                     WHERE d.conversation = m.conversation AND d.sender_device = ?1 AND d.own = 1 \
-                     AND d.status IN (?5, ?6)), 0) \
-                 GROUP BY m.conversation LIMIT ?7",
+                "WITH last AS (SELECT coalesce(max(seq), 0) AS seq FROM messages \
+                     WHERE conversation = ?1 AND sender_device = ?2 AND own = 1 AND status IN (?5, ?6)) \
+                 SELECT (SELECT min(m.seq) FROM messages m, last \
+                         WHERE m.conversation = ?1 AND m.sender_device = ?2 AND m.own = 1 \
+                         AND m.status = ?3 AND m.seq > last.seq AND m.sent_at_ms < ?4), \
+                        (SELECT max(a.seq) FROM messages a WHERE a.conversation = ?1 \
+                         AND a.sender_device = ?2 AND a.own = 1 AND a.status IN (?3, ?5, ?6))",
             )
             .and_then(|mut s| {
-                s.query_map(
+                s.query_row(
                     params![
+                        conv,
                         sender_device,
                         Status::Sent.code(),
                         before_ms,
-                        ConversationKind::Direct.code(),
                         Status::Delivered.code(),
-                        Status::Read.code(),
-                        limit
+                        Status::Read.code()
                     ],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )?
-                .collect()
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
             })
             .read_ctx(OP)?;
         let seq = |s: i64| u64::try_from(s).unwrap_or(0);
-        Ok(rows
-            .into_iter()
-            .map(|(c, from, to)| (ConversationId(c), seq(from), seq(to)))
-            .collect())
+        Ok(match row {
+            (Some(from), Some(to)) => Some((seq(from), seq(to))),
+            _ => None,
+        })
     }
 
     /// The ids of the messages of `sender_device` a conversation holds with a sequence

@@ -636,15 +636,19 @@ pub(crate) mod tests {
                     tx.record_outgoing(&m, &[], &[], 0)?;
                     tx.advance_status(MessageId([n; 16]), Status::Sent)?;
                 }
-                // 1 and 2 under key s1, 3 and 4 under s2; b1 was given s1 only, b2 both.
+                // 1 and 2 under key s1, 3 and 4 under s2; b1 was given s1 only, b2 both, b4
+                // (linked later) s2 with 4, and b5 s1 before shares named their message.
                 for n in 1..=4 {
                     tx.note_group_message_key(
                         MessageId([n; 16]),
                         if n <= 2 { "s1" } else { "s2" },
                     )?;
                 }
-                tx.share_sender_key("s1", &["b1".into(), "b2".into()], None)?;
-                tx.share_sender_key("s2", &["b2".into()], None)
+                let with = |n: u8| Some(MessageId([n; 16]));
+                tx.share_sender_key("s1", &["b1".into(), "b2".into()], with(1))?;
+                tx.share_sender_key("s2", &["b2".into()], with(3))?;
+                tx.share_sender_key("s2", &["b4".into()], with(4))?;
+                tx.share_sender_key("s1", &["b5".into()], None)
             })
             .unwrap();
         let ids = |device: &str, group: bool| -> Vec<u8> {
@@ -658,6 +662,12 @@ pub(crate) mod tests {
         assert_eq!(ids("b1", true), [1, 2]);
         assert_eq!(ids("b2", true), [1, 2, 3, 4]);
         assert!(ids("b3", true).is_empty(), "never given a key");
+        assert_eq!(
+            ids("b4", true),
+            [4],
+            "not what went before it was given the key"
+        );
+        assert!(ids("b5", true).is_empty(), "from when is not known");
         assert_eq!(
             ids("b3", false),
             [1, 2, 3, 4],
@@ -691,10 +701,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unreceipted_tails_are_texts_sent_past_the_last_receipted_one() {
+    fn an_unreceipted_tail_is_texts_sent_past_the_last_receipted_one() {
         let (_dir, mut store) = store();
         let conv = ConversationId("bob".into());
-        let group = ConversationId("g".into());
         let status = |store: &mut Store, n: u8, to: Status| {
             store
                 .transaction(|tx| tx.advance_status(MessageId([n; 16]), to))
@@ -703,26 +712,30 @@ pub(crate) mod tests {
         store
             .transaction(|tx| {
                 tx.ensure_conversation(&conv, ConversationKind::Direct, Some("Bob"), 1)?;
-                tx.ensure_conversation(&group, ConversationKind::Group, Some("G"), 1)?;
-                for n in 1..=5 {
+                for n in 1..=6 {
                     tx.record_outgoing(&own(n), &[], &[], 0)?;
                 }
-                let in_group = Message {
-                    conversation: group.clone(),
-                    ..own(9)
-                };
-                tx.record_outgoing(&in_group, &[], &[], 0)
+                Ok::<_, crate::WriteError>(())
             })
             .unwrap();
+        let tail = |store: &Store, device: &str, before: i64| {
+            store.unreceipted_tail(&conv, device, before).unwrap()
+        };
+        assert_eq!(tail(&store, "d0", 10), None, "nothing went yet");
         status(&mut store, 1, Status::Delivered);
         status(&mut store, 2, Status::Read);
-        for n in [3, 4, 9] {
+        for n in [3, 4, 5] {
             status(&mut store, n, Status::Sent);
         }
-        // 3 and 4 went and no receipt came; 5 waits to go. The group's are not counted.
+        // 3 to 5 went and no receipt came; 6 waits to go (it is not counted as sent).
+        assert_eq!(tail(&store, "d0", 10), Some((3, 5)));
+        assert_eq!(tail(&store, "d0", 1), None, "too recent");
+        assert_eq!(tail(&store, "d1", 10), None, "another device's");
         assert_eq!(
-            store.unreceipted_tails("d0", 10, 100).unwrap(),
-            [(conv.clone(), 3, 5)]
+            store
+                .unreceipted_tail(&ConversationId("none".into()), "d0", 10)
+                .unwrap(),
+            None
         );
         let ids: Vec<u8> = store
             .ids_in_sequence(&conv, "d0", (2, 4), 100)
@@ -741,17 +754,11 @@ pub(crate) mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert!(
-            store.unreceipted_tails("d0", 1, 100).unwrap().is_empty(),
-            "too recent"
-        );
-        assert!(
-            store.unreceipted_tails("d1", 10, 100).unwrap().is_empty(),
-            "another device's"
-        );
         // A receipt for 4: 3 is below the last receipted one (a receipt of its own was lost).
         status(&mut store, 4, Status::Delivered);
-        assert!(store.unreceipted_tails("d0", 10, 100).unwrap().is_empty());
+        assert_eq!(tail(&store, "d0", 10), Some((5, 5)));
+        status(&mut store, 5, Status::Delivered);
+        assert_eq!(tail(&store, "d0", 10), None);
     }
 
     #[test]

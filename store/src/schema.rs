@@ -437,7 +437,7 @@ CREATE INDEX client_ids_created ON client_ids(created_at_ms);
 /// them each member device was given, and which key each own group message went under
 /// (`crate::group_state`): a device that lost a key is sent it again when it asks, and a
 /// group message it lost only if it was given that message's key. And own texts sent but not
-/// receipted are found by index (`Store::unreceipted_tails`).
+/// receipted are found by index (`Store::unreceipted_tail`).
 const V15_SENT_KEYS: &str = r#"
 CREATE TABLE group_key_sent (
     session_id    TEXT NOT NULL,
@@ -451,7 +451,7 @@ CREATE TABLE group_key_sent (
 CREATE INDEX group_key_sent_created ON group_key_sent(created_at_ms);
 ALTER TABLE group_key_shares ADD COLUMN message_id BLOB;
 ALTER TABLE messages ADD COLUMN group_session TEXT; -- own group message: the sender key it went under
-CREATE INDEX messages_unreceipted ON messages(sender_device, conversation, seq) WHERE own = 1 AND status = 1;
+CREATE INDEX messages_unreceipted ON messages(conversation, sender_device, seq) WHERE own = 1 AND status = 1;
 "#;
 
 /// Reads `PRAGMA user_version`.

@@ -526,7 +526,8 @@ fn group_bursts_reach_an_offline_member(dir: &Path, limits: &str, extra: &[&str]
 /// A member's only relay loses its disk while it holds a burst of group texts for her, with
 /// the sender key that went with one of them (the burst crosses a key rotation): once she is
 /// back and the sender writes again, she asks for that key and for the texts before the
-/// gap, and holds every one once, in the order sent.
+/// gap, and holds every one once, in the order sent. She and the sender are no contacts of
+/// each other: they know each other through the group only.
 #[test]
 fn a_group_burst_a_wiped_relay_lost_comes_back_with_its_sender_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -538,11 +539,21 @@ fn a_group_burst_a_wiped_relay_lost_comes_back_with_its_sender_key() {
         Node::init_and_start_with(dir.path(), "ana", Some(&ana_relay.addr), &no_direct).unwrap();
     let ben =
         Node::init_and_start_with(dir.path(), "ben", Some(&ben_relay.addr), &no_direct).unwrap();
-    link_pair(&ana, &ben, "Ana", "Ben").unwrap();
-    let group = ben.json(&["group", "create", "Team", "Ana"]).unwrap()["id"]
+    let cy =
+        Node::init_and_start_with(dir.path(), "cy", Some(&ben_relay.addr), &no_direct).unwrap();
+    link_pair(&cy, &ana, "Cy", "Ana").unwrap();
+    link_pair(&cy, &ben, "Cy", "Ben").unwrap();
+    let group = cy.json(&["group", "create", "Team", "Ana", "Ben"]).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
+    for n in [&ana, &ben] {
+        wait_for("every member to know the group", BURST_WAIT, || {
+            let info = n.json(&["group", "info", &group]).ok()?;
+            (info["members"].as_array()?.len() == 3).then_some(())
+        })
+        .unwrap();
+    }
     ben.ok(&["group", "send", &group, "hi"]).unwrap();
     let texts_of = |n: &Node| -> Vec<String> { message_texts(&group_history(n, &group)) };
     wait_for("the first text at Ana", BURST_WAIT, || {

@@ -369,7 +369,6 @@ impl Engine {
                     self.ask_group_keys();
                     self.tell_tails();
                     self.prune_seen_ledger();
-                    self.prune_sent_keys();
                     // Between messages rather than inside one's commit.
                     if let Err(e) = self.store.checkpoint() {
                         tracing::warn!("checkpointing the store failed: {e}");

@@ -24,8 +24,6 @@ const TAIL_SCAN: Duration = Duration::from_secs(30);
 const TAIL_REPEAT: Duration = Duration::from_secs(30 * 60);
 /// How long a receiver waits after the notice before it counts what it lacks as lost.
 const TAIL_WAIT: Duration = REORDER_WAIT;
-/// Conversations looked at per scan.
-const MAX_TAIL_CONVERSATIONS: u32 = 100;
 /// Notices a receiver keeps waiting on at once (one per contact device; more are dropped
 /// until some are settled).
 const MAX_TAILS_HEARD: usize = 1024;
@@ -48,7 +46,7 @@ pub(crate) struct Tails {
 impl Engine {
     /// Tells contacts who are online how far this device has sent, where its texts to them
     /// stay unreceipted past the last receipted one for over [`TAIL_AFTER_MS`]. Runs on the
-    /// heartbeat, looking at most every [`TAIL_SCAN`].
+    /// heartbeat, looking at most every [`TAIL_SCAN`], at the contacts who are up only.
     pub(crate) fn tell_tails(&mut self) {
         let now = self.clock.now();
         if self.inbox.tails.scan_at.is_some_and(|at| now < at) {
@@ -56,31 +54,30 @@ impl Engine {
         }
         self.inbox.tails.scan_at = Some(now + TAIL_SCAN);
         let before = self.clock.now_ms().saturating_sub(TAIL_AFTER_MS);
-        let tails =
-            match self
+        // Contacts who are up, first: one who never comes back costs nothing.
+        let up: Vec<UserId> = self
+            .people
+            .contacts
+            .keys()
+            .filter(|u| **u != self.me.user && self.contact_up(u))
+            .copied()
+            .collect();
+        for user in up {
+            let tail = self
                 .store
-                .unreceipted_tails(&self.me.device_hex, before, MAX_TAIL_CONVERSATIONS)
-            {
-                Ok(t) => t,
+                .unreceipted_tail(&user.into(), &self.me.device_hex, before);
+            let (from_seq, seq) = match tail {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    // Receipted since: forgotten, so a later loss is told at once.
+                    self.inbox.tails.told.remove(&user);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!("looking for unreceipted texts failed: {e}");
                     return;
                 }
             };
-        let unreceipted: HashMap<UserId, (u64, u64)> = tails
-            .into_iter()
-            .filter_map(|(conv, from, seq)| Some((UserId::from_hex(&conv.0)?, (from, seq))))
-            .filter(|(user, _)| *user != self.me.user && self.people.contacts.contains_key(user))
-            .collect();
-        // Receipted since: forgotten, so a later loss is told at once.
-        self.inbox
-            .tails
-            .told
-            .retain(|user, _| unreceipted.contains_key(user));
-        for (user, (from_seq, seq)) in unreceipted {
-            if !self.contact_up(&user) {
-                continue;
-            }
             if self
                 .inbox
                 .tails
@@ -97,6 +94,12 @@ impl Engine {
                 tracing::warn!(contact = %user, "telling how far this device has sent failed: {e}");
             }
         }
+        // Contacts removed meanwhile.
+        let contacts = &self.people.contacts;
+        self.inbox
+            .tails
+            .told
+            .retain(|u, _| contacts.contains_key(u));
     }
 
     /// Whether a device of contact `user` is online or away (a relay says so, or this node

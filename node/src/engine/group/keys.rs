@@ -15,7 +15,7 @@ use tern_crypto::{
     DeviceId, UserId,
     group::{GroupId, GroupMessage},
 };
-use tern_store::{CryptoUpdate, SenderKeyStore};
+use tern_store::CryptoUpdate;
 
 use crate::engine::{Engine, send};
 use crate::{
@@ -40,9 +40,11 @@ const KEY_ANSWER_INTERVAL: Duration = Duration::from_secs(60);
 /// At most this many (device, key) answers are remembered for [`KEY_ANSWER_INTERVAL`];
 /// a request beyond them waits for the next one.
 const MAX_KEY_ANSWERS: usize = 1024;
-/// How long a sent key is kept for a device that may ask for it: a day longer than a stashed
-/// message waits for its key.
-pub(crate) const SENT_KEY_KEEP_MS: i64 = super::inbound::STASH_MAX_AGE_MS + 24 * 3600 * 1000;
+/// How long a sent key is kept for a device that may ask for it: as long as the key may be
+/// used (its rotation age) and a message under it then waits for it in a stash, and a day.
+pub(crate) const SENT_KEY_KEEP_MS: i64 = (tern_crypto::consts::DEFAULT_ROTATION_SECS as i64) * 1000
+    + super::inbound::STASH_MAX_AGE_MS
+    + 24 * 3600 * 1000;
 
 /// One key this device asks for.
 #[derive(Debug)]
@@ -75,6 +77,7 @@ impl Engine {
             return;
         }
         self.groups.keys.scan_at = Some(now + KEY_SCAN_INTERVAL);
+        self.prune_sent_keys();
         let wanted = match self.keys_wanted() {
             Ok(w) => w,
             Err(e) => {
@@ -137,10 +140,7 @@ impl Engine {
             let has = match held.get(&msg.session_id) {
                 Some(h) => *h,
                 None => {
-                    let h = self
-                        .store
-                        .transaction(|tx| tx.inbound_group_session(&msg.session_id))?
-                        .is_some();
+                    let h = self.store.holds_inbound_group_session(&msg.session_id)?;
                     held.insert(msg.session_id.clone(), h);
                     h
                 }

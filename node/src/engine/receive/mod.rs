@@ -327,6 +327,14 @@ impl Engine {
                                 || (matches!(env.body, Body::History { .. })
                                     && *user == self.me.user
                                     && to.as_slice() == self.me.user.as_bytes())
+                                // A lost sender key or group text asked for, from a group
+                                // member who need not be a contact, or another device of
+                                // this user (the answer checks membership and shares).
+                                || (matches!(
+                                    env.body,
+                                    Body::KeyRequest { .. } | Body::Resend { group: Some(_), .. }
+                                ) && self.known(user).is_some()
+                                    && to.as_slice() == self.me.user.as_bytes())
                         }
                         Conversation::Group { .. } => {
                             matches!(
