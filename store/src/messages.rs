@@ -656,27 +656,33 @@ impl Store {
     }
 
     /// Like [`Store::contiguous_sequence`], for a group, where a member who joined late holds
-    /// none of a sender's first messages: the end of the run that starts at the lowest number
-    /// held from `sender_device` (0 when none is held).
+    /// none of a sender's first messages, or past a gap given up on: the end of the run that
+    /// starts at the lowest number held from `sender_device` above `above` (`above` when none
+    /// is held above it).
     pub fn contiguous_from_first(
         &self,
         conversation: &ConversationId,
         sender_device: &str,
+        above: u64,
     ) -> Result<u64, ReadError> {
         const OP: &str = "find the first missing sequence number";
         let Some(conv) = conversation_rowid(&self.conn, conversation).read_ctx(OP)? else {
-            return Ok(0);
+            return Ok(above);
         };
+        let floor = i64::try_from(above).unwrap_or(i64::MAX);
         let through: Option<i64> = self
             .conn
             .prepare_cached(
                 "SELECT min(m.seq) FROM messages m WHERE m.conversation = ?1 AND m.sender_device = ?2 \
-                 AND m.seq > 0 \
+                 AND m.seq > ?3 \
                  AND NOT EXISTS (SELECT 1 FROM messages n WHERE n.conversation = ?1 AND n.sender_device = ?2 AND n.seq = m.seq + 1)",
             )
-            .and_then(|mut s| s.query_row(params![conv, sender_device], |r| r.get(0)))
+            .and_then(|mut s| s.query_row(params![conv, sender_device, floor], |r| r.get(0)))
             .read_ctx(OP)?;
-        Ok(through.and_then(|t| u64::try_from(t).ok()).unwrap_or(0))
+        Ok(through
+            .and_then(|t| u64::try_from(t).ok())
+            .unwrap_or(above)
+            .max(above))
     }
 
     fn query(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<Vec<RawMessage>> {

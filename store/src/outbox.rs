@@ -674,7 +674,7 @@ pub(crate) mod tests {
             "a direct conversation has no keys"
         );
         // The run held from the first number held, where a late member starts.
-        assert_eq!(store.contiguous_from_first(&conv, "d0").unwrap(), 4);
+        assert_eq!(store.contiguous_from_first(&conv, "d0", 0).unwrap(), 4);
         let other = ConversationId("h".into());
         store
             .transaction(|tx| {
@@ -691,10 +691,14 @@ pub(crate) mod tests {
             })
             .unwrap();
         assert_eq!(store.contiguous_sequence(&other, "d0").unwrap(), 0);
-        assert_eq!(store.contiguous_from_first(&other, "d0").unwrap(), 8);
+        assert_eq!(store.contiguous_from_first(&other, "d0", 0).unwrap(), 8);
+        // Past a gap given up on: from the first held above it.
+        assert_eq!(store.contiguous_from_first(&other, "d0", 8).unwrap(), 10);
+        assert_eq!(store.contiguous_from_first(&other, "d0", 9).unwrap(), 10);
+        assert_eq!(store.contiguous_from_first(&other, "d0", 12).unwrap(), 12);
         assert_eq!(
             store
-                .contiguous_from_first(&ConversationId("none".into()), "d0")
+                .contiguous_from_first(&ConversationId("none".into()), "d0", 0)
                 .unwrap(),
             0
         );

@@ -37,6 +37,9 @@ use crate::{
     error::NodeError,
 };
 
+/// Gaps given up on are remembered for at most this many (device, conversation) pairs.
+const MAX_RESEND_FLOORS: usize = 4096;
+
 impl Engine {
     /// Whether a pairwise message should wait for earlier messages of its chain before it is
     /// decrypted (see the module documentation). A message stops waiting after
@@ -152,11 +155,17 @@ impl Engine {
     /// The last sequence number `from`'s device has sent that this device holds in order:
     /// from 1 in a direct conversation, from the first one held in a group (a member who
     /// joined late holds none before it).
+    /// Past a gap given up on (`resend_floor`), from the first one held above it: a hole
+    /// that can never be filled does not make every later request start below it.
     fn held_in_order(&self, from: &LostFrom) -> Result<u64, tern_store::ReadError> {
         let device = from.device.to_peer_id_string();
+        let floor = self.inbox.resend_floor.get(from).copied().unwrap_or(0);
         match from.group {
-            None => self.store.contiguous_sequence(&from.user.into(), &device),
-            Some(g) => self.store.contiguous_from_first(&g.into(), &device),
+            None if floor == 0 => self.store.contiguous_sequence(&from.user.into(), &device),
+            None => self
+                .store
+                .contiguous_from_first(&from.user.into(), &device, floor),
+            Some(g) => self.store.contiguous_from_first(&g.into(), &device, floor),
         }
     }
 
@@ -201,6 +210,11 @@ impl Engine {
             } else {
                 self.inbox.resends.remove(&from);
                 tracing::info!(contact = %user, held, up_to = f.up_to, "a resend brought nothing; giving up on those texts");
+                let floors = &mut self.inbox.resend_floor;
+                if floors.len() < MAX_RESEND_FLOORS || floors.contains_key(&from) {
+                    let floor = floors.entry(from).or_insert(0);
+                    *floor = (*floor).max(f.up_to);
+                }
             }
         }
     }

@@ -282,6 +282,9 @@ pub(crate) struct Inbox {
     /// Resends asked for up to a known sequence number, followed until the gap is filled
     /// ([`Engine::follow_resends`]): one answer brings at most `MAX_RESEND` texts.
     pub resends: HashMap<LostFrom, ResendFollow>,
+    /// Per device and conversation, the end of the highest gap a resend brought nothing for:
+    /// later gaps are counted from above it (until restart; at most 4,096).
+    pub resend_floor: HashMap<LostFrom, u64>,
     /// Telling contacts how far this device has sent, and waiting on what they told.
     pub tails: super::tails::Tails,
     /// Losses and their repair since start (shown by `status`).

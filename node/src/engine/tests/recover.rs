@@ -304,3 +304,46 @@ async fn a_device_that_holds_everything_it_is_told_of_asks_for_nothing() {
     bob.engine.release_held();
     assert_eq!(bob.engine.inbox.recovery.resends_asked, 0);
 }
+
+/// A gap whose resend brought nothing (the sender no longer has those texts) is given up,
+/// and a later gap is asked for from above it, not from below it again.
+#[tokio::test]
+async fn a_later_gap_is_asked_for_from_above_one_given_up_on() {
+    use crate::consts::{HOLD_BACK, RESEND_INTERVAL};
+    let (mut alice, mut bob) = alice_and_bob().await;
+    let bob_user = bob.engine.me.user_hex.clone();
+    let carried = send_texts(&mut alice, &bob_user, 9).await;
+    // 2 to 4 never come; 5 and 6 do.
+    for n in [1, 5, 6] {
+        deliver(&mut bob, &alice, &carried, n);
+    }
+    bob.clock.advance(HOLD_BACK);
+    bob.engine.release_held();
+    assert_eq!(bob.engine.inbox.recovery.resends_asked, 1);
+    // That request is lost (as if Alice no longer had them): it brings nothing, given up.
+    bob.settle_until(|h| h.engine.store.outbox_depth().unwrap() == 0)
+        .await;
+    let mut to_alice = bob.courier.carried().len();
+    bob.clock.advance(RESEND_INTERVAL);
+    bob.engine.release_held();
+    bob.clock.advance(RESEND_INTERVAL);
+    bob.engine.release_held();
+    assert!(bob.engine.inbox.resends.is_empty(), "given up");
+    // 7 and 8 are lost too; 9 comes: they are asked for from 6 on, not from 1.
+    deliver(&mut bob, &alice, &carried, 9);
+    bob.clock.advance(HOLD_BACK.max(RESEND_INTERVAL));
+    bob.engine.release_held();
+    assert_eq!(bob.engine.inbox.recovery.resends_asked, 2);
+    let mut to_bob = carried.len();
+    pass(&mut bob, &mut alice, &mut to_alice).await;
+    assert_eq!(
+        alice.engine.inbox.recovery.texts_resent, 2,
+        "only 7 and 8 were asked for"
+    );
+    pass(&mut alice, &mut bob, &mut to_bob).await;
+    let conv = tern_store::ConversationId(alice.engine.me.user_hex.clone());
+    let device = &alice.engine.me.device_hex;
+    for n in 7..=8 {
+        assert!(bob.engine.store.has_sequence(&conv, device, n).unwrap());
+    }
+}
