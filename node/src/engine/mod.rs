@@ -334,6 +334,7 @@ impl Engine {
                     self.dispatch_due(false);
                     self.refetch_due();
                     self.prune_reorder();
+                    self.check_tails();
                     self.release_held();
                     self.media_retry_due(false);
                     self.publish_relay_record();

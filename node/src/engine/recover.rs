@@ -147,7 +147,6 @@ impl Engine {
             }
             self.emit(crate::types::Event::Message { message });
         }
-        self.check_tails();
         self.follow_resends();
         self.ask_resend();
     }

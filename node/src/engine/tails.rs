@@ -160,7 +160,8 @@ impl Engine {
     }
 
     /// Counts as lost what a contact's device said it sent and this device still does not
-    /// hold in order, [`TAIL_WAIT`] after it said so: asked for again with the other losses.
+    /// hold in order, [`TAIL_WAIT`] after it said so: asked for again with the other losses
+    /// (on the outbox tick, before the hold-back's releases and the requests they make).
     pub(crate) fn check_tails(&mut self) {
         let now = self.clock.now();
         let due: Vec<((UserId, DeviceId), u64)> = self

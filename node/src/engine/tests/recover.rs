@@ -220,9 +220,11 @@ async fn texts_lost_at_the_end_of_a_burst_are_noticed_once_the_contact_is_online
     pass(&mut alice, &mut bob, &mut to_bob).await;
     assert_eq!(to_bob, carried.len() + 1, "told once");
     // Bob looks again a while later (what was on its way would have come) and asks.
+    bob.engine.check_tails();
     bob.engine.release_held();
     assert_eq!(bob.engine.inbox.recovery.resends_asked, 0);
     bob.clock.advance(REORDER_WAIT);
+    bob.engine.check_tails();
     bob.engine.release_held();
     assert_eq!(bob.engine.inbox.recovery.resends_asked, 1);
     pass(&mut bob, &mut alice, &mut to_alice).await;
@@ -301,6 +303,7 @@ async fn a_device_that_holds_everything_it_is_told_of_asks_for_nothing() {
     let more = alice.carry(4).await;
     deliver(&mut bob, &alice, &more, 4);
     bob.clock.advance(REORDER_WAIT);
+    bob.engine.check_tails();
     bob.engine.release_held();
     assert_eq!(bob.engine.inbox.recovery.resends_asked, 0);
 }
