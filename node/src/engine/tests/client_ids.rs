@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use tern_store::{Body, ConversationId, Page};
 use tokio::sync::oneshot;
 
 use super::{Harness, alice_and_bob};
@@ -14,20 +13,6 @@ use crate::{
     error::NodeError,
     types::{Event, MessageInfo},
 };
-
-/// The texts of `h`'s conversation `conv`, oldest first (not its other messages).
-fn texts(h: &Harness, conv: &str) -> Vec<String> {
-    h.engine
-        .store
-        .history(&ConversationId(conv.to_owned()), Page::Latest, None)
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m.body {
-            Body::Text(t) => Some(t),
-            _ => None,
-        })
-        .collect()
-}
 
 /// How many `message` events `h` sent since the last look.
 fn messages_shown(h: &mut Harness) -> usize {
@@ -59,7 +44,7 @@ async fn a_text_sent_again_under_its_key_is_answered_and_not_sent_twice() {
         .unwrap();
     assert_eq!(again.id, first.id);
     assert_eq!(again.seq, first.seq);
-    assert_eq!(texts(&alice, &bob_user), ["hello"]);
+    assert_eq!(alice.texts(&bob_user), ["hello"]);
     assert_eq!(messages_shown(&mut alice), 1, "shown once");
     // Carried once; the answer to a repeat tells the message as it stands now.
     alice.carry(1).await;
@@ -68,7 +53,7 @@ async fn a_text_sent_again_under_its_key_is_answered_and_not_sent_twice() {
         .send_text_once(&bob_user, "hello".into(), Some("key-1"))
         .unwrap();
     assert_eq!(later.id, first.id);
-    assert_eq!(texts(&alice, &bob_user), ["hello"]);
+    assert_eq!(alice.texts(&bob_user), ["hello"]);
     // Sent again under a name that no longer resolves (the contact renamed since): the key
     // still answers the message sent.
     let renamed = alice
@@ -82,7 +67,7 @@ async fn a_text_sent_again_under_its_key_is_answered_and_not_sent_twice() {
         .send_text_once(&bob_user, "hello".into(), Some("key-2"))
         .unwrap();
     alice.engine.send_text(&bob_user, "hello".into()).unwrap();
-    assert_eq!(texts(&alice, &bob_user), ["hello"; 3]);
+    assert_eq!(alice.texts(&bob_user), ["hello"; 3]);
 }
 
 #[tokio::test]
@@ -119,8 +104,8 @@ async fn a_key_reused_for_another_text_or_contact_or_badly_formed_is_refused() {
         );
         assert!(why.contains("client_id"), "{key:?}: {why}");
     }
-    assert_eq!(texts(&alice, &bob_user), ["one"]);
-    assert!(texts(&alice, &carol_user).is_empty());
+    assert_eq!(alice.texts(&bob_user), ["one"]);
+    assert!(alice.texts(&carol_user).is_empty());
     // A key of 64 visible characters is fine.
     let long = "k".repeat(64);
     alice
@@ -161,7 +146,7 @@ async fn a_burst_with_repeats_under_one_key_stores_each_text_once_in_order() {
         assert_eq!(*ids.entry(i).or_insert(info.id.clone()), info.id, "t{i}");
     }
     let want: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
-    assert_eq!(texts(&alice, &bob_user), want);
+    assert_eq!(alice.texts(&bob_user), want);
     assert_eq!(alice.carry(10).await.len(), 10);
 }
 
@@ -189,7 +174,7 @@ async fn a_group_text_sent_again_under_its_key_is_not_sent_twice() {
     let again = send(&mut h, "hi", "g1").await.unwrap().unwrap();
     assert_eq!(again.id, first.id);
     bad_request(send(&mut h, "other", "g1").await.unwrap());
-    let texts_now = texts(&h, &group);
+    let texts_now = h.texts(&group);
     assert_eq!(texts_now.iter().filter(|t| *t == "hi").count(), 1);
     assert!(!texts_now.contains(&"other".to_owned()));
 }
@@ -208,12 +193,12 @@ async fn keys_are_forgotten_after_thirty_days() {
         .engine
         .send_text_once(&bob_user, "hi".into(), Some("old"))
         .unwrap();
-    assert_eq!(texts(&alice, &bob_user), ["hi"], "remembered for 29 days");
+    assert_eq!(alice.texts(&bob_user), ["hi"], "remembered for 29 days");
     alice.clock.advance(Duration::from_secs(2 * 24 * 3600));
     alice.engine.forget_old_client_ids();
     alice
         .engine
         .send_text_once(&bob_user, "hi".into(), Some("old"))
         .unwrap();
-    assert_eq!(texts(&alice, &bob_user), ["hi", "hi"], "forgotten after 30");
+    assert_eq!(alice.texts(&bob_user), ["hi", "hi"], "forgotten after 30");
 }

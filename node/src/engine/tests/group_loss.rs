@@ -16,20 +16,6 @@ use crate::engine::{
     group::keys::{KEY_REQUEST_AFTER_MS, SENT_KEY_KEEP_MS},
 };
 
-/// Creates a group of `h` and `members`; returns its id.
-async fn create(h: &mut Harness, members: &[&Harness]) -> String {
-    let (reply, answer) = oneshot::channel();
-    h.engine.on_group_command(GroupCommand::Create {
-        title: "T".into(),
-        members: members
-            .iter()
-            .map(|m| m.engine.me.user_hex.clone())
-            .collect(),
-        reply,
-    });
-    h.answer(answer).await.unwrap().id.to_string()
-}
-
 /// Waits until `from`'s outbox is empty, then returns what its courier carried to `to`
 /// since `done` and moves `done` past it.
 async fn carried(from: &mut Harness, to: &Harness, done: &mut usize) -> Vec<Vec<u8>> {
@@ -48,24 +34,6 @@ fn hand(to: &mut Harness, from: &Harness, payloads: Vec<Vec<u8>>) {
     }
 }
 
-/// The group texts `h` holds, in order.
-fn texts(h: &Harness, group: &str) -> Vec<String> {
-    h.engine
-        .store
-        .history(
-            &tern_store::ConversationId(group.to_owned()),
-            tern_store::Page::Latest,
-            Some(100),
-        )
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m.body {
-            Body::Text(t) => Some(t),
-            _ => None,
-        })
-        .collect()
-}
-
 fn send(h: &mut Harness, group: &str, text: &str) {
     h.engine
         .group_send(group, None, Body::Text(text.into()), None)
@@ -76,7 +44,7 @@ fn send(h: &mut Harness, group: &str, text: &str) {
 async fn a_lost_sender_key_is_asked_for_and_sent_again_as_it_was_first_sent() {
     let (mut alice, mut bob) = super::alice_and_bob().await;
     let (mut to_bob, mut to_alice) = (0, 0);
-    let g = create(&mut alice, &[&bob]).await;
+    let g = alice.create_group(&[&bob]).await;
     let ops = carried(&mut alice, &bob, &mut to_bob).await;
     hand(&mut bob, &alice, ops);
     assert!(bob.engine.resolve_group(&g).is_ok(), "Bob is in the group");
@@ -92,7 +60,7 @@ async fn a_lost_sender_key_is_asked_for_and_sent_again_as_it_was_first_sent() {
     let later = carried(&mut alice, &bob, &mut to_bob).await;
     assert_eq!(later.len(), 2);
     hand(&mut bob, &alice, later);
-    assert!(texts(&bob, &g).is_empty());
+    assert!(bob.texts(&g).is_empty());
     assert_eq!(bob.engine.store.group_stash_len().unwrap(), 2);
 
     // Not asked for while the key may still be on its way.
@@ -119,7 +87,7 @@ async fn a_lost_sender_key_is_asked_for_and_sent_again_as_it_was_first_sent() {
     let answer = carried(&mut alice, &bob, &mut to_bob).await;
     assert_eq!(answer.len(), 1);
     hand(&mut bob, &alice, answer.clone());
-    assert_eq!(texts(&bob, &g), ["one", "two", "three"]);
+    assert_eq!(bob.texts(&g), ["one", "two", "three"]);
     assert_eq!(bob.engine.store.group_stash_len().unwrap(), 0);
 
     // The answer coming twice changes nothing: the key held is kept, nothing is read twice.
@@ -127,7 +95,7 @@ async fn a_lost_sender_key_is_asked_for_and_sent_again_as_it_was_first_sent() {
     send(&mut alice, &g, "four");
     let four = carried(&mut alice, &bob, &mut to_bob).await;
     hand(&mut bob, &alice, four);
-    assert_eq!(texts(&bob, &g), ["one", "two", "three", "four"]);
+    assert_eq!(bob.texts(&g), ["one", "two", "three", "four"]);
 
     // Nothing more is asked for once nothing waits.
     bob.clock.advance(Duration::from_secs(3600));
@@ -173,7 +141,7 @@ async fn a_key_is_sent_again_only_to_a_device_it_was_sent_to() {
     alice.add(&carol).await;
     carol.add(&alice).await;
     let (mut to_bob, mut to_carol) = (0, 0);
-    let g = create(&mut alice, &[&bob]).await;
+    let g = alice.create_group(&[&bob]).await;
     let ops = carried(&mut alice, &bob, &mut to_bob).await;
     hand(&mut bob, &alice, ops);
     send(&mut alice, &g, "before carol");
@@ -219,7 +187,7 @@ async fn add(alice: &mut Harness, group: &str, member: &Harness, done: &mut usiz
 async fn lost_group_messages_are_asked_for_and_sent_again_only_to_devices_they_were_for() {
     let (mut alice, mut bob) = super::alice_and_bob().await;
     let (mut to_bob, mut to_alice) = (0, 0);
-    let g = create(&mut alice, &[&bob]).await;
+    let g = alice.create_group(&[&bob]).await;
     let ops = carried(&mut alice, &bob, &mut to_bob).await;
     hand(&mut bob, &alice, ops);
     send(&mut alice, &g, "one");
@@ -233,7 +201,7 @@ async fn lost_group_messages_are_asked_for_and_sent_again_only_to_devices_they_w
     send(&mut alice, &g, "five");
     let five = carried(&mut alice, &bob, &mut to_bob).await;
     hand(&mut bob, &alice, five);
-    assert_eq!(texts(&bob, &g), ["one", "five"]);
+    assert_eq!(bob.texts(&g), ["one", "five"]);
     // Five is held back for its missing predecessors, then shown with the gap marked, and
     // the gap is asked for.
     bob.events();
@@ -248,7 +216,7 @@ async fn lost_group_messages_are_asked_for_and_sent_again_only_to_devices_they_w
     let again = carried(&mut alice, &bob, &mut to_bob).await;
     assert_eq!(again.len(), 3, "one copy each over the pairwise session");
     hand(&mut bob, &alice, again);
-    assert_eq!(texts(&bob, &g), ["one", "two", "three", "four", "five"]);
+    assert_eq!(bob.texts(&g), ["one", "two", "three", "four", "five"]);
     // The resend is followed: the gap is filled, nothing more is asked.
     bob.clock.advance(RESEND_INTERVAL);
     bob.engine.release_held();
@@ -272,7 +240,7 @@ async fn lost_group_messages_are_asked_for_and_sent_again_only_to_devices_they_w
     let six = carried(&mut alice, &carol, &mut to_carol).await;
     hand(&mut carol, &alice, six);
     assert_eq!(
-        texts(&carol, &g),
+        carol.texts(&g),
         ["six"],
         "her first text needs no predecessor"
     );

@@ -378,6 +378,39 @@ impl Harness {
             .unwrap();
     }
 
+    /// Creates a group of this user and `members` (by the engine's command); returns its id.
+    async fn create_group(&mut self, members: &[&Harness]) -> String {
+        let (reply, answer) = oneshot::channel();
+        self.engine.on_group_command(super::GroupCommand::Create {
+            title: "T".into(),
+            members: members
+                .iter()
+                .map(|m| m.engine.me.user_hex.clone())
+                .collect(),
+            reply,
+        });
+        self.answer(answer).await.unwrap().id.to_string()
+    }
+
+    /// The texts of conversation `conv` (a contact's user id or a group id), oldest first
+    /// (not its other messages).
+    fn texts(&self, conv: &str) -> Vec<String> {
+        self.engine
+            .store
+            .history(
+                &ConversationId(conv.to_owned()),
+                tern_store::Page::Latest,
+                None,
+            )
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m.body {
+                Body::Text(t) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The texts to `contact` stored waiting for a session, oldest first.
     fn waiting_texts(&self, contact: &Harness) -> Vec<String> {
         let conv = tern_store::ConversationId(contact.engine.me.user_hex.clone());

@@ -10,20 +10,6 @@ use super::Harness;
 use crate::consts::OUTBOX_BATCH;
 use crate::engine::GroupCommand;
 
-/// Creates a group of `h` and `members`; returns its id.
-async fn create(h: &mut Harness, members: &[&Harness]) -> String {
-    let (reply, answer) = oneshot::channel();
-    h.engine.on_group_command(GroupCommand::Create {
-        title: "T".into(),
-        members: members
-            .iter()
-            .map(|m| m.engine.me.user_hex.clone())
-            .collect(),
-        reply,
-    });
-    h.answer(answer).await.unwrap().id.to_string()
-}
-
 /// Sends `n` texts to the group.
 fn send(h: &mut Harness, group: &str, n: usize) {
     for i in 0..n {
@@ -50,7 +36,7 @@ async fn what_one_call_cannot_send_goes_at_the_next_with_no_other_reason_to_look
     let mut alice = Harness::named("alice");
     let mut bob = Harness::named("bob");
     alice.add(&bob).await;
-    let g = create(&mut alice, &[&bob]).await;
+    let g = alice.create_group(&[&bob]).await;
     // No session with Bob yet: everything is owed to him.
     send(&mut alice, &g, OUTBOX_BATCH as usize + 50);
     let owed = owed_to(&alice, &bob);
@@ -76,7 +62,7 @@ async fn a_member_who_cannot_be_reached_holds_up_nobody_owed_after_them() {
     let carol = Harness::named("carol");
     alice.add(&bob).await;
     alice.add(&carol).await;
-    let g = create(&mut alice, &[&carol]).await;
+    let g = alice.create_group(&[&carol]).await;
     // More is owed to Carol (never reachable here) than one page of owed rows holds, all
     // of it older than anything owed to Bob.
     send(&mut alice, &g, OUTBOX_BATCH as usize + 10);

@@ -180,18 +180,25 @@ async fn a_loss_larger_than_one_resend_is_asked_for_until_it_is_filled() {
     );
 }
 
+/// Alice and Bob, with `sent` texts from Alice of which Bob read the first `read`: the two,
+/// and the ciphertexts Alice's courier carried.
+async fn texts_read(sent: usize, read: usize) -> (Harness, Harness, Vec<Vec<u8>>) {
+    let (mut alice, mut bob) = alice_and_bob().await;
+    let bob_user = bob.engine.me.user_hex.clone();
+    let carried = send_texts(&mut alice, &bob_user, sent).await;
+    for n in 1..=read {
+        deliver(&mut bob, &alice, &carried, n);
+    }
+    (alice, bob, carried)
+}
+
 /// The end of a burst lost (a relay that lost it) with nothing sent after it: the sender,
 /// whose texts stay unreceipted past the last receipted one, tells the contact how far it
 /// has sent once the contact is online, and the contact asks for the rest.
 #[tokio::test]
 async fn texts_lost_at_the_end_of_a_burst_are_noticed_once_the_contact_is_online() {
     use crate::consts::REORDER_WAIT;
-    let (mut alice, mut bob) = alice_and_bob().await;
-    let bob_user = bob.engine.me.user_hex.clone();
-    let carried = send_texts(&mut alice, &bob_user, 5).await;
-    for n in 1..=3 {
-        deliver(&mut bob, &alice, &carried, n);
-    }
+    let (mut alice, mut bob, carried) = texts_read(5, 3).await;
     // Bob's receipt for the three he has reaches Alice.
     bob.engine.flush_delivered();
     let (mut to_alice, mut to_bob) = (0, carried.len());
@@ -243,12 +250,8 @@ async fn texts_lost_at_the_end_of_a_burst_are_noticed_once_the_contact_is_online
 /// sender until the receiver, told how far the sender has sent, receipts them again.
 #[tokio::test]
 async fn texts_whose_receipt_was_lost_are_receipted_again_when_the_sender_says_how_far_it_sent() {
-    let (mut alice, mut bob) = alice_and_bob().await;
+    let (mut alice, mut bob, carried) = texts_read(3, 3).await;
     let bob_user = bob.engine.me.user_hex.clone();
-    let carried = send_texts(&mut alice, &bob_user, 3).await;
-    for n in 1..=3 {
-        deliver(&mut bob, &alice, &carried, n);
-    }
     // Bob's receipt is lost.
     bob.engine.flush_delivered();
     bob.settle_until(|h| h.engine.store.outbox_depth().unwrap() == 0)
@@ -288,12 +291,8 @@ async fn texts_whose_receipt_was_lost_are_receipted_again_when_the_sender_says_h
 #[tokio::test]
 async fn a_device_that_holds_everything_it_is_told_of_asks_for_nothing() {
     use crate::consts::REORDER_WAIT;
-    let (mut alice, mut bob) = alice_and_bob().await;
+    let (mut alice, mut bob, _) = texts_read(3, 3).await;
     let bob_user = bob.engine.me.user_hex.clone();
-    let carried = send_texts(&mut alice, &bob_user, 3).await;
-    for n in 1..=3 {
-        deliver(&mut bob, &alice, &carried, n);
-    }
     let alice_user = alice.engine.me.user;
     let alice_device = alice.engine.me.keys.device.device_id();
     bob.engine.on_sent_up_to(&alice_user, alice_device, (1, 3));
