@@ -73,6 +73,19 @@ fn print_status(v: &StatusInfo) {
             r.group_waiting
         );
     }
+    if r.strangers_waiting > 0 {
+        outln!(
+            "strangers {} messages from {} devices of no one you have added wait here (7 days); add the sender as a contact to read them",
+            r.strangers_waiting,
+            r.stranger_devices
+        );
+    }
+    if r.strangers_expired > 0 {
+        outln!(
+            "dropped {} messages from devices of no one you had added, after 7 days",
+            r.strangers_expired
+        );
+    }
     if r.group_keys_asked + r.group_keys_resent > 0 {
         outln!(
             "keys    {} lost sender keys asked for, {} sent again",

@@ -534,6 +534,17 @@ pub struct RecoveryInfo {
     /// Sender keys this device sent again because a member device asked.
     #[serde(default)]
     pub group_keys_resent: u64,
+    /// Messages kept on this device now from devices of no known user (someone not added
+    /// as a contact, or a contact's device not in their list yet): read once the sender is
+    /// known, dropped after 7 days (not a count since start).
+    #[serde(default)]
+    pub strangers_waiting: u64,
+    /// The devices those messages came from.
+    #[serde(default)]
+    pub stranger_devices: u64,
+    /// Messages from devices of no known user dropped since start, after waiting 7 days.
+    #[serde(default)]
+    pub strangers_expired: u64,
 }
 
 /// Connections to one contact device.

@@ -147,6 +147,22 @@ impl Store {
             .read_ctx("read quarantine fill")
     }
 
+    /// What the quarantine holds: (messages, sending devices).
+    pub fn quarantine_summary(&self) -> Result<(u64, u64), ReadError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COUNT(DISTINCT sender) FROM quarantine",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.max(0) as u64,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )
+            .read_ctx("read quarantine summary")
+    }
+
     /// Quarantined mail from the given devices, oldest first, at most `limit`.
     pub fn quarantined_from(
         &self,

@@ -226,9 +226,14 @@ impl Engine {
             relays,
             listen: self.relays.listen.iter().map(ToString::to_string).collect(),
             outbox,
-            recovery: RecoveryInfo {
-                group_waiting: self.store.group_stash_len()?,
-                ..self.inbox.recovery
+            recovery: {
+                let (strangers_waiting, stranger_devices) = self.store.quarantine_summary()?;
+                RecoveryInfo {
+                    group_waiting: self.store.group_stash_len()?,
+                    strangers_waiting,
+                    stranger_devices,
+                    ..self.inbox.recovery
+                }
             },
             history: self.history_info()?,
             unread: self.store.unread_total()?,

@@ -53,8 +53,16 @@ impl Engine {
             return;
         }
         let cutoff = self.clock.now_ms() - QUARANTINE_TTL_MS;
-        if let Err(e) = self.store.transaction(|tx| tx.expire_quarantine(cutoff)) {
-            tracing::warn!("expiring the quarantine failed: {e}");
+        match self.store.transaction(|tx| tx.expire_quarantine(cutoff)) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(
+                    n,
+                    "messages from devices of no known user dropped after waiting 7 days"
+                );
+                self.inbox.recovery.strangers_expired += n as u64;
+            }
+            Err(e) => tracing::warn!("expiring the quarantine failed: {e}"),
         }
         let senders: Vec<String> = match self.store.quarantined_senders() {
             Ok(s) => s

@@ -1,6 +1,7 @@
 //! Mail from a device of no known user waits in the quarantine and is read once its sender
 //! is known; a message there that waits for the earlier ones of its chain is read on a later
-//! pass, with nothing else arriving to bring the quarantine up again.
+//! pass, with nothing else arriving to bring the quarantine up again. Status says what
+//! waits there, and what was dropped after a week.
 
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
@@ -42,6 +43,9 @@ async fn a_quarantined_message_that_waits_for_its_chain_is_read_on_a_later_pass(
     let order: Vec<usize> = [1, n].into_iter().chain(2..n).collect();
     mail(&mut bob, &alice, &carried, &order);
     assert!(bob.shown().is_empty(), "nothing is read from a stranger");
+    // Status says what waits, and from how many devices.
+    let r = bob.engine.status_info(Vec::new()).unwrap().recovery;
+    assert_eq!((r.strangers_waiting, r.stranger_devices), (n as u64, 1));
 
     // Bob adds Alice: the quarantine is read, in the order it came.
     bob.add(&alice).await;
@@ -56,4 +60,31 @@ async fn a_quarantined_message_that_waits_for_its_chain_is_read_on_a_later_pass(
     // The next pass (the next outbox tick) reads it.
     bob.engine.replay_quarantine();
     assert_eq!(bob.shown(), vec![(n as u64, false)]);
+    let r = bob.engine.status_info(Vec::new()).unwrap().recovery;
+    assert_eq!((r.strangers_waiting, r.strangers_expired), (0, 0));
+}
+
+#[tokio::test]
+async fn mail_from_a_stranger_not_added_within_a_week_is_dropped_and_counted() {
+    let mut alice = Harness::named("alice");
+    let mut bob = Harness::named("bob");
+    alice.add(&bob).await;
+    alice.start_session(&mut bob);
+    let bob_user = bob.engine.me.user_hex.clone();
+    for i in 1..=3 {
+        alice.engine.send_text(&bob_user, format!("t{i}")).unwrap();
+    }
+    let carried = alice.carry(3).await;
+    mail(&mut bob, &alice, &carried, &[1, 2, 3]);
+    bob.engine.replay_quarantine();
+    let r = bob.engine.status_info(Vec::new()).unwrap().recovery;
+    assert_eq!((r.strangers_waiting, r.strangers_expired), (3, 0));
+    // A week passes without Bob adding Alice.
+    bob.clock.advance(std::time::Duration::from_millis(
+        crate::consts::QUARANTINE_TTL_MS as u64 + 1,
+    ));
+    bob.engine.inbox.quarantine_due = true;
+    bob.engine.replay_quarantine();
+    let r = bob.engine.status_info(Vec::new()).unwrap().recovery;
+    assert_eq!((r.strangers_waiting, r.strangers_expired), (0, 3));
 }
