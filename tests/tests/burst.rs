@@ -198,6 +198,58 @@ fn a_burst_under_a_low_deposit_rate_limit_waits_and_keeps_order() {
     assert_eq!(recovery(&b)["waited"], 0, "mail was stored in order");
 }
 
+/// The same for a group: each group text is one deposit for the member's devices, and once
+/// refused for its rate the sender's fan-outs wait their turn rather than each retrying on
+/// its own.
+#[test]
+fn a_group_burst_under_a_low_deposit_rate_limit_keeps_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_metrics(
+        &dir.path().join("relay"),
+        "[rate]\ndeposits_per_sec = 40.0\ndeposits_burst = 10.0\n",
+    )
+    .unwrap();
+    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
+    let mut b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let group = a.json(&["group", "create", "Slow", "Bob"]).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.ok(&["group", "send", &group, "first"]).unwrap();
+    wait_for("Bob in the group", BURST_WAIT, || {
+        (message_texts(&group_history(&b, &group)) == ["first"]).then_some(())
+    })
+    .unwrap();
+    b.stop().unwrap();
+    let texts: Vec<String> = (0..200).map(|i| format!("slow {i:03}")).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(pipeline(&a, "group_send", "group", &group, &texts));
+    wait_outbox_empty(&a, BURST_WAIT).unwrap();
+    let metric = |reason: &str| {
+        relay
+            .metric(&format!("tern_relay_rejects_total{{reason=\"{reason}\"}}"))
+            .unwrap_or(0.0)
+    };
+    let refused = metric("rate_limited") + metric("out_of_order");
+    assert!(refused > 0.0, "the rate limit was hit");
+    // Before fan-outs waited their turn: about 1,760 refused for these 200; since, 28 to
+    // 129 (most in the first moment, before the first refusal tells the rate).
+    assert!(
+        refused < 400.0,
+        "{refused} deposits refused for their rate or behind one, for 200 stored"
+    );
+    b.restart().unwrap();
+    let mut want = vec!["first".to_owned()];
+    want.extend(texts);
+    let got = wait_for("the group burst at Bob", BURST_WAIT, || {
+        let t = message_texts(&group_history(&b, &group));
+        (t.len() >= want.len()).then_some(t)
+    })
+    .unwrap();
+    assert_eq!(got, want, "every text once, in order");
+}
+
 #[test]
 fn a_burst_past_the_contacts_mailbox_share_waits_for_room_and_keeps_order() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,9 @@ use libp2p::PeerId;
 use tern_crypto::DeviceId;
 use tern_store::{MessageId, Status};
 
-use super::{Engine, Internal, device_peer, grants, send};
+use tern_relay::wire::ErrorCode;
+
+use super::{Engine, Internal, device_peer, grants, lanes::Turn, send};
 use crate::{consts::OUTBOX_BATCH, error::NodeError, net::NetError, types::Event};
 
 /// Due outbox rows of one message that share a payload: message, payload, (user, device)
@@ -136,10 +138,26 @@ impl Engine {
             }
         }
         for (relay, group) in by_relay {
+            // At a relay that refused this device's deposits for their rate lately, each
+            // fan-out waits for its turn, one per pace; one whose turn is too far off is left
+            // for a later tick.
+            let wait = match relay.map(|r| self.fan_turn(r)) {
+                Some(Turn::Later) => {
+                    for (dev, _, _) in &group {
+                        self.outbox.fan_in_flight.remove(&(id, dev.clone(), relay));
+                    }
+                    continue;
+                }
+                Some(Turn::After(wait)) => Some(wait),
+                Some(Turn::Now) | None => None,
+            };
             let courier = self.courier.clone();
             let tx = self.internal.clone();
             let payload = payload.clone();
             tokio::spawn(async move {
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait).await;
+                }
                 let outcome = match relay {
                     Some(r) => {
                         let to = group
@@ -199,6 +217,7 @@ impl Engine {
                     .collect()
             })
             .collect();
+        let mut paced = None;
         let out = self.store.transaction(|tx| -> Result<(), NodeError> {
             for ((dev, r), set) in results.iter().zip(&sets) {
                 match r {
@@ -206,6 +225,11 @@ impl Engine {
                         sent_now |= tx.take_delivery_at(id, dev, relay_key.as_deref(), set)?;
                     }
                     Err(e) => {
+                        if let (Some(r), Some(ErrorCode::RateLimited), Some(every)) =
+                            (relay, e.code(), e.retry_after())
+                        {
+                            paced = Some((r, every));
+                        }
                         let wait = e
                             .retry_after()
                             .unwrap_or_else(|| send::backoff(attempts))
@@ -217,6 +241,9 @@ impl Engine {
             }
             Ok(())
         });
+        if let Some((r, every)) = paced {
+            self.paced_by(r, every);
+        }
         for (dev, r) in &results {
             self.outbox.fan_in_flight.remove(&(id, dev.clone(), relay));
             if let Err(e) = r

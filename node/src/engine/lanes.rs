@@ -428,9 +428,7 @@ impl Engine {
                     if let (Some(r), Some(ErrorCode::RateLimited), Some(every)) =
                         (lane.1, e.code(), e.retry_after())
                     {
-                        // The relay's rate for this device's deposits: one per `every`.
-                        let until = self.clock.now() + PACE_HOLD;
-                        self.outbox.paced.insert(r, (every.min(PACE_MAX), until));
+                        self.paced_by(r, every);
                     }
                     tracing::debug!(%device, ?relay, "delivery failed ({e}); the lane waits {wait:?}");
                     let next = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(0));
@@ -467,7 +465,56 @@ impl Engine {
     }
 }
 
+/// When a group fan-out may deposit at a relay that paces this device.
+pub(crate) enum Turn {
+    /// At once: the relay does not pace this device.
+    Now,
+    /// After this wait, its turn.
+    After(Duration),
+    /// Not before the next look: too many wait for their turn there already.
+    Later,
+}
+
 impl Engine {
+    /// `relay` refused a deposit of this device for its rate, the next token `every` away:
+    /// its lanes and fan-outs there are paced for [`PACE_HOLD`] from now, one deposit per
+    /// the longest such wait told meanwhile.
+    pub(crate) fn paced_by(&mut self, relay: PeerId, every: Duration) {
+        let now = self.clock.now();
+        // The time to the next token is shorter than the time between tokens when the
+        // bucket was part full: the longest one told while pacing is the better guess.
+        let every = match self.outbox.paced.get(&relay) {
+            Some((before, until)) if now < *until => every.max(*before),
+            _ => every,
+        };
+        self.outbox
+            .paced
+            .insert(relay, (every.min(PACE_MAX), now + PACE_HOLD));
+    }
+
+    /// A group fan-out's turn at `relay`: while the relay paces this device, one fan-out
+    /// deposit per pace (as a lane's rows), each given the next free turn; a turn more than
+    /// [`PACE_MAX`] away is not given (the fan-out waits for a later tick).
+    pub(crate) fn fan_turn(&mut self, relay: PeerId) -> Turn {
+        let Some(pace) = self.pace_at(relay) else {
+            self.outbox.fan_next.remove(&relay);
+            return Turn::Now;
+        };
+        let now = self.clock.now();
+        let turn = self
+            .outbox
+            .fan_next
+            .get(&relay)
+            .copied()
+            .map_or(now, |next| next.max(now));
+        let wait = turn.duration_since(now);
+        if wait > PACE_MAX {
+            return Turn::Later;
+        }
+        self.outbox.fan_next.insert(relay, turn + pace);
+        Turn::After(wait)
+    }
+
     /// How far apart a lane at `relay` sends its rows, while `relay` lately refused this
     /// device's deposits for their rate: its rate shared by the lanes depositing there now.
     fn pace_at(&mut self, relay: PeerId) -> Option<Duration> {

@@ -245,6 +245,9 @@ pub(crate) struct Outbox {
     /// Relays that refused this device's deposits for their rate lately: one deposit per
     /// how long, and until when lanes there are paced. At most one entry per relay.
     pub paced: HashMap<PeerId, (std::time::Duration, Instant)>,
+    /// At such a relay, when the next group fan-out may deposit. At most one entry per
+    /// relay.
+    pub fan_next: HashMap<PeerId, Instant>,
 }
 
 /// A resend asked of a device, as the receiver follows it.
