@@ -74,10 +74,22 @@ fn print_status(v: &StatusInfo) {
         );
     }
     if r.strangers_waiting > 0 {
+        let plural =
+            |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         outln!(
-            "strangers {} messages from {} devices of no one you have added wait here (7 days); add the sender as a contact to read them",
-            r.strangers_waiting,
-            r.stranger_devices
+            "strangers {} from {} of no one you have added wait here (7 days); add the sender as a contact to read them",
+            plural(r.strangers_waiting, "message", "messages"),
+            plural(r.stranger_devices, "device", "devices")
+        );
+    }
+    if r.texts_from_non_contacts > 0 {
+        outln!(
+            "others  {} from group members you have not added were not kept; add them as contacts and they are sent again",
+            if r.texts_from_non_contacts == 1 {
+                "1 text".to_owned()
+            } else {
+                format!("{} texts", r.texts_from_non_contacts)
+            }
         );
     }
     if r.strangers_expired > 0 {

@@ -545,6 +545,11 @@ pub struct RecoveryInfo {
     /// Messages from devices of no known user dropped since start, after waiting 7 days.
     #[serde(default)]
     pub strangers_expired: u64,
+    /// Direct texts from group members this user has not added as contacts, not kept, since
+    /// start: once the sender is added, it sends them again (its notice of how far it has
+    /// sent, while its texts stay unreceipted).
+    #[serde(default)]
+    pub texts_from_non_contacts: u64,
 }
 
 /// Connections to one contact device.

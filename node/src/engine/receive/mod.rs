@@ -352,6 +352,19 @@ impl Engine {
                 env
             }
             other => {
+                // A text from a group member this user has not added: not kept (direct
+                // texts come from contacts only), but counted, so status can say so; once
+                // added, the sender's notice of what it sent brings it again.
+                if let Ok(env) = &other
+                    && !is_contact
+                    && matches!(env.conversation, Conversation::Direct { to } if to.as_slice() == self.me.user.as_bytes())
+                    && matches!(env.body, Body::Text { .. } | Body::Unsupported { .. })
+                {
+                    self.inbox.recovery.texts_from_non_contacts += 1;
+                    tracing::info!(contact = %user, "a text from a group member not added as a contact; not kept");
+                    self.save_crypto(&update, own_device.as_ref(), now)?;
+                    return Ok(Outcome::Ack);
+                }
                 // Only the kind of failure is logged: a decoder's message could quote plaintext.
                 let why = match other {
                     Ok(_) => "sender or addressee does not match",

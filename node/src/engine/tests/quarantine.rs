@@ -88,3 +88,22 @@ async fn mail_from_a_stranger_not_added_within_a_week_is_dropped_and_counted() {
     let r = bob.engine.status_info(Vec::new()).unwrap().recovery;
     assert_eq!((r.strangers_waiting, r.strangers_expired), (0, 3));
 }
+
+/// A direct text from someone known only as a fellow group member (not added as a contact)
+/// is not kept, but counted, so status can say so.
+#[tokio::test]
+async fn a_text_from_a_group_member_not_added_is_counted() {
+    let (mut alice, mut bob) = super::alice_and_bob().await;
+    // Bob knows Alice only as a group member: her entry moves from contacts to peers.
+    let alice_user = alice.engine.me.user;
+    let state = bob.engine.people.contacts.remove(&alice_user).unwrap();
+    bob.engine.people.peers.insert(alice_user, state);
+    bob.engine.rebuild_device_owner();
+    let bob_user = bob.engine.me.user_hex.clone();
+    alice.engine.send_text(&bob_user, "hello".into()).unwrap();
+    let carried = alice.carry(1).await;
+    bob.engine.on_direct(alice.peer(), 0, carried[0].clone());
+    assert!(bob.shown().is_empty(), "not kept");
+    let r = bob.engine.status_info(Vec::new()).unwrap().recovery;
+    assert_eq!(r.texts_from_non_contacts, 1);
+}
