@@ -152,19 +152,33 @@ fn a_pipelined_burst_to_an_offline_contact_arrives_complete_and_in_order() {
     assert_eq!(recovery(&b)["waited"], 0, "mail came in order");
 }
 
+/// Alice and Bob, contacts on one relay that takes 40 deposits a second from a device (10 at
+/// once), with its metrics.
+fn rate_limited_pair(dir: &Path) -> (Relay, Node, Node) {
+    let relay = Relay::start_with_metrics(
+        &dir.join("relay"),
+        "[rate]\ndeposits_per_sec = 40.0\ndeposits_burst = 10.0\n",
+    )
+    .unwrap();
+    let a = Node::init_and_start(dir, "alice", Some(&relay.addr)).unwrap();
+    let b = Node::init_and_start(dir, "bob", Some(&relay.addr)).unwrap();
+    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    (relay, a, b)
+}
+
+/// How many deposits `relay` refused with `reason`.
+fn rejects(relay: &Relay, reason: &str) -> f64 {
+    relay
+        .metric(&format!("tern_relay_rejects_total{{reason=\"{reason}\"}}"))
+        .unwrap_or(0.0)
+}
+
 #[test]
 fn a_burst_under_a_low_deposit_rate_limit_waits_and_keeps_order() {
     let dir = tempfile::tempdir().unwrap();
     // Deposits are refused with rate_limited once the burst allowance is gone; the sender
     // must wait, not drop or reorder, and then keep to the rate.
-    let relay = Relay::start_with_metrics(
-        &dir.path().join("relay"),
-        "[rate]\ndeposits_per_sec = 40.0\ndeposits_burst = 10.0\n",
-    )
-    .unwrap();
-    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
-    let mut b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
-    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let (relay, a, mut b) = rate_limited_pair(dir.path());
     b.stop().unwrap();
 
     let sent = send_burst(&a, "Bob", 400, "slow");
@@ -172,15 +186,11 @@ fn a_burst_under_a_low_deposit_rate_limit_waits_and_keeps_order() {
     let depth = outbox(&a);
     assert!(depth > 0 && depth <= 400 + 4, "outbox depth {depth}");
     wait_outbox_empty(&a, BURST_WAIT).unwrap();
-    let refused = relay
-        .metric("tern_relay_rejects_total{reason=\"rate_limited\"}")
-        .unwrap_or(0.0);
+    let refused = rejects(&relay, "rate_limited");
     assert!(refused > 0.0, "the rate limit was hit ({refused})");
     // A device's texts go a window at a time on the deposit stream, each following the
     // one before: what was in flight behind a refused one was refused with it.
-    let fenced = relay
-        .metric("tern_relay_rejects_total{reason=\"out_of_order\"}")
-        .unwrap_or(0.0);
+    let fenced = rejects(&relay, "out_of_order");
     assert!(
         fenced > 0.0,
         "deposits behind a refused one were fenced ({fenced})"
@@ -204,14 +214,7 @@ fn a_burst_under_a_low_deposit_rate_limit_waits_and_keeps_order() {
 #[test]
 fn a_group_burst_under_a_low_deposit_rate_limit_keeps_to_it() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start_with_metrics(
-        &dir.path().join("relay"),
-        "[rate]\ndeposits_per_sec = 40.0\ndeposits_burst = 10.0\n",
-    )
-    .unwrap();
-    let a = Node::init_and_start(dir.path(), "alice", Some(&relay.addr)).unwrap();
-    let mut b = Node::init_and_start(dir.path(), "bob", Some(&relay.addr)).unwrap();
-    link_pair(&a, &b, "Alice", "Bob").unwrap();
+    let (relay, a, mut b) = rate_limited_pair(dir.path());
     let group = a.json(&["group", "create", "Slow", "Bob"]).unwrap()["id"]
         .as_str()
         .unwrap()
@@ -226,12 +229,7 @@ fn a_group_burst_under_a_low_deposit_rate_limit_keeps_to_it() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(pipeline(&a, "group_send", "group", &group, &texts));
     wait_outbox_empty(&a, BURST_WAIT).unwrap();
-    let metric = |reason: &str| {
-        relay
-            .metric(&format!("tern_relay_rejects_total{{reason=\"{reason}\"}}"))
-            .unwrap_or(0.0)
-    };
-    let refused = metric("rate_limited") + metric("out_of_order");
+    let refused = rejects(&relay, "rate_limited") + rejects(&relay, "out_of_order");
     assert!(refused > 0.0, "the rate limit was hit");
     // Before fan-outs waited their turn: about 1,760 refused for these 200; since, 28 to
     // 129 (most in the first moment, before the first refusal tells the rate).

@@ -424,20 +424,36 @@ impl Engine {
         m: &tern_store::Message,
         sessions: &mut [(DeviceId, tern_crypto::session::PeerSessions)],
     ) -> Result<(Vec<tern_store::Delivery>, Vec<super::send::Pickled>), NodeError> {
+        self.encrypt_own_group(user, m, crate::media::wire_body(&m.body)?, sessions)
+    }
+
+    /// The envelope of the own group message `m`, carrying `body`, encrypted over each Olm
+    /// session in `sessions` (`user`'s devices). A sender key in `body` is wiped once
+    /// encrypted.
+    pub(super) fn encrypt_own_group(
+        &self,
+        user: &UserId,
+        m: &tern_store::Message,
+        body: Body,
+        sessions: &mut [(DeviceId, tern_crypto::session::PeerSessions)],
+    ) -> Result<(Vec<tern_store::Delivery>, Vec<super::send::Pickled>), NodeError> {
         let gid = GroupId::from_hex(&m.conversation.0)
             .ok_or_else(|| NodeError::UnknownGroup(m.conversation.0.clone()))?;
-        let mut env =
-            self.own_group_envelope(*gid.as_bytes(), m, crate::media::wire_body(&m.body)?);
+        let mut env = self.own_group_envelope(*gid.as_bytes(), m, body);
         let mut deliveries = Vec::new();
         let mut pickles = Vec::new();
-        super::send::encrypt_each(
+        let encrypted = super::send::encrypt_each(
             sessions,
             &mut env,
             &self.grants,
             |_| *user,
             &mut deliveries,
             &mut pickles,
-        )?;
+        );
+        if let Body::SenderKey { distribution, .. } = env.body {
+            zeroize::Zeroize::zeroize(&mut distribution.into_vec());
+        }
+        encrypted?;
         Ok((deliveries, pickles))
     }
 

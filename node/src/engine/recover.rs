@@ -33,7 +33,7 @@ use crate::{
         MAX_REORDER_WAITING, MAX_RESEND, MAX_SAFE_SKIP, PAIRWISE_SEEN_KEEP, REORDER_WAIT,
         RESEND_INTERVAL,
     },
-    envelope::{Body, Conversation},
+    envelope::Body,
     error::NodeError,
 };
 
@@ -153,10 +153,10 @@ impl Engine {
 
     /// The last sequence number `from`'s device has sent that this device holds in order:
     /// from 1 in a direct conversation, from the first one held in a group (a member who
-    /// joined late holds none before it).
-    /// Past a gap given up on (`resend_floor`), from the first one held above it: a hole
-    /// that can never be filled does not make every later request start below it.
-    fn held_in_order(&self, from: &LostFrom) -> Result<u64, tern_store::ReadError> {
+    /// joined late holds none before it); past a gap given up on (`resend_floor`), from the
+    /// first one held above it, so a hole that can never be filled does not make every
+    /// later request start below it.
+    pub(super) fn held_in_order(&self, from: &LostFrom) -> Result<u64, tern_store::ReadError> {
         let device = from.device.to_peer_id_string();
         let floor = self.inbox.resend_floor.get(from).copied().unwrap_or(0);
         match from.group {
@@ -299,23 +299,16 @@ impl Engine {
         range: (u64, u64),
         group: Option<GroupId>,
     ) -> Result<(), NodeError> {
-        let conversation = match group {
+        match group {
             None if *user == self.me.user || !self.people.contacts.contains_key(user) => {
                 return Ok(());
             }
-            None => Conversation::Direct {
-                to: ByteArray::new(*user.as_bytes()),
-            },
-            Some(g) => {
-                if !self.state(&g).is_ok_and(|s| s.is_member(user.as_bytes())) {
-                    tracing::info!(group = %g, contact = %user, "a resend asked in a group they are not in; ignored");
-                    return Ok(());
-                }
-                Conversation::Group {
-                    id: ByteArray::new(*g.as_bytes()),
-                }
+            Some(g) if !self.state(&g).is_ok_and(|s| s.is_member(user.as_bytes())) => {
+                tracing::info!(group = %g, contact = %user, "a resend asked in a group they are not in; ignored");
+                return Ok(());
             }
-        };
+            _ => {}
+        }
         let Some(curve) = self.known(user).and_then(|c| c.curve_of(&device)) else {
             return Ok(());
         };
@@ -342,8 +335,10 @@ impl Engine {
         let mut queued = Vec::with_capacity(texts.len());
         let mut last_pickle = None;
         for m in &texts {
-            let (deliveries, mut pickles) =
-                self.encrypt_in(&to, conversation.clone(), m, &mut sessions)?;
+            let (deliveries, mut pickles) = match group {
+                None => self.encrypt_text(&to, m, &mut sessions)?,
+                Some(_) => self.encrypt_group_copy(&to, m, &mut sessions)?,
+            };
             last_pickle = pickles.pop();
             queued.push((m.id, deliveries));
         }

@@ -353,24 +353,11 @@ impl Engine {
         message: &Message,
         sessions: &mut [(DeviceId, PeerSessions)],
     ) -> Result<(Vec<Delivery>, Vec<Pickled>), NodeError> {
-        let direct = Conversation::Direct {
-            to: ByteArray::new(*to.as_bytes()),
-        };
-        self.encrypt_in(to, direct, message, sessions)
-    }
-
-    /// Like [`Engine::encrypt_text`], in `conversation`: a group's text goes this way as a
-    /// copy over the pairwise sessions (sent again on request).
-    pub(crate) fn encrypt_in(
-        &self,
-        to: &tern_crypto::UserId,
-        conversation: Conversation,
-        message: &Message,
-        sessions: &mut [(DeviceId, PeerSessions)],
-    ) -> Result<(Vec<Delivery>, Vec<Pickled>), NodeError> {
         let env = Envelope {
             id: ByteArray::new(message.id.0),
-            conversation,
+            conversation: Conversation::Direct {
+                to: ByteArray::new(*to.as_bytes()),
+            },
             sender_user: ByteArray::new(*self.me.user.as_bytes()),
             sender_device: ByteArray::new(*self.me.keys.device.device_id().as_bytes()),
             lists: Some(self.list_versions(Some(to))),

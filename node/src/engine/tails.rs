@@ -123,7 +123,12 @@ impl Engine {
         }
         let conv = (*user).into();
         let device_key = device.to_peer_id_string();
-        let held = match self.store.contiguous_sequence(&conv, &device_key) {
+        let from = LostFrom {
+            user: *user,
+            device,
+            group: None,
+        };
+        let held = match self.held_in_order(&from) {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!("finding what was lost failed: {e}");
@@ -174,20 +179,15 @@ impl Engine {
             .collect();
         for ((user, device), seq) in due {
             self.inbox.tails.heard.remove(&(user, device));
-            let held = self
-                .store
-                .contiguous_sequence(&user.into(), &device.to_peer_id_string());
-            match held {
+            let from = LostFrom {
+                user,
+                device,
+                group: None,
+            };
+            match self.held_in_order(&from) {
                 Ok(h) if h < seq => {
                     tracing::info!(contact = %user, held = h, seq, "texts at the end of a burst were lost");
-                    self.note_lost(
-                        LostFrom {
-                            user,
-                            device,
-                            group: None,
-                        },
-                        Some(seq),
-                    );
+                    self.note_lost(from, Some(seq));
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("finding what was lost failed: {e}"),

@@ -78,7 +78,33 @@ impl DialProblem {
 /// number, as in "connection refused". A connection the peer cut while it was being set up
 /// says what usually does that: a relay at its connection limit.
 fn short_io(e: &std::io::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
+    let (cause, mut cut) = innermost(e);
+    let text = short_text(cause);
+    // Some layers hide the I/O error's kind (a wrapper whose `source` is the wrapped
+    // error's own); its words are the same.
+    cut |= matches!(
+        text.as_str(),
+        "connection reset by peer" | "broken pipe" | "unexpected end of file"
+    );
+    if cut {
+        format!(
+            "{text}: it closed the connection as it opened (a relay at its limit of \
+             connections, in all or from this address, does that; tried again)"
+        )
+    } else {
+        text
+    }
+}
+
+/// What the operating system said of an I/O error, in a few words (as [`short_io`], with
+/// nothing added): a listen address that cannot be used says why.
+pub(crate) fn os_text(e: &std::io::Error) -> String {
+    short_text(innermost(e).0)
+}
+
+/// The innermost error under `e`, and whether any layer said the peer cut the connection.
+fn innermost(e: &std::io::Error) -> (&(dyn std::error::Error + 'static), bool) {
+    let mut cause: &(dyn std::error::Error + 'static) = e;
     let mut cut = false;
     loop {
         // An I/O error's own `source` skips the error it wraps: that one is looked at too.
@@ -95,21 +121,7 @@ fn short_io(e: &std::io::Error) -> String {
             None => break,
         }
     }
-    let text = short_text(cause);
-    // Some layers hide the I/O error's kind (a wrapper whose `source` is the wrapped
-    // error's own); its words are the same.
-    cut |= matches!(
-        text.as_str(),
-        "connection reset by peer" | "broken pipe" | "unexpected end of file"
-    );
-    if cut {
-        format!(
-            "{text}: it closed the connection as it opened (a relay at its limit of \
-             connections, in all or from this address, does that; tried again)"
-        )
-    } else {
-        text
-    }
+    (cause, cut)
 }
 
 /// `cause`'s text, without an error number, starting in lower case.
@@ -356,7 +368,7 @@ impl HeldRequest {
 
 #[cfg(test)]
 mod tests {
-    use super::short_io;
+    use super::{os_text, short_io};
 
     /// The operating system's error comes out in a few words, however deeply the transports
     /// wrapped it; other errors keep their text. (Error 111 is Linux's "connection refused".)
@@ -396,5 +408,19 @@ mod tests {
         assert!(reset.starts_with("connection reset by peer: "), "{reset}");
         let refused = short_io(&std::io::Error::from_raw_os_error(111));
         assert!(!refused.contains("limit"), "{refused}");
+    }
+
+    /// A listen address that cannot be used says what the operating system said, though
+    /// libp2p's transport error says nothing itself. (Error 98 is Linux's "address in use".)
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_listen_failure_says_what_the_os_said() {
+        let e: libp2p::TransportError<std::io::Error> =
+            libp2p::TransportError::Other(std::io::Error::from_raw_os_error(98));
+        assert_eq!(e.to_string(), "", "libp2p says nothing itself");
+        let libp2p::TransportError::Other(io) = &e else {
+            unreachable!()
+        };
+        assert_eq!(os_text(io), "address already in use");
     }
 }

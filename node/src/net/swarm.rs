@@ -72,25 +72,6 @@ pub enum StartError {
     },
 }
 
-/// An error and its sources, each said once: libp2p's transport error says nothing itself
-/// of an OS error (an address in use, say), only its source does.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let said = err.to_string();
-        if !said.is_empty() && !parts.iter().any(|p| p.contains(&said)) {
-            parts.push(said);
-        }
-        next = err.source();
-    }
-    if parts.is_empty() {
-        format!("{e:?}")
-    } else {
-        parts.join(": ")
-    }
-}
-
 /// Builds the swarm and returns the handle, the event stream and the loop to spawn.
 pub fn new(
     key: Keypair,
@@ -130,7 +111,11 @@ pub fn new(
             .listen_on(addr.clone())
             .map_err(|e| StartError::Listen {
                 addr,
-                message: error_chain(&e),
+                // libp2p's transport error says nothing of the OS error it holds.
+                message: match &e {
+                    libp2p::TransportError::Other(io) => super::os_text(io),
+                    other => other.to_string(),
+                },
             })?;
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(NETWORK_COMMAND_QUEUE);
@@ -168,18 +153,4 @@ pub fn new(
             probes: HashMap::new(),
         },
     ))
-}
-
-#[cfg(test)]
-mod error_chain_tests {
-    use super::error_chain;
-
-    #[test]
-    fn a_transport_error_says_what_the_os_said() {
-        let os = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address already in use");
-        let e: libp2p::TransportError<std::io::Error> = libp2p::TransportError::Other(os);
-        assert_eq!(error_chain(&e), "address already in use");
-        let bare = std::io::Error::other("plain");
-        assert_eq!(error_chain(&bare), "plain");
-    }
 }

@@ -9,19 +9,17 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use libp2p::PeerId;
-use serde_bytes::ByteBuf;
-use tern_crypto::{
-    DeviceId, UserId,
-    group::{GroupId, GroupMessage},
-};
-use tern_store::CryptoUpdate;
-
 use crate::engine::{Engine, send};
 use crate::{
     consts::MAX_GROUP_STASH,
     envelope::{Body, MAX_SESSION_ID},
     error::NodeError,
+};
+use libp2p::PeerId;
+use serde_bytes::ByteBuf;
+use tern_crypto::{
+    DeviceId, UserId,
+    group::{GroupId, GroupMessage},
 };
 
 /// A stashed group message waits this long for its key before the key is asked for: the
@@ -126,7 +124,7 @@ impl Engine {
 
     /// The keys the stash waits for: (sending device, session id) with when the oldest
     /// message waiting for it was stashed.
-    fn keys_wanted(&mut self) -> Result<HashMap<(String, String), i64>, NodeError> {
+    fn keys_wanted(&self) -> Result<HashMap<(String, String), i64>, NodeError> {
         let mut wanted: HashMap<(String, String), i64> = HashMap::new();
         if self.store.group_stash_len()? == 0 {
             return Ok(wanted);
@@ -208,22 +206,8 @@ impl Engine {
             distribution: ByteBuf::from(sent.distribution.to_vec()),
             message: Some(ByteBuf::from(sent.ciphertext.clone())),
         };
-        let mut env = self.own_group_envelope(*gid.as_bytes(), &message, body);
-        let mut deliveries = Vec::new();
-        let mut pickles = Vec::new();
-        let encrypted = send::encrypt_each(
-            &mut sessions,
-            &mut env,
-            &self.grants,
-            |_| *user,
-            &mut deliveries,
-            &mut pickles,
-        );
-        if let Body::SenderKey { distribution, .. } = env.body {
-            zeroize::Zeroize::zeroize(&mut distribution.into_vec());
-        }
-        encrypted?;
-        let updates: Vec<CryptoUpdate<'_>> = send::crypto_updates(&pickles);
+        let (deliveries, pickles) = self.encrypt_own_group(user, &message, body, &mut sessions)?;
+        let updates = send::crypto_updates(&pickles);
         let now_ms = self.clock.now_ms();
         let queued = self.store.transaction(|tx| -> Result<(), NodeError> {
             tx.apply_crypto(&updates, now_ms)?;

@@ -92,6 +92,15 @@ async fn a_message_ahead_waits_then_a_lost_key_is_asked_for_and_a_copy_is_not() 
     );
 }
 
+/// The last of Alice's texts Bob holds in order.
+fn held(bob: &Harness, alice: &Harness) -> u64 {
+    let conv = tern_store::ConversationId(alice.engine.me.user_hex.clone());
+    bob.engine
+        .store
+        .contiguous_sequence(&conv, &alice.engine.me.device_hex)
+        .unwrap()
+}
+
 /// The id of the newest text Alice sent.
 fn last_id(alice: &Harness) -> String {
     alice
@@ -153,20 +162,12 @@ async fn a_loss_larger_than_one_resend_is_asked_for_until_it_is_filled() {
     deliver(&mut bob, &alice, &carried, total);
     bob.clock.advance(REORDER_WAIT);
     deliver(&mut bob, &alice, &carried, total);
-    let conv = tern_store::ConversationId(alice.engine.me.user_hex.clone());
-    let device = alice.engine.me.device_hex.clone();
-    let held = |bob: &Harness| {
-        bob.engine
-            .store
-            .contiguous_sequence(&conv, &device)
-            .unwrap()
-    };
-    assert_eq!(held(&bob), 1);
+    assert_eq!(held(&bob, &alice), 1);
     let (mut to_alice, mut to_bob) = (bob.courier.carried().len(), total);
     let mut rounds = 0;
-    while held(&bob) < total as u64 {
+    while held(&bob, &alice) < total as u64 {
         rounds += 1;
-        assert!(rounds <= 8, "stuck at {} of {total}", held(&bob));
+        assert!(rounds <= 8, "stuck at {} of {total}", held(&bob, &alice));
         bob.clock.advance(HOLD_BACK.max(RESEND_INTERVAL));
         bob.engine.release_held();
         pass(&mut bob, &mut alice, &mut to_alice).await;
@@ -203,15 +204,7 @@ async fn texts_lost_at_the_end_of_a_burst_are_noticed_once_the_contact_is_online
     bob.engine.flush_delivered();
     let (mut to_alice, mut to_bob) = (0, carried.len());
     pass(&mut bob, &mut alice, &mut to_alice).await;
-    let conv = tern_store::ConversationId(alice.engine.me.user_hex.clone());
-    let device = alice.engine.me.device_hex.clone();
-    let held = |bob: &Harness| {
-        bob.engine
-            .store
-            .contiguous_sequence(&conv, &device)
-            .unwrap()
-    };
-    assert_eq!(held(&bob), 3);
+    assert_eq!(held(&bob, &alice), 3);
     // Not told within the first minute, nor while Bob is offline.
     alice.clock.advance(Duration::from_secs(59));
     alice.engine.tell_tails();
@@ -236,7 +229,7 @@ async fn texts_lost_at_the_end_of_a_burst_are_noticed_once_the_contact_is_online
     assert_eq!(bob.engine.inbox.recovery.resends_asked, 1);
     pass(&mut bob, &mut alice, &mut to_alice).await;
     pass(&mut alice, &mut bob, &mut to_bob).await;
-    assert_eq!(held(&bob), 5, "the lost end came again");
+    assert_eq!(held(&bob, &alice), 5, "the lost end came again");
     assert_eq!(alice.engine.inbox.recovery.texts_resent, 2);
     // Receipted now: nothing more is told.
     bob.engine.flush_delivered();
